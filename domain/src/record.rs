@@ -1,0 +1,535 @@
+//! The `Record` aggregate: one record of a datasheet (an employee, later a contact or an
+//! applicant). Its field values are the personal data of one data subject.
+
+use std::collections::BTreeMap;
+
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::{Aggregate, DomainEvent};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::datasheet::Datasheet;
+use crate::values::ValueError;
+
+/// Field values of a record, by field name, in canonical form (see [`crate::FieldKind::parse`]).
+/// Absent and `null` both mean "no value".
+pub type Fields = BTreeMap<String, Value>;
+
+/// The state of one record, rebuilt from its events.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    datasheet: Option<Datasheet>,
+    /// How many events the record has; the version a client passes as `expectedVersion`.
+    version: u64,
+    fields: Fields,
+    archived: bool,
+}
+
+/// What a client asks a record to do. Raw values are parsed by the aggregate, so every path
+/// into the write model applies the same rules.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RecordCommand {
+    Create {
+        datasheet: Datasheet,
+        fields: Fields,
+    },
+    /// A patch: fields absent from `changes` stay as they are; `null` clears an optional field.
+    Update {
+        expected_version: Option<u64>,
+        changes: Fields,
+    },
+    Archive {
+        expected_version: Option<u64>,
+    },
+    Restore {
+        expected_version: Option<u64>,
+    },
+}
+
+/// What happened to a record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum RecordEvent {
+    RecordCreated {
+        datasheet: Datasheet,
+        fields: Fields,
+    },
+    /// Only the fields whose value changed, with their new value (`null` when cleared).
+    RecordUpdated {
+        changes: Fields,
+    },
+    RecordArchived,
+    RecordRestored,
+}
+
+/// Why a record command was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RecordError {
+    #[error("the record already exists")]
+    AlreadyExists,
+    #[error("no such record")]
+    NotFound,
+    #[error("the record is archived; restore it before changing it")]
+    Archived,
+    #[error("the record is already archived")]
+    AlreadyArchived,
+    #[error("the record is not archived")]
+    NotArchived,
+    #[error("the record is at version {actual}, not {expected}")]
+    StaleVersion { expected: u64, actual: u64 },
+    #[error("unknown field `{0}`")]
+    UnknownField(String),
+    #[error("field `{0}` is required")]
+    MissingField(String),
+    #[error("field `{field}` {reason}")]
+    InvalidField { field: String, reason: ValueError },
+}
+
+impl RecordError {
+    /// The field a validation error is about, if any.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            RecordError::UnknownField(field)
+            | RecordError::MissingField(field)
+            | RecordError::InvalidField { field, .. } => Some(field),
+            _ => None,
+        }
+    }
+}
+
+impl DomainEvent for RecordEvent {
+    fn event_type(&self) -> String {
+        match self {
+            RecordEvent::RecordCreated { .. } => "RecordCreated",
+            RecordEvent::RecordUpdated { .. } => "RecordUpdated",
+            RecordEvent::RecordArchived => "RecordArchived",
+            RecordEvent::RecordRestored => "RecordRestored",
+        }
+        .to_owned()
+    }
+
+    fn event_version(&self) -> String {
+        "1".to_owned()
+    }
+}
+
+impl Record {
+    pub fn datasheet(&self) -> Option<Datasheet> {
+        self.datasheet
+    }
+
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    pub fn fields(&self) -> &Fields {
+        &self.fields
+    }
+
+    pub fn is_archived(&self) -> bool {
+        self.archived
+    }
+
+    /// The value of one field, `None` when it has none.
+    pub fn value(&self, field: &str) -> Option<&Value> {
+        self.fields.get(field).filter(|v| !v.is_null())
+    }
+
+    fn existing(&self) -> Result<Datasheet, RecordError> {
+        self.datasheet.ok_or(RecordError::NotFound)
+    }
+
+    fn check_version(&self, expected: Option<u64>) -> Result<(), RecordError> {
+        match expected {
+            Some(expected) if expected != self.version => Err(RecordError::StaleVersion {
+                expected,
+                actual: self.version,
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Parses every raw value against the datasheet's fields.
+fn parse_fields(datasheet: Datasheet, raw: Fields) -> Result<Fields, RecordError> {
+    raw.into_iter()
+        .map(|(name, value)| {
+            let spec = datasheet
+                .field(&name)
+                .ok_or_else(|| RecordError::UnknownField(name.clone()))?;
+            let value = spec
+                .kind
+                .parse(&value)
+                .map_err(|reason| RecordError::InvalidField {
+                    field: name.clone(),
+                    reason,
+                })?;
+            if spec.required && value.is_null() {
+                return Err(RecordError::MissingField(name));
+            }
+            Ok((name, value))
+        })
+        .collect()
+}
+
+impl Aggregate for Record {
+    const TYPE: &'static str = "record";
+    type Command = RecordCommand;
+    type Event = RecordEvent;
+    type Error = RecordError;
+    type Services = ();
+
+    async fn handle(
+        &mut self,
+        command: RecordCommand,
+        _services: &(),
+        sink: &EventSink<Self>,
+    ) -> Result<(), RecordError> {
+        match command {
+            RecordCommand::Create { datasheet, fields } => {
+                if self.datasheet.is_some() {
+                    return Err(RecordError::AlreadyExists);
+                }
+                let mut fields = parse_fields(datasheet, fields)?;
+                if let Some(missing) = datasheet
+                    .fields()
+                    .iter()
+                    .find(|spec| spec.required && !fields.contains_key(spec.name))
+                {
+                    return Err(RecordError::MissingField(missing.name.to_owned()));
+                }
+                fields.retain(|_, value| !value.is_null());
+                sink.write(RecordEvent::RecordCreated { datasheet, fields }, self)
+                    .await;
+            }
+            RecordCommand::Update {
+                expected_version,
+                changes,
+            } => {
+                let datasheet = self.existing()?;
+                self.check_version(expected_version)?;
+                if self.archived {
+                    return Err(RecordError::Archived);
+                }
+                let mut changes = parse_fields(datasheet, changes)?;
+                changes
+                    .retain(|name, value| self.fields.get(name).unwrap_or(&Value::Null) != value);
+                if !changes.is_empty() {
+                    sink.write(RecordEvent::RecordUpdated { changes }, self)
+                        .await;
+                }
+            }
+            RecordCommand::Archive { expected_version } => {
+                self.existing()?;
+                self.check_version(expected_version)?;
+                if self.archived {
+                    return Err(RecordError::AlreadyArchived);
+                }
+                sink.write(RecordEvent::RecordArchived, self).await;
+            }
+            RecordCommand::Restore { expected_version } => {
+                self.existing()?;
+                self.check_version(expected_version)?;
+                if !self.archived {
+                    return Err(RecordError::NotArchived);
+                }
+                sink.write(RecordEvent::RecordRestored, self).await;
+            }
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, event: RecordEvent) {
+        self.version += 1;
+        match event {
+            RecordEvent::RecordCreated { datasheet, fields } => {
+                self.datasheet = Some(datasheet);
+                self.fields = fields;
+            }
+            RecordEvent::RecordUpdated { changes } => {
+                for (name, value) in changes {
+                    if value.is_null() {
+                        self.fields.remove(&name);
+                    } else {
+                        self.fields.insert(name, value);
+                    }
+                }
+            }
+            RecordEvent::RecordArchived => self.archived = true,
+            RecordEvent::RecordRestored => self.archived = false,
+        }
+    }
+}
+
+/// A new record id: UUIDv7, so ids sort in creation order (the read models page by id).
+pub fn new_record_id() -> Uuid {
+    Uuid::now_v7()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cqrs_es::test::TestFramework;
+    use serde_json::json;
+
+    type RecordTest = TestFramework<Record>;
+
+    fn fields(pairs: &[(&str, Value)]) -> Fields {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect()
+    }
+
+    fn created() -> RecordEvent {
+        RecordEvent::RecordCreated {
+            datasheet: Datasheet::Employees,
+            fields: fields(&[
+                ("first_name", json!("Ada")),
+                ("last_name", json!("Lovelace")),
+                ("email", json!("ada@example.org")),
+            ]),
+        }
+    }
+
+    fn update(changes: &[(&str, Value)]) -> RecordCommand {
+        RecordCommand::Update {
+            expected_version: None,
+            changes: fields(changes),
+        }
+    }
+
+    #[test]
+    fn create_parses_and_normalises_fields() {
+        RecordTest::with(())
+            .given_no_previous_events()
+            .when(RecordCommand::Create {
+                datasheet: Datasheet::Employees,
+                fields: fields(&[
+                    ("first_name", json!(" Ada ")),
+                    ("last_name", json!("Lovelace")),
+                    ("email", json!("ada@example.org")),
+                    ("phone", Value::Null),
+                ]),
+            })
+            .then_expect_events(vec![created()]);
+    }
+
+    #[test]
+    fn create_requires_names() {
+        RecordTest::with(())
+            .given_no_previous_events()
+            .when(RecordCommand::Create {
+                datasheet: Datasheet::Employees,
+                fields: fields(&[("first_name", json!("Ada"))]),
+            })
+            .then_expect_error(RecordError::MissingField("last_name".into()));
+    }
+
+    #[test]
+    fn create_rejects_an_empty_name() {
+        RecordTest::with(())
+            .given_no_previous_events()
+            .when(RecordCommand::Create {
+                datasheet: Datasheet::Employees,
+                fields: fields(&[("first_name", json!("  ")), ("last_name", json!("L"))]),
+            })
+            .then_expect_error(RecordError::InvalidField {
+                field: "first_name".into(),
+                reason: ValueError::Empty,
+            });
+    }
+
+    #[test]
+    fn create_rejects_unknown_fields() {
+        RecordTest::with(())
+            .given_no_previous_events()
+            .when(RecordCommand::Create {
+                datasheet: Datasheet::Employees,
+                fields: fields(&[
+                    ("first_name", json!("Ada")),
+                    ("last_name", json!("L")),
+                    ("salary", json!("1")),
+                ]),
+            })
+            .then_expect_error(RecordError::UnknownField("salary".into()));
+    }
+
+    #[test]
+    fn create_twice_is_refused() {
+        RecordTest::with(())
+            .given(vec![created()])
+            .when(RecordCommand::Create {
+                datasheet: Datasheet::Employees,
+                fields: fields(&[("first_name", json!("A")), ("last_name", json!("B"))]),
+            })
+            .then_expect_error(RecordError::AlreadyExists);
+    }
+
+    #[test]
+    fn update_records_only_changed_fields() {
+        RecordTest::with(())
+            .given(vec![created()])
+            .when(update(&[
+                ("first_name", json!("Ada")),
+                ("phone", json!("+44 20 7946 0958")),
+                ("email", Value::Null),
+            ]))
+            .then_expect_events(vec![RecordEvent::RecordUpdated {
+                changes: fields(&[("email", Value::Null), ("phone", json!("+442079460958"))]),
+            }]);
+    }
+
+    #[test]
+    fn update_without_changes_emits_nothing() {
+        RecordTest::with(())
+            .given(vec![created()])
+            .when(update(&[("first_name", json!("Ada"))]))
+            .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn update_rejects_a_malformed_email() {
+        RecordTest::with(())
+            .given(vec![created()])
+            .when(update(&[("email", json!("ada-at-example"))]))
+            .then_expect_error(RecordError::InvalidField {
+                field: "email".into(),
+                reason: ValueError::InvalidEmail,
+            });
+    }
+
+    #[test]
+    fn update_rejects_a_malformed_phone() {
+        RecordTest::with(())
+            .given(vec![created()])
+            .when(update(&[("phone", json!("call me"))]))
+            .then_expect_error(RecordError::InvalidField {
+                field: "phone".into(),
+                reason: ValueError::InvalidPhone,
+            });
+    }
+
+    #[test]
+    fn update_cannot_clear_a_required_field() {
+        RecordTest::with(())
+            .given(vec![created()])
+            .when(update(&[("last_name", Value::Null)]))
+            .then_expect_error(RecordError::MissingField("last_name".into()));
+    }
+
+    #[test]
+    fn update_rejects_unknown_fields() {
+        RecordTest::with(())
+            .given(vec![created()])
+            .when(update(&[("shoe_size", json!("42"))]))
+            .then_expect_error(RecordError::UnknownField("shoe_size".into()));
+    }
+
+    #[test]
+    fn update_with_a_stale_version_is_refused() {
+        RecordTest::with(())
+            .given(vec![
+                created(),
+                RecordEvent::RecordArchived,
+                RecordEvent::RecordRestored,
+            ])
+            .when(RecordCommand::Update {
+                expected_version: Some(1),
+                changes: fields(&[("first_name", json!("Augusta"))]),
+            })
+            .then_expect_error(RecordError::StaleVersion {
+                expected: 1,
+                actual: 3,
+            });
+    }
+
+    #[test]
+    fn update_with_the_current_version_succeeds() {
+        RecordTest::with(())
+            .given(vec![created()])
+            .when(RecordCommand::Update {
+                expected_version: Some(1),
+                changes: fields(&[("department", json!("Engineering"))]),
+            })
+            .then_expect_events(vec![RecordEvent::RecordUpdated {
+                changes: fields(&[("department", json!("Engineering"))]),
+            }]);
+    }
+
+    #[test]
+    fn update_of_a_missing_record_is_not_found() {
+        RecordTest::with(())
+            .given_no_previous_events()
+            .when(update(&[("first_name", json!("Ada"))]))
+            .then_expect_error(RecordError::NotFound);
+    }
+
+    #[test]
+    fn archived_records_are_read_only() {
+        RecordTest::with(())
+            .given(vec![created(), RecordEvent::RecordArchived])
+            .when(update(&[("first_name", json!("Augusta"))]))
+            .then_expect_error(RecordError::Archived);
+    }
+
+    #[test]
+    fn archive_then_restore() {
+        RecordTest::with(())
+            .given(vec![created()])
+            .when(RecordCommand::Archive {
+                expected_version: None,
+            })
+            .then_expect_events(vec![RecordEvent::RecordArchived]);
+        RecordTest::with(())
+            .given(vec![created(), RecordEvent::RecordArchived])
+            .when(RecordCommand::Restore {
+                expected_version: Some(2),
+            })
+            .then_expect_events(vec![RecordEvent::RecordRestored]);
+    }
+
+    #[test]
+    fn archive_twice_is_refused() {
+        RecordTest::with(())
+            .given(vec![created(), RecordEvent::RecordArchived])
+            .when(RecordCommand::Archive {
+                expected_version: None,
+            })
+            .then_expect_error(RecordError::AlreadyArchived);
+    }
+
+    #[test]
+    fn restore_of_an_active_record_is_refused() {
+        RecordTest::with(())
+            .given(vec![created()])
+            .when(RecordCommand::Restore {
+                expected_version: None,
+            })
+            .then_expect_error(RecordError::NotArchived);
+    }
+
+    #[test]
+    fn archive_of_a_missing_record_is_not_found() {
+        RecordTest::with(())
+            .given_no_previous_events()
+            .when(RecordCommand::Archive {
+                expected_version: None,
+            })
+            .then_expect_error(RecordError::NotFound);
+    }
+
+    #[test]
+    fn applying_events_rebuilds_the_state() {
+        let mut record = Record::default();
+        record.apply(created());
+        record.apply(RecordEvent::RecordUpdated {
+            changes: fields(&[("email", Value::Null), ("department", json!("R&D"))]),
+        });
+        record.apply(RecordEvent::RecordArchived);
+        assert_eq!(record.version(), 3);
+        assert!(record.is_archived());
+        assert_eq!(record.value("email"), None);
+        assert_eq!(record.value("department"), Some(&json!("R&D")));
+    }
+}
