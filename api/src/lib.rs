@@ -1,1 +1,22 @@
-//! placeholder
+//! The Custos service: configuration, PostgreSQL (private cluster, pools per tenant), the event
+//! store, the projector, authentication, GraphQL, HTTP and the command line.
+
+pub mod app;
+pub mod auth;
+pub mod bench;
+pub mod cli;
+pub mod cluster;
+pub mod config;
+pub mod error;
+pub mod event_store;
+pub mod graphql;
+pub mod history;
+pub mod http;
+pub mod keys;
+pub mod projector;
+pub mod service;
+pub mod telemetry;
+pub mod tenancy;
+
+pub use app::Application;
+pub use config::Config;

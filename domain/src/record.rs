@@ -56,10 +56,15 @@ pub enum RecordEvent {
     },
     /// Only the fields whose value changed, with their new value (`null` when cleared).
     RecordUpdated {
+        datasheet: Datasheet,
         changes: Fields,
     },
-    RecordArchived,
-    RecordRestored,
+    RecordArchived {
+        datasheet: Datasheet,
+    },
+    RecordRestored {
+        datasheet: Datasheet,
+    },
 }
 
 /// Why a record command was refused.
@@ -102,8 +107,8 @@ impl DomainEvent for RecordEvent {
         match self {
             RecordEvent::RecordCreated { .. } => "RecordCreated",
             RecordEvent::RecordUpdated { .. } => "RecordUpdated",
-            RecordEvent::RecordArchived => "RecordArchived",
-            RecordEvent::RecordRestored => "RecordRestored",
+            RecordEvent::RecordArchived { .. } => "RecordArchived",
+            RecordEvent::RecordRestored { .. } => "RecordRestored",
         }
         .to_owned()
     }
@@ -215,25 +220,27 @@ impl Aggregate for Record {
                 changes
                     .retain(|name, value| self.fields.get(name).unwrap_or(&Value::Null) != value);
                 if !changes.is_empty() {
-                    sink.write(RecordEvent::RecordUpdated { changes }, self)
+                    sink.write(RecordEvent::RecordUpdated { datasheet, changes }, self)
                         .await;
                 }
             }
             RecordCommand::Archive { expected_version } => {
-                self.existing()?;
+                let datasheet = self.existing()?;
                 self.check_version(expected_version)?;
                 if self.archived {
                     return Err(RecordError::AlreadyArchived);
                 }
-                sink.write(RecordEvent::RecordArchived, self).await;
+                sink.write(RecordEvent::RecordArchived { datasheet }, self)
+                    .await;
             }
             RecordCommand::Restore { expected_version } => {
-                self.existing()?;
+                let datasheet = self.existing()?;
                 self.check_version(expected_version)?;
                 if !self.archived {
                     return Err(RecordError::NotArchived);
                 }
-                sink.write(RecordEvent::RecordRestored, self).await;
+                sink.write(RecordEvent::RecordRestored { datasheet }, self)
+                    .await;
             }
         }
         Ok(())
@@ -246,7 +253,7 @@ impl Aggregate for Record {
                 self.datasheet = Some(datasheet);
                 self.fields = fields;
             }
-            RecordEvent::RecordUpdated { changes } => {
+            RecordEvent::RecordUpdated { changes, .. } => {
                 for (name, value) in changes {
                     if value.is_null() {
                         self.fields.remove(&name);
@@ -255,8 +262,8 @@ impl Aggregate for Record {
                     }
                 }
             }
-            RecordEvent::RecordArchived => self.archived = true,
-            RecordEvent::RecordRestored => self.archived = false,
+            RecordEvent::RecordArchived { .. } => self.archived = true,
+            RecordEvent::RecordRestored { .. } => self.archived = false,
         }
     }
 }
@@ -376,6 +383,7 @@ mod tests {
                 ("email", Value::Null),
             ]))
             .then_expect_events(vec![RecordEvent::RecordUpdated {
+                datasheet: Datasheet::Employees,
                 changes: fields(&[("email", Value::Null), ("phone", json!("+442079460958"))]),
             }]);
     }
@@ -431,8 +439,12 @@ mod tests {
         RecordTest::with(())
             .given(vec![
                 created(),
-                RecordEvent::RecordArchived,
-                RecordEvent::RecordRestored,
+                RecordEvent::RecordArchived {
+                    datasheet: Datasheet::Employees,
+                },
+                RecordEvent::RecordRestored {
+                    datasheet: Datasheet::Employees,
+                },
             ])
             .when(RecordCommand::Update {
                 expected_version: Some(1),
@@ -453,6 +465,7 @@ mod tests {
                 changes: fields(&[("department", json!("Engineering"))]),
             })
             .then_expect_events(vec![RecordEvent::RecordUpdated {
+                datasheet: Datasheet::Employees,
                 changes: fields(&[("department", json!("Engineering"))]),
             }]);
     }
@@ -468,7 +481,12 @@ mod tests {
     #[test]
     fn archived_records_are_read_only() {
         RecordTest::with(())
-            .given(vec![created(), RecordEvent::RecordArchived])
+            .given(vec![
+                created(),
+                RecordEvent::RecordArchived {
+                    datasheet: Datasheet::Employees,
+                },
+            ])
             .when(update(&[("first_name", json!("Augusta"))]))
             .then_expect_error(RecordError::Archived);
     }
@@ -480,19 +498,33 @@ mod tests {
             .when(RecordCommand::Archive {
                 expected_version: None,
             })
-            .then_expect_events(vec![RecordEvent::RecordArchived]);
+            .then_expect_events(vec![RecordEvent::RecordArchived {
+                datasheet: Datasheet::Employees,
+            }]);
         RecordTest::with(())
-            .given(vec![created(), RecordEvent::RecordArchived])
+            .given(vec![
+                created(),
+                RecordEvent::RecordArchived {
+                    datasheet: Datasheet::Employees,
+                },
+            ])
             .when(RecordCommand::Restore {
                 expected_version: Some(2),
             })
-            .then_expect_events(vec![RecordEvent::RecordRestored]);
+            .then_expect_events(vec![RecordEvent::RecordRestored {
+                datasheet: Datasheet::Employees,
+            }]);
     }
 
     #[test]
     fn archive_twice_is_refused() {
         RecordTest::with(())
-            .given(vec![created(), RecordEvent::RecordArchived])
+            .given(vec![
+                created(),
+                RecordEvent::RecordArchived {
+                    datasheet: Datasheet::Employees,
+                },
+            ])
             .when(RecordCommand::Archive {
                 expected_version: None,
             })
@@ -524,9 +556,12 @@ mod tests {
         let mut record = Record::default();
         record.apply(created());
         record.apply(RecordEvent::RecordUpdated {
+            datasheet: Datasheet::Employees,
             changes: fields(&[("email", Value::Null), ("department", json!("R&D"))]),
         });
-        record.apply(RecordEvent::RecordArchived);
+        record.apply(RecordEvent::RecordArchived {
+            datasheet: Datasheet::Employees,
+        });
         assert_eq!(record.version(), 3);
         assert!(record.is_archived());
         assert_eq!(record.value("email"), None);

@@ -1,17 +1,6 @@
 -- The catalog: the directory of tenants (organisations). One row per tenant says where its own
 -- database lives. The catalog never holds a tenant's records, users or events.
 
--- Every tenant's login role is a member of this group role; it carries the table privileges
--- granted inside the tenant template, so that each new tenant database (a copy of the template)
--- is usable by exactly the role that was granted CONNECT on it.
-DO $$
-BEGIN
-    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'custos_tenant') THEN
-        CREATE ROLE custos_tenant NOLOGIN;
-    END IF;
-END
-$$;
-
 CREATE TABLE tenants (
     id            uuid        PRIMARY KEY,
     -- the short name users type at login; lower-case letters, digits and dashes

@@ -1,6 +1,20 @@
 -- The event store of one tenant. postgres-es reads and writes the first seven columns; the
 -- others it never names, so the database fills them in on insert.
 
+-- Every tenant's login role is a member of this group role; it carries the table privileges
+-- granted inside the tenant template, so that each new tenant database (a copy of the template)
+-- is usable by exactly the role that was granted CONNECT on it.
+-- Several services or test runs may share one server, so creating the role tolerates a race.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'custos_tenant') THEN
+        CREATE ROLE custos_tenant NOLOGIN;
+    END IF;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN
+    NULL;
+END
+$$;
+
 CREATE TABLE events (
     aggregate_type  text        NOT NULL,
     aggregate_id    text        NOT NULL,

@@ -1,1 +1,70 @@
-//! placeholder
+//! Read models of Custos: for each, its tables, how each event changes them, and the queries
+//! that GraphQL needs. The projector that feeds them lives in the API crate.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use cqrs_es::Aggregate;
+use custos_domain::{EventMetadata, Record, RecordEvent, User, UserEvent};
+use serde_json::Value;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+pub mod employees;
+pub mod page;
+pub mod users;
+
+pub use page::{Cursor, Page};
+
+/// A domain event of any aggregate, decoded from the store.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AnyEvent {
+    Record(RecordEvent),
+    User(UserEvent),
+}
+
+impl AnyEvent {
+    /// Decodes a stored (already decrypted) payload by its aggregate type. `Ok(None)` for an
+    /// aggregate type no read model knows.
+    pub fn decode(aggregate_type: &str, payload: Value) -> Result<Option<Self>, serde_json::Error> {
+        Ok(match aggregate_type {
+            Record::TYPE => Some(AnyEvent::Record(serde_json::from_value(payload)?)),
+            User::TYPE => Some(AnyEvent::User(serde_json::from_value(payload)?)),
+            _ => None,
+        })
+    }
+}
+
+/// One event as a projection sees it: decoded, with its position and metadata.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProjectedEvent {
+    pub global_position: i64,
+    pub aggregate_id: Uuid,
+    /// The aggregate's version after this event.
+    pub sequence: i64,
+    pub recorded_at: DateTime<Utc>,
+    pub metadata: EventMetadata,
+    pub event: AnyEvent,
+}
+
+/// A read model fed from the event stream. `apply` runs inside the projector's transaction,
+/// together with the checkpoint update; it must be idempotent, so that replaying an event it
+/// has already seen changes nothing.
+#[async_trait]
+pub trait Projection: Send + Sync {
+    /// The projection's row in `projection_checkpoints`.
+    fn name(&self) -> &'static str;
+
+    /// Applies one event to the read model.
+    async fn apply(&self, conn: &mut PgConnection, event: &ProjectedEvent) -> sqlx::Result<()>;
+
+    /// Removes every row, before a rebuild from position 0.
+    async fn reset(&self, conn: &mut PgConnection) -> sqlx::Result<()>;
+}
+
+/// Every read model, in the order their projectors are started.
+pub fn all() -> Vec<Box<dyn Projection>> {
+    vec![
+        Box::new(users::UsersProjection),
+        Box::new(employees::EmployeesProjection),
+    ]
+}

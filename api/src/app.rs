@@ -1,0 +1,149 @@
+//! Startup: PostgreSQL (private cluster or `DATABASE_URL`), tenancy, services, the router and
+//! the listener. Tests build an `Application` exactly as `custos serve` does.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use sqlx::postgres::PgConnectOptions;
+use tokio::net::TcpListener;
+
+use crate::auth::Passwords;
+use crate::cluster::PrivateCluster;
+use crate::config::{Config, DatabaseConfig};
+use crate::graphql::build_schema;
+use crate::http::{router, AppState};
+use crate::keys::MasterKey;
+use crate::service::Services;
+use crate::tenancy::Tenancy;
+
+/// The PostgreSQL server Custos administers, and the private cluster when it runs one.
+pub struct Database {
+    pub options: PgConnectOptions,
+    pub cluster: Option<PrivateCluster>,
+}
+
+impl Database {
+    /// Starts the private cluster under `<data-dir>/postgres`, or uses the configured server.
+    pub async fn open(config: &Config) -> anyhow::Result<Self> {
+        match &config.database {
+            DatabaseConfig::External(options) => Ok(Self {
+                options: (**options).clone(),
+                cluster: None,
+            }),
+            DatabaseConfig::Private => {
+                let dir = config.data_dir.join("postgres");
+                let settings = config.cluster_settings.clone();
+                let cluster =
+                    tokio::task::spawn_blocking(move || PrivateCluster::start(&dir, &settings))
+                        .await??;
+                tracing::info!(socket = %cluster.socket_dir().display(), "private PostgreSQL cluster started");
+                Ok(Self {
+                    options: cluster.connect_options(),
+                    cluster: Some(cluster),
+                })
+            }
+        }
+    }
+
+    /// Stops the private cluster, if this process started one.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        if let Some(cluster) = self.cluster {
+            tokio::task::spawn_blocking(move || cluster.stop()).await??;
+            tracing::info!("private PostgreSQL cluster stopped");
+        }
+        Ok(())
+    }
+}
+
+/// Connects tenancy and builds the services, for `serve` and the one-shot commands.
+pub async fn services(config: &Config, database: &Database) -> anyhow::Result<Arc<Services>> {
+    let master_key = Arc::new(MasterKey::load(
+        config.master_key.as_ref(),
+        &config.data_dir,
+    )?);
+    let tenancy = Tenancy::start(
+        database.options.clone(),
+        &config.catalog_database,
+        &config.regions,
+        master_key,
+        config.tenant_pool_size,
+    )
+    .await?;
+    Ok(Arc::new(Services {
+        tenancy,
+        passwords: Passwords::new(config.password_hash_concurrency),
+        sessions: config.sessions,
+        projection_wait: config.projection_wait,
+    }))
+}
+
+/// The running service.
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    services: Arc<Services>,
+    database: Database,
+}
+
+impl Application {
+    /// Opens the database, prepares tenancy and binds the listener.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let database = Database::open(&config).await?;
+        let services = match services(&config, &database).await {
+            Ok(services) => services,
+            Err(err) => {
+                database.stop().await?;
+                return Err(err);
+            }
+        };
+        let state = AppState {
+            schema: build_schema(services.clone()),
+            services: services.clone(),
+            graphiql: config.graphiql,
+        };
+        let listener = TcpListener::bind(config.listen).await?;
+        Ok(Self {
+            listener,
+            router: router(state),
+            services,
+            database,
+        })
+    }
+
+    /// Where the service listens (useful with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The HTTP router.
+    pub fn router(&self) -> Router {
+        self.router.clone()
+    }
+
+    /// The use cases, for the CLI and tests.
+    pub fn services(&self) -> Arc<Services> {
+        self.services.clone()
+    }
+
+    /// Serves until `shutdown` completes, then drains requests, closes pools and stops the
+    /// private cluster.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        tracing::info!(address = %self.listener.local_addr()?, "serving GraphQL at /graphql");
+        let served = axum::serve(
+            self.listener,
+            self.router
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await;
+        self.services.tenancy.close().await;
+        self.database.stop().await?;
+        served?;
+        Ok(())
+    }
+}

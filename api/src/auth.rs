@@ -1,0 +1,281 @@
+//! Authentication: password hashing (argon2id in a capped blocking pool), bearer tokens and
+//! sessions, and the principal a request acts as.
+
+use std::sync::Arc;
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use custos_projections::users::UserRow;
+use rand::RngCore;
+use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use tokio::sync::Semaphore;
+use uuid::Uuid;
+
+use crate::config::SessionPolicy;
+use crate::error::ApiError;
+use crate::tenancy::Tenant;
+
+/// OWASP's argon2id baseline: 19 MiB, 2 passes, 1 lane.
+fn argon2() -> Argon2<'static> {
+    let params = Params::new(19 * 1024, 2, 1, None).expect("constant argon2 parameters are valid");
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+}
+
+/// The shortest and longest passwords accepted. Long passphrases are welcome; the upper
+/// bound only keeps one request from buying unbounded hashing work.
+pub const MIN_PASSWORD: usize = 12;
+pub const MAX_PASSWORD: usize = 1024;
+
+/// Checks a new password against the policy; the error names the rule, never the password.
+pub fn check_new_password(password: &SecretString) -> Result<(), ApiError> {
+    let length = password.expose_secret().chars().count();
+    if length < MIN_PASSWORD {
+        return Err(ApiError::validation(
+            "password",
+            format!("the password must have at least {MIN_PASSWORD} characters"),
+        ));
+    }
+    if length > MAX_PASSWORD {
+        return Err(ApiError::validation(
+            "password",
+            format!("the password must have at most {MAX_PASSWORD} characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// Hashes and verifies passwords on the blocking pool, at most `concurrency` at once, so a
+/// login flood queues here instead of starving the async workers.
+#[derive(Clone)]
+pub struct Passwords {
+    permits: Arc<Semaphore>,
+    /// Verified against when the user does not exist, so that answer takes as long as a
+    /// wrong password.
+    dummy_hash: Arc<str>,
+}
+
+impl Passwords {
+    pub fn new(concurrency: usize) -> Self {
+        let salt = SaltString::generate(&mut rand::rngs::OsRng);
+        let dummy = argon2()
+            .hash_password(b"custos-dummy-password", &salt)
+            .expect("hashing a constant succeeds")
+            .to_string();
+        Self {
+            permits: Arc::new(Semaphore::new(concurrency.max(1))),
+            dummy_hash: dummy.into(),
+        }
+    }
+
+    /// An argon2id PHC string for `password`.
+    pub async fn hash(&self, password: SecretString) -> Result<String, ApiError> {
+        let _permit = self.permits.acquire().await.map_err(ApiError::internal)?;
+        tokio::task::spawn_blocking(move || {
+            let salt = SaltString::generate(&mut rand::rngs::OsRng);
+            argon2()
+                .hash_password(password.expose_secret().as_bytes(), &salt)
+                .map(|hash| hash.to_string())
+                .map_err(|err| ApiError::internal(anyhow::anyhow!("hashing failed: {err}")))
+        })
+        .await
+        .map_err(ApiError::internal)?
+    }
+
+    /// Whether `password` matches `hash`; with no hash, spends the same time and says no.
+    pub async fn verify(
+        &self,
+        hash: Option<String>,
+        password: SecretString,
+    ) -> Result<bool, ApiError> {
+        let _permit = self.permits.acquire().await.map_err(ApiError::internal)?;
+        let known = hash.is_some();
+        let hash = hash.unwrap_or_else(|| self.dummy_hash.to_string());
+        let matched = tokio::task::spawn_blocking(move || {
+            PasswordHash::new(&hash)
+                .map(|parsed| {
+                    argon2()
+                        .verify_password(password.expose_secret().as_bytes(), &parsed)
+                        .is_ok()
+                })
+                .unwrap_or(false)
+        })
+        .await
+        .map_err(ApiError::internal)?;
+        Ok(known && matched)
+    }
+}
+
+/// A bearer token: `cus_<tenant id>_<32 random bytes, base64url>`. The tenant id lets the
+/// token alone find the tenant; only a SHA-256 of the whole token is stored.
+pub struct SessionToken {
+    pub tenant_id: Uuid,
+    pub hash: Vec<u8>,
+}
+
+impl SessionToken {
+    /// A new token for `tenant_id`: the secret to hand to the client, and what to store.
+    pub fn generate(tenant_id: Uuid) -> (SecretString, Self) {
+        let mut secret = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut secret);
+        let token = format!(
+            "cus_{}_{}",
+            tenant_id.simple(),
+            URL_SAFE_NO_PAD.encode(secret)
+        );
+        let hash = Sha256::digest(token.as_bytes()).to_vec();
+        (SecretString::from(token), Self { tenant_id, hash })
+    }
+
+    /// Reads a presented token; `None` when it is not shaped like one of ours.
+    pub fn parse(token: &str) -> Option<Self> {
+        let rest = token.strip_prefix("cus_")?;
+        let (tenant, secret) = rest.split_once('_')?;
+        let tenant_id = Uuid::try_parse(tenant).ok()?;
+        let decoded = URL_SAFE_NO_PAD.decode(secret).ok()?;
+        if decoded.len() != 32 {
+            return None;
+        }
+        Some(Self {
+            tenant_id,
+            hash: Sha256::digest(token.as_bytes()).to_vec(),
+        })
+    }
+}
+
+/// Sessions in a tenant database.
+pub mod sessions {
+    use super::*;
+
+    /// Stores a new session and returns its expiry.
+    pub async fn create(
+        pool: &PgPool,
+        session_id: Uuid,
+        user_id: Uuid,
+        token: &SessionToken,
+        policy: SessionPolicy,
+    ) -> sqlx::Result<DateTime<Utc>> {
+        sqlx::query_scalar(
+            "INSERT INTO sessions (token_hash, id, user_id, expires_at)
+             VALUES ($1, $2, $3, now() + $4 * interval '1 second') RETURNING expires_at",
+        )
+        .bind(&token.hash)
+        .bind(session_id)
+        .bind(user_id)
+        .bind(policy.absolute_lifetime.as_secs_f64())
+        .fetch_one(pool)
+        .await
+    }
+
+    /// The live session for a token hash: not revoked, not past its absolute expiry, used
+    /// within the idle timeout. Refreshes its last use (at most once a minute).
+    pub async fn authenticate(
+        pool: &PgPool,
+        token_hash: &[u8],
+        policy: SessionPolicy,
+    ) -> sqlx::Result<Option<(Uuid, Uuid)>> {
+        let row: Option<(Uuid, Uuid, bool)> = sqlx::query_as(
+            "SELECT id, user_id, last_seen_at < now() - interval '60 seconds' FROM sessions
+             WHERE token_hash = $1 AND revoked_at IS NULL AND expires_at > now()
+               AND last_seen_at > now() - $2 * interval '1 second'",
+        )
+        .bind(token_hash)
+        .bind(policy.idle_timeout.as_secs_f64())
+        .fetch_optional(pool)
+        .await?;
+        let Some((session_id, user_id, stale)) = row else {
+            return Ok(None);
+        };
+        if stale {
+            sqlx::query("UPDATE sessions SET last_seen_at = now() WHERE id = $1")
+                .bind(session_id)
+                .execute(pool)
+                .await?;
+        }
+        Ok(Some((session_id, user_id)))
+    }
+
+    /// Ends a session.
+    pub async fn revoke(pool: &PgPool, session_id: Uuid) -> sqlx::Result<()> {
+        sqlx::query("UPDATE sessions SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL")
+            .bind(session_id)
+            .execute(pool)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Who a request acts as: a user of one tenant, through one session.
+#[derive(Clone)]
+pub struct Principal {
+    pub tenant: Arc<Tenant>,
+    pub user: UserRow,
+    pub session_id: Uuid,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip_and_carry_their_tenant() {
+        let tenant = Uuid::now_v7();
+        let (secret, stored) = SessionToken::generate(tenant);
+        let parsed = SessionToken::parse(secret.expose_secret()).unwrap();
+        assert_eq!(parsed.tenant_id, tenant);
+        assert_eq!(parsed.hash, stored.hash);
+        assert!(secret.expose_secret().len() > 43 + 32);
+    }
+
+    #[test]
+    fn malformed_tokens_are_refused() {
+        let tenant = Uuid::now_v7().simple();
+        for bad in [
+            "",
+            "Bearer x",
+            "cus_",
+            "cus_nothex_AAAA",
+            &format!("cus_{tenant}_short"),
+            &format!("cus_{tenant}"),
+        ] {
+            assert!(SessionToken::parse(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_password_policy_counts_characters() {
+        assert!(check_new_password(&SecretString::from("short")).is_err());
+        assert!(check_new_password(&SecretString::from("ééééééééééé")).is_err());
+        assert!(check_new_password(&SecretString::from("correct horse battery")).is_ok());
+        assert!(check_new_password(&SecretString::from("x".repeat(MAX_PASSWORD + 1))).is_err());
+    }
+
+    #[tokio::test]
+    async fn passwords_verify_and_unknown_users_fail() {
+        let passwords = Passwords::new(2);
+        let hash = passwords
+            .hash(SecretString::from("correct horse battery"))
+            .await
+            .unwrap();
+        assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
+        assert!(passwords
+            .verify(
+                Some(hash.clone()),
+                SecretString::from("correct horse battery")
+            )
+            .await
+            .unwrap());
+        assert!(!passwords
+            .verify(Some(hash), SecretString::from("wrong horse battery"))
+            .await
+            .unwrap());
+        assert!(!passwords
+            .verify(None, SecretString::from("custos-dummy-password"))
+            .await
+            .unwrap());
+    }
+}

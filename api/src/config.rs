@@ -1,0 +1,83 @@
+//! Service configuration, built from flags and environment by the CLI (or directly by tests).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use sqlx::postgres::PgConnectOptions;
+
+use crate::tenancy::Region;
+
+/// Where PostgreSQL is.
+#[derive(Debug, Clone)]
+pub enum DatabaseConfig {
+    /// Run a private cluster under `<data-dir>/postgres` (the default).
+    Private,
+    /// Use this server; the role must be allowed to create databases and roles.
+    External(Box<PgConnectOptions>),
+}
+
+/// Session lifetimes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionPolicy {
+    /// A session unused for this long ends.
+    pub idle_timeout: Duration,
+    /// A session ends this long after login, however active.
+    pub absolute_lifetime: Duration,
+}
+
+impl Default for SessionPolicy {
+    fn default() -> Self {
+        Self {
+            idle_timeout: Duration::from_secs(30 * 60),
+            absolute_lifetime: Duration::from_secs(12 * 60 * 60),
+        }
+    }
+}
+
+/// Everything `Application::build` needs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub database: DatabaseConfig,
+    /// The catalog database's name on the default server.
+    pub catalog_database: String,
+    /// Servers for regions that do not live on the default server.
+    pub regions: HashMap<Region, PgConnectOptions>,
+    /// `CUSTOS_MASTER_KEY`; when absent the key file in the data directory is used.
+    pub master_key: Option<SecretString>,
+    pub sessions: SessionPolicy,
+    /// Serve GraphiQL on `GET /graphql`.
+    pub graphiql: bool,
+    /// Connections per tenant pool (opened lazily, closed when idle).
+    pub tenant_pool_size: u32,
+    /// How many password hashes may be computed at once (each takes ~19 MiB and a core).
+    pub password_hash_concurrency: usize,
+    /// How long a mutation waits for its events to reach the read models.
+    pub projection_wait: Duration,
+    /// Extra `postgresql.conf` settings for the private cluster.
+    pub cluster_settings: Vec<(&'static str, String)>,
+}
+
+impl Config {
+    /// Defaults for everything but where data lives.
+    pub fn new(data_dir: PathBuf, database: DatabaseConfig) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir,
+            database,
+            catalog_database: "custos".to_owned(),
+            regions: HashMap::new(),
+            master_key: None,
+            sessions: SessionPolicy::default(),
+            graphiql: true,
+            tenant_pool_size: 8,
+            password_hash_concurrency: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            projection_wait: Duration::from_secs(10),
+            cluster_settings: vec![("max_connections", "300".to_owned())],
+        }
+    }
+}

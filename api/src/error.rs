@@ -1,0 +1,257 @@
+//! The one API error type, and the one place domain and infrastructure errors map to the codes
+//! clients see (`extensions.code`). Internal causes are logged once, here, and never returned.
+
+use async_graphql::ErrorExtensions;
+use cqrs_es::AggregateError;
+use custos_domain::{RecordError, UserError};
+
+/// What a client sees as `extensions.code`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    Unauthenticated,
+    Forbidden,
+    NotFound,
+    Validation,
+    Conflict,
+    Unavailable,
+    Internal,
+}
+
+impl Code {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::Unauthenticated => "UNAUTHENTICATED",
+            Code::Forbidden => "FORBIDDEN",
+            Code::NotFound => "NOT_FOUND",
+            Code::Validation => "VALIDATION",
+            Code::Conflict => "CONFLICT",
+            Code::Unavailable => "UNAVAILABLE",
+            Code::Internal => "INTERNAL",
+        }
+    }
+}
+
+/// Every error a resolver can return. It deliberately does not implement `Display`:
+/// async-graphql converts any `Display` type with a blanket `From`, which would drop the code;
+/// without it, `?` goes through the `From` below, which sets `extensions.code`.
+#[derive(Debug)]
+pub enum ApiError {
+    /// The token is missing, malformed, unknown, revoked or expired.
+    Unauthenticated,
+    /// Login failures: one message whatever failed (tenant, email or password).
+    InvalidCredentials,
+    Forbidden,
+    NotFound,
+    Validation {
+        message: String,
+        field: Option<String>,
+    },
+    Conflict(String),
+    Unavailable,
+    /// Logged once with its cause; the client sees only "internal error".
+    Internal(anyhow::Error),
+}
+
+impl ApiError {
+    pub fn validation(field: &str, message: impl Into<String>) -> Self {
+        ApiError::Validation {
+            message: message.into(),
+            field: Some(field.to_owned()),
+        }
+    }
+
+    pub fn internal(err: impl Into<anyhow::Error>) -> Self {
+        ApiError::Internal(err.into())
+    }
+
+    /// What the client reads.
+    pub fn message(&self) -> String {
+        match self {
+            ApiError::Unauthenticated => {
+                "authentication required: the token is missing, invalid or expired".into()
+            }
+            ApiError::InvalidCredentials => "invalid organisation, email or password".into(),
+            ApiError::Forbidden => "not allowed".into(),
+            ApiError::NotFound => "not found".into(),
+            ApiError::Validation { message, .. } | ApiError::Conflict(message) => message.clone(),
+            ApiError::Unavailable => "the service is temporarily unavailable; try again".into(),
+            ApiError::Internal(_) => "internal error".into(),
+        }
+    }
+
+    pub fn code(&self) -> Code {
+        match self {
+            ApiError::Unauthenticated | ApiError::InvalidCredentials => Code::Unauthenticated,
+            ApiError::Forbidden => Code::Forbidden,
+            ApiError::NotFound => Code::NotFound,
+            ApiError::Validation { .. } => Code::Validation,
+            ApiError::Conflict(_) => Code::Conflict,
+            ApiError::Unavailable => Code::Unavailable,
+            ApiError::Internal(_) => Code::Internal,
+        }
+    }
+}
+
+/// Describes an internal error for the log without echoing values: database errors are cut
+/// to their SQLSTATE, message and constraint (their DETAIL can quote row values).
+pub fn redacted(err: &anyhow::Error) -> String {
+    for cause in err.chain() {
+        if let Some(sqlx::Error::Database(db)) = cause.downcast_ref::<sqlx::Error>() {
+            return format!(
+                "database error {}: {} (constraint {})",
+                db.code().unwrap_or_default(),
+                db.message(),
+                db.constraint().unwrap_or("-")
+            );
+        }
+    }
+    err.chain()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+impl ApiError {
+    /// Logs an internal error's cause, once, where it is turned into a response.
+    pub fn report(&self) {
+        if let ApiError::Internal(cause) = self {
+            tracing::error!(error = %redacted(cause), "internal error");
+        }
+    }
+}
+
+impl From<ApiError> for async_graphql::Error {
+    fn from(err: ApiError) -> Self {
+        err.report();
+        let code = err.code();
+        let field = match &err {
+            ApiError::Validation { field, .. } => field.clone(),
+            _ => None,
+        };
+        async_graphql::Error::new(err.message()).extend_with(|_, ext| {
+            ext.set("code", code.as_str());
+            if let Some(field) = &field {
+                ext.set("field", field.as_str());
+            }
+        })
+    }
+}
+
+impl From<anyhow::Error> for ApiError {
+    fn from(err: anyhow::Error) -> Self {
+        ApiError::Internal(err)
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(err: sqlx::Error) -> Self {
+        match err {
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+                tracing::warn!(error = %err, "database unavailable");
+                ApiError::Unavailable
+            }
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+impl From<RecordError> for ApiError {
+    fn from(err: RecordError) -> Self {
+        match &err {
+            RecordError::NotFound => ApiError::NotFound,
+            RecordError::StaleVersion { .. } => ApiError::Conflict(err.to_string()),
+            _ => ApiError::Validation {
+                message: err.to_string(),
+                field: err.field().map(snake_to_camel),
+            },
+        }
+    }
+}
+
+impl From<UserError> for ApiError {
+    fn from(err: UserError) -> Self {
+        match &err {
+            UserError::NotFound => ApiError::NotFound,
+            UserError::AlreadyRegistered => ApiError::Conflict(err.to_string()),
+            UserError::InvalidField { field, .. } => ApiError::validation(field, err.to_string()),
+        }
+    }
+}
+
+impl<E> From<AggregateError<E>> for ApiError
+where
+    E: std::error::Error + Into<ApiError>,
+{
+    fn from(err: AggregateError<E>) -> Self {
+        match err {
+            AggregateError::UserError(err) => err.into(),
+            AggregateError::AggregateConflict => {
+                ApiError::Conflict("the record was changed concurrently; reload and retry".into())
+            }
+            AggregateError::DatabaseConnectionError(cause) => {
+                tracing::warn!(error = %cause, "database unavailable");
+                ApiError::Unavailable
+            }
+            AggregateError::DeserializationError(cause)
+            | AggregateError::UnexpectedError(cause) => {
+                ApiError::Internal(anyhow::Error::from_boxed(cause))
+            }
+        }
+    }
+}
+
+/// `first_name` → `firstName`: domain field names as the GraphQL API spells them.
+pub fn snake_to_camel(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut upper = false;
+    for c in name.chars() {
+        if c == '_' {
+            upper = true;
+        } else if upper {
+            out.extend(c.to_uppercase());
+            upper = false;
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use custos_domain::ValueError;
+
+    #[test]
+    fn domain_errors_map_to_codes_and_name_the_field() {
+        let err: ApiError = RecordError::InvalidField {
+            field: "first_name".into(),
+            reason: ValueError::Empty,
+        }
+        .into();
+        assert_eq!(err.code(), Code::Validation);
+        assert!(matches!(&err, ApiError::Validation { field: Some(f), .. } if f == "firstName"));
+        let stale: ApiError = AggregateError::UserError(RecordError::StaleVersion {
+            expected: 1,
+            actual: 2,
+        })
+        .into();
+        assert_eq!(stale.code(), Code::Conflict);
+        let conflict: ApiError = AggregateError::<RecordError>::AggregateConflict.into();
+        assert_eq!(conflict.code(), Code::Conflict);
+        let missing: ApiError = AggregateError::UserError(RecordError::NotFound).into();
+        assert_eq!(missing.code(), Code::NotFound);
+    }
+
+    #[test]
+    fn internal_errors_are_returned_without_detail() {
+        let err: async_graphql::Error = ApiError::internal(anyhow::anyhow!("secret detail")).into();
+        assert_eq!(err.message, "internal error");
+    }
+
+    #[test]
+    fn field_names_are_camel_cased() {
+        assert_eq!(snake_to_camel("start_date"), "startDate");
+        assert_eq!(snake_to_camel("email"), "email");
+    }
+}

@@ -1,0 +1,106 @@
+//! The GraphQL API: the schema, what each request carries, and the helpers every resolver
+//! uses to find its principal. One module per area.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_graphql::dataloader::{DataLoader, Loader};
+use async_graphql::{Context, EmptySubscription, MergedObject, Schema};
+use custos_projections::users::{self, UserRow};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::auth::Principal;
+use crate::error::ApiError;
+use crate::service::{RequestOrigin, Services};
+
+pub mod history;
+pub mod identity;
+pub mod records;
+
+/// The root query type.
+#[derive(MergedObject, Default)]
+pub struct Query(
+    identity::IdentityQuery,
+    records::RecordsQuery,
+    history::HistoryQuery,
+);
+
+/// The root mutation type.
+#[derive(MergedObject, Default)]
+pub struct Mutation(identity::IdentityMutation, records::RecordsMutation);
+
+pub type CustosSchema = Schema<Query, Mutation, EmptySubscription>;
+
+/// Query limits: deep or expensive documents are refused before they run.
+pub const MAX_DEPTH: usize = 12;
+pub const MAX_COMPLEXITY: usize = 2_000;
+
+/// Builds the schema; `services` is shared by every request.
+pub fn build_schema(services: Arc<Services>) -> CustosSchema {
+    Schema::build(Query::default(), Mutation::default(), EmptySubscription)
+        .data(services)
+        .limit_depth(MAX_DEPTH)
+        .limit_complexity(MAX_COMPLEXITY)
+        .limit_recursive_depth(32)
+        .finish()
+}
+
+/// What the HTTP layer attaches to each GraphQL request.
+pub struct RequestContext {
+    pub origin: RequestOrigin,
+    /// Set when the request carried a valid bearer token.
+    pub principal: Option<Principal>,
+}
+
+pub(crate) fn services<'a>(ctx: &Context<'a>) -> Result<&'a Arc<Services>, ApiError> {
+    ctx.data::<Arc<Services>>()
+        .map_err(|_| ApiError::internal(anyhow::anyhow!("schema built without services")))
+}
+
+pub(crate) fn request<'a>(ctx: &Context<'a>) -> Result<&'a RequestContext, ApiError> {
+    ctx.data::<RequestContext>()
+        .map_err(|_| ApiError::internal(anyhow::anyhow!("request without context")))
+}
+
+/// The principal of an authenticated request, or `UNAUTHENTICATED`.
+pub(crate) fn principal<'a>(ctx: &Context<'a>) -> Result<&'a Principal, ApiError> {
+    request(ctx)?
+        .principal
+        .as_ref()
+        .ok_or(ApiError::Unauthenticated)
+}
+
+/// Parses an `ID!` argument that must be a UUID.
+pub(crate) fn parse_id(field: &str, id: &async_graphql::ID) -> Result<Uuid, ApiError> {
+    Uuid::try_parse(id.as_str())
+        .map_err(|_| ApiError::validation(field, format!("`{field}` is not a valid id")))
+}
+
+/// Batches user lookups within one request (actors of many history entries or rows).
+pub struct UserLoader(pub PgPool);
+
+impl Loader<Uuid> for UserLoader {
+    type Value = UserRow;
+    type Error = Arc<sqlx::Error>;
+
+    async fn load(&self, keys: &[Uuid]) -> Result<HashMap<Uuid, UserRow>, Self::Error> {
+        let rows = users::users(&self.0, keys).await.map_err(Arc::new)?;
+        Ok(rows.into_iter().map(|row| (row.id, row)).collect())
+    }
+}
+
+/// A per-request loader for the principal's tenant.
+pub fn user_loader(principal: &Principal) -> DataLoader<UserLoader> {
+    DataLoader::new(UserLoader(principal.tenant.pool.clone()), tokio::spawn)
+}
+
+pub(crate) async fn load_user(ctx: &Context<'_>, id: Uuid) -> Result<Option<UserRow>, ApiError> {
+    let loader = ctx
+        .data::<DataLoader<UserLoader>>()
+        .map_err(|_| ApiError::Unauthenticated)?;
+    loader
+        .load_one(id)
+        .await
+        .map_err(|err| ApiError::internal(anyhow::anyhow!("loading a user failed: {err}")))
+}

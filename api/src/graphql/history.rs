@@ -1,0 +1,152 @@
+//! A record's history, replayed from the event store.
+
+use async_graphql::connection::{Connection, Edge, EmptyFields};
+use async_graphql::{ComplexObject, Context, Object, SimpleObject, ID};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::identity::User;
+use super::records::ConnectionTotal;
+use super::{load_user, parse_id, principal};
+use crate::error::ApiError;
+use crate::history::{record_history, HistoryEntry};
+
+/// One field's value before and after an event (`null`: no value).
+#[derive(SimpleObject)]
+pub struct FieldChange {
+    field: String,
+    before: Option<String>,
+    after: Option<String>,
+}
+
+/// Who caused an event.
+#[derive(SimpleObject)]
+#[graphql(complex)]
+pub struct Actor {
+    id: ID,
+    #[graphql(skip)]
+    user_id: Option<Uuid>,
+}
+
+#[ComplexObject]
+impl Actor {
+    /// The user's current email; `null` when the actor is not a user of this organisation.
+    async fn email(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<String>> {
+        Ok(self.user(ctx).await?.map(|u| u.0.email))
+    }
+    async fn name(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<String>> {
+        Ok(self.user(ctx).await?.map(|u| u.0.name))
+    }
+}
+
+impl Actor {
+    async fn user(&self, ctx: &Context<'_>) -> Result<Option<User>, ApiError> {
+        match self.user_id {
+            Some(id) => Ok(load_user(ctx, id).await?.map(User)),
+            None => Ok(None),
+        }
+    }
+}
+
+/// One event in a record's history.
+#[derive(SimpleObject)]
+pub struct HistoryEvent {
+    /// The record's version after this event (1 for its creation).
+    sequence: i64,
+    event_type: String,
+    recorded_at: DateTime<Utc>,
+    actor: Actor,
+    /// The request that caused the event.
+    request_id: Option<ID>,
+    /// Every field the event changed.
+    changes: Vec<FieldChange>,
+}
+
+impl From<HistoryEntry> for HistoryEvent {
+    fn from(entry: HistoryEntry) -> Self {
+        let actor = entry.metadata.map(|m| m.actor_user_id);
+        Self {
+            sequence: entry.sequence,
+            event_type: entry.event_type,
+            recorded_at: entry.recorded_at,
+            actor: Actor {
+                id: ID(actor.map(|a| a.to_string()).unwrap_or_default()),
+                user_id: actor,
+            },
+            request_id: entry.metadata.map(|m| ID(m.request_id.to_string())),
+            changes: entry
+                .changes
+                .into_iter()
+                .map(|c| FieldChange {
+                    field: c.field,
+                    before: c.before,
+                    after: c.after,
+                })
+                .collect(),
+        }
+    }
+}
+
+pub type HistoryConnection = Connection<String, HistoryEvent, ConnectionTotal, EmptyFields>;
+
+fn encode_sequence(sequence: i64) -> String {
+    URL_SAFE_NO_PAD.encode(sequence.to_be_bytes())
+}
+
+fn decode_sequence(raw: &str) -> Option<i64> {
+    let bytes: [u8; 8] = URL_SAFE_NO_PAD.decode(raw).ok()?.try_into().ok()?;
+    Some(i64::from_be_bytes(bytes))
+}
+
+#[derive(Default)]
+pub struct HistoryQuery;
+
+#[Object]
+impl HistoryQuery {
+    /// Every change to a record, oldest first, with who made it and each field's value
+    /// before and after. Replayed from the event store, not from a read model.
+    async fn record_history(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        #[graphql(default = 100)] first: i32,
+        after: Option<String>,
+    ) -> async_graphql::Result<HistoryConnection> {
+        let principal = principal(ctx)?;
+        let id = parse_id("id", &id)?;
+        if !(1..=1000).contains(&first) {
+            return Err(ApiError::validation("first", "`first` must be between 1 and 1000").into());
+        }
+        let after = after
+            .map(|raw| {
+                decode_sequence(&raw)
+                    .ok_or_else(|| ApiError::validation("after", "`after` is not a valid cursor"))
+            })
+            .transpose()?;
+        let entries = record_history(&principal.tenant.log, id)
+            .await
+            .map_err(ApiError::internal)?;
+        if entries.is_empty() {
+            return Err(ApiError::NotFound.into());
+        }
+        let total_count = entries.len() as i64;
+        let mut rest = entries
+            .into_iter()
+            .filter(|e| after.is_none_or(|after| e.sequence > after))
+            .peekable();
+        let page: Vec<HistoryEntry> = rest.by_ref().take(first as usize).collect();
+        let mut connection = Connection::with_additional_fields(
+            after.is_some(),
+            rest.peek().is_some(),
+            ConnectionTotal { total_count },
+        );
+        connection
+            .edges
+            .extend(page.into_iter().map(|entry| {
+                Edge::new(encode_sequence(entry.sequence), HistoryEvent::from(entry))
+            }));
+        Ok(connection)
+    }
+}

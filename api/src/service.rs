@@ -1,0 +1,313 @@
+//! Use cases shared by GraphQL and the CLI: signing up an organisation, logging in and out,
+//! authenticating a bearer token, and executing commands with read-your-writes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cqrs_es::{Aggregate, AggregateError};
+use custos_domain::{Email, EventMetadata, LoginFailure, LoginOrigin, PersonName, UserCommand};
+use custos_projections::users::{self, UserRow};
+use secrecy::SecretString;
+use uuid::Uuid;
+
+use crate::auth::{check_new_password, sessions, Passwords, Principal, SessionToken};
+use crate::config::SessionPolicy;
+use crate::error::ApiError;
+use crate::event_store::Cqrs;
+use crate::tenancy::{ProvisionError, Region, Tenancy, Tenant};
+
+/// What creating an organisation needs.
+pub struct NewOrganization {
+    pub name: String,
+    pub slug: String,
+    pub region: String,
+    pub admin_email: String,
+    pub admin_name: String,
+    pub password: SecretString,
+}
+
+/// A successful sign-up or login: the bearer token (shown once) and who it belongs to.
+pub struct SignedIn {
+    pub token: SecretString,
+    pub tenant: Arc<Tenant>,
+    pub user: UserRow,
+}
+
+/// Where a request came from; recorded with login events.
+#[derive(Debug, Clone, Default)]
+pub struct RequestOrigin {
+    pub request_id: Uuid,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+impl RequestOrigin {
+    fn login_origin(&self) -> LoginOrigin {
+        LoginOrigin::new(self.ip.clone(), self.user_agent.clone())
+    }
+}
+
+/// The service's use cases.
+pub struct Services {
+    pub tenancy: Tenancy,
+    pub passwords: Passwords,
+    pub sessions: SessionPolicy,
+    pub projection_wait: Duration,
+}
+
+/// A slug: 3 to 63 lower-case letters, digits and inner dashes (it appears in login forms).
+fn check_slug(slug: &str) -> Result<(), ApiError> {
+    let ok = (3..=63).contains(&slug.len())
+        && slug
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !slug.starts_with('-')
+        && !slug.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::validation(
+            "slug",
+            "the slug must be 3 to 63 lower-case letters, digits or dashes, not starting or ending with a dash",
+        ))
+    }
+}
+
+impl Services {
+    /// Runs a command on a tenant's aggregate as `metadata.actor_user_id`, then waits until
+    /// the read models have applied its events, so the caller can answer from them.
+    pub async fn execute<A>(
+        &self,
+        tenant: &Tenant,
+        cqrs: &Cqrs<A>,
+        aggregate_id: Uuid,
+        command: A::Command,
+        metadata: EventMetadata,
+    ) -> Result<(), ApiError>
+    where
+        A: Aggregate,
+        ApiError: From<AggregateError<A::Error>>,
+    {
+        let id = aggregate_id.to_string();
+        cqrs.execute_with_metadata(&id, command, metadata.to_map())
+            .await?;
+        if let Some(head) = tenant.log.head(A::TYPE, &id).await? {
+            tenant
+                .projectors
+                .wait_for(head, self.projection_wait)
+                .await
+                .map_err(|_| {
+                    tracing::warn!(tenant.id = %tenant.id, aggregate.id = %id, "read models are lagging");
+                    ApiError::Unavailable
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Creates an organisation: its own database, and its first administrator. Everything is
+    /// validated before anything is created; on a later failure the tenant is removed again.
+    pub async fn create_organization(
+        &self,
+        input: NewOrganization,
+        request_id: Uuid,
+    ) -> Result<(Arc<Tenant>, UserRow), ApiError> {
+        let name = input.name.trim();
+        if name.is_empty() || name.chars().count() > 200 {
+            return Err(ApiError::validation(
+                "organization",
+                "the organisation name must have 1 to 200 characters",
+            ));
+        }
+        check_slug(&input.slug)?;
+        let region: Region = input
+            .region
+            .parse()
+            .map_err(|()| ApiError::validation("region", "the region must be `eu` or `us`"))?;
+        let email = Email::parse(&input.admin_email)
+            .map_err(|e| ApiError::validation("adminEmail", format!("adminEmail {e}")))?;
+        let admin_name = PersonName::parse(&input.admin_name)
+            .map_err(|e| ApiError::validation("adminName", format!("adminName {e}")))?;
+        check_new_password(&input.password)?;
+        let password_hash = self.passwords.hash(input.password).await?;
+
+        let row = self
+            .tenancy
+            .provision(&input.slug, name, region)
+            .await
+            .map_err(|err| match err {
+                ProvisionError::SlugTaken => {
+                    ApiError::validation("slug", "this slug is already taken")
+                }
+                other => ApiError::internal(other),
+            })?;
+        let created = async {
+            let tenant = self.tenancy.get(row.id).await?.ok_or(ApiError::NotFound)?;
+            let user_id = Uuid::now_v7();
+            let register = UserCommand::Register {
+                email: email.to_string(),
+                name: admin_name.to_string(),
+                password_hash,
+                administrator: true,
+            };
+            let metadata = EventMetadata::new(user_id, request_id);
+            self.execute(&tenant, &tenant.users, user_id, register, metadata)
+                .await?;
+            let user = users::user(&tenant.pool, user_id)
+                .await?
+                .ok_or(ApiError::NotFound)?;
+            Ok::<_, ApiError>((tenant, user))
+        }
+        .await;
+        if created.is_err() {
+            if let Err(err) = self.tenancy.remove(row.id).await {
+                tracing::error!(tenant.id = %row.id, error = %err, "removing a half-created tenant failed");
+            }
+        }
+        created
+    }
+
+    /// Signs up: creates the organisation and logs its administrator in.
+    pub async fn sign_up(
+        &self,
+        input: NewOrganization,
+        origin: &RequestOrigin,
+    ) -> Result<SignedIn, ApiError> {
+        let (tenant, user) = self.create_organization(input, origin.request_id).await?;
+        self.open_session(tenant, user, origin).await
+    }
+
+    async fn open_session(
+        &self,
+        tenant: Arc<Tenant>,
+        user: UserRow,
+        origin: &RequestOrigin,
+    ) -> Result<SignedIn, ApiError> {
+        let (token, stored) = SessionToken::generate(tenant.id);
+        let session_id = Uuid::now_v7();
+        sessions::create(&tenant.pool, session_id, user.id, &stored, self.sessions).await?;
+        let command = UserCommand::RecordLoginSuccess {
+            session_id,
+            origin: origin.login_origin(),
+        };
+        let metadata = EventMetadata::new(user.id, origin.request_id);
+        self.execute(&tenant, &tenant.users, user.id, command, metadata)
+            .await?;
+        tracing::info!(tenant.id = %tenant.id, user.id = %user.id, session.id = %session_id, "login succeeded");
+        Ok(SignedIn {
+            token,
+            tenant,
+            user,
+        })
+    }
+
+    /// Logs in with the organisation's slug, an email and a password. Every failure — unknown
+    /// organisation, unknown email, wrong password — gives the same error after the same work.
+    pub async fn login(
+        &self,
+        slug: &str,
+        email: &str,
+        password: SecretString,
+        origin: &RequestOrigin,
+    ) -> Result<SignedIn, ApiError> {
+        let tenant = match check_slug(slug) {
+            Ok(()) => self
+                .tenancy
+                .by_slug(slug)
+                .await
+                .map_err(ApiError::internal)?,
+            Err(_) => None,
+        };
+        let credentials = match &tenant {
+            Some(tenant) => users::credentials(&tenant.pool, &email.trim().to_lowercase()).await?,
+            None => None,
+        };
+        let hash = credentials.as_ref().map(|c| c.password_hash.clone());
+        let matched = self.passwords.verify(hash, password).await?;
+        match (tenant, credentials) {
+            (Some(tenant), Some(credentials)) if matched && credentials.active => {
+                let user = users::user(&tenant.pool, credentials.id)
+                    .await?
+                    .ok_or(ApiError::InvalidCredentials)?;
+                self.open_session(tenant, user, origin).await
+            }
+            (Some(tenant), Some(credentials)) => {
+                let command = UserCommand::RecordLoginFailure {
+                    reason: LoginFailure::WrongPassword,
+                    origin: origin.login_origin(),
+                };
+                let metadata = EventMetadata::new(credentials.id, origin.request_id);
+                self.execute(&tenant, &tenant.users, credentials.id, command, metadata)
+                    .await?;
+                tracing::warn!(tenant.id = %tenant.id, user.id = %credentials.id, "login failed: wrong password");
+                Err(ApiError::InvalidCredentials)
+            }
+            _ => {
+                tracing::warn!("login failed: unknown organisation or email");
+                Err(ApiError::InvalidCredentials)
+            }
+        }
+    }
+
+    /// Ends the principal's session.
+    pub async fn logout(&self, principal: &Principal, request_id: Uuid) -> Result<(), ApiError> {
+        let tenant = &principal.tenant;
+        sessions::revoke(&tenant.pool, principal.session_id).await?;
+        let command = UserCommand::RecordLogout {
+            session_id: principal.session_id,
+        };
+        let metadata = EventMetadata::new(principal.user.id, request_id);
+        self.execute(tenant, &tenant.users, principal.user.id, command, metadata)
+            .await
+    }
+
+    /// The principal for a bearer token; `None` when the token is malformed, unknown,
+    /// revoked or expired, or its user is inactive.
+    pub async fn authenticate(&self, token: &str) -> Result<Option<Principal>, ApiError> {
+        let Some(parsed) = SessionToken::parse(token) else {
+            return Ok(None);
+        };
+        let Some(tenant) = self
+            .tenancy
+            .get(parsed.tenant_id)
+            .await
+            .map_err(ApiError::internal)?
+        else {
+            return Ok(None);
+        };
+        let Some((session_id, user_id)) =
+            sessions::authenticate(&tenant.pool, &parsed.hash, self.sessions).await?
+        else {
+            return Ok(None);
+        };
+        let user = users::user(&tenant.pool, user_id).await?;
+        Ok(user.filter(|u| u.active).map(|user| Principal {
+            tenant,
+            user,
+            session_id,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slugs_are_short_lower_case_names() {
+        for good in ["acme", "acme-eu", "a1b", "x".repeat(63).as_str()] {
+            assert!(check_slug(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "ab",
+            "-acme",
+            "acme-",
+            "Acme",
+            "acme corp",
+            "ac_me",
+            "x".repeat(64).as_str(),
+            "",
+        ] {
+            assert!(check_slug(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,510 @@
+//! Tenancy: the catalog of tenants, the PostgreSQL server of each region, and each tenant's
+//! own database, login role and lazily opened context (pool, event store, projectors).
+//!
+//! Creating a database or a role cannot be a migration (migrations run inside one database),
+//! so provisioning issues that DDL here, with generated identifiers only.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cqrs_es::persist::PersistedEventStore;
+use cqrs_es::CqrsFramework;
+use secrecy::ExposeSecret;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
+use tokio::sync::RwLock;
+use uuid::Uuid;
+
+use crate::event_store::{CustosEventRepository, EventCodec, EventLog, RecordCqrs, UserCqrs};
+use crate::keys::MasterKey;
+use crate::projector::Projectors;
+
+pub static CATALOG_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/catalog");
+pub static TENANT_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/tenant");
+
+/// The migrated database every tenant database is copied from.
+pub const TEMPLATE_DATABASE: &str = "custos_tenant_template";
+/// Advisory lock (in the server's `postgres` database) that keeps template migrations and
+/// copies of the template apart: copying needs nobody connected to the template.
+const TEMPLATE_LOCK: i64 = 0x6375_7374_6f73_0001;
+
+/// A data region a client can choose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Region {
+    Eu,
+    Us,
+}
+
+impl Region {
+    pub const ALL: [Region; 2] = [Region::Eu, Region::Us];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Region::Eu => "eu",
+            Region::Us => "us",
+        }
+    }
+}
+
+impl FromStr for Region {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "eu" => Ok(Region::Eu),
+            "us" => Ok(Region::Us),
+            _ => Err(()),
+        }
+    }
+}
+
+/// A tenant as the catalog lists it.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct TenantRow {
+    pub id: Uuid,
+    pub slug: String,
+    pub name: String,
+    pub region: String,
+    pub status: String,
+    pub database_name: String,
+    pub role_name: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    #[error("the organisation slug is already taken")]
+    SlugTaken,
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Migration(#[from] sqlx::migrate::MigrateError),
+}
+
+/// One tenant's open context.
+pub struct Tenant {
+    pub id: Uuid,
+    pub slug: String,
+    pub name: String,
+    pub region: Region,
+    /// Connects as the tenant's own login role, to the tenant's own database.
+    pub pool: PgPool,
+    pub log: EventLog,
+    pub records: RecordCqrs,
+    pub users: UserCqrs,
+    pub projectors: Projectors,
+}
+
+/// A PostgreSQL server that hosts tenant databases.
+struct Server {
+    /// Connects as the administrator; the database is set per use.
+    admin: PgConnectOptions,
+}
+
+impl Server {
+    async fn connect(&self, database: &str) -> sqlx::Result<PgConnection> {
+        PgConnection::connect_with(&self.admin.clone().database(database)).await
+    }
+}
+
+/// The tenant directory and every open tenant.
+pub struct Tenancy {
+    catalog: PgPool,
+    servers: HashMap<Region, Server>,
+    master_key: Arc<MasterKey>,
+    pool_size: u32,
+    open: RwLock<HashMap<Uuid, Arc<Tenant>>>,
+}
+
+/// Quotes an SQL identifier. Provisioning only ever passes generated names, but quoting keeps
+/// that a property of this function rather than of its callers.
+fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+impl Tenancy {
+    /// Connects to the catalog and prepares every region's server: the catalog is migrated,
+    /// the tenant template created or migrated, and every existing tenant migrated.
+    pub async fn start(
+        default_server: PgConnectOptions,
+        catalog_database: &str,
+        regions: &HashMap<Region, PgConnectOptions>,
+        master_key: Arc<MasterKey>,
+        pool_size: u32,
+    ) -> anyhow::Result<Self> {
+        let default_server = default_server.disable_statement_logging();
+        let maintenance = Server {
+            admin: default_server.clone(),
+        };
+        let mut admin = maintenance.connect("postgres").await?;
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT FROM pg_database WHERE datname = $1)")
+                .bind(catalog_database)
+                .fetch_one(&mut admin)
+                .await?;
+        if !exists {
+            let created = sqlx::query(&format!("CREATE DATABASE {}", ident(catalog_database)))
+                .execute(&mut admin)
+                .await;
+            // Two instances starting at once: the loser finds the catalog created.
+            if let Err(err) = created {
+                if err
+                    .as_database_error()
+                    .is_none_or(|e| e.code().as_deref() != Some("42P04"))
+                {
+                    return Err(err.into());
+                }
+            }
+        }
+        admin.close().await?;
+        let catalog = PgPoolOptions::new()
+            .max_connections(4)
+            .min_connections(0)
+            .idle_timeout(Duration::from_secs(60))
+            .connect_with(default_server.clone().database(catalog_database))
+            .await?;
+        CATALOG_MIGRATIONS.run(&catalog).await?;
+
+        let servers: HashMap<Region, Server> = Region::ALL
+            .iter()
+            .map(|region| {
+                let admin = regions
+                    .get(region)
+                    .cloned()
+                    .map(|o| o.disable_statement_logging())
+                    .unwrap_or_else(|| default_server.clone());
+                (*region, Server { admin })
+            })
+            .collect();
+        for server in servers.values() {
+            prepare_template(server).await?;
+        }
+        let tenancy = Self {
+            catalog,
+            servers,
+            master_key,
+            pool_size,
+            open: RwLock::new(HashMap::new()),
+        };
+        tenancy.migrate_tenants().await?;
+        Ok(tenancy)
+    }
+
+    /// The catalog pool (read-only use outside this module).
+    pub fn catalog(&self) -> &PgPool {
+        &self.catalog
+    }
+
+    /// Runs the tenant migrations on every tenant database.
+    pub async fn migrate_tenants(&self) -> anyhow::Result<()> {
+        for row in self.list().await? {
+            let server = self.server(&row)?;
+            let mut conn = server.connect(&row.database_name).await?;
+            TENANT_MIGRATIONS.run_direct(&mut conn).await?;
+            conn.close().await?;
+        }
+        Ok(())
+    }
+
+    /// Every provisioned tenant.
+    pub async fn list(&self) -> sqlx::Result<Vec<TenantRow>> {
+        sqlx::query_as(
+            "SELECT id, slug, name, region, status, database_name, role_name FROM tenants
+             WHERE status <> 'provisioning' ORDER BY created_at",
+        )
+        .fetch_all(&self.catalog)
+        .await
+    }
+
+    fn server(&self, row: &TenantRow) -> anyhow::Result<&Server> {
+        let region: Region = row
+            .region
+            .parse()
+            .map_err(|()| anyhow::anyhow!("tenant {} has unknown region {}", row.id, row.region))?;
+        self.servers
+            .get(&region)
+            .ok_or_else(|| anyhow::anyhow!("no server for region {}", row.region))
+    }
+
+    /// Creates a tenant: its catalog entry, login role and database (a copy of the migrated
+    /// template, reachable only by that role). On any failure everything created is removed.
+    pub async fn provision(
+        &self,
+        slug: &str,
+        name: &str,
+        region: Region,
+    ) -> Result<TenantRow, ProvisionError> {
+        let id = Uuid::now_v7();
+        let db_name = format!("custos_t_{}", id.simple());
+        let inserted = sqlx::query_as::<_, TenantRow>(
+            "INSERT INTO tenants (id, slug, name, region, status, database_name, role_name, trial_ends_at)
+             VALUES ($1, $2, $3, $4, 'provisioning', $5, $5, now() + interval '30 days')
+             RETURNING id, slug, name, region, status, database_name, role_name",
+        )
+        .bind(id)
+        .bind(slug)
+        .bind(name)
+        .bind(region.as_str())
+        .bind(&db_name)
+        .fetch_one(&self.catalog)
+        .await;
+        let row = match inserted {
+            Ok(row) => row,
+            Err(err)
+                if err
+                    .as_database_error()
+                    .is_some_and(|e| e.is_unique_violation()) =>
+            {
+                return Err(ProvisionError::SlugTaken)
+            }
+            Err(err) => return Err(err.into()),
+        };
+        let server = &self.servers[&region];
+        match self.create_database(server, &row).await {
+            Ok(()) => {
+                let row = sqlx::query_as::<_, TenantRow>(
+                    "UPDATE tenants SET status = 'trial', updated_at = now() WHERE id = $1
+                     RETURNING id, slug, name, region, status, database_name, role_name",
+                )
+                .bind(id)
+                .fetch_one(&self.catalog)
+                .await?;
+                tracing::info!(tenant.id = %id, tenant.region = region.as_str(), "tenant provisioned");
+                Ok(row)
+            }
+            Err(err) => {
+                if let Err(cleanup) = self.drop_database(server, &row).await {
+                    tracing::error!(tenant.id = %id, error = %cleanup, "cleanup after a failed provisioning failed");
+                }
+                sqlx::query("DELETE FROM tenants WHERE id = $1")
+                    .bind(id)
+                    .execute(&self.catalog)
+                    .await?;
+                Err(err)
+            }
+        }
+    }
+
+    async fn create_database(
+        &self,
+        server: &Server,
+        row: &TenantRow,
+    ) -> Result<(), ProvisionError> {
+        let password = self.master_key.tenant_db_password(row.id);
+        let mut admin = server.connect("postgres").await?;
+        sqlx::query("SELECT pg_advisory_lock_shared($1)")
+            .bind(TEMPLATE_LOCK)
+            .execute(&mut admin)
+            .await?;
+        // The password is hex, derived from the master key; statement logging is off.
+        let statements = [
+            format!(
+                "CREATE ROLE {} LOGIN PASSWORD '{}' IN ROLE custos_tenant",
+                ident(&row.role_name),
+                password.expose_secret()
+            ),
+            format!(
+                "CREATE DATABASE {} TEMPLATE {}",
+                ident(&row.database_name),
+                ident(TEMPLATE_DATABASE)
+            ),
+            format!(
+                "REVOKE ALL ON DATABASE {} FROM PUBLIC",
+                ident(&row.database_name)
+            ),
+            format!(
+                "GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}",
+                ident(&row.database_name),
+                ident(&row.role_name)
+            ),
+        ];
+        for statement in &statements {
+            sqlx::query(statement).execute(&mut admin).await?;
+        }
+        admin.close().await?;
+        let mut conn = server.connect(&row.database_name).await?;
+        TENANT_MIGRATIONS.run_direct(&mut conn).await?;
+        conn.close().await?;
+        Ok(())
+    }
+
+    async fn drop_database(&self, server: &Server, row: &TenantRow) -> sqlx::Result<()> {
+        let mut admin = server.connect("postgres").await?;
+        sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            ident(&row.database_name)
+        ))
+        .execute(&mut admin)
+        .await?;
+        sqlx::query(&format!("DROP ROLE IF EXISTS {}", ident(&row.role_name)))
+            .execute(&mut admin)
+            .await?;
+        admin.close().await
+    }
+
+    /// Removes a tenant entirely: closes it, drops its database and role, deletes its
+    /// catalog entry. Used to undo a sign-up that failed half-way.
+    pub async fn remove(&self, id: Uuid) -> anyhow::Result<()> {
+        if let Some(tenant) = self.open.write().await.remove(&id) {
+            tenant.pool.close().await;
+        }
+        let row = sqlx::query_as::<_, TenantRow>(
+            "SELECT id, slug, name, region, status, database_name, role_name FROM tenants WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.catalog)
+        .await?;
+        if let Some(row) = row {
+            self.drop_database(self.server(&row)?, &row).await?;
+            sqlx::query("DELETE FROM tenants WHERE id = $1")
+                .bind(id)
+                .execute(&self.catalog)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The open context of the tenant with this id, opening it on first use. `None` for an
+    /// unknown id or a tenant that is not in service.
+    pub async fn get(&self, id: Uuid) -> anyhow::Result<Option<Arc<Tenant>>> {
+        if let Some(tenant) = self.open.read().await.get(&id) {
+            return Ok(Some(tenant.clone()));
+        }
+        let row = sqlx::query_as::<_, TenantRow>(
+            "SELECT id, slug, name, region, status, database_name, role_name FROM tenants
+             WHERE id = $1 AND status IN ('trial', 'active')",
+        )
+        .bind(id)
+        .fetch_optional(&self.catalog)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let mut open = self.open.write().await;
+        if let Some(tenant) = open.get(&id) {
+            return Ok(Some(tenant.clone()));
+        }
+        let tenant = Arc::new(self.open_tenant(&row)?);
+        open.insert(id, tenant.clone());
+        Ok(Some(tenant))
+    }
+
+    /// The tenant with this slug (see [`Tenancy::get`]).
+    pub async fn by_slug(&self, slug: &str) -> anyhow::Result<Option<Arc<Tenant>>> {
+        let id: Option<Uuid> = sqlx::query_scalar("SELECT id FROM tenants WHERE slug = $1")
+            .bind(slug)
+            .fetch_optional(&self.catalog)
+            .await?;
+        match id {
+            Some(id) => self.get(id).await,
+            None => Ok(None),
+        }
+    }
+
+    fn open_tenant(&self, row: &TenantRow) -> anyhow::Result<Tenant> {
+        let server = self.server(row)?;
+        let options = server
+            .admin
+            .clone()
+            .username(&row.role_name)
+            .password(self.master_key.tenant_db_password(row.id).expose_secret())
+            .database(&row.database_name);
+        let pool = PgPoolOptions::new()
+            .max_connections(self.pool_size)
+            .min_connections(0)
+            .idle_timeout(Duration::from_secs(60))
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_lazy_with(options);
+        let codec = EventCodec;
+        let log = EventLog::new(pool.clone(), codec.clone());
+        let projectors =
+            Projectors::spawn(row.id, pool.clone(), log.clone(), custos_projections::all());
+        let records = CqrsFramework::new(
+            PersistedEventStore::new_event_store(CustosEventRepository::new(
+                pool.clone(),
+                codec.clone(),
+            )),
+            vec![Box::new(projectors.waker())],
+            (),
+        );
+        let users = CqrsFramework::new(
+            PersistedEventStore::new_event_store(CustosEventRepository::new(pool.clone(), codec)),
+            vec![Box::new(projectors.waker())],
+            (),
+        );
+        Ok(Tenant {
+            id: row.id,
+            slug: row.slug.clone(),
+            name: row.name.clone(),
+            region: row
+                .region
+                .parse()
+                .map_err(|()| anyhow::anyhow!("unknown region"))?,
+            pool,
+            log,
+            records,
+            users,
+            projectors,
+        })
+    }
+
+    /// Closes every open tenant's pool and stops its projectors.
+    pub async fn close(&self) {
+        let tenants: Vec<Arc<Tenant>> = self.open.write().await.drain().map(|(_, t)| t).collect();
+        for tenant in tenants {
+            tenant.pool.close().await;
+        }
+        self.catalog.close().await;
+    }
+}
+
+/// Creates the tenant template on a server if missing and brings it to the latest migration,
+/// holding the template lock so no tenant database is being copied from it meanwhile.
+async fn prepare_template(server: &Server) -> anyhow::Result<()> {
+    let mut admin = server.connect("postgres").await?;
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(TEMPLATE_LOCK)
+        .execute(&mut admin)
+        .await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT FROM pg_database WHERE datname = $1)")
+            .bind(TEMPLATE_DATABASE)
+            .fetch_one(&mut admin)
+            .await?;
+    if !exists {
+        sqlx::query(&format!("CREATE DATABASE {}", ident(TEMPLATE_DATABASE)))
+            .execute(&mut admin)
+            .await?;
+        sqlx::query(&format!(
+            "REVOKE ALL ON DATABASE {} FROM PUBLIC",
+            ident(TEMPLATE_DATABASE)
+        ))
+        .execute(&mut admin)
+        .await?;
+    }
+    let mut template = server.connect(TEMPLATE_DATABASE).await?;
+    let migrated = TENANT_MIGRATIONS.run_direct(&mut template).await;
+    template.close().await?;
+    // Closing the session releases the lock, whatever happened.
+    admin.close().await?;
+    migrated?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_are_quoted() {
+        assert_eq!(ident("custos_t_abc"), "\"custos_t_abc\"");
+        assert_eq!(ident("a\"b"), "\"a\"\"b\"");
+    }
+
+    #[test]
+    fn regions_parse_from_their_names() {
+        for region in Region::ALL {
+            assert_eq!(region.as_str().parse::<Region>(), Ok(region));
+        }
+        assert!("mars".parse::<Region>().is_err());
+    }
+}
