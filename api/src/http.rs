@@ -171,14 +171,15 @@ async fn graphql(
     request = request.data(RequestContext { origin, principal });
 
     let mut response = state.schema.execute(request).await;
-    // Errors without a path are about the request itself (syntax, validation, limits): they
-    // get a code and HTTP 400. Resolver errors already carry their code.
+    // Errors without a path are about the request itself (syntax, validation, limits): HTTP
+    // 400. Resolver errors carry their code already; the only others are async-graphql's
+    // input coercion errors (a value of the wrong type), which are VALIDATION too.
     let mut status = StatusCode::OK;
     for error in &mut response.errors {
         if error.path.is_empty() {
             status = StatusCode::BAD_REQUEST;
-            set_code(error, Code::Validation);
         }
+        set_code(error, Code::Validation);
     }
     (status, Json(response)).into_response()
 }

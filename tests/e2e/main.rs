@@ -1,1 +1,10 @@
-//! e2e
+//! The end-to-end suite: the real HTTP/GraphQL API against a real PostgreSQL (the private
+//! cluster the service itself starts). One module per feature.
+
+mod cli;
+mod event_store;
+mod http;
+mod identity;
+mod logs;
+mod records;
+mod tenancy;

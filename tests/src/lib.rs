@@ -1,1 +1,395 @@
-//! placeholder
+//! Shared helpers for the end-to-end suite: one private PostgreSQL cluster per test run
+//! (started by the same launcher as `custos serve`), and a [`TestApp`] per test with its own
+//! catalog database, whose tenants are copies of the migrated template. Everything a test
+//! creates is dropped when its `TestApp` is dropped.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use custos_api::cluster::PrivateCluster;
+use custos_api::config::{Config, DatabaseConfig};
+use custos_api::service::Services;
+use custos_api::Application;
+use serde_json::{json, Value};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, Connection, PgConnection};
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+/// Every log line the services in this test process wrote, for tests that inspect logs.
+#[derive(Clone, Default)]
+pub struct LogBuffer(Arc<Mutex<Vec<u8>>>);
+
+impl LogBuffer {
+    pub fn contents(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+    }
+}
+
+impl Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+struct Shared {
+    cluster: PrivateCluster,
+    logs: LogBuffer,
+}
+
+/// The cluster directory: one per user, reused across runs (initdb only once), under the
+/// system temp directory so an unprivileged cluster user can reach it when tests run as root.
+fn cluster_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("custos-test-{}", nix_uid()))
+}
+
+fn nix_uid() -> u32 {
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+        .unwrap_or(0)
+}
+
+fn shared() -> &'static Shared {
+    static SHARED: OnceLock<Shared> = OnceLock::new();
+    SHARED.get_or_init(|| {
+        let logs = LogBuffer::default();
+        let writer = logs.clone();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("debug,hyper=info,hyper_util=info,h2=info,reqwest=info,tower=info")
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .try_init();
+        let settings = [
+            ("max_connections", "500".to_owned()),
+            ("fsync", "off".to_owned()),
+            ("synchronous_commit", "off".to_owned()),
+            ("full_page_writes", "off".to_owned()),
+        ];
+        let cluster =
+            PrivateCluster::start(&cluster_dir(), &settings).expect("the test cluster starts");
+        // Leftovers of an interrupted run, and a template built from older migrations.
+        std::thread::spawn({
+            let options = cluster.connect_options();
+            move || block_on(drop_leftovers(options))
+        })
+        .join()
+        .expect("cleanup thread");
+        Shared { cluster, logs }
+    })
+}
+
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime")
+        .block_on(future)
+}
+
+async fn drop_leftovers(options: PgConnectOptions) {
+    let mut admin = PgConnection::connect_with(&options.disable_statement_logging())
+        .await
+        .expect("admin connection");
+    let databases: Vec<String> = sqlx::query_scalar(
+        r"SELECT datname FROM pg_database WHERE datname LIKE 'custos\_t\_%' OR datname LIKE 'custos\_test\_%' OR datname = 'custos_tenant_template'",
+    )
+    .fetch_all(&mut admin)
+    .await
+    .expect("list databases");
+    for db in databases {
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
+            .execute(&mut admin)
+            .await;
+    }
+    let roles: Vec<String> =
+        sqlx::query_scalar(r"SELECT rolname FROM pg_roles WHERE rolname LIKE 'custos\_t\_%'")
+            .fetch_all(&mut admin)
+            .await
+            .expect("list roles");
+    for role in roles {
+        let _ = sqlx::query(&format!("DROP ROLE IF EXISTS \"{role}\""))
+            .execute(&mut admin)
+            .await;
+    }
+}
+
+/// The logs of every service in this test process so far.
+pub fn logs() -> String {
+    shared().logs.contents()
+}
+
+/// Superuser options for the shared cluster (to inspect or tamper with databases).
+pub fn admin_options(database: &str) -> PgConnectOptions {
+    shared()
+        .cluster
+        .connect_options()
+        .database(database)
+        .disable_statement_logging()
+}
+
+/// A GraphQL response: the HTTP status and the JSON body.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub body: Value,
+    pub request_id: Option<String>,
+}
+
+impl Response {
+    /// `data` at a dotted path, e.g. `"createEmployee.id"`.
+    pub fn data(&self, path: &str) -> &Value {
+        path.split('.')
+            .fold(&self.body["data"], |v, key| match key.parse::<usize>() {
+                Ok(i) => &v[i],
+                Err(_) => &v[key],
+            })
+    }
+
+    /// The first error's `extensions.code`, if any.
+    pub fn code(&self) -> Option<&str> {
+        self.body["errors"][0]["extensions"]["code"].as_str()
+    }
+
+    /// The first error's `extensions.field`, if any.
+    pub fn field(&self) -> Option<&str> {
+        self.body["errors"][0]["extensions"]["field"].as_str()
+    }
+
+    /// Panics with the body unless the request succeeded without errors.
+    pub fn ok(self) -> Self {
+        assert!(
+            self.status == 200 && self.body.get("errors").is_none(),
+            "expected success, got {}: {}",
+            self.status,
+            self.body
+        );
+        self
+    }
+}
+
+/// A signed-up organisation and its administrator's session.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub token: String,
+    pub tenant_id: Uuid,
+    pub slug: String,
+    pub user_id: Uuid,
+    pub email: String,
+    pub password: String,
+}
+
+/// A running Custos with its own catalog, on the shared cluster.
+pub struct TestApp {
+    pub address: SocketAddr,
+    pub services: Arc<Services>,
+    pub catalog: String,
+    pub data_dir: tempfile::TempDir,
+    client: reqwest::Client,
+    shutdown: Option<oneshot::Sender<()>>,
+}
+
+pub const PASSWORD: &str = "correct horse battery staple";
+
+impl TestApp {
+    /// Starts a service on a random port with a fresh catalog.
+    pub async fn spawn() -> Self {
+        Self::spawn_with(|_| {}).await
+    }
+
+    /// Like [`TestApp::spawn`], adjusting the configuration first.
+    pub async fn spawn_with(adjust: impl FnOnce(&mut Config)) -> Self {
+        let shared = shared();
+        let data_dir = tempfile::tempdir().expect("a temp dir");
+        let catalog = format!("custos_test_{}", Uuid::now_v7().simple());
+        let options = shared.cluster.connect_options();
+        let mut config = Config::new(
+            data_dir.path().to_owned(),
+            DatabaseConfig::External(Box::new(options)),
+        );
+        config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.catalog_database = catalog.clone();
+        config.tenant_pool_size = 4;
+        config.password_hash_concurrency = 2;
+        adjust(&mut config);
+        let application = Application::build(config)
+            .await
+            .expect("the application builds");
+        let address = application.local_addr().expect("a bound address");
+        let services = application.services();
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        tokio::spawn(application.run_until(async move {
+            let _ = stopped.await;
+        }));
+        Self {
+            address,
+            services,
+            catalog,
+            data_dir,
+            client: reqwest::Client::new(),
+            shutdown: Some(shutdown),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.address, path)
+    }
+
+    /// Posts a raw body to `/graphql`.
+    pub async fn post_raw(&self, token: Option<&str>, body: impl Into<reqwest::Body>) -> Response {
+        let mut request = self
+            .client
+            .post(self.url("/graphql"))
+            .header("content-type", "application/json")
+            .header("user-agent", "custos-tests/1.0")
+            .body(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.expect("the request is sent");
+        let status = response.status().as_u16();
+        let request_id = response
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let text = response.text().await.expect("a body");
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Response {
+            status,
+            body,
+            request_id,
+        }
+    }
+
+    /// Runs a GraphQL document, as `token`'s session when given.
+    pub async fn graphql(&self, token: Option<&str>, query: &str, variables: Value) -> Response {
+        let body = json!({ "query": query, "variables": variables }).to_string();
+        self.post_raw(token, body).await
+    }
+
+    /// Signs up an organisation `slug` with a unique administrator email.
+    pub async fn sign_up(&self, slug: &str) -> Session {
+        let email = format!("admin-{}@{slug}.example.org", Uuid::now_v7().simple());
+        let response = self
+            .graphql(
+                None,
+                "mutation($input: SignUpInput!) { signUp(input: $input) { token tenant { id slug } user { id email } } }",
+                json!({ "input": {
+                    "organization": format!("Org {slug}"),
+                    "slug": slug,
+                    "region": "eu",
+                    "adminEmail": email,
+                    "adminName": "Ada Admin",
+                    "password": PASSWORD,
+                }}),
+            )
+            .await
+            .ok();
+        let id = |path: &str| {
+            Uuid::parse_str(response.data(path).as_str().expect("an id")).expect("a uuid")
+        };
+        Session {
+            token: response
+                .data("signUp.token")
+                .as_str()
+                .expect("a token")
+                .to_owned(),
+            tenant_id: id("signUp.tenant.id"),
+            slug: slug.to_owned(),
+            user_id: id("signUp.user.id"),
+            email,
+            password: PASSWORD.to_owned(),
+        }
+    }
+
+    /// Creates an employee from `input` and returns the created node.
+    pub async fn create_employee(&self, token: &str, input: Value) -> Value {
+        self.graphql(
+            Some(token),
+            "mutation($input: CreateEmployeeInput!) { createEmployee(input: $input) { id version firstName lastName email phone jobTitle department startDate archived } }",
+            json!({ "input": input }),
+        )
+        .await
+        .ok()
+        .data("createEmployee")
+        .clone()
+    }
+
+    /// The database name of a tenant, from the catalog.
+    pub async fn tenant_database(&self, tenant_id: Uuid) -> String {
+        sqlx::query_scalar("SELECT database_name FROM tenants WHERE id = $1")
+            .bind(tenant_id)
+            .fetch_one(self.services.tenancy.catalog())
+            .await
+            .expect("the tenant is in the catalog")
+    }
+
+    /// A superuser connection to a tenant's database.
+    pub async fn tenant_admin(&self, tenant_id: Uuid) -> PgConnection {
+        let db = self.tenant_database(tenant_id).await;
+        PgConnection::connect_with(&admin_options(&db))
+            .await
+            .expect("superuser connection")
+    }
+}
+
+/// A unique slug for one test.
+pub fn slug(prefix: &str) -> String {
+    format!("{prefix}-{}", &Uuid::now_v7().simple().to_string()[20..])
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        let catalog = self.catalog.clone();
+        let options = shared()
+            .cluster
+            .connect_options()
+            .disable_statement_logging();
+        let cleanup = std::thread::spawn(move || block_on(drop_catalog(options, catalog)));
+        let _ = cleanup.join();
+    }
+}
+
+async fn drop_catalog(options: PgConnectOptions, catalog: String) {
+    let Ok(mut admin) = PgConnection::connect_with(&options).await else {
+        return;
+    };
+    let tenants: Vec<(String, String)> =
+        match PgConnection::connect_with(&options.clone().database(&catalog)).await {
+            Ok(mut conn) => {
+                let rows = sqlx::query_as("SELECT database_name, role_name FROM tenants")
+                    .fetch_all(&mut conn)
+                    .await
+                    .unwrap_or_default();
+                let _ = conn.close().await;
+                rows
+            }
+            Err(_) => Vec::new(),
+        };
+    for (db, role) in tenants {
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
+            .execute(&mut admin)
+            .await;
+        let _ = sqlx::query(&format!("DROP ROLE IF EXISTS \"{role}\""))
+            .execute(&mut admin)
+            .await;
+    }
+    let _ = sqlx::query(&format!(
+        "DROP DATABASE IF EXISTS \"{catalog}\" WITH (FORCE)"
+    ))
+    .execute(&mut admin)
+    .await;
+    let _ = admin.close().await;
+}

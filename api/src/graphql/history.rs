@@ -111,10 +111,11 @@ impl HistoryQuery {
         &self,
         ctx: &Context<'_>,
         id: ID,
-        #[graphql(default = 100)] first: i32,
+        #[graphql(desc = "Page size, 1 to 1000 (default 100).")] first: Option<i32>,
         after: Option<String>,
     ) -> async_graphql::Result<HistoryConnection> {
         let principal = principal(ctx)?;
+        let first = first.unwrap_or(100);
         let id = parse_id("id", &id)?;
         if !(1..=1000).contains(&first) {
             return Err(ApiError::validation("first", "`first` must be between 1 and 1000").into());

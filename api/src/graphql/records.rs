@@ -204,11 +204,15 @@ impl RecordsQuery {
     async fn employees(
         &self,
         ctx: &Context<'_>,
-        #[graphql(default = 20)] first: i32,
+        #[graphql(desc = "Page size, 1 to 100 (default 20).")] first: Option<i32>,
         after: Option<String>,
-        #[graphql(default = false)] include_archived: bool,
+        #[graphql(desc = "Include archived employees (default false).")] include_archived: Option<
+            bool,
+        >,
     ) -> async_graphql::Result<EmployeeConnection> {
         let principal = principal(ctx)?;
+        let first = first.unwrap_or(20);
+        let include_archived = include_archived.unwrap_or(false);
         if !(1..=MAX_PAGE as i32).contains(&first) {
             return Err(ApiError::validation(
                 "first",

@@ -1,0 +1,216 @@
+//! The `custos` binary as a new user runs it: its own private cluster in a fresh data
+//! directory, `tenant create` with the password on stdin, `serve`, a graceful stop, and
+//! recovery after the service was killed.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+/// The binary built by `cargo test --workspace` beside this test executable.
+fn custos() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let binary = dir.join("custos");
+    assert!(
+        binary.exists(),
+        "{} is missing: run the suite with `cargo test --workspace`",
+        binary.display()
+    );
+    binary
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn data_dir() -> tempfile::TempDir {
+    // Under the system temp dir: reachable by an unprivileged cluster user when run as root.
+    let dir = tempfile::Builder::new()
+        .prefix("custos-cli-")
+        .tempdir_in(std::env::temp_dir())
+        .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+fn serve(dir: &Path, port: u16) -> Child {
+    Command::new(custos())
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(dir)
+        .env_remove("DATABASE_URL")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+async fn wait_ready(port: u16) -> Duration {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(60) {
+        if let Ok(response) = reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await {
+            if response.status() == 200 {
+                return started.elapsed();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("custos serve did not become ready");
+}
+
+async fn graphql(port: u16, query: &str, variables: Value) -> Value {
+    reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/graphql"))
+        .json(&json!({ "query": query, "variables": variables }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+fn stop(mut child: Child) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    assert!(
+        status.success(),
+        "custos serve exits cleanly on SIGTERM: {status}"
+    );
+}
+
+fn postgres_running_in(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("postgres/data/postmaster.pid"))
+        .ok()
+        .and_then(|pid| {
+            pid.lines()
+                .next()
+                .and_then(|l| l.trim().parse::<i32>().ok())
+        })
+        .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
+}
+
+#[tokio::test]
+async fn a_new_user_creates_a_tenant_serves_and_logs_in() {
+    let dir = data_dir();
+    let mut create = Command::new(custos())
+        .args([
+            "tenant", "create", "--slug", "cli-org", "--name", "CLI Org", "--region", "eu",
+        ])
+        .args([
+            "--admin-email",
+            "cli@example.org",
+            "--admin-name",
+            "Cli Admin",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .env_remove("DATABASE_URL")
+        .env_remove("CUSTOS_ADMIN_PASSWORD")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    create
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"a long cli password\n")
+        .unwrap();
+    let output = create.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("created organisation cli-org"));
+    assert!(
+        !postgres_running_in(dir.path()),
+        "one-shot commands stop the cluster they started"
+    );
+
+    let port = free_port();
+    let child = serve(dir.path(), port);
+    let ready_after = wait_ready(port).await;
+    let login = graphql(
+        port,
+        "mutation { login(tenant: \"cli-org\", email: \"cli@example.org\", password: \"a long cli password\") { token } }",
+        json!({}),
+    )
+    .await;
+    stop(child);
+
+    assert!(login["data"]["login"]["token"].is_string(), "{login}");
+    assert!(
+        ready_after < Duration::from_secs(30),
+        "ready after {ready_after:?}"
+    );
+    assert!(
+        !postgres_running_in(dir.path()),
+        "SIGTERM stops the private cluster"
+    );
+}
+
+#[tokio::test]
+async fn a_killed_service_leaves_nothing_that_blocks_the_next_start() {
+    let dir = data_dir();
+    let port = free_port();
+    let mut first = serve(dir.path(), port);
+    wait_ready(port).await;
+
+    first.kill().unwrap();
+    first.wait().unwrap();
+    // The watchdog stops PostgreSQL; a postmaster.pid may be left behind either way.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while postgres_running_in(dir.path()) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !postgres_running_in(dir.path()),
+        "the watchdog stopped the orphaned cluster"
+    );
+    std::fs::write(dir.path().join("postgres/data/postmaster.pid"), "999999\n").ok();
+
+    let port = free_port();
+    let second = serve(dir.path(), port);
+    wait_ready(port).await;
+    stop(second);
+}
+
+#[test]
+fn help_is_available_for_every_command() {
+    for args in [
+        vec!["--help"],
+        vec!["serve", "--help"],
+        vec!["migrate", "--help"],
+        vec!["tenant", "create", "--help"],
+    ] {
+        let output = Command::new(custos()).args(&args).output().unwrap();
+        assert!(output.status.success(), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&output.stdout).contains("Usage"),
+            "{args:?}"
+        );
+    }
+    let output = Command::new(custos())
+        .args(["tenant", "create", "--help"])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&output.stdout).contains("--password"),
+        "passwords are never flags"
+    );
+}

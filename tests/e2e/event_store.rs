@@ -1,0 +1,229 @@
+//! The event store and the projector: append-only history, metadata on every event, rebuilds
+//! that equal incremental projection, and no event skipped when commits come out of order.
+
+use std::time::Duration;
+
+use custos_api::projector::{self, Batch};
+use custos_projections::employees::EmployeesProjection;
+use custos_projections::Projection;
+use custos_tests::{slug, TestApp};
+use serde_json::{json, Value};
+use sqlx::{Connection, PgConnection};
+use uuid::Uuid;
+
+#[tokio::test]
+async fn events_cannot_be_changed_or_removed_even_by_a_superuser() {
+    let app = TestApp::spawn().await;
+    let session = app.sign_up(&slug("immutable")).await;
+    app.create_employee(
+        &session.token,
+        json!({ "firstName": "Ada", "lastName": "L" }),
+    )
+    .await;
+    let tenant = app
+        .services
+        .tenancy
+        .get(session.tenant_id)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut db = app.tenant_admin(session.tenant_id).await;
+
+    for statement in [
+        "UPDATE events SET payload = '{}'",
+        "DELETE FROM events",
+        "TRUNCATE events",
+    ] {
+        let err = sqlx::query(statement)
+            .execute(&mut db)
+            .await
+            .expect_err(statement);
+        assert!(
+            err.to_string().contains("append-only"),
+            "{statement}: {err}"
+        );
+        let as_tenant = sqlx::query(statement)
+            .execute(&tenant.pool)
+            .await
+            .expect_err(statement);
+        assert!(
+            as_tenant.to_string().contains("permission denied")
+                || as_tenant.to_string().contains("append-only"),
+            "{as_tenant}"
+        );
+    }
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert!(
+        count >= 3,
+        "registration, login and the record are all still there"
+    );
+}
+
+#[tokio::test]
+async fn every_event_carries_actor_request_command_and_database_columns() {
+    let app = TestApp::spawn().await;
+    let session = app.sign_up(&slug("metadata")).await;
+    let created = app
+        .create_employee(
+            &session.token,
+            json!({ "firstName": "Ada", "lastName": "L" }),
+        )
+        .await;
+    let mut db = app.tenant_admin(session.tenant_id).await;
+
+    let rows: Vec<(String, Value, i64, String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+        "SELECT aggregate_type, metadata::jsonb, global_position, transaction_id::text, recorded_at FROM events ORDER BY global_position",
+    )
+    .fetch_all(&mut db)
+    .await
+    .unwrap();
+
+    assert!(rows.len() >= 3);
+    for (_, metadata, _, transaction, _) in &rows {
+        for key in ["actor_user_id", "request_id", "command_id"] {
+            let id = metadata[key].as_str().unwrap_or_default();
+            assert!(Uuid::parse_str(id).is_ok(), "{key} in {metadata}");
+        }
+        assert!(transaction.parse::<u64>().is_ok());
+    }
+    let record = rows.iter().find(|(t, ..)| t == "record").unwrap();
+    assert_eq!(
+        record.1["actor_user_id"],
+        json!(session.user_id.to_string())
+    );
+    let positions: Vec<i64> = rows.iter().map(|r| r.2).collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]));
+    assert!(created["id"].is_string());
+}
+
+async fn employee_rows(db: &mut PgConnection) -> Vec<Value> {
+    sqlx::query_scalar("SELECT to_jsonb(e) FROM employees e ORDER BY id")
+        .fetch_all(db)
+        .await
+        .unwrap()
+}
+
+/// Runs projector batches until the employees projection has nothing left below the horizon.
+async fn catch_up(pool: &sqlx::PgPool, log: &custos_api::event_store::EventLog) {
+    for _ in 0..200 {
+        if let Batch::Applied(0, _) = projector::run_batch(pool, log, &EmployeesProjection, 500)
+            .await
+            .unwrap()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the projection did not catch up");
+}
+
+#[tokio::test]
+async fn rebuilding_a_projection_from_zero_gives_the_same_rows() {
+    let app = TestApp::spawn().await;
+    let session = app.sign_up(&slug("rebuild")).await;
+    for i in 0..5 {
+        let e = app.create_employee(&session.token, json!({ "firstName": format!("E{i}"), "lastName": "R", "email": format!("e{i}@example.org") })).await;
+        app.graphql(
+            Some(&session.token),
+            "mutation($id: ID!) { updateEmployee(id: $id, input: { department: \"Ops\", email: null }) { id } }",
+            json!({ "id": e["id"] }),
+        )
+        .await
+        .ok();
+        if i % 2 == 0 {
+            app.graphql(
+                Some(&session.token),
+                "mutation($id: ID!) { archiveRecord(id: $id) { id } }",
+                json!({ "id": e["id"] }),
+            )
+            .await
+            .ok();
+        }
+    }
+    let tenant = app
+        .services
+        .tenancy
+        .get(session.tenant_id)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut db = app.tenant_admin(session.tenant_id).await;
+    let incremental = employee_rows(&mut db).await;
+
+    projector::reset(&tenant.pool, &EmployeesProjection)
+        .await
+        .unwrap();
+    assert!(employee_rows(&mut db).await.is_empty());
+    catch_up(&tenant.pool, &tenant.log).await;
+
+    let rebuilt = employee_rows(&mut db).await;
+    assert_eq!(incremental.len(), 5);
+    assert_eq!(rebuilt, incremental);
+    assert_eq!(EmployeesProjection.name(), "employees");
+}
+
+fn created_event(first_name: &str) -> Value {
+    json!({ "RecordCreated": { "datasheet": "employees", "fields": { "first_name": first_name, "last_name": "Order" } } })
+}
+
+async fn insert_event(conn: &mut PgConnection, id: Uuid, actor: Uuid, first_name: &str) {
+    let metadata = json!({ "actor_user_id": actor.to_string(), "request_id": Uuid::now_v7().to_string(), "command_id": Uuid::now_v7().to_string() });
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+         VALUES ('record', $1, 1, 'RecordCreated', '1', $2, $3)",
+    )
+    .bind(id.to_string())
+    .bind(created_event(first_name))
+    .bind(metadata)
+    .execute(conn)
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn an_event_committed_after_a_later_one_is_not_skipped() {
+    let app = TestApp::spawn().await;
+    let session = app.sign_up(&slug("order")).await;
+    let tenant = app
+        .services
+        .tenancy
+        .get(session.tenant_id)
+        .await
+        .unwrap()
+        .unwrap();
+    let (early, late) = (Uuid::now_v7(), Uuid::now_v7());
+
+    // Transaction A writes first (lower position) but commits last.
+    let mut a = tenant.pool.acquire().await.unwrap();
+    let mut tx_a = a.begin().await.unwrap();
+    insert_event(&mut tx_a, early, session.user_id, "Early").await;
+    let mut b = tenant.pool.acquire().await.unwrap();
+    let mut tx_b = b.begin().await.unwrap();
+    insert_event(&mut tx_b, late, session.user_id, "Late").await;
+    tx_b.commit().await.unwrap();
+
+    catch_up(&tenant.pool, &tenant.log).await;
+    let mut db = app.tenant_admin(session.tenant_id).await;
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT first_name FROM employees ORDER BY first_name")
+            .fetch_all(&mut db)
+            .await
+            .unwrap();
+    assert!(
+        names.is_empty(),
+        "nothing is projected past a transaction that is still open: {names:?}"
+    );
+
+    tx_a.commit().await.unwrap();
+    catch_up(&tenant.pool, &tenant.log).await;
+
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT first_name FROM employees ORDER BY first_name")
+            .fetch_all(&mut db)
+            .await
+            .unwrap();
+    assert_eq!(names, ["Early", "Late"]);
+}

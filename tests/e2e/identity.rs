@@ -1,0 +1,188 @@
+//! Sign-up, login, logout and sessions.
+
+use custos_tests::{slug, TestApp, PASSWORD};
+use serde_json::json;
+
+const ME: &str = "{ me { id email name isAdmin } organization { id slug region } }";
+const LOGIN: &str = "mutation($tenant: String!, $email: String!, $password: String!) {
+    login(tenant: $tenant, email: $email, password: $password) { token user { id email } } }";
+
+#[tokio::test]
+async fn sign_up_creates_an_organisation_and_logs_its_administrator_in() {
+    let app = TestApp::spawn().await;
+    let session = app.sign_up(&slug("acme")).await;
+
+    let me = app.graphql(Some(&session.token), ME, json!({})).await.ok();
+
+    assert_eq!(me.data("me.id"), &json!(session.user_id.to_string()));
+    assert_eq!(me.data("me.email"), &json!(session.email));
+    assert_eq!(me.data("me.isAdmin"), &json!(true));
+    assert_eq!(me.data("organization.slug"), &json!(session.slug));
+    assert_eq!(me.data("organization.region"), &json!("eu"));
+}
+
+#[tokio::test]
+async fn login_is_case_insensitive_on_email_and_gives_a_new_working_token() {
+    let app = TestApp::spawn().await;
+    let session = app.sign_up(&slug("login")).await;
+
+    let login = app
+        .graphql(None, LOGIN, json!({ "tenant": session.slug, "email": session.email.to_uppercase(), "password": PASSWORD }))
+        .await
+        .ok();
+    let token = login.data("login.token").as_str().unwrap().to_owned();
+
+    assert_ne!(token, session.token);
+    assert_eq!(
+        login.data("login.user.id"),
+        &json!(session.user_id.to_string())
+    );
+    app.graphql(Some(&token), ME, json!({})).await.ok();
+}
+
+#[tokio::test]
+async fn every_login_failure_answers_the_same() {
+    let app = TestApp::spawn().await;
+    let session = app.sign_up(&slug("fail")).await;
+    let attempts = [
+        json!({ "tenant": session.slug, "email": session.email, "password": "not the password" }),
+        json!({ "tenant": session.slug, "email": "nobody@example.org", "password": PASSWORD }),
+        json!({ "tenant": "no-such-organisation", "email": session.email, "password": PASSWORD }),
+        json!({ "tenant": "Not A Slug!", "email": session.email, "password": PASSWORD }),
+    ];
+
+    let mut answers = Vec::new();
+    for attempt in attempts {
+        let response = app.graphql(None, LOGIN, attempt).await;
+        assert_eq!(
+            response.code(),
+            Some("UNAUTHENTICATED"),
+            "{}",
+            response.body
+        );
+        answers.push(response.body["errors"][0]["message"].clone());
+    }
+
+    assert!(answers.windows(2).all(|w| w[0] == w[1]), "{answers:?}");
+}
+
+#[tokio::test]
+async fn logins_and_failures_are_events_on_the_user_with_ip_and_user_agent() {
+    let app = TestApp::spawn().await;
+    let session = app.sign_up(&slug("history")).await;
+    app.graphql(
+        None,
+        LOGIN,
+        json!({ "tenant": session.slug, "email": session.email, "password": "wrong password!" }),
+    )
+    .await;
+
+    let mut db = app.tenant_admin(session.tenant_id).await;
+    let events: Vec<(String, serde_json::Value)> = sqlx::query_as(
+        "SELECT event_type, payload::jsonb FROM events WHERE aggregate_type = 'user' AND aggregate_id = $1 ORDER BY sequence",
+    )
+    .bind(session.user_id.to_string())
+    .fetch_all(&mut db)
+    .await
+    .unwrap();
+
+    let types: Vec<&str> = events.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(types, ["UserRegistered", "LoginSucceeded", "LoginFailed"]);
+    let failed = &events[2].1["LoginFailed"];
+    assert_eq!(failed["reason"], json!("wrong_password"));
+    assert_eq!(failed["origin"]["ip"], json!("127.0.0.1"));
+    assert_eq!(failed["origin"]["user_agent"], json!("custos-tests/1.0"));
+    assert!(
+        !events[2].1.to_string().contains("wrong password!"),
+        "the tried password is never stored"
+    );
+}
+
+#[tokio::test]
+async fn logout_ends_the_session() {
+    let app = TestApp::spawn().await;
+    let session = app.sign_up(&slug("logout")).await;
+
+    app.graphql(Some(&session.token), "mutation { logout }", json!({}))
+        .await
+        .ok();
+
+    let me = app.graphql(Some(&session.token), ME, json!({})).await;
+    assert_eq!(me.code(), Some("UNAUTHENTICATED"));
+}
+
+#[tokio::test]
+async fn missing_malformed_and_unknown_tokens_are_unauthenticated() {
+    let app = TestApp::spawn().await;
+    let session = app.sign_up(&slug("tokens")).await;
+    let forged = format!("cus_{}_{}", session.tenant_id.simple(), "A".repeat(43));
+    let foreign_tenant = format!("cus_{}_{}", uuid::Uuid::now_v7().simple(), "A".repeat(43));
+
+    for token in [
+        None,
+        Some("garbage"),
+        Some(forged.as_str()),
+        Some(foreign_tenant.as_str()),
+    ] {
+        let me = app.graphql(token, ME, json!({})).await;
+        assert_eq!(me.code(), Some("UNAUTHENTICATED"), "{token:?}: {}", me.body);
+    }
+}
+
+#[tokio::test]
+async fn sessions_expire_after_their_idle_timeout() {
+    let app = TestApp::spawn_with(|config| {
+        config.sessions.idle_timeout = std::time::Duration::from_secs(1)
+    })
+    .await;
+    let session = app.sign_up(&slug("idle")).await;
+
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+
+    let me = app.graphql(Some(&session.token), ME, json!({})).await;
+    assert_eq!(me.code(), Some("UNAUTHENTICATED"));
+}
+
+#[tokio::test]
+async fn sign_up_rejects_bad_input_and_creates_nothing() {
+    let app = TestApp::spawn().await;
+    let taken = app.sign_up(&slug("taken")).await;
+    let valid = json!({
+        "organization": "Org", "slug": slug("fresh"), "region": "eu",
+        "adminEmail": "ada@example.org", "adminName": "Ada", "password": PASSWORD,
+    });
+    let cases = [
+        ("slug", json!(taken.slug)),
+        ("slug", json!("Bad Slug")),
+        ("region", json!("mars")),
+        ("adminEmail", json!("not-an-email")),
+        ("adminName", json!("  ")),
+        ("password", json!("short")),
+        ("organization", json!("")),
+    ];
+    for (field, value) in cases {
+        let mut input = valid.clone();
+        input[field] = value;
+
+        let response = app
+            .graphql(
+                None,
+                "mutation($input: SignUpInput!) { signUp(input: $input) { token } }",
+                json!({ "input": input }),
+            )
+            .await;
+
+        assert_eq!(
+            response.code(),
+            Some("VALIDATION"),
+            "{field}: {}",
+            response.body
+        );
+        assert_eq!(response.field(), Some(field), "{}", response.body);
+    }
+    let tenants: i64 = sqlx::query_scalar("SELECT count(*) FROM tenants")
+        .fetch_one(app.services.tenancy.catalog())
+        .await
+        .unwrap();
+    assert_eq!(tenants, 1, "only the first organisation exists");
+}
