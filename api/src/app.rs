@@ -122,6 +122,11 @@ impl Application {
         self.router.clone()
     }
 
+    /// Superuser options for the PostgreSQL server (for the benchmark's scratch database).
+    pub fn database_options(&self) -> sqlx::postgres::PgConnectOptions {
+        self.database.options.clone()
+    }
+
     /// The use cases, for the CLI and tests.
     pub fn services(&self) -> Arc<Services> {
         self.services.clone()

@@ -1,9 +1,252 @@
-//! `custos bench`: write and read throughput on one private cluster.
+//! `custos bench`: in one run on one private cluster, (a) raw single-row INSERTs into an
+//! events-shaped table, (b) `updateEmployee` mutations over HTTP, (c) `employees(first: 50)`
+//! latency with many employees. Prints a Markdown report for docs/performance.md.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use custos_domain::record::{new_record_id, Fields};
+use custos_domain::{Datasheet, EventMetadata, RecordCommand};
+use serde_json::{json, Value};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::Connection;
+use uuid::Uuid;
+
+use crate::app::Application;
+use crate::config::{Config, DatabaseConfig};
 
 /// Flags of `custos bench`.
 #[derive(Debug, clap::Args)]
-pub struct BenchArgs {}
+pub struct BenchArgs {
+    /// Data directory for the benchmark's own private cluster (default: a fresh temporary one).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Concurrent connections / HTTP clients for (a) and (b).
+    #[arg(long, default_value_t = 16)]
+    pub clients: usize,
+    /// Seconds each throughput phase runs.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Employees in the tenant for the read phase (c).
+    #[arg(long, default_value_t = 10_000)]
+    pub employees: usize,
+    /// Requests measured in the read phase (c).
+    #[arg(long, default_value_t = 2_000)]
+    pub reads: usize,
+}
 
-pub async fn run(_args: BenchArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not built yet")
+const PASSWORD: &str = "benchmark password 1";
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let temp;
+    let data_dir = match &args.data_dir {
+        Some(dir) => dir.clone(),
+        None => {
+            temp = tempfile::Builder::new().prefix("custos-bench-").tempdir_in(std::env::temp_dir())?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(temp.path(), std::fs::Permissions::from_mode(0o755))?;
+            temp.path().to_owned()
+        }
+    };
+    let mut config = Config::new(data_dir, DatabaseConfig::Private);
+    config.listen = "127.0.0.1:0".parse()?;
+    config.tenant_pool_size = (args.clients as u32).max(8);
+    let application = Application::build(config).await?;
+    let address = application.local_addr()?;
+    let services = application.services();
+    let admin = application.database_options();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(application.run_until(async move {
+        let _ = stopped.await;
+    }));
+    let duration = Duration::from_secs(args.seconds);
+
+    // (a) raw INSERTs into a table shaped like `events`, one row per transaction.
+    let scratch = format!("custos_bench_{}", Uuid::now_v7().simple());
+    let mut conn = sqlx::PgConnection::connect_with(&admin.clone().database("postgres")).await?;
+    sqlx::query(&format!("CREATE DATABASE {scratch}")).execute(&mut conn).await?;
+    let raw_pool = PgPoolOptions::new()
+        .max_connections(args.clients as u32)
+        .connect_with(admin.clone().database(&scratch))
+        .await?;
+    sqlx::query(
+        "CREATE TABLE events (aggregate_type text NOT NULL, aggregate_id text NOT NULL, sequence bigint NOT NULL,
+            event_type text NOT NULL, event_version text NOT NULL, payload json NOT NULL, metadata json NOT NULL,
+            global_position bigint GENERATED ALWAYS AS IDENTITY, transaction_id xid8 NOT NULL DEFAULT pg_current_xact_id(),
+            recorded_at timestamptz NOT NULL DEFAULT clock_timestamp(), PRIMARY KEY (aggregate_type, aggregate_id, sequence))",
+    )
+    .execute(&raw_pool)
+    .await?;
+    sqlx::query("CREATE INDEX ON events (transaction_id, global_position)").execute(&raw_pool).await?;
+    let payload = json!({ "RecordUpdated": { "datasheet": "employees", "changes": { "department": "Engineering" } } });
+    let metadata = EventMetadata::new(Uuid::now_v7(), Uuid::now_v7()).to_map();
+    let inserts = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..args.clients {
+        let (pool, payload, metadata, inserts) = (raw_pool.clone(), payload.clone(), json!(metadata), inserts.clone());
+        tasks.push(tokio::spawn(async move {
+            let id = Uuid::now_v7().to_string();
+            let mut sequence = 0i64;
+            while started.elapsed() < duration {
+                sequence += 1;
+                sqlx::query(
+                    "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+                     VALUES ('record', $1, $2, 'RecordUpdated', '1', $3, $4)",
+                )
+                .bind(&id)
+                .bind(sequence)
+                .bind(&payload)
+                .bind(&metadata)
+                .execute(&pool)
+                .await?;
+                inserts.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok::<_, sqlx::Error>(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    let raw_rate = inserts.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+    raw_pool.close().await;
+    sqlx::query(&format!("DROP DATABASE {scratch} WITH (FORCE)")).execute(&mut conn).await?;
+
+    // (b) updateEmployee over HTTP, each client on its own employee (no conflicts).
+    let client = reqwest::Client::new();
+    let url = format!("http://{address}/graphql");
+    let post = |token: Option<String>, query: &'static str, variables: Value| {
+        let mut request = client.post(&url).json(&json!({ "query": query, "variables": variables }));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        async move {
+            let body: Value = request.send().await?.json().await?;
+            anyhow::ensure!(body.get("errors").is_none(), "request failed: {}", body["errors"]);
+            Ok::<_, anyhow::Error>(body)
+        }
+    };
+    let signed_up = post(
+        None,
+        "mutation($i: SignUpInput!) { signUp(input: $i) { token tenant { id } user { id } } }",
+        json!({ "i": { "organization": "Bench", "slug": "bench", "region": "eu", "adminEmail": "bench@example.org",
+                       "adminName": "Bench", "password": PASSWORD } }),
+    )
+    .await?;
+    let token = signed_up["data"]["signUp"]["token"].as_str().unwrap_or_default().to_owned();
+    let tenant_id: Uuid = signed_up["data"]["signUp"]["tenant"]["id"].as_str().unwrap_or_default().parse()?;
+    let user_id: Uuid = signed_up["data"]["signUp"]["user"]["id"].as_str().unwrap_or_default().parse()?;
+    let mut ids = Vec::new();
+    for i in 0..args.clients {
+        let created = post(
+            Some(token.clone()),
+            "mutation($i: CreateEmployeeInput!) { createEmployee(input: $i) { id } }",
+            json!({ "i": { "firstName": format!("Writer{i}"), "lastName": "Bench" } }),
+        )
+        .await?;
+        ids.push(created["data"]["createEmployee"]["id"].as_str().unwrap_or_default().to_owned());
+    }
+    let updates = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for id in ids {
+        let (token, updates, post) = (token.clone(), updates.clone(), post.clone());
+        tasks.push(async move {
+            let mut n = 0u64;
+            while started.elapsed() < duration {
+                n += 1;
+                post(
+                    Some(token.clone()),
+                    "mutation($id: ID!, $d: String) { updateEmployee(id: $id, input: { department: $d }) { id version } }",
+                    json!({ "id": id, "d": format!("Dept {n}") }),
+                )
+                .await?;
+                updates.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok::<_, anyhow::Error>(())
+        });
+    }
+    for result in futures::future::join_all(tasks).await {
+        result?;
+    }
+    let update_rate = updates.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+
+    // (c) employees(first: 50) with many employees, seeded through the command side.
+    let tenant = services.tenancy.get(tenant_id).await?.ok_or_else(|| anyhow::anyhow!("bench tenant vanished"))?;
+    let seed_started = Instant::now();
+    let per_task = args.employees.div_ceil(args.clients);
+    let mut seeders = Vec::new();
+    for t in 0..args.clients {
+        let tenant = tenant.clone();
+        let count = per_task.min(args.employees.saturating_sub(t * per_task));
+        seeders.push(async move {
+            for i in 0..count {
+                let mut fields = Fields::new();
+                fields.insert("first_name".into(), json!(format!("Seed{t}x{i}")));
+                fields.insert("last_name".into(), json!("Bench"));
+                fields.insert("department".into(), json!(format!("Dept {}", i % 20)));
+                fields.insert("email".into(), json!(format!("seed{t}x{i}@example.org")));
+                let command = RecordCommand::Create { datasheet: Datasheet::Employees, fields };
+                let metadata = EventMetadata::new(user_id, Uuid::now_v7());
+                tenant
+                    .records
+                    .execute_with_metadata(&new_record_id().to_string(), command, metadata.to_map())
+                    .await
+                    .map_err(|e| anyhow::anyhow!("seeding failed: {e}"))?;
+            }
+            Ok::<_, anyhow::Error>(())
+        });
+    }
+    for result in futures::future::join_all(seeders).await {
+        result?;
+    }
+    // Wait for the read model to hold every employee.
+    loop {
+        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM employees").fetch_one(&tenant.pool).await?;
+        if count as usize >= args.employees + args.clients {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let seeded_in = seed_started.elapsed();
+    let mut latencies = Vec::with_capacity(args.reads);
+    for _ in 0..args.reads {
+        let started = Instant::now();
+        post(
+            Some(token.clone()),
+            "{ employees(first: 50) { totalCount edges { cursor node { id version firstName lastName email department archived } } pageInfo { hasNextPage endCursor } } }",
+            json!({}),
+        )
+        .await?;
+        latencies.push(started.elapsed());
+    }
+    latencies.sort();
+
+    let _ = stop.send(());
+    server.await??;
+
+    println!("## custos bench");
+    println!();
+    println!("clients: {}, phase length: {} s, employees: {}, reads: {}", args.clients, args.seconds, args.employees, args.reads);
+    println!();
+    println!("| measure | value |");
+    println!("|---|---|");
+    println!("| (a) raw single-row INSERT into an events-shaped table, {} connections | {raw_rate:.0} tx/s |", args.clients);
+    println!("| (b) `updateEmployee` over HTTP, {} clients | {update_rate:.0} mutations/s |", args.clients);
+    println!("| (b)/(a) | {:.3} |", update_rate / raw_rate);
+    println!("| seeding {} employees through the command side, until projected | {:.1} s ({:.0}/s) |", args.employees, seeded_in.as_secs_f64(), args.employees as f64 / seeded_in.as_secs_f64());
+    println!("| (c) `employees(first: 50)` p50, one client | {:.2} ms |", ms(percentile(&latencies, 0.50)));
+    println!("| (c) `employees(first: 50)` p99, one client | {:.2} ms |", ms(percentile(&latencies, 0.99)));
+    Ok(())
 }
