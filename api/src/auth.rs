@@ -171,32 +171,41 @@ pub mod sessions {
         .await
     }
 
-    /// The live session for a token hash: not revoked, not past its absolute expiry, used
-    /// within the idle timeout. Refreshes its last use (at most once a minute).
+    /// The live session for a token hash, with its user: not revoked, not past its absolute
+    /// expiry, used within the idle timeout. Refreshes its last use (at most once a minute).
     pub async fn authenticate(
         pool: &PgPool,
         token_hash: &[u8],
         policy: SessionPolicy,
-    ) -> sqlx::Result<Option<(Uuid, Uuid)>> {
-        let row: Option<(Uuid, Uuid, bool)> = sqlx::query_as(
-            "SELECT id, user_id, last_seen_at < now() - interval '60 seconds' FROM sessions
-             WHERE token_hash = $1 AND revoked_at IS NULL AND expires_at > now()
-               AND last_seen_at > now() - $2 * interval '1 second'",
+    ) -> sqlx::Result<Option<(Uuid, UserRow)>> {
+        #[derive(sqlx::FromRow)]
+        struct Live {
+            session_id: Uuid,
+            stale: bool,
+            #[sqlx(flatten)]
+            user: UserRow,
+        }
+        let live: Option<Live> = sqlx::query_as(
+            "SELECT s.id AS session_id, s.last_seen_at < now() - interval '60 seconds' AS stale,
+                    u.id, u.version, u.email, u.name, u.is_admin, u.active, u.created_at, u.updated_at
+             FROM sessions s JOIN users u ON u.id = s.user_id
+             WHERE s.token_hash = $1 AND s.revoked_at IS NULL AND s.expires_at > now()
+               AND s.last_seen_at > now() - $2 * interval '1 second'",
         )
         .bind(token_hash)
         .bind(policy.idle_timeout.as_secs_f64())
         .fetch_optional(pool)
         .await?;
-        let Some((session_id, user_id, stale)) = row else {
+        let Some(live) = live else {
             return Ok(None);
         };
-        if stale {
+        if live.stale {
             sqlx::query("UPDATE sessions SET last_seen_at = now() WHERE id = $1")
-                .bind(session_id)
+                .bind(live.session_id)
                 .execute(pool)
                 .await?;
         }
-        Ok(Some((session_id, user_id)))
+        Ok(Some((live.session_id, live.user)))
     }
 
     /// Ends a session.

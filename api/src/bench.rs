@@ -38,6 +38,8 @@ pub struct BenchArgs {
 }
 
 const PASSWORD: &str = "benchmark password 1";
+/// Records per client in the spread variant of phase (b).
+const SPREAD: usize = 64;
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
@@ -53,7 +55,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let data_dir = match &args.data_dir {
         Some(dir) => dir.clone(),
         None => {
-            temp = tempfile::Builder::new().prefix("custos-bench-").tempdir_in(std::env::temp_dir())?;
+            temp = tempfile::Builder::new()
+                .prefix("custos-bench-")
+                .tempdir_in(std::env::temp_dir())?;
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(temp.path(), std::fs::Permissions::from_mode(0o755))?;
             temp.path().to_owned()
@@ -75,7 +79,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     // (a) raw INSERTs into a table shaped like `events`, one row per transaction.
     let scratch = format!("custos_bench_{}", Uuid::now_v7().simple());
     let mut conn = sqlx::PgConnection::connect_with(&admin.clone().database("postgres")).await?;
-    sqlx::query(&format!("CREATE DATABASE {scratch}")).execute(&mut conn).await?;
+    sqlx::query(&format!("CREATE DATABASE {scratch}"))
+        .execute(&mut conn)
+        .await?;
     let raw_pool = PgPoolOptions::new()
         .max_connections(args.clients as u32)
         .connect_with(admin.clone().database(&scratch))
@@ -88,14 +94,21 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     )
     .execute(&raw_pool)
     .await?;
-    sqlx::query("CREATE INDEX ON events (transaction_id, global_position)").execute(&raw_pool).await?;
+    sqlx::query("CREATE INDEX ON events (transaction_id, global_position)")
+        .execute(&raw_pool)
+        .await?;
     let payload = json!({ "RecordUpdated": { "datasheet": "employees", "changes": { "department": "Engineering" } } });
     let metadata = EventMetadata::new(Uuid::now_v7(), Uuid::now_v7()).to_map();
     let inserts = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..args.clients {
-        let (pool, payload, metadata, inserts) = (raw_pool.clone(), payload.clone(), json!(metadata), inserts.clone());
+        let (pool, payload, metadata, inserts) = (
+            raw_pool.clone(),
+            payload.clone(),
+            json!(metadata),
+            inserts.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let id = Uuid::now_v7().to_string();
             let mut sequence = 0i64;
@@ -121,19 +134,27 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     let raw_rate = inserts.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
     raw_pool.close().await;
-    sqlx::query(&format!("DROP DATABASE {scratch} WITH (FORCE)")).execute(&mut conn).await?;
+    sqlx::query(&format!("DROP DATABASE {scratch} WITH (FORCE)"))
+        .execute(&mut conn)
+        .await?;
 
     // (b) updateEmployee over HTTP, each client on its own employee (no conflicts).
     let client = reqwest::Client::new();
     let url = format!("http://{address}/graphql");
     let post = |token: Option<String>, query: &'static str, variables: Value| {
-        let mut request = client.post(&url).json(&json!({ "query": query, "variables": variables }));
+        let mut request = client
+            .post(&url)
+            .json(&json!({ "query": query, "variables": variables }));
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
         async move {
             let body: Value = request.send().await?.json().await?;
-            anyhow::ensure!(body.get("errors").is_none(), "request failed: {}", body["errors"]);
+            anyhow::ensure!(
+                body.get("errors").is_none(),
+                "request failed: {}",
+                body["errors"]
+            );
             Ok::<_, anyhow::Error>(body)
         }
     };
@@ -144,46 +165,75 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                        "adminName": "Bench", "password": PASSWORD } }),
     )
     .await?;
-    let token = signed_up["data"]["signUp"]["token"].as_str().unwrap_or_default().to_owned();
-    let tenant_id: Uuid = signed_up["data"]["signUp"]["tenant"]["id"].as_str().unwrap_or_default().parse()?;
-    let user_id: Uuid = signed_up["data"]["signUp"]["user"]["id"].as_str().unwrap_or_default().parse()?;
-    let mut ids = Vec::new();
-    for i in 0..args.clients {
-        let created = post(
-            Some(token.clone()),
-            "mutation($i: CreateEmployeeInput!) { createEmployee(input: $i) { id } }",
-            json!({ "i": { "firstName": format!("Writer{i}"), "lastName": "Bench" } }),
-        )
-        .await?;
-        ids.push(created["data"]["createEmployee"]["id"].as_str().unwrap_or_default().to_owned());
-    }
-    let updates = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for id in ids {
-        let (token, updates, post) = (token.clone(), updates.clone(), post.clone());
-        tasks.push(async move {
-            let mut n = 0u64;
-            while started.elapsed() < duration {
-                n += 1;
-                post(
+    let token = signed_up["data"]["signUp"]["token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let tenant_id: Uuid = signed_up["data"]["signUp"]["tenant"]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .parse()?;
+    let user_id: Uuid = signed_up["data"]["signUp"]["user"]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .parse()?;
+    // Hot: each client rewrites one record of its own, so its stream grows by one event per
+    // request. Spread: each client cycles over `SPREAD` records of its own (streams stay short).
+    let mut rates = Vec::new();
+    for per_client in [1, SPREAD] {
+        let mut sets = Vec::new();
+        for c in 0..args.clients {
+            let mut ids = Vec::new();
+            for r in 0..per_client {
+                let created = post(
                     Some(token.clone()),
-                    "mutation($id: ID!, $d: String) { updateEmployee(id: $id, input: { department: $d }) { id version } }",
-                    json!({ "id": id, "d": format!("Dept {n}") }),
+                    "mutation($i: CreateEmployeeInput!) { createEmployee(input: $i) { id } }",
+                    json!({ "i": { "firstName": format!("Writer{c}x{r}"), "lastName": "Bench" } }),
                 )
                 .await?;
-                updates.fetch_add(1, Ordering::Relaxed);
+                ids.push(
+                    created["data"]["createEmployee"]["id"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                );
             }
-            Ok::<_, anyhow::Error>(())
-        });
+            sets.push(ids);
+        }
+        let updates = Arc::new(AtomicU64::new(0));
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for ids in sets {
+            let (token, updates) = (token.clone(), updates.clone());
+            tasks.push(async move {
+                let mut n = 0usize;
+                while started.elapsed() < duration {
+                    n += 1;
+                    post(
+                        Some(token.clone()),
+                        "mutation($id: ID!, $d: String) { updateEmployee(id: $id, input: { department: $d }) { id version } }",
+                        json!({ "id": ids[n % ids.len()], "d": format!("Dept {n}") }),
+                    )
+                    .await?;
+                    updates.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok::<_, anyhow::Error>(())
+            });
+        }
+        for result in futures::future::join_all(tasks).await {
+            result?;
+        }
+        rates.push(updates.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64());
     }
-    for result in futures::future::join_all(tasks).await {
-        result?;
-    }
-    let update_rate = updates.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+    let (hot_rate, spread_rate) = (rates[0], rates[1]);
+    let written = args.clients * (1 + SPREAD);
 
     // (c) employees(first: 50) with many employees, seeded through the command side.
-    let tenant = services.tenancy.get(tenant_id).await?.ok_or_else(|| anyhow::anyhow!("bench tenant vanished"))?;
+    let tenant = services
+        .tenancy
+        .get(tenant_id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("bench tenant vanished"))?;
     let seed_started = Instant::now();
     let per_task = args.employees.div_ceil(args.clients);
     let mut seeders = Vec::new();
@@ -197,7 +247,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 fields.insert("last_name".into(), json!("Bench"));
                 fields.insert("department".into(), json!(format!("Dept {}", i % 20)));
                 fields.insert("email".into(), json!(format!("seed{t}x{i}@example.org")));
-                let command = RecordCommand::Create { datasheet: Datasheet::Employees, fields };
+                let command = RecordCommand::Create {
+                    datasheet: Datasheet::Employees,
+                    fields,
+                };
                 let metadata = EventMetadata::new(user_id, Uuid::now_v7());
                 tenant
                     .records
@@ -213,8 +266,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     // Wait for the read model to hold every employee.
     loop {
-        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM employees").fetch_one(&tenant.pool).await?;
-        if count as usize >= args.employees + args.clients {
+        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM employees")
+            .fetch_one(&tenant.pool)
+            .await?;
+        if count as usize >= args.employees + written {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -238,15 +293,31 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     println!("## custos bench");
     println!();
-    println!("clients: {}, phase length: {} s, employees: {}, reads: {}", args.clients, args.seconds, args.employees, args.reads);
+    println!(
+        "clients: {}, phase length: {} s, employees: {}, reads: {}",
+        args.clients, args.seconds, args.employees, args.reads
+    );
     println!();
     println!("| measure | value |");
     println!("|---|---|");
     println!("| (a) raw single-row INSERT into an events-shaped table, {} connections | {raw_rate:.0} tx/s |", args.clients);
-    println!("| (b) `updateEmployee` over HTTP, {} clients | {update_rate:.0} mutations/s |", args.clients);
-    println!("| (b)/(a) | {:.3} |", update_rate / raw_rate);
-    println!("| seeding {} employees through the command side, until projected | {:.1} s ({:.0}/s) |", args.employees, seeded_in.as_secs_f64(), args.employees as f64 / seeded_in.as_secs_f64());
-    println!("| (c) `employees(first: 50)` p50, one client | {:.2} ms |", ms(percentile(&latencies, 0.50)));
-    println!("| (c) `employees(first: 50)` p99, one client | {:.2} ms |", ms(percentile(&latencies, 0.99)));
+    println!("| (b) `updateEmployee` over HTTP, {} clients, each on {SPREAD} records of its own | {spread_rate:.0} mutations/s |", args.clients);
+    println!("| (b)/(a) | {:.3} |", spread_rate / raw_rate);
+    println!("| (b, hot) the same, each client on a single record (its stream grows by one event per request) | {hot_rate:.0} mutations/s |");
+    println!("| (b, hot)/(a) | {:.3} |", hot_rate / raw_rate);
+    println!(
+        "| seeding {} employees through the command side, until projected | {:.1} s ({:.0}/s) |",
+        args.employees,
+        seeded_in.as_secs_f64(),
+        args.employees as f64 / seeded_in.as_secs_f64()
+    );
+    println!(
+        "| (c) `employees(first: 50)` p50, one client | {:.2} ms |",
+        ms(percentile(&latencies, 0.50))
+    );
+    println!(
+        "| (c) `employees(first: 50)` p99, one client | {:.2} ms |",
+        ms(percentile(&latencies, 0.99))
+    );
     Ok(())
 }

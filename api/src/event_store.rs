@@ -134,6 +134,16 @@ pub struct Position {
     pub global_position: i64,
 }
 
+impl Position {
+    /// The position just past every event of every transaction below `horizon`.
+    pub fn below(horizon: i64) -> Self {
+        Self {
+            transaction_id: horizon - 1,
+            global_position: i64::MAX,
+        }
+    }
+}
+
 /// An event as stored, decoded by the codec, with what the database added.
 #[derive(Debug, Clone)]
 pub struct StoredEvent {
@@ -226,21 +236,15 @@ impl EventLog {
         .transpose()
     }
 
-    /// The oldest transaction still running: every event of a transaction below it is
-    /// committed (or rolled back) and visible to statements that start afterwards. Take it
-    /// first in a transaction, before anything assigns that transaction an id.
-    pub async fn horizon(conn: &mut PgConnection) -> sqlx::Result<i64> {
-        sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
-            .fetch_one(conn)
-            .await
-    }
-
-    /// Up to `limit` events after `after` in commit order, from transactions below `horizon`.
-    /// Reading by (transaction, position) below the horizon never skips an event whose
-    /// transaction commits late, which reading by global position alone would.
+    /// Up to `limit` events of `aggregate_types` after `after` in commit order, from
+    /// transactions below `horizon` (the oldest transaction still running when the caller's
+    /// statement began: everything below it is committed or rolled back). Reading by
+    /// (transaction, position) below the horizon never skips an event whose transaction commits
+    /// late, which reading by global position alone would.
     pub async fn after(
         &self,
         conn: &mut PgConnection,
+        aggregate_types: &[&str],
         after: Position,
         horizon: i64,
         limit: i64,
@@ -249,12 +253,14 @@ impl EventLog {
             "SELECT {STORED_COLUMNS} FROM events
              WHERE (transaction_id, global_position) > ($1::text::xid8, $2)
                AND transaction_id < $3::text::xid8
+               AND aggregate_type = ANY($4)
              ORDER BY transaction_id, global_position
-             LIMIT $4"
+             LIMIT $5"
         ))
         .bind(after.transaction_id.to_string())
         .bind(after.global_position)
         .bind(horizon.to_string())
+        .bind(aggregate_types)
         .bind(limit)
         .fetch_all(conn)
         .await?;

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_graphql::dataloader::{DataLoader, Loader};
-use async_graphql::{Context, EmptySubscription, MergedObject, Schema};
+use async_graphql::{Context, EmptySubscription, MergedObject, Schema, SchemaBuilder};
 use custos_projections::users::{self, UserRow};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -36,14 +36,21 @@ pub type CustosSchema = Schema<Query, Mutation, EmptySubscription>;
 pub const MAX_DEPTH: usize = 12;
 pub const MAX_COMPLEXITY: usize = 2_000;
 
-/// Builds the schema; `services` is shared by every request.
-pub fn build_schema(services: Arc<Services>) -> CustosSchema {
+fn builder() -> SchemaBuilder<Query, Mutation, EmptySubscription> {
     Schema::build(Query::default(), Mutation::default(), EmptySubscription)
-        .data(services)
         .limit_depth(MAX_DEPTH)
         .limit_complexity(MAX_COMPLEXITY)
         .limit_recursive_depth(32)
-        .finish()
+}
+
+/// Builds the schema; `services` is shared by every request.
+pub fn build_schema(services: Arc<Services>) -> CustosSchema {
+    builder().data(services).finish()
+}
+
+/// The schema in SDL, as committed in `docs/schema.graphql`.
+pub fn sdl() -> String {
+    builder().finish().sdl()
 }
 
 /// What the HTTP layer attaches to each GraphQL request.
@@ -103,4 +110,25 @@ pub(crate) async fn load_user(ctx: &Context<'_>, id: Uuid) -> Result<Option<User
         .load_one(id)
         .await
         .map_err(|err| ApiError::internal(anyhow::anyhow!("loading a user failed: {err}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    /// The committed SDL is the API contract: changing the schema without updating it fails
+    /// here. `CUSTOS_UPDATE_SCHEMA=1 cargo test -p custos-api` rewrites it.
+    #[test]
+    fn the_committed_schema_matches_the_code() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/schema.graphql");
+        let current = super::sdl();
+        if std::env::var_os("CUSTOS_UPDATE_SCHEMA").is_some() {
+            std::fs::write(&path, &current).expect("docs/schema.graphql is writable");
+        }
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            committed == current,
+            "docs/schema.graphql is out of date: run `CUSTOS_UPDATE_SCHEMA=1 cargo test -p custos-api` and commit it"
+        );
+    }
 }

@@ -19,12 +19,14 @@ use crate::event_store::{EventLog, Position, StoredEvent};
 
 /// Events applied per transaction.
 const BATCH: i64 = 500;
-/// How often an idle projector looks for events written by other service instances.
-const POLL: Duration = Duration::from_millis(500);
+/// How often a projector looks for events written by other service instances: soon after
+/// activity, backing off to `MAX_POLL` while the tenant is idle. A local commit wakes it at once.
+const MIN_POLL: Duration = Duration::from_millis(500);
+const MAX_POLL: Duration = Duration::from_secs(30);
 /// Wait after a failed batch before trying again.
 const RETRY: Duration = Duration::from_secs(2);
-/// How often a projector whose checkpoint another instance holds re-reads it.
-const FOLLOW: Duration = Duration::from_millis(50);
+/// How soon a projector looks again while a request waits for it.
+const FOLLOW: Duration = Duration::from_millis(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum WaitError {
@@ -34,6 +36,7 @@ pub enum WaitError {
 
 /// One projection's running task.
 struct Lane {
+    aggregate_types: &'static [&'static str],
     wake: Arc<Notify>,
     progress: watch::Receiver<Position>,
     task: JoinHandle<()>,
@@ -64,6 +67,7 @@ impl Projectors {
             .into_iter()
             .map(|projection| {
                 let wake = Arc::new(Notify::new());
+                let aggregate_types = projection.aggregate_types();
                 let (progress_tx, progress) = watch::channel(Position::default());
                 let runner = Runner {
                     tenant_id,
@@ -74,6 +78,7 @@ impl Projectors {
                 };
                 let task = tokio::spawn(runner.run(wake.clone()));
                 Lane {
+                    aggregate_types,
                     wake,
                     progress,
                     task,
@@ -83,23 +88,34 @@ impl Projectors {
         Self { lanes }
     }
 
-    /// Asks every projector to look for new events now.
-    pub fn wake(&self) {
-        for lane in &self.lanes {
+    fn lanes_for<'a>(&'a self, aggregate_type: &'a str) -> impl Iterator<Item = &'a Lane> + 'a {
+        self.lanes
+            .iter()
+            .filter(move |lane| lane.aggregate_types.contains(&aggregate_type))
+    }
+
+    /// A cqrs-es query that wakes, after each commit of `aggregate_type`, the projectors that
+    /// read it.
+    pub fn waker(&self, aggregate_type: &str) -> Waker {
+        Waker(
+            self.lanes_for(aggregate_type)
+                .map(|l| l.wake.clone())
+                .collect(),
+        )
+    }
+
+    /// Waits until every projection that reads `aggregate_type` has passed `target`.
+    pub async fn wait_for(
+        &self,
+        aggregate_type: &str,
+        target: Position,
+        timeout: Duration,
+    ) -> Result<(), WaitError> {
+        for lane in self.lanes_for(aggregate_type) {
             lane.wake.notify_one();
         }
-    }
-
-    /// A cqrs-es query that wakes the projectors after each commit.
-    pub fn waker(&self) -> Waker {
-        Waker(self.lanes.iter().map(|l| l.wake.clone()).collect())
-    }
-
-    /// Waits until every projection has applied the event at `target`.
-    pub async fn wait_for(&self, target: Position, timeout: Duration) -> Result<(), WaitError> {
-        self.wake();
         let all = async {
-            for lane in &self.lanes {
+            for lane in self.lanes_for(aggregate_type) {
                 let mut progress = lane.progress.clone();
                 // An error means the task ended (the tenant is closing): nothing to wait for.
                 let _ = progress.wait_for(|at| *at >= target).await;
@@ -143,18 +159,34 @@ struct Runner {
 
 impl Runner {
     async fn run(self, wake: Arc<Notify>) {
+        let mut poll = MIN_POLL;
         loop {
             match run_batch(&self.pool, &self.log, self.projection.as_ref(), BATCH).await {
-                Ok(Batch::Applied(count, at)) => {
-                    self.progress.send_replace(at);
-                    if count as i64 == BATCH {
+                Ok(batch) => {
+                    let (full, applied) = match batch {
+                        Batch::Applied(count, at) => {
+                            self.progress.send_replace(at);
+                            (count as i64 == BATCH, count > 0)
+                        }
+                        Batch::Elsewhere(at) => {
+                            self.progress.send_replace(at);
+                            (false, false)
+                        }
+                    };
+                    if full {
                         continue;
                     }
-                    let _ = tokio::time::timeout(POLL, wake.notified()).await;
-                }
-                Ok(Batch::Elsewhere(at)) => {
-                    self.progress.send_replace(at);
-                    tokio::time::sleep(FOLLOW).await;
+                    if applied {
+                        poll = MIN_POLL;
+                    }
+                    // A receiver beyond the `Projectors` handle's own means a request is waiting:
+                    // an event it needs may be held back by another open transaction, or be
+                    // applied by another instance, so look again soon.
+                    if self.progress.receiver_count() > 1 {
+                        tokio::time::sleep(FOLLOW).await;
+                    } else {
+                        poll = idle(&wake, poll).await;
+                    }
                 }
                 Err(err) => {
                     tracing::error!(
@@ -170,6 +202,15 @@ impl Runner {
     }
 }
 
+/// Waits for a wake-up or the poll interval; returns the next interval (reset by a wake-up,
+/// doubled up to `MAX_POLL` by a quiet one).
+async fn idle(wake: &Notify, poll: Duration) -> Duration {
+    match tokio::time::timeout(poll, wake.notified()).await {
+        Ok(()) => MIN_POLL,
+        Err(_) => (poll * 2).min(MAX_POLL),
+    }
+}
+
 /// One projector transaction: lock the checkpoint, apply what is below the horizon, move the
 /// checkpoint, commit.
 pub async fn run_batch(
@@ -179,9 +220,11 @@ pub async fn run_batch(
     limit: i64,
 ) -> anyhow::Result<Batch> {
     let mut tx = pool.begin().await?;
-    let horizon = EventLog::horizon(&mut tx).await?;
+    // The horizon comes from this statement's snapshot, taken before the row lock gives this
+    // transaction an id of its own.
     let locked = sqlx::query(
-        "SELECT transaction_id::text::bigint AS transaction_id, global_position
+        "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS horizon,
+                transaction_id::text::bigint AS transaction_id, global_position
          FROM projection_checkpoints WHERE projection = $1 FOR UPDATE SKIP LOCKED",
     )
     .bind(projection.name())
@@ -191,18 +234,27 @@ pub async fn run_batch(
         tx.rollback().await?;
         return Ok(Batch::Elsewhere(checkpoint(pool, projection.name()).await?));
     };
-    let mut at = Position {
+    let horizon: i64 = row.try_get("horizon")?;
+    let start = Position {
         transaction_id: row.try_get("transaction_id")?,
         global_position: row.try_get("global_position")?,
     };
-    let events = log.after(&mut tx, at, horizon, limit).await?;
+    let events = log
+        .after(&mut tx, projection.aggregate_types(), start, horizon, limit)
+        .await?;
+    let mut at = start;
     for stored in &events {
         if let Some(event) = projected(stored)? {
             projection.apply(&mut tx, &event).await?;
         }
         at = stored.position;
     }
-    if !events.is_empty() {
+    // A batch that was not cut by the limit has seen every event of its types below the
+    // horizon, so the checkpoint may pass all of them, whatever their type.
+    if (events.len() as i64) < limit {
+        at = at.max(Position::below(horizon));
+    }
+    if at != start {
         sqlx::query(
             "UPDATE projection_checkpoints
              SET transaction_id = $2::text::xid8, global_position = $3, updated_at = now()

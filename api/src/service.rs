@@ -94,7 +94,7 @@ impl Services {
         if let Some(head) = tenant.log.head(A::TYPE, &id).await? {
             tenant
                 .projectors
-                .wait_for(head, self.projection_wait)
+                .wait_for(A::TYPE, head, self.projection_wait)
                 .await
                 .map_err(|_| {
                     tracing::warn!(tenant.id = %tenant.id, aggregate.id = %id, "read models are lagging");
@@ -274,13 +274,12 @@ impl Services {
         else {
             return Ok(None);
         };
-        let Some((session_id, user_id)) =
+        let Some((session_id, user)) =
             sessions::authenticate(&tenant.pool, &parsed.hash, self.sessions).await?
         else {
             return Ok(None);
         };
-        let user = users::user(&tenant.pool, user_id).await?;
-        Ok(user.filter(|u| u.active).map(|user| Principal {
+        Ok(user.active.then_some(Principal {
             tenant,
             user,
             session_id,

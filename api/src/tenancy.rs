@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cqrs_es::persist::PersistedEventStore;
-use cqrs_es::CqrsFramework;
+use cqrs_es::{Aggregate, CqrsFramework};
+use custos_domain::{Record, User};
 use secrecy::ExposeSecret;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -423,12 +424,12 @@ impl Tenancy {
                 pool.clone(),
                 codec.clone(),
             )),
-            vec![Box::new(projectors.waker())],
+            vec![Box::new(projectors.waker(Record::TYPE))],
             (),
         );
         let users = CqrsFramework::new(
             PersistedEventStore::new_event_store(CustosEventRepository::new(pool.clone(), codec)),
-            vec![Box::new(projectors.waker())],
+            vec![Box::new(projectors.waker(User::TYPE))],
             (),
         );
         Ok(Tenant {

@@ -35,7 +35,9 @@ pub enum RecordCommand {
         fields: Fields,
     },
     /// A patch: fields absent from `changes` stay as they are; `null` clears an optional field.
+    /// A record of another datasheet answers `NotFound`, as a missing one does.
     Update {
+        datasheet: Datasheet,
         expected_version: Option<u64>,
         changes: Fields,
     },
@@ -208,10 +210,14 @@ impl Aggregate for Record {
                     .await;
             }
             RecordCommand::Update {
+                datasheet: expected_datasheet,
                 expected_version,
                 changes,
             } => {
                 let datasheet = self.existing()?;
+                if datasheet != expected_datasheet {
+                    return Err(RecordError::NotFound);
+                }
                 self.check_version(expected_version)?;
                 if self.archived {
                     return Err(RecordError::Archived);
@@ -301,6 +307,7 @@ mod tests {
 
     fn update(changes: &[(&str, Value)]) -> RecordCommand {
         RecordCommand::Update {
+            datasheet: Datasheet::Employees,
             expected_version: None,
             changes: fields(changes),
         }
@@ -447,6 +454,7 @@ mod tests {
                 },
             ])
             .when(RecordCommand::Update {
+                datasheet: Datasheet::Employees,
                 expected_version: Some(1),
                 changes: fields(&[("first_name", json!("Augusta"))]),
             })
@@ -461,6 +469,7 @@ mod tests {
         RecordTest::with(())
             .given(vec![created()])
             .when(RecordCommand::Update {
+                datasheet: Datasheet::Employees,
                 expected_version: Some(1),
                 changes: fields(&[("department", json!("Engineering"))]),
             })

@@ -39,6 +39,8 @@ impl LoginOrigin {
 #[serde(rename_all = "snake_case")]
 pub enum LoginFailure {
     WrongPassword,
+    /// The password was right but the user may not log in.
+    Deactivated,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
-use custos_domain::{Datasheet, RecordEvent};
+use custos_domain::{Datasheet, Record, RecordEvent};
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgExecutor, QueryBuilder};
 use uuid::Uuid;
@@ -29,6 +29,10 @@ const PATCH_COLUMNS: &str = "
 impl Projection for EmployeesProjection {
     fn name(&self) -> &'static str {
         "employees"
+    }
+
+    fn aggregate_types(&self) -> &'static [&'static str] {
+        &[<Record as cqrs_es::Aggregate>::TYPE]
     }
 
     async fn apply(&self, conn: &mut PgConnection, event: &ProjectedEvent) -> sqlx::Result<()> {

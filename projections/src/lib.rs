@@ -54,6 +54,10 @@ pub trait Projection: Send + Sync {
     /// The projection's row in `projection_checkpoints`.
     fn name(&self) -> &'static str;
 
+    /// The aggregate types whose events this projection reads; it is neither woken by nor
+    /// waited for on commits of other types.
+    fn aggregate_types(&self) -> &'static [&'static str];
+
     /// Applies one event to the read model.
     async fn apply(&self, conn: &mut PgConnection, event: &ProjectedEvent) -> sqlx::Result<()>;
 

@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use custos_domain::UserEvent;
+use custos_domain::{User, UserEvent};
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
@@ -16,6 +16,10 @@ pub struct UsersProjection;
 impl Projection for UsersProjection {
     fn name(&self) -> &'static str {
         "users"
+    }
+
+    fn aggregate_types(&self) -> &'static [&'static str] {
+        &[<User as cqrs_es::Aggregate>::TYPE]
     }
 
     async fn apply(&self, conn: &mut PgConnection, event: &ProjectedEvent) -> sqlx::Result<()> {

@@ -214,3 +214,62 @@ fn help_is_available_for_every_command() {
         "passwords are never flags"
     );
 }
+
+/// When the suite runs as root (as CI does), also run `custos serve` as an ordinary user: the
+/// cluster then runs as that user directly. (Run as an ordinary user, the other tests in this
+/// module already cover that path.)
+#[tokio::test]
+async fn serves_as_an_ordinary_user_with_json_logs() {
+    if !nix::unistd::geteuid().is_root() {
+        return;
+    }
+    let user = nix::unistd::User::from_name("nobody")
+        .unwrap()
+        .expect("a `nobody` user");
+    let dir = data_dir();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::os::unix::fs::chown(&data, Some(user.uid.as_raw()), Some(user.gid.as_raw())).unwrap();
+    // A copy of the binary the unprivileged user can surely execute, wherever the checkout is.
+    let binary = dir.path().join("custos");
+    std::fs::copy(custos(), &binary).unwrap();
+    let port = free_port();
+    let log = dir.path().join("serve.log");
+    use std::os::unix::process::CommandExt;
+    let child = Command::new(&binary)
+        .args([
+            "--log-format",
+            "json",
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .arg("--data-dir")
+        .arg(&data)
+        .env_remove("DATABASE_URL")
+        .current_dir(dir.path())
+        .uid(user.uid.as_raw())
+        .gid(user.gid.as_raw())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    wait_ready(port).await;
+    let owner = std::os::unix::fs::MetadataExt::uid(
+        &std::fs::metadata(data.join("postgres/data")).unwrap(),
+    );
+    stop(child);
+
+    assert_eq!(
+        owner,
+        user.uid.as_raw(),
+        "the cluster belongs to the user who started it"
+    );
+    let logs = std::fs::read_to_string(&log).unwrap();
+    assert!(!logs.is_empty());
+    for line in logs.lines() {
+        let parsed: Value =
+            serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+        assert!(parsed.get("level").is_some(), "{line}");
+    }
+}

@@ -186,3 +186,21 @@ async fn sign_up_rejects_bad_input_and_creates_nothing() {
         .unwrap();
     assert_eq!(tenants, 1, "only the first organisation exists");
 }
+
+#[tokio::test]
+async fn sessions_end_at_their_absolute_lifetime_however_active() {
+    let app = TestApp::spawn_with(|config| {
+        config.sessions.absolute_lifetime = std::time::Duration::from_secs(2)
+    })
+    .await;
+    let session = app.sign_up(&slug("absolute")).await;
+
+    for _ in 0..3 {
+        app.graphql(Some(&session.token), ME, json!({})).await.ok();
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+
+    let me = app.graphql(Some(&session.token), ME, json!({})).await;
+    assert_eq!(me.code(), Some("UNAUTHENTICATED"));
+}

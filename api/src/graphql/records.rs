@@ -303,8 +303,8 @@ impl RecordsMutation {
         input: UpdateEmployeeInput,
     ) -> async_graphql::Result<Employee> {
         let id = parse_id("id", &id)?;
-        find_employee(principal(ctx)?, id).await?;
         let command = RecordCommand::Update {
+            datasheet: Datasheet::Employees,
             expected_version: expected("expectedVersion", expected_version)?,
             changes: input.into_fields(),
         };
