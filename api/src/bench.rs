@@ -46,6 +46,32 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[index.min(sorted.len() - 1)]
 }
 
+/// Runs `clients` closed loops of `op(client, n)` for `duration`; returns operations per second.
+async fn closed_loop<F, Fut>(clients: usize, duration: Duration, op: F) -> anyhow::Result<f64>
+where
+    F: Fn(usize, usize) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let done = AtomicU64::new(0);
+    let started = Instant::now();
+    let loops = (0..clients).map(|client| {
+        let (op, done) = (&op, &done);
+        async move {
+            let mut n = 0usize;
+            while started.elapsed() < duration {
+                n += 1;
+                op(client, n).await?;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok::<_, anyhow::Error>(())
+        }
+    });
+    for result in futures::future::join_all(loops).await {
+        result?;
+    }
+    Ok(done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -180,6 +206,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     // Hot: each client rewrites one record of its own, so its stream grows by one event per
     // request. Spread: each client cycles over `SPREAD` records of its own (streams stay short).
     let mut rates = Vec::new();
+    let mut spread_ids = Vec::new();
     for per_client in [1, SPREAD] {
         let mut sets = Vec::new();
         for c in 0..args.clients {
@@ -200,32 +227,66 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             }
             sets.push(ids);
         }
-        let updates = Arc::new(AtomicU64::new(0));
-        let started = Instant::now();
-        let mut tasks = Vec::new();
-        for ids in sets {
-            let (token, updates) = (token.clone(), updates.clone());
-            tasks.push(async move {
-                let mut n = 0usize;
-                while started.elapsed() < duration {
-                    n += 1;
-                    post(
-                        Some(token.clone()),
-                        "mutation($id: ID!, $d: String) { updateEmployee(id: $id, input: { department: $d }) { id version } }",
-                        json!({ "id": ids[n % ids.len()], "d": format!("Dept {n}") }),
-                    )
-                    .await?;
-                    updates.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok::<_, anyhow::Error>(())
-            });
-        }
-        for result in futures::future::join_all(tasks).await {
-            result?;
-        }
-        rates.push(updates.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64());
+        let rate = closed_loop(args.clients, duration, |client, n| {
+            let (token, ids) = (token.clone(), &sets[client]);
+            async move {
+                post(
+                    Some(token),
+                    "mutation($id: ID!, $d: String) { updateEmployee(id: $id, input: { department: $d }) { id version } }",
+                    json!({ "id": ids[n % ids.len()], "d": format!("Dept {n}") }),
+                )
+                .await
+                .map(|_| ())
+            }
+        })
+        .await?;
+        rates.push(rate);
+        spread_ids = sets;
     }
     let (hot_rate, spread_rate) = (rates[0], rates[1]);
+
+    // (d) The floor of any request: HTTP, authentication and GraphQL, no command.
+    let me_rate = closed_loop(args.clients, duration, |_, _| {
+        let token = token.clone();
+        async move {
+            post(Some(token), "{ me { id } }", json!({}))
+                .await
+                .map(|_| ())
+        }
+    })
+    .await?;
+
+    // (e) The command path in process: the same updates without HTTP or GraphQL, each waiting
+    // for its event to be projected, as a mutation does.
+    let tenant = services
+        .tenancy
+        .get(tenant_id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("bench tenant vanished"))?;
+    let command_rate = closed_loop(args.clients, duration, |client, n| {
+        let (services, tenant, ids) = (services.clone(), tenant.clone(), &spread_ids[client]);
+        async move {
+            let mut changes = Fields::new();
+            changes.insert("department".into(), json!(format!("Direct {n}")));
+            let command = RecordCommand::Update {
+                datasheet: Datasheet::Employees,
+                expected_version: None,
+                changes,
+            };
+            let id: Uuid = ids[n % ids.len()].parse()?;
+            services
+                .execute(
+                    &tenant,
+                    &tenant.records,
+                    id,
+                    command,
+                    EventMetadata::new(user_id, Uuid::now_v7()),
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!("update failed: {:?}", e.code()))
+        }
+    })
+    .await?;
     let written = args.clients * (1 + SPREAD);
 
     // (c) employees(first: 50) with many employees, seeded through the command side.
@@ -305,6 +366,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     println!("| (b)/(a) | {:.3} |", spread_rate / raw_rate);
     println!("| (b, hot) the same, each client on a single record (its stream grows by one event per request) | {hot_rate:.0} mutations/s |");
     println!("| (b, hot)/(a) | {:.3} |", hot_rate / raw_rate);
+    println!("| (d) `{{ me {{ id }} }}` over HTTP, {} clients: HTTP, authentication and GraphQL alone | {me_rate:.0} requests/s |", args.clients);
+    println!("| (e) the (b) updates in process, no HTTP, each waiting for its projection | {command_rate:.0} commands/s |");
+    println!("| (e)/(a) | {:.3} |", command_rate / raw_rate);
     println!(
         "| seeding {} employees through the command side, until projected | {:.1} s ({:.0}/s) |",
         args.employees,

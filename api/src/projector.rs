@@ -25,7 +25,7 @@ const MIN_POLL: Duration = Duration::from_millis(500);
 const MAX_POLL: Duration = Duration::from_secs(30);
 /// Wait after a failed batch before trying again.
 const RETRY: Duration = Duration::from_secs(2);
-/// How soon a projector looks again while a request waits for it.
+/// How soon a projector looks again while a request waits for it, if no commit wakes it first.
 const FOLLOW: Duration = Duration::from_millis(5);
 
 #[derive(Debug, thiserror::Error)]
@@ -183,7 +183,7 @@ impl Runner {
                     // an event it needs may be held back by another open transaction, or be
                     // applied by another instance, so look again soon.
                     if self.progress.receiver_count() > 1 {
-                        tokio::time::sleep(FOLLOW).await;
+                        let _ = tokio::time::timeout(FOLLOW, wake.notified()).await;
                     } else {
                         poll = idle(&wake, poll).await;
                     }
