@@ -21,15 +21,10 @@ use crate::tenancy::Region;
     about = "Custos: accountable records about people, event-sourced."
 )]
 pub struct Cli {
-    /// How log lines are written.
-    #[arg(
-        long,
-        env = "CUSTOS_LOG_FORMAT",
-        value_enum,
-        default_value = "text",
-        global = true
-    )]
-    pub log_format: LogFormat,
+    /// How log lines are written: text (the default) or json. (No clap default: with a global
+    /// flag, a default would let the subcommand overwrite a value given before it.)
+    #[arg(long, env = "CUSTOS_LOG_FORMAT", value_enum, global = true)]
+    pub log_format: Option<LogFormat>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -202,6 +197,15 @@ mod tests {
             assert!(Cli::try_parse_from(args).is_ok());
         }
         assert!(Cli::try_parse_from(["custos", "tenant", "create", "--password", "x"]).is_err());
+        for args in [
+            ["custos", "--log-format", "json", "migrate"],
+            ["custos", "migrate", "--log-format", "json"],
+        ] {
+            assert_eq!(
+                Cli::try_parse_from(args).unwrap().log_format,
+                Some(LogFormat::Json)
+            );
+        }
     }
 
     #[test]

@@ -72,11 +72,6 @@ fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> ClusterError + '_ {
 /// Finds a directory holding `initdb`, `pg_ctl` and `postgres`: `CUSTOS_PG_BIN_DIR`, then PATH,
 /// then `pg_config --bindir`, then the newest `/usr/lib/postgresql/*/bin`.
 pub fn find_bin_dir() -> Result<PathBuf, ClusterError> {
-    let has_server = |dir: &Path| {
-        ["initdb", "pg_ctl", "postgres"]
-            .iter()
-            .all(|b| dir.join(b).is_file())
-    };
     let explicit = std::env::var_os("CUSTOS_PG_BIN_DIR").map(PathBuf::from);
     let on_path = std::env::var_os("PATH")
         .map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
@@ -87,7 +82,17 @@ pub fn find_bin_dir() -> Result<PathBuf, ClusterError> {
         .ok()
         .filter(|out| out.status.success())
         .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
-    let mut versioned: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+    let candidates = explicit
+        .into_iter()
+        .chain(on_path)
+        .chain(from_pg_config)
+        .chain(versioned_bin_dirs(Path::new("/usr/lib/postgresql")));
+    first_with_server(candidates).ok_or(ClusterError::BinariesNotFound)
+}
+
+/// `<root>/<major>/bin` for every numeric `<major>`, newest first.
+fn versioned_bin_dirs(root: &Path) -> Vec<PathBuf> {
+    let mut versioned: Vec<(u32, PathBuf)> = fs::read_dir(root)
         .into_iter()
         .flatten()
         .flatten()
@@ -97,13 +102,16 @@ pub fn find_bin_dir() -> Result<PathBuf, ClusterError> {
         })
         .collect();
     versioned.sort();
-    explicit
-        .into_iter()
-        .chain(on_path)
-        .chain(from_pg_config)
-        .chain(versioned.into_iter().rev().map(|(_, dir)| dir))
-        .find(|dir| has_server(dir))
-        .ok_or(ClusterError::BinariesNotFound)
+    versioned.into_iter().rev().map(|(_, dir)| dir).collect()
+}
+
+/// The first directory that holds all three server programs.
+fn first_with_server(candidates: impl IntoIterator<Item = PathBuf>) -> Option<PathBuf> {
+    candidates.into_iter().find(|dir| {
+        ["initdb", "pg_ctl", "postgres"]
+            .iter()
+            .all(|b| dir.join(b).is_file())
+    })
 }
 
 /// The OS user the cluster's processes run as.
@@ -464,6 +472,64 @@ mod tests {
         assert!(message.contains("apt-get install postgresql"));
         assert!(message.contains("DATABASE_URL"));
         assert!(message.contains("CUSTOS_PG_BIN_DIR"));
+    }
+
+    fn fake_server(dir: &Path, programs: &[&str]) {
+        fs::create_dir_all(dir).unwrap();
+        for program in programs {
+            fs::write(dir.join(program), "").unwrap();
+        }
+    }
+
+    #[test]
+    fn the_newest_complete_server_is_chosen() {
+        let root = tempfile::tempdir().unwrap();
+        fake_server(
+            &root.path().join("9/bin"),
+            &["initdb", "pg_ctl", "postgres"],
+        );
+        fake_server(
+            &root.path().join("15/bin"),
+            &["initdb", "pg_ctl", "postgres"],
+        );
+        fake_server(&root.path().join("16/bin"), &["psql"]);
+        fake_server(
+            &root.path().join("notes/bin"),
+            &["initdb", "pg_ctl", "postgres"],
+        );
+
+        let dirs = versioned_bin_dirs(root.path());
+        assert_eq!(
+            dirs[0],
+            root.path().join("16/bin"),
+            "numeric order, newest first"
+        );
+        assert_eq!(
+            first_with_server(dirs),
+            Some(root.path().join("15/bin")),
+            "a client-only 16 is skipped"
+        );
+    }
+
+    #[test]
+    fn an_explicit_directory_wins_and_nothing_means_none() {
+        let explicit = tempfile::tempdir().unwrap();
+        let system = tempfile::tempdir().unwrap();
+        fake_server(explicit.path(), &["initdb", "pg_ctl", "postgres"]);
+        fake_server(
+            &system.path().join("15/bin"),
+            &["initdb", "pg_ctl", "postgres"],
+        );
+        let candidates =
+            std::iter::once(explicit.path().to_owned()).chain(versioned_bin_dirs(system.path()));
+        assert_eq!(
+            first_with_server(candidates),
+            Some(explicit.path().to_owned())
+        );
+        assert_eq!(
+            first_with_server(versioned_bin_dirs(&system.path().join("missing"))),
+            None
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use uuid::Uuid;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format);
+    telemetry::init(cli.log_format.unwrap_or(telemetry::LogFormat::Text));
     match cli.command {
         Command::Serve(args) => {
             let application = Application::build(args.config()?).await?;

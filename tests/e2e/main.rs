@@ -1,7 +1,6 @@
 //! The end-to-end suite: the real HTTP/GraphQL API against a real PostgreSQL (the private
 //! cluster the service itself starts). One module per feature.
 
-mod cli;
 mod event_store;
 mod http;
 mod identity;

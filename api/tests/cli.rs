@@ -1,6 +1,9 @@
 //! The `custos` binary as a new user runs it: its own private cluster in a fresh data
 //! directory, `tenant create` with the password on stdin, `serve`, a graceful stop, and
 //! recovery after the service was killed.
+//!
+//! These live with the crate that owns the binary (not in the `tests/` suite) because only
+//! there does Cargo build the binary for the tests and tell them where it is.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -9,17 +12,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-/// The binary built by `cargo test --workspace` beside this test executable.
+/// The binary under test, built by Cargo for this integration test.
 fn custos() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).unwrap();
-    let binary = dir.join("custos");
-    assert!(
-        binary.exists(),
-        "{} is missing: run the suite with `cargo test --workspace`",
-        binary.display()
-    );
-    binary
+    PathBuf::from(env!("CARGO_BIN_EXE_custos"))
 }
 
 fn free_port() -> u16 {
@@ -106,9 +101,8 @@ fn postgres_running_in(dir: &Path) -> bool {
 async fn a_new_user_creates_a_tenant_serves_and_logs_in() {
     let dir = data_dir();
     let mut create = Command::new(custos())
-        .args([
-            "tenant", "create", "--slug", "cli-org", "--name", "CLI Org", "--region", "eu",
-        ])
+        .args(["--log-format", "json", "tenant", "create"])
+        .args(["--slug", "cli-org", "--name", "CLI Org", "--region", "eu"])
         .args([
             "--admin-email",
             "cli@example.org",
@@ -137,6 +131,16 @@ async fn a_new_user_creates_a_tenant_serves_and_logs_in() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(String::from_utf8_lossy(&output.stdout).contains("created organisation cli-org"));
+    let logs = String::from_utf8_lossy(&output.stderr);
+    assert!(logs.lines().count() > 0);
+    for line in logs.lines() {
+        let parsed: Value =
+            serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+        assert!(
+            parsed.get("level").is_some() && parsed.get("fields").is_some(),
+            "{line}"
+        );
+    }
     assert!(
         !postgres_running_in(dir.path()),
         "one-shot commands stop the cluster they started"
@@ -219,7 +223,7 @@ fn help_is_available_for_every_command() {
 /// cluster then runs as that user directly. (Run as an ordinary user, the other tests in this
 /// module already cover that path.)
 #[tokio::test]
-async fn serves_as_an_ordinary_user_with_json_logs() {
+async fn serves_as_an_ordinary_user() {
     if !nix::unistd::geteuid().is_root() {
         return;
     }
