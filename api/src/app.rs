@@ -79,8 +79,30 @@ pub async fn services(config: &Config, database: &Database) -> anyhow::Result<Ar
     }))
 }
 
+/// Stops a background task when its owner goes away.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Closes idle tenant contexts, checking a few times per `idle` period.
+async fn close_idle_tenants(services: Arc<Services>, idle: std::time::Duration) {
+    let mut ticks = tokio::time::interval((idle / 4).max(std::time::Duration::from_millis(100)));
+    loop {
+        ticks.tick().await;
+        let closed = services.tenancy.close_idle(idle).await;
+        if closed > 0 {
+            tracing::debug!(closed, "closed idle tenant contexts");
+        }
+    }
+}
+
 /// The running service.
 pub struct Application {
+    _sweeper: AbortOnDrop,
     listener: TcpListener,
     router: Router,
     services: Arc<Services>,
@@ -104,7 +126,9 @@ impl Application {
             graphiql: config.graphiql,
         };
         let listener = TcpListener::bind(config.listen).await?;
+        let sweeper = tokio::spawn(close_idle_tenants(services.clone(), config.tenant_idle));
         Ok(Self {
+            _sweeper: AbortOnDrop(sweeper),
             listener,
             router: router(state),
             services,

@@ -171,8 +171,15 @@ pub mod sessions {
         .await
     }
 
+    /// How stale a session's last use may get before a request refreshes it: a minute, or half
+    /// the idle timeout if that is shorter, so an active session never idles out while the
+    /// refresh saves a write on most requests.
+    pub fn refresh_after(policy: SessionPolicy) -> std::time::Duration {
+        (policy.idle_timeout / 2).min(std::time::Duration::from_secs(60))
+    }
+
     /// The live session for a token hash, with its user: not revoked, not past its absolute
-    /// expiry, used within the idle timeout. Refreshes its last use (at most once a minute).
+    /// expiry, used within the idle timeout. Refreshes its last use (see [`refresh_after`]).
     pub async fn authenticate(
         pool: &PgPool,
         token_hash: &[u8],
@@ -186,7 +193,7 @@ pub mod sessions {
             user: UserRow,
         }
         let live: Option<Live> = sqlx::query_as(
-            "SELECT s.id AS session_id, s.last_seen_at < now() - interval '60 seconds' AS stale,
+            "SELECT s.id AS session_id, s.last_seen_at < now() - $3 * interval '1 second' AS stale,
                     u.id, u.version, u.email, u.name, u.is_admin, u.active, u.created_at, u.updated_at
              FROM sessions s JOIN users u ON u.id = s.user_id
              WHERE s.token_hash = $1 AND s.revoked_at IS NULL AND s.expires_at > now()
@@ -194,6 +201,7 @@ pub mod sessions {
         )
         .bind(token_hash)
         .bind(policy.idle_timeout.as_secs_f64())
+        .bind(refresh_after(policy).as_secs_f64())
         .fetch_optional(pool)
         .await?;
         let Some(live) = live else {

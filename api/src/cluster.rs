@@ -189,7 +189,7 @@ impl PrivateCluster {
                 own(user, path)?;
             }
             if !log_file.exists() {
-                File::create(&log_file).map_err(io_at(&log_file))?;
+                write_private(&log_file, "")?;
             }
             own(user, &log_file)?;
         }

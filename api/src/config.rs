@@ -58,6 +58,8 @@ pub struct Config {
     pub password_hash_concurrency: usize,
     /// How long a mutation waits for its events to reach the read models.
     pub projection_wait: Duration,
+    /// A tenant context unused this long is closed (pool and projectors).
+    pub tenant_idle: Duration,
     /// Extra `postgresql.conf` settings for the private cluster.
     pub cluster_settings: Vec<(&'static str, String)>,
 }
@@ -77,6 +79,7 @@ impl Config {
             tenant_pool_size: 8,
             password_hash_concurrency: std::thread::available_parallelism().map_or(2, |n| n.get()),
             projection_wait: Duration::from_secs(10),
+            tenant_idle: Duration::from_secs(5 * 60),
             cluster_settings: vec![("max_connections", "300".to_owned())],
         }
     }

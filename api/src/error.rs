@@ -150,6 +150,13 @@ impl From<sqlx::Error> for ApiError {
                 tracing::warn!(error = %err, "database unavailable");
                 ApiError::Unavailable
             }
+            // too_many_connections, cannot_connect_now (starting or shutting down)
+            sqlx::Error::Database(db)
+                if matches!(db.code().as_deref(), Some("53300" | "57P03")) =>
+            {
+                tracing::warn!(code = ?db.code(), "database unavailable");
+                ApiError::Unavailable
+            }
             other => ApiError::internal(other),
         }
     }

@@ -92,6 +92,41 @@ impl MasterKey {
     }
 }
 
+/// The SCRAM-SHA-256 verifier PostgreSQL stores for `password` (RFC 5802 / RFC 7677, 4096
+/// iterations, random salt), in PostgreSQL's `SCRAM-SHA-256$<iter>:<salt>$<StoredKey>:<ServerKey>`
+/// form. `CREATE ROLE ... PASSWORD '<verifier>'` then never carries the password itself, so
+/// no server log line can contain it.
+pub fn scram_sha256_verifier(password: &SecretString) -> String {
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine;
+    use sha2::Digest;
+    const ITERATIONS: u32 = 4096;
+    let mut salt = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut salt);
+    let mut salted = [0u8; 32];
+    pbkdf2::pbkdf2_hmac::<Sha256>(
+        password.expose_secret().as_bytes(),
+        &salt,
+        ITERATIONS,
+        &mut salted,
+    );
+    let hmac = |key: &[u8], message: &[u8]| {
+        let mut mac =
+            <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC accepts keys of any length");
+        mac.update(message);
+        mac.finalize().into_bytes()
+    };
+    let client_key = hmac(&salted, b"Client Key");
+    let stored_key = Sha256::digest(client_key);
+    let server_key = hmac(&salted, b"Server Key");
+    format!(
+        "SCRAM-SHA-256${ITERATIONS}:{}${}:{}",
+        STANDARD.encode(salt),
+        STANDARD.encode(stored_key),
+        STANDARD.encode(server_key)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,6 +150,22 @@ mod tests {
         assert_ne!(
             key.tenant_db_password(t1).expose_secret(),
             key.tenant_db_password(t2).expose_secret()
+        );
+    }
+
+    #[test]
+    fn scram_verifiers_have_postgres_shape_and_never_contain_the_password() {
+        let password = SecretString::from("0123456789abcdef".to_owned());
+        let verifier = scram_sha256_verifier(&password);
+        let rest = verifier.strip_prefix("SCRAM-SHA-256$4096:").unwrap();
+        let (salt, keys) = rest.split_once('$').unwrap();
+        let (stored, server) = keys.split_once(':').unwrap();
+        assert_eq!((salt.len(), stored.len(), server.len()), (24, 44, 44));
+        assert!(!verifier.contains(password.expose_secret()));
+        assert_ne!(
+            verifier,
+            scram_sha256_verifier(&password),
+            "a fresh salt each time"
         );
     }
 

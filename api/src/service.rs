@@ -189,8 +189,7 @@ impl Services {
             session_id,
             origin: origin.login_origin(),
         };
-        let metadata = EventMetadata::new(user.id, origin.request_id);
-        self.execute(&tenant, &tenant.users, user.id, command, metadata)
+        self.record_login(&tenant, user.id, command, origin.request_id)
             .await?;
         tracing::info!(tenant.id = %tenant.id, user.id = %user.id, session.id = %session_id, "login succeeded");
         Ok(SignedIn {
@@ -231,14 +230,18 @@ impl Services {
                 self.open_session(tenant, user, origin).await
             }
             (Some(tenant), Some(credentials)) => {
+                let reason = if matched {
+                    LoginFailure::Deactivated
+                } else {
+                    LoginFailure::WrongPassword
+                };
                 let command = UserCommand::RecordLoginFailure {
-                    reason: LoginFailure::WrongPassword,
+                    reason,
                     origin: origin.login_origin(),
                 };
-                let metadata = EventMetadata::new(credentials.id, origin.request_id);
-                self.execute(&tenant, &tenant.users, credentials.id, command, metadata)
+                self.record_login(&tenant, credentials.id, command, origin.request_id)
                     .await?;
-                tracing::warn!(tenant.id = %tenant.id, user.id = %credentials.id, "login failed: wrong password");
+                tracing::warn!(tenant.id = %tenant.id, user.id = %credentials.id, reason = ?reason, "login failed");
                 Err(ApiError::InvalidCredentials)
             }
             _ => {
@@ -255,9 +258,35 @@ impl Services {
         let command = UserCommand::RecordLogout {
             session_id: principal.session_id,
         };
-        let metadata = EventMetadata::new(principal.user.id, request_id);
-        self.execute(tenant, &tenant.users, principal.user.id, command, metadata)
+        self.record_login(tenant, principal.user.id, command, request_id)
             .await
+    }
+
+    /// Appends a login, failure or logout event to the user's stream. Unlike other commands it
+    /// does not wait for the read models (nothing a login reads depends on them), and it
+    /// retries when concurrent attempts race for the stream's next sequence number: a burst of
+    /// attempts on one account must never answer differently from attempts on a missing one.
+    async fn record_login(
+        &self,
+        tenant: &Tenant,
+        user_id: Uuid,
+        command: UserCommand,
+        request_id: Uuid,
+    ) -> Result<(), ApiError> {
+        let id = user_id.to_string();
+        let metadata = EventMetadata::new(user_id, request_id).to_map();
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match tenant
+                .users
+                .execute_with_metadata(&id, command.clone(), metadata.clone())
+                .await
+            {
+                Err(AggregateError::AggregateConflict) if attempts < 10 => continue,
+                result => return result.map_err(ApiError::from),
+            }
+        }
     }
 
     /// The principal for a bearer token; `None` when the token is malformed, unknown,

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cqrs_es::persist::PersistedEventStore;
 use cqrs_es::{Aggregate, CqrsFramework};
@@ -20,7 +20,7 @@ use tokio::sync::RwLock;
 use uuid::Uuid;
 
 use crate::event_store::{CustosEventRepository, EventCodec, EventLog, RecordCqrs, UserCqrs};
-use crate::keys::MasterKey;
+use crate::keys::{scram_sha256_verifier, MasterKey};
 use crate::projector::Projectors;
 
 pub static CATALOG_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/catalog");
@@ -95,6 +95,21 @@ pub struct Tenant {
     pub records: RecordCqrs,
     pub users: UserCqrs,
     pub projectors: Projectors,
+    /// When a request last used this context; idle contexts are closed.
+    last_used: std::sync::Mutex<Instant>,
+}
+
+impl Tenant {
+    fn touch(&self) {
+        *self.last_used.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    }
+
+    fn idle_for(&self) -> Duration {
+        self.last_used
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .elapsed()
+    }
 }
 
 /// A PostgreSQL server that hosts tenant databases.
@@ -188,6 +203,7 @@ impl Tenancy {
             pool_size,
             open: RwLock::new(HashMap::new()),
         };
+        tenancy.remove_abandoned().await?;
         tenancy.migrate_tenants().await?;
         Ok(tenancy)
     }
@@ -195,6 +211,22 @@ impl Tenancy {
     /// The catalog pool (read-only use outside this module).
     pub fn catalog(&self) -> &PgPool {
         &self.catalog
+    }
+
+    /// Removes tenants whose provisioning never finished (the process died half-way through a
+    /// sign-up), so their slug, database and role do not stay taken for ever. Ten minutes is far
+    /// longer than provisioning takes, so another instance's sign-up in progress is left alone.
+    async fn remove_abandoned(&self) -> anyhow::Result<()> {
+        let abandoned: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT id FROM tenants WHERE status = 'provisioning' AND created_at < now() - interval '10 minutes'",
+        )
+        .fetch_all(&self.catalog)
+        .await?;
+        for id in abandoned {
+            tracing::warn!(tenant.id = %id, "removing a tenant whose provisioning never finished");
+            self.remove(id).await?;
+        }
+        Ok(())
     }
 
     /// Runs the tenant migrations on every tenant database.
@@ -298,12 +330,12 @@ impl Tenancy {
             .bind(TEMPLATE_LOCK)
             .execute(&mut admin)
             .await?;
-        // The password is hex, derived from the master key; statement logging is off.
+        // Only a SCRAM verifier of the derived password travels in the SQL text.
+        let verifier = scram_sha256_verifier(&password);
         let statements = [
             format!(
-                "CREATE ROLE {} LOGIN PASSWORD '{}' IN ROLE custos_tenant",
-                ident(&row.role_name),
-                password.expose_secret()
+                "CREATE ROLE {} LOGIN PASSWORD '{verifier}' IN ROLE custos_tenant",
+                ident(&row.role_name)
             ),
             format!(
                 "CREATE DATABASE {} TEMPLATE {}",
@@ -330,18 +362,20 @@ impl Tenancy {
         Ok(())
     }
 
+    /// Drops a tenant's database and role; both are attempted, the first error is returned.
     async fn drop_database(&self, server: &Server, row: &TenantRow) -> sqlx::Result<()> {
         let mut admin = server.connect("postgres").await?;
-        sqlx::query(&format!(
+        let database = sqlx::query(&format!(
             "DROP DATABASE IF EXISTS {} WITH (FORCE)",
             ident(&row.database_name)
         ))
         .execute(&mut admin)
-        .await?;
-        sqlx::query(&format!("DROP ROLE IF EXISTS {}", ident(&row.role_name)))
+        .await;
+        let role = sqlx::query(&format!("DROP ROLE IF EXISTS {}", ident(&row.role_name)))
             .execute(&mut admin)
-            .await?;
-        admin.close().await
+            .await;
+        admin.close().await?;
+        database.and(role).map(|_| ())
     }
 
     /// Removes a tenant entirely: closes it, drops its database and role, deletes its
@@ -370,6 +404,7 @@ impl Tenancy {
     /// unknown id or a tenant that is not in service.
     pub async fn get(&self, id: Uuid) -> anyhow::Result<Option<Arc<Tenant>>> {
         if let Some(tenant) = self.open.read().await.get(&id) {
+            tenant.touch();
             return Ok(Some(tenant.clone()));
         }
         let row = sqlx::query_as::<_, TenantRow>(
@@ -445,7 +480,32 @@ impl Tenancy {
             records,
             users,
             projectors,
+            last_used: std::sync::Mutex::new(Instant::now()),
         })
+    }
+
+    /// Closes the contexts of tenants nobody has used for `idle` and nobody holds now: their
+    /// projectors stop and their pools close, so connections do not grow with the number of
+    /// tenants ever opened. The next request opens the tenant again and its projectors catch up.
+    pub async fn close_idle(&self, idle: Duration) -> usize {
+        let closed: Vec<Arc<Tenant>> = {
+            let mut open = self.open.write().await;
+            let ids: Vec<Uuid> = open
+                .iter()
+                .filter(|(_, tenant)| Arc::strong_count(tenant) == 1 && tenant.idle_for() >= idle)
+                .map(|(id, _)| *id)
+                .collect();
+            ids.iter().filter_map(|id| open.remove(id)).collect()
+        };
+        for tenant in &closed {
+            tenant.pool.close().await;
+        }
+        closed.len()
+    }
+
+    /// How many tenant contexts are open.
+    pub async fn open_count(&self) -> usize {
+        self.open.read().await.len()
     }
 
     /// Closes every open tenant's pool and stops its projectors.

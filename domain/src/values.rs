@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use chrono::NaiveDate;
+use chrono::{Datelike, NaiveDate};
 use serde::{Deserialize, Serialize};
 
 /// Why a raw value was rejected. Carried inside field-level errors so a client learns which
@@ -142,9 +142,23 @@ impl Phone {
     }
 }
 
-/// A calendar date written as `YYYY-MM-DD`.
+/// A calendar date written exactly as `YYYY-MM-DD`, with a year from 1 to 9999. (chrono alone
+/// would also take year 0, signed and five-digit years, which PostgreSQL's `date` refuses.)
 pub fn parse_date(raw: &str) -> Result<NaiveDate, ValueError> {
-    NaiveDate::parse_from_str(raw.trim(), "%Y-%m-%d").map_err(|_| ValueError::InvalidDate)
+    let raw = raw.trim();
+    let shaped = raw.len() == 10
+        && raw.bytes().enumerate().all(|(i, b)| match i {
+            4 | 7 => b == b'-',
+            _ => b.is_ascii_digit(),
+        });
+    if !shaped {
+        return Err(ValueError::InvalidDate);
+    }
+    let date = NaiveDate::parse_from_str(raw, "%Y-%m-%d").map_err(|_| ValueError::InvalidDate)?;
+    if date.year() < 1 {
+        return Err(ValueError::InvalidDate);
+    }
+    Ok(date)
 }
 
 macro_rules! string_newtype_conversions {
@@ -239,6 +253,19 @@ mod tests {
         );
         assert_eq!(parse_date("2023-02-29"), Err(ValueError::InvalidDate));
         assert_eq!(parse_date("29/02/2024"), Err(ValueError::InvalidDate));
+        assert!(parse_date("0001-01-01").is_ok());
+        assert!(parse_date("9999-12-31").is_ok());
+        // Years PostgreSQL's `date` would refuse must never reach an event.
+        for bad in [
+            "0000-01-01",
+            "-0001-01-01",
+            "+10000-01-01",
+            "10000-01-01",
+            "2024-1-5",
+            "2024-01-05T00:00",
+        ] {
+            assert_eq!(parse_date(bad), Err(ValueError::InvalidDate), "{bad}");
+        }
     }
 
     #[test]

@@ -204,3 +204,59 @@ async fn sessions_end_at_their_absolute_lifetime_however_active() {
     let me = app.graphql(Some(&session.token), ME, json!({})).await;
     assert_eq!(me.code(), Some("UNAUTHENTICATED"));
 }
+
+#[tokio::test]
+async fn a_burst_of_failed_logins_on_one_account_all_answer_unauthenticated_and_are_recorded() {
+    let app = TestApp::spawn().await;
+    let session = app.sign_up(&slug("burst")).await;
+
+    let attempts = (0..12).map(|i| {
+        let (app, session) = (&app, &session);
+        async move {
+            app.graphql(None, LOGIN, json!({ "tenant": session.slug, "email": session.email, "password": format!("wrong password {i}") }))
+                .await
+        }
+    });
+    let responses = futures::future::join_all(attempts).await;
+    let login = app
+        .graphql(
+            None,
+            LOGIN,
+            json!({ "tenant": session.slug, "email": session.email, "password": PASSWORD }),
+        )
+        .await;
+
+    for response in &responses {
+        assert_eq!(
+            response.code(),
+            Some("UNAUTHENTICATED"),
+            "{}",
+            response.body
+        );
+    }
+    login.ok();
+    let mut db = app.tenant_admin(session.tenant_id).await;
+    let failures: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'LoginFailed'")
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+    assert_eq!(
+        failures, 12,
+        "every failed attempt is in the user's history"
+    );
+}
+
+#[tokio::test]
+async fn activity_keeps_a_session_alive_past_its_idle_timeout() {
+    let app = TestApp::spawn_with(|config| {
+        config.sessions.idle_timeout = std::time::Duration::from_secs(2)
+    })
+    .await;
+    let session = app.sign_up(&slug("active")).await;
+
+    for _ in 0..8 {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        app.graphql(Some(&session.token), ME, json!({})).await.ok();
+    }
+}

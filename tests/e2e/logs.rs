@@ -1,6 +1,8 @@
 //! No password, token or personal value ever reaches the logs.
 
-use custos_tests::{logs, slug, TestApp};
+use custos_api::keys::MasterKey;
+use custos_tests::{cluster_log, logs, slug, TestApp};
+use secrecy::ExposeSecret;
 use serde_json::json;
 use uuid::Uuid;
 
@@ -42,6 +44,12 @@ async fn a_full_session_logs_no_personal_value_password_or_token() {
         .ok();
 
     let logs = logs().to_lowercase();
+    let server_log = cluster_log().to_lowercase();
+    let db_password = MasterKey::load(None, app.data_dir.path())
+        .unwrap()
+        .tenant_db_password(session.tenant_id)
+        .expose_secret()
+        .to_owned();
 
     assert!(
         logs.contains("request finished"),
@@ -58,10 +66,16 @@ async fn a_full_session_logs_no_personal_value_password_or_token() {
         session.password.as_str(),
         wrong.as_str(),
         session.token.as_str(),
+        db_password.as_str(),
     ] {
+        let secret = secret.to_lowercase();
         assert!(
-            !logs.contains(&secret.to_lowercase()),
-            "the logs contain a seeded value"
+            !logs.contains(&secret),
+            "the service's logs contain a seeded value"
+        );
+        assert!(
+            !server_log.contains(&secret),
+            "PostgreSQL's log contains a seeded value"
         );
     }
 }

@@ -345,6 +345,8 @@ async fn invalid_values_are_validation_errors_naming_the_field_and_change_nothin
         ("firstName", json!("   ")),
         ("lastName", json!(null)),
         ("startDate", json!("31/12/2024")),
+        ("startDate", json!("0000-01-01")),
+        ("startDate", json!("+10000-01-01")),
     ];
     for (field, value) in cases {
         let response = app

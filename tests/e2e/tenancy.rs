@@ -135,3 +135,72 @@ async fn regions_map_to_the_default_server_without_configuration() {
     app.create_employee(&token, json!({ "firstName": "Uma", "lastName": "S" }))
         .await;
 }
+
+#[tokio::test]
+async fn idle_tenant_contexts_are_closed_and_reopen_on_use() {
+    let app =
+        TestApp::spawn_with(|config| config.tenant_idle = std::time::Duration::from_millis(400))
+            .await;
+    let session = app.sign_up(&slug("idle-ctx")).await;
+    app.create_employee(
+        &session.token,
+        json!({ "firstName": "Ida", "lastName": "Idle" }),
+    )
+    .await;
+    assert_eq!(app.services.tenancy.open_count().await, 1);
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while app.services.tenancy.open_count().await > 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        app.services.tenancy.open_count().await,
+        0,
+        "the idle context was closed"
+    );
+
+    let list = app
+        .graphql(
+            Some(&session.token),
+            "{ employees { totalCount } }",
+            json!({}),
+        )
+        .await
+        .ok();
+    assert_eq!(list.data("employees.totalCount"), &json!(1));
+    app.create_employee(
+        &session.token,
+        json!({ "firstName": "Ira", "lastName": "Awake" }),
+    )
+    .await;
+    assert_eq!(app.services.tenancy.open_count().await, 1);
+}
+
+#[tokio::test]
+async fn a_sign_up_abandoned_half_way_is_cleaned_up_at_the_next_start() {
+    let first = TestApp::spawn().await;
+    let id = uuid::Uuid::now_v7();
+    let name = format!("custos_t_{}", id.simple());
+    let abandoned = slug("abandoned");
+    sqlx::query(
+        "INSERT INTO tenants (id, slug, name, region, status, database_name, role_name, created_at)
+         VALUES ($1, $2, 'Abandoned', 'eu', 'provisioning', $3, $3, now() - interval '1 hour')",
+    )
+    .bind(id)
+    .bind(&abandoned)
+    .bind(&name)
+    .execute(first.services.tenancy.catalog())
+    .await
+    .unwrap();
+
+    let catalog = first.catalog.clone();
+    let second = TestApp::spawn_with(|config| config.catalog_database = catalog).await;
+
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM tenants WHERE id = $1")
+        .bind(id)
+        .fetch_one(second.services.tenancy.catalog())
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+    second.sign_up(&abandoned).await;
+}

@@ -127,6 +127,12 @@ pub fn logs() -> String {
     shared().logs.contents()
 }
 
+/// The shared cluster's own server log.
+pub fn cluster_log() -> String {
+    shared();
+    std::fs::read_to_string(cluster_dir().join("postgres.log")).unwrap_or_default()
+}
+
 /// Superuser options for the shared cluster (to inspect or tamper with databases).
 pub fn admin_options(database: &str) -> PgConnectOptions {
     shared()
@@ -322,6 +328,16 @@ impl TestApp {
         .ok()
         .data("createEmployee")
         .clone()
+    }
+
+    /// The service's open context for a tenant (its pool, event log, projectors).
+    pub async fn tenant(&self, tenant_id: Uuid) -> Arc<custos_api::tenancy::Tenant> {
+        self.services
+            .tenancy
+            .get(tenant_id)
+            .await
+            .expect("the catalog answers")
+            .expect("the tenant exists")
     }
 
     /// The database name of a tenant, from the catalog.

@@ -277,6 +277,19 @@ impl RecordsMutation {
             .await?;
         find_employee(principal, id).await
     }
+
+    /// A lifecycle command that applies to a record of any datasheet.
+    async fn lifecycle(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        command: RecordCommand,
+    ) -> async_graphql::Result<RecordNode> {
+        let id = parse_id("id", &id)?;
+        Ok(RecordNode::Employee(Employee(
+            self.run(ctx, id, command).await?,
+        )))
+    }
 }
 
 #[Object]
@@ -318,13 +331,9 @@ impl RecordsMutation {
         id: ID,
         expected_version: Option<i64>,
     ) -> async_graphql::Result<RecordNode> {
-        let id = parse_id("id", &id)?;
-        let command = RecordCommand::Archive {
-            expected_version: expected("expectedVersion", expected_version)?,
-        };
-        Ok(RecordNode::Employee(Employee(
-            self.run(ctx, id, command).await?,
-        )))
+        let expected_version = expected("expectedVersion", expected_version)?;
+        self.lifecycle(ctx, id, RecordCommand::Archive { expected_version })
+            .await
     }
 
     /// Restores an archived record.
@@ -334,12 +343,8 @@ impl RecordsMutation {
         id: ID,
         expected_version: Option<i64>,
     ) -> async_graphql::Result<RecordNode> {
-        let id = parse_id("id", &id)?;
-        let command = RecordCommand::Restore {
-            expected_version: expected("expectedVersion", expected_version)?,
-        };
-        Ok(RecordNode::Employee(Employee(
-            self.run(ctx, id, command).await?,
-        )))
+        let expected_version = expected("expectedVersion", expected_version)?;
+        self.lifecycle(ctx, id, RecordCommand::Restore { expected_version })
+            .await
     }
 }
