@@ -194,7 +194,8 @@ pub mod sessions {
         }
         let live: Option<Live> = sqlx::query_as(
             "SELECT s.id AS session_id, s.last_seen_at < now() - $3 * interval '1 second' AS stale,
-                    u.id, u.version, u.email, u.name, u.is_admin, u.active, u.created_at, u.updated_at
+                    u.id, u.version, u.email, u.name, u.is_admin, u.active, u.roles, u.must_change_password,
+                    u.created_at, u.updated_at
              FROM sessions s JOIN users u ON u.id = s.user_id
              WHERE s.token_hash = $1 AND s.revoked_at IS NULL AND s.expires_at > now()
                AND s.last_seen_at > now() - $2 * interval '1 second'",
@@ -216,6 +217,19 @@ pub mod sessions {
         Ok(Some((live.session_id, live.user)))
     }
 
+    /// Ends every session of a user, except `keep`.
+    pub async fn revoke_all(pool: &PgPool, user_id: Uuid, keep: Option<Uuid>) -> sqlx::Result<()> {
+        sqlx::query(
+            "UPDATE sessions SET revoked_at = now()
+             WHERE user_id = $1 AND revoked_at IS NULL AND ($2::uuid IS NULL OR id <> $2)",
+        )
+        .bind(user_id)
+        .bind(keep)
+        .execute(pool)
+        .await?;
+        Ok(())
+    }
+
     /// Ends a session.
     pub async fn revoke(pool: &PgPool, session_id: Uuid) -> sqlx::Result<()> {
         sqlx::query("UPDATE sessions SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL")
@@ -232,6 +246,8 @@ pub struct Principal {
     pub tenant: Arc<Tenant>,
     pub user: UserRow,
     pub session_id: Uuid,
+    /// The union of the user's roles' grants (administrators hold every permission anyway).
+    pub grants: custos_domain::Grants,
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 use async_graphql::ErrorExtensions;
 use cqrs_es::AggregateError;
-use custos_domain::{RecordError, UserError};
+use custos_domain::{RecordError, RoleError, UserError};
 
 /// What a client sees as `extensions.code`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +41,8 @@ pub enum ApiError {
     /// Login failures: one message whatever failed (tenant, email or password).
     InvalidCredentials,
     Forbidden,
+    /// The user signed in with a temporary password and must replace it first.
+    PasswordChangeRequired,
     NotFound,
     Validation {
         message: String,
@@ -72,6 +74,9 @@ impl ApiError {
             }
             ApiError::InvalidCredentials => "invalid organisation, email or password".into(),
             ApiError::Forbidden => "not allowed".into(),
+            ApiError::PasswordChangeRequired => {
+                "you must change your password before anything else".into()
+            }
             ApiError::NotFound => "not found".into(),
             ApiError::Validation { message, .. } | ApiError::Conflict(message) => message.clone(),
             ApiError::Unavailable => "the service is temporarily unavailable; try again".into(),
@@ -82,7 +87,7 @@ impl ApiError {
     pub fn code(&self) -> Code {
         match self {
             ApiError::Unauthenticated | ApiError::InvalidCredentials => Code::Unauthenticated,
-            ApiError::Forbidden => Code::Forbidden,
+            ApiError::Forbidden | ApiError::PasswordChangeRequired => Code::Forbidden,
             ApiError::NotFound => Code::NotFound,
             ApiError::Validation { .. } => Code::Validation,
             ApiError::Conflict(_) => Code::Conflict,
@@ -180,7 +185,21 @@ impl From<UserError> for ApiError {
         match &err {
             UserError::NotFound => ApiError::NotFound,
             UserError::AlreadyRegistered => ApiError::Conflict(err.to_string()),
+            UserError::AlreadyDeactivated | UserError::AlreadyActive => ApiError::Validation {
+                message: err.to_string(),
+                field: None,
+            },
             UserError::InvalidField { field, .. } => ApiError::validation(field, err.to_string()),
+        }
+    }
+}
+
+impl From<RoleError> for ApiError {
+    fn from(err: RoleError) -> Self {
+        match &err {
+            RoleError::NotFound => ApiError::NotFound,
+            RoleError::AlreadyExists => ApiError::Conflict(err.to_string()),
+            RoleError::InvalidName(_) => ApiError::validation("name", err.to_string()),
         }
     }
 }

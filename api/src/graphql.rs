@@ -14,6 +14,7 @@ use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::service::{RequestOrigin, Services};
 
+pub mod admin;
 pub mod history;
 pub mod identity;
 pub mod records;
@@ -22,13 +23,18 @@ pub mod records;
 #[derive(MergedObject, Default)]
 pub struct Query(
     identity::IdentityQuery,
+    admin::AdminQuery,
     records::RecordsQuery,
     history::HistoryQuery,
 );
 
 /// The root mutation type.
 #[derive(MergedObject, Default)]
-pub struct Mutation(identity::IdentityMutation, records::RecordsMutation);
+pub struct Mutation(
+    identity::IdentityMutation,
+    admin::AdminMutation,
+    records::RecordsMutation,
+);
 
 pub type CustosSchema = Schema<Query, Mutation, EmptySubscription>;
 
@@ -38,6 +44,7 @@ pub const MAX_COMPLEXITY: usize = 2_000;
 
 fn builder() -> SchemaBuilder<Query, Mutation, EmptySubscription> {
     Schema::build(Query::default(), Mutation::default(), EmptySubscription)
+        .extension(crate::authz::Authorization)
         .limit_depth(MAX_DEPTH)
         .limit_complexity(MAX_COMPLEXITY)
         .limit_recursive_depth(32)

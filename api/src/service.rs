@@ -5,7 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cqrs_es::{Aggregate, AggregateError};
-use custos_domain::{Email, EventMetadata, LoginFailure, LoginOrigin, PersonName, UserCommand};
+use custos_domain::{
+    Datasheet, Email, EventMetadata, Grant, Grants, LoginFailure, LoginOrigin, Permission,
+    PersonName, UserCommand,
+};
+use custos_projections::roles;
 use custos_projections::users::{self, UserRow};
 use secrecy::SecretString;
 use uuid::Uuid;
@@ -15,6 +19,9 @@ use crate::config::SessionPolicy;
 use crate::error::ApiError;
 use crate::event_store::Cqrs;
 use crate::tenancy::{ProvisionError, Region, Tenancy, Tenant};
+
+mod admin;
+pub use admin::{NewUser, UserChanges};
 
 /// What creating an organisation needs.
 pub struct NewOrganization {
@@ -53,6 +60,20 @@ pub struct Services {
     pub passwords: Passwords,
     pub sessions: SessionPolicy,
     pub projection_wait: Duration,
+}
+
+/// The roles every new organisation starts with; administrators may change or delete them.
+fn seeded_roles() -> [(&'static str, Grants); 2] {
+    let employees = |permissions: &[Permission]| -> Grants {
+        permissions
+            .iter()
+            .map(|p| Grant::new(Datasheet::Employees, *p))
+            .collect()
+    };
+    [
+        ("HR manager", employees(&Permission::ALL)),
+        ("Viewer", employees(&[Permission::Read])),
+    ]
 }
 
 /// A slug: 3 to 63 lower-case letters, digits and inner dashes (it appears in login forms).
@@ -148,10 +169,15 @@ impl Services {
                 name: admin_name.to_string(),
                 password_hash,
                 administrator: true,
+                roles: Default::default(),
+                must_change_password: false,
             };
             let metadata = EventMetadata::new(user_id, request_id);
             self.execute(&tenant, &tenant.users, user_id, register, metadata)
                 .await?;
+            for (name, grants) in seeded_roles() {
+                self.create_role_as(&tenant, name, grants, metadata).await?;
+            }
             let user = users::user(&tenant.pool, user_id)
                 .await?
                 .ok_or(ApiError::NotFound)?;
@@ -308,10 +334,15 @@ impl Services {
         else {
             return Ok(None);
         };
-        Ok(user.active.then_some(Principal {
+        if !user.active {
+            return Ok(None);
+        }
+        let grants = roles::grants_of_roles(&tenant.pool, &user.roles).await?;
+        Ok(Some(Principal {
             tenant,
             user,
             session_id,
+            grants,
         }))
     }
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use cqrs_es::persist::PersistedEventStore;
 use cqrs_es::{Aggregate, CqrsFramework};
-use custos_domain::{Record, User};
+use custos_domain::{Record, Role, User};
 use secrecy::ExposeSecret;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -19,7 +19,9 @@ use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 use tokio::sync::RwLock;
 use uuid::Uuid;
 
-use crate::event_store::{CustosEventRepository, EventCodec, EventLog, RecordCqrs, UserCqrs};
+use crate::event_store::{
+    CustosEventRepository, EventCodec, EventLog, RecordCqrs, RoleCqrs, UserCqrs,
+};
 use crate::keys::{scram_sha256_verifier, MasterKey};
 use crate::projector::Projectors;
 
@@ -94,6 +96,7 @@ pub struct Tenant {
     pub log: EventLog,
     pub records: RecordCqrs,
     pub users: UserCqrs,
+    pub roles: RoleCqrs,
     pub projectors: Projectors,
     /// When a request last used this context; idle contexts are closed.
     last_used: std::sync::Mutex<Instant>,
@@ -463,8 +466,16 @@ impl Tenancy {
             (),
         );
         let users = CqrsFramework::new(
-            PersistedEventStore::new_event_store(CustosEventRepository::new(pool.clone(), codec)),
+            PersistedEventStore::new_event_store(CustosEventRepository::new(
+                pool.clone(),
+                codec.clone(),
+            )),
             vec![Box::new(projectors.waker(User::TYPE))],
+            (),
+        );
+        let roles = CqrsFramework::new(
+            PersistedEventStore::new_event_store(CustosEventRepository::new(pool.clone(), codec)),
+            vec![Box::new(projectors.waker(Role::TYPE))],
             (),
         );
         Ok(Tenant {
@@ -479,6 +490,7 @@ impl Tenancy {
             log,
             records,
             users,
+            roles,
             projectors,
             last_used: std::sync::Mutex::new(Instant::now()),
         })

@@ -7,7 +7,7 @@ use serde_json::Value;
 use crate::values::{parse_date, Email, PersonName, Phone, ShortText, ValueError};
 
 /// A datasheet: a kind of record about people that a tenant keeps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Datasheet {
     Employees,
@@ -79,6 +79,11 @@ impl Datasheet {
         match self {
             Datasheet::Employees => "employees",
         }
+    }
+
+    /// The datasheet with this stable name.
+    pub fn parse(raw: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|d| d.as_str() == raw)
     }
 
     /// The datasheet's built-in fields, in display order.

@@ -2,12 +2,16 @@
 
 pub mod datasheet;
 pub mod metadata;
+pub mod permission;
 pub mod record;
+pub mod role;
 pub mod user;
 pub mod values;
 
 pub use datasheet::{Datasheet, FieldKind, FieldSpec};
 pub use metadata::EventMetadata;
+pub use permission::{Grant, Grants, Permission};
 pub use record::{Record, RecordCommand, RecordError, RecordEvent};
+pub use role::{Role, RoleCommand, RoleError, RoleEvent, RoleName};
 pub use user::{LoginFailure, LoginOrigin, User, UserCommand, UserError, UserEvent};
 pub use values::{Email, PersonName, Phone, ValueError};

@@ -3,6 +3,8 @@
 
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
+use std::collections::BTreeSet;
+
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -17,6 +19,9 @@ pub struct User {
     email: Option<Email>,
     name: Option<PersonName>,
     administrator: bool,
+    deactivated: bool,
+    roles: BTreeSet<Uuid>,
+    must_change_password: bool,
     version: u64,
 }
 
@@ -52,6 +57,31 @@ pub enum UserCommand {
         name: String,
         password_hash: String,
         administrator: bool,
+        roles: BTreeSet<Uuid>,
+        /// Set when an administrator chose the password: the user must replace it.
+        must_change_password: bool,
+    },
+    /// Changes any of name, email and roles, all or nothing (one commit). The service checks
+    /// first that no other user has the email and that the roles exist.
+    Update {
+        name: Option<String>,
+        email: Option<String>,
+        roles: Option<BTreeSet<Uuid>>,
+    },
+    /// The service checks first that an active administrator remains.
+    SetAdministrator {
+        administrator: bool,
+    },
+    /// The service checks first that an active administrator remains.
+    Deactivate,
+    Reactivate,
+    /// An administrator set a temporary password; the user must replace it at next login.
+    ResetPassword {
+        password_hash: String,
+    },
+    /// The user chose a new password.
+    ChangePassword {
+        password_hash: String,
     },
     RecordLoginSuccess {
         session_id: Uuid,
@@ -73,6 +103,29 @@ pub enum UserEvent {
         name: PersonName,
         password_hash: String,
         administrator: bool,
+        #[serde(default)]
+        roles: BTreeSet<Uuid>,
+        #[serde(default)]
+        must_change_password: bool,
+    },
+    UserRenamed {
+        name: PersonName,
+    },
+    EmailChanged {
+        email: Email,
+    },
+    RolesAssigned {
+        roles: BTreeSet<Uuid>,
+    },
+    AdministratorGranted,
+    AdministratorRevoked,
+    UserDeactivated,
+    UserReactivated,
+    PasswordReset {
+        password_hash: String,
+    },
+    PasswordChanged {
+        password_hash: String,
     },
     LoginSucceeded {
         session_id: Uuid,
@@ -93,6 +146,10 @@ pub enum UserError {
     AlreadyRegistered,
     #[error("no such user")]
     NotFound,
+    #[error("the user is already deactivated")]
+    AlreadyDeactivated,
+    #[error("the user is already active")]
+    AlreadyActive,
     #[error("field `{field}` {reason}")]
     InvalidField { field: String, reason: ValueError },
 }
@@ -101,6 +158,15 @@ impl DomainEvent for UserEvent {
     fn event_type(&self) -> String {
         match self {
             UserEvent::UserRegistered { .. } => "UserRegistered",
+            UserEvent::UserRenamed { .. } => "UserRenamed",
+            UserEvent::EmailChanged { .. } => "EmailChanged",
+            UserEvent::RolesAssigned { .. } => "RolesAssigned",
+            UserEvent::AdministratorGranted => "AdministratorGranted",
+            UserEvent::AdministratorRevoked => "AdministratorRevoked",
+            UserEvent::UserDeactivated => "UserDeactivated",
+            UserEvent::UserReactivated => "UserReactivated",
+            UserEvent::PasswordReset { .. } => "PasswordReset",
+            UserEvent::PasswordChanged { .. } => "PasswordChanged",
             UserEvent::LoginSucceeded { .. } => "LoginSucceeded",
             UserEvent::LoginFailed { .. } => "LoginFailed",
             UserEvent::LoggedOut { .. } => "LoggedOut",
@@ -128,6 +194,18 @@ impl User {
 
     pub fn version(&self) -> u64 {
         self.version
+    }
+
+    pub fn is_active(&self) -> bool {
+        !self.deactivated
+    }
+
+    pub fn roles(&self) -> &BTreeSet<Uuid> {
+        &self.roles
+    }
+
+    pub fn must_change_password(&self) -> bool {
+        self.must_change_password
     }
 
     fn existing(&self) -> Result<(), UserError> {
@@ -161,6 +239,8 @@ impl Aggregate for User {
                 name,
                 password_hash,
                 administrator,
+                roles,
+                must_change_password,
             } => {
                 if self.email.is_some() {
                     return Err(UserError::AlreadyRegistered);
@@ -170,7 +250,64 @@ impl Aggregate for User {
                     name: PersonName::parse(&name).map_err(invalid("name"))?,
                     password_hash,
                     administrator,
+                    roles,
+                    must_change_password,
                 }
+            }
+            UserCommand::Update { name, email, roles } => {
+                self.existing()?;
+                let name = name
+                    .map(|n| PersonName::parse(&n))
+                    .transpose()
+                    .map_err(invalid("name"))?;
+                let email = email
+                    .map(|e| Email::parse(&e))
+                    .transpose()
+                    .map_err(invalid("email"))?;
+                let mut events = Vec::new();
+                if let Some(name) = name.filter(|n| Some(n) != self.name.as_ref()) {
+                    events.push(UserEvent::UserRenamed { name });
+                }
+                if let Some(email) = email.filter(|e| Some(e) != self.email.as_ref()) {
+                    events.push(UserEvent::EmailChanged { email });
+                }
+                if let Some(roles) = roles.filter(|r| *r != self.roles) {
+                    events.push(UserEvent::RolesAssigned { roles });
+                }
+                for event in events {
+                    sink.write(event, self).await;
+                }
+                return Ok(());
+            }
+            UserCommand::SetAdministrator { administrator } => {
+                self.existing()?;
+                match (self.administrator, administrator) {
+                    (false, true) => UserEvent::AdministratorGranted,
+                    (true, false) => UserEvent::AdministratorRevoked,
+                    _ => return Ok(()),
+                }
+            }
+            UserCommand::Deactivate => {
+                self.existing()?;
+                if self.deactivated {
+                    return Err(UserError::AlreadyDeactivated);
+                }
+                UserEvent::UserDeactivated
+            }
+            UserCommand::Reactivate => {
+                self.existing()?;
+                if !self.deactivated {
+                    return Err(UserError::AlreadyActive);
+                }
+                UserEvent::UserReactivated
+            }
+            UserCommand::ResetPassword { password_hash } => {
+                self.existing()?;
+                UserEvent::PasswordReset { password_hash }
+            }
+            UserCommand::ChangePassword { password_hash } => {
+                self.existing()?;
+                UserEvent::PasswordChanged { password_hash }
             }
             UserCommand::RecordLoginSuccess { session_id, origin } => {
                 self.existing()?;
@@ -191,16 +328,33 @@ impl Aggregate for User {
 
     fn apply(&mut self, event: UserEvent) {
         self.version += 1;
-        if let UserEvent::UserRegistered {
-            email,
-            name,
-            administrator,
-            ..
-        } = event
-        {
-            self.email = Some(email);
-            self.name = Some(name);
-            self.administrator = administrator;
+        match event {
+            UserEvent::UserRegistered {
+                email,
+                name,
+                administrator,
+                roles,
+                must_change_password,
+                ..
+            } => {
+                self.email = Some(email);
+                self.name = Some(name);
+                self.administrator = administrator;
+                self.roles = roles;
+                self.must_change_password = must_change_password;
+            }
+            UserEvent::UserRenamed { name } => self.name = Some(name),
+            UserEvent::EmailChanged { email } => self.email = Some(email),
+            UserEvent::RolesAssigned { roles } => self.roles = roles,
+            UserEvent::AdministratorGranted => self.administrator = true,
+            UserEvent::AdministratorRevoked => self.administrator = false,
+            UserEvent::UserDeactivated => self.deactivated = true,
+            UserEvent::UserReactivated => self.deactivated = false,
+            UserEvent::PasswordReset { .. } => self.must_change_password = true,
+            UserEvent::PasswordChanged { .. } => self.must_change_password = false,
+            UserEvent::LoginSucceeded { .. }
+            | UserEvent::LoginFailed { .. }
+            | UserEvent::LoggedOut { .. } => {}
         }
     }
 }
@@ -218,6 +372,8 @@ mod tests {
             name: PersonName::parse("Ada Lovelace").unwrap(),
             password_hash: "$argon2id$test".into(),
             administrator: true,
+            roles: BTreeSet::new(),
+            must_change_password: false,
         }
     }
 
@@ -227,7 +383,96 @@ mod tests {
             name: name.into(),
             password_hash: "$argon2id$test".into(),
             administrator: true,
+            roles: BTreeSet::new(),
+            must_change_password: false,
         }
+    }
+
+    #[test]
+    fn administration_commands_emit_only_real_changes() {
+        UserTest::with(())
+            .given(vec![registered()])
+            .when(UserCommand::SetAdministrator {
+                administrator: true,
+            })
+            .then_expect_events(vec![]);
+        UserTest::with(())
+            .given(vec![registered()])
+            .when(UserCommand::SetAdministrator {
+                administrator: false,
+            })
+            .then_expect_events(vec![UserEvent::AdministratorRevoked]);
+        let roles: BTreeSet<Uuid> = [Uuid::nil()].into();
+        UserTest::with(())
+            .given(vec![registered()])
+            .when(UserCommand::Update {
+                name: Some("Ada Lovelace".into()),
+                email: Some("ada@lovelace.example".into()),
+                roles: Some(roles.clone()),
+            })
+            .then_expect_events(vec![
+                UserEvent::EmailChanged {
+                    email: Email::parse("ada@lovelace.example").unwrap(),
+                },
+                UserEvent::RolesAssigned { roles },
+            ]);
+        UserTest::with(())
+            .given(vec![registered()])
+            .when(UserCommand::Update {
+                name: Some("Ada".into()),
+                email: Some("bad".into()),
+                roles: None,
+            })
+            .then_expect_error(UserError::InvalidField {
+                field: "email".into(),
+                reason: ValueError::InvalidEmail,
+            });
+    }
+
+    #[test]
+    fn deactivation_and_reactivation() {
+        UserTest::with(())
+            .given(vec![registered()])
+            .when(UserCommand::Deactivate)
+            .then_expect_events(vec![UserEvent::UserDeactivated]);
+        UserTest::with(())
+            .given(vec![registered(), UserEvent::UserDeactivated])
+            .when(UserCommand::Deactivate)
+            .then_expect_error(UserError::AlreadyDeactivated);
+        UserTest::with(())
+            .given(vec![registered()])
+            .when(UserCommand::Reactivate)
+            .then_expect_error(UserError::AlreadyActive);
+        UserTest::with(())
+            .given(vec![registered(), UserEvent::UserDeactivated])
+            .when(UserCommand::Reactivate)
+            .then_expect_events(vec![UserEvent::UserReactivated]);
+    }
+
+    #[test]
+    fn a_reset_password_must_be_changed() {
+        let mut user = User::default();
+        user.apply(registered());
+        user.apply(UserEvent::PasswordReset {
+            password_hash: "h".into(),
+        });
+        assert!(user.must_change_password());
+        user.apply(UserEvent::PasswordChanged {
+            password_hash: "h2".into(),
+        });
+        assert!(!user.must_change_password());
+    }
+
+    #[test]
+    fn management_of_a_missing_user_is_not_found() {
+        UserTest::with(())
+            .given_no_previous_events()
+            .when(UserCommand::Update {
+                name: Some("X".into()),
+                email: None,
+                roles: None,
+            })
+            .then_expect_error(UserError::NotFound);
     }
 
     fn origin() -> LoginOrigin {

@@ -4,13 +4,14 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
-use custos_domain::{EventMetadata, Record, RecordEvent, User, UserEvent};
+use custos_domain::{EventMetadata, Record, RecordEvent, Role, RoleEvent, User, UserEvent};
 use serde_json::Value;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
 pub mod employees;
 pub mod page;
+pub mod roles;
 pub mod users;
 
 pub use page::{Cursor, Page};
@@ -20,6 +21,7 @@ pub use page::{Cursor, Page};
 pub enum AnyEvent {
     Record(RecordEvent),
     User(UserEvent),
+    Role(RoleEvent),
 }
 
 impl AnyEvent {
@@ -29,6 +31,7 @@ impl AnyEvent {
         Ok(match aggregate_type {
             Record::TYPE => Some(AnyEvent::Record(serde_json::from_value(payload)?)),
             User::TYPE => Some(AnyEvent::User(serde_json::from_value(payload)?)),
+            Role::TYPE => Some(AnyEvent::Role(serde_json::from_value(payload)?)),
             _ => None,
         })
     }
@@ -69,6 +72,7 @@ pub trait Projection: Send + Sync {
 pub fn all() -> Vec<Box<dyn Projection>> {
     vec![
         Box::new(users::UsersProjection),
+        Box::new(roles::RolesProjection),
         Box::new(employees::EmployeesProjection),
     ]
 }

@@ -30,6 +30,39 @@ impl User {
     async fn active(&self) -> bool {
         self.0.active
     }
+    /// Set after an administrator chose the password: only `me`, `changePassword` and
+    /// `logout` work until the user sets their own.
+    async fn must_change_password(&self) -> bool {
+        self.0.must_change_password
+    }
+    /// The user's roles.
+    async fn roles(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<super::admin::Role>> {
+        let pool = &super::principal(ctx)?.tenant.pool;
+        let all = custos_projections::roles::roles(pool)
+            .await
+            .map_err(crate::error::ApiError::from)?;
+        Ok(all
+            .into_iter()
+            .filter(|r| self.0.roles.contains(&r.id))
+            .map(super::admin::Role)
+            .collect())
+    }
+    /// What the user may do: every permission for administrators, else the union of the
+    /// user's roles' grants.
+    async fn permissions(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<Vec<super::admin::GrantObject>> {
+        let grants = if self.0.is_admin {
+            custos_domain::permission::all_grants()
+        } else {
+            let pool = &super::principal(ctx)?.tenant.pool;
+            custos_projections::roles::grants_of_roles(pool, &self.0.roles)
+                .await
+                .map_err(crate::error::ApiError::from)?
+        };
+        Ok(super::admin::grant_objects(&grants))
+    }
     async fn created_at(&self) -> DateTime<Utc> {
         self.0.created_at
     }

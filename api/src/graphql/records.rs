@@ -33,6 +33,14 @@ impl From<Datasheet> for DatasheetKind {
     }
 }
 
+impl From<DatasheetKind> for Datasheet {
+    fn from(value: DatasheetKind) -> Self {
+        match value {
+            DatasheetKind::Employees => Datasheet::Employees,
+        }
+    }
+}
+
 /// An employee record.
 pub struct Employee(pub EmployeeRow);
 

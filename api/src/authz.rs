@@ -1,0 +1,132 @@
+//! Authorization in one place: the policy for every root field of the schema, enforced by a
+//! schema extension before any resolver runs. A root field without a policy is refused (fail
+//! closed), and the authorization matrix test fails until it has one.
+
+use std::sync::Arc;
+
+use async_graphql::extensions::{
+    Extension, ExtensionContext, ExtensionFactory, NextResolve, ResolveInfo,
+};
+use async_graphql::{PathSegment, ServerError, ServerResult, Value};
+use custos_domain::{Datasheet, Grant, Permission};
+
+use crate::auth::Principal;
+use crate::error::ApiError;
+use crate::graphql::RequestContext;
+
+/// Who may call a root field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rule {
+    /// Anyone, signed in or not.
+    Public,
+    /// Any signed-in user, even one who must still replace a temporary password.
+    Session,
+    /// Any signed-in user whose password is current.
+    Signed,
+    /// Administrators only.
+    Admin,
+    /// Users holding this permission on this datasheet (administrators hold all).
+    Grant(Datasheet, Permission),
+}
+
+/// The policy: the rule for each root field. `None` means the field has no policy and is refused.
+pub fn rule(parent_type: &str, field: &str) -> Option<Rule> {
+    use Permission::*;
+    let employees = |p| Rule::Grant(Datasheet::Employees, p);
+    Some(match (parent_type, field) {
+        (_, "__typename" | "__schema" | "__type") => Rule::Public,
+        ("Mutation", "signUp" | "login") => Rule::Public,
+        ("Query", "me") | ("Mutation", "logout" | "changePassword") => Rule::Session,
+        ("Query", "organization") | ("Mutation", "updateMe") => Rule::Signed,
+        ("Query", "users" | "user" | "roles" | "role") => Rule::Admin,
+        (
+            "Mutation",
+            "createUser" | "updateUser" | "deactivateUser" | "reactivateUser" | "resetUserPassword"
+            | "setAdministrator" | "createRole" | "renameRole" | "grantPermission"
+            | "revokePermission" | "deleteRole",
+        ) => Rule::Admin,
+        ("Query", "employees" | "employee") => employees(Read),
+        ("Mutation", "createEmployee") => employees(Create),
+        ("Mutation", "updateEmployee") => employees(Update),
+        // Every record is an employee today; with more datasheets these depend on the record.
+        ("Mutation", "archiveRecord" | "restoreRecord") => employees(Archive),
+        ("Query", "recordHistory") => employees(History),
+        _ => return None,
+    })
+}
+
+impl Principal {
+    /// Whether the principal holds `permission` on `datasheet`.
+    pub fn may(&self, datasheet: Datasheet, permission: Permission) -> bool {
+        self.user.is_admin || self.grants.contains(&Grant::new(datasheet, permission))
+    }
+}
+
+/// Checks `rule` for the request's principal.
+pub fn check(rule: Option<Rule>, principal: Option<&Principal>) -> Result<(), ApiError> {
+    let Some(rule) = rule else {
+        return Err(ApiError::Forbidden);
+    };
+    if rule == Rule::Public {
+        return Ok(());
+    }
+    let principal = principal.ok_or(ApiError::Unauthenticated)?;
+    if rule == Rule::Session {
+        return Ok(());
+    }
+    if principal.user.must_change_password {
+        return Err(ApiError::PasswordChangeRequired);
+    }
+    let allowed = match rule {
+        Rule::Public | Rule::Session | Rule::Signed => true,
+        Rule::Admin => principal.user.is_admin,
+        Rule::Grant(datasheet, permission) => principal.may(datasheet, permission),
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden)
+    }
+}
+
+/// The schema extension that applies the policy to every root field.
+pub struct Authorization;
+
+impl ExtensionFactory for Authorization {
+    fn create(&self) -> Arc<dyn Extension> {
+        Arc::new(Authorization)
+    }
+}
+
+#[async_trait::async_trait]
+impl Extension for Authorization {
+    async fn resolve(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        info: ResolveInfo<'_>,
+        next: NextResolve<'_>,
+    ) -> ServerResult<Option<Value>> {
+        if info.path_node.parent.is_none() {
+            let principal = ctx
+                .data_opt::<RequestContext>()
+                .and_then(|r| r.principal.as_ref());
+            if let Err(err) = check(rule(info.parent_type, info.name), principal) {
+                if matches!(err, ApiError::Forbidden) {
+                    tracing::warn!(
+                        tenant.id = ?principal.map(|p| p.tenant.id),
+                        user.id = ?principal.map(|p| p.user.id),
+                        graphql.field = info.name,
+                        "security: access denied"
+                    );
+                }
+                let mut error: ServerError =
+                    async_graphql::Error::from(err).into_server_error(info.field.name.pos);
+                error.path = vec![PathSegment::Field(
+                    info.alias.unwrap_or(info.name).to_owned(),
+                )];
+                return Err(error);
+            }
+        }
+        next.run(ctx, info).await
+    }
+}

@@ -1,0 +1,495 @@
+//! User and role management, and self-service. Changes that must respect a rule spanning
+//! several users — unique emails, unique role names, at least one active administrator — run
+//! under the tenant's directory lock and wait for the read models before releasing it, so the
+//! rule is checked against an up-to-date view on any number of instances.
+
+use std::collections::BTreeSet;
+
+use custos_domain::{
+    Email, EventMetadata, Grant, Grants, PersonName, RoleCommand, RoleName, UserCommand,
+};
+use custos_projections::roles::{self, RoleRow};
+use custos_projections::users::{self, UserRow};
+use secrecy::SecretString;
+use sqlx::{Postgres, Transaction};
+use uuid::Uuid;
+
+use super::Services;
+use crate::auth::{check_new_password, sessions, Principal};
+use crate::error::ApiError;
+use crate::tenancy::Tenant;
+
+/// Advisory lock key (transaction-scoped, in the tenant database) for the user directory.
+const DIRECTORY_LOCK: i64 = 0x6375_7374_6f73_0002;
+
+/// Held while a directory change runs; dropping it (even on cancellation) rolls back the
+/// transaction and releases the lock.
+pub(crate) struct DirectoryLock(#[allow(dead_code)] Transaction<'static, Postgres>);
+
+async fn directory_lock(tenant: &Tenant) -> Result<DirectoryLock, ApiError> {
+    let mut tx = tenant.pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(DIRECTORY_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    Ok(DirectoryLock(tx))
+}
+
+/// A user an administrator creates.
+pub struct NewUser {
+    pub email: String,
+    pub name: String,
+    /// A temporary password the user must replace at first login.
+    pub password: SecretString,
+    pub roles: Vec<Uuid>,
+    pub administrator: bool,
+}
+
+/// Changes to a user; `None` leaves a field as it is.
+pub struct UserChanges {
+    pub name: Option<String>,
+    pub email: Option<String>,
+    pub roles: Option<Vec<Uuid>>,
+}
+
+impl Services {
+    fn actor(&self, principal: &Principal, request_id: Uuid) -> EventMetadata {
+        EventMetadata::new(principal.user.id, request_id)
+    }
+
+    async fn existing_user(&self, tenant: &Tenant, id: Uuid) -> Result<UserRow, ApiError> {
+        users::user(&tenant.pool, id)
+            .await?
+            .ok_or(ApiError::NotFound)
+    }
+
+    async fn check_email_free(
+        &self,
+        tenant: &Tenant,
+        email: &str,
+        user: Option<Uuid>,
+    ) -> Result<(), ApiError> {
+        let parsed =
+            Email::parse(email).map_err(|e| ApiError::validation("email", format!("email {e}")))?;
+        match users::id_by_email(&tenant.pool, &parsed.normalized()).await? {
+            Some(other) if Some(other) != user => Err(ApiError::validation(
+                "email",
+                "another user of this organisation has this email",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    async fn check_roles(
+        &self,
+        tenant: &Tenant,
+        role_ids: &[Uuid],
+    ) -> Result<BTreeSet<Uuid>, ApiError> {
+        for id in role_ids {
+            if roles::role(&tenant.pool, *id).await?.is_none() {
+                return Err(ApiError::validation(
+                    "roleIds",
+                    format!("no role has the id {id}"),
+                ));
+            }
+        }
+        Ok(role_ids.iter().copied().collect())
+    }
+
+    /// Refuses a change that would leave no active administrator.
+    async fn keep_an_administrator(&self, tenant: &Tenant, user: &UserRow) -> Result<(), ApiError> {
+        if user.is_admin && user.active && users::active_administrators(&tenant.pool).await? <= 1 {
+            return Err(ApiError::Validation {
+                message: "this is the last active administrator; make another user an administrator first".into(),
+                field: None,
+            });
+        }
+        Ok(())
+    }
+
+    /// Creates a user with a temporary password that must be changed at first login.
+    pub async fn create_user(
+        &self,
+        principal: &Principal,
+        input: NewUser,
+        request_id: Uuid,
+    ) -> Result<UserRow, ApiError> {
+        let tenant = &principal.tenant;
+        PersonName::parse(&input.name)
+            .map_err(|e| ApiError::validation("name", format!("name {e}")))?;
+        check_new_password(&input.password)?;
+        let _lock = directory_lock(tenant).await?;
+        self.check_email_free(tenant, &input.email, None).await?;
+        let roles = self.check_roles(tenant, &input.roles).await?;
+        let password_hash = self.passwords.hash(input.password).await?;
+        let id = Uuid::now_v7();
+        let command = UserCommand::Register {
+            email: input.email,
+            name: input.name,
+            password_hash,
+            administrator: input.administrator,
+            roles,
+            must_change_password: true,
+        };
+        self.execute(
+            tenant,
+            &tenant.users,
+            id,
+            command,
+            self.actor(principal, request_id),
+        )
+        .await?;
+        self.existing_user(tenant, id).await
+    }
+
+    /// Changes a user's name, email or roles (one commit). Role changes take effect on the
+    /// user's next request: permissions are read per request.
+    pub async fn update_user(
+        &self,
+        principal: &Principal,
+        id: Uuid,
+        changes: UserChanges,
+        request_id: Uuid,
+    ) -> Result<UserRow, ApiError> {
+        let tenant = &principal.tenant;
+        let _lock = directory_lock(tenant).await?;
+        self.existing_user(tenant, id).await?;
+        if let Some(email) = &changes.email {
+            self.check_email_free(tenant, email, Some(id)).await?;
+        }
+        let roles = match &changes.roles {
+            Some(ids) => Some(self.check_roles(tenant, ids).await?),
+            None => None,
+        };
+        let command = UserCommand::Update {
+            name: changes.name,
+            email: changes.email,
+            roles,
+        };
+        self.execute(
+            tenant,
+            &tenant.users,
+            id,
+            command,
+            self.actor(principal, request_id),
+        )
+        .await?;
+        self.existing_user(tenant, id).await
+    }
+
+    /// Deactivates a user and ends all their sessions.
+    pub async fn deactivate_user(
+        &self,
+        principal: &Principal,
+        id: Uuid,
+        request_id: Uuid,
+    ) -> Result<UserRow, ApiError> {
+        let tenant = &principal.tenant;
+        let _lock = directory_lock(tenant).await?;
+        let user = self.existing_user(tenant, id).await?;
+        self.keep_an_administrator(tenant, &user).await?;
+        self.execute(
+            tenant,
+            &tenant.users,
+            id,
+            UserCommand::Deactivate,
+            self.actor(principal, request_id),
+        )
+        .await?;
+        sessions::revoke_all(&tenant.pool, id, None).await?;
+        self.existing_user(tenant, id).await
+    }
+
+    pub async fn reactivate_user(
+        &self,
+        principal: &Principal,
+        id: Uuid,
+        request_id: Uuid,
+    ) -> Result<UserRow, ApiError> {
+        let tenant = &principal.tenant;
+        let _lock = directory_lock(tenant).await?;
+        self.existing_user(tenant, id).await?;
+        self.execute(
+            tenant,
+            &tenant.users,
+            id,
+            UserCommand::Reactivate,
+            self.actor(principal, request_id),
+        )
+        .await?;
+        self.existing_user(tenant, id).await
+    }
+
+    /// Makes a user an administrator or not; the last active administrator cannot be demoted.
+    pub async fn set_administrator(
+        &self,
+        principal: &Principal,
+        id: Uuid,
+        administrator: bool,
+        request_id: Uuid,
+    ) -> Result<UserRow, ApiError> {
+        let tenant = &principal.tenant;
+        let _lock = directory_lock(tenant).await?;
+        let user = self.existing_user(tenant, id).await?;
+        if !administrator {
+            self.keep_an_administrator(tenant, &user).await?;
+        }
+        let command = UserCommand::SetAdministrator { administrator };
+        self.execute(
+            tenant,
+            &tenant.users,
+            id,
+            command,
+            self.actor(principal, request_id),
+        )
+        .await?;
+        self.existing_user(tenant, id).await
+    }
+
+    /// Sets a temporary password the user must replace at next login; ends their sessions.
+    pub async fn reset_password(
+        &self,
+        principal: &Principal,
+        id: Uuid,
+        temporary: SecretString,
+        request_id: Uuid,
+    ) -> Result<UserRow, ApiError> {
+        let tenant = &principal.tenant;
+        check_new_password(&temporary)?;
+        self.existing_user(tenant, id).await?;
+        let password_hash = self.passwords.hash(temporary).await?;
+        self.execute(
+            tenant,
+            &tenant.users,
+            id,
+            UserCommand::ResetPassword { password_hash },
+            self.actor(principal, request_id),
+        )
+        .await?;
+        sessions::revoke_all(&tenant.pool, id, None).await?;
+        self.existing_user(tenant, id).await
+    }
+
+    /// The user changes their own password, proving the current one; their other sessions end.
+    pub async fn change_password(
+        &self,
+        principal: &Principal,
+        current: SecretString,
+        new: SecretString,
+        request_id: Uuid,
+    ) -> Result<UserRow, ApiError> {
+        let tenant = &principal.tenant;
+        let hash = users::password_hash(&tenant.pool, principal.user.id).await?;
+        if !self.passwords.verify(hash, current).await? {
+            return Err(ApiError::validation(
+                "currentPassword",
+                "the current password is wrong",
+            ));
+        }
+        check_new_password(&new)?;
+        let password_hash = self.passwords.hash(new).await?;
+        let id = principal.user.id;
+        self.execute(
+            tenant,
+            &tenant.users,
+            id,
+            UserCommand::ChangePassword { password_hash },
+            self.actor(principal, request_id),
+        )
+        .await?;
+        sessions::revoke_all(&tenant.pool, id, Some(principal.session_id)).await?;
+        self.existing_user(tenant, id).await
+    }
+
+    /// The user changes their own name.
+    pub async fn update_me(
+        &self,
+        principal: &Principal,
+        name: String,
+        request_id: Uuid,
+    ) -> Result<UserRow, ApiError> {
+        let tenant = &principal.tenant;
+        let id = principal.user.id;
+        let command = UserCommand::Update {
+            name: Some(name),
+            email: None,
+            roles: None,
+        };
+        self.execute(
+            tenant,
+            &tenant.users,
+            id,
+            command,
+            self.actor(principal, request_id),
+        )
+        .await?;
+        self.existing_user(tenant, id).await
+    }
+
+    async fn existing_role(&self, tenant: &Tenant, id: Uuid) -> Result<RoleRow, ApiError> {
+        roles::role(&tenant.pool, id)
+            .await?
+            .ok_or(ApiError::NotFound)
+    }
+
+    async fn check_role_name_free(
+        &self,
+        tenant: &Tenant,
+        name: &str,
+        role: Option<Uuid>,
+    ) -> Result<(), ApiError> {
+        let parsed =
+            RoleName::parse(name).map_err(|e| ApiError::validation("name", format!("name {e}")))?;
+        match roles::id_by_name(&tenant.pool, &parsed.normalized()).await? {
+            Some(other) if Some(other) != role => {
+                Err(ApiError::validation("name", "another role has this name"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Creates a role with the given grants, as `metadata`'s actor.
+    pub(crate) async fn create_role_as(
+        &self,
+        tenant: &Tenant,
+        name: &str,
+        grants: Grants,
+        metadata: EventMetadata,
+    ) -> Result<RoleRow, ApiError> {
+        let _lock = directory_lock(tenant).await?;
+        self.check_role_name_free(tenant, name, None).await?;
+        let id = Uuid::now_v7();
+        let command = RoleCommand::Create {
+            name: name.to_owned(),
+            grants,
+        };
+        self.execute(tenant, &tenant.roles, id, command, metadata)
+            .await?;
+        self.existing_role(tenant, id).await
+    }
+
+    pub async fn create_role(
+        &self,
+        principal: &Principal,
+        name: &str,
+        grants: Grants,
+        request_id: Uuid,
+    ) -> Result<RoleRow, ApiError> {
+        self.create_role_as(
+            &principal.tenant,
+            name,
+            grants,
+            self.actor(principal, request_id),
+        )
+        .await
+    }
+
+    pub async fn rename_role(
+        &self,
+        principal: &Principal,
+        id: Uuid,
+        name: &str,
+        request_id: Uuid,
+    ) -> Result<RoleRow, ApiError> {
+        let tenant = &principal.tenant;
+        let _lock = directory_lock(tenant).await?;
+        self.existing_role(tenant, id).await?;
+        self.check_role_name_free(tenant, name, Some(id)).await?;
+        self.execute(
+            tenant,
+            &tenant.roles,
+            id,
+            RoleCommand::Rename {
+                name: name.to_owned(),
+            },
+            self.actor(principal, request_id),
+        )
+        .await?;
+        self.existing_role(tenant, id).await
+    }
+
+    /// Grants or revokes one permission; users holding the role are affected on their next request.
+    pub async fn set_grant(
+        &self,
+        principal: &Principal,
+        id: Uuid,
+        grant: Grant,
+        granted: bool,
+        request_id: Uuid,
+    ) -> Result<RoleRow, ApiError> {
+        let tenant = &principal.tenant;
+        self.existing_role(tenant, id).await?;
+        let command = if granted {
+            RoleCommand::Grant { grant }
+        } else {
+            RoleCommand::Revoke { grant }
+        };
+        self.execute(
+            tenant,
+            &tenant.roles,
+            id,
+            command,
+            self.actor(principal, request_id),
+        )
+        .await?;
+        self.existing_role(tenant, id).await
+    }
+
+    /// Deletes a role. Refused while users hold it, unless `reassign_to` names the role they
+    /// get instead.
+    pub async fn delete_role(
+        &self,
+        principal: &Principal,
+        id: Uuid,
+        reassign_to: Option<Uuid>,
+        request_id: Uuid,
+    ) -> Result<(), ApiError> {
+        let tenant = &principal.tenant;
+        let _lock = directory_lock(tenant).await?;
+        self.existing_role(tenant, id).await?;
+        let holders = users::holders_of(&tenant.pool, id).await?;
+        if !holders.is_empty() {
+            let Some(target) = reassign_to else {
+                return Err(ApiError::validation(
+                    "reassignTo",
+                    format!(
+                        "{} user(s) hold this role: pass reassignTo to move them to another role",
+                        holders.len()
+                    ),
+                ));
+            };
+            if target == id || roles::role(&tenant.pool, target).await?.is_none() {
+                return Err(ApiError::validation(
+                    "reassignTo",
+                    "reassignTo must be another existing role",
+                ));
+            }
+            for holder in holders {
+                let mut roles: BTreeSet<Uuid> =
+                    holder.roles.iter().copied().filter(|r| *r != id).collect();
+                roles.insert(target);
+                let command = UserCommand::Update {
+                    name: None,
+                    email: None,
+                    roles: Some(roles),
+                };
+                self.execute(
+                    tenant,
+                    &tenant.users,
+                    holder.id,
+                    command,
+                    self.actor(principal, request_id),
+                )
+                .await?;
+            }
+        }
+        self.execute(
+            tenant,
+            &tenant.roles,
+            id,
+            RoleCommand::Delete,
+            self.actor(principal, request_id),
+        )
+        .await
+    }
+}
