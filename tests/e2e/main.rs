@@ -1,6 +1,7 @@
 //! The end-to-end suite: the real HTTP/GraphQL API against a real PostgreSQL (the private
 //! cluster the service itself starts). One module per feature.
 
+mod access;
 mod event_store;
 mod http;
 mod identity;

@@ -317,6 +317,77 @@ impl TestApp {
         }
     }
 
+    /// Logs in; the token, or the failed response.
+    pub async fn login(&self, slug: &str, email: &str, password: &str) -> Result<String, Response> {
+        let response = self
+            .graphql(
+                None,
+                "mutation($t: String!, $e: String!, $p: String!) { login(tenant: $t, email: $e, password: $p) { token } }",
+                json!({ "t": slug, "e": email, "p": password }),
+            )
+            .await;
+        match response.data("login.token").as_str() {
+            Some(token) => Ok(token.to_owned()),
+            None => Err(response),
+        }
+    }
+
+    /// The id of the organisation's role called `name` (e.g. a seeded "Viewer").
+    pub async fn role_id(&self, admin: &Session, name: &str) -> String {
+        let roles = self
+            .graphql(Some(&admin.token), "{ roles { id name } }", json!({}))
+            .await
+            .ok();
+        roles
+            .data("roles")
+            .as_array()
+            .expect("a list of roles")
+            .iter()
+            .find(|r| r["name"] == name)
+            .map(|r| r["id"].as_str().expect("an id").to_owned())
+            .unwrap_or_else(|| panic!("no role {name}"))
+    }
+
+    /// Creates a user holding `roles` (ids) and returns a session of theirs with their own
+    /// password already set (the temporary one replaced).
+    pub async fn user_with_roles(&self, admin: &Session, roles: &[String]) -> Session {
+        let email = format!(
+            "user-{}@{}.example.org",
+            Uuid::now_v7().simple(),
+            admin.slug
+        );
+        let temporary = "temporary password 1";
+        let created = self
+            .graphql(
+                Some(&admin.token),
+                "mutation($i: CreateUserInput!) { createUser(input: $i) { id mustChangePassword } }",
+                json!({ "i": { "email": email, "name": "Una User", "temporaryPassword": temporary, "roleIds": roles } }),
+            )
+            .await
+            .ok();
+        let user_id = Uuid::parse_str(created.data("createUser.id").as_str().expect("an id"))
+            .expect("a uuid");
+        let token = self
+            .login(&admin.slug, &email, temporary)
+            .await
+            .expect("the temporary password works");
+        self.graphql(
+            Some(&token),
+            "mutation($c: String!, $n: String!) { changePassword(currentPassword: $c, newPassword: $n) { id } }",
+            json!({ "c": temporary, "n": PASSWORD }),
+        )
+        .await
+        .ok();
+        Session {
+            token,
+            tenant_id: admin.tenant_id,
+            slug: admin.slug.clone(),
+            user_id,
+            email,
+            password: PASSWORD.to_owned(),
+        }
+    }
+
     /// Creates an employee from `input` and returns the created node.
     pub async fn create_employee(&self, token: &str, input: Value) -> Value {
         self.graphql(
