@@ -121,7 +121,7 @@ impl Application {
             }
         };
         let state = AppState {
-            schema: build_schema(services.clone()),
+            schema: build_schema(services.clone(), config.introspection),
             services: services.clone(),
             graphiql: config.graphiql,
         };

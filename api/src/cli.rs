@@ -77,6 +77,9 @@ pub struct ServeArgs {
     /// Do not serve GraphiQL on GET /graphql.
     #[arg(long, env = "CUSTOS_NO_GRAPHIQL")]
     pub no_graphiql: bool,
+    /// Refuse GraphQL introspection queries.
+    #[arg(long, env = "CUSTOS_NO_INTROSPECTION")]
+    pub no_introspection: bool,
     /// Minutes of inactivity after which a session ends.
     #[arg(long, env = "CUSTOS_SESSION_IDLE_MINUTES", default_value_t = 30)]
     pub session_idle_minutes: u64,
@@ -144,6 +147,7 @@ impl ServeArgs {
         let mut config = self.common.config()?;
         config.listen = self.listen;
         config.graphiql = !self.no_graphiql;
+        config.introspection = !self.no_introspection;
         config.sessions = SessionPolicy {
             idle_timeout: std::time::Duration::from_secs(self.session_idle_minutes * 60),
             absolute_lifetime: std::time::Duration::from_secs(self.session_lifetime_hours * 3600),

@@ -52,6 +52,8 @@ pub struct Config {
     pub sessions: SessionPolicy,
     /// Serve GraphiQL on `GET /graphql`.
     pub graphiql: bool,
+    /// Answer GraphQL introspection queries (switch off in production if clients do not need it).
+    pub introspection: bool,
     /// Connections per tenant pool (opened lazily, closed when idle).
     pub tenant_pool_size: u32,
     /// How many password hashes may be computed at once (each takes ~19 MiB and a core).
@@ -76,6 +78,7 @@ impl Config {
             master_key: None,
             sessions: SessionPolicy::default(),
             graphiql: true,
+            introspection: true,
             tenant_pool_size: 8,
             password_hash_concurrency: std::thread::available_parallelism().map_or(2, |n| n.get()),
             projection_wait: Duration::from_secs(10),

@@ -17,6 +17,7 @@ use crate::service::{RequestOrigin, Services};
 pub mod admin;
 pub mod history;
 pub mod identity;
+pub mod limits;
 pub mod records;
 
 /// The root query type.
@@ -44,15 +45,22 @@ pub const MAX_COMPLEXITY: usize = 2_000;
 
 fn builder() -> SchemaBuilder<Query, Mutation, EmptySubscription> {
     Schema::build(Query::default(), Mutation::default(), EmptySubscription)
+        .extension(limits::AliasLimit)
         .extension(crate::authz::Authorization)
         .limit_depth(MAX_DEPTH)
         .limit_complexity(MAX_COMPLEXITY)
         .limit_recursive_depth(32)
 }
 
-/// Builds the schema; `services` is shared by every request.
-pub fn build_schema(services: Arc<Services>) -> CustosSchema {
-    builder().data(services).finish()
+/// Builds the schema; `services` is shared by every request. Introspection can be switched
+/// off for production.
+pub fn build_schema(services: Arc<Services>, introspection: bool) -> CustosSchema {
+    let builder = builder().data(services);
+    if introspection {
+        builder.finish()
+    } else {
+        builder.disable_introspection().finish()
+    }
 }
 
 /// The schema in SDL, as committed in `docs/schema.graphql`.

@@ -69,7 +69,9 @@ async fn permissions_are_the_union_of_roles_and_changes_apply_on_the_next_reques
         .await
         .ok();
     let creator = creator.data("createRole.id").as_str().unwrap().to_owned();
-    let only_viewer = app.user_with_roles(&admin, &[viewer.clone()]).await;
+    let only_viewer = app
+        .user_with_roles(&admin, std::slice::from_ref(&viewer))
+        .await;
     let both = app
         .user_with_roles(&admin, &[viewer.clone(), creator.clone()])
         .await;
@@ -377,7 +379,9 @@ async fn roles_are_renamed_and_deleted_only_with_reassignment_while_held() {
     let admin = app.sign_up(&slug("roles")).await;
     let viewer = app.role_id(&admin, "Viewer").await;
     let hr = app.role_id(&admin, "HR manager").await;
-    let user = app.user_with_roles(&admin, &[viewer.clone()]).await;
+    let user = app
+        .user_with_roles(&admin, std::slice::from_ref(&viewer))
+        .await;
 
     let taken = app
         .graphql(

@@ -99,3 +99,47 @@ async fn values_of_the_wrong_type_get_a_validation_code() {
         .await;
     assert_eq!(response.code(), Some("VALIDATION"), "{}", response.body);
 }
+
+#[tokio::test]
+async fn too_many_aliases_are_refused_before_anything_runs() {
+    let app = TestApp::spawn().await;
+    let session = app.sign_up(&slug("aliases")).await;
+    let fields: String = (0..=custos_api::graphql::limits::MAX_ALIASES)
+        .map(|i| format!("a{i}: me {{ id }} "))
+        .collect();
+    let response = app
+        .graphql(Some(&session.token), &format!("{{ {fields} }}"), json!({}))
+        .await;
+    assert_eq!(response.status, 400, "{}", response.body);
+    assert_eq!(response.code(), Some("VALIDATION"));
+    let logins: String = (0..=custos_api::graphql::limits::MAX_ALIASES)
+        .map(|i| format!("l{i}: login(tenant: \"x\", email: \"x@example.org\", password: \"p\") {{ token }} "))
+        .collect();
+    let response = app
+        .graphql(None, &format!("mutation {{ {logins} }}"), json!({}))
+        .await;
+    assert_eq!(
+        response.status, 400,
+        "an aliased login burst is refused whole: {}",
+        response.body
+    );
+}
+
+#[tokio::test]
+async fn introspection_can_be_switched_off() {
+    let app = TestApp::spawn_with(|config| config.introspection = false).await;
+    let query = "{ __schema { queryType { name } } }";
+    let off = app.graphql(None, query, json!({})).await;
+    let on = TestApp::spawn()
+        .await
+        .graphql(None, query, json!({}))
+        .await
+        .ok();
+    assert_eq!(
+        off.data("__schema"),
+        &serde_json::Value::Null,
+        "nothing is disclosed: {}",
+        off.body
+    );
+    assert_eq!(on.data("__schema.queryType.name"), &json!("Query"));
+}

@@ -2,6 +2,7 @@
 //! cluster the service itself starts). One module per feature.
 
 mod access;
+mod authz_matrix;
 mod event_store;
 mod http;
 mod identity;

@@ -1,0 +1,338 @@
+//! The authorization matrix: every root field of the schema (read from the schema itself) ×
+//! every kind of principal × an object of the principal's own organisation and of another.
+//! Each field has a row saying who may call it; a field without a row fails the test.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use custos_tests::{slug, Session, TestApp, PASSWORD};
+use serde_json::json;
+
+/// Who may call a field, as the product promises it (written here independently of the
+/// service's own policy table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Who {
+    Anyone,
+    SignedIn,
+    Admin,
+    /// Holders of this permission on employees (administrators hold every permission).
+    Employees(&'static str),
+}
+
+/// One root field: who may call it, a document that calls it, and whether the document names
+/// an object by id (so another organisation's object must be NOT_FOUND).
+struct Row {
+    who: Who,
+    document: &'static str,
+    by_id: bool,
+}
+
+fn rows() -> BTreeMap<(&'static str, &'static str), Row> {
+    use Who::*;
+    let row = |who, document, by_id| Row {
+        who,
+        document,
+        by_id,
+    };
+    BTreeMap::from([
+        (("Query", "me"), row(SignedIn, "{ me { id } }", false)),
+        (("Query", "organization"), row(SignedIn, "{ organization { id } }", false)),
+        (("Query", "users"), row(Admin, "{ users { totalCount } }", false)),
+        (("Query", "user"), row(Admin, "query($user: ID!) { user(id: $user) { id } }", true)),
+        (("Query", "roles"), row(Admin, "{ roles { id } }", false)),
+        (("Query", "role"), row(Admin, "query($role: ID!) { role(id: $role) { id } }", true)),
+        (("Query", "employees"), row(Employees("read"), "{ employees { totalCount } }", false)),
+        (("Query", "employee"), row(Employees("read"), "query($employee: ID!) { employee(id: $employee) { id } }", true)),
+        (("Query", "recordHistory"), row(Employees("history"), "query($employee: ID!) { recordHistory(id: $employee) { totalCount } }", true)),
+        (("Mutation", "signUp"), row(Anyone, "mutation { signUp(input: { organization: \"M\", slug: \"matrix-signup\", region: \"eu\", adminEmail: \"m@example.org\", adminName: \"M\", password: \"correct horse battery\" }) { token } }", false)),
+        (("Mutation", "login"), row(Anyone, "mutation($slug: String!, $loginEmail: String!, $password: String!) { login(tenant: $slug, email: $loginEmail, password: $password) { token } }", false)),
+        (("Mutation", "changePassword"), row(SignedIn, "mutation { changePassword(currentPassword: \"not the password\", newPassword: \"whatever password\") { id } }", false)),
+        (("Mutation", "updateMe"), row(SignedIn, "mutation { updateMe(name: \"Same Name\") { id } }", false)),
+        (("Mutation", "createUser"), row(Admin, "mutation { createUser(input: { email: \"made@example.org\", name: \"Made\", temporaryPassword: \"temporary password 1\" }) { id } }", false)),
+        (("Mutation", "updateUser"), row(Admin, "mutation($user: ID!) { updateUser(id: $user, input: { name: \"Victim\" }) { id } }", true)),
+        (("Mutation", "deactivateUser"), row(Admin, "mutation($user: ID!) { deactivateUser(id: $user) { id } }", true)),
+        (("Mutation", "reactivateUser"), row(Admin, "mutation($user: ID!) { reactivateUser(id: $user) { id } }", true)),
+        (("Mutation", "resetUserPassword"), row(Admin, "mutation($user: ID!) { resetUserPassword(id: $user, temporaryPassword: \"temporary password 2\") { id } }", true)),
+        (("Mutation", "setAdministrator"), row(Admin, "mutation($user: ID!) { setAdministrator(id: $user, administrator: false) { id } }", true)),
+        (("Mutation", "createRole"), row(Admin, "mutation { createRole(input: { name: \"Matrix role\" }) { id } }", false)),
+        (("Mutation", "renameRole"), row(Admin, "mutation($role: ID!) { renameRole(id: $role, name: \"Victim role\") { id } }", true)),
+        (("Mutation", "grantPermission"), row(Admin, "mutation($role: ID!) { grantPermission(roleId: $role, grant: { datasheet: EMPLOYEES, permission: REPORT }) { id } }", true)),
+        (("Mutation", "revokePermission"), row(Admin, "mutation($role: ID!) { revokePermission(roleId: $role, grant: { datasheet: EMPLOYEES, permission: REPORT }) { id } }", true)),
+        // The victim role is held, so deleting it without reassignment is refused (VALIDATION)
+        // after authorization: repeatable, and it proves the caller got past the policy.
+        (("Mutation", "deleteRole"), row(Admin, "mutation($role: ID!) { deleteRole(id: $role) }", true)),
+        (("Mutation", "createEmployee"), row(Employees("create"), "mutation { createEmployee(input: { firstName: \"M\", lastName: \"X\" }) { id } }", false)),
+        (("Mutation", "updateEmployee"), row(Employees("update"), "mutation($employee: ID!) { updateEmployee(id: $employee, input: { department: \"Matrix\" }) { id } }", true)),
+        (("Mutation", "archiveRecord"), row(Employees("archive"), "mutation($employee: ID!) { archiveRecord(id: $employee) { id } }", true)),
+        (("Mutation", "restoreRecord"), row(Employees("archive"), "mutation($employee: ID!) { restoreRecord(id: $employee) { id } }", true)),
+        // Last: it ends the caller's session.
+        (("Mutation", "logout"), row(SignedIn, "mutation { logout }", false)),
+    ])
+}
+
+/// Objects a call can name: one of each kind per organisation, none of them a principal.
+#[derive(Clone)]
+struct Objects {
+    employee: String,
+    user: String,
+    role: String,
+    slug: String,
+    login_email: String,
+}
+
+async fn objects(app: &TestApp, admin: &Session) -> Objects {
+    let employee = app
+        .create_employee(
+            &admin.token,
+            json!({ "firstName": "Victim", "lastName": "Employee" }),
+        )
+        .await;
+    let role = app
+        .graphql(
+            Some(&admin.token),
+            "mutation { createRole(input: { name: \"Victim role\" }) { id } }",
+            json!({}),
+        )
+        .await
+        .ok()
+        .data("createRole.id")
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let victim = app
+        .user_with_roles(admin, std::slice::from_ref(&role))
+        .await;
+    let login = app.user_with_roles(admin, &[]).await;
+    Objects {
+        employee: employee["id"].as_str().unwrap().to_owned(),
+        user: victim.user_id.to_string(),
+        role,
+        slug: admin.slug.clone(),
+        login_email: login.email,
+    }
+}
+
+/// What a principal is, for the expectations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Anonymous,
+    Admin,
+    Holder(&'static [&'static str]),
+    Deactivated,
+    Expired,
+    OtherTenantAdmin,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Allowed,
+    Unauthenticated,
+    Forbidden,
+    NotFound,
+}
+
+fn expected(kind: Kind, row: &Row, foreign: bool) -> Outcome {
+    let allowed = match (kind, row.who) {
+        (_, Who::Anyone) => true,
+        (Kind::Anonymous | Kind::Deactivated | Kind::Expired, _) => {
+            return Outcome::Unauthenticated
+        }
+        (Kind::Admin | Kind::OtherTenantAdmin, _) => true,
+        (Kind::Holder(_), Who::SignedIn) => true,
+        (Kind::Holder(_), Who::Admin) => false,
+        (Kind::Holder(held), Who::Employees(p)) => held.contains(&p),
+    };
+    match (allowed, foreign && row.by_id) {
+        (false, _) => Outcome::Forbidden,
+        (true, true) => Outcome::NotFound,
+        (true, false) => Outcome::Allowed,
+    }
+}
+
+fn outcome(response: &custos_tests::Response) -> Outcome {
+    match response.code() {
+        Some("UNAUTHENTICATED") => Outcome::Unauthenticated,
+        Some("FORBIDDEN") => Outcome::Forbidden,
+        Some("NOT_FOUND") => Outcome::NotFound,
+        // Success, or a refusal past authorization (VALIDATION, CONFLICT): the call was let in.
+        _ => Outcome::Allowed,
+    }
+}
+
+async fn root_fields(app: &TestApp) -> BTreeSet<(String, String)> {
+    let schema = app
+        .graphql(
+            None,
+            "{ __schema { queryType { fields { name } } mutationType { fields { name } } subscriptionType { fields { name } } } }",
+            json!({}),
+        )
+        .await
+        .ok();
+    let mut fields = BTreeSet::new();
+    for (kind, key) in [
+        ("Query", "queryType"),
+        ("Mutation", "mutationType"),
+        ("Subscription", "subscriptionType"),
+    ] {
+        for field in schema
+            .data(&format!("__schema.{key}.fields"))
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            fields.insert((kind.to_owned(), field["name"].as_str().unwrap().to_owned()));
+        }
+    }
+    fields
+}
+
+#[tokio::test]
+async fn every_root_field_admits_exactly_who_it_should() {
+    let app = TestApp::spawn().await;
+    let rows = rows();
+
+    // A new field without a row fails here, and so does a row for a field that is gone.
+    let in_schema = root_fields(&app).await;
+    let in_table: BTreeSet<(String, String)> = rows
+        .keys()
+        .map(|(k, f)| (k.to_string(), f.to_string()))
+        .collect();
+    let missing: Vec<_> = in_schema.difference(&in_table).collect();
+    let stale: Vec<_> = in_table.difference(&in_schema).collect();
+    assert!(
+        missing.is_empty(),
+        "root fields without a row in the matrix: {missing:?}"
+    );
+    assert!(
+        stale.is_empty(),
+        "matrix rows for fields the schema no longer has: {stale:?}"
+    );
+
+    let a = app.sign_up(&slug("matrix-a")).await;
+    let b = app.sign_up(&slug("matrix-b")).await;
+    let (own_a, own_b) = (objects(&app, &a).await, objects(&app, &b).await);
+    let hr = app.role_id(&a, "HR manager").await;
+    let viewer = app.role_id(&a, "Viewer").await;
+    let nothing = app
+        .graphql(
+            Some(&a.token),
+            "mutation { createRole(input: { name: \"Nothing\" }) { id } }",
+            json!({}),
+        )
+        .await
+        .ok()
+        .data("createRole.id")
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let hr_user = app.user_with_roles(&a, &[hr]).await;
+    let viewer_user = app.user_with_roles(&a, std::slice::from_ref(&viewer)).await;
+    let nothing_user = app.user_with_roles(&a, &[nothing]).await;
+    let deactivated = app.user_with_roles(&a, std::slice::from_ref(&viewer)).await;
+    app.graphql(
+        Some(&a.token),
+        "mutation($id: ID!) { deactivateUser(id: $id) { id } }",
+        json!({ "id": deactivated.user_id.to_string() }),
+    )
+    .await
+    .ok();
+    let expired = app.user_with_roles(&a, &[viewer]).await;
+    let mut db = app.tenant_admin(a.tenant_id).await;
+    sqlx::query("UPDATE sessions SET expires_at = now() - interval '1 second' WHERE user_id = $1")
+        .bind(expired.user_id)
+        .execute(&mut db)
+        .await
+        .unwrap();
+
+    const ALL: &[&str] = &[
+        "read", "create", "update", "archive", "erase", "export", "history", "report",
+    ];
+    let principals: Vec<(&str, Kind, Option<String>, &Objects, &Objects)> = vec![
+        ("anonymous", Kind::Anonymous, None, &own_a, &own_b),
+        (
+            "administrator",
+            Kind::Admin,
+            Some(a.token.clone()),
+            &own_a,
+            &own_b,
+        ),
+        (
+            "HR manager",
+            Kind::Holder(ALL),
+            Some(hr_user.token.clone()),
+            &own_a,
+            &own_b,
+        ),
+        (
+            "Viewer",
+            Kind::Holder(&["read"]),
+            Some(viewer_user.token.clone()),
+            &own_a,
+            &own_b,
+        ),
+        (
+            "role with nothing",
+            Kind::Holder(&[]),
+            Some(nothing_user.token.clone()),
+            &own_a,
+            &own_b,
+        ),
+        (
+            "deactivated user",
+            Kind::Deactivated,
+            Some(deactivated.token.clone()),
+            &own_a,
+            &own_b,
+        ),
+        (
+            "expired session",
+            Kind::Expired,
+            Some(expired.token.clone()),
+            &own_a,
+            &own_b,
+        ),
+        (
+            "another tenant's administrator",
+            Kind::OtherTenantAdmin,
+            Some(b.token.clone()),
+            &own_b,
+            &own_a,
+        ),
+    ];
+
+    let mut wrong = Vec::new();
+    let mut calls = 0;
+    // `logout` sorts last among the mutations only by luck of the alphabet; order explicitly.
+    let mut ordered: Vec<_> = rows.iter().filter(|((_, f), _)| *f != "logout").collect();
+    ordered.extend(rows.iter().filter(|((_, f), _)| *f == "logout"));
+    for ((kind_name, field), row) in ordered {
+        for (name, kind, token, own, foreign) in &principals {
+            for (is_foreign, objects) in [(false, *own), (true, *foreign)] {
+                if *field == "logout" && is_foreign {
+                    continue;
+                }
+                let variables = json!({
+                    "employee": objects.employee, "user": objects.user, "role": objects.role,
+                    "slug": objects.slug, "loginEmail": objects.login_email, "password": PASSWORD,
+                });
+                let response = app.graphql(token.as_deref(), row.document, variables).await;
+                calls += 1;
+                let (want, got) = (expected(*kind, row, is_foreign), outcome(&response));
+                if want != got {
+                    wrong.push(format!(
+                        "{kind_name}.{field} as {name} on {} object: expected {want:?}, got {got:?}: {}",
+                        if is_foreign { "a foreign" } else { "its own" },
+                        response.body
+                    ));
+                }
+            }
+        }
+    }
+
+    assert!(calls > 400, "the matrix ran ({calls} calls)");
+    assert!(
+        wrong.is_empty(),
+        "{} unexpected outcomes:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+}
