@@ -148,7 +148,10 @@ impl Services {
             .map_err(|e| ApiError::validation("adminEmail", format!("adminEmail {e}")))?;
         let admin_name = PersonName::parse(&input.admin_name)
             .map_err(|e| ApiError::validation("adminName", format!("adminName {e}")))?;
-        check_new_password(&input.password)?;
+        check_new_password(
+            &input.password,
+            &[&input.admin_email, &input.admin_name, name, &input.slug],
+        )?;
         let password_hash = self.passwords.hash(input.password).await?;
 
         let row = self

@@ -158,6 +158,7 @@ async fn sign_up_rejects_bad_input_and_creates_nothing() {
         ("adminEmail", json!("not-an-email")),
         ("adminName", json!("  ")),
         ("password", json!("short")),
+        ("password", json!("password1234")),
         ("organization", json!("")),
     ];
     for (field, value) in cases {
@@ -180,6 +181,21 @@ async fn sign_up_rejects_bad_input_and_creates_nothing() {
         );
         assert_eq!(response.field(), Some(field), "{}", response.body);
     }
+    let weak = app
+        .graphql(
+            None,
+            "mutation($input: SignUpInput!) { signUp(input: $input) { token } }",
+            json!({ "input": { "organization": "Org", "slug": slug("weak"), "region": "eu", "adminEmail": "ada@example.org", "adminName": "Ada", "password": "ada@example.org" } }),
+        )
+        .await;
+    assert!(
+        weak.body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("too easy to guess"),
+        "{}",
+        weak.body
+    );
     let tenants: i64 = sqlx::query_scalar("SELECT count(*) FROM tenants")
         .fetch_one(app.services.tenancy.catalog())
         .await

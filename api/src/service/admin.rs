@@ -117,7 +117,7 @@ impl Services {
         let tenant = &principal.tenant;
         PersonName::parse(&input.name)
             .map_err(|e| ApiError::validation("name", format!("name {e}")))?;
-        check_new_password(&input.password)?;
+        check_new_password(&input.password, &[&input.email, &input.name])?;
         let _lock = directory_lock(tenant).await?;
         self.check_email_free(tenant, &input.email, None).await?;
         let roles = self.check_roles(tenant, &input.roles).await?;
@@ -255,8 +255,8 @@ impl Services {
         request_id: Uuid,
     ) -> Result<UserRow, ApiError> {
         let tenant = &principal.tenant;
-        check_new_password(&temporary)?;
-        self.existing_user(tenant, id).await?;
+        let user = self.existing_user(tenant, id).await?;
+        check_new_password(&temporary, &[&user.email, &user.name])?;
         let password_hash = self.passwords.hash(temporary).await?;
         self.execute(
             tenant,
@@ -286,7 +286,7 @@ impl Services {
                 "the current password is wrong",
             ));
         }
-        check_new_password(&new)?;
+        check_new_password(&new, &[&principal.user.email, &principal.user.name])?;
         let password_hash = self.passwords.hash(new).await?;
         let id = principal.user.id;
         self.execute(
