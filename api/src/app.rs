@@ -71,8 +71,11 @@ pub async fn services(config: &Config, database: &Database) -> anyhow::Result<Ar
         config.tenant_pool_size,
     )
     .await?;
+    let per_minute = std::num::NonZeroU32::new(config.login_attempts_per_minute.max(1))
+        .unwrap_or(std::num::NonZeroU32::MIN);
     Ok(Arc::new(Services {
         tenancy,
+        login_limiter: governor::RateLimiter::keyed(governor::Quota::per_minute(per_minute)),
         passwords: Passwords::new(config.password_hash_concurrency),
         sessions: config.sessions,
         projection_wait: config.projection_wait,
@@ -94,6 +97,7 @@ async fn close_idle_tenants(services: Arc<Services>, idle: std::time::Duration) 
     loop {
         ticks.tick().await;
         let closed = services.tenancy.close_idle(idle).await;
+        services.login_limiter.retain_recent();
         if closed > 0 {
             tracing::debug!(closed, "closed idle tenant contexts");
         }

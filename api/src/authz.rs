@@ -37,12 +37,13 @@ pub fn rule(parent_type: &str, field: &str) -> Option<Rule> {
         (_, "__typename" | "__schema" | "__type") => Rule::Public,
         ("Mutation", "signUp" | "login") => Rule::Public,
         ("Query", "me") | ("Mutation", "logout" | "changePassword") => Rule::Session,
-        ("Query", "organization") | ("Mutation", "updateMe") => Rule::Signed,
+        // Non-administrators see only their own history (checked in the resolver).
+        ("Query", "organization" | "loginHistory") | ("Mutation", "updateMe") => Rule::Signed,
         ("Query", "users" | "user" | "roles" | "role") => Rule::Admin,
         (
             "Mutation",
             "createUser" | "updateUser" | "deactivateUser" | "reactivateUser" | "resetUserPassword"
-            | "setAdministrator" | "createRole" | "renameRole" | "grantPermission"
+            | "setAdministrator" | "unlockUser" | "createRole" | "renameRole" | "grantPermission"
             | "revokePermission" | "deleteRole",
         ) => Rule::Admin,
         ("Query", "employees" | "employee") => employees(Read),

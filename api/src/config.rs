@@ -56,6 +56,9 @@ pub struct Config {
     pub introspection: bool,
     /// Connections per tenant pool (opened lazily, closed when idle).
     pub tenant_pool_size: u32,
+    /// Login attempts allowed per client address per minute (a burst of this size, refilled
+    /// evenly over the minute).
+    pub login_attempts_per_minute: u32,
     /// How many password hashes may be computed at once (each takes ~19 MiB and a core).
     pub password_hash_concurrency: usize,
     /// How long a mutation waits for its events to reach the read models.
@@ -80,6 +83,7 @@ impl Config {
             graphiql: true,
             introspection: true,
             tenant_pool_size: 8,
+            login_attempts_per_minute: 30,
             password_hash_concurrency: std::thread::available_parallelism().map_or(2, |n| n.get()),
             projection_wait: Duration::from_secs(10),
             tenant_idle: Duration::from_secs(5 * 60),

@@ -50,6 +50,8 @@ pub enum ApiError {
     },
     Conflict(String),
     Unavailable,
+    /// Too many login attempts from one client address.
+    TooManyAttempts,
     /// Logged once with its cause; the client sees only "internal error".
     Internal(anyhow::Error),
 }
@@ -80,6 +82,9 @@ impl ApiError {
             ApiError::NotFound => "not found".into(),
             ApiError::Validation { message, .. } | ApiError::Conflict(message) => message.clone(),
             ApiError::Unavailable => "the service is temporarily unavailable; try again".into(),
+            ApiError::TooManyAttempts => {
+                "too many login attempts from this address; try again in a minute".into()
+            }
             ApiError::Internal(_) => "internal error".into(),
         }
     }
@@ -91,7 +96,7 @@ impl ApiError {
             ApiError::NotFound => Code::NotFound,
             ApiError::Validation { .. } => Code::Validation,
             ApiError::Conflict(_) => Code::Conflict,
-            ApiError::Unavailable => Code::Unavailable,
+            ApiError::Unavailable | ApiError::TooManyAttempts => Code::Unavailable,
             ApiError::Internal(_) => Code::Internal,
         }
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use cqrs_es::{Aggregate, AggregateError};
 use custos_domain::{
     Datasheet, Email, EventMetadata, Grant, Grants, LoginFailure, LoginOrigin, Permission,
-    PersonName, UserCommand,
+    PersonName, User, UserCommand,
 };
 use custos_projections::roles;
 use custos_projections::users::{self, UserRow};
@@ -57,6 +57,8 @@ impl RequestOrigin {
 /// The service's use cases.
 pub struct Services {
     pub tenancy: Tenancy,
+    /// Login attempts per client address.
+    pub login_limiter: governor::DefaultKeyedRateLimiter<std::net::IpAddr>,
     pub passwords: Passwords,
     pub sessions: SessionPolicy,
     pub projection_wait: Duration,
@@ -218,7 +220,7 @@ impl Services {
             session_id,
             origin: origin.login_origin(),
         };
-        self.record_login(&tenant, user.id, command, origin.request_id)
+        self.record_login(&tenant, user.id, command, origin.request_id, false)
             .await?;
         tracing::info!(tenant.id = %tenant.id, user.id = %user.id, session.id = %session_id, "login succeeded");
         Ok(SignedIn {
@@ -249,26 +251,46 @@ impl Services {
             Some(tenant) => users::credentials(&tenant.pool, &email.trim().to_lowercase()).await?,
             None => None,
         };
-        let hash = credentials.as_ref().map(|c| c.password_hash.clone());
+        if let Some(ip) = origin
+            .ip
+            .as_deref()
+            .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
+        {
+            if self.login_limiter.check_key(&ip).is_err() {
+                tracing::warn!("security: login rate limit reached for a client address");
+                return Err(ApiError::TooManyAttempts);
+            }
+        }
+        let now = chrono::Utc::now();
+        // A locked account's password is not checked: the dummy hash spends the same time.
+        let locked = credentials
+            .as_ref()
+            .is_some_and(|c| c.locked_until.is_some_and(|until| until > now));
+        let hash = credentials
+            .as_ref()
+            .filter(|_| !locked)
+            .map(|c| c.password_hash.clone());
         let matched = self.passwords.verify(hash, password).await?;
         match (tenant, credentials) {
-            (Some(tenant), Some(credentials)) if matched && credentials.active => {
+            (Some(tenant), Some(credentials)) if !locked && matched && credentials.active => {
                 let user = users::user(&tenant.pool, credentials.id)
                     .await?
                     .ok_or(ApiError::InvalidCredentials)?;
                 self.open_session(tenant, user, origin).await
             }
             (Some(tenant), Some(credentials)) => {
-                let reason = if matched {
-                    LoginFailure::Deactivated
-                } else {
-                    LoginFailure::WrongPassword
+                let reason = match (locked, matched) {
+                    (true, _) => LoginFailure::Locked,
+                    (false, true) => LoginFailure::Deactivated,
+                    (false, false) => LoginFailure::WrongPassword,
                 };
                 let command = UserCommand::RecordLoginFailure {
                     reason,
                     origin: origin.login_origin(),
+                    at: now,
                 };
-                self.record_login(&tenant, credentials.id, command, origin.request_id)
+                // Waits for the read model, so the next attempt sees a lock this one caused.
+                self.record_login(&tenant, credentials.id, command, origin.request_id, true)
                     .await?;
                 tracing::warn!(tenant.id = %tenant.id, user.id = %credentials.id, reason = ?reason, "login failed");
                 Err(ApiError::InvalidCredentials)
@@ -287,20 +309,22 @@ impl Services {
         let command = UserCommand::RecordLogout {
             session_id: principal.session_id,
         };
-        self.record_login(tenant, principal.user.id, command, request_id)
+        self.record_login(tenant, principal.user.id, command, request_id, false)
             .await
     }
 
-    /// Appends a login, failure or logout event to the user's stream. Unlike other commands it
-    /// does not wait for the read models (nothing a login reads depends on them), and it
-    /// retries when concurrent attempts race for the stream's next sequence number: a burst of
-    /// attempts on one account must never answer differently from attempts on a missing one.
+    /// Appends a login, failure or logout event to the user's stream. It retries when
+    /// concurrent attempts race for the stream's next sequence number (a burst of attempts on
+    /// one account must never answer differently from attempts on a missing one), and waits
+    /// for the read models only when asked (failures: a lock must be visible to the next
+    /// attempt).
     async fn record_login(
         &self,
         tenant: &Tenant,
         user_id: Uuid,
         command: UserCommand,
         request_id: Uuid,
+        wait: bool,
     ) -> Result<(), ApiError> {
         let id = user_id.to_string();
         let metadata = EventMetadata::new(user_id, request_id).to_map();
@@ -313,9 +337,39 @@ impl Services {
                 .await
             {
                 Err(AggregateError::AggregateConflict) if attempts < 10 => continue,
-                result => return result.map_err(ApiError::from),
+                Err(err) => return Err(err.into()),
+                Ok(()) => break,
             }
         }
+        if wait {
+            if let Some(head) = tenant.log.head(User::TYPE, &id).await? {
+                tenant
+                    .projectors
+                    .wait_for(User::TYPE, head, self.projection_wait)
+                    .await
+                    .map_err(|_| ApiError::Unavailable)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Lifts a lock on a user's logins before it expires.
+    pub async fn unlock_user(
+        &self,
+        principal: &Principal,
+        id: Uuid,
+        request_id: Uuid,
+    ) -> Result<UserRow, ApiError> {
+        let tenant = &principal.tenant;
+        users::user(&tenant.pool, id)
+            .await?
+            .ok_or(ApiError::NotFound)?;
+        let metadata = EventMetadata::new(principal.user.id, request_id);
+        self.execute(tenant, &tenant.users, id, UserCommand::Unlock, metadata)
+            .await?;
+        users::user(&tenant.pool, id)
+            .await?
+            .ok_or(ApiError::NotFound)
     }
 
     /// The principal for a bearer token; `None` when the token is malformed, unknown,

@@ -5,6 +5,8 @@ use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
 use std::collections::BTreeSet;
 
+use chrono::{DateTime, Utc};
+
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -12,6 +14,12 @@ use crate::values::{Email, PersonName, ValueError};
 
 /// The longest user agent kept in a login event; longer ones are cut (on a char boundary).
 pub const MAX_USER_AGENT: usize = 512;
+
+/// Brute-force protection: this many failed logins within `FAILURE_WINDOW` lock the account
+/// for `LOCK_DURATION`.
+pub const MAX_FAILURES: usize = 10;
+pub const FAILURE_WINDOW: chrono::TimeDelta = chrono::TimeDelta::minutes(15);
+pub const LOCK_DURATION: chrono::TimeDelta = chrono::TimeDelta::minutes(15);
 
 /// The state of one user, rebuilt from its events.
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
@@ -22,6 +30,9 @@ pub struct User {
     deactivated: bool,
     roles: BTreeSet<Uuid>,
     must_change_password: bool,
+    /// Failed logins since the last success, unlock or lock, within the failure window.
+    failures: Vec<DateTime<Utc>>,
+    locked_until: Option<DateTime<Utc>>,
     version: u64,
 }
 
@@ -46,6 +57,8 @@ pub enum LoginFailure {
     WrongPassword,
     /// The password was right but the user may not log in.
     Deactivated,
+    /// The account was locked after repeated failures; the password was not checked.
+    Locked,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -87,10 +100,14 @@ pub enum UserCommand {
         session_id: Uuid,
         origin: LoginOrigin,
     },
+    /// A failed attempt at `at`; the tenth within the failure window locks the account.
     RecordLoginFailure {
         reason: LoginFailure,
         origin: LoginOrigin,
+        at: DateTime<Utc>,
     },
+    /// An administrator lifts a lock before it expires.
+    Unlock,
     RecordLogout {
         session_id: Uuid,
     },
@@ -134,7 +151,12 @@ pub enum UserEvent {
     LoginFailed {
         reason: LoginFailure,
         origin: LoginOrigin,
+        at: DateTime<Utc>,
     },
+    LoginLocked {
+        until: DateTime<Utc>,
+    },
+    LoginUnlocked,
     LoggedOut {
         session_id: Uuid,
     },
@@ -169,6 +191,8 @@ impl DomainEvent for UserEvent {
             UserEvent::PasswordChanged { .. } => "PasswordChanged",
             UserEvent::LoginSucceeded { .. } => "LoginSucceeded",
             UserEvent::LoginFailed { .. } => "LoginFailed",
+            UserEvent::LoginLocked { .. } => "LoginLocked",
+            UserEvent::LoginUnlocked => "LoginUnlocked",
             UserEvent::LoggedOut { .. } => "LoggedOut",
         }
         .to_owned()
@@ -206,6 +230,11 @@ impl User {
 
     pub fn must_change_password(&self) -> bool {
         self.must_change_password
+    }
+
+    /// Whether a lock is in force at `at`.
+    pub fn is_locked_at(&self, at: DateTime<Utc>) -> bool {
+        self.locked_until.is_some_and(|until| until > at)
     }
 
     fn existing(&self) -> Result<(), UserError> {
@@ -313,9 +342,32 @@ impl Aggregate for User {
                 self.existing()?;
                 UserEvent::LoginSucceeded { session_id, origin }
             }
-            UserCommand::RecordLoginFailure { reason, origin } => {
+            UserCommand::RecordLoginFailure { reason, origin, at } => {
                 self.existing()?;
-                UserEvent::LoginFailed { reason, origin }
+                sink.write(UserEvent::LoginFailed { reason, origin, at }, self)
+                    .await;
+                let recent = self
+                    .failures
+                    .iter()
+                    .filter(|t| **t > at - FAILURE_WINDOW)
+                    .count();
+                if recent >= MAX_FAILURES && !self.is_locked_at(at) {
+                    sink.write(
+                        UserEvent::LoginLocked {
+                            until: at + LOCK_DURATION,
+                        },
+                        self,
+                    )
+                    .await;
+                }
+                return Ok(());
+            }
+            UserCommand::Unlock => {
+                self.existing()?;
+                if self.locked_until.is_none() {
+                    return Ok(());
+                }
+                UserEvent::LoginUnlocked
             }
             UserCommand::RecordLogout { session_id } => {
                 self.existing()?;
@@ -352,9 +404,20 @@ impl Aggregate for User {
             UserEvent::UserReactivated => self.deactivated = false,
             UserEvent::PasswordReset { .. } => self.must_change_password = true,
             UserEvent::PasswordChanged { .. } => self.must_change_password = false,
-            UserEvent::LoginSucceeded { .. }
-            | UserEvent::LoginFailed { .. }
-            | UserEvent::LoggedOut { .. } => {}
+            UserEvent::LoginFailed { at, .. } => {
+                self.failures.retain(|t| *t > at - FAILURE_WINDOW);
+                self.failures.push(at);
+            }
+            UserEvent::LoginSucceeded { .. } => self.failures.clear(),
+            UserEvent::LoginLocked { until } => {
+                self.locked_until = Some(until);
+                self.failures.clear();
+            }
+            UserEvent::LoginUnlocked => {
+                self.locked_until = None;
+                self.failures.clear();
+            }
+            UserEvent::LoggedOut { .. } => {}
         }
     }
 }
@@ -535,11 +598,9 @@ mod tests {
             .when(UserCommand::RecordLoginFailure {
                 reason: LoginFailure::WrongPassword,
                 origin: origin(),
+                at: t(0),
             })
-            .then_expect_events(vec![UserEvent::LoginFailed {
-                reason: LoginFailure::WrongPassword,
-                origin: origin(),
-            }]);
+            .then_expect_events(vec![failed(0)]);
         UserTest::with(())
             .given(vec![registered()])
             .when(UserCommand::RecordLogout { session_id })
@@ -553,8 +614,82 @@ mod tests {
             .when(UserCommand::RecordLoginFailure {
                 reason: LoginFailure::WrongPassword,
                 origin: origin(),
+                at: t(0),
             })
             .then_expect_error(UserError::NotFound);
+    }
+
+    fn t(minutes: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000, 0).unwrap() + chrono::TimeDelta::minutes(minutes)
+    }
+
+    fn failed(minute: i64) -> UserEvent {
+        UserEvent::LoginFailed {
+            reason: LoginFailure::WrongPassword,
+            origin: origin(),
+            at: t(minute),
+        }
+    }
+
+    fn fail_at(minute: i64) -> UserCommand {
+        UserCommand::RecordLoginFailure {
+            reason: LoginFailure::WrongPassword,
+            origin: origin(),
+            at: t(minute),
+        }
+    }
+
+    #[test]
+    fn the_tenth_failure_within_the_window_locks_the_account() {
+        let mut given = vec![registered()];
+        given.extend((0..9).map(failed));
+        UserTest::with(())
+            .given(given)
+            .when(fail_at(9))
+            .then_expect_events(vec![
+                failed(9),
+                UserEvent::LoginLocked {
+                    until: t(9) + LOCK_DURATION,
+                },
+            ]);
+    }
+
+    #[test]
+    fn failures_outside_the_window_or_before_a_success_do_not_count() {
+        let mut spread = vec![registered()];
+        spread.extend((0..9).map(|i| failed(i * 2)));
+        UserTest::with(())
+            .given(spread)
+            .when(fail_at(20))
+            .then_expect_events(vec![failed(20)]);
+        let mut reset = vec![registered()];
+        reset.extend((0..5).map(failed));
+        reset.push(UserEvent::LoginSucceeded {
+            session_id: Uuid::nil(),
+            origin: origin(),
+        });
+        reset.extend((5..9).map(failed));
+        UserTest::with(())
+            .given(reset)
+            .when(fail_at(9))
+            .then_expect_events(vec![failed(9)]);
+    }
+
+    #[test]
+    fn a_lock_expires_and_can_be_lifted() {
+        let mut user = User::default();
+        user.apply(registered());
+        user.apply(UserEvent::LoginLocked { until: t(15) });
+        assert!(user.is_locked_at(t(14)));
+        assert!(!user.is_locked_at(t(15)));
+        UserTest::with(())
+            .given(vec![registered(), UserEvent::LoginLocked { until: t(15) }])
+            .when(UserCommand::Unlock)
+            .then_expect_events(vec![UserEvent::LoginUnlocked]);
+        UserTest::with(())
+            .given(vec![registered()])
+            .when(UserCommand::Unlock)
+            .then_expect_events(vec![]);
     }
 
     #[test]

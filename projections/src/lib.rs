@@ -10,6 +10,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 pub mod employees;
+pub mod logins;
 pub mod page;
 pub mod roles;
 pub mod users;
@@ -73,6 +74,7 @@ pub fn all() -> Vec<Box<dyn Projection>> {
     vec![
         Box::new(users::UsersProjection),
         Box::new(roles::RolesProjection),
+        Box::new(logins::LoginsProjection),
         Box::new(employees::EmployeesProjection),
     ]
 }

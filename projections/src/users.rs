@@ -103,6 +103,12 @@ impl Projection for UsersProjection {
                 )
                 .await?;
             }
+            UserEvent::LoginLocked { until } => {
+                update(conn, event, "locked_until = $3", *until).await?;
+            }
+            UserEvent::LoginUnlocked => {
+                update(conn, event, "locked_until = $3", None::<DateTime<Utc>>).await?;
+            }
             UserEvent::LoginSucceeded { .. }
             | UserEvent::LoginFailed { .. }
             | UserEvent::LoggedOut { .. } => {
@@ -165,6 +171,7 @@ pub struct Credentials {
     pub id: Uuid,
     pub password_hash: String,
     pub active: bool,
+    pub locked_until: Option<DateTime<Utc>>,
 }
 
 const USER_COLUMNS: &str =
@@ -201,10 +208,12 @@ pub async fn credentials<'e>(
     db: impl PgExecutor<'e>,
     email_normalized: &str,
 ) -> sqlx::Result<Option<Credentials>> {
-    sqlx::query_as("SELECT id, password_hash, active FROM users WHERE email_normalized = $1")
-        .bind(email_normalized)
-        .fetch_optional(db)
-        .await
+    sqlx::query_as(
+        "SELECT id, password_hash, active, locked_until FROM users WHERE email_normalized = $1",
+    )
+    .bind(email_normalized)
+    .fetch_optional(db)
+    .await
 }
 
 /// A page of users in creation order (ids are UUIDv7), deactivated ones only when asked.

@@ -39,6 +39,8 @@ fn rows() -> BTreeMap<(&'static str, &'static str), Row> {
         (("Query", "users"), row(Admin, "{ users { totalCount } }", false)),
         (("Query", "user"), row(Admin, "query($user: ID!) { user(id: $user) { id } }", true)),
         (("Query", "roles"), row(Admin, "{ roles { id } }", false)),
+        // Without `userId`: the caller's own history, or the whole organisation's for administrators.
+        (("Query", "loginHistory"), row(SignedIn, "{ loginHistory { totalCount } }", false)),
         (("Query", "role"), row(Admin, "query($role: ID!) { role(id: $role) { id } }", true)),
         (("Query", "employees"), row(Employees("read"), "{ employees { totalCount } }", false)),
         (("Query", "employee"), row(Employees("read"), "query($employee: ID!) { employee(id: $employee) { id } }", true)),
@@ -52,6 +54,7 @@ fn rows() -> BTreeMap<(&'static str, &'static str), Row> {
         (("Mutation", "deactivateUser"), row(Admin, "mutation($user: ID!) { deactivateUser(id: $user) { id } }", true)),
         (("Mutation", "reactivateUser"), row(Admin, "mutation($user: ID!) { reactivateUser(id: $user) { id } }", true)),
         (("Mutation", "resetUserPassword"), row(Admin, "mutation($user: ID!) { resetUserPassword(id: $user, temporaryPassword: \"temporary password 2\") { id } }", true)),
+        (("Mutation", "unlockUser"), row(Admin, "mutation($user: ID!) { unlockUser(id: $user) { id } }", true)),
         (("Mutation", "setAdministrator"), row(Admin, "mutation($user: ID!) { setAdministrator(id: $user, administrator: false) { id } }", true)),
         (("Mutation", "createRole"), row(Admin, "mutation { createRole(input: { name: \"Matrix role\" }) { id } }", false)),
         (("Mutation", "renameRole"), row(Admin, "mutation($role: ID!) { renameRole(id: $role, name: \"Victim role\") { id } }", true)),

@@ -222,7 +222,7 @@ async fn sessions_end_at_their_absolute_lifetime_however_active() {
 }
 
 #[tokio::test]
-async fn a_burst_of_failed_logins_on_one_account_all_answer_unauthenticated_and_are_recorded() {
+async fn a_burst_of_failed_logins_answers_alike_is_recorded_and_locks_the_account() {
     let app = TestApp::spawn().await;
     let session = app.sign_up(&slug("burst")).await;
 
@@ -234,13 +234,7 @@ async fn a_burst_of_failed_logins_on_one_account_all_answer_unauthenticated_and_
         }
     });
     let responses = futures::future::join_all(attempts).await;
-    let login = app
-        .graphql(
-            None,
-            LOGIN,
-            json!({ "tenant": session.slug, "email": session.email, "password": PASSWORD }),
-        )
-        .await;
+    let locked_out = app.login(&session.slug, &session.email, PASSWORD).await;
 
     for response in &responses {
         assert_eq!(
@@ -250,17 +244,146 @@ async fn a_burst_of_failed_logins_on_one_account_all_answer_unauthenticated_and_
             response.body
         );
     }
-    login.ok();
+    assert_eq!(
+        locked_out.unwrap_err().body["errors"][0]["message"],
+        responses[0].body["errors"][0]["message"],
+        "a locked account answers like a wrong password"
+    );
     let mut db = app.tenant_admin(session.tenant_id).await;
-    let failures: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'LoginFailed'")
-            .fetch_one(&mut db)
+    let counts: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT event_type, count(*) FROM events WHERE event_type IN ('LoginFailed', 'LoginLocked') GROUP BY 1 ORDER BY 1",
+    )
+    .fetch_all(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(
+        counts,
+        [
+            ("LoginFailed".to_owned(), 13),
+            ("LoginLocked".to_owned(), 1)
+        ],
+        "every attempt is in the history"
+    );
+}
+
+#[tokio::test]
+async fn an_administrator_lifts_a_lock() {
+    let app = TestApp::spawn().await;
+    let admin = app.sign_up(&slug("unlock")).await;
+    let user = app.user_with_roles(&admin, &[]).await;
+    for i in 0..10 {
+        assert!(app
+            .login(&admin.slug, &user.email, &format!("wrong guess number {i}"))
+            .await
+            .is_err());
+    }
+    assert!(
+        app.login(&admin.slug, &user.email, PASSWORD).await.is_err(),
+        "locked after ten failures"
+    );
+
+    app.graphql(
+        Some(&admin.token),
+        "mutation($id: ID!) { unlockUser(id: $id) { id } }",
+        json!({ "id": user.user_id.to_string() }),
+    )
+    .await
+    .ok();
+
+    app.login(&admin.slug, &user.email, PASSWORD).await.unwrap();
+    let history = app
+        .graphql(Some(&admin.token), "query($u: ID) { loginHistory(userId: $u, first: 3) { edges { node { eventType reason } } } }", json!({ "u": user.user_id.to_string() }))
+        .await
+        .ok();
+    let types: Vec<&str> = history
+        .data("loginHistory.edges")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["node"]["eventType"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["LoginSucceeded", "LoginUnlocked", "LoginFailed"]);
+    assert_eq!(
+        history.data("loginHistory.edges.2.node.reason"),
+        &json!("locked")
+    );
+}
+
+#[tokio::test]
+async fn login_attempts_are_limited_per_client_address() {
+    let app = TestApp::spawn_with(|config| config.login_attempts_per_minute = 3).await;
+    let session = app.sign_up(&slug("ratelimit")).await;
+    for _ in 0..3 {
+        app.login(&session.slug, &session.email, PASSWORD)
             .await
             .unwrap();
-    assert_eq!(
-        failures, 12,
-        "every failed attempt is in the user's history"
-    );
+    }
+    let limited = app
+        .login(&session.slug, &session.email, PASSWORD)
+        .await
+        .unwrap_err();
+    assert_eq!(limited.code(), Some("UNAVAILABLE"), "{}", limited.body);
+    // Aliased logins in one request count one attempt each.
+    let app = TestApp::spawn_with(|config| config.login_attempts_per_minute = 3).await;
+    let session = app.sign_up(&slug("aliased")).await;
+    let aliased: String = (0..4)
+        .map(|i| {
+            format!(
+                "l{i}: login(tenant: \"{}\", email: \"{}\", password: \"{PASSWORD}\") {{ token }} ",
+                session.slug, session.email
+            )
+        })
+        .collect();
+    let response = app
+        .graphql(None, &format!("mutation {{ {aliased} }}"), json!({}))
+        .await;
+    let codes: Vec<_> = response.body["errors"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| e["extensions"]["code"].clone())
+        .collect();
+    assert_eq!(codes, [json!("UNAVAILABLE")], "{}", response.body);
+}
+
+#[tokio::test]
+async fn login_history_is_the_organisations_for_administrators_and_ones_own_for_others() {
+    let app = TestApp::spawn().await;
+    let admin = app.sign_up(&slug("loginhist")).await;
+    let user = app.user_with_roles(&admin, &[]).await;
+    assert!(app
+        .login(&admin.slug, &user.email, "definitely not it")
+        .await
+        .is_err());
+    let query = "query($u: ID) { loginHistory(userId: $u) { totalCount edges { node { eventType reason ip userAgent user { id } } } } }";
+
+    let everyone = app.graphql(Some(&admin.token), query, json!({})).await.ok();
+    let own = app.graphql(Some(&user.token), query, json!({})).await.ok();
+    let other = app
+        .graphql(
+            Some(&user.token),
+            query,
+            json!({ "u": admin.user_id.to_string() }),
+        )
+        .await;
+
+    let users: std::collections::BTreeSet<String> = everyone
+        .data("loginHistory.edges")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["node"]["user"]["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(users.len(), 2, "administrators see everyone's logins");
+    let own_edges = own.data("loginHistory.edges").as_array().unwrap();
+    assert!(own_edges
+        .iter()
+        .all(|e| e["node"]["user"]["id"] == json!(user.user_id.to_string())));
+    assert_eq!(own_edges[0]["node"]["eventType"], json!("LoginFailed"));
+    assert_eq!(own_edges[0]["node"]["reason"], json!("wrong_password"));
+    assert_eq!(own_edges[0]["node"]["ip"], json!("127.0.0.1"));
+    assert_eq!(own_edges[0]["node"]["userAgent"], json!("custos-tests/1.0"));
+    assert_eq!(other.code(), Some("FORBIDDEN"));
 }
 
 #[tokio::test]

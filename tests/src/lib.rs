@@ -225,6 +225,8 @@ impl TestApp {
         config.catalog_database = catalog.clone();
         config.tenant_pool_size = 4;
         config.password_hash_concurrency = 2;
+        // Every test logs in from 127.0.0.1; the limiter's own test sets a low limit.
+        config.login_attempts_per_minute = 10_000;
         adjust(&mut config);
         let application = Application::build(config)
             .await

@@ -317,6 +317,16 @@ impl AdminMutation {
         ))
     }
 
+    /// Lifts a lock on a user's logins (after repeated failures) before it expires.
+    async fn unlock_user(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<User> {
+        let id = parse_id("id", &id)?;
+        Ok(User(
+            services(ctx)?
+                .unlock_user(principal(ctx)?, id, request(ctx)?.origin.request_id)
+                .await?,
+        ))
+    }
+
     /// Makes a user an administrator, or not. The last active administrator stays one.
     async fn set_administrator(
         &self,

@@ -91,11 +91,12 @@ impl From<HistoryEntry> for HistoryEvent {
 
 pub type HistoryConnection = Connection<String, HistoryEvent, ConnectionTotal, EmptyFields>;
 
-fn encode_sequence(sequence: i64) -> String {
+/// An opaque cursor for a position in an integer-ordered list.
+pub(crate) fn encode_sequence(sequence: i64) -> String {
     URL_SAFE_NO_PAD.encode(sequence.to_be_bytes())
 }
 
-fn decode_sequence(raw: &str) -> Option<i64> {
+pub(crate) fn decode_sequence(raw: &str) -> Option<i64> {
     let bytes: [u8; 8] = URL_SAFE_NO_PAD.decode(raw).ok()?.try_into().ok()?;
     Some(i64::from_be_bytes(bytes))
 }

@@ -1,7 +1,10 @@
 //! Sign-up, login, logout and the current user.
 
+use crate::error::ApiError;
+use async_graphql::connection::{Connection, Edge, EmptyFields};
 use async_graphql::{Context, Object, SimpleObject, ID};
 use chrono::{DateTime, Utc};
+use custos_projections::logins;
 use custos_projections::users::UserRow;
 use secrecy::{ExposeSecret, SecretString};
 
@@ -68,6 +71,36 @@ impl User {
     }
 }
 
+/// One entry of the login history.
+pub struct LoginEvent(logins::LoginRow);
+
+#[Object]
+impl LoginEvent {
+    /// `LoginSucceeded`, `LoginFailed`, `LoggedOut`, `LoginLocked` or `LoginUnlocked`.
+    async fn event_type(&self) -> &str {
+        &self.0.event_type
+    }
+    async fn at(&self) -> DateTime<Utc> {
+        self.0.recorded_at
+    }
+    async fn user(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<User>> {
+        Ok(super::load_user(ctx, self.0.user_id).await?.map(User))
+    }
+    /// Why a login failed: `wrong_password`, `deactivated` or `locked`.
+    async fn reason(&self) -> Option<&str> {
+        self.0.reason.as_deref()
+    }
+    async fn ip(&self) -> Option<&str> {
+        self.0.ip.as_deref()
+    }
+    async fn user_agent(&self) -> Option<&str> {
+        self.0.user_agent.as_deref()
+    }
+}
+
+pub type LoginConnection =
+    Connection<String, LoginEvent, super::records::ConnectionTotal, EmptyFields>;
+
 /// The organisation (tenant) a user belongs to.
 #[derive(SimpleObject)]
 pub struct Organization {
@@ -131,6 +164,63 @@ impl IdentityQuery {
     /// The user the bearer token belongs to.
     async fn me(&self, ctx: &Context<'_>) -> async_graphql::Result<User> {
         Ok(User(principal(ctx)?.user.clone()))
+    }
+
+    /// Logins, failed logins, logouts, locks and unlocks, newest first. Administrators see
+    /// anyone's (everyone's when `userId` is omitted); other users only their own.
+    async fn login_history(
+        &self,
+        ctx: &Context<'_>,
+        user_id: Option<ID>,
+        from: Option<DateTime<Utc>>,
+        to: Option<DateTime<Utc>>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<LoginConnection> {
+        let principal = principal(ctx)?;
+        let user = user_id
+            .map(|id| super::parse_id("userId", &id))
+            .transpose()?;
+        let user = match (principal.user.is_admin, user) {
+            (true, user) => user,
+            (false, None) => Some(principal.user.id),
+            (false, Some(id)) if id == principal.user.id => Some(id),
+            (false, Some(_)) => return Err(ApiError::Forbidden.into()),
+        };
+        let first = first.unwrap_or(20);
+        if !(1..=100).contains(&first) {
+            return Err(ApiError::validation("first", "`first` must be between 1 and 100").into());
+        }
+        let before = after
+            .map(|raw| {
+                super::history::decode_sequence(&raw)
+                    .ok_or_else(|| ApiError::validation("after", "`after` is not a valid cursor"))
+            })
+            .transpose()?;
+        let filter = logins::HistoryFilter { user, from, to };
+        let mut conn = principal
+            .tenant
+            .pool
+            .acquire()
+            .await
+            .map_err(ApiError::from)?;
+        let page = logins::history(&mut conn, filter, first.into(), before)
+            .await
+            .map_err(ApiError::from)?;
+        let mut connection = Connection::with_additional_fields(
+            before.is_some(),
+            page.has_next_page,
+            super::records::ConnectionTotal {
+                total_count: page.total_count,
+            },
+        );
+        connection.edges.extend(page.items.into_iter().map(|row| {
+            Edge::new(
+                super::history::encode_sequence(row.global_position),
+                LoginEvent(row),
+            )
+        }));
+        Ok(connection)
     }
 
     /// The organisation the bearer token belongs to.
