@@ -92,6 +92,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut config = Config::new(data_dir, DatabaseConfig::Private);
     config.listen = "127.0.0.1:0".parse()?;
     config.tenant_pool_size = (args.clients as u32).max(8);
+    // The benchmark floods logins from one address on purpose.
+    config.login_attempts_per_minute = u32::MAX;
+    let hash_concurrency = config.password_hash_concurrency;
     let application = Application::build(config).await?;
     let address = application.local_addr()?;
     let services = application.services();
@@ -336,18 +339,71 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let seeded_in = seed_started.elapsed();
-    let mut latencies = Vec::with_capacity(args.reads);
-    for _ in 0..args.reads {
-        let started = Instant::now();
+    let list = |token: String| async move {
+        let mut latencies = Vec::with_capacity(args.reads);
+        for _ in 0..args.reads {
+            let started = Instant::now();
+            post(
+                Some(token.clone()),
+                "{ employees(first: 50) { totalCount edges { cursor node { id version firstName lastName email department archived } } pageInfo { hasNextPage endCursor } } }",
+                json!({}),
+            )
+            .await?;
+            latencies.push(started.elapsed());
+        }
+        latencies.sort();
+        Ok::<_, anyhow::Error>(latencies)
+    };
+    let latencies = list(token.clone()).await?;
+
+    // (f) A login flood: every client logs in as a user of its own, again and again.
+    let mut accounts = Vec::new();
+    for c in 0..args.clients {
+        let email = format!("flood{c}@example.org");
         post(
             Some(token.clone()),
-            "{ employees(first: 50) { totalCount edges { cursor node { id version firstName lastName email department archived } } pageInfo { hasNextPage endCursor } } }",
-            json!({}),
+            "mutation($i: CreateUserInput!) { createUser(input: $i) { id } }",
+            json!({ "i": { "email": email, "name": format!("Flood {c}"), "temporaryPassword": "flood password one" } }),
         )
         .await?;
-        latencies.push(started.elapsed());
+        accounts.push(email);
     }
-    latencies.sort();
+    let flood_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = {
+        let (accounts, flood_stop) = (&accounts, flood_stop.clone());
+        async move {
+            let logins = AtomicU64::new(0);
+            let started = Instant::now();
+            let loops = accounts.iter().map(|email| {
+                let (logins, flood_stop) = (&logins, &flood_stop);
+                async move {
+                    while !flood_stop.load(Ordering::Relaxed) {
+                        post(
+                            None,
+                            "mutation($e: String!) { login(tenant: \"bench\", email: $e, password: \"flood password one\") { token } }",
+                            json!({ "e": email }),
+                        )
+                        .await?;
+                        logins.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok::<_, anyhow::Error>(())
+                }
+            });
+            for result in futures::future::join_all(loops).await {
+                result?;
+            }
+            Ok::<_, anyhow::Error>(logins.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
+        }
+    };
+    // (g) The (c) query again, while the flood runs.
+    let measured = async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let latencies = list(token.clone()).await;
+        flood_stop.store(true, Ordering::Relaxed);
+        latencies
+    };
+    let (login_rate, flooded) = tokio::join!(flood, measured);
+    let (login_rate, flooded) = (login_rate?, flooded?);
 
     let _ = stop.send(());
     server.await??;
@@ -382,6 +438,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     println!(
         "| (c) `employees(first: 50)` p99, one client | {:.2} ms |",
         ms(percentile(&latencies, 0.99))
+    );
+    println!(
+        "| (f) logins/s, {} clients on accounts of their own (argon2id m=19456 KiB, t=2, p=1; {hash_concurrency} hash(es) at a time) | {login_rate:.1} logins/s |",
+        args.clients
+    );
+    println!(
+        "| (g) `employees(first: 50)` p50 / p99 during the login flood | {:.2} ms / {:.2} ms |",
+        ms(percentile(&flooded, 0.50)),
+        ms(percentile(&flooded, 0.99))
+    );
+    println!(
+        "| (g)/(c) p99 | {:.2} |",
+        percentile(&flooded, 0.99).as_secs_f64() / percentile(&latencies, 0.99).as_secs_f64()
     );
     Ok(())
 }
