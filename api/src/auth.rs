@@ -8,6 +8,7 @@ use argon2::{Algorithm, Argon2, Params, Version};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use chrono::{DateTime, Utc};
+use custos_domain::{Datasheet, Grant, Grants, Permission};
 use custos_projections::users::UserRow;
 use rand::RngCore;
 use secrecy::{ExposeSecret, SecretString};
@@ -210,18 +211,23 @@ pub mod sessions {
         pool: &PgPool,
         token_hash: &[u8],
         policy: SessionPolicy,
-    ) -> sqlx::Result<Option<(Uuid, UserRow)>> {
+    ) -> sqlx::Result<Option<(Uuid, UserRow, Grants)>> {
         #[derive(sqlx::FromRow)]
         struct Live {
             session_id: Uuid,
             stale: bool,
+            /// `datasheet/permission` pairs of the user's roles, in the same round trip.
+            grants: Vec<String>,
             #[sqlx(flatten)]
             user: UserRow,
         }
         let live: Option<Live> = sqlx::query_as(
             "SELECT s.id AS session_id, s.last_seen_at < now() - $3 * interval '1 second' AS stale,
                     u.id, u.version, u.email, u.name, u.is_admin, u.active, u.roles, u.must_change_password,
-                    u.created_at, u.updated_at
+                    u.created_at, u.updated_at,
+                    ARRAY(SELECT DISTINCT g.datasheet || '/' || g.permission
+                          FROM role_grants g JOIN roles r ON r.id = g.role_id
+                          WHERE g.role_id = ANY(u.roles) AND NOT r.deleted) AS grants
              FROM sessions s JOIN users u ON u.id = s.user_id
              WHERE s.token_hash = $1 AND s.revoked_at IS NULL AND s.expires_at > now()
                AND s.last_seen_at > now() - $2 * interval '1 second'",
@@ -240,7 +246,18 @@ pub mod sessions {
                 .execute(pool)
                 .await?;
         }
-        Ok(Some((live.session_id, live.user)))
+        let grants = live
+            .grants
+            .iter()
+            .filter_map(|pair| {
+                let (datasheet, permission) = pair.split_once('/')?;
+                Some(Grant::new(
+                    Datasheet::parse(datasheet)?,
+                    Permission::parse(permission)?,
+                ))
+            })
+            .collect();
+        Ok(Some((live.session_id, live.user, grants)))
     }
 
     /// Ends every session of a user, except `keep`.

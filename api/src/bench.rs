@@ -392,7 +392,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             for result in futures::future::join_all(loops).await {
                 result?;
             }
-            Ok::<_, anyhow::Error>(logins.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
+            Ok::<_, anyhow::Error>(
+                logins.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64(),
+            )
         }
     };
     // (g) The (c) query again, while the flood runs.

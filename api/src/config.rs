@@ -85,7 +85,8 @@ impl Config {
             tenant_pool_size: 8,
             login_attempts_per_minute: 30,
             // Half the cores: a login flood then leaves the other half to everything else.
-            password_hash_concurrency: std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
+            password_hash_concurrency: std::thread::available_parallelism()
+                .map_or(1, |n| (n.get() / 2).max(1)),
             projection_wait: Duration::from_secs(10),
             tenant_idle: Duration::from_secs(5 * 60),
             cluster_settings: vec![("max_connections", "300".to_owned())],

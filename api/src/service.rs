@@ -9,7 +9,6 @@ use custos_domain::{
     Datasheet, Email, EventMetadata, Grant, Grants, LoginFailure, LoginOrigin, Permission,
     PersonName, User, UserCommand,
 };
-use custos_projections::roles;
 use custos_projections::users::{self, UserRow};
 use secrecy::SecretString;
 use uuid::Uuid;
@@ -386,7 +385,7 @@ impl Services {
         else {
             return Ok(None);
         };
-        let Some((session_id, user)) =
+        let Some((session_id, user, grants)) =
             sessions::authenticate(&tenant.pool, &parsed.hash, self.sessions).await?
         else {
             return Ok(None);
@@ -394,7 +393,6 @@ impl Services {
         if !user.active {
             return Ok(None);
         }
-        let grants = roles::grants_of_roles(&tenant.pool, &user.roles).await?;
         Ok(Some(Principal {
             tenant,
             user,
