@@ -260,6 +260,44 @@ pub mod sessions {
         Ok(Some((live.session_id, live.user, grants)))
     }
 
+    /// A live session as administrators and its user see it (never the token).
+    #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+    pub struct SessionRow {
+        pub id: Uuid,
+        pub user_id: Uuid,
+        pub created_at: DateTime<Utc>,
+        pub last_seen_at: DateTime<Utc>,
+        pub expires_at: DateTime<Utc>,
+    }
+
+    /// The live sessions of a user, newest first.
+    pub async fn live(
+        pool: &PgPool,
+        user_id: Uuid,
+        policy: SessionPolicy,
+    ) -> sqlx::Result<Vec<SessionRow>> {
+        sqlx::query_as(
+            "SELECT id, user_id, created_at, last_seen_at, expires_at FROM sessions
+             WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > now()
+               AND last_seen_at > now() - $2 * interval '1 second'
+             ORDER BY created_at DESC",
+        )
+        .bind(user_id)
+        .bind(policy.idle_timeout.as_secs_f64())
+        .fetch_all(pool)
+        .await
+    }
+
+    /// The session with this id, live or not.
+    pub async fn find(pool: &PgPool, id: Uuid) -> sqlx::Result<Option<SessionRow>> {
+        sqlx::query_as(
+            "SELECT id, user_id, created_at, last_seen_at, expires_at FROM sessions WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+    }
+
     /// Ends every session of a user, except `keep`.
     pub async fn revoke_all(pool: &PgPool, user_id: Uuid, keep: Option<Uuid>) -> sqlx::Result<()> {
         sqlx::query(

@@ -36,7 +36,11 @@ pub fn rule(parent_type: &str, field: &str) -> Option<Rule> {
     Some(match (parent_type, field) {
         (_, "__typename" | "__schema" | "__type") => Rule::Public,
         ("Mutation", "signUp" | "login") => Rule::Public,
-        ("Query", "me") | ("Mutation", "logout" | "changePassword") => Rule::Session,
+        ("Query", "me") | ("Mutation", "logout" | "logoutEverywhere" | "changePassword") => {
+            Rule::Session
+        }
+        // Others' sessions only for administrators (checked in the resolver and the use case).
+        ("Query", "sessions") | ("Mutation", "endSession") => Rule::Signed,
         // Non-administrators see only their own history (checked in the resolver).
         ("Query", "organization" | "loginHistory") | ("Mutation", "updateMe") => Rule::Signed,
         ("Query", "users" | "user" | "roles" | "role") => Rule::Admin,

@@ -312,6 +312,46 @@ impl Services {
             .await
     }
 
+    /// Ends one session of the tenant: the principal's own, or anyone's for administrators.
+    /// The user's history records it as a logout.
+    pub async fn end_session(
+        &self,
+        principal: &Principal,
+        session_id: Uuid,
+        request_id: Uuid,
+    ) -> Result<(), ApiError> {
+        let tenant = &principal.tenant;
+        let session = sessions::find(&tenant.pool, session_id)
+            .await?
+            .ok_or(ApiError::NotFound)?;
+        if session.user_id != principal.user.id && !principal.user.is_admin {
+            return Err(ApiError::NotFound);
+        }
+        sessions::revoke(&tenant.pool, session_id).await?;
+        let command = UserCommand::RecordLogout { session_id };
+        self.record_login(tenant, session.user_id, command, request_id, false)
+            .await
+    }
+
+    /// Ends every session of the principal, this one included.
+    pub async fn logout_everywhere(
+        &self,
+        principal: &Principal,
+        request_id: Uuid,
+    ) -> Result<usize, ApiError> {
+        let tenant = &principal.tenant;
+        let live = sessions::live(&tenant.pool, principal.user.id, self.sessions).await?;
+        sessions::revoke_all(&tenant.pool, principal.user.id, None).await?;
+        for session in &live {
+            let command = UserCommand::RecordLogout {
+                session_id: session.id,
+            };
+            self.record_login(tenant, principal.user.id, command, request_id, false)
+                .await?;
+        }
+        Ok(live.len())
+    }
+
     /// Appends a login, failure or logout event to the user's stream. It retries when
     /// concurrent attempts race for the stream's next sequence number (a burst of attempts on
     /// one account must never answer differently from attempts on a missing one), and waits

@@ -455,3 +455,108 @@ async fn users_change_their_own_name() {
         .await;
     assert_eq!(empty.code(), Some("VALIDATION"));
 }
+
+#[tokio::test]
+async fn sessions_are_listed_and_ended_by_their_user_or_an_administrator() {
+    let app = TestApp::spawn().await;
+    let admin = app.sign_up(&slug("sessions")).await;
+    let user = app.user_with_roles(&admin, &[]).await;
+    let second = app.login(&admin.slug, &user.email, PASSWORD).await.unwrap();
+    let uid = json!({ "u": user.user_id.to_string() });
+
+    let own = app
+        .graphql(Some(&user.token), "{ sessions { id current } }", json!({}))
+        .await
+        .ok();
+    let listed = app
+        .graphql(
+            Some(&admin.token),
+            "query($u: ID) { sessions(userId: $u) { id } }",
+            uid.clone(),
+        )
+        .await
+        .ok();
+    let snooping = app
+        .graphql(
+            Some(&user.token),
+            "query($u: ID) { sessions(userId: $u) { id } }",
+            json!({ "u": admin.user_id.to_string() }),
+        )
+        .await;
+    let admin_session = app
+        .graphql(Some(&admin.token), "{ sessions { id } }", json!({}))
+        .await
+        .ok();
+    let not_theirs = app
+        .graphql(
+            Some(&user.token),
+            "mutation($s: ID!) { endSession(id: $s) }",
+            json!({ "s": admin_session.data("sessions.0.id") }),
+        )
+        .await;
+
+    assert_eq!(own.data("sessions").as_array().unwrap().len(), 2);
+    assert_eq!(
+        own.data("sessions")
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["current"] == json!(true))
+            .count(),
+        1
+    );
+    assert_eq!(listed.data("sessions").as_array().unwrap().len(), 2);
+    assert_eq!(snooping.code(), Some("FORBIDDEN"));
+    assert_eq!(not_theirs.code(), Some("NOT_FOUND"));
+
+    let newest = listed.data("sessions.0.id").clone();
+    app.graphql(
+        Some(&admin.token),
+        "mutation($s: ID!) { endSession(id: $s) }",
+        json!({ "s": newest }),
+    )
+    .await
+    .ok();
+    assert_eq!(
+        app.graphql(Some(&second), "{ me { id } }", json!({}))
+            .await
+            .code(),
+        Some("UNAUTHENTICATED")
+    );
+    app.graphql(Some(&user.token), "{ me { id } }", json!({}))
+        .await
+        .ok();
+}
+
+#[tokio::test]
+async fn logout_everywhere_ends_every_session_of_the_user_only() {
+    let app = TestApp::spawn().await;
+    let admin = app.sign_up(&slug("everywhere")).await;
+    let other = app
+        .login(&admin.slug, &admin.email, PASSWORD)
+        .await
+        .unwrap();
+    let user = app.user_with_roles(&admin, &[]).await;
+
+    let ended = app
+        .graphql(
+            Some(&admin.token),
+            "mutation { logoutEverywhere }",
+            json!({}),
+        )
+        .await
+        .ok();
+
+    assert_eq!(ended.data("logoutEverywhere"), &json!(2));
+    for token in [&admin.token, &other] {
+        assert_eq!(
+            app.graphql(Some(token), "{ me { id } }", json!({}))
+                .await
+                .code(),
+            Some("UNAUTHENTICATED")
+        );
+    }
+    app.graphql(Some(&user.token), "{ me { id } }", json!({}))
+        .await
+        .ok();
+}

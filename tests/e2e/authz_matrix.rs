@@ -16,6 +16,8 @@ enum Who {
     Admin,
     /// Holders of this permission on employees (administrators hold every permission).
     Employees(&'static str),
+    /// Administrators; for anyone else signed in, another user's object answers NOT_FOUND.
+    AdminElseNotFound,
 }
 
 /// One root field: who may call it, a document that calls it, and whether the document names
@@ -41,6 +43,8 @@ fn rows() -> BTreeMap<(&'static str, &'static str), Row> {
         (("Query", "roles"), row(Admin, "{ roles { id } }", false)),
         // Without `userId`: the caller's own history, or the whole organisation's for administrators.
         (("Query", "loginHistory"), row(SignedIn, "{ loginHistory { totalCount } }", false)),
+        (("Query", "sessions"), row(SignedIn, "{ sessions { id current } }", false)),
+        (("Mutation", "endSession"), row(AdminElseNotFound, "mutation($session: ID!) { endSession(id: $session) }", true)),
         (("Query", "role"), row(Admin, "query($role: ID!) { role(id: $role) { id } }", true)),
         (("Query", "employees"), row(Employees("read"), "{ employees { totalCount } }", false)),
         (("Query", "employee"), row(Employees("read"), "query($employee: ID!) { employee(id: $employee) { id } }", true)),
@@ -67,8 +71,9 @@ fn rows() -> BTreeMap<(&'static str, &'static str), Row> {
         (("Mutation", "updateEmployee"), row(Employees("update"), "mutation($employee: ID!) { updateEmployee(id: $employee, input: { department: \"Matrix\" }) { id } }", true)),
         (("Mutation", "archiveRecord"), row(Employees("archive"), "mutation($employee: ID!) { archiveRecord(id: $employee) { id } }", true)),
         (("Mutation", "restoreRecord"), row(Employees("archive"), "mutation($employee: ID!) { restoreRecord(id: $employee) { id } }", true)),
-        // Last: it ends the caller's session.
+        // Last: these end the caller's sessions.
         (("Mutation", "logout"), row(SignedIn, "mutation { logout }", false)),
+        (("Mutation", "logoutEverywhere"), row(SignedIn, "mutation { logoutEverywhere }", false)),
     ])
 }
 
@@ -77,6 +82,7 @@ fn rows() -> BTreeMap<(&'static str, &'static str), Row> {
 struct Objects {
     employee: String,
     user: String,
+    session: String,
     role: String,
     slug: String,
     login_email: String,
@@ -105,9 +111,18 @@ async fn objects(app: &TestApp, admin: &Session) -> Objects {
         .user_with_roles(admin, std::slice::from_ref(&role))
         .await;
     let login = app.user_with_roles(admin, &[]).await;
+    let sessions = app
+        .graphql(
+            Some(&admin.token),
+            "query($u: ID) { sessions(userId: $u) { id } }",
+            json!({ "u": victim.user_id.to_string() }),
+        )
+        .await
+        .ok();
     Objects {
         employee: employee["id"].as_str().unwrap().to_owned(),
         user: victim.user_id.to_string(),
+        session: sessions.data("sessions.0.id").as_str().unwrap().to_owned(),
         role,
         slug: admin.slug.clone(),
         login_email: login.email,
@@ -142,6 +157,8 @@ fn expected(kind: Kind, row: &Row, foreign: bool) -> Outcome {
         (Kind::Admin | Kind::OtherTenantAdmin, _) => true,
         (Kind::Holder(_), Who::SignedIn) => true,
         (Kind::Holder(_), Who::Admin) => false,
+        // Another user's session is not theirs to see: it answers like a missing one.
+        (Kind::Holder(_), Who::AdminElseNotFound) => return Outcome::NotFound,
         (Kind::Holder(held), Who::Employees(p)) => held.contains(&p),
     };
     match (allowed, foreign && row.by_id) {
@@ -249,6 +266,14 @@ async fn every_root_field_admits_exactly_who_it_should() {
     const ALL: &[&str] = &[
         "read", "create", "update", "archive", "erase", "export", "history", "report",
     ];
+    // The principals who can log in again, for calls that end sessions.
+    let sessions: BTreeMap<&str, &Session> = BTreeMap::from([
+        ("administrator", &a),
+        ("HR manager", &hr_user),
+        ("Viewer", &viewer_user),
+        ("role with nothing", &nothing_user),
+        ("another tenant's administrator", &b),
+    ]);
     let principals: Vec<(&str, Kind, Option<String>, &Objects, &Objects)> = vec![
         ("anonymous", Kind::Anonymous, None, &own_a, &own_b),
         (
@@ -304,20 +329,34 @@ async fn every_root_field_admits_exactly_who_it_should() {
 
     let mut wrong = Vec::new();
     let mut calls = 0;
-    // `logout` sorts last among the mutations only by luck of the alphabet; order explicitly.
-    let mut ordered: Vec<_> = rows.iter().filter(|((_, f), _)| *f != "logout").collect();
-    ordered.extend(rows.iter().filter(|((_, f), _)| *f == "logout"));
+    // Calls that end the caller's sessions go last.
+    let ends_sessions = |field: &str| field == "logout" || field == "logoutEverywhere";
+    let mut ordered: Vec<_> = rows
+        .iter()
+        .filter(|((_, f), _)| !ends_sessions(f))
+        .collect();
+    ordered.extend(rows.iter().filter(|((_, f), _)| ends_sessions(f)));
     for ((kind_name, field), row) in ordered {
         for (name, kind, token, own, foreign) in &principals {
             for (is_foreign, objects) in [(false, *own), (true, *foreign)] {
-                if *field == "logout" && is_foreign {
+                if ends_sessions(field) && is_foreign {
                     continue;
                 }
                 let variables = json!({
-                    "employee": objects.employee, "user": objects.user, "role": objects.role,
+                    "employee": objects.employee, "user": objects.user, "role": objects.role, "session": objects.session,
                     "slug": objects.slug, "loginEmail": objects.login_email, "password": PASSWORD,
                 });
-                let response = app.graphql(token.as_deref(), row.document, variables).await;
+                // Each session-ending call gets a session of its own, where the principal can log in.
+                let fresh = match (ends_sessions(field), sessions.get(name)) {
+                    (true, Some(session)) => Some(
+                        app.login(&session.slug, &session.email, PASSWORD)
+                            .await
+                            .unwrap(),
+                    ),
+                    _ => None,
+                };
+                let token = fresh.as_deref().or(token.as_deref());
+                let response = app.graphql(token, row.document, variables).await;
                 calls += 1;
                 let (want, got) = (expected(*kind, row, is_foreign), outcome(&response));
                 if want != got {

@@ -71,6 +71,35 @@ impl User {
     }
 }
 
+/// A live session (the token itself is never shown again).
+pub struct Session {
+    row: crate::auth::sessions::SessionRow,
+    current: bool,
+}
+
+#[Object]
+impl Session {
+    async fn id(&self) -> ID {
+        ID(self.row.id.to_string())
+    }
+    async fn user(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<User>> {
+        Ok(super::load_user(ctx, self.row.user_id).await?.map(User))
+    }
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.row.created_at
+    }
+    async fn last_seen_at(&self) -> DateTime<Utc> {
+        self.row.last_seen_at
+    }
+    async fn expires_at(&self) -> DateTime<Utc> {
+        self.row.expires_at
+    }
+    /// Whether this is the session making the request.
+    async fn current(&self) -> bool {
+        self.current
+    }
+}
+
 /// One entry of the login history.
 pub struct LoginEvent(logins::LoginRow);
 
@@ -223,6 +252,34 @@ impl IdentityQuery {
         Ok(connection)
     }
 
+    /// Live sessions, newest first: your own, or any user's for administrators.
+    async fn sessions(
+        &self,
+        ctx: &Context<'_>,
+        user_id: Option<ID>,
+    ) -> async_graphql::Result<Vec<Session>> {
+        let principal = principal(ctx)?;
+        let user = match user_id
+            .map(|id| super::parse_id("userId", &id))
+            .transpose()?
+        {
+            None => principal.user.id,
+            Some(id) if id == principal.user.id || principal.user.is_admin => id,
+            Some(_) => return Err(ApiError::Forbidden.into()),
+        };
+        let services = super::services(ctx)?;
+        let live = crate::auth::sessions::live(&principal.tenant.pool, user, services.sessions)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(live
+            .into_iter()
+            .map(|row| Session {
+                current: row.id == principal.session_id,
+                row,
+            })
+            .collect())
+    }
+
     /// The organisation the bearer token belongs to.
     async fn organization(&self, ctx: &Context<'_>) -> async_graphql::Result<Organization> {
         Ok(Organization::from(principal(ctx)?.tenant.as_ref()))
@@ -268,6 +325,25 @@ impl IdentityMutation {
             .login(&tenant, &email, SecretString::from(password), origin)
             .await?;
         Ok(signed_in.into())
+    }
+
+    /// Ends every one of your sessions, this one included; answers how many ended.
+    async fn logout_everywhere(&self, ctx: &Context<'_>) -> async_graphql::Result<i32> {
+        let principal = principal(ctx)?;
+        let ended = services(ctx)?
+            .logout_everywhere(principal, request(ctx)?.origin.request_id)
+            .await?;
+        Ok(i32::try_from(ended).unwrap_or(i32::MAX))
+    }
+
+    /// Ends one session: one of your own, or anyone's for administrators.
+    async fn end_session(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<bool> {
+        let principal = principal(ctx)?;
+        let id = super::parse_id("id", &id)?;
+        services(ctx)?
+            .end_session(principal, id, request(ctx)?.origin.request_id)
+            .await?;
+        Ok(true)
     }
 
     /// Ends the current session.
