@@ -190,6 +190,7 @@ impl From<UserError> for ApiError {
         match &err {
             UserError::NotFound => ApiError::NotFound,
             UserError::AlreadyRegistered => ApiError::Conflict(err.to_string()),
+            UserError::LoginRefused(_) => ApiError::InvalidCredentials,
             UserError::AlreadyDeactivated | UserError::AlreadyActive => ApiError::Validation {
                 message: err.to_string(),
                 field: None,

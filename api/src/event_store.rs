@@ -237,6 +237,24 @@ impl EventLog {
         .transpose()
     }
 
+    /// The position of the newest event of an aggregate type, in commit order.
+    pub async fn latest(&self, aggregate_type: &str) -> sqlx::Result<Option<Position>> {
+        let row = sqlx::query(
+            "SELECT transaction_id::text::bigint AS transaction_id, global_position FROM events
+             WHERE aggregate_type = $1 ORDER BY transaction_id DESC, global_position DESC LIMIT 1",
+        )
+        .bind(aggregate_type)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            Ok(Position {
+                transaction_id: row.try_get("transaction_id")?,
+                global_position: row.try_get("global_position")?,
+            })
+        })
+        .transpose()
+    }
+
     /// Up to `limit` events of `aggregate_types` after `after` in commit order, from
     /// transactions below `horizon` (the oldest transaction still running when the caller's
     /// statement began: everything below it is committed or rolled back). Reading by

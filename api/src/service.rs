@@ -7,10 +7,12 @@ use std::time::Duration;
 use cqrs_es::{Aggregate, AggregateError};
 use custos_domain::{
     Datasheet, Email, EventMetadata, Grant, Grants, LoginFailure, LoginOrigin, Permission,
-    PersonName, User, UserCommand,
+    PersonName, User, UserCommand, UserError,
 };
 use custos_projections::users::{self, UserRow};
 use secrecy::SecretString;
+use std::net::{IpAddr, Ipv6Addr};
+
 use uuid::Uuid;
 
 use crate::auth::{check_new_password, sessions, Passwords, Principal, SessionToken};
@@ -203,24 +205,40 @@ impl Services {
         origin: &RequestOrigin,
     ) -> Result<SignedIn, ApiError> {
         let (tenant, user) = self.create_organization(input, origin.request_id).await?;
-        self.open_session(tenant, user, origin).await
+        self.open_session(tenant, user, origin, None).await
     }
 
+    /// Records the login on the user's stream — where the aggregate may still refuse it — and
+    /// only then creates the session.
     async fn open_session(
         &self,
         tenant: Arc<Tenant>,
         user: UserRow,
         origin: &RequestOrigin,
+        verified_hash: Option<String>,
     ) -> Result<SignedIn, ApiError> {
         let (token, stored) = SessionToken::generate(tenant.id);
         let session_id = Uuid::now_v7();
-        sessions::create(&tenant.pool, session_id, user.id, &stored, self.sessions).await?;
+        let at = chrono::Utc::now();
         let command = UserCommand::RecordLoginSuccess {
             session_id,
             origin: origin.login_origin(),
+            at,
+            verified_hash,
         };
-        self.record_login(&tenant, user.id, command, origin.request_id, false)
-            .await?;
+        match self
+            .record_login(&tenant, user.id, command, origin.request_id, false)
+            .await
+        {
+            Ok(()) => {}
+            Err(AggregateError::UserError(UserError::LoginRefused(reason))) => {
+                self.record_failure(&tenant, user.id, reason, origin, at)
+                    .await;
+                return Err(ApiError::InvalidCredentials);
+            }
+            Err(err) => return Err(err.into()),
+        }
+        sessions::create(&tenant.pool, session_id, user.id, &stored, self.sessions).await?;
         tracing::info!(tenant.id = %tenant.id, user.id = %user.id, session.id = %session_id, "login succeeded");
         Ok(SignedIn {
             token,
@@ -250,16 +268,7 @@ impl Services {
             Some(tenant) => users::credentials(&tenant.pool, &email.trim().to_lowercase()).await?,
             None => None,
         };
-        if let Some(ip) = origin
-            .ip
-            .as_deref()
-            .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
-        {
-            if self.login_limiter.check_key(&ip).is_err() {
-                tracing::warn!("security: login rate limit reached for a client address");
-                return Err(ApiError::TooManyAttempts);
-            }
-        }
+        self.limit_attempts(origin)?;
         let now = chrono::Utc::now();
         // A locked account's password is not checked: the dummy hash spends the same time.
         let locked = credentials
@@ -275,7 +284,8 @@ impl Services {
                 let user = users::user(&tenant.pool, credentials.id)
                     .await?
                     .ok_or(ApiError::InvalidCredentials)?;
-                self.open_session(tenant, user, origin).await
+                self.open_session(tenant, user, origin, Some(credentials.password_hash))
+                    .await
             }
             (Some(tenant), Some(credentials)) => {
                 let reason = match (locked, matched) {
@@ -283,15 +293,8 @@ impl Services {
                     (false, true) => LoginFailure::Deactivated,
                     (false, false) => LoginFailure::WrongPassword,
                 };
-                let command = UserCommand::RecordLoginFailure {
-                    reason,
-                    origin: origin.login_origin(),
-                    at: now,
-                };
-                // Waits for the read model, so the next attempt sees a lock this one caused.
-                self.record_login(&tenant, credentials.id, command, origin.request_id, true)
-                    .await?;
-                tracing::warn!(tenant.id = %tenant.id, user.id = %credentials.id, reason = ?reason, "login failed");
+                self.record_failure(&tenant, credentials.id, reason, origin, now)
+                    .await;
                 Err(ApiError::InvalidCredentials)
             }
             _ => {
@@ -308,8 +311,9 @@ impl Services {
         let command = UserCommand::RecordLogout {
             session_id: principal.session_id,
         };
-        self.record_login(tenant, principal.user.id, command, request_id, false)
-            .await
+        Ok(self
+            .record_login(tenant, principal.user.id, command, request_id, false)
+            .await?)
     }
 
     /// Ends one session of the tenant: the principal's own, or anyone's for administrators.
@@ -329,8 +333,9 @@ impl Services {
         }
         sessions::revoke(&tenant.pool, session_id).await?;
         let command = UserCommand::RecordLogout { session_id };
-        self.record_login(tenant, session.user_id, command, request_id, false)
-            .await
+        Ok(self
+            .record_login(tenant, session.user_id, command, request_id, false)
+            .await?)
     }
 
     /// Ends every session of the principal, this one included.
@@ -347,9 +352,53 @@ impl Services {
                 session_id: session.id,
             };
             self.record_login(tenant, principal.user.id, command, request_id, false)
-                .await?;
+                .await
+                .map_err(ApiError::from)?;
         }
         Ok(live.len())
+    }
+
+    /// Counts one password attempt from the request's client against the per-address limit.
+    /// IPv6 clients are counted per /64, which one subscriber usually holds whole.
+    pub(crate) fn limit_attempts(&self, origin: &RequestOrigin) -> Result<(), ApiError> {
+        let Some(ip) = origin
+            .ip
+            .as_deref()
+            .and_then(|ip| ip.parse::<IpAddr>().ok())
+        else {
+            return Ok(());
+        };
+        let key = match ip {
+            IpAddr::V4(_) => ip,
+            IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        };
+        if self.login_limiter.check_key(&key).is_err() {
+            tracing::warn!("security: password attempt rate limit reached for a client address");
+            return Err(ApiError::TooManyAttempts);
+        }
+        Ok(())
+    }
+
+    /// Records a failed password attempt and waits for the read model, so the next attempt
+    /// sees a lock this one caused. Never fails the caller: whatever happens here, the answer
+    /// to the client is the same as for a missing account.
+    pub(crate) async fn record_failure(
+        &self,
+        tenant: &Tenant,
+        user_id: Uuid,
+        reason: LoginFailure,
+        origin: &RequestOrigin,
+        at: chrono::DateTime<chrono::Utc>,
+    ) {
+        let command = UserCommand::RecordLoginFailure {
+            reason,
+            origin: origin.login_origin(),
+            at,
+        };
+        let recorded = self
+            .record_login(tenant, user_id, command, origin.request_id, true)
+            .await;
+        tracing::warn!(tenant.id = %tenant.id, user.id = %user_id, reason = ?reason, recorded = recorded.is_ok(), "login failed");
     }
 
     /// Appends a login, failure or logout event to the user's stream. It retries when
@@ -364,7 +413,7 @@ impl Services {
         command: UserCommand,
         request_id: Uuid,
         wait: bool,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), AggregateError<UserError>> {
         let id = user_id.to_string();
         let metadata = EventMetadata::new(user_id, request_id).to_map();
         let mut attempts = 0;
@@ -376,17 +425,23 @@ impl Services {
                 .await
             {
                 Err(AggregateError::AggregateConflict) if attempts < 10 => continue,
-                Err(err) => return Err(err.into()),
+                Err(err) => return Err(err),
                 Ok(()) => break,
             }
         }
         if wait {
-            if let Some(head) = tenant.log.head(User::TYPE, &id).await? {
+            let unavailable = |err: String| AggregateError::DatabaseConnectionError(err.into());
+            let head = tenant
+                .log
+                .head(User::TYPE, &id)
+                .await
+                .map_err(|e| unavailable(e.to_string()))?;
+            if let Some(head) = head {
                 tenant
                     .projectors
                     .wait_for(User::TYPE, head, self.projection_wait)
                     .await
-                    .map_err(|_| ApiError::Unavailable)?;
+                    .map_err(|e| unavailable(e.to_string()))?;
             }
         }
         Ok(())

@@ -33,6 +33,8 @@ pub struct User {
     /// Failed logins since the last success, unlock or lock, within the failure window.
     failures: Vec<DateTime<Utc>>,
     locked_until: Option<DateTime<Utc>>,
+    /// The current password hash, so a login checked against an older one is refused.
+    password_hash: Option<String>,
     version: u64,
 }
 
@@ -96,9 +98,16 @@ pub enum UserCommand {
     ChangePassword {
         password_hash: String,
     },
+    /// A login whose password checked out at `at`. The aggregate has the last word: it
+    /// refuses (`LoginRefused`) when the account is deactivated or locked, or when
+    /// `verified_hash` is no longer the current password (reset or changed meanwhile), so a
+    /// decision taken on a stale read model never opens a session. `None` skips the hash check
+    /// (the sign-up that just registered the user).
     RecordLoginSuccess {
         session_id: Uuid,
         origin: LoginOrigin,
+        at: DateTime<Utc>,
+        verified_hash: Option<String>,
     },
     /// A failed attempt at `at`; the tenth within the failure window locks the account.
     RecordLoginFailure {
@@ -172,6 +181,8 @@ pub enum UserError {
     AlreadyDeactivated,
     #[error("the user is already active")]
     AlreadyActive,
+    #[error("the login was refused")]
+    LoginRefused(LoginFailure),
     #[error("field `{field}` {reason}")]
     InvalidField { field: String, reason: ValueError },
 }
@@ -338,8 +349,22 @@ impl Aggregate for User {
                 self.existing()?;
                 UserEvent::PasswordChanged { password_hash }
             }
-            UserCommand::RecordLoginSuccess { session_id, origin } => {
+            UserCommand::RecordLoginSuccess {
+                session_id,
+                origin,
+                at,
+                verified_hash,
+            } => {
                 self.existing()?;
+                if self.deactivated {
+                    return Err(UserError::LoginRefused(LoginFailure::Deactivated));
+                }
+                if self.is_locked_at(at) {
+                    return Err(UserError::LoginRefused(LoginFailure::Locked));
+                }
+                if verified_hash.is_some_and(|hash| Some(hash) != self.password_hash) {
+                    return Err(UserError::LoginRefused(LoginFailure::WrongPassword));
+                }
                 UserEvent::LoginSucceeded { session_id, origin }
             }
             UserCommand::RecordLoginFailure { reason, origin, at } => {
@@ -387,8 +412,9 @@ impl Aggregate for User {
                 administrator,
                 roles,
                 must_change_password,
-                ..
+                password_hash,
             } => {
+                self.password_hash = Some(password_hash);
                 self.email = Some(email);
                 self.name = Some(name);
                 self.administrator = administrator;
@@ -402,8 +428,20 @@ impl Aggregate for User {
             UserEvent::AdministratorRevoked => self.administrator = false,
             UserEvent::UserDeactivated => self.deactivated = true,
             UserEvent::UserReactivated => self.deactivated = false,
-            UserEvent::PasswordReset { .. } => self.must_change_password = true,
-            UserEvent::PasswordChanged { .. } => self.must_change_password = false,
+            UserEvent::PasswordReset { password_hash } => {
+                self.password_hash = Some(password_hash);
+                self.must_change_password = true;
+            }
+            UserEvent::PasswordChanged { password_hash } => {
+                self.password_hash = Some(password_hash);
+                self.must_change_password = false;
+            }
+            // Attempts during a lock do not count toward the next one: otherwise an attacker
+            // could keep an account locked for ever with one guess per lock period.
+            UserEvent::LoginFailed {
+                reason: LoginFailure::Locked,
+                ..
+            } => {}
             UserEvent::LoginFailed { at, .. } => {
                 self.failures.retain(|t| *t > at - FAILURE_WINDOW);
                 self.failures.push(at);
@@ -588,6 +626,8 @@ mod tests {
             .when(UserCommand::RecordLoginSuccess {
                 session_id,
                 origin: origin(),
+                at: t(0),
+                verified_hash: Some("$argon2id$test".into()),
             })
             .then_expect_events(vec![UserEvent::LoginSucceeded {
                 session_id,
@@ -673,6 +713,58 @@ mod tests {
             .given(reset)
             .when(fail_at(9))
             .then_expect_events(vec![failed(9)]);
+    }
+
+    fn succeed_at(minute: i64, hash: &str) -> UserCommand {
+        UserCommand::RecordLoginSuccess {
+            session_id: Uuid::nil(),
+            origin: origin(),
+            at: t(minute),
+            verified_hash: Some(hash.into()),
+        }
+    }
+
+    #[test]
+    fn the_aggregate_refuses_logins_its_own_state_forbids() {
+        let locked = vec![registered(), UserEvent::LoginLocked { until: t(15) }];
+        UserTest::with(())
+            .given(locked.clone())
+            .when(succeed_at(5, "$argon2id$test"))
+            .then_expect_error(UserError::LoginRefused(LoginFailure::Locked));
+        UserTest::with(())
+            .given(locked)
+            .when(succeed_at(15, "$argon2id$test"))
+            .then_expect_events(vec![UserEvent::LoginSucceeded {
+                session_id: Uuid::nil(),
+                origin: origin(),
+            }]);
+        UserTest::with(())
+            .given(vec![registered(), UserEvent::UserDeactivated])
+            .when(succeed_at(0, "$argon2id$test"))
+            .then_expect_error(UserError::LoginRefused(LoginFailure::Deactivated));
+        UserTest::with(())
+            .given(vec![
+                registered(),
+                UserEvent::PasswordReset {
+                    password_hash: "$argon2id$new".into(),
+                },
+            ])
+            .when(succeed_at(0, "$argon2id$test"))
+            .then_expect_error(UserError::LoginRefused(LoginFailure::WrongPassword));
+    }
+
+    #[test]
+    fn attempts_during_a_lock_do_not_count_toward_the_next() {
+        let mut given = vec![registered(), UserEvent::LoginLocked { until: t(15) }];
+        given.extend((1..14).map(|m| UserEvent::LoginFailed {
+            reason: LoginFailure::Locked,
+            origin: origin(),
+            at: t(m),
+        }));
+        UserTest::with(())
+            .given(given)
+            .when(fail_at(16))
+            .then_expect_events(vec![failed(16)]);
     }
 
     #[test]

@@ -195,14 +195,6 @@ pub async fn users<'e>(db: impl PgExecutor<'e>, ids: &[Uuid]) -> sqlx::Result<Ve
     .await
 }
 
-/// A user's password hash, for re-authentication.
-pub async fn password_hash<'e>(db: impl PgExecutor<'e>, id: Uuid) -> sqlx::Result<Option<String>> {
-    sqlx::query_scalar("SELECT password_hash FROM users WHERE id = $1")
-        .bind(id)
-        .fetch_optional(db)
-        .await
-}
-
 /// Login data for a normalised (lower-cased) email.
 pub async fn credentials<'e>(
     db: impl PgExecutor<'e>,

@@ -560,3 +560,105 @@ async fn logout_everywhere_ends_every_session_of_the_user_only() {
         .await
         .ok();
 }
+
+#[tokio::test]
+async fn who_changed_a_record_shows_name_and_email_only() {
+    let app = TestApp::spawn().await;
+    let admin = app.sign_up(&slug("userref")).await;
+    let viewer = app.role_id(&admin, "Viewer").await;
+    let reader = app.user_with_roles(&admin, &[viewer]).await;
+    app.create_employee(&admin.token, json!({ "firstName": "A", "lastName": "B" }))
+        .await;
+
+    let names = app
+        .graphql(
+            Some(&reader.token),
+            "{ employees { edges { node { createdBy { id name email } } } } }",
+            json!({}),
+        )
+        .await
+        .ok();
+    let roles = app
+        .graphql(
+            Some(&reader.token),
+            "{ employees { edges { node { createdBy { isAdmin roles { name } } } } } }",
+            json!({}),
+        )
+        .await;
+
+    assert_eq!(
+        names.data("employees.edges.0.node.createdBy.email"),
+        &json!(admin.email)
+    );
+    assert_eq!(
+        roles.code(),
+        Some("VALIDATION"),
+        "account details are not reachable from records: {}",
+        roles.body
+    );
+}
+
+#[tokio::test]
+async fn wrong_current_passwords_count_toward_the_lock() {
+    let app = TestApp::spawn().await;
+    let admin = app.sign_up(&slug("oracle")).await;
+    let user = app.user_with_roles(&admin, &[]).await;
+    let change = "mutation($c: String!) { changePassword(currentPassword: $c, newPassword: \"a fresh passphrase 9\") { id } }";
+
+    let same = app
+        .graphql(
+            Some(&user.token),
+            "mutation($c: String!) { changePassword(currentPassword: $c, newPassword: $c) { id } }",
+            json!({ "c": PASSWORD }),
+        )
+        .await;
+    for i in 0..10 {
+        let wrong = app
+            .graphql(
+                Some(&user.token),
+                change,
+                json!({ "c": format!("guess number {i}") }),
+            )
+            .await;
+        assert_eq!(wrong.field(), Some("currentPassword"));
+    }
+    let right_but_locked = app
+        .graphql(Some(&user.token), change, json!({ "c": PASSWORD }))
+        .await;
+
+    assert_eq!(same.code(), Some("VALIDATION"));
+    assert_eq!(same.field(), Some("password"));
+    assert_eq!(
+        right_but_locked.field(),
+        Some("currentPassword"),
+        "{}",
+        right_but_locked.body
+    );
+    assert!(
+        app.login(&admin.slug, &user.email, PASSWORD).await.is_err(),
+        "the account is locked"
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_user_id_is_not_found_for_administrators() {
+    let app = TestApp::spawn().await;
+    let admin = app.sign_up(&slug("unknownid")).await;
+    let other = app.sign_up(&slug("otherorg")).await;
+    for query in [
+        "query($u: ID) { sessions(userId: $u) { id } }",
+        "query($u: ID) { loginHistory(userId: $u) { totalCount } }",
+    ] {
+        for id in [uuid::Uuid::now_v7(), other.user_id] {
+            let response = app
+                .graphql(Some(&admin.token), query, json!({ "u": id.to_string() }))
+                .await;
+            assert_eq!(
+                response.code(),
+                Some("NOT_FOUND"),
+                "{query}: {}",
+                response.body
+            );
+        }
+    }
+}

@@ -12,6 +12,9 @@ use serde_json::json;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Who {
     Anyone,
+    /// Signed in, even with a temporary password still to replace.
+    Session,
+    /// Signed in with a password of one's own.
     SignedIn,
     Admin,
     /// Holders of this permission on employees (administrators hold every permission).
@@ -36,7 +39,7 @@ fn rows() -> BTreeMap<(&'static str, &'static str), Row> {
         by_id,
     };
     BTreeMap::from([
-        (("Query", "me"), row(SignedIn, "{ me { id } }", false)),
+        (("Query", "me"), row(Session, "{ me { id } }", false)),
         (("Query", "organization"), row(SignedIn, "{ organization { id } }", false)),
         (("Query", "users"), row(Admin, "{ users { totalCount } }", false)),
         (("Query", "user"), row(Admin, "query($user: ID!) { user(id: $user) { id } }", true)),
@@ -51,7 +54,7 @@ fn rows() -> BTreeMap<(&'static str, &'static str), Row> {
         (("Query", "recordHistory"), row(Employees("history"), "query($employee: ID!) { recordHistory(id: $employee) { totalCount } }", true)),
         (("Mutation", "signUp"), row(Anyone, "mutation { signUp(input: { organization: \"M\", slug: \"matrix-signup\", region: \"eu\", adminEmail: \"m@example.org\", adminName: \"M\", password: \"correct horse battery\" }) { token } }", false)),
         (("Mutation", "login"), row(Anyone, "mutation($slug: String!, $loginEmail: String!, $password: String!) { login(tenant: $slug, email: $loginEmail, password: $password) { token } }", false)),
-        (("Mutation", "changePassword"), row(SignedIn, "mutation { changePassword(currentPassword: \"not the password\", newPassword: \"whatever password\") { id } }", false)),
+        (("Mutation", "changePassword"), row(Session, "mutation { changePassword(currentPassword: \"not the password\", newPassword: \"whatever password\") { id } }", false)),
         (("Mutation", "updateMe"), row(SignedIn, "mutation { updateMe(name: \"Same Name\") { id } }", false)),
         (("Mutation", "createUser"), row(Admin, "mutation { createUser(input: { email: \"made@example.org\", name: \"Made\", temporaryPassword: \"temporary password 1\" }) { id } }", false)),
         (("Mutation", "updateUser"), row(Admin, "mutation($user: ID!) { updateUser(id: $user, input: { name: \"Victim\" }) { id } }", true)),
@@ -72,8 +75,8 @@ fn rows() -> BTreeMap<(&'static str, &'static str), Row> {
         (("Mutation", "archiveRecord"), row(Employees("archive"), "mutation($employee: ID!) { archiveRecord(id: $employee) { id } }", true)),
         (("Mutation", "restoreRecord"), row(Employees("archive"), "mutation($employee: ID!) { restoreRecord(id: $employee) { id } }", true)),
         // Last: these end the caller's sessions.
-        (("Mutation", "logout"), row(SignedIn, "mutation { logout }", false)),
-        (("Mutation", "logoutEverywhere"), row(SignedIn, "mutation { logoutEverywhere }", false)),
+        (("Mutation", "logout"), row(Session, "mutation { logout }", false)),
+        (("Mutation", "logoutEverywhere"), row(Session, "mutation { logoutEverywhere }", false)),
     ])
 }
 
@@ -138,11 +141,15 @@ enum Kind {
     Deactivated,
     Expired,
     OtherTenantAdmin,
+    /// Signed in with a temporary password not yet replaced.
+    Temporary,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {
     Allowed,
+    /// INTERNAL or UNAVAILABLE: never expected.
+    Failed,
     Unauthenticated,
     Forbidden,
     NotFound,
@@ -154,6 +161,8 @@ fn expected(kind: Kind, row: &Row, foreign: bool) -> Outcome {
         (Kind::Anonymous | Kind::Deactivated | Kind::Expired, _) => {
             return Outcome::Unauthenticated
         }
+        (_, Who::Session) => true,
+        (Kind::Temporary, _) => false,
         (Kind::Admin | Kind::OtherTenantAdmin, _) => true,
         (Kind::Holder(_), Who::SignedIn) => true,
         (Kind::Holder(_), Who::Admin) => false,
@@ -173,6 +182,7 @@ fn outcome(response: &custos_tests::Response) -> Outcome {
         Some("UNAUTHENTICATED") => Outcome::Unauthenticated,
         Some("FORBIDDEN") => Outcome::Forbidden,
         Some("NOT_FOUND") => Outcome::NotFound,
+        Some("INTERNAL" | "UNAVAILABLE") => Outcome::Failed,
         // Success, or a refusal past authorization (VALIDATION, CONFLICT): the call was let in.
         _ => Outcome::Allowed,
     }
@@ -256,6 +266,17 @@ async fn every_root_field_admits_exactly_who_it_should() {
     .await
     .ok();
     let expired = app.user_with_roles(&a, &[viewer]).await;
+    app.graphql(
+        Some(&a.token),
+        "mutation { createUser(input: { email: \"temp@example.org\", name: \"Temp\", temporaryPassword: \"temporary passphrase 5\", administrator: true }) { id } }",
+        json!({}),
+    )
+    .await
+    .ok();
+    let temporary = app
+        .login(&a.slug, "temp@example.org", "temporary passphrase 5")
+        .await
+        .unwrap();
     let mut db = app.tenant_admin(a.tenant_id).await;
     sqlx::query("UPDATE sessions SET expires_at = now() - interval '1 second' WHERE user_id = $1")
         .bind(expired.user_id)
@@ -267,12 +288,27 @@ async fn every_root_field_admits_exactly_who_it_should() {
         "read", "create", "update", "archive", "erase", "export", "history", "report",
     ];
     // The principals who can log in again, for calls that end sessions.
-    let sessions: BTreeMap<&str, &Session> = BTreeMap::from([
-        ("administrator", &a),
-        ("HR manager", &hr_user),
-        ("Viewer", &viewer_user),
-        ("role with nothing", &nothing_user),
-        ("another tenant's administrator", &b),
+    let login = |session: &Session| {
+        (
+            session.slug.clone(),
+            session.email.clone(),
+            PASSWORD.to_owned(),
+        )
+    };
+    let sessions: BTreeMap<&str, (String, String, String)> = BTreeMap::from([
+        ("administrator", login(&a)),
+        ("HR manager", login(&hr_user)),
+        ("Viewer", login(&viewer_user)),
+        ("role with nothing", login(&nothing_user)),
+        (
+            "temporary password",
+            (
+                a.slug.clone(),
+                "temp@example.org".to_owned(),
+                "temporary passphrase 5".to_owned(),
+            ),
+        ),
+        ("another tenant's administrator", login(&b)),
     ]);
     let principals: Vec<(&str, Kind, Option<String>, &Objects, &Objects)> = vec![
         ("anonymous", Kind::Anonymous, None, &own_a, &own_b),
@@ -319,6 +355,13 @@ async fn every_root_field_admits_exactly_who_it_should() {
             &own_b,
         ),
         (
+            "temporary password",
+            Kind::Temporary,
+            Some(temporary.clone()),
+            &own_a,
+            &own_b,
+        ),
+        (
             "another tenant's administrator",
             Kind::OtherTenantAdmin,
             Some(b.token.clone()),
@@ -348,11 +391,9 @@ async fn every_root_field_admits_exactly_who_it_should() {
                 });
                 // Each session-ending call gets a session of its own, where the principal can log in.
                 let fresh = match (ends_sessions(field), sessions.get(name)) {
-                    (true, Some(session)) => Some(
-                        app.login(&session.slug, &session.email, PASSWORD)
-                            .await
-                            .unwrap(),
-                    ),
+                    (true, Some((slug, email, password))) => {
+                        Some(app.login(slug, email, password).await.unwrap())
+                    }
                     _ => None,
                 };
                 let token = fresh.as_deref().or(token.as_deref());

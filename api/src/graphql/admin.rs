@@ -426,14 +426,14 @@ impl AdminMutation {
         #[graphql(secret)] current_password: String,
         #[graphql(secret)] new_password: String,
     ) -> async_graphql::Result<User> {
-        let request_id = request(ctx)?.origin.request_id;
+        let origin = &request(ctx)?.origin;
         let (current, new) = (
             SecretString::from(current_password),
             SecretString::from(new_password),
         );
         Ok(User(
             services(ctx)?
-                .change_password(principal(ctx)?, current, new, request_id)
+                .change_password(principal(ctx)?, current, new, origin)
                 .await?,
         ))
     }

@@ -82,8 +82,8 @@ impl Session {
     async fn id(&self) -> ID {
         ID(self.row.id.to_string())
     }
-    async fn user(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<User>> {
-        Ok(super::load_user(ctx, self.row.user_id).await?.map(User))
+    async fn user(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<UserRef>> {
+        Ok(super::load_user(ctx, self.row.user_id).await?.map(UserRef))
     }
     async fn created_at(&self) -> DateTime<Utc> {
         self.row.created_at
@@ -112,8 +112,8 @@ impl LoginEvent {
     async fn at(&self) -> DateTime<Utc> {
         self.0.recorded_at
     }
-    async fn user(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<User>> {
-        Ok(super::load_user(ctx, self.0.user_id).await?.map(User))
+    async fn user(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<UserRef>> {
+        Ok(super::load_user(ctx, self.0.user_id).await?.map(UserRef))
     }
     /// Why a login failed: `wrong_password`, `deactivated` or `locked`.
     async fn reason(&self) -> Option<&str> {
@@ -129,6 +129,36 @@ impl LoginEvent {
 
 pub type LoginConnection =
     Connection<String, LoginEvent, super::records::ConnectionTotal, EmptyFields>;
+
+/// A user as anyone who sees their work sees them (who created or changed a record, who
+/// logged in): name and email only. Roles, permissions and account state are for
+/// administrators (`user`, `users`) and the user themself (`me`).
+pub struct UserRef(pub UserRow);
+
+#[Object]
+impl UserRef {
+    async fn id(&self) -> ID {
+        ID(self.0.id.to_string())
+    }
+    async fn email(&self) -> &str {
+        &self.0.email
+    }
+    async fn name(&self) -> &str {
+        &self.0.name
+    }
+}
+
+/// `id` if it is a user of the principal's organisation, else `NOT_FOUND` (as for another
+/// organisation's id).
+async fn existing_user(
+    principal: &crate::auth::Principal,
+    id: uuid::Uuid,
+) -> Result<uuid::Uuid, ApiError> {
+    custos_projections::users::user(&principal.tenant.pool, id)
+        .await?
+        .map(|u| u.id)
+        .ok_or(ApiError::NotFound)
+}
 
 /// The organisation (tenant) a user belongs to.
 #[derive(SimpleObject)]
@@ -211,7 +241,8 @@ impl IdentityQuery {
             .map(|id| super::parse_id("userId", &id))
             .transpose()?;
         let user = match (principal.user.is_admin, user) {
-            (true, user) => user,
+            (true, Some(id)) => Some(existing_user(principal, id).await?),
+            (true, None) => None,
             (false, None) => Some(principal.user.id),
             (false, Some(id)) if id == principal.user.id => Some(id),
             (false, Some(_)) => return Err(ApiError::Forbidden.into()),
@@ -264,7 +295,8 @@ impl IdentityQuery {
             .transpose()?
         {
             None => principal.user.id,
-            Some(id) if id == principal.user.id || principal.user.is_admin => id,
+            Some(id) if id == principal.user.id => id,
+            Some(id) if principal.user.is_admin => existing_user(principal, id).await?,
             Some(_) => return Err(ApiError::Forbidden.into()),
         };
         let services = super::services(ctx)?;

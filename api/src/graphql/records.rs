@@ -13,7 +13,7 @@ use custos_projections::Cursor;
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::identity::User;
+use super::identity::UserRef;
 use super::{load_user, parse_id, principal, request, services};
 use crate::auth::Principal;
 use crate::error::ApiError;
@@ -86,11 +86,11 @@ impl Employee {
     async fn updated_at(&self) -> DateTime<Utc> {
         self.0.updated_at
     }
-    async fn created_by(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<User>> {
-        Ok(load_user(ctx, self.0.created_by).await?.map(User))
+    async fn created_by(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<UserRef>> {
+        Ok(load_user(ctx, self.0.created_by).await?.map(UserRef))
     }
-    async fn updated_by(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<User>> {
-        Ok(load_user(ctx, self.0.updated_by).await?.map(User))
+    async fn updated_by(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<UserRef>> {
+        Ok(load_user(ctx, self.0.updated_by).await?.map(UserRef))
     }
 }
 
@@ -106,8 +106,8 @@ impl Employee {
     field(name = "archived", ty = "bool"),
     field(name = "created_at", ty = "DateTime<Utc>"),
     field(name = "updated_at", ty = "DateTime<Utc>"),
-    field(name = "created_by", ty = "Option<User>"),
-    field(name = "updated_by", ty = "Option<User>")
+    field(name = "created_by", ty = "Option<UserRef>"),
+    field(name = "updated_by", ty = "Option<UserRef>")
 )]
 pub enum RecordNode {
     Employee(Employee),

@@ -5,16 +5,18 @@
 
 use std::collections::BTreeSet;
 
+use cqrs_es::Aggregate;
 use custos_domain::{
     Email, EventMetadata, Grant, Grants, PersonName, RoleCommand, RoleName, UserCommand,
 };
+use custos_domain::{LoginFailure, Role, User};
 use custos_projections::roles::{self, RoleRow};
 use custos_projections::users::{self, UserRow};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
-use super::Services;
+use super::{RequestOrigin, Services};
 use crate::auth::{check_new_password, sessions, Principal};
 use crate::error::ApiError;
 use crate::tenancy::Tenant;
@@ -25,15 +27,6 @@ const DIRECTORY_LOCK: i64 = 0x6375_7374_6f73_0002;
 /// Held while a directory change runs; dropping it (even on cancellation) rolls back the
 /// transaction and releases the lock.
 pub(crate) struct DirectoryLock(#[allow(dead_code)] Transaction<'static, Postgres>);
-
-async fn directory_lock(tenant: &Tenant) -> Result<DirectoryLock, ApiError> {
-    let mut tx = tenant.pool.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(DIRECTORY_LOCK)
-        .execute(&mut *tx)
-        .await?;
-    Ok(DirectoryLock(tx))
-}
 
 /// A user an administrator creates.
 pub struct NewUser {
@@ -53,6 +46,39 @@ pub struct UserChanges {
 }
 
 impl Services {
+    /// Takes the tenant's directory lock without holding a pooled connection while waiting
+    /// for it, then waits until the user and role read models have caught up with the log —
+    /// a previous holder may have given up waiting for them — so the rules are checked
+    /// against every change made so far.
+    async fn directory_lock(&self, tenant: &Tenant) -> Result<DirectoryLock, ApiError> {
+        let deadline = tokio::time::Instant::now() + self.projection_wait;
+        let lock = loop {
+            let mut tx = tenant.pool.begin().await?;
+            let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+                .bind(DIRECTORY_LOCK)
+                .fetch_one(&mut *tx)
+                .await?;
+            if taken {
+                break DirectoryLock(tx);
+            }
+            tx.rollback().await?;
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ApiError::Unavailable);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        };
+        for aggregate in [User::TYPE, Role::TYPE] {
+            if let Some(latest) = tenant.log.latest(aggregate).await? {
+                tenant
+                    .projectors
+                    .wait_for(aggregate, latest, self.projection_wait)
+                    .await
+                    .map_err(|_| ApiError::Unavailable)?;
+            }
+        }
+        Ok(lock)
+    }
+
     fn actor(&self, principal: &Principal, request_id: Uuid) -> EventMetadata {
         EventMetadata::new(principal.user.id, request_id)
     }
@@ -118,10 +144,10 @@ impl Services {
         PersonName::parse(&input.name)
             .map_err(|e| ApiError::validation("name", format!("name {e}")))?;
         check_new_password(&input.password, &[&input.email, &input.name])?;
-        let _lock = directory_lock(tenant).await?;
+        let password_hash = self.passwords.hash(input.password).await?;
+        let _lock = self.directory_lock(tenant).await?;
         self.check_email_free(tenant, &input.email, None).await?;
         let roles = self.check_roles(tenant, &input.roles).await?;
-        let password_hash = self.passwords.hash(input.password).await?;
         let id = Uuid::now_v7();
         let command = UserCommand::Register {
             email: input.email,
@@ -152,7 +178,7 @@ impl Services {
         request_id: Uuid,
     ) -> Result<UserRow, ApiError> {
         let tenant = &principal.tenant;
-        let _lock = directory_lock(tenant).await?;
+        let _lock = self.directory_lock(tenant).await?;
         self.existing_user(tenant, id).await?;
         if let Some(email) = &changes.email {
             self.check_email_free(tenant, email, Some(id)).await?;
@@ -185,9 +211,12 @@ impl Services {
         request_id: Uuid,
     ) -> Result<UserRow, ApiError> {
         let tenant = &principal.tenant;
-        let _lock = directory_lock(tenant).await?;
+        let _lock = self.directory_lock(tenant).await?;
         let user = self.existing_user(tenant, id).await?;
         self.keep_an_administrator(tenant, &user).await?;
+        // Sessions end first: if the command's read-model wait times out after it commits,
+        // the user must not keep working meanwhile.
+        sessions::revoke_all(&tenant.pool, id, None).await?;
         self.execute(
             tenant,
             &tenant.users,
@@ -196,7 +225,6 @@ impl Services {
             self.actor(principal, request_id),
         )
         .await?;
-        sessions::revoke_all(&tenant.pool, id, None).await?;
         self.existing_user(tenant, id).await
     }
 
@@ -207,7 +235,7 @@ impl Services {
         request_id: Uuid,
     ) -> Result<UserRow, ApiError> {
         let tenant = &principal.tenant;
-        let _lock = directory_lock(tenant).await?;
+        let _lock = self.directory_lock(tenant).await?;
         self.existing_user(tenant, id).await?;
         self.execute(
             tenant,
@@ -229,7 +257,7 @@ impl Services {
         request_id: Uuid,
     ) -> Result<UserRow, ApiError> {
         let tenant = &principal.tenant;
-        let _lock = directory_lock(tenant).await?;
+        let _lock = self.directory_lock(tenant).await?;
         let user = self.existing_user(tenant, id).await?;
         if !administrator {
             self.keep_an_administrator(tenant, &user).await?;
@@ -258,6 +286,7 @@ impl Services {
         let user = self.existing_user(tenant, id).await?;
         check_new_password(&temporary, &[&user.email, &user.name])?;
         let password_hash = self.passwords.hash(temporary).await?;
+        sessions::revoke_all(&tenant.pool, id, None).await?;
         self.execute(
             tenant,
             &tenant.users,
@@ -266,38 +295,57 @@ impl Services {
             self.actor(principal, request_id),
         )
         .await?;
-        sessions::revoke_all(&tenant.pool, id, None).await?;
         self.existing_user(tenant, id).await
     }
 
     /// The user changes their own password, proving the current one; their other sessions end.
+    /// Proving the current password is a password attempt like a login: limited per client
+    /// address, recorded when wrong, and refused while the account is locked.
     pub async fn change_password(
         &self,
         principal: &Principal,
         current: SecretString,
         new: SecretString,
-        request_id: Uuid,
+        origin: &RequestOrigin,
     ) -> Result<UserRow, ApiError> {
         let tenant = &principal.tenant;
-        let hash = users::password_hash(&tenant.pool, principal.user.id).await?;
-        if !self.passwords.verify(hash, current).await? {
+        let id = principal.user.id;
+        self.limit_attempts(origin)?;
+        let credentials = users::credentials(&tenant.pool, &principal.user.email.to_lowercase())
+            .await?
+            .ok_or(ApiError::Unauthenticated)?;
+        let now = chrono::Utc::now();
+        let locked = credentials.locked_until.is_some_and(|until| until > now);
+        let hash = (!locked).then(|| credentials.password_hash.clone());
+        if !self.passwords.verify(hash, current.clone()).await? {
+            let reason = if locked {
+                LoginFailure::Locked
+            } else {
+                LoginFailure::WrongPassword
+            };
+            self.record_failure(tenant, id, reason, origin, now).await;
             return Err(ApiError::validation(
                 "currentPassword",
                 "the current password is wrong",
             ));
         }
+        if new.expose_secret() == current.expose_secret() {
+            return Err(ApiError::validation(
+                "password",
+                "choose a password different from the current one",
+            ));
+        }
         check_new_password(&new, &[&principal.user.email, &principal.user.name])?;
         let password_hash = self.passwords.hash(new).await?;
-        let id = principal.user.id;
+        sessions::revoke_all(&tenant.pool, id, Some(principal.session_id)).await?;
         self.execute(
             tenant,
             &tenant.users,
             id,
             UserCommand::ChangePassword { password_hash },
-            self.actor(principal, request_id),
+            self.actor(principal, origin.request_id),
         )
         .await?;
-        sessions::revoke_all(&tenant.pool, id, Some(principal.session_id)).await?;
         self.existing_user(tenant, id).await
     }
 
@@ -356,7 +404,7 @@ impl Services {
         grants: Grants,
         metadata: EventMetadata,
     ) -> Result<RoleRow, ApiError> {
-        let _lock = directory_lock(tenant).await?;
+        let _lock = self.directory_lock(tenant).await?;
         self.check_role_name_free(tenant, name, None).await?;
         let id = Uuid::now_v7();
         let command = RoleCommand::Create {
@@ -392,7 +440,7 @@ impl Services {
         request_id: Uuid,
     ) -> Result<RoleRow, ApiError> {
         let tenant = &principal.tenant;
-        let _lock = directory_lock(tenant).await?;
+        let _lock = self.directory_lock(tenant).await?;
         self.existing_role(tenant, id).await?;
         self.check_role_name_free(tenant, name, Some(id)).await?;
         self.execute(
@@ -445,7 +493,7 @@ impl Services {
         request_id: Uuid,
     ) -> Result<(), ApiError> {
         let tenant = &principal.tenant;
-        let _lock = directory_lock(tenant).await?;
+        let _lock = self.directory_lock(tenant).await?;
         self.existing_role(tenant, id).await?;
         let holders = users::holders_of(&tenant.pool, id).await?;
         if !holders.is_empty() {
