@@ -662,3 +662,55 @@ async fn an_unknown_user_id_is_not_found_for_administrators() {
         }
     }
 }
+
+#[tokio::test]
+async fn two_administrators_demoting_each_other_at_once_leave_one() {
+    let app = TestApp::spawn().await;
+    let first = app.sign_up(&slug("race-admins")).await;
+    let second = app.user_with_roles(&first, &[]).await;
+    app.graphql(
+        Some(&first.token),
+        "mutation($id: ID!) { setAdministrator(id: $id, administrator: true) { id } }",
+        json!({ "id": second.user_id.to_string() }),
+    )
+    .await
+    .ok();
+    let demote =
+        "mutation($id: ID!) { setAdministrator(id: $id, administrator: false) { isAdmin } }";
+
+    let (a, b) = tokio::join!(
+        app.graphql(
+            Some(&first.token),
+            demote,
+            json!({ "id": second.user_id.to_string() })
+        ),
+        app.graphql(
+            Some(&second.token),
+            demote,
+            json!({ "id": first.user_id.to_string() })
+        ),
+    );
+
+    let succeeded = [&a, &b].iter().filter(|r| r.code().is_none()).count();
+    assert_eq!(succeeded, 1, "{} / {}", a.body, b.body);
+    let users = app
+        .graphql(
+            Some(if a.code().is_none() {
+                &first.token
+            } else {
+                &second.token
+            }),
+            "{ users { edges { node { isAdmin active } } } }",
+            json!({}),
+        )
+        .await
+        .ok();
+    let admins = users
+        .data("users.edges")
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["node"]["isAdmin"] == json!(true))
+        .count();
+    assert_eq!(admins, 1);
+}
