@@ -136,6 +136,14 @@ pub struct Position {
 }
 
 impl Position {
+    /// Reads the `transaction_id` (as bigint) and `global_position` columns of a row.
+    pub fn from_row(row: &sqlx::postgres::PgRow) -> sqlx::Result<Self> {
+        Ok(Self {
+            transaction_id: row.try_get("transaction_id")?,
+            global_position: row.try_get("global_position")?,
+        })
+    }
+
     /// The position just past every event of every transaction below `horizon`.
     pub fn below(horizon: i64) -> Self {
         Self {
@@ -188,10 +196,7 @@ impl EventLog {
         );
         Ok(StoredEvent {
             event: self.codec.open(event)?,
-            position: Position {
-                transaction_id: row.try_get("transaction_id")?,
-                global_position: row.try_get("global_position")?,
-            },
+            position: Position::from_row(row)?,
             recorded_at: row.try_get("recorded_at")?,
         })
     }
@@ -228,13 +233,7 @@ impl EventLog {
         .bind(aggregate_id)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|row| {
-            Ok(Position {
-                transaction_id: row.try_get("transaction_id")?,
-                global_position: row.try_get("global_position")?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(Position::from_row).transpose()
     }
 
     /// The position of the newest event of an aggregate type, in commit order.
@@ -246,13 +245,7 @@ impl EventLog {
         .bind(aggregate_type)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|row| {
-            Ok(Position {
-                transaction_id: row.try_get("transaction_id")?,
-                global_position: row.try_get("global_position")?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(Position::from_row).transpose()
     }
 
     /// Up to `limit` events of `aggregate_types` after `after` in commit order, from

@@ -4,9 +4,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use async_graphql::connection::{Connection, Edge, EmptyFields};
 use async_graphql::dataloader::{DataLoader, Loader};
 use async_graphql::{Context, EmptySubscription, MergedObject, Schema, SchemaBuilder};
+use custos_projections::page::MAX_PAGE;
 use custos_projections::users::{self, UserRow};
+use custos_projections::{Cursor, Page};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -91,6 +94,56 @@ pub(crate) fn principal<'a>(ctx: &Context<'a>) -> Result<&'a Principal, ApiError
         .principal
         .as_ref()
         .ok_or(ApiError::Unauthenticated)
+}
+
+/// The extra field every connection has.
+#[derive(async_graphql::SimpleObject)]
+pub struct ConnectionTotal {
+    /// How many items match, over all pages.
+    pub(crate) total_count: i64,
+}
+
+/// Validated `first` / `after` arguments of a list ordered by id.
+pub(crate) fn page_args(
+    first: Option<i32>,
+    after: Option<String>,
+) -> Result<(i64, Option<Cursor>), ApiError> {
+    let first = first.unwrap_or(20);
+    if !(1..=MAX_PAGE as i32).contains(&first) {
+        return Err(ApiError::validation(
+            "first",
+            format!("`first` must be between 1 and {MAX_PAGE}"),
+        ));
+    }
+    let after = after
+        .map(|raw| {
+            Cursor::decode(&raw)
+                .ok_or_else(|| ApiError::validation("after", "`after` is not a valid cursor"))
+        })
+        .transpose()?;
+    Ok((first.into(), after))
+}
+
+/// A page of a list ordered by id, as a Relay connection of `node`s.
+pub(crate) fn id_connection<T, N: async_graphql::OutputType>(
+    page: Page<T>,
+    after: Option<Cursor>,
+    id: impl Fn(&T) -> Uuid,
+    node: impl Fn(T) -> N,
+) -> Connection<String, N, ConnectionTotal, EmptyFields> {
+    let mut connection = Connection::with_additional_fields(
+        after.is_some(),
+        page.has_next_page,
+        ConnectionTotal {
+            total_count: page.total_count,
+        },
+    );
+    connection.edges.extend(
+        page.items
+            .into_iter()
+            .map(|item| Edge::new(Cursor(id(&item)).encode(), node(item))),
+    );
+    connection
 }
 
 /// Parses an `ID!` argument that must be a UUID.

@@ -235,10 +235,7 @@ pub async fn run_batch(
         return Ok(Batch::Elsewhere(checkpoint(pool, projection.name()).await?));
     };
     let horizon: i64 = row.try_get("horizon")?;
-    let start = Position {
-        transaction_id: row.try_get("transaction_id")?,
-        global_position: row.try_get("global_position")?,
-    };
+    let start = Position::from_row(&row)?;
     let events = log
         .after(&mut tx, projection.aggregate_types(), start, horizon, limit)
         .await?;
@@ -279,10 +276,7 @@ pub async fn checkpoint(pool: &PgPool, projection: &str) -> anyhow::Result<Posit
     .bind(projection)
     .fetch_one(pool)
     .await?;
-    Ok(Position {
-        transaction_id: row.try_get("transaction_id")?,
-        global_position: row.try_get("global_position")?,
-    })
+    Ok(Position::from_row(&row)?)
 }
 
 /// Empties a projection and moves its checkpoint back to the start, in one transaction; its

@@ -1,18 +1,17 @@
 //! User and role administration (administrators only; see `authz`), and self-service.
 
-use async_graphql::connection::{Connection, Edge, EmptyFields};
+use async_graphql::connection::{Connection, EmptyFields};
 use async_graphql::{Context, Enum, InputObject, Object, SimpleObject, ID};
 use chrono::{DateTime, Utc};
 use custos_domain::{Grant, Grants, Permission};
-use custos_projections::page::MAX_PAGE;
 use custos_projections::roles::{self, RoleRow};
-use custos_projections::{users, Cursor};
+use custos_projections::users;
 use secrecy::SecretString;
 use uuid::Uuid;
 
 use super::identity::User;
 use super::records::{ConnectionTotal, DatasheetKind};
-use super::{parse_id, principal, request, services};
+use super::{id_connection, page_args, parse_id, principal, request, services};
 use crate::error::ApiError;
 
 /// What a role lets its users do with a datasheet.
@@ -159,20 +158,7 @@ impl AdminQuery {
         include_deactivated: Option<bool>,
     ) -> async_graphql::Result<UserConnection> {
         let principal = principal(ctx)?;
-        let first = first.unwrap_or(20);
-        if !(1..=MAX_PAGE as i32).contains(&first) {
-            return Err(ApiError::validation(
-                "first",
-                format!("`first` must be between 1 and {MAX_PAGE}"),
-            )
-            .into());
-        }
-        let after = after
-            .map(|raw| {
-                Cursor::decode(&raw)
-                    .ok_or_else(|| ApiError::validation("after", "`after` is not a valid cursor"))
-            })
-            .transpose()?;
+        let (first, after) = page_args(first, after)?;
         let mut conn = principal
             .tenant
             .pool
@@ -181,25 +167,13 @@ impl AdminQuery {
             .map_err(ApiError::from)?;
         let page = users::users_page(
             &mut conn,
-            first.into(),
+            first,
             after,
             include_deactivated.unwrap_or(false),
         )
         .await
         .map_err(ApiError::from)?;
-        let mut connection = Connection::with_additional_fields(
-            after.is_some(),
-            page.has_next_page,
-            ConnectionTotal {
-                total_count: page.total_count,
-            },
-        );
-        connection.edges.extend(
-            page.items
-                .into_iter()
-                .map(|row| Edge::new(Cursor(row.id).encode(), User(row))),
-        );
-        Ok(connection)
+        Ok(id_connection(page, after, |row| row.id, User))
     }
 
     async fn user(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<User> {

@@ -1,20 +1,16 @@
 //! Records: the employees datasheet, and the lifecycle every record shares.
 
-use async_graphql::connection::{Connection, Edge, EmptyFields};
-use async_graphql::{
-    Context, Enum, InputObject, Interface, MaybeUndefined, Object, SimpleObject, ID,
-};
+use async_graphql::connection::{Connection, EmptyFields};
+use async_graphql::{Context, Enum, InputObject, Interface, MaybeUndefined, Object, ID};
 use chrono::{DateTime, NaiveDate, Utc};
 use custos_domain::record::{new_record_id, Fields};
 use custos_domain::{Datasheet, EventMetadata, RecordCommand};
 use custos_projections::employees::{self, EmployeeRow};
-use custos_projections::page::MAX_PAGE;
-use custos_projections::Cursor;
 use serde_json::Value;
 use uuid::Uuid;
 
 use super::identity::UserRef;
-use super::{load_user, parse_id, principal, request, services};
+use super::{id_connection, load_user, page_args, parse_id, principal, request, services};
 use crate::auth::Principal;
 use crate::error::ApiError;
 
@@ -178,11 +174,7 @@ impl UpdateEmployeeInput {
     }
 }
 
-#[derive(SimpleObject)]
-pub struct ConnectionTotal {
-    /// How many items match, over all pages.
-    pub(crate) total_count: i64,
-}
+pub use super::ConnectionTotal;
 
 pub type EmployeeConnection = Connection<String, Employee, ConnectionTotal, EmptyFields>;
 
@@ -219,43 +211,17 @@ impl RecordsQuery {
         >,
     ) -> async_graphql::Result<EmployeeConnection> {
         let principal = principal(ctx)?;
-        let first = first.unwrap_or(20);
-        let include_archived = include_archived.unwrap_or(false);
-        if !(1..=MAX_PAGE as i32).contains(&first) {
-            return Err(ApiError::validation(
-                "first",
-                format!("`first` must be between 1 and {MAX_PAGE}"),
-            )
-            .into());
-        }
-        let after = after
-            .map(|raw| {
-                Cursor::decode(&raw)
-                    .ok_or_else(|| ApiError::validation("after", "`after` is not a valid cursor"))
-            })
-            .transpose()?;
+        let (first, after) = page_args(first, after)?;
         let mut conn = principal
             .tenant
             .pool
             .acquire()
             .await
             .map_err(ApiError::from)?;
-        let page = employees::employees(&mut conn, first.into(), after, include_archived)
+        let page = employees::employees(&mut conn, first, after, include_archived.unwrap_or(false))
             .await
             .map_err(ApiError::from)?;
-        let mut connection = Connection::with_additional_fields(
-            after.is_some(),
-            page.has_next_page,
-            ConnectionTotal {
-                total_count: page.total_count,
-            },
-        );
-        connection.edges.extend(
-            page.items
-                .into_iter()
-                .map(|row| Edge::new(Cursor(row.id).encode(), Employee(row))),
-        );
-        Ok(connection)
+        Ok(id_connection(page, after, |row| row.id, Employee))
     }
 
     /// One employee, archived or not.
