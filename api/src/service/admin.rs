@@ -83,6 +83,26 @@ impl Services {
         EventMetadata::new(principal.user.id, request_id)
     }
 
+    /// Runs a user command as the principal and returns the user as the read model now shows it.
+    async fn change_user(
+        &self,
+        principal: &Principal,
+        id: Uuid,
+        command: UserCommand,
+        request_id: Uuid,
+    ) -> Result<UserRow, ApiError> {
+        let tenant = &principal.tenant;
+        self.execute(
+            tenant,
+            &tenant.users,
+            id,
+            command,
+            self.actor(principal, request_id),
+        )
+        .await?;
+        self.existing_user(tenant, id).await
+    }
+
     async fn existing_user(&self, tenant: &Tenant, id: Uuid) -> Result<UserRow, ApiError> {
         users::user(&tenant.pool, id)
             .await?
@@ -157,15 +177,7 @@ impl Services {
             roles,
             must_change_password: true,
         };
-        self.execute(
-            tenant,
-            &tenant.users,
-            id,
-            command,
-            self.actor(principal, request_id),
-        )
-        .await?;
-        self.existing_user(tenant, id).await
+        self.change_user(principal, id, command, request_id).await
     }
 
     /// Changes a user's name, email or roles (one commit). Role changes take effect on the
@@ -192,15 +204,7 @@ impl Services {
             email: changes.email,
             roles,
         };
-        self.execute(
-            tenant,
-            &tenant.users,
-            id,
-            command,
-            self.actor(principal, request_id),
-        )
-        .await?;
-        self.existing_user(tenant, id).await
+        self.change_user(principal, id, command, request_id).await
     }
 
     /// Deactivates a user and ends all their sessions.
@@ -217,15 +221,8 @@ impl Services {
         // Sessions end first: if the command's read-model wait times out after it commits,
         // the user must not keep working meanwhile.
         sessions::revoke_all(&tenant.pool, id, None).await?;
-        self.execute(
-            tenant,
-            &tenant.users,
-            id,
-            UserCommand::Deactivate,
-            self.actor(principal, request_id),
-        )
-        .await?;
-        self.existing_user(tenant, id).await
+        self.change_user(principal, id, UserCommand::Deactivate, request_id)
+            .await
     }
 
     pub async fn reactivate_user(
@@ -237,15 +234,8 @@ impl Services {
         let tenant = &principal.tenant;
         let _lock = self.directory_lock(tenant).await?;
         self.existing_user(tenant, id).await?;
-        self.execute(
-            tenant,
-            &tenant.users,
-            id,
-            UserCommand::Reactivate,
-            self.actor(principal, request_id),
-        )
-        .await?;
-        self.existing_user(tenant, id).await
+        self.change_user(principal, id, UserCommand::Reactivate, request_id)
+            .await
     }
 
     /// Makes a user an administrator or not; the last active administrator cannot be demoted.
@@ -263,15 +253,7 @@ impl Services {
             self.keep_an_administrator(tenant, &user).await?;
         }
         let command = UserCommand::SetAdministrator { administrator };
-        self.execute(
-            tenant,
-            &tenant.users,
-            id,
-            command,
-            self.actor(principal, request_id),
-        )
-        .await?;
-        self.existing_user(tenant, id).await
+        self.change_user(principal, id, command, request_id).await
     }
 
     /// Sets a temporary password the user must replace at next login; ends their sessions.
@@ -287,15 +269,13 @@ impl Services {
         check_new_password(&temporary, &[&user.email, &user.name])?;
         let password_hash = self.passwords.hash(temporary).await?;
         sessions::revoke_all(&tenant.pool, id, None).await?;
-        self.execute(
-            tenant,
-            &tenant.users,
+        self.change_user(
+            principal,
             id,
             UserCommand::ResetPassword { password_hash },
-            self.actor(principal, request_id),
+            request_id,
         )
-        .await?;
-        self.existing_user(tenant, id).await
+        .await
     }
 
     /// The user changes their own password, proving the current one; their other sessions end.
@@ -338,15 +318,13 @@ impl Services {
         check_new_password(&new, &[&principal.user.email, &principal.user.name])?;
         let password_hash = self.passwords.hash(new).await?;
         sessions::revoke_all(&tenant.pool, id, Some(principal.session_id)).await?;
-        self.execute(
-            tenant,
-            &tenant.users,
+        self.change_user(
+            principal,
             id,
             UserCommand::ChangePassword { password_hash },
-            self.actor(principal, origin.request_id),
+            origin.request_id,
         )
-        .await?;
-        self.existing_user(tenant, id).await
+        .await
     }
 
     /// The user changes their own name.
@@ -356,22 +334,13 @@ impl Services {
         name: String,
         request_id: Uuid,
     ) -> Result<UserRow, ApiError> {
-        let tenant = &principal.tenant;
         let id = principal.user.id;
         let command = UserCommand::Update {
             name: Some(name),
             email: None,
             roles: None,
         };
-        self.execute(
-            tenant,
-            &tenant.users,
-            id,
-            command,
-            self.actor(principal, request_id),
-        )
-        .await?;
-        self.existing_user(tenant, id).await
+        self.change_user(principal, id, command, request_id).await
     }
 
     async fn existing_role(&self, tenant: &Tenant, id: Uuid) -> Result<RoleRow, ApiError> {
