@@ -8,7 +8,8 @@ use argon2::{Algorithm, Argon2, Params, Version};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use chrono::{DateTime, Utc};
-use custos_domain::{Datasheet, Grant, Grants, Permission};
+use custos_domain::{Actor, Datasheet, Grant, Grants, Permission};
+use custos_projections::api_tokens::{ApiTokenRow, TOKEN_COLUMNS};
 use custos_projections::users::UserRow;
 use rand::RngCore;
 use secrecy::{ExposeSecret, SecretString};
@@ -137,41 +138,136 @@ impl Passwords {
     }
 }
 
-/// A bearer token: `cus_<tenant id>_<32 random bytes, base64url>`. The tenant id lets the
-/// token alone find the tenant; only a SHA-256 of the whole token is stored.
-pub struct SessionToken {
+/// What a bearer-style token stands for; its prefix says which.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenKind {
+    /// A session, from a login (`cus_`).
+    Session,
+    /// An integration's API token (`cua_`).
+    ApiToken,
+    /// A login waiting for its second factor (`cuc_`); it authenticates nothing by itself.
+    LoginChallenge,
+}
+
+impl TokenKind {
+    fn prefix(self) -> &'static str {
+        match self {
+            TokenKind::Session => "cus_",
+            TokenKind::ApiToken => "cua_",
+            TokenKind::LoginChallenge => "cuc_",
+        }
+    }
+}
+
+/// A token: `<prefix><tenant id>_<32 random bytes, base64url>`. The tenant id lets the token
+/// alone find the tenant; only a SHA-256 of the whole token is stored.
+pub struct BearerToken {
+    pub kind: TokenKind,
     pub tenant_id: Uuid,
     pub hash: Vec<u8>,
 }
 
-impl SessionToken {
-    /// A new token for `tenant_id`: the secret to hand to the client, and what to store.
-    pub fn generate(tenant_id: Uuid) -> (SecretString, Self) {
+impl BearerToken {
+    /// A new token of `kind` for `tenant_id`: the secret to hand out once, and what to store.
+    pub fn generate(kind: TokenKind, tenant_id: Uuid) -> (SecretString, Self) {
         let mut secret = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut secret);
         let token = format!(
-            "cus_{}_{}",
+            "{}{}_{}",
+            kind.prefix(),
             tenant_id.simple(),
             URL_SAFE_NO_PAD.encode(secret)
         );
         let hash = Sha256::digest(token.as_bytes()).to_vec();
-        (SecretString::from(token), Self { tenant_id, hash })
+        (
+            SecretString::from(token),
+            Self {
+                kind,
+                tenant_id,
+                hash,
+            },
+        )
     }
 
     /// Reads a presented token; `None` when it is not shaped like one of ours.
     pub fn parse(token: &str) -> Option<Self> {
-        let rest = token.strip_prefix("cus_")?;
-        let (tenant, secret) = rest.split_once('_')?;
+        let kind = [
+            TokenKind::Session,
+            TokenKind::ApiToken,
+            TokenKind::LoginChallenge,
+        ]
+        .into_iter()
+        .find(|kind| token.starts_with(kind.prefix()))?;
+        let (tenant, secret) = token[kind.prefix().len()..].split_once('_')?;
         let tenant_id = Uuid::try_parse(tenant).ok()?;
         let decoded = URL_SAFE_NO_PAD.decode(secret).ok()?;
         if decoded.len() != 32 {
             return None;
         }
         Some(Self {
+            kind,
             tenant_id,
             hash: Sha256::digest(token.as_bytes()).to_vec(),
         })
     }
+}
+
+/// Grants from their `datasheet/permission` text form; unknown pairs are left out.
+fn parse_grants(pairs: &[String]) -> Grants {
+    pairs
+        .iter()
+        .filter_map(|pair| {
+            let (datasheet, permission) = pair.split_once('/')?;
+            Some(Grant::new(
+                Datasheet::parse(datasheet)?,
+                Permission::parse(permission)?,
+            ))
+        })
+        .collect()
+}
+
+/// What [`api_token`] finds for a presented API token.
+pub struct PresentedApiToken {
+    pub token: ApiTokenRow,
+    /// The grants of the token's role (none if the role was deleted).
+    pub grants: Grants,
+    /// Whether a use was recorded within the last minute.
+    pub recently_used: bool,
+    /// Whether a refusal was recorded within the last minute.
+    pub recently_refused: bool,
+}
+
+/// The API token with this hash, live or not, with its role's grants.
+pub async fn api_token(
+    pool: &PgPool,
+    token_hash: &[u8],
+) -> sqlx::Result<Option<PresentedApiToken>> {
+    #[derive(sqlx::FromRow)]
+    struct Found {
+        grants: Vec<String>,
+        recently_used: bool,
+        recently_refused: bool,
+        #[sqlx(flatten)]
+        token: ApiTokenRow,
+    }
+    let found: Option<Found> = sqlx::query_as(&format!(
+        "SELECT {TOKEN_COLUMNS},
+                coalesce(last_used_at > now() - interval '1 minute', false) AS recently_used,
+                coalesce(last_refused_at > now() - interval '1 minute', false) AS recently_refused,
+                ARRAY(SELECT g.datasheet || '/' || g.permission
+                      FROM role_grants g JOIN roles r ON r.id = g.role_id
+                      WHERE g.role_id = t.role_id AND NOT r.deleted) AS grants
+         FROM api_tokens t WHERE token_hash = $1"
+    ))
+    .bind(token_hash)
+    .fetch_optional(pool)
+    .await?;
+    Ok(found.map(|found| PresentedApiToken {
+        grants: parse_grants(&found.grants),
+        recently_used: found.recently_used,
+        recently_refused: found.recently_refused,
+        token: found.token,
+    }))
 }
 
 /// Sessions in a tenant database.
@@ -183,7 +279,7 @@ pub mod sessions {
         pool: &PgPool,
         session_id: Uuid,
         user_id: Uuid,
-        token: &SessionToken,
+        token: &BearerToken,
         policy: SessionPolicy,
     ) -> sqlx::Result<DateTime<Utc>> {
         sqlx::query_scalar(
@@ -205,29 +301,40 @@ pub mod sessions {
         (policy.idle_timeout / 2).min(std::time::Duration::from_secs(60))
     }
 
+    /// What [`authenticate`] finds for a live session.
+    pub struct LiveSession {
+        pub session_id: Uuid,
+        pub user: UserRow,
+        pub grants: Grants,
+        /// Whether the organisation requires a second factor.
+        pub two_factor_required: bool,
+    }
+
     /// The live session for a token hash, with its user: not revoked, not past its absolute
     /// expiry, used within the idle timeout. Refreshes its last use (see [`refresh_after`]).
     pub async fn authenticate(
         pool: &PgPool,
         token_hash: &[u8],
         policy: SessionPolicy,
-    ) -> sqlx::Result<Option<(Uuid, UserRow, Grants)>> {
+    ) -> sqlx::Result<Option<LiveSession>> {
         #[derive(sqlx::FromRow)]
         struct Live {
             session_id: Uuid,
             stale: bool,
             /// `datasheet/permission` pairs of the user's roles, in the same round trip.
             grants: Vec<String>,
+            two_factor_required: bool,
             #[sqlx(flatten)]
             user: UserRow,
         }
         let live: Option<Live> = sqlx::query_as(
             "SELECT s.id AS session_id, s.last_seen_at < now() - $3 * interval '1 second' AS stale,
                     u.id, u.version, u.email, u.name, u.is_admin, u.active, u.roles, u.must_change_password,
-                    u.created_at, u.updated_at,
+                    u.two_factor, u.created_at, u.updated_at,
                     ARRAY(SELECT DISTINCT g.datasheet || '/' || g.permission
                           FROM role_grants g JOIN roles r ON r.id = g.role_id
-                          WHERE g.role_id = ANY(u.roles) AND NOT r.deleted) AS grants
+                          WHERE g.role_id = ANY(u.roles) AND NOT r.deleted) AS grants,
+                    (SELECT two_factor_required FROM organization_settings) AS two_factor_required
              FROM sessions s JOIN users u ON u.id = s.user_id
              WHERE s.token_hash = $1 AND s.revoked_at IS NULL AND s.expires_at > now()
                AND s.last_seen_at > now() - $2 * interval '1 second'",
@@ -246,18 +353,12 @@ pub mod sessions {
                 .execute(pool)
                 .await?;
         }
-        let grants = live
-            .grants
-            .iter()
-            .filter_map(|pair| {
-                let (datasheet, permission) = pair.split_once('/')?;
-                Some(Grant::new(
-                    Datasheet::parse(datasheet)?,
-                    Permission::parse(permission)?,
-                ))
-            })
-            .collect();
-        Ok(Some((live.session_id, live.user, grants)))
+        Ok(Some(LiveSession {
+            session_id: live.session_id,
+            user: live.user,
+            grants: parse_grants(&live.grants),
+            two_factor_required: live.two_factor_required,
+        }))
     }
 
     /// A live session as administrators and its user see it (never the token).
@@ -321,14 +422,55 @@ pub mod sessions {
     }
 }
 
-/// Who a request acts as: a user of one tenant, through one session.
+/// Who a request acts as, within one tenant.
 #[derive(Clone)]
 pub struct Principal {
     pub tenant: Arc<Tenant>,
-    pub user: UserRow,
-    pub session_id: Uuid,
-    /// The union of the user's roles' grants (administrators hold every permission anyway).
-    pub grants: custos_domain::Grants,
+    pub subject: Subject,
+    /// The grants of the user's roles (administrators hold every permission anyway) or of the
+    /// API token's role.
+    pub grants: Grants,
+    /// Whether the organisation requires users to log in with a second factor.
+    pub two_factor_required: bool,
+}
+
+/// The user or integration behind a principal.
+#[derive(Clone)]
+pub enum Subject {
+    /// A user, through one session.
+    User { user: UserRow, session_id: Uuid },
+    /// An integration, through an API token: never an administrator, never a user.
+    ApiToken(ApiTokenRow),
+}
+
+impl Principal {
+    /// Who events caused by this principal are attributed to.
+    pub fn actor(&self) -> Actor {
+        match &self.subject {
+            Subject::User { user, .. } => Actor::User(user.id),
+            Subject::ApiToken(token) => Actor::ApiToken(token.id),
+        }
+    }
+
+    /// The signed-in user; API tokens may not use what needs one.
+    pub fn user(&self) -> Result<&UserRow, ApiError> {
+        match &self.subject {
+            Subject::User { user, .. } => Ok(user),
+            Subject::ApiToken(_) => Err(ApiError::Forbidden),
+        }
+    }
+
+    /// The session the request came with, for users.
+    pub fn session_id(&self) -> Option<Uuid> {
+        match &self.subject {
+            Subject::User { session_id, .. } => Some(*session_id),
+            Subject::ApiToken(_) => None,
+        }
+    }
+
+    pub fn is_admin(&self) -> bool {
+        matches!(&self.subject, Subject::User { user, .. } if user.is_admin)
+    }
 }
 
 #[cfg(test)]
@@ -338,11 +480,18 @@ mod tests {
     #[test]
     fn tokens_round_trip_and_carry_their_tenant() {
         let tenant = Uuid::now_v7();
-        let (secret, stored) = SessionToken::generate(tenant);
-        let parsed = SessionToken::parse(secret.expose_secret()).unwrap();
-        assert_eq!(parsed.tenant_id, tenant);
-        assert_eq!(parsed.hash, stored.hash);
-        assert!(secret.expose_secret().len() > 43 + 32);
+        for kind in [
+            TokenKind::Session,
+            TokenKind::ApiToken,
+            TokenKind::LoginChallenge,
+        ] {
+            let (secret, stored) = BearerToken::generate(kind, tenant);
+            let parsed = BearerToken::parse(secret.expose_secret()).unwrap();
+            assert_eq!(parsed.kind, kind);
+            assert_eq!(parsed.tenant_id, tenant);
+            assert_eq!(parsed.hash, stored.hash);
+            assert!(secret.expose_secret().len() > 43 + 32);
+        }
     }
 
     #[test]
@@ -355,8 +504,9 @@ mod tests {
             "cus_nothex_AAAA",
             &format!("cus_{tenant}_short"),
             &format!("cus_{tenant}"),
+            &format!("cux_{tenant}_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"),
         ] {
-            assert!(SessionToken::parse(bad).is_none(), "{bad}");
+            assert!(BearerToken::parse(bad).is_none(), "{bad}");
         }
     }
 

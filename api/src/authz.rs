@@ -10,7 +10,7 @@ use async_graphql::extensions::{
 use async_graphql::{PathSegment, ServerError, ServerResult, Value};
 use custos_domain::{Datasheet, Grant, Permission};
 
-use crate::auth::Principal;
+use crate::auth::{Principal, Subject};
 use crate::error::ApiError;
 use crate::graphql::RequestContext;
 
@@ -19,13 +19,16 @@ use crate::graphql::RequestContext;
 pub enum Rule {
     /// Anyone, signed in or not.
     Public,
-    /// Any signed-in user, even one who must still replace a temporary password.
+    /// Any signed-in user, even one who must still replace a temporary password or enrol a
+    /// second factor the organisation requires.
     Session,
-    /// Any signed-in user whose password is current.
+    /// Any signed-in user whose password is current and who has a second factor if the
+    /// organisation requires one.
     Signed,
     /// Administrators only.
     Admin,
-    /// Users holding this permission on this datasheet (administrators hold all).
+    /// Users and API tokens holding this permission on this datasheet (administrators hold
+    /// all). The only rule API tokens can satisfy.
     Grant(Datasheet, Permission),
 }
 
@@ -35,20 +38,40 @@ pub fn rule(parent_type: &str, field: &str) -> Option<Rule> {
     let employees = |p| Rule::Grant(Datasheet::Employees, p);
     Some(match (parent_type, field) {
         (_, "__typename" | "__schema" | "__type") => Rule::Public,
-        ("Mutation", "signUp" | "login") => Rule::Public,
-        ("Query", "me") | ("Mutation", "logout" | "logoutEverywhere" | "changePassword") => {
-            Rule::Session
-        }
+        ("Mutation", "signUp" | "login" | "completeLogin") => Rule::Public,
+        ("Query", "me")
+        | (
+            "Mutation",
+            "logout"
+            | "logoutEverywhere"
+            | "changePassword"
+            | "beginTwoFactorEnrolment"
+            | "confirmTwoFactorEnrolment",
+        ) => Rule::Session,
+        ("Mutation", "disableTwoFactor" | "regenerateRecoveryCodes") => Rule::Signed,
         // Others' sessions only for administrators (checked in the resolver and the use case).
         ("Query", "sessions") | ("Mutation", "endSession") => Rule::Signed,
         // Non-administrators see only their own history (checked in the resolver).
         ("Query", "organization" | "loginHistory") | ("Mutation", "updateMe") => Rule::Signed,
-        ("Query", "users" | "user" | "roles" | "role") => Rule::Admin,
+        ("Query", "users" | "user" | "roles" | "role" | "apiTokens") => Rule::Admin,
         (
             "Mutation",
-            "createUser" | "updateUser" | "deactivateUser" | "reactivateUser" | "resetUserPassword"
-            | "setAdministrator" | "unlockUser" | "createRole" | "renameRole" | "grantPermission"
-            | "revokePermission" | "deleteRole",
+            "createUser"
+            | "updateUser"
+            | "deactivateUser"
+            | "reactivateUser"
+            | "resetUserPassword"
+            | "setAdministrator"
+            | "unlockUser"
+            | "createRole"
+            | "renameRole"
+            | "grantPermission"
+            | "revokePermission"
+            | "deleteRole"
+            | "resetTwoFactor"
+            | "setTwoFactorRequired"
+            | "createApiToken"
+            | "revokeApiToken",
         ) => Rule::Admin,
         ("Query", "employees" | "employee") => employees(Read),
         ("Mutation", "createEmployee") => employees(Create),
@@ -63,7 +86,7 @@ pub fn rule(parent_type: &str, field: &str) -> Option<Rule> {
 impl Principal {
     /// Whether the principal holds `permission` on `datasheet`.
     pub fn may(&self, datasheet: Datasheet, permission: Permission) -> bool {
-        self.user.is_admin || self.grants.contains(&Grant::new(datasheet, permission))
+        self.is_admin() || self.grants.contains(&Grant::new(datasheet, permission))
     }
 }
 
@@ -76,15 +99,29 @@ pub fn check(rule: Option<Rule>, principal: Option<&Principal>) -> Result<(), Ap
         return Ok(());
     }
     let principal = principal.ok_or(ApiError::Unauthenticated)?;
+    let user = match &principal.subject {
+        Subject::User { user, .. } => user,
+        Subject::ApiToken(_) => {
+            return match rule {
+                Rule::Grant(datasheet, permission) if principal.may(datasheet, permission) => {
+                    Ok(())
+                }
+                _ => Err(ApiError::Forbidden),
+            }
+        }
+    };
     if rule == Rule::Session {
         return Ok(());
     }
-    if principal.user.must_change_password {
+    if user.must_change_password {
         return Err(ApiError::PasswordChangeRequired);
+    }
+    if principal.two_factor_required && !user.two_factor {
+        return Err(ApiError::TwoFactorEnrolmentRequired);
     }
     let allowed = match rule {
         Rule::Public | Rule::Session | Rule::Signed => true,
-        Rule::Admin => principal.user.is_admin,
+        Rule::Admin => user.is_admin,
         Rule::Grant(datasheet, permission) => principal.may(datasheet, permission),
     };
     if allowed {
@@ -119,7 +156,7 @@ impl Extension for Authorization {
                 if matches!(err, ApiError::Forbidden) {
                     tracing::warn!(
                         tenant.id = ?principal.map(|p| p.tenant.id),
-                        user.id = ?principal.map(|p| p.user.id),
+                        actor.id = ?principal.map(|p| p.actor().id()),
                         graphql.field = info.name,
                         "security: access denied"
                     );

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use custos_domain::record::{new_record_id, Fields};
-use custos_domain::{Datasheet, EventMetadata, RecordCommand};
+use custos_domain::{Actor, Datasheet, EventMetadata, RecordCommand};
 use serde_json::{json, Value};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::Connection;
@@ -127,7 +127,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .execute(&raw_pool)
         .await?;
     let payload = json!({ "RecordUpdated": { "datasheet": "employees", "changes": { "department": "Engineering" } } });
-    let metadata = EventMetadata::new(Uuid::now_v7(), Uuid::now_v7()).to_map();
+    let metadata = EventMetadata::new(Actor::User(Uuid::now_v7()), Uuid::now_v7()).to_map();
     let inserts = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -283,7 +283,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                     &tenant.records,
                     id,
                     command,
-                    EventMetadata::new(user_id, Uuid::now_v7()),
+                    EventMetadata::new(Actor::User(user_id), Uuid::now_v7()),
                 )
                 .await
                 .map_err(|e| anyhow::anyhow!("update failed: {:?}", e.code()))
@@ -315,7 +315,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                     datasheet: Datasheet::Employees,
                     fields,
                 };
-                let metadata = EventMetadata::new(user_id, Uuid::now_v7());
+                let metadata = EventMetadata::new(Actor::User(user_id), Uuid::now_v7());
                 tenant
                     .records
                     .execute_with_metadata(&new_record_id().to_string(), command, metadata.to_map())

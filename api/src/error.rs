@@ -3,7 +3,7 @@
 
 use async_graphql::ErrorExtensions;
 use cqrs_es::AggregateError;
-use custos_domain::{RecordError, RoleError, UserError};
+use custos_domain::{ApiTokenError, RecordError, RoleError, UserError};
 
 /// What a client sees as `extensions.code`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +43,10 @@ pub enum ApiError {
     Forbidden,
     /// The user signed in with a temporary password and must replace it first.
     PasswordChangeRequired,
+    /// The organisation requires a second factor and the user has not enrolled one yet.
+    TwoFactorEnrolmentRequired,
+    /// A wrong, used or expired second-factor code, or an unknown login challenge.
+    InvalidSecondFactor,
     NotFound,
     Validation {
         message: String,
@@ -79,6 +83,14 @@ impl ApiError {
             ApiError::PasswordChangeRequired => {
                 "you must change your password before anything else".into()
             }
+            ApiError::TwoFactorEnrolmentRequired => {
+                "your organisation requires two-factor authentication: enrol before anything else"
+                    .into()
+            }
+            ApiError::InvalidSecondFactor => {
+                "the code is wrong or used, or the login expired; log in again if it keeps failing"
+                    .into()
+            }
             ApiError::NotFound => "not found".into(),
             ApiError::Validation { message, .. } | ApiError::Conflict(message) => message.clone(),
             ApiError::Unavailable => "the service is temporarily unavailable; try again".into(),
@@ -91,8 +103,12 @@ impl ApiError {
 
     pub fn code(&self) -> Code {
         match self {
-            ApiError::Unauthenticated | ApiError::InvalidCredentials => Code::Unauthenticated,
-            ApiError::Forbidden | ApiError::PasswordChangeRequired => Code::Forbidden,
+            ApiError::Unauthenticated
+            | ApiError::InvalidCredentials
+            | ApiError::InvalidSecondFactor => Code::Unauthenticated,
+            ApiError::Forbidden
+            | ApiError::PasswordChangeRequired
+            | ApiError::TwoFactorEnrolmentRequired => Code::Forbidden,
             ApiError::NotFound => Code::NotFound,
             ApiError::Validation { .. } => Code::Validation,
             ApiError::Conflict(_) => Code::Conflict,
@@ -191,7 +207,10 @@ impl From<UserError> for ApiError {
             UserError::NotFound => ApiError::NotFound,
             UserError::AlreadyRegistered => ApiError::Conflict(err.to_string()),
             UserError::LoginRefused(_) => ApiError::InvalidCredentials,
-            UserError::AlreadyDeactivated | UserError::AlreadyActive => ApiError::Validation {
+            UserError::AlreadyDeactivated
+            | UserError::AlreadyActive
+            | UserError::TwoFactorAlreadyEnabled
+            | UserError::TwoFactorNotEnabled => ApiError::Validation {
                 message: err.to_string(),
                 field: None,
             },
@@ -207,6 +226,28 @@ impl From<RoleError> for ApiError {
             RoleError::AlreadyExists => ApiError::Conflict(err.to_string()),
             RoleError::InvalidName(_) => ApiError::validation("name", err.to_string()),
         }
+    }
+}
+
+impl From<ApiTokenError> for ApiError {
+    fn from(err: ApiTokenError) -> Self {
+        match &err {
+            ApiTokenError::NotFound => ApiError::NotFound,
+            ApiTokenError::AlreadyExists => ApiError::Conflict(err.to_string()),
+            ApiTokenError::Refused(_) => ApiError::Unauthenticated,
+            ApiTokenError::AlreadyRevoked => ApiError::Validation {
+                message: err.to_string(),
+                field: None,
+            },
+            ApiTokenError::InvalidName(_) => ApiError::validation("name", err.to_string()),
+            ApiTokenError::ExpiryInPast => ApiError::validation("expiresAt", err.to_string()),
+        }
+    }
+}
+
+impl From<std::convert::Infallible> for ApiError {
+    fn from(never: std::convert::Infallible) -> Self {
+        match never {}
     }
 }
 

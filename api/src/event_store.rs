@@ -11,16 +11,13 @@ use cqrs_es::persist::{
     SerializedSnapshot,
 };
 use cqrs_es::{Aggregate, CqrsFramework};
-use custos_domain::{Record, Role, User};
+
 use postgres_es::PostgresEventRepository;
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool, Row};
 
 /// A tenant's command side for one aggregate type.
 pub type Cqrs<A> = CqrsFramework<A, PersistedEventStore<CustosEventRepository, A>>;
-pub type RecordCqrs = Cqrs<Record>;
-pub type UserCqrs = Cqrs<User>;
-pub type RoleCqrs = Cqrs<Role>;
 
 /// Turns domain payloads into stored payloads and back. Today the stored form is the domain
 /// form; the privacy issue's encryption with each data subject's key goes here, so that

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use async_graphql::connection::{Connection, Edge, EmptyFields};
 use async_graphql::dataloader::{DataLoader, Loader};
 use async_graphql::{Context, EmptySubscription, MergedObject, Schema, SchemaBuilder};
+use custos_projections::api_tokens::{self, ApiTokenRow};
 use custos_projections::page::MAX_PAGE;
 use custos_projections::users::{self, UserRow};
 use custos_projections::{Cursor, Page};
@@ -22,6 +23,7 @@ pub mod history;
 pub mod identity;
 pub mod limits;
 pub mod records;
+pub mod security;
 
 /// The root query type.
 #[derive(MergedObject, Default)]
@@ -30,6 +32,7 @@ pub struct Query(
     admin::AdminQuery,
     records::RecordsQuery,
     history::HistoryQuery,
+    security::SecurityQuery,
 );
 
 /// The root mutation type.
@@ -38,6 +41,7 @@ pub struct Mutation(
     identity::IdentityMutation,
     admin::AdminMutation,
     records::RecordsMutation,
+    security::SecurityMutation,
 );
 
 pub type CustosSchema = Schema<Query, Mutation, EmptySubscription>;
@@ -165,9 +169,39 @@ impl Loader<Uuid> for UserLoader {
     }
 }
 
-/// A per-request loader for the principal's tenant.
-pub fn user_loader(principal: &Principal) -> DataLoader<UserLoader> {
-    DataLoader::new(UserLoader(principal.tenant.pool.clone()), tokio::spawn)
+/// Batches API token lookups within one request (actors of records and history entries).
+pub struct ApiTokenLoader(pub PgPool);
+
+impl Loader<Uuid> for ApiTokenLoader {
+    type Value = ApiTokenRow;
+    type Error = Arc<sqlx::Error>;
+
+    async fn load(&self, keys: &[Uuid]) -> Result<HashMap<Uuid, ApiTokenRow>, Self::Error> {
+        let rows = api_tokens::tokens(&self.0, keys).await.map_err(Arc::new)?;
+        Ok(rows.into_iter().map(|row| (row.id, row)).collect())
+    }
+}
+
+/// Per-request loaders for the principal's tenant.
+pub fn loaders(principal: &Principal) -> (DataLoader<UserLoader>, DataLoader<ApiTokenLoader>) {
+    let pool = &principal.tenant.pool;
+    (
+        DataLoader::new(UserLoader(pool.clone()), tokio::spawn),
+        DataLoader::new(ApiTokenLoader(pool.clone()), tokio::spawn),
+    )
+}
+
+pub(crate) async fn load_api_token(
+    ctx: &Context<'_>,
+    id: Uuid,
+) -> Result<Option<ApiTokenRow>, ApiError> {
+    let loader = ctx
+        .data::<DataLoader<ApiTokenLoader>>()
+        .map_err(|_| ApiError::Unauthenticated)?;
+    loader
+        .load_one(id)
+        .await
+        .map_err(|err| ApiError::internal(anyhow::anyhow!("loading an API token failed: {err}")))
 }
 
 pub(crate) async fn load_user(ctx: &Context<'_>, id: Uuid) -> Result<Option<UserRow>, ApiError> {

@@ -18,7 +18,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::error::Code;
-use crate::graphql::{user_loader, CustosSchema, RequestContext};
+use crate::graphql::{loaders, CustosSchema, RequestContext};
 use crate::service::{RequestOrigin, Services};
 
 /// The largest request body accepted (413 beyond).
@@ -142,8 +142,16 @@ async fn graphql(
         }
     };
 
+    let origin = RequestOrigin {
+        request_id,
+        ip: connect_info.map(|Extension(ConnectInfo(addr))| addr.ip().to_string()),
+        user_agent: headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+    };
     let principal = match bearer(&headers) {
-        Some(token) => match state.services.authenticate(token).await {
+        Some(token) => match state.services.authenticate(token, &origin).await {
             Ok(principal) => principal,
             Err(err) => {
                 err.report();
@@ -156,17 +164,10 @@ async fn graphql(
         },
         None => None,
     };
-    let origin = RequestOrigin {
-        request_id,
-        ip: connect_info.map(|Extension(ConnectInfo(addr))| addr.ip().to_string()),
-        user_agent: headers
-            .get(header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned),
-    };
     let mut request = request;
     if let Some(principal) = &principal {
-        request = request.data(user_loader(principal));
+        let (users, api_tokens) = loaders(principal);
+        request = request.data(users).data(api_tokens);
     }
     request = request.data(RequestContext { origin, principal });
 

@@ -18,6 +18,7 @@ pub mod projector;
 pub mod service;
 pub mod telemetry;
 pub mod tenancy;
+pub mod two_factor;
 
 pub use app::Application;
 pub use config::Config;

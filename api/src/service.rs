@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use cqrs_es::{Aggregate, AggregateError};
 use custos_domain::{
-    Datasheet, Email, EventMetadata, Grant, Grants, LoginFailure, LoginOrigin, Permission,
-    PersonName, User, UserCommand, UserError,
+    Actor, Datasheet, Email, EventMetadata, Grant, Grants, LoginFailure, LoginOrigin, Permission,
+    PersonName, SecondFactor, User, UserCommand, UserError,
 };
 use custos_projections::users::{self, UserRow};
 use secrecy::SecretString;
@@ -15,14 +15,20 @@ use std::net::{IpAddr, Ipv6Addr};
 
 use uuid::Uuid;
 
-use crate::auth::{check_new_password, sessions, Passwords, Principal, SessionToken};
+use crate::auth::{
+    check_new_password, sessions, BearerToken, Passwords, Principal, Subject, TokenKind,
+};
 use crate::config::SessionPolicy;
 use crate::error::ApiError;
 use crate::event_store::Cqrs;
 use crate::tenancy::{ProvisionError, Region, Tenancy, Tenant};
 
 mod admin;
+mod api_tokens;
+mod two_factor;
 pub use admin::{NewUser, UserChanges};
+pub use api_tokens::{CreatedApiToken, NewApiToken};
+pub use two_factor::LoginOutcome;
 
 /// What creating an organisation needs.
 pub struct NewOrganization {
@@ -178,7 +184,7 @@ impl Services {
                 roles: Default::default(),
                 must_change_password: false,
             };
-            let metadata = EventMetadata::new(user_id, request_id);
+            let metadata = EventMetadata::new(Actor::User(user_id), request_id);
             self.execute(&tenant, &tenant.users, user_id, register, metadata)
                 .await?;
             for (name, grants) in seeded_roles() {
@@ -205,7 +211,7 @@ impl Services {
         origin: &RequestOrigin,
     ) -> Result<SignedIn, ApiError> {
         let (tenant, user) = self.create_organization(input, origin.request_id).await?;
-        self.open_session(tenant, user, origin, None).await
+        self.open_session(tenant, user, origin, None, None).await
     }
 
     /// Records the login on the user's stream — where the aggregate may still refuse it — and
@@ -216,8 +222,9 @@ impl Services {
         user: UserRow,
         origin: &RequestOrigin,
         verified_hash: Option<String>,
+        second_factor: Option<SecondFactor>,
     ) -> Result<SignedIn, ApiError> {
-        let (token, stored) = SessionToken::generate(tenant.id);
+        let (token, stored) = BearerToken::generate(TokenKind::Session, tenant.id);
         let session_id = Uuid::now_v7();
         let at = chrono::Utc::now();
         let command = UserCommand::RecordLoginSuccess {
@@ -225,9 +232,11 @@ impl Services {
             origin: origin.login_origin(),
             at,
             verified_hash,
+            second_factor,
         };
+        // Waits for the read models: the login is in the history the client may ask for next.
         match self
-            .record_login(&tenant, user.id, command, origin.request_id, false)
+            .record_login(&tenant, user.id, command, origin.request_id, true)
             .await
         {
             Ok(()) => {}
@@ -249,13 +258,14 @@ impl Services {
 
     /// Logs in with the organisation's slug, an email and a password. Every failure — unknown
     /// organisation, unknown email, wrong password — gives the same error after the same work.
+    /// A user with a second factor gets a challenge to complete with [`Self::complete_login`].
     pub async fn login(
         &self,
         slug: &str,
         email: &str,
         password: SecretString,
         origin: &RequestOrigin,
-    ) -> Result<SignedIn, ApiError> {
+    ) -> Result<LoginOutcome, ApiError> {
         let tenant = match check_slug(slug) {
             Ok(()) => self
                 .tenancy
@@ -281,11 +291,16 @@ impl Services {
         let matched = self.passwords.verify(hash, password).await?;
         match (tenant, credentials) {
             (Some(tenant), Some(credentials)) if !locked && matched && credentials.active => {
+                if credentials.two_factor {
+                    return self.challenge(&tenant, credentials).await;
+                }
                 let user = users::user(&tenant.pool, credentials.id)
                     .await?
                     .ok_or(ApiError::InvalidCredentials)?;
-                self.open_session(tenant, user, origin, Some(credentials.password_hash))
-                    .await
+                let session = self
+                    .open_session(tenant, user, origin, Some(credentials.password_hash), None)
+                    .await?;
+                Ok(LoginOutcome::SignedIn(session))
             }
             (Some(tenant), Some(credentials)) => {
                 let reason = match (locked, matched) {
@@ -307,12 +322,14 @@ impl Services {
     /// Ends the principal's session.
     pub async fn logout(&self, principal: &Principal, request_id: Uuid) -> Result<(), ApiError> {
         let tenant = &principal.tenant;
-        sessions::revoke(&tenant.pool, principal.session_id).await?;
-        let command = UserCommand::RecordLogout {
-            session_id: principal.session_id,
+        let (user, session_id) = match &principal.subject {
+            Subject::User { user, session_id } => (user, *session_id),
+            Subject::ApiToken(_) => return Err(ApiError::Forbidden),
         };
+        sessions::revoke(&tenant.pool, session_id).await?;
+        let command = UserCommand::RecordLogout { session_id };
         Ok(self
-            .record_login(tenant, principal.user.id, command, request_id, false)
+            .record_login(tenant, user.id, command, request_id, false)
             .await?)
     }
 
@@ -328,7 +345,7 @@ impl Services {
         let session = sessions::find(&tenant.pool, session_id)
             .await?
             .ok_or(ApiError::NotFound)?;
-        if session.user_id != principal.user.id && !principal.user.is_admin {
+        if session.user_id != principal.user()?.id && !principal.is_admin() {
             return Err(ApiError::NotFound);
         }
         sessions::revoke(&tenant.pool, session_id).await?;
@@ -345,13 +362,14 @@ impl Services {
         request_id: Uuid,
     ) -> Result<usize, ApiError> {
         let tenant = &principal.tenant;
-        let live = sessions::live(&tenant.pool, principal.user.id, self.sessions).await?;
-        sessions::revoke_all(&tenant.pool, principal.user.id, None).await?;
+        let user_id = principal.user()?.id;
+        let live = sessions::live(&tenant.pool, user_id, self.sessions).await?;
+        sessions::revoke_all(&tenant.pool, user_id, None).await?;
         for session in &live {
             let command = UserCommand::RecordLogout {
                 session_id: session.id,
             };
-            self.record_login(tenant, principal.user.id, command, request_id, false)
+            self.record_login(tenant, user_id, command, request_id, false)
                 .await
                 .map_err(ApiError::from)?;
         }
@@ -405,7 +423,7 @@ impl Services {
     /// concurrent attempts race for the stream's next sequence number (a burst of attempts on
     /// one account must never answer differently from attempts on a missing one), and waits
     /// for the read models only when asked (failures: a lock must be visible to the next
-    /// attempt).
+    /// attempt; successes: the login is in the history the client may read next).
     async fn record_login(
         &self,
         tenant: &Tenant,
@@ -415,7 +433,7 @@ impl Services {
         wait: bool,
     ) -> Result<(), AggregateError<UserError>> {
         let id = user_id.to_string();
-        let metadata = EventMetadata::new(user_id, request_id).to_map();
+        let metadata = EventMetadata::new(Actor::User(user_id), request_id).to_map();
         let mut attempts = 0;
         loop {
             attempts += 1;
@@ -458,7 +476,7 @@ impl Services {
         users::user(&tenant.pool, id)
             .await?
             .ok_or(ApiError::NotFound)?;
-        let metadata = EventMetadata::new(principal.user.id, request_id);
+        let metadata = EventMetadata::new(principal.actor(), request_id);
         self.execute(tenant, &tenant.users, id, UserCommand::Unlock, metadata)
             .await?;
         users::user(&tenant.pool, id)
@@ -466,10 +484,14 @@ impl Services {
             .ok_or(ApiError::NotFound)
     }
 
-    /// The principal for a bearer token; `None` when the token is malformed, unknown,
-    /// revoked or expired, or its user is inactive.
-    pub async fn authenticate(&self, token: &str) -> Result<Option<Principal>, ApiError> {
-        let Some(parsed) = SessionToken::parse(token) else {
+    /// The principal for a bearer token — a session's or an API token's; `None` when the
+    /// token is malformed, unknown, revoked or expired, or its user is inactive.
+    pub async fn authenticate(
+        &self,
+        token: &str,
+        origin: &RequestOrigin,
+    ) -> Result<Option<Principal>, ApiError> {
+        let Some(parsed) = BearerToken::parse(token) else {
             return Ok(None);
         };
         let Some(tenant) = self
@@ -480,20 +502,29 @@ impl Services {
         else {
             return Ok(None);
         };
-        let Some((session_id, user, grants)) =
-            sessions::authenticate(&tenant.pool, &parsed.hash, self.sessions).await?
-        else {
-            return Ok(None);
-        };
-        if !user.active {
-            return Ok(None);
+        match parsed.kind {
+            TokenKind::Session => {
+                let Some(live) =
+                    sessions::authenticate(&tenant.pool, &parsed.hash, self.sessions).await?
+                else {
+                    return Ok(None);
+                };
+                if !live.user.active {
+                    return Ok(None);
+                }
+                Ok(Some(Principal {
+                    tenant,
+                    subject: Subject::User {
+                        user: live.user,
+                        session_id: live.session_id,
+                    },
+                    grants: live.grants,
+                    two_factor_required: live.two_factor_required,
+                }))
+            }
+            TokenKind::ApiToken => self.authenticate_api_token(tenant, &parsed, origin).await,
+            TokenKind::LoginChallenge => Ok(None),
         }
-        Ok(Some(Principal {
-            tenant,
-            user,
-            session_id,
-            grants,
-        }))
     }
 }
 

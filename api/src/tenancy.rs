@@ -11,17 +11,15 @@ use std::time::{Duration, Instant};
 
 use cqrs_es::persist::PersistedEventStore;
 use cqrs_es::{Aggregate, CqrsFramework};
-use custos_domain::{Record, Role, User};
-use secrecy::ExposeSecret;
+use custos_domain::{ApiToken, Organization, Record, Role, User};
+use secrecy::{ExposeSecret, SecretBox};
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 use tokio::sync::RwLock;
 use uuid::Uuid;
 
-use crate::event_store::{
-    CustosEventRepository, EventCodec, EventLog, RecordCqrs, RoleCqrs, UserCqrs,
-};
+use crate::event_store::{Cqrs, CustosEventRepository, EventCodec, EventLog};
 use crate::keys::{scram_sha256_verifier, MasterKey};
 use crate::projector::Projectors;
 
@@ -94,10 +92,14 @@ pub struct Tenant {
     /// Connects as the tenant's own login role, to the tenant's own database.
     pub pool: PgPool,
     pub log: EventLog,
-    pub records: RecordCqrs,
-    pub users: UserCqrs,
-    pub roles: RoleCqrs,
+    pub records: Cqrs<Record>,
+    pub users: Cqrs<User>,
+    pub roles: Cqrs<Role>,
+    pub organization: Cqrs<Organization>,
+    pub api_tokens: Cqrs<ApiToken>,
     pub projectors: Projectors,
+    /// Encrypts the tenant's TOTP secrets; derived from the master key, never stored.
+    pub two_factor_key: SecretBox<[u8; 32]>,
     /// When a request last used this context; idle contexts are closed.
     last_used: std::sync::Mutex<Instant>,
 }
@@ -113,6 +115,22 @@ impl Tenant {
             .unwrap_or_else(|e| e.into_inner())
             .elapsed()
     }
+}
+
+/// The command side of one aggregate type in a tenant database; its commits wake the
+/// projectors that read that type.
+fn framework<A>(pool: &PgPool, codec: &EventCodec, projectors: &Projectors) -> Cqrs<A>
+where
+    A: Aggregate<Services = ()>,
+{
+    CqrsFramework::new(
+        PersistedEventStore::new_event_store(CustosEventRepository::new(
+            pool.clone(),
+            codec.clone(),
+        )),
+        vec![Box::new(projectors.waker(A::TYPE))],
+        (),
+    )
 }
 
 /// A PostgreSQL server that hosts tenant databases.
@@ -457,27 +475,6 @@ impl Tenancy {
         let log = EventLog::new(pool.clone(), codec.clone());
         let projectors =
             Projectors::spawn(row.id, pool.clone(), log.clone(), custos_projections::all());
-        let records = CqrsFramework::new(
-            PersistedEventStore::new_event_store(CustosEventRepository::new(
-                pool.clone(),
-                codec.clone(),
-            )),
-            vec![Box::new(projectors.waker(Record::TYPE))],
-            (),
-        );
-        let users = CqrsFramework::new(
-            PersistedEventStore::new_event_store(CustosEventRepository::new(
-                pool.clone(),
-                codec.clone(),
-            )),
-            vec![Box::new(projectors.waker(User::TYPE))],
-            (),
-        );
-        let roles = CqrsFramework::new(
-            PersistedEventStore::new_event_store(CustosEventRepository::new(pool.clone(), codec)),
-            vec![Box::new(projectors.waker(Role::TYPE))],
-            (),
-        );
         Ok(Tenant {
             id: row.id,
             slug: row.slug.clone(),
@@ -486,11 +483,17 @@ impl Tenancy {
                 .region
                 .parse()
                 .map_err(|()| anyhow::anyhow!("unknown region"))?,
+            records: framework(&pool, &codec, &projectors),
+            users: framework(&pool, &codec, &projectors),
+            roles: framework(&pool, &codec, &projectors),
+            organization: framework(&pool, &codec, &projectors),
+            api_tokens: framework(&pool, &codec, &projectors),
+            two_factor_key: SecretBox::new(Box::new(
+                self.master_key
+                    .derive(&format!("custos/two-factor-secrets/{}", row.id)),
+            )),
             pool,
             log,
-            records,
-            users,
-            roles,
             projectors,
             last_used: std::sync::Mutex::new(Instant::now()),
         })

@@ -1,17 +1,21 @@
 //! The write model of Custos: aggregates, commands, events, value objects. Pure: no I/O.
 
+pub mod api_token;
 pub mod datasheet;
 pub mod metadata;
+pub mod organization;
 pub mod permission;
 pub mod record;
 pub mod role;
 pub mod user;
 pub mod values;
 
+pub use api_token::{ApiToken, ApiTokenCommand, ApiTokenError, ApiTokenEvent, TokenRefusal};
 pub use datasheet::{Datasheet, FieldKind, FieldSpec};
-pub use metadata::EventMetadata;
+pub use metadata::{Actor, EventMetadata};
+pub use organization::{Organization, OrganizationCommand, OrganizationEvent};
 pub use permission::{Grant, Grants, Permission};
 pub use record::{Record, RecordCommand, RecordError, RecordEvent};
 pub use role::{Role, RoleCommand, RoleError, RoleEvent, RoleName};
-pub use user::{LoginFailure, LoginOrigin, User, UserCommand, UserError, UserEvent};
+pub use user::{LoginFailure, LoginOrigin, SecondFactor, User, UserCommand, UserError, UserEvent};
 pub use values::{Email, PersonName, Phone, ValueError};

@@ -5,15 +5,39 @@ use std::collections::HashMap;
 
 use uuid::Uuid;
 
-const ACTOR: &str = "actor_user_id";
+const ACTOR: &str = "actor_id";
+const ACTOR_KIND: &str = "actor_kind";
 const REQUEST: &str = "request_id";
 const COMMAND: &str = "command_id";
+
+/// Who a command ran as: a user, or an integration through an API token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Actor {
+    User(Uuid),
+    ApiToken(Uuid),
+}
+
+impl Actor {
+    pub fn id(self) -> Uuid {
+        match self {
+            Actor::User(id) | Actor::ApiToken(id) => id,
+        }
+    }
+
+    /// `user` or `api_token`, as stored.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Actor::User(_) => "user",
+            Actor::ApiToken(_) => "api_token",
+        }
+    }
+}
 
 /// The metadata every event carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EventMetadata {
-    /// The user on whose behalf the command ran.
-    pub actor_user_id: Uuid,
+    /// On whose behalf the command ran.
+    pub actor: Actor,
     /// The HTTP request (or CLI invocation) that issued the command.
     pub request_id: Uuid,
     /// The command itself; all events of one command share it.
@@ -21,10 +45,10 @@ pub struct EventMetadata {
 }
 
 impl EventMetadata {
-    /// Metadata for a new command by `actor_user_id` within `request_id`.
-    pub fn new(actor_user_id: Uuid, request_id: Uuid) -> Self {
+    /// Metadata for a new command by `actor` within `request_id`.
+    pub fn new(actor: Actor, request_id: Uuid) -> Self {
         Self {
-            actor_user_id,
+            actor,
             request_id,
             command_id: Uuid::now_v7(),
         }
@@ -33,7 +57,8 @@ impl EventMetadata {
     /// The form cqrs-es stores.
     pub fn to_map(self) -> HashMap<String, String> {
         HashMap::from([
-            (ACTOR.to_owned(), self.actor_user_id.to_string()),
+            (ACTOR.to_owned(), self.actor.id().to_string()),
+            (ACTOR_KIND.to_owned(), self.actor.kind().to_owned()),
             (REQUEST.to_owned(), self.request_id.to_string()),
             (COMMAND.to_owned(), self.command_id.to_string()),
         ])
@@ -42,8 +67,14 @@ impl EventMetadata {
     /// Reads stored metadata; `None` when a required id is missing or malformed.
     pub fn from_map(map: &HashMap<String, String>) -> Option<Self> {
         let id = |key: &str| map.get(key).and_then(|v| Uuid::parse_str(v).ok());
+        let actor_id = id(ACTOR)?;
+        let actor = match map.get(ACTOR_KIND).map(String::as_str) {
+            Some("user") => Actor::User(actor_id),
+            Some("api_token") => Actor::ApiToken(actor_id),
+            _ => return None,
+        };
         Some(Self {
-            actor_user_id: id(ACTOR)?,
+            actor,
             request_id: id(REQUEST)?,
             command_id: id(COMMAND)?,
         })
@@ -56,8 +87,14 @@ mod tests {
 
     #[test]
     fn metadata_round_trips_through_the_stored_form() {
-        let meta = EventMetadata::new(Uuid::now_v7(), Uuid::now_v7());
-        assert_eq!(EventMetadata::from_map(&meta.to_map()), Some(meta));
+        for actor in [Actor::User(Uuid::now_v7()), Actor::ApiToken(Uuid::now_v7())] {
+            let meta = EventMetadata::new(actor, Uuid::now_v7());
+            assert_eq!(EventMetadata::from_map(&meta.to_map()), Some(meta));
+        }
         assert_eq!(EventMetadata::from_map(&HashMap::new()), None);
+        let mut unknown_kind =
+            EventMetadata::new(Actor::User(Uuid::now_v7()), Uuid::now_v7()).to_map();
+        unknown_kind.insert(ACTOR_KIND.to_owned(), "robot".to_owned());
+        assert_eq!(EventMetadata::from_map(&unknown_kind), None);
     }
 }

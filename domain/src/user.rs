@@ -35,6 +35,9 @@ pub struct User {
     locked_until: Option<DateTime<Utc>>,
     /// The current password hash, so a login checked against an older one is refused.
     password_hash: Option<String>,
+    /// Whether logins need a second factor (TOTP or a recovery code). The secret itself is
+    /// kept outside the event log, encrypted.
+    two_factor: bool,
     version: u64,
 }
 
@@ -61,6 +64,16 @@ pub enum LoginFailure {
     Deactivated,
     /// The account was locked after repeated failures; the password was not checked.
     Locked,
+    /// The password was right but the TOTP or recovery code was not.
+    WrongSecondFactor,
+}
+
+/// The second factor that completed a login.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecondFactor {
+    Totp,
+    RecoveryCode,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -102,12 +115,14 @@ pub enum UserCommand {
     /// refuses (`LoginRefused`) when the account is deactivated or locked, or when
     /// `verified_hash` is no longer the current password (reset or changed meanwhile), so a
     /// decision taken on a stale read model never opens a session. `None` skips the hash check
-    /// (the sign-up that just registered the user).
+    /// (the sign-up that just registered the user). A user enrolled in two-factor
+    /// authentication needs `second_factor`.
     RecordLoginSuccess {
         session_id: Uuid,
         origin: LoginOrigin,
         at: DateTime<Utc>,
         verified_hash: Option<String>,
+        second_factor: Option<SecondFactor>,
     },
     /// A failed attempt at `at`; the tenth within the failure window locks the account.
     RecordLoginFailure {
@@ -117,6 +132,16 @@ pub enum UserCommand {
     },
     /// An administrator lifts a lock before it expires.
     Unlock,
+    /// The user confirmed a TOTP code from a new authenticator (the service checked it).
+    EnableTwoFactor,
+    /// The user turned two-factor authentication off (the service checked their password
+    /// and that the organisation does not require it).
+    DisableTwoFactor,
+    /// An administrator removed the user's second factor (a lost device); the user may
+    /// enrol again.
+    ResetTwoFactor,
+    /// The user replaced their recovery codes.
+    RegenerateRecoveryCodes,
     RecordLogout {
         session_id: Uuid,
     },
@@ -156,6 +181,8 @@ pub enum UserEvent {
     LoginSucceeded {
         session_id: Uuid,
         origin: LoginOrigin,
+        #[serde(default)]
+        second_factor: Option<SecondFactor>,
     },
     LoginFailed {
         reason: LoginFailure,
@@ -169,6 +196,10 @@ pub enum UserEvent {
     LoggedOut {
         session_id: Uuid,
     },
+    TwoFactorEnabled,
+    TwoFactorDisabled,
+    TwoFactorReset,
+    RecoveryCodesRegenerated,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -183,6 +214,10 @@ pub enum UserError {
     AlreadyActive,
     #[error("the login was refused")]
     LoginRefused(LoginFailure),
+    #[error("two-factor authentication is already on")]
+    TwoFactorAlreadyEnabled,
+    #[error("two-factor authentication is not on")]
+    TwoFactorNotEnabled,
     #[error("field `{field}` {reason}")]
     InvalidField { field: String, reason: ValueError },
 }
@@ -205,6 +240,10 @@ impl DomainEvent for UserEvent {
             UserEvent::LoginLocked { .. } => "LoginLocked",
             UserEvent::LoginUnlocked => "LoginUnlocked",
             UserEvent::LoggedOut { .. } => "LoggedOut",
+            UserEvent::TwoFactorEnabled => "TwoFactorEnabled",
+            UserEvent::TwoFactorDisabled => "TwoFactorDisabled",
+            UserEvent::TwoFactorReset => "TwoFactorReset",
+            UserEvent::RecoveryCodesRegenerated => "RecoveryCodesRegenerated",
         }
         .to_owned()
     }
@@ -241,6 +280,10 @@ impl User {
 
     pub fn must_change_password(&self) -> bool {
         self.must_change_password
+    }
+
+    pub fn has_two_factor(&self) -> bool {
+        self.two_factor
     }
 
     /// Whether a lock is in force at `at`.
@@ -354,6 +397,7 @@ impl Aggregate for User {
                 origin,
                 at,
                 verified_hash,
+                second_factor,
             } => {
                 self.existing()?;
                 if self.deactivated {
@@ -365,7 +409,14 @@ impl Aggregate for User {
                 if verified_hash.is_some_and(|hash| Some(hash) != self.password_hash) {
                     return Err(UserError::LoginRefused(LoginFailure::WrongPassword));
                 }
-                UserEvent::LoginSucceeded { session_id, origin }
+                if self.two_factor && second_factor.is_none() {
+                    return Err(UserError::LoginRefused(LoginFailure::WrongSecondFactor));
+                }
+                UserEvent::LoginSucceeded {
+                    session_id,
+                    origin,
+                    second_factor,
+                }
             }
             UserCommand::RecordLoginFailure { reason, origin, at } => {
                 self.existing()?;
@@ -397,6 +448,34 @@ impl Aggregate for User {
             UserCommand::RecordLogout { session_id } => {
                 self.existing()?;
                 UserEvent::LoggedOut { session_id }
+            }
+            UserCommand::EnableTwoFactor => {
+                self.existing()?;
+                if self.two_factor {
+                    return Err(UserError::TwoFactorAlreadyEnabled);
+                }
+                UserEvent::TwoFactorEnabled
+            }
+            UserCommand::DisableTwoFactor => {
+                self.existing()?;
+                if !self.two_factor {
+                    return Err(UserError::TwoFactorNotEnabled);
+                }
+                UserEvent::TwoFactorDisabled
+            }
+            UserCommand::ResetTwoFactor => {
+                self.existing()?;
+                if !self.two_factor {
+                    return Err(UserError::TwoFactorNotEnabled);
+                }
+                UserEvent::TwoFactorReset
+            }
+            UserCommand::RegenerateRecoveryCodes => {
+                self.existing()?;
+                if !self.two_factor {
+                    return Err(UserError::TwoFactorNotEnabled);
+                }
+                UserEvent::RecoveryCodesRegenerated
             }
         };
         sink.write(event, self).await;
@@ -455,7 +534,9 @@ impl Aggregate for User {
                 self.locked_until = None;
                 self.failures.clear();
             }
-            UserEvent::LoggedOut { .. } => {}
+            UserEvent::LoggedOut { .. } | UserEvent::RecoveryCodesRegenerated => {}
+            UserEvent::TwoFactorEnabled => self.two_factor = true,
+            UserEvent::TwoFactorDisabled | UserEvent::TwoFactorReset => self.two_factor = false,
         }
     }
 }
@@ -628,10 +709,12 @@ mod tests {
                 origin: origin(),
                 at: t(0),
                 verified_hash: Some("$argon2id$test".into()),
+                second_factor: None,
             })
             .then_expect_events(vec![UserEvent::LoginSucceeded {
                 session_id,
                 origin: origin(),
+                second_factor: None,
             }]);
         UserTest::with(())
             .given(vec![registered()])
@@ -707,6 +790,7 @@ mod tests {
         reset.push(UserEvent::LoginSucceeded {
             session_id: Uuid::nil(),
             origin: origin(),
+            second_factor: None,
         });
         reset.extend((5..9).map(failed));
         UserTest::with(())
@@ -721,6 +805,7 @@ mod tests {
             origin: origin(),
             at: t(minute),
             verified_hash: Some(hash.into()),
+            second_factor: None,
         }
     }
 
@@ -737,6 +822,7 @@ mod tests {
             .then_expect_events(vec![UserEvent::LoginSucceeded {
                 session_id: Uuid::nil(),
                 origin: origin(),
+                second_factor: None,
             }]);
         UserTest::with(())
             .given(vec![registered(), UserEvent::UserDeactivated])
@@ -751,6 +837,89 @@ mod tests {
             ])
             .when(succeed_at(0, "$argon2id$test"))
             .then_expect_error(UserError::LoginRefused(LoginFailure::WrongPassword));
+    }
+
+    #[test]
+    fn enrolled_users_log_in_only_with_a_second_factor() {
+        let enrolled = vec![registered(), UserEvent::TwoFactorEnabled];
+        UserTest::with(())
+            .given(enrolled.clone())
+            .when(succeed_at(0, "$argon2id$test"))
+            .then_expect_error(UserError::LoginRefused(LoginFailure::WrongSecondFactor));
+        UserTest::with(())
+            .given(enrolled.clone())
+            .when(UserCommand::RecordLoginSuccess {
+                session_id: Uuid::nil(),
+                origin: origin(),
+                at: t(0),
+                verified_hash: Some("$argon2id$test".into()),
+                second_factor: Some(SecondFactor::RecoveryCode),
+            })
+            .then_expect_events(vec![UserEvent::LoginSucceeded {
+                session_id: Uuid::nil(),
+                origin: origin(),
+                second_factor: Some(SecondFactor::RecoveryCode),
+            }]);
+        let mut given = enrolled.clone();
+        given.extend((0..9).map(|m| UserEvent::LoginFailed {
+            reason: LoginFailure::WrongSecondFactor,
+            origin: origin(),
+            at: t(m),
+        }));
+        let locks = UserTest::with(())
+            .given(given)
+            .when(UserCommand::RecordLoginFailure {
+                reason: LoginFailure::WrongSecondFactor,
+                origin: origin(),
+                at: t(9),
+            })
+            .inspect_result()
+            .unwrap();
+        assert!(
+            matches!(locks.last(), Some(UserEvent::LoginLocked { .. })),
+            "wrong codes count toward the lock: {locks:?}"
+        );
+    }
+
+    #[test]
+    fn two_factor_is_enabled_once_and_removed_by_its_user_or_an_administrator() {
+        UserTest::with(())
+            .given(vec![registered()])
+            .when(UserCommand::EnableTwoFactor)
+            .then_expect_events(vec![UserEvent::TwoFactorEnabled]);
+        let enrolled = vec![registered(), UserEvent::TwoFactorEnabled];
+        UserTest::with(())
+            .given(enrolled.clone())
+            .when(UserCommand::EnableTwoFactor)
+            .then_expect_error(UserError::TwoFactorAlreadyEnabled);
+        UserTest::with(())
+            .given(enrolled.clone())
+            .when(UserCommand::ResetTwoFactor)
+            .then_expect_events(vec![UserEvent::TwoFactorReset]);
+        UserTest::with(())
+            .given(enrolled)
+            .when(UserCommand::DisableTwoFactor)
+            .then_expect_events(vec![UserEvent::TwoFactorDisabled]);
+        for command in [
+            UserCommand::DisableTwoFactor,
+            UserCommand::ResetTwoFactor,
+            UserCommand::RegenerateRecoveryCodes,
+        ] {
+            UserTest::with(())
+                .given(vec![
+                    registered(),
+                    UserEvent::TwoFactorEnabled,
+                    UserEvent::TwoFactorReset,
+                ])
+                .when(command)
+                .then_expect_error(UserError::TwoFactorNotEnabled);
+        }
+        let mut user = User::default();
+        user.apply(registered());
+        user.apply(UserEvent::TwoFactorEnabled);
+        assert!(user.has_two_factor());
+        user.apply(UserEvent::TwoFactorReset);
+        assert!(!user.has_two_factor());
     }
 
     #[test]

@@ -39,7 +39,7 @@ impl Projection for EmployeesProjection {
         let AnyEvent::Record(record_event) = &event.event else {
             return Ok(());
         };
-        let actor = event.metadata.actor_user_id;
+        let actor = event.metadata.actor.id();
         match record_event {
             RecordEvent::RecordCreated { datasheet, fields } => {
                 if *datasheet != Datasheet::Employees {

@@ -4,13 +4,18 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
-use custos_domain::{EventMetadata, Record, RecordEvent, Role, RoleEvent, User, UserEvent};
+use custos_domain::{
+    ApiToken, ApiTokenEvent, EventMetadata, Organization, OrganizationEvent, Record, RecordEvent,
+    Role, RoleEvent, User, UserEvent,
+};
 use serde_json::Value;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+pub mod api_tokens;
 pub mod employees;
 pub mod logins;
+pub mod organization;
 pub mod page;
 pub mod roles;
 pub mod users;
@@ -23,6 +28,8 @@ pub enum AnyEvent {
     Record(RecordEvent),
     User(UserEvent),
     Role(RoleEvent),
+    Organization(OrganizationEvent),
+    ApiToken(ApiTokenEvent),
 }
 
 impl AnyEvent {
@@ -33,6 +40,8 @@ impl AnyEvent {
             Record::TYPE => Some(AnyEvent::Record(serde_json::from_value(payload)?)),
             User::TYPE => Some(AnyEvent::User(serde_json::from_value(payload)?)),
             Role::TYPE => Some(AnyEvent::Role(serde_json::from_value(payload)?)),
+            Organization::TYPE => Some(AnyEvent::Organization(serde_json::from_value(payload)?)),
+            ApiToken::TYPE => Some(AnyEvent::ApiToken(serde_json::from_value(payload)?)),
             _ => None,
         })
     }
@@ -76,5 +85,7 @@ pub fn all() -> Vec<Box<dyn Projection>> {
         Box::new(roles::RolesProjection),
         Box::new(logins::LoginsProjection),
         Box::new(employees::EmployeesProjection),
+        Box::new(organization::OrganizationProjection),
+        Box::new(api_tokens::ApiTokensProjection),
     ]
 }

@@ -1,24 +1,102 @@
-//! The `logins` read model: every login, failed login, logout, lock and unlock, for the login
-//! history administrators and users see.
+//! The `logins` read model: every login, failed login, logout, lock and unlock of users, and
+//! every use and refusal of API tokens, for the login history administrators and users see.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use custos_domain::{LoginFailure, User, UserEvent};
+use custos_domain::{
+    ApiToken, ApiTokenEvent, LoginFailure, LoginOrigin, SecondFactor, TokenRefusal, User, UserEvent,
+};
 use sqlx::{PgConnection, QueryBuilder};
 use uuid::Uuid;
 
 use crate::{AnyEvent, Page, ProjectedEvent, Projection};
 
-/// Projects login-related User events into `logins`.
+/// Projects login-related User and ApiToken events into `logins`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LoginsProjection;
 
-fn reason(failure: LoginFailure) -> &'static str {
-    match failure {
+fn failure(reason: LoginFailure) -> &'static str {
+    match reason {
         LoginFailure::WrongPassword => "wrong_password",
         LoginFailure::Deactivated => "deactivated",
         LoginFailure::Locked => "locked",
+        LoginFailure::WrongSecondFactor => "wrong_second_factor",
     }
+}
+
+fn refusal(reason: TokenRefusal) -> &'static str {
+    match reason {
+        TokenRefusal::Revoked => "revoked",
+        TokenRefusal::Expired => "expired",
+    }
+}
+
+fn method(second_factor: SecondFactor) -> &'static str {
+    match second_factor {
+        SecondFactor::Totp => "totp",
+        SecondFactor::RecoveryCode => "recovery_code",
+    }
+}
+
+/// What one event adds to the history.
+#[derive(Default)]
+struct Entry<'a> {
+    event_type: String,
+    reason: Option<&'static str>,
+    session_id: Option<Uuid>,
+    second_factor: Option<&'static str>,
+    origin: Option<&'a LoginOrigin>,
+}
+
+fn user_entry(event: &UserEvent) -> Option<Entry<'_>> {
+    let event_type = cqrs_es::DomainEvent::event_type(event);
+    Some(match event {
+        UserEvent::LoginSucceeded {
+            session_id,
+            origin,
+            second_factor,
+        } => Entry {
+            event_type,
+            session_id: Some(*session_id),
+            second_factor: second_factor.map(method),
+            origin: Some(origin),
+            ..Entry::default()
+        },
+        UserEvent::LoginFailed { reason, origin, .. } => Entry {
+            event_type,
+            reason: Some(failure(*reason)),
+            origin: Some(origin),
+            ..Entry::default()
+        },
+        UserEvent::LoggedOut { session_id } => Entry {
+            event_type,
+            session_id: Some(*session_id),
+            ..Entry::default()
+        },
+        UserEvent::LoginLocked { .. } | UserEvent::LoginUnlocked => Entry {
+            event_type,
+            ..Entry::default()
+        },
+        _ => return None,
+    })
+}
+
+fn token_entry(event: &ApiTokenEvent) -> Option<Entry<'_>> {
+    let event_type = cqrs_es::DomainEvent::event_type(event);
+    Some(match event {
+        ApiTokenEvent::ApiTokenUsed { origin } => Entry {
+            event_type,
+            origin: Some(origin),
+            ..Entry::default()
+        },
+        ApiTokenEvent::ApiTokenRefused { reason, origin } => Entry {
+            event_type,
+            reason: Some(refusal(*reason)),
+            origin: Some(origin),
+            ..Entry::default()
+        },
+        _ => return None,
+    })
 }
 
 #[async_trait]
@@ -28,36 +106,35 @@ impl Projection for LoginsProjection {
     }
 
     fn aggregate_types(&self) -> &'static [&'static str] {
-        &[<User as cqrs_es::Aggregate>::TYPE]
+        &[
+            <User as cqrs_es::Aggregate>::TYPE,
+            <ApiToken as cqrs_es::Aggregate>::TYPE,
+        ]
     }
 
     async fn apply(&self, conn: &mut PgConnection, event: &ProjectedEvent) -> sqlx::Result<()> {
-        let AnyEvent::User(user_event) = &event.event else {
+        let (entry, user, token) = match &event.event {
+            AnyEvent::User(e) => (user_entry(e), Some(event.aggregate_id), None),
+            AnyEvent::ApiToken(e) => (token_entry(e), None, Some(event.aggregate_id)),
+            _ => (None, None, None),
+        };
+        let Some(entry) = entry else {
             return Ok(());
         };
-        let (reason, session, origin) = match user_event {
-            UserEvent::LoginSucceeded { session_id, origin } => {
-                (None, Some(*session_id), Some(origin))
-            }
-            UserEvent::LoginFailed {
-                reason: r, origin, ..
-            } => (Some(reason(*r)), None, Some(origin)),
-            UserEvent::LoggedOut { session_id } => (None, Some(*session_id), None),
-            UserEvent::LoginLocked { .. } | UserEvent::LoginUnlocked => (None, None, None),
-            _ => return Ok(()),
-        };
-        let event_type = cqrs_es::DomainEvent::event_type(user_event);
         sqlx::query(
-            "INSERT INTO logins (global_position, user_id, event_type, reason, session_id, ip, user_agent, recorded_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (global_position) DO NOTHING",
+            "INSERT INTO logins (global_position, user_id, api_token_id, event_type, reason, session_id,
+                                 second_factor, ip, user_agent, recorded_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (global_position) DO NOTHING",
         )
         .bind(event.global_position)
-        .bind(event.aggregate_id)
-        .bind(event_type)
-        .bind(reason)
-        .bind(session)
-        .bind(origin.and_then(|o| o.ip.clone()))
-        .bind(origin.and_then(|o| o.user_agent.clone()))
+        .bind(user)
+        .bind(token)
+        .bind(entry.event_type)
+        .bind(entry.reason)
+        .bind(entry.session_id)
+        .bind(entry.second_factor)
+        .bind(entry.origin.and_then(|o| o.ip.clone()))
+        .bind(entry.origin.and_then(|o| o.user_agent.clone()))
         .bind(event.recorded_at)
         .execute(conn)
         .await?;
@@ -74,10 +151,13 @@ impl Projection for LoginsProjection {
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct LoginRow {
     pub global_position: i64,
-    pub user_id: Uuid,
+    /// The user who logged in, or whose login failed; `None` for API token entries.
+    pub user_id: Option<Uuid>,
+    pub api_token_id: Option<Uuid>,
     pub event_type: String,
     pub reason: Option<String>,
     pub session_id: Option<Uuid>,
+    pub second_factor: Option<String>,
     pub ip: Option<String>,
     pub user_agent: Option<String>,
     pub recorded_at: DateTime<Utc>,
@@ -87,6 +167,7 @@ pub struct LoginRow {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct HistoryFilter {
     pub user: Option<Uuid>,
+    pub api_token: Option<Uuid>,
     pub from: Option<DateTime<Utc>>,
     pub to: Option<DateTime<Utc>>,
 }
@@ -95,6 +176,9 @@ fn push_filter(query: &mut QueryBuilder<'_, sqlx::Postgres>, filter: HistoryFilt
     query.push(" WHERE true");
     if let Some(user) = filter.user {
         query.push(" AND user_id = ").push_bind(user);
+    }
+    if let Some(token) = filter.api_token {
+        query.push(" AND api_token_id = ").push_bind(token);
     }
     if let Some(from) = filter.from {
         query.push(" AND recorded_at >= ").push_bind(from);
@@ -113,7 +197,8 @@ pub async fn history(
 ) -> sqlx::Result<Page<LoginRow>> {
     let first = first.clamp(1, crate::page::MAX_PAGE);
     let mut query = QueryBuilder::new(
-        "SELECT global_position, user_id, event_type, reason, session_id, ip, user_agent, recorded_at FROM logins",
+        "SELECT global_position, user_id, api_token_id, event_type, reason, session_id, second_factor,
+                ip, user_agent, recorded_at FROM logins",
     );
     push_filter(&mut query, filter);
     if let Some(before) = before {

@@ -109,9 +109,16 @@ impl Projection for UsersProjection {
             UserEvent::LoginUnlocked => {
                 update(conn, event, "locked_until = $3", None::<DateTime<Utc>>).await?;
             }
+            UserEvent::TwoFactorEnabled
+            | UserEvent::TwoFactorDisabled
+            | UserEvent::TwoFactorReset => {
+                let enrolled = matches!(user_event, UserEvent::TwoFactorEnabled);
+                update(conn, event, "two_factor = $3", enrolled).await?;
+            }
             UserEvent::LoginSucceeded { .. }
             | UserEvent::LoginFailed { .. }
-            | UserEvent::LoggedOut { .. } => {
+            | UserEvent::LoggedOut { .. }
+            | UserEvent::RecoveryCodesRegenerated => {
                 sqlx::query("UPDATE users SET version = $2 WHERE id = $1 AND version < $2")
                     .bind(event.aggregate_id)
                     .bind(event.sequence)
@@ -161,6 +168,8 @@ pub struct UserRow {
     pub active: bool,
     pub roles: Vec<Uuid>,
     pub must_change_password: bool,
+    /// Whether the user logs in with a second factor.
+    pub two_factor: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -172,10 +181,12 @@ pub struct Credentials {
     pub password_hash: String,
     pub active: bool,
     pub locked_until: Option<DateTime<Utc>>,
+    pub two_factor: bool,
 }
 
-const USER_COLUMNS: &str =
-    "id, version, email, name, is_admin, active, roles, must_change_password, created_at, updated_at";
+/// The columns of [`UserRow`], for queries that select users.
+pub const USER_COLUMNS: &str =
+    "id, version, email, name, is_admin, active, roles, must_change_password, two_factor, created_at, updated_at";
 
 /// The user with this id.
 pub async fn user<'e>(db: impl PgExecutor<'e>, id: Uuid) -> sqlx::Result<Option<UserRow>> {
@@ -201,7 +212,7 @@ pub async fn credentials<'e>(
     email_normalized: &str,
 ) -> sqlx::Result<Option<Credentials>> {
     sqlx::query_as(
-        "SELECT id, password_hash, active, locked_until FROM users WHERE email_normalized = $1",
+        "SELECT id, password_hash, active, locked_until, two_factor FROM users WHERE email_normalized = $1",
     )
     .bind(email_normalized)
     .fetch_optional(db)

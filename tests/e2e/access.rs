@@ -144,7 +144,7 @@ async fn only_administrators_manage_users_and_roles_and_refusals_are_logged() {
         assert_eq!(response.code(), Some("FORBIDDEN"), "{query}: {}", response.body);
     }
     assert!(
-        logs().contains(&format!("user.id=Some({})", manager.user_id)),
+        logs().contains(&format!("actor.id=Some({})", manager.user_id)),
         "refusals are security log lines"
     );
     app.graphql(Some(&manager.token), CREATE, json!({}))

@@ -74,6 +74,20 @@ fn rows() -> BTreeMap<(&'static str, &'static str), Row> {
         (("Mutation", "updateEmployee"), row(Employees("update"), "mutation($employee: ID!) { updateEmployee(id: $employee, input: { department: \"Matrix\" }) { id } }", true)),
         (("Mutation", "archiveRecord"), row(Employees("archive"), "mutation($employee: ID!) { archiveRecord(id: $employee) { id } }", true)),
         (("Mutation", "restoreRecord"), row(Employees("archive"), "mutation($employee: ID!) { restoreRecord(id: $employee) { id } }", true)),
+        (("Query", "apiTokens"), row(Admin, "{ apiTokens(includeInactive: true) { totalCount } }", false)),
+        (("Mutation", "createApiToken"), row(Admin, "mutation($role: ID!) { createApiToken(input: { name: \"Matrix\", roleId: $role }) { token } }", true)),
+        // Revoking twice is refused (VALIDATION) after authorization.
+        (("Mutation", "revokeApiToken"), row(Admin, "mutation($token: ID!) { revokeApiToken(id: $token) { id } }", true)),
+        // A made-up challenge is refused by the login itself, not by the policy.
+        (("Mutation", "completeLogin"), row(Anyone, "mutation { completeLogin(challenge: \"cuc_made_up\", code: \"123456\") { token } }", false)),
+        (("Mutation", "beginTwoFactorEnrolment"), row(Session, "mutation { beginTwoFactorEnrolment { otpauthUri } }", false)),
+        // A code that can never match: refused (VALIDATION) after authorization.
+        (("Mutation", "confirmTwoFactorEnrolment"), row(Session, "mutation { confirmTwoFactorEnrolment(code: \"abc\") }", false)),
+        (("Mutation", "regenerateRecoveryCodes"), row(SignedIn, "mutation { regenerateRecoveryCodes(code: \"abc\") }", false)),
+        (("Mutation", "disableTwoFactor"), row(SignedIn, "mutation { disableTwoFactor(password: \"not the password\") { id } }", false)),
+        // The victim has no second factor: refused (VALIDATION) after authorization.
+        (("Mutation", "resetTwoFactor"), row(Admin, "mutation($user: ID!) { resetTwoFactor(userId: $user) { id } }", true)),
+        (("Mutation", "setTwoFactorRequired"), row(Admin, "mutation { setTwoFactorRequired(required: false) }", false)),
         // Last: these end the caller's sessions.
         (("Mutation", "logout"), row(Session, "mutation { logout }", false)),
         (("Mutation", "logoutEverywhere"), row(Session, "mutation { logoutEverywhere }", false)),
@@ -87,6 +101,7 @@ struct Objects {
     user: String,
     session: String,
     role: String,
+    api_token: String,
     slug: String,
     login_email: String,
 }
@@ -114,6 +129,8 @@ async fn objects(app: &TestApp, admin: &Session) -> Objects {
         .user_with_roles(admin, std::slice::from_ref(&role))
         .await;
     let login = app.user_with_roles(admin, &[]).await;
+    let viewer = app.role_id(admin, "Viewer").await;
+    let (_, api_token) = app.api_token(admin, "Victim token", &viewer).await;
     let sessions = app
         .graphql(
             Some(&admin.token),
@@ -127,6 +144,7 @@ async fn objects(app: &TestApp, admin: &Session) -> Objects {
         user: victim.user_id.to_string(),
         session: sessions.data("sessions.0.id").as_str().unwrap().to_owned(),
         role,
+        api_token,
         slug: admin.slug.clone(),
         login_email: login.email,
     }
@@ -143,6 +161,10 @@ enum Kind {
     OtherTenantAdmin,
     /// Signed in with a temporary password not yet replaced.
     Temporary,
+    /// Signed in without the second factor the organisation requires.
+    Unenrolled,
+    /// An API token whose role holds these permissions on employees.
+    Token(&'static [&'static str]),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,8 +183,11 @@ fn expected(kind: Kind, row: &Row, foreign: bool) -> Outcome {
         (Kind::Anonymous | Kind::Deactivated | Kind::Expired, _) => {
             return Outcome::Unauthenticated
         }
+        // Integrations use data, nothing else.
+        (Kind::Token(held), Who::Employees(p)) => held.contains(&p),
+        (Kind::Token(_), _) => false,
         (_, Who::Session) => true,
-        (Kind::Temporary, _) => false,
+        (Kind::Temporary | Kind::Unenrolled, _) => false,
         (Kind::Admin | Kind::OtherTenantAdmin, _) => true,
         (Kind::Holder(_), Who::SignedIn) => true,
         (Kind::Holder(_), Who::Admin) => false,
@@ -178,8 +203,12 @@ fn expected(kind: Kind, row: &Row, foreign: bool) -> Outcome {
 }
 
 fn outcome(response: &custos_tests::Response) -> Outcome {
+    let message = response.body["errors"][0]["message"].as_str().unwrap_or("");
     match response.code() {
-        Some("UNAUTHENTICATED") => Outcome::Unauthenticated,
+        // The policy's refusal; a login refusing a wrong code was let in.
+        Some("UNAUTHENTICATED") if message.starts_with("authentication required") => {
+            Outcome::Unauthenticated
+        }
         Some("FORBIDDEN") => Outcome::Forbidden,
         Some("NOT_FOUND") => Outcome::NotFound,
         Some("INTERNAL" | "UNAVAILABLE") => Outcome::Failed,
@@ -239,7 +268,17 @@ async fn every_root_field_admits_exactly_who_it_should() {
 
     let a = app.sign_up(&slug("matrix-a")).await;
     let b = app.sign_up(&slug("matrix-b")).await;
+    // An organisation that requires a second factor its administrator has not enrolled.
+    let c = app.sign_up(&slug("matrix-c")).await;
     let (own_a, own_b) = (objects(&app, &a).await, objects(&app, &b).await);
+    let own_c = objects(&app, &c).await;
+    app.graphql(
+        Some(&c.token),
+        "mutation { setTwoFactorRequired(required: true) }",
+        json!({}),
+    )
+    .await
+    .ok();
     let hr = app.role_id(&a, "HR manager").await;
     let viewer = app.role_id(&a, "Viewer").await;
     let nothing = app
@@ -265,7 +304,16 @@ async fn every_root_field_admits_exactly_who_it_should() {
     )
     .await
     .ok();
-    let expired = app.user_with_roles(&a, &[viewer]).await;
+    let expired = app.user_with_roles(&a, std::slice::from_ref(&viewer)).await;
+    let (viewer_token, _) = app.api_token(&a, "Matrix viewer", &viewer).await;
+    let (revoked_token, revoked_id) = app.api_token(&a, "Matrix revoked", &viewer).await;
+    app.graphql(
+        Some(&a.token),
+        "mutation($id: ID!) { revokeApiToken(id: $id) { id } }",
+        json!({ "id": revoked_id }),
+    )
+    .await
+    .ok();
     app.graphql(
         Some(&a.token),
         "mutation { createUser(input: { email: \"temp@example.org\", name: \"Temp\", temporaryPassword: \"temporary passphrase 5\", administrator: true }) { id } }",
@@ -309,6 +357,7 @@ async fn every_root_field_admits_exactly_who_it_should() {
             ),
         ),
         ("another tenant's administrator", login(&b)),
+        ("administrator without a required second factor", login(&c)),
     ]);
     let principals: Vec<(&str, Kind, Option<String>, &Objects, &Objects)> = vec![
         ("anonymous", Kind::Anonymous, None, &own_a, &own_b),
@@ -368,6 +417,27 @@ async fn every_root_field_admits_exactly_who_it_should() {
             &own_b,
             &own_a,
         ),
+        (
+            "administrator without a required second factor",
+            Kind::Unenrolled,
+            Some(c.token.clone()),
+            &own_c,
+            &own_a,
+        ),
+        (
+            "API token with the Viewer role",
+            Kind::Token(&["read"]),
+            Some(viewer_token.clone()),
+            &own_a,
+            &own_b,
+        ),
+        (
+            "revoked API token",
+            Kind::Expired,
+            Some(revoked_token.clone()),
+            &own_a,
+            &own_b,
+        ),
     ];
 
     let mut wrong = Vec::new();
@@ -387,6 +457,7 @@ async fn every_root_field_admits_exactly_who_it_should() {
                 }
                 let variables = json!({
                     "employee": objects.employee, "user": objects.user, "role": objects.role, "session": objects.session,
+                    "token": objects.api_token,
                     "slug": objects.slug, "loginEmail": objects.login_email, "password": PASSWORD,
                 });
                 // Each session-ending call gets a session of its own, where the principal can log in.

@@ -78,17 +78,15 @@ async fn every_event_carries_actor_request_command_and_database_columns() {
 
     assert!(rows.len() >= 3);
     for (_, metadata, _, transaction, _) in &rows {
-        for key in ["actor_user_id", "request_id", "command_id"] {
+        for key in ["actor_id", "request_id", "command_id"] {
             let id = metadata[key].as_str().unwrap_or_default();
             assert!(Uuid::parse_str(id).is_ok(), "{key} in {metadata}");
         }
         assert!(transaction.parse::<u64>().is_ok());
     }
     let record = rows.iter().find(|(t, ..)| t == "record").unwrap();
-    assert_eq!(
-        record.1["actor_user_id"],
-        json!(session.user_id.to_string())
-    );
+    assert_eq!(record.1["actor_id"], json!(session.user_id.to_string()));
+    assert_eq!(record.1["actor_kind"], json!("user"));
     let positions: Vec<i64> = rows.iter().map(|r| r.2).collect();
     assert!(positions.windows(2).all(|w| w[0] < w[1]));
     assert!(created["id"].is_string());
@@ -196,7 +194,7 @@ fn created_event(first_name: &str) -> Value {
 }
 
 async fn insert_event(conn: &mut PgConnection, id: Uuid, actor: Uuid, first_name: &str) {
-    let metadata = json!({ "actor_user_id": actor.to_string(), "request_id": Uuid::now_v7().to_string(), "command_id": Uuid::now_v7().to_string() });
+    let metadata = json!({ "actor_id": actor.to_string(), "actor_kind": "user", "request_id": Uuid::now_v7().to_string(), "command_id": Uuid::now_v7().to_string() });
     sqlx::query(
         "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
          VALUES ('record', $1, 1, 'RecordCreated', '1', $2, $3)",

@@ -2,6 +2,7 @@
 //! cluster the service itself starts). One module per feature.
 
 mod access;
+mod api_tokens;
 mod authz_matrix;
 mod event_store;
 mod http;
@@ -9,3 +10,4 @@ mod identity;
 mod logs;
 mod records;
 mod tenancy;
+mod two_factor;

@@ -390,6 +390,51 @@ impl TestApp {
         }
     }
 
+    /// Waits until every read model of the tenant has applied every event written so far
+    /// (for what the service records without waiting, such as API token uses).
+    pub async fn settled(&self, tenant_id: Uuid) {
+        let tenant = self
+            .services
+            .tenancy
+            .get(tenant_id)
+            .await
+            .expect("the catalog answers")
+            .expect("the tenant exists");
+        for aggregate in ["user", "role", "record", "organization", "api_token"] {
+            if let Some(latest) = tenant.log.latest(aggregate).await.expect("the log answers") {
+                tenant
+                    .projectors
+                    .wait_for(aggregate, latest, std::time::Duration::from_secs(10))
+                    .await
+                    .expect("the read models catch up");
+            }
+        }
+    }
+
+    /// Creates an API token with the role `role_id`: the bearer token and the token's id.
+    pub async fn api_token(&self, admin: &Session, name: &str, role_id: &str) -> (String, String) {
+        let created = self
+            .graphql(
+                Some(&admin.token),
+                "mutation($i: CreateApiTokenInput!) { createApiToken(input: $i) { token apiToken { id } } }",
+                json!({ "i": { "name": name, "roleId": role_id } }),
+            )
+            .await
+            .ok();
+        (
+            created
+                .data("createApiToken.token")
+                .as_str()
+                .expect("a token")
+                .to_owned(),
+            created
+                .data("createApiToken.apiToken.id")
+                .as_str()
+                .expect("an id")
+                .to_owned(),
+        )
+    }
+
     /// Creates an employee from `input` and returns the created node.
     pub async fn create_employee(&self, token: &str, input: Value) -> Value {
         self.graphql(

@@ -1,15 +1,17 @@
 //! A record's history, replayed from the event store.
 
 use async_graphql::connection::{Connection, Edge, EmptyFields};
-use async_graphql::{ComplexObject, Context, Object, SimpleObject, ID};
+use async_graphql::{Context, Object, SimpleObject, ID};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::identity::User;
+use custos_projections::api_tokens::ApiTokenRow;
+use custos_projections::users::UserRow;
+
 use super::records::ConnectionTotal;
-use super::{load_user, parse_id, principal};
+use super::{load_api_token, load_user, parse_id, principal};
 use crate::error::ApiError;
 use crate::history::{record_history, HistoryEntry};
 
@@ -21,32 +23,72 @@ pub struct FieldChange {
     after: Option<String>,
 }
 
-/// Who caused an event.
-#[derive(SimpleObject)]
-#[graphql(complex)]
+/// What kind of actor caused an event.
+#[derive(async_graphql::Enum, Copy, Clone, Eq, PartialEq)]
+pub enum ActorKind {
+    User,
+    ApiToken,
+}
+
+/// Who caused an event or last changed a record: a user, or an integration through an API
+/// token.
 pub struct Actor {
-    id: ID,
-    #[graphql(skip)]
-    user_id: Option<Uuid>,
+    id: Uuid,
+    /// Known from event metadata; read models that keep only the id leave it to be looked up.
+    known: Option<custos_domain::Actor>,
 }
 
-#[ComplexObject]
-impl Actor {
-    /// The user's current email; `null` when the actor is not a user of this organisation.
-    async fn email(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<String>> {
-        Ok(self.user(ctx).await?.map(|u| u.0.email))
-    }
-    async fn name(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<String>> {
-        Ok(self.user(ctx).await?.map(|u| u.0.name))
-    }
+enum Resolved {
+    User(UserRow),
+    ApiToken(ApiTokenRow),
 }
 
 impl Actor {
-    async fn user(&self, ctx: &Context<'_>) -> Result<Option<User>, ApiError> {
-        match self.user_id {
-            Some(id) => Ok(load_user(ctx, id).await?.map(User)),
-            None => Ok(None),
+    pub(crate) fn new(id: Uuid, known: Option<custos_domain::Actor>) -> Self {
+        Self { id, known }
+    }
+
+    /// The user or token behind the id (ids are UUIDv7s: they never collide across kinds).
+    async fn resolve(&self, ctx: &Context<'_>) -> Result<Option<Resolved>, ApiError> {
+        if !matches!(self.known, Some(custos_domain::Actor::ApiToken(_))) {
+            if let Some(user) = load_user(ctx, self.id).await? {
+                return Ok(Some(Resolved::User(user)));
+            }
         }
+        if !matches!(self.known, Some(custos_domain::Actor::User(_))) {
+            if let Some(token) = load_api_token(ctx, self.id).await? {
+                return Ok(Some(Resolved::ApiToken(token)));
+            }
+        }
+        Ok(None)
+    }
+}
+
+#[Object]
+impl Actor {
+    async fn id(&self) -> ID {
+        ID(self.id.to_string())
+    }
+    /// `null` when the actor is not a user or token of this organisation.
+    async fn kind(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<ActorKind>> {
+        Ok(self.resolve(ctx).await?.map(|resolved| match resolved {
+            Resolved::User(_) => ActorKind::User,
+            Resolved::ApiToken(_) => ActorKind::ApiToken,
+        }))
+    }
+    /// The user's or the token's current name.
+    async fn name(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<String>> {
+        Ok(self.resolve(ctx).await?.map(|resolved| match resolved {
+            Resolved::User(user) => user.name,
+            Resolved::ApiToken(token) => token.name,
+        }))
+    }
+    /// The user's current email; `null` for API tokens.
+    async fn email(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<String>> {
+        Ok(match self.resolve(ctx).await? {
+            Some(Resolved::User(user)) => Some(user.email),
+            _ => None,
+        })
     }
 }
 
@@ -57,7 +99,8 @@ pub struct HistoryEvent {
     sequence: i64,
     event_type: String,
     recorded_at: DateTime<Utc>,
-    actor: Actor,
+    /// `null` only for events written without metadata.
+    actor: Option<Actor>,
     /// The request that caused the event.
     request_id: Option<ID>,
     /// Every field the event changed.
@@ -66,15 +109,13 @@ pub struct HistoryEvent {
 
 impl From<HistoryEntry> for HistoryEvent {
     fn from(entry: HistoryEntry) -> Self {
-        let actor = entry.metadata.map(|m| m.actor_user_id);
         Self {
             sequence: entry.sequence,
             event_type: entry.event_type,
             recorded_at: entry.recorded_at,
-            actor: Actor {
-                id: ID(actor.map(|a| a.to_string()).unwrap_or_default()),
-                user_id: actor,
-            },
+            actor: entry
+                .metadata
+                .map(|m| Actor::new(m.actor.id(), Some(m.actor))),
             request_id: entry.metadata.map(|m| ID(m.request_id.to_string())),
             changes: entry
                 .changes

@@ -9,7 +9,7 @@ use custos_projections::users::UserRow;
 use secrecy::{ExposeSecret, SecretString};
 
 use super::{principal, request, services};
-use crate::service::{NewOrganization, SignedIn};
+use crate::service::{LoginOutcome, NewOrganization, SignedIn};
 use crate::tenancy::Tenant;
 
 /// A user of the organisation.
@@ -37,6 +37,10 @@ impl User {
     /// `logout` work until the user sets their own.
     async fn must_change_password(&self) -> bool {
         self.0.must_change_password
+    }
+    /// Whether the user logs in with a second factor (TOTP or a recovery code).
+    async fn two_factor_enabled(&self) -> bool {
+        self.0.two_factor
     }
     /// The user's roles.
     async fn roles(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<super::admin::Role>> {
@@ -105,19 +109,41 @@ pub struct LoginEvent(logins::LoginRow);
 
 #[Object]
 impl LoginEvent {
-    /// `LoginSucceeded`, `LoginFailed`, `LoggedOut`, `LoginLocked` or `LoginUnlocked`.
+    /// `LoginSucceeded`, `LoginFailed`, `LoggedOut`, `LoginLocked` or `LoginUnlocked` for
+    /// users; `ApiTokenUsed` or `ApiTokenRefused` for API tokens.
     async fn event_type(&self) -> &str {
         &self.0.event_type
     }
     async fn at(&self) -> DateTime<Utc> {
         self.0.recorded_at
     }
+    /// The user, for user entries.
     async fn user(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<UserRef>> {
-        Ok(super::load_user(ctx, self.0.user_id).await?.map(UserRef))
+        match self.0.user_id {
+            Some(id) => Ok(super::load_user(ctx, id).await?.map(UserRef)),
+            None => Ok(None),
+        }
     }
-    /// Why a login failed: `wrong_password`, `deactivated` or `locked`.
+    /// The API token, for API token entries.
+    async fn api_token(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<Option<super::security::ApiToken>> {
+        match self.0.api_token_id {
+            Some(id) => Ok(super::load_api_token(ctx, id)
+                .await?
+                .map(super::security::ApiToken)),
+            None => Ok(None),
+        }
+    }
+    /// Why a login failed: `wrong_password`, `wrong_second_factor`, `deactivated` or
+    /// `locked`; why an API token was refused: `revoked` or `expired`.
     async fn reason(&self) -> Option<&str> {
         self.0.reason.as_deref()
+    }
+    /// How a successful login proved the second factor: `totp` or `recovery_code`.
+    async fn second_factor(&self) -> Option<&str> {
+        self.0.second_factor.as_deref()
     }
     async fn ip(&self) -> Option<&str> {
         self.0.ip.as_deref()
@@ -162,12 +188,25 @@ async fn existing_user(
 
 /// The organisation (tenant) a user belongs to.
 #[derive(SimpleObject)]
+#[graphql(complex)]
 pub struct Organization {
     id: ID,
     slug: String,
     name: String,
     /// The data region the organisation chose: `eu` or `us`.
     region: String,
+}
+
+#[async_graphql::ComplexObject]
+impl Organization {
+    /// Whether every user must log in with a second factor; users without one can only
+    /// enrol, change their password and log out until they have.
+    async fn two_factor_required(&self, ctx: &Context<'_>) -> async_graphql::Result<bool> {
+        let pool = &principal(ctx)?.tenant.pool;
+        Ok(custos_projections::organization::two_factor_required(pool)
+            .await
+            .map_err(ApiError::from)?)
+    }
 }
 
 impl From<&Tenant> for Organization {
@@ -188,6 +227,50 @@ pub struct AuthPayload {
     token: String,
     tenant: Organization,
     user: User,
+}
+
+/// The answer to `login`: a session, or — for users with a second factor — a challenge to
+/// complete with `completeLogin`.
+#[derive(SimpleObject)]
+pub struct LoginPayload {
+    /// The bearer token, when no second factor is needed.
+    token: Option<String>,
+    tenant: Option<Organization>,
+    user: Option<User>,
+    /// Whether the login must be completed with a TOTP or recovery code.
+    second_factor_required: bool,
+    /// Pass to `completeLogin` with the code; valid for five minutes and a few attempts.
+    challenge: Option<String>,
+    challenge_expires_at: Option<DateTime<Utc>>,
+}
+
+impl From<LoginOutcome> for LoginPayload {
+    fn from(outcome: LoginOutcome) -> Self {
+        match outcome {
+            LoginOutcome::SignedIn(signed_in) => {
+                let auth = AuthPayload::from(signed_in);
+                Self {
+                    token: Some(auth.token),
+                    tenant: Some(auth.tenant),
+                    user: Some(auth.user),
+                    second_factor_required: false,
+                    challenge: None,
+                    challenge_expires_at: None,
+                }
+            }
+            LoginOutcome::SecondFactorRequired {
+                challenge,
+                expires_at,
+            } => Self {
+                token: None,
+                tenant: None,
+                user: None,
+                second_factor_required: true,
+                challenge: Some(challenge.expose_secret().to_owned()),
+                challenge_expires_at: Some(expires_at),
+            },
+        }
+    }
 }
 
 impl From<SignedIn> for AuthPayload {
@@ -222,29 +305,47 @@ pub struct IdentityQuery;
 impl IdentityQuery {
     /// The user the bearer token belongs to.
     async fn me(&self, ctx: &Context<'_>) -> async_graphql::Result<User> {
-        Ok(User(principal(ctx)?.user.clone()))
+        Ok(User(principal(ctx)?.user()?.clone()))
     }
 
     /// Logins, failed logins, logouts, locks and unlocks, newest first. Administrators see
-    /// anyone's (everyone's when `userId` is omitted); other users only their own.
+    /// anyone's (everyone's, API token uses included, when `userId` and `apiTokenId` are
+    /// omitted); other users only their own.
+    #[allow(clippy::too_many_arguments)]
     async fn login_history(
         &self,
         ctx: &Context<'_>,
         user_id: Option<ID>,
+        api_token_id: Option<ID>,
         from: Option<DateTime<Utc>>,
         to: Option<DateTime<Utc>>,
         first: Option<i32>,
         after: Option<String>,
     ) -> async_graphql::Result<LoginConnection> {
         let principal = principal(ctx)?;
+        let me = principal.user()?;
         let user = user_id
             .map(|id| super::parse_id("userId", &id))
             .transpose()?;
-        let user = match (principal.user.is_admin, user) {
+        let api_token = api_token_id
+            .map(|id| super::parse_id("apiTokenId", &id))
+            .transpose()?;
+        let user = match (me.is_admin, user) {
             (true, Some(id)) => Some(existing_user(principal, id).await?),
             (true, None) => None,
-            (false, None) => Some(principal.user.id),
-            (false, Some(id)) if id == principal.user.id => Some(id),
+            (false, None) => Some(me.id),
+            (false, Some(id)) if id == me.id => Some(id),
+            (false, Some(_)) => return Err(ApiError::Forbidden.into()),
+        };
+        let api_token = match (me.is_admin, api_token) {
+            (_, None) => None,
+            (true, Some(id)) => Some(
+                custos_projections::api_tokens::token(&principal.tenant.pool, id)
+                    .await
+                    .map_err(ApiError::from)?
+                    .ok_or(ApiError::NotFound)?
+                    .id,
+            ),
             (false, Some(_)) => return Err(ApiError::Forbidden.into()),
         };
         let first = first.unwrap_or(20);
@@ -257,7 +358,12 @@ impl IdentityQuery {
                     .ok_or_else(|| ApiError::validation("after", "`after` is not a valid cursor"))
             })
             .transpose()?;
-        let filter = logins::HistoryFilter { user, from, to };
+        let filter = logins::HistoryFilter {
+            user,
+            api_token,
+            from,
+            to,
+        };
         let mut conn = principal
             .tenant
             .pool
@@ -290,13 +396,14 @@ impl IdentityQuery {
         user_id: Option<ID>,
     ) -> async_graphql::Result<Vec<Session>> {
         let principal = principal(ctx)?;
+        let me = principal.user()?;
         let user = match user_id
             .map(|id| super::parse_id("userId", &id))
             .transpose()?
         {
-            None => principal.user.id,
-            Some(id) if id == principal.user.id => id,
-            Some(id) if principal.user.is_admin => existing_user(principal, id).await?,
+            None => me.id,
+            Some(id) if id == me.id => id,
+            Some(id) if me.is_admin => existing_user(principal, id).await?,
             Some(_) => return Err(ApiError::Forbidden.into()),
         };
         let services = super::services(ctx)?;
@@ -306,7 +413,7 @@ impl IdentityQuery {
         Ok(live
             .into_iter()
             .map(|row| Session {
-                current: row.id == principal.session_id,
+                current: Some(row.id) == principal.session_id(),
                 row,
             })
             .collect())
@@ -343,20 +450,38 @@ impl IdentityMutation {
         Ok(services.sign_up(organization, origin).await?.into())
     }
 
-    /// Logs in to the organisation `tenant` (its slug). Any failure answers the same.
+    /// Logs in to the organisation `tenant` (its slug). Any failure answers the same. Users
+    /// with a second factor get a challenge instead of a token: see `completeLogin`.
     async fn login(
         &self,
         ctx: &Context<'_>,
         tenant: String,
         email: String,
         #[graphql(secret)] password: String,
+    ) -> async_graphql::Result<LoginPayload> {
+        let services = services(ctx)?;
+        let origin = &request(ctx)?.origin;
+        let outcome = services
+            .login(&tenant, &email, SecretString::from(password), origin)
+            .await?;
+        Ok(outcome.into())
+    }
+
+    /// Completes a login that needs a second factor: the challenge from `login` and a code
+    /// from the authenticator app, or one of the recovery codes (each works once). A wrong
+    /// code counts toward the account's lock like a wrong password.
+    async fn complete_login(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(secret)] challenge: String,
+        #[graphql(secret)] code: String,
     ) -> async_graphql::Result<AuthPayload> {
         let services = services(ctx)?;
         let origin = &request(ctx)?.origin;
-        let signed_in = services
-            .login(&tenant, &email, SecretString::from(password), origin)
-            .await?;
-        Ok(signed_in.into())
+        Ok(services
+            .complete_login(&challenge, &code, origin)
+            .await?
+            .into())
     }
 
     /// Ends every one of your sessions, this one included; answers how many ended.

@@ -9,8 +9,8 @@ use custos_projections::employees::{self, EmployeeRow};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::identity::UserRef;
-use super::{id_connection, load_user, page_args, parse_id, principal, request, services};
+use super::history::Actor;
+use super::{id_connection, page_args, parse_id, principal, request, services};
 use crate::auth::Principal;
 use crate::error::ApiError;
 
@@ -82,11 +82,11 @@ impl Employee {
     async fn updated_at(&self) -> DateTime<Utc> {
         self.0.updated_at
     }
-    async fn created_by(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<UserRef>> {
-        Ok(load_user(ctx, self.0.created_by).await?.map(UserRef))
+    async fn created_by(&self) -> Actor {
+        Actor::new(self.0.created_by, None)
     }
-    async fn updated_by(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<UserRef>> {
-        Ok(load_user(ctx, self.0.updated_by).await?.map(UserRef))
+    async fn updated_by(&self) -> Actor {
+        Actor::new(self.0.updated_by, None)
     }
 }
 
@@ -102,8 +102,8 @@ impl Employee {
     field(name = "archived", ty = "bool"),
     field(name = "created_at", ty = "DateTime<Utc>"),
     field(name = "updated_at", ty = "DateTime<Utc>"),
-    field(name = "created_by", ty = "Option<UserRef>"),
-    field(name = "updated_by", ty = "Option<UserRef>")
+    field(name = "created_by", ty = "Actor"),
+    field(name = "updated_by", ty = "Actor")
 )]
 pub enum RecordNode {
     Employee(Employee),
@@ -245,7 +245,7 @@ impl RecordsMutation {
         let principal = principal(ctx)?;
         let services = services(ctx)?;
         let tenant = &principal.tenant;
-        let metadata = EventMetadata::new(principal.user.id, request(ctx)?.origin.request_id);
+        let metadata = EventMetadata::new(principal.actor(), request(ctx)?.origin.request_id);
         services
             .execute(tenant, &tenant.records, id, command, metadata)
             .await?;

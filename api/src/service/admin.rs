@@ -6,10 +6,10 @@
 use std::collections::BTreeSet;
 
 use cqrs_es::Aggregate;
+use custos_domain::{ApiToken, LoginFailure, Role, User};
 use custos_domain::{
     Email, EventMetadata, Grant, Grants, PersonName, RoleCommand, RoleName, UserCommand,
 };
-use custos_domain::{LoginFailure, Role, User};
 use custos_projections::roles::{self, RoleRow};
 use custos_projections::users::{self, UserRow};
 use secrecy::{ExposeSecret, SecretString};
@@ -47,10 +47,10 @@ pub struct UserChanges {
 
 impl Services {
     /// Takes the tenant's directory lock without holding a pooled connection while waiting
-    /// for it, then waits until the user and role read models have caught up with the log —
+    /// for it, then waits until the user, role and API token read models have caught up with the log —
     /// a previous holder may have given up waiting for them — so the rules are checked
     /// against every change made so far.
-    async fn directory_lock(&self, tenant: &Tenant) -> Result<DirectoryLock, ApiError> {
+    pub(crate) async fn directory_lock(&self, tenant: &Tenant) -> Result<DirectoryLock, ApiError> {
         let deadline = tokio::time::Instant::now() + self.projection_wait;
         let lock = loop {
             let mut tx = tenant.pool.begin().await?;
@@ -67,7 +67,7 @@ impl Services {
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         };
-        for aggregate in [User::TYPE, Role::TYPE] {
+        for aggregate in [User::TYPE, Role::TYPE, ApiToken::TYPE] {
             if let Some(latest) = tenant.log.latest(aggregate).await? {
                 tenant
                     .projectors
@@ -79,12 +79,12 @@ impl Services {
         Ok(lock)
     }
 
-    fn actor(&self, principal: &Principal, request_id: Uuid) -> EventMetadata {
-        EventMetadata::new(principal.user.id, request_id)
+    pub(super) fn actor(&self, principal: &Principal, request_id: Uuid) -> EventMetadata {
+        EventMetadata::new(principal.actor(), request_id)
     }
 
     /// Runs a user command as the principal and returns the user as the read model now shows it.
-    async fn change_user(
+    pub(super) async fn change_user(
         &self,
         principal: &Principal,
         id: Uuid,
@@ -103,7 +103,11 @@ impl Services {
         self.existing_user(tenant, id).await
     }
 
-    async fn existing_user(&self, tenant: &Tenant, id: Uuid) -> Result<UserRow, ApiError> {
+    pub(super) async fn existing_user(
+        &self,
+        tenant: &Tenant,
+        id: Uuid,
+    ) -> Result<UserRow, ApiError> {
         users::user(&tenant.pool, id)
             .await?
             .ok_or(ApiError::NotFound)
@@ -289,35 +293,19 @@ impl Services {
         origin: &RequestOrigin,
     ) -> Result<UserRow, ApiError> {
         let tenant = &principal.tenant;
-        let id = principal.user.id;
-        self.limit_attempts(origin)?;
-        let credentials = users::credentials(&tenant.pool, &principal.user.email.to_lowercase())
-            .await?
-            .ok_or(ApiError::Unauthenticated)?;
-        let now = chrono::Utc::now();
-        let locked = credentials.locked_until.is_some_and(|until| until > now);
-        let hash = (!locked).then(|| credentials.password_hash.clone());
-        if !self.passwords.verify(hash, current.clone()).await? {
-            let reason = if locked {
-                LoginFailure::Locked
-            } else {
-                LoginFailure::WrongPassword
-            };
-            self.record_failure(tenant, id, reason, origin, now).await;
-            return Err(ApiError::validation(
-                "currentPassword",
-                "the current password is wrong",
-            ));
-        }
+        let user = principal.user()?;
+        let id = user.id;
+        self.verify_own_password(principal, current.clone(), "currentPassword", origin)
+            .await?;
         if new.expose_secret() == current.expose_secret() {
             return Err(ApiError::validation(
                 "password",
                 "choose a password different from the current one",
             ));
         }
-        check_new_password(&new, &[&principal.user.email, &principal.user.name])?;
+        check_new_password(&new, &[&user.email, &user.name])?;
         let password_hash = self.passwords.hash(new).await?;
-        sessions::revoke_all(&tenant.pool, id, Some(principal.session_id)).await?;
+        sessions::revoke_all(&tenant.pool, id, principal.session_id()).await?;
         self.change_user(
             principal,
             id,
@@ -327,6 +315,38 @@ impl Services {
         .await
     }
 
+    /// Checks the signed-in user's own password before a sensitive change (`field` names the
+    /// argument). It is a password attempt like a login: limited per client address,
+    /// recorded when wrong, and refused while the account is locked.
+    pub(crate) async fn verify_own_password(
+        &self,
+        principal: &Principal,
+        password: SecretString,
+        field: &str,
+        origin: &RequestOrigin,
+    ) -> Result<(), ApiError> {
+        let tenant = &principal.tenant;
+        let user = principal.user()?;
+        self.limit_attempts(origin)?;
+        let credentials = users::credentials(&tenant.pool, &user.email.to_lowercase())
+            .await?
+            .ok_or(ApiError::Unauthenticated)?;
+        let now = chrono::Utc::now();
+        let locked = credentials.locked_until.is_some_and(|until| until > now);
+        let hash = (!locked).then(|| credentials.password_hash.clone());
+        if self.passwords.verify(hash, password).await? {
+            return Ok(());
+        }
+        let reason = if locked {
+            LoginFailure::Locked
+        } else {
+            LoginFailure::WrongPassword
+        };
+        self.record_failure(tenant, user.id, reason, origin, now)
+            .await;
+        Err(ApiError::validation(field, "the password is wrong"))
+    }
+
     /// The user changes their own name.
     pub async fn update_me(
         &self,
@@ -334,7 +354,7 @@ impl Services {
         name: String,
         request_id: Uuid,
     ) -> Result<UserRow, ApiError> {
-        let id = principal.user.id;
+        let id = principal.user()?.id;
         let command = UserCommand::Update {
             name: Some(name),
             email: None,
@@ -464,6 +484,15 @@ impl Services {
         let tenant = &principal.tenant;
         let _lock = self.directory_lock(tenant).await?;
         self.existing_role(tenant, id).await?;
+        // Moving an integration to another role could widen what it may do: its administrator
+        // revokes it and creates a token for the new role instead.
+        let tokens = custos_projections::api_tokens::live_with_role(&tenant.pool, id).await?;
+        if tokens > 0 {
+            return Err(ApiError::validation(
+                "id",
+                format!("{tokens} API token(s) act with this role: revoke them first"),
+            ));
+        }
         let holders = users::holders_of(&tenant.pool, id).await?;
         if !holders.is_empty() {
             let Some(target) = reassign_to else {
