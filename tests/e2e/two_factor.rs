@@ -257,9 +257,16 @@ async fn wrong_codes_count_toward_the_lock_and_a_challenge_survives_five() {
         "five wrong codes end the challenge"
     );
     let second = challenge(&app, &user).await;
+    let third = challenge(&app, &user).await;
     for _ in 0..5 {
         complete(&app, &second, "000000").await;
     }
+    // Locked: a code on a challenge from before the lock is not even checked, and the
+    // attempt does not count toward the next lock (it is recorded as `locked`).
+    assert_eq!(
+        complete(&app, &third, "000000").await.code(),
+        Some("UNAUTHENTICATED")
+    );
     // Ten wrong codes: the account is locked; the password alone gets nowhere now.
     let locked = app
         .graphql(
@@ -279,6 +286,9 @@ async fn wrong_codes_count_toward_the_lock_and_a_challenge_survives_five() {
         .filter(|e| e["reason"] == "wrong_second_factor")
         .count();
     assert_eq!(wrong_codes, 10);
+    assert!(entries
+        .iter()
+        .any(|e| e["eventType"] == "LoginFailed" && e["reason"] == "locked"));
 }
 
 #[tokio::test]
@@ -351,10 +361,20 @@ async fn administrators_require_two_factor_and_reset_a_lost_device() {
         .await
         .ok();
     assert_eq!(reset.data("resetTwoFactor.twoFactorEnabled"), &json!(false));
-    let token = app
-        .login(&user.slug, &user.email, PASSWORD)
+    let login = app
+        .graphql(
+            None,
+            "mutation($t: String!, $e: String!, $p: String!) { login(tenant: $t, email: $e, password: $p) { token tenant { twoFactorRequired } } }",
+            json!({ "t": user.slug, "e": user.email, "p": PASSWORD }),
+        )
         .await
-        .expect("one-step login after a reset");
+        .ok();
+    assert_eq!(login.data("login.tenant.twoFactorRequired"), &json!(true));
+    let token = login
+        .data("login.token")
+        .as_str()
+        .expect("one-step login after a reset")
+        .to_owned();
     let blocked = app
         .graphql(Some(&token), "{ employees { totalCount } }", json!({}))
         .await;

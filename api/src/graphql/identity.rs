@@ -195,17 +195,21 @@ pub struct Organization {
     name: String,
     /// The data region the organisation chose: `eu` or `us`.
     region: String,
+    /// The tenant's database, for the settings (also answered right after sign-up and login).
+    #[graphql(skip)]
+    pool: sqlx::PgPool,
 }
 
 #[async_graphql::ComplexObject]
 impl Organization {
     /// Whether every user must log in with a second factor; users without one can only
     /// enrol, change their password and log out until they have.
-    async fn two_factor_required(&self, ctx: &Context<'_>) -> async_graphql::Result<bool> {
-        let pool = &principal(ctx)?.tenant.pool;
-        Ok(custos_projections::organization::two_factor_required(pool)
-            .await
-            .map_err(ApiError::from)?)
+    async fn two_factor_required(&self) -> async_graphql::Result<bool> {
+        Ok(
+            custos_projections::organization::two_factor_required(&self.pool)
+                .await
+                .map_err(ApiError::from)?,
+        )
     }
 }
 
@@ -216,6 +220,7 @@ impl From<&Tenant> for Organization {
             slug: tenant.slug.clone(),
             name: tenant.name.clone(),
             region: tenant.region.as_str().to_owned(),
+            pool: tenant.pool.clone(),
         }
     }
 }

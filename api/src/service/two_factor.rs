@@ -78,6 +78,16 @@ impl Services {
         let user = users::user(&tenant.pool, pending.user_id)
             .await?
             .ok_or(ApiError::InvalidSecondFactor)?;
+        // As for passwords: a locked account's code is not checked, and the attempt does not
+        // count toward the next lock.
+        let locked = users::credentials(&tenant.pool, &user.email.to_lowercase())
+            .await?
+            .is_some_and(|c| c.locked_until.is_some_and(|until| until > now));
+        if locked {
+            self.record_failure(&tenant, user.id, LoginFailure::Locked, origin, now)
+                .await;
+            return Err(ApiError::InvalidSecondFactor);
+        }
         let Some(second_factor) = self.check_second_factor(&tenant, user.id, code).await? else {
             store::count_wrong_code(&tenant.pool, &parsed.hash).await?;
             self.record_failure(
