@@ -28,14 +28,21 @@ pub enum Rule {
     /// Administrators only.
     Admin,
     /// Users and API tokens holding this permission on this datasheet (administrators hold
-    /// all). The only rule API tokens can satisfy.
+    /// all). With the next two, the only rules API tokens can satisfy.
     Grant(Datasheet, Permission),
+    /// Holders of every one of these grants.
+    AllOf(&'static [(Datasheet, Permission)]),
+    /// Fields about one record of any datasheet: holders of this permission on some datasheet
+    /// pass here, and the field's resolver checks the record's own datasheet with
+    /// [`check_record`] once it has loaded it.
+    OnRecord(Permission),
 }
 
 /// The policy: the rule for each root field. `None` means the field has no policy and is refused.
 pub fn rule(parent_type: &str, field: &str) -> Option<Rule> {
+    use Datasheet::*;
     use Permission::*;
-    let employees = |p| Rule::Grant(Datasheet::Employees, p);
+    let employees = |p| Rule::Grant(Employees, p);
     Some(match (parent_type, field) {
         (_, "__typename" | "__schema" | "__type") => Rule::Public,
         ("Mutation", "signUp" | "login" | "completeLogin") => Rule::Public,
@@ -76,9 +83,15 @@ pub fn rule(parent_type: &str, field: &str) -> Option<Rule> {
         ("Query", "employees" | "employee") => employees(Read),
         ("Mutation", "createEmployee") => employees(Create),
         ("Mutation", "updateEmployee") => employees(Update),
-        // Every record is an employee today; with more datasheets these depend on the record.
-        ("Mutation", "archiveRecord" | "restoreRecord") => employees(Archive),
-        ("Query", "recordHistory") => employees(History),
+        ("Query", "contacts" | "contact") => Rule::Grant(Contacts, Read),
+        ("Mutation", "createContact") => Rule::Grant(Contacts, Create),
+        ("Mutation", "updateContact") => Rule::Grant(Contacts, Update),
+        ("Query", "applicants" | "applicant") => Rule::Grant(Applicants, Read),
+        ("Mutation", "createApplicant") => Rule::Grant(Applicants, Create),
+        ("Mutation", "updateApplicant") => Rule::Grant(Applicants, Update),
+        ("Mutation", "hireApplicant") => Rule::AllOf(&[(Applicants, Update), (Employees, Create)]),
+        ("Mutation", "archiveRecord" | "restoreRecord") => Rule::OnRecord(Archive),
+        ("Query", "recordHistory") => Rule::OnRecord(History),
         _ => return None,
     })
 }
@@ -87,6 +100,37 @@ impl Principal {
     /// Whether the principal holds `permission` on `datasheet`.
     pub fn may(&self, datasheet: Datasheet, permission: Permission) -> bool {
         self.is_admin() || self.grants.contains(&Grant::new(datasheet, permission))
+    }
+
+    /// Whether the principal satisfies a data rule (`Grant`, `AllOf`, `OnRecord`).
+    fn may_by(&self, rule: Rule) -> bool {
+        match rule {
+            Rule::Grant(datasheet, permission) => self.may(datasheet, permission),
+            Rule::AllOf(grants) => grants.iter().all(|(d, p)| self.may(*d, *p)),
+            Rule::OnRecord(permission) => Datasheet::ALL.iter().any(|d| self.may(*d, permission)),
+            Rule::Public | Rule::Session | Rule::Signed | Rule::Admin => false,
+        }
+    }
+}
+
+/// The second half of an `OnRecord` rule: the principal must hold `permission` on the
+/// datasheet of the record the field is about.
+pub fn check_record(
+    principal: &Principal,
+    datasheet: Datasheet,
+    permission: Permission,
+) -> Result<(), ApiError> {
+    if principal.may(datasheet, permission) {
+        Ok(())
+    } else {
+        tracing::warn!(
+            tenant.id = %principal.tenant.id,
+            actor.id = %principal.actor().id(),
+            datasheet = datasheet.as_str(),
+            permission = permission.as_str(),
+            "security: access to a record denied"
+        );
+        Err(ApiError::Forbidden)
     }
 }
 
@@ -102,11 +146,10 @@ pub fn check(rule: Option<Rule>, principal: Option<&Principal>) -> Result<(), Ap
     let user = match &principal.subject {
         Subject::User { user, .. } => user,
         Subject::ApiToken(_) => {
-            return match rule {
-                Rule::Grant(datasheet, permission) if principal.may(datasheet, permission) => {
-                    Ok(())
-                }
-                _ => Err(ApiError::Forbidden),
+            return if principal.may_by(rule) {
+                Ok(())
+            } else {
+                Err(ApiError::Forbidden)
             }
         }
     };
@@ -122,7 +165,7 @@ pub fn check(rule: Option<Rule>, principal: Option<&Principal>) -> Result<(), Ap
     let allowed = match rule {
         Rule::Public | Rule::Session | Rule::Signed => true,
         Rule::Admin => user.is_admin,
-        Rule::Grant(datasheet, permission) => principal.may(datasheet, permission),
+        Rule::Grant(..) | Rule::AllOf(_) | Rule::OnRecord(_) => principal.may_by(rule),
     };
     if allowed {
         Ok(())

@@ -314,6 +314,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 let command = RecordCommand::Create {
                     datasheet: Datasheet::Employees,
                     fields,
+                    hired_from: None,
                 };
                 let metadata = EventMetadata::new(Actor::User(user_id), Uuid::now_v7());
                 tenant
@@ -330,9 +331,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     // Wait for the read model to hold every employee.
     loop {
-        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM employees")
-            .fetch_one(&tenant.pool)
-            .await?;
+        let count: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM records WHERE datasheet = 'employees'")
+                .fetch_one(&tenant.pool)
+                .await?;
         if count as usize >= args.employees + written {
             break;
         }

@@ -48,9 +48,12 @@ fn changes(state: &mut Record, event: RecordEvent) -> Vec<FieldChange> {
         after,
     };
     let changes = match &event {
-        RecordEvent::RecordCreated { fields, .. } => fields
+        RecordEvent::RecordCreated {
+            fields, hired_from, ..
+        } => fields
             .iter()
             .map(|(name, value)| change(name, None, display(Some(value))))
+            .chain(hired_from.map(|from| change("hired_from", None, Some(from.to_string()))))
             .collect(),
         RecordEvent::RecordUpdated { changes, .. } => changes
             .iter()
@@ -58,6 +61,14 @@ fn changes(state: &mut Record, event: RecordEvent) -> Vec<FieldChange> {
             .collect(),
         RecordEvent::RecordArchived { .. } => vec![change("archived", flag(false), flag(true))],
         RecordEvent::RecordRestored { .. } => vec![change("archived", flag(true), flag(false))],
+        RecordEvent::ApplicantHired { employee_id, .. } => vec![
+            change(
+                "stage",
+                display(state.value("stage")),
+                Some(custos_domain::Stage::Hired.as_str().to_owned()),
+            ),
+            change("hired_as", None, Some(employee_id.to_string())),
+        ],
     };
     state.apply(event);
     changes
@@ -97,6 +108,7 @@ mod tests {
             RecordEvent::RecordCreated {
                 datasheet: Datasheet::Employees,
                 fields: [("first_name".to_owned(), json!("Ada"))].into(),
+                hired_from: None,
             },
         );
         assert_eq!(

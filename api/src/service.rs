@@ -25,6 +25,7 @@ use crate::tenancy::{ProvisionError, Region, Tenancy, Tenant};
 
 mod admin;
 mod api_tokens;
+mod records;
 mod two_factor;
 pub use admin::{NewUser, UserChanges};
 pub use api_tokens::{CreatedApiToken, NewApiToken};
@@ -71,17 +72,25 @@ pub struct Services {
     pub projection_wait: Duration,
 }
 
-/// The roles every new organisation starts with; administrators may change or delete them.
+/// The roles every new organisation starts with; administrators may change or delete them:
+/// an HR manager may do everything with employees and job applicants, a Viewer may read every
+/// datasheet.
 fn seeded_roles() -> [(&'static str, Grants); 2] {
-    let employees = |permissions: &[Permission]| -> Grants {
-        permissions
+    let grants = |sheets: &[Datasheet], permissions: &[Permission]| -> Grants {
+        sheets
             .iter()
-            .map(|p| Grant::new(Datasheet::Employees, *p))
+            .flat_map(|d| permissions.iter().map(|p| Grant::new(*d, *p)))
             .collect()
     };
     [
-        ("HR manager", employees(&Permission::ALL)),
-        ("Viewer", employees(&[Permission::Read])),
+        (
+            "HR manager",
+            grants(
+                &[Datasheet::Employees, Datasheet::Applicants],
+                &Permission::ALL,
+            ),
+        ),
+        ("Viewer", grants(&Datasheet::ALL, &[Permission::Read])),
     ]
 }
 

@@ -1,4 +1,4 @@
-//! The `Record` aggregate: one record of a datasheet (an employee, later a contact or an
+//! The `Record` aggregate: one record of a datasheet (an employee, a contact or a job
 //! applicant). Its field values are the personal data of one data subject.
 
 use std::collections::BTreeMap;
@@ -10,6 +10,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::datasheet::Datasheet;
+use crate::pipeline::Stage;
 use crate::values::ValueError;
 
 /// Field values of a record, by field name, in canonical form (see [`crate::FieldKind::parse`]).
@@ -24,6 +25,10 @@ pub struct Record {
     version: u64,
     fields: Fields,
     archived: bool,
+    /// For an employee hired from an applicant: the applicant record.
+    hired_from: Option<Uuid>,
+    /// For a hired applicant: the employee record created for them.
+    hired_as: Option<Uuid>,
 }
 
 /// What a client asks a record to do. Raw values are parsed by the aggregate, so every path
@@ -33,6 +38,8 @@ pub enum RecordCommand {
     Create {
         datasheet: Datasheet,
         fields: Fields,
+        /// Set when the employee is created by hiring this applicant.
+        hired_from: Option<Uuid>,
     },
     /// A patch: fields absent from `changes` stay as they are; `null` clears an optional field.
     /// A record of another datasheet answers `NotFound`, as a missing one does.
@@ -47,6 +54,12 @@ pub enum RecordCommand {
     Restore {
         expected_version: Option<u64>,
     },
+    /// Hires an applicant at the `offer` stage as the employee `employee_id` (which the
+    /// service creates, linked back with `hired_from`).
+    Hire {
+        employee_id: Uuid,
+        expected_version: Option<u64>,
+    },
 }
 
 /// What happened to a record.
@@ -55,6 +68,8 @@ pub enum RecordEvent {
     RecordCreated {
         datasheet: Datasheet,
         fields: Fields,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        hired_from: Option<Uuid>,
     },
     /// Only the fields whose value changed, with their new value (`null` when cleared).
     RecordUpdated {
@@ -66,6 +81,12 @@ pub enum RecordEvent {
     },
     RecordRestored {
         datasheet: Datasheet,
+    },
+    /// The applicant was hired: their stage is `hired` and `employee_id` is their employee
+    /// record.
+    ApplicantHired {
+        datasheet: Datasheet,
+        employee_id: Uuid,
     },
 }
 
@@ -90,6 +111,8 @@ pub enum RecordError {
     MissingField(String),
     #[error("field `{field}` {reason}")]
     InvalidField { field: String, reason: ValueError },
+    #[error("only a job applicant at the `offer` stage can be hired")]
+    NotHireable,
 }
 
 impl RecordError {
@@ -111,6 +134,7 @@ impl DomainEvent for RecordEvent {
             RecordEvent::RecordUpdated { .. } => "RecordUpdated",
             RecordEvent::RecordArchived { .. } => "RecordArchived",
             RecordEvent::RecordRestored { .. } => "RecordRestored",
+            RecordEvent::ApplicantHired { .. } => "ApplicantHired",
         }
         .to_owned()
     }
@@ -142,6 +166,22 @@ impl Record {
         self.fields.get(field).filter(|v| !v.is_null())
     }
 
+    pub fn hired_from(&self) -> Option<Uuid> {
+        self.hired_from
+    }
+
+    pub fn hired_as(&self) -> Option<Uuid> {
+        self.hired_as
+    }
+
+    /// An applicant's stage (`applied` for records written before stages had a default).
+    fn stage(&self) -> Stage {
+        self.value("stage")
+            .and_then(Value::as_str)
+            .and_then(|s| Stage::parse(s).ok())
+            .unwrap_or(Stage::Applied)
+    }
+
     fn existing(&self) -> Result<Datasheet, RecordError> {
         self.datasheet.ok_or(RecordError::NotFound)
     }
@@ -155,6 +195,55 @@ impl Record {
             _ => Ok(()),
         }
     }
+}
+
+/// Rules across fields of a record's values after a change (`fields` is the whole record).
+fn check_record(datasheet: Datasheet, fields: &Fields) -> Result<(), RecordError> {
+    if datasheet == Datasheet::Employees {
+        let date = |name: &str| fields.get(name).and_then(Value::as_str);
+        // Canonical dates (`YYYY-MM-DD`) compare as text.
+        if let (Some(start), Some(end)) = (date("start_date"), date("end_date")) {
+            if end < start {
+                return Err(RecordError::InvalidField {
+                    field: "end_date".into(),
+                    reason: ValueError::EndBeforeStart,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The field values a new record of `datasheet` would have, or why it cannot be created:
+/// every value parsed, required fields present, an applicant's stage defaulted to `applied`,
+/// rules across fields kept.
+pub fn validate_new(datasheet: Datasheet, raw: Fields) -> Result<Fields, RecordError> {
+    let mut fields = parse_fields(datasheet, raw)?;
+    if let Some(missing) = datasheet
+        .fields()
+        .iter()
+        .find(|spec| spec.required && !fields.contains_key(spec.name))
+    {
+        return Err(RecordError::MissingField(missing.name.to_owned()));
+    }
+    fields.retain(|_, value| !value.is_null());
+    if datasheet == Datasheet::Applicants {
+        let stage = fields
+            .entry("stage".to_owned())
+            .or_insert_with(|| Value::String(Stage::Applied.as_str().to_owned()));
+        // Only hiring makes an applicant `hired`: it creates their employee record.
+        if stage == Stage::Hired.as_str() {
+            return Err(RecordError::InvalidField {
+                field: "stage".into(),
+                reason: ValueError::IllegalTransition {
+                    from: Stage::Applied.as_str(),
+                    to: Stage::Hired.as_str(),
+                },
+            });
+        }
+    }
+    check_record(datasheet, &fields)?;
+    Ok(fields)
 }
 
 /// Parses every raw value against the datasheet's fields.
@@ -193,21 +282,25 @@ impl Aggregate for Record {
         sink: &EventSink<Self>,
     ) -> Result<(), RecordError> {
         match command {
-            RecordCommand::Create { datasheet, fields } => {
+            RecordCommand::Create {
+                datasheet,
+                fields,
+                hired_from,
+            } => {
                 if self.datasheet.is_some() {
                     return Err(RecordError::AlreadyExists);
                 }
-                let mut fields = parse_fields(datasheet, fields)?;
-                if let Some(missing) = datasheet
-                    .fields()
-                    .iter()
-                    .find(|spec| spec.required && !fields.contains_key(spec.name))
-                {
-                    return Err(RecordError::MissingField(missing.name.to_owned()));
-                }
-                fields.retain(|_, value| !value.is_null());
-                sink.write(RecordEvent::RecordCreated { datasheet, fields }, self)
-                    .await;
+                let fields = validate_new(datasheet, fields)?;
+                let hired_from = hired_from.filter(|_| datasheet == Datasheet::Employees);
+                sink.write(
+                    RecordEvent::RecordCreated {
+                        datasheet,
+                        fields,
+                        hired_from,
+                    },
+                    self,
+                )
+                .await;
             }
             RecordCommand::Update {
                 datasheet: expected_datasheet,
@@ -225,6 +318,23 @@ impl Aggregate for Record {
                 let mut changes = parse_fields(datasheet, changes)?;
                 changes
                     .retain(|name, value| self.fields.get(name).unwrap_or(&Value::Null) != value);
+                if let Some(stage) = changes.get("stage") {
+                    let to = stage.as_str().map(Stage::parse).transpose().ok().flatten();
+                    let moved = match to {
+                        Some(to) => self.stage().check_move(to),
+                        // Clearing the stage is not a move anywhere.
+                        None => Err(ValueError::Empty),
+                    };
+                    moved.map_err(|reason| RecordError::InvalidField {
+                        field: "stage".into(),
+                        reason,
+                    })?;
+                }
+                let mut after = self.fields.clone();
+                for (name, value) in &changes {
+                    after.insert(name.clone(), value.clone());
+                }
+                check_record(datasheet, &after)?;
                 if !changes.is_empty() {
                     sink.write(RecordEvent::RecordUpdated { datasheet, changes }, self)
                         .await;
@@ -248,6 +358,27 @@ impl Aggregate for Record {
                 sink.write(RecordEvent::RecordRestored { datasheet }, self)
                     .await;
             }
+            RecordCommand::Hire {
+                employee_id,
+                expected_version,
+            } => {
+                let datasheet = self.existing()?;
+                self.check_version(expected_version)?;
+                if self.archived {
+                    return Err(RecordError::Archived);
+                }
+                if datasheet != Datasheet::Applicants || self.stage() != Stage::Offer {
+                    return Err(RecordError::NotHireable);
+                }
+                sink.write(
+                    RecordEvent::ApplicantHired {
+                        datasheet,
+                        employee_id,
+                    },
+                    self,
+                )
+                .await;
+            }
         }
         Ok(())
     }
@@ -255,9 +386,14 @@ impl Aggregate for Record {
     fn apply(&mut self, event: RecordEvent) {
         self.version += 1;
         match event {
-            RecordEvent::RecordCreated { datasheet, fields } => {
+            RecordEvent::RecordCreated {
+                datasheet,
+                fields,
+                hired_from,
+            } => {
                 self.datasheet = Some(datasheet);
                 self.fields = fields;
+                self.hired_from = hired_from;
             }
             RecordEvent::RecordUpdated { changes, .. } => {
                 for (name, value) in changes {
@@ -270,6 +406,13 @@ impl Aggregate for Record {
             }
             RecordEvent::RecordArchived { .. } => self.archived = true,
             RecordEvent::RecordRestored { .. } => self.archived = false,
+            RecordEvent::ApplicantHired { employee_id, .. } => {
+                self.fields.insert(
+                    "stage".to_owned(),
+                    Value::String(Stage::Hired.as_str().to_owned()),
+                );
+                self.hired_as = Some(employee_id);
+            }
         }
     }
 }
@@ -297,6 +440,7 @@ mod tests {
     fn created() -> RecordEvent {
         RecordEvent::RecordCreated {
             datasheet: Datasheet::Employees,
+            hired_from: None,
             fields: fields(&[
                 ("first_name", json!("Ada")),
                 ("last_name", json!("Lovelace")),
@@ -319,6 +463,7 @@ mod tests {
             .given_no_previous_events()
             .when(RecordCommand::Create {
                 datasheet: Datasheet::Employees,
+                hired_from: None,
                 fields: fields(&[
                     ("first_name", json!(" Ada ")),
                     ("last_name", json!("Lovelace")),
@@ -335,6 +480,7 @@ mod tests {
             .given_no_previous_events()
             .when(RecordCommand::Create {
                 datasheet: Datasheet::Employees,
+                hired_from: None,
                 fields: fields(&[("first_name", json!("Ada"))]),
             })
             .then_expect_error(RecordError::MissingField("last_name".into()));
@@ -346,6 +492,7 @@ mod tests {
             .given_no_previous_events()
             .when(RecordCommand::Create {
                 datasheet: Datasheet::Employees,
+                hired_from: None,
                 fields: fields(&[("first_name", json!("  ")), ("last_name", json!("L"))]),
             })
             .then_expect_error(RecordError::InvalidField {
@@ -360,6 +507,7 @@ mod tests {
             .given_no_previous_events()
             .when(RecordCommand::Create {
                 datasheet: Datasheet::Employees,
+                hired_from: None,
                 fields: fields(&[
                     ("first_name", json!("Ada")),
                     ("last_name", json!("L")),
@@ -375,6 +523,7 @@ mod tests {
             .given(vec![created()])
             .when(RecordCommand::Create {
                 datasheet: Datasheet::Employees,
+                hired_from: None,
                 fields: fields(&[("first_name", json!("A")), ("last_name", json!("B"))]),
             })
             .then_expect_error(RecordError::AlreadyExists);
@@ -558,6 +707,130 @@ mod tests {
                 expected_version: None,
             })
             .then_expect_error(RecordError::NotFound);
+    }
+
+    fn applicant(stage: &str) -> RecordEvent {
+        RecordEvent::RecordCreated {
+            datasheet: Datasheet::Applicants,
+            hired_from: None,
+            fields: fields(&[
+                ("first_name", json!("Grace")),
+                ("last_name", json!("Hopper")),
+                ("stage", json!(stage)),
+            ]),
+        }
+    }
+
+    fn applicant_update(changes: &[(&str, Value)]) -> RecordCommand {
+        RecordCommand::Update {
+            datasheet: Datasheet::Applicants,
+            expected_version: None,
+            changes: fields(changes),
+        }
+    }
+
+    #[test]
+    fn applicants_start_applied_and_move_through_the_pipeline() {
+        RecordTest::with(())
+            .given_no_previous_events()
+            .when(RecordCommand::Create {
+                datasheet: Datasheet::Applicants,
+                hired_from: None,
+                fields: fields(&[
+                    ("first_name", json!("Grace")),
+                    ("last_name", json!("Hopper")),
+                ]),
+            })
+            .then_expect_events(vec![applicant("applied")]);
+        RecordTest::with(())
+            .given(vec![applicant("applied")])
+            .when(applicant_update(&[("stage", json!("screening"))]))
+            .then_expect_events(vec![RecordEvent::RecordUpdated {
+                datasheet: Datasheet::Applicants,
+                changes: fields(&[("stage", json!("screening"))]),
+            }]);
+        for (from, to) in [
+            ("applied", "offer"),
+            ("offer", "hired"),
+            ("rejected", "applied"),
+        ] {
+            RecordTest::with(())
+                .given(vec![applicant(from)])
+                .when(applicant_update(&[("stage", json!(to))]))
+                .then_expect_error(RecordError::InvalidField {
+                    field: "stage".into(),
+                    reason: ValueError::IllegalTransition {
+                        from: Stage::parse(from).unwrap().as_str(),
+                        to: Stage::parse(to).unwrap().as_str(),
+                    },
+                });
+        }
+        RecordTest::with(())
+            .given(vec![applicant("applied")])
+            .when(applicant_update(&[("stage", Value::Null)]))
+            .then_expect_error(RecordError::InvalidField {
+                field: "stage".into(),
+                reason: ValueError::Empty,
+            });
+    }
+
+    #[test]
+    fn only_an_offer_is_hired_and_the_link_is_recorded() {
+        let employee_id = Uuid::now_v7();
+        let hire = RecordCommand::Hire {
+            employee_id,
+            expected_version: None,
+        };
+        RecordTest::with(())
+            .given(vec![applicant("offer")])
+            .when(hire.clone())
+            .then_expect_events(vec![RecordEvent::ApplicantHired {
+                datasheet: Datasheet::Applicants,
+                employee_id,
+            }]);
+        RecordTest::with(())
+            .given(vec![applicant("interview")])
+            .when(hire.clone())
+            .then_expect_error(RecordError::NotHireable);
+        RecordTest::with(())
+            .given(vec![created()])
+            .when(hire)
+            .then_expect_error(RecordError::NotHireable);
+        let mut hired = Record::default();
+        hired.apply(applicant("offer"));
+        hired.apply(RecordEvent::ApplicantHired {
+            datasheet: Datasheet::Applicants,
+            employee_id,
+        });
+        assert_eq!(hired.value("stage"), Some(&json!("hired")));
+        assert_eq!(hired.hired_as(), Some(employee_id));
+    }
+
+    #[test]
+    fn an_employment_cannot_end_before_it_starts() {
+        RecordTest::with(())
+            .given(vec![created()])
+            .when(update(&[
+                ("start_date", json!("2024-05-01")),
+                ("end_date", json!("2024-04-30")),
+            ]))
+            .then_expect_error(RecordError::InvalidField {
+                field: "end_date".into(),
+                reason: ValueError::EndBeforeStart,
+            });
+        RecordTest::with(())
+            .given(vec![created()])
+            .when(update(&[
+                ("start_date", json!("2024-05-01")),
+                ("end_date", json!("2024-05-01")),
+            ]))
+            .then_expect_events(vec![RecordEvent::RecordUpdated {
+                datasheet: Datasheet::Employees,
+                changes: fields(&[
+                    ("end_date", json!("2024-05-01")),
+                    ("start_date", json!("2024-05-01")),
+                ]),
+            }]);
     }
 
     #[test]

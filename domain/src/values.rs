@@ -23,6 +23,19 @@ pub enum ValueError {
     WrongType { expected: &'static str },
     #[error("must not contain control characters")]
     ControlCharacters,
+    #[error("must be one of: {options}")]
+    NotAnOption { options: &'static str },
+    #[error("must have at most {max} entries")]
+    TooMany { max: usize },
+    #[error("cannot move from `{from}` to `{to}`")]
+    IllegalTransition {
+        from: &'static str,
+        to: &'static str,
+    },
+    #[error("must not be before the start date")]
+    EndBeforeStart,
+    #[error("is not a valid record id")]
+    InvalidId,
 }
 
 fn trimmed(raw: &str, max: usize) -> Result<&str, ValueError> {
@@ -37,6 +50,25 @@ fn trimmed(raw: &str, max: usize) -> Result<&str, ValueError> {
         return Err(ValueError::ControlCharacters);
     }
     Ok(value)
+}
+
+/// Multi-line free text such as notes or an address: trimmed, non-empty, at most `max`
+/// characters; line breaks and tabs are kept, other control characters refused.
+pub fn long_text(raw: &str, max: usize) -> Result<String, ValueError> {
+    let value = raw.trim();
+    if value.is_empty() {
+        return Err(ValueError::Empty);
+    }
+    if value.chars().count() > max {
+        return Err(ValueError::TooLong { max });
+    }
+    if value
+        .chars()
+        .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+    {
+        return Err(ValueError::ControlCharacters);
+    }
+    Ok(value.to_owned())
 }
 
 /// A person's given or family name: trimmed, non-empty, at most 200 characters.

@@ -13,10 +13,10 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 pub mod api_tokens;
-pub mod employees;
 pub mod logins;
 pub mod organization;
 pub mod page;
+pub mod records;
 pub mod roles;
 pub mod users;
 
@@ -84,7 +84,7 @@ pub fn all() -> Vec<Box<dyn Projection>> {
         Box::new(users::UsersProjection),
         Box::new(roles::RolesProjection),
         Box::new(logins::LoginsProjection),
-        Box::new(employees::EmployeesProjection),
+        Box::new(records::RecordsProjection),
         Box::new(organization::OrganizationProjection),
         Box::new(api_tokens::ApiTokensProjection),
     ]

@@ -121,9 +121,14 @@ async fn permissions_are_the_union_of_roles_and_changes_apply_on_the_next_reques
         )
         .await
         .ok();
+    // The Viewer still reads contacts and applicants; employees' read was revoked.
     assert_eq!(
         me.data("me.permissions"),
-        &json!([{ "datasheet": "EMPLOYEES", "permission": "CREATE" }])
+        &json!([
+            { "datasheet": "EMPLOYEES", "permission": "CREATE" },
+            { "datasheet": "CONTACTS", "permission": "READ" },
+            { "datasheet": "APPLICANTS", "permission": "READ" },
+        ])
     );
 }
 

@@ -17,8 +17,10 @@ enum Who {
     /// Signed in with a password of one's own.
     SignedIn,
     Admin,
-    /// Holders of this permission on employees (administrators hold every permission).
-    Employees(&'static str),
+    /// Holders of this permission on this datasheet (administrators hold every permission).
+    Grant(&'static str, &'static str),
+    /// Holders of all of these.
+    AllOf(&'static [(&'static str, &'static str)]),
     /// Administrators; for anyone else signed in, another user's object answers NOT_FOUND.
     AdminElseNotFound,
 }
@@ -49,9 +51,9 @@ fn rows() -> BTreeMap<(&'static str, &'static str), Row> {
         (("Query", "sessions"), row(SignedIn, "{ sessions { id current } }", false)),
         (("Mutation", "endSession"), row(AdminElseNotFound, "mutation($session: ID!) { endSession(id: $session) }", true)),
         (("Query", "role"), row(Admin, "query($role: ID!) { role(id: $role) { id } }", true)),
-        (("Query", "employees"), row(Employees("read"), "{ employees { totalCount } }", false)),
-        (("Query", "employee"), row(Employees("read"), "query($employee: ID!) { employee(id: $employee) { id } }", true)),
-        (("Query", "recordHistory"), row(Employees("history"), "query($employee: ID!) { recordHistory(id: $employee) { totalCount } }", true)),
+        (("Query", "employees"), row(Grant("employees", "read"), "{ employees { totalCount } }", false)),
+        (("Query", "employee"), row(Grant("employees", "read"), "query($employee: ID!) { employee(id: $employee) { id } }", true)),
+        (("Query", "recordHistory"), row(Grant("employees", "history"), "query($employee: ID!) { recordHistory(id: $employee) { totalCount } }", true)),
         (("Mutation", "signUp"), row(Anyone, "mutation { signUp(input: { organization: \"M\", slug: \"matrix-signup\", region: \"eu\", adminEmail: \"m@example.org\", adminName: \"M\", password: \"correct horse battery\" }) { token } }", false)),
         (("Mutation", "login"), row(Anyone, "mutation($slug: String!, $loginEmail: String!, $password: String!) { login(tenant: $slug, email: $loginEmail, password: $password) { token } }", false)),
         (("Mutation", "changePassword"), row(Session, "mutation { changePassword(currentPassword: \"not the password\", newPassword: \"whatever password\") { id } }", false)),
@@ -70,10 +72,20 @@ fn rows() -> BTreeMap<(&'static str, &'static str), Row> {
         // The victim role is held, so deleting it without reassignment is refused (VALIDATION)
         // after authorization: repeatable, and it proves the caller got past the policy.
         (("Mutation", "deleteRole"), row(Admin, "mutation($role: ID!) { deleteRole(id: $role) }", true)),
-        (("Mutation", "createEmployee"), row(Employees("create"), "mutation { createEmployee(input: { firstName: \"M\", lastName: \"X\" }) { id } }", false)),
-        (("Mutation", "updateEmployee"), row(Employees("update"), "mutation($employee: ID!) { updateEmployee(id: $employee, input: { department: \"Matrix\" }) { id } }", true)),
-        (("Mutation", "archiveRecord"), row(Employees("archive"), "mutation($employee: ID!) { archiveRecord(id: $employee) { id } }", true)),
-        (("Mutation", "restoreRecord"), row(Employees("archive"), "mutation($employee: ID!) { restoreRecord(id: $employee) { id } }", true)),
+        (("Mutation", "createEmployee"), row(Grant("employees", "create"), "mutation { createEmployee(input: { firstName: \"M\", lastName: \"X\" }) { id } }", false)),
+        (("Mutation", "updateEmployee"), row(Grant("employees", "update"), "mutation($employee: ID!) { updateEmployee(id: $employee, input: { department: \"Matrix\" }) { id } }", true)),
+        (("Query", "contacts"), row(Grant("contacts", "read"), "{ contacts { totalCount } }", false)),
+        (("Query", "contact"), row(Grant("contacts", "read"), "query($contact: ID!) { contact(id: $contact) { id } }", true)),
+        (("Mutation", "createContact"), row(Grant("contacts", "create"), "mutation { createContact(input: { firstName: \"M\", lastName: \"X\" }) { id } }", false)),
+        (("Mutation", "updateContact"), row(Grant("contacts", "update"), "mutation($contact: ID!) { updateContact(id: $contact, input: { company: \"Matrix\" }) { id } }", true)),
+        (("Query", "applicants"), row(Grant("applicants", "read"), "{ applicants { totalCount } }", false)),
+        (("Query", "applicant"), row(Grant("applicants", "read"), "query($applicant: ID!) { applicant(id: $applicant) { id } }", true)),
+        (("Mutation", "createApplicant"), row(Grant("applicants", "create"), "mutation { createApplicant(input: { firstName: \"M\", lastName: \"X\" }) { id } }", false)),
+        (("Mutation", "updateApplicant"), row(Grant("applicants", "update"), "mutation($applicant: ID!) { updateApplicant(id: $applicant, input: { source: \"Matrix\" }) { id } }", true)),
+        // The first allowed caller hires; later ones are refused (VALIDATION) past the policy.
+        (("Mutation", "hireApplicant"), row(AllOf(&[("applicants", "update"), ("employees", "create")]), "mutation($applicant: ID!) { hireApplicant(id: $applicant) { employee { id } } }", true)),
+        (("Mutation", "archiveRecord"), row(Grant("employees", "archive"), "mutation($employee: ID!) { archiveRecord(id: $employee) { id } }", true)),
+        (("Mutation", "restoreRecord"), row(Grant("employees", "archive"), "mutation($employee: ID!) { restoreRecord(id: $employee) { id } }", true)),
         (("Query", "apiTokens"), row(Admin, "{ apiTokens(includeInactive: true) { totalCount } }", false)),
         (("Mutation", "createApiToken"), row(Admin, "mutation($role: ID!) { createApiToken(input: { name: \"Matrix\", roleId: $role }) { token } }", true)),
         // Revoking twice is refused (VALIDATION) after authorization.
@@ -98,6 +110,8 @@ fn rows() -> BTreeMap<(&'static str, &'static str), Row> {
 #[derive(Clone)]
 struct Objects {
     employee: String,
+    contact: String,
+    applicant: String,
     user: String,
     session: String,
     role: String,
@@ -113,6 +127,25 @@ async fn objects(app: &TestApp, admin: &Session) -> Objects {
             json!({ "firstName": "Victim", "lastName": "Employee" }),
         )
         .await;
+    let created = |document: &'static str, path: &'static str| async move {
+        app.graphql(Some(&admin.token), document, json!({}))
+            .await
+            .ok()
+            .data(path)
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let contact = created(
+        "mutation { createContact(input: { firstName: \"Victim\", lastName: \"Contact\" }) { id } }",
+        "createContact.id",
+    )
+    .await;
+    let applicant = created(
+        "mutation { createApplicant(input: { firstName: \"Victim\", lastName: \"Applicant\", stage: OFFER }) { id } }",
+        "createApplicant.id",
+    )
+    .await;
     let role = app
         .graphql(
             Some(&admin.token),
@@ -141,6 +174,8 @@ async fn objects(app: &TestApp, admin: &Session) -> Objects {
         .ok();
     Objects {
         employee: employee["id"].as_str().unwrap().to_owned(),
+        contact,
+        applicant,
         user: victim.user_id.to_string(),
         session: sessions.data("sessions.0.id").as_str().unwrap().to_owned(),
         role,
@@ -155,7 +190,8 @@ async fn objects(app: &TestApp, admin: &Session) -> Objects {
 enum Kind {
     Anonymous,
     Admin,
-    Holder(&'static [&'static str]),
+    /// A user whose roles hold these (datasheet, permission) grants.
+    Holder(&'static [(&'static str, &'static str)]),
     Deactivated,
     Expired,
     OtherTenantAdmin,
@@ -163,8 +199,8 @@ enum Kind {
     Temporary,
     /// Signed in without the second factor the organisation requires.
     Unenrolled,
-    /// An API token whose role holds these permissions on employees.
-    Token(&'static [&'static str]),
+    /// An API token whose role holds these (datasheet, permission) grants.
+    Token(&'static [(&'static str, &'static str)]),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,7 +220,8 @@ fn expected(kind: Kind, row: &Row, foreign: bool) -> Outcome {
             return Outcome::Unauthenticated
         }
         // Integrations use data, nothing else.
-        (Kind::Token(held), Who::Employees(p)) => held.contains(&p),
+        (Kind::Token(held), Who::Grant(d, p)) => held.contains(&(d, p)),
+        (Kind::Token(held), Who::AllOf(all)) => all.iter().all(|g| held.contains(g)),
         (Kind::Token(_), _) => false,
         (_, Who::Session) => true,
         (Kind::Temporary | Kind::Unenrolled, _) => false,
@@ -193,7 +230,8 @@ fn expected(kind: Kind, row: &Row, foreign: bool) -> Outcome {
         (Kind::Holder(_), Who::Admin) => false,
         // Another user's session is not theirs to see: it answers like a missing one.
         (Kind::Holder(_), Who::AdminElseNotFound) => return Outcome::NotFound,
-        (Kind::Holder(held), Who::Employees(p)) => held.contains(&p),
+        (Kind::Holder(held), Who::Grant(d, p)) => held.contains(&(d, p)),
+        (Kind::Holder(held), Who::AllOf(all)) => all.iter().all(|g| held.contains(g)),
     };
     match (allowed, foreign && row.by_id) {
         (false, _) => Outcome::Forbidden,
@@ -332,8 +370,30 @@ async fn every_root_field_admits_exactly_who_it_should() {
         .await
         .unwrap();
 
-    const ALL: &[&str] = &[
-        "read", "create", "update", "archive", "erase", "export", "history", "report",
+    // The seeded roles: an HR manager does everything with employees and applicants, a
+    // Viewer reads every datasheet.
+    const HR: &[(&str, &str)] = &[
+        ("employees", "read"),
+        ("employees", "create"),
+        ("employees", "update"),
+        ("employees", "archive"),
+        ("employees", "erase"),
+        ("employees", "export"),
+        ("employees", "history"),
+        ("employees", "report"),
+        ("applicants", "read"),
+        ("applicants", "create"),
+        ("applicants", "update"),
+        ("applicants", "archive"),
+        ("applicants", "erase"),
+        ("applicants", "export"),
+        ("applicants", "history"),
+        ("applicants", "report"),
+    ];
+    const VIEWER: &[(&str, &str)] = &[
+        ("employees", "read"),
+        ("contacts", "read"),
+        ("applicants", "read"),
     ];
     // The principals who can log in again, for calls that end sessions.
     let login = |session: &Session| {
@@ -370,14 +430,14 @@ async fn every_root_field_admits_exactly_who_it_should() {
         ),
         (
             "HR manager",
-            Kind::Holder(ALL),
+            Kind::Holder(HR),
             Some(hr_user.token.clone()),
             &own_a,
             &own_b,
         ),
         (
             "Viewer",
-            Kind::Holder(&["read"]),
+            Kind::Holder(VIEWER),
             Some(viewer_user.token.clone()),
             &own_a,
             &own_b,
@@ -426,7 +486,7 @@ async fn every_root_field_admits_exactly_who_it_should() {
         ),
         (
             "API token with the Viewer role",
-            Kind::Token(&["read"]),
+            Kind::Token(VIEWER),
             Some(viewer_token.clone()),
             &own_a,
             &own_b,
@@ -456,7 +516,7 @@ async fn every_root_field_admits_exactly_who_it_should() {
                     continue;
                 }
                 let variables = json!({
-                    "employee": objects.employee, "user": objects.user, "role": objects.role, "session": objects.session,
+                    "employee": objects.employee, "contact": objects.contact, "applicant": objects.applicant, "user": objects.user, "role": objects.role, "session": objects.session,
                     "token": objects.api_token,
                     "slug": objects.slug, "loginEmail": objects.login_email, "password": PASSWORD,
                 });

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use custos_api::event_store::{EventLog, Position};
 use custos_api::projector::{self, Batch};
-use custos_projections::employees::EmployeesProjection;
+use custos_projections::records::RecordsProjection;
 use custos_projections::Projection;
 use custos_tests::{slug, TestApp};
 use serde_json::{json, Value};
@@ -93,7 +93,7 @@ async fn every_event_carries_actor_request_command_and_database_columns() {
 }
 
 async fn employee_rows(db: &mut PgConnection) -> Vec<Value> {
-    sqlx::query_scalar("SELECT to_jsonb(e) FROM employees e ORDER BY id")
+    sqlx::query_scalar("SELECT to_jsonb(r) FROM records r ORDER BY id")
         .fetch_all(db)
         .await
         .unwrap()
@@ -114,16 +114,16 @@ async fn newest_record_event(pool: &sqlx::PgPool) -> Position {
     }
 }
 
-/// Runs projector batches (this task's or the service's own) until the employees projection
+/// Runs projector batches (this task's or the service's own) until the records projection
 /// has passed the newest record event. Other tests' open transactions on the shared cluster
 /// may hold the horizon back for a while; this waits them out.
 async fn catch_up(pool: &sqlx::PgPool, log: &EventLog) {
     let target = newest_record_event(pool).await;
     for _ in 0..500 {
-        projector::run_batch(pool, log, &EmployeesProjection, 500)
+        projector::run_batch(pool, log, &RecordsProjection, 500)
             .await
             .unwrap();
-        if projector::checkpoint(pool, EmployeesProjection.name())
+        if projector::checkpoint(pool, RecordsProjection.name())
             .await
             .unwrap()
             >= target
@@ -139,7 +139,7 @@ async fn catch_up(pool: &sqlx::PgPool, log: &EventLog) {
 /// by the service's projector).
 async fn one_batch(pool: &sqlx::PgPool, log: &EventLog) {
     for _ in 0..500 {
-        if let Batch::Applied(..) = projector::run_batch(pool, log, &EmployeesProjection, 500)
+        if let Batch::Applied(..) = projector::run_batch(pool, log, &RecordsProjection, 500)
             .await
             .unwrap()
         {
@@ -177,7 +177,7 @@ async fn rebuilding_a_projection_from_zero_gives_the_same_rows() {
     let mut db = app.tenant_admin(session.tenant_id).await;
     let incremental = employee_rows(&mut db).await;
 
-    projector::reset(&tenant.pool, &EmployeesProjection)
+    projector::reset(&tenant.pool, &RecordsProjection)
         .await
         .unwrap();
     assert!(employee_rows(&mut db).await.is_empty());
@@ -186,7 +186,7 @@ async fn rebuilding_a_projection_from_zero_gives_the_same_rows() {
     let rebuilt = employee_rows(&mut db).await;
     assert_eq!(incremental.len(), 5);
     assert_eq!(rebuilt, incremental);
-    assert_eq!(EmployeesProjection.name(), "employees");
+    assert_eq!(RecordsProjection.name(), "records");
 }
 
 fn created_event(first_name: &str) -> Value {
@@ -226,7 +226,7 @@ async fn an_event_committed_after_a_later_one_is_not_skipped() {
     one_batch(&tenant.pool, &tenant.log).await;
     let mut db = app.tenant_admin(session.tenant_id).await;
     let names: Vec<String> =
-        sqlx::query_scalar("SELECT first_name FROM employees ORDER BY first_name")
+        sqlx::query_scalar("SELECT fields->>'first_name' FROM records ORDER BY 1")
             .fetch_all(&mut db)
             .await
             .unwrap();
@@ -239,7 +239,7 @@ async fn an_event_committed_after_a_later_one_is_not_skipped() {
     catch_up(&tenant.pool, &tenant.log).await;
 
     let names: Vec<String> =
-        sqlx::query_scalar("SELECT first_name FROM employees ORDER BY first_name")
+        sqlx::query_scalar("SELECT fields->>'first_name' FROM records ORDER BY 1")
             .fetch_all(&mut db)
             .await
             .unwrap();

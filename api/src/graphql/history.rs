@@ -11,9 +11,10 @@ use custos_projections::api_tokens::ApiTokenRow;
 use custos_projections::users::UserRow;
 
 use super::records::ConnectionTotal;
-use super::{load_api_token, load_user, parse_id, principal};
+use super::{load_api_token, load_user, principal};
 use crate::error::ApiError;
 use crate::history::{record_history, HistoryEntry};
+use custos_domain::Permission;
 
 /// One field's value before and after an event (`null`: no value).
 #[derive(SimpleObject)]
@@ -158,7 +159,9 @@ impl HistoryQuery {
     ) -> async_graphql::Result<HistoryConnection> {
         let principal = principal(ctx)?;
         let first = first.unwrap_or(100);
-        let id = parse_id("id", &id)?;
+        let id = super::records::authorized_record(ctx, &id, Permission::History)
+            .await?
+            .id;
         if !(1..=1000).contains(&first) {
             return Err(ApiError::validation("first", "`first` must be between 1 and 1000").into());
         }

@@ -1,17 +1,24 @@
-//! Records: the employees datasheet, and the lifecycle every record shares.
+//! Records: the employees, contacts and job applicants datasheets, and the lifecycle every
+//! record shares. Each datasheet has its own type and inputs; what every record has is the
+//! `Record` interface, resolved once (`RecordCommon`) and merged into each type.
+
+use std::sync::Arc;
 
 use async_graphql::connection::{Connection, EmptyFields};
-use async_graphql::{Context, Enum, InputObject, Interface, MaybeUndefined, Object, ID};
+use async_graphql::{
+    Context, Enum, InputObject, Interface, MaybeUndefined, MergedObject, Object, SimpleObject, ID,
+};
+
 use chrono::{DateTime, NaiveDate, Utc};
-use custos_domain::record::{new_record_id, Fields};
-use custos_domain::{Datasheet, EventMetadata, RecordCommand};
-use custos_projections::employees::{self, EmployeeRow};
+use custos_domain::record::Fields;
+use custos_domain::{Datasheet, Permission, RecordCommand};
+use custos_projections::records::{self, RecordRow};
+use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
 use super::history::Actor;
 use super::{id_connection, page_args, parse_id, principal, request, services};
-use crate::auth::Principal;
 use crate::error::ApiError;
 
 /// The datasheets a tenant keeps.
@@ -19,12 +26,16 @@ use crate::error::ApiError;
 #[graphql(name = "Datasheet")]
 pub enum DatasheetKind {
     Employees,
+    Contacts,
+    Applicants,
 }
 
 impl From<Datasheet> for DatasheetKind {
     fn from(value: Datasheet) -> Self {
         match value {
             Datasheet::Employees => DatasheetKind::Employees,
+            Datasheet::Contacts => DatasheetKind::Contacts,
+            Datasheet::Applicants => DatasheetKind::Applicants,
         }
     }
 }
@@ -33,46 +44,71 @@ impl From<DatasheetKind> for Datasheet {
     fn from(value: DatasheetKind) -> Self {
         match value {
             DatasheetKind::Employees => Datasheet::Employees,
+            DatasheetKind::Contacts => Datasheet::Contacts,
+            DatasheetKind::Applicants => Datasheet::Applicants,
         }
     }
 }
 
-/// An employee record.
-pub struct Employee(pub EmployeeRow);
+/// How an employee is employed.
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EmploymentType {
+    FullTime,
+    PartTime,
+    Contractor,
+    Intern,
+    Temporary,
+}
+
+/// Where a job applicant is in the recruiting pipeline.
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PipelineStage {
+    Applied,
+    Screening,
+    Interview,
+    Offer,
+    Hired,
+    Rejected,
+    Withdrawn,
+}
+
+/// A GraphQL enum value from its stored (`snake_case`) name.
+fn stored_enum<T: async_graphql::resolver_utils::EnumType + Serialize>(
+    raw: Option<&str>,
+) -> Option<T> {
+    let raw = raw?;
+    T::items().iter().map(|item| item.value).find(|value| {
+        serde_json::to_value(value)
+            .ok()
+            .as_ref()
+            .and_then(Value::as_str)
+            == Some(raw)
+    })
+}
+
+fn date(row: &RecordRow, field: &str) -> Option<NaiveDate> {
+    row.text(field)
+        .and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
+}
+
+/// What every record has.
+pub struct RecordCommon(Arc<RecordRow>);
 
 #[Object]
-impl Employee {
+impl RecordCommon {
     async fn id(&self) -> ID {
         ID(self.0.id.to_string())
     }
     async fn datasheet(&self) -> DatasheetKind {
-        DatasheetKind::Employees
+        self.0.datasheet().into()
     }
-    /// The number of changes so far; pass it as `expectedVersion` to update safely.
+    /// The number of changes so far; pass it as `expectedVersion` to change the record safely.
     async fn version(&self) -> i64 {
         self.0.version
     }
-    async fn first_name(&self) -> &str {
-        &self.0.first_name
-    }
-    async fn last_name(&self) -> &str {
-        &self.0.last_name
-    }
-    async fn email(&self) -> Option<&str> {
-        self.0.email.as_deref()
-    }
-    async fn phone(&self) -> Option<&str> {
-        self.0.phone.as_deref()
-    }
-    async fn job_title(&self) -> Option<&str> {
-        self.0.job_title.as_deref()
-    }
-    async fn department(&self) -> Option<&str> {
-        self.0.department.as_deref()
-    }
-    async fn start_date(&self) -> Option<NaiveDate> {
-        self.0.start_date
-    }
+    /// Archived records are hidden from lists by default and read-only until restored.
     async fn archived(&self) -> bool {
         self.0.archived
     }
@@ -89,6 +125,230 @@ impl Employee {
         Actor::new(self.0.updated_by, None)
     }
 }
+
+/// Loads the employees a record points at (managers, hires) within the caller's datasheet
+/// permissions: a reference the caller may not read is `null`.
+async fn referenced_employee(
+    ctx: &Context<'_>,
+    id: Option<Uuid>,
+) -> Result<Option<Employee>, ApiError> {
+    let Some(id) = id else {
+        return Ok(None);
+    };
+    let principal = principal(ctx)?;
+    if !principal.may(Datasheet::Employees, Permission::Read) {
+        return Ok(None);
+    }
+    Ok(records::record(&principal.tenant.pool, id)
+        .await?
+        .filter(|row| row.datasheet() == Datasheet::Employees)
+        .map(Employee::from))
+}
+
+pub struct EmployeeFields(Arc<RecordRow>);
+
+#[Object]
+impl EmployeeFields {
+    async fn first_name(&self) -> &str {
+        self.0.text("first_name").unwrap_or_default()
+    }
+    async fn last_name(&self) -> &str {
+        self.0.text("last_name").unwrap_or_default()
+    }
+    async fn email(&self) -> Option<&str> {
+        self.0.text("email")
+    }
+    async fn phone(&self) -> Option<&str> {
+        self.0.text("phone")
+    }
+    async fn date_of_birth(&self) -> Option<NaiveDate> {
+        date(&self.0, "date_of_birth")
+    }
+    async fn address(&self) -> Option<&str> {
+        self.0.text("address")
+    }
+    async fn job_title(&self) -> Option<&str> {
+        self.0.text("job_title")
+    }
+    async fn department(&self) -> Option<&str> {
+        self.0.text("department")
+    }
+    async fn manager_id(&self) -> Option<ID> {
+        self.0.text("manager_id").map(|id| ID(id.to_owned()))
+    }
+    /// The manager's record (`null` without one, or without `read` on employees).
+    async fn manager(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Employee>> {
+        let id = self
+            .0
+            .text("manager_id")
+            .and_then(|id| Uuid::try_parse(id).ok());
+        Ok(referenced_employee(ctx, id).await?)
+    }
+    async fn employment_type(&self) -> Option<EmploymentType> {
+        stored_enum(self.0.text("employment_type"))
+    }
+    async fn start_date(&self) -> Option<NaiveDate> {
+        date(&self.0, "start_date")
+    }
+    async fn end_date(&self) -> Option<NaiveDate> {
+        date(&self.0, "end_date")
+    }
+    async fn notes(&self) -> Option<&str> {
+        self.0.text("notes")
+    }
+    /// The applicant record this employee was hired from, if any.
+    async fn hired_from_id(&self) -> Option<ID> {
+        self.0.hired_from.map(|id| ID(id.to_string()))
+    }
+}
+
+/// An employee.
+#[derive(MergedObject)]
+pub struct Employee(RecordCommon, EmployeeFields);
+
+impl From<RecordRow> for Employee {
+    fn from(row: RecordRow) -> Self {
+        let row = Arc::new(row);
+        Self(RecordCommon(row.clone()), EmployeeFields(row))
+    }
+}
+
+pub struct ContactFields(Arc<RecordRow>);
+
+#[Object]
+impl ContactFields {
+    async fn first_name(&self) -> &str {
+        self.0.text("first_name").unwrap_or_default()
+    }
+    async fn last_name(&self) -> &str {
+        self.0.text("last_name").unwrap_or_default()
+    }
+    async fn company(&self) -> Option<&str> {
+        self.0.text("company")
+    }
+    async fn job_title(&self) -> Option<&str> {
+        self.0.text("job_title")
+    }
+    async fn emails(&self) -> Vec<&str> {
+        self.0.list("emails")
+    }
+    async fn phones(&self) -> Vec<&str> {
+        self.0.list("phones")
+    }
+    async fn address(&self) -> Option<&str> {
+        self.0.text("address")
+    }
+    async fn tags(&self) -> Vec<&str> {
+        self.0.list("tags")
+    }
+    async fn notes(&self) -> Option<&str> {
+        self.0.text("notes")
+    }
+}
+
+/// A contact: someone the organisation deals with who is not an employee.
+#[derive(MergedObject)]
+pub struct Contact(RecordCommon, ContactFields);
+
+impl From<RecordRow> for Contact {
+    fn from(row: RecordRow) -> Self {
+        let row = Arc::new(row);
+        Self(RecordCommon(row.clone()), ContactFields(row))
+    }
+}
+
+pub struct ApplicantFields(Arc<RecordRow>);
+
+#[Object]
+impl ApplicantFields {
+    async fn first_name(&self) -> &str {
+        self.0.text("first_name").unwrap_or_default()
+    }
+    async fn last_name(&self) -> &str {
+        self.0.text("last_name").unwrap_or_default()
+    }
+    async fn email(&self) -> Option<&str> {
+        self.0.text("email")
+    }
+    async fn phone(&self) -> Option<&str> {
+        self.0.text("phone")
+    }
+    /// The position applied for.
+    async fn position(&self) -> Option<&str> {
+        self.0.text("position")
+    }
+    /// Where the application came from (a job board, a referral...).
+    async fn source(&self) -> Option<&str> {
+        self.0.text("source")
+    }
+    async fn stage(&self) -> PipelineStage {
+        stored_enum(self.0.text("stage")).unwrap_or(PipelineStage::Applied)
+    }
+    async fn applied_on(&self) -> Option<NaiveDate> {
+        date(&self.0, "applied_on")
+    }
+    async fn notes(&self) -> Option<&str> {
+        self.0.text("notes")
+    }
+    /// Until when the applicant agreed to be kept in the talent pool.
+    async fn talent_pool_until(&self) -> Option<NaiveDate> {
+        date(&self.0, "talent_pool_until")
+    }
+    /// The employee record created by hiring this applicant.
+    async fn hired_as_id(&self) -> Option<ID> {
+        self.0.hired_as.map(|id| ID(id.to_string()))
+    }
+    /// That employee's record (`null` before the hire, or without `read` on employees).
+    async fn hired_as(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Employee>> {
+        Ok(referenced_employee(ctx, self.0.hired_as).await?)
+    }
+}
+
+/// A job applicant.
+#[derive(MergedObject)]
+pub struct Applicant(RecordCommon, ApplicantFields);
+
+impl From<RecordRow> for Applicant {
+    fn from(row: RecordRow) -> Self {
+        let row = Arc::new(row);
+        Self(RecordCommon(row.clone()), ApplicantFields(row))
+    }
+}
+
+/// The `Record` interface calls each type's own methods for its fields: these delegate to
+/// `RecordCommon`, which also resolves them as GraphQL fields of the merged types.
+macro_rules! record_interface {
+    ($($ty:ident),*) => {$(
+        impl $ty {
+            async fn id(&self, ctx: &Context<'_>) -> async_graphql::Result<ID> {
+                self.0.id(ctx).await
+            }
+            async fn datasheet(&self, ctx: &Context<'_>) -> async_graphql::Result<DatasheetKind> {
+                self.0.datasheet(ctx).await
+            }
+            async fn version(&self, ctx: &Context<'_>) -> async_graphql::Result<i64> {
+                self.0.version(ctx).await
+            }
+            async fn archived(&self, ctx: &Context<'_>) -> async_graphql::Result<bool> {
+                self.0.archived(ctx).await
+            }
+            async fn created_at(&self, ctx: &Context<'_>) -> async_graphql::Result<DateTime<Utc>> {
+                self.0.created_at(ctx).await
+            }
+            async fn updated_at(&self, ctx: &Context<'_>) -> async_graphql::Result<DateTime<Utc>> {
+                self.0.updated_at(ctx).await
+            }
+            async fn created_by(&self, ctx: &Context<'_>) -> async_graphql::Result<Actor> {
+                self.0.created_by(ctx).await
+            }
+            async fn updated_by(&self, ctx: &Context<'_>) -> async_graphql::Result<Actor> {
+                self.0.updated_by(ctx).await
+            }
+        }
+    )*};
+}
+
+record_interface!(Employee, Contact, Applicant);
 
 /// What every record has, whatever its datasheet.
 // The derive's `field(...)` entries repeat the `ty = ...` key by design.
@@ -107,92 +367,307 @@ impl Employee {
 )]
 pub enum RecordNode {
     Employee(Employee),
+    Contact(Contact),
+    Applicant(Applicant),
 }
 
-#[derive(InputObject)]
+impl From<RecordRow> for RecordNode {
+    fn from(row: RecordRow) -> Self {
+        match row.datasheet() {
+            Datasheet::Employees => RecordNode::Employee(row.into()),
+            Datasheet::Contacts => RecordNode::Contact(row.into()),
+            Datasheet::Applicants => RecordNode::Applicant(row.into()),
+        }
+    }
+}
+
+// Inputs serialise (snake_case) into the field map the domain parses: an omitted field of a
+// patch is skipped, `null` clears it. Dates are `YYYY-MM-DD` strings, so that a bad one is a
+// `VALIDATION` error naming its field.
+
+#[derive(InputObject, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub struct CreateEmployeeInput {
     first_name: String,
     last_name: String,
     email: Option<String>,
     /// Digits with an optional leading `+`; spaces, dots, dashes and parentheses are ignored.
     phone: Option<String>,
+    /// `YYYY-MM-DD`, like every date here.
+    date_of_birth: Option<String>,
+    address: Option<String>,
     job_title: Option<String>,
     department: Option<String>,
-    /// `YYYY-MM-DD`.
+    /// Another active employee, who must not report to this one.
+    manager_id: Option<ID>,
+    employment_type: Option<EmploymentType>,
     start_date: Option<String>,
+    /// Not before `startDate`.
+    end_date: Option<String>,
+    notes: Option<String>,
 }
 
 /// A patch: omitted fields stay as they are, `null` clears an optional field.
-#[derive(InputObject)]
+#[derive(InputObject, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub struct UpdateEmployeeInput {
+    #[serde(skip_serializing_if = "MaybeUndefined::is_undefined")]
     first_name: MaybeUndefined<String>,
+    #[serde(skip_serializing_if = "MaybeUndefined::is_undefined")]
     last_name: MaybeUndefined<String>,
+    #[serde(skip_serializing_if = "MaybeUndefined::is_undefined")]
     email: MaybeUndefined<String>,
+    #[serde(skip_serializing_if = "MaybeUndefined::is_undefined")]
     phone: MaybeUndefined<String>,
+    #[serde(skip_serializing_if = "MaybeUndefined::is_undefined")]
+    date_of_birth: MaybeUndefined<String>,
+    #[serde(skip_serializing_if = "MaybeUndefined::is_undefined")]
+    address: MaybeUndefined<String>,
+    #[serde(skip_serializing_if = "MaybeUndefined::is_undefined")]
     job_title: MaybeUndefined<String>,
+    #[serde(skip_serializing_if = "MaybeUndefined::is_undefined")]
     department: MaybeUndefined<String>,
+    #[serde(skip_serializing_if = "MaybeUndefined::is_undefined")]
+    manager_id: MaybeUndefined<ID>,
+    #[serde(skip_serializing_if = "MaybeUndefined::is_undefined")]
+    employment_type: MaybeUndefined<EmploymentType>,
+    #[serde(skip_serializing_if = "MaybeUndefined::is_undefined")]
     start_date: MaybeUndefined<String>,
+    #[serde(skip_serializing_if = "MaybeUndefined::is_undefined")]
+    end_date: MaybeUndefined<String>,
+    #[serde(skip_serializing_if = "MaybeUndefined::is_undefined")]
+    notes: MaybeUndefined<String>,
 }
 
-fn set(fields: &mut Fields, name: &str, value: Option<String>) {
-    fields.insert(name.to_owned(), value.map_or(Value::Null, Value::String));
+#[derive(InputObject, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub struct CreateContactInput {
+    first_name: String,
+    last_name: String,
+    company: Option<String>,
+    job_title: Option<String>,
+    /// Up to 20; duplicates are dropped.
+    emails: Option<Vec<String>>,
+    /// Up to 20; duplicates are dropped.
+    phones: Option<Vec<String>>,
+    address: Option<String>,
+    /// Up to 50; duplicates (ignoring case) are dropped.
+    tags: Option<Vec<String>>,
+    notes: Option<String>,
 }
 
-fn patch(fields: &mut Fields, name: &str, value: MaybeUndefined<String>) {
-    match value {
-        MaybeUndefined::Undefined => {}
-        MaybeUndefined::Null => set(fields, name, None),
-        MaybeUndefined::Value(value) => set(fields, name, Some(value)),
-    }
+/// A patch: omitted fields stay as they are, `null` (or an empty list) clears a field. Lists
+/// are replaced whole.
+#[derive(InputObject, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub struct UpdateContactInput {
+    #[serde(skip_serializing_if = "MaybeUndefined::is_undefined")]
+    first_name: MaybeUndefined<String>,
+    #[serde(skip_serializing_if = "MaybeUndefined::is_undefined")]
+    last_name: MaybeUndefined<String>,
+    #[serde(skip_serializing_if = "MaybeUndefined::is_undefined")]
+    company: MaybeUndefined<String>,
+    #[serde(skip_serializing_if = "MaybeUndefined::is_undefined")]
+    job_title: MaybeUndefined<String>,
+    #[serde(skip_serializing_if = "MaybeUndefined::is_undefined")]
+    emails: MaybeUndefined<Vec<String>>,
+    #[serde(skip_serializing_if = "MaybeUndefined::is_undefined")]
+    phones: MaybeUndefined<Vec<String>>,
+    #[serde(skip_serializing_if = "MaybeUndefined::is_undefined")]
+    address: MaybeUndefined<String>,
+    #[serde(skip_serializing_if = "MaybeUndefined::is_undefined")]
+    tags: MaybeUndefined<Vec<String>>,
+    #[serde(skip_serializing_if = "MaybeUndefined::is_undefined")]
+    notes: MaybeUndefined<String>,
 }
 
-impl CreateEmployeeInput {
-    fn into_fields(self) -> Fields {
-        let mut fields = Fields::new();
-        set(&mut fields, "first_name", Some(self.first_name));
-        set(&mut fields, "last_name", Some(self.last_name));
-        set(&mut fields, "email", self.email);
-        set(&mut fields, "phone", self.phone);
-        set(&mut fields, "job_title", self.job_title);
-        set(&mut fields, "department", self.department);
-        set(&mut fields, "start_date", self.start_date);
-        fields
-    }
+#[derive(InputObject, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub struct CreateApplicantInput {
+    first_name: String,
+    last_name: String,
+    email: Option<String>,
+    phone: Option<String>,
+    position: Option<String>,
+    source: Option<String>,
+    /// `APPLIED` when omitted; `HIRED` only through `hireApplicant`.
+    stage: Option<PipelineStage>,
+    applied_on: Option<String>,
+    notes: Option<String>,
+    talent_pool_until: Option<String>,
 }
 
-impl UpdateEmployeeInput {
-    fn into_fields(self) -> Fields {
-        let mut fields = Fields::new();
-        patch(&mut fields, "first_name", self.first_name);
-        patch(&mut fields, "last_name", self.last_name);
-        patch(&mut fields, "email", self.email);
-        patch(&mut fields, "phone", self.phone);
-        patch(&mut fields, "job_title", self.job_title);
-        patch(&mut fields, "department", self.department);
-        patch(&mut fields, "start_date", self.start_date);
-        fields
+/// A patch: omitted fields stay as they are, `null` clears an optional field. `stage` moves
+/// one step forward (`APPLIED → SCREENING → INTERVIEW → OFFER`) or to `REJECTED` /
+/// `WITHDRAWN` from an open stage; `HIRED` only through `hireApplicant`.
+#[derive(InputObject, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub struct UpdateApplicantInput {
+    #[serde(skip_serializing_if = "MaybeUndefined::is_undefined")]
+    first_name: MaybeUndefined<String>,
+    #[serde(skip_serializing_if = "MaybeUndefined::is_undefined")]
+    last_name: MaybeUndefined<String>,
+    #[serde(skip_serializing_if = "MaybeUndefined::is_undefined")]
+    email: MaybeUndefined<String>,
+    #[serde(skip_serializing_if = "MaybeUndefined::is_undefined")]
+    phone: MaybeUndefined<String>,
+    #[serde(skip_serializing_if = "MaybeUndefined::is_undefined")]
+    position: MaybeUndefined<String>,
+    #[serde(skip_serializing_if = "MaybeUndefined::is_undefined")]
+    source: MaybeUndefined<String>,
+    #[serde(skip_serializing_if = "MaybeUndefined::is_undefined")]
+    stage: MaybeUndefined<PipelineStage>,
+    #[serde(skip_serializing_if = "MaybeUndefined::is_undefined")]
+    applied_on: MaybeUndefined<String>,
+    #[serde(skip_serializing_if = "MaybeUndefined::is_undefined")]
+    notes: MaybeUndefined<String>,
+    #[serde(skip_serializing_if = "MaybeUndefined::is_undefined")]
+    talent_pool_until: MaybeUndefined<String>,
+}
+
+/// The new employee's details; name, email and phone come from the applicant, and the job
+/// title defaults to the position applied for.
+#[derive(InputObject, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub struct HireApplicantInput {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    job_title: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    department: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    manager_id: Option<ID>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    employment_type: Option<EmploymentType>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    start_date: Option<String>,
+}
+
+/// A hire: the applicant (now `HIRED`) and their new employee record.
+#[derive(SimpleObject)]
+pub struct HirePayload {
+    applicant: Applicant,
+    employee: Employee,
+}
+
+/// An input as the field map the domain parses.
+fn fields(input: impl Serialize) -> Result<Fields, ApiError> {
+    match serde_json::to_value(input).map_err(ApiError::internal)? {
+        Value::Object(map) => Ok(map.into_iter().collect()),
+        _ => Err(ApiError::internal(anyhow::anyhow!(
+            "an input did not serialise to an object"
+        ))),
     }
 }
 
 pub use super::ConnectionTotal;
 
 pub type EmployeeConnection = Connection<String, Employee, ConnectionTotal, EmptyFields>;
+pub type ContactConnection = Connection<String, Contact, ConnectionTotal, EmptyFields>;
+pub type ApplicantConnection = Connection<String, Applicant, ConnectionTotal, EmptyFields>;
 
-/// The employee `id` of the principal's tenant, or `NOT_FOUND` (also for another tenant's id:
-/// each tenant's records live in its own database).
-async fn find_employee(principal: &Principal, id: Uuid) -> Result<EmployeeRow, ApiError> {
-    employees::employee(&principal.tenant.pool, id)
-        .await?
-        .ok_or(ApiError::NotFound)
-}
-
-fn expected(field: &str, version: Option<i64>) -> Result<Option<u64>, ApiError> {
+fn expected(version: Option<i64>) -> Result<Option<u64>, ApiError> {
     version
         .map(|v| {
-            u64::try_from(v)
-                .map_err(|_| ApiError::validation(field, "the version must not be negative"))
+            u64::try_from(v).map_err(|_| {
+                ApiError::validation("expectedVersion", "the version must not be negative")
+            })
         })
         .transpose()
+}
+
+/// One page of a datasheet's records as a connection of `T`.
+async fn page<T: From<RecordRow> + async_graphql::OutputType>(
+    ctx: &Context<'_>,
+    datasheet: Datasheet,
+    first: Option<i32>,
+    after: Option<String>,
+    include_archived: Option<bool>,
+) -> async_graphql::Result<Connection<String, T, ConnectionTotal, EmptyFields>> {
+    let principal = principal(ctx)?;
+    let (first, after) = page_args(first, after)?;
+    let mut conn = principal
+        .tenant
+        .pool
+        .acquire()
+        .await
+        .map_err(ApiError::from)?;
+    let page = records::records(
+        &mut conn,
+        datasheet,
+        first,
+        after,
+        include_archived.unwrap_or(false),
+    )
+    .await
+    .map_err(ApiError::from)?;
+    Ok(id_connection(page, after, |row| row.id, T::from))
+}
+
+/// One record of a datasheet by id.
+async fn one<T: From<RecordRow>>(
+    ctx: &Context<'_>,
+    datasheet: Datasheet,
+    id: &ID,
+) -> async_graphql::Result<T> {
+    let id = parse_id("id", id)?;
+    let tenant = &principal(ctx)?.tenant;
+    Ok(services(ctx)?
+        .find_record(tenant, datasheet, id)
+        .await?
+        .into())
+}
+
+async fn create<T: From<RecordRow>>(
+    ctx: &Context<'_>,
+    datasheet: Datasheet,
+    input: impl Serialize,
+) -> async_graphql::Result<T> {
+    let row = services(ctx)?
+        .create_record(
+            principal(ctx)?,
+            datasheet,
+            fields(input)?,
+            request(ctx)?.origin.request_id,
+        )
+        .await?;
+    Ok(row.into())
+}
+
+async fn update<T: From<RecordRow>>(
+    ctx: &Context<'_>,
+    datasheet: Datasheet,
+    id: &ID,
+    expected_version: Option<i64>,
+    input: impl Serialize,
+) -> async_graphql::Result<T> {
+    let id = parse_id("id", id)?;
+    let row = services(ctx)?
+        .update_record(
+            principal(ctx)?,
+            datasheet,
+            id,
+            expected(expected_version)?,
+            fields(input)?,
+            request(ctx)?.origin.request_id,
+        )
+        .await?;
+    Ok(row.into())
+}
+
+/// The record `id` of any datasheet, if the principal holds `permission` on its datasheet
+/// (`FORBIDDEN` otherwise; the policy let the call in because they hold it on some datasheet).
+pub(crate) async fn authorized_record(
+    ctx: &Context<'_>,
+    id: &ID,
+    permission: Permission,
+) -> Result<RecordRow, ApiError> {
+    let id = parse_id("id", id)?;
+    let principal = principal(ctx)?;
+    let row = records::record(&principal.tenant.pool, id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    crate::authz::check_record(principal, row.datasheet(), permission)?;
+    Ok(row)
 }
 
 #[derive(Default)]
@@ -206,29 +681,52 @@ impl RecordsQuery {
         ctx: &Context<'_>,
         #[graphql(desc = "Page size, 1 to 100 (default 20).")] first: Option<i32>,
         after: Option<String>,
-        #[graphql(desc = "Include archived employees (default false).")] include_archived: Option<
+        #[graphql(desc = "Include archived records (default false).")] include_archived: Option<
             bool,
         >,
     ) -> async_graphql::Result<EmployeeConnection> {
-        let principal = principal(ctx)?;
-        let (first, after) = page_args(first, after)?;
-        let mut conn = principal
-            .tenant
-            .pool
-            .acquire()
-            .await
-            .map_err(ApiError::from)?;
-        let page = employees::employees(&mut conn, first, after, include_archived.unwrap_or(false))
-            .await
-            .map_err(ApiError::from)?;
-        Ok(id_connection(page, after, |row| row.id, Employee))
+        page(ctx, Datasheet::Employees, first, after, include_archived).await
     }
 
     /// One employee, archived or not.
     async fn employee(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Employee> {
-        let principal = principal(ctx)?;
-        let id = parse_id("id", &id)?;
-        Ok(Employee(find_employee(principal, id).await?))
+        one(ctx, Datasheet::Employees, &id).await
+    }
+
+    /// Contacts in creation order, archived ones only with `includeArchived`.
+    async fn contacts(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Page size, 1 to 100 (default 20).")] first: Option<i32>,
+        after: Option<String>,
+        #[graphql(desc = "Include archived records (default false).")] include_archived: Option<
+            bool,
+        >,
+    ) -> async_graphql::Result<ContactConnection> {
+        page(ctx, Datasheet::Contacts, first, after, include_archived).await
+    }
+
+    /// One contact, archived or not.
+    async fn contact(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Contact> {
+        one(ctx, Datasheet::Contacts, &id).await
+    }
+
+    /// Job applicants in creation order, archived ones only with `includeArchived`.
+    async fn applicants(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Page size, 1 to 100 (default 20).")] first: Option<i32>,
+        after: Option<String>,
+        #[graphql(desc = "Include archived records (default false).")] include_archived: Option<
+            bool,
+        >,
+    ) -> async_graphql::Result<ApplicantConnection> {
+        page(ctx, Datasheet::Applicants, first, after, include_archived).await
+    }
+
+    /// One job applicant, archived or not.
+    async fn applicant(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Applicant> {
+        one(ctx, Datasheet::Applicants, &id).await
     }
 }
 
@@ -236,33 +734,30 @@ impl RecordsQuery {
 pub struct RecordsMutation;
 
 impl RecordsMutation {
-    async fn run(
-        &self,
-        ctx: &Context<'_>,
-        id: Uuid,
-        command: RecordCommand,
-    ) -> Result<EmployeeRow, ApiError> {
-        let principal = principal(ctx)?;
-        let services = services(ctx)?;
-        let tenant = &principal.tenant;
-        let metadata = EventMetadata::new(principal.actor(), request(ctx)?.origin.request_id);
-        services
-            .execute(tenant, &tenant.records, id, command, metadata)
-            .await?;
-        find_employee(principal, id).await
-    }
-
-    /// A lifecycle command that applies to a record of any datasheet.
+    /// Archives or restores a record of any datasheet the principal may archive.
     async fn lifecycle(
         &self,
         ctx: &Context<'_>,
         id: ID,
-        command: RecordCommand,
+        expected_version: Option<i64>,
+        archive: bool,
     ) -> async_graphql::Result<RecordNode> {
-        let id = parse_id("id", &id)?;
-        Ok(RecordNode::Employee(Employee(
-            self.run(ctx, id, command).await?,
-        )))
+        let record = authorized_record(ctx, &id, Permission::Archive).await?;
+        let expected_version = expected(expected_version)?;
+        let command = if archive {
+            RecordCommand::Archive { expected_version }
+        } else {
+            RecordCommand::Restore { expected_version }
+        };
+        let row = services(ctx)?
+            .record_lifecycle(
+                principal(ctx)?,
+                &record,
+                command,
+                request(ctx)?.origin.request_id,
+            )
+            .await?;
+        Ok(row.into())
     }
 }
 
@@ -273,11 +768,7 @@ impl RecordsMutation {
         ctx: &Context<'_>,
         input: CreateEmployeeInput,
     ) -> async_graphql::Result<Employee> {
-        let command = RecordCommand::Create {
-            datasheet: Datasheet::Employees,
-            fields: input.into_fields(),
-        };
-        Ok(Employee(self.run(ctx, new_record_id(), command).await?))
+        create(ctx, Datasheet::Employees, input).await
     }
 
     /// Changes the given fields. With `expectedVersion`, refuses (`CONFLICT`) if the record
@@ -289,36 +780,90 @@ impl RecordsMutation {
         expected_version: Option<i64>,
         input: UpdateEmployeeInput,
     ) -> async_graphql::Result<Employee> {
-        let id = parse_id("id", &id)?;
-        let command = RecordCommand::Update {
-            datasheet: Datasheet::Employees,
-            expected_version: expected("expectedVersion", expected_version)?,
-            changes: input.into_fields(),
-        };
-        Ok(Employee(self.run(ctx, id, command).await?))
+        update(ctx, Datasheet::Employees, &id, expected_version, input).await
     }
 
-    /// Archives a record: hidden from lists by default and read-only until restored.
+    async fn create_contact(
+        &self,
+        ctx: &Context<'_>,
+        input: CreateContactInput,
+    ) -> async_graphql::Result<Contact> {
+        create(ctx, Datasheet::Contacts, input).await
+    }
+
+    /// Changes the given fields (see `updateEmployee`).
+    async fn update_contact(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        expected_version: Option<i64>,
+        input: UpdateContactInput,
+    ) -> async_graphql::Result<Contact> {
+        update(ctx, Datasheet::Contacts, &id, expected_version, input).await
+    }
+
+    async fn create_applicant(
+        &self,
+        ctx: &Context<'_>,
+        input: CreateApplicantInput,
+    ) -> async_graphql::Result<Applicant> {
+        create(ctx, Datasheet::Applicants, input).await
+    }
+
+    /// Changes the given fields (see `updateEmployee`); moves the stage by the pipeline's rules.
+    async fn update_applicant(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        expected_version: Option<i64>,
+        input: UpdateApplicantInput,
+    ) -> async_graphql::Result<Applicant> {
+        update(ctx, Datasheet::Applicants, &id, expected_version, input).await
+    }
+
+    /// Hires an applicant at the `OFFER` stage: creates their employee record and moves them
+    /// to `HIRED`; both records name each other.
+    async fn hire_applicant(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        expected_version: Option<i64>,
+        input: Option<HireApplicantInput>,
+    ) -> async_graphql::Result<HirePayload> {
+        let id = parse_id("id", &id)?;
+        let (applicant, employee) = services(ctx)?
+            .hire_applicant(
+                principal(ctx)?,
+                id,
+                expected(expected_version)?,
+                fields(input.unwrap_or_default())?,
+                request(ctx)?.origin.request_id,
+            )
+            .await?;
+        Ok(HirePayload {
+            applicant: applicant.into(),
+            employee: employee.into(),
+        })
+    }
+
+    /// Archives a record of any datasheet: hidden from lists by default and read-only until
+    /// restored. Needs `archive` on the record's datasheet.
     async fn archive_record(
         &self,
         ctx: &Context<'_>,
         id: ID,
         expected_version: Option<i64>,
     ) -> async_graphql::Result<RecordNode> {
-        let expected_version = expected("expectedVersion", expected_version)?;
-        self.lifecycle(ctx, id, RecordCommand::Archive { expected_version })
-            .await
+        self.lifecycle(ctx, id, expected_version, true).await
     }
 
-    /// Restores an archived record.
+    /// Restores an archived record. Needs `archive` on the record's datasheet.
     async fn restore_record(
         &self,
         ctx: &Context<'_>,
         id: ID,
         expected_version: Option<i64>,
     ) -> async_graphql::Result<RecordNode> {
-        let expected_version = expected("expectedVersion", expected_version)?;
-        self.lifecycle(ctx, id, RecordCommand::Restore { expected_version })
-            .await
+        self.lifecycle(ctx, id, expected_version, false).await
     }
 }

@@ -24,9 +24,9 @@ use crate::tenancy::Tenant;
 /// Advisory lock key (transaction-scoped, in the tenant database) for the user directory.
 const DIRECTORY_LOCK: i64 = 0x6375_7374_6f73_0002;
 
-/// Held while a directory change runs; dropping it (even on cancellation) rolls back the
-/// transaction and releases the lock.
-pub(crate) struct DirectoryLock(#[allow(dead_code)] Transaction<'static, Postgres>);
+/// Held while a change checked against other aggregates runs; dropping it (even on
+/// cancellation) rolls back the transaction and releases the lock.
+pub(crate) struct TenantLock(#[allow(dead_code)] Transaction<'static, Postgres>);
 
 /// A user an administrator creates.
 pub struct NewUser {
@@ -46,20 +46,35 @@ pub struct UserChanges {
 }
 
 impl Services {
-    /// Takes the tenant's directory lock without holding a pooled connection while waiting
-    /// for it, then waits until the user, role and API token read models have caught up with the log —
-    /// a previous holder may have given up waiting for them — so the rules are checked
-    /// against every change made so far.
-    pub(crate) async fn directory_lock(&self, tenant: &Tenant) -> Result<DirectoryLock, ApiError> {
+    /// Takes the tenant's directory lock: user, role and API token rules are checked under it.
+    pub(crate) async fn directory_lock(&self, tenant: &Tenant) -> Result<TenantLock, ApiError> {
+        self.tenant_lock(
+            tenant,
+            DIRECTORY_LOCK,
+            &[User::TYPE, Role::TYPE, ApiToken::TYPE],
+        )
+        .await
+    }
+
+    /// Takes the tenant-wide advisory lock `key` without holding a pooled connection while
+    /// waiting for it, then waits until the read models of `aggregates` have caught up with the
+    /// log — a previous holder may have given up waiting for them — so rules spanning several
+    /// aggregates are checked against every change made so far, on any number of instances.
+    pub(crate) async fn tenant_lock(
+        &self,
+        tenant: &Tenant,
+        key: i64,
+        aggregates: &[&str],
+    ) -> Result<TenantLock, ApiError> {
         let deadline = tokio::time::Instant::now() + self.projection_wait;
         let lock = loop {
             let mut tx = tenant.pool.begin().await?;
             let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
-                .bind(DIRECTORY_LOCK)
+                .bind(key)
                 .fetch_one(&mut *tx)
                 .await?;
             if taken {
-                break DirectoryLock(tx);
+                break TenantLock(tx);
             }
             tx.rollback().await?;
             if tokio::time::Instant::now() >= deadline {
@@ -67,7 +82,7 @@ impl Services {
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         };
-        for aggregate in [User::TYPE, Role::TYPE, ApiToken::TYPE] {
+        for aggregate in aggregates {
             if let Some(latest) = tenant.log.latest(aggregate).await? {
                 tenant
                     .projectors

@@ -1,0 +1,211 @@
+//! Record use cases: create, update, archive and restore records of any datasheet, and hire an
+//! applicant. The aggregate validates each record on its own; what spans records — a manager
+//! must be another active employee and must not close a reporting loop — is checked here,
+//! under the tenant's org-chart lock.
+
+use cqrs_es::Aggregate;
+use custos_domain::record::{new_record_id, Fields};
+use custos_domain::{Datasheet, Record, RecordCommand};
+use custos_projections::records::{self, RecordRow};
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::admin::TenantLock;
+use super::Services;
+use crate::auth::Principal;
+use crate::error::ApiError;
+use crate::tenancy::Tenant;
+
+/// Advisory lock key (transaction-scoped, in the tenant database) for manager changes.
+const ORG_CHART_LOCK: i64 = 0x6375_7374_6f73_0003;
+
+/// The employee fields an applicant's record gives their new employee record.
+const FROM_APPLICANT: [(&str, &str); 4] = [
+    ("first_name", "first_name"),
+    ("last_name", "last_name"),
+    ("email", "email"),
+    ("phone", "phone"),
+];
+
+impl Services {
+    /// The record `id` of `datasheet`, or `NOT_FOUND` (also for another datasheet's record,
+    /// and another tenant's id: each tenant's records live in its own database).
+    pub async fn find_record(
+        &self,
+        tenant: &Tenant,
+        datasheet: Datasheet,
+        id: Uuid,
+    ) -> Result<RecordRow, ApiError> {
+        records::record(&tenant.pool, id)
+            .await?
+            .filter(|row| row.datasheet() == datasheet)
+            .ok_or(ApiError::NotFound)
+    }
+
+    /// Creates a record of `datasheet` from raw field values.
+    pub async fn create_record(
+        &self,
+        principal: &Principal,
+        datasheet: Datasheet,
+        fields: Fields,
+        request_id: Uuid,
+    ) -> Result<RecordRow, ApiError> {
+        let id = new_record_id();
+        let _lock = self
+            .check_manager(principal, datasheet, id, &fields)
+            .await?;
+        let command = RecordCommand::Create {
+            datasheet,
+            fields,
+            hired_from: None,
+        };
+        self.run_record(principal, id, command, request_id).await?;
+        self.find_record(&principal.tenant, datasheet, id).await
+    }
+
+    /// Patches a record of `datasheet`; `expected_version` guards against lost updates.
+    pub async fn update_record(
+        &self,
+        principal: &Principal,
+        datasheet: Datasheet,
+        id: Uuid,
+        expected_version: Option<u64>,
+        changes: Fields,
+        request_id: Uuid,
+    ) -> Result<RecordRow, ApiError> {
+        self.find_record(&principal.tenant, datasheet, id).await?;
+        let _lock = self
+            .check_manager(principal, datasheet, id, &changes)
+            .await?;
+        let command = RecordCommand::Update {
+            datasheet,
+            expected_version,
+            changes,
+        };
+        self.run_record(principal, id, command, request_id).await?;
+        self.find_record(&principal.tenant, datasheet, id).await
+    }
+
+    /// Archives or restores a record of any datasheet (the caller checked the permission on
+    /// the record's datasheet).
+    pub async fn record_lifecycle(
+        &self,
+        principal: &Principal,
+        record: &RecordRow,
+        command: RecordCommand,
+        request_id: Uuid,
+    ) -> Result<RecordRow, ApiError> {
+        self.run_record(principal, record.id, command, request_id)
+            .await?;
+        self.find_record(&principal.tenant, record.datasheet(), record.id)
+            .await
+    }
+
+    /// Hires an applicant at the `offer` stage: creates their employee record from their name,
+    /// email and phone plus `employee` (job title defaults to the position applied for), and
+    /// moves the applicant to `hired`. Both streams record the link. Everything is validated
+    /// before either is written.
+    pub async fn hire_applicant(
+        &self,
+        principal: &Principal,
+        applicant_id: Uuid,
+        expected_version: Option<u64>,
+        employee: Fields,
+        request_id: Uuid,
+    ) -> Result<(RecordRow, RecordRow), ApiError> {
+        let tenant = &principal.tenant;
+        let applicant = self
+            .find_record(tenant, Datasheet::Applicants, applicant_id)
+            .await?;
+        let mut fields = Fields::new();
+        for (from, to) in FROM_APPLICANT {
+            if let Some(value) = applicant.fields.get(from) {
+                fields.insert(to.to_owned(), value.clone());
+            }
+        }
+        if let Some(position) = applicant.text("position") {
+            fields.insert("job_title".to_owned(), Value::String(position.to_owned()));
+        }
+        fields.extend(employee);
+        let employee_id = new_record_id();
+        // The employee record is checked by the rules of its creation first, so a hire never
+        // stops half-way on a bad value.
+        custos_domain::record::validate_new(Datasheet::Employees, fields.clone())?;
+        let _lock = self
+            .check_manager(principal, Datasheet::Employees, employee_id, &fields)
+            .await?;
+        let hire = RecordCommand::Hire {
+            employee_id,
+            expected_version,
+        };
+        self.run_record(principal, applicant_id, hire, request_id)
+            .await?;
+        let create = RecordCommand::Create {
+            datasheet: Datasheet::Employees,
+            fields,
+            hired_from: Some(applicant_id),
+        };
+        self.run_record(principal, employee_id, create, request_id)
+            .await?;
+        Ok((
+            self.find_record(tenant, Datasheet::Applicants, applicant_id)
+                .await?,
+            self.find_record(tenant, Datasheet::Employees, employee_id)
+                .await?,
+        ))
+    }
+
+    async fn run_record(
+        &self,
+        principal: &Principal,
+        id: Uuid,
+        command: RecordCommand,
+        request_id: Uuid,
+    ) -> Result<(), ApiError> {
+        let tenant = &principal.tenant;
+        self.execute(
+            tenant,
+            &tenant.records,
+            id,
+            command,
+            self.actor(principal, request_id),
+        )
+        .await
+    }
+
+    /// When `fields` set an employee's manager: takes the org-chart lock (held by the caller
+    /// until the change is written) and checks the manager is another active employee who
+    /// does not report, directly or not, to `employee`.
+    async fn check_manager(
+        &self,
+        principal: &Principal,
+        datasheet: Datasheet,
+        employee: Uuid,
+        fields: &Fields,
+    ) -> Result<Option<TenantLock>, ApiError> {
+        let manager = match fields.get("manager_id") {
+            Some(Value::String(raw)) if datasheet == Datasheet::Employees => raw,
+            // Malformed values are the aggregate's to refuse; clearing needs no check.
+            _ => return Ok(None),
+        };
+        let Ok(manager) = Uuid::try_parse(manager.trim()) else {
+            return Ok(None);
+        };
+        let tenant = &principal.tenant;
+        let lock = self
+            .tenant_lock(tenant, ORG_CHART_LOCK, &[Record::TYPE])
+            .await?;
+        let refuse = |message: &str| Err(ApiError::validation("managerId", message));
+        if manager == employee {
+            return refuse("an employee cannot be their own manager");
+        }
+        match records::record(&tenant.pool, manager).await? {
+            Some(row) if row.datasheet() == Datasheet::Employees && !row.archived => {}
+            _ => return refuse("the manager must be an active employee"),
+        }
+        if records::manages_indirectly(&tenant.pool, employee, manager).await? {
+            return refuse("the manager reports to this employee: that would make a loop");
+        }
+        Ok(Some(lock))
+    }
+}

@@ -1,0 +1,254 @@
+//! The `records` read model: one row per record of any datasheet, with its field values as a
+//! JSON object, for listing and lookups.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use custos_domain::{Datasheet, Record, RecordEvent, Stage};
+use serde_json::{Map, Value};
+use sqlx::types::Json;
+use sqlx::{PgConnection, PgExecutor, QueryBuilder};
+use uuid::Uuid;
+
+use crate::page::{Cursor, Page, MAX_PAGE};
+use crate::{AnyEvent, ProjectedEvent, Projection};
+
+/// Projects Record events into `records`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RecordsProjection;
+
+#[async_trait]
+impl Projection for RecordsProjection {
+    fn name(&self) -> &'static str {
+        "records"
+    }
+
+    fn aggregate_types(&self) -> &'static [&'static str] {
+        &[<Record as cqrs_es::Aggregate>::TYPE]
+    }
+
+    async fn apply(&self, conn: &mut PgConnection, event: &ProjectedEvent) -> sqlx::Result<()> {
+        let AnyEvent::Record(record_event) = &event.event else {
+            return Ok(());
+        };
+        let actor = event.metadata.actor.id();
+        // Every change but creation: `set` assigns (with `$5` onwards), guarded by version.
+        let change = |set: &str| {
+            format!(
+                "UPDATE records SET version = $2, updated_at = $3, updated_by = $4, {set}
+                 WHERE id = $1 AND version < $2"
+            )
+        };
+        match record_event {
+            RecordEvent::RecordCreated {
+                datasheet,
+                fields,
+                hired_from,
+            } => {
+                sqlx::query(
+                    "INSERT INTO records (id, datasheet, version, fields, hired_from,
+                                          created_at, updated_at, created_by, updated_by)
+                     VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $7)
+                     ON CONFLICT (id) DO NOTHING",
+                )
+                .bind(event.aggregate_id)
+                .bind(datasheet.as_str())
+                .bind(event.sequence)
+                .bind(Json(fields))
+                .bind(hired_from)
+                .bind(event.recorded_at)
+                .bind(actor)
+                .execute(conn)
+                .await?;
+            }
+            RecordEvent::RecordUpdated { changes, .. } => {
+                let set: Map<String, Value> = changes
+                    .iter()
+                    .filter(|(_, v)| !v.is_null())
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                let cleared: Vec<&str> = changes
+                    .iter()
+                    .filter(|(_, v)| v.is_null())
+                    .map(|(k, _)| k.as_str())
+                    .collect();
+                sqlx::query(&change("fields = (fields || $5::jsonb) - $6::text[]"))
+                    .bind(event.aggregate_id)
+                    .bind(event.sequence)
+                    .bind(event.recorded_at)
+                    .bind(actor)
+                    .bind(Json(set))
+                    .bind(cleared)
+                    .execute(conn)
+                    .await?;
+            }
+            RecordEvent::RecordArchived { .. } | RecordEvent::RecordRestored { .. } => {
+                let archived = matches!(record_event, RecordEvent::RecordArchived { .. });
+                sqlx::query(&change("archived = $5"))
+                    .bind(event.aggregate_id)
+                    .bind(event.sequence)
+                    .bind(event.recorded_at)
+                    .bind(actor)
+                    .bind(archived)
+                    .execute(conn)
+                    .await?;
+            }
+            RecordEvent::ApplicantHired { employee_id, .. } => {
+                sqlx::query(&change(
+                    "fields = jsonb_set(fields, '{stage}', to_jsonb($5::text)), hired_as = $6",
+                ))
+                .bind(event.aggregate_id)
+                .bind(event.sequence)
+                .bind(event.recorded_at)
+                .bind(actor)
+                .bind(Stage::Hired.as_str())
+                .bind(employee_id)
+                .execute(conn)
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn reset(&self, conn: &mut PgConnection) -> sqlx::Result<()> {
+        sqlx::query("DELETE FROM records").execute(conn).await?;
+        Ok(())
+    }
+}
+
+/// One record as the API shows it.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct RecordRow {
+    pub id: Uuid,
+    #[sqlx(try_from = "String")]
+    pub datasheet: DatasheetName,
+    pub version: i64,
+    pub archived: bool,
+    pub fields: Json<Map<String, Value>>,
+    pub hired_from: Option<Uuid>,
+    pub hired_as: Option<Uuid>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub created_by: Uuid,
+    pub updated_by: Uuid,
+}
+
+/// A datasheet read from its stored name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DatasheetName(pub Datasheet);
+
+impl TryFrom<String> for DatasheetName {
+    type Error = String;
+    fn try_from(value: String) -> Result<Self, String> {
+        Datasheet::parse(&value)
+            .map(DatasheetName)
+            .ok_or_else(|| format!("unknown datasheet `{value}`"))
+    }
+}
+
+impl RecordRow {
+    pub fn datasheet(&self) -> Datasheet {
+        self.datasheet.0
+    }
+
+    /// A text field's value.
+    pub fn text(&self, field: &str) -> Option<&str> {
+        self.fields.get(field).and_then(Value::as_str)
+    }
+
+    /// A list field's values (empty when it has none).
+    pub fn list(&self, field: &str) -> Vec<&str> {
+        self.fields
+            .get(field)
+            .and_then(Value::as_array)
+            .map(|items| items.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default()
+    }
+}
+
+const RECORD_COLUMNS: &str = "id, datasheet, version, archived, fields, hired_from, hired_as, \
+     created_at, updated_at, created_by, updated_by";
+
+/// The record with this id, of any datasheet, archived or not.
+pub async fn record<'e>(db: impl PgExecutor<'e>, id: Uuid) -> sqlx::Result<Option<RecordRow>> {
+    sqlx::query_as(&format!(
+        "SELECT {RECORD_COLUMNS} FROM records WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(db)
+    .await
+}
+
+/// The records with these ids (missing ids are left out).
+pub async fn records_by_id<'e>(
+    db: impl PgExecutor<'e>,
+    ids: &[Uuid],
+) -> sqlx::Result<Vec<RecordRow>> {
+    sqlx::query_as(&format!(
+        "SELECT {RECORD_COLUMNS} FROM records WHERE id = ANY($1)"
+    ))
+    .bind(ids)
+    .fetch_all(db)
+    .await
+}
+
+/// A page of a datasheet's records in creation order, after `after`; archived ones only when
+/// asked. `first` is clamped to 1..=[`MAX_PAGE`].
+pub async fn records(
+    db: &mut PgConnection,
+    datasheet: Datasheet,
+    first: i64,
+    after: Option<Cursor>,
+    include_archived: bool,
+) -> sqlx::Result<Page<RecordRow>> {
+    let first = first.clamp(1, MAX_PAGE);
+    let mut query = QueryBuilder::new(format!(
+        "SELECT {RECORD_COLUMNS} FROM records WHERE datasheet = "
+    ));
+    query.push_bind(datasheet.as_str());
+    if !include_archived {
+        query.push(" AND NOT archived");
+    }
+    if let Some(Cursor(after)) = after {
+        query.push(" AND id > ").push_bind(after);
+    }
+    query.push(" ORDER BY id LIMIT ").push_bind(first + 1);
+    let mut items: Vec<RecordRow> = query.build_query_as().fetch_all(&mut *db).await?;
+    let has_next_page = items.len() as i64 > first;
+    items.truncate(first as usize);
+
+    let total_count: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM records WHERE datasheet = $1 AND ($2 OR NOT archived)",
+    )
+    .bind(datasheet.as_str())
+    .bind(include_archived)
+    .fetch_one(&mut *db)
+    .await?;
+    Ok(Page {
+        items,
+        has_next_page,
+        total_count,
+    })
+}
+
+/// Whether making `manager` the manager of `employee` would close a loop: `employee` is
+/// `manager` or among `manager`'s managers.
+pub async fn manages_indirectly<'e>(
+    db: impl PgExecutor<'e>,
+    employee: Uuid,
+    manager: Uuid,
+) -> sqlx::Result<bool> {
+    sqlx::query_scalar(
+        "WITH RECURSIVE chain(id, depth) AS (
+             SELECT $2::uuid, 0
+             UNION ALL
+             SELECT (r.fields->>'manager_id')::uuid, c.depth + 1
+             FROM records r JOIN chain c ON r.id = c.id
+             WHERE r.datasheet = 'employees' AND r.fields ? 'manager_id' AND c.depth < 10000
+         )
+         SELECT EXISTS (SELECT 1 FROM chain WHERE id = $1)",
+    )
+    .bind(employee)
+    .bind(manager)
+    .fetch_one(db)
+    .await
+}
