@@ -22,6 +22,7 @@ pub mod admin;
 pub mod history;
 pub mod identity;
 pub mod limits;
+pub mod record_query;
 pub mod records;
 pub mod security;
 

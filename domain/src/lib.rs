@@ -20,4 +20,4 @@ pub use pipeline::Stage;
 pub use record::{Record, RecordCommand, RecordError, RecordEvent};
 pub use role::{Role, RoleCommand, RoleError, RoleEvent, RoleName};
 pub use user::{LoginFailure, LoginOrigin, SecondFactor, User, UserCommand, UserError, UserEvent};
-pub use values::{Email, PersonName, Phone, ValueError};
+pub use values::{parse_date, Email, PersonName, Phone, ValueError};

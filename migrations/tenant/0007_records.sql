@@ -32,3 +32,15 @@ CREATE INDEX records_manager ON records ((fields->>'manager_id')) WHERE datashee
 
 GRANT SELECT, INSERT, UPDATE, DELETE ON records TO custos_tenant;
 INSERT INTO projection_checkpoints (projection) VALUES ('records');
+
+-- Full-text search over names, emails, company and notes: every run of letters and digits is
+-- a word (so `lin@acme.example` is found by `acme`), matched by prefix. Generated, so it
+-- follows every change — and a blanked (erased) record leaves nothing to find.
+ALTER TABLE records ADD COLUMN search tsvector GENERATED ALWAYS AS (
+    to_tsvector('simple', regexp_replace(
+        coalesce(fields->>'first_name', '') || ' ' || coalesce(fields->>'last_name', '') || ' ' ||
+        coalesce(fields->>'email', '') || ' ' || coalesce(fields->>'emails', '') || ' ' ||
+        coalesce(fields->>'company', '') || ' ' || coalesce(fields->>'notes', ''),
+        '[^[:alnum:]]+', ' ', 'g'))
+) STORED;
+CREATE INDEX records_search ON records USING gin (search);

@@ -16,6 +16,7 @@ pub mod api_tokens;
 pub mod logins;
 pub mod organization;
 pub mod page;
+pub mod record_query;
 pub mod records;
 pub mod roles;
 pub mod users;

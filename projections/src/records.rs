@@ -6,10 +6,9 @@ use chrono::{DateTime, Utc};
 use custos_domain::{Datasheet, Record, RecordEvent, Stage};
 use serde_json::{Map, Value};
 use sqlx::types::Json;
-use sqlx::{PgConnection, PgExecutor, QueryBuilder};
+use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
-use crate::page::{Cursor, Page, MAX_PAGE};
 use crate::{AnyEvent, ProjectedEvent, Projection};
 
 /// Projects Record events into `records`.
@@ -165,7 +164,8 @@ impl RecordRow {
     }
 }
 
-const RECORD_COLUMNS: &str = "id, datasheet, version, archived, fields, hired_from, hired_as, \
+pub(crate) const RECORD_COLUMNS: &str =
+    "id, datasheet, version, archived, fields, hired_from, hired_as, \
      created_at, updated_at, created_by, updated_by";
 
 /// The record with this id, of any datasheet, archived or not.
@@ -189,45 +189,6 @@ pub async fn records_by_id<'e>(
     .bind(ids)
     .fetch_all(db)
     .await
-}
-
-/// A page of a datasheet's records in creation order, after `after`; archived ones only when
-/// asked. `first` is clamped to 1..=[`MAX_PAGE`].
-pub async fn records(
-    db: &mut PgConnection,
-    datasheet: Datasheet,
-    first: i64,
-    after: Option<Cursor>,
-    include_archived: bool,
-) -> sqlx::Result<Page<RecordRow>> {
-    let first = first.clamp(1, MAX_PAGE);
-    let mut query = QueryBuilder::new(format!(
-        "SELECT {RECORD_COLUMNS} FROM records WHERE datasheet = "
-    ));
-    query.push_bind(datasheet.as_str());
-    if !include_archived {
-        query.push(" AND NOT archived");
-    }
-    if let Some(Cursor(after)) = after {
-        query.push(" AND id > ").push_bind(after);
-    }
-    query.push(" ORDER BY id LIMIT ").push_bind(first + 1);
-    let mut items: Vec<RecordRow> = query.build_query_as().fetch_all(&mut *db).await?;
-    let has_next_page = items.len() as i64 > first;
-    items.truncate(first as usize);
-
-    let total_count: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM records WHERE datasheet = $1 AND ($2 OR NOT archived)",
-    )
-    .bind(datasheet.as_str())
-    .bind(include_archived)
-    .fetch_one(&mut *db)
-    .await?;
-    Ok(Page {
-        items,
-        has_next_page,
-        total_count,
-    })
 }
 
 /// Whether making `manager` the manager of `employee` would close a loop: `employee` is

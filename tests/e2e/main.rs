@@ -9,6 +9,7 @@ mod event_store;
 mod http;
 mod identity;
 mod logs;
+mod queries;
 mod records;
 mod tenancy;
 mod two_factor;

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use async_graphql::connection::{Connection, EmptyFields};
+use async_graphql::connection::{Connection, Edge, EmptyFields};
 use async_graphql::{
     Context, Enum, InputObject, Interface, MaybeUndefined, MergedObject, Object, SimpleObject, ID,
 };
@@ -12,13 +12,15 @@ use async_graphql::{
 use chrono::{DateTime, NaiveDate, Utc};
 use custos_domain::record::Fields;
 use custos_domain::{Datasheet, Permission, RecordCommand};
+use custos_projections::record_query::{self, QueryListError};
 use custos_projections::records::{self, RecordRow};
 use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
 use super::history::Actor;
-use super::{id_connection, page_args, parse_id, principal, request, services};
+use super::record_query::{record_query, ListArgs, RecordFilter, RecordOrder};
+use super::{parse_id, principal, request, services};
 use crate::error::ApiError;
 
 /// The datasheets a tenant keeps.
@@ -579,28 +581,36 @@ fn expected(version: Option<i64>) -> Result<Option<u64>, ApiError> {
 async fn page<T: From<RecordRow> + async_graphql::OutputType>(
     ctx: &Context<'_>,
     datasheet: Datasheet,
-    first: Option<i32>,
-    after: Option<String>,
-    include_archived: Option<bool>,
+    args: ListArgs,
 ) -> async_graphql::Result<Connection<String, T, ConnectionTotal, EmptyFields>> {
     let principal = principal(ctx)?;
-    let (first, after) = page_args(first, after)?;
+    let after = args.after.is_some();
+    let query = record_query(datasheet, args)?;
     let mut conn = principal
         .tenant
         .pool
         .acquire()
         .await
         .map_err(ApiError::from)?;
-    let page = records::records(
-        &mut conn,
-        datasheet,
-        first,
+    let page = record_query::list(&mut conn, &query)
+        .await
+        .map_err(|err| match err {
+            QueryListError::Query(err) => ApiError::validation("after", err.to_string()),
+            QueryListError::Database(err) => ApiError::from(err),
+        })?;
+    let mut connection = Connection::with_additional_fields(
         after,
-        include_archived.unwrap_or(false),
-    )
-    .await
-    .map_err(ApiError::from)?;
-    Ok(id_connection(page, after, |row| row.id, T::from))
+        page.has_next_page,
+        ConnectionTotal {
+            total_count: page.total_count,
+        },
+    );
+    connection.edges.extend(
+        page.items
+            .into_iter()
+            .map(|(cursor, row)| Edge::new(cursor, T::from(row))),
+    );
+    Ok(connection)
 }
 
 /// One record of a datasheet by id.
@@ -675,7 +685,9 @@ pub struct RecordsQuery;
 
 #[Object]
 impl RecordsQuery {
-    /// Employees in creation order, archived ones only with `includeArchived`.
+    /// Employees: in creation order unless `orderBy` says otherwise; archived ones only with
+    /// `includeArchived`. `filter` and `search` narrow the list; `totalCount` counts every match.
+    #[allow(clippy::too_many_arguments)]
     async fn employees(
         &self,
         ctx: &Context<'_>,
@@ -684,8 +696,24 @@ impl RecordsQuery {
         #[graphql(desc = "Include archived records (default false).")] include_archived: Option<
             bool,
         >,
+        filter: Option<RecordFilter>,
+        #[graphql(desc = "Up to three keys; creation order breaks ties.")] order_by: Option<
+            Vec<RecordOrder>,
+        >,
+        #[graphql(
+            desc = "Words that must each begin a word of the names, emails, company or notes."
+        )]
+        search: Option<String>,
     ) -> async_graphql::Result<EmployeeConnection> {
-        page(ctx, Datasheet::Employees, first, after, include_archived).await
+        let args = ListArgs {
+            first,
+            after,
+            include_archived,
+            filter,
+            order_by,
+            search,
+        };
+        page(ctx, Datasheet::Employees, args).await
     }
 
     /// One employee, archived or not.
@@ -693,7 +721,9 @@ impl RecordsQuery {
         one(ctx, Datasheet::Employees, &id).await
     }
 
-    /// Contacts in creation order, archived ones only with `includeArchived`.
+    /// Contacts: in creation order unless `orderBy` says otherwise; archived ones only with
+    /// `includeArchived`. `filter` and `search` narrow the list; `totalCount` counts every match.
+    #[allow(clippy::too_many_arguments)]
     async fn contacts(
         &self,
         ctx: &Context<'_>,
@@ -702,8 +732,24 @@ impl RecordsQuery {
         #[graphql(desc = "Include archived records (default false).")] include_archived: Option<
             bool,
         >,
+        filter: Option<RecordFilter>,
+        #[graphql(desc = "Up to three keys; creation order breaks ties.")] order_by: Option<
+            Vec<RecordOrder>,
+        >,
+        #[graphql(
+            desc = "Words that must each begin a word of the names, emails, company or notes."
+        )]
+        search: Option<String>,
     ) -> async_graphql::Result<ContactConnection> {
-        page(ctx, Datasheet::Contacts, first, after, include_archived).await
+        let args = ListArgs {
+            first,
+            after,
+            include_archived,
+            filter,
+            order_by,
+            search,
+        };
+        page(ctx, Datasheet::Contacts, args).await
     }
 
     /// One contact, archived or not.
@@ -711,7 +757,9 @@ impl RecordsQuery {
         one(ctx, Datasheet::Contacts, &id).await
     }
 
-    /// Job applicants in creation order, archived ones only with `includeArchived`.
+    /// Job applicants: in creation order unless `orderBy` says otherwise; archived ones only with
+    /// `includeArchived`. `filter` and `search` narrow the list; `totalCount` counts every match.
+    #[allow(clippy::too_many_arguments)]
     async fn applicants(
         &self,
         ctx: &Context<'_>,
@@ -720,8 +768,24 @@ impl RecordsQuery {
         #[graphql(desc = "Include archived records (default false).")] include_archived: Option<
             bool,
         >,
+        filter: Option<RecordFilter>,
+        #[graphql(desc = "Up to three keys; creation order breaks ties.")] order_by: Option<
+            Vec<RecordOrder>,
+        >,
+        #[graphql(
+            desc = "Words that must each begin a word of the names, emails, company or notes."
+        )]
+        search: Option<String>,
     ) -> async_graphql::Result<ApplicantConnection> {
-        page(ctx, Datasheet::Applicants, first, after, include_archived).await
+        let args = ListArgs {
+            first,
+            after,
+            include_archived,
+            filter,
+            order_by,
+            search,
+        };
+        page(ctx, Datasheet::Applicants, args).await
     }
 
     /// One job applicant, archived or not.

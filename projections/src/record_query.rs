@@ -1,0 +1,524 @@
+//! Lists of records with filters, an order and full-text search, paged by keyset cursors.
+//!
+//! The caller (the API) validates field names against the datasheet and parses values into
+//! canonical form; this module only turns a [`RecordQuery`] into SQL. Field names that reach
+//! SQL text are the datasheet's own `&'static str` names, never client input; every value is a
+//! bind parameter.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use custos_domain::{Datasheet, FieldKind, FieldSpec};
+use serde::{Deserialize, Serialize};
+use sqlx::{PgConnection, Postgres, QueryBuilder};
+use uuid::Uuid;
+
+use crate::page::{Page, MAX_PAGE};
+use crate::records::{RecordRow, RECORD_COLUMNS};
+
+/// What a filter or an order can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    /// A built-in field of the datasheet.
+    Data(&'static FieldSpec),
+    CreatedAt,
+    UpdatedAt,
+}
+
+impl Field {
+    /// Whether the field holds a list (compared element by element, never ordered).
+    pub fn is_list(self) -> bool {
+        matches!(
+            self,
+            Field::Data(FieldSpec {
+                kind: FieldKind::EmailList | FieldKind::PhoneList | FieldKind::TagList,
+                ..
+            })
+        )
+    }
+
+    /// Whether the field is compared as text (`contains`, `startsWith` make sense).
+    pub fn is_text(self) -> bool {
+        match self {
+            Field::Data(spec) => !matches!(spec.kind, FieldKind::Date),
+            Field::CreatedAt | Field::UpdatedAt => false,
+        }
+    }
+
+    /// The SQL expression of the field's value (`NULL` when it has none). Dates compare as
+    /// their canonical `YYYY-MM-DD` text; times as `timestamptz`.
+    fn sql(self) -> String {
+        match self {
+            Field::Data(spec) => format!("(fields->>'{}')", spec.name),
+            Field::CreatedAt => "created_at".to_owned(),
+            Field::UpdatedAt => "updated_at".to_owned(),
+        }
+    }
+
+    /// The SQL expression lists are ordered by: text case-insensitively (so `carter` sorts
+    /// with `Carter`), everything else as compared.
+    fn order_sql(self) -> String {
+        match self {
+            Field::Data(FieldSpec {
+                kind:
+                    FieldKind::PersonName
+                    | FieldKind::Email
+                    | FieldKind::ShortText
+                    | FieldKind::LongText { .. },
+                ..
+            }) => format!("lower{}", self.sql()),
+            _ => self.sql(),
+        }
+    }
+
+    /// How a bound value is cast to compare with [`Field::sql`].
+    fn cast(self) -> &'static str {
+        match self {
+            Field::Data(_) => "::text",
+            Field::CreatedAt | Field::UpdatedAt => "::timestamptz",
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Field::Data(spec) => spec.name,
+            Field::CreatedAt => "created_at",
+            Field::UpdatedAt => "updated_at",
+        }
+    }
+}
+
+/// A comparison on one field; values are canonical text (dates `YYYY-MM-DD`, times RFC 3339).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    Eq(String),
+    Neq(String),
+    In(Vec<String>),
+    Gt(String),
+    Gte(String),
+    Lt(String),
+    Lte(String),
+    /// Case-insensitive substring.
+    Contains(String),
+    /// Case-insensitive prefix.
+    StartsWith(String),
+    IsNull(bool),
+}
+
+/// A filter: comparisons combined with and, or, not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Filter {
+    Compare(Field, Op),
+    And(Vec<Filter>),
+    Or(Vec<Filter>),
+    Not(Box<Filter>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Direction {
+    Asc,
+    Desc,
+}
+
+/// One key of an order; the record id always breaks ties last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OrderKey {
+    pub field: Field,
+    pub direction: Direction,
+}
+
+/// A position in an ordered list: the order's key values of the last row seen and its id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordCursor {
+    /// The order the cursor belongs to, so a cursor of another order is refused.
+    order: String,
+    keys: Vec<Option<String>>,
+    id: Uuid,
+}
+
+impl RecordCursor {
+    pub fn encode(&self) -> String {
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(self).unwrap_or_default())
+    }
+
+    pub fn decode(raw: &str) -> Option<Self> {
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(raw).ok()?).ok()
+    }
+}
+
+/// A list request.
+#[derive(Debug, Clone)]
+pub struct RecordQuery {
+    pub datasheet: Datasheet,
+    pub include_archived: bool,
+    pub filter: Option<Filter>,
+    pub order: Vec<OrderKey>,
+    /// Words that must each start a word of the record's names, emails, company or notes.
+    pub search: Option<String>,
+    pub first: i64,
+    pub after: Option<RecordCursor>,
+}
+
+/// Why a query cannot run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueryError {
+    #[error("the cursor belongs to another order or filter")]
+    ForeignCursor,
+}
+
+fn signature(order: &[OrderKey]) -> String {
+    order
+        .iter()
+        .map(|key| {
+            let direction = match key.direction {
+                Direction::Asc => "asc",
+                Direction::Desc => "desc",
+            };
+            format!("{}:{direction}", key.field.name())
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// `%` and `_` are wildcards in LIKE: matched literally here.
+fn like_escaped(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The tsquery text for search words: each word (letters and digits) a prefix, all required.
+/// `None` when the search has no word.
+pub fn search_terms(search: &str) -> Option<String> {
+    let words: Vec<String> = search
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .take(16)
+        .map(|w| format!("{}:*", w.to_lowercase()))
+        .collect();
+    (!words.is_empty()).then(|| words.join(" & "))
+}
+
+fn push_compare(query: &mut QueryBuilder<'_, Postgres>, field: Field, op: &Op) {
+    if field.is_list() {
+        let Field::Data(spec) = field else {
+            unreachable!("lists are data fields")
+        };
+        let any = |query: &mut QueryBuilder<'_, Postgres>, condition: &str| {
+            query.push(format!(
+                "EXISTS (SELECT 1 FROM jsonb_array_elements_text(coalesce(fields->'{}', '[]')) AS e(v) WHERE {condition}",
+                spec.name
+            ));
+        };
+        match op {
+            Op::Eq(value) => {
+                any(query, "lower(e.v) = lower(");
+                query.push_bind(value.clone()).push("))");
+            }
+            Op::Contains(value) => {
+                any(query, "e.v ILIKE ");
+                query
+                    .push_bind(format!("%{}%", like_escaped(value)))
+                    .push(")");
+            }
+            Op::StartsWith(value) => {
+                any(query, "e.v ILIKE ");
+                query
+                    .push_bind(format!("{}%", like_escaped(value)))
+                    .push(")");
+            }
+            Op::IsNull(true) => {
+                query.push(format!("NOT (fields ? '{}')", spec.name));
+            }
+            Op::IsNull(false) => {
+                query.push(format!("(fields ? '{}')", spec.name));
+            }
+            // The API refuses other operators on lists.
+            _ => {
+                query.push("false");
+            }
+        }
+        return;
+    }
+    let sql = field.sql();
+    let cast = field.cast();
+    let binary = |query: &mut QueryBuilder<'_, Postgres>, operator: &str, value: &String| {
+        query
+            .push(format!("{sql} {operator} "))
+            .push_bind(value.clone())
+            .push(cast);
+    };
+    match op {
+        Op::Eq(value) => binary(query, "=", value),
+        Op::Neq(value) => binary(query, "IS DISTINCT FROM", value),
+        Op::Gt(value) => binary(query, ">", value),
+        Op::Gte(value) => binary(query, ">=", value),
+        Op::Lt(value) => binary(query, "<", value),
+        Op::Lte(value) => binary(query, "<=", value),
+        Op::In(values) => {
+            query
+                .push(format!("{sql} = ANY("))
+                .push_bind(values.clone())
+                .push(format!("{cast}[])"));
+        }
+        Op::Contains(value) => {
+            query
+                .push(format!("{sql} ILIKE "))
+                .push_bind(format!("%{}%", like_escaped(value)));
+        }
+        Op::StartsWith(value) => {
+            query
+                .push(format!("{sql} ILIKE "))
+                .push_bind(format!("{}%", like_escaped(value)));
+        }
+        Op::IsNull(true) => {
+            query.push(format!("{sql} IS NULL"));
+        }
+        Op::IsNull(false) => {
+            query.push(format!("{sql} IS NOT NULL"));
+        }
+    }
+}
+
+/// Every comparison is made null-safe (a missing value is "false", never unknown), so that
+/// `not` inverts exactly.
+fn push_filter(query: &mut QueryBuilder<'_, Postgres>, filter: &Filter) {
+    match filter {
+        Filter::Compare(field, op) => {
+            query.push("coalesce(");
+            push_compare(query, *field, op);
+            query.push(", false)");
+        }
+        Filter::And(parts) | Filter::Or(parts) => {
+            let (joiner, empty) = match filter {
+                Filter::And(_) => (" AND ", "true"),
+                _ => (" OR ", "false"),
+            };
+            if parts.is_empty() {
+                query.push(empty);
+                return;
+            }
+            query.push("(");
+            for (i, part) in parts.iter().enumerate() {
+                if i > 0 {
+                    query.push(joiner);
+                }
+                push_filter(query, part);
+            }
+            query.push(")");
+        }
+        Filter::Not(inner) => {
+            query.push("NOT (");
+            push_filter(query, inner);
+            query.push(")");
+        }
+    }
+}
+
+/// The conditions every page and the total share.
+fn push_where(query: &mut QueryBuilder<'_, Postgres>, request: &RecordQuery) {
+    query
+        .push(" WHERE datasheet = ")
+        .push_bind(request.datasheet.as_str());
+    if !request.include_archived {
+        query.push(" AND NOT archived");
+    }
+    if let Some(terms) = request.search.as_deref().and_then(search_terms) {
+        query
+            .push(" AND search @@ to_tsquery('simple', ")
+            .push_bind(terms)
+            .push(")");
+    }
+    if let Some(filter) = &request.filter {
+        query.push(" AND ");
+        push_filter(query, filter);
+    }
+}
+
+/// One condition of the keyset comparison.
+#[derive(Clone)]
+enum Cond {
+    IsNull(String),
+    Compare {
+        sql: String,
+        operator: &'static str,
+        value: String,
+        cast: &'static str,
+    },
+    IdAfter(Uuid),
+}
+
+fn push_cond(query: &mut QueryBuilder<'_, Postgres>, cond: &Cond) {
+    match cond {
+        Cond::IsNull(sql) => {
+            query.push(format!("{sql} IS NULL"));
+        }
+        Cond::Compare {
+            sql,
+            operator,
+            value,
+            cast,
+        } => {
+            query
+                .push(format!("{sql} {operator} "))
+                .push_bind(value.clone())
+                .push(*cast);
+        }
+        Cond::IdAfter(id) => {
+            query.push("id > ").push_bind(*id);
+        }
+    }
+}
+
+/// Rows after `cursor` in the order: lexicographic over, per key, "has a value" (rows with
+/// one come first) then the value in its direction, then the id.
+fn push_after(query: &mut QueryBuilder<'_, Postgres>, order: &[OrderKey], cursor: &RecordCursor) {
+    let mut terms: Vec<Vec<Cond>> = Vec::new();
+    let mut equal: Vec<Cond> = Vec::new();
+    for (key, value) in order.iter().zip(&cursor.keys) {
+        let sql = key.field.order_sql();
+        match value {
+            // Among rows without a value, nothing of this key orders them.
+            None => equal.push(Cond::IsNull(sql)),
+            Some(value) => {
+                let after = |operator| Cond::Compare {
+                    sql: sql.clone(),
+                    operator,
+                    value: value.clone(),
+                    cast: key.field.cast(),
+                };
+                // Rows without a value come after every row with one.
+                terms.push([equal.clone(), vec![Cond::IsNull(sql.clone())]].concat());
+                let operator = match key.direction {
+                    Direction::Asc => ">",
+                    Direction::Desc => "<",
+                };
+                terms.push([equal.clone(), vec![after(operator)]].concat());
+                equal.push(after("="));
+            }
+        }
+    }
+    terms.push([equal, vec![Cond::IdAfter(cursor.id)]].concat());
+    query.push(" AND (");
+    for (i, term) in terms.iter().enumerate() {
+        if i > 0 {
+            query.push(" OR ");
+        }
+        query.push("(");
+        for (j, cond) in term.iter().enumerate() {
+            if j > 0 {
+                query.push(" AND ");
+            }
+            push_cond(query, cond);
+        }
+        query.push(")");
+    }
+    query.push(")");
+}
+
+/// One page of records and the total that match, with each row's cursor.
+pub async fn list(
+    db: &mut PgConnection,
+    request: &RecordQuery,
+) -> Result<Page<(String, RecordRow)>, QueryListError> {
+    let first = request.first.clamp(1, MAX_PAGE);
+    let order_signature = signature(&request.order);
+    if let Some(cursor) = &request.after {
+        if cursor.order != order_signature || cursor.keys.len() != request.order.len() {
+            return Err(QueryListError::Query(QueryError::ForeignCursor));
+        }
+    }
+    // The cursor's key values come from the database itself, exactly as it compares them.
+    let keys: Vec<String> = request
+        .order
+        .iter()
+        .map(|key| format!("({})::text", key.field.order_sql()))
+        .collect();
+    let mut query = QueryBuilder::new(format!(
+        "SELECT {RECORD_COLUMNS}, ARRAY[{}]::text[] AS order_keys FROM records",
+        keys.join(", ")
+    ));
+    push_where(&mut query, request);
+    if let Some(cursor) = &request.after {
+        push_after(&mut query, &request.order, cursor);
+    }
+    query.push(" ORDER BY ");
+    for key in &request.order {
+        let direction = match key.direction {
+            Direction::Asc => "ASC",
+            Direction::Desc => "DESC",
+        };
+        let sql = key.field.order_sql();
+        query.push(format!("({sql} IS NULL), {sql} {direction}, "));
+    }
+    query.push("id LIMIT ").push_bind(first + 1);
+    #[derive(sqlx::FromRow)]
+    struct Keyed {
+        #[sqlx(flatten)]
+        row: RecordRow,
+        order_keys: Vec<Option<String>>,
+    }
+    let mut rows: Vec<Keyed> = query.build_query_as().fetch_all(&mut *db).await?;
+    let has_next_page = rows.len() as i64 > first;
+    rows.truncate(first as usize);
+
+    let mut count = QueryBuilder::new("SELECT count(*) FROM records");
+    push_where(&mut count, request);
+    let total_count: i64 = count.build_query_scalar().fetch_one(&mut *db).await?;
+    let items = rows
+        .into_iter()
+        .map(|keyed| {
+            let cursor = RecordCursor {
+                order: order_signature.clone(),
+                keys: keyed.order_keys,
+                id: keyed.row.id,
+            };
+            (cursor.encode(), keyed.row)
+        })
+        .collect();
+    Ok(Page {
+        items,
+        has_next_page,
+        total_count,
+    })
+}
+
+/// A list failure: a bad request or the database.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryListError {
+    #[error(transparent)]
+    Query(#[from] QueryError),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn search_words_become_required_prefixes() {
+        assert_eq!(search_terms("Gra hop"), Some("gra:* & hop:*".into()));
+        assert_eq!(
+            search_terms("lin@acme.example"),
+            Some("lin:* & acme:* & example:*".into())
+        );
+        assert_eq!(search_terms(" !:*& "), None);
+        assert_eq!(search_terms("o'brien"), Some("o:* & brien:*".into()));
+    }
+
+    #[test]
+    fn cursors_round_trip_and_refuse_garbage() {
+        let cursor = RecordCursor {
+            order: "last_name:asc".into(),
+            keys: vec![Some("O'Hara".into())],
+            id: Uuid::nil(),
+        };
+        assert_eq!(RecordCursor::decode(&cursor.encode()), Some(cursor));
+        assert_eq!(RecordCursor::decode("not a cursor"), None);
+    }
+}
