@@ -32,10 +32,10 @@ pub enum Rule {
     Grant(Datasheet, Permission),
     /// Holders of every one of these grants.
     AllOf(&'static [(Datasheet, Permission)]),
-    /// Fields about one record of any datasheet: holders of this permission on some datasheet
-    /// pass here, and the field's resolver checks the record's own datasheet with
-    /// [`check_record`] once it has loaded it.
-    OnRecord(Permission),
+    /// Fields about one record, or one datasheet, named by an argument: holders of this
+    /// permission on some datasheet pass here, and the field's resolver checks the record's
+    /// (or the argument's) datasheet with [`check_record`] once it knows it.
+    OnDatasheet(Permission),
 }
 
 /// The policy: the rule for each root field. `None` means the field has no policy and is refused.
@@ -90,8 +90,10 @@ pub fn rule(parent_type: &str, field: &str) -> Option<Rule> {
         ("Mutation", "createApplicant") => Rule::Grant(Applicants, Create),
         ("Mutation", "updateApplicant") => Rule::Grant(Applicants, Update),
         ("Mutation", "hireApplicant") => Rule::AllOf(&[(Applicants, Update), (Employees, Create)]),
-        ("Mutation", "archiveRecord" | "restoreRecord") => Rule::OnRecord(Archive),
-        ("Query", "recordHistory") => Rule::OnRecord(History),
+        ("Mutation", "archiveRecord" | "restoreRecord") => Rule::OnDatasheet(Archive),
+        ("Query", "recordHistory") => Rule::OnDatasheet(History),
+        ("Query", "customFieldDefinitions") => Rule::OnDatasheet(Read),
+        ("Mutation", "addCustomField" | "updateCustomField" | "retireCustomField") => Rule::Admin,
         _ => return None,
     })
 }
@@ -102,18 +104,20 @@ impl Principal {
         self.is_admin() || self.grants.contains(&Grant::new(datasheet, permission))
     }
 
-    /// Whether the principal satisfies a data rule (`Grant`, `AllOf`, `OnRecord`).
+    /// Whether the principal satisfies a data rule (`Grant`, `AllOf`, `OnDatasheet`).
     fn may_by(&self, rule: Rule) -> bool {
         match rule {
             Rule::Grant(datasheet, permission) => self.may(datasheet, permission),
             Rule::AllOf(grants) => grants.iter().all(|(d, p)| self.may(*d, *p)),
-            Rule::OnRecord(permission) => Datasheet::ALL.iter().any(|d| self.may(*d, permission)),
+            Rule::OnDatasheet(permission) => {
+                Datasheet::ALL.iter().any(|d| self.may(*d, permission))
+            }
             Rule::Public | Rule::Session | Rule::Signed | Rule::Admin => false,
         }
     }
 }
 
-/// The second half of an `OnRecord` rule: the principal must hold `permission` on the
+/// The second half of an `OnDatasheet` rule: the principal must hold `permission` on the
 /// datasheet of the record the field is about.
 pub fn check_record(
     principal: &Principal,
@@ -165,7 +169,7 @@ pub fn check(rule: Option<Rule>, principal: Option<&Principal>) -> Result<(), Ap
     let allowed = match rule {
         Rule::Public | Rule::Session | Rule::Signed => true,
         Rule::Admin => user.is_admin,
-        Rule::Grant(..) | Rule::AllOf(_) | Rule::OnRecord(_) => principal.may_by(rule),
+        Rule::Grant(..) | Rule::AllOf(_) | Rule::OnDatasheet(_) => principal.may_by(rule),
     };
     if allowed {
         Ok(())

@@ -275,6 +275,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 datasheet: Datasheet::Employees,
                 expected_version: None,
                 changes,
+                schema: Default::default(),
             };
             let id: Uuid = ids[n % ids.len()].parse()?;
             services
@@ -315,6 +316,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                     datasheet: Datasheet::Employees,
                     fields,
                     hired_from: None,
+                    schema: Default::default(),
                 };
                 let metadata = EventMetadata::new(Actor::User(user_id), Uuid::now_v7());
                 tenant

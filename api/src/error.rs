@@ -3,7 +3,7 @@
 
 use async_graphql::ErrorExtensions;
 use cqrs_es::AggregateError;
-use custos_domain::{ApiTokenError, RecordError, RoleError, UserError};
+use custos_domain::{ApiTokenError, FieldSchemaError, RecordError, RoleError, UserError};
 
 /// What a client sees as `extensions.code`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -195,7 +195,7 @@ impl From<RecordError> for ApiError {
             RecordError::StaleVersion { .. } => ApiError::Conflict(err.to_string()),
             _ => ApiError::Validation {
                 message: err.to_string(),
-                field: err.field().map(snake_to_camel),
+                field: err.field().map(api_field_name),
             },
         }
     }
@@ -245,6 +245,21 @@ impl From<ApiTokenError> for ApiError {
     }
 }
 
+impl From<FieldSchemaError> for ApiError {
+    fn from(err: FieldSchemaError) -> Self {
+        let field = match &err {
+            FieldSchemaError::UnknownField(_) => return ApiError::NotFound,
+            FieldSchemaError::InvalidKey
+            | FieldSchemaError::KeyTaken(_)
+            | FieldSchemaError::Retired(_)
+            | FieldSchemaError::TooMany => "key",
+            FieldSchemaError::Invalid { field, .. } => field,
+            FieldSchemaError::Options => "options",
+        };
+        ApiError::validation(field, err.to_string())
+    }
+}
+
 impl From<std::convert::Infallible> for ApiError {
     fn from(never: std::convert::Infallible) -> Self {
         match never {}
@@ -270,6 +285,16 @@ where
                 ApiError::Internal(anyhow::Error::from_boxed(cause))
             }
         }
+    }
+}
+
+/// A record field's name as the API spells it: built-in fields in camel case (`startDate`),
+/// custom fields as they are (`custom.shirt_size`).
+pub fn api_field_name(name: &str) -> String {
+    if name.starts_with(custos_domain::custom_field::CUSTOM_PREFIX) {
+        name.to_owned()
+    } else {
+        snake_to_camel(name)
     }
 }
 

@@ -19,6 +19,7 @@ use crate::error::ApiError;
 use crate::service::{RequestOrigin, Services};
 
 pub mod admin;
+pub mod custom_fields;
 pub mod history;
 pub mod identity;
 pub mod limits;
@@ -34,6 +35,7 @@ pub struct Query(
     records::RecordsQuery,
     history::HistoryQuery,
     security::SecurityQuery,
+    custom_fields::CustomFieldsQuery,
 );
 
 /// The root mutation type.
@@ -43,6 +45,7 @@ pub struct Mutation(
     admin::AdminMutation,
     records::RecordsMutation,
     security::SecurityMutation,
+    custom_fields::CustomFieldsMutation,
 );
 
 pub type CustosSchema = Schema<Query, Mutation, EmptySubscription>;
@@ -184,12 +187,19 @@ impl Loader<Uuid> for ApiTokenLoader {
 }
 
 /// Per-request loaders for the principal's tenant.
-pub fn loaders(principal: &Principal) -> (DataLoader<UserLoader>, DataLoader<ApiTokenLoader>) {
+pub struct Loaders {
+    pub users: DataLoader<UserLoader>,
+    pub api_tokens: DataLoader<ApiTokenLoader>,
+    pub schemas: DataLoader<custom_fields::SchemaLoader>,
+}
+
+pub fn loaders(principal: &Principal) -> Loaders {
     let pool = &principal.tenant.pool;
-    (
-        DataLoader::new(UserLoader(pool.clone()), tokio::spawn),
-        DataLoader::new(ApiTokenLoader(pool.clone()), tokio::spawn),
-    )
+    Loaders {
+        users: DataLoader::new(UserLoader(pool.clone()), tokio::spawn),
+        api_tokens: DataLoader::new(ApiTokenLoader(pool.clone()), tokio::spawn),
+        schemas: DataLoader::new(custom_fields::SchemaLoader(pool.clone()), tokio::spawn),
+    }
 }
 
 pub(crate) async fn load_api_token(

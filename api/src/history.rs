@@ -7,7 +7,7 @@ use custos_domain::{EventMetadata, Record, RecordEvent};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::error::snake_to_camel;
+use crate::error::api_field_name;
 use crate::event_store::EventLog;
 
 /// One field's value before and after an event; `None` is "no value".
@@ -43,7 +43,7 @@ fn flag(value: bool) -> Option<String> {
 /// The change each event makes to `state`, which it then applies.
 fn changes(state: &mut Record, event: RecordEvent) -> Vec<FieldChange> {
     let change = |field: &str, before: Option<String>, after: Option<String>| FieldChange {
-        field: snake_to_camel(field),
+        field: api_field_name(field),
         before,
         after,
     };

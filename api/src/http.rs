@@ -166,8 +166,11 @@ async fn graphql(
     };
     let mut request = request;
     if let Some(principal) = &principal {
-        let (users, api_tokens) = loaders(principal);
-        request = request.data(users).data(api_tokens);
+        let loaders = loaders(principal);
+        request = request
+            .data(loaders.users)
+            .data(loaders.api_tokens)
+            .data(loaders.schemas);
     }
     request = request.data(RequestContext { origin, principal });
 

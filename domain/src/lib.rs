@@ -1,6 +1,7 @@
 //! The write model of Custos: aggregates, commands, events, value objects. Pure: no I/O.
 
 pub mod api_token;
+pub mod custom_field;
 pub mod datasheet;
 pub mod metadata;
 pub mod organization;
@@ -12,6 +13,10 @@ pub mod user;
 pub mod values;
 
 pub use api_token::{ApiToken, ApiTokenCommand, ApiTokenError, ApiTokenEvent, TokenRefusal};
+pub use custom_field::{
+    CustomField, CustomKind, CustomSchema, FieldSchema, FieldSchemaCommand, FieldSchemaError,
+    FieldSchemaEvent,
+};
 pub use datasheet::{Datasheet, FieldKind, FieldSpec};
 pub use metadata::{Actor, EventMetadata};
 pub use organization::{Organization, OrganizationCommand, OrganizationEvent};

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::custom_field::{CustomSchema, CUSTOM_PREFIX};
 use crate::datasheet::Datasheet;
 use crate::pipeline::Stage;
 use crate::values::ValueError;
@@ -40,6 +41,8 @@ pub enum RecordCommand {
         fields: Fields,
         /// Set when the employee is created by hiring this applicant.
         hired_from: Option<Uuid>,
+        /// The datasheet's custom fields, which `custom.<key>` values are checked against.
+        schema: CustomSchema,
     },
     /// A patch: fields absent from `changes` stay as they are; `null` clears an optional field.
     /// A record of another datasheet answers `NotFound`, as a missing one does.
@@ -47,6 +50,7 @@ pub enum RecordCommand {
         datasheet: Datasheet,
         expected_version: Option<u64>,
         changes: Fields,
+        schema: CustomSchema,
     },
     Archive {
         expected_version: Option<u64>,
@@ -217,8 +221,13 @@ fn check_record(datasheet: Datasheet, fields: &Fields) -> Result<(), RecordError
 /// The field values a new record of `datasheet` would have, or why it cannot be created:
 /// every value parsed, required fields present, an applicant's stage defaulted to `applied`,
 /// rules across fields kept.
-pub fn validate_new(datasheet: Datasheet, raw: Fields) -> Result<Fields, RecordError> {
-    let mut fields = parse_fields(datasheet, raw)?;
+pub fn validate_new(
+    datasheet: Datasheet,
+    schema: &CustomSchema,
+    raw: Fields,
+) -> Result<Fields, RecordError> {
+    let mut fields = parse_fields(datasheet, schema, raw)?;
+    fields.retain(|_, value| !value.is_null());
     if let Some(missing) = datasheet
         .fields()
         .iter()
@@ -226,7 +235,12 @@ pub fn validate_new(datasheet: Datasheet, raw: Fields) -> Result<Fields, RecordE
     {
         return Err(RecordError::MissingField(missing.name.to_owned()));
     }
-    fields.retain(|_, value| !value.is_null());
+    if let Some(missing) = schema
+        .active()
+        .find(|f| f.required && !fields.contains_key(&f.name()))
+    {
+        return Err(RecordError::MissingField(missing.name()));
+    }
     if datasheet == Datasheet::Applicants {
         let stage = fields
             .entry("stage".to_owned())
@@ -246,21 +260,30 @@ pub fn validate_new(datasheet: Datasheet, raw: Fields) -> Result<Fields, RecordE
     Ok(fields)
 }
 
-/// Parses every raw value against the datasheet's fields.
-fn parse_fields(datasheet: Datasheet, raw: Fields) -> Result<Fields, RecordError> {
+/// Parses every raw value against the datasheet's fields and its custom fields.
+fn parse_fields(
+    datasheet: Datasheet,
+    schema: &CustomSchema,
+    raw: Fields,
+) -> Result<Fields, RecordError> {
     raw.into_iter()
         .map(|(name, value)| {
-            let spec = datasheet
-                .field(&name)
-                .ok_or_else(|| RecordError::UnknownField(name.clone()))?;
-            let value = spec
-                .kind
-                .parse(&value)
-                .map_err(|reason| RecordError::InvalidField {
-                    field: name.clone(),
-                    reason,
-                })?;
-            if spec.required && value.is_null() {
+            let invalid = |reason| RecordError::InvalidField {
+                field: name.clone(),
+                reason,
+            };
+            let (value, required) = if name.starts_with(CUSTOM_PREFIX) {
+                let field = schema
+                    .field(&name)
+                    .ok_or_else(|| RecordError::UnknownField(name.clone()))?;
+                (field.parse(&value).map_err(invalid)?, field.required)
+            } else {
+                let spec = datasheet
+                    .field(&name)
+                    .ok_or_else(|| RecordError::UnknownField(name.clone()))?;
+                (spec.kind.parse(&value).map_err(invalid)?, spec.required)
+            };
+            if required && value.is_null() {
                 return Err(RecordError::MissingField(name));
             }
             Ok((name, value))
@@ -286,11 +309,12 @@ impl Aggregate for Record {
                 datasheet,
                 fields,
                 hired_from,
+                schema,
             } => {
                 if self.datasheet.is_some() {
                     return Err(RecordError::AlreadyExists);
                 }
-                let fields = validate_new(datasheet, fields)?;
+                let fields = validate_new(datasheet, &schema, fields)?;
                 let hired_from = hired_from.filter(|_| datasheet == Datasheet::Employees);
                 sink.write(
                     RecordEvent::RecordCreated {
@@ -306,6 +330,7 @@ impl Aggregate for Record {
                 datasheet: expected_datasheet,
                 expected_version,
                 changes,
+                schema,
             } => {
                 let datasheet = self.existing()?;
                 if datasheet != expected_datasheet {
@@ -315,7 +340,7 @@ impl Aggregate for Record {
                 if self.archived {
                     return Err(RecordError::Archived);
                 }
-                let mut changes = parse_fields(datasheet, changes)?;
+                let mut changes = parse_fields(datasheet, &schema, changes)?;
                 changes
                     .retain(|name, value| self.fields.get(name).unwrap_or(&Value::Null) != value);
                 if let Some(stage) = changes.get("stage") {
@@ -452,6 +477,7 @@ mod tests {
     fn update(changes: &[(&str, Value)]) -> RecordCommand {
         RecordCommand::Update {
             datasheet: Datasheet::Employees,
+            schema: CustomSchema::default(),
             expected_version: None,
             changes: fields(changes),
         }
@@ -464,6 +490,7 @@ mod tests {
             .when(RecordCommand::Create {
                 datasheet: Datasheet::Employees,
                 hired_from: None,
+                schema: CustomSchema::default(),
                 fields: fields(&[
                     ("first_name", json!(" Ada ")),
                     ("last_name", json!("Lovelace")),
@@ -481,6 +508,7 @@ mod tests {
             .when(RecordCommand::Create {
                 datasheet: Datasheet::Employees,
                 hired_from: None,
+                schema: CustomSchema::default(),
                 fields: fields(&[("first_name", json!("Ada"))]),
             })
             .then_expect_error(RecordError::MissingField("last_name".into()));
@@ -493,6 +521,7 @@ mod tests {
             .when(RecordCommand::Create {
                 datasheet: Datasheet::Employees,
                 hired_from: None,
+                schema: CustomSchema::default(),
                 fields: fields(&[("first_name", json!("  ")), ("last_name", json!("L"))]),
             })
             .then_expect_error(RecordError::InvalidField {
@@ -508,6 +537,7 @@ mod tests {
             .when(RecordCommand::Create {
                 datasheet: Datasheet::Employees,
                 hired_from: None,
+                schema: CustomSchema::default(),
                 fields: fields(&[
                     ("first_name", json!("Ada")),
                     ("last_name", json!("L")),
@@ -524,6 +554,7 @@ mod tests {
             .when(RecordCommand::Create {
                 datasheet: Datasheet::Employees,
                 hired_from: None,
+                schema: CustomSchema::default(),
                 fields: fields(&[("first_name", json!("A")), ("last_name", json!("B"))]),
             })
             .then_expect_error(RecordError::AlreadyExists);
@@ -604,6 +635,7 @@ mod tests {
             ])
             .when(RecordCommand::Update {
                 datasheet: Datasheet::Employees,
+                schema: CustomSchema::default(),
                 expected_version: Some(1),
                 changes: fields(&[("first_name", json!("Augusta"))]),
             })
@@ -619,6 +651,7 @@ mod tests {
             .given(vec![created()])
             .when(RecordCommand::Update {
                 datasheet: Datasheet::Employees,
+                schema: CustomSchema::default(),
                 expected_version: Some(1),
                 changes: fields(&[("department", json!("Engineering"))]),
             })
@@ -724,6 +757,7 @@ mod tests {
     fn applicant_update(changes: &[(&str, Value)]) -> RecordCommand {
         RecordCommand::Update {
             datasheet: Datasheet::Applicants,
+            schema: CustomSchema::default(),
             expected_version: None,
             changes: fields(changes),
         }
@@ -736,6 +770,7 @@ mod tests {
             .when(RecordCommand::Create {
                 datasheet: Datasheet::Applicants,
                 hired_from: None,
+                schema: CustomSchema::default(),
                 fields: fields(&[
                     ("first_name", json!("Grace")),
                     ("last_name", json!("Hopper")),

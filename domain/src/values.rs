@@ -36,6 +36,10 @@ pub enum ValueError {
     EndBeforeStart,
     #[error("is not a valid record id")]
     InvalidId,
+    #[error("is not one of the field's choices")]
+    NotAChoice,
+    #[error("is a retired field and takes no new values")]
+    Retired,
 }
 
 fn trimmed(raw: &str, max: usize) -> Result<&str, ValueError> {

@@ -5,14 +5,15 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use custos_domain::{
-    ApiToken, ApiTokenEvent, EventMetadata, Organization, OrganizationEvent, Record, RecordEvent,
-    Role, RoleEvent, User, UserEvent,
+    ApiToken, ApiTokenEvent, EventMetadata, FieldSchema, FieldSchemaEvent, Organization,
+    OrganizationEvent, Record, RecordEvent, Role, RoleEvent, User, UserEvent,
 };
 use serde_json::Value;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
 pub mod api_tokens;
+pub mod custom_fields;
 pub mod logins;
 pub mod organization;
 pub mod page;
@@ -31,6 +32,7 @@ pub enum AnyEvent {
     Role(RoleEvent),
     Organization(OrganizationEvent),
     ApiToken(ApiTokenEvent),
+    FieldSchema(FieldSchemaEvent),
 }
 
 impl AnyEvent {
@@ -43,6 +45,7 @@ impl AnyEvent {
             Role::TYPE => Some(AnyEvent::Role(serde_json::from_value(payload)?)),
             Organization::TYPE => Some(AnyEvent::Organization(serde_json::from_value(payload)?)),
             ApiToken::TYPE => Some(AnyEvent::ApiToken(serde_json::from_value(payload)?)),
+            FieldSchema::TYPE => Some(AnyEvent::FieldSchema(serde_json::from_value(payload)?)),
             _ => None,
         })
     }
@@ -88,5 +91,6 @@ pub fn all() -> Vec<Box<dyn Projection>> {
         Box::new(records::RecordsProjection),
         Box::new(organization::OrganizationProjection),
         Box::new(api_tokens::ApiTokensProjection),
+        Box::new(custom_fields::CustomFieldsProjection),
     ]
 }

@@ -7,7 +7,7 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use custos_domain::{Datasheet, FieldKind, FieldSpec};
+use custos_domain::{CustomKind, Datasheet, FieldKind, FieldSpec};
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, Postgres, QueryBuilder};
 use uuid::Uuid;
@@ -16,47 +16,88 @@ use crate::page::{Page, MAX_PAGE};
 use crate::records::{RecordRow, RECORD_COLUMNS};
 
 /// What a filter or an order can name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Field {
     /// A built-in field of the datasheet.
     Data(&'static FieldSpec),
+    /// A custom field: its key (checked to be `[a-z][a-z0-9_]*`) and kind.
+    Custom {
+        key: String,
+        kind: CustomKind,
+    },
     CreatedAt,
     UpdatedAt,
 }
 
 impl Field {
     /// Whether the field holds a list (compared element by element, never ordered).
-    pub fn is_list(self) -> bool {
+    pub fn is_list(&self) -> bool {
         matches!(
             self,
             Field::Data(FieldSpec {
                 kind: FieldKind::EmailList | FieldKind::PhoneList | FieldKind::TagList,
                 ..
-            })
+            }) | Field::Custom {
+                kind: CustomKind::MultipleChoice,
+                ..
+            }
         )
     }
 
     /// Whether the field is compared as text (`contains`, `startsWith` make sense).
-    pub fn is_text(self) -> bool {
+    pub fn is_text(&self) -> bool {
         match self {
             Field::Data(spec) => !matches!(spec.kind, FieldKind::Date),
+            Field::Custom { kind, .. } => matches!(
+                kind,
+                CustomKind::Text
+                    | CustomKind::LongText
+                    | CustomKind::SingleChoice
+                    | CustomKind::MultipleChoice
+            ),
             Field::CreatedAt | Field::UpdatedAt => false,
         }
     }
 
-    /// The SQL expression of the field's value (`NULL` when it has none). Dates compare as
-    /// their canonical `YYYY-MM-DD` text; times as `timestamptz`.
-    fn sql(self) -> String {
+    /// The key of the field's value in `records.fields`.
+    fn json_key(&self) -> String {
         match self {
-            Field::Data(spec) => format!("(fields->>'{}')", spec.name),
+            Field::Data(spec) => spec.name.to_owned(),
+            Field::Custom { key, .. } => {
+                // Keys are checked when defined; filtering keeps SQL text safe regardless.
+                let key: String = key
+                    .chars()
+                    .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                format!("{}{key}", custos_domain::custom_field::CUSTOM_PREFIX)
+            }
             Field::CreatedAt => "created_at".to_owned(),
             Field::UpdatedAt => "updated_at".to_owned(),
         }
     }
 
+    /// The SQL expression of the field's value (`NULL` when it has none). Dates compare as
+    /// their canonical `YYYY-MM-DD` text; times as `timestamptz`; custom numbers and booleans
+    /// as themselves.
+    fn sql(&self) -> String {
+        match self {
+            Field::CreatedAt => "created_at".to_owned(),
+            Field::UpdatedAt => "updated_at".to_owned(),
+            Field::Custom {
+                kind: CustomKind::Number,
+                ..
+            } => format!("((fields->>'{}')::numeric)", self.json_key()),
+            Field::Custom {
+                kind: CustomKind::Boolean,
+                ..
+            } => format!("((fields->>'{}')::boolean)", self.json_key()),
+            _ => format!("(fields->>'{}')", self.json_key()),
+        }
+    }
+
     /// The SQL expression lists are ordered by: text case-insensitively (so `carter` sorts
     /// with `Carter`), everything else as compared.
-    fn order_sql(self) -> String {
+    fn order_sql(&self) -> String {
         match self {
             Field::Data(FieldSpec {
                 kind:
@@ -65,24 +106,28 @@ impl Field {
                     | FieldKind::ShortText
                     | FieldKind::LongText { .. },
                 ..
-            }) => format!("lower{}", self.sql()),
+            })
+            | Field::Custom {
+                kind: CustomKind::Text | CustomKind::LongText,
+                ..
+            } => format!("lower{}", self.sql()),
             _ => self.sql(),
         }
     }
 
     /// How a bound value is cast to compare with [`Field::sql`].
-    fn cast(self) -> &'static str {
+    fn cast(&self) -> &'static str {
         match self {
-            Field::Data(_) => "::text",
             Field::CreatedAt | Field::UpdatedAt => "::timestamptz",
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Field::Data(spec) => spec.name,
-            Field::CreatedAt => "created_at",
-            Field::UpdatedAt => "updated_at",
+            Field::Custom {
+                kind: CustomKind::Number,
+                ..
+            } => "::numeric",
+            Field::Custom {
+                kind: CustomKind::Boolean,
+                ..
+            } => "::boolean",
+            _ => "::text",
         }
     }
 }
@@ -120,7 +165,7 @@ pub enum Direction {
 }
 
 /// One key of an order; the record id always breaks ties last.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OrderKey {
     pub field: Field,
     pub direction: Direction,
@@ -173,7 +218,7 @@ fn signature(order: &[OrderKey]) -> String {
                 Direction::Asc => "asc",
                 Direction::Desc => "desc",
             };
-            format!("{}:{direction}", key.field.name())
+            format!("{}:{direction}", key.field.json_key())
         })
         .collect::<Vec<_>>()
         .join(",")
@@ -203,15 +248,12 @@ pub fn search_terms(search: &str) -> Option<String> {
     (!words.is_empty()).then(|| words.join(" & "))
 }
 
-fn push_compare(query: &mut QueryBuilder<'_, Postgres>, field: Field, op: &Op) {
+fn push_compare(query: &mut QueryBuilder<'_, Postgres>, field: &Field, op: &Op) {
     if field.is_list() {
-        let Field::Data(spec) = field else {
-            unreachable!("lists are data fields")
-        };
+        let key = field.json_key();
         let any = |query: &mut QueryBuilder<'_, Postgres>, condition: &str| {
             query.push(format!(
-                "EXISTS (SELECT 1 FROM jsonb_array_elements_text(coalesce(fields->'{}', '[]')) AS e(v) WHERE {condition}",
-                spec.name
+                "EXISTS (SELECT 1 FROM jsonb_array_elements_text(coalesce(fields->'{key}', '[]')) AS e(v) WHERE {condition}"
             ));
         };
         match op {
@@ -232,10 +274,10 @@ fn push_compare(query: &mut QueryBuilder<'_, Postgres>, field: Field, op: &Op) {
                     .push(")");
             }
             Op::IsNull(true) => {
-                query.push(format!("NOT (fields ? '{}')", spec.name));
+                query.push(format!("NOT (fields ? '{key}')"));
             }
             Op::IsNull(false) => {
-                query.push(format!("(fields ? '{}')", spec.name));
+                query.push(format!("(fields ? '{key}')"));
             }
             // The API refuses other operators on lists.
             _ => {
@@ -290,7 +332,7 @@ fn push_filter(query: &mut QueryBuilder<'_, Postgres>, filter: &Filter) {
     match filter {
         Filter::Compare(field, op) => {
             query.push("coalesce(");
-            push_compare(query, *field, op);
+            push_compare(query, field, op);
             query.push(", false)");
         }
         Filter::And(parts) | Filter::Or(parts) => {

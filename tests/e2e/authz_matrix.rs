@@ -84,6 +84,12 @@ fn rows() -> BTreeMap<(&'static str, &'static str), Row> {
         (("Mutation", "updateApplicant"), row(Grant("applicants", "update"), "mutation($applicant: ID!) { updateApplicant(id: $applicant, input: { source: \"Matrix\" }) { id } }", true)),
         // The first allowed caller hires; later ones are refused (VALIDATION) past the policy.
         (("Mutation", "hireApplicant"), row(AllOf(&[("applicants", "update"), ("employees", "create")]), "mutation($applicant: ID!) { hireApplicant(id: $applicant) { employee { id } } }", true)),
+        (("Query", "customFieldDefinitions"), row(Grant("employees", "read"), "{ customFieldDefinitions(datasheet: EMPLOYEES) { key } }", false)),
+        // Adding the same key twice is refused (VALIDATION) past the policy, as are changes
+        // to the field once a caller has retired it.
+        (("Mutation", "addCustomField"), row(Admin, "mutation { addCustomField(datasheet: EMPLOYEES, input: { key: \"matrix\", label: \"Matrix\", type: TEXT }) { key } }", false)),
+        (("Mutation", "updateCustomField"), row(Admin, "mutation { updateCustomField(datasheet: EMPLOYEES, key: \"victim\", input: { label: \"Changed\" }) { key } }", false)),
+        (("Mutation", "retireCustomField"), row(Admin, "mutation { retireCustomField(datasheet: EMPLOYEES, key: \"victim\") { key } }", false)),
         (("Mutation", "archiveRecord"), row(Grant("employees", "archive"), "mutation($employee: ID!) { archiveRecord(id: $employee) { id } }", true)),
         (("Mutation", "restoreRecord"), row(Grant("employees", "archive"), "mutation($employee: ID!) { restoreRecord(id: $employee) { id } }", true)),
         (("Query", "apiTokens"), row(Admin, "{ apiTokens(includeInactive: true) { totalCount } }", false)),
@@ -136,6 +142,11 @@ async fn objects(app: &TestApp, admin: &Session) -> Objects {
             .unwrap()
             .to_owned()
     };
+    created(
+        "mutation { addCustomField(datasheet: EMPLOYEES, input: { key: \"victim\", label: \"Victim\", type: TEXT }) { key } }",
+        "addCustomField.key",
+    )
+    .await;
     let contact = created(
         "mutation { createContact(input: { firstName: \"Victim\", lastName: \"Contact\" }) { id } }",
         "createContact.id",

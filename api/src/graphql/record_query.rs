@@ -2,7 +2,7 @@
 //! and turned into a [`RecordQuery`].
 
 use async_graphql::{Enum, InputObject};
-use custos_domain::{parse_date, Datasheet, FieldKind};
+use custos_domain::{parse_date, CustomKind, CustomSchema, Datasheet, FieldKind};
 use custos_projections::record_query::{
     Direction, Field, Filter, Op, OrderKey, RecordCursor, RecordQuery,
 };
@@ -24,7 +24,7 @@ const MAX_SEARCH: usize = 200;
 #[derive(InputObject, Default)]
 pub struct RecordFilter {
     /// A field of the datasheet as its type names it (`department`, `startDate`,
-    /// `managerId`...), or `createdAt` / `updatedAt`.
+    /// `managerId`...), a custom field as `custom.<key>`, or `createdAt` / `updatedAt`.
     field: Option<String>,
     eq: Option<String>,
     neq: Option<String>,
@@ -77,11 +77,22 @@ fn invalid(field: &str, message: impl Into<String>) -> ApiError {
 }
 
 /// The field a client named, or `VALIDATION` on `argument`.
-fn resolve_field(datasheet: Datasheet, name: &str, argument: &str) -> Result<Field, ApiError> {
+fn resolve_field(
+    datasheet: Datasheet,
+    schema: &CustomSchema,
+    name: &str,
+    argument: &str,
+) -> Result<Field, ApiError> {
     match name {
         "createdAt" => return Ok(Field::CreatedAt),
         "updatedAt" => return Ok(Field::UpdatedAt),
         _ => {}
+    }
+    if let Some(custom) = schema.field(name) {
+        return Ok(Field::Custom {
+            key: custom.key.clone(),
+            kind: custom.kind,
+        });
     }
     datasheet
         .fields()
@@ -98,9 +109,27 @@ fn resolve_field(datasheet: Datasheet, name: &str, argument: &str) -> Result<Fie
 
 /// A comparison value in canonical form: parsed as the field's kind (so phones, dates and
 /// choices compare as stored), times as RFC 3339.
-fn canonical(field: Field, raw: &str, name: &str) -> Result<String, ApiError> {
+fn canonical(field: &Field, raw: &str, name: &str) -> Result<String, ApiError> {
     let bad = |reason: String| invalid("filter", format!("filter on `{name}`: the value {reason}"));
     match field {
+        Field::Custom { kind, .. } => match kind {
+            CustomKind::Number => raw
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|n| n.is_finite())
+                .map(|n| n.to_string())
+                .ok_or_else(|| bad("is not a number".into())),
+            CustomKind::Boolean => match raw.trim().to_lowercase().as_str() {
+                "true" => Ok("true".into()),
+                "false" => Ok("false".into()),
+                _ => Err(bad("is not `true` or `false`".into())),
+            },
+            CustomKind::Date => parse_date(raw)
+                .map(|d| d.format("%Y-%m-%d").to_string())
+                .map_err(|e| bad(e.to_string())),
+            _ => Ok(raw.trim().to_owned()),
+        },
         Field::CreatedAt | Field::UpdatedAt => chrono::DateTime::parse_from_rfc3339(raw.trim())
             .map(|t| t.with_timezone(&chrono::Utc).to_rfc3339())
             .map_err(|_| bad("is not an RFC 3339 time".into())),
@@ -136,6 +165,7 @@ struct Budget {
 
 fn parse_filter(
     datasheet: Datasheet,
+    schema: &CustomSchema,
     input: RecordFilter,
     depth: usize,
     budget: &mut Budget,
@@ -165,15 +195,15 @@ fn parse_filter(
     let has_operator = operators.iter().any(|o| *o);
     match (&input.field, has_operator) {
         (Some(name), true) => {
-            let field = resolve_field(datasheet, name, "filter")?;
-            let value = |raw: &str| canonical(field, raw, name);
+            let field = resolve_field(datasheet, schema, name, "filter")?;
+            let value = |raw: &str| canonical(&field, raw, name);
             let refuse = |operator: &str| {
                 Err(invalid(
                     "filter",
                     format!("`{operator}` does not apply to `{name}`"),
                 ))
             };
-            let mut compare = |op: Op| parts.push(Filter::Compare(field, op));
+            let mut compare = |op: Op| parts.push(Filter::Compare(field.clone(), op));
             if field.is_list() {
                 for (present, operator) in [
                     (input.neq.is_some(), "neq"),
@@ -245,20 +275,21 @@ fn parse_filter(
     if let Some(all) = input.and {
         let all = all
             .into_iter()
-            .map(|f| parse_filter(datasheet, f, depth + 1, budget))
+            .map(|f| parse_filter(datasheet, schema, f, depth + 1, budget))
             .collect::<Result<Vec<_>, _>>()?;
         parts.push(Filter::And(all));
     }
     if let Some(any) = input.or {
         let any = any
             .into_iter()
-            .map(|f| parse_filter(datasheet, f, depth + 1, budget))
+            .map(|f| parse_filter(datasheet, schema, f, depth + 1, budget))
             .collect::<Result<Vec<_>, _>>()?;
         parts.push(Filter::Or(any));
     }
     if let Some(inner) = input.not {
         parts.push(Filter::Not(Box::new(parse_filter(
             datasheet,
+            schema,
             *inner,
             depth + 1,
             budget,
@@ -271,7 +302,11 @@ fn parse_filter(
 }
 
 /// Validates a list request against `datasheet`.
-pub fn record_query(datasheet: Datasheet, args: ListArgs) -> Result<RecordQuery, ApiError> {
+pub fn record_query(
+    datasheet: Datasheet,
+    schema: &CustomSchema,
+    args: ListArgs,
+) -> Result<RecordQuery, ApiError> {
     let first = args.first.unwrap_or(20);
     if !(1..=custos_projections::page::MAX_PAGE as i32).contains(&first) {
         return Err(invalid(
@@ -292,7 +327,7 @@ pub fn record_query(datasheet: Datasheet, args: ListArgs) -> Result<RecordQuery,
     let order = order_by
         .into_iter()
         .map(|key| {
-            let field = resolve_field(datasheet, &key.field, "orderBy")?;
+            let field = resolve_field(datasheet, schema, &key.field, "orderBy")?;
             if field.is_list() {
                 return Err(invalid(
                     "orderBy",
@@ -320,7 +355,7 @@ pub fn record_query(datasheet: Datasheet, args: ListArgs) -> Result<RecordQuery,
     }
     let filter = args
         .filter
-        .map(|f| parse_filter(datasheet, f, 0, &mut Budget { nodes: 0 }))
+        .map(|f| parse_filter(datasheet, schema, f, 0, &mut Budget { nodes: 0 }))
         .transpose()?;
     let after = args
         .after

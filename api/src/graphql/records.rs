@@ -18,6 +18,7 @@ use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
+use super::custom_fields::{self, CustomFieldInput, CustomFieldValue};
 use super::history::Actor;
 use super::record_query::{record_query, ListArgs, RecordFilter, RecordOrder};
 use super::{parse_id, principal, request, services};
@@ -125,6 +126,13 @@ impl RecordCommon {
     }
     async fn updated_by(&self) -> Actor {
         Actor::new(self.0.updated_by, None)
+    }
+    /// Every live custom field of the datasheet with this record's value (`null` without one).
+    async fn custom_fields(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<Vec<CustomFieldValue>> {
+        Ok(custom_fields::values(ctx, self.0.datasheet(), &self.0.fields).await?)
     }
 }
 
@@ -346,6 +354,12 @@ macro_rules! record_interface {
             async fn updated_by(&self, ctx: &Context<'_>) -> async_graphql::Result<Actor> {
                 self.0.updated_by(ctx).await
             }
+            async fn custom_fields(
+                &self,
+                ctx: &Context<'_>,
+            ) -> async_graphql::Result<Vec<CustomFieldValue>> {
+                self.0.custom_fields(ctx).await
+            }
         }
     )*};
 }
@@ -365,7 +379,8 @@ record_interface!(Employee, Contact, Applicant);
     field(name = "created_at", ty = "DateTime<Utc>"),
     field(name = "updated_at", ty = "DateTime<Utc>"),
     field(name = "created_by", ty = "Actor"),
-    field(name = "updated_by", ty = "Actor")
+    field(name = "updated_by", ty = "Actor"),
+    field(name = "custom_fields", ty = "Vec<CustomFieldValue>")
 )]
 pub enum RecordNode {
     Employee(Employee),
@@ -407,6 +422,9 @@ pub struct CreateEmployeeInput {
     /// Not before `startDate`.
     end_date: Option<String>,
     notes: Option<String>,
+    /// Values of the datasheet's custom fields.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    custom_fields: Option<Vec<CustomFieldInput>>,
 }
 
 /// A patch: omitted fields stay as they are, `null` clears an optional field.
@@ -439,6 +457,9 @@ pub struct UpdateEmployeeInput {
     end_date: MaybeUndefined<String>,
     #[serde(skip_serializing_if = "MaybeUndefined::is_undefined")]
     notes: MaybeUndefined<String>,
+    /// Custom field values to set; fields not listed stay as they are.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    custom_fields: Option<Vec<CustomFieldInput>>,
 }
 
 #[derive(InputObject, Serialize)]
@@ -456,6 +477,9 @@ pub struct CreateContactInput {
     /// Up to 50; duplicates (ignoring case) are dropped.
     tags: Option<Vec<String>>,
     notes: Option<String>,
+    /// Values of the datasheet's custom fields.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    custom_fields: Option<Vec<CustomFieldInput>>,
 }
 
 /// A patch: omitted fields stay as they are, `null` (or an empty list) clears a field. Lists
@@ -481,6 +505,9 @@ pub struct UpdateContactInput {
     tags: MaybeUndefined<Vec<String>>,
     #[serde(skip_serializing_if = "MaybeUndefined::is_undefined")]
     notes: MaybeUndefined<String>,
+    /// Custom field values to set; fields not listed stay as they are.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    custom_fields: Option<Vec<CustomFieldInput>>,
 }
 
 #[derive(InputObject, Serialize)]
@@ -497,6 +524,9 @@ pub struct CreateApplicantInput {
     applied_on: Option<String>,
     notes: Option<String>,
     talent_pool_until: Option<String>,
+    /// Values of the datasheet's custom fields.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    custom_fields: Option<Vec<CustomFieldInput>>,
 }
 
 /// A patch: omitted fields stay as they are, `null` clears an optional field. `stage` moves
@@ -525,6 +555,9 @@ pub struct UpdateApplicantInput {
     notes: MaybeUndefined<String>,
     #[serde(skip_serializing_if = "MaybeUndefined::is_undefined")]
     talent_pool_until: MaybeUndefined<String>,
+    /// Custom field values to set; fields not listed stay as they are.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    custom_fields: Option<Vec<CustomFieldInput>>,
 }
 
 /// The new employee's details; name, email and phone come from the applicant, and the job
@@ -554,7 +587,11 @@ pub struct HirePayload {
 /// An input as the field map the domain parses.
 fn fields(input: impl Serialize) -> Result<Fields, ApiError> {
     match serde_json::to_value(input).map_err(ApiError::internal)? {
-        Value::Object(map) => Ok(map.into_iter().collect()),
+        Value::Object(map) => {
+            let mut fields: Fields = map.into_iter().collect();
+            custom_fields::spread_custom_fields(&mut fields)?;
+            Ok(fields)
+        }
         _ => Err(ApiError::internal(anyhow::anyhow!(
             "an input did not serialise to an object"
         ))),
@@ -585,7 +622,10 @@ async fn page<T: From<RecordRow> + async_graphql::OutputType>(
 ) -> async_graphql::Result<Connection<String, T, ConnectionTotal, EmptyFields>> {
     let principal = principal(ctx)?;
     let after = args.after.is_some();
-    let query = record_query(datasheet, args)?;
+    let schema = services(ctx)?
+        .custom_schema(&principal.tenant, datasheet)
+        .await?;
+    let query = record_query(datasheet, &schema, args)?;
     let mut conn = principal
         .tenant
         .pool

@@ -4,8 +4,10 @@
 //! under the tenant's org-chart lock.
 
 use cqrs_es::Aggregate;
+use custos_domain::custom_field::schema_id;
 use custos_domain::record::{new_record_id, Fields};
-use custos_domain::{Datasheet, Record, RecordCommand};
+use custos_domain::{CustomSchema, Datasheet, FieldSchemaCommand, Record, RecordCommand};
+use custos_projections::custom_fields;
 use custos_projections::records::{self, RecordRow};
 use serde_json::Value;
 use uuid::Uuid;
@@ -58,6 +60,7 @@ impl Services {
             datasheet,
             fields,
             hired_from: None,
+            schema: self.custom_schema(&principal.tenant, datasheet).await?,
         };
         self.run_record(principal, id, command, request_id).await?;
         self.find_record(&principal.tenant, datasheet, id).await
@@ -81,6 +84,7 @@ impl Services {
             datasheet,
             expected_version,
             changes,
+            schema: self.custom_schema(&principal.tenant, datasheet).await?,
         };
         self.run_record(principal, id, command, request_id).await?;
         self.find_record(&principal.tenant, datasheet, id).await
@@ -130,7 +134,8 @@ impl Services {
         let employee_id = new_record_id();
         // The employee record is checked by the rules of its creation first, so a hire never
         // stops half-way on a bad value.
-        custos_domain::record::validate_new(Datasheet::Employees, fields.clone())?;
+        let schema = self.custom_schema(tenant, Datasheet::Employees).await?;
+        custos_domain::record::validate_new(Datasheet::Employees, &schema, fields.clone())?;
         let _lock = self
             .check_manager(principal, Datasheet::Employees, employee_id, &fields)
             .await?;
@@ -144,6 +149,7 @@ impl Services {
             datasheet: Datasheet::Employees,
             fields,
             hired_from: Some(applicant_id),
+            schema,
         };
         self.run_record(principal, employee_id, create, request_id)
             .await?;
@@ -153,6 +159,36 @@ impl Services {
             self.find_record(tenant, Datasheet::Employees, employee_id)
                 .await?,
         ))
+    }
+
+    /// A datasheet's custom fields as they stand.
+    pub async fn custom_schema(
+        &self,
+        tenant: &Tenant,
+        datasheet: Datasheet,
+    ) -> Result<CustomSchema, ApiError> {
+        Ok(custom_fields::schema(&tenant.pool, datasheet).await?)
+    }
+
+    /// Adds, changes or retires a custom field of `datasheet` (administrators), and answers the
+    /// datasheet's schema afterwards.
+    pub async fn change_custom_fields(
+        &self,
+        principal: &Principal,
+        datasheet: Datasheet,
+        command: FieldSchemaCommand,
+        request_id: Uuid,
+    ) -> Result<CustomSchema, ApiError> {
+        let tenant = &principal.tenant;
+        self.execute(
+            tenant,
+            &tenant.field_schemas,
+            schema_id(datasheet),
+            command,
+            self.actor(principal, request_id),
+        )
+        .await?;
+        self.custom_schema(tenant, datasheet).await
     }
 
     async fn run_record(
