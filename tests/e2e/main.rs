@@ -4,6 +4,7 @@
 mod access;
 mod api_tokens;
 mod authz_matrix;
+mod custom_fields;
 mod datasheets;
 mod event_store;
 mod http;

@@ -110,7 +110,7 @@ pub struct CustomFieldValue {
 pub struct CustomFieldInput {
     /// The field's key (without `custom.`).
     key: String,
-    value: Json<Value>,
+    value: Option<Json<Value>>,
 }
 
 /// Moves `custom_fields` entries of a serialised input to `custom.<key>` fields.
