@@ -93,6 +93,8 @@ pub fn rule(parent_type: &str, field: &str) -> Option<Rule> {
         ("Mutation", "archiveRecord" | "restoreRecord") => Rule::OnDatasheet(Archive),
         ("Query", "recordHistory") => Rule::OnDatasheet(History),
         ("Query", "customFieldDefinitions") => Rule::OnDatasheet(Read),
+        ("Query", "report") => Rule::OnDatasheet(Report),
+        ("Query", "headcount") => employees(Report),
         ("Mutation", "addCustomField" | "updateCustomField" | "retireCustomField") => Rule::Admin,
         _ => return None,
     })

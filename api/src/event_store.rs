@@ -245,6 +245,29 @@ impl EventLog {
         row.as_ref().map(Position::from_row).transpose()
     }
 
+    /// Up to `limit` events of `aggregate_type` recorded at or before `at`, after the global
+    /// position `after`, in position order: history as it stood at a moment, read in batches.
+    pub async fn until(
+        &self,
+        aggregate_type: &str,
+        at: DateTime<Utc>,
+        after: i64,
+        limit: i64,
+    ) -> anyhow::Result<Vec<StoredEvent>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {STORED_COLUMNS} FROM events
+             WHERE aggregate_type = $1 AND recorded_at <= $2 AND global_position > $3
+             ORDER BY global_position LIMIT $4"
+        ))
+        .bind(aggregate_type)
+        .bind(at)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|row| self.decode(row)).collect()
+    }
+
     /// Up to `limit` events of `aggregate_types` after `after` in commit order, from
     /// transactions below `horizon` (the oldest transaction still running when the caller's
     /// statement began: everything below it is committed or rolled back). Reading by

@@ -25,6 +25,7 @@ pub mod identity;
 pub mod limits;
 pub mod record_query;
 pub mod records;
+pub mod reports;
 pub mod security;
 
 /// The root query type.
@@ -36,6 +37,7 @@ pub struct Query(
     history::HistoryQuery,
     security::SecurityQuery,
     custom_fields::CustomFieldsQuery,
+    reports::ReportsQuery,
 );
 
 /// The root mutation type.

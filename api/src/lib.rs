@@ -15,6 +15,7 @@ pub mod history;
 pub mod http;
 pub mod keys;
 pub mod projector;
+pub mod reports;
 pub mod service;
 pub mod telemetry;
 pub mod tenancy;

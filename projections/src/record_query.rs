@@ -60,7 +60,7 @@ impl Field {
     }
 
     /// The key of the field's value in `records.fields`.
-    fn json_key(&self) -> String {
+    pub fn json_key(&self) -> String {
         match self {
             Field::Data(spec) => spec.name.to_owned(),
             Field::Custom { key, .. } => {
@@ -527,6 +527,38 @@ pub async fn list(
         has_next_page,
         total_count,
     })
+}
+
+/// How many records that match `request` (its filter, search and archive flag; not its
+/// order or page) have each value of `field`; a list field counts each entry, and records
+/// without a value count under `None`. Largest groups first.
+pub async fn group_counts(
+    db: &mut PgConnection,
+    request: &RecordQuery,
+    field: &Field,
+) -> sqlx::Result<Vec<(Option<String>, i64)>> {
+    let mut query = if field.is_list() {
+        QueryBuilder::new(format!(
+            "SELECT e.v AS value, count(*) AS count FROM records
+             LEFT JOIN LATERAL jsonb_array_elements_text(coalesce(fields->'{}', '[]')) AS e(v) ON true",
+            field.json_key()
+        ))
+    } else {
+        QueryBuilder::new(format!(
+            "SELECT ({})::text AS value, count(*) AS count FROM records",
+            field.sql()
+        ))
+    };
+    push_where(&mut query, request);
+    query.push(" GROUP BY 1 ORDER BY 2 DESC, 1 NULLS LAST");
+    query.build_query_as().fetch_all(db).await
+}
+
+/// How many records match `request` (its filter, search and archive flag).
+pub async fn count(db: &mut PgConnection, request: &RecordQuery) -> sqlx::Result<i64> {
+    let mut count = QueryBuilder::new("SELECT count(*) FROM records");
+    push_where(&mut count, request);
+    count.build_query_scalar().fetch_one(db).await
 }
 
 /// A list failure: a bad request or the database.

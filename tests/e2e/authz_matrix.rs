@@ -90,6 +90,8 @@ fn rows() -> BTreeMap<(&'static str, &'static str), Row> {
         (("Mutation", "addCustomField"), row(Admin, "mutation { addCustomField(datasheet: EMPLOYEES, input: { key: \"matrix\", label: \"Matrix\", type: TEXT }) { key } }", false)),
         (("Mutation", "updateCustomField"), row(Admin, "mutation { updateCustomField(datasheet: EMPLOYEES, key: \"victim\", input: { label: \"Changed\" }) { key } }", false)),
         (("Mutation", "retireCustomField"), row(Admin, "mutation { retireCustomField(datasheet: EMPLOYEES, key: \"victim\") { key } }", false)),
+        (("Query", "report"), row(Grant("employees", "report"), "{ report(datasheet: EMPLOYEES, groupBy: \"department\") { total } }", false)),
+        (("Query", "headcount"), row(Grant("employees", "report"), "{ headcount(asOf: \"2026-01-01T00:00:00Z\") { total } }", false)),
         (("Mutation", "archiveRecord"), row(Grant("employees", "archive"), "mutation($employee: ID!) { archiveRecord(id: $employee) { id } }", true)),
         (("Mutation", "restoreRecord"), row(Grant("employees", "archive"), "mutation($employee: ID!) { restoreRecord(id: $employee) { id } }", true)),
         (("Query", "apiTokens"), row(Admin, "{ apiTokens(includeInactive: true) { totalCount } }", false)),

@@ -12,5 +12,6 @@ mod identity;
 mod logs;
 mod queries;
 mod records;
+mod reports;
 mod tenancy;
 mod two_factor;

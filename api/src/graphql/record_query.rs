@@ -77,7 +77,7 @@ fn invalid(field: &str, message: impl Into<String>) -> ApiError {
 }
 
 /// The field a client named, or `VALIDATION` on `argument`.
-fn resolve_field(
+pub(crate) fn resolve_field(
     datasheet: Datasheet,
     schema: &CustomSchema,
     name: &str,
