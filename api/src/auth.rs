@@ -147,6 +147,8 @@ pub enum TokenKind {
     ApiToken,
     /// A login waiting for its second factor (`cuc_`); it authenticates nothing by itself.
     LoginChallenge,
+    /// A one-time export download link (`cud_`).
+    Download,
 }
 
 impl TokenKind {
@@ -155,6 +157,7 @@ impl TokenKind {
             TokenKind::Session => "cus_",
             TokenKind::ApiToken => "cua_",
             TokenKind::LoginChallenge => "cuc_",
+            TokenKind::Download => "cud_",
         }
     }
 }
@@ -195,6 +198,7 @@ impl BearerToken {
             TokenKind::Session,
             TokenKind::ApiToken,
             TokenKind::LoginChallenge,
+            TokenKind::Download,
         ]
         .into_iter()
         .find(|kind| token.starts_with(kind.prefix()))?;

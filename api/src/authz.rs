@@ -94,6 +94,7 @@ pub fn rule(parent_type: &str, field: &str) -> Option<Rule> {
         ("Query", "recordHistory") => Rule::OnDatasheet(History),
         ("Query", "customFieldDefinitions") => Rule::OnDatasheet(Read),
         ("Query", "report") => Rule::OnDatasheet(Report),
+        ("Mutation", "exportRecords") => Rule::OnDatasheet(Export),
         ("Query", "headcount") => employees(Report),
         ("Mutation", "addCustomField" | "updateCustomField" | "retireCustomField") => Rule::Admin,
         _ => return None,

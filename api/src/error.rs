@@ -3,7 +3,9 @@
 
 use async_graphql::ErrorExtensions;
 use cqrs_es::AggregateError;
-use custos_domain::{ApiTokenError, FieldSchemaError, RecordError, RoleError, UserError};
+use custos_domain::{
+    ApiTokenError, DataExportError, FieldSchemaError, RecordError, RoleError, UserError,
+};
 
 /// What a client sees as `extensions.code`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -257,6 +259,12 @@ impl From<FieldSchemaError> for ApiError {
             FieldSchemaError::Options => "options",
         };
         ApiError::validation(field, err.to_string())
+    }
+}
+
+impl From<DataExportError> for ApiError {
+    fn from(err: DataExportError) -> Self {
+        ApiError::Conflict(err.to_string())
     }
 }
 

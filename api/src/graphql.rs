@@ -20,6 +20,7 @@ use crate::service::{RequestOrigin, Services};
 
 pub mod admin;
 pub mod custom_fields;
+pub mod exports;
 pub mod history;
 pub mod identity;
 pub mod limits;
@@ -48,6 +49,7 @@ pub struct Mutation(
     records::RecordsMutation,
     security::SecurityMutation,
     custom_fields::CustomFieldsMutation,
+    exports::ExportsMutation,
 );
 
 pub type CustosSchema = Schema<Query, Mutation, EmptySubscription>;

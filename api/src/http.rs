@@ -7,8 +7,8 @@ use std::time::Instant;
 
 use async_graphql::http::GraphiQLSource;
 use async_graphql::{ErrorExtensionValues, ServerError};
-use axum::body::Bytes;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
@@ -40,6 +40,7 @@ pub struct RequestId(pub Uuid);
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/graphql", get(graphiql).post(graphql))
+        .route("/exports/{token}", get(download))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -47,8 +48,17 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// A request path as logged: download links carry their token in the path, so it is cut.
+fn logged_path(path: &str) -> &str {
+    if path.starts_with("/exports/") {
+        "/exports/{token}"
+    } else {
+        path
+    }
+}
+
 /// Gives each request an id and a span, and logs its outcome (method, path, status, time:
-/// never the query string, headers or body).
+/// never the query string, headers, body or a download token).
 async fn request_span(mut request: Request, next: Next) -> Response {
     let id = Uuid::now_v7();
     request.extensions_mut().insert(RequestId(id));
@@ -56,7 +66,7 @@ async fn request_span(mut request: Request, next: Next) -> Response {
         "request",
         request.id = %id,
         http.method = %request.method(),
-        http.path = %request.uri().path(),
+        http.path = %logged_path(request.uri().path()),
     );
     let started = Instant::now();
     let mut response = next.run(request).instrument(span.clone()).await;
@@ -78,6 +88,36 @@ async fn graphiql(State(state): State<AppState>) -> Response {
         return StatusCode::NOT_FOUND.into_response();
     }
     Html(GraphiQLSource::build().endpoint("/graphql").finish()).into_response()
+}
+
+/// Streams an export through its one-time link; a used, expired or unknown link is 404.
+async fn download(State(state): State<AppState>, Path(token): Path<String>) -> Response {
+    let download = match state.services.open_download(&token).await {
+        Ok(Some(download)) => download,
+        Ok(None) => return StatusCode::NOT_FOUND.into_response(),
+        Err(err) => {
+            err.report();
+            return StatusCode::SERVICE_UNAVAILABLE.into_response();
+        }
+    };
+    let headers = [
+        (header::CONTENT_TYPE, download.content_type().to_owned()),
+        (
+            header::CONTENT_DISPOSITION,
+            format!("attachment; filename=\"{}\"", download.file_name()),
+        ),
+        (header::CACHE_CONTROL, "no-store".to_owned()),
+    ];
+    let chunks = download.stream();
+    let body = futures::stream::unfold(chunks, |mut chunks| async move {
+        chunks.recv().await.map(|chunk| {
+            (
+                Ok::<_, std::convert::Infallible>(Bytes::from(chunk)),
+                chunks,
+            )
+        })
+    });
+    (headers, Body::from_stream(body)).into_response()
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {

@@ -25,10 +25,12 @@ use crate::tenancy::{ProvisionError, Region, Tenancy, Tenant};
 
 mod admin;
 mod api_tokens;
+mod exports;
 mod records;
 mod two_factor;
 pub use admin::{NewUser, UserChanges};
 pub use api_tokens::{CreatedApiToken, NewApiToken};
+pub use exports::{Download, ExportTicket};
 pub use two_factor::LoginOutcome;
 
 /// What creating an organisation needs.
@@ -532,7 +534,7 @@ impl Services {
                 }))
             }
             TokenKind::ApiToken => self.authenticate_api_token(tenant, &parsed, origin).await,
-            TokenKind::LoginChallenge => Ok(None),
+            TokenKind::LoginChallenge | TokenKind::Download => Ok(None),
         }
     }
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use cqrs_es::persist::PersistedEventStore;
 use cqrs_es::{Aggregate, CqrsFramework};
-use custos_domain::{ApiToken, FieldSchema, Organization, Record, Role, User};
+use custos_domain::{ApiToken, DataExport, FieldSchema, Organization, Record, Role, User};
 use secrecy::{ExposeSecret, SecretBox};
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -98,6 +98,7 @@ pub struct Tenant {
     pub organization: Cqrs<Organization>,
     pub api_tokens: Cqrs<ApiToken>,
     pub field_schemas: Cqrs<FieldSchema>,
+    pub exports: Cqrs<DataExport>,
     pub projectors: Projectors,
     /// Encrypts the tenant's TOTP secrets; derived from the master key, never stored.
     pub two_factor_key: SecretBox<[u8; 32]>,
@@ -490,6 +491,7 @@ impl Tenancy {
             organization: framework(&pool, &codec, &projectors),
             api_tokens: framework(&pool, &codec, &projectors),
             field_schemas: framework(&pool, &codec, &projectors),
+            exports: framework(&pool, &codec, &projectors),
             two_factor_key: SecretBox::new(Box::new(
                 self.master_key
                     .derive(&format!("custos/two-factor-secrets/{}", row.id)),

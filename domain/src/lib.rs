@@ -3,6 +3,7 @@
 pub mod api_token;
 pub mod custom_field;
 pub mod datasheet;
+pub mod export;
 pub mod metadata;
 pub mod organization;
 pub mod permission;
@@ -18,6 +19,7 @@ pub use custom_field::{
     FieldSchemaEvent,
 };
 pub use datasheet::{Datasheet, FieldKind, FieldSpec};
+pub use export::{DataExport, DataExportCommand, DataExportError, DataExportEvent, ExportFormat};
 pub use metadata::{Actor, EventMetadata};
 pub use organization::{Organization, OrganizationCommand, OrganizationEvent};
 pub use permission::{Grant, Grants, Permission};

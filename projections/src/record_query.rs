@@ -554,6 +554,23 @@ pub async fn group_counts(
     query.build_query_as().fetch_all(db).await
 }
 
+/// The ids of every record that matches `request`, in its order (its page is ignored).
+pub async fn ids(db: &mut PgConnection, request: &RecordQuery) -> sqlx::Result<Vec<Uuid>> {
+    let mut query = QueryBuilder::new("SELECT id FROM records");
+    push_where(&mut query, request);
+    query.push(" ORDER BY ");
+    for key in &request.order {
+        let direction = match key.direction {
+            Direction::Asc => "ASC",
+            Direction::Desc => "DESC",
+        };
+        let sql = key.field.order_sql();
+        query.push(format!("({sql} IS NULL), {sql} {direction}, "));
+    }
+    query.push("id");
+    query.build_query_scalar().fetch_all(db).await
+}
+
 /// How many records match `request` (its filter, search and archive flag).
 pub async fn count(db: &mut PgConnection, request: &RecordQuery) -> sqlx::Result<i64> {
     let mut count = QueryBuilder::new("SELECT count(*) FROM records");

@@ -7,6 +7,7 @@ mod authz_matrix;
 mod custom_fields;
 mod datasheets;
 mod event_store;
+mod exports;
 mod http;
 mod identity;
 mod logs;

@@ -6,6 +6,7 @@ use custos_domain::{parse_date, CustomKind, CustomSchema, Datasheet, FieldKind};
 use custos_projections::record_query::{
     Direction, Field, Filter, Op, OrderKey, RecordCursor, RecordQuery,
 };
+use serde::Serialize;
 
 use crate::error::{snake_to_camel, ApiError};
 
@@ -21,7 +22,8 @@ const MAX_SEARCH: usize = 200;
 /// Values are text: dates `YYYY-MM-DD`, times RFC 3339, choices by name (`FULL_TIME` or
 /// `full_time`). On list fields (`emails`, `phones`, `tags`) `eq`, `contains` and
 /// `startsWith` hold when some entry matches.
-#[derive(InputObject, Default)]
+#[derive(InputObject, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct RecordFilter {
     /// A field of the datasheet as its type names it (`department`, `startDate`,
     /// `managerId`...), a custom field as `custom.<key>`, or `createdAt` / `updatedAt`.
@@ -29,6 +31,7 @@ pub struct RecordFilter {
     eq: Option<String>,
     neq: Option<String>,
     #[graphql(name = "in")]
+    #[serde(rename = "in")]
     in_: Option<Vec<String>>,
     gt: Option<String>,
     gte: Option<String>,
@@ -45,7 +48,8 @@ pub struct RecordFilter {
     not: Option<Box<RecordFilter>>,
 }
 
-#[derive(Enum, Copy, Clone, Eq, PartialEq, Default)]
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Default, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum SortDirection {
     #[default]
     Asc,
@@ -54,7 +58,7 @@ pub enum SortDirection {
 
 /// One key of a list's order; records without a value come last either way, and creation
 /// order breaks ties.
-#[derive(InputObject)]
+#[derive(InputObject, Serialize)]
 pub struct RecordOrder {
     /// A field as in `RecordFilter.field`; list fields cannot order.
     field: String,

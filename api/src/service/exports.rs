@@ -1,0 +1,359 @@
+//! Exports: a datasheet's records (with the lists' filters) as CSV or JSON. Starting an export
+//! records it as an event — who, when, which datasheet, filter and records — and hands out a
+//! one-time download link; the download streams the rows in batches, so memory stays flat
+//! whatever the size.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use custos_domain::custom_field::CUSTOM_PREFIX;
+use custos_domain::{CustomSchema, DataExportCommand, Datasheet, ExportFormat, FieldKind};
+use custos_projections::record_query::{self, RecordQuery};
+use custos_projections::records::{self, RecordRow};
+use secrecy::SecretString;
+use serde_json::{Map, Value};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use super::Services;
+use crate::auth::{BearerToken, Principal, TokenKind};
+use crate::error::{api_field_name, ApiError};
+use crate::tenancy::Tenant;
+
+/// How long a download link works, once.
+const LINK_LIFETIME_SECONDS: f64 = 300.0;
+/// Rows read per round trip while streaming.
+const BATCH: usize = 500;
+
+/// A started export.
+pub struct ExportTicket {
+    pub export_id: Uuid,
+    pub count: usize,
+    /// The download link's token, shown once.
+    pub token: SecretString,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// An opened download link: what to stream.
+pub struct Download {
+    pub tenant: Arc<Tenant>,
+    pub datasheet: Datasheet,
+    pub format: ExportFormat,
+    pub bom: bool,
+    pub record_ids: Vec<Uuid>,
+    pub schema: CustomSchema,
+}
+
+fn format_name(format: ExportFormat) -> &'static str {
+    match format {
+        ExportFormat::Csv => "csv",
+        ExportFormat::Json => "json",
+    }
+}
+
+impl Services {
+    /// Records an export of the records `query` selects (in its order) and hands out its
+    /// download link.
+    pub async fn start_export(
+        &self,
+        principal: &Principal,
+        query: &RecordQuery,
+        format: ExportFormat,
+        bom: bool,
+        filter: Value,
+        request_id: Uuid,
+    ) -> Result<ExportTicket, ApiError> {
+        let tenant = &principal.tenant;
+        let mut conn = tenant.pool.acquire().await?;
+        let record_ids = record_query::ids(&mut conn, query).await?;
+        drop(conn);
+        let export_id = Uuid::now_v7();
+        let count = record_ids.len();
+        let command = DataExportCommand::Record {
+            datasheet: query.datasheet,
+            format,
+            filter,
+            record_ids: record_ids.clone(),
+        };
+        self.execute(
+            tenant,
+            &tenant.exports,
+            export_id,
+            command,
+            self.actor(principal, request_id),
+        )
+        .await?;
+        let (token, stored) = BearerToken::generate(TokenKind::Download, tenant.id);
+        let expires_at: DateTime<Utc> = sqlx::query_scalar(
+            "INSERT INTO export_downloads (token_hash, export_id, datasheet, format, bom, record_ids, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, now() + $7 * interval '1 second') RETURNING expires_at",
+        )
+        .bind(&stored.hash)
+        .bind(export_id)
+        .bind(query.datasheet.as_str())
+        .bind(format_name(format))
+        .bind(bom)
+        .bind(&record_ids)
+        .bind(LINK_LIFETIME_SECONDS)
+        .fetch_one(&tenant.pool)
+        .await?;
+        tracing::info!(tenant.id = %tenant.id, export.id = %export_id, count, "records exported");
+        Ok(ExportTicket {
+            export_id,
+            count,
+            token,
+            expires_at,
+        })
+    }
+
+    /// Uses up a download link; `None` when it is unknown, used or expired.
+    pub async fn open_download(&self, token: &str) -> Result<Option<Download>, ApiError> {
+        let Some(parsed) = BearerToken::parse(token).filter(|t| t.kind == TokenKind::Download)
+        else {
+            return Ok(None);
+        };
+        let Some(tenant) = self
+            .tenancy
+            .get(parsed.tenant_id)
+            .await
+            .map_err(ApiError::internal)?
+        else {
+            return Ok(None);
+        };
+        let row: Option<(String, String, bool, Vec<Uuid>)> = sqlx::query_as(
+            "UPDATE export_downloads SET used_at = now()
+             WHERE token_hash = $1 AND used_at IS NULL AND expires_at > now()
+             RETURNING datasheet, format, bom, record_ids",
+        )
+        .bind(&parsed.hash)
+        .fetch_optional(&tenant.pool)
+        .await?;
+        let Some((datasheet, format, bom, record_ids)) = row else {
+            return Ok(None);
+        };
+        let datasheet = Datasheet::parse(&datasheet).ok_or_else(|| {
+            ApiError::internal(anyhow::anyhow!("unknown datasheet in a download"))
+        })?;
+        let format = if format == "json" {
+            ExportFormat::Json
+        } else {
+            ExportFormat::Csv
+        };
+        let schema = self.custom_schema(&tenant, datasheet).await?;
+        Ok(Some(Download {
+            tenant,
+            datasheet,
+            format,
+            bom,
+            record_ids,
+            schema,
+        }))
+    }
+}
+
+/// A cell that a spreadsheet would run as a formula is prefixed with `'` (OWASP's guard
+/// against CSV injection).
+fn guarded(cell: String) -> String {
+    if cell.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{cell}")
+    } else {
+        cell
+    }
+}
+
+/// A stored value as one CSV cell: lists joined with `; `.
+fn cell(value: Option<&Value>) -> String {
+    match value {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(text)) => text.clone(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|item| {
+                item.as_str()
+                    .map_or_else(|| item.to_string(), str::to_owned)
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+        Some(other) => other.to_string(),
+    }
+}
+
+/// The columns of an export: the record's id, its built-in fields, its live custom fields and
+/// its bookkeeping.
+fn columns(datasheet: Datasheet, schema: &CustomSchema) -> Vec<(String, String)> {
+    let mut columns = vec![("id".to_owned(), "id".to_owned())];
+    for spec in datasheet.fields() {
+        columns.push((api_field_name(spec.name), spec.name.to_owned()));
+    }
+    for field in schema.active() {
+        columns.push((field.name(), field.name()));
+    }
+    for meta in ["archived", "version", "createdAt", "updatedAt"] {
+        columns.push((meta.to_owned(), meta.to_owned()));
+    }
+    columns
+}
+
+fn meta(row: &RecordRow, name: &str) -> Option<Value> {
+    Some(match name {
+        "id" => Value::String(row.id.to_string()),
+        "archived" => Value::Bool(row.archived),
+        "version" => Value::from(row.version),
+        "createdAt" => Value::String(row.created_at.to_rfc3339()),
+        "updatedAt" => Value::String(row.updated_at.to_rfc3339()),
+        _ => return None,
+    })
+}
+
+fn csv_chunk(rows: &[RecordRow], columns: &[(String, String)], header: bool) -> Vec<u8> {
+    let mut writer = csv::WriterBuilder::new().from_writer(Vec::new());
+    if header {
+        // Column names are ours, never personal data, but guarded all the same.
+        let _ = writer.write_record(columns.iter().map(|(title, _)| guarded(title.clone())));
+    }
+    for row in rows {
+        let cells = columns.iter().map(|(_, key)| {
+            let value = meta(row, key).or_else(|| row.fields.get(key).cloned());
+            guarded(cell(value.as_ref()))
+        });
+        let _ = writer.write_record(cells);
+    }
+    writer.into_inner().unwrap_or_default()
+}
+
+/// One record as a JSON object: built-in fields by API name, custom fields under `custom`.
+fn json_object(row: &RecordRow, datasheet: Datasheet, schema: &CustomSchema) -> Value {
+    let mut object = Map::new();
+    object.insert("id".into(), Value::String(row.id.to_string()));
+    object.insert("datasheet".into(), Value::String(datasheet.as_str().into()));
+    for spec in datasheet.fields() {
+        let value = row.fields.get(spec.name).cloned().unwrap_or(Value::Null);
+        let value = match (spec.kind, value) {
+            (FieldKind::EmailList | FieldKind::PhoneList | FieldKind::TagList, Value::Null) => {
+                Value::Array(Vec::new())
+            }
+            (_, value) => value,
+        };
+        object.insert(api_field_name(spec.name), value);
+    }
+    let custom: Map<String, Value> = schema
+        .active()
+        .map(|field| {
+            let value = row
+                .fields
+                .get(&field.name())
+                .cloned()
+                .unwrap_or(Value::Null);
+            (
+                field.name().trim_start_matches(CUSTOM_PREFIX).to_owned(),
+                value,
+            )
+        })
+        .collect();
+    object.insert("custom".into(), Value::Object(custom));
+    for key in ["archived", "version", "createdAt", "updatedAt"] {
+        if let Some(value) = meta(row, key) {
+            object.insert(key.into(), value);
+        }
+    }
+    Value::Object(object)
+}
+
+impl Download {
+    /// The file name a browser saves the download as.
+    pub fn file_name(&self) -> String {
+        format!(
+            "{}-{}.{}",
+            self.datasheet.as_str(),
+            Utc::now().format("%Y-%m-%d"),
+            format_name(self.format)
+        )
+    }
+
+    pub fn content_type(&self) -> &'static str {
+        match self.format {
+            ExportFormat::Csv => "text/csv; charset=utf-8",
+            ExportFormat::Json => "application/json",
+        }
+    }
+
+    /// Streams the file in chunks: a task reads the records in batches (in the export's
+    /// order) and writes each batch as it comes. A read failure ends the stream early (the
+    /// client sees a truncated file and the cause is logged).
+    pub fn stream(self) -> mpsc::Receiver<Vec<u8>> {
+        let (sender, receiver) = mpsc::channel(4);
+        tokio::spawn(async move {
+            if let Err(err) = self.write(&sender).await {
+                tracing::error!(tenant.id = %self.tenant.id, error = %crate::error::redacted(&err), "an export stream failed");
+            }
+        });
+        receiver
+    }
+
+    async fn write(&self, sender: &mpsc::Sender<Vec<u8>>) -> anyhow::Result<()> {
+        let columns = columns(self.datasheet, &self.schema);
+        let mut header = true;
+        let mut written = 0usize;
+        if self.bom {
+            sender.send("\u{feff}".as_bytes().to_vec()).await?;
+        }
+        if self.format == ExportFormat::Json {
+            sender.send(b"[".to_vec()).await?;
+        }
+        for batch in self.record_ids.chunks(BATCH) {
+            let mut found: HashMap<Uuid, RecordRow> =
+                records::records_by_id(&self.tenant.pool, batch)
+                    .await?
+                    .into_iter()
+                    .map(|row| (row.id, row))
+                    .collect();
+            // In the export's order; records erased or gone since are left out.
+            let rows: Vec<RecordRow> = batch.iter().filter_map(|id| found.remove(id)).collect();
+            let chunk = match self.format {
+                ExportFormat::Csv => csv_chunk(&rows, &columns, std::mem::take(&mut header)),
+                ExportFormat::Json => {
+                    let mut chunk = Vec::new();
+                    for row in &rows {
+                        if written > 0 {
+                            chunk.push(b',');
+                        }
+                        written += 1;
+                        chunk.push(b'\n');
+                        serde_json::to_writer(
+                            &mut chunk,
+                            &json_object(row, self.datasheet, &self.schema),
+                        )?;
+                    }
+                    chunk
+                }
+            };
+            sender.send(chunk).await?;
+        }
+        if header && self.format == ExportFormat::Csv {
+            sender.send(csv_chunk(&[], &columns, true)).await?;
+        }
+        if self.format == ExportFormat::Json {
+            sender.send(b"\n]\n".to_vec()).await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formulas_are_defused_and_lists_joined() {
+        assert_eq!(guarded("=1+1".into()), "'=1+1");
+        assert_eq!(guarded("@SUM(A1)".into()), "'@SUM(A1)");
+        assert_eq!(guarded("-2".into()), "'-2");
+        assert_eq!(guarded("Ada".into()), "Ada");
+        assert_eq!(
+            cell(Some(&serde_json::json!(["a@example.org", "b@example.org"]))),
+            "a@example.org; b@example.org"
+        );
+        assert_eq!(cell(None), "");
+    }
+}
