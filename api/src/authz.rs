@@ -95,6 +95,7 @@ pub fn rule(parent_type: &str, field: &str) -> Option<Rule> {
         ("Query", "customFieldDefinitions") => Rule::OnDatasheet(Read),
         ("Query", "report") => Rule::OnDatasheet(Report),
         ("Mutation", "exportRecords") => Rule::OnDatasheet(Export),
+        ("Mutation", "importRecords") => Rule::OnDatasheet(Create),
         ("Query", "headcount") => employees(Report),
         ("Mutation", "addCustomField" | "updateCustomField" | "retireCustomField") => Rule::Admin,
         _ => return None,

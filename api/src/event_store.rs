@@ -245,6 +245,49 @@ impl EventLog {
         row.as_ref().map(Position::from_row).transpose()
     }
 
+    /// Appends the first event of many new streams in one transaction: all are written or
+    /// none is. For bulk creation (imports), where going through the framework one aggregate at
+    /// a time could stop half-way. Each event passes through the codec like any other; a
+    /// stream that exists already makes the whole batch fail on the primary key.
+    pub async fn append_new_streams(&self, events: Vec<SerializedEvent>) -> anyhow::Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for chunk in events.chunks(1_000) {
+            let mut columns: [Vec<String>; 6] = Default::default();
+            let mut sequences: Vec<i64> = Vec::with_capacity(chunk.len());
+            for event in chunk {
+                if event.sequence != 1 {
+                    anyhow::bail!("only first events of new streams can be appended in bulk");
+                }
+                let event = self.codec.seal(event.clone())?;
+                columns[0].push(event.aggregate_type);
+                columns[1].push(event.aggregate_id);
+                columns[2].push(event.event_type);
+                columns[3].push(event.event_version);
+                columns[4].push(serde_json::to_string(&event.payload)?);
+                columns[5].push(serde_json::to_string(&event.metadata)?);
+                sequences.push(1);
+            }
+            let [types, ids, event_types, versions, payloads, metadata] = columns;
+            sqlx::query(
+                "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+                 SELECT t, i, s, e, v, p::json, m::json
+                 FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[])
+                      AS u(t, i, s, e, v, p, m)",
+            )
+            .bind(types)
+            .bind(ids)
+            .bind(sequences)
+            .bind(event_types)
+            .bind(versions)
+            .bind(payloads)
+            .bind(metadata)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Up to `limit` events of `aggregate_type` recorded at or before `at`, after the global
     /// position `after`, in position order: history as it stood at a moment, read in batches.
     pub async fn until(

@@ -23,6 +23,7 @@ pub mod custom_fields;
 pub mod exports;
 pub mod history;
 pub mod identity;
+pub mod imports;
 pub mod limits;
 pub mod record_query;
 pub mod records;
@@ -50,6 +51,7 @@ pub struct Mutation(
     security::SecurityMutation,
     custom_fields::CustomFieldsMutation,
     exports::ExportsMutation,
+    imports::ImportsMutation,
 );
 
 pub type CustosSchema = Schema<Query, Mutation, EmptySubscription>;

@@ -26,11 +26,13 @@ use crate::tenancy::{ProvisionError, Region, Tenancy, Tenant};
 mod admin;
 mod api_tokens;
 mod exports;
+mod imports;
 mod records;
 mod two_factor;
 pub use admin::{NewUser, UserChanges};
 pub use api_tokens::{CreatedApiToken, NewApiToken};
 pub use exports::{Download, ExportTicket};
+pub use imports::{ColumnMapping, ImportOutcome, ImportRequest, RowError};
 pub use two_factor::LoginOutcome;
 
 /// What creating an organisation needs.

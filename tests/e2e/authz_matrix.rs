@@ -92,6 +92,7 @@ fn rows() -> BTreeMap<(&'static str, &'static str), Row> {
         (("Mutation", "retireCustomField"), row(Admin, "mutation { retireCustomField(datasheet: EMPLOYEES, key: \"victim\") { key } }", false)),
         (("Query", "report"), row(Grant("employees", "report"), "{ report(datasheet: EMPLOYEES, groupBy: \"department\") { total } }", false)),
         (("Query", "headcount"), row(Grant("employees", "report"), "{ headcount(asOf: \"2026-01-01T00:00:00Z\") { total } }", false)),
+        (("Mutation", "importRecords"), row(Grant("employees", "create"), "mutation { importRecords(datasheet: EMPLOYEES, csv: \"First,Last\\nM,X\\n\", mapping: [{ column: \"First\", field: \"firstName\" }, { column: \"Last\", field: \"lastName\" }], dryRun: true) { rows } }", false)),
         (("Mutation", "exportRecords"), row(Grant("employees", "export"), "mutation { exportRecords(datasheet: EMPLOYEES, format: CSV) { count } }", false)),
         (("Mutation", "archiveRecord"), row(Grant("employees", "archive"), "mutation($employee: ID!) { archiveRecord(id: $employee) { id } }", true)),
         (("Mutation", "restoreRecord"), row(Grant("employees", "archive"), "mutation($employee: ID!) { restoreRecord(id: $employee) { id } }", true)),

@@ -10,6 +10,7 @@ mod event_store;
 mod exports;
 mod http;
 mod identity;
+mod imports;
 mod logs;
 mod queries;
 mod records;

@@ -52,11 +52,11 @@ impl ExportsMutation {
         search: Option<String>,
         include_archived: Option<bool>,
         #[graphql(
-            desc = "Start a CSV file with a UTF-8 byte order mark (for spreadsheets that need it).",
-            default
+            desc = "Start a CSV file with a UTF-8 byte order mark, for spreadsheets that need it (default false)."
         )]
-        bom: bool,
+        bom: Option<bool>,
     ) -> async_graphql::Result<ExportPayload> {
+        let bom = bom.unwrap_or(false);
         let principal = principal(ctx)?;
         let datasheet = Datasheet::from(datasheet);
         crate::authz::check_record(principal, datasheet, Permission::Export)?;

@@ -1,0 +1,320 @@
+//! CSV import: rows become records of a datasheet through a column mapping. Every row is
+//! checked by the rules of a record's creation first; a dry run only reports the problems;
+//! all-or-nothing mode writes nothing unless every row is valid; otherwise the valid rows are
+//! written. Whatever is written is written in one transaction, each row a normal
+//! `RecordCreated` event attributed to the importing user.
+
+use std::collections::{BTreeMap, HashSet};
+
+use cqrs_es::persist::SerializedEvent;
+use cqrs_es::{Aggregate, DomainEvent};
+use custos_domain::custom_field::CUSTOM_PREFIX;
+use custos_domain::record::{new_record_id, validate_new, Fields};
+use custos_domain::{CustomKind, CustomSchema, Datasheet, FieldKind, Record, RecordEvent};
+use custos_projections::records;
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::Services;
+use crate::auth::Principal;
+use crate::error::{api_field_name, ApiError};
+
+/// The most rows one import takes.
+const MAX_ROWS: usize = 50_000;
+
+/// A column of the file and the field it fills (`firstName`, `custom.<key>`).
+pub struct ColumnMapping {
+    pub column: String,
+    pub field: String,
+}
+
+/// An import to run.
+pub struct ImportRequest<'a> {
+    pub datasheet: Datasheet,
+    pub csv: &'a str,
+    pub mapping: Vec<ColumnMapping>,
+    /// Check every row, write nothing.
+    pub dry_run: bool,
+    /// Write nothing unless every row is valid.
+    pub all_or_nothing: bool,
+}
+
+/// One problem with one row (numbered from 1, the header not counted).
+pub struct RowError {
+    pub row: usize,
+    /// The field as the API names it, when the problem is about one.
+    pub field: Option<String>,
+    pub message: String,
+}
+
+/// What an import did, or would do.
+pub struct ImportOutcome {
+    pub rows: usize,
+    pub created: Vec<Uuid>,
+    pub errors: Vec<RowError>,
+}
+
+/// How a mapped field reads a cell.
+#[derive(Clone, Copy)]
+enum Cell {
+    Text,
+    List,
+    Number,
+    Boolean,
+}
+
+fn cell_value(kind: Cell, raw: &str) -> Result<Value, String> {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return Ok(Value::Null);
+    }
+    Ok(match kind {
+        Cell::Text => Value::String(raw.to_owned()),
+        Cell::List => Value::Array(
+            raw.split(';')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| Value::String(s.to_owned()))
+                .collect(),
+        ),
+        Cell::Number => raw
+            .parse::<f64>()
+            .ok()
+            .and_then(serde_json::Number::from_f64)
+            .map(Value::Number)
+            .ok_or_else(|| "is not a number".to_owned())?,
+        Cell::Boolean => match raw.to_lowercase().as_str() {
+            "true" | "yes" | "1" => Value::Bool(true),
+            "false" | "no" | "0" => Value::Bool(false),
+            _ => return Err("is not true/false or yes/no".to_owned()),
+        },
+    })
+}
+
+/// The record field a mapping names, and how its cells are read.
+fn target(
+    datasheet: Datasheet,
+    schema: &CustomSchema,
+    field: &str,
+) -> Result<(String, Cell), ApiError> {
+    if let Some(custom) = schema.field(field) {
+        let cell = match custom.kind {
+            CustomKind::Number => Cell::Number,
+            CustomKind::Boolean => Cell::Boolean,
+            CustomKind::MultipleChoice => Cell::List,
+            _ => Cell::Text,
+        };
+        return Ok((custom.name(), cell));
+    }
+    let spec = datasheet
+        .fields()
+        .iter()
+        .find(|spec| api_field_name(spec.name) == field && !field.starts_with(CUSTOM_PREFIX))
+        .ok_or_else(|| {
+            ApiError::validation(
+                "mapping",
+                format!("{} have no field `{field}`", datasheet.as_str()),
+            )
+        })?;
+    let cell = match spec.kind {
+        FieldKind::EmailList | FieldKind::PhoneList | FieldKind::TagList => Cell::List,
+        _ => Cell::Text,
+    };
+    Ok((spec.name.to_owned(), cell))
+}
+
+impl Services {
+    /// Imports `csv` into `datasheet` (see the module's description).
+    pub async fn import_records(
+        &self,
+        principal: &Principal,
+        request: ImportRequest<'_>,
+        request_id: Uuid,
+    ) -> Result<ImportOutcome, ApiError> {
+        let ImportRequest {
+            datasheet,
+            csv,
+            mapping,
+            dry_run,
+            all_or_nothing,
+        } = request;
+        let tenant = &principal.tenant;
+        let schema = self.custom_schema(tenant, datasheet).await?;
+        let mut reader = csv::ReaderBuilder::new()
+            .flexible(false)
+            .from_reader(csv.as_bytes());
+        let headers = reader
+            .headers()
+            .map_err(|e| ApiError::validation("csv", format!("the header row is unreadable: {e}")))?
+            .clone();
+        if mapping.is_empty() {
+            return Err(ApiError::validation("mapping", "map at least one column"));
+        }
+        let mut targets = Vec::new();
+        let mut mapped_fields = HashSet::new();
+        for map in &mapping {
+            let index = headers
+                .iter()
+                .position(|h| h.trim() == map.column.trim())
+                .ok_or_else(|| {
+                    ApiError::validation(
+                        "mapping",
+                        format!("the file has no column `{}`", map.column),
+                    )
+                })?;
+            let (name, cell) = target(datasheet, &schema, &map.field)?;
+            if !mapped_fields.insert(name.clone()) {
+                return Err(ApiError::validation(
+                    "mapping",
+                    format!("`{}` is mapped twice", map.field),
+                ));
+            }
+            targets.push((index, name, cell));
+        }
+
+        let mut rows = 0;
+        let mut valid: Vec<(usize, Uuid, Fields)> = Vec::new();
+        let mut errors = Vec::new();
+        let mut managers: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for (number, record) in reader.records().enumerate() {
+            let row = number + 1;
+            rows = row;
+            if rows > MAX_ROWS {
+                return Err(ApiError::validation(
+                    "csv",
+                    format!("an import takes at most {MAX_ROWS} rows"),
+                ));
+            }
+            let record = match record {
+                Ok(record) => record,
+                Err(err) => {
+                    errors.push(RowError {
+                        row,
+                        field: None,
+                        message: format!("the row is unreadable: {err}"),
+                    });
+                    continue;
+                }
+            };
+            let mut fields = Fields::new();
+            let mut bad = false;
+            for (index, name, cell) in &targets {
+                match cell_value(*cell, record.get(*index).unwrap_or_default()) {
+                    Ok(value) => {
+                        fields.insert(name.clone(), value);
+                    }
+                    Err(message) => {
+                        errors.push(RowError {
+                            row,
+                            field: Some(api_field_name(name)),
+                            message: format!("field `{}` {message}", api_field_name(name)),
+                        });
+                        bad = true;
+                    }
+                }
+            }
+            if bad {
+                continue;
+            }
+            match validate_new(datasheet, &schema, fields) {
+                Ok(fields) => {
+                    if let Some(Value::String(manager)) = fields.get("manager_id") {
+                        managers
+                            .entry(manager.clone())
+                            .or_default()
+                            .push(valid.len());
+                    }
+                    valid.push((row, new_record_id(), fields));
+                }
+                Err(err) => errors.push(RowError {
+                    row,
+                    field: err.field().map(api_field_name),
+                    message: ApiError::from(err).message(),
+                }),
+            }
+        }
+        // Managers must be active employees already (new rows cannot close a loop).
+        if !managers.is_empty() {
+            let ids: Vec<Uuid> = managers
+                .keys()
+                .filter_map(|m| Uuid::try_parse(m).ok())
+                .collect();
+            let found = records::records_by_id(&tenant.pool, &ids).await?;
+            let active: HashSet<String> = found
+                .iter()
+                .filter(|r| r.datasheet() == Datasheet::Employees && !r.archived)
+                .map(|r| r.id.to_string())
+                .collect();
+            let mut refused = HashSet::new();
+            for (manager, indices) in &managers {
+                if !active.contains(manager) {
+                    refused.extend(indices.iter().copied());
+                }
+            }
+            if !refused.is_empty() {
+                let mut kept = Vec::new();
+                for (i, entry) in valid.into_iter().enumerate() {
+                    if refused.contains(&i) {
+                        errors.push(RowError {
+                            row: entry.0,
+                            field: Some("managerId".into()),
+                            message: "the manager must be an active employee".into(),
+                        });
+                    } else {
+                        kept.push(entry);
+                    }
+                }
+                valid = kept;
+            }
+        }
+        errors.sort_by_key(|e| e.row);
+        let hold = dry_run || (all_or_nothing && !errors.is_empty()) || valid.is_empty();
+        if hold {
+            return Ok(ImportOutcome {
+                rows,
+                created: Vec::new(),
+                errors,
+            });
+        }
+        let metadata = serde_json::to_value(self.actor(principal, request_id).to_map())
+            .map_err(ApiError::internal)?;
+        let events = valid
+            .iter()
+            .map(|(_, id, fields)| {
+                let event = RecordEvent::RecordCreated {
+                    datasheet,
+                    fields: fields.clone(),
+                    hired_from: None,
+                };
+                Ok(SerializedEvent::new(
+                    id.to_string(),
+                    1,
+                    Record::TYPE.to_owned(),
+                    event.event_type(),
+                    event.event_version(),
+                    serde_json::to_value(&event)?,
+                    metadata.clone(),
+                ))
+            })
+            .collect::<Result<Vec<_>, serde_json::Error>>()
+            .map_err(ApiError::internal)?;
+        tenant
+            .log
+            .append_new_streams(events)
+            .await
+            .map_err(ApiError::internal)?;
+        if let Some(latest) = tenant.log.latest(Record::TYPE).await? {
+            tenant
+                .projectors
+                .wait_for(Record::TYPE, latest, self.projection_wait)
+                .await
+                .map_err(|_| ApiError::Unavailable)?;
+        }
+        tracing::info!(tenant.id = %tenant.id, rows, created = valid.len(), "records imported");
+        Ok(ImportOutcome {
+            rows,
+            created: valid.into_iter().map(|(_, id, _)| id).collect(),
+            errors,
+        })
+    }
+}
