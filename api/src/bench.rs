@@ -35,13 +35,17 @@ pub struct BenchArgs {
     /// Requests measured in the read phase (c).
     #[arg(long, default_value_t = 2_000)]
     pub reads: usize,
+    /// `foundation` (the phases above) or `datasheets` (lists, search, reports, export and
+    /// import with `--employees` employees).
+    #[arg(long, default_value = "foundation")]
+    pub suite: String,
 }
 
 const PASSWORD: &str = "benchmark password 1";
 /// Records per client in the spread variant of phase (b).
 const SPREAD: usize = 64;
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[index.min(sorted.len() - 1)]
 }
@@ -72,11 +76,19 @@ where
     Ok(done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
 }
 
-fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    match args.suite.as_str() {
+        "foundation" => foundation(args).await,
+        "datasheets" => crate::bench_datasheets::run(args).await,
+        other => anyhow::bail!("unknown suite `{other}`: `foundation` or `datasheets`"),
+    }
+}
+
+async fn foundation(args: BenchArgs) -> anyhow::Result<()> {
     let temp;
     let data_dir = match &args.data_dir {
         Some(dir) => dir.clone(),

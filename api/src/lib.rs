@@ -5,6 +5,7 @@ pub mod app;
 pub mod auth;
 pub mod authz;
 pub mod bench;
+pub mod bench_datasheets;
 pub mod cli;
 pub mod cluster;
 pub mod config;

@@ -59,6 +59,18 @@ impl Field {
         }
     }
 
+    /// Whether the field's stored value is a JSON string (so equality is containment).
+    fn is_stored_as_text(&self) -> bool {
+        match self {
+            Field::Data(_) => !self.is_list(),
+            Field::Custom { kind, .. } => matches!(
+                kind,
+                CustomKind::Text | CustomKind::LongText | CustomKind::SingleChoice | CustomKind::Date
+            ),
+            Field::CreatedAt | Field::UpdatedAt => false,
+        }
+    }
+
     /// The key of the field's value in `records.fields`.
     pub fn json_key(&self) -> String {
         match self {
@@ -295,6 +307,13 @@ fn push_compare(query: &mut QueryBuilder<'_, Postgres>, field: &Field, op: &Op) 
             .push(cast);
     };
     match op {
+        // Equality on a text value is containment, which the GIN index on `fields` serves.
+        Op::Eq(value) if field.is_stored_as_text() => {
+            query
+                .push(format!("fields @> jsonb_build_object('{}', ", field.json_key()))
+                .push_bind(value.clone())
+                .push("::text)");
+        }
         Op::Eq(value) => binary(query, "=", value),
         Op::Neq(value) => binary(query, "IS DISTINCT FROM", value),
         Op::Gt(value) => binary(query, ">", value),
@@ -326,15 +345,13 @@ fn push_compare(query: &mut QueryBuilder<'_, Postgres>, field: &Field, op: &Op) 
     }
 }
 
-/// Every comparison is made null-safe (a missing value is "false", never unknown), so that
-/// `not` inverts exactly.
+/// `not` makes its operand null-safe (a missing value is "false", never unknown), so that it
+/// inverts exactly.
 fn push_filter(query: &mut QueryBuilder<'_, Postgres>, filter: &Filter) {
     match filter {
-        Filter::Compare(field, op) => {
-            query.push("coalesce(");
-            push_compare(query, field, op);
-            query.push(", false)");
-        }
+        // A comparison on a missing value is NULL, which a WHERE clause treats as false; only
+        // `not` needs it made false first (below). Left bare, comparisons can use indexes.
+        Filter::Compare(field, op) => push_compare(query, field, op),
         Filter::And(parts) | Filter::Or(parts) => {
             let (joiner, empty) = match filter {
                 Filter::And(_) => (" AND ", "true"),
@@ -354,9 +371,9 @@ fn push_filter(query: &mut QueryBuilder<'_, Postgres>, filter: &Filter) {
             query.push(")");
         }
         Filter::Not(inner) => {
-            query.push("NOT (");
+            query.push("NOT coalesce((");
             push_filter(query, inner);
-            query.push(")");
+            query.push("), false)");
         }
     }
 }
@@ -480,11 +497,23 @@ pub async fn list(
         .iter()
         .map(|key| format!("({})::text", key.field.order_sql()))
         .collect();
-    let mut query = QueryBuilder::new(format!(
-        "SELECT {RECORD_COLUMNS}, ARRAY[{}]::text[] AS order_keys FROM records",
+    let select = format!(
+        "SELECT {RECORD_COLUMNS}, ARRAY[{}]::text[] AS order_keys",
         keys.join(", ")
-    ));
-    push_where(&mut query, request);
+    );
+    let mut query = if request.search.as_deref().and_then(search_terms).is_some() {
+        // A search matches few records, but the planner cannot tell and would rather walk an
+        // ordered index and test every row: the matches are found through the search index
+        // first, then ordered.
+        let mut query = QueryBuilder::new("WITH matches AS MATERIALIZED (SELECT * FROM records");
+        push_where(&mut query, request);
+        query.push(format!(") {select} FROM matches WHERE true"));
+        query
+    } else {
+        let mut query = QueryBuilder::new(format!("{select} FROM records"));
+        push_where(&mut query, request);
+        query
+    };
     if let Some(cursor) = &request.after {
         push_after(&mut query, &request.order, cursor);
     }
@@ -495,7 +524,7 @@ pub async fn list(
             Direction::Desc => "DESC",
         };
         let sql = key.field.order_sql();
-        query.push(format!("({sql} IS NULL), {sql} {direction}, "));
+        query.push(format!("{sql} {direction} NULLS LAST, "));
     }
     query.push("id LIMIT ").push_bind(first + 1);
     #[derive(sqlx::FromRow)]
@@ -565,7 +594,7 @@ pub async fn ids(db: &mut PgConnection, request: &RecordQuery) -> sqlx::Result<V
             Direction::Desc => "DESC",
         };
         let sql = key.field.order_sql();
-        query.push(format!("({sql} IS NULL), {sql} {direction}, "));
+        query.push(format!("{sql} {direction} NULLS LAST, "));
     }
     query.push("id");
     query.build_query_scalar().fetch_all(db).await
