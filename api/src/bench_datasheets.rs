@@ -33,7 +33,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(temp.path(), std::fs::Permissions::from_mode(0o755))?;
     }
-    let data_dir = args.data_dir.clone().unwrap_or_else(|| temp.path().to_owned());
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| temp.path().to_owned());
     let mut config = Config::new(data_dir, DatabaseConfig::Private);
     config.listen = "127.0.0.1:0".parse()?;
     config.login_attempts_per_minute = u32::MAX;
@@ -55,7 +58,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         async move {
             let body: Value = request.send().await?.json().await?;
-            anyhow::ensure!(body.get("errors").is_none(), "request failed: {}", body["errors"]);
+            anyhow::ensure!(
+                body.get("errors").is_none(),
+                "request failed: {}",
+                body["errors"]
+            );
             Ok::<_, anyhow::Error>(body)
         }
     };
@@ -102,7 +109,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     {
         use sqlx::Connection;
         let database: String = sqlx::query_scalar("SELECT database_name FROM tenants LIMIT 1")
-            .fetch_one(&mut sqlx::PgConnection::connect_with(&admin.clone().database("custos")).await?)
+            .fetch_one(
+                &mut sqlx::PgConnection::connect_with(&admin.clone().database("custos")).await?,
+            )
             .await?;
         let mut conn = sqlx::PgConnection::connect_with(&admin.clone().database(&database)).await?;
         sqlx::query("ANALYZE records").execute(&mut conn).await?;
@@ -150,7 +159,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         json!({}),
     )
     .await?;
-    let count = started["data"]["exportRecords"]["count"].as_u64().unwrap_or(0);
+    let count = started["data"]["exportRecords"]["count"]
+        .as_u64()
+        .unwrap_or(0);
     let link = started["data"]["exportRecords"]["downloadUrl"]
         .as_str()
         .unwrap_or_default()
@@ -174,14 +185,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     let export_time = export_started.elapsed();
     sampling.abort();
-    let rss_growth = peak.load(std::sync::atomic::Ordering::Relaxed).saturating_sub(rss_before);
+    let rss_growth = peak
+        .load(std::sync::atomic::Ordering::Relaxed)
+        .saturating_sub(rss_before);
 
     let _ = stop.send(());
     server.await??;
 
     println!("## custos bench --suite datasheets");
     println!();
-    println!("employees: {}, requests per latency figure: {}", args.employees, args.reads);
+    println!(
+        "employees: {}, requests per latency figure: {}",
+        args.employees, args.reads
+    );
     println!();
     println!("| measure | value |");
     println!("|---|---|");
@@ -192,14 +208,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     );
     let (all_rows, all_time) = import_times
         .iter()
-        .fold((0, Duration::ZERO), |(r, t), (rows, time)| (r + rows, t + *time));
+        .fold((0, Duration::ZERO), |(r, t), (rows, time)| {
+            (r + rows, t + *time)
+        });
     println!(
         "| import, all {all_rows} rows in batches of {IMPORT_BATCH} | {:.1} s ({:.0} rows/s) |",
         all_time.as_secs_f64(),
         all_rows as f64 / all_time.as_secs_f64()
     );
     for (name, latencies) in [
-        ("`employees(first: 50)` filtered by department, ordered by last name", &list),
+        (
+            "`employees(first: 50)` filtered by department, ordered by last name",
+            &list,
+        ),
         ("`employees(first: 50, search:)` full-text", &search),
         ("`report(groupBy: \"department\")`", &report),
     ] {

@@ -65,7 +65,10 @@ impl Field {
             Field::Data(_) => !self.is_list(),
             Field::Custom { kind, .. } => matches!(
                 kind,
-                CustomKind::Text | CustomKind::LongText | CustomKind::SingleChoice | CustomKind::Date
+                CustomKind::Text
+                    | CustomKind::LongText
+                    | CustomKind::SingleChoice
+                    | CustomKind::Date
             ),
             Field::CreatedAt | Field::UpdatedAt => false,
         }
@@ -310,7 +313,10 @@ fn push_compare(query: &mut QueryBuilder<'_, Postgres>, field: &Field, op: &Op) 
         // Equality on a text value is containment, which the GIN index on `fields` serves.
         Op::Eq(value) if field.is_stored_as_text() => {
             query
-                .push(format!("fields @> jsonb_build_object('{}', ", field.json_key()))
+                .push(format!(
+                    "fields @> jsonb_build_object('{}', ",
+                    field.json_key()
+                ))
                 .push_bind(value.clone())
                 .push("::text)");
         }
