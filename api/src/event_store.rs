@@ -4,36 +4,181 @@
 //! projector and for history. No other code reads the `events` table.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
 use chrono::{DateTime, Utc};
 use cqrs_es::persist::{
     PersistedEventRepository, PersistedEventStore, PersistenceError, ReplayStream, SerializedEvent,
     SerializedSnapshot,
 };
 use cqrs_es::{Aggregate, CqrsFramework};
-
+use custos_domain::{Record, User};
 use postgres_es::PostgresEventRepository;
+use secrecy::ExposeSecret;
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool, Row};
+use uuid::Uuid;
+
+use crate::subject_keys::{self, KeyError, SubjectKeys};
 
 /// A tenant's command side for one aggregate type.
 pub type Cqrs<A> = CqrsFramework<A, PersistedEventStore<CustosEventRepository, A>>;
 
-/// Turns domain payloads into stored payloads and back. Today the stored form is the domain
-/// form; the privacy issue's encryption with each data subject's key goes here, so that
-/// writes, aggregate loads, projections and history all see the same decrypted events.
-#[derive(Debug, Clone, Default)]
-pub struct EventCodec;
+/// Turns domain payloads into stored payloads and back. Events of data subjects (records and
+/// users) are sealed with the subject's own key (XChaCha20-Poly1305, bound to the event's
+/// stream and sequence): what stays in clear is the event type (a column), the metadata (ids
+/// only), the datasheet and the names of the fields the event carries. Writes, aggregate loads,
+/// projections and history all pass through here, so they all see the same opened events.
+#[derive(Clone)]
+pub struct EventCodec {
+    keys: Arc<SubjectKeys>,
+}
+
+impl std::fmt::Debug for EventCodec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EventCodec")
+    }
+}
+
+/// Aggregate types whose instances are data subjects.
+const SUBJECTS: [&str; 2] = [Record::TYPE, User::TYPE];
+
+fn unknown(err: impl std::error::Error + Send + Sync + 'static) -> PersistenceError {
+    PersistenceError::UnknownError(Box::new(err))
+}
+
+fn key_error(err: KeyError) -> PersistenceError {
+    match err {
+        KeyError::Database(err) => PersistenceError::ConnectionError(Box::new(err)),
+        other => unknown(other),
+    }
+}
+
+/// What stays readable of a sealed payload: its datasheet and the names of its fields.
+fn clear_summary(payload: &Value) -> Value {
+    let Some((_, body)) = payload.as_object().and_then(|m| m.iter().next()) else {
+        return Value::Null;
+    };
+    let Some(body) = body.as_object() else {
+        return Value::Null;
+    };
+    let mut clear = serde_json::Map::new();
+    if let Some(datasheet) = body.get("datasheet") {
+        clear.insert("datasheet".into(), datasheet.clone());
+    }
+    let nested: Vec<&str> = ["fields", "changes"]
+        .iter()
+        .filter_map(|key| body.get(*key).and_then(Value::as_object))
+        .flat_map(|map| map.keys().map(String::as_str))
+        .collect();
+    let names: Vec<Value> = if nested.is_empty() {
+        body.keys()
+            .filter(|k| k.as_str() != "datasheet")
+            .map(|k| Value::String(k.clone()))
+            .collect()
+    } else {
+        nested
+            .into_iter()
+            .map(|k| Value::String(k.to_owned()))
+            .collect()
+    };
+    clear.insert("fields".into(), Value::Array(names));
+    Value::Object(clear)
+}
+
+fn binding(event: &SerializedEvent) -> Vec<u8> {
+    format!(
+        "custos/event/{}/{}/{}",
+        event.aggregate_type, event.aggregate_id, event.sequence
+    )
+    .into_bytes()
+}
+
+/// The subject whose key seals this event, if its payload has content to seal.
+fn subject_of(event: &SerializedEvent) -> Option<Uuid> {
+    if !SUBJECTS.contains(&event.aggregate_type.as_str()) || !event.payload.is_object() {
+        return None;
+    }
+    Uuid::try_parse(&event.aggregate_id).ok()
+}
+
+fn sealed_part(event: &SerializedEvent) -> Option<&str> {
+    event.payload.get("sealed").and_then(Value::as_str)
+}
 
 impl EventCodec {
-    /// Domain payload → stored payload.
-    pub fn seal(&self, event: SerializedEvent) -> Result<SerializedEvent, PersistenceError> {
-        Ok(event)
+    pub fn new(keys: Arc<SubjectKeys>) -> Self {
+        Self { keys }
     }
 
-    /// Stored payload → domain payload.
-    pub fn open(&self, event: SerializedEvent) -> Result<SerializedEvent, PersistenceError> {
-        Ok(event)
+    /// Domain payloads → stored payloads.
+    pub async fn seal_all(
+        &self,
+        events: Vec<SerializedEvent>,
+    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
+        let mut subjects: Vec<Uuid> = events.iter().filter_map(subject_of).collect();
+        subjects.sort();
+        subjects.dedup();
+        if subjects.is_empty() {
+            return Ok(events);
+        }
+        let keys = self.keys.for_writing(&subjects).await.map_err(key_error)?;
+        events
+            .into_iter()
+            .map(|mut event| {
+                let Some(subject) = subject_of(&event) else {
+                    return Ok(event);
+                };
+                let key = keys
+                    .get(&subject)
+                    .ok_or_else(|| unknown(KeyError::Erased))?;
+                let plain = serde_json::to_vec(&event.payload).map_err(unknown)?;
+                let sealed = subject_keys::seal(key.expose_secret(), &plain, &binding(&event));
+                event.payload = serde_json::json!({
+                    "sealed": STANDARD.encode(sealed),
+                    "clear": clear_summary(&event.payload),
+                });
+                Ok(event)
+            })
+            .collect()
+    }
+
+    /// Stored payloads → domain payloads. Events written before sealing existed pass through.
+    pub async fn open_all(
+        &self,
+        events: Vec<SerializedEvent>,
+    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
+        let mut subjects: Vec<Uuid> = events
+            .iter()
+            .filter(|e| sealed_part(e).is_some())
+            .filter_map(|e| Uuid::try_parse(&e.aggregate_id).ok())
+            .collect();
+        subjects.sort();
+        subjects.dedup();
+        if subjects.is_empty() {
+            return Ok(events);
+        }
+        let keys = self.keys.for_reading(&subjects).await.map_err(key_error)?;
+        events
+            .into_iter()
+            .map(|mut event| {
+                let Some(sealed) = sealed_part(&event) else {
+                    return Ok(event);
+                };
+                let subject = Uuid::try_parse(&event.aggregate_id).map_err(unknown)?;
+                let key = keys
+                    .get(&subject)
+                    .ok_or_else(|| unknown(KeyError::Erased))?;
+                let bytes = STANDARD.decode(sealed).map_err(unknown)?;
+                let plain = subject_keys::open(key.expose_secret(), &bytes, &binding(&event))
+                    .ok_or_else(|| unknown(KeyError::Unwrap))?;
+                event.payload = serde_json::from_slice(&plain)
+                    .map_err(|e| PersistenceError::DeserializationError(Box::new(e)))?;
+                Ok(event)
+            })
+            .collect()
     }
 }
 
@@ -52,11 +197,11 @@ impl CustosEventRepository {
         }
     }
 
-    fn open_all(
+    async fn open_all(
         &self,
         events: Vec<SerializedEvent>,
     ) -> Result<Vec<SerializedEvent>, PersistenceError> {
-        events.into_iter().map(|e| self.codec.open(e)).collect()
+        self.codec.open_all(events).await
     }
 }
 
@@ -66,6 +211,7 @@ impl PersistedEventRepository for CustosEventRepository {
         aggregate_id: &str,
     ) -> Result<Vec<SerializedEvent>, PersistenceError> {
         self.open_all(self.inner.get_events::<A>(aggregate_id).await?)
+            .await
     }
 
     async fn get_last_events<A: Aggregate>(
@@ -78,6 +224,7 @@ impl PersistedEventRepository for CustosEventRepository {
                 .get_last_events::<A>(aggregate_id, last_sequence)
                 .await?,
         )
+        .await
     }
 
     async fn get_snapshot<A: Aggregate>(
@@ -92,11 +239,7 @@ impl PersistedEventRepository for CustosEventRepository {
         events: &[SerializedEvent],
         _snapshot_update: Option<(String, Value, usize)>,
     ) -> Result<(), PersistenceError> {
-        let sealed = events
-            .iter()
-            .cloned()
-            .map(|e| self.codec.seal(e))
-            .collect::<Result<Vec<_>, _>>()?;
+        let sealed = self.codec.seal_all(events.to_vec()).await?;
         self.inner.persist::<A>(&sealed, None).await
     }
 
@@ -180,22 +323,36 @@ impl EventLog {
         Self { pool, codec }
     }
 
-    fn decode(&self, row: &sqlx::postgres::PgRow) -> Result<StoredEvent, anyhow::Error> {
-        let sequence: i64 = row.try_get("sequence")?;
-        let event = SerializedEvent::new(
-            row.try_get("aggregate_id")?,
-            usize::try_from(sequence)?,
-            row.try_get("aggregate_type")?,
-            row.try_get("event_type")?,
-            row.try_get("event_version")?,
-            row.try_get("payload")?,
-            row.try_get("metadata")?,
-        );
-        Ok(StoredEvent {
-            event: self.codec.open(event)?,
-            position: Position::from_row(row)?,
-            recorded_at: row.try_get("recorded_at")?,
-        })
+    /// Rows as stored events, opened through the codec in one batch.
+    async fn decode(
+        &self,
+        rows: &[sqlx::postgres::PgRow],
+    ) -> Result<Vec<StoredEvent>, anyhow::Error> {
+        let mut events = Vec::with_capacity(rows.len());
+        let mut places = Vec::with_capacity(rows.len());
+        for row in rows {
+            let sequence: i64 = row.try_get("sequence")?;
+            events.push(SerializedEvent::new(
+                row.try_get("aggregate_id")?,
+                usize::try_from(sequence)?,
+                row.try_get("aggregate_type")?,
+                row.try_get("event_type")?,
+                row.try_get("event_version")?,
+                row.try_get("payload")?,
+                row.try_get("metadata")?,
+            ));
+            places.push((Position::from_row(row)?, row.try_get("recorded_at")?));
+        }
+        let opened = self.codec.open_all(events).await?;
+        Ok(opened
+            .into_iter()
+            .zip(places)
+            .map(|(event, (position, recorded_at))| StoredEvent {
+                event,
+                position,
+                recorded_at,
+            })
+            .collect())
     }
 
     /// Every event of one aggregate, in sequence order.
@@ -212,7 +369,7 @@ impl EventLog {
         .bind(aggregate_id)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(|row| self.decode(row)).collect()
+        self.decode(&rows).await
     }
 
     /// The position of an aggregate's latest event: what a writer waits for the projector to
@@ -251,6 +408,7 @@ impl EventLog {
     /// stream that exists already makes the whole batch fail on the primary key.
     pub async fn append_new_streams(&self, events: Vec<SerializedEvent>) -> anyhow::Result<()> {
         let mut tx = self.pool.begin().await?;
+        let events = self.codec.seal_all(events).await?;
         for chunk in events.chunks(1_000) {
             let mut columns: [Vec<String>; 6] = Default::default();
             let mut sequences: Vec<i64> = Vec::with_capacity(chunk.len());
@@ -258,7 +416,7 @@ impl EventLog {
                 if event.sequence != 1 {
                     anyhow::bail!("only first events of new streams can be appended in bulk");
                 }
-                let event = self.codec.seal(event.clone())?;
+                let event = event.clone();
                 columns[0].push(event.aggregate_type);
                 columns[1].push(event.aggregate_id);
                 columns[2].push(event.event_type);
@@ -308,7 +466,7 @@ impl EventLog {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(|row| self.decode(row)).collect()
+        self.decode(&rows).await
     }
 
     /// Up to `limit` events of `aggregate_types` after `after` in commit order, from
@@ -339,6 +497,6 @@ impl EventLog {
         .bind(limit)
         .fetch_all(conn)
         .await?;
-        rows.iter().map(|row| self.decode(row)).collect()
+        self.decode(&rows).await
     }
 }

@@ -18,6 +18,7 @@ pub mod keys;
 pub mod projector;
 pub mod reports;
 pub mod service;
+pub mod subject_keys;
 pub mod telemetry;
 pub mod tenancy;
 pub mod two_factor;

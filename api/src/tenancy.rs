@@ -22,6 +22,7 @@ use uuid::Uuid;
 use crate::event_store::{Cqrs, CustosEventRepository, EventCodec, EventLog};
 use crate::keys::{scram_sha256_verifier, MasterKey};
 use crate::projector::Projectors;
+use crate::subject_keys::SubjectKeys;
 
 pub static CATALOG_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/catalog");
 pub static TENANT_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/tenant");
@@ -477,7 +478,11 @@ impl Tenancy {
             .idle_timeout(Duration::from_secs(60))
             .acquire_timeout(Duration::from_secs(10))
             .connect_lazy_with(options);
-        let codec = EventCodec;
+        let kek = SecretBox::new(Box::new(
+            self.master_key
+                .derive(&format!("custos/tenant-key-encryption/{}", row.id)),
+        ));
+        let codec = EventCodec::new(Arc::new(SubjectKeys::new(pool.clone(), kek)));
         let log = EventLog::new(pool.clone(), codec.clone());
         let projectors =
             Projectors::spawn(row.id, pool.clone(), log.clone(), custos_projections::all());

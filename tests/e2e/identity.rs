@@ -88,14 +88,38 @@ async fn logins_and_failures_are_events_on_the_user_with_ip_and_user_agent() {
 
     let types: Vec<&str> = events.iter().map(|(t, _)| t.as_str()).collect();
     assert_eq!(types, ["UserRegistered", "LoginSucceeded", "LoginFailed"]);
-    let failed = &events[2].1["LoginFailed"];
+    // Stored sealed with the user's key: the origin is personal data.
+    let stored = events[2].1.to_string();
+    assert!(
+        !stored.contains("127.0.0.1") && !stored.contains("custos-tests"),
+        "{stored}"
+    );
+    assert_eq!(
+        events[2].1["clear"]["fields"],
+        json!(["at", "origin", "reason"])
+    );
+    // Opened through the event store, the event is whole.
+    let tenant = app.tenant(session.tenant_id).await;
+    let opened = tenant
+        .log
+        .stream("user", &session.user_id.to_string())
+        .await
+        .unwrap();
+    let failed = &opened[2].event.payload["LoginFailed"];
     assert_eq!(failed["reason"], json!("wrong_password"));
     assert_eq!(failed["origin"]["ip"], json!("127.0.0.1"));
     assert_eq!(failed["origin"]["user_agent"], json!("custos-tests/1.0"));
-    assert!(
-        !events[2].1.to_string().contains("wrong password!"),
-        "the tried password is never stored"
-    );
+    for (_, payload) in &events {
+        assert!(
+            !payload.to_string().contains("wrong password!"),
+            "the tried password is never stored"
+        );
+    }
+    assert!(!opened[2]
+        .event
+        .payload
+        .to_string()
+        .contains("wrong password!"));
 }
 
 #[tokio::test]

@@ -12,6 +12,7 @@ mod http;
 mod identity;
 mod imports;
 mod logs;
+mod privacy;
 mod queries;
 mod records;
 mod reports;
