@@ -91,6 +91,7 @@ pub fn rule(parent_type: &str, field: &str) -> Option<Rule> {
         ("Mutation", "updateApplicant") => Rule::Grant(Applicants, Update),
         ("Mutation", "hireApplicant") => Rule::AllOf(&[(Applicants, Update), (Employees, Create)]),
         ("Mutation", "archiveRecord" | "restoreRecord") => Rule::OnDatasheet(Archive),
+        ("Mutation", "eraseRecord") => Rule::OnDatasheet(Erase),
         ("Query", "recordHistory") => Rule::OnDatasheet(History),
         ("Query", "customFieldDefinitions") => Rule::OnDatasheet(Read),
         ("Query", "report") => Rule::OnDatasheet(Report),

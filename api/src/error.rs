@@ -195,6 +195,10 @@ impl From<RecordError> for ApiError {
         match &err {
             RecordError::NotFound => ApiError::NotFound,
             RecordError::StaleVersion { .. } => ApiError::Conflict(err.to_string()),
+            RecordError::Erased => ApiError::Validation {
+                message: "the record was erased".into(),
+                field: None,
+            },
             _ => ApiError::Validation {
                 message: err.to_string(),
                 field: err.field().map(api_field_name),

@@ -45,6 +45,15 @@ impl std::fmt::Debug for EventCodec {
 /// Aggregate types whose instances are data subjects.
 const SUBJECTS: [&str; 2] = [Record::TYPE, User::TYPE];
 
+/// Events of data subjects that carry no personal value (ids, flags, the erasure itself): they
+/// stay in clear, so they read the same after an erasure.
+const CLEAR_EVENTS: [&str; 4] = [
+    "RecordArchived",
+    "RecordRestored",
+    "ApplicantHired",
+    "RecordErased",
+];
+
 fn unknown(err: impl std::error::Error + Send + Sync + 'static) -> PersistenceError {
     PersistenceError::UnknownError(Box::new(err))
 }
@@ -98,10 +107,33 @@ fn binding(event: &SerializedEvent) -> Vec<u8> {
 
 /// The subject whose key seals this event, if its payload has content to seal.
 fn subject_of(event: &SerializedEvent) -> Option<Uuid> {
-    if !SUBJECTS.contains(&event.aggregate_type.as_str()) || !event.payload.is_object() {
+    if !SUBJECTS.contains(&event.aggregate_type.as_str())
+        || !event.payload.is_object()
+        || CLEAR_EVENTS.contains(&event.event_type.as_str())
+    {
         return None;
     }
     Uuid::try_parse(&event.aggregate_id).ok()
+}
+
+/// What a record event whose subject was erased reads as: the same event, every value it
+/// carried replaced by the erased marker. `None` for events that cannot be read without their
+/// values.
+fn erased_payload(event: &SerializedEvent) -> Option<Value> {
+    let clear = event.payload.get("clear")?;
+    let names = clear.get("fields")?.as_array()?;
+    let values: serde_json::Map<String, Value> = names
+        .iter()
+        .filter_map(Value::as_str)
+        .map(|name| (name.to_owned(), custos_domain::record::erased_marker()))
+        .collect();
+    let datasheet = clear.get("datasheet")?.clone();
+    let key = match (event.aggregate_type.as_str(), event.event_type.as_str()) {
+        (Record::TYPE, "RecordCreated") => "fields",
+        (Record::TYPE, "RecordUpdated") => "changes",
+        _ => return None,
+    };
+    Some(serde_json::json!({ event.event_type.clone(): { "datasheet": datasheet, key: values } }))
 }
 
 fn sealed_part(event: &SerializedEvent) -> Option<&str> {
@@ -168,9 +200,11 @@ impl EventCodec {
                     return Ok(event);
                 };
                 let subject = Uuid::try_parse(&event.aggregate_id).map_err(unknown)?;
-                let key = keys
-                    .get(&subject)
-                    .ok_or_else(|| unknown(KeyError::Erased))?;
+                let Some(key) = keys.get(&subject) else {
+                    event.payload =
+                        erased_payload(&event).ok_or_else(|| unknown(KeyError::Erased))?;
+                    return Ok(event);
+                };
                 let bytes = STANDARD.decode(sealed).map_err(unknown)?;
                 let plain = subject_keys::open(key.expose_secret(), &bytes, &binding(&event))
                     .ok_or_else(|| unknown(KeyError::Unwrap))?;

@@ -28,9 +28,13 @@ pub struct HistoryEntry {
     pub changes: Vec<FieldChange>,
 }
 
+/// How an erased value shows in history.
+pub const ERASED: &str = "[erased]";
+
 fn display(value: Option<&Value>) -> Option<String> {
     match value? {
         Value::Null => None,
+        value if custos_domain::record::is_erased_marker(value) => Some(ERASED.to_owned()),
         Value::String(text) => Some(text.clone()),
         other => Some(other.to_string()),
     }
@@ -61,6 +65,10 @@ fn changes(state: &mut Record, event: RecordEvent) -> Vec<FieldChange> {
             .collect(),
         RecordEvent::RecordArchived { .. } => vec![change("archived", flag(false), flag(true))],
         RecordEvent::RecordRestored { .. } => vec![change("archived", flag(true), flag(false))],
+        RecordEvent::RecordErased { fields, .. } => fields
+            .iter()
+            .map(|name| change(name, Some(ERASED.to_owned()), None))
+            .collect(),
         RecordEvent::ApplicantHired { employee_id, .. } => vec![
             change(
                 "stage",

@@ -22,6 +22,7 @@ struct Snapshot {
     group: Option<Value>,
     start_date: Option<String>,
     end_date: Option<String>,
+    erased: bool,
 }
 
 /// What to count.
@@ -36,7 +37,9 @@ pub struct AsOf {
 }
 
 fn note(snapshot: &mut Snapshot, name: &str, value: &Value, group_by: &str) {
-    let value = (!value.is_null()).then(|| value.clone());
+    // An erased value is no value: the record still counts, under "none".
+    let value = (!value.is_null() && !custos_domain::record::is_erased_marker(value))
+        .then(|| value.clone());
     if name == group_by {
         snapshot.group = value.clone();
     }
@@ -99,6 +102,12 @@ pub async fn counts_as_of(
                 }
                 RecordEvent::RecordArchived { .. } => snapshot.archived = true,
                 RecordEvent::RecordRestored { .. } => snapshot.archived = false,
+                RecordEvent::RecordErased { .. } => {
+                    snapshot.erased = true;
+                    snapshot.group = None;
+                    snapshot.start_date = None;
+                    snapshot.end_date = None;
+                }
                 RecordEvent::ApplicantHired { .. } => {
                     let hired = Value::String(Stage::Hired.as_str().to_owned());
                     note(snapshot, "stage", &hired, &request.group_by);
@@ -115,6 +124,10 @@ pub async fn counts_as_of(
             continue;
         }
         if request.employed_only {
+            // Without its dates, an erased employee cannot be placed in time.
+            if snapshot.erased {
+                continue;
+            }
             let started = snapshot.start_date.as_ref().is_none_or(|s| *s <= day);
             let not_ended = snapshot.end_date.as_ref().is_none_or(|e| *e >= day);
             if !(started && not_ended) {

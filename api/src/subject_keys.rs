@@ -91,6 +91,19 @@ impl SubjectKeys {
             .collect()
     }
 
+    /// Destroys a subject's key: its sealed events can never be opened again. False if it had
+    /// no key left (erased before, or never written).
+    pub async fn erase(&self, subject: Uuid) -> Result<bool, KeyError> {
+        let erased = sqlx::query(
+            "UPDATE subject_keys SET wrapped_key = NULL, erased_at = now()
+             WHERE subject_id = $1 AND wrapped_key IS NOT NULL",
+        )
+        .bind(subject)
+        .execute(&self.pool)
+        .await?;
+        Ok(erased.rows_affected() == 1)
+    }
+
     /// The keys of `subjects`, created for those that have none; `Erased` if any was erased.
     pub async fn for_writing(&self, subjects: &[Uuid]) -> Result<HashMap<Uuid, DataKey>, KeyError> {
         let mut keys = self.for_reading(subjects).await?;

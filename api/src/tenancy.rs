@@ -100,6 +100,8 @@ pub struct Tenant {
     pub api_tokens: Cqrs<ApiToken>,
     pub field_schemas: Cqrs<FieldSchema>,
     pub exports: Cqrs<DataExport>,
+    /// The data keys of the tenant's subjects (also used by the event store's codec).
+    pub subject_keys: Arc<SubjectKeys>,
     pub projectors: Projectors,
     /// Encrypts the tenant's TOTP secrets; derived from the master key, never stored.
     pub two_factor_key: SecretBox<[u8; 32]>,
@@ -482,7 +484,8 @@ impl Tenancy {
             self.master_key
                 .derive(&format!("custos/tenant-key-encryption/{}", row.id)),
         ));
-        let codec = EventCodec::new(Arc::new(SubjectKeys::new(pool.clone(), kek)));
+        let subject_keys = Arc::new(SubjectKeys::new(pool.clone(), kek));
+        let codec = EventCodec::new(subject_keys.clone());
         let log = EventLog::new(pool.clone(), codec.clone());
         let projectors =
             Projectors::spawn(row.id, pool.clone(), log.clone(), custos_projections::all());
@@ -501,6 +504,7 @@ impl Tenancy {
             api_tokens: framework(&pool, &codec, &projectors),
             field_schemas: framework(&pool, &codec, &projectors),
             exports: framework(&pool, &codec, &projectors),
+            subject_keys,
             two_factor_key: SecretBox::new(Box::new(
                 self.master_key
                     .derive(&format!("custos/two-factor-secrets/{}", row.id)),

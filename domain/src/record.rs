@@ -30,6 +30,37 @@ pub struct Record {
     hired_from: Option<Uuid>,
     /// For a hired applicant: the employee record created for them.
     hired_as: Option<Uuid>,
+    /// The subject was erased: the values are gone for good and nothing changes any more.
+    erased: bool,
+}
+
+/// Why a record's subject is erased: the grounds of GDPR Art. 17(1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErasureGround {
+    /// (a) no longer necessary for the purposes collected for (a retention period ended).
+    NoLongerNecessary,
+    /// (b) the subject withdrew the consent the processing rested on.
+    ConsentWithdrawn,
+    /// (c) the subject objected and no overriding legitimate grounds remain.
+    Objection,
+    /// (d) the data was processed unlawfully.
+    UnlawfulProcessing,
+    /// (e) a legal obligation requires erasure.
+    LegalObligation,
+    /// (f) collected in relation to information society services offered to a child.
+    ChildData,
+}
+
+/// The value that stands for an erased field value, wherever an erased record's events are
+/// read: the key that opened them is gone.
+pub fn erased_marker() -> Value {
+    serde_json::json!({ "erased": true })
+}
+
+/// Whether a stored value is the erased marker.
+pub fn is_erased_marker(value: &Value) -> bool {
+    value.get("erased").and_then(Value::as_bool) == Some(true)
 }
 
 /// What a client asks a record to do. Raw values are parsed by the aggregate, so every path
@@ -64,6 +95,15 @@ pub enum RecordCommand {
         employee_id: Uuid,
         expected_version: Option<u64>,
     },
+    /// Erases the record's subject (the service then destroys its data key). Irreversible;
+    /// needs the current version.
+    Erase {
+        expected_version: u64,
+        ground: ErasureGround,
+        /// Why, in the organisation's words; kept in clear with the erasure, so it must not
+        /// hold the subject's personal data.
+        note: Option<String>,
+    },
 }
 
 /// What happened to a record.
@@ -92,6 +132,13 @@ pub enum RecordEvent {
         datasheet: Datasheet,
         employee_id: Uuid,
     },
+    /// The subject was erased: `fields` names the fields that held values.
+    RecordErased {
+        datasheet: Datasheet,
+        fields: Vec<String>,
+        ground: ErasureGround,
+        note: Option<String>,
+    },
 }
 
 /// Why a record command was refused.
@@ -117,6 +164,8 @@ pub enum RecordError {
     InvalidField { field: String, reason: ValueError },
     #[error("only a job applicant at the `offer` stage can be hired")]
     NotHireable,
+    #[error("the record was erased")]
+    Erased,
 }
 
 impl RecordError {
@@ -139,6 +188,7 @@ impl DomainEvent for RecordEvent {
             RecordEvent::RecordArchived { .. } => "RecordArchived",
             RecordEvent::RecordRestored { .. } => "RecordRestored",
             RecordEvent::ApplicantHired { .. } => "ApplicantHired",
+            RecordEvent::RecordErased { .. } => "RecordErased",
         }
         .to_owned()
     }
@@ -178,6 +228,10 @@ impl Record {
         self.hired_as
     }
 
+    pub fn is_erased(&self) -> bool {
+        self.erased
+    }
+
     /// An applicant's stage (`applied` for records written before stages had a default).
     fn stage(&self) -> Stage {
         self.value("stage")
@@ -186,8 +240,13 @@ impl Record {
             .unwrap_or(Stage::Applied)
     }
 
+    /// The record's datasheet, if it exists and was not erased.
     fn existing(&self) -> Result<Datasheet, RecordError> {
-        self.datasheet.ok_or(RecordError::NotFound)
+        let datasheet = self.datasheet.ok_or(RecordError::NotFound)?;
+        if self.erased {
+            return Err(RecordError::Erased);
+        }
+        Ok(datasheet)
     }
 
     fn check_version(&self, expected: Option<u64>) -> Result<(), RecordError> {
@@ -383,6 +442,37 @@ impl Aggregate for Record {
                 sink.write(RecordEvent::RecordRestored { datasheet }, self)
                     .await;
             }
+            RecordCommand::Erase {
+                expected_version,
+                ground,
+                note,
+            } => {
+                let datasheet = self.existing()?;
+                self.check_version(Some(expected_version))?;
+                let note = note
+                    .map(|n| crate::values::long_text(&n, 1_000))
+                    .transpose()
+                    .map_err(|reason| RecordError::InvalidField {
+                        field: "note".into(),
+                        reason,
+                    })?;
+                let fields = self
+                    .fields
+                    .iter()
+                    .filter(|(_, v)| !v.is_null())
+                    .map(|(name, _)| name.clone())
+                    .collect();
+                sink.write(
+                    RecordEvent::RecordErased {
+                        datasheet,
+                        fields,
+                        ground,
+                        note,
+                    },
+                    self,
+                )
+                .await;
+            }
             RecordCommand::Hire {
                 employee_id,
                 expected_version,
@@ -437,6 +527,10 @@ impl Aggregate for Record {
                     Value::String(Stage::Hired.as_str().to_owned()),
                 );
                 self.hired_as = Some(employee_id);
+            }
+            RecordEvent::RecordErased { .. } => {
+                self.fields.clear();
+                self.erased = true;
             }
         }
     }
@@ -866,6 +960,48 @@ mod tests {
                     ("start_date", json!("2024-05-01")),
                 ]),
             }]);
+    }
+
+    #[test]
+    fn erasure_needs_the_current_version_and_ends_every_change() {
+        let erase = |version| RecordCommand::Erase {
+            expected_version: version,
+            ground: ErasureGround::ConsentWithdrawn,
+            note: Some("request by e-mail".into()),
+        };
+        RecordTest::with(())
+            .given(vec![created()])
+            .when(erase(1))
+            .then_expect_events(vec![RecordEvent::RecordErased {
+                datasheet: Datasheet::Employees,
+                fields: vec!["email".into(), "first_name".into(), "last_name".into()],
+                ground: ErasureGround::ConsentWithdrawn,
+                note: Some("request by e-mail".into()),
+            }]);
+        RecordTest::with(())
+            .given(vec![created()])
+            .when(erase(0))
+            .then_expect_error(RecordError::StaleVersion {
+                expected: 0,
+                actual: 1,
+            });
+        let erased = vec![
+            created(),
+            RecordEvent::RecordErased {
+                datasheet: Datasheet::Employees,
+                fields: vec![],
+                ground: ErasureGround::Objection,
+                note: None,
+            },
+        ];
+        RecordTest::with(())
+            .given(erased.clone())
+            .when(erase(2))
+            .then_expect_error(RecordError::Erased);
+        RecordTest::with(())
+            .given(erased)
+            .when(update(&[("first_name", json!("Ada"))]))
+            .then_expect_error(RecordError::Erased);
     }
 
     #[test]

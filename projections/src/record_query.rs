@@ -390,7 +390,7 @@ fn push_where(query: &mut QueryBuilder<'_, Postgres>, request: &RecordQuery) {
         .push(" WHERE datasheet = ")
         .push_bind(request.datasheet.as_str());
     if !request.include_archived {
-        query.push(" AND NOT archived");
+        query.push(" AND NOT archived AND erased_at IS NULL");
     }
     if let Some(terms) = request.search.as_deref().and_then(search_terms) {
         query

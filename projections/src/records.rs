@@ -91,6 +91,17 @@ impl Projection for RecordsProjection {
                     .execute(conn)
                     .await?;
             }
+            // Nothing of the subject remains: no value, and nothing to search for.
+            RecordEvent::RecordErased { .. } => {
+                sqlx::query(&change("fields = '{}'::jsonb, erased_at = $5"))
+                    .bind(event.aggregate_id)
+                    .bind(event.sequence)
+                    .bind(event.recorded_at)
+                    .bind(actor)
+                    .bind(event.recorded_at)
+                    .execute(conn)
+                    .await?;
+            }
             RecordEvent::ApplicantHired { employee_id, .. } => {
                 sqlx::query(&change(
                     "fields = jsonb_set(fields, '{stage}', to_jsonb($5::text)), hired_as = $6",
@@ -125,6 +136,8 @@ pub struct RecordRow {
     pub fields: Json<Map<String, Value>>,
     pub hired_from: Option<Uuid>,
     pub hired_as: Option<Uuid>,
+    /// When the record's subject was erased.
+    pub erased_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub created_by: Uuid,
@@ -165,7 +178,7 @@ impl RecordRow {
 }
 
 pub(crate) const RECORD_COLUMNS: &str =
-    "id, datasheet, version, archived, fields, hired_from, hired_as, \
+    "id, datasheet, version, archived, fields, hired_from, hired_as, erased_at, \
      created_at, updated_at, created_by, updated_by";
 
 /// The record with this id, of any datasheet, archived or not.

@@ -93,6 +93,8 @@ fn rows() -> BTreeMap<(&'static str, &'static str), Row> {
         (("Query", "report"), row(Grant("employees", "report"), "{ report(datasheet: EMPLOYEES, groupBy: \"department\") { total } }", false)),
         (("Query", "headcount"), row(Grant("employees", "report"), "{ headcount(asOf: \"2026-01-01T00:00:00Z\") { total } }", false)),
         (("Mutation", "importRecords"), row(Grant("employees", "create"), "mutation { importRecords(datasheet: EMPLOYEES, csv: \"First,Last\\nM,X\\n\", mapping: [{ column: \"First\", field: \"firstName\" }, { column: \"Last\", field: \"lastName\" }], dryRun: true) { rows } }", false)),
+        // A version the record never has: refused (CONFLICT) past the policy, erasing nothing.
+        (("Mutation", "eraseRecord"), row(Grant("employees", "erase"), "mutation($employee: ID!) { eraseRecord(id: $employee, expectedVersion: 999, ground: OBJECTION) { id } }", true)),
         (("Mutation", "exportRecords"), row(Grant("employees", "export"), "mutation { exportRecords(datasheet: EMPLOYEES, format: CSV) { count } }", false)),
         (("Mutation", "archiveRecord"), row(Grant("employees", "archive"), "mutation($employee: ID!) { archiveRecord(id: $employee) { id } }", true)),
         (("Mutation", "restoreRecord"), row(Grant("employees", "archive"), "mutation($employee: ID!) { restoreRecord(id: $employee) { id } }", true)),

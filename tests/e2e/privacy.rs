@@ -1,7 +1,7 @@
 //! Personal data at rest: the personal content of every record's and user's events is sealed
 //! with the subject's own key; the log keeps in clear only what auditors need.
 
-use custos_tests::{slug, TestApp};
+use custos_tests::{logs, pg_dump, slug, TestApp};
 use serde_json::json;
 
 #[tokio::test]
@@ -87,4 +87,146 @@ async fn events_hold_no_personal_value_in_clear() {
         .await
         .ok();
     assert!(history.body.to_string().contains("Xylophone"));
+}
+
+const ERASE: &str = "mutation($id: ID!, $v: Int!) { eraseRecord(id: $id, expectedVersion: $v, ground: CONSENT_WITHDRAWN, note: \"request 2026-114\") { id version erasedAt } }";
+
+#[tokio::test]
+async fn an_erased_record_leaves_no_readable_value_anywhere() {
+    let app = TestApp::spawn().await;
+    let admin = app.sign_up(&slug("erase")).await;
+    let seeded = [
+        "Wilhelmina",
+        "Fennimore-Quist",
+        "wilhelmina.fq@erase.example",
+        "+44 20 7946 0777",
+        "Obscure Team",
+        "Knows Esperanto fluently",
+    ];
+    let employee = app
+        .create_employee(
+            &admin.token,
+            json!({ "firstName": seeded[0], "lastName": seeded[1], "email": seeded[2], "phone": seeded[3], "department": seeded[4] }),
+        )
+        .await;
+    let id = employee["id"].clone();
+    app.graphql(
+        Some(&admin.token),
+        "mutation($id: ID!, $n: String) { updateEmployee(id: $id, input: { notes: $n }) { id } }",
+        json!({ "id": id, "n": seeded[5] }),
+    )
+    .await
+    .ok();
+    let other = app
+        .create_employee(
+            &admin.token,
+            json!({ "firstName": "Otto", "lastName": "Unrelated" }),
+        )
+        .await;
+
+    // Stale or forbidden erasures change nothing.
+    let stale = app
+        .graphql(Some(&admin.token), ERASE, json!({ "id": id, "v": 1 }))
+        .await;
+    assert_eq!(stale.code(), Some("CONFLICT"));
+    let viewer = app.role_id(&admin, "Viewer").await;
+    let reader = app.user_with_roles(&admin, &[viewer]).await;
+    let forbidden = app
+        .graphql(Some(&reader.token), ERASE, json!({ "id": id, "v": 2 }))
+        .await;
+    assert_eq!(forbidden.code(), Some("FORBIDDEN"));
+
+    let erased = app
+        .graphql(Some(&admin.token), ERASE, json!({ "id": id, "v": 2 }))
+        .await
+        .ok();
+    assert!(erased.data("eraseRecord.erasedAt").is_string());
+    assert_eq!(erased.data("eraseRecord.version"), &json!(3));
+
+    // Nothing of the subject is readable in a dump of the tenant database, nor in the logs.
+    let dump = pg_dump(&app.tenant_database(admin.tenant_id).await).to_lowercase();
+    assert!(
+        dump.contains("otto"),
+        "the dump has the other records' values"
+    );
+    let logs = logs().to_lowercase();
+    for value in seeded {
+        let value = value.to_lowercase();
+        assert!(!dump.contains(&value), "`{value}` is in the dump");
+        assert!(!logs.contains(&value), "`{value}` is in the logs");
+    }
+    let phone_digits = "442079460777";
+    assert!(!dump.contains(phone_digits));
+
+    // The record stays, blank; the history still loads, with values marked erased.
+    let read = app
+        .graphql(
+            Some(&admin.token),
+            "query($id: ID!) { employee(id: $id) { firstName email department erasedAt } employees { totalCount } all: employees(includeArchived: true) { totalCount } }",
+            json!({ "id": id }),
+        )
+        .await
+        .ok();
+    assert_eq!(read.data("employee.firstName"), &json!(""));
+    assert!(read.data("employee.email").is_null());
+    assert_eq!(
+        read.data("employees.totalCount"),
+        &json!(1),
+        "erased records leave lists"
+    );
+    assert_eq!(read.data("all.totalCount"), &json!(2));
+    let history = app
+        .graphql(
+            Some(&admin.token),
+            "query($id: ID!) { recordHistory(id: $id) { edges { node { eventType actor { id } changes { field before after } } } } }",
+            json!({ "id": id }),
+        )
+        .await
+        .ok();
+    let events = history
+        .data("recordHistory.edges")
+        .as_array()
+        .unwrap()
+        .clone();
+    let types: Vec<&str> = events
+        .iter()
+        .map(|e| e["node"]["eventType"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["RecordCreated", "RecordUpdated", "RecordErased"]);
+    assert!(events[0]["node"]["changes"]
+        .as_array()
+        .unwrap()
+        .contains(&json!({ "field": "firstName", "before": null, "after": "[erased]" })));
+    assert_eq!(
+        events[2]["node"]["actor"]["id"],
+        json!(admin.user_id.to_string())
+    );
+    let shown = history.body.to_string().to_lowercase();
+    for value in seeded {
+        assert!(
+            !shown.contains(&value.to_lowercase()),
+            "`{value}` in the history"
+        );
+    }
+
+    // Erasure is final.
+    let again = app
+        .graphql(Some(&admin.token), ERASE, json!({ "id": id, "v": 3 }))
+        .await;
+    assert_eq!(again.code(), Some("VALIDATION"));
+    let update = app
+        .graphql(
+            Some(&admin.token),
+            "mutation($id: ID!) { updateEmployee(id: $id, input: { department: \"Back\" }) { id } }",
+            json!({ "id": id }),
+        )
+        .await;
+    assert_eq!(update.code(), Some("VALIDATION"));
+    app.graphql(
+        Some(&admin.token),
+        "query($id: ID!) { employee(id: $id) { lastName } }",
+        json!({ "id": other["id"] }),
+    )
+    .await
+    .ok();
 }

@@ -133,6 +133,36 @@ pub fn cluster_log() -> String {
     std::fs::read_to_string(cluster_dir().join("postgres.log")).unwrap_or_default()
 }
 
+/// A plain-text `pg_dump` of a database of the shared cluster, as a superuser sees it.
+pub fn pg_dump(database: &str) -> String {
+    shared();
+    let bin = custos_api::cluster::find_bin_dir().expect("PostgreSQL binaries");
+    let dir = cluster_dir();
+    let password = std::fs::read_to_string(dir.join("superuser.password")).expect("the password");
+    // The server's own directory when it has pg_dump; some installs keep only the server
+    // programs there and pg_dump on PATH.
+    let program = Some(bin.join("pg_dump"))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| "pg_dump".into());
+    let output = std::process::Command::new(program)
+        .args([
+            "--host",
+            &dir.join("run").display().to_string(),
+            "--port",
+            "5432",
+        ])
+        .args(["--username", "custos", "--no-password", database])
+        .env("PGPASSWORD", password.trim())
+        .output()
+        .expect("pg_dump runs");
+    assert!(
+        output.status.success(),
+        "pg_dump failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 /// Superuser options for the shared cluster (to inspect or tamper with databases).
 pub fn admin_options(database: &str) -> PgConnectOptions {
     shared()

@@ -11,7 +11,7 @@ use async_graphql::{
 
 use chrono::{DateTime, NaiveDate, Utc};
 use custos_domain::record::Fields;
-use custos_domain::{Datasheet, Permission, RecordCommand};
+use custos_domain::{Datasheet, ErasureGround, Permission, RecordCommand};
 use custos_projections::record_query::{self, QueryListError};
 use custos_projections::records::{self, RecordRow};
 use serde::Serialize;
@@ -49,6 +49,36 @@ impl From<DatasheetKind> for Datasheet {
             DatasheetKind::Employees => Datasheet::Employees,
             DatasheetKind::Contacts => Datasheet::Contacts,
             DatasheetKind::Applicants => Datasheet::Applicants,
+        }
+    }
+}
+
+/// Why a subject is erased: the grounds of GDPR Art. 17(1).
+#[derive(Enum, Copy, Clone, Eq, PartialEq)]
+pub enum ErasureGroundKind {
+    /// (a) no longer necessary for the purposes it was collected for.
+    NoLongerNecessary,
+    /// (b) consent withdrawn, and no other legal basis.
+    ConsentWithdrawn,
+    /// (c) the subject objected.
+    Objection,
+    /// (d) processed unlawfully.
+    UnlawfulProcessing,
+    /// (e) erasure required by a legal obligation.
+    LegalObligation,
+    /// (f) collected from a child for information society services.
+    ChildData,
+}
+
+impl From<ErasureGroundKind> for ErasureGround {
+    fn from(ground: ErasureGroundKind) -> Self {
+        match ground {
+            ErasureGroundKind::NoLongerNecessary => Self::NoLongerNecessary,
+            ErasureGroundKind::ConsentWithdrawn => Self::ConsentWithdrawn,
+            ErasureGroundKind::Objection => Self::Objection,
+            ErasureGroundKind::UnlawfulProcessing => Self::UnlawfulProcessing,
+            ErasureGroundKind::LegalObligation => Self::LegalObligation,
+            ErasureGroundKind::ChildData => Self::ChildData,
         }
     }
 }
@@ -114,6 +144,10 @@ impl RecordCommon {
     /// Archived records are hidden from lists by default and read-only until restored.
     async fn archived(&self) -> bool {
         self.0.archived
+    }
+    /// When the record's subject was erased: its values are gone for good.
+    async fn erased_at(&self) -> Option<DateTime<Utc>> {
+        self.0.erased_at
     }
     async fn created_at(&self) -> DateTime<Utc> {
         self.0.created_at
@@ -342,6 +376,12 @@ macro_rules! record_interface {
             async fn archived(&self, ctx: &Context<'_>) -> async_graphql::Result<bool> {
                 self.0.archived(ctx).await
             }
+            async fn erased_at(
+                &self,
+                ctx: &Context<'_>,
+            ) -> async_graphql::Result<Option<DateTime<Utc>>> {
+                self.0.erased_at(ctx).await
+            }
             async fn created_at(&self, ctx: &Context<'_>) -> async_graphql::Result<DateTime<Utc>> {
                 self.0.created_at(ctx).await
             }
@@ -376,6 +416,7 @@ record_interface!(Employee, Contact, Applicant);
     field(name = "datasheet", ty = "DatasheetKind"),
     field(name = "version", ty = "i64"),
     field(name = "archived", ty = "bool"),
+    field(name = "erased_at", ty = "Option<DateTime<Utc>>"),
     field(name = "created_at", ty = "DateTime<Utc>"),
     field(name = "updated_at", ty = "DateTime<Utc>"),
     field(name = "created_by", ty = "Actor"),
@@ -959,6 +1000,34 @@ impl RecordsMutation {
         expected_version: Option<i64>,
     ) -> async_graphql::Result<RecordNode> {
         self.lifecycle(ctx, id, expected_version, true).await
+    }
+
+    /// Erases a record's subject (GDPR Art. 17): the record's data key is destroyed, so none
+    /// of its values can be read again — not from the read models, not from the history,
+    /// which keeps each event's type, time, actor and field names with values marked erased.
+    /// Irreversible; needs the record's current `version` and `erase` on its datasheet.
+    async fn erase_record(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        expected_version: i64,
+        ground: ErasureGroundKind,
+        #[graphql(desc = "Why, in your words; kept in clear: never the subject's personal data.")]
+        note: Option<String>,
+    ) -> async_graphql::Result<RecordNode> {
+        let record = authorized_record(ctx, &id, Permission::Erase).await?;
+        let expected_version = expected(Some(expected_version))?.unwrap_or_default();
+        let row = services(ctx)?
+            .erase_record(
+                principal(ctx)?,
+                &record,
+                expected_version,
+                ground.into(),
+                note,
+                request(ctx)?.origin.request_id,
+            )
+            .await?;
+        Ok(row.into())
     }
 
     /// Restores an archived record. Needs `archive` on the record's datasheet.

@@ -6,7 +6,9 @@
 use cqrs_es::Aggregate;
 use custos_domain::custom_field::schema_id;
 use custos_domain::record::{new_record_id, Fields};
-use custos_domain::{CustomSchema, Datasheet, FieldSchemaCommand, Record, RecordCommand};
+use custos_domain::{
+    CustomSchema, Datasheet, ErasureGround, FieldSchemaCommand, Record, RecordCommand,
+};
 use custos_projections::custom_fields;
 use custos_projections::records::{self, RecordRow};
 use serde_json::Value;
@@ -159,6 +161,46 @@ impl Services {
             self.find_record(tenant, Datasheet::Employees, employee_id)
                 .await?,
         ))
+    }
+
+    /// Erases a record's subject: records the erasure (who, when, on what ground, which fields)
+    /// and destroys the record's data key, so none of its values can be read again from the
+    /// log; the read models blank it. If an earlier attempt recorded the erasure but did not
+    /// destroy the key, this finishes it.
+    pub async fn erase_record(
+        &self,
+        principal: &Principal,
+        record: &RecordRow,
+        expected_version: u64,
+        ground: ErasureGround,
+        note: Option<String>,
+        request_id: Uuid,
+    ) -> Result<RecordRow, ApiError> {
+        let tenant = &principal.tenant;
+        let command = RecordCommand::Erase {
+            expected_version,
+            ground,
+            note,
+        };
+        let recorded = match self
+            .run_record(principal, record.id, command, request_id)
+            .await
+        {
+            Ok(()) => true,
+            Err(ApiError::Validation { .. }) if record.erased_at.is_some() => false,
+            Err(err) => return Err(err),
+        };
+        let destroyed = tenant
+            .subject_keys
+            .erase(record.id)
+            .await
+            .map_err(ApiError::internal)?;
+        if !recorded && !destroyed {
+            return Err(ApiError::validation("id", "the record was erased already"));
+        }
+        tracing::info!(tenant.id = %tenant.id, record.id = %record.id, "a record's subject was erased");
+        self.find_record(tenant, record.datasheet(), record.id)
+            .await
     }
 
     /// A datasheet's custom fields as they stand.
