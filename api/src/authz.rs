@@ -91,7 +91,9 @@ pub fn rule(parent_type: &str, field: &str) -> Option<Rule> {
         ("Mutation", "updateApplicant") => Rule::Grant(Applicants, Update),
         ("Mutation", "hireApplicant") => Rule::AllOf(&[(Applicants, Update), (Employees, Create)]),
         ("Mutation", "archiveRecord" | "restoreRecord") => Rule::OnDatasheet(Archive),
-        ("Mutation", "eraseRecord") => Rule::OnDatasheet(Erase),
+        ("Mutation", "eraseRecord" | "restrictRecord" | "liftRestriction") => {
+            Rule::OnDatasheet(Erase)
+        }
         ("Query", "recordHistory") => Rule::OnDatasheet(History),
         ("Query", "customFieldDefinitions") => Rule::OnDatasheet(Read),
         ("Query", "report") => Rule::OnDatasheet(Report),

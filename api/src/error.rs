@@ -58,6 +58,9 @@ pub enum ApiError {
     Unavailable,
     /// Too many login attempts from one client address.
     TooManyAttempts,
+    /// The record's processing is restricted (GDPR Art. 18): `VALIDATION` with reason
+    /// `RESTRICTED`.
+    Restricted,
     /// Logged once with its cause; the client sees only "internal error".
     Internal(anyhow::Error),
 }
@@ -100,6 +103,10 @@ impl ApiError {
                 "too many login attempts from this address; try again in a minute".into()
             }
             ApiError::Internal(_) => "internal error".into(),
+            ApiError::Restricted => {
+                "processing of this record is restricted: lift the restriction before changing it"
+                    .into()
+            }
         }
     }
 
@@ -112,7 +119,7 @@ impl ApiError {
             | ApiError::PasswordChangeRequired
             | ApiError::TwoFactorEnrolmentRequired => Code::Forbidden,
             ApiError::NotFound => Code::NotFound,
-            ApiError::Validation { .. } => Code::Validation,
+            ApiError::Validation { .. } | ApiError::Restricted => Code::Validation,
             ApiError::Conflict(_) => Code::Conflict,
             ApiError::Unavailable | ApiError::TooManyAttempts => Code::Unavailable,
             ApiError::Internal(_) => Code::Internal,
@@ -156,8 +163,12 @@ impl From<ApiError> for async_graphql::Error {
             ApiError::Validation { field, .. } => field.clone(),
             _ => None,
         };
+        let restricted = matches!(err, ApiError::Restricted);
         async_graphql::Error::new(err.message()).extend_with(|_, ext| {
             ext.set("code", code.as_str());
+            if restricted {
+                ext.set("reason", "RESTRICTED");
+            }
             if let Some(field) = &field {
                 ext.set("field", field.as_str());
             }
@@ -195,6 +206,11 @@ impl From<RecordError> for ApiError {
         match &err {
             RecordError::NotFound => ApiError::NotFound,
             RecordError::StaleVersion { .. } => ApiError::Conflict(err.to_string()),
+            RecordError::Restricted => ApiError::Restricted,
+            RecordError::AlreadyRestricted | RecordError::NotRestricted => ApiError::Validation {
+                message: err.to_string(),
+                field: None,
+            },
             RecordError::Erased => ApiError::Validation {
                 message: "the record was erased".into(),
                 field: None,

@@ -47,11 +47,13 @@ const SUBJECTS: [&str; 2] = [Record::TYPE, User::TYPE];
 
 /// Events of data subjects that carry no personal value (ids, flags, the erasure itself): they
 /// stay in clear, so they read the same after an erasure.
-const CLEAR_EVENTS: [&str; 4] = [
+const CLEAR_EVENTS: [&str; 6] = [
     "RecordArchived",
     "RecordRestored",
     "ApplicantHired",
     "RecordErased",
+    "RecordRestricted",
+    "RestrictionLifted",
 ];
 
 fn unknown(err: impl std::error::Error + Send + Sync + 'static) -> PersistenceError {

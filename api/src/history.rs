@@ -65,6 +65,10 @@ fn changes(state: &mut Record, event: RecordEvent) -> Vec<FieldChange> {
             .collect(),
         RecordEvent::RecordArchived { .. } => vec![change("archived", flag(false), flag(true))],
         RecordEvent::RecordRestored { .. } => vec![change("archived", flag(true), flag(false))],
+        RecordEvent::RecordRestricted { .. } => vec![change("restricted", flag(false), flag(true))],
+        RecordEvent::RestrictionLifted { .. } => {
+            vec![change("restricted", flag(true), flag(false))]
+        }
         RecordEvent::RecordErased { fields, .. } => fields
             .iter()
             .map(|name| change(name, Some(ERASED.to_owned()), None))

@@ -102,6 +102,7 @@ pub async fn counts_as_of(
                 }
                 RecordEvent::RecordArchived { .. } => snapshot.archived = true,
                 RecordEvent::RecordRestored { .. } => snapshot.archived = false,
+                RecordEvent::RecordRestricted { .. } | RecordEvent::RestrictionLifted { .. } => {}
                 RecordEvent::RecordErased { .. } => {
                     snapshot.erased = true;
                     snapshot.group = None;

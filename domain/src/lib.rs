@@ -24,7 +24,9 @@ pub use metadata::{Actor, EventMetadata};
 pub use organization::{Organization, OrganizationCommand, OrganizationEvent};
 pub use permission::{Grant, Grants, Permission};
 pub use pipeline::Stage;
-pub use record::{ErasureGround, Record, RecordCommand, RecordError, RecordEvent};
+pub use record::{
+    ErasureGround, Record, RecordCommand, RecordError, RecordEvent, RestrictionReason,
+};
 pub use role::{Role, RoleCommand, RoleError, RoleEvent, RoleName};
 pub use user::{LoginFailure, LoginOrigin, SecondFactor, User, UserCommand, UserError, UserEvent};
 pub use values::{parse_date, Email, PersonName, Phone, ValueError};

@@ -32,6 +32,22 @@ pub struct Record {
     hired_as: Option<Uuid>,
     /// The subject was erased: the values are gone for good and nothing changes any more.
     erased: bool,
+    /// Processing is restricted (GDPR Art. 18): readable and exportable, not changeable.
+    restricted: bool,
+}
+
+/// Why processing of a record is restricted: the cases of GDPR Art. 18(1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RestrictionReason {
+    /// (a) the subject contests the data's accuracy, while it is verified.
+    AccuracyContested,
+    /// (b) the processing is unlawful and the subject asks for restriction instead of erasure.
+    UnlawfulProcessing,
+    /// (c) no longer needed, but the subject needs the data for legal claims.
+    LegalClaims,
+    /// (d) the subject objected, while legitimate grounds are weighed.
+    ObjectionPending,
 }
 
 /// Why a record's subject is erased: the grounds of GDPR Art. 17(1).
@@ -95,6 +111,12 @@ pub enum RecordCommand {
         employee_id: Uuid,
         expected_version: Option<u64>,
     },
+    /// Restricts processing (GDPR Art. 18): until lifted, the record is read and exported but
+    /// not changed.
+    Restrict {
+        reason: RestrictionReason,
+    },
+    LiftRestriction,
     /// Erases the record's subject (the service then destroys its data key). Irreversible;
     /// needs the current version.
     Erase {
@@ -132,6 +154,13 @@ pub enum RecordEvent {
         datasheet: Datasheet,
         employee_id: Uuid,
     },
+    RecordRestricted {
+        datasheet: Datasheet,
+        reason: RestrictionReason,
+    },
+    RestrictionLifted {
+        datasheet: Datasheet,
+    },
     /// The subject was erased: `fields` names the fields that held values.
     RecordErased {
         datasheet: Datasheet,
@@ -166,6 +195,12 @@ pub enum RecordError {
     NotHireable,
     #[error("the record was erased")]
     Erased,
+    #[error("processing of the record is restricted; lift the restriction first")]
+    Restricted,
+    #[error("processing of the record is already restricted")]
+    AlreadyRestricted,
+    #[error("processing of the record is not restricted")]
+    NotRestricted,
 }
 
 impl RecordError {
@@ -189,6 +224,8 @@ impl DomainEvent for RecordEvent {
             RecordEvent::RecordRestored { .. } => "RecordRestored",
             RecordEvent::ApplicantHired { .. } => "ApplicantHired",
             RecordEvent::RecordErased { .. } => "RecordErased",
+            RecordEvent::RecordRestricted { .. } => "RecordRestricted",
+            RecordEvent::RestrictionLifted { .. } => "RestrictionLifted",
         }
         .to_owned()
     }
@@ -230,6 +267,19 @@ impl Record {
 
     pub fn is_erased(&self) -> bool {
         self.erased
+    }
+
+    pub fn is_restricted(&self) -> bool {
+        self.restricted
+    }
+
+    /// The datasheet of an existing record that may change: not erased, not restricted.
+    fn changeable(&self) -> Result<Datasheet, RecordError> {
+        let datasheet = self.existing()?;
+        if self.restricted {
+            return Err(RecordError::Restricted);
+        }
+        Ok(datasheet)
     }
 
     /// An applicant's stage (`applied` for records written before stages had a default).
@@ -391,7 +441,7 @@ impl Aggregate for Record {
                 changes,
                 schema,
             } => {
-                let datasheet = self.existing()?;
+                let datasheet = self.changeable()?;
                 if datasheet != expected_datasheet {
                     return Err(RecordError::NotFound);
                 }
@@ -425,7 +475,7 @@ impl Aggregate for Record {
                 }
             }
             RecordCommand::Archive { expected_version } => {
-                let datasheet = self.existing()?;
+                let datasheet = self.changeable()?;
                 self.check_version(expected_version)?;
                 if self.archived {
                     return Err(RecordError::AlreadyArchived);
@@ -434,12 +484,28 @@ impl Aggregate for Record {
                     .await;
             }
             RecordCommand::Restore { expected_version } => {
-                let datasheet = self.existing()?;
+                let datasheet = self.changeable()?;
                 self.check_version(expected_version)?;
                 if !self.archived {
                     return Err(RecordError::NotArchived);
                 }
                 sink.write(RecordEvent::RecordRestored { datasheet }, self)
+                    .await;
+            }
+            RecordCommand::Restrict { reason } => {
+                let datasheet = self.existing()?;
+                if self.restricted {
+                    return Err(RecordError::AlreadyRestricted);
+                }
+                sink.write(RecordEvent::RecordRestricted { datasheet, reason }, self)
+                    .await;
+            }
+            RecordCommand::LiftRestriction => {
+                let datasheet = self.existing()?;
+                if !self.restricted {
+                    return Err(RecordError::NotRestricted);
+                }
+                sink.write(RecordEvent::RestrictionLifted { datasheet }, self)
                     .await;
             }
             RecordCommand::Erase {
@@ -477,7 +543,7 @@ impl Aggregate for Record {
                 employee_id,
                 expected_version,
             } => {
-                let datasheet = self.existing()?;
+                let datasheet = self.changeable()?;
                 self.check_version(expected_version)?;
                 if self.archived {
                     return Err(RecordError::Archived);
@@ -531,7 +597,10 @@ impl Aggregate for Record {
             RecordEvent::RecordErased { .. } => {
                 self.fields.clear();
                 self.erased = true;
+                self.restricted = false;
             }
+            RecordEvent::RecordRestricted { .. } => self.restricted = true,
+            RecordEvent::RestrictionLifted { .. } => self.restricted = false,
         }
     }
 }
@@ -1002,6 +1071,53 @@ mod tests {
             .given(erased)
             .when(update(&[("first_name", json!("Ada"))]))
             .then_expect_error(RecordError::Erased);
+    }
+
+    #[test]
+    fn a_restricted_record_changes_only_by_lifting_or_erasure() {
+        let restricted = vec![
+            created(),
+            RecordEvent::RecordRestricted {
+                datasheet: Datasheet::Employees,
+                reason: RestrictionReason::AccuracyContested,
+            },
+        ];
+        for command in [
+            update(&[("first_name", json!("Augusta"))]),
+            RecordCommand::Archive {
+                expected_version: None,
+            },
+        ] {
+            RecordTest::with(())
+                .given(restricted.clone())
+                .when(command)
+                .then_expect_error(RecordError::Restricted);
+        }
+        RecordTest::with(())
+            .given(restricted.clone())
+            .when(RecordCommand::Restrict {
+                reason: RestrictionReason::LegalClaims,
+            })
+            .then_expect_error(RecordError::AlreadyRestricted);
+        RecordTest::with(())
+            .given(restricted.clone())
+            .when(RecordCommand::LiftRestriction)
+            .then_expect_events(vec![RecordEvent::RestrictionLifted {
+                datasheet: Datasheet::Employees,
+            }]);
+        RecordTest::with(())
+            .given(restricted)
+            .when(RecordCommand::Erase {
+                expected_version: 2,
+                ground: ErasureGround::Objection,
+                note: None,
+            })
+            .then_expect_events(vec![RecordEvent::RecordErased {
+                datasheet: Datasheet::Employees,
+                fields: vec!["email".into(), "first_name".into(), "last_name".into()],
+                ground: ErasureGround::Objection,
+                note: None,
+            }]);
     }
 
     #[test]

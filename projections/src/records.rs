@@ -91,9 +91,34 @@ impl Projection for RecordsProjection {
                     .execute(conn)
                     .await?;
             }
+            RecordEvent::RecordRestricted { reason, .. } => {
+                let reason = serde_json::to_value(reason)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned));
+                sqlx::query(&change("restricted_at = $5, restriction_reason = $6"))
+                    .bind(event.aggregate_id)
+                    .bind(event.sequence)
+                    .bind(event.recorded_at)
+                    .bind(actor)
+                    .bind(event.recorded_at)
+                    .bind(reason)
+                    .execute(conn)
+                    .await?;
+            }
+            RecordEvent::RestrictionLifted { .. } => {
+                sqlx::query(&change("restricted_at = NULL, restriction_reason = NULL"))
+                    .bind(event.aggregate_id)
+                    .bind(event.sequence)
+                    .bind(event.recorded_at)
+                    .bind(actor)
+                    .execute(conn)
+                    .await?;
+            }
             // Nothing of the subject remains: no value, and nothing to search for.
             RecordEvent::RecordErased { .. } => {
-                sqlx::query(&change("fields = '{}'::jsonb, erased_at = $5"))
+                sqlx::query(&change(
+                    "fields = '{}'::jsonb, erased_at = $5, restricted_at = NULL, restriction_reason = NULL",
+                ))
                     .bind(event.aggregate_id)
                     .bind(event.sequence)
                     .bind(event.recorded_at)
@@ -138,6 +163,9 @@ pub struct RecordRow {
     pub hired_as: Option<Uuid>,
     /// When the record's subject was erased.
     pub erased_at: Option<DateTime<Utc>>,
+    /// When processing was restricted, and why (a `RestrictionReason` name).
+    pub restricted_at: Option<DateTime<Utc>>,
+    pub restriction_reason: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub created_by: Uuid,
@@ -178,7 +206,7 @@ impl RecordRow {
 }
 
 pub(crate) const RECORD_COLUMNS: &str =
-    "id, datasheet, version, archived, fields, hired_from, hired_as, erased_at, \
+    "id, datasheet, version, archived, fields, hired_from, hired_as, erased_at, restricted_at, restriction_reason, \
      created_at, updated_at, created_by, updated_by";
 
 /// The record with this id, of any datasheet, archived or not.

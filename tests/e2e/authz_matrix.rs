@@ -95,6 +95,10 @@ fn rows() -> BTreeMap<(&'static str, &'static str), Row> {
         (("Mutation", "importRecords"), row(Grant("employees", "create"), "mutation { importRecords(datasheet: EMPLOYEES, csv: \"First,Last\\nM,X\\n\", mapping: [{ column: \"First\", field: \"firstName\" }, { column: \"Last\", field: \"lastName\" }], dryRun: true) { rows } }", false)),
         // A version the record never has: refused (CONFLICT) past the policy, erasing nothing.
         (("Mutation", "eraseRecord"), row(Grant("employees", "erase"), "mutation($employee: ID!) { eraseRecord(id: $employee, expectedVersion: 999, ground: OBJECTION) { id } }", true)),
+        // The first allowed caller restricts the record; lifting an unrestricted one, or
+        // restricting again, is refused (VALIDATION) past the policy.
+        (("Mutation", "restrictRecord"), row(Grant("employees", "erase"), "mutation($employee: ID!) { restrictRecord(id: $employee, reason: ACCURACY_CONTESTED) { id } }", true)),
+        (("Mutation", "liftRestriction"), row(Grant("employees", "erase"), "mutation($employee: ID!) { liftRestriction(id: $employee) { id } }", true)),
         (("Mutation", "exportRecords"), row(Grant("employees", "export"), "mutation { exportRecords(datasheet: EMPLOYEES, format: CSV) { count } }", false)),
         (("Mutation", "archiveRecord"), row(Grant("employees", "archive"), "mutation($employee: ID!) { archiveRecord(id: $employee) { id } }", true)),
         (("Mutation", "restoreRecord"), row(Grant("employees", "archive"), "mutation($employee: ID!) { restoreRecord(id: $employee) { id } }", true)),

@@ -230,3 +230,115 @@ async fn an_erased_record_leaves_no_readable_value_anywhere() {
     .await
     .ok();
 }
+
+#[tokio::test]
+async fn a_restricted_record_is_read_and_exported_but_not_changed() {
+    let app = TestApp::spawn().await;
+    let admin = app.sign_up(&slug("restrict")).await;
+    let employee = app
+        .create_employee(
+            &admin.token,
+            json!({ "firstName": "Rita", "lastName": "Stricter" }),
+        )
+        .await;
+    let id = employee["id"].clone();
+    let hr = app.role_id(&admin, "HR manager").await;
+    let manager = app.user_with_roles(&admin, &[hr]).await;
+    let viewer = app.role_id(&admin, "Viewer").await;
+    let reader = app.user_with_roles(&admin, &[viewer]).await;
+    let restrict = "mutation($id: ID!) { restrictRecord(id: $id, reason: ACCURACY_CONTESTED) { restricted ... on Employee { firstName } } }";
+    assert_eq!(
+        app.graphql(Some(&reader.token), restrict, json!({ "id": id }))
+            .await
+            .code(),
+        Some("FORBIDDEN")
+    );
+    let restricted = app
+        .graphql(Some(&manager.token), restrict, json!({ "id": id }))
+        .await
+        .ok();
+    assert_eq!(restricted.data("restrictRecord.restricted"), &json!(true));
+
+    let update =
+        "mutation($id: ID!) { updateEmployee(id: $id, input: { lastName: \"Changed\" }) { id } }";
+    let refused = app
+        .graphql(Some(&manager.token), update, json!({ "id": id }))
+        .await;
+    assert_eq!(refused.code(), Some("VALIDATION"));
+    assert_eq!(
+        refused.body["errors"][0]["extensions"]["reason"],
+        "RESTRICTED"
+    );
+    let archive = app
+        .graphql(
+            Some(&manager.token),
+            "mutation($id: ID!) { archiveRecord(id: $id) { id } }",
+            json!({ "id": id }),
+        )
+        .await;
+    assert_eq!(
+        archive.body["errors"][0]["extensions"]["reason"],
+        "RESTRICTED"
+    );
+    let again = app
+        .graphql(Some(&manager.token), restrict, json!({ "id": id }))
+        .await;
+    assert_eq!(again.code(), Some("VALIDATION"));
+
+    // Still read and exported, flagged.
+    let read = app
+        .graphql(
+            Some(&reader.token),
+            "query($id: ID!) { employee(id: $id) { lastName restricted restrictionReason } }",
+            json!({ "id": id }),
+        )
+        .await
+        .ok();
+    assert_eq!(read.data("employee.lastName"), &json!("Stricter"));
+    assert_eq!(
+        read.data("employee.restrictionReason"),
+        &json!("ACCURACY_CONTESTED")
+    );
+    app.graphql(
+        Some(&manager.token),
+        "mutation { exportRecords(datasheet: EMPLOYEES, format: JSON) { count } }",
+        json!({}),
+    )
+    .await
+    .ok();
+
+    app.graphql(
+        Some(&manager.token),
+        "mutation($id: ID!) { liftRestriction(id: $id) { restricted } }",
+        json!({ "id": id }),
+    )
+    .await
+    .ok();
+    app.graphql(Some(&manager.token), update, json!({ "id": id }))
+        .await
+        .ok();
+    let history = app
+        .graphql(
+            Some(&admin.token),
+            "query($id: ID!) { recordHistory(id: $id) { edges { node { eventType } } } }",
+            json!({ "id": id }),
+        )
+        .await
+        .ok();
+    let types: Vec<&str> = history
+        .data("recordHistory.edges")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["node"]["eventType"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "RecordCreated",
+            "RecordRestricted",
+            "RestrictionLifted",
+            "RecordUpdated"
+        ]
+    );
+}

@@ -11,7 +11,7 @@ use async_graphql::{
 
 use chrono::{DateTime, NaiveDate, Utc};
 use custos_domain::record::Fields;
-use custos_domain::{Datasheet, ErasureGround, Permission, RecordCommand};
+use custos_domain::{Datasheet, ErasureGround, Permission, RecordCommand, RestrictionReason};
 use custos_projections::record_query::{self, QueryListError};
 use custos_projections::records::{self, RecordRow};
 use serde::Serialize;
@@ -83,6 +83,31 @@ impl From<ErasureGroundKind> for ErasureGround {
     }
 }
 
+/// Why processing is restricted: the cases of GDPR Art. 18(1).
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RestrictionReasonKind {
+    /// (a) the subject contests the data's accuracy, while it is verified.
+    AccuracyContested,
+    /// (b) unlawful processing; the subject asks for restriction instead of erasure.
+    UnlawfulProcessing,
+    /// (c) no longer needed, but the subject needs it for legal claims.
+    LegalClaims,
+    /// (d) the subject objected, while legitimate grounds are weighed.
+    ObjectionPending,
+}
+
+impl From<RestrictionReasonKind> for RestrictionReason {
+    fn from(reason: RestrictionReasonKind) -> Self {
+        match reason {
+            RestrictionReasonKind::AccuracyContested => Self::AccuracyContested,
+            RestrictionReasonKind::UnlawfulProcessing => Self::UnlawfulProcessing,
+            RestrictionReasonKind::LegalClaims => Self::LegalClaims,
+            RestrictionReasonKind::ObjectionPending => Self::ObjectionPending,
+        }
+    }
+}
+
 /// How an employee is employed.
 #[derive(Enum, Copy, Clone, Eq, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -148,6 +173,13 @@ impl RecordCommon {
     /// When the record's subject was erased: its values are gone for good.
     async fn erased_at(&self) -> Option<DateTime<Utc>> {
         self.0.erased_at
+    }
+    /// Whether processing is restricted (GDPR Art. 18): readable and exportable, not changed.
+    async fn restricted(&self) -> bool {
+        self.0.restricted_at.is_some()
+    }
+    async fn restriction_reason(&self) -> Option<RestrictionReasonKind> {
+        stored_enum(self.0.restriction_reason.as_deref())
     }
     async fn created_at(&self) -> DateTime<Utc> {
         self.0.created_at
@@ -382,6 +414,9 @@ macro_rules! record_interface {
             ) -> async_graphql::Result<Option<DateTime<Utc>>> {
                 self.0.erased_at(ctx).await
             }
+            async fn restricted(&self, ctx: &Context<'_>) -> async_graphql::Result<bool> {
+                self.0.restricted(ctx).await
+            }
             async fn created_at(&self, ctx: &Context<'_>) -> async_graphql::Result<DateTime<Utc>> {
                 self.0.created_at(ctx).await
             }
@@ -417,6 +452,7 @@ record_interface!(Employee, Contact, Applicant);
     field(name = "version", ty = "i64"),
     field(name = "archived", ty = "bool"),
     field(name = "erased_at", ty = "Option<DateTime<Utc>>"),
+    field(name = "restricted", ty = "bool"),
     field(name = "created_at", ty = "DateTime<Utc>"),
     field(name = "updated_at", ty = "DateTime<Utc>"),
     field(name = "created_by", ty = "Actor"),
@@ -1024,6 +1060,48 @@ impl RecordsMutation {
                 expected_version,
                 ground.into(),
                 note,
+                request(ctx)?.origin.request_id,
+            )
+            .await?;
+        Ok(row.into())
+    }
+
+    /// Restricts processing of a record (GDPR Art. 18): it stays readable and exportable, and
+    /// every change is refused (`VALIDATION`, reason `RESTRICTED`) until the restriction is
+    /// lifted. Needs `erase` on the record's datasheet.
+    async fn restrict_record(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        reason: RestrictionReasonKind,
+    ) -> async_graphql::Result<RecordNode> {
+        let record = authorized_record(ctx, &id, Permission::Erase).await?;
+        let command = RecordCommand::Restrict {
+            reason: reason.into(),
+        };
+        let row = services(ctx)?
+            .record_lifecycle(
+                principal(ctx)?,
+                &record,
+                command,
+                request(ctx)?.origin.request_id,
+            )
+            .await?;
+        Ok(row.into())
+    }
+
+    /// Lifts a restriction of processing. Needs `erase` on the record's datasheet.
+    async fn lift_restriction(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+    ) -> async_graphql::Result<RecordNode> {
+        let record = authorized_record(ctx, &id, Permission::Erase).await?;
+        let row = services(ctx)?
+            .record_lifecycle(
+                principal(ctx)?,
+                &record,
+                RecordCommand::LiftRestriction,
                 request(ctx)?.origin.request_id,
             )
             .await?;
