@@ -66,6 +66,7 @@ pub fn rule(parent_type: &str, field: &str) -> Option<Rule> {
             "createUser"
             | "updateUser"
             | "deactivateUser"
+            | "eraseUser"
             | "reactivateUser"
             | "resetUserPassword"
             | "setAdministrator"

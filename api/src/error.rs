@@ -232,7 +232,9 @@ impl From<UserError> for ApiError {
             UserError::AlreadyDeactivated
             | UserError::AlreadyActive
             | UserError::TwoFactorAlreadyEnabled
-            | UserError::TwoFactorNotEnabled => ApiError::Validation {
+            | UserError::TwoFactorNotEnabled
+            | UserError::StillActive
+            | UserError::AlreadyErased => ApiError::Validation {
                 message: err.to_string(),
                 field: None,
             },

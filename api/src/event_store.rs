@@ -47,7 +47,8 @@ const SUBJECTS: [&str; 2] = [Record::TYPE, User::TYPE];
 
 /// Events of data subjects that carry no personal value (ids, flags, the erasure itself): they
 /// stay in clear, so they read the same after an erasure.
-const CLEAR_EVENTS: [&str; 6] = [
+const CLEAR_EVENTS: [&str; 7] = [
+    "UserErased",
     "RecordArchived",
     "RecordRestored",
     "ApplicantHired",
@@ -129,6 +130,10 @@ fn erased_payload(event: &SerializedEvent) -> Option<Value> {
         .filter_map(Value::as_str)
         .map(|name| (name.to_owned(), custos_domain::record::erased_marker()))
         .collect();
+    if event.aggregate_type == User::TYPE {
+        // A user's events cannot stand without their values: each reads as `Redacted`.
+        return Some(Value::String("Redacted".into()));
+    }
     let datasheet = clear.get("datasheet")?.clone();
     let key = match (event.aggregate_type.as_str(), event.event_type.as_str()) {
         (Record::TYPE, "RecordCreated") => "fields",

@@ -38,6 +38,8 @@ pub struct User {
     /// Whether logins need a second factor (TOTP or a recovery code). The secret itself is
     /// kept outside the event log, encrypted.
     two_factor: bool,
+    /// The user's personal data was erased: the account is gone for good.
+    erased: bool,
     version: u64,
 }
 
@@ -142,6 +144,9 @@ pub enum UserCommand {
     ResetTwoFactor,
     /// The user replaced their recovery codes.
     RegenerateRecoveryCodes,
+    /// An administrator erases a deactivated user's personal data (the service then destroys
+    /// the user's key). Irreversible.
+    Erase,
     RecordLogout {
         session_id: Uuid,
     },
@@ -200,6 +205,10 @@ pub enum UserEvent {
     TwoFactorDisabled,
     TwoFactorReset,
     RecoveryCodesRegenerated,
+    /// The user's personal data was erased.
+    UserErased,
+    /// An event whose content was erased with the user: it happened, nothing more is known.
+    Redacted,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -218,6 +227,10 @@ pub enum UserError {
     TwoFactorAlreadyEnabled,
     #[error("two-factor authentication is not on")]
     TwoFactorNotEnabled,
+    #[error("only a deactivated user can be erased")]
+    StillActive,
+    #[error("the user was erased already")]
+    AlreadyErased,
     #[error("field `{field}` {reason}")]
     InvalidField { field: String, reason: ValueError },
 }
@@ -244,6 +257,8 @@ impl DomainEvent for UserEvent {
             UserEvent::TwoFactorDisabled => "TwoFactorDisabled",
             UserEvent::TwoFactorReset => "TwoFactorReset",
             UserEvent::RecoveryCodesRegenerated => "RecoveryCodesRegenerated",
+            UserEvent::UserErased => "UserErased",
+            UserEvent::Redacted => "Redacted",
         }
         .to_owned()
     }
@@ -292,7 +307,14 @@ impl User {
     }
 
     fn existing(&self) -> Result<(), UserError> {
+        if self.erased {
+            return Err(UserError::NotFound);
+        }
         self.email.as_ref().map(|_| ()).ok_or(UserError::NotFound)
+    }
+
+    pub fn is_erased(&self) -> bool {
+        self.erased
     }
 }
 
@@ -470,6 +492,16 @@ impl Aggregate for User {
                 }
                 UserEvent::TwoFactorReset
             }
+            UserCommand::Erase => {
+                if self.erased {
+                    return Err(UserError::AlreadyErased);
+                }
+                self.existing()?;
+                if !self.deactivated {
+                    return Err(UserError::StillActive);
+                }
+                UserEvent::UserErased
+            }
             UserCommand::RegenerateRecoveryCodes => {
                 self.existing()?;
                 if !self.two_factor {
@@ -537,6 +569,15 @@ impl Aggregate for User {
             UserEvent::LoggedOut { .. } | UserEvent::RecoveryCodesRegenerated => {}
             UserEvent::TwoFactorEnabled => self.two_factor = true,
             UserEvent::TwoFactorDisabled | UserEvent::TwoFactorReset => self.two_factor = false,
+            UserEvent::UserErased => {
+                *self = User {
+                    erased: true,
+                    deactivated: true,
+                    version: self.version,
+                    ..User::default()
+                };
+            }
+            UserEvent::Redacted => {}
         }
     }
 }

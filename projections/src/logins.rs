@@ -113,6 +113,14 @@ impl Projection for LoginsProjection {
     }
 
     async fn apply(&self, conn: &mut PgConnection, event: &ProjectedEvent) -> sqlx::Result<()> {
+        if let AnyEvent::User(UserEvent::UserErased) = &event.event {
+            // The history keeps that logins happened; where from was the person's data.
+            sqlx::query("UPDATE logins SET ip = NULL, user_agent = NULL WHERE user_id = $1")
+                .bind(event.aggregate_id)
+                .execute(conn)
+                .await?;
+            return Ok(());
+        }
         let (entry, user, token) = match &event.event {
             AnyEvent::User(e) => (user_entry(e), Some(event.aggregate_id), None),
             AnyEvent::ApiToken(e) => (token_entry(e), None, Some(event.aggregate_id)),

@@ -115,10 +115,26 @@ impl Projection for UsersProjection {
                 let enrolled = matches!(user_event, UserEvent::TwoFactorEnabled);
                 update(conn, event, "two_factor = $3", enrolled).await?;
             }
+            // Nothing of the person remains; the row keeps the id that history refers to.
+            UserEvent::UserErased => {
+                sqlx::query(
+                    "UPDATE users SET version = $2, updated_at = $3, email = '', name = '',
+                            email_normalized = 'erased:' || id::text, password_hash = '',
+                            is_admin = false, active = false, roles = '{}', two_factor = false,
+                            locked_until = NULL, must_change_password = false
+                     WHERE id = $1 AND version < $2",
+                )
+                .bind(event.aggregate_id)
+                .bind(event.sequence)
+                .bind(event.recorded_at)
+                .execute(conn)
+                .await?;
+            }
             UserEvent::LoginSucceeded { .. }
             | UserEvent::LoginFailed { .. }
             | UserEvent::LoggedOut { .. }
-            | UserEvent::RecoveryCodesRegenerated => {
+            | UserEvent::RecoveryCodesRegenerated
+            | UserEvent::Redacted => {
                 sqlx::query("UPDATE users SET version = $2 WHERE id = $1 AND version < $2")
                     .bind(event.aggregate_id)
                     .bind(event.sequence)

@@ -99,6 +99,9 @@ fn rows() -> BTreeMap<(&'static str, &'static str), Row> {
         // restricting again, is refused (VALIDATION) past the policy.
         (("Mutation", "restrictRecord"), row(Grant("employees", "erase"), "mutation($employee: ID!) { restrictRecord(id: $employee, reason: ACCURACY_CONTESTED) { id } }", true)),
         (("Mutation", "liftRestriction"), row(Grant("employees", "erase"), "mutation($employee: ID!) { liftRestriction(id: $employee) { id } }", true)),
+        // A deactivated user of its own: the first caller erases them, later ones are refused
+        // (VALIDATION) past the policy.
+        (("Mutation", "eraseUser"), row(Admin, "mutation($erasable: ID!) { eraseUser(id: $erasable) { id } }", true)),
         (("Mutation", "exportRecords"), row(Grant("employees", "export"), "mutation { exportRecords(datasheet: EMPLOYEES, format: CSV) { count } }", false)),
         (("Mutation", "archiveRecord"), row(Grant("employees", "archive"), "mutation($employee: ID!) { archiveRecord(id: $employee) { id } }", true)),
         (("Mutation", "restoreRecord"), row(Grant("employees", "archive"), "mutation($employee: ID!) { restoreRecord(id: $employee) { id } }", true)),
@@ -126,6 +129,8 @@ fn rows() -> BTreeMap<(&'static str, &'static str), Row> {
 #[derive(Clone)]
 struct Objects {
     employee: String,
+    /// A deactivated user, for erasure.
+    erasable: String,
     contact: String,
     applicant: String,
     user: String,
@@ -183,6 +188,14 @@ async fn objects(app: &TestApp, admin: &Session) -> Objects {
         .user_with_roles(admin, std::slice::from_ref(&role))
         .await;
     let login = app.user_with_roles(admin, &[]).await;
+    let erasable = app.user_with_roles(admin, &[]).await.user_id.to_string();
+    app.graphql(
+        Some(&admin.token),
+        "mutation($id: ID!) { deactivateUser(id: $id) { id } }",
+        json!({ "id": erasable }),
+    )
+    .await
+    .ok();
     let viewer = app.role_id(admin, "Viewer").await;
     let (_, api_token) = app.api_token(admin, "Victim token", &viewer).await;
     let sessions = app
@@ -195,6 +208,7 @@ async fn objects(app: &TestApp, admin: &Session) -> Objects {
         .ok();
     Objects {
         employee: employee["id"].as_str().unwrap().to_owned(),
+        erasable,
         contact,
         applicant,
         user: victim.user_id.to_string(),
@@ -537,7 +551,7 @@ async fn every_root_field_admits_exactly_who_it_should() {
                     continue;
                 }
                 let variables = json!({
-                    "employee": objects.employee, "contact": objects.contact, "applicant": objects.applicant, "user": objects.user, "role": objects.role, "session": objects.session,
+                    "employee": objects.employee, "erasable": objects.erasable, "contact": objects.contact, "applicant": objects.applicant, "user": objects.user, "role": objects.role, "session": objects.session,
                     "token": objects.api_token,
                     "slug": objects.slug, "loginEmail": objects.login_email, "password": PASSWORD,
                 });

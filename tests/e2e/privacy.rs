@@ -342,3 +342,90 @@ async fn a_restricted_record_is_read_and_exported_but_not_changed() {
         ]
     );
 }
+
+#[tokio::test]
+async fn an_erased_user_leaves_an_id_and_nothing_of_the_person() {
+    let app = TestApp::spawn().await;
+    let admin = app.sign_up(&slug("erase-user")).await;
+    let hr = app.role_id(&admin, "HR manager").await;
+    let created = app
+        .graphql(
+            Some(&admin.token),
+            "mutation($r: ID!) { createUser(input: { email: \"theodora.k@leaver.example\", name: \"Theodora Kallisti\", temporaryPassword: \"temporary passphrase 3\", roleIds: [$r] }) { id } }",
+            json!({ "r": hr }),
+        )
+        .await
+        .ok();
+    let id = created.data("createUser.id").clone();
+    let token = app
+        .login(
+            &admin.slug,
+            "theodora.k@leaver.example",
+            "temporary passphrase 3",
+        )
+        .await
+        .unwrap();
+    app.graphql(
+        Some(&token),
+        "mutation { changePassword(currentPassword: \"temporary passphrase 3\", newPassword: \"her own long passphrase\") { id } }",
+        json!({}),
+    )
+    .await
+    .ok();
+    // Her work stays attributed to her id.
+    let record = app
+        .create_employee(&token, json!({ "firstName": "Made", "lastName": "ByHer" }))
+        .await;
+
+    let erase = "mutation($id: ID!) { eraseUser(id: $id) { id email name active } }";
+    let active = app
+        .graphql(Some(&admin.token), erase, json!({ "id": id }))
+        .await;
+    assert_eq!(active.code(), Some("VALIDATION"), "deactivate first");
+    app.graphql(
+        Some(&admin.token),
+        "mutation($id: ID!) { deactivateUser(id: $id) { id } }",
+        json!({ "id": id }),
+    )
+    .await
+    .ok();
+    let erased = app
+        .graphql(Some(&admin.token), erase, json!({ "id": id }))
+        .await
+        .ok();
+    assert_eq!(erased.data("eraseUser.email"), &json!(""));
+    let again = app
+        .graphql(Some(&admin.token), erase, json!({ "id": id }))
+        .await;
+    assert_eq!(again.code(), Some("VALIDATION"));
+
+    let dump = pg_dump(&app.tenant_database(admin.tenant_id).await).to_lowercase();
+    let logs = logs().to_lowercase();
+    for value in ["theodora", "kallisti", "leaver.example"] {
+        assert!(!logs.contains(value), "`{value}` in the logs");
+        assert!(!dump.contains(value), "`{value}` in the dump");
+    }
+    assert!(app
+        .login(
+            &admin.slug,
+            "theodora.k@leaver.example",
+            "her own long passphrase"
+        )
+        .await
+        .is_err());
+    let history = app
+        .graphql(
+            Some(&admin.token),
+            "query($id: ID!, $u: ID) { employee(id: $id) { createdBy { id email } } loginHistory(userId: $u) { totalCount edges { node { eventType ip userAgent } } } }",
+            json!({ "id": record["id"], "u": id }),
+        )
+        .await
+        .ok();
+    assert_eq!(history.data("employee.createdBy.id"), &id);
+    assert_eq!(history.data("employee.createdBy.email"), &json!(""));
+    let entries = history.data("loginHistory.edges").as_array().unwrap();
+    assert!(!entries.is_empty(), "logins happened and stay counted");
+    assert!(entries
+        .iter()
+        .all(|e| e["node"]["ip"].is_null() && e["node"]["userAgent"].is_null()));
+}

@@ -261,6 +261,17 @@ impl AdminMutation {
         ))
     }
 
+    /// Erases a deactivated user's personal data for good (GDPR Art. 17): their name, email,
+    /// password and login origins become unreadable everywhere; the id remains in history.
+    async fn erase_user(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<User> {
+        let id = parse_id("id", &id)?;
+        Ok(User(
+            services(ctx)?
+                .erase_user(principal(ctx)?, id, request(ctx)?.origin.request_id)
+                .await?,
+        ))
+    }
+
     async fn reactivate_user(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<User> {
         let id = parse_id("id", &id)?;
         Ok(User(

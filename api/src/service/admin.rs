@@ -244,6 +244,33 @@ impl Services {
             .await
     }
 
+    /// Erases a deactivated user's personal data: records `UserErased`, destroys the user's
+    /// data key (their events — name, email, password hash, login origins — can never be read
+    /// again), and removes their second factor and sessions. Their id stays, so history still
+    /// shows that someone acted, not who. Irreversible.
+    pub async fn erase_user(
+        &self,
+        principal: &Principal,
+        id: Uuid,
+        request_id: Uuid,
+    ) -> Result<UserRow, ApiError> {
+        let tenant = &principal.tenant;
+        let _lock = self.directory_lock(tenant).await?;
+        self.existing_user(tenant, id).await?;
+        sessions::revoke_all(&tenant.pool, id, None).await?;
+        let user = self
+            .change_user(principal, id, UserCommand::Erase, request_id)
+            .await?;
+        tenant
+            .subject_keys
+            .erase(id)
+            .await
+            .map_err(ApiError::internal)?;
+        crate::two_factor::store::remove(&tenant.pool, id).await?;
+        tracing::info!(tenant.id = %tenant.id, user.id = %id, "a user's personal data was erased");
+        Ok(user)
+    }
+
     pub async fn reactivate_user(
         &self,
         principal: &Principal,
