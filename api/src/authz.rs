@@ -97,6 +97,8 @@ pub fn rule(parent_type: &str, field: &str) -> Option<Rule> {
         }
         ("Query", "recordHistory") => Rule::OnDatasheet(History),
         ("Query", "customFieldDefinitions") => Rule::OnDatasheet(Read),
+        // Results are limited to the datasheets the caller may read (in the resolver).
+        ("Query", "findSubject") => Rule::OnDatasheet(Read),
         ("Query", "report") => Rule::OnDatasheet(Report),
         ("Mutation", "exportRecords") => Rule::OnDatasheet(Export),
         ("Mutation", "importRecords") => Rule::OnDatasheet(Create),

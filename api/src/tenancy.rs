@@ -19,6 +19,7 @@ use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 use tokio::sync::RwLock;
 use uuid::Uuid;
 
+use crate::blind_index::{BlindIndex, BlindIndexProjection};
 use crate::event_store::{Cqrs, CustosEventRepository, EventCodec, EventLog};
 use crate::keys::{scram_sha256_verifier, MasterKey};
 use crate::projector::Projectors;
@@ -102,6 +103,8 @@ pub struct Tenant {
     pub exports: Cqrs<DataExport>,
     /// The data keys of the tenant's subjects (also used by the event store's codec).
     pub subject_keys: Arc<SubjectKeys>,
+    /// Finds records by a person's email or phone.
+    pub blind_index: BlindIndex,
     pub projectors: Projectors,
     /// Encrypts the tenant's TOTP secrets; derived from the master key, never stored.
     pub two_factor_key: SecretBox<[u8; 32]>,
@@ -487,8 +490,13 @@ impl Tenancy {
         let subject_keys = Arc::new(SubjectKeys::new(pool.clone(), kek));
         let codec = EventCodec::new(subject_keys.clone());
         let log = EventLog::new(pool.clone(), codec.clone());
-        let projectors =
-            Projectors::spawn(row.id, pool.clone(), log.clone(), custos_projections::all());
+        let blind_index = BlindIndex::new(SecretBox::new(Box::new(
+            self.master_key
+                .derive(&format!("custos/blind-index/{}", row.id)),
+        )));
+        let mut projections = custos_projections::all();
+        projections.push(Box::new(BlindIndexProjection(blind_index.clone())));
+        let projectors = Projectors::spawn(row.id, pool.clone(), log.clone(), projections);
         Ok(Tenant {
             id: row.id,
             slug: row.slug.clone(),
@@ -505,6 +513,7 @@ impl Tenancy {
             field_schemas: framework(&pool, &codec, &projectors),
             exports: framework(&pool, &codec, &projectors),
             subject_keys,
+            blind_index,
             two_factor_key: SecretBox::new(Box::new(
                 self.master_key
                     .derive(&format!("custos/two-factor-secrets/{}", row.id)),

@@ -90,6 +90,7 @@ fn rows() -> BTreeMap<(&'static str, &'static str), Row> {
         (("Mutation", "addCustomField"), row(Admin, "mutation { addCustomField(datasheet: EMPLOYEES, input: { key: \"matrix\", label: \"Matrix\", type: TEXT }) { key } }", false)),
         (("Mutation", "updateCustomField"), row(Admin, "mutation { updateCustomField(datasheet: EMPLOYEES, key: \"victim\", input: { label: \"Changed\" }) { key } }", false)),
         (("Mutation", "retireCustomField"), row(Admin, "mutation { retireCustomField(datasheet: EMPLOYEES, key: \"victim\") { key } }", false)),
+        (("Query", "findSubject"), row(Grant("employees", "read"), "{ findSubject(email: \"nobody@example.org\") { id } }", false)),
         (("Query", "report"), row(Grant("employees", "report"), "{ report(datasheet: EMPLOYEES, groupBy: \"department\") { total } }", false)),
         (("Query", "headcount"), row(Grant("employees", "report"), "{ headcount(asOf: \"2026-01-01T00:00:00Z\") { total } }", false)),
         (("Mutation", "importRecords"), row(Grant("employees", "create"), "mutation { importRecords(datasheet: EMPLOYEES, csv: \"First,Last\\nM,X\\n\", mapping: [{ column: \"First\", field: \"firstName\" }, { column: \"Last\", field: \"lastName\" }], dryRun: true) { rows } }", false)),

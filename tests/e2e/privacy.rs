@@ -429,3 +429,134 @@ async fn an_erased_user_leaves_an_id_and_nothing_of_the_person() {
         .iter()
         .all(|e| e["node"]["ip"].is_null() && e["node"]["userAgent"].is_null()));
 }
+
+#[tokio::test]
+async fn one_person_is_found_across_datasheets_by_a_blind_index() {
+    let app = TestApp::spawn().await;
+    let admin = app.sign_up(&slug("find")).await;
+    let contact = app
+        .graphql(
+            Some(&admin.token),
+            "mutation { createContact(input: { firstName: \"Pat\", lastName: \"Seeker\", emails: [\"pat.seeker@find.example\", \"pat@work.example\"] }) { id } }",
+            json!({}),
+        )
+        .await
+        .ok()
+        .data("createContact.id")
+        .clone();
+    let applicant = app
+        .graphql(
+            Some(&admin.token),
+            "mutation { createApplicant(input: { firstName: \"Pat\", lastName: \"Seeker\", email: \"PAT.SEEKER@find.example\", phone: \"+44 20 7946 0555\" }) { id } }",
+            json!({}),
+        )
+        .await
+        .ok()
+        .data("createApplicant.id")
+        .clone();
+    let employee = app
+        .create_employee(
+            &admin.token,
+            json!({ "firstName": "P", "lastName": "S", "phone": "+44 (20) 7946-0555" }),
+        )
+        .await;
+    app.create_employee(
+        &admin.token,
+        json!({ "firstName": "Other", "lastName": "Person", "email": "other@find.example" }),
+    )
+    .await;
+
+    let find =
+        "query($e: String, $p: String) { findSubject(email: $e, phone: $p) { id datasheet } }";
+    let ids = |response: custos_tests::Response| -> Vec<serde_json::Value> {
+        let response = response.ok();
+        let mut ids: Vec<serde_json::Value> = response
+            .data("findSubject")
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].clone())
+            .collect();
+        ids.sort_by_key(|v| v.to_string());
+        ids
+    };
+    let mut expected = vec![contact.clone(), applicant.clone()];
+    expected.sort_by_key(|v| v.to_string());
+    assert_eq!(
+        ids(app
+            .graphql(
+                Some(&admin.token),
+                find,
+                json!({ "e": " Pat.Seeker@FIND.example" })
+            )
+            .await),
+        expected
+    );
+    let mut by_phone = vec![applicant.clone(), employee["id"].clone()];
+    by_phone.sort_by_key(|v| v.to_string());
+    assert_eq!(
+        ids(app
+            .graphql(Some(&admin.token), find, json!({ "p": "+442079460555" }))
+            .await),
+        by_phone
+    );
+
+    // Stored only as digests under a key outside the database: not even an unkeyed hash of
+    // the address matches.
+    let mut db = app.tenant_admin(admin.tenant_id).await;
+    let (entries, unkeyed): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE digest = sha256('email:pat.seeker@find.example'::bytea)
+                                           OR digest = sha256('pat.seeker@find.example'::bytea))
+         FROM subject_index",
+    )
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(
+        entries, 6,
+        "two contact emails, applicant email and phone, employee phone, other email"
+    );
+    assert_eq!(unkeyed, 0);
+
+    // Readers see only datasheets they may read; erased records are not found.
+    let hr = app.role_id(&admin, "HR manager").await;
+    let manager = app.user_with_roles(&admin, &[hr]).await;
+    assert_eq!(
+        ids(app
+            .graphql(
+                Some(&manager.token),
+                find,
+                json!({ "e": "pat.seeker@find.example" })
+            )
+            .await),
+        vec![applicant.clone()],
+        "the HR manager does not read contacts"
+    );
+    app.graphql(
+        Some(&admin.token),
+        "mutation($id: ID!) { eraseRecord(id: $id, expectedVersion: 1, ground: OBJECTION) { id } }",
+        json!({ "id": applicant }),
+    )
+    .await
+    .ok();
+    assert_eq!(
+        ids(app
+            .graphql(
+                Some(&admin.token),
+                find,
+                json!({ "e": "pat.seeker@find.example" })
+            )
+            .await),
+        vec![contact]
+    );
+    for variables in [
+        json!({}),
+        json!({ "e": "a@b.example", "p": "+4412345678" }),
+        json!({ "e": "not-an-email" }),
+    ] {
+        let refused = app
+            .graphql(Some(&admin.token), find, variables.clone())
+            .await;
+        assert_eq!(refused.code(), Some("VALIDATION"), "{variables}");
+    }
+}

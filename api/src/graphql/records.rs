@@ -905,6 +905,44 @@ impl RecordsQuery {
         page(ctx, Datasheet::Applicants, args).await
     }
 
+    /// Every record about one person — as an employee, a contact or an applicant — found by
+    /// email or by phone (give one) through the blind index, among the datasheets you may
+    /// read. Erased records are not found.
+    async fn find_subject(
+        &self,
+        ctx: &Context<'_>,
+        email: Option<String>,
+        phone: Option<String>,
+    ) -> async_graphql::Result<Vec<RecordNode>> {
+        let principal = principal(ctx)?;
+        let index = &principal.tenant.blind_index;
+        let digest = match (email, phone) {
+            (Some(email), None) => index
+                .email(&email)
+                .ok_or_else(|| ApiError::validation("email", "not a valid email address"))?,
+            (None, Some(phone)) => index
+                .phone(&phone)
+                .ok_or_else(|| ApiError::validation("phone", "not a valid phone number"))?,
+            _ => {
+                return Err(
+                    ApiError::validation("email", "give exactly one of email and phone").into(),
+                )
+            }
+        };
+        let ids = index
+            .records(&principal.tenant.pool, &digest)
+            .await
+            .map_err(ApiError::from)?;
+        let mut rows = records::records_by_id(&principal.tenant.pool, &ids)
+            .await
+            .map_err(ApiError::from)?;
+        rows.retain(|row| {
+            row.erased_at.is_none() && principal.may(row.datasheet(), Permission::Read)
+        });
+        rows.sort_by_key(|row| row.id);
+        Ok(rows.into_iter().map(RecordNode::from).collect())
+    }
+
     /// One job applicant, archived or not.
     async fn applicant(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Applicant> {
         one(ctx, Datasheet::Applicants, &id).await
