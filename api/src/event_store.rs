@@ -448,34 +448,30 @@ impl EventLog {
     /// a time could stop half-way. Each event passes through the codec like any other; a
     /// stream that exists already makes the whole batch fail on the primary key.
     pub async fn append_new_streams(&self, events: Vec<SerializedEvent>) -> anyhow::Result<()> {
-        let mut tx = self.pool.begin().await?;
+        if events.iter().any(|event| event.sequence != 1) {
+            anyhow::bail!("only first events of new streams can be appended in bulk");
+        }
         let events = self.codec.seal_all(events).await?;
+        let mut tx = self.pool.begin().await?;
         for chunk in events.chunks(1_000) {
             let mut columns: [Vec<String>; 6] = Default::default();
-            let mut sequences: Vec<i64> = Vec::with_capacity(chunk.len());
             for event in chunk {
-                if event.sequence != 1 {
-                    anyhow::bail!("only first events of new streams can be appended in bulk");
-                }
-                let event = event.clone();
-                columns[0].push(event.aggregate_type);
-                columns[1].push(event.aggregate_id);
-                columns[2].push(event.event_type);
-                columns[3].push(event.event_version);
+                columns[0].push(event.aggregate_type.clone());
+                columns[1].push(event.aggregate_id.clone());
+                columns[2].push(event.event_type.clone());
+                columns[3].push(event.event_version.clone());
                 columns[4].push(serde_json::to_string(&event.payload)?);
                 columns[5].push(serde_json::to_string(&event.metadata)?);
-                sequences.push(1);
             }
             let [types, ids, event_types, versions, payloads, metadata] = columns;
             sqlx::query(
                 "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
-                 SELECT t, i, s, e, v, p::json, m::json
-                 FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[])
-                      AS u(t, i, s, e, v, p, m)",
+                 SELECT t, i, 1, e, v, p::json, m::json
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
+                      AS u(t, i, e, v, p, m)",
             )
             .bind(types)
             .bind(ids)
-            .bind(sequences)
             .bind(event_types)
             .bind(versions)
             .bind(payloads)

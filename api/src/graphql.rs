@@ -117,11 +117,8 @@ pub struct ConnectionTotal {
     pub(crate) total_count: i64,
 }
 
-/// Validated `first` / `after` arguments of a list ordered by id.
-pub(crate) fn page_args(
-    first: Option<i32>,
-    after: Option<String>,
-) -> Result<(i64, Option<Cursor>), ApiError> {
+/// A validated `first` argument: 1 to [`MAX_PAGE`], 20 when omitted.
+pub(crate) fn page_size(first: Option<i32>) -> Result<i64, ApiError> {
     let first = first.unwrap_or(20);
     if !(1..=MAX_PAGE as i32).contains(&first) {
         return Err(ApiError::validation(
@@ -129,13 +126,22 @@ pub(crate) fn page_args(
             format!("`first` must be between 1 and {MAX_PAGE}"),
         ));
     }
+    Ok(first.into())
+}
+
+/// Validated `first` / `after` arguments of a list ordered by id.
+pub(crate) fn page_args(
+    first: Option<i32>,
+    after: Option<String>,
+) -> Result<(i64, Option<Cursor>), ApiError> {
+    let first = page_size(first)?;
     let after = after
         .map(|raw| {
             Cursor::decode(&raw)
                 .ok_or_else(|| ApiError::validation("after", "`after` is not a valid cursor"))
         })
         .transpose()?;
-    Ok((first.into(), after))
+    Ok((first, after))
 }
 
 /// A page of a list ordered by id, as a Relay connection of `node`s.

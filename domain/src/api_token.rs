@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::user::LoginOrigin;
-use crate::values::{ShortText, ValueError};
+use crate::values::{bounded_text, ValueError};
 
 /// The longest token name.
 pub const MAX_TOKEN_NAME: usize = 100;
@@ -162,17 +162,13 @@ impl Aggregate for ApiToken {
                 if self.name.is_some() {
                     return Err(ApiTokenError::AlreadyExists);
                 }
-                let name = ShortText::parse(&name).map_err(ApiTokenError::InvalidName)?;
-                if name.as_str().chars().count() > MAX_TOKEN_NAME {
-                    return Err(ApiTokenError::InvalidName(ValueError::TooLong {
-                        max: MAX_TOKEN_NAME,
-                    }));
-                }
+                let name =
+                    bounded_text(&name, MAX_TOKEN_NAME).map_err(ApiTokenError::InvalidName)?;
                 if expires_at.is_some_and(|expiry| expiry <= at) {
                     return Err(ApiTokenError::ExpiryInPast);
                 }
                 ApiTokenEvent::ApiTokenCreated {
-                    name: name.as_str().to_owned(),
+                    name,
                     role,
                     expires_at,
                     token_hash,

@@ -13,7 +13,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::datasheet::Datasheet;
-use crate::values::{long_text, parse_date, ShortText, ValueError};
+use crate::values::{bounded_text, long_text, parse_date, ShortText, ValueError};
 
 /// Record field names of custom fields start with this.
 pub const CUSTOM_PREFIX: &str = "custom.";
@@ -271,17 +271,10 @@ fn check_key(key: &str) -> Result<(), FieldSchemaError> {
 }
 
 fn label(raw: &str) -> Result<String, FieldSchemaError> {
-    let text = ShortText::parse(raw).map_err(|reason| FieldSchemaError::Invalid {
+    bounded_text(raw, MAX_LABEL).map_err(|reason| FieldSchemaError::Invalid {
         field: "label",
         reason,
-    })?;
-    if text.as_str().chars().count() > MAX_LABEL {
-        return Err(FieldSchemaError::Invalid {
-            field: "label",
-            reason: ValueError::TooLong { max: MAX_LABEL },
-        });
-    }
-    Ok(text.as_str().to_owned())
+    })
 }
 
 fn options(kind: CustomKind, raw: Vec<String>) -> Result<Vec<String>, FieldSchemaError> {

@@ -6,7 +6,7 @@ use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
 
 use crate::permission::{Grant, Grants};
-use crate::values::{ShortText, ValueError};
+use crate::values::{bounded_text, ValueError};
 
 /// A role's name: trimmed, 1 to 100 characters, unique in the tenant (case-insensitively; the
 /// service checks uniqueness).
@@ -16,11 +16,7 @@ pub struct RoleName(String);
 
 impl RoleName {
     pub fn parse(raw: &str) -> Result<Self, ValueError> {
-        let text = ShortText::parse(raw)?;
-        if text.as_str().chars().count() > 100 {
-            return Err(ValueError::TooLong { max: 100 });
-        }
-        Ok(Self(text.as_str().to_owned()))
+        bounded_text(raw, 100).map(Self)
     }
 
     pub fn as_str(&self) -> &str {

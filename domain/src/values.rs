@@ -56,6 +56,12 @@ fn trimmed(raw: &str, max: usize) -> Result<&str, ValueError> {
     Ok(value)
 }
 
+/// One line of text of at most `max` characters (a name, a label): trimmed, non-empty, no
+/// control characters.
+pub fn bounded_text(raw: &str, max: usize) -> Result<String, ValueError> {
+    trimmed(raw, max).map(str::to_owned)
+}
+
 /// Multi-line free text such as notes or an address: trimmed, non-empty, at most `max`
 /// characters; line breaks and tabs are kept, other control characters refused.
 pub fn long_text(raw: &str, max: usize) -> Result<String, ValueError> {

@@ -311,16 +311,7 @@ pub fn record_query(
     schema: &CustomSchema,
     args: ListArgs,
 ) -> Result<RecordQuery, ApiError> {
-    let first = args.first.unwrap_or(20);
-    if !(1..=custos_projections::page::MAX_PAGE as i32).contains(&first) {
-        return Err(invalid(
-            "first",
-            format!(
-                "`first` must be between 1 and {}",
-                custos_projections::page::MAX_PAGE
-            ),
-        ));
-    }
+    let first = super::page_size(args.first)?;
     let order_by = args.order_by.unwrap_or_default();
     if order_by.len() > MAX_ORDER_KEYS {
         return Err(invalid(
@@ -374,7 +365,7 @@ pub fn record_query(
         filter,
         order,
         search,
-        first: first.into(),
+        first,
         after,
     })
 }

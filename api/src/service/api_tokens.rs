@@ -1,8 +1,9 @@
 //! API tokens for integrations: administrators create them for one role, with an optional
 //! expiry, and revoke them. A token authenticates requests as itself — its events name it as
 //! the actor — with its role's permissions and nothing else. Its uses are recorded like
-//! logins: at most one `ApiTokenUsed` (and one `ApiTokenRefused` for a revoked or expired
-//! token) per token per minute, so a busy integration does not write an event per request.
+//! logins: about one `ApiTokenUsed` (and one `ApiTokenRefused` for a revoked or expired
+//! token) per token per minute — requests arriving before the read model shows the last one
+//! may each record one — so a busy integration does not write an event per request.
 
 use std::sync::Arc;
 
