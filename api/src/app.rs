@@ -107,6 +107,7 @@ async fn close_idle_tenants(services: Arc<Services>, idle: std::time::Duration) 
 /// The running service.
 pub struct Application {
     _sweeper: AbortOnDrop,
+    _retention: Option<AbortOnDrop>,
     listener: TcpListener,
     router: Router,
     services: Arc<Services>,
@@ -131,8 +132,15 @@ impl Application {
         };
         let listener = TcpListener::bind(config.listen).await?;
         let sweeper = tokio::spawn(close_idle_tenants(services.clone(), config.tenant_idle));
+        let retention = config.retention_interval.map(|interval| {
+            AbortOnDrop(tokio::spawn(crate::service::retention::schedule(
+                services.clone(),
+                interval,
+            )))
+        });
         Ok(Self {
             _sweeper: AbortOnDrop(sweeper),
+            _retention: retention,
             listener,
             router: router(state),
             services,

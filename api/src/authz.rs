@@ -104,6 +104,23 @@ pub fn rule(parent_type: &str, field: &str) -> Option<Rule> {
         ("Mutation", "importRecords") => Rule::OnDatasheet(Create),
         ("Query", "headcount") => employees(Report),
         ("Mutation", "addCustomField" | "updateCustomField" | "retireCustomField") => Rule::Admin,
+        ("Query", "consents") => Rule::OnDatasheet(Read),
+        ("Mutation", "giveConsent" | "withdrawConsent") => Rule::OnDatasheet(Update),
+        // `export` on the datasheet of every record the trail covers (in the use case).
+        ("Mutation", "subjectTrail") => Rule::OnDatasheet(Export),
+        ("Query", "retentionPolicies" | "retentionSchedule" | "incidents" | "incident") => {
+            Rule::Admin
+        }
+        (
+            "Mutation",
+            "defineRetentionPolicy"
+            | "removeRetentionPolicy"
+            | "runRetention"
+            | "recordIncident"
+            | "recordAuthorityNotified"
+            | "recordSubjectsNotified"
+            | "exportNotificationList",
+        ) => Rule::Admin,
         _ => return None,
     })
 }

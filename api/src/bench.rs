@@ -35,8 +35,9 @@ pub struct BenchArgs {
     /// Requests measured in the read phase (c).
     #[arg(long, default_value_t = 2_000)]
     pub reads: usize,
-    /// `foundation` (the phases above) or `datasheets` (lists, search, reports, export and
-    /// import with `--employees` employees).
+    /// `foundation` (the phases above), `datasheets` (lists, search, reports, export and
+    /// import with `--employees` employees) or `privacy` (sealing's cost on writes, a
+    /// person's trail with 10,000 and 1,000,000 events in the tenant, erasure latency).
     #[arg(long, default_value = "foundation")]
     pub suite: String,
 }
@@ -84,7 +85,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.suite.as_str() {
         "foundation" => foundation(args).await,
         "datasheets" => crate::bench_datasheets::run(args).await,
-        other => anyhow::bail!("unknown suite `{other}`: `foundation` or `datasheets`"),
+        "privacy" => crate::bench_privacy::run(args).await,
+        other => anyhow::bail!("unknown suite `{other}`: `foundation`, `datasheets` or `privacy`"),
     }
 }
 

@@ -38,6 +38,9 @@ pub enum Command {
     /// Manage tenants (organisations).
     #[command(subcommand)]
     Tenant(TenantCommand),
+    /// Data retention.
+    #[command(subcommand)]
+    Retention(RetentionCommand),
     /// Measure write and read throughput on this machine (see docs/performance.md).
     Bench(crate::bench::BenchArgs),
 }
@@ -86,6 +89,26 @@ pub struct ServeArgs {
     /// Hours after login at which a session ends, however active.
     #[arg(long, env = "CUSTOS_SESSION_LIFETIME_HOURS", default_value_t = 12)]
     pub session_lifetime_hours: u64,
+    /// Minutes between runs of every organisation's retention policies (0: never; run them
+    /// with `custos retention run` or the `runRetention` mutation instead).
+    #[arg(long, env = "CUSTOS_RETENTION_INTERVAL_MINUTES", default_value_t = 60)]
+    pub retention_interval_minutes: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RetentionCommand {
+    /// Run every organisation's retention policies now (or one organisation's), print what
+    /// was erased, and exit.
+    Run(RetentionRunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RetentionRunArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Only this organisation (its slug).
+    #[arg(long)]
+    pub tenant: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -148,6 +171,8 @@ impl ServeArgs {
         config.listen = self.listen;
         config.graphiql = !self.no_graphiql;
         config.introspection = !self.no_introspection;
+        config.retention_interval = (self.retention_interval_minutes > 0)
+            .then(|| std::time::Duration::from_secs(self.retention_interval_minutes * 60));
         config.sessions = SessionPolicy {
             idle_timeout: std::time::Duration::from_secs(self.session_idle_minutes * 60),
             absolute_lifetime: std::time::Duration::from_secs(self.session_lifetime_hours * 3600),

@@ -65,6 +65,9 @@ pub struct Config {
     pub projection_wait: Duration,
     /// A tenant context unused this long is closed (pool and projectors).
     pub tenant_idle: Duration,
+    /// How often every tenant's retention policies run; `None` (the default outside `serve`)
+    /// switches the scheduler off (`runRetention` and `custos retention run` still work).
+    pub retention_interval: Option<Duration>,
     /// Extra `postgresql.conf` settings for the private cluster.
     pub cluster_settings: Vec<(&'static str, String)>,
 }
@@ -89,6 +92,7 @@ impl Config {
                 .map_or(1, |n| (n.get() / 2).max(1)),
             projection_wait: Duration::from_secs(10),
             tenant_idle: Duration::from_secs(5 * 60),
+            retention_interval: None,
             cluster_settings: vec![("max_connections", "300".to_owned())],
         }
     }

@@ -4,7 +4,8 @@
 use async_graphql::ErrorExtensions;
 use cqrs_es::AggregateError;
 use custos_domain::{
-    ApiTokenError, DataExportError, FieldSchemaError, RecordError, RoleError, UserError,
+    ApiTokenError, ConsentError, DataExportError, FieldSchemaError, IncidentError, RecordError,
+    RetentionError, RoleError, UserError,
 };
 
 /// What a client sees as `extensions.code`.
@@ -287,6 +288,50 @@ impl From<FieldSchemaError> for ApiError {
 impl From<DataExportError> for ApiError {
     fn from(err: DataExportError) -> Self {
         ApiError::Conflict(err.to_string())
+    }
+}
+
+impl From<ConsentError> for ApiError {
+    fn from(err: ConsentError) -> Self {
+        let field = match &err {
+            ConsentError::InvalidPurpose | ConsentError::NotGiven(_) => Some("purpose"),
+            ConsentError::ExpiryInPast => Some("expiresOn"),
+            ConsentError::InvalidNote { field, .. } => Some(*field),
+            ConsentError::Erased => None,
+        };
+        ApiError::Validation {
+            message: err.to_string(),
+            field: field.map(str::to_owned),
+        }
+    }
+}
+
+impl From<RetentionError> for ApiError {
+    fn from(err: RetentionError) -> Self {
+        let field = match &err {
+            RetentionError::NotFound => return ApiError::NotFound,
+            RetentionError::AlreadyExists => return ApiError::Conflict(err.to_string()),
+            RetentionError::AlreadyRemoved => "id",
+            RetentionError::InvalidName(_) => "name",
+            RetentionError::InvalidTrigger(_) => "trigger",
+            RetentionError::PeriodTooLong => "periodDays",
+            RetentionError::InvalidPurpose => "unlessConsent",
+        };
+        ApiError::validation(field, err.to_string())
+    }
+}
+
+impl From<IncidentError> for ApiError {
+    fn from(err: IncidentError) -> Self {
+        let field = match &err {
+            IncidentError::NotFound => return ApiError::NotFound,
+            IncidentError::AlreadyExists => return ApiError::Conflict(err.to_string()),
+            IncidentError::Invalid { field, .. } | IncidentError::InFuture(field) => *field,
+            IncidentError::NoDatasheet => "datasheets",
+            IncidentError::WindowReversed => "windowTo",
+            IncidentError::BeforeDetection | IncidentError::AlreadyNotified => "at",
+        };
+        ApiError::validation(field, err.to_string())
     }
 }
 

@@ -14,7 +14,7 @@ use cqrs_es::persist::{
     SerializedSnapshot,
 };
 use cqrs_es::{Aggregate, CqrsFramework};
-use custos_domain::{Record, User};
+use custos_domain::{Consents, Record, User};
 use postgres_es::PostgresEventRepository;
 use secrecy::ExposeSecret;
 use serde_json::Value;
@@ -34,6 +34,9 @@ pub type Cqrs<A> = CqrsFramework<A, PersistedEventStore<CustosEventRepository, A
 #[derive(Clone)]
 pub struct EventCodec {
     keys: Arc<SubjectKeys>,
+    /// False only in `custos bench --suite privacy`, which measures what sealing costs by
+    /// writing the same commands unsealed into its own scratch tenant.
+    seal: bool,
 }
 
 impl std::fmt::Debug for EventCodec {
@@ -42,8 +45,9 @@ impl std::fmt::Debug for EventCodec {
     }
 }
 
-/// Aggregate types whose instances are data subjects.
-const SUBJECTS: [&str; 2] = [Record::TYPE, User::TYPE];
+/// Aggregate types whose streams are about one data subject, named by the stream's id: a
+/// record, a user, and a record's consent register.
+const SUBJECTS: [&str; 3] = [Record::TYPE, User::TYPE, Consents::TYPE];
 
 /// Events of data subjects that carry no personal value (ids, flags, the erasure itself): they
 /// stay in clear, so they read the same after an erasure.
@@ -130,8 +134,9 @@ fn erased_payload(event: &SerializedEvent) -> Option<Value> {
         .filter_map(Value::as_str)
         .map(|name| (name.to_owned(), custos_domain::record::erased_marker()))
         .collect();
-    if event.aggregate_type == User::TYPE {
-        // A user's events cannot stand without their values: each reads as `Redacted`.
+    if event.aggregate_type == User::TYPE || event.aggregate_type == Consents::TYPE {
+        // A user's or a register's events cannot stand without their values: each reads as
+        // `Redacted`.
         return Some(Value::String("Redacted".into()));
     }
     let datasheet = clear.get("datasheet")?.clone();
@@ -147,9 +152,27 @@ fn sealed_part(event: &SerializedEvent) -> Option<&str> {
     event.payload.get("sealed").and_then(Value::as_str)
 }
 
+/// The subjects whose keys open these events, each once.
+fn sealed_subjects(events: &[SerializedEvent]) -> Vec<Uuid> {
+    let mut subjects: Vec<Uuid> = events
+        .iter()
+        .filter(|e| sealed_part(e).is_some())
+        .filter_map(|e| Uuid::try_parse(&e.aggregate_id).ok())
+        .collect();
+    subjects.sort();
+    subjects.dedup();
+    subjects
+}
+
 impl EventCodec {
     pub fn new(keys: Arc<SubjectKeys>) -> Self {
-        Self { keys }
+        Self { keys, seal: true }
+    }
+
+    /// A codec that writes events unsealed (and reads like any other): for the benchmark
+    /// that measures sealing's cost, never for a tenant's own event store.
+    pub fn unsealed(keys: Arc<SubjectKeys>) -> Self {
+        Self { keys, seal: false }
     }
 
     /// Domain payloads → stored payloads.
@@ -160,7 +183,7 @@ impl EventCodec {
         let mut subjects: Vec<Uuid> = events.iter().filter_map(subject_of).collect();
         subjects.sort();
         subjects.dedup();
-        if subjects.is_empty() {
+        if subjects.is_empty() || !self.seal {
             return Ok(events);
         }
         let keys = self.keys.for_writing(&subjects).await.map_err(key_error)?;
@@ -189,17 +212,36 @@ impl EventCodec {
         &self,
         events: Vec<SerializedEvent>,
     ) -> Result<Vec<SerializedEvent>, PersistenceError> {
-        let mut subjects: Vec<Uuid> = events
-            .iter()
-            .filter(|e| sealed_part(e).is_some())
-            .filter_map(|e| Uuid::try_parse(&e.aggregate_id).ok())
-            .collect();
-        subjects.sort();
-        subjects.dedup();
+        let subjects = sealed_subjects(&events);
         if subjects.is_empty() {
             return Ok(events);
         }
         let keys = self.keys.for_reading(&subjects).await.map_err(key_error)?;
+        Self::open_with(events, &keys)
+    }
+
+    /// [`Self::open_all`], reading the keys on a connection the caller holds.
+    pub async fn open_all_on(
+        &self,
+        conn: &mut PgConnection,
+        events: Vec<SerializedEvent>,
+    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
+        let subjects = sealed_subjects(&events);
+        if subjects.is_empty() {
+            return Ok(events);
+        }
+        let keys = self
+            .keys
+            .for_reading_on(conn, &subjects)
+            .await
+            .map_err(key_error)?;
+        Self::open_with(events, &keys)
+    }
+
+    fn open_with(
+        events: Vec<SerializedEvent>,
+        keys: &HashMap<Uuid, subject_keys::DataKey>,
+    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
         events
             .into_iter()
             .map(|mut event| {
@@ -364,9 +406,17 @@ impl EventLog {
         Self { pool, codec }
     }
 
-    /// Rows as stored events, opened through the codec in one batch.
+    /// Rows as stored events, opened through the codec in one batch (on `conn` when given).
     async fn decode(
         &self,
+        rows: &[sqlx::postgres::PgRow],
+    ) -> Result<Vec<StoredEvent>, anyhow::Error> {
+        self.decode_on(None, rows).await
+    }
+
+    async fn decode_on(
+        &self,
+        conn: Option<&mut PgConnection>,
         rows: &[sqlx::postgres::PgRow],
     ) -> Result<Vec<StoredEvent>, anyhow::Error> {
         let mut events = Vec::with_capacity(rows.len());
@@ -384,7 +434,10 @@ impl EventLog {
             ));
             places.push((Position::from_row(row)?, row.try_get("recorded_at")?));
         }
-        let opened = self.codec.open_all(events).await?;
+        let opened = match conn {
+            Some(conn) => self.codec.open_all_on(conn, events).await?,
+            None => self.codec.open_all(events).await?,
+        };
         Ok(opened
             .into_iter()
             .zip(places)
@@ -532,8 +585,8 @@ impl EventLog {
         .bind(horizon.to_string())
         .bind(aggregate_types)
         .bind(limit)
-        .fetch_all(conn)
+        .fetch_all(&mut *conn)
         .await?;
-        self.decode(&rows).await
+        self.decode_on(Some(conn), &rows).await
     }
 }

@@ -25,6 +25,7 @@ pub mod history;
 pub mod identity;
 pub mod imports;
 pub mod limits;
+pub mod privacy;
 pub mod record_query;
 pub mod records;
 pub mod reports;
@@ -40,6 +41,7 @@ pub struct Query(
     security::SecurityQuery,
     custom_fields::CustomFieldsQuery,
     reports::ReportsQuery,
+    privacy::PrivacyQuery,
 );
 
 /// The root mutation type.
@@ -52,6 +54,7 @@ pub struct Mutation(
     custom_fields::CustomFieldsMutation,
     exports::ExportsMutation,
     imports::ImportsMutation,
+    privacy::PrivacyMutation,
 );
 
 pub type CustosSchema = Schema<Query, Mutation, EmptySubscription>;

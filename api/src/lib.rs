@@ -6,6 +6,7 @@ pub mod auth;
 pub mod authz;
 pub mod bench;
 pub mod bench_datasheets;
+pub mod bench_privacy;
 pub mod blind_index;
 pub mod cli;
 pub mod cluster;

@@ -1,7 +1,7 @@
 //! The `custos` binary: telemetry, configuration, then the chosen command.
 
 use clap::Parser;
-use custos_api::cli::{admin_password, Cli, Command, TenantCommand};
+use custos_api::cli::{admin_password, Cli, Command, RetentionCommand, TenantCommand};
 use custos_api::service::NewOrganization;
 use custos_api::{app, telemetry, Application};
 use uuid::Uuid;
@@ -53,6 +53,38 @@ async fn main() -> anyhow::Result<()> {
                     "created organisation {} ({}) with administrator {}",
                     tenant.slug, tenant.id, user.id
                 );
+                Ok::<_, anyhow::Error>(())
+            }
+            .await;
+            database.stop().await?;
+            result
+        }
+        Command::Retention(RetentionCommand::Run(args)) => {
+            let config = args.common.config()?;
+            let database = app::Database::open(&config).await?;
+            let result = async {
+                let services = app::services(&config, &database).await?;
+                let runs =
+                    custos_api::service::retention::run_tenants(&services, args.tenant.as_deref())
+                        .await;
+                services.tenancy.close().await;
+                for (tenant, run) in runs? {
+                    if !run.ran {
+                        println!(
+                            "{}: skipped (another instance is running its retention)",
+                            tenant.slug
+                        );
+                    }
+                    for policy in run.policies {
+                        println!(
+                            "{}: policy {} erased {} record(s), left {} for the next run",
+                            tenant.slug,
+                            policy.policy_id,
+                            policy.erased.len(),
+                            policy.skipped
+                        );
+                    }
+                }
                 Ok::<_, anyhow::Error>(())
             }
             .await;

@@ -25,14 +25,21 @@ use crate::tenancy::{ProvisionError, Region, Tenancy, Tenant};
 
 mod admin;
 mod api_tokens;
+mod breaches;
+mod consents;
 mod exports;
 mod imports;
 mod records;
+pub mod retention;
+mod trail;
 mod two_factor;
 pub use admin::{NewUser, UserChanges};
 pub use api_tokens::{CreatedApiToken, NewApiToken};
+pub use breaches::NewIncident;
+pub use consents::{ConsentChange, NewConsent};
 pub use exports::{Download, ExportTicket};
 pub use imports::{ColumnMapping, ImportOutcome, ImportRequest, RowError};
+pub use retention::{NewPolicy, RetentionRun};
 pub use two_factor::LoginOutcome;
 
 /// What creating an organisation needs.

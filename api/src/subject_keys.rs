@@ -79,12 +79,23 @@ impl SubjectKeys {
 
     /// The keys of `subjects` that exist and are not erased.
     pub async fn for_reading(&self, subjects: &[Uuid]) -> Result<HashMap<Uuid, DataKey>, KeyError> {
+        let mut conn = self.pool.acquire().await?;
+        self.for_reading_on(&mut conn, subjects).await
+    }
+
+    /// [`Self::for_reading`] on a connection the caller holds (a projector's transaction: taking
+    /// a second pooled connection there could exhaust the pool with every projector waiting).
+    pub async fn for_reading_on(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        subjects: &[Uuid],
+    ) -> Result<HashMap<Uuid, DataKey>, KeyError> {
         let rows: Vec<(Uuid, Vec<u8>)> = sqlx::query_as(
             "SELECT subject_id, wrapped_key FROM subject_keys
              WHERE subject_id = ANY($1) AND wrapped_key IS NOT NULL",
         )
         .bind(subjects)
-        .fetch_all(&self.pool)
+        .fetch_all(conn)
         .await?;
         rows.into_iter()
             .map(|(subject, wrapped)| Ok((subject, self.unwrap_key(subject, &wrapped)?)))

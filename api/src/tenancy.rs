@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 
 use cqrs_es::persist::PersistedEventStore;
 use cqrs_es::{Aggregate, CqrsFramework};
-use custos_domain::{ApiToken, DataExport, FieldSchema, Organization, Record, Role, User};
+use custos_domain::{
+    ApiToken, Consents, DataExport, FieldSchema, Incident, Organization, Record, RetentionPolicy,
+    Role, User,
+};
 use secrecy::{ExposeSecret, SecretBox};
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -101,6 +104,9 @@ pub struct Tenant {
     pub api_tokens: Cqrs<ApiToken>,
     pub field_schemas: Cqrs<FieldSchema>,
     pub exports: Cqrs<DataExport>,
+    pub consents: Cqrs<Consents>,
+    pub retention: Cqrs<RetentionPolicy>,
+    pub incidents: Cqrs<Incident>,
     /// The data keys of the tenant's subjects (also used by the event store's codec).
     pub subject_keys: Arc<SubjectKeys>,
     /// Finds records by a person's email or phone.
@@ -113,6 +119,13 @@ pub struct Tenant {
 }
 
 impl Tenant {
+    /// A command side for records that writes events unsealed: only for `custos bench --suite
+    /// privacy`, which measures sealing's cost in a scratch tenant.
+    pub fn unsealed_records(&self) -> Cqrs<Record> {
+        let codec = EventCodec::unsealed(self.subject_keys.clone());
+        framework(&self.pool, &codec, &self.projectors)
+    }
+
     fn touch(&self) {
         *self.last_used.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
     }
@@ -512,6 +525,9 @@ impl Tenancy {
             api_tokens: framework(&pool, &codec, &projectors),
             field_schemas: framework(&pool, &codec, &projectors),
             exports: framework(&pool, &codec, &projectors),
+            consents: framework(&pool, &codec, &projectors),
+            retention: framework(&pool, &codec, &projectors),
+            incidents: framework(&pool, &codec, &projectors),
             subject_keys,
             blind_index,
             two_factor_key: SecretBox::new(Box::new(

@@ -1,6 +1,7 @@
-//! The `DataExport` aggregate: one export of records. Each export is an event naming who
-//! exported (the actor), when, which datasheet, with which filter, in which format, and which
-//! records — so it shows in the history and in each exported person's trail.
+//! The `DataExport` aggregate: one export of personal data. Each export is an event naming who
+//! exported (the actor), when, what, and which records — so it shows in the history and in
+//! each exported person's trail: a datasheet's records (with the list's filter and format), a
+//! data subject's trail (with the SHA-256 of its manifest), or a breach's notification list.
 
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
@@ -32,6 +33,17 @@ pub enum DataExportCommand {
         filter: Value,
         record_ids: Vec<Uuid>,
     },
+    /// A data subject's trail (GDPR Art. 15 and 20): everything held about `record_ids`.
+    SubjectTrail {
+        record_ids: Vec<Uuid>,
+        /// Hex SHA-256 of the bundle's manifest, which lists the hash of every file.
+        manifest_sha256: String,
+    },
+    /// The people a breach affected, with their contact details, to notify them.
+    NotificationList {
+        incident_id: Uuid,
+        record_ids: Vec<Uuid>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,6 +55,25 @@ pub enum DataExportEvent {
         count: usize,
         record_ids: Vec<Uuid>,
     },
+    SubjectTrailExported {
+        record_ids: Vec<Uuid>,
+        manifest_sha256: String,
+    },
+    NotificationListExported {
+        incident_id: Uuid,
+        record_ids: Vec<Uuid>,
+    },
+}
+
+impl DataExportEvent {
+    /// The records whose data the export contained.
+    pub fn record_ids(&self) -> &[Uuid] {
+        match self {
+            DataExportEvent::RecordsExported { record_ids, .. }
+            | DataExportEvent::SubjectTrailExported { record_ids, .. }
+            | DataExportEvent::NotificationListExported { record_ids, .. } => record_ids,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -53,7 +84,12 @@ pub enum DataExportError {
 
 impl DomainEvent for DataExportEvent {
     fn event_type(&self) -> String {
-        "RecordsExported".to_owned()
+        match self {
+            DataExportEvent::RecordsExported { .. } => "RecordsExported",
+            DataExportEvent::SubjectTrailExported { .. } => "SubjectTrailExported",
+            DataExportEvent::NotificationListExported { .. } => "NotificationListExported",
+        }
+        .to_owned()
     }
 
     fn event_version(&self) -> String {
@@ -77,18 +113,33 @@ impl Aggregate for DataExport {
         if self.recorded {
             return Err(DataExportError::AlreadyRecorded);
         }
-        let DataExportCommand::Record {
-            datasheet,
-            format,
-            filter,
-            record_ids,
-        } = command;
-        let event = DataExportEvent::RecordsExported {
-            datasheet,
-            format,
-            filter,
-            count: record_ids.len(),
-            record_ids,
+        let event = match command {
+            DataExportCommand::Record {
+                datasheet,
+                format,
+                filter,
+                record_ids,
+            } => DataExportEvent::RecordsExported {
+                datasheet,
+                format,
+                filter,
+                count: record_ids.len(),
+                record_ids,
+            },
+            DataExportCommand::SubjectTrail {
+                record_ids,
+                manifest_sha256,
+            } => DataExportEvent::SubjectTrailExported {
+                record_ids,
+                manifest_sha256,
+            },
+            DataExportCommand::NotificationList {
+                incident_id,
+                record_ids,
+            } => DataExportEvent::NotificationListExported {
+                incident_id,
+                record_ids,
+            },
         };
         sink.write(event, self).await;
         Ok(())

@@ -10,25 +10,38 @@ const ACTOR_KIND: &str = "actor_kind";
 const REQUEST: &str = "request_id";
 const COMMAND: &str = "command_id";
 
-/// Who a command ran as: a user, or an integration through an API token.
+/// Who a command ran as: a user, an integration through an API token, or a retention policy
+/// that the service's scheduler applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Actor {
     User(Uuid),
     ApiToken(Uuid),
+    RetentionPolicy(Uuid),
 }
 
 impl Actor {
     pub fn id(self) -> Uuid {
         match self {
-            Actor::User(id) | Actor::ApiToken(id) => id,
+            Actor::User(id) | Actor::ApiToken(id) | Actor::RetentionPolicy(id) => id,
         }
     }
 
-    /// `user` or `api_token`, as stored.
+    /// An actor from its stored kind and id; `None` for an unknown kind.
+    pub fn from_parts(kind: &str, id: Uuid) -> Option<Self> {
+        match kind {
+            "user" => Some(Actor::User(id)),
+            "api_token" => Some(Actor::ApiToken(id)),
+            "retention_policy" => Some(Actor::RetentionPolicy(id)),
+            _ => None,
+        }
+    }
+
+    /// `user`, `api_token` or `retention_policy`, as stored.
     pub fn kind(self) -> &'static str {
         match self {
             Actor::User(_) => "user",
             Actor::ApiToken(_) => "api_token",
+            Actor::RetentionPolicy(_) => "retention_policy",
         }
     }
 }
@@ -68,11 +81,7 @@ impl EventMetadata {
     pub fn from_map(map: &HashMap<String, String>) -> Option<Self> {
         let id = |key: &str| map.get(key).and_then(|v| Uuid::parse_str(v).ok());
         let actor_id = id(ACTOR)?;
-        let actor = match map.get(ACTOR_KIND).map(String::as_str) {
-            Some("user") => Actor::User(actor_id),
-            Some("api_token") => Actor::ApiToken(actor_id),
-            _ => return None,
-        };
+        let actor = Actor::from_parts(map.get(ACTOR_KIND)?, actor_id)?;
         Some(Self {
             actor,
             request_id: id(REQUEST)?,
@@ -87,7 +96,11 @@ mod tests {
 
     #[test]
     fn metadata_round_trips_through_the_stored_form() {
-        for actor in [Actor::User(Uuid::now_v7()), Actor::ApiToken(Uuid::now_v7())] {
+        for actor in [
+            Actor::User(Uuid::now_v7()),
+            Actor::ApiToken(Uuid::now_v7()),
+            Actor::RetentionPolicy(Uuid::now_v7()),
+        ] {
             let meta = EventMetadata::new(actor, Uuid::now_v7());
             assert_eq!(EventMetadata::from_map(&meta.to_map()), Some(meta));
         }

@@ -5,20 +5,25 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use custos_domain::{
-    ApiToken, ApiTokenEvent, EventMetadata, FieldSchema, FieldSchemaEvent, Organization,
-    OrganizationEvent, Record, RecordEvent, Role, RoleEvent, User, UserEvent,
+    ApiToken, ApiTokenEvent, ConsentEvent, Consents, DataExport, DataExportEvent, EventMetadata,
+    FieldSchema, FieldSchemaEvent, Incident, IncidentEvent, Organization, OrganizationEvent,
+    Record, RecordEvent, RetentionEvent, RetentionPolicy, Role, RoleEvent, User, UserEvent,
 };
 use serde_json::Value;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+pub mod accesses;
 pub mod api_tokens;
+pub mod consents;
 pub mod custom_fields;
+pub mod incidents;
 pub mod logins;
 pub mod organization;
 pub mod page;
 pub mod record_query;
 pub mod records;
+pub mod retention;
 pub mod roles;
 pub mod users;
 
@@ -33,6 +38,10 @@ pub enum AnyEvent {
     Organization(OrganizationEvent),
     ApiToken(ApiTokenEvent),
     FieldSchema(FieldSchemaEvent),
+    Consent(ConsentEvent),
+    DataExport(DataExportEvent),
+    Retention(RetentionEvent),
+    Incident(IncidentEvent),
 }
 
 impl AnyEvent {
@@ -46,6 +55,10 @@ impl AnyEvent {
             Organization::TYPE => Some(AnyEvent::Organization(serde_json::from_value(payload)?)),
             ApiToken::TYPE => Some(AnyEvent::ApiToken(serde_json::from_value(payload)?)),
             FieldSchema::TYPE => Some(AnyEvent::FieldSchema(serde_json::from_value(payload)?)),
+            Consents::TYPE => Some(AnyEvent::Consent(serde_json::from_value(payload)?)),
+            DataExport::TYPE => Some(AnyEvent::DataExport(serde_json::from_value(payload)?)),
+            RetentionPolicy::TYPE => Some(AnyEvent::Retention(serde_json::from_value(payload)?)),
+            Incident::TYPE => Some(AnyEvent::Incident(serde_json::from_value(payload)?)),
             _ => None,
         })
     }
@@ -92,5 +105,9 @@ pub fn all() -> Vec<Box<dyn Projection>> {
         Box::new(organization::OrganizationProjection),
         Box::new(api_tokens::ApiTokensProjection),
         Box::new(custom_fields::CustomFieldsProjection),
+        Box::new(consents::ConsentsProjection),
+        Box::new(accesses::RecordExportsProjection),
+        Box::new(retention::RetentionPoliciesProjection),
+        Box::new(incidents::IncidentsProjection),
     ]
 }

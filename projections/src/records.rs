@@ -45,8 +45,10 @@ impl Projection for RecordsProjection {
             } => {
                 sqlx::query(
                     "INSERT INTO records (id, datasheet, version, fields, hired_from,
-                                          created_at, updated_at, created_by, updated_by)
-                     VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $7)
+                                          created_at, updated_at, created_by, updated_by,
+                                          stage_since)
+                     VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $7,
+                             CASE WHEN $4::jsonb ? 'stage' THEN $6 END)
                      ON CONFLICT (id) DO NOTHING",
                 )
                 .bind(event.aggregate_id)
@@ -70,26 +72,31 @@ impl Projection for RecordsProjection {
                     .filter(|(_, v)| v.is_null())
                     .map(|(k, _)| k.as_str())
                     .collect();
-                sqlx::query(&change("fields = (fields || $5::jsonb) - $6::text[]"))
-                    .bind(event.aggregate_id)
-                    .bind(event.sequence)
-                    .bind(event.recorded_at)
-                    .bind(actor)
-                    .bind(Json(set))
-                    .bind(cleared)
-                    .execute(conn)
-                    .await?;
+                sqlx::query(&change(
+                    "fields = (fields || $5::jsonb) - $6::text[],
+                     stage_since = CASE WHEN $5::jsonb ? 'stage' THEN $3 ELSE stage_since END",
+                ))
+                .bind(event.aggregate_id)
+                .bind(event.sequence)
+                .bind(event.recorded_at)
+                .bind(actor)
+                .bind(Json(set))
+                .bind(cleared)
+                .execute(conn)
+                .await?;
             }
             RecordEvent::RecordArchived { .. } | RecordEvent::RecordRestored { .. } => {
                 let archived = matches!(record_event, RecordEvent::RecordArchived { .. });
-                sqlx::query(&change("archived = $5"))
-                    .bind(event.aggregate_id)
-                    .bind(event.sequence)
-                    .bind(event.recorded_at)
-                    .bind(actor)
-                    .bind(archived)
-                    .execute(conn)
-                    .await?;
+                sqlx::query(&change(
+                    "archived = $5, archived_at = CASE WHEN $5 THEN $3 END",
+                ))
+                .bind(event.aggregate_id)
+                .bind(event.sequence)
+                .bind(event.recorded_at)
+                .bind(actor)
+                .bind(archived)
+                .execute(conn)
+                .await?;
             }
             RecordEvent::RecordRestricted { reason, .. } => {
                 let reason = serde_json::to_value(reason)
@@ -129,7 +136,8 @@ impl Projection for RecordsProjection {
             }
             RecordEvent::ApplicantHired { employee_id, .. } => {
                 sqlx::query(&change(
-                    "fields = jsonb_set(fields, '{stage}', to_jsonb($5::text)), hired_as = $6",
+                    "fields = jsonb_set(fields, '{stage}', to_jsonb($5::text)), hired_as = $6,
+                     stage_since = $3",
                 ))
                 .bind(event.aggregate_id)
                 .bind(event.sequence)

@@ -123,6 +123,24 @@ fn rows() -> BTreeMap<(&'static str, &'static str), Row> {
         // Last: these end the caller's sessions.
         (("Mutation", "logout"), row(Session, "mutation { logout }", false)),
         (("Mutation", "logoutEverywhere"), row(Session, "mutation { logoutEverywhere }", false)),
+        (("Query", "consents"), row(Grant("employees", "read"), "query($employee: ID!) { consents(subjectId: $employee) { current { purpose } } }", true)),
+        (("Mutation", "giveConsent"), row(Grant("employees", "update"), "mutation($employee: ID!) { giveConsent(subjectId: $employee, input: { purpose: \"payroll\", legalBasis: CONTRACT }) { subjectId } }", true)),
+        // Nothing was given for this purpose: refused (VALIDATION) past the policy.
+        (("Mutation", "withdrawConsent"), row(Grant("employees", "update"), "mutation($employee: ID!) { withdrawConsent(subjectId: $employee, purpose: \"never_given\") { subjectId } }", true)),
+        (("Mutation", "subjectTrail"), row(Grant("employees", "export"), "mutation($employee: ID!) { subjectTrail(subjectIds: [$employee]) { exportId } }", true)),
+        (("Query", "retentionPolicies"), row(Admin, "{ retentionPolicies { id } }", false)),
+        (("Query", "retentionSchedule"), row(Admin, "{ retentionSchedule { recordId } }", false)),
+        (("Mutation", "defineRetentionPolicy"), row(Admin, "mutation { defineRetentionPolicy(input: { datasheet: CONTACTS, name: \"Matrix\", trigger: ARCHIVED, periodDays: 3650 }) { id } }", false)),
+        // The first allowed caller removes it; later ones are refused (VALIDATION) past the policy.
+        (("Mutation", "removeRetentionPolicy"), row(Admin, "mutation($policy: ID!) { removeRetentionPolicy(id: $policy) { id } }", true)),
+        (("Mutation", "runRetention"), row(Admin, "mutation { runRetention { ran } }", false)),
+        (("Query", "incidents"), row(Admin, "{ incidents { id } }", false)),
+        (("Query", "incident"), row(Admin, "query($incident: ID!) { incident(id: $incident) { id } }", true)),
+        (("Mutation", "recordIncident"), row(Admin, "mutation { recordIncident(input: { detectedAt: \"2026-01-02T00:00:00Z\", description: \"Matrix\", datasheets: [CONTACTS], windowFrom: \"2026-01-01T00:00:00Z\", windowTo: \"2026-01-02T00:00:00Z\" }) { id } }", false)),
+        // Recorded by the first allowed caller; later ones are refused (VALIDATION) past the policy.
+        (("Mutation", "recordAuthorityNotified"), row(Admin, "mutation($incident: ID!) { recordAuthorityNotified(id: $incident, at: \"2026-01-03T00:00:00Z\") { id } }", true)),
+        (("Mutation", "recordSubjectsNotified"), row(Admin, "mutation($incident: ID!) { recordSubjectsNotified(id: $incident, at: \"2026-01-03T00:00:00Z\") { id } }", true)),
+        (("Mutation", "exportNotificationList"), row(Admin, "mutation($incident: ID!) { exportNotificationList(id: $incident) { count } }", true)),
     ])
 }
 
@@ -138,6 +156,8 @@ struct Objects {
     session: String,
     role: String,
     api_token: String,
+    incident: String,
+    policy: String,
     slug: String,
     login_email: String,
 }
@@ -171,6 +191,16 @@ async fn objects(app: &TestApp, admin: &Session) -> Objects {
     let applicant = created(
         "mutation { createApplicant(input: { firstName: \"Victim\", lastName: \"Applicant\", stage: OFFER }) { id } }",
         "createApplicant.id",
+    )
+    .await;
+    let incident = created(
+        "mutation { recordIncident(input: { detectedAt: \"2026-01-02T00:00:00Z\", description: \"Victim\", datasheets: [CONTACTS], windowFrom: \"2026-01-01T00:00:00Z\", windowTo: \"2026-01-02T00:00:00Z\" }) { id } }",
+        "recordIncident.id",
+    )
+    .await;
+    let policy = created(
+        "mutation { defineRetentionPolicy(input: { datasheet: CONTACTS, name: \"Victim\", trigger: ARCHIVED, periodDays: 3650 }) { id } }",
+        "defineRetentionPolicy.id",
     )
     .await;
     let role = app
@@ -216,6 +246,8 @@ async fn objects(app: &TestApp, admin: &Session) -> Objects {
         session: sessions.data("sessions.0.id").as_str().unwrap().to_owned(),
         role,
         api_token,
+        incident,
+        policy,
         slug: admin.slug.clone(),
         login_email: login.email,
     }
@@ -552,7 +584,7 @@ async fn every_root_field_admits_exactly_who_it_should() {
                     continue;
                 }
                 let variables = json!({
-                    "employee": objects.employee, "erasable": objects.erasable, "contact": objects.contact, "applicant": objects.applicant, "user": objects.user, "role": objects.role, "session": objects.session,
+                    "employee": objects.employee, "erasable": objects.erasable, "contact": objects.contact, "applicant": objects.applicant, "user": objects.user, "role": objects.role, "session": objects.session, "incident": objects.incident, "policy": objects.policy,
                     "token": objects.api_token,
                     "slug": objects.slug, "loginEmail": objects.login_email, "password": PASSWORD,
                 });

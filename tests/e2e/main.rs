@@ -16,5 +16,6 @@ mod privacy;
 mod queries;
 mod records;
 mod reports;
+mod rights;
 mod tenancy;
 mod two_factor;

@@ -24,13 +24,13 @@ pub enum ExportFormatKind {
 /// A recorded export and where to download it.
 #[derive(SimpleObject)]
 pub struct ExportPayload {
-    export_id: ID,
+    pub(crate) export_id: ID,
     /// How many records the file holds.
-    count: i64,
+    pub(crate) count: i64,
     /// `GET` it once, within five minutes (no token header needed: the link is the
     /// credential).
-    download_url: String,
-    expires_at: DateTime<Utc>,
+    pub(crate) download_url: String,
+    pub(crate) expires_at: DateTime<Utc>,
 }
 
 #[derive(Default)]

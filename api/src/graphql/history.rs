@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use custos_projections::api_tokens::ApiTokenRow;
+use custos_projections::retention::PolicyRow;
 use custos_projections::users::UserRow;
 
 use super::records::ConnectionTotal;
@@ -29,10 +30,12 @@ pub struct FieldChange {
 pub enum ActorKind {
     User,
     ApiToken,
+    /// A retention policy the service applied on its schedule.
+    RetentionPolicy,
 }
 
-/// Who caused an event or last changed a record: a user, or an integration through an API
-/// token.
+/// Who caused an event or last changed a record: a user, an integration through an API
+/// token, or a retention policy.
 pub struct Actor {
     id: Uuid,
     /// Known from event metadata; read models that keep only the id leave it to be looked up.
@@ -42,6 +45,7 @@ pub struct Actor {
 enum Resolved {
     User(UserRow),
     ApiToken(ApiTokenRow),
+    RetentionPolicy(PolicyRow),
 }
 
 impl Actor {
@@ -51,6 +55,11 @@ impl Actor {
 
     /// The user or token behind the id (ids are UUIDv7s: they never collide across kinds).
     async fn resolve(&self, ctx: &Context<'_>) -> Result<Option<Resolved>, ApiError> {
+        if let Some(custos_domain::Actor::RetentionPolicy(id)) = self.known {
+            let tenant = &super::principal(ctx)?.tenant;
+            let policy = custos_projections::retention::policy(&tenant.pool, id).await?;
+            return Ok(policy.map(Resolved::RetentionPolicy));
+        }
         if !matches!(self.known, Some(custos_domain::Actor::ApiToken(_))) {
             if let Some(user) = load_user(ctx, self.id).await? {
                 return Ok(Some(Resolved::User(user)));
@@ -75,6 +84,7 @@ impl Actor {
         Ok(self.resolve(ctx).await?.map(|resolved| match resolved {
             Resolved::User(_) => ActorKind::User,
             Resolved::ApiToken(_) => ActorKind::ApiToken,
+            Resolved::RetentionPolicy(_) => ActorKind::RetentionPolicy,
         }))
     }
     /// The user's or the token's current name.
@@ -82,6 +92,7 @@ impl Actor {
         Ok(self.resolve(ctx).await?.map(|resolved| match resolved {
             Resolved::User(user) => user.name,
             Resolved::ApiToken(token) => token.name,
+            Resolved::RetentionPolicy(policy) => policy.name,
         }))
     }
     /// The user's current email; `null` for API tokens.

@@ -12,6 +12,7 @@ use async_graphql::{
 use chrono::{DateTime, NaiveDate, Utc};
 use custos_domain::record::Fields;
 use custos_domain::{Datasheet, ErasureGround, Permission, RecordCommand, RestrictionReason};
+use custos_projections::accesses::{self, ReadVia};
 use custos_projections::record_query::{self, QueryListError};
 use custos_projections::records::{self, RecordRow};
 use serde::Serialize;
@@ -133,7 +134,7 @@ pub enum PipelineStage {
 }
 
 /// A GraphQL enum value from its stored (`snake_case`) name.
-fn stored_enum<T: async_graphql::resolver_utils::EnumType + Serialize>(
+pub(crate) fn stored_enum<T: async_graphql::resolver_utils::EnumType + Serialize>(
     raw: Option<&str>,
 ) -> Option<T> {
     let raw = raw?;
@@ -737,11 +738,27 @@ async fn one<T: From<RecordRow>>(
     id: &ID,
 ) -> async_graphql::Result<T> {
     let id = parse_id("id", id)?;
-    let tenant = &principal(ctx)?.tenant;
-    Ok(services(ctx)?
-        .find_record(tenant, datasheet, id)
-        .await?
-        .into())
+    let principal = principal(ctx)?;
+    let row = services(ctx)?
+        .find_record(&principal.tenant, datasheet, id)
+        .await?;
+    record_reads(ctx, &[row.id], ReadVia::Record).await?;
+    Ok(row.into())
+}
+
+/// Records that the principal read these records' data (for each person's trail and the
+/// breach register).
+async fn record_reads(ctx: &Context<'_>, ids: &[Uuid], via: ReadVia) -> Result<(), ApiError> {
+    let principal = principal(ctx)?;
+    accesses::record_reads(
+        &principal.tenant.pool,
+        ids,
+        principal.actor(),
+        request(ctx)?.origin.request_id,
+        via,
+    )
+    .await?;
+    Ok(())
 }
 
 async fn create<T: From<RecordRow>>(
@@ -940,6 +957,8 @@ impl RecordsQuery {
             row.erased_at.is_none() && principal.may(row.datasheet(), Permission::Read)
         });
         rows.sort_by_key(|row| row.id);
+        let found: Vec<Uuid> = rows.iter().map(|row| row.id).collect();
+        record_reads(ctx, &found, ReadVia::FindSubject).await?;
         Ok(rows.into_iter().map(RecordNode::from).collect())
     }
 

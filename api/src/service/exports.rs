@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use custos_domain::custom_field::CUSTOM_PREFIX;
-use custos_domain::{CustomSchema, DataExportCommand, Datasheet, ExportFormat, FieldKind};
+use custos_domain::{
+    Actor, CustomSchema, DataExportCommand, Datasheet, EventMetadata, ExportFormat, FieldKind,
+};
 use custos_projections::record_query::{self, RecordQuery};
 use custos_projections::records::{self, RecordRow};
 use secrecy::SecretString;
@@ -22,7 +24,7 @@ use crate::error::{api_field_name, ApiError};
 use crate::tenancy::Tenant;
 
 /// How long a download link works, once.
-const LINK_LIFETIME_SECONDS: f64 = 300.0;
+pub(super) const LINK_LIFETIME_SECONDS: f64 = 300.0;
 /// Rows read per round trip while streaming.
 const BATCH: usize = 500;
 
@@ -35,8 +37,18 @@ pub struct ExportTicket {
     pub expires_at: DateTime<Utc>,
 }
 
-/// An opened download link: what to stream.
-pub struct Download {
+/// An opened download link: what to send.
+pub enum Download {
+    /// A datasheet's records, streamed in batches.
+    Records(RecordsDownload),
+    /// A data subject's trail, built (and its export recorded) when the link was opened.
+    SubjectTrail(super::trail::TrailBundle),
+    /// The people a breach affected, streamed in batches.
+    NotificationList(super::breaches::NotificationList),
+}
+
+/// A datasheet's records to stream.
+pub struct RecordsDownload {
     pub tenant: Arc<Tenant>,
     pub datasheet: Datasheet,
     pub format: ExportFormat,
@@ -121,40 +133,123 @@ impl Services {
         else {
             return Ok(None);
         };
-        let row: Option<(String, String, bool, Vec<Uuid>)> = sqlx::query_as(
+        let row: Option<DownloadRow> = sqlx::query_as(
             "UPDATE export_downloads SET used_at = now()
              WHERE token_hash = $1 AND used_at IS NULL AND expires_at > now()
-             RETURNING datasheet, format, bom, record_ids",
+             RETURNING kind, export_id, datasheet, format, bom, record_ids, actor_id, actor_kind, request_id",
         )
         .bind(&parsed.hash)
         .fetch_optional(&tenant.pool)
         .await?;
-        let Some((datasheet, format, bom, record_ids)) = row else {
+        let Some(row) = row else {
             return Ok(None);
         };
-        let datasheet = Datasheet::parse(&datasheet).ok_or_else(|| {
-            ApiError::internal(anyhow::anyhow!("unknown datasheet in a download"))
-        })?;
-        let format = if format == "json" {
-            ExportFormat::Json
-        } else {
-            ExportFormat::Csv
-        };
-        let schema = self.custom_schema(&tenant, datasheet).await?;
-        Ok(Some(Download {
-            tenant,
-            datasheet,
-            format,
-            bom,
-            record_ids,
-            schema,
-        }))
+        let corrupt = || ApiError::internal(anyhow::anyhow!("a download link is malformed"));
+        match row.kind.as_str() {
+            "subject_trail" => {
+                let actor = row
+                    .actor_kind
+                    .as_deref()
+                    .zip(row.actor_id)
+                    .and_then(|(kind, id)| Actor::from_parts(kind, id))
+                    .ok_or_else(corrupt)?;
+                let metadata =
+                    EventMetadata::new(actor, row.request_id.unwrap_or_else(Uuid::now_v7));
+                let bundle = self
+                    .build_subject_trail(&tenant, row.export_id, &row.record_ids, metadata)
+                    .await?;
+                Ok(Some(Download::SubjectTrail(bundle)))
+            }
+            "notification_list" => Ok(Some(Download::NotificationList(
+                super::breaches::NotificationList {
+                    tenant,
+                    record_ids: row.record_ids,
+                },
+            ))),
+            _ => {
+                let datasheet = row
+                    .datasheet
+                    .as_deref()
+                    .and_then(Datasheet::parse)
+                    .ok_or_else(corrupt)?;
+                let format = if row.format == "json" {
+                    ExportFormat::Json
+                } else {
+                    ExportFormat::Csv
+                };
+                let schema = self.custom_schema(&tenant, datasheet).await?;
+                Ok(Some(Download::Records(RecordsDownload {
+                    tenant,
+                    datasheet,
+                    format,
+                    bom: row.bom,
+                    record_ids: row.record_ids,
+                    schema,
+                })))
+            }
+        }
+    }
+}
+
+/// A download link as stored.
+#[derive(sqlx::FromRow)]
+struct DownloadRow {
+    kind: String,
+    export_id: Uuid,
+    datasheet: Option<String>,
+    format: String,
+    bom: bool,
+    record_ids: Vec<Uuid>,
+    actor_id: Option<Uuid>,
+    actor_kind: Option<String>,
+    request_id: Option<Uuid>,
+}
+
+impl Download {
+    /// The file name a browser saves the download as.
+    pub fn file_name(&self) -> String {
+        let today = Utc::now().format("%Y-%m-%d");
+        match self {
+            Download::Records(records) => format!(
+                "{}-{today}.{}",
+                records.datasheet.as_str(),
+                format_name(records.format)
+            ),
+            Download::SubjectTrail(_) => format!("subject-trail-{today}.zip"),
+            Download::NotificationList(_) => format!("breach-notification-list-{today}.csv"),
+        }
+    }
+
+    pub fn content_type(&self) -> &'static str {
+        match self {
+            Download::Records(records) => match records.format {
+                ExportFormat::Csv => "text/csv; charset=utf-8",
+                ExportFormat::Json => "application/json",
+            },
+            Download::SubjectTrail(_) => "application/zip",
+            Download::NotificationList(_) => "text/csv; charset=utf-8",
+        }
+    }
+
+    /// The file in chunks, as they are produced.
+    pub fn stream(self) -> mpsc::Receiver<Vec<u8>> {
+        match self {
+            Download::Records(records) => records.stream(),
+            Download::SubjectTrail(bundle) => {
+                let (sender, receiver) = mpsc::channel(1);
+                tokio::spawn(async move {
+                    let _ = sender.send(bundle.bytes).await;
+                });
+                receiver
+            }
+            Download::NotificationList(list) => list.stream(),
+        }
     }
 }
 
 /// A cell that a spreadsheet would run as a formula is prefixed with `'` (OWASP's guard
 /// against CSV injection).
-fn guarded(cell: String) -> String {
+pub(super) fn guarded(cell: String) -> String {
     if cell.starts_with(['=', '+', '-', '@', '\t', '\r']) {
         format!("'{cell}")
     } else {
@@ -223,7 +318,7 @@ fn csv_chunk(rows: &[RecordRow], columns: &[(String, String)], header: bool) -> 
 }
 
 /// One record as a JSON object: built-in fields by API name, custom fields under `custom`.
-fn json_object(row: &RecordRow, datasheet: Datasheet, schema: &CustomSchema) -> Value {
+pub(super) fn json_object(row: &RecordRow, datasheet: Datasheet, schema: &CustomSchema) -> Value {
     let mut object = Map::new();
     object.insert("id".into(), Value::String(row.id.to_string()));
     object.insert("datasheet".into(), Value::String(datasheet.as_str().into()));
@@ -260,24 +355,7 @@ fn json_object(row: &RecordRow, datasheet: Datasheet, schema: &CustomSchema) -> 
     Value::Object(object)
 }
 
-impl Download {
-    /// The file name a browser saves the download as.
-    pub fn file_name(&self) -> String {
-        format!(
-            "{}-{}.{}",
-            self.datasheet.as_str(),
-            Utc::now().format("%Y-%m-%d"),
-            format_name(self.format)
-        )
-    }
-
-    pub fn content_type(&self) -> &'static str {
-        match self.format {
-            ExportFormat::Csv => "text/csv; charset=utf-8",
-            ExportFormat::Json => "application/json",
-        }
-    }
-
+impl RecordsDownload {
     /// Streams the file in chunks: a task reads the records in batches (in the export's
     /// order) and writes each batch as it comes. A read failure ends the stream early (the
     /// client sees a truncated file and the cause is logged).

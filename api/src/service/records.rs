@@ -7,7 +7,8 @@ use cqrs_es::Aggregate;
 use custos_domain::custom_field::schema_id;
 use custos_domain::record::{new_record_id, Fields};
 use custos_domain::{
-    CustomSchema, Datasheet, ErasureGround, FieldSchemaCommand, Record, RecordCommand,
+    CustomSchema, Datasheet, ErasureGround, EventMetadata, FieldSchemaCommand, Record,
+    RecordCommand,
 };
 use custos_projections::custom_fields;
 use custos_projections::records::{self, RecordRow};
@@ -182,25 +183,47 @@ impl Services {
             ground,
             note,
         };
+        self.erase_subject(
+            tenant,
+            record.id,
+            command,
+            self.actor(principal, request_id),
+            record.erased_at.is_some(),
+        )
+        .await?;
+        self.find_record(tenant, record.datasheet(), record.id)
+            .await
+    }
+
+    /// Runs an `Erase` command on record `id` and destroys its data key. `erased_before`: the
+    /// read model shows the record erased already; if an earlier attempt recorded the erasure
+    /// but did not destroy the key, this finishes it.
+    pub(crate) async fn erase_subject(
+        &self,
+        tenant: &Tenant,
+        id: Uuid,
+        command: RecordCommand,
+        metadata: EventMetadata,
+        erased_before: bool,
+    ) -> Result<(), ApiError> {
         let recorded = match self
-            .run_record(principal, record.id, command, request_id)
+            .execute(tenant, &tenant.records, id, command, metadata)
             .await
         {
             Ok(()) => true,
-            Err(ApiError::Validation { .. }) if record.erased_at.is_some() => false,
+            Err(ApiError::Validation { .. }) if erased_before => false,
             Err(err) => return Err(err),
         };
         let destroyed = tenant
             .subject_keys
-            .erase(record.id)
+            .erase(id)
             .await
             .map_err(ApiError::internal)?;
         if !recorded && !destroyed {
             return Err(ApiError::validation("id", "the record was erased already"));
         }
-        tracing::info!(tenant.id = %tenant.id, record.id = %record.id, "a record's subject was erased");
-        self.find_record(tenant, record.datasheet(), record.id)
-            .await
+        tracing::info!(tenant.id = %tenant.id, record.id = %id, actor.kind = metadata.actor.kind(), "a record's subject was erased");
+        Ok(())
     }
 
     /// A datasheet's custom fields as they stand.
