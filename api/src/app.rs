@@ -47,6 +47,26 @@ impl Database {
         }
     }
 
+    /// Like [`Self::open`], but when the service is running on the data directory already,
+    /// connects to its private cluster instead of starting one (for `custos verify`).
+    pub async fn open_or_attach(config: &Config) -> anyhow::Result<Self> {
+        match Self::open(config).await {
+            Err(err)
+                if err
+                    .downcast_ref::<crate::cluster::ClusterError>()
+                    .is_some_and(|e| matches!(e, crate::cluster::ClusterError::InUse(_))) =>
+            {
+                let options = crate::cluster::attach_options(&config.data_dir.join("postgres"))?;
+                tracing::info!("the service is running on this data directory: using its cluster");
+                Ok(Self {
+                    options,
+                    cluster: None,
+                })
+            }
+            other => other,
+        }
+    }
+
     /// Stops the private cluster, if this process started one.
     pub async fn stop(self) -> anyhow::Result<()> {
         if let Some(cluster) = self.cluster {
@@ -79,6 +99,7 @@ pub async fn services(config: &Config, database: &Database) -> anyhow::Result<Ar
         passwords: Passwords::new(config.password_hash_concurrency),
         sessions: config.sessions,
         projection_wait: config.projection_wait,
+        data_dir: config.data_dir.clone(),
     }))
 }
 
@@ -108,6 +129,7 @@ async fn close_idle_tenants(services: Arc<Services>, idle: std::time::Duration) 
 pub struct Application {
     _sweeper: AbortOnDrop,
     _retention: Option<AbortOnDrop>,
+    _checkpoints: Option<AbortOnDrop>,
     listener: TcpListener,
     router: Router,
     services: Arc<Services>,
@@ -138,9 +160,16 @@ impl Application {
                 interval,
             )))
         });
+        let checkpoints = config.checkpoint_interval.map(|interval| {
+            AbortOnDrop(tokio::spawn(crate::service::integrity::schedule(
+                services.clone(),
+                interval,
+            )))
+        });
         Ok(Self {
             _sweeper: AbortOnDrop(sweeper),
             _retention: retention,
+            _checkpoints: checkpoints,
             listener,
             router: router(state),
             services,

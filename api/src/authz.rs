@@ -95,7 +95,7 @@ pub fn rule(parent_type: &str, field: &str) -> Option<Rule> {
         ("Mutation", "eraseRecord" | "restrictRecord" | "liftRestriction") => {
             Rule::OnDatasheet(Erase)
         }
-        ("Query", "recordHistory") => Rule::OnDatasheet(History),
+        ("Query", "recordHistory" | "recordAsOf" | "recordDiff") => Rule::OnDatasheet(History),
         ("Query", "customFieldDefinitions") => Rule::OnDatasheet(Read),
         // Results are limited to the datasheets the caller may read (in the resolver).
         ("Query", "findSubject") => Rule::OnDatasheet(Read),
@@ -104,6 +104,15 @@ pub fn rule(parent_type: &str, field: &str) -> Option<Rule> {
         ("Mutation", "importRecords") => Rule::OnDatasheet(Create),
         ("Query", "headcount") => employees(Report),
         ("Mutation", "addCustomField" | "updateCustomField" | "retireCustomField") => Rule::Admin,
+        // Auditors: `history` on every datasheet (the whole store is about all of them).
+        ("Query", "checkpoints" | "verifyIntegrity" | "userHistory" | "roleHistory") => {
+            Rule::AllOf(&[
+                (Employees, History),
+                (Contacts, History),
+                (Applicants, History),
+            ])
+        }
+        ("Mutation", "createCheckpoint") => Rule::Admin,
         ("Query", "consents") => Rule::OnDatasheet(Read),
         ("Mutation", "giveConsent" | "withdrawConsent") => Rule::OnDatasheet(Update),
         // `export` on the datasheet of every record the trail covers (in the use case).

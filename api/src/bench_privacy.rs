@@ -197,6 +197,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let application = Application::build(config).await?;
     let services = application.services();
     let admin = application.database_options();
+    let address = application.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(application.run_until(async move {
         let _ = stopped.await;
@@ -248,6 +249,29 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             set.push(ids);
         }
     }
+    // A third set for the hash-chain phases (written sealed, like the service writes).
+    let mut unchained_set = Vec::new();
+    for c in 0..args.clients {
+        let mut ids = Vec::new();
+        for r in 0..SPREAD {
+            let values = fields(&[
+                ("first_name", format!("Chain{c}x{r}")),
+                ("last_name", "Bench".to_owned()),
+            ]);
+            ids.push(
+                create(
+                    &services,
+                    &tenant,
+                    &tenant.records,
+                    Datasheet::Employees,
+                    values,
+                    metadata,
+                )
+                .await?,
+            );
+        }
+        unchained_set.push(ids);
+    }
     let (mut sealed_rates, mut plain_rates) = (Vec::new(), Vec::new());
     for _ in 0..2 {
         sealed_rates.push(
@@ -263,6 +287,47 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         );
         plain_rates
             .push(update_rate(&services, &tenant, &unsealed, &sets[1], duration, metadata).await?);
+    }
+    // The hash-chain trigger on and off (off only here, in the benchmark's own tenant; the
+    // events written while it is off carry no hash and verify as broken, as they should).
+    let database: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(&tenant.pool)
+        .await?;
+    let mut superuser = {
+        use sqlx::Connection;
+        sqlx::PgConnection::connect_with(&admin.clone().database(&database)).await?
+    };
+    let (mut chained_rates, mut unchained_rates) = (Vec::new(), Vec::new());
+    for _ in 0..2 {
+        chained_rates.push(
+            update_rate(
+                &services,
+                &tenant,
+                &tenant.records,
+                &unchained_set,
+                duration,
+                metadata,
+            )
+            .await?,
+        );
+        sqlx::query(
+            "ALTER TABLE events DISABLE TRIGGER events_hash_chain, ALTER COLUMN hash DROP NOT NULL",
+        )
+        .execute(&mut superuser)
+        .await?;
+        let rate = update_rate(
+            &services,
+            &tenant,
+            &tenant.records,
+            &unchained_set,
+            duration,
+            metadata,
+        )
+        .await;
+        sqlx::query("ALTER TABLE events ENABLE TRIGGER events_hash_chain")
+            .execute(&mut superuser)
+            .await?;
+        unchained_rates.push(rate?);
     }
     let mean = |rates: &[f64]| rates.iter().sum::<f64>() / rates.len() as f64;
     let (sealed, plain) = (mean(&sealed_rates), mean(&plain_rates));
@@ -359,6 +424,97 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     let large = trails(&services, &tenant, &person, metadata, args.reads.min(200)).await?;
 
+    // (d) Audit reads over HTTP: one record with 1,000 events, its history and as-of.
+    let long = create(
+        &services,
+        &tenant,
+        &tenant.records,
+        Datasheet::Employees,
+        fields(&[
+            ("first_name", "Long".to_owned()),
+            ("last_name", "Story".to_owned()),
+        ]),
+        metadata,
+    )
+    .await?;
+    for n in 1..1_000 {
+        update(
+            &services,
+            &tenant,
+            &tenant.records,
+            long,
+            fields(&[("department", format!("Dept {n}"))]),
+            metadata,
+        )
+        .await?;
+    }
+    let client = reqwest::Client::new();
+    let url = format!("http://{address}/graphql");
+    let login: serde_json::Value = client
+        .post(&url)
+        .json(&json!({ "query": "mutation { login(tenant: \"bench\", email: \"bench@example.org\", password: \"benchmark password 1\") { token } }" }))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let token = login["data"]["login"]["token"]
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("login failed: {login}"))?
+        .to_owned();
+    let middle: String = sqlx::query_scalar(
+        "SELECT to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') FROM events
+         WHERE aggregate_type = 'record' AND aggregate_id = $1 AND sequence = 500",
+    )
+    .bind(long.to_string())
+    .fetch_one(&tenant.pool)
+    .await?;
+    let reads = args.reads.min(200);
+    let timed = |query: &'static str, variables: serde_json::Value| {
+        let (client, url, token) = (&client, &url, &token);
+        async move {
+            let mut latencies = Vec::new();
+            for _ in 0..reads {
+                let started = Instant::now();
+                let body: serde_json::Value = client
+                    .post(url)
+                    .bearer_auth(token)
+                    .json(&json!({ "query": query, "variables": variables }))
+                    .send()
+                    .await?
+                    .json()
+                    .await?;
+                latencies.push(started.elapsed());
+                anyhow::ensure!(body.get("errors").is_none(), "{}", body["errors"]);
+            }
+            latencies.sort();
+            Ok::<_, anyhow::Error>(latencies)
+        }
+    };
+    let history = timed(
+        "query($id: ID!) { recordHistory(id: $id, first: 1000) { totalCount edges { node { sequence eventType recordedAt changes { field before after } } } } }",
+        json!({ "id": long }),
+    )
+    .await?;
+    let as_of = timed(
+        "query($id: ID!, $at: DateTime!) { recordAsOf(id: $id, at: $at) { version fields { field value } } }",
+        json!({ "id": long, "at": middle }),
+    )
+    .await?;
+
+    // (e) A checkpoint and a full verification of the whole store.
+    let checkpoint_started = Instant::now();
+    let made = services
+        .create_checkpoint(&tenant)
+        .await
+        .map_err(|e| anyhow::anyhow!("checkpoint failed: {:?}", e.code()))?;
+    let checkpoint_time = checkpoint_started.elapsed();
+    let verify_started = Instant::now();
+    let report = {
+        let mut conn = tenant.pool.acquire().await?;
+        crate::integrity::verify(&mut conn, tenant.id, None, None).await?
+    };
+    let verify_time = verify_started.elapsed();
+
     // (c) Erasing records one at a time.
     let victims: Vec<Uuid> = sqlx::query_scalar(
         "SELECT id FROM records WHERE datasheet = 'employees' AND erased_at IS NULL
@@ -435,6 +591,54 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         ms(percentile(&erasures, 0.99))
     );
 
+    println!(
+        "\n(a') the hash-chain trigger on the same path, {} clients, {} s per phase:\n",
+        args.clients, args.seconds
+    );
+    println!("| Trigger | Updates/s (each phase) | Mean |\n|---|---|---|");
+    for (name, rates) in [
+        ("on (the service)", &chained_rates),
+        ("off", &unchained_rates),
+    ] {
+        println!(
+            "| {name} | {} | {:.0} |",
+            rates
+                .iter()
+                .map(|r| format!("{r:.0}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            mean(rates)
+        );
+    }
+    println!(
+        "\non / off = {:.3}",
+        mean(&chained_rates) / mean(&unchained_rates)
+    );
+    println!(
+        "\n(d) one record with 1,000 events, {} requests each over HTTP:\n",
+        history.len()
+    );
+    println!("| Query | p50 ms | p99 ms |\n|---|---|---|");
+    for (name, latencies) in [
+        ("recordHistory(first: 1000)", &history),
+        ("recordAsOf (version 500)", &as_of),
+    ] {
+        println!(
+            "| {name} | {:.2} | {:.2} |",
+            ms(percentile(latencies, 0.5)),
+            ms(percentile(latencies, 0.99))
+        );
+    }
+    println!(
+        "\n(e) a checkpoint over {} events in {} streams took {:.0} ms{}; verifying every chain and it took {:.2} s: {:.0} events/s ({} streams broken: those written with the trigger off)",
+        report.events,
+        report.streams,
+        ms(checkpoint_time),
+        if made.is_some() { "" } else { " (nothing new: none made)" },
+        verify_time.as_secs_f64(),
+        report.events as f64 / verify_time.as_secs_f64(),
+        report.broken.len()
+    );
     drop(tenant);
     let _ = stop.send(());
     server.await??;

@@ -41,6 +41,10 @@ pub enum Command {
     /// Data retention.
     #[command(subcommand)]
     Retention(RetentionCommand),
+    /// Verify the event store: every stream's hash chain and the signed checkpoints (against
+    /// the checkpoint files). Works whether or not the service is running on the data
+    /// directory. Exits 1 when anything does not verify.
+    Verify(VerifyArgs),
     /// Measure write and read throughput on this machine (see docs/performance.md).
     Bench(crate::bench::BenchArgs),
 }
@@ -93,6 +97,23 @@ pub struct ServeArgs {
     /// with `custos retention run` or the `runRetention` mutation instead).
     #[arg(long, env = "CUSTOS_RETENTION_INTERVAL_MINUTES", default_value_t = 60)]
     pub retention_interval_minutes: u64,
+    /// Seconds between signed checkpoints of every open organisation's event store (0: only on
+    /// demand, with the `createCheckpoint` mutation).
+    #[arg(long, env = "CUSTOS_CHECKPOINT_INTERVAL_SECONDS", default_value_t = 60)]
+    pub checkpoint_interval_seconds: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Only this organisation (its slug); every organisation otherwise.
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// The checkpoint file to check against (with --tenant; default: the one in the data
+    /// directory, `checkpoints/<tenant id>.jsonl`).
+    #[arg(long)]
+    pub checkpoints: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -171,6 +192,8 @@ impl ServeArgs {
         config.listen = self.listen;
         config.graphiql = !self.no_graphiql;
         config.introspection = !self.no_introspection;
+        config.checkpoint_interval = (self.checkpoint_interval_seconds > 0)
+            .then(|| std::time::Duration::from_secs(self.checkpoint_interval_seconds));
         config.retention_interval = (self.retention_interval_minutes > 0)
             .then(|| std::time::Duration::from_secs(self.retention_interval_minutes * 60));
         config.sessions = SessionPolicy {

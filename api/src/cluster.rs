@@ -448,6 +448,23 @@ fn write_private(path: &Path, contents: &str) -> Result<(), ClusterError> {
 
 /// The superuser's password, generated on first start and kept (mode 0600) beside the
 /// cluster. It never leaves the data directory.
+/// Options for connecting as the superuser to a cluster another process runs on `dir` (the
+/// service, for `custos verify`).
+pub fn attach_options(dir: &Path) -> Result<PgConnectOptions, ClusterError> {
+    let dir = dir.canonicalize().map_err(io_at(dir))?;
+    let path = dir.join("superuser.password");
+    let mut password = String::new();
+    File::open(&path)
+        .and_then(|mut file| file.read_to_string(&mut password))
+        .map_err(io_at(&path))?;
+    Ok(PgConnectOptions::new()
+        .socket(dir.join("run"))
+        .port(PORT)
+        .username(SUPERUSER)
+        .password(password.trim())
+        .database("postgres"))
+}
+
 fn superuser_password(dir: &Path) -> Result<SecretString, ClusterError> {
     let path = dir.join("superuser.password");
     let mut existing = String::new();

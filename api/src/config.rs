@@ -68,6 +68,10 @@ pub struct Config {
     /// How often every tenant's retention policies run; `None` (the default outside `serve`)
     /// switches the scheduler off (`runRetention` and `custos retention run` still work).
     pub retention_interval: Option<Duration>,
+    /// How often every open tenant gets a signed checkpoint (when something was written since
+    /// the last); `None` (the default outside `serve`) switches it off (`createCheckpoint`
+    /// still works).
+    pub checkpoint_interval: Option<Duration>,
     /// Extra `postgresql.conf` settings for the private cluster.
     pub cluster_settings: Vec<(&'static str, String)>,
 }
@@ -93,6 +97,7 @@ impl Config {
             projection_wait: Duration::from_secs(10),
             tenant_idle: Duration::from_secs(5 * 60),
             retention_interval: None,
+            checkpoint_interval: None,
             cluster_settings: vec![("max_connections", "300".to_owned())],
         }
     }

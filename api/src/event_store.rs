@@ -572,12 +572,18 @@ impl EventLog {
         horizon: i64,
         limit: i64,
     ) -> anyhow::Result<Vec<StoredEvent>> {
+        // One ordered range scan of `events_by_type_commit_order` per type, merged.
         let rows = sqlx::query(&format!(
-            "SELECT {STORED_COLUMNS} FROM events
-             WHERE (transaction_id, global_position) > ($1::text::xid8, $2)
-               AND transaction_id < $3::text::xid8
-               AND aggregate_type = ANY($4)
-             ORDER BY transaction_id, global_position
+            "SELECT e.* FROM unnest($4::text[]) AS t(aggregate_type)
+             CROSS JOIN LATERAL (
+                 SELECT {STORED_COLUMNS} FROM events
+                 WHERE events.aggregate_type = t.aggregate_type
+                   AND (transaction_id, global_position) > ($1::text::xid8, $2)
+                   AND transaction_id < $3::text::xid8
+                 ORDER BY events.transaction_id, events.global_position
+                 LIMIT $5
+             ) AS e
+             ORDER BY e.transaction_id, e.global_position
              LIMIT $5"
         ))
         .bind(after.transaction_id.to_string())

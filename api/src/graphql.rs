@@ -19,6 +19,7 @@ use crate::error::ApiError;
 use crate::service::{RequestOrigin, Services};
 
 pub mod admin;
+pub mod audit;
 pub mod custom_fields;
 pub mod exports;
 pub mod history;
@@ -42,6 +43,7 @@ pub struct Query(
     custom_fields::CustomFieldsQuery,
     reports::ReportsQuery,
     privacy::PrivacyQuery,
+    audit::AuditQuery,
 );
 
 /// The root mutation type.
@@ -55,6 +57,7 @@ pub struct Mutation(
     exports::ExportsMutation,
     imports::ImportsMutation,
     privacy::PrivacyMutation,
+    audit::AuditMutation,
 );
 
 pub type CustosSchema = Schema<Query, Mutation, EmptySubscription>;

@@ -16,6 +16,7 @@ pub mod event_store;
 pub mod graphql;
 pub mod history;
 pub mod http;
+pub mod integrity;
 pub mod keys;
 pub mod projector;
 pub mod reports;

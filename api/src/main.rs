@@ -91,6 +91,13 @@ async fn main() -> anyhow::Result<()> {
             database.stop().await?;
             result
         }
+        Command::Verify(args) => {
+            if custos_api::integrity::run_cli(args).await? {
+                Ok(())
+            } else {
+                std::process::exit(1);
+            }
+        }
         Command::Bench(args) => custos_api::bench::run(args).await,
     }
 }

@@ -29,6 +29,7 @@ mod breaches;
 mod consents;
 mod exports;
 mod imports;
+pub mod integrity;
 mod records;
 pub mod retention;
 mod trail;
@@ -81,6 +82,8 @@ pub struct Services {
     pub passwords: Passwords,
     pub sessions: SessionPolicy,
     pub projection_wait: Duration,
+    /// The data directory: checkpoint files are appended under it.
+    pub data_dir: std::path::PathBuf,
 }
 
 /// The roles every new organisation starts with; administrators may change or delete them:

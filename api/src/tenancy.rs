@@ -114,6 +114,8 @@ pub struct Tenant {
     pub projectors: Projectors,
     /// Encrypts the tenant's TOTP secrets; derived from the master key, never stored.
     pub two_factor_key: SecretBox<[u8; 32]>,
+    /// Signs the tenant's checkpoints; derived from the master key, never stored.
+    pub checkpoint_key: ed25519_dalek::SigningKey,
     /// When a request last used this context; idle contexts are closed.
     last_used: std::sync::Mutex<Instant>,
 }
@@ -534,6 +536,7 @@ impl Tenancy {
                 self.master_key
                     .derive(&format!("custos/two-factor-secrets/{}", row.id)),
             )),
+            checkpoint_key: crate::integrity::signing_key(&self.master_key, row.id),
             pool,
             log,
             projectors,
@@ -558,6 +561,11 @@ impl Tenancy {
             tenant.pool.close().await;
         }
         closed.len()
+    }
+
+    /// The open tenant contexts, without counting this as a use (they still close when idle).
+    pub async fn open_tenants(&self) -> Vec<Arc<Tenant>> {
+        self.open.read().await.values().cloned().collect()
     }
 
     /// How many tenant contexts are open.

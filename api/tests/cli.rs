@@ -61,6 +61,19 @@ async fn wait_ready(port: u16) -> Duration {
     panic!("custos serve did not become ready");
 }
 
+async fn graphql_as(port: u16, token: &str, query: &str) -> Value {
+    reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/graphql"))
+        .bearer_auth(token)
+        .json(&json!({ "query": query }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 async fn graphql(port: u16, query: &str, variables: Value) -> Value {
     reqwest::Client::new()
         .post(format!("http://127.0.0.1:{port}/graphql"))
@@ -155,9 +168,80 @@ async fn a_new_user_creates_a_tenant_serves_and_logs_in() {
         json!({}),
     )
     .await;
+    let token = login["data"]["login"]["token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    // Something for retention to do: an archived contact under a policy of no delay.
+    let prepared = graphql_as(
+        port,
+        &token,
+        "mutation { defineRetentionPolicy(input: { datasheet: CONTACTS, name: \"Archived\", trigger: ARCHIVED, periodDays: 0 }) { id } }",
+    )
+    .await;
+    let contact = graphql_as(
+        port,
+        &token,
+        "mutation { createContact(input: { firstName: \"Cli\", lastName: \"Contact\" }) { id } }",
+    )
+    .await;
+    let archived = graphql_as(
+        port,
+        &token,
+        &format!(
+            "mutation {{ archiveRecord(id: \"{}\") {{ id }} }}",
+            contact["data"]["createContact"]["id"]
+                .as_str()
+                .unwrap_or_default()
+        ),
+    )
+    .await;
+    // Verification works beside the running service (on its cluster)...
+    let verify = || {
+        Command::new(custos())
+            .args(["verify", "--data-dir"])
+            .arg(dir.path())
+            .env_remove("DATABASE_URL")
+            .output()
+            .unwrap()
+    };
+    let running = verify();
     stop(child);
+    // ...and without it (starting the cluster itself).
+    let stopped = verify();
+    for output in [&running, &stopped] {
+        let printed = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success() && printed.contains("cli-org") && printed.contains("OK"),
+            "{printed} {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
 
     assert!(login["data"]["login"]["token"].is_string(), "{login}");
+    assert!(
+        prepared["errors"].is_null() && archived["errors"].is_null(),
+        "{prepared} {archived}"
+    );
+    let run = |tenant: &str| {
+        Command::new(custos())
+            .args(["retention", "run", "--tenant", tenant, "--data-dir"])
+            .arg(dir.path())
+            .env_remove("DATABASE_URL")
+            .output()
+            .unwrap()
+    };
+    let output = run("cli-org");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(printed.contains("erased 1 record(s)"), "{printed}");
+    let unknown = run("no-such-org");
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no organisation has the slug"));
     assert!(
         ready_after < Duration::from_secs(30),
         "ready after {ready_after:?}"
@@ -201,6 +285,8 @@ fn help_is_available_for_every_command() {
         vec!["serve", "--help"],
         vec!["migrate", "--help"],
         vec!["tenant", "create", "--help"],
+        vec!["retention", "run", "--help"],
+        vec!["verify", "--help"],
     ] {
         let output = Command::new(custos()).args(&args).output().unwrap();
         assert!(output.status.success(), "{args:?}");

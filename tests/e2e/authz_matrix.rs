@@ -123,6 +123,13 @@ fn rows() -> BTreeMap<(&'static str, &'static str), Row> {
         // Last: these end the caller's sessions.
         (("Mutation", "logout"), row(Session, "mutation { logout }", false)),
         (("Mutation", "logoutEverywhere"), row(Session, "mutation { logoutEverywhere }", false)),
+        (("Query", "recordAsOf"), row(Grant("employees", "history"), "query($employee: ID!) { recordAsOf(id: $employee, at: \"2099-01-01T00:00:00Z\") { version } }", true)),
+        (("Query", "recordDiff"), row(Grant("employees", "history"), "query($employee: ID!) { recordDiff(id: $employee, fromVersion: 0, toVersion: 1) { field } }", true)),
+        (("Query", "userHistory"), row(AllOf(&[("employees", "history"), ("contacts", "history"), ("applicants", "history")]), "query($user: ID!) { userHistory(id: $user) { totalCount } }", true)),
+        (("Query", "roleHistory"), row(AllOf(&[("employees", "history"), ("contacts", "history"), ("applicants", "history")]), "query($role: ID!) { roleHistory(id: $role) { totalCount } }", true)),
+        (("Query", "checkpoints"), row(AllOf(&[("employees", "history"), ("contacts", "history"), ("applicants", "history")]), "{ checkpoints { number } }", false)),
+        (("Query", "verifyIntegrity"), row(AllOf(&[("employees", "history"), ("contacts", "history"), ("applicants", "history")]), "{ verifyIntegrity { ok } }", false)),
+        (("Mutation", "createCheckpoint"), row(Admin, "mutation { createCheckpoint { number } }", false)),
         (("Query", "consents"), row(Grant("employees", "read"), "query($employee: ID!) { consents(subjectId: $employee) { current { purpose } } }", true)),
         (("Mutation", "giveConsent"), row(Grant("employees", "update"), "mutation($employee: ID!) { giveConsent(subjectId: $employee, input: { purpose: \"payroll\", legalBasis: CONTRACT }) { subjectId } }", true)),
         // Nothing was given for this purpose: refused (VALIDATION) past the policy.

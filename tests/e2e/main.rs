@@ -3,6 +3,7 @@
 
 mod access;
 mod api_tokens;
+mod audit;
 mod authz_matrix;
 mod custom_fields;
 mod datasheets;
@@ -11,6 +12,7 @@ mod exports;
 mod http;
 mod identity;
 mod imports;
+mod integrity;
 mod logs;
 mod privacy;
 mod queries;

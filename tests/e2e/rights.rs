@@ -915,3 +915,104 @@ async fn the_breach_register_finds_the_affected_people_and_tracks_the_deadline()
     .unwrap();
     assert_eq!(recorded, 1);
 }
+
+#[tokio::test]
+async fn the_scheduler_applies_retention_on_its_own_and_runs_never_collide() {
+    let app = TestApp::spawn_with(|config| {
+        config.retention_interval = Some(std::time::Duration::from_millis(300));
+    })
+    .await;
+    let admin = app.sign_up(&slug("schedule")).await;
+    let mut archived = BTreeSet::new();
+    for n in 0..6 {
+        let id = create(
+            &app,
+            &admin,
+            "Contact",
+            json!({ "firstName": format!("Sched{n}"), "lastName": "Uled" }),
+        )
+        .await;
+        app.graphql(
+            Some(&admin.token),
+            "mutation($id: ID!) { archiveRecord(id: $id) { id } }",
+            json!({ "id": id }),
+        )
+        .await
+        .ok();
+        archived.insert(id);
+    }
+    let kept = create(
+        &app,
+        &admin,
+        "Contact",
+        json!({ "firstName": "Kept", "lastName": "Uled" }),
+    )
+    .await;
+    // Two runs at once, then the scheduler: each record is erased once, by whichever got it.
+    let run = "mutation { runRetention { ran policies { erasedIds skipped } } }";
+    app.graphql(
+        Some(&admin.token),
+        POLICY,
+        json!({ "i": { "datasheet": "CONTACTS", "name": "Archived contacts", "trigger": "ARCHIVED", "periodDays": 0 } }),
+    )
+    .await
+    .ok();
+    let (first, second) = tokio::join!(
+        app.graphql(Some(&admin.token), run, json!({})),
+        app.graphql(Some(&admin.token), run, json!({}))
+    );
+    let mut erased = Vec::new();
+    for response in [first.ok(), second.ok()] {
+        for policy in response.data("runRetention.policies").as_array().unwrap() {
+            erased.extend(
+                policy["erasedIds"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|id| id.as_str().unwrap().to_owned()),
+            );
+        }
+    }
+    let unique: BTreeSet<String> = erased.iter().cloned().collect();
+    assert_eq!(
+        unique.len(),
+        erased.len(),
+        "a record erased twice: {erased:?}"
+    );
+    assert!(unique.is_subset(&archived));
+
+    // Whatever the two runs left, the scheduler erases within a few of its runs.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let listed = app
+            .graphql(Some(&admin.token), "{ contacts(includeArchived: true, first: 100) { edges { node { id erasedAt } } } }", json!({}))
+            .await
+            .ok();
+        let erased_now: BTreeSet<String> = listed
+            .data("contacts.edges")
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["node"]["erasedAt"].is_string())
+            .map(|e| e["node"]["id"].as_str().unwrap().to_owned())
+            .collect();
+        if erased_now == archived {
+            break;
+        }
+        assert!(!erased_now.contains(&kept), "an active contact was erased");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the scheduler did not erase {archived:?}: {erased_now:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let history = app
+        .graphql(
+            Some(&admin.token),
+            "{ retentionPolicies { erasedTotal lastRunAt } }",
+            json!({}),
+        )
+        .await
+        .ok();
+    assert_eq!(history.data("retentionPolicies.0.erasedTotal"), 6);
+}

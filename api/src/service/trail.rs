@@ -162,11 +162,9 @@ impl Services {
         }
         let ids: Vec<Uuid> = ids.into_iter().collect();
         let mut rows = records::records_by_id(&tenant.pool, &ids).await?;
-        if rows.len() < subject_ids.len() {
-            let found: BTreeSet<Uuid> = rows.iter().map(|r| r.id).collect();
-            if subject_ids.iter().any(|id| !found.contains(id)) {
-                return Err(ApiError::NotFound);
-            }
+        let found: BTreeSet<Uuid> = rows.iter().map(|r| r.id).collect();
+        if subject_ids.iter().any(|id| !found.contains(id)) {
+            return Err(ApiError::NotFound);
         }
         let linked: Vec<Uuid> = rows
             .iter()
