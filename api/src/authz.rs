@@ -113,6 +113,19 @@ pub fn rule(parent_type: &str, field: &str) -> Option<Rule> {
             ])
         }
         ("Mutation", "createCheckpoint") => Rule::Admin,
+        ("Query", "auditLog") | ("Subscription", "auditFeed") => Rule::AllOf(&[
+            (Employees, History),
+            (Contacts, History),
+            (Applicants, History),
+        ]),
+        ("Mutation", "exportAuditLog") => Rule::AllOf(&[
+            (Employees, History),
+            (Contacts, History),
+            (Applicants, History),
+            (Employees, Export),
+            (Contacts, Export),
+            (Applicants, Export),
+        ]),
         ("Query", "consents") => Rule::OnDatasheet(Read),
         ("Mutation", "giveConsent" | "withdrawConsent") => Rule::OnDatasheet(Update),
         // `export` on the datasheet of every record the trail covers (in the use case).

@@ -329,6 +329,34 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .await?;
         unchained_rates.push(rate?);
     }
+    // Chain the events written without the trigger, as the migration chains old events, so
+    // the store verifies again and checkpoints can be made.
+    sqlx::raw_sql(
+        "SET session_replication_role = replica;
+         DO $$
+         DECLARE e record; previous bytea; stream text := NULL;
+         BEGIN
+             FOR e IN SELECT * FROM events
+                      WHERE (aggregate_type, aggregate_id) IN
+                            (SELECT aggregate_type, aggregate_id FROM events WHERE hash IS NULL)
+                      ORDER BY aggregate_type, aggregate_id, sequence LOOP
+                 IF stream IS DISTINCT FROM e.aggregate_type || '/' || e.aggregate_id THEN
+                     previous := NULL;
+                     stream := e.aggregate_type || '/' || e.aggregate_id;
+                 END IF;
+                 UPDATE events SET prev_hash = previous,
+                        hash = custos_event_hash(previous, e.aggregate_type, e.aggregate_id, e.sequence,
+                                                 e.event_type, e.event_version, e.payload, e.metadata, e.recorded_at)
+                  WHERE aggregate_type = e.aggregate_type AND aggregate_id = e.aggregate_id
+                    AND sequence = e.sequence
+                 RETURNING hash INTO previous;
+             END LOOP;
+         END $$;
+         SET session_replication_role = origin;
+         ALTER TABLE events ALTER COLUMN hash SET NOT NULL;",
+    )
+    .execute(&mut superuser)
+    .await?;
     let mean = |rates: &[f64]| rates.iter().sum::<f64>() / rates.len() as f64;
     let (sealed, plain) = (mean(&sealed_rates), mean(&plain_rates));
 
@@ -501,6 +529,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     )
     .await?;
 
+    // (f) The audit log's first page, with a million events in the tenant: all entries, and
+    // one person's.
+    let audit_all = timed(
+        "{ auditLog(first: 50) { edges { node { position recordedAt eventType aggregateId actor { kind } fields } } } }",
+        json!({}),
+    )
+    .await?;
+    let audit_subject = timed(
+        "query($id: ID!) { auditLog(first: 50, filter: { subjectId: $id }) { edges { node { position eventType fields } } } }",
+        json!({ "id": person[0] }),
+    )
+    .await?;
+
     // (e) A checkpoint and a full verification of the whole store.
     let checkpoint_started = Instant::now();
     let made = services
@@ -615,13 +656,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         mean(&chained_rates) / mean(&unchained_rates)
     );
     println!(
-        "\n(d) one record with 1,000 events, {} requests each over HTTP:\n",
-        history.len()
+        "\n(d) one record with 1,000 events, and the audit log's first page, {} requests each over HTTP, {} events in the tenant:\n",
+        history.len(),
+        large_events
     );
     println!("| Query | p50 ms | p99 ms |\n|---|---|---|");
     for (name, latencies) in [
         ("recordHistory(first: 1000)", &history),
         ("recordAsOf (version 500)", &as_of),
+        ("auditLog(first: 50), whole tenant", &audit_all),
+        ("auditLog(first: 50), one subject", &audit_subject),
     ] {
         println!(
             "| {name} | {:.2} | {:.2} |",
@@ -630,7 +674,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         );
     }
     println!(
-        "\n(e) a checkpoint over {} events in {} streams took {:.0} ms{}; verifying every chain and it took {:.2} s: {:.0} events/s ({} streams broken: those written with the trigger off)",
+        "\n(e) a checkpoint over {} events in {} streams took {:.0} ms{}; verifying every chain and it took {:.2} s: {:.0} events/s ({} broken streams)",
         report.events,
         report.streams,
         ms(checkpoint_time),

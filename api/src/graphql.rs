@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use async_graphql::connection::{Connection, Edge, EmptyFields};
 use async_graphql::dataloader::{DataLoader, Loader};
-use async_graphql::{Context, EmptySubscription, MergedObject, Schema, SchemaBuilder};
+use async_graphql::{Context, MergedObject, Schema, SchemaBuilder};
 use custos_projections::api_tokens::{self, ApiTokenRow};
 use custos_projections::page::MAX_PAGE;
 use custos_projections::users::{self, UserRow};
@@ -60,19 +60,23 @@ pub struct Mutation(
     audit::AuditMutation,
 );
 
-pub type CustosSchema = Schema<Query, Mutation, EmptySubscription>;
+pub type CustosSchema = Schema<Query, Mutation, audit::AuditSubscription>;
 
 /// Query limits: deep or expensive documents are refused before they run.
 pub const MAX_DEPTH: usize = 12;
 pub const MAX_COMPLEXITY: usize = 2_000;
 
-fn builder() -> SchemaBuilder<Query, Mutation, EmptySubscription> {
-    Schema::build(Query::default(), Mutation::default(), EmptySubscription)
-        .extension(limits::AliasLimit)
-        .extension(crate::authz::Authorization)
-        .limit_depth(MAX_DEPTH)
-        .limit_complexity(MAX_COMPLEXITY)
-        .limit_recursive_depth(32)
+fn builder() -> SchemaBuilder<Query, Mutation, audit::AuditSubscription> {
+    Schema::build(
+        Query::default(),
+        Mutation::default(),
+        audit::AuditSubscription,
+    )
+    .extension(limits::AliasLimit)
+    .extension(crate::authz::Authorization)
+    .limit_depth(MAX_DEPTH)
+    .limit_complexity(MAX_COMPLEXITY)
+    .limit_recursive_depth(32)
 }
 
 /// Builds the schema; `services` is shared by every request. Introspection can be switched

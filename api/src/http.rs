@@ -40,6 +40,7 @@ pub struct RequestId(pub Uuid);
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/graphql", get(graphiql).post(graphql))
+        .route("/graphql/ws", get(graphql_ws))
         .route("/exports/{token}", get(download))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -226,6 +227,72 @@ async fn graphql(
         set_code(error, Code::Validation);
     }
     (status, Json(response)).into_response()
+}
+
+/// GraphQL subscriptions over WebSocket (`graphql-transport-ws`, or the older
+/// `graphql-ws`). The connection is authenticated by its `connection_init` payload,
+/// `{"authorization": "Bearer <token>"}`; without a valid token it is refused.
+async fn graphql_ws(
+    State(state): State<AppState>,
+    Extension(RequestId(request_id)): Extension<RequestId>,
+    connect_info: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    protocol: async_graphql_axum::GraphQLProtocol,
+    upgrade: axum::extract::ws::WebSocketUpgrade,
+) -> Response {
+    let origin = RequestOrigin {
+        request_id,
+        ip: connect_info.map(|Extension(ConnectInfo(addr))| addr.ip().to_string()),
+        user_agent: headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+    };
+    let (schema, services) = (state.schema.clone(), state.services.clone());
+    upgrade
+        .protocols(async_graphql::http::ALL_WEBSOCKET_PROTOCOLS)
+        .on_upgrade(move |stream| {
+            async_graphql_axum::GraphQLWebSocket::new(stream, schema, protocol)
+                .on_connection_init(move |payload| async move {
+                    let token = payload
+                        .get("authorization")
+                        .and_then(|v| v.as_str())
+                        .and_then(|v| v.strip_prefix("Bearer "))
+                        .map(str::trim)
+                        .map(str::to_owned);
+                    let principal = match &token {
+                        Some(token) => {
+                            services.authenticate(token, &origin).await.map_err(|err| {
+                                err.report();
+                                async_graphql::Error::new(
+                                    "authentication is unavailable; try again",
+                                )
+                            })?
+                        }
+                        None => None,
+                    };
+                    let (Some(principal), Some(token)) = (principal, token) else {
+                        return Err(async_graphql::Error::new(
+                            "authentication required: give {\"authorization\": \"Bearer <token>\"}",
+                        ));
+                    };
+                    let loaders = loaders(&principal);
+                    let mut data = async_graphql::Data::default();
+                    data.insert(loaders.users);
+                    data.insert(loaders.api_tokens);
+                    data.insert(loaders.schemas);
+                    data.insert(crate::graphql::audit::SubscriptionAuth {
+                        token,
+                        origin: origin.clone(),
+                    });
+                    data.insert(RequestContext {
+                        origin,
+                        principal: Some(principal),
+                    });
+                    Ok(data)
+                })
+                .serve()
+        })
 }
 
 fn set_code(error: &mut ServerError, code: Code) {

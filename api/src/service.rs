@@ -25,6 +25,7 @@ use crate::tenancy::{ProvisionError, Region, Tenancy, Tenant};
 
 mod admin;
 mod api_tokens;
+mod audit;
 mod breaches;
 mod consents;
 mod exports;

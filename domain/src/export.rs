@@ -44,6 +44,8 @@ pub enum DataExportCommand {
         incident_id: Uuid,
         record_ids: Vec<Uuid>,
     },
+    /// Entries of the audit log (ids, types, times and field names: no personal values).
+    AuditLog { filter: Value, count: usize },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -63,6 +65,10 @@ pub enum DataExportEvent {
         incident_id: Uuid,
         record_ids: Vec<Uuid>,
     },
+    AuditLogExported {
+        filter: Value,
+        count: usize,
+    },
 }
 
 impl DataExportEvent {
@@ -72,6 +78,7 @@ impl DataExportEvent {
             DataExportEvent::RecordsExported { record_ids, .. }
             | DataExportEvent::SubjectTrailExported { record_ids, .. }
             | DataExportEvent::NotificationListExported { record_ids, .. } => record_ids,
+            DataExportEvent::AuditLogExported { .. } => &[],
         }
     }
 }
@@ -88,6 +95,7 @@ impl DomainEvent for DataExportEvent {
             DataExportEvent::RecordsExported { .. } => "RecordsExported",
             DataExportEvent::SubjectTrailExported { .. } => "SubjectTrailExported",
             DataExportEvent::NotificationListExported { .. } => "NotificationListExported",
+            DataExportEvent::AuditLogExported { .. } => "AuditLogExported",
         }
         .to_owned()
     }
@@ -140,6 +148,9 @@ impl Aggregate for DataExport {
                 incident_id,
                 record_ids,
             },
+            DataExportCommand::AuditLog { filter, count } => {
+                DataExportEvent::AuditLogExported { filter, count }
+            }
         };
         sink.write(event, self).await;
         Ok(())

@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 pub mod accesses;
 pub mod api_tokens;
+pub mod audit_log;
 pub mod consents;
 pub mod custom_fields;
 pub mod incidents;
@@ -109,5 +110,6 @@ pub fn all() -> Vec<Box<dyn Projection>> {
         Box::new(accesses::RecordExportsProjection),
         Box::new(retention::RetentionPoliciesProjection),
         Box::new(incidents::IncidentsProjection),
+        Box::new(audit_log::AuditLogProjection),
     ]
 }

@@ -179,3 +179,350 @@ async fn a_record_is_replayed_as_it_was_at_any_moment_and_version() {
         .await;
     assert_eq!(refused.code(), Some("FORBIDDEN"));
 }
+
+const AUDIT: &str = "query($f: AuditLogFilter, $first: Int, $after: String) { auditLog(filter: $f, first: $first, after: $after) {
+    pageInfo { hasNextPage endCursor }
+    edges { node { position eventType aggregateType aggregateId datasheet subjectIds fields actor { kind name } changes { field before after } } } } }";
+
+fn nodes(response: &custos_tests::Response) -> Vec<Value> {
+    response
+        .data("auditLog.edges")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["node"].clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_audit_log_shows_everything_filters_and_exports_without_values() {
+    let app = TestApp::spawn().await;
+    let admin = app.sign_up(&slug("auditlog")).await;
+    let employee = app
+        .create_employee(
+            &admin.token,
+            json!({ "firstName": "Audra", "lastName": "Logg", "department": "Sales" }),
+        )
+        .await;
+    let id = employee["id"].as_str().unwrap().to_owned();
+    app.graphql(
+        Some(&admin.token),
+        "mutation($id: ID!) { updateEmployee(id: $id, input: { department: \"Ledger\" }) { id } }",
+        json!({ "id": id }),
+    )
+    .await
+    .ok();
+    app.graphql(
+        Some(&admin.token),
+        "mutation { createRole(input: { name: \"Auditors\" }) { id } }",
+        json!({}),
+    )
+    .await
+    .ok();
+    let failed = app
+        .login(&admin.slug, &admin.email, "not the password")
+        .await;
+    assert!(failed.is_err());
+    app.graphql(
+        Some(&admin.token),
+        "mutation { exportRecords(datasheet: EMPLOYEES, format: CSV) { count } }",
+        json!({}),
+    )
+    .await
+    .ok();
+    app.settled(admin.tenant_id).await;
+
+    // Everything, newest first: data, roles, logins, exports.
+    let all = app
+        .graphql(Some(&admin.token), AUDIT, json!({ "first": 100 }))
+        .await
+        .ok();
+    let types: Vec<String> = nodes(&all)
+        .iter()
+        .map(|n| n["eventType"].as_str().unwrap().to_owned())
+        .collect();
+    for expected in [
+        "RecordsExported",
+        "LoginFailed",
+        "RoleCreated",
+        "RecordUpdated",
+        "RecordCreated",
+        "UserRegistered",
+        "LoginSucceeded",
+    ] {
+        assert!(
+            types.contains(&expected.to_owned()),
+            "{expected} missing from {types:?}"
+        );
+    }
+    let positions: Vec<i64> = nodes(&all)
+        .iter()
+        .map(|n| n["position"].as_i64().unwrap())
+        .collect();
+    assert!(positions.windows(2).all(|w| w[0] > w[1]), "newest first");
+
+    // By subject, with the values read from the event when shown.
+    let about = app
+        .graphql(
+            Some(&admin.token),
+            AUDIT,
+            json!({ "f": { "subjectId": id } }),
+        )
+        .await
+        .ok();
+    let about = nodes(&about);
+    let kinds: Vec<&str> = about
+        .iter()
+        .map(|n| n["eventType"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["RecordsExported", "RecordUpdated", "RecordCreated"]);
+    assert_eq!(about[1]["fields"], json!(["department"]));
+    assert_eq!(
+        about[1]["changes"],
+        json!([{ "field": "department", "before": "Sales", "after": "Ledger" }])
+    );
+    assert_eq!(about[1]["datasheet"], "EMPLOYEES");
+    assert_eq!(about[1]["actor"]["kind"], "USER");
+    // By type and page by page.
+    let page = app
+        .graphql(
+            Some(&admin.token),
+            AUDIT,
+            json!({ "f": { "eventTypes": ["RecordCreated", "RecordUpdated"] }, "first": 1 }),
+        )
+        .await
+        .ok();
+    assert_eq!(page.data("auditLog.pageInfo.hasNextPage"), true);
+    let next = app
+        .graphql(
+            Some(&admin.token),
+            AUDIT,
+            json!({ "f": { "eventTypes": ["RecordCreated", "RecordUpdated"] }, "first": 1, "after": page.data("auditLog.pageInfo.endCursor") }),
+        )
+        .await
+        .ok();
+    assert_eq!(nodes(&page)[0]["eventType"], "RecordUpdated");
+    assert_eq!(nodes(&next)[0]["eventType"], "RecordCreated");
+    // By actor: nothing by someone else.
+    let nobody = app
+        .graphql(
+            Some(&admin.token),
+            AUDIT,
+            json!({ "f": { "actorId": uuid::Uuid::now_v7().to_string() } }),
+        )
+        .await
+        .ok();
+    assert!(nodes(&nobody).is_empty());
+    for bad in [
+        json!({ "first": 0 }),
+        json!({ "after": "not a cursor" }),
+        json!({ "f": { "from": "2026-02-01T00:00:00Z", "to": "2026-01-01T00:00:00Z" } }),
+    ] {
+        let refused = app.graphql(Some(&admin.token), AUDIT, bad.clone()).await;
+        assert_eq!(refused.code(), Some("VALIDATION"), "{bad}");
+    }
+
+    // The read model holds no value.
+    let mut db = app.tenant_admin(admin.tenant_id).await;
+    let stored: Vec<String> = sqlx::query_scalar("SELECT row_to_json(a)::text FROM audit_log a")
+        .fetch_all(&mut db)
+        .await
+        .unwrap();
+    let stored = stored.join("\n");
+    for value in ["Audra", "Logg", "Sales", "Ledger"] {
+        assert!(
+            !stored.contains(value),
+            "`{value}` is in the audit log read model"
+        );
+    }
+
+    // The export: recorded, then streamed.
+    let export = app
+        .graphql(
+            Some(&admin.token),
+            "mutation($f: AuditLogFilter) { exportAuditLog(filter: $f, format: CSV) { exportId count downloadUrl } }",
+            json!({ "f": { "subjectId": id } }),
+        )
+        .await
+        .ok();
+    assert_eq!(export.data("exportAuditLog.count"), 3);
+    let csv = reqwest::get(format!(
+        "http://{}{}",
+        app.address,
+        export.data("exportAuditLog.downloadUrl").as_str().unwrap()
+    ))
+    .await
+    .unwrap()
+    .text()
+    .await
+    .unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert!(lines[0].starts_with("position,recorded_at,aggregate_type"));
+    assert_eq!(lines.len(), 4, "{csv}");
+    assert!(lines[1].contains("RecordsExported") && lines[3].contains("RecordCreated"));
+    let recorded: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'AuditLogExported'")
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+    assert_eq!(recorded, 1);
+
+    let viewer = app.role_id(&admin, "Viewer").await;
+    let reader = app.user_with_roles(&admin, &[viewer]).await;
+    assert_eq!(
+        app.graphql(Some(&reader.token), AUDIT, json!({}))
+            .await
+            .code(),
+        Some("FORBIDDEN")
+    );
+}
+
+pub(crate) mod feed {
+    use futures::{SinkExt, StreamExt};
+    use serde_json::{json, Value};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+
+    pub(crate) type Socket = tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >;
+
+    /// Opens `graphql-transport-ws` with `token` and subscribes to the audit feed; the
+    /// server's answer to the init (`connection_ack`, or why not).
+    pub(crate) async fn subscribe(address: &str, token: &str) -> (Socket, Value) {
+        open(
+            address,
+            Some(token),
+            "subscription { auditFeed { eventType aggregateId } }",
+        )
+        .await
+    }
+
+    /// Opens `graphql-transport-ws` (with `token` in the init payload, if any) and sends
+    /// `document` as a subscription; the server's answer to the init.
+    pub(crate) async fn open(
+        address: &str,
+        token: Option<&str>,
+        document: &str,
+    ) -> (Socket, Value) {
+        let mut request = format!("ws://{address}/graphql/ws")
+            .into_client_request()
+            .unwrap();
+        request.headers_mut().insert(
+            "sec-websocket-protocol",
+            "graphql-transport-ws".parse().unwrap(),
+        );
+        let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+        let payload = match token {
+            Some(token) => json!({ "authorization": format!("Bearer {token}") }),
+            None => json!({}),
+        };
+        send(
+            &mut socket,
+            json!({ "type": "connection_init", "payload": payload }),
+        )
+        .await;
+        let ack = next(&mut socket, std::time::Duration::from_secs(5))
+            .await
+            .unwrap_or(Value::Null);
+        if ack["type"] == "connection_ack" {
+            send(
+                &mut socket,
+                json!({ "id": "1", "type": "subscribe", "payload": { "query": document } }),
+            )
+            .await;
+        }
+        (socket, ack)
+    }
+
+    pub(crate) async fn send(socket: &mut Socket, message: Value) {
+        socket
+            .send(Message::Text(message.to_string().into()))
+            .await
+            .unwrap();
+    }
+
+    /// The next JSON message within `wait` (pings answered), or `None`.
+    pub(crate) async fn next(socket: &mut Socket, wait: std::time::Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let message = tokio::time::timeout_at(deadline, socket.next())
+                .await
+                .ok()??
+                .ok()?;
+            match message {
+                Message::Text(text) => {
+                    let value: Value = serde_json::from_str(&text).ok()?;
+                    if value["type"] == "ping" {
+                        send(socket, json!({ "type": "pong" })).await;
+                        continue;
+                    }
+                    return Some(value);
+                }
+                Message::Close(frame) => {
+                    return Some(
+                        json!({ "type": "closed", "reason": frame.map(|f| f.reason.to_string()) }),
+                    )
+                }
+                _ => continue,
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_live_feed_streams_new_entries_of_one_organisation_only() {
+    let app = TestApp::spawn().await;
+    let admin = app.sign_up(&slug("feed")).await;
+    let other = app.sign_up(&slug("elsewhere")).await;
+    let address = app.address.to_string();
+    let (mut mine, ack) = feed::subscribe(&address, &admin.token).await;
+    assert_eq!(ack["type"], "connection_ack", "{ack}");
+    let (mut theirs, _) = feed::subscribe(&address, &other.token).await;
+
+    let employee = app
+        .create_employee(
+            &admin.token,
+            json!({ "firstName": "Fiona", "lastName": "Feed" }),
+        )
+        .await;
+    let id = employee["id"].as_str().unwrap();
+    let mut seen = Vec::new();
+    while let Some(message) = feed::next(&mut mine, std::time::Duration::from_secs(10)).await {
+        assert_eq!(message["type"], "next", "{message}");
+        let entry = &message["payload"]["data"]["auditFeed"];
+        seen.push(entry.clone());
+        if entry["aggregateId"] == id {
+            break;
+        }
+    }
+    assert!(
+        seen.iter()
+            .any(|e| e["eventType"] == "RecordCreated" && e["aggregateId"] == id),
+        "{seen:?}"
+    );
+    // The other organisation's subscriber sees nothing of it.
+    if let Some(message) = feed::next(&mut theirs, std::time::Duration::from_secs(2)).await {
+        assert_ne!(
+            message["payload"]["data"]["auditFeed"]["aggregateId"], id,
+            "{message}"
+        );
+    }
+
+    // Without a token, or without `history`, no feed.
+    let (mut anonymous, refused) = feed::subscribe(&address, "cus_not_a_token").await;
+    assert_ne!(refused["type"], "connection_ack", "{refused}");
+    let _ = feed::next(&mut anonymous, std::time::Duration::from_millis(200)).await;
+    let viewer = app.role_id(&admin, "Viewer").await;
+    let reader = app.user_with_roles(&admin, &[viewer]).await;
+    let (mut reading, ack) = feed::subscribe(&address, &reader.token).await;
+    assert_eq!(ack["type"], "connection_ack");
+    let answer = feed::next(&mut reading, std::time::Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(
+        answer["payload"]["data"].is_null() || answer["type"] == "error",
+        "{answer}"
+    );
+    assert!(answer.to_string().contains("FORBIDDEN"), "{answer}");
+}

@@ -127,6 +127,9 @@ fn rows() -> BTreeMap<(&'static str, &'static str), Row> {
         (("Query", "recordDiff"), row(Grant("employees", "history"), "query($employee: ID!) { recordDiff(id: $employee, fromVersion: 0, toVersion: 1) { field } }", true)),
         (("Query", "userHistory"), row(AllOf(&[("employees", "history"), ("contacts", "history"), ("applicants", "history")]), "query($user: ID!) { userHistory(id: $user) { totalCount } }", true)),
         (("Query", "roleHistory"), row(AllOf(&[("employees", "history"), ("contacts", "history"), ("applicants", "history")]), "query($role: ID!) { roleHistory(id: $role) { totalCount } }", true)),
+        (("Query", "auditLog"), row(AllOf(&[("employees", "history"), ("contacts", "history"), ("applicants", "history")]), "{ auditLog(first: 1) { edges { cursor } } }", false)),
+        (("Subscription", "auditFeed"), row(AllOf(&[("employees", "history"), ("contacts", "history"), ("applicants", "history")]), "subscription { auditFeed { position } }", false)),
+        (("Mutation", "exportAuditLog"), row(AllOf(&[("employees", "history"), ("contacts", "history"), ("applicants", "history"), ("employees", "export"), ("contacts", "export"), ("applicants", "export")]), "mutation { exportAuditLog(format: CSV) { count } }", false)),
         (("Query", "checkpoints"), row(AllOf(&[("employees", "history"), ("contacts", "history"), ("applicants", "history")]), "{ checkpoints { number } }", false)),
         (("Query", "verifyIntegrity"), row(AllOf(&[("employees", "history"), ("contacts", "history"), ("applicants", "history")]), "{ verifyIntegrity { ok } }", false)),
         (("Mutation", "createCheckpoint"), row(Admin, "mutation { createCheckpoint { number } }", false)),
@@ -327,6 +330,34 @@ fn outcome(response: &custos_tests::Response) -> Outcome {
         Some("INTERNAL" | "UNAVAILABLE") => Outcome::Failed,
         // Success, or a refusal past authorization (VALIDATION, CONFLICT): the call was let in.
         _ => Outcome::Allowed,
+    }
+}
+
+/// A subscription over WebSocket, answered like a query: refused at the connection (no valid
+/// token) as UNAUTHENTICATED, refused by the policy with its error, otherwise let in.
+async fn subscription_call(
+    app: &TestApp,
+    token: Option<&str>,
+    document: &str,
+) -> custos_tests::Response {
+    use crate::audit::feed;
+    let (mut socket, ack) = feed::open(&app.address.to_string(), token, document).await;
+    let body = if ack["type"] != "connection_ack" {
+        json!({ "errors": [{ "message": "authentication required", "extensions": { "code": "UNAUTHENTICATED" } }] })
+    } else {
+        match feed::next(&mut socket, std::time::Duration::from_millis(500)).await {
+            Some(answer) if answer["type"] == "error" => json!({ "errors": answer["payload"] }),
+            // A resolver's refusal arrives as a result with errors.
+            Some(answer) if answer["payload"]["errors"].is_array() => {
+                json!({ "errors": answer["payload"]["errors"] })
+            }
+            _ => json!({ "data": {} }),
+        }
+    };
+    custos_tests::Response {
+        status: 200,
+        body,
+        request_id: None,
     }
 }
 
@@ -603,7 +634,11 @@ async fn every_root_field_admits_exactly_who_it_should() {
                     _ => None,
                 };
                 let token = fresh.as_deref().or(token.as_deref());
-                let response = app.graphql(token, row.document, variables).await;
+                let response = if *kind_name == "Subscription" {
+                    subscription_call(&app, token, row.document).await
+                } else {
+                    app.graphql(token, row.document, variables).await
+                };
                 calls += 1;
                 let (want, got) = (expected(*kind, row, is_foreign), outcome(&response));
                 if want != got {

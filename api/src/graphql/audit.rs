@@ -1,10 +1,19 @@
 //! Tamper evidence for auditors: the signed checkpoints, making one on demand, and verifying
 //! the whole event store.
 
-use async_graphql::{Context, Enum, Object, SimpleObject};
+use async_graphql::connection::{Connection, Edge, EmptyFields};
+use async_graphql::{Context, Enum, InputObject, Object, SimpleObject, ID};
 use chrono::{DateTime, Utc};
+use custos_domain::{Datasheet, ExportFormat};
+use custos_projections::audit_log::{self, AuditFilter, AuditRow};
+use uuid::Uuid;
 
-use super::{principal, services};
+use super::exports::{ExportFormatKind, ExportPayload};
+use super::history::{decode_sequence, encode_sequence, Actor, FieldChange};
+use super::records::DatasheetKind;
+use super::{parse_id, principal, request, services};
+use crate::error::ApiError;
+use crate::history::{record_history, role_history, user_history};
 use crate::integrity::{Breach, Checkpoint, Report};
 
 /// A signed checkpoint: an accumulator over every stream's head, signed with the
@@ -102,11 +111,159 @@ impl From<Report> for IntegrityReport {
     }
 }
 
+/// Which audit entries to show; every part optional, all given parts must match.
+#[derive(InputObject, Default)]
+pub struct AuditLogFilter {
+    /// Caused by this user, API token or retention policy.
+    actor_id: Option<ID>,
+    datasheet: Option<DatasheetKind>,
+    /// About this record, user, role or API token.
+    subject_id: Option<ID>,
+    /// Of these event types (`RecordUpdated`, `LoginFailed`, `RecordsExported`, ...).
+    event_types: Option<Vec<String>>,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+}
+
+impl AuditLogFilter {
+    fn parse(self) -> Result<AuditFilter, ApiError> {
+        if let (Some(from), Some(to)) = (self.from, self.to) {
+            if to < from {
+                return Err(ApiError::validation("to", "`to` is before `from`"));
+            }
+        }
+        Ok(AuditFilter {
+            actor: self
+                .actor_id
+                .map(|id| parse_id("actorId", &id))
+                .transpose()?,
+            datasheet: self
+                .datasheet
+                .map(|d| Datasheet::from(d).as_str().to_owned()),
+            subject: self
+                .subject_id
+                .map(|id| parse_id("subjectId", &id))
+                .transpose()?,
+            event_types: self.event_types,
+            from: self.from,
+            to: self.to,
+        })
+    }
+}
+
+/// One entry of the audit log: an event of any stream.
+pub struct AuditEntry(pub(crate) AuditRow);
+
+#[Object]
+impl AuditEntry {
+    /// The event's position in the organisation's log.
+    async fn position(&self) -> i64 {
+        self.0.global_position
+    }
+    async fn recorded_at(&self) -> DateTime<Utc> {
+        self.0.recorded_at
+    }
+    /// `record`, `user`, `role`, `api_token`, `consent`, `data_export`, `retention_policy`,
+    /// `incident`, `organization` or `field_schema`.
+    async fn aggregate_type(&self) -> &str {
+        &self.0.aggregate_type
+    }
+    async fn aggregate_id(&self) -> &str {
+        &self.0.aggregate_id
+    }
+    async fn sequence(&self) -> i64 {
+        self.0.sequence
+    }
+    async fn event_type(&self) -> &str {
+        &self.0.event_type
+    }
+    async fn actor(&self) -> Actor {
+        let known = custos_domain::Actor::from_parts(&self.0.actor_kind, self.0.actor_id);
+        Actor::new(self.0.actor_id, known)
+    }
+    async fn request_id(&self) -> ID {
+        ID(self.0.request_id.to_string())
+    }
+    async fn datasheet(&self) -> Option<DatasheetKind> {
+        self.0
+            .datasheet
+            .as_deref()
+            .and_then(Datasheet::parse)
+            .map(DatasheetKind::from)
+    }
+    /// The records, users, roles or tokens the event is about.
+    async fn subject_ids(&self) -> Vec<ID> {
+        self.0.subjects.iter().map(|s| ID(s.to_string())).collect()
+    }
+    /// The names of the fields it changed.
+    async fn fields(&self) -> &[String] {
+        &self.0.fields
+    }
+    /// Each field's value before and after, read (and decrypted) from the event store when
+    /// asked: for records, users and roles; erased values read `[erased]`.
+    async fn changes(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<FieldChange>> {
+        let log = &principal(ctx)?.tenant.log;
+        let Ok(id) = Uuid::try_parse(&self.0.aggregate_id) else {
+            return Ok(Vec::new());
+        };
+        let entries = match self.0.aggregate_type.as_str() {
+            "record" => record_history(log, id).await,
+            "user" => user_history(log, id).await,
+            "role" => role_history(log, id).await,
+            _ => return Ok(Vec::new()),
+        }
+        .map_err(ApiError::internal)?;
+        Ok(entries
+            .into_iter()
+            .find(|e| e.sequence == self.0.sequence)
+            .map(|e| e.changes.into_iter().map(FieldChange::from).collect())
+            .unwrap_or_default())
+    }
+}
+
+pub type AuditConnection = Connection<String, AuditEntry, EmptyFields, EmptyFields>;
+
 #[derive(Default)]
 pub struct AuditQuery;
 
 #[Object]
 impl AuditQuery {
+    /// Everything that happened in the organisation, newest first: data changes, user and
+    /// role changes, logins and lockouts, exports, erasures, retention runs, consent changes.
+    /// Entries hold no values; `changes` reads them from the event. `history` on every
+    /// datasheet.
+    async fn audit_log(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<AuditLogFilter>,
+        #[graphql(desc = "Page size, 1 to 500 (default 50).")] first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<AuditConnection> {
+        let first = first.unwrap_or(50);
+        if !(1..=500).contains(&first) {
+            return Err(ApiError::validation("first", "`first` must be between 1 and 500").into());
+        }
+        let before = after
+            .map(|raw| {
+                decode_sequence(&raw)
+                    .ok_or_else(|| ApiError::validation("after", "`after` is not a valid cursor"))
+            })
+            .transpose()?;
+        let filter = filter.unwrap_or_default().parse()?;
+        let tenant = &principal(ctx)?.tenant;
+        let mut rows = audit_log::entries(&tenant.pool, &filter, before, i64::from(first) + 1)
+            .await
+            .map_err(ApiError::from)?;
+        let more = rows.len() > first as usize;
+        rows.truncate(first as usize);
+        let mut connection = Connection::new(before.is_some(), more);
+        connection.edges.extend(
+            rows.into_iter()
+                .map(|row| Edge::new(encode_sequence(row.global_position), AuditEntry(row))),
+        );
+        Ok(connection)
+    }
+
     /// The organisation's signed checkpoints, oldest first (`history` on every datasheet).
     async fn checkpoints(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<CheckpointNode>> {
         let tenant = &principal(ctx)?.tenant;
@@ -129,6 +286,31 @@ pub struct AuditMutation;
 
 #[Object]
 impl AuditMutation {
+    /// Exports the audit log entries the filter selects (as they stand now), as CSV or JSON:
+    /// recorded as an `AuditLogExported` event (who, the filter, how many) before the link is
+    /// handed out. `history` and `export` on every datasheet.
+    async fn export_audit_log(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<AuditLogFilter>,
+        format: ExportFormatKind,
+    ) -> async_graphql::Result<ExportPayload> {
+        let filter = filter.unwrap_or_default().parse()?;
+        let format = match format {
+            ExportFormatKind::Csv => ExportFormat::Csv,
+            ExportFormatKind::Json => ExportFormat::Json,
+        };
+        let ticket = services(ctx)?
+            .start_audit_export(
+                principal(ctx)?,
+                filter,
+                format,
+                request(ctx)?.origin.request_id,
+            )
+            .await?;
+        Ok(super::privacy::export_payload(ticket)?)
+    }
+
     /// Signs a checkpoint now rather than at the next scheduled one (administrators); `null`
     /// when nothing was written since the last.
     async fn create_checkpoint(
@@ -140,5 +322,89 @@ impl AuditMutation {
             .create_checkpoint(tenant)
             .await?
             .map(CheckpointNode::from))
+    }
+}
+
+/// What a live subscription's connection carries: the bearer token it authenticated with
+/// (checked again while the feed runs, so an ended session ends the feed).
+pub struct SubscriptionAuth {
+    pub token: String,
+    pub origin: crate::service::RequestOrigin,
+}
+
+/// How often the feed looks for new entries, and re-checks its session.
+const FEED_POLL: std::time::Duration = std::time::Duration::from_millis(300);
+const FEED_RECHECK: std::time::Duration = std::time::Duration::from_secs(60);
+
+#[derive(Default)]
+pub struct AuditSubscription;
+
+#[async_graphql::Subscription(name = "Subscription")]
+impl AuditSubscription {
+    /// New audit entries of your organisation, as they are recorded (over
+    /// `graphql-transport-ws` at `/graphql/ws`, with `{"authorization": "Bearer ..."}` as the
+    /// connection payload). `history` on every datasheet. Ends when the session does.
+    async fn audit_feed(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<impl futures::Stream<Item = AuditEntry>> {
+        let principal = principal(ctx)?;
+        crate::authz::check(
+            crate::authz::rule("Subscription", "auditFeed"),
+            Some(principal),
+        )?;
+        let auth = ctx
+            .data::<SubscriptionAuth>()
+            .map_err(|_| ApiError::Unauthenticated)?;
+        let services = services(ctx)?.clone();
+        let tenant = principal.tenant.clone();
+        let head = audit_log::feed_head(&tenant.pool)
+            .await
+            .map_err(ApiError::from)?;
+        struct Feed {
+            services: std::sync::Arc<crate::service::Services>,
+            tenant: std::sync::Arc<crate::tenancy::Tenant>,
+            token: String,
+            origin: crate::service::RequestOrigin,
+            last: i64,
+            checked: tokio::time::Instant,
+            queue: std::collections::VecDeque<AuditRow>,
+        }
+        let feed = Feed {
+            services,
+            tenant,
+            token: auth.token.clone(),
+            origin: auth.origin.clone(),
+            last: head,
+            checked: tokio::time::Instant::now(),
+            queue: Default::default(),
+        };
+        Ok(futures::stream::unfold(feed, |mut feed| async move {
+            loop {
+                if let Some(row) = feed.queue.pop_front() {
+                    return Some((AuditEntry(row), feed));
+                }
+                tokio::time::sleep(FEED_POLL).await;
+                if feed.checked.elapsed() >= FEED_RECHECK {
+                    match feed.services.authenticate(&feed.token, &feed.origin).await {
+                        Ok(Some(principal)) if principal.tenant.id == feed.tenant.id => {}
+                        _ => return None,
+                    }
+                    feed.checked = tokio::time::Instant::now();
+                }
+                match audit_log::added_after(&feed.tenant.pool, feed.last, 100).await {
+                    Ok(rows) => {
+                        if let Some((seq, _)) = rows.last() {
+                            feed.last = *seq;
+                        }
+                        feed.queue.extend(rows.into_iter().map(|(_, row)| row));
+                    }
+                    Err(err) => {
+                        tracing::warn!(tenant.id = %feed.tenant.id, error = %crate::error::redacted(&err.into()), "the audit feed stopped");
+                        return None;
+                    }
+                }
+            }
+        }))
     }
 }

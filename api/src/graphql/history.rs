@@ -27,6 +27,16 @@ pub struct FieldChange {
     after: Option<String>,
 }
 
+impl From<crate::history::FieldChange> for FieldChange {
+    fn from(c: crate::history::FieldChange) -> Self {
+        Self {
+            field: c.field,
+            before: c.before,
+            after: c.after,
+        }
+    }
+}
+
 /// What kind of actor caused an event.
 #[derive(async_graphql::Enum, Copy, Clone, Eq, PartialEq)]
 pub enum ActorKind {

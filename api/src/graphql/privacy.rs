@@ -186,7 +186,7 @@ pub struct SubjectTrailPayload {
     expires_at: DateTime<Utc>,
 }
 
-fn export_payload(ticket: ExportTicket) -> Result<ExportPayload, ApiError> {
+pub(crate) fn export_payload(ticket: ExportTicket) -> Result<ExportPayload, ApiError> {
     Ok(ExportPayload {
         export_id: ID(ticket.export_id.to_string()),
         count: i64::try_from(ticket.count).map_err(ApiError::internal)?,

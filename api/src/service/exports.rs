@@ -45,6 +45,8 @@ pub enum Download {
     SubjectTrail(super::trail::TrailBundle),
     /// The people a breach affected, streamed in batches.
     NotificationList(super::breaches::NotificationList),
+    /// Entries of the audit log, streamed in batches.
+    AuditLog(super::audit::AuditDownload),
 }
 
 /// A datasheet's records to stream.
@@ -136,7 +138,7 @@ impl Services {
         let row: Option<DownloadRow> = sqlx::query_as(
             "UPDATE export_downloads SET used_at = now()
              WHERE token_hash = $1 AND used_at IS NULL AND expires_at > now()
-             RETURNING kind, export_id, datasheet, format, bom, record_ids, actor_id, actor_kind, request_id",
+             RETURNING kind, export_id, datasheet, format, bom, record_ids, actor_id, actor_kind, request_id, filter",
         )
         .bind(&parsed.hash)
         .fetch_optional(&tenant.pool)
@@ -159,6 +161,23 @@ impl Services {
                     .build_subject_trail(&tenant, row.export_id, &row.record_ids, metadata)
                     .await?;
                 Ok(Some(Download::SubjectTrail(bundle)))
+            }
+            "audit_log" => {
+                let stored = row.filter.ok_or_else(corrupt)?;
+                let filter =
+                    serde_json::from_value(stored["filter"].clone()).map_err(|_| corrupt())?;
+                let upto = stored["upto"].as_i64().ok_or_else(corrupt)?;
+                let format = if row.format == "json" {
+                    ExportFormat::Json
+                } else {
+                    ExportFormat::Csv
+                };
+                Ok(Some(Download::AuditLog(super::audit::AuditDownload {
+                    tenant,
+                    filter,
+                    upto,
+                    format,
+                })))
             }
             "notification_list" => Ok(Some(Download::NotificationList(
                 super::breaches::NotificationList {
@@ -203,6 +222,7 @@ struct DownloadRow {
     actor_id: Option<Uuid>,
     actor_kind: Option<String>,
     request_id: Option<Uuid>,
+    filter: Option<Value>,
 }
 
 impl Download {
@@ -217,6 +237,7 @@ impl Download {
             ),
             Download::SubjectTrail(_) => format!("subject-trail-{today}.zip"),
             Download::NotificationList(_) => format!("breach-notification-list-{today}.csv"),
+            Download::AuditLog(audit) => format!("audit-log-{today}.{}", format_name(audit.format)),
         }
     }
 
@@ -228,6 +249,10 @@ impl Download {
             },
             Download::SubjectTrail(_) => "application/zip",
             Download::NotificationList(_) => "text/csv; charset=utf-8",
+            Download::AuditLog(audit) => match audit.format {
+                ExportFormat::Csv => "text/csv; charset=utf-8",
+                ExportFormat::Json => "application/json",
+            },
         }
     }
 
@@ -243,6 +268,7 @@ impl Download {
                 receiver
             }
             Download::NotificationList(list) => list.stream(),
+            Download::AuditLog(audit) => audit.stream(),
         }
     }
 }

@@ -1,0 +1,397 @@
+//! The `audit_log` read model: one entry per event of every stream, with who, when, what kind,
+//! which records or users it is about and the names of the fields it changed — never a value.
+//! Values are read from the event itself (through the codec) when an entry is shown.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use cqrs_es::DomainEvent;
+use custos_domain::{
+    ApiToken, ConsentEvent, Consents, DataExport, DataExportEvent, FieldSchema, FieldSchemaEvent,
+    Incident, Organization, Record, RecordEvent, RetentionEvent, RetentionPolicy, Role, RoleEvent,
+    User, UserEvent,
+};
+use sqlx::{PgConnection, PgExecutor, QueryBuilder};
+use uuid::Uuid;
+
+use crate::{AnyEvent, ProjectedEvent, Projection};
+
+/// Every aggregate type: the audit log reads them all.
+const ALL_TYPES: &[&str] = &[
+    <User as cqrs_es::Aggregate>::TYPE,
+    <Role as cqrs_es::Aggregate>::TYPE,
+    <Record as cqrs_es::Aggregate>::TYPE,
+    <Organization as cqrs_es::Aggregate>::TYPE,
+    <ApiToken as cqrs_es::Aggregate>::TYPE,
+    <FieldSchema as cqrs_es::Aggregate>::TYPE,
+    <DataExport as cqrs_es::Aggregate>::TYPE,
+    <Consents as cqrs_es::Aggregate>::TYPE,
+    <RetentionPolicy as cqrs_es::Aggregate>::TYPE,
+    <Incident as cqrs_es::Aggregate>::TYPE,
+];
+
+/// Projects every event into `audit_log`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AuditLogProjection;
+
+/// What an entry records of an event: aggregate type, event type, datasheet, subjects, fields.
+struct Entry {
+    aggregate_type: &'static str,
+    event_type: String,
+    datasheet: Option<&'static str>,
+    subjects: Vec<Uuid>,
+    fields: Vec<String>,
+}
+
+fn names<'a>(fields: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    fields.into_iter().map(str::to_owned).collect()
+}
+
+fn entry(event: &ProjectedEvent) -> Entry {
+    let own = vec![event.aggregate_id];
+    let (aggregate_type, event_type, datasheet, subjects, fields) = match &event.event {
+        AnyEvent::Record(e) => {
+            let fields = match e {
+                RecordEvent::RecordCreated {
+                    fields, hired_from, ..
+                } => {
+                    let mut names: Vec<String> = fields.keys().cloned().collect();
+                    if hired_from.is_some() {
+                        names.push("hired_from".into());
+                    }
+                    names
+                }
+                RecordEvent::RecordUpdated { changes, .. } => changes.keys().cloned().collect(),
+                RecordEvent::RecordArchived { .. } | RecordEvent::RecordRestored { .. } => {
+                    names(["archived"])
+                }
+                RecordEvent::RecordRestricted { .. } | RecordEvent::RestrictionLifted { .. } => {
+                    names(["restricted"])
+                }
+                RecordEvent::ApplicantHired { .. } => names(["stage", "hired_as"]),
+                RecordEvent::RecordErased { fields, .. } => fields.clone(),
+            };
+            let datasheet = match e {
+                RecordEvent::RecordCreated { datasheet, .. }
+                | RecordEvent::RecordUpdated { datasheet, .. }
+                | RecordEvent::RecordArchived { datasheet }
+                | RecordEvent::RecordRestored { datasheet }
+                | RecordEvent::ApplicantHired { datasheet, .. }
+                | RecordEvent::RecordRestricted { datasheet, .. }
+                | RecordEvent::RestrictionLifted { datasheet }
+                | RecordEvent::RecordErased { datasheet, .. } => datasheet.as_str(),
+            };
+            let mut subjects = own;
+            if let RecordEvent::ApplicantHired { employee_id, .. } = e {
+                subjects.push(*employee_id);
+            }
+            (
+                <Record as cqrs_es::Aggregate>::TYPE,
+                e.event_type(),
+                Some(datasheet),
+                subjects,
+                fields,
+            )
+        }
+        AnyEvent::User(e) => {
+            let fields = match e {
+                UserEvent::UserRegistered { .. } => {
+                    names(["name", "email", "administrator", "roles"])
+                }
+                UserEvent::UserRenamed { .. } => names(["name"]),
+                UserEvent::EmailChanged { .. } => names(["email"]),
+                UserEvent::RolesAssigned { .. } => names(["roles"]),
+                UserEvent::AdministratorGranted | UserEvent::AdministratorRevoked => {
+                    names(["administrator"])
+                }
+                UserEvent::UserDeactivated | UserEvent::UserReactivated => names(["active"]),
+                UserEvent::PasswordReset { .. } | UserEvent::PasswordChanged { .. } => {
+                    names(["password"])
+                }
+                UserEvent::LoginLocked { .. } | UserEvent::LoginUnlocked => names(["locked"]),
+                UserEvent::TwoFactorEnabled
+                | UserEvent::TwoFactorDisabled
+                | UserEvent::TwoFactorReset => names(["two_factor"]),
+                UserEvent::RecoveryCodesRegenerated => names(["recovery_codes"]),
+                UserEvent::UserErased => names(["name", "email"]),
+                UserEvent::LoginSucceeded { .. }
+                | UserEvent::LoginFailed { .. }
+                | UserEvent::LoggedOut { .. }
+                | UserEvent::Redacted => Vec::new(),
+            };
+            (
+                <User as cqrs_es::Aggregate>::TYPE,
+                e.event_type(),
+                None,
+                own,
+                fields,
+            )
+        }
+        AnyEvent::Role(e) => {
+            let fields = match e {
+                RoleEvent::RoleCreated { .. } => names(["name", "permissions"]),
+                RoleEvent::RoleRenamed { .. } => names(["name"]),
+                RoleEvent::PermissionGranted { .. } | RoleEvent::PermissionRevoked { .. } => {
+                    names(["permissions"])
+                }
+                RoleEvent::RoleDeleted => Vec::new(),
+            };
+            (
+                <Role as cqrs_es::Aggregate>::TYPE,
+                e.event_type(),
+                None,
+                own,
+                fields,
+            )
+        }
+        AnyEvent::Organization(e) => (
+            <Organization as cqrs_es::Aggregate>::TYPE,
+            e.event_type(),
+            None,
+            Vec::new(),
+            names(["two_factor_required"]),
+        ),
+        AnyEvent::ApiToken(e) => (
+            <ApiToken as cqrs_es::Aggregate>::TYPE,
+            e.event_type(),
+            None,
+            own,
+            Vec::new(),
+        ),
+        AnyEvent::FieldSchema(e) => {
+            let (datasheet, key) = match e {
+                FieldSchemaEvent::CustomFieldAdded { datasheet, key, .. }
+                | FieldSchemaEvent::CustomFieldChanged { datasheet, key, .. }
+                | FieldSchemaEvent::CustomFieldRetired { datasheet, key } => (datasheet, key),
+            };
+            (
+                <FieldSchema as cqrs_es::Aggregate>::TYPE,
+                e.event_type(),
+                Some(datasheet.as_str()),
+                Vec::new(),
+                vec![format!("custom.{key}")],
+            )
+        }
+        AnyEvent::DataExport(e) => {
+            let datasheet = match e {
+                DataExportEvent::RecordsExported { datasheet, .. } => Some(datasheet.as_str()),
+                _ => None,
+            };
+            (
+                <DataExport as cqrs_es::Aggregate>::TYPE,
+                e.event_type(),
+                datasheet,
+                e.record_ids().to_vec(),
+                Vec::new(),
+            )
+        }
+        AnyEvent::Consent(e) => {
+            let (datasheet, purpose) = match e {
+                ConsentEvent::ConsentGiven {
+                    datasheet, purpose, ..
+                }
+                | ConsentEvent::ConsentWithdrawn {
+                    datasheet, purpose, ..
+                } => (Some(datasheet.as_str()), vec![purpose.clone()]),
+                ConsentEvent::Redacted => (None, Vec::new()),
+            };
+            (
+                <Consents as cqrs_es::Aggregate>::TYPE,
+                e.event_type(),
+                datasheet,
+                own,
+                purpose,
+            )
+        }
+        AnyEvent::Retention(e) => {
+            let subjects = match e {
+                RetentionEvent::RetentionApplied { erased } => erased.clone(),
+                _ => Vec::new(),
+            };
+            (
+                <RetentionPolicy as cqrs_es::Aggregate>::TYPE,
+                e.event_type(),
+                None,
+                subjects,
+                Vec::new(),
+            )
+        }
+        AnyEvent::Incident(e) => (
+            <Incident as cqrs_es::Aggregate>::TYPE,
+            e.event_type(),
+            None,
+            Vec::new(),
+            Vec::new(),
+        ),
+    };
+    Entry {
+        aggregate_type,
+        event_type,
+        datasheet,
+        subjects,
+        fields,
+    }
+}
+
+#[async_trait]
+impl Projection for AuditLogProjection {
+    fn name(&self) -> &'static str {
+        "audit_log"
+    }
+
+    fn aggregate_types(&self) -> &'static [&'static str] {
+        ALL_TYPES
+    }
+
+    async fn apply(&self, conn: &mut PgConnection, event: &ProjectedEvent) -> sqlx::Result<()> {
+        let entry = entry(event);
+        let actor = event.metadata.actor;
+        sqlx::query(
+            "INSERT INTO audit_log (global_position, recorded_at, aggregate_type, aggregate_id, sequence,
+                                    event_type, actor_id, actor_kind, request_id, datasheet, subjects, fields)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+             ON CONFLICT (global_position) DO NOTHING",
+        )
+        .bind(event.global_position)
+        .bind(event.recorded_at)
+        .bind(entry.aggregate_type)
+        .bind(event.aggregate_id.to_string())
+        .bind(event.sequence)
+        .bind(&entry.event_type)
+        .bind(actor.id())
+        .bind(actor.kind())
+        .bind(event.metadata.request_id)
+        .bind(entry.datasheet)
+        .bind(&entry.subjects)
+        .bind(&entry.fields)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+
+    async fn reset(&self, conn: &mut PgConnection) -> sqlx::Result<()> {
+        sqlx::query("DELETE FROM audit_log").execute(conn).await?;
+        Ok(())
+    }
+}
+
+/// One entry of the audit log.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize)]
+pub struct AuditRow {
+    pub global_position: i64,
+    pub recorded_at: DateTime<Utc>,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub sequence: i64,
+    pub event_type: String,
+    pub actor_id: Uuid,
+    pub actor_kind: String,
+    pub request_id: Uuid,
+    pub datasheet: Option<String>,
+    pub subjects: Vec<Uuid>,
+    pub fields: Vec<String>,
+}
+
+/// Which entries to show; every part optional.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AuditFilter {
+    pub actor: Option<Uuid>,
+    pub datasheet: Option<String>,
+    pub subject: Option<Uuid>,
+    pub event_types: Option<Vec<String>>,
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+}
+
+/// Up to `limit` entries matching `filter`, newest first, before the position `before`.
+pub async fn entries<'e>(
+    db: impl PgExecutor<'e>,
+    filter: &AuditFilter,
+    before: Option<i64>,
+    limit: i64,
+) -> sqlx::Result<Vec<AuditRow>> {
+    let mut query = QueryBuilder::new(
+        "SELECT global_position, recorded_at, aggregate_type, aggregate_id, sequence, event_type,
+                actor_id, actor_kind, request_id, datasheet, subjects, fields
+         FROM audit_log WHERE true",
+    );
+    if let Some(before) = before {
+        query.push(" AND global_position < ").push_bind(before);
+    }
+    push_filter(&mut query, filter);
+    query
+        .push(" ORDER BY global_position DESC LIMIT ")
+        .push_bind(limit);
+    query.build_query_as().fetch_all(db).await
+}
+
+fn push_filter(query: &mut QueryBuilder<'_, sqlx::Postgres>, filter: &AuditFilter) {
+    if let Some(actor) = filter.actor {
+        query.push(" AND actor_id = ").push_bind(actor);
+    }
+    if let Some(datasheet) = &filter.datasheet {
+        query.push(" AND datasheet = ").push_bind(datasheet.clone());
+    }
+    if let Some(subject) = filter.subject {
+        query
+            .push(" AND subjects @> ")
+            .push_bind(vec![subject])
+            .push("::uuid[]");
+    }
+    if let Some(types) = &filter.event_types {
+        query
+            .push(" AND event_type = ANY(")
+            .push_bind(types.clone())
+            .push(")");
+    }
+    if let Some(from) = filter.from {
+        query.push(" AND recorded_at >= ").push_bind(from);
+    }
+    if let Some(to) = filter.to {
+        query.push(" AND recorded_at <= ").push_bind(to);
+    }
+}
+
+/// How many entries up to the position `upto` match `filter`.
+pub async fn count<'e>(
+    db: impl PgExecutor<'e>,
+    filter: &AuditFilter,
+    upto: i64,
+) -> sqlx::Result<i64> {
+    let mut query = QueryBuilder::new("SELECT count(*) FROM audit_log WHERE global_position <= ");
+    query.push_bind(upto);
+    push_filter(&mut query, filter);
+    query.build_query_scalar().fetch_one(db).await
+}
+
+/// Entries added after the feed position `after` (see `feed_seq`), oldest first, with their
+/// feed positions.
+pub async fn added_after<'e>(
+    db: impl PgExecutor<'e>,
+    after: i64,
+    limit: i64,
+) -> sqlx::Result<Vec<(i64, AuditRow)>> {
+    let rows: Vec<FeedRow> = sqlx::query_as(
+        "SELECT feed_seq, global_position, recorded_at, aggregate_type, aggregate_id, sequence, event_type,
+                actor_id, actor_kind, request_id, datasheet, subjects, fields
+         FROM audit_log WHERE feed_seq > $1 ORDER BY feed_seq LIMIT $2",
+    )
+    .bind(after)
+    .bind(limit)
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.feed_seq, r.row)).collect())
+}
+
+/// The newest feed position (0 when the log is empty).
+pub async fn feed_head<'e>(db: impl PgExecutor<'e>) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT coalesce(max(feed_seq), 0) FROM audit_log")
+        .fetch_one(db)
+        .await
+}
+
+#[derive(sqlx::FromRow)]
+struct FeedRow {
+    feed_seq: i64,
+    #[sqlx(flatten)]
+    row: AuditRow,
+}
