@@ -278,10 +278,22 @@ pub async fn checkpoints(
     conn: &mut PgConnection,
     tenant_id: Uuid,
 ) -> sqlx::Result<Vec<Checkpoint>> {
+    latest_checkpoints(conn, tenant_id, i64::MAX).await
+}
+
+/// The newest `limit` checkpoints, oldest first.
+pub async fn latest_checkpoints(
+    conn: &mut PgConnection,
+    tenant_id: Uuid,
+    limit: i64,
+) -> sqlx::Result<Vec<Checkpoint>> {
     let rows = sqlx::query(
-        "SELECT number, created_at, snapshot, streams, events, root, previous, public_key, signature
-         FROM checkpoints ORDER BY number",
+        "SELECT * FROM (
+             SELECT number, created_at, snapshot, streams, events, root, previous, public_key, signature
+             FROM checkpoints ORDER BY number DESC LIMIT $1
+         ) AS newest ORDER BY number",
     )
+    .bind(limit)
     .fetch_all(conn)
     .await?;
     rows.iter()

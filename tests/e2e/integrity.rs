@@ -113,6 +113,32 @@ async fn an_untouched_store_verifies_and_so_does_one_after_an_erasure() {
         "the old checkpoint still holds after an erasure"
     );
     assert_eq!(checkpoint(&app, &admin).await["number"], 2);
+    let listed = app
+        .graphql(
+            Some(&admin.token),
+            "{ checkpoints(last: 1) { number events } }",
+            json!({}),
+        )
+        .await
+        .ok();
+    assert_eq!(listed.data("checkpoints").as_array().unwrap().len(), 1);
+    assert_eq!(listed.data("checkpoints.0.number"), 2);
+    let all = app
+        .graphql(Some(&admin.token), "{ checkpoints { number } }", json!({}))
+        .await
+        .ok();
+    assert_eq!(
+        all.data("checkpoints"),
+        &json!([{ "number": 1 }, { "number": 2 }])
+    );
+    let refused = app
+        .graphql(
+            Some(&admin.token),
+            "{ checkpoints(last: 0) { number } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(refused.code(), Some("VALIDATION"));
     let report = verify(&app, &admin).await;
     assert_eq!(
         (report["ok"].clone(), report["checkedCheckpoint"].clone()),

@@ -264,10 +264,19 @@ impl AuditQuery {
         Ok(connection)
     }
 
-    /// The organisation's signed checkpoints, oldest first (`history` on every datasheet).
-    async fn checkpoints(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<CheckpointNode>> {
+    /// The organisation's newest signed checkpoints, oldest first (`history` on every
+    /// datasheet).
+    async fn checkpoints(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "How many of the newest, 1 to 1000 (default 100).")] last: Option<i32>,
+    ) -> async_graphql::Result<Vec<CheckpointNode>> {
+        let last = last.unwrap_or(100);
+        if !(1..=1000).contains(&last) {
+            return Err(ApiError::validation("last", "`last` must be between 1 and 1000").into());
+        }
         let tenant = &principal(ctx)?.tenant;
-        let list = services(ctx)?.checkpoints(tenant).await?;
+        let list = services(ctx)?.checkpoints(tenant, i64::from(last)).await?;
         Ok(list.into_iter().map(CheckpointNode::from).collect())
     }
 

@@ -17,7 +17,7 @@ use uuid::Uuid;
 use super::Services;
 use crate::auth::Principal;
 use crate::error::ApiError;
-use crate::history::record_history;
+use crate::history::{record_history, HistoryEntry};
 use crate::tenancy::Tenant;
 
 /// What giving consent (or recording another basis) for a purpose takes.
@@ -184,6 +184,19 @@ impl Services {
         tenant: &Tenant,
         subject: Uuid,
     ) -> Result<Vec<ConsentChange>, ApiError> {
+        let record = record_history(&tenant.log, subject)
+            .await
+            .map_err(ApiError::internal)?;
+        self.consent_history_with(tenant, subject, &record).await
+    }
+
+    /// [`Self::consent_history`] with the subject's record history already read.
+    pub(crate) async fn consent_history_with(
+        &self,
+        tenant: &Tenant,
+        subject: Uuid,
+        record: &[HistoryEntry],
+    ) -> Result<Vec<ConsentChange>, ApiError> {
         let stream = tenant
             .log
             .stream(Consents::TYPE, &subject.to_string())
@@ -226,10 +239,7 @@ impl Services {
             }
             changes.push(change);
         }
-        for entry in record_history(&tenant.log, subject)
-            .await
-            .map_err(ApiError::internal)?
-        {
+        for entry in record {
             let Some(field) = entry.changes.iter().find(|c| c.field == "talentPoolUntil") else {
                 continue;
             };

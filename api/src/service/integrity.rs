@@ -25,10 +25,14 @@ impl Services {
         Ok(checkpoint)
     }
 
-    /// The tenant's checkpoints, oldest first.
-    pub async fn checkpoints(&self, tenant: &Tenant) -> Result<Vec<Checkpoint>, ApiError> {
+    /// The tenant's newest `limit` checkpoints, oldest first.
+    pub async fn checkpoints(
+        &self,
+        tenant: &Tenant,
+        limit: i64,
+    ) -> Result<Vec<Checkpoint>, ApiError> {
         let mut conn = tenant.pool.acquire().await?;
-        Ok(integrity::checkpoints(&mut conn, tenant.id).await?)
+        Ok(integrity::latest_checkpoints(&mut conn, tenant.id, limit).await?)
     }
 
     /// Recomputes every chain of the tenant and checks its checkpoints against this instance's

@@ -250,12 +250,13 @@ impl Services {
                     due.push((policy.id, policy.name.clone(), scheduled.due_at));
                 }
             }
+            let events = record_history(&tenant.log, row.id)
+                .await
+                .map_err(ApiError::internal)?;
             trails.push(RecordTrail {
-                events: record_history(&tenant.log, row.id)
-                    .await
-                    .map_err(ApiError::internal)?,
+                consent_history: self.consent_history_with(tenant, row.id, &events).await?,
+                events,
                 consents: consents.remove(&row.id).unwrap_or_default(),
-                consent_history: self.consent_history(tenant, row.id).await?,
                 accesses: access.remove(&row.id).unwrap_or_default(),
                 retention: due,
                 row,
@@ -272,8 +273,13 @@ impl Services {
             record_ids: record_ids.to_vec(),
             manifest_sha256: manifest_sha256.clone(),
         };
-        self.execute(tenant, &tenant.exports, export_id, command, metadata)
-            .await?;
+        // Recorded before a byte is sent; the read models (the person's accesses, the audit
+        // log) follow in the background — nothing here reads them back.
+        tenant
+            .exports
+            .execute_with_metadata(&export_id.to_string(), command, metadata.to_map())
+            .await
+            .map_err(ApiError::from)?;
         tracing::info!(tenant.id = %tenant.id, export.id = %export_id, records = record_ids.len(), "a subject's trail was exported");
         Ok(TrailBundle {
             bytes,
