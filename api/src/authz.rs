@@ -248,7 +248,20 @@ impl Extension for Authorization {
             let principal = ctx
                 .data_opt::<RequestContext>()
                 .and_then(|r| r.principal.as_ref());
-            if let Err(err) = check(rule(info.parent_type, info.name), principal) {
+            // A WebSocket connection authenticates once, at its start: it serves subscriptions
+            // only (which re-check their session), never queries or mutations.
+            let over_websocket = ctx
+                .data_opt::<crate::graphql::audit::SubscriptionAuth>()
+                .is_some();
+            let decision = if over_websocket && info.parent_type != "Subscription" {
+                Err(ApiError::validation(
+                    "operation",
+                    "only subscriptions are served over WebSocket: send queries and mutations to POST /graphql",
+                ))
+            } else {
+                check(rule(info.parent_type, info.name), principal)
+            };
+            if let Err(err) = decision {
                 if matches!(err, ApiError::Forbidden) {
                     tracing::warn!(
                         tenant.id = ?principal.map(|p| p.tenant.id),

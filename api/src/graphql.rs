@@ -177,6 +177,23 @@ pub(crate) fn id_connection<T, N: async_graphql::OutputType>(
 }
 
 /// Parses an `ID!` argument that must be a UUID.
+/// A moment a client gave, within years 1 to 9999 (what the database stores; the scalar
+/// accepts far more), or `VALIDATION` on `field`.
+pub(crate) fn moment(
+    field: &str,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Result<chrono::DateTime<chrono::Utc>, ApiError> {
+    use chrono::Datelike;
+    if (1..=9999).contains(&at.year()) {
+        Ok(at)
+    } else {
+        Err(ApiError::validation(
+            field,
+            format!("`{field}` must be within the years 1 to 9999"),
+        ))
+    }
+}
+
 pub(crate) fn parse_id(field: &str, id: &async_graphql::ID) -> Result<Uuid, ApiError> {
     Uuid::try_parse(id.as_str())
         .map_err(|_| ApiError::validation(field, format!("`{field}` is not a valid id")))

@@ -434,42 +434,46 @@ pub async fn verify(
     let stored = checkpoints(conn, tenant_id).await?;
     report.checkpoints = stored.len() as i64;
     let by_number: HashMap<i64, &Checkpoint> = stored.iter().map(|c| (c.number, c)).collect();
-    let check_chain = |list: &[Checkpoint], source: &str, problems: &mut Vec<String>| {
-        let mut previous: Vec<u8> = Vec::new();
-        for checkpoint in list {
-            if checkpoint.tenant_id != tenant_id {
-                problems.push(format!(
-                    "{source} checkpoint {} belongs to another organisation",
-                    checkpoint.number
-                ));
-            }
-            if !checkpoint.signature_holds() {
-                problems.push(format!(
-                    "{source} checkpoint {}: the signature does not verify",
-                    checkpoint.number
-                ));
-            }
-            if let Some(key) = expected_key {
-                if checkpoint.public_key != key.to_bytes() {
+    // `linked`: each must follow the one before it in `list` (the database's list is complete;
+    // a file may lack checkpoints another instance made, so its links are checked through the
+    // database's copies instead).
+    let check_chain =
+        |list: &[Checkpoint], source: &str, linked: bool, problems: &mut Vec<String>| {
+            let mut previous: Vec<u8> = Vec::new();
+            for checkpoint in list {
+                if checkpoint.tenant_id != tenant_id {
                     problems.push(format!(
-                        "{source} checkpoint {}: signed with another key",
+                        "{source} checkpoint {} belongs to another organisation",
                         checkpoint.number
                     ));
                 }
+                if !checkpoint.signature_holds() {
+                    problems.push(format!(
+                        "{source} checkpoint {}: the signature does not verify",
+                        checkpoint.number
+                    ));
+                }
+                if let Some(key) = expected_key {
+                    if checkpoint.public_key != key.to_bytes() {
+                        problems.push(format!(
+                            "{source} checkpoint {}: signed with another key",
+                            checkpoint.number
+                        ));
+                    }
+                }
+                if linked && checkpoint.previous != previous {
+                    problems.push(format!(
+                        "{source} checkpoint {}: does not follow the previous checkpoint",
+                        checkpoint.number
+                    ));
+                }
+                previous = checkpoint.signature.clone();
             }
-            if checkpoint.previous != previous {
-                problems.push(format!(
-                    "{source} checkpoint {}: does not follow the previous checkpoint",
-                    checkpoint.number
-                ));
-            }
-            previous = checkpoint.signature.clone();
-        }
-    };
-    check_chain(&stored, "database", &mut report.checkpoint_problems);
+        };
+    check_chain(&stored, "database", true, &mut report.checkpoint_problems);
     let newest = match file {
         Some(file) => {
-            check_chain(file, "file", &mut report.checkpoint_problems);
+            check_chain(file, "file", false, &mut report.checkpoint_problems);
             for checkpoint in file {
                 match by_number.get(&checkpoint.number) {
                     Some(row) if *row == checkpoint => {}

@@ -142,13 +142,24 @@ impl Services {
         A: Aggregate,
         ApiError: From<AggregateError<A::Error>>,
     {
-        let id = aggregate_id.to_string();
-        cqrs.execute_with_metadata(&id, command, metadata.to_map())
+        cqrs.execute_with_metadata(&aggregate_id.to_string(), command, metadata.to_map())
             .await?;
-        if let Some(head) = tenant.log.head(A::TYPE, &id).await? {
+        self.wait_for_stream(tenant, A::TYPE, aggregate_id).await
+    }
+
+    /// Waits until the read models of `aggregate_type` have applied the stream's latest event
+    /// (read-your-writes); `UNAVAILABLE` when they lag beyond the projection wait.
+    pub(crate) async fn wait_for_stream(
+        &self,
+        tenant: &Tenant,
+        aggregate_type: &str,
+        aggregate_id: Uuid,
+    ) -> Result<(), ApiError> {
+        let id = aggregate_id.to_string();
+        if let Some(head) = tenant.log.head(aggregate_type, &id).await? {
             tenant
                 .projectors
-                .wait_for(A::TYPE, head, self.projection_wait)
+                .wait_for(aggregate_type, head, self.projection_wait)
                 .await
                 .map_err(|_| {
                     tracing::warn!(tenant.id = %tenant.id, aggregate.id = %id, "read models are lagging");

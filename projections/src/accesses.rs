@@ -62,6 +62,8 @@ pub enum ReadVia {
     Record,
     /// The person was found by email or phone.
     FindSubject,
+    /// The record's history or a past state was read (values included).
+    History,
 }
 
 impl ReadVia {
@@ -69,6 +71,7 @@ impl ReadVia {
         match self {
             ReadVia::Record => "record",
             ReadVia::FindSubject => "find_subject",
+            ReadVia::History => "history",
         }
     }
 }

@@ -509,6 +509,17 @@ async fn the_live_feed_streams_new_entries_of_one_organisation_only() {
         );
     }
 
+    // A WebSocket connection serves subscriptions only.
+    let (mut querying, _) =
+        feed::open(&address, Some(&admin.token), "{ employees { totalCount } }").await;
+    let answer = feed::next(&mut querying, std::time::Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(
+        answer.to_string().contains("only subscriptions"),
+        "{answer}"
+    );
+
     // Without a token, or without `history`, no feed.
     let (mut anonymous, refused) = feed::subscribe(&address, "cus_not_a_token").await;
     assert_ne!(refused["type"], "connection_ack", "{refused}");

@@ -375,6 +375,33 @@ async fn a_subject_trail_holds_every_fact_about_the_person_and_none_about_anyone
             json!({ "email": "Philippa.Q@trail.example" }),
         )
         .await;
+    // Records in datasheets the caller cannot read stay unseen (as in findSubject): the trail
+    // covers the contact only.
+    assert_eq!(
+        refused.ok().data("subjectTrail.recordIds"),
+        &json!([contact.clone()])
+    );
+    // One who can read them but not export them is refused.
+    let reader_exporter = app
+        .graphql(
+            Some(&admin.token),
+            "mutation { createRole(input: { name: \"Reads all, exports contacts\", grants: [{ datasheet: CONTACTS, permission: EXPORT }, { datasheet: CONTACTS, permission: READ }, { datasheet: EMPLOYEES, permission: READ }, { datasheet: APPLICANTS, permission: READ }] }) { id } }",
+            json!({}),
+        )
+        .await
+        .ok()
+        .data("createRole.id")
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let reader = app.user_with_roles(&admin, &[reader_exporter]).await;
+    let refused = app
+        .graphql(
+            Some(&reader.token),
+            TRAIL,
+            json!({ "email": "Philippa.Q@trail.example" }),
+        )
+        .await;
     assert_eq!(refused.code(), Some("FORBIDDEN"));
     let unknown = app
         .graphql(
@@ -868,6 +895,8 @@ async fn the_breach_register_finds_the_affected_people_and_tracks_the_deadline()
         json!({ "detectedAt": (Utc::now() + Duration::days(1)).to_rfc3339(), "description": "x", "datasheets": ["CONTACTS"], "windowFrom": start.to_rfc3339(), "windowTo": now.to_rfc3339() }),
         json!({ "detectedAt": Utc::now().to_rfc3339(), "description": "x", "datasheets": [], "windowFrom": start.to_rfc3339(), "windowTo": now.to_rfc3339() }),
         json!({ "detectedAt": Utc::now().to_rfc3339(), "description": "x", "datasheets": ["CONTACTS"], "windowFrom": now.to_rfc3339(), "windowTo": start.to_rfc3339() }),
+        // Beyond what the database stores: refused, never a stuck read model.
+        json!({ "detectedAt": Utc::now().to_rfc3339(), "description": "x", "datasheets": ["CONTACTS"], "windowFrom": "0000-01-01T00:00:00Z", "windowTo": start.to_rfc3339() }),
     ] {
         let refused = app
             .graphql(Some(&admin.token), INCIDENT, json!({ "i": bad }))

@@ -5,6 +5,7 @@ use async_graphql::connection::{Connection, Edge, EmptyFields};
 use async_graphql::{Context, Enum, InputObject, Object, SimpleObject, ID};
 use chrono::{DateTime, Utc};
 use custos_domain::{Datasheet, ExportFormat};
+use custos_projections::accesses::ReadVia;
 use custos_projections::audit_log::{self, AuditFilter, AuditRow};
 use uuid::Uuid;
 
@@ -145,8 +146,8 @@ impl AuditLogFilter {
                 .map(|id| parse_id("subjectId", &id))
                 .transpose()?,
             event_types: self.event_types,
-            from: self.from,
-            to: self.to,
+            from: self.from.map(|at| super::moment("from", at)).transpose()?,
+            to: self.to.map(|at| super::moment("to", at)).transpose()?,
         })
     }
 }
@@ -207,7 +208,10 @@ impl AuditEntry {
             return Ok(Vec::new());
         };
         let entries = match self.0.aggregate_type.as_str() {
-            "record" => record_history(log, id).await,
+            "record" => {
+                super::records::record_reads(ctx, &[id], ReadVia::History).await?;
+                record_history(log, id).await
+            }
             "user" => user_history(log, id).await,
             "role" => role_history(log, id).await,
             _ => return Ok(Vec::new()),
@@ -396,7 +400,13 @@ impl AuditSubscription {
                 tokio::time::sleep(FEED_POLL).await;
                 if feed.checked.elapsed() >= FEED_RECHECK {
                     match feed.services.authenticate(&feed.token, &feed.origin).await {
-                        Ok(Some(principal)) if principal.tenant.id == feed.tenant.id => {}
+                        Ok(Some(principal))
+                            if principal.tenant.id == feed.tenant.id
+                                && crate::authz::check(
+                                    crate::authz::rule("Subscription", "auditFeed"),
+                                    Some(&principal),
+                                )
+                                .is_ok() => {}
                         _ => return None,
                     }
                     feed.checked = tokio::time::Instant::now();

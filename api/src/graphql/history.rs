@@ -18,6 +18,7 @@ use crate::history::{
     diff, record_history, record_states, role_history, state_fields, user_history, HistoryEntry,
 };
 use custos_domain::Permission;
+use custos_projections::accesses::ReadVia;
 
 /// One field's value before and after an event (`null`: no value).
 #[derive(SimpleObject)]
@@ -200,6 +201,7 @@ impl HistoryQuery {
         at: DateTime<Utc>,
     ) -> async_graphql::Result<RecordAsOf> {
         let record = super::records::authorized_record(ctx, &id, Permission::History).await?;
+        super::records::record_reads(ctx, &[record.id], ReadVia::History).await?;
         if at > Utc::now() {
             return Err(ApiError::validation("at", "`at` is in the future").into());
         }
@@ -232,6 +234,7 @@ impl HistoryQuery {
         to_version: i64,
     ) -> async_graphql::Result<Vec<FieldChange>> {
         let record = super::records::authorized_record(ctx, &id, Permission::History).await?;
+        super::records::record_reads(ctx, &[record.id], ReadVia::History).await?;
         let states = record_states(&principal(ctx)?.tenant.log, record.id)
             .await
             .map_err(ApiError::internal)?;
@@ -280,6 +283,7 @@ impl HistoryQuery {
         let id = super::records::authorized_record(ctx, &id, Permission::History)
             .await?
             .id;
+        super::records::record_reads(ctx, &[id], ReadVia::History).await?;
         let entries = record_history(&principal.tenant.log, id)
             .await
             .map_err(ApiError::internal)?;

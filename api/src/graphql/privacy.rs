@@ -15,7 +15,7 @@ use uuid::Uuid;
 use super::exports::ExportPayload;
 use super::history::Actor;
 use super::records::{authorized_record, stored_enum, DatasheetKind, PipelineStage};
-use super::{parse_id, principal, request, services};
+use super::{moment, parse_id, principal, request, services};
 use crate::error::ApiError;
 use crate::service::{ConsentChange, ExportTicket, NewConsent, NewIncident, NewPolicy};
 
@@ -498,7 +498,11 @@ impl PrivacyQuery {
         }
         let tenant = &principal(ctx)?.tenant;
         let schedule = services(ctx)?
-            .retention_schedule(tenant, until.unwrap_or_else(Utc::now), i64::from(first))
+            .retention_schedule(
+                tenant,
+                moment("until", until.unwrap_or_else(Utc::now))?,
+                i64::from(first),
+            )
             .await?;
         Ok(schedule
             .iter()
@@ -686,12 +690,12 @@ impl PrivacyMutation {
         input: IncidentInput,
     ) -> async_graphql::Result<IncidentNode> {
         let incident = NewIncident {
-            detected_at: input.detected_at,
+            detected_at: moment("detectedAt", input.detected_at)?,
             description: input.description,
             scope: IncidentScope {
                 datasheets: input.datasheets.into_iter().map(Datasheet::from).collect(),
-                window_from: input.window_from,
-                window_to: input.window_to,
+                window_from: moment("windowFrom", input.window_from)?,
+                window_to: moment("windowTo", input.window_to)?,
                 actors: ids("actorIds", input.actor_ids)?,
             },
         };
@@ -711,7 +715,7 @@ impl PrivacyMutation {
     ) -> async_graphql::Result<IncidentNode> {
         let id = parse_id("id", &id)?;
         let command = IncidentCommand::NotifyAuthority {
-            at,
+            at: moment("at", at)?,
             reference,
             now: Utc::now(),
         };
@@ -735,7 +739,7 @@ impl PrivacyMutation {
     ) -> async_graphql::Result<IncidentNode> {
         let id = parse_id("id", &id)?;
         let command = IncidentCommand::NotifySubjects {
-            at,
+            at: moment("at", at)?,
             now: Utc::now(),
         };
         let row = services(ctx)?

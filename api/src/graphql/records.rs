@@ -748,7 +748,11 @@ async fn one<T: From<RecordRow>>(
 
 /// Records that the principal read these records' data (for each person's trail and the
 /// breach register).
-async fn record_reads(ctx: &Context<'_>, ids: &[Uuid], via: ReadVia) -> Result<(), ApiError> {
+pub(crate) async fn record_reads(
+    ctx: &Context<'_>,
+    ids: &[Uuid],
+    via: ReadVia,
+) -> Result<(), ApiError> {
     let principal = principal(ctx)?;
     accesses::record_reads(
         &principal.tenant.pool,

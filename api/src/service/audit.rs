@@ -169,9 +169,6 @@ impl AuditDownload {
                 _ => break,
             }
         }
-        if first && self.format == ExportFormat::Csv {
-            sender.send(csv_rows(&[], true)?).await?;
-        }
         if self.format == ExportFormat::Json {
             sender.send(b"\n]\n".to_vec()).await?;
         }

@@ -239,7 +239,10 @@ impl Services {
             }
             changes.push(change);
         }
-        for entry in record {
+        // Once the person is erased nothing of the register is known any more, including what
+        // their talent-pool date was.
+        let erased = record.iter().any(|e| e.event_type == "RecordErased");
+        for entry in record.iter().filter(|_| !erased) {
             let Some(field) = entry.changes.iter().find(|c| c.field == "talentPoolUntil") else {
                 continue;
             };

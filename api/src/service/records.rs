@@ -206,9 +206,13 @@ impl Services {
         metadata: EventMetadata,
         erased_before: bool,
     ) -> Result<(), ApiError> {
-        let recorded = match self
-            .execute(tenant, &tenant.records, id, command, metadata)
+        // The key is destroyed as soon as the erasure is recorded, before waiting for the read
+        // models: a slow projector must never leave a recorded erasure with a live key.
+        let recorded = match tenant
+            .records
+            .execute_with_metadata(&id.to_string(), command, metadata.to_map())
             .await
+            .map_err(ApiError::from)
         {
             Ok(()) => true,
             Err(ApiError::Validation { .. }) if erased_before => false,
@@ -223,7 +227,7 @@ impl Services {
             return Err(ApiError::validation("id", "the record was erased already"));
         }
         tracing::info!(tenant.id = %tenant.id, record.id = %id, actor.kind = metadata.actor.kind(), "a record's subject was erased");
-        Ok(())
+        self.wait_for_stream(tenant, Record::TYPE, id).await
     }
 
     /// A datasheet's custom fields as they stand.

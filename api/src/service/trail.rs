@@ -173,6 +173,18 @@ impl Services {
             .filter(|id| !ids.contains(id))
             .collect();
         rows.extend(records::records_by_id(&tenant.pool, &linked).await?);
+        // Records found by email or through a hire in datasheets the caller may not read stay
+        // unseen (as in `findSubject`): otherwise a refusal would tell that they exist. Records
+        // named by id must all be exportable.
+        rows.retain(|r| {
+            subject_ids.contains(&r.id) || principal.may(r.datasheet(), Permission::Read)
+        });
+        if rows.is_empty() {
+            return Err(ApiError::validation(
+                "email",
+                "no record about this person: give record ids or an email the records hold",
+            ));
+        }
         if rows.len() > MAX_RECORDS {
             return Err(ApiError::validation(
                 "subjectIds",
