@@ -90,19 +90,23 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
 }
 
+/// Where a benchmark's cluster lives: `--data-dir`, or a fresh temporary directory (kept
+/// while the returned guard lives; readable by the unprivileged cluster user).
+pub(crate) fn data_dir(args: &BenchArgs) -> anyhow::Result<(Option<tempfile::TempDir>, PathBuf)> {
+    if let Some(dir) = &args.data_dir {
+        return Ok((None, dir.clone()));
+    }
+    let temp = tempfile::Builder::new()
+        .prefix("custos-bench-")
+        .tempdir_in(std::env::temp_dir())?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(temp.path(), std::fs::Permissions::from_mode(0o755))?;
+    let path = temp.path().to_owned();
+    Ok((Some(temp), path))
+}
+
 async fn foundation(args: BenchArgs) -> anyhow::Result<()> {
-    let temp;
-    let data_dir = match &args.data_dir {
-        Some(dir) => dir.clone(),
-        None => {
-            temp = tempfile::Builder::new()
-                .prefix("custos-bench-")
-                .tempdir_in(std::env::temp_dir())?;
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(temp.path(), std::fs::Permissions::from_mode(0o755))?;
-            temp.path().to_owned()
-        }
-    };
+    let (_temp, data_dir) = data_dir(&args)?;
     let mut config = Config::new(data_dir, DatabaseConfig::Private);
     config.listen = "127.0.0.1:0".parse()?;
     config.tenant_pool_size = (args.clients as u32).max(8);

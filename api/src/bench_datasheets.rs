@@ -26,17 +26,7 @@ fn rss() -> u64 {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let temp = tempfile::Builder::new()
-        .prefix("custos-bench-")
-        .tempdir_in(std::env::temp_dir())?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(temp.path(), std::fs::Permissions::from_mode(0o755))?;
-    }
-    let data_dir = args
-        .data_dir
-        .clone()
-        .unwrap_or_else(|| temp.path().to_owned());
+    let (_temp, data_dir) = crate::bench::data_dir(&args)?;
     let mut config = Config::new(data_dir, DatabaseConfig::Private);
     config.listen = "127.0.0.1:0".parse()?;
     config.login_attempts_per_minute = u32::MAX;

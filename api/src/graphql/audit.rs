@@ -309,10 +309,7 @@ impl AuditMutation {
         format: ExportFormatKind,
     ) -> async_graphql::Result<ExportPayload> {
         let filter = filter.unwrap_or_default().parse()?;
-        let format = match format {
-            ExportFormatKind::Csv => ExportFormat::Csv,
-            ExportFormatKind::Json => ExportFormat::Json,
-        };
+        let format = ExportFormat::from(format);
         let ticket = services(ctx)?
             .start_audit_export(
                 principal(ctx)?,
@@ -321,7 +318,7 @@ impl AuditMutation {
                 request(ctx)?.origin.request_id,
             )
             .await?;
-        Ok(super::privacy::export_payload(ticket)?)
+        Ok(super::exports::export_payload(ticket)?)
     }
 
     /// Signs a checkpoint now rather than at the next scheduled one (administrators); `null`

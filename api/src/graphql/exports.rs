@@ -11,6 +11,7 @@ use super::record_query::{record_query, ListArgs, RecordFilter, RecordOrder};
 use super::records::DatasheetKind;
 use super::{principal, request, services};
 use crate::error::ApiError;
+use crate::service::ExportTicket;
 
 #[derive(Enum, Copy, Clone, Eq, PartialEq)]
 pub enum ExportFormatKind {
@@ -19,6 +20,15 @@ pub enum ExportFormatKind {
     Csv,
     /// A JSON array of records.
     Json,
+}
+
+impl From<ExportFormatKind> for ExportFormat {
+    fn from(kind: ExportFormatKind) -> Self {
+        match kind {
+            ExportFormatKind::Csv => ExportFormat::Csv,
+            ExportFormatKind::Json => ExportFormat::Json,
+        }
+    }
 }
 
 /// A recorded export and where to download it.
@@ -80,10 +90,7 @@ impl ExportsMutation {
                 search,
             },
         )?;
-        let format = match format {
-            ExportFormatKind::Csv => ExportFormat::Csv,
-            ExportFormatKind::Json => ExportFormat::Json,
-        };
+        let format = ExportFormat::from(format);
         let ticket = services
             .start_export(
                 principal,
@@ -94,11 +101,16 @@ impl ExportsMutation {
                 request(ctx)?.origin.request_id,
             )
             .await?;
-        Ok(ExportPayload {
-            export_id: ID(ticket.export_id.to_string()),
-            count: i64::try_from(ticket.count).map_err(ApiError::internal)?,
-            download_url: format!("/exports/{}", ticket.token.expose_secret()),
-            expires_at: ticket.expires_at,
-        })
+        Ok(export_payload(ticket)?)
     }
+}
+
+/// What a started export answers: its id, size and one-time link.
+pub(crate) fn export_payload(ticket: ExportTicket) -> Result<ExportPayload, ApiError> {
+    Ok(ExportPayload {
+        export_id: ID(ticket.export_id.to_string()),
+        count: i64::try_from(ticket.count).map_err(ApiError::internal)?,
+        download_url: format!("/exports/{}", ticket.token.expose_secret()),
+        expires_at: ticket.expires_at,
+    })
 }

@@ -12,12 +12,12 @@ use custos_projections::retention::{DueRow, PolicyRow};
 use secrecy::ExposeSecret;
 use uuid::Uuid;
 
-use super::exports::ExportPayload;
+use super::exports::{export_payload, ExportPayload};
 use super::history::Actor;
 use super::records::{authorized_record, stored_enum, DatasheetKind, PipelineStage};
 use super::{moment, parse_id, principal, request, services};
 use crate::error::ApiError;
-use crate::service::{ConsentChange, ExportTicket, NewConsent, NewIncident, NewPolicy};
+use crate::service::{ConsentChange, NewConsent, NewIncident, NewPolicy};
 
 /// The lawful bases of GDPR Art. 6(1).
 #[derive(Enum, Copy, Clone, Eq, PartialEq)]
@@ -184,15 +184,6 @@ pub struct SubjectTrailPayload {
     /// `manifest.sha256`. The export is recorded, with the manifest's hash, when it is built.
     download_url: String,
     expires_at: DateTime<Utc>,
-}
-
-pub(crate) fn export_payload(ticket: ExportTicket) -> Result<ExportPayload, ApiError> {
-    Ok(ExportPayload {
-        export_id: ID(ticket.export_id.to_string()),
-        count: i64::try_from(ticket.count).map_err(ApiError::internal)?,
-        download_url: format!("/exports/{}", ticket.token.expose_secret()),
-        expires_at: ticket.expires_at,
-    })
 }
 
 /// When a retention policy's period starts.

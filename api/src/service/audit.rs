@@ -10,7 +10,7 @@ use custos_projections::audit_log::{self, AuditFilter, AuditRow};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::exports::{guarded, ExportTicket, LINK_LIFETIME_SECONDS};
+use super::exports::{format_name, guarded, ExportTicket, LINK_LIFETIME_SECONDS};
 use super::Services;
 use crate::auth::{BearerToken, Principal, TokenKind};
 use crate::error::ApiError;
@@ -49,10 +49,6 @@ impl Services {
         )
         .await?;
         let (token, hashed) = BearerToken::generate(TokenKind::Download, tenant.id);
-        let format_name = match format {
-            ExportFormat::Csv => "csv",
-            ExportFormat::Json => "json",
-        };
         let expires_at: DateTime<Utc> = sqlx::query_scalar(
             "INSERT INTO export_downloads (token_hash, export_id, kind, format, bom, record_ids, filter, expires_at)
              VALUES ($1, $2, 'audit_log', $3, false, '{}', $4, now() + $5 * interval '1 second')
@@ -60,7 +56,7 @@ impl Services {
         )
         .bind(&hashed.hash)
         .bind(export_id)
-        .bind(format_name)
+        .bind(format_name(format))
         .bind(&stored)
         .bind(LINK_LIFETIME_SECONDS)
         .fetch_one(&tenant.pool)

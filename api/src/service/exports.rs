@@ -59,10 +59,20 @@ pub struct RecordsDownload {
     pub schema: CustomSchema,
 }
 
-fn format_name(format: ExportFormat) -> &'static str {
+/// A format as a download link stores it.
+pub(super) fn format_name(format: ExportFormat) -> &'static str {
     match format {
         ExportFormat::Csv => "csv",
         ExportFormat::Json => "json",
+    }
+}
+
+/// A stored format; anything but `json` is CSV.
+fn stored_format(name: &str) -> ExportFormat {
+    if name == "json" {
+        ExportFormat::Json
+    } else {
+        ExportFormat::Csv
     }
 }
 
@@ -167,11 +177,7 @@ impl Services {
                 let filter =
                     serde_json::from_value(stored["filter"].clone()).map_err(|_| corrupt())?;
                 let upto = stored["upto"].as_i64().ok_or_else(corrupt)?;
-                let format = if row.format == "json" {
-                    ExportFormat::Json
-                } else {
-                    ExportFormat::Csv
-                };
+                let format = stored_format(&row.format);
                 Ok(Some(Download::AuditLog(super::audit::AuditDownload {
                     tenant,
                     filter,
@@ -191,11 +197,7 @@ impl Services {
                     .as_deref()
                     .and_then(Datasheet::parse)
                     .ok_or_else(corrupt)?;
-                let format = if row.format == "json" {
-                    ExportFormat::Json
-                } else {
-                    ExportFormat::Csv
-                };
+                let format = stored_format(&row.format);
                 let schema = self.custom_schema(&tenant, datasheet).await?;
                 Ok(Some(Download::Records(RecordsDownload {
                     tenant,
