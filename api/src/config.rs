@@ -3,12 +3,40 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Duration;
 
 use secrecy::SecretString;
 use sqlx::postgres::PgConnectOptions;
 
-use crate::tenancy::Region;
+/// A data region a client can choose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Region {
+    Eu,
+    Us,
+}
+
+impl Region {
+    pub const ALL: [Region; 2] = [Region::Eu, Region::Us];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Region::Eu => "eu",
+            Region::Us => "us",
+        }
+    }
+}
+
+impl FromStr for Region {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "eu" => Ok(Region::Eu),
+            "us" => Ok(Region::Us),
+            _ => Err(()),
+        }
+    }
+}
 
 /// Where PostgreSQL is.
 #[derive(Debug, Clone)]
@@ -100,5 +128,18 @@ impl Config {
             checkpoint_interval: None,
             cluster_settings: vec![("max_connections", "300".to_owned())],
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regions_parse_from_their_names() {
+        for region in Region::ALL {
+            assert_eq!(region.as_str().parse::<Region>(), Ok(region));
+        }
+        assert!("mars".parse::<Region>().is_err());
     }
 }

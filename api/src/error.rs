@@ -1,7 +1,7 @@
 //! The one API error type, and the one place domain and infrastructure errors map to the codes
-//! clients see (`extensions.code`). Internal causes are logged once, here, and never returned.
+//! clients see (`extensions.code`; `graphql::error` carries them into GraphQL). Internal causes
+//! are logged once, where an error becomes a response, and never returned.
 
-use async_graphql::ErrorExtensions;
 use cqrs_es::AggregateError;
 use custos_domain::{
     ApiTokenError, ConsentError, DataExportError, FieldSchemaError, IncidentError, RecordError,
@@ -130,7 +130,7 @@ impl ApiError {
 
 /// Describes an internal error for the log without echoing values: database errors are cut
 /// to their SQLSTATE, message and constraint (their DETAIL can quote row values).
-pub fn redacted(err: &anyhow::Error) -> String {
+pub(crate) fn redacted(err: &anyhow::Error) -> String {
     for cause in err.chain() {
         if let Some(sqlx::Error::Database(db)) = cause.downcast_ref::<sqlx::Error>() {
             return format!(
@@ -153,27 +153,6 @@ impl ApiError {
         if let ApiError::Internal(cause) = self {
             tracing::error!(error = %redacted(cause), "internal error");
         }
-    }
-}
-
-impl From<ApiError> for async_graphql::Error {
-    fn from(err: ApiError) -> Self {
-        err.report();
-        let code = err.code();
-        let field = match &err {
-            ApiError::Validation { field, .. } => field.clone(),
-            _ => None,
-        };
-        let restricted = matches!(err, ApiError::Restricted);
-        async_graphql::Error::new(err.message()).extend_with(|_, ext| {
-            ext.set("code", code.as_str());
-            if restricted {
-                ext.set("reason", "RESTRICTED");
-            }
-            if let Some(field) = &field {
-                ext.set("field", field.as_str());
-            }
-        })
     }
 }
 
@@ -365,7 +344,7 @@ where
 
 /// A record field's name as the API spells it: built-in fields in camel case (`startDate`),
 /// custom fields as they are (`custom.shirt_size`).
-pub fn api_field_name(name: &str) -> String {
+pub(crate) fn api_field_name(name: &str) -> String {
     if name.starts_with(custos_domain::custom_field::CUSTOM_PREFIX) {
         name.to_owned()
     } else {
@@ -374,7 +353,7 @@ pub fn api_field_name(name: &str) -> String {
 }
 
 /// `first_name` → `firstName`: domain field names as the GraphQL API spells them.
-pub fn snake_to_camel(name: &str) -> String {
+pub(crate) fn snake_to_camel(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
     let mut upper = false;
     for c in name.chars() {
@@ -414,12 +393,6 @@ mod tests {
         assert_eq!(conflict.code(), Code::Conflict);
         let missing: ApiError = AggregateError::UserError(RecordError::NotFound).into();
         assert_eq!(missing.code(), Code::NotFound);
-    }
-
-    #[test]
-    fn internal_errors_are_returned_without_detail() {
-        let err: async_graphql::Error = ApiError::internal(anyhow::anyhow!("secret detail")).into();
-        assert_eq!(err.message, "internal error");
     }
 
     #[test]

@@ -1,70 +1,68 @@
-//! The GraphQL API: the schema, what each request carries, and the helpers every resolver
-//! uses to find its principal. One module per area.
+//! The GraphQL API: the schema, merged from one query and one mutation object per area of
+//! `resolvers`, with the limits and the authorization extension every request passes through.
+//!
+//! Floors inside this room, from the bottom: `error`, `context`, `arguments`, `pagination`,
+//! `loaders` and `limits`; `types` (what resolvers share); `authorization`; `resolvers`.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use async_graphql::connection::{Connection, Edge, EmptyFields};
-use async_graphql::dataloader::{DataLoader, Loader};
-use async_graphql::{Context, MergedObject, Schema, SchemaBuilder};
-use custos_projections::api_tokens::{self, ApiTokenRow};
-use custos_projections::page::MAX_PAGE;
-use custos_projections::users::{self, UserRow};
-use custos_projections::{Cursor, Page};
-use sqlx::PgPool;
-use uuid::Uuid;
+use async_graphql::{MergedObject, Schema, SchemaBuilder};
 
-use crate::auth::Principal;
-use crate::error::ApiError;
-use crate::service::{RequestOrigin, Services};
+use crate::service::Services;
 
-pub mod admin;
-pub mod audit;
-pub mod custom_fields;
-pub mod exports;
-pub mod history;
-pub mod identity;
-pub mod imports;
-pub mod limits;
-pub mod privacy;
-pub mod record_query;
-pub mod records;
-pub mod reports;
-pub mod security;
+pub(crate) mod arguments;
+pub(crate) mod authorization;
+pub(crate) mod context;
+pub(crate) mod error;
+pub(crate) mod limits;
+pub(crate) mod loaders;
+pub(crate) mod pagination;
+pub(crate) mod resolvers;
+pub(crate) mod types;
+
+use resolvers::{
+    admin, audit, breaches, custom_fields, datasheets, exports, history, identity, imports,
+    privacy, reports, retention, security,
+};
 
 /// The root query type.
 #[derive(MergedObject, Default)]
-pub struct Query(
+pub(crate) struct Query(
     identity::IdentityQuery,
     admin::AdminQuery,
-    records::RecordsQuery,
+    datasheets::RecordsQuery,
     history::HistoryQuery,
     security::SecurityQuery,
     custom_fields::CustomFieldsQuery,
     reports::ReportsQuery,
     privacy::PrivacyQuery,
+    retention::RetentionQuery,
+    breaches::BreachesQuery,
     audit::AuditQuery,
 );
 
 /// The root mutation type.
 #[derive(MergedObject, Default)]
-pub struct Mutation(
+pub(crate) struct Mutation(
     identity::IdentityMutation,
     admin::AdminMutation,
-    records::RecordsMutation,
+    datasheets::RecordsMutation,
     security::SecurityMutation,
     custom_fields::CustomFieldsMutation,
     exports::ExportsMutation,
     imports::ImportsMutation,
     privacy::PrivacyMutation,
+    retention::RetentionMutation,
+    breaches::BreachesMutation,
     audit::AuditMutation,
 );
 
-pub type CustosSchema = Schema<Query, Mutation, audit::AuditSubscription>;
+/// The schema every request runs against.
+pub(crate) type CustosSchema = Schema<Query, Mutation, audit::AuditSubscription>;
 
 /// Query limits: deep or expensive documents are refused before they run.
 pub const MAX_DEPTH: usize = 12;
-pub const MAX_COMPLEXITY: usize = 2_000;
+pub(crate) const MAX_COMPLEXITY: usize = 2_000;
 
 fn builder() -> SchemaBuilder<Query, Mutation, audit::AuditSubscription> {
     Schema::build(
@@ -73,7 +71,7 @@ fn builder() -> SchemaBuilder<Query, Mutation, audit::AuditSubscription> {
         audit::AuditSubscription,
     )
     .extension(limits::AliasLimit)
-    .extension(crate::authz::Authorization)
+    .extension(authorization::Authorization)
     .limit_depth(MAX_DEPTH)
     .limit_complexity(MAX_COMPLEXITY)
     .limit_recursive_depth(32)
@@ -81,7 +79,7 @@ fn builder() -> SchemaBuilder<Query, Mutation, audit::AuditSubscription> {
 
 /// Builds the schema; `services` is shared by every request. Introspection can be switched
 /// off for production.
-pub fn build_schema(services: Arc<Services>, introspection: bool) -> CustosSchema {
+pub(crate) fn build_schema(services: Arc<Services>, introspection: bool) -> CustosSchema {
     let builder = builder().data(services);
     if introspection {
         builder.finish()
@@ -91,182 +89,84 @@ pub fn build_schema(services: Arc<Services>, introspection: bool) -> CustosSchem
 }
 
 /// The schema in SDL, as committed in `docs/schema.graphql`.
-pub fn sdl() -> String {
+#[cfg(test)]
+fn sdl() -> String {
     builder().finish().sdl()
-}
-
-/// What the HTTP layer attaches to each GraphQL request.
-pub struct RequestContext {
-    pub origin: RequestOrigin,
-    /// Set when the request carried a valid bearer token.
-    pub principal: Option<Principal>,
-}
-
-pub(crate) fn services<'a>(ctx: &Context<'a>) -> Result<&'a Arc<Services>, ApiError> {
-    ctx.data::<Arc<Services>>()
-        .map_err(|_| ApiError::internal(anyhow::anyhow!("schema built without services")))
-}
-
-pub(crate) fn request<'a>(ctx: &Context<'a>) -> Result<&'a RequestContext, ApiError> {
-    ctx.data::<RequestContext>()
-        .map_err(|_| ApiError::internal(anyhow::anyhow!("request without context")))
-}
-
-/// The principal of an authenticated request, or `UNAUTHENTICATED`.
-pub(crate) fn principal<'a>(ctx: &Context<'a>) -> Result<&'a Principal, ApiError> {
-    request(ctx)?
-        .principal
-        .as_ref()
-        .ok_or(ApiError::Unauthenticated)
-}
-
-/// The extra field every connection has.
-#[derive(async_graphql::SimpleObject)]
-pub struct ConnectionTotal {
-    /// How many items match, over all pages.
-    pub(crate) total_count: i64,
-}
-
-/// A validated `first` argument: 1 to [`MAX_PAGE`], 20 when omitted.
-pub(crate) fn page_size(first: Option<i32>) -> Result<i64, ApiError> {
-    let first = first.unwrap_or(20);
-    if !(1..=MAX_PAGE as i32).contains(&first) {
-        return Err(ApiError::validation(
-            "first",
-            format!("`first` must be between 1 and {MAX_PAGE}"),
-        ));
-    }
-    Ok(first.into())
-}
-
-/// Validated `first` / `after` arguments of a list ordered by id.
-pub(crate) fn page_args(
-    first: Option<i32>,
-    after: Option<String>,
-) -> Result<(i64, Option<Cursor>), ApiError> {
-    let first = page_size(first)?;
-    let after = after
-        .map(|raw| {
-            Cursor::decode(&raw)
-                .ok_or_else(|| ApiError::validation("after", "`after` is not a valid cursor"))
-        })
-        .transpose()?;
-    Ok((first, after))
-}
-
-/// A page of a list ordered by id, as a Relay connection of `node`s.
-pub(crate) fn id_connection<T, N: async_graphql::OutputType>(
-    page: Page<T>,
-    after: Option<Cursor>,
-    id: impl Fn(&T) -> Uuid,
-    node: impl Fn(T) -> N,
-) -> Connection<String, N, ConnectionTotal, EmptyFields> {
-    let mut connection = Connection::with_additional_fields(
-        after.is_some(),
-        page.has_next_page,
-        ConnectionTotal {
-            total_count: page.total_count,
-        },
-    );
-    connection.edges.extend(
-        page.items
-            .into_iter()
-            .map(|item| Edge::new(Cursor(id(&item)).encode(), node(item))),
-    );
-    connection
-}
-
-/// Parses an `ID!` argument that must be a UUID.
-/// A moment a client gave, within years 1 to 9999 (what the database stores; the scalar
-/// accepts far more), or `VALIDATION` on `field`.
-pub(crate) fn moment(
-    field: &str,
-    at: chrono::DateTime<chrono::Utc>,
-) -> Result<chrono::DateTime<chrono::Utc>, ApiError> {
-    use chrono::Datelike;
-    if (1..=9999).contains(&at.year()) {
-        Ok(at)
-    } else {
-        Err(ApiError::validation(
-            field,
-            format!("`{field}` must be within the years 1 to 9999"),
-        ))
-    }
-}
-
-pub(crate) fn parse_id(field: &str, id: &async_graphql::ID) -> Result<Uuid, ApiError> {
-    Uuid::try_parse(id.as_str())
-        .map_err(|_| ApiError::validation(field, format!("`{field}` is not a valid id")))
-}
-
-/// Batches user lookups within one request (actors of many history entries or rows).
-pub struct UserLoader(pub PgPool);
-
-impl Loader<Uuid> for UserLoader {
-    type Value = UserRow;
-    type Error = Arc<sqlx::Error>;
-
-    async fn load(&self, keys: &[Uuid]) -> Result<HashMap<Uuid, UserRow>, Self::Error> {
-        let rows = users::users(&self.0, keys).await.map_err(Arc::new)?;
-        Ok(rows.into_iter().map(|row| (row.id, row)).collect())
-    }
-}
-
-/// Batches API token lookups within one request (actors of records and history entries).
-pub struct ApiTokenLoader(pub PgPool);
-
-impl Loader<Uuid> for ApiTokenLoader {
-    type Value = ApiTokenRow;
-    type Error = Arc<sqlx::Error>;
-
-    async fn load(&self, keys: &[Uuid]) -> Result<HashMap<Uuid, ApiTokenRow>, Self::Error> {
-        let rows = api_tokens::tokens(&self.0, keys).await.map_err(Arc::new)?;
-        Ok(rows.into_iter().map(|row| (row.id, row)).collect())
-    }
-}
-
-/// Per-request loaders for the principal's tenant.
-pub struct Loaders {
-    pub users: DataLoader<UserLoader>,
-    pub api_tokens: DataLoader<ApiTokenLoader>,
-    pub schemas: DataLoader<custom_fields::SchemaLoader>,
-}
-
-pub fn loaders(principal: &Principal) -> Loaders {
-    let pool = &principal.tenant.pool;
-    Loaders {
-        users: DataLoader::new(UserLoader(pool.clone()), tokio::spawn),
-        api_tokens: DataLoader::new(ApiTokenLoader(pool.clone()), tokio::spawn),
-        schemas: DataLoader::new(custom_fields::SchemaLoader(pool.clone()), tokio::spawn),
-    }
-}
-
-pub(crate) async fn load_api_token(
-    ctx: &Context<'_>,
-    id: Uuid,
-) -> Result<Option<ApiTokenRow>, ApiError> {
-    let loader = ctx
-        .data::<DataLoader<ApiTokenLoader>>()
-        .map_err(|_| ApiError::Unauthenticated)?;
-    loader
-        .load_one(id)
-        .await
-        .map_err(|err| ApiError::internal(anyhow::anyhow!("loading an API token failed: {err}")))
-}
-
-pub(crate) async fn load_user(ctx: &Context<'_>, id: Uuid) -> Result<Option<UserRow>, ApiError> {
-    let loader = ctx
-        .data::<DataLoader<UserLoader>>()
-        .map_err(|_| ApiError::Unauthenticated)?;
-    loader
-        .load_one(id)
-        .await
-        .map_err(|err| ApiError::internal(anyhow::anyhow!("loading a user failed: {err}")))
 }
 
 #[cfg(test)]
 mod tests {
     use std::path::Path;
+
+    use custos_domain::Datasheet;
+
+    use crate::error::snake_to_camel;
+
+    /// The fields (or input fields) of a type, with whether each is non-null.
+    async fn fields_of(type_name: &str) -> Vec<(String, bool)> {
+        let list = if type_name.ends_with("Input") {
+            "inputFields"
+        } else {
+            "fields"
+        };
+        let query =
+            format!("{{ __type(name: \"{type_name}\") {{ {list} {{ name type {{ kind }} }} }} }}");
+        let response = super::builder().finish().execute(query).await;
+        assert!(response.errors.is_empty(), "{:?}", response.errors);
+        let data = response
+            .data
+            .into_json()
+            .expect("introspection answers JSON");
+        data["__type"][list]
+            .as_array()
+            .expect("the type exists")
+            .iter()
+            .map(|field| {
+                let name = field["name"].as_str().unwrap_or_default().to_owned();
+                (name, field["type"]["kind"] == "NON_NULL")
+            })
+            .collect()
+    }
+
+    /// Each datasheet's GraphQL type and inputs carry exactly the domain's built-in fields, in
+    /// its order (required ones non-null on creation), besides what every record has and the
+    /// references the API adds.
+    #[tokio::test]
+    async fn the_datasheet_types_carry_the_domain_fields() {
+        // What every record has: the interface's fields, and why processing is restricted.
+        let mut common: Vec<String> = fields_of("Record").await.into_iter().map(|f| f.0).collect();
+        common.push("restrictionReason".to_owned());
+        let references = ["manager", "hiredFromId", "hiredAsId", "hiredAs"];
+        for (datasheet, object) in [
+            (Datasheet::Employees, "Employee"),
+            (Datasheet::Contacts, "Contact"),
+            (Datasheet::Applicants, "Applicant"),
+        ] {
+            let domain: Vec<(String, bool)> = datasheet
+                .fields()
+                .iter()
+                .map(|spec| (snake_to_camel(spec.name), spec.required))
+                .collect();
+            let own: Vec<String> = fields_of(object)
+                .await
+                .into_iter()
+                .map(|f| f.0)
+                .filter(|name| !common.contains(name) && !references.contains(&name.as_str()))
+                .collect();
+            let names: Vec<String> = domain.iter().map(|f| f.0.clone()).collect();
+            assert_eq!(own, names, "{object}");
+            let mut create = fields_of(&format!("Create{object}Input")).await;
+            assert_eq!(create.pop(), Some(("customFields".to_owned(), false)));
+            assert_eq!(create, domain, "Create{object}Input");
+            let update = fields_of(&format!("Update{object}Input")).await;
+            let patch: Vec<(String, bool)> = names
+                .into_iter()
+                .map(|name| (name, false))
+                .chain([("customFields".to_owned(), false)])
+                .collect();
+            assert_eq!(update, patch, "Update{object}Input");
+        }
+    }
 
     /// The committed SDL is the API contract: changing the schema without updating it fails
     /// here. `CUSTOS_UPDATE_SCHEMA=1 cargo test -p custos-api` rewrites it.

@@ -1,30 +1,64 @@
 //! The Custos service: configuration, PostgreSQL (private cluster, pools per tenant), the event
 //! store, the projector, authentication, GraphQL, HTTP and the command line.
+//!
+//! The modules are floors (`../shared/LAYOUT.md`, enforced by `tests/architecture.rs`); a
+//! module imports only those below it: `cli` → `startup` → `http` → `graphql` → `service` →
+//! `auth` → `infra` → `config`, `error`, `telemetry`. What the binary, the end-to-end tests and
+//! the benchmark need is exported here; everything else is `pub(crate)`.
 
-pub mod app;
-pub mod auth;
-pub mod authz;
-pub mod bench;
-pub mod bench_datasheets;
-pub mod bench_privacy;
-pub mod blind_index;
-pub mod cli;
-pub mod cluster;
-pub mod config;
-pub mod error;
-pub mod event_store;
-pub mod graphql;
-pub mod history;
-pub mod http;
-pub mod integrity;
-pub mod keys;
-pub mod projector;
-pub mod reports;
-pub mod service;
-pub mod subject_keys;
+mod auth;
+mod cli;
+mod config;
+mod error;
+mod graphql;
+mod http;
+mod infra;
+mod service;
+mod startup;
 pub mod telemetry;
-pub mod tenancy;
-pub mod two_factor;
 
-pub use app::Application;
-pub use config::Config;
+pub use cli::Cli;
+pub use config::{Config, DatabaseConfig, Region, SessionPolicy};
+pub use startup::Application;
+
+/// What the end-to-end tests (`custos-tests`) and the benchmark (`custos-bench`) reach inside
+/// the service beyond its HTTP API: the private cluster, keys, the event log and projector, a
+/// tenant's open context, the use cases, and the schema's limits. Not an interface for other
+/// programs: it changes with the service.
+pub mod testing {
+    pub use crate::error::{ApiError, Code};
+    pub use crate::graphql::limits::MAX_ALIASES;
+    pub use crate::graphql::MAX_DEPTH;
+    pub use crate::infra::cluster::{find_bin_dir, PrivateCluster};
+    pub use crate::infra::event_store::log::{EventLog, Position};
+    pub use crate::infra::event_store::repository::Cqrs;
+    pub use crate::infra::integrity::verify::{verify, Report};
+    pub use crate::infra::keys::MasterKey;
+    pub use crate::infra::projector::{self, Projectors};
+    pub use crate::infra::tenancy::catalog::Tenancy;
+    pub use crate::infra::tenancy::tenant::Tenant;
+    pub use crate::service::identity::NewOrganization;
+    pub use crate::service::Services;
+
+    use cqrs_es::{Aggregate, AggregateError};
+    use custos_domain::EventMetadata;
+    use uuid::Uuid;
+
+    /// Runs `command` on the aggregate `id` through the one door every use case uses
+    /// (`Services::command`), waiting for its read models.
+    pub async fn run_command<A>(
+        services: &Services,
+        tenant: &Tenant,
+        cqrs: &Cqrs<A>,
+        id: Uuid,
+        command: A::Command,
+        metadata: EventMetadata,
+    ) -> Result<(), ApiError>
+    where
+        A: Aggregate,
+        A::Command: Clone + Send,
+        ApiError: From<AggregateError<A::Error>>,
+    {
+        services.command(tenant, cqrs, id, command, metadata).await
+    }
+}

@@ -1,150 +1,97 @@
-//! Use cases shared by GraphQL and the CLI: signing up an organisation, logging in and out,
-//! authenticating a bearer token, and executing commands with read-your-writes.
+//! The use cases, shared by GraphQL, the CLI and the schedules. This file holds what every use
+//! case needs: the [`Services`] (the dependencies), the one door through which commands run
+//! ([`Services::command`]), and the tenant-wide locks that rules spanning several aggregates
+//! are checked under. Each area's use cases are an `impl Services` block in a file of its own.
 
-use std::sync::Arc;
+use std::future::{Future, IntoFuture};
+use std::pin::Pin;
 use std::time::Duration;
 
 use cqrs_es::{Aggregate, AggregateError};
-use custos_domain::{
-    Actor, Datasheet, Email, EventMetadata, Grant, Grants, LoginFailure, LoginOrigin, Permission,
-    PersonName, SecondFactor, User, UserCommand, UserError,
-};
-use custos_projections::users::{self, UserRow};
-use secrecy::SecretString;
-use std::net::{IpAddr, Ipv6Addr};
-
+use custos_domain::{ApiToken, EventMetadata, Role, User};
+use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
-use crate::auth::{
-    check_new_password, sessions, BearerToken, Passwords, Principal, Subject, TokenKind,
-};
+use crate::auth::passwords::Passwords;
+use crate::auth::principal::Principal;
 use crate::config::SessionPolicy;
 use crate::error::ApiError;
-use crate::event_store::Cqrs;
-use crate::tenancy::{ProvisionError, Region, Tenancy, Tenant};
+use crate::infra::event_store::repository::Cqrs;
+use crate::infra::tenancy::catalog::Tenancy;
+use crate::infra::tenancy::tenant::Tenant;
 
-mod admin;
-mod api_tokens;
-mod audit;
-mod breaches;
-mod consents;
-mod exports;
-mod imports;
-pub mod integrity;
-mod records;
-pub mod retention;
-mod trail;
-mod two_factor;
-pub use admin::{NewUser, UserChanges};
-pub use api_tokens::{CreatedApiToken, NewApiToken};
-pub use breaches::NewIncident;
-pub use consents::{ConsentChange, NewConsent};
-pub use exports::{Download, ExportTicket};
-pub use imports::{ColumnMapping, ImportOutcome, ImportRequest, RowError};
-pub use retention::{NewPolicy, RetentionRun};
-pub use two_factor::LoginOutcome;
+pub(crate) mod admin;
+pub(crate) mod api_tokens;
+pub(crate) mod audit;
+pub(crate) mod custom_fields;
+pub(crate) mod exports;
+pub(crate) mod identity;
+pub(crate) mod imports;
+pub(crate) mod jobs;
+pub(crate) mod privacy;
+pub(crate) mod records;
+pub(crate) mod two_factor;
 
-/// What creating an organisation needs.
-pub struct NewOrganization {
-    pub name: String,
-    pub slug: String,
-    pub region: String,
-    pub admin_email: String,
-    pub admin_name: String,
-    pub password: SecretString,
-}
+/// Advisory lock key (transaction-scoped, in the tenant database) for the user directory.
+const DIRECTORY_LOCK: i64 = 0x6375_7374_6f73_0002;
 
-/// A successful sign-up or login: the bearer token (shown once) and who it belongs to.
-pub struct SignedIn {
-    pub token: SecretString,
-    pub tenant: Arc<Tenant>,
-    pub user: UserRow,
-}
-
-/// Where a request came from; recorded with login events.
-#[derive(Debug, Clone, Default)]
-pub struct RequestOrigin {
-    pub request_id: Uuid,
-    pub ip: Option<String>,
-    pub user_agent: Option<String>,
-}
-
-impl RequestOrigin {
-    fn login_origin(&self) -> LoginOrigin {
-        LoginOrigin::new(self.ip.clone(), self.user_agent.clone())
-    }
-}
-
-/// The service's use cases.
+/// The service's use cases and what they depend on.
 pub struct Services {
     pub tenancy: Tenancy,
     /// Login attempts per client address.
-    pub login_limiter: governor::DefaultKeyedRateLimiter<std::net::IpAddr>,
-    pub passwords: Passwords,
-    pub sessions: SessionPolicy,
-    pub projection_wait: Duration,
+    pub(crate) login_limiter: governor::DefaultKeyedRateLimiter<std::net::IpAddr>,
+    pub(crate) passwords: Passwords,
+    pub(crate) sessions: SessionPolicy,
+    pub(crate) projection_wait: Duration,
     /// The data directory: checkpoint files are appended under it.
-    pub data_dir: std::path::PathBuf,
+    pub(crate) data_dir: std::path::PathBuf,
 }
 
-/// The roles every new organisation starts with; administrators may change or delete them:
-/// an HR manager may do everything with employees and job applicants, a Viewer may read every
-/// datasheet.
-fn seeded_roles() -> [(&'static str, Grants); 2] {
-    let grants = |sheets: &[Datasheet], permissions: &[Permission]| -> Grants {
-        sheets
-            .iter()
-            .flat_map(|d| permissions.iter().map(|p| Grant::new(*d, *p)))
-            .collect()
-    };
-    [
-        (
-            "HR manager",
-            grants(
-                &[Datasheet::Employees, Datasheet::Applicants],
-                &Permission::ALL,
-            ),
-        ),
-        ("Viewer", grants(&Datasheet::ALL, &[Permission::Read])),
-    ]
-}
+/// Held while a change checked against other aggregates runs; dropping it (even on
+/// cancellation) rolls back the transaction and releases the lock.
+pub(crate) struct TenantLock(#[allow(dead_code)] Transaction<'static, Postgres>);
 
-/// A slug: 3 to 63 lower-case letters, digits and inner dashes (it appears in login forms).
-fn check_slug(slug: &str) -> Result<(), ApiError> {
-    let ok = (3..=63).contains(&slug.len())
-        && slug
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !slug.starts_with('-')
-        && !slug.ends_with('-');
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::validation(
-            "slug",
-            "the slug must be 3 to 63 lower-case letters, digits or dashes, not starting or ending with a dash",
-        ))
-    }
+/// A command on its way to a tenant's aggregate, built by [`Services::command`]. Awaiting it
+/// runs it once and waits until the read models of its aggregate type have applied its events
+/// (read-your-writes), mapping every failure to an [`ApiError`]; the methods change that.
+#[must_use = "a command does nothing until it is awaited"]
+pub(crate) struct Command<'a, A: Aggregate> {
+    services: &'a Services,
+    tenant: &'a Tenant,
+    cqrs: &'a Cqrs<A>,
+    aggregate_id: Uuid,
+    command: A::Command,
+    metadata: EventMetadata,
+    attempts: u32,
+    wait: bool,
 }
 
 impl Services {
-    /// Runs a command on a tenant's aggregate as `metadata.actor_user_id`, then waits until
-    /// the read models have applied its events, so the caller can answer from them.
-    pub async fn execute<A>(
-        &self,
-        tenant: &Tenant,
-        cqrs: &Cqrs<A>,
+    /// The one door through which use cases change an aggregate: `command` on the aggregate
+    /// `aggregate_id` of `tenant`, attributed to `metadata`'s actor and request.
+    pub(crate) fn command<'a, A: Aggregate>(
+        &'a self,
+        tenant: &'a Tenant,
+        cqrs: &'a Cqrs<A>,
         aggregate_id: Uuid,
         command: A::Command,
         metadata: EventMetadata,
-    ) -> Result<(), ApiError>
-    where
-        A: Aggregate,
-        ApiError: From<AggregateError<A::Error>>,
-    {
-        cqrs.execute_with_metadata(&aggregate_id.to_string(), command, metadata.to_map())
-            .await?;
-        self.wait_for_stream(tenant, A::TYPE, aggregate_id).await
+    ) -> Command<'a, A> {
+        Command {
+            services: self,
+            tenant,
+            cqrs,
+            aggregate_id,
+            command,
+            metadata,
+            attempts: 1,
+            wait: true,
+        }
+    }
+
+    /// The metadata of events the principal causes within one request.
+    pub(crate) fn actor(&self, principal: &Principal, request_id: Uuid) -> EventMetadata {
+        EventMetadata::new(principal.actor(), request_id)
     }
 
     /// Waits until the read models of `aggregate_type` have applied the stream's latest event
@@ -169,420 +116,124 @@ impl Services {
         Ok(())
     }
 
-    /// Creates an organisation: its own database, and its first administrator. Everything is
-    /// validated before anything is created; on a later failure the tenant is removed again.
-    pub async fn create_organization(
-        &self,
-        input: NewOrganization,
-        request_id: Uuid,
-    ) -> Result<(Arc<Tenant>, UserRow), ApiError> {
-        let name = input.name.trim();
-        if name.is_empty() || name.chars().count() > 200 {
-            return Err(ApiError::validation(
-                "organization",
-                "the organisation name must have 1 to 200 characters",
-            ));
-        }
-        check_slug(&input.slug)?;
-        let region: Region = input
-            .region
-            .parse()
-            .map_err(|()| ApiError::validation("region", "the region must be `eu` or `us`"))?;
-        let email = Email::parse(&input.admin_email)
-            .map_err(|e| ApiError::validation("adminEmail", format!("adminEmail {e}")))?;
-        let admin_name = PersonName::parse(&input.admin_name)
-            .map_err(|e| ApiError::validation("adminName", format!("adminName {e}")))?;
-        check_new_password(
-            &input.password,
-            &[&input.admin_email, &input.admin_name, name, &input.slug],
-        )?;
-        let password_hash = self.passwords.hash(input.password).await?;
-
-        let row = self
-            .tenancy
-            .provision(&input.slug, name, region)
-            .await
-            .map_err(|err| match err {
-                ProvisionError::SlugTaken => {
-                    ApiError::validation("slug", "this slug is already taken")
-                }
-                other => ApiError::internal(other),
-            })?;
-        let created = async {
-            let tenant = self.tenancy.get(row.id).await?.ok_or(ApiError::NotFound)?;
-            let user_id = Uuid::now_v7();
-            let register = UserCommand::Register {
-                email: email.to_string(),
-                name: admin_name.to_string(),
-                password_hash,
-                administrator: true,
-                roles: Default::default(),
-                must_change_password: false,
-            };
-            let metadata = EventMetadata::new(Actor::User(user_id), request_id);
-            self.execute(&tenant, &tenant.users, user_id, register, metadata)
-                .await?;
-            for (name, grants) in seeded_roles() {
-                self.create_role_as(&tenant, name, grants, metadata).await?;
-            }
-            let user = users::user(&tenant.pool, user_id)
-                .await?
-                .ok_or(ApiError::NotFound)?;
-            Ok::<_, ApiError>((tenant, user))
-        }
-        .await;
-        if created.is_err() {
-            if let Err(err) = self.tenancy.remove(row.id).await {
-                tracing::error!(tenant.id = %row.id, error = %err, "removing a half-created tenant failed");
-            }
-        }
-        created
-    }
-
-    /// Signs up: creates the organisation and logs its administrator in.
-    pub async fn sign_up(
-        &self,
-        input: NewOrganization,
-        origin: &RequestOrigin,
-    ) -> Result<SignedIn, ApiError> {
-        let (tenant, user) = self.create_organization(input, origin.request_id).await?;
-        self.open_session(tenant, user, origin, None, None).await
-    }
-
-    /// Records the login on the user's stream — where the aggregate may still refuse it — and
-    /// only then creates the session.
-    async fn open_session(
-        &self,
-        tenant: Arc<Tenant>,
-        user: UserRow,
-        origin: &RequestOrigin,
-        verified_hash: Option<String>,
-        second_factor: Option<SecondFactor>,
-    ) -> Result<SignedIn, ApiError> {
-        let (token, stored) = BearerToken::generate(TokenKind::Session, tenant.id);
-        let session_id = Uuid::now_v7();
-        let at = chrono::Utc::now();
-        let command = UserCommand::RecordLoginSuccess {
-            session_id,
-            origin: origin.login_origin(),
-            at,
-            verified_hash,
-            second_factor,
-        };
-        // Waits for the read models: the login is in the history the client may ask for next.
-        match self
-            .record_login(&tenant, user.id, command, origin.request_id, true)
-            .await
-        {
-            Ok(()) => {}
-            Err(AggregateError::UserError(UserError::LoginRefused(reason))) => {
-                self.record_failure(&tenant, user.id, reason, origin, at)
-                    .await;
-                return Err(ApiError::InvalidCredentials);
-            }
-            Err(err) => return Err(err.into()),
-        }
-        sessions::create(&tenant.pool, session_id, user.id, &stored, self.sessions).await?;
-        tracing::info!(tenant.id = %tenant.id, user.id = %user.id, session.id = %session_id, "login succeeded");
-        Ok(SignedIn {
-            token,
+    /// Takes the tenant's directory lock: user, role and API token rules are checked under it.
+    pub(crate) async fn directory_lock(&self, tenant: &Tenant) -> Result<TenantLock, ApiError> {
+        self.tenant_lock(
             tenant,
-            user,
-        })
+            DIRECTORY_LOCK,
+            &[User::TYPE, Role::TYPE, ApiToken::TYPE],
+        )
+        .await
     }
 
-    /// Logs in with the organisation's slug, an email and a password. Every failure — unknown
-    /// organisation, unknown email, wrong password — gives the same error after the same work.
-    /// A user with a second factor gets a challenge to complete with [`Self::complete_login`].
-    pub async fn login(
-        &self,
-        slug: &str,
-        email: &str,
-        password: SecretString,
-        origin: &RequestOrigin,
-    ) -> Result<LoginOutcome, ApiError> {
-        let tenant = match check_slug(slug) {
-            Ok(()) => self
-                .tenancy
-                .by_slug(slug)
-                .await
-                .map_err(ApiError::internal)?,
-            Err(_) => None,
-        };
-        let credentials = match &tenant {
-            Some(tenant) => users::credentials(&tenant.pool, &email.trim().to_lowercase()).await?,
-            None => None,
-        };
-        self.limit_attempts(origin)?;
-        let now = chrono::Utc::now();
-        // A locked account's password is not checked: the dummy hash spends the same time.
-        let locked = credentials
-            .as_ref()
-            .is_some_and(|c| c.locked_until.is_some_and(|until| until > now));
-        let hash = credentials
-            .as_ref()
-            .filter(|_| !locked)
-            .map(|c| c.password_hash.clone());
-        let matched = self.passwords.verify(hash, password).await?;
-        match (tenant, credentials) {
-            (Some(tenant), Some(credentials)) if !locked && matched && credentials.active => {
-                if credentials.two_factor {
-                    return self.challenge(&tenant, credentials).await;
-                }
-                let user = users::user(&tenant.pool, credentials.id)
-                    .await?
-                    .ok_or(ApiError::InvalidCredentials)?;
-                let session = self
-                    .open_session(tenant, user, origin, Some(credentials.password_hash), None)
-                    .await?;
-                Ok(LoginOutcome::SignedIn(session))
-            }
-            (Some(tenant), Some(credentials)) => {
-                let reason = match (locked, matched) {
-                    (true, _) => LoginFailure::Locked,
-                    (false, true) => LoginFailure::Deactivated,
-                    (false, false) => LoginFailure::WrongPassword,
-                };
-                self.record_failure(&tenant, credentials.id, reason, origin, now)
-                    .await;
-                Err(ApiError::InvalidCredentials)
-            }
-            _ => {
-                tracing::warn!("login failed: unknown organisation or email");
-                Err(ApiError::InvalidCredentials)
-            }
-        }
-    }
-
-    /// Ends the principal's session.
-    pub async fn logout(&self, principal: &Principal, request_id: Uuid) -> Result<(), ApiError> {
-        let tenant = &principal.tenant;
-        let (user, session_id) = match &principal.subject {
-            Subject::User { user, session_id } => (user, *session_id),
-            Subject::ApiToken(_) => return Err(ApiError::Forbidden),
-        };
-        sessions::revoke(&tenant.pool, session_id).await?;
-        let command = UserCommand::RecordLogout { session_id };
-        Ok(self
-            .record_login(tenant, user.id, command, request_id, false)
-            .await?)
-    }
-
-    /// Ends one session of the tenant: the principal's own, or anyone's for administrators.
-    /// The user's history records it as a logout.
-    pub async fn end_session(
-        &self,
-        principal: &Principal,
-        session_id: Uuid,
-        request_id: Uuid,
-    ) -> Result<(), ApiError> {
-        let tenant = &principal.tenant;
-        let session = sessions::find(&tenant.pool, session_id)
-            .await?
-            .ok_or(ApiError::NotFound)?;
-        if session.user_id != principal.user()?.id && !principal.is_admin() {
-            return Err(ApiError::NotFound);
-        }
-        sessions::revoke(&tenant.pool, session_id).await?;
-        let command = UserCommand::RecordLogout { session_id };
-        Ok(self
-            .record_login(tenant, session.user_id, command, request_id, false)
-            .await?)
-    }
-
-    /// Ends every session of the principal, this one included.
-    pub async fn logout_everywhere(
-        &self,
-        principal: &Principal,
-        request_id: Uuid,
-    ) -> Result<usize, ApiError> {
-        let tenant = &principal.tenant;
-        let user_id = principal.user()?.id;
-        let live = sessions::live(&tenant.pool, user_id, self.sessions).await?;
-        sessions::revoke_all(&tenant.pool, user_id, None).await?;
-        for session in &live {
-            let command = UserCommand::RecordLogout {
-                session_id: session.id,
-            };
-            self.record_login(tenant, user_id, command, request_id, false)
-                .await
-                .map_err(ApiError::from)?;
-        }
-        Ok(live.len())
-    }
-
-    /// Counts one password attempt from the request's client against the per-address limit.
-    /// IPv6 clients are counted per /64, which one subscriber usually holds whole.
-    pub(crate) fn limit_attempts(&self, origin: &RequestOrigin) -> Result<(), ApiError> {
-        let Some(ip) = origin
-            .ip
-            .as_deref()
-            .and_then(|ip| ip.parse::<IpAddr>().ok())
-        else {
-            return Ok(());
-        };
-        let key = match ip {
-            IpAddr::V4(_) => ip,
-            IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
-        };
-        if self.login_limiter.check_key(&key).is_err() {
-            tracing::warn!("security: password attempt rate limit reached for a client address");
-            return Err(ApiError::TooManyAttempts);
-        }
-        Ok(())
-    }
-
-    /// Records a failed password attempt and waits for the read model, so the next attempt
-    /// sees a lock this one caused. Never fails the caller: whatever happens here, the answer
-    /// to the client is the same as for a missing account.
-    pub(crate) async fn record_failure(
+    /// Takes the tenant-wide advisory lock `key` without holding a pooled connection while
+    /// waiting for it, then waits until the read models of `aggregates` have caught up with the
+    /// log — a previous holder may have given up waiting for them — so rules spanning several
+    /// aggregates are checked against every change made so far, on any number of instances.
+    pub(crate) async fn tenant_lock(
         &self,
         tenant: &Tenant,
-        user_id: Uuid,
-        reason: LoginFailure,
-        origin: &RequestOrigin,
-        at: chrono::DateTime<chrono::Utc>,
-    ) {
-        let command = UserCommand::RecordLoginFailure {
-            reason,
-            origin: origin.login_origin(),
-            at,
-        };
-        let recorded = self
-            .record_login(tenant, user_id, command, origin.request_id, true)
-            .await;
-        tracing::warn!(tenant.id = %tenant.id, user.id = %user_id, reason = ?reason, recorded = recorded.is_ok(), "login failed");
-    }
-
-    /// Appends a login, failure or logout event to the user's stream. It retries when
-    /// concurrent attempts race for the stream's next sequence number (a burst of attempts on
-    /// one account must never answer differently from attempts on a missing one), and waits
-    /// for the read models only when asked (failures: a lock must be visible to the next
-    /// attempt; successes: the login is in the history the client may read next).
-    async fn record_login(
-        &self,
-        tenant: &Tenant,
-        user_id: Uuid,
-        command: UserCommand,
-        request_id: Uuid,
-        wait: bool,
-    ) -> Result<(), AggregateError<UserError>> {
-        let id = user_id.to_string();
-        let metadata = EventMetadata::new(Actor::User(user_id), request_id).to_map();
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            match tenant
-                .users
-                .execute_with_metadata(&id, command.clone(), metadata.clone())
-                .await
-            {
-                Err(AggregateError::AggregateConflict) if attempts < 10 => continue,
-                Err(err) => return Err(err),
-                Ok(()) => break,
+        key: i64,
+        aggregates: &[&str],
+    ) -> Result<TenantLock, ApiError> {
+        let deadline = tokio::time::Instant::now() + self.projection_wait;
+        let lock = loop {
+            let mut tx = tenant.pool.begin().await?;
+            let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+                .bind(key)
+                .fetch_one(&mut *tx)
+                .await?;
+            if taken {
+                break TenantLock(tx);
             }
-        }
-        if wait {
-            let unavailable = |err: String| AggregateError::DatabaseConnectionError(err.into());
-            let head = tenant
-                .log
-                .head(User::TYPE, &id)
-                .await
-                .map_err(|e| unavailable(e.to_string()))?;
-            if let Some(head) = head {
+            tx.rollback().await?;
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ApiError::Unavailable);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        for aggregate in aggregates {
+            if let Some(latest) = tenant.log.latest(aggregate).await? {
                 tenant
                     .projectors
-                    .wait_for(User::TYPE, head, self.projection_wait)
+                    .wait_for(aggregate, latest, self.projection_wait)
                     .await
-                    .map_err(|e| unavailable(e.to_string()))?;
+                    .map_err(|_| ApiError::Unavailable)?;
             }
         }
-        Ok(())
-    }
-
-    /// Lifts a lock on a user's logins before it expires.
-    pub async fn unlock_user(
-        &self,
-        principal: &Principal,
-        id: Uuid,
-        request_id: Uuid,
-    ) -> Result<UserRow, ApiError> {
-        let tenant = &principal.tenant;
-        users::user(&tenant.pool, id)
-            .await?
-            .ok_or(ApiError::NotFound)?;
-        let metadata = EventMetadata::new(principal.actor(), request_id);
-        self.execute(tenant, &tenant.users, id, UserCommand::Unlock, metadata)
-            .await?;
-        users::user(&tenant.pool, id)
-            .await?
-            .ok_or(ApiError::NotFound)
-    }
-
-    /// The principal for a bearer token — a session's or an API token's; `None` when the
-    /// token is malformed, unknown, revoked or expired, or its user is inactive.
-    pub async fn authenticate(
-        &self,
-        token: &str,
-        origin: &RequestOrigin,
-    ) -> Result<Option<Principal>, ApiError> {
-        let Some(parsed) = BearerToken::parse(token) else {
-            return Ok(None);
-        };
-        let Some(tenant) = self
-            .tenancy
-            .get(parsed.tenant_id)
-            .await
-            .map_err(ApiError::internal)?
-        else {
-            return Ok(None);
-        };
-        match parsed.kind {
-            TokenKind::Session => {
-                let Some(live) =
-                    sessions::authenticate(&tenant.pool, &parsed.hash, self.sessions).await?
-                else {
-                    return Ok(None);
-                };
-                if !live.user.active {
-                    return Ok(None);
-                }
-                Ok(Some(Principal {
-                    tenant,
-                    subject: Subject::User {
-                        user: live.user,
-                        session_id: live.session_id,
-                    },
-                    grants: live.grants,
-                    two_factor_required: live.two_factor_required,
-                }))
-            }
-            TokenKind::ApiToken => self.authenticate_api_token(tenant, &parsed, origin).await,
-            TokenKind::LoginChallenge | TokenKind::Download => Ok(None),
-        }
+        Ok(lock)
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+impl<'a, A> Command<'a, A>
+where
+    A: Aggregate,
+    A::Command: Clone,
+    ApiError: From<AggregateError<A::Error>>,
+{
+    /// Tries up to `attempts` times in all while concurrent writers win the race for the
+    /// stream's next sequence number (appends of history, such as logins, that must not fail
+    /// because of one another); a stale `expectedVersion` is never retried.
+    pub(crate) fn retry_on_conflict(mut self, attempts: u32) -> Self {
+        self.attempts = attempts.max(1);
+        self
+    }
 
-    #[test]
-    fn slugs_are_short_lower_case_names() {
-        for good in ["acme", "acme-eu", "a1b", "x".repeat(63).as_str()] {
-            assert!(check_slug(good).is_ok(), "{good}");
+    /// Whether to wait for the read models (the default) before answering.
+    pub(crate) fn wait_for_read_models(mut self, wait: bool) -> Self {
+        self.wait = wait;
+        self
+    }
+
+    /// Runs the command. The outer result is the service's (storage, conflicts, lagging read
+    /// models); the inner one is the aggregate's answer, its refusal as the domain's own
+    /// error, for callers that act on the reason.
+    pub(crate) async fn outcome(self) -> Result<Result<(), A::Error>, ApiError> {
+        let id = self.aggregate_id.to_string();
+        let metadata = self.metadata.to_map();
+        let mut command = Some(self.command);
+        let mut attempt = 1;
+        loop {
+            let this_try = if attempt < self.attempts {
+                command.clone()
+            } else {
+                command.take()
+            }
+            .ok_or_else(|| ApiError::internal(anyhow::anyhow!("a command ran out of attempts")))?;
+            match self
+                .cqrs
+                .execute_with_metadata(&id, this_try, metadata.clone())
+                .await
+            {
+                Ok(()) => break,
+                Err(AggregateError::AggregateConflict) if attempt < self.attempts => attempt += 1,
+                Err(AggregateError::UserError(refusal)) => return Ok(Err(refusal)),
+                Err(other) => return Err(other.into()),
+            }
         }
-        for bad in [
-            "ab",
-            "-acme",
-            "acme-",
-            "Acme",
-            "acme corp",
-            "ac_me",
-            "x".repeat(64).as_str(),
-            "",
-        ] {
-            assert!(check_slug(bad).is_err(), "{bad}");
+        if self.wait {
+            self.services
+                .wait_for_stream(self.tenant, A::TYPE, self.aggregate_id)
+                .await?;
         }
+        Ok(Ok(()))
+    }
+}
+
+impl<'a, A> IntoFuture for Command<'a, A>
+where
+    A: Aggregate + 'a,
+    A::Command: Clone + Send,
+    ApiError: From<AggregateError<A::Error>>,
+{
+    type Output = Result<(), ApiError>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send + 'a>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            self.outcome()
+                .await?
+                .map_err(|refusal| AggregateError::UserError(refusal).into())
+        })
     }
 }

@@ -9,6 +9,7 @@ pub mod incident;
 pub mod metadata;
 pub mod organization;
 pub mod permission;
+pub mod personal;
 pub mod pipeline;
 pub mod record;
 pub mod retention;

@@ -8,7 +8,7 @@ use cqrs_es::DomainEvent;
 use custos_domain::{
     ApiToken, ConsentEvent, Consents, DataExport, DataExportEvent, FieldSchema, FieldSchemaEvent,
     Incident, Organization, Record, RecordEvent, RetentionEvent, RetentionPolicy, Role, RoleEvent,
-    User, UserEvent,
+    User,
 };
 use sqlx::{PgConnection, PgExecutor, QueryBuilder};
 use uuid::Uuid;
@@ -50,26 +50,7 @@ fn entry(event: &ProjectedEvent) -> Entry {
     let own = vec![event.aggregate_id];
     let (aggregate_type, event_type, datasheet, subjects, fields) = match &event.event {
         AnyEvent::Record(e) => {
-            let fields = match e {
-                RecordEvent::RecordCreated {
-                    fields, hired_from, ..
-                } => {
-                    let mut names: Vec<String> = fields.keys().cloned().collect();
-                    if hired_from.is_some() {
-                        names.push("hired_from".into());
-                    }
-                    names
-                }
-                RecordEvent::RecordUpdated { changes, .. } => changes.keys().cloned().collect(),
-                RecordEvent::RecordArchived { .. } | RecordEvent::RecordRestored { .. } => {
-                    names(["archived"])
-                }
-                RecordEvent::RecordRestricted { .. } | RecordEvent::RestrictionLifted { .. } => {
-                    names(["restricted"])
-                }
-                RecordEvent::ApplicantHired { .. } => names(["stage", "hired_as"]),
-                RecordEvent::RecordErased { fields, .. } => fields.clone(),
-            };
+            let fields = e.field_names();
             let datasheet = match e {
                 RecordEvent::RecordCreated { datasheet, .. }
                 | RecordEvent::RecordUpdated { datasheet, .. }
@@ -93,31 +74,7 @@ fn entry(event: &ProjectedEvent) -> Entry {
             )
         }
         AnyEvent::User(e) => {
-            let fields = match e {
-                UserEvent::UserRegistered { .. } => {
-                    names(["name", "email", "administrator", "roles"])
-                }
-                UserEvent::UserRenamed { .. } => names(["name"]),
-                UserEvent::EmailChanged { .. } => names(["email"]),
-                UserEvent::RolesAssigned { .. } => names(["roles"]),
-                UserEvent::AdministratorGranted | UserEvent::AdministratorRevoked => {
-                    names(["administrator"])
-                }
-                UserEvent::UserDeactivated | UserEvent::UserReactivated => names(["active"]),
-                UserEvent::PasswordReset { .. } | UserEvent::PasswordChanged { .. } => {
-                    names(["password"])
-                }
-                UserEvent::LoginLocked { .. } | UserEvent::LoginUnlocked => names(["locked"]),
-                UserEvent::TwoFactorEnabled
-                | UserEvent::TwoFactorDisabled
-                | UserEvent::TwoFactorReset => names(["two_factor"]),
-                UserEvent::RecoveryCodesRegenerated => names(["recovery_codes"]),
-                UserEvent::UserErased => names(["name", "email"]),
-                UserEvent::LoginSucceeded { .. }
-                | UserEvent::LoginFailed { .. }
-                | UserEvent::LoggedOut { .. }
-                | UserEvent::Redacted => Vec::new(),
-            };
+            let fields = e.field_names();
             (
                 <User as cqrs_es::Aggregate>::TYPE,
                 e.event_type(),

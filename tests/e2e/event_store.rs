@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use custos_api::event_store::{EventLog, Position};
-use custos_api::projector::{self, Batch};
+use custos_api::testing::projector::{self, Batch};
+use custos_api::testing::{EventLog, Position};
 use custos_projections::records::RecordsProjection;
 use custos_projections::Projection;
 use custos_tests::{slug, TestApp};

@@ -46,7 +46,7 @@ async fn malformed_graphql_is_a_400_graphql_error() {
 async fn too_deep_queries_are_refused_before_they_run() {
     let app = TestApp::spawn().await;
     let session = app.sign_up(&slug("deep")).await;
-    let nested = (0..custos_api::graphql::MAX_DEPTH).fold("name".to_owned(), |inner, _| {
+    let nested = (0..custos_api::testing::MAX_DEPTH).fold("name".to_owned(), |inner, _| {
         format!("ofType {{ {inner} }}")
     });
     let query = format!("{{ __schema {{ types {{ fields {{ type {{ {nested} }} }} }} }} }}");
@@ -104,7 +104,7 @@ async fn values_of_the_wrong_type_get_a_validation_code() {
 async fn too_many_aliases_are_refused_before_anything_runs() {
     let app = TestApp::spawn().await;
     let session = app.sign_up(&slug("aliases")).await;
-    let fields: String = (0..=custos_api::graphql::limits::MAX_ALIASES)
+    let fields: String = (0..=custos_api::testing::MAX_ALIASES)
         .map(|i| format!("a{i}: me {{ id }} "))
         .collect();
     let response = app
@@ -112,7 +112,7 @@ async fn too_many_aliases_are_refused_before_anything_runs() {
         .await;
     assert_eq!(response.status, 400, "{}", response.body);
     assert_eq!(response.code(), Some("VALIDATION"));
-    let logins: String = (0..=custos_api::graphql::limits::MAX_ALIASES)
+    let logins: String = (0..=custos_api::testing::MAX_ALIASES)
         .map(|i| format!("l{i}: login(tenant: \"x\", email: \"x@example.org\", password: \"p\") {{ token }} "))
         .collect();
     let response = app

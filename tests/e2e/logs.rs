@@ -1,6 +1,6 @@
 //! No password, token or personal value ever reaches the logs.
 
-use custos_api::keys::MasterKey;
+use custos_api::testing::MasterKey;
 use custos_tests::{cluster_log, logs, slug, TestApp};
 use secrecy::ExposeSecret;
 use serde_json::json;

@@ -1,6 +1,6 @@
 //! Tenancy: each organisation has its own database and login role, and nothing crosses.
 
-use custos_api::keys::MasterKey;
+use custos_api::testing::MasterKey;
 use custos_tests::{admin_options, slug, TestApp};
 use secrecy::ExposeSecret;
 use serde_json::json;

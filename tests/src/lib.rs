@@ -8,10 +8,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use custos_api::cluster::PrivateCluster;
-use custos_api::config::{Config, DatabaseConfig};
-use custos_api::service::Services;
+use custos_api::testing::PrivateCluster;
+use custos_api::testing::Services;
 use custos_api::Application;
+use custos_api::{Config, DatabaseConfig};
 use serde_json::{json, Value};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgConnection};
@@ -136,7 +136,7 @@ pub fn cluster_log() -> String {
 /// A plain-text `pg_dump` of a database of the shared cluster, as a superuser sees it.
 pub fn pg_dump(database: &str) -> String {
     shared();
-    let bin = custos_api::cluster::find_bin_dir().expect("PostgreSQL binaries");
+    let bin = custos_api::testing::find_bin_dir().expect("PostgreSQL binaries");
     let dir = cluster_dir();
     let password = std::fs::read_to_string(dir.join("superuser.password")).expect("the password");
     // The server's own directory when it has pg_dump; some installs keep only the server
@@ -479,7 +479,7 @@ impl TestApp {
     }
 
     /// The service's open context for a tenant (its pool, event log, projectors).
-    pub async fn tenant(&self, tenant_id: Uuid) -> Arc<custos_api::tenancy::Tenant> {
+    pub async fn tenant(&self, tenant_id: Uuid) -> Arc<custos_api::testing::Tenant> {
         self.services
             .tenancy
             .get(tenant_id)

@@ -39,7 +39,7 @@ fn document_aliases(document: &ExecutableDocument) -> usize {
 }
 
 /// Refuses documents with more than [`MAX_ALIASES`] aliases, before validation.
-pub struct AliasLimit;
+pub(crate) struct AliasLimit;
 
 impl ExtensionFactory for AliasLimit {
     fn create(&self) -> Arc<dyn Extension> {

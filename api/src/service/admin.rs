@@ -5,99 +5,41 @@
 
 use std::collections::BTreeSet;
 
-use cqrs_es::Aggregate;
-use custos_domain::{ApiToken, LoginFailure, Role, User};
+use custos_domain::LoginFailure;
 use custos_domain::{
     Email, EventMetadata, Grant, Grants, PersonName, RoleCommand, RoleName, UserCommand,
 };
 use custos_projections::roles::{self, RoleRow};
 use custos_projections::users::{self, UserRow};
 use secrecy::{ExposeSecret, SecretString};
-use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
-use super::{RequestOrigin, Services};
-use crate::auth::{check_new_password, sessions, Principal};
+use crate::auth::passwords::check_new_password;
+use crate::auth::principal::Principal;
 use crate::error::ApiError;
-use crate::tenancy::Tenant;
-
-/// Advisory lock key (transaction-scoped, in the tenant database) for the user directory.
-const DIRECTORY_LOCK: i64 = 0x6375_7374_6f73_0002;
-
-/// Held while a change checked against other aggregates runs; dropping it (even on
-/// cancellation) rolls back the transaction and releases the lock.
-pub(crate) struct TenantLock(#[allow(dead_code)] Transaction<'static, Postgres>);
+use crate::infra::stores::{sessions, two_factor};
+use crate::infra::tenancy::tenant::Tenant;
+use crate::service::identity::RequestOrigin;
+use crate::service::Services;
 
 /// A user an administrator creates.
-pub struct NewUser {
-    pub email: String,
-    pub name: String,
+pub(crate) struct NewUser {
+    pub(crate) email: String,
+    pub(crate) name: String,
     /// A temporary password the user must replace at first login.
-    pub password: SecretString,
-    pub roles: Vec<Uuid>,
-    pub administrator: bool,
+    pub(crate) password: SecretString,
+    pub(crate) roles: Vec<Uuid>,
+    pub(crate) administrator: bool,
 }
 
 /// Changes to a user; `None` leaves a field as it is.
-pub struct UserChanges {
-    pub name: Option<String>,
-    pub email: Option<String>,
-    pub roles: Option<Vec<Uuid>>,
+pub(crate) struct UserChanges {
+    pub(crate) name: Option<String>,
+    pub(crate) email: Option<String>,
+    pub(crate) roles: Option<Vec<Uuid>>,
 }
 
 impl Services {
-    /// Takes the tenant's directory lock: user, role and API token rules are checked under it.
-    pub(crate) async fn directory_lock(&self, tenant: &Tenant) -> Result<TenantLock, ApiError> {
-        self.tenant_lock(
-            tenant,
-            DIRECTORY_LOCK,
-            &[User::TYPE, Role::TYPE, ApiToken::TYPE],
-        )
-        .await
-    }
-
-    /// Takes the tenant-wide advisory lock `key` without holding a pooled connection while
-    /// waiting for it, then waits until the read models of `aggregates` have caught up with the
-    /// log — a previous holder may have given up waiting for them — so rules spanning several
-    /// aggregates are checked against every change made so far, on any number of instances.
-    pub(crate) async fn tenant_lock(
-        &self,
-        tenant: &Tenant,
-        key: i64,
-        aggregates: &[&str],
-    ) -> Result<TenantLock, ApiError> {
-        let deadline = tokio::time::Instant::now() + self.projection_wait;
-        let lock = loop {
-            let mut tx = tenant.pool.begin().await?;
-            let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
-                .bind(key)
-                .fetch_one(&mut *tx)
-                .await?;
-            if taken {
-                break TenantLock(tx);
-            }
-            tx.rollback().await?;
-            if tokio::time::Instant::now() >= deadline {
-                return Err(ApiError::Unavailable);
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        };
-        for aggregate in aggregates {
-            if let Some(latest) = tenant.log.latest(aggregate).await? {
-                tenant
-                    .projectors
-                    .wait_for(aggregate, latest, self.projection_wait)
-                    .await
-                    .map_err(|_| ApiError::Unavailable)?;
-            }
-        }
-        Ok(lock)
-    }
-
-    pub(super) fn actor(&self, principal: &Principal, request_id: Uuid) -> EventMetadata {
-        EventMetadata::new(principal.actor(), request_id)
-    }
-
     /// Runs a user command as the principal and returns the user as the read model now shows it.
     pub(super) async fn change_user(
         &self,
@@ -107,7 +49,7 @@ impl Services {
         request_id: Uuid,
     ) -> Result<UserRow, ApiError> {
         let tenant = &principal.tenant;
-        self.execute(
+        self.command(
             tenant,
             &tenant.users,
             id,
@@ -173,7 +115,7 @@ impl Services {
     }
 
     /// Creates a user with a temporary password that must be changed at first login.
-    pub async fn create_user(
+    pub(crate) async fn create_user(
         &self,
         principal: &Principal,
         input: NewUser,
@@ -201,7 +143,7 @@ impl Services {
 
     /// Changes a user's name, email or roles (one commit). Role changes take effect on the
     /// user's next request: permissions are read per request.
-    pub async fn update_user(
+    pub(crate) async fn update_user(
         &self,
         principal: &Principal,
         id: Uuid,
@@ -227,7 +169,7 @@ impl Services {
     }
 
     /// Deactivates a user and ends all their sessions.
-    pub async fn deactivate_user(
+    pub(crate) async fn deactivate_user(
         &self,
         principal: &Principal,
         id: Uuid,
@@ -248,7 +190,7 @@ impl Services {
     /// data key (their events — name, email, password hash, login origins — can never be read
     /// again), and removes their second factor and sessions. Their id stays, so history still
     /// shows that someone acted, not who. Irreversible.
-    pub async fn erase_user(
+    pub(crate) async fn erase_user(
         &self,
         principal: &Principal,
         id: Uuid,
@@ -266,12 +208,12 @@ impl Services {
             .erase(id)
             .await
             .map_err(ApiError::internal)?;
-        crate::two_factor::store::remove(&tenant.pool, id).await?;
+        two_factor::remove(&tenant.pool, id).await?;
         tracing::info!(tenant.id = %tenant.id, user.id = %id, "a user's personal data was erased");
         Ok(user)
     }
 
-    pub async fn reactivate_user(
+    pub(crate) async fn reactivate_user(
         &self,
         principal: &Principal,
         id: Uuid,
@@ -285,7 +227,7 @@ impl Services {
     }
 
     /// Makes a user an administrator or not; the last active administrator cannot be demoted.
-    pub async fn set_administrator(
+    pub(crate) async fn set_administrator(
         &self,
         principal: &Principal,
         id: Uuid,
@@ -303,7 +245,7 @@ impl Services {
     }
 
     /// Sets a temporary password the user must replace at next login; ends their sessions.
-    pub async fn reset_password(
+    pub(crate) async fn reset_password(
         &self,
         principal: &Principal,
         id: Uuid,
@@ -327,7 +269,7 @@ impl Services {
     /// The user changes their own password, proving the current one; their other sessions end.
     /// Proving the current password is a password attempt like a login: limited per client
     /// address, recorded when wrong, and refused while the account is locked.
-    pub async fn change_password(
+    pub(crate) async fn change_password(
         &self,
         principal: &Principal,
         current: SecretString,
@@ -390,7 +332,7 @@ impl Services {
     }
 
     /// The user changes their own name.
-    pub async fn update_me(
+    pub(crate) async fn update_me(
         &self,
         principal: &Principal,
         name: String,
@@ -442,12 +384,12 @@ impl Services {
             name: name.to_owned(),
             grants,
         };
-        self.execute(tenant, &tenant.roles, id, command, metadata)
+        self.command(tenant, &tenant.roles, id, command, metadata)
             .await?;
         self.existing_role(tenant, id).await
     }
 
-    pub async fn create_role(
+    pub(crate) async fn create_role(
         &self,
         principal: &Principal,
         name: &str,
@@ -463,7 +405,7 @@ impl Services {
         .await
     }
 
-    pub async fn rename_role(
+    pub(crate) async fn rename_role(
         &self,
         principal: &Principal,
         id: Uuid,
@@ -474,7 +416,7 @@ impl Services {
         let _lock = self.directory_lock(tenant).await?;
         self.existing_role(tenant, id).await?;
         self.check_role_name_free(tenant, name, Some(id)).await?;
-        self.execute(
+        self.command(
             tenant,
             &tenant.roles,
             id,
@@ -488,7 +430,7 @@ impl Services {
     }
 
     /// Grants or revokes one permission; users holding the role are affected on their next request.
-    pub async fn set_grant(
+    pub(crate) async fn set_grant(
         &self,
         principal: &Principal,
         id: Uuid,
@@ -503,7 +445,7 @@ impl Services {
         } else {
             RoleCommand::Revoke { grant }
         };
-        self.execute(
+        self.command(
             tenant,
             &tenant.roles,
             id,
@@ -516,7 +458,7 @@ impl Services {
 
     /// Deletes a role. Refused while users hold it, unless `reassign_to` names the role they
     /// get instead.
-    pub async fn delete_role(
+    pub(crate) async fn delete_role(
         &self,
         principal: &Principal,
         id: Uuid,
@@ -561,7 +503,7 @@ impl Services {
                     email: None,
                     roles: Some(roles),
                 };
-                self.execute(
+                self.command(
                     tenant,
                     &tenant.users,
                     holder.id,
@@ -571,7 +513,7 @@ impl Services {
                 .await?;
             }
         }
-        self.execute(
+        self.command(
             tenant,
             &tenant.roles,
             id,

@@ -8,34 +8,36 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use cqrs_es::AggregateError;
-use custos_domain::{ApiTokenCommand, ApiTokenError, EventMetadata, TokenRefusal};
+use custos_domain::{Actor, ApiTokenCommand, EventMetadata, TokenRefusal};
 use custos_projections::api_tokens::{self, ApiTokenRow};
 use custos_projections::roles;
 use secrecy::SecretString;
 use uuid::Uuid;
 
-use super::{RequestOrigin, Services};
-use crate::auth::{self, BearerToken, Principal, Subject, TokenKind};
+use crate::auth::principal::{Principal, Subject};
+use crate::auth::tokens::{BearerToken, TokenKind};
 use crate::error::ApiError;
-use crate::tenancy::Tenant;
+use crate::infra::stores::sessions;
+use crate::infra::tenancy::tenant::Tenant;
+use crate::service::identity::RequestOrigin;
+use crate::service::Services;
 
 /// A token an administrator creates.
-pub struct NewApiToken {
-    pub name: String,
-    pub role_id: Uuid,
-    pub expires_at: Option<DateTime<Utc>>,
+pub(crate) struct NewApiToken {
+    pub(crate) name: String,
+    pub(crate) role_id: Uuid,
+    pub(crate) expires_at: Option<DateTime<Utc>>,
 }
 
 /// A new token: the secret, shown only here, and the token as listed.
-pub struct CreatedApiToken {
-    pub secret: SecretString,
-    pub token: ApiTokenRow,
+pub(crate) struct CreatedApiToken {
+    pub(crate) secret: SecretString,
+    pub(crate) token: ApiTokenRow,
 }
 
 impl Services {
     /// Creates an API token acting with `role_id`'s permissions.
-    pub async fn create_api_token(
+    pub(crate) async fn create_api_token(
         &self,
         principal: &Principal,
         input: NewApiToken,
@@ -56,7 +58,7 @@ impl Services {
             token_hash: hex::encode(&stored.hash),
             at: Utc::now(),
         };
-        self.execute(
+        self.command(
             tenant,
             &tenant.api_tokens,
             id,
@@ -70,7 +72,7 @@ impl Services {
     }
 
     /// Revokes a token: it authenticates nothing from now on.
-    pub async fn revoke_api_token(
+    pub(crate) async fn revoke_api_token(
         &self,
         principal: &Principal,
         id: Uuid,
@@ -78,7 +80,7 @@ impl Services {
     ) -> Result<ApiTokenRow, ApiError> {
         let tenant = &principal.tenant;
         self.existing_token(tenant, id).await?;
-        self.execute(
+        self.command(
             tenant,
             &tenant.api_tokens,
             id,
@@ -103,7 +105,7 @@ impl Services {
         presented: &BearerToken,
         origin: &RequestOrigin,
     ) -> Result<Option<Principal>, ApiError> {
-        let Some(found) = auth::api_token(&tenant.pool, &presented.hash).await? else {
+        let Some(found) = sessions::api_token(&tenant.pool, &presented.hash).await? else {
             tracing::warn!(tenant.id = %tenant.id, "security: an unknown API token was presented");
             return Ok(None);
         };
@@ -160,23 +162,10 @@ impl Services {
         command: ApiTokenCommand,
         origin: &RequestOrigin,
     ) -> Result<(), ApiError> {
-        let id = token_id.to_string();
-        let metadata =
-            EventMetadata::new(custos_domain::Actor::ApiToken(token_id), origin.request_id)
-                .to_map();
-        for _ in 0..10 {
-            match tenant
-                .api_tokens
-                .execute_with_metadata(&id, command.clone(), metadata.clone())
-                .await
-            {
-                Err(AggregateError::AggregateConflict) => continue,
-                Err(AggregateError::UserError(ApiTokenError::Refused(_))) => {
-                    return Err(ApiError::Unauthenticated)
-                }
-                other => return Ok(other?),
-            }
-        }
-        Err(ApiError::Unavailable)
+        let metadata = EventMetadata::new(Actor::ApiToken(token_id), origin.request_id);
+        self.command(tenant, &tenant.api_tokens, token_id, command, metadata)
+            .retry_on_conflict(10)
+            .wait_for_read_models(false)
+            .await
     }
 }

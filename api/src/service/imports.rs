@@ -15,43 +15,43 @@ use custos_projections::records;
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::Services;
-use crate::auth::Principal;
+use crate::auth::principal::Principal;
 use crate::error::{api_field_name, ApiError};
+use crate::service::Services;
 
 /// The most rows one import takes.
 const MAX_ROWS: usize = 50_000;
 
 /// A column of the file and the field it fills (`firstName`, `custom.<key>`).
-pub struct ColumnMapping {
-    pub column: String,
-    pub field: String,
+pub(crate) struct ColumnMapping {
+    pub(crate) column: String,
+    pub(crate) field: String,
 }
 
 /// An import to run.
-pub struct ImportRequest<'a> {
-    pub datasheet: Datasheet,
-    pub csv: &'a str,
-    pub mapping: Vec<ColumnMapping>,
+pub(crate) struct ImportRequest<'a> {
+    pub(crate) datasheet: Datasheet,
+    pub(crate) csv: &'a str,
+    pub(crate) mapping: Vec<ColumnMapping>,
     /// Check every row, write nothing.
-    pub dry_run: bool,
+    pub(crate) dry_run: bool,
     /// Write nothing unless every row is valid.
-    pub all_or_nothing: bool,
+    pub(crate) all_or_nothing: bool,
 }
 
 /// One problem with one row (numbered from 1, the header not counted).
-pub struct RowError {
-    pub row: usize,
+pub(crate) struct RowError {
+    pub(crate) row: usize,
     /// The field as the API names it, when the problem is about one.
-    pub field: Option<String>,
-    pub message: String,
+    pub(crate) field: Option<String>,
+    pub(crate) message: String,
 }
 
 /// What an import did, or would do.
-pub struct ImportOutcome {
-    pub rows: usize,
-    pub created: Vec<Uuid>,
-    pub errors: Vec<RowError>,
+pub(crate) struct ImportOutcome {
+    pub(crate) rows: usize,
+    pub(crate) created: Vec<Uuid>,
+    pub(crate) errors: Vec<RowError>,
 }
 
 /// How a mapped field reads a cell.
@@ -125,7 +125,7 @@ fn target(
 
 impl Services {
     /// Imports `csv` into `datasheet` (see the module's description).
-    pub async fn import_records(
+    pub(crate) async fn import_records(
         &self,
         principal: &Principal,
         request: ImportRequest<'_>,

@@ -4,22 +4,16 @@
 //! under the tenant's org-chart lock.
 
 use cqrs_es::Aggregate;
-use custos_domain::custom_field::schema_id;
 use custos_domain::record::{new_record_id, Fields};
-use custos_domain::{
-    CustomSchema, Datasheet, ErasureGround, EventMetadata, FieldSchemaCommand, Record,
-    RecordCommand,
-};
-use custos_projections::custom_fields;
+use custos_domain::{Datasheet, ErasureGround, EventMetadata, Record, RecordCommand};
 use custos_projections::records::{self, RecordRow};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::admin::TenantLock;
-use super::Services;
-use crate::auth::Principal;
+use crate::auth::principal::Principal;
 use crate::error::ApiError;
-use crate::tenancy::Tenant;
+use crate::infra::tenancy::tenant::Tenant;
+use crate::service::{Services, TenantLock};
 
 /// Advisory lock key (transaction-scoped, in the tenant database) for manager changes.
 const ORG_CHART_LOCK: i64 = 0x6375_7374_6f73_0003;
@@ -35,7 +29,7 @@ const FROM_APPLICANT: [(&str, &str); 4] = [
 impl Services {
     /// The record `id` of `datasheet`, or `NOT_FOUND` (also for another datasheet's record,
     /// and another tenant's id: each tenant's records live in its own database).
-    pub async fn find_record(
+    pub(crate) async fn find_record(
         &self,
         tenant: &Tenant,
         datasheet: Datasheet,
@@ -48,7 +42,7 @@ impl Services {
     }
 
     /// Creates a record of `datasheet` from raw field values.
-    pub async fn create_record(
+    pub(crate) async fn create_record(
         &self,
         principal: &Principal,
         datasheet: Datasheet,
@@ -70,7 +64,7 @@ impl Services {
     }
 
     /// Patches a record of `datasheet`; `expected_version` guards against lost updates.
-    pub async fn update_record(
+    pub(crate) async fn update_record(
         &self,
         principal: &Principal,
         datasheet: Datasheet,
@@ -95,7 +89,7 @@ impl Services {
 
     /// Archives or restores a record of any datasheet (the caller checked the permission on
     /// the record's datasheet).
-    pub async fn record_lifecycle(
+    pub(crate) async fn record_lifecycle(
         &self,
         principal: &Principal,
         record: &RecordRow,
@@ -112,7 +106,7 @@ impl Services {
     /// email and phone plus `employee` (job title defaults to the position applied for), and
     /// moves the applicant to `hired`. Both streams record the link. Everything is validated
     /// before either is written.
-    pub async fn hire_applicant(
+    pub(crate) async fn hire_applicant(
         &self,
         principal: &Principal,
         applicant_id: Uuid,
@@ -168,7 +162,7 @@ impl Services {
     /// and destroys the record's data key, so none of its values can be read again from the
     /// log; the read models blank it. If an earlier attempt recorded the erasure but did not
     /// destroy the key, this finishes it.
-    pub async fn erase_record(
+    pub(crate) async fn erase_record(
         &self,
         principal: &Principal,
         record: &RecordRow,
@@ -198,7 +192,7 @@ impl Services {
     /// Runs an `Erase` command on record `id` and destroys its data key. `erased_before`: the
     /// read model shows the record erased already; if an earlier attempt recorded the erasure
     /// but did not destroy the key, this finishes it.
-    pub(crate) async fn erase_subject(
+    pub async fn erase_subject(
         &self,
         tenant: &Tenant,
         id: Uuid,
@@ -208,11 +202,10 @@ impl Services {
     ) -> Result<(), ApiError> {
         // The key is destroyed as soon as the erasure is recorded, before waiting for the read
         // models: a slow projector must never leave a recorded erasure with a live key.
-        let recorded = match tenant
-            .records
-            .execute_with_metadata(&id.to_string(), command, metadata.to_map())
+        let recorded = match self
+            .command(tenant, &tenant.records, id, command, metadata)
+            .wait_for_read_models(false)
             .await
-            .map_err(ApiError::from)
         {
             Ok(()) => true,
             Err(ApiError::Validation { .. }) if erased_before => false,
@@ -230,36 +223,6 @@ impl Services {
         self.wait_for_stream(tenant, Record::TYPE, id).await
     }
 
-    /// A datasheet's custom fields as they stand.
-    pub async fn custom_schema(
-        &self,
-        tenant: &Tenant,
-        datasheet: Datasheet,
-    ) -> Result<CustomSchema, ApiError> {
-        Ok(custom_fields::schema(&tenant.pool, datasheet).await?)
-    }
-
-    /// Adds, changes or retires a custom field of `datasheet` (administrators), and answers the
-    /// datasheet's schema afterwards.
-    pub async fn change_custom_fields(
-        &self,
-        principal: &Principal,
-        datasheet: Datasheet,
-        command: FieldSchemaCommand,
-        request_id: Uuid,
-    ) -> Result<CustomSchema, ApiError> {
-        let tenant = &principal.tenant;
-        self.execute(
-            tenant,
-            &tenant.field_schemas,
-            schema_id(datasheet),
-            command,
-            self.actor(principal, request_id),
-        )
-        .await?;
-        self.custom_schema(tenant, datasheet).await
-    }
-
     async fn run_record(
         &self,
         principal: &Principal,
@@ -268,7 +231,7 @@ impl Services {
         request_id: Uuid,
     ) -> Result<(), ApiError> {
         let tenant = &principal.tenant;
-        self.execute(
+        self.command(
             tenant,
             &tenant.records,
             id,

@@ -3,30 +3,21 @@
 
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use custos_domain::{LoginFailure, OrganizationCommand, SecondFactor, UserCommand};
 use custos_projections::organization;
 use custos_projections::users::{self, Credentials, UserRow};
 use secrecy::SecretString;
 use uuid::Uuid;
 
-use super::{RequestOrigin, Services, SignedIn};
-use crate::auth::{BearerToken, Principal, TokenKind};
+use crate::auth::principal::Principal;
+use crate::auth::tokens::{BearerToken, TokenKind};
+use crate::auth::totp::{self, Enrolment};
 use crate::error::ApiError;
-use crate::tenancy::Tenant;
-use crate::two_factor::{self as totp, store, Challenge, Enrolment};
-
-/// What a correct password leads to.
-pub enum LoginOutcome {
-    /// A session: the user has no second factor.
-    SignedIn(SignedIn),
-    /// The user must complete the login with a TOTP or recovery code.
-    SecondFactorRequired {
-        /// Shown once; pass it to `completeLogin`.
-        challenge: SecretString,
-        expires_at: DateTime<Utc>,
-    },
-}
+use crate::infra::stores::two_factor::{self as store, Challenge};
+use crate::infra::tenancy::tenant::Tenant;
+use crate::service::identity::{LoginOutcome, RequestOrigin, SignedIn};
+use crate::service::Services;
 
 impl Services {
     /// The first step of a login with a second factor succeeded: hands out a challenge.
@@ -55,7 +46,7 @@ impl Services {
     /// The second login step: a TOTP code, or a recovery code, for a challenge from `login`.
     /// A wrong code counts toward the account's lock like a wrong password, and a challenge
     /// survives only a few of them.
-    pub async fn complete_login(
+    pub(crate) async fn complete_login(
         &self,
         challenge: &str,
         code: &str,
@@ -143,7 +134,7 @@ impl Services {
 
     /// Starts enrolling the signed-in user: a new secret, to add to an authenticator app and
     /// confirm with a first code. Starting again replaces an unconfirmed secret.
-    pub async fn begin_two_factor_enrolment(
+    pub(crate) async fn begin_two_factor_enrolment(
         &self,
         principal: &Principal,
     ) -> Result<Enrolment, ApiError> {
@@ -163,7 +154,7 @@ impl Services {
 
     /// Confirms an enrolment with a code from the new authenticator: from now on logins need
     /// a second factor. Answers the recovery codes, shown only here.
-    pub async fn confirm_two_factor_enrolment(
+    pub(crate) async fn confirm_two_factor_enrolment(
         &self,
         principal: &Principal,
         code: &str,
@@ -203,12 +194,12 @@ impl Services {
         )
         .await?;
         let codes = totp::new_recovery_codes();
-        store::replace_recovery_codes(&tenant.pool, user.id, &codes).await?;
+        store::replace_recovery_codes(&tenant.pool, user.id, &recovery_hashes(&codes)).await?;
         Ok(codes)
     }
 
     /// Replaces the signed-in user's recovery codes; needs a current TOTP or recovery code.
-    pub async fn regenerate_recovery_codes(
+    pub(crate) async fn regenerate_recovery_codes(
         &self,
         principal: &Principal,
         code: &str,
@@ -246,13 +237,13 @@ impl Services {
         )
         .await?;
         let codes = totp::new_recovery_codes();
-        store::replace_recovery_codes(&tenant.pool, user.id, &codes).await?;
+        store::replace_recovery_codes(&tenant.pool, user.id, &recovery_hashes(&codes)).await?;
         Ok(codes)
     }
 
     /// The signed-in user turns two-factor authentication off, proving their password;
     /// refused while the organisation requires it.
-    pub async fn disable_two_factor(
+    pub(crate) async fn disable_two_factor(
         &self,
         principal: &Principal,
         password: SecretString,
@@ -282,7 +273,7 @@ impl Services {
 
     /// An administrator removes a user's second factor (a lost device); the user logs in with
     /// the password alone and may enrol again (must, if the organisation requires it).
-    pub async fn reset_two_factor(
+    pub(crate) async fn reset_two_factor(
         &self,
         principal: &Principal,
         id: Uuid,
@@ -300,14 +291,14 @@ impl Services {
 
     /// Requires (or stops requiring) every user of the organisation to log in with a second
     /// factor. Users without one can then only enrol, change their password and log out.
-    pub async fn set_two_factor_required(
+    pub(crate) async fn set_two_factor_required(
         &self,
         principal: &Principal,
         required: bool,
         request_id: Uuid,
     ) -> Result<bool, ApiError> {
         let tenant: &Arc<Tenant> = &principal.tenant;
-        self.execute(
+        self.command(
             tenant,
             &tenant.organization,
             tenant.id,
@@ -317,13 +308,12 @@ impl Services {
         .await?;
         Ok(organization::two_factor_required(&tenant.pool).await?)
     }
+}
 
-    /// How many unused recovery codes the user has left.
-    pub async fn unused_recovery_codes(
-        &self,
-        tenant: &Tenant,
-        user_id: Uuid,
-    ) -> Result<i64, ApiError> {
-        Ok(store::unused_recovery_codes(&tenant.pool, user_id).await?)
-    }
+/// What is stored of recovery codes: their hashes.
+fn recovery_hashes(codes: &[String]) -> Vec<Vec<u8>> {
+    codes
+        .iter()
+        .filter_map(|code| totp::recovery_code_hash(code))
+        .collect()
 }

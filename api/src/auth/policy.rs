@@ -1,0 +1,222 @@
+//! Authorization in one place: the policy for every root field of the schema, and the checks
+//! that apply it. No GraphQL here: `graphql::authorization` enforces it before any resolver
+//! runs. A root field without a policy is refused (fail closed), and the authorization matrix
+//! test fails until it has one.
+
+use custos_domain::{Datasheet, Grant, Permission};
+
+use crate::auth::principal::{Principal, Subject};
+use crate::error::ApiError;
+
+/// Who may call a root field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Rule {
+    /// Anyone, signed in or not.
+    Public,
+    /// Any signed-in user, even one who must still replace a temporary password or enrol a
+    /// second factor the organisation requires.
+    Session,
+    /// Any signed-in user whose password is current and who has a second factor if the
+    /// organisation requires one.
+    Signed,
+    /// Administrators only.
+    Admin,
+    /// Users and API tokens holding this permission on this datasheet (administrators hold
+    /// all). With the next two, the only rules API tokens can satisfy.
+    Grant(Datasheet, Permission),
+    /// Holders of every one of these grants.
+    AllOf(&'static [(Datasheet, Permission)]),
+    /// Fields about one record, or one datasheet, named by an argument: holders of this
+    /// permission on some datasheet pass here, and the field's resolver checks the record's
+    /// (or the argument's) datasheet with [`check_record`] once it knows it.
+    OnDatasheet(Permission),
+}
+
+/// The policy: the rule for each root field. `None` means the field has no policy and is refused.
+pub(crate) fn rule(parent_type: &str, field: &str) -> Option<Rule> {
+    use Datasheet::*;
+    use Permission::*;
+    let employees = |p| Rule::Grant(Employees, p);
+    Some(match (parent_type, field) {
+        (_, "__typename" | "__schema" | "__type") => Rule::Public,
+        ("Mutation", "signUp" | "login" | "completeLogin") => Rule::Public,
+        ("Query", "me")
+        | (
+            "Mutation",
+            "logout"
+            | "logoutEverywhere"
+            | "changePassword"
+            | "beginTwoFactorEnrolment"
+            | "confirmTwoFactorEnrolment",
+        ) => Rule::Session,
+        ("Mutation", "disableTwoFactor" | "regenerateRecoveryCodes") => Rule::Signed,
+        // Others' sessions only for administrators (checked in the resolver and the use case).
+        ("Query", "sessions") | ("Mutation", "endSession") => Rule::Signed,
+        // Non-administrators see only their own history (checked in the resolver).
+        ("Query", "organization" | "loginHistory") | ("Mutation", "updateMe") => Rule::Signed,
+        ("Query", "users" | "user" | "roles" | "role" | "apiTokens") => Rule::Admin,
+        (
+            "Mutation",
+            "createUser"
+            | "updateUser"
+            | "deactivateUser"
+            | "eraseUser"
+            | "reactivateUser"
+            | "resetUserPassword"
+            | "setAdministrator"
+            | "unlockUser"
+            | "createRole"
+            | "renameRole"
+            | "grantPermission"
+            | "revokePermission"
+            | "deleteRole"
+            | "resetTwoFactor"
+            | "setTwoFactorRequired"
+            | "createApiToken"
+            | "revokeApiToken",
+        ) => Rule::Admin,
+        ("Query", "employees" | "employee") => employees(Read),
+        ("Mutation", "createEmployee") => employees(Create),
+        ("Mutation", "updateEmployee") => employees(Update),
+        ("Query", "contacts" | "contact") => Rule::Grant(Contacts, Read),
+        ("Mutation", "createContact") => Rule::Grant(Contacts, Create),
+        ("Mutation", "updateContact") => Rule::Grant(Contacts, Update),
+        ("Query", "applicants" | "applicant") => Rule::Grant(Applicants, Read),
+        ("Mutation", "createApplicant") => Rule::Grant(Applicants, Create),
+        ("Mutation", "updateApplicant") => Rule::Grant(Applicants, Update),
+        ("Mutation", "hireApplicant") => Rule::AllOf(&[(Applicants, Update), (Employees, Create)]),
+        ("Mutation", "archiveRecord" | "restoreRecord") => Rule::OnDatasheet(Archive),
+        ("Mutation", "eraseRecord" | "restrictRecord" | "liftRestriction") => {
+            Rule::OnDatasheet(Erase)
+        }
+        ("Query", "recordHistory" | "recordAsOf" | "recordDiff") => Rule::OnDatasheet(History),
+        ("Query", "customFieldDefinitions") => Rule::OnDatasheet(Read),
+        // Results are limited to the datasheets the caller may read (in the resolver).
+        ("Query", "findSubject") => Rule::OnDatasheet(Read),
+        ("Query", "report") => Rule::OnDatasheet(Report),
+        ("Mutation", "exportRecords") => Rule::OnDatasheet(Export),
+        ("Mutation", "importRecords") => Rule::OnDatasheet(Create),
+        ("Query", "headcount") => employees(Report),
+        ("Mutation", "addCustomField" | "updateCustomField" | "retireCustomField") => Rule::Admin,
+        // Auditors: `history` on every datasheet (the whole store is about all of them).
+        ("Query", "checkpoints" | "verifyIntegrity" | "userHistory" | "roleHistory") => {
+            Rule::AllOf(&[
+                (Employees, History),
+                (Contacts, History),
+                (Applicants, History),
+            ])
+        }
+        ("Mutation", "createCheckpoint") => Rule::Admin,
+        ("Query", "auditLog") | ("Subscription", "auditFeed") => Rule::AllOf(&[
+            (Employees, History),
+            (Contacts, History),
+            (Applicants, History),
+        ]),
+        ("Mutation", "exportAuditLog") => Rule::AllOf(&[
+            (Employees, History),
+            (Contacts, History),
+            (Applicants, History),
+            (Employees, Export),
+            (Contacts, Export),
+            (Applicants, Export),
+        ]),
+        ("Query", "consents") => Rule::OnDatasheet(Read),
+        ("Mutation", "giveConsent" | "withdrawConsent") => Rule::OnDatasheet(Update),
+        // `export` on the datasheet of every record the trail covers (in the use case).
+        ("Mutation", "subjectTrail") => Rule::OnDatasheet(Export),
+        ("Query", "retentionPolicies" | "retentionSchedule" | "incidents" | "incident") => {
+            Rule::Admin
+        }
+        (
+            "Mutation",
+            "defineRetentionPolicy"
+            | "removeRetentionPolicy"
+            | "runRetention"
+            | "recordIncident"
+            | "recordAuthorityNotified"
+            | "recordSubjectsNotified"
+            | "exportNotificationList",
+        ) => Rule::Admin,
+        _ => return None,
+    })
+}
+
+impl Principal {
+    /// Whether the principal holds `permission` on `datasheet`.
+    pub(crate) fn may(&self, datasheet: Datasheet, permission: Permission) -> bool {
+        self.is_admin() || self.grants.contains(&Grant::new(datasheet, permission))
+    }
+
+    /// Whether the principal satisfies a data rule (`Grant`, `AllOf`, `OnDatasheet`).
+    fn may_by(&self, rule: Rule) -> bool {
+        match rule {
+            Rule::Grant(datasheet, permission) => self.may(datasheet, permission),
+            Rule::AllOf(grants) => grants.iter().all(|(d, p)| self.may(*d, *p)),
+            Rule::OnDatasheet(permission) => {
+                Datasheet::ALL.iter().any(|d| self.may(*d, permission))
+            }
+            Rule::Public | Rule::Session | Rule::Signed | Rule::Admin => false,
+        }
+    }
+}
+
+/// The second half of an `OnDatasheet` rule: the principal must hold `permission` on the
+/// datasheet of the record the field is about.
+pub(crate) fn check_record(
+    principal: &Principal,
+    datasheet: Datasheet,
+    permission: Permission,
+) -> Result<(), ApiError> {
+    if principal.may(datasheet, permission) {
+        Ok(())
+    } else {
+        tracing::warn!(
+            tenant.id = %principal.tenant.id,
+            actor.id = %principal.actor().id(),
+            datasheet = datasheet.as_str(),
+            permission = permission.as_str(),
+            "security: access to a record denied"
+        );
+        Err(ApiError::Forbidden)
+    }
+}
+
+/// Checks `rule` for the request's principal.
+pub(crate) fn check(rule: Option<Rule>, principal: Option<&Principal>) -> Result<(), ApiError> {
+    let Some(rule) = rule else {
+        return Err(ApiError::Forbidden);
+    };
+    if rule == Rule::Public {
+        return Ok(());
+    }
+    let principal = principal.ok_or(ApiError::Unauthenticated)?;
+    let user = match &principal.subject {
+        Subject::User { user, .. } => user,
+        Subject::ApiToken(_) => {
+            return if principal.may_by(rule) {
+                Ok(())
+            } else {
+                Err(ApiError::Forbidden)
+            }
+        }
+    };
+    if rule == Rule::Session {
+        return Ok(());
+    }
+    if user.must_change_password {
+        return Err(ApiError::PasswordChangeRequired);
+    }
+    if principal.two_factor_required && !user.two_factor {
+        return Err(ApiError::TwoFactorEnrolmentRequired);
+    }
+    let allowed = match rule {
+        Rule::Public | Rule::Session | Rule::Signed => true,
+        Rule::Admin => user.is_admin,
+        Rule::Grant(..) | Rule::AllOf(_) | Rule::OnDatasheet(_) => principal.may_by(rule),
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden)
+    }
+}

@@ -1,0 +1,202 @@
+//! The flags the commands share and take, with environment fallbacks, and the [`Config`] they
+//! describe.
+
+use std::collections::HashMap;
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use clap::{Args, Subcommand};
+use secrecy::SecretString;
+use sqlx::postgres::PgConnectOptions;
+
+use crate::config::{Config, DatabaseConfig, Region, SessionPolicy};
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum TenantCommand {
+    /// Create an organisation and its first administrator. The password is read from
+    /// CUSTOS_ADMIN_PASSWORD or, if unset, from the first line of standard input.
+    Create(TenantCreateArgs),
+}
+
+/// Where data lives: shared by every command.
+#[derive(Debug, Args)]
+pub(crate) struct CommonArgs {
+    /// The data directory: master key and, without DATABASE_URL, the private PostgreSQL cluster.
+    #[arg(long, env = "CUSTOS_DATA_DIR", default_value = "./.custos")]
+    pub(crate) data_dir: PathBuf,
+    /// A PostgreSQL server to use instead of the private cluster (the role needs CREATEDB and
+    /// CREATEROLE). Its database, if named, is the catalog.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub(crate) database_url: Option<String>,
+    /// Server for the `eu` region, when not the default server.
+    #[arg(long, env = "CUSTOS_REGION_EU_URL", hide_env_values = true)]
+    pub(crate) region_eu_url: Option<String>,
+    /// Server for the `us` region, when not the default server.
+    #[arg(long, env = "CUSTOS_REGION_US_URL", hide_env_values = true)]
+    pub(crate) region_us_url: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    #[command(flatten)]
+    pub(crate) common: CommonArgs,
+    /// Address to listen on.
+    #[arg(long, env = "CUSTOS_LISTEN", default_value = "127.0.0.1:8080")]
+    pub(crate) listen: SocketAddr,
+    /// Do not serve GraphiQL on GET /graphql.
+    #[arg(long, env = "CUSTOS_NO_GRAPHIQL")]
+    pub(crate) no_graphiql: bool,
+    /// Refuse GraphQL introspection queries.
+    #[arg(long, env = "CUSTOS_NO_INTROSPECTION")]
+    pub(crate) no_introspection: bool,
+    /// Minutes of inactivity after which a session ends.
+    #[arg(long, env = "CUSTOS_SESSION_IDLE_MINUTES", default_value_t = 30)]
+    pub(crate) session_idle_minutes: u64,
+    /// Hours after login at which a session ends, however active.
+    #[arg(long, env = "CUSTOS_SESSION_LIFETIME_HOURS", default_value_t = 12)]
+    pub(crate) session_lifetime_hours: u64,
+    /// Minutes between runs of every organisation's retention policies (0: never; run them
+    /// with `custos retention run` or the `runRetention` mutation instead).
+    #[arg(long, env = "CUSTOS_RETENTION_INTERVAL_MINUTES", default_value_t = 60)]
+    pub(crate) retention_interval_minutes: u64,
+    /// Seconds between signed checkpoints of every open organisation's event store (0: only on
+    /// demand, with the `createCheckpoint` mutation).
+    #[arg(long, env = "CUSTOS_CHECKPOINT_INTERVAL_SECONDS", default_value_t = 60)]
+    pub(crate) checkpoint_interval_seconds: u64,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct VerifyArgs {
+    #[command(flatten)]
+    pub(crate) common: CommonArgs,
+    /// Only this organisation (its slug); every organisation otherwise.
+    #[arg(long)]
+    pub(crate) tenant: Option<String>,
+    /// The checkpoint file to check against (with --tenant; default: the one in the data
+    /// directory, `checkpoints/<tenant id>.jsonl`).
+    #[arg(long)]
+    pub(crate) checkpoints: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum RetentionCommand {
+    /// Run every organisation's retention policies now (or one organisation's), print what
+    /// was erased, and exit.
+    Run(RetentionRunArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RetentionRunArgs {
+    #[command(flatten)]
+    pub(crate) common: CommonArgs,
+    /// Only this organisation (its slug).
+    #[arg(long)]
+    pub(crate) tenant: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TenantCreateArgs {
+    #[command(flatten)]
+    pub(crate) common: CommonArgs,
+    /// Short name used at login (3-63 lower-case letters, digits, dashes).
+    #[arg(long)]
+    pub(crate) slug: String,
+    /// The organisation's display name.
+    #[arg(long)]
+    pub(crate) name: String,
+    /// Data region: eu or us.
+    #[arg(long)]
+    pub(crate) region: String,
+    #[arg(long)]
+    pub(crate) admin_email: String,
+    #[arg(long)]
+    pub(crate) admin_name: String,
+}
+
+fn parse_url(url: &str) -> anyhow::Result<PgConnectOptions> {
+    PgConnectOptions::from_str(url)
+        .map_err(|_| anyhow::anyhow!("not a valid PostgreSQL URL (the value is not shown)"))
+}
+
+impl CommonArgs {
+    /// The configuration these flags describe, with defaults for the rest.
+    pub(crate) fn config(&self) -> anyhow::Result<Config> {
+        let (database, catalog) = match &self.database_url {
+            Some(url) => {
+                let options = parse_url(url)?;
+                let catalog = options.get_database().unwrap_or("custos").to_owned();
+                (DatabaseConfig::External(Box::new(options)), catalog)
+            }
+            None => (DatabaseConfig::Private, "custos".to_owned()),
+        };
+        let mut config = Config::new(self.data_dir.clone(), database);
+        config.catalog_database = catalog;
+        let mut regions = HashMap::new();
+        for (region, url) in [
+            (Region::Eu, &self.region_eu_url),
+            (Region::Us, &self.region_us_url),
+        ] {
+            if let Some(url) = url {
+                regions.insert(region, parse_url(url)?);
+            }
+        }
+        config.regions = regions;
+        config.master_key = std::env::var("CUSTOS_MASTER_KEY")
+            .ok()
+            .map(SecretString::from);
+        Ok(config)
+    }
+}
+
+impl ServeArgs {
+    pub(crate) fn config(&self) -> anyhow::Result<Config> {
+        let mut config = self.common.config()?;
+        config.listen = self.listen;
+        config.graphiql = !self.no_graphiql;
+        config.introspection = !self.no_introspection;
+        config.checkpoint_interval = (self.checkpoint_interval_seconds > 0)
+            .then(|| std::time::Duration::from_secs(self.checkpoint_interval_seconds));
+        config.retention_interval = (self.retention_interval_minutes > 0)
+            .then(|| std::time::Duration::from_secs(self.retention_interval_minutes * 60));
+        config.sessions = SessionPolicy {
+            idle_timeout: std::time::Duration::from_secs(self.session_idle_minutes * 60),
+            absolute_lifetime: std::time::Duration::from_secs(self.session_lifetime_hours * 3600),
+        };
+        Ok(config)
+    }
+}
+
+/// The administrator's password for `tenant create`: CUSTOS_ADMIN_PASSWORD, else one line of
+/// standard input. Never a flag, so it never shows in a process list or shell history.
+pub(crate) fn admin_password() -> anyhow::Result<SecretString> {
+    if let Ok(password) = std::env::var("CUSTOS_ADMIN_PASSWORD") {
+        return Ok(SecretString::from(password));
+    }
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    let password = line.trim_end_matches(['\n', '\r']).to_owned();
+    if password.is_empty() {
+        anyhow::bail!("no password: set CUSTOS_ADMIN_PASSWORD or write it on standard input");
+    }
+    Ok(SecretString::from(password))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_url_names_the_catalog() {
+        let args = CommonArgs {
+            data_dir: "/tmp/x".into(),
+            database_url: Some("postgres://u:p@db.internal/records".into()),
+            region_eu_url: None,
+            region_us_url: None,
+        };
+        let config = args.config().unwrap();
+        assert_eq!(config.catalog_database, "records");
+        assert!(matches!(config.database, DatabaseConfig::External(_)));
+    }
+}

@@ -1,0 +1,66 @@
+//! The schema extension that applies the authorization policy (`auth::policy`) to every root
+//! field before its resolver runs, and keeps WebSocket connections to subscriptions.
+
+use std::sync::Arc;
+
+use async_graphql::extensions::{
+    Extension, ExtensionContext, ExtensionFactory, NextResolve, ResolveInfo,
+};
+use async_graphql::{PathSegment, ServerError, ServerResult, Value};
+
+use super::context::{RequestContext, SubscriptionAuth};
+use crate::auth::policy::{check, rule};
+use crate::error::ApiError;
+
+/// The schema extension that applies the policy to every root field.
+pub(crate) struct Authorization;
+
+impl ExtensionFactory for Authorization {
+    fn create(&self) -> Arc<dyn Extension> {
+        Arc::new(Authorization)
+    }
+}
+
+#[async_trait::async_trait]
+impl Extension for Authorization {
+    async fn resolve(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        info: ResolveInfo<'_>,
+        next: NextResolve<'_>,
+    ) -> ServerResult<Option<Value>> {
+        if info.path_node.parent.is_none() {
+            let principal = ctx
+                .data_opt::<RequestContext>()
+                .and_then(|r| r.principal.as_ref());
+            // A WebSocket connection authenticates once, at its start: it serves subscriptions
+            // only (which re-check their session), never queries or mutations.
+            let over_websocket = ctx.data_opt::<SubscriptionAuth>().is_some();
+            let decision = if over_websocket && info.parent_type != "Subscription" {
+                Err(ApiError::validation(
+                    "operation",
+                    "only subscriptions are served over WebSocket: send queries and mutations to POST /graphql",
+                ))
+            } else {
+                check(rule(info.parent_type, info.name), principal)
+            };
+            if let Err(err) = decision {
+                if matches!(err, ApiError::Forbidden) {
+                    tracing::warn!(
+                        tenant.id = ?principal.map(|p| p.tenant.id),
+                        actor.id = ?principal.map(|p| p.actor().id()),
+                        graphql.field = info.name,
+                        "security: access denied"
+                    );
+                }
+                let mut error: ServerError =
+                    async_graphql::Error::from(err).into_server_error(info.field.name.pos);
+                error.path = vec![PathSegment::Field(
+                    info.alias.unwrap_or(info.name).to_owned(),
+                )];
+                return Err(error);
+            }
+        }
+        next.run(ctx, info).await
+    }
+}

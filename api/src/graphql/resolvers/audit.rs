@@ -1,0 +1,391 @@
+//! Tamper evidence for auditors: the signed checkpoints, making one on demand, and verifying
+//! the whole event store.
+
+use async_graphql::connection::{Connection, Edge, EmptyFields};
+use async_graphql::{Context, InputObject, Object, SimpleObject, ID};
+use chrono::{DateTime, Utc};
+use custos_domain::{Datasheet, ExportFormat};
+use custos_projections::accesses::ReadVia;
+use custos_projections::audit_log::{self, AuditFilter, AuditRow};
+use uuid::Uuid;
+
+use crate::auth::policy::{check, rule};
+use crate::error::ApiError;
+use crate::graphql::arguments::{moment, parse_id};
+use crate::graphql::context::{Cx, SubscriptionAuth};
+use crate::graphql::pagination::{encode_sequence, page_size_within, sequence_after};
+use crate::graphql::types::actor::Actor;
+use crate::graphql::types::enums::{BreachKind, DatasheetKind, ExportFormatKind};
+use crate::graphql::types::exports::{export_payload, ExportPayload};
+use crate::graphql::types::history::FieldChange;
+use crate::infra::integrity::checkpoint::Checkpoint;
+use crate::infra::integrity::verify::Report;
+use crate::infra::tenancy::tenant::Tenant;
+use crate::service::audit::history::{record_history, role_history, user_history};
+use crate::service::identity::RequestOrigin;
+use crate::service::Services;
+
+/// A signed checkpoint: an accumulator over every stream's head, signed with the
+/// organisation's Ed25519 key (derived from the master key, outside the database).
+#[derive(SimpleObject)]
+#[graphql(name = "Checkpoint")]
+pub(crate) struct CheckpointNode {
+    number: i64,
+    created_at: DateTime<Utc>,
+    streams: i64,
+    events: i64,
+    /// Hex SHA-256 over the heads of every stream.
+    root: String,
+    /// Hex Ed25519 public key that verifies `signature`.
+    public_key: String,
+    signature: String,
+}
+
+impl From<Checkpoint> for CheckpointNode {
+    fn from(c: Checkpoint) -> Self {
+        Self {
+            number: c.number,
+            created_at: c.created_at,
+            streams: c.streams,
+            events: c.events,
+            root: hex::encode(c.root),
+            public_key: hex::encode(c.public_key),
+            signature: hex::encode(c.signature),
+        }
+    }
+}
+
+/// The first broken link of one stream.
+#[derive(SimpleObject)]
+pub(crate) struct BrokenLinkNode {
+    aggregate_type: String,
+    aggregate_id: String,
+    sequence: i64,
+    breach: BreachKind,
+}
+
+#[derive(SimpleObject)]
+pub(crate) struct IntegrityReport {
+    /// Every chain and checkpoint verified.
+    ok: bool,
+    streams: i64,
+    events: i64,
+    broken: Vec<BrokenLinkNode>,
+    checkpoints: i64,
+    /// The checkpoint whose accumulator was recomputed against the events.
+    checked_checkpoint: Option<i64>,
+    checkpoint_problems: Vec<String>,
+    notes: Vec<String>,
+}
+
+impl From<Report> for IntegrityReport {
+    fn from(report: Report) -> Self {
+        Self {
+            ok: report.ok(),
+            streams: report.streams,
+            events: report.events,
+            broken: report
+                .broken
+                .into_iter()
+                .map(|l| BrokenLinkNode {
+                    aggregate_type: l.aggregate_type,
+                    aggregate_id: l.aggregate_id,
+                    sequence: l.sequence,
+                    breach: l.breach.into(),
+                })
+                .collect(),
+            checkpoints: report.checkpoints,
+            checked_checkpoint: report.checked_checkpoint,
+            checkpoint_problems: report.checkpoint_problems,
+            notes: report.notes,
+        }
+    }
+}
+
+/// Which audit entries to show; every part optional, all given parts must match.
+#[derive(InputObject, Default)]
+pub(crate) struct AuditLogFilter {
+    /// Caused by this user, API token or retention policy.
+    actor_id: Option<ID>,
+    datasheet: Option<DatasheetKind>,
+    /// About this record, user, role or API token.
+    subject_id: Option<ID>,
+    /// Of these event types (`RecordUpdated`, `LoginFailed`, `RecordsExported`, ...).
+    event_types: Option<Vec<String>>,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+}
+
+impl AuditLogFilter {
+    fn parse(self) -> Result<AuditFilter, ApiError> {
+        if let (Some(from), Some(to)) = (self.from, self.to) {
+            if to < from {
+                return Err(ApiError::validation("to", "`to` is before `from`"));
+            }
+        }
+        Ok(AuditFilter {
+            actor: self
+                .actor_id
+                .map(|id| parse_id("actorId", &id))
+                .transpose()?,
+            datasheet: self
+                .datasheet
+                .map(|d| Datasheet::from(d).as_str().to_owned()),
+            subject: self
+                .subject_id
+                .map(|id| parse_id("subjectId", &id))
+                .transpose()?,
+            event_types: self.event_types,
+            from: self.from.map(|at| moment("from", at)).transpose()?,
+            to: self.to.map(|at| moment("to", at)).transpose()?,
+        })
+    }
+}
+
+/// One entry of the audit log: an event of any stream.
+pub(crate) struct AuditEntry(pub(crate) AuditRow);
+
+#[Object]
+impl AuditEntry {
+    /// The event's position in the organisation's log.
+    async fn position(&self) -> i64 {
+        self.0.global_position
+    }
+    async fn recorded_at(&self) -> DateTime<Utc> {
+        self.0.recorded_at
+    }
+    /// `record`, `user`, `role`, `api_token`, `consent`, `data_export`, `retention_policy`,
+    /// `incident`, `organization` or `field_schema`.
+    async fn aggregate_type(&self) -> &str {
+        &self.0.aggregate_type
+    }
+    async fn aggregate_id(&self) -> &str {
+        &self.0.aggregate_id
+    }
+    async fn sequence(&self) -> i64 {
+        self.0.sequence
+    }
+    async fn event_type(&self) -> &str {
+        &self.0.event_type
+    }
+    async fn actor(&self) -> Actor {
+        let known = custos_domain::Actor::from_parts(&self.0.actor_kind, self.0.actor_id);
+        Actor::new(self.0.actor_id, known)
+    }
+    async fn request_id(&self) -> ID {
+        ID(self.0.request_id.to_string())
+    }
+    async fn datasheet(&self) -> Option<DatasheetKind> {
+        self.0
+            .datasheet
+            .as_deref()
+            .and_then(Datasheet::parse)
+            .map(DatasheetKind::from)
+    }
+    /// The records, users, roles or tokens the event is about.
+    async fn subject_ids(&self) -> Vec<ID> {
+        self.0.subjects.iter().map(|s| ID(s.to_string())).collect()
+    }
+    /// The names of the fields it changed.
+    async fn fields(&self) -> &[String] {
+        &self.0.fields
+    }
+    /// Each field's value before and after, read (and decrypted) from the event store when
+    /// asked: for records, users and roles; erased values read `[erased]`.
+    async fn changes(&self, ctx: &Context<'_>) -> Result<Vec<FieldChange>, ApiError> {
+        let cx = Cx::new(ctx)?;
+        let log = &cx.tenant().log;
+        let Ok(id) = Uuid::try_parse(&self.0.aggregate_id) else {
+            return Ok(Vec::new());
+        };
+        let entries = match self.0.aggregate_type.as_str() {
+            "record" => {
+                cx.record_reads(&[id], ReadVia::History).await?;
+                record_history(log, id).await
+            }
+            "user" => user_history(log, id).await,
+            "role" => role_history(log, id).await,
+            _ => return Ok(Vec::new()),
+        }
+        .map_err(ApiError::internal)?;
+        Ok(entries
+            .into_iter()
+            .find(|e| e.sequence == self.0.sequence)
+            .map(|e| e.changes.into_iter().map(FieldChange::from).collect())
+            .unwrap_or_default())
+    }
+}
+
+pub(crate) type AuditConnection = Connection<String, AuditEntry, EmptyFields, EmptyFields>;
+
+#[derive(Default)]
+pub(crate) struct AuditQuery;
+
+#[Object]
+impl AuditQuery {
+    /// Everything that happened in the organisation, newest first: data changes, user and
+    /// role changes, logins and lockouts, exports, erasures, retention runs, consent changes.
+    /// Entries hold no values; `changes` reads them from the event. `history` on every
+    /// datasheet.
+    async fn audit_log(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<AuditLogFilter>,
+        #[graphql(desc = "Page size, 1 to 500 (default 50).")] first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<AuditConnection, ApiError> {
+        let cx = Cx::new(ctx)?;
+        let first = page_size_within("first", first, 50, 500)?;
+        let before = sequence_after(after)?;
+        let filter = filter.unwrap_or_default().parse()?;
+        let tenant = cx.tenant();
+        let mut rows = audit_log::entries(&tenant.pool, &filter, before, first + 1).await?;
+        let more = rows.len() > first as usize;
+        rows.truncate(first as usize);
+        let mut connection = Connection::new(before.is_some(), more);
+        connection.edges.extend(
+            rows.into_iter()
+                .map(|row| Edge::new(encode_sequence(row.global_position), AuditEntry(row))),
+        );
+        Ok(connection)
+    }
+
+    /// The organisation's newest signed checkpoints, oldest first (`history` on every
+    /// datasheet).
+    async fn checkpoints(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "How many of the newest, 1 to 1000 (default 100).")] last: Option<i32>,
+    ) -> Result<Vec<CheckpointNode>, ApiError> {
+        let cx = Cx::new(ctx)?;
+        let last = page_size_within("last", last, 100, 1000)?;
+        let tenant = cx.tenant();
+        let list = cx.services.checkpoints(tenant, last).await?;
+        Ok(list.into_iter().map(CheckpointNode::from).collect())
+    }
+
+    /// Recomputes every stream's hash chain and checks the checkpoints (signatures, their
+    /// chain, this instance's checkpoint file, and the newest one's accumulator against the
+    /// events). Reads the whole event store: seconds for a million events. `history` on every
+    /// datasheet.
+    async fn verify_integrity(&self, ctx: &Context<'_>) -> Result<IntegrityReport, ApiError> {
+        let cx = Cx::new(ctx)?;
+        let tenant = cx.tenant();
+        Ok(cx.services.verify_integrity(tenant).await?.into())
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct AuditMutation;
+
+#[Object]
+impl AuditMutation {
+    /// Exports the audit log entries the filter selects (as they stand now), as CSV or JSON:
+    /// recorded as an `AuditLogExported` event (who, the filter, how many) before the link is
+    /// handed out. `history` and `export` on every datasheet.
+    async fn export_audit_log(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<AuditLogFilter>,
+        format: ExportFormatKind,
+    ) -> Result<ExportPayload, ApiError> {
+        let cx = Cx::new(ctx)?;
+        let filter = filter.unwrap_or_default().parse()?;
+        let format = ExportFormat::from(format);
+        let ticket = cx
+            .services
+            .start_audit_export(cx.caller, filter, format, cx.request_id)
+            .await?;
+        export_payload(ticket)
+    }
+
+    /// Signs a checkpoint now rather than at the next scheduled one (administrators); `null`
+    /// when nothing was written since the last.
+    async fn create_checkpoint(
+        &self,
+        ctx: &Context<'_>,
+    ) -> Result<Option<CheckpointNode>, ApiError> {
+        let cx = Cx::new(ctx)?;
+        let tenant = cx.tenant();
+        Ok(cx
+            .services
+            .create_checkpoint(tenant)
+            .await?
+            .map(CheckpointNode::from))
+    }
+}
+
+/// How often the feed looks for new entries, and re-checks its session.
+const FEED_POLL: std::time::Duration = std::time::Duration::from_millis(300);
+const FEED_RECHECK: std::time::Duration = std::time::Duration::from_secs(60);
+
+#[derive(Default)]
+pub(crate) struct AuditSubscription;
+
+#[async_graphql::Subscription(name = "Subscription")]
+impl AuditSubscription {
+    /// New audit entries of your organisation, as they are recorded (over
+    /// `graphql-transport-ws` at `/graphql/ws`, with `{"authorization": "Bearer ..."}` as the
+    /// connection payload). `history` on every datasheet. Ends when the session does.
+    async fn audit_feed(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<impl futures::Stream<Item = AuditEntry>> {
+        let cx = Cx::new(ctx)?;
+        check(rule("Subscription", "auditFeed"), Some(cx.caller))?;
+        let auth = ctx
+            .data::<SubscriptionAuth>()
+            .map_err(|_| ApiError::Unauthenticated)?;
+        let services = cx.services.clone();
+        let tenant = cx.tenant().clone();
+        let head = audit_log::feed_head(&tenant.pool).await?;
+        struct Feed {
+            services: std::sync::Arc<Services>,
+            tenant: std::sync::Arc<Tenant>,
+            token: String,
+            origin: RequestOrigin,
+            last: i64,
+            checked: tokio::time::Instant,
+            queue: std::collections::VecDeque<AuditRow>,
+        }
+        let feed = Feed {
+            services,
+            tenant,
+            token: auth.token.clone(),
+            origin: auth.origin.clone(),
+            last: head,
+            checked: tokio::time::Instant::now(),
+            queue: Default::default(),
+        };
+        Ok(futures::stream::unfold(feed, |mut feed| async move {
+            loop {
+                if let Some(row) = feed.queue.pop_front() {
+                    return Some((AuditEntry(row), feed));
+                }
+                tokio::time::sleep(FEED_POLL).await;
+                if feed.checked.elapsed() >= FEED_RECHECK {
+                    match feed.services.authenticate(&feed.token, &feed.origin).await {
+                        Ok(Some(principal))
+                            if principal.tenant.id == feed.tenant.id
+                                && check(rule("Subscription", "auditFeed"), Some(&principal))
+                                    .is_ok() => {}
+                        _ => return None,
+                    }
+                    feed.checked = tokio::time::Instant::now();
+                }
+                match audit_log::added_after(&feed.tenant.pool, feed.last, 100).await {
+                    Ok(rows) => {
+                        if let Some((seq, _)) = rows.last() {
+                            feed.last = *seq;
+                        }
+                        feed.queue.extend(rows.into_iter().map(|(_, row)| row));
+                    }
+                    Err(err) => {
+                        tracing::warn!(tenant.id = %feed.tenant.id, error = %crate::error::redacted(&err.into()), "the audit feed stopped");
+                        return None;
+                    }
+                }
+            }
+        }))
+    }
+}

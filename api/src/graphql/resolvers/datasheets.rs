@@ -1,0 +1,426 @@
+//! The datasheets' lists, lookups, creation and changes — generated per datasheet from its
+//! names (`datasheet_resolvers!`) — and what every record's lifecycle shares: hiring,
+//! archiving, erasure and restriction, and finding every record about one person.
+
+use async_graphql::connection::{Connection, EmptyFields};
+use async_graphql::{Context, MergedObject, Object, ID};
+use custos_domain::{Datasheet, Permission, RecordCommand};
+use custos_projections::accesses::ReadVia;
+use custos_projections::record_query::{self, QueryListError};
+use custos_projections::records::{self, RecordRow};
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::record_query::{record_query, ListArgs, RecordFilter, RecordOrder};
+use crate::error::ApiError;
+use crate::graphql::arguments::{parse_id, parse_version};
+use crate::graphql::context::Cx;
+use crate::graphql::pagination::{connection, ConnectionTotal};
+use crate::graphql::types::enums::{ErasureGroundKind, RestrictionReasonKind};
+use crate::graphql::types::records::{
+    fields, Applicant, Contact, CreateApplicantInput, CreateContactInput, CreateEmployeeInput,
+    Employee, HireApplicantInput, HirePayload, RecordNode, UpdateApplicantInput,
+    UpdateContactInput, UpdateEmployeeInput,
+};
+
+/// A datasheet's list and lookup (two objects, so that the root query keeps its committed
+/// order) and its create and update mutations, from the datasheet's names and descriptions.
+macro_rules! datasheet_resolvers {
+    (
+        $datasheet:ident: $object:ident, $connection:ident;
+        $(#[doc = $list_doc:literal])*
+        $list_query:ident::$list:ident;
+        $(#[doc = $one_doc:literal])*
+        $one_query:ident::$one:ident;
+        $mutation:ident::$create_fn:ident($create:ident);
+        $(#[doc = $update_doc:literal])*
+        $update_fn:ident($update:ident);
+    ) => {
+        pub(crate) type $connection = Connection<String, $object, ConnectionTotal, EmptyFields>;
+
+        #[derive(Default)]
+        pub(crate) struct $list_query;
+
+        #[Object]
+        impl $list_query {
+            $(#[doc = $list_doc])*
+            #[allow(clippy::too_many_arguments)]
+            async fn $list(
+                &self,
+                ctx: &Context<'_>,
+                #[graphql(desc = "Page size, 1 to 100 (default 20).")] first: Option<i32>,
+                after: Option<String>,
+                #[graphql(desc = "Include archived records (default false).")]
+                include_archived: Option<bool>,
+                filter: Option<RecordFilter>,
+                #[graphql(desc = "Up to three keys; creation order breaks ties.")]
+                order_by: Option<Vec<RecordOrder>>,
+                #[graphql(
+                    desc = "Words that must each begin a word of the names, emails, company or notes."
+                )]
+                search: Option<String>,
+            ) -> Result<$connection, ApiError> {
+                let args = ListArgs {
+                    first,
+                    after,
+                    include_archived,
+                    filter,
+                    order_by,
+                    search,
+                };
+                page(&Cx::new(ctx)?, Datasheet::$datasheet, args).await
+            }
+        }
+
+        #[derive(Default)]
+        pub(crate) struct $one_query;
+
+        #[Object]
+        impl $one_query {
+            $(#[doc = $one_doc])*
+            async fn $one(&self, ctx: &Context<'_>, id: ID) -> Result<$object, ApiError> {
+                one(&Cx::new(ctx)?, Datasheet::$datasheet, &id).await
+            }
+        }
+
+        #[derive(Default)]
+        pub(crate) struct $mutation;
+
+        #[Object]
+        impl $mutation {
+            async fn $create_fn(
+                &self,
+                ctx: &Context<'_>,
+                input: $create,
+            ) -> Result<$object, ApiError> {
+                let cx = Cx::new(ctx)?;
+                let row = cx
+                    .services
+                    .create_record(cx.caller, Datasheet::$datasheet, fields(input)?, cx.request_id)
+                    .await?;
+                Ok(row.into())
+            }
+
+            $(#[doc = $update_doc])*
+            async fn $update_fn(
+                &self,
+                ctx: &Context<'_>,
+                id: ID,
+                expected_version: Option<i64>,
+                input: $update,
+            ) -> Result<$object, ApiError> {
+                update(&Cx::new(ctx)?, Datasheet::$datasheet, &id, expected_version, input).await
+            }
+        }
+    };
+}
+
+datasheet_resolvers! {
+    Employees: Employee, EmployeeConnection;
+    /// Employees: in creation order unless `orderBy` says otherwise; archived ones only with
+    /// `includeArchived`. `filter` and `search` narrow the list; `totalCount` counts every match.
+    EmployeeList::employees;
+    /// One employee, archived or not.
+    EmployeeLookup::employee;
+    EmployeeMutation::create_employee(CreateEmployeeInput);
+    /// Changes the given fields. With `expectedVersion`, refuses (`CONFLICT`) if the record
+    /// changed since the client read it.
+    update_employee(UpdateEmployeeInput);
+}
+
+datasheet_resolvers! {
+    Contacts: Contact, ContactConnection;
+    /// Contacts: in creation order unless `orderBy` says otherwise; archived ones only with
+    /// `includeArchived`. `filter` and `search` narrow the list; `totalCount` counts every match.
+    ContactList::contacts;
+    /// One contact, archived or not.
+    ContactLookup::contact;
+    ContactMutation::create_contact(CreateContactInput);
+    /// Changes the given fields (see `updateEmployee`).
+    update_contact(UpdateContactInput);
+}
+
+datasheet_resolvers! {
+    Applicants: Applicant, ApplicantConnection;
+    /// Job applicants: in creation order unless `orderBy` says otherwise; archived ones only with
+    /// `includeArchived`. `filter` and `search` narrow the list; `totalCount` counts every match.
+    ApplicantList::applicants;
+    /// One job applicant, archived or not.
+    ApplicantLookup::applicant;
+    ApplicantMutation::create_applicant(CreateApplicantInput);
+    /// Changes the given fields (see `updateEmployee`); moves the stage by the pipeline's rules.
+    update_applicant(UpdateApplicantInput);
+}
+
+/// The datasheets' queries, in the committed schema's order.
+#[derive(MergedObject, Default)]
+pub(crate) struct RecordsQuery(
+    EmployeeList,
+    EmployeeLookup,
+    ContactList,
+    ContactLookup,
+    ApplicantList,
+    SubjectQuery,
+    ApplicantLookup,
+);
+
+/// The datasheets' mutations and every record's lifecycle, in the committed schema's order.
+#[derive(MergedObject, Default)]
+pub(crate) struct RecordsMutation(
+    EmployeeMutation,
+    ContactMutation,
+    ApplicantMutation,
+    LifecycleMutation,
+);
+
+/// One page of a datasheet's records as a connection of `T`.
+async fn page<T: From<RecordRow> + async_graphql::OutputType>(
+    cx: &Cx<'_>,
+    datasheet: Datasheet,
+    args: ListArgs,
+) -> Result<Connection<String, T, ConnectionTotal, EmptyFields>, ApiError> {
+    let after = args.after.is_some();
+    let schema = cx.services.custom_schema(cx.tenant(), datasheet).await?;
+    let query = record_query(datasheet, &schema, args)?;
+    let mut conn = cx.tenant().pool.acquire().await?;
+    let page = record_query::list(&mut conn, &query)
+        .await
+        .map_err(|err| match err {
+            QueryListError::Query(err) => ApiError::validation("after", err.to_string()),
+            QueryListError::Database(err) => ApiError::from(err),
+        })?;
+    let edges = page
+        .items
+        .into_iter()
+        .map(|(cursor, row)| (cursor, T::from(row)));
+    Ok(connection(
+        after,
+        page.has_next_page,
+        page.total_count,
+        edges,
+    ))
+}
+
+/// One record of a datasheet by id.
+async fn one<T: From<RecordRow>>(
+    cx: &Cx<'_>,
+    datasheet: Datasheet,
+    id: &ID,
+) -> Result<T, ApiError> {
+    let id = parse_id("id", id)?;
+    let row = cx.services.find_record(cx.tenant(), datasheet, id).await?;
+    cx.record_reads(&[row.id], ReadVia::Record).await?;
+    Ok(row.into())
+}
+
+async fn update<T: From<RecordRow>>(
+    cx: &Cx<'_>,
+    datasheet: Datasheet,
+    id: &ID,
+    expected: Option<i64>,
+    input: impl Serialize,
+) -> Result<T, ApiError> {
+    let id = parse_id("id", id)?;
+    let row = cx
+        .services
+        .update_record(
+            cx.caller,
+            datasheet,
+            id,
+            parse_version(expected)?,
+            fields(input)?,
+            cx.request_id,
+        )
+        .await?;
+    Ok(row.into())
+}
+
+/// Finding every record about one person.
+#[derive(Default)]
+pub(crate) struct SubjectQuery;
+
+#[Object]
+impl SubjectQuery {
+    /// Every record about one person — as an employee, a contact or an applicant — found by
+    /// email or by phone (give one) through the blind index, among the datasheets you may
+    /// read. Erased records are not found.
+    async fn find_subject(
+        &self,
+        ctx: &Context<'_>,
+        email: Option<String>,
+        phone: Option<String>,
+    ) -> Result<Vec<RecordNode>, ApiError> {
+        let cx = Cx::new(ctx)?;
+        let index = &cx.tenant().blind_index;
+        let digest = match (email, phone) {
+            (Some(email), None) => index
+                .email(&email)
+                .ok_or_else(|| ApiError::validation("email", "not a valid email address"))?,
+            (None, Some(phone)) => index
+                .phone(&phone)
+                .ok_or_else(|| ApiError::validation("phone", "not a valid phone number"))?,
+            _ => {
+                return Err(ApiError::validation(
+                    "email",
+                    "give exactly one of email and phone",
+                ))
+            }
+        };
+        let ids = index.records(&cx.tenant().pool, &digest).await?;
+        let mut rows = records::records_by_id(&cx.tenant().pool, &ids).await?;
+        rows.retain(|row| {
+            row.erased_at.is_none() && cx.caller.may(row.datasheet(), Permission::Read)
+        });
+        rows.sort_by_key(|row| row.id);
+        let found: Vec<Uuid> = rows.iter().map(|row| row.id).collect();
+        cx.record_reads(&found, ReadVia::FindSubject).await?;
+        Ok(rows.into_iter().map(RecordNode::from).collect())
+    }
+}
+
+/// What every record's lifecycle shares.
+#[derive(Default)]
+pub(crate) struct LifecycleMutation;
+
+impl LifecycleMutation {
+    /// Archives or restores a record of any datasheet the principal may archive.
+    async fn lifecycle(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        expected_version: Option<i64>,
+        archive: bool,
+    ) -> Result<RecordNode, ApiError> {
+        let cx = Cx::new(ctx)?;
+        let record = cx.authorized_record(&id, Permission::Archive).await?;
+        let expected_version = parse_version(expected_version)?;
+        let command = if archive {
+            RecordCommand::Archive { expected_version }
+        } else {
+            RecordCommand::Restore { expected_version }
+        };
+        let row = cx
+            .services
+            .record_lifecycle(cx.caller, &record, command, cx.request_id)
+            .await?;
+        Ok(row.into())
+    }
+}
+
+#[Object]
+impl LifecycleMutation {
+    /// Hires an applicant at the `OFFER` stage: creates their employee record and moves them
+    /// to `HIRED`; both records name each other.
+    async fn hire_applicant(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        expected_version: Option<i64>,
+        input: Option<HireApplicantInput>,
+    ) -> Result<HirePayload, ApiError> {
+        let cx = Cx::new(ctx)?;
+        let id = parse_id("id", &id)?;
+        let (applicant, employee) = cx
+            .services
+            .hire_applicant(
+                cx.caller,
+                id,
+                parse_version(expected_version)?,
+                fields(input.unwrap_or_default())?,
+                cx.request_id,
+            )
+            .await?;
+        Ok(HirePayload {
+            applicant: applicant.into(),
+            employee: employee.into(),
+        })
+    }
+
+    /// Archives a record of any datasheet: hidden from lists by default and read-only until
+    /// restored. Needs `archive` on the record's datasheet.
+    async fn archive_record(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        expected_version: Option<i64>,
+    ) -> Result<RecordNode, ApiError> {
+        self.lifecycle(ctx, id, expected_version, true).await
+    }
+
+    /// Erases a record's subject (GDPR Art. 17): the record's data key is destroyed, so none
+    /// of its values can be read again — not from the read models, not from the history,
+    /// which keeps each event's type, time, actor and field names with values marked erased.
+    /// Irreversible; needs the record's current `version` and `erase` on its datasheet.
+    async fn erase_record(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        expected_version: i64,
+        ground: ErasureGroundKind,
+        #[graphql(desc = "Why, in your words; kept in clear: never the subject's personal data.")]
+        note: Option<String>,
+    ) -> Result<RecordNode, ApiError> {
+        let cx = Cx::new(ctx)?;
+        let record = cx.authorized_record(&id, Permission::Erase).await?;
+        let expected_version = parse_version(Some(expected_version))?.unwrap_or_default();
+        let row = cx
+            .services
+            .erase_record(
+                cx.caller,
+                &record,
+                expected_version,
+                ground.into(),
+                note,
+                cx.request_id,
+            )
+            .await?;
+        Ok(row.into())
+    }
+
+    /// Restricts processing of a record (GDPR Art. 18): it stays readable and exportable, and
+    /// every change is refused (`VALIDATION`, reason `RESTRICTED`) until the restriction is
+    /// lifted. Needs `erase` on the record's datasheet.
+    async fn restrict_record(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        reason: RestrictionReasonKind,
+    ) -> Result<RecordNode, ApiError> {
+        let cx = Cx::new(ctx)?;
+        let record = cx.authorized_record(&id, Permission::Erase).await?;
+        let command = RecordCommand::Restrict {
+            reason: reason.into(),
+        };
+        let row = cx
+            .services
+            .record_lifecycle(cx.caller, &record, command, cx.request_id)
+            .await?;
+        Ok(row.into())
+    }
+
+    /// Lifts a restriction of processing. Needs `erase` on the record's datasheet.
+    async fn lift_restriction(&self, ctx: &Context<'_>, id: ID) -> Result<RecordNode, ApiError> {
+        let cx = Cx::new(ctx)?;
+        let record = cx.authorized_record(&id, Permission::Erase).await?;
+        let row = cx
+            .services
+            .record_lifecycle(
+                cx.caller,
+                &record,
+                RecordCommand::LiftRestriction,
+                cx.request_id,
+            )
+            .await?;
+        Ok(row.into())
+    }
+
+    /// Restores an archived record. Needs `archive` on the record's datasheet.
+    async fn restore_record(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        expected_version: Option<i64>,
+    ) -> Result<RecordNode, ApiError> {
+        self.lifecycle(ctx, id, expected_version, false).await
+    }
+}

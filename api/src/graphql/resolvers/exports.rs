@@ -1,0 +1,75 @@
+//! Exports: `exportRecords` records the export and answers a one-time download link, which
+//! `GET /exports/<token>` streams.
+
+use async_graphql::{Context, Object};
+use custos_domain::{Datasheet, ExportFormat, Permission};
+use serde_json::json;
+
+use super::record_query::{record_query, ListArgs, RecordFilter, RecordOrder};
+use crate::auth::policy::check_record;
+use crate::error::ApiError;
+use crate::graphql::context::Cx;
+use crate::graphql::types::enums::{DatasheetKind, ExportFormatKind};
+use crate::graphql::types::exports::{export_payload, ExportPayload};
+
+#[derive(Default)]
+pub(crate) struct ExportsMutation;
+
+#[Object]
+impl ExportsMutation {
+    /// Exports the records a list with these arguments would show, all of them, in its
+    /// order. The export is recorded (who, when, datasheet, arguments, records) before the
+    /// link is handed out. Needs `export` on the datasheet.
+    #[allow(clippy::too_many_arguments)]
+    async fn export_records(
+        &self,
+        ctx: &Context<'_>,
+        datasheet: DatasheetKind,
+        format: ExportFormatKind,
+        filter: Option<RecordFilter>,
+        order_by: Option<Vec<RecordOrder>>,
+        search: Option<String>,
+        include_archived: Option<bool>,
+        #[graphql(
+            desc = "Start a CSV file with a UTF-8 byte order mark, for spreadsheets that need it (default false)."
+        )]
+        bom: Option<bool>,
+    ) -> Result<ExportPayload, ApiError> {
+        let cx = Cx::new(ctx)?;
+        let bom = bom.unwrap_or(false);
+        let datasheet = Datasheet::from(datasheet);
+        check_record(cx.caller, datasheet, Permission::Export)?;
+        let arguments = json!({
+            "filter": filter,
+            "orderBy": order_by,
+            "search": search,
+            "includeArchived": include_archived.unwrap_or(false),
+        });
+        let services = cx.services;
+        let schema = services.custom_schema(cx.tenant(), datasheet).await?;
+        let query = record_query(
+            datasheet,
+            &schema,
+            ListArgs {
+                first: None,
+                after: None,
+                include_archived,
+                filter,
+                order_by,
+                search,
+            },
+        )?;
+        let format = ExportFormat::from(format);
+        let ticket = services
+            .start_export(
+                cx.caller,
+                &query,
+                format,
+                bom && format == ExportFormat::Csv,
+                arguments,
+                cx.request_id,
+            )
+            .await?;
+        export_payload(ticket)
+    }
+}

@@ -1,0 +1,14 @@
+//! Infrastructure: PostgreSQL (the private cluster and the server in use), keys, the event
+//! store and its projector, tenancy, tamper evidence, the blind index, and what tenant
+//! databases keep outside the event log.
+
+pub(crate) mod blind_index;
+pub(crate) mod cluster;
+pub(crate) mod database;
+pub(crate) mod event_store;
+pub(crate) mod integrity;
+pub(crate) mod keys;
+pub mod projector;
+pub(crate) mod stores;
+pub(crate) mod subject_keys;
+pub(crate) mod tenancy;

@@ -1,0 +1,587 @@
+//! The private PostgreSQL cluster: initialised, started and stopped by Custos itself from the
+//! machine's PostgreSQL server binaries, listening only on a Unix socket in the data directory.
+//!
+//! Started as root, the cluster runs as an unprivileged system user (`postgres`, else
+//! `nobody`), because `initdb` and `postgres` refuse to run as root. A watchdog process stops
+//! the cluster if the service dies without stopping it; a cluster left running or a stale
+//! `postmaster.pid` from a killed service is recovered on the next start.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+
+use rand::distributions::{Alphanumeric, DistString};
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::postgres::PgConnectOptions;
+
+/// The superuser `initdb` creates; the service connects as it to provision tenants.
+pub(crate) const SUPERUSER: &str = "custos";
+/// The port number names the socket file (`.s.PGSQL.<port>`); no TCP port is opened.
+const PORT: u16 = 5432;
+/// Unix socket paths are limited to 107 bytes on Linux.
+const MAX_SOCKET_PATH: usize = 107;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error(
+        "no PostgreSQL server binaries found. Custos runs its own private PostgreSQL cluster \
+         when DATABASE_URL is not set, and needs the server programs `initdb`, `pg_ctl` and \
+         `postgres` (version 14 or newer). Install them (Debian/Ubuntu: `apt-get install \
+         postgresql`; Fedora: `dnf install postgresql-server`; macOS: `brew install \
+         postgresql@16`), or put their directory on PATH or in CUSTOS_PG_BIN_DIR, or set \
+         DATABASE_URL to a PostgreSQL server Custos may administer."
+    )]
+    BinariesNotFound,
+    #[error("running as root, but no unprivileged user (`postgres` or `nobody`) exists to run PostgreSQL as")]
+    NoUnprivilegedUser,
+    #[error(
+        "PostgreSQL must run as the unprivileged user `{user}`, which cannot reach {path}: \
+         choose a data directory under a path it can traverse (e.g. --data-dir /var/lib/custos) \
+         or allow it with `chmod o+x {path}`"
+    )]
+    Unreachable { user: String, path: PathBuf },
+    #[error(
+        "the socket path {0} is longer than Unix allows (107 bytes): choose a shorter --data-dir"
+    )]
+    SocketPathTooLong(PathBuf),
+    #[error("another Custos process is using the data directory {0}")]
+    InUse(PathBuf),
+    #[error("`{command}` failed ({status}): {output}")]
+    Command {
+        command: String,
+        status: String,
+        output: String,
+    },
+    #[error("I/O error at {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> ClusterError + '_ {
+    move |source| ClusterError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Finds a directory holding `initdb`, `pg_ctl` and `postgres`: `CUSTOS_PG_BIN_DIR`, then PATH,
+/// then `pg_config --bindir`, then the newest `/usr/lib/postgresql/*/bin`.
+pub fn find_bin_dir() -> Result<PathBuf, ClusterError> {
+    let explicit = std::env::var_os("CUSTOS_PG_BIN_DIR").map(PathBuf::from);
+    let on_path = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .unwrap_or_default();
+    let from_pg_config = Command::new("pg_config")
+        .arg("--bindir")
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
+    let candidates = explicit
+        .into_iter()
+        .chain(on_path)
+        .chain(from_pg_config)
+        .chain(versioned_bin_dirs(Path::new("/usr/lib/postgresql")));
+    first_with_server(candidates).ok_or(ClusterError::BinariesNotFound)
+}
+
+/// `<root>/<major>/bin` for every numeric `<major>`, newest first.
+fn versioned_bin_dirs(root: &Path) -> Vec<PathBuf> {
+    let mut versioned: Vec<(u32, PathBuf)> = fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let version = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            Some((version, entry.path().join("bin")))
+        })
+        .collect();
+    versioned.sort();
+    versioned.into_iter().rev().map(|(_, dir)| dir).collect()
+}
+
+/// The first directory that holds all three server programs.
+fn first_with_server(candidates: impl IntoIterator<Item = PathBuf>) -> Option<PathBuf> {
+    candidates.into_iter().find(|dir| {
+        ["initdb", "pg_ctl", "postgres"]
+            .iter()
+            .all(|b| dir.join(b).is_file())
+    })
+}
+
+/// The OS user the cluster's processes run as.
+#[derive(Debug, Clone)]
+struct RunAs {
+    name: String,
+    uid: u32,
+    gid: u32,
+}
+
+fn run_as() -> Result<Option<RunAs>, ClusterError> {
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(None);
+    }
+    ["postgres", "nobody"]
+        .iter()
+        .find_map(|name| nix::unistd::User::from_name(name).ok().flatten())
+        .map(|user| {
+            Some(RunAs {
+                name: user.name,
+                uid: user.uid.as_raw(),
+                gid: user.gid.as_raw(),
+            })
+        })
+        .ok_or(ClusterError::NoUnprivilegedUser)
+}
+
+/// A running private cluster. Dropping it without [`PrivateCluster::stop`] leaves the
+/// watchdog to stop PostgreSQL when this process exits.
+#[derive(Debug)]
+pub struct PrivateCluster {
+    bin_dir: PathBuf,
+    pgdata: PathBuf,
+    socket_dir: PathBuf,
+    log_file: PathBuf,
+    run_as: Option<RunAs>,
+    password: SecretString,
+    watchdog: Option<(Child, ChildStdin)>,
+    _lock: File,
+}
+
+impl PrivateCluster {
+    /// Initialises (first time) and starts the cluster under `dir`, applying `settings`
+    /// (`name = value` lines for `postgresql.conf`). Blocking: call from a blocking context.
+    pub fn start(dir: &Path, settings: &[(&str, String)]) -> Result<Self, ClusterError> {
+        let bin_dir = find_bin_dir()?;
+        let run_as = run_as()?;
+        fs::create_dir_all(dir).map_err(io_at(dir))?;
+        let dir = dir.canonicalize().map_err(io_at(dir))?;
+        let lock_path = dir.join("custos.lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(io_at(&lock_path))?;
+        if lock.try_lock().is_err() {
+            return Err(ClusterError::InUse(dir));
+        }
+        let socket_dir = dir.join("run");
+        let socket = socket_dir.join(format!(".s.PGSQL.{PORT}"));
+        if socket.as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(ClusterError::SocketPathTooLong(socket));
+        }
+        let pgdata = dir.join("data");
+        let log_file = dir.join("postgres.log");
+        for sub in [&socket_dir, &pgdata] {
+            fs::create_dir_all(sub).map_err(io_at(sub))?;
+            fs::set_permissions(sub, fs::Permissions::from_mode(0o700)).map_err(io_at(sub))?;
+        }
+        if let Some(user) = &run_as {
+            check_reachable(user, &pgdata)?;
+            for path in [&socket_dir, &pgdata] {
+                own(user, path)?;
+            }
+            if !log_file.exists() {
+                write_private(&log_file, "")?;
+            }
+            own(user, &log_file)?;
+        }
+        let password = superuser_password(&dir)?;
+        let cluster = Self {
+            bin_dir,
+            pgdata,
+            socket_dir,
+            log_file,
+            run_as,
+            password,
+            watchdog: None,
+            _lock: lock,
+        };
+        if !cluster.pgdata.join("PG_VERSION").exists() {
+            cluster.initdb(&dir)?;
+        }
+        cluster.write_settings(settings)?;
+        cluster.recover_stale()?;
+        cluster.start_server()
+    }
+
+    /// Options for connecting as the superuser to the `postgres` maintenance database.
+    pub fn connect_options(&self) -> PgConnectOptions {
+        PgConnectOptions::new()
+            .socket(&self.socket_dir)
+            .port(PORT)
+            .username(SUPERUSER)
+            .password(self.password.expose_secret())
+            .database("postgres")
+    }
+
+    /// The directory holding the server's Unix socket.
+    pub fn socket_dir(&self) -> &Path {
+        &self.socket_dir
+    }
+
+    /// Stops the server (fast shutdown: running transactions are rolled back). Blocking.
+    pub fn stop(mut self) -> Result<(), ClusterError> {
+        let result = self.pg_ctl(&["stop", "-m", "fast", "-w", "-t", "60"]);
+        if let Some((mut child, stdin)) = self.watchdog.take() {
+            drop(stdin);
+            let _ = child.wait();
+        }
+        result.map(|_| ())
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut command = Command::new(self.bin_dir.join(program));
+        command.current_dir(self.pgdata.parent().unwrap_or(&self.pgdata));
+        command.env_remove("PGDATA").env("LC_ALL", "C");
+        if let Some(user) = &self.run_as {
+            command
+                .uid(user.uid)
+                .gid(user.gid)
+                .env("HOME", &self.pgdata);
+        }
+        command
+    }
+
+    fn run(&self, mut command: Command) -> Result<String, ClusterError> {
+        let description = format!("{command:?}");
+        let output = command
+            .stdin(Stdio::null())
+            .output()
+            .map_err(io_at(&self.bin_dir))?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        if output.status.success() {
+            Ok(text)
+        } else {
+            Err(ClusterError::Command {
+                command: description,
+                status: output.status.to_string(),
+                output: text.trim().to_owned(),
+            })
+        }
+    }
+
+    fn pg_ctl(&self, args: &[&str]) -> Result<String, ClusterError> {
+        let mut command = self.command("pg_ctl");
+        command.arg("-D").arg(&self.pgdata).args(args);
+        self.run(command)
+    }
+
+    fn initdb(&self, dir: &Path) -> Result<(), ClusterError> {
+        // A previous initdb that died half-way leaves a partial directory: start clean.
+        for entry in fs::read_dir(&self.pgdata)
+            .map_err(io_at(&self.pgdata))?
+            .flatten()
+        {
+            let path = entry.path();
+            let removed = if path.is_dir() {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
+            removed.map_err(io_at(&path))?;
+        }
+        let pwfile = dir.join("initdb.pw");
+        write_private(&pwfile, self.password.expose_secret())?;
+        if let Some(user) = &self.run_as {
+            own(user, &pwfile)?;
+        }
+        let mut command = self.command("initdb");
+        command
+            .arg("-D")
+            .arg(&self.pgdata)
+            .args(["-U", SUPERUSER, "-E", "UTF8", "--no-locale"])
+            .args(["--auth-local=scram-sha-256", "--auth-host=scram-sha-256"])
+            .arg(format!("--pwfile={}", pwfile.display()));
+        let result = self.run(command);
+        let _ = fs::remove_file(&pwfile);
+        result?;
+        let conf = self.pgdata.join("postgresql.conf");
+        let mut file = OpenOptions::new()
+            .append(true)
+            .open(&conf)
+            .map_err(io_at(&conf))?;
+        file.write_all(b"\n# Custos writes its settings here on every start.\ninclude_if_exists = 'custos.conf'\n")
+            .map_err(io_at(&conf))?;
+        Ok(())
+    }
+
+    fn write_settings(&self, settings: &[(&str, String)]) -> Result<(), ClusterError> {
+        let socket_dir = self.socket_dir.display().to_string().replace('\'', "''");
+        let mut text = format!(
+            "# Written by Custos on every start; edits are lost.\n\
+             listen_addresses = ''\nport = {PORT}\nunix_socket_directories = '{socket_dir}'\n"
+        );
+        for (name, value) in settings {
+            text.push_str(&format!("{name} = {value}\n"));
+        }
+        let path = self.pgdata.join("custos.conf");
+        fs::write(&path, text).map_err(io_at(&path))?;
+        if let Some(user) = &self.run_as {
+            own(user, &path)?;
+        }
+        Ok(())
+    }
+
+    /// Deals with what a killed service may have left: a postmaster still running on this
+    /// data directory is stopped; a `postmaster.pid` whose process is gone is removed.
+    fn recover_stale(&self) -> Result<(), ClusterError> {
+        let pid_file = self.pgdata.join("postmaster.pid");
+        let Ok(contents) = fs::read_to_string(&pid_file) else {
+            return Ok(());
+        };
+        let pid = contents
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse::<i32>().ok());
+        let alive_postgres = pid.is_some_and(|pid| {
+            fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.trim().starts_with("postgres"))
+        });
+        if alive_postgres {
+            tracing::warn!(
+                "stopping a PostgreSQL server left running by a previous Custos process"
+            );
+            self.pg_ctl(&["stop", "-m", "fast", "-w", "-t", "60"])?;
+        } else {
+            tracing::warn!("removing a stale postmaster.pid left by a previous Custos process");
+            fs::remove_file(&pid_file).map_err(io_at(&pid_file))?;
+            for entry in fs::read_dir(&self.socket_dir)
+                .map_err(io_at(&self.socket_dir))?
+                .flatten()
+            {
+                if entry.file_name().to_string_lossy().starts_with(".s.PGSQL") {
+                    let _ = fs::remove_file(entry.path());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn start_server(mut self) -> Result<Self, ClusterError> {
+        let mut command = self.command("pg_ctl");
+        command
+            .arg("-D")
+            .arg(&self.pgdata)
+            .arg("-l")
+            .arg(&self.log_file)
+            .args(["start", "-w", "-t", "60", "-s"])
+            // Its own process group: a Ctrl-C meant for the service must not reach PostgreSQL
+            // directly; the service stops it in order.
+            .process_group(0);
+        self.run(command).inspect_err(|_| {
+            tracing::error!(log = %self.log_file.display(), "PostgreSQL did not start");
+        })?;
+        self.watchdog = Some(self.spawn_watchdog()?);
+        Ok(self)
+    }
+
+    /// A small shell that waits for this process to go away (its stdin reaches EOF when the
+    /// pipe's only writer, this process, exits) and then stops the cluster.
+    fn spawn_watchdog(&self) -> Result<(Child, ChildStdin), ClusterError> {
+        let pg_ctl = self.bin_dir.join("pg_ctl");
+        let mut command = Command::new("/bin/sh");
+        command
+            .arg("-c")
+            .arg("trap '' INT TERM HUP; cat >/dev/null; exec \"$0\" -D \"$1\" stop -m fast -w -t 60 >/dev/null 2>&1")
+            .arg(&pg_ctl)
+            .arg(&self.pgdata)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0);
+        if let Some(user) = &self.run_as {
+            command.uid(user.uid).gid(user.gid);
+        }
+        let mut child = command.spawn().map_err(io_at(&pg_ctl))?;
+        let stdin = child.stdin.take().ok_or_else(|| ClusterError::Io {
+            path: pg_ctl.clone(),
+            source: std::io::Error::other("watchdog has no stdin"),
+        })?;
+        Ok((child, stdin))
+    }
+}
+
+fn own(user: &RunAs, path: &Path) -> Result<(), ClusterError> {
+    std::os::unix::fs::chown(path, Some(user.uid), Some(user.gid)).map_err(io_at(path))
+}
+
+/// Every ancestor of `path` must let `user` through (execute permission).
+fn check_reachable(user: &RunAs, path: &Path) -> Result<(), ClusterError> {
+    for ancestor in path.ancestors().skip(1) {
+        let meta = fs::metadata(ancestor).map_err(io_at(ancestor))?;
+        let mode = meta.mode();
+        let passes = mode & 0o001 != 0
+            || (meta.uid() == user.uid && mode & 0o100 != 0)
+            || (meta.gid() == user.gid && mode & 0o010 != 0);
+        if !passes {
+            return Err(ClusterError::Unreachable {
+                user: user.name.clone(),
+                path: ancestor.to_owned(),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn write_private(path: &Path, contents: &str) -> Result<(), ClusterError> {
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_at(path))?;
+    file.write_all(contents.as_bytes()).map_err(io_at(path))
+}
+
+/// The superuser's password, generated on first start and kept (mode 0600) beside the
+/// cluster. It never leaves the data directory.
+/// Options for connecting as the superuser to a cluster another process runs on `dir` (the
+/// service, for `custos verify`).
+pub(crate) fn attach_options(dir: &Path) -> Result<PgConnectOptions, ClusterError> {
+    let dir = dir.canonicalize().map_err(io_at(dir))?;
+    let path = dir.join("superuser.password");
+    let mut password = String::new();
+    File::open(&path)
+        .and_then(|mut file| file.read_to_string(&mut password))
+        .map_err(io_at(&path))?;
+    Ok(PgConnectOptions::new()
+        .socket(dir.join("run"))
+        .port(PORT)
+        .username(SUPERUSER)
+        .password(password.trim())
+        .database("postgres"))
+}
+
+fn superuser_password(dir: &Path) -> Result<SecretString, ClusterError> {
+    let path = dir.join("superuser.password");
+    let mut existing = String::new();
+    if let Ok(mut file) = File::open(&path) {
+        file.read_to_string(&mut existing).map_err(io_at(&path))?;
+        if !existing.trim().is_empty() {
+            return Ok(SecretString::from(existing.trim().to_owned()));
+        }
+    }
+    let password = Alphanumeric.sample_string(&mut rand::rngs::OsRng, 40);
+    write_private(&path, &password)?;
+    Ok(SecretString::from(password))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_missing_binaries_error_says_what_to_install() {
+        let message = ClusterError::BinariesNotFound.to_string();
+        assert!(message.contains("apt-get install postgresql"));
+        assert!(message.contains("DATABASE_URL"));
+        assert!(message.contains("CUSTOS_PG_BIN_DIR"));
+    }
+
+    fn fake_server(dir: &Path, programs: &[&str]) {
+        fs::create_dir_all(dir).unwrap();
+        for program in programs {
+            fs::write(dir.join(program), "").unwrap();
+        }
+    }
+
+    #[test]
+    fn the_newest_complete_server_is_chosen() {
+        let root = tempfile::tempdir().unwrap();
+        fake_server(
+            &root.path().join("9/bin"),
+            &["initdb", "pg_ctl", "postgres"],
+        );
+        fake_server(
+            &root.path().join("15/bin"),
+            &["initdb", "pg_ctl", "postgres"],
+        );
+        fake_server(&root.path().join("16/bin"), &["psql"]);
+        fake_server(
+            &root.path().join("notes/bin"),
+            &["initdb", "pg_ctl", "postgres"],
+        );
+
+        let dirs = versioned_bin_dirs(root.path());
+        assert_eq!(
+            dirs[0],
+            root.path().join("16/bin"),
+            "numeric order, newest first"
+        );
+        assert_eq!(
+            first_with_server(dirs),
+            Some(root.path().join("15/bin")),
+            "a client-only 16 is skipped"
+        );
+    }
+
+    #[test]
+    fn an_explicit_directory_wins_and_nothing_means_none() {
+        let explicit = tempfile::tempdir().unwrap();
+        let system = tempfile::tempdir().unwrap();
+        fake_server(explicit.path(), &["initdb", "pg_ctl", "postgres"]);
+        fake_server(
+            &system.path().join("15/bin"),
+            &["initdb", "pg_ctl", "postgres"],
+        );
+        let candidates =
+            std::iter::once(explicit.path().to_owned()).chain(versioned_bin_dirs(system.path()));
+        assert_eq!(
+            first_with_server(candidates),
+            Some(explicit.path().to_owned())
+        );
+        assert_eq!(
+            first_with_server(versioned_bin_dirs(&system.path().join("missing"))),
+            None
+        );
+    }
+
+    #[test]
+    fn the_superuser_password_is_created_once_and_kept_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = superuser_password(dir.path()).unwrap();
+        let second = superuser_password(dir.path()).unwrap();
+        assert_eq!(first.expose_secret(), second.expose_secret());
+        assert_eq!(first.expose_secret().len(), 40);
+        let mode = fs::metadata(dir.path().join("superuser.password"))
+            .unwrap()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn unreachable_ancestors_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let closed = dir.path().join("closed");
+        let inner = closed.join("inner");
+        fs::create_dir_all(&inner).unwrap();
+        fs::set_permissions(&closed, fs::Permissions::from_mode(0o700)).unwrap();
+        let stranger = RunAs {
+            name: "stranger".into(),
+            uid: 65_000,
+            gid: 65_000,
+        };
+        match check_reachable(&stranger, &inner.join("data")) {
+            Err(ClusterError::Unreachable { path, .. }) => {
+                assert_eq!(path, inner.parent().unwrap().to_owned())
+            }
+            other => panic!("expected Unreachable, got {other:?}"),
+        }
+        fs::set_permissions(&closed, fs::Permissions::from_mode(0o711)).unwrap();
+        assert!(check_reachable(&stranger, &inner.join("data")).is_ok());
+    }
+}

@@ -1,0 +1,258 @@
+//! Reading events with what the database added — global position, transaction, time — for
+//! the projector and for history. Every read decodes through the codec; no other code reads
+//! the `events` table.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use cqrs_es::persist::SerializedEvent;
+use sqlx::{PgConnection, PgPool, Row};
+
+use super::codec::EventCodec;
+
+/// Where an event stands in commit order: the writing transaction, then the global position.
+/// Projector checkpoints are positions; comparing them is comparing this pair.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Position {
+    pub transaction_id: i64,
+    pub global_position: i64,
+}
+
+impl Position {
+    /// Reads the `transaction_id` (as bigint) and `global_position` columns of a row.
+    pub(crate) fn from_row(row: &sqlx::postgres::PgRow) -> sqlx::Result<Self> {
+        Ok(Self {
+            transaction_id: row.try_get("transaction_id")?,
+            global_position: row.try_get("global_position")?,
+        })
+    }
+
+    /// The position just past every event of every transaction below `horizon`.
+    pub(crate) fn below(horizon: i64) -> Self {
+        Self {
+            transaction_id: horizon - 1,
+            global_position: i64::MAX,
+        }
+    }
+}
+
+/// An event as stored, decoded by the codec, with what the database added.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub event: SerializedEvent,
+    pub position: Position,
+    pub recorded_at: DateTime<Utc>,
+}
+
+impl StoredEvent {
+    /// The metadata as cqrs-es wrote it.
+    pub(crate) fn metadata(&self) -> HashMap<String, String> {
+        serde_json::from_value(self.event.metadata.clone()).unwrap_or_default()
+    }
+}
+
+const STORED_COLUMNS: &str = "aggregate_type, aggregate_id, sequence, event_type, event_version, \
+     payload, metadata, transaction_id::text::bigint AS transaction_id, global_position, recorded_at";
+
+/// Reads events with their positions. All reads decode through the codec.
+#[derive(Debug, Clone)]
+pub struct EventLog {
+    pool: PgPool,
+    codec: EventCodec,
+}
+
+impl EventLog {
+    pub(crate) fn new(pool: PgPool, codec: EventCodec) -> Self {
+        Self { pool, codec }
+    }
+
+    /// Rows as stored events, opened through the codec in one batch (on `conn` when given).
+    async fn decode(
+        &self,
+        rows: &[sqlx::postgres::PgRow],
+    ) -> Result<Vec<StoredEvent>, anyhow::Error> {
+        self.decode_on(None, rows).await
+    }
+
+    async fn decode_on(
+        &self,
+        conn: Option<&mut PgConnection>,
+        rows: &[sqlx::postgres::PgRow],
+    ) -> Result<Vec<StoredEvent>, anyhow::Error> {
+        let mut events = Vec::with_capacity(rows.len());
+        let mut places = Vec::with_capacity(rows.len());
+        for row in rows {
+            let sequence: i64 = row.try_get("sequence")?;
+            events.push(SerializedEvent::new(
+                row.try_get("aggregate_id")?,
+                usize::try_from(sequence)?,
+                row.try_get("aggregate_type")?,
+                row.try_get("event_type")?,
+                row.try_get("event_version")?,
+                row.try_get("payload")?,
+                row.try_get("metadata")?,
+            ));
+            places.push((Position::from_row(row)?, row.try_get("recorded_at")?));
+        }
+        let opened = match conn {
+            Some(conn) => self.codec.open_all_on(conn, events).await?,
+            None => self.codec.open_all(events).await?,
+        };
+        Ok(opened
+            .into_iter()
+            .zip(places)
+            .map(|(event, (position, recorded_at))| StoredEvent {
+                event,
+                position,
+                recorded_at,
+            })
+            .collect())
+    }
+
+    /// Every event of one aggregate, in sequence order.
+    pub async fn stream(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+    ) -> anyhow::Result<Vec<StoredEvent>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {STORED_COLUMNS} FROM events
+             WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence"
+        ))
+        .bind(aggregate_type)
+        .bind(aggregate_id)
+        .fetch_all(&self.pool)
+        .await?;
+        self.decode(&rows).await
+    }
+
+    /// The position of an aggregate's latest event: what a writer waits for the projector to
+    /// pass before answering (read-your-writes).
+    pub(crate) async fn head(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+    ) -> sqlx::Result<Option<Position>> {
+        let row = sqlx::query(
+            "SELECT transaction_id::text::bigint AS transaction_id, global_position FROM events
+             WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence DESC LIMIT 1",
+        )
+        .bind(aggregate_type)
+        .bind(aggregate_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(Position::from_row).transpose()
+    }
+
+    /// The position of the newest event of an aggregate type, in commit order.
+    pub async fn latest(&self, aggregate_type: &str) -> sqlx::Result<Option<Position>> {
+        let row = sqlx::query(
+            "SELECT transaction_id::text::bigint AS transaction_id, global_position FROM events
+             WHERE aggregate_type = $1 ORDER BY transaction_id DESC, global_position DESC LIMIT 1",
+        )
+        .bind(aggregate_type)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(Position::from_row).transpose()
+    }
+
+    /// Appends the first event of many new streams in one transaction: all are written or
+    /// none is. For bulk creation (imports), where going through the framework one aggregate at
+    /// a time could stop half-way. Each event passes through the codec like any other; a
+    /// stream that exists already makes the whole batch fail on the primary key.
+    pub async fn append_new_streams(&self, events: Vec<SerializedEvent>) -> anyhow::Result<()> {
+        if events.iter().any(|event| event.sequence != 1) {
+            anyhow::bail!("only first events of new streams can be appended in bulk");
+        }
+        let events = self.codec.seal_all(events).await?;
+        let mut tx = self.pool.begin().await?;
+        for chunk in events.chunks(1_000) {
+            let mut columns: [Vec<String>; 6] = Default::default();
+            for event in chunk {
+                columns[0].push(event.aggregate_type.clone());
+                columns[1].push(event.aggregate_id.clone());
+                columns[2].push(event.event_type.clone());
+                columns[3].push(event.event_version.clone());
+                columns[4].push(serde_json::to_string(&event.payload)?);
+                columns[5].push(serde_json::to_string(&event.metadata)?);
+            }
+            let [types, ids, event_types, versions, payloads, metadata] = columns;
+            sqlx::query(
+                "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+                 SELECT t, i, 1, e, v, p::json, m::json
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
+                      AS u(t, i, e, v, p, m)",
+            )
+            .bind(types)
+            .bind(ids)
+            .bind(event_types)
+            .bind(versions)
+            .bind(payloads)
+            .bind(metadata)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Up to `limit` events of `aggregate_type` recorded at or before `at`, after the global
+    /// position `after`, in position order: history as it stood at a moment, read in batches.
+    pub(crate) async fn until(
+        &self,
+        aggregate_type: &str,
+        at: DateTime<Utc>,
+        after: i64,
+        limit: i64,
+    ) -> anyhow::Result<Vec<StoredEvent>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {STORED_COLUMNS} FROM events
+             WHERE aggregate_type = $1 AND recorded_at <= $2 AND global_position > $3
+             ORDER BY global_position LIMIT $4"
+        ))
+        .bind(aggregate_type)
+        .bind(at)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        self.decode(&rows).await
+    }
+
+    /// Up to `limit` events of `aggregate_types` after `after` in commit order, from
+    /// transactions below `horizon` (the oldest transaction still running when the caller's
+    /// statement began: everything below it is committed or rolled back). Reading by
+    /// (transaction, position) below the horizon never skips an event whose transaction commits
+    /// late, which reading by global position alone would.
+    pub(crate) async fn after(
+        &self,
+        conn: &mut PgConnection,
+        aggregate_types: &[&str],
+        after: Position,
+        horizon: i64,
+        limit: i64,
+    ) -> anyhow::Result<Vec<StoredEvent>> {
+        // One ordered range scan of `events_by_type_commit_order` per type, merged.
+        let rows = sqlx::query(&format!(
+            "SELECT e.* FROM unnest($4::text[]) AS t(aggregate_type)
+             CROSS JOIN LATERAL (
+                 SELECT {STORED_COLUMNS} FROM events
+                 WHERE events.aggregate_type = t.aggregate_type
+                   AND (transaction_id, global_position) > ($1::text::xid8, $2)
+                   AND transaction_id < $3::text::xid8
+                 ORDER BY events.transaction_id, events.global_position
+                 LIMIT $5
+             ) AS e
+             ORDER BY e.transaction_id, e.global_position
+             LIMIT $5"
+        ))
+        .bind(after.transaction_id.to_string())
+        .bind(after.global_position)
+        .bind(horizon.to_string())
+        .bind(aggregate_types)
+        .bind(limit)
+        .fetch_all(&mut *conn)
+        .await?;
+        self.decode_on(Some(conn), &rows).await
+    }
+}

@@ -1,0 +1,185 @@
+//! Per-subject data keys (crypto-shredding): every record and every user has a random 256-bit
+//! key that encrypts the personal content of its events. Keys are stored in the tenant
+//! database wrapped by the tenant's key (derived from the master key, never stored), bound to
+//! the subject's id. Destroying a subject's key makes its events unreadable everywhere at once.
+
+use std::collections::HashMap;
+
+use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use rand::RngCore;
+use secrecy::{ExposeSecret, SecretBox};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// A subject's data key, in memory only while events are sealed or opened.
+pub(crate) type DataKey = SecretBox<[u8; 32]>;
+
+const NONCE: usize = 24;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("a wrapped data key does not open: the master key differs or the key was altered")]
+    Unwrap,
+    #[error("the data subject was erased")]
+    Erased,
+}
+
+/// Seals `plain` under `key`, bound to `aad`: nonce followed by ciphertext and tag.
+pub(crate) fn seal(key: &[u8; 32], plain: &[u8], aad: &[u8]) -> Vec<u8> {
+    let cipher = XChaCha20Poly1305::new(key.into());
+    let nonce = XChaCha20Poly1305::generate_nonce(&mut rand::rngs::OsRng);
+    let sealed = cipher
+        .encrypt(&nonce, Payload { msg: plain, aad })
+        .expect("XChaCha20-Poly1305 encrypts any message of this size");
+    [nonce.as_slice(), &sealed].concat()
+}
+
+/// Opens what [`seal`] made; `None` if the key, the binding or the bytes differ.
+pub(crate) fn open(key: &[u8; 32], sealed: &[u8], aad: &[u8]) -> Option<Vec<u8>> {
+    if sealed.len() < NONCE {
+        return None;
+    }
+    let (nonce, ciphertext) = sealed.split_at(NONCE);
+    XChaCha20Poly1305::new(key.into())
+        .decrypt(
+            XNonce::from_slice(nonce),
+            Payload {
+                msg: ciphertext,
+                aad,
+            },
+        )
+        .ok()
+}
+
+/// The subject keys of one tenant.
+pub struct SubjectKeys {
+    pool: PgPool,
+    /// The tenant's key-encryption key.
+    kek: SecretBox<[u8; 32]>,
+}
+
+fn wrap_binding(subject: Uuid) -> Vec<u8> {
+    [b"custos/subject-key/".as_slice(), subject.as_bytes()].concat()
+}
+
+impl SubjectKeys {
+    pub fn new(pool: PgPool, kek: SecretBox<[u8; 32]>) -> Self {
+        Self { pool, kek }
+    }
+
+    fn unwrap_key(&self, subject: Uuid, wrapped: &[u8]) -> Result<DataKey, KeyError> {
+        let plain = open(self.kek.expose_secret(), wrapped, &wrap_binding(subject))
+            .ok_or(KeyError::Unwrap)?;
+        let key: [u8; 32] = plain.try_into().map_err(|_| KeyError::Unwrap)?;
+        Ok(SecretBox::new(Box::new(key)))
+    }
+
+    /// The keys of `subjects` that exist and are not erased.
+    pub async fn for_reading(&self, subjects: &[Uuid]) -> Result<HashMap<Uuid, DataKey>, KeyError> {
+        let mut conn = self.pool.acquire().await?;
+        self.for_reading_on(&mut conn, subjects).await
+    }
+
+    /// [`Self::for_reading`] on a connection the caller holds (a projector's transaction: taking
+    /// a second pooled connection there could exhaust the pool with every projector waiting).
+    pub async fn for_reading_on(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        subjects: &[Uuid],
+    ) -> Result<HashMap<Uuid, DataKey>, KeyError> {
+        let rows: Vec<(Uuid, Vec<u8>)> = sqlx::query_as(
+            "SELECT subject_id, wrapped_key FROM subject_keys
+             WHERE subject_id = ANY($1) AND wrapped_key IS NOT NULL",
+        )
+        .bind(subjects)
+        .fetch_all(conn)
+        .await?;
+        rows.into_iter()
+            .map(|(subject, wrapped)| Ok((subject, self.unwrap_key(subject, &wrapped)?)))
+            .collect()
+    }
+
+    /// Destroys a subject's key: its sealed events can never be opened again. False if it had
+    /// no key left (erased before, or never written).
+    pub async fn erase(&self, subject: Uuid) -> Result<bool, KeyError> {
+        let erased = sqlx::query(
+            "UPDATE subject_keys SET wrapped_key = NULL, erased_at = now()
+             WHERE subject_id = $1 AND wrapped_key IS NOT NULL",
+        )
+        .bind(subject)
+        .execute(&self.pool)
+        .await?;
+        Ok(erased.rows_affected() == 1)
+    }
+
+    /// The keys of `subjects`, created for those that have none; `Erased` if any was erased.
+    pub async fn for_writing(&self, subjects: &[Uuid]) -> Result<HashMap<Uuid, DataKey>, KeyError> {
+        let mut keys = self.for_reading(subjects).await?;
+        let missing: Vec<Uuid> = subjects
+            .iter()
+            .copied()
+            .filter(|s| !keys.contains_key(s))
+            .collect();
+        if missing.is_empty() {
+            return Ok(keys);
+        }
+        let mut ids = Vec::with_capacity(missing.len());
+        let mut wrapped = Vec::with_capacity(missing.len());
+        for subject in &missing {
+            let mut key = [0u8; 32];
+            rand::rngs::OsRng.fill_bytes(&mut key);
+            ids.push(*subject);
+            wrapped.push(seal(
+                self.kek.expose_secret(),
+                &key,
+                &wrap_binding(*subject),
+            ));
+        }
+        // A concurrent writer may create the same subject's key: theirs wins, ours is dropped.
+        sqlx::query(
+            "INSERT INTO subject_keys (subject_id, wrapped_key)
+             SELECT * FROM unnest($1::uuid[], $2::bytea[]) ON CONFLICT (subject_id) DO NOTHING",
+        )
+        .bind(&ids)
+        .bind(&wrapped)
+        .execute(&self.pool)
+        .await?;
+        let created = self.for_reading(&missing).await?;
+        if created.len() != missing.len() {
+            return Err(KeyError::Erased);
+        }
+        keys.extend(created);
+        Ok(keys)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_bytes_open_only_with_their_key_and_binding() {
+        let key = [7u8; 32];
+        let sealed = seal(&key, b"Ada Lovelace", b"record/1/1");
+        assert_eq!(
+            open(&key, &sealed, b"record/1/1").as_deref(),
+            Some(&b"Ada Lovelace"[..])
+        );
+        assert_eq!(
+            open(&key, &sealed, b"record/1/2"),
+            None,
+            "moved to another event"
+        );
+        assert_eq!(
+            open(&[8u8; 32], &sealed, b"record/1/1"),
+            None,
+            "another key"
+        );
+        let mut tampered = sealed.clone();
+        *tampered.last_mut().unwrap() ^= 1;
+        assert_eq!(open(&key, &tampered, b"record/1/1"), None);
+    }
+}

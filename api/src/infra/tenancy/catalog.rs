@@ -1,0 +1,450 @@
+//! The catalog of tenants, the PostgreSQL server of each region, and each tenant's own
+//! database and login role, opened lazily as a [`Tenant`] context.
+//!
+//! Creating a database or a role cannot be a migration (migrations run inside one database),
+//! so provisioning issues that DDL here, with generated identifiers only.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
+use tokio::sync::RwLock;
+use uuid::Uuid;
+
+use super::tenant::{Tenant, TenantRow};
+use crate::config::Region;
+use crate::infra::keys::{scram_sha256_verifier, MasterKey};
+
+pub(crate) static CATALOG_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/catalog");
+pub(crate) static TENANT_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/tenant");
+
+/// The migrated database every tenant database is copied from.
+pub(crate) const TEMPLATE_DATABASE: &str = "custos_tenant_template";
+/// Advisory lock (in the server's `postgres` database) that keeps template migrations and
+/// copies of the template apart: copying needs nobody connected to the template.
+const TEMPLATE_LOCK: i64 = 0x6375_7374_6f73_0001;
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ProvisionError {
+    #[error("the organisation slug is already taken")]
+    SlugTaken,
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Migration(#[from] sqlx::migrate::MigrateError),
+}
+
+/// A PostgreSQL server that hosts tenant databases.
+struct Server {
+    /// Connects as the administrator; the database is set per use.
+    admin: PgConnectOptions,
+}
+
+impl Server {
+    async fn connect(&self, database: &str) -> sqlx::Result<PgConnection> {
+        PgConnection::connect_with(&self.admin.clone().database(database)).await
+    }
+}
+
+/// The tenant directory and every open tenant.
+pub struct Tenancy {
+    catalog: PgPool,
+    servers: HashMap<Region, Server>,
+    master_key: Arc<MasterKey>,
+    pool_size: u32,
+    open: RwLock<HashMap<Uuid, Arc<Tenant>>>,
+}
+
+/// Quotes an SQL identifier. Provisioning only ever passes generated names, but quoting keeps
+/// that a property of this function rather than of its callers.
+fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+impl Tenancy {
+    /// Connects to the catalog and prepares every region's server: the catalog is migrated,
+    /// the tenant template created or migrated, and every existing tenant migrated.
+    pub(crate) async fn start(
+        default_server: PgConnectOptions,
+        catalog_database: &str,
+        regions: &HashMap<Region, PgConnectOptions>,
+        master_key: Arc<MasterKey>,
+        pool_size: u32,
+    ) -> anyhow::Result<Self> {
+        let default_server = default_server.disable_statement_logging();
+        let maintenance = Server {
+            admin: default_server.clone(),
+        };
+        let mut admin = maintenance.connect("postgres").await?;
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT FROM pg_database WHERE datname = $1)")
+                .bind(catalog_database)
+                .fetch_one(&mut admin)
+                .await?;
+        if !exists {
+            let created = sqlx::query(&format!("CREATE DATABASE {}", ident(catalog_database)))
+                .execute(&mut admin)
+                .await;
+            // Two instances starting at once: the loser finds the catalog created.
+            if let Err(err) = created {
+                if err
+                    .as_database_error()
+                    .is_none_or(|e| e.code().as_deref() != Some("42P04"))
+                {
+                    return Err(err.into());
+                }
+            }
+        }
+        admin.close().await?;
+        let catalog = PgPoolOptions::new()
+            .max_connections(4)
+            .min_connections(0)
+            .idle_timeout(Duration::from_secs(60))
+            .connect_with(default_server.clone().database(catalog_database))
+            .await?;
+        CATALOG_MIGRATIONS.run(&catalog).await?;
+
+        let servers: HashMap<Region, Server> = Region::ALL
+            .iter()
+            .map(|region| {
+                let admin = regions
+                    .get(region)
+                    .cloned()
+                    .map(|o| o.disable_statement_logging())
+                    .unwrap_or_else(|| default_server.clone());
+                (*region, Server { admin })
+            })
+            .collect();
+        for server in servers.values() {
+            prepare_template(server).await?;
+        }
+        let tenancy = Self {
+            catalog,
+            servers,
+            master_key,
+            pool_size,
+            open: RwLock::new(HashMap::new()),
+        };
+        tenancy.remove_abandoned().await?;
+        tenancy.migrate_tenants().await?;
+        Ok(tenancy)
+    }
+
+    /// The catalog pool (read-only use outside this module).
+    pub fn catalog(&self) -> &PgPool {
+        &self.catalog
+    }
+
+    /// Removes tenants whose provisioning never finished (the process died half-way through a
+    /// sign-up), so their slug, database and role do not stay taken for ever. Ten minutes is far
+    /// longer than provisioning takes, so another instance's sign-up in progress is left alone.
+    async fn remove_abandoned(&self) -> anyhow::Result<()> {
+        let abandoned: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT id FROM tenants WHERE status = 'provisioning' AND created_at < now() - interval '10 minutes'",
+        )
+        .fetch_all(&self.catalog)
+        .await?;
+        for id in abandoned {
+            tracing::warn!(tenant.id = %id, "removing a tenant whose provisioning never finished");
+            self.remove(id).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs the tenant migrations on every tenant database.
+    pub(crate) async fn migrate_tenants(&self) -> anyhow::Result<()> {
+        for row in self.list().await? {
+            let server = self.server(&row)?;
+            let mut conn = server.connect(&row.database_name).await?;
+            TENANT_MIGRATIONS.run_direct(&mut conn).await?;
+            conn.close().await?;
+        }
+        Ok(())
+    }
+
+    /// Every provisioned tenant.
+    pub(crate) async fn list(&self) -> sqlx::Result<Vec<TenantRow>> {
+        sqlx::query_as(
+            "SELECT id, slug, name, region, status, database_name, role_name FROM tenants
+             WHERE status <> 'provisioning' ORDER BY created_at",
+        )
+        .fetch_all(&self.catalog)
+        .await
+    }
+
+    fn server(&self, row: &TenantRow) -> anyhow::Result<&Server> {
+        let region: Region = row
+            .region
+            .parse()
+            .map_err(|()| anyhow::anyhow!("tenant {} has unknown region {}", row.id, row.region))?;
+        self.servers
+            .get(&region)
+            .ok_or_else(|| anyhow::anyhow!("no server for region {}", row.region))
+    }
+
+    /// Creates a tenant: its catalog entry, login role and database (a copy of the migrated
+    /// template, reachable only by that role). On any failure everything created is removed.
+    pub(crate) async fn provision(
+        &self,
+        slug: &str,
+        name: &str,
+        region: Region,
+    ) -> Result<TenantRow, ProvisionError> {
+        let id = Uuid::now_v7();
+        let db_name = format!("custos_t_{}", id.simple());
+        let inserted = sqlx::query_as::<_, TenantRow>(
+            "INSERT INTO tenants (id, slug, name, region, status, database_name, role_name, trial_ends_at)
+             VALUES ($1, $2, $3, $4, 'provisioning', $5, $5, now() + interval '30 days')
+             RETURNING id, slug, name, region, status, database_name, role_name",
+        )
+        .bind(id)
+        .bind(slug)
+        .bind(name)
+        .bind(region.as_str())
+        .bind(&db_name)
+        .fetch_one(&self.catalog)
+        .await;
+        let row = match inserted {
+            Ok(row) => row,
+            Err(err)
+                if err
+                    .as_database_error()
+                    .is_some_and(|e| e.is_unique_violation()) =>
+            {
+                return Err(ProvisionError::SlugTaken)
+            }
+            Err(err) => return Err(err.into()),
+        };
+        let server = &self.servers[&region];
+        match self.create_database(server, &row).await {
+            Ok(()) => {
+                let row = sqlx::query_as::<_, TenantRow>(
+                    "UPDATE tenants SET status = 'trial', updated_at = now() WHERE id = $1
+                     RETURNING id, slug, name, region, status, database_name, role_name",
+                )
+                .bind(id)
+                .fetch_one(&self.catalog)
+                .await?;
+                tracing::info!(tenant.id = %id, tenant.region = region.as_str(), "tenant provisioned");
+                Ok(row)
+            }
+            Err(err) => {
+                if let Err(cleanup) = self.drop_database(server, &row).await {
+                    tracing::error!(tenant.id = %id, error = %cleanup, "cleanup after a failed provisioning failed");
+                }
+                sqlx::query("DELETE FROM tenants WHERE id = $1")
+                    .bind(id)
+                    .execute(&self.catalog)
+                    .await?;
+                Err(err)
+            }
+        }
+    }
+
+    async fn create_database(
+        &self,
+        server: &Server,
+        row: &TenantRow,
+    ) -> Result<(), ProvisionError> {
+        let password = self.master_key.tenant_db_password(row.id);
+        let mut admin = server.connect("postgres").await?;
+        sqlx::query("SELECT pg_advisory_lock_shared($1)")
+            .bind(TEMPLATE_LOCK)
+            .execute(&mut admin)
+            .await?;
+        // Only a SCRAM verifier of the derived password travels in the SQL text.
+        let verifier = scram_sha256_verifier(&password);
+        let statements = [
+            format!(
+                "CREATE ROLE {} LOGIN PASSWORD '{verifier}' IN ROLE custos_tenant",
+                ident(&row.role_name)
+            ),
+            format!(
+                "CREATE DATABASE {} TEMPLATE {}",
+                ident(&row.database_name),
+                ident(TEMPLATE_DATABASE)
+            ),
+            format!(
+                "REVOKE ALL ON DATABASE {} FROM PUBLIC",
+                ident(&row.database_name)
+            ),
+            format!(
+                "GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}",
+                ident(&row.database_name),
+                ident(&row.role_name)
+            ),
+        ];
+        for statement in &statements {
+            sqlx::query(statement).execute(&mut admin).await?;
+        }
+        admin.close().await?;
+        let mut conn = server.connect(&row.database_name).await?;
+        TENANT_MIGRATIONS.run_direct(&mut conn).await?;
+        conn.close().await?;
+        Ok(())
+    }
+
+    /// Drops a tenant's database and role; both are attempted, the first error is returned.
+    async fn drop_database(&self, server: &Server, row: &TenantRow) -> sqlx::Result<()> {
+        let mut admin = server.connect("postgres").await?;
+        let database = sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            ident(&row.database_name)
+        ))
+        .execute(&mut admin)
+        .await;
+        let role = sqlx::query(&format!("DROP ROLE IF EXISTS {}", ident(&row.role_name)))
+            .execute(&mut admin)
+            .await;
+        admin.close().await?;
+        database.and(role).map(|_| ())
+    }
+
+    /// Removes a tenant entirely: closes it, drops its database and role, deletes its
+    /// catalog entry. Used to undo a sign-up that failed half-way.
+    pub(crate) async fn remove(&self, id: Uuid) -> anyhow::Result<()> {
+        if let Some(tenant) = self.open.write().await.remove(&id) {
+            tenant.pool.close().await;
+        }
+        let row = sqlx::query_as::<_, TenantRow>(
+            "SELECT id, slug, name, region, status, database_name, role_name FROM tenants WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.catalog)
+        .await?;
+        if let Some(row) = row {
+            self.drop_database(self.server(&row)?, &row).await?;
+            sqlx::query("DELETE FROM tenants WHERE id = $1")
+                .bind(id)
+                .execute(&self.catalog)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The open context of the tenant with this id, opening it on first use. `None` for an
+    /// unknown id or a tenant that is not in service.
+    pub async fn get(&self, id: Uuid) -> anyhow::Result<Option<Arc<Tenant>>> {
+        if let Some(tenant) = self.open.read().await.get(&id) {
+            tenant.touch();
+            return Ok(Some(tenant.clone()));
+        }
+        let row = sqlx::query_as::<_, TenantRow>(
+            "SELECT id, slug, name, region, status, database_name, role_name FROM tenants
+             WHERE id = $1 AND status IN ('trial', 'active')",
+        )
+        .bind(id)
+        .fetch_optional(&self.catalog)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let mut open = self.open.write().await;
+        if let Some(tenant) = open.get(&id) {
+            return Ok(Some(tenant.clone()));
+        }
+        let tenant = Arc::new(Tenant::open(
+            &row,
+            &self.server(&row)?.admin,
+            &self.master_key,
+            self.pool_size,
+        )?);
+        open.insert(id, tenant.clone());
+        Ok(Some(tenant))
+    }
+
+    /// The tenant with this slug (see [`Tenancy::get`]).
+    pub(crate) async fn by_slug(&self, slug: &str) -> anyhow::Result<Option<Arc<Tenant>>> {
+        let id: Option<Uuid> = sqlx::query_scalar("SELECT id FROM tenants WHERE slug = $1")
+            .bind(slug)
+            .fetch_optional(&self.catalog)
+            .await?;
+        match id {
+            Some(id) => self.get(id).await,
+            None => Ok(None),
+        }
+    }
+
+    /// Closes the contexts of tenants nobody has used for `idle` and nobody holds now: their
+    /// projectors stop and their pools close, so connections do not grow with the number of
+    /// tenants ever opened. The next request opens the tenant again and its projectors catch up.
+    pub(crate) async fn close_idle(&self, idle: Duration) -> usize {
+        let closed: Vec<Arc<Tenant>> = {
+            let mut open = self.open.write().await;
+            let ids: Vec<Uuid> = open
+                .iter()
+                .filter(|(_, tenant)| Arc::strong_count(tenant) == 1 && tenant.idle_for() >= idle)
+                .map(|(id, _)| *id)
+                .collect();
+            ids.iter().filter_map(|id| open.remove(id)).collect()
+        };
+        for tenant in &closed {
+            tenant.pool.close().await;
+        }
+        closed.len()
+    }
+
+    /// The open tenant contexts, without counting this as a use (they still close when idle).
+    pub(crate) async fn open_tenants(&self) -> Vec<Arc<Tenant>> {
+        self.open.read().await.values().cloned().collect()
+    }
+
+    /// How many tenant contexts are open.
+    pub async fn open_count(&self) -> usize {
+        self.open.read().await.len()
+    }
+
+    /// Closes every open tenant's pool and stops its projectors.
+    pub(crate) async fn close(&self) {
+        let tenants: Vec<Arc<Tenant>> = self.open.write().await.drain().map(|(_, t)| t).collect();
+        for tenant in tenants {
+            tenant.pool.close().await;
+        }
+        self.catalog.close().await;
+    }
+}
+
+/// Creates the tenant template on a server if missing and brings it to the latest migration,
+/// holding the template lock so no tenant database is being copied from it meanwhile.
+async fn prepare_template(server: &Server) -> anyhow::Result<()> {
+    let mut admin = server.connect("postgres").await?;
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(TEMPLATE_LOCK)
+        .execute(&mut admin)
+        .await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT FROM pg_database WHERE datname = $1)")
+            .bind(TEMPLATE_DATABASE)
+            .fetch_one(&mut admin)
+            .await?;
+    if !exists {
+        sqlx::query(&format!("CREATE DATABASE {}", ident(TEMPLATE_DATABASE)))
+            .execute(&mut admin)
+            .await?;
+        sqlx::query(&format!(
+            "REVOKE ALL ON DATABASE {} FROM PUBLIC",
+            ident(TEMPLATE_DATABASE)
+        ))
+        .execute(&mut admin)
+        .await?;
+    }
+    let mut template = server.connect(TEMPLATE_DATABASE).await?;
+    let migrated = TENANT_MIGRATIONS.run_direct(&mut template).await;
+    template.close().await?;
+    // Closing the session releases the lock, whatever happened.
+    admin.close().await?;
+    migrated?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_are_quoted() {
+        assert_eq!(ident("custos_t_abc"), "\"custos_t_abc\"");
+        assert_eq!(ident("a\"b"), "\"a\"\"b\"");
+    }
+}

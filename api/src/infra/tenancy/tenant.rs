@@ -1,0 +1,173 @@
+//! One tenant's open context: its pool (as the tenant's own login role, to its own database),
+//! event store, command sides, keys and projectors.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cqrs_es::persist::PersistedEventStore;
+use cqrs_es::{Aggregate, CqrsFramework};
+use custos_domain::{
+    ApiToken, Consents, DataExport, FieldSchema, Incident, Organization, Record, RetentionPolicy,
+    Role, User,
+};
+use secrecy::{ExposeSecret, SecretBox};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::config::Region;
+use crate::infra::blind_index::{BlindIndex, BlindIndexProjection};
+use crate::infra::event_store::codec::EventCodec;
+use crate::infra::event_store::log::EventLog;
+use crate::infra::event_store::repository::{Cqrs, CustosEventRepository};
+use crate::infra::integrity::checkpoint::signing_key;
+use crate::infra::keys::MasterKey;
+use crate::infra::projector::Projectors;
+use crate::infra::subject_keys::SubjectKeys;
+
+/// A tenant as the catalog lists it.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub(crate) struct TenantRow {
+    pub id: Uuid,
+    pub slug: String,
+    pub name: String,
+    pub region: String,
+    pub status: String,
+    pub database_name: String,
+    pub role_name: String,
+}
+
+/// One tenant's open context.
+pub struct Tenant {
+    pub id: Uuid,
+    pub(crate) slug: String,
+    pub(crate) name: String,
+    pub(crate) region: Region,
+    /// Connects as the tenant's own login role, to the tenant's own database.
+    pub pool: PgPool,
+    pub log: EventLog,
+    pub records: Cqrs<Record>,
+    pub(crate) users: Cqrs<User>,
+    pub(crate) roles: Cqrs<Role>,
+    pub(crate) organization: Cqrs<Organization>,
+    pub(crate) api_tokens: Cqrs<ApiToken>,
+    pub(crate) field_schemas: Cqrs<FieldSchema>,
+    pub(crate) exports: Cqrs<DataExport>,
+    pub(crate) consents: Cqrs<Consents>,
+    pub(crate) retention: Cqrs<RetentionPolicy>,
+    pub(crate) incidents: Cqrs<Incident>,
+    /// The data keys of the tenant's subjects (also used by the event store's codec).
+    pub(crate) subject_keys: Arc<SubjectKeys>,
+    /// Finds records by a person's email or phone.
+    pub(crate) blind_index: BlindIndex,
+    pub projectors: Projectors,
+    /// Encrypts the tenant's TOTP secrets; derived from the master key, never stored.
+    pub(crate) two_factor_key: SecretBox<[u8; 32]>,
+    /// Signs the tenant's checkpoints; derived from the master key, never stored.
+    pub(crate) checkpoint_key: ed25519_dalek::SigningKey,
+    /// When a request last used this context; idle contexts are closed.
+    last_used: std::sync::Mutex<Instant>,
+}
+
+impl Tenant {
+    /// Opens a tenant's context: its pool (as the tenant's own login role), event store,
+    /// command sides and projectors.
+    pub(crate) fn open(
+        row: &TenantRow,
+        server: &PgConnectOptions,
+        master_key: &MasterKey,
+        pool_size: u32,
+    ) -> anyhow::Result<Self> {
+        let options = server
+            .clone()
+            .username(&row.role_name)
+            .password(master_key.tenant_db_password(row.id).expose_secret())
+            .database(&row.database_name)
+            // Record lists are built from filters, and their prepared statements are reused: a
+            // generic plan cannot see how selective a search or a value is and can pick a scan
+            // of every row. Planning each execution costs a fraction of a millisecond.
+            .options([("plan_cache_mode", "force_custom_plan")]);
+        let pool = PgPoolOptions::new()
+            .max_connections(pool_size)
+            .min_connections(0)
+            .idle_timeout(Duration::from_secs(60))
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_lazy_with(options);
+        let kek = SecretBox::new(Box::new(
+            master_key.derive(&format!("custos/tenant-key-encryption/{}", row.id)),
+        ));
+        let subject_keys = Arc::new(SubjectKeys::new(pool.clone(), kek));
+        let codec = EventCodec::new(subject_keys.clone());
+        let log = EventLog::new(pool.clone(), codec.clone());
+        let blind_index = BlindIndex::new(SecretBox::new(Box::new(
+            master_key.derive(&format!("custos/blind-index/{}", row.id)),
+        )));
+        let mut projections = custos_projections::all();
+        projections.push(Box::new(BlindIndexProjection(blind_index.clone())));
+        let projectors = Projectors::spawn(row.id, pool.clone(), log.clone(), projections);
+        Ok(Self {
+            id: row.id,
+            slug: row.slug.clone(),
+            name: row.name.clone(),
+            region: row
+                .region
+                .parse()
+                .map_err(|()| anyhow::anyhow!("unknown region"))?,
+            records: framework(&pool, &codec, &projectors),
+            users: framework(&pool, &codec, &projectors),
+            roles: framework(&pool, &codec, &projectors),
+            organization: framework(&pool, &codec, &projectors),
+            api_tokens: framework(&pool, &codec, &projectors),
+            field_schemas: framework(&pool, &codec, &projectors),
+            exports: framework(&pool, &codec, &projectors),
+            consents: framework(&pool, &codec, &projectors),
+            retention: framework(&pool, &codec, &projectors),
+            incidents: framework(&pool, &codec, &projectors),
+            subject_keys,
+            blind_index,
+            two_factor_key: SecretBox::new(Box::new(
+                master_key.derive(&format!("custos/two-factor-secrets/{}", row.id)),
+            )),
+            checkpoint_key: signing_key(master_key, row.id),
+            pool,
+            log,
+            projectors,
+            last_used: std::sync::Mutex::new(Instant::now()),
+        })
+    }
+
+    #[cfg(feature = "testing")]
+    /// A command side for records that writes events unsealed: only for `custos-bench --suite
+    /// privacy`, which measures sealing's cost in a scratch tenant.
+    pub fn unsealed_records(&self) -> Cqrs<Record> {
+        let codec = EventCodec::unsealed(self.subject_keys.clone());
+        framework(&self.pool, &codec, &self.projectors)
+    }
+
+    pub(crate) fn touch(&self) {
+        *self.last_used.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    }
+
+    pub(crate) fn idle_for(&self) -> Duration {
+        self.last_used
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .elapsed()
+    }
+}
+
+/// The command side of one aggregate type in a tenant database; its commits wake the
+/// projectors that read that type.
+fn framework<A>(pool: &PgPool, codec: &EventCodec, projectors: &Projectors) -> Cqrs<A>
+where
+    A: Aggregate<Services = ()>,
+{
+    CqrsFramework::new(
+        PersistedEventStore::new_event_store(CustosEventRepository::new(
+            pool.clone(),
+            codec.clone(),
+        )),
+        vec![Box::new(projectors.waker(A::TYPE))],
+        (),
+    )
+}

@@ -1,0 +1,435 @@
+//! History: a record's events replayed from the event store (so they pass through the codec),
+//! with the field-level change each one made.
+
+use chrono::{DateTime, Utc};
+use cqrs_es::Aggregate;
+use custos_domain::{EventMetadata, Record, RecordEvent, Role, RoleEvent, User, UserEvent};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::error::api_field_name;
+use crate::infra::event_store::log::EventLog;
+
+/// One field's value before and after an event; `None` is "no value".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FieldChange {
+    pub(crate) field: String,
+    pub(crate) before: Option<String>,
+    pub(crate) after: Option<String>,
+}
+
+/// One event of a record's history.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct HistoryEntry {
+    pub(crate) sequence: i64,
+    pub(crate) event_type: String,
+    pub(crate) recorded_at: DateTime<Utc>,
+    pub(crate) metadata: Option<EventMetadata>,
+    pub(crate) changes: Vec<FieldChange>,
+}
+
+/// How an erased value shows in history.
+pub(crate) const ERASED: &str = "[erased]";
+
+fn display(value: Option<&Value>) -> Option<String> {
+    match value? {
+        Value::Null => None,
+        value if custos_domain::record::is_erased_marker(value) => Some(ERASED.to_owned()),
+        Value::String(text) => Some(text.clone()),
+        other => Some(other.to_string()),
+    }
+}
+
+fn flag(value: bool) -> Option<String> {
+    Some(value.to_string())
+}
+
+/// The change each event makes to `state`, which it then applies.
+fn changes(state: &mut Record, event: RecordEvent) -> Vec<FieldChange> {
+    let change = |field: &str, before: Option<String>, after: Option<String>| FieldChange {
+        field: api_field_name(field),
+        before,
+        after,
+    };
+    let changes = match &event {
+        RecordEvent::RecordCreated {
+            fields, hired_from, ..
+        } => fields
+            .iter()
+            .map(|(name, value)| change(name, None, display(Some(value))))
+            .chain(hired_from.map(|from| change("hired_from", None, Some(from.to_string()))))
+            .collect(),
+        RecordEvent::RecordUpdated { changes, .. } => changes
+            .iter()
+            .map(|(name, value)| change(name, display(state.value(name)), display(Some(value))))
+            .collect(),
+        RecordEvent::RecordArchived { .. } => vec![change("archived", flag(false), flag(true))],
+        RecordEvent::RecordRestored { .. } => vec![change("archived", flag(true), flag(false))],
+        RecordEvent::RecordRestricted { .. } => vec![change("restricted", flag(false), flag(true))],
+        RecordEvent::RestrictionLifted { .. } => {
+            vec![change("restricted", flag(true), flag(false))]
+        }
+        RecordEvent::RecordErased { fields, .. } => fields
+            .iter()
+            .map(|name| change(name, Some(ERASED.to_owned()), None))
+            .collect(),
+        RecordEvent::ApplicantHired { employee_id, .. } => vec![
+            change(
+                "stage",
+                display(state.value("stage")),
+                Some(custos_domain::Stage::Hired.as_str().to_owned()),
+            ),
+            change("hired_as", None, Some(employee_id.to_string())),
+        ],
+    };
+    state.apply(event);
+    changes
+}
+
+/// Every event of the record `id`, oldest first. Empty when the tenant has no such record.
+pub(crate) async fn record_history(log: &EventLog, id: Uuid) -> anyhow::Result<Vec<HistoryEntry>> {
+    let stored = log.stream(Record::TYPE, &id.to_string()).await?;
+    let mut state = Record::default();
+    stored
+        .into_iter()
+        .map(|stored| {
+            let metadata = EventMetadata::from_map(&stored.metadata());
+            let event: RecordEvent = serde_json::from_value(stored.event.payload)?;
+            Ok(HistoryEntry {
+                sequence: i64::try_from(stored.event.sequence)?,
+                event_type: stored.event.event_type,
+                recorded_at: stored.recorded_at,
+                metadata,
+                changes: changes(&mut state, event),
+            })
+        })
+        .collect()
+}
+
+/// What a user's history tracks, to show each change's before and after.
+#[derive(Default)]
+struct UserState {
+    name: Option<String>,
+    email: Option<String>,
+    administrator: bool,
+    roles: Option<String>,
+    active: bool,
+    two_factor: bool,
+    locked_until: Option<String>,
+}
+
+fn ids(roles: &std::collections::BTreeSet<Uuid>) -> Option<String> {
+    Some(
+        roles
+            .iter()
+            .map(Uuid::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+    )
+}
+
+/// The change a user event makes (never a password hash, never a login's origin: the login
+/// history shows those to whom it may).
+fn user_changes(state: &mut UserState, event: &UserEvent) -> Vec<FieldChange> {
+    let change = |field: &str, before: Option<String>, after: Option<String>| FieldChange {
+        field: field.to_owned(),
+        before,
+        after,
+    };
+    let changes = match event {
+        UserEvent::UserRegistered {
+            email,
+            name,
+            administrator,
+            roles,
+            must_change_password,
+            ..
+        } => {
+            state.name = Some(name.as_str().to_owned());
+            state.email = Some(email.as_str().to_owned());
+            state.administrator = *administrator;
+            state.roles = ids(roles);
+            state.active = true;
+            vec![
+                change("name", None, state.name.clone()),
+                change("email", None, state.email.clone()),
+                change("administrator", None, flag(*administrator)),
+                change("roleIds", None, state.roles.clone()),
+                change("mustChangePassword", None, flag(*must_change_password)),
+            ]
+        }
+        UserEvent::UserRenamed { name } => {
+            let after = Some(name.as_str().to_owned());
+            vec![change(
+                "name",
+                std::mem::replace(&mut state.name, after.clone()),
+                after,
+            )]
+        }
+        UserEvent::EmailChanged { email } => {
+            let after = Some(email.as_str().to_owned());
+            vec![change(
+                "email",
+                std::mem::replace(&mut state.email, after.clone()),
+                after,
+            )]
+        }
+        UserEvent::RolesAssigned { roles } => {
+            let after = ids(roles);
+            vec![change(
+                "roleIds",
+                std::mem::replace(&mut state.roles, after.clone()),
+                after,
+            )]
+        }
+        UserEvent::AdministratorGranted | UserEvent::AdministratorRevoked => {
+            let after = matches!(event, UserEvent::AdministratorGranted);
+            let before = std::mem::replace(&mut state.administrator, after);
+            vec![change("administrator", flag(before), flag(after))]
+        }
+        UserEvent::UserDeactivated | UserEvent::UserReactivated => {
+            let after = matches!(event, UserEvent::UserReactivated);
+            let before = std::mem::replace(&mut state.active, after);
+            vec![change("active", flag(before), flag(after))]
+        }
+        UserEvent::PasswordReset { .. } | UserEvent::PasswordChanged { .. } => {
+            vec![change("password", None, Some("[changed]".to_owned()))]
+        }
+        UserEvent::LoginLocked { until } => {
+            let after = Some(until.to_rfc3339());
+            vec![change(
+                "lockedUntil",
+                std::mem::replace(&mut state.locked_until, after.clone()),
+                after,
+            )]
+        }
+        UserEvent::LoginUnlocked => {
+            vec![change("lockedUntil", state.locked_until.take(), None)]
+        }
+        UserEvent::TwoFactorEnabled | UserEvent::TwoFactorDisabled | UserEvent::TwoFactorReset => {
+            let after = matches!(event, UserEvent::TwoFactorEnabled);
+            let before = std::mem::replace(&mut state.two_factor, after);
+            vec![change("twoFactor", flag(before), flag(after))]
+        }
+        UserEvent::RecoveryCodesRegenerated => {
+            vec![change(
+                "recoveryCodes",
+                None,
+                Some("[regenerated]".to_owned()),
+            )]
+        }
+        UserEvent::UserErased => [("name", state.name.take()), ("email", state.email.take())]
+            .into_iter()
+            .filter(|(_, before)| before.is_some())
+            .map(|(field, _)| change(field, Some(ERASED.to_owned()), None))
+            .collect(),
+        UserEvent::LoginSucceeded { .. }
+        | UserEvent::LoginFailed { .. }
+        | UserEvent::LoggedOut { .. }
+        | UserEvent::Redacted => Vec::new(),
+    };
+    changes
+}
+
+/// Every event of the user `id`, oldest first. Empty when the tenant has no such user.
+pub(crate) async fn user_history(log: &EventLog, id: Uuid) -> anyhow::Result<Vec<HistoryEntry>> {
+    let stored = log.stream(User::TYPE, &id.to_string()).await?;
+    let mut state = UserState::default();
+    stored
+        .into_iter()
+        .map(|stored| {
+            let metadata = EventMetadata::from_map(&stored.metadata());
+            let event: UserEvent = serde_json::from_value(stored.event.payload)?;
+            Ok(HistoryEntry {
+                sequence: i64::try_from(stored.event.sequence)?,
+                event_type: stored.event.event_type,
+                recorded_at: stored.recorded_at,
+                metadata,
+                changes: user_changes(&mut state, &event),
+            })
+        })
+        .collect()
+}
+
+fn grant_text(grant: &custos_domain::Grant) -> String {
+    format!("{}:{}", grant.datasheet.as_str(), grant.permission.as_str())
+}
+
+/// Every event of the role `id`, oldest first. Empty when the tenant has no such role.
+pub(crate) async fn role_history(log: &EventLog, id: Uuid) -> anyhow::Result<Vec<HistoryEntry>> {
+    let stored = log.stream(Role::TYPE, &id.to_string()).await?;
+    let mut name: Option<String> = None;
+    let change = |field: &str, before: Option<String>, after: Option<String>| FieldChange {
+        field: field.to_owned(),
+        before,
+        after,
+    };
+    stored
+        .into_iter()
+        .map(|stored| {
+            let metadata = EventMetadata::from_map(&stored.metadata());
+            let event: RoleEvent = serde_json::from_value(stored.event.payload)?;
+            let changes = match &event {
+                RoleEvent::RoleCreated {
+                    name: created,
+                    grants,
+                } => {
+                    name = Some(created.as_str().to_owned());
+                    let mut changes = vec![change("name", None, name.clone())];
+                    changes.extend(
+                        grants
+                            .iter()
+                            .map(|g| change("permission", None, Some(grant_text(g)))),
+                    );
+                    changes
+                }
+                RoleEvent::RoleRenamed { name: renamed } => {
+                    let after = Some(renamed.as_str().to_owned());
+                    vec![change(
+                        "name",
+                        std::mem::replace(&mut name, after.clone()),
+                        after,
+                    )]
+                }
+                RoleEvent::PermissionGranted { grant } => {
+                    vec![change("permission", None, Some(grant_text(grant)))]
+                }
+                RoleEvent::PermissionRevoked { grant } => {
+                    vec![change("permission", Some(grant_text(grant)), None)]
+                }
+                RoleEvent::RoleDeleted => vec![change("deleted", flag(false), flag(true))],
+            };
+            Ok(HistoryEntry {
+                sequence: i64::try_from(stored.event.sequence)?,
+                event_type: stored.event.event_type,
+                recorded_at: stored.recorded_at,
+                metadata,
+                changes,
+            })
+        })
+        .collect()
+}
+
+/// The record as it stood after each of its events, oldest first, with the time the event was
+/// recorded. Erased values stay erased in every state (their key is gone).
+pub(crate) async fn record_states(
+    log: &EventLog,
+    id: Uuid,
+) -> anyhow::Result<Vec<(DateTime<Utc>, Record)>> {
+    let stored = log.stream(Record::TYPE, &id.to_string()).await?;
+    let mut state = Record::default();
+    stored
+        .into_iter()
+        .map(|stored| {
+            let event: RecordEvent = serde_json::from_value(stored.event.payload)?;
+            state.apply(event);
+            Ok((stored.recorded_at, state.clone()))
+        })
+        .collect()
+}
+
+/// Every field of a state that has a value, by API name, with the record's flags.
+pub(crate) fn state_fields(state: &Record) -> Vec<(String, Option<String>)> {
+    let mut fields: Vec<(String, Option<String>)> = state
+        .fields()
+        .iter()
+        .filter(|(_, v)| !v.is_null())
+        .map(|(name, value)| (api_field_name(name), display(Some(value))))
+        .collect();
+    fields.push(("archived".into(), flag(state.is_archived())));
+    fields.push(("restricted".into(), flag(state.is_restricted())));
+    fields.push(("erased".into(), flag(state.is_erased())));
+    if let Some(from) = state.hired_from() {
+        fields.push(("hiredFrom".into(), Some(from.to_string())));
+    }
+    if let Some(employee) = state.hired_as() {
+        fields.push(("hiredAs".into(), Some(employee.to_string())));
+    }
+    fields.sort();
+    fields
+}
+
+/// The fields whose values differ between two states of a record, by API name.
+pub(crate) fn diff(before: &Record, after: &Record) -> Vec<FieldChange> {
+    let before: std::collections::BTreeMap<String, Option<String>> =
+        state_fields(before).into_iter().collect();
+    let after: std::collections::BTreeMap<String, Option<String>> =
+        state_fields(after).into_iter().collect();
+    let names: std::collections::BTreeSet<&String> = before.keys().chain(after.keys()).collect();
+    names
+        .into_iter()
+        .filter_map(|name| {
+            let (b, a) = (
+                before.get(name).cloned().flatten(),
+                after.get(name).cloned().flatten(),
+            );
+            (b != a).then(|| FieldChange {
+                field: name.clone(),
+                before: b,
+                after: a,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use custos_domain::Datasheet;
+    use serde_json::json;
+
+    #[test]
+    fn each_event_shows_before_and_after() {
+        let mut state = Record::default();
+        let created = changes(
+            &mut state,
+            RecordEvent::RecordCreated {
+                datasheet: Datasheet::Employees,
+                fields: [("first_name".to_owned(), json!("Ada"))].into(),
+                hired_from: None,
+            },
+        );
+        assert_eq!(
+            created,
+            vec![FieldChange {
+                field: "firstName".into(),
+                before: None,
+                after: Some("Ada".into())
+            }]
+        );
+        let updated = changes(
+            &mut state,
+            RecordEvent::RecordUpdated {
+                datasheet: Datasheet::Employees,
+                changes: [
+                    ("first_name".to_owned(), json!("Augusta")),
+                    ("email".to_owned(), Value::Null),
+                ]
+                .into(),
+            },
+        );
+        assert_eq!(
+            updated,
+            vec![
+                FieldChange {
+                    field: "email".into(),
+                    before: None,
+                    after: None
+                },
+                FieldChange {
+                    field: "firstName".into(),
+                    before: Some("Ada".into()),
+                    after: Some("Augusta".into())
+                },
+            ]
+        );
+        let archived = changes(
+            &mut state,
+            RecordEvent::RecordArchived {
+                datasheet: Datasheet::Employees,
+            },
+        );
+        assert_eq!(archived[0].before.as_deref(), Some("false"));
+        assert_eq!(archived[0].after.as_deref(), Some("true"));
+    }
+}

@@ -1,0 +1,147 @@
+//! The composition root: PostgreSQL (private cluster or `DATABASE_URL`), tenancy, services,
+//! the schedules, the router and the listener. Tests build an `Application` exactly as
+//! `custos serve` does.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use tokio::net::TcpListener;
+
+use crate::auth::passwords::Passwords;
+use crate::config::Config;
+use crate::graphql::build_schema;
+use crate::http::{router, AppState};
+use crate::infra::database::Database;
+use crate::infra::keys::MasterKey;
+use crate::infra::tenancy::catalog::Tenancy;
+use crate::service::{jobs, Services};
+
+/// Connects tenancy and builds the services, for `serve` and the one-shot commands.
+pub(crate) async fn services(
+    config: &Config,
+    database: &Database,
+) -> anyhow::Result<Arc<Services>> {
+    let master_key = Arc::new(MasterKey::load(
+        config.master_key.as_ref(),
+        &config.data_dir,
+    )?);
+    let tenancy = Tenancy::start(
+        database.options.clone(),
+        &config.catalog_database,
+        &config.regions,
+        master_key,
+        config.tenant_pool_size,
+    )
+    .await?;
+    let per_minute = std::num::NonZeroU32::new(config.login_attempts_per_minute.max(1))
+        .unwrap_or(std::num::NonZeroU32::MIN);
+    Ok(Arc::new(Services {
+        tenancy,
+        login_limiter: governor::RateLimiter::keyed(governor::Quota::per_minute(per_minute)),
+        passwords: Passwords::new(config.password_hash_concurrency),
+        sessions: config.sessions,
+        projection_wait: config.projection_wait,
+        data_dir: config.data_dir.clone(),
+    }))
+}
+
+/// Stops a background task when its owner goes away.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The running service.
+pub struct Application {
+    _sweeper: AbortOnDrop,
+    _retention: Option<AbortOnDrop>,
+    _checkpoints: Option<AbortOnDrop>,
+    listener: TcpListener,
+    router: Router,
+    services: Arc<Services>,
+    database: Database,
+}
+
+impl Application {
+    /// Opens the database, prepares tenancy and binds the listener.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let database = Database::open(&config).await?;
+        let services = match services(&config, &database).await {
+            Ok(services) => services,
+            Err(err) => {
+                database.stop().await?;
+                return Err(err);
+            }
+        };
+        let state = AppState {
+            schema: build_schema(services.clone(), config.introspection),
+            services: services.clone(),
+            graphiql: config.graphiql,
+        };
+        let listener = TcpListener::bind(config.listen).await?;
+        let sweeper = tokio::spawn(jobs::close_idle_tenants(
+            services.clone(),
+            config.tenant_idle,
+        ));
+        let retention = config
+            .retention_interval
+            .map(|interval| AbortOnDrop(tokio::spawn(jobs::retention(services.clone(), interval))));
+        let checkpoints = config.checkpoint_interval.map(|interval| {
+            AbortOnDrop(tokio::spawn(jobs::checkpoints(services.clone(), interval)))
+        });
+        Ok(Self {
+            _sweeper: AbortOnDrop(sweeper),
+            _retention: retention,
+            _checkpoints: checkpoints,
+            listener,
+            router: router(state),
+            services,
+            database,
+        })
+    }
+
+    /// Where the service listens (useful with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The HTTP router.
+    pub fn router(&self) -> Router {
+        self.router.clone()
+    }
+
+    /// Superuser options for the PostgreSQL server (for the benchmark's scratch database).
+    pub fn database_options(&self) -> sqlx::postgres::PgConnectOptions {
+        self.database.options.clone()
+    }
+
+    /// The use cases, for the CLI and tests.
+    pub fn services(&self) -> Arc<Services> {
+        self.services.clone()
+    }
+
+    /// Serves until `shutdown` completes, then drains requests, closes pools and stops the
+    /// private cluster.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        tracing::info!(address = %self.listener.local_addr()?, "serving GraphQL at /graphql");
+        let served = axum::serve(
+            self.listener,
+            self.router
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await;
+        self.services.tenancy.close().await;
+        self.database.stop().await?;
+        served?;
+        Ok(())
+    }
+}

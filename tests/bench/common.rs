@@ -1,0 +1,108 @@
+//! What every suite shares: the flags, a fresh data directory for the benchmark's own private
+//! cluster, and percentiles.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+/// The password of the benchmark's users.
+pub(crate) const PASSWORD: &str = "benchmark password 1";
+
+/// Flags of `custos-bench`.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "custos-bench",
+    about = "Measure Custos's write and read throughput on this machine (see docs/performance.md)"
+)]
+pub(crate) struct BenchArgs {
+    /// How log lines are written: text (the default) or json.
+    #[arg(long, env = "CUSTOS_LOG_FORMAT", value_enum)]
+    pub(crate) log_format: Option<custos_api::telemetry::LogFormat>,
+    /// Data directory for the benchmark's own private cluster (default: a fresh temporary one).
+    #[arg(long)]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// Concurrent connections / HTTP clients for (a) and (b).
+    #[arg(long, default_value_t = 16)]
+    pub(crate) clients: usize,
+    /// Seconds each throughput phase runs.
+    #[arg(long, default_value_t = 10)]
+    pub(crate) seconds: u64,
+    /// Employees in the tenant for the read phase (c).
+    #[arg(long, default_value_t = 10_000)]
+    pub(crate) employees: usize,
+    /// Requests measured in the read phase (c).
+    #[arg(long, default_value_t = 2_000)]
+    pub(crate) reads: usize,
+    /// `foundation` (the phases above), `datasheets` (lists, search, reports, export and
+    /// import with `--employees` employees) or `privacy` (sealing's cost on writes, a
+    /// person's trail with 10,000 and 1,000,000 events in the tenant, erasure latency).
+    #[arg(long, default_value = "foundation")]
+    pub(crate) suite: String,
+}
+
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+pub(crate) fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Where a benchmark's cluster lives: `--data-dir`, or a fresh temporary directory (kept
+/// while the returned guard lives; readable by the unprivileged cluster user).
+pub(crate) fn data_dir(args: &BenchArgs) -> anyhow::Result<(Option<tempfile::TempDir>, PathBuf)> {
+    if let Some(dir) = &args.data_dir {
+        return Ok((None, dir.clone()));
+    }
+    let temp = tempfile::Builder::new()
+        .prefix("custos-bench-")
+        .tempdir_in(std::env::temp_dir())?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(temp.path(), std::fs::Permissions::from_mode(0o755))?;
+    let path = temp.path().to_owned();
+    Ok((Some(temp), path))
+}
+
+/// Posts one GraphQL request (as `token` when given); the future owns the request, so it can
+/// outlive the borrow of its arguments. Fails on any GraphQL error.
+pub(crate) fn graphql(
+    client: &reqwest::Client,
+    url: &str,
+    token: Option<&str>,
+    query: &str,
+    variables: Value,
+) -> impl Future<Output = anyhow::Result<Value>> + Send + 'static {
+    let mut request = client
+        .post(url)
+        .json(&json!({ "query": query, "variables": variables }));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    async move {
+        let body: Value = request.send().await?.json().await?;
+        anyhow::ensure!(
+            body.get("errors").is_none(),
+            "request failed: {}",
+            body["errors"]
+        );
+        Ok(body)
+    }
+}
+
+/// Signs up the benchmark's organisation; the answer's `signUp` (token, tenant and user ids).
+pub(crate) async fn sign_up(client: &reqwest::Client, url: &str) -> anyhow::Result<Value> {
+    let body = graphql(
+        client,
+        url,
+        None,
+        "mutation($i: SignUpInput!) { signUp(input: $i) { token tenant { id } user { id } } }",
+        json!({ "i": { "organization": "Bench", "slug": "bench", "region": "eu",
+                       "adminEmail": "bench@example.org", "adminName": "Bench",
+                       "password": PASSWORD } }),
+    )
+    .await?;
+    Ok(body["data"]["signUp"].clone())
+}

@@ -1,0 +1,211 @@
+//! The datasheets suite (`--suite datasheets`): with `--employees` employees in one tenant (imported
+//! through `importRecords` in batches of 10,000, which is itself measured), the latency of a
+//! filtered and ordered list, of full-text search and of a report by department, and an
+//! export of every employee as CSV (time and the process's peak RSS growth while streaming).
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use custos_api::{Application, Config, DatabaseConfig};
+
+use crate::common::{data_dir, graphql, ms, percentile, sign_up, BenchArgs};
+
+const IMPORT_BATCH: usize = 10_000;
+
+/// The process's resident set size in bytes (Linux).
+fn rss() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let (_temp, data_dir) = data_dir(&args)?;
+    let mut config = Config::new(data_dir, DatabaseConfig::Private);
+    config.listen = "127.0.0.1:0".parse()?;
+    config.login_attempts_per_minute = u32::MAX;
+    let application = Application::build(config).await?;
+    let address = application.local_addr()?;
+    let admin = application.database_options();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(application.run_until(async move {
+        let _ = stopped.await;
+    }));
+    let client = reqwest::Client::new();
+    let url = format!("http://{address}/graphql");
+    let post = |token: Option<&str>, query: &str, variables: Value| {
+        graphql(&client, &url, token, query, variables)
+    };
+    let signed_up = sign_up(&client, &url).await?;
+    let token = signed_up["token"].as_str().unwrap_or_default().to_owned();
+    let token = Some(token.as_str());
+
+    // Import the employees, 10,000 rows per request.
+    let import = "mutation($csv: String!) { importRecords(datasheet: EMPLOYEES, csv: $csv, mapping: [
+        { column: \"first\", field: \"firstName\" }, { column: \"last\", field: \"lastName\" },
+        { column: \"email\", field: \"email\" }, { column: \"department\", field: \"department\" },
+        { column: \"start\", field: \"startDate\" }, { column: \"notes\", field: \"notes\" }]) { created } }";
+    let mut import_times = Vec::new();
+    let mut written = 0;
+    while written < args.employees {
+        let rows = IMPORT_BATCH.min(args.employees - written);
+        let mut csv = String::from("first,last,email,department,start,notes\n");
+        for i in written..written + rows {
+            csv.push_str(&format!(
+                "Given{i},Family{:05},person{i}@example.org,Dept {},20{:02}-{:02}-15,Note {i} about skills\n",
+                (i * 7919) % 100_000,
+                i % 50,
+                i % 25,
+                i % 12 + 1
+            ));
+        }
+        let started = Instant::now();
+        post(token, import, json!({ "csv": csv })).await?;
+        import_times.push((rows, started.elapsed()));
+        written += rows;
+    }
+    let (first_rows, first_time) = import_times[0];
+    // Measure with planner statistics, as autovacuum's analyze gives them soon after a bulk
+    // change (it runs once 10% of a table has changed, usually within a minute).
+    {
+        use sqlx::Connection;
+        let database: String = sqlx::query_scalar("SELECT database_name FROM tenants LIMIT 1")
+            .fetch_one(
+                &mut sqlx::PgConnection::connect_with(&admin.clone().database("custos")).await?,
+            )
+            .await?;
+        let mut conn = sqlx::PgConnection::connect_with(&admin.clone().database(&database)).await?;
+        sqlx::query("ANALYZE records").execute(&mut conn).await?;
+    }
+
+    let measure = |query: &'static str, variables: Value, n: usize| {
+        let post = &post;
+        async move {
+            let mut latencies = Vec::with_capacity(n);
+            for _ in 0..n {
+                let started = Instant::now();
+                post(token, query, variables.clone()).await?;
+                latencies.push(started.elapsed());
+            }
+            latencies.sort();
+            Ok::<_, anyhow::Error>(latencies)
+        }
+    };
+    let list = measure(
+        "query($f: RecordFilter, $o: [RecordOrder!]) { employees(first: 50, filter: $f, orderBy: $o) {
+            totalCount edges { cursor node { id firstName lastName email department startDate } } } }",
+        json!({ "f": { "field": "department", "eq": "Dept 7" }, "o": [{ "field": "lastName" }] }),
+        args.reads,
+    )
+    .await?;
+    let search = measure(
+        "query($s: String) { employees(first: 50, search: $s) { totalCount edges { node { id lastName } } } }",
+        json!({ "s": "family0421" }),
+        args.reads,
+    )
+    .await?;
+    let report = measure(
+        "{ report(datasheet: EMPLOYEES, groupBy: \"department\") { total groups { value count } } }",
+        json!({}),
+        args.reads.min(500),
+    )
+    .await?;
+
+    // Export every employee as CSV, reading the stream as it comes; sample RSS meanwhile.
+    let rss_before = rss();
+    let export_started = Instant::now();
+    let started = post(
+        token,
+        "mutation { exportRecords(datasheet: EMPLOYEES, format: CSV) { count downloadUrl } }",
+        json!({}),
+    )
+    .await?;
+    let count = started["data"]["exportRecords"]["count"]
+        .as_u64()
+        .unwrap_or(0);
+    let link = started["data"]["exportRecords"]["downloadUrl"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(rss_before));
+    let sampling = {
+        let peak = peak.clone();
+        tokio::spawn(async move {
+            loop {
+                peak.fetch_max(rss(), std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let mut response = client.get(format!("http://{address}{link}")).send().await?;
+    let mut bytes = 0usize;
+    let mut lines = 0usize;
+    while let Some(chunk) = response.chunk().await? {
+        bytes += chunk.len();
+        lines += chunk.iter().filter(|b| **b == b'\n').count();
+    }
+    let export_time = export_started.elapsed();
+    sampling.abort();
+    let rss_growth = peak
+        .load(std::sync::atomic::Ordering::Relaxed)
+        .saturating_sub(rss_before);
+
+    let _ = stop.send(());
+    server.await??;
+
+    println!("## custos bench --suite datasheets");
+    println!();
+    println!(
+        "employees: {}, requests per latency figure: {}",
+        args.employees, args.reads
+    );
+    println!();
+    println!("| measure | value |");
+    println!("|---|---|");
+    println!(
+        "| import through `importRecords`, {first_rows} rows in one request (first batch) | {:.2} s ({:.0} rows/s) |",
+        first_time.as_secs_f64(),
+        first_rows as f64 / first_time.as_secs_f64()
+    );
+    let (all_rows, all_time) = import_times
+        .iter()
+        .fold((0, Duration::ZERO), |(r, t), (rows, time)| {
+            (r + rows, t + *time)
+        });
+    println!(
+        "| import, all {all_rows} rows in batches of {IMPORT_BATCH} | {:.1} s ({:.0} rows/s) |",
+        all_time.as_secs_f64(),
+        all_rows as f64 / all_time.as_secs_f64()
+    );
+    for (name, latencies) in [
+        (
+            "`employees(first: 50)` filtered by department, ordered by last name",
+            &list,
+        ),
+        ("`employees(first: 50, search:)` full-text", &search),
+        ("`report(groupBy: \"department\")`", &report),
+    ] {
+        println!(
+            "| {name}: p50 / p99 | {:.2} ms / {:.2} ms |",
+            ms(percentile(latencies, 0.50)),
+            ms(percentile(latencies, 0.99))
+        );
+    }
+    println!(
+        "| CSV export of {count} employees: recorded, streamed and read ({} data lines, {:.1} MB) | {:.2} s ({:.0} rows/s) |",
+        lines.saturating_sub(1),
+        bytes as f64 / 1e6,
+        export_time.as_secs_f64(),
+        count as f64 / export_time.as_secs_f64()
+    );
+    println!(
+        "| peak RSS growth of the process (server and reading client) during the export | {:.1} MB |",
+        rss_growth as f64 / 1e6
+    );
+    Ok(())
+}

@@ -1,0 +1,400 @@
+//! The foundation suite: in one run on one private cluster, (a) raw single-row INSERTs into an
+//! events-shaped table, (b) `updateEmployee` mutations over HTTP, (c) `employees(first: 50)`
+//! latency with many employees, (d) `{ me { id } }`, (e) the updates in process, (f) a login
+//! flood and (g) the list during it. Prints a Markdown report for docs/performance.md.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use custos_domain::record::{new_record_id, Fields};
+use custos_domain::{Actor, Datasheet, EventMetadata, RecordCommand};
+use serde_json::{json, Value};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::Connection;
+use uuid::Uuid;
+
+use custos_api::testing::run_command;
+use custos_api::{Application, Config, DatabaseConfig};
+
+use crate::common::{data_dir, graphql, ms, percentile, sign_up, BenchArgs};
+
+/// Records per client in the spread variant of phase (b).
+const SPREAD: usize = 64;
+
+/// Runs `clients` closed loops of `op(client, n)` for `duration`; returns operations per second.
+async fn closed_loop<F, Fut>(clients: usize, duration: Duration, op: F) -> anyhow::Result<f64>
+where
+    F: Fn(usize, usize) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let done = AtomicU64::new(0);
+    let started = Instant::now();
+    let loops = (0..clients).map(|client| {
+        let (op, done) = (&op, &done);
+        async move {
+            let mut n = 0usize;
+            while started.elapsed() < duration {
+                n += 1;
+                op(client, n).await?;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok::<_, anyhow::Error>(())
+        }
+    });
+    for result in futures::future::join_all(loops).await {
+        result?;
+    }
+    Ok(done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
+}
+
+pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let (_temp, data_dir) = data_dir(&args)?;
+    let mut config = Config::new(data_dir, DatabaseConfig::Private);
+    config.listen = "127.0.0.1:0".parse()?;
+    config.tenant_pool_size = (args.clients as u32).max(8);
+    // The benchmark floods logins from one address on purpose.
+    config.login_attempts_per_minute = u32::MAX;
+    let hash_concurrency = config.password_hash_concurrency;
+    let application = Application::build(config).await?;
+    let address = application.local_addr()?;
+    let services = application.services();
+    let admin = application.database_options();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(application.run_until(async move {
+        let _ = stopped.await;
+    }));
+    let duration = Duration::from_secs(args.seconds);
+
+    // (a) raw INSERTs into a table shaped like `events`, one row per transaction.
+    let scratch = format!("custos_bench_{}", Uuid::now_v7().simple());
+    let mut conn = sqlx::PgConnection::connect_with(&admin.clone().database("postgres")).await?;
+    sqlx::query(&format!("CREATE DATABASE {scratch}"))
+        .execute(&mut conn)
+        .await?;
+    let raw_pool = PgPoolOptions::new()
+        .max_connections(args.clients as u32)
+        .connect_with(admin.clone().database(&scratch))
+        .await?;
+    sqlx::query(
+        "CREATE TABLE events (aggregate_type text NOT NULL, aggregate_id text NOT NULL, sequence bigint NOT NULL,
+            event_type text NOT NULL, event_version text NOT NULL, payload json NOT NULL, metadata json NOT NULL,
+            global_position bigint GENERATED ALWAYS AS IDENTITY, transaction_id xid8 NOT NULL DEFAULT pg_current_xact_id(),
+            recorded_at timestamptz NOT NULL DEFAULT clock_timestamp(), PRIMARY KEY (aggregate_type, aggregate_id, sequence))",
+    )
+    .execute(&raw_pool)
+    .await?;
+    sqlx::query("CREATE INDEX ON events (transaction_id, global_position)")
+        .execute(&raw_pool)
+        .await?;
+    let payload = json!({ "RecordUpdated": { "datasheet": "employees", "changes": { "department": "Engineering" } } });
+    let metadata = EventMetadata::new(Actor::User(Uuid::now_v7()), Uuid::now_v7()).to_map();
+    let inserts = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..args.clients {
+        let (pool, payload, metadata, inserts) = (
+            raw_pool.clone(),
+            payload.clone(),
+            json!(metadata),
+            inserts.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let id = Uuid::now_v7().to_string();
+            let mut sequence = 0i64;
+            while started.elapsed() < duration {
+                sequence += 1;
+                sqlx::query(
+                    "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+                     VALUES ('record', $1, $2, 'RecordUpdated', '1', $3, $4)",
+                )
+                .bind(&id)
+                .bind(sequence)
+                .bind(&payload)
+                .bind(&metadata)
+                .execute(&pool)
+                .await?;
+                inserts.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok::<_, sqlx::Error>(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    let raw_rate = inserts.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+    raw_pool.close().await;
+    sqlx::query(&format!("DROP DATABASE {scratch} WITH (FORCE)"))
+        .execute(&mut conn)
+        .await?;
+
+    // (b) updateEmployee over HTTP, each client on its own employee (no conflicts).
+    let client = reqwest::Client::new();
+    let url = format!("http://{address}/graphql");
+    let post = |token: Option<String>, query: &'static str, variables: Value| {
+        graphql(&client, &url, token.as_deref(), query, variables)
+    };
+    let signed_up = sign_up(&client, &url).await?;
+    let token = signed_up["token"].as_str().unwrap_or_default().to_owned();
+    let tenant_id: Uuid = signed_up["tenant"]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .parse()?;
+    let user_id: Uuid = signed_up["user"]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .parse()?;
+    // Hot: each client rewrites one record of its own, so its stream grows by one event per
+    // request. Spread: each client cycles over `SPREAD` records of its own (streams stay short).
+    let mut rates = Vec::new();
+    let mut spread_ids = Vec::new();
+    for per_client in [1, SPREAD] {
+        let mut sets = Vec::new();
+        for c in 0..args.clients {
+            let mut ids = Vec::new();
+            for r in 0..per_client {
+                let created = post(
+                    Some(token.clone()),
+                    "mutation($i: CreateEmployeeInput!) { createEmployee(input: $i) { id } }",
+                    json!({ "i": { "firstName": format!("Writer{c}x{r}"), "lastName": "Bench" } }),
+                )
+                .await?;
+                ids.push(
+                    created["data"]["createEmployee"]["id"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                );
+            }
+            sets.push(ids);
+        }
+        let rate = closed_loop(args.clients, duration, |client, n| {
+            let (token, ids) = (token.clone(), &sets[client]);
+            async move {
+                post(
+                    Some(token),
+                    "mutation($id: ID!, $d: String) { updateEmployee(id: $id, input: { department: $d }) { id version } }",
+                    json!({ "id": ids[n % ids.len()], "d": format!("Dept {n}") }),
+                )
+                .await
+                .map(|_| ())
+            }
+        })
+        .await?;
+        rates.push(rate);
+        spread_ids = sets;
+    }
+    let (hot_rate, spread_rate) = (rates[0], rates[1]);
+
+    // (d) The floor of any request: HTTP, authentication and GraphQL, no command.
+    let me_rate = closed_loop(args.clients, duration, |_, _| {
+        let token = token.clone();
+        async move {
+            post(Some(token), "{ me { id } }", json!({}))
+                .await
+                .map(|_| ())
+        }
+    })
+    .await?;
+
+    // (e) The command path in process: the same updates without HTTP or GraphQL, each waiting
+    // for its event to be projected, as a mutation does.
+    let tenant = services
+        .tenancy
+        .get(tenant_id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("bench tenant vanished"))?;
+    let command_rate = closed_loop(args.clients, duration, |client, n| {
+        let (services, tenant, ids) = (services.clone(), tenant.clone(), &spread_ids[client]);
+        async move {
+            let mut changes = Fields::new();
+            changes.insert("department".into(), json!(format!("Direct {n}")));
+            let command = RecordCommand::Update {
+                datasheet: Datasheet::Employees,
+                expected_version: None,
+                changes,
+                schema: Default::default(),
+            };
+            let id: Uuid = ids[n % ids.len()].parse()?;
+            run_command(
+                &services,
+                &tenant,
+                &tenant.records,
+                id,
+                command,
+                EventMetadata::new(Actor::User(user_id), Uuid::now_v7()),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("update failed: {:?}", e.code()))
+        }
+    })
+    .await?;
+    let written = args.clients * (1 + SPREAD);
+
+    // (c) employees(first: 50) with many employees, seeded through the command side.
+    let tenant = services
+        .tenancy
+        .get(tenant_id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("bench tenant vanished"))?;
+    let seed_started = Instant::now();
+    let per_task = args.employees.div_ceil(args.clients);
+    let mut seeders = Vec::new();
+    for t in 0..args.clients {
+        let tenant = tenant.clone();
+        let count = per_task.min(args.employees.saturating_sub(t * per_task));
+        seeders.push(async move {
+            for i in 0..count {
+                let mut fields = Fields::new();
+                fields.insert("first_name".into(), json!(format!("Seed{t}x{i}")));
+                fields.insert("last_name".into(), json!("Bench"));
+                fields.insert("department".into(), json!(format!("Dept {}", i % 20)));
+                fields.insert("email".into(), json!(format!("seed{t}x{i}@example.org")));
+                let command = RecordCommand::Create {
+                    datasheet: Datasheet::Employees,
+                    fields,
+                    hired_from: None,
+                    schema: Default::default(),
+                };
+                let metadata = EventMetadata::new(Actor::User(user_id), Uuid::now_v7());
+                tenant
+                    .records
+                    .execute_with_metadata(&new_record_id().to_string(), command, metadata.to_map())
+                    .await
+                    .map_err(|e| anyhow::anyhow!("seeding failed: {e}"))?;
+            }
+            Ok::<_, anyhow::Error>(())
+        });
+    }
+    for result in futures::future::join_all(seeders).await {
+        result?;
+    }
+    // Wait for the read model to hold every employee.
+    loop {
+        let count: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM records WHERE datasheet = 'employees'")
+                .fetch_one(&tenant.pool)
+                .await?;
+        if count as usize >= args.employees + written {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let seeded_in = seed_started.elapsed();
+    let list = |token: String| async move {
+        let mut latencies = Vec::with_capacity(args.reads);
+        for _ in 0..args.reads {
+            let started = Instant::now();
+            post(
+                Some(token.clone()),
+                "{ employees(first: 50) { totalCount edges { cursor node { id version firstName lastName email department archived } } pageInfo { hasNextPage endCursor } } }",
+                json!({}),
+            )
+            .await?;
+            latencies.push(started.elapsed());
+        }
+        latencies.sort();
+        Ok::<_, anyhow::Error>(latencies)
+    };
+    let latencies = list(token.clone()).await?;
+
+    // (f) A login flood: every client logs in as a user of its own, again and again.
+    let mut accounts = Vec::new();
+    for c in 0..args.clients {
+        let email = format!("flood{c}@example.org");
+        post(
+            Some(token.clone()),
+            "mutation($i: CreateUserInput!) { createUser(input: $i) { id } }",
+            json!({ "i": { "email": email, "name": format!("Flood {c}"), "temporaryPassword": "flood password one" } }),
+        )
+        .await?;
+        accounts.push(email);
+    }
+    let flood_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = {
+        let (accounts, flood_stop) = (&accounts, flood_stop.clone());
+        async move {
+            let logins = AtomicU64::new(0);
+            let started = Instant::now();
+            let loops = accounts.iter().map(|email| {
+                let (logins, flood_stop) = (&logins, &flood_stop);
+                async move {
+                    while !flood_stop.load(Ordering::Relaxed) {
+                        post(
+                            None,
+                            "mutation($e: String!) { login(tenant: \"bench\", email: $e, password: \"flood password one\") { token } }",
+                            json!({ "e": email }),
+                        )
+                        .await?;
+                        logins.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok::<_, anyhow::Error>(())
+                }
+            });
+            for result in futures::future::join_all(loops).await {
+                result?;
+            }
+            Ok::<_, anyhow::Error>(
+                logins.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64(),
+            )
+        }
+    };
+    // (g) The (c) query again, while the flood runs.
+    let measured = async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let latencies = list(token.clone()).await;
+        flood_stop.store(true, Ordering::Relaxed);
+        latencies
+    };
+    let (login_rate, flooded) = tokio::join!(flood, measured);
+    let (login_rate, flooded) = (login_rate?, flooded?);
+
+    let _ = stop.send(());
+    server.await??;
+
+    println!("## custos bench");
+    println!();
+    println!(
+        "clients: {}, phase length: {} s, employees: {}, reads: {}",
+        args.clients, args.seconds, args.employees, args.reads
+    );
+    println!();
+    println!("| measure | value |");
+    println!("|---|---|");
+    println!("| (a) raw single-row INSERT into an events-shaped table, {} connections | {raw_rate:.0} tx/s |", args.clients);
+    println!("| (b) `updateEmployee` over HTTP, {} clients, each on {SPREAD} records of its own | {spread_rate:.0} mutations/s |", args.clients);
+    println!("| (b)/(a) | {:.3} |", spread_rate / raw_rate);
+    println!("| (b, hot) the same, each client on a single record (its stream grows by one event per request) | {hot_rate:.0} mutations/s |");
+    println!("| (b, hot)/(a) | {:.3} |", hot_rate / raw_rate);
+    println!("| (d) `{{ me {{ id }} }}` over HTTP, {} clients: HTTP, authentication and GraphQL alone | {me_rate:.0} requests/s |", args.clients);
+    println!("| (e) the (b) updates in process, no HTTP, each waiting for its projection | {command_rate:.0} commands/s |");
+    println!("| (e)/(a) | {:.3} |", command_rate / raw_rate);
+    println!(
+        "| seeding {} employees through the command side, until projected | {:.1} s ({:.0}/s) |",
+        args.employees,
+        seeded_in.as_secs_f64(),
+        args.employees as f64 / seeded_in.as_secs_f64()
+    );
+    println!(
+        "| (c) `employees(first: 50)` p50, one client | {:.2} ms |",
+        ms(percentile(&latencies, 0.50))
+    );
+    println!(
+        "| (c) `employees(first: 50)` p99, one client | {:.2} ms |",
+        ms(percentile(&latencies, 0.99))
+    );
+    println!(
+        "| (f) logins/s, {} clients on accounts of their own (argon2id m=19456 KiB, t=2, p=1; {hash_concurrency} hash(es) at a time) | {login_rate:.1} logins/s |",
+        args.clients
+    );
+    println!(
+        "| (g) `employees(first: 50)` p50 / p99 during the login flood | {:.2} ms / {:.2} ms |",
+        ms(percentile(&flooded, 0.50)),
+        ms(percentile(&flooded, 0.99))
+    );
+    println!(
+        "| (g)/(c) p99 | {:.2} |",
+        percentile(&flooded, 0.99).as_secs_f64() / percentile(&latencies, 0.99).as_secs_f64()
+    );
+    Ok(())
+}

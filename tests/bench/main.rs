@@ -1,0 +1,23 @@
+//! `custos-bench`: the benchmark suites of docs/performance.md, outside the service's own crate.
+//! Each suite starts its own private cluster and service in a fresh data directory and prints
+//! a Markdown report.
+
+use clap::Parser;
+use custos_api::telemetry;
+
+mod common;
+mod datasheets;
+mod foundation;
+mod privacy;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = common::BenchArgs::parse();
+    telemetry::init(args.log_format.unwrap_or(telemetry::LogFormat::Text));
+    match args.suite.as_str() {
+        "foundation" => foundation::run(args).await,
+        "datasheets" => datasheets::run(args).await,
+        "privacy" => privacy::run(args).await,
+        other => anyhow::bail!("unknown suite `{other}`: `foundation`, `datasheets` or `privacy`"),
+    }
+}
