@@ -3,8 +3,9 @@
 //!
 //! The modules are floors (`../shared/LAYOUT.md`, enforced by `tests/architecture.rs`); a
 //! module imports only those below it: `cli` → `startup` → `http` → `graphql` → `service` →
-//! `auth` → `infra` → `config`, `error`, `telemetry`. What the binary, the end-to-end tests and
-//! the benchmark need is exported here; everything else is `pub(crate)`.
+//! `auth` → `infra` → `config`, `error`, `telemetry`. What the binary needs is exported here,
+//! and what the end-to-end tests and the benchmark need through `testing`; everything else is
+//! `pub(crate)`.
 
 mod auth;
 mod cli;

@@ -1,7 +1,7 @@
 //! What is personal data, said once: which streams are each about one person (a data subject),
 //! which of their events carry that person's values (the event store seals those with the
 //! subject's own key), which fields an event names, and what an event still reads as once the
-//! subject's key is destroyed. The event store, the audit log and history ask here instead of
+//! subject's key is destroyed. The event store's codec and the audit log ask here instead of
 //! keeping lists of their own.
 
 use cqrs_es::Aggregate;

@@ -158,7 +158,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let _ = stop.send(());
     server.await??;
 
-    println!("## custos bench --suite datasheets");
+    println!("## custos-bench --suite datasheets");
     println!();
     println!(
         "employees: {}, requests per latency figure: {}",

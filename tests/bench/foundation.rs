@@ -352,7 +352,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let _ = stop.send(());
     server.await??;
 
-    println!("## custos bench");
+    println!("## custos-bench");
     println!();
     println!(
         "clients: {}, phase length: {} s, employees: {}, reads: {}",

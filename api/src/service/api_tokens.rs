@@ -167,5 +167,10 @@ impl Services {
             .retry_on_conflict(10)
             .wait_for_read_models(false)
             .await
+            .map_err(|err| match err {
+                // Ten lost races for the token's stream: too busy to record the use now.
+                ApiError::Conflict(_) => ApiError::Unavailable,
+                other => other,
+            })
     }
 }

@@ -338,7 +338,11 @@ impl AuditSubscription {
             .map_err(|_| ApiError::Unauthenticated)?;
         let services = cx.services.clone();
         let tenant = cx.tenant().clone();
-        let head = audit_log::feed_head(&tenant.pool).await?;
+        // This resolver answers `async_graphql::Result` (a subscription's stream): errors pass
+        // through `ApiError` explicitly, so they carry their code and internal causes stay logged.
+        let head = audit_log::feed_head(&tenant.pool)
+            .await
+            .map_err(ApiError::from)?;
         struct Feed {
             services: std::sync::Arc<Services>,
             tenant: std::sync::Arc<Tenant>,
