@@ -10,6 +10,7 @@ mod retention;
 mod serve;
 mod tenant;
 mod verify;
+mod verify_proof;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -42,6 +43,10 @@ enum Command {
     /// the checkpoint files). Works whether or not the service is running on the data
     /// directory. Exits 1 when anything does not verify.
     Verify(args::VerifyArgs),
+    /// Check a saved `eventProof` or `consistencyProof` (the proof, or the GraphQL response
+    /// holding it) with the organisation's public key (`organization { auditKey }`), offline:
+    /// no database, no data directory. Exits 1 with the check that failed.
+    VerifyProof(args::VerifyProofArgs),
 }
 
 impl Cli {
@@ -58,6 +63,7 @@ impl Cli {
                 retention::run(args).await.map(|()| true)
             }
             Command::Verify(args) => verify::run(args).await,
+            Command::VerifyProof(args) => Ok(verify_proof::run(&args)),
         }
     }
 }
@@ -88,6 +94,7 @@ mod tests {
                 "--admin-name",
                 "A",
             ],
+            vec!["custos", "verify-proof", "--public-key", "00", "proof.json"],
         ] {
             assert!(Cli::try_parse_from(args).is_ok());
         }

@@ -33,6 +33,10 @@ pub mod testing {
     pub use crate::infra::cluster::{find_bin_dir, PrivateCluster};
     pub use crate::infra::event_store::log::{EventLog, Position};
     pub use crate::infra::event_store::repository::Cqrs;
+    pub use crate::infra::integrity::proof::{
+        check_file, ConsistencyProof, EventProof, ProvenEvent,
+    };
+    pub use crate::infra::integrity::tree_head::{TreeHead, Witness};
     pub use crate::infra::integrity::verify::{verify, Report};
     pub use crate::infra::keys::MasterKey;
     pub use crate::infra::projector::{self, Projectors};

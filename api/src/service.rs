@@ -45,6 +45,8 @@ pub struct Services {
     pub(crate) projection_wait: Duration,
     /// The data directory: checkpoint files are appended under it.
     pub(crate) data_dir: std::path::PathBuf,
+    /// Organisations whose last checkpoint refused to sign, and why (until one signs again).
+    pub(crate) integrity_alarms: std::sync::Mutex<std::collections::HashMap<uuid::Uuid, String>>,
 }
 
 /// Held while a change checked against other aggregates runs; dropping it (even on

@@ -44,6 +44,7 @@ pub(crate) async fn services(
         sessions: config.sessions,
         projection_wait: config.projection_wait,
         data_dir: config.data_dir.clone(),
+        integrity_alarms: Default::default(),
     }))
 }
 

@@ -1,6 +1,6 @@
 //! Who received or saw a person's data: `record_exports` (a read model of every export, one row
-//! per exported record) and `record_reads` (reads of one person's data, recorded by the
-//! service as they happen). Ids and times only; a subject's trail and the breach register read
+//! per exported record), `record_reads` (reads of one person's data, recorded by the service
+//! as they happen) and `list_reads` (list pages: one row per request with the ids it showed). Ids and times only; a subject's trail and the breach register read
 //! both.
 
 use async_trait::async_trait;
@@ -64,6 +64,8 @@ pub enum ReadVia {
     FindSubject,
     /// The record's history or a past state was read (values included).
     History,
+    /// The record was on a page of a datasheet's list.
+    List,
 }
 
 impl ReadVia {
@@ -72,8 +74,35 @@ impl ReadVia {
             ReadVia::Record => "record",
             ReadVia::FindSubject => "find_subject",
             ReadVia::History => "history",
+            ReadVia::List => "list",
         }
     }
+}
+
+/// Records that `actor` saw the data of `records` at once within `request_id` (a list page):
+/// one row for all of them.
+pub async fn list_read<'e>(
+    db: impl PgExecutor<'e>,
+    records: &[Uuid],
+    actor: Actor,
+    request_id: Uuid,
+    via: ReadVia,
+) -> sqlx::Result<()> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO list_reads (record_ids, actor_id, actor_kind, request_id, via)
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(records)
+    .bind(actor.id())
+    .bind(actor.kind())
+    .bind(request_id)
+    .bind(via.as_str())
+    .execute(db)
+    .await?;
+    Ok(())
 }
 
 /// Records that `actor` read the data of `records` within `request_id`.
@@ -127,6 +156,10 @@ pub async fn of_records<'e>(
          UNION ALL
          SELECT record_id, read_at, 'read', via, NULL, actor_id, actor_kind
            FROM record_reads WHERE record_id = ANY($1)
+         UNION ALL
+         SELECT shown.id, read_at, 'read', via, NULL, actor_id, actor_kind
+           FROM list_reads CROSS JOIN LATERAL unnest(record_ids) AS shown (id)
+          WHERE record_ids && $1 AND shown.id = ANY($1)
          ORDER BY at, record_id",
     )
     .bind(records)

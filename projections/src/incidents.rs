@@ -139,6 +139,9 @@ pub async fn affected<'e>(
              SELECT record_id, 'read' FROM record_reads
               WHERE actor_id = ANY($4) AND read_at BETWEEN $2 AND $3
              UNION ALL
+             SELECT unnest(record_ids), 'read' FROM list_reads
+              WHERE actor_id = ANY($4) AND read_at BETWEEN $2 AND $3
+             UNION ALL
              SELECT record_id, 'exported' FROM record_exports
               WHERE actor_id = ANY($4) AND exported_at BETWEEN $2 AND $3
              UNION ALL

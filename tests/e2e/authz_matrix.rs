@@ -132,6 +132,9 @@ fn rows() -> BTreeMap<(&'static str, &'static str), Row> {
         (("Mutation", "exportAuditLog"), row(AllOf(&[("employees", "history"), ("contacts", "history"), ("applicants", "history"), ("employees", "export"), ("contacts", "export"), ("applicants", "export")]), "mutation { exportAuditLog(format: CSV) { count } }", false)),
         (("Query", "checkpoints"), row(AllOf(&[("employees", "history"), ("contacts", "history"), ("applicants", "history")]), "{ checkpoints { number } }", false)),
         (("Query", "verifyIntegrity"), row(AllOf(&[("employees", "history"), ("contacts", "history"), ("applicants", "history")]), "{ verifyIntegrity { ok } }", false)),
+        (("Query", "eventProof"), row(AllOf(&[("employees", "history"), ("contacts", "history"), ("applicants", "history")]), "query($employee: ID!) { eventProof(aggregateType: \"record\", aggregateId: $employee, sequence: 1) { leafIndex } }", true)),
+        // No tree head holds exactly one event: refused (VALIDATION) past the policy.
+        (("Query", "consistencyProof"), row(AllOf(&[("employees", "history"), ("contacts", "history"), ("applicants", "history")]), "{ consistencyProof(fromSize: 1) { fromSize } }", false)),
         (("Mutation", "createCheckpoint"), row(Admin, "mutation { createCheckpoint { number } }", false)),
         (("Query", "consents"), row(Grant("employees", "read"), "query($employee: ID!) { consents(subjectId: $employee) { current { purpose } } }", true)),
         (("Mutation", "giveConsent"), row(Grant("employees", "update"), "mutation($employee: ID!) { giveConsent(subjectId: $employee, input: { purpose: \"payroll\", legalBasis: CONTRACT }) { subjectId } }", true)),

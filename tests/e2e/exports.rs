@@ -116,6 +116,8 @@ async fn csv_exports_open_correctly_in_a_spreadsheet_and_are_recorded() {
     assert_eq!(event["count"], 2);
     assert_eq!(event["record_ids"].as_array().unwrap().len(), 2);
     assert_eq!(event["filter"]["filter"]["field"], "department");
+    // The value typed into the filter is withheld: it could name a person.
+    assert_eq!(event["filter"]["filter"]["eq"], "[withheld]");
     assert_eq!(metadata["actor_id"], json!(manager.user_id.to_string()));
 }
 

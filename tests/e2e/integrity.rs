@@ -1,4 +1,5 @@
-//! Tamper evidence: hash chains computed by the database, signed checkpoints, and verification
+//! Tamper evidence: hash chains computed by the database, the Merkle log and its signed tree
+//! heads, proofs checked offline, and verification (`verifyIntegrity` and `custos verify`)
 //! that finds each kind of tampering a database superuser can do — and passes an untouched
 //! store, and one where a person was erased.
 
@@ -48,7 +49,7 @@ async fn verify(app: &TestApp, admin: &Session) -> Value {
 async fn checkpoint(app: &TestApp, admin: &Session) -> Value {
     app.graphql(
         Some(&admin.token),
-        "mutation { createCheckpoint { number streams events root publicKey } }",
+        "mutation { createCheckpoint { number streams events treeSize root keyId publicKey tenantId } }",
         json!({}),
     )
     .await
@@ -99,6 +100,12 @@ async fn an_untouched_store_verifies_and_so_does_one_after_an_erasure() {
     assert_eq!(report["ok"], true, "{report}");
     assert_eq!(report["checkedCheckpoint"], 1);
     assert!(report["events"].as_i64().unwrap() >= 5);
+    // The first tree head holds every event of the organisation, in every stream.
+    assert_eq!(first["treeSize"], report["events"]);
+    assert_eq!(first["events"], report["events"]);
+    assert_eq!(first["streams"], report["streams"]);
+    assert_eq!(first["tenantId"], admin.tenant_id.to_string());
+    assert!(app.custos(&["verify", "--tenant", &admin.slug]).await);
 
     app.graphql(
         Some(&admin.token),
@@ -144,6 +151,10 @@ async fn an_untouched_store_verifies_and_so_does_one_after_an_erasure() {
         (report["ok"].clone(), report["checkedCheckpoint"].clone()),
         (json!(true), json!(2)),
         "{report}"
+    );
+    assert!(
+        app.custos(&["verify", "--tenant", &admin.slug]).await,
+        "an erased person's history still verifies"
     );
 
     // Events are hashed by the database, so even the service's own role cannot write one
@@ -221,11 +232,36 @@ async fn each_kind_of_tampering_is_found_at_the_first_broken_link() {
     );
 
     // Rewritten: an event edited and the whole stream re-hashed, so every chain verifies —
-    // but not the signed checkpoint taken before, nor the checkpoint file.
+    // but not the Merkle log the signed tree head holds, nor the witness file.
     let (admin, id) = store(&app, "rewritten").await;
     checkpoint(&app, &admin).await;
     let mut db = superuser(&app, &admin).await;
-    run(&mut db, "UPDATE events SET metadata = '{\"actor_id\":\"00000000-0000-0000-0000-000000000000\"}'::json WHERE aggregate_id = $1 AND sequence = 2", &id).await;
+    rewrite_actor(&mut db, &id).await;
+    let report = verify(&app, &admin).await;
+    assert_eq!(broken(&report), []);
+    assert_eq!(report["ok"], false);
+    let problems = report["checkpointProblems"].to_string();
+    assert!(
+        problems.contains(&format!("{id} sequence 2")) && problems.contains("tree head 1 "),
+        "{report}"
+    );
+    assert!(!app.custos(&["verify", "--tenant", &admin.slug]).await);
+    // Deleting the tree heads too does not help: the witness file still has them.
+    run(&mut db, "DELETE FROM tree_heads WHERE $1 <> ''", &id).await;
+    let report = verify(&app, &admin).await;
+    assert!(
+        report["checkpointProblems"]
+            .to_string()
+            .contains("tree head 1 of the witness file is missing from the database"),
+        "{report}"
+    );
+    assert!(!app.custos(&["verify", "--tenant", &admin.slug]).await);
+}
+
+/// Edits the second event of the stream `id` (its actor) and recomputes the stream's chain
+/// from there with the database's own function, so every chain verifies.
+async fn rewrite_actor(db: &mut PgConnection, id: &str) {
+    run(db, "UPDATE events SET metadata = '{\"actor_id\":\"00000000-0000-0000-0000-000000000000\"}'::json WHERE aggregate_id = $1 AND sequence = 2", id).await;
     for sequence in 2..=3 {
         sqlx::query(
             "UPDATE events e SET prev_hash = p.hash,
@@ -233,30 +269,382 @@ async fn each_kind_of_tampering_is_found_at_the_first_broken_link() {
              FROM events p WHERE p.aggregate_id = e.aggregate_id AND p.sequence = e.sequence - 1
                AND e.aggregate_id = $1 AND e.sequence = $2",
         )
-        .bind(&id)
+        .bind(id)
         .bind(sequence)
-        .execute(&mut db)
+        .execute(&mut *db)
         .await
         .unwrap();
     }
+}
+
+async fn newest_head(app: &TestApp, admin: &Session) -> Value {
+    app.graphql(
+        Some(&admin.token),
+        "{ checkpoints(last: 1) { number treeSize } }",
+        json!({}),
+    )
+    .await
+    .ok()
+    .body["data"]["checkpoints"][0]
+        .clone()
+}
+
+#[tokio::test]
+async fn history_rewritten_before_an_automatic_checkpoint_is_still_found() {
+    // The schedule signs a tree head soon after every write.
+    let app = TestApp::spawn_with(|config| {
+        config.checkpoint_interval = Some(std::time::Duration::from_millis(200));
+    })
+    .await;
+    let (admin, id) = store(&app, "automatic").await;
+    let mut db = superuser(&app, &admin).await;
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    // Wait until a signed head covers every event so far (the one to be forged included).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let first = loop {
+        let head = newest_head(&app, &admin).await;
+        if head["treeSize"].as_i64() == Some(events) {
+            break head;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no automatic checkpoint: {head}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    rewrite_actor(&mut db, &id).await;
+    // Something new for the schedule to sign over the rewritten history.
+    app.create_employee(
+        &admin.token,
+        json!({ "firstName": "After", "lastName": "Forgery" }),
+    )
+    .await;
+    let second = loop {
+        let head = newest_head(&app, &admin).await;
+        if head["number"].as_i64() > first["number"].as_i64() {
+            break head;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no second checkpoint: {head}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(second["treeSize"].as_i64() > first["treeSize"].as_i64());
+    // It extended the tree it had signed: the forged event is not in it, and verification
+    // recomputes both heads from the events and names the forged one.
+    let report = verify(&app, &admin).await;
+    assert_eq!(report["ok"], false, "{report}");
+    let problems = report["checkpointProblems"].to_string();
+    assert!(problems.contains(&format!("{id} sequence 2")), "{report}");
+    for head in [&first, &second] {
+        assert!(
+            problems.contains(&format!("tree head {} (size", head["number"])),
+            "{report}"
+        );
+    }
+    assert!(!app.custos(&["verify", "--tenant", &admin.slug]).await);
+}
+
+#[tokio::test]
+async fn a_truncated_tail_a_rewritten_frontier_and_a_replayed_tree_head_are_found() {
+    let app = TestApp::spawn().await;
+
+    // The tail truncated: the newest events removed (a whole stream with them, so no chain
+    // shows it).
+    let (admin, _) = store(&app, "truncated").await;
+    checkpoint(&app, &admin).await;
+    let mut db = superuser(&app, &admin).await;
+    run(&mut db, "DELETE FROM events WHERE global_position = (SELECT max(global_position) FROM events) AND $1 <> ''", "x").await;
     let report = verify(&app, &admin).await;
     assert_eq!(broken(&report), []);
-    assert_eq!(report["ok"], false);
     assert!(
-        report["checkpointProblems"][0]
-            .as_str()
-            .unwrap()
-            .contains("checkpoint 1"),
+        report["checkpointProblems"]
+            .to_string()
+            .contains("events were removed"),
         "{report}"
     );
-    // Deleting the checkpoint rows too does not help: the file still has them.
-    run(&mut db, "DELETE FROM checkpoints WHERE $1 <> ''", &id).await;
+    assert!(!app.custos(&["verify", "--tenant", &admin.slug]).await);
+
+    // The stored frontier rewritten (to hide a rewrite from the next checkpoint): verification
+    // names it, and the checkpoint signs nothing and raises the alarm.
+    let (admin, _) = store(&app, "frontier").await;
+    checkpoint(&app, &admin).await;
+    let mut db = superuser(&app, &admin).await;
+    run(
+        &mut db,
+        "UPDATE tree_heads SET frontier = sha256(frontier) || frontier WHERE $1 <> ''",
+        "x",
+    )
+    .await;
     let report = verify(&app, &admin).await;
     assert!(
         report["checkpointProblems"]
             .to_string()
-            .contains("missing from the database"),
+            .contains("tree head 1: its stored frontier was changed"),
         "{report}"
+    );
+    assert!(!app.custos(&["verify", "--tenant", &admin.slug]).await);
+    app.create_employee(
+        &admin.token,
+        json!({ "firstName": "New", "lastName": "Event" }),
+    )
+    .await;
+    let refused = app
+        .graphql(
+            Some(&admin.token),
+            "mutation { createCheckpoint { number } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(refused.code(), Some("CONFLICT"), "{:?}", refused.body);
+    assert_eq!(
+        newest_head(&app, &admin).await["number"],
+        1,
+        "nothing was signed"
+    );
+    let report = verify(&app, &admin).await;
+    assert!(
+        report["checkpointProblems"]
+            .to_string()
+            .contains("integrity alarm"),
+        "{report}"
+    );
+    let health = reqwest::get(app.url("/healthz")).await.unwrap();
+    assert_eq!(health.status(), 200);
+    assert!(health
+        .text()
+        .await
+        .unwrap()
+        .contains("integrity alarm: 1 organisation"));
+
+    // An old tree head replayed: history cut back to the first head and every newer head
+    // removed, so the database agrees with itself — but not with the witness file.
+    let (admin, _) = store(&app, "replayed").await;
+    let first = checkpoint(&app, &admin).await;
+    app.create_employee(
+        &admin.token,
+        json!({ "firstName": "Later", "lastName": "Event" }),
+    )
+    .await;
+    let second = checkpoint(&app, &admin).await;
+    assert_eq!(second["number"], 2);
+    let mut db = superuser(&app, &admin).await;
+    let size = first["treeSize"].as_i64().unwrap();
+    for sql in [
+        "DELETE FROM events WHERE global_position IN (SELECT global_position FROM merkle_leaves WHERE leaf_index >= $1)",
+        "DELETE FROM merkle_leaves WHERE leaf_index >= $1",
+        "DELETE FROM tree_heads WHERE number > 1 AND $1 > 0",
+    ] {
+        sqlx::query(sql).bind(size).execute(&mut db).await.unwrap();
+    }
+    let report = verify(&app, &admin).await;
+    let problems = report["checkpointProblems"].to_string();
+    assert!(
+        problems.contains("tree head 2 of the witness file is missing from the database")
+            && problems.contains("events were removed"),
+        "{report}"
+    );
+    assert!(!app.custos(&["verify", "--tenant", &admin.slug]).await);
+    app.create_employee(
+        &admin.token,
+        json!({ "firstName": "Newer", "lastName": "Event" }),
+    )
+    .await;
+    let refused = app
+        .graphql(
+            Some(&admin.token),
+            "mutation { createCheckpoint { number } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(refused.code(), Some("CONFLICT"), "{:?}", refused.body);
+}
+
+const EVENT_PROOF: &str = "query($id: ID!, $sequence: Int!, $size: Int) {
+  eventProof(aggregateType: \"record\", aggregateId: $id, sequence: $sequence, treeSize: $size) {
+    leafIndex treeSize auditPath
+    event { aggregateType aggregateId sequence eventType eventVersion payload metadata recordedAtMicros previousHash hash }
+    treeHead { tenantId number treeSize streams createdAt root keyId publicKey signature }
+  }
+}";
+
+const CONSISTENCY_PROOF: &str = "query($from: Int!, $to: Int) {
+  consistencyProof(fromSize: $from, toSize: $to) {
+    fromSize toSize path
+    fromHead { tenantId number treeSize streams createdAt root keyId publicKey signature }
+    toHead { tenantId number treeSize streams createdAt root keyId publicKey signature }
+  }
+}";
+
+/// Runs `custos verify-proof` on a saved file.
+async fn verify_proof(key: &str, proof: &Value) -> bool {
+    use clap::Parser;
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), proof.to_string()).unwrap();
+    let path = file.path().display().to_string();
+    custos_api::Cli::try_parse_from(["custos", "verify-proof", "--public-key", key, &path])
+        .unwrap()
+        .run()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn proofs_verify_offline_and_fail_for_an_altered_event_or_another_key() {
+    let app = TestApp::spawn().await;
+    let (admin, id) = store(&app, "proofs").await;
+    let key = app
+        .graphql(
+            Some(&admin.token),
+            "{ organization { auditKey } }",
+            json!({}),
+        )
+        .await
+        .ok()
+        .data("organization.auditKey")
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // No tree head yet: asking for a proof signs one.
+    let response = app
+        .graphql(
+            Some(&admin.token),
+            EVENT_PROOF,
+            json!({ "id": id, "sequence": 2 }),
+        )
+        .await
+        .ok();
+    let proof = response.body.clone();
+    assert_eq!(proof["data"]["eventProof"]["treeHead"]["number"], 1);
+    assert_eq!(
+        proof["data"]["eventProof"]["treeHead"]["publicKey"],
+        key.as_str()
+    );
+    // The saved response, as it came, checks out offline; so does the proof alone.
+    assert!(verify_proof(&key, &proof).await);
+    assert!(verify_proof(&key, &proof["data"]["eventProof"]).await);
+    let check = |p: &Value| custos_api::testing::check_file(&p.to_string(), &key);
+    assert!(check(&proof).unwrap().starts_with("OK: record/"));
+
+    // An altered event, a wrong leaf, another key, a forged root, a cut path: each fails,
+    // naming the check.
+    let mut altered = proof.clone();
+    altered["data"]["eventProof"]["event"]["metadata"] =
+        json!("{\"actor_id\":\"00000000-0000-0000-0000-000000000000\"}");
+    assert!(check(&altered)
+        .unwrap_err()
+        .contains("does not match its hash"));
+    assert!(!verify_proof(&key, &altered).await);
+    let mut rehashed = altered.clone();
+    rehashed["data"]["eventProof"]["event"]["hash"] = json!("00".repeat(32));
+    assert!(check(&rehashed).is_err());
+    let mut moved = proof.clone();
+    moved["data"]["eventProof"]["leafIndex"] = json!(0);
+    assert!(check(&moved).unwrap_err().contains("audit path"));
+    let other_key = hex::encode([0x11u8; 32]);
+    let wrong = custos_api::testing::check_file(&proof.to_string(), &other_key);
+    assert!(wrong.is_err(), "{wrong:?}");
+    assert!(!verify_proof(&other_key, &proof).await);
+    let mut forged = proof.clone();
+    forged["data"]["eventProof"]["treeHead"]["root"] = json!("ab".repeat(32));
+    assert!(check(&forged).unwrap_err().contains("signature"));
+    let mut cut = proof.clone();
+    cut["data"]["eventProof"]["auditPath"]
+        .as_array_mut()
+        .unwrap()
+        .pop();
+    assert!(check(&cut).is_err());
+    assert!(check(&json!({ "data": { "me": {} } }))
+        .unwrap_err()
+        .contains("neither"));
+    assert!(custos_api::testing::check_file("not json", &key)
+        .unwrap_err()
+        .contains("not JSON"));
+    assert!(custos_api::testing::check_file(&proof.to_string(), "xyz")
+        .unwrap_err()
+        .contains("public key"));
+
+    // A second head; the event's proof in either; the first head is a prefix of the second.
+    app.create_employee(
+        &admin.token,
+        json!({ "firstName": "Third", "lastName": "Link" }),
+    )
+    .await;
+    let second = checkpoint(&app, &admin).await;
+    let first_size = proof["data"]["eventProof"]["treeSize"].as_i64().unwrap();
+    let second_size = second["treeSize"].as_i64().unwrap();
+    for size in [json!(first_size), json!(second_size), Value::Null] {
+        let proof = app
+            .graphql(
+                Some(&admin.token),
+                EVENT_PROOF,
+                json!({ "id": id, "sequence": 1, "size": size }),
+            )
+            .await
+            .ok()
+            .body;
+        assert!(verify_proof(&key, &proof).await, "{proof}");
+    }
+    let consistency = app
+        .graphql(
+            Some(&admin.token),
+            CONSISTENCY_PROOF,
+            json!({ "from": first_size }),
+        )
+        .await
+        .ok()
+        .body;
+    assert_eq!(
+        consistency["data"]["consistencyProof"]["toSize"],
+        second_size
+    );
+    assert!(verify_proof(&key, &consistency).await, "{consistency}");
+    let mut rewritten = consistency.clone();
+    rewritten["data"]["consistencyProof"]["path"][0] = json!("cd".repeat(32));
+    assert!(
+        custos_api::testing::check_file(&rewritten.to_string(), &key)
+            .unwrap_err()
+            .contains("prefix")
+    );
+
+    // Bad input: typed errors.
+    let missing = app
+        .graphql(
+            Some(&admin.token),
+            EVENT_PROOF,
+            json!({ "id": id, "sequence": 99 }),
+        )
+        .await;
+    assert_eq!(missing.code(), Some("NOT_FOUND"));
+    for (variables, field) in [
+        (json!({ "from": 1, "to": second_size + 1 }), "toSize"),
+        (json!({ "from": 0 }), "fromSize"),
+        (json!({ "from": second_size, "to": first_size }), "fromSize"),
+        (json!({ "from": 2 }), "fromSize"),
+    ] {
+        let refused = app
+            .graphql(Some(&admin.token), CONSISTENCY_PROOF, variables.clone())
+            .await;
+        assert_eq!(
+            (refused.code(), refused.field()),
+            (Some("VALIDATION"), Some(field)),
+            "{variables}"
+        );
+    }
+    let refused = app
+        .graphql(
+            Some(&admin.token),
+            EVENT_PROOF,
+            json!({ "id": id, "sequence": 1, "size": 2 }),
+        )
+        .await;
+    assert_eq!(
+        (refused.code(), refused.field()),
+        (Some("VALIDATION"), Some("treeSize"))
     );
 }
 

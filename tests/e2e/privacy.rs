@@ -136,6 +136,16 @@ async fn an_erased_record_leaves_no_readable_value_anywhere() {
         .await;
     assert_eq!(forbidden.code(), Some("FORBIDDEN"));
 
+    // Someone searched for the person by name and exported what a filter on their team
+    // found: the export is recorded, but not what was typed.
+    app.graphql(
+        Some(&admin.token),
+        "mutation($s: String, $f: RecordFilter) { exportRecords(datasheet: EMPLOYEES, format: CSV, search: $s, filter: $f) { count } }",
+        json!({ "s": seeded[1], "f": { "field": "department", "eq": seeded[4] } }),
+    )
+    .await
+    .ok();
+
     let erased = app
         .graphql(Some(&admin.token), ERASE, json!({ "id": id, "v": 2 }))
         .await
@@ -201,6 +211,16 @@ async fn an_erased_record_leaves_no_readable_value_anywhere() {
         events[2]["node"]["actor"]["id"],
         json!(admin.user_id.to_string())
     );
+    // The erasure's own entry: who and when (above), which fields held values, the ground and
+    // the note.
+    let erasure = events[2]["node"]["changes"].as_array().unwrap();
+    for expected in [
+        json!({ "field": "lastName", "before": "[erased]", "after": null }),
+        json!({ "field": "erasureGround", "before": null, "after": "CONSENT_WITHDRAWN" }),
+        json!({ "field": "erasureNote", "before": null, "after": "request 2026-114" }),
+    ] {
+        assert!(erasure.contains(&expected), "{expected} not in {erasure:?}");
+    }
     let shown = history.body.to_string().to_lowercase();
     for value in seeded {
         assert!(

@@ -419,6 +419,14 @@ async fn a_subject_trail_holds_every_fact_about_the_person_and_none_about_anyone
         )
         .await;
     assert_eq!(nobody.code(), Some("VALIDATION"));
+    // Seen on a list page: a read of everyone on it.
+    app.graphql(
+        Some(&admin.token),
+        "{ contacts(first: 50) { edges { node { id } } } }",
+        json!({}),
+    )
+    .await
+    .ok();
 
     let started = app
         .graphql(
@@ -538,6 +546,7 @@ async fn a_subject_trail_holds_every_fact_about_the_person_and_none_about_anyone
         "{accesses:?}"
     );
     assert!(accesses.contains(&("read", "record")), "{accesses:?}");
+    assert!(accesses.contains(&("read", "list")), "{accesses:?}");
     assert_eq!(contact_trail["consents"][0]["purpose"], "newsletter");
 
     // The trail itself is recorded, with the manifest's hash.
@@ -869,6 +878,32 @@ async fn the_breach_register_finds_the_affected_people_and_tracks_the_deadline()
     );
     // Detected four days ago and not notified: past the 72 hours.
     assert_eq!(stolen.data("recordIncident.overdue"), true);
+
+    // A leaked session that only listed employees: everyone on the page it saw.
+    let viewer = app.role_id(&admin, "Viewer").await;
+    let lister = app.user_with_roles(&admin, &[viewer]).await;
+    app.graphql(
+        Some(&lister.token),
+        "{ employees(first: 10) { edges { node { lastName } } } }",
+        json!({}),
+    )
+    .await
+    .ok();
+    let listed = app
+        .graphql(
+            Some(&admin.token),
+            INCIDENT,
+            json!({ "i": { "detectedAt": Utc::now().to_rfc3339(), "description": "Leaked session",
+                    "datasheets": ["CONTACTS", "EMPLOYEES"], "windowFrom": start.to_rfc3339(),
+                    "windowTo": (Utc::now() + Duration::seconds(1)).to_rfc3339(),
+                    "actorIds": [lister.user_id.to_string()] } }),
+        )
+        .await
+        .ok();
+    assert_eq!(
+        listed.data("recordIncident.affectedSubjects"),
+        &json!([{ "recordId": employee["id"], "datasheet": "EMPLOYEES", "erased": false, "reasons": ["READ"] }])
+    );
     let id = stolen
         .data("recordIncident.id")
         .as_str()

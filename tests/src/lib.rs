@@ -504,6 +504,29 @@ impl TestApp {
             .await
             .expect("superuser connection")
     }
+
+    /// Runs a `custos` command (`args` after the program name) in this process, as an
+    /// operator would on this service's data directory and database (`--data-dir`,
+    /// `--database-url` added): its exit status as `custos` would give it (true for 0).
+    pub async fn custos(&self, args: &[&str]) -> bool {
+        use clap::Parser;
+        let password = std::fs::read_to_string(cluster_dir().join("superuser.password"))
+            .expect("the test cluster's password");
+        let socket = shared().cluster.socket_dir().display().to_string();
+        let url = format!(
+            "postgres://custos:{}@localhost:5432/{}?host={socket}",
+            password.trim(),
+            self.catalog
+        );
+        let data_dir = self.data_dir.path().display().to_string();
+        let mut argv = vec!["custos"];
+        argv.extend_from_slice(args);
+        argv.extend(["--data-dir", &data_dir, "--database-url", &url]);
+        let cli = custos_api::Cli::try_parse_from(argv).expect("the command parses");
+        cli.run()
+            .await
+            .unwrap_or_else(|err| panic!("custos failed: {err:#}"))
+    }
 }
 
 /// A unique slug for one test.

@@ -99,13 +99,15 @@ pub(crate) fn rule(parent_type: &str, field: &str) -> Option<Rule> {
         ("Query", "headcount") => employees(Report),
         ("Mutation", "addCustomField" | "updateCustomField" | "retireCustomField") => Rule::Admin,
         // Auditors: `history` on every datasheet (the whole store is about all of them).
-        ("Query", "checkpoints" | "verifyIntegrity" | "userHistory" | "roleHistory") => {
-            Rule::AllOf(&[
-                (Employees, History),
-                (Contacts, History),
-                (Applicants, History),
-            ])
-        }
+        (
+            "Query",
+            "checkpoints" | "verifyIntegrity" | "eventProof" | "consistencyProof" | "userHistory"
+            | "roleHistory",
+        ) => Rule::AllOf(&[
+            (Employees, History),
+            (Contacts, History),
+            (Applicants, History),
+        ]),
         ("Mutation", "createCheckpoint") => Rule::Admin,
         ("Query", "auditLog") | ("Subscription", "auditFeed") => Rule::AllOf(&[
             (Employees, History),

@@ -61,8 +61,8 @@ pub(crate) struct ServeArgs {
     /// with `custos retention run` or the `runRetention` mutation instead).
     #[arg(long, env = "CUSTOS_RETENTION_INTERVAL_MINUTES", default_value_t = 60)]
     pub(crate) retention_interval_minutes: u64,
-    /// Seconds between signed checkpoints of every open organisation's event store (0: only on
-    /// demand, with the `createCheckpoint` mutation).
+    /// Seconds between checkpoints (signed tree heads of the Merkle log) of every open
+    /// organisation (0: only on demand, with the `createCheckpoint` mutation).
     #[arg(long, env = "CUSTOS_CHECKPOINT_INTERVAL_SECONDS", default_value_t = 60)]
     pub(crate) checkpoint_interval_seconds: u64,
 }
@@ -74,10 +74,20 @@ pub(crate) struct VerifyArgs {
     /// Only this organisation (its slug); every organisation otherwise.
     #[arg(long)]
     pub(crate) tenant: Option<String>,
-    /// The checkpoint file to check against (with --tenant; default: the one in the data
-    /// directory, `checkpoints/<tenant id>.jsonl`).
+    /// The witness file of signed tree heads to check against (with --tenant; default: the
+    /// one in the data directory, `checkpoints/<tenant id>.jsonl`).
     #[arg(long)]
     pub(crate) checkpoints: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct VerifyProofArgs {
+    /// The organisation's Ed25519 public key, 64 hex digits (`organization { auditKey }`).
+    #[arg(long)]
+    pub(crate) public_key: String,
+    /// The saved proof: JSON of an `eventProof` or `consistencyProof` with every field, or the
+    /// whole GraphQL response holding it.
+    pub(crate) file: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]

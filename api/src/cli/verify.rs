@@ -1,6 +1,7 @@
-//! `custos verify`: every stream's hash chain and the signed checkpoints of every organisation
-//! (or one), against the checkpoint files; exits 1 when anything does not verify. Works beside
-//! a running service, starting no cluster of its own then.
+//! `custos verify`: every stream's hash chain and the whole Merkle log of every organisation
+//! (or one), against every signed tree head in the database and the witness files; exits 1
+//! when anything does not verify. Works beside a running service, starting no cluster of its
+//! own then.
 
 use std::path::Path;
 
@@ -9,7 +10,8 @@ use uuid::Uuid;
 
 use super::args::VerifyArgs;
 use crate::infra::database::Database;
-use crate::infra::integrity::checkpoint::{checkpoint_file, read_checkpoint_file, signing_key};
+use crate::infra::integrity::checkpoint::signing_key;
+use crate::infra::integrity::tree_head::{read_witness, witness_file};
 use crate::infra::integrity::verify::{verify, Report};
 use crate::infra::keys::MasterKey;
 
@@ -42,14 +44,14 @@ pub(crate) async fn run(args: VerifyArgs) -> anyhow::Result<bool> {
             }
             let path = match (&args.checkpoints, &args.tenant) {
                 (Some(path), Some(_)) => path.clone(),
-                _ => checkpoint_file(&config.data_dir, id),
+                _ => witness_file(&config.data_dir, id),
             };
-            let file = read_checkpoint_file(&path)?;
+            let witness = read_witness(&path)?;
             let mut conn =
                 PgConnection::connect_with(&database.options.clone().database(&database_name))
                     .await?;
             let expected = signing_key(&master, id).verifying_key();
-            let report = verify(&mut conn, id, Some(expected), Some(&file)).await?;
+            let report = verify(&mut conn, id, Some(expected), Some(&witness)).await?;
             conn.close().await?;
             print_report(&slug, id, &path, &report);
             all_ok &= report.ok();
@@ -64,13 +66,16 @@ pub(crate) async fn run(args: VerifyArgs) -> anyhow::Result<bool> {
 fn print_report(slug: &str, id: Uuid, file: &Path, report: &Report) {
     let verdict = if report.ok() { "OK" } else { "FAILED" };
     println!(
-        "{slug} ({id}): {verdict} — {} events in {} streams; {} checkpoint(s){}",
+        "{slug} ({id}): {verdict} — {} events in {} streams; {} signed tree head(s){}",
         report.events,
         report.streams,
         report.checkpoints,
         report
             .checked_checkpoint
-            .map(|n| format!(", checkpoint {n} recomputed against {}", file.display()))
+            .map(|n| format!(
+                ", the tree recomputed up to tree head {n}, witness file {}",
+                file.display()
+            ))
             .unwrap_or_default()
     );
     for link in &report.broken {

@@ -105,6 +105,24 @@ impl Cx<'_> {
         Ok(row)
     }
 
+    /// Records that the caller saw these records on one list page (one row for the request;
+    /// each person's trail and the breach register count it as a read of each).
+    pub(crate) async fn list_read(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        ids: &[Uuid],
+    ) -> Result<(), ApiError> {
+        accesses::list_read(
+            conn,
+            ids,
+            self.caller.actor(),
+            self.request_id,
+            ReadVia::List,
+        )
+        .await?;
+        Ok(())
+    }
+
     /// Records that the caller read these records' data (for each person's trail and the
     /// breach register).
     pub(crate) async fn record_reads(&self, ids: &[Uuid], via: ReadVia) -> Result<(), ApiError> {

@@ -1,5 +1,5 @@
-//! Health (`/healthz`: the process serves) and readiness (`/readyz`: the catalog database
-//! answers).
+//! Health (`/healthz`: the process serves; it also names a raised integrity alarm) and
+//! readiness (`/readyz`: the catalog database answers).
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -7,8 +7,13 @@ use axum::response::{IntoResponse, Response};
 
 use super::state::AppState;
 
-pub(crate) async fn healthz() -> &'static str {
-    "ok"
+/// `ok`, or — still 200: the process serves — `ok` and a second line when a checkpoint refused
+/// to sign for some organisation (details in the log and in its `verifyIntegrity`).
+pub(crate) async fn healthz(State(state): State<AppState>) -> String {
+    match state.services.integrity_alarm_count() {
+        0 => "ok".to_owned(),
+        n => format!("ok\nintegrity alarm: {n} organisation(s)"),
+    }
 }
 
 pub(crate) async fn readyz(State(state): State<AppState>) -> Response {

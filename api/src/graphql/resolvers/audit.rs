@@ -1,5 +1,6 @@
-//! Tamper evidence for auditors: the signed checkpoints, making one on demand, and verifying
-//! the whole event store.
+//! Tamper evidence for auditors: the signed tree heads, making one on demand, verifying the
+//! whole event store, and the proofs an auditor keeps (an event's inclusion, one head's
+//! consistency with a later one).
 
 use async_graphql::connection::{Connection, Edge, EmptyFields};
 use async_graphql::{Context, InputObject, Object, SimpleObject, ID};
@@ -18,39 +19,144 @@ use crate::graphql::types::actor::Actor;
 use crate::graphql::types::enums::{BreachKind, DatasheetKind, ExportFormatKind};
 use crate::graphql::types::exports::{export_payload, ExportPayload};
 use crate::graphql::types::history::FieldChange;
-use crate::infra::integrity::checkpoint::Checkpoint;
+use crate::infra::integrity::proof::{ConsistencyProof, EventProof, ProvenEvent};
+use crate::infra::integrity::tree_head::TreeHead;
 use crate::infra::integrity::verify::Report;
 use crate::infra::tenancy::tenant::Tenant;
 use crate::service::audit::history::{record_history, role_history, user_history};
 use crate::service::identity::RequestOrigin;
 use crate::service::Services;
 
-/// A signed checkpoint: an accumulator over every stream's head, signed with the
-/// organisation's Ed25519 key (derived from the master key, outside the database).
+/// A signed tree head: the root of the organisation's Merkle log at a size (every event a
+/// leaf, in commit order), signed with its Ed25519 key (derived from the master key, outside the
+/// database). The signature covers `custos-tree-head/1`, tenant id, number, tree size,
+/// streams, time (microseconds), root (hex) and key id, one per line (docs/audit.md).
 #[derive(SimpleObject)]
 #[graphql(name = "Checkpoint")]
 pub(crate) struct CheckpointNode {
     number: i64,
     created_at: DateTime<Utc>,
+    /// The organisation whose log it signs.
+    tenant_id: ID,
     streams: i64,
+    /// How many events the tree holds (the same as `treeSize`).
     events: i64,
-    /// Hex SHA-256 over the heads of every stream.
+    tree_size: i64,
+    /// Hex Merkle root (RFC 9162 §2.1.1; leaves are SHA-256(0x00 || event hash)).
     root: String,
+    /// The first 16 hex digits of SHA-256 over `publicKey`.
+    key_id: String,
     /// Hex Ed25519 public key that verifies `signature`.
     public_key: String,
     signature: String,
 }
 
-impl From<Checkpoint> for CheckpointNode {
-    fn from(c: Checkpoint) -> Self {
+impl From<TreeHead> for CheckpointNode {
+    fn from(h: TreeHead) -> Self {
         Self {
-            number: c.number,
-            created_at: c.created_at,
-            streams: c.streams,
-            events: c.events,
-            root: hex::encode(c.root),
-            public_key: hex::encode(c.public_key),
-            signature: hex::encode(c.signature),
+            number: h.number,
+            created_at: h.created_at,
+            tenant_id: ID(h.tenant_id.to_string()),
+            streams: h.streams,
+            events: h.tree_size,
+            tree_size: h.tree_size,
+            root: hex::encode(h.root),
+            key_id: h.key_id,
+            public_key: hex::encode(h.public_key),
+            signature: hex::encode(h.signature),
+        }
+    }
+}
+
+/// An event as stored: everything its hash covers.
+#[derive(SimpleObject)]
+#[graphql(name = "ProvenEvent")]
+pub(crate) struct ProvenEventNode {
+    aggregate_type: String,
+    aggregate_id: String,
+    sequence: i64,
+    event_type: String,
+    event_version: String,
+    /// The stored JSON text, byte for byte (sealed values as ciphertext).
+    payload: String,
+    metadata: String,
+    /// When it was recorded, in microseconds since 1970.
+    recorded_at_micros: i64,
+    /// The previous event's hash in its stream, hex (none for the first).
+    previous_hash: Option<String>,
+    /// The event's chained hash, hex.
+    hash: String,
+}
+
+/// Proof that an event is leaf `leafIndex` of the tree `treeHead` signed: save the response
+/// and check it offline with `custos verify-proof --public-key KEY FILE`.
+#[derive(SimpleObject)]
+#[graphql(name = "EventProof")]
+pub(crate) struct EventProofNode {
+    leaf_index: i64,
+    tree_size: i64,
+    /// Sibling hashes from the leaf up to the root, hex (RFC 9162 §2.1.3).
+    audit_path: Vec<String>,
+    event: ProvenEventNode,
+    tree_head: CheckpointNode,
+}
+
+impl From<EventProof> for EventProofNode {
+    fn from(p: EventProof) -> Self {
+        let ProvenEvent {
+            aggregate_type,
+            aggregate_id,
+            sequence,
+            event_type,
+            event_version,
+            payload,
+            metadata,
+            recorded_at_micros,
+            previous_hash,
+            hash,
+        } = p.event;
+        Self {
+            leaf_index: p.leaf_index,
+            tree_size: p.tree_size,
+            audit_path: p.audit_path,
+            event: ProvenEventNode {
+                aggregate_type,
+                aggregate_id,
+                sequence,
+                event_type,
+                event_version,
+                payload,
+                metadata,
+                recorded_at_micros,
+                previous_hash,
+                hash,
+            },
+            tree_head: p.tree_head.into(),
+        }
+    }
+}
+
+/// Proof that the tree `fromHead` signed is a prefix of the tree `toHead` signed: nothing
+/// logged before was changed or removed. Check it offline with `custos verify-proof`.
+#[derive(SimpleObject)]
+#[graphql(name = "ConsistencyProof")]
+pub(crate) struct ConsistencyProofNode {
+    from_size: i64,
+    to_size: i64,
+    /// RFC 9162 §2.1.4 consistency path, hex.
+    path: Vec<String>,
+    from_head: CheckpointNode,
+    to_head: CheckpointNode,
+}
+
+impl From<ConsistencyProof> for ConsistencyProofNode {
+    fn from(p: ConsistencyProof) -> Self {
+        Self {
+            from_size: p.from_size,
+            to_size: p.to_size,
+            path: p.path,
+            from_head: p.from_head.into(),
+            to_head: p.to_head.into(),
         }
     }
 }
@@ -66,15 +172,22 @@ pub(crate) struct BrokenLinkNode {
 
 #[derive(SimpleObject)]
 pub(crate) struct IntegrityReport {
-    /// Every chain and checkpoint verified.
+    /// Every chain, the whole Merkle log and every signed tree head verified, and no
+    /// integrity alarm raised.
     ok: bool,
     streams: i64,
     events: i64,
+    /// The first broken link of each broken stream.
     broken: Vec<BrokenLinkNode>,
+    /// Signed tree heads in the database.
     checkpoints: i64,
-    /// The checkpoint whose accumulator was recomputed against the events.
+    /// The newest tree head held to the recomputed tree.
     checked_checkpoint: Option<i64>,
+    /// What is wrong with the Merkle log and the tree heads, in words: the first event not as
+    /// it was logged, each tree head that disagrees, a raised integrity alarm.
     checkpoint_problems: Vec<String>,
+    /// Not failures: tree heads not yet in this instance's witness file, checkpoints from
+    /// before the Merkle log.
     notes: Vec<String>,
 }
 
@@ -250,7 +363,7 @@ impl AuditQuery {
         Ok(connection)
     }
 
-    /// The organisation's newest signed checkpoints, oldest first (`history` on every
+    /// The organisation's newest signed tree heads, oldest first (`history` on every
     /// datasheet).
     async fn checkpoints(
         &self,
@@ -264,14 +377,51 @@ impl AuditQuery {
         Ok(list.into_iter().map(CheckpointNode::from).collect())
     }
 
-    /// Recomputes every stream's hash chain and checks the checkpoints (signatures, their
-    /// chain, this instance's checkpoint file, and the newest one's accumulator against the
-    /// events). Reads the whole event store: seconds for a million events. `history` on every
-    /// datasheet.
+    /// Recomputes every stream's hash chain and the whole Merkle log, and checks every signed
+    /// tree head against it (their signatures, their order, this instance's witness file);
+    /// names the first event that is not as it was logged. Reads the whole event store:
+    /// seconds for a million events. `history` on every datasheet.
     async fn verify_integrity(&self, ctx: &Context<'_>) -> Result<IntegrityReport, ApiError> {
         let cx = Cx::new(ctx)?;
         let tenant = cx.tenant();
         Ok(cx.services.verify_integrity(tenant).await?.into())
+    }
+
+    /// Proof that an event (by stream and sequence) is in the Merkle log: its leaf, the audit
+    /// path and the signed tree head (the newest, or the one of `treeSize` events). An event
+    /// written since the last tree head gets one first. `history` on every datasheet.
+    async fn event_proof(
+        &self,
+        ctx: &Context<'_>,
+        aggregate_type: String,
+        aggregate_id: ID,
+        sequence: i64,
+        tree_size: Option<i64>,
+    ) -> Result<EventProofNode, ApiError> {
+        let cx = Cx::new(ctx)?;
+        let tenant = cx.tenant();
+        Ok(cx
+            .services
+            .event_proof(tenant, &aggregate_type, &aggregate_id, sequence, tree_size)
+            .await?
+            .into())
+    }
+
+    /// Proof that the tree of `fromSize` events is a prefix of the tree of `toSize` (the
+    /// newest by default): both are sizes of signed tree heads. `history` on every datasheet.
+    async fn consistency_proof(
+        &self,
+        ctx: &Context<'_>,
+        from_size: i64,
+        to_size: Option<i64>,
+    ) -> Result<ConsistencyProofNode, ApiError> {
+        let cx = Cx::new(ctx)?;
+        let tenant = cx.tenant();
+        Ok(cx
+            .services
+            .consistency_proof(tenant, from_size, to_size)
+            .await?
+            .into())
     }
 }
 
@@ -299,8 +449,9 @@ impl AuditMutation {
         export_payload(ticket)
     }
 
-    /// Signs a checkpoint now rather than at the next scheduled one (administrators); `null`
-    /// when nothing was written since the last.
+    /// Extends the Merkle log and signs a tree head now rather than at the next scheduled
+    /// checkpoint; `null` when nothing was written since the last. `CONFLICT` (and nothing
+    /// signed) when the stored log no longer agrees with the last signed head.
     async fn create_checkpoint(
         &self,
         ctx: &Context<'_>,

@@ -173,7 +173,8 @@ pub(crate) struct RecordsMutation(
     LifecycleMutation,
 );
 
-/// One page of a datasheet's records as a connection of `T`.
+/// One page of a datasheet's records as a connection of `T`; the people on it are recorded as
+/// read (one row for the page).
 async fn page<T: From<RecordRow> + async_graphql::OutputType>(
     cx: &Cx<'_>,
     datasheet: Datasheet,
@@ -189,6 +190,8 @@ async fn page<T: From<RecordRow> + async_graphql::OutputType>(
             QueryListError::Query(err) => ApiError::validation("after", err.to_string()),
             QueryListError::Database(err) => ApiError::from(err),
         })?;
+    let shown: Vec<uuid::Uuid> = page.items.iter().map(|(_, row)| row.id).collect();
+    cx.list_read(&mut conn, &shown).await?;
     let edges = page
         .items
         .into_iter()

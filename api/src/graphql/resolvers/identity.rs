@@ -113,6 +113,9 @@ pub(crate) struct Organization {
     name: String,
     /// The data region the organisation chose: `eu` or `us`.
     region: String,
+    /// Hex Ed25519 public key that signs the organisation's tree heads: give it to auditors,
+    /// who check proofs with it offline (`custos verify-proof --public-key`).
+    audit_key: String,
     /// The tenant's database, for the settings (also answered right after sign-up and login).
     #[graphql(skip)]
     pool: sqlx::PgPool,
@@ -134,6 +137,7 @@ impl From<&Tenant> for Organization {
             slug: tenant.slug.clone(),
             name: tenant.name.clone(),
             region: tenant.region.as_str().to_owned(),
+            audit_key: hex::encode(tenant.checkpoint_key.verifying_key().to_bytes()),
             pool: tenant.pool.clone(),
         }
     }

@@ -371,3 +371,43 @@ pub(crate) fn record_query(
         after,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_export_records_no_value_typed_into_a_filter_or_a_search() {
+        let typed = |operator: &str| Some(format!("typed-{operator}"));
+        let leaf = RecordFilter {
+            field: Some("lastName".into()),
+            eq: typed("eq"),
+            neq: typed("neq"),
+            in_: Some(vec!["typed-in".into()]),
+            gt: typed("gt"),
+            gte: typed("gte"),
+            lt: typed("lt"),
+            lte: typed("lte"),
+            contains: typed("contains"),
+            starts_with: typed("startsWith"),
+            is_null: Some(false),
+            ..RecordFilter::default()
+        };
+        let filter = RecordFilter {
+            and: Some(vec![leaf]),
+            not: Some(Box::new(RecordFilter {
+                field: Some("email".into()),
+                eq: typed("not"),
+                ..RecordFilter::default()
+            })),
+            ..RecordFilter::default()
+        };
+        let arguments = serde_json::json!({ "filter": filter, "search": "typed-search" });
+        let kept = crate::service::exports::records::withhold_values(arguments).to_string();
+        assert!(!kept.contains("typed-"), "{kept}");
+        assert!(
+            kept.contains("lastName") && kept.contains("email"),
+            "{kept}"
+        );
+    }
+}

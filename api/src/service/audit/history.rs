@@ -40,6 +40,14 @@ fn display(value: Option<&Value>) -> Option<String> {
     }
 }
 
+/// An erasure's ground as the API names it (`CONSENT_WITHDRAWN`...).
+fn ground_name(ground: custos_domain::ErasureGround) -> String {
+    serde_json::to_value(ground)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_ascii_uppercase))
+        .unwrap_or_default()
+}
+
 fn flag(value: bool) -> Option<String> {
     Some(value.to_string())
 }
@@ -69,9 +77,21 @@ fn changes(state: &mut Record, event: RecordEvent) -> Vec<FieldChange> {
         RecordEvent::RestrictionLifted { .. } => {
             vec![change("restricted", flag(true), flag(false))]
         }
-        RecordEvent::RecordErased { fields, .. } => fields
+        // The fields that held values, then why and with what note (GDPR Art. 17(1) ground,
+        // as `eraseRecord` took it), as the pseudo-fields `erasureGround` and `erasureNote`.
+        RecordEvent::RecordErased {
+            fields,
+            ground,
+            note,
+            ..
+        } => fields
             .iter()
             .map(|name| change(name, Some(ERASED.to_owned()), None))
+            .chain([change("erasure_ground", None, Some(ground_name(*ground)))])
+            .chain(
+                note.iter()
+                    .map(|n| change("erasure_note", None, Some(n.clone()))),
+            )
             .collect(),
         RecordEvent::ApplicantHired { employee_id, .. } => vec![
             change(

@@ -1,6 +1,7 @@
 //! Exports of a datasheet's records (with the lists' filters) as CSV or JSON. Starting one
-//! records it as an event — who, when, which datasheet, filter and records — and hands out a
-//! one-time download link; the download streams the rows in batches, so memory stays flat
+//! records it as an event — who, when, which datasheet, the arguments (fields and operators;
+//! the values a user typed are withheld: they may name a person, and events outlive erasures)
+//! and records — and hands out a one-time download link; the download streams the rows in batches, so memory stays flat
 //! whatever the size.
 
 use std::collections::HashMap;
@@ -36,7 +37,8 @@ pub(crate) struct RecordsDownload {
 
 impl Services {
     /// Records an export of the records `query` selects (in its order) and hands out its
-    /// download link.
+    /// download link. `arguments` (the list's, as given) are recorded with their values
+    /// withheld.
     pub(crate) async fn start_export(
         &self,
         principal: &Principal,
@@ -55,7 +57,7 @@ impl Services {
         let command = DataExportCommand::Record {
             datasheet: query.datasheet,
             format,
-            filter,
+            filter: withhold_values(filter),
             record_ids: record_ids.clone(),
         };
         self.record_export(principal, export_id, command, request_id)
@@ -70,6 +72,57 @@ impl Services {
         tracing::info!(tenant.id = %tenant.id, export.id = %export_id, count, "records exported");
         Ok(ticket)
     }
+}
+
+/// What a value a user typed into a list's arguments reads as in the export's event.
+pub(crate) const WITHHELD: &str = "[withheld]";
+
+/// The list's arguments without the values a user typed: each filter keeps its field and
+/// operator (`is_null` keeps its answer), a search says only that there was one. A search for
+/// a person's name, kept in an event, would outlive that person's erasure.
+pub(crate) fn withhold_values(arguments: Value) -> Value {
+    const OPERANDS: [&str; 9] = [
+        "eq",
+        "neq",
+        "in",
+        "gt",
+        "gte",
+        "lt",
+        "lte",
+        "contains",
+        "startsWith",
+    ];
+    fn filter(value: Value) -> Value {
+        match value {
+            Value::Object(map) => Value::Object(
+                map.into_iter()
+                    .map(|(key, value)| {
+                        let value = match key.as_str() {
+                            _ if value.is_null() => value,
+                            k if OPERANDS.contains(&k) => Value::String(WITHHELD.to_owned()),
+                            "and" | "or" | "not" => filter(value),
+                            _ => value,
+                        };
+                        (key, value)
+                    })
+                    .collect(),
+            ),
+            Value::Array(items) => Value::Array(items.into_iter().map(filter).collect()),
+            other => other,
+        }
+    }
+    let Value::Object(mut map) = arguments else {
+        return Value::Null;
+    };
+    if let Some(value) = map.remove("filter") {
+        map.insert("filter".to_owned(), filter(value));
+    }
+    if let Some(search) = map.get_mut("search") {
+        if !search.is_null() {
+            *search = Value::String(WITHHELD.to_owned());
+        }
+    }
+    Value::Object(map)
 }
 
 /// A stored value as one CSV cell: lists joined with `; `.
@@ -234,6 +287,37 @@ impl RecordsDownload {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_exports_arguments_keep_fields_and_operators_but_no_typed_value() {
+        let arguments = serde_json::json!({
+            "filter": { "field": "lastName", "eq": "Hopper", "and": [
+                { "field": "department", "in": ["R&D", "Ops"] },
+                { "not": { "field": "email", "contains": "hopper@" } },
+                { "field": "phone", "isNull": true, "startsWith": null },
+                { "field": "firstName", "startsWith": "Gra" },
+            ] },
+            "orderBy": [{ "field": "lastName", "direction": "ASC" }],
+            "search": "Grace Hopper",
+            "includeArchived": false,
+        });
+        let kept = withhold_values(arguments.clone());
+        let text = kept.to_string();
+        for typed in ["Hopper\"", "R&D", "Ops", "hopper@", "Grace", "Gra\""] {
+            assert!(!text.contains(typed), "{typed} in {text}");
+        }
+        assert_eq!(kept["filter"]["field"], "lastName");
+        assert_eq!(kept["filter"]["eq"], WITHHELD);
+        assert_eq!(kept["filter"]["and"][0]["in"], WITHHELD);
+        assert_eq!(kept["filter"]["and"][1]["not"]["contains"], WITHHELD);
+        assert_eq!(kept["filter"]["and"][2]["isNull"], true);
+        assert!(kept["filter"]["and"][2]["startsWith"].is_null());
+        assert_eq!(kept["filter"]["and"][3]["startsWith"], WITHHELD);
+        assert_eq!(kept["orderBy"], arguments["orderBy"]);
+        assert_eq!(kept["search"], WITHHELD);
+        assert_eq!(kept["includeArchived"], false);
+        assert!(withhold_values(serde_json::json!({ "search": null }))["search"].is_null());
+    }
 
     #[test]
     fn lists_are_joined_in_one_cell() {
