@@ -91,22 +91,17 @@ pub async fn list_read<'e>(
     request_id: Uuid,
     via: ReadVia,
 ) -> sqlx::Result<()> {
-    if records.is_empty() {
-        return Ok(());
-    }
-    sqlx::query(
+    insert_reads(
+        db,
         "WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true))
          INSERT INTO list_reads (record_ids, actor_id, actor_kind, request_id, via)
          SELECT $1, $2, $3, $4, $5 FROM relaxed",
+        records,
+        actor,
+        request_id,
+        via,
     )
-    .bind(records)
-    .bind(actor.id())
-    .bind(actor.kind())
-    .bind(request_id)
-    .bind(via.as_str())
-    .execute(db)
-    .await?;
-    Ok(())
+    .await
 }
 
 /// Records that `actor` read the data of `records` within `request_id`.
@@ -117,20 +112,39 @@ pub async fn record_reads<'e>(
     request_id: Uuid,
     via: ReadVia,
 ) -> sqlx::Result<()> {
+    insert_reads(
+        db,
+        "INSERT INTO record_reads (record_id, actor_id, actor_kind, request_id, via)
+         SELECT r, $2, $3, $4, $5 FROM unnest($1::uuid[]) AS r",
+        records,
+        actor,
+        request_id,
+        via,
+    )
+    .await
+}
+
+/// Runs `insert` with the records ($1), the actor ($2, $3), the request ($4) and how ($5);
+/// nothing when there are no records.
+async fn insert_reads<'e>(
+    db: impl PgExecutor<'e>,
+    insert: &'static str,
+    records: &[Uuid],
+    actor: Actor,
+    request_id: Uuid,
+    via: ReadVia,
+) -> sqlx::Result<()> {
     if records.is_empty() {
         return Ok(());
     }
-    sqlx::query(
-        "INSERT INTO record_reads (record_id, actor_id, actor_kind, request_id, via)
-         SELECT r, $2, $3, $4, $5 FROM unnest($1::uuid[]) AS r",
-    )
-    .bind(records)
-    .bind(actor.id())
-    .bind(actor.kind())
-    .bind(request_id)
-    .bind(via.as_str())
-    .execute(db)
-    .await?;
+    sqlx::query(insert)
+        .bind(records)
+        .bind(actor.id())
+        .bind(actor.kind())
+        .bind(request_id)
+        .bind(via.as_str())
+        .execute(db)
+        .await?;
     Ok(())
 }
 

@@ -240,9 +240,9 @@ async fn each_kind_of_tampering_is_found_at_the_first_broken_link() {
     let report = verify(&app, &admin).await;
     assert_eq!(broken(&report), []);
     assert_eq!(report["ok"], false);
-    let problems = report["checkpointProblems"].to_string();
+    let found = problems(&report);
     assert!(
-        problems.contains(&format!("{id} sequence 2")) && problems.contains("tree head 1 "),
+        found.contains(&format!("{id} sequence 2")) && found.contains("tree head 1 "),
         "{report}"
     );
     assert!(!app.custos(&["verify", "--tenant", &admin.slug]).await);
@@ -250,9 +250,7 @@ async fn each_kind_of_tampering_is_found_at_the_first_broken_link() {
     run(&mut db, "DELETE FROM tree_heads WHERE $1 <> ''", &id).await;
     let report = verify(&app, &admin).await;
     assert!(
-        report["checkpointProblems"]
-            .to_string()
-            .contains("tree head 1 of the witness file is missing from the database"),
+        problems(&report).contains("tree head 1 of the witness file is missing from the database"),
         "{report}"
     );
     assert!(!app.custos(&["verify", "--tenant", &admin.slug]).await);
@@ -287,6 +285,28 @@ async fn newest_head(app: &TestApp, admin: &Session) -> Value {
     .ok()
     .body["data"]["checkpoints"][0]
         .clone()
+}
+
+/// What verification says is wrong with the Merkle log and the tree heads, as one text.
+fn problems(report: &Value) -> String {
+    report["checkpointProblems"].to_string()
+}
+
+/// Writes something new and asks for a checkpoint: the error code it answers.
+async fn checkpoint_after_a_write(app: &TestApp, admin: &Session) -> Option<String> {
+    app.create_employee(
+        &admin.token,
+        json!({ "firstName": "New", "lastName": "Event" }),
+    )
+    .await;
+    let answer = app
+        .graphql(
+            Some(&admin.token),
+            "mutation { createCheckpoint { number } }",
+            json!({}),
+        )
+        .await;
+    answer.code().map(str::to_owned)
 }
 
 #[tokio::test]
@@ -338,11 +358,11 @@ async fn history_rewritten_before_an_automatic_checkpoint_is_still_found() {
     // recomputes both heads from the events and names the forged one.
     let report = verify(&app, &admin).await;
     assert_eq!(report["ok"], false, "{report}");
-    let problems = report["checkpointProblems"].to_string();
-    assert!(problems.contains(&format!("{id} sequence 2")), "{report}");
+    let found = problems(&report);
+    assert!(found.contains(&format!("{id} sequence 2")), "{report}");
     for head in [&first, &second] {
         assert!(
-            problems.contains(&format!("tree head {} (size", head["number"])),
+            found.contains(&format!("tree head {} (size", head["number"])),
             "{report}"
         );
     }
@@ -362,9 +382,7 @@ async fn a_truncated_tail_a_rewritten_frontier_and_a_replayed_tree_head_are_foun
     let report = verify(&app, &admin).await;
     assert_eq!(broken(&report), []);
     assert!(
-        report["checkpointProblems"]
-            .to_string()
-            .contains("events were removed"),
+        problems(&report).contains("events were removed"),
         "{report}"
     );
     assert!(!app.custos(&["verify", "--tenant", &admin.slug]).await);
@@ -382,37 +400,21 @@ async fn a_truncated_tail_a_rewritten_frontier_and_a_replayed_tree_head_are_foun
     .await;
     let report = verify(&app, &admin).await;
     assert!(
-        report["checkpointProblems"]
-            .to_string()
-            .contains("tree head 1: its stored frontier was changed"),
+        problems(&report).contains("tree head 1: its stored frontier was changed"),
         "{report}"
     );
     assert!(!app.custos(&["verify", "--tenant", &admin.slug]).await);
-    app.create_employee(
-        &admin.token,
-        json!({ "firstName": "New", "lastName": "Event" }),
-    )
-    .await;
-    let refused = app
-        .graphql(
-            Some(&admin.token),
-            "mutation { createCheckpoint { number } }",
-            json!({}),
-        )
-        .await;
-    assert_eq!(refused.code(), Some("CONFLICT"), "{:?}", refused.body);
+    assert_eq!(
+        checkpoint_after_a_write(&app, &admin).await.as_deref(),
+        Some("CONFLICT")
+    );
     assert_eq!(
         newest_head(&app, &admin).await["number"],
         1,
         "nothing was signed"
     );
     let report = verify(&app, &admin).await;
-    assert!(
-        report["checkpointProblems"]
-            .to_string()
-            .contains("integrity alarm"),
-        "{report}"
-    );
+    assert!(problems(&report).contains("integrity alarm"), "{report}");
     let health = reqwest::get(app.url("/healthz")).await.unwrap();
     assert_eq!(health.status(), 200);
     assert!(health
@@ -442,26 +444,17 @@ async fn a_truncated_tail_a_rewritten_frontier_and_a_replayed_tree_head_are_foun
         sqlx::query(sql).bind(size).execute(&mut db).await.unwrap();
     }
     let report = verify(&app, &admin).await;
-    let problems = report["checkpointProblems"].to_string();
+    let found = problems(&report);
     assert!(
-        problems.contains("tree head 2 of the witness file is missing from the database")
-            && problems.contains("events were removed"),
+        found.contains("tree head 2 of the witness file is missing from the database")
+            && found.contains("events were removed"),
         "{report}"
     );
     assert!(!app.custos(&["verify", "--tenant", &admin.slug]).await);
-    app.create_employee(
-        &admin.token,
-        json!({ "firstName": "Newer", "lastName": "Event" }),
-    )
-    .await;
-    let refused = app
-        .graphql(
-            Some(&admin.token),
-            "mutation { createCheckpoint { number } }",
-            json!({}),
-        )
-        .await;
-    assert_eq!(refused.code(), Some("CONFLICT"), "{:?}", refused.body);
+    assert_eq!(
+        checkpoint_after_a_write(&app, &admin).await.as_deref(),
+        Some("CONFLICT")
+    );
 }
 
 const EVENT_PROOF: &str = "query($id: ID!, $sequence: Int!, $size: Int) {

@@ -133,12 +133,21 @@ pub fn cluster_log() -> String {
     std::fs::read_to_string(cluster_dir().join("postgres.log")).unwrap_or_default()
 }
 
+/// The shared cluster's superuser password, for programs that connect on their own.
+fn superuser_password() -> String {
+    shared();
+    std::fs::read_to_string(cluster_dir().join("superuser.password"))
+        .expect("the test cluster's password")
+        .trim()
+        .to_owned()
+}
+
 /// A plain-text `pg_dump` of a database of the shared cluster, as a superuser sees it.
 pub fn pg_dump(database: &str) -> String {
     shared();
     let bin = custos_api::testing::find_bin_dir().expect("PostgreSQL binaries");
     let dir = cluster_dir();
-    let password = std::fs::read_to_string(dir.join("superuser.password")).expect("the password");
+    let password = superuser_password();
     // The server's own directory when it has pg_dump; some installs keep only the server
     // programs there and pg_dump on PATH.
     let program = Some(bin.join("pg_dump"))
@@ -152,7 +161,7 @@ pub fn pg_dump(database: &str) -> String {
             "5432",
         ])
         .args(["--username", "custos", "--no-password", database])
-        .env("PGPASSWORD", password.trim())
+        .env("PGPASSWORD", password)
         .output()
         .expect("pg_dump runs");
     assert!(
@@ -510,12 +519,10 @@ impl TestApp {
     /// `--database-url` added): its exit status as `custos` would give it (true for 0).
     pub async fn custos(&self, args: &[&str]) -> bool {
         use clap::Parser;
-        let password = std::fs::read_to_string(cluster_dir().join("superuser.password"))
-            .expect("the test cluster's password");
         let socket = shared().cluster.socket_dir().display().to_string();
         let url = format!(
             "postgres://custos:{}@localhost:5432/{}?host={socket}",
-            password.trim(),
+            superuser_password(),
             self.catalog
         );
         let data_dir = self.data_dir.path().display().to_string();

@@ -110,8 +110,9 @@ impl Services {
         let row = sqlx::query(
             "SELECT event_type, event_version, payload::text AS payload, metadata::text AS metadata,
                     (extract(epoch FROM recorded_at) * 1000000)::bigint AS recorded_at_micros,
-                    prev_hash, hash, global_position
-             FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = $3",
+                    prev_hash, e.hash, e.global_position, l.leaf_index
+             FROM events e LEFT JOIN merkle_leaves l USING (global_position)
+             WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = $3",
         )
         .bind(aggregate_type)
         .bind(aggregate_id)
@@ -120,7 +121,7 @@ impl Services {
         .await?
         .ok_or(ApiError::NotFound)?;
         let position: i64 = row.try_get("global_position")?;
-        let leaf = match leaf_of_event(&mut conn, position).await? {
+        let leaf = match row.try_get::<Option<i64>, _>("leaf_index")? {
             Some(leaf) => leaf,
             None => {
                 drop(conn);
@@ -207,9 +208,12 @@ impl Services {
                 format!("must be from 1 to {to_size}"),
             ));
         }
-        let to_head = tree_head_of_size(&mut conn, tenant.id, to_size)
-            .await?
-            .ok_or_else(|| no_head("toSize", to_size))?;
+        let to_head = match newest {
+            Some(newest) if newest.tree_size == to_size => newest,
+            _ => tree_head_of_size(&mut conn, tenant.id, to_size)
+                .await?
+                .ok_or_else(|| no_head("toSize", to_size))?,
+        };
         let from_head = tree_head_of_size(&mut conn, tenant.id, from_size)
             .await?
             .ok_or_else(|| no_head("fromSize", from_size))?;
