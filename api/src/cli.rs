@@ -59,6 +59,9 @@ impl Cli {
             Command::Tenant(args::TenantCommand::Create(args)) => {
                 tenant::create(args).await.map(|()| true)
             }
+            Command::Tenant(args::TenantCommand::RotateAuditKey(args)) => {
+                tenant::rotate_audit_key(args).await.map(|()| true)
+            }
             Command::Retention(args::RetentionCommand::Run(args)) => {
                 retention::run(args).await.map(|()| true)
             }

@@ -24,6 +24,9 @@ impl Projection for RecordExportsProjection {
     fn aggregate_types(&self) -> &'static [&'static str] {
         &[<DataExport as cqrs_es::Aggregate>::TYPE]
     }
+    fn tables(&self) -> &'static [crate::Table] {
+        const { &[crate::Table::new("record_exports")] }
+    }
 
     async fn apply(&self, conn: &mut PgConnection, event: &ProjectedEvent) -> sqlx::Result<()> {
         let AnyEvent::DataExport(export) = &event.event else {
@@ -66,6 +69,8 @@ pub enum ReadVia {
     History,
     /// The record was on a page of a datasheet's list.
     List,
+    /// The record was counted in a report (`report`, `headcount`), whose groups show values.
+    Report,
 }
 
 impl ReadVia {
@@ -75,12 +80,13 @@ impl ReadVia {
             ReadVia::FindSubject => "find_subject",
             ReadVia::History => "history",
             ReadVia::List => "list",
+            ReadVia::Report => "report",
         }
     }
 }
 
-/// Records that `actor` saw the data of `records` at once within `request_id` (a list page):
-/// one row for all of them. Committed without waiting for the WAL flush (`synchronous_commit`
+/// Records that `actor` saw the data of `records` at once within `request_id` (a list page, a
+/// report): one row for all of them. Committed without waiting for the WAL flush (`synchronous_commit`
 /// off for this statement only): a list page is a read, and making every one wait for the disk
 /// cost about a third of the list's latency under load (docs/performance.md); a database crash
 /// may lose the last fraction of a second of these rows, never leave them inconsistent.

@@ -22,6 +22,9 @@ impl Projection for ApiTokensProjection {
     fn aggregate_types(&self) -> &'static [&'static str] {
         &[<ApiToken as cqrs_es::Aggregate>::TYPE]
     }
+    fn tables(&self) -> &'static [crate::Table] {
+        const { &[crate::Table::new("api_tokens")] }
+    }
 
     async fn apply(&self, conn: &mut PgConnection, event: &ProjectedEvent) -> sqlx::Result<()> {
         let AnyEvent::ApiToken(token_event) = &event.event else {

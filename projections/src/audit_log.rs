@@ -198,6 +198,13 @@ impl Projection for AuditLogProjection {
     fn aggregate_types(&self) -> &'static [&'static str] {
         ALL_TYPES
     }
+    fn tables(&self) -> &'static [crate::Table] {
+        &[crate::Table {
+            name: "audit_log",
+            incidental: &["feed_seq"],
+            kept_on_reset: false,
+        }]
+    }
 
     async fn apply(&self, conn: &mut PgConnection, event: &ProjectedEvent) -> sqlx::Result<()> {
         let entry = entry(event);

@@ -84,6 +84,9 @@ impl Projection for ConsentsProjection {
             <Record as cqrs_es::Aggregate>::TYPE,
         ]
     }
+    fn tables(&self) -> &'static [crate::Table] {
+        const { &[crate::Table::new("consents")] }
+    }
 
     async fn apply(&self, conn: &mut PgConnection, event: &ProjectedEvent) -> sqlx::Result<()> {
         match &event.event {

@@ -23,6 +23,9 @@ impl Projection for CustomFieldsProjection {
     fn aggregate_types(&self) -> &'static [&'static str] {
         &[<FieldSchema as cqrs_es::Aggregate>::TYPE]
     }
+    fn tables(&self) -> &'static [crate::Table] {
+        const { &[crate::Table::new("custom_fields")] }
+    }
 
     async fn apply(&self, conn: &mut PgConnection, event: &ProjectedEvent) -> sqlx::Result<()> {
         let AnyEvent::FieldSchema(schema_event) = &event.event else {

@@ -22,6 +22,9 @@ impl Projection for IncidentsProjection {
     fn aggregate_types(&self) -> &'static [&'static str] {
         &[<Incident as cqrs_es::Aggregate>::TYPE]
     }
+    fn tables(&self) -> &'static [crate::Table] {
+        const { &[crate::Table::new("incidents")] }
+    }
 
     async fn apply(&self, conn: &mut PgConnection, event: &ProjectedEvent) -> sqlx::Result<()> {
         let AnyEvent::Incident(incident) = &event.event else {

@@ -77,6 +77,29 @@ pub struct ProjectedEvent {
     pub event: AnyEvent,
 }
 
+/// A table a projection writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Table {
+    pub name: &'static str,
+    /// Columns that do not follow from the events alone (an insertion counter): left out when
+    /// a rebuild is compared with the live table.
+    pub incidental: &'static [&'static str],
+    /// Its rows stay, set back to their first state, when the projection is reset (a one-row
+    /// settings table) rather than being removed.
+    pub kept_on_reset: bool,
+}
+
+impl Table {
+    /// A table whose every column follows from the events and whose rows a reset removes.
+    pub const fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            incidental: &[],
+            kept_on_reset: false,
+        }
+    }
+}
+
 /// A read model fed from the event stream. `apply` runs inside the projector's transaction,
 /// together with the checkpoint update; it must be idempotent, so that replaying an event it
 /// has already seen changes nothing.
@@ -88,6 +111,10 @@ pub trait Projection: Send + Sync {
     /// The aggregate types whose events this projection reads; it is neither woken by nor
     /// waited for on commits of other types.
     fn aggregate_types(&self) -> &'static [&'static str];
+
+    /// The tables it writes (and [`Projection::reset`] empties): what `custos verify
+    /// --read-models` rebuilds and compares.
+    fn tables(&self) -> &'static [Table];
 
     /// Applies one event to the read model.
     async fn apply(&self, conn: &mut PgConnection, event: &ProjectedEvent) -> sqlx::Result<()>;

@@ -111,6 +111,9 @@ impl Projection for LoginsProjection {
             <ApiToken as cqrs_es::Aggregate>::TYPE,
         ]
     }
+    fn tables(&self) -> &'static [crate::Table] {
+        const { &[crate::Table::new("logins")] }
+    }
 
     async fn apply(&self, conn: &mut PgConnection, event: &ProjectedEvent) -> sqlx::Result<()> {
         if let AnyEvent::User(UserEvent::UserErased) = &event.event {

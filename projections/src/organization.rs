@@ -19,6 +19,13 @@ impl Projection for OrganizationProjection {
     fn aggregate_types(&self) -> &'static [&'static str] {
         &[<Organization as cqrs_es::Aggregate>::TYPE]
     }
+    fn tables(&self) -> &'static [crate::Table] {
+        &[crate::Table {
+            name: "organization_settings",
+            incidental: &[],
+            kept_on_reset: true,
+        }]
+    }
 
     async fn apply(&self, conn: &mut PgConnection, event: &ProjectedEvent) -> sqlx::Result<()> {
         let AnyEvent::Organization(organization_event) = &event.event else {

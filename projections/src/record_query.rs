@@ -564,6 +564,19 @@ pub async fn list(
     })
 }
 
+/// Groups of fewer records than this have their members recorded as read by a report: a
+/// small group's value can single a person out (grouped by email, every group is one person).
+pub const SMALL_GROUP: i64 = 10;
+
+/// One group of a report.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct GroupCount {
+    pub value: Option<String>,
+    pub count: i64,
+    /// The records in the group when it is smaller than [`SMALL_GROUP`]; none otherwise.
+    pub members: Vec<Uuid>,
+}
+
 /// How many records that match `request` (its filter, search and archive flag; not its
 /// order or page) have each value of `field`; a list field counts each entry, and records
 /// without a value count under `None`. Largest groups first.
@@ -571,16 +584,18 @@ pub async fn group_counts(
     db: &mut PgConnection,
     request: &RecordQuery,
     field: &Field,
-) -> sqlx::Result<Vec<(Option<String>, i64)>> {
+) -> sqlx::Result<Vec<GroupCount>> {
+    let members =
+        format!("CASE WHEN count(*) < {SMALL_GROUP} THEN array_agg(id) ELSE '{{}}' END AS members");
     let mut query = if field.is_list() {
         QueryBuilder::new(format!(
-            "SELECT e.v AS value, count(*) AS count FROM records
+            "SELECT e.v AS value, count(*) AS count, {members} FROM records
              LEFT JOIN LATERAL jsonb_array_elements_text(coalesce(fields->'{}', '[]')) AS e(v) ON true",
             field.json_key()
         ))
     } else {
         QueryBuilder::new(format!(
-            "SELECT ({})::text AS value, count(*) AS count FROM records",
+            "SELECT ({})::text AS value, count(*) AS count, {members} FROM records",
             field.sql()
         ))
     };

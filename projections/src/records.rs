@@ -24,6 +24,9 @@ impl Projection for RecordsProjection {
     fn aggregate_types(&self) -> &'static [&'static str] {
         &[<Record as cqrs_es::Aggregate>::TYPE]
     }
+    fn tables(&self) -> &'static [crate::Table] {
+        const { &[crate::Table::new("records")] }
+    }
 
     async fn apply(&self, conn: &mut PgConnection, event: &ProjectedEvent) -> sqlx::Result<()> {
         let AnyEvent::Record(record_event) = &event.event else {

@@ -24,6 +24,9 @@ impl Projection for RetentionPoliciesProjection {
     fn aggregate_types(&self) -> &'static [&'static str] {
         &[<RetentionPolicy as cqrs_es::Aggregate>::TYPE]
     }
+    fn tables(&self) -> &'static [crate::Table] {
+        const { &[crate::Table::new("retention_policies")] }
+    }
 
     async fn apply(&self, conn: &mut PgConnection, event: &ProjectedEvent) -> sqlx::Result<()> {
         let AnyEvent::Retention(policy_event) = &event.event else {

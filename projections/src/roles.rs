@@ -31,6 +31,9 @@ impl Projection for RolesProjection {
     fn aggregate_types(&self) -> &'static [&'static str] {
         &[<Role as cqrs_es::Aggregate>::TYPE]
     }
+    fn tables(&self) -> &'static [crate::Table] {
+        const { &[crate::Table::new("roles"), crate::Table::new("role_grants")] }
+    }
 
     async fn apply(&self, conn: &mut PgConnection, event: &ProjectedEvent) -> sqlx::Result<()> {
         let AnyEvent::Role(role_event) = &event.event else {

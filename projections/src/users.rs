@@ -21,6 +21,9 @@ impl Projection for UsersProjection {
     fn aggregate_types(&self) -> &'static [&'static str] {
         &[<User as cqrs_es::Aggregate>::TYPE]
     }
+    fn tables(&self) -> &'static [crate::Table] {
+        const { &[crate::Table::new("users")] }
+    }
 
     async fn apply(&self, conn: &mut PgConnection, event: &ProjectedEvent) -> sqlx::Result<()> {
         let AnyEvent::User(user_event) = &event.event else {

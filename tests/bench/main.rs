@@ -8,6 +8,7 @@ use custos_api::telemetry;
 mod common;
 mod datasheets;
 mod foundation;
+mod integrity;
 mod privacy;
 
 #[tokio::main]
@@ -18,6 +19,9 @@ async fn main() -> anyhow::Result<()> {
         "foundation" => foundation::run(args).await,
         "datasheets" => datasheets::run(args).await,
         "privacy" => privacy::run(args).await,
-        other => anyhow::bail!("unknown suite `{other}`: `foundation`, `datasheets` or `privacy`"),
+        "integrity" => integrity::run(args).await,
+        other => anyhow::bail!(
+            "unknown suite `{other}`: `foundation`, `datasheets`, `privacy` or `integrity`"
+        ),
     }
 }

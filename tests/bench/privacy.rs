@@ -15,7 +15,7 @@ use custos_domain::{
 use serde_json::json;
 use uuid::Uuid;
 
-use custos_api::testing::{run_command, verify, Cqrs, NewOrganization, Services, Tenant};
+use custos_api::testing::{run_command, Cqrs, NewOrganization, Services, Tenant};
 use custos_api::{Application, Config, DatabaseConfig};
 
 use crate::common::{data_dir, ms, percentile, BenchArgs};
@@ -28,14 +28,14 @@ const ROUNDS: usize = 4;
 /// Records appended per transaction while filling the tenant.
 const FILL_BATCH: usize = 5_000;
 
-fn fields(pairs: &[(&str, String)]) -> Fields {
+pub(crate) fn fields(pairs: &[(&str, String)]) -> Fields {
     pairs
         .iter()
         .map(|(k, v)| ((*k).to_owned(), json!(v)))
         .collect()
 }
 
-async fn create(
+pub(crate) async fn create(
     services: &Services,
     tenant: &Tenant,
     cqrs: &Cqrs<Record>,
@@ -56,7 +56,7 @@ async fn create(
     Ok(id)
 }
 
-async fn update(
+pub(crate) async fn update(
     services: &Services,
     tenant: &Tenant,
     cqrs: &Cqrs<Record>,
@@ -102,7 +102,11 @@ async fn update_rate(
 }
 
 /// Appends `count` new employee records (one `RecordCreated` each, sealed) in batches.
-async fn fill(tenant: &Tenant, count: usize, metadata: EventMetadata) -> anyhow::Result<()> {
+pub(crate) async fn fill(
+    tenant: &Tenant,
+    count: usize,
+    metadata: EventMetadata,
+) -> anyhow::Result<()> {
     let stored = serde_json::to_value(metadata.to_map())?;
     let mut written = 0;
     while written < count {
@@ -137,7 +141,7 @@ async fn fill(tenant: &Tenant, count: usize, metadata: EventMetadata) -> anyhow:
 }
 
 /// Waits until every read model of the tenant has caught up with the log.
-async fn settle(tenant: &Tenant) -> anyhow::Result<()> {
+pub(crate) async fn settle(tenant: &Tenant) -> anyhow::Result<()> {
     for aggregate in [Record::TYPE, "consent", "data_export", "user"] {
         if let Some(latest) = tenant.log.latest(aggregate).await? {
             tenant
@@ -149,7 +153,7 @@ async fn settle(tenant: &Tenant) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn events_in(tenant: &Tenant) -> anyhow::Result<i64> {
+pub(crate) async fn events_in(tenant: &Tenant) -> anyhow::Result<i64> {
     Ok(sqlx::query_scalar("SELECT count(*) FROM events")
         .fetch_one(&tenant.pool)
         .await?)
@@ -530,55 +534,6 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     )
     .await?;
 
-    // (e) The Merkle log: the first checkpoint builds the tree over the whole store; then one
-    // over 1,000 new events (extending, not recomputing); proofs at a million events; and a
-    // full verification (every chain and the whole tree).
-    let first_started = Instant::now();
-    let first = services
-        .create_checkpoint(&tenant)
-        .await
-        .map_err(|e| anyhow::anyhow!("checkpoint failed: {:?}", e.code()))?;
-    let first_checkpoint = first_started.elapsed();
-    fill(&tenant, 1_000, metadata).await?;
-    let checkpoint_started = Instant::now();
-    let made = services
-        .create_checkpoint(&tenant)
-        .await
-        .map_err(|e| anyhow::anyhow!("checkpoint failed: {:?}", e.code()))?;
-    let checkpoint_time = checkpoint_started.elapsed();
-    let proven: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT aggregate_id, sequence FROM events TABLESAMPLE SYSTEM (1)
-         WHERE aggregate_type = 'record' LIMIT $1",
-    )
-    .bind(i64::try_from(reads)?)
-    .fetch_all(&tenant.pool)
-    .await?;
-    let mut proofs = Vec::with_capacity(proven.len());
-    for (id, sequence) in &proven {
-        let started = Instant::now();
-        let body: serde_json::Value = client
-            .post(&url)
-            .bearer_auth(&token)
-            .json(&json!({
-                "query": "query($id: ID!, $sequence: Int!) { eventProof(aggregateType: \"record\", aggregateId: $id, sequence: $sequence) { leafIndex auditPath treeHead { root signature } } }",
-                "variables": { "id": id, "sequence": sequence },
-            }))
-            .send()
-            .await?
-            .json()
-            .await?;
-        proofs.push(started.elapsed());
-        anyhow::ensure!(body.get("errors").is_none(), "{}", body["errors"]);
-    }
-    proofs.sort();
-    let verify_started = Instant::now();
-    let report = {
-        let mut conn = tenant.pool.acquire().await?;
-        verify(&mut conn, tenant.id, None, None).await?
-    };
-    let verify_time = verify_started.elapsed();
-    anyhow::ensure!(report.ok(), "the store does not verify: {report:?}");
-
     // (c) Erasing records one at a time.
     let victims: Vec<Uuid> = sqlx::query_scalar(
         "SELECT id FROM records WHERE datasheet = 'employees' AND erased_at IS NULL
@@ -696,20 +651,6 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
             ms(percentile(latencies, 0.99))
         );
     }
-    println!(
-        "\n(e) Merkle log over {} events in {} streams: the first checkpoint (building the whole tree) took {:.0} ms{}; one over 1,000 new events {:.1} ms{}; eventProof over HTTP ({} random events) p50 {:.2} ms, p99 {:.2} ms; verifying every chain and the whole tree took {:.2} s: {:.0} events/s",
-        report.events,
-        report.streams,
-        ms(first_checkpoint),
-        if first.is_some() { "" } else { " (nothing new: none made)" },
-        ms(checkpoint_time),
-        if made.is_some() { "" } else { " (nothing new: none made)" },
-        proofs.len(),
-        ms(percentile(&proofs, 0.5)),
-        ms(percentile(&proofs, 0.99)),
-        verify_time.as_secs_f64(),
-        report.events as f64 / verify_time.as_secs_f64(),
-    );
     drop(tenant);
     let _ = stop.send(());
     server.await??;

@@ -658,3 +658,147 @@ async fn auditing_needs_the_history_permission() {
         .await;
     assert_eq!(refused.code(), Some("FORBIDDEN"));
 }
+
+const KEYS: &str =
+    "{ organization { auditKey auditKeys { generation keyId publicKey createdAt handedOverAt } } }";
+
+#[tokio::test]
+async fn a_rotated_key_takes_over_at_a_signed_hand_over_that_verification_follows() {
+    let app = TestApp::spawn().await;
+    let (admin, id) = store(&app, "rotation").await;
+    let keys = app.graphql(Some(&admin.token), KEYS, json!({})).await.ok();
+    let first_key = keys
+        .data("organization.auditKey")
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        keys.data("organization.auditKeys")[0]["publicKey"],
+        first_key.as_str()
+    );
+    let first = checkpoint(&app, &admin).await;
+
+    // Rotated from the command line, beside the running service.
+    assert!(
+        app.custos(&["tenant", "rotate-audit-key", "--slug", &admin.slug])
+            .await
+    );
+    let keys = app.graphql(Some(&admin.token), KEYS, json!({})).await.ok();
+    let generations = keys
+        .data("organization.auditKeys")
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(generations.len(), 2, "{generations:?}");
+    let new_key = keys
+        .data("organization.auditKey")
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(new_key, first_key);
+    assert_eq!(generations[1]["publicKey"], new_key.as_str());
+    assert_eq!(generations[1]["generation"], 1);
+    let handover_number = first["number"].as_i64().unwrap() + 1;
+    assert_eq!(generations[1]["handedOverAt"], handover_number);
+    // The hand-over: signed by the first key over the same tree, naming the new key.
+    let heads = app
+        .graphql(
+            Some(&admin.token),
+            "{ checkpoints(last: 5) { number treeSize publicKey nextPublicKey nextKeyId } }",
+            json!({}),
+        )
+        .await
+        .ok();
+    let handover = heads
+        .data("checkpoints")
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(handover["number"], handover_number);
+    assert_eq!(handover["treeSize"], first["treeSize"]);
+    assert_eq!(handover["publicKey"], first_key.as_str());
+    assert_eq!(handover["nextPublicKey"], new_key.as_str());
+    assert_eq!(handover["nextKeyId"], generations[1]["keyId"]);
+
+    // Later heads are signed by the new key; everything verifies, through the API and the CLI.
+    app.create_employee(
+        &admin.token,
+        json!({ "firstName": "After", "lastName": "Rotation" }),
+    )
+    .await;
+    let after = checkpoint(&app, &admin).await;
+    assert_eq!(after["publicKey"], new_key.as_str());
+    let report = verify(&app, &admin).await;
+    assert_eq!(report["ok"], true, "{report}");
+    assert!(app.custos(&["verify", "--tenant", &admin.slug]).await);
+
+    // A proof against the new head carries the hand-over: it checks out offline with the
+    // first key (through the hand-over) and with the new key, and not with the first key alone.
+    let proof = app
+        .graphql(
+            Some(&admin.token),
+            &EVENT_PROOF.replace(
+                "treeHead {",
+                "keyHandovers { tenantId number treeSize streams createdAt root keyId publicKey signature nextPublicKey }\n    treeHead {",
+            ),
+            json!({ "id": id, "sequence": 1 }),
+        )
+        .await
+        .ok()
+        .body;
+    assert_eq!(
+        proof["data"]["eventProof"]["keyHandovers"][0]["number"],
+        handover_number
+    );
+    assert!(verify_proof(&first_key, &proof).await, "{proof}");
+    assert!(verify_proof(&new_key, &proof).await, "{proof}");
+    let mut without = proof.clone();
+    without["data"]["eventProof"]["keyHandovers"] = json!([]);
+    assert!(!verify_proof(&first_key, &without).await);
+
+    // The hand-over made to name another key (a forger's): its signature no longer holds, the
+    // heads after it are signed by a key no valid hand-over named, and verification says so.
+    let mut db = superuser(&app, &admin).await;
+    run(
+        &mut db,
+        "UPDATE tree_heads SET next_public_key = sha256(next_public_key) WHERE next_public_key IS NOT NULL AND $1 <> ''",
+        "x",
+    )
+    .await;
+    let report = verify(&app, &admin).await;
+    assert_eq!(report["ok"], false);
+    assert!(problems(&report).contains("key in force"), "{report}");
+    assert!(!app.custos(&["verify", "--tenant", &admin.slug]).await);
+}
+
+#[tokio::test]
+async fn read_models_rebuilt_from_history_match_and_a_forged_row_is_reported() {
+    let app = TestApp::spawn().await;
+    let (admin, id) = store(&app, "models").await;
+    let args = ["verify", "--tenant", admin.slug.as_str(), "--read-models"];
+    let verify_models = || app.custos(&args);
+    assert!(verify_models().await);
+
+    // A read model changed behind the projector's back: found.
+    let mut db = app.tenant_admin(admin.tenant_id).await;
+    sqlx::query("UPDATE records SET archived = true WHERE id = $1::uuid")
+        .bind(&id)
+        .execute(&mut db)
+        .await
+        .unwrap();
+    assert!(!verify_models().await);
+    sqlx::query("UPDATE records SET archived = false WHERE id = $1::uuid")
+        .bind(&id)
+        .execute(&mut db)
+        .await
+        .unwrap();
+    assert!(verify_models().await);
+    // A row of the audit log removed: found.
+    sqlx::query("DELETE FROM audit_log WHERE global_position = (SELECT max(global_position) FROM audit_log)")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    assert!(!verify_models().await);
+}

@@ -82,6 +82,12 @@ async fn today_s_counts_follow_filters_and_as_of_counts_replay_the_history() {
         groups(&filtered, "report"),
         json!([{ "value": "Engineering", "count": 2 }])
     );
+    // Everyone a report counted is recorded as read by it (a group's value can single a
+    // person out): the two it filtered to, not the others.
+    assert_eq!(
+        last_report_read(&app, &admin).await,
+        sorted(&[&ids[0], &ids[2]])
+    );
 
     let then = report(
         &app,
@@ -96,6 +102,28 @@ async fn today_s_counts_follow_filters_and_as_of_counts_replay_the_history() {
         "as it was, not as it is"
     );
     assert_eq!(then.data("report.total"), &json!(4));
+    let counted: Vec<&String> = ids.iter().collect();
+    assert_eq!(last_report_read(&app, &admin).await, sorted(&counted));
+}
+
+/// The records the newest report recorded as read.
+async fn last_report_read(app: &TestApp, admin: &Session) -> Vec<String> {
+    let mut db = app.tenant_admin(admin.tenant_id).await;
+    let ids: Vec<uuid::Uuid> = sqlx::query_scalar(
+        "SELECT record_ids FROM list_reads WHERE via = 'report' ORDER BY read_at DESC LIMIT 1",
+    )
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    let mut ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+    ids.sort();
+    ids
+}
+
+fn sorted(ids: &[&String]) -> Vec<String> {
+    let mut ids: Vec<String> = ids.iter().map(|id| (*id).clone()).collect();
+    ids.sort();
+    ids
 }
 
 #[tokio::test]
@@ -210,4 +238,45 @@ async fn bad_report_requests_are_refused() {
         Some("FORBIDDEN"),
         "reading is not reporting"
     );
+}
+
+#[tokio::test]
+async fn a_report_records_as_read_the_people_of_small_groups_only() {
+    let app = TestApp::spawn().await;
+    let admin = app.sign_up(&slug("smallgroups")).await;
+    let mut crowd = Vec::new();
+    for n in 0..10 {
+        let employee = app
+            .create_employee(
+                &admin.token,
+                json!({ "firstName": "Crowd", "lastName": format!("M{n}"), "department": "Big" }),
+            )
+            .await;
+        crowd.push(employee["id"].as_str().unwrap().to_owned());
+    }
+    let solo = app
+        .create_employee(
+            &admin.token,
+            json!({ "firstName": "Only", "lastName": "One", "department": "Solo" }),
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let today = report(&app, &admin, json!({ "d": "EMPLOYEES", "g": "department" }))
+        .await
+        .ok();
+    assert_eq!(
+        groups(&today, "report"),
+        json!([{ "value": "Big", "count": 10 }, { "value": "Solo", "count": 1 }])
+    );
+    // Ten people in one department are not singled out by its count; the only one in another is.
+    assert_eq!(last_report_read(&app, &admin).await, sorted(&[&solo]));
+    // Grouped by last name, every group is one person: all of them.
+    report(&app, &admin, json!({ "d": "EMPLOYEES", "g": "lastName" }))
+        .await
+        .ok();
+    let mut everyone: Vec<&String> = crowd.iter().collect();
+    everyone.push(&solo);
+    assert_eq!(last_report_read(&app, &admin).await, sorted(&everyone));
 }

@@ -18,6 +18,19 @@ pub(crate) enum TenantCommand {
     /// Create an organisation and its first administrator. The password is read from
     /// CUSTOS_ADMIN_PASSWORD or, if unset, from the first line of standard input.
     Create(TenantCreateArgs),
+    /// Rotate the key that signs the organisation's tree heads: a hand-over tree head, signed
+    /// by the key in force, names a new random key, which signs every later head. Works
+    /// beside a running service (with DATABASE_URL).
+    RotateAuditKey(TenantRotateArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TenantRotateArgs {
+    #[command(flatten)]
+    pub(crate) common: CommonArgs,
+    /// The organisation's slug.
+    #[arg(long)]
+    pub(crate) slug: String,
 }
 
 /// Where data lives: shared by every command.
@@ -78,6 +91,11 @@ pub(crate) struct VerifyArgs {
     /// one in the data directory, `checkpoints/<tenant id>.jsonl`).
     #[arg(long)]
     pub(crate) checkpoints: Option<PathBuf>,
+    /// Also rebuild every read model from the events (into temporary tables, rolled back) and
+    /// report the rows that differ from the live read model. Replays every event once per
+    /// read model: slow on large organisations.
+    #[arg(long)]
+    pub(crate) read_models: bool,
 }
 
 #[derive(Debug, Args)]

@@ -5,15 +5,18 @@
 
 use std::path::Path;
 
+use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 
 use super::args::VerifyArgs;
 use crate::infra::database::Database;
-use crate::infra::integrity::checkpoint::signing_key;
+use crate::infra::integrity::audit_keys::AuditKeys;
+use crate::infra::integrity::read_models::{compare, ReadModelReport};
 use crate::infra::integrity::tree_head::{read_witness, witness_file};
 use crate::infra::integrity::verify::{verify, Report};
 use crate::infra::keys::MasterKey;
+use crate::infra::tenancy::tenant::Reading;
 
 /// Verifies every organisation (or one) of the data directory's database, printing a report
 /// per organisation; false when anything does not verify.
@@ -50,17 +53,50 @@ pub(crate) async fn run(args: VerifyArgs) -> anyhow::Result<bool> {
             let mut conn =
                 PgConnection::connect_with(&database.options.clone().database(&database_name))
                     .await?;
-            let expected = signing_key(&master, id).verifying_key();
+            let expected = AuditKeys::new(&master, id).anchor(&mut conn).await?;
             let report = verify(&mut conn, id, Some(expected), Some(&witness)).await?;
-            conn.close().await?;
             print_report(&slug, id, &path, &report);
             all_ok &= report.ok();
+            if args.read_models {
+                let pool = PgPoolOptions::new()
+                    .max_connections(2)
+                    .connect_with(database.options.clone().database(&database_name))
+                    .await?;
+                let reading = Reading::new(&pool, &master, id);
+                let models = compare(&mut conn, &reading.log, &reading.read_models).await?;
+                pool.close().await;
+                print_read_models(&slug, &models);
+                all_ok &= models.differences.is_empty();
+            }
+            conn.close().await?;
         }
         Ok::<_, anyhow::Error>(all_ok)
     }
     .await;
     database.stop().await?;
     result
+}
+
+fn print_read_models(slug: &str, report: &ReadModelReport) {
+    let verdict = if report.differences.is_empty() {
+        "OK"
+    } else {
+        "FAILED"
+    };
+    println!(
+        "{slug} read models: {verdict} — {} read models ({} tables) rebuilt from {} events",
+        report.projections, report.tables, report.events
+    );
+    for difference in &report.differences {
+        println!(
+            "  {} ({}): {} row(s) the events give are not in the live table, {} live row(s) the events do not give; e.g. {}",
+            difference.table,
+            difference.projection,
+            difference.only_rebuilt,
+            difference.only_live,
+            difference.examples.join(", ")
+        );
+    }
 }
 
 fn print_report(slug: &str, id: Uuid, file: &Path, report: &Report) {

@@ -111,15 +111,9 @@ impl Cx<'_> {
         &self,
         conn: &mut sqlx::PgConnection,
         ids: &[Uuid],
+        via: ReadVia,
     ) -> Result<(), ApiError> {
-        accesses::list_read(
-            conn,
-            ids,
-            self.caller.actor(),
-            self.request_id,
-            ReadVia::List,
-        )
-        .await?;
+        accesses::list_read(conn, ids, self.caller.actor(), self.request_id, via).await?;
         Ok(())
     }
 

@@ -100,6 +100,9 @@ impl Projection for BlindIndexProjection {
     fn aggregate_types(&self) -> &'static [&'static str] {
         &[<Record as Aggregate>::TYPE]
     }
+    fn tables(&self) -> &'static [custos_projections::Table] {
+        const { &[custos_projections::Table::new("subject_index")] }
+    }
 
     async fn apply(&self, conn: &mut PgConnection, event: &ProjectedEvent) -> sqlx::Result<()> {
         let AnyEvent::Record(record_event) = &event.event else {

@@ -300,7 +300,7 @@ pub async fn reset(pool: &PgPool, projection: &dyn Projection) -> anyhow::Result
 }
 
 /// Decodes a stored event for projections; `None` for aggregate types no projection reads.
-fn projected(stored: &StoredEvent) -> anyhow::Result<Option<ProjectedEvent>> {
+pub(crate) fn projected(stored: &StoredEvent) -> anyhow::Result<Option<ProjectedEvent>> {
     let event = &stored.event;
     let Some(decoded) = AnyEvent::decode(&event.aggregate_type, event.payload.clone())? else {
         return Ok(None);

@@ -20,7 +20,7 @@ use crate::graphql::types::enums::{BreachKind, DatasheetKind, ExportFormatKind};
 use crate::graphql::types::exports::{export_payload, ExportPayload};
 use crate::graphql::types::history::FieldChange;
 use crate::infra::integrity::proof::{ConsistencyProof, EventProof, ProvenEvent};
-use crate::infra::integrity::tree_head::TreeHead;
+use crate::infra::integrity::tree_head::{key_id, TreeHead};
 use crate::infra::integrity::verify::Report;
 use crate::infra::tenancy::tenant::Tenant;
 use crate::service::audit::history::{record_history, role_history, user_history};
@@ -49,6 +49,10 @@ pub(crate) struct CheckpointNode {
     /// Hex Ed25519 public key that verifies `signature`.
     public_key: String,
     signature: String,
+    /// A hand-over: the hex public key that signs every later tree head (signed with the rest,
+    /// as a last line `next <key id> <public key>`); none otherwise.
+    next_public_key: Option<String>,
+    next_key_id: Option<String>,
 }
 
 impl From<TreeHead> for CheckpointNode {
@@ -64,6 +68,8 @@ impl From<TreeHead> for CheckpointNode {
             key_id: h.key_id,
             public_key: hex::encode(h.public_key),
             signature: hex::encode(h.signature),
+            next_key_id: h.next_public_key.as_deref().map(key_id),
+            next_public_key: h.next_public_key.map(hex::encode),
         }
     }
 }
@@ -99,6 +105,9 @@ pub(crate) struct EventProofNode {
     audit_path: Vec<String>,
     event: ProvenEventNode,
     tree_head: CheckpointNode,
+    /// The hand-overs from the organisation's first key to the key that signed `treeHead`,
+    /// oldest first (none while the first key signs).
+    key_handovers: Vec<CheckpointNode>,
 }
 
 impl From<EventProof> for EventProofNode {
@@ -132,6 +141,7 @@ impl From<EventProof> for EventProofNode {
                 hash,
             },
             tree_head: p.tree_head.into(),
+            key_handovers: p.key_handovers.into_iter().map(Into::into).collect(),
         }
     }
 }
@@ -147,6 +157,8 @@ pub(crate) struct ConsistencyProofNode {
     path: Vec<String>,
     from_head: CheckpointNode,
     to_head: CheckpointNode,
+    /// The hand-overs from the organisation's first key to the key that signed `toHead`.
+    key_handovers: Vec<CheckpointNode>,
 }
 
 impl From<ConsistencyProof> for ConsistencyProofNode {
@@ -157,6 +169,7 @@ impl From<ConsistencyProof> for ConsistencyProofNode {
             path: p.path,
             from_head: p.from_head.into(),
             to_head: p.to_head.into(),
+            key_handovers: p.key_handovers.into_iter().map(Into::into).collect(),
         }
     }
 }

@@ -191,7 +191,7 @@ async fn page<T: From<RecordRow> + async_graphql::OutputType>(
             QueryListError::Database(err) => ApiError::from(err),
         })?;
     let shown: Vec<uuid::Uuid> = page.items.iter().map(|(_, row)| row.id).collect();
-    cx.list_read(&mut conn, &shown).await?;
+    cx.list_read(&mut conn, &shown, ReadVia::List).await?;
     let edges = page
         .items
         .into_iter()

@@ -16,6 +16,7 @@ use crate::graphql::pagination::{
 };
 use crate::graphql::types::api_token::ApiToken;
 use crate::graphql::types::user::{User, UserRef};
+use crate::infra::integrity::audit_keys::generations;
 use crate::infra::stores::sessions::{self, SessionRow};
 use crate::infra::tenancy::tenant::Tenant;
 use crate::service::identity::{LoginOutcome, NewOrganization, SignedIn};
@@ -113,12 +114,27 @@ pub(crate) struct Organization {
     name: String,
     /// The data region the organisation chose: `eu` or `us`.
     region: String,
-    /// Hex Ed25519 public key that signs the organisation's tree heads: give it to auditors,
-    /// who check proofs with it offline (`custos verify-proof --public-key`).
-    audit_key: String,
     /// The tenant's database, for the settings (also answered right after sign-up and login).
     #[graphql(skip)]
     pool: sqlx::PgPool,
+    /// Generation 0 of the key that signs tree heads.
+    #[graphql(skip)]
+    derived_audit_key: ed25519_dalek::VerifyingKey,
+}
+
+/// One generation of the key that signs the organisation's tree heads.
+#[derive(SimpleObject)]
+pub(crate) struct AuditKey {
+    /// 0 for the first key; one more at each rotation.
+    generation: i32,
+    /// The first 16 hex digits of SHA-256 over `publicKey`.
+    key_id: String,
+    /// Hex Ed25519 public key.
+    public_key: String,
+    /// When it was made (none for the first, derived from the master key).
+    created_at: Option<DateTime<Utc>>,
+    /// The number of the tree head that handed over to it (signed by the key before it).
+    handed_over_at: Option<i64>,
 }
 
 #[async_graphql::ComplexObject]
@@ -127,6 +143,40 @@ impl Organization {
     /// enrol, change their password and log out until they have.
     async fn two_factor_required(&self) -> Result<bool, ApiError> {
         Ok(custos_projections::organization::two_factor_required(&self.pool).await?)
+    }
+
+    /// Hex Ed25519 public key that signs the organisation's tree heads now: give it (or the
+    /// first of `auditKeys`) to auditors, who check proofs with it offline (`custos
+    /// verify-proof --public-key`); a proof carries the hand-overs from an earlier key.
+    async fn audit_key(&self) -> Result<String, ApiError> {
+        let keys = self.generations().await?;
+        Ok(keys
+            .last()
+            .map(|k| k.public_key.clone())
+            .unwrap_or_default())
+    }
+
+    /// Every key that has signed the organisation's tree heads, oldest first: each after the
+    /// first took over at a hand-over tree head signed by the one before.
+    async fn audit_keys(&self) -> Result<Vec<AuditKey>, ApiError> {
+        self.generations().await
+    }
+}
+
+impl Organization {
+    async fn generations(&self) -> Result<Vec<AuditKey>, ApiError> {
+        let mut conn = self.pool.acquire().await?;
+        let generations = generations(&mut conn, &self.derived_audit_key).await?;
+        Ok(generations
+            .into_iter()
+            .map(|g| AuditKey {
+                generation: g.generation,
+                key_id: g.key_id,
+                public_key: hex::encode(g.public_key),
+                created_at: g.created_at,
+                handed_over_at: g.handed_over_at,
+            })
+            .collect())
     }
 }
 
@@ -137,8 +187,8 @@ impl From<&Tenant> for Organization {
             slug: tenant.slug.clone(),
             name: tenant.name.clone(),
             region: tenant.region.as_str().to_owned(),
-            audit_key: hex::encode(tenant.checkpoint_key.verifying_key().to_bytes()),
             pool: tenant.pool.clone(),
+            derived_audit_key: tenant.audit_keys.derived(),
         }
     }
 }

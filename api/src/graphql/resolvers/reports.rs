@@ -4,6 +4,7 @@
 use async_graphql::{Context, Object, SimpleObject};
 use chrono::{DateTime, Utc};
 use custos_domain::{CustomKind, Datasheet, FieldKind, Permission};
+use custos_projections::accesses::ReadVia;
 use custos_projections::record_query::{self, Field};
 
 use super::record_query::{record_query, resolve_field, ListArgs, RecordFilter};
@@ -100,10 +101,19 @@ async fn as_of_report(
         group_by: field.json_key(),
         employed_only,
     };
-    let (counts, records) = counts_as_of(&cx.tenant().log, &request)
+    let counted = counts_as_of(&cx.tenant().log, &request)
         .await
         .map_err(ApiError::internal)?;
-    Ok(report(datasheet, group_by, Some(at), counts, records))
+    let mut conn = cx.tenant().pool.acquire().await?;
+    cx.list_read(&mut conn, &counted.shown, ReadVia::Report)
+        .await?;
+    Ok(report(
+        datasheet,
+        group_by,
+        Some(at),
+        counted.counts,
+        counted.records,
+    ))
 }
 
 #[derive(Default)]
@@ -151,8 +161,17 @@ impl ReportsQuery {
         };
         let query = record_query(datasheet, &schema, args)?;
         let mut conn = cx.tenant().pool.acquire().await?;
-        let counts = record_query::group_counts(&mut conn, &query, &field).await?;
+        let groups = record_query::group_counts(&mut conn, &query, &field).await?;
         let records = record_query::count(&mut conn, &query).await?;
+        // The records of small groups are recorded as read: their value can single them out.
+        let mut shown: Vec<uuid::Uuid> = groups
+            .iter()
+            .flat_map(|g| g.members.iter().copied())
+            .collect();
+        shown.sort_unstable();
+        shown.dedup();
+        cx.list_read(&mut conn, &shown, ReadVia::Report).await?;
+        let counts = groups.into_iter().map(|g| (g.value, g.count)).collect();
         Ok(report(datasheet, group_by, None, counts, records))
     }
 

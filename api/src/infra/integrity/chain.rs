@@ -88,11 +88,6 @@ pub(crate) fn check_stream(rows: &[StoredRow]) -> Option<BrokenLink> {
             breach,
         })
     };
-    let position: HashMap<&[u8], usize> = rows
-        .iter()
-        .enumerate()
-        .map(|(i, r)| (r.hash.as_slice(), i))
-        .collect();
     let mut previous: Option<&[u8]> = None;
     for (i, row) in rows.iter().enumerate() {
         let expected = i as i64 + 1;
@@ -105,7 +100,13 @@ pub(crate) fn check_stream(rows: &[StoredRow]) -> Option<BrokenLink> {
             previous = Some(&row.hash);
             continue;
         }
-        // It links to an event further on: it was moved before that one.
+        // It links to an event further on: it was moved before that one. (Built only here:
+        // most streams are whole, most of them one event long.)
+        let position: HashMap<&[u8], usize> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.hash.as_slice(), i))
+            .collect();
         if let Some(&j) = row.prev_hash.as_deref().and_then(|p| position.get(p)) {
             if j > i {
                 return broken(expected, Breach::Reordered);

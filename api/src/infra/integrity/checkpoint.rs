@@ -4,14 +4,13 @@
 //! log's tree heads took their place, `tree`); those that exist are still verified.
 
 use chrono::{DateTime, Utc};
-use ed25519_dalek::{Signature, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signature, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
 use super::chain::part;
-use crate::infra::keys::MasterKey;
 
 /// A signed checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -64,11 +63,6 @@ impl Checkpoint {
                 .is_ok()
         })
     }
-}
-
-/// The tenant's checkpoint signing key; derived from the master key, never stored.
-pub(crate) fn signing_key(master: &MasterKey, tenant_id: Uuid) -> SigningKey {
-    SigningKey::from_bytes(&master.derive(&format!("custos/checkpoint-signing/{tenant_id}")))
 }
 
 /// The accumulator over stream heads, fed in byte order of (type, id).
@@ -131,6 +125,7 @@ pub(crate) async fn checkpoints(
 mod tests {
     use super::*;
     use ed25519_dalek::Signer;
+    use ed25519_dalek::SigningKey;
 
     #[test]
     fn checkpoints_are_signed_and_their_signature_covers_every_field() {

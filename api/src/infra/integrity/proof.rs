@@ -41,6 +41,10 @@ pub struct EventProof {
     pub audit_path: Vec<String>,
     pub event: ProvenEvent,
     pub tree_head: TreeHead,
+    /// The hand-overs from the organisation's first key to the key that signed `treeHead`,
+    /// oldest first (none while the first key signs).
+    #[serde(default)]
+    pub key_handovers: Vec<TreeHead>,
 }
 
 /// The tree `fromHead` signed is a prefix of the tree `toHead` signed.
@@ -53,6 +57,9 @@ pub struct ConsistencyProof {
     pub path: Vec<String>,
     pub from_head: TreeHead,
     pub to_head: TreeHead,
+    /// The hand-overs from the organisation's first key to the key that signed `toHead`.
+    #[serde(default)]
+    pub key_handovers: Vec<TreeHead>,
 }
 
 /// Hex hashes as stored in a proof.
@@ -77,12 +84,31 @@ fn root(head: &TreeHead) -> Result<Hash, String> {
         .map_err(|_| format!("tree head {}: the root is not a SHA-256 hash", head.number))
 }
 
-fn signed(head: &TreeHead, key: &VerifyingKey, which: &str) -> Result<(), String> {
-    if head.signed_by(key) {
+/// The key that signs tree head `number`, starting from `key`: each hand-over before it that
+/// the key in force signed passes to the key it names.
+fn key_in_force(key: &VerifyingKey, handovers: &[TreeHead], number: i64) -> VerifyingKey {
+    let mut in_force = *key;
+    let mut handovers: Vec<&TreeHead> = handovers.iter().filter(|h| h.number < number).collect();
+    handovers.sort_by_key(|h| h.number);
+    for handover in handovers {
+        if let (true, Some(next)) = (handover.signed_by(&in_force), handover.next_key()) {
+            in_force = next;
+        }
+    }
+    in_force
+}
+
+fn signed(
+    head: &TreeHead,
+    key: &VerifyingKey,
+    handovers: &[TreeHead],
+    which: &str,
+) -> Result<(), String> {
+    if head.signed_by(&key_in_force(key, handovers, head.number)) {
         Ok(())
     } else {
         Err(format!(
-            "{which} tree head {}: the signature does not verify with this public key",
+            "{which} tree head {}: the signature does not verify with this public key (nor with a key it handed over to)",
             head.number
         ))
     }
@@ -92,7 +118,7 @@ impl EventProof {
     /// Every check, in order; the first that fails, in words.
     pub fn check(&self, key: &VerifyingKey) -> Result<String, String> {
         let head = &self.tree_head;
-        signed(head, key, "the")?;
+        signed(head, key, &self.key_handovers, "the")?;
         if head.tree_size != self.tree_size {
             return Err(format!(
                 "the proof is for a tree of {} events; its tree head signed {}",
@@ -155,8 +181,8 @@ impl EventProof {
 impl ConsistencyProof {
     /// Every check, in order; the first that fails, in words.
     pub fn check(&self, key: &VerifyingKey) -> Result<String, String> {
-        signed(&self.from_head, key, "the older")?;
-        signed(&self.to_head, key, "the newer")?;
+        signed(&self.from_head, key, &self.key_handovers, "the older")?;
+        signed(&self.to_head, key, &self.key_handovers, "the newer")?;
         if self.from_head.tenant_id != self.to_head.tenant_id {
             return Err("the two tree heads belong to different organisations".into());
         }

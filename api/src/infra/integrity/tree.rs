@@ -14,6 +14,7 @@ use ed25519_dalek::SigningKey;
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
+use super::audit_keys::AuditKeys;
 use super::merkle::{leaf_hash, Frontier, Hash, Node, ProofOf, STRIDE};
 use super::tree_head::{append_witness, last_tree_head, TreeHead};
 
@@ -41,10 +42,15 @@ pub(crate) enum Checkpointed {
     Refused(Alarm),
 }
 
-const HEAD_COLUMNS: &str =
-    "number, tree_size, streams, created_at, root, key_id, public_key, signature";
+/// The columns of `tree_heads` a [`TreeHead`] is read from ([`head_from_row`]).
+pub(crate) const HEAD_COLUMNS: &str =
+    "number, tree_size, streams, created_at, root, key_id, public_key, signature, next_public_key";
 
-fn head_from_row(tenant_id: Uuid, row: &sqlx::postgres::PgRow) -> sqlx::Result<TreeHead> {
+/// A tree head from a row holding [`HEAD_COLUMNS`].
+pub(crate) fn head_from_row(
+    tenant_id: Uuid,
+    row: &sqlx::postgres::PgRow,
+) -> sqlx::Result<TreeHead> {
     Ok(TreeHead {
         tenant_id,
         number: row.try_get("number")?,
@@ -55,6 +61,7 @@ fn head_from_row(tenant_id: Uuid, row: &sqlx::postgres::PgRow) -> sqlx::Result<T
         key_id: row.try_get("key_id")?,
         public_key: row.try_get("public_key")?,
         signature: row.try_get("signature")?,
+        next_public_key: row.try_get("next_public_key")?,
     })
 }
 
@@ -100,19 +107,37 @@ pub(crate) async fn stored_heads(
         .collect()
 }
 
-/// The tree head of exactly `tree_size` leaves, if one was signed.
+/// The newest tree head of exactly `tree_size` leaves (a hand-over may repeat the size of the
+/// head before it), if one was signed.
 pub(crate) async fn tree_head_of_size(
     conn: &mut PgConnection,
     tenant_id: Uuid,
     tree_size: i64,
 ) -> sqlx::Result<Option<TreeHead>> {
     let row = sqlx::query(&format!(
-        "SELECT {HEAD_COLUMNS} FROM tree_heads WHERE tree_size = $1"
+        "SELECT {HEAD_COLUMNS} FROM tree_heads WHERE tree_size = $1 ORDER BY number DESC LIMIT 1"
     ))
     .bind(tree_size)
     .fetch_optional(conn)
     .await?;
     row.map(|r| head_from_row(tenant_id, &r)).transpose()
+}
+
+/// The hand-over heads before tree head `number`, oldest first: the chain from the first key
+/// to the one that signed it.
+pub(crate) async fn handovers_before(
+    conn: &mut PgConnection,
+    tenant_id: Uuid,
+    number: i64,
+) -> sqlx::Result<Vec<TreeHead>> {
+    let rows = sqlx::query(&format!(
+        "SELECT {HEAD_COLUMNS} FROM tree_heads
+         WHERE next_public_key IS NOT NULL AND number < $1 ORDER BY number"
+    ))
+    .bind(number)
+    .fetch_all(conn)
+    .await?;
+    rows.iter().map(|r| head_from_row(tenant_id, r)).collect()
 }
 
 /// The newest tree head.
@@ -123,13 +148,16 @@ pub(crate) async fn newest_tree_head(
     Ok(latest_tree_heads(conn, tenant_id, 1).await?.pop())
 }
 
-/// Extends the tree with every event committed since the last tree head and signs a new one;
-/// stored, then appended to the witness file `file` (with any head the file lacks).
+/// Extends the tree with every event committed since the last tree head and signs a new one
+/// with the key in force; stored, then appended to the witness file `file` (with any head the
+/// file lacks). With `rotate`, the head is a hand-over to a new key (even with nothing new to
+/// log), which signs every later head.
 pub(crate) async fn checkpoint(
     conn: &mut PgConnection,
     tenant_id: Uuid,
-    key: &SigningKey,
+    keys: &AuditKeys,
     file: &Path,
+    rotate: bool,
 ) -> anyhow::Result<Checkpointed> {
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
     let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
@@ -139,6 +167,13 @@ pub(crate) async fn checkpoint(
     if !taken {
         return Ok(Checkpointed::Nothing);
     }
+    let (generation, key) = keys.current(&mut tx).await?;
+    let key = &key;
+    let generations = keys.generations(&mut tx).await?;
+    let previous_key = generations
+        .iter()
+        .find(|g| g.generation == generation - 1)
+        .map(|g| g.public_key.as_slice());
     let last = sqlx::query(&format!(
         "SELECT {HEAD_COLUMNS}, frontier, last_transaction_id::text::bigint AS last_transaction_id,
                 last_global_position
@@ -155,8 +190,20 @@ pub(crate) async fn checkpoint(
                 row.try_get::<i64, _>("last_transaction_id")?,
                 row.try_get::<i64, _>("last_global_position")?,
             );
-            let checked =
-                check_last(&mut tx, &head, &frontier, after, key, witnessed.as_ref()).await?;
+            let signer = Signer {
+                key,
+                generation,
+                previous_key,
+            };
+            let checked = check_last(
+                &mut tx,
+                &head,
+                &frontier,
+                after,
+                &signer,
+                witnessed.as_ref(),
+            )
+            .await?;
             if let Some(alarm) = checked {
                 return Ok(Checkpointed::Refused(alarm));
             }
@@ -255,12 +302,15 @@ pub(crate) async fn checkpoint(
             break;
         }
     }
-    if frontier.size() == first_new {
-        // Nothing new; the witness file may still lack heads (a crash after a commit).
+    let handover = rotate.then(|| keys.create(generation + 1));
+    if (frontier.size() == first_new && handover.is_none()) || frontier.size() == 0 {
+        // Nothing new (or, for a hand-over, nothing logged at all); the witness file may still
+        // lack heads (a crash after a commit).
         tx.rollback().await?;
         catch_up_witness(conn, tenant_id, file).await?;
         return Ok(Checkpointed::Nothing);
     }
+    let next = handover.as_ref().map(|(key, _)| key.verifying_key());
     let created_at: DateTime<Utc> = sqlx::query_scalar("SELECT date_trunc('milliseconds', now())")
         .fetch_one(&mut *tx)
         .await?;
@@ -272,11 +322,13 @@ pub(crate) async fn checkpoint(
         streams,
         created_at,
         &frontier.root(),
+        next.as_ref(),
     );
     sqlx::query(
         "INSERT INTO tree_heads (number, tree_size, streams, created_at, root, key_id, public_key,
-                                 signature, frontier, last_transaction_id, last_global_position)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::text::xid8, $11)",
+                                 signature, frontier, last_transaction_id, last_global_position,
+                                 next_public_key)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::text::xid8, $11, $12)",
     )
     .bind(head.number)
     .bind(head.tree_size)
@@ -289,28 +341,58 @@ pub(crate) async fn checkpoint(
     .bind(frontier.encode())
     .bind(after.0.to_string())
     .bind(after.1)
+    .bind(&head.next_public_key)
     .execute(&mut *tx)
     .await?;
+    if let Some((new_key, sealed)) = &handover {
+        sqlx::query(
+            "INSERT INTO audit_keys (generation, public_key, sealed_secret, handed_over_at)
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(generation + 1)
+        .bind(new_key.verifying_key().to_bytes().as_slice())
+        .bind(sealed)
+        .bind(head.number)
+        .execute(&mut *tx)
+        .await?;
+    }
     tx.commit().await?;
     catch_up_witness(conn, tenant_id, file).await?;
     Ok(Checkpointed::Signed(head))
 }
 
-/// Whether the last signed head still holds: signed by this key, its stored frontier giving
-/// its root, the leaves ending where it says (at the event it names as its last), and the
-/// witness file holding nothing newer.
+/// The key in force and the one before it, which signed the hand-over to it.
+struct Signer<'a> {
+    key: &'a SigningKey,
+    generation: i32,
+    previous_key: Option<&'a [u8]>,
+}
+
+/// Whether the last signed head still holds: signed by the key in force (or, as the hand-over
+/// to it, by the key before it), its stored frontier giving its root, the leaves ending where
+/// it says (at the event it names as its last), and the witness file holding nothing newer.
 async fn check_last(
     tx: &mut PgConnection,
     head: &TreeHead,
     frontier: &[u8],
     after: (i64, i64),
-    key: &SigningKey,
+    signer: &Signer<'_>,
     witnessed: Option<&TreeHead>,
 ) -> anyhow::Result<Option<Alarm>> {
     let number = head.number;
-    if !head.signed_by(&key.verifying_key()) {
+    let in_force = signer.key.verifying_key();
+    let signed = match &head.next_public_key {
+        None => head.signed_by(&in_force),
+        Some(next) => {
+            next.as_slice() == in_force.to_bytes().as_slice()
+                && Some(head.public_key.as_slice()) == signer.previous_key
+                && head.signature_holds()
+        }
+    };
+    if !signed {
         return Ok(Some(Alarm(format!(
-            "tree head {number} in the database is not signed by this organisation's key"
+            "tree head {number} in the database is not signed by this organisation's key (generation {})",
+            signer.generation
         ))));
     }
     match Frontier::decode(head.tree_size as u64, frontier) {
@@ -399,54 +481,35 @@ pub(crate) async fn leaf_of_event(
         .await
 }
 
-/// A proof's hashes, from the stored leaves and nodes; `None` when the stored log lacks
-/// something the proof needs.
+/// A proof's hashes, from the stored leaves and nodes (one round trip); `None` when the
+/// stored log lacks something the proof needs.
 pub(crate) async fn proof(conn: &mut PgConnection, of: ProofOf) -> sqlx::Result<Option<Vec<Hash>>> {
     let (needed, fetch) = of.needs();
-    let mut fetched: HashMap<Node, Hash> = HashMap::new();
-    let to_hash = |bytes: Vec<u8>| <Hash>::try_from(bytes.as_slice()).ok();
-    if !fetch.leaves.is_empty() {
-        let indexes: Vec<i64> = fetch.leaves.iter().map(|&i| i as i64).collect();
-        let rows: Vec<(i64, Vec<u8>)> =
-            sqlx::query_as("SELECT leaf_index, hash FROM merkle_leaves WHERE leaf_index = ANY($1)")
-                .bind(&indexes)
-                .fetch_all(&mut *conn)
-                .await?;
-        for (index, hash) in rows {
-            if let Some(hash) = to_hash(hash) {
-                fetched.insert(
-                    Node {
-                        level: 0,
-                        index: index as u64,
-                    },
-                    hash,
-                );
-            }
-        }
-    }
-    if !fetch.nodes.is_empty() {
-        let levels: Vec<i16> = fetch.nodes.iter().map(|n| n.level as i16).collect();
-        let indexes: Vec<i64> = fetch.nodes.iter().map(|n| n.index as i64).collect();
-        let rows: Vec<(i16, i64, Vec<u8>)> = sqlx::query_as(
-            "SELECT n.level, n.index, n.hash
-             FROM unnest($1::smallint[], $2::bigint[]) AS wanted (level, index)
-             JOIN merkle_nodes n USING (level, index)",
-        )
-        .bind(&levels)
-        .bind(&indexes)
-        .fetch_all(&mut *conn)
-        .await?;
-        for (level, index, hash) in rows {
-            if let Some(hash) = to_hash(hash) {
-                fetched.insert(
-                    Node {
-                        level: level as u32,
-                        index: index as u64,
-                    },
-                    hash,
-                );
-            }
-        }
-    }
+    let leaves: Vec<i64> = fetch.leaves.iter().map(|&i| i as i64).collect();
+    let levels: Vec<i16> = fetch.nodes.iter().map(|n| n.level as i16).collect();
+    let indexes: Vec<i64> = fetch.nodes.iter().map(|n| n.index as i64).collect();
+    let rows: Vec<(i16, i64, Vec<u8>)> = sqlx::query_as(
+        "SELECT 0::smallint, leaf_index, hash FROM merkle_leaves WHERE leaf_index = ANY($1)
+         UNION ALL
+         SELECT n.level, n.index, n.hash
+         FROM unnest($2::smallint[], $3::bigint[]) AS wanted (level, index)
+         JOIN merkle_nodes n USING (level, index)",
+    )
+    .bind(&leaves)
+    .bind(&levels)
+    .bind(&indexes)
+    .fetch_all(&mut *conn)
+    .await?;
+    let fetched: HashMap<Node, Hash> = rows
+        .into_iter()
+        .filter_map(|(level, index, hash)| {
+            let hash = <Hash>::try_from(hash.as_slice()).ok()?;
+            let node = Node {
+                level: level as u32,
+                index: index as u64,
+            };
+            Some((node, hash))
+        })
+        .collect();
     Ok(of.build(&needed, &fetched))
 }

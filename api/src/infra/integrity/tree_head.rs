@@ -33,6 +33,32 @@ pub struct TreeHead {
     pub public_key: Vec<u8>,
     #[serde(with = "hex::serde")]
     pub signature: Vec<u8>,
+    /// A hand-over: the public key that signs every later tree head (hex). Signed with the rest.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "hex_option")]
+    pub next_public_key: Option<Vec<u8>>,
+}
+
+/// `Option<Vec<u8>>` as an optional hex string.
+mod hex_option {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(
+        value: &Option<Vec<u8>>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(bytes) => serializer.serialize_some(&hex::encode(bytes)),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Vec<u8>>, D::Error> {
+        Option::<String>::deserialize(deserializer)?
+            .map(|text| hex::decode(text).map_err(serde::de::Error::custom))
+            .transpose()
+    }
 }
 
 /// The id of a public key.
@@ -41,7 +67,8 @@ pub(crate) fn key_id(public_key: &[u8]) -> String {
 }
 
 impl TreeHead {
-    /// A tree head signed with `key`.
+    /// A tree head signed with `key`; a hand-over to `next` when given.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn sign(
         key: &SigningKey,
         tenant_id: Uuid,
@@ -50,6 +77,7 @@ impl TreeHead {
         streams: i64,
         created_at: DateTime<Utc>,
         root: &[u8],
+        next: Option<&VerifyingKey>,
     ) -> Self {
         let public_key = key.verifying_key().to_bytes().to_vec();
         let mut head = Self {
@@ -62,14 +90,15 @@ impl TreeHead {
             key_id: key_id(&public_key),
             public_key,
             signature: Vec::new(),
+            next_public_key: next.map(|k| k.to_bytes().to_vec()),
         };
         head.signature = key.sign(&head.message()).to_bytes().to_vec();
         head
     }
 
-    /// What the signature covers.
+    /// What the signature covers (a hand-over adds a line naming the next key).
     fn message(&self) -> Vec<u8> {
-        format!(
+        let mut message = format!(
             "custos-tree-head/1\n{}\n{}\n{}\n{}\n{}\n{}\n{}",
             self.tenant_id,
             self.number,
@@ -78,8 +107,19 @@ impl TreeHead {
             self.created_at.timestamp_micros(),
             hex::encode(&self.root),
             self.key_id,
-        )
-        .into_bytes()
+        );
+        if let Some(next) = &self.next_public_key {
+            message.push_str(&format!("\nnext {} {}", key_id(next), hex::encode(next)));
+        }
+        message.into_bytes()
+    }
+
+    /// The key a hand-over names, if it is one (and the key is an Ed25519 key).
+    pub fn next_key(&self) -> Option<VerifyingKey> {
+        self.next_public_key
+            .as_deref()
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .and_then(|b| VerifyingKey::from_bytes(&b).ok())
     }
 
     /// Whether `key` signed this tree head as it is.
@@ -236,6 +276,7 @@ mod tests {
             number,
             DateTime::from_timestamp_millis(1_700_000_000_000).unwrap(),
             &[number as u8; 32],
+            None,
         )
     }
 
@@ -254,11 +295,40 @@ mod tests {
             |h: &mut TreeHead| h.root[0] ^= 1,
             |h: &mut TreeHead| h.tenant_id = Uuid::max(),
             |h: &mut TreeHead| h.created_at += chrono::Duration::milliseconds(1),
+            |h: &mut TreeHead| h.next_public_key = Some(vec![9; 32]),
         ] {
             let mut forged = signed.clone();
             forge(&mut forged);
             assert!(!forged.signature_holds());
         }
+        // A hand-over names its next key under the signature.
+        let next = other.verifying_key();
+        let handover = TreeHead::sign(
+            &key,
+            Uuid::nil(),
+            2,
+            10,
+            1,
+            DateTime::from_timestamp_millis(1_700_000_000_000).unwrap(),
+            &[2; 32],
+            Some(&next),
+        );
+        assert!(handover.signed_by(&key.verifying_key()));
+        assert_eq!(handover.next_key(), Some(next));
+        let mut swapped = handover.clone();
+        swapped.next_public_key = Some(
+            SigningKey::from_bytes(&[9; 32])
+                .verifying_key()
+                .to_bytes()
+                .to_vec(),
+        );
+        assert!(!swapped.signature_holds());
+        // It round-trips through its JSON; a head without one has no `nextPublicKey` there.
+        let json = serde_json::to_string(&handover).unwrap();
+        assert_eq!(serde_json::from_str::<TreeHead>(&json).unwrap(), handover);
+        assert!(!serde_json::to_string(&signed)
+            .unwrap()
+            .contains("nextPublicKey"));
     }
 
     #[test]

@@ -2,6 +2,10 @@
 //! every signed tree head (the database's and the witness file's) checked against it; and the
 //! checkpoints signed before the Merkle log existed (their signatures, their chain, the file's
 //! against the database's, and the newest one's accumulator against the events it covers).
+//!
+//! The events are read once, in stream order for the chains; each event's place in the log
+//! (its commit order and leaf hash, 56 bytes) is kept, sorted in memory into commit order and
+//! the tree built from it, compared leaf by leaf with the stored leaves read in index order.
 
 use std::collections::HashMap;
 
@@ -14,9 +18,9 @@ use uuid::Uuid;
 
 use super::chain::{check_stream, BrokenLink, StoredRow};
 use super::checkpoint::{checkpoints, Checkpoint, Heads};
-use super::merkle::{leaf_hash, Frontier};
+use super::merkle::{leaf_hash, Frontier, Hash};
 use super::tree::{stored_heads, StoredHead};
-use super::tree_head::{TreeHead, Witness};
+use super::tree_head::{key_id, TreeHead, Witness};
 
 /// What verification found.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -61,7 +65,7 @@ pub async fn verify(
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .execute(&mut *tx)
         .await?;
-    legacy_and_chains(
+    let legacy = legacy_checkpoints(
         &mut tx,
         tenant_id,
         expected_key,
@@ -69,11 +73,13 @@ pub async fn verify(
         &mut report,
     )
     .await?;
+    let logged = chains(&mut tx, legacy.as_ref(), &mut report).await?;
     merkle_log(
         &mut tx,
         tenant_id,
         expected_key,
         witness.map(|w| w.tree_heads.as_slice()),
+        logged,
         &mut report,
     )
     .await?;
@@ -81,14 +87,24 @@ pub async fn verify(
     Ok(report)
 }
 
-/// Every stream's chain, and the checkpoints signed before the Merkle log.
-async fn legacy_and_chains(
+/// An event's place in the Merkle log, kept from the chain pass for the tree.
+struct Logged {
+    transaction_id: i64,
+    global_position: i64,
+    leaf: Hash,
+    /// The first event of its stream.
+    first: bool,
+}
+
+/// The checkpoints signed before the Merkle log: their signatures and links, the file's against
+/// the database's; the newest, whose accumulator [`chains`] checks.
+async fn legacy_checkpoints(
     conn: &mut PgConnection,
     tenant_id: Uuid,
     expected_key: Option<VerifyingKey>,
     file: Option<&[Checkpoint]>,
     report: &mut Report,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<Checkpoint>> {
     let stored = checkpoints(conn, tenant_id).await?;
     if !stored.is_empty() {
         report.notes.push(format!(
@@ -164,17 +180,28 @@ async fn legacy_and_chains(
         }
         None => stored.last(),
     };
-    let snapshot = newest.map(|c| c.snapshot.clone());
+    Ok(newest.cloned())
+}
 
+/// Every stream's chain, and the accumulator of `legacy`, the newest checkpoint from before
+/// the Merkle log; each event's place in the log, in no particular order.
+async fn chains(
+    conn: &mut PgConnection,
+    legacy: Option<&Checkpoint>,
+    report: &mut Report,
+) -> anyhow::Result<Vec<Logged>> {
+    let snapshot = legacy.map(|c| c.snapshot.clone());
     let mut rows = sqlx::query(
         "SELECT aggregate_type, aggregate_id, sequence, event_type, event_version,
                 payload::text AS payload, metadata::text AS metadata, recorded_at, prev_hash, hash,
+                transaction_id::text::bigint AS transaction_id, global_position,
                 coalesce(pg_visible_in_snapshot(transaction_id, $1::text::pg_snapshot), false) AS covered
          FROM events
          ORDER BY aggregate_type COLLATE \"C\", aggregate_id COLLATE \"C\", sequence",
     )
     .bind(&snapshot)
     .fetch(conn);
+    let mut logged = Vec::new();
     let mut heads = Heads::default();
     let mut covered_events = 0i64;
     let mut stream: Vec<StoredRow> = Vec::new();
@@ -211,6 +238,12 @@ async fn legacy_and_chains(
             hash: row.try_get("hash")?,
             in_checkpoint: row.try_get("covered")?,
         };
+        logged.push(Logged {
+            transaction_id: row.try_get("transaction_id")?,
+            global_position: row.try_get("global_position")?,
+            leaf: leaf_hash(&event.hash),
+            first: event.sequence == 1,
+        });
         if event.in_checkpoint {
             covered_events += 1;
         }
@@ -223,7 +256,7 @@ async fn legacy_and_chains(
         stream.push(event);
     }
     finish(&mut stream, report, &mut heads);
-    if let Some(checkpoint) = newest {
+    if let Some(checkpoint) = legacy {
         let streams = heads.streams;
         let root: [u8; 32] = heads.hasher.finalize().into();
         if root.as_slice() != checkpoint.root.as_slice() {
@@ -233,43 +266,57 @@ async fn legacy_and_chains(
             ));
         }
     }
-    Ok(())
+    Ok(logged)
 }
 
-/// The whole Merkle log recomputed from the events in commit order, and checked against every
-/// signed head: the database's (with its stored frontier) and the witness file's.
+/// The whole Merkle log recomputed from the events (`logged`, put in commit order here),
+/// compared leaf by leaf with the stored log, and checked against every signed head: the
+/// database's (with its stored frontier) and the witness file's.
 async fn merkle_log(
     conn: &mut PgConnection,
     tenant_id: Uuid,
     expected_key: Option<VerifyingKey>,
     file: Option<&[TreeHead]>,
+    mut logged: Vec<Logged>,
     report: &mut Report,
 ) -> anyhow::Result<()> {
     let stored = stored_heads(conn, tenant_id).await?;
     report.checkpoints = stored.len() as i64;
     let problems = &mut report.checkpoint_problems;
-    let check_head = |head: &TreeHead, source: &str, problems: &mut Vec<String>| {
+    // Each head is signed by the key in force at it: `expected_key` (or the first head's key)
+    // until a hand-over, signed by the key in force, names the next.
+    let mut in_force: Option<Vec<u8>> = expected_key.map(|k| k.to_bytes().to_vec());
+    let mut known_keys: Vec<Vec<u8>> = in_force.iter().cloned().collect();
+    let mut handovers = 0;
+    let mut previous: Option<&TreeHead> = None;
+    for StoredHead { head, .. } in &stored {
         let number = head.number;
         if head.tenant_id != tenant_id {
             problems.push(format!(
-                "{source} tree head {number} belongs to another organisation"
+                "database tree head {number} belongs to another organisation"
             ));
         }
-        let signed = match expected_key {
-            Some(key) => head.signed_by(&key),
-            None => head.signature_holds(),
-        };
-        if !signed {
+        let key = in_force.get_or_insert_with(|| head.public_key.clone());
+        if head.public_key != *key || !head.signature_holds() {
             problems.push(format!(
-                "{source} tree head {number}: the signature does not verify with the organisation's key"
+                "database tree head {number}: the signature does not verify with the organisation's key in force (key {})",
+                key_id(key)
             ));
         }
-    };
-    let mut previous: Option<&TreeHead> = None;
-    for StoredHead { head, .. } in &stored {
-        check_head(head, "database", problems);
+        if let Some(next) = &head.next_public_key {
+            if head.next_key().is_none() {
+                problems.push(format!(
+                    "database tree head {number} hands over to something that is not an Ed25519 key"
+                ));
+            }
+            *key = next.clone();
+            known_keys.push(next.clone());
+            handovers += 1;
+        }
         if let Some(previous) = previous {
-            if head.number != previous.number + 1 || head.tree_size <= previous.tree_size {
+            let grows = head.tree_size > previous.tree_size
+                || (head.tree_size == previous.tree_size && head.next_public_key.is_some());
+            if head.number != previous.number + 1 || !grows {
                 problems.push(format!(
                     "database tree head {} does not follow tree head {} (sizes {} then {})",
                     head.number, previous.number, previous.tree_size, head.tree_size
@@ -283,6 +330,12 @@ async fn merkle_log(
         }
         previous = Some(head);
     }
+    if handovers > 0 {
+        report.notes.push(format!(
+            "{handovers} key hand-over(s) followed; the key in force is {}",
+            in_force.as_deref().map(key_id).unwrap_or_default()
+        ));
+    }
     // Every head to hold the tree to, by size: the database's, and any of the file's the
     // database has lost.
     let by_number: HashMap<i64, &TreeHead> =
@@ -293,7 +346,21 @@ async fn merkle_log(
         .collect();
     if let Some(file) = file {
         for head in file {
-            check_head(head, "witness file", problems);
+            let number = head.number;
+            if head.tenant_id != tenant_id {
+                problems.push(format!(
+                    "witness file tree head {number} belongs to another organisation"
+                ));
+            }
+            // Signed by a key of the organisation's: the first, or one a hand-over named.
+            let known = expected_key.is_none() || known_keys.contains(&head.public_key);
+            if !known || !head.signature_holds() {
+                problems.push(format!(
+                    "witness file tree head {number}: the signature does not verify with the organisation's key"
+                ));
+            } else if let Some(next) = &head.next_public_key {
+                known_keys.push(next.clone());
+            }
             match by_number.get(&head.number) {
                 Some(row) if *row == head => {}
                 Some(_) => problems.push(format!(
@@ -323,57 +390,47 @@ async fn merkle_log(
     targets.sort_by_key(|(head, _)| (head.tree_size, head.number));
     report.checked_checkpoint = targets.iter().map(|(h, _)| h.number).max();
 
-    // The leaves, in the order they were logged; the stored leaf of each, to name the first
-    // event that is not as it was logged.
-    let leaves: i64 = sqlx::query_scalar("SELECT count(*) FROM merkle_leaves")
-        .fetch_one(&mut *conn)
-        .await?;
-    let mut rows = sqlx::query(
-        "SELECT e.aggregate_type, e.aggregate_id, e.sequence, e.global_position, e.hash,
-                l.leaf_index, l.hash AS leaf
-         FROM events e LEFT JOIN merkle_leaves l ON l.global_position = e.global_position
-         ORDER BY e.transaction_id, e.global_position",
+    // The events in commit order, each against the stored leaf at its index: the first that
+    // differs is named.
+    logged.sort_unstable_by_key(|l| (l.transaction_id, l.global_position));
+    let mut stored_leaves = sqlx::query_as::<_, (i64, i64, Vec<u8>)>(
+        "SELECT leaf_index, global_position, hash FROM merkle_leaves ORDER BY leaf_index",
     )
     .fetch(&mut *conn);
     let mut frontier = Frontier::default();
     let mut streams = 0i64;
-    let mut first_altered: Option<String> = None;
+    let mut first_altered: Option<(u64, i64, Altered)> = None;
     let mut next = targets.iter().peekable();
     let mut head_problems = Vec::new();
-    let mut logged = 0u64;
-    while let Some(row) = rows.try_next().await? {
+    let mut leaves = 0u64;
+    let mut leaves_left = true;
+    for event in &logged {
         let index = frontier.size();
-        let leaf = leaf_hash(row.try_get::<&[u8], _>("hash")?);
-        let stored_index: Option<i64> = row.try_get("leaf_index")?;
-        let stored_leaf: Option<&[u8]> = row.try_get("leaf")?;
-        if stored_index.is_some() {
-            logged += 1;
-        }
-        let as_logged = match (stored_index, stored_leaf) {
-            (Some(i), Some(hash)) => i as u64 == index && hash == leaf.as_slice(),
-            // Not logged yet: only events after every logged one may be.
-            _ => index >= leaves as u64,
+        let stored = if leaves_left {
+            stored_leaves.try_next().await?
+        } else {
+            None
         };
-        if !as_logged && first_altered.is_none() {
-            let event = format!(
-                "{}/{} sequence {} (position {})",
-                row.try_get::<&str, _>("aggregate_type")?,
-                row.try_get::<&str, _>("aggregate_id")?,
-                row.try_get::<i64, _>("sequence")?,
-                row.try_get::<i64, _>("global_position")?,
-            );
-            first_altered = Some(match stored_index {
-                Some(i) if i as u64 != index => format!(
-                    "leaf {index} of the log: {event} was logged as leaf {i}: events before it were removed, added or moved"
-                ),
-                Some(_) => format!("leaf {index} of the log: {event} is not as it was logged"),
-                None => format!("leaf {index} of the log: {event} was never logged there"),
-            });
+        leaves_left = stored.is_some();
+        if let Some((leaf_index, position, hash)) = stored {
+            leaves += 1;
+            let altered = if leaf_index as u64 != index {
+                Some(Altered::Missing)
+            } else if position != event.global_position {
+                Some(Altered::Moved(position))
+            } else if hash != event.leaf {
+                Some(Altered::Changed)
+            } else {
+                None
+            };
+            if let (None, Some(altered)) = (&first_altered, altered) {
+                first_altered = Some((index, event.global_position, altered));
+            }
         }
-        if row.try_get::<i64, _>("sequence")? == 1 {
+        if event.first {
             streams += 1;
         }
-        frontier.push(leaf, |_, _| {});
+        frontier.push(event.leaf, |_, _| {});
         while let Some((head, stored_frontier)) =
             next.next_if(|(h, _)| h.tree_size as u64 == frontier.size())
         {
@@ -406,13 +463,56 @@ async fn merkle_log(
             frontier.size()
         ));
     }
-    drop(rows);
-    if leaves as u64 != logged && first_altered.is_none() {
-        first_altered = Some(format!(
-            "the log holds {leaves} leaves for {logged} of the events: logged events were removed"
-        ));
+    // Leaves for which no event is left.
+    if leaves_left {
+        while stored_leaves.try_next().await?.is_some() {
+            leaves += 1;
+        }
     }
+    drop(stored_leaves);
+    let first_altered = match first_altered {
+        Some((index, position, altered)) => {
+            let event = name_event(conn, position).await?;
+            Some(match altered {
+                Altered::Changed => format!("leaf {index} of the log: {event} is not as it was logged"),
+                Altered::Moved(logged_position) => format!(
+                    "leaf {index} of the log: {event} was not logged there (the event at position {logged_position} was): events before it were removed, added or moved"
+                ),
+                Altered::Missing => format!(
+                    "leaf {index} of the log, where {event} is, was removed from the log"
+                ),
+            })
+        }
+        None if leaves > logged.len() as u64 => Some(format!(
+            "the log holds {leaves} leaves for {} events: logged events were removed",
+            logged.len()
+        )),
+        None => None,
+    };
     problems.extend(first_altered);
     problems.extend(head_problems);
     Ok(())
+}
+
+/// How the stored log differs from the events at a leaf.
+enum Altered {
+    /// The event's leaf hash is not the stored one: it was changed since it was logged.
+    Changed,
+    /// Another event (at this position) was logged here.
+    Moved(i64),
+    /// The stored log has no leaf at this index.
+    Missing,
+}
+
+/// "type/id sequence n (position p)" of the event at `position`.
+async fn name_event(conn: &mut PgConnection, position: i64) -> sqlx::Result<String> {
+    let (aggregate_type, aggregate_id, sequence): (String, String, i64) = sqlx::query_as(
+        "SELECT aggregate_type, aggregate_id, sequence FROM events WHERE global_position = $1",
+    )
+    .bind(position)
+    .fetch_one(conn)
+    .await?;
+    Ok(format!(
+        "{aggregate_type}/{aggregate_id} sequence {sequence} (position {position})"
+    ))
 }

@@ -355,7 +355,7 @@ impl Tenancy {
     }
 
     /// The tenant with this slug (see [`Tenancy::get`]).
-    pub(crate) async fn by_slug(&self, slug: &str) -> anyhow::Result<Option<Arc<Tenant>>> {
+    pub async fn by_slug(&self, slug: &str) -> anyhow::Result<Option<Arc<Tenant>>> {
         let id: Option<Uuid> = sqlx::query_scalar("SELECT id FROM tenants WHERE slug = $1")
             .bind(slug)
             .fetch_optional(&self.catalog)

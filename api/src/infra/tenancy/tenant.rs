@@ -10,6 +10,7 @@ use custos_domain::{
     ApiToken, Consents, DataExport, FieldSchema, Incident, Organization, Record, RetentionPolicy,
     Role, User,
 };
+use custos_projections::Projection;
 use secrecy::{ExposeSecret, SecretBox};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
@@ -20,7 +21,7 @@ use crate::infra::blind_index::{BlindIndex, BlindIndexProjection};
 use crate::infra::event_store::codec::EventCodec;
 use crate::infra::event_store::log::EventLog;
 use crate::infra::event_store::repository::{Cqrs, CustosEventRepository};
-use crate::infra::integrity::checkpoint::signing_key;
+use crate::infra::integrity::audit_keys::AuditKeys;
 use crate::infra::keys::MasterKey;
 use crate::infra::projector::Projectors;
 use crate::infra::subject_keys::SubjectKeys;
@@ -35,6 +36,40 @@ pub(crate) struct TenantRow {
     pub status: String,
     pub database_name: String,
     pub role_name: String,
+}
+
+/// What reading a tenant's events takes: its subject keys, the codec that opens events with
+/// them, the log, the blind index, and every read model.
+pub(crate) struct Reading {
+    pub(crate) subject_keys: Arc<SubjectKeys>,
+    pub(crate) codec: EventCodec,
+    pub(crate) log: EventLog,
+    pub(crate) blind_index: BlindIndex,
+    pub(crate) read_models: Vec<Box<dyn Projection>>,
+}
+
+impl Reading {
+    /// On `pool`; starts nothing (`custos verify --read-models` uses it as it is).
+    pub(crate) fn new(pool: &PgPool, master_key: &MasterKey, tenant_id: Uuid) -> Self {
+        let kek = SecretBox::new(Box::new(
+            master_key.derive(&format!("custos/tenant-key-encryption/{tenant_id}")),
+        ));
+        let subject_keys = Arc::new(SubjectKeys::new(pool.clone(), kek));
+        let codec = EventCodec::new(subject_keys.clone());
+        let log = EventLog::new(pool.clone(), codec.clone());
+        let blind_index = BlindIndex::new(SecretBox::new(Box::new(
+            master_key.derive(&format!("custos/blind-index/{tenant_id}")),
+        )));
+        let mut read_models = custos_projections::all();
+        read_models.push(Box::new(BlindIndexProjection(blind_index.clone())));
+        Self {
+            subject_keys,
+            codec,
+            log,
+            blind_index,
+            read_models,
+        }
+    }
 }
 
 /// One tenant's open context.
@@ -63,8 +98,8 @@ pub struct Tenant {
     pub projectors: Projectors,
     /// Encrypts the tenant's TOTP secrets; derived from the master key, never stored.
     pub(crate) two_factor_key: SecretBox<[u8; 32]>,
-    /// Signs the tenant's checkpoints; derived from the master key, never stored.
-    pub(crate) checkpoint_key: ed25519_dalek::SigningKey,
+    /// The keys that sign the tenant's tree heads (generation 0 derived from the master key).
+    pub(crate) audit_keys: AuditKeys,
     /// When a request last used this context; idle contexts are closed.
     last_used: std::sync::Mutex<Instant>,
 }
@@ -93,17 +128,13 @@ impl Tenant {
             .idle_timeout(Duration::from_secs(60))
             .acquire_timeout(Duration::from_secs(10))
             .connect_lazy_with(options);
-        let kek = SecretBox::new(Box::new(
-            master_key.derive(&format!("custos/tenant-key-encryption/{}", row.id)),
-        ));
-        let subject_keys = Arc::new(SubjectKeys::new(pool.clone(), kek));
-        let codec = EventCodec::new(subject_keys.clone());
-        let log = EventLog::new(pool.clone(), codec.clone());
-        let blind_index = BlindIndex::new(SecretBox::new(Box::new(
-            master_key.derive(&format!("custos/blind-index/{}", row.id)),
-        )));
-        let mut projections = custos_projections::all();
-        projections.push(Box::new(BlindIndexProjection(blind_index.clone())));
+        let Reading {
+            subject_keys,
+            codec,
+            log,
+            blind_index,
+            read_models: projections,
+        } = Reading::new(&pool, master_key, row.id);
         let projectors = Projectors::spawn(row.id, pool.clone(), log.clone(), projections);
         Ok(Self {
             id: row.id,
@@ -128,7 +159,7 @@ impl Tenant {
             two_factor_key: SecretBox::new(Box::new(
                 master_key.derive(&format!("custos/two-factor-secrets/{}", row.id)),
             )),
-            checkpoint_key: signing_key(master_key, row.id),
+            audit_keys: AuditKeys::new(master_key, row.id),
             pool,
             log,
             projectors,

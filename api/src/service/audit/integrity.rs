@@ -8,7 +8,8 @@ use crate::error::ApiError;
 use crate::infra::integrity::merkle::ProofOf;
 use crate::infra::integrity::proof::{to_hex, ConsistencyProof, EventProof, ProvenEvent};
 use crate::infra::integrity::tree::{
-    self, latest_tree_heads, leaf_of_event, newest_tree_head, tree_head_of_size, Checkpointed,
+    self, handovers_before, head_from_row, latest_tree_heads, leaf_of_event, newest_tree_head,
+    tree_head_of_size, Checkpointed, HEAD_COLUMNS,
 };
 use crate::infra::integrity::tree_head::{read_witness, witness_file, TreeHead};
 use crate::infra::integrity::verify::{verify, Report};
@@ -23,7 +24,7 @@ impl Services {
     pub async fn create_checkpoint(&self, tenant: &Tenant) -> Result<Option<TreeHead>, ApiError> {
         let mut conn = tenant.pool.acquire().await?;
         let file = witness_file(&self.data_dir, tenant.id);
-        let outcome = tree::checkpoint(&mut conn, tenant.id, &tenant.checkpoint_key, &file)
+        let outcome = tree::checkpoint(&mut conn, tenant.id, &tenant.audit_keys, &file, false)
             .await
             .map_err(ApiError::internal)?;
         let mut alarms = self.integrity_alarms.lock().expect("alarms");
@@ -41,6 +42,50 @@ impl Services {
                     "nothing was signed: {} (run verifyIntegrity)",
                     alarm.0
                 )))
+            }
+        }
+    }
+
+    /// Rotates the key that signs the tenant's tree heads: a hand-over tree head, signed by the
+    /// key in force over every event logged so far, names a new random key, which signs every
+    /// later head. Waits (up to ten seconds) for a checkpoint being signed meanwhile.
+    pub async fn rotate_audit_key(&self, tenant: &Tenant) -> Result<TreeHead, ApiError> {
+        let file = witness_file(&self.data_dir, tenant.id);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let mut conn = tenant.pool.acquire().await?;
+            let outcome = tree::checkpoint(&mut conn, tenant.id, &tenant.audit_keys, &file, true)
+                .await
+                .map_err(ApiError::internal)?;
+            drop(conn);
+            match outcome {
+                Checkpointed::Signed(head) => {
+                    self.integrity_alarms
+                        .lock()
+                        .expect("alarms")
+                        .remove(&tenant.id);
+                    tracing::warn!(tenant.id = %tenant.id, tree_head = head.number, key_id = %head.key_id, "security: audit key rotated; the hand-over tree head names the next key");
+                    return Ok(head);
+                }
+                Checkpointed::Refused(alarm) => {
+                    tracing::error!(tenant.id = %tenant.id, alarm = %alarm.0, "security: integrity alarm — the event store does not agree with its last signed tree head; the key was not rotated");
+                    self.integrity_alarms
+                        .lock()
+                        .expect("alarms")
+                        .insert(tenant.id, alarm.0.clone());
+                    return Err(ApiError::Conflict(format!(
+                        "the key was not rotated: {} (run verifyIntegrity)",
+                        alarm.0
+                    )));
+                }
+                Checkpointed::Nothing if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Checkpointed::Nothing => {
+                    return Err(ApiError::Conflict(
+                        "the key was not rotated: a checkpoint is being signed, or nothing is logged yet; try again".into(),
+                    ))
+                }
             }
         }
     }
@@ -76,14 +121,14 @@ impl Services {
         let witness =
             read_witness(&witness_file(&self.data_dir, tenant.id)).map_err(ApiError::internal)?;
         let mut conn = tenant.pool.acquire().await?;
-        let mut report = verify(
-            &mut conn,
-            tenant.id,
-            Some(tenant.checkpoint_key.verifying_key()),
-            Some(&witness),
-        )
-        .await
-        .map_err(ApiError::internal)?;
+        let anchor = tenant
+            .audit_keys
+            .anchor(&mut conn)
+            .await
+            .map_err(ApiError::internal)?;
+        let mut report = verify(&mut conn, tenant.id, Some(anchor), Some(&witness))
+            .await
+            .map_err(ApiError::internal)?;
         if let Some(alarm) = self.integrity_alarm(tenant) {
             report.checkpoint_problems.push(format!(
                 "integrity alarm: the last checkpoint refused to sign: {alarm}"
@@ -107,26 +152,43 @@ impl Services {
         tree_size: Option<i64>,
     ) -> Result<EventProof, ApiError> {
         let mut conn = tenant.pool.acquire().await?;
-        let row = sqlx::query(
+        // The event, its leaf and the head to prove it against, in one round trip.
+        let row = sqlx::query(&format!(
             "SELECT event_type, event_version, payload::text AS payload, metadata::text AS metadata,
                     (extract(epoch FROM recorded_at) * 1000000)::bigint AS recorded_at_micros,
-                    prev_hash, e.hash, e.global_position, l.leaf_index
+                    prev_hash, e.hash, e.global_position, l.leaf_index, h.*
              FROM events e LEFT JOIN merkle_leaves l USING (global_position)
-             WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = $3",
-        )
+             LEFT JOIN LATERAL (
+                 SELECT {HEAD_COLUMNS} FROM tree_heads
+                 WHERE $4::bigint IS NULL OR tree_size = $4
+                 ORDER BY number DESC LIMIT 1
+             ) AS h ON true
+             WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = $3"
+        ))
         .bind(aggregate_type)
         .bind(aggregate_id)
         .bind(sequence)
+        .bind(tree_size)
         .fetch_optional(&mut *conn)
         .await?
         .ok_or(ApiError::NotFound)?;
         let position: i64 = row.try_get("global_position")?;
+        let mut head = match row.try_get::<Option<i64>, _>("number")? {
+            Some(_) => Some(head_from_row(tenant.id, &row)?),
+            None => None,
+        };
         let leaf = match row.try_get::<Option<i64>, _>("leaf_index")? {
             Some(leaf) => leaf,
             None => {
                 drop(conn);
-                self.create_checkpoint(tenant).await?;
+                let signed = self.create_checkpoint(tenant).await?;
                 conn = tenant.pool.acquire().await?;
+                if tree_size.is_none() {
+                    head = match signed {
+                        Some(signed) => Some(signed),
+                        None => newest_tree_head(&mut conn, tenant.id).await?,
+                    };
+                }
                 leaf_of_event(&mut conn, position).await?.ok_or_else(|| {
                     ApiError::Conflict(
                         "the event is not in a signed tree head yet (a transaction older than it is still running): ask again in a moment".into(),
@@ -134,22 +196,20 @@ impl Services {
                 })?
             }
         };
-        let head = match tree_size {
-            Some(size) => {
-                let head = tree_head_of_size(&mut conn, tenant.id, size)
-                    .await?
-                    .ok_or_else(|| no_head("treeSize", size))?;
-                if leaf >= size {
-                    return Err(ApiError::validation(
-                        "treeSize",
-                        format!("the event is leaf {leaf}, after the first {size} events"),
-                    ));
-                }
-                head
+        let head = match (tree_size, head) {
+            (Some(size), None) => return Err(no_head("treeSize", size)),
+            (Some(size), Some(_)) if leaf >= size => {
+                return Err(ApiError::validation(
+                    "treeSize",
+                    format!("the event is leaf {leaf}, after the first {size} events"),
+                ))
             }
-            None => newest_tree_head(&mut conn, tenant.id)
-                .await?
-                .ok_or_else(|| ApiError::internal(anyhow::anyhow!("a leaf without a tree head")))?,
+            (_, Some(head)) => head,
+            (None, None) => {
+                return Err(ApiError::internal(anyhow::anyhow!(
+                    "a leaf without a tree head"
+                )))
+            }
         };
         let path = tree::proof(
             &mut conn,
@@ -162,7 +222,9 @@ impl Services {
         .ok_or_else(|| {
             ApiError::internal(anyhow::anyhow!("the Merkle log lacks a node of a proof"))
         })?;
+        let key_handovers = self.handovers(tenant, &mut conn, &head).await?;
         Ok(EventProof {
+            key_handovers,
             leaf_index: leaf,
             tree_size: head.tree_size,
             audit_path: to_hex(&path),
@@ -228,13 +290,31 @@ impl Services {
         .ok_or_else(|| {
             ApiError::internal(anyhow::anyhow!("the Merkle log lacks a node of a proof"))
         })?;
+        let key_handovers = self.handovers(tenant, &mut conn, &to_head).await?;
         Ok(ConsistencyProof {
+            key_handovers,
             from_size,
             to_size,
             path: to_hex(&path),
             from_head,
             to_head,
         })
+    }
+}
+
+impl Services {
+    /// The hand-overs from the first key to the one that signed `head` (none to read while the
+    /// derived first key signs).
+    async fn handovers(
+        &self,
+        tenant: &Tenant,
+        conn: &mut sqlx::PgConnection,
+        head: &TreeHead,
+    ) -> Result<Vec<TreeHead>, ApiError> {
+        if head.public_key == tenant.audit_keys.derived().to_bytes() {
+            return Ok(Vec::new());
+        }
+        Ok(handovers_before(conn, tenant.id, head.number).await?)
     }
 }
 

@@ -7,7 +7,9 @@ use std::collections::HashMap;
 use chrono::{DateTime, NaiveDate, Utc};
 use cqrs_es::Aggregate;
 use custos_domain::{Datasheet, Record, RecordEvent, Stage};
+use custos_projections::record_query::SMALL_GROUP;
 use serde_json::Value;
+use uuid::Uuid;
 
 use crate::infra::event_store::log::EventLog;
 
@@ -71,10 +73,7 @@ fn group_values(value: &Option<Value>) -> Vec<Option<String>> {
 
 /// Counts per group value of the records of `request.datasheet` that existed and were not
 /// archived at `request.at`, largest groups first, and how many records were counted.
-pub(crate) async fn counts_as_of(
-    log: &EventLog,
-    request: &AsOf,
-) -> anyhow::Result<(Vec<(Option<String>, i64)>, i64)> {
+pub(crate) async fn counts_as_of(log: &EventLog, request: &AsOf) -> anyhow::Result<AsOfCounts> {
     let mut records: HashMap<String, Snapshot> = HashMap::new();
     let mut after = 0;
     loop {
@@ -118,9 +117,9 @@ pub(crate) async fn counts_as_of(
     }
     let day: NaiveDate = request.at.date_naive();
     let day = day.format("%Y-%m-%d").to_string();
-    let mut counts: HashMap<Option<String>, i64> = HashMap::new();
+    let mut counts: HashMap<Option<String>, (i64, Vec<Uuid>)> = HashMap::new();
     let mut counted = 0;
-    for snapshot in records.values() {
+    for (id, snapshot) in &records {
         if snapshot.datasheet != Some(request.datasheet) || snapshot.archived {
             continue;
         }
@@ -137,10 +136,24 @@ pub(crate) async fn counts_as_of(
         }
         counted += 1;
         for value in group_values(&snapshot.group) {
-            *counts.entry(value).or_default() += 1;
+            let (count, members) = counts.entry(value).or_default();
+            *count += 1;
+            if *count < SMALL_GROUP {
+                members.extend(id.parse::<Uuid>());
+            }
         }
     }
-    let mut counts: Vec<(Option<String>, i64)> = counts.into_iter().collect();
+    let mut shown: Vec<Uuid> = counts
+        .values()
+        .filter(|(count, _)| *count < SMALL_GROUP)
+        .flat_map(|(_, members)| members.iter().copied())
+        .collect();
+    shown.sort_unstable();
+    shown.dedup();
+    let mut counts: Vec<(Option<String>, i64)> = counts
+        .into_iter()
+        .map(|(value, (count, _))| (value, count))
+        .collect();
     counts.sort_by(|a, b| {
         b.1.cmp(&a.1).then_with(|| match (&a.0, &b.0) {
             (None, None) => std::cmp::Ordering::Equal,
@@ -149,5 +162,17 @@ pub(crate) async fn counts_as_of(
             (Some(x), Some(y)) => x.cmp(y),
         })
     });
-    Ok((counts, counted))
+    Ok(AsOfCounts {
+        counts,
+        records: counted,
+        shown,
+    })
+}
+
+/// A report as of a moment: the counts per value, how many records, and the records of the
+/// groups small enough to single people out (recorded as read).
+pub(crate) struct AsOfCounts {
+    pub counts: Vec<(Option<String>, i64)>,
+    pub records: i64,
+    pub shown: Vec<Uuid>,
 }

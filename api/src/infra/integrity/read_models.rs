@@ -1,0 +1,196 @@
+//! Read models against history (`custos verify --read-models`): each projection rebuilt from
+//! the events into temporary tables of the same shape, up to the position its live read model
+//! stands at, and compared row for row with the live tables — in one snapshot, rolled back, so
+//! nothing live is touched and a running service may keep writing.
+//!
+//! A temporary table shadows the table of the same name for this connection only (PostgreSQL
+//! searches `pg_temp` first), so each projection's own SQL writes the copy.
+
+use custos_projections::{Projection, Table};
+use serde::Serialize;
+use sqlx::{PgConnection, Row};
+
+use crate::infra::event_store::log::{EventLog, Position};
+use crate::infra::projector::projected;
+
+/// Events read and applied per round trip.
+const BATCH: i64 = 5_000;
+/// Primary keys named per differing table.
+const EXAMPLES: i64 = 5;
+
+/// How one table of a rebuilt read model differs from the live one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub(crate) struct TableDifference {
+    pub(crate) projection: String,
+    pub(crate) table: String,
+    /// Rows the events give that the live table lacks (or holds otherwise).
+    pub(crate) only_rebuilt: i64,
+    /// Rows of the live table the events do not give.
+    pub(crate) only_live: i64,
+    /// The primary keys of a few differing rows (ids, never values).
+    pub(crate) examples: Vec<String>,
+}
+
+/// What comparing every read model found.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub(crate) struct ReadModelReport {
+    pub(crate) projections: usize,
+    pub(crate) tables: usize,
+    /// Events applied, summed over the projections.
+    pub(crate) events: i64,
+    pub(crate) differences: Vec<TableDifference>,
+}
+
+/// Rebuilds each projection on `conn` (a connection to the tenant database) and compares it
+/// with its live tables.
+pub(crate) async fn compare(
+    conn: &mut PgConnection,
+    log: &EventLog,
+    projections: &[Box<dyn Projection>],
+) -> anyhow::Result<ReadModelReport> {
+    let mut report = ReadModelReport::default();
+    for projection in projections {
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            .execute(&mut *tx)
+            .await?;
+        let live = Position::from_row(
+            &sqlx::query(
+                "SELECT transaction_id::text::bigint AS transaction_id, global_position
+                 FROM projection_checkpoints WHERE projection = $1",
+            )
+            .bind(projection.name())
+            .fetch_one(&mut *tx)
+            .await?,
+        )?;
+        for table in projection.tables() {
+            shadow(&mut tx, table).await?;
+        }
+        projection.reset(&mut tx).await?;
+        // Every event up to where the live read model stands.
+        let mut at = Position::default();
+        loop {
+            let events = log
+                .after(
+                    &mut tx,
+                    projection.aggregate_types(),
+                    at,
+                    live.transaction_id.saturating_add(1),
+                    BATCH,
+                )
+                .await?;
+            let mut done = (events.len() as i64) < BATCH;
+            for stored in &events {
+                if stored.position > live {
+                    done = true;
+                    break;
+                }
+                if let Some(event) = projected(stored)? {
+                    projection.apply(&mut tx, &event).await?;
+                    report.events += 1;
+                }
+                at = stored.position;
+            }
+            if done {
+                break;
+            }
+        }
+        for table in projection.tables() {
+            if let Some(difference) = differences(&mut tx, projection.name(), table).await? {
+                report.differences.push(difference);
+            }
+            report.tables += 1;
+        }
+        tx.rollback().await?;
+        report.projections += 1;
+    }
+    Ok(report)
+}
+
+/// A temporary table shaped like `table` (columns, defaults, constraints, indexes), with the
+/// live rows when a reset keeps them; dropped with the transaction.
+async fn shadow(conn: &mut PgConnection, table: &Table) -> sqlx::Result<()> {
+    let name = table.name;
+    sqlx::query(&format!(
+        "CREATE TEMPORARY TABLE \"{name}\" (LIKE public.\"{name}\" INCLUDING ALL) ON COMMIT DROP"
+    ))
+    .execute(&mut *conn)
+    .await?;
+    if table.kept_on_reset {
+        let columns = columns(conn, name, &[], true).await?;
+        sqlx::query(&format!(
+            "INSERT INTO pg_temp.\"{name}\" ({columns}) OVERRIDING SYSTEM VALUE
+             SELECT {columns} FROM public.\"{name}\""
+        ))
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// The live table's columns, quoted and comma-separated, without `left_out` (and, when
+/// `writable`, without generated columns).
+async fn columns(
+    conn: &mut PgConnection,
+    table: &str,
+    left_out: &[&str],
+    writable: bool,
+) -> sqlx::Result<String> {
+    let left_out: Vec<String> = left_out.iter().map(|c| (*c).to_owned()).collect();
+    sqlx::query_scalar(
+        "SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum)
+         FROM pg_attribute
+         WHERE attrelid = ('public.' || quote_ident($1))::regclass AND attnum > 0
+           AND NOT attisdropped AND NOT (attname = ANY($2))
+           AND (NOT $3 OR attgenerated = '')",
+    )
+    .bind(table)
+    .bind(&left_out)
+    .bind(writable)
+    .fetch_one(conn)
+    .await
+}
+
+/// The rows in which the rebuilt and the live `table` differ, if any.
+async fn differences(
+    conn: &mut PgConnection,
+    projection: &str,
+    table: &Table,
+) -> sqlx::Result<Option<TableDifference>> {
+    let name = table.name;
+    let compared = columns(conn, name, table.incidental, false).await?;
+    let key: Option<String> = sqlx::query_scalar(
+        "SELECT string_agg(quote_ident(a.attname) || '::text', ' || ''/'' || ' ORDER BY k.n)
+         FROM pg_index i
+         CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, n)
+         JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+         WHERE i.indrelid = ('public.' || quote_ident($1))::regclass AND i.indisprimary",
+    )
+    .bind(name)
+    .fetch_one(&mut *conn)
+    .await?;
+    let key = key.unwrap_or_else(|| "'(no primary key)'".to_owned());
+    let row = sqlx::query(&format!(
+        "WITH rebuilt AS (SELECT {compared} FROM pg_temp.\"{name}\"),
+              live AS (SELECT {compared} FROM public.\"{name}\"),
+              only_rebuilt AS (TABLE rebuilt EXCEPT ALL TABLE live),
+              only_live AS (TABLE live EXCEPT ALL TABLE rebuilt)
+         SELECT (SELECT count(*) FROM only_rebuilt) AS only_rebuilt,
+                (SELECT count(*) FROM only_live) AS only_live,
+                ARRAY(SELECT DISTINCT {key} FROM (TABLE only_rebuilt UNION ALL TABLE only_live) AS d
+                      ORDER BY 1 LIMIT {EXAMPLES}) AS examples"
+    ))
+    .fetch_one(&mut *conn)
+    .await?;
+    let (only_rebuilt, only_live): (i64, i64) =
+        (row.try_get("only_rebuilt")?, row.try_get("only_live")?);
+    Ok(
+        (only_rebuilt > 0 || only_live > 0).then(|| TableDifference {
+            projection: projection.to_owned(),
+            table: name.to_owned(),
+            only_rebuilt,
+            only_live,
+            examples: row.try_get("examples").unwrap_or_default(),
+        }),
+    )
+}
