@@ -26,6 +26,8 @@ const EMAIL: &str = "integrity@example.org";
 const LONG_STREAMS: usize = 200;
 /// Alternating rounds of verification and the floor read.
 const ROUNDS: usize = 3;
+/// Checkpoints measured, each over 1,000 new events.
+const CHECKPOINTS: usize = 5;
 
 /// Reads what verification reads, in its order, and does nothing with it; the events read.
 async fn floor(conn: &mut sqlx::PgConnection) -> anyhow::Result<i64> {
@@ -34,7 +36,7 @@ async fn floor(conn: &mut sqlx::PgConnection) -> anyhow::Result<i64> {
                 payload::text AS payload, metadata::text AS metadata, recorded_at, prev_hash, hash,
                 transaction_id::text::bigint AS transaction_id, global_position
          FROM events
-         ORDER BY aggregate_type COLLATE \"C\", aggregate_id COLLATE \"C\", sequence",
+         ORDER BY global_position",
     )
     .fetch(conn);
     let mut events = 0i64;
@@ -120,20 +122,41 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
 
     // The first checkpoint builds the tree over the whole store (only on a new store).
+    let heads_before: i64 = sqlx::query_scalar("SELECT count(*) FROM tree_heads")
+        .fetch_one(&tenant.pool)
+        .await?;
     let first_started = Instant::now();
     let first = services
         .create_checkpoint(&tenant)
         .await
         .map_err(|e| anyhow::anyhow!("checkpoint failed: {:?}", e.code()))?;
     let first_checkpoint = first_started.elapsed();
-    fill(&tenant, 1_000, metadata).await?;
-    let checkpoint_started = Instant::now();
-    let made = services
-        .create_checkpoint(&tenant)
-        .await
-        .map_err(|e| anyhow::anyhow!("checkpoint failed: {:?}", e.code()))?;
-    let checkpoint_time = checkpoint_started.elapsed();
-    anyhow::ensure!(made.is_some(), "no checkpoint over 1,000 new events");
+    // Checkpoints over 1,000 new events each.
+    let mut checkpoints = Vec::with_capacity(CHECKPOINTS);
+    for _ in 0..CHECKPOINTS {
+        fill(&tenant, 1_000, metadata).await?;
+        // The projectors idle again, and no transaction older than the new events left open
+        // (else nothing is below the checkpoint's horizon yet: it signs nothing, and is retried).
+        settle(&tenant).await?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let started = Instant::now();
+            let made = services
+                .create_checkpoint(&tenant)
+                .await
+                .map_err(|e| anyhow::anyhow!("checkpoint failed: {:?}", e.code()))?;
+            if made.is_some() {
+                checkpoints.push(started.elapsed());
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "no checkpoint over 1,000 new events"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    checkpoints.sort();
     settle(&tenant).await?;
 
     let client = reqwest::Client::new();
@@ -215,16 +238,26 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     );
     println!("| measure | figure |\n|---|---|");
     println!(
-        "| first checkpoint (the whole tree built) | {} |",
+        "| {} | {} |",
+        if heads_before == 0 {
+            "first checkpoint (the whole tree built)"
+        } else {
+            "first checkpoint of this run (over what the last run left unsigned)"
+        },
         if first.is_some() {
             format!("{:.0} ms", ms(first_checkpoint))
         } else {
-            "built by an earlier run".to_owned()
+            "nothing to sign".to_owned()
         }
     );
     println!(
-        "| checkpoint over 1,000 new events | {:.1} ms |",
-        ms(checkpoint_time)
+        "| checkpoint over 1,000 new events, {CHECKPOINTS} times: median (each) | {:.1} ms ({}) |",
+        ms(percentile(&checkpoints, 0.5)),
+        checkpoints
+            .iter()
+            .map(|d| format!("{:.1}", ms(*d)))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     println!(
         "| `eventProof` over HTTP, {} random events, p50 / p99 | {:.2} / {:.2} ms |",

@@ -10,8 +10,62 @@ use sha2::{Digest, Sha256};
 
 /// One field of a hashed message: its length (4 bytes, big-endian), then its UTF-8 bytes.
 pub(crate) fn part(hasher: &mut Sha256, value: &str) {
+    part_bytes(hasher, value.as_bytes());
+}
+
+fn part_bytes(hasher: &mut Sha256, value: &[u8]) {
     hasher.update((value.len() as u32).to_be_bytes());
-    hasher.update(value.as_bytes());
+    hasher.update(value);
+}
+
+/// A number as a field: its decimal digits, written without allocating.
+fn part_number(hasher: &mut Sha256, value: i64) {
+    let mut digits = [0u8; 20];
+    let mut n = value.unsigned_abs();
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    if value < 0 {
+        at -= 1;
+        digits[at] = b'-';
+    }
+    part_bytes(hasher, &digits[at..]);
+}
+
+/// What an event's hash covers, borrowed from wherever it was read.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Hashed<'a> {
+    pub aggregate_type: &'a str,
+    pub aggregate_id: &'a str,
+    pub event_type: &'a str,
+    pub event_version: &'a str,
+    pub payload: &'a str,
+    pub metadata: &'a str,
+    pub recorded_at: DateTime<Utc>,
+}
+
+impl Hashed<'_> {
+    /// The hash this event would have at `sequence` after `previous` (the database's
+    /// `custos_event_hash`, recomputed here).
+    pub(crate) fn hash_at(&self, previous: Option<&[u8]>, sequence: i64) -> [u8; 32] {
+        let mut hasher = Sha256::new();
+        hasher.update(previous.unwrap_or_default());
+        part(&mut hasher, self.aggregate_type);
+        part(&mut hasher, self.aggregate_id);
+        part_number(&mut hasher, sequence);
+        part(&mut hasher, self.event_type);
+        part(&mut hasher, self.event_version);
+        part(&mut hasher, self.payload);
+        part(&mut hasher, self.metadata);
+        part_number(&mut hasher, self.recorded_at.timestamp_micros());
+        hasher.finalize().into()
+    }
 }
 
 /// An event as stored, with what its hash covers.
@@ -36,20 +90,16 @@ impl StoredRow {
     /// The hash this event would have at `sequence` after `previous` (the database's
     /// `custos_event_hash`, recomputed here).
     pub(crate) fn hash_at(&self, previous: Option<&[u8]>, sequence: i64) -> [u8; 32] {
-        let mut hasher = Sha256::new();
-        hasher.update(previous.unwrap_or_default());
-        part(&mut hasher, &self.aggregate_type);
-        part(&mut hasher, &self.aggregate_id);
-        part(&mut hasher, &sequence.to_string());
-        part(&mut hasher, &self.event_type);
-        part(&mut hasher, &self.event_version);
-        part(&mut hasher, &self.payload);
-        part(&mut hasher, &self.metadata);
-        part(
-            &mut hasher,
-            &self.recorded_at.timestamp_micros().to_string(),
-        );
-        hasher.finalize().into()
+        Hashed {
+            aggregate_type: &self.aggregate_type,
+            aggregate_id: &self.aggregate_id,
+            event_type: &self.event_type,
+            event_version: &self.event_version,
+            payload: &self.payload,
+            metadata: &self.metadata,
+            recorded_at: self.recorded_at,
+        }
+        .hash_at(previous, sequence)
     }
 }
 
@@ -158,6 +208,17 @@ mod tests {
 
     fn at(link: Option<BrokenLink>) -> Option<(i64, Breach)> {
         link.map(|l| (l.sequence, l.breach))
+    }
+
+    #[test]
+    fn numbers_are_hashed_as_their_decimal_digits() {
+        for n in [0, 7, 10, 1_700_000_000_000_000, -5, i64::MAX, i64::MIN] {
+            let mut ours = Sha256::new();
+            part_number(&mut ours, n);
+            let mut plain = Sha256::new();
+            part(&mut plain, &n.to_string());
+            assert_eq!(ours.finalize(), plain.finalize(), "{n}");
+        }
     }
 
     #[test]

@@ -169,11 +169,6 @@ pub(crate) async fn checkpoint(
     }
     let (generation, key) = keys.current(&mut tx).await?;
     let key = &key;
-    let generations = keys.generations(&mut tx).await?;
-    let previous_key = generations
-        .iter()
-        .find(|g| g.generation == generation - 1)
-        .map(|g| g.public_key.as_slice());
     let last = sqlx::query(&format!(
         "SELECT {HEAD_COLUMNS}, frontier, last_transaction_id::text::bigint AS last_transaction_id,
                 last_global_position
@@ -190,10 +185,20 @@ pub(crate) async fn checkpoint(
                 row.try_get::<i64, _>("last_transaction_id")?,
                 row.try_get::<i64, _>("last_global_position")?,
             );
+            // A hand-over was signed by the generation before the one in force.
+            let previous_key = match head.next_public_key {
+                Some(_) => keys
+                    .generations(&mut tx)
+                    .await?
+                    .into_iter()
+                    .find(|g| g.generation == generation - 1)
+                    .map(|g| g.public_key),
+                None => None,
+            };
             let signer = Signer {
                 key,
                 generation,
-                previous_key,
+                previous_key: previous_key.as_deref(),
             };
             let checked = check_last(
                 &mut tx,

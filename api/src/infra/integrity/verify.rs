@@ -3,9 +3,12 @@
 //! checkpoints signed before the Merkle log existed (their signatures, their chain, the file's
 //! against the database's, and the newest one's accumulator against the events it covers).
 //!
-//! The events are read once, in stream order for the chains; each event's place in the log
-//! (its commit order and leaf hash, 56 bytes) is kept, sorted in memory into commit order and
-//! the tree built from it, compared leaf by leaf with the stored leaves read in index order.
+//! The events are read once, in position order (no sort in the database): each is checked
+//! against the last event read of its stream (a 16-byte key and 40 bytes per stream), and a
+//! stream where anything is amiss is read again in sequence order to name its first broken
+//! link. Each event's place in the log (its commit order and leaf hash, 56 bytes) is kept,
+//! sorted in memory into commit order and the tree built from it, compared leaf by leaf with
+//! the stored leaves read in index order.
 
 use std::collections::HashMap;
 
@@ -16,7 +19,7 @@ use sha2::Digest;
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
-use super::chain::{check_stream, BrokenLink, StoredRow};
+use super::chain::{check_stream, part, BrokenLink, Hashed, StoredRow};
 use super::checkpoint::{checkpoints, Checkpoint, Heads};
 use super::merkle::{leaf_hash, Frontier, Hash};
 use super::tree::{stored_heads, StoredHead};
@@ -183,8 +186,35 @@ async fn legacy_checkpoints(
     Ok(newest.cloned())
 }
 
+/// What the chain pass keeps of one stream while it reads events in position order.
+#[derive(Default)]
+struct StreamState {
+    /// The last event read: its sequence and hash.
+    last: Option<(i64, [u8; 32])>,
+    /// The last event the legacy checkpoint covered.
+    covered: Option<(i64, [u8; 32])>,
+    /// Not as written somewhere: checked again in sequence order at the end.
+    suspect: bool,
+    /// Type and id, kept when the legacy accumulator needs them.
+    name: Option<Box<(String, String)>>,
+}
+
+/// A stream's key in the chain pass: 16 bytes of SHA-256 over its type and id.
+fn stream_key(aggregate_type: &str, aggregate_id: &str) -> [u8; 16] {
+    let mut hasher = sha2::Sha256::new();
+    part(&mut hasher, aggregate_type);
+    part(&mut hasher, aggregate_id);
+    let digest: [u8; 32] = hasher.finalize().into();
+    digest[..16].try_into().expect("16 of 32 bytes")
+}
+
 /// Every stream's chain, and the accumulator of `legacy`, the newest checkpoint from before
 /// the Merkle log; each event's place in the log, in no particular order.
+///
+/// The events are read in position order (no sort: a stream's events are written in sequence
+/// order, so they come in that order), each checked against the last one read of its stream.
+/// A stream where anything is not as written is read again in sequence order and its first
+/// broken link named by [`check_stream`].
 async fn chains(
     conn: &mut PgConnection,
     legacy: Option<&Checkpoint>,
@@ -197,66 +227,119 @@ async fn chains(
                 transaction_id::text::bigint AS transaction_id, global_position,
                 coalesce(pg_visible_in_snapshot(transaction_id, $1::text::pg_snapshot), false) AS covered
          FROM events
-         ORDER BY aggregate_type COLLATE \"C\", aggregate_id COLLATE \"C\", sequence",
+         ORDER BY global_position",
     )
     .bind(&snapshot)
-    .fetch(conn);
+    .fetch(&mut *conn);
     let mut logged = Vec::new();
-    let mut heads = Heads::default();
+    let mut streams: HashMap<[u8; 16], StreamState> = HashMap::new();
+    let mut suspects: Vec<(String, String)> = Vec::new();
     let mut covered_events = 0i64;
-    let mut stream: Vec<StoredRow> = Vec::new();
-    let finish = |stream: &mut Vec<StoredRow>, report: &mut Report, heads: &mut Heads| {
-        if stream.is_empty() {
-            return;
-        }
-        report.streams += 1;
-        report.events += stream.len() as i64;
-        if let Some(link) = check_stream(stream) {
-            report.broken.push(link);
-        }
-        if let Some(head) = stream.iter().rev().find(|r| r.in_checkpoint) {
-            heads.add(
-                &head.aggregate_type,
-                &head.aggregate_id,
-                head.sequence,
-                &head.hash,
-            );
-        }
-        stream.clear();
-    };
     while let Some(row) = rows.try_next().await? {
-        let event = StoredRow {
-            aggregate_type: row.try_get("aggregate_type")?,
-            aggregate_id: row.try_get("aggregate_id")?,
-            sequence: row.try_get("sequence")?,
-            event_type: row.try_get("event_type")?,
-            event_version: row.try_get("event_version")?,
-            payload: row.try_get("payload")?,
-            metadata: row.try_get("metadata")?,
-            recorded_at: row.try_get("recorded_at")?,
-            prev_hash: row.try_get("prev_hash")?,
-            hash: row.try_get("hash")?,
-            in_checkpoint: row.try_get("covered")?,
-        };
-        logged.push(Logged {
-            transaction_id: row.try_get("transaction_id")?,
-            global_position: row.try_get("global_position")?,
-            leaf: leaf_hash(&event.hash),
-            first: event.sequence == 1,
-        });
-        if event.in_checkpoint {
+        // By position, not name: this loop runs once per event of the store.
+        let aggregate_type: &str = row.try_get(0)?;
+        let aggregate_id: &str = row.try_get(1)?;
+        let sequence: i64 = row.try_get(2)?;
+        let prev_hash: Option<&[u8]> = row.try_get(8)?;
+        let stored_hash: &[u8] = row.try_get(9)?;
+        let covered: bool = row.try_get(12)?;
+        let hash: Option<[u8; 32]> = stored_hash.try_into().ok();
+        let state = streams
+            .entry(stream_key(aggregate_type, aggregate_id))
+            .or_default();
+        if legacy.is_some() && state.name.is_none() {
+            state.name = Some(Box::new((
+                aggregate_type.to_owned(),
+                aggregate_id.to_owned(),
+            )));
+        }
+        if !state.suspect {
+            let (last_sequence, last_hash) = match &state.last {
+                Some((s, h)) => (*s, Some(h.as_slice())),
+                None => (0, None),
+            };
+            let fields = Hashed {
+                aggregate_type,
+                aggregate_id,
+                event_type: row.try_get(3)?,
+                event_version: row.try_get(4)?,
+                payload: row.try_get(5)?,
+                metadata: row.try_get(6)?,
+                recorded_at: row.try_get(7)?,
+            };
+            let intact = sequence == last_sequence + 1
+                && prev_hash == last_hash
+                && hash.is_some_and(|hash| fields.hash_at(prev_hash, sequence) == hash);
+            if !intact {
+                state.suspect = true;
+                suspects.push((aggregate_type.to_owned(), aggregate_id.to_owned()));
+            }
+        }
+        let hash = hash.unwrap_or_default();
+        state.last = Some((sequence, hash));
+        if covered {
+            state.covered = Some((sequence, hash));
             covered_events += 1;
         }
-        let same = stream.last().is_some_and(|last| {
-            last.aggregate_type == event.aggregate_type && last.aggregate_id == event.aggregate_id
+        report.events += 1;
+        logged.push(Logged {
+            transaction_id: row.try_get(10)?,
+            global_position: row.try_get(11)?,
+            leaf: leaf_hash(stored_hash),
+            first: sequence == 1,
         });
-        if !same {
-            finish(&mut stream, report, &mut heads);
-        }
-        stream.push(event);
     }
-    finish(&mut stream, report, &mut heads);
+    drop(rows);
+    report.streams = streams.len() as i64;
+    // The suspect streams, read again in sequence order, in the order of their names.
+    suspects.sort();
+    for (aggregate_type, aggregate_id) in suspects {
+        let rows = sqlx::query(
+            "SELECT aggregate_type, aggregate_id, sequence, event_type, event_version,
+                    payload::text AS payload, metadata::text AS metadata, recorded_at, prev_hash,
+                    hash
+             FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence",
+        )
+        .bind(&aggregate_type)
+        .bind(&aggregate_id)
+        .fetch_all(&mut *conn)
+        .await?;
+        let stream = rows
+            .iter()
+            .map(|row| {
+                Ok(StoredRow {
+                    aggregate_type: row.try_get("aggregate_type")?,
+                    aggregate_id: row.try_get("aggregate_id")?,
+                    sequence: row.try_get("sequence")?,
+                    event_type: row.try_get("event_type")?,
+                    event_version: row.try_get("event_version")?,
+                    payload: row.try_get("payload")?,
+                    metadata: row.try_get("metadata")?,
+                    recorded_at: row.try_get("recorded_at")?,
+                    prev_hash: row.try_get("prev_hash")?,
+                    hash: row.try_get("hash")?,
+                    in_checkpoint: false,
+                })
+            })
+            .collect::<sqlx::Result<Vec<_>>>()?;
+        if let Some(link) = check_stream(&stream) {
+            report.broken.push(link);
+        }
+    }
     if let Some(checkpoint) = legacy {
+        // The accumulator over the covered heads, fed in byte order of (type, id).
+        let mut covered: Vec<(&(String, String), i64, [u8; 32])> = streams
+            .values()
+            .filter_map(|s| {
+                let (sequence, hash) = s.covered?;
+                Some((s.name.as_deref()?, sequence, hash))
+            })
+            .collect();
+        covered.sort_by(|a, b| a.0.cmp(b.0));
+        let mut heads = Heads::default();
+        for ((aggregate_type, aggregate_id), sequence, hash) in covered {
+            heads.add(aggregate_type, aggregate_id, sequence, &hash);
+        }
         let streams = heads.streams;
         let root: [u8; 32] = heads.hasher.finalize().into();
         if root.as_slice() != checkpoint.root.as_slice() {
