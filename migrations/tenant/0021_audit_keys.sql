@@ -1,11 +1,12 @@
 -- Rotating the key that signs tree heads. Generation 0 of an organisation's signing key is
--- derived from the master key and not stored; each later generation is a random Ed25519 key,
+-- derived from the master key and never stored; each later generation is a random Ed25519 key,
 -- stored sealed with a key derived from the master key and bound to its organisation and
 -- generation. A key takes over at a hand-over tree head: signed by the key before it, naming
--- it (next_public_key); every later head is signed by it. `custos verify` follows the
--- hand-overs from generation 0, so the table is only where the private keys are kept.
+-- it (next_public_key); every later head is signed by it. Which key is in force follows from
+-- the signed hand-overs alone, from generation 0: this table is only where private keys are
+-- looked up (by public key), so a row slipped into it is never used.
 CREATE TABLE audit_keys (
-    generation     integer     PRIMARY KEY CHECK (generation >= 0),
+    generation     integer     PRIMARY KEY CHECK (generation >= 1),
     public_key     bytea       NOT NULL UNIQUE,
     sealed_secret  bytea       NOT NULL,
     created_at     timestamptz NOT NULL DEFAULT now(),

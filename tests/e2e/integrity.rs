@@ -722,6 +722,27 @@ async fn a_rotated_key_takes_over_at_a_signed_hand_over_that_verification_follow
     assert_eq!(handover["nextPublicKey"], new_key.as_str());
     assert_eq!(handover["nextKeyId"], generations[1]["keyId"]);
 
+    // A key slipped into the table (as the service's own role can) is never used: which key
+    // is in force follows from the signed hand-overs alone.
+    let stranger = "05".repeat(32);
+    let mut db = app.tenant_admin(admin.tenant_id).await;
+    sqlx::query(
+        "INSERT INTO audit_keys (generation, public_key, sealed_secret) VALUES (2, decode($1, 'hex'), '\\x00')",
+    )
+    .bind(&stranger)
+    .execute(&mut db)
+    .await
+    .unwrap();
+    let keys = app.graphql(Some(&admin.token), KEYS, json!({})).await.ok();
+    assert_eq!(keys.data("organization.auditKey"), &json!(new_key));
+    assert_eq!(
+        keys.data("organization.auditKeys")
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+
     // Later heads are signed by the new key; everything verifies, through the API and the CLI.
     app.create_employee(
         &admin.token,

@@ -16,7 +16,8 @@ use crate::graphql::pagination::{
 };
 use crate::graphql::types::api_token::ApiToken;
 use crate::graphql::types::user::{User, UserRef};
-use crate::infra::integrity::audit_keys::generations;
+use crate::infra::integrity::audit_keys::follow;
+use crate::infra::integrity::tree_head::handovers_before;
 use crate::infra::stores::sessions::{self, SessionRow};
 use crate::infra::tenancy::tenant::Tenant;
 use crate::service::identity::{LoginOutcome, NewOrganization, SignedIn};
@@ -120,6 +121,8 @@ pub(crate) struct Organization {
     /// Generation 0 of the key that signs tree heads.
     #[graphql(skip)]
     derived_audit_key: ed25519_dalek::VerifyingKey,
+    #[graphql(skip)]
+    tenant_id: uuid::Uuid,
 }
 
 /// One generation of the key that signs the organisation's tree heads.
@@ -166,7 +169,8 @@ impl Organization {
 impl Organization {
     async fn generations(&self) -> Result<Vec<AuditKey>, ApiError> {
         let mut conn = self.pool.acquire().await?;
-        let generations = generations(&mut conn, &self.derived_audit_key).await?;
+        let handovers = handovers_before(&mut conn, self.tenant_id, i64::MAX).await?;
+        let generations = follow(&self.derived_audit_key, &handovers);
         Ok(generations
             .into_iter()
             .map(|g| AuditKey {
@@ -189,6 +193,7 @@ impl From<&Tenant> for Organization {
             region: tenant.region.as_str().to_owned(),
             pool: tenant.pool.clone(),
             derived_audit_key: tenant.audit_keys.derived(),
+            tenant_id: tenant.id,
         }
     }
 }

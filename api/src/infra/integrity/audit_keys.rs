@@ -1,10 +1,11 @@
 //! The keys that sign an organisation's tree heads, by generation (migration 0021).
 //!
-//! Generation 0 is derived from the master key and never stored (unless the database holds a
-//! generation 0 of its own). Rotating writes a hand-over tree head signed by the key in force
-//! that names a new random key, and stores that key sealed with a key derived from the master
-//! key, bound to the organisation and generation; from then on the new key signs. The signed
-//! hand-overs, not this table, are what `custos verify` and `custos verify-proof` trust.
+//! Generation 0 is derived from the master key and never stored. Rotating writes a hand-over
+//! tree head, signed by the key in force, that names a new random key; the new key's private
+//! half is stored in `audit_keys` sealed with a key derived from the master key, bound to the
+//! organisation and generation. Which key is in force is decided by the signed hand-overs
+//! alone, followed from generation 0: the table is only where private keys are looked up (by
+//! public key, and only if they open and match), so a row slipped into it is never used.
 
 use chrono::{DateTime, Utc};
 use ed25519_dalek::{SigningKey, VerifyingKey};
@@ -12,7 +13,7 @@ use secrecy::{ExposeSecret, SecretBox};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::tree_head::key_id;
+use super::tree_head::{handovers_before, key_id, TreeHead};
 use crate::infra::keys::MasterKey;
 use crate::infra::subject_keys::{open, seal};
 
@@ -22,8 +23,48 @@ pub(crate) struct KeyGeneration {
     pub generation: i32,
     pub public_key: Vec<u8>,
     pub key_id: String,
-    /// When it was made (none for a derived generation 0).
+    /// When its hand-over was signed (none for generation 0).
     pub created_at: Option<DateTime<Utc>>,
+    /// The tree head that handed over to it, signed by the key before it (none for 0).
+    pub handed_over_at: Option<i64>,
+}
+
+/// Every generation, oldest first, as the signed hand-overs among `handovers` (oldest first)
+/// show them from `derived`: a hand-over counts only if the key in force signed it.
+pub(crate) fn follow(derived: &VerifyingKey, handovers: &[TreeHead]) -> Vec<KeyGeneration> {
+    let public_key = derived.to_bytes().to_vec();
+    let mut generations = vec![KeyGeneration {
+        generation: 0,
+        key_id: key_id(&public_key),
+        public_key,
+        created_at: None,
+        handed_over_at: None,
+    }];
+    let mut in_force = *derived;
+    for handover in handovers {
+        let Some(next) = handover.next_key() else {
+            continue;
+        };
+        if !handover.signed_by(&in_force) {
+            continue;
+        }
+        in_force = next;
+        let public_key = next.to_bytes().to_vec();
+        generations.push(KeyGeneration {
+            generation: generations.len() as i32,
+            key_id: key_id(&public_key),
+            public_key,
+            created_at: Some(handover.created_at),
+            handed_over_at: Some(handover.number),
+        });
+    }
+    generations
+}
+
+/// The key in force, with its private half.
+pub(crate) struct InForce {
+    pub generation: i32,
+    pub key: SigningKey,
     /// The tree head that handed over to it (none for generation 0).
     pub handed_over_at: Option<i64>,
 }
@@ -31,7 +72,7 @@ pub(crate) struct KeyGeneration {
 /// An organisation's signing keys.
 pub(crate) struct AuditKeys {
     tenant_id: Uuid,
-    /// Generation 0, unless the database holds one.
+    /// Generation 0.
     derived: SigningKey,
     /// Seals the private keys of later generations.
     sealing: SecretBox<[u8; 32]>,
@@ -54,97 +95,69 @@ impl AuditKeys {
         format!("custos/audit-key/{}/{generation}", self.tenant_id).into_bytes()
     }
 
-    /// Generation 0 derived from the master key: the key the organisation's first tree heads
-    /// (and its checkpoints from before the Merkle log) were signed with, unless the database
-    /// holds a generation 0 of its own.
+    /// Generation 0, derived from the master key: the key the organisation's first tree heads
+    /// (and its checkpoints from before the Merkle log) were signed with, and where
+    /// verification starts.
     pub(crate) fn derived(&self) -> VerifyingKey {
         self.derived.verifying_key()
     }
 
-    /// Every generation, oldest first.
+    /// Every generation, oldest first, from the signed hand-overs.
     pub(crate) async fn generations(
         &self,
         conn: &mut PgConnection,
     ) -> sqlx::Result<Vec<KeyGeneration>> {
-        generations(conn, &self.derived()).await
-    }
-}
-
-/// Every generation of the keys whose generation 0, unless stored, is `derived`; oldest first.
-pub(crate) async fn generations(
-    conn: &mut PgConnection,
-    derived: &VerifyingKey,
-) -> sqlx::Result<Vec<KeyGeneration>> {
-    type Row = (i32, Vec<u8>, DateTime<Utc>, Option<i64>);
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT generation, public_key, created_at, handed_over_at FROM audit_keys
-         ORDER BY generation",
-    )
-    .fetch_all(conn)
-    .await?;
-    let mut generations: Vec<KeyGeneration> = rows
-        .into_iter()
-        .map(
-            |(generation, public_key, created_at, handed_over_at)| KeyGeneration {
-                generation,
-                key_id: key_id(&public_key),
-                public_key,
-                created_at: Some(created_at),
-                handed_over_at,
-            },
-        )
-        .collect();
-    if generations.first().is_none_or(|g| g.generation != 0) {
-        let public_key = derived.to_bytes().to_vec();
-        generations.insert(
-            0,
-            KeyGeneration {
-                generation: 0,
-                key_id: key_id(&public_key),
-                public_key,
-                created_at: None,
-                handed_over_at: None,
-            },
-        );
-    }
-    Ok(generations)
-}
-
-impl AuditKeys {
-    /// The first key: what verification starts from.
-    pub(crate) async fn anchor(&self, conn: &mut PgConnection) -> anyhow::Result<VerifyingKey> {
-        let first = self.generations(conn).await?.remove(0);
-        verifying_key(&first.public_key)
-            .ok_or_else(|| anyhow::anyhow!("audit key generation 0 is not an Ed25519 key"))
+        let handovers = handovers_before(conn, self.tenant_id, i64::MAX).await?;
+        Ok(follow(&self.derived(), &handovers))
     }
 
-    /// The key in force (the newest generation) and its generation.
-    pub(crate) async fn current(
+    /// The key in force — the last generation the signed hand-overs lead to — with its
+    /// private half: derived for generation 0, else from `audit_keys`, where it must open and
+    /// match. `Err` with the reason when it cannot be had.
+    pub(crate) async fn in_force(
         &self,
         conn: &mut PgConnection,
-    ) -> anyhow::Result<(i32, SigningKey)> {
-        let row: Option<(i32, Vec<u8>, Vec<u8>)> = sqlx::query_as(
-            "SELECT generation, public_key, sealed_secret FROM audit_keys
-             ORDER BY generation DESC LIMIT 1",
+    ) -> anyhow::Result<Result<InForce, String>> {
+        let generations = self.generations(&mut *conn).await?;
+        let last = generations.last().expect("generation 0 is always there");
+        if last.generation == 0 {
+            return Ok(Ok(InForce {
+                generation: 0,
+                key: self.derived.clone(),
+                handed_over_at: None,
+            }));
+        }
+        let sealed: Option<Vec<u8>> = sqlx::query_scalar(
+            "SELECT sealed_secret FROM audit_keys WHERE generation = $1 AND public_key = $2",
         )
-        .fetch_optional(conn)
+        .bind(last.generation)
+        .bind(&last.public_key)
+        .fetch_optional(&mut *conn)
         .await?;
-        let Some((generation, public_key, sealed)) = row else {
-            return Ok((0, self.derived.clone()));
-        };
-        let secret = open(self.sealing.expose_secret(), &sealed, &self.binding(generation))
-            .and_then(|bytes| <[u8; 32]>::try_from(bytes.as_slice()).ok())
-            .ok_or_else(|| {
-                anyhow::anyhow!(
-                    "audit key generation {generation} does not open: the master key differs or the key was altered"
+        let opened = sealed
+            .and_then(|sealed| {
+                open(
+                    self.sealing.expose_secret(),
+                    &sealed,
+                    &self.binding(last.generation),
                 )
-            })?;
-        let key = SigningKey::from_bytes(&secret);
-        anyhow::ensure!(
-            key.verifying_key().to_bytes().as_slice() == public_key.as_slice(),
-            "audit key generation {generation}: the stored public key is not its own"
-        );
-        Ok((generation, key))
+            })
+            .and_then(|bytes| <[u8; 32]>::try_from(bytes.as_slice()).ok())
+            .map(|secret| SigningKey::from_bytes(&secret))
+            .filter(|key| key.verifying_key().to_bytes().as_slice() == last.public_key);
+        Ok(match opened {
+            Some(key) => Ok(InForce {
+                generation: last.generation,
+                key,
+                handed_over_at: last.handed_over_at,
+            }),
+            None => Err(format!(
+                "the private key of audit key generation {} (key {}), which tree head {} handed over to, is missing or does not open",
+                last.generation,
+                last.key_id,
+                last.handed_over_at.unwrap_or_default()
+            )),
+        })
     }
 
     /// A new random key for `generation`, and its private key sealed for storage.
@@ -159,11 +172,4 @@ impl AuditKeys {
         );
         (key, sealed)
     }
-}
-
-/// An Ed25519 public key from its bytes.
-pub(crate) fn verifying_key(bytes: &[u8]) -> Option<VerifyingKey> {
-    <[u8; 32]>::try_from(bytes)
-        .ok()
-        .and_then(|b| VerifyingKey::from_bytes(&b).ok())
 }

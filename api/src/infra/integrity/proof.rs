@@ -84,18 +84,53 @@ fn root(head: &TreeHead) -> Result<Hash, String> {
         .map_err(|_| format!("tree head {}: the root is not a SHA-256 hash", head.number))
 }
 
-/// The key that signs tree head `number`, starting from `key`: each hand-over before it that
-/// the key in force signed passes to the key it names.
-fn key_in_force(key: &VerifyingKey, handovers: &[TreeHead], number: i64) -> VerifyingKey {
-    let mut in_force = *key;
-    let mut handovers: Vec<&TreeHead> = handovers.iter().filter(|h| h.number < number).collect();
-    handovers.sort_by_key(|h| h.number);
-    for handover in handovers {
-        if let (true, Some(next)) = (handover.signed_by(&in_force), handover.next_key()) {
-            in_force = next;
+/// Which keys may sign which tree-head numbers, as the supplied hand-overs show around the
+/// trusted `key` (inclusive ranges). Backwards: a hand-over that names a trusted key and holds
+/// its signature makes its signer trusted for the heads up to it, and no further — so a key
+/// that leaked after it was rotated cannot sign later heads. Forwards: a hand-over the trusted
+/// key signed makes the key it names trusted for the heads after it.
+fn trusted_ranges(key: &VerifyingKey, handovers: &[TreeHead]) -> Vec<(VerifyingKey, i64, i64)> {
+    let mut sorted: Vec<&TreeHead> = handovers.iter().collect();
+    sorted.sort_by_key(|h| h.number);
+    // Backwards: (key, the number of the hand-over into it), newest first.
+    let mut chain: Vec<(VerifyingKey, Option<i64>)> = vec![(*key, None)];
+    let mut upper = i64::MAX;
+    for handover in sorted.iter().rev() {
+        let current = chain.last().expect("never empty").0;
+        let signer = <[u8; 32]>::try_from(handover.public_key.as_slice())
+            .ok()
+            .and_then(|b| VerifyingKey::from_bytes(&b).ok());
+        if let (true, Some(signer)) = (
+            handover.number < upper
+                && handover.next_key() == Some(current)
+                && handover.signature_holds(),
+            signer,
+        ) {
+            chain.last_mut().expect("never empty").1 = Some(handover.number);
+            chain.push((signer, None));
+            upper = handover.number;
         }
     }
-    in_force
+    let mut ranges = Vec::new();
+    for pair in chain.windows(2) {
+        let (older, into_older) = pair[1];
+        let out_of_older = pair[0].1.expect("set when the older key was found");
+        ranges.push((older, into_older.map_or(i64::MIN, |n| n + 1), out_of_older));
+    }
+    // Forwards from the trusted key.
+    let (mut current, mut from) = (*key, chain[0].1.map_or(i64::MIN, |n| n + 1));
+    for handover in &sorted {
+        if handover.number < from {
+            continue;
+        }
+        if let (true, Some(next)) = (handover.signed_by(&current), handover.next_key()) {
+            ranges.push((current, from, handover.number));
+            current = next;
+            from = handover.number + 1;
+        }
+    }
+    ranges.push((current, from, i64::MAX));
+    ranges
 }
 
 fn signed(
@@ -104,11 +139,14 @@ fn signed(
     handovers: &[TreeHead],
     which: &str,
 ) -> Result<(), String> {
-    if head.signed_by(&key_in_force(key, handovers, head.number)) {
+    let trusted = trusted_ranges(key, handovers)
+        .iter()
+        .any(|(k, from, to)| (*from..=*to).contains(&head.number) && head.signed_by(k));
+    if trusted {
         Ok(())
     } else {
         Err(format!(
-            "{which} tree head {}: the signature does not verify with this public key (nor with a key it handed over to)",
+            "{which} tree head {}: the signature does not verify with this public key (nor with a key the supplied hand-overs lead to or from, for its number)",
             head.number
         ))
     }
@@ -253,5 +291,76 @@ pub fn check_file(text: &str, public_key: &str) -> Result<String, String> {
     match parse(text)? {
         ProofFile::Event(proof) => proof.check(&key),
         ProofFile::Consistency(proof) => proof.check(&key),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::DateTime;
+    use ed25519_dalek::SigningKey;
+    use uuid::Uuid;
+
+    fn head(key: &SigningKey, number: i64, next: Option<&SigningKey>) -> TreeHead {
+        TreeHead::sign(
+            key,
+            Uuid::nil(),
+            number,
+            number * 10,
+            1,
+            DateTime::from_timestamp_millis(1_700_000_000_000).unwrap(),
+            &[number as u8; 32],
+            next.map(|k| k.verifying_key()).as_ref(),
+        )
+    }
+
+    #[test]
+    fn hand_overs_lead_forwards_and_backwards_and_a_rotated_key_signs_nothing_after() {
+        let (first, second, third) = (
+            SigningKey::from_bytes(&[1; 32]),
+            SigningKey::from_bytes(&[2; 32]),
+            SigningKey::from_bytes(&[3; 32]),
+        );
+        // 1 signed by the first key; 2 hands over to the second; 3 signed by it; 4 hands over
+        // to the third; 5 signed by it.
+        let handovers = vec![
+            head(&first, 2, Some(&second)),
+            head(&second, 4, Some(&third)),
+        ];
+        let heads = [
+            (1, &first),
+            (2, &first),
+            (3, &second),
+            (4, &second),
+            (5, &third),
+        ];
+        for pinned in [&first, &second, &third] {
+            for (number, signer) in heads {
+                let h = head(signer, number, None);
+                assert!(
+                    signed(&h, &pinned.verifying_key(), &handovers, "the").is_ok(),
+                    "head {number} with key {:?} pinned",
+                    pinned.verifying_key()
+                );
+            }
+        }
+        // The first key, leaked after its rotation, signs head 5: refused with the newest key
+        // pinned, and with the first key pinned when the hand-overs are shown.
+        let forged = head(&first, 5, None);
+        for pinned in [&first, &second, &third] {
+            assert!(signed(&forged, &pinned.verifying_key(), &handovers, "the").is_err());
+        }
+        // Without hand-overs only the pinned key's own heads verify.
+        assert!(signed(&head(&second, 3, None), &first.verifying_key(), &[], "the").is_err());
+        // A forged hand-over (not signed by the key in force) leads nowhere.
+        let stranger = SigningKey::from_bytes(&[9; 32]);
+        let forged_handover = vec![head(&stranger, 2, Some(&second))];
+        assert!(signed(
+            &head(&second, 3, None),
+            &first.verifying_key(),
+            &forged_handover,
+            "the"
+        )
+        .is_err());
     }
 }

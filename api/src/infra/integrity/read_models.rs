@@ -1,7 +1,7 @@
 //! Read models against history (`custos verify --read-models`): each projection rebuilt from
 //! the events into temporary tables of the same shape, up to the position its live read model
-//! stands at, and compared row for row with the live tables — in one snapshot, rolled back, so
-//! nothing live is touched and a running service may keep writing.
+//! stands at, and compared row for row with the live tables in one snapshot. Nothing live is
+//! written, and a running service keeps writing meanwhile.
 //!
 //! A temporary table shadows the table of the same name for this connection only (PostgreSQL
 //! searches `pg_temp` first), so each projection's own SQL writes the copy.
@@ -43,6 +43,12 @@ pub(crate) struct ReadModelReport {
 
 /// Rebuilds each projection on `conn` (a connection to the tenant database) and compares it
 /// with its live tables.
+///
+/// The replay runs in short transactions (each would otherwise hold back every projector's and
+/// checkpoint's horizon for as long as it lasts), into temporary tables that live as long as
+/// this session; events up to where the live read model stood at the start are committed and
+/// never change. The comparison then runs in one snapshot: the live read model's position is
+/// read again, the events since applied, and the tables compared.
 pub(crate) async fn compare(
     conn: &mut PgConnection,
     log: &EventLog,
@@ -50,51 +56,29 @@ pub(crate) async fn compare(
 ) -> anyhow::Result<ReadModelReport> {
     let mut report = ReadModelReport::default();
     for projection in projections {
-        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            .execute(&mut *tx)
-            .await?;
-        let live = Position::from_row(
-            &sqlx::query(
-                "SELECT transaction_id::text::bigint AS transaction_id, global_position
-                 FROM projection_checkpoints WHERE projection = $1",
-            )
-            .bind(projection.name())
-            .fetch_one(&mut *tx)
-            .await?,
-        )?;
         for table in projection.tables() {
-            shadow(&mut tx, table).await?;
+            shadow(&mut *conn, table).await?;
         }
+        // Every write from here on runs in READ ONLY transactions, which PostgreSQL lets write
+        // temporary tables only: a table a projection writes but does not list fails the
+        // check instead of being changed.
+        let mut tx = read_only(&mut *conn, "").await?;
         projection.reset(&mut tx).await?;
-        // Every event up to where the live read model stands.
+        let start = live_position(&mut tx, projection.name()).await?;
+        tx.commit().await?;
         let mut at = Position::default();
         loop {
-            let events = log
-                .after(
-                    &mut tx,
-                    projection.aggregate_types(),
-                    at,
-                    live.transaction_id.saturating_add(1),
-                    BATCH,
-                )
-                .await?;
-            let mut done = (events.len() as i64) < BATCH;
-            for stored in &events {
-                if stored.position > live {
-                    done = true;
-                    break;
-                }
-                if let Some(event) = projected(stored)? {
-                    projection.apply(&mut tx, &event).await?;
-                    report.events += 1;
-                }
-                at = stored.position;
-            }
+            let mut tx = read_only(&mut *conn, "").await?;
+            let (applied, done) = replay(&mut tx, log, &**projection, &mut at, start).await?;
+            tx.commit().await?;
+            report.events += applied;
             if done {
                 break;
             }
         }
+        let mut tx = read_only(&mut *conn, "ISOLATION LEVEL REPEATABLE READ,").await?;
+        let live = live_position(&mut tx, projection.name()).await?;
+        while !replay(&mut tx, log, &**projection, &mut at, live).await?.1 {}
         for table in projection.tables() {
             if let Some(difference) = differences(&mut tx, projection.name(), table).await? {
                 report.differences.push(difference);
@@ -102,17 +86,81 @@ pub(crate) async fn compare(
             report.tables += 1;
         }
         tx.rollback().await?;
+        for table in projection.tables() {
+            sqlx::query(&format!("DROP TABLE pg_temp.\"{}\"", table.name))
+                .execute(&mut *conn)
+                .await?;
+        }
         report.projections += 1;
     }
     Ok(report)
 }
 
+/// A transaction that can write temporary tables only (`mode`: more transaction modes).
+async fn read_only<'c>(
+    conn: &'c mut PgConnection,
+    mode: &str,
+) -> sqlx::Result<sqlx::Transaction<'c, sqlx::Postgres>> {
+    let mut tx = sqlx::Connection::begin(conn).await?;
+    sqlx::query(&format!("SET TRANSACTION {mode} READ ONLY"))
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
+}
+
+/// Where the live read model of `projection` stands.
+async fn live_position(conn: &mut PgConnection, projection: &str) -> sqlx::Result<Position> {
+    Position::from_row(
+        &sqlx::query(
+            "SELECT transaction_id::text::bigint AS transaction_id, global_position
+             FROM projection_checkpoints WHERE projection = $1",
+        )
+        .bind(projection)
+        .fetch_one(conn)
+        .await?,
+    )
+}
+
+/// Applies the next batch of events after `at`, up to `until`, to the shadow tables; how many,
+/// and whether every event up to `until` has been applied.
+async fn replay(
+    conn: &mut PgConnection,
+    log: &EventLog,
+    projection: &dyn Projection,
+    at: &mut Position,
+    until: Position,
+) -> anyhow::Result<(i64, bool)> {
+    let events = log
+        .after(
+            conn,
+            projection.aggregate_types(),
+            *at,
+            until.transaction_id.saturating_add(1),
+            BATCH,
+        )
+        .await?;
+    let mut applied = 0;
+    let mut done = (events.len() as i64) < BATCH;
+    for stored in &events {
+        if stored.position > until {
+            done = true;
+            break;
+        }
+        if let Some(event) = projected(stored)? {
+            projection.apply(conn, &event).await?;
+            applied += 1;
+        }
+        *at = stored.position;
+    }
+    Ok((applied, done))
+}
+
 /// A temporary table shaped like `table` (columns, defaults, constraints, indexes), with the
-/// live rows when a reset keeps them; dropped with the transaction.
+/// live rows when a reset keeps them; dropped when compared (or with the session).
 async fn shadow(conn: &mut PgConnection, table: &Table) -> sqlx::Result<()> {
     let name = table.name;
     sqlx::query(&format!(
-        "CREATE TEMPORARY TABLE \"{name}\" (LIKE public.\"{name}\" INCLUDING ALL) ON COMMIT DROP"
+        "CREATE TEMPORARY TABLE \"{name}\" (LIKE public.\"{name}\" INCLUDING ALL)"
     ))
     .execute(&mut *conn)
     .await?;

@@ -10,13 +10,12 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
-use ed25519_dalek::SigningKey;
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
-use super::audit_keys::AuditKeys;
+use super::audit_keys::{AuditKeys, InForce};
 use super::merkle::{leaf_hash, Frontier, Hash, Node, ProofOf, STRIDE};
-use super::tree_head::{append_witness, last_tree_head, TreeHead};
+use super::tree_head::{append_witness, head_from_row, last_tree_head, TreeHead, HEAD_COLUMNS};
 
 /// Advisory lock (transaction-scoped, in the tenant database) while a checkpoint is made.
 const CHECKPOINT_LOCK: i64 = 0x6375_7374_6f73_0006;
@@ -40,29 +39,6 @@ pub(crate) enum Checkpointed {
     Signed(TreeHead),
     /// Signed nothing: the stored log does not agree with the last signed head.
     Refused(Alarm),
-}
-
-/// The columns of `tree_heads` a [`TreeHead`] is read from ([`head_from_row`]).
-pub(crate) const HEAD_COLUMNS: &str =
-    "number, tree_size, streams, created_at, root, key_id, public_key, signature, next_public_key";
-
-/// A tree head from a row holding [`HEAD_COLUMNS`].
-pub(crate) fn head_from_row(
-    tenant_id: Uuid,
-    row: &sqlx::postgres::PgRow,
-) -> sqlx::Result<TreeHead> {
-    Ok(TreeHead {
-        tenant_id,
-        number: row.try_get("number")?,
-        tree_size: row.try_get("tree_size")?,
-        streams: row.try_get("streams")?,
-        created_at: row.try_get("created_at")?,
-        root: row.try_get("root")?,
-        key_id: row.try_get("key_id")?,
-        public_key: row.try_get("public_key")?,
-        signature: row.try_get("signature")?,
-        next_public_key: row.try_get("next_public_key")?,
-    })
 }
 
 /// The newest `limit` tree heads, oldest first.
@@ -123,23 +99,6 @@ pub(crate) async fn tree_head_of_size(
     row.map(|r| head_from_row(tenant_id, &r)).transpose()
 }
 
-/// The hand-over heads before tree head `number`, oldest first: the chain from the first key
-/// to the one that signed it.
-pub(crate) async fn handovers_before(
-    conn: &mut PgConnection,
-    tenant_id: Uuid,
-    number: i64,
-) -> sqlx::Result<Vec<TreeHead>> {
-    let rows = sqlx::query(&format!(
-        "SELECT {HEAD_COLUMNS} FROM tree_heads
-         WHERE next_public_key IS NOT NULL AND number < $1 ORDER BY number"
-    ))
-    .bind(number)
-    .fetch_all(conn)
-    .await?;
-    rows.iter().map(|r| head_from_row(tenant_id, r)).collect()
-}
-
 /// The newest tree head.
 pub(crate) async fn newest_tree_head(
     conn: &mut PgConnection,
@@ -167,8 +126,13 @@ pub(crate) async fn checkpoint(
     if !taken {
         return Ok(Checkpointed::Nothing);
     }
-    let (generation, key) = keys.current(&mut tx).await?;
-    let key = &key;
+    // The key in force, as the signed hand-overs say: without its private half nothing can
+    // be signed, and that is an alarm, not an error.
+    let in_force = match keys.in_force(&mut tx).await? {
+        Ok(in_force) => in_force,
+        Err(reason) => return Ok(Checkpointed::Refused(Alarm(reason))),
+    };
+    let (generation, key) = (in_force.generation, &in_force.key);
     let last = sqlx::query(&format!(
         "SELECT {HEAD_COLUMNS}, frontier, last_transaction_id::text::bigint AS last_transaction_id,
                 last_global_position
@@ -185,27 +149,12 @@ pub(crate) async fn checkpoint(
                 row.try_get::<i64, _>("last_transaction_id")?,
                 row.try_get::<i64, _>("last_global_position")?,
             );
-            // A hand-over was signed by the generation before the one in force.
-            let previous_key = match head.next_public_key {
-                Some(_) => keys
-                    .generations(&mut tx)
-                    .await?
-                    .into_iter()
-                    .find(|g| g.generation == generation - 1)
-                    .map(|g| g.public_key),
-                None => None,
-            };
-            let signer = Signer {
-                key,
-                generation,
-                previous_key: previous_key.as_deref(),
-            };
             let checked = check_last(
                 &mut tx,
                 &head,
                 &frontier,
                 after,
-                &signer,
+                &in_force,
                 witnessed.as_ref(),
             )
             .await?;
@@ -366,37 +315,25 @@ pub(crate) async fn checkpoint(
     Ok(Checkpointed::Signed(head))
 }
 
-/// The key in force and the one before it, which signed the hand-over to it.
-struct Signer<'a> {
-    key: &'a SigningKey,
-    generation: i32,
-    previous_key: Option<&'a [u8]>,
-}
-
-/// Whether the last signed head still holds: signed by the key in force (or, as the hand-over
-/// to it, by the key before it), its stored frontier giving its root, the leaves ending where
+/// Whether the last signed head still holds: signed by the key in force (or the very
+/// hand-over, validly signed, that made it the key in force), its stored frontier giving its root, the leaves ending where
 /// it says (at the event it names as its last), and the witness file holding nothing newer.
 async fn check_last(
     tx: &mut PgConnection,
     head: &TreeHead,
     frontier: &[u8],
     after: (i64, i64),
-    signer: &Signer<'_>,
+    signer: &InForce,
     witnessed: Option<&TreeHead>,
 ) -> anyhow::Result<Option<Alarm>> {
     let number = head.number;
-    let in_force = signer.key.verifying_key();
     let signed = match &head.next_public_key {
-        None => head.signed_by(&in_force),
-        Some(next) => {
-            next.as_slice() == in_force.to_bytes().as_slice()
-                && Some(head.public_key.as_slice()) == signer.previous_key
-                && head.signature_holds()
-        }
+        None => head.signed_by(&signer.key.verifying_key()),
+        Some(_) => signer.handed_over_at == Some(number),
     };
     if !signed {
         return Ok(Some(Alarm(format!(
-            "tree head {number} in the database is not signed by this organisation's key (generation {})",
+            "tree head {number} in the database is not signed by this organisation's key in force (generation {})",
             signer.generation
         ))));
     }

@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
 use super::checkpoint::Checkpoint;
@@ -141,6 +142,46 @@ impl TreeHead {
             .and_then(|key| VerifyingKey::from_bytes(&key).ok())
             .is_some_and(|key| self.signed_by(&key))
     }
+}
+
+/// The columns of `tree_heads` a [`TreeHead`] is read from ([`head_from_row`]).
+pub(crate) const HEAD_COLUMNS: &str =
+    "number, tree_size, streams, created_at, root, key_id, public_key, signature, next_public_key";
+
+/// A tree head from a row holding [`HEAD_COLUMNS`].
+pub(crate) fn head_from_row(
+    tenant_id: Uuid,
+    row: &sqlx::postgres::PgRow,
+) -> sqlx::Result<TreeHead> {
+    Ok(TreeHead {
+        tenant_id,
+        number: row.try_get("number")?,
+        tree_size: row.try_get("tree_size")?,
+        streams: row.try_get("streams")?,
+        created_at: row.try_get("created_at")?,
+        root: row.try_get("root")?,
+        key_id: row.try_get("key_id")?,
+        public_key: row.try_get("public_key")?,
+        signature: row.try_get("signature")?,
+        next_public_key: row.try_get("next_public_key")?,
+    })
+}
+
+/// The hand-over heads before tree head `number`, oldest first: the chain from the first key
+/// to the one that signed it.
+pub(crate) async fn handovers_before(
+    conn: &mut PgConnection,
+    tenant_id: Uuid,
+    number: i64,
+) -> sqlx::Result<Vec<TreeHead>> {
+    let rows = sqlx::query(&format!(
+        "SELECT {HEAD_COLUMNS} FROM tree_heads
+         WHERE next_public_key IS NOT NULL AND number < $1 ORDER BY number"
+    ))
+    .bind(number)
+    .fetch_all(conn)
+    .await?;
+    rows.iter().map(|r| head_from_row(tenant_id, r)).collect()
 }
 
 /// What the witness file in the data directory holds: the checkpoints signed before the Merkle

@@ -498,7 +498,11 @@ async fn merkle_log(
         if let Some((leaf_index, position, hash)) = stored {
             leaves += 1;
             let altered = if leaf_index as u64 != index {
-                Some(Altered::Missing)
+                Some(if position == event.global_position {
+                    Altered::LoggedAs(leaf_index)
+                } else {
+                    Altered::Missing
+                })
             } else if position != event.global_position {
                 Some(Altered::Moved(position))
             } else if hash != event.leaf {
@@ -564,6 +568,9 @@ async fn merkle_log(
                 Altered::Missing => format!(
                     "leaf {index} of the log, where {event} is, was removed from the log"
                 ),
+                Altered::LoggedAs(logged_index) => format!(
+                    "leaf {index} of the log: {event} was logged as leaf {logged_index}: events before it were removed, and their leaves with them"
+                ),
             })
         }
         None if leaves > logged.len() as u64 => Some(format!(
@@ -585,6 +592,8 @@ enum Altered {
     Moved(i64),
     /// The stored log has no leaf at this index.
     Missing,
+    /// The event was logged at a later index: the events and leaves before it were removed.
+    LoggedAs(i64),
 }
 
 /// "type/id sequence n (position p)" of the event at `position`.

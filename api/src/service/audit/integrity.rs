@@ -8,9 +8,9 @@ use crate::error::ApiError;
 use crate::infra::integrity::merkle::ProofOf;
 use crate::infra::integrity::proof::{to_hex, ConsistencyProof, EventProof, ProvenEvent};
 use crate::infra::integrity::tree::{
-    self, handovers_before, head_from_row, latest_tree_heads, leaf_of_event, newest_tree_head,
-    tree_head_of_size, Checkpointed, HEAD_COLUMNS,
+    self, latest_tree_heads, leaf_of_event, newest_tree_head, tree_head_of_size, Checkpointed,
 };
+use crate::infra::integrity::tree_head::{handovers_before, head_from_row, HEAD_COLUMNS};
 use crate::infra::integrity::tree_head::{read_witness, witness_file, TreeHead};
 use crate::infra::integrity::verify::{verify, Report};
 use crate::infra::tenancy::tenant::Tenant;
@@ -121,11 +121,7 @@ impl Services {
         let witness =
             read_witness(&witness_file(&self.data_dir, tenant.id)).map_err(ApiError::internal)?;
         let mut conn = tenant.pool.acquire().await?;
-        let anchor = tenant
-            .audit_keys
-            .anchor(&mut conn)
-            .await
-            .map_err(ApiError::internal)?;
+        let anchor = tenant.audit_keys.derived();
         let mut report = verify(&mut conn, tenant.id, Some(anchor), Some(&witness))
             .await
             .map_err(ApiError::internal)?;
