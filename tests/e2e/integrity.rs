@@ -778,6 +778,29 @@ async fn a_rotated_key_takes_over_at_a_signed_hand_over_that_verification_follow
     let mut without = proof.clone();
     without["data"]["eventProof"]["keyHandovers"] = json!([]);
     assert!(!verify_proof(&first_key, &without).await);
+    // A proof against the first tree size (its newest head there is the hand-over itself,
+    // signed by the first key) checks with the new key too: the hand-over leads back to it.
+    // (A hand-over's signature covers `nextPublicKey`: the tree head must carry it.)
+    let old = app
+        .graphql(
+            Some(&admin.token),
+            &EVENT_PROOF
+                .replace("publicKey signature }", "publicKey signature nextPublicKey }")
+                .replace(
+                    "treeHead {",
+                    "keyHandovers { tenantId number treeSize streams createdAt root keyId publicKey signature nextPublicKey }\n    treeHead {",
+                ),
+            json!({ "id": id, "sequence": 1, "size": first["treeSize"] }),
+        )
+        .await
+        .ok()
+        .body;
+    assert_eq!(
+        old["data"]["eventProof"]["treeHead"]["publicKey"],
+        first_key.as_str()
+    );
+    assert!(verify_proof(&new_key, &old).await, "{old}");
+    assert!(verify_proof(&first_key, &old).await, "{old}");
 
     // The hand-over made to name another key (a forger's): its signature no longer holds, the
     // heads after it are signed by a key no valid hand-over named, and verification says so.

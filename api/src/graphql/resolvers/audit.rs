@@ -105,8 +105,8 @@ pub(crate) struct EventProofNode {
     audit_path: Vec<String>,
     event: ProvenEventNode,
     tree_head: CheckpointNode,
-    /// The hand-overs from the organisation's first key to the key that signed `treeHead`,
-    /// oldest first (none while the first key signs).
+    /// Every hand-over of the organisation's signing key, oldest first (none before the first
+    /// rotation): `custos verify-proof` follows them from the key it is given, both ways.
     key_handovers: Vec<CheckpointNode>,
 }
 
@@ -157,7 +157,7 @@ pub(crate) struct ConsistencyProofNode {
     path: Vec<String>,
     from_head: CheckpointNode,
     to_head: CheckpointNode,
-    /// The hand-overs from the organisation's first key to the key that signed `toHead`.
+    /// Every hand-over of the organisation's signing key, oldest first.
     key_handovers: Vec<CheckpointNode>,
 }
 

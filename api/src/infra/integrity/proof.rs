@@ -41,8 +41,8 @@ pub struct EventProof {
     pub audit_path: Vec<String>,
     pub event: ProvenEvent,
     pub tree_head: TreeHead,
-    /// The hand-overs from the organisation's first key to the key that signed `treeHead`,
-    /// oldest first (none while the first key signs).
+    /// Every hand-over of the organisation's signing key, oldest first (none before the first
+    /// rotation): followed from the key the proof is checked with, both ways.
     #[serde(default)]
     pub key_handovers: Vec<TreeHead>,
 }
@@ -57,7 +57,7 @@ pub struct ConsistencyProof {
     pub path: Vec<String>,
     pub from_head: TreeHead,
     pub to_head: TreeHead,
-    /// The hand-overs from the organisation's first key to the key that signed `toHead`.
+    /// Every hand-over of the organisation's signing key, oldest first.
     #[serde(default)]
     pub key_handovers: Vec<TreeHead>,
 }
