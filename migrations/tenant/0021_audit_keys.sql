@@ -9,9 +9,7 @@ CREATE TABLE audit_keys (
     generation     integer     PRIMARY KEY CHECK (generation >= 1),
     public_key     bytea       NOT NULL UNIQUE,
     sealed_secret  bytea       NOT NULL,
-    created_at     timestamptz NOT NULL DEFAULT now(),
-    -- the tree head that handed over to this key
-    handed_over_at bigint      REFERENCES tree_heads (number)
+    created_at     timestamptz NOT NULL DEFAULT now()
 );
 
 CREATE TRIGGER audit_keys_no_update_or_delete

@@ -7,9 +7,9 @@ use chrono::DateTime;
 use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
 
-use super::chain::StoredRow;
+use super::chain::Hashed;
 use super::merkle::{leaf_hash, verify_consistency, verify_inclusion, Hash};
-use super::tree_head::TreeHead;
+use super::tree_head::{verifying_key, TreeHead};
 
 /// An event as stored: everything its hash covers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,9 +97,7 @@ fn trusted_ranges(key: &VerifyingKey, handovers: &[TreeHead]) -> Vec<(VerifyingK
     let mut upper = i64::MAX;
     for handover in sorted.iter().rev() {
         let current = chain.last().expect("never empty").0;
-        let signer = <[u8; 32]>::try_from(handover.public_key.as_slice())
-            .ok()
-            .and_then(|b| VerifyingKey::from_bytes(&b).ok());
+        let signer = verifying_key(&handover.public_key);
         if let (true, Some(signer)) = (
             handover.number < upper
                 && handover.next_key() == Some(current)
@@ -170,20 +168,16 @@ impl EventProof {
         };
         let recorded_at = DateTime::from_timestamp_micros(event.recorded_at_micros)
             .ok_or("recordedAtMicros is not a time")?;
-        let row = StoredRow {
-            aggregate_type: event.aggregate_type.clone(),
-            aggregate_id: event.aggregate_id.clone(),
-            sequence: event.sequence,
-            event_type: event.event_type.clone(),
-            event_version: event.event_version.clone(),
-            payload: event.payload.clone(),
-            metadata: event.metadata.clone(),
+        let fields = Hashed {
+            aggregate_type: &event.aggregate_type,
+            aggregate_id: &event.aggregate_id,
+            event_type: &event.event_type,
+            event_version: &event.event_version,
+            payload: &event.payload,
+            metadata: &event.metadata,
             recorded_at,
-            prev_hash: previous.clone(),
-            hash: Vec::new(),
-            in_checkpoint: true,
         };
-        let hash = row.hash_at(previous.as_deref(), event.sequence);
+        let hash = fields.hash_at(previous.as_deref(), event.sequence);
         if hex::encode(hash) != event.hash.to_ascii_lowercase() {
             return Err(format!(
                 "the event {}/{} sequence {} does not match its hash: it is not the event that was logged",

@@ -7,7 +7,6 @@
 //! searches `pg_temp` first), so each projection's own SQL writes the copy.
 
 use custos_projections::{Projection, Table};
-use serde::Serialize;
 use sqlx::{PgConnection, Row};
 
 use crate::infra::event_store::log::{EventLog, Position};
@@ -19,7 +18,7 @@ const BATCH: i64 = 5_000;
 const EXAMPLES: i64 = 5;
 
 /// How one table of a rebuilt read model differs from the live one.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct TableDifference {
     pub(crate) projection: String,
     pub(crate) table: String,
@@ -32,7 +31,7 @@ pub(crate) struct TableDifference {
 }
 
 /// What comparing every read model found.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct ReadModelReport {
     pub(crate) projections: usize,
     pub(crate) tables: usize,
@@ -232,13 +231,14 @@ async fn differences(
     .await?;
     let (only_rebuilt, only_live): (i64, i64) =
         (row.try_get("only_rebuilt")?, row.try_get("only_live")?);
+    let examples: Vec<String> = row.try_get("examples")?;
     Ok(
         (only_rebuilt > 0 || only_live > 0).then(|| TableDifference {
             projection: projection.to_owned(),
             table: name.to_owned(),
             only_rebuilt,
             only_live,
-            examples: row.try_get("examples").unwrap_or_default(),
+            examples,
         }),
     )
 }

@@ -300,13 +300,11 @@ pub(crate) async fn checkpoint(
     .await?;
     if let Some((new_key, sealed)) = &handover {
         sqlx::query(
-            "INSERT INTO audit_keys (generation, public_key, sealed_secret, handed_over_at)
-             VALUES ($1, $2, $3, $4)",
+            "INSERT INTO audit_keys (generation, public_key, sealed_secret) VALUES ($1, $2, $3)",
         )
         .bind(generation + 1)
         .bind(new_key.verifying_key().to_bytes().as_slice())
         .bind(sealed)
-        .bind(head.number)
         .execute(&mut *tx)
         .await?;
     }

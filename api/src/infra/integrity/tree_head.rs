@@ -117,10 +117,7 @@ impl TreeHead {
 
     /// The key a hand-over names, if it is one (and the key is an Ed25519 key).
     pub fn next_key(&self) -> Option<VerifyingKey> {
-        self.next_public_key
-            .as_deref()
-            .and_then(|b| <[u8; 32]>::try_from(b).ok())
-            .and_then(|b| VerifyingKey::from_bytes(&b).ok())
+        self.next_public_key.as_deref().and_then(verifying_key)
     }
 
     /// Whether `key` signed this tree head as it is.
@@ -137,11 +134,15 @@ impl TreeHead {
 
     /// Whether the signature holds for the tree head's own public key.
     pub fn signature_holds(&self) -> bool {
-        <[u8; 32]>::try_from(self.public_key.as_slice())
-            .ok()
-            .and_then(|key| VerifyingKey::from_bytes(&key).ok())
-            .is_some_and(|key| self.signed_by(&key))
+        verifying_key(&self.public_key).is_some_and(|key| self.signed_by(&key))
     }
+}
+
+/// An Ed25519 public key from its 32 bytes, if they are one.
+pub(crate) fn verifying_key(bytes: &[u8]) -> Option<VerifyingKey> {
+    <[u8; 32]>::try_from(bytes)
+        .ok()
+        .and_then(|b| VerifyingKey::from_bytes(&b).ok())
 }
 
 /// The columns of `tree_heads` a [`TreeHead`] is read from ([`head_from_row`]).

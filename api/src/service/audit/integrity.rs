@@ -8,7 +8,8 @@ use crate::error::ApiError;
 use crate::infra::integrity::merkle::ProofOf;
 use crate::infra::integrity::proof::{to_hex, ConsistencyProof, EventProof, ProvenEvent};
 use crate::infra::integrity::tree::{
-    self, latest_tree_heads, leaf_of_event, newest_tree_head, tree_head_of_size, Checkpointed,
+    self, latest_tree_heads, leaf_of_event, newest_tree_head, tree_head_of_size, Alarm,
+    Checkpointed,
 };
 use crate::infra::integrity::tree_head::{handovers_before, head_from_row, HEAD_COLUMNS};
 use crate::infra::integrity::tree_head::{read_witness, witness_file, TreeHead};
@@ -27,23 +28,36 @@ impl Services {
         let outcome = tree::checkpoint(&mut conn, tenant.id, &tenant.audit_keys, &file, false)
             .await
             .map_err(ApiError::internal)?;
-        let mut alarms = self.integrity_alarms.lock().expect("alarms");
         match outcome {
             Checkpointed::Nothing => Ok(None),
             Checkpointed::Signed(head) => {
-                alarms.remove(&tenant.id);
+                self.clear_alarm(tenant);
                 tracing::info!(tenant.id = %tenant.id, tree_head = head.number, tree_size = head.tree_size, "tree head signed");
                 Ok(Some(head))
             }
             Checkpointed::Refused(alarm) => {
-                tracing::error!(tenant.id = %tenant.id, alarm = %alarm.0, "security: integrity alarm — the event store does not agree with its last signed tree head; nothing was signed");
-                alarms.insert(tenant.id, alarm.0.clone());
-                Err(ApiError::Conflict(format!(
-                    "nothing was signed: {} (run verifyIntegrity)",
-                    alarm.0
-                )))
+                Err(self.raise_alarm(tenant, &alarm, "nothing was signed"))
             }
         }
+    }
+
+    /// Raises the tenant's integrity alarm (logged at error, listed by `verifyIntegrity`,
+    /// counted on `/healthz`); the `CONFLICT` to answer, saying `outcome`.
+    fn raise_alarm(&self, tenant: &Tenant, alarm: &Alarm, outcome: &str) -> ApiError {
+        tracing::error!(tenant.id = %tenant.id, alarm = %alarm.0, outcome, "security: integrity alarm — the event store does not agree with its last signed tree head");
+        self.integrity_alarms
+            .lock()
+            .expect("alarms")
+            .insert(tenant.id, alarm.0.clone());
+        ApiError::Conflict(format!("{outcome}: {} (run verifyIntegrity)", alarm.0))
+    }
+
+    /// Lowers the tenant's integrity alarm: a checkpoint signed again.
+    fn clear_alarm(&self, tenant: &Tenant) {
+        self.integrity_alarms
+            .lock()
+            .expect("alarms")
+            .remove(&tenant.id);
     }
 
     /// Rotates the key that signs the tenant's tree heads: a hand-over tree head, signed by the
@@ -60,23 +74,12 @@ impl Services {
             drop(conn);
             match outcome {
                 Checkpointed::Signed(head) => {
-                    self.integrity_alarms
-                        .lock()
-                        .expect("alarms")
-                        .remove(&tenant.id);
+                    self.clear_alarm(tenant);
                     tracing::warn!(tenant.id = %tenant.id, tree_head = head.number, key_id = %head.key_id, "security: audit key rotated; the hand-over tree head names the next key");
                     return Ok(head);
                 }
                 Checkpointed::Refused(alarm) => {
-                    tracing::error!(tenant.id = %tenant.id, alarm = %alarm.0, "security: integrity alarm — the event store does not agree with its last signed tree head; the key was not rotated");
-                    self.integrity_alarms
-                        .lock()
-                        .expect("alarms")
-                        .insert(tenant.id, alarm.0.clone());
-                    return Err(ApiError::Conflict(format!(
-                        "the key was not rotated: {} (run verifyIntegrity)",
-                        alarm.0
-                    )));
+                    return Err(self.raise_alarm(tenant, &alarm, "the key was not rotated"))
                 }
                 Checkpointed::Nothing if std::time::Instant::now() < deadline => {
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
