@@ -62,6 +62,12 @@ impl Cli {
             Command::Tenant(args::TenantCommand::RotateAuditKey(args)) => {
                 tenant::rotate_audit_key(args).await.map(|()| true)
             }
+            Command::Tenant(args::TenantCommand::Export(args)) => {
+                tenant::export(args).await.map(|()| true)
+            }
+            Command::Tenant(args::TenantCommand::Import(args)) => {
+                tenant::import(args).await.map(|()| true)
+            }
             Command::Retention(args::RetentionCommand::Run(args)) => {
                 retention::run(args).await.map(|()| true)
             }
@@ -98,10 +104,43 @@ mod tests {
                 "A",
             ],
             vec!["custos", "verify-proof", "--public-key", "00", "proof.json"],
+            vec![
+                "custos",
+                "tenant",
+                "export",
+                "--slug",
+                "a-b",
+                "--out",
+                "a.archive",
+            ],
+            vec![
+                "custos",
+                "tenant",
+                "import",
+                "--in",
+                "a.archive",
+                "--slug",
+                "c-d",
+                "--region",
+                "us",
+            ],
         ] {
             assert!(Cli::try_parse_from(args).is_ok());
         }
         assert!(Cli::try_parse_from(["custos", "tenant", "create", "--password", "x"]).is_err());
+        // A passphrase never comes from the command line, where other users can see it.
+        assert!(Cli::try_parse_from([
+            "custos",
+            "tenant",
+            "export",
+            "--slug",
+            "a-b",
+            "--out",
+            "f",
+            "--passphrase",
+            "x"
+        ])
+        .is_err());
         for args in [
             ["custos", "--log-format", "json", "migrate"],
             ["custos", "migrate", "--log-format", "json"],

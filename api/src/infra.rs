@@ -2,6 +2,7 @@
 //! store and its projector, tenancy, tamper evidence, the blind index, and what tenant
 //! databases keep outside the event log.
 
+pub(crate) mod archive;
 pub(crate) mod blind_index;
 pub(crate) mod cluster;
 pub(crate) mod database;

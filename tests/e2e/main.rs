@@ -14,6 +14,7 @@ mod identity;
 mod imports;
 mod integrity;
 mod logs;
+mod portability;
 mod privacy;
 mod queries;
 mod records;

@@ -10,13 +10,13 @@ const LOGIN: &str = "mutation($t: String!, $e: String!, $p: String!) {
 const COMPLETE: &str = "mutation($c: String!, $code: String!) { completeLogin(challenge: $c, code: $code) { token user { id } } }";
 
 /// An authenticator app: codes for the secret from an enrolment's otpauth URI.
-struct Authenticator(TOTP);
+pub(crate) struct Authenticator(TOTP);
 
 impl Authenticator {
     /// The code of the time step `offset` steps from now. Waits for a fresh step first if the
     /// current one ends within 5 seconds, so a code cannot drift out of the accepted window
     /// between making and checking it.
-    async fn code(&self, offset: i64) -> String {
+    pub(crate) async fn code(&self, offset: i64) -> String {
         let now = chrono::Utc::now().timestamp();
         if 30 - now % 30 < 5 {
             tokio::time::sleep(std::time::Duration::from_secs((30 - now % 30 + 1) as u64)).await;
@@ -28,7 +28,7 @@ impl Authenticator {
 
 /// Enrols `session`'s user; returns their authenticator and recovery codes. Uses the
 /// previous step's code, so the current and next steps stay free for logins.
-async fn enrol(app: &TestApp, session: &Session) -> (Authenticator, Vec<String>) {
+pub(crate) async fn enrol(app: &TestApp, session: &Session) -> (Authenticator, Vec<String>) {
     let begun = app
         .graphql(
             Some(&session.token),
@@ -74,7 +74,7 @@ async fn enrol(app: &TestApp, session: &Session) -> (Authenticator, Vec<String>)
     (authenticator, codes)
 }
 
-async fn challenge(app: &TestApp, session: &Session) -> String {
+pub(crate) async fn challenge(app: &TestApp, session: &Session) -> String {
     let login = app
         .graphql(
             None,
@@ -96,7 +96,7 @@ async fn challenge(app: &TestApp, session: &Session) -> String {
     login.data("login.challenge").as_str().unwrap().to_owned()
 }
 
-async fn complete(app: &TestApp, challenge: &str, code: &str) -> custos_tests::Response {
+pub(crate) async fn complete(app: &TestApp, challenge: &str, code: &str) -> custos_tests::Response {
     app.graphql(None, COMPLETE, json!({ "c": challenge, "code": code }))
         .await
 }

@@ -518,6 +518,13 @@ impl TestApp {
     /// operator would on this service's data directory and database (`--data-dir`,
     /// `--database-url` added): its exit status as `custos` would give it (true for 0).
     pub async fn custos(&self, args: &[&str]) -> bool {
+        self.custos_result(args)
+            .await
+            .unwrap_or_else(|err| panic!("custos failed: {err:#}"))
+    }
+
+    /// [`TestApp::custos`], with the error a failing command reports.
+    pub async fn custos_result(&self, args: &[&str]) -> anyhow::Result<bool> {
         use clap::Parser;
         let socket = shared().cluster.socket_dir().display().to_string();
         let url = format!(
@@ -530,9 +537,7 @@ impl TestApp {
         argv.extend_from_slice(args);
         argv.extend(["--data-dir", &data_dir, "--database-url", &url]);
         let cli = custos_api::Cli::try_parse_from(argv).expect("the command parses");
-        cli.run()
-            .await
-            .unwrap_or_else(|err| panic!("custos failed: {err:#}"))
+        cli.run().await
     }
 }
 

@@ -22,6 +22,48 @@ pub(crate) enum TenantCommand {
     /// by the key in force, names a new random key, which signs every later head. Works
     /// beside a running service (with DATABASE_URL).
     RotateAuditKey(TenantRotateArgs),
+    /// Write the organisation's archive: every event as stored, its signed tree heads and
+    /// signing key, its subjects' keys and two-factor secrets (sealed under a key derived from
+    /// a passphrase with Argon2id), and the record of who read whom. The passphrase comes
+    /// from CUSTOS_ARCHIVE_PASSPHRASE, --passphrase-file, or the first line of standard input.
+    Export(TenantExportArgs),
+    /// Bring an organisation in from its archive: checked and verified against its signed tree
+    /// heads before anything is kept; its signing key is then handed over to a new one and its
+    /// read models rebuilt. Passphrase as for export.
+    Import(TenantImportArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TenantExportArgs {
+    #[command(flatten)]
+    pub(crate) common: CommonArgs,
+    /// The organisation's slug.
+    #[arg(long)]
+    pub(crate) slug: String,
+    /// The archive file to write (must not exist).
+    #[arg(long)]
+    pub(crate) out: PathBuf,
+    /// A file whose first line is the passphrase.
+    #[arg(long)]
+    pub(crate) passphrase_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TenantImportArgs {
+    #[command(flatten)]
+    pub(crate) common: CommonArgs,
+    /// The archive file.
+    #[arg(long = "in")]
+    pub(crate) input: PathBuf,
+    /// The slug here (default: the archive's).
+    #[arg(long)]
+    pub(crate) slug: Option<String>,
+    /// The region here, eu or us (default: the archive's).
+    #[arg(long)]
+    pub(crate) region: Option<String>,
+    /// A file whose first line is the passphrase.
+    #[arg(long)]
+    pub(crate) passphrase_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -1,10 +1,19 @@
 //! `custos tenant create`: an organisation and its first administrator, from the command line;
-//! `custos tenant rotate-audit-key`: a new key for its tree heads.
+//! `custos tenant rotate-audit-key`: a new key for its tree heads;
+//! `custos tenant export` and `import`: an organisation leaving and arriving as an archive.
 
+use std::path::{Path, PathBuf};
+
+use tokio::io::BufReader;
 use uuid::Uuid;
 
-use super::args::{admin_password, TenantCreateArgs, TenantRotateArgs};
+use super::args::{
+    admin_password, TenantCreateArgs, TenantExportArgs, TenantImportArgs, TenantRotateArgs,
+};
+use crate::config::Region;
 use crate::infra::database::Database;
+use crate::infra::tenancy::archives::{archive_passphrase, Placement};
+use crate::infra::tenancy::catalog::Tenancy;
 use crate::service::identity::NewOrganization;
 use crate::startup;
 
@@ -67,6 +76,120 @@ pub(crate) async fn rotate_audit_key(args: TenantRotateArgs) -> anyhow::Result<(
                 .as_deref()
                 .map(crate::infra::integrity::tree_head::key_id)
                 .unwrap_or_default()
+        );
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    database.stop().await?;
+    result
+}
+
+/// The file an export writes before it is complete; renamed to the archive's name at the end,
+/// so an interrupted export never leaves a file that looks like an archive.
+fn partial(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_owned();
+    name.push(".partial");
+    path.with_file_name(name)
+}
+
+pub(crate) async fn export(args: TenantExportArgs) -> anyhow::Result<()> {
+    if args.out.exists() {
+        anyhow::bail!(
+            "{} exists: choose a new file for the archive",
+            args.out.display()
+        );
+    }
+    let passphrase = archive_passphrase(args.passphrase_file.as_deref())?;
+    let config = args.common.config()?;
+    let database = Database::open_or_attach(&config).await?;
+    let result = async {
+        let services = startup::services(&config, &database).await?;
+        let exported = async {
+            let tenant = services
+                .tenancy
+                .by_slug(&args.slug)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no organisation in service has the slug `{}`", args.slug))?;
+            let temporary = partial(&args.out);
+            let file = tokio::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&temporary)
+                .await
+                .map_err(|e| anyhow::anyhow!("creating {}: {e}", temporary.display()))?;
+            let written = services.tenancy.export_archive(&tenant, passphrase, file).await;
+            let renamed = match written {
+                Ok(exported) => tokio::fs::rename(&temporary, &args.out)
+                    .await
+                    .map(|()| exported)
+                    .map_err(anyhow::Error::from),
+                Err(err) => Err(err.into()),
+            };
+            if renamed.is_err() {
+                let _ = tokio::fs::remove_file(&temporary).await;
+            }
+            renamed
+        }
+        .await;
+        services.tenancy.close().await;
+        let exported = exported?;
+        println!(
+            "wrote {} ({} bytes): {} events, {} signed tree heads, {} subject keys, {} erased subjects",
+            args.out.display(),
+            exported.bytes,
+            exported.events,
+            exported.tree_heads,
+            exported.subject_keys,
+            exported.erased_subjects
+        );
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    database.stop().await?;
+    result
+}
+
+pub(crate) async fn import(args: TenantImportArgs) -> anyhow::Result<()> {
+    let region: Option<Region> = args
+        .region
+        .as_deref()
+        .map(|r| {
+            r.parse()
+                .map_err(|()| anyhow::anyhow!("unknown region `{r}` (eu or us)"))
+        })
+        .transpose()?;
+    let passphrase = archive_passphrase(args.passphrase_file.as_deref())?;
+    let file = tokio::fs::File::open(&args.input)
+        .await
+        .map_err(|e| anyhow::anyhow!("opening {}: {e}", args.input.display()))?;
+    let mut reader = BufReader::with_capacity(256 * 1024, file);
+    // A wrong passphrase or a file that is no archive is told before any database is touched.
+    let opened = Tenancy::open_archive(&mut reader, passphrase).await?;
+    let config = args.common.config()?;
+    let database = Database::open(&config).await?;
+    let result = async {
+        let services = startup::services(&config, &database).await?;
+        let placement = Placement {
+            slug: args.slug,
+            region,
+        };
+        let arrived = services
+            .tenancy
+            .import_archive(&mut reader, opened, placement, &config.data_dir)
+            .await;
+        services.tenancy.close().await;
+        let arrived = arrived?;
+        println!(
+            "imported organisation {} ({}) into region {}: {} events, {} signed tree heads, {} subject keys, {} erased subjects; verified; tree head {} hands its signing over to a new key; archive SHA-256 {}",
+            arrived.row.slug,
+            arrived.row.id,
+            arrived.row.region,
+            arrived.imported.events,
+            arrived.imported.tree_heads,
+            arrived.imported.subject_keys,
+            arrived.imported.erased_subjects,
+            arrived.handover,
+            hex::encode(&arrived.imported.archive_sha256)
         );
         Ok::<_, anyhow::Error>(())
     }

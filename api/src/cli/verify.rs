@@ -11,11 +11,11 @@ use uuid::Uuid;
 
 use super::args::VerifyArgs;
 use crate::infra::database::Database;
-use crate::infra::integrity::audit_keys::AuditKeys;
 use crate::infra::integrity::read_models::{compare, ReadModelReport};
 use crate::infra::integrity::tree_head::{read_witness, witness_file};
 use crate::infra::integrity::verify::{verify, Report};
 use crate::infra::keys::MasterKey;
+use crate::infra::tenancy::catalog::list_tenants;
 use crate::infra::tenancy::tenant::Reading;
 
 /// Verifies every organisation (or one) of the data directory's database, printing a report
@@ -29,20 +29,17 @@ pub(crate) async fn run(args: VerifyArgs) -> anyhow::Result<bool> {
             &database.options.clone().database(&config.catalog_database),
         )
         .await?;
-        let tenants: Vec<(Uuid, String, String)> = sqlx::query_as(
-            "SELECT id, slug, database_name FROM tenants WHERE status <> 'provisioning' ORDER BY created_at",
-        )
-        .fetch_all(&mut catalog)
-        .await?;
+        let tenants = list_tenants(&mut catalog).await?;
         catalog.close().await?;
         if let Some(slug) = &args.tenant {
-            if !tenants.iter().any(|(_, s, _)| s == slug) {
+            if !tenants.iter().any(|t| t.slug == *slug) {
                 anyhow::bail!("no organisation has the slug `{slug}`");
             }
         }
         let mut all_ok = true;
-        for (id, slug, database_name) in tenants {
-            if args.tenant.as_ref().is_some_and(|s| *s != slug) {
+        for row in tenants {
+            let (id, slug, database_name) = (row.id, &row.slug, &row.database_name);
+            if args.tenant.as_ref().is_some_and(|s| s != slug) {
                 continue;
             }
             let path = match (&args.checkpoints, &args.tenant) {
@@ -51,21 +48,21 @@ pub(crate) async fn run(args: VerifyArgs) -> anyhow::Result<bool> {
             };
             let witness = read_witness(&path)?;
             let mut conn =
-                PgConnection::connect_with(&database.options.clone().database(&database_name))
+                PgConnection::connect_with(&database.options.clone().database(database_name))
                     .await?;
-            let expected = AuditKeys::new(&master, id).derived();
+            let expected = row.audit_keys(&master)?.anchor();
             let report = verify(&mut conn, id, Some(expected), Some(&witness)).await?;
-            print_report(&slug, id, &path, &report);
+            print_report(slug, id, &path, &report);
             all_ok &= report.ok();
             if args.read_models {
                 let pool = PgPoolOptions::new()
                     .max_connections(2)
-                    .connect_with(database.options.clone().database(&database_name))
+                    .connect_with(database.options.clone().database(database_name))
                     .await?;
                 let reading = Reading::new(&pool, &master, id);
                 let models = compare(&mut conn, &reading.log, &reading.read_models).await?;
                 pool.close().await;
-                print_read_models(&slug, &models);
+                print_read_models(slug, &models);
                 all_ok &= models.differences.is_empty();
             }
             conn.close().await?;

@@ -267,6 +267,27 @@ pub async fn run_batch(
     Ok(Batch::Applied(events.len(), at))
 }
 
+/// Brings every projection in `projections` up to the end of the log, all at once, and returns
+/// when each has applied everything below the horizon (a read model rebuilt after an import).
+pub(crate) async fn catch_up(
+    pool: &PgPool,
+    log: &EventLog,
+    projections: &[Box<dyn Projection>],
+) -> anyhow::Result<()> {
+    const LIMIT: i64 = 5_000;
+    let lanes = projections.iter().map(|projection| async move {
+        loop {
+            match run_batch(pool, log, projection.as_ref(), LIMIT).await? {
+                Batch::Applied(n, _) if (n as i64) < LIMIT => return Ok::<_, anyhow::Error>(()),
+                Batch::Applied(..) => {}
+                Batch::Elsewhere(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    });
+    futures::future::try_join_all(lanes).await?;
+    Ok(())
+}
+
 /// Where a projection's checkpoint stands, read without locking it.
 pub async fn checkpoint(pool: &PgPool, projection: &str) -> anyhow::Result<Position> {
     let row = sqlx::query(

@@ -70,7 +70,12 @@ impl SubjectKeys {
         Self { pool, kek }
     }
 
-    fn unwrap_key(&self, subject: Uuid, wrapped: &[u8]) -> Result<DataKey, KeyError> {
+    /// Wraps a subject's key for storage under this tenant's key (an imported key).
+    pub(crate) fn wrap(&self, subject: Uuid, key: &[u8; 32]) -> Vec<u8> {
+        seal(self.kek.expose_secret(), key, &wrap_binding(subject))
+    }
+
+    pub(crate) fn unwrap_key(&self, subject: Uuid, wrapped: &[u8]) -> Result<DataKey, KeyError> {
         let plain = open(self.kek.expose_secret(), wrapped, &wrap_binding(subject))
             .ok_or(KeyError::Unwrap)?;
         let key: [u8; 32] = plain.try_into().map_err(|_| KeyError::Unwrap)?;

@@ -120,7 +120,7 @@ pub(crate) struct Organization {
     pool: sqlx::PgPool,
     /// Generation 0 of the key that signs tree heads.
     #[graphql(skip)]
-    derived_audit_key: ed25519_dalek::VerifyingKey,
+    audit_anchor: ed25519_dalek::VerifyingKey,
     #[graphql(skip)]
     tenant_id: uuid::Uuid,
 }
@@ -170,7 +170,7 @@ impl Organization {
     async fn generations(&self) -> Result<Vec<AuditKey>, ApiError> {
         let mut conn = self.pool.acquire().await?;
         let handovers = handovers_before(&mut conn, self.tenant_id, i64::MAX).await?;
-        let generations = follow(&self.derived_audit_key, &handovers);
+        let generations = follow(&self.audit_anchor, &handovers);
         Ok(generations
             .into_iter()
             .map(|g| AuditKey {
@@ -192,7 +192,7 @@ impl From<&Tenant> for Organization {
             name: tenant.name.clone(),
             region: tenant.region.as_str().to_owned(),
             pool: tenant.pool.clone(),
-            derived_audit_key: tenant.audit_keys.derived(),
+            audit_anchor: tenant.audit_keys.anchor(),
             tenant_id: tenant.id,
         }
     }

@@ -1,6 +1,9 @@
 //! The keys that sign an organisation's tree heads, by generation (migration 0021).
 //!
-//! Generation 0 is derived from the master key and never stored. Rotating writes a hand-over
+//! Generation 0 is derived from the master key and never stored — except for an organisation
+//! imported from another server (migration 0022): its generation 0 is the anchor the catalog
+//! keeps, and its private half, while it is in force, is stored sealed like a later
+//! generation's. Rotating writes a hand-over
 //! tree head, signed by the key in force, that names a new random key; the new key's private
 //! half is stored in `audit_keys` sealed with a key derived from the master key, bound to the
 //! organisation and generation. Which key is in force is decided by the signed hand-overs
@@ -69,22 +72,40 @@ pub(crate) struct InForce {
     pub handed_over_at: Option<i64>,
 }
 
+/// Generation 0 of an organisation's key.
+enum Anchor {
+    /// Derived from this server's master key.
+    Derived(SigningKey),
+    /// Brought from the server an imported organisation came from (the catalog's
+    /// `audit_anchor`); its private half, if any, is in `audit_keys`.
+    Imported(VerifyingKey),
+}
+
 /// An organisation's signing keys.
 pub(crate) struct AuditKeys {
     tenant_id: Uuid,
-    /// Generation 0.
-    derived: SigningKey,
+    anchor: Anchor,
     /// Seals the private keys of later generations.
     sealing: SecretBox<[u8; 32]>,
 }
 
 impl AuditKeys {
-    pub(crate) fn new(master: &MasterKey, tenant_id: Uuid) -> Self {
+    /// The keys of an organisation created here (`imported_anchor` none) or imported with
+    /// that generation-0 public key.
+    pub(crate) fn new(
+        master: &MasterKey,
+        tenant_id: Uuid,
+        imported_anchor: Option<VerifyingKey>,
+    ) -> Self {
+        let anchor = match imported_anchor {
+            Some(key) => Anchor::Imported(key),
+            None => Anchor::Derived(SigningKey::from_bytes(
+                &master.derive(&format!("custos/checkpoint-signing/{tenant_id}")),
+            )),
+        };
         Self {
             tenant_id,
-            derived: SigningKey::from_bytes(
-                &master.derive(&format!("custos/checkpoint-signing/{tenant_id}")),
-            ),
+            anchor,
             sealing: SecretBox::new(Box::new(
                 master.derive(&format!("custos/audit-key-sealing/{tenant_id}")),
             )),
@@ -95,11 +116,21 @@ impl AuditKeys {
         format!("custos/audit-key/{}/{generation}", self.tenant_id).into_bytes()
     }
 
-    /// Generation 0, derived from the master key: the key the organisation's first tree heads
-    /// (and its checkpoints from before the Merkle log) were signed with, and where
-    /// verification starts.
-    pub(crate) fn derived(&self) -> VerifyingKey {
-        self.derived.verifying_key()
+    /// Generation 0: the key the organisation's first tree heads (and its checkpoints from
+    /// before the Merkle log) were signed with, and where verification starts.
+    pub(crate) fn anchor(&self) -> VerifyingKey {
+        match &self.anchor {
+            Anchor::Derived(key) => key.verifying_key(),
+            Anchor::Imported(key) => *key,
+        }
+    }
+
+    /// Generation 0's private half when it is derived here.
+    pub(crate) fn derived_secret(&self) -> Option<&SigningKey> {
+        match &self.anchor {
+            Anchor::Derived(key) => Some(key),
+            Anchor::Imported(_) => None,
+        }
     }
 
     /// Every generation, oldest first, from the signed hand-overs.
@@ -108,22 +139,22 @@ impl AuditKeys {
         conn: &mut PgConnection,
     ) -> sqlx::Result<Vec<KeyGeneration>> {
         let handovers = handovers_before(conn, self.tenant_id, i64::MAX).await?;
-        Ok(follow(&self.derived(), &handovers))
+        Ok(follow(&self.anchor(), &handovers))
     }
 
     /// The key in force — the last generation the signed hand-overs lead to — with its
-    /// private half: derived for generation 0, else from `audit_keys`, where it must open and
-    /// match. `Err` with the reason when it cannot be had.
+    /// private half: derived for a derived generation 0, else from `audit_keys`, where it must
+    /// open and match. `Err` with the reason when it cannot be had.
     pub(crate) async fn in_force(
         &self,
         conn: &mut PgConnection,
     ) -> anyhow::Result<Result<InForce, String>> {
         let generations = self.generations(&mut *conn).await?;
         let last = generations.last().expect("generation 0 is always there");
-        if last.generation == 0 {
+        if let (0, Some(derived)) = (last.generation, self.derived_secret()) {
             return Ok(Ok(InForce {
                 generation: 0,
-                key: self.derived.clone(),
+                key: derived.clone(),
                 handed_over_at: None,
             }));
         }
@@ -165,11 +196,16 @@ impl AuditKeys {
         let mut secret = [0u8; 32];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut secret);
         let key = SigningKey::from_bytes(&secret);
-        let sealed = seal(
+        let sealed = self.seal(generation, &key);
+        (key, sealed)
+    }
+
+    /// `key`'s private half sealed for storage as `generation` (an imported key in force).
+    pub(crate) fn seal(&self, generation: i32, key: &SigningKey) -> Vec<u8> {
+        seal(
             self.sealing.expose_secret(),
             key.as_bytes(),
             &self.binding(generation),
-        );
-        (key, sealed)
+        )
     }
 }

@@ -61,24 +61,37 @@ pub async fn verify(
     expected_key: Option<VerifyingKey>,
     witness: Option<&Witness>,
 ) -> anyhow::Result<Report> {
-    let mut report = Report::default();
     // One snapshot for everything, so a checkpoint signed meanwhile (by a running service) is
     // either wholly seen or not at all.
     let mut tx = sqlx::Connection::begin(conn).await?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .execute(&mut *tx)
         .await?;
+    let report = verify_in(&mut tx, tenant_id, expected_key, witness).await?;
+    tx.rollback().await?;
+    Ok(report)
+}
+
+/// [`verify`] inside the transaction `tx` is in (an import checks what it wrote before it
+/// commits).
+pub(crate) async fn verify_in(
+    tx: &mut PgConnection,
+    tenant_id: Uuid,
+    expected_key: Option<VerifyingKey>,
+    witness: Option<&Witness>,
+) -> anyhow::Result<Report> {
+    let mut report = Report::default();
     let legacy = legacy_checkpoints(
-        &mut tx,
+        &mut *tx,
         tenant_id,
         expected_key,
         witness.map(|w| w.checkpoints.as_slice()),
         &mut report,
     )
     .await?;
-    let logged = chains(&mut tx, legacy.as_ref(), &mut report).await?;
+    let logged = chains(&mut *tx, legacy.as_ref(), &mut report).await?;
     merkle_log(
-        &mut tx,
+        &mut *tx,
         tenant_id,
         expected_key,
         witness.map(|w| w.tree_heads.as_slice()),
@@ -86,9 +99,33 @@ pub async fn verify(
         &mut report,
     )
     .await?;
-    tx.rollback().await?;
     Ok(report)
 }
+
+/// Which events the newest checkpoint from before the Merkle log covers: those its snapshot
+/// shows, or, in an organisation imported from another server (whose transactions the
+/// snapshot names), each stream's last covered event by position, kept by the import.
+pub(crate) async fn legacy_coverage(
+    conn: &mut PgConnection,
+    legacy: Option<&Checkpoint>,
+) -> sqlx::Result<(Option<String>, Vec<i64>)> {
+    let Some(legacy) = legacy else {
+        return Ok((None, Vec::new()));
+    };
+    let imported: Option<Vec<i64>> = sqlx::query_scalar("SELECT legacy_heads FROM imports LIMIT 1")
+        .fetch_optional(conn)
+        .await?;
+    Ok(match imported {
+        Some(heads) => (None, heads),
+        None => (Some(legacy.snapshot.clone()), Vec::new()),
+    })
+}
+
+/// The SQL that says whether an event is covered by the legacy checkpoint, given
+/// [`legacy_coverage`] as `$1` and `$2`.
+pub(crate) const LEGACY_COVERED: &str =
+    "(coalesce(pg_visible_in_snapshot(transaction_id, $1::text::pg_snapshot), false)
+     OR global_position = ANY($2::bigint[]))";
 
 /// An event's place in the Merkle log, kept from the chain pass for the tree.
 struct Logged {
@@ -220,17 +257,19 @@ async fn chains(
     legacy: Option<&Checkpoint>,
     report: &mut Report,
 ) -> anyhow::Result<Vec<Logged>> {
-    let snapshot = legacy.map(|c| c.snapshot.clone());
-    let mut rows = sqlx::query(
+    let (snapshot, heads) = legacy_coverage(&mut *conn, legacy).await?;
+    let query = format!(
         "SELECT aggregate_type, aggregate_id, sequence, event_type, event_version,
                 payload::text AS payload, metadata::text AS metadata, recorded_at, prev_hash, hash,
                 transaction_id::text::bigint AS transaction_id, global_position,
-                coalesce(pg_visible_in_snapshot(transaction_id, $1::text::pg_snapshot), false) AS covered
+                {LEGACY_COVERED} AS covered
          FROM events
-         ORDER BY global_position",
-    )
-    .bind(&snapshot)
-    .fetch(&mut *conn);
+         ORDER BY global_position"
+    );
+    let mut rows = sqlx::query(&query)
+        .bind(&snapshot)
+        .bind(&heads)
+        .fetch(&mut *conn);
     let mut logged = Vec::new();
     let mut streams: HashMap<[u8; 16], StreamState> = HashMap::new();
     let mut suspects: Vec<(String, String)> = Vec::new();

@@ -27,10 +27,16 @@ pub(crate) const TEMPLATE_DATABASE: &str = "custos_tenant_template";
 /// copies of the template apart: copying needs nobody connected to the template.
 const TEMPLATE_LOCK: i64 = 0x6375_7374_6f73_0001;
 
+/// The catalog columns of a [`TenantRow`].
+const TENANT_COLUMNS: &str =
+    "id, slug, name, region, status, database_name, role_name, audit_anchor";
+
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ProvisionError {
     #[error("the organisation slug is already taken")]
     SlugTaken,
+    #[error("an organisation with this id is already on this server")]
+    IdTaken,
     #[error(transparent)]
     Database(#[from] sqlx::Error),
     #[error(transparent)]
@@ -167,12 +173,8 @@ impl Tenancy {
 
     /// Every provisioned tenant.
     pub(crate) async fn list(&self) -> sqlx::Result<Vec<TenantRow>> {
-        sqlx::query_as(
-            "SELECT id, slug, name, region, status, database_name, role_name FROM tenants
-             WHERE status <> 'provisioning' ORDER BY created_at",
-        )
-        .fetch_all(&self.catalog)
-        .await
+        let mut conn = self.catalog.acquire().await?;
+        list_tenants(&mut conn).await
     }
 
     fn server(&self, row: &TenantRow) -> anyhow::Result<&Server> {
@@ -194,54 +196,116 @@ impl Tenancy {
         region: Region,
     ) -> Result<TenantRow, ProvisionError> {
         let id = Uuid::now_v7();
-        let db_name = format!("custos_t_{}", id.simple());
-        let inserted = sqlx::query_as::<_, TenantRow>(
-            "INSERT INTO tenants (id, slug, name, region, status, database_name, role_name, trial_ends_at)
-             VALUES ($1, $2, $3, $4, 'provisioning', $5, $5, now() + interval '30 days')
-             RETURNING id, slug, name, region, status, database_name, role_name",
+        self.create(id, slug, name, region, None).await?;
+        let row = sqlx::query_as::<_, TenantRow>(&format!(
+            "UPDATE tenants SET status = 'trial', updated_at = now() WHERE id = $1
+             RETURNING {TENANT_COLUMNS}"
+        ))
+        .bind(id)
+        .fetch_one(&self.catalog)
+        .await?;
+        tracing::info!(tenant.id = %id, tenant.region = region.as_str(), "tenant provisioned");
+        Ok(row)
+    }
+
+    /// Creates the catalog entry (still `provisioning`: not served, not listed), login role and
+    /// database of an organisation imported with this id and generation-0 signing key; the
+    /// import then fills the database and calls [`Tenancy::finish_import`], or
+    /// [`Tenancy::remove`] when it fails. The database gets a fresh name: the server may hold
+    /// the organisation's old one (a move within one server).
+    pub(crate) async fn begin_import(
+        &self,
+        id: Uuid,
+        slug: &str,
+        name: &str,
+        region: Region,
+        anchor: &[u8; 32],
+    ) -> Result<TenantRow, ProvisionError> {
+        self.create(id, slug, name, region, Some(anchor)).await
+    }
+
+    /// Puts an imported organisation in service with the status it had.
+    pub(crate) async fn finish_import(
+        &self,
+        id: Uuid,
+        status: &str,
+        plan: &str,
+        trial_ends_at: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> sqlx::Result<()> {
+        sqlx::query(
+            "UPDATE tenants SET status = $2, plan = $3, trial_ends_at = $4, updated_at = now()
+             WHERE id = $1 AND status = 'provisioning'",
         )
+        .bind(id)
+        .bind(status)
+        .bind(plan)
+        .bind(trial_ends_at)
+        .execute(&self.catalog)
+        .await?;
+        Ok(())
+    }
+
+    /// The catalog entry and database of a new tenant, `provisioning`.
+    async fn create(
+        &self,
+        id: Uuid,
+        slug: &str,
+        name: &str,
+        region: Region,
+        anchor: Option<&[u8; 32]>,
+    ) -> Result<TenantRow, ProvisionError> {
+        let db_name = format!("custos_t_{}", Uuid::now_v7().simple());
+        let inserted = sqlx::query_as::<_, TenantRow>(&format!(
+            "INSERT INTO tenants (id, slug, name, region, status, database_name, role_name,
+                                  trial_ends_at, audit_anchor)
+             VALUES ($1, $2, $3, $4, 'provisioning', $5, $5, now() + interval '30 days', $6)
+             RETURNING {TENANT_COLUMNS}"
+        ))
         .bind(id)
         .bind(slug)
         .bind(name)
         .bind(region.as_str())
         .bind(&db_name)
+        .bind(anchor.map(|a| a.as_slice()))
         .fetch_one(&self.catalog)
         .await;
         let row = match inserted {
             Ok(row) => row,
-            Err(err)
-                if err
-                    .as_database_error()
-                    .is_some_and(|e| e.is_unique_violation()) =>
-            {
-                return Err(ProvisionError::SlugTaken)
+            Err(err) => {
+                return Err(match err.as_database_error().and_then(|e| e.constraint()) {
+                    Some("tenants_slug_key") => ProvisionError::SlugTaken,
+                    Some("tenants_pkey") => ProvisionError::IdTaken,
+                    _ => err.into(),
+                })
             }
-            Err(err) => return Err(err.into()),
         };
         let server = &self.servers[&region];
-        match self.create_database(server, &row).await {
-            Ok(()) => {
-                let row = sqlx::query_as::<_, TenantRow>(
-                    "UPDATE tenants SET status = 'trial', updated_at = now() WHERE id = $1
-                     RETURNING id, slug, name, region, status, database_name, role_name",
-                )
+        if let Err(err) = self.create_database(server, &row).await {
+            if let Err(cleanup) = self.drop_database(server, &row).await {
+                tracing::error!(tenant.id = %id, error = %cleanup, "cleanup after a failed provisioning failed");
+            }
+            sqlx::query("DELETE FROM tenants WHERE id = $1")
                 .bind(id)
-                .fetch_one(&self.catalog)
+                .execute(&self.catalog)
                 .await?;
-                tracing::info!(tenant.id = %id, tenant.region = region.as_str(), "tenant provisioned");
-                Ok(row)
-            }
-            Err(err) => {
-                if let Err(cleanup) = self.drop_database(server, &row).await {
-                    tracing::error!(tenant.id = %id, error = %cleanup, "cleanup after a failed provisioning failed");
-                }
-                sqlx::query("DELETE FROM tenants WHERE id = $1")
-                    .bind(id)
-                    .execute(&self.catalog)
-                    .await?;
-                Err(err)
-            }
+            return Err(err);
         }
+        Ok(row)
+    }
+
+    /// The master key.
+    pub(crate) fn master_key(&self) -> &MasterKey {
+        &self.master_key
+    }
+
+    /// Superuser options for a tenant's own database.
+    pub(crate) fn admin_options(&self, row: &TenantRow) -> anyhow::Result<PgConnectOptions> {
+        Ok(self.server(row)?.admin.clone().database(&row.database_name))
+    }
+
+    /// A superuser connection to a tenant's own database.
+    pub(crate) async fn admin_connection(&self, row: &TenantRow) -> anyhow::Result<PgConnection> {
+        Ok(self.server(row)?.connect(&row.database_name).await?)
     }
 
     async fn create_database(
@@ -309,9 +373,9 @@ impl Tenancy {
         if let Some(tenant) = self.open.write().await.remove(&id) {
             tenant.pool.close().await;
         }
-        let row = sqlx::query_as::<_, TenantRow>(
-            "SELECT id, slug, name, region, status, database_name, role_name FROM tenants WHERE id = $1",
-        )
+        let row = sqlx::query_as::<_, TenantRow>(&format!(
+            "SELECT {TENANT_COLUMNS} FROM tenants WHERE id = $1"
+        ))
         .bind(id)
         .fetch_optional(&self.catalog)
         .await?;
@@ -332,10 +396,9 @@ impl Tenancy {
             tenant.touch();
             return Ok(Some(tenant.clone()));
         }
-        let row = sqlx::query_as::<_, TenantRow>(
-            "SELECT id, slug, name, region, status, database_name, role_name FROM tenants
-             WHERE id = $1 AND status IN ('trial', 'active')",
-        )
+        let row = sqlx::query_as::<_, TenantRow>(&format!(
+            "SELECT {TENANT_COLUMNS} FROM tenants WHERE id = $1 AND status IN ('trial', 'active')"
+        ))
         .bind(id)
         .fetch_optional(&self.catalog)
         .await?;
@@ -403,6 +466,15 @@ impl Tenancy {
         }
         self.catalog.close().await;
     }
+}
+
+/// Every provisioned tenant of the catalog `conn` is connected to, oldest first.
+pub(crate) async fn list_tenants(conn: &mut PgConnection) -> sqlx::Result<Vec<TenantRow>> {
+    sqlx::query_as(&format!(
+        "SELECT {TENANT_COLUMNS} FROM tenants WHERE status <> 'provisioning' ORDER BY created_at"
+    ))
+    .fetch_all(conn)
+    .await
 }
 
 /// Creates the tenant template on a server if missing and brings it to the latest migration,

@@ -22,6 +22,7 @@ use crate::infra::event_store::codec::EventCodec;
 use crate::infra::event_store::log::EventLog;
 use crate::infra::event_store::repository::{Cqrs, CustosEventRepository};
 use crate::infra::integrity::audit_keys::AuditKeys;
+use crate::infra::integrity::tree_head::verifying_key;
 use crate::infra::keys::MasterKey;
 use crate::infra::projector::Projectors;
 use crate::infra::subject_keys::SubjectKeys;
@@ -36,6 +37,25 @@ pub(crate) struct TenantRow {
     pub status: String,
     pub database_name: String,
     pub role_name: String,
+    /// Generation 0 of the signing key of an organisation imported from another server.
+    pub audit_anchor: Option<Vec<u8>>,
+}
+
+impl TenantRow {
+    /// The organisation's signing keys: generation 0 derived from `master_key`, or the
+    /// imported anchor.
+    pub(crate) fn audit_keys(&self, master_key: &MasterKey) -> anyhow::Result<AuditKeys> {
+        let anchor = match &self.audit_anchor {
+            Some(bytes) => Some(verifying_key(bytes).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "the catalog's audit anchor of {} is not an Ed25519 key",
+                    self.id
+                )
+            })?),
+            None => None,
+        };
+        Ok(AuditKeys::new(master_key, self.id, anchor))
+    }
 }
 
 /// What reading a tenant's events takes: its subject keys, the codec that opens events with
@@ -70,6 +90,13 @@ impl Reading {
             read_models,
         }
     }
+}
+
+/// The key that seals a tenant's TOTP secrets; derived from the master key, never stored.
+pub(crate) fn two_factor_key(master_key: &MasterKey, tenant_id: Uuid) -> SecretBox<[u8; 32]> {
+    SecretBox::new(Box::new(
+        master_key.derive(&format!("custos/two-factor-secrets/{tenant_id}")),
+    ))
 }
 
 /// One tenant's open context.
@@ -156,10 +183,8 @@ impl Tenant {
             incidents: framework(&pool, &codec, &projectors),
             subject_keys,
             blind_index,
-            two_factor_key: SecretBox::new(Box::new(
-                master_key.derive(&format!("custos/two-factor-secrets/{}", row.id)),
-            )),
-            audit_keys: AuditKeys::new(master_key, row.id),
+            two_factor_key: two_factor_key(master_key, row.id),
+            audit_keys: row.audit_keys(master_key)?,
             pool,
             log,
             projectors,

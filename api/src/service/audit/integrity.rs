@@ -124,7 +124,7 @@ impl Services {
         let witness =
             read_witness(&witness_file(&self.data_dir, tenant.id)).map_err(ApiError::internal)?;
         let mut conn = tenant.pool.acquire().await?;
-        let anchor = tenant.audit_keys.derived();
+        let anchor = tenant.audit_keys.anchor();
         let mut report = verify(&mut conn, tenant.id, Some(anchor), Some(&witness))
             .await
             .map_err(ApiError::internal)?;

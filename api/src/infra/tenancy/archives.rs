@@ -1,0 +1,261 @@
+//! An organisation leaving and arriving whole: its archive written from its database, and an
+//! archive brought in as a new organisation on this server — created `provisioning`, filled
+//! and verified in one transaction, its witness file written, its signing key handed over to
+//! a new one (the archived key travelled in a file), its read models rebuilt, and only then put
+//! in service. Any failure removes everything the import created.
+
+use secrecy::{SecretBox, SecretString};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::Connection;
+use tokio::io::{AsyncBufRead, AsyncWrite};
+
+use super::catalog::{ProvisionError, Tenancy};
+use super::tenant::{two_factor_key, Reading, Tenant, TenantRow};
+use crate::config::Region;
+use crate::infra::archive::export::{export, Exported, TenantSecrets};
+use crate::infra::archive::format::{ArchiveError, ArchiveKey, Header, Kdf, OrganizationEntry};
+use crate::infra::archive::import::{import, read_header, Imported};
+use crate::infra::integrity::tree::{self, stored_heads, Checkpointed};
+use crate::infra::integrity::tree_head::{append_witness, last_tree_head, witness_file};
+use crate::infra::projector::catch_up;
+
+/// Where an imported organisation goes: the archive's slug and region unless given.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Placement {
+    pub slug: Option<String>,
+    pub region: Option<Region>,
+}
+
+/// What an import made.
+#[derive(Debug, Clone)]
+pub(crate) struct Arrived {
+    pub row: TenantRow,
+    pub imported: Imported,
+    /// The hand-over tree head that retired the key the archive carried.
+    pub handover: i64,
+}
+
+/// Derives an archive key off the async threads (Argon2id takes a second of a core).
+pub(crate) async fn derive_key(
+    passphrase: SecretString,
+    kdf: Kdf,
+) -> Result<ArchiveKey, ArchiveError> {
+    tokio::task::spawn_blocking(move || ArchiveKey::derive(&passphrase, &kdf))
+        .await
+        .map_err(|e| ArchiveError::Other(e.into()))?
+}
+
+impl Tenancy {
+    /// Writes the archive of `tenant` to `writer`, its secrets sealed under a key derived from
+    /// `passphrase`.
+    pub(crate) async fn export_archive<W: AsyncWrite + Unpin>(
+        &self,
+        tenant: &Tenant,
+        passphrase: SecretString,
+        writer: W,
+    ) -> Result<Exported, ArchiveError> {
+        if passphrase_chars(&passphrase) < crate::infra::archive::format::MIN_PASSPHRASE_CHARS {
+            return Err(ArchiveError::WeakPassphrase);
+        }
+        let kdf = Kdf::new();
+        let key = derive_key(passphrase, kdf.clone()).await?;
+        let organization: (String, String, Option<chrono::DateTime<chrono::Utc>>) =
+            sqlx::query_as("SELECT status, plan, trial_ends_at FROM tenants WHERE id = $1")
+                .bind(tenant.id)
+                .fetch_one(self.catalog())
+                .await?;
+        let (status, plan, trial_ends_at) = organization;
+        let entry = OrganizationEntry {
+            id: tenant.id,
+            slug: tenant.slug.clone(),
+            name: tenant.name.clone(),
+            region: tenant.region.as_str().to_owned(),
+            status,
+            plan,
+            trial_ends_at,
+        };
+        let mut conn = tenant.pool.acquire().await?;
+        let secrets = TenantSecrets {
+            subject_keys: &tenant.subject_keys,
+            two_factor_key: &tenant.two_factor_key,
+            audit_keys: &tenant.audit_keys,
+        };
+        export(&mut conn, entry, secrets, &key, kdf, writer).await
+    }
+
+    /// Reads an archive's header and derives its key from `passphrase`: a wrong passphrase is
+    /// told here, before anything is created.
+    pub(crate) async fn open_archive<R: AsyncBufRead + Unpin>(
+        reader: &mut R,
+        passphrase: SecretString,
+    ) -> Result<(Header, Vec<u8>, ArchiveKey), ArchiveError> {
+        let (header, line) = read_header(reader).await?;
+        let key = derive_key(passphrase, header.kdf.clone()).await?;
+        if !key.checks(header.organization.id, &header.key_check) {
+            return Err(ArchiveError::WrongPassphrase);
+        }
+        Ok((header, line, key))
+    }
+
+    /// Imports the archive `reader` is positioned after the header of (see
+    /// [`Tenancy::open_archive`]) as a new organisation of this server.
+    pub(crate) async fn import_archive<R: AsyncBufRead + Unpin>(
+        &self,
+        reader: &mut R,
+        opened: (Header, Vec<u8>, ArchiveKey),
+        placement: Placement,
+        data_dir: &std::path::Path,
+    ) -> Result<Arrived, ArchiveError> {
+        let (header, header_line, key) = opened;
+        let organization = &header.organization;
+        let slug = placement.slug.unwrap_or_else(|| organization.slug.clone());
+        let region = match placement.region {
+            Some(region) => region,
+            None => organization
+                .region
+                .parse()
+                .map_err(|()| ArchiveError::Malformed {
+                    line: 1,
+                    reason: format!("unknown region `{}`", organization.region),
+                })?,
+        };
+        let anchor: [u8; 32] =
+            header
+                .audit_anchor
+                .as_slice()
+                .try_into()
+                .map_err(|_| ArchiveError::Malformed {
+                    line: 1,
+                    reason: "its audit anchor is not 32 bytes".into(),
+                })?;
+        let row = self
+            .begin_import(organization.id, &slug, &organization.name, region, &anchor)
+            .await
+            .map_err(|err| match err {
+                ProvisionError::SlugTaken => ArchiveError::SlugTaken(slug.clone()),
+                ProvisionError::IdTaken => ArchiveError::IdTaken(organization.id),
+                ProvisionError::Database(e) => e.into(),
+                ProvisionError::Migration(e) => ArchiveError::Other(e.into()),
+            })?;
+        let arrived = self
+            .fill(reader, &header, &header_line, &key, &row, data_dir)
+            .await;
+        match arrived {
+            Ok((imported, handover)) => {
+                self.finish_import(
+                    row.id,
+                    &organization.status,
+                    &organization.plan,
+                    organization.trial_ends_at,
+                )
+                .await?;
+                tracing::info!(tenant.id = %row.id, tenant.region = region.as_str(), events = imported.events, "organisation imported from an archive");
+                Ok(Arrived {
+                    row,
+                    imported,
+                    handover,
+                })
+            }
+            Err(err) => {
+                if let Err(cleanup) = self.remove(row.id).await {
+                    tracing::error!(tenant.id = %row.id, error = %cleanup, "removing a failed import failed");
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// The import proper, into the new database of `row`.
+    async fn fill<R: AsyncBufRead + Unpin>(
+        &self,
+        reader: &mut R,
+        header: &Header,
+        header_line: &[u8],
+        key: &ArchiveKey,
+        row: &TenantRow,
+        data_dir: &std::path::Path,
+    ) -> Result<(Imported, i64), ArchiveError> {
+        let id = row.id;
+        let master = self.master_key();
+        let audit_keys = row.audit_keys(master)?;
+        let mut conn = self.admin_connection(row).await?;
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .connect_with(self.admin_options(row)?.clone())
+            .await?;
+        let reading = Reading::new(&pool, master, id);
+        let two_factor: SecretBox<[u8; 32]> = two_factor_key(master, id);
+        let imported = import(
+            reader,
+            header,
+            header_line,
+            key,
+            &mut conn,
+            TenantSecrets {
+                subject_keys: &reading.subject_keys,
+                two_factor_key: &two_factor,
+                audit_keys: &audit_keys,
+            },
+        )
+        .await?;
+        // This server witnesses the heads it received, then retires the key that travelled in
+        // the archive: a hand-over head names a new key only this server holds.
+        let file = witness_file(data_dir, id);
+        let since = last_tree_head(&file)?.map_or(0, |h| h.number);
+        let heads: Vec<_> = stored_heads(&mut conn, id)
+            .await?
+            .into_iter()
+            .map(|s| s.head)
+            .filter(|h| h.number > since)
+            .collect();
+        append_witness(&file, &heads)?;
+        let handover = match tree::checkpoint(&mut conn, id, &audit_keys, &file, true).await? {
+            Checkpointed::Signed(head) => head.number,
+            Checkpointed::Nothing => {
+                return Err(ArchiveError::Refused(
+                    "the imported organisation's signing key could not be handed over".into(),
+                ))
+            }
+            Checkpointed::Refused(alarm) => {
+                return Err(ArchiveError::Refused(format!(
+                    "the imported log does not agree with its last signed tree head: {}",
+                    alarm.0
+                )))
+            }
+        };
+        catch_up(&pool, &reading.log, &reading.read_models).await?;
+        pool.close().await;
+        conn.close().await?;
+        Ok((imported, handover))
+    }
+}
+
+/// How many characters a passphrase has.
+pub(crate) fn passphrase_chars(passphrase: &SecretString) -> usize {
+    secrecy::ExposeSecret::expose_secret(passphrase)
+        .chars()
+        .count()
+}
+
+/// Reads the passphrase of an archive for the command line: `CUSTOS_ARCHIVE_PASSPHRASE`, else
+/// the file given, else the first line of standard input (never a command-line argument,
+/// which other users of the machine can see).
+pub(crate) fn archive_passphrase(file: Option<&std::path::Path>) -> anyhow::Result<SecretString> {
+    if let Ok(value) = std::env::var("CUSTOS_ARCHIVE_PASSPHRASE") {
+        return Ok(SecretString::from(value));
+    }
+    let text = match file {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("reading the passphrase file {}: {e}", path.display()))?,
+        None => {
+            let mut line = String::new();
+            std::io::BufRead::read_line(&mut std::io::stdin().lock(), &mut line)?;
+            line
+        }
+    };
+    let passphrase = text.lines().next().unwrap_or_default().to_owned();
+    if passphrase.is_empty() {
+        anyhow::bail!("no passphrase: set CUSTOS_ARCHIVE_PASSPHRASE, pass --passphrase-file, or write it on standard input");
+    }
+    Ok(SecretString::from(passphrase))
+}

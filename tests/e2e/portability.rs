@@ -1,0 +1,482 @@
+//! An organisation leaving with everything and arriving on another Custos: the tenant archive
+//! written with `custos tenant export`, read with `custos tenant import` into a separate
+//! service (its own catalog, data directory and master key), verified against the original
+//! signed heads; and archives that are wrong in every way refused with nothing created.
+
+use std::path::{Path, PathBuf};
+
+use custos_tests::{pg_dump, slug, Session, TestApp, PASSWORD};
+use serde_json::{json, Value};
+
+use crate::two_factor::{challenge, complete, enrol};
+
+const PASSPHRASE: &str = "seven mangoes under the bridge";
+
+fn passphrase_file(dir: &Path, text: &str) -> PathBuf {
+    let path = dir.join(format!("passphrase-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::write(&path, format!("{text}\n")).unwrap();
+    path
+}
+
+/// `custos tenant export` of `slug` on `app` into a new file.
+async fn export(app: &TestApp, slug: &str) -> PathBuf {
+    let dir = app.data_dir.path();
+    let out = dir.join(format!("{slug}.custos-archive"));
+    let pass = passphrase_file(dir, PASSPHRASE);
+    assert!(
+        app.custos(&[
+            "tenant",
+            "export",
+            "--slug",
+            slug,
+            "--out",
+            out.to_str().unwrap(),
+            "--passphrase-file",
+            pass.to_str().unwrap(),
+        ])
+        .await
+    );
+    assert!(out.exists() && !dir.join(format!("{slug}.custos-archive.partial")).exists());
+    out
+}
+
+/// `custos tenant import` of `archive` into `app`, with `extra` arguments; the error if any.
+async fn import(
+    app: &TestApp,
+    archive: &Path,
+    passphrase: &str,
+    extra: &[&str],
+) -> Result<(), String> {
+    let pass = passphrase_file(app.data_dir.path(), passphrase);
+    let mut args = vec![
+        "tenant",
+        "import",
+        "--in",
+        archive.to_str().unwrap(),
+        "--passphrase-file",
+        pass.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    match app.custos_result(&args).await {
+        Ok(true) => Ok(()),
+        Ok(false) => Err("exited 1".into()),
+        Err(err) => Err(format!("{err:#}")),
+    }
+}
+
+async fn login(
+    app: &TestApp,
+    admin: &Session,
+    email: &str,
+) -> Result<String, custos_tests::Response> {
+    app.login(&admin.slug, email, PASSWORD).await
+}
+
+/// What an auditor compares between the two servers: every record's history and as-of view,
+/// the audit log (positions aside: they are renumbered in commit order), counts.
+async fn observed(app: &TestApp, token: &str, ids: &[String]) -> Value {
+    let mut records = Vec::new();
+    for id in ids {
+        let history = app
+            .graphql(
+                Some(token),
+                "query($id: ID!) { recordHistory(id: $id) { edges { node { sequence eventType recordedAt actor { kind name } changes { field before after } } } } }",
+                json!({ "id": id }),
+            )
+            .await
+            .ok();
+        let as_of = app
+            .graphql(
+                Some(token),
+                "query($id: ID!, $at: DateTime!) { recordAsOf(id: $id, at: $at) { version fields { field value } } }",
+                json!({ "id": id, "at": chrono::Utc::now().to_rfc3339() }),
+            )
+            .await;
+        records.push(json!({ "history": history.body["data"], "asOf": as_of.body }));
+    }
+    let audit = app
+        .graphql(
+            Some(token),
+            "{ auditLog(first: 500) { edges { node { eventType aggregateType aggregateId datasheet subjectIds fields actor { kind name } changes { field before after } } } } }",
+            json!({}),
+        )
+        .await
+        .ok();
+    let counts = app
+        .graphql(
+            Some(token),
+            "{ employees(first: 1) { totalCount } contacts(first: 1) { totalCount } applicants(first: 1) { totalCount } users(first: 50) { totalCount edges { node { email roles { name } } } } roles { name } customFieldDefinitions(datasheet: EMPLOYEES) { key label type } }",
+            json!({}),
+        )
+        .await
+        .ok();
+    json!({ "records": records, "audit": audit.body["data"], "counts": counts.body["data"] })
+}
+
+#[tokio::test]
+async fn an_organisation_moves_to_another_custos_whole_and_verified() {
+    let source = TestApp::spawn().await;
+    let org = slug("leaving");
+    let admin = source.sign_up(&org).await;
+    let token = admin.token.as_str();
+    let app = &source;
+    let call = |query: &'static str, variables: Value| async move {
+        app.graphql(Some(token), query, variables).await.ok()
+    };
+    call(
+        "mutation { addCustomField(datasheet: EMPLOYEES, input: { key: \"shoe_size\", label: \"Shoe size\", type: NUMBER }) { key } }",
+        json!({}),
+    )
+    .await;
+    let kept = source
+        .create_employee(
+            token,
+            json!({ "firstName": "Keira", "lastName": "Kept", "email": "keira@example.com", "department": "R&D", "customFields": [{ "key": "shoe_size", "value": 38 }] }),
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    call(
+        "mutation($id: ID!) { updateEmployee(id: $id, input: { department: \"Support\" }) { id } }",
+        json!({ "id": kept }),
+    )
+    .await;
+    let contact = call(
+        "mutation { createContact(input: { firstName: \"Conny\", lastName: \"Contact\", company: \"Acme\" }) { id } }",
+        json!({}),
+    )
+    .await
+    .data("createContact.id")
+    .as_str()
+    .unwrap()
+    .to_owned();
+    call(
+        "mutation($id: ID!) { giveConsent(subjectId: $id, input: { purpose: \"newsletter\", legalBasis: CONSENT }) { subjectId } }",
+        json!({ "id": contact }),
+    )
+    .await;
+    let applicant = call(
+        "mutation { createApplicant(input: { firstName: \"Abe\", lastName: \"Applicant\", stage: OFFER }) { id } }",
+        json!({}),
+    )
+    .await
+    .data("createApplicant.id")
+    .as_str()
+    .unwrap()
+    .to_owned();
+    call(
+        "mutation($id: ID!) { restrictRecord(id: $id, reason: LEGAL_CLAIMS) { id } }",
+        json!({ "id": applicant }),
+    )
+    .await;
+    let erased = source
+        .create_employee(
+            token,
+            json!({ "firstName": "Ernestine", "lastName": "Vanishwood", "email": "ernestine.vanishwood@example.com" }),
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    call(
+        "mutation($id: ID!) { eraseRecord(id: $id, expectedVersion: 1, ground: OBJECTION) { id } }",
+        json!({ "id": erased }),
+    )
+    .await;
+    let role = call(
+        "mutation { createRole(input: { name: \"Reader\", grants: [{ datasheet: EMPLOYEES, permission: READ }] }) { id } }",
+        json!({}),
+    )
+    .await
+    .data("createRole.id")
+    .as_str()
+    .unwrap()
+    .to_owned();
+    let colleague = source.user_with_roles(&admin, &[role]).await;
+    let (authenticator, _codes) = enrol(&source, &colleague).await;
+    // Signed heads, one of them handed over to a rotated key, and events after the last head.
+    call("mutation { createCheckpoint { number } }", json!({})).await;
+    assert!(
+        source
+            .custos(&["tenant", "rotate-audit-key", "--slug", &org])
+            .await
+    );
+    source
+        .create_employee(token, json!({ "firstName": "Late", "lastName": "Comer" }))
+        .await;
+    let auditor_key = call(
+        "{ organization { auditKey auditKeys { publicKey } } }",
+        json!({}),
+    )
+    .await
+    .data("organization.auditKeys")
+    .clone();
+    let ids = vec![
+        kept.clone(),
+        contact.clone(),
+        applicant.clone(),
+        erased.clone(),
+    ];
+    source.settled(admin.tenant_id).await;
+    let before = observed(&source, token, &ids).await;
+
+    let archive = export(&source, &org).await;
+    let text = std::fs::read_to_string(&archive).unwrap();
+    assert!(
+        !text.contains("Vanishwood") && !text.contains("Keira"),
+        "no personal value in clear"
+    );
+    assert!(!text.contains(PASSPHRASE));
+
+    let target = TestApp::spawn().await;
+    import(&target, &archive, PASSPHRASE, &[]).await.unwrap();
+
+    // The same people log in with the same passwords, and the same second factor.
+    let token = login(&target, &admin, &admin.email)
+        .await
+        .expect("the administrator logs in");
+    let pending = challenge(&target, &colleague).await;
+    complete(&target, &pending, &authenticator.code(0).await)
+        .await
+        .ok();
+    target.settled(admin.tenant_id).await;
+    let mut after = observed(&target, &token, &ids).await;
+    // The logins just made here are the only new entries of the audit log (newest first).
+    let entries = after["audit"]["auditLog"]["edges"].as_array_mut().unwrap();
+    let new = entries.len()
+        - before["audit"]["auditLog"]["edges"]
+            .as_array()
+            .unwrap()
+            .len();
+    for entry in entries.drain(..new) {
+        let event = entry["node"]["eventType"].as_str().unwrap();
+        assert!(event.starts_with("Login"), "{entry}");
+    }
+    assert!(new >= 2);
+    assert_eq!(
+        before, after,
+        "histories, as-of views, audit log and counts are identical"
+    );
+
+    // Verified against the original heads, and the keys an auditor pinned still lead to the
+    // key in force: the import handed over from the archived key to one only this server has.
+    assert!(target.custos(&["verify", "--tenant", &org]).await);
+    let keys = target
+        .graphql(
+            Some(&token),
+            "{ organization { auditKeys { publicKey handedOverAt } } }",
+            json!({}),
+        )
+        .await
+        .ok()
+        .data("organization.auditKeys")
+        .clone();
+    let keys = keys.as_array().unwrap();
+    assert_eq!(keys.len(), auditor_key.as_array().unwrap().len() + 1);
+    for (old, new) in auditor_key.as_array().unwrap().iter().zip(keys) {
+        assert_eq!(old["publicKey"], new["publicKey"]);
+    }
+    let _ = target
+        .graphql(
+            Some(&token),
+            "mutation { createCheckpoint { number } }",
+            json!({}),
+        )
+        .await
+        .ok();
+    assert!(
+        target
+            .custos(&["verify", "--tenant", &org, "--read-models"])
+            .await
+    );
+
+    // The erased person is still erased, and nothing of theirs is on the new server.
+    let gone = target
+        .graphql(
+            Some(&token),
+            "query($id: ID!) { employee(id: $id) { firstName email erasedAt } }",
+            json!({ "id": erased }),
+        )
+        .await
+        .ok();
+    assert!(
+        gone.data("employee.erasedAt").is_string(),
+        "{:?}",
+        gone.body
+    );
+    assert_ne!(gone.data("employee.firstName"), "Ernestine");
+    assert!(gone.data("employee.email").is_null());
+    let database = target.tenant_database(admin.tenant_id).await;
+    let dump = pg_dump(&database);
+    assert!(
+        dump.contains("Keira"),
+        "the dump holds the people kept, so its search means something"
+    );
+    assert!(!dump.contains("Vanishwood") && !dump.contains("ernestine"));
+
+    // The same archive cannot come in twice.
+    let again = import(&target, &archive, PASSPHRASE, &["--slug", &slug("copy")]).await;
+    assert!(again.unwrap_err().contains("already exists here"));
+}
+
+/// Rewrites line `n` (1-based) of an archive through `change`.
+fn edit(archive: &Path, n: usize, change: impl FnOnce(&mut Value)) -> PathBuf {
+    let text = std::fs::read_to_string(archive).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let mut value: Value = serde_json::from_str(&lines[n - 1]).unwrap();
+    change(&mut value);
+    lines[n - 1] = value.to_string();
+    let path = archive.with_extension(format!("edited-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    path
+}
+
+#[tokio::test]
+async fn damaged_altered_or_foreign_archives_are_refused_with_nothing_created() {
+    let source = TestApp::spawn().await;
+    let org = slug("refused");
+    let admin = source.sign_up(&org).await;
+    for name in ["Ada", "Bea", "Cy"] {
+        source
+            .create_employee(
+                &admin.token,
+                json!({ "firstName": name, "lastName": "Lovelace" }),
+            )
+            .await;
+    }
+    source
+        .graphql(
+            Some(&admin.token),
+            "mutation { createCheckpoint { number } }",
+            json!({}),
+        )
+        .await
+        .ok();
+    let archive = export(&source, &org).await;
+    let text = std::fs::read_to_string(&archive).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let first_event = lines
+        .iter()
+        .position(|l| l.contains("\"type\":\"event\""))
+        .unwrap()
+        + 1;
+    let employee_event = lines
+        .iter()
+        .position(|l| {
+            l.contains("\"type\":\"event\"") && l.contains("\"aggregate_type\":\"record\"")
+        })
+        .unwrap()
+        + 1;
+    let employee_id = serde_json::from_str::<Value>(lines[employee_event - 1]).unwrap()
+        ["aggregate_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let target = TestApp::spawn().await;
+    let tenants = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM tenants")
+            .fetch_one(target.services.tenancy.catalog())
+            .await
+            .unwrap()
+    };
+    let count = tenants().await;
+
+    let wrong = import(&target, &archive, "not the passphrase at all", &[]).await;
+    assert!(wrong.unwrap_err().contains("passphrase does not open"));
+
+    let truncated = archive.with_extension("truncated");
+    std::fs::write(&truncated, lines[..lines.len() - 1].join("\n") + "\n").unwrap();
+    let refused = import(&target, &truncated, PASSPHRASE, &[])
+        .await
+        .unwrap_err();
+    assert!(refused.contains("truncated"), "{refused}");
+
+    let cut = archive.with_extension("cut");
+    std::fs::write(&cut, &text[..text.len() - 40]).unwrap();
+    let refused = import(&target, &cut, PASSPHRASE, &[]).await.unwrap_err();
+    assert!(refused.contains("truncated"), "{refused}");
+
+    // An event's stored bytes changed: the first altered event is named.
+    let altered = edit(&archive, employee_event, |event| {
+        let metadata = event["metadata"].as_str().unwrap().replacen('"', "\"x", 0);
+        event["metadata"] = Value::String(metadata.replace("\"actor", "\"actor_"));
+    });
+    let refused = import(&target, &altered, PASSPHRASE, &[])
+        .await
+        .unwrap_err();
+    assert!(
+        refused.contains(&employee_id) && refused.contains("does not verify"),
+        "{refused}"
+    );
+
+    // An event removed: the signed root no longer holds.
+    let removed = archive.with_extension("removed");
+    let mut kept_lines: Vec<&str> = lines.clone();
+    kept_lines.remove(first_event - 1);
+    std::fs::write(&removed, kept_lines.join("\n") + "\n").unwrap();
+    let refused = import(&target, &removed, PASSPHRASE, &[])
+        .await
+        .unwrap_err();
+    assert!(refused.contains("does not verify"), "{refused}");
+
+    // The manifest's counts changed to match: its authentication code fails.
+    let forged = edit(&archive, lines.len(), |manifest| {
+        manifest["counts"]["event"] = json!(0);
+    });
+    let refused = import(&target, &forged, PASSPHRASE, &[]).await.unwrap_err();
+    assert!(refused.contains("altered"), "{refused}");
+
+    let newer = edit(&archive, 1, |header| header["version"] = json!(2));
+    let refused = import(&target, &newer, PASSPHRASE, &[]).await.unwrap_err();
+    assert!(refused.contains("format version 2"), "{refused}");
+
+    let not_archive = archive.with_extension("txt");
+    std::fs::write(&not_archive, "hello\n").unwrap();
+    let refused = import(&target, &not_archive, PASSPHRASE, &[])
+        .await
+        .unwrap_err();
+    assert!(refused.contains("not a Custos tenant archive"), "{refused}");
+
+    // A slug taken here.
+    target.sign_up(&org).await;
+    let count = count + 1;
+    let refused = import(&target, &archive, PASSPHRASE, &[])
+        .await
+        .unwrap_err();
+    assert!(refused.contains("already exists here"), "{refused}");
+
+    assert_eq!(
+        tenants().await,
+        count,
+        "no failed import left a tenant behind"
+    );
+    let provisioning: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM tenants WHERE status = 'provisioning'")
+            .fetch_one(target.services.tenancy.catalog())
+            .await
+            .unwrap();
+    assert_eq!(provisioning, 0);
+
+    // The right archive under another slug comes in, and verifies.
+    import(&target, &archive, PASSPHRASE, &["--slug", &slug("arrived")])
+        .await
+        .unwrap();
+    let weak = source
+        .custos_result(&[
+            "tenant",
+            "export",
+            "--slug",
+            &org,
+            "--out",
+            "/tmp/never",
+            "--passphrase-file",
+            passphrase_file(source.data_dir.path(), "short")
+                .to_str()
+                .unwrap(),
+        ])
+        .await
+        .unwrap_err();
+    assert!(format!("{weak:#}").contains("at least 12 characters"));
+}
