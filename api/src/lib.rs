@@ -30,6 +30,9 @@ pub mod testing {
     pub use crate::error::{ApiError, Code};
     pub use crate::graphql::limits::MAX_ALIASES;
     pub use crate::graphql::MAX_DEPTH;
+    pub use crate::infra::archive::export::Exported;
+    pub use crate::infra::archive::format::ArchiveError;
+    pub use crate::infra::archive::import::Imported;
     pub use crate::infra::cluster::{find_bin_dir, PrivateCluster};
     pub use crate::infra::event_store::log::{EventLog, Position};
     pub use crate::infra::event_store::repository::Cqrs;
@@ -40,6 +43,7 @@ pub mod testing {
     pub use crate::infra::integrity::verify::{verify, Report};
     pub use crate::infra::keys::MasterKey;
     pub use crate::infra::projector::{self, Projectors};
+    pub use crate::infra::tenancy::archives::{Arrived, OpenedArchive, Placement};
     pub use crate::infra::tenancy::catalog::Tenancy;
     pub use crate::infra::tenancy::tenant::Tenant;
     pub use crate::service::identity::NewOrganization;

@@ -35,13 +35,15 @@ pub(crate) struct BenchArgs {
     /// Requests measured in the read phase (c).
     #[arg(long, default_value_t = 2_000)]
     pub(crate) reads: usize,
-    /// Events in the store of the integrity suite.
+    /// Events in the store of the integrity and portability suites (the portability suite
+    /// fills at most what is asked; 100,000 is a good size for it).
     #[arg(long, default_value_t = 1_000_000)]
     pub(crate) events: usize,
     /// `foundation` (the phases above), `datasheets` (lists, search, reports, export and
     /// import with `--employees` employees), `privacy` (sealing's cost on writes, a
     /// person's trail with 10,000 and 1,000,000 events in the tenant, erasure latency) or
-    /// `integrity` (checkpoints, proofs and verification on a store of `--events` events).
+    /// `integrity` (checkpoints, proofs and verification on a store of `--events` events) or
+    /// `portability` (a tenant archive of `--events` events exported and imported).
     #[arg(long, default_value = "foundation")]
     pub(crate) suite: String,
 }

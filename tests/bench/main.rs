@@ -9,6 +9,7 @@ mod common;
 mod datasheets;
 mod foundation;
 mod integrity;
+mod portability;
 mod privacy;
 
 #[tokio::main]
@@ -20,8 +21,9 @@ async fn main() -> anyhow::Result<()> {
         "datasheets" => datasheets::run(args).await,
         "privacy" => privacy::run(args).await,
         "integrity" => integrity::run(args).await,
+        "portability" => portability::run(args).await,
         other => anyhow::bail!(
-            "unknown suite `{other}`: `foundation`, `datasheets`, `privacy` or `integrity`"
+            "unknown suite `{other}`: `foundation`, `datasheets`, `privacy`, `integrity` or `portability`"
         ),
     }
 }

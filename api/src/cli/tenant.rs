@@ -180,7 +180,7 @@ pub(crate) async fn import(args: TenantImportArgs) -> anyhow::Result<()> {
         services.tenancy.close().await;
         let arrived = arrived?;
         println!(
-            "imported organisation {} ({}) into region {}: {} events, {} signed tree heads, {} subject keys, {} erased subjects; verified; tree head {} hands its signing over to a new key; archive SHA-256 {}",
+            "imported organisation {} ({}) into region {}: {} events, {} signed tree heads, {} subject keys, {} erased subjects; verified in {:.1} s; tree head {} hands its signing over to a new key; read models rebuilt in {:.1} s; archive SHA-256 {}",
             arrived.row.slug,
             arrived.row.id,
             arrived.row.region,
@@ -188,7 +188,9 @@ pub(crate) async fn import(args: TenantImportArgs) -> anyhow::Result<()> {
             arrived.imported.tree_heads,
             arrived.imported.subject_keys,
             arrived.imported.erased_subjects,
+            arrived.loaded.as_secs_f64(),
             arrived.handover,
+            arrived.rebuilt.as_secs_f64(),
             hex::encode(&arrived.imported.archive_sha256)
         );
         Ok::<_, anyhow::Error>(())

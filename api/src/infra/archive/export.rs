@@ -29,7 +29,7 @@ pub(crate) struct TenantSecrets<'a> {
 
 /// What an export wrote.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Exported {
+pub struct Exported {
     pub events: u64,
     pub tree_heads: u64,
     pub subject_keys: u64,

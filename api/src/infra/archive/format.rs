@@ -34,7 +34,7 @@ pub(crate) const MIN_PASSPHRASE_CHARS: usize = 12;
 
 /// Why an archive cannot be written or read. Nothing is created when reading fails.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum ArchiveError {
+pub enum ArchiveError {
     #[error("not a Custos tenant archive: {0}")]
     NotAnArchive(String),
     #[error("the archive is format version {0}; this Custos reads version {VERSION} only")]

@@ -97,7 +97,7 @@ pub(crate) async fn read_header<R: AsyncBufRead + Unpin>(
 
 /// What an import wrote.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Imported {
+pub struct Imported {
     pub events: i64,
     pub tree_heads: i64,
     pub subject_keys: i64,

@@ -21,18 +21,28 @@ use crate::infra::projector::catch_up;
 
 /// Where an imported organisation goes: the archive's slug and region unless given.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Placement {
+pub struct Placement {
     pub slug: Option<String>,
     pub region: Option<Region>,
 }
 
 /// What an import made.
 #[derive(Debug, Clone)]
-pub(crate) struct Arrived {
-    pub row: TenantRow,
+pub struct Arrived {
+    pub(crate) row: TenantRow,
     pub imported: Imported,
     /// The hand-over tree head that retired the key the archive carried.
     pub handover: i64,
+    /// How long filling and verifying the database took, and rebuilding the read models.
+    pub loaded: std::time::Duration,
+    pub rebuilt: std::time::Duration,
+}
+
+/// An archive whose header was read and whose passphrase opens it.
+pub struct OpenedArchive {
+    header: Header,
+    line: Vec<u8>,
+    key: ArchiveKey,
 }
 
 /// Derives an archive key off the async threads (Argon2id takes a second of a core).
@@ -48,7 +58,7 @@ pub(crate) async fn derive_key(
 impl Tenancy {
     /// Writes the archive of `tenant` to `writer`, its secrets sealed under a key derived from
     /// `passphrase`.
-    pub(crate) async fn export_archive<W: AsyncWrite + Unpin>(
+    pub async fn export_archive<W: AsyncWrite + Unpin>(
         &self,
         tenant: &Tenant,
         passphrase: SecretString,
@@ -85,28 +95,32 @@ impl Tenancy {
 
     /// Reads an archive's header and derives its key from `passphrase`: a wrong passphrase is
     /// told here, before anything is created.
-    pub(crate) async fn open_archive<R: AsyncBufRead + Unpin>(
+    pub async fn open_archive<R: AsyncBufRead + Unpin>(
         reader: &mut R,
         passphrase: SecretString,
-    ) -> Result<(Header, Vec<u8>, ArchiveKey), ArchiveError> {
+    ) -> Result<OpenedArchive, ArchiveError> {
         let (header, line) = read_header(reader).await?;
         let key = derive_key(passphrase, header.kdf.clone()).await?;
         if !key.checks(header.organization.id, &header.key_check) {
             return Err(ArchiveError::WrongPassphrase);
         }
-        Ok((header, line, key))
+        Ok(OpenedArchive { header, line, key })
     }
 
     /// Imports the archive `reader` is positioned after the header of (see
     /// [`Tenancy::open_archive`]) as a new organisation of this server.
-    pub(crate) async fn import_archive<R: AsyncBufRead + Unpin>(
+    pub async fn import_archive<R: AsyncBufRead + Unpin>(
         &self,
         reader: &mut R,
-        opened: (Header, Vec<u8>, ArchiveKey),
+        opened: OpenedArchive,
         placement: Placement,
         data_dir: &std::path::Path,
     ) -> Result<Arrived, ArchiveError> {
-        let (header, header_line, key) = opened;
+        let OpenedArchive {
+            header,
+            line: header_line,
+            key,
+        } = opened;
         let organization = &header.organization;
         let slug = placement.slug.unwrap_or_else(|| organization.slug.clone());
         let region = match placement.region {
@@ -141,7 +155,7 @@ impl Tenancy {
             .fill(reader, &header, &header_line, &key, &row, data_dir)
             .await;
         match arrived {
-            Ok((imported, handover)) => {
+            Ok((imported, handover, loaded, rebuilt)) => {
                 self.finish_import(
                     row.id,
                     &organization.status,
@@ -154,6 +168,8 @@ impl Tenancy {
                     row,
                     imported,
                     handover,
+                    loaded,
+                    rebuilt,
                 })
             }
             Err(err) => {
@@ -174,7 +190,8 @@ impl Tenancy {
         key: &ArchiveKey,
         row: &TenantRow,
         data_dir: &std::path::Path,
-    ) -> Result<(Imported, i64), ArchiveError> {
+    ) -> Result<(Imported, i64, std::time::Duration, std::time::Duration), ArchiveError> {
+        let started = std::time::Instant::now();
         let id = row.id;
         let master = self.master_key();
         let audit_keys = row.audit_keys(master)?;
@@ -223,10 +240,11 @@ impl Tenancy {
                 )))
             }
         };
+        let loaded = started.elapsed();
         catch_up(&pool, &reading.log, &reading.read_models).await?;
         pool.close().await;
         conn.close().await?;
-        Ok((imported, handover))
+        Ok((imported, handover, loaded, started.elapsed() - loaded))
     }
 }
 
