@@ -157,19 +157,24 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "the imported organisation does not verify: {report:?}"
     );
     drop(conn);
-    let imported_id = imported_tenant.id;
+    let imported_database: String =
+        sqlx::query_scalar("SELECT database_name FROM tenants WHERE id = $1")
+            .bind(imported_tenant.id)
+            .fetch_one(target_services.tenancy.catalog())
+            .await?;
     drop(imported_tenant);
-    target_services.tenancy.remove(imported_id).await?;
-    target_services.tenancy.close().await;
+    drop(target_services);
     drop(second);
     {
         use sqlx::Connection;
         let mut admin = sqlx::PgConnection::connect_with(&server).await?;
-        sqlx::query(&format!(
-            "DROP DATABASE IF EXISTS \"{catalog}\" WITH (FORCE)"
-        ))
-        .execute(&mut admin)
-        .await?;
+        for statement in [
+            format!("DROP DATABASE IF EXISTS \"{imported_database}\" WITH (FORCE)"),
+            format!("DROP ROLE IF EXISTS \"{imported_database}\""),
+            format!("DROP DATABASE IF EXISTS \"{catalog}\" WITH (FORCE)"),
+        ] {
+            sqlx::query(&statement).execute(&mut admin).await?;
+        }
     }
     drop(tenant);
     let _ = stop.send(());
