@@ -68,6 +68,9 @@ impl Cli {
             Command::Tenant(args::TenantCommand::Import(args)) => {
                 tenant::import(args).await.map(|()| true)
             }
+            Command::Tenant(args::TenantCommand::Move(args)) => {
+                tenant::move_tenant(args).await.map(|()| true)
+            }
             Command::Retention(args::RetentionCommand::Run(args)) => {
                 retention::run(args).await.map(|()| true)
             }

@@ -480,3 +480,166 @@ async fn damaged_altered_or_foreign_archives_are_refused_with_nothing_created() 
         .unwrap_err();
     assert!(format!("{weak:#}").contains("at least 12 characters"));
 }
+
+async fn databases(options: sqlx::postgres::PgConnectOptions) -> Vec<String> {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect_with(&options).await.unwrap();
+    let names = sqlx::query_scalar("SELECT datname FROM pg_database")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    names
+}
+
+#[tokio::test]
+async fn an_organisation_moves_between_regions_and_lives_only_on_the_second_server() {
+    let app = TestApp::spawn_two_regions().await;
+    let org = slug("mover");
+    let admin = app.sign_up(&org).await;
+    let mut ids = Vec::new();
+    for name in ["Mona", "Milo"] {
+        let created = app
+            .create_employee(
+                &admin.token,
+                json!({ "firstName": name, "lastName": "Mover" }),
+            )
+            .await;
+        ids.push(created["id"].as_str().unwrap().to_owned());
+    }
+    app.graphql(
+        Some(&admin.token),
+        "mutation { createCheckpoint { number } }",
+        json!({}),
+    )
+    .await
+    .ok();
+    let old = app.tenant_database(admin.tenant_id).await;
+    assert!(databases(custos_tests::admin_options("postgres"))
+        .await
+        .contains(&old));
+
+    assert!(
+        app.custos(&["tenant", "move", "--slug", &org, "--region", "us"])
+            .await
+    );
+
+    let new = app.tenant_database(admin.tenant_id).await;
+    assert_ne!(new, old);
+    let eu = databases(custos_tests::admin_options("postgres")).await;
+    let us = databases(custos_tests::us_admin_options("postgres")).await;
+    assert!(us.contains(&new), "the new database is on the us server");
+    assert!(
+        !eu.contains(&old) && !eu.contains(&new),
+        "nothing of it is left on the eu server"
+    );
+    let region: String = sqlx::query_scalar("SELECT region FROM tenants WHERE id = $1")
+        .bind(admin.tenant_id)
+        .fetch_one(app.services.tenancy.catalog())
+        .await
+        .unwrap();
+    assert_eq!(region, "us");
+
+    // Sessions do not move; the same password does. (The running service notices the move
+    // within five seconds: it checks its open contexts against the catalog.)
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let token = loop {
+        match login(&app, &admin, &admin.email).await {
+            Ok(token) => break token,
+            Err(refused) if std::time::Instant::now() < deadline => {
+                let _ = refused;
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+            Err(refused) => panic!("no login on the new server: {refused:?}"),
+        }
+    };
+    let listed = app
+        .graphql(
+            Some(&token),
+            "{ employees(first: 10) { totalCount } organization { region } }",
+            json!({}),
+        )
+        .await
+        .ok();
+    assert_eq!(listed.data("employees.totalCount"), 2);
+    assert_eq!(listed.data("organization.region"), "us");
+    assert!(app.custos(&["verify", "--tenant", &org]).await);
+    let refused = app
+        .custos_result(&["tenant", "move", "--slug", &org, "--region", "us"])
+        .await
+        .unwrap_err();
+    assert!(format!("{refused:#}").contains("already in region us"));
+
+    // A move that cannot verify what it copies (an event altered on the server) is refused,
+    // and the organisation stays where it was, working.
+    {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect_with(&custos_tests::us_admin_options(&new))
+            .await
+            .unwrap();
+        for statement in [
+            "ALTER TABLE events DISABLE TRIGGER events_no_update_or_delete",
+            "UPDATE events SET metadata = (metadata::text || ' ')::json WHERE global_position = 3",
+            "ALTER TABLE events ENABLE TRIGGER events_no_update_or_delete",
+        ] {
+            sqlx::query(statement).execute(&mut conn).await.unwrap();
+        }
+        conn.close().await.unwrap();
+    }
+    let refused = app
+        .custos_result(&["tenant", "move", "--slug", &org, "--region", "eu"])
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{refused:#}").contains("does not verify"),
+        "{refused:#}"
+    );
+    assert_eq!(app.tenant_database(admin.tenant_id).await, new);
+    // Other tests create databases on the eu server meanwhile: none of the new ones holds ours.
+    for database in databases(custos_tests::admin_options("postgres")).await {
+        if eu.contains(&database) || !database.starts_with("custos_t_") {
+            continue;
+        }
+        use sqlx::Connection;
+        let Ok(mut conn) =
+            sqlx::PgConnection::connect_with(&custos_tests::admin_options(&database)).await
+        else {
+            continue;
+        };
+        let ours: Option<i64> =
+            sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_id = $1")
+                .bind(&ids[0])
+                .fetch_one(&mut conn)
+                .await
+                .ok();
+        assert_ne!(
+            ours,
+            Some(1),
+            "the failed move's new database {database} was left"
+        );
+        let _ = conn.close().await;
+    }
+    let moving: Option<Value> = sqlx::query_scalar("SELECT move FROM tenants WHERE id = $1")
+        .bind(admin.tenant_id)
+        .fetch_one(app.services.tenancy.catalog())
+        .await
+        .unwrap();
+    assert_eq!(moving, None);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let token = loop {
+        match login(&app, &admin, &admin.email).await {
+            Ok(token) => break token,
+            Err(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+            Err(refused) => panic!("not served where it was: {refused:?}"),
+        }
+    };
+    app.graphql(
+        Some(&token),
+        "{ employees(first: 10) { totalCount } }",
+        json!({}),
+    )
+    .await
+    .ok();
+}

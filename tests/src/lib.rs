@@ -87,6 +87,39 @@ fn shared() -> &'static Shared {
     })
 }
 
+/// The second server, for the `us` region of apps made with [`TestApp::spawn_two_regions`]:
+/// a private cluster of its own (started on first use, reused across runs like the first).
+static US: OnceLock<PrivateCluster> = OnceLock::new();
+
+fn us_cluster() -> &'static PrivateCluster {
+    US.get_or_init(|| {
+        shared();
+        let settings = [
+            ("max_connections", "200".to_owned()),
+            ("fsync", "off".to_owned()),
+            ("synchronous_commit", "off".to_owned()),
+            ("full_page_writes", "off".to_owned()),
+        ];
+        let dir = std::env::temp_dir().join(format!("custos-test-{}-us", nix_uid()));
+        let cluster = PrivateCluster::start(&dir, &settings).expect("the us test cluster starts");
+        std::thread::spawn({
+            let options = cluster.connect_options();
+            move || block_on(drop_leftovers(options))
+        })
+        .join()
+        .expect("cleanup thread");
+        cluster
+    })
+}
+
+/// Superuser options for the `us` region's cluster (started if it is not yet).
+pub fn us_admin_options(database: &str) -> PgConnectOptions {
+    us_cluster()
+        .connect_options()
+        .database(database)
+        .disable_statement_logging()
+}
+
 fn block_on<F: std::future::Future>(future: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -240,6 +273,8 @@ pub struct TestApp {
     pub data_dir: tempfile::TempDir,
     client: reqwest::Client,
     shutdown: Option<oneshot::Sender<()>>,
+    /// The `us` region is on the second cluster.
+    two_regions: bool,
 }
 
 pub const PASSWORD: &str = "correct horse battery staple";
@@ -248,6 +283,18 @@ impl TestApp {
     /// Starts a service on a random port with a fresh catalog.
     pub async fn spawn() -> Self {
         Self::spawn_with(|_| {}).await
+    }
+
+    /// A service whose `us` region lives on a second PostgreSQL server (its own private
+    /// cluster); `eu` stays on the shared one.
+    pub async fn spawn_two_regions() -> Self {
+        let us = us_cluster().connect_options();
+        let mut app = Self::spawn_with(move |config| {
+            config.regions.insert(custos_api::Region::Us, us);
+        })
+        .await;
+        app.two_regions = true;
+        app
     }
 
     /// Like [`TestApp::spawn`], adjusting the configuration first.
@@ -283,6 +330,7 @@ impl TestApp {
             data_dir,
             client: reqwest::Client::new(),
             shutdown: Some(shutdown),
+            two_regions: false,
         }
     }
 
@@ -536,6 +584,18 @@ impl TestApp {
         let mut argv = vec!["custos"];
         argv.extend_from_slice(args);
         argv.extend(["--data-dir", &data_dir, "--database-url", &url]);
+        let us_url;
+        if self.two_regions {
+            let dir = std::env::temp_dir().join(format!("custos-test-{}-us", nix_uid()));
+            let password = std::fs::read_to_string(dir.join("superuser.password"))
+                .expect("the us cluster's password");
+            us_url = format!(
+                "postgres://custos:{}@localhost:5432/postgres?host={}",
+                password.trim(),
+                us_cluster().socket_dir().display()
+            );
+            argv.extend(["--region-us-url", &us_url]);
+        }
         let cli = custos_api::Cli::try_parse_from(argv).expect("the command parses");
         cli.run().await
     }
@@ -556,14 +616,21 @@ impl Drop for TestApp {
             .cluster
             .connect_options()
             .disable_statement_logging();
-        let cleanup = std::thread::spawn(move || block_on(drop_catalog(options, catalog)));
+        let us = US
+            .get()
+            .map(|c| c.connect_options().disable_statement_logging());
+        let cleanup = std::thread::spawn(move || block_on(drop_catalog(options, us, catalog)));
         let _ = cleanup.join();
     }
 }
 
-async fn drop_catalog(options: PgConnectOptions, catalog: String) {
+async fn drop_catalog(options: PgConnectOptions, us: Option<PgConnectOptions>, catalog: String) {
     let Ok(mut admin) = PgConnection::connect_with(&options).await else {
         return;
+    };
+    let mut us_admin = match &us {
+        Some(us) => PgConnection::connect_with(us).await.ok(),
+        None => None,
     };
     let tenants: Vec<(String, String)> =
         match PgConnection::connect_with(&options.clone().database(&catalog)).await {
@@ -578,12 +645,17 @@ async fn drop_catalog(options: PgConnectOptions, catalog: String) {
             Err(_) => Vec::new(),
         };
     for (db, role) in tenants {
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
-            .execute(&mut admin)
-            .await;
-        let _ = sqlx::query(&format!("DROP ROLE IF EXISTS \"{role}\""))
-            .execute(&mut admin)
-            .await;
+        for admin in std::iter::once(&mut admin).chain(us_admin.as_mut()) {
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
+                .execute(&mut *admin)
+                .await;
+            let _ = sqlx::query(&format!("DROP ROLE IF EXISTS \"{role}\""))
+                .execute(&mut *admin)
+                .await;
+        }
+    }
+    if let Some(us_admin) = us_admin {
+        let _ = us_admin.close().await;
     }
     let _ = sqlx::query(&format!(
         "DROP DATABASE IF EXISTS \"{catalog}\" WITH (FORCE)"

@@ -31,6 +31,22 @@ pub(crate) enum TenantCommand {
     /// heads before anything is kept; its signing key is then handed over to a new one and its
     /// read models rebuilt. Passphrase as for export.
     Import(TenantImportArgs),
+    /// Move the organisation to another region's server: not served meanwhile; exported,
+    /// imported and verified there, the catalog switched, the old database dropped. A failure
+    /// leaves it where it was. Run it with the service stopped (users log in again afterwards).
+    Move(TenantMoveArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TenantMoveArgs {
+    #[command(flatten)]
+    pub(crate) common: CommonArgs,
+    /// The organisation's slug.
+    #[arg(long)]
+    pub(crate) slug: String,
+    /// The region to move to: eu or us.
+    #[arg(long)]
+    pub(crate) region: String,
 }
 
 #[derive(Debug, Args)]

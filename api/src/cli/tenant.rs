@@ -8,7 +8,8 @@ use tokio::io::BufReader;
 use uuid::Uuid;
 
 use super::args::{
-    admin_password, TenantCreateArgs, TenantExportArgs, TenantImportArgs, TenantRotateArgs,
+    admin_password, TenantCreateArgs, TenantExportArgs, TenantImportArgs, TenantMoveArgs,
+    TenantRotateArgs,
 };
 use crate::config::Region;
 use crate::infra::database::Database;
@@ -76,6 +77,42 @@ pub(crate) async fn rotate_audit_key(args: TenantRotateArgs) -> anyhow::Result<(
                 .as_deref()
                 .map(crate::infra::integrity::tree_head::key_id)
                 .unwrap_or_default()
+        );
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    database.stop().await?;
+    result
+}
+
+/// A region from its name.
+fn region(name: &str) -> anyhow::Result<Region> {
+    name.parse()
+        .map_err(|()| anyhow::anyhow!("unknown region `{name}` (eu or us)"))
+}
+
+pub(crate) async fn move_tenant(args: TenantMoveArgs) -> anyhow::Result<()> {
+    let to = region(&args.region)?;
+    let config = args.common.config()?;
+    let database = Database::open(&config).await?;
+    let result = async {
+        let services = startup::services(&config, &database).await?;
+        let moved = services
+            .tenancy
+            .move_tenant(&args.slug, to, &config.data_dir)
+            .await;
+        services.tenancy.close().await;
+        let moved = moved?;
+        println!(
+            "moved organisation {} ({}) from {} to {}: {} events verified on the new server in {:.1} s; tree head {} hands its signing over to a new key; read models rebuilt in {:.1} s; the old database is dropped",
+            moved.arrived.row.slug,
+            moved.arrived.row.id,
+            moved.from,
+            moved.to,
+            moved.arrived.imported.events,
+            moved.arrived.loaded.as_secs_f64(),
+            moved.arrived.handover,
+            moved.arrived.rebuilt.as_secs_f64(),
         );
         Ok::<_, anyhow::Error>(())
     }

@@ -39,6 +39,13 @@ pub(crate) async fn run(args: VerifyArgs) -> anyhow::Result<bool> {
         let mut all_ok = true;
         for row in tenants {
             let (id, slug, database_name) = (row.id, &row.slug, &row.database_name);
+            // The tenant database is on its region's server (the default one unless configured).
+            let server = row
+                .region
+                .parse::<crate::config::Region>()
+                .ok()
+                .and_then(|region| config.regions.get(&region).cloned())
+                .unwrap_or_else(|| database.options.clone());
             if args.tenant.as_ref().is_some_and(|s| s != slug) {
                 continue;
             }
@@ -48,8 +55,7 @@ pub(crate) async fn run(args: VerifyArgs) -> anyhow::Result<bool> {
             };
             let witness = read_witness(&path)?;
             let mut conn =
-                PgConnection::connect_with(&database.options.clone().database(database_name))
-                    .await?;
+                PgConnection::connect_with(&server.clone().database(database_name)).await?;
             let expected = row.audit_keys(&master)?.anchor();
             let report = verify(&mut conn, id, Some(expected), Some(&witness)).await?;
             print_report(slug, id, &path, &report);
@@ -57,7 +63,7 @@ pub(crate) async fn run(args: VerifyArgs) -> anyhow::Result<bool> {
             if args.read_models {
                 let pool = PgPoolOptions::new()
                     .max_connections(2)
-                    .connect_with(database.options.clone().database(database_name))
+                    .connect_with(server.clone().database(database_name))
                     .await?;
                 let reading = Reading::new(&pool, &master, id);
                 let models = compare(&mut conn, &reading.log, &reading.read_models).await?;

@@ -8,6 +8,7 @@ use secrecy::{SecretBox, SecretString};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::Connection;
 use tokio::io::{AsyncBufRead, AsyncWrite};
+use uuid::Uuid;
 
 use super::catalog::{ProvisionError, Tenancy};
 use super::tenant::{two_factor_key, Reading, Tenant, TenantRow};
@@ -43,6 +44,14 @@ pub struct OpenedArchive {
     header: Header,
     line: Vec<u8>,
     key: ArchiveKey,
+}
+
+/// What a move did.
+#[derive(Debug, Clone)]
+pub(crate) struct Moved {
+    pub from: &'static str,
+    pub to: &'static str,
+    pub arrived: Arrived,
 }
 
 /// Derives an archive key off the async threads (Argon2id takes a second of a core).
@@ -91,6 +100,205 @@ impl Tenancy {
             audit_keys: &tenant.audit_keys,
         };
         export(&mut conn, entry, secrets, &key, kdf, writer).await
+    }
+
+    /// The organisation as an archive describes it, from the catalog.
+    async fn organization_entry(&self, id: Uuid) -> Result<OrganizationEntry, ArchiveError> {
+        let (slug, name, region, status, plan, trial_ends_at): (
+            String,
+            String,
+            String,
+            String,
+            String,
+            Option<chrono::DateTime<chrono::Utc>>,
+        ) = sqlx::query_as(
+            "SELECT slug, name, region, status, plan, trial_ends_at FROM tenants WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_one(self.catalog())
+        .await?;
+        Ok(OrganizationEntry {
+            id,
+            slug,
+            name,
+            region,
+            status,
+            plan,
+            trial_ends_at,
+        })
+    }
+
+    /// Moves an organisation to another region's server: it stops being served, its database
+    /// is fenced (no instance can write there), its archive written to a scratch file under a
+    /// random passphrase that only this process holds, imported and verified into a new
+    /// database there (the signing key handed over, the read models rebuilt), and the catalog
+    /// switched; then the old database is dropped. Until the switch, any failure removes the
+    /// new database and puts the organisation back in service where it was; a killed move is
+    /// finished or undone by the next start. Sessions do not move: users log in again.
+    pub(crate) async fn move_tenant(
+        &self,
+        slug: &str,
+        region: Region,
+        data_dir: &std::path::Path,
+    ) -> Result<Moved, ArchiveError> {
+        let row: Option<TenantRow> = self.in_service_by_slug(slug).await?;
+        let row = row.ok_or_else(|| {
+            ArchiveError::Refused(format!("no organisation in service has the slug `{slug}`"))
+        })?;
+        if row.region == region.as_str() {
+            return Err(ArchiveError::Refused(format!(
+                "`{slug}` is already in region {}",
+                region.as_str()
+            )));
+        }
+        let from: Region = row
+            .region
+            .parse()
+            .map_err(|()| ArchiveError::Refused(format!("unknown region {}", row.region)))?;
+        let lock = self.move_lock(row.id).await?.ok_or_else(|| {
+            ArchiveError::Refused(format!("`{slug}` is being moved by another process"))
+        })?;
+        let database = format!("custos_t_{}", Uuid::now_v7().simple());
+        let target = TenantRow {
+            region: region.as_str().to_owned(),
+            database_name: database.clone(),
+            role_name: database.clone(),
+            ..row.clone()
+        };
+        let claimed = sqlx::query(
+            "UPDATE tenants SET move = jsonb_build_object('region', $2::text, 'database', $3::text)
+             WHERE id = $1 AND move IS NULL",
+        )
+        .bind(row.id)
+        .bind(region.as_str())
+        .bind(&database)
+        .execute(self.catalog())
+        .await?;
+        if claimed.rows_affected() != 1 {
+            lock.release().await;
+            return Err(ArchiveError::Refused(format!("`{slug}` is being moved")));
+        }
+        self.close_tenant(row.id).await;
+        let scratch = data_dir.join("moves").join(format!(
+            "{}-{}.custos-archive",
+            row.id,
+            Uuid::now_v7().simple()
+        ));
+        let moved = self
+            .copy_to(&row, &target, region, &scratch, data_dir)
+            .await;
+        let _ = tokio::fs::remove_file(&scratch).await;
+        let result = match moved {
+            Ok(arrived) => {
+                sqlx::query(
+                    "UPDATE tenants SET region = $2, database_name = $3, role_name = $3,
+                            move = jsonb_build_object('drop', $4::text, 'region', $5::text),
+                            updated_at = now()
+                     WHERE id = $1",
+                )
+                .bind(row.id)
+                .bind(region.as_str())
+                .bind(&database)
+                .bind(&row.database_name)
+                .bind(from.as_str())
+                .execute(self.catalog())
+                .await?;
+                tracing::info!(tenant.id = %row.id, from = from.as_str(), to = region.as_str(), "organisation moved; dropping its old database");
+                self.drop_tenant_database(from, &row).await?;
+                sqlx::query("UPDATE tenants SET move = NULL WHERE id = $1")
+                    .bind(row.id)
+                    .execute(self.catalog())
+                    .await?;
+                Ok(Moved {
+                    from: from.as_str(),
+                    to: region.as_str(),
+                    arrived,
+                })
+            }
+            Err(err) => {
+                tracing::warn!(tenant.id = %row.id, error = %err, "a move failed; the organisation stays where it was");
+                if let Err(cleanup) = self.drop_tenant_database(region, &target).await {
+                    tracing::error!(tenant.id = %row.id, error = %cleanup, "dropping a failed move's new database failed");
+                }
+                self.fence(&row, false).await?;
+                sqlx::query("UPDATE tenants SET move = NULL WHERE id = $1")
+                    .bind(row.id)
+                    .execute(self.catalog())
+                    .await?;
+                Err(err)
+            }
+        };
+        lock.release().await;
+        result
+    }
+
+    /// A move's copy: fence the old database, write its archive to `scratch`, create the new
+    /// database and import the archive into it.
+    async fn copy_to(
+        &self,
+        row: &TenantRow,
+        target: &TenantRow,
+        region: Region,
+        scratch: &std::path::Path,
+        data_dir: &std::path::Path,
+    ) -> Result<Arrived, ArchiveError> {
+        self.fence(row, true).await?;
+        let mut passphrase = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut passphrase);
+        let passphrase = SecretString::from(hex::encode(passphrase));
+        let master = self.master_key();
+        let pool = PgPoolOptions::new()
+            .max_connections(2)
+            .connect_with(self.admin_options(row)?)
+            .await?;
+        let reading = Reading::new(&pool, master, row.id);
+        let two_factor = two_factor_key(master, row.id);
+        let audit_keys = row.audit_keys(master)?;
+        let kdf = Kdf::new();
+        let key = derive_key(passphrase.clone(), kdf.clone()).await?;
+        if let Some(dir) = scratch.parent() {
+            tokio::fs::create_dir_all(dir).await?;
+        }
+        let file = tokio::fs::File::create(scratch).await?;
+        let mut conn = pool.acquire().await?;
+        export(
+            &mut conn,
+            self.organization_entry(row.id).await?,
+            TenantSecrets {
+                subject_keys: &reading.subject_keys,
+                two_factor_key: &two_factor,
+                audit_keys: &audit_keys,
+            },
+            &key,
+            kdf,
+            file,
+        )
+        .await?;
+        drop(conn);
+        pool.close().await;
+        self.create_tenant_database(region, target)
+            .await
+            .map_err(|e| ArchiveError::Other(e.into()))?;
+        let file = tokio::fs::File::open(scratch).await?;
+        let mut reader = tokio::io::BufReader::with_capacity(256 * 1024, file);
+        let opened = Self::open_archive(&mut reader, passphrase).await?;
+        let (imported, handover, loaded, rebuilt) = self
+            .fill(
+                &mut reader,
+                &opened.header,
+                &opened.line,
+                &opened.key,
+                target,
+                data_dir,
+            )
+            .await?;
+        Ok(Arrived {
+            row: target.clone(),
+            imported,
+            handover,
+            loaded,
+            rebuilt,
+        })
     }
 
     /// Reads an archive's header and derives its key from `passphrase`: a wrong passphrase is

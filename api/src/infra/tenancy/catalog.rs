@@ -64,6 +64,22 @@ pub struct Tenancy {
     open: RwLock<HashMap<Uuid, Arc<Tenant>>>,
 }
 
+/// How often an open tenant context is checked against the catalog.
+const RECHECK: Duration = Duration::from_secs(5);
+
+/// Advisory lock class (in the catalog) held by a move of one organisation.
+const MOVE_LOCK: i32 = 0x6375_0007;
+
+/// Held for the length of a move; closing its connection releases it.
+pub(crate) struct MoveLock(PgConnection);
+
+impl MoveLock {
+    /// Releases the lock.
+    pub(crate) async fn release(self) {
+        let _ = self.0.close().await;
+    }
+}
+
 /// Quotes an SQL identifier. Provisioning only ever passes generated names, but quoting keeps
 /// that a property of this function rather than of its callers.
 fn ident(name: &str) -> String {
@@ -135,6 +151,7 @@ impl Tenancy {
             open: RwLock::new(HashMap::new()),
         };
         tenancy.remove_abandoned().await?;
+        tenancy.recover_moves().await?;
         tenancy.migrate_tenants().await?;
         Ok(tenancy)
     }
@@ -158,6 +175,155 @@ impl Tenancy {
             self.remove(id).await?;
         }
         Ok(())
+    }
+
+    /// Finishes or undoes what a move killed half-way left (see `archives`): a switched move's
+    /// old database is dropped; an unswitched one's new database is dropped and the old one
+    /// opened again. A move in progress elsewhere (its lock held) is left alone.
+    async fn recover_moves(&self) -> anyhow::Result<()> {
+        let moves: Vec<(Uuid, serde_json::Value)> =
+            sqlx::query_as("SELECT id, move FROM tenants WHERE move IS NOT NULL")
+                .fetch_all(&self.catalog)
+                .await?;
+        for (id, state) in moves {
+            let Some(lock) = self.move_lock(id).await? else {
+                continue;
+            };
+            let row = self
+                .row(id)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("tenant {id} vanished"))?;
+            let region = |key: &str| -> anyhow::Result<&Server> {
+                let region: Region = state[key]
+                    .as_str()
+                    .and_then(|r| r.parse().ok())
+                    .ok_or_else(|| anyhow::anyhow!("tenant {id}: a move names no region"))?;
+                Ok(&self.servers[&region])
+            };
+            if let Some(old) = state["drop"].as_str() {
+                tracing::warn!(tenant.id = %id, "finishing a move: dropping the old database");
+                let old_row = TenantRow {
+                    database_name: old.to_owned(),
+                    role_name: old.to_owned(),
+                    ..row.clone()
+                };
+                self.drop_database(region("region")?, &old_row).await?;
+            } else if let Some(new) = state["database"].as_str() {
+                tracing::warn!(tenant.id = %id, "undoing a move that did not finish: the organisation stays where it was");
+                let new_row = TenantRow {
+                    database_name: new.to_owned(),
+                    role_name: new.to_owned(),
+                    ..row.clone()
+                };
+                self.drop_database(region("region")?, &new_row).await?;
+                self.fence(&row, false).await?;
+            }
+            sqlx::query("UPDATE tenants SET move = NULL WHERE id = $1")
+                .bind(id)
+                .execute(&self.catalog)
+                .await?;
+            drop(lock);
+        }
+        Ok(())
+    }
+
+    /// The lock a move of `id` holds for its length (a catalog session lock); `None` when
+    /// another process holds it.
+    pub(crate) async fn move_lock(&self, id: Uuid) -> sqlx::Result<Option<MoveLock>> {
+        let mut conn = self.catalog.acquire().await?;
+        let key = i64::from_be_bytes(id.as_bytes()[8..].try_into().expect("8 bytes"));
+        let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
+            .bind(MOVE_LOCK)
+            .bind(key as i32 ^ (key >> 32) as i32)
+            .fetch_one(&mut *conn)
+            .await?;
+        Ok(taken.then(|| MoveLock(conn.detach())))
+    }
+
+    /// Closes (`true`) or opens again (`false`) a tenant database to its own role: closing
+    /// revokes its CONNECT and ends its sessions, so no instance writes there meanwhile.
+    pub(crate) async fn fence(&self, row: &TenantRow, close: bool) -> anyhow::Result<()> {
+        let server = self.server(row)?;
+        let mut admin = server.connect("postgres").await?;
+        if close {
+            sqlx::query(&format!(
+                "REVOKE CONNECT ON DATABASE {} FROM {}",
+                ident(&row.database_name),
+                ident(&row.role_name)
+            ))
+            .execute(&mut admin)
+            .await?;
+            sqlx::query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                 WHERE datname = $1 AND usename = $2 AND pid <> pg_backend_pid()",
+            )
+            .bind(&row.database_name)
+            .bind(&row.role_name)
+            .execute(&mut admin)
+            .await?;
+        } else {
+            sqlx::query(&format!(
+                "GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}",
+                ident(&row.database_name),
+                ident(&row.role_name)
+            ))
+            .execute(&mut admin)
+            .await?;
+        }
+        admin.close().await?;
+        Ok(())
+    }
+
+    /// The catalog entry of the organisation in service (trial or active, not moving) with
+    /// this slug.
+    pub(crate) async fn in_service_by_slug(&self, slug: &str) -> sqlx::Result<Option<TenantRow>> {
+        sqlx::query_as(&format!(
+            "SELECT {TENANT_COLUMNS} FROM tenants
+             WHERE slug = $1 AND status IN ('trial', 'active') AND move IS NULL"
+        ))
+        .bind(slug)
+        .fetch_optional(&self.catalog)
+        .await
+    }
+
+    /// A tenant's catalog entry, whatever its state.
+    pub(crate) async fn row(&self, id: Uuid) -> sqlx::Result<Option<TenantRow>> {
+        sqlx::query_as(&format!(
+            "SELECT {TENANT_COLUMNS} FROM tenants WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.catalog)
+        .await
+    }
+
+    /// Closes this process's open context of a tenant, if any.
+    pub(crate) async fn close_tenant(&self, id: Uuid) {
+        if let Some(tenant) = self.open.write().await.remove(&id) {
+            tenant.pool.close().await;
+        }
+    }
+
+    /// The PostgreSQL server of a region.
+    fn region_server(&self, region: Region) -> &Server {
+        &self.servers[&region]
+    }
+
+    /// Creates a tenant database and role on `region`'s server for `row` (a move's target).
+    pub(crate) async fn create_tenant_database(
+        &self,
+        region: Region,
+        row: &TenantRow,
+    ) -> Result<(), ProvisionError> {
+        self.create_database(self.region_server(region), row).await
+    }
+
+    /// Drops a tenant database and role on `region`'s server.
+    pub(crate) async fn drop_tenant_database(
+        &self,
+        region: Region,
+        row: &TenantRow,
+    ) -> sqlx::Result<()> {
+        self.drop_database(self.region_server(region), row).await
     }
 
     /// Runs the tenant migrations on every tenant database.
@@ -391,13 +557,33 @@ impl Tenancy {
 
     /// The open context of the tenant with this id, opening it on first use. `None` for an
     /// unknown id or a tenant that is not in service.
+    ///
+    /// An open context is checked against the catalog every [`RECHECK`]: an organisation
+    /// moved to another database (by another process), or being moved, is closed here too.
     pub async fn get(&self, id: Uuid) -> anyhow::Result<Option<Arc<Tenant>>> {
-        if let Some(tenant) = self.open.read().await.get(&id) {
-            tenant.touch();
-            return Ok(Some(tenant.clone()));
+        let cached = self.open.read().await.get(&id).cloned();
+        if let Some(tenant) = cached {
+            if !tenant.due_for_check(RECHECK) {
+                tenant.touch();
+                return Ok(Some(tenant));
+            }
+            let database: Option<String> = sqlx::query_scalar(
+                "SELECT database_name FROM tenants
+                 WHERE id = $1 AND status IN ('trial', 'active') AND move IS NULL",
+            )
+            .bind(id)
+            .fetch_optional(&self.catalog)
+            .await?;
+            if database.as_deref() == Some(tenant.database_name.as_str()) {
+                tenant.touch();
+                return Ok(Some(tenant));
+            }
+            tracing::info!(tenant.id = %id, "the organisation moved or is moving: closing its context");
+            self.close_tenant(id).await;
         }
         let row = sqlx::query_as::<_, TenantRow>(&format!(
-            "SELECT {TENANT_COLUMNS} FROM tenants WHERE id = $1 AND status IN ('trial', 'active')"
+            "SELECT {TENANT_COLUMNS} FROM tenants
+             WHERE id = $1 AND status IN ('trial', 'active') AND move IS NULL"
         ))
         .bind(id)
         .fetch_optional(&self.catalog)

@@ -129,6 +129,9 @@ pub struct Tenant {
     pub(crate) audit_keys: AuditKeys,
     /// When a request last used this context; idle contexts are closed.
     last_used: std::sync::Mutex<Instant>,
+    /// The database it was opened on, and when that was last checked against the catalog.
+    pub(crate) database_name: String,
+    checked: std::sync::Mutex<Instant>,
 }
 
 impl Tenant {
@@ -189,6 +192,8 @@ impl Tenant {
             log,
             projectors,
             last_used: std::sync::Mutex::new(Instant::now()),
+            database_name: row.database_name.clone(),
+            checked: std::sync::Mutex::new(Instant::now()),
         })
     }
 
@@ -202,6 +207,17 @@ impl Tenant {
 
     pub(crate) fn touch(&self) {
         *self.last_used.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    }
+
+    /// Whether the context is due for a check against the catalog (at most every `every`);
+    /// true marks it checked now.
+    pub(crate) fn due_for_check(&self, every: Duration) -> bool {
+        let mut checked = self.checked.lock().unwrap_or_else(|e| e.into_inner());
+        if checked.elapsed() < every {
+            return false;
+        }
+        *checked = Instant::now();
+        true
     }
 
     pub(crate) fn idle_for(&self) -> Duration {
