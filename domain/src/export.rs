@@ -46,6 +46,9 @@ pub enum DataExportCommand {
     },
     /// Entries of the audit log (ids, types, times and field names: no personal values).
     AuditLog { filter: Value, count: usize },
+    /// The whole organisation as a tenant archive (every record, sealed under a passphrase
+    /// the administrator chose): `subjects` people's data keys went with it.
+    Organization { subjects: usize },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -69,6 +72,9 @@ pub enum DataExportEvent {
         filter: Value,
         count: usize,
     },
+    OrganizationExported {
+        subjects: usize,
+    },
 }
 
 impl DataExportEvent {
@@ -78,7 +84,8 @@ impl DataExportEvent {
             DataExportEvent::RecordsExported { record_ids, .. }
             | DataExportEvent::SubjectTrailExported { record_ids, .. }
             | DataExportEvent::NotificationListExported { record_ids, .. } => record_ids,
-            DataExportEvent::AuditLogExported { .. } => &[],
+            DataExportEvent::AuditLogExported { .. }
+            | DataExportEvent::OrganizationExported { .. } => &[],
         }
     }
 }
@@ -96,6 +103,7 @@ impl DomainEvent for DataExportEvent {
             DataExportEvent::SubjectTrailExported { .. } => "SubjectTrailExported",
             DataExportEvent::NotificationListExported { .. } => "NotificationListExported",
             DataExportEvent::AuditLogExported { .. } => "AuditLogExported",
+            DataExportEvent::OrganizationExported { .. } => "OrganizationExported",
         }
         .to_owned()
     }
@@ -150,6 +158,9 @@ impl Aggregate for DataExport {
             },
             DataExportCommand::AuditLog { filter, count } => {
                 DataExportEvent::AuditLogExported { filter, count }
+            }
+            DataExportCommand::Organization { subjects } => {
+                DataExportEvent::OrganizationExported { subjects }
             }
         };
         sink.write(event, self).await;

@@ -643,3 +643,82 @@ async fn an_organisation_moves_between_regions_and_lives_only_on_the_second_serv
     .await
     .ok();
 }
+
+#[tokio::test]
+async fn administrators_download_the_organisation_archive_once_and_it_imports() {
+    let source = TestApp::spawn().await;
+    let org = slug("self-export");
+    let admin = source.sign_up(&org).await;
+    source
+        .create_employee(
+            &admin.token,
+            json!({ "firstName": "Dora", "lastName": "Download" }),
+        )
+        .await;
+    let reader = source.user_with_roles(&admin, &[]).await;
+    let mutation = "mutation($p: String!) { exportOrganization(passphrase: $p) { exportId count downloadUrl expiresAt } }";
+
+    let refused = source
+        .graphql(Some(&reader.token), mutation, json!({ "p": PASSPHRASE }))
+        .await;
+    assert_eq!(refused.code(), Some("FORBIDDEN"));
+    let weak = source
+        .graphql(Some(&admin.token), mutation, json!({ "p": "short" }))
+        .await;
+    assert_eq!(weak.code(), Some("VALIDATION"));
+    assert_eq!(weak.field(), Some("passphrase"));
+
+    let started = source
+        .graphql(Some(&admin.token), mutation, json!({ "p": PASSPHRASE }))
+        .await
+        .ok();
+    assert_eq!(started.data("exportOrganization.count"), 1);
+    let url = source.url(
+        started
+            .data("exportOrganization.downloadUrl")
+            .as_str()
+            .unwrap(),
+    );
+    let response = reqwest::get(&url).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response
+        .headers()
+        .get("content-disposition")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .contains(".custos-archive"));
+    let bytes = response.bytes().await.unwrap();
+    assert_eq!(
+        reqwest::get(&url).await.unwrap().status(),
+        404,
+        "the link works once"
+    );
+    let text = String::from_utf8(bytes.to_vec()).unwrap();
+    assert!(text.starts_with("{\"format\":\"custos-tenant-archive\""));
+    assert!(!text.contains("Dora") && !text.contains(PASSPHRASE));
+
+    // Recorded before the link was handed out, without any personal value.
+    let recorded: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'OrganizationExported'")
+            .fetch_one(&mut source.tenant_admin(admin.tenant_id).await)
+            .await
+            .unwrap();
+    assert_eq!(recorded, 1);
+
+    let archive = source.data_dir.path().join("downloaded.custos-archive");
+    std::fs::write(&archive, &bytes).unwrap();
+    let target = TestApp::spawn().await;
+    import(&target, &archive, PASSPHRASE, &[]).await.unwrap();
+    let token = login(&target, &admin, &admin.email).await.expect("logs in");
+    let listed = target
+        .graphql(
+            Some(&token),
+            "{ employees(first: 5) { nodes { firstName } } }",
+            json!({}),
+        )
+        .await
+        .ok();
+    assert_eq!(listed.data("employees.nodes.0.firstName"), "Dora");
+    assert!(target.custos(&["verify", "--tenant", &org]).await);
+}

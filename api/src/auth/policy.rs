@@ -108,7 +108,7 @@ pub(crate) fn rule(parent_type: &str, field: &str) -> Option<Rule> {
             (Contacts, History),
             (Applicants, History),
         ]),
-        ("Mutation", "createCheckpoint") => Rule::Admin,
+        ("Mutation", "createCheckpoint" | "exportOrganization") => Rule::Admin,
         ("Query", "auditLog") | ("Subscription", "auditFeed") => Rule::AllOf(&[
             (Employees, History),
             (Contacts, History),

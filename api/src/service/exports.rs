@@ -6,5 +6,6 @@ pub(crate) mod audit_log;
 pub(crate) mod downloads;
 pub(crate) mod links;
 pub(crate) mod notification_list;
+pub(crate) mod organization;
 pub(crate) mod records;
 pub(crate) mod trail;

@@ -72,4 +72,24 @@ impl ExportsMutation {
             .await?;
         export_payload(ticket)
     }
+
+    /// Exports the whole organisation as a tenant archive — every event as stored, its signed
+    /// tree heads and signing key, every person's data key and users' two-factor secrets sealed
+    /// under a key derived from `passphrase` (Argon2id; at least 12 characters, never stored),
+    /// and the record of who read whom — which `custos tenant import` brings into another
+    /// Custos. Recorded as an `OrganizationExported` event before the link is handed out; the
+    /// download is streamed from the database when the link is opened. `count` is the number
+    /// of records. Administrators only.
+    async fn export_organization(
+        &self,
+        ctx: &Context<'_>,
+        passphrase: String,
+    ) -> Result<ExportPayload, ApiError> {
+        let cx = Cx::new(ctx)?;
+        let ticket = cx
+            .services
+            .start_organization_export(cx.caller, passphrase.into(), cx.request_id)
+            .await?;
+        export_payload(ticket)
+    }
 }

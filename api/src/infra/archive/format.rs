@@ -173,6 +173,25 @@ impl ArchiveKey {
         })
     }
 
+    /// The key's two halves (sealing, authenticating), to be kept sealed until a download
+    /// link is opened.
+    pub(crate) fn to_parts(&self) -> [u8; 64] {
+        let mut parts = [0u8; 64];
+        parts[..32].copy_from_slice(self.seal.expose_secret());
+        parts[32..].copy_from_slice(self.mac.expose_secret());
+        parts
+    }
+
+    /// The key from [`ArchiveKey::to_parts`].
+    pub(crate) fn from_parts(parts: &[u8]) -> Option<Self> {
+        let seal: [u8; 32] = parts.get(..32)?.try_into().ok()?;
+        let mac: [u8; 32] = parts.get(32..64)?.try_into().ok()?;
+        (parts.len() == 64).then(|| Self {
+            seal: SecretBox::new(Box::new(seal)),
+            mac: SecretBox::new(Box::new(mac)),
+        })
+    }
+
     /// What the header carries to tell a wrong passphrase, bound to the organisation.
     pub(crate) fn key_check(&self, organization: Uuid) -> Vec<u8> {
         hmac(

@@ -103,7 +103,10 @@ impl Tenancy {
     }
 
     /// The organisation as an archive describes it, from the catalog.
-    async fn organization_entry(&self, id: Uuid) -> Result<OrganizationEntry, ArchiveError> {
+    pub(crate) async fn organization_entry(
+        &self,
+        id: Uuid,
+    ) -> Result<OrganizationEntry, ArchiveError> {
         let (slug, name, region, status, plan, trial_ends_at): (
             String,
             String,

@@ -10,6 +10,7 @@ use uuid::Uuid;
 use super::audit_log::AuditDownload;
 use super::links::{content_type, format_name, stored_format};
 use super::notification_list::NotificationList;
+use super::organization::OrganizationDownload;
 use super::records::RecordsDownload;
 use super::trail::TrailBundle;
 use crate::auth::tokens::{BearerToken, TokenKind};
@@ -27,6 +28,8 @@ pub(crate) enum Download {
     NotificationList(NotificationList),
     /// Entries of the audit log, streamed in batches.
     AuditLog(AuditDownload),
+    /// The whole organisation as a tenant archive, streamed from the database.
+    Organization(OrganizationDownload),
 }
 
 impl Services {
@@ -76,6 +79,13 @@ impl Services {
                     format,
                 })))
             }
+            "organization" => {
+                let stored = row.filter.ok_or_else(corrupt)?;
+                let download = self
+                    .organization_download(tenant, row.export_id, &stored)
+                    .await?;
+                Ok(Some(Download::Organization(download)))
+            }
             "notification_list" => Ok(Some(Download::NotificationList(NotificationList {
                 tenant,
                 record_ids: row.record_ids,
@@ -114,6 +124,7 @@ impl Download {
             Download::SubjectTrail(_) => format!("subject-trail-{today}.zip"),
             Download::NotificationList(_) => format!("breach-notification-list-{today}.csv"),
             Download::AuditLog(audit) => format!("audit-log-{today}.{}", format_name(audit.format)),
+            Download::Organization(archive) => archive.file_name(),
         }
     }
 
@@ -123,6 +134,7 @@ impl Download {
             Download::SubjectTrail(_) => "application/zip",
             Download::NotificationList(_) => "text/csv; charset=utf-8",
             Download::AuditLog(audit) => content_type(audit.format),
+            Download::Organization(_) => "application/x-ndjson",
         }
     }
 
@@ -139,6 +151,7 @@ impl Download {
             }
             Download::NotificationList(list) => list.stream(),
             Download::AuditLog(audit) => audit.stream(),
+            Download::Organization(archive) => archive.stream(),
         }
     }
 }
