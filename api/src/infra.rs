@@ -6,6 +6,7 @@ pub(crate) mod archive;
 pub(crate) mod blind_index;
 pub(crate) mod cluster;
 pub(crate) mod database;
+pub(crate) mod erasure_ledger;
 pub(crate) mod event_store;
 pub(crate) mod integrity;
 pub(crate) mod keys;

@@ -45,6 +45,8 @@ pub struct Services {
     pub(crate) projection_wait: Duration,
     /// The data directory: checkpoint files are appended under it.
     pub(crate) data_dir: std::path::PathBuf,
+    /// Every erasure, also kept outside the database (replayed after a restore).
+    pub(crate) erasures: crate::infra::erasure_ledger::ErasureLedgers,
     /// Organisations whose last checkpoint refused to sign, and why (until one signs again).
     pub(crate) integrity_alarms: std::sync::Mutex<std::collections::HashMap<uuid::Uuid, String>>,
 }

@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::graphql::build_schema;
 use crate::http::{router, AppState};
 use crate::infra::database::Database;
+use crate::infra::erasure_ledger::ErasureLedgers;
 use crate::infra::keys::MasterKey;
 use crate::infra::tenancy::catalog::Tenancy;
 use crate::service::{jobs, Services};
@@ -27,6 +28,7 @@ pub(crate) async fn services(
         config.master_key.as_ref(),
         &config.data_dir,
     )?);
+    let erasures = ErasureLedgers::new(&config.data_dir, master_key.clone());
     let tenancy = Tenancy::start(
         database.options.clone(),
         &config.catalog_database,
@@ -37,15 +39,19 @@ pub(crate) async fn services(
     .await?;
     let per_minute = std::num::NonZeroU32::new(config.login_attempts_per_minute.max(1))
         .unwrap_or(std::num::NonZeroU32::MIN);
-    Ok(Arc::new(Services {
+    let services = Arc::new(Services {
         tenancy,
         login_limiter: governor::RateLimiter::keyed(governor::Quota::per_minute(per_minute)),
         passwords: Passwords::new(config.password_hash_concurrency),
         sessions: config.sessions,
         projection_wait: config.projection_wait,
         data_dir: config.data_dir.clone(),
+        erasures,
         integrity_alarms: Default::default(),
-    }))
+    });
+    // Before anything is served: erasures made since a restored backup are made again.
+    services.replay_erasure_ledgers().await?;
+    Ok(services)
 }
 
 /// Stops a background task when its owner goes away.

@@ -722,3 +722,90 @@ async fn administrators_download_the_organisation_archive_once_and_it_imports() 
     assert_eq!(listed.data("employees.nodes.0.firstName"), "Dora");
     assert!(target.custos(&["verify", "--tenant", &org]).await);
 }
+
+#[tokio::test]
+async fn an_erasure_survives_restoring_a_backup_taken_before_it() {
+    let app = TestApp::spawn().await;
+    let admin = app.sign_up(&slug("phoenix")).await;
+    let person = app
+        .create_employee(
+            &admin.token,
+            json!({ "firstName": "Resurrecta", "lastName": "Phoenixhall", "email": "resurrecta@example.com" }),
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.create_employee(
+        &admin.token,
+        json!({ "firstName": "Stella", "lastName": "Stays" }),
+    )
+    .await;
+    app.settled(admin.tenant_id).await;
+    let database = app.tenant_database(admin.tenant_id).await;
+
+    // A backup with PostgreSQL's own tools, taken before the erasure.
+    let backup = app.data_dir.path().join("before-erasure.dump");
+    custos_tests::pg_client(
+        "pg_dump",
+        &[
+            "--format",
+            "custom",
+            "--file",
+            backup.to_str().unwrap(),
+            &database,
+        ],
+    );
+    app.graphql(
+        Some(&admin.token),
+        "mutation($id: ID!) { eraseRecord(id: $id, expectedVersion: 1, ground: OBJECTION) { id } }",
+        json!({ "id": person }),
+    )
+    .await
+    .ok();
+    assert!(!pg_dump(&database).contains("Phoenixhall"));
+
+    // Disaster: the database is restored from that backup. The person is back in it.
+    {
+        use sqlx::Connection;
+        let mut admin_conn =
+            sqlx::PgConnection::connect_with(&custos_tests::admin_options("postgres"))
+                .await
+                .unwrap();
+        sqlx::query(&format!("DROP DATABASE \"{database}\" WITH (FORCE)"))
+            .execute(&mut admin_conn)
+            .await
+            .unwrap();
+        admin_conn.close().await.unwrap();
+    }
+    custos_tests::pg_client(
+        "pg_restore",
+        &["--create", "--dbname", "postgres", backup.to_str().unwrap()],
+    );
+    assert!(
+        pg_dump(&database).contains("Phoenixhall"),
+        "the restored backup holds the person"
+    );
+
+    // The next start of Custos (here `custos migrate`) replays the erasure ledger before
+    // anything is served: the key is destroyed again and the read models rebuilt without it.
+    assert!(app.custos(&["migrate"]).await);
+    let dump = pg_dump(&database);
+    assert!(!dump.contains("Phoenixhall") && !dump.contains("resurrecta"));
+    assert!(dump.contains("Stays"), "everyone else is still there");
+    let key: Option<Vec<u8>> =
+        sqlx::query_scalar("SELECT wrapped_key FROM subject_keys WHERE subject_id = $1::uuid")
+            .bind(&person)
+            .fetch_one(&mut app.tenant_admin(admin.tenant_id).await)
+            .await
+            .unwrap();
+    assert_eq!(key, None);
+    let ledger = std::fs::read_to_string(
+        app.data_dir
+            .path()
+            .join("erasures")
+            .join(format!("{}.jsonl", admin.tenant_id)),
+    )
+    .unwrap();
+    assert!(ledger.contains(&person) && !ledger.contains("Phoenixhall"));
+}

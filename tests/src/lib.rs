@@ -205,6 +205,35 @@ pub fn pg_dump(database: &str) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// Runs a PostgreSQL client program (`pg_dump`, `pg_restore`) against the shared cluster as
+/// its superuser; panics with its stderr if it fails.
+pub fn pg_client(program: &str, args: &[&str]) {
+    shared();
+    let bin = custos_api::testing::find_bin_dir().expect("PostgreSQL binaries");
+    let program = Some(bin.join(program))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| program.into());
+    let dir = cluster_dir();
+    let output = std::process::Command::new(&program)
+        .args([
+            "--host",
+            &dir.join("run").display().to_string(),
+            "--port",
+            "5432",
+        ])
+        .args(["--username", "custos", "--no-password"])
+        .args(args)
+        .env("PGPASSWORD", superuser_password())
+        .output()
+        .expect("the PostgreSQL client runs");
+    assert!(
+        output.status.success(),
+        "{} failed: {}",
+        program.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// Superuser options for the shared cluster (to inspect or tamper with databases).
 pub fn admin_options(database: &str) -> PgConnectOptions {
     shared()

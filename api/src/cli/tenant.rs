@@ -214,8 +214,19 @@ pub(crate) async fn import(args: TenantImportArgs) -> anyhow::Result<()> {
             .tenancy
             .import_archive(&mut reader, opened, placement, &config.data_dir)
             .await;
+        // An organisation coming back to a server that erased people of it since the archive
+        // was written: they stay erased.
+        let replayed = match &arrived {
+            Ok(arrived) => services.replay_erasure_ledger(arrived.row.id).await.map(Some),
+            Err(_) => Ok(None),
+        };
         services.tenancy.close().await;
         let arrived = arrived?;
+        if let Some(n) = replayed? {
+            if n > 0 {
+                println!("{n} people erased on this server since the archive was written were erased again");
+            }
+        }
         println!(
             "imported organisation {} ({}) into region {}: {} events, {} signed tree heads, {} subject keys, {} erased subjects; verified in {:.1} s; tree head {} hands its signing over to a new key; read models rebuilt in {:.1} s; archive SHA-256 {}",
             arrived.row.slug,

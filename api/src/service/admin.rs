@@ -203,6 +203,7 @@ impl Services {
         let user = self
             .change_user(principal, id, UserCommand::Erase, request_id)
             .await?;
+        self.ledger_erasure(tenant, id)?;
         tenant
             .subject_keys
             .erase(id)

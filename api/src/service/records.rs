@@ -211,6 +211,8 @@ impl Services {
             Err(ApiError::Validation { .. }) if erased_before => false,
             Err(err) => return Err(err),
         };
+        // Written outside the database first, so a restored backup cannot bring the person back.
+        self.ledger_erasure(tenant, id)?;
         let destroyed = tenant
             .subject_keys
             .erase(id)

@@ -1,0 +1,176 @@
+//! The erasure ledger: every erasure, also written outside the database — one append-only file
+//! per organisation under the data directory (`erasures/<organisation id>.jsonl`), beside the
+//! witness files and, like them, outside database backups. Each line is chained to the one
+//! before by an HMAC under a key derived from the master key, so lines cannot be forged or
+//! altered without it.
+//!
+//! A database restored from a backup, or an organisation brought back from an archive, may
+//! hold keys erased since: replaying the ledger destroys them again (and the read models are
+//! rebuilt without them) before the organisation is served, so a restore to a moment before an
+//! erasure does not bring the person back.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use uuid::Uuid;
+
+use crate::infra::keys::MasterKey;
+
+/// One erasure.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Erased {
+    pub subject: Uuid,
+    pub erased_at: DateTime<Utc>,
+    /// HMAC-SHA-256 over the previous line's MAC, the organisation, the subject and the time.
+    #[serde(with = "hex::serde")]
+    pub mac: Vec<u8>,
+}
+
+/// What a ledger holds: the erasures whose chain holds, and the first line where it does not.
+#[derive(Debug, Default)]
+pub(crate) struct Ledger {
+    pub erased: Vec<Erased>,
+    pub broken_at: Option<usize>,
+}
+
+/// The erasure ledgers of a data directory.
+pub(crate) struct ErasureLedgers {
+    dir: PathBuf,
+    master: std::sync::Arc<MasterKey>,
+}
+
+/// Held while a ledger is appended to: one writer per process.
+static APPENDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+impl ErasureLedgers {
+    pub(crate) fn new(data_dir: &Path, master: std::sync::Arc<MasterKey>) -> Self {
+        Self {
+            dir: data_dir.join("erasures"),
+            master,
+        }
+    }
+
+    fn path(&self, tenant: Uuid) -> PathBuf {
+        self.dir.join(format!("{tenant}.jsonl"))
+    }
+
+    fn mac(&self, tenant: Uuid, previous: &[u8], subject: Uuid, at: DateTime<Utc>) -> Vec<u8> {
+        let key = self
+            .master
+            .derive(&format!("custos/erasure-ledger/{tenant}"));
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&key).expect("HMAC takes any key");
+        mac.update(previous);
+        mac.update(tenant.as_bytes());
+        mac.update(subject.as_bytes());
+        mac.update(&at.timestamp_micros().to_be_bytes());
+        mac.finalize().into_bytes().to_vec()
+    }
+
+    /// Reads a tenant's ledger (empty if it has none), checking the chain.
+    pub(crate) fn read(&self, tenant: Uuid) -> std::io::Result<Ledger> {
+        let file = match std::fs::File::open(self.path(tenant)) {
+            Ok(file) => file,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Ledger::default()),
+            Err(err) => return Err(err),
+        };
+        let mut ledger = Ledger::default();
+        let mut previous: Vec<u8> = Vec::new();
+        for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
+            let line = line?;
+            let entry = serde_json::from_str::<Erased>(&line)
+                .ok()
+                .filter(|e| e.mac == self.mac(tenant, &previous, e.subject, e.erased_at));
+            match entry {
+                Some(entry) => {
+                    previous = entry.mac.clone();
+                    ledger.erased.push(entry);
+                }
+                None => {
+                    ledger.broken_at = Some(n + 1);
+                    break;
+                }
+            }
+        }
+        Ok(ledger)
+    }
+
+    /// Appends an erasure, durably (fsync) — before the key is destroyed, so no erasure that
+    /// happened is missing from the ledger.
+    pub(crate) fn append(&self, tenant: Uuid, subject: Uuid) -> std::io::Result<()> {
+        let _appending = APPENDING.lock().unwrap_or_else(|e| e.into_inner());
+        let ledger = self.read(tenant)?;
+        if let Some(line) = ledger.broken_at {
+            return Err(std::io::Error::other(format!(
+                "the erasure ledger of {tenant} does not verify from line {line}"
+            )));
+        }
+        if ledger.erased.iter().any(|e| e.subject == subject) {
+            return Ok(());
+        }
+        let previous = ledger
+            .erased
+            .last()
+            .map(|e| e.mac.clone())
+            .unwrap_or_default();
+        // Microseconds, as the ledger's MAC and PostgreSQL keep them.
+        let at = DateTime::from_timestamp_micros(Utc::now().timestamp_micros())
+            .expect("now is a valid time");
+        let entry = Erased {
+            subject,
+            erased_at: at,
+            mac: self.mac(tenant, &previous, subject, at),
+        };
+        std::fs::create_dir_all(&self.dir)?;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path(tenant))?;
+        let mut line = serde_json::to_vec(&entry).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        file.write_all(&line)?;
+        file.sync_all()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ledger_chains_its_lines_and_notices_an_altered_one() {
+        let dir = std::env::temp_dir().join(format!("custos-ledger-{}", Uuid::now_v7()));
+        let master = std::sync::Arc::new(MasterKey::from_hex(&"ab".repeat(32)).unwrap());
+        let ledgers = ErasureLedgers::new(&dir, master.clone());
+        let tenant = Uuid::now_v7();
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        ledgers.append(tenant, a).unwrap();
+        ledgers.append(tenant, b).unwrap();
+        ledgers.append(tenant, a).unwrap();
+        let read = ledgers.read(tenant).unwrap();
+        assert_eq!(read.broken_at, None);
+        assert_eq!(
+            read.erased.iter().map(|e| e.subject).collect::<Vec<_>>(),
+            vec![a, b]
+        );
+        // Another master key cannot read it as valid; an edited line breaks the chain there.
+        let other = ErasureLedgers::new(
+            &dir,
+            std::sync::Arc::new(MasterKey::from_hex(&"cd".repeat(32)).unwrap()),
+        );
+        assert_eq!(other.read(tenant).unwrap().broken_at, Some(1));
+        let path = ledgers.path(tenant);
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(
+            &path,
+            text.replacen(&a.to_string(), &Uuid::now_v7().to_string(), 1),
+        )
+        .unwrap();
+        assert_eq!(ledgers.read(tenant).unwrap().broken_at, Some(1));
+        assert!(ledgers.append(tenant, Uuid::now_v7()).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,80 @@
+//! Erasures that survive a restore: each is written to the organisation's erasure ledger
+//! (`infra::erasure_ledger`, outside the database and its backups) before the subject's key is
+//! destroyed, and every start of Custos — `serve` and every command that opens the
+//! organisations — replays the ledgers before anything is served: a key the ledger says was
+//! erased but the database holds (a restored backup, an archive brought back) is destroyed
+//! again, the person's sessions and second factor removed, and every read model rebuilt
+//! without them.
+
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::infra::projector::{catch_up, reset};
+use crate::infra::tenancy::tenant::{Reading, Tenant};
+use crate::service::Services;
+
+impl Services {
+    /// Writes `subject`'s erasure to the ledger (durably); the key may be destroyed after.
+    pub(crate) fn ledger_erasure(&self, tenant: &Tenant, subject: Uuid) -> Result<(), ApiError> {
+        self.erasures
+            .append(tenant.id, subject)
+            .map_err(|e| ApiError::internal(anyhow::anyhow!("writing the erasure ledger: {e}")))
+    }
+
+    /// Replays every organisation's erasure ledger (see the module).
+    pub(crate) async fn replay_erasure_ledgers(&self) -> anyhow::Result<()> {
+        for row in self.tenancy.list().await? {
+            self.replay_erasure_ledger(row.id).await?;
+        }
+        Ok(())
+    }
+
+    /// Replays one organisation's ledger; how many keys were destroyed again.
+    pub(crate) async fn replay_erasure_ledger(&self, tenant_id: Uuid) -> anyhow::Result<usize> {
+        let ledger = self.erasures.read(tenant_id)?;
+        if let Some(line) = ledger.broken_at {
+            tracing::error!(tenant.id = %tenant_id, line, "security: the erasure ledger does not verify from this line on; the erasures before it are replayed");
+        }
+        if ledger.erased.is_empty() {
+            return Ok(0);
+        }
+        let Some(tenant) = self.tenancy.get(tenant_id).await? else {
+            return Ok(0);
+        };
+        let subjects: Vec<Uuid> = ledger.erased.iter().map(|e| e.subject).collect();
+        let times: Vec<_> = ledger.erased.iter().map(|e| e.erased_at).collect();
+        let mut tx = tenant.pool.begin().await?;
+        let revived: Vec<Uuid> = sqlx::query_scalar(
+            "UPDATE subject_keys k SET wrapped_key = NULL, erased_at = l.at
+             FROM unnest($1::uuid[], $2::timestamptz[]) AS l (id, at)
+             WHERE k.subject_id = l.id AND k.wrapped_key IS NOT NULL
+             RETURNING k.subject_id",
+        )
+        .bind(&subjects)
+        .bind(&times)
+        .fetch_all(&mut *tx)
+        .await?;
+        if revived.is_empty() {
+            tx.rollback().await?;
+            return Ok(0);
+        }
+        for statement in [
+            "DELETE FROM sessions WHERE user_id = ANY($1)",
+            "DELETE FROM two_factor_secrets WHERE user_id = ANY($1)",
+            "DELETE FROM recovery_codes WHERE user_id = ANY($1)",
+        ] {
+            sqlx::query(statement)
+                .bind(&revived)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        tracing::warn!(tenant.id = %tenant_id, keys = revived.len(), "security: keys the erasure ledger says were erased were back (a restore or an import): destroyed again; rebuilding the read models");
+        let reading = Reading::new(&tenant.pool, self.tenancy.master_key(), tenant_id);
+        for projection in &reading.read_models {
+            reset(&tenant.pool, projection.as_ref()).await?;
+        }
+        catch_up(&tenant.pool, &reading.log, &reading.read_models).await?;
+        Ok(revived.len())
+    }
+}
