@@ -105,7 +105,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let exported = services
         .tenancy
-        .export_archive(&tenant, SecretString::from(PASSPHRASE), file)
+        .export_archive(&tenant, SecretString::from(PASSPHRASE), file, &source_dir)
         .await?;
     let export_time = started.elapsed();
     let rss_growth = match (peak_rss_kb(), rss_before) {

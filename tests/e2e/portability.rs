@@ -229,8 +229,30 @@ async fn an_organisation_moves_to_another_custos_whole_and_verified() {
     );
     assert!(!text.contains(PASSPHRASE));
 
+    // The export handed the source over to a fresh key (the one the archive carries) and, once
+    // its snapshot was fixed, on to another: the keys that signed the archived history never
+    // left the source.
+    let source_keys = call("{ organization { auditKeys { publicKey } } }", json!({}))
+        .await
+        .data("organization.auditKeys")
+        .clone();
+    let source_keys = source_keys.as_array().unwrap();
+    let pinned = auditor_key.as_array().unwrap();
+    assert_eq!(source_keys.len(), pinned.len() + 2);
+    let first = pinned[0]["publicKey"].as_str().unwrap();
+
     let target = TestApp::spawn().await;
-    import(&target, &archive, PASSPHRASE, &[]).await.unwrap();
+    let wrong = import(
+        &target,
+        &archive,
+        PASSPHRASE,
+        &["--expect-key", &"ab".repeat(32)],
+    )
+    .await;
+    assert!(wrong.unwrap_err().contains("not the expected"));
+    import(&target, &archive, PASSPHRASE, &["--expect-key", first])
+        .await
+        .unwrap();
 
     // The same people log in with the same passwords, and the same second factor.
     let token = login(&target, &admin, &admin.email)
@@ -273,10 +295,15 @@ async fn an_organisation_moves_to_another_custos_whole_and_verified() {
         .data("organization.auditKeys")
         .clone();
     let keys = keys.as_array().unwrap();
-    assert_eq!(keys.len(), auditor_key.as_array().unwrap().len() + 1);
-    for (old, new) in auditor_key.as_array().unwrap().iter().zip(keys) {
+    // The pinned keys, the key the archive carried (the source's too), then the target's own.
+    assert_eq!(keys.len(), pinned.len() + 2);
+    for (old, new) in source_keys.iter().zip(keys).take(pinned.len() + 1) {
         assert_eq!(old["publicKey"], new["publicKey"]);
     }
+    assert_ne!(
+        keys.last().unwrap()["publicKey"],
+        source_keys.last().unwrap()["publicKey"]
+    );
     let _ = target
         .graphql(
             Some(&token),

@@ -77,6 +77,12 @@ pub(crate) struct TenantImportArgs {
     /// The region here, eu or us (default: the archive's).
     #[arg(long)]
     pub(crate) region: Option<String>,
+    /// The organisation's first signing key (64 hex digits: generation 0 of
+    /// `organization { auditKeys }` on the server it comes from, or what its auditors
+    /// pinned). Without it the archive's history is checked against the key the archive itself
+    /// names, which someone holding the passphrase could have replaced.
+    #[arg(long)]
+    pub(crate) expect_key: Option<String>,
     /// A file whose first line is the passphrase.
     #[arg(long)]
     pub(crate) passphrase_file: Option<PathBuf>,

@@ -148,13 +148,18 @@ pub(crate) async fn export(args: TenantExportArgs) -> anyhow::Result<()> {
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("no organisation in service has the slug `{}`", args.slug))?;
             let temporary = partial(&args.out);
+            // Readable by its owner only: it holds who read whom and sealed secrets.
             let file = tokio::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
+                .mode(0o600)
                 .open(&temporary)
                 .await
                 .map_err(|e| anyhow::anyhow!("creating {}: {e}", temporary.display()))?;
-            let written = services.tenancy.export_archive(&tenant, passphrase, file).await;
+            let written = services
+                .tenancy
+                .export_archive(&tenant, passphrase, file, &config.data_dir)
+                .await;
             let renamed = match written {
                 Ok(exported) => tokio::fs::rename(&temporary, &args.out)
                     .await
@@ -202,6 +207,23 @@ pub(crate) async fn import(args: TenantImportArgs) -> anyhow::Result<()> {
     let mut reader = BufReader::with_capacity(256 * 1024, file);
     // A wrong passphrase or a file that is no archive is told before any database is touched.
     let opened = Tenancy::open_archive(&mut reader, passphrase).await?;
+    let anchor = hex::encode(opened.anchor());
+    println!(
+        "{}; its history starts at signing key {} ({})",
+        opened.describe(),
+        crate::infra::integrity::tree_head::key_id(opened.anchor()),
+        anchor
+    );
+    match &args.expect_key {
+        Some(expected) if !expected.trim().eq_ignore_ascii_case(&anchor) => anyhow::bail!(
+            "the archive's history starts at signing key {anchor}, not the expected {}: it is not the organisation's history, or the key given is not its first (generation 0)",
+            expected.trim()
+        ),
+        Some(_) => println!("the first signing key is the expected one"),
+        None => println!(
+            "note: without --expect-key, compare that key with the organisation's generation 0 key as its auditors know it"
+        ),
+    }
     let config = args.common.config()?;
     let database = Database::open(&config).await?;
     let result = async {

@@ -54,7 +54,8 @@ impl<W: AsyncWrite + Unpin> Out<W> {
 }
 
 /// Writes the archive of the organisation `organization` whose database `conn` is connected
-/// to, its secrets opened with `secrets` and sealed under `key` (derived with `kdf`).
+/// to, its secrets opened with `secrets` and sealed under `key` (derived with `kdf`); tells
+/// `snapshot_taken` once the snapshot it reads is fixed.
 pub(crate) async fn export<W: AsyncWrite + Unpin>(
     conn: &mut PgConnection,
     organization: OrganizationEntry,
@@ -62,6 +63,7 @@ pub(crate) async fn export<W: AsyncWrite + Unpin>(
     key: &ArchiveKey,
     kdf: Kdf,
     writer: W,
+    snapshot_taken: Option<tokio::sync::oneshot::Sender<()>>,
 ) -> Result<Exported, ArchiveError> {
     let id = organization.id;
     let mut tx = sqlx::Connection::begin(conn).await?;
@@ -78,6 +80,10 @@ pub(crate) async fn export<W: AsyncWrite + Unpin>(
                 "the organisation's signing key in force cannot be had, so its archive could not be continued elsewhere: {reason}"
             ))
         })?;
+    // The snapshot is taken: whatever is signed from now on is not in the archive.
+    if let Some(taken) = snapshot_taken {
+        let _ = taken.send(());
+    }
     let header = Header {
         format: FORMAT.into(),
         version: VERSION,

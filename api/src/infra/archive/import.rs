@@ -25,9 +25,11 @@ use crate::infra::integrity::verify::verify_in;
 use crate::infra::subject_keys::seal;
 
 /// The longest line an archive may have (a large event is far smaller).
-const MAX_LINE: usize = 64 * 1024 * 1024;
-/// Rows written per statement.
+const MAX_LINE: usize = 16 * 1024 * 1024;
+/// Rows written per statement, and the most bytes (or listed ids) held before they are: what
+/// waits in memory stays bounded whatever the archive's lines hold.
 const BATCH: usize = 2_000;
+const BATCH_BYTES: usize = 16 * 1024 * 1024;
 
 /// Reads one line (with its newline) into `buf`; false at the end of the file. A last line
 /// without its newline is returned as it is (the caller sees it is cut short).
@@ -126,10 +128,16 @@ struct Events {
     node_levels: Vec<i16>,
     node_indexes: Vec<i64>,
     nodes: Vec<Vec<u8>>,
+    bytes: usize,
 }
 
 impl Events {
+    fn full(&self) -> bool {
+        self.positions.len() >= BATCH || self.bytes >= BATCH_BYTES
+    }
+
     fn push(&mut self, event: EventEntry, position: i64) {
+        self.bytes += event.payload.len() + event.metadata.len() + event.aggregate_id.len();
         self.types.push(event.aggregate_type);
         self.ids.push(event.aggregate_id);
         self.sequences.push(event.sequence);
@@ -206,11 +214,13 @@ struct Rows {
     erased: Vec<Option<chrono::DateTime<chrono::Utc>>>,
     reads: Vec<super::format::RecordReadEntry>,
     list_reads: Vec<super::format::ListReadEntry>,
+    listed_ids: usize,
 }
 
 impl Rows {
-    fn len(&self) -> usize {
-        self.subjects.len() + self.reads.len() + self.list_reads.len()
+    fn full(&self) -> bool {
+        self.subjects.len() + self.reads.len() + self.list_reads.len() >= BATCH
+            || self.listed_ids >= BATCH_BYTES / 64
     }
 
     async fn flush(&mut self, conn: &mut PgConnection) -> sqlx::Result<()> {
@@ -310,7 +320,8 @@ pub(crate) async fn import<R: AsyncBufRead + Unpin>(
     let mut frontier = Frontier::default();
     let mut events = Events::default();
     let mut rows = Rows::default();
-    let mut legacy_heads: HashMap<(String, String), i64> = HashMap::new();
+    // Per stream, the covered event with the highest sequence: (sequence, position).
+    let mut legacy_heads: HashMap<(String, String), (i64, i64)> = HashMap::new();
     let mut audit_key = false;
     while next_line(reader, &mut buf).await? {
         line_no += 1;
@@ -418,8 +429,12 @@ pub(crate) async fn import<R: AsyncBufRead + Unpin>(
                 imported.events += 1;
                 let position = imported.events;
                 if e.legacy_covered {
-                    legacy_heads
-                        .insert((e.aggregate_type.clone(), e.aggregate_id.clone()), position);
+                    let head = legacy_heads
+                        .entry((e.aggregate_type.clone(), e.aggregate_id.clone()))
+                        .or_insert((e.sequence, position));
+                    if e.sequence >= head.0 {
+                        *head = (e.sequence, position);
+                    }
                 }
                 if position <= logged_size {
                     let leaf = leaf_hash(&e.hash);
@@ -440,7 +455,7 @@ pub(crate) async fn import<R: AsyncBufRead + Unpin>(
                     });
                 }
                 events.push(e, position);
-                if events.positions.len() >= BATCH {
+                if events.full() {
                     events.flush(&mut tx).await?;
                 }
             }
@@ -510,9 +525,12 @@ pub(crate) async fn import<R: AsyncBufRead + Unpin>(
                 .await?;
             }
             Entry::RecordRead(r) => rows.reads.push(r),
-            Entry::ListRead(r) => rows.list_reads.push(r),
+            Entry::ListRead(r) => {
+                rows.listed_ids += r.record_ids.len();
+                rows.list_reads.push(r);
+            }
         }
-        if rows.len() >= BATCH {
+        if rows.full() {
             rows.flush(&mut tx).await?;
         }
     }
@@ -533,7 +551,10 @@ pub(crate) async fn import<R: AsyncBufRead + Unpin>(
             .await?;
     }
     imported.archive_sha256 = whole.finalize().to_vec();
-    let heads: Vec<i64> = legacy_heads.into_values().collect();
+    let heads: Vec<i64> = legacy_heads
+        .into_values()
+        .map(|(_, position)| position)
+        .collect();
     sqlx::query(
         "INSERT INTO imports (archive_sha256, archive_created_at, events, legacy_heads)
          VALUES ($1, $2, $3, $4)",

@@ -90,10 +90,15 @@ pub(crate) struct DownloadRow {
 
 /// Uses up the live link with this token hash; `None` when it is unknown, used or expired.
 pub(crate) async fn take(pool: &PgPool, token_hash: &[u8]) -> sqlx::Result<Option<DownloadRow>> {
+    // An organisation archive's link keeps the archive key (sealed) until it is used: it goes
+    // with the use, so no copy of the key outlives the download.
     sqlx::query_as(
-        "UPDATE export_downloads SET used_at = now()
-         WHERE token_hash = $1 AND used_at IS NULL AND expires_at > now()
-         RETURNING kind, export_id, datasheet, format, bom, record_ids, actor_id, actor_kind, request_id, filter",
+        "UPDATE export_downloads d
+         SET used_at = now(), filter = CASE WHEN d.kind = 'organization' THEN NULL ELSE d.filter END
+         FROM (SELECT token_hash, filter FROM export_downloads WHERE token_hash = $1 FOR UPDATE) o
+         WHERE d.token_hash = o.token_hash AND d.used_at IS NULL AND d.expires_at > now()
+         RETURNING d.kind, d.export_id, d.datasheet, d.format, d.bom, d.record_ids, d.actor_id,
+                   d.actor_kind, d.request_id, o.filter",
     )
     .bind(token_hash)
     .fetch_optional(pool)

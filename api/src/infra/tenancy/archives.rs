@@ -46,6 +46,23 @@ pub struct OpenedArchive {
     key: ArchiveKey,
 }
 
+impl OpenedArchive {
+    /// The organisation's first signing key (generation 0), where verification starts: compare
+    /// it with the one its auditors know before trusting the archive's history.
+    pub(crate) fn anchor(&self) -> &[u8] {
+        &self.header.audit_anchor
+    }
+
+    /// Whose archive it is and when it was written.
+    pub(crate) fn describe(&self) -> String {
+        let o = &self.header.organization;
+        format!(
+            "archive of {} ({}, region {}), written {} by {}",
+            o.slug, o.id, o.region, self.header.created_at, self.header.written_by
+        )
+    }
+}
+
 /// What a move did.
 #[derive(Debug, Clone)]
 pub(crate) struct Moved {
@@ -72,34 +89,23 @@ impl Tenancy {
         tenant: &Tenant,
         passphrase: SecretString,
         writer: W,
+        data_dir: &std::path::Path,
     ) -> Result<Exported, ArchiveError> {
         if passphrase_chars(&passphrase) < crate::infra::archive::format::MIN_PASSPHRASE_CHARS {
             return Err(ArchiveError::WeakPassphrase);
         }
         let kdf = Kdf::new();
         let key = derive_key(passphrase, kdf.clone()).await?;
-        let organization: (String, String, Option<chrono::DateTime<chrono::Utc>>) =
-            sqlx::query_as("SELECT status, plan, trial_ends_at FROM tenants WHERE id = $1")
-                .bind(tenant.id)
-                .fetch_one(self.catalog())
-                .await?;
-        let (status, plan, trial_ends_at) = organization;
-        let entry = OrganizationEntry {
-            id: tenant.id,
-            slug: tenant.slug.clone(),
-            name: tenant.name.clone(),
-            region: tenant.region.as_str().to_owned(),
-            status,
-            plan,
-            trial_ends_at,
-        };
-        let mut conn = tenant.pool.acquire().await?;
-        let secrets = TenantSecrets {
-            subject_keys: &tenant.subject_keys,
-            two_factor_key: &tenant.two_factor_key,
-            audit_keys: &tenant.audit_keys,
-        };
-        export(&mut conn, entry, secrets, &key, kdf, writer).await
+        let entry = self.organization_entry(tenant.id).await?;
+        write_archive(
+            tenant,
+            entry,
+            &key,
+            kdf,
+            &witness_file(data_dir, tenant.id),
+            writer,
+        )
+        .await
     }
 
     /// The organisation as an archive describes it, from the catalog.
@@ -187,10 +193,14 @@ impl Tenancy {
             row.id,
             Uuid::now_v7().simple()
         ));
+        // The new database's heads go to a scratch witness file until the switch: a failed
+        // move must leave the old database's witness file as it was.
+        let scratch_witness = scratch.with_extension("witness.jsonl");
         let moved = self
-            .copy_to(&row, &target, region, &scratch, data_dir)
+            .copy_to(&row, &target, region, &scratch, &scratch_witness)
             .await;
         let _ = tokio::fs::remove_file(&scratch).await;
+        let _ = tokio::fs::remove_file(&scratch_witness).await;
         let result = match moved {
             Ok(arrived) => {
                 sqlx::query(
@@ -207,11 +217,38 @@ impl Tenancy {
                 .execute(self.catalog())
                 .await?;
                 tracing::info!(tenant.id = %row.id, from = from.as_str(), to = region.as_str(), "organisation moved; dropping its old database");
-                self.drop_tenant_database(from, &row).await?;
-                sqlx::query("UPDATE tenants SET move = NULL WHERE id = $1")
-                    .bind(row.id)
-                    .execute(self.catalog())
-                    .await?;
+                // The real witness file now gets the new database's heads (the next checkpoint
+                // would append them too).
+                let witnessed = async {
+                    let file = witness_file(data_dir, row.id);
+                    let since = last_tree_head(&file)?.map_or(0, |h| h.number);
+                    let mut conn = self.admin_connection(&target).await?;
+                    let heads: Vec<_> = stored_heads(&mut conn, row.id)
+                        .await?
+                        .into_iter()
+                        .map(|s| s.head)
+                        .filter(|h| h.number > since)
+                        .collect();
+                    let _ = conn.close().await;
+                    append_witness(&file, &heads)
+                }
+                .await;
+                if let Err(err) = witnessed {
+                    tracing::error!(tenant.id = %row.id, error = %err, "writing the moved organisation's tree heads to its witness file failed; its next checkpoint appends them");
+                }
+                // Moved; dropping the old database may fail (its server gone): the next start
+                // drops it, as the catalog's move state says.
+                match self.drop_tenant_database(from, &row).await {
+                    Ok(()) => {
+                        sqlx::query("UPDATE tenants SET move = NULL WHERE id = $1")
+                            .bind(row.id)
+                            .execute(self.catalog())
+                            .await?;
+                    }
+                    Err(err) => {
+                        tracing::warn!(tenant.id = %row.id, error = %err, "the old database of a moved organisation could not be dropped yet; the next start drops it");
+                    }
+                }
                 Ok(Moved {
                     from: from.as_str(),
                     to: region.as_str(),
@@ -223,11 +260,17 @@ impl Tenancy {
                 if let Err(cleanup) = self.drop_tenant_database(region, &target).await {
                     tracing::error!(tenant.id = %row.id, error = %cleanup, "dropping a failed move's new database failed");
                 }
-                self.fence(&row, false).await?;
-                sqlx::query("UPDATE tenants SET move = NULL WHERE id = $1")
-                    .bind(row.id)
-                    .execute(self.catalog())
-                    .await?;
+                match self.fence(&row, false).await {
+                    Ok(()) => {
+                        sqlx::query("UPDATE tenants SET move = NULL WHERE id = $1")
+                            .bind(row.id)
+                            .execute(self.catalog())
+                            .await?;
+                    }
+                    Err(fence) => {
+                        tracing::error!(tenant.id = %row.id, error = %fence, "reopening the old database after a failed move failed; the next start reopens it");
+                    }
+                }
                 Err(err)
             }
         };
@@ -243,7 +286,7 @@ impl Tenancy {
         target: &TenantRow,
         region: Region,
         scratch: &std::path::Path,
-        data_dir: &std::path::Path,
+        witness: &std::path::Path,
     ) -> Result<Arrived, ArchiveError> {
         self.fence(row, true).await?;
         let mut passphrase = [0u8; 32];
@@ -262,7 +305,12 @@ impl Tenancy {
         if let Some(dir) = scratch.parent() {
             tokio::fs::create_dir_all(dir).await?;
         }
-        let file = tokio::fs::File::create(scratch).await?;
+        let file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(scratch)
+            .await?;
         let mut conn = pool.acquire().await?;
         export(
             &mut conn,
@@ -275,6 +323,7 @@ impl Tenancy {
             &key,
             kdf,
             file,
+            None,
         )
         .await?;
         drop(conn);
@@ -292,7 +341,7 @@ impl Tenancy {
                 &opened.line,
                 &opened.key,
                 target,
-                data_dir,
+                witness,
             )
             .await?;
         Ok(Arrived {
@@ -353,6 +402,13 @@ impl Tenancy {
                     line: 1,
                     reason: "its audit anchor is not 32 bytes".into(),
                 })?;
+        // Held for the whole import: no other start removes it as an abandoned sign-up.
+        let lock = self.move_lock(organization.id).await?.ok_or_else(|| {
+            ArchiveError::Refused(format!(
+                "organisation {} is being imported or moved by another process",
+                organization.id
+            ))
+        })?;
         let row = self
             .begin_import(organization.id, &slug, &organization.name, region, &anchor)
             .await
@@ -362,18 +418,31 @@ impl Tenancy {
                 ProvisionError::Database(e) => e.into(),
                 ProvisionError::Migration(e) => ArchiveError::Other(e.into()),
             })?;
+        // The witness file gets the received heads and the hand-over; if the import fails it
+        // is removed again — unless it was there before (the organisation lived here once).
+        let witness = witness_file(data_dir, row.id);
+        let existed = witness.exists();
         let arrived = self
-            .fill(reader, &header, &header_line, &key, &row, data_dir)
+            .fill(reader, &header, &header_line, &key, &row, &witness)
             .await;
-        match arrived {
-            Ok((imported, handover, loaded, rebuilt)) => {
-                self.finish_import(
+        if arrived.is_err() && !existed {
+            let _ = std::fs::remove_file(&witness);
+        }
+        let arrived = match arrived {
+            Ok(filled) => self
+                .finish_import(
                     row.id,
                     &organization.status,
                     &organization.plan,
                     organization.trial_ends_at,
                 )
-                .await?;
+                .await
+                .map(|()| filled)
+                .map_err(ArchiveError::Other),
+            Err(err) => Err(err),
+        };
+        let result = match arrived {
+            Ok((imported, handover, loaded, rebuilt)) => {
                 tracing::info!(tenant.id = %row.id, tenant.region = region.as_str(), events = imported.events, "organisation imported from an archive");
                 Ok(Arrived {
                     row,
@@ -389,7 +458,9 @@ impl Tenancy {
                 }
                 Err(err)
             }
-        }
+        };
+        lock.release().await;
+        result
     }
 
     /// The import proper, into the new database of `row`.
@@ -400,7 +471,7 @@ impl Tenancy {
         header_line: &[u8],
         key: &ArchiveKey,
         row: &TenantRow,
-        data_dir: &std::path::Path,
+        witness: &std::path::Path,
     ) -> Result<(Imported, i64, std::time::Duration, std::time::Duration), ArchiveError> {
         let started = std::time::Instant::now();
         let id = row.id;
@@ -428,16 +499,16 @@ impl Tenancy {
         .await?;
         // This server witnesses the heads it received, then retires the key that travelled in
         // the archive: a hand-over head names a new key only this server holds.
-        let file = witness_file(data_dir, id);
-        let since = last_tree_head(&file)?.map_or(0, |h| h.number);
+        let file = witness;
+        let since = last_tree_head(file)?.map_or(0, |h| h.number);
         let heads: Vec<_> = stored_heads(&mut conn, id)
             .await?
             .into_iter()
             .map(|s| s.head)
             .filter(|h| h.number > since)
             .collect();
-        append_witness(&file, &heads)?;
-        let handover = match tree::checkpoint(&mut conn, id, &audit_keys, &file, true).await? {
+        append_witness(file, &heads)?;
+        let handover = match tree::checkpoint(&mut conn, id, &audit_keys, file, true).await? {
             Checkpointed::Signed(head) => head.number,
             Checkpointed::Nothing => {
                 return Err(ArchiveError::Refused(
@@ -456,6 +527,76 @@ impl Tenancy {
         pool.close().await;
         conn.close().await?;
         Ok((imported, handover, loaded, started.elapsed() - loaded))
+    }
+}
+
+/// Writes `tenant`'s archive so that no key that signs its history here leaves the server:
+/// a hand-over first puts a fresh key in force, which the archive carries (the importing server
+/// continues the organisation's key chain with it); as soon as the archive's snapshot is fixed,
+/// another hand-over retires that key here. The key that signed every head the archive holds
+/// — before the first hand-over — never leaves.
+pub(crate) async fn write_archive<W: AsyncWrite + Unpin>(
+    tenant: &Tenant,
+    organization: OrganizationEntry,
+    key: &ArchiveKey,
+    kdf: Kdf,
+    witness: &std::path::Path,
+    writer: W,
+) -> Result<Exported, ArchiveError> {
+    hand_over(tenant, witness).await?;
+    let (taken, snapshot) = tokio::sync::oneshot::channel();
+    let mut conn = tenant.pool.acquire().await?;
+    let secrets = TenantSecrets {
+        subject_keys: &tenant.subject_keys,
+        two_factor_key: &tenant.two_factor_key,
+        audit_keys: &tenant.audit_keys,
+    };
+    let exporting = export(
+        &mut conn,
+        organization,
+        secrets,
+        key,
+        kdf,
+        writer,
+        Some(taken),
+    );
+    let retiring = async {
+        match snapshot.await {
+            Ok(()) => hand_over(tenant, witness).await.map(Some),
+            Err(_) => Ok(None),
+        }
+    };
+    let (exported, retired) = tokio::join!(exporting, retiring);
+    retired?;
+    exported
+}
+
+/// Signs a hand-over tree head of `tenant` to a new key (waiting up to ten seconds for a
+/// checkpoint being signed meanwhile); refused when the log does not agree with its last head.
+async fn hand_over(tenant: &Tenant, witness: &std::path::Path) -> Result<i64, ArchiveError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let mut conn = tenant.pool.acquire().await?;
+        let outcome =
+            tree::checkpoint(&mut conn, tenant.id, &tenant.audit_keys, witness, true).await?;
+        drop(conn);
+        match outcome {
+            Checkpointed::Signed(head) => return Ok(head.number),
+            Checkpointed::Refused(alarm) => {
+                return Err(ArchiveError::Refused(format!(
+                    "the organisation's log does not agree with its last signed tree head, so no archive is written: {}",
+                    alarm.0
+                )))
+            }
+            Checkpointed::Nothing if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Checkpointed::Nothing => {
+                return Err(ArchiveError::Refused(
+                    "another checkpoint kept the signing key busy; try again".into(),
+                ))
+            }
+        }
     }
 }
 

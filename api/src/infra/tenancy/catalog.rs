@@ -171,8 +171,13 @@ impl Tenancy {
         .fetch_all(&self.catalog)
         .await?;
         for id in abandoned {
+            // An import in progress holds its organisation's lock, however long it takes.
+            let Some(lock) = self.move_lock(id).await? else {
+                continue;
+            };
             tracing::warn!(tenant.id = %id, "removing a tenant whose provisioning never finished");
             self.remove(id).await?;
+            lock.release().await;
         }
         Ok(())
     }
@@ -222,7 +227,7 @@ impl Tenancy {
                 .bind(id)
                 .execute(&self.catalog)
                 .await?;
-            drop(lock);
+            lock.release().await;
         }
         Ok(())
     }
@@ -254,7 +259,7 @@ impl Tenancy {
             .execute(&mut admin)
             .await?;
             sqlx::query(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity
                  WHERE datname = $1 AND usename = $2 AND pid <> pg_backend_pid()",
             )
             .bind(&row.database_name)
@@ -397,8 +402,8 @@ impl Tenancy {
         status: &str,
         plan: &str,
         trial_ends_at: Option<chrono::DateTime<chrono::Utc>>,
-    ) -> sqlx::Result<()> {
-        sqlx::query(
+    ) -> anyhow::Result<()> {
+        let done = sqlx::query(
             "UPDATE tenants SET status = $2, plan = $3, trial_ends_at = $4, updated_at = now()
              WHERE id = $1 AND status = 'provisioning'",
         )
@@ -408,6 +413,10 @@ impl Tenancy {
         .bind(trial_ends_at)
         .execute(&self.catalog)
         .await?;
+        anyhow::ensure!(
+            done.rows_affected() == 1,
+            "the imported organisation was removed before it could be put in service"
+        );
         Ok(())
     }
 

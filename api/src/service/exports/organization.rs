@@ -17,11 +17,11 @@ use uuid::Uuid;
 use super::links::{issue_link, stream, ExportTicket};
 use crate::auth::principal::Principal;
 use crate::error::ApiError;
-use crate::infra::archive::export::{export, TenantSecrets};
 use crate::infra::archive::format::{ArchiveKey, Kdf, OrganizationEntry, MIN_PASSPHRASE_CHARS};
+use crate::infra::integrity::tree_head::witness_file;
 use crate::infra::stores::downloads::NewDownload;
 use crate::infra::subject_keys::{open, seal};
-use crate::infra::tenancy::archives::{derive_key, passphrase_chars};
+use crate::infra::tenancy::archives::{derive_key, passphrase_chars, write_archive};
 use crate::infra::tenancy::tenant::Tenant;
 use crate::service::Services;
 
@@ -51,6 +51,28 @@ impl Services {
             ));
         }
         let tenant = &principal.tenant;
+        // Links never opened keep their sealed archive key only until they expire.
+        sqlx::query(
+            "UPDATE export_downloads SET filter = NULL
+             WHERE kind = 'organization' AND filter IS NOT NULL AND expires_at < now()",
+        )
+        .execute(&tenant.pool)
+        .await?;
+        // Told now, not as an empty download: without the signing key in force the archive
+        // could not be continued anywhere.
+        {
+            let mut conn = tenant.pool.acquire().await?;
+            if let Err(reason) = tenant
+                .audit_keys
+                .in_force(&mut conn)
+                .await
+                .map_err(ApiError::internal)?
+            {
+                return Err(ApiError::Conflict(format!(
+                    "the organisation's signing key in force cannot be had: {reason}"
+                )));
+            }
+        }
         let kdf = Kdf::new();
         let key = derive_key(passphrase, kdf.clone())
             .await
@@ -108,11 +130,13 @@ impl Services {
             .organization_entry(tenant.id)
             .await
             .map_err(|e| ApiError::internal(anyhow::anyhow!("{e}")))?;
+        let witness = witness_file(&self.data_dir, tenant.id);
         Ok(OrganizationDownload {
             tenant,
             key,
             kdf,
             organization,
+            witness,
         })
     }
 }
@@ -123,6 +147,8 @@ pub(crate) struct OrganizationDownload {
     key: ArchiveKey,
     kdf: Kdf,
     organization: OrganizationEntry,
+    /// The organisation's witness file (the export's key hand-overs are appended to it).
+    witness: std::path::PathBuf,
 }
 
 impl OrganizationDownload {
@@ -149,14 +175,9 @@ impl OrganizationDownload {
                         key,
                         kdf,
                         organization,
+                        witness,
                     } = self;
-                    let mut conn = tenant.pool.acquire().await?;
-                    let secrets = TenantSecrets {
-                        subject_keys: &tenant.subject_keys,
-                        two_factor_key: &tenant.two_factor_key,
-                        audit_keys: &tenant.audit_keys,
-                    };
-                    export(&mut conn, organization, secrets, &key, kdf, writer)
+                    write_archive(&tenant, organization, &key, kdf, &witness, writer)
                         .await
                         .map_err(anyhow::Error::from)?;
                     Ok::<_, anyhow::Error>(())
