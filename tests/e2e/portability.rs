@@ -487,9 +487,24 @@ async fn damaged_altered_or_foreign_archives_are_refused_with_nothing_created() 
     assert_eq!(provisioning, 0);
 
     // The right archive under another slug comes in, and verifies.
-    import(&target, &archive, PASSPHRASE, &["--slug", &slug("arrived")])
+    let arrived = slug("arrived");
+    import(&target, &archive, PASSPHRASE, &["--slug", &arrived])
         .await
         .unwrap();
+    assert!(target.custos(&["verify", "--tenant", &arrived]).await);
+    // Its first signing key is kept in the catalog with an HMAC only the master key makes:
+    // swapped there, it is refused.
+    sqlx::query("UPDATE tenants SET audit_anchor = $2 WHERE id = $1")
+        .bind(admin.tenant_id)
+        .bind(vec![7u8; 32])
+        .execute(target.services.tenancy.catalog())
+        .await
+        .unwrap();
+    let swapped = target
+        .custos_result(&["verify", "--tenant", &arrived])
+        .await
+        .unwrap_err();
+    assert!(format!("{swapped:#}").contains("does not verify with the master key"));
     let weak = source
         .custos_result(&[
             "tenant",

@@ -14,7 +14,7 @@ use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 use tokio::sync::RwLock;
 use uuid::Uuid;
 
-use super::tenant::{Tenant, TenantRow};
+use super::tenant::{anchor_mac, Tenant, TenantRow};
 use crate::config::Region;
 use crate::infra::keys::{scram_sha256_verifier, MasterKey};
 
@@ -29,7 +29,7 @@ const TEMPLATE_LOCK: i64 = 0x6375_7374_6f73_0001;
 
 /// The catalog columns of a [`TenantRow`].
 const TENANT_COLUMNS: &str =
-    "id, slug, name, region, status, database_name, role_name, audit_anchor";
+    "id, slug, name, region, status, database_name, role_name, audit_anchor, audit_anchor_mac";
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ProvisionError {
@@ -432,8 +432,8 @@ impl Tenancy {
         let db_name = format!("custos_t_{}", Uuid::now_v7().simple());
         let inserted = sqlx::query_as::<_, TenantRow>(&format!(
             "INSERT INTO tenants (id, slug, name, region, status, database_name, role_name,
-                                  trial_ends_at, audit_anchor)
-             VALUES ($1, $2, $3, $4, 'provisioning', $5, $5, now() + interval '30 days', $6)
+                                  trial_ends_at, audit_anchor, audit_anchor_mac)
+             VALUES ($1, $2, $3, $4, 'provisioning', $5, $5, now() + interval '30 days', $6, $7)
              RETURNING {TENANT_COLUMNS}"
         ))
         .bind(id)
@@ -442,6 +442,7 @@ impl Tenancy {
         .bind(region.as_str())
         .bind(&db_name)
         .bind(anchor.map(|a| a.as_slice()))
+        .bind(anchor.map(|a| anchor_mac(&self.master_key, id, a)))
         .fetch_one(&self.catalog)
         .await;
         let row = match inserted {

@@ -37,8 +37,20 @@ pub(crate) struct TenantRow {
     pub status: String,
     pub database_name: String,
     pub role_name: String,
-    /// Generation 0 of the signing key of an organisation imported from another server.
+    /// Generation 0 of the signing key of an organisation imported from another server, and
+    /// its HMAC under a master-derived key ([`anchor_mac`]).
     pub audit_anchor: Option<Vec<u8>>,
+    pub audit_anchor_mac: Option<Vec<u8>>,
+}
+
+/// The HMAC that makes an imported anchor in the catalog trustworthy: only a holder of the
+/// master key can write one that [`TenantRow::audit_keys`] accepts.
+pub(crate) fn anchor_mac(master_key: &MasterKey, tenant_id: Uuid, anchor: &[u8]) -> Vec<u8> {
+    use hmac::Mac;
+    let key = master_key.derive(&format!("custos/audit-anchor/{tenant_id}"));
+    let mut mac = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(&key).expect("any key");
+    mac.update(anchor);
+    mac.finalize().into_bytes().to_vec()
 }
 
 impl TenantRow {
@@ -46,12 +58,25 @@ impl TenantRow {
     /// imported anchor.
     pub(crate) fn audit_keys(&self, master_key: &MasterKey) -> anyhow::Result<AuditKeys> {
         let anchor = match &self.audit_anchor {
-            Some(bytes) => Some(verifying_key(bytes).ok_or_else(|| {
-                anyhow::anyhow!(
-                    "the catalog's audit anchor of {} is not an Ed25519 key",
-                    self.id
-                )
-            })?),
+            Some(bytes) => {
+                let expected = anchor_mac(master_key, self.id, bytes);
+                let holds = self.audit_anchor_mac.as_deref().is_some_and(|mac| {
+                    bool::from(subtle::ConstantTimeEq::ct_eq(mac, expected.as_slice()))
+                });
+                if !holds {
+                    tracing::error!(tenant.id = %self.id, "security: the catalog's first signing key of this organisation was changed outside Custos; it is not opened");
+                    anyhow::bail!(
+                        "the catalog's audit anchor of {} does not verify with the master key",
+                        self.id
+                    );
+                }
+                Some(verifying_key(bytes).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "the catalog's audit anchor of {} is not an Ed25519 key",
+                        self.id
+                    )
+                })?)
+            }
             None => None,
         };
         Ok(AuditKeys::new(master_key, self.id, anchor))
