@@ -112,3 +112,47 @@ pub(crate) async fn sign_up(client: &reqwest::Client, url: &str) -> anyhow::Resu
     .await?;
     Ok(body["data"]["signUp"].clone())
 }
+
+/// The organisation `slug` of a reusable bench store, signed up (with `email` as its
+/// administrator) when the store is new, and the event metadata of that administrator.
+pub(crate) async fn bench_tenant(
+    services: &custos_api::testing::Services,
+    slug: &str,
+    name: &str,
+    email: &str,
+) -> anyhow::Result<(
+    std::sync::Arc<custos_api::testing::Tenant>,
+    custos_domain::EventMetadata,
+)> {
+    use custos_domain::{Actor, EventMetadata};
+    use uuid::Uuid;
+    let tenant = match services.tenancy.by_slug(slug).await? {
+        Some(tenant) => tenant,
+        None => {
+            let organization = custos_api::testing::NewOrganization {
+                name: name.into(),
+                slug: slug.into(),
+                region: "eu".into(),
+                admin_email: email.into(),
+                admin_name: "Bench".into(),
+                password: PASSWORD.to_owned().into(),
+            };
+            let (row, _) = services
+                .create_organization(organization, Uuid::now_v7())
+                .await
+                .map_err(|e| anyhow::anyhow!("sign-up failed: {}", e.message()))?;
+            services
+                .tenancy
+                .get(row.id)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("bench tenant vanished"))?
+        }
+    };
+    let user: Uuid = sqlx::query_scalar("SELECT id FROM users ORDER BY email LIMIT 1")
+        .fetch_one(&tenant.pool)
+        .await?;
+    Ok((
+        tenant,
+        EventMetadata::new(Actor::User(user), Uuid::now_v7()),
+    ))
+}

@@ -11,13 +11,12 @@ use std::time::{Duration, Instant};
 use futures::TryStreamExt;
 use serde_json::json;
 use sqlx::Row;
-use uuid::Uuid;
 
-use custos_api::testing::{verify, NewOrganization, Report};
+use custos_api::testing::{verify, Report};
 use custos_api::{Application, Config, DatabaseConfig};
-use custos_domain::{Actor, Datasheet, EventMetadata};
+use custos_domain::Datasheet;
 
-use crate::common::{data_dir, ms, percentile, BenchArgs, PASSWORD};
+use crate::common::{bench_tenant, data_dir, ms, percentile, BenchArgs, PASSWORD};
 use crate::privacy::{create, events_in, fields, fill, settle, update};
 
 const SLUG: &str = "integrity";
@@ -64,32 +63,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let _ = stopped.await;
     }));
 
-    let tenant = match services.tenancy.by_slug(SLUG).await? {
-        Some(tenant) => tenant,
-        None => {
-            let organization = NewOrganization {
-                name: "Integrity bench".into(),
-                slug: SLUG.into(),
-                region: "eu".into(),
-                admin_email: EMAIL.into(),
-                admin_name: "Bench".into(),
-                password: PASSWORD.to_owned().into(),
-            };
-            let (row, _) = services
-                .create_organization(organization, Uuid::now_v7())
-                .await
-                .map_err(|e| anyhow::anyhow!("sign-up failed: {}", e.message()))?;
-            services
-                .tenancy
-                .get(row.id)
-                .await?
-                .ok_or_else(|| anyhow::anyhow!("bench tenant vanished"))?
-        }
-    };
-    let user: Uuid = sqlx::query_scalar("SELECT id FROM users ORDER BY email LIMIT 1")
-        .fetch_one(&tenant.pool)
-        .await?;
-    let metadata = EventMetadata::new(Actor::User(user), Uuid::now_v7());
+    let (tenant, metadata) = bench_tenant(&services, SLUG, "Integrity bench", EMAIL).await?;
 
     let target = i64::try_from(args.events)?;
     let have = events_in(&tenant).await?;

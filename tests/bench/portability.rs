@@ -13,11 +13,10 @@ use secrecy::SecretString;
 use sqlx::postgres::PgConnectOptions;
 use uuid::Uuid;
 
-use custos_api::testing::{verify, NewOrganization, Placement, Tenancy};
+use custos_api::testing::{verify, Placement, Tenancy};
 use custos_api::{Application, Config, DatabaseConfig};
-use custos_domain::{Actor, EventMetadata};
 
-use crate::common::{data_dir, BenchArgs, PASSWORD};
+use crate::common::{bench_tenant, data_dir, BenchArgs};
 use crate::privacy::{events_in, fill};
 
 const SLUG: &str = "portability";
@@ -52,32 +51,13 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let running = tokio::spawn(application.run_until(async move {
         let _ = stopped.await;
     }));
-    let tenant = match services.tenancy.by_slug(SLUG).await? {
-        Some(tenant) => tenant,
-        None => {
-            let organization = NewOrganization {
-                name: "Portability bench".into(),
-                slug: SLUG.into(),
-                region: "eu".into(),
-                admin_email: "portability@example.org".into(),
-                admin_name: "Bench".into(),
-                password: PASSWORD.to_owned().into(),
-            };
-            let (row, _) = services
-                .create_organization(organization, Uuid::now_v7())
-                .await
-                .map_err(|e| anyhow::anyhow!("sign-up failed: {}", e.message()))?;
-            services
-                .tenancy
-                .get(row.id)
-                .await?
-                .ok_or_else(|| anyhow::anyhow!("bench tenant vanished"))?
-        }
-    };
-    let user: Uuid = sqlx::query_scalar("SELECT id FROM users ORDER BY email LIMIT 1")
-        .fetch_one(&tenant.pool)
-        .await?;
-    let metadata = EventMetadata::new(Actor::User(user), Uuid::now_v7());
+    let (tenant, metadata) = bench_tenant(
+        &services,
+        SLUG,
+        "Portability bench",
+        "portability@example.org",
+    )
+    .await?;
     let target = i64::try_from(args.events)?;
     let have = events_in(&tenant).await?;
     if have < target {

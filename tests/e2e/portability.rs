@@ -427,8 +427,11 @@ async fn damaged_altered_or_foreign_archives_are_refused_with_nothing_created() 
 
     // An event's stored bytes changed: the first altered event is named.
     let altered = edit(&archive, employee_event, |event| {
-        let metadata = event["metadata"].as_str().unwrap().replacen('"', "\"x", 0);
-        event["metadata"] = Value::String(metadata.replace("\"actor", "\"actor_"));
+        let metadata = event["metadata"]
+            .as_str()
+            .unwrap()
+            .replace("\"actor", "\"actor_");
+        event["metadata"] = Value::String(metadata);
     });
     let refused = import(&target, &altered, PASSPHRASE, &[])
         .await

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::io::BufRead;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use clap::{Args, Subcommand};
@@ -263,16 +263,41 @@ impl ServeArgs {
 /// The administrator's password for `tenant create`: CUSTOS_ADMIN_PASSWORD, else one line of
 /// standard input. Never a flag, so it never shows in a process list or shell history.
 pub(crate) fn admin_password() -> anyhow::Result<SecretString> {
-    if let Ok(password) = std::env::var("CUSTOS_ADMIN_PASSWORD") {
-        return Ok(SecretString::from(password));
+    secret_line("CUSTOS_ADMIN_PASSWORD", None).and_then(|secret| {
+        secret.ok_or_else(|| {
+            anyhow::anyhow!("no password: set CUSTOS_ADMIN_PASSWORD or write it on standard input")
+        })
+    })
+}
+
+/// Reads the passphrase of an archive: `CUSTOS_ARCHIVE_PASSPHRASE`, else the first line of
+/// `file`, else the first line of standard input (never a command-line argument, which other
+/// users of the machine can see).
+pub(crate) fn archive_passphrase(file: Option<&Path>) -> anyhow::Result<SecretString> {
+    secret_line("CUSTOS_ARCHIVE_PASSPHRASE", file)?.ok_or_else(|| {
+        anyhow::anyhow!("no passphrase: set CUSTOS_ARCHIVE_PASSPHRASE, pass --passphrase-file, or write it on standard input")
+    })
+}
+
+/// A secret from the environment variable `var`, else the first line of `file`, else the first
+/// line of standard input; `None` when that line is empty.
+fn secret_line(var: &str, file: Option<&Path>) -> anyhow::Result<Option<SecretString>> {
+    if let Ok(value) = std::env::var(var) {
+        return Ok(Some(SecretString::from(value)));
     }
     let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line)?;
-    let password = line.trim_end_matches(['\n', '\r']).to_owned();
-    if password.is_empty() {
-        anyhow::bail!("no password: set CUSTOS_ADMIN_PASSWORD or write it on standard input");
+    match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+            line = text.lines().next().unwrap_or_default().to_owned();
+        }
+        None => {
+            std::io::stdin().lock().read_line(&mut line)?;
+        }
     }
-    Ok(SecretString::from(password))
+    let secret = line.trim_end_matches(['\n', '\r']).to_owned();
+    Ok((!secret.is_empty()).then(|| SecretString::from(secret)))
 }
 
 #[cfg(test)]

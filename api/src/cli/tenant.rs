@@ -8,12 +8,12 @@ use tokio::io::BufReader;
 use uuid::Uuid;
 
 use super::args::{
-    admin_password, TenantCreateArgs, TenantExportArgs, TenantImportArgs, TenantMoveArgs,
-    TenantRotateArgs,
+    admin_password, archive_passphrase, TenantCreateArgs, TenantExportArgs, TenantImportArgs,
+    TenantMoveArgs, TenantRotateArgs,
 };
 use crate::config::Region;
 use crate::infra::database::Database;
-use crate::infra::tenancy::archives::{archive_passphrase, Placement};
+use crate::infra::tenancy::archives::Placement;
 use crate::infra::tenancy::catalog::Tenancy;
 use crate::service::identity::NewOrganization;
 use crate::startup;

@@ -226,60 +226,34 @@ pub(crate) async fn export<W: AsyncWrite + Unpin>(
         }
     }
 
+    // Recovery-code hashes and the record of who read whom go as they are stored.
     {
-        let mut rows = sqlx::query_as::<_, (Uuid, Vec<u8>, Option<DateTime<Utc>>)>(
+        let mut rows = sqlx::query_as::<_, RecoveryCodeEntry>(
             "SELECT user_id, code_hash, used_at FROM recovery_codes ORDER BY user_id, code_hash",
         )
         .fetch(&mut *tx);
-        while let Some((user, code_hash, used_at)) = rows.try_next().await? {
-            out.entry(&Entry::RecoveryCode(RecoveryCodeEntry {
-                user,
-                code_hash,
-                used_at,
-            }))
-            .await?;
+        while let Some(row) = rows.try_next().await? {
+            out.entry(&Entry::RecoveryCode(row)).await?;
         }
     }
-
     {
-        let mut rows = sqlx::query_as::<_, (Uuid, DateTime<Utc>, Uuid, String, Uuid, String)>(
+        let mut rows = sqlx::query_as::<_, RecordReadEntry>(
             "SELECT record_id, read_at, actor_id, actor_kind, request_id, via FROM record_reads
              ORDER BY read_at, record_id",
         )
         .fetch(&mut *tx);
-        while let Some((record_id, read_at, actor_id, actor_kind, request_id, via)) =
-            rows.try_next().await?
-        {
-            out.entry(&Entry::RecordRead(RecordReadEntry {
-                record_id,
-                read_at,
-                actor_id,
-                actor_kind,
-                request_id,
-                via,
-            }))
-            .await?;
+        while let Some(row) = rows.try_next().await? {
+            out.entry(&Entry::RecordRead(row)).await?;
         }
     }
-
     {
-        let mut rows = sqlx::query_as::<_, (DateTime<Utc>, Uuid, String, Uuid, String, Vec<Uuid>)>(
+        let mut rows = sqlx::query_as::<_, ListReadEntry>(
             "SELECT read_at, actor_id, actor_kind, request_id, via, record_ids FROM list_reads
              ORDER BY read_at, request_id",
         )
         .fetch(&mut *tx);
-        while let Some((read_at, actor_id, actor_kind, request_id, via, record_ids)) =
-            rows.try_next().await?
-        {
-            out.entry(&Entry::ListRead(ListReadEntry {
-                read_at,
-                actor_id,
-                actor_kind,
-                request_id,
-                via,
-                record_ids,
-            }))
-            .await?;
+        while let Some(row) = rows.try_next().await? {
+            out.entry(&Entry::ListRead(row)).await?;
         }
     }
     tx.rollback().await?;

@@ -344,15 +344,16 @@ pub(crate) struct TwoFactorEntry {
     pub created_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, sqlx::FromRow)]
 pub(crate) struct RecoveryCodeEntry {
+    #[sqlx(rename = "user_id")]
     pub user: Uuid,
     #[serde(with = "hex::serde")]
     pub code_hash: Vec<u8>,
     pub used_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, sqlx::FromRow)]
 pub(crate) struct RecordReadEntry {
     pub record_id: Uuid,
     pub read_at: DateTime<Utc>,
@@ -362,7 +363,7 @@ pub(crate) struct RecordReadEntry {
     pub via: String,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, sqlx::FromRow)]
 pub(crate) struct ListReadEntry {
     pub read_at: DateTime<Utc>,
     pub actor_id: Uuid,

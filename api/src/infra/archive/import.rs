@@ -19,7 +19,8 @@ use super::export::TenantSecrets;
 use super::format::{
     binding, ArchiveError, ArchiveKey, Entry, EventEntry, Header, Tally, FORMAT, VERSION,
 };
-use crate::infra::integrity::merkle::{leaf_hash, Frontier, STRIDE};
+use crate::infra::integrity::merkle::Frontier;
+use crate::infra::integrity::tree::{insert_head, LogBatch};
 use crate::infra::integrity::tree_head::verifying_key;
 use crate::infra::integrity::verify::verify_in;
 use crate::infra::subject_keys::seal;
@@ -122,12 +123,8 @@ struct Events {
     recorded: Vec<chrono::DateTime<chrono::Utc>>,
     prev_hashes: Vec<Option<Vec<u8>>>,
     hashes: Vec<Vec<u8>>,
-    leaf_indexes: Vec<i64>,
-    leaf_positions: Vec<i64>,
-    leaves: Vec<Vec<u8>>,
-    node_levels: Vec<i16>,
-    node_indexes: Vec<i64>,
-    nodes: Vec<Vec<u8>>,
+    /// The leaves (and nodes) of the events the archive's tree heads signed.
+    log: LogBatch,
     bytes: usize,
 }
 
@@ -178,28 +175,7 @@ impl Events {
             .execute(&mut *conn)
             .await?;
         }
-        if !self.leaves.is_empty() {
-            sqlx::query(
-                "INSERT INTO merkle_leaves (leaf_index, global_position, hash)
-                 SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bytea[])",
-            )
-            .bind(&self.leaf_indexes)
-            .bind(&self.leaf_positions)
-            .bind(&self.leaves)
-            .execute(&mut *conn)
-            .await?;
-        }
-        if !self.nodes.is_empty() {
-            sqlx::query(
-                "INSERT INTO merkle_nodes (level, index, hash)
-                 SELECT * FROM unnest($1::smallint[], $2::bigint[], $3::bytea[])",
-            )
-            .bind(&self.node_levels)
-            .bind(&self.node_indexes)
-            .bind(&self.nodes)
-            .execute(&mut *conn)
-            .await?;
-        }
+        self.log.write(&mut *conn).await?;
         *self = Self::default();
         Ok(())
     }
@@ -307,6 +283,9 @@ pub(crate) async fn import<R: AsyncBufRead + Unpin>(
     sqlx::query("ALTER TABLE events DISABLE TRIGGER events_hash_chain")
         .execute(&mut *tx)
         .await?;
+    let import_xid: i64 = sqlx::query_scalar("SELECT pg_current_xact_id()::text::bigint")
+        .fetch_one(&mut *tx)
+        .await?;
     let mut tally = Tally::default();
     tally.header(header_line);
     let mut whole = Sha256::new();
@@ -378,25 +357,9 @@ pub(crate) async fn import<R: AsyncBufRead + Unpin>(
                 if head.tenant_id != id {
                     return Err(malformed("a tree head of another organisation".into()));
                 }
-                // The head's last event is the one at position `tree_size` here.
-                sqlx::query(
-                    "INSERT INTO tree_heads (number, tree_size, streams, created_at, root, key_id,
-                                             public_key, signature, frontier, last_transaction_id,
-                                             last_global_position, next_public_key)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, pg_current_xact_id(), $2, $10)",
-                )
-                .bind(head.number)
-                .bind(head.tree_size)
-                .bind(head.streams)
-                .bind(head.created_at)
-                .bind(&head.root)
-                .bind(&head.key_id)
-                .bind(&head.public_key)
-                .bind(&head.signature)
-                .bind(&h.frontier)
-                .bind(&head.next_public_key)
-                .execute(&mut *tx)
-                .await?;
+                // The head's last event is the one at position `tree_size` here, written by
+                // this transaction.
+                insert_head(&mut tx, &head, &h.frontier, (import_xid, head.tree_size)).await?;
                 logged_size = logged_size.max(head.tree_size);
                 imported.tree_heads += 1;
             }
@@ -437,22 +400,7 @@ pub(crate) async fn import<R: AsyncBufRead + Unpin>(
                     }
                 }
                 if position <= logged_size {
-                    let leaf = leaf_hash(&e.hash);
-                    events.leaf_indexes.push(position - 1);
-                    events.leaf_positions.push(position);
-                    events.leaves.push(leaf.to_vec());
-                    let (levels, indexes, nodes) = (
-                        &mut events.node_levels,
-                        &mut events.node_indexes,
-                        &mut events.nodes,
-                    );
-                    frontier.push(leaf, |node, hash| {
-                        if node.level.is_multiple_of(STRIDE) {
-                            levels.push(node.level as i16);
-                            indexes.push(node.index as i64);
-                            nodes.push(hash.to_vec());
-                        }
-                    });
+                    events.log.push(&mut frontier, position, &e.hash);
                 }
                 events.push(e, position);
                 if events.full() {

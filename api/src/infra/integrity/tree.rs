@@ -210,48 +210,16 @@ pub(crate) async fn checkpoint(
         if rows.is_empty() {
             break;
         }
-        let mut leaf_index = Vec::with_capacity(rows.len());
-        let mut positions = Vec::with_capacity(rows.len());
-        let mut leaves = Vec::with_capacity(rows.len());
-        let (mut levels, mut indexes, mut nodes) = (Vec::new(), Vec::new(), Vec::new());
+        let mut batch = LogBatch::default();
         for row in &rows {
             let position: i64 = row.try_get("global_position")?;
-            let leaf = leaf_hash(row.try_get::<&[u8], _>("hash")?);
             if row.try_get::<i64, _>("sequence")? == 1 {
                 streams += 1;
             }
-            leaf_index.push(frontier.size() as i64);
-            positions.push(position);
-            leaves.push(leaf.to_vec());
-            frontier.push(leaf, |node, hash| {
-                if node.level.is_multiple_of(STRIDE) {
-                    levels.push(node.level as i16);
-                    indexes.push(node.index as i64);
-                    nodes.push(hash.to_vec());
-                }
-            });
+            batch.push(&mut frontier, position, row.try_get::<&[u8], _>("hash")?);
             after = (row.try_get("transaction_id")?, position);
         }
-        sqlx::query(
-            "INSERT INTO merkle_leaves (leaf_index, global_position, hash)
-             SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bytea[])",
-        )
-        .bind(&leaf_index)
-        .bind(&positions)
-        .bind(&leaves)
-        .execute(&mut *tx)
-        .await?;
-        if !nodes.is_empty() {
-            sqlx::query(
-                "INSERT INTO merkle_nodes (level, index, hash)
-                 SELECT * FROM unnest($1::smallint[], $2::bigint[], $3::bytea[])",
-            )
-            .bind(&levels)
-            .bind(&indexes)
-            .bind(&nodes)
-            .execute(&mut *tx)
-            .await?;
-        }
+        batch.write(&mut tx).await?;
         if (rows.len() as i64) < BATCH {
             break;
         }
@@ -278,6 +246,30 @@ pub(crate) async fn checkpoint(
         &frontier.root(),
         next.as_ref(),
     );
+    insert_head(&mut tx, &head, &frontier.encode(), after).await?;
+    if let Some((new_key, sealed)) = &handover {
+        sqlx::query(
+            "INSERT INTO audit_keys (generation, public_key, sealed_secret) VALUES ($1, $2, $3)",
+        )
+        .bind(generation + 1)
+        .bind(new_key.verifying_key().to_bytes().as_slice())
+        .bind(sealed)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    catch_up_witness(conn, tenant_id, file).await?;
+    Ok(Checkpointed::Signed(head))
+}
+
+/// Stores a signed tree head with its frontier and the (transaction, position) of its last
+/// event, where the next checkpoint starts.
+pub(crate) async fn insert_head(
+    conn: &mut PgConnection,
+    head: &TreeHead,
+    frontier: &[u8],
+    last: (i64, i64),
+) -> sqlx::Result<()> {
     sqlx::query(
         "INSERT INTO tree_heads (number, tree_size, streams, created_at, root, key_id, public_key,
                                  signature, frontier, last_transaction_id, last_global_position,
@@ -292,25 +284,92 @@ pub(crate) async fn checkpoint(
     .bind(&head.key_id)
     .bind(&head.public_key)
     .bind(&head.signature)
-    .bind(frontier.encode())
-    .bind(after.0.to_string())
-    .bind(after.1)
+    .bind(frontier)
+    .bind(last.0.to_string())
+    .bind(last.1)
     .bind(&head.next_public_key)
-    .execute(&mut *tx)
+    .execute(conn)
     .await?;
-    if let Some((new_key, sealed)) = &handover {
-        sqlx::query(
-            "INSERT INTO audit_keys (generation, public_key, sealed_secret) VALUES ($1, $2, $3)",
-        )
-        .bind(generation + 1)
-        .bind(new_key.verifying_key().to_bytes().as_slice())
-        .bind(sealed)
-        .execute(&mut *tx)
-        .await?;
+    Ok(())
+}
+
+/// Leaves added to the log, with the stored nodes they complete, waiting to be written.
+#[derive(Default)]
+pub(crate) struct LogBatch {
+    leaf_indexes: Vec<i64>,
+    positions: Vec<i64>,
+    leaves: Vec<Vec<u8>>,
+    levels: Vec<i16>,
+    indexes: Vec<i64>,
+    nodes: Vec<Vec<u8>>,
+}
+
+impl LogBatch {
+    /// Adds the event at `position` with hash `event_hash` as the next leaf of `frontier`.
+    pub(crate) fn push(&mut self, frontier: &mut Frontier, position: i64, event_hash: &[u8]) {
+        let leaf = leaf_hash(event_hash);
+        self.leaf_indexes.push(frontier.size() as i64);
+        self.positions.push(position);
+        self.leaves.push(leaf.to_vec());
+        let (levels, indexes, nodes) = (&mut self.levels, &mut self.indexes, &mut self.nodes);
+        frontier.push(leaf, |node, hash| {
+            if node.level.is_multiple_of(STRIDE) {
+                levels.push(node.level as i16);
+                indexes.push(node.index as i64);
+                nodes.push(hash.to_vec());
+            }
+        });
     }
-    tx.commit().await?;
-    catch_up_witness(conn, tenant_id, file).await?;
-    Ok(Checkpointed::Signed(head))
+
+    /// Writes the leaves and nodes and empties the batch.
+    pub(crate) async fn write(&mut self, conn: &mut PgConnection) -> sqlx::Result<()> {
+        if !self.leaves.is_empty() {
+            sqlx::query(
+                "INSERT INTO merkle_leaves (leaf_index, global_position, hash)
+                 SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bytea[])",
+            )
+            .bind(&self.leaf_indexes)
+            .bind(&self.positions)
+            .bind(&self.leaves)
+            .execute(&mut *conn)
+            .await?;
+        }
+        if !self.nodes.is_empty() {
+            sqlx::query(
+                "INSERT INTO merkle_nodes (level, index, hash)
+                 SELECT * FROM unnest($1::smallint[], $2::bigint[], $3::bytea[])",
+            )
+            .bind(&self.levels)
+            .bind(&self.indexes)
+            .bind(&self.nodes)
+            .execute(&mut *conn)
+            .await?;
+        }
+        *self = Self::default();
+        Ok(())
+    }
+}
+
+/// A hand-over to a new key ([`checkpoint`] with `rotate`), retried for up to ten seconds
+/// while another checkpoint holds the lock; `Nothing` only if it still could not sign.
+pub(crate) async fn hand_over(
+    pool: &sqlx::PgPool,
+    tenant_id: Uuid,
+    keys: &AuditKeys,
+    file: &Path,
+) -> anyhow::Result<Checkpointed> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let mut conn = pool.acquire().await?;
+        let outcome = checkpoint(&mut conn, tenant_id, keys, file, true).await?;
+        drop(conn);
+        match outcome {
+            Checkpointed::Nothing if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            outcome => return Ok(outcome),
+        }
+    }
 }
 
 /// Whether the last signed head still holds: signed by the key in force (or the very

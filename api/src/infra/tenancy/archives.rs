@@ -164,7 +164,7 @@ impl Tenancy {
             .region
             .parse()
             .map_err(|()| ArchiveError::Refused(format!("unknown region {}", row.region)))?;
-        let lock = self.move_lock(row.id).await?.ok_or_else(|| {
+        let lock = self.organization_lock(row.id).await?.ok_or_else(|| {
             ArchiveError::Refused(format!("`{slug}` is being moved by another process"))
         })?;
         let database = format!("custos_t_{}", Uuid::now_v7().simple());
@@ -403,12 +403,15 @@ impl Tenancy {
                     reason: "its audit anchor is not 32 bytes".into(),
                 })?;
         // Held for the whole import: no other start removes it as an abandoned sign-up.
-        let lock = self.move_lock(organization.id).await?.ok_or_else(|| {
-            ArchiveError::Refused(format!(
-                "organisation {} is being imported or moved by another process",
-                organization.id
-            ))
-        })?;
+        let lock = self
+            .organization_lock(organization.id)
+            .await?
+            .ok_or_else(|| {
+                ArchiveError::Refused(format!(
+                    "organisation {} is being imported or moved by another process",
+                    organization.id
+                ))
+            })?;
         let row = self
             .begin_import(organization.id, &slug, &organization.name, region, &anchor)
             .await
@@ -574,29 +577,15 @@ pub(crate) async fn write_archive<W: AsyncWrite + Unpin>(
 /// Signs a hand-over tree head of `tenant` to a new key (waiting up to ten seconds for a
 /// checkpoint being signed meanwhile); refused when the log does not agree with its last head.
 async fn hand_over(tenant: &Tenant, witness: &std::path::Path) -> Result<i64, ArchiveError> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let mut conn = tenant.pool.acquire().await?;
-        let outcome =
-            tree::checkpoint(&mut conn, tenant.id, &tenant.audit_keys, witness, true).await?;
-        drop(conn);
-        match outcome {
-            Checkpointed::Signed(head) => return Ok(head.number),
-            Checkpointed::Refused(alarm) => {
-                return Err(ArchiveError::Refused(format!(
-                    "the organisation's log does not agree with its last signed tree head, so no archive is written: {}",
-                    alarm.0
-                )))
-            }
-            Checkpointed::Nothing if std::time::Instant::now() < deadline => {
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
-            Checkpointed::Nothing => {
-                return Err(ArchiveError::Refused(
-                    "another checkpoint kept the signing key busy; try again".into(),
-                ))
-            }
-        }
+    match tree::hand_over(&tenant.pool, tenant.id, &tenant.audit_keys, witness).await? {
+        Checkpointed::Signed(head) => Ok(head.number),
+        Checkpointed::Refused(alarm) => Err(ArchiveError::Refused(format!(
+            "the organisation's log does not agree with its last signed tree head, so no archive is written: {}",
+            alarm.0
+        ))),
+        Checkpointed::Nothing => Err(ArchiveError::Refused(
+            "another checkpoint kept the signing key busy; try again".into(),
+        )),
     }
 }
 
@@ -605,27 +594,4 @@ pub(crate) fn passphrase_chars(passphrase: &SecretString) -> usize {
     secrecy::ExposeSecret::expose_secret(passphrase)
         .chars()
         .count()
-}
-
-/// Reads the passphrase of an archive for the command line: `CUSTOS_ARCHIVE_PASSPHRASE`, else
-/// the file given, else the first line of standard input (never a command-line argument,
-/// which other users of the machine can see).
-pub(crate) fn archive_passphrase(file: Option<&std::path::Path>) -> anyhow::Result<SecretString> {
-    if let Ok(value) = std::env::var("CUSTOS_ARCHIVE_PASSPHRASE") {
-        return Ok(SecretString::from(value));
-    }
-    let text = match file {
-        Some(path) => std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("reading the passphrase file {}: {e}", path.display()))?,
-        None => {
-            let mut line = String::new();
-            std::io::BufRead::read_line(&mut std::io::stdin().lock(), &mut line)?;
-            line
-        }
-    };
-    let passphrase = text.lines().next().unwrap_or_default().to_owned();
-    if passphrase.is_empty() {
-        anyhow::bail!("no passphrase: set CUSTOS_ARCHIVE_PASSPHRASE, pass --passphrase-file, or write it on standard input");
-    }
-    Ok(SecretString::from(passphrase))
 }

@@ -67,13 +67,13 @@ pub struct Tenancy {
 /// How often an open tenant context is checked against the catalog.
 const RECHECK: Duration = Duration::from_secs(5);
 
-/// Advisory lock class (in the catalog) held by a move of one organisation.
-const MOVE_LOCK: i32 = 0x6375_0007;
+/// Advisory lock class (in the catalog) held by a move or an import of one organisation.
+const ORGANIZATION_LOCK: i32 = 0x6375_0007;
 
-/// Held for the length of a move; closing its connection releases it.
-pub(crate) struct MoveLock(PgConnection);
+/// Held for the length of a move or an import; closing its connection releases it.
+pub(crate) struct OrganizationLock(PgConnection);
 
-impl MoveLock {
+impl OrganizationLock {
     /// Releases the lock.
     pub(crate) async fn release(self) {
         let _ = self.0.close().await;
@@ -172,7 +172,7 @@ impl Tenancy {
         .await?;
         for id in abandoned {
             // An import in progress holds its organisation's lock, however long it takes.
-            let Some(lock) = self.move_lock(id).await? else {
+            let Some(lock) = self.organization_lock(id).await? else {
                 continue;
             };
             tracing::warn!(tenant.id = %id, "removing a tenant whose provisioning never finished");
@@ -191,7 +191,7 @@ impl Tenancy {
                 .fetch_all(&self.catalog)
                 .await?;
         for (id, state) in moves {
-            let Some(lock) = self.move_lock(id).await? else {
+            let Some(lock) = self.organization_lock(id).await? else {
                 continue;
             };
             let row = self
@@ -232,17 +232,20 @@ impl Tenancy {
         Ok(())
     }
 
-    /// The lock a move of `id` holds for its length (a catalog session lock); `None` when
-    /// another process holds it.
-    pub(crate) async fn move_lock(&self, id: Uuid) -> sqlx::Result<Option<MoveLock>> {
+    /// The lock a move or an import of `id` holds for its length (a catalog session lock);
+    /// `None` when another process holds it.
+    pub(crate) async fn organization_lock(
+        &self,
+        id: Uuid,
+    ) -> sqlx::Result<Option<OrganizationLock>> {
         let mut conn = self.catalog.acquire().await?;
         let key = i64::from_be_bytes(id.as_bytes()[8..].try_into().expect("8 bytes"));
         let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
-            .bind(MOVE_LOCK)
+            .bind(ORGANIZATION_LOCK)
             .bind(key as i32 ^ (key >> 32) as i32)
             .fetch_one(&mut *conn)
             .await?;
-        Ok(taken.then(|| MoveLock(conn.detach())))
+        Ok(taken.then(|| OrganizationLock(conn.detach())))
     }
 
     /// Closes (`true`) or opens again (`false`) a tenant database to its own role: closing

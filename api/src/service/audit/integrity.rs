@@ -65,31 +65,21 @@ impl Services {
     /// later head. Waits (up to ten seconds) for a checkpoint being signed meanwhile.
     pub async fn rotate_audit_key(&self, tenant: &Tenant) -> Result<TreeHead, ApiError> {
         let file = witness_file(&self.data_dir, tenant.id);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            let mut conn = tenant.pool.acquire().await?;
-            let outcome = tree::checkpoint(&mut conn, tenant.id, &tenant.audit_keys, &file, true)
-                .await
-                .map_err(ApiError::internal)?;
-            drop(conn);
-            match outcome {
-                Checkpointed::Signed(head) => {
-                    self.clear_alarm(tenant);
-                    tracing::warn!(tenant.id = %tenant.id, tree_head = head.number, key_id = %head.key_id, "security: audit key rotated; the hand-over tree head names the next key");
-                    return Ok(head);
-                }
-                Checkpointed::Refused(alarm) => {
-                    return Err(self.raise_alarm(tenant, &alarm, "the key was not rotated"))
-                }
-                Checkpointed::Nothing if std::time::Instant::now() < deadline => {
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                }
-                Checkpointed::Nothing => {
-                    return Err(ApiError::Conflict(
-                        "the key was not rotated: a checkpoint is being signed, or nothing is logged yet; try again".into(),
-                    ))
-                }
+        let outcome = tree::hand_over(&tenant.pool, tenant.id, &tenant.audit_keys, &file)
+            .await
+            .map_err(ApiError::internal)?;
+        match outcome {
+            Checkpointed::Signed(head) => {
+                self.clear_alarm(tenant);
+                tracing::warn!(tenant.id = %tenant.id, tree_head = head.number, key_id = %head.key_id, "security: audit key rotated; the hand-over tree head names the next key");
+                Ok(head)
             }
+            Checkpointed::Refused(alarm) => {
+                Err(self.raise_alarm(tenant, &alarm, "the key was not rotated"))
+            }
+            Checkpointed::Nothing => Err(ApiError::Conflict(
+                "the key was not rotated: a checkpoint is being signed, or nothing is logged yet; try again".into(),
+            )),
         }
     }
 

@@ -38,10 +38,27 @@ impl Services {
         if ledger.erased.is_empty() {
             return Ok(0);
         }
+        let subjects: Vec<Uuid> = ledger.erased.iter().map(|e| e.subject).collect();
+        // Usually nothing came back: one query tells, without opening the organisation (its
+        // pool and projectors) at every start.
+        let Some(row) = self.tenancy.row(tenant_id).await? else {
+            return Ok(0);
+        };
+        let mut conn = self.tenancy.admin_connection(&row).await?;
+        let back: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT FROM subject_keys
+                            WHERE subject_id = ANY($1) AND wrapped_key IS NOT NULL)",
+        )
+        .bind(&subjects)
+        .fetch_one(&mut conn)
+        .await?;
+        sqlx::Connection::close(conn).await?;
+        if !back {
+            return Ok(0);
+        }
         let Some(tenant) = self.tenancy.get(tenant_id).await? else {
             return Ok(0);
         };
-        let subjects: Vec<Uuid> = ledger.erased.iter().map(|e| e.subject).collect();
         let times: Vec<_> = ledger.erased.iter().map(|e| e.erased_at).collect();
         let mut tx = tenant.pool.begin().await?;
         let revived: Vec<Uuid> = sqlx::query_scalar(
