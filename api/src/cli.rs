@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 use crate::telemetry::LogFormat;
 
 mod args;
+mod backup;
 mod migrate;
 mod retention;
 mod serve;
@@ -39,6 +40,10 @@ enum Command {
     /// Data retention.
     #[command(subcommand)]
     Retention(args::RetentionCommand),
+    /// Backups of the private cluster (CUSTOS_BACKUP_DIR): base backups and the WAL archive,
+    /// verified, and point-in-time restore.
+    #[command(subcommand)]
+    Backup(args::BackupCommand),
     /// Verify the event store: every stream's hash chain and the signed checkpoints (against
     /// the checkpoint files). Works whether or not the service is running on the data
     /// directory. Exits 1 when anything does not verify.
@@ -74,6 +79,10 @@ impl Cli {
             Command::Retention(args::RetentionCommand::Run(args)) => {
                 retention::run(args).await.map(|()| true)
             }
+            Command::Backup(args::BackupCommand::Now(args)) => backup::now(args).await,
+            Command::Backup(args::BackupCommand::List(args)) => backup::list(args).await,
+            Command::Backup(args::BackupCommand::Verify(args)) => backup::verify(args).await,
+            Command::Backup(args::BackupCommand::Restore(args)) => backup::restore(args).await,
             Command::Verify(args) => verify::run(args).await,
             Command::VerifyProof(args) => Ok(verify_proof::run(&args)),
         }
@@ -107,6 +116,17 @@ mod tests {
                 "A",
             ],
             vec!["custos", "verify-proof", "--public-key", "00", "proof.json"],
+            vec!["custos", "backup", "now", "--backup-dir", "/srv/b"],
+            vec![
+                "custos",
+                "backup",
+                "restore",
+                "--to",
+                "2026-12-02T09:30:00Z",
+                "--into",
+                "/srv/restored",
+            ],
+            vec!["custos", "serve", "--backup-interval", "6h"],
             vec![
                 "custos",
                 "tenant",

@@ -47,6 +47,32 @@ pub enum DatabaseConfig {
     External(Box<PgConnectOptions>),
 }
 
+/// Backups of the private cluster (`CUSTOS_BACKUP_DIR`): WAL archiving and base backups.
+#[derive(Debug, Clone)]
+pub struct BackupConfig {
+    /// Where the WAL archive and the base backups go (best on another disk or a mount of
+    /// another machine).
+    pub dir: PathBuf,
+    /// Seals the master key and the superuser password inside each backup (Argon2id); a
+    /// scheduled backup needs it, and so does a restore.
+    pub passphrase: Option<SecretString>,
+    /// How often a base backup is taken (and verified); `None`: only `custos backup now`.
+    pub interval: Option<Duration>,
+    /// How many verified base backups are kept (with the WAL to restore from the oldest).
+    pub keep: usize,
+}
+
+impl BackupConfig {
+    pub fn new(dir: PathBuf) -> Self {
+        Self {
+            dir,
+            passphrase: None,
+            interval: None,
+            keep: 7,
+        }
+    }
+}
+
 /// Session lifetimes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionPolicy {
@@ -102,6 +128,8 @@ pub struct Config {
     pub checkpoint_interval: Option<Duration>,
     /// Extra `postgresql.conf` settings for the private cluster.
     pub cluster_settings: Vec<(&'static str, String)>,
+    /// Backups of the private cluster; `None`: none are taken.
+    pub backups: Option<BackupConfig>,
 }
 
 impl Config {
@@ -127,6 +155,7 @@ impl Config {
             retention_interval: None,
             checkpoint_interval: None,
             cluster_settings: vec![("max_connections", "300".to_owned())],
+            backups: None,
         }
     }
 }

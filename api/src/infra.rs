@@ -1,8 +1,9 @@
-//! Infrastructure: PostgreSQL (the private cluster and the server in use), keys, the event
+//! Infrastructure: PostgreSQL (the private cluster, its backups and the server in use), keys, the event
 //! store and its projector, tenancy, tamper evidence, the blind index, and what tenant
 //! databases keep outside the event log.
 
 pub(crate) mod archive;
+pub(crate) mod backups;
 pub(crate) mod blind_index;
 pub(crate) mod cluster;
 pub(crate) mod database;

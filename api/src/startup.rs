@@ -10,9 +10,10 @@ use axum::Router;
 use tokio::net::TcpListener;
 
 use crate::auth::passwords::Passwords;
-use crate::config::Config;
+use crate::config::{Config, DatabaseConfig};
 use crate::graphql::build_schema;
 use crate::http::{router, AppState};
+use crate::infra::backups::verify::Backups;
 use crate::infra::database::Database;
 use crate::infra::erasure_ledger::ErasureLedgers;
 use crate::infra::keys::MasterKey;
@@ -28,7 +29,22 @@ pub(crate) async fn services(
         config.master_key.as_ref(),
         &config.data_dir,
     )?);
-    let erasures = ErasureLedgers::new(&config.data_dir, master_key.clone());
+    let backups = match (&config.backups, &config.database) {
+        (None, _) => None,
+        (Some(backups), DatabaseConfig::Private) => {
+            Some(Arc::new(Backups::new(config, backups, master_key.clone())?))
+        }
+        (Some(_), DatabaseConfig::External(_)) => anyhow::bail!(
+            "CUSTOS_BACKUP_DIR is for the private cluster; with DATABASE_URL, back up that \
+             server with its own tools and the organisations with `custos tenant export` \
+             (docs/operations.md, Backups)"
+        ),
+    };
+    let erasures = ErasureLedgers::new(
+        &config.data_dir,
+        backups.as_ref().map(|b| b.store.erasures_dir()),
+        master_key.clone(),
+    );
     let tenancy = Tenancy::start(
         database.options.clone(),
         &config.catalog_database,
@@ -48,6 +64,7 @@ pub(crate) async fn services(
         data_dir: config.data_dir.clone(),
         erasures,
         integrity_alarms: Default::default(),
+        backups,
     });
     // Before anything is served: erasures made since a restored backup are made again.
     services.replay_erasure_ledgers().await?;
@@ -68,6 +85,7 @@ pub struct Application {
     _sweeper: AbortOnDrop,
     _retention: Option<AbortOnDrop>,
     _checkpoints: Option<AbortOnDrop>,
+    _backups: Option<AbortOnDrop>,
     listener: TcpListener,
     router: Router,
     services: Arc<Services>,
@@ -101,10 +119,17 @@ impl Application {
         let checkpoints = config.checkpoint_interval.map(|interval| {
             AbortOnDrop(tokio::spawn(jobs::checkpoints(services.clone(), interval)))
         });
+        let backups = config
+            .backups
+            .as_ref()
+            .and_then(|b| b.interval)
+            .zip(services.backups.clone())
+            .map(|(interval, backups)| AbortOnDrop(tokio::spawn(jobs::backups(backups, interval))));
         Ok(Self {
             _sweeper: AbortOnDrop(sweeper),
             _retention: retention,
             _checkpoints: checkpoints,
+            _backups: backups,
             listener,
             router: router(state),
             services,

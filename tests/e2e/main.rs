@@ -5,6 +5,7 @@ mod access;
 mod api_tokens;
 mod audit;
 mod authz_matrix;
+mod backups;
 mod custom_fields;
 mod datasheets;
 mod event_store;

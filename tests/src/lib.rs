@@ -178,9 +178,17 @@ fn superuser_password() -> String {
 /// A plain-text `pg_dump` of a database of the shared cluster, as a superuser sees it.
 pub fn pg_dump(database: &str) -> String {
     shared();
+    pg_dump_at(&cluster_dir(), database)
+}
+
+/// A plain-text `pg_dump` of a database of the private cluster in `dir`
+/// (`<data-dir>/postgres`), as a superuser sees it.
+pub fn pg_dump_at(dir: &std::path::Path, database: &str) -> String {
     let bin = custos_api::testing::find_bin_dir().expect("PostgreSQL binaries");
-    let dir = cluster_dir();
-    let password = superuser_password();
+    let password = std::fs::read_to_string(dir.join("superuser.password"))
+        .expect("the cluster's password")
+        .trim()
+        .to_owned();
     // The server's own directory when it has pg_dump; some installs keep only the server
     // programs there and pg_dump on PATH.
     let program = Some(bin.join("pg_dump"))
@@ -302,8 +310,28 @@ pub struct TestApp {
     pub data_dir: tempfile::TempDir,
     client: reqwest::Client,
     shutdown: Option<oneshot::Sender<()>>,
+    /// The service's task (it ends once the service has stopped, its cluster too).
+    running: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     /// The `us` region is on the second cluster.
     two_regions: bool,
+    /// On a private cluster of its own, with backups into this directory.
+    backup_dir: Option<PathBuf>,
+}
+
+/// The passphrase of the backups of [`TestApp::spawn_private`].
+pub const BACKUP_PASSPHRASE: &str = "a passphrase for the test backups";
+
+/// A new data directory for a private cluster: as root the cluster runs as an unprivileged
+/// user, who must be able to pass through it.
+pub fn private_dir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new()
+        .prefix("custos-private-")
+        .tempdir()
+        .expect("a temp dir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))
+        .expect("chmod the temp dir");
+    dir
 }
 
 pub const PASSWORD: &str = "correct horse battery staple";
@@ -346,10 +374,19 @@ impl TestApp {
         let application = Application::build(config)
             .await
             .expect("the application builds");
+        Self::run(application, catalog, data_dir, None)
+    }
+
+    fn run(
+        application: Application,
+        catalog: String,
+        data_dir: tempfile::TempDir,
+        backup_dir: Option<PathBuf>,
+    ) -> Self {
         let address = application.local_addr().expect("a bound address");
         let services = application.services();
         let (shutdown, stopped) = oneshot::channel::<()>();
-        tokio::spawn(application.run_until(async move {
+        let running = tokio::spawn(application.run_until(async move {
             let _ = stopped.await;
         }));
         Self {
@@ -359,8 +396,58 @@ impl TestApp {
             data_dir,
             client: reqwest::Client::new(),
             shutdown: Some(shutdown),
+            running: Some(running),
             two_regions: false,
+            backup_dir,
         }
+    }
+
+    /// A service on a private cluster of its own under `data_dir` (as `custos serve` runs
+    /// without DATABASE_URL), backing up into `<data_dir>/backups` (base backups only on
+    /// demand unless `adjust` sets an interval). Stop it with [`TestApp::stop`].
+    pub async fn spawn_private(
+        data_dir: tempfile::TempDir,
+        adjust: impl FnOnce(&mut Config),
+    ) -> Self {
+        shared();
+        let backup_dir = data_dir.path().join("backups");
+        std::fs::write(data_dir.path().join("backup.passphrase"), BACKUP_PASSPHRASE)
+            .expect("the passphrase file");
+        let mut config = Config::new(data_dir.path().to_owned(), DatabaseConfig::Private);
+        config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.tenant_pool_size = 4;
+        config.password_hash_concurrency = 2;
+        config.login_attempts_per_minute = 10_000;
+        config.cluster_settings = vec![
+            ("max_connections", "100".to_owned()),
+            ("fsync", "off".to_owned()),
+            ("synchronous_commit", "off".to_owned()),
+        ];
+        let mut backups = custos_api::BackupConfig::new(backup_dir.clone());
+        backups.passphrase = Some(BACKUP_PASSPHRASE.to_owned().into());
+        config.backups = Some(backups);
+        adjust(&mut config);
+        let application = Application::build(config)
+            .await
+            .expect("the application builds");
+        let catalog = "custos".to_owned();
+        Self::run(application, catalog, data_dir, Some(backup_dir))
+    }
+
+    /// Stops the service and waits until it has (its private cluster stopped too); the data
+    /// directory is then handed back.
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(running) = self.running.take() {
+            running
+                .await
+                .expect("the service task")
+                .expect("the service stops cleanly");
+        }
+        let placeholder = tempfile::tempdir().expect("a temp dir");
+        std::mem::replace(&mut self.data_dir, placeholder)
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -597,7 +684,7 @@ impl TestApp {
     pub async fn custos(&self, args: &[&str]) -> bool {
         self.custos_result(args)
             .await
-            .unwrap_or_else(|err| panic!("custos failed: {err:#}"))
+            .unwrap_or_else(|err| panic!("custos failed: {err:?}"))
     }
 
     /// [`TestApp::custos`], with the error a failing command reports.
@@ -612,7 +699,24 @@ impl TestApp {
         let data_dir = self.data_dir.path().display().to_string();
         let mut argv = vec!["custos"];
         argv.extend_from_slice(args);
-        argv.extend(["--data-dir", &data_dir, "--database-url", &url]);
+        argv.extend(["--data-dir", &data_dir]);
+        let (backup_dir, passphrase_file);
+        match &self.backup_dir {
+            Some(dir) => {
+                backup_dir = dir.display().to_string();
+                passphrase_file = self
+                    .data_dir
+                    .path()
+                    .join("backup.passphrase")
+                    .display()
+                    .to_string();
+                argv.extend(["--backup-dir", &backup_dir]);
+                if !args.contains(&"--backup-passphrase-file") {
+                    argv.extend(["--backup-passphrase-file", &passphrase_file]);
+                }
+            }
+            None => argv.extend(["--database-url", &url]),
+        }
         let us_url;
         if self.two_regions {
             let dir = std::env::temp_dir().join(format!("custos-test-{}-us", nix_uid()));
@@ -639,6 +743,10 @@ impl Drop for TestApp {
     fn drop(&mut self) {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
+        }
+        if self.backup_dir.is_some() {
+            // Its own cluster, stopped with it; nothing on the shared one.
+            return;
         }
         let catalog = self.catalog.clone();
         let options = shared()

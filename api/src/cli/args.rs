@@ -11,7 +11,7 @@ use clap::{Args, Subcommand};
 use secrecy::SecretString;
 use sqlx::postgres::PgConnectOptions;
 
-use crate::config::{Config, DatabaseConfig, Region, SessionPolicy};
+use crate::config::{BackupConfig, Config, DatabaseConfig, Region, SessionPolicy};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum TenantCommand {
@@ -35,6 +35,56 @@ pub(crate) enum TenantCommand {
     /// imported and verified there, the catalog switched, the old database dropped. A failure
     /// leaves it where it was. Run it with the service stopped (users log in again afterwards).
     Move(TenantMoveArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum BackupCommand {
+    /// Take a base backup of the private cluster now (beside a running service, or starting
+    /// the cluster), verify it, and remove the backups and WAL the newest verified ones no
+    /// longer need. The backup passphrase comes from CUSTOS_BACKUP_PASSPHRASE,
+    /// --backup-passphrase-file, or the first line of standard input.
+    Now(BackupArgs),
+    /// List the base backups, newest first, with their verification, and the WAL archive.
+    List(BackupArgs),
+    /// Verify a base backup again (the newest by default): pg_verifybackup against its
+    /// manifest, its sealed keys opened, a copy started in a scratch directory and every
+    /// organisation in it verified. Exits 1 when it does not verify.
+    Verify(BackupVerifyArgs),
+    /// Restore into a new data directory, to a moment (--to) or the newest state the archive
+    /// has: the newest base backup from before it, its WAL replayed, every organisation
+    /// verified and every erasure made since replayed. Start it with
+    /// `custos serve --data-dir DIR`.
+    Restore(BackupRestoreArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BackupArgs {
+    #[command(flatten)]
+    pub(crate) common: CommonArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BackupVerifyArgs {
+    #[command(flatten)]
+    pub(crate) common: CommonArgs,
+    /// The backup's id (as `custos backup list` shows it).
+    #[arg(long)]
+    pub(crate) id: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BackupRestoreArgs {
+    #[command(flatten)]
+    pub(crate) common: CommonArgs,
+    /// The moment to restore, RFC 3339 (2026-12-02T09:30:00Z); the newest state otherwise.
+    #[arg(long)]
+    pub(crate) to: Option<String>,
+    /// The new data directory (absent or empty).
+    #[arg(long)]
+    pub(crate) into: PathBuf,
+    /// The base backup to start from (default: the newest that finished before --to).
+    #[arg(long)]
+    pub(crate) backup: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -113,6 +163,17 @@ pub(crate) struct CommonArgs {
     /// Server for the `us` region, when not the default server.
     #[arg(long, env = "CUSTOS_REGION_US_URL", hide_env_values = true)]
     pub(crate) region_us_url: Option<String>,
+    /// Where the private cluster's backups go (WAL archive and base backups): best another
+    /// disk or a mount of another machine. Without it no backup is taken.
+    #[arg(long, env = "CUSTOS_BACKUP_DIR")]
+    pub(crate) backup_dir: Option<PathBuf>,
+    /// A file whose first line is the backup passphrase (or set CUSTOS_BACKUP_PASSPHRASE): it
+    /// seals the master key inside each backup.
+    #[arg(long, env = "CUSTOS_BACKUP_PASSPHRASE_FILE")]
+    pub(crate) backup_passphrase_file: Option<PathBuf>,
+    /// How many verified base backups to keep.
+    #[arg(long, env = "CUSTOS_BACKUP_KEEP", default_value_t = 7)]
+    pub(crate) backup_keep: usize,
 }
 
 #[derive(Debug, Args)]
@@ -142,6 +203,10 @@ pub(crate) struct ServeArgs {
     /// organisation (0: only on demand, with the `createCheckpoint` mutation).
     #[arg(long, env = "CUSTOS_CHECKPOINT_INTERVAL_SECONDS", default_value_t = 60)]
     pub(crate) checkpoint_interval_seconds: u64,
+    /// How often a base backup is taken and verified, with CUSTOS_BACKUP_DIR (`24h`, `6h`,
+    /// `30m`; `0`: only with `custos backup now`).
+    #[arg(long, env = "CUSTOS_BACKUP_INTERVAL", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub(crate) backup_interval: std::time::Duration,
 }
 
 #[derive(Debug, Args)]
@@ -238,6 +303,22 @@ impl CommonArgs {
         config.master_key = std::env::var("CUSTOS_MASTER_KEY")
             .ok()
             .map(SecretString::from);
+        config.backups = match &self.backup_dir {
+            Some(dir) => {
+                let mut backups = BackupConfig::new(dir.clone());
+                backups.keep = self.backup_keep.max(1);
+                // Never standard input here: `serve` has none to read from.
+                backups.passphrase = match (
+                    std::env::var("CUSTOS_BACKUP_PASSPHRASE").is_ok(),
+                    &self.backup_passphrase_file,
+                ) {
+                    (false, None) => None,
+                    (_, file) => Some(backup_passphrase(file.as_deref())?),
+                };
+                Some(backups)
+            }
+            None => None,
+        };
         Ok(config)
     }
 }
@@ -252,6 +333,19 @@ impl ServeArgs {
             .then(|| std::time::Duration::from_secs(self.checkpoint_interval_seconds));
         config.retention_interval = (self.retention_interval_minutes > 0)
             .then(|| std::time::Duration::from_secs(self.retention_interval_minutes * 60));
+        if let Some(backups) = &mut config.backups {
+            if self.backup_interval.is_zero() {
+                backups.interval = None;
+            } else {
+                backups.interval = Some(self.backup_interval);
+                if backups.passphrase.is_none() {
+                    anyhow::bail!(
+                        "CUSTOS_BACKUP_DIR is set but no backup passphrase: set \
+                         CUSTOS_BACKUP_PASSPHRASE or CUSTOS_BACKUP_PASSPHRASE_FILE"
+                    );
+                }
+            }
+        }
         config.sessions = SessionPolicy {
             idle_timeout: std::time::Duration::from_secs(self.session_idle_minutes * 60),
             absolute_lifetime: std::time::Duration::from_secs(self.session_lifetime_hours * 3600),
@@ -276,6 +370,14 @@ pub(crate) fn admin_password() -> anyhow::Result<SecretString> {
 pub(crate) fn archive_passphrase(file: Option<&Path>) -> anyhow::Result<SecretString> {
     secret_line("CUSTOS_ARCHIVE_PASSPHRASE", file)?.ok_or_else(|| {
         anyhow::anyhow!("no passphrase: set CUSTOS_ARCHIVE_PASSPHRASE, pass --passphrase-file, or write it on standard input")
+    })
+}
+
+/// The passphrase that seals the master key inside backups: `CUSTOS_BACKUP_PASSPHRASE`, else
+/// the first line of `file`, else the first line of standard input.
+pub(crate) fn backup_passphrase(file: Option<&Path>) -> anyhow::Result<SecretString> {
+    secret_line("CUSTOS_BACKUP_PASSPHRASE", file)?.ok_or_else(|| {
+        anyhow::anyhow!("no backup passphrase: set CUSTOS_BACKUP_PASSPHRASE, pass --backup-passphrase-file, or write it on standard input")
     })
 }
 
@@ -311,6 +413,9 @@ mod tests {
             database_url: Some("postgres://u:p@db.internal/records".into()),
             region_eu_url: None,
             region_us_url: None,
+            backup_dir: None,
+            backup_passphrase_file: None,
+            backup_keep: 7,
         };
         let config = args.config().unwrap();
         assert_eq!(config.catalog_database, "records");

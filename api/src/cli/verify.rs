@@ -12,11 +12,10 @@ use uuid::Uuid;
 use super::args::VerifyArgs;
 use crate::infra::database::Database;
 use crate::infra::integrity::read_models::{compare, ReadModelReport};
-use crate::infra::integrity::tree_head::{read_witness, witness_file};
-use crate::infra::integrity::verify::{verify, Report};
+use crate::infra::integrity::verify::Report;
 use crate::infra::keys::MasterKey;
-use crate::infra::tenancy::catalog::list_tenants;
 use crate::infra::tenancy::tenant::Reading;
+use crate::infra::tenancy::verification::{verify_organisations, Scope};
 
 /// Verifies every organisation (or one) of the data directory's database, printing a report
 /// per organisation; false when anything does not verify.
@@ -25,53 +24,36 @@ pub(crate) async fn run(args: VerifyArgs) -> anyhow::Result<bool> {
     let database = Database::open_or_attach(&config).await?;
     let result = async {
         let master = MasterKey::load(config.master_key.as_ref(), &config.data_dir)?;
-        let mut catalog = PgConnection::connect_with(
-            &database.options.clone().database(&config.catalog_database),
-        )
-        .await?;
-        let tenants = list_tenants(&mut catalog).await?;
-        catalog.close().await?;
-        if let Some(slug) = &args.tenant {
-            if !tenants.iter().any(|t| t.slug == *slug) {
-                anyhow::bail!("no organisation has the slug `{slug}`");
-            }
-        }
+        let scope = Scope {
+            server: &database.options,
+            catalog: &config.catalog_database,
+            regions: &config.regions,
+            default_server_only: false,
+            master: &master,
+            data_dir: &config.data_dir,
+        };
+        let verified =
+            verify_organisations(&scope, args.tenant.as_deref(), args.checkpoints.as_deref())
+                .await?;
         let mut all_ok = true;
-        for row in tenants {
-            let (id, slug, database_name) = (row.id, &row.slug, &row.database_name);
-            // The tenant database is on its region's server (the default one unless configured).
-            let server = row
-                .region
-                .parse::<crate::config::Region>()
-                .ok()
-                .and_then(|region| config.regions.get(&region).cloned())
-                .unwrap_or_else(|| database.options.clone());
-            if args.tenant.as_ref().is_some_and(|s| s != slug) {
-                continue;
-            }
-            let path = match (&args.checkpoints, &args.tenant) {
-                (Some(path), Some(_)) => path.clone(),
-                _ => witness_file(&config.data_dir, id),
-            };
-            let witness = read_witness(&path)?;
-            let mut conn =
-                PgConnection::connect_with(&server.clone().database(database_name)).await?;
-            let expected = row.audit_keys(&master)?.anchor();
-            let report = verify(&mut conn, id, Some(expected), Some(&witness)).await?;
-            print_report(slug, id, &path, &report);
+        for organisation in verified {
+            let (row, report) = (&organisation.row, &organisation.report);
+            print_report(&row.slug, row.id, &organisation.witness, report);
             all_ok &= report.ok();
             if args.read_models {
+                let database = organisation.server.clone().database(&row.database_name);
+                let mut conn = PgConnection::connect_with(&database).await?;
                 let pool = PgPoolOptions::new()
                     .max_connections(2)
-                    .connect_with(server.clone().database(database_name))
+                    .connect_with(database)
                     .await?;
-                let reading = Reading::new(&pool, &master, id);
+                let reading = Reading::new(&pool, &master, row.id);
                 let models = compare(&mut conn, &reading.log, &reading.read_models).await?;
                 pool.close().await;
-                print_read_models(slug, &models);
+                conn.close().await?;
+                print_read_models(&row.slug, &models);
                 all_ok &= models.differences.is_empty();
             }
-            conn.close().await?;
         }
         Ok::<_, anyhow::Error>(all_ok)
     }
@@ -102,7 +84,7 @@ fn print_read_models(slug: &str, report: &ReadModelReport) {
     }
 }
 
-fn print_report(slug: &str, id: Uuid, file: &Path, report: &Report) {
+pub(super) fn print_report(slug: &str, id: Uuid, file: &Path, report: &Report) {
     let verdict = if report.ok() { "OK" } else { "FAILED" };
     println!(
         "{slug} ({id}): {verdict} — {} events in {} streams; {} signed tree head(s){}",

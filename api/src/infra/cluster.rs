@@ -116,7 +116,7 @@ fn first_with_server(candidates: impl IntoIterator<Item = PathBuf>) -> Option<Pa
 
 /// The OS user the cluster's processes run as.
 #[derive(Debug, Clone)]
-struct RunAs {
+pub(crate) struct RunAs {
     name: String,
     uid: u32,
     gid: u32,
@@ -139,15 +139,96 @@ fn run_as() -> Result<Option<RunAs>, ClusterError> {
         .ok_or(ClusterError::NoUnprivilegedUser)
 }
 
+/// The machine's PostgreSQL programs, and the user they run as (an unprivileged one when this
+/// process is root): for the cluster and for the backup tools.
+#[derive(Debug, Clone)]
+pub(crate) struct Tools {
+    bin_dir: PathBuf,
+    run_as: Option<RunAs>,
+}
+
+impl Tools {
+    pub(crate) fn find() -> Result<Self, ClusterError> {
+        Ok(Self {
+            bin_dir: find_bin_dir()?,
+            run_as: run_as()?,
+        })
+    }
+
+    /// Where `program` is: beside the server programs, else beside the file they link to
+    /// (`/usr/local/bin/postgres` may be a link into `/usr/lib/postgresql/15/bin`, which has
+    /// the backup tools of the same version), else found on PATH.
+    fn program(&self, program: &str) -> PathBuf {
+        let linked = self
+            .bin_dir
+            .join("postgres")
+            .canonicalize()
+            .ok()
+            .and_then(|server| server.parent().map(|dir| dir.join(program)));
+        std::iter::once(self.bin_dir.join(program))
+            .chain(linked)
+            .find(|path| path.is_file())
+            .unwrap_or_else(|| PathBuf::from(program))
+    }
+
+    /// `program` from the server's directory, run in `dir` as the cluster's user.
+    pub(crate) fn command(&self, program: &str, dir: &Path) -> Command {
+        let mut command = Command::new(self.program(program));
+        command.current_dir(dir);
+        command.env_remove("PGDATA").env("LC_ALL", "C");
+        if let Some(user) = &self.run_as {
+            command.uid(user.uid).gid(user.gid).env("HOME", dir);
+        }
+        command
+    }
+
+    /// Runs `command` to its end: its output, or an error with it.
+    pub(crate) fn run(&self, mut command: Command) -> Result<String, ClusterError> {
+        // The program and its arguments, never its environment (which may carry a password).
+        let description = std::iter::once(command.get_program())
+            .chain(command.get_args())
+            .map(|part| part.to_string_lossy())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let output = command
+            .stdin(Stdio::null())
+            .output()
+            .map_err(io_at(&self.bin_dir))?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        if output.status.success() {
+            Ok(text)
+        } else {
+            Err(ClusterError::Command {
+                command: description,
+                status: output.status.to_string(),
+                output: text.trim().to_owned(),
+            })
+        }
+    }
+
+    /// Gives `path` to the cluster's user (when this process is root), after checking that
+    /// user can reach it.
+    pub(crate) fn hand_over(&self, path: &Path) -> Result<(), ClusterError> {
+        if let Some(user) = &self.run_as {
+            check_reachable(user, path)?;
+            own(user, path)?;
+        }
+        Ok(())
+    }
+}
+
 /// A running private cluster. Dropping it without [`PrivateCluster::stop`] leaves the
 /// watchdog to stop PostgreSQL when this process exits.
 #[derive(Debug)]
 pub struct PrivateCluster {
-    bin_dir: PathBuf,
+    tools: Tools,
     pgdata: PathBuf,
     socket_dir: PathBuf,
     log_file: PathBuf,
-    run_as: Option<RunAs>,
     password: SecretString,
     watchdog: Option<(Child, ChildStdin)>,
     _lock: File,
@@ -157,8 +238,8 @@ impl PrivateCluster {
     /// Initialises (first time) and starts the cluster under `dir`, applying `settings`
     /// (`name = value` lines for `postgresql.conf`). Blocking: call from a blocking context.
     pub fn start(dir: &Path, settings: &[(&str, String)]) -> Result<Self, ClusterError> {
-        let bin_dir = find_bin_dir()?;
-        let run_as = run_as()?;
+        let tools = Tools::find()?;
+        let run_as = tools.run_as.clone();
         fs::create_dir_all(dir).map_err(io_at(dir))?;
         let dir = dir.canonicalize().map_err(io_at(dir))?;
         let lock_path = dir.join("custos.lock");
@@ -195,11 +276,10 @@ impl PrivateCluster {
         }
         let password = superuser_password(&dir)?;
         let cluster = Self {
-            bin_dir,
+            tools,
             pgdata,
             socket_dir,
             log_file,
-            run_as,
             password,
             watchdog: None,
             _lock: lock,
@@ -227,6 +307,11 @@ impl PrivateCluster {
         &self.socket_dir
     }
 
+    /// The server's log.
+    pub(crate) fn log_file(&self) -> &Path {
+        &self.log_file
+    }
+
     /// Stops the server (fast shutdown: running transactions are rolled back). Blocking.
     pub fn stop(mut self) -> Result<(), ClusterError> {
         let result = self.pg_ctl(&["stop", "-m", "fast", "-w", "-t", "60"]);
@@ -238,38 +323,12 @@ impl PrivateCluster {
     }
 
     fn command(&self, program: &str) -> Command {
-        let mut command = Command::new(self.bin_dir.join(program));
-        command.current_dir(self.pgdata.parent().unwrap_or(&self.pgdata));
-        command.env_remove("PGDATA").env("LC_ALL", "C");
-        if let Some(user) = &self.run_as {
-            command
-                .uid(user.uid)
-                .gid(user.gid)
-                .env("HOME", &self.pgdata);
-        }
-        command
+        self.tools
+            .command(program, self.pgdata.parent().unwrap_or(&self.pgdata))
     }
 
-    fn run(&self, mut command: Command) -> Result<String, ClusterError> {
-        let description = format!("{command:?}");
-        let output = command
-            .stdin(Stdio::null())
-            .output()
-            .map_err(io_at(&self.bin_dir))?;
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        if output.status.success() {
-            Ok(text)
-        } else {
-            Err(ClusterError::Command {
-                command: description,
-                status: output.status.to_string(),
-                output: text.trim().to_owned(),
-            })
-        }
+    fn run(&self, command: Command) -> Result<String, ClusterError> {
+        self.tools.run(command)
     }
 
     fn pg_ctl(&self, args: &[&str]) -> Result<String, ClusterError> {
@@ -294,7 +353,7 @@ impl PrivateCluster {
         }
         let pwfile = dir.join("initdb.pw");
         write_private(&pwfile, self.password.expose_secret())?;
-        if let Some(user) = &self.run_as {
+        if let Some(user) = &self.tools.run_as {
             own(user, &pwfile)?;
         }
         let mut command = self.command("initdb");
@@ -328,7 +387,7 @@ impl PrivateCluster {
         }
         let path = self.pgdata.join("custos.conf");
         fs::write(&path, text).map_err(io_at(&path))?;
-        if let Some(user) = &self.run_as {
+        if let Some(user) = &self.tools.run_as {
             own(user, &path)?;
         }
         Ok(())
@@ -390,7 +449,7 @@ impl PrivateCluster {
     /// A small shell that waits for this process to go away (its stdin reaches EOF when the
     /// pipe's only writer, this process, exits) and then stops the cluster.
     fn spawn_watchdog(&self) -> Result<(Child, ChildStdin), ClusterError> {
-        let pg_ctl = self.bin_dir.join("pg_ctl");
+        let pg_ctl = self.tools.bin_dir.join("pg_ctl");
         let mut command = Command::new("/bin/sh");
         command
             .arg("-c")
@@ -401,7 +460,7 @@ impl PrivateCluster {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .process_group(0);
-        if let Some(user) = &self.run_as {
+        if let Some(user) = &self.tools.run_as {
             command.uid(user.uid).gid(user.gid);
         }
         let mut child = command.spawn().map_err(io_at(&pg_ctl))?;

@@ -4,7 +4,8 @@
 use sqlx::postgres::PgConnectOptions;
 
 use crate::config::{Config, DatabaseConfig};
-use crate::infra::cluster::PrivateCluster;
+use crate::infra::backups::{BackupStore, RESTORING};
+use crate::infra::cluster::{PrivateCluster, Tools};
 
 /// The PostgreSQL server Custos administers, and the private cluster when it runs one.
 pub(crate) struct Database {
@@ -21,11 +22,25 @@ impl Database {
                 cluster: None,
             }),
             DatabaseConfig::Private => {
+                if config.data_dir.join(RESTORING).exists() {
+                    anyhow::bail!(
+                        "{} holds an interrupted restore: run `custos backup restore` into it again, or remove it",
+                        config.data_dir.display()
+                    );
+                }
                 let dir = config.data_dir.join("postgres");
-                let settings = config.cluster_settings.clone();
-                let cluster =
-                    tokio::task::spawn_blocking(move || PrivateCluster::start(&dir, &settings))
-                        .await??;
+                let mut settings = config.cluster_settings.clone();
+                let store = config.backups.as_ref().map(|b| BackupStore::new(&b.dir));
+                if let Some(store) = &store {
+                    settings.extend(store.archive_settings());
+                }
+                let cluster = tokio::task::spawn_blocking(move || {
+                    if let Some(store) = store {
+                        store.prepare(&Tools::find()?)?;
+                    }
+                    Ok::<_, anyhow::Error>(PrivateCluster::start(&dir, &settings)?)
+                })
+                .await??;
                 tracing::info!(socket = %cluster.socket_dir().display(), "private PostgreSQL cluster started");
                 Ok(Self {
                     options: cluster.connect_options(),

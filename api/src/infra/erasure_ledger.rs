@@ -40,6 +40,9 @@ pub(crate) struct Ledger {
 /// The erasure ledgers of a data directory.
 pub(crate) struct ErasureLedgers {
     dir: PathBuf,
+    /// A copy of every ledger in the backup directory, rewritten after each erasure: a restore
+    /// after the data directory itself was lost still knows every erasure.
+    mirror: Option<PathBuf>,
     master: std::sync::Arc<MasterKey>,
 }
 
@@ -47,9 +50,15 @@ pub(crate) struct ErasureLedgers {
 static APPENDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl ErasureLedgers {
-    pub(crate) fn new(data_dir: &Path, master: std::sync::Arc<MasterKey>) -> Self {
+    /// The ledgers under `data_dir`, copied into `mirror` (the backup directory's) when given.
+    pub(crate) fn new(
+        data_dir: &Path,
+        mirror: Option<PathBuf>,
+        master: std::sync::Arc<MasterKey>,
+    ) -> Self {
         Self {
             dir: data_dir.join("erasures"),
+            mirror,
             master,
         }
     }
@@ -132,8 +141,24 @@ impl ErasureLedgers {
         let mut line = serde_json::to_vec(&entry).map_err(std::io::Error::other)?;
         line.push(b'\n');
         file.write_all(&line)?;
-        file.sync_all()
+        file.sync_all()?;
+        if let Some(mirror) = &self.mirror {
+            copy_durably(&self.path(tenant), &mirror.join(format!("{tenant}.jsonl")))?;
+        }
+        Ok(())
     }
+}
+
+/// Copies the ledger `from` over `to` (a temporary file, fsynced, renamed into place): the
+/// copy is whole, old or new, whenever it is read.
+pub(crate) fn copy_durably(from: &Path, to: &Path) -> std::io::Result<()> {
+    let dir = to.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let partial = to.with_extension("jsonl.partial");
+    std::fs::copy(from, &partial)?;
+    std::fs::File::open(&partial)?.sync_all()?;
+    std::fs::rename(&partial, to)?;
+    std::fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]
@@ -144,12 +169,19 @@ mod tests {
     fn the_ledger_chains_its_lines_and_notices_an_altered_one() {
         let dir = std::env::temp_dir().join(format!("custos-ledger-{}", Uuid::now_v7()));
         let master = std::sync::Arc::new(MasterKey::from_hex(&"ab".repeat(32)).unwrap());
-        let ledgers = ErasureLedgers::new(&dir, master.clone());
+        let mirror = dir.join("backups").join("erasures");
+        let ledgers = ErasureLedgers::new(&dir, Some(mirror.clone()), master.clone());
         let tenant = Uuid::now_v7();
         let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
         ledgers.append(tenant, a).unwrap();
         ledgers.append(tenant, b).unwrap();
         ledgers.append(tenant, a).unwrap();
+        let copy = mirror.join(format!("{tenant}.jsonl"));
+        assert_eq!(
+            std::fs::read(&copy).unwrap(),
+            std::fs::read(ledgers.path(tenant)).unwrap(),
+            "the backup directory holds the whole ledger"
+        );
         let read = ledgers.read(tenant).unwrap();
         assert_eq!(read.broken_at, None);
         assert_eq!(
@@ -159,6 +191,7 @@ mod tests {
         // Another master key cannot read it as valid; an edited line breaks the chain there.
         let other = ErasureLedgers::new(
             &dir,
+            None,
             std::sync::Arc::new(MasterKey::from_hex(&"cd".repeat(32)).unwrap()),
         );
         assert_eq!(other.read(tenant).unwrap().broken_at, Some(1));

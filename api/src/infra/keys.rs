@@ -76,6 +76,12 @@ impl MasterKey {
         }
     }
 
+    /// The key as 64 hexadecimal digits (sealed into each backup, never written in clear
+    /// beside it).
+    pub(crate) fn to_hex(&self) -> SecretString {
+        SecretString::from(hex::encode(self.0.expose_secret()))
+    }
+
     /// A 32-byte key for `purpose`; the same inputs always give the same key.
     pub fn derive(&self, purpose: &str) -> [u8; 32] {
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.0.expose_secret())

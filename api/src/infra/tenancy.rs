@@ -1,7 +1,8 @@
 //! Tenancy: the catalog of tenants and their databases (`catalog`), organisations leaving and
-//! arriving as archives (`archives`), and one tenant's open
-//! context (`tenant`).
+//! arriving as archives (`archives`), one tenant's open
+//! context (`tenant`), and every organisation of a server verified (`verification`).
 
 pub(crate) mod archives;
 pub(crate) mod catalog;
 pub(crate) mod tenant;
+pub(crate) mod verification;

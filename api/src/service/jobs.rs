@@ -1,9 +1,11 @@
 //! What `serve` runs on a schedule: every organisation's retention policies, signed
-//! checkpoints of every open organisation, and closing tenant contexts nobody uses.
+//! checkpoints of every open organisation, verified backups, and closing tenant contexts
+//! nobody uses.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::infra::backups::verify::Backups;
 use crate::service::privacy::retention::run_tenants;
 use crate::service::Services;
 
@@ -33,6 +35,35 @@ pub(crate) async fn checkpoints(services: Arc<Services>, interval: Duration) {
                 err.report();
             }
         }
+    }
+}
+
+/// Takes, verifies and prunes a base backup every `interval` (the first at once when the
+/// newest is older than that); a failed round is tried again after a quarter of the interval
+/// (an hour at most).
+pub(crate) async fn backups(backups: Arc<Backups>, interval: Duration) {
+    let newest = backups
+        .store
+        .list()
+        .ok()
+        .and_then(|list| list.first().map(|b| b.finished_at));
+    let age = newest
+        .and_then(|at| (chrono::Utc::now() - at).to_std().ok())
+        .unwrap_or(interval);
+    tokio::time::sleep(interval.saturating_sub(age)).await;
+    loop {
+        let wait = match backups.run().await {
+            Ok(info) if info.verified_at().is_some() => interval,
+            Ok(info) => {
+                tracing::error!(backup = %info.id, "the scheduled backup did not verify");
+                (interval / 4).min(Duration::from_secs(3600))
+            }
+            Err(err) => {
+                tracing::error!(error = %format!("{err:#}"), "the scheduled backup failed");
+                (interval / 4).min(Duration::from_secs(3600))
+            }
+        };
+        tokio::time::sleep(wait).await;
     }
 }
 

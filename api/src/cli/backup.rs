@@ -1,0 +1,343 @@
+//! `custos backup now|list|verify|restore`: base backups of the private cluster with its WAL
+//! archive, verified by restoring them, and point-in-time restore into a new data directory.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use super::args::{backup_passphrase, BackupArgs, BackupRestoreArgs, BackupVerifyArgs, CommonArgs};
+use super::verify::print_report;
+use crate::config::{BackupConfig, Config, DatabaseConfig};
+use crate::infra::backups::restore::{flush_archive, lay_out, recover, EndedBeforeTarget, Layout};
+use crate::infra::backups::verify::Backups;
+use crate::infra::backups::{BackupInfo, BackupStore, Verification, RESTORING};
+use crate::infra::cluster::{attach_options, PrivateCluster, Tools};
+use crate::infra::database::Database;
+use crate::infra::keys::MasterKey;
+use crate::infra::tenancy::verification::{verify_organisations, Scope};
+use crate::startup;
+
+/// The configuration with its backup settings, which these commands need; the passphrase from
+/// standard input when neither the environment nor a file gives it.
+fn config(common: &CommonArgs, passphrase: bool) -> anyhow::Result<(Config, BackupConfig)> {
+    let config = common.config()?;
+    if !matches!(config.database, DatabaseConfig::Private) {
+        anyhow::bail!(
+            "`custos backup` is for the private cluster; with DATABASE_URL, back up that server \
+             with its own tools and the organisations with `custos tenant export`"
+        );
+    }
+    let mut backups = config.backups.clone().ok_or_else(|| {
+        anyhow::anyhow!("no backup directory: set CUSTOS_BACKUP_DIR or pass --backup-dir")
+    })?;
+    if passphrase && backups.passphrase.is_none() {
+        backups.passphrase = Some(backup_passphrase(None)?);
+    }
+    Ok((config, backups))
+}
+
+fn backups(config: &Config, backups: &BackupConfig) -> anyhow::Result<Backups> {
+    let master = Arc::new(MasterKey::load(
+        config.master_key.as_ref(),
+        &config.data_dir,
+    )?);
+    Backups::new(config, backups, master)
+}
+
+pub(crate) async fn now(args: BackupArgs) -> anyhow::Result<bool> {
+    let (mut config, settings) = config(&args.common, true)?;
+    config.backups = Some(settings.clone());
+    let database = Database::open_or_attach(&config).await?;
+    let result = async { backups(&config, &settings)?.run().await }.await;
+    database.stop().await?;
+    let info = result?;
+    print_backup(&info);
+    Ok(info.verified_at().is_some())
+}
+
+pub(crate) async fn list(args: BackupArgs) -> anyhow::Result<bool> {
+    let (_, settings) = config(&args.common, false)?;
+    let store = BackupStore::new(&settings.dir);
+    let backups = store.list()?;
+    if backups.is_empty() {
+        println!("no base backups in {}", settings.dir.display());
+    }
+    for info in &backups {
+        print_backup(info);
+    }
+    let (bytes, oldest) = store.wal_summary();
+    println!(
+        "WAL archive: {:.1} MB{}",
+        bytes as f64 / 1e6,
+        oldest
+            .map(|name| format!(", from {name}"))
+            .unwrap_or_default()
+    );
+    match backups.iter().find(|b| b.verified_at().is_some()) {
+        Some(info) => println!(
+            "last verified backup: {} (finished {})",
+            info.id,
+            stamp(info.finished_at)
+        ),
+        None => println!("last verified backup: none"),
+    }
+    Ok(true)
+}
+
+pub(crate) async fn verify(args: BackupVerifyArgs) -> anyhow::Result<bool> {
+    let (config, settings) = config(&args.common, true)?;
+    let backups = backups(&config, &settings)?;
+    let id = match args.id {
+        Some(id) => id,
+        None => backups
+            .store
+            .list()?
+            .first()
+            .map(|b| b.id.clone())
+            .ok_or_else(|| anyhow::anyhow!("no base backups in {}", settings.dir.display()))?,
+    };
+    let verification = backups.verify(&id).await?;
+    print_backup(&backups.store.get(&id)?);
+    Ok(verification.ok())
+}
+
+fn stamp(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+fn print_backup(info: &BackupInfo) {
+    println!(
+        "{}: finished {}, {:.1} MB, from WAL {} — {}",
+        info.id,
+        stamp(info.finished_at),
+        info.bytes as f64 / 1e6,
+        info.start_wal,
+        describe(info.verification.as_ref())
+    );
+    for problem in info.verification.iter().flat_map(|v| v.problems.iter()) {
+        println!("  {problem}");
+    }
+}
+
+fn describe(verification: Option<&Verification>) -> String {
+    match verification {
+        None => "not verified".to_owned(),
+        Some(v) if v.ok() => format!(
+            "verified {}: manifest and WAL checked, restored, {} organisation(s) verified",
+            stamp(v.at),
+            v.organisations
+        ),
+        Some(v) => format!("DOES NOT VERIFY (checked {})", stamp(v.at)),
+    }
+}
+
+pub(crate) async fn restore(args: BackupRestoreArgs) -> anyhow::Result<bool> {
+    let (config, settings) = config(&args.common, false)?;
+    let target = args
+        .to
+        .as_deref()
+        .map(|text| {
+            DateTime::parse_from_rfc3339(text)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|_| {
+                    anyhow::anyhow!(
+                        "--to `{text}` is not an RFC 3339 time (like 2026-12-02T09:30:00Z)"
+                    )
+                })
+        })
+        .transpose()?;
+    if target.is_some_and(|t| t > Utc::now()) {
+        anyhow::bail!("--to is in the future");
+    }
+    let into = args.into.as_path();
+    check_target(into, &config.data_dir)?;
+    let store = BackupStore::new(&settings.dir);
+    let backup = choose(&store, args.backup.as_deref(), target)?;
+    let passphrase = match settings.passphrase.clone() {
+        Some(passphrase) => passphrase,
+        None => backup_passphrase(None)?,
+    };
+    let secrets = {
+        let (store, id) = (store.clone(), backup.id.clone());
+        tokio::task::spawn_blocking(move || store.open_secrets(&id, &passphrase)).await??
+    };
+    // Everything the running service has written reaches the archive first.
+    let running = running_cluster(&config.data_dir).await;
+    if let Some(options) = &running {
+        flush_archive(options).await?;
+    }
+    let live = config
+        .data_dir
+        .exists()
+        .then_some(config.data_dir.as_path());
+    std::fs::create_dir_all(into)?;
+    crate::infra::backups::write_durably(&into.join(RESTORING), b"")?;
+    let tools = Tools::find()?;
+    let layout = Layout {
+        store: &store,
+        backup: &backup,
+        secrets: &secrets,
+        live,
+        unarchived_wal: running.is_none(),
+    };
+    println!(
+        "restoring base backup {} (finished {}) into {}",
+        backup.id,
+        stamp(backup.finished_at),
+        into.display()
+    );
+    // Blocking file copies: nothing else runs in this command meanwhile.
+    lay_out(&layout, into, &tools)?;
+    let reached = match recover(into, &store, target, &tools).await {
+        Ok(()) => target
+            .map(stamp)
+            .unwrap_or_else(|| "the end of the WAL archive".to_owned()),
+        Err(err) if err.is::<EndedBeforeTarget>() => {
+            lay_out(&layout, into, &tools)?;
+            recover(into, &store, None, &tools).await?;
+            "the end of the WAL archive (nothing archived is later than --to)".to_owned()
+        }
+        Err(err) => return Err(err),
+    };
+    println!("recovered to {reached}; starting it and verifying every organisation");
+    let ok = start_and_verify(&config, into).await?;
+    std::fs::remove_file(into.join(RESTORING))?;
+    if ok {
+        println!(
+            "restored: start it with `custos serve --data-dir {}`",
+            into.display()
+        );
+    } else {
+        println!("restored, but some organisation DOES NOT VERIFY (above)");
+    }
+    Ok(ok)
+}
+
+/// The restore target must be new: absent, empty, or left by an interrupted restore (whose
+/// cluster is not running).
+fn check_target(into: &Path, data_dir: &Path) -> anyhow::Result<()> {
+    let same = |a: &Path, b: &Path| {
+        a.canonicalize()
+            .ok()
+            .zip(b.canonicalize().ok())
+            .is_some_and(|(a, b)| a == b)
+    };
+    if same(into, data_dir) {
+        anyhow::bail!("--into is the data directory itself: restore into a new directory");
+    }
+    let Ok(mut entries) = std::fs::read_dir(into) else {
+        return Ok(());
+    };
+    if entries.next().is_none() {
+        return Ok(());
+    }
+    if !into.join(RESTORING).exists() {
+        anyhow::bail!(
+            "{} exists and is not empty: restore into a new directory",
+            into.display()
+        );
+    }
+    if attach_options(&into.join("postgres")).is_ok()
+        && into.join("postgres/data/postmaster.pid").exists()
+    {
+        let pid = std::fs::read_to_string(into.join("postgres/data/postmaster.pid"))
+            .ok()
+            .and_then(|text| {
+                text.lines()
+                    .next()
+                    .and_then(|l| l.trim().parse::<i32>().ok())
+            });
+        if pid.is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists()) {
+            anyhow::bail!(
+                "{} holds an interrupted restore whose PostgreSQL still runs",
+                into.display()
+            );
+        }
+    }
+    tracing::warn!(dir = %into.display(), "removing what an interrupted restore left");
+    std::fs::remove_dir_all(into)?;
+    Ok(())
+}
+
+/// The base backup to start from: the one named, or the newest that finished before the
+/// target.
+fn choose(
+    store: &BackupStore,
+    id: Option<&str>,
+    target: Option<DateTime<Utc>>,
+) -> anyhow::Result<BackupInfo> {
+    let backups = store.list()?;
+    let chosen = match id {
+        Some(id) => store.get(id)?,
+        None => backups
+            .iter()
+            .find(|b| target.is_none_or(|t| b.finished_at <= t))
+            .cloned()
+            .ok_or_else(|| match (backups.last(), target) {
+                (Some(oldest), Some(t)) => anyhow::anyhow!(
+                    "no base backup finished before {}: the oldest finished at {}",
+                    stamp(t),
+                    stamp(oldest.finished_at)
+                ),
+                _ => anyhow::anyhow!("no base backups in {}", store.dir().display()),
+            })?,
+    };
+    if target.is_some_and(|t| t < chosen.finished_at) {
+        anyhow::bail!(
+            "base backup {} finished at {}, after --to",
+            chosen.id,
+            stamp(chosen.finished_at)
+        );
+    }
+    Ok(chosen)
+}
+
+/// Superuser options for the service's cluster when it runs on `data_dir`.
+async fn running_cluster(data_dir: &Path) -> Option<sqlx::postgres::PgConnectOptions> {
+    use sqlx::Connection;
+    let options = attach_options(&data_dir.join("postgres")).ok()?;
+    let conn = sqlx::PgConnection::connect_with(&options).await.ok()?;
+    conn.close().await.ok()?;
+    Some(options)
+}
+
+/// Starts the restored directory as `serve` would (migrations, and the erasure ledgers
+/// replayed before anything else), verifies every organisation on its cluster, and stops it.
+async fn start_and_verify(config: &Config, into: &Path) -> anyhow::Result<bool> {
+    let mut restored = Config::new(into.to_owned(), DatabaseConfig::Private);
+    restored.catalog_database = config.catalog_database.clone();
+    restored.regions = config.regions.clone();
+    restored.cluster_settings = config.cluster_settings.clone();
+    let cluster = {
+        let (dir, settings) = (into.join("postgres"), restored.cluster_settings.clone());
+        tokio::task::spawn_blocking(move || PrivateCluster::start(&dir, &settings)).await??
+    };
+    let database = Database {
+        options: cluster.connect_options(),
+        cluster: Some(cluster),
+    };
+    let result = async {
+        let services = startup::services(&restored, &database).await?;
+        services.tenancy.close().await;
+        let master = MasterKey::load(None, into)?;
+        let scope = Scope {
+            server: &database.options,
+            catalog: &restored.catalog_database,
+            regions: &restored.regions,
+            default_server_only: true,
+            master: &master,
+            data_dir: into,
+        };
+        let mut ok = true;
+        for organisation in verify_organisations(&scope, None, None).await? {
+            let (row, report) = (&organisation.row, &organisation.report);
+            print_report(&row.slug, row.id, &organisation.witness, report);
+            ok &= report.ok();
+        }
+        Ok::<_, anyhow::Error>(ok)
+    }
+    .await;
+    database.stop().await?;
+    result
+}

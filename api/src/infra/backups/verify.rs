@@ -1,0 +1,223 @@
+//! Verified backups: each base backup is checked against its manifest (`pg_verifybackup`), its
+//! sealed keys opened, the backup started in a scratch directory and every organisation in it
+//! verified (hash chains, Merkle log, signed tree heads against the witness files the backup
+//! carries). [`Backups::run`] is one scheduled round: take, verify, prune.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+use secrecy::SecretString;
+use sqlx::postgres::PgConnectOptions;
+
+use super::{copy_files, copy_tree, write_durably, BackupInfo, BackupStore, Secrets, Verification};
+use crate::config::Region;
+use crate::infra::cluster::{PrivateCluster, Tools};
+use crate::infra::keys::MasterKey;
+use crate::infra::tenancy::verification::{verify_organisations, Scope};
+
+/// Backups of one data directory's private cluster.
+pub(crate) struct Backups {
+    pub store: BackupStore,
+    tools: Tools,
+    data_dir: PathBuf,
+    passphrase: Option<SecretString>,
+    keep: usize,
+    catalog: String,
+    regions: HashMap<Region, PgConnectOptions>,
+    master: std::sync::Arc<MasterKey>,
+}
+
+impl Backups {
+    pub(crate) fn new(
+        config: &crate::config::Config,
+        backups: &crate::config::BackupConfig,
+        master: std::sync::Arc<MasterKey>,
+    ) -> anyhow::Result<Self> {
+        let store = BackupStore::new(&backups.dir);
+        Ok(Self {
+            store,
+            tools: Tools::find()?,
+            data_dir: config.data_dir.clone(),
+            passphrase: backups.passphrase.clone(),
+            keep: backups.keep,
+            catalog: config.catalog_database.clone(),
+            regions: config.regions.clone(),
+            master,
+        })
+    }
+
+    /// When the newest backup that verified finished (read from the backup directory, so a
+    /// backup taken or checked by `custos backup` counts too).
+    pub(crate) fn last_verified(&self) -> Option<DateTime<Utc>> {
+        self.store
+            .list()
+            .ok()?
+            .iter()
+            .find(|b| b.verified_at().is_some())
+            .map(|b| b.finished_at)
+    }
+
+    fn passphrase(&self) -> anyhow::Result<&SecretString> {
+        self.passphrase.as_ref().ok_or_else(|| {
+            anyhow::anyhow!(
+                "no backup passphrase: set CUSTOS_BACKUP_PASSPHRASE or CUSTOS_BACKUP_PASSPHRASE_FILE"
+            )
+        })
+    }
+
+    /// Takes a base backup, verifies it, and removes what the newest verified ones no longer
+    /// need: one scheduled round, or `custos backup now`.
+    pub(crate) async fn run(&self) -> anyhow::Result<BackupInfo> {
+        let passphrase = self.passphrase()?.clone();
+        let store = self.store.clone();
+        let tools = self.tools.clone();
+        let data_dir = self.data_dir.clone();
+        let secrets = Secrets {
+            master_key: self.master.to_hex(),
+            superuser_password: superuser_password(&data_dir)?,
+        };
+        let (lock, info) = tokio::task::spawn_blocking(move || {
+            let lock = store.lock()?;
+            let info = store.take(&tools, &data_dir, &secrets, &passphrase)?;
+            Ok::<_, anyhow::Error>((lock, info))
+        })
+        .await??;
+        tracing::info!(backup = %info.id, bytes = info.bytes, "base backup taken");
+        let verification = self.verify_locked(&info.id).await?;
+        drop(lock);
+        if verification.ok() {
+            let store = self.store.clone();
+            let tools = self.tools.clone();
+            let keep = self.keep;
+            let removed = tokio::task::spawn_blocking(move || {
+                let _lock = store.lock()?;
+                store.prune(&tools, keep)
+            })
+            .await??;
+            if !removed.is_empty() {
+                tracing::info!(removed = removed.len(), "old base backups removed");
+            }
+        }
+        self.store.get(&info.id)
+    }
+
+    /// Verifies the backup `id` whole, records the result in its description, and returns it.
+    pub(crate) async fn verify(&self, id: &str) -> anyhow::Result<Verification> {
+        let store = self.store.clone();
+        let lock = tokio::task::spawn_blocking(move || store.lock()).await??;
+        let verification = self.verify_locked(id).await;
+        drop(lock);
+        verification
+    }
+
+    async fn verify_locked(&self, id: &str) -> anyhow::Result<Verification> {
+        let mut info = self.store.get(id)?;
+        let mut verification = Verification {
+            at: Utc::now(),
+            manifest: false,
+            restored: false,
+            organisations: 0,
+            problems: Vec::new(),
+        };
+        let (store, tools, id_owned) = (self.store.clone(), self.tools.clone(), id.to_owned());
+        match tokio::task::spawn_blocking(move || store.check_manifest(&tools, &id_owned)).await? {
+            Ok(()) => verification.manifest = true,
+            Err(problem) => verification
+                .problems
+                .push(format!("pg_verifybackup: {problem}")),
+        }
+        match self.restore_and_verify(id, &mut verification).await {
+            Ok(()) => {}
+            Err(err) => verification.problems.push(format!("restoring it: {err:#}")),
+        }
+        info.verification = Some(verification.clone());
+        self.store.write_info(&info)?;
+        if verification.ok() {
+            tracing::info!(backup = %id, organisations = verification.organisations, "backup verified");
+        } else {
+            tracing::error!(backup = %id, problems = ?verification.problems, "a backup did not verify");
+        }
+        Ok(verification)
+    }
+
+    /// Opens the backup's secrets, starts a copy of it in `<backup-dir>/scratch`, verifies
+    /// every organisation in it, and removes the copy.
+    async fn restore_and_verify(
+        &self,
+        id: &str,
+        verification: &mut Verification,
+    ) -> anyhow::Result<()> {
+        let passphrase = self.passphrase()?.clone();
+        let (store, id_owned) = (self.store.clone(), id.to_owned());
+        let secrets =
+            tokio::task::spawn_blocking(move || store.open_secrets(&id_owned, &passphrase))
+                .await??;
+        let master =
+            MasterKey::from_hex(secrecy::ExposeSecret::expose_secret(&secrets.master_key))?;
+        let scratch = self.store.dir().join("scratch");
+        let set = self.store.set_dir(id);
+        let cluster = {
+            let scratch = scratch.clone();
+            tokio::task::spawn_blocking(move || {
+                if scratch.exists() {
+                    std::fs::remove_dir_all(&scratch)?;
+                }
+                let postgres = scratch.join("postgres");
+                std::fs::create_dir_all(&postgres)?;
+                copy_tree(&set.join("data"), &postgres.join("data"))?;
+                write_durably(
+                    &postgres.join("superuser.password"),
+                    secrecy::ExposeSecret::expose_secret(&secrets.superuser_password).as_bytes(),
+                )?;
+                copy_files(&set.join("checkpoints"), &scratch.join("checkpoints"))?;
+                let settings = [
+                    ("archive_mode", "off".to_owned()),
+                    ("max_connections", "20".to_owned()),
+                ];
+                Ok::<_, anyhow::Error>(PrivateCluster::start(&postgres, &settings)?)
+            })
+            .await??
+        };
+        verification.restored = true;
+        let options = cluster.connect_options();
+        let scope = Scope {
+            server: &options,
+            catalog: &self.catalog,
+            regions: &self.regions,
+            default_server_only: true,
+            master: &master,
+            data_dir: &scratch,
+        };
+        let result = verify_organisations(&scope, None, None).await;
+        tokio::task::spawn_blocking(move || {
+            let stopped = cluster.stop();
+            let removed = std::fs::remove_dir_all(&scratch);
+            stopped?;
+            removed?;
+            Ok::<_, anyhow::Error>(())
+        })
+        .await??;
+        for organisation in result? {
+            if organisation.report.ok() {
+                verification.organisations += 1;
+            } else {
+                verification.problems.push(format!(
+                    "organisation {} does not verify in the backup ({} broken stream(s); {})",
+                    organisation.row.slug,
+                    organisation.report.broken.len(),
+                    organisation.report.checkpoint_problems.join("; ")
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The private cluster's superuser password, from its file in the data directory.
+pub(crate) fn superuser_password(data_dir: &std::path::Path) -> anyhow::Result<SecretString> {
+    let path = data_dir.join("postgres").join("superuser.password");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+    Ok(SecretString::from(text.trim().to_owned()))
+}

@@ -1,0 +1,312 @@
+//! Backups of the private cluster: a scheduled base backup verified by restoring it, the WAL
+//! archive, `custos backup now|list|verify|restore`, and a point-in-time restore into a new
+//! data directory that keeps an erasure made after the moment restored.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use custos_tests::{pg_dump_at, private_dir, slug, TestApp, PASSWORD};
+use serde_json::{json, Value};
+
+fn backups(dir: &Path) -> Vec<Value> {
+    let mut list: Vec<Value> = std::fs::read_dir(dir.join("base"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| std::fs::read(entry.path().join("backup.json")).ok())
+        .map(|bytes| serde_json::from_slice(&bytes).expect("backup.json is JSON"))
+        .collect();
+    list.sort_by_key(|b| b["finishedAt"].as_str().unwrap_or_default().to_owned());
+    list
+}
+
+fn verified(backup: &Value) -> bool {
+    let v = &backup["verification"];
+    v["manifest"] == json!(true)
+        && v["restored"] == json!(true)
+        && v["problems"].as_array().is_some_and(|p| p.is_empty())
+}
+
+async fn healthz(app: &TestApp) -> String {
+    reqwest::get(app.url("/healthz"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+async fn employee(app: &TestApp, token: &str, first: &str, last: &str) -> String {
+    app.create_employee(token, json!({ "firstName": first, "lastName": last }))
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_point_in_time_restore_brings_back_that_moment_without_the_people_erased_since() {
+    let app = TestApp::spawn_private(private_dir(), |config| {
+        let backups = config.backups.as_mut().unwrap();
+        backups.interval = Some(Duration::from_secs(3600));
+    })
+    .await;
+    let backup_dir: PathBuf = app.data_dir.path().join("backups");
+    let admin = app.sign_up(&slug("vault")).await;
+    let erased = employee(&app, &admin.token, "Obliviana", "Eraseworth").await;
+    employee(&app, &admin.token, "Constance", "Beforehand").await;
+    app.settled(admin.tenant_id).await;
+
+    // The schedule takes the first base backup at once (there is none), and verifies it by
+    // restoring it; /healthz says when.
+    let mut health = String::new();
+    for _ in 0..600 {
+        health = healthz(&app).await;
+        if health.contains("last verified backup: 2") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        health.contains("last verified backup: 2"),
+        "no verified backup within two minutes: {health}\n{}",
+        custos_tests::logs()
+            .lines()
+            .filter(|l| l.contains("backup") && (l.contains("ERROR") || l.contains("WARN")))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let first = backups(&backup_dir);
+    assert_eq!(first.len(), 1);
+    assert!(verified(&first[0]), "{:#}", first[0]);
+    assert_eq!(first[0]["verification"]["organisations"], json!(1));
+    // The master key is sealed in the backup, never in clear beside it.
+    let key = std::fs::read_to_string(app.data_dir.path().join("master.key")).unwrap();
+    let set = backup_dir
+        .join("base")
+        .join(first[0]["id"].as_str().unwrap());
+    assert!(!std::fs::read_to_string(set.join("secrets.json"))
+        .unwrap()
+        .contains(key.trim()));
+
+    // After the backup: one more person (only in the WAL archive), the moment to restore, then
+    // an erasure and a latecomer.
+    employee(&app, &admin.token, "Annalise", "Afterward").await;
+    app.settled(admin.tenant_id).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let moment = chrono::Utc::now();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    app.graphql(
+        Some(&admin.token),
+        "mutation($id: ID!) { eraseRecord(id: $id, expectedVersion: 1, ground: OBJECTION) { id } }",
+        json!({ "id": erased }),
+    )
+    .await
+    .ok();
+    employee(&app, &admin.token, "Lucius", "Latecomer").await;
+    app.settled(admin.tenant_id).await;
+
+    // `backup now` beside the running service: a second verified base backup.
+    assert!(app.custos(&["backup", "now"]).await);
+    assert!(app.custos(&["backup", "list"]).await);
+    let both = backups(&backup_dir);
+    assert_eq!(both.len(), 2);
+    assert!(verified(&both[1]));
+    // The erasure ledger is copied into the backup directory, which survives the data
+    // directory.
+    let mirror = backup_dir
+        .join("erasures")
+        .join(format!("{}.jsonl", admin.tenant_id));
+    assert!(std::fs::read_to_string(mirror).unwrap().contains(&erased));
+
+    // Bad input changes nothing.
+    let target = private_dir();
+    let into = target.path().to_owned();
+    let empty = |dir: &Path| std::fs::read_dir(dir).unwrap().next().is_none();
+    let at = moment.to_rfc3339();
+    let future = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    for (args, expected) in [
+        (vec!["--to", future.as_str()], "in the future"),
+        (
+            vec!["--to", "2020-01-01T00:00:00Z"],
+            "no base backup finished before",
+        ),
+        (vec!["--to", "yesterday"], "not an RFC 3339 time"),
+    ] {
+        let mut argv = vec!["backup", "restore", "--into", into.to_str().unwrap()];
+        argv.extend(args);
+        let err = app.custos_result(&argv).await.unwrap_err();
+        assert!(err.to_string().contains(expected), "{err:#}");
+        assert!(empty(&into), "nothing is written");
+    }
+    let wrong = app.data_dir.path().join("wrong.passphrase");
+    std::fs::write(&wrong, "not the passphrase!").unwrap();
+    let err = app
+        .custos_result(&[
+            "backup",
+            "restore",
+            "--to",
+            &at,
+            "--into",
+            into.to_str().unwrap(),
+            "--backup-passphrase-file",
+            wrong.to_str().unwrap(),
+        ])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("does not open"), "{err:#}");
+    assert!(empty(&into), "nothing is written");
+
+    // An interrupted restore left its marker and debris: nothing starts on it...
+    std::fs::write(into.join("restore.incomplete"), "").unwrap();
+    std::fs::write(into.join("debris"), "half a copy").unwrap();
+    let mut config = custos_api::Config::new(into.clone(), custos_api::DatabaseConfig::Private);
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    let refused = custos_api::Application::build(config).await.err().unwrap();
+    assert!(
+        refused.to_string().contains("interrupted restore"),
+        "{refused:#}"
+    );
+    // ...and a restore into it starts over. To the moment: the first backup and its WAL.
+    assert!(
+        app.custos(&[
+            "backup",
+            "restore",
+            "--to",
+            &at,
+            "--into",
+            into.to_str().unwrap()
+        ])
+        .await
+    );
+    assert!(!into.join("restore.incomplete").exists() && !into.join("debris").exists());
+    let err = app
+        .custos_result(&["backup", "restore", "--into", into.to_str().unwrap()])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not empty"), "{err:#}");
+    // A third backup, keeping two: the first goes, with the WAL only it needed.
+    assert!(app.custos(&["backup", "now", "--backup-keep", "2"]).await);
+    let kept: Vec<Value> = backups(&backup_dir);
+    assert_eq!(kept.len(), 2, "{kept:#?}");
+    assert_eq!(kept[0]["id"], both[1]["id"]);
+    let oldest_wal = std::fs::read_dir(backup_dir.join("wal"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.len() == 27 && n.ends_with(".gz"))
+        .min()
+        .unwrap();
+    assert_eq!(
+        &oldest_wal[..24],
+        kept[0]["startWal"].as_str().unwrap(),
+        "the archive starts where the oldest kept backup does"
+    );
+    let database = app.tenant_database(admin.tenant_id).await;
+    let original = app.stop().await;
+
+    // The restored data directory serves everyone recorded by the moment but the person
+    // erased after it, who stays erased; nothing from after the moment.
+    let restored = TestApp::spawn_private(target, |config| config.backups = None).await;
+    let token = restored
+        .login(&admin.slug, &admin.email, PASSWORD)
+        .await
+        .expect("the administrator's password works on the restored service");
+    let list = restored
+        .graphql(
+            Some(&token),
+            "{ employees(first: 50) { edges { node { lastName } } } }",
+            json!({}),
+        )
+        .await
+        .ok();
+    let names: Vec<String> = list
+        .data("employees.edges")
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["node"]["lastName"].as_str().map(str::to_owned))
+        .collect();
+    assert!(names.contains(&"Beforehand".to_owned()), "{names:?}");
+    assert!(
+        names.contains(&"Afterward".to_owned()),
+        "replayed from the WAL archive: {names:?}"
+    );
+    assert!(!names.contains(&"Latecomer".to_owned()), "{names:?}");
+    assert!(!names.contains(&"Eraseworth".to_owned()), "{names:?}");
+    let dump = pg_dump_at(&restored.data_dir.path().join("postgres"), &database);
+    assert!(dump.contains("Beforehand") && dump.contains("Afterward"));
+    assert!(
+        !dump.contains("Eraseworth") && !dump.contains("Obliviana"),
+        "the erasure made after the moment is replayed from the ledger"
+    );
+    assert!(restored.custos(&["verify"]).await);
+    restored.stop().await;
+
+    // Disaster: the data directory is gone; only the backup directory is left. A restore to a
+    // moment after the last archived change recovers to the end of the archive.
+    let kept = private_dir();
+    let backup_dir = kept.path().join("backups");
+    std::fs::rename(original.path().join("backups"), &backup_dir).unwrap();
+    drop(original);
+    let lost = kept.path().join("lost");
+    let passphrase = kept.path().join("backup.passphrase");
+    std::fs::write(&passphrase, custos_tests::BACKUP_PASSPHRASE).unwrap();
+    let operator = |args: &[&str]| {
+        let mut argv = vec!["custos"];
+        argv.extend_from_slice(args);
+        argv.extend([
+            "--data-dir",
+            lost.to_str().unwrap(),
+            "--backup-dir",
+            backup_dir.to_str().unwrap(),
+            "--backup-passphrase-file",
+            passphrase.to_str().unwrap(),
+        ]);
+        <custos_api::Cli as clap::Parser>::try_parse_from(argv).unwrap()
+    };
+    let rebuilt = private_dir();
+    let now = chrono::Utc::now().to_rfc3339();
+    assert!(operator(&[
+        "backup",
+        "restore",
+        "--to",
+        &now,
+        "--into",
+        rebuilt.path().to_str().unwrap()
+    ])
+    .run()
+    .await
+    .unwrap());
+    let dump = {
+        let app = TestApp::spawn_private(rebuilt, |config| config.backups = None).await;
+        let dump = pg_dump_at(&app.data_dir.path().join("postgres"), &database);
+        app.stop().await;
+        dump
+    };
+    assert!(dump.contains("Latecomer") && dump.contains("Afterward"));
+    assert!(
+        !dump.contains("Eraseworth"),
+        "the erasure is in the backup directory's ledger"
+    );
+
+    // A damaged base backup does not verify, and no longer counts as verified.
+    let newest = backups(&backup_dir).pop().unwrap();
+    let id = newest["id"].as_str().unwrap();
+    let version = backup_dir
+        .join("base")
+        .join(id)
+        .join("data")
+        .join("PG_VERSION");
+    std::fs::write(&version, "15\n\n").unwrap();
+    assert!(!operator(&["backup", "verify", "--id", id])
+        .run()
+        .await
+        .unwrap());
+    let damaged = backups(&backup_dir).pop().unwrap();
+    assert!(!verified(&damaged));
+    assert!(damaged["verification"]["problems"][0]
+        .as_str()
+        .unwrap()
+        .contains("pg_verifybackup"));
+}
