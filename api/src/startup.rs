@@ -31,9 +31,11 @@ pub(crate) async fn services(
     )?);
     let backups = match (&config.backups, &config.database) {
         (None, _) => None,
-        (Some(backups), DatabaseConfig::Private) => {
-            Some(Arc::new(Backups::new(config, backups, master_key.clone())?))
-        }
+        (Some(backups), DatabaseConfig::Private) => Some(Arc::new(Backups::new(
+            config,
+            backups,
+            Some(master_key.clone()),
+        )?)),
         (Some(_), DatabaseConfig::External(_)) => anyhow::bail!(
             "CUSTOS_BACKUP_DIR is for the private cluster; with DATABASE_URL, back up that \
              server with its own tools and the organisations with `custos tenant export` \
@@ -68,6 +70,9 @@ pub(crate) async fn services(
     });
     // Before anything is served: erasures made since a restored backup are made again.
     services.replay_erasure_ledgers().await?;
+    if let Err(err) = services.erasures.sync_mirror() {
+        tracing::error!(error = %err, "the erasure ledgers could not be copied into the backup directory");
+    }
     Ok(services)
 }
 

@@ -42,8 +42,9 @@ pub(crate) struct BenchArgs {
     /// `foundation` (the phases above), `datasheets` (lists, search, reports, export and
     /// import with `--employees` employees), `privacy` (sealing's cost on writes, a
     /// person's trail with 10,000 and 1,000,000 events in the tenant, erasure latency) or
-    /// `integrity` (checkpoints, proofs and verification on a store of `--events` events) or
-    /// `portability` (a tenant archive of `--events` events exported and imported).
+    /// `integrity` (checkpoints, proofs and verification on a store of `--events` events),
+    /// `portability` (a tenant archive of `--events` events exported and imported) or
+    /// `backups` (a verified base backup of that store and a point-in-time restore).
     #[arg(long, default_value = "foundation")]
     pub(crate) suite: String,
 }

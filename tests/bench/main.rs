@@ -5,6 +5,7 @@
 use clap::Parser;
 use custos_api::telemetry;
 
+mod backups;
 mod common;
 mod datasheets;
 mod foundation;
@@ -22,8 +23,9 @@ async fn main() -> anyhow::Result<()> {
         "privacy" => privacy::run(args).await,
         "integrity" => integrity::run(args).await,
         "portability" => portability::run(args).await,
+        "backups" => backups::run(args).await,
         other => anyhow::bail!(
-            "unknown suite `{other}`: `foundation`, `datasheets`, `privacy`, `integrity` or `portability`"
+            "unknown suite `{other}`: `foundation`, `datasheets`, `privacy`, `integrity`, `portability` or `backups`"
         ),
     }
 }

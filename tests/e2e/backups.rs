@@ -46,12 +46,37 @@ async fn employee(app: &TestApp, token: &str, first: &str, last: &str) -> String
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_point_in_time_restore_brings_back_that_moment_without_the_people_erased_since() {
+    // A secret in this process's environment (as CUSTOS_MASTER_KEY would be).
+    std::env::set_var("CUSTOS_TEST_SECRET", "must not reach PostgreSQL");
     let app = TestApp::spawn_private(private_dir(), |config| {
         let backups = config.backups.as_mut().unwrap();
         backups.interval = Some(Duration::from_secs(3600));
     })
     .await;
     let backup_dir: PathBuf = app.data_dir.path().join("backups");
+    // PostgreSQL (another user's processes when Custos runs as root, and the shell of every
+    // archive_command) inherits nothing of this process's environment, where the master key
+    // and passphrases may be.
+    assert!(std::env::vars().any(|(name, _)| name.starts_with("CARGO")));
+    let pid =
+        std::fs::read_to_string(app.data_dir.path().join("postgres/data/postmaster.pid")).unwrap();
+    let environ = std::fs::read(format!(
+        "/proc/{}/environ",
+        pid.lines().next().unwrap().trim()
+    ))
+    .unwrap();
+    let names: Vec<String> = environ
+        .split(|b| *b == 0)
+        .filter_map(|var| std::str::from_utf8(var).ok())
+        .filter_map(|var| var.split('=').next().map(str::to_owned))
+        .filter(|name| !name.is_empty())
+        .collect();
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.starts_with("CARGO") || n.starts_with("CUSTOS")),
+        "{names:?}"
+    );
     let admin = app.sign_up(&slug("vault")).await;
     let erased = employee(&app, &admin.token, "Obliviana", "Eraseworth").await;
     employee(&app, &admin.token, "Constance", "Beforehand").await;
@@ -185,6 +210,16 @@ async fn a_point_in_time_restore_brings_back_that_moment_without_the_people_eras
         .await
         .unwrap_err();
     assert!(err.to_string().contains("not empty"), "{err:#}");
+    // The backup directory as it is now, for the disaster below.
+    let kept_dir = private_dir();
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&backup_dir)
+        .arg(kept_dir.path().join("backups"))
+        .status()
+        .unwrap();
+    assert!(copied.success());
+
     // A third backup, keeping two: the first goes, with the WAL only it needed.
     assert!(app.custos(&["backup", "now", "--backup-keep", "2"]).await);
     let kept: Vec<Value> = backups(&backup_dir);
@@ -243,14 +278,13 @@ async fn a_point_in_time_restore_brings_back_that_moment_without_the_people_eras
     assert!(restored.custos(&["verify"]).await);
     restored.stop().await;
 
-    // Disaster: the data directory is gone; only the backup directory is left. A restore to a
-    // moment after the last archived change recovers to the end of the archive.
-    let kept = private_dir();
-    let backup_dir = kept.path().join("backups");
-    std::fs::rename(original.path().join("backups"), &backup_dir).unwrap();
+    // Disaster: the data directory is gone; only the (copied) backup directory is left. From
+    // the first base backup to the moment: the WAL replayed, and the person erased after the
+    // moment erased again from the backup directory's copy of the ledger.
     drop(original);
-    let lost = kept.path().join("lost");
-    let passphrase = kept.path().join("backup.passphrase");
+    let backup_dir = kept_dir.path().join("backups");
+    let lost = kept_dir.path().join("lost");
+    let passphrase = kept_dir.path().join("backup.passphrase");
     std::fs::write(&passphrase, custos_tests::BACKUP_PASSPHRASE).unwrap();
     let operator = |args: &[&str]| {
         let mut argv = vec!["custos"];
@@ -265,41 +299,38 @@ async fn a_point_in_time_restore_brings_back_that_moment_without_the_people_eras
         ]);
         <custos_api::Cli as clap::Parser>::try_parse_from(argv).unwrap()
     };
-    let rebuilt = private_dir();
-    let now = chrono::Utc::now().to_rfc3339();
-    assert!(operator(&[
-        "backup",
-        "restore",
-        "--to",
-        &now,
-        "--into",
-        rebuilt.path().to_str().unwrap()
-    ])
-    .run()
-    .await
-    .unwrap());
-    let dump = {
-        let app = TestApp::spawn_private(rebuilt, |config| config.backups = None).await;
+    let dump_of = |dir: tempfile::TempDir| async {
+        let app = TestApp::spawn_private(dir, |config| config.backups = None).await;
         let dump = pg_dump_at(&app.data_dir.path().join("postgres"), &database);
         app.stop().await;
         dump
     };
-    assert!(dump.contains("Latecomer") && dump.contains("Afterward"));
+    let first_id = first[0]["id"].as_str().unwrap().to_owned();
+    let rebuilt = private_dir();
+    let into = rebuilt.path().to_str().unwrap().to_owned();
+    assert!(
+        operator(&["backup", "restore", "--to", &at, "--backup", &first_id, "--into", &into])
+            .run()
+            .await
+            .unwrap()
+    );
+    let dump = dump_of(rebuilt).await;
+    assert!(dump.contains("Afterward") && !dump.contains("Latecomer"));
     assert!(
         !dump.contains("Eraseworth"),
-        "the erasure is in the backup directory's ledger"
+        "the erasure is in the backup directory's copy of the ledger"
     );
 
-    // A damaged base backup does not verify, and no longer counts as verified.
+    // A damaged base backup does not verify, no longer counts as verified, and is not chosen.
     let newest = backups(&backup_dir).pop().unwrap();
-    let id = newest["id"].as_str().unwrap();
+    let id = newest["id"].as_str().unwrap().to_owned();
     let version = backup_dir
         .join("base")
-        .join(id)
+        .join(&id)
         .join("data")
         .join("PG_VERSION");
     std::fs::write(&version, "15\n\n").unwrap();
-    assert!(!operator(&["backup", "verify", "--id", id])
+    assert!(!operator(&["backup", "verify", "--id", &id])
         .run()
         .await
         .unwrap());
@@ -309,4 +340,40 @@ async fn a_point_in_time_restore_brings_back_that_moment_without_the_people_eras
         .as_str()
         .unwrap()
         .contains("pg_verifybackup"));
+    // The newest state, then: from the first backup, every archived change replayed.
+    let rebuilt = private_dir();
+    let into = rebuilt.path().to_str().unwrap().to_owned();
+    assert!(operator(&["backup", "restore", "--into", &into])
+        .run()
+        .await
+        .unwrap());
+    let dump = dump_of(rebuilt).await;
+    assert!(dump.contains("Latecomer") && !dump.contains("Eraseworth"));
+
+    // A WAL segment missing from the middle of the archive: the newest state cannot be
+    // restored, and the restore says which segment is missing instead of stopping early.
+    let mut segments: Vec<String> = std::fs::read_dir(backup_dir.join("wal"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| {
+            n.len() == 27
+                && n.ends_with(".gz")
+                && n.as_str() > first[0]["startWal"].as_str().unwrap()
+        })
+        .collect();
+    segments.sort();
+    assert!(segments.len() >= 2, "{segments:?}");
+    std::fs::remove_file(backup_dir.join("wal").join(&segments[0])).unwrap();
+    let rebuilt = private_dir();
+    let err = operator(&[
+        "backup",
+        "restore",
+        "--into",
+        rebuilt.path().to_str().unwrap(),
+    ])
+    .run()
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains(&segments[0][..24]), "{err:#}");
 }

@@ -314,7 +314,9 @@ pub struct TestApp {
     running: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     /// The `us` region is on the second cluster.
     two_regions: bool,
-    /// On a private cluster of its own, with backups into this directory.
+    /// On a private cluster of its own (stopped with it: nothing to clean on the shared one).
+    private: bool,
+    /// Its backups go into this directory.
     backup_dir: Option<PathBuf>,
 }
 
@@ -374,13 +376,14 @@ impl TestApp {
         let application = Application::build(config)
             .await
             .expect("the application builds");
-        Self::run(application, catalog, data_dir, None)
+        Self::run(application, catalog, data_dir, false, None)
     }
 
     fn run(
         application: Application,
         catalog: String,
         data_dir: tempfile::TempDir,
+        private: bool,
         backup_dir: Option<PathBuf>,
     ) -> Self {
         let address = application.local_addr().expect("a bound address");
@@ -398,6 +401,7 @@ impl TestApp {
             shutdown: Some(shutdown),
             running: Some(running),
             two_regions: false,
+            private,
             backup_dir,
         }
     }
@@ -427,11 +431,12 @@ impl TestApp {
         backups.passphrase = Some(BACKUP_PASSPHRASE.to_owned().into());
         config.backups = Some(backups);
         adjust(&mut config);
+        let backup_dir = config.backups.as_ref().map(|b| b.dir.clone());
         let application = Application::build(config)
             .await
             .expect("the application builds");
         let catalog = "custos".to_owned();
-        Self::run(application, catalog, data_dir, Some(backup_dir))
+        Self::run(application, catalog, data_dir, true, backup_dir)
     }
 
     /// Stops the service and waits until it has (its private cluster stopped too); the data
@@ -702,7 +707,7 @@ impl TestApp {
         argv.extend(["--data-dir", &data_dir]);
         let (backup_dir, passphrase_file);
         match &self.backup_dir {
-            Some(dir) => {
+            Some(dir) if self.private => {
                 backup_dir = dir.display().to_string();
                 passphrase_file = self
                     .data_dir
@@ -715,7 +720,8 @@ impl TestApp {
                     argv.extend(["--backup-passphrase-file", &passphrase_file]);
                 }
             }
-            None => argv.extend(["--database-url", &url]),
+            _ if self.private => {}
+            _ => argv.extend(["--database-url", &url]),
         }
         let us_url;
         if self.two_regions {
@@ -744,7 +750,7 @@ impl Drop for TestApp {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
-        if self.backup_dir.is_some() {
+        if self.private {
             // Its own cluster, stopped with it; nothing on the shared one.
             return;
         }

@@ -303,7 +303,15 @@ impl CommonArgs {
         config.master_key = std::env::var("CUSTOS_MASTER_KEY")
             .ok()
             .map(SecretString::from);
-        config.backups = match &self.backup_dir {
+        // Given, or the one the data directory was last started with; always absolute, since
+        // PostgreSQL's archive and restore commands run elsewhere.
+        let backup_dir = self
+            .backup_dir
+            .clone()
+            .or_else(|| crate::infra::database::remembered_backup_dir(&self.data_dir))
+            .map(std::path::absolute)
+            .transpose()?;
+        config.backups = match &backup_dir {
             Some(dir) => {
                 let mut backups = BackupConfig::new(dir.clone());
                 backups.keep = self.backup_keep.max(1);
@@ -338,11 +346,24 @@ impl ServeArgs {
                 backups.interval = None;
             } else {
                 backups.interval = Some(self.backup_interval);
-                if backups.passphrase.is_none() {
-                    anyhow::bail!(
-                        "CUSTOS_BACKUP_DIR is set but no backup passphrase: set \
-                         CUSTOS_BACKUP_PASSPHRASE or CUSTOS_BACKUP_PASSPHRASE_FILE"
-                    );
+                match &backups.passphrase {
+                    None => anyhow::bail!(
+                        "backups go to {} but there is no backup passphrase: set \
+                         CUSTOS_BACKUP_PASSPHRASE or CUSTOS_BACKUP_PASSPHRASE_FILE",
+                        backups.dir.display()
+                    ),
+                    Some(passphrase)
+                        if secrecy::ExposeSecret::expose_secret(passphrase)
+                            .chars()
+                            .count()
+                            < crate::infra::archive::format::MIN_PASSPHRASE_CHARS =>
+                    {
+                        anyhow::bail!(
+                            "the backup passphrase must be at least {} characters long",
+                            crate::infra::archive::format::MIN_PASSPHRASE_CHARS
+                        )
+                    }
+                    Some(_) => {}
                 }
             }
         }

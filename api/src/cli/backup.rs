@@ -37,19 +37,38 @@ fn config(common: &CommonArgs, passphrase: bool) -> anyhow::Result<(Config, Back
     Ok((config, backups))
 }
 
-fn backups(config: &Config, backups: &BackupConfig) -> anyhow::Result<Backups> {
-    let master = Arc::new(MasterKey::load(
-        config.master_key.as_ref(),
-        &config.data_dir,
-    )?);
+/// The backups of the data directory's cluster; with `master`, its master key (which must
+/// exist: these commands never make a new one).
+fn backups(config: &Config, backups: &BackupConfig, master: bool) -> anyhow::Result<Backups> {
+    let master = if master {
+        let file = config.data_dir.join(crate::infra::keys::KEY_FILE);
+        if config.master_key.is_none() && !file.exists() {
+            anyhow::bail!(
+                "{} has no master key: is it the service's data directory?",
+                config.data_dir.display()
+            );
+        }
+        Some(Arc::new(MasterKey::load(
+            config.master_key.as_ref(),
+            &config.data_dir,
+        )?))
+    } else {
+        None
+    };
     Backups::new(config, backups, master)
 }
 
 pub(crate) async fn now(args: BackupArgs) -> anyhow::Result<bool> {
     let (mut config, settings) = config(&args.common, true)?;
     config.backups = Some(settings.clone());
+    if !config.data_dir.join("postgres/data/PG_VERSION").exists() {
+        anyhow::bail!(
+            "{} holds no PostgreSQL cluster to back up",
+            config.data_dir.display()
+        );
+    }
     let database = Database::open_or_attach(&config).await?;
-    let result = async { backups(&config, &settings)?.run().await }.await;
+    let result = async { backups(&config, &settings, true)?.run().await }.await;
     database.stop().await?;
     let info = result?;
     print_backup(&info);
@@ -87,7 +106,7 @@ pub(crate) async fn list(args: BackupArgs) -> anyhow::Result<bool> {
 
 pub(crate) async fn verify(args: BackupVerifyArgs) -> anyhow::Result<bool> {
     let (config, settings) = config(&args.common, true)?;
-    let backups = backups(&config, &settings)?;
+    let backups = backups(&config, &settings, false)?;
     let id = match args.id {
         Some(id) => id,
         None => backups
@@ -150,9 +169,15 @@ pub(crate) async fn restore(args: BackupRestoreArgs) -> anyhow::Result<bool> {
     if target.is_some_and(|t| t > Utc::now()) {
         anyhow::bail!("--to is in the future");
     }
-    let into = args.into.as_path();
-    check_target(into, &config.data_dir)?;
+    let into = std::path::absolute(&args.into)?;
+    let into = into.as_path();
+    let interrupted = check_target(into, &config.data_dir)?;
     let store = BackupStore::new(&settings.dir);
+    // No scheduled round prunes the backup or the WAL this restore reads meanwhile.
+    let _lock = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || store.lock()).await??
+    };
     let backup = choose(&store, args.backup.as_deref(), target)?;
     let passphrase = match settings.passphrase.clone() {
         Some(passphrase) => passphrase,
@@ -162,10 +187,20 @@ pub(crate) async fn restore(args: BackupRestoreArgs) -> anyhow::Result<bool> {
         let (store, id) = (store.clone(), backup.id.clone());
         tokio::task::spawn_blocking(move || store.open_secrets(&id, &passphrase)).await??
     };
+    if interrupted {
+        clean_interrupted(into)?;
+    }
     // Everything the running service has written reaches the archive first.
-    let running = running_cluster(&config.data_dir).await;
+    let running = running_cluster(&config.data_dir).await?;
     if let Some(options) = &running {
         flush_archive(options).await?;
+    }
+    let gap = store.wal_gap(&backup.start_wal);
+    if let (Some(gap), None) = (&gap, target) {
+        anyhow::bail!(
+            "the WAL archive lacks segment {gap}: the newest state cannot be restored past it \
+             (restore --to a moment before it, or look for the segment)"
+        );
     }
     let live = config
         .data_dir
@@ -173,6 +208,7 @@ pub(crate) async fn restore(args: BackupRestoreArgs) -> anyhow::Result<bool> {
         .then_some(config.data_dir.as_path());
     std::fs::create_dir_all(into)?;
     crate::infra::backups::write_durably(&into.join(RESTORING), b"")?;
+    std::fs::File::open(into)?.sync_all()?;
     let tools = Tools::find()?;
     let layout = Layout {
         store: &store,
@@ -190,13 +226,28 @@ pub(crate) async fn restore(args: BackupRestoreArgs) -> anyhow::Result<bool> {
     // Blocking file copies: nothing else runs in this command meanwhile.
     lay_out(&layout, into, &tools)?;
     let reached = match recover(into, &store, target, &tools).await {
-        Ok(()) => target
-            .map(stamp)
-            .unwrap_or_else(|| "the end of the WAL archive".to_owned()),
+        Ok(last) => format!(
+            "{}{}",
+            target
+                .map(stamp)
+                .unwrap_or_else(|| "the end of the WAL archive".to_owned()),
+            last.map(|t| format!(" (last transaction {})", stamp(t)))
+                .unwrap_or_default()
+        ),
         Err(err) if err.is::<EndedBeforeTarget>() => {
+            if let Some(gap) = gap {
+                anyhow::bail!(
+                    "the WAL archive lacks segment {gap}, and recovery stopped there, before --to: \
+                     restore to an earlier moment, or look for the segment"
+                );
+            }
             lay_out(&layout, into, &tools)?;
-            recover(into, &store, None, &tools).await?;
-            "the end of the WAL archive (nothing archived is later than --to)".to_owned()
+            let last = recover(into, &store, None, &tools).await?;
+            format!(
+                "the end of the WAL archive{}: nothing archived is later than --to",
+                last.map(|t| format!(" (last transaction {})", stamp(t)))
+                    .unwrap_or_default()
+            )
         }
         Err(err) => return Err(err),
     };
@@ -215,8 +266,8 @@ pub(crate) async fn restore(args: BackupRestoreArgs) -> anyhow::Result<bool> {
 }
 
 /// The restore target must be new: absent, empty, or left by an interrupted restore (whose
-/// cluster is not running).
-fn check_target(into: &Path, data_dir: &Path) -> anyhow::Result<()> {
+/// cluster is not running; true then).
+fn check_target(into: &Path, data_dir: &Path) -> anyhow::Result<bool> {
     let same = |a: &Path, b: &Path| {
         a.canonicalize()
             .ok()
@@ -227,10 +278,10 @@ fn check_target(into: &Path, data_dir: &Path) -> anyhow::Result<()> {
         anyhow::bail!("--into is the data directory itself: restore into a new directory");
     }
     let Ok(mut entries) = std::fs::read_dir(into) else {
-        return Ok(());
+        return Ok(false);
     };
     if entries.next().is_none() {
-        return Ok(());
+        return Ok(false);
     }
     if !into.join(RESTORING).exists() {
         anyhow::bail!(
@@ -255,8 +306,24 @@ fn check_target(into: &Path, data_dir: &Path) -> anyhow::Result<()> {
             );
         }
     }
+    Ok(true)
+}
+
+/// Removes what an interrupted restore left in `into`, but its marker.
+fn clean_interrupted(into: &Path) -> anyhow::Result<()> {
     tracing::warn!(dir = %into.display(), "removing what an interrupted restore left");
-    std::fs::remove_dir_all(into)?;
+    // The marker goes last (the restore writes it again): interrupted here, the directory
+    // still says what it is.
+    for entry in std::fs::read_dir(into)?.flatten() {
+        if entry.file_name() == RESTORING {
+            continue;
+        }
+        if entry.file_type()?.is_dir() {
+            std::fs::remove_dir_all(entry.path())?;
+        } else {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
     Ok(())
 }
 
@@ -272,6 +339,7 @@ fn choose(
         Some(id) => store.get(id)?,
         None => backups
             .iter()
+            .filter(|b| b.verification.as_ref().is_none_or(Verification::ok))
             .find(|b| target.is_none_or(|t| b.finished_at <= t))
             .cloned()
             .ok_or_else(|| match (backups.last(), target) {
@@ -293,13 +361,30 @@ fn choose(
     Ok(chosen)
 }
 
-/// Superuser options for the service's cluster when it runs on `data_dir`.
-async fn running_cluster(data_dir: &Path) -> Option<sqlx::postgres::PgConnectOptions> {
+/// Superuser options for the service's cluster when it runs on `data_dir` (its lock is held);
+/// an error when it runs but does not answer.
+async fn running_cluster(
+    data_dir: &Path,
+) -> anyhow::Result<Option<sqlx::postgres::PgConnectOptions>> {
     use sqlx::Connection;
-    let options = attach_options(&data_dir.join("postgres")).ok()?;
-    let conn = sqlx::PgConnection::connect_with(&options).await.ok()?;
-    conn.close().await.ok()?;
-    Some(options)
+    let lock = data_dir.join("postgres").join("custos.lock");
+    let Ok(file) = std::fs::OpenOptions::new().write(true).open(&lock) else {
+        return Ok(None);
+    };
+    if file.try_lock().is_ok() {
+        return Ok(None);
+    }
+    let options = attach_options(&data_dir.join("postgres"))?;
+    let conn = sqlx::PgConnection::connect_with(&options)
+        .await
+        .map_err(|err| {
+            anyhow::anyhow!(
+                "the service runs on {} but its PostgreSQL does not answer ({err}): stop it, or let it recover, then restore",
+                data_dir.display()
+            )
+        })?;
+    conn.close().await?;
+    Ok(Some(options))
 }
 
 /// Starts the restored directory as `serve` would (migrations, and the erasure ledgers

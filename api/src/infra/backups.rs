@@ -46,6 +46,8 @@ pub(crate) struct BackupInfo {
     pub finished_at: DateTime<Utc>,
     /// The first WAL file the backup needs; the archive keeps it and every later one.
     pub start_wal: String,
+    /// The cluster's database system identifier (`pg_controldata`), which its WAL carries.
+    pub system_id: String,
     pub bytes: u64,
     pub custos_version: String,
     pub verification: Option<Verification>,
@@ -160,7 +162,60 @@ impl BackupStore {
         for dir in [self.dir.clone(), self.wal_dir(), self.base_dir()] {
             tools.hand_over(&dir)?;
         }
+        // A verification starts a copy of each backup under `scratch/`, listening on a socket
+        // there.
+        let socket = self.dir.join("scratch/postgres/run/.s.PGSQL.5432");
+        if socket.as_os_str().len() > 107 {
+            anyhow::bail!(
+                "the backup directory's path is too long for a Unix socket under it ({}): choose a shorter one",
+                socket.display()
+            );
+        }
         Ok(())
+    }
+
+    /// Copies the timeline history files of `pgdata/pg_wal` the archive lacks into it.
+    pub(crate) fn archive_history(&self, tools: &Tools, pgdata: &Path) -> anyhow::Result<()> {
+        for entry in fs::read_dir(pgdata.join("pg_wal"))?.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let archived = self.wal_dir().join(format!("{name}.gz"));
+            if !name.ends_with(".history") || archived.exists() {
+                continue;
+            }
+            let output = Command::new("gzip")
+                .arg("-c")
+                .arg(entry.path())
+                .output()
+                .context("running gzip")?;
+            anyhow::ensure!(output.status.success(), "gzip of {name} failed");
+            write_durably(&archived, &output.stdout)?;
+            tools.hand_over(&archived)?;
+            tracing::info!(file = %name, "timeline history archived");
+        }
+        Ok(())
+    }
+
+    /// The system identifier of the cluster this directory backs up, once one has used it.
+    pub(crate) fn owner(&self) -> Option<String> {
+        fs::read_to_string(self.dir.join("system-id"))
+            .ok()
+            .map(|id| id.trim().to_owned())
+    }
+
+    /// Ties the directory to the cluster in `pgdata` (an existing one): the first cluster to
+    /// use it owns it; another is refused, so a fresh cluster started on a lost data directory
+    /// can never archive into, back up into or prune the backups of the one that was lost.
+    pub(crate) fn claim(&self, tools: &Tools, pgdata: &Path) -> anyhow::Result<()> {
+        let id = system_id(tools, pgdata)?;
+        match self.owner() {
+            Some(owner) if owner == id => Ok(()),
+            Some(owner) => anyhow::bail!(
+                "{} holds the backups of another PostgreSQL cluster (system {owner}; this one is {id}): \
+                 to bring that one back, run `custos backup restore`; to back this one up, use another backup directory",
+                self.dir.display()
+            ),
+            None => write_durably(&self.dir.join("system-id"), id.as_bytes()),
+        }
     }
 
     /// The settings that make the cluster archive its WAL here: every completed segment, and
@@ -198,7 +253,7 @@ impl BackupStore {
         };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.ends_with(".partial") {
+            if name.ends_with(".partial") || name.ends_with(".removing") {
                 continue;
             }
             let path = entry.path().join("backup.json");
@@ -258,6 +313,9 @@ impl BackupStore {
             );
         }
         self.prepare(tools)?;
+        let pgdata = data_dir.join("postgres").join("data");
+        self.claim(tools, &pgdata)?;
+        let system_id = system_id(tools, &pgdata)?;
         self.remove_partials()?;
         let started_at = Utc::now();
         let id = started_at.format("%Y%m%dT%H%M%S%.3fZ").to_string();
@@ -267,12 +325,6 @@ impl BackupStore {
         // Witness files and ledgers first: none then holds a tree head the data lacks.
         for what in ["checkpoints", "erasures"] {
             copy_files(&data_dir.join(what), &partial.join(what))?;
-        }
-        for ledger in fs::read_dir(partial.join("erasures"))?.flatten() {
-            crate::infra::erasure_ledger::copy_durably(
-                &ledger.path(),
-                &self.erasures_dir().join(ledger.file_name()),
-            )?;
         }
         write_durably(
             &partial.join("secrets.json"),
@@ -306,6 +358,7 @@ impl BackupStore {
             started_at,
             finished_at: Utc::now(),
             start_wal,
+            system_id,
             bytes: size(&partial),
             custos_version: env!("CARGO_PKG_VERSION").to_owned(),
             verification: None,
@@ -323,8 +376,9 @@ impl BackupStore {
     /// Removes what an interrupted backup left.
     fn remove_partials(&self) -> anyhow::Result<()> {
         for entry in fs::read_dir(self.base_dir())?.flatten() {
-            if entry.file_name().to_string_lossy().ends_with(".partial") {
-                tracing::warn!(backup = %entry.file_name().to_string_lossy(), "removing an interrupted base backup");
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".partial") || name.ends_with(".removing") {
+                tracing::warn!(backup = %name, "removing an interrupted base backup");
                 fs::remove_dir_all(entry.path())?;
             }
         }
@@ -364,9 +418,11 @@ impl BackupStore {
             .map_err(|err| err.to_string())
     }
 
-    /// Keeps the newest `keep` verified backups (and any newer, unverified one), removes the
-    /// rest, and the archived WAL the oldest kept one does not need. Nothing is removed until
-    /// a backup has verified. Blocking; hold [`BackupStore::lock`]. The removed ids.
+    /// Keeps the newest `keep` verified backups (and the two newest unverified ones newer than
+    /// the oldest of those), removes the rest, and the archived WAL none of the kept ones
+    /// needs. Nothing is removed until a backup has verified, except unverified backups beyond
+    /// the two newest (a verification failing again and again must not fill the disk).
+    /// Blocking; hold [`BackupStore::lock`]. The removed ids.
     pub(crate) fn prune(&self, tools: &Tools, keep: usize) -> anyhow::Result<Vec<String>> {
         let backups = self.list()?;
         let verified: Vec<&BackupInfo> = backups
@@ -374,23 +430,72 @@ impl BackupStore {
             .filter(|b| b.verified_at().is_some())
             .take(keep.max(1))
             .collect();
-        let Some(oldest) = verified.last() else {
-            return Ok(Vec::new());
+        let unverified: Vec<&BackupInfo> = backups
+            .iter()
+            .filter(|b| b.verified_at().is_none())
+            .take(2)
+            .collect();
+        let oldest_verified = verified.last().map(|b| b.finished_at);
+        let kept = |b: &BackupInfo| {
+            verified.iter().any(|k| k.id == b.id)
+                || (unverified.iter().any(|k| k.id == b.id)
+                    && oldest_verified.is_none_or(|oldest| b.finished_at > oldest))
         };
         let mut removed = Vec::new();
         for backup in &backups {
-            if backup.finished_at < oldest.finished_at {
-                fs::remove_dir_all(self.set_dir(&backup.id))?;
+            if !kept(backup) {
+                self.remove(&backup.id)?;
                 removed.push(backup.id.clone());
             }
         }
-        let mut command = tools.command("pg_archivecleanup", &self.dir);
-        command
-            .args(["-x", ".gz"])
-            .arg(self.wal_dir())
-            .arg(&oldest.start_wal);
-        tools.run(command)?;
+        // The WAL before the first segment any kept backup starts from (compared without the
+        // timeline, as pg_archivecleanup does).
+        let first = backups
+            .iter()
+            .filter(|b| kept(b))
+            .map(|b| b.start_wal.as_str())
+            .min_by_key(|wal| wal.get(8..).unwrap_or_default().to_owned());
+        if let (Some(first), Some(_)) = (first, oldest_verified) {
+            let mut command = tools.command("pg_archivecleanup", &self.dir);
+            command.args(["-x", ".gz"]).arg(self.wal_dir()).arg(first);
+            tools.run(command)?;
+        }
         Ok(removed)
+    }
+
+    /// Removes a base backup: renamed first, so that an interrupted removal never leaves one
+    /// that still looks whole.
+    fn remove(&self, id: &str) -> anyhow::Result<()> {
+        let removing = self.base_dir().join(format!("{id}.removing"));
+        fs::rename(self.set_dir(id), &removing)?;
+        File::open(self.base_dir())?.sync_all()?;
+        fs::remove_dir_all(&removing)?;
+        Ok(())
+    }
+
+    /// The first WAL segment missing from the archive between `from` and the newest archived
+    /// segment of its timeline: past it, recovery stops, and a restore would silently end
+    /// early.
+    pub(crate) fn wal_gap(&self, from: &str) -> Option<String> {
+        let timeline = from.get(..8)?;
+        let mut have: Vec<u64> = fs::read_dir(self.wal_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let segment = name.strip_suffix(".gz")?;
+                (segment.len() == 24 && segment.starts_with(timeline))
+                    .then(|| segment_number(segment))
+                    .flatten()
+            })
+            .collect();
+        have.sort_unstable();
+        let start = segment_number(from)?;
+        (start..)
+            .zip(have.into_iter().filter(|n| *n >= start))
+            .find(|(expected, number)| number != expected)
+            .map(|(expected, _)| segment_name(timeline, expected))
     }
 
     /// Bytes in the WAL archive and its oldest file's name.
@@ -408,6 +513,29 @@ impl BackupStore {
             names.first().map(|n| n.trim_end_matches(".gz").to_owned()),
         )
     }
+}
+
+/// A WAL segment's number (16 MiB segments: 256 per log id).
+fn segment_number(name: &str) -> Option<u64> {
+    let log = u64::from_str_radix(name.get(8..16)?, 16).ok()?;
+    let seg = u64::from_str_radix(name.get(16..24)?, 16).ok()?;
+    (seg < 0x100).then_some(log * 0x100 + seg)
+}
+
+fn segment_name(timeline: &str, number: u64) -> String {
+    format!("{timeline}{:08X}{:08X}", number / 0x100, number % 0x100)
+}
+
+/// The database system identifier of the cluster in `pgdata`.
+pub(crate) fn system_id(tools: &Tools, pgdata: &Path) -> anyhow::Result<String> {
+    let mut command = tools.command("pg_controldata", pgdata.parent().unwrap_or(pgdata));
+    command.arg("-D").arg(pgdata);
+    tools
+        .run(command)?
+        .lines()
+        .find_map(|line| line.strip_prefix("Database system identifier:"))
+        .map(|id| id.trim().to_owned())
+        .ok_or_else(|| anyhow::anyhow!("pg_controldata names no system identifier"))
 }
 
 /// A value for `postgresql.conf`, single-quoted.
@@ -524,6 +652,35 @@ mod tests {
             None
         );
         assert_eq!(start_wal("nothing"), None);
+    }
+
+    #[test]
+    fn a_missing_wal_segment_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BackupStore::new(dir.path());
+        fs::create_dir_all(store.wal_dir()).unwrap();
+        for name in [
+            "0000000100000000000000FE",
+            "0000000100000000000000FF",
+            "000000010000000100000000",
+            "000000010000000100000002",
+            "000000020000000100000005",
+        ] {
+            fs::write(store.wal_dir().join(format!("{name}.gz")), "").unwrap();
+        }
+        assert_eq!(
+            store.wal_gap("0000000100000000000000FE").as_deref(),
+            Some("000000010000000100000001"),
+            "across a log id, on the backup's timeline only"
+        );
+        assert_eq!(store.wal_gap("000000010000000100000002"), None);
+        assert_eq!(
+            segment_name(
+                "00000001",
+                segment_number("0000000100000003000000FF").unwrap() + 1
+            ),
+            "000000010000000400000000"
+        );
     }
 
     #[test]

@@ -175,9 +175,10 @@ impl Tools {
     pub(crate) fn command(&self, program: &str, dir: &Path) -> Command {
         let mut command = Command::new(self.program(program));
         command.current_dir(dir);
-        command.env_remove("PGDATA").env("LC_ALL", "C");
+        clean_environment(&mut command);
+        command.env("HOME", dir);
         if let Some(user) = &self.run_as {
-            command.uid(user.uid).gid(user.gid).env("HOME", dir);
+            command.uid(user.uid).gid(user.gid);
         }
         command
     }
@@ -238,6 +239,17 @@ impl PrivateCluster {
     /// Initialises (first time) and starts the cluster under `dir`, applying `settings`
     /// (`name = value` lines for `postgresql.conf`). Blocking: call from a blocking context.
     pub fn start(dir: &Path, settings: &[(&str, String)]) -> Result<Self, ClusterError> {
+        Self::start_waiting(dir, settings, 60)
+    }
+
+    /// [`PrivateCluster::start`], waiting up to `seconds` for the server to answer (a restored
+    /// backup answers only once its WAL has been replayed to a consistent state); a server
+    /// that does not answer in time is stopped.
+    pub(crate) fn start_waiting(
+        dir: &Path,
+        settings: &[(&str, String)],
+        seconds: u32,
+    ) -> Result<Self, ClusterError> {
         let tools = Tools::find()?;
         let run_as = tools.run_as.clone();
         fs::create_dir_all(dir).map_err(io_at(dir))?;
@@ -289,7 +301,7 @@ impl PrivateCluster {
         }
         cluster.write_settings(settings)?;
         cluster.recover_stale()?;
-        cluster.start_server()
+        cluster.start_server(seconds)
     }
 
     /// Options for connecting as the superuser to the `postgres` maintenance database.
@@ -428,19 +440,21 @@ impl PrivateCluster {
         Ok(())
     }
 
-    fn start_server(mut self) -> Result<Self, ClusterError> {
+    fn start_server(mut self, seconds: u32) -> Result<Self, ClusterError> {
         let mut command = self.command("pg_ctl");
         command
             .arg("-D")
             .arg(&self.pgdata)
             .arg("-l")
             .arg(&self.log_file)
-            .args(["start", "-w", "-t", "60", "-s"])
+            .args(["start", "-w", "-t", &seconds.to_string(), "-s"])
             // Its own process group: a Ctrl-C meant for the service must not reach PostgreSQL
             // directly; the service stops it in order.
             .process_group(0);
         self.run(command).inspect_err(|_| {
             tracing::error!(log = %self.log_file.display(), "PostgreSQL did not start");
+            // Still starting (a time-out), it would run on with no watchdog.
+            let _ = self.pg_ctl(&["stop", "-m", "immediate", "-w", "-t", "60"]);
         })?;
         self.watchdog = Some(self.spawn_watchdog()?);
         Ok(self)
@@ -463,12 +477,25 @@ impl PrivateCluster {
         if let Some(user) = &self.tools.run_as {
             command.uid(user.uid).gid(user.gid);
         }
+        clean_environment(&mut command);
         let mut child = command.spawn().map_err(io_at(&pg_ctl))?;
         let stdin = child.stdin.take().ok_or_else(|| ClusterError::Io {
             path: pg_ctl.clone(),
             source: std::io::Error::other("watchdog has no stdin"),
         })?;
         Ok((child, stdin))
+    }
+}
+
+/// PostgreSQL and its tools get a bare environment: this process's may hold secrets
+/// (`CUSTOS_MASTER_KEY`, the passphrases), which the server's processes — another user's when
+/// Custos runs as root, and the shell of every `archive_command` — must not inherit.
+fn clean_environment(command: &mut Command) {
+    command.env_clear().env("LC_ALL", "C");
+    for kept in ["PATH", "TMPDIR", "TZ"] {
+        if let Some(value) = std::env::var_os(kept) {
+            command.env(kept, value);
+        }
     }
 }
 

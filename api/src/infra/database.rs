@@ -34,11 +34,36 @@ impl Database {
                 if let Some(store) = &store {
                     settings.extend(store.archive_settings());
                 }
+                let data_dir = config.data_dir.clone();
                 let cluster = tokio::task::spawn_blocking(move || {
-                    if let Some(store) = store {
-                        store.prepare(&Tools::find()?)?;
+                    let pgdata = dir.join("data");
+                    let Some(store) = store else {
+                        return Ok::<_, anyhow::Error>(PrivateCluster::start(&dir, &settings)?);
+                    };
+                    let tools = Tools::find()?;
+                    store.prepare(&tools)?;
+                    let fresh = !pgdata.join("PG_VERSION").exists();
+                    match (fresh, store.owner()) {
+                        (true, Some(owner)) => anyhow::bail!(
+                            "{} has no PostgreSQL cluster, but the backup directory {} holds the \
+                             backups of one (system {owner}): to bring it back, run `custos backup \
+                             restore`; to start afresh, use another backup directory",
+                            data_dir.display(),
+                            store.dir().display()
+                        ),
+                        (false, _) => store.claim(&tools, &pgdata)?,
+                        (true, None) => {}
                     }
-                    Ok::<_, anyhow::Error>(PrivateCluster::start(&dir, &settings)?)
+                    let cluster = PrivateCluster::start(&dir, &settings)?;
+                    if fresh {
+                        store.claim(&tools, &pgdata)?;
+                    }
+                    remember_backup_dir(&data_dir, store.dir())?;
+                    // A cluster promoted by a restore began a timeline while it did not
+                    // archive: its history file goes into the archive now, so later restores
+                    // follow it.
+                    store.archive_history(&tools, &pgdata)?;
+                    Ok(cluster)
                 })
                 .await??;
                 tracing::info!(socket = %cluster.socket_dir().display(), "private PostgreSQL cluster started");
@@ -81,4 +106,26 @@ impl Database {
         }
         Ok(())
     }
+}
+
+/// Where a data directory's backups go, kept in it once given (`<data-dir>/backup-dir`): a
+/// later command or start without `CUSTOS_BACKUP_DIR` still archives there, so no start leaves
+/// a hole in the WAL archive.
+const REMEMBERED: &str = "backup-dir";
+
+fn remember_backup_dir(data_dir: &std::path::Path, dir: &std::path::Path) -> anyhow::Result<()> {
+    let path = data_dir.join(REMEMBERED);
+    let text = dir.display().to_string();
+    if std::fs::read_to_string(&path).is_ok_and(|known| known.trim() == text) {
+        return Ok(());
+    }
+    crate::infra::backups::write_durably(&path, text.as_bytes())
+}
+
+/// The backup directory this data directory was last started with, if any.
+pub(crate) fn remembered_backup_dir(data_dir: &std::path::Path) -> Option<std::path::PathBuf> {
+    std::fs::read_to_string(data_dir.join(REMEMBERED))
+        .ok()
+        .map(|text| std::path::PathBuf::from(text.trim()))
+        .filter(|path| !path.as_os_str().is_empty())
 }

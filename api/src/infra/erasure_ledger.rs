@@ -118,6 +118,7 @@ impl ErasureLedgers {
             )));
         }
         if ledger.erased.iter().any(|e| e.subject == subject) {
+            self.mirror(tenant);
             return Ok(());
         }
         let previous = ledger
@@ -142,8 +143,44 @@ impl ErasureLedgers {
         line.push(b'\n');
         file.write_all(&line)?;
         file.sync_all()?;
+        self.mirror(tenant);
+        Ok(())
+    }
+
+    /// Copies the tenant's ledger into the backup directory. A failure there (a backup mount
+    /// gone) does not stop the erasure, which the ledger here holds: it is logged, and the copy
+    /// made again by the next erasure or start ([`ErasureLedgers::sync_mirror`]).
+    fn mirror(&self, tenant: Uuid) {
         if let Some(mirror) = &self.mirror {
-            copy_durably(&self.path(tenant), &mirror.join(format!("{tenant}.jsonl")))?;
+            if let Err(err) =
+                copy_durably(&self.path(tenant), &mirror.join(format!("{tenant}.jsonl")))
+            {
+                tracing::error!(tenant.id = %tenant, error = %err, "the erasure ledger could not be copied into the backup directory");
+            }
+        }
+    }
+
+    /// Brings every copy in the backup directory up to its ledger here (where the copy is
+    /// missing or shorter).
+    pub(crate) fn sync_mirror(&self) -> std::io::Result<()> {
+        let Some(mirror) = &self.mirror else {
+            return Ok(());
+        };
+        let _appending = APPENDING.lock().unwrap_or_else(|e| e.into_inner());
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Ok(());
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if !name.to_string_lossy().ends_with(".jsonl") {
+                continue;
+            }
+            let copy = mirror.join(&name);
+            let shorter = std::fs::metadata(&copy).map_or(0, |m| m.len())
+                < entry.metadata().map_or(0, |m| m.len());
+            if shorter {
+                copy_durably(&entry.path(), &copy)?;
+            }
         }
         Ok(())
     }
@@ -154,7 +191,12 @@ impl ErasureLedgers {
 pub(crate) fn copy_durably(from: &Path, to: &Path) -> std::io::Result<()> {
     let dir = to.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
-    let partial = to.with_extension("jsonl.partial");
+    // A name of its own: two processes (the service and a command) may copy at once.
+    let partial = to.with_extension(format!(
+        "jsonl.{}.{}.partial",
+        std::process::id(),
+        Utc::now().timestamp_nanos_opt().unwrap_or_default()
+    ));
     std::fs::copy(from, &partial)?;
     std::fs::File::open(&partial)?.sync_all()?;
     std::fs::rename(&partial, to)?;

@@ -38,29 +38,44 @@ pub(crate) async fn checkpoints(services: Arc<Services>, interval: Duration) {
     }
 }
 
-/// Takes, verifies and prunes a base backup every `interval` (the first at once when the
-/// newest is older than that); a failed round is tried again after a quarter of the interval
-/// (an hour at most).
+/// Takes, verifies and prunes a base backup every `interval` — the first at once when the
+/// newest is older than that or from another timeline (the cluster was restored). A backup
+/// that does not verify is verified again after a quarter of the interval (an hour at most);
+/// no new one is taken for it.
 pub(crate) async fn backups(backups: Arc<Backups>, interval: Duration) {
-    let newest = backups
-        .store
-        .list()
-        .ok()
-        .and_then(|list| list.first().map(|b| b.finished_at));
+    let retry_after = (interval / 4).min(Duration::from_secs(3600));
+    let timeline = backups.current_timeline();
+    let newest = backups.store.list().ok().and_then(|list| {
+        list.into_iter().find(|b| {
+            timeline
+                .as_deref()
+                .is_none_or(|t| b.start_wal.starts_with(t))
+        })
+    });
     let age = newest
-        .and_then(|at| (chrono::Utc::now() - at).to_std().ok())
+        .and_then(|b| (chrono::Utc::now() - b.finished_at).to_std().ok())
         .unwrap_or(interval);
     tokio::time::sleep(interval.saturating_sub(age)).await;
+    let mut failed: Option<String> = None;
     loop {
-        let wait = match backups.run().await {
-            Ok(info) if info.verified_at().is_some() => interval,
+        let round = match &failed {
+            Some(id) => backups.retry(id).await,
+            None => backups.run().await,
+        };
+        let wait = match round {
+            Ok(info) if info.verified_at().is_some() => {
+                failed = None;
+                interval
+            }
             Ok(info) => {
-                tracing::error!(backup = %info.id, "the scheduled backup did not verify");
-                (interval / 4).min(Duration::from_secs(3600))
+                tracing::error!(backup = %info.id, "a backup did not verify; it is verified again later");
+                failed = Some(info.id);
+                retry_after
             }
             Err(err) => {
                 tracing::error!(error = %format!("{err:#}"), "the scheduled backup failed");
-                (interval / 4).min(Duration::from_secs(3600))
+                failed = None;
+                retry_after
             }
         };
         tokio::time::sleep(wait).await;

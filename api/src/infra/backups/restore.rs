@@ -108,13 +108,14 @@ fn copy_unarchived_wal(
 }
 
 /// Starts the laid-out cluster under `into` in archive recovery up to `target` (the end of the
-/// archive without one), waits until it is promoted, and stops it.
+/// archive without one), waits until it is promoted, and stops it: the commit time of the last
+/// transaction replayed, when it says.
 pub(crate) async fn recover(
     into: &Path,
     store: &BackupStore,
     target: Option<DateTime<Utc>>,
     tools: &Tools,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<DateTime<Utc>>> {
     let postgres = into.join("postgres");
     let signal = postgres.join("data").join("recovery.signal");
     fs::write(&signal, "")?;
@@ -161,7 +162,10 @@ pub(crate) async fn recover(
     };
     let started = {
         let postgres = postgres.clone();
-        tokio::task::spawn_blocking(move || PrivateCluster::start(&postgres, &settings)).await?
+        tokio::task::spawn_blocking(move || {
+            PrivateCluster::start_waiting(&postgres, &settings, 24 * 60 * 60)
+        })
+        .await?
     };
     let cluster = match started {
         Ok(cluster) => cluster,
@@ -176,7 +180,10 @@ pub(crate) async fn recover(
     let promoted = wait_for_promotion(&cluster).await;
     let stopped = tokio::task::spawn_blocking(move || cluster.stop()).await?;
     match promoted {
-        Ok(()) => Ok(stopped?),
+        Ok(reached) => {
+            stopped?;
+            Ok(reached)
+        }
         Err(_) if ended_before() => Err(EndedBeforeTarget.into()),
         Err(err) => Err(err.context(format!("the restored server's log ends:\n{}", said()))),
     }
@@ -212,20 +219,22 @@ pub(crate) async fn flush_archive(
 }
 
 /// Polls until the server has left recovery (a day at most: replaying a large archive takes
-/// time); an error when it stops answering.
-async fn wait_for_promotion(cluster: &PrivateCluster) -> anyhow::Result<()> {
+/// time), then asks when the last transaction it replayed committed; an error when it stops
+/// answering.
+async fn wait_for_promotion(cluster: &PrivateCluster) -> anyhow::Result<Option<DateTime<Utc>>> {
     let options = cluster.connect_options();
     let mut failures = 0;
     for _ in 0..(24 * 60 * 60 * 5) {
         match PgConnection::connect_with(&options).await {
             Ok(mut conn) => {
                 failures = 0;
-                let recovering: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
-                    .fetch_one(&mut conn)
-                    .await?;
+                let (recovering, reached): (bool, Option<DateTime<Utc>>) =
+                    sqlx::query_as("SELECT pg_is_in_recovery(), pg_last_xact_replay_timestamp()")
+                        .fetch_one(&mut conn)
+                        .await?;
                 conn.close().await?;
                 if !recovering {
-                    return Ok(());
+                    return Ok(reached);
                 }
             }
             Err(err) => {

@@ -25,14 +25,16 @@ pub(crate) struct Backups {
     keep: usize,
     catalog: String,
     regions: HashMap<Region, PgConnectOptions>,
-    master: std::sync::Arc<MasterKey>,
+    /// The service's master key, sealed into each backup taken (not needed to verify one,
+    /// which carries its own).
+    master: Option<std::sync::Arc<MasterKey>>,
 }
 
 impl Backups {
     pub(crate) fn new(
         config: &crate::config::Config,
         backups: &crate::config::BackupConfig,
-        master: std::sync::Arc<MasterKey>,
+        master: Option<std::sync::Arc<MasterKey>>,
     ) -> anyhow::Result<Self> {
         let store = BackupStore::new(&backups.dir);
         Ok(Self {
@@ -70,11 +72,15 @@ impl Backups {
     /// need: one scheduled round, or `custos backup now`.
     pub(crate) async fn run(&self) -> anyhow::Result<BackupInfo> {
         let passphrase = self.passphrase()?.clone();
+        let master = self
+            .master
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("taking a backup needs the master key"))?;
         let store = self.store.clone();
         let tools = self.tools.clone();
         let data_dir = self.data_dir.clone();
         let secrets = Secrets {
-            master_key: self.master.to_hex(),
+            master_key: master.to_hex(),
             superuser_password: superuser_password(&data_dir)?,
         };
         let (lock, info) = tokio::task::spawn_blocking(move || {
@@ -84,22 +90,46 @@ impl Backups {
         })
         .await??;
         tracing::info!(backup = %info.id, bytes = info.bytes, "base backup taken");
-        let verification = self.verify_locked(&info.id).await?;
+        self.verify_locked(&info.id).await?;
         drop(lock);
-        if verification.ok() {
-            let store = self.store.clone();
-            let tools = self.tools.clone();
-            let keep = self.keep;
-            let removed = tokio::task::spawn_blocking(move || {
-                let _lock = store.lock()?;
-                store.prune(&tools, keep)
-            })
-            .await??;
-            if !removed.is_empty() {
-                tracing::info!(removed = removed.len(), "old base backups removed");
-            }
-        }
+        self.prune().await?;
         self.store.get(&info.id)
+    }
+
+    /// Verifies the backup `id` again and prunes if it now verifies: a failed round's retry,
+    /// which takes no new base backup.
+    pub(crate) async fn retry(&self, id: &str) -> anyhow::Result<BackupInfo> {
+        self.verify(id).await?;
+        self.prune().await?;
+        self.store.get(id)
+    }
+
+    async fn prune(&self) -> anyhow::Result<()> {
+        let (store, tools, keep) = (self.store.clone(), self.tools.clone(), self.keep);
+        let removed = tokio::task::spawn_blocking(move || {
+            let _lock = store.lock()?;
+            store.prune(&tools, keep)
+        })
+        .await??;
+        if !removed.is_empty() {
+            tracing::info!(removed = removed.len(), "old base backups removed");
+        }
+        Ok(())
+    }
+
+    /// The private cluster's current timeline (`pg_controldata`), as WAL file names write it.
+    pub(crate) fn current_timeline(&self) -> Option<String> {
+        let pgdata = self.data_dir.join("postgres").join("data");
+        let mut command = self.tools.command("pg_controldata", &self.data_dir);
+        command.arg("-D").arg(&pgdata);
+        let output = self.tools.run(command).ok()?;
+        let timeline = output
+            .lines()
+            .find_map(|line| line.strip_prefix("Latest checkpoint's TimeLineID:"))?
+            .trim()
+            .parse::<u32>()
+            .ok()?;
+        Some(format!("{timeline:08X}"))
     }
 
     /// Verifies the backup `id` whole, records the result in its description, and returns it.
@@ -130,6 +160,17 @@ impl Backups {
         match self.restore_and_verify(id, &mut verification).await {
             Ok(()) => {}
             Err(err) => verification.problems.push(format!("restoring it: {err:#}")),
+        }
+        let previous = self
+            .store
+            .list()?
+            .into_iter()
+            .filter(|b| b.id != info.id && b.finished_at < info.finished_at)
+            .find_map(|b| b.verification.filter(|v| v.ok()));
+        if verification.organisations == 0 && previous.is_some_and(|p| p.organisations > 0) {
+            verification
+                .problems
+                .push("no organisation in it, though the backup before had some".to_owned());
         }
         info.verification = Some(verification.clone());
         self.store.write_info(&info)?;
@@ -175,7 +216,10 @@ impl Backups {
                     ("archive_mode", "off".to_owned()),
                     ("max_connections", "20".to_owned()),
                 ];
-                Ok::<_, anyhow::Error>(PrivateCluster::start(&postgres, &settings)?)
+                let cluster = PrivateCluster::start_waiting(&postgres, &settings, 60 * 60)?;
+                // Not left in clear beside the backups (the cluster keeps it in memory).
+                std::fs::remove_file(postgres.join("superuser.password"))?;
+                Ok::<_, anyhow::Error>(cluster)
             })
             .await??
         };
