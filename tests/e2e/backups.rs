@@ -114,6 +114,51 @@ async fn a_point_in_time_restore_brings_back_that_moment_without_the_people_eras
         .unwrap()
         .contains(key.trim()));
 
+    // A WAL archive that cannot be written shows in /healthz, and stops showing once it can.
+    let wal = backup_dir.join("wal");
+    let superuser = {
+        let dir = app.data_dir.path().join("postgres");
+        let password = std::fs::read_to_string(dir.join("superuser.password")).unwrap();
+        sqlx::postgres::PgConnectOptions::new()
+            .socket(dir.join("run"))
+            .port(5432)
+            .username("custos")
+            .password(password.trim())
+            .database("postgres")
+    };
+    let switch = || async {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect_with(&superuser).await.unwrap();
+        sqlx::query("SELECT txid_current()")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        sqlx::query("SELECT pg_switch_wal()")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+    };
+    let app_ref = &app;
+    let health_until = |wanted: bool| async move {
+        for _ in 0..300 {
+            let health = healthz(app_ref).await;
+            if health.contains("WAL archiving failing") == wanted {
+                return health;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!("/healthz never said archiving failing = {wanted}");
+    };
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wal, std::fs::Permissions::from_mode(0o500)).unwrap();
+    switch().await;
+    let health = health_until(true).await;
+    assert!(health.contains("last verified backup: 2"), "{health}");
+    std::fs::set_permissions(&wal, std::fs::Permissions::from_mode(0o700)).unwrap();
+    switch().await;
+    health_until(false).await;
+
     // After the backup: one more person (only in the WAL archive), the moment to restore, then
     // an erasure and a latecomer.
     employee(&app, &admin.token, "Annalise", "Afterward").await;

@@ -1,6 +1,6 @@
 //! Health (`/healthz`: the process serves; it also names a raised integrity alarm and, with
-//! backups configured, when the newest verified backup was taken) and readiness (`/readyz`:
-//! the catalog database answers).
+//! backups configured, when the newest verified backup was taken and whether WAL archiving
+//! fails) and readiness (`/readyz`: the catalog database answers).
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -24,6 +24,21 @@ pub(crate) async fn healthz(State(state): State<AppState>) -> String {
                 at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
             )),
             None => text.push_str("\nlast verified backup: none yet"),
+        }
+        // Base backups stream their own WAL and keep verifying while the archive fails.
+        let failing: Option<Option<chrono::DateTime<chrono::Utc>>> = sqlx::query_scalar(
+            "SELECT last_failed_time FROM pg_stat_archiver
+             WHERE last_failed_time > coalesce(last_archived_time, '-infinity')",
+        )
+        .fetch_optional(state.services.tenancy.catalog())
+        .await
+        .ok()
+        .flatten();
+        if let Some(Some(since)) = failing {
+            text.push_str(&format!(
+                "\nWAL archiving failing: last failure {} (see postgres.log)",
+                since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ));
         }
     }
     text
