@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use custos_api::{Application, BackupConfig, Cli, Config, DatabaseConfig};
 
-use crate::common::{bench_tenant, data_dir, BenchArgs};
+use crate::common::{data_dir, BenchArgs};
+use crate::portability::organization;
 use crate::privacy::{events_in, fill};
 
 const PASSPHRASE: &str = "benchmark backup passphrase";
@@ -68,18 +69,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let running = tokio::spawn(application.run_until(async move {
         let _ = stopped.await;
     }));
-    let (tenant, metadata) = bench_tenant(
-        &services,
-        "portability",
-        "Portability bench",
-        "portability@example.org",
-    )
-    .await?;
-    let target = i64::try_from(args.events)?;
-    let have = events_in(&tenant).await?;
-    if have < target {
-        fill(&tenant, usize::try_from(target - have)?, metadata).await?;
-    }
+    let (tenant, metadata) = organization(&services, args.events).await?;
     let events = events_in(&tenant).await?;
     let cluster_mb = size_mb(&dir.join("postgres/data"));
 

@@ -7,14 +7,16 @@
 //!
 //! With `--data-dir`, the filled source store is kept and reused by the next run.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use secrecy::SecretString;
 use sqlx::postgres::PgConnectOptions;
 use uuid::Uuid;
 
-use custos_api::testing::{verify, Placement, Tenancy};
+use custos_api::testing::{verify, Placement, Services, Tenancy, Tenant};
 use custos_api::{Application, Config, DatabaseConfig};
+use custos_domain::EventMetadata;
 
 use crate::common::{bench_tenant, data_dir, BenchArgs};
 use crate::privacy::{events_in, fill};
@@ -40,6 +42,27 @@ fn rss_kb() -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
+/// The suite's organisation, filled to `events` events if it has fewer (the backups suite
+/// reuses it, and the store, with `--data-dir`).
+pub(crate) async fn organization(
+    services: &Services,
+    events: usize,
+) -> anyhow::Result<(Arc<Tenant>, EventMetadata)> {
+    let (tenant, metadata) = bench_tenant(
+        services,
+        SLUG,
+        "Portability bench",
+        "portability@example.org",
+    )
+    .await?;
+    let target = i64::try_from(events)?;
+    let have = events_in(&tenant).await?;
+    if have < target {
+        fill(&tenant, usize::try_from(target - have)?, metadata).await?;
+    }
+    Ok((tenant, metadata))
+}
+
 pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let (_temp, source_dir) = data_dir(&args)?;
     let mut config = Config::new(source_dir.clone(), DatabaseConfig::Private);
@@ -51,18 +74,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let running = tokio::spawn(application.run_until(async move {
         let _ = stopped.await;
     }));
-    let (tenant, metadata) = bench_tenant(
-        &services,
-        SLUG,
-        "Portability bench",
-        "portability@example.org",
-    )
-    .await?;
-    let target = i64::try_from(args.events)?;
-    let have = events_in(&tenant).await?;
-    if have < target {
-        fill(&tenant, usize::try_from(target - have)?, metadata).await?;
-    }
+    let (tenant, _) = organization(&services, args.events).await?;
     // Signed heads over (nearly) everything, so the import verifies the whole tree.
     let deadline = Instant::now() + Duration::from_secs(60);
     while services

@@ -12,7 +12,7 @@ use crate::config::{BackupConfig, Config, DatabaseConfig};
 use crate::infra::backups::restore::{flush_archive, lay_out, recover, EndedBeforeTarget, Layout};
 use crate::infra::backups::verify::Backups;
 use crate::infra::backups::{BackupInfo, BackupStore, Verification, RESTORING};
-use crate::infra::cluster::{attach_options, PrivateCluster, Tools};
+use crate::infra::cluster::{attach_options, in_use, postmaster_alive, PrivateCluster, Tools};
 use crate::infra::database::Database;
 use crate::infra::keys::MasterKey;
 use crate::infra::tenancy::verification::{verify_organisations, Scope};
@@ -289,22 +289,11 @@ fn check_target(into: &Path, data_dir: &Path) -> anyhow::Result<bool> {
             into.display()
         );
     }
-    if attach_options(&into.join("postgres")).is_ok()
-        && into.join("postgres/data/postmaster.pid").exists()
-    {
-        let pid = std::fs::read_to_string(into.join("postgres/data/postmaster.pid"))
-            .ok()
-            .and_then(|text| {
-                text.lines()
-                    .next()
-                    .and_then(|l| l.trim().parse::<i32>().ok())
-            });
-        if pid.is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists()) {
-            anyhow::bail!(
-                "{} holds an interrupted restore whose PostgreSQL still runs",
-                into.display()
-            );
-        }
+    if postmaster_alive(&into.join("postgres").join("data")) {
+        anyhow::bail!(
+            "{} holds an interrupted restore whose PostgreSQL still runs",
+            into.display()
+        );
     }
     Ok(true)
 }
@@ -367,11 +356,7 @@ async fn running_cluster(
     data_dir: &Path,
 ) -> anyhow::Result<Option<sqlx::postgres::PgConnectOptions>> {
     use sqlx::Connection;
-    let lock = data_dir.join("postgres").join("custos.lock");
-    let Ok(file) = std::fs::OpenOptions::new().write(true).open(&lock) else {
-        return Ok(None);
-    };
-    if file.try_lock().is_ok() {
+    if !in_use(&data_dir.join("postgres")) {
         return Ok(None);
     }
     let options = attach_options(&data_dir.join("postgres"))?;

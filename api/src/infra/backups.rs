@@ -205,16 +205,20 @@ impl BackupStore {
     /// Ties the directory to the cluster in `pgdata` (an existing one): the first cluster to
     /// use it owns it; another is refused, so a fresh cluster started on a lost data directory
     /// can never archive into, back up into or prune the backups of the one that was lost.
-    pub(crate) fn claim(&self, tools: &Tools, pgdata: &Path) -> anyhow::Result<()> {
-        let id = system_id(tools, pgdata)?;
+    /// The cluster's system identifier.
+    pub(crate) fn claim(&self, tools: &Tools, pgdata: &Path) -> anyhow::Result<String> {
+        let id = controldata(tools, pgdata, "Database system identifier")?;
         match self.owner() {
-            Some(owner) if owner == id => Ok(()),
+            Some(owner) if owner == id => Ok(id),
             Some(owner) => anyhow::bail!(
                 "{} holds the backups of another PostgreSQL cluster (system {owner}; this one is {id}): \
                  to bring that one back, run `custos backup restore`; to back this one up, use another backup directory",
                 self.dir.display()
             ),
-            None => write_durably(&self.dir.join("system-id"), id.as_bytes()),
+            None => {
+                write_durably(&self.dir.join("system-id"), id.as_bytes())?;
+                Ok(id)
+            }
         }
     }
 
@@ -314,8 +318,7 @@ impl BackupStore {
         }
         self.prepare(tools)?;
         let pgdata = data_dir.join("postgres").join("data");
-        self.claim(tools, &pgdata)?;
-        let system_id = system_id(tools, &pgdata)?;
+        let system_id = self.claim(tools, &pgdata)?;
         self.remove_partials()?;
         let started_at = Utc::now();
         let id = started_at.format("%Y%m%dT%H%M%S%.3fZ").to_string();
@@ -526,16 +529,17 @@ fn segment_name(timeline: &str, number: u64) -> String {
     format!("{timeline}{:08X}{:08X}", number / 0x100, number % 0x100)
 }
 
-/// The database system identifier of the cluster in `pgdata`.
-pub(crate) fn system_id(tools: &Tools, pgdata: &Path) -> anyhow::Result<String> {
+/// The value `pg_controldata` gives for `field` (the text before the colon) of the cluster in
+/// `pgdata`, stopped or running.
+pub(crate) fn controldata(tools: &Tools, pgdata: &Path, field: &str) -> anyhow::Result<String> {
     let mut command = tools.command("pg_controldata", pgdata.parent().unwrap_or(pgdata));
     command.arg("-D").arg(pgdata);
     tools
         .run(command)?
         .lines()
-        .find_map(|line| line.strip_prefix("Database system identifier:"))
-        .map(|id| id.trim().to_owned())
-        .ok_or_else(|| anyhow::anyhow!("pg_controldata names no system identifier"))
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .map(|value| value.trim().to_owned())
+        .ok_or_else(|| anyhow::anyhow!("pg_controldata names no `{field}`"))
 }
 
 /// A value for `postgresql.conf`, single-quoted.

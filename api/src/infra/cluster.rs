@@ -409,18 +409,10 @@ impl PrivateCluster {
     /// data directory is stopped; a `postmaster.pid` whose process is gone is removed.
     fn recover_stale(&self) -> Result<(), ClusterError> {
         let pid_file = self.pgdata.join("postmaster.pid");
-        let Ok(contents) = fs::read_to_string(&pid_file) else {
+        if !pid_file.exists() {
             return Ok(());
-        };
-        let pid = contents
-            .lines()
-            .next()
-            .and_then(|l| l.trim().parse::<i32>().ok());
-        let alive_postgres = pid.is_some_and(|pid| {
-            fs::read_to_string(format!("/proc/{pid}/comm"))
-                .is_ok_and(|comm| comm.trim().starts_with("postgres"))
-        });
-        if alive_postgres {
+        }
+        if postmaster_alive(&self.pgdata) {
             tracing::warn!(
                 "stopping a PostgreSQL server left running by a previous Custos process"
             );
@@ -538,17 +530,49 @@ fn write_private(path: &Path, contents: &str) -> Result<(), ClusterError> {
 /// service, for `custos verify`).
 pub(crate) fn attach_options(dir: &Path) -> Result<PgConnectOptions, ClusterError> {
     let dir = dir.canonicalize().map_err(io_at(dir))?;
+    let password = stored_password(&dir)?;
+    Ok(PgConnectOptions::new()
+        .socket(dir.join("run"))
+        .port(PORT)
+        .username(SUPERUSER)
+        .password(password.expose_secret())
+        .database("postgres"))
+}
+
+/// The superuser password kept beside the cluster under `dir` (`<data-dir>/postgres`), which
+/// must exist.
+pub(crate) fn stored_password(dir: &Path) -> Result<SecretString, ClusterError> {
     let path = dir.join("superuser.password");
     let mut password = String::new();
     File::open(&path)
         .and_then(|mut file| file.read_to_string(&mut password))
         .map_err(io_at(&path))?;
-    Ok(PgConnectOptions::new()
-        .socket(dir.join("run"))
-        .port(PORT)
-        .username(SUPERUSER)
-        .password(password.trim())
-        .database("postgres"))
+    Ok(SecretString::from(password.trim().to_owned()))
+}
+
+/// Whether a process holds the cluster directory `dir` (`<data-dir>/postgres`): a service or
+/// command using it.
+pub(crate) fn in_use(dir: &Path) -> bool {
+    OpenOptions::new()
+        .write(true)
+        .open(dir.join("custos.lock"))
+        .is_ok_and(|file| file.try_lock().is_err())
+}
+
+/// Whether the postmaster that `pgdata/postmaster.pid` names is still running.
+pub(crate) fn postmaster_alive(pgdata: &Path) -> bool {
+    fs::read_to_string(pgdata.join("postmaster.pid"))
+        .ok()
+        .and_then(|contents| {
+            contents
+                .lines()
+                .next()
+                .and_then(|l| l.trim().parse::<i32>().ok())
+        })
+        .is_some_and(|pid| {
+            fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.trim().starts_with("postgres"))
+        })
 }
 
 fn superuser_password(dir: &Path) -> Result<SecretString, ClusterError> {

@@ -51,7 +51,9 @@ impl Database {
                             data_dir.display(),
                             store.dir().display()
                         ),
-                        (false, _) => store.claim(&tools, &pgdata)?,
+                        (false, _) => {
+                            store.claim(&tools, &pgdata)?;
+                        }
                         (true, None) => {}
                     }
                     let cluster = PrivateCluster::start(&dir, &settings)?;

@@ -167,23 +167,29 @@ impl ErasureLedgers {
             return Ok(());
         };
         let _appending = APPENDING.lock().unwrap_or_else(|e| e.into_inner());
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
-            return Ok(());
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            if !name.to_string_lossy().ends_with(".jsonl") {
-                continue;
-            }
-            let copy = mirror.join(&name);
-            let shorter = std::fs::metadata(&copy).map_or(0, |m| m.len())
-                < entry.metadata().map_or(0, |m| m.len());
-            if shorter {
-                copy_durably(&entry.path(), &copy)?;
-            }
-        }
-        Ok(())
+        copy_longer(&self.dir, mirror)
     }
+}
+
+/// Copies each ledger of the directory `from` over its copy in `to` where that is missing or
+/// shorter (ledgers only grow: the longer one is the newer).
+pub(crate) fn copy_longer(from: &Path, to: &Path) -> std::io::Result<()> {
+    let Ok(entries) = std::fs::read_dir(from) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if !name.to_string_lossy().ends_with(".jsonl") {
+            continue;
+        }
+        let copy = to.join(&name);
+        let shorter = std::fs::metadata(&copy).map_or(0, |m| m.len())
+            < entry.metadata().map_or(0, |m| m.len());
+        if shorter {
+            copy_durably(&entry.path(), &copy)?;
+        }
+    }
+    Ok(())
 }
 
 /// Copies the ledger `from` over `to` (a temporary file, fsynced, renamed into place): the

@@ -12,8 +12,11 @@ use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
 use sqlx::{Connection, PgConnection};
 
-use super::{copy_files, copy_tree, quote, write_durably, BackupInfo, BackupStore, Secrets};
+use super::{
+    controldata, copy_files, copy_tree, quote, write_durably, BackupInfo, BackupStore, Secrets,
+};
 use crate::infra::cluster::{PrivateCluster, Tools};
+use crate::infra::erasure_ledger::copy_longer;
 use crate::infra::keys::KEY_FILE;
 
 /// Recovery reached the end of the archived WAL before the target: every archived change is
@@ -63,19 +66,7 @@ pub(crate) fn lay_out(layout: &Layout<'_>, into: &Path, tools: &Tools) -> anyhow
     let mut sources = vec![set.join("erasures"), layout.store.erasures_dir()];
     sources.extend(layout.live.map(|live| live.join("erasures")));
     for source in sources {
-        for entry in fs::read_dir(&source).into_iter().flatten().flatten() {
-            let name = entry.file_name();
-            if !name.to_string_lossy().ends_with(".jsonl") {
-                continue;
-            }
-            let here = ledgers.join(&name);
-            let longer = fs::metadata(&here).map_or(0, |m| m.len())
-                < entry.metadata().map_or(0, |m| m.len());
-            if longer {
-                fs::copy(entry.path(), &here)
-                    .with_context(|| format!("copying {}", entry.path().display()))?;
-            }
-        }
+        copy_longer(&source, &ledgers)?;
     }
     if let Some(live) = layout.live.filter(|_| layout.unarchived_wal) {
         copy_unarchived_wal(layout.store, live, &postgres.join("data"), tools)?;
@@ -122,13 +113,8 @@ pub(crate) async fn recover(
     tools.hand_over(&signal)?;
     // Read-only connections during recovery (to see when it ends) need at least the
     // connection slots the backed-up server had.
-    let mut controldata = tools.command("pg_controldata", &postgres);
-    controldata.arg("-D").arg(postgres.join("data"));
-    let slots = tools
-        .run(controldata)?
-        .lines()
-        .find_map(|line| line.strip_prefix("max_connections setting:"))
-        .and_then(|value| value.trim().parse::<u32>().ok())
+    let slots = controldata(tools, &postgres.join("data"), "max_connections setting")?
+        .parse::<u32>()
         .unwrap_or(300);
     let mut settings = vec![
         ("restore_command", store.restore_command()),

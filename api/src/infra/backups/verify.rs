@@ -10,9 +10,12 @@ use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 use sqlx::postgres::PgConnectOptions;
 
-use super::{copy_files, copy_tree, write_durably, BackupInfo, BackupStore, Secrets, Verification};
+use super::{
+    controldata, copy_files, copy_tree, write_durably, BackupInfo, BackupStore, Secrets,
+    Verification,
+};
 use crate::config::Region;
-use crate::infra::cluster::{PrivateCluster, Tools};
+use crate::infra::cluster::{stored_password, PrivateCluster, Tools};
 use crate::infra::keys::MasterKey;
 use crate::infra::tenancy::verification::{verify_organisations, Scope};
 
@@ -81,7 +84,7 @@ impl Backups {
         let data_dir = self.data_dir.clone();
         let secrets = Secrets {
             master_key: master.to_hex(),
-            superuser_password: superuser_password(&data_dir)?,
+            superuser_password: stored_password(&data_dir.join("postgres"))?,
         };
         let (lock, info) = tokio::task::spawn_blocking(move || {
             let lock = store.lock()?;
@@ -120,13 +123,8 @@ impl Backups {
     /// The private cluster's current timeline (`pg_controldata`), as WAL file names write it.
     pub(crate) fn current_timeline(&self) -> Option<String> {
         let pgdata = self.data_dir.join("postgres").join("data");
-        let mut command = self.tools.command("pg_controldata", &self.data_dir);
-        command.arg("-D").arg(&pgdata);
-        let output = self.tools.run(command).ok()?;
-        let timeline = output
-            .lines()
-            .find_map(|line| line.strip_prefix("Latest checkpoint's TimeLineID:"))?
-            .trim()
+        let timeline = controldata(&self.tools, &pgdata, "Latest checkpoint's TimeLineID")
+            .ok()?
             .parse::<u32>()
             .ok()?;
         Some(format!("{timeline:08X}"))
@@ -256,12 +254,4 @@ impl Backups {
         }
         Ok(())
     }
-}
-
-/// The private cluster's superuser password, from its file in the data directory.
-pub(crate) fn superuser_password(data_dir: &std::path::Path) -> anyhow::Result<SecretString> {
-    let path = data_dir.join("postgres").join("superuser.password");
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
-    Ok(SecretString::from(text.trim().to_owned()))
 }

@@ -239,12 +239,7 @@ impl Tenancy {
                 // Moved; dropping the old database may fail (its server gone): the next start
                 // drops it, as the catalog's move state says.
                 match self.drop_tenant_database(from, &row).await {
-                    Ok(()) => {
-                        sqlx::query("UPDATE tenants SET move = NULL WHERE id = $1")
-                            .bind(row.id)
-                            .execute(self.catalog())
-                            .await?;
-                    }
+                    Ok(()) => self.move_done(row.id).await?,
                     Err(err) => {
                         tracing::warn!(tenant.id = %row.id, error = %err, "the old database of a moved organisation could not be dropped yet; the next start drops it");
                     }
@@ -261,12 +256,7 @@ impl Tenancy {
                     tracing::error!(tenant.id = %row.id, error = %cleanup, "dropping a failed move's new database failed");
                 }
                 match self.fence(&row, false).await {
-                    Ok(()) => {
-                        sqlx::query("UPDATE tenants SET move = NULL WHERE id = $1")
-                            .bind(row.id)
-                            .execute(self.catalog())
-                            .await?;
-                    }
+                    Ok(()) => self.move_done(row.id).await?,
                     Err(fence) => {
                         tracing::error!(tenant.id = %row.id, error = %fence, "reopening the old database after a failed move failed; the next start reopens it");
                     }

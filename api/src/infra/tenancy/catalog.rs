@@ -223,12 +223,18 @@ impl Tenancy {
                 self.drop_database(region("region")?, &new_row).await?;
                 self.fence(&row, false).await?;
             }
-            sqlx::query("UPDATE tenants SET move = NULL WHERE id = $1")
-                .bind(id)
-                .execute(&self.catalog)
-                .await?;
+            self.move_done(id).await?;
             lock.release().await;
         }
+        Ok(())
+    }
+
+    /// Clears the organisation's move state: it is served where the catalog says.
+    pub(crate) async fn move_done(&self, id: Uuid) -> sqlx::Result<()> {
+        sqlx::query("UPDATE tenants SET move = NULL WHERE id = $1")
+            .bind(id)
+            .execute(&self.catalog)
+            .await?;
         Ok(())
     }
 
