@@ -40,8 +40,9 @@ enum Command {
     /// Data retention.
     #[command(subcommand)]
     Retention(args::RetentionCommand),
-    /// Backups of the private cluster (CUSTOS_BACKUP_DIR): base backups and the WAL archive,
-    /// verified, and point-in-time restore.
+    /// Backups (CUSTOS_BACKUP_DIR): of the private cluster, base backups and the WAL archive,
+    /// verified, and point-in-time restore; with DATABASE_URL, verified archives of every
+    /// organisation, and restoring one.
     #[command(subcommand)]
     Backup(args::BackupCommand),
     /// Verify the event store: every stream's hash chain and the signed checkpoints (against

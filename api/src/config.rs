@@ -47,18 +47,22 @@ pub enum DatabaseConfig {
     External(Box<PgConnectOptions>),
 }
 
-/// Backups of the private cluster (`CUSTOS_BACKUP_DIR`): WAL archiving and base backups.
+/// Backups (`CUSTOS_BACKUP_DIR`): of the private cluster, WAL archiving and base backups; with
+/// `DATABASE_URL`, archives of every organisation.
 #[derive(Debug, Clone)]
 pub struct BackupConfig {
-    /// Where the WAL archive and the base backups go (best on another disk or a mount of
-    /// another machine).
+    /// Where the WAL archive and the base backups, or the organisation archives, go (best on
+    /// another disk or a mount of another machine).
     pub dir: PathBuf,
-    /// Seals the master key and the superuser password inside each backup (Argon2id); a
-    /// scheduled backup needs it, and so does a restore.
+    /// Seals the master key and the superuser password inside each base backup, or the
+    /// secrets of each organisation archive (Argon2id); a scheduled backup needs it, and so
+    /// does a restore.
     pub passphrase: Option<SecretString>,
-    /// How often a base backup is taken (and verified); `None`: only `custos backup now`.
+    /// How often a base backup is taken, or every organisation archived (and verified);
+    /// `None`: only `custos backup now`.
     pub interval: Option<Duration>,
-    /// How many verified base backups are kept (with the WAL to restore from the oldest).
+    /// How many verified base backups are kept (with the WAL to restore from the oldest), or
+    /// verified archives per organisation.
     pub keep: usize,
 }
 

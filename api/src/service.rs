@@ -49,8 +49,9 @@ pub struct Services {
     pub(crate) erasures: crate::infra::erasure_ledger::ErasureLedgers,
     /// Organisations whose last checkpoint refused to sign, and why (until one signs again).
     pub(crate) integrity_alarms: std::sync::Mutex<std::collections::HashMap<uuid::Uuid, String>>,
-    /// Backups of the private cluster, when a backup directory is configured.
-    pub(crate) backups: Option<std::sync::Arc<crate::infra::backups::verify::Backups>>,
+    /// Backups (of the private cluster, or archives of every organisation with
+    /// `DATABASE_URL`), when a backup directory is configured.
+    pub(crate) backups: Option<std::sync::Arc<crate::infra::backups::plan::BackupPlan>>,
 }
 
 /// Held while a change checked against other aggregates runs; dropping it (even on

@@ -13,6 +13,8 @@ use crate::auth::passwords::Passwords;
 use crate::config::{Config, DatabaseConfig};
 use crate::graphql::build_schema;
 use crate::http::{router, AppState};
+use crate::infra::backups::archives::ArchiveBackups;
+use crate::infra::backups::plan::BackupPlan;
 use crate::infra::backups::verify::Backups;
 use crate::infra::database::Database;
 use crate::infra::erasure_ledger::ErasureLedgers;
@@ -31,20 +33,16 @@ pub(crate) async fn services(
     )?);
     let backups = match (&config.backups, &config.database) {
         (None, _) => None,
-        (Some(backups), DatabaseConfig::Private) => Some(Arc::new(Backups::new(
-            config,
-            backups,
-            Some(master_key.clone()),
-        )?)),
-        (Some(_), DatabaseConfig::External(_)) => anyhow::bail!(
-            "CUSTOS_BACKUP_DIR is for the private cluster; with DATABASE_URL, back up that \
-             server with its own tools and the organisations with `custos tenant export` \
-             (docs/operations.md, Backups)"
-        ),
+        (Some(backups), DatabaseConfig::Private) => Some(Arc::new(BackupPlan::Cluster(
+            Backups::new(config, backups, Some(master_key.clone()))?,
+        ))),
+        (Some(backups), DatabaseConfig::External(_)) => {
+            Some(Arc::new(BackupPlan::Archives(ArchiveBackups::new(backups))))
+        }
     };
     let erasures = ErasureLedgers::new(
         &config.data_dir,
-        backups.as_ref().map(|b| b.store.erasures_dir()),
+        backups.as_ref().map(|b| b.erasures_dir()),
         master_key.clone(),
     );
     let tenancy = Tenancy::start(
@@ -129,7 +127,13 @@ impl Application {
             .as_ref()
             .and_then(|b| b.interval)
             .zip(services.backups.clone())
-            .map(|(interval, backups)| AbortOnDrop(tokio::spawn(jobs::backups(backups, interval))));
+            .map(|(interval, plan)| {
+                AbortOnDrop(tokio::spawn(jobs::backups(
+                    services.clone(),
+                    plan,
+                    interval,
+                )))
+            });
         Ok(Self {
             _sweeper: AbortOnDrop(sweeper),
             _retention: retention,

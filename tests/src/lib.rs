@@ -133,7 +133,7 @@ async fn drop_leftovers(options: PgConnectOptions) {
         .await
         .expect("admin connection");
     let databases: Vec<String> = sqlx::query_scalar(
-        r"SELECT datname FROM pg_database WHERE datname LIKE 'custos\_t\_%' OR datname LIKE 'custos\_test\_%' OR datname = 'custos_tenant_template'",
+        r"SELECT datname FROM pg_database WHERE datname LIKE 'custos\_t\_%' OR datname LIKE 'custos\_v\_%' OR datname LIKE 'custos\_test\_%' OR datname = 'custos_tenant_template'",
     )
     .fetch_all(&mut admin)
     .await
@@ -144,7 +144,7 @@ async fn drop_leftovers(options: PgConnectOptions) {
             .await;
     }
     let roles: Vec<String> =
-        sqlx::query_scalar(r"SELECT rolname FROM pg_roles WHERE rolname LIKE 'custos\_t\_%'")
+        sqlx::query_scalar(r"SELECT rolname FROM pg_roles WHERE rolname LIKE 'custos\_t\_%' OR rolname LIKE 'custos\_v\_%'")
             .fetch_all(&mut admin)
             .await
             .expect("list roles");
@@ -377,6 +377,26 @@ impl TestApp {
             .await
             .expect("the application builds");
         Self::run(application, catalog, data_dir, false, None)
+    }
+
+    /// Like [`TestApp::spawn_with`] (on `DATABASE_URL`), backing up into
+    /// `<data_dir>/backups` — archives of every organisation, only on demand unless `adjust`
+    /// sets an interval — under [`BACKUP_PASSPHRASE`].
+    pub async fn spawn_archived(adjust: impl FnOnce(&mut Config)) -> Self {
+        let mut app = Self::spawn_with(|config| {
+            let mut backups = custos_api::BackupConfig::new(config.data_dir.join("backups"));
+            backups.passphrase = Some(BACKUP_PASSPHRASE.to_owned().into());
+            config.backups = Some(backups);
+            adjust(config);
+        })
+        .await;
+        std::fs::write(
+            app.data_dir.path().join("backup.passphrase"),
+            BACKUP_PASSPHRASE,
+        )
+        .expect("the passphrase file");
+        app.backup_dir = Some(app.data_dir.path().join("backups"));
+        app
     }
 
     fn run(
@@ -706,22 +726,21 @@ impl TestApp {
         argv.extend_from_slice(args);
         argv.extend(["--data-dir", &data_dir]);
         let (backup_dir, passphrase_file);
-        match &self.backup_dir {
-            Some(dir) if self.private => {
-                backup_dir = dir.display().to_string();
-                passphrase_file = self
-                    .data_dir
-                    .path()
-                    .join("backup.passphrase")
-                    .display()
-                    .to_string();
-                argv.extend(["--backup-dir", &backup_dir]);
-                if !args.contains(&"--backup-passphrase-file") {
-                    argv.extend(["--backup-passphrase-file", &passphrase_file]);
-                }
+        if let Some(dir) = &self.backup_dir {
+            backup_dir = dir.display().to_string();
+            passphrase_file = self
+                .data_dir
+                .path()
+                .join("backup.passphrase")
+                .display()
+                .to_string();
+            argv.extend(["--backup-dir", &backup_dir]);
+            if !args.contains(&"--backup-passphrase-file") {
+                argv.extend(["--backup-passphrase-file", &passphrase_file]);
             }
-            _ if self.private => {}
-            _ => argv.extend(["--database-url", &url]),
+        }
+        if !self.private {
+            argv.extend(["--database-url", &url]);
         }
         let us_url;
         if self.two_regions {

@@ -39,21 +39,29 @@ pub(crate) enum TenantCommand {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum BackupCommand {
-    /// Take a base backup of the private cluster now (beside a running service, or starting
-    /// the cluster), verify it, and remove the backups and WAL the newest verified ones no
-    /// longer need. The backup passphrase comes from CUSTOS_BACKUP_PASSPHRASE,
-    /// --backup-passphrase-file, or the first line of standard input.
+    /// Back up now and verify it. Private cluster: a base backup (beside a running service,
+    /// or starting the cluster), then the backups and WAL the newest verified ones no longer
+    /// need are removed. With DATABASE_URL: an archive of every organisation (or --slug),
+    /// each imported into a scratch database to verify it. The backup passphrase comes from
+    /// CUSTOS_BACKUP_PASSPHRASE, --backup-passphrase-file, or the first line of standard
+    /// input.
     Now(BackupArgs),
-    /// List the base backups, newest first, with their verification, and the WAL archive.
+    /// List the backups, newest first, with their verification (and the WAL archive of the
+    /// private cluster).
     List(BackupArgs),
-    /// Verify a base backup again (the newest by default): pg_verifybackup against its
-    /// manifest, its sealed keys opened, a copy started in a scratch directory and every
-    /// organisation in it verified. Exits 1 when it does not verify.
+    /// Verify a backup again (the newest by default; with DATABASE_URL, every
+    /// organisation's newest archive). Private cluster: pg_verifybackup against its manifest,
+    /// its sealed keys opened, a copy started in a scratch directory and every organisation
+    /// in it verified. Archives: imported whole into a scratch database, then dropped. Exits
+    /// 1 when it does not verify.
     Verify(BackupVerifyArgs),
-    /// Restore into a new data directory, to a moment (--to) or the newest state the archive
-    /// has: the newest base backup from before it, its WAL replayed, every organisation
-    /// verified and every erasure made since replayed. Start it with
-    /// `custos serve --data-dir DIR`.
+    /// Restore. Private cluster: into a new data directory (--into), to a moment (--to) or
+    /// the newest state the archive has — the newest base backup from before it, its WAL
+    /// replayed, every organisation verified and every erasure made since replayed; start it
+    /// with `custos serve --data-dir DIR`. With DATABASE_URL: one organisation (--slug) from
+    /// its newest verified archive taken at or before --to, verified as it is imported, in
+    /// place of its database (or created again when the catalog lost it); erasures made since
+    /// are made again. Works beside running instances (requests to it fail meanwhile).
     Restore(BackupRestoreArgs),
 }
 
@@ -61,6 +69,9 @@ pub(crate) enum BackupCommand {
 pub(crate) struct BackupArgs {
     #[command(flatten)]
     pub(crate) common: CommonArgs,
+    /// With DATABASE_URL: only this organisation.
+    #[arg(long)]
+    pub(crate) slug: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -79,10 +90,13 @@ pub(crate) struct BackupRestoreArgs {
     /// The moment to restore, RFC 3339 (2026-12-02T09:30:00Z); the newest state otherwise.
     #[arg(long)]
     pub(crate) to: Option<String>,
-    /// The new data directory (absent or empty).
+    /// Private cluster: the new data directory (absent or empty).
     #[arg(long)]
-    pub(crate) into: PathBuf,
-    /// The base backup to start from (default: the newest that finished before --to).
+    pub(crate) into: Option<PathBuf>,
+    /// With DATABASE_URL: the organisation to restore.
+    #[arg(long)]
+    pub(crate) slug: Option<String>,
+    /// The backup to start from (default: the newest that finished before --to).
     #[arg(long)]
     pub(crate) backup: Option<String>,
 }

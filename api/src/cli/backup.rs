@@ -1,5 +1,7 @@
 //! `custos backup now|list|verify|restore`: base backups of the private cluster with its WAL
-//! archive, verified by restoring them, and point-in-time restore into a new data directory.
+//! archive, verified by restoring them, and point-in-time restore into a new data directory;
+//! with `DATABASE_URL`, archives of every organisation, verified by importing them into a
+//! scratch database, and one organisation restored from one.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -9,12 +11,16 @@ use chrono::{DateTime, Utc};
 use super::args::{backup_passphrase, BackupArgs, BackupRestoreArgs, BackupVerifyArgs, CommonArgs};
 use super::verify::print_report;
 use crate::config::{BackupConfig, Config, DatabaseConfig};
+use crate::infra::backups::archives::{ArchiveBackups, ArchiveInfo};
 use crate::infra::backups::restore::{flush_archive, lay_out, recover, EndedBeforeTarget, Layout};
 use crate::infra::backups::verify::Backups;
 use crate::infra::backups::{BackupInfo, BackupStore, Verification, RESTORING};
 use crate::infra::cluster::{attach_options, in_use, postmaster_alive, PrivateCluster, Tools};
 use crate::infra::database::Database;
+use crate::infra::integrity::tree_head::witness_file;
 use crate::infra::keys::MasterKey;
+use crate::infra::tenancy::archives::{set_aside_witness, Placement};
+use crate::infra::tenancy::catalog::Tenancy;
 use crate::infra::tenancy::verification::{verify_organisations, Scope};
 use crate::startup;
 
@@ -22,12 +28,6 @@ use crate::startup;
 /// standard input when neither the environment nor a file gives it.
 fn config(common: &CommonArgs, passphrase: bool) -> anyhow::Result<(Config, BackupConfig)> {
     let config = common.config()?;
-    if !matches!(config.database, DatabaseConfig::Private) {
-        anyhow::bail!(
-            "`custos backup` is for the private cluster; with DATABASE_URL, back up that server \
-             with its own tools and the organisations with `custos tenant export`"
-        );
-    }
     let mut backups = config.backups.clone().ok_or_else(|| {
         anyhow::anyhow!("no backup directory: set CUSTOS_BACKUP_DIR or pass --backup-dir")
     })?;
@@ -58,8 +58,17 @@ fn backups(config: &Config, backups: &BackupConfig, master: bool) -> anyhow::Res
     Backups::new(config, backups, master)
 }
 
+/// Whether the service runs on `DATABASE_URL` (its backups are organisation archives).
+fn external(config: &Config) -> bool {
+    matches!(config.database, DatabaseConfig::External(_))
+}
+
 pub(crate) async fn now(args: BackupArgs) -> anyhow::Result<bool> {
     let (mut config, settings) = config(&args.common, true)?;
+    if external(&config) {
+        return archives_now(&config, &settings, args.slug.as_deref()).await;
+    }
+    no_slug(args.slug.as_deref())?;
     config.backups = Some(settings.clone());
     if !config.data_dir.join("postgres/data/PG_VERSION").exists() {
         anyhow::bail!(
@@ -75,8 +84,23 @@ pub(crate) async fn now(args: BackupArgs) -> anyhow::Result<bool> {
     Ok(info.verified_at().is_some())
 }
 
+/// `--slug` is for organisation archives.
+fn no_slug(slug: Option<&str>) -> anyhow::Result<()> {
+    match slug {
+        Some(_) => anyhow::bail!(
+            "--slug is for the organisation archives kept with DATABASE_URL; a base backup \
+             holds every organisation"
+        ),
+        None => Ok(()),
+    }
+}
+
 pub(crate) async fn list(args: BackupArgs) -> anyhow::Result<bool> {
-    let (_, settings) = config(&args.common, false)?;
+    let (config, settings) = config(&args.common, false)?;
+    if external(&config) {
+        return archives_list(&settings, args.slug.as_deref());
+    }
+    no_slug(args.slug.as_deref())?;
     let store = BackupStore::new(&settings.dir);
     let backups = store.list()?;
     if backups.is_empty() {
@@ -106,6 +130,9 @@ pub(crate) async fn list(args: BackupArgs) -> anyhow::Result<bool> {
 
 pub(crate) async fn verify(args: BackupVerifyArgs) -> anyhow::Result<bool> {
     let (config, settings) = config(&args.common, true)?;
+    if external(&config) {
+        return archives_verify(&config, &settings, args.id.as_deref()).await;
+    }
     let backups = backups(&config, &settings, false)?;
     let id = match args.id {
         Some(id) => id,
@@ -151,11 +178,9 @@ fn describe(verification: Option<&Verification>) -> String {
     }
 }
 
-pub(crate) async fn restore(args: BackupRestoreArgs) -> anyhow::Result<bool> {
-    let (config, settings) = config(&args.common, false)?;
-    let target = args
-        .to
-        .as_deref()
+/// `--to`, read and checked.
+fn restore_target(to: Option<&str>) -> anyhow::Result<Option<DateTime<Utc>>> {
+    let target = to
         .map(|text| {
             DateTime::parse_from_rfc3339(text)
                 .map(|t| t.with_timezone(&Utc))
@@ -169,7 +194,29 @@ pub(crate) async fn restore(args: BackupRestoreArgs) -> anyhow::Result<bool> {
     if target.is_some_and(|t| t > Utc::now()) {
         anyhow::bail!("--to is in the future");
     }
-    let into = std::path::absolute(&args.into)?;
+    Ok(target)
+}
+
+pub(crate) async fn restore(args: BackupRestoreArgs) -> anyhow::Result<bool> {
+    let (config, settings) = config(&args.common, false)?;
+    let target = restore_target(args.to.as_deref())?;
+    if external(&config) {
+        if args.into.is_some() {
+            anyhow::bail!(
+                "--into is for the private cluster; with DATABASE_URL an organisation is \
+                 restored in place (--slug)"
+            );
+        }
+        let slug = args.slug.as_deref().ok_or_else(|| {
+            anyhow::anyhow!("with DATABASE_URL, name the organisation to restore: --slug")
+        })?;
+        return archives_restore(&config, &settings, slug, args.backup.as_deref(), target).await;
+    }
+    no_slug(args.slug.as_deref())?;
+    let into = args.into.as_deref().ok_or_else(|| {
+        anyhow::anyhow!("name the new data directory to restore into: --into DIR")
+    })?;
+    let into = std::path::absolute(into)?;
     let into = into.as_path();
     let interrupted = check_target(into, &config.data_dir)?;
     let store = BackupStore::new(&settings.dir);
@@ -410,4 +457,229 @@ async fn start_and_verify(config: &Config, into: &Path) -> anyhow::Result<bool> 
     .await;
     database.stop().await?;
     result
+}
+
+/// `backup now` with DATABASE_URL: an archive of every organisation (or of `slug`), verified.
+async fn archives_now(
+    config: &Config,
+    settings: &BackupConfig,
+    slug: Option<&str>,
+) -> anyhow::Result<bool> {
+    let archives = ArchiveBackups::new(settings);
+    with_services(config, |services| async move {
+        let row = match slug {
+            Some(slug) => Some(services.tenancy.in_service(slug).await?),
+            None => None,
+        };
+        let rounds = archives.run(&services.tenancy, row.as_ref()).await?;
+        if rounds.is_empty() {
+            println!("no organisation to back up");
+        }
+        let mut ok = true;
+        for round in rounds {
+            match round.result {
+                Ok(info) => {
+                    ok &= info.verified_at().is_some();
+                    print_archive(&info);
+                }
+                Err(err) => {
+                    ok = false;
+                    println!("{}: FAILED: {err:#}", round.slug);
+                }
+            }
+        }
+        Ok(ok)
+    })
+    .await
+}
+
+/// `backup list` with DATABASE_URL: every organisation's archives, newest first.
+fn archives_list(settings: &BackupConfig, slug: Option<&str>) -> anyhow::Result<bool> {
+    let archives = ArchiveBackups::new(settings);
+    let list: Vec<ArchiveInfo> = archives
+        .list(None)?
+        .into_iter()
+        .filter(|a| slug.is_none_or(|s| a.slug == s))
+        .collect();
+    if list.is_empty() {
+        println!("no organisation archives in {}", settings.dir.display());
+    }
+    for info in &list {
+        print_archive(info);
+    }
+    Ok(true)
+}
+
+/// `backup verify` with DATABASE_URL: the archive `id`, or every organisation's newest.
+async fn archives_verify(
+    config: &Config,
+    settings: &BackupConfig,
+    id: Option<&str>,
+) -> anyhow::Result<bool> {
+    let archives = ArchiveBackups::new(settings);
+    let ids: Vec<String> = match id {
+        Some(id) => vec![archives.get(id)?.id],
+        None => {
+            let mut newest: Vec<ArchiveInfo> = Vec::new();
+            for info in archives.list(None)? {
+                if !newest.iter().any(|n| n.organization == info.organization) {
+                    newest.push(info);
+                }
+            }
+            if newest.is_empty() {
+                anyhow::bail!("no organisation archives in {}", settings.dir.display());
+            }
+            newest.into_iter().map(|a| a.id).collect()
+        }
+    };
+    with_services(config, |services| async move {
+        let mut ok = true;
+        for id in ids {
+            let info = archives.verify(&services.tenancy, &id).await?;
+            ok &= info.verified_at().is_some();
+            print_archive(&info);
+        }
+        Ok(ok)
+    })
+    .await
+}
+
+/// `backup restore --slug` with DATABASE_URL: the organisation put back as its chosen archive
+/// holds it, in place of its database (or created again when the catalog no longer has it),
+/// then the erasures made since replayed.
+async fn archives_restore(
+    config: &Config,
+    settings: &BackupConfig,
+    slug: &str,
+    id: Option<&str>,
+    target: Option<DateTime<Utc>>,
+) -> anyhow::Result<bool> {
+    let archives = ArchiveBackups::new(settings);
+    let passphrase = archives.passphrase().or_else(|_| backup_passphrase(None))?;
+    // The ledgers in the backup directory are the longer ones when the data directory was
+    // lost: erasures made since the archive are made again from them.
+    crate::infra::erasure_ledger::copy_longer(
+        &archives.erasures_dir(),
+        &config.data_dir.join("erasures"),
+    )?;
+    // No scheduled round prunes the archive this restore reads meanwhile.
+    let _lock = archives.lock().await?;
+    with_services(config, |services| async move {
+        let tenancy = &services.tenancy;
+        let existing = tenancy.row_by_slug(slug).await?;
+        let organization = match &existing {
+            Some(row) => row.id,
+            None => archives
+                .organisations()?
+                .into_iter()
+                .find(|(_, s)| s == slug)
+                .map(|(id, _)| id)
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "no organisation `{slug}` here, and no archive of one in {}",
+                        settings.dir.display()
+                    )
+                })?,
+        };
+        let info = archives.choose(organization, id, target)?;
+        println!(
+            "restoring {} from archive {} (taken {})",
+            slug,
+            info.id,
+            stamp(info.taken_at)
+        );
+        let path = archives.path(&info);
+        let restored = match existing {
+            Some(row) => {
+                if !matches!(row.status.as_str(), "trial" | "active") {
+                    anyhow::bail!(
+                        "`{slug}` is {}, not in service: it cannot be restored now",
+                        row.status
+                    );
+                }
+                let moved = tenancy
+                    .restore_tenant(row, &path, passphrase, &config.data_dir)
+                    .await?;
+                moved.arrived
+            }
+            None => {
+                let file = tokio::fs::File::open(&path).await?;
+                let mut reader = tokio::io::BufReader::with_capacity(256 * 1024, file);
+                let opened = Tenancy::open_archive(&mut reader, passphrase).await?;
+                // Heads this server witnessed after the archive belong to the history that
+                // was lost: kept aside, not continued.
+                set_aside_witness(&witness_file(&config.data_dir, organization))?;
+                let placement = Placement {
+                    slug: Some(slug.to_owned()),
+                    region: None,
+                };
+                tenancy
+                    .import_archive(&mut reader, opened, placement, &config.data_dir)
+                    .await?
+            }
+        };
+        let replayed = services.replay_erasure_ledger(organization).await?;
+        println!(
+            "restored {} ({}) in region {}: {} events verified against {} signed tree heads in {:.1} s; tree head {} hands its signing over to a new key; read models rebuilt in {:.1} s{}",
+            restored.row.slug,
+            restored.row.id,
+            restored.row.region,
+            restored.imported.events,
+            restored.imported.tree_heads,
+            restored.loaded.as_secs_f64(),
+            restored.handover,
+            restored.rebuilt.as_secs_f64(),
+            match replayed {
+                0 => String::new(),
+                n => format!("; {n} people erased since the archive was taken were erased again"),
+            }
+        );
+        println!("what was written after {} is not in it", stamp(info.taken_at));
+        Ok(true)
+    })
+    .await
+}
+
+/// Runs `f` with the services on the configured database, closing them after.
+async fn with_services<F, Fut>(config: &Config, f: F) -> anyhow::Result<bool>
+where
+    F: FnOnce(Arc<crate::service::Services>) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    let database = Database::open(config).await?;
+    let result = async {
+        let services = startup::services(config, &database).await?;
+        let result = f(services.clone()).await;
+        services.tenancy.close().await;
+        result
+    }
+    .await;
+    database.stop().await?;
+    result
+}
+
+fn print_archive(info: &ArchiveInfo) {
+    let verification = match &info.verification {
+        None => "not verified".to_owned(),
+        Some(v) if info.verified_at().is_some() => {
+            format!(
+                "verified {}: imported whole into a scratch database",
+                stamp(v.at)
+            )
+        }
+        Some(v) => format!("DOES NOT VERIFY (checked {})", stamp(v.at)),
+    };
+    println!(
+        "{}: {} ({}), taken {}, {} events, {:.1} MB — {}",
+        info.id,
+        info.slug,
+        info.organization,
+        stamp(info.taken_at),
+        info.events,
+        info.bytes as f64 / 1e6,
+        verification
+    );
+    for problem in info.verification.iter().flat_map(|v| v.problems.iter()) {
+        println!("  {problem}");
+    }
 }

@@ -7,6 +7,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
 use super::state::AppState;
+use crate::infra::backups::plan::BackupPlan;
 
 /// `ok` (always 200: the process serves), then a line when a checkpoint refused to sign for
 /// some organisation (details in the log and in its `verifyIntegrity`), and with backups a
@@ -17,31 +18,64 @@ pub(crate) async fn healthz(State(state): State<AppState>) -> String {
         0 => {}
         n => text.push_str(&format!("\nintegrity alarm: {n} organisation(s)")),
     }
-    if let Some(backups) = &state.services.backups {
-        match backups.last_verified() {
-            Some(at) => text.push_str(&format!(
-                "\nlast verified backup: {}",
-                at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-            )),
-            None => text.push_str("\nlast verified backup: none yet"),
+    match state.services.backups.as_deref() {
+        Some(BackupPlan::Cluster(backups)) => {
+            text.push_str(&last_verified(backups.last_verified()));
+            // Base backups stream their own WAL and keep verifying while the archive fails.
+            let failing: Option<Option<chrono::DateTime<chrono::Utc>>> = sqlx::query_scalar(
+                "SELECT last_failed_time FROM pg_stat_archiver
+                 WHERE last_failed_time > coalesce(last_archived_time, '-infinity')",
+            )
+            .fetch_optional(state.services.tenancy.catalog())
+            .await
+            .ok()
+            .flatten();
+            if let Some(Some(since)) = failing {
+                text.push_str(&format!(
+                    "\nWAL archiving failing: last failure {} (see postgres.log)",
+                    stamp(since)
+                ));
+            }
         }
-        // Base backups stream their own WAL and keep verifying while the archive fails.
-        let failing: Option<Option<chrono::DateTime<chrono::Utc>>> = sqlx::query_scalar(
-            "SELECT last_failed_time FROM pg_stat_archiver
-             WHERE last_failed_time > coalesce(last_archived_time, '-infinity')",
-        )
-        .fetch_optional(state.services.tenancy.catalog())
-        .await
-        .ok()
-        .flatten();
-        if let Some(Some(since)) = failing {
-            text.push_str(&format!(
-                "\nWAL archiving failing: last failure {} (see postgres.log)",
-                since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-            ));
+        Some(BackupPlan::Archives(archives)) => {
+            // The weakest organisation: the oldest of every organisation's newest verified
+            // archive, and how many have none.
+            match archives.coverage(&state.services.tenancy).await {
+                Ok(coverage) => {
+                    let missing = coverage.iter().filter(|(_, at)| at.is_none()).count();
+                    let oldest = coverage.iter().filter_map(|(_, at)| *at).min();
+                    text.push_str(&last_verified(if missing > 0 { None } else { oldest }));
+                    if missing > 0 && coverage.len() > missing {
+                        text.push_str(&format!(
+                            " ({missing} of {} organisation(s) without a verified archive)",
+                            coverage.len()
+                        ));
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(error = %format!("{err:#}"), "the backup archives could not be listed");
+                    text.push_str(
+                        "\nlast verified backup: unknown (the backup directory could not be read)",
+                    );
+                }
+            }
         }
+        None => {}
     }
     text
+}
+
+fn stamp(at: chrono::DateTime<chrono::Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// The line naming when the newest verified backup was taken (with archives, the oldest
+/// organisation's newest).
+fn last_verified(at: Option<chrono::DateTime<chrono::Utc>>) -> String {
+    match at {
+        Some(at) => format!("\nlast verified backup: {}", stamp(at)),
+        None => "\nlast verified backup: none yet".to_owned(),
+    }
 }
 
 pub(crate) async fn readyz(State(state): State<AppState>) -> Response {

@@ -1,4 +1,6 @@
-//! Backups of the private cluster with PostgreSQL's own tools. The backup directory holds:
+//! Backups. With `DATABASE_URL`, verified tenant archives of every organisation
+//! ([`archives`]). Of the private cluster, with PostgreSQL's own tools; the backup directory
+//! then holds:
 //!
 //! - `wal/`: the WAL archive — each completed WAL segment, gzipped by the cluster's
 //!   `archive_command`, fsynced, never overwritten;
@@ -15,6 +17,8 @@
 //! A base backup in progress is `base/<id>.partial/`, removed by the next backup. Restoring is
 //! in [`restore`]; verifying a backup restores it into a scratch directory ([`verify`]).
 
+pub(crate) mod archives;
+pub(crate) mod plan;
 pub(crate) mod restore;
 pub(crate) mod verify;
 

@@ -5,6 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::infra::backups::archives::ArchiveBackups;
+use crate::infra::backups::plan::BackupPlan;
 use crate::infra::backups::verify::Backups;
 use crate::service::privacy::retention::run_tenants;
 use crate::service::Services;
@@ -38,12 +40,33 @@ pub(crate) async fn checkpoints(services: Arc<Services>, interval: Duration) {
     }
 }
 
+/// Backs up every `interval`, as the plan says: base backups of the private cluster, or
+/// archives of every organisation.
+pub(crate) async fn backups(services: Arc<Services>, plan: Arc<BackupPlan>, interval: Duration) {
+    match &*plan {
+        BackupPlan::Cluster(backups) => base_backups(backups, interval).await,
+        BackupPlan::Archives(archives) => archive_backups(&services, archives, interval).await,
+    }
+}
+
+/// How long a failed round waits before it is tried again.
+fn retry_after(interval: Duration) -> Duration {
+    (interval / 4).min(Duration::from_secs(3600))
+}
+
+/// Sleeps until `interval` after `newest` (at once when there is none or it is older).
+async fn wait_since(newest: Option<chrono::DateTime<chrono::Utc>>, interval: Duration) {
+    let age = newest
+        .and_then(|at| (chrono::Utc::now() - at).to_std().ok())
+        .unwrap_or(interval);
+    tokio::time::sleep(interval.saturating_sub(age)).await;
+}
+
 /// Takes, verifies and prunes a base backup every `interval` — the first at once when the
 /// newest is older than that or from another timeline (the cluster was restored). A backup
 /// that does not verify is verified again after a quarter of the interval (an hour at most);
 /// no new one is taken for it.
-pub(crate) async fn backups(backups: Arc<Backups>, interval: Duration) {
-    let retry_after = (interval / 4).min(Duration::from_secs(3600));
+async fn base_backups(backups: &Backups, interval: Duration) {
     let timeline = backups.current_timeline();
     let newest = backups.store.list().ok().and_then(|list| {
         list.into_iter().find(|b| {
@@ -52,10 +75,7 @@ pub(crate) async fn backups(backups: Arc<Backups>, interval: Duration) {
                 .is_none_or(|t| b.start_wal.starts_with(t))
         })
     });
-    let age = newest
-        .and_then(|b| (chrono::Utc::now() - b.finished_at).to_std().ok())
-        .unwrap_or(interval);
-    tokio::time::sleep(interval.saturating_sub(age)).await;
+    wait_since(newest.map(|b| b.finished_at), interval).await;
     let mut failed: Option<String> = None;
     loop {
         let round = match &failed {
@@ -70,13 +90,67 @@ pub(crate) async fn backups(backups: Arc<Backups>, interval: Duration) {
             Ok(info) => {
                 tracing::error!(backup = %info.id, "a backup did not verify; it is verified again later");
                 failed = Some(info.id);
-                retry_after
+                retry_after(interval)
             }
             Err(err) => {
                 tracing::error!(error = %format!("{err:#}"), "the scheduled backup failed");
                 failed = None;
-                retry_after
+                retry_after(interval)
             }
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// Archives every organisation every `interval` — the first round at once when the newest
+/// archive is older than that. The organisations whose archive failed or did not verify get
+/// a new one after a quarter of the interval (an hour at most).
+async fn archive_backups(services: &Services, archives: &ArchiveBackups, interval: Duration) {
+    let newest = archives
+        .list(None)
+        .ok()
+        .and_then(|list| list.first().map(|a| a.taken_at));
+    wait_since(newest, interval).await;
+    let mut failed: Vec<String> = Vec::new();
+    loop {
+        let mut again = false;
+        let tenancy = &services.tenancy;
+        let rounds = if failed.is_empty() {
+            archives.run(tenancy, None).await
+        } else {
+            let mut rounds = Vec::new();
+            for slug in std::mem::take(&mut failed) {
+                // Gone or no longer in service: nothing to back up.
+                let Ok(row) = tenancy.in_service(&slug).await else {
+                    continue;
+                };
+                match archives.run(tenancy, Some(&row)).await {
+                    Ok(round) => rounds.extend(round),
+                    Err(err) => {
+                        tracing::error!(error = %format!("{err:#}"), "the scheduled backup failed");
+                        again = true;
+                        failed.push(slug);
+                    }
+                }
+            }
+            Ok(rounds)
+        };
+        match rounds {
+            Ok(rounds) => failed.extend(
+                rounds
+                    .into_iter()
+                    .filter(|r| !r.result.as_ref().is_ok_and(|i| i.verified_at().is_some()))
+                    .map(|r| r.slug),
+            ),
+            Err(err) => {
+                tracing::error!(error = %format!("{err:#}"), "the scheduled backup failed");
+                again = true;
+            }
+        }
+        let wait = if failed.is_empty() && !again {
+            interval
+        } else {
+            retry_after(interval)
         };
         tokio::time::sleep(wait).await;
     }

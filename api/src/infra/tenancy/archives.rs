@@ -11,7 +11,7 @@ use tokio::io::{AsyncBufRead, AsyncWrite};
 use uuid::Uuid;
 
 use super::catalog::{ProvisionError, Tenancy};
-use super::tenant::{two_factor_key, Reading, Tenant, TenantRow};
+use super::tenant::{anchor_mac, two_factor_key, Reading, Tenant, TenantRow};
 use crate::config::Region;
 use crate::infra::archive::export::{export, Exported, TenantSecrets};
 use crate::infra::archive::format::{ArchiveError, ArchiveKey, Header, Kdf, OrganizationEntry};
@@ -61,6 +61,18 @@ impl OpenedArchive {
             o.slug, o.id, o.region, self.header.created_at, self.header.written_by
         )
     }
+}
+
+/// Where a replaced database's content comes from.
+enum Source<'a> {
+    /// The organisation's own database, exported under a passphrase only this process holds
+    /// (a move).
+    Export,
+    /// One of the organisation's archives (a restore from a backup archive).
+    Archive {
+        path: &'a std::path::Path,
+        passphrase: SecretString,
+    },
 }
 
 /// What a move did.
@@ -150,22 +162,66 @@ impl Tenancy {
         region: Region,
         data_dir: &std::path::Path,
     ) -> Result<Moved, ArchiveError> {
-        let row: Option<TenantRow> = self.in_service_by_slug(slug).await?;
-        let row = row.ok_or_else(|| {
-            ArchiveError::Refused(format!("no organisation in service has the slug `{slug}`"))
-        })?;
+        let row = self.in_service(slug).await?;
         if row.region == region.as_str() {
             return Err(ArchiveError::Refused(format!(
                 "`{slug}` is already in region {}",
                 region.as_str()
             )));
         }
+        self.replace_database(row, region, Source::Export, data_dir)
+            .await
+    }
+
+    /// Puts an organisation back as one of its backup archives holds it: like a move within
+    /// its region, with the archive (checked whole first) as the new database's content.
+    /// What was written after the archive is gone, except erasures (the caller replays the
+    /// ledger). The witness file is started again from the restored heads; the one that
+    /// witnessed the history now replaced is kept beside it (`.replaced-<time>`), so an
+    /// auditor can see what the restore rolled back.
+    pub(crate) async fn restore_tenant(
+        &self,
+        row: TenantRow,
+        archive: &std::path::Path,
+        passphrase: SecretString,
+        data_dir: &std::path::Path,
+    ) -> Result<Moved, ArchiveError> {
+        let region: Region = row
+            .region
+            .parse()
+            .map_err(|()| ArchiveError::Refused(format!("unknown region {}", row.region)))?;
+        let source = Source::Archive {
+            path: archive,
+            passphrase,
+        };
+        self.replace_database(row, region, source, data_dir).await
+    }
+
+    /// The catalog entry of the organisation in service with this slug.
+    pub(crate) async fn in_service(&self, slug: &str) -> Result<TenantRow, ArchiveError> {
+        self.in_service_by_slug(slug).await?.ok_or_else(|| {
+            ArchiveError::Refused(format!("no organisation in service has the slug `{slug}`"))
+        })
+    }
+
+    /// Gives the organisation of `row` a new database on `region`'s server, filled from
+    /// `source`, and drops its old one (see [`Tenancy::move_tenant`]).
+    async fn replace_database(
+        &self,
+        row: TenantRow,
+        region: Region,
+        source: Source<'_>,
+        data_dir: &std::path::Path,
+    ) -> Result<Moved, ArchiveError> {
+        let slug = row.slug.clone();
         let from: Region = row
             .region
             .parse()
             .map_err(|()| ArchiveError::Refused(format!("unknown region {}", row.region)))?;
         let lock = self.organization_lock(row.id).await?.ok_or_else(|| {
-            ArchiveError::Refused(format!("`{slug}` is being moved by another process"))
+            ArchiveError::Refused(format!(
+                "`{slug}` is being moved or restored by another process"
+            ))
         })?;
         let database = format!("custos_t_{}", Uuid::now_v7().simple());
         let target = TenantRow {
@@ -185,7 +241,9 @@ impl Tenancy {
         .await?;
         if claimed.rows_affected() != 1 {
             lock.release().await;
-            return Err(ArchiveError::Refused(format!("`{slug}` is being moved")));
+            return Err(ArchiveError::Refused(format!(
+                "`{slug}` is being moved or restored"
+            )));
         }
         self.close_tenant(row.id).await;
         let scratch = data_dir.join("moves").join(format!(
@@ -196,11 +254,11 @@ impl Tenancy {
         // The new database's heads go to a scratch witness file until the switch: a failed
         // move must leave the old database's witness file as it was.
         let scratch_witness = scratch.with_extension("witness.jsonl");
+        let restoring = matches!(source, Source::Archive { .. });
         let moved = self
-            .copy_to(&row, &target, region, &scratch, &scratch_witness)
+            .copy_to(&row, &target, region, source, &scratch, &scratch_witness)
             .await;
         let _ = tokio::fs::remove_file(&scratch).await;
-        let _ = tokio::fs::remove_file(&scratch_witness).await;
         let result = match moved {
             Ok(arrived) => {
                 sqlx::query(
@@ -216,28 +274,33 @@ impl Tenancy {
                 .bind(from.as_str())
                 .execute(self.catalog())
                 .await?;
-                tracing::info!(tenant.id = %row.id, from = from.as_str(), to = region.as_str(), "organisation moved; dropping its old database");
-                // The real witness file now gets the new database's heads (the next checkpoint
-                // would append them too).
-                let witnessed = async {
-                    let file = witness_file(data_dir, row.id);
-                    let since = last_tree_head(&file)?.map_or(0, |h| h.number);
-                    let mut conn = self.admin_connection(&target).await?;
-                    let heads: Vec<_> = stored_heads(&mut conn, row.id)
-                        .await?
-                        .into_iter()
-                        .map(|s| s.head)
-                        .filter(|h| h.number > since)
-                        .collect();
-                    let _ = conn.close().await;
-                    append_witness(&file, &heads)
-                }
-                .await;
+                let file = witness_file(data_dir, row.id);
+                let witnessed = if restoring {
+                    tracing::info!(tenant.id = %row.id, "organisation restored from a backup archive; dropping the database it replaced");
+                    replace_witness(&file, &scratch_witness)
+                } else {
+                    tracing::info!(tenant.id = %row.id, from = from.as_str(), to = region.as_str(), "organisation moved; dropping its old database");
+                    // The real witness file now gets the new database's heads (the next
+                    // checkpoint would append them too).
+                    async {
+                        let since = last_tree_head(&file)?.map_or(0, |h| h.number);
+                        let mut conn = self.admin_connection(&target).await?;
+                        let heads: Vec<_> = stored_heads(&mut conn, row.id)
+                            .await?
+                            .into_iter()
+                            .map(|s| s.head)
+                            .filter(|h| h.number > since)
+                            .collect();
+                        let _ = conn.close().await;
+                        append_witness(&file, &heads)
+                    }
+                    .await
+                };
                 if let Err(err) = witnessed {
-                    tracing::error!(tenant.id = %row.id, error = %err, "writing the moved organisation's tree heads to its witness file failed; its next checkpoint appends them");
+                    tracing::error!(tenant.id = %row.id, error = %err, "writing the organisation's new tree heads to its witness file failed; its next checkpoint appends them");
                 }
-                // Moved; dropping the old database may fail (its server gone): the next start
-                // drops it, as the catalog's move state says.
+                // Switched; dropping the old database may fail (its server gone): the next
+                // start drops it, as the catalog's move state says.
                 match self.drop_tenant_database(from, &row).await {
                     Ok(()) => self.move_done(row.id).await?,
                     Err(err) => {
@@ -251,7 +314,7 @@ impl Tenancy {
                 })
             }
             Err(err) => {
-                tracing::warn!(tenant.id = %row.id, error = %err, "a move failed; the organisation stays where it was");
+                tracing::warn!(tenant.id = %row.id, error = %err, "a move or restore failed; the organisation stays as it was");
                 if let Err(cleanup) = self.drop_tenant_database(region, &target).await {
                     tracing::error!(tenant.id = %row.id, error = %cleanup, "dropping a failed move's new database failed");
                 }
@@ -264,75 +327,59 @@ impl Tenancy {
                 Err(err)
             }
         };
+        let _ = tokio::fs::remove_file(&scratch_witness).await;
         lock.release().await;
         result
     }
 
-    /// A move's copy: fence the old database, write its archive to `scratch`, create the new
-    /// database and import the archive into it.
+    /// A move's or restore's copy: fence the old database, take its content from `source`
+    /// (for a move, its archive written to `scratch`), create the new database and import
+    /// into it.
     async fn copy_to(
         &self,
         row: &TenantRow,
         target: &TenantRow,
         region: Region,
+        source: Source<'_>,
         scratch: &std::path::Path,
         witness: &std::path::Path,
     ) -> Result<Arrived, ArchiveError> {
         self.fence(row, true).await?;
-        let mut passphrase = [0u8; 32];
-        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut passphrase);
-        let passphrase = SecretString::from(hex::encode(passphrase));
-        let master = self.master_key();
-        let pool = PgPoolOptions::new()
-            .max_connections(2)
-            .connect_with(self.admin_options(row)?)
-            .await?;
-        let reading = Reading::new(&pool, master, row.id);
-        let two_factor = two_factor_key(master, row.id);
-        let audit_keys = row.audit_keys(master)?;
-        let kdf = Kdf::new();
-        let key = derive_key(passphrase.clone(), kdf.clone()).await?;
-        if let Some(dir) = scratch.parent() {
-            tokio::fs::create_dir_all(dir).await?;
-        }
-        let file = tokio::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(scratch)
-            .await?;
-        let mut conn = pool.acquire().await?;
-        export(
-            &mut conn,
-            self.organization_entry(row.id).await?,
-            TenantSecrets {
-                subject_keys: &reading.subject_keys,
-                two_factor_key: &two_factor,
-                audit_keys: &audit_keys,
-            },
-            &key,
-            kdf,
-            file,
-            None,
-        )
-        .await?;
-        drop(conn);
-        pool.close().await;
+        let (archive, passphrase) = match source {
+            Source::Export => {
+                let mut passphrase = [0u8; 32];
+                rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut passphrase);
+                let passphrase = SecretString::from(hex::encode(passphrase));
+                let kdf = Kdf::new();
+                let key = derive_key(passphrase.clone(), kdf.clone()).await?;
+                if let Some(dir) = scratch.parent() {
+                    tokio::fs::create_dir_all(dir).await?;
+                }
+                let file = tokio::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(scratch)
+                    .await?;
+                self.export_database(row, &key, kdf, file).await?;
+                (scratch, passphrase)
+            }
+            Source::Archive { path, passphrase } => (path, passphrase),
+        };
         self.create_tenant_database(region, target)
             .await
             .map_err(|e| ArchiveError::Other(e.into()))?;
-        let file = tokio::fs::File::open(scratch).await?;
+        let file = tokio::fs::File::open(archive).await?;
         let mut reader = tokio::io::BufReader::with_capacity(256 * 1024, file);
         let opened = Self::open_archive(&mut reader, passphrase).await?;
+        if opened.header.organization.id != row.id {
+            return Err(ArchiveError::Refused(format!(
+                "the archive is of organisation {}, not of {} ({})",
+                opened.header.organization.id, row.slug, row.id
+            )));
+        }
         let (imported, handover, loaded, rebuilt) = self
-            .fill(
-                &mut reader,
-                &opened.header,
-                &opened.line,
-                &opened.key,
-                target,
-                witness,
-            )
+            .fill(&mut reader, &opened, target, witness, true)
             .await?;
         Ok(Arrived {
             row: target.clone(),
@@ -341,6 +388,93 @@ impl Tenancy {
             loaded,
             rebuilt,
         })
+    }
+
+    /// Writes the archive of the organisation of `row` from its database, through a pool of
+    /// its own (the organisation need not be open here, nor in service), carrying the signing
+    /// key in force as it is: for a move's scratch file and for backup archives, which stay
+    /// with the operator, who holds the master key that opens it anyway.
+    pub(crate) async fn export_database<W: AsyncWrite + Unpin>(
+        &self,
+        row: &TenantRow,
+        key: &ArchiveKey,
+        kdf: Kdf,
+        writer: W,
+    ) -> Result<Exported, ArchiveError> {
+        let master = self.master_key();
+        let pool = PgPoolOptions::new()
+            .max_connections(2)
+            .connect_with(self.admin_options(row)?)
+            .await?;
+        let reading = Reading::new(&pool, master, row.id);
+        let two_factor = two_factor_key(master, row.id);
+        let audit_keys = row.audit_keys(master)?;
+        let mut conn = pool.acquire().await?;
+        let exported = export(
+            &mut conn,
+            self.organization_entry(row.id).await?,
+            TenantSecrets {
+                subject_keys: &reading.subject_keys,
+                two_factor_key: &two_factor,
+                audit_keys: &audit_keys,
+            },
+            key,
+            kdf,
+            writer,
+            None,
+        )
+        .await;
+        drop(conn);
+        pool.close().await;
+        exported
+    }
+
+    /// Imports the archive at `path` into a scratch database on the server of its region
+    /// (`scratch_database`, which must not exist), checking everything an import checks —
+    /// manifest, chains, the Merkle log against every signed tree head, every sealed key
+    /// opening — and drops it again: a backup archive's verification. The scratch tree heads
+    /// go to `scratch_witness`, removed afterwards. Read models are not rebuilt.
+    pub(crate) async fn trial_import(
+        &self,
+        path: &std::path::Path,
+        passphrase: SecretString,
+        scratch_database: &str,
+        scratch_witness: &std::path::Path,
+    ) -> Result<Imported, ArchiveError> {
+        let file = tokio::fs::File::open(path).await?;
+        let mut reader = tokio::io::BufReader::with_capacity(256 * 1024, file);
+        let opened = Self::open_archive(&mut reader, passphrase).await?;
+        let organization = &opened.header.organization;
+        let region: Region = organization
+            .region
+            .parse()
+            .map_err(|()| ArchiveError::Malformed {
+                line: 1,
+                reason: format!("unknown region `{}`", organization.region),
+            })?;
+        let anchor = opened.header.audit_anchor.clone();
+        let row = TenantRow {
+            id: organization.id,
+            slug: organization.slug.clone(),
+            name: organization.name.clone(),
+            region: region.as_str().to_owned(),
+            status: "provisioning".to_owned(),
+            database_name: scratch_database.to_owned(),
+            role_name: scratch_database.to_owned(),
+            audit_anchor_mac: Some(anchor_mac(self.master_key(), organization.id, &anchor)),
+            audit_anchor: Some(anchor),
+        };
+        self.create_tenant_database(region, &row)
+            .await
+            .map_err(|e| ArchiveError::Other(e.into()))?;
+        let filled = self
+            .fill(&mut reader, &opened, &row, scratch_witness, false)
+            .await;
+        let dropped = self.drop_tenant_database(region, &row).await;
+        let _ = tokio::fs::remove_file(scratch_witness).await;
+        let (imported, ..) = filled?;
+        dropped?;
+        Ok(imported)
     }
 
     /// Reads an archive's header and derives its key from `passphrase`: a wrong passphrase is
@@ -366,12 +500,7 @@ impl Tenancy {
         placement: Placement,
         data_dir: &std::path::Path,
     ) -> Result<Arrived, ArchiveError> {
-        let OpenedArchive {
-            header,
-            line: header_line,
-            key,
-        } = opened;
-        let organization = &header.organization;
+        let organization = &opened.header.organization;
         let slug = placement.slug.unwrap_or_else(|| organization.slug.clone());
         let region = match placement.region {
             Some(region) => region,
@@ -383,15 +512,15 @@ impl Tenancy {
                     reason: format!("unknown region `{}`", organization.region),
                 })?,
         };
-        let anchor: [u8; 32] =
-            header
-                .audit_anchor
-                .as_slice()
-                .try_into()
-                .map_err(|_| ArchiveError::Malformed {
-                    line: 1,
-                    reason: "its audit anchor is not 32 bytes".into(),
-                })?;
+        let anchor: [u8; 32] = opened
+            .header
+            .audit_anchor
+            .as_slice()
+            .try_into()
+            .map_err(|_| ArchiveError::Malformed {
+                line: 1,
+                reason: "its audit anchor is not 32 bytes".into(),
+            })?;
         // Held for the whole import: no other start removes it as an abandoned sign-up.
         let lock = self
             .organization_lock(organization.id)
@@ -415,9 +544,7 @@ impl Tenancy {
         // is removed again — unless it was there before (the organisation lived here once).
         let witness = witness_file(data_dir, row.id);
         let existed = witness.exists();
-        let arrived = self
-            .fill(reader, &header, &header_line, &key, &row, &witness)
-            .await;
+        let arrived = self.fill(reader, &opened, &row, &witness, true).await;
         if arrived.is_err() && !existed {
             let _ = std::fs::remove_file(&witness);
         }
@@ -460,11 +587,10 @@ impl Tenancy {
     async fn fill<R: AsyncBufRead + Unpin>(
         &self,
         reader: &mut R,
-        header: &Header,
-        header_line: &[u8],
-        key: &ArchiveKey,
+        opened: &OpenedArchive,
         row: &TenantRow,
         witness: &std::path::Path,
+        rebuild: bool,
     ) -> Result<(Imported, i64, std::time::Duration, std::time::Duration), ArchiveError> {
         let started = std::time::Instant::now();
         let id = row.id;
@@ -479,9 +605,9 @@ impl Tenancy {
         let two_factor: SecretBox<[u8; 32]> = two_factor_key(master, id);
         let imported = import(
             reader,
-            header,
-            header_line,
-            key,
+            &opened.header,
+            &opened.line,
+            &opened.key,
             &mut conn,
             TenantSecrets {
                 subject_keys: &reading.subject_keys,
@@ -516,7 +642,9 @@ impl Tenancy {
             }
         };
         let loaded = started.elapsed();
-        catch_up(&pool, &reading.log, &reading.read_models).await?;
+        if rebuild {
+            catch_up(&pool, &reading.log, &reading.read_models).await?;
+        }
         pool.close().await;
         conn.close().await?;
         Ok((imported, handover, loaded, started.elapsed() - loaded))
@@ -584,4 +712,27 @@ pub(crate) fn passphrase_chars(passphrase: &SecretString) -> usize {
     secrecy::ExposeSecret::expose_secret(passphrase)
         .chars()
         .count()
+}
+
+/// Starts the witness file `file` again from `fresh` (the heads of a restored database): the
+/// one before is kept as `<file>.replaced-<time>`, the record of the history the restore
+/// rolled back.
+fn replace_witness(file: &std::path::Path, fresh: &std::path::Path) -> anyhow::Result<()> {
+    set_aside_witness(file)?;
+    crate::infra::erasure_ledger::copy_durably(fresh, file)?;
+    Ok(())
+}
+
+/// Renames the witness file `file`, if there is one, to `<file>.replaced-<time>`: a restore
+/// starts it again from the heads it brings back.
+pub(crate) fn set_aside_witness(file: &std::path::Path) -> std::io::Result<()> {
+    if file.exists() {
+        let mut kept = file.as_os_str().to_owned();
+        kept.push(format!(
+            ".replaced-{}",
+            chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ")
+        ));
+        std::fs::rename(file, &kept)?;
+    }
+    Ok(())
 }

@@ -300,6 +300,16 @@ impl Tenancy {
         .await
     }
 
+    /// The catalog entry with this slug, whatever its state.
+    pub(crate) async fn row_by_slug(&self, slug: &str) -> sqlx::Result<Option<TenantRow>> {
+        sqlx::query_as(&format!(
+            "SELECT {TENANT_COLUMNS} FROM tenants WHERE slug = $1"
+        ))
+        .bind(slug)
+        .fetch_optional(&self.catalog)
+        .await
+    }
+
     /// A tenant's catalog entry, whatever its state.
     pub(crate) async fn row(&self, id: Uuid) -> sqlx::Result<Option<TenantRow>> {
         sqlx::query_as(&format!(
@@ -338,6 +348,34 @@ impl Tenancy {
         row: &TenantRow,
     ) -> sqlx::Result<()> {
         self.drop_database(self.region_server(region), row).await
+    }
+
+    /// Drops the scratch database `name` (and its role) of a backup archive's verification on
+    /// the server of `region`.
+    pub(crate) async fn drop_scratch_database(
+        &self,
+        region: &str,
+        name: &str,
+    ) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            name.starts_with("custos_v_"),
+            "`{name}` is not the name of a scratch database"
+        );
+        let region: Region = region
+            .parse()
+            .map_err(|()| anyhow::anyhow!("unknown region `{region}`"))?;
+        let mut admin = self.region_server(region).connect("postgres").await?;
+        sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            ident(name)
+        ))
+        .execute(&mut admin)
+        .await?;
+        sqlx::query(&format!("DROP ROLE IF EXISTS {}", ident(name)))
+            .execute(&mut admin)
+            .await?;
+        admin.close().await?;
+        Ok(())
     }
 
     /// Runs the tenant migrations on every tenant database.
