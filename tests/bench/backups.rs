@@ -5,6 +5,11 @@
 //! to the newest state: the base backup copied, that WAL replayed from the archive, the result
 //! started, migrated and every organisation verified. Reports each time and the sizes.
 //!
+//! Then the same organisation backed up as a service on `DATABASE_URL` does it (the running
+//! cluster addressed by its URL): `custos backup now --slug` (the organisation's archive,
+//! verified by importing it into a scratch database) and `custos backup restore --slug` (the
+//! archive imported in place of its database, read models rebuilt).
+//!
 //! With `--data-dir`, the store (and its backup directory, `<data-dir>/backups`) is reused.
 
 use std::time::{Duration, Instant};
@@ -12,17 +17,23 @@ use std::time::{Duration, Instant};
 use custos_api::{Application, BackupConfig, Cli, Config, DatabaseConfig};
 
 use crate::common::{data_dir, BenchArgs};
-use crate::portability::organization;
+use crate::portability::{organization, SLUG};
 use crate::privacy::{events_in, fill};
 
 const PASSPHRASE: &str = "benchmark backup passphrase";
 
 /// Runs a `custos` command in this process on the bench's data and backup directories.
 async fn custos(dir: &std::path::Path, args: &[&str]) -> anyhow::Result<bool> {
+    custos_in(dir, "backups", args).await
+}
+
+/// Runs a `custos` command in this process on the bench's data directory and the backup
+/// directory `<dir>/<backups>`.
+async fn custos_in(dir: &std::path::Path, backups: &str, args: &[&str]) -> anyhow::Result<bool> {
     use clap::Parser;
     let (data, backups, passphrase) = (
         dir.display().to_string(),
-        dir.join("backups").display().to_string(),
+        dir.join(backups).display().to_string(),
         dir.join("backup.passphrase").display().to_string(),
     );
     let mut argv = vec!["custos"];
@@ -36,6 +47,17 @@ async fn custos(dir: &std::path::Path, args: &[&str]) -> anyhow::Result<bool> {
         &passphrase,
     ]);
     Cli::try_parse_from(argv)?.run().await
+}
+
+/// The running private cluster of `dir` as a `DATABASE_URL` (its catalog database).
+fn database_url(dir: &std::path::Path) -> anyhow::Result<String> {
+    let postgres = dir.join("postgres");
+    let password = std::fs::read_to_string(postgres.join("superuser.password"))?;
+    Ok(format!(
+        "postgres://custos:{}@localhost:5432/custos?host={}",
+        password.trim(),
+        postgres.join("run").display()
+    ))
 }
 
 fn size_mb(path: &std::path::Path) -> f64 {
@@ -119,6 +141,36 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let restore_time = started.elapsed();
     let wal_mb = size_mb(&dir.join("backups/wal")) - wal_before;
     drop(restored);
+
+    // The same organisation as a service on DATABASE_URL backs it up: its archive, verified
+    // by a trial import, then restored in place.
+    let url = database_url(&dir)?;
+    let slug = SLUG.to_owned();
+    let _ = std::fs::remove_dir_all(dir.join("archive-backups"));
+    let started = Instant::now();
+    anyhow::ensure!(
+        custos_in(
+            &dir,
+            "archive-backups",
+            &["backup", "now", "--slug", &slug, "--database-url", &url]
+        )
+        .await?,
+        "the organisation's archive did not verify"
+    );
+    let archive_time = started.elapsed();
+    let archive_mb = size_mb(&dir.join("archive-backups/archives"));
+    let started = Instant::now();
+    anyhow::ensure!(
+        custos_in(
+            &dir,
+            "archive-backups",
+            &["backup", "restore", "--slug", &slug, "--database-url", &url]
+        )
+        .await?,
+        "the organisation was not restored from its archive"
+    );
+    let archive_restore_time = started.elapsed();
+    let _ = std::fs::remove_dir_all(dir.join("archive-backups"));
     let _ = stop.send(());
     running.await??;
 
@@ -143,6 +195,17 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     println!(
         "| `custos backup restore` to the newest state (copy, replay, start, verify) | {:.1} s |",
         restore_time.as_secs_f64()
+    );
+    let total = events + after as i64;
+    println!(
+        "| with `DATABASE_URL`: `custos backup now --slug` (archive, {archive_mb:.0} MB, and its trial import) | {:.1} s ({:.0} events/s) |",
+        archive_time.as_secs_f64(),
+        total as f64 / archive_time.as_secs_f64()
+    );
+    println!(
+        "| with `DATABASE_URL`: `custos backup restore --slug` (import in place, read models rebuilt) | {:.1} s ({:.0} events/s) |",
+        archive_restore_time.as_secs_f64(),
+        total as f64 / archive_restore_time.as_secs_f64()
     );
     Ok(())
 }

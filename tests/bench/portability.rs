@@ -21,7 +21,7 @@ use custos_domain::EventMetadata;
 use crate::common::{bench_tenant, data_dir, BenchArgs};
 use crate::privacy::{events_in, fill};
 
-const SLUG: &str = "portability";
+pub(crate) const SLUG: &str = "portability";
 const PASSPHRASE: &str = "benchmark archive passphrase";
 
 /// Peak resident memory of this process so far (kB), from /proc.

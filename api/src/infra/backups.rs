@@ -339,7 +339,15 @@ impl BackupStore {
         )?;
         tools.hand_over(&partial)?;
         let cluster = data_dir.join("postgres").canonicalize()?;
-        let mut command = tools.command("pg_basebackup", &partial);
+        // The password in a file only the cluster's user reads (removed with the partial
+        // set if this is killed), not in an environment others may read.
+        let passfile = partial.join(".pgpass");
+        write_durably(
+            &passfile,
+            pgpass_line(secrets.superuser_password.expose_secret()).as_bytes(),
+        )?;
+        tools.hand_over(&passfile)?;
+        let mut command = tools.command_tied("pg_basebackup", &partial);
         command
             .arg("--pgdata")
             .arg(partial.join("data"))
@@ -354,8 +362,10 @@ impl BackupStore {
                 "--username",
                 crate::infra::cluster::SUPERUSER,
             ])
-            .env("PGPASSWORD", secrets.superuser_password.expose_secret());
-        tools.run(command)?;
+            .env("PGPASSFILE", &passfile);
+        let taken = tools.run(command);
+        fs::remove_file(&passfile)?;
+        taken?;
         let label = fs::read_to_string(partial.join("data").join("backup_label"))
             .context("the base backup has no backup_label")?;
         let start_wal = start_wal(&label)
@@ -592,6 +602,12 @@ pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A `.pgpass` line for any host, port, database and user, with `password`.
+fn pgpass_line(password: &str) -> String {
+    let escaped = password.replace('\\', "\\\\").replace(':', "\\:");
+    format!("*:*:*:*:{escaped}\n")
+}
+
 /// Copies the plain files of `from` (if it exists) into a new directory `to`.
 pub(crate) fn copy_files(from: &Path, to: &Path) -> anyhow::Result<()> {
     fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
@@ -646,6 +662,12 @@ fn size(path: &Path) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pgpass_line_escapes_colons_and_backslashes() {
+        assert_eq!(pgpass_line("plain"), "*:*:*:*:plain\n");
+        assert_eq!(pgpass_line(r"a:b\c"), "*:*:*:*:a\\:b\\\\c\n");
+    }
 
     #[test]
     fn the_start_wal_file_is_read_from_the_backup_label() {

@@ -183,6 +183,30 @@ impl Tools {
         command
     }
 
+    /// Like [`Tools::command`], for a long-running tool (`pg_basebackup`): killed when this
+    /// process dies (`setpriv --pdeathsig KILL`, where util-linux has it), so a `kill -9`
+    /// leaves no orphan writing on.
+    pub(crate) fn command_tied(&self, program: &str, dir: &Path) -> Command {
+        let setpriv = ["/usr/bin/setpriv", "/bin/setpriv"]
+            .into_iter()
+            .map(Path::new)
+            .find(|path| path.is_file());
+        let Some(setpriv) = setpriv else {
+            return self.command(program, dir);
+        };
+        let mut command = Command::new(setpriv);
+        command
+            .args(["--pdeathsig", "KILL", "--"])
+            .arg(self.program(program));
+        command.current_dir(dir);
+        clean_environment(&mut command);
+        command.env("HOME", dir);
+        if let Some(user) = &self.run_as {
+            command.uid(user.uid).gid(user.gid);
+        }
+        command
+    }
+
     /// Runs `command` to its end: its output, or an error with it.
     pub(crate) fn run(&self, mut command: Command) -> Result<String, ClusterError> {
         // The program and its arguments, never its environment (which may carry a password).
