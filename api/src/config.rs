@@ -134,6 +134,36 @@ pub struct Config {
     pub cluster_settings: Vec<(&'static str, String)>,
     /// Backups of the private cluster; `None`: none are taken.
     pub backups: Option<BackupConfig>,
+    /// Trial length, the grace and migration periods, and how often the schedule moves
+    /// organisations along.
+    pub lifecycle: LifecyclePolicy,
+}
+
+/// The periods of an organisation's life with the provider.
+#[derive(Debug, Clone, Copy)]
+pub struct LifecyclePolicy {
+    /// How long a new organisation's trial lasts (`CUSTOS_TRIAL_DAYS`, 30).
+    pub trial: Duration,
+    /// How long an expired trial is kept before its purge (`CUSTOS_TRIAL_GRACE_DAYS`, 14).
+    pub trial_grace: Duration,
+    /// How long administrators may take their data away after a cancellation took effect
+    /// (`CUSTOS_MIGRATION_WINDOW_DAYS`, 30).
+    pub migration_window: Duration,
+    /// How often ended trials and notice periods are acted on; `None` (the default outside
+    /// `serve`): never.
+    pub interval: Option<Duration>,
+}
+
+impl Default for LifecyclePolicy {
+    fn default() -> Self {
+        const DAY: u64 = 24 * 60 * 60;
+        Self {
+            trial: Duration::from_secs(30 * DAY),
+            trial_grace: Duration::from_secs(14 * DAY),
+            migration_window: Duration::from_secs(30 * DAY),
+            interval: None,
+        }
+    }
 }
 
 impl Config {
@@ -160,6 +190,7 @@ impl Config {
             checkpoint_interval: None,
             cluster_settings: vec![("max_connections", "300".to_owned())],
             backups: None,
+            lifecycle: LifecyclePolicy::default(),
         }
     }
 }

@@ -52,6 +52,8 @@ pub struct Services {
     /// Backups (of the private cluster, or archives of every organisation with
     /// `DATABASE_URL`), when a backup directory is configured.
     pub(crate) backups: Option<std::sync::Arc<crate::infra::backups::plan::BackupPlan>>,
+    /// Trial length and the periods of an organisation's life.
+    pub(crate) lifecycle: crate::config::LifecyclePolicy,
 }
 
 /// Held while a change checked against other aggregates runs; dropping it (even on

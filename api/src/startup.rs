@@ -65,6 +65,7 @@ pub(crate) async fn services(
         erasures,
         integrity_alarms: Default::default(),
         backups,
+        lifecycle: config.lifecycle,
     });
     // Before anything is served: erasures made since a restored backup are made again.
     services.replay_erasure_ledgers().await?;
@@ -89,6 +90,7 @@ pub struct Application {
     _retention: Option<AbortOnDrop>,
     _checkpoints: Option<AbortOnDrop>,
     _backups: Option<AbortOnDrop>,
+    _lifecycle: Option<AbortOnDrop>,
     listener: TcpListener,
     router: Router,
     services: Arc<Services>,
@@ -134,8 +136,13 @@ impl Application {
                     interval,
                 )))
             });
+        let lifecycle = config
+            .lifecycle
+            .interval
+            .map(|interval| AbortOnDrop(tokio::spawn(jobs::lifecycle(services.clone(), interval))));
         Ok(Self {
             _sweeper: AbortOnDrop(sweeper),
+            _lifecycle: lifecycle,
             _retention: retention,
             _checkpoints: checkpoints,
             _backups: backups,

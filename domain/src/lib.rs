@@ -14,6 +14,7 @@ pub mod pipeline;
 pub mod record;
 pub mod retention;
 pub mod role;
+pub mod subscription;
 pub mod user;
 pub mod values;
 
@@ -37,5 +38,9 @@ pub use retention::{
     RetentionCommand, RetentionError, RetentionEvent, RetentionPolicy, RetentionTrigger,
 };
 pub use role::{Role, RoleCommand, RoleError, RoleEvent, RoleName};
+pub use subscription::{
+    Plan, Status as SubscriptionStatus, Subscription, SubscriptionCommand, SubscriptionError,
+    SubscriptionEvent,
+};
 pub use user::{LoginFailure, LoginOrigin, SecondFactor, User, UserCommand, UserError, UserEvent};
 pub use values::{parse_date, Email, PersonName, Phone, ValueError};

@@ -14,6 +14,7 @@ mod http;
 mod identity;
 mod imports;
 mod integrity;
+mod lifecycle;
 mod logs;
 mod portability;
 mod privacy;

@@ -35,6 +35,75 @@ pub(crate) enum TenantCommand {
     /// imported and verified there, the catalog switched, the old database dropped. A failure
     /// leaves it where it was. Run it with the service stopped (users log in again afterwards).
     Move(TenantMoveArgs),
+    /// List every organisation: status, plan, trial end, cancellation and purge dates.
+    List(TenantListArgs),
+    /// Put the organisation on a plan (basic, standard, maxi or premium): ends a trial (or an
+    /// expired one's grace period), every record kept.
+    Plan(TenantPlanArgs),
+    /// Suspend the organisation (late payment, a serious reason): not served until resumed.
+    Suspend(TenantReasonArgs),
+    /// Resume a suspended organisation: served again as it was.
+    Resume(TenantReasonArgs),
+    /// Let the organisation's trial run until a later date (also after it expired, before its
+    /// purge).
+    ExtendTrial(TenantExtendTrialArgs),
+    /// Cancel the organisation's subscription: served until the end of a month's notice from
+    /// the first day of the following month, then its migration window opens.
+    Cancel(TenantSlugArgs),
+    /// Withdraw a cancellation before it takes effect.
+    WithdrawCancellation(TenantSlugArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TenantListArgs {
+    #[command(flatten)]
+    pub(crate) common: CommonArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TenantSlugArgs {
+    #[command(flatten)]
+    pub(crate) common: CommonArgs,
+    /// The organisation's slug.
+    #[arg(long)]
+    pub(crate) slug: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TenantPlanArgs {
+    #[command(flatten)]
+    pub(crate) common: CommonArgs,
+    /// The organisation's slug.
+    #[arg(long)]
+    pub(crate) slug: String,
+    /// basic, standard, maxi or premium.
+    #[arg(long)]
+    pub(crate) plan: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TenantReasonArgs {
+    #[command(flatten)]
+    pub(crate) common: CommonArgs,
+    /// The organisation's slug.
+    #[arg(long)]
+    pub(crate) slug: String,
+    /// Why, kept in the organisation's history (no personal data).
+    #[arg(long)]
+    pub(crate) reason: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TenantExtendTrialArgs {
+    #[command(flatten)]
+    pub(crate) common: CommonArgs,
+    /// The organisation's slug.
+    #[arg(long)]
+    pub(crate) slug: String,
+    /// The new end of the trial: a date (2027-01-31, the end of that day, UTC) or an RFC 3339
+    /// time.
+    #[arg(long)]
+    pub(crate) until: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -188,6 +257,16 @@ pub(crate) struct CommonArgs {
     /// How many verified base backups to keep.
     #[arg(long, env = "CUSTOS_BACKUP_KEEP", default_value_t = 7)]
     pub(crate) backup_keep: usize,
+    /// Days a new organisation's trial lasts.
+    #[arg(long, env = "CUSTOS_TRIAL_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=3650))]
+    pub(crate) trial_days: u32,
+    /// Days an expired trial is kept (a plan chosen meanwhile keeps everything) before it may
+    /// be purged.
+    #[arg(long, env = "CUSTOS_TRIAL_GRACE_DAYS", default_value_t = 14, value_parser = clap::value_parser!(u32).range(0..=3650))]
+    pub(crate) trial_grace_days: u32,
+    /// Days administrators may take their data away after a cancellation took effect.
+    #[arg(long, env = "CUSTOS_MIGRATION_WINDOW_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(0..=3650))]
+    pub(crate) migration_window_days: u32,
 }
 
 #[derive(Debug, Args)]
@@ -314,6 +393,10 @@ impl CommonArgs {
             }
         }
         config.regions = regions;
+        let days = |n: u32| std::time::Duration::from_secs(u64::from(n) * 24 * 60 * 60);
+        config.lifecycle.trial = days(self.trial_days);
+        config.lifecycle.trial_grace = days(self.trial_grace_days);
+        config.lifecycle.migration_window = days(self.migration_window_days);
         config.master_key = std::env::var("CUSTOS_MASTER_KEY")
             .ok()
             .map(SecretString::from);
@@ -353,6 +436,7 @@ impl ServeArgs {
         config.introspection = !self.no_introspection;
         config.checkpoint_interval = (self.checkpoint_interval_seconds > 0)
             .then(|| std::time::Duration::from_secs(self.checkpoint_interval_seconds));
+        config.lifecycle.interval = Some(std::time::Duration::from_secs(60));
         config.retention_interval = (self.retention_interval_minutes > 0)
             .then(|| std::time::Duration::from_secs(self.retention_interval_minutes * 60));
         if let Some(backups) = &mut config.backups {
@@ -451,9 +535,17 @@ mod tests {
             backup_dir: None,
             backup_passphrase_file: None,
             backup_keep: 7,
+            trial_days: 14,
+            trial_grace_days: 0,
+            migration_window_days: 30,
         };
         let config = args.config().unwrap();
         assert_eq!(config.catalog_database, "records");
+        assert_eq!(
+            config.lifecycle.trial,
+            std::time::Duration::from_secs(14 * 86_400)
+        );
+        assert_eq!(config.lifecycle.trial_grace, std::time::Duration::ZERO);
         assert!(matches!(config.database, DatabaseConfig::External(_)));
     }
 }

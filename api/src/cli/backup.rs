@@ -20,7 +20,7 @@ use crate::infra::database::Database;
 use crate::infra::integrity::tree_head::witness_file;
 use crate::infra::keys::MasterKey;
 use crate::infra::tenancy::archives::{set_aside_witness, Placement};
-use crate::infra::tenancy::catalog::Tenancy;
+use crate::infra::tenancy::catalog::{is_served, Tenancy};
 use crate::infra::tenancy::verification::{verify_organisations, Scope};
 use crate::startup;
 
@@ -591,7 +591,7 @@ async fn archives_restore(
         let path = archives.path(&info);
         let restored = match existing {
             Some(row) => {
-                if !matches!(row.status.as_str(), "trial" | "active") {
+                if !is_served(&row.status) {
                     anyhow::bail!(
                         "`{slug}` is {}, not in service: it cannot be restored now",
                         row.status

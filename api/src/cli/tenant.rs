@@ -1,6 +1,8 @@
 //! `custos tenant create`: an organisation and its first administrator, from the command line;
 //! `custos tenant rotate-audit-key`: a new key for its tree heads;
-//! `custos tenant export` and `import`: an organisation leaving and arriving as an archive.
+//! `custos tenant export` and `import`: an organisation leaving and arriving as an archive;
+//! `custos tenant list|plan|suspend|resume|extend-trial|cancel|withdraw-cancellation`: the
+//! provider's side of each organisation's life.
 
 use std::path::{Path, PathBuf};
 
@@ -8,15 +10,17 @@ use tokio::io::BufReader;
 use uuid::Uuid;
 
 use super::args::{
-    admin_password, archive_passphrase, TenantCreateArgs, TenantExportArgs, TenantImportArgs,
-    TenantMoveArgs, TenantRotateArgs,
+    admin_password, archive_passphrase, TenantCommand, TenantCreateArgs, TenantExportArgs,
+    TenantImportArgs, TenantListArgs, TenantMoveArgs, TenantRotateArgs,
 };
 use crate::config::Region;
 use crate::infra::database::Database;
 use crate::infra::tenancy::archives::Placement;
 use crate::infra::tenancy::catalog::Tenancy;
+use crate::infra::tenancy::lifecycle::SubscriptionRow;
 use crate::service::identity::NewOrganization;
 use crate::startup;
+use custos_domain::{Plan, SubscriptionCommand};
 
 pub(crate) async fn create(args: TenantCreateArgs) -> anyhow::Result<()> {
     let config = args.common.config()?;
@@ -263,6 +267,144 @@ pub(crate) async fn import(args: TenantImportArgs) -> anyhow::Result<()> {
             arrived.rebuilt.as_secs_f64(),
             hex::encode(&arrived.imported.archive_sha256)
         );
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    database.stop().await?;
+    result
+}
+
+pub(crate) async fn list(args: TenantListArgs) -> anyhow::Result<()> {
+    let config = args.common.config()?;
+    let database = Database::open(&config).await?;
+    let result = async {
+        let services = startup::services(&config, &database).await?;
+        let rows = services.tenancy.subscriptions().await;
+        services.tenancy.close().await;
+        let rows = rows?;
+        if rows.is_empty() {
+            println!("no organisations");
+        }
+        for row in &rows {
+            println!("{}", describe(row));
+        }
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    database.stop().await?;
+    result
+}
+
+/// One organisation on one line.
+fn describe(row: &SubscriptionRow) -> String {
+    let day = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M UTC").to_string();
+    let mut line = format!(
+        "{} ({}, {}): {}, plan {}, region {}, since {}",
+        row.slug,
+        row.name,
+        row.id,
+        row.status,
+        row.plan,
+        row.region,
+        day(row.created_at)
+    );
+    if let (Some(ends), "trial" | "expired") = (row.trial_ends_at, row.status.as_str()) {
+        line.push_str(&format!(", trial ends {}", day(ends)));
+    }
+    if let Some(at) = row.cancellation_effective_at {
+        line.push_str(&format!(", cancelled as of {}", day(at)));
+    }
+    if let Some(until) = row.kept_until {
+        line.push_str(&format!(", kept until {}", day(until)));
+    }
+    line
+}
+
+/// `--until`: a date (the end of that day, UTC) or an RFC 3339 time.
+fn until(text: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+    if let Ok(date) = chrono::NaiveDate::parse_from_str(text.trim(), "%Y-%m-%d") {
+        let end = date
+            .and_hms_opt(23, 59, 59)
+            .ok_or_else(|| anyhow::anyhow!("--until `{text}` is not a date"))?;
+        return Ok(end.and_utc());
+    }
+    chrono::DateTime::parse_from_rfc3339(text.trim())
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|_| {
+            anyhow::anyhow!("--until `{text}` is neither a date (2027-01-31) nor an RFC 3339 time")
+        })
+}
+
+/// The lifecycle commands: one change of one organisation's subscription, as the operator.
+pub(crate) async fn lifecycle(command: TenantCommand) -> anyhow::Result<()> {
+    let now = chrono::Utc::now();
+    let (common, slug, change, reason) = match command {
+        TenantCommand::Plan(args) => {
+            let plan = Plan::parse(&args.plan)?;
+            (
+                args.common,
+                args.slug,
+                SubscriptionCommand::ChoosePlan { plan },
+                None,
+            )
+        }
+        TenantCommand::Suspend(args) => {
+            let change = SubscriptionCommand::Suspend {
+                reason: args.reason.clone(),
+            };
+            (args.common, args.slug, change, Some(args.reason))
+        }
+        TenantCommand::Resume(args) => {
+            let change = SubscriptionCommand::Resume {
+                reason: args.reason.clone(),
+            };
+            (args.common, args.slug, change, Some(args.reason))
+        }
+        TenantCommand::ExtendTrial(args) => {
+            let change = SubscriptionCommand::ExtendTrial {
+                until: until(&args.until)?,
+                at: now,
+            };
+            (args.common, args.slug, change, None)
+        }
+        TenantCommand::Cancel(args) => (
+            args.common,
+            args.slug,
+            SubscriptionCommand::Cancel { at: now },
+            None,
+        ),
+        TenantCommand::WithdrawCancellation(args) => (
+            args.common,
+            args.slug,
+            SubscriptionCommand::WithdrawCancellation,
+            None,
+        ),
+        other => anyhow::bail!("not a lifecycle command: {other:?}"),
+    };
+    let config = common.config()?;
+    let database = Database::open(&config).await?;
+    let result = async {
+        let services = startup::services(&config, &database).await?;
+        let tenancy = &services.tenancy;
+        let changed = async {
+            let row = tenancy
+                .subscription_by_slug(&slug)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no organisation has the slug `{slug}`"))?;
+            tenancy
+                .change_subscription(row.id, change, "operator", reason.as_deref())
+                .await?;
+            // Not served any more, or served again: this process's context goes either way;
+            // other instances notice within seconds.
+            tenancy.close_tenant(row.id).await;
+            tenancy
+                .subscription_by_slug(&slug)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("`{slug}` vanished"))
+        }
+        .await;
+        tenancy.close().await;
+        println!("{}", describe(&changed?));
         Ok::<_, anyhow::Error>(())
     }
     .await;

@@ -138,7 +138,12 @@ impl Services {
 
         let row = self
             .tenancy
-            .provision(&input.slug, name, region)
+            .provision(
+                &input.slug,
+                name,
+                region,
+                trial_ends_at(self.lifecycle.trial),
+            )
             .await
             .map_err(|err| match err {
                 ProvisionError::SlugTaken => {
@@ -486,6 +491,11 @@ impl Services {
             TokenKind::LoginChallenge | TokenKind::Download => Ok(None),
         }
     }
+}
+
+/// When a trial of `length` starting now ends.
+fn trial_ends_at(length: std::time::Duration) -> chrono::DateTime<chrono::Utc> {
+    chrono::Utc::now() + chrono::Duration::from_std(length).unwrap_or(chrono::Duration::days(30))
 }
 
 #[cfg(test)]

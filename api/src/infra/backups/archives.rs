@@ -27,7 +27,7 @@ use uuid::Uuid;
 use super::{write_durably, BackupStore};
 use crate::infra::archive::format::{ArchiveKey, Kdf, MIN_PASSPHRASE_CHARS};
 use crate::infra::tenancy::archives::{derive_key, passphrase_chars};
-use crate::infra::tenancy::catalog::Tenancy;
+use crate::infra::tenancy::catalog::{is_served, Tenancy};
 use crate::infra::tenancy::tenant::TenantRow;
 
 /// The file name ending of a backup archive.
@@ -204,7 +204,7 @@ impl ArchiveBackups {
             .list()
             .await?
             .into_iter()
-            .filter(|row| matches!(row.status.as_str(), "trial" | "active"))
+            .filter(|row| is_served(&row.status))
             .map(|row| {
                 let newest = archives
                     .iter()
@@ -237,7 +237,7 @@ impl ArchiveBackups {
                 .list()
                 .await?
                 .into_iter()
-                .filter(|row| matches!(row.status.as_str(), "trial" | "active"))
+                .filter(|row| is_served(&row.status))
                 .collect(),
         };
         let mut rounds = Vec::new();

@@ -539,6 +539,7 @@ impl Tenancy {
                 ProvisionError::IdTaken => ArchiveError::IdTaken(organization.id),
                 ProvisionError::Database(e) => e.into(),
                 ProvisionError::Migration(e) => ArchiveError::Other(e.into()),
+                ProvisionError::Other(e) => ArchiveError::Other(e),
             })?;
         // The witness file gets the received heads and the hand-over; if the import fails it
         // is removed again — unless it was there before (the organisation lived here once).

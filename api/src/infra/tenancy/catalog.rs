@@ -17,6 +17,7 @@ use uuid::Uuid;
 use super::tenant::{anchor_mac, Tenant, TenantRow};
 use crate::config::Region;
 use crate::infra::keys::{scram_sha256_verifier, MasterKey};
+use custos_domain::Plan;
 
 pub(crate) static CATALOG_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/catalog");
 pub(crate) static TENANT_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/tenant");
@@ -26,6 +27,14 @@ pub(crate) const TEMPLATE_DATABASE: &str = "custos_tenant_template";
 /// Advisory lock (in the server's `postgres` database) that keeps template migrations and
 /// copies of the template apart: copying needs nobody connected to the template.
 const TEMPLATE_LOCK: i64 = 0x6375_7374_6f73_0001;
+
+/// The statuses in which an organisation is served.
+pub(crate) const SERVED: &str = "('trial', 'active', 'cancelling')";
+
+/// Whether an organisation in `status` is served (see [`SERVED`]).
+pub(crate) fn is_served(status: &str) -> bool {
+    matches!(status, "trial" | "active" | "cancelling")
+}
 
 /// The catalog columns of a [`TenantRow`].
 const TENANT_COLUMNS: &str =
@@ -41,6 +50,8 @@ pub(crate) enum ProvisionError {
     Database(#[from] sqlx::Error),
     #[error(transparent)]
     Migration(#[from] sqlx::migrate::MigrateError),
+    #[error(transparent)]
+    Other(anyhow::Error),
 }
 
 /// A PostgreSQL server that hosts tenant databases.
@@ -152,6 +163,7 @@ impl Tenancy {
         };
         tenancy.remove_abandoned().await?;
         tenancy.recover_moves().await?;
+        tenancy.repair_subscriptions().await?;
         tenancy.migrate_tenants().await?;
         Ok(tenancy)
     }
@@ -293,7 +305,7 @@ impl Tenancy {
     pub(crate) async fn in_service_by_slug(&self, slug: &str) -> sqlx::Result<Option<TenantRow>> {
         sqlx::query_as(&format!(
             "SELECT {TENANT_COLUMNS} FROM tenants
-             WHERE slug = $1 AND status IN ('trial', 'active') AND move IS NULL"
+             WHERE slug = $1 AND status IN {SERVED} AND move IS NULL"
         ))
         .bind(slug)
         .fetch_optional(&self.catalog)
@@ -407,17 +419,27 @@ impl Tenancy {
 
     /// Creates a tenant: its catalog entry, login role and database (a copy of the migrated
     /// template, reachable only by that role). On any failure everything created is removed.
+    /// Its trial ends at `trial_ends_at`.
     pub(crate) async fn provision(
         &self,
         slug: &str,
         name: &str,
         region: Region,
+        trial_ends_at: chrono::DateTime<chrono::Utc>,
     ) -> Result<TenantRow, ProvisionError> {
         let id = Uuid::now_v7();
         self.create(id, slug, name, region, None).await?;
+        if let Err(err) = self
+            .open_subscription(id, Some(trial_ends_at), None, "sign-up")
+            .await
+        {
+            let _ = self.remove(id).await;
+            return Err(ProvisionError::Other(anyhow::anyhow!(
+                "opening the subscription: {err}"
+            )));
+        }
         let row = sqlx::query_as::<_, TenantRow>(&format!(
-            "UPDATE tenants SET status = 'trial', updated_at = now() WHERE id = $1
-             RETURNING {TENANT_COLUMNS}"
+            "SELECT {TENANT_COLUMNS} FROM tenants WHERE id = $1"
         ))
         .bind(id)
         .fetch_one(&self.catalog)
@@ -450,21 +472,24 @@ impl Tenancy {
         plan: &str,
         trial_ends_at: Option<chrono::DateTime<chrono::Utc>>,
     ) -> anyhow::Result<()> {
-        let done = sqlx::query(
-            "UPDATE tenants SET status = $2, plan = $3, trial_ends_at = $4, updated_at = now()
-             WHERE id = $1 AND status = 'provisioning'",
+        let provisioning: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT FROM tenants WHERE id = $1 AND status = 'provisioning')",
         )
         .bind(id)
-        .bind(status)
-        .bind(plan)
-        .bind(trial_ends_at)
-        .execute(&self.catalog)
+        .fetch_one(&self.catalog)
         .await?;
         anyhow::ensure!(
-            done.rows_affected() == 1,
+            provisioning,
             "the imported organisation was removed before it could be put in service"
         );
-        Ok(())
+        // It keeps its plan, or its trial; the life it had elsewhere stays in its archive.
+        let plan = Plan::parse(plan).ok().filter(|_| status != "trial");
+        if !matches!(status, "trial" | "active") {
+            tracing::warn!(tenant.id = %id, status, "an organisation imported in a status other than trial or active is opened as {}", if plan.is_some() { "active" } else { "trial" });
+        }
+        self.open_subscription(id, trial_ends_at, plan, "import")
+            .await
+            .map_err(|e| anyhow::anyhow!("opening the imported organisation's subscription: {e}"))
     }
 
     /// The catalog entry and database of a new tenant, `provisioning`.
@@ -624,10 +649,10 @@ impl Tenancy {
                 tenant.touch();
                 return Ok(Some(tenant));
             }
-            let database: Option<String> = sqlx::query_scalar(
+            let database: Option<String> = sqlx::query_scalar(&format!(
                 "SELECT database_name FROM tenants
-                 WHERE id = $1 AND status IN ('trial', 'active') AND move IS NULL",
-            )
+                 WHERE id = $1 AND status IN {SERVED} AND move IS NULL",
+            ))
             .bind(id)
             .fetch_optional(&self.catalog)
             .await?;
@@ -640,7 +665,7 @@ impl Tenancy {
         }
         let row = sqlx::query_as::<_, TenantRow>(&format!(
             "SELECT {TENANT_COLUMNS} FROM tenants
-             WHERE id = $1 AND status IN ('trial', 'active') AND move IS NULL"
+             WHERE id = $1 AND status IN {SERVED} AND move IS NULL"
         ))
         .bind(id)
         .fetch_optional(&self.catalog)

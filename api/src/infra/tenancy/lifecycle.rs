@@ -1,0 +1,269 @@
+//! Each organisation's life with the provider as events (`custos_domain::Subscription`), one
+//! stream per organisation in the catalog (postgres-es, tables `subscription_events` and
+//! `subscription_snapshots`), and the catalog row as its projection: after each change the
+//! row's status, plan and dates are written from the aggregate, with the sequence they reflect,
+//! so a start repairs a row a crash left behind. Organisations older than the stream are
+//! adopted: their stream is opened from what the row says.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use cqrs_es::persist::PersistedEventStore;
+use cqrs_es::{Aggregate, AggregateError, CqrsFramework, EventStore};
+use custos_domain::{Plan, Subscription, SubscriptionCommand, SubscriptionError};
+use postgres_es::PostgresEventRepository;
+use uuid::Uuid;
+
+use super::catalog::Tenancy;
+
+type Store = PersistedEventStore<PostgresEventRepository, Subscription>;
+
+/// Why a lifecycle change was refused.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum LifecycleError {
+    #[error(transparent)]
+    Refused(#[from] SubscriptionError),
+    #[error("the organisation changed meanwhile; try again")]
+    Conflict,
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+impl From<AggregateError<SubscriptionError>> for LifecycleError {
+    fn from(err: AggregateError<SubscriptionError>) -> Self {
+        match err {
+            AggregateError::UserError(err) => Self::Refused(err),
+            AggregateError::AggregateConflict => Self::Conflict,
+            other => Self::Other(anyhow::anyhow!("the subscription store: {other}")),
+        }
+    }
+}
+
+/// An organisation's subscription as the catalog row shows it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub(crate) struct SubscriptionRow {
+    pub id: Uuid,
+    pub slug: String,
+    pub name: String,
+    pub region: String,
+    pub status: String,
+    pub plan: String,
+    pub trial_ends_at: Option<DateTime<Utc>>,
+    pub cancellation_effective_at: Option<DateTime<Utc>>,
+    pub kept_until: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A catalog row as the start's repair reads it: id, status, plan, trial end, the sequence
+/// it reflects, and its stream's last sequence.
+type RepairRow = (
+    Uuid,
+    String,
+    String,
+    Option<DateTime<Utc>>,
+    i64,
+    Option<i64>,
+);
+
+const SUBSCRIPTION_COLUMNS: &str = "id, slug, name, region, status, plan, trial_ends_at, \
+     cancellation_effective_at, kept_until, created_at";
+
+impl Tenancy {
+    fn subscription_store(&self) -> Store {
+        let repository = PostgresEventRepository::new(self.catalog().clone())
+            .with_tables("subscription_events", "subscription_snapshots");
+        PersistedEventStore::new_event_store(repository)
+    }
+
+    /// Runs `command` on the subscription of `id` as `actor` — `operator` (a `custos`
+    /// command), `user:<id>`, `sign-up`, `import`, `custos (…)` (the service itself) — with
+    /// the provider's `reason` when it gives one, then writes the catalog row from the result.
+    pub(crate) async fn change_subscription(
+        &self,
+        id: Uuid,
+        command: SubscriptionCommand,
+        actor: &str,
+        reason: Option<&str>,
+    ) -> Result<(), LifecycleError> {
+        let cqrs = CqrsFramework::new(self.subscription_store(), vec![], ());
+        let mut metadata = HashMap::from([("actor".to_owned(), actor.to_owned())]);
+        if let Some(reason) = reason {
+            metadata.insert("reason".to_owned(), reason.chars().take(500).collect());
+        }
+        cqrs.execute_with_metadata(&id.to_string(), command, metadata)
+            .await?;
+        self.project_subscription(id).await?;
+        Ok(())
+    }
+
+    /// The subscription of `id` from its events, and the sequence of the last (0: none).
+    pub(crate) async fn subscription(&self, id: Uuid) -> anyhow::Result<(Subscription, usize)> {
+        let events = self
+            .subscription_store()
+            .load_events(&id.to_string())
+            .await
+            .map_err(|e| anyhow::anyhow!("the subscription store: {e}"))?;
+        let mut subscription = Subscription::default();
+        let mut sequence = 0;
+        for envelope in events {
+            sequence = envelope.sequence;
+            subscription.apply(envelope.payload);
+        }
+        Ok((subscription, sequence))
+    }
+
+    /// Writes the catalog row of `id` from its subscription (unless it already shows as much).
+    pub(crate) async fn project_subscription(&self, id: Uuid) -> anyhow::Result<()> {
+        let (subscription, sequence) = self.subscription(id).await?;
+        let Some(status) = subscription.status() else {
+            return Ok(());
+        };
+        sqlx::query(
+            "UPDATE tenants SET status = $2, plan = $3, trial_ends_at = $4,
+                    cancellation_effective_at = $5, kept_until = $6, lifecycle_sequence = $7,
+                    updated_at = now()
+             WHERE id = $1 AND lifecycle_sequence < $7",
+        )
+        .bind(id)
+        .bind(status.as_str())
+        .bind(subscription.plan().map_or("trial", Plan::as_str))
+        .bind(subscription.trial_ends_at())
+        .bind(subscription.cancellation_effective_at())
+        .bind(subscription.kept_until())
+        .bind(i64::try_from(sequence)?)
+        .execute(self.catalog())
+        .await?;
+        Ok(())
+    }
+
+    /// Opens the subscription of a new organisation (`trial_ends_at`, or on `plan`), or, when
+    /// the organisation has one already (it lived here before), writes its row from it.
+    pub(crate) async fn open_subscription(
+        &self,
+        id: Uuid,
+        trial_ends_at: Option<DateTime<Utc>>,
+        plan: Option<Plan>,
+        actor: &str,
+    ) -> Result<(), LifecycleError> {
+        let (existing, _) = self.subscription(id).await?;
+        if existing.status().is_some() {
+            self.project_subscription(id).await?;
+            return Ok(());
+        }
+        let opened = self
+            .change_subscription(
+                id,
+                SubscriptionCommand::Open {
+                    trial_ends_at,
+                    plan,
+                },
+                actor,
+                None,
+            )
+            .await;
+        match opened {
+            // Another instance starting at the same time opened it first.
+            Err(LifecycleError::Conflict)
+            | Err(LifecycleError::Refused(SubscriptionError::AlreadyOpened)) => {
+                self.project_subscription(id).await?;
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// At start: every organisation's row agrees with its stream; one without a stream (older
+    /// than it) gets one opened from what its row says.
+    pub(crate) async fn repair_subscriptions(&self) -> anyhow::Result<()> {
+        let rows: Vec<RepairRow> = sqlx::query_as(
+            "SELECT t.id, t.status, t.plan, t.trial_ends_at, t.lifecycle_sequence,
+                        (SELECT max(sequence) FROM subscription_events e
+                         WHERE e.aggregate_type = 'subscription' AND e.aggregate_id = t.id::text)
+                 FROM tenants t WHERE t.status <> 'provisioning'",
+        )
+        .fetch_all(self.catalog())
+        .await?;
+        for (id, status, plan, trial_ends_at, projected, last) in rows {
+            match last {
+                Some(last) if last > projected => {
+                    tracing::warn!(tenant.id = %id, "the catalog row was behind its subscription; written again");
+                    self.project_subscription(id).await?;
+                }
+                Some(_) => {}
+                None => {
+                    let plan = Plan::parse(&plan).ok();
+                    if !matches!(status.as_str(), "trial" | "active") {
+                        tracing::warn!(tenant.id = %id, status = %status, "an organisation without a subscription stream is adopted as it was opened");
+                    }
+                    self.open_subscription(id, trial_ends_at, plan, "custos (adopted at start)")
+                        .await
+                        .map_err(|e| anyhow::anyhow!("adopting the subscription of {id}: {e}"))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every organisation (but those being provisioned) with its subscription, oldest first.
+    pub(crate) async fn subscriptions(&self) -> sqlx::Result<Vec<SubscriptionRow>> {
+        sqlx::query_as(&format!(
+            "SELECT {SUBSCRIPTION_COLUMNS} FROM tenants WHERE status <> 'provisioning'
+             ORDER BY created_at"
+        ))
+        .fetch_all(self.catalog())
+        .await
+    }
+
+    /// The organisation with `slug`, with its subscription.
+    pub(crate) async fn subscription_by_slug(
+        &self,
+        slug: &str,
+    ) -> sqlx::Result<Option<SubscriptionRow>> {
+        sqlx::query_as(&format!(
+            "SELECT {SUBSCRIPTION_COLUMNS} FROM tenants
+             WHERE slug = $1 AND status <> 'provisioning'"
+        ))
+        .bind(slug)
+        .fetch_optional(self.catalog())
+        .await
+    }
+
+    /// What the schedule does at `now`: trials past their end expire (kept for `grace`),
+    /// cancellations past their notice end (their migration window of `window` opens). How
+    /// many changed.
+    pub(crate) async fn advance_subscriptions(
+        &self,
+        now: DateTime<Utc>,
+        grace: chrono::Duration,
+        window: chrono::Duration,
+    ) -> anyhow::Result<usize> {
+        let due: Vec<(Uuid, String)> = sqlx::query_as(
+            "SELECT id, status FROM tenants
+             WHERE (status = 'trial' AND trial_ends_at <= $1)
+                OR (status = 'cancelling' AND cancellation_effective_at <= $1)",
+        )
+        .bind(now)
+        .fetch_all(self.catalog())
+        .await?;
+        let actor = "custos (schedule)";
+        let mut changed = 0;
+        for (id, status) in due {
+            let command = if status == "trial" {
+                SubscriptionCommand::ExpireTrial { at: now, grace }
+            } else {
+                SubscriptionCommand::EndSubscription { at: now, window }
+            };
+            match self.change_subscription(id, command, actor, None).await {
+                Ok(()) => {
+                    changed += 1;
+                    tracing::info!(tenant.id = %id, from = %status, "organisation lifecycle advanced by the schedule");
+                    self.close_tenant(id).await;
+                }
+                // Another instance did it first, or an operator changed it meanwhile.
+                Err(LifecycleError::Conflict | LifecycleError::Refused(_)) => {}
+                Err(LifecycleError::Other(err)) => return Err(err),
+            }
+        }
+        Ok(changed)
+    }
+}

@@ -1,0 +1,653 @@
+//! The `Subscription` aggregate: an organisation's life with the provider — trial, plan,
+//! suspension, cancellation with notice, the migration window, purge. One stream per
+//! organisation (its id), kept in the catalog: the organisation's own database goes when it is
+//! purged; this history stays as the proof of what happened, by whom and why. Times come in
+//! with the commands: the aggregate has no clock.
+
+use chrono::{DateTime, Datelike, Duration, TimeZone, Utc};
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::{Aggregate, DomainEvent};
+use serde::{Deserialize, Serialize};
+
+/// The paid plans of the terms (storage limits are configuration, not history).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Plan {
+    Basic,
+    Standard,
+    Maxi,
+    Premium,
+}
+
+impl Plan {
+    pub const ALL: [Plan; 4] = [Plan::Basic, Plan::Standard, Plan::Maxi, Plan::Premium];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Plan::Basic => "basic",
+            Plan::Standard => "standard",
+            Plan::Maxi => "maxi",
+            Plan::Premium => "premium",
+        }
+    }
+
+    /// A plan from its name (`basic`, `standard`, `maxi`, `premium`, any case).
+    pub fn parse(name: &str) -> Result<Self, SubscriptionError> {
+        Plan::ALL
+            .into_iter()
+            .find(|p| p.as_str().eq_ignore_ascii_case(name.trim()))
+            .ok_or_else(|| SubscriptionError::UnknownPlan(name.trim().chars().take(40).collect()))
+    }
+}
+
+/// Where an organisation is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Trying it out until `trial_ends_at`.
+    Trial,
+    /// On a paid plan.
+    Active,
+    /// The trial ended without a plan: not served, purged after a grace period.
+    Expired,
+    /// Stopped by the provider (late payment, a serious reason) until resumed.
+    Suspended,
+    /// Cancelled, served until the notice period ends.
+    Cancelling,
+    /// The subscription ended: administrators may sign in to read and take their data away
+    /// until the window closes.
+    Migration,
+    /// Its database, role, keys and files are gone.
+    Purged,
+}
+
+impl Status {
+    /// The name the catalog stores.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Trial => "trial",
+            Status::Active => "active",
+            Status::Expired => "expired",
+            Status::Suspended => "suspended",
+            Status::Cancelling => "cancelling",
+            Status::Migration => "migration",
+            Status::Purged => "purged",
+        }
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Subscription {
+    status: Option<Status>,
+    plan: Option<Plan>,
+    trial_ends_at: Option<DateTime<Utc>>,
+    /// What a suspension returns to.
+    suspended_from: Option<Status>,
+    cancellation_effective_at: Option<DateTime<Utc>>,
+    /// Until when an expired trial, or a closed subscription's migration window, is kept.
+    kept_until: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum SubscriptionCommand {
+    /// A new organisation: on trial until `trial_ends_at`, or on `plan` from the start.
+    Open {
+        trial_ends_at: Option<DateTime<Utc>>,
+        plan: Option<Plan>,
+    },
+    /// A plan chosen: ends a trial (every record kept), or changes plan.
+    ChoosePlan {
+        plan: Plan,
+    },
+    /// The trial lasts until `until` (also after it ended, before the purge).
+    ExtendTrial {
+        until: DateTime<Utc>,
+        at: DateTime<Utc>,
+    },
+    /// The trial ended at `at` without a plan; it is purged after `grace`.
+    ExpireTrial {
+        at: DateTime<Utc>,
+        grace: Duration,
+    },
+    Suspend {
+        reason: String,
+    },
+    Resume {
+        reason: String,
+    },
+    /// Cancelled at `at`: with one month's notice from the first day of the following month.
+    Cancel {
+        at: DateTime<Utc>,
+    },
+    WithdrawCancellation,
+    /// The notice period is over at `at`: the migration window of `window` opens.
+    EndSubscription {
+        at: DateTime<Utc>,
+        window: Duration,
+    },
+    /// Purged at `at`: after the grace period or window, or before it with `early_reason`.
+    Purge {
+        at: DateTime<Utc>,
+        early_reason: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum SubscriptionEvent {
+    SubscriptionOpened {
+        status: Status,
+        plan: Option<Plan>,
+        trial_ends_at: Option<DateTime<Utc>>,
+    },
+    PlanChosen {
+        plan: Plan,
+        previous: Option<Plan>,
+    },
+    TrialExtended {
+        until: DateTime<Utc>,
+    },
+    TrialExpired {
+        purge_after: DateTime<Utc>,
+    },
+    Suspended {
+        reason: String,
+    },
+    Resumed {
+        reason: String,
+        status: Status,
+    },
+    CancellationScheduled {
+        effective_at: DateTime<Utc>,
+    },
+    CancellationWithdrawn,
+    SubscriptionEnded {
+        migration_access_until: DateTime<Utc>,
+    },
+    Purged {
+        early_reason: Option<String>,
+    },
+}
+
+impl SubscriptionEvent {
+    /// The status the organisation is in after this event.
+    pub fn status_after(&self, before: Option<Status>) -> Option<Status> {
+        match self {
+            SubscriptionEvent::SubscriptionOpened { status, .. } => Some(*status),
+            SubscriptionEvent::PlanChosen { .. } => match before {
+                Some(Status::Cancelling) => Some(Status::Cancelling),
+                _ => Some(Status::Active),
+            },
+            SubscriptionEvent::TrialExtended { .. } => Some(Status::Trial),
+            SubscriptionEvent::TrialExpired { .. } => Some(Status::Expired),
+            SubscriptionEvent::Suspended { .. } => Some(Status::Suspended),
+            SubscriptionEvent::Resumed { status, .. } => Some(*status),
+            SubscriptionEvent::CancellationScheduled { .. } => Some(Status::Cancelling),
+            SubscriptionEvent::CancellationWithdrawn => Some(Status::Active),
+            SubscriptionEvent::SubscriptionEnded { .. } => Some(Status::Migration),
+            SubscriptionEvent::Purged { .. } => Some(Status::Purged),
+        }
+    }
+}
+
+impl DomainEvent for SubscriptionEvent {
+    fn event_type(&self) -> String {
+        match self {
+            SubscriptionEvent::SubscriptionOpened { .. } => "SubscriptionOpened",
+            SubscriptionEvent::PlanChosen { .. } => "PlanChosen",
+            SubscriptionEvent::TrialExtended { .. } => "TrialExtended",
+            SubscriptionEvent::TrialExpired { .. } => "TrialExpired",
+            SubscriptionEvent::Suspended { .. } => "Suspended",
+            SubscriptionEvent::Resumed { .. } => "Resumed",
+            SubscriptionEvent::CancellationScheduled { .. } => "CancellationScheduled",
+            SubscriptionEvent::CancellationWithdrawn => "CancellationWithdrawn",
+            SubscriptionEvent::SubscriptionEnded { .. } => "SubscriptionEnded",
+            SubscriptionEvent::Purged { .. } => "Purged",
+        }
+        .to_owned()
+    }
+
+    fn event_version(&self) -> String {
+        "1".to_owned()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SubscriptionError {
+    #[error("the organisation's subscription was not opened")]
+    NotOpened,
+    #[error("the organisation's subscription is already open")]
+    AlreadyOpened,
+    #[error("an organisation that is {status} cannot {action}")]
+    Illegal {
+        status: Status,
+        action: &'static str,
+    },
+    #[error("unknown plan `{0}` (basic, standard, maxi or premium)")]
+    UnknownPlan(String),
+    #[error("it is already on that plan")]
+    SamePlan,
+    #[error("the new end of the trial is not later than now")]
+    NotLater,
+    #[error("the trial runs until {0}")]
+    TrialNotOver(DateTime<Utc>),
+    #[error("the notice period runs until {0}")]
+    NoticeNotOver(DateTime<Utc>),
+    #[error("it is kept until {0}; purging it earlier needs a reason")]
+    KeptUntil(DateTime<Utc>),
+    #[error("a reason is required")]
+    NoReason,
+}
+
+impl Subscription {
+    pub fn status(&self) -> Option<Status> {
+        self.status
+    }
+
+    pub fn plan(&self) -> Option<Plan> {
+        self.plan
+    }
+
+    pub fn trial_ends_at(&self) -> Option<DateTime<Utc>> {
+        self.trial_ends_at
+    }
+
+    pub fn cancellation_effective_at(&self) -> Option<DateTime<Utc>> {
+        self.cancellation_effective_at
+    }
+
+    /// Until when an expired trial or an ended subscription is kept before its purge.
+    pub fn kept_until(&self) -> Option<DateTime<Utc>> {
+        self.kept_until
+    }
+
+    fn illegal(&self, action: &'static str) -> SubscriptionError {
+        match self.status {
+            Some(status) => SubscriptionError::Illegal { status, action },
+            None => SubscriptionError::NotOpened,
+        }
+    }
+}
+
+/// When a cancellation made at `at` takes effect: one month's notice that starts on the first
+/// day of the following month, so the first day of the month after that (UTC).
+pub fn cancellation_effective_at(at: DateTime<Utc>) -> DateTime<Utc> {
+    let months = at.year() * 12 + at.month0() as i32 + 2;
+    Utc.with_ymd_and_hms(
+        months.div_euclid(12),
+        months.rem_euclid(12) as u32 + 1,
+        1,
+        0,
+        0,
+        0,
+    )
+    .single()
+    .unwrap_or(at)
+}
+
+/// A reason given by the provider: trimmed, required, at most 500 characters.
+fn reason(text: &str) -> Result<String, SubscriptionError> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(SubscriptionError::NoReason);
+    }
+    Ok(text.chars().take(500).collect())
+}
+
+impl Aggregate for Subscription {
+    const TYPE: &'static str = "subscription";
+    type Command = SubscriptionCommand;
+    type Event = SubscriptionEvent;
+    type Error = SubscriptionError;
+    type Services = ();
+
+    async fn handle(
+        &mut self,
+        command: SubscriptionCommand,
+        _services: &(),
+        sink: &EventSink<Self>,
+    ) -> Result<(), SubscriptionError> {
+        use SubscriptionCommand as C;
+        use SubscriptionEvent as E;
+        let status = self.status;
+        let event = match command {
+            C::Open {
+                trial_ends_at,
+                plan,
+            } => {
+                if status.is_some() {
+                    return Err(SubscriptionError::AlreadyOpened);
+                }
+                E::SubscriptionOpened {
+                    status: if plan.is_some() {
+                        Status::Active
+                    } else {
+                        Status::Trial
+                    },
+                    plan,
+                    trial_ends_at: trial_ends_at.filter(|_| plan.is_none()),
+                }
+            }
+            C::ChoosePlan { plan } => match status {
+                Some(Status::Trial | Status::Expired | Status::Active | Status::Cancelling) => {
+                    if self.plan == Some(plan) && status != Some(Status::Expired) {
+                        return Err(SubscriptionError::SamePlan);
+                    }
+                    E::PlanChosen {
+                        plan,
+                        previous: self.plan,
+                    }
+                }
+                _ => return Err(self.illegal("choose a plan")),
+            },
+            C::ExtendTrial { until, at } => match status {
+                Some(Status::Trial | Status::Expired) if self.plan.is_none() => {
+                    if until <= at {
+                        return Err(SubscriptionError::NotLater);
+                    }
+                    E::TrialExtended { until }
+                }
+                _ => return Err(self.illegal("have its trial extended")),
+            },
+            C::ExpireTrial { at, grace } => match (status, self.trial_ends_at) {
+                (Some(Status::Trial), Some(ends)) if ends <= at => E::TrialExpired {
+                    purge_after: ends + grace,
+                },
+                (Some(Status::Trial), Some(ends)) => {
+                    return Err(SubscriptionError::TrialNotOver(ends))
+                }
+                _ => return Err(self.illegal("end a trial")),
+            },
+            C::Suspend { reason: text } => match status {
+                Some(Status::Trial | Status::Active | Status::Cancelling) => E::Suspended {
+                    reason: reason(&text)?,
+                },
+                _ => return Err(self.illegal("be suspended")),
+            },
+            C::Resume { reason: text } => match (status, self.suspended_from) {
+                (Some(Status::Suspended), Some(from)) => E::Resumed {
+                    reason: reason(&text)?,
+                    status: from,
+                },
+                _ => return Err(self.illegal("be resumed")),
+            },
+            C::Cancel { at } => match status {
+                Some(Status::Active) => E::CancellationScheduled {
+                    effective_at: cancellation_effective_at(at),
+                },
+                _ => return Err(self.illegal("be cancelled")),
+            },
+            C::WithdrawCancellation => match status {
+                Some(Status::Cancelling) => E::CancellationWithdrawn,
+                _ => return Err(self.illegal("withdraw a cancellation")),
+            },
+            C::EndSubscription { at, window } => match (status, self.cancellation_effective_at) {
+                (Some(Status::Cancelling), Some(effective)) if effective <= at => {
+                    E::SubscriptionEnded {
+                        migration_access_until: effective + window,
+                    }
+                }
+                (Some(Status::Cancelling), Some(effective)) => {
+                    return Err(SubscriptionError::NoticeNotOver(effective))
+                }
+                _ => return Err(self.illegal("end its subscription")),
+            },
+            C::Purge { at, early_reason } => match (status, self.kept_until) {
+                (Some(Status::Expired | Status::Migration), Some(until)) => {
+                    let early_reason = early_reason.as_deref().map(reason).transpose()?;
+                    if at < until && early_reason.is_none() {
+                        return Err(SubscriptionError::KeptUntil(until));
+                    }
+                    E::Purged {
+                        early_reason: early_reason.filter(|_| at < until),
+                    }
+                }
+                _ => return Err(self.illegal("be purged")),
+            },
+        };
+        sink.write(event, self).await;
+        Ok(())
+    }
+
+    fn apply(&mut self, event: SubscriptionEvent) {
+        let before = self.status;
+        self.status = event.status_after(before);
+        match event {
+            SubscriptionEvent::SubscriptionOpened {
+                plan,
+                trial_ends_at,
+                ..
+            } => {
+                self.plan = plan;
+                self.trial_ends_at = trial_ends_at;
+            }
+            SubscriptionEvent::PlanChosen { plan, .. } => {
+                self.plan = Some(plan);
+                self.trial_ends_at = None;
+                self.kept_until = None;
+            }
+            SubscriptionEvent::TrialExtended { until } => {
+                self.trial_ends_at = Some(until);
+                self.kept_until = None;
+            }
+            SubscriptionEvent::TrialExpired { purge_after } => self.kept_until = Some(purge_after),
+            SubscriptionEvent::Suspended { .. } => self.suspended_from = before,
+            SubscriptionEvent::Resumed { .. } => self.suspended_from = None,
+            SubscriptionEvent::CancellationScheduled { effective_at } => {
+                self.cancellation_effective_at = Some(effective_at);
+            }
+            SubscriptionEvent::CancellationWithdrawn => self.cancellation_effective_at = None,
+            SubscriptionEvent::SubscriptionEnded {
+                migration_access_until,
+            } => self.kept_until = Some(migration_access_until),
+            SubscriptionEvent::Purged { .. } => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cqrs_es::test::TestFramework;
+
+    type SubscriptionTest = TestFramework<Subscription>;
+
+    fn at(y: i32, m: u32, d: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(y, m, d, 12, 0, 0).unwrap()
+    }
+
+    fn trial() -> SubscriptionEvent {
+        SubscriptionEvent::SubscriptionOpened {
+            status: Status::Trial,
+            plan: None,
+            trial_ends_at: Some(at(2026, 12, 31)),
+        }
+    }
+
+    fn active() -> Vec<SubscriptionEvent> {
+        vec![
+            trial(),
+            SubscriptionEvent::PlanChosen {
+                plan: Plan::Standard,
+                previous: None,
+            },
+        ]
+    }
+
+    #[test]
+    fn a_trial_ends_with_a_plan_chosen_or_expires_and_is_purged_after_the_grace_period() {
+        SubscriptionTest::with(())
+            .given(vec![trial()])
+            .when(SubscriptionCommand::ChoosePlan { plan: Plan::Basic })
+            .then_expect_events(vec![SubscriptionEvent::PlanChosen {
+                plan: Plan::Basic,
+                previous: None,
+            }]);
+        SubscriptionTest::with(())
+            .given(vec![trial()])
+            .when(SubscriptionCommand::ExpireTrial {
+                at: at(2026, 12, 30),
+                grace: Duration::days(14),
+            })
+            .then_expect_error(SubscriptionError::TrialNotOver(at(2026, 12, 31)));
+        let expired = SubscriptionEvent::TrialExpired {
+            purge_after: at(2027, 1, 14),
+        };
+        SubscriptionTest::with(())
+            .given(vec![trial()])
+            .when(SubscriptionCommand::ExpireTrial {
+                at: at(2027, 1, 1),
+                grace: Duration::days(14),
+            })
+            .then_expect_events(vec![expired.clone()]);
+        SubscriptionTest::with(())
+            .given(vec![trial(), expired.clone()])
+            .when(SubscriptionCommand::Purge {
+                at: at(2027, 1, 2),
+                early_reason: None,
+            })
+            .then_expect_error(SubscriptionError::KeptUntil(at(2027, 1, 14)));
+        SubscriptionTest::with(())
+            .given(vec![trial(), expired.clone()])
+            .when(SubscriptionCommand::Purge {
+                at: at(2027, 1, 15),
+                early_reason: None,
+            })
+            .then_expect_events(vec![SubscriptionEvent::Purged { early_reason: None }]);
+        // Choosing a plan in the grace period keeps everything.
+        SubscriptionTest::with(())
+            .given(vec![trial(), expired])
+            .when(SubscriptionCommand::ChoosePlan { plan: Plan::Maxi })
+            .then_expect_events(vec![SubscriptionEvent::PlanChosen {
+                plan: Plan::Maxi,
+                previous: None,
+            }]);
+    }
+
+    #[test]
+    fn a_suspension_returns_to_where_it_was() {
+        let suspended = SubscriptionEvent::Suspended {
+            reason: "late payment".into(),
+        };
+        SubscriptionTest::with(())
+            .given(vec![trial()])
+            .when(SubscriptionCommand::Suspend {
+                reason: "  ".into(),
+            })
+            .then_expect_error(SubscriptionError::NoReason);
+        SubscriptionTest::with(())
+            .given(vec![trial(), suspended.clone()])
+            .when(SubscriptionCommand::Resume {
+                reason: "paid".into(),
+            })
+            .then_expect_events(vec![SubscriptionEvent::Resumed {
+                reason: "paid".into(),
+                status: Status::Trial,
+            }]);
+        SubscriptionTest::with(())
+            .given(vec![trial(), suspended.clone()])
+            .when(SubscriptionCommand::ChoosePlan { plan: Plan::Basic })
+            .then_expect_error(SubscriptionError::Illegal {
+                status: Status::Suspended,
+                action: "choose a plan",
+            });
+        SubscriptionTest::with(())
+            .given(vec![trial()])
+            .when(SubscriptionCommand::Resume {
+                reason: "paid".into(),
+            })
+            .then_expect_error(SubscriptionError::Illegal {
+                status: Status::Trial,
+                action: "be resumed",
+            });
+    }
+
+    #[test]
+    fn a_cancellation_takes_effect_after_a_months_notice_from_the_first_of_next_month() {
+        assert_eq!(
+            cancellation_effective_at(at(2026, 12, 2)),
+            Utc.with_ymd_and_hms(2027, 2, 1, 0, 0, 0).unwrap()
+        );
+        assert_eq!(
+            cancellation_effective_at(at(2026, 1, 31)),
+            Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).unwrap()
+        );
+        let scheduled = SubscriptionEvent::CancellationScheduled {
+            effective_at: Utc.with_ymd_and_hms(2027, 2, 1, 0, 0, 0).unwrap(),
+        };
+        let mut given = active();
+        SubscriptionTest::with(())
+            .given(given.clone())
+            .when(SubscriptionCommand::Cancel {
+                at: at(2026, 12, 2),
+            })
+            .then_expect_events(vec![scheduled.clone()]);
+        given.push(scheduled);
+        SubscriptionTest::with(())
+            .given(given.clone())
+            .when(SubscriptionCommand::WithdrawCancellation)
+            .then_expect_events(vec![SubscriptionEvent::CancellationWithdrawn]);
+        SubscriptionTest::with(())
+            .given(given.clone())
+            .when(SubscriptionCommand::EndSubscription {
+                at: at(2027, 1, 31),
+                window: Duration::days(30),
+            })
+            .then_expect_error(SubscriptionError::NoticeNotOver(
+                Utc.with_ymd_and_hms(2027, 2, 1, 0, 0, 0).unwrap(),
+            ));
+        let ended = SubscriptionEvent::SubscriptionEnded {
+            migration_access_until: Utc.with_ymd_and_hms(2027, 3, 3, 0, 0, 0).unwrap(),
+        };
+        SubscriptionTest::with(())
+            .given(given.clone())
+            .when(SubscriptionCommand::EndSubscription {
+                at: at(2027, 2, 1),
+                window: Duration::days(30),
+            })
+            .then_expect_events(vec![ended.clone()]);
+        given.push(ended);
+        // Before the window closes only with a reason, which is recorded.
+        SubscriptionTest::with(())
+            .given(given.clone())
+            .when(SubscriptionCommand::Purge {
+                at: at(2027, 2, 2),
+                early_reason: Some("the client asked for deletion".into()),
+            })
+            .then_expect_events(vec![SubscriptionEvent::Purged {
+                early_reason: Some("the client asked for deletion".into()),
+            }]);
+        given.push(SubscriptionEvent::Purged { early_reason: None });
+        SubscriptionTest::with(())
+            .given(given)
+            .when(SubscriptionCommand::ChoosePlan { plan: Plan::Basic })
+            .then_expect_error(SubscriptionError::Illegal {
+                status: Status::Purged,
+                action: "choose a plan",
+            });
+    }
+
+    #[test]
+    fn plans_parse_by_name_and_an_unknown_one_is_refused() {
+        assert_eq!(Plan::parse(" Standard "), Ok(Plan::Standard));
+        assert_eq!(
+            Plan::parse("gold"),
+            Err(SubscriptionError::UnknownPlan("gold".into()))
+        );
+        SubscriptionTest::with(())
+            .given(active())
+            .when(SubscriptionCommand::ChoosePlan {
+                plan: Plan::Standard,
+            })
+            .then_expect_error(SubscriptionError::SamePlan);
+        SubscriptionTest::with(())
+            .given_no_previous_events()
+            .when(SubscriptionCommand::Suspend { reason: "x".into() })
+            .then_expect_error(SubscriptionError::NotOpened);
+    }
+}
