@@ -492,6 +492,8 @@ async fn on_database_url_every_organisation_is_archived_on_a_schedule_verified_a
         let backups = config.backups.as_mut().unwrap();
         backups.interval = Some(Duration::from_secs(4));
         backups.keep = 50;
+        // Checkpoints all the while: the restore replaces the database under an open context.
+        config.checkpoint_interval = Some(Duration::from_millis(300));
     })
     .await;
     let backup_dir: PathBuf = app.data_dir.path().join("backups");
@@ -769,6 +771,14 @@ async fn on_database_url_every_organisation_is_archived_on_a_schedule_verified_a
     assert!(names.contains(&"Beforehand".to_owned()), "{names:?}");
     assert!(!names.contains(&"Eraseworth".to_owned()), "{names:?}");
     assert!(app.custos(&["verify"]).await);
+    // The running service closed the replaced contexts instead of failing on them.
+    let tenant = admin.tenant_id.to_string();
+    let failures: Vec<String> = custos_tests::logs()
+        .lines()
+        .filter(|l| l.contains(&tenant) && l.contains("ERROR"))
+        .map(str::to_owned)
+        .collect();
+    assert!(failures.is_empty(), "{failures:#?}");
 }
 
 async fn databases_named(name: &str) -> bool {

@@ -717,8 +717,41 @@ impl Tenancy {
     }
 
     /// The open tenant contexts, without counting this as a use (they still close when idle).
+    ///
+    /// Contexts the catalog no longer backs — the organisation moved, restored into another
+    /// database, or no longer served, by another process since this one last checked — are
+    /// closed here rather than returned.
     pub(crate) async fn open_tenants(&self) -> Vec<Arc<Tenant>> {
-        self.open.read().await.values().cloned().collect()
+        let open: Vec<Arc<Tenant>> = self.open.read().await.values().cloned().collect();
+        if open.is_empty() {
+            return open;
+        }
+        let ids: Vec<Uuid> = open.iter().map(|t| t.id).collect();
+        let current: Vec<(Uuid, String)> = match sqlx::query_as(&format!(
+            "SELECT id, database_name FROM tenants
+             WHERE id = ANY($1) AND status IN {SERVED} AND move IS NULL"
+        ))
+        .bind(&ids)
+        .fetch_all(&self.catalog)
+        .await
+        {
+            Ok(current) => current,
+            // The catalog does not answer: the callers' own errors will say so.
+            Err(_) => return open,
+        };
+        let mut kept = Vec::with_capacity(open.len());
+        for tenant in open {
+            let backed = current
+                .iter()
+                .any(|(id, db)| *id == tenant.id && *db == tenant.database_name);
+            if backed {
+                kept.push(tenant);
+            } else {
+                tracing::info!(tenant.id = %tenant.id, "the organisation moved or is no longer served: closing its context");
+                self.close_tenant(tenant.id).await;
+            }
+        }
+        kept
     }
 
     /// How many tenant contexts are open.
