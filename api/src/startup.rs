@@ -75,6 +75,25 @@ pub(crate) async fn services(
     Ok(services)
 }
 
+/// Runs `f` with the services on the configured database (opened, and the private cluster
+/// started, for it), closing them after.
+pub(crate) async fn with_services<T, F, Fut>(config: &Config, f: F) -> anyhow::Result<T>
+where
+    F: FnOnce(Arc<Services>) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let database = Database::open(config).await?;
+    let result = async {
+        let built = services(config, &database).await?;
+        let result = f(built.clone()).await;
+        built.tenancy.close().await;
+        result
+    }
+    .await;
+    database.stop().await?;
+    result
+}
+
 /// Stops a background task when its owner goes away.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 

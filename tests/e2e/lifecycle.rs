@@ -59,20 +59,7 @@ async fn employee_names(app: &TestApp, admin: &Session) -> Vec<String> {
         .login(&admin.slug, &admin.email, PASSWORD)
         .await
         .expect("the login works");
-    let list = app
-        .graphql(
-            Some(&token),
-            "{ employees(first: 10) { edges { node { lastName } } } }",
-            json!({}),
-        )
-        .await
-        .ok();
-    list.data("employees.edges")
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|e| e["node"]["lastName"].as_str().map(str::to_owned))
-        .collect()
+    app.employee_last_names(&token).await
 }
 
 #[tokio::test]

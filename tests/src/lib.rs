@@ -663,6 +663,23 @@ impl TestApp {
         )
     }
 
+    /// The last names of the employees (the first 50) the session `token` sees.
+    pub async fn employee_last_names(&self, token: &str) -> Vec<String> {
+        self.graphql(
+            Some(token),
+            "{ employees(first: 50) { edges { node { lastName } } } }",
+            json!({}),
+        )
+        .await
+        .ok()
+        .data("employees.edges")
+        .as_array()
+        .expect("a list of employees")
+        .iter()
+        .filter_map(|e| e["node"]["lastName"].as_str().map(str::to_owned))
+        .collect()
+    }
+
     /// Creates an employee from `input` and returns the created node.
     pub async fn create_employee(&self, token: &str, input: Value) -> Value {
         self.graphql(

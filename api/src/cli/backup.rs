@@ -22,7 +22,7 @@ use crate::infra::keys::MasterKey;
 use crate::infra::tenancy::archives::{set_aside_witness, Placement};
 use crate::infra::tenancy::catalog::{is_served, Tenancy};
 use crate::infra::tenancy::verification::{verify_organisations, Scope};
-use crate::startup;
+use crate::startup::{self, with_services};
 
 /// The configuration with its backup settings, which these commands need; the passphrase from
 /// standard input when neither the environment nor a file gives it.
@@ -638,24 +638,6 @@ async fn archives_restore(
         Ok(true)
     })
     .await
-}
-
-/// Runs `f` with the services on the configured database, closing them after.
-async fn with_services<F, Fut>(config: &Config, f: F) -> anyhow::Result<bool>
-where
-    F: FnOnce(Arc<crate::service::Services>) -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<bool>>,
-{
-    let database = Database::open(config).await?;
-    let result = async {
-        let services = startup::services(config, &database).await?;
-        let result = f(services.clone()).await;
-        services.tenancy.close().await;
-        result
-    }
-    .await;
-    database.stop().await?;
-    result
 }
 
 fn print_archive(info: &ArchiveInfo) {

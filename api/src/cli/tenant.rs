@@ -19,7 +19,7 @@ use crate::infra::tenancy::archives::Placement;
 use crate::infra::tenancy::catalog::Tenancy;
 use crate::infra::tenancy::lifecycle::SubscriptionRow;
 use crate::service::identity::NewOrganization;
-use crate::startup;
+use crate::startup::{self, with_services};
 use custos_domain::{Plan, SubscriptionCommand};
 
 pub(crate) async fn create(args: TenantCreateArgs) -> anyhow::Result<()> {
@@ -276,23 +276,17 @@ pub(crate) async fn import(args: TenantImportArgs) -> anyhow::Result<()> {
 
 pub(crate) async fn list(args: TenantListArgs) -> anyhow::Result<()> {
     let config = args.common.config()?;
-    let database = Database::open(&config).await?;
-    let result = async {
-        let services = startup::services(&config, &database).await?;
-        let rows = services.tenancy.subscriptions().await;
-        services.tenancy.close().await;
-        let rows = rows?;
-        if rows.is_empty() {
-            println!("no organisations");
-        }
-        for row in &rows {
-            println!("{}", describe(row));
-        }
-        Ok::<_, anyhow::Error>(())
+    let rows = with_services(&config, |services| async move {
+        Ok(services.tenancy.subscriptions().await?)
+    })
+    .await?;
+    if rows.is_empty() {
+        println!("no organisations");
     }
-    .await;
-    database.stop().await?;
-    result
+    for row in &rows {
+        println!("{}", describe(row));
+    }
+    Ok(())
 }
 
 /// One organisation on one line.
@@ -382,32 +376,24 @@ pub(crate) async fn lifecycle(command: TenantCommand) -> anyhow::Result<()> {
         other => anyhow::bail!("not a lifecycle command: {other:?}"),
     };
     let config = common.config()?;
-    let database = Database::open(&config).await?;
-    let result = async {
-        let services = startup::services(&config, &database).await?;
+    let changed = with_services(&config, |services| async move {
         let tenancy = &services.tenancy;
-        let changed = async {
-            let row = tenancy
-                .subscription_by_slug(&slug)
-                .await?
-                .ok_or_else(|| anyhow::anyhow!("no organisation has the slug `{slug}`"))?;
-            tenancy
-                .change_subscription(row.id, change, "operator", reason.as_deref())
-                .await?;
-            // Not served any more, or served again: this process's context goes either way;
-            // other instances notice within seconds.
-            tenancy.close_tenant(row.id).await;
-            tenancy
-                .subscription_by_slug(&slug)
-                .await?
-                .ok_or_else(|| anyhow::anyhow!("`{slug}` vanished"))
-        }
-        .await;
-        tenancy.close().await;
-        println!("{}", describe(&changed?));
-        Ok::<_, anyhow::Error>(())
-    }
-    .await;
-    database.stop().await?;
-    result
+        let row = tenancy
+            .subscription_by_slug(&slug)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("no organisation has the slug `{slug}`"))?;
+        tenancy
+            .change_subscription(row.id, change, "operator", reason.as_deref())
+            .await?;
+        // Not served any more, or served again: this process's context goes either way;
+        // other instances notice within seconds.
+        tenancy.close_tenant(row.id).await;
+        tenancy
+            .subscription_by_slug(&slug)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("`{slug}` vanished"))
+    })
+    .await?;
+    println!("{}", describe(&changed));
+    Ok(())
 }

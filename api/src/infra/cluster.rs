@@ -173,7 +173,11 @@ impl Tools {
 
     /// `program` from the server's directory, run in `dir` as the cluster's user.
     pub(crate) fn command(&self, program: &str, dir: &Path) -> Command {
-        let mut command = Command::new(self.program(program));
+        self.as_cluster_user(Command::new(self.program(program)), dir)
+    }
+
+    /// `command` run in `dir` as the cluster's user, with a bare environment.
+    fn as_cluster_user(&self, mut command: Command, dir: &Path) -> Command {
         command.current_dir(dir);
         clean_environment(&mut command);
         command.env("HOME", dir);
@@ -198,13 +202,7 @@ impl Tools {
         command
             .args(["--pdeathsig", "KILL", "--"])
             .arg(self.program(program));
-        command.current_dir(dir);
-        clean_environment(&mut command);
-        command.env("HOME", dir);
-        if let Some(user) = &self.run_as {
-            command.uid(user.uid).gid(user.gid);
-        }
-        command
+        self.as_cluster_user(command, dir)
     }
 
     /// Runs `command` to its end: its output, or an error with it.
