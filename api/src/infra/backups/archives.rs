@@ -27,7 +27,7 @@ use uuid::Uuid;
 use super::{write_durably, BackupStore};
 use crate::infra::archive::format::{ArchiveKey, Kdf, MIN_PASSPHRASE_CHARS};
 use crate::infra::tenancy::archives::{derive_key, passphrase_chars};
-use crate::infra::tenancy::catalog::{is_served, Tenancy};
+use crate::infra::tenancy::catalog::Tenancy;
 use crate::infra::tenancy::tenant::TenantRow;
 
 /// The file name ending of a backup archive.
@@ -201,10 +201,9 @@ impl ArchiveBackups {
     ) -> anyhow::Result<Vec<(TenantRow, Option<DateTime<Utc>>)>> {
         let archives = self.list(None)?;
         Ok(tenancy
-            .list()
+            .in_service_rows()
             .await?
             .into_iter()
-            .filter(|row| is_served(&row.status))
             .map(|row| {
                 let newest = archives
                     .iter()
@@ -233,12 +232,7 @@ impl ArchiveBackups {
         let key = derive_key(passphrase.clone(), kdf.clone()).await?;
         let rows = match only {
             Some(row) => vec![row.clone()],
-            None => tenancy
-                .list()
-                .await?
-                .into_iter()
-                .filter(|row| is_served(&row.status))
-                .collect(),
+            None => tenancy.in_service_rows().await?,
         };
         let mut rounds = Vec::new();
         for row in rows {

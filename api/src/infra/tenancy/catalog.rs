@@ -312,6 +312,15 @@ impl Tenancy {
         .await
     }
 
+    /// Every organisation in service (see [`SERVED`]), oldest first.
+    pub(crate) async fn in_service_rows(&self) -> sqlx::Result<Vec<TenantRow>> {
+        sqlx::query_as(&format!(
+            "SELECT {TENANT_COLUMNS} FROM tenants WHERE status IN {SERVED} ORDER BY created_at"
+        ))
+        .fetch_all(&self.catalog)
+        .await
+    }
+
     /// The catalog entry with this slug, whatever its state.
     pub(crate) async fn row_by_slug(&self, slug: &str) -> sqlx::Result<Option<TenantRow>> {
         sqlx::query_as(&format!(

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use cqrs_es::persist::PersistedEventStore;
-use cqrs_es::{Aggregate, AggregateError, CqrsFramework, EventStore};
+use cqrs_es::{AggregateError, CqrsFramework, EventStore};
 use custos_domain::{Plan, Subscription, SubscriptionCommand, SubscriptionError};
 use postgres_es::PostgresEventRepository;
 use uuid::Uuid;
@@ -98,18 +98,12 @@ impl Tenancy {
 
     /// The subscription of `id` from its events, and the sequence of the last (0: none).
     pub(crate) async fn subscription(&self, id: Uuid) -> anyhow::Result<(Subscription, usize)> {
-        let events = self
+        let context = self
             .subscription_store()
-            .load_events(&id.to_string())
+            .load_aggregate(&id.to_string())
             .await
             .map_err(|e| anyhow::anyhow!("the subscription store: {e}"))?;
-        let mut subscription = Subscription::default();
-        let mut sequence = 0;
-        for envelope in events {
-            sequence = envelope.sequence;
-            subscription.apply(envelope.payload);
-        }
-        Ok((subscription, sequence))
+        Ok((context.aggregate, context.current_sequence))
     }
 
     /// Writes the catalog row of `id` from its subscription (unless it already shows as much).
