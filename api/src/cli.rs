@@ -80,6 +80,9 @@ impl Cli {
             Command::Tenant(args::TenantCommand::List(args)) => {
                 tenant::list(args).await.map(|()| true)
             }
+            Command::Tenant(args::TenantCommand::Purge(args)) => {
+                tenant::purge(args).await.map(|()| true)
+            }
             Command::Tenant(command) => tenant::lifecycle(command).await.map(|()| true),
             Command::Retention(args::RetentionCommand::Run(args)) => {
                 retention::run(args).await.map(|()| true)

@@ -5,7 +5,7 @@
 use cqrs_es::AggregateError;
 use custos_domain::{
     ApiTokenError, ConsentError, DataExportError, FieldSchemaError, IncidentError, RecordError,
-    RetentionError, RoleError, UserError,
+    RetentionError, RoleError, SubscriptionError, UserError,
 };
 
 /// What a client sees as `extensions.code`.
@@ -17,6 +17,12 @@ pub enum Code {
     Validation,
     Conflict,
     Unavailable,
+    /// The organisation's trial ended without a plan.
+    TrialEnded,
+    /// The provider suspended the organisation.
+    Suspended,
+    /// The organisation's subscription ended: its migration window is open.
+    SubscriptionEnded,
     Internal,
 }
 
@@ -29,6 +35,9 @@ impl Code {
             Code::Validation => "VALIDATION",
             Code::Conflict => "CONFLICT",
             Code::Unavailable => "UNAVAILABLE",
+            Code::TrialEnded => "TRIAL_ENDED",
+            Code::Suspended => "SUSPENDED",
+            Code::SubscriptionEnded => "SUBSCRIPTION_ENDED",
             Code::Internal => "INTERNAL",
         }
     }
@@ -62,6 +71,13 @@ pub enum ApiError {
     /// The record's processing is restricted (GDPR Art. 18): `VALIDATION` with reason
     /// `RESTRICTED`.
     Restricted,
+    /// The organisation's trial ended: administrators may only choose a plan or export.
+    TrialEnded,
+    /// The organisation is suspended: administrators may only read its status and export.
+    Suspended,
+    /// The organisation's subscription ended: administrators may read and export until the
+    /// migration window closes.
+    SubscriptionEnded,
     /// Logged once with its cause; the client sees only "internal error".
     Internal(anyhow::Error),
 }
@@ -103,6 +119,16 @@ impl ApiError {
             ApiError::TooManyAttempts => {
                 "too many login attempts from this address; try again in a minute".into()
             }
+            ApiError::TrialEnded => "the organisation's trial has ended: an administrator can \
+                choose a plan (choosePlan) or export its data (exportOrganization) until it is \
+                deleted"
+                .into(),
+            ApiError::Suspended => "the organisation is suspended: an administrator can read its \
+                status (organization) and export its data (exportOrganization)"
+                .into(),
+            ApiError::SubscriptionEnded => "the organisation's subscription has ended: \
+                administrators can read and export its data until the migration window closes"
+                .into(),
             ApiError::Internal(_) => "internal error".into(),
             ApiError::Restricted => {
                 "processing of this record is restricted: lift the restriction before changing it"
@@ -123,6 +149,9 @@ impl ApiError {
             ApiError::Validation { .. } | ApiError::Restricted => Code::Validation,
             ApiError::Conflict(_) => Code::Conflict,
             ApiError::Unavailable | ApiError::TooManyAttempts => Code::Unavailable,
+            ApiError::TrialEnded => Code::TrialEnded,
+            ApiError::Suspended => Code::Suspended,
+            ApiError::SubscriptionEnded => Code::SubscriptionEnded,
             ApiError::Internal(_) => Code::Internal,
         }
     }
@@ -219,6 +248,21 @@ impl From<UserError> for ApiError {
                 field: None,
             },
             UserError::InvalidField { field, .. } => ApiError::validation(field, err.to_string()),
+        }
+    }
+}
+
+impl From<SubscriptionError> for ApiError {
+    fn from(err: SubscriptionError) -> Self {
+        match &err {
+            SubscriptionError::UnknownPlan(_) | SubscriptionError::SamePlan => {
+                ApiError::validation("plan", err.to_string())
+            }
+            SubscriptionError::NotOpened => ApiError::NotFound,
+            _ => ApiError::Validation {
+                message: err.to_string(),
+                field: None,
+            },
         }
     }
 }

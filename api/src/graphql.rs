@@ -22,7 +22,7 @@ pub(crate) mod types;
 
 use resolvers::{
     admin, audit, breaches, custom_fields, datasheets, exports, history, identity, imports,
-    privacy, reports, retention, security,
+    lifecycle, privacy, reports, retention, security,
 };
 
 /// The root query type.
@@ -50,6 +50,7 @@ pub(crate) struct Mutation(
     security::SecurityMutation,
     custom_fields::CustomFieldsMutation,
     exports::ExportsMutation,
+    lifecycle::SubscriptionMutation,
     imports::ImportsMutation,
     privacy::PrivacyMutation,
     retention::RetentionMutation,

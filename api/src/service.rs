@@ -28,6 +28,7 @@ pub(crate) mod exports;
 pub(crate) mod identity;
 pub(crate) mod imports;
 pub(crate) mod jobs;
+pub(crate) mod lifecycle;
 pub(crate) mod privacy;
 pub(crate) mod records;
 pub(crate) mod two_factor;

@@ -74,6 +74,26 @@ impl Status {
             Status::Purged => "purged",
         }
     }
+
+    /// The status the catalog stores as `name`.
+    pub fn parse(name: &str) -> Option<Self> {
+        [
+            Status::Trial,
+            Status::Active,
+            Status::Expired,
+            Status::Suspended,
+            Status::Cancelling,
+            Status::Migration,
+            Status::Purged,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == name)
+    }
+
+    /// Whether everything is served: on trial, on a plan, or cancelled but within the notice.
+    pub fn is_served(self) -> bool {
+        matches!(self, Status::Trial | Status::Active | Status::Cancelling)
+    }
 }
 
 impl std::fmt::Display for Status {
@@ -131,11 +151,24 @@ pub enum SubscriptionCommand {
         at: DateTime<Utc>,
         window: Duration,
     },
-    /// Purged at `at`: after the grace period or window, or before it with `early_reason`.
+    /// Purged at `at`: after the grace period or window, or before it with `early_reason`;
+    /// `final_tree_head` names the last signed tree head of its history, kept as the proof of
+    /// what was deleted.
     Purge {
         at: DateTime<Utc>,
         early_reason: Option<String>,
+        final_tree_head: Option<FinalTreeHead>,
     },
+}
+
+/// The last signed tree head of a purged organisation's history: its number and size, its
+/// Merkle root and the SHA-256 of the signed head as the witness file holds it (hex).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FinalTreeHead {
+    pub number: i64,
+    pub tree_size: i64,
+    pub root: String,
+    pub sha256: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -171,6 +204,8 @@ pub enum SubscriptionEvent {
     },
     Purged {
         early_reason: Option<String>,
+        #[serde(default)]
+        final_tree_head: Option<FinalTreeHead>,
     },
 }
 
@@ -397,7 +432,11 @@ impl Aggregate for Subscription {
                 }
                 _ => return Err(self.illegal("end its subscription")),
             },
-            C::Purge { at, early_reason } => match (status, self.kept_until) {
+            C::Purge {
+                at,
+                early_reason,
+                final_tree_head,
+            } => match (status, self.kept_until) {
                 (Some(Status::Expired | Status::Migration), Some(until)) => {
                     let early_reason = early_reason.as_deref().map(reason).transpose()?;
                     if at < until && early_reason.is_none() {
@@ -405,6 +444,7 @@ impl Aggregate for Subscription {
                     }
                     E::Purged {
                         early_reason: early_reason.filter(|_| at < until),
+                        final_tree_head,
                     }
                 }
                 _ => return Err(self.illegal("be purged")),
@@ -510,6 +550,7 @@ mod tests {
             .when(SubscriptionCommand::Purge {
                 at: at(2027, 1, 2),
                 early_reason: None,
+                final_tree_head: None,
             })
             .then_expect_error(SubscriptionError::KeptUntil(at(2027, 1, 14)));
         SubscriptionTest::with(())
@@ -517,8 +558,12 @@ mod tests {
             .when(SubscriptionCommand::Purge {
                 at: at(2027, 1, 15),
                 early_reason: None,
+                final_tree_head: None,
             })
-            .then_expect_events(vec![SubscriptionEvent::Purged { early_reason: None }]);
+            .then_expect_events(vec![SubscriptionEvent::Purged {
+                early_reason: None,
+                final_tree_head: None,
+            }]);
         // Choosing a plan in the grace period keeps everything.
         SubscriptionTest::with(())
             .given(vec![trial(), expired])
@@ -618,11 +663,16 @@ mod tests {
             .when(SubscriptionCommand::Purge {
                 at: at(2027, 2, 2),
                 early_reason: Some("the client asked for deletion".into()),
+                final_tree_head: None,
             })
             .then_expect_events(vec![SubscriptionEvent::Purged {
                 early_reason: Some("the client asked for deletion".into()),
+                final_tree_head: None,
             }]);
-        given.push(SubscriptionEvent::Purged { early_reason: None });
+        given.push(SubscriptionEvent::Purged {
+            early_reason: None,
+            final_tree_head: None,
+        });
         SubscriptionTest::with(())
             .given(given)
             .when(SubscriptionCommand::ChoosePlan { plan: Plan::Basic })

@@ -136,6 +136,10 @@ fn rows() -> BTreeMap<(&'static str, &'static str), Row> {
         // No tree head holds exactly one event: refused (VALIDATION) past the policy.
         (("Query", "consistencyProof"), row(AllOf(&[("employees", "history"), ("contacts", "history"), ("applicants", "history")]), "{ consistencyProof(fromSize: 1) { fromSize } }", false)),
         (("Mutation", "createCheckpoint"), row(Admin, "mutation { createCheckpoint { number } }", false)),
+        // On a trial: cancelling is refused (VALIDATION) past the policy; the plan is chosen.
+        (("Mutation", "cancelSubscription"), row(Admin, "mutation { cancelSubscription { status } }", false)),
+        (("Mutation", "choosePlan"), row(Admin, "mutation { choosePlan(plan: STANDARD) { plan } }", false)),
+        (("Mutation", "withdrawCancellation"), row(Admin, "mutation { withdrawCancellation { status } }", false)),
         (("Mutation", "exportOrganization"), row(Admin, "mutation { exportOrganization(passphrase: \"a long enough passphrase\") { count } }", false)),
         (("Query", "consents"), row(Grant("employees", "read"), "query($employee: ID!) { consents(subjectId: $employee) { current { purpose } } }", true)),
         (("Mutation", "giveConsent"), row(Grant("employees", "update"), "mutation($employee: ID!) { giveConsent(subjectId: $employee, input: { purpose: \"payroll\", legalBasis: CONTRACT }) { subjectId } }", true)),

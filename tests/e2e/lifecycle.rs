@@ -1,11 +1,13 @@
 //! Each organisation's life with the provider, as events in the catalog: the operator's
-//! `custos tenant list|plan|suspend|resume|extend-trial|cancel|withdraw-cancellation`, a trial
-//! that expires on schedule and comes back with a plan chosen, and organisations older than
-//! their stream adopted at start.
+//! `custos tenant list|plan|suspend|resume|extend-trial|cancel|withdraw-cancellation|purge`,
+//! what a suspended, expired or ended organisation still lets its administrators do (and
+//! nobody else), a trial that expires on schedule and comes back with a plan its administrator
+//! chose, a cancellation through its migration window to the purge and its tombstone, and
+//! organisations older than their stream adopted at start.
 
 use std::time::Duration;
 
-use custos_tests::{slug, Session, TestApp, PASSWORD};
+use custos_tests::{slug, Response, Session, TestApp, PASSWORD};
 use serde_json::{json, Value};
 
 /// The catalog's row of the organisation: status, plan, trial end, cancellation, kept until.
@@ -53,6 +55,34 @@ async fn until_login(app: &TestApp, admin: &Session, works: bool) -> bool {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Waits (up to 20 s, as above) until `query` with `token` answers the error `code` (`None`:
+/// no error), and returns the response.
+async fn until_code(app: &TestApp, token: &str, query: &str, code: Option<&str>) -> Response {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let response = app.graphql(Some(token), query, json!({})).await;
+        if response.code() == code || std::time::Instant::now() > deadline {
+            return response;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The code a login of `user` is refused with (`None`: it works).
+async fn login_refusal(app: &TestApp, user: &Session) -> Option<String> {
+    match app.login(&user.slug, &user.email, &user.password).await {
+        Ok(_) => None,
+        Err(response) => response.code().map(str::to_owned),
+    }
+}
+
+const EXPORT: &str =
+    "mutation { exportOrganization(passphrase: \"a long enough passphrase\") { count } }";
+const CREATE: &str =
+    "mutation { createEmployee(input: { firstName: \"Not\", lastName: \"Written\" }) { id } }";
+const EMPLOYEES: &str = "{ employees { totalCount } }";
+const STANDING: &str = "{ organization { status plan trialEndsAt cancellationEffectiveAt migrationAccessUntil deletionScheduledAt } }";
 
 async fn employee_names(app: &TestApp, admin: &Session) -> Vec<String> {
     let token = app
@@ -181,8 +211,10 @@ async fn the_operator_moves_an_organisation_through_its_life_and_every_step_is_r
     );
     assert_eq!(employee_names(&app, &admin).await, ["Throughout"]);
 
-    // Suspended: not served, by this instance either (it rechecks its open organisations);
-    // resumed: served again as it was.
+    // Suspended: by this instance too (it rechecks its open organisations), everyone but the
+    // administrators is refused; they may read the status and export, nothing else. Resumed:
+    // served again as it was.
+    let member = app.user_with_roles(&admin, &[]).await;
     assert!(
         app.custos(&[
             "tenant",
@@ -195,14 +227,30 @@ async fn the_operator_moves_an_organisation_through_its_life_and_every_step_is_r
         .await
     );
     assert_eq!(row(&app, &admin).await.0, "suspended");
-    assert!(
-        !until_login(&app, &admin, false).await,
-        "a suspended organisation is not served"
+    let refused = until_code(&app, &admin.token, EMPLOYEES, Some("SUSPENDED")).await;
+    assert_eq!(refused.code(), Some("SUSPENDED"), "{:?}", refused.body);
+    assert_eq!(
+        login_refusal(&app, &member).await.as_deref(),
+        Some("SUSPENDED")
     );
-    let refused = app
-        .graphql(Some(&admin.token), "{ me { id } }", json!({}))
-        .await;
-    assert!(refused.code().is_some(), "its sessions are refused too");
+    let token = app
+        .login(&admin.slug, &admin.email, PASSWORD)
+        .await
+        .expect("administrators sign in");
+    let standing = app.graphql(Some(&token), STANDING, json!({})).await.ok();
+    assert_eq!(standing.data("organization.status"), "SUSPENDED");
+    assert_eq!(standing.data("organization.plan"), "STANDARD");
+    for refused in [CREATE, EMPLOYEES, "{ users { totalCount } }"] {
+        let response = app.graphql(Some(&token), refused, json!({})).await;
+        assert_eq!(
+            response.code(),
+            Some("SUSPENDED"),
+            "{refused}: {:?}",
+            response.body
+        );
+    }
+    let exported = app.graphql(Some(&token), EXPORT, json!({})).await.ok();
+    assert_eq!(exported.data("exportOrganization.count"), 1);
     assert!(
         app.custos(&[
             "tenant",
@@ -215,7 +263,8 @@ async fn the_operator_moves_an_organisation_through_its_life_and_every_step_is_r
         .await
     );
     assert_eq!(row(&app, &admin).await.0, "active");
-    assert!(until_login(&app, &admin, true).await);
+    until_code(&app, &admin.token, EMPLOYEES, None).await.ok();
+    assert_eq!(login_refusal(&app, &member).await, None);
     assert_eq!(employee_names(&app, &admin).await, ["Throughout"]);
 
     // Cancelled: served until a month's notice from the first of next month is over.
@@ -284,11 +333,12 @@ async fn the_operator_moves_an_organisation_through_its_life_and_every_step_is_r
 #[tokio::test]
 async fn a_trial_expires_on_schedule_and_a_plan_chosen_in_its_grace_period_keeps_everything() {
     let app = TestApp::spawn_with(|config| {
-        config.lifecycle.trial = Duration::from_secs(2);
+        config.lifecycle.trial = Duration::from_secs(6);
         config.lifecycle.interval = Some(Duration::from_millis(200));
     })
     .await;
     let admin = app.sign_up(&slug("trial")).await;
+    let member = app.user_with_roles(&admin, &[]).await;
     app.create_employee(
         &admin.token,
         json!({ "firstName": "Early", "lastName": "Adopter" }),
@@ -308,24 +358,424 @@ async fn a_trial_expires_on_schedule_and_a_plan_chosen_in_its_grace_period_keeps
         chrono::Duration::days(14),
         "kept for the grace period"
     );
+    // Ended: its administrators may read the organisation, export and choose a plan; others
+    // are refused, and so is everything else.
+    assert_eq!(
+        login_refusal(&app, &member).await.as_deref(),
+        Some("TRIAL_ENDED")
+    );
     assert!(
-        !until_login(&app, &admin, false).await,
-        "an expired trial is not served"
+        until_login(&app, &admin, true).await,
+        "administrators sign in"
+    );
+    let token = app
+        .login(&admin.slug, &admin.email, PASSWORD)
+        .await
+        .unwrap();
+    for refused in [CREATE, EMPLOYEES] {
+        let response = app.graphql(Some(&token), refused, json!({})).await;
+        assert_eq!(
+            response.code(),
+            Some("TRIAL_ENDED"),
+            "{refused}: {:?}",
+            response.body
+        );
+    }
+    let standing = app.graphql(Some(&token), STANDING, json!({})).await.ok();
+    assert_eq!(standing.data("organization.status"), "EXPIRED");
+    assert_eq!(standing.data("organization.plan"), &Value::Null);
+    assert_eq!(
+        standing
+            .data("organization.deletionScheduledAt")
+            .as_str()
+            .map(|t| t.parse::<chrono::DateTime<chrono::Utc>>().unwrap()),
+        kept_until
     );
     assert_eq!(
         history(&app, &admin).await[1].1["actor"],
         "custos (schedule)"
     );
+    let exported = app.graphql(Some(&token), EXPORT, json!({})).await.ok();
+    assert_eq!(exported.data("exportOrganization.count"), 1);
 
-    assert!(
-        app.custos(&["tenant", "plan", "--slug", &admin.slug, "--plan", "basic"])
-            .await
-    );
-    assert!(until_login(&app, &admin, true).await);
+    // Bad input changes nothing: an unknown plan, a plan chosen by someone else.
+    let unknown = app
+        .graphql(
+            Some(&token),
+            "mutation { choosePlan(plan: GOLD) { status } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(unknown.code(), Some("VALIDATION"));
+    let chosen = app
+        .graphql(
+            Some(&token),
+            "mutation { choosePlan(plan: BASIC) { status plan trialEndsAt deletionScheduledAt } }",
+            json!({}),
+        )
+        .await
+        .ok();
+    assert_eq!(chosen.data("choosePlan.status"), "ACTIVE");
+    assert_eq!(chosen.data("choosePlan.plan"), "BASIC");
+    assert_eq!(chosen.data("choosePlan.trialEndsAt"), &Value::Null);
+    assert_eq!(chosen.data("choosePlan.deletionScheduledAt"), &Value::Null);
     assert_eq!(employee_names(&app, &admin).await, ["Adopter"]);
+    assert_eq!(login_refusal(&app, &member).await, None);
     let (status, plan, _, _, kept_until) = row(&app, &admin).await;
     assert_eq!(
         (status.as_str(), plan.as_str(), kept_until),
         ("active", "basic", None)
+    );
+    let member_token = app
+        .login(&member.slug, &member.email, PASSWORD)
+        .await
+        .unwrap();
+    let forbidden = app
+        .graphql(
+            Some(&member_token),
+            "mutation { choosePlan(plan: MAXI) { status } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(forbidden.code(), Some("FORBIDDEN"));
+    let events = history(&app, &admin).await;
+    assert_eq!(events.last().unwrap().0, "PlanChosen");
+    assert_eq!(
+        events.last().unwrap().1["actor"],
+        format!("user:{}", admin.user_id)
+    );
+}
+
+/// Whether the cluster answers `query` (about `name`) with true.
+async fn exists(query: &str, name: &str) -> bool {
+    use sqlx::Connection;
+    let mut admin = sqlx::PgConnection::connect_with(&custos_tests::admin_options("postgres"))
+        .await
+        .unwrap();
+    sqlx::query_scalar::<_, bool>(query)
+        .bind(name)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap()
+}
+
+/// Every file under `dir`, as paths.
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut files = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                files.extend(walk(&path));
+            } else {
+                files.push(path.display().to_string());
+            }
+        }
+    }
+    files
+}
+
+#[tokio::test]
+async fn a_cancelled_organisation_keeps_its_migration_window_then_is_purged_leaving_a_tombstone() {
+    let app = TestApp::spawn().await;
+    let admin = app.sign_up(&slug("leaving")).await;
+    let member = app.user_with_roles(&admin, &[]).await;
+    let unique = format!("Vanishing{}", &admin.slug[8..]);
+    app.create_employee(
+        &admin.token,
+        json!({ "firstName": "Gone", "lastName": unique }),
+    )
+    .await;
+    let database = app.tenant_database(admin.tenant_id).await;
+    let role: String = sqlx::query_scalar("SELECT role_name FROM tenants WHERE id = $1")
+        .bind(admin.tenant_id)
+        .fetch_one(app.services.tenancy.catalog())
+        .await
+        .unwrap();
+
+    // The administrator chooses a plan, cancels, withdraws and cancels again; a member may not.
+    let member_token = app
+        .login(&member.slug, &member.email, PASSWORD)
+        .await
+        .unwrap();
+    for mutation in [
+        "mutation { cancelSubscription { status } }",
+        "mutation { withdrawCancellation { status } }",
+    ] {
+        let forbidden = app.graphql(Some(&member_token), mutation, json!({})).await;
+        assert_eq!(forbidden.code(), Some("FORBIDDEN"), "{mutation}");
+    }
+    let on_trial = app
+        .graphql(
+            Some(&admin.token),
+            "mutation { cancelSubscription { status } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        on_trial.code(),
+        Some("VALIDATION"),
+        "a trial is not cancelled: it ends"
+    );
+    app.graphql(
+        Some(&admin.token),
+        "mutation { choosePlan(plan: MAXI) { plan } }",
+        json!({}),
+    )
+    .await
+    .ok();
+    let cancelled = app
+        .graphql(
+            Some(&admin.token),
+            "mutation { cancelSubscription { status cancellationEffectiveAt } }",
+            json!({}),
+        )
+        .await
+        .ok();
+    assert_eq!(cancelled.data("cancelSubscription.status"), "CANCELLING");
+    let withdrawn = app
+        .graphql(
+            Some(&admin.token),
+            "mutation { withdrawCancellation { status cancellationEffectiveAt } }",
+            json!({}),
+        )
+        .await
+        .ok();
+    assert_eq!(withdrawn.data("withdrawCancellation.status"), "ACTIVE");
+    assert_eq!(
+        withdrawn.data("withdrawCancellation.cancellationEffectiveAt"),
+        &Value::Null
+    );
+    let cancelled = app
+        .graphql(
+            Some(&admin.token),
+            "mutation { cancelSubscription { status cancellationEffectiveAt } }",
+            json!({}),
+        )
+        .await
+        .ok();
+    let effective: chrono::DateTime<chrono::Utc> = cancelled
+        .data("cancelSubscription.cancellationEffectiveAt")
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        effective,
+        custos_domain::subscription::cancellation_effective_at(chrono::Utc::now())
+    );
+    // Served in full during the notice.
+    app.graphql(Some(&member_token), "{ me { id } }", json!({}))
+        .await
+        .ok();
+
+    // The schedule, run as of the day the cancellation takes effect: the migration window
+    // opens. Administrators read and export; nothing changes; nobody else signs in.
+    app.services
+        .lifecycle_round(effective + chrono::Duration::seconds(1))
+        .await
+        .unwrap();
+    let standing = app
+        .graphql(Some(&admin.token), STANDING, json!({}))
+        .await
+        .ok();
+    assert_eq!(standing.data("organization.status"), "MIGRATION");
+    let until: chrono::DateTime<chrono::Utc> = standing
+        .data("organization.migrationAccessUntil")
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(until, effective + chrono::Duration::days(30));
+    assert_eq!(
+        standing.data("organization.deletionScheduledAt"),
+        standing.data("organization.migrationAccessUntil")
+    );
+    assert_eq!(employee_names(&app, &admin).await, [unique.as_str()]);
+    let refused = app.graphql(Some(&admin.token), CREATE, json!({})).await;
+    assert_eq!(
+        refused.code(),
+        Some("SUBSCRIPTION_ENDED"),
+        "{:?}",
+        refused.body
+    );
+    let exported = app
+        .graphql(Some(&admin.token), EXPORT, json!({}))
+        .await
+        .ok();
+    assert_eq!(exported.data("exportOrganization.count"), 1);
+    assert_eq!(
+        login_refusal(&app, &member).await.as_deref(),
+        Some("SUBSCRIPTION_ENDED")
+    );
+    let refused = app
+        .graphql(Some(&member_token), "{ me { id } }", json!({}))
+        .await;
+    assert_eq!(
+        refused.code(),
+        Some("SUBSCRIPTION_ENDED"),
+        "an open session is refused too"
+    );
+
+    // Not purged before the window closes (without --now and a reason).
+    let early = app
+        .custos_result(&["tenant", "purge", "--slug", &admin.slug])
+        .await
+        .expect_err("refused");
+    assert!(format!("{early:#}").contains("kept until"), "{early:#}");
+
+    // The window closes: purged on schedule, leaving a tombstone and nothing else.
+    app.services
+        .lifecycle_round(until + chrono::Duration::seconds(1))
+        .await
+        .unwrap();
+    let left: Option<String> = sqlx::query_scalar("SELECT status FROM tenants WHERE id = $1")
+        .bind(admin.tenant_id)
+        .fetch_optional(app.services.tenancy.catalog())
+        .await
+        .unwrap();
+    assert_eq!(left, None, "the catalog row is gone");
+    let (purged_by, reason, head): (String, String, Value) =
+        sqlx::query_as("SELECT purged_by, reason, final_tree_head FROM tombstones WHERE id = $1")
+            .bind(admin.tenant_id)
+            .fetch_one(app.services.tenancy.catalog())
+            .await
+            .unwrap();
+    assert_eq!(purged_by, "custos (schedule)");
+    assert!(reason.contains("migration window closed"), "{reason}");
+    assert!(head["tree_size"].as_i64().unwrap() > 0, "{head}");
+    assert_eq!(head["sha256"].as_str().unwrap().len(), 64);
+    let events = history(&app, &admin).await;
+    assert_eq!(events.last().unwrap().0, "Purged");
+    assert!(
+        !exists(
+            "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)",
+            &database
+        )
+        .await,
+        "its database is dropped"
+    );
+    assert!(
+        !exists(
+            "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)",
+            &role
+        )
+        .await,
+        "its role is dropped"
+    );
+    let dump = custos_tests::pg_dump(&app.catalog);
+    assert!(
+        !dump.contains(&unique),
+        "no value of it is left in the catalog"
+    );
+    assert!(dump.contains(&admin.slug), "its tombstone is");
+    let files = walk(app.data_dir.path());
+    assert!(
+        !files
+            .iter()
+            .any(|f| f.contains(&admin.tenant_id.to_string())),
+        "no file of it is left: {files:?}"
+    );
+    assert!(
+        matches!(
+            login_refusal(&app, &admin).await.as_deref(),
+            Some("UNAUTHENTICATED")
+        ),
+        "nobody signs in"
+    );
+    let refused = app
+        .graphql(Some(&admin.token), "{ me { id } }", json!({}))
+        .await;
+    assert_eq!(refused.code(), Some("UNAUTHENTICATED"));
+
+    // Purging again is done already; the list shows the tombstone; the slug is free.
+    assert!(
+        app.custos(&["tenant", "purge", "--slug", &admin.slug])
+            .await
+    );
+    assert!(app.custos(&["tenant", "list"]).await);
+    let again = app.sign_up(&admin.slug).await;
+    assert_ne!(again.tenant_id, admin.tenant_id);
+}
+
+#[tokio::test]
+async fn the_operator_purges_an_ended_trial_early_only_with_a_reason() {
+    let app = TestApp::spawn().await;
+    let admin = app.sign_up(&slug("early")).await;
+    let refused = app
+        .custos_result(&[
+            "tenant",
+            "purge",
+            "--slug",
+            &admin.slug,
+            "--now",
+            "--reason",
+            "asked",
+        ])
+        .await
+        .expect_err("an organisation on trial is not purged");
+    assert!(
+        format!("{refused:#}").contains("cannot be purged"),
+        "{refused:#}"
+    );
+    let (_, _, trial_ends_at, ..) = row(&app, &admin).await;
+    app.services
+        .lifecycle_round(trial_ends_at.unwrap() + chrono::Duration::seconds(1))
+        .await
+        .unwrap();
+    assert_eq!(row(&app, &admin).await.0, "expired");
+    let missing = <custos_api::Cli as clap::Parser>::try_parse_from([
+        "custos",
+        "tenant",
+        "purge",
+        "--slug",
+        &admin.slug,
+        "--now",
+        "--data-dir",
+        "/nonexistent",
+    ]);
+    assert!(missing.is_err(), "--now needs a reason");
+    // A purge cut short (here: a file it cannot remove, after the database is dropped) leaves
+    // the organisation purged, not served, and is finished by running it again.
+    let blocker = app
+        .data_dir
+        .path()
+        .join("checkpoints")
+        .join(format!("{}.jsonl.replaced-blocker", admin.tenant_id));
+    std::fs::create_dir_all(blocker.join("inside")).unwrap();
+    let cut = app
+        .custos_result(&[
+            "tenant",
+            "purge",
+            "--slug",
+            &admin.slug,
+            "--now",
+            "--reason",
+            "the client asked for deletion",
+        ])
+        .await;
+    assert!(cut.is_err(), "the purge is cut short");
+    assert_eq!(row(&app, &admin).await.0, "purged");
+    assert!(
+        !until_login(&app, &admin, false).await,
+        "a purged organisation is not served"
+    );
+    std::fs::remove_dir_all(&blocker).unwrap();
+    assert!(
+        app.custos(&["tenant", "purge", "--slug", &admin.slug])
+            .await
+    );
+    let (purged_by, reason): (String, String) =
+        sqlx::query_as("SELECT purged_by, reason FROM tombstones WHERE id = $1")
+            .bind(admin.tenant_id)
+            .fetch_one(app.services.tenancy.catalog())
+            .await
+            .unwrap();
+    assert_eq!(purged_by, "operator");
+    assert_eq!(reason, "purged early: the client asked for deletion");
+    let events = history(&app, &admin).await;
+    assert_eq!(
+        events.last().unwrap().1["reason"],
+        "the client asked for deletion"
     );
 }

@@ -3,7 +3,7 @@
 //! runs. A root field without a policy is refused (fail closed), and the authorization matrix
 //! test fails until it has one.
 
-use custos_domain::{Datasheet, Grant, Permission};
+use custos_domain::{Datasheet, Grant, Permission, SubscriptionStatus as Standing};
 
 use crate::auth::principal::{Principal, Subject};
 use crate::error::ApiError;
@@ -109,6 +109,7 @@ pub(crate) fn rule(parent_type: &str, field: &str) -> Option<Rule> {
             (Applicants, History),
         ]),
         ("Mutation", "createCheckpoint" | "exportOrganization") => Rule::Admin,
+        ("Mutation", "choosePlan" | "cancelSubscription" | "withdrawCancellation") => Rule::Admin,
         ("Query", "auditLog") | ("Subscription", "auditFeed") => Rule::AllOf(&[
             (Employees, History),
             (Contacts, History),
@@ -180,6 +181,86 @@ pub(crate) fn check_record(
             "security: access to a record denied"
         );
         Err(ApiError::Forbidden)
+    }
+}
+
+/// What an organisation that is not served in full still lets its users do: everyone may log
+/// out; administrators alone may sign in and
+/// - after the trial ended: read the organisation (`organization`, `me`), choose a plan and
+///   export everything;
+/// - while suspended: read the organisation's status and export everything;
+/// - in the migration window: read anything and export (but change nothing).
+///
+/// Replacing a temporary password and enrolling a required second factor stay open to them,
+/// since they come before anything else. Everyone else, and every API token, gets the
+/// standing's code (`TRIAL_ENDED`, `SUSPENDED`, `SUBSCRIPTION_ENDED`).
+pub(crate) fn check_standing(
+    parent_type: &str,
+    field: &str,
+    principal: &Principal,
+) -> Result<(), ApiError> {
+    let standing = principal.tenant.standing();
+    let refusal = match standing {
+        Standing::Trial | Standing::Active | Standing::Cancelling => return Ok(()),
+        Standing::Expired => ApiError::TrialEnded,
+        Standing::Suspended => ApiError::Suspended,
+        Standing::Migration => ApiError::SubscriptionEnded,
+        Standing::Purged => return Err(ApiError::Unauthenticated),
+    };
+    let always = matches!(field, "__typename" | "__schema" | "__type")
+        || matches!(
+            (parent_type, field),
+            ("Mutation", "logout" | "logoutEverywhere")
+        );
+    if always {
+        return Ok(());
+    }
+    if !principal.is_admin() {
+        return Err(refusal);
+    }
+    let getting_ready = matches!(
+        (parent_type, field),
+        ("Query", "me" | "organization")
+            | (
+                "Mutation",
+                "changePassword"
+                    | "beginTwoFactorEnrolment"
+                    | "confirmTwoFactorEnrolment"
+                    | "exportOrganization"
+            )
+    );
+    let allowed = getting_ready
+        || match standing {
+            Standing::Expired => (parent_type, field) == ("Mutation", "choosePlan"),
+            Standing::Migration => {
+                matches!(parent_type, "Query" | "Subscription")
+                    || matches!(
+                        field,
+                        "exportRecords"
+                            | "exportAuditLog"
+                            | "subjectTrail"
+                            | "exportNotificationList"
+                    )
+            }
+            _ => false,
+        };
+    if allowed {
+        Ok(())
+    } else {
+        Err(refusal)
+    }
+}
+
+/// Whether a user may sign in to an organisation in its standing: in full service anyone;
+/// otherwise administrators only (see [`check_standing`]).
+pub(crate) fn check_sign_in(standing: Standing, is_admin: bool) -> Result<(), ApiError> {
+    match standing {
+        Standing::Trial | Standing::Active | Standing::Cancelling => Ok(()),
+        _ if is_admin && standing != Standing::Purged => Ok(()),
+        Standing::Expired => Err(ApiError::TrialEnded),
+        Standing::Suspended => Err(ApiError::Suspended),
+        Standing::Migration => Err(ApiError::SubscriptionEnded),
+        Standing::Purged => Err(ApiError::InvalidCredentials),
     }
 }
 

@@ -40,7 +40,8 @@ pub(crate) enum TenantCommand {
     /// Put the organisation on a plan (basic, standard, maxi or premium): ends a trial (or an
     /// expired one's grace period), every record kept.
     Plan(TenantPlanArgs),
-    /// Suspend the organisation (late payment, a serious reason): not served until resumed.
+    /// Suspend the organisation (late payment, a serious reason): until resumed its users get
+    /// SUSPENDED; its administrators may read its status and export its data.
     Suspend(TenantReasonArgs),
     /// Resume a suspended organisation: served again as it was.
     Resume(TenantReasonArgs),
@@ -52,6 +53,27 @@ pub(crate) enum TenantCommand {
     Cancel(TenantSlugArgs),
     /// Withdraw a cancellation before it takes effect.
     WithdrawCancellation(TenantSlugArgs),
+    /// Delete the organisation for good once an ended trial's grace period or an ended
+    /// subscription's migration window is over (earlier only with --now and a --reason): its
+    /// last tree head is signed and recorded, its database, role, keys, files and backup
+    /// archives deleted, and the catalog keeps a tombstone. Run again, it finishes a purge
+    /// that was cut short.
+    Purge(TenantPurgeArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TenantPurgeArgs {
+    #[command(flatten)]
+    pub(crate) common: CommonArgs,
+    /// The organisation's slug.
+    #[arg(long)]
+    pub(crate) slug: String,
+    /// Purge before the grace period or migration window is over.
+    #[arg(long, requires = "reason")]
+    pub(crate) now: bool,
+    /// Why it is purged early, kept in its history and tombstone (no personal data).
+    #[arg(long, requires = "now")]
+    pub(crate) reason: Option<String>,
 }
 
 #[derive(Debug, Args)]

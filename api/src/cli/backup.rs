@@ -20,7 +20,7 @@ use crate::infra::database::Database;
 use crate::infra::integrity::tree_head::witness_file;
 use crate::infra::keys::MasterKey;
 use crate::infra::tenancy::archives::{set_aside_witness, Placement};
-use crate::infra::tenancy::catalog::{is_served, Tenancy};
+use crate::infra::tenancy::catalog::{is_live, Tenancy};
 use crate::infra::tenancy::verification::{verify_organisations, Scope};
 use crate::startup::{self, with_services};
 
@@ -591,9 +591,9 @@ async fn archives_restore(
         let path = archives.path(&info);
         let restored = match existing {
             Some(row) => {
-                if !is_served(&row.status) {
+                if !is_live(&row.status) {
                     anyhow::bail!(
-                        "`{slug}` is {}, not in service: it cannot be restored now",
+                        "`{slug}` is {}: it cannot be restored now",
                         row.status
                     );
                 }

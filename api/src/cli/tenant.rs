@@ -1,8 +1,8 @@
 //! `custos tenant create`: an organisation and its first administrator, from the command line;
 //! `custos tenant rotate-audit-key`: a new key for its tree heads;
 //! `custos tenant export` and `import`: an organisation leaving and arriving as an archive;
-//! `custos tenant list|plan|suspend|resume|extend-trial|cancel|withdraw-cancellation`: the
-//! provider's side of each organisation's life.
+//! `custos tenant list|plan|suspend|resume|extend-trial|cancel|withdraw-cancellation|purge`:
+//! the provider's side of each organisation's life.
 
 use std::path::{Path, PathBuf};
 
@@ -11,13 +11,14 @@ use uuid::Uuid;
 
 use super::args::{
     admin_password, archive_passphrase, TenantCommand, TenantCreateArgs, TenantExportArgs,
-    TenantImportArgs, TenantListArgs, TenantMoveArgs, TenantRotateArgs,
+    TenantImportArgs, TenantListArgs, TenantMoveArgs, TenantPurgeArgs, TenantRotateArgs,
 };
 use crate::config::Region;
 use crate::infra::database::Database;
 use crate::infra::tenancy::archives::Placement;
 use crate::infra::tenancy::catalog::Tenancy;
 use crate::infra::tenancy::lifecycle::SubscriptionRow;
+use crate::infra::tenancy::tombstones::Tombstone;
 use crate::service::identity::NewOrganization;
 use crate::startup::{self, with_services};
 use custos_domain::{Plan, SubscriptionCommand};
@@ -276,8 +277,10 @@ pub(crate) async fn import(args: TenantImportArgs) -> anyhow::Result<()> {
 
 pub(crate) async fn list(args: TenantListArgs) -> anyhow::Result<()> {
     let config = args.common.config()?;
-    let rows = with_services(&config, |services| async move {
-        Ok(services.tenancy.subscriptions().await?)
+    let (rows, purged) = with_services(&config, |services| async move {
+        let rows = services.tenancy.subscriptions().await?;
+        let purged = services.tenancy.tombstones().await?;
+        Ok((rows, purged))
     })
     .await?;
     if rows.is_empty() {
@@ -286,6 +289,61 @@ pub(crate) async fn list(args: TenantListArgs) -> anyhow::Result<()> {
     for row in &rows {
         println!("{}", describe(row));
     }
+    if !purged.is_empty() {
+        println!("purged:");
+    }
+    for tombstone in &purged {
+        println!("{}", describe_tombstone(tombstone));
+    }
+    Ok(())
+}
+
+/// A purged organisation on one line.
+fn describe_tombstone(tombstone: &Tombstone) -> String {
+    let day = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M UTC").to_string();
+    let mut line = format!(
+        "{} ({}, {}): purged {} by {} ({}), region {}, since {}",
+        tombstone.slug,
+        tombstone.name,
+        tombstone.id,
+        day(tombstone.purged_at),
+        tombstone.purged_by,
+        tombstone.reason,
+        tombstone.region,
+        day(tombstone.created_at)
+    );
+    if let Some(head) = &tombstone.final_tree_head {
+        line.push_str(&format!(
+            ", final tree head {} over {} events, root {}, SHA-256 {}",
+            head.number, head.tree_size, head.root, head.sha256
+        ));
+    }
+    line
+}
+
+pub(crate) async fn purge(args: TenantPurgeArgs) -> anyhow::Result<()> {
+    let config = args.common.config()?;
+    let slug = args.slug;
+    let early_reason = args.reason.filter(|_| args.now);
+    let tombstone = with_services(&config, |services| async move {
+        let tenancy = &services.tenancy;
+        let id = match tenancy.row_by_slug(&slug).await? {
+            Some(row) => row.id,
+            None => match tenancy.tombstone_by_slug(&slug).await? {
+                Some(tombstone) => return Ok(tombstone),
+                None => anyhow::bail!("no organisation has the slug `{slug}`"),
+            },
+        };
+        services
+            .purge_organization(id, chrono::Utc::now(), early_reason.as_deref(), "operator")
+            .await
+            .map_err(|err| {
+                err.report();
+                anyhow::anyhow!("{}", err.message())
+            })
+    })
+    .await?;
+    println!("{}", describe_tombstone(&tombstone));
     Ok(())
 }
 

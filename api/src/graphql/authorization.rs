@@ -1,5 +1,6 @@
-//! The schema extension that applies the authorization policy (`auth::policy`) to every root
-//! field before its resolver runs, and keeps WebSocket connections to subscriptions.
+//! The schema extension that applies the authorization policy (`auth::policy`) — who may call
+//! the field, and what the organisation's standing still allows — to every root field before
+//! its resolver runs, and keeps WebSocket connections to subscriptions.
 
 use std::sync::Arc;
 
@@ -9,7 +10,7 @@ use async_graphql::extensions::{
 use async_graphql::{PathSegment, ServerError, ServerResult, Value};
 
 use super::context::{RequestContext, SubscriptionAuth};
-use crate::auth::policy::{check, rule};
+use crate::auth::policy::{check, check_standing, rule, Rule};
 use crate::error::ApiError;
 
 /// The schema extension that applies the policy to every root field.
@@ -42,7 +43,13 @@ impl Extension for Authorization {
                     "only subscriptions are served over WebSocket: send queries and mutations to POST /graphql",
                 ))
             } else {
-                check(rule(info.parent_type, info.name), principal)
+                let rule = rule(info.parent_type, info.name);
+                check(rule, principal).and_then(|()| match principal {
+                    Some(principal) if rule != Some(Rule::Public) => {
+                        check_standing(info.parent_type, info.name, principal)
+                    }
+                    _ => Ok(()),
+                })
             };
             if let Err(err) = decision {
                 if matches!(err, ApiError::Forbidden) {

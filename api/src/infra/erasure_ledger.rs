@@ -147,6 +147,17 @@ impl ErasureLedgers {
         Ok(())
     }
 
+    /// Deletes the ledger of a purged organisation, and its copy in the mirror (there is no
+    /// one left to erase again).
+    pub(crate) fn remove(&self, tenant: Uuid) -> std::io::Result<()> {
+        let _appending = APPENDING.lock().unwrap_or_else(|e| e.into_inner());
+        remove_if_there(&self.path(tenant))?;
+        if let Some(mirror) = &self.mirror {
+            remove_if_there(&mirror.join(format!("{tenant}.jsonl")))?;
+        }
+        Ok(())
+    }
+
     /// Copies the tenant's ledger into the backup directory. A failure there (a backup mount
     /// gone) does not stop the erasure, which the ledger here holds: it is logged, and the copy
     /// made again by the next erasure or start ([`ErasureLedgers::sync_mirror`]).
@@ -207,6 +218,14 @@ pub(crate) fn copy_durably(from: &Path, to: &Path) -> std::io::Result<()> {
     std::fs::File::open(&partial)?.sync_all()?;
     std::fs::rename(&partial, to)?;
     std::fs::File::open(dir)?.sync_all()
+}
+
+/// Removes `path`; one that is not there is removed already.
+pub(crate) fn remove_if_there(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(err),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]

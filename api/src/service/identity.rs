@@ -14,6 +14,7 @@ use secrecy::SecretString;
 use uuid::Uuid;
 
 use crate::auth::passwords::check_new_password;
+use crate::auth::policy::check_sign_in;
 use crate::auth::principal::{Principal, Subject};
 use crate::auth::tokens::{BearerToken, TokenKind};
 use crate::config::Region;
@@ -202,6 +203,7 @@ impl Services {
         verified_hash: Option<String>,
         second_factor: Option<SecondFactor>,
     ) -> Result<SignedIn, ApiError> {
+        check_sign_in(tenant.standing(), user.is_admin)?;
         let (token, stored) = BearerToken::generate(TokenKind::Session, tenant.id);
         let session_id = Uuid::now_v7();
         let at = chrono::Utc::now();
@@ -276,12 +278,13 @@ impl Services {
         let matched = self.passwords.verify(hash, password).await?;
         match (tenant, credentials) {
             (Some(tenant), Some(credentials)) if !locked && matched && credentials.active => {
-                if credentials.two_factor {
-                    return self.challenge(&tenant, credentials).await;
-                }
                 let user = users::user(&tenant.pool, credentials.id)
                     .await?
                     .ok_or(ApiError::InvalidCredentials)?;
+                check_sign_in(tenant.standing(), user.is_admin)?;
+                if credentials.two_factor {
+                    return self.challenge(&tenant, credentials).await;
+                }
                 let session = self
                     .open_session(tenant, user, origin, Some(credentials.password_hash), None)
                     .await?;

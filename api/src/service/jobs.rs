@@ -41,23 +41,13 @@ pub(crate) async fn checkpoints(services: Arc<Services>, interval: Duration) {
 }
 
 /// Every `interval`: trials past their end expire, cancellations past their notice open their
-/// migration window.
+/// migration window, and organisations past their grace period or window are purged.
 pub(crate) async fn lifecycle(services: Arc<Services>, interval: Duration) {
-    let policy = services.lifecycle;
-    let days = |d: Duration| chrono::Duration::from_std(d).unwrap_or(chrono::Duration::days(30));
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        let advanced = services
-            .tenancy
-            .advance_subscriptions(
-                chrono::Utc::now(),
-                days(policy.trial_grace),
-                days(policy.migration_window),
-            )
-            .await;
-        if let Err(err) = advanced {
+        if let Err(err) = services.lifecycle_round(chrono::Utc::now()).await {
             tracing::error!(error = %format!("{err:#}"), "the organisation lifecycle schedule failed");
         }
     }

@@ -10,7 +10,7 @@ use custos_projections::accesses::ReadVia;
 use custos_projections::audit_log::{self, AuditFilter, AuditRow};
 use uuid::Uuid;
 
-use crate::auth::policy::{check, rule};
+use crate::auth::policy::{check, check_standing, rule};
 use crate::error::ApiError;
 use crate::graphql::arguments::{moment, parse_id};
 use crate::graphql::context::{Cx, SubscriptionAuth};
@@ -536,6 +536,8 @@ impl AuditSubscription {
                         Ok(Some(principal))
                             if principal.tenant.id == feed.tenant.id
                                 && check(rule("Subscription", "auditFeed"), Some(&principal))
+                                    .is_ok()
+                                && check_standing("Subscription", "auditFeed", &principal)
                                     .is_ok() => {}
                         _ => return None,
                     }

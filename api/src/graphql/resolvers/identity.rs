@@ -15,11 +15,9 @@ use crate::graphql::pagination::{
     connection, encode_sequence, page_size, sequence_after, ConnectionTotal,
 };
 use crate::graphql::types::api_token::ApiToken;
+use crate::graphql::types::organization::Organization;
 use crate::graphql::types::user::{User, UserRef};
-use crate::infra::integrity::audit_keys::follow;
-use crate::infra::integrity::tree_head::handovers_before;
 use crate::infra::stores::sessions::{self, SessionRow};
-use crate::infra::tenancy::tenant::Tenant;
 use crate::service::identity::{LoginOutcome, NewOrganization, SignedIn};
 
 /// A live session (the token itself is never shown again).
@@ -104,98 +102,6 @@ async fn existing_user(principal: &Principal, id: uuid::Uuid) -> Result<uuid::Uu
         .await?
         .map(|u| u.id)
         .ok_or(ApiError::NotFound)
-}
-
-/// The organisation (tenant) a user belongs to.
-#[derive(SimpleObject)]
-#[graphql(complex)]
-pub(crate) struct Organization {
-    id: ID,
-    slug: String,
-    name: String,
-    /// The data region the organisation chose: `eu` or `us`.
-    region: String,
-    /// The tenant's database, for the settings (also answered right after sign-up and login).
-    #[graphql(skip)]
-    pool: sqlx::PgPool,
-    /// Generation 0 of the key that signs tree heads.
-    #[graphql(skip)]
-    audit_anchor: ed25519_dalek::VerifyingKey,
-    #[graphql(skip)]
-    tenant_id: uuid::Uuid,
-}
-
-/// One generation of the key that signs the organisation's tree heads.
-#[derive(SimpleObject)]
-pub(crate) struct AuditKey {
-    /// 0 for the first key; one more at each rotation.
-    generation: i32,
-    /// The first 16 hex digits of SHA-256 over `publicKey`.
-    key_id: String,
-    /// Hex Ed25519 public key.
-    public_key: String,
-    /// When it was made (none for the first, derived from the master key).
-    created_at: Option<DateTime<Utc>>,
-    /// The number of the tree head that handed over to it (signed by the key before it).
-    handed_over_at: Option<i64>,
-}
-
-#[async_graphql::ComplexObject]
-impl Organization {
-    /// Whether every user must log in with a second factor; users without one can only
-    /// enrol, change their password and log out until they have.
-    async fn two_factor_required(&self) -> Result<bool, ApiError> {
-        Ok(custos_projections::organization::two_factor_required(&self.pool).await?)
-    }
-
-    /// Hex Ed25519 public key that signs the organisation's tree heads now: give it (or the
-    /// first of `auditKeys`) to auditors, who check proofs with it offline (`custos
-    /// verify-proof --public-key`); a proof carries the hand-overs from an earlier key.
-    async fn audit_key(&self) -> Result<String, ApiError> {
-        let keys = self.generations().await?;
-        Ok(keys
-            .last()
-            .map(|k| k.public_key.clone())
-            .unwrap_or_default())
-    }
-
-    /// Every key that has signed the organisation's tree heads, oldest first: each after the
-    /// first took over at a hand-over tree head signed by the one before.
-    async fn audit_keys(&self) -> Result<Vec<AuditKey>, ApiError> {
-        self.generations().await
-    }
-}
-
-impl Organization {
-    async fn generations(&self) -> Result<Vec<AuditKey>, ApiError> {
-        let mut conn = self.pool.acquire().await?;
-        let handovers = handovers_before(&mut conn, self.tenant_id, i64::MAX).await?;
-        let generations = follow(&self.audit_anchor, &handovers);
-        Ok(generations
-            .into_iter()
-            .map(|g| AuditKey {
-                generation: g.generation,
-                key_id: g.key_id,
-                public_key: hex::encode(g.public_key),
-                created_at: g.created_at,
-                handed_over_at: g.handed_over_at,
-            })
-            .collect())
-    }
-}
-
-impl From<&Tenant> for Organization {
-    fn from(tenant: &Tenant) -> Self {
-        Self {
-            id: ID(tenant.id.to_string()),
-            slug: tenant.slug.clone(),
-            name: tenant.name.clone(),
-            region: tenant.region.as_str().to_owned(),
-            pool: tenant.pool.clone(),
-            audit_anchor: tenant.audit_keys.anchor(),
-            tenant_id: tenant.id,
-        }
-    }
 }
 
 /// A new session: the bearer token is shown only here.

@@ -14,6 +14,38 @@ pub(crate) enum DatasheetKind {
     Applicants,
 }
 
+/// The plans of the terms; storage limits and prices are the provider's configuration.
+#[derive(Enum, Copy, Clone, Eq, PartialEq)]
+#[graphql(name = "Plan", remote = "custos_domain::Plan")]
+pub(crate) enum PlanKind {
+    Basic,
+    Standard,
+    Maxi,
+    Premium,
+}
+
+/// Where an organisation is in its life with the provider.
+#[derive(Enum, Copy, Clone, Eq, PartialEq)]
+#[graphql(remote = "custos_domain::SubscriptionStatus")]
+pub(crate) enum OrganizationStatus {
+    /// Trying it out until `trialEndsAt`.
+    Trial,
+    /// On a plan.
+    Active,
+    /// The trial ended without a plan: administrators may choose one or export until
+    /// `deletionScheduledAt`.
+    Expired,
+    /// Suspended by the provider: administrators may read the status and export.
+    Suspended,
+    /// Cancelled: served in full until `cancellationEffectiveAt`.
+    Cancelling,
+    /// The subscription ended: administrators may read and export until
+    /// `migrationAccessUntil`.
+    Migration,
+    /// Deleted.
+    Purged,
+}
+
 /// Why a subject is erased: the grounds of GDPR Art. 17(1).
 #[derive(Enum, Copy, Clone, Eq, PartialEq)]
 #[graphql(remote = "custos_domain::ErasureGround")]

@@ -106,6 +106,14 @@ impl ArchiveBackups {
         self.dir.join("archives").join(organization.to_string())
     }
 
+    /// Deletes every archive of a purged organisation.
+    pub(crate) fn remove_organization(&self, organization: Uuid) -> std::io::Result<()> {
+        match fs::remove_dir_all(self.organization_dir(organization)) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(err),
+            _ => Ok(()),
+        }
+    }
+
     /// The archive file of `info`.
     pub(crate) fn path(&self, info: &ArchiveInfo) -> PathBuf {
         self.organization_dir(info.organization)

@@ -28,12 +28,16 @@ pub(crate) const TEMPLATE_DATABASE: &str = "custos_tenant_template";
 /// copies of the template apart: copying needs nobody connected to the template.
 const TEMPLATE_LOCK: i64 = 0x6375_7374_6f73_0001;
 
-/// The statuses in which an organisation is served.
-pub(crate) const SERVED: &str = "('trial', 'active', 'cancelling')";
+/// The statuses in which an organisation has its database and is opened: served in full
+/// (trial, active, cancelling), or with the limits of its standing (an ended trial, a
+/// suspension, the migration window: `auth::policy::check_standing`).
+pub(crate) const LIVE: &str =
+    "('trial', 'active', 'cancelling', 'expired', 'suspended', 'migration')";
 
-/// Whether an organisation in `status` is served (see [`SERVED`]).
-pub(crate) fn is_served(status: &str) -> bool {
-    matches!(status, "trial" | "active" | "cancelling")
+/// Whether an organisation in `status` is live (see [`LIVE`]).
+pub(crate) fn is_live(status: &str) -> bool {
+    custos_domain::SubscriptionStatus::parse(status)
+        .is_some_and(|s| s != custos_domain::SubscriptionStatus::Purged)
 }
 
 /// The catalog columns of a [`TenantRow`].
@@ -300,22 +304,21 @@ impl Tenancy {
         Ok(())
     }
 
-    /// The catalog entry of the organisation in service (trial or active, not moving) with
-    /// this slug.
+    /// The catalog entry of the live organisation (see [`LIVE`]; not moving) with this slug.
     pub(crate) async fn in_service_by_slug(&self, slug: &str) -> sqlx::Result<Option<TenantRow>> {
         sqlx::query_as(&format!(
             "SELECT {TENANT_COLUMNS} FROM tenants
-             WHERE slug = $1 AND status IN {SERVED} AND move IS NULL"
+             WHERE slug = $1 AND status IN {LIVE} AND move IS NULL"
         ))
         .bind(slug)
         .fetch_optional(&self.catalog)
         .await
     }
 
-    /// Every organisation in service (see [`SERVED`]), oldest first.
+    /// Every organisation in service (see [`LIVE`]), oldest first.
     pub(crate) async fn in_service_rows(&self) -> sqlx::Result<Vec<TenantRow>> {
         sqlx::query_as(&format!(
-            "SELECT {TENANT_COLUMNS} FROM tenants WHERE status IN {SERVED} ORDER BY created_at"
+            "SELECT {TENANT_COLUMNS} FROM tenants WHERE status IN {LIVE} ORDER BY created_at"
         ))
         .fetch_all(&self.catalog)
         .await
@@ -339,6 +342,11 @@ impl Tenancy {
         .bind(id)
         .fetch_optional(&self.catalog)
         .await
+    }
+
+    /// The context of `id` if it is open here (without opening it or counting a use).
+    pub(crate) async fn opened(&self, id: Uuid) -> Option<Arc<Tenant>> {
+        self.open.read().await.get(&id).cloned()
     }
 
     /// Closes this process's open context of a tenant, if any.
@@ -410,7 +418,7 @@ impl Tenancy {
         Ok(())
     }
 
-    /// Every provisioned tenant.
+    /// Every provisioned tenant not being purged.
     pub(crate) async fn list(&self) -> sqlx::Result<Vec<TenantRow>> {
         let mut conn = self.catalog.acquire().await?;
         list_tenants(&mut conn).await
@@ -624,6 +632,20 @@ impl Tenancy {
         database.and(role).map(|_| ())
     }
 
+    /// Drops the database and login role of a purged organisation (its catalog row stays
+    /// until the tombstone replaces it): its context here is closed, and every connection to
+    /// it, from any process, ended. Idempotent.
+    pub(crate) async fn drop_purged(&self, row: &TenantRow) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            row.status == "purged",
+            "only a purged organisation's database is dropped (it is {})",
+            row.status
+        );
+        self.close_tenant(row.id).await;
+        self.drop_database(self.server(row)?, row).await?;
+        Ok(())
+    }
+
     /// Removes a tenant entirely: closes it, drops its database and role, deletes its
     /// catalog entry. Used to undo a sign-up that failed half-way.
     pub(crate) async fn remove(&self, id: Uuid) -> anyhow::Result<()> {
@@ -658,23 +680,26 @@ impl Tenancy {
                 tenant.touch();
                 return Ok(Some(tenant));
             }
-            let database: Option<String> = sqlx::query_scalar(&format!(
-                "SELECT database_name FROM tenants
-                 WHERE id = $1 AND status IN {SERVED} AND move IS NULL",
+            let current: Option<(String, String)> = sqlx::query_as(&format!(
+                "SELECT database_name, status FROM tenants
+                 WHERE id = $1 AND status IN {LIVE} AND move IS NULL",
             ))
             .bind(id)
             .fetch_optional(&self.catalog)
             .await?;
-            if database.as_deref() == Some(tenant.database_name.as_str()) {
-                tenant.touch();
-                return Ok(Some(tenant));
+            if let Some((database, status)) = current {
+                if database == tenant.database_name {
+                    tenant.set_standing(&status);
+                    tenant.touch();
+                    return Ok(Some(tenant));
+                }
             }
             tracing::info!(tenant.id = %id, "the organisation moved or is moving: closing its context");
             self.close_tenant(id).await;
         }
         let row = sqlx::query_as::<_, TenantRow>(&format!(
             "SELECT {TENANT_COLUMNS} FROM tenants
-             WHERE id = $1 AND status IN {SERVED} AND move IS NULL"
+             WHERE id = $1 AND status IN {LIVE} AND move IS NULL"
         ))
         .bind(id)
         .fetch_optional(&self.catalog)
@@ -736,9 +761,9 @@ impl Tenancy {
             return open;
         }
         let ids: Vec<Uuid> = open.iter().map(|t| t.id).collect();
-        let current: Vec<(Uuid, String)> = match sqlx::query_as(&format!(
-            "SELECT id, database_name FROM tenants
-             WHERE id = ANY($1) AND status IN {SERVED} AND move IS NULL"
+        let current: Vec<(Uuid, String, String)> = match sqlx::query_as(&format!(
+            "SELECT id, database_name, status FROM tenants
+             WHERE id = ANY($1) AND status IN {LIVE} AND move IS NULL"
         ))
         .bind(&ids)
         .fetch_all(&self.catalog)
@@ -752,8 +777,9 @@ impl Tenancy {
         for tenant in open {
             let backed = current
                 .iter()
-                .any(|(id, db)| *id == tenant.id && *db == tenant.database_name);
-            if backed {
+                .find(|(id, db, _)| *id == tenant.id && *db == tenant.database_name);
+            if let Some((_, _, status)) = backed {
+                tenant.set_standing(status);
                 kept.push(tenant);
             } else {
                 tracing::info!(tenant.id = %tenant.id, "the organisation moved or is no longer served: closing its context");
@@ -778,10 +804,12 @@ impl Tenancy {
     }
 }
 
-/// Every provisioned tenant of the catalog `conn` is connected to, oldest first.
+/// Every provisioned tenant of the catalog `conn` is connected to, oldest first (not those
+/// being purged: their database may be gone already).
 pub(crate) async fn list_tenants(conn: &mut PgConnection) -> sqlx::Result<Vec<TenantRow>> {
     sqlx::query_as(&format!(
-        "SELECT {TENANT_COLUMNS} FROM tenants WHERE status <> 'provisioning' ORDER BY created_at"
+        "SELECT {TENANT_COLUMNS} FROM tenants WHERE status NOT IN ('provisioning', 'purged')
+         ORDER BY created_at"
     ))
     .fetch_all(conn)
     .await

@@ -10,8 +10,12 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use cqrs_es::persist::PersistedEventStore;
 use cqrs_es::{AggregateError, CqrsFramework, EventStore};
-use custos_domain::{Plan, Subscription, SubscriptionCommand, SubscriptionError};
+use custos_domain::{
+    Plan, Subscription, SubscriptionCommand, SubscriptionError, SubscriptionEvent,
+    SubscriptionStatus,
+};
 use postgres_es::PostgresEventRepository;
+use sqlx::types::Json;
 use uuid::Uuid;
 
 use super::catalog::Tenancy;
@@ -53,6 +57,24 @@ pub(crate) struct SubscriptionRow {
     pub kept_until: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
 }
+
+/// One change in an organisation's life: when, what, the status it left, who and why.
+#[derive(Debug, Clone)]
+pub(crate) struct LifecycleChange {
+    pub at: DateTime<Utc>,
+    pub event: SubscriptionEvent,
+    pub status: SubscriptionStatus,
+    /// `operator`, `user:<id>`, `sign-up`, `import` or `custos (…)`.
+    pub actor: String,
+    pub reason: Option<String>,
+}
+
+/// A subscription event as stored: payload, metadata (actor, reason), time.
+type StoredChange = (
+    Json<SubscriptionEvent>,
+    Json<HashMap<String, String>>,
+    DateTime<Utc>,
+);
 
 /// A catalog row as the start's repair reads it: id, status, plan, trial end, the sequence
 /// it reflects, and its stream's last sequence.
@@ -127,6 +149,11 @@ impl Tenancy {
         .bind(i64::try_from(sequence)?)
         .execute(self.catalog())
         .await?;
+        // What its users may do changes here at once (other processes see it at their next
+        // check of the catalog).
+        if let Some(tenant) = self.opened(id).await {
+            tenant.set_standing(status.as_str());
+        }
         Ok(())
     }
 
@@ -222,6 +249,46 @@ impl Tenancy {
         .await
     }
 
+    /// The organisation with `id`, with its subscription.
+    pub(crate) async fn subscription_by_id(
+        &self,
+        id: Uuid,
+    ) -> sqlx::Result<Option<SubscriptionRow>> {
+        sqlx::query_as(&format!(
+            "SELECT {SUBSCRIPTION_COLUMNS} FROM tenants
+             WHERE id = $1 AND status <> 'provisioning'"
+        ))
+        .bind(id)
+        .fetch_optional(self.catalog())
+        .await
+    }
+
+    /// Every change in the life of the organisation `id`, oldest first.
+    pub(crate) async fn lifecycle_changes(&self, id: Uuid) -> anyhow::Result<Vec<LifecycleChange>> {
+        let rows: Vec<StoredChange> = sqlx::query_as(
+            "SELECT payload, metadata, recorded_at FROM subscription_events
+                 WHERE aggregate_type = 'subscription' AND aggregate_id = $1
+                 ORDER BY sequence",
+        )
+        .bind(id.to_string())
+        .fetch_all(self.catalog())
+        .await?;
+        let mut status = None;
+        Ok(rows
+            .into_iter()
+            .map(|(Json(event), Json(metadata), at)| {
+                status = event.status_after(status);
+                LifecycleChange {
+                    at,
+                    status: status.unwrap_or(SubscriptionStatus::Trial),
+                    actor: metadata.get("actor").cloned().unwrap_or_default(),
+                    reason: metadata.get("reason").cloned(),
+                    event,
+                }
+            })
+            .collect())
+    }
+
     /// What the schedule does at `now`: trials past their end expire (kept for `grace`),
     /// cancellations past their notice end (their migration window of `window` opens). How
     /// many changed.
@@ -251,7 +318,6 @@ impl Tenancy {
                 Ok(()) => {
                     changed += 1;
                     tracing::info!(tenant.id = %id, from = %status, "organisation lifecycle advanced by the schedule");
-                    self.close_tenant(id).await;
                 }
                 // Another instance did it first, or an operator changed it meanwhile.
                 Err(LifecycleError::Conflict | LifecycleError::Refused(_)) => {}

@@ -8,7 +8,7 @@ use cqrs_es::persist::PersistedEventStore;
 use cqrs_es::{Aggregate, CqrsFramework};
 use custos_domain::{
     ApiToken, Consents, DataExport, FieldSchema, Incident, Organization, Record, RetentionPolicy,
-    Role, User,
+    Role, SubscriptionStatus, User,
 };
 use custos_projections::Projection;
 use secrecy::{ExposeSecret, SecretBox};
@@ -157,6 +157,9 @@ pub struct Tenant {
     /// The database it was opened on, and when that was last checked against the catalog.
     pub(crate) database_name: String,
     checked: std::sync::Mutex<Instant>,
+    /// Where the organisation is in its life with the provider, as of the last check: what
+    /// its users may still do (`auth::policy::check_standing`).
+    standing: std::sync::Mutex<SubscriptionStatus>,
 }
 
 impl Tenant {
@@ -219,6 +222,9 @@ impl Tenant {
             last_used: std::sync::Mutex::new(Instant::now()),
             database_name: row.database_name.clone(),
             checked: std::sync::Mutex::new(Instant::now()),
+            standing: std::sync::Mutex::new(
+                SubscriptionStatus::parse(&row.status).unwrap_or(SubscriptionStatus::Suspended),
+            ),
         })
     }
 
@@ -243,6 +249,18 @@ impl Tenant {
         }
         *checked = Instant::now();
         true
+    }
+
+    /// Where the organisation is in its life with the provider (see the field).
+    pub(crate) fn standing(&self) -> SubscriptionStatus {
+        *self.standing.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes the catalog's `status` as the organisation's standing (an unknown one restricts
+    /// it as a suspension does).
+    pub(crate) fn set_standing(&self, status: &str) {
+        let standing = SubscriptionStatus::parse(status).unwrap_or(SubscriptionStatus::Suspended);
+        *self.standing.lock().unwrap_or_else(|e| e.into_inner()) = standing;
     }
 
     pub(crate) fn idle_for(&self) -> Duration {

@@ -1,0 +1,274 @@
+//! The organisation's own life with the provider, as its administrators see and change it:
+//! its standing, plan and dates, choosing a plan (which ends a trial, keeping every record),
+//! cancelling with a month's notice and withdrawing the cancellation. The provider's side is
+//! the `custos tenant` commands; both change the one `Subscription` stream in the catalog.
+
+use chrono::{DateTime, Utc};
+use custos_domain::{FinalTreeHead, Plan, SubscriptionCommand, SubscriptionEvent};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::auth::principal::Principal;
+use crate::error::ApiError;
+use crate::infra::backups::plan::BackupPlan;
+use crate::infra::erasure_ledger::remove_if_there;
+use crate::infra::integrity::tree::newest_tree_head;
+use crate::infra::integrity::tree_head::witness_file;
+use crate::infra::tenancy::lifecycle::{LifecycleChange, LifecycleError, SubscriptionRow};
+use crate::infra::tenancy::tombstones::Tombstone;
+use crate::service::Services;
+
+/// The errors of a lifecycle change, as clients see them.
+fn refused(err: LifecycleError) -> ApiError {
+    match err {
+        LifecycleError::Refused(err) => err.into(),
+        LifecycleError::Conflict => ApiError::Conflict(
+            "the organisation's subscription changed meanwhile; try again".into(),
+        ),
+        LifecycleError::Other(err) => ApiError::internal(err),
+    }
+}
+
+impl Services {
+    /// The subscription of the principal's organisation.
+    pub(crate) async fn organization_subscription(
+        &self,
+        principal: &Principal,
+    ) -> Result<SubscriptionRow, ApiError> {
+        self.tenancy
+            .subscription_by_id(principal.tenant.id)
+            .await?
+            .ok_or(ApiError::NotFound)
+    }
+
+    /// Every change in the life of the principal's organisation (administrators only).
+    pub(crate) async fn organization_lifecycle(
+        &self,
+        principal: &Principal,
+    ) -> Result<Vec<LifecycleChange>, ApiError> {
+        if !principal.is_admin() {
+            return Err(ApiError::Forbidden);
+        }
+        Ok(self.tenancy.lifecycle_changes(principal.tenant.id).await?)
+    }
+
+    /// An administrator chooses `plan`: a trial (or an ended one, before its deletion) becomes
+    /// a subscription with every record kept; a subscription changes plan.
+    pub(crate) async fn choose_plan(
+        &self,
+        principal: &Principal,
+        plan: Plan,
+    ) -> Result<SubscriptionRow, ApiError> {
+        self.change_own_subscription(principal, SubscriptionCommand::ChoosePlan { plan })
+            .await
+    }
+
+    /// An administrator cancels the subscription: it ends on the first day of the month after
+    /// next (a month's notice from the first of the following month), then the migration
+    /// window opens.
+    pub(crate) async fn cancel_subscription(
+        &self,
+        principal: &Principal,
+    ) -> Result<SubscriptionRow, ApiError> {
+        let at = chrono::Utc::now();
+        self.change_own_subscription(principal, SubscriptionCommand::Cancel { at })
+            .await
+    }
+
+    /// An administrator withdraws a cancellation before it takes effect.
+    pub(crate) async fn withdraw_cancellation(
+        &self,
+        principal: &Principal,
+    ) -> Result<SubscriptionRow, ApiError> {
+        self.change_own_subscription(principal, SubscriptionCommand::WithdrawCancellation)
+            .await
+    }
+
+    async fn change_own_subscription(
+        &self,
+        principal: &Principal,
+        command: SubscriptionCommand,
+    ) -> Result<SubscriptionRow, ApiError> {
+        let user = principal.user()?;
+        let id = principal.tenant.id;
+        let actor = format!("user:{}", user.id);
+        self.tenancy
+            .change_subscription(id, command, &actor, None)
+            .await
+            .map_err(refused)?;
+        tracing::info!(tenant.id = %id, actor.id = %user.id, "organisation lifecycle changed by an administrator");
+        self.organization_subscription(principal).await
+    }
+
+    /// Purges the organisation `id` as `actor` at `at`: once its ended trial's grace period or
+    /// its migration window is over, or earlier with `early_reason` (recorded). The last tree head
+    /// is signed first and named in the `Purged` event; then its database and login role are
+    /// dropped (with its subject keys and sessions), its files removed (witness file, erasure
+    /// ledger, backup archives), and its catalog row replaced by a tombstone. A purge cut short
+    /// is finished by running it again (the schedule does).
+    pub(crate) async fn purge_organization(
+        &self,
+        id: Uuid,
+        at: DateTime<Utc>,
+        early_reason: Option<&str>,
+        actor: &str,
+    ) -> Result<Tombstone, ApiError> {
+        let Some(row) = self.tenancy.row(id).await? else {
+            return self.tombstone(id).await;
+        };
+        if row.status != "purged" {
+            let final_tree_head = self.final_tree_head(id).await?;
+            let command = SubscriptionCommand::Purge {
+                at,
+                early_reason: early_reason.map(str::to_owned),
+                final_tree_head,
+            };
+            self.tenancy
+                .change_subscription(id, command, actor, early_reason)
+                .await
+                .map_err(refused)?;
+        }
+        self.finish_purge(id).await?;
+        self.tombstone(id).await
+    }
+
+    /// What the schedule does at `now`: trials past their end expire, cancellations past
+    /// their notice open their migration window, organisations past their grace period or
+    /// window are purged (and purges cut short finished).
+    pub async fn lifecycle_round(&self, now: DateTime<Utc>) -> anyhow::Result<()> {
+        let days = |d: std::time::Duration| {
+            chrono::Duration::from_std(d).unwrap_or(chrono::Duration::days(30))
+        };
+        let policy = self.lifecycle;
+        let advanced = self
+            .tenancy
+            .advance_subscriptions(now, days(policy.trial_grace), days(policy.migration_window))
+            .await;
+        let purged = self.purge_due(now).await;
+        advanced.and(purged).map(|_| ())
+    }
+
+    /// Purges every organisation whose grace period or migration window ended by `now`, and
+    /// finishes purges cut short. How many were purged.
+    async fn purge_due(&self, now: DateTime<Utc>) -> anyhow::Result<usize> {
+        let due = self.tenancy.due_for_purge(now).await?;
+        let mut purged = 0;
+        for id in due {
+            match self
+                .purge_organization(id, now, None, "custos (schedule)")
+                .await
+            {
+                Ok(_) => {
+                    purged += 1;
+                    tracing::info!(tenant.id = %id, "organisation purged by the schedule");
+                }
+                // Changed meanwhile (a plan chosen, the trial extended): not due any more.
+                Err(err @ (ApiError::Validation { .. } | ApiError::Conflict(_))) => {
+                    tracing::info!(tenant.id = %id, reason = %err.message(), "organisation not purged");
+                }
+                Err(err) => {
+                    err.report();
+                    anyhow::bail!("purging {id}: {}", err.message());
+                }
+            }
+        }
+        Ok(purged)
+    }
+
+    /// The last signed tree head of the organisation's history: a checkpoint is signed first
+    /// so that it covers every event. `None` when the organisation cannot be opened or has
+    /// never had one.
+    async fn final_tree_head(&self, id: Uuid) -> Result<Option<FinalTreeHead>, ApiError> {
+        let Some(tenant) = self.tenancy.get(id).await? else {
+            return Ok(None);
+        };
+        if let Err(err) = self.create_checkpoint(&tenant).await {
+            // Its integrity alarm is raised and logged; the purge names the last good head.
+            tracing::warn!(tenant.id = %id, error = %err.message(), "no final checkpoint could be signed before the purge");
+        }
+        let mut conn = tenant.pool.acquire().await?;
+        let Some(head) = newest_tree_head(&mut conn, id).await? else {
+            return Ok(None);
+        };
+        let signed = serde_json::to_vec(&head).map_err(ApiError::internal)?;
+        Ok(Some(FinalTreeHead {
+            number: head.number,
+            tree_size: head.tree_size,
+            root: hex::encode(&head.root),
+            sha256: hex::encode(Sha256::digest(&signed)),
+        }))
+    }
+
+    /// The deletions after the `Purged` event: database and role, files, then the tombstone.
+    /// Each step is idempotent.
+    async fn finish_purge(&self, id: Uuid) -> Result<(), ApiError> {
+        let Some(row) = self.tenancy.row(id).await? else {
+            return Ok(());
+        };
+        self.tenancy.drop_purged(&row).await?;
+        self.remove_files(id).map_err(ApiError::internal)?;
+        let changes = self.tenancy.lifecycle_changes(id).await?;
+        let (at, actor, early_reason, final_tree_head) = changes
+            .iter()
+            .rev()
+            .find_map(|change| match &change.event {
+                SubscriptionEvent::Purged {
+                    early_reason,
+                    final_tree_head,
+                } => Some((
+                    change.at,
+                    change.actor.clone(),
+                    early_reason.clone(),
+                    final_tree_head.clone(),
+                )),
+                _ => None,
+            })
+            .ok_or_else(|| {
+                ApiError::internal(anyhow::anyhow!("{id} is purged without a Purged event"))
+            })?;
+        let ended_trial = changes
+            .iter()
+            .any(|c| matches!(c.event, SubscriptionEvent::TrialExpired { .. }))
+            && !changes
+                .iter()
+                .any(|c| matches!(c.event, SubscriptionEvent::SubscriptionEnded { .. }));
+        let reason = match early_reason {
+            Some(reason) => format!("purged early: {reason}"),
+            None if ended_trial => {
+                "the trial ended without a plan and its grace period passed".to_owned()
+            }
+            None => "the subscription ended and its migration window closed".to_owned(),
+        };
+        self.tenancy
+            .bury(&row, at, &actor, &reason, final_tree_head.as_ref())
+            .await?;
+        Ok(())
+    }
+
+    /// Removes the organisation's files: its witness files (the current one and any set
+    /// aside by a restore), its erasure ledger and its backup archives.
+    fn remove_files(&self, id: Uuid) -> std::io::Result<()> {
+        let witness = witness_file(&self.data_dir, id);
+        if let (Some(dir), Some(name)) = (witness.parent(), witness.file_name()) {
+            let prefix = name.to_string_lossy().into_owned();
+            if let Ok(entries) = std::fs::read_dir(dir) {
+                for entry in entries.flatten() {
+                    if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                        remove_if_there(&entry.path())?;
+                    }
+                }
+            }
+        }
+        self.erasures.remove(id)?;
+        if let Some(plan) = &self.backups {
+            if let BackupPlan::Archives(archives) = plan.as_ref() {
+                archives.remove_organization(id)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn tombstone(&self, id: Uuid) -> Result<Tombstone, ApiError> {
+        self.tenancy.tombstone(id).await?.ok_or(ApiError::NotFound)
+    }
+}
