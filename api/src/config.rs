@@ -137,6 +137,61 @@ pub struct Config {
     /// Trial length, the grace and migration periods, and how often the schedule moves
     /// organisations along.
     pub lifecycle: LifecyclePolicy,
+    /// The storage each plan includes, the overage step, and how often it is measured.
+    pub storage: StoragePolicy,
+}
+
+/// One gigabyte as the plans count it (10⁹ bytes).
+pub(crate) const GB: u64 = 1_000_000_000;
+
+/// The storage each plan includes (the terms' 30, 50 and 80 GB by default), beyond which each
+/// begun step of `step` bytes is a billable overage — and a trial takes no new data.
+#[derive(Debug, Clone, Copy)]
+pub struct StoragePolicy {
+    /// A trial's limit (`CUSTOS_STORAGE_GB_TRIAL`, 30 GB).
+    pub trial: u64,
+    /// `CUSTOS_STORAGE_GB_BASIC`, 30 GB.
+    pub basic: u64,
+    /// `CUSTOS_STORAGE_GB_STANDARD`, 50 GB.
+    pub standard: u64,
+    /// `CUSTOS_STORAGE_GB_MAXI`, 80 GB.
+    pub maxi: u64,
+    /// Premium's storage is agreed with each client (`CUSTOS_STORAGE_GB_PREMIUM`; unset: no
+    /// limit is applied automatically).
+    pub premium: Option<u64>,
+    /// The overage step (`CUSTOS_STORAGE_STEP_GB`, 10 GB).
+    pub step: u64,
+    /// How often every organisation's storage is measured; `None` (the default outside
+    /// `serve`): never.
+    pub interval: Option<Duration>,
+}
+
+impl StoragePolicy {
+    /// The limit of `plan` (`None`: a trial).
+    pub fn limit(&self, plan: Option<custos_domain::Plan>) -> Option<u64> {
+        use custos_domain::Plan;
+        match plan {
+            None => Some(self.trial),
+            Some(Plan::Basic) => Some(self.basic),
+            Some(Plan::Standard) => Some(self.standard),
+            Some(Plan::Maxi) => Some(self.maxi),
+            Some(Plan::Premium) => self.premium,
+        }
+    }
+}
+
+impl Default for StoragePolicy {
+    fn default() -> Self {
+        Self {
+            trial: 30 * GB,
+            basic: 30 * GB,
+            standard: 50 * GB,
+            maxi: 80 * GB,
+            premium: None,
+            step: 10 * GB,
+            interval: None,
+        }
+    }
 }
 
 /// The periods of an organisation's life with the provider.
@@ -191,6 +246,7 @@ impl Config {
             cluster_settings: vec![("max_connections", "300".to_owned())],
             backups: None,
             lifecycle: LifecyclePolicy::default(),
+            storage: StoragePolicy::default(),
         }
     }
 }

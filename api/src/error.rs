@@ -23,6 +23,8 @@ pub enum Code {
     Suspended,
     /// The organisation's subscription ended: its migration window is open.
     SubscriptionEnded,
+    /// A trial reached its storage limit.
+    QuotaExceeded,
     Internal,
 }
 
@@ -38,6 +40,7 @@ impl Code {
             Code::TrialEnded => "TRIAL_ENDED",
             Code::Suspended => "SUSPENDED",
             Code::SubscriptionEnded => "SUBSCRIPTION_ENDED",
+            Code::QuotaExceeded => "QUOTA_EXCEEDED",
             Code::Internal => "INTERNAL",
         }
     }
@@ -78,6 +81,9 @@ pub enum ApiError {
     /// The organisation's subscription ended: administrators may read and export until the
     /// migration window closes.
     SubscriptionEnded,
+    /// A trial reached its storage limit: it takes no new data until a plan is chosen (or
+    /// data deleted); reading, exporting, erasing and restricting still work.
+    QuotaExceeded,
     /// Logged once with its cause; the client sees only "internal error".
     Internal(anyhow::Error),
 }
@@ -129,6 +135,10 @@ impl ApiError {
             ApiError::SubscriptionEnded => "the organisation's subscription has ended: \
                 administrators can read and export its data until the migration window closes"
                 .into(),
+            ApiError::QuotaExceeded => "the organisation's trial has reached its storage limit: \
+                it takes no new data until an administrator chooses a plan (choosePlan); \
+                reading, exporting, erasing and restricting still work"
+                .into(),
             ApiError::Internal(_) => "internal error".into(),
             ApiError::Restricted => {
                 "processing of this record is restricted: lift the restriction before changing it"
@@ -152,6 +162,7 @@ impl ApiError {
             ApiError::TrialEnded => Code::TrialEnded,
             ApiError::Suspended => Code::Suspended,
             ApiError::SubscriptionEnded => Code::SubscriptionEnded,
+            ApiError::QuotaExceeded => Code::QuotaExceeded,
             ApiError::Internal(_) => Code::Internal,
         }
     }

@@ -53,6 +53,17 @@ pub mod testing {
     use custos_domain::EventMetadata;
     use uuid::Uuid;
 
+    /// Provisions an organisation `slug` (its database and role, on trial for 30 days, no
+    /// users): what the lifecycle bench fills its store with.
+    pub async fn provision(services: &Services, slug: &str) -> anyhow::Result<Uuid> {
+        let trial_ends_at = chrono::Utc::now() + chrono::Duration::days(30);
+        let row = services
+            .tenancy
+            .provision(slug, slug, crate::config::Region::Eu, trial_ends_at)
+            .await?;
+        Ok(row.id)
+    }
+
     /// Runs `command` on the aggregate `id` through the one door every use case uses
     /// (`Services::command`), waiting for its read models.
     pub async fn run_command<A>(

@@ -55,6 +55,8 @@ pub struct Services {
     pub(crate) backups: Option<std::sync::Arc<crate::infra::backups::plan::BackupPlan>>,
     /// Trial length and the periods of an organisation's life.
     pub(crate) lifecycle: crate::config::LifecyclePolicy,
+    /// The storage each plan includes and the overage step.
+    pub(crate) storage: crate::config::StoragePolicy,
 }
 
 /// Held while a change checked against other aggregates runs; dropping it (even on

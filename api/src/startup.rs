@@ -66,6 +66,7 @@ pub(crate) async fn services(
         integrity_alarms: Default::default(),
         backups,
         lifecycle: config.lifecycle,
+        storage: config.storage,
     });
     // Before anything is served: erasures made since a restored backup are made again.
     services.replay_erasure_ledgers().await?;
@@ -110,6 +111,7 @@ pub struct Application {
     _checkpoints: Option<AbortOnDrop>,
     _backups: Option<AbortOnDrop>,
     _lifecycle: Option<AbortOnDrop>,
+    _storage: Option<AbortOnDrop>,
     listener: TcpListener,
     router: Router,
     services: Arc<Services>,
@@ -159,9 +161,14 @@ impl Application {
             .lifecycle
             .interval
             .map(|interval| AbortOnDrop(tokio::spawn(jobs::lifecycle(services.clone(), interval))));
+        let storage = config
+            .storage
+            .interval
+            .map(|interval| AbortOnDrop(tokio::spawn(jobs::storage(services.clone(), interval))));
         Ok(Self {
             _sweeper: AbortOnDrop(sweeper),
             _lifecycle: lifecycle,
+            _storage: storage,
             _retention: retention,
             _checkpoints: checkpoints,
             _backups: backups,

@@ -112,6 +112,8 @@ pub struct Subscription {
     cancellation_effective_at: Option<DateTime<Utc>>,
     /// Until when an expired trial, or a closed subscription's migration window, is kept.
     kept_until: Option<DateTime<Utc>>,
+    /// How far its storage has gone, as last recorded (see [`storage_level`]).
+    storage_level: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -150,6 +152,14 @@ pub enum SubscriptionCommand {
     EndSubscription {
         at: DateTime<Utc>,
         window: Duration,
+    },
+    /// Its storage measured: `used_bytes` against the limit of its plan (`None`: none), with
+    /// overage counted in steps of `step_bytes`. Crossing 80 %, the limit, and each further
+    /// step is recorded (a step beyond the limit is billable); falling back below a level too.
+    RecordStorage {
+        used_bytes: u64,
+        limit_bytes: Option<u64>,
+        step_bytes: u64,
     },
     /// Purged at `at`: after the grace period or window, or before it with `early_reason`;
     /// `final_tree_head` names the last signed tree head of its history, kept as the proof of
@@ -207,6 +217,43 @@ pub enum SubscriptionEvent {
         #[serde(default)]
         final_tree_head: Option<FinalTreeHead>,
     },
+    /// Its storage reached 80 % of the plan's limit.
+    StorageNearLimit {
+        used_bytes: u64,
+        limit_bytes: u64,
+    },
+    /// Its storage reached the plan's limit: a trial takes no new data from now on.
+    StorageLimitReached {
+        used_bytes: u64,
+        limit_bytes: u64,
+    },
+    /// Its storage went `steps` overage steps of `step_bytes` beyond the limit (billable).
+    StorageOverage {
+        used_bytes: u64,
+        limit_bytes: u64,
+        step_bytes: u64,
+        steps: u64,
+    },
+    /// Its storage fell back below a level it had reached (data deleted, a larger plan).
+    StorageBelowLevel {
+        used_bytes: u64,
+        limit_bytes: Option<u64>,
+        level: u64,
+    },
+}
+
+/// How far `used` bytes have gone against `limit`: 0 below 80 %, 1 from 80 %, 2 from the
+/// limit, 2 + n with n overage steps of `step` begun beyond it. No limit: 0.
+pub fn storage_level(used: u64, limit: Option<u64>, step: u64) -> u64 {
+    let Some(limit) = limit else { return 0 };
+    if used >= limit {
+        let over = used - limit;
+        2 + over.div_ceil(step.max(1))
+    } else if u128::from(used) * 5 >= u128::from(limit) * 4 {
+        1
+    } else {
+        0
+    }
 }
 
 impl SubscriptionEvent {
@@ -226,6 +273,10 @@ impl SubscriptionEvent {
             SubscriptionEvent::CancellationWithdrawn => Some(Status::Active),
             SubscriptionEvent::SubscriptionEnded { .. } => Some(Status::Migration),
             SubscriptionEvent::Purged { .. } => Some(Status::Purged),
+            SubscriptionEvent::StorageNearLimit { .. }
+            | SubscriptionEvent::StorageLimitReached { .. }
+            | SubscriptionEvent::StorageOverage { .. }
+            | SubscriptionEvent::StorageBelowLevel { .. } => before,
         }
     }
 }
@@ -243,6 +294,10 @@ impl DomainEvent for SubscriptionEvent {
             SubscriptionEvent::CancellationWithdrawn => "CancellationWithdrawn",
             SubscriptionEvent::SubscriptionEnded { .. } => "SubscriptionEnded",
             SubscriptionEvent::Purged { .. } => "Purged",
+            SubscriptionEvent::StorageNearLimit { .. } => "StorageNearLimit",
+            SubscriptionEvent::StorageLimitReached { .. } => "StorageLimitReached",
+            SubscriptionEvent::StorageOverage { .. } => "StorageOverage",
+            SubscriptionEvent::StorageBelowLevel { .. } => "StorageBelowLevel",
         }
         .to_owned()
     }
@@ -432,6 +487,19 @@ impl Aggregate for Subscription {
                 }
                 _ => return Err(self.illegal("end its subscription")),
             },
+            C::RecordStorage {
+                used_bytes,
+                limit_bytes,
+                step_bytes,
+            } => {
+                if matches!(status, None | Some(Status::Purged)) {
+                    return Err(self.illegal("have its storage recorded"));
+                }
+                for event in self.storage_events(used_bytes, limit_bytes, step_bytes) {
+                    sink.write(event, self).await;
+                }
+                return Ok(());
+            }
             C::Purge {
                 at,
                 early_reason,
@@ -486,7 +554,57 @@ impl Aggregate for Subscription {
                 migration_access_until,
             } => self.kept_until = Some(migration_access_until),
             SubscriptionEvent::Purged { .. } => {}
+            SubscriptionEvent::StorageNearLimit { .. } => self.storage_level = 1,
+            SubscriptionEvent::StorageLimitReached { .. } => self.storage_level = 2,
+            SubscriptionEvent::StorageOverage { steps, .. } => self.storage_level = 2 + steps,
+            SubscriptionEvent::StorageBelowLevel { level, .. } => self.storage_level = level,
         }
+    }
+}
+
+impl Subscription {
+    /// How far its storage had gone at the last recorded crossing (see [`storage_level`]).
+    pub fn storage_level(&self) -> u64 {
+        self.storage_level
+    }
+
+    /// What a measurement of `used` bytes against `limit` records: each level crossed upward,
+    /// or one event for falling back below the level recorded.
+    fn storage_events(&self, used: u64, limit: Option<u64>, step: u64) -> Vec<SubscriptionEvent> {
+        let before = self.storage_level;
+        let now = storage_level(used, limit, step);
+        if now < before {
+            return vec![SubscriptionEvent::StorageBelowLevel {
+                used_bytes: used,
+                limit_bytes: limit,
+                level: now,
+            }];
+        }
+        let Some(limit_bytes) = limit else {
+            return vec![];
+        };
+        let mut events = Vec::new();
+        if before < 1 && now == 1 {
+            events.push(SubscriptionEvent::StorageNearLimit {
+                used_bytes: used,
+                limit_bytes,
+            });
+        }
+        if before < 2 && now >= 2 {
+            events.push(SubscriptionEvent::StorageLimitReached {
+                used_bytes: used,
+                limit_bytes,
+            });
+        }
+        if now > 2 && now > before {
+            events.push(SubscriptionEvent::StorageOverage {
+                used_bytes: used,
+                limit_bytes,
+                step_bytes: step,
+                steps: now - 2,
+            });
+        }
+        events
     }
 }
 
@@ -680,6 +798,73 @@ mod tests {
                 status: Status::Purged,
                 action: "choose a plan",
             });
+    }
+
+    #[test]
+    fn storage_crossings_are_recorded_once_each_and_overage_in_steps() {
+        const GB: u64 = 1 << 30;
+        let record = |used| SubscriptionCommand::RecordStorage {
+            used_bytes: used,
+            limit_bytes: Some(30 * GB),
+            step_bytes: 10 * GB,
+        };
+        assert_eq!(storage_level(23 * GB, Some(30 * GB), 10 * GB), 0);
+        assert_eq!(storage_level(24 * GB, Some(30 * GB), 10 * GB), 1);
+        assert_eq!(storage_level(30 * GB, Some(30 * GB), 10 * GB), 2);
+        assert_eq!(storage_level(30 * GB + 1, Some(30 * GB), 10 * GB), 3);
+        assert_eq!(storage_level(50 * GB, Some(30 * GB), 10 * GB), 4);
+        assert_eq!(storage_level(u64::MAX, None, 10 * GB), 0);
+        SubscriptionTest::with(())
+            .given(active())
+            .when(record(20 * GB))
+            .then_expect_events(vec![]);
+        let near = SubscriptionEvent::StorageNearLimit {
+            used_bytes: 25 * GB,
+            limit_bytes: 30 * GB,
+        };
+        SubscriptionTest::with(())
+            .given(active())
+            .when(record(25 * GB))
+            .then_expect_events(vec![near.clone()]);
+        let mut given = active();
+        given.push(near);
+        SubscriptionTest::with(())
+            .given(given.clone())
+            .when(record(26 * GB))
+            .then_expect_events(vec![]);
+        // From 80 % straight past the limit: the limit and the first two steps, at once.
+        SubscriptionTest::with(())
+            .given(given.clone())
+            .when(record(45 * GB))
+            .then_expect_events(vec![
+                SubscriptionEvent::StorageLimitReached {
+                    used_bytes: 45 * GB,
+                    limit_bytes: 30 * GB,
+                },
+                SubscriptionEvent::StorageOverage {
+                    used_bytes: 45 * GB,
+                    limit_bytes: 30 * GB,
+                    step_bytes: 10 * GB,
+                    steps: 2,
+                },
+            ]);
+        given.push(SubscriptionEvent::StorageLimitReached {
+            used_bytes: 30 * GB,
+            limit_bytes: 30 * GB,
+        });
+        // A larger plan: back below every level.
+        SubscriptionTest::with(())
+            .given(given)
+            .when(SubscriptionCommand::RecordStorage {
+                used_bytes: 30 * GB,
+                limit_bytes: Some(80 * GB),
+                step_bytes: 10 * GB,
+            })
+            .then_expect_events(vec![SubscriptionEvent::StorageBelowLevel {
+                used_bytes: 30 * GB,
+                limit_bytes: Some(80 * GB),
+                level: 0,
+            }]);
     }
 
     #[test]

@@ -43,10 +43,14 @@ pub(crate) struct BenchArgs {
     /// import with `--employees` employees), `privacy` (sealing's cost on writes, a
     /// person's trail with 10,000 and 1,000,000 events in the tenant, erasure latency) or
     /// `integrity` (checkpoints, proofs and verification on a store of `--events` events),
-    /// `portability` (a tenant archive of `--events` events exported and imported) or
-    /// `backups` (a verified base backup of that store and a point-in-time restore).
+    /// `portability` (a tenant archive of `--events` events exported and imported),
+    /// `backups` (a verified base backup of that store and a point-in-time restore) or
+    /// `lifecycle` (a storage sweep over `--organizations` organisations).
     #[arg(long, default_value = "foundation")]
     pub(crate) suite: String,
+    /// Organisations in the store of the lifecycle suite.
+    #[arg(long, default_value_t = 1_000)]
+    pub(crate) organizations: usize,
 }
 
 pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {

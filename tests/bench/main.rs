@@ -10,6 +10,7 @@ mod common;
 mod datasheets;
 mod foundation;
 mod integrity;
+mod lifecycle;
 mod portability;
 mod privacy;
 
@@ -24,8 +25,9 @@ async fn main() -> anyhow::Result<()> {
         "integrity" => integrity::run(args).await,
         "portability" => portability::run(args).await,
         "backups" => backups::run(args).await,
+        "lifecycle" => lifecycle::run(args).await,
         other => anyhow::bail!(
-            "unknown suite `{other}`: `foundation`, `datasheets`, `privacy`, `integrity`, `portability` or `backups`"
+            "unknown suite `{other}`: `foundation`, `datasheets`, `privacy`, `integrity`, `portability`, `backups` or `lifecycle`"
         ),
     }
 }

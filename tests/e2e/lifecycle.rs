@@ -2,8 +2,9 @@
 //! `custos tenant list|plan|suspend|resume|extend-trial|cancel|withdraw-cancellation|purge`,
 //! what a suspended, expired or ended organisation still lets its administrators do (and
 //! nobody else), a trial that expires on schedule and comes back with a plan its administrator
-//! chose, a cancellation through its migration window to the purge and its tombstone, and
-//! organisations older than their stream adopted at start.
+//! chose, a cancellation through its migration window to the purge and its tombstone, storage
+//! measured against each plan's limit (a trial at its limit takes no new data; overage counted
+//! in steps), and organisations older than their stream adopted at start.
 
 use std::time::Duration;
 
@@ -778,4 +779,139 @@ async fn the_operator_purges_an_ended_trial_early_only_with_a_reason() {
         events.last().unwrap().1["reason"],
         "the client asked for deletion"
     );
+}
+
+#[tokio::test]
+async fn a_trial_at_its_storage_limit_takes_no_new_data_and_a_plan_beyond_its_limit_counts_overage()
+{
+    const STEP: u64 = 1_000_000;
+    let app = TestApp::spawn_with(|config| {
+        // Every database is beyond a 1-byte limit; the overage counts in 1 MB steps.
+        config.storage.trial = 1;
+        config.storage.standard = 1;
+        config.storage.maxi = 1_000_000_000_000;
+        config.storage.step = STEP;
+    })
+    .await;
+    let admin = app.sign_up(&slug("quota")).await;
+    let member = app.user_with_roles(&admin, &[]).await;
+    let created = app
+        .create_employee(
+            &admin.token,
+            json!({ "firstName": "Before", "lastName": "Measured" }),
+        )
+        .await;
+    let storage = "{ organization { storageUsedBytes storageLimitBytes storageMeasuredAt } }";
+    let before = app
+        .graphql(Some(&member.token), storage, json!({}))
+        .await
+        .ok();
+    assert_eq!(
+        before.data("organization.storageUsedBytes"),
+        &Value::Null,
+        "not measured yet"
+    );
+    assert_eq!(before.data("organization.storageLimitBytes"), 1.0);
+
+    assert_eq!(
+        app.services.measure_storage().await.unwrap(),
+        1,
+        "one crossing"
+    );
+    let after = app
+        .graphql(Some(&admin.token), storage, json!({}))
+        .await
+        .ok();
+    let used = after
+        .data("organization.storageUsedBytes")
+        .as_f64()
+        .unwrap() as u64;
+    assert!(used > STEP, "a database holds megabytes: {used}");
+    assert!(after.data("organization.storageMeasuredAt").is_string());
+    let events = history(&app, &admin).await;
+    let types: Vec<&str> = events.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(
+        types,
+        [
+            "SubscriptionOpened",
+            "StorageLimitReached",
+            "StorageOverage"
+        ]
+    );
+    assert_eq!(events[2].1["actor"], "custos (storage measurement)");
+    let payload: Value = sqlx::query_scalar(
+        "SELECT payload::jsonb FROM subscription_events WHERE aggregate_id = $1 AND event_type = 'StorageOverage'",
+    )
+    .bind(admin.tenant_id.to_string())
+    .fetch_one(app.services.tenancy.catalog())
+    .await
+    .unwrap();
+    assert_eq!(
+        payload["StorageOverage"]["steps"].as_u64().unwrap(),
+        (used - 1).div_ceil(STEP),
+        "each begun step beyond the limit, billable: {payload}"
+    );
+
+    // The trial takes no new data, from anyone; reading, exporting and archiving go on.
+    for (token, mutation) in [
+        (&admin.token, CREATE),
+        (
+            &member.token,
+            "mutation { updateMe(name: \"Renamed Member\") { id } }",
+        ),
+    ] {
+        let refused = app.graphql(Some(token), mutation, json!({})).await;
+        assert_eq!(refused.code(), Some("QUOTA_EXCEEDED"), "{:?}", refused.body);
+    }
+    assert_eq!(employee_names(&app, &admin).await, ["Measured"]);
+    let exported = app
+        .graphql(Some(&admin.token), EXPORT, json!({}))
+        .await
+        .ok();
+    assert_eq!(exported.data("exportOrganization.count"), 1);
+    app.graphql(
+        Some(&admin.token),
+        "mutation($id: ID!) { archiveRecord(id: $id) { archived } }",
+        json!({ "id": created["id"] }),
+    )
+    .await
+    .ok();
+
+    // Measured again, nothing new crossed: nothing recorded.
+    assert_eq!(app.services.measure_storage().await.unwrap(), 0);
+    assert_eq!(history(&app, &admin).await.len(), 3);
+
+    // A paid plan beyond its limit keeps working (the overage is billed); a larger plan
+    // brings it back below every level.
+    app.graphql(
+        Some(&admin.token),
+        "mutation { choosePlan(plan: STANDARD) { plan } }",
+        json!({}),
+    )
+    .await
+    .ok();
+    app.graphql(Some(&admin.token), CREATE, json!({}))
+        .await
+        .ok();
+    app.graphql(
+        Some(&admin.token),
+        "mutation { choosePlan(plan: MAXI) { plan } }",
+        json!({}),
+    )
+    .await
+    .ok();
+    assert_eq!(app.services.measure_storage().await.unwrap(), 1);
+    let events = history(&app, &admin).await;
+    assert_eq!(events.last().unwrap().0, "StorageBelowLevel");
+    let level: i64 = sqlx::query_scalar("SELECT storage_level FROM tenants WHERE id = $1")
+        .bind(admin.tenant_id)
+        .fetch_one(app.services.tenancy.catalog())
+        .await
+        .unwrap();
+    assert_eq!(level, 0);
+    let limit = app
+        .graphql(Some(&admin.token), storage, json!({}))
+        .await
+        .ok();
+    assert_eq!(limit.data("organization.storageLimitBytes"), 1e12);
 }

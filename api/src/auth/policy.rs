@@ -193,7 +193,8 @@ pub(crate) fn check_record(
 ///
 /// Replacing a temporary password and enrolling a required second factor stay open to them,
 /// since they come before anything else. Everyone else, and every API token, gets the
-/// standing's code (`TRIAL_ENDED`, `SUSPENDED`, `SUBSCRIPTION_ENDED`).
+/// standing's code (`TRIAL_ENDED`, `SUSPENDED`, `SUBSCRIPTION_ENDED`). A trial whose storage
+/// reached its limit refuses what adds data with `QUOTA_EXCEEDED`, to everyone.
 pub(crate) fn check_standing(
     parent_type: &str,
     field: &str,
@@ -201,6 +202,11 @@ pub(crate) fn check_standing(
 ) -> Result<(), ApiError> {
     let standing = principal.tenant.standing();
     let refusal = match standing {
+        Standing::Trial
+            if principal.tenant.over_storage_limit() && adds_data(parent_type, field) =>
+        {
+            return Err(ApiError::QuotaExceeded)
+        }
         Standing::Trial | Standing::Active | Standing::Cancelling => return Ok(()),
         Standing::Expired => ApiError::TrialEnded,
         Standing::Suspended => ApiError::Suspended,
@@ -249,6 +255,36 @@ pub(crate) fn check_standing(
     } else {
         Err(refusal)
     }
+}
+
+/// Whether a mutation adds data: what a trial at its storage limit refuses. Erasing,
+/// restricting, withdrawing consent, archiving, deactivating, recording breaches and
+/// exporting go on (they are rights, duties or the way out).
+fn adds_data(parent_type: &str, field: &str) -> bool {
+    parent_type == "Mutation"
+        && matches!(
+            field,
+            "createEmployee"
+                | "updateEmployee"
+                | "createContact"
+                | "updateContact"
+                | "createApplicant"
+                | "updateApplicant"
+                | "hireApplicant"
+                | "importRecords"
+                | "restoreRecord"
+                | "giveConsent"
+                | "addCustomField"
+                | "updateCustomField"
+                | "createUser"
+                | "updateUser"
+                | "createRole"
+                | "renameRole"
+                | "grantPermission"
+                | "createApiToken"
+                | "defineRetentionPolicy"
+                | "updateMe"
+        )
 }
 
 /// Whether a user may sign in to an organisation in its standing: in full service anyone;

@@ -11,7 +11,7 @@ use clap::{Args, Subcommand};
 use secrecy::SecretString;
 use sqlx::postgres::PgConnectOptions;
 
-use crate::config::{BackupConfig, Config, DatabaseConfig, Region, SessionPolicy};
+use crate::config::{BackupConfig, Config, DatabaseConfig, Region, SessionPolicy, GB};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum TenantCommand {
@@ -289,6 +289,26 @@ pub(crate) struct CommonArgs {
     /// Days administrators may take their data away after a cancellation took effect.
     #[arg(long, env = "CUSTOS_MIGRATION_WINDOW_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(0..=3650))]
     pub(crate) migration_window_days: u32,
+    /// The storage each plan includes, in GB (10⁹ bytes): a trial's, beyond which it takes no
+    /// new data.
+    #[arg(long, env = "CUSTOS_STORAGE_GB_TRIAL", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub(crate) storage_gb_trial: u64,
+    /// Basic's storage, in GB.
+    #[arg(long, env = "CUSTOS_STORAGE_GB_BASIC", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub(crate) storage_gb_basic: u64,
+    /// Standard's storage, in GB.
+    #[arg(long, env = "CUSTOS_STORAGE_GB_STANDARD", default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub(crate) storage_gb_standard: u64,
+    /// Maxi's storage, in GB.
+    #[arg(long, env = "CUSTOS_STORAGE_GB_MAXI", default_value_t = 80, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub(crate) storage_gb_maxi: u64,
+    /// Premium's storage, in GB, when one limit applies to every Premium client (unset: agreed
+    /// with each, none applied automatically).
+    #[arg(long, env = "CUSTOS_STORAGE_GB_PREMIUM", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub(crate) storage_gb_premium: Option<u64>,
+    /// Beyond a plan's storage, each begun step of this many GB is a billable overage.
+    #[arg(long, env = "CUSTOS_STORAGE_STEP_GB", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub(crate) storage_step_gb: u64,
 }
 
 #[derive(Debug, Args)]
@@ -314,6 +334,9 @@ pub(crate) struct ServeArgs {
     /// with `custos retention run` or the `runRetention` mutation instead).
     #[arg(long, env = "CUSTOS_RETENTION_INTERVAL_MINUTES", default_value_t = 60)]
     pub(crate) retention_interval_minutes: u64,
+    /// Minutes between measurements of every organisation's storage; 0 turns them off.
+    #[arg(long, env = "CUSTOS_STORAGE_INTERVAL_MINUTES", default_value_t = 60)]
+    pub(crate) storage_interval_minutes: u64,
     /// Seconds between checkpoints (signed tree heads of the Merkle log) of every open
     /// organisation (0: only on demand, with the `createCheckpoint` mutation).
     #[arg(long, env = "CUSTOS_CHECKPOINT_INTERVAL_SECONDS", default_value_t = 60)]
@@ -419,6 +442,12 @@ impl CommonArgs {
         config.lifecycle.trial = days(self.trial_days);
         config.lifecycle.trial_grace = days(self.trial_grace_days);
         config.lifecycle.migration_window = days(self.migration_window_days);
+        config.storage.trial = self.storage_gb_trial * GB;
+        config.storage.basic = self.storage_gb_basic * GB;
+        config.storage.standard = self.storage_gb_standard * GB;
+        config.storage.maxi = self.storage_gb_maxi * GB;
+        config.storage.premium = self.storage_gb_premium.map(|gb| gb * GB);
+        config.storage.step = self.storage_step_gb * GB;
         config.master_key = std::env::var("CUSTOS_MASTER_KEY")
             .ok()
             .map(SecretString::from);
@@ -459,6 +488,8 @@ impl ServeArgs {
         config.checkpoint_interval = (self.checkpoint_interval_seconds > 0)
             .then(|| std::time::Duration::from_secs(self.checkpoint_interval_seconds));
         config.lifecycle.interval = Some(std::time::Duration::from_secs(60));
+        config.storage.interval = (self.storage_interval_minutes > 0)
+            .then(|| std::time::Duration::from_secs(self.storage_interval_minutes * 60));
         config.retention_interval = (self.retention_interval_minutes > 0)
             .then(|| std::time::Duration::from_secs(self.retention_interval_minutes * 60));
         if let Some(backups) = &mut config.backups {
@@ -560,6 +591,12 @@ mod tests {
             trial_days: 14,
             trial_grace_days: 0,
             migration_window_days: 30,
+            storage_gb_trial: 1,
+            storage_gb_basic: 30,
+            storage_gb_standard: 50,
+            storage_gb_maxi: 80,
+            storage_gb_premium: None,
+            storage_step_gb: 10,
         };
         let config = args.config().unwrap();
         assert_eq!(config.catalog_database, "records");
@@ -568,6 +605,11 @@ mod tests {
             std::time::Duration::from_secs(14 * 86_400)
         );
         assert_eq!(config.lifecycle.trial_grace, std::time::Duration::ZERO);
+        assert_eq!(config.storage.limit(None), Some(1_000_000_000));
+        assert_eq!(
+            config.storage.limit(Some(custos_domain::Plan::Premium)),
+            None
+        );
         assert!(matches!(config.database, DatabaseConfig::External(_)));
     }
 }

@@ -53,6 +53,18 @@ pub(crate) async fn lifecycle(services: Arc<Services>, interval: Duration) {
     }
 }
 
+/// Every `interval`: every organisation's storage measured, and each crossing recorded.
+pub(crate) async fn storage(services: Arc<Services>, interval: Duration) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        if let Err(err) = services.measure_storage().await {
+            tracing::error!(error = %format!("{err:#}"), "the storage measurement failed");
+        }
+    }
+}
+
 /// Backs up every `interval`, as the plan says: base backups of the private cluster, or
 /// archives of every organisation.
 pub(crate) async fn backups(services: Arc<Services>, plan: Arc<BackupPlan>, interval: Duration) {

@@ -4,6 +4,7 @@
 //! the `custos tenant` commands; both change the one `Subscription` stream in the catalog.
 
 use chrono::{DateTime, Utc};
+use custos_domain::subscription::storage_level;
 use custos_domain::{FinalTreeHead, Plan, SubscriptionCommand, SubscriptionEvent};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -270,5 +271,43 @@ impl Services {
 
     async fn tombstone(&self, id: Uuid) -> Result<Tombstone, ApiError> {
         self.tenancy.tombstone(id).await?.ok_or(ApiError::NotFound)
+    }
+
+    /// Measures every organisation's storage now and records, in its subscription stream,
+    /// each level crossed: 80 % of its plan's limit, the limit (a trial then takes no new
+    /// data: `QUOTA_EXCEEDED`), each overage step begun beyond it (billable), and falling back
+    /// below. How many organisations crossed a level.
+    pub async fn measure_storage(&self) -> anyhow::Result<usize> {
+        let policy = self.storage;
+        let measured = self
+            .tenancy
+            .measure_storage(|plan| policy.limit(plan))
+            .await?;
+        let mut crossed = 0;
+        for m in measured {
+            let level = storage_level(m.used_bytes, m.limit_bytes, policy.step);
+            if level == m.recorded_level {
+                continue;
+            }
+            let command = SubscriptionCommand::RecordStorage {
+                used_bytes: m.used_bytes,
+                limit_bytes: m.limit_bytes,
+                step_bytes: policy.step,
+            };
+            match self
+                .tenancy
+                .change_subscription(m.id, command, "custos (storage measurement)", None)
+                .await
+            {
+                Ok(()) => {
+                    crossed += 1;
+                    tracing::info!(tenant.id = %m.id, level, "organisation storage crossed a level");
+                }
+                // Purged or changed meanwhile: measured again next time.
+                Err(LifecycleError::Refused(_) | LifecycleError::Conflict) => {}
+                Err(LifecycleError::Other(err)) => return Err(err),
+            }
+        }
+        Ok(crossed)
     }
 }

@@ -43,13 +43,15 @@ pub(crate) struct Organization {
 pub(crate) struct LifecycleEntry {
     at: DateTime<Utc>,
     /// `SubscriptionOpened`, `PlanChosen`, `TrialExtended`, `TrialExpired`, `Suspended`,
-    /// `Resumed`, `CancellationScheduled`, `CancellationWithdrawn`, `SubscriptionEnded` or
-    /// `Purged`.
+    /// `Resumed`, `CancellationScheduled`, `CancellationWithdrawn`, `SubscriptionEnded`,
+    /// `Purged`, or a storage crossing: `StorageNearLimit` (80 % of the plan's),
+    /// `StorageLimitReached`, `StorageOverage` (a billable step begun beyond it),
+    /// `StorageBelowLevel`.
     change: String,
     /// The status it left the organisation in.
     status: OrganizationStatus,
     /// `user:<id>` (an administrator), `operator` (the provider), `sign-up`, `import`, or
-    /// `custos (…)` (the service on its schedule).
+    /// `custos (…)` (the service on its schedule, or measuring storage).
     actor: String,
     /// The provider's reason, where it gave one (suspension, resumption, early deletion).
     reason: Option<String>,
@@ -124,6 +126,33 @@ impl Organization {
             .filter(|_| matches!(row.status.as_str(), "expired" | "migration")))
     }
 
+    /// The organisation's storage as last measured (its database, with its stored exports),
+    /// in bytes; none until the first measurement. A Float: GraphQL's Int has 32 bits.
+    async fn storage_used_bytes(&self, ctx: &Context<'_>) -> Result<Option<f64>, ApiError> {
+        Ok(self
+            .subscription(ctx)
+            .await?
+            .storage_used_bytes
+            .map(|bytes| bytes as f64))
+    }
+
+    /// When the storage was last measured.
+    async fn storage_measured_at(
+        &self,
+        ctx: &Context<'_>,
+    ) -> Result<Option<DateTime<Utc>>, ApiError> {
+        Ok(self.subscription(ctx).await?.storage_measured_at)
+    }
+
+    /// The storage the plan (or the trial) includes, in bytes; none when the plan has no
+    /// limit applied automatically (Premium, agreed with each client). Beyond it, each begun
+    /// overage step is billed; a trial takes no new data (`QUOTA_EXCEEDED`).
+    async fn storage_limit_bytes(&self, ctx: &Context<'_>) -> Result<Option<f64>, ApiError> {
+        let row = self.subscription(ctx).await?;
+        let plan = custos_domain::Plan::parse(&row.plan).ok();
+        Ok(services(ctx)?.storage.limit(plan).map(|bytes| bytes as f64))
+    }
+
     /// Every change in the organisation's life with the provider, oldest first, with who made
     /// it and why (administrators only).
     async fn lifecycle_history(&self, ctx: &Context<'_>) -> Result<Vec<LifecycleEntry>, ApiError> {
@@ -174,10 +203,7 @@ impl Organization {
     async fn subscription(&self, ctx: &Context<'_>) -> Result<&SubscriptionRow, ApiError> {
         self.subscription
             .get_or_try_init(|| async {
-                let services = ctx.data::<Arc<Services>>().map_err(|_| {
-                    ApiError::internal(anyhow::anyhow!("schema built without services"))
-                })?;
-                services
+                services(ctx)?
                     .tenancy
                     .subscription_by_id(self.tenant_id)
                     .await?
@@ -216,4 +242,9 @@ impl From<&Tenant> for Organization {
             subscription: OnceCell::new(),
         }
     }
+}
+
+fn services<'a>(ctx: &Context<'a>) -> Result<&'a Arc<Services>, ApiError> {
+    ctx.data::<Arc<Services>>()
+        .map_err(|_| ApiError::internal(anyhow::anyhow!("schema built without services")))
 }

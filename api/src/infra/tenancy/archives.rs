@@ -463,6 +463,7 @@ impl Tenancy {
             role_name: scratch_database.to_owned(),
             audit_anchor_mac: Some(anchor_mac(self.master_key(), organization.id, &anchor)),
             audit_anchor: Some(anchor),
+            storage_over_limit: false,
         };
         self.create_tenant_database(region, &row)
             .await

@@ -42,7 +42,8 @@ pub(crate) fn is_live(status: &str) -> bool {
 
 /// The catalog columns of a [`TenantRow`].
 const TENANT_COLUMNS: &str =
-    "id, slug, name, region, status, database_name, role_name, audit_anchor, audit_anchor_mac";
+    "id, slug, name, region, status, database_name, role_name, audit_anchor, audit_anchor_mac,
+     COALESCE(storage_used_bytes >= storage_limit_bytes, false) AS storage_over_limit";
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ProvisionError {
@@ -359,6 +360,24 @@ impl Tenancy {
     /// The PostgreSQL server of a region.
     fn region_server(&self, region: Region) -> &Server {
         &self.servers[&region]
+    }
+
+    /// The size in bytes of each of these databases on `region`'s server (those that exist).
+    pub(crate) async fn database_sizes(
+        &self,
+        region: Region,
+        names: &[String],
+    ) -> sqlx::Result<Vec<(String, i64)>> {
+        let mut admin = self.region_server(region).connect("postgres").await?;
+        let sizes = sqlx::query_as(
+            "SELECT datname::text, pg_database_size(oid) FROM pg_database
+             WHERE datname = ANY($1)",
+        )
+        .bind(names)
+        .fetch_all(&mut admin)
+        .await;
+        admin.close().await?;
+        sizes
     }
 
     /// Creates a tenant database and role on `region`'s server for `row` (a move's target).
@@ -680,16 +699,18 @@ impl Tenancy {
                 tenant.touch();
                 return Ok(Some(tenant));
             }
-            let current: Option<(String, String)> = sqlx::query_as(&format!(
-                "SELECT database_name, status FROM tenants
-                 WHERE id = $1 AND status IN {LIVE} AND move IS NULL",
+            let current: Option<(String, String, bool)> = sqlx::query_as(&format!(
+                "SELECT database_name, status,
+                        COALESCE(storage_used_bytes >= storage_limit_bytes, false)
+                 FROM tenants WHERE id = $1 AND status IN {LIVE} AND move IS NULL",
             ))
             .bind(id)
             .fetch_optional(&self.catalog)
             .await?;
-            if let Some((database, status)) = current {
+            if let Some((database, status, over_limit)) = current {
                 if database == tenant.database_name {
                     tenant.set_standing(&status);
+                    tenant.set_over_storage_limit(over_limit);
                     tenant.touch();
                     return Ok(Some(tenant));
                 }

@@ -56,6 +56,8 @@ pub(crate) struct SubscriptionRow {
     pub cancellation_effective_at: Option<DateTime<Utc>>,
     pub kept_until: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
+    pub storage_used_bytes: Option<i64>,
+    pub storage_measured_at: Option<DateTime<Utc>>,
 }
 
 /// One change in an organisation's life: when, what, the status it left, who and why.
@@ -88,7 +90,7 @@ type RepairRow = (
 );
 
 const SUBSCRIPTION_COLUMNS: &str = "id, slug, name, region, status, plan, trial_ends_at, \
-     cancellation_effective_at, kept_until, created_at";
+     cancellation_effective_at, kept_until, created_at, storage_used_bytes, storage_measured_at";
 
 impl Tenancy {
     fn subscription_store(&self) -> Store {
@@ -137,7 +139,7 @@ impl Tenancy {
         sqlx::query(
             "UPDATE tenants SET status = $2, plan = $3, trial_ends_at = $4,
                     cancellation_effective_at = $5, kept_until = $6, lifecycle_sequence = $7,
-                    updated_at = now()
+                    storage_level = $8, updated_at = now()
              WHERE id = $1 AND lifecycle_sequence < $7",
         )
         .bind(id)
@@ -147,6 +149,7 @@ impl Tenancy {
         .bind(subscription.cancellation_effective_at())
         .bind(subscription.kept_until())
         .bind(i64::try_from(sequence)?)
+        .bind(i64::try_from(subscription.storage_level()).unwrap_or(i64::MAX))
         .execute(self.catalog())
         .await?;
         // What its users may do changes here at once (other processes see it at their next

@@ -41,6 +41,8 @@ pub(crate) struct TenantRow {
     /// its HMAC under a master-derived key ([`anchor_mac`]).
     pub audit_anchor: Option<Vec<u8>>,
     pub audit_anchor_mac: Option<Vec<u8>>,
+    /// Its storage, as last measured, had reached its plan's limit.
+    pub storage_over_limit: bool,
 }
 
 /// The HMAC that makes an imported anchor in the catalog trustworthy: only a holder of the
@@ -160,6 +162,9 @@ pub struct Tenant {
     /// Where the organisation is in its life with the provider, as of the last check: what
     /// its users may still do (`auth::policy::check_standing`).
     standing: std::sync::Mutex<SubscriptionStatus>,
+    /// Its storage, as last measured, had reached its plan's limit (a trial then takes no new
+    /// data).
+    over_limit: std::sync::atomic::AtomicBool,
 }
 
 impl Tenant {
@@ -225,6 +230,7 @@ impl Tenant {
             standing: std::sync::Mutex::new(
                 SubscriptionStatus::parse(&row.status).unwrap_or(SubscriptionStatus::Suspended),
             ),
+            over_limit: std::sync::atomic::AtomicBool::new(row.storage_over_limit),
         })
     }
 
@@ -261,6 +267,16 @@ impl Tenant {
     pub(crate) fn set_standing(&self, status: &str) {
         let standing = SubscriptionStatus::parse(status).unwrap_or(SubscriptionStatus::Suspended);
         *self.standing.lock().unwrap_or_else(|e| e.into_inner()) = standing;
+    }
+
+    /// Whether its storage, as last measured, had reached its plan's limit.
+    pub(crate) fn over_storage_limit(&self) -> bool {
+        self.over_limit.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_over_storage_limit(&self, over: bool) {
+        self.over_limit
+            .store(over, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub(crate) fn idle_for(&self) -> Duration {
