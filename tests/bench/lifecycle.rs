@@ -63,7 +63,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     println!(
         "| storage sweep (every organisation measured, the catalog written), 5 runs: min / p50 / max | {:.1} / {:.1} / {:.1} ms |",
         ms(sweeps[0]),
-        ms(percentile(&sweeps, 50.0)),
+        ms(percentile(&sweeps, 0.5)),
         ms(*sweeps.last().unwrap_or(&Duration::ZERO))
     );
     let _ = stop.send(());
