@@ -167,16 +167,21 @@ pub struct StoragePolicy {
 }
 
 impl StoragePolicy {
+    /// The limits of every plan, as the subscription's storage command takes them.
+    pub fn limits(&self) -> custos_domain::StorageLimits {
+        custos_domain::StorageLimits {
+            trial: Some(self.trial),
+            basic: Some(self.basic),
+            standard: Some(self.standard),
+            maxi: Some(self.maxi),
+            premium: self.premium,
+            step_bytes: self.step,
+        }
+    }
+
     /// The limit of `plan` (`None`: a trial).
     pub fn limit(&self, plan: Option<custos_domain::Plan>) -> Option<u64> {
-        use custos_domain::Plan;
-        match plan {
-            None => Some(self.trial),
-            Some(Plan::Basic) => Some(self.basic),
-            Some(Plan::Standard) => Some(self.standard),
-            Some(Plan::Maxi) => Some(self.maxi),
-            Some(Plan::Premium) => self.premium,
-        }
+        self.limits().of(plan)
     }
 }
 

@@ -81,8 +81,8 @@ pub enum ApiError {
     /// The organisation's subscription ended: administrators may read and export until the
     /// migration window closes.
     SubscriptionEnded,
-    /// A trial reached its storage limit: it takes no new data until a plan is chosen (or
-    /// data deleted); reading, exporting, erasing and restricting still work.
+    /// A trial reached its storage limit: it takes no new data until a plan is chosen;
+    /// reading, exporting, erasing and restricting still work.
     QuotaExceeded,
     /// Logged once with its cause; the client sees only "internal error".
     Internal(anyhow::Error),

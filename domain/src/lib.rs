@@ -39,8 +39,8 @@ pub use retention::{
 };
 pub use role::{Role, RoleCommand, RoleError, RoleEvent, RoleName};
 pub use subscription::{
-    FinalTreeHead, Plan, Status as SubscriptionStatus, Subscription, SubscriptionCommand,
-    SubscriptionError, SubscriptionEvent,
+    FinalTreeHead, Plan, Status as SubscriptionStatus, StorageLimits, Subscription,
+    SubscriptionCommand, SubscriptionError, SubscriptionEvent,
 };
 pub use user::{LoginFailure, LoginOrigin, SecondFactor, User, UserCommand, UserError, UserEvent};
 pub use values::{parse_date, Email, PersonName, Phone, ValueError};

@@ -153,13 +153,12 @@ pub enum SubscriptionCommand {
         at: DateTime<Utc>,
         window: Duration,
     },
-    /// Its storage measured: `used_bytes` against the limit of its plan (`None`: none), with
-    /// overage counted in steps of `step_bytes`. Crossing 80 %, the limit, and each further
+    /// Its storage measured: `used_bytes` against the limit `limits` give its plan (as it is
+    /// when the command is handled), with overage counted in their steps. Crossing 80 %, the limit, and each further
     /// step is recorded (a step beyond the limit is billable); falling back below a level too.
     RecordStorage {
         used_bytes: u64,
-        limit_bytes: Option<u64>,
-        step_bytes: u64,
+        limits: StorageLimits,
     },
     /// Purged at `at`: after the grace period or window, or before it with `early_reason`;
     /// `final_tree_head` names the last signed tree head of its history, kept as the proof of
@@ -240,6 +239,30 @@ pub enum SubscriptionEvent {
         limit_bytes: Option<u64>,
         level: u64,
     },
+}
+
+/// The storage each plan includes, in bytes (`None`: no limit applied), and the overage step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StorageLimits {
+    pub trial: Option<u64>,
+    pub basic: Option<u64>,
+    pub standard: Option<u64>,
+    pub maxi: Option<u64>,
+    pub premium: Option<u64>,
+    pub step_bytes: u64,
+}
+
+impl StorageLimits {
+    /// The limit of `plan` (`None`: a trial).
+    pub fn of(&self, plan: Option<Plan>) -> Option<u64> {
+        match plan {
+            None => self.trial,
+            Some(Plan::Basic) => self.basic,
+            Some(Plan::Standard) => self.standard,
+            Some(Plan::Maxi) => self.maxi,
+            Some(Plan::Premium) => self.premium,
+        }
+    }
 }
 
 /// How far `used` bytes have gone against `limit`: 0 below 80 %, 1 from 80 %, 2 from the
@@ -445,8 +468,10 @@ impl Aggregate for Subscription {
                 _ => return Err(self.illegal("have its trial extended")),
             },
             C::ExpireTrial { at, grace } => match (status, self.trial_ends_at) {
+                // The whole grace period from when it is acted on (a schedule that was down
+                // does not shorten it).
                 (Some(Status::Trial), Some(ends)) if ends <= at => E::TrialExpired {
-                    purge_after: ends + grace,
+                    purge_after: at + grace,
                 },
                 (Some(Status::Trial), Some(ends)) => {
                     return Err(SubscriptionError::TrialNotOver(ends))
@@ -479,7 +504,7 @@ impl Aggregate for Subscription {
             C::EndSubscription { at, window } => match (status, self.cancellation_effective_at) {
                 (Some(Status::Cancelling), Some(effective)) if effective <= at => {
                     E::SubscriptionEnded {
-                        migration_access_until: effective + window,
+                        migration_access_until: at + window,
                     }
                 }
                 (Some(Status::Cancelling), Some(effective)) => {
@@ -487,15 +512,12 @@ impl Aggregate for Subscription {
                 }
                 _ => return Err(self.illegal("end its subscription")),
             },
-            C::RecordStorage {
-                used_bytes,
-                limit_bytes,
-                step_bytes,
-            } => {
+            C::RecordStorage { used_bytes, limits } => {
                 if matches!(status, None | Some(Status::Purged)) {
                     return Err(self.illegal("have its storage recorded"));
                 }
-                for event in self.storage_events(used_bytes, limit_bytes, step_bytes) {
+                let limit = limits.of(self.plan);
+                for event in self.storage_events(used_bytes, limit, limits.step_bytes) {
                     sink.write(event, self).await;
                 }
                 return Ok(());
@@ -504,18 +526,9 @@ impl Aggregate for Subscription {
                 at,
                 early_reason,
                 final_tree_head,
-            } => match (status, self.kept_until) {
-                (Some(Status::Expired | Status::Migration), Some(until)) => {
-                    let early_reason = early_reason.as_deref().map(reason).transpose()?;
-                    if at < until && early_reason.is_none() {
-                        return Err(SubscriptionError::KeptUntil(until));
-                    }
-                    E::Purged {
-                        early_reason: early_reason.filter(|_| at < until),
-                        final_tree_head,
-                    }
-                }
-                _ => return Err(self.illegal("be purged")),
+            } => E::Purged {
+                early_reason: self.purge_reason(at, early_reason.as_deref())?,
+                final_tree_head,
             },
         };
         sink.write(event, self).await;
@@ -563,6 +576,26 @@ impl Aggregate for Subscription {
 }
 
 impl Subscription {
+    /// Whether it may be purged at `at` (with `early_reason` before its time is over), and
+    /// the early reason the `Purged` event then records. Checked before a purge fences
+    /// anything, and again by the command.
+    pub fn purge_reason(
+        &self,
+        at: DateTime<Utc>,
+        early_reason: Option<&str>,
+    ) -> Result<Option<String>, SubscriptionError> {
+        match (self.status, self.kept_until) {
+            (Some(Status::Expired | Status::Migration), Some(until)) => {
+                let early_reason = early_reason.map(reason).transpose()?;
+                if at < until && early_reason.is_none() {
+                    return Err(SubscriptionError::KeptUntil(until));
+                }
+                Ok(early_reason.filter(|_| at < until))
+            }
+            _ => Err(self.illegal("be purged")),
+        }
+    }
+
     /// How far its storage had gone at the last recorded crossing (see [`storage_level`]).
     pub fn storage_level(&self) -> u64 {
         self.storage_level
@@ -573,11 +606,15 @@ impl Subscription {
     fn storage_events(&self, used: u64, limit: Option<u64>, step: u64) -> Vec<SubscriptionEvent> {
         let before = self.storage_level;
         let now = storage_level(used, limit, step);
-        if now < before {
+        // Falling back counts only once clearly below (by 5 % of the limit): a size that
+        // wavers at a boundary does not record (and bill) the same step again and again.
+        let margin = limit.map_or(0, |l| l / 20);
+        let clearly = storage_level(used.saturating_add(margin), limit, step);
+        if clearly < before {
             return vec![SubscriptionEvent::StorageBelowLevel {
                 used_bytes: used,
                 limit_bytes: limit,
-                level: now,
+                level: clearly,
             }];
         }
         let Some(limit_bytes) = limit else {
@@ -654,7 +691,7 @@ mod tests {
             })
             .then_expect_error(SubscriptionError::TrialNotOver(at(2026, 12, 31)));
         let expired = SubscriptionEvent::TrialExpired {
-            purge_after: at(2027, 1, 14),
+            purge_after: at(2027, 1, 15),
         };
         SubscriptionTest::with(())
             .given(vec![trial()])
@@ -670,11 +707,11 @@ mod tests {
                 early_reason: None,
                 final_tree_head: None,
             })
-            .then_expect_error(SubscriptionError::KeptUntil(at(2027, 1, 14)));
+            .then_expect_error(SubscriptionError::KeptUntil(at(2027, 1, 15)));
         SubscriptionTest::with(())
             .given(vec![trial(), expired.clone()])
             .when(SubscriptionCommand::Purge {
-                at: at(2027, 1, 15),
+                at: at(2027, 1, 16),
                 early_reason: None,
                 final_tree_head: None,
             })
@@ -765,7 +802,7 @@ mod tests {
                 Utc.with_ymd_and_hms(2027, 2, 1, 0, 0, 0).unwrap(),
             ));
         let ended = SubscriptionEvent::SubscriptionEnded {
-            migration_access_until: Utc.with_ymd_and_hms(2027, 3, 3, 0, 0, 0).unwrap(),
+            migration_access_until: Utc.with_ymd_and_hms(2027, 3, 3, 12, 0, 0).unwrap(),
         };
         SubscriptionTest::with(())
             .given(given.clone())
@@ -803,10 +840,18 @@ mod tests {
     #[test]
     fn storage_crossings_are_recorded_once_each_and_overage_in_steps() {
         const GB: u64 = 1 << 30;
+        let limits = |standard| StorageLimits {
+            trial: Some(GB),
+            basic: Some(GB),
+            standard: Some(standard),
+            maxi: Some(GB),
+            premium: None,
+            step_bytes: 10 * GB,
+        };
+        // The limit of the plan it is on (standard) when the command is handled.
         let record = |used| SubscriptionCommand::RecordStorage {
             used_bytes: used,
-            limit_bytes: Some(30 * GB),
-            step_bytes: 10 * GB,
+            limits: limits(30 * GB),
         };
         assert_eq!(storage_level(23 * GB, Some(30 * GB), 10 * GB), 0);
         assert_eq!(storage_level(24 * GB, Some(30 * GB), 10 * GB), 1);
@@ -852,13 +897,17 @@ mod tests {
             used_bytes: 30 * GB,
             limit_bytes: 30 * GB,
         });
+        // Just below the limit again: not clearly below (5 % of it), nothing recorded.
+        SubscriptionTest::with(())
+            .given(given.clone())
+            .when(record(29 * GB))
+            .then_expect_events(vec![]);
         // A larger plan: back below every level.
         SubscriptionTest::with(())
             .given(given)
             .when(SubscriptionCommand::RecordStorage {
                 used_bytes: 30 * GB,
-                limit_bytes: Some(80 * GB),
-                step_bytes: 10 * GB,
+                limits: limits(80 * GB),
             })
             .then_expect_events(vec![SubscriptionEvent::StorageBelowLevel {
                 used_bytes: 30 * GB,

@@ -147,17 +147,6 @@ impl ErasureLedgers {
         Ok(())
     }
 
-    /// Deletes the ledger of a purged organisation, and its copy in the mirror (there is no
-    /// one left to erase again).
-    pub(crate) fn remove(&self, tenant: Uuid) -> std::io::Result<()> {
-        let _appending = APPENDING.lock().unwrap_or_else(|e| e.into_inner());
-        remove_if_there(&self.path(tenant))?;
-        if let Some(mirror) = &self.mirror {
-            remove_if_there(&mirror.join(format!("{tenant}.jsonl")))?;
-        }
-        Ok(())
-    }
-
     /// Copies the tenant's ledger into the backup directory. A failure there (a backup mount
     /// gone) does not stop the erasure, which the ledger here holds: it is logged, and the copy
     /// made again by the next erasure or start ([`ErasureLedgers::sync_mirror`]).

@@ -13,9 +13,10 @@ use crate::auth::principal::Principal;
 use crate::error::ApiError;
 use crate::infra::backups::plan::BackupPlan;
 use crate::infra::erasure_ledger::remove_if_there;
-use crate::infra::integrity::tree::newest_tree_head;
+use crate::infra::integrity::tree::{self, newest_tree_head, Checkpointed};
 use crate::infra::integrity::tree_head::witness_file;
 use crate::infra::tenancy::lifecycle::{LifecycleChange, LifecycleError, SubscriptionRow};
+use crate::infra::tenancy::tenant::TenantRow;
 use crate::infra::tenancy::tombstones::Tombstone;
 use crate::service::Services;
 
@@ -102,11 +103,13 @@ impl Services {
     }
 
     /// Purges the organisation `id` as `actor` at `at`: once its ended trial's grace period or
-    /// its migration window is over, or earlier with `early_reason` (recorded). The last tree head
-    /// is signed first and named in the `Purged` event; then its database and login role are
-    /// dropped (with its subject keys and sessions), its files removed (witness file, erasure
-    /// ledger, backup archives), and its catalog row replaced by a tombstone. A purge cut short
-    /// is finished by running it again (the schedule does).
+    /// its migration window is over, or earlier with `early_reason` (recorded). Under the
+    /// organisation's lock (no move or import meanwhile), and only when the purge is allowed:
+    /// its database is fenced (no instance writes there any more), a last tree head signed over
+    /// everything and named in the `Purged` event; then its database and login role are
+    /// dropped (with its subject keys and sessions), its witness files and backup archives
+    /// removed, and its catalog row replaced by a tombstone. A purge cut short is finished by
+    /// running it again (the schedule does).
     pub(crate) async fn purge_organization(
         &self,
         id: Uuid,
@@ -114,22 +117,52 @@ impl Services {
         early_reason: Option<&str>,
         actor: &str,
     ) -> Result<Tombstone, ApiError> {
+        // A `Purged` event written before a crash is in the row before anything is decided.
+        self.tenancy.project_subscription(id).await?;
         let Some(row) = self.tenancy.row(id).await? else {
             return self.tombstone(id).await;
         };
-        if row.status != "purged" {
-            let final_tree_head = self.final_tree_head(id).await?;
-            let command = SubscriptionCommand::Purge {
-                at,
-                early_reason: early_reason.map(str::to_owned),
-                final_tree_head,
-            };
-            self.tenancy
-                .change_subscription(id, command, actor, early_reason)
-                .await
-                .map_err(refused)?;
+        let Some(lock) = self.tenancy.organization_lock(id).await? else {
+            return Err(ApiError::Conflict(
+                "the organisation is being moved, imported or purged; try again later".into(),
+            ));
+        };
+        let purged = async {
+            if self.tenancy.is_moving(id).await? {
+                return Err(ApiError::Conflict(
+                    "the organisation is being moved; try again once the move is over".into(),
+                ));
+            }
+            if row.status != "purged" {
+                let (subscription, _) = self.tenancy.subscription(id).await?;
+                subscription.purge_reason(at, early_reason)?;
+                self.tenancy.fence(&row, true).await?;
+                let final_tree_head = match self.final_tree_head(&row).await {
+                    Ok(head) => head,
+                    Err(err) => {
+                        self.tenancy.fence(&row, false).await?;
+                        return Err(err);
+                    }
+                };
+                let command = SubscriptionCommand::Purge {
+                    at,
+                    early_reason: early_reason.map(str::to_owned),
+                    final_tree_head,
+                };
+                if let Err(err) = self
+                    .tenancy
+                    .change_subscription(id, command, actor, early_reason)
+                    .await
+                {
+                    self.tenancy.fence(&row, false).await?;
+                    return Err(refused(err));
+                }
+            }
+            self.finish_purge(id).await
         }
-        self.finish_purge(id).await?;
+        .await;
+        lock.release().await;
+        purged?;
         self.tombstone(id).await
     }
 
@@ -150,10 +183,12 @@ impl Services {
     }
 
     /// Purges every organisation whose grace period or migration window ended by `now`, and
-    /// finishes purges cut short. How many were purged.
+    /// finishes purges cut short. How many were purged; one that fails does not stop the
+    /// others (the errors are returned together).
     async fn purge_due(&self, now: DateTime<Utc>) -> anyhow::Result<usize> {
         let due = self.tenancy.due_for_purge(now).await?;
         let mut purged = 0;
+        let mut failures = Vec::new();
         for id in due {
             match self
                 .purge_organization(id, now, None, "custos (schedule)")
@@ -163,32 +198,40 @@ impl Services {
                     purged += 1;
                     tracing::info!(tenant.id = %id, "organisation purged by the schedule");
                 }
-                // Changed meanwhile (a plan chosen, the trial extended): not due any more.
+                // Changed meanwhile (a plan chosen, the trial extended), or busy (a move):
+                // not due any more, or next time.
                 Err(err @ (ApiError::Validation { .. } | ApiError::Conflict(_))) => {
                     tracing::info!(tenant.id = %id, reason = %err.message(), "organisation not purged");
                 }
                 Err(err) => {
                     err.report();
-                    anyhow::bail!("purging {id}: {}", err.message());
+                    failures.push(format!("{id}: {}", err.message()));
                 }
             }
+        }
+        if !failures.is_empty() {
+            anyhow::bail!("purging {}", failures.join("; "));
         }
         Ok(purged)
     }
 
-    /// The last signed tree head of the organisation's history: a checkpoint is signed first
-    /// so that it covers every event. `None` when the organisation cannot be opened or has
-    /// never had one.
-    async fn final_tree_head(&self, id: Uuid) -> Result<Option<FinalTreeHead>, ApiError> {
-        let Some(tenant) = self.tenancy.get(id).await? else {
-            return Ok(None);
-        };
-        if let Err(err) = self.create_checkpoint(&tenant).await {
-            // Its integrity alarm is raised and logged; the purge names the last good head.
-            tracing::warn!(tenant.id = %id, error = %err.message(), "no final checkpoint could be signed before the purge");
+    /// The last signed tree head of a fenced organisation's history: a checkpoint is signed
+    /// over a superuser connection first, so that it covers every event. An integrity alarm
+    /// (the store does not agree with its last signed head) is logged and the last good head
+    /// named. `None` when it never had one.
+    async fn final_tree_head(&self, row: &TenantRow) -> Result<Option<FinalTreeHead>, ApiError> {
+        let mut conn = self.tenancy.admin_connection(row).await?;
+        let keys = row.audit_keys(self.tenancy.master_key())?;
+        let file = witness_file(&self.data_dir, row.id);
+        match tree::checkpoint(&mut conn, row.id, &keys, &file, false).await? {
+            Checkpointed::Signed(_) | Checkpointed::Nothing => {}
+            Checkpointed::Refused(alarm) => {
+                tracing::error!(tenant.id = %row.id, alarm = %alarm.0, "security: integrity alarm at the purge — the last good tree head is recorded");
+            }
         }
-        let mut conn = tenant.pool.acquire().await?;
-        let Some(head) = newest_tree_head(&mut conn, id).await? else {
+        let head = newest_tree_head(&mut conn, row.id).await?;
+        let _ = sqlx::Connection::close(conn).await;
+        let Some(head) = head else {
             return Ok(None);
         };
         let signed = serde_json::to_vec(&head).map_err(ApiError::internal)?;
@@ -207,7 +250,7 @@ impl Services {
             return Ok(());
         };
         self.tenancy.drop_purged(&row).await?;
-        self.remove_files(id).map_err(ApiError::internal)?;
+        self.remove_files(id).await.map_err(ApiError::internal)?;
         let changes = self.tenancy.lifecycle_changes(id).await?;
         let (at, actor, early_reason, final_tree_head) = changes
             .iter()
@@ -247,8 +290,10 @@ impl Services {
     }
 
     /// Removes the organisation's files: its witness files (the current one and any set
-    /// aside by a restore), its erasure ledger and its backup archives.
-    fn remove_files(&self, id: Uuid) -> std::io::Result<()> {
+    /// aside by a restore) and its backup archives (under the backup directory's lock, so no
+    /// round writes one meanwhile). Its erasure ledger stays: should a backup from before the
+    /// purge ever be restored, the erasures since are replayed from it.
+    async fn remove_files(&self, id: Uuid) -> anyhow::Result<()> {
         let witness = witness_file(&self.data_dir, id);
         if let (Some(dir), Some(name)) = (witness.parent(), witness.file_name()) {
             let prefix = name.to_string_lossy().into_owned();
@@ -260,9 +305,9 @@ impl Services {
                 }
             }
         }
-        self.erasures.remove(id)?;
         if let Some(plan) = &self.backups {
             if let BackupPlan::Archives(archives) = plan.as_ref() {
+                let _lock = archives.lock().await?;
                 archives.remove_organization(id)?;
             }
         }
@@ -291,8 +336,7 @@ impl Services {
             }
             let command = SubscriptionCommand::RecordStorage {
                 used_bytes: m.used_bytes,
-                limit_bytes: m.limit_bytes,
-                step_bytes: policy.step,
+                limits: policy.limits(),
             };
             match self
                 .tenancy

@@ -16,7 +16,8 @@ pub(crate) struct NewDownload<'a> {
     pub(crate) bom: bool,
     pub(crate) record_ids: &'a [Uuid],
     pub(crate) incident_id: Option<Uuid>,
-    /// The actor (id, kind) the download is built for when it is opened.
+    /// Who asked for it (id, kind): a subject trail is built for them when it is opened, and
+    /// an organisation not served in full opens only its administrators' links.
     pub(crate) actor: Option<(Uuid, &'static str)>,
     pub(crate) request_id: Option<Uuid>,
     pub(crate) filter: Option<&'a Value>,

@@ -538,6 +538,11 @@ impl Tenancy {
             .map_err(|err| match err {
                 ProvisionError::SlugTaken => ArchiveError::SlugTaken(slug.clone()),
                 ProvisionError::IdTaken => ArchiveError::IdTaken(organization.id),
+                ProvisionError::Purged => ArchiveError::Refused(format!(
+                    "organisation {} was purged from this server: its id stays with its \
+                     tombstone, and it cannot come back here under it",
+                    organization.id
+                )),
                 ProvisionError::Database(e) => e.into(),
                 ProvisionError::Migration(e) => ArchiveError::Other(e.into()),
                 ProvisionError::Other(e) => ArchiveError::Other(e),

@@ -42,8 +42,7 @@ pub(crate) fn is_live(status: &str) -> bool {
 
 /// The catalog columns of a [`TenantRow`].
 const TENANT_COLUMNS: &str =
-    "id, slug, name, region, status, database_name, role_name, audit_anchor, audit_anchor_mac,
-     COALESCE(storage_used_bytes >= storage_limit_bytes, false) AS storage_over_limit";
+    "id, slug, name, region, status, database_name, role_name, audit_anchor, audit_anchor_mac";
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ProvisionError {
@@ -51,6 +50,8 @@ pub(crate) enum ProvisionError {
     SlugTaken,
     #[error("an organisation with this id is already on this server")]
     IdTaken,
+    #[error("an organisation with this id was purged from this server")]
+    Purged,
     #[error(transparent)]
     Database(#[from] sqlx::Error),
     #[error(transparent)]
@@ -537,6 +538,15 @@ impl Tenancy {
         region: Region,
         anchor: Option<&[u8; 32]>,
     ) -> Result<TenantRow, ProvisionError> {
+        // A purged organisation's id stays with its tombstone and its closed stream.
+        let purged: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tombstones WHERE id = $1)")
+                .bind(id)
+                .fetch_one(&self.catalog)
+                .await?;
+        if purged {
+            return Err(ProvisionError::Purged);
+        }
         let db_name = format!("custos_t_{}", Uuid::now_v7().simple());
         let inserted = sqlx::query_as::<_, TenantRow>(&format!(
             "INSERT INTO tenants (id, slug, name, region, status, database_name, role_name,
@@ -719,8 +729,9 @@ impl Tenancy {
             self.close_tenant(id).await;
         }
         let row = sqlx::query_as::<_, TenantRow>(&format!(
-            "SELECT {TENANT_COLUMNS} FROM tenants
-             WHERE id = $1 AND status IN {LIVE} AND move IS NULL"
+            "SELECT {TENANT_COLUMNS},
+                    COALESCE(storage_used_bytes >= storage_limit_bytes, false) AS storage_over_limit
+             FROM tenants WHERE id = $1 AND status IN {LIVE} AND move IS NULL"
         ))
         .bind(id)
         .fetch_optional(&self.catalog)

@@ -41,7 +41,9 @@ pub(crate) struct TenantRow {
     /// its HMAC under a master-derived key ([`anchor_mac`]).
     pub audit_anchor: Option<Vec<u8>>,
     pub audit_anchor_mac: Option<Vec<u8>>,
-    /// Its storage, as last measured, had reached its plan's limit.
+    /// Its storage, as last measured, had reached its plan's limit (read where a context is
+    /// opened; other queries leave it false, so they work on catalogs older than the column).
+    #[sqlx(default)]
     pub storage_over_limit: bool,
 }
 

@@ -83,13 +83,29 @@ impl Tenancy {
     /// subscription's migration window is over), and purges cut short.
     pub(crate) async fn due_for_purge(&self, now: DateTime<Utc>) -> sqlx::Result<Vec<Uuid>> {
         sqlx::query_scalar(
-            "SELECT id FROM tenants
-             WHERE status = 'purged'
-                OR (status IN ('expired', 'migration') AND kept_until <= $1)
-             ORDER BY created_at",
+            "SELECT t.id FROM tenants t
+             WHERE t.move IS NULL
+               AND (t.status = 'purged'
+                    OR (t.status IN ('expired', 'migration') AND t.kept_until <= $1)
+                    -- a purge whose event a crash kept out of the row
+                    OR t.lifecycle_sequence < (SELECT max(e.sequence) FROM subscription_events e
+                                               WHERE e.aggregate_type = 'subscription'
+                                                 AND e.aggregate_id = t.id::text
+                                                 AND e.event_type = 'Purged'))
+             ORDER BY t.created_at",
         )
         .bind(now)
         .fetch_all(self.catalog())
+        .await
+    }
+
+    /// Whether the organisation `id` is being moved.
+    pub(crate) async fn is_moving(&self, id: Uuid) -> sqlx::Result<bool> {
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM tenants WHERE id = $1 AND move IS NOT NULL)",
+        )
+        .bind(id)
+        .fetch_one(self.catalog())
         .await
     }
 

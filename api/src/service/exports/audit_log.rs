@@ -44,6 +44,7 @@ impl Services {
             .await?;
         let link = NewDownload {
             filter: Some(&stored),
+            actor: Some((principal.actor().id(), principal.actor().kind())),
             ..NewDownload::new("audit_log", export_id, format_name(format))
         };
         let ticket = issue_link(tenant, link, usize::try_from(count).unwrap_or_default()).await?;

@@ -17,6 +17,7 @@ use crate::auth::tokens::{BearerToken, TokenKind};
 use crate::error::ApiError;
 use crate::infra::stores::downloads;
 use crate::service::Services;
+use custos_projections::users;
 
 /// An opened download link: what to send.
 pub(crate) enum Download {
@@ -50,6 +51,20 @@ impl Services {
         let Some(row) = downloads::take(&tenant.pool, &parsed.hash).await? else {
             return Ok(None);
         };
+        // An organisation not served in full (an ended trial, a suspension, the migration
+        // window) hands out only what its administrators asked for: a link someone else
+        // obtained before is used up, and answers as an unknown one.
+        if !tenant.standing().is_served() {
+            let by_admin = match (row.actor_kind.as_deref(), row.actor_id) {
+                (Some("user"), Some(id)) => users::user(&tenant.pool, id)
+                    .await?
+                    .is_some_and(|u| u.is_admin && u.active),
+                _ => false,
+            };
+            if !by_admin {
+                return Ok(None);
+            }
+        }
         let corrupt = || ApiError::internal(anyhow::anyhow!("a download link is malformed"));
         match row.kind.as_str() {
             "subject_trail" => {

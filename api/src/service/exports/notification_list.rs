@@ -46,6 +46,7 @@ impl Services {
         let link = NewDownload {
             record_ids: &record_ids,
             incident_id: Some(id),
+            actor: Some((principal.actor().id(), principal.actor().kind())),
             ..NewDownload::new("notification_list", export_id, "csv")
         };
         issue_link(tenant, link, record_ids.len()).await

@@ -98,6 +98,7 @@ impl Services {
         let stored = json!({ "kdf": kdf, "key": hex::encode(sealed) });
         let link = NewDownload {
             filter: Some(&stored),
+            actor: Some((principal.actor().id(), principal.actor().kind())),
             ..NewDownload::new("organization", export_id, "archive")
         };
         let ticket = issue_link(tenant, link, usize::try_from(records).unwrap_or_default()).await?;

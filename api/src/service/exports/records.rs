@@ -66,6 +66,7 @@ impl Services {
             datasheet: Some(query.datasheet.as_str()),
             bom,
             record_ids: &record_ids,
+            actor: Some((principal.actor().id(), principal.actor().kind())),
             ..NewDownload::new("records", export_id, format_name(format))
         };
         let ticket = issue_link(tenant, link, count).await?;
