@@ -1,7 +1,9 @@
-//! The organisation's own life with the provider, as its administrators see and change it:
-//! its standing, plan and dates, choosing a plan (which ends a trial, keeping every record),
-//! cancelling with a month's notice and withdrawing the cancellation. The provider's side is
-//! the `custos tenant` commands; both change the one `Subscription` stream in the catalog.
+//! The organisation's own life with the provider: as its administrators see and change it
+//! (its standing, plan, dates and storage; choosing a plan, which ends a trial keeping every
+//! record; cancelling with a month's notice and withdrawing the cancellation), and as the
+//! schedule moves it along (the lifecycle round, the purge and its tombstone, the storage
+//! measurement). The provider's side is the `custos tenant` commands; all change the one
+//! `Subscription` stream in the catalog.
 
 use chrono::{DateTime, Utc};
 use custos_domain::subscription::storage_level;
@@ -12,13 +14,20 @@ use uuid::Uuid;
 use crate::auth::principal::Principal;
 use crate::error::ApiError;
 use crate::infra::backups::plan::BackupPlan;
-use crate::infra::erasure_ledger::remove_if_there;
 use crate::infra::integrity::tree::{self, newest_tree_head, Checkpointed};
 use crate::infra::integrity::tree_head::witness_file;
 use crate::infra::tenancy::lifecycle::{LifecycleChange, LifecycleError, SubscriptionRow};
 use crate::infra::tenancy::tenant::TenantRow;
 use crate::infra::tenancy::tombstones::Tombstone;
 use crate::service::Services;
+
+/// Removes `path`; one that is not there is removed already.
+fn remove_if_there(path: &std::path::Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(err),
+        _ => Ok(()),
+    }
+}
 
 /// The errors of a lifecycle change, as clients see them.
 fn refused(err: LifecycleError) -> ApiError {

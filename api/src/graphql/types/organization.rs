@@ -3,18 +3,15 @@
 
 use async_graphql::{ComplexObject, Context, SimpleObject, ID};
 use chrono::{DateTime, Utc};
-use std::sync::Arc;
-
 use tokio::sync::OnceCell;
 
 use crate::error::ApiError;
-use crate::graphql::context::Cx;
+use crate::graphql::context::{Cx, PublicCx};
 use crate::graphql::types::enums::{OrganizationStatus, PlanKind};
 use crate::infra::integrity::audit_keys::follow;
 use crate::infra::integrity::tree_head::handovers_before;
 use crate::infra::tenancy::lifecycle::SubscriptionRow;
 use crate::infra::tenancy::tenant::Tenant;
-use crate::service::Services;
 
 /// The organisation (tenant) a user belongs to.
 #[derive(SimpleObject)]
@@ -150,7 +147,11 @@ impl Organization {
     async fn storage_limit_bytes(&self, ctx: &Context<'_>) -> Result<Option<f64>, ApiError> {
         let row = self.subscription(ctx).await?;
         let plan = custos_domain::Plan::parse(&row.plan).ok();
-        Ok(services(ctx)?.storage.limit(plan).map(|bytes| bytes as f64))
+        Ok(PublicCx::new(ctx)?
+            .services
+            .storage
+            .limit(plan)
+            .map(|bytes| bytes as f64))
     }
 
     /// Every change in the organisation's life with the provider, oldest first, with who made
@@ -203,7 +204,8 @@ impl Organization {
     async fn subscription(&self, ctx: &Context<'_>) -> Result<&SubscriptionRow, ApiError> {
         self.subscription
             .get_or_try_init(|| async {
-                services(ctx)?
+                PublicCx::new(ctx)?
+                    .services
                     .tenancy
                     .subscription_by_id(self.tenant_id)
                     .await?
@@ -242,9 +244,4 @@ impl From<&Tenant> for Organization {
             subscription: OnceCell::new(),
         }
     }
-}
-
-fn services<'a>(ctx: &Context<'a>) -> Result<&'a Arc<Services>, ApiError> {
-    ctx.data::<Arc<Services>>()
-        .map_err(|_| ApiError::internal(anyhow::anyhow!("schema built without services")))
 }
