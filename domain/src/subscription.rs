@@ -336,7 +336,7 @@ pub enum SubscriptionError {
     NotOpened,
     #[error("the organisation's subscription is already open")]
     AlreadyOpened,
-    #[error("an organisation that is {status} cannot {action}")]
+    #[error("an organisation in status `{status}` cannot {action}")]
     Illegal {
         status: Status,
         action: &'static str,
