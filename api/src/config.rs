@@ -139,6 +139,41 @@ pub struct Config {
     pub lifecycle: LifecyclePolicy,
     /// The storage each plan includes, the overage step, and how often it is measured.
     pub storage: StoragePolicy,
+    /// Where notifications leave (the mail server) and how their delivery is retried.
+    pub notifications: NotificationPolicy,
+}
+
+/// How notifications are delivered.
+#[derive(Debug, Clone)]
+pub struct NotificationPolicy {
+    /// The mail server (`CUSTOS_SMTP_URL`); `None`: emails stay in the outbox, unsent and
+    /// visible, until one is configured.
+    pub smtp_url: Option<SecretString>,
+    /// Who the emails are from (`CUSTOS_MAIL_FROM`).
+    pub from: String,
+    /// How often the outbox is looked at (besides at once when this process writes to it);
+    /// `None` (the default outside `serve`): nothing is delivered.
+    pub interval: Option<Duration>,
+    /// Attempts before a notification is given up as a dead letter.
+    pub max_attempts: u32,
+    /// The wait after the first failed attempt, doubled after each further one (at most
+    /// six hours).
+    pub retry_base: Duration,
+    /// How long a worker holds a notification it took; one that died lets it go then.
+    pub lease: Duration,
+}
+
+impl Default for NotificationPolicy {
+    fn default() -> Self {
+        Self {
+            smtp_url: None,
+            from: "Custos <custos@localhost>".to_owned(),
+            interval: None,
+            max_attempts: 12,
+            retry_base: Duration::from_secs(30),
+            lease: Duration::from_secs(120),
+        }
+    }
 }
 
 /// One gigabyte as the plans count it (10⁹ bytes).
@@ -252,6 +287,7 @@ impl Config {
             backups: None,
             lifecycle: LifecyclePolicy::default(),
             storage: StoragePolicy::default(),
+            notifications: NotificationPolicy::default(),
         }
     }
 }

@@ -22,7 +22,7 @@ pub(crate) mod types;
 
 use resolvers::{
     admin, audit, breaches, custom_fields, datasheets, exports, history, identity, imports,
-    lifecycle, privacy, reports, retention, security,
+    lifecycle, notifications, privacy, reports, retention, security,
 };
 
 /// The root query type.
@@ -38,6 +38,7 @@ pub(crate) struct Query(
     privacy::PrivacyQuery,
     retention::RetentionQuery,
     breaches::BreachesQuery,
+    notifications::NotificationsQuery,
     audit::AuditQuery,
 );
 

@@ -11,6 +11,7 @@ pub(crate) mod erasure_ledger;
 pub(crate) mod event_store;
 pub(crate) mod integrity;
 pub(crate) mod keys;
+pub(crate) mod notifications;
 pub mod projector;
 pub(crate) mod stores;
 pub(crate) mod subject_keys;

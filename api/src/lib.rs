@@ -19,7 +19,7 @@ mod startup;
 pub mod telemetry;
 
 pub use cli::Cli;
-pub use config::{BackupConfig, Config, DatabaseConfig, Region, SessionPolicy};
+pub use config::{BackupConfig, Config, DatabaseConfig, NotificationPolicy, Region, SessionPolicy};
 pub use startup::Application;
 
 /// What the end-to-end tests (`custos-tests`) and the benchmark (`custos-bench`) reach inside

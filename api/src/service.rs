@@ -29,6 +29,7 @@ pub(crate) mod identity;
 pub(crate) mod imports;
 pub(crate) mod jobs;
 pub(crate) mod lifecycle;
+pub(crate) mod notifications;
 pub(crate) mod privacy;
 pub(crate) mod records;
 pub(crate) mod two_factor;
@@ -57,6 +58,11 @@ pub struct Services {
     pub(crate) lifecycle: crate::config::LifecyclePolicy,
     /// The storage each plan includes and the overage step.
     pub(crate) storage: crate::config::StoragePolicy,
+    /// How notifications are delivered, and the mail server (`None`: none configured).
+    pub(crate) notifications: crate::config::NotificationPolicy,
+    pub(crate) mailer: Option<crate::infra::notifications::mail::Mailer>,
+    /// Wakes the delivery worker when this process wrote to the outbox.
+    pub(crate) outbox_written: tokio::sync::Notify,
 }
 
 /// Held while a change checked against other aggregates runs; dropping it (even on

@@ -19,6 +19,7 @@ use crate::infra::backups::verify::Backups;
 use crate::infra::database::Database;
 use crate::infra::erasure_ledger::ErasureLedgers;
 use crate::infra::keys::MasterKey;
+use crate::infra::notifications::mail::Mailer;
 use crate::infra::tenancy::catalog::Tenancy;
 use crate::service::{jobs, Services};
 
@@ -67,6 +68,14 @@ pub(crate) async fn services(
         backups,
         lifecycle: config.lifecycle,
         storage: config.storage,
+        mailer: config
+            .notifications
+            .smtp_url
+            .as_ref()
+            .map(|url| Mailer::new(url, &config.notifications.from))
+            .transpose()?,
+        notifications: config.notifications.clone(),
+        outbox_written: tokio::sync::Notify::new(),
     });
     // Before anything is served: erasures made since a restored backup are made again.
     services.replay_erasure_ledgers().await?;
@@ -112,6 +121,7 @@ pub struct Application {
     _backups: Option<AbortOnDrop>,
     _lifecycle: Option<AbortOnDrop>,
     _storage: Option<AbortOnDrop>,
+    _notifications: Option<AbortOnDrop>,
     listener: TcpListener,
     router: Router,
     services: Arc<Services>,
@@ -165,8 +175,15 @@ impl Application {
             .storage
             .interval
             .map(|interval| AbortOnDrop(tokio::spawn(jobs::storage(services.clone(), interval))));
+        let notifications = config.notifications.interval.map(|interval| {
+            AbortOnDrop(tokio::spawn(jobs::notifications(
+                services.clone(),
+                interval,
+            )))
+        });
         Ok(Self {
             _sweeper: AbortOnDrop(sweeper),
+            _notifications: notifications,
             _lifecycle: lifecycle,
             _storage: storage,
             _retention: retention,

@@ -12,6 +12,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+// The test harness's SMTP server (the `tests/` suite's), for the notification worker; this
+// test uses only part of it.
+#[allow(dead_code, unreachable_pub)]
+#[path = "../../tests/src/smtp.rs"]
+mod smtp;
+
 /// The binary under test, built by Cargo for this integration test.
 fn custos() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_custos"))
@@ -37,15 +43,52 @@ fn data_dir() -> tempfile::TempDir {
 }
 
 fn serve(dir: &Path, port: u16) -> Child {
+    serve_with(dir, port, &[])
+}
+
+/// `custos serve` with these environment variables set.
+fn serve_with(dir: &Path, port: u16, env: &[(&str, &str)]) -> Child {
     Command::new(custos())
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .arg("--data-dir")
         .arg(dir)
         .env_remove("DATABASE_URL")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap()
+}
+
+/// `custos tenant create` for `slug` with the administrator `email`, the password on stdin.
+fn create_tenant(dir: &Path, slug: &str, email: &str, extra: &[&str]) -> std::process::Output {
+    let mut create = Command::new(custos())
+        .args(extra)
+        .args([
+            "tenant", "create", "--slug", slug, "--name", "CLI Org", "--region", "eu",
+        ])
+        .args([
+            "--admin-email",
+            email,
+            "--admin-name",
+            "Cli Admin",
+            "--data-dir",
+        ])
+        .arg(dir)
+        .env_remove("DATABASE_URL")
+        .env_remove("CUSTOS_ADMIN_PASSWORD")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    create
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"a long cli password\n")
+        .unwrap();
+    create.wait_with_output().unwrap()
 }
 
 async fn wait_ready(port: u16) -> Duration {
@@ -113,31 +156,12 @@ fn postgres_running_in(dir: &Path) -> bool {
 #[tokio::test]
 async fn a_new_user_creates_a_tenant_serves_and_logs_in() {
     let dir = data_dir();
-    let mut create = Command::new(custos())
-        .args(["--log-format", "json", "tenant", "create"])
-        .args(["--slug", "cli-org", "--name", "CLI Org", "--region", "eu"])
-        .args([
-            "--admin-email",
-            "cli@example.org",
-            "--admin-name",
-            "Cli Admin",
-            "--data-dir",
-        ])
-        .arg(dir.path())
-        .env_remove("DATABASE_URL")
-        .env_remove("CUSTOS_ADMIN_PASSWORD")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    create
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"a long cli password\n")
-        .unwrap();
-    let output = create.wait_with_output().unwrap();
+    let output = create_tenant(
+        dir.path(),
+        "cli-org",
+        "cli@example.org",
+        &["--log-format", "json"],
+    );
     assert!(
         output.status.success(),
         "{}",
@@ -275,6 +299,101 @@ async fn a_killed_service_leaves_nothing_that_blocks_the_next_start() {
     let port = free_port();
     let second = serve(dir.path(), port);
     wait_ready(port).await;
+    stop(second);
+}
+
+/// A notification whose delivery the worker was killed in the middle of (the mail server had
+/// its data but had not answered): the next start sends it once its lease ran out, and the
+/// mail server has it exactly once.
+#[tokio::test]
+async fn a_notice_cut_off_by_a_killed_worker_arrives_exactly_once() {
+    let dir = data_dir();
+    let output = create_tenant(dir.path(), "mail-org", "mail@example.org", &[]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let suspend = Command::new(custos())
+        .args([
+            "tenant",
+            "suspend",
+            "--slug",
+            "mail-org",
+            "--reason",
+            "late payment",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(
+        suspend.status.success(),
+        "{}",
+        String::from_utf8_lossy(&suspend.stderr)
+    );
+
+    let smtp = smtp::SmtpServer::start().await;
+    smtp.set_mode(smtp::Mode::Hold);
+    let url = smtp.url();
+    let env = [
+        ("CUSTOS_SMTP_URL", url.as_str()),
+        ("CUSTOS_NOTIFICATION_LEASE_SECONDS", "2"),
+    ];
+    let port = free_port();
+    let mut first = serve_with(dir.path(), port, &env);
+    wait_ready(port).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while smtp.held() == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(smtp.held(), 1, "the notice reached the mail server");
+    first.kill().unwrap();
+    first.wait().unwrap();
+    // Killed before the server answered: the server sees the connection go, nothing delivered.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while smtp.abandoned() == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(smtp.abandoned(), 1);
+    smtp.set_mode(smtp::Mode::Accept);
+    assert!(smtp.mails().is_empty(), "{:#?}", smtp.mails());
+
+    let port = free_port();
+    let second = serve_with(dir.path(), port, &env);
+    wait_ready(port).await;
+    smtp.until(Duration::from_secs(30), |mails| !mails.is_empty())
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mails = smtp.mails();
+    assert_eq!(mails.len(), 1, "{mails:#?}");
+    assert_eq!(mails[0].to, vec!["mail@example.org".to_owned()]);
+    assert!(mails[0].subject().contains("is suspended"));
+    let token = graphql(
+        port,
+        "mutation { login(tenant: \"mail-org\", email: \"mail@example.org\", password: \"a long cli password\") { token } }",
+        json!({}),
+    )
+    .await["data"]["login"]["token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let listed = graphql_as(
+        port,
+        &token,
+        "{ notifications { edges { node { id kind status attempts } } } }",
+    )
+    .await;
+    let node = &listed["data"]["notifications"]["edges"][0]["node"];
+    assert_eq!(node["kind"], "SUSPENDED", "{listed}");
+    assert_eq!(node["status"], "SENT", "{listed}");
+    assert_eq!(node["attempts"], 2, "{listed}");
+    let message_id = mails[0].header("Message-ID").unwrap();
+    assert_eq!(
+        message_id,
+        format!("<{}@custos>", node["id"].as_str().unwrap())
+    );
     stop(second);
 }
 

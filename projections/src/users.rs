@@ -295,3 +295,12 @@ pub async fn holders_of<'e>(db: impl PgExecutor<'e>, role_id: Uuid) -> sqlx::Res
     .fetch_all(db)
     .await
 }
+
+/// The tenant's active administrators, in the order they were created.
+pub async fn administrators<'e>(db: impl PgExecutor<'e>) -> sqlx::Result<Vec<UserRow>> {
+    sqlx::query_as(&format!(
+        "SELECT {USER_COLUMNS} FROM users WHERE is_admin AND active ORDER BY created_at, id"
+    ))
+    .fetch_all(db)
+    .await
+}

@@ -159,6 +159,8 @@ fn rows() -> BTreeMap<(&'static str, &'static str), Row> {
         (("Mutation", "recordAuthorityNotified"), row(Admin, "mutation($incident: ID!) { recordAuthorityNotified(id: $incident, at: \"2026-01-03T00:00:00Z\") { id } }", true)),
         (("Mutation", "recordSubjectsNotified"), row(Admin, "mutation($incident: ID!) { recordSubjectsNotified(id: $incident, at: \"2026-01-03T00:00:00Z\") { id } }", true)),
         (("Mutation", "exportNotificationList"), row(Admin, "mutation($incident: ID!) { exportNotificationList(id: $incident) { count } }", true)),
+        (("Mutation", "notifySubjects"), row(Admin, "mutation($incident: ID!) { notifySubjects(id: $incident) { queued } }", true)),
+        (("Query", "notifications"), row(Admin, "{ notifications { totalCount } }", false)),
     ])
 }
 

@@ -16,6 +16,7 @@ mod imports;
 mod integrity;
 mod lifecycle;
 mod logs;
+mod notifications;
 mod portability;
 mod privacy;
 mod queries;

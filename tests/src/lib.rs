@@ -3,6 +3,8 @@
 //! catalog database, whose tenants are copies of the migrated template. Everything a test
 //! creates is dropped when its `TestApp` is dropped.
 
+pub mod smtp;
+
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -138,8 +138,10 @@ pub(crate) fn rule(parent_type: &str, field: &str) -> Option<Rule> {
             | "recordIncident"
             | "recordAuthorityNotified"
             | "recordSubjectsNotified"
+            | "notifySubjects"
             | "exportNotificationList",
         ) => Rule::Admin,
+        ("Query", "notifications") => Rule::Admin,
         _ => return None,
     })
 }
@@ -226,7 +228,7 @@ pub(crate) fn check_standing(
     }
     let getting_ready = matches!(
         (parent_type, field),
-        ("Query", "me" | "organization")
+        ("Query", "me" | "organization" | "notifications")
             | (
                 "Mutation",
                 "changePassword"
@@ -246,6 +248,7 @@ pub(crate) fn check_standing(
                             | "exportAuditLog"
                             | "subjectTrail"
                             | "exportNotificationList"
+                            | "notifySubjects"
                     )
             }
             _ => false,

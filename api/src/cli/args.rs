@@ -334,6 +334,22 @@ pub(crate) struct ServeArgs {
     /// with `custos retention run` or the `runRetention` mutation instead).
     #[arg(long, env = "CUSTOS_RETENTION_INTERVAL_MINUTES", default_value_t = 60)]
     pub(crate) retention_interval_minutes: u64,
+    /// The mail server notifications are sent through: `smtp://host:port`,
+    /// `smtp://user:password@host:587?tls=required` (STARTTLS) or `smtps://…` (TLS). Unset:
+    /// notifications wait in the outbox, unsent, until one is configured.
+    #[arg(long, env = "CUSTOS_SMTP_URL", hide_env_values = true)]
+    pub(crate) smtp_url: Option<String>,
+    /// Seconds a delivery worker holds a notification it took; if it dies meanwhile, another
+    /// (or the next start) sends it after that.
+    #[arg(long, env = "CUSTOS_NOTIFICATION_LEASE_SECONDS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub(crate) notification_lease_seconds: u64,
+    /// Who notification emails are from.
+    #[arg(
+        long,
+        env = "CUSTOS_MAIL_FROM",
+        default_value = "Custos <custos@localhost>"
+    )]
+    pub(crate) mail_from: String,
     /// Minutes between measurements of every organisation's storage; 0 turns them off.
     #[arg(long, env = "CUSTOS_STORAGE_INTERVAL_MINUTES", default_value_t = 60)]
     pub(crate) storage_interval_minutes: u64,
@@ -488,6 +504,11 @@ impl ServeArgs {
         config.checkpoint_interval = (self.checkpoint_interval_seconds > 0)
             .then(|| std::time::Duration::from_secs(self.checkpoint_interval_seconds));
         config.lifecycle.interval = Some(std::time::Duration::from_secs(60));
+        config.notifications.smtp_url = self.smtp_url.clone().map(SecretString::from);
+        config.notifications.from = self.mail_from.clone();
+        config.notifications.lease =
+            std::time::Duration::from_secs(self.notification_lease_seconds);
+        config.notifications.interval = Some(std::time::Duration::from_secs(1));
         config.storage.interval = (self.storage_interval_minutes > 0)
             .then(|| std::time::Duration::from_secs(self.storage_interval_minutes * 60));
         config.retention_interval = (self.retention_interval_minutes > 0)

@@ -8,6 +8,7 @@ pub(crate) mod custom_fields;
 pub(crate) mod enums;
 pub(crate) mod exports;
 pub(crate) mod history;
+pub(crate) mod notification;
 pub(crate) mod organization;
 pub(crate) mod records;
 pub(crate) mod role;

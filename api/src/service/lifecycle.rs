@@ -145,6 +145,9 @@ impl Services {
             if row.status != "purged" {
                 let (subscription, _) = self.tenancy.subscription(id).await?;
                 subscription.purge_reason(at, early_reason)?;
+                self.prepare_purge_notices(id, at)
+                    .await
+                    .map_err(ApiError::internal)?;
                 self.tenancy.fence(&row, true).await?;
                 let final_tree_head = match self.final_tree_head(&row).await {
                     Ok(head) => head,
@@ -188,7 +191,11 @@ impl Services {
             .advance_subscriptions(now, days(policy.trial_grace), days(policy.migration_window))
             .await;
         let purged = self.purge_due(now).await;
-        advanced.and(purged).map(|_| ())
+        let noticed = self.tenancy.schedule_notices(now).await;
+        if matches!(noticed, Ok(n) if n > 0) {
+            self.outbox_written.notify_one();
+        }
+        advanced.and(purged).and(noticed).map(|_| ())
     }
 
     /// Purges every organisation whose grace period or migration window ended by `now`, and

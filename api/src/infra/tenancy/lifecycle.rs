@@ -19,6 +19,7 @@ use sqlx::types::Json;
 use uuid::Uuid;
 
 use super::catalog::Tenancy;
+use crate::infra::notifications::outbox::{self, NewNotification, ADMINISTRATORS};
 
 type Store = PersistedEventStore<PostgresEventRepository, Subscription>;
 
@@ -89,6 +90,9 @@ type RepairRow = (
     Option<i64>,
 );
 
+/// An organisation a schedule's notice may be due for: id, status, trial end, kept until.
+type NoticeDue = (Uuid, String, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
 const SUBSCRIPTION_COLUMNS: &str = "id, slug, name, region, status, plan, trial_ends_at, \
      cancellation_effective_at, kept_until, created_at, storage_used_bytes, storage_measured_at";
 
@@ -130,17 +134,30 @@ impl Tenancy {
         Ok((context.aggregate, context.current_sequence))
     }
 
-    /// Writes the catalog row of `id` from its subscription (unless it already shows as much).
+    /// Writes the catalog row of `id` from its subscription (unless it already shows as much)
+    /// and, in the same transaction, the notices its new events owe the administrators (none
+    /// for a row written for the first time: an organisation imported with its history is not
+    /// told its past again).
     pub(crate) async fn project_subscription(&self, id: Uuid) -> anyhow::Result<()> {
         let (subscription, sequence) = self.subscription(id).await?;
         let Some(status) = subscription.status() else {
+            return Ok(());
+        };
+        let sequence = i64::try_from(sequence)?;
+        let mut tx = self.catalog().begin().await?;
+        let projected: Option<i64> =
+            sqlx::query_scalar("SELECT lifecycle_sequence FROM tenants WHERE id = $1 FOR UPDATE")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(projected) = projected.filter(|p| *p < sequence) else {
             return Ok(());
         };
         sqlx::query(
             "UPDATE tenants SET status = $2, plan = $3, trial_ends_at = $4,
                     cancellation_effective_at = $5, kept_until = $6, lifecycle_sequence = $7,
                     storage_level = $8, updated_at = now()
-             WHERE id = $1 AND lifecycle_sequence < $7",
+             WHERE id = $1",
         )
         .bind(id)
         .bind(status.as_str())
@@ -148,16 +165,96 @@ impl Tenancy {
         .bind(subscription.trial_ends_at())
         .bind(subscription.cancellation_effective_at())
         .bind(subscription.kept_until())
-        .bind(i64::try_from(sequence)?)
+        .bind(sequence)
         .bind(i64::try_from(subscription.storage_level()).unwrap_or(i64::MAX))
-        .execute(self.catalog())
+        .execute(&mut *tx)
         .await?;
+        if projected > 0 {
+            let events: Vec<(i64, Json<SubscriptionEvent>)> = sqlx::query_as(
+                "SELECT sequence, payload FROM subscription_events
+                 WHERE aggregate_type = 'subscription' AND aggregate_id = $1
+                   AND sequence > $2 AND sequence <= $3
+                 ORDER BY sequence",
+            )
+            .bind(id.to_string())
+            .bind(projected)
+            .bind(sequence)
+            .fetch_all(&mut *tx)
+            .await?;
+            for (number, Json(event)) in events {
+                if let Some((kind, payload)) = notice_of(&event) {
+                    let notice = NewNotification {
+                        tenant_id: id,
+                        kind,
+                        cause: format!("subscription:{number}"),
+                        recipient: ADMINISTRATORS.to_owned(),
+                        payload,
+                        address: None,
+                        held: false,
+                    };
+                    outbox::enqueue(&mut *tx, &notice).await?;
+                }
+            }
+        }
+        tx.commit().await?;
         // What its users may do changes here at once (other processes see it at their next
         // check of the catalog).
         if let Some(tenant) = self.opened(id).await {
             tenant.set_standing(status.as_str());
         }
         Ok(())
+    }
+
+    /// The schedule's notices at `now`: a trial ending within 7 days (and again within 1),
+    /// and the deletion of an expired trial or an ended subscription within 7 days — each
+    /// written once for the date it announces. How many were written.
+    pub(crate) async fn schedule_notices(&self, now: DateTime<Utc>) -> anyhow::Result<usize> {
+        let week = now + chrono::Duration::days(7);
+        let due: Vec<NoticeDue> = sqlx::query_as(
+            "SELECT id, status, trial_ends_at, kept_until FROM tenants
+                 WHERE (status = 'trial' AND trial_ends_at > $1 AND trial_ends_at <= $2)
+                    OR (status IN ('expired', 'migration') AND kept_until > $1
+                        AND kept_until <= $2)",
+        )
+        .bind(now)
+        .bind(week)
+        .fetch_all(self.catalog())
+        .await?;
+        let mut written = 0;
+        for (id, status, trial_ends_at, kept_until) in due {
+            let notice = match (status.as_str(), trial_ends_at, kept_until) {
+                ("trial", Some(end), _) => {
+                    let days = if end - now <= chrono::Duration::days(1) {
+                        1
+                    } else {
+                        7
+                    };
+                    NewNotification {
+                        tenant_id: id,
+                        kind: "trial_ending",
+                        cause: format!("trial-ending-{days}d:{}", end.to_rfc3339()),
+                        recipient: ADMINISTRATORS.to_owned(),
+                        payload: serde_json::json!({ "trial_ends_at": end, "days": days }),
+                        address: None,
+                        held: false,
+                    }
+                }
+                (_, _, Some(at)) => NewNotification {
+                    tenant_id: id,
+                    kind: "deletion_approaching",
+                    cause: format!("deletion-approaching:{}", at.to_rfc3339()),
+                    recipient: ADMINISTRATORS.to_owned(),
+                    payload: serde_json::json!({ "at": at }),
+                    address: None,
+                    held: false,
+                },
+                _ => continue,
+            };
+            if outbox::enqueue(self.catalog(), &notice).await? {
+                written += 1;
+            }
+        }
+        Ok(written)
     }
 
     /// Opens the subscription of a new organisation (`trial_ends_at`, or on `plan`), or, when
@@ -329,4 +426,63 @@ impl Tenancy {
         }
         Ok(changed)
     }
+}
+
+/// The notice an event of an organisation's life owes its administrators, if any: its kind
+/// and the facts its message is written from.
+fn notice_of(event: &SubscriptionEvent) -> Option<(&'static str, serde_json::Value)> {
+    use serde_json::json;
+    Some(match event {
+        SubscriptionEvent::SubscriptionOpened { .. }
+        | SubscriptionEvent::StorageBelowLevel { .. }
+        // The purge's own notice is written before the database goes (with the addresses).
+        | SubscriptionEvent::Purged { .. } => return None,
+        SubscriptionEvent::PlanChosen { plan, .. } => {
+            ("plan_chosen", json!({ "plan": plan.as_str() }))
+        }
+        SubscriptionEvent::TrialExtended { until } => ("trial_extended", json!({ "until": until })),
+        SubscriptionEvent::TrialExpired { purge_after } => {
+            ("trial_ended", json!({ "purge_after": purge_after }))
+        }
+        SubscriptionEvent::Suspended { reason } => ("suspended", json!({ "reason": reason })),
+        SubscriptionEvent::Resumed { .. } => ("resumed", json!({})),
+        SubscriptionEvent::CancellationScheduled { effective_at } => {
+            ("cancellation_scheduled", json!({ "effective_at": effective_at }))
+        }
+        SubscriptionEvent::CancellationWithdrawn => ("cancellation_withdrawn", json!({})),
+        SubscriptionEvent::SubscriptionEnded {
+            migration_access_until,
+        } => (
+            "subscription_ended",
+            json!({ "migration_access_until": migration_access_until }),
+        ),
+        SubscriptionEvent::StorageNearLimit {
+            used_bytes,
+            limit_bytes,
+        } => (
+            "storage_near_limit",
+            json!({ "used_bytes": used_bytes, "limit_bytes": limit_bytes }),
+        ),
+        SubscriptionEvent::StorageLimitReached {
+            used_bytes,
+            limit_bytes,
+        } => (
+            "storage_limit_reached",
+            json!({ "used_bytes": used_bytes, "limit_bytes": limit_bytes }),
+        ),
+        SubscriptionEvent::StorageOverage {
+            used_bytes,
+            limit_bytes,
+            step_bytes,
+            steps,
+        } => (
+            "storage_overage",
+            json!({
+                "used_bytes": used_bytes,
+                "limit_bytes": limit_bytes,
+                "step_bytes": step_bytes,
+                "steps": steps,
+            }),
+        ),
+    })
 }

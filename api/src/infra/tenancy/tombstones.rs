@@ -57,6 +57,7 @@ impl Tenancy {
             .bind(row.id)
             .execute(&mut *tx)
             .await?;
+        crate::infra::notifications::outbox::release_purge_notices(&mut tx, row.id).await?;
         tx.commit().await
     }
 

@@ -1,0 +1,278 @@
+//! The outbox (catalog table `notifications`): what is owed to whom, written idempotently —
+//! one row per cause and recipient, so writing it again changes nothing — and taken by
+//! delivery workers under a lease, so two instances never send the same one at once and one
+//! that died lets its rows go when the lease runs out.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::types::Json;
+use sqlx::{PgExecutor, PgPool};
+use uuid::Uuid;
+
+/// The recipient that stands for an organisation's active administrators, split into one
+/// notification per administrator when it is first delivered.
+pub(crate) const ADMINISTRATORS: &str = "administrators";
+
+/// A notification to write.
+#[derive(Debug, Clone)]
+pub(crate) struct NewNotification<'a> {
+    pub tenant_id: Uuid,
+    pub kind: &'a str,
+    /// Why it exists; with the recipient, what makes writing it twice write it once.
+    pub cause: String,
+    /// [`ADMINISTRATORS`], `user:<id>` or `record:<id>`.
+    pub recipient: String,
+    /// The facts the message is written from; never a value about a person.
+    pub payload: Value,
+    /// Only where the recipient cannot be looked up when it is sent (a purge notice).
+    pub address: Option<&'a str>,
+    /// Held back until [`release_purge_notices`] lets it go.
+    pub held: bool,
+}
+
+/// A notification as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub(crate) struct Notification {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub kind: String,
+    pub channel: String,
+    pub cause: String,
+    pub recipient: String,
+    pub payload: Json<Value>,
+    pub address: Option<String>,
+    pub status: String,
+    pub attempts: i32,
+    pub next_attempt_at: DateTime<Utc>,
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub sent_at: Option<DateTime<Utc>>,
+}
+
+const COLUMNS: &str = "id, tenant_id, kind, channel, cause, recipient, payload, address, status, \
+     attempts, next_attempt_at, last_error, created_at, sent_at";
+
+/// Writes `notification` unless one with its cause and recipient exists; whether it did.
+pub(crate) async fn enqueue<'e>(
+    db: impl PgExecutor<'e>,
+    notification: &NewNotification<'_>,
+) -> sqlx::Result<bool> {
+    let written = sqlx::query(
+        "INSERT INTO notifications (id, tenant_id, kind, channel, cause, recipient, payload,
+                                    address, next_attempt_at)
+         VALUES ($1, $2, $3, 'email', $4, $5, $6, $7,
+                 CASE WHEN $8 THEN '9999-12-31T00:00:00Z'::timestamptz ELSE now() END)
+         ON CONFLICT (tenant_id, cause, recipient) DO NOTHING",
+    )
+    .bind(Uuid::now_v7())
+    .bind(notification.tenant_id)
+    .bind(notification.kind)
+    .bind(&notification.cause)
+    .bind(&notification.recipient)
+    .bind(Json(&notification.payload))
+    .bind(notification.address)
+    .bind(notification.held)
+    .execute(db)
+    .await?;
+    Ok(written.rows_affected() == 1)
+}
+
+/// Takes up to `limit` due notifications for `lease` (counting the attempt) — only audiences
+/// to split unless `sending`.
+pub(crate) async fn claim(
+    db: &PgPool,
+    limit: i64,
+    lease: std::time::Duration,
+    sending: bool,
+) -> sqlx::Result<Vec<Notification>> {
+    sqlx::query_as(&format!(
+        "UPDATE notifications SET claimed_until = now() + $2, attempts = attempts + 1
+         WHERE id IN (
+             SELECT id FROM notifications
+             WHERE status = 'pending' AND next_attempt_at <= now()
+               AND (claimed_until IS NULL OR claimed_until <= now())
+               AND ($3 OR recipient = '{ADMINISTRATORS}')
+             ORDER BY next_attempt_at, id
+             LIMIT $1
+             FOR UPDATE SKIP LOCKED)
+         RETURNING {COLUMNS}"
+    ))
+    .bind(limit)
+    .bind(chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::minutes(5)))
+    .bind(sending)
+    .fetch_all(db)
+    .await
+}
+
+/// It left: sent, its address (if it had one) forgotten.
+pub(crate) async fn sent<'e>(db: impl PgExecutor<'e>, id: Uuid) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE notifications SET status = 'sent', sent_at = now(), address = NULL,
+                claimed_until = NULL, last_error = NULL
+         WHERE id = $1 AND status = 'pending'",
+    )
+    .bind(id)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// It could not be sent: tried again at `retry_at`, or (`None`) given up — a dead letter.
+pub(crate) async fn failed<'e>(
+    db: impl PgExecutor<'e>,
+    id: Uuid,
+    error: &str,
+    retry_at: Option<DateTime<Utc>>,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE notifications
+         SET status = CASE WHEN $3::timestamptz IS NULL THEN 'dead' ELSE 'pending' END,
+             next_attempt_at = coalesce($3, next_attempt_at),
+             address = CASE WHEN $3::timestamptz IS NULL THEN NULL ELSE address END,
+             claimed_until = NULL, last_error = $2
+         WHERE id = $1 AND status = 'pending'",
+    )
+    .bind(id)
+    .bind(error.chars().take(500).collect::<String>())
+    .bind(retry_at)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// There is nobody to send it to (`why`): it is not sent, now or later.
+pub(crate) async fn cancel<'e>(db: impl PgExecutor<'e>, id: Uuid, why: &str) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE notifications SET status = 'cancelled', address = NULL, claimed_until = NULL,
+                last_error = $2
+         WHERE id = $1 AND status = 'pending'",
+    )
+    .bind(id)
+    .bind(why)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Splits the audience `audience` into one notification per user of `users`, at once.
+pub(crate) async fn expand(
+    db: &PgPool,
+    audience: &Notification,
+    users: &[Uuid],
+) -> sqlx::Result<()> {
+    let mut tx = db.begin().await?;
+    for user in users {
+        let one = NewNotification {
+            tenant_id: audience.tenant_id,
+            kind: &audience.kind,
+            cause: audience.cause.clone(),
+            recipient: format!("user:{user}"),
+            payload: audience.payload.0.clone(),
+            address: None,
+            held: false,
+        };
+        enqueue(&mut *tx, &one).await?;
+    }
+    sqlx::query(
+        "UPDATE notifications SET status = 'expanded', claimed_until = NULL, last_error = NULL
+         WHERE id = $1 AND status = 'pending'",
+    )
+    .bind(audience.id)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
+}
+
+/// Notes on every pending email that no mail server is configured (once).
+pub(crate) async fn note_no_mail_server(db: &PgPool) -> sqlx::Result<()> {
+    sqlx::query(&format!(
+        "UPDATE notifications SET last_error = 'no mail server is configured (CUSTOS_SMTP_URL)'
+         WHERE status = 'pending' AND last_error IS NULL AND recipient <> '{ADMINISTRATORS}'
+           AND next_attempt_at <= now()"
+    ))
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// At the purge's end (in its transaction): the organisation's purge notices go out, and
+/// everything else it was owed is forgotten with it.
+pub(crate) async fn release_purge_notices<'c>(
+    tx: &mut sqlx::Transaction<'c, sqlx::Postgres>,
+    tenant_id: Uuid,
+) -> sqlx::Result<()> {
+    sqlx::query("DELETE FROM notifications WHERE tenant_id = $1 AND kind <> 'purged'")
+        .bind(tenant_id)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query(
+        "UPDATE notifications SET next_attempt_at = now()
+         WHERE tenant_id = $1 AND kind = 'purged' AND status = 'pending'
+           AND next_attempt_at >= '9999-01-01T00:00:00Z'",
+    )
+    .bind(tenant_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Which of an organisation's notifications to list.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct NotificationFilter {
+    pub status: Option<String>,
+    pub kind: Option<String>,
+    /// Only those caused by this (`incident:<id>`, …).
+    pub cause: Option<String>,
+}
+
+/// The organisation's notifications to a person (not the notices for its administrators
+/// before they are split into one per administrator), newest first, after
+/// the cursor `(created_at, id)`; one more than `first` tells whether a next page exists.
+pub(crate) async fn page<'e>(
+    db: impl PgExecutor<'e>,
+    tenant_id: Uuid,
+    filter: &NotificationFilter,
+    after: Option<(DateTime<Utc>, Uuid)>,
+    first: i64,
+) -> sqlx::Result<Vec<Notification>> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM notifications
+         WHERE tenant_id = $1 AND recipient <> '{ADMINISTRATORS}'
+           AND ($2::text IS NULL OR status = $2)
+           AND ($3::text IS NULL OR kind = $3)
+           AND ($4::text IS NULL OR cause = $4)
+           AND ($5::timestamptz IS NULL OR (created_at, id) < ($5, $6))
+         ORDER BY created_at DESC, id DESC
+         LIMIT $7"
+    ))
+    .bind(tenant_id)
+    .bind(filter.status.as_deref())
+    .bind(filter.kind.as_deref())
+    .bind(filter.cause.as_deref())
+    .bind(after.map(|a| a.0))
+    .bind(after.map(|a| a.1))
+    .bind(first + 1)
+    .fetch_all(db)
+    .await
+}
+
+/// How many of the organisation's notifications match `filter`.
+pub(crate) async fn count<'e>(
+    db: impl PgExecutor<'e>,
+    tenant_id: Uuid,
+    filter: &NotificationFilter,
+) -> sqlx::Result<i64> {
+    sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM notifications
+         WHERE tenant_id = $1 AND recipient <> '{ADMINISTRATORS}'
+           AND ($2::text IS NULL OR status = $2)
+           AND ($3::text IS NULL OR kind = $3)
+           AND ($4::text IS NULL OR cause = $4)"
+    ))
+    .bind(tenant_id)
+    .bind(filter.status.as_deref())
+    .bind(filter.kind.as_deref())
+    .bind(filter.cause.as_deref())
+    .fetch_one(db)
+    .await
+}

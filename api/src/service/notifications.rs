@@ -1,0 +1,402 @@
+//! Notifications that reach people. What causes one writes it to the outbox
+//! (`infra::notifications::outbox`) idempotently: the organisation's lifecycle events as they
+//! are projected, the schedule's notices (a trial ending in 7 days and in 1, a deletion
+//! approaching), a purge's last notice, and the breach notices an administrator issues to the
+//! people an incident affected. The delivery worker (`jobs::notifications`) splits notices
+//! for the administrators into one per administrator, looks each recipient's address up when
+//! it sends (so an erased person is never written to), sends over SMTP, and retries with
+//! exponential backoff until a dead letter.
+
+pub(crate) mod messages;
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use serde_json::json;
+use uuid::Uuid;
+
+use self::messages::BreachFacts;
+use crate::auth::principal::Principal;
+use crate::error::ApiError;
+use crate::infra::notifications::mail::{MailError, Outgoing};
+use crate::infra::notifications::outbox::{
+    self, NewNotification, Notification, NotificationFilter, ADMINISTRATORS,
+};
+use crate::service::Services;
+
+/// Notifications taken per round trip, and sent at once.
+const BATCH: i64 = 64;
+const CONCURRENCY: usize = 16;
+/// The longest wait between two attempts.
+const MAX_BACKOFF: std::time::Duration = std::time::Duration::from_secs(6 * 60 * 60);
+
+/// What became of one notification in a delivery round.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    Sent,
+    Expanded,
+    Retried,
+    Dead,
+    Cancelled,
+}
+
+/// Where a notification goes, looked up when it is sent.
+enum Target {
+    To {
+        address: String,
+        organization: String,
+        breach: Option<(DateTime<Utc>, String)>,
+    },
+    /// Nobody to send it to, and why.
+    Nobody(&'static str),
+}
+
+/// How a breach notice round went.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SubjectNotices {
+    /// Notices written now.
+    pub queued: usize,
+    /// People who had one already.
+    pub already: usize,
+}
+
+impl Services {
+    /// One delivery round: every due notification taken, split or sent, and its outcome
+    /// recorded. How many were sent.
+    pub async fn deliver_notifications(&self) -> anyhow::Result<usize> {
+        let catalog = self.tenancy.catalog();
+        let sending = self.mailer.is_some();
+        let mut sent = 0;
+        loop {
+            let batch = outbox::claim(catalog, BATCH, self.notifications.lease, sending).await?;
+            if batch.is_empty() {
+                break;
+            }
+            let outcomes: Vec<anyhow::Result<Outcome>> = futures::stream::iter(batch)
+                .map(|notification| self.deliver(notification))
+                .buffer_unordered(CONCURRENCY)
+                .collect()
+                .await;
+            for outcome in outcomes {
+                match outcome {
+                    Ok(Outcome::Sent) => sent += 1,
+                    Ok(_) => {}
+                    Err(err) => {
+                        tracing::error!(error = %format!("{err:#}"), "a notification's outcome could not be recorded");
+                    }
+                }
+            }
+        }
+        if !sending {
+            outbox::note_no_mail_server(catalog).await?;
+        }
+        Ok(sent)
+    }
+
+    /// Splits or sends one notification the worker took, and records what became of it.
+    async fn deliver(&self, notification: Notification) -> anyhow::Result<Outcome> {
+        let catalog = self.tenancy.catalog();
+        let id = notification.id;
+        let attempt = async {
+            if notification.recipient == ADMINISTRATORS {
+                return self.expand(&notification).await.map(|()| Outcome::Expanded);
+            }
+            let (address, organization, breach) = match self.target(&notification).await? {
+                Target::To {
+                    address,
+                    organization,
+                    breach,
+                } => (address, organization, breach),
+                Target::Nobody(why) => {
+                    outbox::cancel(catalog, id, why).await?;
+                    return Ok(Outcome::Cancelled);
+                }
+            };
+            let mut payload = notification.payload.0.clone();
+            if let (Some(facts), Some(plan)) = (
+                payload.as_object_mut(),
+                notification.payload.0.get("plan").and_then(|p| p.as_str()),
+            ) {
+                // The storage a plan includes is the configuration's when the message goes.
+                let plan = custos_domain::Plan::parse(plan).ok();
+                facts.insert("limit_bytes".into(), json!(self.storage.limit(plan)));
+                facts.insert("step_bytes".into(), json!(self.storage.step));
+            }
+            let message = messages::render(
+                &notification.kind,
+                &payload,
+                &organization,
+                breach.as_ref().map(|(detected_at, description)| BreachFacts {
+                    detected_at: *detected_at,
+                    description,
+                }),
+            );
+            let Some(mailer) = &self.mailer else {
+                anyhow::bail!("no mail server is configured");
+            };
+            let sent = mailer
+                .send(Outgoing {
+                    id,
+                    to: &address,
+                    subject: &message.subject,
+                    body: message.body,
+                })
+                .await;
+            match sent {
+                Ok(()) => {
+                    outbox::sent(catalog, id).await?;
+                    tracing::info!(notification.id = %id, kind = %notification.kind, "notification sent");
+                    Ok(Outcome::Sent)
+                }
+                Err(MailError::BadAddress) => {
+                    outbox::cancel(catalog, id, "the address is not an email address").await?;
+                    Ok(Outcome::Cancelled)
+                }
+                // The server's words may quote the address: it is taken out.
+                Err(MailError::Server(error)) => Err(anyhow::anyhow!(
+                    "{}",
+                    error.replace(address.as_str(), "<recipient>")
+                )),
+            }
+        }
+        .await;
+        match attempt {
+            Ok(outcome) => Ok(outcome),
+            Err(err) => self.failed(&notification, &format!("{err:#}")).await,
+        }
+    }
+
+    /// Records a failed attempt: tried again after the backoff, or a dead letter after the
+    /// last attempt.
+    async fn failed(&self, notification: &Notification, error: &str) -> anyhow::Result<Outcome> {
+        let policy = &self.notifications;
+        let attempts = u32::try_from(notification.attempts.max(1)).unwrap_or(1);
+        let retry_at = (attempts < policy.max_attempts).then(|| {
+            let wait = policy
+                .retry_base
+                .saturating_mul(2u32.saturating_pow(attempts - 1))
+                .min(MAX_BACKOFF);
+            Utc::now() + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::hours(6))
+        });
+        outbox::failed(self.tenancy.catalog(), notification.id, error, retry_at).await?;
+        if retry_at.is_some() {
+            tracing::warn!(notification.id = %notification.id, kind = %notification.kind, attempts, "a notification could not be sent; it is tried again");
+            Ok(Outcome::Retried)
+        } else {
+            tracing::error!(notification.id = %notification.id, kind = %notification.kind, attempts, "a notification could not be sent and was given up (dead letter)");
+            Ok(Outcome::Dead)
+        }
+    }
+
+    /// Splits a notice for the administrators into one per active administrator now.
+    async fn expand(&self, audience: &Notification) -> anyhow::Result<()> {
+        let catalog = self.tenancy.catalog();
+        let Some(tenant) = self.tenancy.get(audience.tenant_id).await? else {
+            outbox::cancel(catalog, audience.id, "the organisation is not in service").await?;
+            return Ok(());
+        };
+        let administrators = custos_projections::users::administrators(&tenant.pool).await?;
+        if administrators.is_empty() {
+            outbox::cancel(
+                catalog,
+                audience.id,
+                "the organisation has no active administrator",
+            )
+            .await?;
+            return Ok(());
+        }
+        let ids: Vec<Uuid> = administrators.iter().map(|u| u.id).collect();
+        outbox::expand(catalog, audience, &ids).await?;
+        Ok(())
+    }
+
+    /// The address a notification goes to, and what its message needs, as things are now.
+    async fn target(&self, notification: &Notification) -> anyhow::Result<Target> {
+        let tenant_id = notification.tenant_id;
+        if let Some(address) = &notification.address {
+            let organization = match self.tenancy.subscription_by_id(tenant_id).await? {
+                Some(row) => row.name,
+                None => self
+                    .tenancy
+                    .tombstone(tenant_id)
+                    .await?
+                    .map(|t| t.name)
+                    .unwrap_or_default(),
+            };
+            return Ok(Target::To {
+                address: address.clone(),
+                organization,
+                breach: None,
+            });
+        }
+        let Some(tenant) = self.tenancy.get(tenant_id).await? else {
+            return Ok(Target::Nobody("the organisation is not in service"));
+        };
+        let Some(row) = self.tenancy.subscription_by_id(tenant_id).await? else {
+            return Ok(Target::Nobody("the organisation is not in service"));
+        };
+        let organization = row.name;
+        let (kind, id) = notification
+            .recipient
+            .split_once(':')
+            .and_then(|(kind, id)| Some((kind, Uuid::parse_str(id).ok()?)))
+            .ok_or_else(|| anyhow::anyhow!("unknown recipient {}", notification.recipient))?;
+        match kind {
+            "user" => {
+                let user = custos_projections::users::user(&tenant.pool, id).await?;
+                match user {
+                    Some(user) if user.active && user.is_admin => Ok(Target::To {
+                        address: user.email,
+                        organization,
+                        breach: None,
+                    }),
+                    _ => Ok(Target::Nobody("no longer an active administrator")),
+                }
+            }
+            "record" => {
+                let Some(record) = custos_projections::records::record(&tenant.pool, id).await?
+                else {
+                    return Ok(Target::Nobody("the record no longer exists"));
+                };
+                if record.erased_at.is_some() {
+                    return Ok(Target::Nobody("the person was erased"));
+                }
+                let Some(address) = record_email(&record.fields.0) else {
+                    return Ok(Target::Nobody("the record has no email address"));
+                };
+                let incident = notification
+                    .payload
+                    .0
+                    .get("incident_id")
+                    .and_then(serde_json::Value::as_str)
+                    .and_then(|s| Uuid::parse_str(s).ok());
+                let breach = match incident {
+                    Some(incident) => {
+                        custos_projections::incidents::incident(&tenant.pool, incident)
+                            .await?
+                            .map(|i| (i.detected_at, i.description))
+                    }
+                    None => None,
+                };
+                Ok(Target::To {
+                    address,
+                    organization,
+                    breach,
+                })
+            }
+            other => anyhow::bail!("unknown recipient kind {other}"),
+        }
+    }
+
+    /// Issues the breach notice of incident `id` to every person it affected (administrators):
+    /// one notification per person, written once however often this is asked, sent by the
+    /// worker to the record's email address as it is then; the incident records when the
+    /// people were first notified.
+    pub(crate) async fn notify_subjects(
+        &self,
+        principal: &Principal,
+        id: Uuid,
+        request_id: Uuid,
+    ) -> Result<(custos_projections::incidents::IncidentRow, SubjectNotices), ApiError> {
+        let tenant = &principal.tenant;
+        let incident = self.incident(tenant, id).await?;
+        let affected = self.affected_subjects(tenant, &incident).await?;
+        let mut tx = self.tenancy.catalog().begin().await?;
+        let mut notices = SubjectNotices {
+            queued: 0,
+            already: 0,
+        };
+        for person in &affected {
+            let notice = NewNotification {
+                tenant_id: tenant.id,
+                kind: "breach",
+                cause: format!("incident:{id}"),
+                recipient: format!("record:{}", person.record_id),
+                payload: json!({ "incident_id": id }),
+                address: None,
+                held: false,
+            };
+            if outbox::enqueue(&mut *tx, &notice).await? {
+                notices.queued += 1;
+            } else {
+                notices.already += 1;
+            }
+        }
+        tx.commit().await?;
+        self.outbox_written.notify_one();
+        if incident.subjects_notified_at.is_none() && !affected.is_empty() {
+            let command = custos_domain::IncidentCommand::NotifySubjects {
+                at: Utc::now(),
+                now: Utc::now(),
+            };
+            self.command(
+                tenant,
+                &tenant.incidents,
+                id,
+                command,
+                self.actor(principal, request_id),
+            )
+            .await?;
+        }
+        tracing::info!(tenant.id = %tenant.id, incident.id = %id, queued = notices.queued, "breach notices issued");
+        Ok((self.incident(tenant, id).await?, notices))
+    }
+
+    /// The organisation's notifications, newest first (one more than `first`, to tell whether
+    /// a next page exists), and how many match in all (administrators).
+    pub(crate) async fn notifications(
+        &self,
+        principal: &Principal,
+        filter: &NotificationFilter,
+        after: Option<(DateTime<Utc>, Uuid)>,
+        first: i64,
+    ) -> Result<(Vec<Notification>, i64), ApiError> {
+        let catalog = self.tenancy.catalog();
+        let tenant_id = principal.tenant.id;
+        let rows = outbox::page(catalog, tenant_id, filter, after, first).await?;
+        let total = outbox::count(catalog, tenant_id, filter).await?;
+        Ok((rows, total))
+    }
+
+    /// Before a purge drops the organisation's database: its last notice, to each of its
+    /// administrators, held until the purge is over (the only notification that keeps an
+    /// address: nothing is left to look it up in when it goes).
+    pub(crate) async fn prepare_purge_notices(
+        &self,
+        tenant_id: Uuid,
+        at: DateTime<Utc>,
+    ) -> anyhow::Result<()> {
+        let Some(tenant) = self.tenancy.get(tenant_id).await? else {
+            return Ok(());
+        };
+        let administrators = custos_projections::users::administrators(&tenant.pool).await?;
+        let mut tx = self.tenancy.catalog().begin().await?;
+        for user in &administrators {
+            let notice = NewNotification {
+                tenant_id,
+                kind: "purged",
+                cause: "purge".to_owned(),
+                recipient: format!("user:{}", user.id),
+                payload: json!({ "purged_at": at }),
+                address: Some(&user.email),
+                held: true,
+            };
+            outbox::enqueue(&mut *tx, &notice).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// The first email address a record holds (`email`, or the first of `emails`).
+fn record_email(fields: &serde_json::Map<String, serde_json::Value>) -> Option<String> {
+    let value = fields.get("email").or_else(|| fields.get("emails"))?;
+    match value {
+        serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
+        serde_json::Value::Array(items) => items
+            .iter()
+            .filter_map(serde_json::Value::as_str)
+            .find(|s| !s.is_empty())
+            .map(str::to_owned),
+        _ => None,
+    }
+}
