@@ -359,6 +359,11 @@ async fn a_notice_cut_off_by_a_killed_worker_arrives_exactly_once() {
     assert_eq!(smtp.abandoned(), 1);
     smtp.set_mode(smtp::Mode::Accept);
     assert!(smtp.mails().is_empty(), "{:#?}", smtp.mails());
+    // The watchdog stops the killed service's cluster before the next start.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while postgres_running_in(dir.path()) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     let port = free_port();
     let second = serve_with(dir.path(), port, &env);

@@ -28,8 +28,10 @@ CREATE TABLE notifications (
     attempts        integer     NOT NULL DEFAULT 0 CHECK (attempts >= 0),
     -- when it is tried next (year 9999: held until what it announces has happened)
     next_attempt_at timestamptz NOT NULL DEFAULT now(),
-    -- a worker took it until then (a worker that died lets it go at that time)
+    -- a worker took it until then (a worker that died lets it go at that time), under this
+    -- token: only the worker holding it records the outcome
     claimed_until   timestamptz,
+    claim           uuid,
     last_error      text,
     created_at      timestamptz NOT NULL DEFAULT now(),
     sent_at         timestamptz,

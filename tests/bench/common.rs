@@ -44,13 +44,17 @@ pub(crate) struct BenchArgs {
     /// person's trail with 10,000 and 1,000,000 events in the tenant, erasure latency) or
     /// `integrity` (checkpoints, proofs and verification on a store of `--events` events),
     /// `portability` (a tenant archive of `--events` events exported and imported),
-    /// `backups` (a verified base backup of that store and a point-in-time restore) or
-    /// `lifecycle` (a storage sweep over `--organizations` organisations).
+    /// `backups` (a verified base backup of that store and a point-in-time restore),
+    /// `lifecycle` (a storage sweep over `--organizations` organisations) or `notifications`
+    /// (`--notices` breach notices delivered to a local SMTP server).
     #[arg(long, default_value = "foundation")]
     pub(crate) suite: String,
     /// Organisations in the store of the lifecycle suite.
     #[arg(long, default_value_t = 1_000)]
     pub(crate) organizations: usize,
+    /// Notices (people, each with an email address) of the notifications suite.
+    #[arg(long, default_value_t = 2_000)]
+    pub(crate) notices: usize,
 }
 
 pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {

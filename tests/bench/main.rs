@@ -11,6 +11,7 @@ mod datasheets;
 mod foundation;
 mod integrity;
 mod lifecycle;
+mod notifications;
 mod portability;
 mod privacy;
 
@@ -26,8 +27,9 @@ async fn main() -> anyhow::Result<()> {
         "portability" => portability::run(args).await,
         "backups" => backups::run(args).await,
         "lifecycle" => lifecycle::run(args).await,
+        "notifications" => notifications::run(args).await,
         other => anyhow::bail!(
-            "unknown suite `{other}`: `foundation`, `datasheets`, `privacy`, `integrity`, `portability`, `backups` or `lifecycle`"
+            "unknown suite `{other}`: `foundation`, `datasheets`, `privacy`, `integrity`, `portability`, `backups`, `lifecycle` or `notifications`"
         ),
     }
 }

@@ -483,4 +483,103 @@ async fn without_a_mail_server_notices_wait_unsent_and_visible() {
         "no mail server is configured (CUSTOS_SMTP_URL)"
     );
     assert_eq!(listed[0]["recipientUserId"], admin.user_id.to_string());
+
+    // A cursor PostgreSQL could not compare with is bad input, not an internal error.
+    use base64::Engine;
+    let far = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(format!("-8000000000000000000:{}", uuid::Uuid::nil()));
+    let refused = app
+        .graphql(
+            Some(&admin.token),
+            "query($after: String) { notifications(after: $after) { totalCount } }",
+            json!({ "after": far }),
+        )
+        .await;
+    assert_eq!(refused.code(), Some("VALIDATION"));
+    assert_eq!(refused.field(), Some("after"));
+}
+
+#[tokio::test]
+async fn storage_crossings_and_a_cancellation_to_the_purge_are_told_once_each() {
+    let smtp = SmtpServer::start().await;
+    let url = smtp.url();
+    let app = TestApp::spawn_with(move |config| {
+        config.notifications.smtp_url = Some(url.into());
+        config.notifications.interval = Some(Duration::from_millis(100));
+        // Every database is beyond a trial's 1-byte limit; overage in 1 GB steps.
+        config.storage.trial = 1;
+        config.storage.step = 1_000_000_000;
+    })
+    .await;
+    let admin = app.sign_up(&slug("endmail")).await;
+    let services = &app.services;
+    assert_eq!(services.measure_storage().await.unwrap(), 1);
+    let reached = exactly(&smtp, &admin.email, "reached its storage limit", 1).await;
+    assert!(reached[0].body().contains("takes no new data"));
+    exactly(&smtp, &admin.email, "beyond its storage limit", 1).await;
+    // Measured again at the same level: nothing new to tell.
+    assert_eq!(services.measure_storage().await.unwrap(), 0);
+    exactly(&smtp, &admin.email, "storage limit", 2).await;
+
+    app.graphql(
+        Some(&admin.token),
+        "mutation { choosePlan(plan: MAXI) { plan } }",
+        json!({}),
+    )
+    .await
+    .ok();
+    let plan = exactly(&smtp, &admin.email, "Maxi plan", 1).await;
+    assert!(plan[0].body().contains("80 GB"), "{}", plan[0].body());
+    app.graphql(
+        Some(&admin.token),
+        "mutation { cancelSubscription { status } }",
+        json!({}),
+    )
+    .await
+    .ok();
+    exactly(&smtp, &admin.email, "is cancelled", 1).await;
+
+    let catalog = services.tenancy.catalog();
+    let effective: chrono::DateTime<Utc> =
+        sqlx::query_scalar("SELECT cancellation_effective_at FROM tenants WHERE id = $1")
+            .bind(admin.tenant_id)
+            .fetch_one(catalog)
+            .await
+            .unwrap();
+    services
+        .lifecycle_round(effective + chrono::Duration::seconds(1))
+        .await
+        .unwrap();
+    let ended = exactly(&smtp, &admin.email, "subscription of", 2).await;
+    assert!(ended
+        .iter()
+        .any(|m| m.subject().contains("has ended") && m.body().contains("until")));
+    let kept_until: chrono::DateTime<Utc> =
+        sqlx::query_scalar("SELECT kept_until FROM tenants WHERE id = $1")
+            .bind(admin.tenant_id)
+            .fetch_one(catalog)
+            .await
+            .unwrap();
+    for days in [6, 4, 1] {
+        services
+            .lifecycle_round(kept_until - chrono::Duration::days(days))
+            .await
+            .unwrap();
+    }
+    exactly(&smtp, &admin.email, "will be deleted on", 1).await;
+    services
+        .lifecycle_round(kept_until + chrono::Duration::seconds(1))
+        .await
+        .unwrap();
+    exactly(&smtp, &admin.email, "has been deleted", 1).await;
+    // Every message went to the one administrator, and none twice.
+    let mails = smtp.mails();
+    let mut ids: Vec<String> = mails
+        .iter()
+        .map(|m| m.header("Message-ID").unwrap())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), mails.len());
+    assert!(mails.iter().all(|m| m.to == vec![admin.email.clone()]));
 }

@@ -153,6 +153,7 @@ impl Services {
                     Ok(head) => head,
                     Err(err) => {
                         self.tenancy.fence(&row, false).await?;
+                        self.forget_purge_notices(id).await?;
                         return Err(err);
                     }
                 };
@@ -167,6 +168,7 @@ impl Services {
                     .await
                 {
                     self.tenancy.fence(&row, false).await?;
+                    self.forget_purge_notices(id).await?;
                     return Err(refused(err));
                 }
             }

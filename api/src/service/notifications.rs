@@ -9,6 +9,8 @@
 
 pub(crate) mod messages;
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use serde_json::json;
@@ -21,11 +23,13 @@ use crate::infra::notifications::mail::{MailError, Outgoing};
 use crate::infra::notifications::outbox::{
     self, NewNotification, Notification, NotificationFilter, ADMINISTRATORS,
 };
+use crate::infra::tenancy::tenant::Tenant;
 use crate::service::Services;
 
-/// Notifications taken per round trip, and sent at once.
-const BATCH: i64 = 64;
-const CONCURRENCY: usize = 16;
+/// Notifications taken per round trip (two waves, well within a lease even when every
+/// message takes the mail time-out), and sent at once.
+const BATCH: i64 = 32;
+const CONCURRENCY: usize = crate::infra::notifications::mail::CONNECTIONS as usize;
 /// The longest wait between two attempts.
 const MAX_BACKOFF: std::time::Duration = std::time::Duration::from_secs(6 * 60 * 60);
 
@@ -67,12 +71,14 @@ impl Services {
         let sending = self.mailer.is_some();
         let mut sent = 0;
         loop {
-            let batch = outbox::claim(catalog, BATCH, self.notifications.lease, sending).await?;
+            let claim = Uuid::now_v7();
+            let lease = self.notifications.lease;
+            let batch = outbox::claim(catalog, claim, BATCH, lease, sending).await?;
             if batch.is_empty() {
                 break;
             }
             let outcomes: Vec<anyhow::Result<Outcome>> = futures::stream::iter(batch)
-                .map(|notification| self.deliver(notification))
+                .map(|notification| self.deliver(notification, claim))
                 .buffer_unordered(CONCURRENCY)
                 .collect()
                 .await;
@@ -80,6 +86,7 @@ impl Services {
                 match outcome {
                     Ok(Outcome::Sent) => sent += 1,
                     Ok(_) => {}
+                    // Left as it is: tried again once its lease runs out.
                     Err(err) => {
                         tracing::error!(error = %format!("{err:#}"), "a notification's outcome could not be recorded");
                     }
@@ -92,82 +99,83 @@ impl Services {
         Ok(sent)
     }
 
-    /// Splits or sends one notification the worker took, and records what became of it.
-    async fn deliver(&self, notification: Notification) -> anyhow::Result<Outcome> {
+    /// Splits or sends one notification the worker took under `claim`, and records what
+    /// became of it. An error is one recording it (the lease lets it go later).
+    async fn deliver(&self, notification: Notification, claim: Uuid) -> anyhow::Result<Outcome> {
         let catalog = self.tenancy.catalog();
         let id = notification.id;
-        let attempt = async {
-            if notification.recipient == ADMINISTRATORS {
-                return self.expand(&notification).await.map(|()| Outcome::Expanded);
-            }
-            let (address, organization, breach) = match self.target(&notification).await? {
-                Target::To {
-                    address,
-                    organization,
-                    breach,
-                } => (address, organization, breach),
-                Target::Nobody(why) => {
-                    outbox::cancel(catalog, id, why).await?;
-                    return Ok(Outcome::Cancelled);
-                }
+        if notification.recipient == ADMINISTRATORS {
+            return match self.expand(&notification, claim).await {
+                Ok(outcome) => Ok(outcome),
+                Err(err) => self.failed(&notification, claim, &format!("{err:#}")).await,
             };
-            let mut payload = notification.payload.0.clone();
-            if let (Some(facts), Some(plan)) = (
-                payload.as_object_mut(),
-                notification.payload.0.get("plan").and_then(|p| p.as_str()),
-            ) {
-                // The storage a plan includes is the configuration's when the message goes.
-                let plan = custos_domain::Plan::parse(plan).ok();
-                facts.insert("limit_bytes".into(), json!(self.storage.limit(plan)));
-                facts.insert("step_bytes".into(), json!(self.storage.step));
+        }
+        let (address, organization, breach) = match self.target(&notification).await {
+            Ok(Target::To {
+                address,
+                organization,
+                breach,
+            }) => (address, organization, breach),
+            Ok(Target::Nobody(why)) => {
+                outbox::cancel(catalog, id, claim, why).await?;
+                return Ok(Outcome::Cancelled);
             }
-            let message = messages::render(
-                &notification.kind,
-                &payload,
-                &organization,
-                breach.as_ref().map(|(detected_at, description)| BreachFacts {
+            Err(err) => return self.failed(&notification, claim, &format!("{err:#}")).await,
+        };
+        let mut payload = notification.payload.0.clone();
+        if let (Some(facts), Some(plan)) = (
+            payload.as_object_mut(),
+            notification.payload.0.get("plan").and_then(|p| p.as_str()),
+        ) {
+            // The storage a plan includes is the configuration's when the message goes.
+            let plan = custos_domain::Plan::parse(plan).ok();
+            facts.insert("limit_bytes".into(), json!(self.storage.limit(plan)));
+            facts.insert("step_bytes".into(), json!(self.storage.step));
+        }
+        let message = messages::render(
+            &notification.kind,
+            &payload,
+            &organization,
+            breach
+                .as_ref()
+                .map(|(detected_at, description)| BreachFacts {
                     detected_at: *detected_at,
                     description,
                 }),
-            );
-            let Some(mailer) = &self.mailer else {
-                anyhow::bail!("no mail server is configured");
-            };
-            let sent = mailer
-                .send(Outgoing {
-                    id,
-                    to: &address,
-                    subject: &message.subject,
-                    body: message.body,
-                })
-                .await;
-            match sent {
-                Ok(()) => {
-                    outbox::sent(catalog, id).await?;
-                    tracing::info!(notification.id = %id, kind = %notification.kind, "notification sent");
-                    Ok(Outcome::Sent)
-                }
-                Err(MailError::BadAddress) => {
-                    outbox::cancel(catalog, id, "the address is not an email address").await?;
-                    Ok(Outcome::Cancelled)
-                }
-                // The server's words may quote the address: it is taken out.
-                Err(MailError::Server(error)) => Err(anyhow::anyhow!(
-                    "{}",
-                    error.replace(address.as_str(), "<recipient>")
-                )),
+        );
+        let Some(mailer) = &self.mailer else {
+            anyhow::bail!("no mail server is configured");
+        };
+        let sent = mailer
+            .send(Outgoing {
+                id,
+                to: &address,
+                subject: &message.subject,
+                body: message.body,
+            })
+            .await;
+        match sent {
+            Ok(()) => {
+                outbox::sent(catalog, id, claim).await?;
+                tracing::info!(notification.id = %id, kind = %notification.kind, "notification sent");
+                Ok(Outcome::Sent)
             }
-        }
-        .await;
-        match attempt {
-            Ok(outcome) => Ok(outcome),
-            Err(err) => self.failed(&notification, &format!("{err:#}")).await,
+            Err(MailError::BadAddress) => {
+                outbox::cancel(catalog, id, claim, "the address is not an email address").await?;
+                Ok(Outcome::Cancelled)
+            }
+            Err(MailError::Server(error)) => self.failed(&notification, claim, &error).await,
         }
     }
 
     /// Records a failed attempt: tried again after the backoff, or a dead letter after the
     /// last attempt.
-    async fn failed(&self, notification: &Notification, error: &str) -> anyhow::Result<Outcome> {
+    async fn failed(
+        &self,
+        notification: &Notification,
+        claim: Uuid,
+        error: &str,
+    ) -> anyhow::Result<Outcome> {
         let policy = &self.notifications;
         let attempts = u32::try_from(notification.attempts.max(1)).unwrap_or(1);
         let retry_at = (attempts < policy.max_attempts).then(|| {
@@ -177,7 +185,8 @@ impl Services {
                 .min(MAX_BACKOFF);
             Utc::now() + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::hours(6))
         });
-        outbox::failed(self.tenancy.catalog(), notification.id, error, retry_at).await?;
+        let catalog = self.tenancy.catalog();
+        outbox::failed(catalog, notification.id, claim, error, retry_at).await?;
         if retry_at.is_some() {
             tracing::warn!(notification.id = %notification.id, kind = %notification.kind, attempts, "a notification could not be sent; it is tried again");
             Ok(Outcome::Retried)
@@ -187,26 +196,34 @@ impl Services {
         }
     }
 
+    /// The open context of the organisation `id`: `None` once it is gone (purged); an error
+    /// while it cannot be opened for now (being moved), so what it is owed waits.
+    async fn served(&self, id: Uuid) -> anyhow::Result<Option<Arc<Tenant>>> {
+        if let Some(tenant) = self.tenancy.get(id).await? {
+            return Ok(Some(tenant));
+        }
+        match self.tenancy.subscription_by_id(id).await? {
+            Some(_) => anyhow::bail!("the organisation is being moved; tried again later"),
+            None => Ok(None),
+        }
+    }
+
     /// Splits a notice for the administrators into one per active administrator now.
-    async fn expand(&self, audience: &Notification) -> anyhow::Result<()> {
+    async fn expand(&self, audience: &Notification, claim: Uuid) -> anyhow::Result<Outcome> {
         let catalog = self.tenancy.catalog();
-        let Some(tenant) = self.tenancy.get(audience.tenant_id).await? else {
-            outbox::cancel(catalog, audience.id, "the organisation is not in service").await?;
-            return Ok(());
+        let Some(tenant) = self.served(audience.tenant_id).await? else {
+            outbox::cancel(catalog, audience.id, claim, "the organisation is gone").await?;
+            return Ok(Outcome::Cancelled);
         };
         let administrators = custos_projections::users::administrators(&tenant.pool).await?;
         if administrators.is_empty() {
-            outbox::cancel(
-                catalog,
-                audience.id,
-                "the organisation has no active administrator",
-            )
-            .await?;
-            return Ok(());
+            let why = "the organisation has no active administrator";
+            outbox::cancel(catalog, audience.id, claim, why).await?;
+            return Ok(Outcome::Cancelled);
         }
         let ids: Vec<Uuid> = administrators.iter().map(|u| u.id).collect();
-        outbox::expand(catalog, audience, &ids).await?;
-        Ok(())
+        outbox::expand(catalog, audience, claim, &ids).await?;
+        Ok(Outcome::Expanded)
     }
 
     /// The address a notification goes to, and what its message needs, as things are now.
@@ -228,11 +245,11 @@ impl Services {
                 breach: None,
             });
         }
-        let Some(tenant) = self.tenancy.get(tenant_id).await? else {
-            return Ok(Target::Nobody("the organisation is not in service"));
+        let Some(tenant) = self.served(tenant_id).await? else {
+            return Ok(Target::Nobody("the organisation is gone"));
         };
         let Some(row) = self.tenancy.subscription_by_id(tenant_id).await? else {
-            return Ok(Target::Nobody("the organisation is not in service"));
+            return Ok(Target::Nobody("the organisation is gone"));
         };
         let organization = row.name;
         let (kind, id) = notification
@@ -271,9 +288,14 @@ impl Services {
                     .and_then(|s| Uuid::parse_str(s).ok());
                 let breach = match incident {
                     Some(incident) => {
-                        custos_projections::incidents::incident(&tenant.pool, incident)
+                        match custos_projections::incidents::incident(&tenant.pool, incident)
                             .await?
-                            .map(|i| (i.detected_at, i.description))
+                        {
+                            Some(i) => Some((i.detected_at, i.description)),
+                            None => {
+                                return Ok(Target::Nobody("the incident is not in the register"))
+                            }
+                        }
                     }
                     None => None,
                 };
@@ -370,6 +392,9 @@ impl Services {
         };
         let administrators = custos_projections::users::administrators(&tenant.pool).await?;
         let mut tx = self.tenancy.catalog().begin().await?;
+        // Those of an earlier purge that did not go ahead: written anew, to today's
+        // administrators.
+        outbox::drop_held_purge_notices(&mut *tx, tenant_id).await?;
         for user in &administrators {
             let notice = NewNotification {
                 tenant_id,
@@ -383,6 +408,14 @@ impl Services {
             outbox::enqueue(&mut *tx, &notice).await?;
         }
         tx.commit().await?;
+        Ok(())
+    }
+}
+
+impl Services {
+    /// A purge that did not go ahead: the notices it held back (with addresses) are dropped.
+    pub(crate) async fn forget_purge_notices(&self, tenant_id: Uuid) -> Result<(), ApiError> {
+        outbox::drop_held_purge_notices(self.tenancy.catalog(), tenant_id).await?;
         Ok(())
     }
 }

@@ -23,8 +23,13 @@ fn cursor(at: DateTime<Utc>, id: Uuid) -> String {
 fn parse_cursor(raw: &str) -> Option<(DateTime<Utc>, Uuid)> {
     let text = String::from_utf8(URL_SAFE_NO_PAD.decode(raw).ok()?).ok()?;
     let (micros, id) = text.split_once(':')?;
+    // Only moments PostgreSQL can compare with (a notification is never older than 2000).
+    let micros: i64 = micros.parse().ok()?;
+    if !(946_684_800_000_000..=253_402_300_799_000_000).contains(&micros) {
+        return None;
+    }
     Some((
-        DateTime::from_timestamp_micros(micros.parse().ok()?)?,
+        DateTime::from_timestamp_micros(micros)?,
         Uuid::parse_str(id).ok()?,
     ))
 }

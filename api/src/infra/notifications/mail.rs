@@ -7,11 +7,15 @@ use std::time::Duration;
 
 use lettre::message::header::ContentType;
 use lettre::message::Mailbox;
+use lettre::transport::smtp::PoolConfig;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use secrecy::{ExposeSecret, SecretString};
 
-/// How long one conversation with the mail server may take before it counts as failed.
-const TIMEOUT: Duration = Duration::from_secs(15);
+/// How long one message may take, from taking a connection to the server's answer, before it
+/// counts as failed (lettre's own time-out covers connecting only).
+pub(crate) const TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections kept open to the mail server (as many as messages are sent at once).
+pub(crate) const CONNECTIONS: u32 = 16;
 
 /// One message to send.
 pub(crate) struct Outgoing<'a> {
@@ -28,7 +32,8 @@ pub(crate) enum MailError {
     /// The address cannot be written to (it is not an email address).
     #[error("not an email address")]
     BadAddress,
-    /// The server refused it, did not answer in time, or could not be reached.
+    /// The server refused it, did not answer in time, or could not be reached — said without
+    /// the server's own words, which may quote the address.
     #[error("{0}")]
     Server(String),
 }
@@ -57,6 +62,7 @@ impl Mailer {
             // The error names the part of the URL at fault, never the password.
             .map_err(|e| anyhow::anyhow!("CUSTOS_SMTP_URL is not an SMTP URL: {e}"))?
             .timeout(Some(TIMEOUT))
+            .pool_config(PoolConfig::new().max_size(CONNECTIONS))
             .build();
         Ok(Self { transport, from })
     }
@@ -72,12 +78,25 @@ impl Mailer {
             .header(ContentType::TEXT_PLAIN)
             .body(outgoing.body)
             .map_err(|e| MailError::Server(format!("the message could not be built: {e}")))?;
-        self.transport
-            .send(message)
-            .await
-            .map(|_| ())
-            // lettre's error says what failed (connection, time-out, the server's reply code
-            // and text), not the message or the password.
-            .map_err(|e| MailError::Server(e.to_string()))
+        match tokio::time::timeout(TIMEOUT, self.transport.send(message)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(err)) => Err(MailError::Server(describe(&err))),
+            Err(_) => Err(MailError::Server(format!(
+                "the mail server did not answer within {} s",
+                TIMEOUT.as_secs()
+            ))),
+        }
+    }
+}
+
+/// What went wrong, by kind and reply code only: the server's text may quote the recipient.
+fn describe(err: &lettre::transport::smtp::Error) -> String {
+    match err.status() {
+        Some(code) if err.is_permanent() => format!("the mail server refused it ({code})"),
+        Some(code) => format!("the mail server asked to try again later ({code})"),
+        None if err.is_timeout() => "the mail server did not answer in time".to_owned(),
+        None if err.is_tls() => "TLS with the mail server failed".to_owned(),
+        None if err.is_response() => "the mail server's answer was not understood".to_owned(),
+        None => "the mail server could not be reached".to_owned(),
     }
 }

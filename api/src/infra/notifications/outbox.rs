@@ -77,16 +77,18 @@ pub(crate) async fn enqueue<'e>(
     Ok(written.rows_affected() == 1)
 }
 
-/// Takes up to `limit` due notifications for `lease` (counting the attempt) — only audiences
-/// to split unless `sending`.
+/// Takes up to `limit` due notifications for `lease` under the token `claim` (counting the
+/// attempt) — only audiences to split unless `sending`.
 pub(crate) async fn claim(
     db: &PgPool,
+    claim: Uuid,
     limit: i64,
     lease: std::time::Duration,
     sending: bool,
 ) -> sqlx::Result<Vec<Notification>> {
     sqlx::query_as(&format!(
-        "UPDATE notifications SET claimed_until = now() + $2, attempts = attempts + 1
+        "UPDATE notifications
+         SET claimed_until = now() + $2, claim = $4, attempts = attempts + 1
          WHERE id IN (
              SELECT id FROM notifications
              WHERE status = 'pending' AND next_attempt_at <= now()
@@ -100,18 +102,21 @@ pub(crate) async fn claim(
     .bind(limit)
     .bind(chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::minutes(5)))
     .bind(sending)
+    .bind(claim)
     .fetch_all(db)
     .await
 }
 
-/// It left: sent, its address (if it had one) forgotten.
-pub(crate) async fn sent<'e>(db: impl PgExecutor<'e>, id: Uuid) -> sqlx::Result<()> {
+/// It left: sent, its address (if it had one) forgotten. Recorded only by the worker still
+/// holding it under `claim` (one whose lease ran out changes nothing).
+pub(crate) async fn sent<'e>(db: impl PgExecutor<'e>, id: Uuid, claim: Uuid) -> sqlx::Result<()> {
     sqlx::query(
         "UPDATE notifications SET status = 'sent', sent_at = now(), address = NULL,
-                claimed_until = NULL, last_error = NULL
-         WHERE id = $1 AND status = 'pending'",
+                claimed_until = NULL, claim = NULL, last_error = NULL
+         WHERE id = $1 AND status = 'pending' AND claim = $2",
     )
     .bind(id)
+    .bind(claim)
     .execute(db)
     .await?;
     Ok(())
@@ -121,6 +126,7 @@ pub(crate) async fn sent<'e>(db: impl PgExecutor<'e>, id: Uuid) -> sqlx::Result<
 pub(crate) async fn failed<'e>(
     db: impl PgExecutor<'e>,
     id: Uuid,
+    claim: Uuid,
     error: &str,
     retry_at: Option<DateTime<Utc>>,
 ) -> sqlx::Result<()> {
@@ -129,35 +135,44 @@ pub(crate) async fn failed<'e>(
          SET status = CASE WHEN $3::timestamptz IS NULL THEN 'dead' ELSE 'pending' END,
              next_attempt_at = coalesce($3, next_attempt_at),
              address = CASE WHEN $3::timestamptz IS NULL THEN NULL ELSE address END,
-             claimed_until = NULL, last_error = $2
-         WHERE id = $1 AND status = 'pending'",
+             claimed_until = NULL, claim = NULL, last_error = $2
+         WHERE id = $1 AND status = 'pending' AND claim = $4",
     )
     .bind(id)
     .bind(error.chars().take(500).collect::<String>())
     .bind(retry_at)
+    .bind(claim)
     .execute(db)
     .await?;
     Ok(())
 }
 
 /// There is nobody to send it to (`why`): it is not sent, now or later.
-pub(crate) async fn cancel<'e>(db: impl PgExecutor<'e>, id: Uuid, why: &str) -> sqlx::Result<()> {
+pub(crate) async fn cancel<'e>(
+    db: impl PgExecutor<'e>,
+    id: Uuid,
+    claim: Uuid,
+    why: &str,
+) -> sqlx::Result<()> {
     sqlx::query(
         "UPDATE notifications SET status = 'cancelled', address = NULL, claimed_until = NULL,
-                last_error = $2
-         WHERE id = $1 AND status = 'pending'",
+                claim = NULL, last_error = $2
+         WHERE id = $1 AND status = 'pending' AND claim = $3",
     )
     .bind(id)
     .bind(why)
+    .bind(claim)
     .execute(db)
     .await?;
     Ok(())
 }
 
-/// Splits the audience `audience` into one notification per user of `users`, at once.
+/// Splits the audience `audience` (held under `claim`) into one notification per user of
+/// `users`, at once.
 pub(crate) async fn expand(
     db: &PgPool,
     audience: &Notification,
+    claim: Uuid,
     users: &[Uuid],
 ) -> sqlx::Result<()> {
     let mut tx = db.begin().await?;
@@ -174,10 +189,12 @@ pub(crate) async fn expand(
         enqueue(&mut *tx, &one).await?;
     }
     sqlx::query(
-        "UPDATE notifications SET status = 'expanded', claimed_until = NULL, last_error = NULL
-         WHERE id = $1 AND status = 'pending'",
+        "UPDATE notifications SET status = 'expanded', claimed_until = NULL, claim = NULL,
+                last_error = NULL
+         WHERE id = $1 AND status = 'pending' AND claim = $2",
     )
     .bind(audience.id)
+    .bind(claim)
     .execute(&mut *tx)
     .await?;
     tx.commit().await
@@ -212,6 +229,22 @@ pub(crate) async fn release_purge_notices<'c>(
     )
     .bind(tenant_id)
     .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// The purge notices of `tenant_id` still held back: dropped when its purge does not go
+/// ahead (they hold addresses), or before a purge writes them anew.
+pub(crate) async fn drop_held_purge_notices<'e>(
+    db: impl PgExecutor<'e>,
+    tenant_id: Uuid,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "DELETE FROM notifications
+         WHERE tenant_id = $1 AND kind = 'purged' AND next_attempt_at >= '9999-01-01T00:00:00Z'",
+    )
+    .bind(tenant_id)
+    .execute(db)
     .await?;
     Ok(())
 }

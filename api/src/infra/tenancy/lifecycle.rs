@@ -151,6 +151,11 @@ impl Tenancy {
                 .fetch_optional(&mut *tx)
                 .await?;
         let Some(projected) = projected.filter(|p| *p < sequence) else {
+            // Written already (by another process): what this one serves follows it at once.
+            drop(tx);
+            if let Some(tenant) = self.opened(id).await {
+                tenant.set_standing(status.as_str());
+            }
             return Ok(());
         };
         sqlx::query(
