@@ -68,6 +68,9 @@ pub enum LoginFailure {
     Locked,
     /// The password was right but the TOTP or recovery code was not.
     WrongSecondFactor,
+    /// The password was right but the organisation admits only its administrators now (its
+    /// trial ended, it is suspended, or its subscription ended). Not counted toward a lock.
+    OrganizationRestricted,
 }
 
 /// The second factor that completed a login.
@@ -449,7 +452,8 @@ impl Aggregate for User {
                     .iter()
                     .filter(|t| **t > at - FAILURE_WINDOW)
                     .count();
-                if recent >= MAX_FAILURES && !self.is_locked_at(at) {
+                let counts = reason != LoginFailure::OrganizationRestricted;
+                if counts && recent >= MAX_FAILURES && !self.is_locked_at(at) {
                     sink.write(
                         UserEvent::LoginLocked {
                             until: at + LOCK_DURATION,
@@ -550,7 +554,7 @@ impl Aggregate for User {
             // Attempts during a lock do not count toward the next one: otherwise an attacker
             // could keep an account locked for ever with one guess per lock period.
             UserEvent::LoginFailed {
-                reason: LoginFailure::Locked,
+                reason: LoginFailure::Locked | LoginFailure::OrganizationRestricted,
                 ..
             } => {}
             UserEvent::LoginFailed { at, .. } => {
@@ -961,6 +965,33 @@ mod tests {
         assert!(user.has_two_factor());
         user.apply(UserEvent::TwoFactorReset);
         assert!(!user.has_two_factor());
+    }
+
+    #[test]
+    fn refusals_of_a_restricted_organisation_never_lock() {
+        let restricted = |m: i64| UserEvent::LoginFailed {
+            reason: LoginFailure::OrganizationRestricted,
+            origin: origin(),
+            at: t(m),
+        };
+        let mut given = vec![registered()];
+        given.extend((0..9).map(restricted));
+        given.extend((0..9).map(failed));
+        // Nine wrong passwords and as many refusals: the tenth refusal locks nothing, and the
+        // tenth wrong password counts only the nine before it.
+        UserTest::with(())
+            .given(given.clone())
+            .when(UserCommand::RecordLoginFailure {
+                reason: LoginFailure::OrganizationRestricted,
+                origin: origin(),
+                at: t(9),
+            })
+            .then_expect_events(vec![restricted(9)]);
+        let mut user = User::default();
+        for event in given {
+            user.apply(event);
+        }
+        assert_eq!(user.failures.len(), 9);
     }
 
     #[test]

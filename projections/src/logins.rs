@@ -21,6 +21,7 @@ fn failure(reason: LoginFailure) -> &'static str {
         LoginFailure::Deactivated => "deactivated",
         LoginFailure::Locked => "locked",
         LoginFailure::WrongSecondFactor => "wrong_second_factor",
+        LoginFailure::OrganizationRestricted => "organization_restricted",
     }
 }
 

@@ -276,6 +276,21 @@ async fn the_operator_moves_an_organisation_through_its_life_and_every_step_is_r
     );
     assert_eq!(row(&app, &admin).await.0, "active");
     until_code(&app, &admin.token, EMPLOYEES, None).await.ok();
+    // The refused sign-in is in the member's login history, by its class (read once
+    // resumed: a suspended organisation shows its administrators only its status).
+    app.settled(admin.tenant_id).await;
+    let logins = app
+        .graphql(
+            Some(&admin.token),
+            "query($u: ID) { loginHistory(userId: $u) { edges { node { eventType reason } } } }",
+            json!({ "u": member.user_id.to_string() }),
+        )
+        .await
+        .ok();
+    assert_eq!(
+        logins.data("loginHistory.edges")[0]["node"],
+        json!({ "eventType": "LoginFailed", "reason": "organization_restricted" })
+    );
     assert_eq!(login_refusal(&app, &member).await, None);
     assert_eq!(employee_names(&app, &admin).await, ["Throughout"]);
 

@@ -281,7 +281,12 @@ impl Services {
                 let user = users::user(&tenant.pool, credentials.id)
                     .await?
                     .ok_or(ApiError::InvalidCredentials)?;
-                check_sign_in(tenant.standing(), user.is_admin)?;
+                if let Err(refused) = check_sign_in(tenant.standing(), user.is_admin) {
+                    let reason = LoginFailure::OrganizationRestricted;
+                    self.record_failure(&tenant, credentials.id, reason, origin, now)
+                        .await;
+                    return Err(refused);
+                }
                 if credentials.two_factor {
                     return self.challenge(&tenant, credentials).await;
                 }

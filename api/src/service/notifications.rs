@@ -12,7 +12,7 @@ pub(crate) mod messages;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -26,10 +26,9 @@ use crate::infra::notifications::outbox::{
 use crate::infra::tenancy::tenant::Tenant;
 use crate::service::Services;
 
-/// Notifications taken per round trip (two waves, well within a lease even when every
-/// message takes the mail time-out), and sent at once.
-const BATCH: i64 = 32;
+/// Notifications sent at once, and taken per round trip.
 const CONCURRENCY: usize = crate::infra::notifications::mail::CONNECTIONS as usize;
+const BATCH: i64 = CONCURRENCY as i64;
 /// The longest wait between two attempts.
 const MAX_BACKOFF: std::time::Duration = std::time::Duration::from_secs(6 * 60 * 60);
 
@@ -65,38 +64,58 @@ pub(crate) struct SubjectNotices {
 
 impl Services {
     /// One delivery round: every due notification taken, split or sent, and its outcome
-    /// recorded. How many were sent.
+    /// recorded. How many were sent. Notifications are taken 16 at a time as sending makes
+    /// room (never more than one batch ahead of the messages in flight, so none waits near
+    /// its lease), until none is due.
     pub async fn deliver_notifications(&self) -> anyhow::Result<usize> {
         let catalog = self.tenancy.catalog();
         let sending = self.mailer.is_some();
+        let lease = self.notifications.lease;
+        let batches =
+            futures::stream::unfold((false, catalog.clone()), move |(failed, catalog)| {
+                claim_batch(failed, catalog, lease, sending)
+            });
+        let outcomes: Vec<anyhow::Result<Outcome>> = batches
+            .map_ok(|(claim, batch)| {
+                futures::stream::iter(
+                    batch
+                        .into_iter()
+                        .map(move |n| Ok::<_, anyhow::Error>((claim, n))),
+                )
+            })
+            .try_flatten()
+            .map(|taken| self.deliver_taken(taken))
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
         let mut sent = 0;
-        loop {
-            let claim = Uuid::now_v7();
-            let lease = self.notifications.lease;
-            let batch = outbox::claim(catalog, claim, BATCH, lease, sending).await?;
-            if batch.is_empty() {
-                break;
-            }
-            let outcomes: Vec<anyhow::Result<Outcome>> = futures::stream::iter(batch)
-                .map(|notification| self.deliver(notification, claim))
-                .buffer_unordered(CONCURRENCY)
-                .collect()
-                .await;
-            for outcome in outcomes {
-                match outcome {
-                    Ok(Outcome::Sent) => sent += 1,
-                    Ok(_) => {}
-                    // Left as it is: tried again once its lease runs out.
-                    Err(err) => {
-                        tracing::error!(error = %format!("{err:#}"), "a notification's outcome could not be recorded");
-                    }
+        let mut failure = None;
+        for outcome in outcomes {
+            match outcome {
+                Ok(Outcome::Sent) => sent += 1,
+                Ok(_) => {}
+                // Left as it is: tried again once its lease runs out.
+                Err(err) => {
+                    tracing::error!(error = %format!("{err:#}"), "a notification could not be taken or its outcome recorded");
+                    failure = Some(err);
                 }
             }
         }
         if !sending {
             outbox::note_no_mail_server(catalog).await?;
         }
-        Ok(sent)
+        match failure {
+            Some(err) if sent == 0 => Err(err),
+            _ => Ok(sent),
+        }
+    }
+
+    async fn deliver_taken(
+        &self,
+        taken: anyhow::Result<(Uuid, Notification)>,
+    ) -> anyhow::Result<Outcome> {
+        let (claim, notification) = taken?;
+        self.deliver(notification, claim).await
     }
 
     /// Splits or sends one notification the worker took under `claim`, and records what
@@ -248,10 +267,7 @@ impl Services {
         let Some(tenant) = self.served(tenant_id).await? else {
             return Ok(Target::Nobody("the organisation is gone"));
         };
-        let Some(row) = self.tenancy.subscription_by_id(tenant_id).await? else {
-            return Ok(Target::Nobody("the organisation is gone"));
-        };
-        let organization = row.name;
+        let organization = tenant.name.clone();
         let (kind, id) = notification
             .recipient
             .split_once(':')
@@ -417,6 +433,28 @@ impl Services {
     pub(crate) async fn forget_purge_notices(&self, tenant_id: Uuid) -> Result<(), ApiError> {
         outbox::drop_held_purge_notices(self.tenancy.catalog(), tenant_id).await?;
         Ok(())
+    }
+}
+
+/// The next batch of a delivery round (the state: whether taking one failed, and the catalog):
+/// the batch with its claim token; nothing once none is due or after a failure.
+async fn claim_batch(
+    failed: bool,
+    catalog: sqlx::PgPool,
+    lease: std::time::Duration,
+    sending: bool,
+) -> Option<(
+    anyhow::Result<(Uuid, Vec<Notification>)>,
+    (bool, sqlx::PgPool),
+)> {
+    if failed {
+        return None;
+    }
+    let claim = Uuid::now_v7();
+    match outbox::claim(&catalog, claim, BATCH, lease, sending).await {
+        Ok(batch) if batch.is_empty() => None,
+        Ok(batch) => Some((Ok((claim, batch)), (false, catalog))),
+        Err(err) => Some((Err(err.into()), (true, catalog))),
     }
 }
 

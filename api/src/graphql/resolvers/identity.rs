@@ -76,8 +76,9 @@ impl LoginEvent {
             None => Ok(None),
         }
     }
-    /// Why a login failed: `wrong_password`, `wrong_second_factor`, `deactivated` or
-    /// `locked`; why an API token was refused: `revoked` or `expired`.
+    /// Why a login failed: `wrong_password`, `wrong_second_factor`, `deactivated`, `locked`
+    /// or `organization_restricted` (the password was right, but the organisation admitted
+    /// only administrators then); why an API token was refused: `revoked` or `expired`.
     async fn reason(&self) -> Option<&str> {
         self.0.reason.as_deref()
     }
