@@ -45,6 +45,32 @@ async fn notifications(app: &TestApp, admin: &Session, variables: Value) -> Vec<
         .collect()
 }
 
+/// Waits (up to 30 s) until the organisation's notifications matching `variables` satisfy
+/// `done`, and returns them as they are then.
+async fn until_listed(
+    app: &TestApp,
+    admin: &Session,
+    variables: Value,
+    done: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let listed = notifications(app, admin, variables.clone()).await;
+        if done(&listed) || std::time::Instant::now() > deadline {
+            return listed;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `custos tenant <verb> --slug S --reason R`, as the provider runs it.
+async fn operator(app: &TestApp, verb: &str, admin: &Session, reason: &str) {
+    assert!(
+        app.custos(&["tenant", verb, "--slug", &admin.slug, "--reason", reason])
+            .await
+    );
+}
+
 /// Waits (up to 20 s) until the messages to `to` whose subject contains `subject` number
 /// `count`, and a little longer to see that no more come.
 async fn exactly(smtp: &SmtpServer, to: &str, subject: &str, count: usize) -> Vec<Mail> {
@@ -100,17 +126,7 @@ async fn each_lifecycle_notice_reaches_every_administrator_once() {
         .unwrap()
         .to_owned();
 
-    assert!(
-        app.custos(&[
-            "tenant",
-            "suspend",
-            "--slug",
-            &admin.slug,
-            "--reason",
-            "late payment"
-        ])
-        .await
-    );
+    operator(&app, "suspend", &admin, "late payment").await;
     for to in [&admin.email, &other.email] {
         let mails = exactly(&smtp, to, "is suspended", 1).await;
         let mail = &mails[0];
@@ -119,17 +135,7 @@ async fn each_lifecycle_notice_reaches_every_administrator_once() {
         assert!(mail.body().contains("late payment"), "{}", mail.body());
         assert!(mail.header("Message-ID").unwrap().ends_with("@custos>"));
     }
-    assert!(
-        app.custos(&[
-            "tenant",
-            "resume",
-            "--slug",
-            &admin.slug,
-            "--reason",
-            "paid"
-        ])
-        .await
-    );
+    operator(&app, "resume", &admin, "paid").await;
     exactly(&smtp, &admin.email, "is resumed", 1).await;
 
     // An administrator's own choice: the plan, with the storage it includes.
@@ -390,25 +396,8 @@ async fn a_refusing_mail_server_is_retried_until_a_dead_letter() {
     smtp.set_mode(Mode::Refuse);
     let app = app_with(Some(&smtp), 4).await;
     let admin = app.sign_up(&slug("deadletter")).await;
-    assert!(
-        app.custos(&[
-            "tenant",
-            "suspend",
-            "--slug",
-            &admin.slug,
-            "--reason",
-            "unpaid"
-        ])
-        .await
-    );
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let dead = loop {
-        let listed = notifications(&app, &admin, json!({ "status": "DEAD" })).await;
-        if !listed.is_empty() || std::time::Instant::now() > deadline {
-            break listed;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    operator(&app, "suspend", &admin, "unpaid").await;
+    let dead = until_listed(&app, &admin, json!({ "status": "DEAD" }), |l| !l.is_empty()).await;
     assert_eq!(dead.len(), 1, "{dead:#?}");
     assert_eq!(dead[0]["attempts"], 4);
     assert!(
@@ -418,30 +407,14 @@ async fn a_refusing_mail_server_is_retried_until_a_dead_letter() {
     assert!(smtp.mails().is_empty());
 
     // A server that refuses for a while: the next attempt after it answers again succeeds.
-    assert!(
-        app.custos(&[
-            "tenant",
-            "resume",
-            "--slug",
-            &admin.slug,
-            "--reason",
-            "paid"
-        ])
-        .await
-    );
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let listed = notifications(&app, &admin, json!({ "kind": "RESUMED" })).await;
-        // A failed attempt recorded (an attempt under way counts before it is over).
-        if listed.first().is_some_and(|n| n["lastError"].is_string())
-            || std::time::Instant::now() > deadline
-        {
-            assert_eq!(listed[0]["status"], "PENDING", "{listed:#?}");
-            assert!(listed[0]["nextAttemptAt"].is_string());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    operator(&app, "resume", &admin, "paid").await;
+    // A failed attempt recorded (an attempt under way counts before it is over).
+    let listed = until_listed(&app, &admin, json!({ "kind": "RESUMED" }), |l| {
+        l.first().is_some_and(|n| n["lastError"].is_string())
+    })
+    .await;
+    assert_eq!(listed[0]["status"], "PENDING", "{listed:#?}");
+    assert!(listed[0]["nextAttemptAt"].is_string());
     smtp.set_mode(Mode::Accept);
     exactly(&smtp, &admin.email, "is resumed", 1).await;
     let resumed = notifications(&app, &admin, json!({ "kind": "RESUMED" })).await;
@@ -454,27 +427,11 @@ async fn a_refusing_mail_server_is_retried_until_a_dead_letter() {
 async fn without_a_mail_server_notices_wait_unsent_and_visible() {
     let app = app_with(None, 5).await;
     let admin = app.sign_up(&slug("nomail")).await;
-    assert!(
-        app.custos(&[
-            "tenant",
-            "suspend",
-            "--slug",
-            &admin.slug,
-            "--reason",
-            "unpaid"
-        ])
-        .await
-    );
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let listed = loop {
-        let listed = notifications(&app, &admin, json!({})).await;
-        if listed.first().is_some_and(|n| !n["lastError"].is_null())
-            || std::time::Instant::now() > deadline
-        {
-            break listed;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    operator(&app, "suspend", &admin, "unpaid").await;
+    let listed = until_listed(&app, &admin, json!({}), |l| {
+        l.first().is_some_and(|n| !n["lastError"].is_null())
+    })
+    .await;
     assert_eq!(listed.len(), 1, "{listed:#?}");
     assert_eq!(listed[0]["status"], "PENDING");
     assert_eq!(listed[0]["attempts"], 0);

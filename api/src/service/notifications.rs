@@ -361,22 +361,18 @@ impl Services {
         }
         tx.commit().await?;
         self.outbox_written.notify_one();
-        if incident.subjects_notified_at.is_none() && !affected.is_empty() {
-            let command = custos_domain::IncidentCommand::NotifySubjects {
-                at: Utc::now(),
-                now: Utc::now(),
-            };
-            self.command(
-                tenant,
-                &tenant.incidents,
-                id,
-                command,
-                self.actor(principal, request_id),
-            )
-            .await?;
-        }
         tracing::info!(tenant.id = %tenant.id, incident.id = %id, queued = notices.queued, "breach notices issued");
-        Ok((self.incident(tenant, id).await?, notices))
+        if incident.subjects_notified_at.is_some() || affected.is_empty() {
+            return Ok((incident, notices));
+        }
+        let command = custos_domain::IncidentCommand::NotifySubjects {
+            at: Utc::now(),
+            now: Utc::now(),
+        };
+        let incident = self
+            .record_notification(principal, id, command, request_id)
+            .await?;
+        Ok((incident, notices))
     }
 
     /// The organisation's notifications, newest first (one more than `first`, to tell whether
