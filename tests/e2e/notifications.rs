@@ -63,6 +63,17 @@ async fn until_listed(
     }
 }
 
+/// The administrator cancels the subscription.
+async fn cancel(app: &TestApp, admin: &Session) {
+    app.graphql(
+        Some(&admin.token),
+        "mutation { cancelSubscription { status } }",
+        json!({}),
+    )
+    .await
+    .ok();
+}
+
 /// `custos tenant <verb> --slug S --reason R`, as the provider runs it.
 async fn operator(app: &TestApp, verb: &str, admin: &Session, reason: &str) {
     assert!(
@@ -161,13 +172,7 @@ async fn each_lifecycle_notice_reaches_every_administrator_once() {
     chosen.ok();
     let plan = exactly(&smtp, &other.email, "Standard plan", 1).await;
     assert!(plan[0].body().contains("50 GB"), "{}", plan[0].body());
-    app.graphql(
-        Some(&admin.token),
-        "mutation { cancelSubscription { status } }",
-        json!({}),
-    )
-    .await
-    .ok();
+    cancel(&app, &admin).await;
     exactly(&smtp, &admin.email, "is cancelled", 1).await;
 
     // Delivering again sends nothing twice.
@@ -487,13 +492,7 @@ async fn storage_crossings_and_a_cancellation_to_the_purge_are_told_once_each() 
     .ok();
     let plan = exactly(&smtp, &admin.email, "Maxi plan", 1).await;
     assert!(plan[0].body().contains("80 GB"), "{}", plan[0].body());
-    app.graphql(
-        Some(&admin.token),
-        "mutation { cancelSubscription { status } }",
-        json!({}),
-    )
-    .await
-    .ok();
+    cancel(&app, &admin).await;
     exactly(&smtp, &admin.email, "is cancelled", 1).await;
 
     let catalog = services.tenancy.catalog();
