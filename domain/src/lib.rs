@@ -17,6 +17,7 @@ pub mod role;
 pub mod subscription;
 pub mod user;
 pub mod values;
+pub mod webhook;
 
 pub use api_token::{ApiToken, ApiTokenCommand, ApiTokenError, ApiTokenEvent, TokenRefusal};
 pub use consent::{ConsentCommand, ConsentError, ConsentEvent, Consents, LegalBasis};
@@ -44,3 +45,4 @@ pub use subscription::{
 };
 pub use user::{LoginFailure, LoginOrigin, SecondFactor, User, UserCommand, UserError, UserEvent};
 pub use values::{parse_date, Email, PersonName, Phone, ValueError};
+pub use webhook::{Webhook, WebhookCommand, WebhookError, WebhookEvent, WebhookTopic, WebhookUrl};
