@@ -39,4 +39,5 @@ CREATE TABLE notifications (
 );
 
 CREATE INDEX notifications_due ON notifications (next_attempt_at) WHERE status = 'pending';
-CREATE INDEX notifications_of_tenant ON notifications (tenant_id, created_at DESC, id DESC);
+-- ids are UUIDv7: by id is by when a notification was written
+CREATE INDEX notifications_of_tenant ON notifications (tenant_id, id DESC);

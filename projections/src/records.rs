@@ -183,6 +183,22 @@ pub struct RecordRow {
     pub updated_by: Uuid,
 }
 
+impl RecordRow {
+    /// The text values of the fields `names`, in that order: a text field's value, each item
+    /// of a list.
+    pub fn texts(&self, names: &[&str]) -> Vec<&str> {
+        names
+            .iter()
+            .filter_map(|name| self.fields.get(*name))
+            .flat_map(|value| match value {
+                Value::Array(items) => items.iter().filter_map(Value::as_str).collect(),
+                Value::String(text) => vec![text.as_str()],
+                _ => Vec::new(),
+            })
+            .collect()
+    }
+}
+
 /// A datasheet read from its stored name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DatasheetName(pub Datasheet);

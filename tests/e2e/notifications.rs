@@ -63,6 +63,15 @@ async fn until_listed(
     }
 }
 
+/// A moment of the organisation's catalog row (`trial_ends_at`, `kept_until`, …).
+async fn moment(app: &TestApp, admin: &Session, column: &str) -> chrono::DateTime<Utc> {
+    sqlx::query_scalar(&format!("SELECT {column} FROM tenants WHERE id = $1"))
+        .bind(admin.tenant_id)
+        .fetch_one(app.services.tenancy.catalog())
+        .await
+        .unwrap()
+}
+
 /// The administrator cancels the subscription.
 async fn cancel(app: &TestApp, admin: &Session) {
     app.graphql(
@@ -216,12 +225,7 @@ async fn a_trial_is_told_before_it_ends_and_when_its_data_is_deleted() {
     let app = app_with(Some(&smtp), 5).await;
     let admin = app.sign_up(&slug("trialmail")).await;
     let catalog = app.services.tenancy.catalog();
-    let trial_ends_at: chrono::DateTime<Utc> =
-        sqlx::query_scalar("SELECT trial_ends_at FROM tenants WHERE id = $1")
-            .bind(admin.tenant_id)
-            .fetch_one(catalog)
-            .await
-            .unwrap();
+    let trial_ends_at = moment(&app, &admin, "trial_ends_at").await;
     let services = &app.services;
 
     // A week before, then a day before: each notice once, however often the schedule runs.
@@ -249,12 +253,7 @@ async fn a_trial_is_told_before_it_ends_and_when_its_data_is_deleted() {
         "{}",
         told[0].body()
     );
-    let kept_until: chrono::DateTime<Utc> =
-        sqlx::query_scalar("SELECT kept_until FROM tenants WHERE id = $1")
-            .bind(admin.tenant_id)
-            .fetch_one(catalog)
-            .await
-            .unwrap();
+    let kept_until = moment(&app, &admin, "kept_until").await;
     services
         .lifecycle_round(kept_until - chrono::Duration::days(3))
         .await
@@ -495,13 +494,7 @@ async fn storage_crossings_and_a_cancellation_to_the_purge_are_told_once_each() 
     cancel(&app, &admin).await;
     exactly(&smtp, &admin.email, "is cancelled", 1).await;
 
-    let catalog = services.tenancy.catalog();
-    let effective: chrono::DateTime<Utc> =
-        sqlx::query_scalar("SELECT cancellation_effective_at FROM tenants WHERE id = $1")
-            .bind(admin.tenant_id)
-            .fetch_one(catalog)
-            .await
-            .unwrap();
+    let effective = moment(&app, &admin, "cancellation_effective_at").await;
     services
         .lifecycle_round(effective + chrono::Duration::seconds(1))
         .await
@@ -510,12 +503,7 @@ async fn storage_crossings_and_a_cancellation_to_the_purge_are_told_once_each() 
     assert!(ended
         .iter()
         .any(|m| m.subject().contains("has ended") && m.body().contains("until")));
-    let kept_until: chrono::DateTime<Utc> =
-        sqlx::query_scalar("SELECT kept_until FROM tenants WHERE id = $1")
-            .bind(admin.tenant_id)
-            .fetch_one(catalog)
-            .await
-            .unwrap();
+    let kept_until = moment(&app, &admin, "kept_until").await;
     for days in [6, 4, 1] {
         services
             .lifecycle_round(kept_until - chrono::Duration::days(days))

@@ -68,11 +68,8 @@ pub(crate) async fn storage(services: Arc<Services>, interval: Duration) {
 /// Delivers the outbox: every `interval`, and at once when this process wrote to it.
 pub(crate) async fn notifications(services: Arc<Services>, interval: Duration) {
     loop {
-        match services.deliver_notifications().await {
-            Ok(_) => {}
-            Err(err) => {
-                tracing::error!(error = %format!("{err:#}"), "notification delivery failed");
-            }
+        if let Err(err) = services.deliver_notifications().await {
+            tracing::error!(error = %format!("{err:#}"), "notification delivery failed");
         }
         let _ = tokio::time::timeout(interval, services.outbox_written.notified()).await;
     }

@@ -12,6 +12,7 @@ pub(crate) mod messages;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use custos_projections::{Cursor, Page};
 use futures::{StreamExt, TryStreamExt};
 use serde_json::json;
 use uuid::Uuid;
@@ -293,7 +294,12 @@ impl Services {
                 if record.erased_at.is_some() {
                     return Ok(Target::Nobody("the person was erased"));
                 }
-                let Some(address) = record_email(&record.fields.0) else {
+                let emails = record.texts(&["email", "emails"]);
+                let Some(address) = emails
+                    .into_iter()
+                    .find(|e| !e.is_empty())
+                    .map(str::to_owned)
+                else {
                     return Ok(Target::Nobody("the record has no email address"));
                 };
                 let incident = notification
@@ -375,20 +381,16 @@ impl Services {
         Ok((incident, notices))
     }
 
-    /// The organisation's notifications, newest first (one more than `first`, to tell whether
-    /// a next page exists), and how many match in all (administrators).
+    /// A page of the organisation's notifications, newest first (administrators).
     pub(crate) async fn notifications(
         &self,
         principal: &Principal,
         filter: &NotificationFilter,
-        after: Option<(DateTime<Utc>, Uuid)>,
+        after: Option<Cursor>,
         first: i64,
-    ) -> Result<(Vec<Notification>, i64), ApiError> {
+    ) -> Result<Page<Notification>, ApiError> {
         let catalog = self.tenancy.catalog();
-        let tenant_id = principal.tenant.id;
-        let rows = outbox::page(catalog, tenant_id, filter, after, first).await?;
-        let total = outbox::count(catalog, tenant_id, filter).await?;
-        Ok((rows, total))
+        Ok(outbox::page(catalog, principal.tenant.id, filter, after, first).await?)
     }
 
     /// Before a purge drops the organisation's database: its last notice, to each of its
@@ -451,19 +453,5 @@ async fn claim_batch(
         Ok(batch) if batch.is_empty() => None,
         Ok(batch) => Some((Ok((claim, batch)), (false, catalog))),
         Err(err) => Some((Err(err.into()), (true, catalog))),
-    }
-}
-
-/// The first email address a record holds (`email`, or the first of `emails`).
-fn record_email(fields: &serde_json::Map<String, serde_json::Value>) -> Option<String> {
-    let value = fields.get("email").or_else(|| fields.get("emails"))?;
-    match value {
-        serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
-        serde_json::Value::Array(items) => items
-            .iter()
-            .filter_map(serde_json::Value::as_str)
-            .find(|s| !s.is_empty())
-            .map(str::to_owned),
-        _ => None,
     }
 }

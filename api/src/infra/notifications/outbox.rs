@@ -4,6 +4,7 @@
 //! that died lets its rows go when the lease runs out.
 
 use chrono::{DateTime, Utc};
+use custos_projections::{Cursor, Page};
 use serde_json::Value;
 use sqlx::types::Json;
 use sqlx::{PgExecutor, PgPool};
@@ -258,54 +259,55 @@ pub(crate) struct NotificationFilter {
     pub cause: Option<String>,
 }
 
-/// The organisation's notifications to a person (not the notices for its administrators
-/// before they are split into one per administrator), newest first, after
-/// the cursor `(created_at, id)`; one more than `first` tells whether a next page exists.
-pub(crate) async fn page<'e>(
-    db: impl PgExecutor<'e>,
-    tenant_id: Uuid,
-    filter: &NotificationFilter,
-    after: Option<(DateTime<Utc>, Uuid)>,
-    first: i64,
-) -> sqlx::Result<Vec<Notification>> {
-    sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM notifications
-         WHERE tenant_id = $1 AND recipient <> '{ADMINISTRATORS}'
+/// The condition picking an organisation's notifications by a filter ($1 to $4): those to a person (not
+/// the notices for its administrators before they are split into one per administrator).
+fn matching() -> String {
+    format!(
+        "tenant_id = $1 AND recipient <> '{ADMINISTRATORS}'
            AND ($2::text IS NULL OR status = $2)
            AND ($3::text IS NULL OR kind = $3)
-           AND ($4::text IS NULL OR cause = $4)
-           AND ($5::timestamptz IS NULL OR (created_at, id) < ($5, $6))
-         ORDER BY created_at DESC, id DESC
-         LIMIT $7"
+           AND ($4::text IS NULL OR cause = $4)"
+    )
+}
+
+/// A page of the organisation's notifications matching `filter`, newest first — by id, which
+/// (UUIDv7) orders them by when they were written — after the cursor's.
+pub(crate) async fn page(
+    db: &PgPool,
+    tenant_id: Uuid,
+    filter: &NotificationFilter,
+    after: Option<Cursor>,
+    first: i64,
+) -> sqlx::Result<Page<Notification>> {
+    let matching = matching();
+    let mut items: Vec<Notification> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM notifications
+         WHERE {matching} AND ($5::uuid IS NULL OR id < $5)
+         ORDER BY id DESC
+         LIMIT $6"
     ))
     .bind(tenant_id)
     .bind(filter.status.as_deref())
     .bind(filter.kind.as_deref())
     .bind(filter.cause.as_deref())
-    .bind(after.map(|a| a.0))
-    .bind(after.map(|a| a.1))
+    .bind(after.map(|c| c.0))
     .bind(first + 1)
     .fetch_all(db)
-    .await
-}
-
-/// How many of the organisation's notifications match `filter`.
-pub(crate) async fn count<'e>(
-    db: impl PgExecutor<'e>,
-    tenant_id: Uuid,
-    filter: &NotificationFilter,
-) -> sqlx::Result<i64> {
-    sqlx::query_scalar(&format!(
-        "SELECT count(*) FROM notifications
-         WHERE tenant_id = $1 AND recipient <> '{ADMINISTRATORS}'
-           AND ($2::text IS NULL OR status = $2)
-           AND ($3::text IS NULL OR kind = $3)
-           AND ($4::text IS NULL OR cause = $4)"
+    .await?;
+    let total_count: i64 = sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM notifications WHERE {matching}"
     ))
     .bind(tenant_id)
     .bind(filter.status.as_deref())
     .bind(filter.kind.as_deref())
     .bind(filter.cause.as_deref())
     .fetch_one(db)
-    .await
+    .await?;
+    let has_next_page = items.len() as i64 > first;
+    items.truncate(usize::try_from(first).unwrap_or(0));
+    Ok(Page {
+        items,
+        has_next_page,
+        total_count,
+    })
 }

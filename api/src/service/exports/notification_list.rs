@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use custos_domain::DataExportCommand;
 use custos_projections::records::{self, RecordRow};
-use serde_json::Value;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
@@ -72,16 +71,7 @@ const COLUMNS: [&str; 8] = [
 
 /// One text or list value as a cell (lists joined with `; `).
 fn joined(row: &RecordRow, fields: &[&str]) -> String {
-    fields
-        .iter()
-        .filter_map(|f| row.fields.get(*f))
-        .flat_map(|value| match value {
-            Value::Array(items) => items.iter().filter_map(Value::as_str).collect::<Vec<_>>(),
-            Value::String(text) => vec![text.as_str()],
-            _ => Vec::new(),
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
+    row.texts(fields).join("; ")
 }
 
 impl NotificationList {
