@@ -115,8 +115,7 @@ async fn newest_record_event(pool: &sqlx::PgPool) -> Position {
 }
 
 /// Runs projector batches (this task's or the service's own) until the records projection
-/// has passed the newest record event. Other tests' open transactions on the shared cluster
-/// may hold the horizon back for a while; this waits them out.
+/// has passed the newest record event.
 async fn catch_up(pool: &sqlx::PgPool, log: &EventLog) {
     let target = newest_record_event(pool).await;
     for _ in 0..500 {
@@ -244,4 +243,48 @@ async fn an_event_committed_after_a_later_one_is_not_skipped() {
             .await
             .unwrap();
     assert_eq!(names, ["Early", "Late"]);
+}
+
+#[tokio::test]
+async fn a_transaction_left_open_by_another_organisation_holds_back_no_read_model() {
+    let app = TestApp::spawn().await;
+    let busy = app.sign_up(&slug("busy")).await;
+    let other = app.sign_up(&slug("other")).await;
+
+    // A long transaction in one organisation's database (a big import, a stuck client) has a
+    // transaction id; ids are shared by every database of the server.
+    let busy_tenant = app.tenant(busy.tenant_id).await;
+    let mut held = busy_tenant.pool.acquire().await.unwrap();
+    let mut open = held.begin().await.unwrap();
+    insert_event(&mut open, Uuid::now_v7(), busy.user_id, "Pending").await;
+
+    // The other organisation's writes are projected meanwhile, by a batch of this task's and by
+    // the service (the mutation waits for its read models, ten seconds at most).
+    let tenant = app.tenant(other.tenant_id).await;
+    let mut conn = tenant.pool.acquire().await.unwrap();
+    insert_event(&mut conn, Uuid::now_v7(), other.user_id, "Direct").await;
+    one_batch(&tenant.pool, &tenant.log).await;
+    app.create_employee(
+        &other.token,
+        json!({ "firstName": "Served", "lastName": "S" }),
+    )
+    .await;
+    let mut db = app.tenant_admin(other.tenant_id).await;
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT fields->>'first_name' FROM records ORDER BY 1")
+            .fetch_all(&mut db)
+            .await
+            .unwrap();
+    assert_eq!(names, ["Direct", "Served"]);
+
+    // Its own organisation's read models still wait for it, and take it once it commits.
+    open.commit().await.unwrap();
+    catch_up(&busy_tenant.pool, &busy_tenant.log).await;
+    let mut db = app.tenant_admin(busy.tenant_id).await;
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT fields->>'first_name' FROM records ORDER BY 1")
+            .fetch_all(&mut db)
+            .await
+            .unwrap();
+    assert_eq!(names, ["Pending"]);
 }

@@ -15,7 +15,7 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use crate::infra::event_store::log::{EventLog, Position, StoredEvent};
+use crate::infra::event_store::log::{EventLog, Position, StoredEvent, HORIZON};
 
 /// Events applied per transaction.
 const BATCH: i64 = 500;
@@ -222,11 +222,11 @@ pub async fn run_batch(
     let mut tx = pool.begin().await?;
     // The horizon comes from this statement's snapshot, taken before the row lock gives this
     // transaction an id of its own.
-    let locked = sqlx::query(
-        "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS horizon,
+    let locked = sqlx::query(&format!(
+        "SELECT {HORIZON} AS horizon,
                 transaction_id::text::bigint AS transaction_id, global_position
          FROM projection_checkpoints WHERE projection = $1 FOR UPDATE SKIP LOCKED",
-    )
+    ))
     .bind(projection.name())
     .fetch_optional(&mut *tx)
     .await?;

@@ -18,6 +18,20 @@ pub struct Position {
     pub global_position: i64,
 }
 
+/// The commit-safe horizon of a statement, as a bigint: the oldest transaction *of this
+/// database* still running when the statement's snapshot was taken (or the snapshot's end when
+/// none is). Every event below it is committed or rolled back. Transaction ids are shared by
+/// every database of a PostgreSQL server, so the snapshot's own `xmin` would let one
+/// organisation's long transaction hold back the read models of every other organisation on
+/// the server; a running transaction is skipped only when `pg_stat_activity` shows it belongs
+/// to another database (one that ended meanwhile is kept: that only waits longer).
+pub(crate) const HORIZON: &str = "(SELECT COALESCE(
+        (SELECT min(x) FROM pg_snapshot_xip(s) AS x
+         WHERE NOT EXISTS (SELECT 1 FROM pg_stat_activity AS a
+                           WHERE a.backend_xid = xid(x) AND a.datname <> current_database())),
+        pg_snapshot_xmax(s))::text::bigint
+    FROM pg_current_snapshot() AS s)";
+
 impl Position {
     /// Reads the `transaction_id` (as bigint) and `global_position` columns of a row.
     pub(crate) fn from_row(row: &sqlx::postgres::PgRow) -> sqlx::Result<Self> {
@@ -220,8 +234,8 @@ impl EventLog {
     }
 
     /// Up to `limit` events of `aggregate_types` after `after` in commit order, from
-    /// transactions below `horizon` (the oldest transaction still running when the caller's
-    /// statement began: everything below it is committed or rolled back). Reading by
+    /// transactions below `horizon` (see [`HORIZON`]: everything below it is committed or
+    /// rolled back). Reading by
     /// (transaction, position) below the horizon never skips an event whose transaction commits
     /// late, which reading by global position alone would.
     pub(crate) async fn after(

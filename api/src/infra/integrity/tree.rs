@@ -16,6 +16,7 @@ use uuid::Uuid;
 use super::audit_keys::{AuditKeys, InForce};
 use super::merkle::{leaf_hash, Frontier, Hash, Node, ProofOf, STRIDE};
 use super::tree_head::{append_witness, head_from_row, last_tree_head, TreeHead, HEAD_COLUMNS};
+use crate::infra::event_store::log::HORIZON;
 
 /// Advisory lock (transaction-scoped, in the tenant database) while a checkpoint is made.
 const CHECKPOINT_LOCK: i64 = 0x6375_7374_6f73_0006;
@@ -187,10 +188,9 @@ pub(crate) async fn checkpoint(
         }
     };
     // Every transaction below the horizon has ended: no event can later appear before it.
-    let horizon: i64 =
-        sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
-            .fetch_one(&mut *tx)
-            .await?;
+    let horizon: i64 = sqlx::query_scalar(&format!("SELECT {HORIZON}"))
+        .fetch_one(&mut *tx)
+        .await?;
     let first_new = frontier.size();
     loop {
         let rows = sqlx::query(
