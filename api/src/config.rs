@@ -141,6 +141,8 @@ pub struct Config {
     pub storage: StoragePolicy,
     /// Where notifications leave (the mail server) and how their delivery is retried.
     pub notifications: NotificationPolicy,
+    /// How webhooks are delivered and retried.
+    pub webhooks: WebhookPolicy,
 }
 
 /// How notifications are delivered.
@@ -172,6 +174,35 @@ impl Default for NotificationPolicy {
             max_attempts: 12,
             retry_base: Duration::from_secs(30),
             lease: Duration::from_secs(120),
+        }
+    }
+}
+
+/// How webhooks are delivered.
+#[derive(Debug, Clone)]
+pub struct WebhookPolicy {
+    /// How often the organisations with webhooks are looked at (besides at once when this
+    /// process commits a change); `None` (the default outside `serve`): nothing is delivered.
+    pub interval: Option<Duration>,
+    /// How long an endpoint may take to answer one delivery.
+    pub timeout: Duration,
+    /// The wait after the first failed delivery, doubled after each further one (at most
+    /// eight hours).
+    pub retry_base: Duration,
+    /// Failed deliveries in a row after which Custos disables the webhook.
+    pub max_failures: u32,
+    /// How long a worker holds a webhook it is delivering to; one that died lets it go then.
+    pub lease: Duration,
+}
+
+impl Default for WebhookPolicy {
+    fn default() -> Self {
+        Self {
+            interval: None,
+            timeout: Duration::from_secs(10),
+            retry_base: Duration::from_secs(5),
+            max_failures: 15,
+            lease: Duration::from_secs(60),
         }
     }
 }
@@ -288,6 +319,7 @@ impl Config {
             lifecycle: LifecyclePolicy::default(),
             storage: StoragePolicy::default(),
             notifications: NotificationPolicy::default(),
+            webhooks: WebhookPolicy::default(),
         }
     }
 }

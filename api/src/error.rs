@@ -304,6 +304,23 @@ impl From<ApiTokenError> for ApiError {
     }
 }
 
+impl From<custos_domain::WebhookError> for ApiError {
+    fn from(err: custos_domain::WebhookError) -> Self {
+        use custos_domain::WebhookError;
+        match &err {
+            WebhookError::NotFound => ApiError::NotFound,
+            WebhookError::AlreadyExists => ApiError::Conflict(err.to_string()),
+            WebhookError::Removed => ApiError::Validation {
+                message: err.to_string(),
+                field: None,
+            },
+            WebhookError::InvalidUrl(_) => ApiError::validation("url", err.to_string()),
+            WebhookError::NoTopics => ApiError::validation("events", err.to_string()),
+            WebhookError::Invalid { field, .. } => ApiError::validation(field, err.to_string()),
+        }
+    }
+}
+
 impl From<FieldSchemaError> for ApiError {
     fn from(err: FieldSchemaError) -> Self {
         let field = match &err {

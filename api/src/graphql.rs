@@ -22,7 +22,7 @@ pub(crate) mod types;
 
 use resolvers::{
     admin, audit, breaches, custom_fields, datasheets, exports, history, identity, imports,
-    lifecycle, notifications, privacy, reports, retention, security,
+    lifecycle, notifications, privacy, reports, retention, security, webhooks,
 };
 
 /// The root query type.
@@ -39,6 +39,7 @@ pub(crate) struct Query(
     retention::RetentionQuery,
     breaches::BreachesQuery,
     notifications::NotificationsQuery,
+    webhooks::WebhooksQuery,
     audit::AuditQuery,
 );
 
@@ -56,6 +57,7 @@ pub(crate) struct Mutation(
     privacy::PrivacyMutation,
     retention::RetentionMutation,
     breaches::BreachesMutation,
+    webhooks::WebhooksMutation,
     audit::AuditMutation,
 );
 

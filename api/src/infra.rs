@@ -16,3 +16,4 @@ pub mod projector;
 pub(crate) mod stores;
 pub(crate) mod subject_keys;
 pub(crate) mod tenancy;
+pub(crate) mod webhooks;

@@ -33,6 +33,7 @@ pub(crate) mod notifications;
 pub(crate) mod privacy;
 pub(crate) mod records;
 pub(crate) mod two_factor;
+pub(crate) mod webhooks;
 
 /// Advisory lock key (transaction-scoped, in the tenant database) for the user directory.
 const DIRECTORY_LOCK: i64 = 0x6375_7374_6f73_0002;
@@ -63,6 +64,11 @@ pub struct Services {
     pub(crate) mailer: Option<crate::infra::notifications::mail::Mailer>,
     /// Wakes the delivery worker when this process wrote to the outbox.
     pub(crate) outbox_written: tokio::sync::Notify,
+    /// How webhooks are delivered, and the HTTP client that delivers them.
+    pub(crate) webhooks: crate::config::WebhookPolicy,
+    pub(crate) webhook_sender: crate::infra::webhooks::sender::Sender,
+    /// Where this service listens, once it does: no webhook may point there.
+    pub(crate) listening: std::sync::OnceLock<std::net::SocketAddr>,
 }
 
 /// Held while a change checked against other aggregates runs; dropping it (even on

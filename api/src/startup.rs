@@ -76,6 +76,9 @@ pub(crate) async fn services(
             .transpose()?,
         notifications: config.notifications.clone(),
         outbox_written: tokio::sync::Notify::new(),
+        webhooks: config.webhooks.clone(),
+        webhook_sender: crate::infra::webhooks::sender::Sender::new(config.webhooks.timeout)?,
+        listening: std::sync::OnceLock::new(),
     });
     // Before anything is served: erasures made since a restored backup are made again.
     services.replay_erasure_ledgers().await?;
@@ -122,6 +125,7 @@ pub struct Application {
     _lifecycle: Option<AbortOnDrop>,
     _storage: Option<AbortOnDrop>,
     _notifications: Option<AbortOnDrop>,
+    _webhooks: Option<AbortOnDrop>,
     listener: TcpListener,
     router: Router,
     services: Arc<Services>,
@@ -145,6 +149,7 @@ impl Application {
             graphiql: config.graphiql,
         };
         let listener = TcpListener::bind(config.listen).await?;
+        let _ = services.listening.set(listener.local_addr()?);
         let sweeper = tokio::spawn(jobs::close_idle_tenants(
             services.clone(),
             config.tenant_idle,
@@ -181,9 +186,14 @@ impl Application {
                 interval,
             )))
         });
+        let webhooks = config
+            .webhooks
+            .interval
+            .map(|interval| AbortOnDrop(tokio::spawn(jobs::webhooks(services.clone(), interval))));
         Ok(Self {
             _sweeper: AbortOnDrop(sweeper),
             _notifications: notifications,
+            _webhooks: webhooks,
             _lifecycle: lifecycle,
             _storage: storage,
             _retention: retention,

@@ -10,19 +10,24 @@ const ACTOR_KIND: &str = "actor_kind";
 const REQUEST: &str = "request_id";
 const COMMAND: &str = "command_id";
 
-/// Who a command ran as: a user, an integration through an API token, or a retention policy
-/// that the service's scheduler applied.
+/// Who a command ran as: a user, an integration through an API token, a retention policy
+/// that the service's scheduler applied, or Custos disabling a webhook whose deliveries kept
+/// failing (the webhook's id).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Actor {
     User(Uuid),
     ApiToken(Uuid),
     RetentionPolicy(Uuid),
+    Webhook(Uuid),
 }
 
 impl Actor {
     pub fn id(self) -> Uuid {
         match self {
-            Actor::User(id) | Actor::ApiToken(id) | Actor::RetentionPolicy(id) => id,
+            Actor::User(id)
+            | Actor::ApiToken(id)
+            | Actor::RetentionPolicy(id)
+            | Actor::Webhook(id) => id,
         }
     }
 
@@ -32,16 +37,18 @@ impl Actor {
             "user" => Some(Actor::User(id)),
             "api_token" => Some(Actor::ApiToken(id)),
             "retention_policy" => Some(Actor::RetentionPolicy(id)),
+            "webhook" => Some(Actor::Webhook(id)),
             _ => None,
         }
     }
 
-    /// `user`, `api_token` or `retention_policy`, as stored.
+    /// `user`, `api_token`, `retention_policy` or `webhook`, as stored.
     pub fn kind(self) -> &'static str {
         match self {
             Actor::User(_) => "user",
             Actor::ApiToken(_) => "api_token",
             Actor::RetentionPolicy(_) => "retention_policy",
+            Actor::Webhook(_) => "webhook",
         }
     }
 }

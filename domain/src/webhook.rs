@@ -1,7 +1,6 @@
 //! The `Webhook` aggregate: an endpoint an organisation's administrators register to be told,
 //! by a signed HTTP POST, when something they chose happens (a record created, changed,
-//! archived, erased or restricted; a user or role changed; the organisation's subscription
-//! changed). One stream per webhook: who registered, changed, disabled or removed it is
+//! archived, erased or restricted; a user or role changed). One stream per webhook: who registered, changed, disabled or removed it is
 //! history like any other change. Custos itself disables a webhook whose deliveries keep
 //! failing (actor `custos`).
 //!
@@ -31,11 +30,10 @@ pub enum WebhookTopic {
     RecordRestricted,
     UserChanged,
     RoleChanged,
-    LifecycleChanged,
 }
 
 impl WebhookTopic {
-    pub const ALL: [WebhookTopic; 8] = [
+    pub const ALL: [WebhookTopic; 7] = [
         WebhookTopic::RecordCreated,
         WebhookTopic::RecordUpdated,
         WebhookTopic::RecordArchived,
@@ -43,7 +41,6 @@ impl WebhookTopic {
         WebhookTopic::RecordRestricted,
         WebhookTopic::UserChanged,
         WebhookTopic::RoleChanged,
-        WebhookTopic::LifecycleChanged,
     ];
 
     /// The name deliveries carry as their `type` (`record.created`, …).
@@ -56,7 +53,6 @@ impl WebhookTopic {
             WebhookTopic::RecordRestricted => "record.restricted",
             WebhookTopic::UserChanged => "user.changed",
             WebhookTopic::RoleChanged => "role.changed",
-            WebhookTopic::LifecycleChanged => "organization.lifecycle_changed",
         }
     }
 }
@@ -166,6 +162,8 @@ pub enum WebhookError {
     AlreadyExists,
     #[error("no such webhook")]
     NotFound,
+    #[error("the webhook was removed")]
+    Removed,
     #[error("`url` {0}")]
     InvalidUrl(&'static str),
     #[error("name at least one event type in `events`")]
@@ -214,10 +212,10 @@ impl Webhook {
     }
 
     fn existing(&self) -> Result<(), WebhookError> {
-        if self.registered && !self.removed {
-            Ok(())
-        } else {
-            Err(WebhookError::NotFound)
+        match (self.registered, self.removed) {
+            (false, _) => Err(WebhookError::NotFound),
+            (true, true) => Err(WebhookError::Removed),
+            (true, false) => Ok(()),
         }
     }
 }
@@ -448,6 +446,10 @@ mod tests {
             .then_expect_events(vec![]);
         WebhookTest::with(())
             .given(vec![registered(), WebhookEvent::WebhookRemoved])
+            .when(WebhookCommand::Enable)
+            .then_expect_error(WebhookError::Removed);
+        WebhookTest::with(())
+            .given_no_previous_events()
             .when(WebhookCommand::Enable)
             .then_expect_error(WebhookError::NotFound);
         WebhookTest::with(())

@@ -8,7 +8,7 @@ use cqrs_es::DomainEvent;
 use custos_domain::{
     ApiToken, ConsentEvent, Consents, DataExport, DataExportEvent, FieldSchema, FieldSchemaEvent,
     Incident, Organization, Record, RecordEvent, RetentionEvent, RetentionPolicy, Role, RoleEvent,
-    User,
+    User, Webhook,
 };
 use sqlx::{PgConnection, PgExecutor, QueryBuilder};
 use uuid::Uuid;
@@ -27,6 +27,7 @@ const ALL_TYPES: &[&str] = &[
     <Consents as cqrs_es::Aggregate>::TYPE,
     <RetentionPolicy as cqrs_es::Aggregate>::TYPE,
     <Incident as cqrs_es::Aggregate>::TYPE,
+    <Webhook as cqrs_es::Aggregate>::TYPE,
 ];
 
 /// Projects every event into `audit_log`.
@@ -177,6 +178,13 @@ fn entry(event: &ProjectedEvent) -> Entry {
             e.event_type(),
             None,
             Vec::new(),
+            Vec::new(),
+        ),
+        AnyEvent::Webhook(e) => (
+            <Webhook as cqrs_es::Aggregate>::TYPE,
+            e.event_type(),
+            None,
+            own,
             Vec::new(),
         ),
     };

@@ -8,6 +8,7 @@ use custos_domain::{
     ApiToken, ApiTokenEvent, ConsentEvent, Consents, DataExport, DataExportEvent, EventMetadata,
     FieldSchema, FieldSchemaEvent, Incident, IncidentEvent, Organization, OrganizationEvent,
     Record, RecordEvent, RetentionEvent, RetentionPolicy, Role, RoleEvent, User, UserEvent,
+    Webhook, WebhookEvent,
 };
 use serde_json::Value;
 use sqlx::PgConnection;
@@ -27,6 +28,7 @@ pub mod records;
 pub mod retention;
 pub mod roles;
 pub mod users;
+pub mod webhooks;
 
 pub use page::{Cursor, Page};
 
@@ -43,6 +45,7 @@ pub enum AnyEvent {
     DataExport(DataExportEvent),
     Retention(RetentionEvent),
     Incident(IncidentEvent),
+    Webhook(WebhookEvent),
 }
 
 impl AnyEvent {
@@ -60,6 +63,7 @@ impl AnyEvent {
             DataExport::TYPE => Some(AnyEvent::DataExport(serde_json::from_value(payload)?)),
             RetentionPolicy::TYPE => Some(AnyEvent::Retention(serde_json::from_value(payload)?)),
             Incident::TYPE => Some(AnyEvent::Incident(serde_json::from_value(payload)?)),
+            Webhook::TYPE => Some(AnyEvent::Webhook(serde_json::from_value(payload)?)),
             _ => None,
         })
     }
@@ -138,5 +142,6 @@ pub fn all() -> Vec<Box<dyn Projection>> {
         Box::new(retention::RetentionPoliciesProjection),
         Box::new(incidents::IncidentsProjection),
         Box::new(audit_log::AuditLogProjection),
+        Box::new(webhooks::WebhooksProjection),
     ]
 }

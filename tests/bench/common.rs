@@ -45,8 +45,9 @@ pub(crate) struct BenchArgs {
     /// `integrity` (checkpoints, proofs and verification on a store of `--events` events),
     /// `portability` (a tenant archive of `--events` events exported and imported),
     /// `backups` (a verified base backup of that store and a point-in-time restore),
-    /// `lifecycle` (a storage sweep over `--organizations` organisations) or `notifications`
-    /// (`--notices` breach notices delivered to a local SMTP server).
+    /// `lifecycle` (a storage sweep over `--organizations` organisations), `notifications`
+    /// (`--notices` breach notices delivered to a local SMTP server) or `webhooks` (`--rate`
+    /// changes a second for `--seconds`, each delivered to a local HTTP receiver).
     #[arg(long, default_value = "foundation")]
     pub(crate) suite: String,
     /// Organisations in the store of the lifecycle suite.
@@ -55,6 +56,9 @@ pub(crate) struct BenchArgs {
     /// Notices (people, each with an email address) of the notifications suite.
     #[arg(long, default_value_t = 2_000)]
     pub(crate) notices: usize,
+    /// Changes per second offered in the webhooks suite.
+    #[arg(long, default_value_t = 100)]
+    pub(crate) rate: usize,
 }
 
 pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {

@@ -14,6 +14,7 @@ mod lifecycle;
 mod notifications;
 mod portability;
 mod privacy;
+mod webhooks;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -28,8 +29,9 @@ async fn main() -> anyhow::Result<()> {
         "backups" => backups::run(args).await,
         "lifecycle" => lifecycle::run(args).await,
         "notifications" => notifications::run(args).await,
+        "webhooks" => webhooks::run(args).await,
         other => anyhow::bail!(
-            "unknown suite `{other}`: `foundation`, `datasheets`, `privacy`, `integrity`, `portability`, `backups`, `lifecycle` or `notifications`"
+            "unknown suite `{other}`: `foundation`, `datasheets`, `privacy`, `integrity`, `portability`, `backups`, `lifecycle`, `notifications` or `webhooks`"
         ),
     }
 }

@@ -161,6 +161,14 @@ fn rows() -> BTreeMap<(&'static str, &'static str), Row> {
         (("Mutation", "exportNotificationList"), row(Admin, "mutation($incident: ID!) { exportNotificationList(id: $incident) { count } }", true)),
         (("Mutation", "notifySubjects"), row(Admin, "mutation($incident: ID!) { notifySubjects(id: $incident) { queued } }", true)),
         (("Query", "notifications"), row(Admin, "{ notifications { totalCount } }", false)),
+        (("Query", "webhooks"), row(Admin, "{ webhooks { id } }", false)),
+        (("Mutation", "registerWebhook"), row(Admin, "mutation { registerWebhook(input: { url: \"http://127.0.0.1:9/matrix\", events: [RECORD_CREATED] }) { secret } }", false)),
+        (("Mutation", "updateWebhook"), row(Admin, "mutation($webhook: ID!) { updateWebhook(id: $webhook, input: { events: [RECORD_UPDATED] }) { id } }", true)),
+        (("Mutation", "disableWebhook"), row(Admin, "mutation($webhook: ID!) { disableWebhook(id: $webhook) { id } }", true)),
+        (("Mutation", "enableWebhook"), row(Admin, "mutation($webhook: ID!) { enableWebhook(id: $webhook) { id } }", true)),
+        (("Mutation", "testWebhook"), row(Admin, "mutation($webhook: ID!) { testWebhook(id: $webhook) { succeeded } }", true)),
+        // The first allowed caller removes it; later ones are refused (VALIDATION) past the policy.
+        (("Mutation", "removeWebhook"), row(Admin, "mutation($webhook: ID!) { removeWebhook(id: $webhook) }", true)),
     ])
 }
 
@@ -178,6 +186,7 @@ struct Objects {
     api_token: String,
     incident: String,
     policy: String,
+    webhook: String,
     slug: String,
     login_email: String,
 }
@@ -221,6 +230,11 @@ async fn objects(app: &TestApp, admin: &Session) -> Objects {
     let policy = created(
         "mutation { defineRetentionPolicy(input: { datasheet: CONTACTS, name: \"Victim\", trigger: ARCHIVED, periodDays: 3650 }) { id } }",
         "defineRetentionPolicy.id",
+    )
+    .await;
+    let webhook = created(
+        "mutation { registerWebhook(input: { url: \"http://127.0.0.1:9/victim\", events: [RECORD_CREATED] }) { webhook { id } } }",
+        "registerWebhook.webhook.id",
     )
     .await;
     let role = app
@@ -268,6 +282,7 @@ async fn objects(app: &TestApp, admin: &Session) -> Objects {
         api_token,
         incident,
         policy,
+        webhook,
         slug: admin.slug.clone(),
         login_email: login.email,
     }
@@ -633,7 +648,7 @@ async fn every_root_field_admits_exactly_who_it_should() {
                 }
                 let variables = json!({
                     "employee": objects.employee, "erasable": objects.erasable, "contact": objects.contact, "applicant": objects.applicant, "user": objects.user, "role": objects.role, "session": objects.session, "incident": objects.incident, "policy": objects.policy,
-                    "token": objects.api_token,
+                    "token": objects.api_token, "webhook": objects.webhook,
                     "slug": objects.slug, "loginEmail": objects.login_email, "password": PASSWORD,
                 });
                 // Each session-ending call gets a session of its own, where the principal can log in.

@@ -25,3 +25,4 @@ mod reports;
 mod rights;
 mod tenancy;
 mod two_factor;
+mod webhooks;

@@ -3,6 +3,7 @@
 //! catalog database, whose tenants are copies of the migrated template. Everything a test
 //! creates is dropped when its `TestApp` is dropped.
 
+pub mod receiver;
 pub mod smtp;
 
 use std::io::Write;
@@ -349,9 +350,15 @@ impl TestApp {
     /// A service whose `us` region lives on a second PostgreSQL server (its own private
     /// cluster); `eu` stays on the shared one.
     pub async fn spawn_two_regions() -> Self {
+        Self::spawn_two_regions_with(|_| {}).await
+    }
+
+    /// Like [`TestApp::spawn_two_regions`], adjusting the configuration first.
+    pub async fn spawn_two_regions_with(adjust: impl FnOnce(&mut Config)) -> Self {
         let us = us_cluster().connect_options();
         let mut app = Self::spawn_with(move |config| {
             config.regions.insert(custos_api::Region::Us, us);
+            adjust(config);
         })
         .await;
         app.two_regions = true;

@@ -142,6 +142,12 @@ pub(crate) fn rule(parent_type: &str, field: &str) -> Option<Rule> {
             | "exportNotificationList",
         ) => Rule::Admin,
         ("Query", "notifications") => Rule::Admin,
+        ("Query", "webhooks")
+        | (
+            "Mutation",
+            "registerWebhook" | "updateWebhook" | "disableWebhook" | "enableWebhook"
+            | "removeWebhook" | "testWebhook",
+        ) => Rule::Admin,
         _ => return None,
     })
 }

@@ -509,6 +509,7 @@ impl ServeArgs {
         config.notifications.lease =
             std::time::Duration::from_secs(self.notification_lease_seconds);
         config.notifications.interval = Some(std::time::Duration::from_secs(1));
+        config.webhooks.interval = Some(std::time::Duration::from_secs(1));
         config.storage.interval = (self.storage_interval_minutes > 0)
             .then(|| std::time::Duration::from_secs(self.storage_interval_minutes * 60));
         config.retention_interval = (self.retention_interval_minutes > 0)

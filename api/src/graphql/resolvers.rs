@@ -17,3 +17,4 @@ pub(crate) mod record_query;
 pub(crate) mod reports;
 pub(crate) mod retention;
 pub(crate) mod security;
+pub(crate) mod webhooks;

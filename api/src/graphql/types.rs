@@ -13,3 +13,4 @@ pub(crate) mod organization;
 pub(crate) mod records;
 pub(crate) mod role;
 pub(crate) mod user;
+pub(crate) mod webhook;

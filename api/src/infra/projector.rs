@@ -131,6 +131,14 @@ impl Projectors {
 /// projections read the store, which is the only source of truth.
 pub struct Waker(Vec<Arc<Notify>>);
 
+impl Waker {
+    /// Also wakes `other` (the webhook worker, after changes it may deliver).
+    pub fn and(mut self, other: Arc<Notify>) -> Self {
+        self.0.push(other);
+        self
+    }
+}
+
 #[async_trait]
 impl<A: Aggregate> Query<A> for Waker {
     async fn dispatch(&self, _aggregate_id: &str, _events: &[EventEnvelope<A>]) {

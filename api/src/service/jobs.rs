@@ -75,6 +75,18 @@ pub(crate) async fn notifications(services: Arc<Services>, interval: Duration) {
     }
 }
 
+/// Delivers webhooks: every `interval`, and at once after this process commits a change one
+/// may be told about.
+pub(crate) async fn webhooks(services: Arc<Services>, interval: Duration) {
+    loop {
+        if let Err(err) = services.deliver_webhooks().await {
+            tracing::error!(error = %crate::error::redacted(&err), "webhook delivery failed");
+        }
+        // A commit during the round left a permit: the next round starts at once.
+        let _ = tokio::time::timeout(interval, services.tenancy.changes().notified()).await;
+    }
+}
+
 /// Backs up every `interval`, as the plan says: base backups of the private cluster, or
 /// archives of every organisation.
 pub(crate) async fn backups(services: Arc<Services>, plan: Arc<BackupPlan>, interval: Duration) {

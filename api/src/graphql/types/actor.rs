@@ -1,10 +1,11 @@
 //! Who caused an event or last changed a record: a user, an integration through an API
-//! token, or a retention policy, resolved by id when asked.
+//! token, a retention policy, or a webhook Custos disabled, resolved by id when asked.
 
 use async_graphql::{Context, Object, ID};
 use custos_projections::api_tokens::ApiTokenRow;
 use custos_projections::retention::PolicyRow;
 use custos_projections::users::UserRow;
+use custos_projections::webhooks::WebhookRow;
 use uuid::Uuid;
 
 use crate::error::ApiError;
@@ -18,6 +19,8 @@ pub(crate) enum ActorKind {
     ApiToken,
     /// A retention policy the service applied on its schedule.
     RetentionPolicy,
+    /// Custos, disabling a webhook whose deliveries kept failing.
+    Webhook,
 }
 
 /// Who caused an event or last changed a record: a user, an integration through an API
@@ -32,6 +35,7 @@ enum Resolved {
     User(UserRow),
     ApiToken(ApiTokenRow),
     RetentionPolicy(PolicyRow),
+    Webhook(WebhookRow),
 }
 
 impl Actor {
@@ -45,6 +49,11 @@ impl Actor {
             let tenant = Cx::new(ctx)?.tenant();
             let policy = custos_projections::retention::policy(&tenant.pool, id).await?;
             return Ok(policy.map(Resolved::RetentionPolicy));
+        }
+        if let Some(custos_domain::Actor::Webhook(id)) = self.known {
+            let tenant = Cx::new(ctx)?.tenant();
+            let webhook = custos_projections::webhooks::webhook(&tenant.pool, id).await?;
+            return Ok(webhook.map(Resolved::Webhook));
         }
         if !matches!(self.known, Some(custos_domain::Actor::ApiToken(_))) {
             if let Some(user) = load_user(ctx, self.id).await? {
@@ -71,6 +80,7 @@ impl Actor {
             Resolved::User(_) => ActorKind::User,
             Resolved::ApiToken(_) => ActorKind::ApiToken,
             Resolved::RetentionPolicy(_) => ActorKind::RetentionPolicy,
+            Resolved::Webhook(_) => ActorKind::Webhook,
         }))
     }
     /// The user's or the token's current name.
@@ -79,6 +89,7 @@ impl Actor {
             Resolved::User(user) => user.name,
             Resolved::ApiToken(token) => token.name,
             Resolved::RetentionPolicy(policy) => policy.name,
+            Resolved::Webhook(webhook) => webhook.description.unwrap_or(webhook.url),
         }))
     }
     /// The user's current email; `null` for API tokens.

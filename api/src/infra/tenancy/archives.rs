@@ -648,6 +648,20 @@ impl Tenancy {
                 )))
             }
         };
+        // Its webhooks go on from here: what they were told on the other server is not told
+        // again (the events' positions were renumbered on the way, so the messages would not
+        // even keep their ids).
+        sqlx::query(
+            "INSERT INTO webhook_cursors (webhook_id, transaction_id, global_position)
+             SELECT DISTINCT e.aggregate_id::uuid, last.transaction_id, last.global_position
+             FROM events e,
+                  (SELECT transaction_id, global_position FROM events
+                   ORDER BY transaction_id DESC, global_position DESC LIMIT 1) AS last
+             WHERE e.aggregate_type = 'webhook'
+             ON CONFLICT (webhook_id) DO NOTHING",
+        )
+        .execute(&mut conn)
+        .await?;
         let loaded = started.elapsed();
         if rebuild {
             catch_up(&pool, &reading.log, &reading.read_models).await?;

@@ -79,6 +79,8 @@ pub struct Tenancy {
     master_key: Arc<MasterKey>,
     pool_size: u32,
     open: RwLock<HashMap<Uuid, Arc<Tenant>>>,
+    /// Notified after each commit of a change a webhook may be told about, in any open tenant.
+    changes: Arc<tokio::sync::Notify>,
 }
 
 /// How often an open tenant context is checked against the catalog.
@@ -166,6 +168,7 @@ impl Tenancy {
             master_key,
             pool_size,
             open: RwLock::new(HashMap::new()),
+            changes: Arc::new(tokio::sync::Notify::new()),
         };
         tenancy.remove_abandoned().await?;
         tenancy.recover_moves().await?;
@@ -592,6 +595,12 @@ impl Tenancy {
         &self.master_key
     }
 
+    /// Notified after each commit, in any open tenant, of a change a webhook may be told
+    /// about (records, users, roles, webhooks).
+    pub(crate) fn changes(&self) -> &tokio::sync::Notify {
+        &self.changes
+    }
+
     /// Superuser options for a tenant's own database.
     pub(crate) fn admin_options(&self, row: &TenantRow) -> anyhow::Result<PgConnectOptions> {
         Ok(self.server(row)?.admin.clone().database(&row.database_name))
@@ -746,6 +755,7 @@ impl Tenancy {
             &self.server(&row)?.admin,
             &self.master_key,
             self.pool_size,
+            &self.changes,
         )?);
         open.insert(id, tenant.clone());
         Ok(Some(tenant))

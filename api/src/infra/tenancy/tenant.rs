@@ -8,7 +8,7 @@ use cqrs_es::persist::PersistedEventStore;
 use cqrs_es::{Aggregate, CqrsFramework};
 use custos_domain::{
     ApiToken, Consents, DataExport, FieldSchema, Incident, Organization, Record, RetentionPolicy,
-    Role, SubscriptionStatus, User,
+    Role, SubscriptionStatus, User, Webhook,
 };
 use custos_projections::Projection;
 use secrecy::{ExposeSecret, SecretBox};
@@ -147,6 +147,7 @@ pub struct Tenant {
     pub(crate) consents: Cqrs<Consents>,
     pub(crate) retention: Cqrs<RetentionPolicy>,
     pub(crate) incidents: Cqrs<Incident>,
+    pub(crate) webhooks: Cqrs<Webhook>,
     /// The data keys of the tenant's subjects (also used by the event store's codec).
     pub(crate) subject_keys: Arc<SubjectKeys>,
     /// Finds records by a person's email or phone.
@@ -177,6 +178,7 @@ impl Tenant {
         server: &PgConnectOptions,
         master_key: &MasterKey,
         pool_size: u32,
+        changes: &Arc<tokio::sync::Notify>,
     ) -> anyhow::Result<Self> {
         let options = server
             .clone()
@@ -209,16 +211,17 @@ impl Tenant {
                 .region
                 .parse()
                 .map_err(|()| anyhow::anyhow!("unknown region"))?,
-            records: framework(&pool, &codec, &projectors),
-            users: framework(&pool, &codec, &projectors),
-            roles: framework(&pool, &codec, &projectors),
-            organization: framework(&pool, &codec, &projectors),
-            api_tokens: framework(&pool, &codec, &projectors),
-            field_schemas: framework(&pool, &codec, &projectors),
-            exports: framework(&pool, &codec, &projectors),
-            consents: framework(&pool, &codec, &projectors),
-            retention: framework(&pool, &codec, &projectors),
-            incidents: framework(&pool, &codec, &projectors),
+            records: framework(&pool, &codec, &projectors, Some(changes)),
+            users: framework(&pool, &codec, &projectors, Some(changes)),
+            roles: framework(&pool, &codec, &projectors, Some(changes)),
+            organization: framework(&pool, &codec, &projectors, None),
+            api_tokens: framework(&pool, &codec, &projectors, None),
+            field_schemas: framework(&pool, &codec, &projectors, None),
+            exports: framework(&pool, &codec, &projectors, None),
+            consents: framework(&pool, &codec, &projectors, None),
+            retention: framework(&pool, &codec, &projectors, None),
+            incidents: framework(&pool, &codec, &projectors, None),
+            webhooks: framework(&pool, &codec, &projectors, Some(changes)),
             subject_keys,
             blind_index,
             two_factor_key: two_factor_key(master_key, row.id),
@@ -241,7 +244,7 @@ impl Tenant {
     /// privacy`, which measures sealing's cost in a scratch tenant.
     pub fn unsealed_records(&self) -> Cqrs<Record> {
         let codec = EventCodec::unsealed(self.subject_keys.clone());
-        framework(&self.pool, &codec, &self.projectors)
+        framework(&self.pool, &codec, &self.projectors, None)
     }
 
     pub(crate) fn touch(&self) {
@@ -290,17 +293,26 @@ impl Tenant {
 }
 
 /// The command side of one aggregate type in a tenant database; its commits wake the
-/// projectors that read that type.
-fn framework<A>(pool: &PgPool, codec: &EventCodec, projectors: &Projectors) -> Cqrs<A>
+/// projectors that read that type, and `changes` (the webhook worker) when given.
+fn framework<A>(
+    pool: &PgPool,
+    codec: &EventCodec,
+    projectors: &Projectors,
+    changes: Option<&Arc<tokio::sync::Notify>>,
+) -> Cqrs<A>
 where
     A: Aggregate<Services = ()>,
 {
+    let mut waker = projectors.waker(A::TYPE);
+    if let Some(changes) = changes {
+        waker = waker.and(changes.clone());
+    }
     CqrsFramework::new(
         PersistedEventStore::new_event_store(CustosEventRepository::new(
             pool.clone(),
             codec.clone(),
         )),
-        vec![Box::new(projectors.waker(A::TYPE))],
+        vec![Box::new(waker)],
         (),
     )
 }

@@ -1,0 +1,585 @@
+//! Webhooks: administrators register endpoints to be told, by a signed POST, when records,
+//! users or roles change; the delivery worker follows each webhook's cursor through the event
+//! log and delivers in commit order, at least once, retrying with backoff and disabling a
+//! webhook whose deliveries keep failing.
+//!
+//! A delivery carries ids, the kind of change and the new version — never a value: the
+//! receiver reads what it needs through the API with its own token and permissions, so an
+//! erased or restricted person's data never leaves in a webhook.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use chrono::Utc;
+use custos_domain::{Actor, EventMetadata, Webhook, WebhookCommand, WebhookTopic, WebhookUrl};
+use custos_projections::webhooks::{self, WebhookRow};
+use futures::StreamExt;
+use secrecy::SecretString;
+use serde_json::json;
+use sha2::Digest;
+use uuid::Uuid;
+
+use crate::auth::principal::Principal;
+use crate::error::ApiError;
+use crate::infra::event_store::log::Position;
+use crate::infra::tenancy::tenant::Tenant;
+use crate::infra::webhooks::cursor::{self, Attempt, Held};
+use crate::infra::webhooks::feed::{self, Change};
+use crate::infra::webhooks::sender::{Answer, Message};
+use crate::infra::webhooks::signing::SigningKey;
+use crate::service::Services;
+
+/// Events read from the log per webhook and round.
+const BATCH: i64 = 100;
+/// The longest wait between two attempts of one delivery.
+const MAX_BACKOFF: Duration = Duration::from_secs(8 * 3600);
+/// Webhooks delivered to at once, over all organisations.
+const CONCURRENCY: usize = 32;
+
+/// A webhook an administrator registers.
+pub(crate) struct NewWebhook {
+    pub(crate) url: String,
+    pub(crate) topics: Vec<WebhookTopic>,
+    pub(crate) description: Option<String>,
+}
+
+/// A registered webhook and its signing secret, shown only here.
+pub(crate) struct RegisteredWebhook {
+    pub(crate) secret: SecretString,
+    pub(crate) webhook: WebhookRow,
+}
+
+/// A change to a webhook an administrator asks for.
+pub(crate) enum WebhookChange {
+    Update {
+        url: Option<String>,
+        topics: Option<Vec<WebhookTopic>>,
+    },
+    Disable,
+    Enable,
+}
+
+impl Services {
+    /// Registers a webhook; its secret is shown once, in the answer.
+    pub(crate) async fn register_webhook(
+        &self,
+        principal: &Principal,
+        input: NewWebhook,
+        request_id: Uuid,
+    ) -> Result<RegisteredWebhook, ApiError> {
+        let tenant = &principal.tenant;
+        self.check_endpoint(&input.url)?;
+        let id = Uuid::now_v7();
+        let command = WebhookCommand::Register {
+            url: input.url,
+            topics: input.topics,
+            description: input.description,
+        };
+        self.command(
+            tenant,
+            &tenant.webhooks,
+            id,
+            command,
+            self.actor(principal, request_id),
+        )
+        .await?;
+        // The worker looks at this organisation from now on, even while no request keeps it
+        // open (its cursor starts at the registration, so nothing is missed meanwhile).
+        sqlx::query("UPDATE tenants SET webhooks = true WHERE id = $1 AND NOT webhooks")
+            .bind(tenant.id)
+            .execute(self.tenancy.catalog())
+            .await?;
+        let webhook = self.existing_webhook(tenant, id).await?;
+        tracing::info!(tenant.id = %tenant.id, webhook.id = %id, "security: a webhook was registered");
+        let secret = SigningKey::derive(self.tenancy.master_key(), tenant.id, id).secret();
+        Ok(RegisteredWebhook { secret, webhook })
+    }
+
+    /// Changes a webhook's endpoint or topics, or disables or enables it. While disabled,
+    /// changes are not delivered (nor later).
+    pub(crate) async fn change_webhook(
+        &self,
+        principal: &Principal,
+        id: Uuid,
+        change: WebhookChange,
+        request_id: Uuid,
+    ) -> Result<WebhookRow, ApiError> {
+        let tenant = &principal.tenant;
+        self.existing_webhook(tenant, id).await?;
+        let command = match change {
+            WebhookChange::Update { url, topics } => {
+                if let Some(url) = &url {
+                    self.check_endpoint(url)?;
+                }
+                WebhookCommand::Change { url, topics }
+            }
+            WebhookChange::Disable => WebhookCommand::Disable {
+                reason: "disabled by an administrator".to_owned(),
+            },
+            WebhookChange::Enable => WebhookCommand::Enable,
+        };
+        self.command(
+            tenant,
+            &tenant.webhooks,
+            id,
+            command,
+            self.actor(principal, request_id),
+        )
+        .await?;
+        self.existing_webhook(tenant, id).await
+    }
+
+    /// Removes a webhook: nothing more is delivered to it.
+    pub(crate) async fn remove_webhook(
+        &self,
+        principal: &Principal,
+        id: Uuid,
+        request_id: Uuid,
+    ) -> Result<(), ApiError> {
+        let tenant = &principal.tenant;
+        self.existing_webhook(tenant, id).await?;
+        self.command(
+            tenant,
+            &tenant.webhooks,
+            id,
+            WebhookCommand::Remove,
+            self.actor(principal, request_id),
+        )
+        .await?;
+        tracing::info!(tenant.id = %tenant.id, webhook.id = %id, "security: a webhook was removed");
+        Ok(())
+    }
+
+    /// Sends a signed `webhook.test` message to the webhook now and says what its endpoint
+    /// answered (logged with its deliveries).
+    pub(crate) async fn test_webhook(
+        &self,
+        principal: &Principal,
+        id: Uuid,
+    ) -> Result<Answer, ApiError> {
+        let tenant = &principal.tenant;
+        let webhook = self.existing_webhook(tenant, id).await?;
+        if webhook.removed_at.is_some() {
+            return Err(custos_domain::WebhookError::Removed.into());
+        }
+        let message_id = format!("msg_test_{}", Uuid::now_v7().simple());
+        let body = json!({
+            "type": "webhook.test",
+            "timestamp": Utc::now(),
+            "organization": tenant.id,
+            "data": { "webhookId": id },
+        });
+        let answer = self
+            .send(tenant, &webhook.url, id, &message_id, &body)
+            .await?;
+        cursor::log_attempt(
+            &tenant.pool,
+            Attempt {
+                webhook_id: id,
+                message_id: &message_id,
+                topic: "webhook.test",
+                global_position: 0,
+                attempt: 1,
+                status_code: answer.status,
+                error: answer.error.as_deref(),
+                duration: answer.duration,
+            },
+        )
+        .await?;
+        Ok(answer)
+    }
+
+    async fn existing_webhook(&self, tenant: &Tenant, id: Uuid) -> Result<WebhookRow, ApiError> {
+        webhooks::webhook(&tenant.pool, id)
+            .await?
+            .ok_or(ApiError::NotFound)
+    }
+
+    /// Refuses endpoints a delivery must never reach: this service itself (a loop), and
+    /// link-local addresses (cloud metadata services).
+    fn check_endpoint(&self, url: &str) -> Result<(), ApiError> {
+        let parsed = WebhookUrl::parse(url).map_err(ApiError::from)?;
+        let Some((host, port)) = parsed.host_and_port() else {
+            return Ok(());
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let ip: Option<IpAddr> = host.parse().ok();
+        if ip.is_some_and(|ip| match ip {
+            IpAddr::V4(v4) => v4.is_link_local(),
+            IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+        }) {
+            return Err(ApiError::validation(
+                "url",
+                "`url` must not be a link-local address",
+            ));
+        }
+        let listening = self.listening.get().copied();
+        if listening.is_some_and(|listen| names_this_service(host, ip, port, listen)) {
+            return Err(ApiError::validation(
+                "url",
+                "`url` must not point at this service",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Signs and POSTs one message to a webhook.
+    async fn send(
+        &self,
+        tenant: &Tenant,
+        url: &str,
+        webhook_id: Uuid,
+        message_id: &str,
+        body: &serde_json::Value,
+    ) -> Result<Answer, ApiError> {
+        let body = serde_json::to_vec(body).map_err(ApiError::internal)?;
+        let timestamp = Utc::now().timestamp();
+        let key = SigningKey::derive(self.tenancy.master_key(), tenant.id, webhook_id);
+        let signature = key.sign(message_id, timestamp, &body);
+        Ok(self
+            .webhook_sender
+            .send(Message {
+                url,
+                id: message_id,
+                timestamp,
+                signature: &signature,
+                body,
+            })
+            .await)
+    }
+
+    /// One round of the delivery worker: every webhook of every organisation that has any,
+    /// as far as each can go now.
+    pub(crate) async fn deliver_webhooks(&self) -> anyhow::Result<()> {
+        let ids: Vec<Uuid> = sqlx::query_scalar(&format!(
+            "SELECT id FROM tenants WHERE webhooks AND status IN {} AND move IS NULL",
+            crate::infra::tenancy::catalog::LIVE
+        ))
+        .fetch_all(self.tenancy.catalog())
+        .await?;
+        let mut work = Vec::new();
+        for id in ids {
+            let Some(tenant) = self.tenancy.get(id).await? else {
+                continue;
+            };
+            cursor::forget_removed(&tenant.pool).await?;
+            cursor::prune_attempts(&tenant.pool).await?;
+            for webhook in webhooks::webhooks(&tenant.pool).await? {
+                work.push((tenant.clone(), webhook.id));
+            }
+        }
+        futures::stream::iter(work)
+            .for_each_concurrent(CONCURRENCY, |(tenant, id)| async move {
+                if let Err(err) = self.deliver_to(&tenant, id).await {
+                    tracing::error!(tenant.id = %tenant.id, webhook.id = %id, error = %crate::error::redacted(&err), "webhook delivery failed");
+                }
+            })
+            .await;
+        Ok(())
+    }
+
+    /// Delivers what is due to one webhook, in commit order, until it is up to date, a
+    /// delivery fails, or the lease is lost.
+    async fn deliver_to(&self, tenant: &Tenant, webhook_id: Uuid) -> anyhow::Result<()> {
+        let policy = &self.webhooks;
+        let Some(held) = cursor::take(&tenant.pool, webhook_id, policy.lease).await? else {
+            return Ok(());
+        };
+        let outcome = self.deliver_held(tenant, &held).await;
+        let (failures, next_attempt_at) = match &outcome {
+            Ok(Some(failures)) => {
+                let wait = policy
+                    .retry_base
+                    .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).unsigned_abs()))
+                    .min(MAX_BACKOFF);
+                (
+                    *failures,
+                    Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default(),
+                )
+            }
+            Ok(None) => (0, Utc::now()),
+            // Tried again soon, the failures so far kept.
+            Err(_) => (held.failures, Utc::now() + chrono::Duration::seconds(5)),
+        };
+        cursor::release(&tenant.pool, &held, failures, next_attempt_at).await?;
+        outcome.map(|_| ())
+    }
+
+    /// Delivers under a held cursor. `Some(failures)`: a delivery failed that many times in a
+    /// row and waits for its next attempt.
+    async fn deliver_held(&self, tenant: &Tenant, held: &Held) -> anyhow::Result<Option<i32>> {
+        let policy = &self.webhooks;
+        let history = WebhookHistory::load(tenant, held.webhook_id).await?;
+        let mut position = held.position;
+        let mut failures = held.failures;
+        loop {
+            let mut conn = tenant.pool.acquire().await?;
+            let changes = feed::after(&mut conn, position, BATCH).await?;
+            let Some(last) = changes.last() else {
+                return Ok(None);
+            };
+            // A record's datasheet comes from the records read model: let it catch up first.
+            if changes.iter().any(|c| c.aggregate_type == "record") {
+                let newest = changes
+                    .iter()
+                    .rev()
+                    .find(|c| c.aggregate_type == "record")
+                    .map_or(last.position, |c| c.position);
+                if tenant
+                    .projectors
+                    .wait_for("record", newest, Duration::from_secs(5))
+                    .await
+                    .is_err()
+                {
+                    return Ok(None);
+                }
+            }
+            let datasheets = feed::datasheets(&mut conn, &changes).await?;
+            drop(conn);
+            let full = changes.len() as i64 == BATCH;
+            // The cursor is saved after each delivery, and once at the end of the batch for
+            // what was skipped (most changes: logins and unsubscribed kinds).
+            let mut saved = position;
+            for change in &changes {
+                let state = history.at(change.position);
+                let topic = change.topic();
+                let wanted = state.is_some_and(|s| s.is_enabled())
+                    && topic.is_some_and(|t| state.is_some_and(|s| s.topics().contains(&t)));
+                if let (true, Some(topic), Some(url)) =
+                    (wanted, topic, history.url_at(change.position))
+                {
+                    // What was skipped before it is saved first (a failure returns below).
+                    if saved != position
+                        && !cursor::advance(&tenant.pool, held, position, policy.lease).await?
+                    {
+                        return Ok(None);
+                    }
+                    let datasheet = change
+                        .aggregate_id
+                        .parse()
+                        .ok()
+                        .and_then(|id: Uuid| datasheets.get(&id))
+                        .map(String::as_str);
+                    let answer = self
+                        .deliver_change(tenant, held, change, topic, datasheet, url, failures + 1)
+                        .await?;
+                    if !answer.succeeded() {
+                        failures += 1;
+                        if failures < i32::try_from(policy.max_failures).unwrap_or(i32::MAX) {
+                            return Ok(Some(failures));
+                        }
+                        // The webhook is off: nothing up to its disabling is delivered.
+                        let disabled = self
+                            .disable_failing(tenant, held.webhook_id, failures, &answer)
+                            .await?;
+                        cursor::advance(&tenant.pool, held, disabled, policy.lease).await?;
+                        return Ok(None);
+                    }
+                    failures = 0;
+                    position = change.position;
+                    if !cursor::advance(&tenant.pool, held, position, policy.lease).await? {
+                        tracing::warn!(tenant.id = %tenant.id, webhook.id = %held.webhook_id, "another worker took over the webhook");
+                        return Ok(None);
+                    }
+                    saved = position;
+                } else {
+                    position = change.position;
+                }
+                if history.is_removed_at(position) {
+                    break;
+                }
+            }
+            if saved != position
+                && !cursor::advance(&tenant.pool, held, position, policy.lease).await?
+            {
+                return Ok(None);
+            }
+            if !full || history.is_removed_at(position) {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Delivers one change and logs the attempt.
+    #[allow(clippy::too_many_arguments)]
+    async fn deliver_change(
+        &self,
+        tenant: &Tenant,
+        held: &Held,
+        change: &Change,
+        topic: WebhookTopic,
+        datasheet: Option<&str>,
+        url: &str,
+        attempt: i32,
+    ) -> anyhow::Result<Answer> {
+        let message_id = message_id(held.webhook_id, change.position);
+        let body = json!({
+            "type": topic.as_str(),
+            "timestamp": change.recorded_at,
+            "organization": tenant.id,
+            "data": change.data(datasheet),
+        });
+        let answer = self
+            .send(tenant, url, held.webhook_id, &message_id, &body)
+            .await
+            .map_err(|err| anyhow::anyhow!("{err:?}"))?;
+        cursor::log_attempt(
+            &tenant.pool,
+            Attempt {
+                webhook_id: held.webhook_id,
+                message_id: &message_id,
+                topic: topic.as_str(),
+                global_position: change.position.global_position,
+                attempt,
+                status_code: answer.status,
+                error: answer.error.as_deref(),
+                duration: answer.duration,
+            },
+        )
+        .await?;
+        if let Some(error) = &answer.error {
+            tracing::warn!(tenant.id = %tenant.id, webhook.id = %held.webhook_id, attempt, error = %error, "a webhook delivery failed");
+        }
+        Ok(answer)
+    }
+
+    /// Disables a webhook whose deliveries failed `failures` times in a row (the webhook
+    /// itself is the actor: Custos acted on its record of failures); the position of the
+    /// disabling.
+    async fn disable_failing(
+        &self,
+        tenant: &Tenant,
+        id: Uuid,
+        failures: i32,
+        answer: &Answer,
+    ) -> anyhow::Result<Position> {
+        let reason = format!(
+            "disabled by Custos after {failures} failed deliveries in a row (the last: {})",
+            answer.error.as_deref().unwrap_or("failed")
+        );
+        let metadata = EventMetadata::new(Actor::Webhook(id), Uuid::now_v7());
+        self.command(
+            tenant,
+            &tenant.webhooks,
+            id,
+            WebhookCommand::Disable { reason },
+            metadata,
+        )
+        .wait_for_read_models(false)
+        .await
+        .map_err(|err| anyhow::anyhow!("{err:?}"))?;
+        tracing::warn!(tenant.id = %tenant.id, webhook.id = %id, failures, "a webhook was disabled after repeated failures");
+        use cqrs_es::Aggregate;
+        tenant
+            .log
+            .head(Webhook::TYPE, &id.to_string())
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("the disabled webhook has no events"))
+    }
+}
+
+/// Whether `host:port` is where this service listens.
+fn names_this_service(host: &str, ip: Option<IpAddr>, port: u16, listen: SocketAddr) -> bool {
+    if port != listen.port() {
+        return false;
+    }
+    let local = host.eq_ignore_ascii_case("localhost")
+        || host.to_ascii_lowercase().ends_with(".localhost")
+        || ip.is_some_and(|ip| ip.is_loopback() || ip.is_unspecified());
+    local || ip == Some(listen.ip()) || (listen.ip().is_unspecified() && ip.is_some())
+}
+
+/// The `webhook-id` of the delivery of the event at `position` to a webhook: the same on
+/// every retry and every instance, so receivers can drop repeats.
+fn message_id(webhook_id: Uuid, position: Position) -> String {
+    let digest = sha2::Sha256::digest(format!("{webhook_id}/{}", position.global_position));
+    format!("msg_{}", hex::encode(&digest[..16]))
+}
+
+/// A webhook's own events with their positions: its endpoint, topics and state as of any
+/// point in the log (a change is judged by the webhook as it was when the change committed).
+struct WebhookHistory {
+    states: Vec<(Position, Webhook, Option<String>, bool)>,
+}
+
+impl WebhookHistory {
+    async fn load(tenant: &Tenant, id: Uuid) -> anyhow::Result<Self> {
+        use cqrs_es::Aggregate;
+        let mut state = Webhook::default();
+        let mut url = None;
+        let mut states = Vec::new();
+        for stored in tenant.log.stream(Webhook::TYPE, &id.to_string()).await? {
+            let event: custos_domain::WebhookEvent =
+                serde_json::from_value(stored.event.payload.clone())?;
+            let removed = matches!(event, custos_domain::WebhookEvent::WebhookRemoved);
+            match &event {
+                custos_domain::WebhookEvent::WebhookRegistered { url: u, .. }
+                | custos_domain::WebhookEvent::WebhookChanged { url: u, .. } => {
+                    url = Some(u.as_str().to_owned());
+                }
+                _ => {}
+            }
+            state.apply(event);
+            states.push((stored.position, state.clone(), url.clone(), removed));
+        }
+        Ok(Self { states })
+    }
+
+    fn entry_at(&self, position: Position) -> Option<&(Position, Webhook, Option<String>, bool)> {
+        self.states.iter().rev().find(|(at, ..)| *at <= position)
+    }
+
+    fn at(&self, position: Position) -> Option<&Webhook> {
+        self.entry_at(position).map(|(_, state, ..)| state)
+    }
+
+    fn url_at(&self, position: Position) -> Option<&str> {
+        self.entry_at(position)
+            .and_then(|(_, _, url, _)| url.as_deref())
+    }
+
+    fn is_removed_at(&self, position: Position) -> bool {
+        self.entry_at(position)
+            .is_some_and(|(.., removed)| *removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_service_s_own_address_is_recognised() {
+        let listen: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let check = |host: &str, port| names_this_service(host, host.parse().ok(), port, listen);
+        assert!(check("localhost", 8080));
+        assert!(check("127.0.0.1", 8080));
+        assert!(check("::1", 8080));
+        assert!(check("0.0.0.0", 8080));
+        assert!(!check("127.0.0.1", 9000));
+        assert!(!check("hooks.example.org", 8080));
+        let any: SocketAddr = "0.0.0.0:8080".parse().unwrap();
+        assert!(names_this_service(
+            "10.1.2.3",
+            "10.1.2.3".parse().ok(),
+            8080,
+            any
+        ));
+    }
+
+    #[test]
+    fn a_message_keeps_its_id_across_retries() {
+        let webhook = Uuid::now_v7();
+        let at = Position {
+            transaction_id: 7,
+            global_position: 42,
+        };
+        assert_eq!(message_id(webhook, at), message_id(webhook, at));
+        assert_ne!(
+            message_id(webhook, at),
+            message_id(Uuid::now_v7(), at),
+            "another webhook"
+        );
+        assert!(message_id(webhook, at).starts_with("msg_"));
+    }
+}

@@ -1,0 +1,140 @@
+//! The webhooks suite (`--suite webhooks`): an organisation with a webhook on record changes,
+//! delivering to a local HTTP receiver (the test harness's, on loopback), while `--rate`
+//! changes per second (100 by default) arrive for `--seconds`, open loop, spread over 16
+//! employees. Reports the latency from sending each change's request until its signed
+//! delivery arrived (an upper bound of commit-to-webhook). Always in a fresh data directory.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use custos_api::{Application, Config, DatabaseConfig};
+use custos_tests::receiver::Receiver;
+use serde_json::json;
+
+use crate::common::{graphql, ms, percentile, sign_up, BenchArgs};
+
+/// Employees the changes are spread over (no two changes of one record race).
+const RECORDS: usize = 16;
+
+pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let receiver = Receiver::start().await;
+    let temp = tempfile::Builder::new()
+        .prefix("custos-bench-")
+        .tempdir_in(std::env::temp_dir())?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(temp.path(), std::fs::Permissions::from_mode(0o755))?;
+    let mut config = Config::new(temp.path().to_owned(), DatabaseConfig::Private);
+    config.listen = "127.0.0.1:0".parse()?;
+    config.checkpoint_interval = None;
+    config.webhooks.interval = Some(Duration::from_secs(1));
+    let application = Application::build(config).await?;
+    let url = format!("http://{}/graphql", application.local_addr()?);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(application.run_until(async move {
+        let _ = stopped.await;
+    }));
+
+    let client = reqwest::Client::new();
+    let signed = sign_up(&client, &url).await?;
+    let token = signed["token"].as_str().unwrap_or_default().to_owned();
+    graphql(
+        &client,
+        &url,
+        Some(&token),
+        "mutation($u: String!) { registerWebhook(input: { url: $u, events: [RECORD_UPDATED] }) { secret } }",
+        json!({ "u": receiver.url("/bench") }),
+    )
+    .await?;
+    let mut records = Vec::with_capacity(RECORDS);
+    for n in 0..RECORDS {
+        let created = graphql(
+            &client,
+            &url,
+            Some(&token),
+            "mutation($i: CreateEmployeeInput!) { createEmployee(input: $i) { id } }",
+            json!({ "i": { "firstName": "Bench", "lastName": format!("Hook {n}") } }),
+        )
+        .await?;
+        records.push(
+            created["data"]["createEmployee"]["id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+    }
+
+    // Open loop: one change every 1/rate seconds, each on the next record; when each was sent,
+    // by (record, version).
+    let sent: Arc<Mutex<HashMap<(String, i64), Instant>>> = Arc::default();
+    let rate = args.rate.max(1);
+    let total = rate * args.seconds as usize;
+    let mut ticks = tokio::time::interval(Duration::from_secs(1) / rate as u32);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut versions = [1_i64; RECORDS];
+    let mut requests = Vec::with_capacity(total);
+    let started = Instant::now();
+    for n in 0..total {
+        ticks.tick().await;
+        let slot = n % RECORDS;
+        versions[slot] += 1;
+        let record = records[slot].clone();
+        sent.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((record.clone(), versions[slot]), Instant::now());
+        let (client, url, token) = (client.clone(), url.clone(), token.clone());
+        requests.push(tokio::spawn(async move {
+            graphql(
+                &client,
+                &url,
+                Some(&token),
+                "mutation($id: ID!, $t: String!) { updateEmployee(id: $id, input: { jobTitle: $t }) { version } }",
+                json!({ "id": record, "t": format!("Title {n}") }),
+            )
+            .await
+        }));
+    }
+    let offered = started.elapsed();
+    for request in requests {
+        request.await??;
+    }
+    let received = receiver.until(|r| r.len() >= total).await;
+    let sent = sent.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut latencies: Vec<Duration> = received
+        .iter()
+        .filter_map(|delivery| {
+            let body = delivery.json();
+            let key = (
+                body["data"]["recordId"].as_str()?.to_owned(),
+                body["data"]["version"].as_i64()?,
+            );
+            Some(delivery.at.saturating_duration_since(*sent.get(&key)?))
+        })
+        .collect();
+    anyhow::ensure!(
+        latencies.len() == total,
+        "{} of {total} changes were delivered once",
+        latencies.len()
+    );
+    latencies.sort();
+
+    println!("## custos-bench --suite webhooks\n");
+    println!("| measure | value |\n|---|---|");
+    println!(
+        "| changes offered | {total} at {rate}/s over {RECORDS} employees ({:.1} s) |",
+        offered.as_secs_f64()
+    );
+    for (name, p) in [("p50", 0.5), ("p90", 0.9), ("**p99**", 0.99)] {
+        println!(
+            "| change sent → delivery received, {name} | {:.1} ms |",
+            ms(percentile(&latencies, p))
+        );
+    }
+    println!(
+        "| max | {:.1} ms |",
+        ms(latencies.last().copied().unwrap_or_default())
+    );
+    let _ = stop.send(());
+    running.await??;
+    Ok(())
+}

@@ -1,0 +1,130 @@
+//! A local HTTP receiver for webhooks: it records every request it is sent (headers, body,
+//! when) and answers as the test tells it — 204, or a failure status.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::Router;
+
+/// A request the receiver got.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub path: String,
+    /// Header names in lower case.
+    pub headers: HashMap<String, String>,
+    pub body: Vec<u8>,
+    pub at: Instant,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers.get(name).map_or("", String::as_str)
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).expect("a JSON body")
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    received: Vec<Received>,
+    /// The status answered: 204 unless told otherwise.
+    status: Option<u16>,
+}
+
+/// The running receiver; stops when dropped.
+pub struct Receiver {
+    pub addr: SocketAddr,
+    inner: Arc<Mutex<Inner>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn receive(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    let mut inner = inner.lock().unwrap_or_else(|e| e.into_inner());
+    inner.received.push(Received {
+        path: uri.path().to_owned(),
+        headers: headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_owned(),
+                    v.to_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect(),
+        body: body.to_vec(),
+        at: Instant::now(),
+    });
+    StatusCode::from_u16(inner.status.unwrap_or(204)).unwrap_or(StatusCode::NO_CONTENT)
+}
+
+impl Receiver {
+    pub async fn start() -> Self {
+        let inner = Arc::new(Mutex::new(Inner::default()));
+        let router = Router::new()
+            .route("/{*path}", post(receive))
+            .with_state(inner.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("the receiver binds");
+        let addr = listener.local_addr().expect("its address");
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        Self { addr, inner, task }
+    }
+
+    /// The URL of `path` on the receiver.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}/{}", self.addr, path.trim_start_matches('/'))
+    }
+
+    /// Answers `status` from now on.
+    pub fn answer(&self, status: u16) {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).status = Some(status);
+    }
+
+    /// Everything received so far.
+    pub fn received(&self) -> Vec<Received> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .received
+            .clone()
+    }
+
+    /// Waits (up to 30 s) until what was received satisfies `done`.
+    pub async fn until(&self, done: impl Fn(&[Received]) -> bool) -> Vec<Received> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let received = self.received();
+            if done(&received) {
+                return received;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the receiver waited in vain; it got {} requests",
+                received.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
