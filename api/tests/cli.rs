@@ -12,8 +12,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-// The test harness's SMTP server (the `tests/` suite's), for the notification worker; this
-// test uses only part of it.
+// The test harness's HTTP receiver and SMTP server (the `tests/` suite's), for the webhook
+// and notification workers; these tests use only part of them.
+#[allow(dead_code, unreachable_pub)]
+#[path = "../../tests/src/receiver.rs"]
+mod receiver;
 #[allow(dead_code, unreachable_pub)]
 #[path = "../../tests/src/smtp.rs"]
 mod smtp;
@@ -398,6 +401,82 @@ async fn a_notice_cut_off_by_a_killed_worker_arrives_exactly_once() {
     assert_eq!(
         message_id,
         format!("<{}@custos>", node["id"].as_str().unwrap())
+    );
+    stop(second);
+}
+
+#[tokio::test]
+async fn a_webhook_cut_off_by_a_killed_worker_is_answered_once_with_one_id() {
+    let dir = data_dir();
+    let output = create_tenant(dir.path(), "hook-org", "hook@example.org", &[]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let receiver = receiver::Receiver::start().await;
+    let env = [("CUSTOS_WEBHOOK_LEASE_SECONDS", "2")];
+    let port = free_port();
+    let mut first = serve_with(dir.path(), port, &env);
+    wait_ready(port).await;
+    let token = graphql(
+        port,
+        "mutation { login(tenant: \"hook-org\", email: \"hook@example.org\", password: \"a long cli password\") { token } }",
+        json!({}),
+    )
+    .await["data"]["login"]["token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let registered = graphql_as(
+        port,
+        &token,
+        &format!(
+            "mutation {{ registerWebhook(input: {{ url: \"{}\", events: [RECORD_CREATED] }}) {{ webhook {{ id }} }} }}",
+            receiver.url("/killed")
+        ),
+    )
+    .await;
+    assert!(registered["errors"].is_null(), "{registered}");
+    receiver.hold();
+    let created = graphql_as(
+        port,
+        &token,
+        "mutation { createContact(input: { firstName: \"Held\", lastName: \"Delivery\" }) { id } }",
+    )
+    .await;
+    assert!(created["errors"].is_null(), "{created}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while receiver.held().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        receiver.held().len(),
+        1,
+        "the delivery reached the endpoint"
+    );
+    first.kill().unwrap();
+    first.wait().unwrap();
+    // Killed before the endpoint answered: the held request is let go (answered 503).
+    receiver.answer(204);
+    assert!(receiver.received().is_empty());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while postgres_running_in(dir.path()) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let port = free_port();
+    let second = serve_with(dir.path(), port, &env);
+    wait_ready(port).await;
+    let received = receiver.until(|r| !r.is_empty()).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(receiver.received().len(), 1, "answered once");
+    let held = &receiver.held()[0];
+    assert_eq!(received[0].header("webhook-id"), held.header("webhook-id"));
+    assert_eq!(received[0].body, held.body, "the same message");
+    assert_eq!(
+        received[0].json()["data"]["recordId"],
+        created["data"]["createContact"]["id"]
     );
     stop(second);
 }

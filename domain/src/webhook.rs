@@ -1,6 +1,7 @@
 //! The `Webhook` aggregate: an endpoint an organisation's administrators register to be told,
 //! by a signed HTTP POST, when something they chose happens (a record created, changed,
-//! archived, erased or restricted; a user or role changed). One stream per webhook: who registered, changed, disabled or removed it is
+//! archived, erased or restricted; a user or role changed; the organisation's subscription
+//! changed). One stream per webhook: who registered, changed, disabled or removed it is
 //! history like any other change. Custos itself disables a webhook whose deliveries keep
 //! failing (actor `custos`).
 //!
@@ -30,10 +31,11 @@ pub enum WebhookTopic {
     RecordRestricted,
     UserChanged,
     RoleChanged,
+    LifecycleChanged,
 }
 
 impl WebhookTopic {
-    pub const ALL: [WebhookTopic; 7] = [
+    pub const ALL: [WebhookTopic; 8] = [
         WebhookTopic::RecordCreated,
         WebhookTopic::RecordUpdated,
         WebhookTopic::RecordArchived,
@@ -41,6 +43,7 @@ impl WebhookTopic {
         WebhookTopic::RecordRestricted,
         WebhookTopic::UserChanged,
         WebhookTopic::RoleChanged,
+        WebhookTopic::LifecycleChanged,
     ];
 
     /// The name deliveries carry as their `type` (`record.created`, …).
@@ -53,6 +56,7 @@ impl WebhookTopic {
             WebhookTopic::RecordRestricted => "record.restricted",
             WebhookTopic::UserChanged => "user.changed",
             WebhookTopic::RoleChanged => "role.changed",
+            WebhookTopic::LifecycleChanged => "organization.lifecycle_changed",
         }
     }
 }

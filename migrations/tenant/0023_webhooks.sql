@@ -25,12 +25,16 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON webhooks TO custos_tenant;
 INSERT INTO projection_checkpoints (projection) VALUES ('webhooks');
 
 -- One row per webhook the worker has started on: the last event (in commit order) it has
--- dealt with, the failures of the delivery it is retrying, and a lease so that one instance at
--- a time delivers to a webhook (in order, without a transaction held open while it waits).
+-- dealt with, the last change of the organisation's subscription (its stream is in the
+-- catalog) it has dealt with, the failures of the delivery it is retrying, and a lease so that
+-- one instance at a time delivers to a webhook (in order, without a transaction held open
+-- while it waits).
 CREATE TABLE webhook_cursors (
     webhook_id      uuid        PRIMARY KEY,
     transaction_id  xid8        NOT NULL,
     global_position bigint      NOT NULL,
+    -- NULL until the worker starts it at the subscription's sequence then
+    lifecycle_sequence bigint,
     failures        integer     NOT NULL DEFAULT 0,
     next_attempt_at timestamptz NOT NULL DEFAULT now(),
     claimed_until   timestamptz,

@@ -462,3 +462,66 @@ async fn a_webhook_held_by_a_worker_that_died_is_delivered_once_its_lease_runs_o
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(receiver.received().len(), 2, "once");
 }
+
+#[tokio::test]
+async fn the_organisation_s_lifecycle_changes_are_delivered_to_webhooks_that_chose_them() {
+    let receiver = Receiver::start().await;
+    let app = app_with(5).await;
+    let admin = app.sign_up(&slug("hooklife")).await;
+    let (_, secret) = register(&app, &admin, &receiver.url("/life"), &["LIFECYCLE_CHANGED"]).await;
+    // Another webhook, for records only, is told nothing of it.
+    let records = Receiver::start().await;
+    register(&app, &admin, &records.url("/records"), &["RECORD_CREATED"]).await;
+
+    for args in [
+        vec![
+            "tenant",
+            "plan",
+            "--slug",
+            &admin.slug,
+            "--plan",
+            "standard",
+        ],
+        vec![
+            "tenant",
+            "suspend",
+            "--slug",
+            &admin.slug,
+            "--reason",
+            "late payment",
+        ],
+        vec![
+            "tenant",
+            "resume",
+            "--slug",
+            &admin.slug,
+            "--reason",
+            "paid",
+        ],
+    ] {
+        assert!(app.custos(&args).await, "{args:?}");
+    }
+    let received = receiver.until(|r| r.len() >= 3).await;
+    let changes: Vec<Value> = received
+        .iter()
+        .map(|r| {
+            assert!(signed_with(r, &secret));
+            assert_eq!(r.json()["type"], "organization.lifecycle_changed");
+            r.json()["data"]["change"].clone()
+        })
+        .collect();
+    assert_eq!(changes, ["PlanChosen", "Suspended", "Resumed"]);
+    let sequences: Vec<i64> = received
+        .iter()
+        .map(|r| r.json()["data"]["sequence"].as_i64().unwrap())
+        .collect();
+    assert!(sequences.windows(2).all(|w| w[0] < w[1]), "{sequences:?}");
+    let body = String::from_utf8(received[1].body.clone()).unwrap();
+    assert!(
+        !body.contains("late payment"),
+        "the operator's reason stays: {body}"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.received().len(), 3, "once each");
+    assert!(records.received().is_empty());
+}

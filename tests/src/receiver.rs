@@ -1,5 +1,7 @@
-//! A local HTTP receiver for webhooks: it records every request it is sent (headers, body,
-//! when) and answers as the test tells it — 204, or a failure status.
+//! A local HTTP receiver for webhooks: it records every request it answered (headers, body,
+//! when) and answers as the test tells it — 204, or a failure status — or holds its answer
+//! (so a test can kill the sender mid-delivery): a held request is kept apart and, once
+//! released, answered 503, so only a request answered 2xx at once counts as received.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -35,8 +37,10 @@ impl Received {
 #[derive(Default)]
 struct Inner {
     received: Vec<Received>,
+    held: Vec<Received>,
     /// The status answered: 204 unless told otherwise.
     status: Option<u16>,
+    holding: bool,
 }
 
 /// The running receiver; stops when dropped.
@@ -58,8 +62,7 @@ async fn receive(
     headers: HeaderMap,
     body: Bytes,
 ) -> StatusCode {
-    let mut inner = inner.lock().unwrap_or_else(|e| e.into_inner());
-    inner.received.push(Received {
+    let request = Received {
         path: uri.path().to_owned(),
         headers: headers
             .iter()
@@ -72,8 +75,20 @@ async fn receive(
             .collect(),
         body: body.to_vec(),
         at: Instant::now(),
-    });
-    StatusCode::from_u16(inner.status.unwrap_or(204)).unwrap_or(StatusCode::NO_CONTENT)
+    };
+    {
+        let mut locked = inner.lock().unwrap_or_else(|e| e.into_inner());
+        if !locked.holding {
+            locked.received.push(request);
+            return StatusCode::from_u16(locked.status.unwrap_or(204))
+                .unwrap_or(StatusCode::NO_CONTENT);
+        }
+        locked.held.push(request);
+    }
+    while inner.lock().unwrap_or_else(|e| e.into_inner()).holding {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    StatusCode::SERVICE_UNAVAILABLE
 }
 
 impl Receiver {
@@ -97,9 +112,25 @@ impl Receiver {
         format!("http://{}/{}", self.addr, path.trim_start_matches('/'))
     }
 
-    /// Answers `status` from now on.
+    /// Answers `status` from now on (and lets held requests go, answered 503).
     pub fn answer(&self, status: u16) {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).status = Some(status);
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.status = Some(status);
+        inner.holding = false;
+    }
+
+    /// Holds every request from now on, unanswered, until [`Receiver::answer`].
+    pub fn hold(&self) {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).holding = true;
+    }
+
+    /// The requests held (and never answered 2xx).
+    pub fn held(&self) -> Vec<Received> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .held
+            .clone()
     }
 
     /// Everything received so far.

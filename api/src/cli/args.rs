@@ -343,6 +343,11 @@ pub(crate) struct ServeArgs {
     /// (or the next start) sends it after that.
     #[arg(long, env = "CUSTOS_NOTIFICATION_LEASE_SECONDS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub(crate) notification_lease_seconds: u64,
+    /// Seconds a delivery worker holds a webhook it delivers to; if it dies meanwhile,
+    /// another (or the next start) goes on after that, sending the message it was sending
+    /// again (with the same `webhook-id`).
+    #[arg(long, env = "CUSTOS_WEBHOOK_LEASE_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub(crate) webhook_lease_seconds: u64,
     /// Who notification emails are from.
     #[arg(
         long,
@@ -510,6 +515,7 @@ impl ServeArgs {
             std::time::Duration::from_secs(self.notification_lease_seconds);
         config.notifications.interval = Some(std::time::Duration::from_secs(1));
         config.webhooks.interval = Some(std::time::Duration::from_secs(1));
+        config.webhooks.lease = std::time::Duration::from_secs(self.webhook_lease_seconds);
         config.storage.interval = (self.storage_interval_minutes > 0)
             .then(|| std::time::Duration::from_secs(self.storage_interval_minutes * 60));
         config.retention_interval = (self.retention_interval_minutes > 0)

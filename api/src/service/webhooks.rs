@@ -24,7 +24,7 @@ use crate::error::ApiError;
 use crate::infra::event_store::log::Position;
 use crate::infra::tenancy::tenant::Tenant;
 use crate::infra::webhooks::cursor::{self, Attempt, Held};
-use crate::infra::webhooks::feed::{self, Change};
+use crate::infra::webhooks::feed;
 use crate::infra::webhooks::sender::{Answer, Message};
 use crate::infra::webhooks::signing::SigningKey;
 use crate::service::Services;
@@ -251,26 +251,27 @@ impl Services {
     /// One round of the delivery worker: every webhook of every organisation that has any,
     /// as far as each can go now.
     pub(crate) async fn deliver_webhooks(&self) -> anyhow::Result<()> {
-        let ids: Vec<Uuid> = sqlx::query_scalar(&format!(
-            "SELECT id FROM tenants WHERE webhooks AND status IN {} AND move IS NULL",
+        let due: Vec<(Uuid, i64)> = sqlx::query_as(&format!(
+            "SELECT id, lifecycle_sequence FROM tenants
+             WHERE webhooks AND status IN {} AND move IS NULL",
             crate::infra::tenancy::catalog::LIVE
         ))
         .fetch_all(self.tenancy.catalog())
         .await?;
         let mut work = Vec::new();
-        for id in ids {
+        for (id, lifecycle) in due {
             let Some(tenant) = self.tenancy.get(id).await? else {
                 continue;
             };
             cursor::forget_removed(&tenant.pool).await?;
             cursor::prune_attempts(&tenant.pool).await?;
             for webhook in webhooks::webhooks(&tenant.pool).await? {
-                work.push((tenant.clone(), webhook.id));
+                work.push((tenant.clone(), webhook.id, lifecycle));
             }
         }
         futures::stream::iter(work)
-            .for_each_concurrent(CONCURRENCY, |(tenant, id)| async move {
-                if let Err(err) = self.deliver_to(&tenant, id).await {
+            .for_each_concurrent(CONCURRENCY, |(tenant, id, lifecycle)| async move {
+                if let Err(err) = self.deliver_to(&tenant, id, lifecycle).await {
                     tracing::error!(tenant.id = %tenant.id, webhook.id = %id, error = %crate::error::redacted(&err), "webhook delivery failed");
                 }
             })
@@ -278,14 +279,33 @@ impl Services {
         Ok(())
     }
 
-    /// Delivers what is due to one webhook, in commit order, until it is up to date, a
-    /// delivery fails, or the lease is lost.
-    async fn deliver_to(&self, tenant: &Tenant, webhook_id: Uuid) -> anyhow::Result<()> {
+    /// Delivers what is due to one webhook — the changes in its organisation's log in commit
+    /// order, then those of the organisation's subscription up to `lifecycle` — until it is up
+    /// to date, a delivery fails, or the lease is lost.
+    async fn deliver_to(
+        &self,
+        tenant: &Tenant,
+        webhook_id: Uuid,
+        lifecycle: i64,
+    ) -> anyhow::Result<()> {
         let policy = &self.webhooks;
-        let Some(held) = cursor::take(&tenant.pool, webhook_id, policy.lease).await? else {
+        let Some(held) = cursor::take(&tenant.pool, webhook_id, policy.lease, lifecycle).await?
+        else {
             return Ok(());
         };
-        let outcome = self.deliver_held(tenant, &held).await;
+        let history = WebhookHistory::load(tenant, held.webhook_id).await?;
+        let outcome = match self.deliver_log(tenant, &held, &history).await {
+            Ok(Round::Done) => self
+                .deliver_lifecycle(tenant, &held, &history, lifecycle)
+                .await
+                .map(|round| match round {
+                    Round::Failed(failures) => Some(failures),
+                    Round::Done | Round::Stopped => None,
+                }),
+            Ok(Round::Failed(failures)) => Ok(Some(failures)),
+            Ok(Round::Stopped) => Ok(None),
+            Err(err) => Err(err),
+        };
         let (failures, next_attempt_at) = match &outcome {
             Ok(Some(failures)) => {
                 let wait = policy
@@ -305,18 +325,21 @@ impl Services {
         outcome.map(|_| ())
     }
 
-    /// Delivers under a held cursor. `Some(failures)`: a delivery failed that many times in a
-    /// row and waits for its next attempt.
-    async fn deliver_held(&self, tenant: &Tenant, held: &Held) -> anyhow::Result<Option<i32>> {
+    /// Delivers the changes of the organisation's log after the held cursor.
+    async fn deliver_log(
+        &self,
+        tenant: &Tenant,
+        held: &Held,
+        history: &WebhookHistory,
+    ) -> anyhow::Result<Round> {
         let policy = &self.webhooks;
-        let history = WebhookHistory::load(tenant, held.webhook_id).await?;
         let mut position = held.position;
         let mut failures = held.failures;
         loop {
             let mut conn = tenant.pool.acquire().await?;
             let changes = feed::after(&mut conn, position, BATCH).await?;
             let Some(last) = changes.last() else {
-                return Ok(None);
+                return Ok(Round::Done);
             };
             // A record's datasheet comes from the records read model: let it catch up first.
             if changes.iter().any(|c| c.aggregate_type == "record") {
@@ -331,7 +354,7 @@ impl Services {
                     .await
                     .is_err()
                 {
-                    return Ok(None);
+                    return Ok(Round::Stopped);
                 }
             }
             let datasheets = feed::datasheets(&mut conn, &changes).await?;
@@ -352,7 +375,7 @@ impl Services {
                     if saved != position
                         && !cursor::advance(&tenant.pool, held, position, policy.lease).await?
                     {
-                        return Ok(None);
+                        return Ok(Round::Stopped);
                     }
                     let datasheet = change
                         .aggregate_id
@@ -360,26 +383,36 @@ impl Services {
                         .ok()
                         .and_then(|id: Uuid| datasheets.get(&id))
                         .map(String::as_str);
+                    let message = Outgoing {
+                        id: message_id(
+                            held.webhook_id,
+                            &change.position.global_position.to_string(),
+                        ),
+                        topic,
+                        timestamp: change.recorded_at,
+                        data: change.data(datasheet),
+                        global_position: change.position.global_position,
+                    };
                     let answer = self
-                        .deliver_change(tenant, held, change, topic, datasheet, url, failures + 1)
+                        .deliver_message(tenant, held, url, &message, failures + 1)
                         .await?;
                     if !answer.succeeded() {
                         failures += 1;
                         if failures < i32::try_from(policy.max_failures).unwrap_or(i32::MAX) {
-                            return Ok(Some(failures));
+                            return Ok(Round::Failed(failures));
                         }
                         // The webhook is off: nothing up to its disabling is delivered.
                         let disabled = self
                             .disable_failing(tenant, held.webhook_id, failures, &answer)
                             .await?;
                         cursor::advance(&tenant.pool, held, disabled, policy.lease).await?;
-                        return Ok(None);
+                        return Ok(Round::Stopped);
                     }
                     failures = 0;
                     position = change.position;
                     if !cursor::advance(&tenant.pool, held, position, policy.lease).await? {
                         tracing::warn!(tenant.id = %tenant.id, webhook.id = %held.webhook_id, "another worker took over the webhook");
-                        return Ok(None);
+                        return Ok(Round::Stopped);
                     }
                     saved = position;
                 } else {
@@ -392,44 +425,106 @@ impl Services {
             if saved != position
                 && !cursor::advance(&tenant.pool, held, position, policy.lease).await?
             {
-                return Ok(None);
+                return Ok(Round::Stopped);
             }
-            if !full || history.is_removed_at(position) {
-                return Ok(None);
+            if history.is_removed_at(position) {
+                return Ok(Round::Stopped);
+            }
+            if !full {
+                return Ok(Round::Done);
             }
         }
     }
 
-    /// Delivers one change and logs the attempt.
-    #[allow(clippy::too_many_arguments)]
-    async fn deliver_change(
+    /// Delivers the changes of the organisation's subscription (its stream in the catalog)
+    /// after the held cursor, up to `until`, to a webhook that (as it is now) is enabled and
+    /// subscribed to them; otherwise moves past them.
+    async fn deliver_lifecycle(
         &self,
         tenant: &Tenant,
         held: &Held,
-        change: &Change,
-        topic: WebhookTopic,
-        datasheet: Option<&str>,
+        history: &WebhookHistory,
+        until: i64,
+    ) -> anyhow::Result<Round> {
+        let policy = &self.webhooks;
+        if held.lifecycle_sequence >= until {
+            return Ok(Round::Done);
+        }
+        let wanted = history.latest().is_some_and(|(state, _)| {
+            state.is_enabled() && state.topics().contains(&WebhookTopic::LifecycleChanged)
+        });
+        let url = history.latest().and_then(|(_, url)| url);
+        let (true, Some(url)) = (wanted, url) else {
+            cursor::advance_lifecycle(&tenant.pool, held, until, policy.lease).await?;
+            return Ok(Round::Done);
+        };
+        let changes: Vec<(i64, String, chrono::DateTime<Utc>)> = sqlx::query_as(
+            "SELECT sequence, event_type, recorded_at FROM subscription_events
+             WHERE aggregate_type = 'subscription' AND aggregate_id = $1
+               AND sequence > $2 AND sequence <= $3
+             ORDER BY sequence",
+        )
+        .bind(tenant.id.to_string())
+        .bind(held.lifecycle_sequence)
+        .bind(until)
+        .fetch_all(self.tenancy.catalog())
+        .await?;
+        let mut failures = held.failures;
+        for (sequence, change, at) in changes {
+            let message = Outgoing {
+                id: message_id(held.webhook_id, &format!("lifecycle/{sequence}")),
+                topic: WebhookTopic::LifecycleChanged,
+                timestamp: at,
+                data: json!({ "change": change, "sequence": sequence }),
+                global_position: 0,
+            };
+            let answer = self
+                .deliver_message(tenant, held, url, &message, failures + 1)
+                .await?;
+            if !answer.succeeded() {
+                failures += 1;
+                if failures < i32::try_from(policy.max_failures).unwrap_or(i32::MAX) {
+                    return Ok(Round::Failed(failures));
+                }
+                self.disable_failing(tenant, held.webhook_id, failures, &answer)
+                    .await?;
+                cursor::advance_lifecycle(&tenant.pool, held, until, policy.lease).await?;
+                return Ok(Round::Stopped);
+            }
+            failures = 0;
+            if !cursor::advance_lifecycle(&tenant.pool, held, sequence, policy.lease).await? {
+                return Ok(Round::Stopped);
+            }
+        }
+        Ok(Round::Done)
+    }
+
+    /// Delivers one message and logs the attempt.
+    async fn deliver_message(
+        &self,
+        tenant: &Tenant,
+        held: &Held,
         url: &str,
+        message: &Outgoing,
         attempt: i32,
     ) -> anyhow::Result<Answer> {
-        let message_id = message_id(held.webhook_id, change.position);
         let body = json!({
-            "type": topic.as_str(),
-            "timestamp": change.recorded_at,
+            "type": message.topic.as_str(),
+            "timestamp": message.timestamp,
             "organization": tenant.id,
-            "data": change.data(datasheet),
+            "data": message.data,
         });
         let answer = self
-            .send(tenant, url, held.webhook_id, &message_id, &body)
+            .send(tenant, url, held.webhook_id, &message.id, &body)
             .await
             .map_err(|err| anyhow::anyhow!("{err:?}"))?;
         cursor::log_attempt(
             &tenant.pool,
             Attempt {
                 webhook_id: held.webhook_id,
-                message_id: &message_id,
-                topic: topic.as_str(),
-                global_position: change.position.global_position,
+                message_id: &message.id,
+                topic: message.topic.as_str(),
+                global_position: message.global_position,
                 attempt,
                 status_code: answer.status,
                 error: answer.error.as_deref(),
@@ -489,11 +584,32 @@ fn names_this_service(host: &str, ip: Option<IpAddr>, port: u16, listen: SocketA
     local || ip == Some(listen.ip()) || (listen.ip().is_unspecified() && ip.is_some())
 }
 
-/// The `webhook-id` of the delivery of the event at `position` to a webhook: the same on
-/// every retry and every instance, so receivers can drop repeats.
-fn message_id(webhook_id: Uuid, position: Position) -> String {
-    let digest = sha2::Sha256::digest(format!("{webhook_id}/{}", position.global_position));
+/// The `webhook-id` of the delivery of one change (`what`: its position in the log, or
+/// `lifecycle/<sequence>`) to a webhook: the same on every retry and every instance, so
+/// receivers can drop repeats.
+fn message_id(webhook_id: Uuid, what: &str) -> String {
+    let digest = sha2::Sha256::digest(format!("{webhook_id}/{what}"));
     format!("msg_{}", hex::encode(&digest[..16]))
+}
+
+/// How far a round got with one webhook.
+enum Round {
+    /// Up to date.
+    Done,
+    /// A delivery failed this many times in a row; it waits for its next attempt.
+    Failed(i32),
+    /// The lease was lost, the webhook disabled or removed, or the read models lag.
+    Stopped,
+}
+
+/// One message on its way.
+struct Outgoing {
+    id: String,
+    topic: WebhookTopic,
+    timestamp: chrono::DateTime<Utc>,
+    data: serde_json::Value,
+    /// The change's position in the log (0 for the subscription's changes and tests).
+    global_position: i64,
 }
 
 /// A webhook's own events with their positions: its endpoint, topics and state as of any
@@ -538,6 +654,13 @@ impl WebhookHistory {
             .and_then(|(_, _, url, _)| url.as_deref())
     }
 
+    /// The webhook as it is now, and its endpoint.
+    fn latest(&self) -> Option<(&Webhook, Option<&str>)> {
+        self.states
+            .last()
+            .map(|(_, state, url, _)| (state, url.as_deref()))
+    }
+
     fn is_removed_at(&self, position: Position) -> bool {
         self.entry_at(position)
             .is_some_and(|(.., removed)| *removed)
@@ -570,16 +693,16 @@ mod tests {
     #[test]
     fn a_message_keeps_its_id_across_retries() {
         let webhook = Uuid::now_v7();
-        let at = Position {
-            transaction_id: 7,
-            global_position: 42,
-        };
-        assert_eq!(message_id(webhook, at), message_id(webhook, at));
+        assert_eq!(message_id(webhook, "42"), message_id(webhook, "42"));
         assert_ne!(
-            message_id(webhook, at),
-            message_id(Uuid::now_v7(), at),
+            message_id(webhook, "42"),
+            message_id(Uuid::now_v7(), "42"),
             "another webhook"
         );
-        assert!(message_id(webhook, at).starts_with("msg_"));
+        assert_ne!(
+            message_id(webhook, "42"),
+            message_id(webhook, "lifecycle/42")
+        );
+        assert!(message_id(webhook, "42").starts_with("msg_"));
     }
 }

@@ -31,6 +31,10 @@ pub(crate) enum WebhookEventType {
     UserChanged,
     /// A role was created, renamed, deleted, or its permissions changed.
     RoleChanged,
+    /// The organisation's subscription changed: a plan chosen, the trial extended or ended,
+    /// a suspension or resumption, a cancellation scheduled or withdrawn, the subscription
+    /// ended, a storage level crossed (`organization.lifecycle_changed`).
+    LifecycleChanged,
 }
 
 impl From<WebhookEventType> for WebhookTopic {
@@ -43,6 +47,7 @@ impl From<WebhookEventType> for WebhookTopic {
             WebhookEventType::RecordRestricted => WebhookTopic::RecordRestricted,
             WebhookEventType::UserChanged => WebhookTopic::UserChanged,
             WebhookEventType::RoleChanged => WebhookTopic::RoleChanged,
+            WebhookEventType::LifecycleChanged => WebhookTopic::LifecycleChanged,
         }
     }
 }
@@ -57,6 +62,7 @@ impl WebhookEventType {
             Self::RecordRestricted,
             Self::UserChanged,
             Self::RoleChanged,
+            Self::LifecycleChanged,
         ]
         .into_iter()
         .find(|kind| WebhookTopic::from(*kind).as_str() == name)

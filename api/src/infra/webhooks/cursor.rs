@@ -17,26 +17,40 @@ pub(crate) struct Held {
     pub webhook_id: Uuid,
     pub claim: Uuid,
     pub position: Position,
+    /// The last change of the organisation's subscription dealt with.
+    pub lifecycle_sequence: i64,
     /// Failed deliveries in a row of the event after `position`.
     pub failures: i32,
 }
 
 /// Takes the cursor of `webhook_id` when it is due, nobody holds it and the log has changes
-/// after it (so an idle webhook costs one read a round, no write), starting one at the
-/// webhook's registration if it has none. `None`: nothing to do, or held elsewhere.
+/// after it or the subscription's stream is beyond `lifecycle_sequence` (so an idle webhook
+/// costs one read a round, no write), starting one at the webhook's registration (and at the
+/// subscription's sequence now) if it has none. `None`: nothing to do, or held elsewhere.
 pub(crate) async fn take(
     pool: &PgPool,
     webhook_id: Uuid,
     lease: Duration,
+    lifecycle_sequence: i64,
 ) -> sqlx::Result<Option<Held>> {
     sqlx::query(
-        "INSERT INTO webhook_cursors (webhook_id, transaction_id, global_position)
-         SELECT $1, transaction_id, global_position FROM events
+        "INSERT INTO webhook_cursors (webhook_id, transaction_id, global_position, lifecycle_sequence)
+         SELECT $1, transaction_id, global_position, $2 FROM events
          WHERE aggregate_type = 'webhook' AND aggregate_id = $1::text AND sequence = 1
            AND NOT EXISTS (SELECT FROM webhook_cursors WHERE webhook_id = $1)
          ON CONFLICT (webhook_id) DO NOTHING",
     )
     .bind(webhook_id)
+    .bind(lifecycle_sequence)
+    .execute(pool)
+    .await?;
+    // A cursor written by an import starts on the subscription where it is now.
+    sqlx::query(
+        "UPDATE webhook_cursors SET lifecycle_sequence = $2
+         WHERE webhook_id = $1 AND lifecycle_sequence IS NULL",
+    )
+    .bind(webhook_id)
+    .bind(lifecycle_sequence)
     .execute(pool)
     .await?;
     let claim = Uuid::now_v7();
@@ -45,19 +59,21 @@ pub(crate) async fn take(
          SET claim = $2, claimed_until = now() + make_interval(secs => $3)
          WHERE webhook_id = $1 AND next_attempt_at <= now()
            AND (claimed_until IS NULL OR claimed_until < now())
-           AND EXISTS (
+           AND (c.lifecycle_sequence < $5 OR EXISTS (
                SELECT FROM unnest($4::text[]) AS t(aggregate_type)
                CROSS JOIN LATERAL (
                    SELECT FROM events e
                    WHERE e.aggregate_type = t.aggregate_type
                      AND (e.transaction_id, e.global_position) > (c.transaction_id, c.global_position)
-                   LIMIT 1) AS pending)
-         RETURNING transaction_id::text::bigint AS transaction_id, global_position, failures",
+                   LIMIT 1) AS pending))
+         RETURNING transaction_id::text::bigint AS transaction_id, global_position, failures,
+                   lifecycle_sequence",
     )
     .bind(webhook_id)
     .bind(claim)
     .bind(lease.as_secs_f64())
     .bind(&feed::TYPES[..])
+    .bind(lifecycle_sequence)
     .fetch_optional(pool)
     .await?;
     row.map(|row| {
@@ -65,10 +81,36 @@ pub(crate) async fn take(
             webhook_id,
             claim,
             position: Position::from_row(&row)?,
+            lifecycle_sequence: row
+                .try_get::<Option<i64>, _>("lifecycle_sequence")?
+                .unwrap_or(lifecycle_sequence),
             failures: row.try_get("failures")?,
         })
     })
     .transpose()
+}
+
+/// Moves the cursor past the subscription's change `sequence` and renews the lease; false
+/// when the lease was lost to another worker.
+pub(crate) async fn advance_lifecycle(
+    pool: &PgPool,
+    held: &Held,
+    sequence: i64,
+    lease: Duration,
+) -> sqlx::Result<bool> {
+    let moved = sqlx::query(
+        "UPDATE webhook_cursors
+         SET lifecycle_sequence = $3, failures = 0,
+             claimed_until = now() + make_interval(secs => $4)
+         WHERE webhook_id = $1 AND claim = $2",
+    )
+    .bind(held.webhook_id)
+    .bind(held.claim)
+    .bind(sequence)
+    .bind(lease.as_secs_f64())
+    .execute(pool)
+    .await?;
+    Ok(moved.rows_affected() == 1)
 }
 
 /// Moves the cursor past `position` (the delivery of what is after it starts afresh) and
