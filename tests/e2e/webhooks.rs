@@ -150,6 +150,7 @@ async fn each_subscribed_change_arrives_once_in_order_signed_and_without_values(
         let timestamp: i64 = delivery.header("webhook-timestamp").parse().unwrap();
         assert!((now - timestamp).abs() < 300, "a current timestamp");
         assert!(delivery.header("webhook-id").starts_with("msg_"));
+        assert_eq!(delivery.json()["id"], delivery.header("webhook-id"));
         let body = String::from_utf8(delivery.body.clone()).unwrap();
         for value in [
             "Ada",

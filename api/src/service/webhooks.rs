@@ -164,6 +164,7 @@ impl Services {
         }
         let message_id = format!("msg_test_{}", Uuid::now_v7().simple());
         let body = json!({
+            "id": message_id,
             "type": "webhook.test",
             "timestamp": Utc::now(),
             "organization": tenant.id,
@@ -509,6 +510,7 @@ impl Services {
         attempt: i32,
     ) -> anyhow::Result<Answer> {
         let body = json!({
+            "id": message.id,
             "type": message.topic.as_str(),
             "timestamp": message.timestamp,
             "organization": tenant.id,
