@@ -192,7 +192,11 @@ pub struct WebhookPolicy {
     /// Failed deliveries in a row after which Custos disables the webhook.
     pub max_failures: u32,
     /// How long a worker holds a webhook it is delivering to; one that died lets it go then.
+    /// Renewed before each delivery that could outlast it; at least `timeout` + 6 s.
     pub lease: Duration,
+    /// Whether deliveries may reach private, loopback and other non-public addresses (a
+    /// receiver beside the service); link-local addresses are never reached.
+    pub allow_private: bool,
 }
 
 impl Default for WebhookPolicy {
@@ -203,6 +207,7 @@ impl Default for WebhookPolicy {
             retry_base: Duration::from_secs(5),
             max_failures: 15,
             lease: Duration::from_secs(60),
+            allow_private: false,
         }
     }
 }

@@ -77,7 +77,10 @@ pub(crate) async fn services(
         notifications: config.notifications.clone(),
         outbox_written: tokio::sync::Notify::new(),
         webhooks: config.webhooks.clone(),
-        webhook_sender: crate::infra::webhooks::sender::Sender::new(config.webhooks.timeout)?,
+        webhook_sender: crate::infra::webhooks::sender::Sender::new(
+            config.webhooks.timeout,
+            config.webhooks.allow_private,
+        )?,
         listening: std::sync::OnceLock::new(),
     });
     // Before anything is served: erasures made since a restored backup are made again.

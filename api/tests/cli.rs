@@ -415,7 +415,10 @@ async fn a_webhook_cut_off_by_a_killed_worker_is_answered_once_with_one_id() {
         String::from_utf8_lossy(&output.stderr)
     );
     let receiver = receiver::Receiver::start().await;
-    let env = [("CUSTOS_WEBHOOK_LEASE_SECONDS", "2")];
+    let env = [
+        ("CUSTOS_WEBHOOK_LEASE_SECONDS", "16"),
+        ("CUSTOS_WEBHOOK_ALLOW_PRIVATE_ADDRESSES", "true"),
+    ];
     let port = free_port();
     let mut first = serve_with(dir.path(), port, &env);
     wait_ready(port).await;
@@ -468,6 +471,7 @@ async fn a_webhook_cut_off_by_a_killed_worker_is_answered_once_with_one_id() {
     let port = free_port();
     let second = serve_with(dir.path(), port, &env);
     wait_ready(port).await;
+    // Sent again once the killed worker's lease (16 s) ran out.
     let received = receiver.until(|r| !r.is_empty()).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(receiver.received().len(), 1, "answered once");

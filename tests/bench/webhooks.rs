@@ -28,6 +28,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     config.listen = "127.0.0.1:0".parse()?;
     config.checkpoint_interval = None;
     config.webhooks.interval = Some(Duration::from_secs(1));
+    config.webhooks.allow_private = true;
     let application = Application::build(config).await?;
     let url = format!("http://{}/graphql", application.local_addr()?);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

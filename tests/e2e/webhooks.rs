@@ -13,12 +13,14 @@ use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 
 /// A service whose webhook worker looks every 100 ms and retries after 100 ms, doubled each
-/// time, disabling a webhook after `max_failures`.
+/// time, disabling a webhook after `max_failures`; deliveries may reach the receiver on
+/// loopback.
 async fn app_with(max_failures: u32) -> TestApp {
     TestApp::spawn_with(move |config| {
         config.webhooks.interval = Some(Duration::from_millis(100));
         config.webhooks.retry_base = Duration::from_millis(100);
         config.webhooks.max_failures = max_failures;
+        config.webhooks.allow_private = true;
     })
     .await
 }
@@ -373,6 +375,7 @@ async fn a_moved_organisation_s_webhooks_go_on_without_telling_anything_twice() 
     let app = TestApp::spawn_two_regions_with(|config| {
         config.webhooks.interval = Some(Duration::from_millis(100));
         config.webhooks.retry_base = Duration::from_millis(100);
+        config.webhooks.allow_private = true;
     })
     .await;
     let org = slug("hookmove");
@@ -525,4 +528,126 @@ async fn the_organisation_s_lifecycle_changes_are_delivered_to_webhooks_that_cho
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(receiver.received().len(), 3, "once each");
     assert!(records.received().is_empty());
+}
+
+#[tokio::test]
+async fn private_addresses_are_not_reached_unless_the_provider_allows_them() {
+    let receiver = Receiver::start().await;
+    let app = TestApp::spawn_with(|config| {
+        config.webhooks.interval = Some(Duration::from_millis(100));
+    })
+    .await;
+    let admin = app.sign_up(&slug("public")).await;
+    for url in ["http://10.0.0.5/in", "http://[::ffff:127.0.0.1]:8080/in"] {
+        let response = app
+            .graphql(
+                Some(&admin.token),
+                REGISTER,
+                json!({ "input": { "url": url, "events": ["RECORD_CREATED"] } }),
+            )
+            .await;
+        assert_eq!(
+            response.code(),
+            Some("VALIDATION"),
+            "{url}: {:?}",
+            response.body
+        );
+        assert_eq!(response.body["errors"][0]["extensions"]["field"], "url");
+    }
+    // A name is checked on the addresses it resolves to, when a delivery is made.
+    let url = format!("http://localhost:{}/in", receiver.addr.port());
+    let (id, _) = register(&app, &admin, &url, &["RECORD_CREATED"]).await;
+    let tested = app
+        .graphql(
+            Some(&admin.token),
+            "mutation($id: ID!) { testWebhook(id: $id) { succeeded statusCode error } }",
+            json!({ "id": id }),
+        )
+        .await
+        .ok();
+    assert_eq!(tested.data("testWebhook.succeeded"), false);
+    assert!(tested.data("testWebhook.statusCode").is_null());
+    assert_eq!(
+        tested.data("testWebhook.error"),
+        "the endpoint's address is not public"
+    );
+    app.create_employee(
+        &admin.token,
+        json!({ "firstName": "Not", "lastName": "Sent" }),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(receiver.received().is_empty(), "nothing reached it");
+}
+
+#[tokio::test]
+async fn a_backlog_follows_the_endpoint_as_it_is_now_and_a_disabled_webhook_gets_none() {
+    let first = Receiver::start().await;
+    first.answer(503);
+    let second = Receiver::start().await;
+    let app = app_with(50).await;
+    let admin = app.sign_up(&slug("backlog")).await;
+    let (id, _) = register(&app, &admin, &first.url("/old"), &["RECORD_CREATED"]).await;
+    app.create_employee(
+        &admin.token,
+        json!({ "firstName": "Waiting", "lastName": "Change" }),
+    )
+    .await;
+    first.until(|r| r.len() >= 2).await;
+
+    // Pointed elsewhere (the old endpoint compromised, say): the waiting change goes there.
+    app.graphql(
+        Some(&admin.token),
+        "mutation($id: ID!, $url: String!) { updateWebhook(id: $id, input: { url: $url }) { url } }",
+        json!({ "id": id, "url": second.url("/new") }),
+    )
+    .await
+    .ok();
+    let moved = second.until(|r| !r.is_empty()).await;
+    assert_eq!(moved[0].json()["type"], "record.created");
+    let tried = first.received().len();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        first.received().len(),
+        tried,
+        "nothing more to the old endpoint"
+    );
+
+    // Failing again, then disabled by an administrator: its backlog is dropped.
+    second.answer(503);
+    app.create_employee(
+        &admin.token,
+        json!({ "firstName": "Dropped", "lastName": "Change" }),
+    )
+    .await;
+    second.until(|r| r.len() >= 2).await;
+    app.graphql(
+        Some(&admin.token),
+        "mutation($id: ID!) { disableWebhook(id: $id) { enabled } }",
+        json!({ "id": id }),
+    )
+    .await
+    .ok();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let after_disabling = second.received().len();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        second.received().len(),
+        after_disabling,
+        "no retry once disabled"
+    );
+    second.answer(204);
+    app.graphql(
+        Some(&admin.token),
+        "mutation($id: ID!) { enableWebhook(id: $id) { enabled } }",
+        json!({ "id": id }),
+    )
+    .await
+    .ok();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        second.received().len(),
+        after_disabling,
+        "the dropped change never came"
+    );
 }

@@ -345,9 +345,13 @@ pub(crate) struct ServeArgs {
     pub(crate) notification_lease_seconds: u64,
     /// Seconds a delivery worker holds a webhook it delivers to; if it dies meanwhile,
     /// another (or the next start) goes on after that, sending the message it was sending
-    /// again (with the same `webhook-id`).
-    #[arg(long, env = "CUSTOS_WEBHOOK_LEASE_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    /// again (with the same `webhook-id`). At least 16: a delivery may take 10.
+    #[arg(long, env = "CUSTOS_WEBHOOK_LEASE_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(16..=86_400))]
     pub(crate) webhook_lease_seconds: u64,
+    /// Let webhooks reach private, loopback and other non-public addresses (a receiver on the
+    /// same network). Link-local addresses (cloud metadata) are never reached.
+    #[arg(long, env = "CUSTOS_WEBHOOK_ALLOW_PRIVATE_ADDRESSES")]
+    pub(crate) webhook_allow_private_addresses: bool,
     /// Who notification emails are from.
     #[arg(
         long,
@@ -516,6 +520,7 @@ impl ServeArgs {
         config.notifications.interval = Some(std::time::Duration::from_secs(1));
         config.webhooks.interval = Some(std::time::Duration::from_secs(1));
         config.webhooks.lease = std::time::Duration::from_secs(self.webhook_lease_seconds);
+        config.webhooks.allow_private = self.webhook_allow_private_addresses;
         config.storage.interval = (self.storage_interval_minutes > 0)
             .then(|| std::time::Duration::from_secs(self.storage_interval_minutes * 60));
         config.retention_interval = (self.retention_interval_minutes > 0)

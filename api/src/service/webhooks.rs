@@ -25,7 +25,7 @@ use crate::infra::event_store::log::Position;
 use crate::infra::tenancy::tenant::Tenant;
 use crate::infra::webhooks::cursor::{self, Attempt, Held};
 use crate::infra::webhooks::feed;
-use crate::infra::webhooks::sender::{Answer, Message};
+use crate::infra::webhooks::sender::{reachable, Answer, Message};
 use crate::infra::webhooks::signing::SigningKey;
 use crate::service::Services;
 
@@ -35,6 +35,8 @@ const BATCH: i64 = 100;
 const MAX_BACKOFF: Duration = Duration::from_secs(8 * 3600);
 /// Webhooks delivered to at once, over all organisations.
 const CONCURRENCY: usize = 32;
+/// How long one webhook may take of a round before the others' turn (it goes on next round).
+const ROUND_SHARE: Duration = Duration::from_secs(10);
 
 /// A webhook an administrator registers.
 pub(crate) struct NewWebhook {
@@ -69,6 +71,14 @@ impl Services {
     ) -> Result<RegisteredWebhook, ApiError> {
         let tenant = &principal.tenant;
         self.check_endpoint(&input.url)?;
+        // Marked first: the worker looks at this organisation from now on, even while no
+        // request keeps it open (a registration refused below leaves only this mark).
+        let lifecycle: i64 = sqlx::query_scalar(
+            "UPDATE tenants SET webhooks = true WHERE id = $1 RETURNING lifecycle_sequence",
+        )
+        .bind(tenant.id)
+        .fetch_one(self.tenancy.catalog())
+        .await?;
         let id = Uuid::now_v7();
         let command = WebhookCommand::Register {
             url: input.url,
@@ -83,12 +93,8 @@ impl Services {
             self.actor(principal, request_id),
         )
         .await?;
-        // The worker looks at this organisation from now on, even while no request keeps it
-        // open (its cursor starts at the registration, so nothing is missed meanwhile).
-        sqlx::query("UPDATE tenants SET webhooks = true WHERE id = $1 AND NOT webhooks")
-            .bind(tenant.id)
-            .execute(self.tenancy.catalog())
-            .await?;
+        // Its cursor starts at the registration, and at the subscription as it is now.
+        cursor::start(&tenant.pool, id, lifecycle).await?;
         let webhook = self.existing_webhook(tenant, id).await?;
         tracing::info!(tenant.id = %tenant.id, webhook.id = %id, "security: a webhook was registered");
         let secret = SigningKey::derive(self.tenancy.master_key(), tenant.id, id).secret();
@@ -196,8 +202,10 @@ impl Services {
             .ok_or(ApiError::NotFound)
     }
 
-    /// Refuses endpoints a delivery must never reach: this service itself (a loop), and
-    /// link-local addresses (cloud metadata services).
+    /// Refuses endpoints a delivery must never reach, as far as the URL says: this service
+    /// itself (a loop), link-local addresses (cloud metadata services), and — unless the
+    /// provider allows them — other non-public addresses. A name is checked again on every
+    /// delivery, on the addresses it resolves to then (`infra::webhooks::sender`).
     fn check_endpoint(&self, url: &str) -> Result<(), ApiError> {
         let parsed = WebhookUrl::parse(url).map_err(ApiError::from)?;
         let Some((host, port)) = parsed.host_and_port() else {
@@ -205,13 +213,16 @@ impl Services {
         };
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let ip: Option<IpAddr> = host.parse().ok();
-        if ip.is_some_and(|ip| match ip {
-            IpAddr::V4(v4) => v4.is_link_local(),
-            IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
-        }) {
+        if ip.is_some_and(|ip| !reachable(ip, true)) {
             return Err(ApiError::validation(
                 "url",
-                "`url` must not be a link-local address",
+                "`url` must not be a link-local, multicast or unspecified address",
+            ));
+        }
+        if ip.is_some_and(|ip| !reachable(ip, self.webhooks.allow_private)) {
+            return Err(ApiError::validation(
+                "url",
+                "`url` must name a public address",
             ));
         }
         let listening = self.listening.get().copied();
@@ -250,7 +261,8 @@ impl Services {
     }
 
     /// One round of the delivery worker: every webhook of every organisation that has any,
-    /// as far as each can go now.
+    /// as far as each can go within its share of the round. One organisation's failure is
+    /// logged and leaves the others alone.
     pub(crate) async fn deliver_webhooks(&self) -> anyhow::Result<()> {
         let due: Vec<(Uuid, i64)> = sqlx::query_as(&format!(
             "SELECT id, lifecycle_sequence FROM tenants
@@ -261,13 +273,15 @@ impl Services {
         .await?;
         let mut work = Vec::new();
         for (id, lifecycle) in due {
-            let Some(tenant) = self.tenancy.get(id).await? else {
-                continue;
-            };
-            cursor::forget_removed(&tenant.pool).await?;
-            cursor::prune_attempts(&tenant.pool).await?;
-            for webhook in webhooks::webhooks(&tenant.pool).await? {
-                work.push((tenant.clone(), webhook.id, lifecycle));
+            match self.webhooks_of(id).await {
+                Ok(Some((tenant, ids))) => work.extend(
+                    ids.into_iter()
+                        .map(|webhook| (tenant.clone(), webhook, lifecycle)),
+                ),
+                Ok(None) => {}
+                Err(err) => {
+                    tracing::error!(tenant.id = %id, error = %crate::error::redacted(&err), "webhooks could not be looked at");
+                }
             }
         }
         futures::stream::iter(work)
@@ -280,9 +294,28 @@ impl Services {
         Ok(())
     }
 
+    /// An organisation's open context and its webhooks, its removed ones' cursors and old
+    /// attempts cleared away.
+    async fn webhooks_of(
+        &self,
+        id: Uuid,
+    ) -> anyhow::Result<Option<(std::sync::Arc<Tenant>, Vec<Uuid>)>> {
+        let Some(tenant) = self.tenancy.get(id).await? else {
+            return Ok(None);
+        };
+        cursor::forget_removed(&tenant.pool).await?;
+        cursor::prune_attempts(&tenant.pool).await?;
+        let ids = webhooks::webhooks(&tenant.pool)
+            .await?
+            .into_iter()
+            .map(|w| w.id)
+            .collect();
+        Ok(Some((tenant, ids)))
+    }
+
     /// Delivers what is due to one webhook — the changes in its organisation's log in commit
     /// order, then those of the organisation's subscription up to `lifecycle` — until it is up
-    /// to date, a delivery fails, or the lease is lost.
+    /// to date, a delivery fails, its share of the round is used, or the lease is lost.
     async fn deliver_to(
         &self,
         tenant: &Tenant,
@@ -294,21 +327,14 @@ impl Services {
         else {
             return Ok(());
         };
-        let history = WebhookHistory::load(tenant, held.webhook_id).await?;
-        let outcome = match self.deliver_log(tenant, &held, &history).await {
-            Ok(Round::Done) => self
-                .deliver_lifecycle(tenant, &held, &history, lifecycle)
-                .await
-                .map(|round| match round {
-                    Round::Failed(failures) => Some(failures),
-                    Round::Done | Round::Stopped => None,
-                }),
-            Ok(Round::Failed(failures)) => Ok(Some(failures)),
-            Ok(Round::Stopped) => Ok(None),
-            Err(err) => Err(err),
+        let mut run = Run::new(held, policy.lease);
+        let round = match self.deliver_log(tenant, &mut run).await {
+            Ok(Round::Done) => self.deliver_lifecycle(tenant, &mut run, lifecycle).await,
+            other => other,
         };
-        let (failures, next_attempt_at) = match &outcome {
-            Ok(Some(failures)) => {
+        let held = &run.held;
+        let (failures, next_attempt_at) = match &round {
+            Ok(Round::Failed(failures)) => {
                 let wait = policy
                     .retry_base
                     .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).unsigned_abs()))
@@ -318,64 +344,63 @@ impl Services {
                     Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default(),
                 )
             }
-            Ok(None) => (0, Utc::now()),
+            Ok(Round::Done | Round::Stopped) => (0, Utc::now()),
             // Tried again soon, the failures so far kept.
-            Err(_) => (held.failures, Utc::now() + chrono::Duration::seconds(5)),
+            Ok(Round::Lagging) | Err(_) => {
+                (run.failures, Utc::now() + chrono::Duration::seconds(1))
+            }
         };
-        cursor::release(&tenant.pool, &held, failures, next_attempt_at).await?;
-        outcome.map(|_| ())
+        cursor::release(&tenant.pool, held, failures, next_attempt_at).await?;
+        round.map(|_| ())
     }
 
-    /// Delivers the changes of the organisation's log after the held cursor.
-    async fn deliver_log(
-        &self,
-        tenant: &Tenant,
-        held: &Held,
-        history: &WebhookHistory,
-    ) -> anyhow::Result<Round> {
-        let policy = &self.webhooks;
-        let mut position = held.position;
-        let mut failures = held.failures;
+    /// Delivers the changes of the organisation's log after the held cursor, each judged by
+    /// the webhook as it was when the change was written *and* as it is now (a webhook
+    /// disabled since is not sent its backlog), to its endpoint as it is now.
+    async fn deliver_log(&self, tenant: &Tenant, run: &mut Run) -> anyhow::Result<Round> {
+        let mut position = run.held.position;
         loop {
+            if run.started.elapsed() > ROUND_SHARE {
+                return Ok(Round::Done);
+            }
             let mut conn = tenant.pool.acquire().await?;
             let changes = feed::after(&mut conn, position, BATCH).await?;
-            let Some(last) = changes.last() else {
+            if changes.is_empty() {
                 return Ok(Round::Done);
-            };
+            }
             // A record's datasheet comes from the records read model: let it catch up first.
-            if changes.iter().any(|c| c.aggregate_type == "record") {
-                let newest = changes
-                    .iter()
-                    .rev()
-                    .find(|c| c.aggregate_type == "record")
-                    .map_or(last.position, |c| c.position);
-                if tenant
+            let newest_record = changes
+                .iter()
+                .rev()
+                .find(|c| c.aggregate_type == "record")
+                .map(|c| c.position);
+            if let Some(newest) = newest_record {
+                let caught_up = tenant
                     .projectors
                     .wait_for("record", newest, Duration::from_secs(5))
-                    .await
-                    .is_err()
-                {
-                    return Ok(Round::Stopped);
+                    .await;
+                if caught_up.is_err() {
+                    return Ok(Round::Lagging);
                 }
             }
             let datasheets = feed::datasheets(&mut conn, &changes).await?;
             drop(conn);
+            // Read after the changes: it holds every change of the webhook committed before
+            // them, and its state now.
+            let history = WebhookHistory::load(tenant, run.held.webhook_id).await?;
             let full = changes.len() as i64 == BATCH;
-            // The cursor is saved after each delivery, and once at the end of the batch for
-            // what was skipped (most changes: logins and unsubscribed kinds).
             let mut saved = position;
             for change in &changes {
-                let state = history.at(change.position);
-                let topic = change.topic();
-                let wanted = state.is_some_and(|s| s.is_enabled())
-                    && topic.is_some_and(|t| state.is_some_and(|s| s.topics().contains(&t)));
-                if let (true, Some(topic), Some(url)) =
-                    (wanted, topic, history.url_at(change.position))
-                {
+                let then = history.at(change.position);
+                let now = history.latest();
+                let wanted = change.topic().filter(|topic| {
+                    then.is_some_and(|s| s.is_enabled() && s.topics().contains(topic))
+                        && now.is_some_and(|(s, _)| s.is_enabled())
+                });
+                let url = now.and_then(|(_, url)| url);
+                if let (Some(topic), Some(url)) = (wanted, url) {
                     // What was skipped before it is saved first (a failure returns below).
-                    if saved != position
-                        && !cursor::advance(&tenant.pool, held, position, policy.lease).await?
-                    {
+                    if saved != position && !run.advance(tenant, position).await? {
                         return Ok(Round::Stopped);
                     }
                     let datasheet = change
@@ -386,49 +411,36 @@ impl Services {
                         .map(String::as_str);
                     let message = Outgoing {
                         id: message_id(
-                            held.webhook_id,
-                            &change.position.global_position.to_string(),
+                            run.held.webhook_id,
+                            &format!(
+                                "{}/{}/{}",
+                                change.aggregate_type, change.aggregate_id, change.sequence
+                            ),
                         ),
                         topic,
                         timestamp: change.recorded_at,
                         data: change.data(datasheet),
                         global_position: change.position.global_position,
                     };
-                    let answer = self
-                        .deliver_message(tenant, held, url, &message, failures + 1)
-                        .await?;
-                    if !answer.succeeded() {
-                        failures += 1;
-                        if failures < i32::try_from(policy.max_failures).unwrap_or(i32::MAX) {
-                            return Ok(Round::Failed(failures));
-                        }
-                        // The webhook is off: nothing up to its disabling is delivered.
-                        let disabled = self
-                            .disable_failing(tenant, held.webhook_id, failures, &answer)
-                            .await?;
-                        cursor::advance(&tenant.pool, held, disabled, policy.lease).await?;
-                        return Ok(Round::Stopped);
+                    match self.deliver_message(tenant, run, url, &message).await? {
+                        Sent::Delivered => {}
+                        Sent::LeaseLost => return Ok(Round::Stopped),
+                        Sent::Failed(answer) => return self.delivery_failed(tenant, run, &answer).await,
                     }
-                    failures = 0;
                     position = change.position;
-                    if !cursor::advance(&tenant.pool, held, position, policy.lease).await? {
-                        tracing::warn!(tenant.id = %tenant.id, webhook.id = %held.webhook_id, "another worker took over the webhook");
+                    if !run.advance(tenant, position).await? {
+                        tracing::warn!(tenant.id = %tenant.id, webhook.id = %run.held.webhook_id, "another worker took over the webhook");
                         return Ok(Round::Stopped);
                     }
                     saved = position;
                 } else {
                     position = change.position;
                 }
-                if history.is_removed_at(position) {
-                    break;
-                }
             }
-            if saved != position
-                && !cursor::advance(&tenant.pool, held, position, policy.lease).await?
-            {
+            if saved != position && !run.advance(tenant, position).await? {
                 return Ok(Round::Stopped);
             }
-            if history.is_removed_at(position) {
+            if history.is_removed() {
                 return Ok(Round::Stopped);
             }
             if !full {
@@ -438,26 +450,28 @@ impl Services {
     }
 
     /// Delivers the changes of the organisation's subscription (its stream in the catalog)
-    /// after the held cursor, up to `until`, to a webhook that (as it is now) is enabled and
-    /// subscribed to them; otherwise moves past them.
+    /// after the held cursor, up to `until`, if the webhook (as it is now) is enabled and
+    /// chose them; otherwise moves past them.
     async fn deliver_lifecycle(
         &self,
         tenant: &Tenant,
-        held: &Held,
-        history: &WebhookHistory,
+        run: &mut Run,
         until: i64,
     ) -> anyhow::Result<Round> {
-        let policy = &self.webhooks;
-        if held.lifecycle_sequence >= until {
+        if run.held.lifecycle_sequence >= until {
             return Ok(Round::Done);
         }
+        let history = WebhookHistory::load(tenant, run.held.webhook_id).await?;
         let wanted = history.latest().is_some_and(|(state, _)| {
             state.is_enabled() && state.topics().contains(&WebhookTopic::LifecycleChanged)
         });
         let url = history.latest().and_then(|(_, url)| url);
         let (true, Some(url)) = (wanted, url) else {
-            cursor::advance_lifecycle(&tenant.pool, held, until, policy.lease).await?;
-            return Ok(Round::Done);
+            return Ok(if run.advance_lifecycle(tenant, until).await? {
+                Round::Done
+            } else {
+                Round::Stopped
+            });
         };
         let changes: Vec<(i64, String, chrono::DateTime<Utc>)> = sqlx::query_as(
             "SELECT sequence, event_type, recorded_at FROM subscription_events
@@ -466,49 +480,72 @@ impl Services {
              ORDER BY sequence",
         )
         .bind(tenant.id.to_string())
-        .bind(held.lifecycle_sequence)
+        .bind(run.held.lifecycle_sequence)
         .bind(until)
         .fetch_all(self.tenancy.catalog())
         .await?;
-        let mut failures = held.failures;
         for (sequence, change, at) in changes {
             let message = Outgoing {
-                id: message_id(held.webhook_id, &format!("lifecycle/{sequence}")),
+                // The time too: an organisation imported elsewhere starts its subscription's
+                // stream again at 1.
+                id: message_id(
+                    run.held.webhook_id,
+                    &format!("subscription/{sequence}/{}", at.timestamp_micros()),
+                ),
                 topic: WebhookTopic::LifecycleChanged,
                 timestamp: at,
                 data: json!({ "change": change, "sequence": sequence }),
                 global_position: 0,
             };
-            let answer = self
-                .deliver_message(tenant, held, url, &message, failures + 1)
-                .await?;
-            if !answer.succeeded() {
-                failures += 1;
-                if failures < i32::try_from(policy.max_failures).unwrap_or(i32::MAX) {
-                    return Ok(Round::Failed(failures));
-                }
-                self.disable_failing(tenant, held.webhook_id, failures, &answer)
-                    .await?;
-                cursor::advance_lifecycle(&tenant.pool, held, until, policy.lease).await?;
-                return Ok(Round::Stopped);
+            match self.deliver_message(tenant, run, url, &message).await? {
+                Sent::Delivered => {}
+                Sent::LeaseLost => return Ok(Round::Stopped),
+                Sent::Failed(answer) => return self.delivery_failed(tenant, run, &answer).await,
             }
-            failures = 0;
-            if !cursor::advance_lifecycle(&tenant.pool, held, sequence, policy.lease).await? {
+            if !run.advance_lifecycle(tenant, sequence).await? {
                 return Ok(Round::Stopped);
             }
         }
         Ok(Round::Done)
     }
 
-    /// Delivers one message and logs the attempt.
+    /// A delivery failed: retried later, or — the last allowed failure in a row — the webhook
+    /// is disabled and both cursors move past everything up to its disabling.
+    async fn delivery_failed(
+        &self,
+        tenant: &Tenant,
+        run: &mut Run,
+        answer: &Answer,
+    ) -> anyhow::Result<Round> {
+        run.failures += 1;
+        if run.failures < i32::try_from(self.webhooks.max_failures).unwrap_or(i32::MAX) {
+            return Ok(Round::Failed(run.failures));
+        }
+        let disabled = self
+            .disable_failing(tenant, run.held.webhook_id, run.failures, answer)
+            .await?;
+        let lifecycle: i64 =
+            sqlx::query_scalar("SELECT lifecycle_sequence FROM tenants WHERE id = $1")
+                .bind(tenant.id)
+                .fetch_one(self.tenancy.catalog())
+                .await?;
+        run.advance(tenant, disabled).await?;
+        run.advance_lifecycle(tenant, lifecycle).await?;
+        Ok(Round::Stopped)
+    }
+
+    /// Delivers one message and logs the attempt; the lease is renewed first when the
+    /// delivery could outlast it.
     async fn deliver_message(
         &self,
         tenant: &Tenant,
-        held: &Held,
+        run: &mut Run,
         url: &str,
         message: &Outgoing,
-        attempt: i32,
-    ) -> anyhow::Result<Answer> {
+    ) -> anyhow::Result<Sent> {
+        if !run.renew_for(tenant, self.webhooks.timeout).await? {
+            return Ok(Sent::LeaseLost);
+        }
         let body = json!({
             "id": message.id,
             "type": message.topic.as_str(),
@@ -516,14 +553,15 @@ impl Services {
             "organization": tenant.id,
             "data": message.data,
         });
+        let attempt = run.failures + 1;
         let answer = self
-            .send(tenant, url, held.webhook_id, &message.id, &body)
+            .send(tenant, url, run.held.webhook_id, &message.id, &body)
             .await
             .map_err(|err| anyhow::anyhow!("{err:?}"))?;
         cursor::log_attempt(
             &tenant.pool,
             Attempt {
-                webhook_id: held.webhook_id,
+                webhook_id: run.held.webhook_id,
                 message_id: &message.id,
                 topic: message.topic.as_str(),
                 global_position: message.global_position,
@@ -535,9 +573,11 @@ impl Services {
         )
         .await?;
         if let Some(error) = &answer.error {
-            tracing::warn!(tenant.id = %tenant.id, webhook.id = %held.webhook_id, attempt, error = %error, "a webhook delivery failed");
+            tracing::warn!(tenant.id = %tenant.id, webhook.id = %run.held.webhook_id, attempt, error = %error, "a webhook delivery failed");
+            return Ok(Sent::Failed(answer));
         }
-        Ok(answer)
+        run.failures = 0;
+        Ok(Sent::Delivered)
     }
 
     /// Disables a webhook whose deliveries failed `failures` times in a row (the webhook
@@ -596,12 +636,74 @@ fn message_id(webhook_id: Uuid, what: &str) -> String {
 
 /// How far a round got with one webhook.
 enum Round {
-    /// Up to date.
+    /// Up to date, or its share of the round used.
     Done,
     /// A delivery failed this many times in a row; it waits for its next attempt.
     Failed(i32),
-    /// The lease was lost, the webhook disabled or removed, or the read models lag.
+    /// The read models lag: tried again soon, its failures kept.
+    Lagging,
+    /// The lease was lost, or the webhook disabled or removed.
     Stopped,
+}
+
+/// What became of one message.
+enum Sent {
+    Delivered,
+    Failed(Answer),
+    LeaseLost,
+}
+
+/// One webhook's cursor as a worker holds it during a round.
+struct Run {
+    held: Held,
+    lease: Duration,
+    /// Until when the lease holds at least (it was taken or renewed before this).
+    lease_until: std::time::Instant,
+    /// Failed deliveries in a row of the message being retried.
+    failures: i32,
+    started: std::time::Instant,
+}
+
+impl Run {
+    fn new(held: Held, lease: Duration) -> Self {
+        let now = std::time::Instant::now();
+        Self {
+            failures: held.failures,
+            held,
+            lease,
+            lease_until: now + lease,
+            started: now,
+        }
+    }
+
+    /// Renews the lease when a delivery of up to `timeout` (and a margin) could outlast it.
+    async fn renew_for(&mut self, tenant: &Tenant, timeout: Duration) -> sqlx::Result<bool> {
+        let needed = std::time::Instant::now() + timeout + Duration::from_secs(5);
+        if needed < self.lease_until {
+            return Ok(true);
+        }
+        let renewed_at = std::time::Instant::now();
+        let renewed = cursor::renew(&tenant.pool, &self.held, self.lease).await?;
+        self.lease_until = renewed_at + self.lease;
+        Ok(renewed)
+    }
+
+    /// Moves the log cursor (renewing the lease); false when the lease was lost.
+    async fn advance(&mut self, tenant: &Tenant, position: Position) -> sqlx::Result<bool> {
+        let renewed_at = std::time::Instant::now();
+        let moved = cursor::advance(&tenant.pool, &self.held, position, self.lease).await?;
+        self.lease_until = renewed_at + self.lease;
+        Ok(moved)
+    }
+
+    /// Moves the subscription cursor (renewing the lease); false when the lease was lost.
+    async fn advance_lifecycle(&mut self, tenant: &Tenant, sequence: i64) -> sqlx::Result<bool> {
+        let renewed_at = std::time::Instant::now();
+        let moved =
+            cursor::advance_lifecycle(&tenant.pool, &self.held, sequence, self.lease).await?;
+        self.lease_until = renewed_at + self.lease;
+        Ok(moved)
+    }
 }
 
 /// One message on its way.
@@ -651,11 +753,6 @@ impl WebhookHistory {
         self.entry_at(position).map(|(_, state, ..)| state)
     }
 
-    fn url_at(&self, position: Position) -> Option<&str> {
-        self.entry_at(position)
-            .and_then(|(_, _, url, _)| url.as_deref())
-    }
-
     /// The webhook as it is now, and its endpoint.
     fn latest(&self) -> Option<(&Webhook, Option<&str>)> {
         self.states
@@ -663,9 +760,9 @@ impl WebhookHistory {
             .map(|(_, state, url, _)| (state, url.as_deref()))
     }
 
-    fn is_removed_at(&self, position: Position) -> bool {
-        self.entry_at(position)
-            .is_some_and(|(.., removed)| *removed)
+    /// Whether it is removed (now).
+    fn is_removed(&self) -> bool {
+        self.states.last().is_some_and(|(.., removed)| *removed)
     }
 }
 

@@ -89,7 +89,11 @@ impl Actor {
             Resolved::User(user) => user.name,
             Resolved::ApiToken(token) => token.name,
             Resolved::RetentionPolicy(policy) => policy.name,
-            Resolved::Webhook(webhook) => webhook.description.unwrap_or(webhook.url),
+            // Never the URL (it may hold a token): auditors who are not administrators see
+            // this name.
+            Resolved::Webhook(webhook) => webhook
+                .description
+                .unwrap_or_else(|| format!("webhook {}", webhook.id)),
         }))
     }
     /// The user's current email; `null` for API tokens.

@@ -651,7 +651,9 @@ impl Tenancy {
         // Its webhooks go on from here: what they were told on the other server is not told
         // again (the events' positions were renumbered on the way, so the messages would not
         // even keep their ids).
-        sqlx::query(
+        // What the other server had not delivered yet when the organisation left is not
+        // delivered here (docs/operations.md).
+        let webhooks = sqlx::query(
             "INSERT INTO webhook_cursors (webhook_id, transaction_id, global_position)
              SELECT DISTINCT e.aggregate_id::uuid, last.transaction_id, last.global_position
              FROM events e,
@@ -661,7 +663,14 @@ impl Tenancy {
              ON CONFLICT (webhook_id) DO NOTHING",
         )
         .execute(&mut conn)
-        .await?;
+        .await?
+        .rows_affected();
+        if webhooks > 0 {
+            sqlx::query("UPDATE tenants SET webhooks = true WHERE id = $1")
+                .bind(id)
+                .execute(self.catalog())
+                .await?;
+        }
         let loaded = started.elapsed();
         if rebuild {
             catch_up(&pool, &reading.log, &reading.read_models).await?;

@@ -23,16 +23,13 @@ pub(crate) struct Held {
     pub failures: i32,
 }
 
-/// Takes the cursor of `webhook_id` when it is due, nobody holds it and the log has changes
-/// after it or the subscription's stream is beyond `lifecycle_sequence` (so an idle webhook
-/// costs one read a round, no write), starting one at the webhook's registration (and at the
-/// subscription's sequence now) if it has none. `None`: nothing to do, or held elsewhere.
-pub(crate) async fn take(
+/// Starts the cursor of `webhook_id`, unless it has one: at its registration in the log, and
+/// at `lifecycle_sequence` on the organisation's subscription.
+pub(crate) async fn start(
     pool: &PgPool,
     webhook_id: Uuid,
-    lease: Duration,
     lifecycle_sequence: i64,
-) -> sqlx::Result<Option<Held>> {
+) -> sqlx::Result<()> {
     sqlx::query(
         "INSERT INTO webhook_cursors (webhook_id, transaction_id, global_position, lifecycle_sequence)
          SELECT $1, transaction_id, global_position, $2 FROM events
@@ -44,6 +41,34 @@ pub(crate) async fn take(
     .bind(lifecycle_sequence)
     .execute(pool)
     .await?;
+    Ok(())
+}
+
+/// Renews the lease for another `lease`; false when it was lost to another worker.
+pub(crate) async fn renew(pool: &PgPool, held: &Held, lease: Duration) -> sqlx::Result<bool> {
+    let renewed = sqlx::query(
+        "UPDATE webhook_cursors SET claimed_until = now() + make_interval(secs => $3)
+         WHERE webhook_id = $1 AND claim = $2",
+    )
+    .bind(held.webhook_id)
+    .bind(held.claim)
+    .bind(lease.as_secs_f64())
+    .execute(pool)
+    .await?;
+    Ok(renewed.rows_affected() == 1)
+}
+
+/// Takes the cursor of `webhook_id` when it is due, nobody holds it and the log has changes
+/// after it or the subscription's stream is beyond `lifecycle_sequence` (so an idle webhook
+/// costs one read a round, no write), starting one at the webhook's registration (and at the
+/// subscription's sequence now) if it has none. `None`: nothing to do, or held elsewhere.
+pub(crate) async fn take(
+    pool: &PgPool,
+    webhook_id: Uuid,
+    lease: Duration,
+    lifecycle_sequence: i64,
+) -> sqlx::Result<Option<Held>> {
+    start(pool, webhook_id, lifecycle_sequence).await?;
     // A cursor written by an import starts on the subscription where it is now.
     sqlx::query(
         "UPDATE webhook_cursors SET lifecycle_sequence = $2
