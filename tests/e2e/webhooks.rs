@@ -307,6 +307,7 @@ async fn bad_registrations_are_refused_by_field_and_change_nothing() {
     let app = app_with(5).await;
     let admin = app.sign_up(&slug("refused")).await;
     let own = format!("http://127.0.0.1:{}/graphql", app.address.port());
+    let long = format!("https://hooks.example.org/{}", "a".repeat(2_048));
     for (url, events, field) in [
         (
             "ftp://hooks.example.org/in",
@@ -325,6 +326,7 @@ async fn bad_registrations_are_refused_by_field_and_change_nothing() {
             "url",
         ),
         (own.as_str(), json!(["RECORD_CREATED"]), "url"),
+        (long.as_str(), json!(["RECORD_CREATED"]), "url"),
         ("https://hooks.example.org/in", json!([]), "events"),
     ] {
         let response = app

@@ -425,7 +425,9 @@ impl Services {
                     match self.deliver_message(tenant, run, url, &message).await? {
                         Sent::Delivered => {}
                         Sent::LeaseLost => return Ok(Round::Stopped),
-                        Sent::Failed(answer) => return self.delivery_failed(tenant, run, &answer).await,
+                        Sent::Failed(answer) => {
+                            return self.delivery_failed(tenant, run, &answer).await
+                        }
                     }
                     position = change.position;
                     if !run.advance(tenant, position).await? {
