@@ -132,6 +132,19 @@ async fn graphql(port: u16, query: &str, variables: Value) -> Value {
         .unwrap()
 }
 
+/// A session token of a user `tenant create` made (the password these tests give it).
+async fn login(port: u16, slug: &str, email: &str) -> String {
+    graphql(
+        port,
+        "mutation($t: String!, $e: String!) { login(tenant: $t, email: $e, password: \"a long cli password\") { token } }",
+        json!({ "t": slug, "e": email }),
+    )
+    .await["data"]["login"]["token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
 fn stop(mut child: Child) {
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
@@ -378,15 +391,7 @@ async fn a_notice_cut_off_by_a_killed_worker_arrives_exactly_once() {
     assert_eq!(mails.len(), 1, "{mails:#?}");
     assert_eq!(mails[0].to, vec!["mail@example.org".to_owned()]);
     assert!(mails[0].subject().contains("is suspended"));
-    let token = graphql(
-        port,
-        "mutation { login(tenant: \"mail-org\", email: \"mail@example.org\", password: \"a long cli password\") { token } }",
-        json!({}),
-    )
-    .await["data"]["login"]["token"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let token = login(port, "mail-org", "mail@example.org").await;
     let listed = graphql_as(
         port,
         &token,
@@ -422,15 +427,7 @@ async fn a_webhook_cut_off_by_a_killed_worker_is_answered_once_with_one_id() {
     let port = free_port();
     let mut first = serve_with(dir.path(), port, &env);
     wait_ready(port).await;
-    let token = graphql(
-        port,
-        "mutation { login(tenant: \"hook-org\", email: \"hook@example.org\", password: \"a long cli password\") { token } }",
-        json!({}),
-    )
-    .await["data"]["login"]["token"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let token = login(port, "hook-org", "hook@example.org").await;
     let registered = graphql_as(
         port,
         &token,

@@ -31,6 +31,20 @@ pub struct Page<T> {
     pub total_count: i64,
 }
 
+impl<T> Page<T> {
+    /// The page of `first` items from a query that asked for `first + 1` (one more says that
+    /// a next page exists).
+    pub fn cut(mut items: Vec<T>, first: i64, total_count: i64) -> Self {
+        let has_next_page = items.len() as i64 > first;
+        items.truncate(usize::try_from(first).unwrap_or(0));
+        Self {
+            items,
+            has_next_page,
+            total_count,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

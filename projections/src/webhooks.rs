@@ -70,36 +70,26 @@ impl Projection for WebhooksProjection {
                 .execute(conn)
                 .await?;
             }
-            WebhookEvent::WebhookDisabled { reason } => {
+            WebhookEvent::WebhookDisabled { .. }
+            | WebhookEvent::WebhookEnabled
+            | WebhookEvent::WebhookRemoved => {
+                let (enabled, reason, removed) = match webhook_event {
+                    WebhookEvent::WebhookDisabled { reason } => (false, Some(reason), false),
+                    WebhookEvent::WebhookEnabled => (true, None, false),
+                    _ => (false, None, true),
+                };
+                // Enabling keeps the last reason it was disabled for (history tells when).
                 sqlx::query(
-                    "UPDATE webhooks SET version = $2, enabled = false, disabled_reason = $3, updated_at = $4
+                    "UPDATE webhooks SET version = $2, enabled = $3,
+                            disabled_reason = COALESCE($4, disabled_reason),
+                            removed_at = CASE WHEN $5 THEN $6 ELSE removed_at END, updated_at = $6
                      WHERE id = $1 AND version < $2",
                 )
                 .bind(id)
                 .bind(version)
+                .bind(enabled)
                 .bind(reason)
-                .bind(at)
-                .execute(conn)
-                .await?;
-            }
-            WebhookEvent::WebhookEnabled => {
-                sqlx::query(
-                    "UPDATE webhooks SET version = $2, enabled = true, updated_at = $3
-                     WHERE id = $1 AND version < $2",
-                )
-                .bind(id)
-                .bind(version)
-                .bind(at)
-                .execute(conn)
-                .await?;
-            }
-            WebhookEvent::WebhookRemoved => {
-                sqlx::query(
-                    "UPDATE webhooks SET version = $2, enabled = false, removed_at = $3, updated_at = $3
-                     WHERE id = $1 AND version < $2",
-                )
-                .bind(id)
-                .bind(version)
+                .bind(removed)
                 .bind(at)
                 .execute(conn)
                 .await?;
@@ -175,7 +165,7 @@ pub async fn attempts(
     after: Option<Uuid>,
     first: i64,
 ) -> sqlx::Result<Page<AttemptRow>> {
-    let mut items: Vec<AttemptRow> = sqlx::query_as(
+    let items: Vec<AttemptRow> = sqlx::query_as(
         "SELECT id, webhook_id, message_id, topic, attempt, attempted_at, status_code, error,
                 duration_ms, succeeded
          FROM webhook_attempts
@@ -192,11 +182,5 @@ pub async fn attempts(
             .bind(webhook_id)
             .fetch_one(db)
             .await?;
-    let has_next_page = items.len() as i64 > first;
-    items.truncate(usize::try_from(first).unwrap_or(0));
-    Ok(Page {
-        items,
-        has_next_page,
-        total_count,
-    })
+    Ok(Page::cut(items, first, total_count))
 }

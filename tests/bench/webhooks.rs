@@ -1,8 +1,9 @@
 //! The webhooks suite (`--suite webhooks`): an organisation with a webhook on record changes,
 //! delivering to a local HTTP receiver (the test harness's, on loopback), while `--rate`
 //! changes per second (100 by default) arrive for `--seconds`, open loop, spread over
-//! employees so that each gets at most 5 a second (16 at least). Reports the latency from sending each change's request until its signed
-//! delivery arrived (an upper bound of commit-to-webhook). Always in a fresh data directory.
+//! employees so that each gets at most 5 a second (16 at least). Reports the latency from
+//! sending each change's request until its signed delivery arrived (an upper bound of
+//! commit-to-webhook). In `--data-dir`, or a fresh temporary directory.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,19 +13,15 @@ use custos_api::{Application, Config, DatabaseConfig};
 use custos_tests::receiver::Receiver;
 use serde_json::json;
 
-use crate::common::{graphql, ms, percentile, sign_up, BenchArgs};
+use crate::common::{data_dir, graphql, ms, percentile, sign_up, BenchArgs};
 
 /// Changes per second one employee gets at most (so no two changes of one record race).
 const PER_RECORD: usize = 5;
 
 pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let receiver = Receiver::start().await;
-    let temp = tempfile::Builder::new()
-        .prefix("custos-bench-")
-        .tempdir_in(std::env::temp_dir())?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(temp.path(), std::fs::Permissions::from_mode(0o755))?;
-    let mut config = Config::new(temp.path().to_owned(), DatabaseConfig::Private);
+    let (_temp, dir) = data_dir(&args)?;
+    let mut config = Config::new(dir, DatabaseConfig::Private);
     config.listen = "127.0.0.1:0".parse()?;
     config.checkpoint_interval = None;
     config.webhooks.interval = Some(Duration::from_secs(1));

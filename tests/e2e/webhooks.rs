@@ -8,7 +8,7 @@ use std::time::Duration;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use custos_tests::receiver::{Received, Receiver};
-use custos_tests::{slug, Session, TestApp};
+use custos_tests::{slug, Response, Session, TestApp};
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 
@@ -33,14 +33,13 @@ const WEBHOOKS: &str = "{ webhooks { id url events enabled disabledReason
 
 /// Registers a webhook for `events` at `url`; its id and secret.
 async fn register(app: &TestApp, admin: &Session, url: &str, events: &[&str]) -> (String, String) {
-    let registered = app
-        .graphql(
-            Some(&admin.token),
-            REGISTER,
-            json!({ "input": { "url": url, "events": events, "description": "CRM sync" } }),
-        )
-        .await
-        .ok();
+    let registered = call(
+        app,
+        admin,
+        REGISTER,
+        json!({ "input": { "url": url, "events": events, "description": "CRM sync" } }),
+    )
+    .await;
     (
         registered
             .data("registerWebhook.webhook.id")
@@ -53,6 +52,13 @@ async fn register(app: &TestApp, admin: &Session, url: &str, events: &[&str]) ->
             .unwrap()
             .to_owned(),
     )
+}
+
+/// An administrator's call that must succeed.
+async fn call(app: &TestApp, admin: &Session, document: &str, variables: Value) -> Response {
+    app.graphql(Some(&admin.token), document, variables)
+        .await
+        .ok()
 }
 
 async fn webhooks(app: &TestApp, admin: &Session) -> Vec<Value> {
@@ -105,28 +111,28 @@ async fn each_subscribed_change_arrives_once_in_order_signed_and_without_values(
         )
         .await;
     let record_id = employee["id"].as_str().unwrap().to_owned();
-    app.graphql(
-        Some(&admin.token),
+    call(
+        &app,
+        &admin,
         "mutation($id: ID!) { updateEmployee(id: $id, input: { jobTitle: \"Analyst\" }) { id } }",
         json!({ "id": record_id }),
     )
-    .await
-    .ok();
+    .await;
     // Not subscribed: an archive and a role; a user is.
-    app.graphql(
-        Some(&admin.token),
+    call(
+        &app,
+        &admin,
         "mutation($id: ID!) { archiveRecord(id: $id) { id } }",
         json!({ "id": record_id }),
     )
-    .await
-    .ok();
-    app.graphql(
-        Some(&admin.token),
+    .await;
+    call(
+        &app,
+        &admin,
         "mutation { createRole(input: { name: \"Payroll\" }) { id } }",
         json!({}),
     )
-    .await
-    .ok();
+    .await;
     let member = app.user_with_roles(&admin, &[]).await;
 
     receiver
@@ -191,14 +197,13 @@ async fn each_subscribed_change_arrives_once_in_order_signed_and_without_values(
     assert_eq!(delivered[0]["node"]["succeeded"], true);
 
     // A test message, on request.
-    let tested = app
-        .graphql(
-            Some(&admin.token),
-            "mutation($id: ID!) { testWebhook(id: $id) { succeeded statusCode error } }",
-            json!({ "id": id }),
-        )
-        .await
-        .ok();
+    let tested = call(
+        &app,
+        &admin,
+        "mutation($id: ID!) { testWebhook(id: $id) { succeeded statusCode error } }",
+        json!({ "id": id }),
+    )
+    .await;
     assert_eq!(tested.data("testWebhook.succeeded"), true);
     assert_eq!(tested.data("testWebhook.statusCode"), 204);
     let last = receiver.received().pop().unwrap();
@@ -206,14 +211,13 @@ async fn each_subscribed_change_arrives_once_in_order_signed_and_without_values(
     assert!(signed_with(&last, &secret));
 
     // Removed: nothing more arrives, and it is no longer listed.
-    let removed = app
-        .graphql(
-            Some(&admin.token),
-            "mutation($id: ID!) { removeWebhook(id: $id) }",
-            json!({ "id": id }),
-        )
-        .await
-        .ok();
+    let removed = call(
+        &app,
+        &admin,
+        "mutation($id: ID!) { removeWebhook(id: $id) }",
+        json!({ "id": id }),
+    )
+    .await;
     assert_eq!(removed.data("removeWebhook"), id.as_str());
     let before = receiver.received().len();
     app.create_employee(
@@ -221,8 +225,7 @@ async fn each_subscribed_change_arrives_once_in_order_signed_and_without_values(
         json!({ "firstName": "After", "lastName": "Removal" }),
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(receiver.received().len(), before);
+    receiver.stays_at(before, "nothing more").await;
     assert!(webhooks(&app, &admin).await.is_empty());
     let again = app
         .graphql(
@@ -273,19 +276,17 @@ async fn a_failing_endpoint_is_retried_with_the_same_id_then_disabled() {
     assert_eq!(deliveries[0]["node"]["attempt"], 3);
     assert_eq!(deliveries[0]["node"]["statusCode"], 503);
     assert_eq!(deliveries[0]["node"]["succeeded"], false);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(receiver.received().len(), 3, "no attempt after disabling");
+    receiver.stays_at(3, "no attempt after disabling").await;
 
     // Enabled again, once the endpoint works: only what comes after is delivered.
     receiver.answer(204);
-    let enabled = app
-        .graphql(
-            Some(&admin.token),
-            "mutation($id: ID!) { enableWebhook(id: $id) { enabled disabledReason } }",
-            json!({ "id": id }),
-        )
-        .await
-        .ok();
+    let enabled = call(
+        &app,
+        &admin,
+        "mutation($id: ID!) { enableWebhook(id: $id) { enabled disabledReason } }",
+        json!({ "id": id }),
+    )
+    .await;
     assert_eq!(enabled.data("enableWebhook.enabled"), true);
     let later = app
         .create_employee(
@@ -298,8 +299,7 @@ async fn a_failing_endpoint_is_retried_with_the_same_id_then_disabled() {
         received[3].json()["data"]["recordId"],
         later["id"].as_str().unwrap()
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(receiver.received().len(), 4);
+    receiver.stays_at(4, "nothing more").await;
 }
 
 #[tokio::test]
@@ -451,12 +451,9 @@ async fn a_webhook_held_by_a_worker_that_died_is_delivered_once_its_lease_runs_o
         json!({ "firstName": "Second", "lastName": "Change" }),
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(
-        receiver.received().len(),
-        1,
-        "not while another worker holds it"
-    );
+    receiver
+        .stays_at(1, "not while another worker holds it")
+        .await;
 
     sqlx::query("UPDATE webhook_cursors SET claimed_until = now() - interval '1 second' WHERE webhook_id = $1::uuid")
         .bind(&id)
@@ -465,8 +462,7 @@ async fn a_webhook_held_by_a_worker_that_died_is_delivered_once_its_lease_runs_o
         .unwrap();
     let received = receiver.until(|r| r.len() >= 2).await;
     assert_eq!(received[1].json()["type"], "record.created");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(receiver.received().len(), 2, "once");
+    receiver.stays_at(2, "once").await;
 }
 
 #[tokio::test]
@@ -527,8 +523,7 @@ async fn the_organisation_s_lifecycle_changes_are_delivered_to_webhooks_that_cho
         !body.contains("late payment"),
         "the operator's reason stays: {body}"
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(receiver.received().len(), 3, "once each");
+    receiver.stays_at(3, "once each").await;
     assert!(records.received().is_empty());
 }
 
@@ -559,14 +554,13 @@ async fn private_addresses_are_not_reached_unless_the_provider_allows_them() {
     // A name is checked on the addresses it resolves to, when a delivery is made.
     let url = format!("http://localhost:{}/in", receiver.addr.port());
     let (id, _) = register(&app, &admin, &url, &["RECORD_CREATED"]).await;
-    let tested = app
-        .graphql(
-            Some(&admin.token),
-            "mutation($id: ID!) { testWebhook(id: $id) { succeeded statusCode error } }",
-            json!({ "id": id }),
-        )
-        .await
-        .ok();
+    let tested = call(
+        &app,
+        &admin,
+        "mutation($id: ID!) { testWebhook(id: $id) { succeeded statusCode error } }",
+        json!({ "id": id }),
+    )
+    .await;
     assert_eq!(tested.data("testWebhook.succeeded"), false);
     assert!(tested.data("testWebhook.statusCode").is_null());
     assert_eq!(
@@ -598,22 +592,13 @@ async fn a_backlog_follows_the_endpoint_as_it_is_now_and_a_disabled_webhook_gets
     first.until(|r| r.len() >= 2).await;
 
     // Pointed elsewhere (the old endpoint compromised, say): the waiting change goes there.
-    app.graphql(
-        Some(&admin.token),
-        "mutation($id: ID!, $url: String!) { updateWebhook(id: $id, input: { url: $url }) { url } }",
-        json!({ "id": id, "url": second.url("/new") }),
-    )
-    .await
-    .ok();
+    call(&app, &admin, "mutation($id: ID!, $url: String!) { updateWebhook(id: $id, input: { url: $url }) { url } }", json!({ "id": id, "url": second.url("/new") })).await;
     let moved = second.until(|r| !r.is_empty()).await;
     assert_eq!(moved[0].json()["type"], "record.created");
     let tried = first.received().len();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(
-        first.received().len(),
-        tried,
-        "nothing more to the old endpoint"
-    );
+    first
+        .stays_at(tried, "nothing more to the old endpoint")
+        .await;
 
     // Failing again, then disabled by an administrator: its backlog is dropped.
     second.answer(503);
@@ -623,33 +608,27 @@ async fn a_backlog_follows_the_endpoint_as_it_is_now_and_a_disabled_webhook_gets
     )
     .await;
     second.until(|r| r.len() >= 2).await;
-    app.graphql(
-        Some(&admin.token),
+    call(
+        &app,
+        &admin,
         "mutation($id: ID!) { disableWebhook(id: $id) { enabled } }",
         json!({ "id": id }),
     )
-    .await
-    .ok();
+    .await;
     tokio::time::sleep(Duration::from_millis(400)).await;
     let after_disabling = second.received().len();
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(
-        second.received().len(),
-        after_disabling,
-        "no retry once disabled"
-    );
+    second
+        .stays_at(after_disabling, "no retry once disabled")
+        .await;
     second.answer(204);
-    app.graphql(
-        Some(&admin.token),
+    call(
+        &app,
+        &admin,
         "mutation($id: ID!) { enableWebhook(id: $id) { enabled } }",
         json!({ "id": id }),
     )
-    .await
-    .ok();
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(
-        second.received().len(),
-        after_disabling,
-        "the dropped change never came"
-    );
+    .await;
+    second
+        .stays_at(after_disabling, "the dropped change never came")
+        .await;
 }

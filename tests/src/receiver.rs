@@ -142,6 +142,15 @@ impl Receiver {
             .clone()
     }
 
+    /// Waits 800 ms and checks that nothing more than `count` requests arrived meanwhile (what
+    /// should not come did not); what was received.
+    pub async fn stays_at(&self, count: usize, why: &str) -> Vec<Received> {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let received = self.received();
+        assert_eq!(received.len(), count, "{why}");
+        received
+    }
+
     /// Waits (up to 30 s) until what was received satisfies `done`.
     pub async fn until(&self, done: impl Fn(&[Received]) -> bool) -> Vec<Received> {
         let deadline = Instant::now() + Duration::from_secs(30);

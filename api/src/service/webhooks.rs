@@ -85,14 +85,8 @@ impl Services {
             topics: input.topics,
             description: input.description,
         };
-        self.command(
-            tenant,
-            &tenant.webhooks,
-            id,
-            command,
-            self.actor(principal, request_id),
-        )
-        .await?;
+        self.webhook_command(principal, id, command, request_id)
+            .await?;
         // Its cursor starts at the registration, and at the subscription as it is now.
         cursor::start(&tenant.pool, id, lifecycle).await?;
         let webhook = self.existing_webhook(tenant, id).await?;
@@ -124,14 +118,8 @@ impl Services {
             },
             WebhookChange::Enable => WebhookCommand::Enable,
         };
-        self.command(
-            tenant,
-            &tenant.webhooks,
-            id,
-            command,
-            self.actor(principal, request_id),
-        )
-        .await?;
+        self.webhook_command(principal, id, command, request_id)
+            .await?;
         self.existing_webhook(tenant, id).await
     }
 
@@ -144,14 +132,8 @@ impl Services {
     ) -> Result<(), ApiError> {
         let tenant = &principal.tenant;
         self.existing_webhook(tenant, id).await?;
-        self.command(
-            tenant,
-            &tenant.webhooks,
-            id,
-            WebhookCommand::Remove,
-            self.actor(principal, request_id),
-        )
-        .await?;
+        self.webhook_command(principal, id, WebhookCommand::Remove, request_id)
+            .await?;
         tracing::info!(tenant.id = %tenant.id, webhook.id = %id, "security: a webhook was removed");
         Ok(())
     }
@@ -194,6 +176,20 @@ impl Services {
         )
         .await?;
         Ok(answer)
+    }
+
+    /// Runs `command` on webhook `id` of the principal's organisation, as the principal.
+    async fn webhook_command(
+        &self,
+        principal: &Principal,
+        id: Uuid,
+        command: WebhookCommand,
+        request_id: Uuid,
+    ) -> Result<(), ApiError> {
+        let tenant = &principal.tenant;
+        let metadata = self.actor(principal, request_id);
+        self.command(tenant, &tenant.webhooks, id, command, metadata)
+            .await
     }
 
     async fn existing_webhook(&self, tenant: &Tenant, id: Uuid) -> Result<WebhookRow, ApiError> {

@@ -280,7 +280,7 @@ pub(crate) async fn page(
     first: i64,
 ) -> sqlx::Result<Page<Notification>> {
     let matching = matching();
-    let mut items: Vec<Notification> = sqlx::query_as(&format!(
+    let items: Vec<Notification> = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM notifications
          WHERE {matching} AND ($5::uuid IS NULL OR id < $5)
          ORDER BY id DESC
@@ -303,11 +303,5 @@ pub(crate) async fn page(
     .bind(filter.cause.as_deref())
     .fetch_one(db)
     .await?;
-    let has_next_page = items.len() as i64 > first;
-    items.truncate(usize::try_from(first).unwrap_or(0));
-    Ok(Page {
-        items,
-        has_next_page,
-        total_count,
-    })
+    Ok(Page::cut(items, first, total_count))
 }
