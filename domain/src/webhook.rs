@@ -215,6 +215,15 @@ impl Webhook {
         &self.topics
     }
 
+    /// Where deliveries go (`None` before registration).
+    pub fn url(&self) -> Option<&WebhookUrl> {
+        self.url.as_ref()
+    }
+
+    pub fn is_removed(&self) -> bool {
+        self.removed
+    }
+
     fn existing(&self) -> Result<(), WebhookError> {
         match (self.registered, self.removed) {
             (false, _) => Err(WebhookError::NotFound),

@@ -1,7 +1,8 @@
 //! Webhooks: administrators register endpoints to be told, by a signed POST, when records,
-//! users or roles change; the delivery worker follows each webhook's cursor through the event
-//! log and delivers in commit order, at least once, retrying with backoff and disabling a
-//! webhook whose deliveries keep failing.
+//! users, roles or the organisation's subscription change; the delivery worker follows each
+//! webhook's cursor through the event log and delivers in the log's order (by writing
+//! transaction, as the read models apply it), at least once, retrying with backoff and
+//! disabling a webhook whose deliveries keep failing.
 //!
 //! A delivery carries ids, the kind of change and the new version — never a value: the
 //! receiver reads what it needs through the API with its own token and permissions, so an
@@ -23,7 +24,7 @@ use crate::auth::principal::Principal;
 use crate::error::ApiError;
 use crate::infra::event_store::log::Position;
 use crate::infra::tenancy::tenant::Tenant;
-use crate::infra::webhooks::cursor::{self, Attempt, Held};
+use crate::infra::webhooks::cursor::{self, Attempt, Held, Move};
 use crate::infra::webhooks::feed;
 use crate::infra::webhooks::sender::{reachable, Answer, Message};
 use crate::infra::webhooks::signing::SigningKey;
@@ -150,32 +151,16 @@ impl Services {
         if webhook.removed_at.is_some() {
             return Err(custos_domain::WebhookError::Removed.into());
         }
-        let message_id = format!("msg_test_{}", Uuid::now_v7().simple());
-        let body = json!({
-            "id": message_id,
-            "type": "webhook.test",
-            "timestamp": Utc::now(),
-            "organization": tenant.id,
-            "data": { "webhookId": id },
-        });
-        let answer = self
-            .send(tenant, &webhook.url, id, &message_id, &body)
-            .await?;
-        cursor::log_attempt(
-            &tenant.pool,
-            Attempt {
-                webhook_id: id,
-                message_id: &message_id,
-                topic: "webhook.test",
-                global_position: 0,
-                attempt: 1,
-                status_code: answer.status,
-                error: answer.error.as_deref(),
-                duration: answer.duration,
-            },
-        )
-        .await?;
-        Ok(answer)
+        let message = Outgoing {
+            id: format!("msg_test_{}", Uuid::now_v7().simple()),
+            kind: TEST,
+            timestamp: Utc::now(),
+            data: json!({ "webhookId": id }),
+            global_position: 0,
+        };
+        Ok(self
+            .send_logged(tenant, id, &webhook.url, &message, 1)
+            .await?)
     }
 
     /// Runs `command` on webhook `id` of the principal's organisation, as the principal.
@@ -231,29 +216,50 @@ impl Services {
         Ok(())
     }
 
-    /// Signs and POSTs one message to a webhook.
-    async fn send(
+    /// Signs and POSTs one message to a webhook, and logs the attempt.
+    async fn send_logged(
         &self,
         tenant: &Tenant,
-        url: &str,
         webhook_id: Uuid,
-        message_id: &str,
-        body: &serde_json::Value,
-    ) -> Result<Answer, ApiError> {
-        let body = serde_json::to_vec(body).map_err(ApiError::internal)?;
+        url: &str,
+        message: &Outgoing,
+        attempt: i32,
+    ) -> anyhow::Result<Answer> {
+        let body = serde_json::to_vec(&json!({
+            "id": message.id,
+            "type": message.kind,
+            "timestamp": message.timestamp,
+            "organization": tenant.id,
+            "data": message.data,
+        }))?;
         let timestamp = Utc::now().timestamp();
         let key = SigningKey::derive(self.tenancy.master_key(), tenant.id, webhook_id);
-        let signature = key.sign(message_id, timestamp, &body);
-        Ok(self
+        let signature = key.sign(&message.id, timestamp, &body);
+        let answer = self
             .webhook_sender
             .send(Message {
                 url,
-                id: message_id,
+                id: &message.id,
                 timestamp,
                 signature: &signature,
                 body,
             })
-            .await)
+            .await;
+        cursor::log_attempt(
+            &tenant.pool,
+            Attempt {
+                webhook_id,
+                message_id: &message.id,
+                topic: message.kind,
+                global_position: message.global_position,
+                attempt,
+                status_code: answer.status,
+                error: answer.error.as_deref(),
+                duration: answer.duration,
+            },
+        )
+        .await?;
+        Ok(answer)
     }
 
     /// One round of the delivery worker: every webhook of every organisation that has any,
@@ -309,7 +315,7 @@ impl Services {
         Ok(Some((tenant, ids)))
     }
 
-    /// Delivers what is due to one webhook — the changes in its organisation's log in commit
+    /// Delivers what is due to one webhook — the changes in its organisation's log in the log's
     /// order, then those of the organisation's subscription up to `lifecycle` — until it is up
     /// to date, a delivery fails, its share of the round is used, or the lease is lost.
     async fn deliver_to(
@@ -323,9 +329,9 @@ impl Services {
         else {
             return Ok(());
         };
-        let mut run = Run::new(held, policy.lease);
+        let mut run = Run::new(held, policy.lease, lifecycle);
         let round = match self.deliver_log(tenant, &mut run).await {
-            Ok(Round::Done) => self.deliver_lifecycle(tenant, &mut run, lifecycle).await,
+            Ok(Round::Done) => self.deliver_lifecycle(tenant, &mut run).await,
             other => other,
         };
         let held = &run.held;
@@ -391,12 +397,12 @@ impl Services {
                 let now = history.latest();
                 let wanted = change.topic().filter(|topic| {
                     then.is_some_and(|s| s.is_enabled() && s.topics().contains(topic))
-                        && now.is_some_and(|(s, _)| s.is_enabled())
+                        && now.is_some_and(Webhook::is_enabled)
                 });
-                let url = now.and_then(|(_, url)| url);
+                let url = now.and_then(Webhook::url).map(WebhookUrl::as_str);
                 if let (Some(topic), Some(url)) = (wanted, url) {
                     // What was skipped before it is saved first (a failure returns below).
-                    if saved != position && !run.advance(tenant, position).await? {
+                    if saved != position && !run.keep(tenant, Move::Past(position)).await? {
                         return Ok(Round::Stopped);
                     }
                     let datasheet = change
@@ -413,7 +419,7 @@ impl Services {
                                 change.aggregate_type, change.aggregate_id, change.sequence
                             ),
                         ),
-                        topic,
+                        kind: topic.as_str(),
                         timestamp: change.recorded_at,
                         data: change.data(datasheet),
                         global_position: change.position.global_position,
@@ -426,7 +432,7 @@ impl Services {
                         }
                     }
                     position = change.position;
-                    if !run.advance(tenant, position).await? {
+                    if !run.keep(tenant, Move::Past(position)).await? {
                         tracing::warn!(tenant.id = %tenant.id, webhook.id = %run.held.webhook_id, "another worker took over the webhook");
                         return Ok(Round::Stopped);
                     }
@@ -435,7 +441,7 @@ impl Services {
                     position = change.position;
                 }
             }
-            if saved != position && !run.advance(tenant, position).await? {
+            if saved != position && !run.keep(tenant, Move::Past(position)).await? {
                 return Ok(Round::Stopped);
             }
             if history.is_removed() {
@@ -448,24 +454,21 @@ impl Services {
     }
 
     /// Delivers the changes of the organisation's subscription (its stream in the catalog)
-    /// after the held cursor, up to `until`, if the webhook (as it is now) is enabled and
+    /// after the held cursor, up to the round's, if the webhook (as it is now) is enabled and
     /// chose them; otherwise moves past them.
-    async fn deliver_lifecycle(
-        &self,
-        tenant: &Tenant,
-        run: &mut Run,
-        until: i64,
-    ) -> anyhow::Result<Round> {
+    async fn deliver_lifecycle(&self, tenant: &Tenant, run: &mut Run) -> anyhow::Result<Round> {
+        let until = run.lifecycle;
         if run.held.lifecycle_sequence >= until {
             return Ok(Round::Done);
         }
         let history = WebhookHistory::load(tenant, run.held.webhook_id).await?;
-        let wanted = history.latest().is_some_and(|(state, _)| {
+        let now = history.latest();
+        let wanted = now.is_some_and(|state| {
             state.is_enabled() && state.topics().contains(&WebhookTopic::LifecycleChanged)
         });
-        let url = history.latest().and_then(|(_, url)| url);
+        let url = now.and_then(Webhook::url).map(WebhookUrl::as_str);
         let (true, Some(url)) = (wanted, url) else {
-            return Ok(if run.advance_lifecycle(tenant, until).await? {
+            return Ok(if run.keep(tenant, Move::PastSubscription(until)).await? {
                 Round::Done
             } else {
                 Round::Stopped
@@ -490,7 +493,7 @@ impl Services {
                     run.held.webhook_id,
                     &format!("subscription/{sequence}/{}", at.timestamp_micros()),
                 ),
-                topic: WebhookTopic::LifecycleChanged,
+                kind: WebhookTopic::LifecycleChanged.as_str(),
                 timestamp: at,
                 data: json!({ "change": change, "sequence": sequence }),
                 global_position: 0,
@@ -500,7 +503,7 @@ impl Services {
                 Sent::LeaseLost => return Ok(Round::Stopped),
                 Sent::Failed(answer) => return self.delivery_failed(tenant, run, &answer).await,
             }
-            if !run.advance_lifecycle(tenant, sequence).await? {
+            if !run.keep(tenant, Move::PastSubscription(sequence)).await? {
                 return Ok(Round::Stopped);
             }
         }
@@ -522,13 +525,9 @@ impl Services {
         let disabled = self
             .disable_failing(tenant, run.held.webhook_id, run.failures, answer)
             .await?;
-        let lifecycle: i64 =
-            sqlx::query_scalar("SELECT lifecycle_sequence FROM tenants WHERE id = $1")
-                .bind(tenant.id)
-                .fetch_one(self.tenancy.catalog())
-                .await?;
-        run.advance(tenant, disabled).await?;
-        run.advance_lifecycle(tenant, lifecycle).await?;
+        run.keep(tenant, Move::Past(disabled)).await?;
+        run.keep(tenant, Move::PastSubscription(run.lifecycle))
+            .await?;
         Ok(Round::Stopped)
     }
 
@@ -544,32 +543,10 @@ impl Services {
         if !run.renew_for(tenant, self.webhooks.timeout).await? {
             return Ok(Sent::LeaseLost);
         }
-        let body = json!({
-            "id": message.id,
-            "type": message.topic.as_str(),
-            "timestamp": message.timestamp,
-            "organization": tenant.id,
-            "data": message.data,
-        });
         let attempt = run.failures + 1;
         let answer = self
-            .send(tenant, url, run.held.webhook_id, &message.id, &body)
-            .await
-            .map_err(|err| anyhow::anyhow!("{err:?}"))?;
-        cursor::log_attempt(
-            &tenant.pool,
-            Attempt {
-                webhook_id: run.held.webhook_id,
-                message_id: &message.id,
-                topic: message.topic.as_str(),
-                global_position: message.global_position,
-                attempt,
-                status_code: answer.status,
-                error: answer.error.as_deref(),
-                duration: answer.duration,
-            },
-        )
-        .await?;
+            .send_logged(tenant, run.held.webhook_id, url, message, attempt)
+            .await?;
         if let Some(error) = &answer.error {
             tracing::warn!(tenant.id = %tenant.id, webhook.id = %run.held.webhook_id, attempt, error = %error, "a webhook delivery failed");
             return Ok(Sent::Failed(answer));
@@ -624,9 +601,9 @@ fn names_this_service(host: &str, ip: Option<IpAddr>, port: u16, listen: SocketA
     local || ip == Some(listen.ip()) || (listen.ip().is_unspecified() && ip.is_some())
 }
 
-/// The `webhook-id` of the delivery of one change (`what`: its position in the log, or
-/// `lifecycle/<sequence>`) to a webhook: the same on every retry and every instance, so
-/// receivers can drop repeats.
+/// The `webhook-id` of the delivery of one change (`what`: its stream and version, or the
+/// subscription's sequence and time) to a webhook: the same on every retry and every
+/// instance, so receivers can drop repeats.
 fn message_id(webhook_id: Uuid, what: &str) -> String {
     let digest = sha2::Sha256::digest(format!("{webhook_id}/{what}"));
     format!("msg_{}", hex::encode(&digest[..16]))
@@ -655,6 +632,8 @@ enum Sent {
 struct Run {
     held: Held,
     lease: Duration,
+    /// The subscription's sequence as the round found it: how far its changes go this round.
+    lifecycle: i64,
     /// Until when the lease holds at least (it was taken or renewed before this).
     lease_until: std::time::Instant,
     /// Failed deliveries in a row of the message being retried.
@@ -663,12 +642,13 @@ struct Run {
 }
 
 impl Run {
-    fn new(held: Held, lease: Duration) -> Self {
+    fn new(held: Held, lease: Duration, lifecycle: i64) -> Self {
         let now = std::time::Instant::now();
         Self {
             failures: held.failures,
             held,
             lease,
+            lifecycle,
             lease_until: now + lease,
             started: now,
         }
@@ -680,34 +660,26 @@ impl Run {
         if needed < self.lease_until {
             return Ok(true);
         }
-        let renewed_at = std::time::Instant::now();
-        let renewed = cursor::renew(&tenant.pool, &self.held, self.lease).await?;
-        self.lease_until = renewed_at + self.lease;
-        Ok(renewed)
+        self.keep(tenant, Move::Stay).await
     }
 
-    /// Moves the log cursor (renewing the lease); false when the lease was lost.
-    async fn advance(&mut self, tenant: &Tenant, position: Position) -> sqlx::Result<bool> {
+    /// Moves the cursor and renews the lease; false when the lease was lost.
+    async fn keep(&mut self, tenant: &Tenant, to: Move) -> sqlx::Result<bool> {
         let renewed_at = std::time::Instant::now();
-        let moved = cursor::advance(&tenant.pool, &self.held, position, self.lease).await?;
+        let kept = cursor::advance(&tenant.pool, &self.held, to, self.lease).await?;
         self.lease_until = renewed_at + self.lease;
-        Ok(moved)
-    }
-
-    /// Moves the subscription cursor (renewing the lease); false when the lease was lost.
-    async fn advance_lifecycle(&mut self, tenant: &Tenant, sequence: i64) -> sqlx::Result<bool> {
-        let renewed_at = std::time::Instant::now();
-        let moved =
-            cursor::advance_lifecycle(&tenant.pool, &self.held, sequence, self.lease).await?;
-        self.lease_until = renewed_at + self.lease;
-        Ok(moved)
+        Ok(kept)
     }
 }
+
+/// What a `webhook.test` message's type is.
+const TEST: &str = "webhook.test";
 
 /// One message on its way.
 struct Outgoing {
     id: String,
-    topic: WebhookTopic,
+    /// Its `type`: a topic's name, or [`TEST`].
+    kind: &'static str,
     timestamp: chrono::DateTime<Utc>,
     data: serde_json::Value,
     /// The change's position in the log (0 for the subscription's changes and tests).
@@ -717,50 +689,38 @@ struct Outgoing {
 /// A webhook's own events with their positions: its endpoint, topics and state as of any
 /// point in the log (a change is judged by the webhook as it was when the change committed).
 struct WebhookHistory {
-    states: Vec<(Position, Webhook, Option<String>, bool)>,
+    states: Vec<(Position, Webhook)>,
 }
 
 impl WebhookHistory {
     async fn load(tenant: &Tenant, id: Uuid) -> anyhow::Result<Self> {
         use cqrs_es::Aggregate;
         let mut state = Webhook::default();
-        let mut url = None;
         let mut states = Vec::new();
         for stored in tenant.log.stream(Webhook::TYPE, &id.to_string()).await? {
-            let event: custos_domain::WebhookEvent =
-                serde_json::from_value(stored.event.payload.clone())?;
-            let removed = matches!(event, custos_domain::WebhookEvent::WebhookRemoved);
-            match &event {
-                custos_domain::WebhookEvent::WebhookRegistered { url: u, .. }
-                | custos_domain::WebhookEvent::WebhookChanged { url: u, .. } => {
-                    url = Some(u.as_str().to_owned());
-                }
-                _ => {}
-            }
-            state.apply(event);
-            states.push((stored.position, state.clone(), url.clone(), removed));
+            state.apply(serde_json::from_value(stored.event.payload.clone())?);
+            states.push((stored.position, state.clone()));
         }
         Ok(Self { states })
     }
 
-    fn entry_at(&self, position: Position) -> Option<&(Position, Webhook, Option<String>, bool)> {
-        self.states.iter().rev().find(|(at, ..)| *at <= position)
-    }
-
+    /// The webhook as it was at `position`.
     fn at(&self, position: Position) -> Option<&Webhook> {
-        self.entry_at(position).map(|(_, state, ..)| state)
+        self.states
+            .iter()
+            .rev()
+            .find(|(at, _)| *at <= position)
+            .map(|(_, state)| state)
     }
 
-    /// The webhook as it is now, and its endpoint.
-    fn latest(&self) -> Option<(&Webhook, Option<&str>)> {
-        self.states
-            .last()
-            .map(|(_, state, url, _)| (state, url.as_deref()))
+    /// The webhook as it is now.
+    fn latest(&self) -> Option<&Webhook> {
+        self.states.last().map(|(_, state)| state)
     }
 
     /// Whether it is removed (now).
     fn is_removed(&self) -> bool {
-        self.states.last().is_some_and(|(.., removed)| *removed)
+        self.latest().is_some_and(Webhook::is_removed)
     }
 }
 

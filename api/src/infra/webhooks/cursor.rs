@@ -44,20 +44,6 @@ pub(crate) async fn start(
     Ok(())
 }
 
-/// Renews the lease for another `lease`; false when it was lost to another worker.
-pub(crate) async fn renew(pool: &PgPool, held: &Held, lease: Duration) -> sqlx::Result<bool> {
-    let renewed = sqlx::query(
-        "UPDATE webhook_cursors SET claimed_until = now() + make_interval(secs => $3)
-         WHERE webhook_id = $1 AND claim = $2",
-    )
-    .bind(held.webhook_id)
-    .bind(held.claim)
-    .bind(lease.as_secs_f64())
-    .execute(pool)
-    .await?;
-    Ok(renewed.rows_affected() == 1)
-}
-
 /// Takes the cursor of `webhook_id` when it is due, nobody holds it and the log has changes
 /// after it or the subscription's stream is beyond `lifecycle_sequence` (so an idle webhook
 /// costs one read a round, no write), starting one at the webhook's registration (and at the
@@ -115,47 +101,44 @@ pub(crate) async fn take(
     .transpose()
 }
 
-/// Moves the cursor past the subscription's change `sequence` and renews the lease; false
-/// when the lease was lost to another worker.
-pub(crate) async fn advance_lifecycle(
-    pool: &PgPool,
-    held: &Held,
-    sequence: i64,
-    lease: Duration,
-) -> sqlx::Result<bool> {
-    let moved = sqlx::query(
-        "UPDATE webhook_cursors
-         SET lifecycle_sequence = $3, failures = 0,
-             claimed_until = now() + make_interval(secs => $4)
-         WHERE webhook_id = $1 AND claim = $2",
-    )
-    .bind(held.webhook_id)
-    .bind(held.claim)
-    .bind(sequence)
-    .bind(lease.as_secs_f64())
-    .execute(pool)
-    .await?;
-    Ok(moved.rows_affected() == 1)
+/// Where a held cursor goes; the lease is renewed either way.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Move {
+    /// Nowhere: the lease only.
+    Stay,
+    /// Past this position in the log (the delivery of what is after it starts afresh).
+    Past(Position),
+    /// Past this change of the organisation's subscription.
+    PastSubscription(i64),
 }
 
-/// Moves the cursor past `position` (the delivery of what is after it starts afresh) and
-/// renews the lease; false when the lease was lost to another worker.
+/// Moves the held cursor and renews its lease; false when the lease was lost to another
+/// worker.
 pub(crate) async fn advance(
     pool: &PgPool,
     held: &Held,
-    position: Position,
+    to: Move,
     lease: Duration,
 ) -> sqlx::Result<bool> {
+    let (position, sequence) = match to {
+        Move::Stay => (None, None),
+        Move::Past(position) => (Some(position), None),
+        Move::PastSubscription(sequence) => (None, Some(sequence)),
+    };
     let moved = sqlx::query(
         "UPDATE webhook_cursors
-         SET transaction_id = $3::text::xid8, global_position = $4, failures = 0,
-             claimed_until = now() + make_interval(secs => $5)
+         SET transaction_id = COALESCE($3::text::xid8, transaction_id),
+             global_position = COALESCE($4, global_position),
+             lifecycle_sequence = COALESCE($5, lifecycle_sequence),
+             failures = CASE WHEN $3 IS NULL AND $5 IS NULL THEN failures ELSE 0 END,
+             claimed_until = now() + make_interval(secs => $6)
          WHERE webhook_id = $1 AND claim = $2",
     )
     .bind(held.webhook_id)
     .bind(held.claim)
-    .bind(position.transaction_id.to_string())
-    .bind(position.global_position)
+    .bind(position.map(|p| p.transaction_id.to_string()))
+    .bind(position.map(|p| p.global_position))
+    .bind(sequence)
     .bind(lease.as_secs_f64())
     .execute(pool)
     .await?;
