@@ -240,6 +240,45 @@ impl Projection for AuditLogProjection {
         Ok(())
     }
 
+    /// One multi-row insert per thousand events.
+    async fn apply_all(
+        &self,
+        conn: &mut PgConnection,
+        events: &[&ProjectedEvent],
+    ) -> sqlx::Result<()> {
+        for chunk in events.chunks(1_000) {
+            let mut query = QueryBuilder::new(
+                "INSERT INTO audit_log (global_position, recorded_at, aggregate_type, aggregate_id, sequence,
+                                        event_type, actor_id, actor_kind, request_id, datasheet, subjects, fields) ",
+            );
+            query.push_values(chunk, |mut row, event| {
+                let entry = entry(event);
+                let actor = event.metadata.actor;
+                row.push_bind(event.global_position)
+                    .push_bind(event.recorded_at)
+                    .push_bind(entry.aggregate_type)
+                    .push_bind(event.aggregate_id.to_string())
+                    .push_bind(event.sequence)
+                    .push_bind(entry.event_type)
+                    .push_bind(actor.id())
+                    .push_bind(actor.kind())
+                    .push_bind(event.metadata.request_id)
+                    .push_bind(entry.datasheet)
+                    .push_bind(entry.subjects)
+                    .push_bind(entry.fields);
+            });
+            query.push(" ON CONFLICT (global_position) DO NOTHING");
+            // The text differs with the number of rows: small batches (the usual ones) keep a
+            // prepared statement each, large ones (catch-up) do not fill the cache.
+            query
+                .build()
+                .persistent(chunk.len() <= 16)
+                .execute(&mut *conn)
+                .await?;
+        }
+        Ok(())
+    }
+
     async fn reset(&self, conn: &mut PgConnection) -> sqlx::Result<()> {
         sqlx::query("DELETE FROM audit_log").execute(conn).await?;
         Ok(())

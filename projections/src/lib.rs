@@ -123,6 +123,19 @@ pub trait Projection: Send + Sync {
     /// Applies one event to the read model.
     async fn apply(&self, conn: &mut PgConnection, event: &ProjectedEvent) -> sqlx::Result<()>;
 
+    /// Applies events in order, all of them of the types it reads: one [`Projection::apply`]
+    /// each unless the projection writes them with set-based statements.
+    async fn apply_all(
+        &self,
+        conn: &mut PgConnection,
+        events: &[&ProjectedEvent],
+    ) -> sqlx::Result<()> {
+        for event in events {
+            self.apply(conn, event).await?;
+        }
+        Ok(())
+    }
+
     /// Removes every row, before a rebuild from position 0.
     async fn reset(&self, conn: &mut PgConnection) -> sqlx::Result<()>;
 }

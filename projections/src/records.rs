@@ -155,6 +155,64 @@ impl Projection for RecordsProjection {
         Ok(())
     }
 
+    /// Runs of creations (seeding, imports, a rebuild) as one multi-row insert each; every
+    /// other event on its own, in order.
+    async fn apply_all(
+        &self,
+        conn: &mut PgConnection,
+        events: &[&ProjectedEvent],
+    ) -> sqlx::Result<()> {
+        let mut rest = events;
+        while let Some(first) = rest.first() {
+            let creations: Vec<_> = rest
+                .iter()
+                .map_while(|event| match &event.event {
+                    AnyEvent::Record(RecordEvent::RecordCreated {
+                        datasheet,
+                        fields,
+                        hired_from,
+                    }) => Some((*event, datasheet.as_str(), fields, *hired_from)),
+                    _ => None,
+                })
+                .take(1_000)
+                .collect();
+            if creations.len() < 2 {
+                self.apply(conn, first).await?;
+                rest = &rest[1..];
+                continue;
+            }
+            let mut query = sqlx::QueryBuilder::new(
+                "INSERT INTO records (id, datasheet, version, fields, hired_from,
+                                      created_at, updated_at, created_by, updated_by, stage_since) ",
+            );
+            query.push_values(
+                &creations,
+                |mut row, (event, datasheet, fields, hired_from)| {
+                    let actor = event.metadata.actor.id();
+                    row.push_bind(event.aggregate_id)
+                        .push_bind(*datasheet)
+                        .push_bind(event.sequence)
+                        .push_bind(Json(*fields))
+                        .push_bind(*hired_from)
+                        .push_bind(event.recorded_at)
+                        .push_bind(event.recorded_at)
+                        .push_bind(actor)
+                        .push_bind(actor)
+                        .push_bind(fields.contains_key("stage").then_some(event.recorded_at));
+                },
+            );
+            query.push(" ON CONFLICT (id) DO NOTHING");
+            // Small runs keep a prepared statement each; large ones do not fill the cache.
+            query
+                .build()
+                .persistent(creations.len() <= 16)
+                .execute(&mut *conn)
+                .await?;
+            rest = &rest[creations.len()..];
+        }
+        Ok(())
+    }
+
     async fn reset(&self, conn: &mut PgConnection) -> sqlx::Result<()> {
         sqlx::query("DELETE FROM records").execute(conn).await?;
         Ok(())

@@ -296,7 +296,20 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         latencies.sort();
         Ok::<_, anyhow::Error>(latencies)
     };
+    let list_started = chrono::Utc::now();
     let latencies = list(token.clone()).await?;
+    // Whether PostgreSQL's autovacuum worked on `records` while (c) ran: its tail latency
+    // depends on it (a freshly seeded table is read through the heap until it is vacuumed).
+    let vacuumed: Option<(Option<chrono::DateTime<chrono::Utc>>, Option<chrono::DateTime<chrono::Utc>>)> =
+        sqlx::query_as(
+            "SELECT last_autovacuum, last_autoanalyze FROM pg_stat_user_tables WHERE relname = 'records'",
+        )
+        .fetch_optional(&tenant.pool)
+        .await?;
+    let during_list =
+        |at: Option<chrono::DateTime<chrono::Utc>>| at.is_some_and(|at| at >= list_started);
+    let autovacuum_during_list =
+        vacuumed.is_some_and(|(vacuum, analyze)| during_list(vacuum) || during_list(analyze));
 
     // (f) A login flood: every client logs in as a user of its own, again and again.
     let mut accounts = Vec::new();
@@ -382,6 +395,10 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     println!(
         "| (c) `employees(first: 50)` p99, one client | {:.2} ms |",
         ms(percentile(&latencies, 0.99))
+    );
+    println!(
+        "| (c) autovacuum or autoanalyze of `records` finished while (c) ran | {} |",
+        if autovacuum_during_list { "yes" } else { "no" }
     );
     println!(
         "| (f) logins/s, {} clients on accounts of their own (argon2id m=19456 KiB, t=2, p=1; {hash_concurrency} hash(es) at a time) | {login_rate:.1} logins/s |",

@@ -1,7 +1,8 @@
-//! The catch-up projector: one task per tenant and projection. Each batch locks the
-//! projection's checkpoint row (so it is the single writer on any number of instances), reads
-//! events after the checkpoint in commit-safe order, applies them and moves the checkpoint, all
-//! in one transaction.
+//! The catch-up projector: one task per tenant for all its read models. Each batch locks the
+//! checkpoint rows of the projections (so it is their single writer on any number of
+//! instances), reads the events after the oldest checkpoint once, in commit-safe order, opens
+//! and decodes each once, hands every projection the events it reads and has not applied, and
+//! moves every checkpoint, all in one transaction.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,14 +11,14 @@ use async_trait::async_trait;
 use cqrs_es::{Aggregate, EventEnvelope, Query};
 use custos_domain::EventMetadata;
 use custos_projections::{AnyEvent, ProjectedEvent, Projection};
-use sqlx::{PgPool, Row};
+use sqlx::{PgConnection, PgPool, Row};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::infra::event_store::log::{EventLog, Position, StoredEvent, HORIZON};
 
-/// Events applied per transaction.
+/// Events read per transaction.
 const BATCH: i64 = 500;
 /// How often a projector looks for events written by other service instances: soon after
 /// activity, backing off to `MAX_POLL` while the tenant is idle. A local commit wakes it at once.
@@ -34,74 +35,63 @@ pub enum WaitError {
     Timeout,
 }
 
-/// One projection's running task.
-struct Lane {
-    aggregate_types: &'static [&'static str],
-    wake: Arc<Notify>,
-    progress: watch::Receiver<Position>,
-    task: JoinHandle<()>,
-}
-
-/// The projectors of one tenant. Dropping it stops them.
+/// The projectors of one tenant: one task, feeding every read model. Dropping it stops it.
 pub struct Projectors {
-    lanes: Vec<Lane>,
+    /// The aggregate types each projection reads, in the order of `progress`.
+    reads: Vec<&'static [&'static str]>,
+    wake: Arc<Notify>,
+    /// Where each projection's checkpoint stands.
+    progress: watch::Receiver<Vec<Position>>,
+    task: JoinHandle<()>,
 }
 
 impl Drop for Projectors {
     fn drop(&mut self) {
-        for lane in &self.lanes {
-            lane.task.abort();
-        }
+        self.task.abort();
     }
 }
 
 impl Projectors {
-    /// Starts one projector task per projection.
+    /// Starts the tenant's projector task.
     pub fn spawn(
         tenant_id: Uuid,
         pool: PgPool,
         log: EventLog,
         projections: Vec<Box<dyn Projection>>,
     ) -> Self {
-        let lanes = projections
-            .into_iter()
-            .map(|projection| {
-                let wake = Arc::new(Notify::new());
-                let aggregate_types = projection.aggregate_types();
-                let (progress_tx, progress) = watch::channel(Position::default());
-                let runner = Runner {
-                    tenant_id,
-                    pool: pool.clone(),
-                    log: log.clone(),
-                    projection: Arc::from(projection),
-                    progress: progress_tx,
-                };
-                let task = tokio::spawn(runner.run(wake.clone()));
-                Lane {
-                    aggregate_types,
-                    wake,
-                    progress,
-                    task,
-                }
-            })
-            .collect();
-        Self { lanes }
+        let wake = Arc::new(Notify::new());
+        let reads = projections.iter().map(|p| p.aggregate_types()).collect();
+        let (progress_tx, progress) = watch::channel(vec![Position::default(); projections.len()]);
+        let runner = Runner {
+            tenant_id,
+            pool,
+            log,
+            projections,
+            progress: progress_tx,
+        };
+        let task = tokio::spawn(runner.run(wake.clone()));
+        Self {
+            reads,
+            wake,
+            progress,
+            task,
+        }
     }
 
-    fn lanes_for<'a>(&'a self, aggregate_type: &'a str) -> impl Iterator<Item = &'a Lane> + 'a {
-        self.lanes
+    fn reads(&self, aggregate_type: &str) -> bool {
+        self.reads
             .iter()
-            .filter(move |lane| lane.aggregate_types.contains(&aggregate_type))
+            .any(|types| types.contains(&aggregate_type))
     }
 
-    /// A cqrs-es query that wakes, after each commit of `aggregate_type`, the projectors that
-    /// read it.
+    /// A cqrs-es query that wakes the projector after each commit of `aggregate_type`, if a
+    /// projection reads it.
     pub fn waker(&self, aggregate_type: &str) -> Waker {
-        Waker(
-            self.lanes_for(aggregate_type)
-                .map(|l| l.wake.clone())
-                .collect(),
-        )
+        Waker(if self.reads(aggregate_type) {
+            vec![self.wake.clone()]
+        } else {
+            Vec::new()
+        })
     }
 
     /// Waits until every projection that reads `aggregate_type` has passed `target`.
@@ -111,19 +101,23 @@ impl Projectors {
         target: Position,
         timeout: Duration,
     ) -> Result<(), WaitError> {
-        for lane in self.lanes_for(aggregate_type) {
-            lane.wake.notify_one();
+        if !self.reads(aggregate_type) {
+            return Ok(());
         }
-        let all = async {
-            for lane in self.lanes_for(aggregate_type) {
-                let mut progress = lane.progress.clone();
-                // An error means the task ended (the tenant is closing): nothing to wait for.
-                let _ = progress.wait_for(|at| *at >= target).await;
-            }
+        self.wake.notify_one();
+        let mut progress = self.progress.clone();
+        let passed = |at: &Vec<Position>| {
+            self.reads
+                .iter()
+                .zip(at)
+                .all(|(types, at)| !types.contains(&aggregate_type) || *at >= target)
         };
-        tokio::time::timeout(timeout, all)
-            .await
-            .map_err(|_| WaitError::Timeout)
+        // An error means the task ended (the tenant is closing): nothing to wait for.
+        tokio::time::timeout(timeout, async {
+            let _ = progress.wait_for(passed).await;
+        })
+        .await
+        .map_err(|_| WaitError::Timeout)
     }
 }
 
@@ -149,64 +143,118 @@ impl<A: Aggregate> Query<A> for Waker {
 }
 
 /// What a batch did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Batch {
-    /// Applied this many events; the checkpoint is now at the position.
-    Applied(usize, Position),
-    /// Another instance holds the checkpoint; it is at the position.
-    Elsewhere(Position),
+    /// Read this many events; the checkpoints are now at the positions (one per projection,
+    /// in the order given).
+    Applied(usize, Vec<Position>),
+    /// The same, for the projections whose checkpoints it could lock; another instance (or
+    /// another task) holds the others.
+    Partly(usize, Vec<Position>),
+    /// Another instance holds every checkpoint; they are at the positions.
+    Elsewhere(Vec<Position>),
+}
+
+impl Batch {
+    /// Where the checkpoints stand after the batch.
+    pub fn positions(&self) -> &[Position] {
+        match self {
+            Batch::Applied(_, at) | Batch::Partly(_, at) | Batch::Elsewhere(at) => at,
+        }
+    }
+
+    /// How many events the batch read.
+    fn read(&self) -> usize {
+        match self {
+            Batch::Applied(count, _) | Batch::Partly(count, _) => *count,
+            Batch::Elsewhere(_) => 0,
+        }
+    }
 }
 
 struct Runner {
     tenant_id: Uuid,
     pool: PgPool,
     log: EventLog,
-    projection: Arc<dyn Projection>,
-    progress: watch::Sender<Position>,
+    projections: Vec<Box<dyn Projection>>,
+    progress: watch::Sender<Vec<Position>>,
 }
 
 impl Runner {
     async fn run(self, wake: Arc<Notify>) {
+        // Projections whose last batch failed: they are left out of the shared pass, so that
+        // one read model's failure holds back only its own readers, and retried on their own.
+        let mut failing = vec![false; self.projections.len()];
+        let mut retry_at = tokio::time::Instant::now();
         let mut poll = MIN_POLL;
         loop {
-            match run_batch(&self.pool, &self.log, self.projection.as_ref(), BATCH).await {
+            let healthy: Vec<usize> = (0..failing.len()).filter(|i| !failing[*i]).collect();
+            let full = match self.pass(&healthy).await {
                 Ok(batch) => {
-                    let (full, applied) = match batch {
-                        Batch::Applied(count, at) => {
-                            self.progress.send_replace(at);
-                            (count as i64 == BATCH, count > 0)
-                        }
-                        Batch::Elsewhere(at) => {
-                            self.progress.send_replace(at);
-                            (false, false)
-                        }
-                    };
-                    if full {
-                        continue;
-                    }
-                    if applied {
+                    if batch.read() > 0 {
                         poll = MIN_POLL;
                     }
-                    // A receiver beyond the `Projectors` handle's own means a request is waiting:
-                    // an event it needs may be held back by another open transaction, or be
-                    // applied by another instance, so look again soon.
-                    if self.progress.receiver_count() > 1 {
-                        let _ = tokio::time::timeout(FOLLOW, wake.notified()).await;
-                    } else {
-                        poll = idle(&wake, poll).await;
-                    }
+                    batch.read() as i64 == BATCH
                 }
                 Err(err) => {
                     tracing::error!(
                         tenant.id = %self.tenant_id,
-                        projection = self.projection.name(),
                         error = %crate::error::redacted(&err),
-                        "projection batch failed; retrying"
+                        "projection batch failed; trying each projection on its own"
                     );
-                    tokio::time::sleep(RETRY).await;
+                    for index in healthy {
+                        failing[index] = true;
+                    }
+                    retry_at = tokio::time::Instant::now();
+                    false
                 }
+            };
+            if failing.contains(&true) && tokio::time::Instant::now() >= retry_at {
+                for (index, failed) in failing.iter_mut().enumerate().filter(|(_, f)| **f) {
+                    match self.pass(&[index]).await {
+                        Ok(_) => *failed = false,
+                        Err(err) => tracing::error!(
+                            tenant.id = %self.tenant_id,
+                            projection = self.projections[index].name(),
+                            error = %crate::error::redacted(&err),
+                            "projection batch failed; retrying"
+                        ),
+                    }
+                }
+                retry_at = tokio::time::Instant::now() + RETRY;
+            }
+            if full {
+                continue;
+            }
+            // A receiver beyond the `Projectors` handle's own means a request is waiting: an
+            // event it needs may be held back by another open transaction, or be applied by
+            // another instance, so look again soon.
+            if self.progress.receiver_count() > 1 {
+                let _ = tokio::time::timeout(FOLLOW, wake.notified()).await;
+            } else if failing.contains(&true) {
+                poll = idle(&wake, poll.min(RETRY)).await;
+            } else {
+                poll = idle(&wake, poll).await;
             }
         }
+    }
+
+    /// One batch over the projections at `indexes`; publishes where their checkpoints stand.
+    async fn pass(&self, indexes: &[usize]) -> anyhow::Result<Batch> {
+        if indexes.is_empty() {
+            return Ok(Batch::Applied(0, Vec::new()));
+        }
+        let projections: Vec<&dyn Projection> = indexes
+            .iter()
+            .map(|i| self.projections[*i].as_ref())
+            .collect();
+        let batch = run_pass(&self.pool, &self.log, &projections, BATCH).await?;
+        self.progress.send_modify(|progress| {
+            for (index, at) in indexes.iter().zip(batch.positions()) {
+                progress[*index] = *at;
+            }
+        });
+        Ok(batch)
     }
 }
 
@@ -219,60 +267,139 @@ async fn idle(wake: &Notify, poll: Duration) -> Duration {
     }
 }
 
-/// One projector transaction: lock the checkpoint, apply what is below the horizon, move the
-/// checkpoint, commit.
+/// One projector transaction for one projection (see [`run_pass`]).
 pub async fn run_batch(
     pool: &PgPool,
     log: &EventLog,
     projection: &dyn Projection,
     limit: i64,
 ) -> anyhow::Result<Batch> {
+    run_pass(pool, log, &[projection], limit).await
+}
+
+/// One projector transaction for `projections`: lock their checkpoints (those another instance
+/// holds are left to it), read up to `limit` events after the oldest of them below the horizon,
+/// apply to each projection the events of its types past its own checkpoint, move every
+/// checkpoint, commit.
+pub async fn run_pass(
+    pool: &PgPool,
+    log: &EventLog,
+    projections: &[&dyn Projection],
+    limit: i64,
+) -> anyhow::Result<Batch> {
+    let names: Vec<&str> = projections.iter().map(|p| p.name()).collect();
     let mut tx = pool.begin().await?;
-    // The horizon comes from this statement's snapshot, taken before the row lock gives this
+    // The horizon comes from this statement's snapshot, taken before the row locks give this
     // transaction an id of its own.
-    let locked = sqlx::query(&format!(
-        "SELECT {HORIZON} AS horizon,
+    let rows = sqlx::query(&format!(
+        "SELECT {HORIZON} AS horizon, projection,
                 transaction_id::text::bigint AS transaction_id, global_position
-         FROM projection_checkpoints WHERE projection = $1 FOR UPDATE SKIP LOCKED",
+         FROM projection_checkpoints WHERE projection = ANY($1) FOR UPDATE SKIP LOCKED",
     ))
-    .bind(projection.name())
-    .fetch_optional(&mut *tx)
+    .bind(&names)
+    .fetch_all(&mut *tx)
     .await?;
-    let Some(row) = locked else {
+    if rows.is_empty() {
         tx.rollback().await?;
-        return Ok(Batch::Elsewhere(checkpoint(pool, projection.name()).await?));
-    };
-    let horizon: i64 = row.try_get("horizon")?;
-    let start = Position::from_row(&row)?;
-    let events = log
-        .after(&mut tx, projection.aggregate_types(), start, horizon, limit)
-        .await?;
-    let mut at = start;
-    for stored in &events {
-        if let Some(event) = projected(stored)? {
-            projection.apply(&mut tx, &event).await?;
+        return Ok(Batch::Elsewhere(checkpoints(pool, &names).await?));
+    }
+    let horizon: i64 = rows[0].try_get("horizon")?;
+    // Each projection's checkpoint; `None` for those held elsewhere.
+    let mut locked: Vec<Option<Position>> = vec![None; projections.len()];
+    for row in &rows {
+        let name: String = row.try_get("projection")?;
+        if let Some(index) = names.iter().position(|n| *n == name) {
+            locked[index] = Some(Position::from_row(row)?);
         }
-        at = stored.position;
     }
-    // A batch that was not cut by the limit has seen every event of its types below the
-    // horizon, so the checkpoint may pass all of them, whatever their type.
-    if (events.len() as i64) < limit {
-        at = at.max(Position::below(horizon));
+    let start = locked.iter().flatten().min().copied().unwrap_or_default();
+    let mut types: Vec<&str> = projections
+        .iter()
+        .zip(&locked)
+        .filter(|(_, at)| at.is_some())
+        .flat_map(|(p, _)| p.aggregate_types().iter().copied())
+        .collect();
+    types.sort_unstable();
+    types.dedup();
+    let stored = log.after(&mut tx, &types, start, horizon, limit).await?;
+    let mut events = Vec::with_capacity(stored.len());
+    for event in &stored {
+        if let Some(projected) = projected(event)? {
+            events.push((
+                event.position,
+                event.event.aggregate_type.as_str(),
+                projected,
+            ));
+        }
     }
-    if at != start {
+    // A batch not cut by the limit has seen every event of its types below the horizon, so
+    // the checkpoints may pass all of them, whatever their type.
+    let end = match stored.last() {
+        Some(last) if (stored.len() as i64) == limit => last.position,
+        Some(last) => last.position.max(Position::below(horizon)),
+        None => Position::below(horizon),
+    };
+    let mut moved = Vec::new();
+    for (projection, at) in projections.iter().zip(&mut locked) {
+        let Some(from) = *at else { continue };
+        apply(&mut tx, *projection, from, &events).await?;
+        if end > from {
+            moved.push((projection.name(), end));
+            *at = Some(end);
+        }
+    }
+    if !moved.is_empty() {
+        let (moved_names, (transactions, globals)): (Vec<&str>, (Vec<String>, Vec<i64>)) = moved
+            .iter()
+            .map(|(name, at)| (*name, (at.transaction_id.to_string(), at.global_position)))
+            .unzip();
         sqlx::query(
-            "UPDATE projection_checkpoints
-             SET transaction_id = $2::text::xid8, global_position = $3, updated_at = now()
-             WHERE projection = $1",
+            "UPDATE projection_checkpoints AS c
+             SET transaction_id = m.transaction_id::xid8, global_position = m.global_position,
+                 updated_at = now()
+             FROM unnest($1::text[], $2::text[], $3::bigint[])
+                  AS m(projection, transaction_id, global_position)
+             WHERE c.projection = m.projection",
         )
-        .bind(projection.name())
-        .bind(at.transaction_id.to_string())
-        .bind(at.global_position)
+        .bind(&moved_names)
+        .bind(&transactions)
+        .bind(&globals)
         .execute(&mut *tx)
         .await?;
     }
     tx.commit().await?;
-    Ok(Batch::Applied(events.len(), at))
+    if locked.iter().all(Option::is_some) {
+        return Ok(Batch::Applied(
+            stored.len(),
+            locked.into_iter().flatten().collect(),
+        ));
+    }
+    let elsewhere = checkpoints(pool, &names).await?;
+    let positions = locked
+        .into_iter()
+        .zip(elsewhere)
+        .map(|(mine, theirs)| mine.unwrap_or(theirs))
+        .collect();
+    Ok(Batch::Partly(stored.len(), positions))
+}
+
+/// Hands `projection` the events of its types past its checkpoint `from`.
+async fn apply(
+    conn: &mut PgConnection,
+    projection: &dyn Projection,
+    from: Position,
+    events: &[(Position, &str, ProjectedEvent)],
+) -> anyhow::Result<()> {
+    let types = projection.aggregate_types();
+    let mine: Vec<&ProjectedEvent> = events
+        .iter()
+        .filter(|(at, aggregate_type, _)| *at > from && types.contains(aggregate_type))
+        .map(|(_, _, event)| event)
+        .collect();
+    if !mine.is_empty() {
+        projection.apply_all(conn, &mine).await?;
+    }
+    Ok(())
 }
 
 /// Brings every projection in `projections` up to the end of the log, all at once, and returns
@@ -283,17 +410,37 @@ pub(crate) async fn catch_up(
     projections: &[Box<dyn Projection>],
 ) -> anyhow::Result<()> {
     const LIMIT: i64 = 5_000;
-    let lanes = projections.iter().map(|projection| async move {
-        loop {
-            match run_batch(pool, log, projection.as_ref(), LIMIT).await? {
-                Batch::Applied(n, _) if (n as i64) < LIMIT => return Ok::<_, anyhow::Error>(()),
-                Batch::Applied(..) => {}
-                Batch::Elsewhere(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+    let all: Vec<&dyn Projection> = projections.iter().map(AsRef::as_ref).collect();
+    loop {
+        match run_pass(pool, log, &all, LIMIT).await? {
+            Batch::Applied(n, _) if (n as i64) < LIMIT => return Ok(()),
+            Batch::Applied(..) => {}
+            Batch::Partly(..) | Batch::Elsewhere(_) => {
+                tokio::time::sleep(Duration::from_millis(50)).await
             }
         }
-    });
-    futures::future::try_join_all(lanes).await?;
-    Ok(())
+    }
+}
+
+/// Where the checkpoints of `names` stand, in that order, read without locking them.
+async fn checkpoints(pool: &PgPool, names: &[&str]) -> anyhow::Result<Vec<Position>> {
+    let rows = sqlx::query(
+        "SELECT projection, transaction_id::text::bigint AS transaction_id, global_position
+         FROM projection_checkpoints WHERE projection = ANY($1)",
+    )
+    .bind(names)
+    .fetch_all(pool)
+    .await?;
+    names
+        .iter()
+        .map(|name| {
+            let row = rows
+                .iter()
+                .find(|row| row.try_get::<&str, _>("projection").ok() == Some(*name))
+                .ok_or_else(|| anyhow::anyhow!("projection {name} has no checkpoint"))?;
+            Ok(Position::from_row(row)?)
+        })
+        .collect()
 }
 
 /// Where a projection's checkpoint stands, read without locking it.

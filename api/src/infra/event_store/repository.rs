@@ -1,11 +1,17 @@
 //! postgres-es's repository, wrapped so that every event passes through the codec, and the
-//! command side of one aggregate type built on it.
+//! command side of one aggregate type built on it, loading aggregates through a cache.
 
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cqrs_es::persist::EventStoreAggregateContext;
 use cqrs_es::persist::{
     PersistedEventRepository, PersistedEventStore, PersistenceError, ReplayStream, SerializedEvent,
     SerializedSnapshot,
 };
-use cqrs_es::{Aggregate, CqrsFramework};
+use cqrs_es::{Aggregate, AggregateError, CqrsFramework, EventEnvelope, EventStore};
 use postgres_es::PostgresEventRepository;
 use serde_json::Value;
 use sqlx::PgPool;
@@ -13,21 +19,213 @@ use sqlx::PgPool;
 use super::codec::EventCodec;
 
 /// A tenant's command side for one aggregate type.
-pub type Cqrs<A> = CqrsFramework<A, PersistedEventStore<CustosEventRepository, A>>;
+pub type Cqrs<A> = CqrsFramework<A, CachedEventStore<A>>;
+
+/// How many aggregates a tenant keeps in memory, of all types together.
+const CACHED_AGGREGATES: usize = 1_024;
+/// How long a cached aggregate is used. Past this, its stream is read again: a subject erased
+/// through another instance of the service leaves no values in this one's memory for longer.
+const FRESH_FOR: Duration = Duration::from_secs(60);
+
+/// An aggregate as it stood after its last commit in this process.
+struct Cached {
+    aggregate: Value,
+    sequence: usize,
+    at: Instant,
+}
+
+type Entries = lru::LruCache<(&'static str, String), Cached>;
+
+/// A tenant's aggregates as this process last wrote them, so that loading one reads only the
+/// events appended since (by another instance) instead of its whole stream. Kept in memory
+/// only: stored snapshots would hold personal data in clear. Checked against the stream on
+/// every load, bounded (least recently used first out) and short-lived (see [`FRESH_FOR`]). It
+/// lives as long as the tenant's open context, so a restored or moved database never meets an
+/// aggregate cached from another.
+pub struct AggregateCache(Mutex<Entries>);
+
+impl Default for AggregateCache {
+    fn default() -> Self {
+        Self(Mutex::new(lru::LruCache::new(
+            NonZeroUsize::new(CACHED_AGGREGATES).expect("the capacity is not zero"),
+        )))
+    }
+}
+
+impl AggregateCache {
+    fn entries(&self) -> std::sync::MutexGuard<'_, Entries> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The cached state of an aggregate and its version, while fresh.
+    fn get(&self, aggregate_type: &'static str, id: &str) -> Option<(Value, usize)> {
+        let mut entries = self.entries();
+        let key = (aggregate_type, id.to_owned());
+        match entries.get(&key) {
+            Some(cached) if cached.at.elapsed() < FRESH_FOR => {
+                Some((cached.aggregate.clone(), cached.sequence))
+            }
+            Some(_) => {
+                entries.pop(&key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn put(&self, aggregate_type: &'static str, id: String, aggregate: Value, sequence: usize) {
+        self.entries().put(
+            (aggregate_type, id),
+            Cached {
+                aggregate,
+                sequence,
+                at: Instant::now(),
+            },
+        );
+    }
+
+    fn forget(&self, aggregate_type: &'static str, id: &str) {
+        self.entries().pop(&(aggregate_type, id.to_owned()));
+    }
+}
+
+/// cqrs-es's event store on [`CustosEventRepository`], loading an aggregate from the tenant's
+/// [`AggregateCache`] and the events written after the cached version (the whole stream on a
+/// miss), and caching the state each commit leaves.
+pub struct CachedEventStore<A: Aggregate> {
+    store: PersistedEventStore<CustosEventRepository, A>,
+    repository: CustosEventRepository,
+    cache: Arc<AggregateCache>,
+}
+
+impl<A: Aggregate> CachedEventStore<A> {
+    pub fn new(pool: PgPool, codec: EventCodec, cache: Arc<AggregateCache>) -> Self {
+        Self {
+            store: PersistedEventStore::new_event_store(CustosEventRepository::new(
+                pool.clone(),
+                codec.clone(),
+            )),
+            repository: CustosEventRepository::new(pool, codec),
+            cache,
+        }
+    }
+}
+
+impl<A: Aggregate> EventStore<A> for CachedEventStore<A> {
+    type AC = EventStoreAggregateContext<A>;
+
+    async fn load_events(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<Vec<EventEnvelope<A>>, AggregateError<A::Error>> {
+        self.store.load_events(aggregate_id).await
+    }
+
+    async fn load_aggregate(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<Self::AC, AggregateError<A::Error>> {
+        let cached = self
+            .cache
+            .get(A::TYPE, aggregate_id)
+            .and_then(|(state, sequence)| {
+                Some((serde_json::from_value::<A>(state).ok()?, sequence))
+            });
+        let Some((aggregate, sequence)) = cached else {
+            return self.store.load_aggregate(aggregate_id).await;
+        };
+        let mut context = EventStoreAggregateContext {
+            aggregate_id: aggregate_id.to_owned(),
+            aggregate,
+            current_sequence: sequence,
+            current_snapshot: None,
+        };
+        for event in self
+            .repository
+            .events_after(A::TYPE, aggregate_id, sequence)
+            .await?
+        {
+            let envelope = EventEnvelope::<A>::try_from(event)?;
+            context.current_sequence = envelope.sequence;
+            context.aggregate.apply(envelope.payload);
+        }
+        Ok(context)
+    }
+
+    async fn commit(
+        &self,
+        events: Vec<A::Event>,
+        context: Self::AC,
+        metadata: HashMap<String, String>,
+    ) -> Result<Vec<EventEnvelope<A>>, AggregateError<A::Error>> {
+        // cqrs-es applied the new events to the context's aggregate as the command emitted
+        // them: it is the state this commit leaves.
+        let id = context.aggregate_id.clone();
+        let sequence = context.current_sequence + events.len();
+        let state = serde_json::to_value(&context.aggregate);
+        let committed = self.store.commit(events, context, metadata).await;
+        match (&committed, state) {
+            (Ok(_), Ok(state)) => self.cache.put(A::TYPE, id, state, sequence),
+            // Another writer won the race (or the write failed): read the stream next time.
+            _ => self.cache.forget(A::TYPE, &id),
+        }
+        committed
+    }
+}
 
 /// postgres-es's `PostgresEventRepository`, wrapped so that every event passes through the
-/// codec. Snapshots are not enabled (they would hold personal data in clear).
-pub struct CustosEventRepository {
+/// codec. Snapshots are not stored (they would hold personal data in clear): see
+/// [`AggregateCache`].
+pub(crate) struct CustosEventRepository {
     inner: PostgresEventRepository,
+    pool: PgPool,
     codec: EventCodec,
 }
 
 impl CustosEventRepository {
-    pub fn new(pool: PgPool, codec: EventCodec) -> Self {
+    pub(crate) fn new(pool: PgPool, codec: EventCodec) -> Self {
         Self {
-            inner: PostgresEventRepository::new(pool),
+            inner: PostgresEventRepository::new(pool.clone()),
+            pool,
             codec,
         }
+    }
+
+    /// The events of a stream after `sequence`, opened. (postgres-es's `get_last_events` writes
+    /// the sequence into its SQL, which would prepare a new statement for every version.)
+    async fn events_after(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        sequence: usize,
+    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
+        let rows: Vec<(String, i64, String, String, Value, Value)> = sqlx::query_as(
+            "SELECT aggregate_id, sequence, event_type, event_version, payload, metadata
+             FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3
+             ORDER BY sequence",
+        )
+        .bind(aggregate_type)
+        .bind(aggregate_id)
+        .bind(i64::try_from(sequence).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|err| PersistenceError::ConnectionError(Box::new(err)))?;
+        let mut events = Vec::with_capacity(rows.len());
+        for (id, sequence, event_type, event_version, payload, metadata) in rows {
+            events.push(SerializedEvent::new(
+                id,
+                usize::try_from(sequence)
+                    .map_err(|err| PersistenceError::UnknownError(Box::new(err)))?,
+                aggregate_type.to_owned(),
+                event_type,
+                event_version,
+                payload,
+                metadata,
+            ));
+        }
+        self.open_all(events).await
     }
 
     async fn open_all(

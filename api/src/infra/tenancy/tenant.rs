@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cqrs_es::persist::PersistedEventStore;
 use cqrs_es::{Aggregate, CqrsFramework};
 use custos_domain::{
     ApiToken, Consents, DataExport, FieldSchema, Incident, Organization, Record, RetentionPolicy,
@@ -20,7 +19,7 @@ use crate::config::Region;
 use crate::infra::blind_index::{BlindIndex, BlindIndexProjection};
 use crate::infra::event_store::codec::EventCodec;
 use crate::infra::event_store::log::EventLog;
-use crate::infra::event_store::repository::{Cqrs, CustosEventRepository};
+use crate::infra::event_store::repository::{AggregateCache, CachedEventStore, Cqrs};
 use crate::infra::integrity::audit_keys::AuditKeys;
 use crate::infra::integrity::tree_head::verifying_key;
 use crate::infra::keys::MasterKey;
@@ -203,6 +202,7 @@ impl Tenant {
             read_models: projections,
         } = Reading::new(&pool, master_key, row.id);
         let projectors = Projectors::spawn(row.id, pool.clone(), log.clone(), projections);
+        let cache = Arc::new(AggregateCache::default());
         Ok(Self {
             id: row.id,
             slug: row.slug.clone(),
@@ -211,17 +211,17 @@ impl Tenant {
                 .region
                 .parse()
                 .map_err(|()| anyhow::anyhow!("unknown region"))?,
-            records: framework(&pool, &codec, &projectors, Some(changes)),
-            users: framework(&pool, &codec, &projectors, Some(changes)),
-            roles: framework(&pool, &codec, &projectors, Some(changes)),
-            organization: framework(&pool, &codec, &projectors, None),
-            api_tokens: framework(&pool, &codec, &projectors, None),
-            field_schemas: framework(&pool, &codec, &projectors, None),
-            exports: framework(&pool, &codec, &projectors, None),
-            consents: framework(&pool, &codec, &projectors, None),
-            retention: framework(&pool, &codec, &projectors, None),
-            incidents: framework(&pool, &codec, &projectors, None),
-            webhooks: framework(&pool, &codec, &projectors, Some(changes)),
+            records: framework(&pool, &codec, &cache, &projectors, Some(changes)),
+            users: framework(&pool, &codec, &cache, &projectors, Some(changes)),
+            roles: framework(&pool, &codec, &cache, &projectors, Some(changes)),
+            organization: framework(&pool, &codec, &cache, &projectors, None),
+            api_tokens: framework(&pool, &codec, &cache, &projectors, None),
+            field_schemas: framework(&pool, &codec, &cache, &projectors, None),
+            exports: framework(&pool, &codec, &cache, &projectors, None),
+            consents: framework(&pool, &codec, &cache, &projectors, None),
+            retention: framework(&pool, &codec, &cache, &projectors, None),
+            incidents: framework(&pool, &codec, &cache, &projectors, None),
+            webhooks: framework(&pool, &codec, &cache, &projectors, Some(changes)),
             subject_keys,
             blind_index,
             two_factor_key: two_factor_key(master_key, row.id),
@@ -244,7 +244,8 @@ impl Tenant {
     /// privacy`, which measures sealing's cost in a scratch tenant.
     pub fn unsealed_records(&self) -> Cqrs<Record> {
         let codec = EventCodec::unsealed(self.subject_keys.clone());
-        framework(&self.pool, &codec, &self.projectors, None)
+        let cache = Arc::new(AggregateCache::default());
+        framework(&self.pool, &codec, &cache, &self.projectors, None)
     }
 
     pub(crate) fn touch(&self) {
@@ -292,11 +293,13 @@ impl Tenant {
     }
 }
 
-/// The command side of one aggregate type in a tenant database; its commits wake the
-/// projectors that read that type, and `changes` (the webhook worker) when given.
+/// The command side of one aggregate type in a tenant database, loading aggregates through the
+/// tenant's cache; its commits wake the projectors that read that type, and `changes` (the
+/// webhook worker) when given.
 fn framework<A>(
     pool: &PgPool,
     codec: &EventCodec,
+    cache: &Arc<AggregateCache>,
     projectors: &Projectors,
     changes: Option<&Arc<tokio::sync::Notify>>,
 ) -> Cqrs<A>
@@ -308,10 +311,7 @@ where
         waker = waker.and(changes.clone());
     }
     CqrsFramework::new(
-        PersistedEventStore::new_event_store(CustosEventRepository::new(
-            pool.clone(),
-            codec.clone(),
-        )),
+        CachedEventStore::new(pool.clone(), codec.clone(), cache.clone()),
         vec![Box::new(waker)],
         (),
     )
