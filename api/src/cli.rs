@@ -7,6 +7,7 @@ use crate::telemetry::LogFormat;
 mod args;
 mod backup;
 mod migrate;
+mod projections;
 mod retention;
 mod serve;
 mod tenant;
@@ -37,6 +38,9 @@ enum Command {
     /// Manage tenants (organisations).
     #[command(subcommand)]
     Tenant(args::TenantCommand),
+    /// Read models: where each organisation's projections stand.
+    #[command(subcommand)]
+    Projections(args::ProjectionsCommand),
     /// Data retention.
     #[command(subcommand)]
     Retention(args::RetentionCommand),
@@ -84,6 +88,9 @@ impl Cli {
                 tenant::purge(args).await.map(|()| true)
             }
             Command::Tenant(command) => tenant::lifecycle(command).await.map(|()| true),
+            Command::Projections(args::ProjectionsCommand::Status(args)) => {
+                projections::status(args).await.map(|()| true)
+            }
             Command::Retention(args::RetentionCommand::Run(args)) => {
                 retention::run(args).await.map(|()| true)
             }

@@ -245,10 +245,21 @@ async fn a_new_user_creates_a_tenant_serves_and_logs_in() {
             .output()
             .unwrap()
     };
+    // So does the read models' status.
+    let status = || {
+        Command::new(custos())
+            .args(["projections", "status", "--tenant", "cli-org", "--data-dir"])
+            .arg(dir.path())
+            .env_remove("DATABASE_URL")
+            .output()
+            .unwrap()
+    };
     let running = verify();
+    let running_status = status();
     stop(child);
     // ...and without it (starting the cluster itself).
     let stopped = verify();
+    let stopped_status = status();
     for output in [&running, &stopped] {
         let printed = String::from_utf8_lossy(&output.stdout);
         assert!(
@@ -257,6 +268,24 @@ async fn a_new_user_creates_a_tenant_serves_and_logs_in() {
             String::from_utf8_lossy(&output.stderr)
         );
     }
+    for output in [&running_status, &stopped_status] {
+        let printed = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success()
+                && printed.contains("cli-org: 13 read models")
+                && ["records", "audit_log", "users", "webhooks"]
+                    .iter()
+                    .all(|name| printed.contains(&format!("  {name} "))),
+            "{printed} {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    // Every change above waited for its read models, and nothing wrote since.
+    let printed = String::from_utf8_lossy(&stopped_status.stdout);
+    assert!(
+        printed.contains("cli-org: 13 read models, all up to date"),
+        "{printed}"
+    );
 
     assert!(login["data"]["login"]["token"].is_string(), "{login}");
     assert!(
@@ -491,6 +520,7 @@ fn help_is_available_for_every_command() {
         vec!["tenant", "create", "--help"],
         vec!["retention", "run", "--help"],
         vec!["verify", "--help"],
+        vec!["projections", "status", "--help"],
     ] {
         let output = Command::new(custos()).args(&args).output().unwrap();
         assert!(output.status.success(), "{args:?}");

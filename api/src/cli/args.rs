@@ -401,6 +401,23 @@ pub(crate) struct VerifyProofArgs {
 }
 
 #[derive(Debug, Subcommand)]
+pub(crate) enum ProjectionsCommand {
+    /// Where each read model of every organisation (or one) stands: the last event it applied,
+    /// when, and how many events of its kinds are not applied yet and how old the oldest is.
+    /// Works beside a running service.
+    Status(ProjectionsStatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ProjectionsStatusArgs {
+    #[command(flatten)]
+    pub(crate) common: CommonArgs,
+    /// Only this organisation (its slug).
+    #[arg(long)]
+    pub(crate) tenant: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
 pub(crate) enum RetentionCommand {
     /// Run every organisation's retention policies now (or one organisation's), print what
     /// was erased, and exit.

@@ -443,6 +443,48 @@ async fn checkpoints(pool: &PgPool, names: &[&str]) -> anyhow::Result<Vec<Positi
         .collect()
 }
 
+/// Where one read model stands.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Standing {
+    pub name: &'static str,
+    /// When its checkpoint last moved.
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+    /// Events of its kinds written after its checkpoint, and when the oldest of them was.
+    pub behind: i64,
+    pub oldest_behind: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Where each of `projections` stands in the database of `conn`, read without locking.
+pub(crate) async fn standings(
+    conn: &mut PgConnection,
+    projections: &[Box<dyn Projection>],
+) -> anyhow::Result<Vec<Standing>> {
+    let mut standings = Vec::with_capacity(projections.len());
+    for projection in projections {
+        let row = sqlx::query(
+            "SELECT c.updated_at, b.behind, b.oldest
+             FROM projection_checkpoints AS c
+             CROSS JOIN LATERAL (
+                 SELECT count(*) AS behind, min(e.recorded_at) AS oldest FROM events AS e
+                 WHERE e.aggregate_type = ANY($2)
+                   AND (e.transaction_id, e.global_position) > (c.transaction_id, c.global_position)
+             ) AS b
+             WHERE c.projection = $1",
+        )
+        .bind(projection.name())
+        .bind(projection.aggregate_types())
+        .fetch_one(&mut *conn)
+        .await?;
+        standings.push(Standing {
+            name: projection.name(),
+            updated_at: row.try_get("updated_at")?,
+            behind: row.try_get("behind")?,
+            oldest_behind: row.try_get("oldest")?,
+        });
+    }
+    Ok(standings)
+}
+
 /// Where a projection's checkpoint stands, read without locking it.
 pub async fn checkpoint(pool: &PgPool, projection: &str) -> anyhow::Result<Position> {
     let row = sqlx::query(

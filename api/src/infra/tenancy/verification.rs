@@ -39,6 +39,36 @@ pub(crate) struct Verified {
     pub report: Report,
 }
 
+/// The organisations of the default server's catalog (or the one with the slug `only`), oldest
+/// first, each with superuser options for its own server (its region's, or the default one).
+pub(crate) async fn organisation_servers(
+    server: &PgConnectOptions,
+    catalog: &str,
+    regions: &HashMap<Region, PgConnectOptions>,
+    only: Option<&str>,
+) -> anyhow::Result<Vec<(TenantRow, Option<PgConnectOptions>)>> {
+    let mut conn = PgConnection::connect_with(&server.clone().database(catalog)).await?;
+    let tenants = list_tenants(&mut conn).await?;
+    conn.close().await?;
+    if let Some(slug) = only {
+        if !tenants.iter().any(|t| t.slug == *slug) {
+            anyhow::bail!("no organisation has the slug `{slug}`");
+        }
+    }
+    Ok(tenants
+        .into_iter()
+        .filter(|row| only.is_none_or(|slug| slug == row.slug))
+        .map(|row| {
+            let own_server = row
+                .region
+                .parse::<Region>()
+                .ok()
+                .and_then(|region| regions.get(&region).cloned());
+            (row, own_server)
+        })
+        .collect())
+}
+
 /// Verifies every organisation of the scope (or the one with the slug `only`, checked against
 /// the witness file `witness` when given), oldest first.
 pub(crate) async fn verify_organisations(
@@ -46,25 +76,9 @@ pub(crate) async fn verify_organisations(
     only: Option<&str>,
     witness: Option<&Path>,
 ) -> anyhow::Result<Vec<Verified>> {
-    let mut catalog =
-        PgConnection::connect_with(&scope.server.clone().database(scope.catalog)).await?;
-    let tenants = list_tenants(&mut catalog).await?;
-    catalog.close().await?;
-    if let Some(slug) = only {
-        if !tenants.iter().any(|t| t.slug == *slug) {
-            anyhow::bail!("no organisation has the slug `{slug}`");
-        }
-    }
+    let tenants = organisation_servers(scope.server, scope.catalog, scope.regions, only).await?;
     let mut verified = Vec::new();
-    for row in tenants {
-        if only.is_some_and(|slug| slug != row.slug) {
-            continue;
-        }
-        let own_server = row
-            .region
-            .parse::<Region>()
-            .ok()
-            .and_then(|region| scope.regions.get(&region).cloned());
+    for (row, own_server) in tenants {
         if scope.default_server_only && own_server.is_some() {
             continue;
         }

@@ -1,0 +1,90 @@
+//! `custos projections status`: where each read model of every organisation (or one) stands.
+//! Works beside a running service, starting no cluster of its own then.
+
+use sqlx::{Connection, PgConnection};
+
+use super::args::ProjectionsStatusArgs;
+use crate::infra::database::Database;
+use crate::infra::projector::{standings, Standing};
+use crate::infra::tenancy::verification::organisation_servers;
+
+/// Prints, per organisation, each read model's standing.
+pub(crate) async fn status(args: ProjectionsStatusArgs) -> anyhow::Result<()> {
+    let config = args.common.config()?;
+    let database = Database::open_or_attach(&config).await?;
+    let result = async {
+        let organisations = organisation_servers(
+            &database.options,
+            &config.catalog_database,
+            &config.regions,
+            args.tenant.as_deref(),
+        )
+        .await?;
+        let now = chrono::Utc::now();
+        for (row, own_server) in organisations {
+            let server = own_server.unwrap_or_else(|| database.options.clone());
+            let mut conn = PgConnection::connect_with(&server.database(&row.database_name)).await?;
+            let read_models = standings(&mut conn, &custos_projections::all()).await?;
+            conn.close().await?;
+            let behind: i64 = read_models.iter().map(|r| r.behind).sum();
+            println!(
+                "{}: {} read models, {}",
+                row.slug,
+                read_models.len(),
+                if behind == 0 {
+                    "all up to date".to_owned()
+                } else {
+                    format!("{behind} event(s) not applied yet")
+                }
+            );
+            for read_model in &read_models {
+                println!("  {}", line(read_model, now));
+            }
+        }
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    database.stop().await?;
+    result
+}
+
+/// `name  moved <time>  up to date` or `… N behind, the oldest written S s ago`.
+fn line(read_model: &Standing, now: chrono::DateTime<chrono::Utc>) -> String {
+    let state = match read_model.oldest_behind {
+        Some(oldest) if read_model.behind > 0 => format!(
+            "{} event(s) behind, the oldest written {:.1} s ago",
+            read_model.behind,
+            (now - oldest).num_milliseconds().max(0) as f64 / 1000.0
+        ),
+        _ => "up to date".to_owned(),
+    };
+    format!(
+        "{:<20} checkpoint moved {}  {state}",
+        read_model.name,
+        read_model.updated_at.format("%Y-%m-%d %H:%M:%S UTC")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_says_how_far_behind_a_read_model_is() {
+        let now = chrono::Utc::now();
+        let mut standing = Standing {
+            name: "records",
+            updated_at: now,
+            behind: 0,
+            oldest_behind: None,
+        };
+        assert!(line(&standing, now).ends_with("up to date"));
+        standing.behind = 3;
+        standing.oldest_behind = Some(now - chrono::Duration::milliseconds(2_500));
+        assert!(
+            line(&standing, now).ends_with("3 event(s) behind, the oldest written 2.5 s ago"),
+            "{}",
+            line(&standing, now)
+        );
+    }
+}
