@@ -70,6 +70,71 @@ pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// The heading of the table in docs/performance.md that holds the last recorded foundation
+/// figures, in the rows `custos-bench` prints.
+const LAST_RECORDED: &str = "## Latest foundation figures";
+
+/// The last recorded foundation figures, by measure: the rows of the table under
+/// [`LAST_RECORDED`] in docs/performance.md (none when the file is not there, e.g. the binary
+/// was copied elsewhere).
+pub(crate) fn last_recorded() -> Vec<(String, String)> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/performance.md");
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
+    text.split(LAST_RECORDED)
+        .nth(1)
+        .into_iter()
+        .flat_map(|section| section.lines().skip(1))
+        .take_while(|line| !line.starts_with("## "))
+        .filter_map(cells)
+        .collect()
+}
+
+/// The measure and value of a Markdown table row `| measure | value | ... |`.
+fn cells(row: &str) -> Option<(String, String)> {
+    let mut cells = row.trim().strip_prefix('|')?.split(" | ");
+    let measure = cells.next()?.trim().to_owned();
+    let value = cells.next()?.trim().trim_end_matches('|').trim().to_owned();
+    (!measure.is_empty() && measure != "measure" && !measure.starts_with("---"))
+        .then_some((measure, value))
+}
+
+/// The first number in a value (`553 mutations/s`, `10.5 s (956/s)`, `4.78 ms / 15.07 ms`).
+fn first_number(value: &str) -> Option<f64> {
+    let start = value.find(|c: char| c.is_ascii_digit())?;
+    let number: String = value[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    number.parse().ok()
+}
+
+/// `rows` (each `| measure | value |`) as a Markdown table with the value last recorded for
+/// the same measure and the ratio now / then of their first numbers.
+pub(crate) fn compared(rows: &[String], recorded: &[(String, String)]) -> String {
+    let mut table =
+        String::from("| measure | value | last recorded | now / then |\n|---|---|---|---|\n");
+    for row in rows {
+        let Some((measure, value)) = cells(row) else {
+            continue;
+        };
+        let then = recorded
+            .iter()
+            .find(|(m, _)| *m == measure)
+            .map(|(_, v)| v.as_str());
+        let ratio = match (first_number(&value), then.and_then(first_number)) {
+            (Some(now), Some(then)) if then > 0.0 => format!("{:.2}", now / then),
+            _ => String::new(),
+        };
+        table.push_str(&format!(
+            "| {measure} | {value} | {} | {ratio} |\n",
+            then.unwrap_or("")
+        ));
+    }
+    table
+}
+
 /// Where a benchmark's cluster lives: `--data-dir`, or a fresh temporary directory (kept
 /// while the returned guard lives; readable by the unprivileged cluster user).
 pub(crate) fn data_dir(args: &BenchArgs) -> anyhow::Result<(Option<tempfile::TempDir>, PathBuf)> {
@@ -168,4 +233,40 @@ pub(crate) async fn bench_tenant(
         tenant,
         EventMetadata::new(Actor::User(user), Uuid::now_v7()),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_figure_is_shown_beside_the_last_recorded_one() {
+        let recorded = vec![
+            ("(b) updates".to_owned(), "500 mutations/s".to_owned()),
+            ("seeding".to_owned(), "10.0 s (1000/s)".to_owned()),
+        ];
+        let rows = [
+            "| (b) updates | 550 mutations/s |".to_owned(),
+            "| seeding | 12.5 s (800/s) |".to_owned(),
+            "| (z) new | 7 ms |".to_owned(),
+        ];
+        assert_eq!(
+            compared(&rows, &recorded),
+            "| measure | value | last recorded | now / then |\n|---|---|---|---|\n\
+             | (b) updates | 550 mutations/s | 500 mutations/s | 1.10 |\n\
+             | seeding | 12.5 s (800/s) | 10.0 s (1000/s) | 1.25 |\n\
+             | (z) new | 7 ms |  |  |\n"
+        );
+    }
+
+    #[test]
+    fn the_docs_hold_the_last_recorded_foundation_figures() {
+        let recorded = last_recorded();
+        assert!(
+            recorded
+                .iter()
+                .any(|(measure, _)| measure.starts_with("(b) `updateEmployee`")),
+            "{recorded:?}"
+        );
+    }
 }

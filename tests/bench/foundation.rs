@@ -17,7 +17,9 @@ use uuid::Uuid;
 use custos_api::testing::run_command;
 use custos_api::{Application, Config, DatabaseConfig};
 
-use crate::common::{data_dir, graphql, ms, percentile, sign_up, BenchArgs};
+use crate::common::{
+    compared, data_dir, graphql, last_recorded, ms, percentile, sign_up, BenchArgs,
+};
 
 /// Records per client in the spread variant of phase (b).
 const SPREAD: usize = 64;
@@ -370,46 +372,46 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         args.clients, args.seconds, args.employees, args.reads
     );
     println!();
-    println!("| measure | value |");
-    println!("|---|---|");
-    println!("| (a) raw single-row INSERT into an events-shaped table, {} connections | {raw_rate:.0} tx/s |", args.clients);
-    println!("| (b) `updateEmployee` over HTTP, {} clients, each on {SPREAD} records of its own | {spread_rate:.0} mutations/s |", args.clients);
-    println!("| (b)/(a) | {:.3} |", spread_rate / raw_rate);
-    println!("| (b, hot) the same, each client on a single record (its stream grows by one event per request) | {hot_rate:.0} mutations/s |");
-    println!("| (b, hot)/(a) | {:.3} |", hot_rate / raw_rate);
-    println!("| (d) `{{ me {{ id }} }}` over HTTP, {} clients: HTTP, authentication and GraphQL alone | {me_rate:.0} requests/s |", args.clients);
-    println!("| (e) the (b) updates in process, no HTTP, each waiting for its projection | {command_rate:.0} commands/s |");
-    println!("| (e)/(a) | {:.3} |", command_rate / raw_rate);
-    println!(
+    let mut rows: Vec<String> = Vec::new();
+    rows.push(format!("| (a) raw single-row INSERT into an events-shaped table, {} connections | {raw_rate:.0} tx/s |", args.clients));
+    rows.push(format!("| (b) `updateEmployee` over HTTP, {} clients, each on {SPREAD} records of its own | {spread_rate:.0} mutations/s |", args.clients));
+    rows.push(format!("| (b)/(a) | {:.3} |", spread_rate / raw_rate));
+    rows.push(format!("| (b, hot) the same, each client on a single record (its stream grows by one event per request) | {hot_rate:.0} mutations/s |"));
+    rows.push(format!("| (b, hot)/(a) | {:.3} |", hot_rate / raw_rate));
+    rows.push(format!("| (d) `{{ me {{ id }} }}` over HTTP, {} clients: HTTP, authentication and GraphQL alone | {me_rate:.0} requests/s |", args.clients));
+    rows.push(format!("| (e) the (b) updates in process, no HTTP, each waiting for its projection | {command_rate:.0} commands/s |"));
+    rows.push(format!("| (e)/(a) | {:.3} |", command_rate / raw_rate));
+    rows.push(format!(
         "| seeding {} employees through the command side, until projected | {:.1} s ({:.0}/s) |",
         args.employees,
         seeded_in.as_secs_f64(),
         args.employees as f64 / seeded_in.as_secs_f64()
-    );
-    println!(
+    ));
+    rows.push(format!(
         "| (c) `employees(first: 50)` p50, one client | {:.2} ms |",
         ms(percentile(&latencies, 0.50))
-    );
-    println!(
+    ));
+    rows.push(format!(
         "| (c) `employees(first: 50)` p99, one client | {:.2} ms |",
         ms(percentile(&latencies, 0.99))
-    );
-    println!(
+    ));
+    rows.push(format!(
         "| (c) autovacuum or autoanalyze of `records` finished while (c) ran | {} |",
         if autovacuum_during_list { "yes" } else { "no" }
-    );
-    println!(
+    ));
+    rows.push(format!(
         "| (f) logins/s, {} clients on accounts of their own (argon2id m=19456 KiB, t=2, p=1; {hash_concurrency} hash(es) at a time) | {login_rate:.1} logins/s |",
         args.clients
-    );
-    println!(
+    ));
+    rows.push(format!(
         "| (g) `employees(first: 50)` p50 / p99 during the login flood | {:.2} ms / {:.2} ms |",
         ms(percentile(&flooded, 0.50)),
         ms(percentile(&flooded, 0.99))
-    );
-    println!(
+    ));
+    rows.push(format!(
         "| (g)/(c) p99 | {:.2} |",
         percentile(&flooded, 0.99).as_secs_f64() / percentile(&latencies, 0.99).as_secs_f64()
-    );
+    ));
+    print!("{}", compared(&rows, &last_recorded()));
     Ok(())
 }
