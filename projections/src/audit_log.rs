@@ -215,29 +215,7 @@ impl Projection for AuditLogProjection {
     }
 
     async fn apply(&self, conn: &mut PgConnection, event: &ProjectedEvent) -> sqlx::Result<()> {
-        let entry = entry(event);
-        let actor = event.metadata.actor;
-        sqlx::query(
-            "INSERT INTO audit_log (global_position, recorded_at, aggregate_type, aggregate_id, sequence,
-                                    event_type, actor_id, actor_kind, request_id, datasheet, subjects, fields)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
-             ON CONFLICT (global_position) DO NOTHING",
-        )
-        .bind(event.global_position)
-        .bind(event.recorded_at)
-        .bind(entry.aggregate_type)
-        .bind(event.aggregate_id.to_string())
-        .bind(event.sequence)
-        .bind(&entry.event_type)
-        .bind(actor.id())
-        .bind(actor.kind())
-        .bind(event.metadata.request_id)
-        .bind(entry.datasheet)
-        .bind(&entry.subjects)
-        .bind(&entry.fields)
-        .execute(conn)
-        .await?;
-        Ok(())
+        self.apply_all(conn, &[event]).await
     }
 
     /// One multi-row insert per thousand events.
@@ -268,13 +246,7 @@ impl Projection for AuditLogProjection {
                     .push_bind(entry.fields);
             });
             query.push(" ON CONFLICT (global_position) DO NOTHING");
-            // The text differs with the number of rows: small batches (the usual ones) keep a
-            // prepared statement each, large ones (catch-up) do not fill the cache.
-            query
-                .build()
-                .persistent(chunk.len() <= 16)
-                .execute(&mut *conn)
-                .await?;
+            crate::execute_rows(conn, query, chunk.len()).await?;
         }
         Ok(())
     }

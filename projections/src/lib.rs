@@ -11,7 +11,7 @@ use custos_domain::{
     Webhook, WebhookEvent,
 };
 use serde_json::Value;
-use sqlx::PgConnection;
+use sqlx::{PgConnection, Postgres, QueryBuilder};
 use uuid::Uuid;
 
 pub mod accesses;
@@ -138,6 +138,18 @@ pub trait Projection: Send + Sync {
 
     /// Removes every row, before a rebuild from position 0.
     async fn reset(&self, conn: &mut PgConnection) -> sqlx::Result<()>;
+}
+
+/// Runs a multi-row statement of `rows` rows. Its text differs with the number of rows: small
+/// ones (a request's usual batch) keep a prepared statement each, large ones (a catch-up) do
+/// not fill the connection's statement cache.
+pub(crate) async fn execute_rows(
+    conn: &mut PgConnection,
+    mut query: QueryBuilder<'_, Postgres>,
+    rows: usize,
+) -> sqlx::Result<()> {
+    query.build().persistent(rows <= 16).execute(conn).await?;
+    Ok(())
 }
 
 /// Every read model, in the order their projectors are started.

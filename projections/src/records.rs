@@ -3,6 +3,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use custos_domain::record::Fields;
 use custos_domain::{Datasheet, Record, RecordEvent, Stage};
 use serde_json::{Map, Value};
 use sqlx::types::Json;
@@ -41,28 +42,8 @@ impl Projection for RecordsProjection {
             )
         };
         match record_event {
-            RecordEvent::RecordCreated {
-                datasheet,
-                fields,
-                hired_from,
-            } => {
-                sqlx::query(
-                    "INSERT INTO records (id, datasheet, version, fields, hired_from,
-                                          created_at, updated_at, created_by, updated_by,
-                                          stage_since)
-                     VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $7,
-                             CASE WHEN $4::jsonb ? 'stage' THEN $6 END)
-                     ON CONFLICT (id) DO NOTHING",
-                )
-                .bind(event.aggregate_id)
-                .bind(datasheet.as_str())
-                .bind(event.sequence)
-                .bind(Json(fields))
-                .bind(hired_from)
-                .bind(event.recorded_at)
-                .bind(actor)
-                .execute(conn)
-                .await?;
+            RecordEvent::RecordCreated { .. } => {
+                insert_created(conn, &creations(&[event])).await?;
             }
             RecordEvent::RecordUpdated { changes, .. } => {
                 let set: Map<String, Value> = changes
@@ -164,51 +145,14 @@ impl Projection for RecordsProjection {
     ) -> sqlx::Result<()> {
         let mut rest = events;
         while let Some(first) = rest.first() {
-            let creations: Vec<_> = rest
-                .iter()
-                .map_while(|event| match &event.event {
-                    AnyEvent::Record(RecordEvent::RecordCreated {
-                        datasheet,
-                        fields,
-                        hired_from,
-                    }) => Some((*event, datasheet.as_str(), fields, *hired_from)),
-                    _ => None,
-                })
-                .take(1_000)
-                .collect();
-            if creations.len() < 2 {
+            let run = creations(&rest[..rest.len().min(1_000)]);
+            if run.is_empty() {
                 self.apply(conn, first).await?;
                 rest = &rest[1..];
-                continue;
+            } else {
+                insert_created(conn, &run).await?;
+                rest = &rest[run.len()..];
             }
-            let mut query = sqlx::QueryBuilder::new(
-                "INSERT INTO records (id, datasheet, version, fields, hired_from,
-                                      created_at, updated_at, created_by, updated_by, stage_since) ",
-            );
-            query.push_values(
-                &creations,
-                |mut row, (event, datasheet, fields, hired_from)| {
-                    let actor = event.metadata.actor.id();
-                    row.push_bind(event.aggregate_id)
-                        .push_bind(*datasheet)
-                        .push_bind(event.sequence)
-                        .push_bind(Json(*fields))
-                        .push_bind(*hired_from)
-                        .push_bind(event.recorded_at)
-                        .push_bind(event.recorded_at)
-                        .push_bind(actor)
-                        .push_bind(actor)
-                        .push_bind(fields.contains_key("stage").then_some(event.recorded_at));
-                },
-            );
-            query.push(" ON CONFLICT (id) DO NOTHING");
-            // Small runs keep a prepared statement each; large ones do not fill the cache.
-            query
-                .build()
-                .persistent(creations.len() <= 16)
-                .execute(&mut *conn)
-                .await?;
-            rest = &rest[creations.len()..];
         }
         Ok(())
     }
@@ -217,6 +161,50 @@ impl Projection for RecordsProjection {
         sqlx::query("DELETE FROM records").execute(conn).await?;
         Ok(())
     }
+}
+
+/// A record's creation: its event, datasheet, fields and the applicant it was hired from.
+type Creation<'a> = (&'a ProjectedEvent, &'static str, &'a Fields, Option<Uuid>);
+
+/// The creations at the start of `events`, up to the first event of another kind.
+fn creations<'a>(events: &[&'a ProjectedEvent]) -> Vec<Creation<'a>> {
+    events
+        .iter()
+        .map_while(|event| match &event.event {
+            AnyEvent::Record(RecordEvent::RecordCreated {
+                datasheet,
+                fields,
+                hired_from,
+            }) => Some((*event, datasheet.as_str(), fields, *hired_from)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Inserts the rows of newly created records (a replayed creation changes nothing).
+async fn insert_created(conn: &mut PgConnection, creations: &[Creation<'_>]) -> sqlx::Result<()> {
+    let mut query = sqlx::QueryBuilder::new(
+        "INSERT INTO records (id, datasheet, version, fields, hired_from,
+                              created_at, updated_at, created_by, updated_by, stage_since) ",
+    );
+    query.push_values(
+        creations,
+        |mut row, (event, datasheet, fields, hired_from)| {
+            let actor = event.metadata.actor.id();
+            row.push_bind(event.aggregate_id)
+                .push_bind(*datasheet)
+                .push_bind(event.sequence)
+                .push_bind(Json(*fields))
+                .push_bind(*hired_from)
+                .push_bind(event.recorded_at)
+                .push_bind(event.recorded_at)
+                .push_bind(actor)
+                .push_bind(actor)
+                .push_bind(fields.contains_key("stage").then_some(event.recorded_at));
+        },
+    );
+    query.push(" ON CONFLICT (id) DO NOTHING");
+    crate::execute_rows(conn, query, creations.len()).await
 }
 
 /// One record as the API shows it.

@@ -193,13 +193,34 @@ fn created_event(first_name: &str) -> Value {
 }
 
 async fn insert_event(conn: &mut PgConnection, id: Uuid, actor: Uuid, first_name: &str) {
+    append_directly(conn, "record", id, 1, actor, created_event(first_name)).await;
+}
+
+/// Appends an event as another instance of the service would, unsealed (unsealed payloads pass
+/// through the codec like events written before sealing existed); its type is the payload's key.
+async fn append_directly(
+    conn: &mut PgConnection,
+    aggregate_type: &str,
+    id: Uuid,
+    sequence: i64,
+    actor: Uuid,
+    payload: Value,
+) {
+    let event_type = payload
+        .as_object()
+        .and_then(|body| body.keys().next())
+        .cloned()
+        .unwrap_or_default();
     let metadata = json!({ "actor_id": actor.to_string(), "actor_kind": "user", "request_id": Uuid::now_v7().to_string(), "command_id": Uuid::now_v7().to_string() });
     sqlx::query(
         "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
-         VALUES ('record', $1, 1, 'RecordCreated', '1', $2, $3)",
+         VALUES ($1, $2, $3, $4, '1', $5, $6)",
     )
+    .bind(aggregate_type)
     .bind(id.to_string())
-    .bind(created_event(first_name))
+    .bind(sequence)
+    .bind(event_type)
+    .bind(payload)
     .bind(metadata)
     .execute(conn)
     .await
@@ -311,20 +332,18 @@ async fn a_record_changed_by_another_instance_is_changed_from_its_latest_version
         .ok();
     assert_eq!(second.data("updateEmployee.version"), &json!(2));
 
-    // Another instance of the service appends the third event of the stream (unsealed
-    // payloads pass through the codec like events written before sealing existed).
+    // Another instance of the service appends the third event of the stream.
     let tenant = app.tenant(session.tenant_id).await;
-    let metadata = json!({ "actor_id": session.user_id.to_string(), "actor_kind": "user", "request_id": Uuid::now_v7().to_string(), "command_id": Uuid::now_v7().to_string() });
-    sqlx::query(
-        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
-         VALUES ('record', $1, 3, 'RecordUpdated', '1', $2, $3)",
+    let mut conn = tenant.pool.acquire().await.unwrap();
+    append_directly(
+        &mut conn,
+        "record",
+        created["id"].as_str().unwrap().parse().unwrap(),
+        3,
+        session.user_id,
+        json!({ "RecordUpdated": { "datasheet": "employees", "changes": { "department": "Elsewhere" } } }),
     )
-    .bind(created["id"].as_str().unwrap())
-    .bind(json!({ "RecordUpdated": { "datasheet": "employees", "changes": { "department": "Elsewhere" } } }))
-    .bind(metadata)
-    .execute(&tenant.pool)
-    .await
-    .unwrap();
+    .await;
 
     // This instance changed the record last at version 2; it sees version 3 all the same.
     let stale = app
@@ -361,17 +380,16 @@ async fn a_read_model_that_fails_holds_back_only_its_own_readers() {
         .execute(&mut db)
         .await
         .unwrap();
-    let metadata = json!({ "actor_id": session.user_id.to_string(), "actor_kind": "user", "request_id": Uuid::now_v7().to_string(), "command_id": Uuid::now_v7().to_string() });
-    sqlx::query(
-        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
-         VALUES ('webhook', $1, 1, 'WebhookRegistered', '1', $2, $3)",
+    let mut conn = tenant.pool.acquire().await.unwrap();
+    append_directly(
+        &mut conn,
+        "webhook",
+        Uuid::now_v7(),
+        1,
+        session.user_id,
+        json!({ "WebhookRegistered": { "url": "https://hooks.example.org/custos", "topics": ["record_created"], "description": null } }),
     )
-    .bind(Uuid::now_v7().to_string())
-    .bind(json!({ "WebhookRegistered": { "url": "https://hooks.example.org/custos", "topics": ["record_created"], "description": null } }))
-    .bind(metadata)
-    .execute(&tenant.pool)
-    .await
-    .unwrap();
+    .await;
 
     // Records, consents and the audit log are still projected, so a change to a record
     // answers (it waits for them) and is listed.

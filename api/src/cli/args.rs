@@ -402,8 +402,8 @@ pub(crate) struct VerifyProofArgs {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum ProjectionsCommand {
-    /// Where each read model of every organisation (or one) stands: the last event it applied,
-    /// when, and how many events of its kinds are not applied yet and how old the oldest is.
+    /// Where each read model of every organisation (or one) stands: when its checkpoint last
+    /// moved, how many events of its kinds it has not applied yet and how old the oldest is.
     /// Works beside a running service.
     Status(ProjectionsStatusArgs),
 }

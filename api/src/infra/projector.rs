@@ -487,14 +487,7 @@ pub(crate) async fn standings(
 
 /// Where a projection's checkpoint stands, read without locking it.
 pub async fn checkpoint(pool: &PgPool, projection: &str) -> anyhow::Result<Position> {
-    let row = sqlx::query(
-        "SELECT transaction_id::text::bigint AS transaction_id, global_position
-         FROM projection_checkpoints WHERE projection = $1",
-    )
-    .bind(projection)
-    .fetch_one(pool)
-    .await?;
-    Ok(Position::from_row(&row)?)
+    Ok(checkpoints(pool, &[projection]).await?[0])
 }
 
 /// Empties a projection and moves its checkpoint back to the start, in one transaction; its

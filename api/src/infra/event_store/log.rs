@@ -129,12 +129,24 @@ impl EventLog {
         aggregate_type: &str,
         aggregate_id: &str,
     ) -> anyhow::Result<Vec<StoredEvent>> {
+        self.stream_after(aggregate_type, aggregate_id, 0).await
+    }
+
+    /// The events of one aggregate after the version `sequence`, in sequence order (what a
+    /// cached aggregate has not seen).
+    pub(crate) async fn stream_after(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        sequence: i64,
+    ) -> anyhow::Result<Vec<StoredEvent>> {
         let rows = sqlx::query(&format!(
             "SELECT {STORED_COLUMNS} FROM events
-             WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence"
+             WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3 ORDER BY sequence"
         ))
         .bind(aggregate_type)
         .bind(aggregate_id)
+        .bind(sequence)
         .fetch_all(&self.pool)
         .await?;
         self.decode(&rows).await

@@ -17,6 +17,7 @@ use serde_json::Value;
 use sqlx::PgPool;
 
 use super::codec::EventCodec;
+use super::log::EventLog;
 
 /// A tenant's command side for one aggregate type.
 pub type Cqrs<A> = CqrsFramework<A, CachedEventStore<A>>;
@@ -96,7 +97,7 @@ impl AggregateCache {
 /// miss), and caching the state each commit leaves.
 pub struct CachedEventStore<A: Aggregate> {
     store: PersistedEventStore<CustosEventRepository, A>,
-    repository: CustosEventRepository,
+    log: EventLog,
     cache: Arc<AggregateCache>,
 }
 
@@ -107,9 +108,22 @@ impl<A: Aggregate> CachedEventStore<A> {
                 pool.clone(),
                 codec.clone(),
             )),
-            repository: CustosEventRepository::new(pool, codec),
+            log: EventLog::new(pool, codec),
             cache,
         }
+    }
+}
+
+/// A failed read of the log as cqrs-es reports it: the codec's own errors as they are, the
+/// database's as a connection error (the service answers `UNAVAILABLE`), anything else as
+/// unexpected.
+fn log_error<E: std::error::Error>(err: anyhow::Error) -> AggregateError<E> {
+    match err.downcast::<PersistenceError>() {
+        Ok(persistence) => persistence.into(),
+        Err(err) => match err.downcast::<sqlx::Error>() {
+            Ok(database) => AggregateError::DatabaseConnectionError(Box::new(database)),
+            Err(other) => AggregateError::UnexpectedError(other.into()),
+        },
     }
 }
 
@@ -142,12 +156,16 @@ impl<A: Aggregate> EventStore<A> for CachedEventStore<A> {
             current_sequence: sequence,
             current_snapshot: None,
         };
-        for event in self
-            .repository
-            .events_after(A::TYPE, aggregate_id, sequence)
-            .await?
+        // Read through the log, not postgres-es's `get_last_events`, which writes the sequence
+        // into its SQL text: a new prepared statement for every version.
+        let after = i64::try_from(sequence).unwrap_or(i64::MAX);
+        for stored in self
+            .log
+            .stream_after(A::TYPE, aggregate_id, after)
+            .await
+            .map_err(log_error)?
         {
-            let envelope = EventEnvelope::<A>::try_from(event)?;
+            let envelope = EventEnvelope::<A>::try_from(stored.event)?;
             context.current_sequence = envelope.sequence;
             context.aggregate.apply(envelope.payload);
         }
@@ -180,52 +198,15 @@ impl<A: Aggregate> EventStore<A> for CachedEventStore<A> {
 /// [`AggregateCache`].
 pub(crate) struct CustosEventRepository {
     inner: PostgresEventRepository,
-    pool: PgPool,
     codec: EventCodec,
 }
 
 impl CustosEventRepository {
     pub(crate) fn new(pool: PgPool, codec: EventCodec) -> Self {
         Self {
-            inner: PostgresEventRepository::new(pool.clone()),
-            pool,
+            inner: PostgresEventRepository::new(pool),
             codec,
         }
-    }
-
-    /// The events of a stream after `sequence`, opened. (postgres-es's `get_last_events` writes
-    /// the sequence into its SQL, which would prepare a new statement for every version.)
-    async fn events_after(
-        &self,
-        aggregate_type: &str,
-        aggregate_id: &str,
-        sequence: usize,
-    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
-        let rows: Vec<(String, i64, String, String, Value, Value)> = sqlx::query_as(
-            "SELECT aggregate_id, sequence, event_type, event_version, payload, metadata
-             FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3
-             ORDER BY sequence",
-        )
-        .bind(aggregate_type)
-        .bind(aggregate_id)
-        .bind(i64::try_from(sequence).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|err| PersistenceError::ConnectionError(Box::new(err)))?;
-        let mut events = Vec::with_capacity(rows.len());
-        for (id, sequence, event_type, event_version, payload, metadata) in rows {
-            events.push(SerializedEvent::new(
-                id,
-                usize::try_from(sequence)
-                    .map_err(|err| PersistenceError::UnknownError(Box::new(err)))?,
-                aggregate_type.to_owned(),
-                event_type,
-                event_version,
-                payload,
-                metadata,
-            ));
-        }
-        self.open_all(events).await
     }
 
     async fn open_all(
