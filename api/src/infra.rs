@@ -5,6 +5,7 @@
 pub(crate) mod archive;
 pub(crate) mod backups;
 pub(crate) mod blind_index;
+pub(crate) mod caches;
 pub(crate) mod cluster;
 pub(crate) mod database;
 pub(crate) mod erasure_ledger;

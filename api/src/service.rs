@@ -16,7 +16,8 @@ use crate::auth::passwords::Passwords;
 use crate::auth::principal::Principal;
 use crate::config::SessionPolicy;
 use crate::error::ApiError;
-use crate::infra::event_store::repository::Cqrs;
+use crate::infra::event_store::log::Position;
+use crate::infra::event_store::repository::{noting_appends, Cqrs};
 use crate::infra::tenancy::catalog::Tenancy;
 use crate::infra::tenancy::tenant::Tenant;
 
@@ -127,17 +128,28 @@ impl Services {
         aggregate_id: Uuid,
     ) -> Result<(), ApiError> {
         let id = aggregate_id.to_string();
-        if let Some(head) = tenant.log.head(aggregate_type, &id).await? {
-            tenant
-                .projectors
-                .wait_for(aggregate_type, head, self.projection_wait)
-                .await
-                .map_err(|_| {
-                    tracing::warn!(tenant.id = %tenant.id, aggregate.id = %id, "read models are lagging");
-                    ApiError::Unavailable
-                })?;
+        match tenant.log.head(aggregate_type, &id).await? {
+            Some(head) => self.wait_for(tenant, aggregate_type, head).await,
+            None => Ok(()),
         }
-        Ok(())
+    }
+
+    /// Waits until the read models of `aggregate_type` have passed `position`;
+    /// `UNAVAILABLE` when they lag beyond the projection wait.
+    async fn wait_for(
+        &self,
+        tenant: &Tenant,
+        aggregate_type: &str,
+        position: Position,
+    ) -> Result<(), ApiError> {
+        tenant
+            .projectors
+            .wait_for(aggregate_type, position, self.projection_wait)
+            .await
+            .map_err(|_| {
+                tracing::warn!(tenant.id = %tenant.id, aggregate.kind = aggregate_type, "read models are lagging");
+                ApiError::Unavailable
+            })
     }
 
     /// Takes the tenant's directory lock: user, role and API token rules are checked under it.
@@ -217,29 +229,45 @@ where
         let metadata = self.metadata.to_map();
         let mut command = Some(self.command);
         let mut attempt = 1;
-        loop {
+        let appended = loop {
             let this_try = if attempt < self.attempts {
                 command.clone()
             } else {
                 command.take()
             }
             .ok_or_else(|| ApiError::internal(anyhow::anyhow!("a command ran out of attempts")))?;
-            match self
-                .cqrs
-                .execute_with_metadata(&id, this_try, metadata.clone())
-                .await
+            match noting_appends(
+                self.cqrs
+                    .execute_with_metadata(&id, this_try, metadata.clone()),
+            )
+            .await
             {
-                Ok(()) => break,
-                Err(AggregateError::AggregateConflict) if attempt < self.attempts => attempt += 1,
-                Err(AggregateError::UserError(refusal)) => return Ok(Err(refusal)),
-                Err(other) => return Err(other.into()),
+                (Ok(()), appended) => break appended,
+                (Err(AggregateError::AggregateConflict), _) if attempt < self.attempts => {
+                    attempt += 1
+                }
+                (Err(AggregateError::UserError(refusal)), _) => return Ok(Err(refusal)),
+                (Err(other), _) => return Err(other.into()),
+            }
+        };
+        if self.wait {
+            match appended {
+                Some(position) => {
+                    self.services
+                        .wait_for(self.tenant, A::TYPE, position)
+                        .await?
+                }
+                // Nothing new: the answer must still show the stream's latest change.
+                None => {
+                    self.services
+                        .wait_for_stream(self.tenant, A::TYPE, self.aggregate_id)
+                        .await?
+                }
             }
         }
-        if self.wait {
-            self.services
-                .wait_for_stream(self.tenant, A::TYPE, self.aggregate_id)
-                .await?;
-        }
+        // What this instance keeps in memory of the aggregate's read models goes now, so that
+        // the next request sees the change (other instances hear of it from the database).
+        self.tenant.caches.changed(A::TYPE);
         Ok(Ok(()))
     }
 }

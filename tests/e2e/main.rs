@@ -6,6 +6,7 @@ mod api_tokens;
 mod audit;
 mod authz_matrix;
 mod backups;
+mod caches;
 mod custom_fields;
 mod datasheets;
 mod event_store;

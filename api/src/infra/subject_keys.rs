@@ -4,6 +4,7 @@
 //! the subject's id. Destroying a subject's key makes its events unreadable everywhere at once.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
@@ -12,7 +13,15 @@ use secrecy::{ExposeSecret, SecretBox};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-/// A subject's data key, in memory only while events are sealed or opened.
+use crate::infra::caches::{Cache, Hearing};
+
+/// How many unwrapped keys a tenant's context keeps, and for how long each at most (the
+/// announcement of an erasure is what really drops one).
+const CACHED_KEYS: usize = 8_192;
+const KEY_FRESH_FOR: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// A subject's data key, in memory while events are sealed or opened, and in its tenant's
+/// cache until the subject is erased.
 pub(crate) type DataKey = SecretBox<[u8; 32]>;
 
 const NONCE: usize = 24;
@@ -54,11 +63,19 @@ pub(crate) fn open(key: &[u8; 32], sealed: &[u8], aad: &[u8]) -> Option<Vec<u8>>
         .ok()
 }
 
+/// A second copy of a key (each copy is wiped when dropped).
+fn copy(key: &DataKey) -> DataKey {
+    SecretBox::new(Box::new(*key.expose_secret()))
+}
+
 /// The subject keys of one tenant.
 pub struct SubjectKeys {
     pool: PgPool,
     /// The tenant's key-encryption key.
     kek: SecretBox<[u8; 32]>,
+    /// Keys unwrapped before, until their subject is erased (by any instance: see
+    /// [`crate::infra::caches`]); used only in a context that hears its database.
+    cache: Cache<Uuid, Arc<DataKey>>,
 }
 
 fn wrap_binding(subject: Uuid) -> Vec<u8> {
@@ -66,8 +83,17 @@ fn wrap_binding(subject: Uuid) -> Vec<u8> {
 }
 
 impl SubjectKeys {
-    pub fn new(pool: PgPool, kek: SecretBox<[u8; 32]>) -> Self {
-        Self { pool, kek }
+    pub(crate) fn new(pool: PgPool, kek: SecretBox<[u8; 32]>, hearing: Arc<Hearing>) -> Self {
+        Self {
+            pool,
+            kek,
+            cache: Cache::new(CACHED_KEYS, hearing),
+        }
+    }
+
+    /// Drops every cached key (an erasure was announced, or the context stopped hearing).
+    pub(crate) fn forget_cached(&self) {
+        self.cache.clear();
     }
 
     /// Wraps a subject's key for storage under this tenant's key (an imported key).
@@ -95,16 +121,34 @@ impl SubjectKeys {
         conn: &mut sqlx::PgConnection,
         subjects: &[Uuid],
     ) -> Result<HashMap<Uuid, DataKey>, KeyError> {
+        let cache = &self.cache;
+        let mut keys = HashMap::with_capacity(subjects.len());
+        let mut missing = Vec::new();
+        for subject in subjects {
+            match cache.get(subject) {
+                Some(key) => {
+                    keys.insert(*subject, copy(&key));
+                }
+                None => missing.push(*subject),
+            }
+        }
+        if missing.is_empty() {
+            return Ok(keys);
+        }
+        let ticket = cache.ticket();
         let rows: Vec<(Uuid, Vec<u8>)> = sqlx::query_as(
             "SELECT subject_id, wrapped_key FROM subject_keys
              WHERE subject_id = ANY($1) AND wrapped_key IS NOT NULL",
         )
-        .bind(subjects)
+        .bind(&missing)
         .fetch_all(conn)
         .await?;
-        rows.into_iter()
-            .map(|(subject, wrapped)| Ok((subject, self.unwrap_key(subject, &wrapped)?)))
-            .collect()
+        for (subject, wrapped) in rows {
+            let key = self.unwrap_key(subject, &wrapped)?;
+            cache.put(ticket, subject, Arc::new(copy(&key)), KEY_FRESH_FOR);
+            keys.insert(subject, key);
+        }
+        Ok(keys)
     }
 
     /// Destroys a subject's key: its sealed events can never be opened again. False if it had
@@ -117,6 +161,7 @@ impl SubjectKeys {
         .bind(subject)
         .execute(&self.pool)
         .await?;
+        self.cache.forget(&subject);
         Ok(erased.rows_affected() == 1)
     }
 

@@ -181,7 +181,7 @@ impl Services {
         self.keep_an_administrator(tenant, &user).await?;
         // Sessions end first: if the command's read-model wait times out after it commits,
         // the user must not keep working meanwhile.
-        sessions::revoke_all(&tenant.pool, id, None).await?;
+        sessions::revoke_all(&tenant.pool, &tenant.caches.sessions, id, None).await?;
         self.change_user(principal, id, UserCommand::Deactivate, request_id)
             .await
     }
@@ -199,7 +199,7 @@ impl Services {
         let tenant = &principal.tenant;
         let _lock = self.directory_lock(tenant).await?;
         self.existing_user(tenant, id).await?;
-        sessions::revoke_all(&tenant.pool, id, None).await?;
+        sessions::revoke_all(&tenant.pool, &tenant.caches.sessions, id, None).await?;
         let user = self
             .change_user(principal, id, UserCommand::Erase, request_id)
             .await?;
@@ -257,7 +257,7 @@ impl Services {
         let user = self.existing_user(tenant, id).await?;
         check_new_password(&temporary, &[&user.email, &user.name])?;
         let password_hash = self.passwords.hash(temporary).await?;
-        sessions::revoke_all(&tenant.pool, id, None).await?;
+        sessions::revoke_all(&tenant.pool, &tenant.caches.sessions, id, None).await?;
         self.change_user(
             principal,
             id,
@@ -290,7 +290,13 @@ impl Services {
         }
         check_new_password(&new, &[&user.email, &user.name])?;
         let password_hash = self.passwords.hash(new).await?;
-        sessions::revoke_all(&tenant.pool, id, principal.session_id()).await?;
+        sessions::revoke_all(
+            &tenant.pool,
+            &tenant.caches.sessions,
+            id,
+            principal.session_id(),
+        )
+        .await?;
         self.change_user(
             principal,
             id,

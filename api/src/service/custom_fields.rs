@@ -9,6 +9,7 @@ use uuid::Uuid;
 use crate::auth::principal::Principal;
 use crate::error::ApiError;
 use crate::infra::tenancy::tenant::Tenant;
+use crate::infra::tenancy::tenant_caches::SCHEMA_FRESH_FOR;
 use crate::service::Services;
 
 impl Services {
@@ -18,7 +19,14 @@ impl Services {
         tenant: &Tenant,
         datasheet: Datasheet,
     ) -> Result<CustomSchema, ApiError> {
-        Ok(custom_fields::schema(&tenant.pool, datasheet).await?)
+        let cache = &tenant.caches.schemas;
+        if let Some(schema) = cache.get(&datasheet) {
+            return Ok(schema);
+        }
+        let ticket = cache.ticket();
+        let schema = custom_fields::schema(&tenant.pool, datasheet).await?;
+        cache.put(ticket, datasheet, schema.clone(), SCHEMA_FRESH_FOR);
+        Ok(schema)
     }
 
     /// Adds, changes or retires a custom field of `datasheet` (administrators), and answers the

@@ -323,7 +323,7 @@ impl Services {
             Subject::User { user, session_id } => (user, *session_id),
             Subject::ApiToken(_) => return Err(ApiError::Forbidden),
         };
-        sessions::revoke(&tenant.pool, session_id).await?;
+        sessions::revoke(&tenant.pool, &tenant.caches.sessions, session_id).await?;
         let command = UserCommand::RecordLogout { session_id };
         Ok(self
             .record_login(tenant, user.id, command, request_id, false)
@@ -345,7 +345,7 @@ impl Services {
         if session.user_id != principal.user()?.id && !principal.is_admin() {
             return Err(ApiError::NotFound);
         }
-        sessions::revoke(&tenant.pool, session_id).await?;
+        sessions::revoke(&tenant.pool, &tenant.caches.sessions, session_id).await?;
         let command = UserCommand::RecordLogout { session_id };
         Ok(self
             .record_login(tenant, session.user_id, command, request_id, false)
@@ -361,7 +361,7 @@ impl Services {
         let tenant = &principal.tenant;
         let user_id = principal.user()?.id;
         let live = sessions::live(&tenant.pool, user_id, self.sessions).await?;
-        sessions::revoke_all(&tenant.pool, user_id, None).await?;
+        sessions::revoke_all(&tenant.pool, &tenant.caches.sessions, user_id, None).await?;
         for session in &live {
             let command = UserCommand::RecordLogout {
                 session_id: session.id,
@@ -477,10 +477,21 @@ impl Services {
         };
         match parsed.kind {
             TokenKind::Session => {
-                let Some(live) =
-                    sessions::authenticate(&tenant.pool, &parsed.hash, self.sessions).await?
-                else {
-                    return Ok(None);
+                let cache = &tenant.caches.sessions;
+                let live = match cache.get(&parsed.hash) {
+                    Some(live) => live,
+                    None => {
+                        let ticket = cache.ticket();
+                        let Some(live) =
+                            sessions::authenticate(&tenant.pool, &parsed.hash, self.sessions)
+                                .await?
+                        else {
+                            return Ok(None);
+                        };
+                        let fresh_for = sessions::cached_for(&live, self.sessions);
+                        cache.put(ticket, parsed.hash.clone(), live.clone(), fresh_for);
+                        live
+                    }
                 };
                 if !live.user.active {
                     return Ok(None);

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use cqrs_es::persist::SerializedEvent;
+use cqrs_es::persist::{PersistenceError, SerializedEvent};
 use sqlx::{PgConnection, PgPool, Row};
 
 use super::codec::EventCodec;
@@ -182,6 +182,22 @@ impl EventLog {
         row.as_ref().map(Position::from_row).transpose()
     }
 
+    /// Appends the events of one command (sealed by the codec first) in one statement, its
+    /// own transaction, and answers where the last one landed: what a writer waits for the
+    /// read models to pass. `None` for no events. A sequence number taken by a concurrent
+    /// writer is an optimistic lock error, as cqrs-es expects of a repository.
+    pub(crate) async fn append(
+        &self,
+        events: Vec<SerializedEvent>,
+    ) -> Result<Option<Position>, PersistenceError> {
+        if events.is_empty() {
+            return Ok(None);
+        }
+        let events = self.codec.seal_all(events).await?;
+        let landed = insert(&self.pool, &events).await.map_err(append_error)?;
+        Ok(landed.into_iter().max())
+    }
+
     /// Appends the first event of many new streams in one transaction: all are written or
     /// none is. For bulk creation (imports), where going through the framework one aggregate at
     /// a time could stop half-way. Each event passes through the codec like any other; a
@@ -193,30 +209,7 @@ impl EventLog {
         let events = self.codec.seal_all(events).await?;
         let mut tx = self.pool.begin().await?;
         for chunk in events.chunks(1_000) {
-            let mut columns: [Vec<String>; 6] = Default::default();
-            for event in chunk {
-                columns[0].push(event.aggregate_type.clone());
-                columns[1].push(event.aggregate_id.clone());
-                columns[2].push(event.event_type.clone());
-                columns[3].push(event.event_version.clone());
-                columns[4].push(serde_json::to_string(&event.payload)?);
-                columns[5].push(serde_json::to_string(&event.metadata)?);
-            }
-            let [types, ids, event_types, versions, payloads, metadata] = columns;
-            sqlx::query(
-                "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
-                 SELECT t, i, 1, e, v, p::json, m::json
-                 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
-                      AS u(t, i, e, v, p, m)",
-            )
-            .bind(types)
-            .bind(ids)
-            .bind(event_types)
-            .bind(versions)
-            .bind(payloads)
-            .bind(metadata)
-            .execute(&mut *tx)
-            .await?;
+            insert(&mut *tx, chunk).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -280,5 +273,60 @@ impl EventLog {
         .fetch_all(&mut *conn)
         .await?;
         self.decode_on(Some(conn), &rows).await
+    }
+}
+
+/// Inserts events in their order with one statement over arrays (the hash chain's trigger sees
+/// the rows inserted before each), answering the position of each.
+async fn insert<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    events: &[SerializedEvent],
+) -> Result<Vec<Position>, sqlx::Error> {
+    let mut texts: [Vec<String>; 6] = Default::default();
+    let mut sequences = Vec::with_capacity(events.len());
+    for event in events {
+        texts[0].push(event.aggregate_type.clone());
+        texts[1].push(event.aggregate_id.clone());
+        texts[2].push(event.event_type.clone());
+        texts[3].push(event.event_version.clone());
+        texts[4].push(event.payload.to_string());
+        texts[5].push(event.metadata.to_string());
+        sequences.push(i64::try_from(event.sequence).map_err(|e| sqlx::Error::Encode(e.into()))?);
+    }
+    let [types, ids, event_types, versions, payloads, metadata] = texts;
+    let rows = sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+         SELECT t, i, s, e, v, p::json, m::json
+         FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[])
+              WITH ORDINALITY AS u(t, i, s, e, v, p, m, n)
+         ORDER BY n
+         RETURNING transaction_id::text::bigint AS transaction_id, global_position",
+    )
+    .bind(types)
+    .bind(ids)
+    .bind(sequences)
+    .bind(event_types)
+    .bind(versions)
+    .bind(payloads)
+    .bind(metadata)
+    .fetch_all(db)
+    .await?;
+    rows.iter().map(Position::from_row).collect()
+}
+
+/// A failed append as cqrs-es expects a repository to report it: a taken sequence number is
+/// an optimistic lock error (the command is retried or refused as a conflict), a lost or
+/// unreachable database a connection error (`UNAVAILABLE`), anything else unexpected.
+fn append_error(err: sqlx::Error) -> PersistenceError {
+    match &err {
+        sqlx::Error::Database(database) if database.is_unique_violation() => {
+            PersistenceError::OptimisticLockError
+        }
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => PersistenceError::ConnectionError(Box::new(err)),
+        _ => PersistenceError::UnknownError(Box::new(err)),
     }
 }

@@ -1,7 +1,9 @@
 //! postgres-es's repository, wrapped so that every event passes through the codec, and the
 //! command side of one aggregate type built on it, loading aggregates through a cache.
 
+use std::cell::Cell;
 use std::collections::HashMap;
+use std::future::Future;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,10 +19,27 @@ use serde_json::Value;
 use sqlx::PgPool;
 
 use super::codec::EventCodec;
-use super::log::EventLog;
+use super::log::{EventLog, Position};
 
 /// A tenant's command side for one aggregate type.
 pub type Cqrs<A> = CqrsFramework<A, CachedEventStore<A>>;
+
+tokio::task_local! {
+    /// Where the last append of the commands run inside [`noting_appends`] landed.
+    static APPENDED: Cell<Option<Position>>;
+}
+
+/// Runs `work` (commands through a tenant's [`Cqrs`]) and answers, with its output, where its
+/// last append landed in the log: what a writer waits for the read models to pass, known
+/// without looking it up. `None` when nothing was appended.
+pub(crate) async fn noting_appends<F: Future>(work: F) -> (F::Output, Option<Position>) {
+    APPENDED
+        .scope(Cell::new(None), async move {
+            let output = work.await;
+            (output, APPENDED.with(Cell::get))
+        })
+        .await
+}
 
 /// How many aggregates a tenant keeps in memory, of all types together.
 const CACHED_AGGREGATES: usize = 1_024;
@@ -178,33 +197,56 @@ impl<A: Aggregate> EventStore<A> for CachedEventStore<A> {
         context: Self::AC,
         metadata: HashMap<String, String>,
     ) -> Result<Vec<EventEnvelope<A>>, AggregateError<A::Error>> {
+        let id = context.aggregate_id;
+        let envelopes: Vec<EventEnvelope<A>> = events
+            .into_iter()
+            .zip(context.current_sequence + 1..)
+            .map(|(payload, sequence)| EventEnvelope {
+                aggregate_id: id.clone(),
+                sequence,
+                payload,
+                metadata: metadata.clone(),
+            })
+            .collect();
+        let serialized = envelopes
+            .iter()
+            .map(SerializedEvent::try_from)
+            .collect::<Result<Vec<_>, _>>()?;
         // cqrs-es applied the new events to the context's aggregate as the command emitted
         // them: it is the state this commit leaves.
-        let id = context.aggregate_id.clone();
-        let sequence = context.current_sequence + events.len();
+        let sequence = context.current_sequence + envelopes.len();
         let state = serde_json::to_value(&context.aggregate);
-        let committed = self.store.commit(events, context, metadata).await;
-        match (&committed, state) {
-            (Ok(_), Ok(state)) => self.cache.put(A::TYPE, id, state, sequence),
+        let appended = self.log.append(serialized).await;
+        match (&appended, state) {
+            (Ok(position), Ok(state)) => {
+                self.cache.put(A::TYPE, id, state, sequence);
+                if let Some(position) = position {
+                    let _outside_noting_appends = APPENDED.try_with(|at| at.set(Some(*position)));
+                }
+            }
             // Another writer won the race (or the write failed): read the stream next time.
             _ => self.cache.forget(A::TYPE, &id),
         }
-        committed
+        appended?;
+        Ok(envelopes)
     }
 }
 
-/// postgres-es's `PostgresEventRepository`, wrapped so that every event passes through the
-/// codec. Snapshots are not stored (they would hold personal data in clear): see
+/// postgres-es's `PostgresEventRepository` for reading, wrapped so that every event passes
+/// through the codec; appends go through [`EventLog::append`] (one statement, its position
+/// answered). Snapshots are not stored (they would hold personal data in clear): see
 /// [`AggregateCache`].
 pub(crate) struct CustosEventRepository {
     inner: PostgresEventRepository,
     codec: EventCodec,
+    log: EventLog,
 }
 
 impl CustosEventRepository {
     pub(crate) fn new(pool: PgPool, codec: EventCodec) -> Self {
         Self {
-            inner: PostgresEventRepository::new(pool),
+            inner: PostgresEventRepository::new(pool.clone()),
+            log: EventLog::new(pool, codec.clone()),
             codec,
         }
     }
@@ -251,8 +293,7 @@ impl PersistedEventRepository for CustosEventRepository {
         events: &[SerializedEvent],
         _snapshot_update: Option<(String, Value, usize)>,
     ) -> Result<(), PersistenceError> {
-        let sealed = self.codec.seal_all(events.to_vec()).await?;
-        self.inner.persist::<A>(&sealed, None).await
+        self.log.append(events.to_vec()).await.map(|_| ())
     }
 
     async fn stream_events<A: Aggregate>(

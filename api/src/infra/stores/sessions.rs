@@ -1,6 +1,8 @@
 //! Sessions and API tokens as a tenant database stores them: only token hashes, with the
 //! grants of the roles behind them read in the same round trip.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use custos_domain::{Datasheet, Grant, Grants, Permission};
 use custos_projections::api_tokens::{ApiTokenRow, TOKEN_COLUMNS};
@@ -9,6 +11,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::config::SessionPolicy;
+use crate::infra::caches::{Cache, Hearing};
 
 /// Grants from their `datasheet/permission` text form; unknown pairs are left out.
 fn parse_grants(pairs: &[String]) -> Grants {
@@ -96,12 +99,36 @@ pub(crate) fn refresh_after(policy: SessionPolicy) -> std::time::Duration {
 }
 
 /// What [`authenticate`] finds for a live session.
+#[derive(Clone)]
 pub(crate) struct LiveSession {
     pub session_id: Uuid,
     pub user: UserRow,
     pub grants: Grants,
     /// Whether the organisation requires a second factor.
     pub two_factor_required: bool,
+    /// Its absolute expiry.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// How many live sessions a tenant's context keeps.
+const CACHED_SESSIONS: usize = 4_096;
+
+/// Live sessions with their users and grants, by token hash (see [`cached_for`]).
+pub(crate) type SessionCache = Cache<Vec<u8>, LiveSession>;
+
+pub(crate) fn session_cache(hearing: Arc<Hearing>) -> SessionCache {
+    Cache::new(CACHED_SESSIONS, hearing)
+}
+
+/// How long a live session found by [`authenticate`] may be used from a tenant's cache: a
+/// quarter of [`refresh_after`] (so that an active session's last use is still refreshed in
+/// time), at most ten seconds, and never past its expiry. A session that stops being used may
+/// idle out that much earlier than its idle timeout.
+pub(crate) fn cached_for(live: &LiveSession, policy: SessionPolicy) -> std::time::Duration {
+    let left = (live.expires_at - Utc::now()).to_std().unwrap_or_default();
+    (refresh_after(policy) / 4)
+        .min(std::time::Duration::from_secs(10))
+        .min(left)
 }
 
 /// The live session for a token hash, with its user: not revoked, not past its absolute
@@ -114,6 +141,7 @@ pub(crate) async fn authenticate(
     #[derive(sqlx::FromRow)]
     struct Live {
         session_id: Uuid,
+        expires_at: DateTime<Utc>,
         stale: bool,
         /// `datasheet/permission` pairs of the user's roles, in the same round trip.
         grants: Vec<String>,
@@ -122,7 +150,7 @@ pub(crate) async fn authenticate(
         user: UserRow,
     }
     let live: Option<Live> = sqlx::query_as(
-        "SELECT s.id AS session_id, s.last_seen_at < now() - $3 * interval '1 second' AS stale,
+        "SELECT s.id AS session_id, s.expires_at, s.last_seen_at < now() - $3 * interval '1 second' AS stale,
                 u.id, u.version, u.email, u.name, u.is_admin, u.active, u.roles, u.must_change_password,
                 u.two_factor, u.created_at, u.updated_at,
                 ARRAY(SELECT DISTINCT g.datasheet || '/' || g.permission
@@ -152,6 +180,7 @@ pub(crate) async fn authenticate(
         user: live.user,
         grants: parse_grants(&live.grants),
         two_factor_required: live.two_factor_required,
+        expires_at: live.expires_at,
     }))
 }
 
@@ -193,9 +222,11 @@ pub(crate) async fn find(pool: &PgPool, id: Uuid) -> sqlx::Result<Option<Session
     .await
 }
 
-/// Ends every session of a user, except `keep`.
+/// Ends every session of a user, except `keep`; the tenant's cached sessions go with them
+/// (other instances drop theirs on the database's announcement).
 pub(crate) async fn revoke_all(
     pool: &PgPool,
+    cache: &SessionCache,
     user_id: Uuid,
     keep: Option<Uuid>,
 ) -> sqlx::Result<()> {
@@ -207,14 +238,20 @@ pub(crate) async fn revoke_all(
     .bind(keep)
     .execute(pool)
     .await?;
+    cache.clear();
     Ok(())
 }
 
-/// Ends a session.
-pub(crate) async fn revoke(pool: &PgPool, session_id: Uuid) -> sqlx::Result<()> {
+/// Ends a session, in the tenant's cache too.
+pub(crate) async fn revoke(
+    pool: &PgPool,
+    cache: &SessionCache,
+    session_id: Uuid,
+) -> sqlx::Result<()> {
     sqlx::query("UPDATE sessions SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL")
         .bind(session_id)
         .execute(pool)
         .await?;
+    cache.clear();
     Ok(())
 }

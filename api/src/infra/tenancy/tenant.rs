@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use crate::config::Region;
 use crate::infra::blind_index::{BlindIndex, BlindIndexProjection};
+use crate::infra::caches::{Hearing, Listening};
 use crate::infra::event_store::codec::EventCodec;
 use crate::infra::event_store::log::EventLog;
 use crate::infra::event_store::repository::{AggregateCache, CachedEventStore, Cqrs};
@@ -25,6 +26,7 @@ use crate::infra::integrity::tree_head::verifying_key;
 use crate::infra::keys::MasterKey;
 use crate::infra::projector::Projectors;
 use crate::infra::subject_keys::SubjectKeys;
+use crate::infra::tenancy::tenant_caches::TenantCaches;
 
 /// A tenant as the catalog lists it.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
@@ -89,6 +91,9 @@ impl TenantRow {
 /// What reading a tenant's events takes: its subject keys, the codec that opens events with
 /// them, the log, the blind index, and every read model.
 pub(crate) struct Reading {
+    /// What the context keeps in memory; it caches only once [`TenantCaches::listen`] hears
+    /// the database.
+    pub(crate) caches: Arc<TenantCaches>,
     pub(crate) subject_keys: Arc<SubjectKeys>,
     pub(crate) codec: EventCodec,
     pub(crate) log: EventLog,
@@ -102,7 +107,9 @@ impl Reading {
         let kek = SecretBox::new(Box::new(
             master_key.derive(&format!("custos/tenant-key-encryption/{tenant_id}")),
         ));
-        let subject_keys = Arc::new(SubjectKeys::new(pool.clone(), kek));
+        let hearing = Arc::new(Hearing::default());
+        let subject_keys = Arc::new(SubjectKeys::new(pool.clone(), kek, hearing.clone()));
+        let caches = Arc::new(TenantCaches::new(hearing, subject_keys.clone()));
         let codec = EventCodec::new(subject_keys.clone());
         let log = EventLog::new(pool.clone(), codec.clone());
         let blind_index = BlindIndex::new(SecretBox::new(Box::new(
@@ -111,6 +118,7 @@ impl Reading {
         let mut read_models = custos_projections::all();
         read_models.push(Box::new(BlindIndexProjection(blind_index.clone())));
         Self {
+            caches,
             subject_keys,
             codec,
             log,
@@ -149,6 +157,10 @@ pub struct Tenant {
     pub(crate) webhooks: Cqrs<Webhook>,
     /// The data keys of the tenant's subjects (also used by the event store's codec).
     pub(crate) subject_keys: Arc<SubjectKeys>,
+    /// Sessions, subject keys and custom field schemas kept between requests, and the task
+    /// that hears the database announce changes to them.
+    pub(crate) caches: Arc<TenantCaches>,
+    _listening: Listening,
     /// Finds records by a person's email or phone.
     pub(crate) blind_index: BlindIndex,
     pub projectors: Projectors,
@@ -195,6 +207,7 @@ impl Tenant {
             .acquire_timeout(Duration::from_secs(10))
             .connect_lazy_with(options);
         let Reading {
+            caches,
             subject_keys,
             codec,
             log,
@@ -202,6 +215,7 @@ impl Tenant {
             read_models: projections,
         } = Reading::new(&pool, master_key, row.id);
         let projectors = Projectors::spawn(row.id, pool.clone(), log.clone(), projections);
+        let listening = caches.listen(&pool);
         let cache = Arc::new(AggregateCache::default());
         Ok(Self {
             id: row.id,
@@ -223,6 +237,8 @@ impl Tenant {
             incidents: framework(&pool, &codec, &cache, &projectors, None),
             webhooks: framework(&pool, &codec, &cache, &projectors, Some(changes)),
             subject_keys,
+            caches,
+            _listening: listening,
             blind_index,
             two_factor_key: two_factor_key(master_key, row.id),
             audit_keys: row.audit_keys(master_key)?,

@@ -9,6 +9,7 @@
 use uuid::Uuid;
 
 use crate::error::ApiError;
+use crate::infra::caches::Listener as _;
 use crate::infra::projector::{catch_up, reset};
 use crate::infra::tenancy::tenant::{Reading, Tenant};
 use crate::service::Services;
@@ -86,6 +87,7 @@ impl Services {
                 .await?;
         }
         tx.commit().await?;
+        tenant.caches.drop_all();
         tracing::warn!(tenant.id = %tenant_id, keys = revived.len(), "security: keys the erasure ledger says were erased were back (a restore or an import): destroyed again; rebuilding the read models");
         let reading = Reading::new(&tenant.pool, self.tenancy.master_key(), tenant_id);
         for projection in &reading.read_models {
