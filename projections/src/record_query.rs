@@ -216,6 +216,8 @@ pub struct RecordQuery {
     pub search: Option<String>,
     pub first: i64,
     pub after: Option<RecordCursor>,
+    /// Whether to count every match (a scan of them all); the page's total is 0 otherwise.
+    pub count: bool,
 }
 
 /// Why a query cannot run.
@@ -485,7 +487,7 @@ fn push_after(query: &mut QueryBuilder<'_, Postgres>, order: &[OrderKey], cursor
     query.push(")");
 }
 
-/// One page of records and the total that match, with each row's cursor.
+/// One page of records, with each row's cursor, and the total that match when asked for.
 pub async fn list(
     db: &mut PgConnection,
     request: &RecordQuery,
@@ -543,9 +545,13 @@ pub async fn list(
     let has_next_page = rows.len() as i64 > first;
     rows.truncate(first as usize);
 
-    let mut count = QueryBuilder::new("SELECT count(*) FROM records");
-    push_where(&mut count, request);
-    let total_count: i64 = count.build_query_scalar().fetch_one(&mut *db).await?;
+    let total_count: i64 = if request.count {
+        let mut count = QueryBuilder::new("SELECT count(*) FROM records");
+        push_where(&mut count, request);
+        count.build_query_scalar().fetch_one(&mut *db).await?
+    } else {
+        0
+    };
     let items = rows
         .into_iter()
         .map(|keyed| {

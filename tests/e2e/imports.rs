@@ -93,6 +93,17 @@ async fn valid_rows_become_creation_events_of_the_importer() {
     let admin = app.sign_up(&slug("import-write")).await;
     let hr = app.role_id(&admin, "HR manager").await;
     let importer = app.user_with_roles(&admin, &[hr]).await;
+    let mut db = app.tenant_admin(admin.tenant_id).await;
+    let analyzed =
+        "SELECT last_analyze IS NOT NULL FROM pg_stat_user_tables WHERE relname = 'records'";
+    let before: bool = sqlx::query_scalar(analyzed)
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert!(
+        !before,
+        "nothing analyzed the new organisation's records by hand"
+    );
     let result = import(
         &app,
         &importer,
@@ -130,7 +141,13 @@ async fn valid_rows_become_creation_events_of_the_importer() {
         "an empty cell is no value"
     );
 
-    let mut db = app.tenant_admin(admin.tenant_id).await;
+    // The service refreshed the list table's statistics itself (a manual ANALYZE, which the
+    // tenant's own role could not run), not waiting for autovacuum.
+    let after: bool = sqlx::query_scalar(analyzed)
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert!(after, "the import refreshed the statistics of `records`");
     let events: Vec<(String, Value)> = sqlx::query_as(
         "SELECT event_type, metadata::jsonb FROM events WHERE aggregate_type = 'record' ORDER BY global_position",
     )

@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use crate::auth::principal::Principal;
 use crate::error::{api_field_name, ApiError};
+use crate::infra::tenancy::tenant::Tenant;
 use crate::service::Services;
 
 /// The most rows one import takes.
@@ -311,10 +312,32 @@ impl Services {
                 .map_err(|_| ApiError::Unavailable)?;
         }
         tracing::info!(tenant.id = %tenant.id, rows, created = valid.len(), "records imported");
+        self.refresh_list_statistics(tenant).await;
         Ok(ImportOutcome {
             rows,
             created: valid.into_iter().map(|(_, id, _)| id).collect(),
             errors,
         })
+    }
+
+    /// Refreshes the planner's statistics of the records read model after a bulk write, so
+    /// that lists are planned for the rows just added rather than waiting for autovacuum
+    /// (`ANALYZE` needs the table's owner: the tenant's own role cannot run it). A failure
+    /// only costs slower plans until autovacuum comes by; it is logged, never answered.
+    async fn refresh_list_statistics(&self, tenant: &Tenant) {
+        let analyzed = async {
+            let row = self
+                .tenancy
+                .row(tenant.id)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("the organisation left the catalog"))?;
+            let mut admin = self.tenancy.admin_connection(&row).await?;
+            sqlx::query("ANALYZE records").execute(&mut admin).await?;
+            sqlx::Connection::close(admin).await?;
+            Ok::<_, anyhow::Error>(())
+        };
+        if let Err(err) = analyzed.await {
+            tracing::warn!(tenant.id = %tenant.id, error = %err, "could not refresh the statistics of the records read model");
+        }
     }
 }

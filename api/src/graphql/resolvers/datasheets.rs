@@ -67,6 +67,7 @@ macro_rules! datasheet_resolvers {
                     filter,
                     order_by,
                     search,
+                    count: ctx.look_ahead().field("totalCount").exists(),
                 };
                 page(&Cx::new(ctx)?, Datasheet::$datasheet, args).await
             }

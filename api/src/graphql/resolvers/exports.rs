@@ -57,6 +57,7 @@ impl ExportsMutation {
                 filter,
                 order_by,
                 search,
+                count: false,
             },
         )?;
         let format = ExportFormat::from(format);

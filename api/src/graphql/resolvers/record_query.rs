@@ -76,6 +76,8 @@ pub(crate) struct ListArgs {
     pub filter: Option<RecordFilter>,
     pub order_by: Option<Vec<RecordOrder>>,
     pub search: Option<String>,
+    /// Whether the client selected `totalCount`: counting every match costs a scan of them.
+    pub count: bool,
 }
 
 fn invalid(field: &str, message: impl Into<String>) -> ApiError {
@@ -369,6 +371,7 @@ pub(crate) fn record_query(
         search,
         first,
         after,
+        count: args.count,
     })
 }
 

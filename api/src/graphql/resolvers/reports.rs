@@ -158,6 +158,7 @@ impl ReportsQuery {
             filter,
             order_by: None,
             search,
+            count: false,
         };
         let query = record_query(datasheet, &schema, args)?;
         let mut conn = cx.tenant().pool.acquire().await?;
