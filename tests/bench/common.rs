@@ -3,7 +3,8 @@
 
 use std::future::Future;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
@@ -233,6 +234,36 @@ pub(crate) async fn bench_tenant(
         tenant,
         EventMetadata::new(Actor::User(user), Uuid::now_v7()),
     ))
+}
+
+/// Runs `clients` closed loops of `op(client, n)` for `duration`; returns operations per second.
+pub(crate) async fn closed_loop<F, Fut>(
+    clients: usize,
+    duration: Duration,
+    op: F,
+) -> anyhow::Result<f64>
+where
+    F: Fn(usize, usize) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let done = AtomicU64::new(0);
+    let started = Instant::now();
+    let loops = (0..clients).map(|client| {
+        let (op, done) = (&op, &done);
+        async move {
+            let mut n = 0usize;
+            while started.elapsed() < duration {
+                n += 1;
+                op(client, n).await?;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok::<_, anyhow::Error>(())
+        }
+    });
+    for result in futures::future::join_all(loops).await {
+        result?;
+    }
+    Ok(done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
 }
 
 #[cfg(test)]

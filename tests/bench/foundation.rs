@@ -17,38 +17,13 @@ use uuid::Uuid;
 use custos_api::testing::run_command;
 use custos_api::{Application, Config, DatabaseConfig};
 
+use crate::baseline;
 use crate::common::{
-    compared, data_dir, graphql, last_recorded, ms, percentile, sign_up, BenchArgs,
+    closed_loop, compared, data_dir, graphql, last_recorded, ms, percentile, sign_up, BenchArgs,
 };
 
 /// Records per client in the spread variant of phase (b).
 const SPREAD: usize = 64;
-
-/// Runs `clients` closed loops of `op(client, n)` for `duration`; returns operations per second.
-async fn closed_loop<F, Fut>(clients: usize, duration: Duration, op: F) -> anyhow::Result<f64>
-where
-    F: Fn(usize, usize) -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<()>>,
-{
-    let done = AtomicU64::new(0);
-    let started = Instant::now();
-    let loops = (0..clients).map(|client| {
-        let (op, done) = (&op, &done);
-        async move {
-            let mut n = 0usize;
-            while started.elapsed() < duration {
-                n += 1;
-                op(client, n).await?;
-                done.fetch_add(1, Ordering::Relaxed);
-            }
-            Ok::<_, anyhow::Error>(())
-        }
-    });
-    for result in futures::future::join_all(loops).await {
-        result?;
-    }
-    Ok(done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
-}
 
 pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let (_temp, data_dir) = data_dir(&args)?;
@@ -129,6 +104,9 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     sqlx::query(&format!("DROP DATABASE {scratch} WITH (FORCE)"))
         .execute(&mut conn)
         .await?;
+
+    // (baseline) The same kind of update through a plain cqrs-es service on the same server.
+    let baseline_rate = baseline::rate(&admin, args.clients, SPREAD, duration).await?;
 
     // (b) updateEmployee over HTTP, each client on its own employee (no conflicts).
     let client = reqwest::Client::new();
@@ -376,6 +354,11 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     rows.push(format!("| (a) raw single-row INSERT into an events-shaped table, {} connections | {raw_rate:.0} tx/s |", args.clients));
     rows.push(format!("| (b) `updateEmployee` over HTTP, {} clients, each on {SPREAD} records of its own | {spread_rate:.0} mutations/s |", args.clients));
     rows.push(format!("| (b)/(a) | {:.3} |", spread_rate / raw_rate));
+    rows.push(format!("| (baseline) plain cqrs-es + postgres-es + axum, the cqrs-es demo's shape (a JSON POST per command, its view updated in the request; no authentication, sealing, chain or projector), {} clients, each on {SPREAD} aggregates of its own | {baseline_rate:.0} commands/s |", args.clients));
+    rows.push(format!(
+        "| (b)/(baseline) | {:.3} |",
+        spread_rate / baseline_rate
+    ));
     rows.push(format!("| (b, hot) the same, each client on a single record (its stream grows by one event per request) | {hot_rate:.0} mutations/s |"));
     rows.push(format!("| (b, hot)/(a) | {:.3} |", hot_rate / raw_rate));
     rows.push(format!("| (d) `{{ me {{ id }} }}` over HTTP, {} clients: HTTP, authentication and GraphQL alone | {me_rate:.0} requests/s |", args.clients));

@@ -6,6 +6,7 @@ use clap::Parser;
 use custos_api::telemetry;
 
 mod backups;
+mod baseline;
 mod common;
 mod datasheets;
 mod foundation;
