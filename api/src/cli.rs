@@ -91,6 +91,9 @@ impl Cli {
             Command::Projections(args::ProjectionsCommand::Status(args)) => {
                 projections::status(args).await.map(|()| true)
             }
+            Command::Projections(args::ProjectionsCommand::Rebuild(args)) => {
+                projections::rebuild(args).await.map(|()| true)
+            }
             Command::Retention(args::RetentionCommand::Run(args)) => {
                 retention::run(args).await.map(|()| true)
             }

@@ -406,6 +406,21 @@ pub(crate) enum ProjectionsCommand {
     /// moved, how many events of its kinds it has not applied yet and how old the oldest is.
     /// Works beside a running service.
     Status(ProjectionsStatusArgs),
+    /// Rebuilds one read model of every organisation (or one) from the events, into shadow
+    /// tables while the live one keeps serving, then replaces its rows in one transaction.
+    /// Works beside a running service.
+    Rebuild(ProjectionsRebuildArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ProjectionsRebuildArgs {
+    #[command(flatten)]
+    pub(crate) common: CommonArgs,
+    /// The read model, by the name `custos projections status` shows (e.g. `records`).
+    pub(crate) name: String,
+    /// Only this organisation (its slug).
+    #[arg(long)]
+    pub(crate) tenant: Option<String>,
 }
 
 #[derive(Debug, Args)]

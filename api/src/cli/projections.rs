@@ -1,11 +1,16 @@
-//! `custos projections status`: where each read model of every organisation (or one) stands.
-//! Works beside a running service, starting no cluster of its own then.
+//! `custos projections status`: where each read model of every organisation (or one) stands;
+//! `custos projections rebuild`: one read model rebuilt from the events and swapped in. Both
+//! work beside a running service, starting no cluster of their own then.
 
+use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection};
 
-use super::args::ProjectionsStatusArgs;
+use super::args::{ProjectionsRebuildArgs, ProjectionsStatusArgs};
 use crate::infra::database::Database;
+use crate::infra::integrity::read_models::rebuild as rebuild_read_model;
+use crate::infra::keys::MasterKey;
 use crate::infra::projector::{standings, Standing};
+use crate::infra::tenancy::tenant::Reading;
 use crate::infra::tenancy::verification::organisation_servers;
 
 /// Prints, per organisation, each read model's standing.
@@ -40,6 +45,61 @@ pub(crate) async fn status(args: ProjectionsStatusArgs) -> anyhow::Result<()> {
             for read_model in &read_models {
                 println!("  {}", line(read_model, now));
             }
+        }
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    database.stop().await?;
+    result
+}
+
+/// Rebuilds one read model of every organisation (or one), printing what each rebuild did. An
+/// unknown name is refused before any organisation is touched.
+pub(crate) async fn rebuild(args: ProjectionsRebuildArgs) -> anyhow::Result<()> {
+    let config = args.common.config()?;
+    let database = Database::open_or_attach(&config).await?;
+    let result = async {
+        let master = MasterKey::load(config.master_key.as_ref(), &config.data_dir)?;
+        let organisations = organisation_servers(
+            &database.options,
+            &config.catalog_database,
+            &config.regions,
+            args.tenant.as_deref(),
+        )
+        .await?;
+        for (row, own_server) in organisations {
+            let server = own_server.unwrap_or_else(|| database.options.clone());
+            let options = server.database(&row.database_name);
+            let pool = PgPoolOptions::new()
+                .max_connections(2)
+                .connect_lazy_with(options.clone());
+            let reading = Reading::new(&pool, &master, row.id);
+            let Some(projection) = reading
+                .read_models
+                .iter()
+                .find(|projection| projection.name() == args.name)
+            else {
+                let mut names: Vec<&str> = reading.read_models.iter().map(|p| p.name()).collect();
+                names.sort_unstable();
+                anyhow::bail!(
+                    "there is no read model `{}`; the read models are: {}",
+                    args.name,
+                    names.join(", ")
+                );
+            };
+            let mut conn = PgConnection::connect_with(&options).await?;
+            let rebuilt = rebuild_read_model(&mut conn, &reading.log, projection.as_ref()).await;
+            conn.close().await?;
+            pool.close().await;
+            let rebuilt = rebuilt?;
+            println!(
+                "{}: {} rebuilt from {} events and swapped in ({} rows), at position {}",
+                row.slug,
+                projection.name(),
+                rebuilt.events,
+                rebuilt.rows,
+                rebuilt.at.global_position
+            );
         }
         Ok::<_, anyhow::Error>(())
     }

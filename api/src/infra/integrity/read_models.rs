@@ -1,7 +1,8 @@
 //! Read models against history (`custos verify --read-models`): each projection rebuilt from
 //! the events into temporary tables of the same shape, up to the position its live read model
 //! stands at, and compared row for row with the live tables in one snapshot. Nothing live is
-//! written, and a running service keeps writing meanwhile.
+//! written, and a running service keeps writing meanwhile. The same rebuild can also replace a
+//! live read model's rows in one transaction (`custos projections rebuild`, [`rebuild`]).
 //!
 //! A temporary table shadows the table of the same name for this connection only (PostgreSQL
 //! searches `pg_temp` first), so each projection's own SQL writes the copy.
@@ -93,6 +94,100 @@ pub(crate) async fn compare(
         report.projections += 1;
     }
     Ok(report)
+}
+
+/// What [`rebuild`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Rebuilt {
+    /// Events applied to the rebuilt tables.
+    pub(crate) events: i64,
+    /// Rows the live tables hold now, all tables together.
+    pub(crate) rows: i64,
+    /// Where the read model stood when the rebuilt rows replaced the live ones.
+    pub(crate) at: Position,
+}
+
+/// Rebuilds `projection` from the events into temporary tables of the same shape while the
+/// live read model keeps serving and its projector keeps applying, then replaces the live
+/// rows with the rebuilt ones in one transaction: a reader sees the old rows or the new ones,
+/// never a mix or an empty table, and writers only wait for this read model while the rows
+/// are copied.
+///
+/// The replay runs in short read-only transactions (as [`compare`]) up to where the live read
+/// model stood at the start. The replacing transaction then locks the projection's checkpoint
+/// row — its projector, on any instance, skips a locked row (`FOR UPDATE SKIP LOCKED`) and
+/// applies nothing meanwhile — applies the events since, and replaces the rows; the checkpoint
+/// stays where it was, because the rebuilt tables stand exactly there.
+pub(crate) async fn rebuild(
+    conn: &mut PgConnection,
+    log: &EventLog,
+    projection: &dyn Projection,
+) -> anyhow::Result<Rebuilt> {
+    for table in projection.tables() {
+        shadow(&mut *conn, table).await?;
+    }
+    let replaced = async {
+        let mut tx = read_only(&mut *conn, "").await?;
+        projection.reset(&mut tx).await?;
+        let start = live_position(&mut tx, projection.name()).await?;
+        tx.commit().await?;
+        let mut events = 0;
+        let mut at = Position::default();
+        loop {
+            let mut tx = read_only(&mut *conn, "").await?;
+            let (applied, done) = replay(&mut tx, log, projection, &mut at, start).await?;
+            tx.commit().await?;
+            events += applied;
+            if done {
+                break;
+            }
+        }
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        let live = Position::from_row(
+            &sqlx::query(
+                "SELECT transaction_id::text::bigint AS transaction_id, global_position
+                 FROM projection_checkpoints WHERE projection = $1 FOR UPDATE",
+            )
+            .bind(projection.name())
+            .fetch_one(&mut *tx)
+            .await?,
+        )?;
+        loop {
+            let (applied, done) = replay(&mut tx, log, projection, &mut at, live).await?;
+            events += applied;
+            if done {
+                break;
+            }
+        }
+        let mut rows = 0;
+        for table in projection.tables() {
+            let name = table.name;
+            let columns = columns(&mut tx, name, &[], true).await?;
+            sqlx::query(&format!("DELETE FROM public.\"{name}\""))
+                .execute(&mut *tx)
+                .await?;
+            rows += sqlx::query(&format!(
+                "INSERT INTO public.\"{name}\" ({columns}) OVERRIDING SYSTEM VALUE
+                 SELECT {columns} FROM pg_temp.\"{name}\""
+            ))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected() as i64;
+        }
+        tx.commit().await?;
+        Ok::<_, anyhow::Error>(Rebuilt {
+            events,
+            rows,
+            at: live,
+        })
+    }
+    .await;
+    for table in projection.tables() {
+        sqlx::query(&format!("DROP TABLE IF EXISTS pg_temp.\"{}\"", table.name))
+            .execute(&mut *conn)
+            .await?;
+    }
+    replaced
 }
 
 /// A transaction that can write temporary tables only (`mode`: more transaction modes).
