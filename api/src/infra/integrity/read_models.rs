@@ -233,20 +233,22 @@ async fn replay(
             BATCH,
         )
         .await?;
-    let mut applied = 0;
     let mut done = (events.len() as i64) < BATCH;
+    let mut batch = Vec::with_capacity(events.len());
     for stored in &events {
         if stored.position > until {
             done = true;
             break;
         }
         if let Some(event) = projected(stored)? {
-            projection.apply(conn, &event).await?;
-            applied += 1;
+            batch.push(event);
         }
         *at = stored.position;
     }
-    Ok((applied, done))
+    // As the projector applies them: set-based where the projection writes that way.
+    let batch: Vec<_> = batch.iter().collect();
+    projection.apply_all(conn, &batch).await?;
+    Ok((batch.len() as i64, done))
 }
 
 /// A temporary table shaped like `table` (columns, defaults, constraints, indexes), with the
