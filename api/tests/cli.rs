@@ -254,9 +254,29 @@ async fn a_new_user_creates_a_tenant_serves_and_logs_in() {
             .output()
             .unwrap()
     };
+    // And a read model rebuilt and swapped in beside it.
+    let rebuild = Command::new(custos())
+        .args([
+            "projections",
+            "rebuild",
+            "records",
+            "--tenant",
+            "cli-org",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
     let running = verify();
     let running_status = status();
     stop(child);
+    let rebuilt = String::from_utf8_lossy(&rebuild.stdout);
+    assert!(
+        rebuild.status.success() && rebuilt.contains("cli-org: records rebuilt from"),
+        "{rebuilt} {}",
+        String::from_utf8_lossy(&rebuild.stderr)
+    );
     // ...and without it (starting the cluster itself).
     let stopped = verify();
     let stopped_status = status();
@@ -521,6 +541,7 @@ fn help_is_available_for_every_command() {
         vec!["retention", "run", "--help"],
         vec!["verify", "--help"],
         vec!["projections", "status", "--help"],
+        vec!["projections", "rebuild", "--help"],
     ] {
         let output = Command::new(custos()).args(&args).output().unwrap();
         assert!(output.status.success(), "{args:?}");

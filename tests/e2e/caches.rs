@@ -43,6 +43,19 @@ async fn until(
     }
 }
 
+/// A new organisation, the id of its Viewer role, and a user holding it whose session and
+/// grants the service has in memory (the user listed employees once).
+async fn viewer_in_memory(prefix: &str) -> (TestApp, Session, String, Session) {
+    let app = TestApp::spawn().await;
+    let admin = app.sign_up(&slug(prefix)).await;
+    let viewer = app.role_id(&admin, "Viewer").await;
+    let user = app
+        .user_with_roles(&admin, std::slice::from_ref(&viewer))
+        .await;
+    call(&app, &user, EMPLOYEES, json!({})).await.ok();
+    (app, admin, viewer, user)
+}
+
 async fn execute(db: &mut PgConnection, statement: &str) {
     sqlx::query(statement)
         .execute(db)
@@ -85,13 +98,7 @@ async fn a_session_is_used_from_memory_until_the_database_announces_a_change() {
 
 #[tokio::test]
 async fn a_session_or_permission_ended_by_another_writer_is_refused_at_once() {
-    let app = TestApp::spawn().await;
-    let admin = app.sign_up(&slug("elsewhere")).await;
-    let viewer = app.role_id(&admin, "Viewer").await;
-    let user = app
-        .user_with_roles(&admin, std::slice::from_ref(&viewer))
-        .await;
-    call(&app, &user, EMPLOYEES, json!({})).await.ok();
+    let (app, admin, viewer, user) = viewer_in_memory("elsewhere").await;
     call(&app, &admin, ME, json!({})).await.ok();
 
     // What another instance's projector writes when the role loses a permission.
@@ -166,13 +173,7 @@ async fn a_subject_erased_by_another_writer_is_unreadable_here_at_once() {
 
 #[tokio::test]
 async fn this_instances_own_changes_are_seen_by_the_next_request_without_waiting() {
-    let app = TestApp::spawn().await;
-    let admin = app.sign_up(&slug("own-changes")).await;
-    let viewer = app.role_id(&admin, "Viewer").await;
-    let user = app
-        .user_with_roles(&admin, std::slice::from_ref(&viewer))
-        .await;
-    call(&app, &user, EMPLOYEES, json!({})).await.ok();
+    let (app, admin, viewer, user) = viewer_in_memory("own-changes").await;
     call(
         &app,
         &admin,

@@ -2,33 +2,50 @@
 //! `custos projections rebuild`: one read model rebuilt from the events and swapped in. Both
 //! work beside a running service, starting no cluster of their own then.
 
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection};
 
 use super::args::{ProjectionsRebuildArgs, ProjectionsStatusArgs};
+use crate::config::Config;
 use crate::infra::database::Database;
 use crate::infra::integrity::read_models::rebuild as rebuild_read_model;
 use crate::infra::keys::MasterKey;
 use crate::infra::projector::{standings, Standing};
-use crate::infra::tenancy::tenant::Reading;
+use crate::infra::tenancy::tenant::{Reading, TenantRow};
 use crate::infra::tenancy::verification::organisation_servers;
+
+/// Every organisation of the catalog (or the one with the slug `only`), each with the options
+/// that reach its database on its region's server.
+async fn organisations(
+    database: &Database,
+    config: &Config,
+    only: Option<&str>,
+) -> anyhow::Result<Vec<(TenantRow, PgConnectOptions)>> {
+    let organisations = organisation_servers(
+        &database.options,
+        &config.catalog_database,
+        &config.regions,
+        only,
+    )
+    .await?;
+    Ok(organisations
+        .into_iter()
+        .map(|(row, own_server)| {
+            let server = own_server.unwrap_or_else(|| database.options.clone());
+            let options = server.database(&row.database_name);
+            (row, options)
+        })
+        .collect())
+}
 
 /// Prints, per organisation, each read model's standing.
 pub(crate) async fn status(args: ProjectionsStatusArgs) -> anyhow::Result<()> {
     let config = args.common.config()?;
     let database = Database::open_or_attach(&config).await?;
     let result = async {
-        let organisations = organisation_servers(
-            &database.options,
-            &config.catalog_database,
-            &config.regions,
-            args.tenant.as_deref(),
-        )
-        .await?;
         let now = chrono::Utc::now();
-        for (row, own_server) in organisations {
-            let server = own_server.unwrap_or_else(|| database.options.clone());
-            let mut conn = PgConnection::connect_with(&server.database(&row.database_name)).await?;
+        for (row, options) in organisations(&database, &config, args.tenant.as_deref()).await? {
+            let mut conn = PgConnection::connect_with(&options).await?;
             let read_models = standings(&mut conn, &custos_projections::all()).await?;
             conn.close().await?;
             let behind: i64 = read_models.iter().map(|r| r.behind).sum();
@@ -60,16 +77,7 @@ pub(crate) async fn rebuild(args: ProjectionsRebuildArgs) -> anyhow::Result<()> 
     let database = Database::open_or_attach(&config).await?;
     let result = async {
         let master = MasterKey::load(config.master_key.as_ref(), &config.data_dir)?;
-        let organisations = organisation_servers(
-            &database.options,
-            &config.catalog_database,
-            &config.regions,
-            args.tenant.as_deref(),
-        )
-        .await?;
-        for (row, own_server) in organisations {
-            let server = own_server.unwrap_or_else(|| database.options.clone());
-            let options = server.database(&row.database_name);
+        for (row, options) in organisations(&database, &config, args.tenant.as_deref()).await? {
             let pool = PgPoolOptions::new()
                 .max_connections(2)
                 .connect_lazy_with(options.clone());
