@@ -63,17 +63,16 @@ async fn execute(db: &mut PgConnection, statement: &str) {
         .unwrap_or_else(|e| panic!("{statement}: {e}"));
 }
 
-#[tokio::test]
-async fn a_session_is_used_from_memory_until_the_database_announces_a_change() {
-    let app = TestApp::spawn().await;
-    let admin = app.sign_up(&slug("memory")).await;
+/// An administrator's session in the service's memory, then revoked in the database with its
+/// announcement turned off: still answered from memory. The admin connection is returned.
+async fn silently_revoked(app: &TestApp, prefix: &str) -> (Session, PgConnection) {
+    let admin = app.sign_up(&slug(prefix)).await;
     // The sign-up's own announcements (its user, its roles) are heard before the session is
     // cached, or they would drop it below.
     app.settled(admin.tenant_id).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    call(&app, &admin, ME, json!({})).await.ok();
+    call(app, &admin, ME, json!({})).await.ok();
 
-    // A revocation nobody announces (its trigger off) is not seen: the copy in memory answers.
     let mut db = app.tenant_admin(admin.tenant_id).await;
     execute(
         &mut db,
@@ -86,7 +85,15 @@ async fn a_session_is_used_from_memory_until_the_database_announces_a_change() {
         "ALTER TABLE sessions ENABLE TRIGGER sessions_announce_revocation",
     )
     .await;
-    call(&app, &admin, ME, json!({})).await.ok();
+    call(app, &admin, ME, json!({})).await.ok();
+    (admin, db)
+}
+
+#[tokio::test]
+async fn a_session_is_used_from_memory_until_the_database_announces_a_change() {
+    let app = TestApp::spawn().await;
+    // A revocation nobody announces (its trigger off) is not seen: the copy in memory answers.
+    let (admin, mut db) = silently_revoked(&app, "memory").await;
 
     // The announcement drops it.
     execute(&mut db, "NOTIFY custos_cache, 'sessions'").await;
@@ -232,4 +239,25 @@ async fn this_instances_own_changes_are_seen_by_the_next_request_without_waiting
         call(&app, &user, ME, json!({})).await.code(),
         Some("UNAUTHENTICATED")
     );
+}
+
+#[tokio::test]
+async fn losing_the_listening_connection_drops_every_copy() {
+    let app = TestApp::spawn().await;
+    let (admin, mut db) = silently_revoked(&app, "deaf").await;
+
+    // Its listening connection ends: announcements may be lost from now on, so nothing kept
+    // is trusted, and the revocation nobody announced is seen.
+    let ended: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+    )
+    .fetch_all(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(ended, [true], "one listening connection");
+    until(&app, &admin, ME, json!({}), |answer| {
+        answer.code() == Some("UNAUTHENTICATED")
+    })
+    .await;
 }

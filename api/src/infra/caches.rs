@@ -25,6 +25,13 @@ use tokio::task::JoinHandle;
 /// The channel tenant databases announce changes on; the payload names what changed.
 pub(crate) const CHANNEL: &str = "custos_cache";
 
+/// How often a listening context announces a heartbeat through its own pool, and how long it
+/// may hear nothing at all (heartbeats included) before it counts itself deaf: a connection
+/// that died without an error, or a pooler that accepts `LISTEN` and delivers nothing, turns
+/// caching off within this time.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(4);
+const DEAF_AFTER: Duration = Duration::from_secs(10);
+const HEARTBEAT: &str = "heartbeat";
 /// The wait before listening again after the connection failed, doubling up to the maximum.
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(30);
@@ -149,7 +156,12 @@ pub(crate) fn listen(
         .max_lifetime(None)
         .acquire_timeout(Duration::from_secs(5))
         .connect_lazy_with((*pool.connect_options()).clone());
-    Listening(tokio::spawn(hear(hearing, listener, listener_pool)))
+    Listening(tokio::spawn(hear(
+        hearing,
+        listener,
+        listener_pool,
+        pool.clone(),
+    )))
 }
 
 /// Turns hearing on or off, dropping every copy both ways: nothing read before (or while deaf)
@@ -170,31 +182,55 @@ impl Drop for Listening {
     }
 }
 
-async fn hear(hearing: Arc<Hearing>, caches: Arc<dyn Listener>, pool: PgPool) {
+async fn hear(hearing: Arc<Hearing>, caches: Arc<dyn Listener>, listen: PgPool, pool: PgPool) {
+    let database = pool.connect_options().get_database().map(str::to_owned);
     let mut retry = RETRY_FIRST;
     loop {
-        match PgListener::connect_with(&pool).await {
+        match PgListener::connect_with(&listen).await {
             Ok(mut listener) => {
+                // A lost connection ends this round at once instead of reconnecting inside
+                // `try_recv`, where values read meanwhile would be cached unheard.
+                listener.eager_reconnect(false);
                 if listener.listen(CHANNEL).await.is_ok() {
                     set_hearing(&hearing, caches.as_ref(), true);
                     retry = RETRY_FIRST;
-                    // `Ok(None)`: the connection was lost (announcements with it); an error:
-                    // it could not be made again. Either way, start over deaf.
-                    while let Ok(Some(notification)) = listener.try_recv().await {
-                        caches.announced(notification.payload());
+                    let _beating = Listening(tokio::spawn(beat(pool.clone())));
+                    // Lost, failed, or silent for too long: start over deaf.
+                    while let Ok(Ok(Some(notification))) =
+                        tokio::time::timeout(DEAF_AFTER, listener.try_recv()).await
+                    {
+                        if notification.payload() != HEARTBEAT {
+                            caches.announced(notification.payload());
+                        }
                     }
                     set_hearing(&hearing, caches.as_ref(), false);
+                    if pool.is_closed() || listen.is_closed() {
+                        return;
+                    }
+                    tracing::warn!(database = ?database, "no longer hearing cache announcements: caching is off until they are heard again");
                 }
             }
             Err(err) => {
-                tracing::debug!(error = %err, "cannot listen for cache announcements");
+                tracing::warn!(database = ?database, error = %err, "cannot listen for cache announcements: caching is off");
             }
         }
-        if pool.is_closed() {
+        if pool.is_closed() || listen.is_closed() {
             return;
         }
         tokio::time::sleep(retry).await;
         retry = (retry * 2).min(RETRY_MAX);
+    }
+}
+
+/// Announces a heartbeat every [`HEARTBEAT_EVERY`]; a failure shows as silence to the listener.
+async fn beat(pool: PgPool) {
+    loop {
+        let _silence_tells = sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANNEL)
+            .bind(HEARTBEAT)
+            .execute(&pool)
+            .await;
+        tokio::time::sleep(HEARTBEAT_EVERY).await;
     }
 }
 

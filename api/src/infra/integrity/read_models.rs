@@ -110,8 +110,10 @@ pub(crate) struct Rebuilt {
 /// Rebuilds `projection` from the events into temporary tables of the same shape while the
 /// live read model keeps serving and its projector keeps applying, then replaces the live
 /// rows with the rebuilt ones in one transaction: a reader sees the old rows or the new ones,
-/// never a mix or an empty table, and writers only wait for this read model while the rows
-/// are copied.
+/// never a mix or an empty table. While the rows are copied, every read model of the
+/// organisation stands still (the transaction holds back the projectors' horizon), so
+/// requests that wait for one wait that long. A subject erased meanwhile, or a reset of the
+/// read model, refuses the replacement: nothing live changes.
 ///
 /// The replay runs in short read-only transactions (as [`compare`]) up to where the live read
 /// model stood at the start. The replacing transaction then locks the projection's checkpoint
@@ -129,17 +131,26 @@ pub(crate) async fn rebuild(
     let replaced = async {
         let mut tx = read_only(&mut *conn, "").await?;
         projection.reset(&mut tx).await?;
-        let start = live_position(&mut tx, projection.name()).await?;
+        let erased_before = last_erasure(&mut tx).await?;
         tx.commit().await?;
         let mut events = 0;
         let mut at = Position::default();
-        loop {
+        // Up to where the live read model stands, then once more up to where it stands after
+        // that: the replacing transaction, which holds back every projector of the
+        // organisation (its transaction id is below their horizon), applies only the last
+        // moments' events.
+        for _round in 0..2 {
             let mut tx = read_only(&mut *conn, "").await?;
-            let (applied, done) = replay(&mut tx, log, projection, &mut at, start).await?;
+            let target = live_position(&mut tx, projection.name()).await?;
             tx.commit().await?;
-            events += applied;
-            if done {
-                break;
+            loop {
+                let mut tx = read_only(&mut *conn, "").await?;
+                let (applied, done) = replay(&mut tx, log, projection, &mut at, target).await?;
+                tx.commit().await?;
+                events += applied;
+                if done {
+                    break;
+                }
             }
         }
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
@@ -152,6 +163,17 @@ pub(crate) async fn rebuild(
             .fetch_one(&mut *tx)
             .await?,
         )?;
+        // Values the rebuilt tables took from keys destroyed since (an erasure, or the erasure
+        // ledger replayed after a restore, which also resets the read models) must not reach
+        // the live tables.
+        anyhow::ensure!(
+            live >= at,
+            "the read model was reset while it was rebuilt; nothing was replaced: run the rebuild again"
+        );
+        anyhow::ensure!(
+            last_erasure(&mut tx).await? == erased_before,
+            "a subject was erased while the read model was rebuilt; nothing was replaced: run the rebuild again"
+        );
         loop {
             let (applied, done) = replay(&mut tx, log, projection, &mut at, live).await?;
             events += applied;
@@ -188,6 +210,15 @@ pub(crate) async fn rebuild(
             .await?;
     }
     replaced
+}
+
+/// When a subject key was last destroyed, if ever.
+async fn last_erasure(
+    conn: &mut PgConnection,
+) -> sqlx::Result<Option<chrono::DateTime<chrono::Utc>>> {
+    sqlx::query_scalar("SELECT max(erased_at) FROM subject_keys")
+        .fetch_one(conn)
+        .await
 }
 
 /// A transaction that can write temporary tables only (`mode`: more transaction modes).
