@@ -45,30 +45,7 @@ impl Projection for RecordsProjection {
             RecordEvent::RecordCreated { .. } => {
                 insert_created(conn, &creations(&[event])).await?;
             }
-            RecordEvent::RecordUpdated { changes, .. } => {
-                let set: Map<String, Value> = changes
-                    .iter()
-                    .filter(|(_, v)| !v.is_null())
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect();
-                let cleared: Vec<&str> = changes
-                    .iter()
-                    .filter(|(_, v)| v.is_null())
-                    .map(|(k, _)| k.as_str())
-                    .collect();
-                sqlx::query(&change(
-                    "fields = (fields || $5::jsonb) - $6::text[],
-                     stage_since = CASE WHEN $5::jsonb ? 'stage' THEN $3 ELSE stage_since END",
-                ))
-                .bind(event.aggregate_id)
-                .bind(event.sequence)
-                .bind(event.recorded_at)
-                .bind(actor)
-                .bind(Json(set))
-                .bind(cleared)
-                .execute(conn)
-                .await?;
-            }
+            RecordEvent::RecordUpdated { .. } => update_all(conn, &[event]).await?,
             RecordEvent::RecordArchived { .. } | RecordEvent::RecordRestored { .. } => {
                 let archived = matches!(record_event, RecordEvent::RecordArchived { .. });
                 sqlx::query(&change(
@@ -136,8 +113,9 @@ impl Projection for RecordsProjection {
         Ok(())
     }
 
-    /// Runs of creations (seeding, imports, a rebuild) as one multi-row insert each; every
-    /// other event on its own, in order.
+    /// Runs of creations (seeding, imports, a rebuild) as one multi-row insert each, runs of
+    /// updates as one statement each (a record's updates within a run folded into one);
+    /// every other event on its own, in order.
     async fn apply_all(
         &self,
         conn: &mut PgConnection,
@@ -145,14 +123,21 @@ impl Projection for RecordsProjection {
     ) -> sqlx::Result<()> {
         let mut rest = events;
         while let Some(first) = rest.first() {
-            let run = creations(&rest[..rest.len().min(1_000)]);
-            if run.is_empty() {
-                self.apply(conn, first).await?;
-                rest = &rest[1..];
-            } else {
-                insert_created(conn, &run).await?;
-                rest = &rest[run.len()..];
+            let window = &rest[..rest.len().min(1_000)];
+            let created = creations(window);
+            if !created.is_empty() {
+                insert_created(conn, &created).await?;
+                rest = &rest[created.len()..];
+                continue;
             }
+            let updated = updates(window);
+            if updated > 0 {
+                update_all(conn, &window[..updated]).await?;
+                rest = &rest[updated..];
+                continue;
+            }
+            self.apply(conn, first).await?;
+            rest = &rest[1..];
         }
         Ok(())
     }
@@ -179,6 +164,113 @@ fn creations<'a>(events: &[&'a ProjectedEvent]) -> Vec<Creation<'a>> {
             _ => None,
         })
         .collect()
+}
+
+/// How many of `events`, from the start, are updates.
+fn updates(events: &[&ProjectedEvent]) -> usize {
+    events
+        .iter()
+        .take_while(|event| {
+            matches!(
+                event.event,
+                AnyEvent::Record(RecordEvent::RecordUpdated { .. })
+            )
+        })
+        .count()
+}
+
+/// What a record's updates in one run change together: later values over earlier ones.
+struct Folded<'a> {
+    last: &'a ProjectedEvent,
+    set: Map<String, Value>,
+    cleared: Vec<String>,
+    /// When the last of them that gave the stage a value was recorded.
+    stage_since: Option<DateTime<Utc>>,
+}
+
+/// Folds updates (only updates) per record, in the order each record first appears.
+fn fold<'a>(events: &[&'a ProjectedEvent]) -> Vec<Folded<'a>> {
+    let mut folded: Vec<Folded<'a>> = Vec::new();
+    let mut at: std::collections::HashMap<Uuid, usize> = std::collections::HashMap::new();
+    for event in events {
+        let AnyEvent::Record(RecordEvent::RecordUpdated { changes, .. }) = &event.event else {
+            continue;
+        };
+        let index = *at.entry(event.aggregate_id).or_insert_with(|| {
+            folded.push(Folded {
+                last: event,
+                set: Map::new(),
+                cleared: Vec::new(),
+                stage_since: None,
+            });
+            folded.len() - 1
+        });
+        let record = &mut folded[index];
+        record.last = event;
+        for (key, value) in changes {
+            if value.is_null() {
+                record.set.remove(key);
+                if !record.cleared.contains(key) {
+                    record.cleared.push(key.clone());
+                }
+            } else {
+                record.cleared.retain(|cleared| cleared != key);
+                record.set.insert(key.clone(), value.clone());
+                if key == "stage" {
+                    record.stage_since = Some(event.recorded_at);
+                }
+            }
+        }
+    }
+    folded
+}
+
+/// Applies a run of updates with one statement. A record's folded change, applied where the
+/// row is behind its last update, leaves what its updates one by one would: each field ends
+/// at the last value given to it, whichever of them the row had already seen.
+async fn update_all(conn: &mut PgConnection, events: &[&ProjectedEvent]) -> sqlx::Result<()> {
+    let folded = fold(events);
+    let n = folded.len();
+    let (mut ids, mut versions, mut times, mut actors) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut sets, mut cleared, mut stages) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for record in folded {
+        ids.push(record.last.aggregate_id);
+        versions.push(record.last.sequence);
+        times.push(record.last.recorded_at);
+        actors.push(record.last.metadata.actor.id());
+        sets.push(Json(record.set));
+        cleared.push(Json(record.cleared));
+        stages.push(record.stage_since);
+    }
+    sqlx::query(
+        "UPDATE records AS r
+         SET version = u.version, updated_at = u.updated_at, updated_by = u.updated_by,
+             fields = (r.fields || u.set) - ARRAY(SELECT jsonb_array_elements_text(u.cleared)),
+             stage_since = coalesce(u.stage_since, r.stage_since)
+         FROM unnest($1::uuid[], $2::bigint[], $3::timestamptz[], $4::uuid[], $5::jsonb[],
+                     $6::jsonb[], $7::timestamptz[])
+              AS u(id, version, updated_at, updated_by, set, cleared, stage_since)
+         WHERE r.id = u.id AND r.version < u.version",
+    )
+    .bind(ids)
+    .bind(versions)
+    .bind(times)
+    .bind(actors)
+    .bind(sets)
+    .bind(cleared)
+    .bind(stages)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// Inserts the rows of newly created records (a replayed creation changes nothing).

@@ -545,3 +545,151 @@ async fn a_read_model_rebuilt_under_concurrent_writes_serves_throughout_and_ends
         .expect_err("an unknown read model is refused");
     assert!(refused.to_string().contains("records"), "{refused}");
 }
+
+/// A record event as the projector hands it over: the `n`th of the log, by `actor`.
+fn projected(
+    n: i64,
+    record: Uuid,
+    sequence: i64,
+    event: custos_domain::RecordEvent,
+) -> custos_projections::ProjectedEvent {
+    let actor = custos_domain::Actor::User(Uuid::from_u128(n as u128));
+    custos_projections::ProjectedEvent {
+        global_position: n,
+        aggregate_id: record,
+        sequence,
+        recorded_at: chrono::DateTime::UNIX_EPOCH + chrono::Duration::seconds(n),
+        metadata: custos_domain::EventMetadata::new(actor, Uuid::nil()),
+        event: custos_projections::AnyEvent::Record(event),
+    }
+}
+
+#[tokio::test]
+async fn a_run_of_updates_written_at_once_or_replayed_from_its_middle_leaves_what_one_by_one_leaves(
+) {
+    use custos_domain::Datasheet::{Applicants, Employees};
+    use custos_domain::RecordEvent::{RecordArchived, RecordCreated, RecordUpdated};
+
+    let app = TestApp::spawn().await;
+    let session = app.sign_up(&slug("folded")).await;
+    let mut db = app.tenant_admin(session.tenant_id).await;
+    // A table of this connection's own shadows the service's `records` (and its projector).
+    sqlx::query("CREATE TEMP TABLE records (LIKE public.records INCLUDING ALL)")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let fields =
+        |pairs: Value| -> custos_domain::record::Fields { serde_json::from_value(pairs).unwrap() };
+    let (ada, bob, cy) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    let update = |n, record, sequence, changes: Value| {
+        projected(
+            n,
+            record,
+            sequence,
+            RecordUpdated {
+                datasheet: if record == cy { Applicants } else { Employees },
+                changes: fields(changes),
+            },
+        )
+    };
+    let created = |n, record, datasheet, values: Value| {
+        projected(
+            n,
+            record,
+            1,
+            RecordCreated {
+                datasheet,
+                fields: fields(values),
+                hired_from: None,
+            },
+        )
+    };
+    let events = [
+        created(
+            1,
+            ada,
+            Employees,
+            json!({ "first_name": "Ada", "department": "X", "email": "a@example.org" }),
+        ),
+        created(
+            2,
+            bob,
+            Employees,
+            json!({ "first_name": "Bob", "email": "b@example.org" }),
+        ),
+        created(
+            3,
+            cy,
+            Applicants,
+            json!({ "first_name": "Cy", "stage": "applied" }),
+        ),
+        update(4, ada, 2, json!({ "department": "Y" })),
+        update(5, bob, 2, json!({ "email": null })),
+        update(6, ada, 3, json!({ "department": null })),
+        update(7, cy, 2, json!({ "stage": "screening" })),
+        update(
+            8,
+            ada,
+            4,
+            json!({ "department": "Z", "email": "a2@example.org" }),
+        ),
+        update(9, cy, 3, json!({ "notes": "n", "stage": null })),
+        update(10, bob, 3, json!({ "email": "b2@example.org" })),
+        update(11, cy, 4, json!({ "stage": "interview" })),
+        update(12, cy, 5, json!({ "notes": null })),
+        projected(
+            13,
+            ada,
+            5,
+            RecordArchived {
+                datasheet: Employees,
+            },
+        ),
+        update(14, ada, 6, json!({ "department": "W" })),
+    ];
+    let all: Vec<&custos_projections::ProjectedEvent> = events.iter().collect();
+
+    for event in &all {
+        RecordsProjection.apply(&mut db, event).await.unwrap();
+    }
+    let one_by_one = employee_rows(&mut db).await;
+    assert_eq!(one_by_one.len(), 3);
+    let ada_row = one_by_one.iter().find(|r| r["id"] == json!(ada)).unwrap();
+    assert_eq!(ada_row["fields"]["department"], json!("W"));
+    assert_eq!(ada_row["fields"]["email"], json!("a2@example.org"));
+    let cy_row = one_by_one.iter().find(|r| r["id"] == json!(cy)).unwrap();
+    assert_eq!(
+        cy_row["fields"],
+        json!({ "first_name": "Cy", "stage": "interview" })
+    );
+
+    sqlx::query("DELETE FROM records")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    RecordsProjection.apply_all(&mut db, &all).await.unwrap();
+    assert_eq!(employee_rows(&mut db).await, one_by_one, "written at once");
+
+    // Rows part-way through the run (the batch before was cut after the fourth update), the
+    // run replayed from its start: what a projector retrying after a crash does.
+    sqlx::query("DELETE FROM records")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    RecordsProjection
+        .apply_all(&mut db, &all[..7])
+        .await
+        .unwrap();
+    RecordsProjection
+        .apply_all(&mut db, &all[3..])
+        .await
+        .unwrap();
+    assert_eq!(
+        employee_rows(&mut db).await,
+        one_by_one,
+        "replayed from the middle"
+    );
+
+    RecordsProjection.apply_all(&mut db, &all).await.unwrap();
+    assert_eq!(employee_rows(&mut db).await, one_by_one, "replayed whole");
+}

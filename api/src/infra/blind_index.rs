@@ -3,6 +3,8 @@
 //! per-tenant key derived from the master key, which never enters the database; a database
 //! dump alone cannot be searched for, or reversed to, an address or number.
 
+use std::collections::BTreeMap;
+
 use async_trait::async_trait;
 use cqrs_es::Aggregate;
 use custos_domain::{Email, Phone, Record, RecordEvent};
@@ -79,6 +81,35 @@ impl BlindIndex {
             .collect()
     }
 
+    /// What `events`, applied in order, leave in the index.
+    fn left_by(&self, events: &[&ProjectedEvent]) -> Left {
+        let mut left = Left::default();
+        for event in events {
+            let AnyEvent::Record(record_event) = &event.event else {
+                continue;
+            };
+            let values = match record_event {
+                RecordEvent::RecordCreated { fields, .. } => fields,
+                RecordEvent::RecordUpdated { changes, .. } => changes,
+                RecordEvent::RecordErased { .. } => {
+                    for (field, _) in INDEXED {
+                        left.set.remove(&(event.aggregate_id, field));
+                    }
+                    left.erased.push(event.aggregate_id);
+                    continue;
+                }
+                _ => continue,
+            };
+            for (field, kind) in INDEXED {
+                if let Some(value) = values.get(field) {
+                    left.set
+                        .insert((event.aggregate_id, field), self.value_digests(kind, value));
+                }
+            }
+        }
+        left
+    }
+
     /// The records with this digest.
     pub(crate) async fn records(&self, pool: &PgPool, digest: &[u8]) -> sqlx::Result<Vec<Uuid>> {
         sqlx::query_scalar("SELECT DISTINCT record_id FROM subject_index WHERE digest = $1")
@@ -86,6 +117,14 @@ impl BlindIndex {
             .fetch_all(pool)
             .await
     }
+}
+
+/// What a run of record events leaves in the index: the records erased among them, and the
+/// digests of the last value each of them set for a (record, field) after any erasure.
+#[derive(Default)]
+struct Left {
+    erased: Vec<Uuid>,
+    set: BTreeMap<(Uuid, &'static str), Vec<Vec<u8>>>,
 }
 
 /// Keeps `subject_index` in step with record events.
@@ -105,41 +144,54 @@ impl Projection for BlindIndexProjection {
     }
 
     async fn apply(&self, conn: &mut PgConnection, event: &ProjectedEvent) -> sqlx::Result<()> {
-        let AnyEvent::Record(record_event) = &event.event else {
+        self.apply_all(conn, &[event]).await
+    }
+
+    /// What the events leave, in at most three statements: the rows of records erased among
+    /// them removed, then every (record, field) they set replaced by its last value's digests.
+    async fn apply_all(
+        &self,
+        conn: &mut PgConnection,
+        events: &[&ProjectedEvent],
+    ) -> sqlx::Result<()> {
+        let left = self.0.left_by(events);
+        if !left.erased.is_empty() {
+            sqlx::query("DELETE FROM subject_index WHERE record_id = ANY($1)")
+                .bind(&left.erased)
+                .execute(&mut *conn)
+                .await?;
+        }
+        if left.set.is_empty() {
             return Ok(());
-        };
-        let values = match record_event {
-            RecordEvent::RecordCreated { fields, .. } => fields,
-            RecordEvent::RecordUpdated { changes, .. } => changes,
-            RecordEvent::RecordErased { .. } => {
-                sqlx::query("DELETE FROM subject_index WHERE record_id = $1")
-                    .bind(event.aggregate_id)
-                    .execute(&mut *conn)
-                    .await?;
-                return Ok(());
+        }
+        let (records, fields): (Vec<Uuid>, Vec<&str>) = left.set.keys().copied().unzip();
+        sqlx::query(
+            "DELETE FROM subject_index AS s USING unnest($1::uuid[], $2::text[]) AS t(record_id, field)
+             WHERE s.record_id = t.record_id AND s.field = t.field",
+        )
+        .bind(&records)
+        .bind(&fields)
+        .execute(&mut *conn)
+        .await?;
+        let mut rows: (Vec<Vec<u8>>, Vec<Uuid>, Vec<&str>) = Default::default();
+        for ((record, field), digests) in left.set {
+            for digest in digests {
+                rows.0.push(digest);
+                rows.1.push(record);
+                rows.2.push(field);
             }
-            _ => return Ok(()),
-        };
-        for (field, kind) in INDEXED {
-            let Some(value) = values.get(field) else {
-                continue;
-            };
-            sqlx::query("DELETE FROM subject_index WHERE record_id = $1 AND field = $2")
-                .bind(event.aggregate_id)
-                .bind(field)
-                .execute(&mut *conn)
-                .await?;
-            for digest in self.0.value_digests(kind, value) {
-                sqlx::query(
-                    "INSERT INTO subject_index (digest, record_id, field) VALUES ($1, $2, $3)
-                     ON CONFLICT DO NOTHING",
-                )
-                .bind(digest)
-                .bind(event.aggregate_id)
-                .bind(field)
-                .execute(&mut *conn)
-                .await?;
-            }
+        }
+        if !rows.0.is_empty() {
+            sqlx::query(
+                "INSERT INTO subject_index (digest, record_id, field)
+                 SELECT * FROM unnest($1::bytea[], $2::uuid[], $3::text[])
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(rows.0)
+            .bind(rows.1)
+            .bind(rows.2)
+            .execute(&mut *conn)
+            .await?;
         }
         Ok(())
     }
@@ -155,6 +207,97 @@ impl Projection for BlindIndexProjection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn event(record: Uuid, sequence: i64, event: RecordEvent) -> ProjectedEvent {
+        ProjectedEvent {
+            global_position: sequence,
+            aggregate_id: record,
+            sequence,
+            recorded_at: chrono::Utc::now(),
+            metadata: custos_domain::EventMetadata::new(
+                custos_domain::Actor::User(Uuid::nil()),
+                Uuid::nil(),
+            ),
+            event: AnyEvent::Record(event),
+        }
+    }
+
+    fn values(pairs: &[(&str, Value)]) -> custos_domain::record::Fields {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn a_run_of_events_leaves_the_last_value_of_each_field_after_any_erasure() {
+        use custos_domain::Datasheet::Employees;
+        let index = BlindIndex::new(SecretBox::new(Box::new([1u8; 32])));
+        let (ada, bob) = (Uuid::now_v7(), Uuid::now_v7());
+        let events = [
+            event(
+                ada,
+                1,
+                RecordEvent::RecordCreated {
+                    datasheet: Employees,
+                    fields: values(&[
+                        ("email", "ada@example.org".into()),
+                        ("phone", "+44 20 7946 0958".into()),
+                    ]),
+                    hired_from: None,
+                },
+            ),
+            event(
+                bob,
+                1,
+                RecordEvent::RecordCreated {
+                    datasheet: Employees,
+                    fields: values(&[("email", "bob@example.org".into())]),
+                    hired_from: None,
+                },
+            ),
+            event(
+                ada,
+                2,
+                RecordEvent::RecordUpdated {
+                    datasheet: Employees,
+                    changes: values(&[("email", "ada@lovelace.example".into())]),
+                },
+            ),
+            event(
+                bob,
+                2,
+                RecordEvent::RecordErased {
+                    datasheet: Employees,
+                    fields: vec!["email".into()],
+                    ground: custos_domain::record::ErasureGround::Objection,
+                    note: None,
+                },
+            ),
+            event(
+                ada,
+                3,
+                RecordEvent::RecordUpdated {
+                    datasheet: Employees,
+                    changes: values(&[("phone", Value::Null), ("first_name", "Ada".into())]),
+                },
+            ),
+        ];
+        let refs: Vec<&ProjectedEvent> = events.iter().collect();
+        let left = index.left_by(&refs);
+        assert_eq!(left.erased, vec![bob]);
+        let set: Vec<_> = left.set.into_iter().collect();
+        assert_eq!(
+            set,
+            vec![
+                (
+                    (ada, "email"),
+                    vec![index.email("ada@lovelace.example").unwrap()]
+                ),
+                ((ada, "phone"), Vec::new()),
+            ]
+        );
+    }
 
     #[test]
     fn digests_follow_normalised_values_and_the_key() {
