@@ -196,28 +196,48 @@ impl ApiError {
     }
 }
 
+/// Whether a database error says the server could not be reached or used just now (no
+/// connection in time, a broken one, a server starting, shutting down or full): the request
+/// may be tried again.
+fn unreachable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::WorkerCrashed => true,
+        // too_many_connections, admin_shutdown, crash_shutdown, cannot_connect_now
+        sqlx::Error::Database(db) => matches!(
+            db.code().as_deref(),
+            Some("53300" | "57P01" | "57P02" | "57P03")
+        ),
+        _ => false,
+    }
+}
+
+/// Whether `err` or an error it wraps is an [`unreachable`] database error.
+pub(crate) fn database_unreachable(err: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(err), |err| err.source())
+        .filter_map(|err| err.downcast_ref::<sqlx::Error>())
+        .any(unreachable)
+}
+
 impl From<anyhow::Error> for ApiError {
     fn from(err: anyhow::Error) -> Self {
+        if database_unreachable(err.as_ref()) {
+            tracing::warn!(error = %redacted(&err), "database unavailable");
+            return ApiError::Unavailable;
+        }
         ApiError::Internal(err)
     }
 }
 
 impl From<sqlx::Error> for ApiError {
     fn from(err: sqlx::Error) -> Self {
-        match err {
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-                tracing::warn!(error = %err, "database unavailable");
-                ApiError::Unavailable
-            }
-            // too_many_connections, cannot_connect_now (starting or shutting down)
-            sqlx::Error::Database(db)
-                if matches!(db.code().as_deref(), Some("53300" | "57P03")) =>
-            {
-                tracing::warn!(code = ?db.code(), "database unavailable");
-                ApiError::Unavailable
-            }
-            other => ApiError::internal(other),
+        if unreachable(&err) {
+            tracing::warn!(error = %redacted(&anyhow::Error::from(err)), "database unavailable");
+            return ApiError::Unavailable;
         }
+        ApiError::internal(err)
     }
 }
 
@@ -406,6 +426,10 @@ where
                 tracing::warn!(error = %cause, "database unavailable");
                 ApiError::Unavailable
             }
+            AggregateError::UnexpectedError(cause) if database_unreachable(cause.as_ref()) => {
+                tracing::warn!(error = %cause, "database unavailable");
+                ApiError::Unavailable
+            }
             AggregateError::DeserializationError(cause)
             | AggregateError::UnexpectedError(cause) => {
                 ApiError::Internal(anyhow::Error::from_boxed(cause))
@@ -445,6 +469,29 @@ pub(crate) fn snake_to_camel(name: &str) -> String {
 mod tests {
     use super::*;
     use custos_domain::ValueError;
+
+    #[test]
+    fn an_unreachable_database_is_unavailable_however_the_error_arrives() {
+        let direct: ApiError = sqlx::Error::PoolTimedOut.into();
+        assert_eq!(direct.code(), Code::Unavailable);
+        let wrapped: ApiError = anyhow::Error::from(sqlx::Error::PoolTimedOut)
+            .context("loading the tenant")
+            .into();
+        assert_eq!(wrapped.code(), Code::Unavailable);
+        // postgres-es reports a pool time-out as an unexpected error.
+        let store: ApiError =
+            AggregateError::<RecordError>::UnexpectedError(Box::new(sqlx::Error::PoolTimedOut))
+                .into();
+        assert_eq!(store.code(), Code::Unavailable);
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let io: ApiError = anyhow::Error::from(sqlx::Error::Io(refused)).into();
+        assert_eq!(io.code(), Code::Unavailable);
+        // Anything else stays internal.
+        let other: ApiError = anyhow::anyhow!("a bug").into();
+        assert_eq!(other.code(), Code::Internal);
+        let decode: ApiError = sqlx::Error::RowNotFound.into();
+        assert_eq!(decode.code(), Code::Internal);
+    }
 
     #[test]
     fn domain_errors_map_to_codes_and_name_the_field() {

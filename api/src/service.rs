@@ -70,6 +70,8 @@ pub struct Services {
     pub(crate) webhook_sender: crate::infra::webhooks::sender::Sender,
     /// Where this service listens, once it does: no webhook may point there.
     pub(crate) listening: std::sync::OnceLock<std::net::SocketAddr>,
+    /// Whether the database server answers (kept by the service's watcher).
+    pub(crate) database: std::sync::Arc<crate::infra::database::Health>,
 }
 
 /// Held while a change checked against other aggregates runs; dropping it (even on

@@ -16,7 +16,7 @@ use crate::http::{router, AppState};
 use crate::infra::backups::archives::ArchiveBackups;
 use crate::infra::backups::plan::BackupPlan;
 use crate::infra::backups::verify::Backups;
-use crate::infra::database::Database;
+use crate::infra::database::{self, Database};
 use crate::infra::erasure_ledger::ErasureLedgers;
 use crate::infra::keys::MasterKey;
 use crate::infra::notifications::mail::Mailer;
@@ -82,6 +82,7 @@ pub(crate) async fn services(
             config.webhooks.allow_private,
         )?,
         listening: std::sync::OnceLock::new(),
+        database: Default::default(),
     });
     // Before anything is served: erasures made since a restored backup are made again.
     services.replay_erasure_ledgers().await?;
@@ -129,6 +130,10 @@ pub struct Application {
     _storage: Option<AbortOnDrop>,
     _notifications: Option<AbortOnDrop>,
     _webhooks: Option<AbortOnDrop>,
+    /// Watches the database server (and restarts the private cluster's); it sends only the
+    /// error that ends the service.
+    watcher: AbortOnDrop,
+    fatal: tokio::sync::oneshot::Receiver<anyhow::Error>,
     listener: TcpListener,
     router: Router,
     services: Arc<Services>,
@@ -153,6 +158,18 @@ impl Application {
         };
         let listener = TcpListener::bind(config.listen).await?;
         let _ = services.listening.set(listener.local_addr()?);
+        let (report_fatal, fatal) = tokio::sync::oneshot::channel();
+        let watching = database::watch(
+            services.database.clone(),
+            database.options.clone(),
+            database
+                .cluster
+                .as_ref()
+                .map(|cluster| cluster.supervisor()),
+        );
+        let watcher = AbortOnDrop(tokio::spawn(async move {
+            let _ = report_fatal.send(watching.await);
+        }));
         let sweeper = tokio::spawn(jobs::close_idle_tenants(
             services.clone(),
             config.tenant_idle,
@@ -202,6 +219,8 @@ impl Application {
             _retention: retention,
             _checkpoints: checkpoints,
             _backups: backups,
+            watcher,
+            fatal,
             listener,
             router: router(state),
             services,
@@ -230,21 +249,41 @@ impl Application {
     }
 
     /// Serves until `shutdown` completes, then drains requests, closes pools and stops the
-    /// private cluster.
+    /// private cluster. Ends with an error, after the same steps, when the database server
+    /// died and could not be started again.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         tracing::info!(address = %self.listener.local_addr()?, "serving GraphQL at /graphql");
+        let failed = Arc::new(std::sync::Mutex::new(None));
+        let stop = {
+            let failed = failed.clone();
+            let fatal = self.fatal;
+            async move {
+                tokio::select! {
+                    () = shutdown => {}
+                    Ok(err) = fatal => {
+                        tracing::error!(error = %format!("{err:#}"), "stopping the service");
+                        *failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(err);
+                    }
+                }
+            }
+        };
         let served = axum::serve(
             self.listener,
             self.router
                 .into_make_service_with_connect_info::<SocketAddr>(),
         )
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(stop)
         .await;
+        drop(self.watcher);
         self.services.tenancy.close().await;
-        self.database.stop().await?;
+        let stopped = self.database.stop().await;
+        if let Some(err) = failed.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            return Err(err);
+        }
+        stopped?;
         served?;
         Ok(())
     }

@@ -11,6 +11,7 @@ mod custom_fields;
 mod datasheets;
 mod event_store;
 mod exports;
+mod faults;
 mod http;
 mod identity;
 mod imports;

@@ -468,6 +468,25 @@ impl TestApp {
         Self::run(application, catalog, data_dir, true, backup_dir)
     }
 
+    /// A service on the PostgreSQL server `options` name (as with `DATABASE_URL`), a server of
+    /// the test's own: nothing is cleaned on the shared one.
+    pub async fn spawn_external(options: PgConnectOptions) -> Self {
+        shared();
+        let data_dir = tempfile::tempdir().expect("a temp dir");
+        let mut config = Config::new(
+            data_dir.path().to_owned(),
+            DatabaseConfig::External(Box::new(options)),
+        );
+        config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.tenant_pool_size = 4;
+        config.password_hash_concurrency = 2;
+        config.login_attempts_per_minute = 10_000;
+        let application = Application::build(config)
+            .await
+            .expect("the application builds");
+        Self::run(application, "custos".to_owned(), data_dir, true, None)
+    }
+
     /// Stops the service and waits until it has (its private cluster stopped too); the data
     /// directory is then handed back.
     pub async fn stop(mut self) -> tempfile::TempDir {
@@ -482,6 +501,12 @@ impl TestApp {
         }
         let placeholder = tempfile::tempdir().expect("a temp dir");
         std::mem::replace(&mut self.data_dir, placeholder)
+    }
+
+    /// Waits until the service stops by itself, and returns how it ended.
+    pub async fn wait_stopped(mut self) -> anyhow::Result<()> {
+        let running = self.running.take().expect("the service is running");
+        running.await.expect("the service task")
     }
 
     pub fn url(&self, path: &str) -> String {

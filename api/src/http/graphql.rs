@@ -14,6 +14,7 @@ use super::state::AppState;
 use crate::error::Code;
 use crate::graphql::context::RequestContext;
 use crate::graphql::loaders::Loaders;
+use crate::service::identity::RequestOrigin;
 
 pub(crate) async fn graphiql(State(state): State<AppState>) -> Response {
     if !state.graphiql {
@@ -63,7 +64,34 @@ pub(crate) async fn graphql(
             )
         }
     };
+    // While the database is down every request would wait for the pool's connection attempts
+    // to time out: it is answered at once instead, and so is one running when it goes down.
+    let database = &state.services.database;
+    if !database.is_up() {
+        return request_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Code::Unavailable,
+            "the database is unavailable; try again shortly",
+        );
+    }
+    tokio::select! {
+        response = answer(&state, origin, token, request) => response,
+        () = database.went_down() => request_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Code::Unavailable,
+            "the database became unavailable while the request ran; a change it asked for may \
+             or may not have been saved: read it back before trying again",
+        ),
+    }
+}
 
+/// Authenticates the request's session and executes it.
+async fn answer(
+    state: &AppState,
+    origin: RequestOrigin,
+    token: Option<String>,
+    request: async_graphql::Request,
+) -> Response {
     let principal = match token {
         Some(token) => match state.services.authenticate(&token, &origin).await {
             Ok(principal) => principal,

@@ -1,6 +1,9 @@
-//! Health (`/healthz`: the process serves; it also names a raised integrity alarm and, with
-//! backups configured, when the newest verified backup was taken and whether WAL archiving
-//! fails) and readiness (`/readyz`: the catalog database answers).
+//! Health (`/healthz`: the process serves; it also says when the database is down, names a
+//! raised integrity alarm and, with backups configured, when the newest verified backup was
+//! taken and whether WAL archiving fails) and readiness (`/readyz`: the catalog database
+//! answers). Each answers within a second, whatever the database does.
+
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -9,11 +12,20 @@ use axum::response::{IntoResponse, Response};
 use super::state::AppState;
 use crate::infra::backups::plan::BackupPlan;
 
-/// `ok` (always 200: the process serves), then a line when a checkpoint refused to sign for
-/// some organisation (details in the log and in its `verifyIntegrity`), and with backups a
-/// line saying when the newest verified one was taken.
+/// The longest either endpoint waits for the database.
+const WAIT: Duration = Duration::from_millis(900);
+
+/// `ok` (always 200: the process serves; a dead private cluster is started again by the
+/// service itself, which exits when it cannot), then a line while the database does not
+/// answer, a line when a checkpoint refused to sign for some organisation (details in the log
+/// and in its `verifyIntegrity`), and with backups a line saying when the newest verified one
+/// was taken.
 pub(crate) async fn healthz(State(state): State<AppState>) -> String {
     let mut text = "ok".to_owned();
+    let database_up = state.services.database.is_up();
+    if !database_up {
+        text.push_str("\ndatabase: unavailable");
+    }
     match state.services.integrity_alarm_count() {
         0 => {}
         n => text.push_str(&format!("\nintegrity alarm: {n} organisation(s)")),
@@ -22,14 +34,22 @@ pub(crate) async fn healthz(State(state): State<AppState>) -> String {
         Some(BackupPlan::Cluster(backups)) => {
             text.push_str(&last_verified(backups.last_verified()));
             // Base backups stream their own WAL and keep verifying while the archive fails.
-            let failing: Option<Option<chrono::DateTime<chrono::Utc>>> = sqlx::query_scalar(
-                "SELECT last_failed_time FROM pg_stat_archiver
-                 WHERE last_failed_time > coalesce(last_archived_time, '-infinity')",
-            )
-            .fetch_optional(state.services.tenancy.catalog())
-            .await
-            .ok()
-            .flatten();
+            let failing: Option<Option<chrono::DateTime<chrono::Utc>>> = if database_up {
+                tokio::time::timeout(
+                    WAIT,
+                    sqlx::query_scalar(
+                        "SELECT last_failed_time FROM pg_stat_archiver
+                         WHERE last_failed_time > coalesce(last_archived_time, '-infinity')",
+                    )
+                    .fetch_optional(state.services.tenancy.catalog()),
+                )
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .flatten()
+            } else {
+                None
+            };
             if let Some(Some(since)) = failing {
                 text.push_str(&format!(
                     "\nWAL archiving failing: last failure {} (see postgres.log)",
@@ -40,7 +60,14 @@ pub(crate) async fn healthz(State(state): State<AppState>) -> String {
         Some(BackupPlan::Archives(archives)) => {
             // The weakest organisation: the oldest of every organisation's newest verified
             // archive, and how many have none.
-            match archives.coverage(&state.services.tenancy).await {
+            let coverage = if database_up {
+                tokio::time::timeout(WAIT, archives.coverage(&state.services.tenancy))
+                    .await
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("the catalog did not answer in time")))
+            } else {
+                Err(anyhow::anyhow!("the database is unavailable"))
+            };
+            match coverage {
                 Ok(coverage) => {
                     let missing = coverage.iter().filter(|(_, at)| at.is_none()).count();
                     let oldest = coverage.iter().filter_map(|(_, at)| *at).min();
@@ -54,9 +81,11 @@ pub(crate) async fn healthz(State(state): State<AppState>) -> String {
                 }
                 Err(err) => {
                     tracing::warn!(error = %format!("{err:#}"), "the backup archives could not be listed");
-                    text.push_str(
-                        "\nlast verified backup: unknown (the backup directory could not be read)",
-                    );
+                    text.push_str(if database_up {
+                        "\nlast verified backup: unknown (the backup directory could not be read)"
+                    } else {
+                        "\nlast verified backup: unknown (the catalog does not answer)"
+                    });
                 }
             }
         }
@@ -79,14 +108,20 @@ fn last_verified(at: Option<chrono::DateTime<chrono::Utc>>) -> String {
 }
 
 pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
-    match sqlx::query("SELECT 1")
-        .execute(state.services.tenancy.catalog())
-        .await
-    {
-        Ok(_) => (StatusCode::OK, "ready").into_response(),
-        Err(err) => {
+    let unavailable = || (StatusCode::SERVICE_UNAVAILABLE, "database unavailable").into_response();
+    if !state.services.database.is_up() {
+        return unavailable();
+    }
+    let catalog = sqlx::query("SELECT 1").execute(state.services.tenancy.catalog());
+    match tokio::time::timeout(WAIT, catalog).await {
+        Ok(Ok(_)) => (StatusCode::OK, "ready").into_response(),
+        Ok(Err(err)) => {
             tracing::warn!(error = %err, "not ready: the catalog database does not answer");
-            (StatusCode::SERVICE_UNAVAILABLE, "database unavailable").into_response()
+            unavailable()
+        }
+        Err(_) => {
+            tracing::warn!("not ready: the catalog database does not answer in time");
+            unavailable()
         }
     }
 }

@@ -12,6 +12,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex};
 
 use rand::distributions::{Alphanumeric, DistString};
 use secrecy::{ExposeSecret, SecretString};
@@ -49,6 +50,8 @@ pub enum ClusterError {
     SocketPathTooLong(PathBuf),
     #[error("another Custos process is using the data directory {0}")]
     InUse(PathBuf),
+    #[error("{0} process(es) of the stopped PostgreSQL server are still running")]
+    StillRunning(usize),
     #[error("`{command}` failed ({status}): {output}")]
     Command {
         command: String,
@@ -248,13 +251,21 @@ impl Tools {
 /// watchdog to stop PostgreSQL when this process exits.
 #[derive(Debug)]
 pub struct PrivateCluster {
+    server: Server,
+    password: SecretString,
+    watchdog: Option<(Child, ChildStdin)>,
+    /// Set once the cluster is being stopped; held while a [`Supervisor`] restarts the server.
+    stopping: Arc<Mutex<bool>>,
+    _lock: File,
+}
+
+/// Where a cluster's server lives and how its programs run: enough to start and stop it.
+#[derive(Debug, Clone)]
+struct Server {
     tools: Tools,
     pgdata: PathBuf,
     socket_dir: PathBuf,
     log_file: PathBuf,
-    password: SecretString,
-    watchdog: Option<(Child, ChildStdin)>,
-    _lock: File,
 }
 
 impl PrivateCluster {
@@ -310,26 +321,38 @@ impl PrivateCluster {
         }
         let password = superuser_password(&dir)?;
         let cluster = Self {
-            tools,
-            pgdata,
-            socket_dir,
-            log_file,
+            server: Server {
+                tools,
+                pgdata,
+                socket_dir,
+                log_file,
+            },
             password,
             watchdog: None,
+            stopping: Arc::new(Mutex::new(false)),
             _lock: lock,
         };
-        if !cluster.pgdata.join("PG_VERSION").exists() {
+        if !cluster.server.pgdata.join("PG_VERSION").exists() {
             cluster.initdb(&dir)?;
         }
         cluster.write_settings(settings)?;
-        cluster.recover_stale()?;
+        cluster.server.recover_stale()?;
         cluster.start_server(seconds)
+    }
+
+    /// A handle that watches the server and starts it again when it dies, while the service
+    /// runs.
+    pub fn supervisor(&self) -> Supervisor {
+        Supervisor {
+            server: self.server.clone(),
+            stopping: self.stopping.clone(),
+        }
     }
 
     /// Options for connecting as the superuser to the `postgres` maintenance database.
     pub fn connect_options(&self) -> PgConnectOptions {
         PgConnectOptions::new()
-            .socket(&self.socket_dir)
+            .socket(&self.server.socket_dir)
             .port(PORT)
             .username(SUPERUSER)
             .password(self.password.expose_secret())
@@ -338,17 +361,23 @@ impl PrivateCluster {
 
     /// The directory holding the server's Unix socket.
     pub fn socket_dir(&self) -> &Path {
-        &self.socket_dir
+        &self.server.socket_dir
     }
 
     /// The server's log.
     pub(crate) fn log_file(&self) -> &Path {
-        &self.log_file
+        &self.server.log_file
     }
 
-    /// Stops the server (fast shutdown: running transactions are rolled back). Blocking.
+    /// Stops the server (fast shutdown: running transactions are rolled back), after any
+    /// restart in progress, and keeps a [`Supervisor`] from starting it again. Blocking.
     pub fn stop(mut self) -> Result<(), ClusterError> {
-        let result = self.pg_ctl(&["stop", "-m", "fast", "-w", "-t", "60"]);
+        let mut stopping = self.stopping.lock().unwrap_or_else(|e| e.into_inner());
+        *stopping = true;
+        let result = self
+            .server
+            .pg_ctl(&["stop", "-m", "fast", "-w", "-t", "60"]);
+        drop(stopping);
         if let Some((mut child, stdin)) = self.watchdog.take() {
             drop(stdin);
             let _ = child.wait();
@@ -356,25 +385,11 @@ impl PrivateCluster {
         result.map(|_| ())
     }
 
-    fn command(&self, program: &str) -> Command {
-        self.tools
-            .command(program, self.pgdata.parent().unwrap_or(&self.pgdata))
-    }
-
-    fn run(&self, command: Command) -> Result<String, ClusterError> {
-        self.tools.run(command)
-    }
-
-    fn pg_ctl(&self, args: &[&str]) -> Result<String, ClusterError> {
-        let mut command = self.command("pg_ctl");
-        command.arg("-D").arg(&self.pgdata).args(args);
-        self.run(command)
-    }
-
     fn initdb(&self, dir: &Path) -> Result<(), ClusterError> {
+        let server = &self.server;
         // A previous initdb that died half-way leaves a partial directory: start clean.
-        for entry in fs::read_dir(&self.pgdata)
-            .map_err(io_at(&self.pgdata))?
+        for entry in fs::read_dir(&server.pgdata)
+            .map_err(io_at(&server.pgdata))?
             .flatten()
         {
             let path = entry.path();
@@ -387,20 +402,20 @@ impl PrivateCluster {
         }
         let pwfile = dir.join("initdb.pw");
         write_private(&pwfile, self.password.expose_secret())?;
-        if let Some(user) = &self.tools.run_as {
+        if let Some(user) = &server.tools.run_as {
             own(user, &pwfile)?;
         }
-        let mut command = self.command("initdb");
+        let mut command = server.command("initdb");
         command
             .arg("-D")
-            .arg(&self.pgdata)
+            .arg(&server.pgdata)
             .args(["-U", SUPERUSER, "-E", "UTF8", "--no-locale"])
             .args(["--auth-local=scram-sha-256", "--auth-host=scram-sha-256"])
             .arg(format!("--pwfile={}", pwfile.display()));
-        let result = self.run(command);
+        let result = server.tools.run(command);
         let _ = fs::remove_file(&pwfile);
         result?;
-        let conf = self.pgdata.join("postgresql.conf");
+        let conf = server.pgdata.join("postgresql.conf");
         let mut file = OpenOptions::new()
             .append(true)
             .open(&conf)
@@ -411,7 +426,8 @@ impl PrivateCluster {
     }
 
     fn write_settings(&self, settings: &[(&str, String)]) -> Result<(), ClusterError> {
-        let socket_dir = self.socket_dir.display().to_string().replace('\'', "''");
+        let server = &self.server;
+        let socket_dir = server.socket_dir.display().to_string().replace('\'', "''");
         let mut text = format!(
             "# Written by Custos on every start; edits are lost.\n\
              listen_addresses = ''\nport = {PORT}\nunix_socket_directories = '{socket_dir}'\n"
@@ -419,12 +435,57 @@ impl PrivateCluster {
         for (name, value) in settings {
             text.push_str(&format!("{name} = {value}\n"));
         }
-        let path = self.pgdata.join("custos.conf");
+        let path = server.pgdata.join("custos.conf");
         fs::write(&path, text).map_err(io_at(&path))?;
-        if let Some(user) = &self.tools.run_as {
+        if let Some(user) = &server.tools.run_as {
             own(user, &path)?;
         }
         Ok(())
+    }
+
+    fn start_server(mut self, seconds: u32) -> Result<Self, ClusterError> {
+        self.server.start(seconds)?;
+        self.watchdog = Some(self.spawn_watchdog()?);
+        Ok(self)
+    }
+
+    /// A small shell that waits for this process to go away (its stdin reaches EOF when the
+    /// pipe's only writer, this process, exits) and then stops the cluster.
+    fn spawn_watchdog(&self) -> Result<(Child, ChildStdin), ClusterError> {
+        let pg_ctl = self.server.tools.bin_dir.join("pg_ctl");
+        let mut command = Command::new("/bin/sh");
+        command
+            .arg("-c")
+            .arg("trap '' INT TERM HUP; cat >/dev/null; exec \"$0\" -D \"$1\" stop -m fast -w -t 60 >/dev/null 2>&1")
+            .arg(&pg_ctl)
+            .arg(&self.server.pgdata)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0);
+        if let Some(user) = &self.server.tools.run_as {
+            command.uid(user.uid).gid(user.gid);
+        }
+        clean_environment(&mut command);
+        let mut child = command.spawn().map_err(io_at(&pg_ctl))?;
+        let stdin = child.stdin.take().ok_or_else(|| ClusterError::Io {
+            path: pg_ctl.clone(),
+            source: std::io::Error::other("watchdog has no stdin"),
+        })?;
+        Ok((child, stdin))
+    }
+}
+
+impl Server {
+    fn command(&self, program: &str) -> Command {
+        self.tools
+            .command(program, self.pgdata.parent().unwrap_or(&self.pgdata))
+    }
+
+    fn pg_ctl(&self, args: &[&str]) -> Result<String, ClusterError> {
+        let mut command = self.command("pg_ctl");
+        command.arg("-D").arg(&self.pgdata).args(args);
+        self.tools.run(command)
     }
 
     /// Deals with what a killed service may have left: a postmaster still running on this
@@ -454,7 +515,9 @@ impl PrivateCluster {
         Ok(())
     }
 
-    fn start_server(mut self, seconds: u32) -> Result<Self, ClusterError> {
+    /// Starts the server and waits up to `seconds` for it to answer; one that does not is
+    /// stopped.
+    fn start(&self, seconds: u32) -> Result<(), ClusterError> {
         let mut command = self.command("pg_ctl");
         command
             .arg("-D")
@@ -465,39 +528,76 @@ impl PrivateCluster {
             // Its own process group: a Ctrl-C meant for the service must not reach PostgreSQL
             // directly; the service stops it in order.
             .process_group(0);
-        self.run(command).inspect_err(|_| {
+        self.tools.run(command).inspect_err(|_| {
             tracing::error!(log = %self.log_file.display(), "PostgreSQL did not start");
             // Still starting (a time-out), it would run on with no watchdog.
             let _ = self.pg_ctl(&["stop", "-m", "immediate", "-w", "-t", "60"]);
         })?;
-        self.watchdog = Some(self.spawn_watchdog()?);
-        Ok(self)
+        Ok(())
     }
 
-    /// A small shell that waits for this process to go away (its stdin reaches EOF when the
-    /// pipe's only writer, this process, exits) and then stops the cluster.
-    fn spawn_watchdog(&self) -> Result<(Child, ChildStdin), ClusterError> {
-        let pg_ctl = self.tools.bin_dir.join("pg_ctl");
-        let mut command = Command::new("/bin/sh");
-        command
-            .arg("-c")
-            .arg("trap '' INT TERM HUP; cat >/dev/null; exec \"$0\" -D \"$1\" stop -m fast -w -t 60 >/dev/null 2>&1")
-            .arg(&pg_ctl)
-            .arg(&self.pgdata)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0);
-        if let Some(user) = &self.tools.run_as {
-            command.uid(user.uid).gid(user.gid);
+    /// Processes of this cluster's server still running: PostgreSQL's processes work in
+    /// their data directory, and a backend outlives its killed postmaster until it notices.
+    fn processes(&self) -> usize {
+        let Ok(pgdata) = self.pgdata.canonicalize() else {
+            return 0;
+        };
+        let Ok(entries) = fs::read_dir("/proc") else {
+            return 0;
+        };
+        entries
+            .flatten()
+            .filter(|entry| {
+                entry
+                    .file_name()
+                    .to_str()
+                    .is_some_and(|name| name.bytes().all(|b| b.is_ascii_digit()))
+            })
+            .filter(|entry| running(&entry.path()))
+            .filter(|entry| fs::read_link(entry.path().join("cwd")).is_ok_and(|cwd| cwd == pgdata))
+            .count()
+    }
+}
+
+/// Watches a private cluster's server for the service, and starts it again when it dies.
+#[derive(Debug, Clone)]
+pub struct Supervisor {
+    server: Server,
+    stopping: Arc<Mutex<bool>>,
+}
+
+impl Supervisor {
+    /// Whether the server's postmaster is running.
+    pub fn alive(&self) -> bool {
+        postmaster_alive(&self.server.pgdata)
+    }
+
+    /// Starts the server again after it died: PostgreSQL's crash recovery replays the WAL.
+    /// Refused while processes of the dead server still run (they could still write); `false`
+    /// when the cluster is being stopped. Blocking.
+    pub fn restart(&self) -> Result<bool, ClusterError> {
+        let stopping = self.stopping.lock().unwrap_or_else(|e| e.into_inner());
+        if *stopping {
+            return Ok(false);
         }
-        clean_environment(&mut command);
-        let mut child = command.spawn().map_err(io_at(&pg_ctl))?;
-        let stdin = child.stdin.take().ok_or_else(|| ClusterError::Io {
-            path: pg_ctl.clone(),
-            source: std::io::Error::other("watchdog has no stdin"),
-        })?;
-        Ok((child, stdin))
+        if self.alive() {
+            return Ok(true);
+        }
+        let left = self.server.processes();
+        if left > 0 {
+            return Err(ClusterError::StillRunning(left));
+        }
+        self.server.recover_stale()?;
+        self.server.start(60)?;
+        Ok(true)
+    }
+
+    /// Stops the server as an operator would (`pg_ctl stop -m fast`), for tests of outages;
+    /// [`Supervisor::restart`] starts it again. Blocking.
+    pub fn stop_server(&self) -> Result<(), ClusterError> {
+        self.server
+            .pg_ctl(&["stop", "-m", "fast", "-w", "-t", "60"])
+            .map(|_| ())
     }
 }
 
@@ -592,9 +692,21 @@ pub(crate) fn postmaster_alive(pgdata: &Path) -> bool {
                 .and_then(|l| l.trim().parse::<i32>().ok())
         })
         .is_some_and(|pid| {
-            fs::read_to_string(format!("/proc/{pid}/comm"))
+            let process = PathBuf::from(format!("/proc/{pid}"));
+            fs::read_to_string(process.join("comm"))
                 .is_ok_and(|comm| comm.trim().starts_with("postgres"))
+                && running(&process)
         })
+}
+
+/// Whether the process at `/proc/<pid>` runs: a killed process stays a zombie until its
+/// parent collects it.
+fn running(process: &Path) -> bool {
+    fs::read_to_string(process.join("stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
 }
 
 fn superuser_password(dir: &Path) -> Result<SecretString, ClusterError> {

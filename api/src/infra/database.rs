@@ -1,11 +1,15 @@
 //! The PostgreSQL server Custos administers: the private cluster it starts under the data
 //! directory, or the server `DATABASE_URL` names.
 
+use std::time::Duration;
+
 use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, Connection, PgConnection};
+use tokio::sync::watch;
 
 use crate::config::{Config, DatabaseConfig};
 use crate::infra::backups::{BackupStore, RESTORING};
-use crate::infra::cluster::{PrivateCluster, Tools};
+use crate::infra::cluster::{PrivateCluster, Supervisor, Tools};
 
 /// The PostgreSQL server Custos administers, and the private cluster when it runs one.
 pub(crate) struct Database {
@@ -130,4 +134,130 @@ pub(crate) fn remembered_backup_dir(data_dir: &std::path::Path) -> Option<std::p
         .ok()
         .map(|text| std::path::PathBuf::from(text.trim()))
         .filter(|path| !path.as_os_str().is_empty())
+}
+
+/// Whether the database server answers, as the [`watch`] task last found. Requests consult it
+/// before they touch a pool, so that an outage is answered at once instead of after the pool's
+/// connection attempts time out. Up until the watcher finds otherwise (and always for the
+/// one-shot commands, which run no watcher).
+#[derive(Debug)]
+pub(crate) struct Health(watch::Sender<bool>);
+
+impl Default for Health {
+    fn default() -> Self {
+        Self(watch::Sender::new(true))
+    }
+}
+
+impl Health {
+    pub(crate) fn is_up(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    fn set(&self, up: bool) {
+        self.0
+            .send_if_modified(|was| std::mem::replace(was, up) != up);
+    }
+
+    /// Completes when the database goes down (at once if it is down).
+    pub(crate) async fn went_down(&self) {
+        let mut receiver = self.0.subscribe();
+        // An error means the sender is gone: the service is closing; nothing to wait for.
+        if receiver.wait_for(|up| !*up).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// How often the watcher asks the server whether it answers, and how long an answer may take.
+const PROBE_EVERY: Duration = Duration::from_millis(250);
+const PROBE_TIMEOUT: Duration = Duration::from_millis(800);
+/// Restarts of a dead private cluster tried in a row, the wait before the first, and the
+/// longest wait between two, before the service gives up and exits.
+const RESTARTS: u32 = 6;
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_BACKOFF: Duration = Duration::from_secs(8);
+
+/// Watches the database server until it cannot be brought back: asks it every
+/// [`PROBE_EVERY`] whether it answers (on a connection of its own, so a full pool does not
+/// count as an outage) and records the answer in `health`; with a private cluster, starts its
+/// server again when the postmaster died, backing off between tries. Returns the error that
+/// ends the service: a private cluster that did not start again after [`RESTARTS`] tries (a
+/// process supervisor takes over from there). A server named by `DATABASE_URL` is someone
+/// else's to restart: the watcher waits for it indefinitely.
+pub(crate) async fn watch(
+    health: std::sync::Arc<Health>,
+    options: PgConnectOptions,
+    supervisor: Option<Supervisor>,
+) -> anyhow::Error {
+    let options = options.disable_statement_logging();
+    let mut probe: Option<PgConnection> = None;
+    let mut failed_restarts = 0;
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        if let Some(supervisor) = &supervisor {
+            if !supervisor.alive() {
+                if health.is_up() {
+                    tracing::error!("the private PostgreSQL server died; starting it again");
+                }
+                health.set(false);
+                probe = None;
+                let restarter = supervisor.clone();
+                match tokio::task::spawn_blocking(move || restarter.restart()).await {
+                    Ok(Ok(true)) => {
+                        tracing::warn!("the private PostgreSQL server was started again");
+                        failed_restarts = 0;
+                        backoff = FIRST_BACKOFF;
+                    }
+                    // The cluster is being stopped: the service is closing.
+                    Ok(Ok(false)) => return std::future::pending().await,
+                    Ok(Err(err)) => {
+                        failed_restarts += 1;
+                        tracing::error!(error = %err, attempt = failed_restarts, "the private PostgreSQL server did not start again");
+                        if failed_restarts >= RESTARTS {
+                            return anyhow::anyhow!(
+                                "the private PostgreSQL server died and did not start again \
+                                 after {RESTARTS} tries (see postgres.log in the data directory): {err}"
+                            );
+                        }
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        continue;
+                    }
+                    Err(err) => return anyhow::anyhow!("the restart task failed: {err}"),
+                }
+            }
+        }
+        let answered = tokio::time::timeout(PROBE_TIMEOUT, async {
+            let conn = match probe.as_mut() {
+                Some(conn) => conn,
+                None => probe.insert(PgConnection::connect_with(&options).await?),
+            };
+            sqlx::query("SELECT 1").execute(conn).await.map(|_| ())
+        })
+        .await;
+        match answered {
+            Ok(Ok(())) => {
+                if !health.is_up() {
+                    tracing::warn!("the database answers again");
+                }
+                health.set(true);
+            }
+            Ok(Err(err)) => {
+                if health.is_up() {
+                    tracing::error!(error = %err, "the database does not answer");
+                }
+                health.set(false);
+                probe = None;
+            }
+            Err(_) => {
+                if health.is_up() {
+                    tracing::error!(timeout = ?PROBE_TIMEOUT, "the database does not answer in time");
+                }
+                health.set(false);
+                probe = None;
+            }
+        }
+        tokio::time::sleep(PROBE_EVERY).await;
+    }
 }

@@ -28,6 +28,8 @@ const MAX_POLL: Duration = Duration::from_secs(30);
 const RETRY: Duration = Duration::from_secs(2);
 /// How soon a projector looks again while a request waits for it, if no commit wakes it first.
 const FOLLOW: Duration = Duration::from_millis(5);
+/// Wait before the next try while the database cannot be reached.
+const UNREACHABLE: Duration = Duration::from_millis(250);
 
 #[derive(Debug, thiserror::Error)]
 pub enum WaitError {
@@ -187,14 +189,31 @@ impl Runner {
         let mut failing = vec![false; self.projections.len()];
         let mut retry_at = tokio::time::Instant::now();
         let mut poll = MIN_POLL;
+        let mut unreachable = false;
         loop {
             let healthy: Vec<usize> = (0..failing.len()).filter(|i| !failing[*i]).collect();
             let full = match self.pass(&healthy).await {
                 Ok(batch) => {
+                    if std::mem::take(&mut unreachable) {
+                        tracing::info!(tenant.id = %self.tenant_id, "projector: the database answers again");
+                    }
                     if batch.read() > 0 {
                         poll = MIN_POLL;
                     }
                     batch.read() as i64 == BATCH
+                }
+                // No read model is at fault: the shared pass is tried again soon, so that the
+                // read models follow as soon as the database is back.
+                Err(err) if crate::error::database_unreachable(err.as_ref()) => {
+                    if !std::mem::replace(&mut unreachable, true) {
+                        tracing::warn!(
+                            tenant.id = %self.tenant_id,
+                            error = %crate::error::redacted(&err),
+                            "projector: the database cannot be reached; trying again"
+                        );
+                    }
+                    tokio::time::sleep(UNREACHABLE).await;
+                    true
                 }
                 Err(err) => {
                     tracing::error!(

@@ -1,0 +1,233 @@
+//! Faults of the database server: a killed postmaster is started again by the service itself;
+//! while the server is down every request is answered at once with `UNAVAILABLE`, and service
+//! resumes by itself when it is back; a cluster that cannot be started again ends the service
+//! with an error (a process supervisor takes over).
+
+use std::time::{Duration, Instant};
+
+use custos_api::testing::PrivateCluster;
+use custos_tests::{private_dir, Response, TestApp};
+use serde_json::json;
+
+const EMPLOYEES: &str = "{ employees(first: 10) { edges { node { lastName } } } }";
+
+fn employee(last_name: &str) -> serde_json::Value {
+    json!({ "firstName": "Fay", "lastName": last_name, "startDate": "2024-01-15" })
+}
+
+/// The postmaster's process id, from its `postmaster.pid`.
+fn postmaster_pid(data_dir: &std::path::Path) -> String {
+    std::fs::read_to_string(data_dir.join("postgres/data/postmaster.pid"))
+        .expect("the postmaster.pid")
+        .lines()
+        .next()
+        .expect("a pid line")
+        .trim()
+        .to_owned()
+}
+
+fn kill(signal: &str, pid: &str) {
+    let status = std::process::Command::new("kill")
+        .args([signal, pid])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill {signal} {pid}");
+}
+
+/// Asserts a request made while the database is down: answered with `UNAVAILABLE` (never
+/// `INTERNAL`, never a hang) within a second.
+fn assert_unavailable(response: &Response, took: Duration) {
+    assert!(
+        took < Duration::from_secs(1),
+        "answered in {took:?}: {}",
+        response.body
+    );
+    assert_eq!(response.code(), Some("UNAVAILABLE"), "{}", response.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_postmaster_is_started_again_and_the_service_serves_within_five_seconds() {
+    let app = TestApp::spawn_private(private_dir(), |config| config.backups = None).await;
+    let session = app.sign_up("phoenix").await;
+    app.create_employee(&session.token, employee("Beforehand"))
+        .await;
+
+    let pid = postmaster_pid(app.data_dir.path());
+    kill("-KILL", &pid);
+    let killed = Instant::now();
+    // Requests during the outage are answered at once, and it ends by itself.
+    let back = loop {
+        let asked = Instant::now();
+        let response = app
+            .graphql(Some(&session.token), EMPLOYEES, json!({}))
+            .await;
+        if response.status == 200 && response.body.get("errors").is_none() {
+            break killed.elapsed();
+        }
+        assert_unavailable(&response, asked.elapsed());
+        assert!(
+            killed.elapsed() < Duration::from_secs(5),
+            "still down 5 s after the postmaster was killed: {}",
+            response.body
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_ne!(
+        postmaster_pid(app.data_dir.path()),
+        pid,
+        "a new postmaster serves (back after {back:?})"
+    );
+    // Nothing acknowledged was lost (crash recovery replayed the WAL), and writes work again.
+    assert_eq!(
+        app.employee_last_names(&session.token).await,
+        ["Beforehand"]
+    );
+    app.create_employee(&session.token, employee("Afterward"))
+        .await;
+    let mut names = app.employee_last_names(&session.token).await;
+    names.sort();
+    assert_eq!(names, ["Afterward", "Beforehand"]);
+    let ready = reqwest::get(app.url("/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 200);
+    // The service still stops cleanly, its cluster with it.
+    let data_dir = app.stop().await;
+    assert!(!data_dir
+        .path()
+        .join("postgres/data/postmaster.pid")
+        .exists());
+}
+
+/// Asks for a list, for a change, and for readiness and health every 200 ms for `length`:
+/// each answered at once, as an outage.
+async fn outage(app: &TestApp, token: &str, length: Duration) {
+    let began = Instant::now();
+    let mut asked = 0;
+    while began.elapsed() < length {
+        let started = Instant::now();
+        let query = app.graphql(Some(token), EMPLOYEES, json!({})).await;
+        assert_unavailable(&query, started.elapsed());
+        let started = Instant::now();
+        let write = app
+            .graphql(
+                Some(token),
+                "mutation($input: CreateEmployeeInput!) { createEmployee(input: $input) { id } }",
+                json!({ "input": employee("Meanwhile") }),
+            )
+            .await;
+        assert_unavailable(&write, started.elapsed());
+        let started = Instant::now();
+        let ready = reqwest::get(app.url("/readyz")).await.unwrap();
+        assert_eq!(ready.status(), 503);
+        let health = reqwest::get(app.url("/healthz")).await.unwrap();
+        assert_eq!(health.status(), 200, "the process itself can serve");
+        // The service's watcher asks the server four times a second.
+        let health = health.text().await.unwrap();
+        if began.elapsed() > Duration::from_secs(1) {
+            assert!(health.contains("database: unavailable"), "{health}");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "health answers at once"
+        );
+        asked += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(asked >= 5, "{asked} rounds of requests during the outage");
+}
+
+/// Starts the server again and waits until the service serves: within 2 s.
+async fn resume(app: &TestApp, token: &str, server: &custos_api::testing::Supervisor) {
+    let starting = server.clone();
+    tokio::task::spawn_blocking(move || starting.restart())
+        .await
+        .unwrap()
+        .expect("the server starts again");
+    let returned = Instant::now();
+    loop {
+        let response = app.graphql(Some(token), EMPLOYEES, json!({})).await;
+        if response.status == 200 && response.body.get("errors").is_none() {
+            break;
+        }
+        assert_eq!(response.code(), Some("UNAVAILABLE"), "{}", response.body);
+        assert!(
+            returned.elapsed() < Duration::from_secs(2),
+            "not serving 2 s after the database returned: {}",
+            response.body
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_the_database_is_down_every_request_is_answered_at_once_and_service_resumes() {
+    let dir = private_dir();
+    let settings = [
+        ("fsync", "off".to_owned()),
+        ("max_connections", "100".to_owned()),
+    ];
+    let postgres = dir.path().join("postgres");
+    let cluster = tokio::task::spawn_blocking(move || PrivateCluster::start(&postgres, &settings))
+        .await
+        .unwrap()
+        .expect("the test's own server starts");
+    // The service sees it as a server named by DATABASE_URL: it is not the service's to
+    // restart; the test does.
+    let server = cluster.supervisor();
+    let app = TestApp::spawn_external(cluster.connect_options()).await;
+    let session = app.sign_up("outage").await;
+    app.create_employee(&session.token, employee("Steady"))
+        .await;
+
+    // Stopped cleanly: its socket is gone, and connections are refused at once.
+    let stopping = server.clone();
+    tokio::task::spawn_blocking(move || stopping.stop_server())
+        .await
+        .unwrap()
+        .expect("the server stops");
+    outage(&app, &session.token, Duration::from_secs(5)).await;
+    resume(&app, &session.token, &server).await;
+    app.create_employee(&session.token, employee("Between"))
+        .await;
+
+    // Killed: its socket file stays behind, and a connection attempt is refused over and over
+    // until the pool's time-out, unless the service knows the server is down.
+    kill("-KILL", &postmaster_pid(dir.path()));
+    outage(&app, &session.token, Duration::from_secs(5)).await;
+    resume(&app, &session.token, &server).await;
+
+    // The session survived; no write of the outages was saved; writes work again.
+    app.create_employee(&session.token, employee("Again")).await;
+    let mut names = app.employee_last_names(&session.token).await;
+    names.sort();
+    assert_eq!(names, ["Again", "Between", "Steady"]);
+    app.stop().await;
+    tokio::task::spawn_blocking(move || cluster.stop())
+        .await
+        .unwrap()
+        .expect("the test's server stops");
+    assert!(
+        !custos_tests::logs().contains("panicked"),
+        "no panic in the service's logs"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_that_cannot_start_again_ends_the_service_with_an_error() {
+    let app = TestApp::spawn_private(private_dir(), |config| config.backups = None).await;
+    let pgdata = app.data_dir.path().join("postgres/data");
+    // A setting PostgreSQL refuses: every restart fails.
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(pgdata.join("postgresql.conf"))
+        .and_then(|mut conf| std::io::Write::write_all(&mut conf, b"\nshared_buffers = 'a lot'\n"))
+        .expect("the configuration is broken");
+    kill("-KILL", &postmaster_pid(app.data_dir.path()));
+    let error = tokio::time::timeout(Duration::from_secs(60), app.wait_stopped())
+        .await
+        .expect("the service gives up within a minute")
+        .expect_err("the service ends with an error");
+    assert!(
+        format!("{error:#}").contains("did not start again"),
+        "{error:#}"
+    );
+}
