@@ -72,6 +72,8 @@ pub struct Services {
     pub(crate) listening: std::sync::OnceLock<std::net::SocketAddr>,
     /// Whether the database server answers (kept by the service's watcher).
     pub(crate) database: std::sync::Arc<crate::infra::database::Health>,
+    /// Cancelled when the service begins to stop: open subscriptions close.
+    pub(crate) closing: tokio_util::sync::CancellationToken,
 }
 
 /// Held while a change checked against other aggregates runs; dropping it (even on

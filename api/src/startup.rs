@@ -83,6 +83,7 @@ pub(crate) async fn services(
         )?,
         listening: std::sync::OnceLock::new(),
         database: Default::default(),
+        closing: Default::default(),
     });
     // Before anything is served: erasures made since a restored backup are made again.
     services.replay_erasure_ledgers().await?;
@@ -111,6 +112,9 @@ where
     result
 }
 
+/// How long a stop waits for running requests before it goes on without them.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// Stops a background task when its owner goes away.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -122,14 +126,9 @@ impl Drop for AbortOnDrop {
 
 /// The running service.
 pub struct Application {
-    _sweeper: AbortOnDrop,
-    _retention: Option<AbortOnDrop>,
-    _checkpoints: Option<AbortOnDrop>,
-    _backups: Option<AbortOnDrop>,
-    _lifecycle: Option<AbortOnDrop>,
-    _storage: Option<AbortOnDrop>,
-    _notifications: Option<AbortOnDrop>,
-    _webhooks: Option<AbortOnDrop>,
+    /// The schedules (idle tenants, retention, checkpoints, backups, lifecycle, storage,
+    /// notifications, webhooks): stopped before the pools and the cluster.
+    jobs: Vec<AbortOnDrop>,
     /// Watches the database server (and restarts the private cluster's); it sends only the
     /// error that ends the service.
     watcher: AbortOnDrop,
@@ -211,14 +210,15 @@ impl Application {
             .interval
             .map(|interval| AbortOnDrop(tokio::spawn(jobs::webhooks(services.clone(), interval))));
         Ok(Self {
-            _sweeper: AbortOnDrop(sweeper),
-            _notifications: notifications,
-            _webhooks: webhooks,
-            _lifecycle: lifecycle,
-            _storage: storage,
-            _retention: retention,
-            _checkpoints: checkpoints,
-            _backups: backups,
+            jobs: std::iter::once(AbortOnDrop(sweeper))
+                .chain(retention)
+                .chain(checkpoints)
+                .chain(backups)
+                .chain(lifecycle)
+                .chain(storage)
+                .chain(notifications)
+                .chain(webhooks)
+                .collect(),
             watcher,
             fatal,
             listener,
@@ -248,18 +248,21 @@ impl Application {
         self.services.clone()
     }
 
-    /// Serves until `shutdown` completes, then drains requests, closes pools and stops the
-    /// private cluster. Ends with an error, after the same steps, when the database server
-    /// died and could not be started again.
+    /// Serves until `shutdown` completes; then stops accepting, closes subscriptions (1001,
+    /// going away), waits up to [`DRAIN`] for running requests, stops the schedules and the
+    /// projectors, closes the pools and stops the private cluster. Ends with an error, after
+    /// the same steps, when the database server died and could not be started again.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         tracing::info!(address = %self.listener.local_addr()?, "serving GraphQL at /graphql");
         let failed = Arc::new(std::sync::Mutex::new(None));
+        let closing = self.services.closing.clone();
         let stop = {
             let failed = failed.clone();
             let fatal = self.fatal;
+            let closing = closing.clone();
             async move {
                 tokio::select! {
                     () = shutdown => {}
@@ -268,15 +271,24 @@ impl Application {
                         *failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(err);
                     }
                 }
+                tracing::info!("stopping: no new requests; waiting for running ones");
+                closing.cancel();
             }
         };
-        let served = axum::serve(
+        let serving = axum::serve(
             self.listener,
             self.router
                 .into_make_service_with_connect_info::<SocketAddr>(),
         )
-        .with_graceful_shutdown(stop)
-        .await;
+        .with_graceful_shutdown(stop);
+        let served = tokio::select! {
+            served = serving => served,
+            () = async { closing.cancelled().await; tokio::time::sleep(DRAIN).await } => {
+                tracing::warn!(drain = ?DRAIN, "requests still running after the drain period; stopping without them");
+                Ok(())
+            }
+        };
+        drop(self.jobs);
         drop(self.watcher);
         self.services.tenancy.close().await;
         let stopped = self.database.stop().await;

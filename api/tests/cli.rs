@@ -618,3 +618,222 @@ async fn serves_as_an_ordinary_user() {
         assert!(parsed.get("level").is_some(), "{line}");
     }
 }
+
+/// `custos serve` writing its log (JSON lines) to `log`.
+fn serve_logging(dir: &Path, port: u16, log: &Path) -> Child {
+    Command::new(custos())
+        .args(["--log-format", "json", "serve", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data-dir")
+        .arg(dir)
+        .env_remove("DATABASE_URL")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+/// The lines of a JSON log at level ERROR.
+fn error_lines(log: &Path) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap()
+        .lines()
+        .filter(|line| {
+            serde_json::from_str::<Value>(line).map_or(true, |line| line["level"] == "ERROR")
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_stop_closes_subscriptions_with_going_away_and_logs_no_error() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let dir = data_dir();
+    let email = "stopper@example.org";
+    let created = create_tenant(dir.path(), "stopper", email, &[]);
+    assert!(created.status.success());
+    let port = free_port();
+    let log = dir.path().join("serve.log");
+    let service = serve_logging(dir.path(), port, &log);
+    wait_ready(port).await;
+    let token = login(port, "stopper", email).await;
+
+    let mut request = format!("ws://127.0.0.1:{port}/graphql/ws")
+        .into_client_request()
+        .unwrap();
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        "graphql-transport-ws".parse().unwrap(),
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let init = json!({ "type": "connection_init", "payload": { "authorization": format!("Bearer {token}") } });
+    socket
+        .send(Message::Text(init.to_string().into()))
+        .await
+        .unwrap();
+    let ack = socket.next().await.unwrap().unwrap();
+    assert!(ack.to_text().unwrap().contains("connection_ack"), "{ack:?}");
+    let subscribe = json!({ "id": "1", "type": "subscribe",
+        "payload": { "query": "subscription { auditFeed { eventType } }" } });
+    socket
+        .send(Message::Text(subscribe.to_string().into()))
+        .await
+        .unwrap();
+    // A query in flight meanwhile is still answered.
+    let pending = tokio::spawn(async move { graphql_as(port, &token, "{ me { email } }").await });
+
+    let stopping = Instant::now();
+    let stopped = tokio::task::spawn_blocking(move || stop(service));
+    let close = loop {
+        match tokio::time::timeout(Duration::from_secs(30), socket.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => break frame,
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("the subscription was not closed: {other:?}"),
+        }
+    };
+    let close = close.expect("a close frame with a code");
+    assert_eq!(u16::from(close.code), 1001, "going away: {close:?}");
+    stopped.await.unwrap();
+    assert!(stopping.elapsed() < Duration::from_secs(30));
+    assert!(
+        !postgres_running_in(dir.path()),
+        "the cluster stopped with the service"
+    );
+    let answered = pending.await.unwrap();
+    assert!(
+        answered["data"]["me"]["email"] == email || answered["errors"].is_array(),
+        "{answered}"
+    );
+    assert_eq!(
+        error_lines(&log),
+        Vec::<String>::new(),
+        "a clean stop logs no error"
+    );
+}
+
+/// Every employee's last name, page after page.
+async fn all_last_names(port: u16, token: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut after = Value::Null;
+    loop {
+        let page: Value = reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{port}/graphql"))
+            .bearer_auth(token)
+            .json(&json!({
+                "query": "query($after: String) { employees(first: 100, after: $after) { pageInfo { hasNextPage endCursor } edges { node { lastName } } } }",
+                "variables": { "after": after },
+            }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let employees = &page["data"]["employees"];
+        let edges = employees["edges"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{page}"));
+        names.extend(
+            edges
+                .iter()
+                .map(|edge| edge["node"]["lastName"].as_str().unwrap().to_owned()),
+        );
+        if employees["pageInfo"]["hasNextPage"] != true {
+            return names;
+        }
+        after = employees["pageInfo"]["endCursor"].clone();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_service_killed_under_eight_writers_loses_no_acknowledged_write() {
+    let dir = data_dir();
+    let email = "writers@example.org";
+    let created = create_tenant(dir.path(), "writers", email, &[]);
+    assert!(created.status.success());
+    let port = free_port();
+    let mut service = serve(dir.path(), port);
+    wait_ready(port).await;
+    let token = login(port, "writers", email).await;
+
+    let writers: Vec<_> = (0..8)
+        .map(|writer| {
+            let token = token.clone();
+            tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                let mut acknowledged = Vec::new();
+                for n in 0.. {
+                    let name = format!("Writer{writer}x{n}");
+                    let sent = client
+                        .post(format!("http://127.0.0.1:{port}/graphql"))
+                        .bearer_auth(&token)
+                        .json(&json!({
+                            "query": "mutation($input: CreateEmployeeInput!) { createEmployee(input: $input) { id } }",
+                            "variables": { "input": { "firstName": "Kim", "lastName": name, "startDate": "2024-02-01" } },
+                        }))
+                        .send()
+                        .await;
+                    let Ok(response) = sent else { break };
+                    let Ok(body) = response.json::<Value>().await else { break };
+                    if body["data"]["createEmployee"]["id"].is_string() {
+                        acknowledged.push(name);
+                    }
+                }
+                acknowledged
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    service.kill().unwrap();
+    service.wait().unwrap();
+    let mut acknowledged = Vec::new();
+    for writer in writers {
+        acknowledged.extend(writer.await.unwrap());
+    }
+    assert!(
+        acknowledged.len() >= 8,
+        "the writers wrote before the kill: {}",
+        acknowledged.len()
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while postgres_running_in(dir.path()) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let port = free_port();
+    let service = serve(dir.path(), port);
+    wait_ready(port).await;
+    let names = all_last_names(port, &token).await;
+    let mut seen = std::collections::HashSet::new();
+    let duplicates: Vec<&String> = names.iter().filter(|name| !seen.insert(*name)).collect();
+    assert!(duplicates.is_empty(), "duplicates: {duplicates:?}");
+    let lost: Vec<&String> = acknowledged
+        .iter()
+        .filter(|name| !seen.contains(name))
+        .collect();
+    assert!(lost.is_empty(), "acknowledged but lost: {lost:?}");
+    // At most one write per writer was saved without its answer arriving.
+    assert!(
+        names.len() <= acknowledged.len() + 8,
+        "{} saved",
+        names.len()
+    );
+    stop(service);
+
+    // No gap, no broken chain, and read models equal to history.
+    let verified = Command::new(custos())
+        .args(["verify", "--read-models", "--data-dir"])
+        .arg(dir.path())
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(
+        verified.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&verified.stdout),
+        String::from_utf8_lossy(&verified.stderr)
+    );
+}

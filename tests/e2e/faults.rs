@@ -231,3 +231,61 @@ async fn a_cluster_that_cannot_start_again_ends_the_service_with_an_error() {
         "{error:#}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_two_clients_changing_one_record_with_expected_versions_lose_no_update() {
+    const READ: &str = "query($id: ID!) { employee(id: $id) { version jobTitle } }";
+    const WRITE: &str = "mutation($id: ID!, $v: Int, $input: UpdateEmployeeInput!) {
+        updateEmployee(id: $id, expectedVersion: $v, input: $input) { version } }";
+    let app = TestApp::spawn().await;
+    let session = app.sign_up("race32").await;
+    let created = app
+        .create_employee(&session.token, employee("Contested"))
+        .await;
+    let id = created["id"].clone();
+    // Each client adds its own mark to the job title, read-modify-write, retrying on CONFLICT.
+    let clients = (0..32).map(|client| {
+        let (app, token, id) = (&app, session.token.clone(), id.clone());
+        async move {
+            let mark = format!("m{client:02}");
+            let mut conflicts = 0;
+            loop {
+                let read = app
+                    .graphql(Some(&token), READ, json!({ "id": id }))
+                    .await
+                    .ok();
+                let version = read.data("employee.version").as_i64().unwrap();
+                let title = read.data("employee.jobTitle").as_str().unwrap_or("");
+                let written = app
+                    .graphql(
+                        Some(&token),
+                        WRITE,
+                        json!({ "id": id, "v": version,
+                                "input": { "jobTitle": format!("{title} {mark}").trim() } }),
+                    )
+                    .await;
+                match written.code() {
+                    None => return conflicts,
+                    Some("CONFLICT") => conflicts += 1,
+                    Some(other) => panic!("{other}: {}", written.body),
+                }
+            }
+        }
+    });
+    let conflicts: i32 = futures::future::join_all(clients).await.into_iter().sum();
+    let read = app
+        .graphql(Some(&session.token), READ, json!({ "id": id }))
+        .await
+        .ok();
+    assert_eq!(
+        read.data("employee.version"),
+        &json!(33),
+        "one event per client"
+    );
+    let title = read.data("employee.jobTitle").as_str().unwrap();
+    let mut marks: Vec<&str> = title.split(' ').collect();
+    marks.sort_unstable();
+    let expected: Vec<String> = (0..32).map(|client| format!("m{client:02}")).collect();
+    assert_eq!(marks, expected, "every client's change is there, once");
+    assert!(conflicts > 0, "the clients did race");
+}

@@ -1,7 +1,10 @@
 //! GraphQL subscriptions over WebSocket at `/graphql/ws`.
 
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use axum::extract::State;
 use axum::response::Response;
+use futures::{SinkExt, StreamExt};
+use tokio_util::sync::CancellationToken;
 
 use super::request::ClientOrigin;
 use super::state::AppState;
@@ -10,7 +13,8 @@ use crate::graphql::loaders::Loaders;
 
 /// GraphQL subscriptions over WebSocket (`graphql-transport-ws`, or the older
 /// `graphql-ws`). The connection is authenticated by its `connection_init` payload,
-/// `{"authorization": "Bearer <token>"}`; without a valid token it is refused.
+/// `{"authorization": "Bearer <token>"}`; without a valid token it is refused. When the
+/// service stops, it is closed with 1001 (going away).
 pub(crate) async fn graphql_ws(
     State(state): State<AppState>,
     ClientOrigin(origin): ClientOrigin,
@@ -18,45 +22,110 @@ pub(crate) async fn graphql_ws(
     upgrade: axum::extract::ws::WebSocketUpgrade,
 ) -> Response {
     let (schema, services) = (state.schema.clone(), state.services.clone());
+    let closing = services.closing.clone();
     upgrade
         .protocols(async_graphql::http::ALL_WEBSOCKET_PROTOCOLS)
-        .on_upgrade(move |stream| {
-            async_graphql_axum::GraphQLWebSocket::new(stream, schema, protocol)
-                .on_connection_init(move |payload| async move {
-                    let token = payload
-                        .get("authorization")
-                        .and_then(|v| v.as_str())
-                        .and_then(|v| v.strip_prefix("Bearer "))
-                        .map(str::trim)
-                        .map(str::to_owned);
-                    let principal = match &token {
-                        Some(token) => {
-                            services.authenticate(token, &origin).await.map_err(|err| {
-                                err.report();
-                                async_graphql::Error::new(
-                                    "authentication is unavailable; try again",
-                                )
-                            })?
-                        }
-                        None => None,
-                    };
-                    let (Some(principal), Some(token)) = (principal, token) else {
-                        return Err(async_graphql::Error::new(
-                            "authentication required: give {\"authorization\": \"Bearer <token>\"}",
-                        ));
-                    };
-                    let mut data = async_graphql::Data::default();
-                    Loaders::new(&principal).attach(&mut data);
-                    data.insert(SubscriptionAuth {
-                        token,
-                        origin: origin.clone(),
-                    });
-                    data.insert(RequestContext {
-                        origin,
-                        principal: Some(principal),
-                    });
-                    Ok(data)
-                })
-                .serve()
+        .on_upgrade(move |socket| {
+            let (to_client, from_client, outgoing) = relay(socket);
+            let graphql = async_graphql_axum::GraphQLWebSocket::new_with_pair(
+                to_client,
+                from_client,
+                schema,
+                protocol,
+            )
+            .on_connection_init(move |payload| async move {
+                let token = payload
+                    .get("authorization")
+                    .and_then(|v| v.as_str())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .map(str::trim)
+                    .map(str::to_owned);
+                let principal = match &token {
+                    Some(token) => services.authenticate(token, &origin).await.map_err(|err| {
+                        err.report();
+                        async_graphql::Error::new("authentication is unavailable; try again")
+                    })?,
+                    None => None,
+                };
+                let (Some(principal), Some(token)) = (principal, token) else {
+                    return Err(async_graphql::Error::new(
+                        "authentication required: give {\"authorization\": \"Bearer <token>\"}",
+                    ));
+                };
+                let mut data = async_graphql::Data::default();
+                Loaders::new(&principal).attach(&mut data);
+                data.insert(SubscriptionAuth {
+                    token,
+                    origin: origin.clone(),
+                });
+                data.insert(RequestContext {
+                    origin,
+                    principal: Some(principal),
+                });
+                Ok(data)
+            })
+            .serve();
+            outgoing.run(graphql, closing)
         })
+}
+
+type ClientSink = futures::stream::SplitSink<WebSocket, Message>;
+
+/// What the GraphQL side sends, on its way to the client.
+struct Outgoing {
+    queue: futures::channel::mpsc::Receiver<Message>,
+    client: ClientSink,
+}
+
+/// Splits `socket` into a sink for the GraphQL side (a queue), the client's messages, and the
+/// [`Outgoing`] end that forwards the queue to the client.
+fn relay(
+    socket: WebSocket,
+) -> (
+    futures::channel::mpsc::Sender<Message>,
+    futures::stream::SplitStream<WebSocket>,
+    Outgoing,
+) {
+    let (client, from_client) = socket.split();
+    let (to_client, queue) = futures::channel::mpsc::channel(16);
+    (to_client, from_client, Outgoing { queue, client })
+}
+
+impl Outgoing {
+    /// Runs the GraphQL side and forwards what it sends until it ends (everything it queued is
+    /// sent first) or the service stops: then the client is told 1001 (going away).
+    async fn run(
+        mut self,
+        graphql: impl std::future::Future<Output = ()>,
+        closing: CancellationToken,
+    ) {
+        let mut graphql = std::pin::pin!(graphql);
+        let mut graphql_ended = false;
+        loop {
+            tokio::select! {
+                () = &mut graphql, if !graphql_ended => graphql_ended = true,
+                message = self.queue.next() => match message {
+                    Some(message) => {
+                        if self.client.send(message).await.is_err() {
+                            return;
+                        }
+                    }
+                    // The GraphQL side ended and everything it queued was sent.
+                    None => {
+                        let _ = self.client.close().await;
+                        return;
+                    }
+                },
+                () = closing.cancelled() => {
+                    let going_away = Message::Close(Some(CloseFrame {
+                        code: axum::extract::ws::close_code::AWAY,
+                        reason: "the service is stopping".into(),
+                    }));
+                    let _ = self.client.send(going_away).await;
+                    let _ = self.client.close().await;
+                    return;
+                }
+            }
+        }
+    }
 }

@@ -80,6 +80,11 @@ impl Projectors {
         }
     }
 
+    /// Stops the task (a batch in progress rolls back), as dropping the handle does.
+    pub(crate) fn stop(&self) {
+        self.task.abort();
+    }
+
     fn reads(&self, aggregate_type: &str) -> bool {
         self.reads
             .iter()

@@ -839,6 +839,11 @@ impl Tenancy {
     /// Closes every open tenant's pool and stops its projectors.
     pub(crate) async fn close(&self) {
         let tenants: Vec<Arc<Tenant>> = self.open.write().await.drain().map(|(_, t)| t).collect();
+        // Projectors first: a pass cut short rolls back; one that found its pool closed would
+        // report a failure.
+        for tenant in &tenants {
+            tenant.projectors.stop();
+        }
         for tenant in tenants {
             tenant.pool.close().await;
         }
