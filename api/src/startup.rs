@@ -94,13 +94,14 @@ pub(crate) async fn services(
 }
 
 /// Runs `f` with the services on the configured database (opened, and the private cluster
-/// started, for it), closing them after.
+/// started for it unless the service runs on it already: then on the service's cluster, as
+/// another instance would), closing them after.
 pub(crate) async fn with_services<T, F, Fut>(config: &Config, f: F) -> anyhow::Result<T>
 where
     F: FnOnce(Arc<Services>) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<T>>,
 {
-    let database = Database::open(config).await?;
+    let database = Database::open_or_attach(config).await?;
     let result = async {
         let built = services(config, &database).await?;
         let result = f(built.clone()).await;

@@ -837,3 +837,45 @@ async fn a_service_killed_under_eight_writers_loses_no_acknowledged_write() {
         String::from_utf8_lossy(&verified.stderr)
     );
 }
+
+#[tokio::test]
+async fn commands_that_need_the_data_directory_run_beside_the_service() {
+    let dir = data_dir();
+    let port = free_port();
+    let service = serve(dir.path(), port);
+    wait_ready(port).await;
+
+    // An organisation created beside the running service serves at once.
+    let created = create_tenant(dir.path(), "beside", "beside@example.org", &[]);
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let token = login(port, "beside", "beside@example.org").await;
+    assert!(!token.is_empty(), "the new administrator logs in");
+    // Retention runs beside it too (no policy yet: nothing to erase).
+    let retention = Command::new(custos())
+        .args(["retention", "run", "--data-dir"])
+        .arg(dir.path())
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(
+        retention.status.success(),
+        "{}",
+        String::from_utf8_lossy(&retention.stderr)
+    );
+    let listed = Command::new(custos())
+        .args(["tenant", "list", "--data-dir"])
+        .arg(dir.path())
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("beside"));
+    // The commands left the service's cluster running, and the service serving.
+    assert!(postgres_running_in(dir.path()));
+    let me = graphql_as(port, &token, "{ me { email } }").await;
+    assert_eq!(me["data"]["me"]["email"], "beside@example.org", "{me}");
+    stop(service);
+}

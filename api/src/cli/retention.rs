@@ -7,7 +7,7 @@ use crate::startup;
 
 pub(crate) async fn run(args: RetentionRunArgs) -> anyhow::Result<()> {
     let config = args.common.config()?;
-    let database = Database::open(&config).await?;
+    let database = Database::open_or_attach(&config).await?;
     let result = async {
         let services = startup::services(&config, &database).await?;
         let runs = run_tenants(&services, args.tenant.as_deref()).await;

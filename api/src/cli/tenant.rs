@@ -26,7 +26,7 @@ use custos_domain::{Plan, SubscriptionCommand};
 pub(crate) async fn create(args: TenantCreateArgs) -> anyhow::Result<()> {
     let config = args.common.config()?;
     let password = admin_password()?;
-    let database = Database::open(&config).await?;
+    let database = Database::open_or_attach(&config).await?;
     let result = async {
         let services = startup::services(&config, &database).await?;
         let organization = NewOrganization {

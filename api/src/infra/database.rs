@@ -82,7 +82,8 @@ impl Database {
     }
 
     /// Like [`Self::open`], but when the service is running on the data directory already,
-    /// connects to its private cluster instead of starting one (for `custos verify`).
+    /// connects to its private cluster instead of starting one (for the commands run beside
+    /// it: they work as another instance would).
     pub(crate) async fn open_or_attach(config: &Config) -> anyhow::Result<Self> {
         match Self::open(config).await {
             Err(err)

@@ -49,6 +49,29 @@ pub(crate) struct ErasureLedgers {
 /// Held while a ledger is appended to: one writer per process.
 static APPENDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// Held while a ledger is read and appended to, across processes (the service and a command
+/// run beside it, such as `custos retention run`): each entry's MAC chains to the last one.
+struct LedgerLock(std::fs::File);
+
+impl LedgerLock {
+    fn take(dir: &Path) -> std::io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(".append.lock"))?;
+        file.lock()?;
+        Ok(Self(file))
+    }
+}
+
+impl Drop for LedgerLock {
+    fn drop(&mut self) {
+        let _ = self.0.unlock();
+    }
+}
+
 impl ErasureLedgers {
     /// The ledgers under `data_dir`, copied into `mirror` (the backup directory's) when given.
     pub(crate) fn new(
@@ -111,6 +134,7 @@ impl ErasureLedgers {
     /// happened is missing from the ledger.
     pub(crate) fn append(&self, tenant: Uuid, subject: Uuid) -> std::io::Result<()> {
         let _appending = APPENDING.lock().unwrap_or_else(|e| e.into_inner());
+        let _other_processes = LedgerLock::take(&self.dir)?;
         let ledger = self.read(tenant)?;
         if let Some(line) = ledger.broken_at {
             return Err(std::io::Error::other(format!(
