@@ -96,8 +96,10 @@ impl ApiError {
         }
     }
 
+    /// An internal error — unless it says the database could not be reached, which is
+    /// `UNAVAILABLE`.
     pub fn internal(err: impl Into<anyhow::Error>) -> Self {
-        ApiError::Internal(err.into())
+        ApiError::from(err.into())
     }
 
     /// What the client reads.

@@ -85,8 +85,12 @@ pub(crate) async fn services(
         database: Default::default(),
         closing: Default::default(),
     });
-    // Before anything is served: erasures made since a restored backup are made again.
-    services.replay_erasure_ledgers().await?;
+    // Before anything is served: erasures made since a restored backup are made again. Beside
+    // a running service, that service did so when it started (and may be between writing an
+    // erasure's ledger entry and destroying its key).
+    if !database.attached {
+        services.replay_erasure_ledgers().await?;
+    }
     if let Err(err) = services.erasures.sync_mirror() {
         tracing::error!(error = %err, "the erasure ledgers could not be copied into the backup directory");
     }
@@ -115,6 +119,8 @@ where
 
 /// How long a stop waits for running requests before it goes on without them.
 const DRAIN: std::time::Duration = std::time::Duration::from_secs(20);
+/// How long a stop then waits for the pools to be given back their connections.
+const CLOSE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Stops a background task when its owner goes away.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -291,7 +297,14 @@ impl Application {
         };
         drop(self.jobs);
         drop(self.watcher);
-        self.services.tenancy.close().await;
+        // A request past the drain still holds its connection; the pools are not waited for
+        // beyond this, and stopping the cluster (fast) ends such a request's session.
+        if tokio::time::timeout(CLOSE, self.services.tenancy.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!(timeout = ?CLOSE, "connections still in use; stopping without them");
+        }
         let stopped = self.database.stop().await;
         if let Some(err) = failed.lock().unwrap_or_else(|e| e.into_inner()).take() {
             return Err(err);

@@ -433,6 +433,7 @@ async fn start_and_verify(config: &Config, into: &Path) -> anyhow::Result<bool> 
     let database = Database {
         options: cluster.connect_options(),
         cluster: Some(cluster),
+        attached: false,
     };
     let result = async {
         let services = startup::services(&restored, &database).await?;

@@ -91,9 +91,13 @@ fn relay(
     (to_client, from_client, Outgoing { queue, client })
 }
 
+/// The longest a message may take to reach the client (one that stops reading is let go).
+const SEND: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl Outgoing {
     /// Runs the GraphQL side and forwards what it sends until it ends (everything it queued is
-    /// sent first) or the service stops: then the client is told 1001 (going away).
+    /// sent first) or the service stops: then what is queued already is sent and the client
+    /// is told 1001 (going away).
     async fn run(
         mut self,
         graphql: impl std::future::Future<Output = ()>,
@@ -106,26 +110,39 @@ impl Outgoing {
                 () = &mut graphql, if !graphql_ended => graphql_ended = true,
                 message = self.queue.next() => match message {
                     Some(message) => {
-                        if self.client.send(message).await.is_err() {
+                        if !self.send(message).await {
                             return;
                         }
                     }
                     // The GraphQL side ended and everything it queued was sent.
                     None => {
-                        let _ = self.client.close().await;
+                        let _ = tokio::time::timeout(SEND, self.client.close()).await;
                         return;
                     }
                 },
-                () = closing.cancelled() => {
-                    let going_away = Message::Close(Some(CloseFrame {
-                        code: axum::extract::ws::close_code::AWAY,
-                        reason: "the service is stopping".into(),
-                    }));
-                    let _ = self.client.send(going_away).await;
-                    let _ = self.client.close().await;
-                    return;
-                }
+                () = closing.cancelled() => break,
             }
         }
+        self.queue.close();
+        while let Ok(message) = self.queue.try_recv() {
+            if !self.send(message).await {
+                return;
+            }
+        }
+        let going_away = Message::Close(Some(CloseFrame {
+            code: axum::extract::ws::close_code::AWAY,
+            reason: "the service is stopping".into(),
+        }));
+        if self.send(going_away).await {
+            let _ = tokio::time::timeout(SEND, self.client.close()).await;
+        }
+    }
+
+    /// Sends one message; `false` when the client is gone or does not take it in time.
+    async fn send(&mut self, message: Message) -> bool {
+        matches!(
+            tokio::time::timeout(SEND, self.client.send(message)).await,
+            Ok(Ok(()))
+        )
     }
 }

@@ -553,7 +553,7 @@ impl Server {
                     .to_str()
                     .is_some_and(|name| name.bytes().all(|b| b.is_ascii_digit()))
             })
-            .filter(|entry| running(&entry.path()))
+            .filter(|entry| postgres(&entry.path()) && running(&entry.path()))
             .filter(|entry| fs::read_link(entry.path().join("cwd")).is_ok_and(|cwd| cwd == pgdata))
             .count()
     }
@@ -693,10 +693,18 @@ pub(crate) fn postmaster_alive(pgdata: &Path) -> bool {
         })
         .is_some_and(|pid| {
             let process = PathBuf::from(format!("/proc/{pid}"));
-            fs::read_to_string(process.join("comm"))
-                .is_ok_and(|comm| comm.trim().starts_with("postgres"))
-                && running(&process)
+            // A process that reused the pid works elsewhere (where its directory can be read).
+            let elsewhere = match (fs::read_link(process.join("cwd")), pgdata.canonicalize()) {
+                (Ok(cwd), Ok(pgdata)) => cwd != pgdata,
+                _ => false,
+            };
+            postgres(&process) && running(&process) && !elsewhere
         })
+}
+
+/// Whether the process at `/proc/<pid>` is a PostgreSQL server process.
+fn postgres(process: &Path) -> bool {
+    fs::read_to_string(process.join("comm")).is_ok_and(|comm| comm.trim().starts_with("postgres"))
 }
 
 /// Whether the process at `/proc/<pid>` runs: a killed process stays a zombie until its

@@ -15,6 +15,8 @@ use crate::infra::cluster::{PrivateCluster, Supervisor, Tools};
 pub(crate) struct Database {
     pub options: PgConnectOptions,
     pub cluster: Option<PrivateCluster>,
+    /// On the private cluster of a service running on the same data directory.
+    pub attached: bool,
 }
 
 impl Database {
@@ -24,6 +26,7 @@ impl Database {
             DatabaseConfig::External(options) => Ok(Self {
                 options: (**options).clone(),
                 cluster: None,
+                attached: false,
             }),
             DatabaseConfig::Private => {
                 if config.data_dir.join(RESTORING).exists() {
@@ -76,6 +79,7 @@ impl Database {
                 Ok(Self {
                     options: cluster.connect_options(),
                     cluster: Some(cluster),
+                    attached: false,
                 })
             }
         }
@@ -99,6 +103,7 @@ impl Database {
                 Ok(Self {
                     options,
                     cluster: None,
+                    attached: true,
                 })
             }
             other => other,
@@ -171,8 +176,11 @@ impl Health {
 }
 
 /// How often the watcher asks the server whether it answers, and how long an answer may take.
+/// A refused or broken connection is an outage at once; a late answer only twice in a row (a
+/// busy server may be slow once without being down).
 const PROBE_EVERY: Duration = Duration::from_millis(250);
 const PROBE_TIMEOUT: Duration = Duration::from_millis(800);
+const LATE_ANSWERS: u32 = 2;
 /// Restarts of a dead private cluster tried in a row, the wait before the first, and the
 /// longest wait between two, before the service gives up and exits.
 const RESTARTS: u32 = 6;
@@ -193,6 +201,7 @@ pub(crate) async fn watch(
 ) -> anyhow::Error {
     let options = options.disable_statement_logging();
     let mut probe: Option<PgConnection> = None;
+    let mut late = 0;
     let mut failed_restarts = 0;
     let mut backoff = FIRST_BACKOFF;
     loop {
@@ -239,12 +248,19 @@ pub(crate) async fn watch(
         .await;
         match answered {
             Ok(Ok(())) => {
+                late = 0;
                 if !health.is_up() {
                     tracing::warn!("the database answers again");
                 }
                 health.set(true);
             }
+            // A server with no connection to spare answers: it is not down.
+            Ok(Err(sqlx::Error::Database(err))) if err.code().as_deref() == Some("53300") => {
+                late = 0;
+                health.set(true);
+            }
             Ok(Err(err)) => {
+                late = 0;
                 if health.is_up() {
                     tracing::error!(error = %err, "the database does not answer");
                 }
@@ -252,11 +268,14 @@ pub(crate) async fn watch(
                 probe = None;
             }
             Err(_) => {
-                if health.is_up() {
-                    tracing::error!(timeout = ?PROBE_TIMEOUT, "the database does not answer in time");
-                }
-                health.set(false);
+                late += 1;
                 probe = None;
+                if late >= LATE_ANSWERS {
+                    if health.is_up() {
+                        tracing::error!(timeout = ?PROBE_TIMEOUT, times = late, "the database does not answer in time");
+                    }
+                    health.set(false);
+                }
             }
         }
         tokio::time::sleep(PROBE_EVERY).await;

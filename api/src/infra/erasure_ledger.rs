@@ -191,6 +191,7 @@ impl ErasureLedgers {
             return Ok(());
         };
         let _appending = APPENDING.lock().unwrap_or_else(|e| e.into_inner());
+        let _other_processes = LedgerLock::take(&self.dir)?;
         copy_longer(&self.dir, mirror)
     }
 }

@@ -207,6 +207,8 @@ impl Runner {
                     }
                     batch.read() as i64 == BATCH
                 }
+                // The tenant's context was closed (a handle may outlive it for a moment).
+                Err(_) if self.pool.is_closed() => return,
                 // No read model is at fault: the shared pass is tried again soon, so that the
                 // read models follow as soon as the database is back.
                 Err(err) if crate::error::database_unreachable(err.as_ref()) => {

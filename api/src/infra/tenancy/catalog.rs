@@ -357,7 +357,7 @@ impl Tenancy {
     /// Closes this process's open context of a tenant, if any.
     pub(crate) async fn close_tenant(&self, id: Uuid) {
         if let Some(tenant) = self.open.write().await.remove(&id) {
-            tenant.pool.close().await;
+            tenant.close().await;
         }
     }
 
@@ -688,7 +688,7 @@ impl Tenancy {
     /// catalog entry. Used to undo a sign-up that failed half-way.
     pub(crate) async fn remove(&self, id: Uuid) -> anyhow::Result<()> {
         if let Some(tenant) = self.open.write().await.remove(&id) {
-            tenant.pool.close().await;
+            tenant.close().await;
         }
         let row = sqlx::query_as::<_, TenantRow>(&format!(
             "SELECT {TENANT_COLUMNS} FROM tenants WHERE id = $1"
@@ -787,7 +787,7 @@ impl Tenancy {
             ids.iter().filter_map(|id| open.remove(id)).collect()
         };
         for tenant in &closed {
-            tenant.pool.close().await;
+            tenant.close().await;
         }
         closed.len()
     }
@@ -839,13 +839,8 @@ impl Tenancy {
     /// Closes every open tenant's pool and stops its projectors.
     pub(crate) async fn close(&self) {
         let tenants: Vec<Arc<Tenant>> = self.open.write().await.drain().map(|(_, t)| t).collect();
-        // Projectors first: a pass cut short rolls back; one that found its pool closed would
-        // report a failure.
-        for tenant in &tenants {
-            tenant.projectors.stop();
-        }
         for tenant in tenants {
-            tenant.pool.close().await;
+            tenant.close().await;
         }
         self.catalog.close().await;
     }

@@ -307,6 +307,14 @@ impl Tenant {
             .unwrap_or_else(|e| e.into_inner())
             .elapsed()
     }
+
+    /// Closes the context: its projector first (a pass cut short rolls back; one that found
+    /// its pool closed would report a failure), then its pool, once every connection in use
+    /// is given back.
+    pub(crate) async fn close(&self) {
+        self.projectors.stop();
+        self.pool.close().await;
+    }
 }
 
 /// The command side of one aggregate type in a tenant database, loading aggregates through the
