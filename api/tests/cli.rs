@@ -15,6 +15,9 @@ use serde_json::{json, Value};
 // The test harness's HTTP receiver and SMTP server (the `tests/` suite's), for the webhook
 // and notification workers; these tests use only part of them.
 #[allow(dead_code, unreachable_pub)]
+#[path = "../../tests/src/feed.rs"]
+mod feed;
+#[allow(dead_code, unreachable_pub)]
 #[path = "../../tests/src/receiver.rs"]
 mod receiver;
 #[allow(dead_code, unreachable_pub)]
@@ -647,10 +650,6 @@ fn error_lines(log: &Path) -> Vec<String> {
 
 #[tokio::test]
 async fn a_stop_closes_subscriptions_with_going_away_and_logs_no_error() {
-    use futures::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    use tokio_tungstenite::tungstenite::Message;
-
     let dir = data_dir();
     let email = "stopper@example.org";
     let created = create_tenant(dir.path(), "stopper", email, &[]);
@@ -661,38 +660,19 @@ async fn a_stop_closes_subscriptions_with_going_away_and_logs_no_error() {
     wait_ready(port).await;
     let token = login(port, "stopper", email).await;
 
-    let mut request = format!("ws://127.0.0.1:{port}/graphql/ws")
-        .into_client_request()
-        .unwrap();
-    request.headers_mut().insert(
-        "sec-websocket-protocol",
-        "graphql-transport-ws".parse().unwrap(),
-    );
-    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
-    let init = json!({ "type": "connection_init", "payload": { "authorization": format!("Bearer {token}") } });
-    socket
-        .send(Message::Text(init.to_string().into()))
-        .await
-        .unwrap();
-    let ack = socket.next().await.unwrap().unwrap();
-    assert!(ack.to_text().unwrap().contains("connection_ack"), "{ack:?}");
-    let subscribe = json!({ "id": "1", "type": "subscribe",
-        "payload": { "query": "subscription { auditFeed { eventType } }" } });
-    socket
-        .send(Message::Text(subscribe.to_string().into()))
-        .await
-        .unwrap();
+    let (mut socket, ack) = feed::subscribe(&format!("127.0.0.1:{port}"), &token).await;
+    assert_eq!(ack["type"], "connection_ack", "{ack}");
+
     let stopping = Instant::now();
     let stopped = tokio::task::spawn_blocking(move || stop(service));
-    let close = loop {
-        match tokio::time::timeout(Duration::from_secs(30), socket.next()).await {
-            Ok(Some(Ok(Message::Close(frame)))) => break frame,
-            Ok(Some(Ok(_))) => continue,
-            other => panic!("the subscription was not closed: {other:?}"),
+    let closed = loop {
+        match feed::next(&mut socket, Duration::from_secs(30)).await {
+            Some(message) if message["type"] == "closed" => break message,
+            Some(_) => continue,
+            None => panic!("the subscription was not closed"),
         }
     };
-    let close = close.expect("a close frame with a code");
-    assert_eq!(u16::from(close.code), 1001, "going away: {close:?}");
+    assert_eq!(closed["code"], 1001, "going away: {closed}");
     stopped.await.unwrap();
     assert!(stopping.elapsed() < Duration::from_secs(30));
     assert!(

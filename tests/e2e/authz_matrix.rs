@@ -365,7 +365,7 @@ async fn subscription_call(
     token: Option<&str>,
     document: &str,
 ) -> custos_tests::Response {
-    use crate::audit::feed;
+    use custos_tests::feed;
     let (mut socket, ack) = feed::open(&app.address.to_string(), token, document).await;
     let body = if ack["type"] != "connection_ack" {
         json!({ "errors": [{ "message": "authentication required", "extensions": { "code": "UNAUTHENTICATED" } }] })

@@ -3,6 +3,7 @@
 //! catalog database, whose tenants are copies of the migrated template. Everything a test
 //! creates is dropped when its `TestApp` is dropped.
 
+pub mod feed;
 pub mod receiver;
 pub mod smtp;
 
