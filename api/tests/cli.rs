@@ -636,6 +636,17 @@ fn serve_logging(dir: &Path, port: u16, log: &Path) -> Child {
         .unwrap()
 }
 
+/// `custos ARGS --data-dir DIR` (on its private cluster, or the running service's), to its end.
+fn run_in(dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(custos())
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir)
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap()
+}
+
 /// The lines of a JSON log at level ERROR.
 fn error_lines(log: &Path) -> Vec<String> {
     std::fs::read_to_string(log)
@@ -796,12 +807,7 @@ async fn a_service_killed_under_eight_writers_loses_no_acknowledged_write() {
     stop(service);
 
     // No gap, no broken chain, and read models equal to history.
-    let verified = Command::new(custos())
-        .args(["verify", "--read-models", "--data-dir"])
-        .arg(dir.path())
-        .env_remove("DATABASE_URL")
-        .output()
-        .unwrap();
+    let verified = run_in(dir.path(), &["verify", "--read-models"]);
     assert!(
         verified.status.success(),
         "{}{}",
@@ -827,23 +833,13 @@ async fn commands_that_need_the_data_directory_run_beside_the_service() {
     let token = login(port, "beside", "beside@example.org").await;
     assert!(!token.is_empty(), "the new administrator logs in");
     // Retention runs beside it too (no policy yet: nothing to erase).
-    let retention = Command::new(custos())
-        .args(["retention", "run", "--data-dir"])
-        .arg(dir.path())
-        .env_remove("DATABASE_URL")
-        .output()
-        .unwrap();
+    let retention = run_in(dir.path(), &["retention", "run"]);
     assert!(
         retention.status.success(),
         "{}",
         String::from_utf8_lossy(&retention.stderr)
     );
-    let listed = Command::new(custos())
-        .args(["tenant", "list", "--data-dir"])
-        .arg(dir.path())
-        .env_remove("DATABASE_URL")
-        .output()
-        .unwrap();
+    let listed = run_in(dir.path(), &["tenant", "list"]);
     assert!(String::from_utf8_lossy(&listed.stdout).contains("beside"));
     // The commands left the service's cluster running, and the service serving.
     assert!(postgres_running_in(dir.path()));
