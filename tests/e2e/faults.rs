@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use custos_api::testing::PrivateCluster;
-use custos_tests::{private_dir, Response, TestApp};
+use custos_tests::{feed, private_dir, Response, TestApp};
 use serde_json::json;
 
 const EMPLOYEES: &str = "{ employees(first: 10) { edges { node { lastName } } } }";
@@ -137,6 +137,13 @@ async fn outage(app: &TestApp, token: &str, length: Duration) {
             started.elapsed() < Duration::from_secs(2),
             "health answers at once"
         );
+        // Once the watcher knows, a subscription's init is refused at once too.
+        if began.elapsed() > Duration::from_secs(1) {
+            let started = Instant::now();
+            let (_, answer) = feed::subscribe(&app.address.to_string(), token).await;
+            assert!(started.elapsed() < Duration::from_secs(1), "{answer}");
+            assert_ne!(answer["type"], "connection_ack", "{answer}");
+        }
         asked += 1;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -7,8 +7,12 @@ use axum::response::{IntoResponse, Response};
 
 use super::state::AppState;
 
-/// Streams an export through its one-time link; a used, expired or unknown link is 404.
+/// Streams an export through its one-time link; a used, expired or unknown link is 404; 503 at
+/// once while the database does not answer (the link stays usable).
 pub(crate) async fn download(State(state): State<AppState>, Path(token): Path<String>) -> Response {
+    if !state.services.database.is_up() {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
     let download = match state.services.open_download(&token).await {
         Ok(Some(download)) => download,
         Ok(None) => return StatusCode::NOT_FOUND.into_response(),

@@ -34,6 +34,11 @@ pub(crate) async fn graphql_ws(
                 protocol,
             )
             .on_connection_init(move |payload| async move {
+                if !services.database.is_up() {
+                    return Err(async_graphql::Error::new(
+                        "the database is unavailable; try again shortly",
+                    ));
+                }
                 let token = payload
                     .get("authorization")
                     .and_then(|v| v.as_str())
