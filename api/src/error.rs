@@ -239,7 +239,7 @@ impl From<sqlx::Error> for ApiError {
             tracing::warn!(error = %redacted(&anyhow::Error::from(err)), "database unavailable");
             return ApiError::Unavailable;
         }
-        ApiError::internal(err)
+        ApiError::Internal(err.into())
     }
 }
 

@@ -342,6 +342,18 @@ pub fn private_dir() -> tempfile::TempDir {
 
 pub const PASSWORD: &str = "correct horse battery staple";
 
+/// A test service's configuration: any free port, small pools and password hashing, and a
+/// login limit no test reaches (every test logs in from 127.0.0.1; the limiter's own test
+/// sets a low one).
+fn test_config(data_dir: &std::path::Path, database: DatabaseConfig) -> Config {
+    let mut config = Config::new(data_dir.to_owned(), database);
+    config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.tenant_pool_size = 4;
+    config.password_hash_concurrency = 2;
+    config.login_attempts_per_minute = 10_000;
+    config
+}
+
 impl TestApp {
     /// Starts a service on a random port with a fresh catalog.
     pub async fn spawn() -> Self {
@@ -372,16 +384,8 @@ impl TestApp {
         let data_dir = tempfile::tempdir().expect("a temp dir");
         let catalog = format!("custos_test_{}", Uuid::now_v7().simple());
         let options = shared.cluster.connect_options();
-        let mut config = Config::new(
-            data_dir.path().to_owned(),
-            DatabaseConfig::External(Box::new(options)),
-        );
-        config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        let mut config = test_config(data_dir.path(), DatabaseConfig::External(Box::new(options)));
         config.catalog_database = catalog.clone();
-        config.tenant_pool_size = 4;
-        config.password_hash_concurrency = 2;
-        // Every test logs in from 127.0.0.1; the limiter's own test sets a low limit.
-        config.login_attempts_per_minute = 10_000;
         adjust(&mut config);
         let application = Application::build(config)
             .await
@@ -447,11 +451,7 @@ impl TestApp {
         let backup_dir = data_dir.path().join("backups");
         std::fs::write(data_dir.path().join("backup.passphrase"), BACKUP_PASSPHRASE)
             .expect("the passphrase file");
-        let mut config = Config::new(data_dir.path().to_owned(), DatabaseConfig::Private);
-        config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-        config.tenant_pool_size = 4;
-        config.password_hash_concurrency = 2;
-        config.login_attempts_per_minute = 10_000;
+        let mut config = test_config(data_dir.path(), DatabaseConfig::Private);
         config.cluster_settings = vec![
             ("max_connections", "100".to_owned()),
             ("fsync", "off".to_owned()),
@@ -474,14 +474,7 @@ impl TestApp {
     pub async fn spawn_external(options: PgConnectOptions) -> Self {
         shared();
         let data_dir = tempfile::tempdir().expect("a temp dir");
-        let mut config = Config::new(
-            data_dir.path().to_owned(),
-            DatabaseConfig::External(Box::new(options)),
-        );
-        config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-        config.tenant_pool_size = 4;
-        config.password_hash_concurrency = 2;
-        config.login_attempts_per_minute = 10_000;
+        let config = test_config(data_dir.path(), DatabaseConfig::External(Box::new(options)));
         let application = Application::build(config)
             .await
             .expect("the application builds");

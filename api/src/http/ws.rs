@@ -26,7 +26,8 @@ pub(crate) async fn graphql_ws(
     upgrade
         .protocols(async_graphql::http::ALL_WEBSOCKET_PROTOCOLS)
         .on_upgrade(move |socket| {
-            let (to_client, from_client, outgoing) = relay(socket);
+            let (client, from_client) = socket.split();
+            let (to_client, queue) = futures::channel::mpsc::channel(16);
             let graphql = async_graphql_axum::GraphQLWebSocket::new_with_pair(
                 to_client,
                 from_client,
@@ -70,30 +71,14 @@ pub(crate) async fn graphql_ws(
                 Ok(data)
             })
             .serve();
-            outgoing.run(graphql, closing)
+            Outgoing { queue, client }.run(graphql, closing)
         })
 }
 
-type ClientSink = futures::stream::SplitSink<WebSocket, Message>;
-
-/// What the GraphQL side sends, on its way to the client.
+/// What the GraphQL side sends (into a queue), on its way to the client.
 struct Outgoing {
     queue: futures::channel::mpsc::Receiver<Message>,
-    client: ClientSink,
-}
-
-/// Splits `socket` into a sink for the GraphQL side (a queue), the client's messages, and the
-/// [`Outgoing`] end that forwards the queue to the client.
-fn relay(
-    socket: WebSocket,
-) -> (
-    futures::channel::mpsc::Sender<Message>,
-    futures::stream::SplitStream<WebSocket>,
-    Outgoing,
-) {
-    let (client, from_client) = socket.split();
-    let (to_client, queue) = futures::channel::mpsc::channel(16);
-    (to_client, from_client, Outgoing { queue, client })
+    client: futures::stream::SplitSink<WebSocket, Message>,
 }
 
 /// The longest a message may take to reach the client (one that stops reading is let go).

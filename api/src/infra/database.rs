@@ -160,9 +160,10 @@ impl Health {
         *self.0.borrow()
     }
 
-    fn set(&self, up: bool) {
+    /// Records whether the database answers; `true` when that changed.
+    fn set(&self, up: bool) -> bool {
         self.0
-            .send_if_modified(|was| std::mem::replace(was, up) != up);
+            .send_if_modified(|was| std::mem::replace(was, up) != up)
     }
 
     /// Completes when the database goes down (at once if it is down).
@@ -207,10 +208,9 @@ pub(crate) async fn watch(
     loop {
         if let Some(supervisor) = &supervisor {
             if !supervisor.alive() {
-                if health.is_up() {
+                if health.set(false) {
                     tracing::error!("the private PostgreSQL server died; starting it again");
                 }
-                health.set(false);
                 probe = None;
                 let restarter = supervisor.clone();
                 match tokio::task::spawn_blocking(move || restarter.restart()).await {
@@ -249,10 +249,9 @@ pub(crate) async fn watch(
         match answered {
             Ok(Ok(())) => {
                 late = 0;
-                if !health.is_up() {
+                if health.set(true) {
                     tracing::warn!("the database answers again");
                 }
-                health.set(true);
             }
             // A server with no connection to spare answers: it is not down.
             Ok(Err(sqlx::Error::Database(err))) if err.code().as_deref() == Some("53300") => {
@@ -261,20 +260,16 @@ pub(crate) async fn watch(
             }
             Ok(Err(err)) => {
                 late = 0;
-                if health.is_up() {
+                if health.set(false) {
                     tracing::error!(error = %err, "the database does not answer");
                 }
-                health.set(false);
                 probe = None;
             }
             Err(_) => {
                 late += 1;
                 probe = None;
-                if late >= LATE_ANSWERS {
-                    if health.is_up() {
-                        tracing::error!(timeout = ?PROBE_TIMEOUT, times = late, "the database does not answer in time");
-                    }
-                    health.set(false);
+                if late >= LATE_ANSWERS && health.set(false) {
+                    tracing::error!(timeout = ?PROBE_TIMEOUT, times = late, "the database does not answer in time");
                 }
             }
         }

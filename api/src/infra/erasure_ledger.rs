@@ -49,27 +49,18 @@ pub(crate) struct ErasureLedgers {
 /// Held while a ledger is appended to: one writer per process.
 static APPENDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// Held while a ledger is read and appended to, across processes (the service and a command
-/// run beside it, such as `custos retention run`): each entry's MAC chains to the last one.
-struct LedgerLock(std::fs::File);
-
-impl LedgerLock {
-    fn take(dir: &Path) -> std::io::Result<Self> {
-        std::fs::create_dir_all(dir)?;
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dir.join(".append.lock"))?;
-        file.lock()?;
-        Ok(Self(file))
-    }
-}
-
-impl Drop for LedgerLock {
-    fn drop(&mut self) {
-        let _ = self.0.unlock();
-    }
+/// Locks the ledgers of `dir` across processes (the service and a command run beside it, such
+/// as `custos retention run`) while one is read and appended to — each entry's MAC chains to
+/// the last one — until the returned file is closed.
+fn lock_ledgers(dir: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::create_dir_all(dir)?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(".append.lock"))?;
+    file.lock()?;
+    Ok(file)
 }
 
 impl ErasureLedgers {
@@ -134,7 +125,7 @@ impl ErasureLedgers {
     /// happened is missing from the ledger.
     pub(crate) fn append(&self, tenant: Uuid, subject: Uuid) -> std::io::Result<()> {
         let _appending = APPENDING.lock().unwrap_or_else(|e| e.into_inner());
-        let _other_processes = LedgerLock::take(&self.dir)?;
+        let _other_processes = lock_ledgers(&self.dir)?;
         let ledger = self.read(tenant)?;
         if let Some(line) = ledger.broken_at {
             return Err(std::io::Error::other(format!(
@@ -191,7 +182,7 @@ impl ErasureLedgers {
             return Ok(());
         };
         let _appending = APPENDING.lock().unwrap_or_else(|e| e.into_inner());
-        let _other_processes = LedgerLock::take(&self.dir)?;
+        let _other_processes = lock_ledgers(&self.dir)?;
         copy_longer(&self.dir, mirror)
     }
 }
