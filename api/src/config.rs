@@ -112,6 +112,9 @@ pub struct Config {
     pub graphiql: bool,
     /// Answer GraphQL introspection queries (switch off in production if clients do not need it).
     pub introspection: bool,
+    /// `CUSTOS_METRICS_TOKEN`: when set, `/metrics` answers only requests that present it as
+    /// a bearer token.
+    pub metrics_token: Option<SecretString>,
     /// Connections per tenant pool (opened lazily, closed when idle).
     pub tenant_pool_size: u32,
     /// Login attempts allowed per client address per minute (a burst of this size, refilled
@@ -310,6 +313,7 @@ impl Config {
             sessions: SessionPolicy::default(),
             graphiql: true,
             introspection: true,
+            metrics_token: None,
             tenant_pool_size: 8,
             login_attempts_per_minute: 30,
             // Half the cores: a login flood then leaves the other half to everything else.

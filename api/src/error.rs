@@ -29,6 +29,26 @@ pub enum Code {
 }
 
 impl Code {
+    /// Every code.
+    pub const ALL: [Code; 11] = [
+        Code::Unauthenticated,
+        Code::Forbidden,
+        Code::NotFound,
+        Code::Validation,
+        Code::Conflict,
+        Code::Unavailable,
+        Code::TrialEnded,
+        Code::Suspended,
+        Code::SubscriptionEnded,
+        Code::QuotaExceeded,
+        Code::Internal,
+    ];
+
+    /// The code spelled `text`, if there is one.
+    pub fn parse(text: &str) -> Option<Code> {
+        Self::ALL.into_iter().find(|code| code.as_str() == text)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Code::Unauthenticated => "UNAUTHENTICATED",
@@ -216,11 +236,18 @@ fn unreachable(err: &sqlx::Error) -> bool {
     }
 }
 
-/// Whether `err` or an error it wraps is an [`unreachable`] database error.
+/// The database server an organisation lives on does not answer, as the service's watcher of
+/// that server last found: refused before a connection is tried (which would wait for the
+/// pool's time-out).
+#[derive(Debug, thiserror::Error)]
+#[error("the organisation's database server does not answer")]
+pub(crate) struct ServerDown;
+
+/// Whether `err` or an error it wraps is an [`unreachable`] database error, or [`ServerDown`].
 pub(crate) fn database_unreachable(err: &(dyn std::error::Error + 'static)) -> bool {
-    std::iter::successors(Some(err), |err| err.source())
-        .filter_map(|err| err.downcast_ref::<sqlx::Error>())
-        .any(unreachable)
+    std::iter::successors(Some(err), |err| err.source()).any(|err| {
+        err.is::<ServerDown>() || err.downcast_ref::<sqlx::Error>().is_some_and(unreachable)
+    })
 }
 
 impl From<anyhow::Error> for ApiError {

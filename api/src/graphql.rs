@@ -1,8 +1,10 @@
 //! The GraphQL API: the schema, merged from one query and one mutation object per area of
-//! `resolvers`, with the limits and the authorization extension every request passes through.
+//! `resolvers`, with the limits, the authorization extension and the measuring extension
+//! every request passes through.
 //!
 //! Floors inside this room, from the bottom: `error`, `context`, `arguments`, `pagination`,
-//! `loaders` and `limits`; `types` (what resolvers share); `authorization`; `resolvers`.
+//! `loaders`, `limits` and `observe`; `types` (what resolvers share); `authorization`;
+//! `resolvers`.
 
 use std::sync::Arc;
 
@@ -16,6 +18,7 @@ pub(crate) mod context;
 pub(crate) mod error;
 pub(crate) mod limits;
 pub(crate) mod loaders;
+pub(crate) mod observe;
 pub(crate) mod pagination;
 pub(crate) mod resolvers;
 pub(crate) mod types;
@@ -84,7 +87,9 @@ fn builder() -> SchemaBuilder<Query, Mutation, audit::AuditSubscription> {
 /// Builds the schema; `services` is shared by every request. Introspection can be switched
 /// off for production.
 pub(crate) fn build_schema(services: Arc<Services>, introspection: bool) -> CustosSchema {
-    let builder = builder().data(services);
+    let builder = builder()
+        .extension(observe::Observe(services.metrics.clone()))
+        .data(services);
     if introspection {
         builder.finish()
     } else {

@@ -74,6 +74,8 @@ pub struct Services {
     pub(crate) database: std::sync::Arc<crate::infra::database::Health>,
     /// Cancelled when the service begins to stop: open subscriptions close.
     pub(crate) closing: tokio_util::sync::CancellationToken,
+    /// The service's metrics (`/metrics`).
+    pub(crate) metrics: crate::telemetry::metrics::Metrics,
 }
 
 /// Held while a change checked against other aggregates runs; dropping it (even on

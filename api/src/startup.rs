@@ -22,6 +22,7 @@ use crate::infra::keys::MasterKey;
 use crate::infra::notifications::mail::Mailer;
 use crate::infra::tenancy::catalog::Tenancy;
 use crate::service::{jobs, Services};
+use crate::telemetry::metrics::Metrics;
 
 /// Connects tenancy and builds the services, for `serve` and the one-shot commands.
 pub(crate) async fn services(
@@ -46,12 +47,16 @@ pub(crate) async fn services(
         backups.as_ref().map(|b| b.erasures_dir()),
         master_key.clone(),
     );
+    let metrics = Metrics::new();
+    let health = Arc::new(database::Health::default());
     let tenancy = Tenancy::start(
         database.options.clone(),
         &config.catalog_database,
         &config.regions,
         master_key,
         config.tenant_pool_size,
+        metrics.clone(),
+        health.clone(),
     )
     .await?;
     let per_minute = std::num::NonZeroU32::new(config.login_attempts_per_minute.max(1))
@@ -82,8 +87,9 @@ pub(crate) async fn services(
             config.webhooks.allow_private,
         )?,
         listening: std::sync::OnceLock::new(),
-        database: Default::default(),
+        database: health,
         closing: Default::default(),
+        metrics,
     });
     // Before anything is served: erasures made since a restored backup are made again. Beside
     // a running service, that service did so when it started (and may be between writing an
@@ -116,6 +122,9 @@ where
     database.stop().await?;
     result
 }
+
+/// How often the read models' lag is measured for the metrics.
+const LAG_SAMPLE: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// How long a stop waits for running requests before it goes on without them.
 const DRAIN: std::time::Duration = std::time::Duration::from_secs(20);
@@ -161,6 +170,7 @@ impl Application {
             schema: build_schema(services.clone(), config.introspection),
             services: services.clone(),
             graphiql: config.graphiql,
+            metrics_token: config.metrics_token.clone().map(Arc::new),
         };
         let listener = TcpListener::bind(config.listen).await?;
         let _ = services.listening.set(listener.local_addr()?);
@@ -172,6 +182,7 @@ impl Application {
                 .cluster
                 .as_ref()
                 .map(|cluster| cluster.supervisor()),
+            "default",
         );
         let watcher = AbortOnDrop(tokio::spawn(async move {
             let _ = report_fatal.send(watching.await);
@@ -180,6 +191,19 @@ impl Application {
             services.clone(),
             config.tenant_idle,
         ));
+        let lag = tokio::spawn(jobs::projection_lag(services.clone(), LAG_SAMPLE));
+        // The servers of regions that do not live on the default one: watched too, never
+        // restarted (they are someone else's).
+        let region_watchers =
+            services
+                .tenancy
+                .region_servers()
+                .into_iter()
+                .map(|(region, options, health)| {
+                    AbortOnDrop(tokio::spawn(async move {
+                        let _ = database::watch(health, options, None, region.as_str()).await;
+                    }))
+                });
         let retention = config
             .retention_interval
             .map(|interval| AbortOnDrop(tokio::spawn(jobs::retention(services.clone(), interval))));
@@ -217,7 +241,9 @@ impl Application {
             .interval
             .map(|interval| AbortOnDrop(tokio::spawn(jobs::webhooks(services.clone(), interval))));
         Ok(Self {
-            jobs: std::iter::once(AbortOnDrop(sweeper))
+            jobs: [AbortOnDrop(sweeper), AbortOnDrop(lag)]
+                .into_iter()
+                .chain(region_watchers)
                 .chain(retention)
                 .chain(checkpoints)
                 .chain(backups)

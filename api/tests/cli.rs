@@ -847,3 +847,135 @@ async fn commands_that_need_the_data_directory_run_beside_the_service() {
     assert_eq!(me["data"]["me"]["email"], "beside@example.org", "{me}");
     stop(service);
 }
+
+/// Every span in the OTLP/HTTP JSON export requests `received` got.
+fn exported_spans(received: &[receiver::Received]) -> Vec<Value> {
+    received
+        .iter()
+        .filter(|request| request.path == "/v1/traces")
+        .flat_map(|request| {
+            let body = request.json();
+            let mut spans = Vec::new();
+            for resource in body["resourceSpans"].as_array().into_iter().flatten() {
+                for scope in resource["scopeSpans"].as_array().into_iter().flatten() {
+                    spans.extend(scope["spans"].as_array().into_iter().flatten().cloned());
+                }
+            }
+            spans
+        })
+        .collect()
+}
+
+/// A span attribute's value, as text.
+fn attribute(span: &Value, key: &str) -> Option<String> {
+    span["attributes"]
+        .as_array()?
+        .iter()
+        .find(|attribute| attribute["key"] == key)
+        .map(|attribute| {
+            let value = &attribute["value"];
+            value["stringValue"]
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| value.to_string())
+        })
+}
+
+#[tokio::test]
+async fn traces_reach_an_otlp_collector_in_the_callers_trace_without_personal_values() {
+    let collector = receiver::Receiver::start().await;
+    let dir = data_dir();
+    let email = "tracer.admin@example.org";
+    let created = create_tenant(dir.path(), "tracer", email, &[]);
+    assert!(created.status.success());
+    let port = free_port();
+    let endpoint = format!("http://{}", collector.addr);
+    let service = serve_with(
+        dir.path(),
+        port,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    );
+    wait_ready(port).await;
+    let token = login(port, "tracer", email).await;
+
+    // The caller's trace, and its own request id.
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller_span = "00f067aa0ba902b7";
+    let request_id = "0193a0b4-7c1e-7d2a-9f00-5a1b2c3d4e5f";
+    let personal = ["Zebulon", "Quixotically", "zebulon.q@example.net"];
+    let response = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/graphql"))
+        .bearer_auth(&token)
+        .header("traceparent", format!("00-{trace_id}-{caller_span}-01"))
+        .header("x-request-id", request_id)
+        .json(&json!({
+            "query": "mutation($input: CreateEmployeeInput!) { createEmployee(input: $input) { id } }",
+            "variables": { "input": {
+                "firstName": personal[0], "lastName": personal[1], "email": personal[2],
+                "startDate": "2024-02-01",
+            } },
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.headers()["x-request-id"],
+        request_id,
+        "the caller's request id is kept"
+    );
+    let body: Value = response.json().await.unwrap();
+    assert!(body["data"]["createEmployee"]["id"].is_string(), "{body}");
+
+    let received = collector
+        .until(|received| {
+            exported_spans(received)
+                .iter()
+                .filter(|span| span["traceId"] == trace_id)
+                .count()
+                >= 2
+        })
+        .await;
+    let spans = exported_spans(&received);
+    let in_trace: Vec<&Value> = spans.iter().filter(|s| s["traceId"] == trace_id).collect();
+    let server = in_trace
+        .iter()
+        .find(|span| span["name"] == "POST /graphql")
+        .unwrap_or_else(|| panic!("no request span in {in_trace:?}"));
+    assert_eq!(
+        server["parentSpanId"], caller_span,
+        "a child of the caller's span"
+    );
+    assert_eq!(attribute(server, "request.id").as_deref(), Some(request_id));
+    assert_eq!(attribute(server, "http.route").as_deref(), Some("/graphql"));
+    let operation = in_trace
+        .iter()
+        .find(|span| span["name"] == "graphql")
+        .unwrap_or_else(|| panic!("no operation span in {in_trace:?}"));
+    assert_eq!(operation["parentSpanId"], server["spanId"]);
+    assert_eq!(
+        attribute(operation, "graphql.operation.type").as_deref(),
+        Some("mutation")
+    );
+    assert_eq!(
+        attribute(operation, "graphql.field").as_deref(),
+        Some("createEmployee")
+    );
+    assert_eq!(attribute(operation, "graphql.code").as_deref(), Some("OK"));
+
+    // Nothing personal, secret or typed by the client in any export.
+    let everything: String = received
+        .iter()
+        .map(|request| String::from_utf8_lossy(&request.body).into_owned())
+        .collect();
+    for value in personal
+        .iter()
+        .chain(&[email, "a long cli password", token.as_str()])
+    {
+        assert!(!everything.contains(value), "{value} was exported");
+    }
+    stop(service);
+}

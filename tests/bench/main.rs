@@ -20,8 +20,8 @@ mod webhooks;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = common::BenchArgs::parse();
-    telemetry::init(args.log_format.unwrap_or(telemetry::LogFormat::Text));
-    match args.suite.as_str() {
+    let telemetry = telemetry::init(args.log_format.unwrap_or(telemetry::LogFormat::Text))?;
+    let outcome = match args.suite.as_str() {
         "foundation" => foundation::run(args).await,
         "datasheets" => datasheets::run(args).await,
         "privacy" => privacy::run(args).await,
@@ -34,5 +34,7 @@ async fn main() -> anyhow::Result<()> {
         other => anyhow::bail!(
             "unknown suite `{other}`: `foundation`, `datasheets`, `privacy`, `integrity`, `portability`, `backups`, `lifecycle`, `notifications` or `webhooks`"
         ),
-    }
+    };
+    telemetry.shutdown().await;
+    outcome
 }

@@ -226,6 +226,99 @@ async fn while_the_database_is_down_every_request_is_answered_at_once_and_servic
     );
 }
 
+/// Asks as both organisations every 200 ms for 4 s while the `us` server is down: the `us`
+/// one is refused at once (from the first second on, when the watcher knows), the `eu` one
+/// served.
+async fn region_outage(app: &TestApp, us: &custos_tests::Session, eu: &custos_tests::Session) {
+    let began = Instant::now();
+    let mut rounds = 0;
+    while began.elapsed() < Duration::from_secs(4) {
+        // The watcher asks four times a second: from the first second on, it knows. A request
+        // already running when it finds out is answered then.
+        let knows = began.elapsed() > Duration::from_secs(1);
+        let started = Instant::now();
+        let query = app.graphql(Some(&us.token), EMPLOYEES, json!({})).await;
+        if !knows {
+            assert!(
+                started.elapsed() < Duration::from_millis(1500),
+                "{}",
+                query.body
+            );
+        } else {
+            assert_unavailable(&query, started.elapsed());
+            let started = Instant::now();
+            let login = app.login(&us.slug, &us.email, &us.password).await;
+            let refused = login.expect_err("no login while its server is down");
+            assert_unavailable(&refused, started.elapsed());
+            let health = reqwest::get(app.url("/healthz")).await.unwrap();
+            let health = health.text().await.unwrap();
+            assert!(health.contains("database (us): unavailable"), "{health}");
+            assert!(!health.contains("database: unavailable"), "{health}");
+            let metrics = reqwest::get(app.url("/metrics")).await.unwrap();
+            let metrics = metrics.text().await.unwrap();
+            assert!(metrics.contains("custos_database_up{server=\"us\"} 0"));
+            assert!(metrics.contains("custos_database_up{server=\"default\"} 1"));
+        }
+        // The other region's organisations do not notice.
+        app.graphql(Some(&eu.token), EMPLOYEES, json!({}))
+            .await
+            .ok();
+        let ready = reqwest::get(app.url("/readyz")).await.unwrap().status();
+        assert_eq!(ready, 200, "the service serves the other regions");
+        rounds += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(rounds >= 5, "{rounds} rounds during the outage");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_of_a_regions_own_server_refuses_its_organisations_at_once_and_no_other() {
+    // The `us` region on a server of the test's own, which it stops; `eu` and the catalog on
+    // the shared one.
+    let dir = private_dir();
+    let settings = [
+        ("fsync", "off".to_owned()),
+        ("max_connections", "100".to_owned()),
+    ];
+    let postgres = dir.path().join("postgres");
+    let cluster = tokio::task::spawn_blocking(move || PrivateCluster::start(&postgres, &settings))
+        .await
+        .unwrap()
+        .expect("the test's own server starts");
+    let server = cluster.supervisor();
+    let us_server = cluster.connect_options();
+    let app = TestApp::spawn_with(move |config| {
+        config.regions.insert(custos_api::Region::Us, us_server);
+    })
+    .await;
+    let eu = app.sign_up(&custos_tests::slug("outage-eu")).await;
+    let us = app.sign_up_in(&custos_tests::slug("outage-us"), "us").await;
+    app.create_employee(&us.token, employee("Before")).await;
+
+    // Stopped cleanly (connections are refused at once), then killed (its socket file stays
+    // behind, and connecting is refused over and over until the pool's time-out, unless the
+    // service knows the server is down).
+    let stopping = server.clone();
+    tokio::task::spawn_blocking(move || stopping.stop_server())
+        .await
+        .unwrap()
+        .expect("the server stops");
+    region_outage(&app, &us, &eu).await;
+    resume(&app, &us.token, &server).await;
+    kill("-KILL", &postmaster_pid(dir.path()));
+    region_outage(&app, &us, &eu).await;
+    resume(&app, &us.token, &server).await;
+    app.create_employee(&us.token, employee("After")).await;
+    let mut names = app.employee_last_names(&us.token).await;
+    names.sort();
+    assert_eq!(names, ["After", "Before"]);
+    app.stop().await;
+    tokio::task::spawn_blocking(move || cluster.stop())
+        .await
+        .unwrap()
+        .expect("the test's server stops");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_that_cannot_start_again_ends_the_service_with_an_error() {
     let app = TestApp::spawn_private(private_dir(), |config| config.backups = None).await;

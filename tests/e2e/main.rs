@@ -18,6 +18,7 @@ mod imports;
 mod integrity;
 mod lifecycle;
 mod logs;
+mod metrics;
 mod notifications;
 mod portability;
 mod privacy;

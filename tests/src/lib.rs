@@ -542,6 +542,11 @@ impl TestApp {
 
     /// Signs up an organisation `slug` with a unique administrator email.
     pub async fn sign_up(&self, slug: &str) -> Session {
+        self.sign_up_in(slug, "eu").await
+    }
+
+    /// Signs up an organisation `slug` in `region` (`eu` or `us`).
+    pub async fn sign_up_in(&self, slug: &str, region: &str) -> Session {
         let email = format!("admin-{}@{slug}.example.org", Uuid::now_v7().simple());
         let response = self
             .graphql(
@@ -550,7 +555,7 @@ impl TestApp {
                 json!({ "input": {
                     "organization": format!("Org {slug}"),
                     "slug": slug,
-                    "region": "eu",
+                    "region": region,
                     "adminEmail": email,
                     "adminName": "Ada Admin",
                     "password": PASSWORD,

@@ -542,6 +542,11 @@ impl ServeArgs {
         config.listen = self.listen;
         config.graphiql = !self.no_graphiql;
         config.introspection = !self.no_introspection;
+        // From the environment only: a flag's value would show in the process list.
+        config.metrics_token = std::env::var("CUSTOS_METRICS_TOKEN")
+            .ok()
+            .filter(|token| !token.trim().is_empty())
+            .map(SecretString::from);
         config.checkpoint_interval = (self.checkpoint_interval_seconds > 0)
             .then(|| std::time::Duration::from_secs(self.checkpoint_interval_seconds));
         config.lifecycle.interval = Some(std::time::Duration::from_secs(60));

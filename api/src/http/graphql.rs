@@ -14,6 +14,7 @@ use super::state::AppState;
 use crate::error::Code;
 use crate::graphql::context::RequestContext;
 use crate::graphql::loaders::Loaders;
+use crate::infra::database::Health;
 use crate::service::identity::RequestOrigin;
 
 pub(crate) async fn graphiql(State(state): State<AppState>) -> Response {
@@ -74,15 +75,35 @@ pub(crate) async fn graphql(
             "the database is unavailable; try again shortly",
         );
     }
+    // The organisation's database may live on a region's server of its own: an outage of that
+    // server ends the request at once too.
+    let own_server = match &token {
+        Some(token) => state.services.token_server(token).await,
+        None => None,
+    };
     tokio::select! {
         response = answer(&state, origin, token, request) => response,
-        () = database.went_down() => request_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            Code::Unavailable,
-            "the database became unavailable while the request ran; a change it asked for may \
-             or may not have been saved: read it back before trying again",
-        ),
+        () = database.went_down() => outcome_unknown(),
+        () = went_down(own_server.as_deref()) => outcome_unknown(),
     }
+}
+
+/// Completes when `server` goes down; never without one.
+async fn went_down(server: Option<&Health>) {
+    match server {
+        Some(server) => server.went_down().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The answer to a request the database went away under.
+fn outcome_unknown() -> Response {
+    request_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        Code::Unavailable,
+        "the database became unavailable while the request ran; a change it asked for may or \
+         may not have been saved: read it back before trying again",
+    )
 }
 
 /// Authenticates the request's session and executes it.

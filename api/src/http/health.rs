@@ -11,13 +11,14 @@ use axum::response::{IntoResponse, Response};
 
 use super::state::AppState;
 use crate::infra::backups::plan::BackupPlan;
+use crate::service::Services;
 
 /// The longest either endpoint waits for the database.
 const WAIT: Duration = Duration::from_millis(900);
 
 /// `ok` (always 200: the process serves; a dead private cluster is started again by the
 /// service itself, which exits when it cannot), then a line while the database does not
-/// answer, a line when a checkpoint refused to sign for some organisation (details in the log
+/// answer (one per region on a server of its own that does not), a line when a checkpoint refused to sign for some organisation (details in the log
 /// and in its `verifyIntegrity`), and with backups a line saying when the newest verified one
 /// was taken.
 pub(crate) async fn healthz(State(state): State<AppState>) -> String {
@@ -26,72 +27,103 @@ pub(crate) async fn healthz(State(state): State<AppState>) -> String {
     if !database_up {
         text.push_str("\ndatabase: unavailable");
     }
+    for (region, _, server) in state.services.tenancy.region_servers() {
+        if !server.is_up() {
+            text.push_str(&format!("\ndatabase ({}): unavailable", region.as_str()));
+        }
+    }
     match state.services.integrity_alarm_count() {
         0 => {}
         n => text.push_str(&format!("\nintegrity alarm: {n} organisation(s)")),
     }
-    match state.services.backups.as_deref() {
-        Some(BackupPlan::Cluster(backups)) => {
-            text.push_str(&last_verified(backups.last_verified()));
-            // Base backups stream their own WAL and keep verifying while the archive fails.
-            let failing: Option<Option<chrono::DateTime<chrono::Utc>>> = if database_up {
-                tokio::time::timeout(
-                    WAIT,
-                    sqlx::query_scalar(
-                        "SELECT last_failed_time FROM pg_stat_archiver
-                         WHERE last_failed_time > coalesce(last_archived_time, '-infinity')",
-                    )
-                    .fetch_optional(state.services.tenancy.catalog()),
-                )
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .flatten()
-            } else {
-                None
-            };
-            if let Some(Some(since)) = failing {
-                text.push_str(&format!(
-                    "\nWAL archiving failing: last failure {} (see postgres.log)",
-                    stamp(since)
-                ));
-            }
-        }
-        Some(BackupPlan::Archives(archives)) => {
-            // The weakest organisation: the oldest of every organisation's newest verified
-            // archive, and how many have none.
-            let coverage = if database_up {
-                tokio::time::timeout(WAIT, archives.coverage(&state.services.tenancy))
-                    .await
-                    .unwrap_or_else(|_| Err(anyhow::anyhow!("the catalog did not answer in time")))
-            } else {
-                Err(anyhow::anyhow!("the database is unavailable"))
-            };
-            match coverage {
-                Ok(coverage) => {
-                    let missing = coverage.iter().filter(|(_, at)| at.is_none()).count();
-                    let oldest = coverage.iter().filter_map(|(_, at)| *at).min();
-                    text.push_str(&last_verified(if missing > 0 { None } else { oldest }));
-                    if missing > 0 && coverage.len() > missing {
-                        text.push_str(&format!(
-                            " ({missing} of {} organisation(s) without a verified archive)",
-                            coverage.len()
-                        ));
-                    }
-                }
-                Err(err) => {
-                    tracing::warn!(error = %format!("{err:#}"), "the backup archives could not be listed");
-                    text.push_str(if database_up {
-                        "\nlast verified backup: unknown (the backup directory could not be read)"
-                    } else {
-                        "\nlast verified backup: unknown (the catalog does not answer)"
-                    });
+    if let Some(coverage) = backup_coverage(&state.services, database_up).await {
+        match coverage {
+            Ok(coverage) => {
+                let missing = coverage.missing;
+                text.push_str(&last_verified(coverage.verified()));
+                if missing > 0 && coverage.organizations > missing {
+                    text.push_str(&format!(
+                        " ({missing} of {} organisation(s) without a verified archive)",
+                        coverage.organizations
+                    ));
                 }
             }
+            Err(unknown) => text.push_str(&format!("\nlast verified backup: unknown ({unknown})")),
         }
-        None => {}
+    }
+    // Base backups stream their own WAL and keep verifying while the archive fails.
+    if let (Some(BackupPlan::Cluster(_)), true) = (state.services.backups.as_deref(), database_up) {
+        let failing: Option<Option<chrono::DateTime<chrono::Utc>>> = tokio::time::timeout(
+            WAIT,
+            sqlx::query_scalar(
+                "SELECT last_failed_time FROM pg_stat_archiver
+                 WHERE last_failed_time > coalesce(last_archived_time, '-infinity')",
+            )
+            .fetch_optional(state.services.tenancy.catalog()),
+        )
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .flatten();
+        if let Some(Some(since)) = failing {
+            text.push_str(&format!(
+                "\nWAL archiving failing: last failure {} (see postgres.log)",
+                stamp(since)
+            ));
+        }
     }
     text
+}
+
+/// How far the verified backups reach: the newest verified one of the private cluster, or
+/// for archives the oldest of every organisation's newest verified archive.
+pub(super) struct BackupCoverage {
+    /// The cluster's newest verified backup, or the weakest organisation's newest archive.
+    newest: Option<chrono::DateTime<chrono::Utc>>,
+    /// Organisations without a verified archive (0 for the cluster's backups).
+    missing: usize,
+    organizations: usize,
+}
+
+impl BackupCoverage {
+    /// When every organisation's data was last in a verified backup (`None`: not all are).
+    pub(super) fn verified(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        if self.missing > 0 {
+            None
+        } else {
+            self.newest
+        }
+    }
+}
+
+/// The backups' coverage (`None` without a backup directory), or why it is unknown. Answers
+/// within [`WAIT`].
+pub(super) async fn backup_coverage(
+    services: &Services,
+    database_up: bool,
+) -> Option<Result<BackupCoverage, &'static str>> {
+    Some(match services.backups.as_deref()? {
+        BackupPlan::Cluster(backups) => Ok(BackupCoverage {
+            newest: backups.last_verified(),
+            missing: 0,
+            organizations: 1,
+        }),
+        BackupPlan::Archives(_) if !database_up => Err("the catalog does not answer"),
+        BackupPlan::Archives(archives) => {
+            match tokio::time::timeout(WAIT, archives.coverage(&services.tenancy)).await {
+                Ok(Ok(coverage)) => Ok(BackupCoverage {
+                    newest: coverage.iter().filter_map(|(_, at)| *at).min(),
+                    missing: coverage.iter().filter(|(_, at)| at.is_none()).count(),
+                    organizations: coverage.len(),
+                }),
+                Ok(Err(err)) => {
+                    tracing::warn!(error = %format!("{err:#}"), "the backup archives could not be listed");
+                    Err("the backup directory could not be read")
+                }
+                Err(_) => Err("the catalog did not answer in time"),
+            }
+        }
+    })
 }
 
 fn stamp(at: chrono::DateTime<chrono::Utc>) -> String {

@@ -1,11 +1,11 @@
-//! What every request carries: an id and a span (the middleware), and the extractors that
-//! read where it came from and the bearer token it presents.
+//! What every request carries: an id, a span and its count in the metrics (the middleware),
+//! and the extractors that read where it came from and the bearer token it presents.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use axum::extract::{ConnectInfo, FromRequestParts, Request};
+use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue};
 use axum::middleware::Next;
@@ -13,42 +13,73 @@ use axum::response::Response;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use super::state::AppState;
 use crate::service::identity::RequestOrigin;
+use crate::telemetry::metrics::method_label;
+use crate::telemetry::traces::continue_trace;
 
 /// The id of one HTTP request: in its log span, in the `x-request-id` response header, and in
 /// the metadata of every event it causes.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct RequestId(pub(crate) Uuid);
 
-/// A request path as logged: download links carry their token in the path, so it is cut.
-fn logged_path(path: &str) -> &str {
-    if path.starts_with("/exports/") {
-        "/exports/{token}"
-    } else {
-        path
-    }
+/// The id a caller gave its request in `x-request-id`, if it is a UUID (any of its forms; a
+/// proxy's 32 hex digits are one): kept, so the caller's and the service's logs meet.
+fn callers_request_id(request: &Request) -> Option<Uuid> {
+    let value = request.headers().get("x-request-id")?.to_str().ok()?;
+    Uuid::try_parse(value.trim()).ok().filter(|id| !id.is_nil())
 }
 
-/// Gives each request an id and a span, and logs its outcome (method, path, status, time:
-/// never the query string, headers, body or a download token).
-pub(crate) async fn request_span(mut request: Request, next: Next) -> Response {
-    let id = Uuid::now_v7();
+/// Gives each request an id (the caller's, or a new one) and a span (continuing the caller's
+/// trace), logs its outcome and counts it in the metrics: method, route, status and time —
+/// never the path as sent, the query string, headers, body or a download token. The route is
+/// the router's pattern (`/exports/{token}`), or `unmatched`.
+pub(crate) async fn request_span(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let id = callers_request_id(&request).unwrap_or_else(Uuid::now_v7);
     request.extensions_mut().insert(RequestId(id));
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |path| path.as_str())
+        .to_owned();
+    let method = method_label(request.method());
     let span = tracing::info_span!(
         "request",
+        otel.name = %format_args!("{method} {route}"),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
         request.id = %id,
-        http.method = %request.method(),
-        http.path = %logged_path(request.uri().path()),
+        trace.id = tracing::field::Empty,
+        http.method = method,
+        http.route = %route,
+        http.status = tracing::field::Empty,
     );
+    if let Some(trace_id) = continue_trace(&span, request.headers()) {
+        span.record("trace.id", trace_id);
+    }
     let started = Instant::now();
     let mut response = next.run(request).instrument(span.clone()).await;
+    let status = response.status();
+    let elapsed = started.elapsed().as_secs_f64();
+    span.record("http.status", i64::from(status.as_u16()));
+    if status.is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
     span.in_scope(|| {
         tracing::info!(
-            http.status = response.status().as_u16(),
-            elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+            http.status = status.as_u16(),
+            elapsed_ms = elapsed * 1000.0,
             "request finished"
         )
     });
+    state
+        .services
+        .metrics
+        .http_request(&route, method, status.as_u16(), elapsed);
     if let Ok(value) = HeaderValue::from_str(&id.to_string()) {
         response.headers_mut().insert("x-request-id", value);
     }

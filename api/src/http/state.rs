@@ -1,4 +1,5 @@
-//! What every handler shares: the schema, the use cases, and whether GraphiQL is served.
+//! What every handler shares: the schema, the use cases, whether GraphiQL is served, and the
+//! token `/metrics` asks for.
 
 use std::sync::Arc;
 
@@ -11,4 +12,6 @@ pub(crate) struct AppState {
     pub(crate) schema: CustosSchema,
     pub(crate) services: Arc<Services>,
     pub(crate) graphiql: bool,
+    /// The bearer token `/metrics` asks for, if one is configured.
+    pub(crate) metrics_token: Option<Arc<secrecy::SecretString>>,
 }

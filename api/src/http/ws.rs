@@ -10,6 +10,7 @@ use super::request::ClientOrigin;
 use super::state::AppState;
 use crate::graphql::context::{RequestContext, SubscriptionAuth};
 use crate::graphql::loaders::Loaders;
+use crate::telemetry::metrics::Tracked;
 
 /// GraphQL subscriptions over WebSocket (`graphql-transport-ws`, or the older
 /// `graphql-ws`). The connection is authenticated by its `connection_init` payload,
@@ -23,9 +24,11 @@ pub(crate) async fn graphql_ws(
 ) -> Response {
     let (schema, services) = (state.schema.clone(), state.services.clone());
     let closing = services.closing.clone();
+    let connections = services.metrics.websocket_connections.clone();
     upgrade
         .protocols(async_graphql::http::ALL_WEBSOCKET_PROTOCOLS)
         .on_upgrade(move |socket| {
+            let open = Tracked::new(&connections);
             let (client, from_client) = socket.split();
             let (to_client, queue) = futures::channel::mpsc::channel(16);
             let graphql = async_graphql_axum::GraphQLWebSocket::new_with_pair(
@@ -71,7 +74,10 @@ pub(crate) async fn graphql_ws(
                 Ok(data)
             })
             .serve();
-            Outgoing { queue, client }.run(graphql, closing)
+            async move {
+                Outgoing { queue, client }.run(graphql, closing).await;
+                drop(open);
+            }
         })
 }
 

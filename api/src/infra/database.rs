@@ -193,12 +193,14 @@ const MAX_BACKOFF: Duration = Duration::from_secs(8);
 /// count as an outage) and records the answer in `health`; with a private cluster, starts its
 /// server again when the postmaster died, backing off between tries. Returns the error that
 /// ends the service: a private cluster that did not start again after [`RESTARTS`] tries (a
-/// process supervisor takes over from there). A server named by `DATABASE_URL` is someone
-/// else's to restart: the watcher waits for it indefinitely.
+/// process supervisor takes over from there). A server named by `DATABASE_URL` (or a region's
+/// own) is someone else's to restart: the watcher waits for it indefinitely. `server` names
+/// the server in the log (`default`, or the region).
 pub(crate) async fn watch(
     health: std::sync::Arc<Health>,
     options: PgConnectOptions,
     supervisor: Option<Supervisor>,
+    server: &'static str,
 ) -> anyhow::Error {
     let options = options.disable_statement_logging();
     let mut probe: Option<PgConnection> = None;
@@ -250,7 +252,7 @@ pub(crate) async fn watch(
             Ok(Ok(())) => {
                 late = 0;
                 if health.set(true) {
-                    tracing::warn!("the database answers again");
+                    tracing::warn!(server, "the database answers again");
                 }
             }
             // A server with no connection to spare answers: it is not down.
@@ -261,7 +263,7 @@ pub(crate) async fn watch(
             Ok(Err(err)) => {
                 late = 0;
                 if health.set(false) {
-                    tracing::error!(error = %err, "the database does not answer");
+                    tracing::error!(server, error = %err, "the database does not answer");
                 }
                 probe = None;
             }
@@ -269,7 +271,7 @@ pub(crate) async fn watch(
                 late += 1;
                 probe = None;
                 if late >= LATE_ANSWERS && health.set(false) {
-                    tracing::error!(timeout = ?PROBE_TIMEOUT, times = late, "the database does not answer in time");
+                    tracing::error!(server, timeout = ?PROBE_TIMEOUT, times = late, "the database does not answer in time");
                 }
             }
         }

@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::infra::event_store::log::{EventLog, Position, StoredEvent, HORIZON};
+use crate::telemetry::metrics::Metrics;
 
 /// Events read per transaction.
 const BATCH: i64 = 500;
@@ -60,6 +61,7 @@ impl Projectors {
         pool: PgPool,
         log: EventLog,
         projections: Vec<Box<dyn Projection>>,
+        metrics: Metrics,
     ) -> Self {
         let wake = Arc::new(Notify::new());
         let reads = projections.iter().map(|p| p.aggregate_types()).collect();
@@ -70,6 +72,7 @@ impl Projectors {
             log,
             projections,
             progress: progress_tx,
+            metrics,
         };
         let task = tokio::spawn(runner.run(wake.clone()));
         Self {
@@ -185,6 +188,8 @@ struct Runner {
     log: EventLog,
     projections: Vec<Box<dyn Projection>>,
     progress: watch::Sender<Vec<Position>>,
+    /// Where batches are timed and counted.
+    metrics: Metrics,
 }
 
 impl Runner {
@@ -274,7 +279,23 @@ impl Runner {
             .iter()
             .map(|i| self.projections[*i].as_ref())
             .collect();
-        let batch = run_pass(&self.pool, &self.log, &projections, BATCH).await?;
+        let started = std::time::Instant::now();
+        let batch = run_pass(&self.pool, &self.log, &projections, BATCH).await;
+        let outcome = match &batch {
+            Ok(batch) if batch.read() > 0 => "applied",
+            Ok(_) => "empty",
+            Err(_) => "failed",
+        };
+        let metrics = &self.metrics;
+        metrics
+            .projector_batch
+            .with_label_values(&[outcome])
+            .observe(started.elapsed().as_secs_f64());
+        match &batch {
+            Ok(batch) => metrics.projector_events.inc_by(batch.read() as u64),
+            Err(_) => metrics.projector_failures.inc(),
+        }
+        let batch = batch?;
         self.progress.send_modify(|progress| {
             for (index, at) in indexes.iter().zip(batch.positions()) {
                 progress[*index] = *at;

@@ -19,6 +19,7 @@ use crate::auth::principal::{Principal, Subject};
 use crate::auth::tokens::{BearerToken, TokenKind};
 use crate::config::Region;
 use crate::error::ApiError;
+use crate::infra::database::Health;
 use crate::infra::stores::sessions;
 use crate::infra::tenancy::catalog::ProvisionError;
 use crate::infra::tenancy::tenant::Tenant;
@@ -236,6 +237,7 @@ impl Services {
         )
         .await?;
         tracing::info!(tenant.id = %tenant.id, user.id = %user.id, session.id = %session_id, "login succeeded");
+        self.metrics.logins.with_label_values(&["signed_in"]).inc();
         Ok(SignedIn {
             token,
             tenant,
@@ -288,7 +290,14 @@ impl Services {
                     return Err(refused);
                 }
                 if credentials.two_factor {
-                    return self.challenge(&tenant, credentials).await;
+                    let challenge = self.challenge(&tenant, credentials).await;
+                    if challenge.is_ok() {
+                        self.metrics
+                            .logins
+                            .with_label_values(&["second_factor"])
+                            .inc();
+                    }
+                    return challenge;
                 }
                 let session = self
                     .open_session(tenant, user, origin, Some(credentials.password_hash), None)
@@ -307,6 +316,7 @@ impl Services {
             }
             _ => {
                 tracing::warn!("login failed: unknown organisation or email");
+                self.metrics.logins.with_label_values(&["failed"]).inc();
                 Err(ApiError::InvalidCredentials)
             }
         }
@@ -388,6 +398,10 @@ impl Services {
         };
         if self.login_limiter.check_key(&key).is_err() {
             tracing::warn!("security: password attempt rate limit reached for a client address");
+            self.metrics
+                .logins
+                .with_label_values(&["rate_limited"])
+                .inc();
             return Err(ApiError::TooManyAttempts);
         }
         Ok(())
@@ -413,6 +427,7 @@ impl Services {
             .record_login(tenant, user_id, command, origin.request_id, true)
             .await;
         let recorded = matches!(recorded, Ok(Ok(())));
+        self.metrics.logins.with_label_values(&["failed"]).inc();
         tracing::warn!(tenant.id = %tenant.id, user.id = %user_id, reason = ?reason, recorded, "login failed");
     }
 
@@ -455,6 +470,15 @@ impl Services {
         users::user(&tenant.pool, id)
             .await?
             .ok_or(ApiError::NotFound)
+    }
+
+    /// The server a bearer token's organisation lives on, when that is a region's server of
+    /// its own and the organisation is open here: a request for it ends when that server goes
+    /// down (the default server's outage ends every request anyway).
+    pub(crate) async fn token_server(&self, token: &str) -> Option<Arc<Health>> {
+        let parsed = BearerToken::parse(token)?;
+        let server = self.tenancy.server_of(parsed.tenant_id).await?;
+        (!Arc::ptr_eq(&server, &self.database)).then_some(server)
     }
 
     /// The principal for a bearer token — a session's or an API token's; `None` when the

@@ -1,6 +1,6 @@
 //! What `serve` runs on a schedule: every organisation's retention policies, signed
-//! checkpoints of every open organisation, verified backups, and closing tenant contexts
-//! nobody uses.
+//! checkpoints of every open organisation, verified backups, the read models' lag for the
+//! metrics, and closing tenant contexts nobody uses.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,6 +8,7 @@ use std::time::Duration;
 use crate::infra::backups::archives::ArchiveBackups;
 use crate::infra::backups::plan::BackupPlan;
 use crate::infra::backups::verify::Backups;
+use crate::infra::projector::standings;
 use crate::service::privacy::retention::run_tenants;
 use crate::service::Services;
 
@@ -31,11 +32,20 @@ pub(crate) async fn checkpoints(services: Arc<Services>, interval: Duration) {
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
+        let mut covered = true;
         for tenant in services.tenancy.open_tenants().await {
             if let Err(err) = services.create_checkpoint(&tenant).await {
                 tracing::error!(tenant.id = %tenant.id, code = err.code().as_str(), "a checkpoint failed");
                 err.report();
+                services.metrics.checkpoint_failures.inc();
+                covered = false;
             }
+        }
+        if covered {
+            services
+                .metrics
+                .checkpoint_round
+                .set(chrono::Utc::now().timestamp() as f64);
         }
     }
 }
@@ -91,7 +101,7 @@ pub(crate) async fn webhooks(services: Arc<Services>, interval: Duration) {
 /// archives of every organisation.
 pub(crate) async fn backups(services: Arc<Services>, plan: Arc<BackupPlan>, interval: Duration) {
     match &*plan {
-        BackupPlan::Cluster(backups) => base_backups(backups, interval).await,
+        BackupPlan::Cluster(backups) => base_backups(&services, backups, interval).await,
         BackupPlan::Archives(archives) => archive_backups(&services, archives, interval).await,
     }
 }
@@ -113,7 +123,7 @@ async fn wait_since(newest: Option<chrono::DateTime<chrono::Utc>>, interval: Dur
 /// newest is older than that or from another timeline (the cluster was restored). A backup
 /// that does not verify is verified again after a quarter of the interval (an hour at most);
 /// no new one is taken for it.
-async fn base_backups(backups: &Backups, interval: Duration) {
+async fn base_backups(services: &Services, backups: &Backups, interval: Duration) {
     let timeline = backups.current_timeline();
     let newest = backups.store.list().ok().and_then(|list| {
         list.into_iter().find(|b| {
@@ -136,11 +146,13 @@ async fn base_backups(backups: &Backups, interval: Duration) {
             }
             Ok(info) => {
                 tracing::error!(backup = %info.id, "a backup did not verify; it is verified again later");
+                services.metrics.backup_failures.inc();
                 failed = Some(info.id);
                 retry_after(interval)
             }
             Err(err) => {
                 tracing::error!(error = %format!("{err:#}"), "the scheduled backup failed");
+                services.metrics.backup_failures.inc();
                 failed = None;
                 retry_after(interval)
             }
@@ -197,9 +209,58 @@ async fn archive_backups(services: &Services, archives: &ArchiveBackups, interva
         let wait = if failed.is_empty() && !again {
             interval
         } else {
+            services.metrics.backup_failures.inc();
             retry_after(interval)
         };
         tokio::time::sleep(wait).await;
+    }
+}
+
+/// Every `interval`: how far behind each read model is, in the open organisation where it is
+/// most behind, into the metrics. An organisation that does not answer within `interval` is
+/// left out of the round.
+pub(crate) async fn projection_lag(services: Arc<Services>, interval: Duration) {
+    let projections = custos_projections::all();
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        if !services.database.is_up() {
+            continue;
+        }
+        let now = chrono::Utc::now();
+        let mut worst: std::collections::HashMap<&'static str, (i64, f64)> = projections
+            .iter()
+            .map(|projection| (projection.name(), (0, 0.0)))
+            .collect();
+        for tenant in services.tenancy.open_tenants().await {
+            let standings = tokio::time::timeout(interval, async {
+                let mut conn = tenant.pool.acquire().await?;
+                standings(&mut conn, &projections).await
+            })
+            .await;
+            let Ok(Ok(standings)) = standings else {
+                continue;
+            };
+            for standing in standings {
+                let age = standing.oldest_behind.map_or(0.0, |at| {
+                    (now - at).num_milliseconds().max(0) as f64 / 1000.0
+                });
+                let entry = worst.entry(standing.name).or_default();
+                *entry = (entry.0.max(standing.behind), entry.1.max(age));
+            }
+        }
+        let metrics = &services.metrics;
+        for (name, (events, seconds)) in worst {
+            metrics
+                .projection_lag_events
+                .with_label_values(&[name])
+                .set(events);
+            metrics
+                .projection_lag_seconds
+                .with_label_values(&[name])
+                .set(seconds);
+        }
     }
 }
 

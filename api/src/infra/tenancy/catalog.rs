@@ -16,7 +16,10 @@ use uuid::Uuid;
 
 use super::tenant::{anchor_mac, Tenant, TenantRow};
 use crate::config::Region;
+use crate::error::ServerDown;
+use crate::infra::database::Health;
 use crate::infra::keys::{scram_sha256_verifier, MasterKey};
+use crate::telemetry::metrics::Metrics;
 use custos_domain::Plan;
 
 pub(crate) static CATALOG_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/catalog");
@@ -64,6 +67,11 @@ pub(crate) enum ProvisionError {
 struct Server {
     /// Connects as the administrator; the database is set per use.
     admin: PgConnectOptions,
+    /// Whether it answers: the default server's is the service's; a region on a server of its
+    /// own has its own, kept by a watcher of its own.
+    health: Arc<Health>,
+    /// A region's own server (not the default one).
+    own: bool,
 }
 
 impl Server {
@@ -81,6 +89,31 @@ pub struct Tenancy {
     open: RwLock<HashMap<Uuid, Arc<Tenant>>>,
     /// Notified after each commit of a change a webhook may be told about, in any open tenant.
     changes: Arc<tokio::sync::Notify>,
+    /// Where open tenants count their commits and projector batches.
+    metrics: Metrics,
+}
+
+/// The connections of one pool, or of a kind of pool summed.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PoolUsage {
+    /// Connections open, idle among them, and the most the pool (each pool) may open.
+    pub(crate) size: u32,
+    pub(crate) idle: usize,
+    pub(crate) max: u32,
+}
+
+impl PoolUsage {
+    /// Connections lent out (the two counts are read apart, so never below zero).
+    pub(crate) fn in_use(&self) -> u32 {
+        self.size.saturating_sub(self.idle as u32)
+    }
+}
+
+/// The catalog pool, the open tenants' pools together, and how many tenants are open.
+pub(crate) struct Pools {
+    pub(crate) catalog: PoolUsage,
+    pub(crate) tenants: PoolUsage,
+    pub(crate) open: usize,
 }
 
 /// How often an open tenant context is checked against the catalog.
@@ -114,10 +147,14 @@ impl Tenancy {
         regions: &HashMap<Region, PgConnectOptions>,
         master_key: Arc<MasterKey>,
         pool_size: u32,
+        metrics: Metrics,
+        health: Arc<Health>,
     ) -> anyhow::Result<Self> {
         let default_server = default_server.disable_statement_logging();
         let maintenance = Server {
             admin: default_server.clone(),
+            health: health.clone(),
+            own: false,
         };
         let mut admin = maintenance.connect("postgres").await?;
         let exists: bool =
@@ -151,12 +188,19 @@ impl Tenancy {
         let servers: HashMap<Region, Server> = Region::ALL
             .iter()
             .map(|region| {
-                let admin = regions
-                    .get(region)
-                    .cloned()
-                    .map(|o| o.disable_statement_logging())
-                    .unwrap_or_else(|| default_server.clone());
-                (*region, Server { admin })
+                let server = match regions.get(region) {
+                    Some(own) => Server {
+                        admin: own.clone().disable_statement_logging(),
+                        health: Arc::default(),
+                        own: true,
+                    },
+                    None => Server {
+                        admin: default_server.clone(),
+                        health: health.clone(),
+                        own: false,
+                    },
+                };
+                (*region, server)
             })
             .collect();
         for server in servers.values() {
@@ -169,12 +213,58 @@ impl Tenancy {
             pool_size,
             open: RwLock::new(HashMap::new()),
             changes: Arc::new(tokio::sync::Notify::new()),
+            metrics,
         };
         tenancy.remove_abandoned().await?;
         tenancy.recover_moves().await?;
         tenancy.repair_subscriptions().await?;
         tenancy.migrate_tenants().await?;
         Ok(tenancy)
+    }
+
+    /// Whether the server of the open tenant `id` answers (`None`: not open here).
+    pub(crate) async fn server_of(&self, id: Uuid) -> Option<Arc<Health>> {
+        self.open
+            .read()
+            .await
+            .get(&id)
+            .map(|tenant| tenant.server.clone())
+    }
+
+    /// The regions on servers of their own: each one's administrator options and health, for
+    /// the service to watch.
+    pub(crate) fn region_servers(&self) -> Vec<(Region, PgConnectOptions, Arc<Health>)> {
+        let mut servers: Vec<_> = self
+            .servers
+            .iter()
+            .filter(|(_, server)| server.own)
+            .map(|(region, server)| (*region, server.admin.clone(), server.health.clone()))
+            .collect();
+        servers.sort_by_key(|(region, ..)| region.as_str());
+        servers
+    }
+
+    /// The connections of the catalog pool and of every open tenant's pool, as they stand.
+    pub(crate) async fn pool_usage(&self) -> Pools {
+        let open = self.open.read().await;
+        let mut tenants = PoolUsage {
+            size: 0,
+            idle: 0,
+            max: self.pool_size,
+        };
+        for tenant in open.values() {
+            tenants.size += tenant.pool.size();
+            tenants.idle += tenant.pool.num_idle();
+        }
+        Pools {
+            catalog: PoolUsage {
+                size: self.catalog.size(),
+                idle: self.catalog.num_idle(),
+                max: self.catalog.options().get_max_connections(),
+            },
+            tenants,
+            open: open.len(),
+        }
     }
 
     /// The catalog pool (read-only use outside this module).
@@ -711,7 +801,20 @@ impl Tenancy {
     ///
     /// An open context is checked against the catalog every [`RECHECK`]: an organisation
     /// moved to another database (by another process), or being moved, is closed here too.
+    ///
+    /// While the server the tenant lives on does not answer, the answer is [`ServerDown`] at
+    /// once.
     pub async fn get(&self, id: Uuid) -> anyhow::Result<Option<Arc<Tenant>>> {
+        let tenant = self.context(id).await?;
+        if tenant.as_ref().is_some_and(|tenant| !tenant.server.is_up()) {
+            return Err(ServerDown.into());
+        }
+        Ok(tenant)
+    }
+
+    /// The open context of the tenant with this id (see [`Tenancy::get`]), whether its server
+    /// answers or not.
+    async fn context(&self, id: Uuid) -> anyhow::Result<Option<Arc<Tenant>>> {
         let cached = self.open.read().await.get(&id).cloned();
         if let Some(tenant) = cached {
             if !tenant.due_for_check(RECHECK) {
@@ -750,12 +853,15 @@ impl Tenancy {
         if let Some(tenant) = open.get(&id) {
             return Ok(Some(tenant.clone()));
         }
+        let server = self.server(&row)?;
         let tenant = Arc::new(Tenant::open(
             &row,
-            &self.server(&row)?.admin,
+            &server.admin,
+            server.health.clone(),
             &self.master_key,
             self.pool_size,
             &self.changes,
+            &self.metrics,
         )?);
         open.insert(id, tenant.clone());
         Ok(Some(tenant))

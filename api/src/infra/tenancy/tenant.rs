@@ -18,6 +18,7 @@ use uuid::Uuid;
 use crate::config::Region;
 use crate::infra::blind_index::{BlindIndex, BlindIndexProjection};
 use crate::infra::caches::{Hearing, Listening};
+use crate::infra::database::Health;
 use crate::infra::event_store::codec::EventCodec;
 use crate::infra::event_store::log::EventLog;
 use crate::infra::event_store::repository::{AggregateCache, CachedEventStore, Cqrs};
@@ -27,6 +28,7 @@ use crate::infra::keys::MasterKey;
 use crate::infra::projector::Projectors;
 use crate::infra::subject_keys::SubjectKeys;
 use crate::infra::tenancy::tenant_caches::TenantCaches;
+use crate::telemetry::metrics::Metrics;
 
 /// A tenant as the catalog lists it.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
@@ -179,6 +181,8 @@ pub struct Tenant {
     /// Its storage, as last measured, had reached its plan's limit (a trial then takes no new
     /// data).
     over_limit: std::sync::atomic::AtomicBool,
+    /// Whether the server its database is on answers.
+    pub(crate) server: Arc<Health>,
 }
 
 impl Tenant {
@@ -187,9 +191,11 @@ impl Tenant {
     pub(crate) fn open(
         row: &TenantRow,
         server: &PgConnectOptions,
+        server_health: Arc<Health>,
         master_key: &MasterKey,
         pool_size: u32,
         changes: &Arc<tokio::sync::Notify>,
+        metrics: &Metrics,
     ) -> anyhow::Result<Self> {
         let options = server
             .clone()
@@ -214,7 +220,13 @@ impl Tenant {
             blind_index,
             read_models: projections,
         } = Reading::new(&pool, master_key, row.id);
-        let projectors = Projectors::spawn(row.id, pool.clone(), log.clone(), projections);
+        let projectors = Projectors::spawn(
+            row.id,
+            pool.clone(),
+            log.clone(),
+            projections,
+            metrics.clone(),
+        );
         let listening = caches.listen(&pool);
         let cache = Arc::new(AggregateCache::default());
         Ok(Self {
@@ -225,17 +237,17 @@ impl Tenant {
                 .region
                 .parse()
                 .map_err(|()| anyhow::anyhow!("unknown region"))?,
-            records: framework(&pool, &codec, &cache, &projectors, Some(changes)),
-            users: framework(&pool, &codec, &cache, &projectors, Some(changes)),
-            roles: framework(&pool, &codec, &cache, &projectors, Some(changes)),
-            organization: framework(&pool, &codec, &cache, &projectors, None),
-            api_tokens: framework(&pool, &codec, &cache, &projectors, None),
-            field_schemas: framework(&pool, &codec, &cache, &projectors, None),
-            exports: framework(&pool, &codec, &cache, &projectors, None),
-            consents: framework(&pool, &codec, &cache, &projectors, None),
-            retention: framework(&pool, &codec, &cache, &projectors, None),
-            incidents: framework(&pool, &codec, &cache, &projectors, None),
-            webhooks: framework(&pool, &codec, &cache, &projectors, Some(changes)),
+            records: framework(&pool, &codec, &cache, &projectors, metrics, Some(changes)),
+            users: framework(&pool, &codec, &cache, &projectors, metrics, Some(changes)),
+            roles: framework(&pool, &codec, &cache, &projectors, metrics, Some(changes)),
+            organization: framework(&pool, &codec, &cache, &projectors, metrics, None),
+            api_tokens: framework(&pool, &codec, &cache, &projectors, metrics, None),
+            field_schemas: framework(&pool, &codec, &cache, &projectors, metrics, None),
+            exports: framework(&pool, &codec, &cache, &projectors, metrics, None),
+            consents: framework(&pool, &codec, &cache, &projectors, metrics, None),
+            retention: framework(&pool, &codec, &cache, &projectors, metrics, None),
+            incidents: framework(&pool, &codec, &cache, &projectors, metrics, None),
+            webhooks: framework(&pool, &codec, &cache, &projectors, metrics, Some(changes)),
             subject_keys,
             caches,
             _listening: listening,
@@ -252,6 +264,7 @@ impl Tenant {
                 SubscriptionStatus::parse(&row.status).unwrap_or(SubscriptionStatus::Suspended),
             ),
             over_limit: std::sync::atomic::AtomicBool::new(row.storage_over_limit),
+            server: server_health,
         })
     }
 
@@ -261,7 +274,9 @@ impl Tenant {
     pub fn unsealed_records(&self) -> Cqrs<Record> {
         let codec = EventCodec::unsealed(self.subject_keys.clone());
         let cache = Arc::new(AggregateCache::default());
-        framework(&self.pool, &codec, &cache, &self.projectors, None)
+        // Counted like the sealed side, into a registry nobody reads.
+        let metrics = Metrics::new();
+        framework(&self.pool, &codec, &cache, &self.projectors, &metrics, None)
     }
 
     pub(crate) fn touch(&self) {
@@ -325,6 +340,7 @@ fn framework<A>(
     codec: &EventCodec,
     cache: &Arc<AggregateCache>,
     projectors: &Projectors,
+    metrics: &Metrics,
     changes: Option<&Arc<tokio::sync::Notify>>,
 ) -> Cqrs<A>
 where
@@ -336,7 +352,7 @@ where
     }
     CqrsFramework::new(
         CachedEventStore::new(pool.clone(), codec.clone(), cache.clone()),
-        vec![Box::new(waker)],
+        vec![Box::new(waker), Box::new(metrics.clone())],
         (),
     )
 }

@@ -31,6 +31,7 @@ impl Services {
         match outcome {
             Checkpointed::Nothing => Ok(None),
             Checkpointed::Signed(head) => {
+                self.metrics.tree_heads_signed.inc();
                 self.clear_alarm(tenant);
                 tracing::info!(tenant.id = %tenant.id, tree_head = head.number, tree_size = head.tree_size, "tree head signed");
                 Ok(Some(head))
