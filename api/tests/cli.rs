@@ -979,3 +979,85 @@ async fn traces_reach_an_otlp_collector_in_the_callers_trace_without_personal_va
     }
     stop(service);
 }
+
+/// The `sh` blocks of the README's section `heading`, in order.
+fn readme_blocks(heading: &str) -> Vec<String> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("the README");
+    let section = readme
+        .split("\n## ")
+        .find(|section| section.starts_with(heading))
+        .unwrap_or_else(|| panic!("the README has a section {heading:?}"));
+    section
+        .split("```sh\n")
+        .skip(1)
+        .map(|block| block.split("```").next().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// Runs `script` with bash (failing on any error) and returns each JSON document it printed.
+fn run_printed(script: &str) -> Vec<Value> {
+    let output = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", script])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{script}\nfailed: {}\n{stdout}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::Deserializer::from_str(&stdout)
+        .into_iter::<Value>()
+        .map(|document| document.unwrap_or_else(|err| panic!("not JSON ({err}): {stdout}")))
+        .collect()
+}
+
+#[tokio::test]
+async fn the_readmes_first_session_runs_as_printed() {
+    let dir = data_dir();
+    let port = free_port();
+    let service = serve(dir.path(), port);
+    wait_ready(port).await;
+    // As printed, but on this test's port, with the token and id the earlier steps answered
+    // where the README says to put them.
+    let on_port = |block: &str| block.replace("localhost:8080", &format!("localhost:{port}"));
+    let blocks = readme_blocks("A first session with curl");
+    assert_eq!(blocks.len(), 3, "{blocks:?}");
+
+    let signed_up = run_printed(&on_port(&blocks[0]));
+    assert!(signed_up[0].get("errors").is_none(), "{signed_up:?}");
+    let token = signed_up[0]["data"]["signUp"]["token"].as_str().unwrap();
+
+    let given = |block: &str, name: &str, value: &str| {
+        let lines: Vec<String> = block
+            .lines()
+            .map(|line| {
+                if line.starts_with(&format!("{name}=")) {
+                    format!("{name}={value}")
+                } else {
+                    line.to_owned()
+                }
+            })
+            .collect();
+        assert!(lines.iter().any(|line| line == &format!("{name}={value}")));
+        lines.join("\n")
+    };
+    let created = run_printed(&given(&on_port(&blocks[1]), "TOKEN", token));
+    assert!(created[0].get("errors").is_none(), "{created:?}");
+    let id = created[0]["data"]["createEmployee"]["id"].as_str().unwrap();
+
+    // The same shell as the step before: TOKEN is still set.
+    let script = format!("TOKEN={token}\n{}", given(&on_port(&blocks[2]), "ID", id));
+    let history = run_printed(&script);
+    assert_eq!(history.len(), 2, "{history:?}");
+    assert_eq!(
+        history[0]["data"]["updateEmployee"]["version"], 2,
+        "{history:?}"
+    );
+    let entries = history[1]["data"]["recordHistory"]["edges"]
+        .as_array()
+        .unwrap();
+    assert_eq!(entries.len(), 2, "{history:?}");
+    stop(service);
+}

@@ -1,16 +1,23 @@
 //! The schema extension that measures each operation: a span (`graphql`, inside the request's)
 //! and its count and time in the metrics, labelled by operation type, root field and result
 //! code — names the schema defines, never the client's operation name, a value or a variable;
-//! and the running subscriptions' gauge.
+//! and the running subscriptions' gauge. The root fields are read from the parsed document and
+//! used only once it has passed validation (so every name is one of the schema's), which costs
+//! nothing per resolved field.
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use async_graphql::extensions::{
-    Extension, ExtensionContext, ExtensionFactory, NextRequest, NextResolve, NextSubscribe,
-    ResolveInfo,
+    Extension, ExtensionContext, ExtensionFactory, NextParseQuery, NextPrepareRequest, NextRequest,
+    NextSubscribe, NextValidation,
 };
-use async_graphql::{Response, ServerError, ServerResult, Value};
+use async_graphql::parser::types::{
+    DocumentOperations, ExecutableDocument, OperationType, Selection, SelectionSet,
+};
+use async_graphql::{
+    Request, Response, ServerError, ServerResult, ValidationResult, Value, Variables,
+};
 use futures::stream::{BoxStream, StreamExt};
 use tracing::Instrument;
 
@@ -24,14 +31,15 @@ impl ExtensionFactory for Observe {
     fn create(&self) -> Arc<dyn Extension> {
         Arc::new(Observed {
             metrics: self.0.clone(),
-            root: Mutex::new(Root::None),
+            state: Mutex::default(),
         })
     }
 }
 
-/// The root fields an operation ran.
-#[derive(Debug, Clone, PartialEq)]
+/// The root fields an operation selects.
+#[derive(Debug, Clone, Default, PartialEq)]
 enum Root {
+    #[default]
     None,
     One(&'static str, String),
     Several(&'static str),
@@ -48,13 +56,80 @@ impl Root {
     }
 }
 
-/// The operation type of a root type.
-fn kind(root_type: &str) -> &'static str {
-    match root_type {
-        "Query" => "query",
-        "Mutation" => "mutation",
-        "Subscription" => "subscription",
-        _ => "other",
+/// The operation type as a label.
+fn kind(ty: OperationType) -> &'static str {
+    match ty {
+        OperationType::Query => "query",
+        OperationType::Mutation => "mutation",
+        OperationType::Subscription => "subscription",
+    }
+}
+
+/// How deep fragments spread into each other at the root are followed (validation refuses
+/// cycles, but this runs before it).
+const FRAGMENT_DEPTH: usize = 8;
+
+/// Adds the root field names `set` selects (through fragments) to `names`.
+fn root_fields(
+    document: &ExecutableDocument,
+    set: &SelectionSet,
+    depth: usize,
+    names: &mut Vec<String>,
+) {
+    for item in &set.items {
+        match &item.node {
+            Selection::Field(field) => {
+                let name = field.node.name.node.as_str();
+                if name != "__typename" && !names.iter().any(|n| n == name) {
+                    names.push(name.to_owned());
+                }
+            }
+            Selection::InlineFragment(fragment) if depth < FRAGMENT_DEPTH => root_fields(
+                document,
+                &fragment.node.selection_set.node,
+                depth + 1,
+                names,
+            ),
+            Selection::FragmentSpread(spread) if depth < FRAGMENT_DEPTH => {
+                if let Some(fragment) = document.fragments.get(&spread.node.fragment_name.node) {
+                    root_fields(
+                        document,
+                        &fragment.node.selection_set.node,
+                        depth + 1,
+                        names,
+                    )
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The root fields of the operation a request runs (`operation`: its name, if it gave one).
+fn root_of(document: &ExecutableDocument, operation: Option<&str>) -> Root {
+    let operation = match (&document.operations, operation) {
+        (DocumentOperations::Single(operation), _) => operation,
+        (DocumentOperations::Multiple(operations), Some(name)) => {
+            match operations.iter().find(|(n, _)| n.as_str() == name) {
+                Some((_, operation)) => operation,
+                None => return Root::None,
+            }
+        }
+        (DocumentOperations::Multiple(operations), None) if operations.len() == 1 => {
+            match operations.values().next() {
+                Some(operation) => operation,
+                None => return Root::None,
+            }
+        }
+        (DocumentOperations::Multiple(_), None) => return Root::None,
+    };
+    let kind = kind(operation.node.ty);
+    let mut names = Vec::new();
+    root_fields(document, &operation.node.selection_set.node, 0, &mut names);
+    match names.len() {
+        0 => Root::None,
+        1 => Root::One(kind, names.swap_remove(0)),
+        _ => Root::Several(kind),
     }
 }
 
@@ -74,7 +149,18 @@ fn code_of(error: &ServerError) -> &'static str {
 
 struct Observed {
     metrics: Metrics,
-    root: Mutex<Root>,
+    state: Mutex<State>,
+}
+
+/// What one request's extension learns as the request goes on.
+#[derive(Default)]
+struct State {
+    /// The operation the client named, if any (to find it in the document; never a label).
+    operation: Option<String>,
+    /// The root fields the document selects, before validation vouches for them.
+    selected: Root,
+    /// The same, once the document passed validation.
+    root: Root,
 }
 
 #[async_trait::async_trait]
@@ -89,7 +175,11 @@ impl Extension for Observed {
         let started = Instant::now();
         let response = next.run(ctx).instrument(span.clone()).await;
         let elapsed = started.elapsed().as_secs_f64();
-        let root = self.root.lock().map(|r| r.clone()).unwrap_or(Root::None);
+        let root = self
+            .state
+            .lock()
+            .map(|state| state.root.clone())
+            .unwrap_or_default();
         let (kind, field) = root.labels();
         let code = response.errors.first().map_or("OK", code_of);
         span.record("graphql.operation.type", kind);
@@ -107,23 +197,44 @@ impl Extension for Observed {
         response
     }
 
-    async fn resolve(
+    async fn prepare_request(
         &self,
         ctx: &ExtensionContext<'_>,
-        info: ResolveInfo<'_>,
-        next: NextResolve<'_>,
-    ) -> ServerResult<Option<Value>> {
-        if info.path_node.parent.is_none() {
-            if let Ok(mut root) = self.root.lock() {
-                let kind = kind(info.parent_type);
-                *root = match &*root {
-                    Root::None => Root::One(kind, info.name.to_owned()),
-                    Root::One(_, field) if field == info.name => root.clone(),
-                    Root::One(..) | Root::Several(_) => Root::Several(kind),
-                };
+        request: Request,
+        next: NextPrepareRequest<'_>,
+    ) -> ServerResult<Request> {
+        if let Ok(mut state) = self.state.lock() {
+            state.operation = request.operation_name.clone();
+        }
+        next.run(ctx, request).await
+    }
+
+    async fn parse_query(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        query: &str,
+        variables: &Variables,
+        next: NextParseQuery<'_>,
+    ) -> ServerResult<ExecutableDocument> {
+        let document = next.run(ctx, query, variables).await?;
+        if let Ok(mut state) = self.state.lock() {
+            state.selected = root_of(&document, state.operation.as_deref());
+        }
+        Ok(document)
+    }
+
+    async fn validation(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        next: NextValidation<'_>,
+    ) -> Result<ValidationResult, Vec<ServerError>> {
+        let result = next.run(ctx).await;
+        if result.is_ok() {
+            if let Ok(mut state) = self.state.lock() {
+                state.root = std::mem::take(&mut state.selected);
             }
         }
-        next.run(ctx, info).await
+        result
     }
 
     fn subscribe<'s>(
@@ -145,6 +256,46 @@ impl Extension for Observed {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn root(query: &str, operation: Option<&str>) -> Root {
+        let document = async_graphql::parser::parse_query(query).expect("a document");
+        root_of(&document, operation)
+    }
+
+    #[test]
+    fn the_root_fields_are_read_through_fragments_and_named_operations() {
+        assert_eq!(
+            root("{ me { id } __typename }", None),
+            Root::One("query", "me".into())
+        );
+        assert_eq!(
+            root("mutation { a: login { token } b: login { token } }", None),
+            Root::One("mutation", "login".into())
+        );
+        assert_eq!(
+            root("{ me { id } employees { id } }", None),
+            Root::Several("query")
+        );
+        assert_eq!(
+            root(
+                "query { ...F } fragment F on Query { ... on Query { me { id } } }",
+                None
+            ),
+            Root::One("query", "me".into())
+        );
+        let two = "query A { me { id } } mutation B { logout }";
+        assert_eq!(root(two, Some("B")), Root::One("mutation", "logout".into()));
+        assert_eq!(root(two, None), Root::None);
+        assert_eq!(root(two, Some("C")), Root::None);
+        // A cycle of fragments (refused by validation later) is followed only so far.
+        assert_eq!(
+            root(
+                "{ ...F } fragment F on Query { ...G } fragment G on Query { ...F }",
+                None
+            ),
+            Root::None
+        );
+    }
 
     #[test]
     fn codes_are_the_known_ones_or_other() {
