@@ -115,6 +115,9 @@ pub struct Config {
     /// `CUSTOS_METRICS_TOKEN`: when set, `/metrics` answers only requests that present it as
     /// a bearer token.
     pub metrics_token: Option<SecretString>,
+    /// Origins allowed to call the API from a browser on another origin (CORS); none when
+    /// empty. Each is `scheme://host[:port]`.
+    pub cors_origins: Vec<String>,
     /// Connections per tenant pool (opened lazily, closed when idle).
     pub tenant_pool_size: u32,
     /// Login attempts allowed per client address per minute (a burst of this size, refilled
@@ -314,6 +317,7 @@ impl Config {
             graphiql: true,
             introspection: true,
             metrics_token: None,
+            cors_origins: Vec::new(),
             tenant_pool_size: 8,
             login_attempts_per_minute: 30,
             // Half the cores: a login flood then leaves the other half to everything else.

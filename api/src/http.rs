@@ -4,9 +4,11 @@
 //! spans, counts and body limits.
 
 use axum::extract::DefaultBodyLimit;
+use axum::http::{header, HeaderName, HeaderValue, Method};
 use axum::middleware;
 use axum::routing::get;
 use axum::Router;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 mod downloads;
 mod graphql;
@@ -18,11 +20,30 @@ mod ws;
 
 pub(crate) use state::AppState;
 
+/// Cross-origin calls from the configured origins' browser apps: bearer tokens in a header (no
+/// cookies, so no credentials mode), the headers a GraphQL client sends, the request id back.
+fn cors(origins: Vec<HeaderValue>) -> CorsLayer {
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::AUTHORIZATION,
+            header::ACCEPT,
+            HeaderName::from_static("x-request-id"),
+            HeaderName::from_static("traceparent"),
+            HeaderName::from_static("tracestate"),
+        ])
+        .expose_headers([HeaderName::from_static("x-request-id")])
+        .max_age(std::time::Duration::from_secs(3600))
+}
+
 /// The largest request body accepted (413 beyond).
 pub(crate) const MAX_BODY: usize = 1024 * 1024;
 
 /// The service's routes, with a request id, span and count around each request.
 pub(crate) fn router(state: AppState) -> Router {
+    let cors = (!state.cors_origins.is_empty()).then(|| cors(state.cors_origins.clone()));
     Router::new()
         .route("/graphql", get(graphql::graphiql).post(graphql::graphql))
         .route("/graphql/ws", get(ws::graphql_ws))
@@ -31,6 +52,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(tower::util::option_layer(cors))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             request::request_span,

@@ -171,6 +171,11 @@ impl Application {
             services: services.clone(),
             graphiql: config.graphiql,
             metrics_token: config.metrics_token.clone().map(Arc::new),
+            cors_origins: config
+                .cors_origins
+                .iter()
+                .map(|origin| axum::http::HeaderValue::from_str(origin))
+                .collect::<Result<_, _>>()?,
         };
         let listener = TcpListener::bind(config.listen).await?;
         let _ = services.listening.set(listener.local_addr()?);

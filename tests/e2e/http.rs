@@ -56,11 +56,170 @@ async fn too_deep_queries_are_refused_before_they_run() {
 }
 
 #[tokio::test]
-async fn bodies_over_one_mebibyte_are_refused_with_413() {
+async fn bodies_over_one_mebibyte_are_refused_with_413_as_a_graphql_error() {
     let app = TestApp::spawn().await;
     let body = format!("{{\"query\": \"{}\"}}", "x".repeat(1024 * 1024 + 1));
     let response = app.post_raw(None, body).await;
     assert_eq!(response.status, 413);
+    assert_eq!(response.code(), Some("VALIDATION"), "{}", response.body);
+}
+
+const SIGN_UP: &str = "mutation($input: SignUpInput!) { signUp(input: $input) { token } }";
+
+fn sign_up_body(slug: &str) -> String {
+    json!({ "query": SIGN_UP, "variables": { "input": {
+        "organization": "Media Types", "slug": slug, "region": "eu",
+        "adminEmail": format!("ada@{slug}.example.org"), "adminName": "Ada Admin",
+        "password": "correct horse battery",
+    } } })
+    .to_string()
+}
+
+#[tokio::test]
+async fn a_post_that_is_not_json_is_refused_with_415_and_runs_nothing() {
+    let app = TestApp::spawn().await;
+    let client = reqwest::Client::new();
+    let slug = slug("mediatype");
+    // A form a browser may send across origins without asking first, and no type at all.
+    for content_type in [
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+        None,
+    ] {
+        let mut request = client.post(app.url("/graphql")).body(sign_up_body(&slug));
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 415, "{content_type:?}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(
+            body["errors"][0]["extensions"]["code"], "VALIDATION",
+            "{body}"
+        );
+    }
+    // Nothing ran: the slug is still free.
+    let signed_up = app.post_raw(None, sign_up_body(&slug)).await.ok();
+    assert!(signed_up.data("signUp.token").is_string());
+    // Parameters of the JSON type are fine.
+    let response = client
+        .post(app.url("/graphql"))
+        .header("content-type", "application/json; charset=utf-8")
+        .body(json!({ "query": "{ __typename }" }).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn the_graphql_response_media_type_is_answered_to_clients_that_accept_it() {
+    let app = TestApp::spawn().await;
+    let client = reqwest::Client::new();
+    let ask = |accept: &'static str, query: &'static str| {
+        client
+            .post(app.url("/graphql"))
+            .header("content-type", "application/json")
+            .header("accept", accept)
+            .body(json!({ "query": query }).to_string())
+            .send()
+    };
+    let modern = ask(
+        "application/graphql-response+json, application/json;q=0.9",
+        "{ __typename }",
+    )
+    .await
+    .unwrap();
+    assert_eq!(modern.status(), 200);
+    assert_eq!(
+        modern.headers()["content-type"],
+        "application/graphql-response+json; charset=utf-8"
+    );
+    let legacy = ask("application/json", "{ __typename }").await.unwrap();
+    assert_eq!(legacy.headers()["content-type"], "application/json");
+    // A document that cannot run: 400, and no `data` at all (nothing ran).
+    for query in ["{ __typename ", "{ noSuchField }"] {
+        let refused = ask("application/graphql-response+json", query)
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 400);
+        let body: serde_json::Value = refused.json().await.unwrap();
+        assert!(body.get("data").is_none(), "{body}");
+        assert_eq!(body["errors"][0]["extensions"]["code"], "VALIDATION");
+    }
+}
+
+#[tokio::test]
+async fn a_long_malformed_document_is_not_echoed_back() {
+    let app = TestApp::spawn().await;
+    let query = format!("{{ {} ", "x".repeat(900 * 1024));
+    let response = app.graphql(None, &query, json!({})).await;
+    assert_eq!(response.status, 400);
+    let message = response.body["errors"][0]["message"].as_str().unwrap();
+    assert!(message.len() < 400, "{} bytes", message.len());
+    assert!(response.body.to_string().len() < 2_000);
+}
+
+#[tokio::test]
+async fn cors_answers_only_the_configured_origins() {
+    let app = TestApp::spawn_with(|config| {
+        config.cors_origins = vec!["https://app.example.com".to_owned()];
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let preflight = |origin: &'static str| {
+        client
+            .request(reqwest::Method::OPTIONS, app.url("/graphql"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "content-type, authorization",
+            )
+            .send()
+    };
+    let allowed = preflight("https://app.example.com").await.unwrap();
+    assert_eq!(allowed.status(), 200);
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    let methods = allowed.headers()["access-control-allow-methods"]
+        .to_str()
+        .unwrap();
+    assert!(methods.contains("POST"), "{methods}");
+    let other = preflight("https://evil.example.net").await.unwrap();
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+    // The request itself, from the allowed origin: the request id can be read.
+    let response = client
+        .post(app.url("/graphql"))
+        .header("origin", "https://app.example.com")
+        .json(&json!({ "query": "{ __typename }" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    assert!(response.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .contains("x-request-id"));
+
+    // None by default.
+    let closed = TestApp::spawn().await;
+    let response = client
+        .post(closed.url("/graphql"))
+        .header("origin", "https://app.example.com")
+        .json(&json!({ "query": "{ __typename }" }))
+        .send()
+        .await
+        .unwrap();
+    assert!(response
+        .headers()
+        .get("access-control-allow-origin")
+        .is_none());
 }
 
 #[tokio::test]

@@ -72,11 +72,15 @@ fn shared() -> &'static Shared {
             .with_writer(move || writer.clone())
             .with_ansi(false)
             .try_init();
+        // A service stopped by dropping its test may leave a connection half-way through
+        // authentication; its backend would hold the catalog's DROP DATABASE for the default
+        // minute.
         let settings = [
             ("max_connections", "500".to_owned()),
             ("fsync", "off".to_owned()),
             ("synchronous_commit", "off".to_owned()),
             ("full_page_writes", "off".to_owned()),
+            ("authentication_timeout", "2s".to_owned()),
         ];
         let cluster =
             PrivateCluster::start(&cluster_dir(), &settings).expect("the test cluster starts");
@@ -103,6 +107,7 @@ fn us_cluster() -> &'static PrivateCluster {
             ("fsync", "off".to_owned()),
             ("synchronous_commit", "off".to_owned()),
             ("full_page_writes", "off".to_owned()),
+            ("authentication_timeout", "2s".to_owned()),
         ];
         let dir = std::env::temp_dir().join(format!("custos-test-{}-us", nix_uid()));
         let cluster = PrivateCluster::start(&dir, &settings).expect("the us test cluster starts");

@@ -324,6 +324,10 @@ pub(crate) struct ServeArgs {
     /// Refuse GraphQL introspection queries.
     #[arg(long, env = "CUSTOS_NO_INTROSPECTION")]
     pub(crate) no_introspection: bool,
+    /// Origins of browser apps allowed to call the API across origins (CORS), separated by
+    /// commas, e.g. `https://app.example.com,http://localhost:5173`. None by default.
+    #[arg(long, env = "CUSTOS_CORS_ORIGINS", value_delimiter = ',', value_parser = parse_origin)]
+    pub(crate) cors_origins: Vec<String>,
     /// Minutes of inactivity after which a session ends.
     #[arg(long, env = "CUSTOS_SESSION_IDLE_MINUTES", default_value_t = 30)]
     pub(crate) session_idle_minutes: u64,
@@ -542,6 +546,7 @@ impl ServeArgs {
         config.listen = self.listen;
         config.graphiql = !self.no_graphiql;
         config.introspection = !self.no_introspection;
+        config.cors_origins = self.cors_origins.clone();
         // From the environment only: a flag's value would show in the process list.
         config.metrics_token = std::env::var("CUSTOS_METRICS_TOKEN")
             .ok()
@@ -598,6 +603,19 @@ impl ServeArgs {
 
 /// The administrator's password for `tenant create`: CUSTOS_ADMIN_PASSWORD, else one line of
 /// standard input. Never a flag, so it never shows in a process list or shell history.
+/// A web origin as browsers send it: `scheme://host[:port]`, nothing after.
+fn parse_origin(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    let url = url::Url::parse(text).map_err(|err| format!("{text:?} is not an origin: {err}"))?;
+    let origin = url.origin().ascii_serialization();
+    if !matches!(url.scheme(), "http" | "https") || origin != text.trim_end_matches('/') {
+        return Err(format!(
+            "{text:?} is not an origin: give scheme, host and port only, e.g. https://app.example.com"
+        ));
+    }
+    Ok(origin)
+}
+
 pub(crate) fn admin_password() -> anyhow::Result<SecretString> {
     secret_line("CUSTOS_ADMIN_PASSWORD", None).and_then(|secret| {
         secret.ok_or_else(|| {

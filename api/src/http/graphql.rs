@@ -1,13 +1,15 @@
-//! `POST /graphql` (parsed here, so a malformed request gets a GraphQL error and 400) and
+//! `POST /graphql` (parsed here, so a malformed request gets a GraphQL error and 400; a body
+//! that is not `application/json` 415, one over the limit 413, each a GraphQL error with a
+//! code; answered as `application/graphql-response+json` to clients that accept it) and
 //! GraphiQL on `GET /graphql`.
 
 use async_graphql::http::GraphiQLSource;
 use async_graphql::{ErrorExtensionValues, ServerError};
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
-use axum::Json;
 
 use super::request::{BearerToken, ClientOrigin};
 use super::state::AppState;
@@ -24,25 +26,125 @@ pub(crate) async fn graphiql(State(state): State<AppState>) -> Response {
     Html(GraphiQLSource::build().endpoint("/graphql").finish()).into_response()
 }
 
-/// A response holding only request-level errors.
-fn request_error(status: StatusCode, code: Code, message: &str) -> Response {
+/// The media type of a GraphQL response: GraphQL over HTTP's own when the client accepts it,
+/// JSON otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Media {
+    GraphqlResponse,
+    Json,
+}
+
+impl Media {
+    fn of(headers: &HeaderMap) -> Self {
+        let accepted = headers
+            .get_all(header::ACCEPT)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .map(|range| range.split(';').next().unwrap_or_default().trim());
+        if accepted
+            .into_iter()
+            .any(|range| range.eq_ignore_ascii_case(GRAPHQL_RESPONSE))
+        {
+            Media::GraphqlResponse
+        } else {
+            Media::Json
+        }
+    }
+
+    fn content_type(self) -> &'static str {
+        match self {
+            Media::GraphqlResponse => "application/graphql-response+json; charset=utf-8",
+            Media::Json => "application/json",
+        }
+    }
+}
+
+const GRAPHQL_RESPONSE: &str = "application/graphql-response+json";
+
+/// The longest error message a request error carries: a long malformed document is not echoed.
+const MESSAGE: usize = 300;
+
+/// `message`, cut to [`MESSAGE`] bytes (on a character boundary).
+fn clipped(message: &str) -> String {
+    if message.len() <= MESSAGE {
+        return message.to_owned();
+    }
+    let mut end = MESSAGE;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &message[..end])
+}
+
+/// A GraphQL response body in `media`.
+fn reply(status: StatusCode, media: Media, body: serde_json::Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, media.content_type())],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// A response holding only request-level errors (no `data`: nothing ran).
+fn request_error(status: StatusCode, media: Media, code: Code, message: &str) -> Response {
     let body = serde_json::json!({
-        "data": null,
         "errors": [{ "message": message, "extensions": { "code": code.as_str() } }],
     });
-    (status, Json(body)).into_response()
+    reply(status, media, body)
+}
+
+/// Whether the request says its body is JSON (`application/json`, any parameters). Anything
+/// else is refused: a browser sends other types across origins without asking first.
+fn json_body(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
 }
 
 pub(crate) async fn graphql(
     State(state): State<AppState>,
     ClientOrigin(origin): ClientOrigin,
     BearerToken(token): BearerToken,
-    body: Bytes,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let media = Media::of(&headers);
+    if !json_body(&headers) {
+        return request_error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            media,
+            Code::Validation,
+            "send the request as application/json: {\"query\": ..., \"variables\": ...}",
+        );
+    }
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return request_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                media,
+                Code::Validation,
+                "the request body is larger than 1 MiB",
+            )
+        }
+        Err(rejection) => {
+            return request_error(
+                rejection.status(),
+                media,
+                Code::Validation,
+                "the request body could not be read",
+            )
+        }
+    };
     let request: async_graphql::Request = match serde_json::from_slice::<serde_json::Value>(&body) {
         Ok(serde_json::Value::Array(_)) => {
             return request_error(
                 StatusCode::BAD_REQUEST,
+                media,
                 Code::Validation,
                 "batched requests are not supported",
             )
@@ -52,6 +154,7 @@ pub(crate) async fn graphql(
             Err(_) => {
                 return request_error(
                     StatusCode::BAD_REQUEST,
+                    media,
                     Code::Validation,
                     "the body must be a GraphQL request: {\"query\": ..., \"variables\": ...}",
                 )
@@ -60,6 +163,7 @@ pub(crate) async fn graphql(
         Err(_) => {
             return request_error(
                 StatusCode::BAD_REQUEST,
+                media,
                 Code::Validation,
                 "the body is not valid JSON",
             )
@@ -71,6 +175,7 @@ pub(crate) async fn graphql(
     if !database.is_up() {
         return request_error(
             StatusCode::SERVICE_UNAVAILABLE,
+            media,
             Code::Unavailable,
             "the database is unavailable; try again shortly",
         );
@@ -82,9 +187,9 @@ pub(crate) async fn graphql(
         None => None,
     };
     tokio::select! {
-        response = answer(&state, origin, token, request) => response,
-        () = database.went_down() => outcome_unknown(),
-        () = went_down(own_server.as_deref()) => outcome_unknown(),
+        response = answer(&state, media, origin, token, request) => response,
+        () = database.went_down() => outcome_unknown(media),
+        () = went_down(own_server.as_deref()) => outcome_unknown(media),
     }
 }
 
@@ -97,9 +202,10 @@ async fn went_down(server: Option<&Health>) {
 }
 
 /// The answer to a request the database went away under.
-fn outcome_unknown() -> Response {
+fn outcome_unknown(media: Media) -> Response {
     request_error(
         StatusCode::SERVICE_UNAVAILABLE,
+        media,
         Code::Unavailable,
         "the database became unavailable while the request ran; a change it asked for may or \
          may not have been saved: read it back before trying again",
@@ -109,6 +215,7 @@ fn outcome_unknown() -> Response {
 /// Authenticates the request's session and executes it.
 async fn answer(
     state: &AppState,
+    media: Media,
     origin: RequestOrigin,
     token: Option<String>,
     request: async_graphql::Request,
@@ -120,6 +227,7 @@ async fn answer(
                 err.report();
                 return request_error(
                     StatusCode::SERVICE_UNAVAILABLE,
+                    media,
                     Code::Unavailable,
                     "authentication is unavailable; try again",
                 );
@@ -141,10 +249,18 @@ async fn answer(
     for error in &mut response.errors {
         if error.path.is_empty() {
             status = StatusCode::BAD_REQUEST;
+            error.message = clipped(&error.message);
         }
         set_code(error, Code::Validation);
     }
-    (status, Json(response)).into_response()
+    let mut body = serde_json::to_value(&response).unwrap_or_default();
+    // A request that failed before it ran has no `data` at all (GraphQL's rule).
+    if status == StatusCode::BAD_REQUEST && response.data == async_graphql::Value::Null {
+        if let Some(body) = body.as_object_mut() {
+            body.remove("data");
+        }
+    }
+    reply(status, media, body)
 }
 
 pub(crate) fn set_code(error: &mut ServerError, code: Code) {

@@ -14,4 +14,6 @@ pub(crate) struct AppState {
     pub(crate) graphiql: bool,
     /// The bearer token `/metrics` asks for, if one is configured.
     pub(crate) metrics_token: Option<Arc<secrecy::SecretString>>,
+    /// Origins allowed to call across origins (CORS); none when empty.
+    pub(crate) cors_origins: Vec<axum::http::HeaderValue>,
 }
