@@ -105,6 +105,26 @@ async fn a_killed_postmaster_is_started_again_and_the_service_serves_within_five
         .exists());
 }
 
+/// A PostgreSQL server of the test's own under `dir`, which the test may stop and kill.
+async fn own_server(dir: &tempfile::TempDir) -> PrivateCluster {
+    let settings = [
+        ("fsync", "off".to_owned()),
+        ("max_connections", "100".to_owned()),
+    ];
+    let postgres = dir.path().join("postgres");
+    tokio::task::spawn_blocking(move || PrivateCluster::start(&postgres, &settings))
+        .await
+        .unwrap()
+        .expect("the test's own server starts")
+}
+
+async fn stop_own_server(cluster: PrivateCluster) {
+    tokio::task::spawn_blocking(move || cluster.stop())
+        .await
+        .unwrap()
+        .expect("the test's server stops");
+}
+
 /// Asks for a list, for a change, and for readiness and health every 200 ms for `length`:
 /// each answered at once, as an outage.
 async fn outage(app: &TestApp, token: &str, length: Duration) {
@@ -176,15 +196,7 @@ async fn resume(app: &TestApp, token: &str, server: &custos_api::testing::Superv
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn while_the_database_is_down_every_request_is_answered_at_once_and_service_resumes() {
     let dir = private_dir();
-    let settings = [
-        ("fsync", "off".to_owned()),
-        ("max_connections", "100".to_owned()),
-    ];
-    let postgres = dir.path().join("postgres");
-    let cluster = tokio::task::spawn_blocking(move || PrivateCluster::start(&postgres, &settings))
-        .await
-        .unwrap()
-        .expect("the test's own server starts");
+    let cluster = own_server(&dir).await;
     // The service sees it as a server named by DATABASE_URL: it is not the service's to
     // restart; the test does.
     let server = cluster.supervisor();
@@ -216,10 +228,7 @@ async fn while_the_database_is_down_every_request_is_answered_at_once_and_servic
     names.sort();
     assert_eq!(names, ["Again", "Between", "Steady"]);
     app.stop().await;
-    tokio::task::spawn_blocking(move || cluster.stop())
-        .await
-        .unwrap()
-        .expect("the test's server stops");
+    stop_own_server(cluster).await;
     assert!(
         !custos_tests::logs().contains("panicked"),
         "no panic in the service's logs"
@@ -276,15 +285,7 @@ async fn an_outage_of_a_regions_own_server_refuses_its_organisations_at_once_and
     // The `us` region on a server of the test's own, which it stops; `eu` and the catalog on
     // the shared one.
     let dir = private_dir();
-    let settings = [
-        ("fsync", "off".to_owned()),
-        ("max_connections", "100".to_owned()),
-    ];
-    let postgres = dir.path().join("postgres");
-    let cluster = tokio::task::spawn_blocking(move || PrivateCluster::start(&postgres, &settings))
-        .await
-        .unwrap()
-        .expect("the test's own server starts");
+    let cluster = own_server(&dir).await;
     let server = cluster.supervisor();
     let us_server = cluster.connect_options();
     let app = TestApp::spawn_with(move |config| {
@@ -313,10 +314,7 @@ async fn an_outage_of_a_regions_own_server_refuses_its_organisations_at_once_and
     names.sort();
     assert_eq!(names, ["After", "Before"]);
     app.stop().await;
-    tokio::task::spawn_blocking(move || cluster.stop())
-        .await
-        .unwrap()
-        .expect("the test's server stops");
+    stop_own_server(cluster).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -66,6 +66,15 @@ fn shared() -> &'static Shared {
     static SHARED: OnceLock<Shared> = OnceLock::new();
     SHARED.get_or_init(|| {
         let logs = LogBuffer::default();
+        // A panic anywhere in the process (a service task's too) is written into the log the
+        // tests read, as well as where Rust writes it.
+        let previous = std::panic::take_hook();
+        let record = logs.clone();
+        std::panic::set_hook(Box::new(move |info| {
+            let line = format!("panicked: {info}\n");
+            let _ = std::io::Write::write_all(&mut record.clone(), line.as_bytes());
+            previous(info);
+        }));
         let writer = logs.clone();
         let _ = tracing_subscriber::fmt()
             .with_env_filter("debug,hyper=info,hyper_util=info,h2=info,reqwest=info,tower=info")
