@@ -85,7 +85,7 @@ fn builder() -> SchemaBuilder<Query, Mutation, audit::AuditSubscription> {
 }
 
 /// Builds the schema; `services` is shared by every request. Introspection can be switched
-/// off for production.
+/// off for production, and field suggestions go with it.
 pub(crate) fn build_schema(services: Arc<Services>, introspection: bool) -> CustosSchema {
     let builder = builder()
         .extension(observe::Observe(services.metrics.clone()))
@@ -93,7 +93,12 @@ pub(crate) fn build_schema(services: Arc<Services>, introspection: bool) -> Cust
     if introspection {
         builder.finish()
     } else {
-        builder.disable_introspection().finish()
+        // Without introspection, "did you mean …" would still tell field names to anyone who
+        // guesses near them.
+        builder
+            .disable_introspection()
+            .disable_suggestions()
+            .finish()
     }
 }
 

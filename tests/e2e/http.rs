@@ -301,4 +301,15 @@ async fn introspection_can_be_switched_off() {
         off.body
     );
     assert_eq!(on.data("__schema.queryType.name"), &json!("Query"));
+    // Nor do suggestions give field names away.
+    let near = app.graphql(None, "{ employe { id } }", json!({})).await;
+    assert_eq!(near.status, 400);
+    let message = near.body["errors"][0]["message"].as_str().unwrap();
+    assert!(!message.contains("employee"), "{message}");
+    let suggested = TestApp::spawn()
+        .await
+        .graphql(None, "{ employe { id } }", json!({}))
+        .await;
+    let message = suggested.body["errors"][0]["message"].as_str().unwrap();
+    assert!(message.contains("Did you mean"), "{message}");
 }
