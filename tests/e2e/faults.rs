@@ -306,7 +306,23 @@ async fn an_outage_of_a_regions_own_server_refuses_its_organisations_at_once_and
         .expect("the server stops");
     region_outage(&app, &us, &eu).await;
     resume(&app, &us.token, &server).await;
-    kill("-KILL", &postmaster_pid(dir.path()));
+    // Killed while a login runs (its password hash takes a while): the login is answered as
+    // soon as the watcher knows, not after the pool's time-out.
+    let logging_in = app.login(&us.slug, &us.email, &us.password);
+    let killing = async {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        kill("-KILL", &postmaster_pid(dir.path()));
+    };
+    let started = Instant::now();
+    let (login, ()) = tokio::join!(logging_in, killing);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "a login cut off by the outage answered in {:?}",
+        started.elapsed()
+    );
+    if let Err(refused) = login {
+        assert_eq!(refused.code(), Some("UNAVAILABLE"), "{}", refused.body);
+    }
     region_outage(&app, &us, &eu).await;
     resume(&app, &us.token, &server).await;
     app.create_employee(&us.token, employee("After")).await;

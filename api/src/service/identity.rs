@@ -263,6 +263,30 @@ impl Services {
                 .map_err(ApiError::internal)?,
             Err(_) => None,
         };
+        // On a region's server of its own, an outage of that server ends the login at once
+        // (requests with a token are ended so by the HTTP layer).
+        let own_server = tenant
+            .as_ref()
+            .map(|tenant| tenant.server.clone())
+            .filter(|server| !Arc::ptr_eq(server, &self.database));
+        let checking = self.check_login(tenant, email, password, origin);
+        match own_server {
+            None => checking.await,
+            Some(server) => tokio::select! {
+                outcome = checking => outcome,
+                () = server.went_down() => Err(ApiError::Unavailable),
+            },
+        }
+    }
+
+    /// [`Self::login`] once the organisation is known (`None`: there is none of that slug).
+    async fn check_login(
+        &self,
+        tenant: Option<Arc<Tenant>>,
+        email: &str,
+        password: SecretString,
+        origin: &RequestOrigin,
+    ) -> Result<LoginOutcome, ApiError> {
         let credentials = match &tenant {
             Some(tenant) => users::credentials(&tenant.pool, &email.trim().to_lowercase()).await?,
             None => None,
