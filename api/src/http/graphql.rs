@@ -16,7 +16,7 @@ use super::state::AppState;
 use crate::error::Code;
 use crate::graphql::context::RequestContext;
 use crate::graphql::loaders::Loaders;
-use crate::infra::database::Health;
+use crate::infra::database::went_down;
 use crate::service::identity::RequestOrigin;
 
 pub(crate) async fn graphiql(State(state): State<AppState>) -> Response {
@@ -77,14 +77,9 @@ fn clipped(message: &str) -> String {
     format!("{}…", &message[..end])
 }
 
-/// A GraphQL response body in `media`.
-fn reply(status: StatusCode, media: Media, body: serde_json::Value) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, media.content_type())],
-        body.to_string(),
-    )
-        .into_response()
+/// A GraphQL response body (JSON text) in `media`.
+fn reply(status: StatusCode, media: Media, body: String) -> Response {
+    (status, [(header::CONTENT_TYPE, media.content_type())], body).into_response()
 }
 
 /// A response holding only request-level errors (no `data`: nothing ran).
@@ -92,7 +87,7 @@ fn request_error(status: StatusCode, media: Media, code: Code, message: &str) ->
     let body = serde_json::json!({
         "errors": [{ "message": message, "extensions": { "code": code.as_str() } }],
     });
-    reply(status, media, body)
+    reply(status, media, body.to_string())
 }
 
 /// Whether the request says its body is JSON (`application/json`, any parameters). Anything
@@ -193,14 +188,6 @@ pub(crate) async fn graphql(
     }
 }
 
-/// Completes when `server` goes down; never without one.
-async fn went_down(server: Option<&Health>) {
-    match server {
-        Some(server) => server.went_down().await,
-        None => std::future::pending().await,
-    }
-}
-
 /// The answer to a request the database went away under.
 fn outcome_unknown(media: Media) -> Response {
     request_error(
@@ -253,14 +240,20 @@ async fn answer(
         }
         set_code(error, Code::Validation);
     }
-    let mut body = serde_json::to_value(&response).unwrap_or_default();
-    // A request that failed before it ran has no `data` at all (GraphQL's rule).
+    // A request that failed before it ran has no `data` at all (GraphQL's rule); any other
+    // response is written as it is.
     if status == StatusCode::BAD_REQUEST && response.data == async_graphql::Value::Null {
+        let mut body = serde_json::to_value(&response).unwrap_or_default();
         if let Some(body) = body.as_object_mut() {
             body.remove("data");
         }
+        return reply(status, media, body.to_string());
     }
-    reply(status, media, body)
+    reply(
+        status,
+        media,
+        serde_json::to_string(&response).unwrap_or_default(),
+    )
 }
 
 pub(crate) fn set_code(error: &mut ServerError, code: Code) {

@@ -18,9 +18,9 @@ const WAIT: Duration = Duration::from_millis(900);
 
 /// `ok` (always 200: the process serves; a dead private cluster is started again by the
 /// service itself, which exits when it cannot), then a line while the database does not
-/// answer (one per region on a server of its own that does not), a line when a checkpoint refused to sign for some organisation (details in the log
-/// and in its `verifyIntegrity`), and with backups a line saying when the newest verified one
-/// was taken.
+/// answer (and one per region on a server of its own that does not), a line when a checkpoint
+/// refused to sign for some organisation (details in the log and in its `verifyIntegrity`),
+/// and with backups a line saying when the newest verified one was taken.
 pub(crate) async fn healthz(State(state): State<AppState>) -> String {
     let mut text = "ok".to_owned();
     let database_up = state.services.database.is_up();

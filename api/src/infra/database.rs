@@ -176,6 +176,15 @@ impl Health {
     }
 }
 
+/// Completes when `server` goes down; never without one (for a select that ends a request
+/// when the server it needs goes away, if it needs one of its own).
+pub(crate) async fn went_down(server: Option<&Health>) {
+    match server {
+        Some(server) => server.went_down().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// How often the watcher asks the server whether it answers, and how long an answer may take.
 /// A refused or broken connection is an outage at once; a late answer only twice in a row (a
 /// busy server may be slow once without being down).

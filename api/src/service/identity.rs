@@ -19,7 +19,7 @@ use crate::auth::principal::{Principal, Subject};
 use crate::auth::tokens::{BearerToken, TokenKind};
 use crate::config::Region;
 use crate::error::ApiError;
-use crate::infra::database::Health;
+use crate::infra::database::{went_down, Health};
 use crate::infra::stores::sessions;
 use crate::infra::tenancy::catalog::ProvisionError;
 use crate::infra::tenancy::tenant::Tenant;
@@ -267,15 +267,10 @@ impl Services {
         // (requests with a token are ended so by the HTTP layer).
         let own_server = tenant
             .as_ref()
-            .map(|tenant| tenant.server.clone())
-            .filter(|server| !Arc::ptr_eq(server, &self.database));
-        let checking = self.check_login(tenant, email, password, origin);
-        match own_server {
-            None => checking.await,
-            Some(server) => tokio::select! {
-                outcome = checking => outcome,
-                () = server.went_down() => Err(ApiError::Unavailable),
-            },
+            .and_then(|tenant| self.own_server(tenant.server.clone()));
+        tokio::select! {
+            outcome = self.check_login(tenant, email, password, origin) => outcome,
+            () = went_down(own_server.as_deref()) => Err(ApiError::Unavailable),
         }
     }
 
@@ -501,7 +496,11 @@ impl Services {
     /// down (the default server's outage ends every request anyway).
     pub(crate) async fn token_server(&self, token: &str) -> Option<Arc<Health>> {
         let parsed = BearerToken::parse(token)?;
-        let server = self.tenancy.server_of(parsed.tenant_id).await?;
+        self.own_server(self.tenancy.server_of(parsed.tenant_id).await?)
+    }
+
+    /// `server`, if it is a region's server of its own rather than the default one.
+    fn own_server(&self, server: Arc<Health>) -> Option<Arc<Health>> {
         (!Arc::ptr_eq(&server, &self.database)).then_some(server)
     }
 

@@ -217,8 +217,8 @@ async fn archive_backups(services: &Services, archives: &ArchiveBackups, interva
 }
 
 /// Every `interval`: how far behind each read model is, in the open organisation where it is
-/// most behind, into the metrics. An organisation that does not answer within `interval` is
-/// left out of the round.
+/// most behind, into the metrics. An organisation whose server is down, or that does not answer
+/// within `interval`, is left out of the round.
 pub(crate) async fn projection_lag(services: Arc<Services>, interval: Duration) {
     let projections = custos_projections::all();
     let mut ticks = tokio::time::interval(interval);
@@ -234,6 +234,10 @@ pub(crate) async fn projection_lag(services: Arc<Services>, interval: Duration) 
             .map(|projection| (projection.name(), (0, 0.0)))
             .collect();
         for tenant in services.tenancy.open_tenants().await {
+            // Its region's own server is down: asking would only wait for the pool.
+            if !tenant.server.is_up() {
+                continue;
+            }
             let standings = tokio::time::timeout(interval, async {
                 let mut conn = tenant.pool.acquire().await?;
                 standings(&mut conn, &projections).await

@@ -151,8 +151,8 @@ impl Metrics {
                 r,
                 "graphql_requests_total",
                 "GraphQL operations run over HTTP, by operation type, root field (`multiple` for \
-                 several, `none` when refused before any ran) and result code (`OK` or the first \
-                 error's code).",
+                 several; type and field `none` when the document did not parse or validate, or \
+                 selects only `__typename`) and result code (`OK` or the first error's code).",
                 &["type", "field", "code"],
             ),
             graphql_duration: histograms(
