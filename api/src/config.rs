@@ -118,6 +118,8 @@ pub struct Config {
     /// Origins allowed to call the API from a browser on another origin (CORS); none when
     /// empty. Each is `scheme://host[:port]`.
     pub cors_origins: Vec<String>,
+    /// The limits of GraphQL over WebSocket.
+    pub websockets: WebSocketLimits,
     /// Connections per tenant pool (opened lazily, closed when idle).
     pub tenant_pool_size: u32,
     /// Login attempts allowed per client address per minute (a burst of this size, refilled
@@ -303,6 +305,27 @@ impl Default for LifecyclePolicy {
     }
 }
 
+/// The limits of GraphQL over WebSocket (`graphql-transport-ws`).
+#[derive(Debug, Clone)]
+pub struct WebSocketLimits {
+    /// How long a new connection may take to send `connection_init` (closed with 4408 after).
+    pub init_timeout: Duration,
+    /// Operations running at once on one connection (one more is answered with an error).
+    pub max_operations: usize,
+    /// Connections open at once per organisation (one more is closed with 4429).
+    pub max_connections_per_organization: usize,
+}
+
+impl Default for WebSocketLimits {
+    fn default() -> Self {
+        Self {
+            init_timeout: Duration::from_secs(3),
+            max_operations: 100,
+            max_connections_per_organization: 500,
+        }
+    }
+}
+
 impl Config {
     /// Defaults for everything but where data lives.
     pub fn new(data_dir: PathBuf, database: DatabaseConfig) -> Self {
@@ -318,6 +341,7 @@ impl Config {
             introspection: true,
             metrics_token: None,
             cors_origins: Vec::new(),
+            websockets: WebSocketLimits::default(),
             tenant_pool_size: 8,
             login_attempts_per_minute: 30,
             // Half the cores: a login flood then leaves the other half to everything else.

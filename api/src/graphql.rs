@@ -67,8 +67,8 @@ pub(crate) struct Mutation(
 /// The schema every request runs against.
 pub(crate) type CustosSchema = Schema<Query, Mutation, audit::AuditSubscription>;
 
-/// Query limits: deep or expensive documents are refused before they run.
-pub const MAX_DEPTH: usize = 12;
+/// Query limits: expensive documents are refused before they run (how deep they nest, and
+/// how many aliases they have, is measured by `limits`).
 pub(crate) const MAX_COMPLEXITY: usize = 2_000;
 
 fn builder() -> SchemaBuilder<Query, Mutation, audit::AuditSubscription> {
@@ -77,9 +77,8 @@ fn builder() -> SchemaBuilder<Query, Mutation, audit::AuditSubscription> {
         Mutation::default(),
         audit::AuditSubscription,
     )
-    .extension(limits::AliasLimit)
+    .extension(limits::DocumentLimits)
     .extension(authorization::Authorization)
-    .limit_depth(MAX_DEPTH)
     .limit_complexity(MAX_COMPLEXITY)
     .limit_recursive_depth(32)
 }

@@ -11,6 +11,7 @@ use axum::Router;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 mod downloads;
+mod graphiql;
 mod graphql;
 mod health;
 mod metrics;
@@ -45,7 +46,8 @@ pub(crate) const MAX_BODY: usize = 1024 * 1024;
 pub(crate) fn router(state: AppState) -> Router {
     let cors = (!state.cors_origins.is_empty()).then(|| cors(state.cors_origins.clone()));
     Router::new()
-        .route("/graphql", get(graphql::graphiql).post(graphql::graphql))
+        .route("/graphql", get(graphiql::page).post(graphql::graphql))
+        .route("/graphiql/{name}", get(graphiql::asset))
         .route("/graphql/ws", get(ws::graphql_ws))
         .route("/exports/{token}", get(downloads::download))
         .route("/healthz", get(health::healthz))

@@ -29,7 +29,7 @@ pub use startup::Application;
 pub mod testing {
     pub use crate::error::{ApiError, Code};
     pub use crate::graphql::limits::MAX_ALIASES;
-    pub use crate::graphql::MAX_DEPTH;
+    pub use crate::graphql::limits::MAX_DEPTH;
     pub use crate::infra::archive::export::Exported;
     pub use crate::infra::archive::format::ArchiveError;
     pub use crate::infra::archive::import::Imported;

@@ -176,6 +176,8 @@ impl Application {
                 .iter()
                 .map(|origin| axum::http::HeaderValue::from_str(origin))
                 .collect::<Result<_, _>>()?,
+            websockets: config.websockets.clone(),
+            sockets: Default::default(),
         };
         let listener = TcpListener::bind(config.listen).await?;
         let _ = services.listening.set(listener.local_addr()?);

@@ -2,7 +2,7 @@
 // running Custos. Prints every audit that is not `ok` and the totals; exits 1 on a warning
 // docs/api.md does not justify ("GraphQL over HTTP").
 //
-//   npm install --prefix tests/audit graphql-http@1 graphql@16
+//   npm ci --prefix tests/audit
 //   node tests/audit/graphql-http.mjs http://127.0.0.1:8080/graphql
 import { auditServer } from 'graphql-http';
 

@@ -46,13 +46,59 @@ async fn malformed_graphql_is_a_400_graphql_error() {
 async fn too_deep_queries_are_refused_before_they_run() {
     let app = TestApp::spawn().await;
     let session = app.sign_up(&slug("deep")).await;
-    let nested = (0..custos_api::testing::MAX_DEPTH).fold("name".to_owned(), |inner, _| {
-        format!("ofType {{ {inner} }}")
-    });
-    let query = format!("{{ __schema {{ types {{ fields {{ type {{ {nested} }} }} }} }} }}");
-    let response = app.graphql(Some(&session.token), &query, json!({})).await;
+    // A manager's manager's … manager: real fields, one level too many.
+    let nested = (0..custos_api::testing::MAX_DEPTH - 3)
+        .fold("id".to_owned(), |inner, _| format!("manager {{ {inner} }}"));
+    let over = format!("{{ employees(first: 1) {{ edges {{ node {{ {nested} }} }} }} }}");
+    let response = app.graphql(Some(&session.token), &over, json!({})).await;
     assert_eq!(response.status, 400, "{}", response.body);
     assert_eq!(response.code(), Some("VALIDATION"));
+    assert!(
+        response
+            .body
+            .to_string()
+            .contains("nested too deep: 13 levels"),
+        "{}",
+        response.body
+    );
+    // One level less runs.
+    let nested = (0..custos_api::testing::MAX_DEPTH - 4)
+        .fold("id".to_owned(), |inner, _| format!("manager {{ {inner} }}"));
+    let within = format!("{{ employees(first: 1) {{ edges {{ node {{ {nested} }} }} }} }}");
+    let response = app.graphql(Some(&session.token), &within, json!({})).await;
+    assert_eq!(response.status, 200, "{}", response.body);
+}
+
+/// graphql-js 16's standard introspection query, as GraphiQL, GraphQL Code Generator and
+/// schemathesis send it (13 levels deep: introspection is measured by its own rule).
+const STANDARD_INTROSPECTION: &str = include_str!("../../api/src/graphql/introspection.graphql");
+
+#[tokio::test]
+async fn the_standard_introspection_query_is_answered_and_nested_introspection_is_not() {
+    let app = TestApp::spawn().await;
+    let response = app.graphql(None, STANDARD_INTROSPECTION, json!({})).await;
+    assert_eq!(response.status, 200, "{}", response.body);
+    assert_eq!(response.data("__schema.queryType.name"), "Query");
+    let types = response.data("__schema.types");
+    let employee = types
+        .as_array()
+        .expect("types is a list")
+        .iter()
+        .find(|t| t["name"] == "Employee")
+        .expect("Employee is described");
+    assert!(employee["fields"].as_array().is_some_and(|f| f.len() > 10));
+    // Lists of fields inside the types of fields inside the types of fields: an answer that
+    // grows with the cube of the schema.
+    let abusive =
+        "{ __schema { types { fields { type { fields { type { fields { name } } } } } } } }";
+    let response = app.graphql(None, abusive, json!({})).await;
+    assert_eq!(response.status, 400, "{}", response.body);
+    assert_eq!(response.code(), Some("VALIDATION"));
+    assert!(
+        response.body.to_string().contains("introspection"),
+        "{}",
+        response.body
+    );
 }
 
 #[tokio::test]
@@ -223,25 +269,86 @@ async fn cors_answers_only_the_configured_origins() {
 }
 
 #[tokio::test]
-async fn health_readiness_request_ids_and_graphiql() {
+async fn health_readiness_and_request_ids() {
     let app = TestApp::spawn().await;
     let client = reqwest::Client::new();
 
     let health = client.get(app.url("/healthz")).send().await.unwrap();
     let ready = client.get(app.url("/readyz")).send().await.unwrap();
-    let graphiql = client.get(app.url("/graphql")).send().await.unwrap();
 
     assert_eq!(health.status(), 200);
     assert_eq!(ready.status(), 200);
     assert!(health.headers().get("x-request-id").is_some());
-    assert_eq!(graphiql.status(), 200);
-    assert!(graphiql.text().await.unwrap().contains("graphiql"));
+}
+
+/// The `src` and `href` addresses a page loads.
+fn loaded_addresses(page: &str) -> Vec<String> {
+    page.split(['<', '>'])
+        .filter(|tag| tag.starts_with("script") || tag.starts_with("link"))
+        .flat_map(|tag| {
+            tag.split_whitespace()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .filter_map(|attribute| {
+            let value = attribute
+                .strip_prefix("src=")
+                .or_else(|| attribute.strip_prefix("href="))?;
+            Some(value.trim_matches('"').to_owned())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn graphiql_and_everything_it_loads_come_from_the_service() {
+    let app = TestApp::spawn().await;
+    let client = reqwest::Client::new();
+    let page = client.get(app.url("/graphql")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let policy = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(policy.contains("script-src 'self'"), "{policy}");
+    assert!(policy.contains("connect-src 'self'"), "{policy}");
+    let page = page.text().await.unwrap();
+    let addresses = loaded_addresses(&page);
+    assert!(addresses.len() >= 5, "{addresses:?}");
+    for address in addresses {
+        assert!(!address.contains("//"), "{address} is outside the service");
+        // Relative to the page at /graphql.
+        let response = client
+            .get(app.url(&format!("/{address}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{address}");
+        let media = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let expected = if address.ends_with(".css") {
+            "text/css"
+        } else {
+            "text/javascript"
+        };
+        assert!(media.starts_with(expected), "{address}: {media}");
+        assert!(!response.bytes().await.unwrap().is_empty(), "{address}");
+    }
+    let unknown = client
+        .get(app.url("/graphiql/vendor.sh"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
 }
 
 #[tokio::test]
 async fn graphiql_can_be_switched_off() {
     let app = TestApp::spawn_with(|config| config.graphiql = false).await;
     let response = reqwest::get(app.url("/graphql")).await.unwrap();
+    assert_eq!(response.status(), 404);
+    let response = reqwest::get(app.url("/graphiql/start.js")).await.unwrap();
     assert_eq!(response.status(), 404);
 }
 

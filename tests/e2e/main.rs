@@ -29,3 +29,4 @@ mod rights;
 mod tenancy;
 mod two_factor;
 mod webhooks;
+mod websocket;

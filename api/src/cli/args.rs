@@ -328,6 +328,16 @@ pub(crate) struct ServeArgs {
     /// commas, e.g. `https://app.example.com,http://localhost:5173`. None by default.
     #[arg(long, env = "CUSTOS_CORS_ORIGINS", value_delimiter = ',', value_parser = parse_origin)]
     pub(crate) cors_origins: Vec<String>,
+    /// Seconds a new WebSocket connection has to send `connection_init` (closed with 4408
+    /// after).
+    #[arg(long, env = "CUSTOS_WS_INIT_TIMEOUT_SECONDS", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub(crate) ws_init_timeout_seconds: u64,
+    /// Operations (subscriptions) running at once on one WebSocket connection.
+    #[arg(long, env = "CUSTOS_WS_MAX_OPERATIONS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub(crate) ws_max_operations: u64,
+    /// WebSocket connections open at once per organisation (more are closed with 4429).
+    #[arg(long, env = "CUSTOS_WS_MAX_CONNECTIONS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub(crate) ws_max_connections: u64,
     /// Minutes of inactivity after which a session ends.
     #[arg(long, env = "CUSTOS_SESSION_IDLE_MINUTES", default_value_t = 30)]
     pub(crate) session_idle_minutes: u64,
@@ -547,6 +557,11 @@ impl ServeArgs {
         config.graphiql = !self.no_graphiql;
         config.introspection = !self.no_introspection;
         config.cors_origins = self.cors_origins.clone();
+        config.websockets = crate::config::WebSocketLimits {
+            init_timeout: std::time::Duration::from_secs(self.ws_init_timeout_seconds),
+            max_operations: usize::try_from(self.ws_max_operations)?,
+            max_connections_per_organization: usize::try_from(self.ws_max_connections)?,
+        };
         // From the environment only: a flag's value would show in the process list.
         config.metrics_token = std::env::var("CUSTOS_METRICS_TOKEN")
             .ok()

@@ -11,7 +11,14 @@ use async_graphql::{PathSegment, ServerError, ServerResult, Value};
 
 use super::context::{RequestContext, SubscriptionAuth};
 use crate::auth::policy::{check, check_standing, rule, Rule};
+use crate::auth::principal::Principal;
 use crate::error::ApiError;
+
+/// Whether `principal` may run the subscription `field` now (checked again while it runs).
+pub(crate) fn may_subscribe(field: &str, principal: &Principal) -> Result<(), ApiError> {
+    check(rule("Subscription", field), Some(principal))?;
+    check_standing("Subscription", field, principal)
+}
 
 /// The schema extension that applies the policy to every root field.
 pub(crate) struct Authorization;

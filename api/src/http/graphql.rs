@@ -1,15 +1,13 @@
 //! `POST /graphql` (parsed here, so a malformed request gets a GraphQL error and 400; a body
 //! that is not `application/json` 415, one over the limit 413, each a GraphQL error with a
-//! code; answered as `application/graphql-response+json` to clients that accept it) and
-//! GraphiQL on `GET /graphql`.
+//! code; answered as `application/graphql-response+json` to clients that accept it).
 
-use async_graphql::http::GraphiQLSource;
 use async_graphql::{ErrorExtensionValues, ServerError};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 
 use super::request::{BearerToken, ClientOrigin};
 use super::state::AppState;
@@ -18,13 +16,6 @@ use crate::graphql::context::RequestContext;
 use crate::graphql::loaders::Loaders;
 use crate::infra::database::went_down;
 use crate::service::identity::RequestOrigin;
-
-pub(crate) async fn graphiql(State(state): State<AppState>) -> Response {
-    if !state.graphiql {
-        return StatusCode::NOT_FOUND.into_response();
-    }
-    Html(GraphiQLSource::build().endpoint("/graphql").finish()).into_response()
-}
 
 /// The media type of a GraphQL response: GraphQL over HTTP's own when the client accepts it,
 /// JSON otherwise.

@@ -16,4 +16,8 @@ pub(crate) struct AppState {
     pub(crate) metrics_token: Option<Arc<secrecy::SecretString>>,
     /// Origins allowed to call across origins (CORS); none when empty.
     pub(crate) cors_origins: Vec<axum::http::HeaderValue>,
+    /// The limits of GraphQL over WebSocket.
+    pub(crate) websockets: crate::config::WebSocketLimits,
+    /// The WebSocket connections open per organisation.
+    pub(crate) sockets: Arc<super::ws::Sockets>,
 }

@@ -1,144 +1,649 @@
-//! GraphQL subscriptions over WebSocket at `/graphql/ws`.
+//! GraphQL subscriptions over WebSocket at `/graphql/ws`: the `graphql-transport-ws` protocol
+//! exactly as its specification (the `graphql-ws` project's PROTOCOL.md) says, with its close
+//! codes, and the limits and session checks of this service.
+//!
+//! - The client offers the `graphql-transport-ws` subprotocol (4406 otherwise) and sends
+//!   `connection_init` within the init timeout (4408), once (4429), with
+//!   `{"authorization": "Bearer <token>"}` as its payload (4403 without a live session). The
+//!   server answers `connection_ack`.
+//! - `subscribe` before the ack is 4401; an id already running is 4409; a message that is not
+//!   one of the protocol's is 4400. `ping` is answered with `pong`.
+//! - Limits: operations at once per connection (more are answered with an `error` for that
+//!   id), connections at once per organisation (more are closed with 4429).
+//! - The session is checked again whenever a session, user, role or grant of its organisation
+//!   changes (on any instance: the database announces it) and every half minute: an ended
+//!   session closes the connection with 4403; a subscription its caller may no longer run ends
+//!   with an `error` (`FORBIDDEN`).
+//! - When the service stops, connections are closed with 1001; while the database is down,
+//!   new ones are closed with 1013 (try again later).
+//!
+//! Close reasons are at most 123 bytes, as the WebSocket protocol requires.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_graphql::parser::types::{DocumentOperations, OperationType, Selection};
+use async_graphql::{Pos, ServerError};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use axum::extract::State;
+use axum::http::{header, HeaderMap};
 use axum::response::Response;
+use futures::stream::{AbortHandle, Abortable, BoxStream, SelectAll, SplitSink};
 use futures::{SinkExt, StreamExt};
-use tokio_util::sync::CancellationToken;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use uuid::Uuid;
 
+use super::graphql::set_code;
 use super::request::ClientOrigin;
 use super::state::AppState;
+use crate::auth::principal::Principal;
+use crate::config::WebSocketLimits;
+use crate::error::{ApiError, Code};
+use crate::graphql::authorization::may_subscribe;
 use crate::graphql::context::{RequestContext, SubscriptionAuth};
 use crate::graphql::loaders::Loaders;
+use crate::service::identity::RequestOrigin;
 use crate::telemetry::metrics::Tracked;
 
-/// GraphQL subscriptions over WebSocket (`graphql-transport-ws`, or the older
-/// `graphql-ws`). The connection is authenticated by its `connection_init` payload,
-/// `{"authorization": "Bearer <token>"}`; without a valid token it is refused. When the
-/// service stops, it is closed with 1001 (going away).
+/// The one subprotocol served.
+const PROTOCOL: &str = "graphql-transport-ws";
+
+/// The protocol's close codes, and the WebSocket ones used here.
+mod close {
+    pub(super) const GOING_AWAY: u16 = 1001;
+    pub(super) const TRY_AGAIN_LATER: u16 = 1013;
+    pub(super) const BAD_REQUEST: u16 = 4400;
+    pub(super) const UNAUTHORIZED: u16 = 4401;
+    pub(super) const FORBIDDEN: u16 = 4403;
+    pub(super) const SUBPROTOCOL_NOT_ACCEPTABLE: u16 = 4406;
+    pub(super) const INIT_TIMEOUT: u16 = 4408;
+    pub(super) const SUBSCRIBER_EXISTS: u16 = 4409;
+    pub(super) const TOO_MANY: u16 = 4429;
+}
+
+/// The longest a close reason may be (a close frame's payload is at most 125 bytes, two of
+/// them the code).
+const MAX_REASON: usize = 123;
+
+/// The longest a message may take to reach the client (one that stops reading is let go).
+const SEND: Duration = Duration::from_secs(10);
+
+/// How often the session is checked again without any announced change (a bound for what an
+/// announcement could miss, e.g. a session that expired).
+const RECHECK: Duration = Duration::from_secs(30);
+
+/// How often a WebSocket ping is sent, so a connection whose client vanished is found.
+const KEEPALIVE: Duration = Duration::from_secs(30);
+
+/// What a client sends.
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ClientMessage {
+    ConnectionInit {
+        #[serde(default)]
+        payload: Option<Value>,
+    },
+    Ping {
+        #[serde(default)]
+        payload: Option<Value>,
+    },
+    Pong {
+        #[serde(default)]
+        payload: Option<Value>,
+    },
+    Subscribe {
+        id: String,
+        payload: Box<async_graphql::Request>,
+    },
+    Complete {
+        id: String,
+    },
+}
+
+impl ClientMessage {
+    /// What the protocol forbids that the message's shape allows: an empty id, a payload that
+    /// is neither an object nor null.
+    fn problem(&self) -> Option<&'static str> {
+        let payload = match self {
+            ClientMessage::ConnectionInit { payload }
+            | ClientMessage::Ping { payload }
+            | ClientMessage::Pong { payload } => payload.as_ref(),
+            ClientMessage::Subscribe { id, .. } | ClientMessage::Complete { id } => {
+                return id.is_empty().then_some("the id is empty");
+            }
+        };
+        match payload {
+            None | Some(Value::Null | Value::Object(_)) => None,
+            Some(_) => Some("the payload is not an object"),
+        }
+    }
+}
+
+/// The connections open per organisation, for the per-organisation limit.
+#[derive(Default)]
+pub(crate) struct Sockets {
+    open: Mutex<HashMap<Uuid, usize>>,
+}
+
+impl Sockets {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, usize>> {
+        self.open
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A place for one more connection of `tenant`, if it has fewer than `max` open.
+    fn take(self: &Arc<Self>, tenant: Uuid, max: usize) -> Option<SocketPlace> {
+        let mut open = self.lock();
+        let count = open.entry(tenant).or_default();
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(SocketPlace {
+            sockets: self.clone(),
+            tenant,
+        })
+    }
+}
+
+/// One organisation's connection, counted until dropped.
+struct SocketPlace {
+    sockets: Arc<Sockets>,
+    tenant: Uuid,
+}
+
+impl Drop for SocketPlace {
+    fn drop(&mut self) {
+        let mut open = self.sockets.lock();
+        if let Some(count) = open.get_mut(&self.tenant) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.tenant);
+            }
+        }
+    }
+}
+
+/// `GET /graphql/ws`: upgrades to a WebSocket speaking `graphql-transport-ws`.
 pub(crate) async fn graphql_ws(
     State(state): State<AppState>,
     ClientOrigin(origin): ClientOrigin,
-    protocol: async_graphql_axum::GraphQLProtocol,
+    headers: HeaderMap,
     upgrade: axum::extract::ws::WebSocketUpgrade,
 ) -> Response {
-    let (schema, services) = (state.schema.clone(), state.services.clone());
-    let closing = services.closing.clone();
-    let connections = services.metrics.websocket_connections.clone();
-    upgrade
-        .protocols(async_graphql::http::ALL_WEBSOCKET_PROTOCOLS)
-        .on_upgrade(move |socket| {
-            let open = Tracked::new(&connections);
-            let (client, from_client) = socket.split();
-            let (to_client, queue) = futures::channel::mpsc::channel(16);
-            let graphql = async_graphql_axum::GraphQLWebSocket::new_with_pair(
-                to_client,
-                from_client,
-                schema,
-                protocol,
-            )
-            .on_connection_init(move |payload| async move {
-                if !services.database.is_up() {
-                    return Err(async_graphql::Error::new(
-                        "the database is unavailable; try again shortly",
-                    ));
-                }
-                let token = payload
-                    .get("authorization")
-                    .and_then(|v| v.as_str())
-                    .and_then(|v| v.strip_prefix("Bearer "))
-                    .map(str::trim)
-                    .map(str::to_owned);
-                let principal = match &token {
-                    Some(token) => services.authenticate(token, &origin).await.map_err(|err| {
-                        err.report();
-                        async_graphql::Error::new("authentication is unavailable; try again")
-                    })?,
-                    None => None,
-                };
-                let (Some(principal), Some(token)) = (principal, token) else {
-                    return Err(async_graphql::Error::new(
-                        "authentication required: give {\"authorization\": \"Bearer <token>\"}",
-                    ));
-                };
-                let mut data = async_graphql::Data::default();
-                Loaders::new(&principal).attach(&mut data);
-                data.insert(SubscriptionAuth {
-                    token,
-                    origin: origin.clone(),
-                });
-                data.insert(RequestContext {
-                    origin,
-                    principal: Some(principal),
-                });
-                Ok(data)
-            })
-            .serve();
-            async move {
-                Outgoing { queue, client }.run(graphql, closing).await;
-                drop(open);
+    let offered = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|protocol| protocol.trim() == PROTOCOL);
+    upgrade.protocols([PROTOCOL]).on_upgrade(move |socket| {
+        let open = Tracked::new(&state.services.metrics.websocket_connections);
+        async move {
+            let (sink, incoming) = socket.split();
+            let mut connection = Connection {
+                state,
+                origin,
+                sink,
+                session: None,
+                initialised: false,
+                operations: HashMap::new(),
+                outputs: SelectAll::new(),
+                started: 0,
+            };
+            if offered {
+                connection.run(incoming).await;
+            } else {
+                connection
+                    .close(
+                        close::SUBPROTOCOL_NOT_ACCEPTABLE,
+                        "Subprotocol not acceptable",
+                    )
+                    .await;
             }
-        })
+            drop(open);
+        }
+    })
 }
 
-/// What the GraphQL side sends (into a queue), on its way to the client.
-struct Outgoing {
-    queue: futures::channel::mpsc::Receiver<Message>,
-    client: futures::stream::SplitSink<WebSocket, Message>,
+/// The live session a connection was acknowledged with.
+struct Session {
+    token: String,
+    principal: Principal,
+    changes: tokio::sync::watch::Receiver<u64>,
+    _place: SocketPlace,
 }
 
-/// The longest a message may take to reach the client (one that stops reading is let go).
-const SEND: std::time::Duration = std::time::Duration::from_secs(10);
+/// A running operation: which one it is (an id may be used again once it ended), how to stop
+/// it, and its root field (for a subscription, checked again when the session changes).
+struct Operation {
+    started: u64,
+    stop: AbortHandle,
+    field: Option<String>,
+}
 
-impl Outgoing {
-    /// Runs the GraphQL side and forwards what it sends until it ends (everything it queued is
-    /// sent first) or the service stops: then what is queued already is sent and the client
-    /// is told 1001 (going away).
-    async fn run(
-        mut self,
-        graphql: impl std::future::Future<Output = ()>,
-        closing: CancellationToken,
-    ) {
-        let mut graphql = std::pin::pin!(graphql);
-        let mut graphql_ended = false;
+/// What an operation sends: its id and start, then each response, then `None` when it ends.
+type Output = (String, u64, Option<async_graphql::Response>);
+
+/// What to do after a message.
+enum Flow {
+    Continue,
+    Close(u16, String),
+}
+
+struct Connection {
+    state: AppState,
+    origin: RequestOrigin,
+    sink: SplitSink<WebSocket, Message>,
+    session: Option<Session>,
+    initialised: bool,
+    operations: HashMap<String, Operation>,
+    outputs: SelectAll<BoxStream<'static, Output>>,
+    started: u64,
+}
+
+/// Waits for the session's next change (forever without a session).
+async fn changed(session: Option<&mut Session>) -> bool {
+    match session {
+        Some(session) => session.changes.changed().await.is_ok(),
+        None => std::future::pending().await,
+    }
+}
+
+impl Connection {
+    fn limits(&self) -> &WebSocketLimits {
+        &self.state.websockets
+    }
+
+    async fn run(&mut self, mut incoming: futures::stream::SplitStream<WebSocket>) {
+        let closing = self.state.services.closing.clone();
+        let init_timeout = tokio::time::sleep(self.limits().init_timeout);
+        let mut init_timeout = std::pin::pin!(init_timeout);
+        let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + RECHECK, RECHECK);
+        let mut keepalive =
+            tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
         loop {
-            tokio::select! {
-                () = &mut graphql, if !graphql_ended => graphql_ended = true,
-                message = self.queue.next() => match message {
-                    Some(message) => {
-                        if !self.send(message).await {
-                            return;
-                        }
-                    }
-                    // The GraphQL side ended and everything it queued was sent.
-                    None => {
-                        let _ = tokio::time::timeout(SEND, self.client.close()).await;
+            let flow = tokio::select! {
+                message = incoming.next() => match message {
+                    Some(Ok(message)) => self.receive(message).await,
+                    // The client went away.
+                    Some(Err(_)) | None => return,
+                },
+                () = &mut init_timeout, if !self.initialised => Flow::Close(
+                    close::INIT_TIMEOUT,
+                    "Connection initialisation timeout".to_owned(),
+                ),
+                Some(output) = self.outputs.next(), if !self.outputs.is_empty() => {
+                    self.deliver(output).await
+                }
+                alive = changed(self.session.as_mut()) => {
+                    if alive { self.recheck().await } else { Flow::Continue }
+                }
+                _ = recheck.tick() => self.recheck().await,
+                _ = keepalive.tick() => {
+                    if self.send(Message::Ping(Vec::new().into())).await {
+                        Flow::Continue
+                    } else {
                         return;
                     }
-                },
-                () = closing.cancelled() => break,
-            }
-        }
-        self.queue.close();
-        while let Ok(message) = self.queue.try_recv() {
-            if !self.send(message).await {
+                }
+                () = closing.cancelled() => Flow::Close(
+                    close::GOING_AWAY,
+                    "the service is stopping".to_owned(),
+                ),
+            };
+            if let Flow::Close(code, reason) = flow {
+                self.close(code, &reason).await;
                 return;
             }
         }
-        let going_away = Message::Close(Some(CloseFrame {
-            code: axum::extract::ws::close_code::AWAY,
-            reason: "the service is stopping".into(),
-        }));
-        if self.send(going_away).await {
-            let _ = tokio::time::timeout(SEND, self.client.close()).await;
+    }
+
+    async fn receive(&mut self, message: Message) -> Flow {
+        let text = match message {
+            Message::Text(text) => text,
+            Message::Binary(_) => {
+                return Flow::Close(
+                    close::BAD_REQUEST,
+                    "Invalid message received: messages are JSON text".to_owned(),
+                )
+            }
+            // WebSocket pings are answered by the socket itself.
+            Message::Ping(_) | Message::Pong(_) => return Flow::Continue,
+            Message::Close(_) => return Flow::Close(1000, String::new()),
+        };
+        let message = match serde_json::from_str::<ClientMessage>(text.as_str()) {
+            Ok(message) => message,
+            Err(err) => {
+                return Flow::Close(
+                    close::BAD_REQUEST,
+                    format!("Invalid message received: {err}"),
+                )
+            }
+        };
+        if let Some(problem) = message.problem() {
+            return Flow::Close(
+                close::BAD_REQUEST,
+                format!("Invalid message received: {problem}"),
+            );
+        }
+        match message {
+            ClientMessage::ConnectionInit { payload } => self.initialise(payload).await,
+            ClientMessage::Ping { .. } => self.reply(json!({ "type": "pong" })).await,
+            ClientMessage::Pong { .. } => Flow::Continue,
+            ClientMessage::Subscribe { id, payload } => self.subscribe(id, *payload).await,
+            ClientMessage::Complete { id } => {
+                if let Some(operation) = self.operations.remove(&id) {
+                    operation.stop.abort();
+                }
+                Flow::Continue
+            }
+        }
+    }
+
+    /// `connection_init`: authenticates the session its payload names.
+    async fn initialise(&mut self, payload: Option<Value>) -> Flow {
+        if self.initialised {
+            return Flow::Close(
+                close::TOO_MANY,
+                "Too many initialisation requests".to_owned(),
+            );
+        }
+        self.initialised = true;
+        let services = self.state.services.clone();
+        if !services.database.is_up() {
+            return Flow::Close(
+                close::TRY_AGAIN_LATER,
+                "the database is unavailable; try again shortly".to_owned(),
+            );
+        }
+        let token = payload
+            .as_ref()
+            .and_then(|payload| payload.get("authorization"))
+            .and_then(Value::as_str)
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .map(str::trim)
+            .map(str::to_owned);
+        let Some(token) = token else {
+            return Flow::Close(
+                close::FORBIDDEN,
+                "Forbidden: give {\"authorization\": \"Bearer <token>\"} in connection_init"
+                    .to_owned(),
+            );
+        };
+        let principal = match services.authenticate(&token, &self.origin).await {
+            Ok(Some(principal)) => principal,
+            Ok(None) => {
+                return Flow::Close(
+                    close::FORBIDDEN,
+                    "Forbidden: the token is not a live session".to_owned(),
+                )
+            }
+            Err(err) => {
+                err.report();
+                return Flow::Close(
+                    close::TRY_AGAIN_LATER,
+                    "authentication is unavailable; try again shortly".to_owned(),
+                );
+            }
+        };
+        let max = self.limits().max_connections_per_organization;
+        let Some(place) = self.state.sockets.take(principal.tenant.id, max) else {
+            return Flow::Close(
+                close::TOO_MANY,
+                format!("Too many connections: at most {max} per organisation"),
+            );
+        };
+        self.session = Some(Session {
+            token,
+            changes: principal.tenant.caches.session_changes(),
+            principal,
+            _place: place,
+        });
+        self.reply(json!({ "type": "connection_ack" })).await
+    }
+
+    /// `subscribe`: starts an operation (over WebSocket, only subscriptions run).
+    async fn subscribe(&mut self, id: String, request: async_graphql::Request) -> Flow {
+        let Some(session) = &self.session else {
+            return Flow::Close(close::UNAUTHORIZED, "Unauthorized".to_owned());
+        };
+        if self.operations.contains_key(&id) {
+            return Flow::Close(
+                close::SUBSCRIBER_EXISTS,
+                format!("Subscriber for {id} already exists"),
+            );
+        }
+        let max = self.limits().max_operations;
+        if self.operations.len() >= max {
+            let error = ServerError::new(
+                format!("at most {max} operations may run at once on one connection"),
+                None,
+            );
+            return self.refuse(&id, error, Code::Validation).await;
+        }
+        let field = subscription_field(&request);
+        let principal = session.principal.clone();
+        let mut request = request;
+        Loaders::new(&principal).attach(&mut request.data);
+        let request = request
+            .data(SubscriptionAuth {
+                token: session.token.clone(),
+                origin: self.origin.clone(),
+            })
+            .data(RequestContext {
+                origin: self.origin.clone(),
+                principal: Some(principal),
+            });
+        self.started += 1;
+        let started = self.started;
+        let (stop, registration) = AbortHandle::new_pair();
+        let responses = Abortable::new(self.state.schema.execute_stream(request), registration);
+        let tagged = id.clone();
+        let ended = id.clone();
+        let output = responses
+            .map(move |response| (tagged.clone(), started, Some(response)))
+            .chain(futures::stream::once(async move { (ended, started, None) }));
+        self.outputs.push(output.boxed());
+        self.operations.insert(
+            id,
+            Operation {
+                started,
+                stop,
+                field,
+            },
+        );
+        Flow::Continue
+    }
+
+    /// Sends what an operation produced: `next` for each response (`error` for one that
+    /// failed before it ran), `complete` at its end.
+    async fn deliver(&mut self, (id, started, response): Output) -> Flow {
+        // A stopped operation, or an earlier one under the same id, sends nothing more.
+        if self
+            .operations
+            .get(&id)
+            .is_none_or(|operation| operation.started != started)
+        {
+            return Flow::Continue;
+        }
+        let Some(mut response) = response else {
+            self.operations.remove(&id);
+            return self.reply(json!({ "type": "complete", "id": id })).await;
+        };
+        for error in &mut response.errors {
+            set_code(error, Code::Validation);
+        }
+        if response.data == async_graphql::Value::Null && !response.errors.is_empty() {
+            // It did not run (or its stream failed): the protocol's `error`, and nothing after.
+            if let Some(operation) = self.operations.remove(&id) {
+                operation.stop.abort();
+            }
+            return self
+                .reply(json!({ "type": "error", "id": id, "payload": response.errors }))
+                .await;
+        }
+        self.reply(json!({ "type": "next", "id": id, "payload": response }))
+            .await
+    }
+
+    /// Answers `id` with an `error` carrying one error with `code`.
+    async fn refuse(&mut self, id: &str, mut error: ServerError, code: Code) -> Flow {
+        set_code(&mut error, code);
+        self.reply(json!({ "type": "error", "id": id, "payload": [error] }))
+            .await
+    }
+
+    /// Checks the session again: an ended one closes the connection; a subscription its caller
+    /// may no longer run ends with an error.
+    async fn recheck(&mut self) -> Flow {
+        let Some(session) = &self.session else {
+            return Flow::Continue;
+        };
+        let services = self.state.services.clone();
+        let principal = match services.authenticate(&session.token, &self.origin).await {
+            Ok(Some(principal)) if principal.tenant.id == session.principal.tenant.id => principal,
+            Ok(_) => {
+                return Flow::Close(close::FORBIDDEN, "Forbidden: the session ended".to_owned())
+            }
+            // Checked again at the next change or round.
+            Err(_) => return Flow::Continue,
+        };
+        let refused: Vec<(String, ApiError)> = self
+            .operations
+            .iter()
+            .filter_map(|(id, operation)| {
+                let field = operation.field.as_deref()?;
+                may_subscribe(field, &principal)
+                    .err()
+                    .map(|err| (id.clone(), err))
+            })
+            .collect();
+        if let Some(session) = &mut self.session {
+            if !Arc::ptr_eq(&session.principal.tenant, &principal.tenant) {
+                session.changes = principal.tenant.caches.session_changes();
+            }
+            session.principal = principal;
+        }
+        for (id, err) in refused {
+            if let Some(operation) = self.operations.remove(&id) {
+                operation.stop.abort();
+            }
+            let error = async_graphql::Error::from(err).into_server_error(Pos::default());
+            if let Flow::Close(code, reason) = self.refuse(&id, error, Code::Forbidden).await {
+                return Flow::Close(code, reason);
+            }
+        }
+        Flow::Continue
+    }
+
+    /// Sends a protocol message; a client that does not take it is let go.
+    async fn reply(&mut self, message: Value) -> Flow {
+        if self.send(Message::Text(message.to_string().into())).await {
+            Flow::Continue
+        } else {
+            Flow::Close(1000, String::new())
         }
     }
 
     /// Sends one message; `false` when the client is gone or does not take it in time.
     async fn send(&mut self, message: Message) -> bool {
         matches!(
-            tokio::time::timeout(SEND, self.client.send(message)).await,
+            tokio::time::timeout(SEND, self.sink.send(message)).await,
             Ok(Ok(()))
         )
+    }
+
+    /// Closes with `code` and `reason` (cut to what a close frame holds), stopping every
+    /// operation.
+    async fn close(&mut self, code: u16, reason: &str) {
+        for (_, operation) in self.operations.drain() {
+            operation.stop.abort();
+        }
+        let frame = CloseFrame {
+            code,
+            reason: clip(reason).into(),
+        };
+        if self.send(Message::Close(Some(frame))).await {
+            let _ = tokio::time::timeout(SEND, self.sink.close()).await;
+        }
+    }
+}
+
+/// `reason` cut at a character boundary to at most [`MAX_REASON`] bytes.
+fn clip(reason: &str) -> &str {
+    if reason.len() <= MAX_REASON {
+        return reason;
+    }
+    let mut end = MAX_REASON;
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
+}
+
+/// The root field of a subscription document's operation (the one named, or the only one),
+/// if the request is a subscription (validation refuses the rest).
+fn subscription_field(request: &async_graphql::Request) -> Option<String> {
+    let document = async_graphql::parser::parse_query(&request.query).ok()?;
+    let operation = match (&document.operations, &request.operation_name) {
+        (DocumentOperations::Single(operation), _) => operation,
+        (DocumentOperations::Multiple(operations), Some(name)) => operations.get(name.as_str())?,
+        (DocumentOperations::Multiple(_), None) => return None,
+    };
+    if operation.node.ty != OperationType::Subscription {
+        return None;
+    }
+    operation
+        .node
+        .selection_set
+        .node
+        .items
+        .iter()
+        .find_map(|item| match &item.node {
+            Selection::Field(field) => Some(field.node.name.node.to_string()),
+            _ => None,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_reasons_fit_a_close_frame() {
+        let long = "é".repeat(100);
+        assert!(clip(&long).len() <= MAX_REASON);
+        assert_eq!(clip(&long).len(), 122);
+        assert_eq!(clip("short"), "short");
+    }
+
+    #[test]
+    fn the_subscription_field_is_read_from_the_named_operation() {
+        let request = async_graphql::Request::new(
+            "query A { me { id } } subscription B { auditFeed { eventType } }",
+        )
+        .operation_name("B");
+        assert_eq!(subscription_field(&request).as_deref(), Some("auditFeed"));
+        let request = async_graphql::Request::new("{ me { id } }");
+        assert_eq!(subscription_field(&request), None);
+    }
+
+    #[test]
+    fn an_organisation_has_at_most_its_share_of_connections() {
+        let sockets = Arc::new(Sockets::default());
+        let tenant = Uuid::new_v4();
+        let first = sockets.take(tenant, 2).expect("one");
+        let _second = sockets.take(tenant, 2).expect("two");
+        assert!(sockets.take(tenant, 2).is_none());
+        assert!(
+            sockets.take(Uuid::new_v4(), 2).is_some(),
+            "another organisation"
+        );
+        drop(first);
+        assert!(sockets.take(tenant, 2).is_some());
     }
 }

@@ -26,6 +26,9 @@ pub(crate) struct TenantCaches {
     pub(crate) schemas: Cache<Datasheet, CustomSchema>,
     /// Keeps its own cache of unwrapped keys, dropped here with the rest.
     subject_keys: Arc<SubjectKeys>,
+    /// Moves each time sessions, users, roles, grants or the organisation may have changed:
+    /// what holds a session for long (a WebSocket connection) checks it again then.
+    session_changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl TenantCaches {
@@ -37,14 +40,27 @@ impl TenantCaches {
             schemas: Cache::new(Datasheet::ALL.len(), hearing.clone()),
             subject_keys,
             hearing,
+            session_changes: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// Told each time a session, user, role, grant or the organisation may have changed (on
+    /// this instance, or on another as the database announces it).
+    pub(crate) fn session_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.session_changes.subscribe()
+    }
+
+    fn sessions_changed(&self) {
+        self.sessions.clear();
+        self.session_changes
+            .send_modify(|generation| *generation += 1);
     }
 
     /// Drops what a command on an aggregate of `aggregate_type` may have changed, once the read
     /// models have applied it: this instance's own changes are seen by its next request.
     pub(crate) fn changed(&self, aggregate_type: &str) {
         if [User::TYPE, Role::TYPE, Organization::TYPE].contains(&aggregate_type) {
-            self.sessions.clear();
+            self.sessions_changed();
         } else if aggregate_type == FieldSchema::TYPE {
             self.schemas.clear();
         }
@@ -60,7 +76,7 @@ impl TenantCaches {
 impl Listener for TenantCaches {
     fn announced(&self, topic: &str) {
         match topic {
-            "sessions" => self.sessions.clear(),
+            "sessions" => self.sessions_changed(),
             "subject_keys" => self.subject_keys.forget_cached(),
             "field_schemas" => self.schemas.clear(),
             _ => self.drop_all(),
@@ -68,7 +84,7 @@ impl Listener for TenantCaches {
     }
 
     fn drop_all(&self) {
-        self.sessions.clear();
+        self.sessions_changed();
         self.subject_keys.forget_cached();
         self.schemas.clear();
     }
