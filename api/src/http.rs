@@ -34,8 +34,12 @@ fn cors(origins: Vec<HeaderValue>) -> CorsLayer {
             HeaderName::from_static("x-request-id"),
             HeaderName::from_static("traceparent"),
             HeaderName::from_static("tracestate"),
+            HeaderName::from_static("idempotency-key"),
         ])
-        .expose_headers([HeaderName::from_static("x-request-id")])
+        .expose_headers([
+            HeaderName::from_static("x-request-id"),
+            HeaderName::from_static("idempotent-replayed"),
+        ])
         .max_age(std::time::Duration::from_secs(3600))
 }
 

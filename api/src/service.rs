@@ -26,6 +26,7 @@ pub(crate) mod api_tokens;
 pub(crate) mod audit;
 pub(crate) mod custom_fields;
 pub(crate) mod exports;
+pub(crate) mod idempotency;
 pub(crate) mod identity;
 pub(crate) mod imports;
 pub(crate) mod jobs;

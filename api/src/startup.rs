@@ -123,6 +123,9 @@ where
     result
 }
 
+/// How often the open organisations' expired idempotency keys (and their answers) are deleted.
+const KEY_SWEEP: std::time::Duration = std::time::Duration::from_secs(60 * 60);
+
 /// How often the read models' lag is measured for the metrics.
 const LAG_SAMPLE: std::time::Duration = std::time::Duration::from_secs(15);
 
@@ -199,6 +202,7 @@ impl Application {
             config.tenant_idle,
         ));
         let lag = tokio::spawn(jobs::projection_lag(services.clone(), LAG_SAMPLE));
+        let keys = tokio::spawn(jobs::idempotency_keys(services.clone(), KEY_SWEEP));
         // The servers of regions that do not live on the default one: watched too, never
         // restarted (they are someone else's).
         let region_watchers =
@@ -248,7 +252,7 @@ impl Application {
             .interval
             .map(|interval| AbortOnDrop(tokio::spawn(jobs::webhooks(services.clone(), interval))));
         Ok(Self {
-            jobs: [AbortOnDrop(sweeper), AbortOnDrop(lag)]
+            jobs: [AbortOnDrop(sweeper), AbortOnDrop(lag), AbortOnDrop(keys)]
                 .into_iter()
                 .chain(region_watchers)
                 .chain(retention)

@@ -13,6 +13,7 @@ mod event_store;
 mod exports;
 mod faults;
 mod http;
+mod idempotency;
 mod identity;
 mod imports;
 mod integrity;

@@ -11,10 +11,12 @@ use axum::response::{IntoResponse, Response};
 
 use super::request::{BearerToken, ClientOrigin};
 use super::state::AppState;
+use crate::auth::principal::Principal;
 use crate::error::Code;
 use crate::graphql::context::RequestContext;
 use crate::graphql::loaders::Loaders;
 use crate::infra::database::went_down;
+use crate::service::idempotency::{fingerprint, valid_key, Begun, Refusal};
 use crate::service::identity::RequestOrigin;
 
 /// The media type of a GraphQL response: GraphQL over HTTP's own when the client accepts it,
@@ -126,35 +128,59 @@ pub(crate) async fn graphql(
             )
         }
     };
-    let request: async_graphql::Request = match serde_json::from_slice::<serde_json::Value>(&body) {
-        Ok(serde_json::Value::Array(_)) => {
-            return request_error(
-                StatusCode::BAD_REQUEST,
-                media,
-                Code::Validation,
-                "batched requests are not supported",
-            )
+    let key = match idempotency_key(&headers) {
+        Ok(key) => key,
+        Err(message) => {
+            return request_error(StatusCode::BAD_REQUEST, media, Code::Validation, message)
         }
-        Ok(value) => match serde_json::from_value(value) {
-            Ok(request) => request,
+    };
+    let (request, retry_safe) =
+        match serde_json::from_slice::<serde_json::Value>(&body) {
+            Ok(serde_json::Value::Array(_)) => {
+                return request_error(
+                    StatusCode::BAD_REQUEST,
+                    media,
+                    Code::Validation,
+                    "batched requests are not supported",
+                )
+            }
+            Ok(value) => {
+                // Only a keyed request keeps its variables as sent, for its fingerprint.
+                let variables = key.as_ref().map(|_| {
+                    value
+                        .get("variables")
+                        .cloned()
+                        .unwrap_or(serde_json::Value::Null)
+                });
+                match serde_json::from_value::<async_graphql::Request>(value) {
+                    Ok(request) => {
+                        let retry_safe = key.zip(variables).map(|(key, variables)| RetrySafe {
+                            fingerprint: fingerprint(
+                                &request.query,
+                                request.operation_name.as_deref(),
+                                &variables,
+                            ),
+                            key,
+                        });
+                        (request, retry_safe)
+                    }
+                    Err(_) => return request_error(
+                        StatusCode::BAD_REQUEST,
+                        media,
+                        Code::Validation,
+                        "the body must be a GraphQL request: {\"query\": ..., \"variables\": ...}",
+                    ),
+                }
+            }
             Err(_) => {
                 return request_error(
                     StatusCode::BAD_REQUEST,
                     media,
                     Code::Validation,
-                    "the body must be a GraphQL request: {\"query\": ..., \"variables\": ...}",
+                    "the body is not valid JSON",
                 )
             }
-        },
-        Err(_) => {
-            return request_error(
-                StatusCode::BAD_REQUEST,
-                media,
-                Code::Validation,
-                "the body is not valid JSON",
-            )
-        }
-    };
+        };
     // While the database is down every request would wait for the pool's connection attempts
     // to time out: it is answered at once instead, and so is one running when it goes down.
     let database = &state.services.database;
@@ -173,7 +199,7 @@ pub(crate) async fn graphql(
         None => None,
     };
     tokio::select! {
-        response = answer(&state, media, origin, token, request) => response,
+        response = answer(&state, media, origin, token, request, retry_safe) => response,
         () = database.went_down() => outcome_unknown(media),
         () = went_down(own_server.as_deref()) => outcome_unknown(media),
     }
@@ -186,17 +212,66 @@ fn outcome_unknown(media: Media) -> Response {
         media,
         Code::Unavailable,
         "the database became unavailable while the request ran; a change it asked for may or \
-         may not have been saved: read it back before trying again",
+         may not have been saved: retry with the same Idempotency-Key, or read it back before \
+         trying again",
     )
 }
 
-/// Authenticates the request's session and executes it.
+/// A mutation's `Idempotency-Key` and what its request is.
+struct RetrySafe {
+    key: String,
+    fingerprint: [u8; 32],
+}
+
+/// The request's `Idempotency-Key`, if it has one; why it is not a key, if it is not.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, &'static str> {
+    let mut keys = headers.get_all("idempotency-key").iter();
+    let Some(key) = keys.next() else {
+        return Ok(None);
+    };
+    let key = key
+        .to_str()
+        .ok()
+        .filter(|key| valid_key(key) && keys.next().is_none())
+        .ok_or("Idempotency-Key must be one value of 1 to 255 visible ASCII characters")?;
+    Ok(Some(key.to_owned()))
+}
+
+/// Whether the operation the request runs is a mutation (`false` if its document does not
+/// parse: it will not run at all).
+fn is_mutation(request: &async_graphql::Request) -> bool {
+    use async_graphql::parser::types::{DocumentOperations, OperationType};
+    let Ok(document) = async_graphql::parser::parse_query(&request.query) else {
+        return false;
+    };
+    let operation = match (&document.operations, &request.operation_name) {
+        (DocumentOperations::Single(operation), _) => Some(operation),
+        (DocumentOperations::Multiple(operations), Some(name)) => operations.get(name.as_str()),
+        (DocumentOperations::Multiple(_), None) => None,
+    };
+    operation.is_some_and(|operation| operation.node.ty == OperationType::Mutation)
+}
+
+/// The first answer of a request, sent again to its retry.
+fn replayed(status: u16, media: Media, body: String) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+    let mut response = reply(status, media, body);
+    response.headers_mut().insert(
+        "idempotent-replayed",
+        axum::http::HeaderValue::from_static("true"),
+    );
+    response
+}
+
+/// Authenticates the request's session and executes it; a mutation with an
+/// `Idempotency-Key` runs once, its retries get its answer.
 async fn answer(
     state: &AppState,
     media: Media,
     origin: RequestOrigin,
     token: Option<String>,
     request: async_graphql::Request,
+    retry_safe: Option<RetrySafe>,
 ) -> Response {
     let principal = match token {
         Some(token) => match state.services.authenticate(&token, &origin).await {
@@ -213,6 +288,68 @@ async fn answer(
         },
         None => None,
     };
+    // Keys are the caller's own: an anonymous mutation (signUp, login) runs without one.
+    let mut holding = None;
+    if let (Some(retry_safe), Some(principal)) = (&retry_safe, &principal) {
+        if is_mutation(&request) {
+            let begun = state
+                .services
+                .begin_idempotent(
+                    principal,
+                    &retry_safe.key,
+                    &retry_safe.fingerprint,
+                    origin.request_id,
+                )
+                .await;
+            match begun {
+                Ok(Begun::Run(held)) => holding = Some((held, principal.clone())),
+                Ok(Begun::Replay { status, body }) => return replayed(status, media, body),
+                Ok(Begun::Refused(refusal)) => {
+                    let (status, code) = match refusal {
+                        Refusal::OtherRequest => {
+                            (StatusCode::UNPROCESSABLE_ENTITY, Code::Validation)
+                        }
+                        _ => (StatusCode::CONFLICT, Code::Conflict),
+                    };
+                    return request_error(status, media, code, refusal.message());
+                }
+                Err(err) => {
+                    err.report();
+                    return request_error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        media,
+                        Code::Unavailable,
+                        "the Idempotency-Key could not be checked; nothing ran: try again with the same key",
+                    );
+                }
+            }
+        }
+    }
+    let (status, body) = execute(state, origin, principal, request).await;
+    if let Some((held, principal)) = holding {
+        // What did not run (a request error) lets the key go; what ran keeps its answer.
+        let stored = if status == StatusCode::OK {
+            state
+                .services
+                .answered(&principal, held, status.as_u16(), &body)
+                .await
+        } else {
+            state.services.not_run(&principal, held).await
+        };
+        if let Err(err) = stored {
+            err.report();
+        }
+    }
+    reply(status, media, body)
+}
+
+/// Executes the request for `principal`: the HTTP status and the response body.
+async fn execute(
+    state: &AppState,
+    origin: RequestOrigin,
+    principal: Option<Principal>,
+    request: async_graphql::Request,
+) -> (StatusCode, String) {
     let mut request = request;
     if let Some(principal) = &principal {
         Loaders::new(principal).attach(&mut request.data);
@@ -238,13 +375,9 @@ async fn answer(
         if let Some(body) = body.as_object_mut() {
             body.remove("data");
         }
-        return reply(status, media, body.to_string());
+        return (status, body.to_string());
     }
-    reply(
-        status,
-        media,
-        serde_json::to_string(&response).unwrap_or_default(),
-    )
+    (status, serde_json::to_string(&response).unwrap_or_default())
 }
 
 pub(crate) fn set_code(error: &mut ServerError, code: Code) {

@@ -1,6 +1,6 @@
 //! What `serve` runs on a schedule: every organisation's retention policies, signed
 //! checkpoints of every open organisation, verified backups, the read models' lag for the
-//! metrics, and closing tenant contexts nobody uses.
+//! metrics, expired idempotency keys, and closing tenant contexts nobody uses.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -264,6 +264,21 @@ pub(crate) async fn projection_lag(services: Arc<Services>, interval: Duration) 
                 .projection_lag_seconds
                 .with_label_values(&[name])
                 .set(seconds);
+        }
+    }
+}
+
+/// Every `interval`: every open organisation's idempotency keys older than a day deleted, with
+/// their stored answers.
+pub(crate) async fn idempotency_keys(services: Arc<Services>, interval: Duration) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        for tenant in services.tenancy.open_tenants().await {
+            if let Err(err) = crate::infra::stores::idempotency::sweep(&tenant.pool).await {
+                tracing::warn!(tenant.id = %tenant.id, error = %crate::error::redacted(&err.into()), "expired idempotency keys could not be deleted");
+            }
         }
     }
 }

@@ -168,6 +168,8 @@ pub struct Tenant {
     pub projectors: Projectors,
     /// Encrypts the tenant's TOTP secrets; derived from the master key, never stored.
     pub(crate) two_factor_key: SecretBox<[u8; 32]>,
+    /// Seals the stored answers of retry-safe mutations; derived from the master key.
+    pub(crate) idempotency_key: SecretBox<[u8; 32]>,
     /// The keys that sign the tenant's tree heads (generation 0 derived from the master key).
     pub(crate) audit_keys: AuditKeys,
     /// When a request last used this context; idle contexts are closed.
@@ -253,6 +255,9 @@ impl Tenant {
             _listening: listening,
             blind_index,
             two_factor_key: two_factor_key(master_key, row.id),
+            idempotency_key: SecretBox::new(Box::new(
+                master_key.derive(&format!("custos/idempotent-answers/{}", row.id)),
+            )),
             audit_keys: row.audit_keys(master_key)?,
             pool,
             log,
