@@ -16,6 +16,7 @@ mod graphql;
 mod health;
 mod metrics;
 mod request;
+mod sockets;
 mod state;
 mod ws;
 

@@ -19,5 +19,5 @@ pub(crate) struct AppState {
     /// The limits of GraphQL over WebSocket.
     pub(crate) websockets: crate::config::WebSocketLimits,
     /// The WebSocket connections open per organisation.
-    pub(crate) sockets: Arc<super::ws::Sockets>,
+    pub(crate) sockets: Arc<super::sockets::Sockets>,
 }

@@ -20,7 +20,7 @@
 //! Close reasons are at most 123 bytes, as the WebSocket protocol requires.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_graphql::parser::types::{DocumentOperations, OperationType, Selection};
@@ -33,10 +33,10 @@ use futures::stream::{AbortHandle, Abortable, BoxStream, SelectAll, SplitSink};
 use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use uuid::Uuid;
 
 use super::graphql::set_code;
 use super::request::ClientOrigin;
+use super::sockets::SocketPlace;
 use super::state::AppState;
 use crate::auth::principal::Principal;
 use crate::config::WebSocketLimits;
@@ -117,52 +117,6 @@ impl ClientMessage {
         match payload {
             None | Some(Value::Null | Value::Object(_)) => None,
             Some(_) => Some("the payload is not an object"),
-        }
-    }
-}
-
-/// The connections open per organisation, for the per-organisation limit.
-#[derive(Default)]
-pub(crate) struct Sockets {
-    open: Mutex<HashMap<Uuid, usize>>,
-}
-
-impl Sockets {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, usize>> {
-        self.open
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// A place for one more connection of `tenant`, if it has fewer than `max` open.
-    fn take(self: &Arc<Self>, tenant: Uuid, max: usize) -> Option<SocketPlace> {
-        let mut open = self.lock();
-        let count = open.entry(tenant).or_default();
-        if *count >= max {
-            return None;
-        }
-        *count += 1;
-        Some(SocketPlace {
-            sockets: self.clone(),
-            tenant,
-        })
-    }
-}
-
-/// One organisation's connection, counted until dropped.
-struct SocketPlace {
-    sockets: Arc<Sockets>,
-    tenant: Uuid,
-}
-
-impl Drop for SocketPlace {
-    fn drop(&mut self) {
-        let mut open = self.sockets.lock();
-        if let Some(count) = open.get_mut(&self.tenant) {
-            *count -= 1;
-            if *count == 0 {
-                open.remove(&self.tenant);
-            }
         }
     }
 }
@@ -630,20 +584,5 @@ mod tests {
         assert_eq!(subscription_field(&request).as_deref(), Some("auditFeed"));
         let request = async_graphql::Request::new("{ me { id } }");
         assert_eq!(subscription_field(&request), None);
-    }
-
-    #[test]
-    fn an_organisation_has_at_most_its_share_of_connections() {
-        let sockets = Arc::new(Sockets::default());
-        let tenant = Uuid::new_v4();
-        let first = sockets.take(tenant, 2).expect("one");
-        let _second = sockets.take(tenant, 2).expect("two");
-        assert!(sockets.take(tenant, 2).is_none());
-        assert!(
-            sockets.take(Uuid::new_v4(), 2).is_some(),
-            "another organisation"
-        );
-        drop(first);
-        assert!(sockets.take(tenant, 2).is_some());
     }
 }

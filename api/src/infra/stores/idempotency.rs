@@ -21,13 +21,6 @@ pub(crate) struct Taken {
     pub(crate) lapsed: bool,
 }
 
-/// The event stream's head: events appended from now on come after it.
-async fn head(pool: &PgPool) -> sqlx::Result<i64> {
-    sqlx::query_scalar("SELECT coalesce(max(global_position), 0) FROM events")
-        .fetch_one(pool)
-        .await
-}
-
 /// Takes `key` for a request of `actor` with `fingerprint`, running for at most `lease_ms`:
 /// `None` when it was free (the caller runs the request), otherwise what holds it. A key older
 /// than [`KEPT_HOURS`] is free again.
@@ -39,23 +32,22 @@ pub(crate) async fn take(
     request_id: Uuid,
     lease_ms: i64,
 ) -> sqlx::Result<Option<Taken>> {
-    let after = head(pool).await?;
     let taken: Option<Uuid> = sqlx::query_scalar(
         "INSERT INTO idempotent_requests AS r
                 (actor_id, key, fingerprint, request_id, after_position, running_until)
-         VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6::double precision / 1000))
+         VALUES ($1, $2, $3, $4, (SELECT coalesce(max(global_position), 0) FROM events),
+                 now() + make_interval(secs => $5::double precision / 1000))
          ON CONFLICT (actor_id, key) DO UPDATE
             SET fingerprint = EXCLUDED.fingerprint, request_id = EXCLUDED.request_id,
                 after_position = EXCLUDED.after_position, running_until = EXCLUDED.running_until,
                 status = NULL, answer = NULL, created_at = now()
-            WHERE r.created_at < now() - make_interval(hours => $7)
+            WHERE r.created_at < now() - make_interval(hours => $6)
          RETURNING request_id",
     )
     .bind(actor_id)
     .bind(key)
     .bind(fingerprint)
     .bind(request_id)
-    .bind(after)
     .bind(lease_ms)
     .bind(KEPT_HOURS)
     .fetch_optional(pool)
@@ -89,17 +81,16 @@ pub(crate) async fn take_over(
     request_id: Uuid,
     lease_ms: i64,
 ) -> sqlx::Result<bool> {
-    let after = head(pool).await?;
     let done = sqlx::query(
         "UPDATE idempotent_requests
-            SET request_id = $3, after_position = $4,
-                running_until = now() + make_interval(secs => $5::double precision / 1000)
-          WHERE actor_id = $1 AND key = $2 AND request_id = $6 AND running_until < now()",
+            SET request_id = $3,
+                after_position = (SELECT coalesce(max(global_position), 0) FROM events),
+                running_until = now() + make_interval(secs => $4::double precision / 1000)
+          WHERE actor_id = $1 AND key = $2 AND request_id = $5 AND running_until < now()",
     )
     .bind(actor_id)
     .bind(key)
     .bind(request_id)
-    .bind(after)
     .bind(lease_ms)
     .bind(lapsed.request_id)
     .execute(pool)

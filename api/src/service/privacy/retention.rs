@@ -252,6 +252,11 @@ pub(crate) async fn run_tenants(
         };
         match services.run_retention(&tenant).await {
             Ok(run) => runs.push((row, run)),
+            // Cut short by the service stopping: not a failure, and the next run goes on.
+            Err(_) if services.closing.is_cancelled() => {
+                tracing::info!(tenant.id = %row.id, "a retention run stopped with the service");
+                break;
+            }
             Err(err) => {
                 tracing::error!(tenant.id = %row.id, code = err.code().as_str(), "a retention run failed");
                 err.report();
