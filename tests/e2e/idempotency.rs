@@ -65,19 +65,6 @@ async fn events(app: &TestApp, session: &Session) -> i64 {
         .unwrap()
 }
 
-async fn employees(app: &TestApp, session: &Session) -> i64 {
-    app.graphql(
-        Some(&session.token),
-        "{ employees { totalCount } }",
-        json!({}),
-    )
-    .await
-    .ok()
-    .data("employees.totalCount")
-    .as_i64()
-    .unwrap()
-}
-
 #[tokio::test]
 async fn a_retry_gets_the_first_answer_and_appends_nothing() {
     let app = TestApp::spawn().await;
@@ -97,14 +84,14 @@ async fn a_retry_gets_the_first_answer_and_appends_nothing() {
         before,
         "the retry appended nothing"
     );
-    assert_eq!(employees(&app, &admin).await, 1);
+    assert_eq!(app.employee_count(&admin).await, 1);
 
     // The same key for another request: refused, nothing runs.
     let other = create(&app, &admin, &key, "Someone Else").await;
     assert_eq!(other.status, 422, "{}", other.body);
     assert_eq!(other.body["errors"][0]["extensions"]["code"], "VALIDATION");
     assert!(other.body.get("data").is_none());
-    assert_eq!(employees(&app, &admin).await, 1);
+    assert_eq!(app.employee_count(&admin).await, 1);
 
     // Keys are each caller's own: another user's request with the same key runs.
     let editor = app.role_id(&admin, "HR manager").await;
@@ -113,7 +100,7 @@ async fn a_retry_gets_the_first_answer_and_appends_nothing() {
     assert_eq!(theirs.status, 200, "{}", theirs.body);
     assert!(!theirs.replayed);
     assert_ne!(theirs.body, first.body);
-    assert_eq!(employees(&app, &admin).await, 2);
+    assert_eq!(app.employee_count(&admin).await, 2);
 
     // A query with a key is just a query; a key that is not one is refused.
     let query = post(&app, &admin.token, Some(&key), "{ me { id } }", json!({})).await;
@@ -146,7 +133,7 @@ async fn concurrent_requests_with_one_key_apply_once() {
         .collect();
     assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
     assert_eq!(answers.iter().filter(|a| !a.replayed).count(), 1);
-    assert_eq!(employees(&app, &admin).await, 1);
+    assert_eq!(app.employee_count(&admin).await, 1);
 }
 
 #[tokio::test]
@@ -167,7 +154,7 @@ async fn a_request_that_did_not_run_lets_its_key_go() {
     let right = create(&app, &admin, &key, "Ria").await;
     assert_eq!(right.status, 200, "{}", right.body);
     assert!(!right.replayed);
-    assert_eq!(employees(&app, &admin).await, 1);
+    assert_eq!(app.employee_count(&admin).await, 1);
 }
 
 #[tokio::test]
@@ -198,7 +185,7 @@ async fn answers_lost_or_erased_are_never_run_again() {
         "{}",
         retry.body
     );
-    assert_eq!(employees(&app, &admin).await, 1);
+    assert_eq!(app.employee_count(&admin).await, 1);
 
     // One that appended nothing before it stopped: the retry runs it.
     let key = Uuid::new_v4().to_string();
@@ -215,7 +202,7 @@ async fn answers_lost_or_erased_are_never_run_again() {
     .unwrap();
     let retry = create(&app, &admin, &key, "Nia").await;
     assert_eq!(retry.status, 200, "{}", retry.body);
-    assert_eq!(employees(&app, &admin).await, 2);
+    assert_eq!(app.employee_count(&admin).await, 2);
 
     // An erasure drops every stored answer: a retry is told it was applied, and runs nothing.
     let key = Uuid::new_v4().to_string();

@@ -36,19 +36,6 @@ fn employee_mapping() -> Value {
     ])
 }
 
-async fn count(app: &TestApp, session: &Session) -> i64 {
-    app.graphql(
-        Some(&session.token),
-        "{ employees { totalCount } }",
-        json!({}),
-    )
-    .await
-    .ok()
-    .data("employees.totalCount")
-    .as_i64()
-    .unwrap()
-}
-
 #[tokio::test]
 async fn a_dry_run_and_all_or_nothing_report_every_bad_row_and_write_nothing() {
     let app = TestApp::spawn().await;
@@ -83,7 +70,7 @@ async fn a_dry_run_and_all_or_nothing_report_every_bad_row_and_write_nothing() {
                 (4, "startDate".to_owned())
             ]
         );
-        assert_eq!(count(&app, &admin).await, 0, "nothing written");
+        assert_eq!(app.employee_count(&admin).await, 0, "nothing written");
     }
 }
 
@@ -120,7 +107,7 @@ async fn valid_rows_become_creation_events_of_the_importer() {
             .len(),
         3
     );
-    assert_eq!(count(&app, &importer).await, 2);
+    assert_eq!(app.employee_count(&importer).await, 2);
     let listed = app
         .graphql(
             Some(&importer.token),

@@ -609,6 +609,20 @@ impl TestApp {
         }
     }
 
+    /// How many employees `session` sees (`employees { totalCount }`).
+    pub async fn employee_count(&self, session: &Session) -> i64 {
+        self.graphql(
+            Some(&session.token),
+            "{ employees { totalCount } }",
+            json!({}),
+        )
+        .await
+        .ok()
+        .data("employees.totalCount")
+        .as_i64()
+        .expect("a count")
+    }
+
     /// The id of the organisation's role called `name` (e.g. a seeded "Viewer").
     pub async fn role_id(&self, admin: &Session, name: &str) -> String {
         let roles = self

@@ -252,6 +252,17 @@ fn is_mutation(request: &async_graphql::Request) -> bool {
     operation.is_some_and(|operation| operation.node.ty == OperationType::Mutation)
 }
 
+/// The answer when something the request needs first failed: its cause logged, 503.
+fn unavailable(err: crate::error::ApiError, media: Media, message: &str) -> Response {
+    err.report();
+    request_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        media,
+        Code::Unavailable,
+        message,
+    )
+}
+
 /// The first answer of a request, sent again to its retry.
 fn replayed(status: u16, media: Media, body: String) -> Response {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
@@ -276,15 +287,7 @@ async fn answer(
     let principal = match token {
         Some(token) => match state.services.authenticate(&token, &origin).await {
             Ok(principal) => principal,
-            Err(err) => {
-                err.report();
-                return request_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    media,
-                    Code::Unavailable,
-                    "authentication is unavailable; try again",
-                );
-            }
+            Err(err) => return unavailable(err, media, "authentication is unavailable; try again"),
         },
         None => None,
     };
@@ -314,13 +317,11 @@ async fn answer(
                     return request_error(status, media, code, refusal.message());
                 }
                 Err(err) => {
-                    err.report();
-                    return request_error(
-                        StatusCode::SERVICE_UNAVAILABLE,
+                    return unavailable(
+                        err,
                         media,
-                        Code::Unavailable,
                         "the Idempotency-Key could not be checked; nothing ran: try again with the same key",
-                    );
+                    )
                 }
             }
         }
