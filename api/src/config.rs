@@ -310,6 +310,9 @@ impl Default for LifecyclePolicy {
 pub struct WebSocketLimits {
     /// How long a new connection may take to send `connection_init` (closed with 4408 after).
     pub init_timeout: Duration,
+    /// How often a ping is sent; a connection that sent nothing, not even the pong, by the
+    /// next one is let go.
+    pub keepalive: Duration,
     /// Operations running at once on one connection (one more is answered with an error).
     pub max_operations: usize,
     /// Connections open at once per organisation (one more is closed with 4429).
@@ -320,6 +323,7 @@ impl Default for WebSocketLimits {
     fn default() -> Self {
         Self {
             init_timeout: Duration::from_secs(3),
+            keepalive: Duration::from_secs(30),
             max_operations: 100,
             max_connections_per_organization: 500,
         }

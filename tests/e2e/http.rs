@@ -69,6 +69,39 @@ async fn too_deep_queries_are_refused_before_they_run() {
     assert_eq!(response.status, 200, "{}", response.body);
 }
 
+#[tokio::test]
+async fn fragments_that_multiply_or_spread_themselves_are_refused_before_anything_walks_them() {
+    let app = TestApp::spawn().await;
+    // Each fragment spreads the next twice: 2^30 selections once inlined, within
+    // async-graphql's own recursion limit (32), whose check (and validation after it) would
+    // walk every one of them.
+    let mut doubling = String::from("{ me { ...F0 } }");
+    for i in 0..30 {
+        doubling.push_str(&format!(
+            " fragment F{i} on User {{ ...F{} ...F{} }}",
+            i + 1,
+            i + 1
+        ));
+    }
+    doubling.push_str(" fragment F30 on User { id }");
+    let response = app.graphql(None, &doubling, json!({})).await;
+    assert_eq!(response.status, 400, "{}", response.body);
+    assert_eq!(response.code(), Some("VALIDATION"), "{}", response.body);
+    assert!(
+        response.body.to_string().contains("selections"),
+        "{}",
+        response.body
+    );
+    let cycle = "{ me { ...F } } fragment F on User { ...G ...G } fragment G on User { ...F ...F }";
+    let response = app.graphql(None, cycle, json!({})).await;
+    assert_eq!(response.status, 400, "{}", response.body);
+    assert!(
+        response.body.to_string().contains("spreads itself"),
+        "{}",
+        response.body
+    );
+}
+
 /// graphql-js 16's standard introspection query, as GraphiQL, GraphQL Code Generator and
 /// schemathesis send it (13 levels deep: introspection is measured by its own rule).
 const STANDARD_INTROSPECTION: &str = include_str!("../../api/src/graphql/introspection.graphql");

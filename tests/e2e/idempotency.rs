@@ -3,6 +3,7 @@
 
 use custos_tests::{slug, Session, TestApp};
 use serde_json::{json, Value};
+use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 
 const CREATE: &str =
@@ -231,6 +232,205 @@ async fn answers_lost_or_erased_are_never_run_again() {
         retry.body
     );
     assert!(!retry.body.to_string().contains("Eve"));
+}
+
+#[tokio::test]
+async fn a_keyed_request_has_an_id_of_the_servers_own_in_its_events() {
+    let app = TestApp::spawn().await;
+    let admin = app.sign_up(&slug("idemid")).await;
+    let tenant = app
+        .services
+        .tenancy
+        .get(admin.tenant_id)
+        .await
+        .unwrap()
+        .unwrap();
+    // A caller's id is kept without a key, and replaced with one: the retry of a request
+    // often sends its id again, and a lost answer is looked for in the events by that id.
+    let callers = Uuid::new_v4().to_string();
+    let send = |key: Option<String>| {
+        let mut request = reqwest::Client::new()
+            .post(app.url("/graphql"))
+            .bearer_auth(&admin.token)
+            .header("x-request-id", &callers)
+            .json(&json!({ "query": CREATE, "variables": { "i": { "firstName": "Ian", "lastName": "Retry" } } }));
+        if let Some(key) = key {
+            request = request.header("idempotency-key", key);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            response.headers()["x-request-id"]
+                .to_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    assert_eq!(send(None).await, callers);
+    let key = Uuid::new_v4().to_string();
+    let servers = send(Some(key.clone())).await;
+    assert_ne!(servers, callers);
+    let holder: Uuid =
+        sqlx::query_scalar("SELECT request_id FROM idempotent_requests WHERE key = $1")
+            .bind(&key)
+            .fetch_one(&tenant.pool)
+            .await
+            .unwrap();
+    assert_eq!(holder.to_string(), servers);
+    let appended: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE metadata->>'request_id' = $1")
+            .bind(&servers)
+            .fetch_one(&tenant.pool)
+            .await
+            .unwrap();
+    assert!(
+        appended > 0,
+        "the keyed request's events carry the server's id"
+    );
+}
+
+#[tokio::test]
+async fn a_long_request_keeps_its_key_and_an_erasure_meanwhile_drops_its_answer() {
+    let app = TestApp::spawn().await;
+    let admin = app.sign_up(&slug("idemlong")).await;
+    let tenant = app
+        .services
+        .tenancy
+        .get(admin.tenant_id)
+        .await
+        .unwrap()
+        .unwrap();
+    let other = create(&app, &admin, &Uuid::new_v4().to_string(), "Ola").await;
+    let other_id: Uuid = other.body["data"]["createEmployee"]["id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    // Appending waits while the test holds the event log: the keyed request runs for as long.
+    let database = app.tenant_database(admin.tenant_id).await;
+    let mut blocker = PgConnection::connect_with(&custos_tests::admin_options(&database))
+        .await
+        .unwrap();
+    let mut blocker = blocker.begin().await.unwrap();
+    sqlx::query("LOCK TABLE events IN EXCLUSIVE MODE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let key = Uuid::new_v4().to_string();
+    let running = {
+        let app = &app;
+        let admin = &admin;
+        let key = key.clone();
+        async move { create(app, admin, &key, "Lena").await }
+    };
+    let watch = async {
+        let lease = |pool: sqlx::PgPool, key: String| async move {
+            sqlx::query_scalar::<_, Option<chrono::DateTime<chrono::Utc>>>(
+                "SELECT running_until FROM idempotent_requests WHERE key = $1",
+            )
+            .bind(key)
+            .fetch_optional(&pool)
+            .await
+            .unwrap()
+            .flatten()
+        };
+        let mut first = None;
+        while first.is_none() {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            first = lease(tenant.pool.clone(), key.clone()).await;
+        }
+        // An erasure while it runs (any change to a subject's key counts as one).
+        sqlx::query("UPDATE subject_keys SET wrapped_key = wrapped_key WHERE subject_id = $1")
+            .bind(other_id)
+            .execute(&tenant.pool)
+            .await
+            .unwrap();
+        // The request renews its lease while it runs (every 20 s).
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(40);
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            let now = lease(tenant.pool.clone(), key.clone()).await;
+            if now > first {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the lease was not renewed"
+            );
+        }
+        blocker.commit().await.unwrap();
+    };
+    let (answer, ()) = tokio::join!(running, watch);
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.body["data"]["createEmployee"]["firstName"], "Lena");
+    let (status, stored): (Option<i16>, Option<Vec<u8>>) =
+        sqlx::query_as("SELECT status, answer FROM idempotent_requests WHERE key = $1")
+            .bind(&key)
+            .fetch_one(&tenant.pool)
+            .await
+            .unwrap();
+    assert_eq!(status, Some(200));
+    assert!(
+        stored.is_none(),
+        "an answer computed before the erasure is not kept"
+    );
+    let retry = create(&app, &admin, &key, "Lena").await;
+    assert_eq!(retry.status, 409, "{}", retry.body);
+    assert!(
+        retry.body.to_string().contains("no longer kept"),
+        "{}",
+        retry.body
+    );
+    assert_eq!(app.employee_count(&admin).await, 2);
+}
+
+#[tokio::test]
+async fn the_sweep_keeps_keys_whose_request_still_runs() {
+    let app = TestApp::spawn().await;
+    let admin = app.sign_up(&slug("idemsweep")).await;
+    let tenant = app
+        .services
+        .tenancy
+        .get(admin.tenant_id)
+        .await
+        .unwrap()
+        .unwrap();
+    for (key, running) in [("old-answered", false), ("old-running", true)] {
+        sqlx::query(
+            "INSERT INTO idempotent_requests
+                    (actor_id, key, fingerprint, request_id, after_position, running_until, status,
+                     created_at)
+             VALUES ($1, $2, $3, $4, 0, CASE WHEN $5 THEN now() + interval '1 minute' END,
+                     CASE WHEN $5 THEN NULL ELSE 200 END, now() - interval '25 hours')",
+        )
+        .bind(admin.user_id)
+        .bind(key)
+        .bind(fingerprint_of("Sam"))
+        .bind(Uuid::new_v4())
+        .bind(running)
+        .execute(&tenant.pool)
+        .await
+        .unwrap();
+    }
+    let swept = custos_api::testing::sweep_idempotency_keys(&tenant.pool)
+        .await
+        .unwrap();
+    assert_eq!(swept, 1);
+    let left: Vec<String> = sqlx::query_scalar("SELECT key FROM idempotent_requests")
+        .fetch_all(&tenant.pool)
+        .await
+        .unwrap();
+    assert_eq!(left, ["old-running"]);
+    // A retry of the running one waits for it rather than running it again beside it.
+    let retry = create(&app, &admin, "old-running", "Sam").await;
+    assert_eq!(retry.status, 409, "{}", retry.body);
+    assert!(
+        retry.body.to_string().contains("still running"),
+        "{}",
+        retry.body
+    );
+    assert_eq!(app.employee_count(&admin).await, 0);
 }
 
 /// The fingerprint the service computes for `create(.., first_name)`.

@@ -153,6 +153,35 @@ async fn a_connection_without_init_is_closed_after_the_configured_timeout() {
 }
 
 #[tokio::test]
+async fn a_client_that_does_not_answer_pings_is_let_go() {
+    let app = TestApp::spawn_with(|config| {
+        config.websockets.keepalive = Duration::from_millis(300);
+    })
+    .await;
+    let admin = app.sign_up(&slug("wsalive")).await;
+    // One that reads (its client library answers the pings) stays through several rounds.
+    let mut reading = acknowledged(&app, &admin.token).await;
+    assert_eq!(next(&mut reading, Duration::from_millis(1500)).await, None);
+    send(&mut reading, json!({ "type": "ping" })).await;
+    let pong = next(&mut reading, SOON).await.expect("still open");
+    assert_eq!(pong["type"], "pong", "{pong}");
+    // One that reads nothing sends no pong: let go by the second ping.
+    let mut silent = acknowledged(&app, &admin.token).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let ended = tokio::time::timeout(SOON, async {
+        loop {
+            match futures::StreamExt::next(&mut silent).await {
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(Message::Close(_)) | Err(_)) | None => return,
+                Some(Ok(other)) => panic!("{other:?}"),
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the connection is still open");
+}
+
+#[tokio::test]
 async fn ping_pong_results_completion_and_ids_used_again() {
     let app = TestApp::spawn().await;
     let admin = app.sign_up(&slug("wsflow")).await;

@@ -332,6 +332,10 @@ pub(crate) struct ServeArgs {
     /// after).
     #[arg(long, env = "CUSTOS_WS_INIT_TIMEOUT_SECONDS", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=300))]
     pub(crate) ws_init_timeout_seconds: u64,
+    /// Seconds between the WebSocket pings the service sends; a connection that sent nothing,
+    /// not even a pong, by the next ping is let go. Keep it below a proxy's idle timeout.
+    #[arg(long, env = "CUSTOS_WS_KEEPALIVE_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub(crate) ws_keepalive_seconds: u64,
     /// Operations (subscriptions) running at once on one WebSocket connection.
     #[arg(long, env = "CUSTOS_WS_MAX_OPERATIONS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub(crate) ws_max_operations: u64,
@@ -559,6 +563,7 @@ impl ServeArgs {
         config.cors_origins = self.cors_origins.clone();
         config.websockets = crate::config::WebSocketLimits {
             init_timeout: std::time::Duration::from_secs(self.ws_init_timeout_seconds),
+            keepalive: std::time::Duration::from_secs(self.ws_keepalive_seconds),
             max_operations: usize::try_from(self.ws_max_operations)?,
             max_connections_per_organization: usize::try_from(self.ws_max_connections)?,
         };

@@ -238,13 +238,14 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, &'static str> 
 }
 
 /// Whether the operation the request runs is a mutation (`false` if its document does not
-/// parse: it will not run at all).
-fn is_mutation(request: &async_graphql::Request) -> bool {
+/// parse: it will not run at all). The document parsed here is the one the request runs.
+fn is_mutation(request: &mut async_graphql::Request) -> bool {
     use async_graphql::parser::types::{DocumentOperations, OperationType};
-    let Ok(document) = async_graphql::parser::parse_query(&request.query) else {
+    let operation_name = request.operation_name.clone();
+    let Ok(document) = request.parsed_query() else {
         return false;
     };
-    let operation = match (&document.operations, &request.operation_name) {
+    let operation = match (&document.operations, &operation_name) {
         (DocumentOperations::Single(operation), _) => Some(operation),
         (DocumentOperations::Multiple(operations), Some(name)) => operations.get(name.as_str()),
         (DocumentOperations::Multiple(_), None) => None,
@@ -281,7 +282,7 @@ async fn answer(
     media: Media,
     origin: RequestOrigin,
     token: Option<String>,
-    request: async_graphql::Request,
+    mut request: async_graphql::Request,
     retry_safe: Option<RetrySafe>,
 ) -> Response {
     let principal = match token {
@@ -294,7 +295,7 @@ async fn answer(
     // Keys are the caller's own: an anonymous mutation (signUp, login) runs without one.
     let mut holding = None;
     if let (Some(retry_safe), Some(principal)) = (&retry_safe, &principal) {
-        if is_mutation(&request) {
+        if is_mutation(&mut request) {
             let begun = state
                 .services
                 .begin_idempotent(
@@ -326,7 +327,13 @@ async fn answer(
             }
         }
     }
-    let (status, body) = execute(state, origin, principal, request).await;
+    let (status, body) = match &holding {
+        Some((held, principal)) => {
+            let run = execute(state, origin, Some(principal.clone()), request);
+            state.services.while_holding(principal, held, run).await
+        }
+        None => execute(state, origin, principal, request).await,
+    };
     if let Some((held, principal)) = holding {
         // What did not run (a request error) lets the key go; what ran keeps its answer.
         let stored = if status == StatusCode::OK {

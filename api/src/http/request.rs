@@ -30,7 +30,8 @@ fn callers_request_id(request: &Request) -> Option<Uuid> {
     Uuid::try_parse(value.trim()).ok().filter(|id| !id.is_nil())
 }
 
-/// Gives each request an id (the caller's, or a new one) and a span (continuing the caller's
+/// Gives each request an id (the caller's, or a new one: always a new one with an
+/// `Idempotency-Key`) and a span (continuing the caller's
 /// trace), logs its outcome and counts it in the metrics: method, route, status and time —
 /// never the path as sent, the query string, headers, body or a download token. The route is
 /// the router's pattern (`/exports/{token}`), or `unmatched`.
@@ -39,7 +40,15 @@ pub(crate) async fn request_span(
     mut request: Request,
     next: Next,
 ) -> Response {
-    let id = callers_request_id(&request).unwrap_or_else(Uuid::now_v7);
+    // A request with an Idempotency-Key is found in the events by its id when it never
+    // answered, so its id is always the server's own: the caller's (often sent again with a
+    // retry) stays in the span as `request.caller_id`.
+    let callers = callers_request_id(&request);
+    let keyed = request.headers().contains_key("idempotency-key");
+    let id = match callers {
+        Some(callers) if !keyed => callers,
+        _ => Uuid::now_v7(),
+    };
     request.extensions_mut().insert(RequestId(id));
     let route = request
         .extensions()
@@ -53,11 +62,15 @@ pub(crate) async fn request_span(
         otel.kind = "server",
         otel.status_code = tracing::field::Empty,
         request.id = %id,
+        request.caller_id = tracing::field::Empty,
         trace.id = tracing::field::Empty,
         http.method = method,
         http.route = %route,
         http.status = tracing::field::Empty,
     );
+    if let Some(callers) = callers.filter(|callers| *callers != id) {
+        span.record("request.caller_id", tracing::field::display(callers));
+    }
     if let Some(trace_id) = continue_trace(&span, request.headers()) {
         span.record("trace.id", trace_id);
     }

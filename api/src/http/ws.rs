@@ -23,7 +23,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_graphql::parser::types::{DocumentOperations, OperationType, Selection};
+use async_graphql::parser::types::{
+    DocumentOperations, ExecutableDocument, OperationType, Selection, SelectionSet,
+};
 use async_graphql::{Pos, ServerError};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use axum::extract::State;
@@ -73,9 +75,6 @@ const SEND: Duration = Duration::from_secs(10);
 /// How often the session is checked again without any announced change (a bound for what an
 /// announcement could miss, e.g. a session that expired).
 const RECHECK: Duration = Duration::from_secs(30);
-
-/// How often a WebSocket ping is sent, so a connection whose client vanished is found.
-const KEEPALIVE: Duration = Duration::from_secs(30);
 
 /// What a client sends.
 #[derive(Deserialize)]
@@ -217,12 +216,19 @@ impl Connection {
         let init_timeout = tokio::time::sleep(self.limits().init_timeout);
         let mut init_timeout = std::pin::pin!(init_timeout);
         let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + RECHECK, RECHECK);
-        let mut keepalive =
-            tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
+        // A WebSocket ping every `keepalive`, so a connection whose client vanished is found:
+        // one that sent nothing, not even the pong, by the next ping is let go.
+        let every = self.limits().keepalive;
+        let mut keepalive = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        // Whether anything came from the client since the last ping.
+        let mut heard = true;
         loop {
             let flow = tokio::select! {
                 message = incoming.next() => match message {
-                    Some(Ok(message)) => self.receive(message).await,
+                    Some(Ok(message)) => {
+                        heard = true;
+                        self.receive(message).await
+                    }
                     // The client went away.
                     Some(Err(_)) | None => return,
                 },
@@ -238,6 +244,11 @@ impl Connection {
                 }
                 _ = recheck.tick() => self.recheck().await,
                 _ = keepalive.tick() => {
+                    // Not even the last ping's pong: the client is gone.
+                    if !heard {
+                        return;
+                    }
+                    heard = false;
                     if self.send(Message::Ping(Vec::new().into())).await {
                         Flow::Continue
                     } else {
@@ -351,9 +362,13 @@ impl Connection {
                 format!("Too many connections: at most {max} per organisation"),
             );
         };
+        // A change between the authentication above and this subscription to changes would
+        // be missed: the session is checked once more, at once.
+        let mut changes = principal.tenant.caches.session_changes();
+        changes.mark_changed();
         self.session = Some(Session {
             token,
-            changes: principal.tenant.caches.session_changes(),
+            changes,
             principal,
             _place: place,
         });
@@ -379,9 +394,9 @@ impl Connection {
             );
             return self.refuse(&id, error, Code::Validation).await;
         }
-        let field = subscription_field(&request);
-        let principal = session.principal.clone();
         let mut request = request;
+        let field = subscription_field(&mut request);
+        let principal = session.principal.clone();
         Loaders::new(&principal).attach(&mut request.data);
         let request = request
             .data(SubscriptionAuth {
@@ -540,10 +555,12 @@ fn clip(reason: &str) -> &str {
 }
 
 /// The root field of a subscription document's operation (the one named, or the only one),
-/// if the request is a subscription (validation refuses the rest).
-fn subscription_field(request: &async_graphql::Request) -> Option<String> {
-    let document = async_graphql::parser::parse_query(&request.query).ok()?;
-    let operation = match (&document.operations, &request.operation_name) {
+/// if the request is a subscription, found through fragments as well (validation refuses
+/// more than one root field). The document parsed here is the one the request runs.
+fn subscription_field(request: &mut async_graphql::Request) -> Option<String> {
+    let operation_name = request.operation_name.clone();
+    let document = request.parsed_query().ok()?;
+    let operation = match (&document.operations, &operation_name) {
         (DocumentOperations::Single(operation), _) => operation,
         (DocumentOperations::Multiple(operations), Some(name)) => operations.get(name.as_str())?,
         (DocumentOperations::Multiple(_), None) => return None,
@@ -551,16 +568,27 @@ fn subscription_field(request: &async_graphql::Request) -> Option<String> {
     if operation.node.ty != OperationType::Subscription {
         return None;
     }
-    operation
-        .node
-        .selection_set
-        .node
-        .items
-        .iter()
-        .find_map(|item| match &item.node {
-            Selection::Field(field) => Some(field.node.name.node.to_string()),
-            _ => None,
-        })
+    first_field(document, &operation.node.selection_set.node, 0)
+}
+
+/// The first field of a selection set, looking into fragments (at most a few deep: a cycle is
+/// refused by the document limits before this matters).
+fn first_field(document: &ExecutableDocument, set: &SelectionSet, depth: usize) -> Option<String> {
+    if depth > 8 {
+        return None;
+    }
+    set.items.iter().find_map(|item| match &item.node {
+        Selection::Field(field) => Some(field.node.name.node.to_string()),
+        Selection::InlineFragment(fragment) => {
+            first_field(document, &fragment.node.selection_set.node, depth + 1)
+        }
+        Selection::FragmentSpread(spread) => document
+            .fragments
+            .get(&spread.node.fragment_name.node)
+            .and_then(|fragment| {
+                first_field(document, &fragment.node.selection_set.node, depth + 1)
+            }),
+    })
 }
 
 #[cfg(test)]
@@ -577,12 +605,23 @@ mod tests {
 
     #[test]
     fn the_subscription_field_is_read_from_the_named_operation() {
-        let request = async_graphql::Request::new(
+        let mut request = async_graphql::Request::new(
             "query A { me { id } } subscription B { auditFeed { eventType } }",
         )
         .operation_name("B");
-        assert_eq!(subscription_field(&request).as_deref(), Some("auditFeed"));
-        let request = async_graphql::Request::new("{ me { id } }");
-        assert_eq!(subscription_field(&request), None);
+        assert_eq!(
+            subscription_field(&mut request).as_deref(),
+            Some("auditFeed")
+        );
+        let mut request = async_graphql::Request::new("{ me { id } }");
+        assert_eq!(subscription_field(&mut request), None);
+        // Through a fragment spread and an inline fragment.
+        let mut request = async_graphql::Request::new(
+            "subscription { ...F } fragment F on Subscription { ... on Subscription { auditFeed { eventType } } }",
+        );
+        assert_eq!(
+            subscription_field(&mut request).as_deref(),
+            Some("auditFeed")
+        );
     }
 }

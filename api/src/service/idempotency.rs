@@ -3,9 +3,11 @@
 //!
 //! A mutation with a key takes it before it runs. A second request with the key finds it: the
 //! same request gets the stored answer (waiting for it while the first still runs), another
-//! request is refused. A request that never answered (the service stopped, or lost its database,
-//! while it ran) leaves the key running until its lease lapses; then its events are looked for:
-//! found, the retry is told it was applied and its answer lost; none, the retry runs it.
+//! request is refused. A running request renews its lease while it runs; one that never
+//! answered (the service stopped, or lost its database, while it ran) leaves the key running
+//! until its lease lapses; then its events are looked for (by its request id, the server's own
+//! for every request with a key): found, the retry is told it was applied and its answer lost;
+//! none, the retry runs it.
 
 use std::time::Duration;
 
@@ -19,9 +21,13 @@ use crate::error::ApiError;
 use crate::infra::stores::idempotency as store;
 use crate::infra::subject_keys::{open, seal};
 
-/// How long a request holds its key while it runs: a retry meanwhile waits for its answer, and
-/// after it the request counts as never answered.
+/// How long a request holds its key without renewing it: a retry meanwhile waits for its
+/// answer, and after it the request counts as never answered.
 const LEASE: Duration = Duration::from_secs(60);
+
+/// How often a running request renews its lease (three renewals fit in one lease, so one or
+/// two that fail, say while the database restarts, do not let the key go).
+const RENEW: Duration = Duration::from_secs(20);
 
 /// How long a retry waits for the answer of the request still running with its key.
 const WAIT: Duration = Duration::from_secs(10);
@@ -46,10 +52,13 @@ pub(crate) fn fingerprint(
     Sha256::digest(canonical.as_bytes()).into()
 }
 
-/// A key this request holds: it runs, then [`Services::answered`] or [`Services::not_run`].
+/// A key this request holds: it runs ([`Services::while_holding`]), then
+/// [`Services::answered`] or [`Services::not_run`].
 pub(crate) struct Holding {
     key: String,
-    request_id: Uuid,
+    /// The request's id: the server's own (a caller's `x-request-id` could stand for two
+    /// requests, a retry often sends it again), in the metadata of every event it appends.
+    holding_id: Uuid,
 }
 
 /// What a request with a key does.
@@ -102,22 +111,22 @@ fn binding(actor_id: Uuid, key: &str) -> Vec<u8> {
 }
 
 impl Services {
-    /// Takes `key` for `principal`'s request `fingerprint` (the HTTP request `request_id`), or
-    /// says what a retry gets.
+    /// Takes `key` for `principal`'s request `fingerprint` (the HTTP request `holding_id`, an
+    /// id of the server's own), or says what a retry gets.
     pub(crate) async fn begin_idempotent(
         &self,
         principal: &Principal,
         key: &str,
         fingerprint: &[u8; 32],
-        request_id: Uuid,
+        holding_id: Uuid,
     ) -> Result<Begun, ApiError> {
         let pool = &principal.tenant.pool;
         let actor_id = principal.actor().id();
-        let lease = i64::try_from(LEASE.as_millis()).unwrap_or(i64::MAX);
+        let lease = lease_ms();
         let started = tokio::time::Instant::now();
         let mut held =
-            match store::take(pool, actor_id, key, fingerprint, request_id, lease).await? {
-                None => return Ok(Begun::Run(Holding::new(key, request_id))),
+            match store::take(pool, actor_id, key, fingerprint, holding_id, lease).await? {
+                None => return Ok(Begun::Run(Holding::new(key, holding_id))),
                 Some(held) => held,
             };
         loop {
@@ -149,8 +158,8 @@ impl Services {
                     store::answer(pool, actor_id, key, held.request_id, None, None).await?;
                     return Ok(Begun::Refused(Refusal::AnswerLost));
                 }
-                if store::take_over(pool, actor_id, key, &held, request_id, lease).await? {
-                    return Ok(Begun::Run(Holding::new(key, request_id)));
+                if store::take_over(pool, actor_id, key, &held, holding_id, lease).await? {
+                    return Ok(Begun::Run(Holding::new(key, holding_id)));
                 }
             } else if started.elapsed() >= WAIT {
                 return Ok(Begun::Refused(Refusal::StillRunning));
@@ -158,16 +167,50 @@ impl Services {
             tokio::time::sleep(POLL).await;
             held = match store::held(pool, actor_id, key).await? {
                 Some(held) => held,
-                // Let go meanwhile (the other request did not run): take it.
+                // Let go meanwhile (the other request did not run): take it, or wait for the
+                // request that took it first.
                 None => {
-                    return match store::take(pool, actor_id, key, fingerprint, request_id, lease)
-                        .await?
-                    {
-                        None => Ok(Begun::Run(Holding::new(key, request_id))),
-                        Some(_) => Ok(Begun::Refused(Refusal::StillRunning)),
+                    match store::take(pool, actor_id, key, fingerprint, holding_id, lease).await? {
+                        None => return Ok(Begun::Run(Holding::new(key, holding_id))),
+                        Some(held) => held,
                     }
                 }
             };
+        }
+    }
+
+    /// Runs `request` while holding the key, renewing its lease every [`RENEW`] until it ends.
+    /// A renewal that fails is logged and tried again at the next; one that finds the key
+    /// taken over (every renewal failed for a whole lease) is logged as an error: a retry may
+    /// have run the request a second time.
+    pub(crate) async fn while_holding<T>(
+        &self,
+        principal: &Principal,
+        holding: &Holding,
+        request: impl std::future::Future<Output = T>,
+    ) -> T {
+        let pool = &principal.tenant.pool;
+        let actor_id = principal.actor().id();
+        let mut renewals = tokio::time::interval_at(tokio::time::Instant::now() + RENEW, RENEW);
+        renewals.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(request);
+        loop {
+            tokio::select! {
+                answer = &mut request => return answer,
+                _ = renewals.tick() => {
+                    match store::renew(pool, actor_id, &holding.key, holding.holding_id, lease_ms()).await {
+                        Ok(true) => {}
+                        Ok(false) => tracing::error!(
+                            request.holding = %holding.holding_id,
+                            "a request running with an Idempotency-Key lost it: its lease lapsed"
+                        ),
+                        Err(err) => tracing::warn!(
+                            error = %err,
+                            "the lease of an Idempotency-Key could not be renewed; trying again"
+                        ),
+                    }
+                }
+            }
         }
     }
 
@@ -189,7 +232,7 @@ impl Services {
             &principal.tenant.pool,
             actor_id,
             &holding.key,
-            holding.request_id,
+            holding.holding_id,
             Some(i16::try_from(status).unwrap_or(500)),
             Some(&sealed),
         )
@@ -207,7 +250,7 @@ impl Services {
             &principal.tenant.pool,
             principal.actor().id(),
             &holding.key,
-            holding.request_id,
+            holding.holding_id,
         )
         .await?;
         Ok(())
@@ -215,12 +258,16 @@ impl Services {
 }
 
 impl Holding {
-    fn new(key: &str, request_id: Uuid) -> Self {
+    fn new(key: &str, holding_id: Uuid) -> Self {
         Holding {
             key: key.to_owned(),
-            request_id,
+            holding_id,
         }
     }
+}
+
+fn lease_ms() -> i64 {
+    i64::try_from(LEASE.as_millis()).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]
