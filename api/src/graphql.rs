@@ -25,7 +25,7 @@ pub(crate) mod types;
 
 use resolvers::{
     admin, audit, breaches, custom_fields, datasheets, exports, history, identity, imports,
-    lifecycle, notifications, privacy, reports, retention, security, webhooks,
+    lifecycle, live_records, notifications, privacy, reports, retention, security, webhooks,
 };
 
 /// The root query type.
@@ -64,23 +64,54 @@ pub(crate) struct Mutation(
     audit::AuditMutation,
 );
 
+/// The root subscription type (served over WebSocket only); each field's stream is made in
+/// its area's resolvers.
+#[derive(Default)]
+pub(crate) struct Subscription;
+
+#[async_graphql::Subscription]
+impl Subscription {
+    /// New audit entries of your organisation, as they are recorded (over
+    /// `graphql-transport-ws` at `/graphql/ws`, with `{"authorization": "Bearer ..."}` as the
+    /// connection payload). `history` on every datasheet. Ends when the session does.
+    async fn audit_feed(
+        &self,
+        ctx: &async_graphql::Context<'_>,
+    ) -> async_graphql::Result<impl futures::Stream<Item = audit::AuditEntry>> {
+        audit::audit_feed(ctx).await
+    }
+
+    /// Every change of the records you may read — created, updated, archived, restored,
+    /// hired, restricted, restriction lifted, erased — once the lists show it (over
+    /// `graphql-transport-ws` at `/graphql/ws`). `datasheet` and `ids` (at most 100) narrow
+    /// it. A subscriber too slow to take what it is sent is ended with a `CONFLICT` error
+    /// saying so; it ends when the session does.
+    async fn record_changed(
+        &self,
+        ctx: &async_graphql::Context<'_>,
+        datasheet: Option<types::enums::DatasheetKind>,
+        ids: Option<Vec<async_graphql::ID>>,
+    ) -> Result<
+        impl futures::Stream<Item = async_graphql::Result<live_records::RecordChangeNode>>,
+        crate::error::ApiError,
+    > {
+        live_records::record_changed(ctx, datasheet, ids).await
+    }
+}
+
 /// The schema every request runs against.
-pub(crate) type CustosSchema = Schema<Query, Mutation, audit::AuditSubscription>;
+pub(crate) type CustosSchema = Schema<Query, Mutation, Subscription>;
 
 /// Query limits: expensive documents are refused before they run (how deep they nest, and
 /// how many aliases they have, is measured by `limits`).
 pub(crate) const MAX_COMPLEXITY: usize = 2_000;
 
-fn builder() -> SchemaBuilder<Query, Mutation, audit::AuditSubscription> {
-    Schema::build(
-        Query::default(),
-        Mutation::default(),
-        audit::AuditSubscription,
-    )
-    .extension(limits::DocumentLimits)
-    .extension(authorization::Authorization)
-    .limit_complexity(MAX_COMPLEXITY)
-    .limit_recursive_depth(32)
+fn builder() -> SchemaBuilder<Query, Mutation, Subscription> {
+    Schema::build(Query::default(), Mutation::default(), Subscription)
+        .extension(limits::DocumentLimits)
+        .extension(authorization::Authorization)
+        .limit_complexity(MAX_COMPLEXITY)
+        .limit_recursive_depth(32)
 }
 
 /// Builds the schema; `services` is shared by every request. Introspection can be switched

@@ -14,6 +14,7 @@ pub(crate) mod integrity;
 pub(crate) mod keys;
 pub(crate) mod notifications;
 pub mod projector;
+pub(crate) mod record_feed;
 pub(crate) mod stores;
 pub(crate) mod subject_keys;
 pub(crate) mod tenancy;

@@ -71,6 +71,8 @@ pub enum ReadVia {
     List,
     /// The record was counted in a report (`report`, `headcount`), whose groups show values.
     Report,
+    /// The record was sent to a live subscriber (`recordChanged`).
+    Subscription,
 }
 
 impl ReadVia {
@@ -81,6 +83,7 @@ impl ReadVia {
             ReadVia::History => "history",
             ReadVia::List => "list",
             ReadVia::Report => "report",
+            ReadVia::Subscription => "subscription",
         }
     }
 }

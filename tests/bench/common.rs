@@ -47,8 +47,10 @@ pub(crate) struct BenchArgs {
     /// `portability` (a tenant archive of `--events` events exported and imported),
     /// `backups` (a verified base backup of that store and a point-in-time restore),
     /// `lifecycle` (a storage sweep over `--organizations` organisations), `notifications`
-    /// (`--notices` breach notices delivered to a local SMTP server) or `webhooks` (`--rate`
-    /// changes a second for `--seconds`, each delivered to a local HTTP receiver).
+    /// (`--notices` breach notices delivered to a local SMTP server), `webhooks` (`--rate`
+    /// changes a second for `--seconds`, each delivered to a local HTTP receiver) or
+    /// `subscriptions` (`--subscribers` live record subscriptions idle, then sent `--rate`
+    /// changes a second for `--seconds`).
     #[arg(long, default_value = "foundation")]
     pub(crate) suite: String,
     /// Organisations in the store of the lifecycle suite.
@@ -57,9 +59,12 @@ pub(crate) struct BenchArgs {
     /// Notices (people, each with an email address) of the notifications suite.
     #[arg(long, default_value_t = 2_000)]
     pub(crate) notices: usize,
-    /// Changes per second offered in the webhooks suite.
+    /// Changes per second offered in the webhooks and subscriptions suites.
     #[arg(long, default_value_t = 100)]
     pub(crate) rate: usize,
+    /// Live record subscriptions (each on a WebSocket of its own) of the subscriptions suite.
+    #[arg(long, default_value_t = 2_000)]
+    pub(crate) subscribers: usize,
 }
 
 pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {

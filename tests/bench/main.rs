@@ -15,6 +15,7 @@ mod lifecycle;
 mod notifications;
 mod portability;
 mod privacy;
+mod subscriptions;
 mod webhooks;
 
 #[tokio::main]
@@ -31,8 +32,9 @@ async fn main() -> anyhow::Result<()> {
         "lifecycle" => lifecycle::run(args).await,
         "notifications" => notifications::run(args).await,
         "webhooks" => webhooks::run(args).await,
+        "subscriptions" => subscriptions::run(args).await,
         other => anyhow::bail!(
-            "unknown suite `{other}`: `foundation`, `datasheets`, `privacy`, `integrity`, `portability`, `backups`, `lifecycle`, `notifications` or `webhooks`"
+            "unknown suite `{other}`: `foundation`, `datasheets`, `privacy`, `integrity`, `portability`, `backups`, `lifecycle`, `notifications`, `webhooks` or `subscriptions`"
         ),
     };
     telemetry.shutdown().await;

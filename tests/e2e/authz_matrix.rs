@@ -128,6 +128,7 @@ fn rows() -> BTreeMap<(&'static str, &'static str), Row> {
         (("Query", "userHistory"), row(AllOf(&[("employees", "history"), ("contacts", "history"), ("applicants", "history")]), "query($user: ID!) { userHistory(id: $user) { totalCount } }", true)),
         (("Query", "roleHistory"), row(AllOf(&[("employees", "history"), ("contacts", "history"), ("applicants", "history")]), "query($role: ID!) { roleHistory(id: $role) { totalCount } }", true)),
         (("Query", "auditLog"), row(AllOf(&[("employees", "history"), ("contacts", "history"), ("applicants", "history")]), "{ auditLog(first: 1) { edges { cursor } } }", false)),
+        (("Subscription", "recordChanged"), row(Grant("employees", "read"), "subscription { recordChanged(datasheet: EMPLOYEES) { id } }", false)),
         (("Subscription", "auditFeed"), row(AllOf(&[("employees", "history"), ("contacts", "history"), ("applicants", "history")]), "subscription { auditFeed { position } }", false)),
         (("Mutation", "exportAuditLog"), row(AllOf(&[("employees", "history"), ("contacts", "history"), ("applicants", "history"), ("employees", "export"), ("contacts", "export"), ("applicants", "export")]), "mutation { exportAuditLog(format: CSV) { count } }", false)),
         (("Query", "checkpoints"), row(AllOf(&[("employees", "history"), ("contacts", "history"), ("applicants", "history")]), "{ checkpoints { number } }", false)),

@@ -261,6 +261,23 @@ async fn the_operator_moves_an_organisation_through_its_life_and_every_step_is_r
             response.body
         );
     }
+    // Nor may they start a subscription (whose root fields are checked by their resolvers).
+    for document in [
+        "subscription { auditFeed { eventType } }",
+        "subscription { recordChanged { id } }",
+    ] {
+        let (mut socket, ack) =
+            custos_tests::feed::open(&app.address.to_string(), Some(&token), document).await;
+        assert_eq!(ack["type"], "connection_ack", "{ack}");
+        let answer = custos_tests::feed::next(&mut socket, Duration::from_secs(5))
+            .await
+            .expect("an answer");
+        assert_eq!(answer["type"], "error", "{document}: {answer}");
+        assert_eq!(
+            answer["payload"][0]["extensions"]["code"], "SUSPENDED",
+            "{document}: {answer}"
+        );
+    }
     let exported = app.graphql(Some(&token), EXPORT, json!({})).await.ok();
     assert_eq!(exported.data("exportOrganization.count"), 1);
     assert!(

@@ -18,6 +18,7 @@ mod identity;
 mod imports;
 mod integrity;
 mod lifecycle;
+mod live_records;
 mod logs;
 mod metrics;
 mod notifications;

@@ -23,6 +23,16 @@ pub async fn subscribe(address: &str, token: &str) -> (Socket, Value) {
 /// Opens `graphql-transport-ws` (with `token` in the init payload, if any) and sends
 /// `document` as a subscription; the server's answer to the init.
 pub async fn open(address: &str, token: Option<&str>, document: &str) -> (Socket, Value) {
+    open_with(address, token, document, Value::Null).await
+}
+
+/// [`open`], the subscription with `variables` (id `1`).
+pub async fn open_with(
+    address: &str,
+    token: Option<&str>,
+    document: &str,
+    variables: Value,
+) -> (Socket, Value) {
     let mut request = format!("ws://{address}/graphql/ws")
         .into_client_request()
         .unwrap();
@@ -46,7 +56,7 @@ pub async fn open(address: &str, token: Option<&str>, document: &str) -> (Socket
     if ack["type"] == "connection_ack" {
         send(
             &mut socket,
-            json!({ "id": "1", "type": "subscribe", "payload": { "query": document } }),
+            json!({ "id": "1", "type": "subscribe", "payload": { "query": document, "variables": variables } }),
         )
         .await;
     }

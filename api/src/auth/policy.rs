@@ -92,7 +92,7 @@ pub(crate) fn rule(parent_type: &str, field: &str) -> Option<Rule> {
         ("Query", "recordHistory" | "recordAsOf" | "recordDiff") => Rule::OnDatasheet(History),
         ("Query", "customFieldDefinitions") => Rule::OnDatasheet(Read),
         // Results are limited to the datasheets the caller may read (in the resolver).
-        ("Query", "findSubject") => Rule::OnDatasheet(Read),
+        ("Query", "findSubject") | ("Subscription", "recordChanged") => Rule::OnDatasheet(Read),
         ("Query", "report") => Rule::OnDatasheet(Report),
         ("Mutation", "exportRecords") => Rule::OnDatasheet(Export),
         ("Mutation", "importRecords") => Rule::OnDatasheet(Create),

@@ -11,6 +11,7 @@ pub(crate) mod history;
 pub(crate) mod identity;
 pub(crate) mod imports;
 pub(crate) mod lifecycle;
+pub(crate) mod live_records;
 pub(crate) mod notifications;
 pub(crate) mod privacy;
 pub(crate) mod record_query;

@@ -483,79 +483,73 @@ impl AuditMutation {
 const FEED_POLL: std::time::Duration = std::time::Duration::from_millis(300);
 const FEED_RECHECK: std::time::Duration = std::time::Duration::from_secs(60);
 
-#[derive(Default)]
-pub(crate) struct AuditSubscription;
-
-#[async_graphql::Subscription(name = "Subscription")]
-impl AuditSubscription {
-    /// New audit entries of your organisation, as they are recorded (over
-    /// `graphql-transport-ws` at `/graphql/ws`, with `{"authorization": "Bearer ..."}` as the
-    /// connection payload). `history` on every datasheet. Ends when the session does.
-    async fn audit_feed(
-        &self,
-        ctx: &Context<'_>,
-    ) -> async_graphql::Result<impl futures::Stream<Item = AuditEntry>> {
-        let cx = Cx::new(ctx)?;
-        check(rule("Subscription", "auditFeed"), Some(cx.caller))?;
-        let auth = ctx
-            .data::<SubscriptionAuth>()
-            .map_err(|_| ApiError::Unauthenticated)?;
-        let services = cx.services.clone();
-        let tenant = cx.tenant().clone();
-        // This resolver answers `async_graphql::Result` (a subscription's stream): errors pass
-        // through `ApiError` explicitly, so they carry their code and internal causes stay logged.
-        let head = audit_log::feed_head(&tenant.pool)
-            .await
-            .map_err(ApiError::from)?;
-        struct Feed {
-            services: std::sync::Arc<Services>,
-            tenant: std::sync::Arc<Tenant>,
-            token: String,
-            origin: RequestOrigin,
-            last: i64,
-            checked: tokio::time::Instant,
-            queue: std::collections::VecDeque<AuditRow>,
-        }
-        let feed = Feed {
-            services,
-            tenant,
-            token: auth.token.clone(),
-            origin: auth.origin.clone(),
-            last: head,
-            checked: tokio::time::Instant::now(),
-            queue: Default::default(),
-        };
-        Ok(futures::stream::unfold(feed, |mut feed| async move {
-            loop {
-                if let Some(row) = feed.queue.pop_front() {
-                    return Some((AuditEntry(row), feed));
+/// `auditFeed` (a root field of `graphql::Subscription`): new audit entries as they are
+/// recorded.
+pub(crate) async fn audit_feed(
+    ctx: &Context<'_>,
+) -> async_graphql::Result<impl futures::Stream<Item = AuditEntry>> {
+    let cx = Cx::new(ctx)?;
+    // A subscription's root field is not resolved through the authorization extension: its
+    // rule and the organisation's standing are checked here.
+    check(rule("Subscription", "auditFeed"), Some(cx.caller))?;
+    check_standing("Subscription", "auditFeed", cx.caller)?;
+    let auth = ctx
+        .data::<SubscriptionAuth>()
+        .map_err(|_| ApiError::Unauthenticated)?;
+    let services = cx.services.clone();
+    let tenant = cx.tenant().clone();
+    // This resolver answers `async_graphql::Result` (a subscription's stream): errors pass
+    // through `ApiError` explicitly, so they carry their code and internal causes stay logged.
+    let head = audit_log::feed_head(&tenant.pool)
+        .await
+        .map_err(ApiError::from)?;
+    struct Feed {
+        services: std::sync::Arc<Services>,
+        tenant: std::sync::Arc<Tenant>,
+        token: String,
+        origin: RequestOrigin,
+        last: i64,
+        checked: tokio::time::Instant,
+        queue: std::collections::VecDeque<AuditRow>,
+    }
+    let feed = Feed {
+        services,
+        tenant,
+        token: auth.token.clone(),
+        origin: auth.origin.clone(),
+        last: head,
+        checked: tokio::time::Instant::now(),
+        queue: Default::default(),
+    };
+    Ok(futures::stream::unfold(feed, |mut feed| async move {
+        loop {
+            if let Some(row) = feed.queue.pop_front() {
+                return Some((AuditEntry(row), feed));
+            }
+            tokio::time::sleep(FEED_POLL).await;
+            if feed.checked.elapsed() >= FEED_RECHECK {
+                match feed.services.authenticate(&feed.token, &feed.origin).await {
+                    Ok(Some(principal))
+                        if principal.tenant.id == feed.tenant.id
+                            && check(rule("Subscription", "auditFeed"), Some(&principal))
+                                .is_ok()
+                            && check_standing("Subscription", "auditFeed", &principal).is_ok() => {}
+                    _ => return None,
                 }
-                tokio::time::sleep(FEED_POLL).await;
-                if feed.checked.elapsed() >= FEED_RECHECK {
-                    match feed.services.authenticate(&feed.token, &feed.origin).await {
-                        Ok(Some(principal))
-                            if principal.tenant.id == feed.tenant.id
-                                && check(rule("Subscription", "auditFeed"), Some(&principal))
-                                    .is_ok()
-                                && check_standing("Subscription", "auditFeed", &principal)
-                                    .is_ok() => {}
-                        _ => return None,
+                feed.checked = tokio::time::Instant::now();
+            }
+            match audit_log::added_after(&feed.tenant.pool, feed.last, 100).await {
+                Ok(rows) => {
+                    if let Some((seq, _)) = rows.last() {
+                        feed.last = *seq;
                     }
-                    feed.checked = tokio::time::Instant::now();
+                    feed.queue.extend(rows.into_iter().map(|(_, row)| row));
                 }
-                match audit_log::added_after(&feed.tenant.pool, feed.last, 100).await {
-                    Ok(rows) => {
-                        if let Some((seq, _)) = rows.last() {
-                            feed.last = *seq;
-                        }
-                        feed.queue.extend(rows.into_iter().map(|(_, row)| row));
-                    }
-                    Err(err) => {
-                        tracing::warn!(tenant.id = %feed.tenant.id, error = %crate::error::redacted(&err.into()), "the audit feed stopped");
-                        return None;
-                    }
+                Err(err) => {
+                    tracing::warn!(tenant.id = %feed.tenant.id, error = %crate::error::redacted(&err.into()), "the audit feed stopped");
+                    return None;
                 }
             }
-        }))
-    }
+        }
+    }))
 }

@@ -26,6 +26,7 @@ use crate::infra::integrity::audit_keys::AuditKeys;
 use crate::infra::integrity::tree_head::verifying_key;
 use crate::infra::keys::MasterKey;
 use crate::infra::projector::Projectors;
+use crate::infra::record_feed::RecordFeed;
 use crate::infra::subject_keys::SubjectKeys;
 use crate::infra::tenancy::tenant_caches::TenantCaches;
 use crate::telemetry::metrics::Metrics;
@@ -163,6 +164,8 @@ pub struct Tenant {
     /// that hears the database announce changes to them.
     pub(crate) caches: Arc<TenantCaches>,
     _listening: Listening,
+    /// Record changes for live subscribers, read once for all of them.
+    pub(crate) record_feed: RecordFeed,
     /// Finds records by a person's email or phone.
     pub(crate) blind_index: BlindIndex,
     pub projectors: Projectors,
@@ -251,6 +254,7 @@ impl Tenant {
             incidents: framework(&pool, &codec, &cache, &projectors, metrics, None),
             webhooks: framework(&pool, &codec, &cache, &projectors, metrics, Some(changes)),
             subject_keys,
+            record_feed: caches.record_feed(&pool),
             caches,
             _listening: listening,
             blind_index,

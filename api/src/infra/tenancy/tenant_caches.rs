@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cqrs_es::Aggregate as _;
-use custos_domain::{CustomSchema, Datasheet, FieldSchema, Organization, Role, User};
+use custos_domain::{CustomSchema, Datasheet, FieldSchema, Organization, Record, Role, User};
 use sqlx::PgPool;
 
 use crate::infra::caches::{self, Cache, Hearing, Listener, Listening};
+use crate::infra::record_feed::RecordFeed;
 use crate::infra::stores::sessions::{session_cache, SessionCache};
 use crate::infra::subject_keys::SubjectKeys;
 
@@ -29,6 +30,8 @@ pub(crate) struct TenantCaches {
     /// Moves each time sessions, users, roles, grants or the organisation may have changed:
     /// what holds a session for long (a WebSocket connection) checks it again then.
     session_changes: tokio::sync::watch::Sender<u64>,
+    /// Moves each time the records projection may have moved: the record feed reads then.
+    record_progress: tokio::sync::watch::Sender<u64>,
 }
 
 impl TenantCaches {
@@ -41,6 +44,7 @@ impl TenantCaches {
             subject_keys,
             hearing,
             session_changes: tokio::sync::watch::Sender::new(0),
+            record_progress: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -48,6 +52,22 @@ impl TenantCaches {
     /// this instance, or on another as the database announces it).
     pub(crate) fn session_changes(&self) -> tokio::sync::watch::Receiver<u64> {
         self.session_changes.subscribe()
+    }
+
+    /// Told each time the records projection may have moved (on this instance, or on another
+    /// as the database announces it), and whenever announcements may have been missed.
+    pub(crate) fn record_progress(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.record_progress.subscribe()
+    }
+
+    /// The feed of record changes of the context whose database `pool` reaches.
+    pub(crate) fn record_feed(&self, pool: &PgPool) -> RecordFeed {
+        RecordFeed::new(pool.clone(), self.record_progress(), self.hearing.clone())
+    }
+
+    fn records_moved(&self) {
+        self.record_progress
+            .send_modify(|generation| *generation += 1);
     }
 
     fn sessions_changed(&self) {
@@ -63,6 +83,8 @@ impl TenantCaches {
             self.sessions_changed();
         } else if aggregate_type == FieldSchema::TYPE {
             self.schemas.clear();
+        } else if aggregate_type == Record::TYPE {
+            self.records_moved();
         }
     }
 
@@ -79,6 +101,7 @@ impl Listener for TenantCaches {
             "sessions" => self.sessions_changed(),
             "subject_keys" => self.subject_keys.forget_cached(),
             "field_schemas" => self.schemas.clear(),
+            "records" => self.records_moved(),
             _ => self.drop_all(),
         }
     }
@@ -87,6 +110,7 @@ impl Listener for TenantCaches {
         self.sessions_changed();
         self.subject_keys.forget_cached();
         self.schemas.clear();
+        self.records_moved();
     }
 }
 

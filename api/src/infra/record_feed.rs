@@ -1,0 +1,246 @@
+//! Live record changes for subscribers (`recordChanged`): one reader per open organisation,
+//! however many subscribe, woken by the records projection's progress.
+//!
+//! The records projection's checkpoint is announced by the database each time it moves
+//! (migration 0027: `records` on the cache channel, heard by `TenantCaches`, on every instance
+//! whichever instance's projector moved it), and this instance's own commands announce it
+//! directly once their read models are applied. On each announcement the reader reads the
+//! record events between where it stopped and the checkpoint — ids, versions and event types,
+//! never a value — and sends them to every subscriber at once. A change is therefore sent only
+//! once the read model shows it: a subscriber that reads the record gets the state the change
+//! made (or a later one). While announcements are not heard, the reader looks every second.
+//!
+//! The reader starts with the first subscriber and stops when the last one is gone.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use custos_domain::Datasheet;
+use sqlx::{PgPool, Row};
+use tokio::sync::{broadcast, watch};
+use uuid::Uuid;
+
+use crate::infra::caches::Hearing;
+use crate::infra::event_store::log::Position;
+
+/// Batches a subscriber may fall behind by before it is told it missed changes.
+const CAPACITY: usize = 1024;
+/// The most changes read at once.
+const BATCH: i64 = 500;
+/// How often the reader looks without an announcement: while it hears them, only to find out
+/// that its last subscriber left; while it does not, to read what was announced unheard.
+const IDLE: Duration = Duration::from_secs(5);
+const DEAF: Duration = Duration::from_secs(1);
+
+/// How a record changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ChangeKind {
+    Created,
+    Updated,
+    Archived,
+    Restored,
+    Hired,
+    Restricted,
+    RestrictionLifted,
+    Erased,
+}
+
+impl ChangeKind {
+    fn of(event_type: &str) -> Option<Self> {
+        Some(match event_type {
+            "RecordCreated" => ChangeKind::Created,
+            "RecordUpdated" => ChangeKind::Updated,
+            "RecordArchived" => ChangeKind::Archived,
+            "RecordRestored" => ChangeKind::Restored,
+            "ApplicantHired" => ChangeKind::Hired,
+            "RecordRestricted" => ChangeKind::Restricted,
+            "RestrictionLifted" => ChangeKind::RestrictionLifted,
+            "RecordErased" => ChangeKind::Erased,
+            _ => return None,
+        })
+    }
+}
+
+/// One change of one record, as much as a subscriber is told without reading the record.
+#[derive(Debug, Clone)]
+pub(crate) struct RecordChange {
+    pub(crate) id: Uuid,
+    pub(crate) datasheet: Datasheet,
+    pub(crate) kind: ChangeKind,
+    /// The record's version after the change.
+    pub(crate) version: i64,
+    pub(crate) at: DateTime<Utc>,
+}
+
+/// What every subscriber receives: the changes of one read, in commit order.
+pub(crate) type Batch = Arc<[RecordChange]>;
+
+/// One organisation's record changes, read once for all of its subscribers.
+pub(crate) struct RecordFeed {
+    pool: PgPool,
+    progress: watch::Receiver<u64>,
+    hearing: Arc<Hearing>,
+    /// The running reader's channel (it holds the only sender); `None` when no reader runs.
+    reader: Arc<Mutex<Option<broadcast::WeakSender<Batch>>>>,
+}
+
+impl RecordFeed {
+    /// The feed of the organisation whose database `pool` reaches; `progress` moves with the
+    /// records projection (`TenantCaches::record_progress`).
+    pub(crate) fn new(pool: PgPool, progress: watch::Receiver<u64>, hearing: Arc<Hearing>) -> Self {
+        Self {
+            pool,
+            progress,
+            hearing,
+            reader: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// The changes committed from now on, starting the reader if none runs. The receiver ends
+    /// (`Closed`) if the organisation's context closes, and says `Lagged` if its subscriber
+    /// fell more than [`CAPACITY`] batches behind.
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Batch> {
+        let mut reader = self.reader.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(sender) = reader.as_ref().and_then(broadcast::WeakSender::upgrade) {
+            return sender.subscribe();
+        }
+        let (sender, receiver) = broadcast::channel(CAPACITY);
+        *reader = Some(sender.downgrade());
+        let mut progress = self.progress.clone();
+        progress.mark_unchanged();
+        tokio::spawn(read(
+            self.pool.clone(),
+            progress,
+            self.hearing.clone(),
+            self.reader.clone(),
+            sender,
+        ));
+        receiver
+    }
+}
+
+/// The reader: from the records projection's position now, every change it reaches, to
+/// `sender`'s subscribers, until none is left or the database is closed.
+async fn read(
+    pool: PgPool,
+    mut progress: watch::Receiver<u64>,
+    hearing: Arc<Hearing>,
+    slot: Arc<Mutex<Option<broadcast::WeakSender<Batch>>>>,
+    sender: broadcast::Sender<Batch>,
+) {
+    let stop = |slot: &Mutex<Option<broadcast::WeakSender<Batch>>>| {
+        *slot.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    };
+    let mut position = match projected(&pool).await {
+        Ok(position) => position,
+        Err(err) => {
+            tracing::warn!(error = %crate::error::redacted(&err.into()), "the record feed could not start");
+            stop(&slot);
+            return;
+        }
+    };
+    loop {
+        let wait = if hearing.hears() { IDLE } else { DEAF };
+        let announced = tokio::select! {
+            changed = progress.changed() => {
+                if changed.is_err() {
+                    // The organisation's context is gone.
+                    stop(&slot);
+                    return;
+                }
+                true
+            }
+            () = tokio::time::sleep(wait) => false,
+        };
+        {
+            // Under the lock a new subscriber takes: it either finds this reader still running
+            // or starts its own.
+            let mut reader = slot.lock().unwrap_or_else(|e| e.into_inner());
+            if sender.receiver_count() == 0 {
+                *reader = None;
+                return;
+            }
+        }
+        if !announced && hearing.hears() {
+            continue;
+        }
+        loop {
+            match after(&pool, position, BATCH).await {
+                Ok((changes, last)) => {
+                    let Some(last) = last else { break };
+                    position = last;
+                    if !changes.is_empty() {
+                        let _ = sender.send(changes.into());
+                    }
+                }
+                Err(sqlx::Error::PoolClosed) => {
+                    stop(&slot);
+                    return;
+                }
+                Err(err) => {
+                    tracing::warn!(error = %crate::error::redacted(&err.into()), "the record feed could not read; trying again");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Where the records projection stands.
+async fn projected(pool: &PgPool) -> sqlx::Result<Position> {
+    let row = sqlx::query(
+        "SELECT transaction_id::text::bigint AS transaction_id, global_position
+           FROM projection_checkpoints WHERE projection = 'records'",
+    )
+    .fetch_one(pool)
+    .await?;
+    Position::from_row(&row)
+}
+
+/// Up to `limit` record events after `after` that the records projection applied, in commit
+/// order, and the position of the last one read (`None` when there was none).
+async fn after(
+    pool: &PgPool,
+    after: Position,
+    limit: i64,
+) -> sqlx::Result<(Vec<RecordChange>, Option<Position>)> {
+    let rows = sqlx::query(
+        "SELECT e.aggregate_id::uuid AS id, e.sequence, e.event_type, e.recorded_at,
+                e.transaction_id::text::bigint AS transaction_id, e.global_position, r.datasheet
+           FROM events e
+           JOIN projection_checkpoints c ON c.projection = 'records'
+           LEFT JOIN records r ON r.id = e.aggregate_id::uuid
+          WHERE e.aggregate_type = 'record'
+            AND (e.transaction_id, e.global_position) > ($1::text::xid8, $2)
+            AND (e.transaction_id, e.global_position) <= (c.transaction_id, c.global_position)
+          ORDER BY e.transaction_id, e.global_position
+          LIMIT $3",
+    )
+    .bind(after.transaction_id.to_string())
+    .bind(after.global_position)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    let mut last = None;
+    let mut changes = Vec::with_capacity(rows.len());
+    for row in &rows {
+        last = Some(Position::from_row(row)?);
+        let event_type: String = row.try_get("event_type")?;
+        let datasheet: Option<String> = row.try_get("datasheet")?;
+        let (Some(kind), Some(datasheet)) = (
+            ChangeKind::of(&event_type),
+            datasheet.as_deref().and_then(Datasheet::parse),
+        ) else {
+            continue;
+        };
+        changes.push(RecordChange {
+            id: row.try_get("id")?,
+            datasheet,
+            kind,
+            version: row.try_get("sequence")?,
+            at: row.try_get("recorded_at")?,
+        });
+    }
+    Ok((changes, last))
+}

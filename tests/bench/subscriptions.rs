@@ -1,0 +1,225 @@
+//! The subscriptions suite (`--suite subscriptions`): `--subscribers` live record
+//! subscriptions (`recordChanged { id version }`), each on a WebSocket of its own, to one
+//! organisation. First the CPU time of this process (service and clients) and of the
+//! organisation's PostgreSQL server over `--seconds` idle, without and then with the
+//! subscribers; then `--rate` record changes a second for `--seconds`, open loop, and the
+//! latency from sending each change's request until each subscriber received it (an upper
+//! bound of commit-to-subscriber). In `--data-dir`, or a fresh temporary directory.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use custos_api::{Application, Config, DatabaseConfig};
+use custos_tests::feed::{open_with, Socket};
+use futures::StreamExt;
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::common::{data_dir, graphql, ms, percentile, sign_up, BenchArgs};
+
+const SUBSCRIPTION: &str = "subscription { recordChanged { id version } }";
+/// Changes per second one employee gets at most (so no two changes of one record race).
+const PER_RECORD: usize = 5;
+
+/// CPU seconds (user and system) this process and the PostgreSQL processes have used so far.
+fn cpu_seconds() -> (f64, f64) {
+    let ticks = 100.0; // USER_HZ on Linux
+    let of = |stat: &str| -> f64 {
+        // Fields after the command name (which may hold spaces, inside parentheses).
+        let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let utime: f64 = fields.get(11).and_then(|f| f.parse().ok()).unwrap_or(0.0);
+        let stime: f64 = fields.get(12).and_then(|f| f.parse().ok()).unwrap_or(0.0);
+        (utime + stime) / ticks
+    };
+    let own = std::fs::read_to_string("/proc/self/stat")
+        .map(|s| of(&s))
+        .unwrap_or(0.0);
+    let mut postgres = 0.0;
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+            if comm.trim() == "postgres" {
+                postgres += std::fs::read_to_string(path.join("stat"))
+                    .map(|s| of(&s))
+                    .unwrap_or(0.0);
+            }
+        }
+    }
+    (own, postgres)
+}
+
+/// CPU used over `seconds` of waiting, as a share of one core: this process, PostgreSQL.
+async fn idle_cpu(seconds: u64) -> (f64, f64) {
+    let (own, postgres) = cpu_seconds();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let (own_after, postgres_after) = cpu_seconds();
+    let wall = seconds as f64;
+    ((own_after - own) / wall, (postgres_after - postgres) / wall)
+}
+
+/// Reads one subscriber's socket until told to stop: when each (record, version) arrived.
+async fn receive(
+    mut socket: Socket,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Vec<((String, i64), Instant)> {
+    let mut got = Vec::new();
+    loop {
+        tokio::select! {
+            message = socket.next() => match message {
+                Some(Ok(Message::Text(text))) => {
+                    let Ok(value) = serde_json::from_str::<Value>(&text) else { continue };
+                    let change = &value["payload"]["data"]["recordChanged"];
+                    if let (Some(id), Some(version)) = (change["id"].as_str(), change["version"].as_i64()) {
+                        got.push(((id.to_owned(), version), Instant::now()));
+                    }
+                }
+                Some(Ok(_)) => {}
+                _ => break,
+            },
+            _ = stop.changed() => break,
+        }
+    }
+    got
+}
+
+pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let (_temp, dir) = data_dir(&args)?;
+    let subscribers = args.subscribers.max(1);
+    let mut config = Config::new(dir, DatabaseConfig::Private);
+    config.listen = "127.0.0.1:0".parse()?;
+    config.checkpoint_interval = None;
+    config.websockets.max_connections_per_organization = subscribers + 10;
+    let application = Application::build(config).await?;
+    let address = application.local_addr()?.to_string();
+    let url = format!("http://{address}/graphql");
+    let (stop_service, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(application.run_until(async move {
+        let _ = stopped.await;
+    }));
+
+    let client = reqwest::Client::new();
+    let signed = sign_up(&client, &url).await?;
+    let token = signed["token"].as_str().unwrap_or_default().to_owned();
+    let rate = args.rate.max(1);
+    let count = (rate / PER_RECORD).max(16);
+    let mut records = Vec::with_capacity(count);
+    for n in 0..count {
+        let created = graphql(
+            &client,
+            &url,
+            Some(&token),
+            "mutation($i: CreateEmployeeInput!) { createEmployee(input: $i) { id } }",
+            json!({ "i": { "firstName": "Bench", "lastName": format!("Live {n}") } }),
+        )
+        .await?;
+        records.push(
+            created["data"]["createEmployee"]["id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+    }
+
+    let without = idle_cpu(args.seconds).await;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut readers = Vec::with_capacity(subscribers);
+    for _ in 0..subscribers {
+        let (socket, ack) = open_with(&address, Some(&token), SUBSCRIPTION, Value::Null).await;
+        anyhow::ensure!(ack["type"] == "connection_ack", "not acknowledged: {ack}");
+        readers.push(tokio::spawn(receive(socket, stop_rx.clone())));
+    }
+    // Let every subscription start before measuring.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let with = idle_cpu(args.seconds).await;
+
+    // Open loop: one change every 1/rate seconds, each on the next record.
+    let sent: Arc<Mutex<HashMap<(String, i64), Instant>>> = Arc::default();
+    let total = rate * args.seconds as usize;
+    let mut ticks = tokio::time::interval(Duration::from_secs(1) / rate as u32);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut versions = vec![1_i64; count];
+    let mut requests = Vec::with_capacity(total);
+    let started = Instant::now();
+    for n in 0..total {
+        ticks.tick().await;
+        let slot = n % count;
+        versions[slot] += 1;
+        let record = records[slot].clone();
+        sent.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((record.clone(), versions[slot]), Instant::now());
+        let (client, url, token) = (client.clone(), url.clone(), token.clone());
+        requests.push(tokio::spawn(async move {
+            graphql(
+                &client,
+                &url,
+                Some(&token),
+                "mutation($id: ID!, $t: String!) { updateEmployee(id: $id, input: { jobTitle: $t }) { version } }",
+                json!({ "id": record, "t": format!("Title {n}") }),
+            )
+            .await
+        }));
+    }
+    let offered = started.elapsed();
+    for request in requests {
+        request.await??;
+    }
+    // Whatever is still on its way arrives within a few seconds.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let _ = stop_tx.send(true);
+    let sent = sent.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut latencies = Vec::with_capacity(total * subscribers);
+    let mut short = 0;
+    for reader in readers {
+        let got = reader.await?;
+        let mut matched = 0;
+        for (key, at) in got {
+            if let Some(sent) = sent.get(&key) {
+                latencies.push(at.saturating_duration_since(*sent));
+                matched += 1;
+            }
+        }
+        if matched < total {
+            short += 1;
+        }
+    }
+    anyhow::ensure!(
+        short == 0,
+        "{short} of {subscribers} subscribers did not receive all {total} changes"
+    );
+    latencies.sort();
+
+    println!("## custos-bench --suite subscriptions\n");
+    println!("| measure | value |\n|---|---|");
+    println!(
+        "| idle, no subscriber: this process / PostgreSQL | {:.2} % / {:.2} % of a core |",
+        without.0 * 100.0,
+        without.1 * 100.0
+    );
+    println!(
+        "| idle, **{subscribers} subscribers**: this process / PostgreSQL | {:.2} % / {:.2} % of a core |",
+        with.0 * 100.0,
+        with.1 * 100.0
+    );
+    println!(
+        "| changes offered | {total} at {rate}/s over {count} employees ({:.1} s), {} deliveries |",
+        offered.as_secs_f64(),
+        latencies.len()
+    );
+    for (name, p) in [("p50", 0.5), ("p90", 0.9), ("**p99**", 0.99)] {
+        println!(
+            "| change sent → subscriber received, {name} | {:.1} ms |",
+            ms(percentile(&latencies, p))
+        );
+    }
+    println!(
+        "| max | {:.1} ms |",
+        ms(latencies.last().copied().unwrap_or_default())
+    );
+    let _ = stop_service.send(());
+    running.await??;
+    Ok(())
+}
