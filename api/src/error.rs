@@ -82,11 +82,18 @@ pub enum ApiError {
     TwoFactorEnrolmentRequired,
     /// A wrong, used or expired second-factor code, or an unknown login challenge.
     InvalidSecondFactor,
+    /// Not allowed without a permission the caller lacks, named in `extensions.permission`:
+    /// `<datasheet>/<permission>` (`employees/export`; `*/read` for read on any datasheet) or
+    /// `admin`.
+    Denied(String),
     NotFound,
     Validation {
         message: String,
         field: Option<String>,
     },
+    /// Several validation errors at once, each about one field (`field`, what is wrong): one
+    /// GraphQL error each.
+    Invalid(Vec<(Option<String>, String)>),
     Conflict(String),
     Unavailable,
     /// Too many login attempts from one client address.
@@ -130,6 +137,17 @@ impl ApiError {
             }
             ApiError::InvalidCredentials => "invalid organisation, email or password".into(),
             ApiError::Forbidden => "not allowed".into(),
+            ApiError::Invalid(problems) => problems
+                .iter()
+                .map(|(_, message)| message.as_str())
+                .collect::<Vec<_>>()
+                .join("; "),
+            ApiError::Denied(permission) if permission == "admin" => {
+                "not allowed: administrators only".into()
+            }
+            ApiError::Denied(permission) => {
+                format!("not allowed: this needs the `{permission}` permission")
+            }
             ApiError::PasswordChangeRequired => {
                 "you must change your password before anything else".into()
             }
@@ -175,10 +193,13 @@ impl ApiError {
             | ApiError::InvalidCredentials
             | ApiError::InvalidSecondFactor => Code::Unauthenticated,
             ApiError::Forbidden
+            | ApiError::Denied(_)
             | ApiError::PasswordChangeRequired
             | ApiError::TwoFactorEnrolmentRequired => Code::Forbidden,
             ApiError::NotFound => Code::NotFound,
-            ApiError::Validation { .. } | ApiError::Restricted => Code::Validation,
+            ApiError::Validation { .. } | ApiError::Invalid(_) | ApiError::Restricted => {
+                Code::Validation
+            }
             ApiError::Conflict(_) => Code::Conflict,
             ApiError::Unavailable | ApiError::TooManyAttempts => Code::Unavailable,
             ApiError::TrialEnded => Code::TrialEnded,
@@ -284,8 +305,14 @@ impl From<RecordError> for ApiError {
                 message: "the record was erased".into(),
                 field: None,
             },
+            RecordError::Invalid(problems) => ApiError::Invalid(
+                problems
+                    .iter()
+                    .map(|problem| (problem.field().map(api_field_name), record_problem(problem)))
+                    .collect(),
+            ),
             _ => ApiError::Validation {
-                message: err.to_string(),
+                message: record_problem(&err),
                 field: err.field().map(api_field_name),
             },
         }
@@ -474,6 +501,21 @@ pub(crate) fn api_field_name(name: &str) -> String {
         name.to_owned()
     } else {
         snake_to_camel(name)
+    }
+}
+
+/// What is wrong with a record's values, naming the field as the API does (`startDate`, not
+/// the domain's `start_date`).
+fn record_problem(err: &RecordError) -> String {
+    match err {
+        RecordError::UnknownField(field) => format!("unknown field `{}`", api_field_name(field)),
+        RecordError::MissingField(field) => {
+            format!("field `{}` is required", api_field_name(field))
+        }
+        RecordError::InvalidField { field, reason } => {
+            format!("field `{}` {reason}", api_field_name(field))
+        }
+        other => other.to_string(),
     }
 }
 

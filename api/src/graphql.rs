@@ -109,6 +109,7 @@ pub(crate) const MAX_COMPLEXITY: usize = 2_000;
 fn builder() -> SchemaBuilder<Query, Mutation, Subscription> {
     Schema::build(Query::default(), Mutation::default(), Subscription)
         .extension(limits::DocumentLimits)
+        .extension(error::FieldErrors)
         .extension(authorization::Authorization)
         .limit_complexity(MAX_COMPLEXITY)
         .limit_recursive_depth(32)

@@ -201,6 +201,27 @@ pub enum RecordError {
     AlreadyRestricted,
     #[error("processing of the record is not restricted")]
     NotRestricted,
+    /// Several of the above about fields at once (each an `UnknownField`, `MissingField` or
+    /// `InvalidField`): every problem of a command's values is told together.
+    #[error("{}", joined(.0))]
+    Invalid(Vec<RecordError>),
+}
+
+fn joined(problems: &[RecordError]) -> String {
+    problems
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// No problem, the one problem, or all of them at once.
+fn told(mut problems: Vec<RecordError>) -> Result<(), RecordError> {
+    match problems.len() {
+        0 => Ok(()),
+        1 => Err(problems.remove(0)),
+        _ => Err(RecordError::Invalid(problems)),
+    }
 }
 
 impl RecordError {
@@ -210,6 +231,7 @@ impl RecordError {
             RecordError::UnknownField(field)
             | RecordError::MissingField(field)
             | RecordError::InvalidField { field, .. } => Some(field),
+            RecordError::Invalid(problems) => problems.first().and_then(RecordError::field),
             _ => None,
         }
     }
@@ -329,26 +351,27 @@ fn check_record(datasheet: Datasheet, fields: &Fields) -> Result<(), RecordError
 
 /// The field values a new record of `datasheet` would have, or why it cannot be created:
 /// every value parsed, required fields present, an applicant's stage defaulted to `applied`,
-/// rules across fields kept.
+/// rules across fields kept. Every problem with the values is told at once.
 pub fn validate_new(
     datasheet: Datasheet,
     schema: &CustomSchema,
     raw: Fields,
 ) -> Result<Fields, RecordError> {
-    let mut fields = parse_fields(datasheet, schema, raw)?;
+    let (mut fields, mut problems) = parse_all(datasheet, schema, raw);
     fields.retain(|_, value| !value.is_null());
-    if let Some(missing) = datasheet
-        .fields()
-        .iter()
-        .find(|spec| spec.required && !fields.contains_key(spec.name))
-    {
-        return Err(RecordError::MissingField(missing.name.to_owned()));
+    let told_of = |problems: &[RecordError], name: &str| {
+        problems.iter().any(|problem| problem.field() == Some(name))
+    };
+    for spec in datasheet.fields() {
+        if spec.required && !fields.contains_key(spec.name) && !told_of(&problems, spec.name) {
+            problems.push(RecordError::MissingField(spec.name.to_owned()));
+        }
     }
-    if let Some(missing) = schema
-        .active()
-        .find(|f| f.required && !fields.contains_key(&f.name()))
-    {
-        return Err(RecordError::MissingField(missing.name()));
+    for field in schema.active() {
+        let name = field.name();
+        if field.required && !fields.contains_key(&name) && !told_of(&problems, &name) {
+            problems.push(RecordError::MissingField(name));
+        }
     }
     if datasheet == Datasheet::Applicants {
         let stage = fields
@@ -356,7 +379,7 @@ pub fn validate_new(
             .or_insert_with(|| Value::String(Stage::Applied.as_str().to_owned()));
         // Only hiring makes an applicant `hired`: it creates their employee record.
         if stage == Stage::Hired.as_str() {
-            return Err(RecordError::InvalidField {
+            problems.push(RecordError::InvalidField {
                 field: "stage".into(),
                 reason: ValueError::IllegalTransition {
                     from: Stage::Applied.as_str(),
@@ -365,39 +388,68 @@ pub fn validate_new(
             });
         }
     }
+    told(problems)?;
     check_record(datasheet, &fields)?;
     Ok(fields)
 }
 
-/// Parses every raw value against the datasheet's fields and its custom fields.
+/// Parses every raw value against the datasheet's fields and its custom fields; every
+/// problem at once.
 fn parse_fields(
     datasheet: Datasheet,
     schema: &CustomSchema,
     raw: Fields,
 ) -> Result<Fields, RecordError> {
-    raw.into_iter()
-        .map(|(name, value)| {
-            let invalid = |reason| RecordError::InvalidField {
-                field: name.clone(),
-                reason,
-            };
-            let (value, required) = if name.starts_with(CUSTOM_PREFIX) {
-                let field = schema
-                    .field(&name)
-                    .ok_or_else(|| RecordError::UnknownField(name.clone()))?;
-                (field.parse(&value).map_err(invalid)?, field.required)
-            } else {
-                let spec = datasheet
-                    .field(&name)
-                    .ok_or_else(|| RecordError::UnknownField(name.clone()))?;
-                (spec.kind.parse(&value).map_err(invalid)?, spec.required)
-            };
-            if required && value.is_null() {
-                return Err(RecordError::MissingField(name));
+    let (fields, problems) = parse_all(datasheet, schema, raw);
+    told(problems)?;
+    Ok(fields)
+}
+
+/// The values that parsed, and the problems of those that did not.
+fn parse_all(
+    datasheet: Datasheet,
+    schema: &CustomSchema,
+    raw: Fields,
+) -> (Fields, Vec<RecordError>) {
+    let mut fields = Fields::new();
+    let mut problems = Vec::new();
+    for (name, value) in raw {
+        match parse_one(datasheet, schema, &name, &value) {
+            Ok(value) => {
+                fields.insert(name, value);
             }
-            Ok((name, value))
-        })
-        .collect()
+            Err(problem) => problems.push(problem),
+        }
+    }
+    (fields, problems)
+}
+
+/// One raw value parsed against its field.
+fn parse_one(
+    datasheet: Datasheet,
+    schema: &CustomSchema,
+    name: &str,
+    value: &Value,
+) -> Result<Value, RecordError> {
+    let invalid = |reason| RecordError::InvalidField {
+        field: name.to_owned(),
+        reason,
+    };
+    let (value, required) = if name.starts_with(CUSTOM_PREFIX) {
+        let field = schema
+            .field(name)
+            .ok_or_else(|| RecordError::UnknownField(name.to_owned()))?;
+        (field.parse(value).map_err(invalid)?, field.required)
+    } else {
+        let spec = datasheet
+            .field(name)
+            .ok_or_else(|| RecordError::UnknownField(name.to_owned()))?;
+        (spec.kind.parse(value).map_err(invalid)?, spec.required)
+    };
+    if required && value.is_null() {
+        return Err(RecordError::MissingField(name.to_owned()));
+    }
+    Ok(value)
 }
 
 impl Aggregate for Record {

@@ -1,12 +1,13 @@
 //! The subscriptions suite (`--suite subscriptions`): `--subscribers` live record
 //! subscriptions (`recordChanged { id version }`), each on a WebSocket of its own, to one
 //! organisation. First the CPU time of this process (service and clients) and of the
-//! organisation's PostgreSQL server over `--seconds` idle, without and then with the
+//! benchmark's PostgreSQL cluster over `--seconds` idle, without and then with the
 //! subscribers; then `--rate` record changes a second for `--seconds`, open loop, and the
 //! latency from sending each change's request until each subscriber received it (an upper
 //! bound of commit-to-subscriber). In `--data-dir`, or a fresh temporary directory.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,42 +23,66 @@ const SUBSCRIPTION: &str = "subscription { recordChanged { id version } }";
 /// Changes per second one employee gets at most (so no two changes of one record race).
 const PER_RECORD: usize = 5;
 
-/// CPU seconds (user and system) this process and the PostgreSQL processes have used so far.
-fn cpu_seconds() -> (f64, f64) {
+/// CPU seconds (user and system) of one process, from its `/proc/<pid>/stat`.
+fn cpu_of(stat: &str) -> f64 {
     let ticks = 100.0; // USER_HZ on Linux
-    let of = |stat: &str| -> f64 {
-        // Fields after the command name (which may hold spaces, inside parentheses).
-        let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let utime: f64 = fields.get(11).and_then(|f| f.parse().ok()).unwrap_or(0.0);
-        let stime: f64 = fields.get(12).and_then(|f| f.parse().ok()).unwrap_or(0.0);
-        (utime + stime) / ticks
-    };
+                       // Fields after the command name (which may hold spaces, inside parentheses).
+    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11).and_then(|f| f.parse().ok()).unwrap_or(0.0);
+    let stime: f64 = fields.get(12).and_then(|f| f.parse().ok()).unwrap_or(0.0);
+    (utime + stime) / ticks
+}
+
+/// CPU seconds so far of this process, and of each process of the benchmark's cluster (its
+/// postmaster, whose pid `postmaster.pid` in `cluster_dir` names, and its children) by pid.
+fn cpu_seconds(cluster_dir: &Path) -> (f64, HashMap<u32, f64>) {
     let own = std::fs::read_to_string("/proc/self/stat")
-        .map(|s| of(&s))
+        .map(|s| cpu_of(&s))
         .unwrap_or(0.0);
-    let mut postgres = 0.0;
+    let postmaster: Option<u32> = std::fs::read_to_string(cluster_dir.join("postmaster.pid"))
+        .ok()
+        .and_then(|s| s.lines().next().and_then(|l| l.trim().parse().ok()));
+    let mut cluster = HashMap::new();
+    let Some(postmaster) = postmaster else {
+        return (own, cluster);
+    };
     if let Ok(entries) = std::fs::read_dir("/proc") {
         for entry in entries.flatten() {
-            let path = entry.path();
-            let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
-            if comm.trim() == "postgres" {
-                postgres += std::fs::read_to_string(path.join("stat"))
-                    .map(|s| of(&s))
-                    .unwrap_or(0.0);
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            let parent: Option<u32> = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse().ok());
+            if pid == postmaster || parent == Some(postmaster) {
+                cluster.insert(pid, cpu_of(&stat));
             }
         }
     }
-    (own, postgres)
+    (own, cluster)
 }
 
-/// CPU used over `seconds` of waiting, as a share of one core: this process, PostgreSQL.
-async fn idle_cpu(seconds: u64) -> (f64, f64) {
-    let (own, postgres) = cpu_seconds();
+/// CPU used over `seconds` of waiting, as a share of one core: this process, the cluster (its
+/// processes that ran throughout, and those that started meanwhile from nothing).
+async fn idle_cpu(cluster_dir: &Path, seconds: u64) -> (f64, f64) {
+    let (own, cluster) = cpu_seconds(cluster_dir);
     tokio::time::sleep(Duration::from_secs(seconds)).await;
-    let (own_after, postgres_after) = cpu_seconds();
+    let (own_after, cluster_after) = cpu_seconds(cluster_dir);
+    let cluster_used: f64 = cluster_after
+        .iter()
+        .map(|(pid, after)| after - cluster.get(pid).copied().unwrap_or(0.0))
+        .sum();
     let wall = seconds as f64;
-    ((own_after - own) / wall, (postgres_after - postgres) / wall)
+    ((own_after - own) / wall, cluster_used / wall)
 }
 
 /// Reads one subscriber's socket until told to stop: when each (record, version) arrived.
@@ -87,6 +112,7 @@ async fn receive(
 
 pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let (_temp, dir) = data_dir(&args)?;
+    let cluster_dir = dir.join("postgres").join("data");
     let subscribers = args.subscribers.max(1);
     let mut config = Config::new(dir, DatabaseConfig::Private);
     config.listen = "127.0.0.1:0".parse()?;
@@ -123,7 +149,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         );
     }
 
-    let without = idle_cpu(args.seconds).await;
+    let without = idle_cpu(&cluster_dir, args.seconds).await;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut readers = Vec::with_capacity(subscribers);
     for _ in 0..subscribers {
@@ -133,7 +159,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     // Let every subscription start before measuring.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let with = idle_cpu(args.seconds).await;
+    let with = idle_cpu(&cluster_dir, args.seconds).await;
 
     // Open loop: one change every 1/rate seconds, each on the next record.
     let sent: Arc<Mutex<HashMap<(String, i64), Instant>>> = Arc::default();

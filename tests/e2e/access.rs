@@ -76,11 +76,28 @@ async fn permissions_are_the_union_of_roles_and_changes_apply_on_the_next_reques
         .user_with_roles(&admin, &[viewer.clone(), creator.clone()])
         .await;
 
+    // FORBIDDEN names the permission that is missing, in API names, for a form to show.
+    let refused = app
+        .graphql(Some(&only_viewer.token), CREATE, json!({}))
+        .await;
+    assert_eq!(refused.code(), Some("FORBIDDEN"));
     assert_eq!(
-        app.graphql(Some(&only_viewer.token), CREATE, json!({}))
-            .await
-            .code(),
-        Some("FORBIDDEN")
+        refused.body["errors"][0]["extensions"]["permission"], "employees/create",
+        "{}",
+        refused.body
+    );
+    let refused = app
+        .graphql(
+            Some(&only_viewer.token),
+            "mutation { createRole(input: { name: \"Mine\" }) { id } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(refused.code(), Some("FORBIDDEN"));
+    assert_eq!(
+        refused.body["errors"][0]["extensions"]["permission"], "admin",
+        "{}",
+        refused.body
     );
     app.graphql(Some(&only_viewer.token), EMPLOYEES, json!({}))
         .await

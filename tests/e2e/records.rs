@@ -374,6 +374,43 @@ async fn invalid_values_are_validation_errors_naming_the_field_and_change_nothin
     assert_eq!(create.code(), Some("VALIDATION"));
     assert_eq!(create.field(), Some("firstName"));
 
+    // Every invalid field at once, one error each, named as the API names them (in the
+    // message too), so a form can mark them all after one request.
+    for (mutation, variables) in [
+        (
+            "mutation($input: CreateEmployeeInput!) { createEmployee(input: $input) { id } }",
+            json!({ "input": { "firstName": " ", "lastName": "X", "email": "nope",
+                               "startDate": "31/12/2024" } }),
+        ),
+        (
+            UPDATE,
+            json!({ "id": created["id"], "input": { "email": "nope", "phone": "call me maybe",
+                                                    "startDate": "31/12/2024" } }),
+        ),
+    ] {
+        let response = app.graphql(Some(&session.token), mutation, variables).await;
+        let errors = response.body["errors"].as_array().expect("errors");
+        let mut fields: Vec<&str> = errors
+            .iter()
+            .map(|error| {
+                assert_eq!(error["extensions"]["code"], "VALIDATION", "{error}");
+                assert!(error["extensions"].get("fieldErrors").is_none(), "{error}");
+                assert!(
+                    !error["message"].as_str().unwrap().contains("start_date"),
+                    "{error}"
+                );
+                error["extensions"]["field"].as_str().unwrap()
+            })
+            .collect();
+        fields.sort_unstable();
+        let expected: &[&str] = if mutation.contains("createEmployee") {
+            &["email", "firstName", "startDate"]
+        } else {
+            &["email", "phone", "startDate"]
+        };
+        assert_eq!(fields, expected, "{}", response.body);
+    }
+
     let read = app
         .graphql(
             Some(&session.token),

@@ -158,15 +158,27 @@ impl Principal {
         self.is_admin() || self.grants.contains(&Grant::new(datasheet, permission))
     }
 
-    /// Whether the principal satisfies a data rule (`Grant`, `AllOf`, `OnDatasheet`).
-    fn may_by(&self, rule: Rule) -> bool {
+    /// The permission of a data rule (`Grant`, `AllOf`, `OnDatasheet`) the principal lacks,
+    /// as `extensions.permission` names it; `None` if it satisfies the rule. `Admin` names
+    /// `admin`.
+    fn lacks(&self, rule: Rule) -> Option<String> {
+        let named = |datasheet: Datasheet, permission: Permission| {
+            format!("{}/{}", datasheet.as_str(), permission.as_str())
+        };
         match rule {
-            Rule::Grant(datasheet, permission) => self.may(datasheet, permission),
-            Rule::AllOf(grants) => grants.iter().all(|(d, p)| self.may(*d, *p)),
-            Rule::OnDatasheet(permission) => {
-                Datasheet::ALL.iter().any(|d| self.may(*d, permission))
+            Rule::Grant(datasheet, permission) => {
+                (!self.may(datasheet, permission)).then(|| named(datasheet, permission))
             }
-            Rule::Public | Rule::Session | Rule::Signed | Rule::Admin => false,
+            Rule::AllOf(grants) => grants
+                .iter()
+                .find(|(d, p)| !self.may(*d, *p))
+                .map(|(d, p)| named(*d, *p)),
+            Rule::OnDatasheet(permission) => {
+                (!Datasheet::ALL.iter().any(|d| self.may(*d, permission)))
+                    .then(|| format!("*/{}", permission.as_str()))
+            }
+            Rule::Admin => Some("admin".to_owned()),
+            Rule::Public | Rule::Session | Rule::Signed => None,
         }
     }
 }
@@ -188,7 +200,11 @@ pub(crate) fn check_record(
             permission = permission.as_str(),
             "security: access to a record denied"
         );
-        Err(ApiError::Forbidden)
+        Err(ApiError::Denied(format!(
+            "{}/{}",
+            datasheet.as_str(),
+            permission.as_str()
+        )))
     }
 }
 
@@ -321,11 +337,12 @@ pub(crate) fn check(rule: Option<Rule>, principal: Option<&Principal>) -> Result
     let user = match &principal.subject {
         Subject::User { user, .. } => user,
         Subject::ApiToken(_) => {
-            return if principal.may_by(rule) {
-                Ok(())
-            } else {
-                Err(ApiError::Forbidden)
-            }
+            return match principal.lacks(rule) {
+                None if !matches!(rule, Rule::Public | Rule::Session | Rule::Signed) => Ok(()),
+                // API tokens satisfy only data rules.
+                None => Err(ApiError::Forbidden),
+                Some(permission) => Err(ApiError::Denied(permission)),
+            };
         }
     };
     if rule == Rule::Session {
@@ -337,14 +354,13 @@ pub(crate) fn check(rule: Option<Rule>, principal: Option<&Principal>) -> Result
     if principal.two_factor_required && !user.two_factor {
         return Err(ApiError::TwoFactorEnrolmentRequired);
     }
-    let allowed = match rule {
-        Rule::Public | Rule::Session | Rule::Signed => true,
-        Rule::Admin => user.is_admin,
-        Rule::Grant(..) | Rule::AllOf(_) | Rule::OnDatasheet(_) => principal.may_by(rule),
+    let lacking = match rule {
+        Rule::Public | Rule::Session | Rule::Signed => None,
+        Rule::Admin => (!user.is_admin).then(|| "admin".to_owned()),
+        Rule::Grant(..) | Rule::AllOf(_) | Rule::OnDatasheet(_) => principal.lacks(rule),
     };
-    if allowed {
-        Ok(())
-    } else {
-        Err(ApiError::Forbidden)
+    match lacking {
+        None => Ok(()),
+        Some(permission) => Err(ApiError::Denied(permission)),
     }
 }

@@ -59,7 +59,7 @@ impl Extension for Authorization {
                 })
             };
             if let Err(err) = decision {
-                if matches!(err, ApiError::Forbidden) {
+                if matches!(err, ApiError::Forbidden | ApiError::Denied(_)) {
                     tracing::warn!(
                         tenant.id = ?principal.map(|p| p.tenant.id),
                         actor.id = ?principal.map(|p| p.actor().id()),

@@ -1,21 +1,63 @@
-//! An [`ApiError`] as GraphQL sees it: its message, and `extensions.code` (with `field` and
-//! `reason` where they apply). This is where an internal error is logged, once.
+//! An [`ApiError`] as GraphQL sees it: its message, and `extensions.code` (with `field`,
+//! `reason` and `permission` where they apply); several field errors told at once become one
+//! GraphQL error each ([`FieldErrors`]). This is where an internal error is logged, once.
 
-use async_graphql::ErrorExtensions;
+use std::sync::Arc;
 
-use crate::error::ApiError;
+use async_graphql::extensions::{
+    Extension, ExtensionContext, ExtensionFactory, NextExecute, NextSubscribe,
+};
+use async_graphql::{ErrorExtensionValues, ErrorExtensions, Response, ServerError};
+use futures::stream::BoxStream;
+use futures::StreamExt;
+
+use crate::error::{ApiError, Code};
+
+/// The extension key under which an error carries several field errors until
+/// [`FieldErrors`] makes one error of each.
+const FIELD_ERRORS: &str = "fieldErrors";
 
 impl From<ApiError> for async_graphql::Error {
     fn from(err: ApiError) -> Self {
         err.report();
+        if let ApiError::Invalid(problems) = &err {
+            let listed: Vec<async_graphql::Value> = problems
+                .iter()
+                .map(|(field, message)| {
+                    let mut one = async_graphql::indexmap::IndexMap::new();
+                    one.insert(
+                        async_graphql::Name::new("message"),
+                        async_graphql::Value::from(message.as_str()),
+                    );
+                    if let Some(field) = field {
+                        one.insert(
+                            async_graphql::Name::new("field"),
+                            async_graphql::Value::from(field.as_str()),
+                        );
+                    }
+                    async_graphql::Value::Object(one)
+                })
+                .collect();
+            return async_graphql::Error::new(err.message()).extend_with(|_, ext| {
+                ext.set("code", err.code().as_str());
+                ext.set(FIELD_ERRORS, async_graphql::Value::List(listed.clone()));
+            });
+        }
         let code = err.code();
         let field = match &err {
             ApiError::Validation { field, .. } => field.clone(),
             _ => None,
         };
         let restricted = matches!(err, ApiError::Restricted);
+        let permission = match &err {
+            ApiError::Denied(permission) => Some(permission.clone()),
+            _ => None,
+        };
         async_graphql::Error::new(err.message()).extend_with(|_, ext| {
             ext.set("code", code.as_str());
+            if let Some(permission) = &permission {
+                ext.set("permission", permission.as_str());
+            }
             if restricted {
                 ext.set("reason", "RESTRICTED");
             }
@@ -24,6 +66,92 @@ impl From<ApiError> for async_graphql::Error {
             }
         })
     }
+}
+
+/// Makes one GraphQL error of each field error a resolver told at once ([`ApiError::Invalid`]),
+/// each with `extensions.code` and `extensions.field`, at the place of the one: a form shows
+/// every invalid field after one request.
+pub(crate) struct FieldErrors;
+
+impl ExtensionFactory for FieldErrors {
+    fn create(&self) -> Arc<dyn Extension> {
+        Arc::new(FieldErrors)
+    }
+}
+
+#[async_trait::async_trait]
+impl Extension for FieldErrors {
+    async fn execute(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        operation_name: Option<&str>,
+        next: NextExecute<'_>,
+    ) -> Response {
+        let mut response = next.run(ctx, operation_name).await;
+        split(&mut response.errors);
+        response
+    }
+
+    fn subscribe<'s>(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        stream: BoxStream<'s, Response>,
+        next: NextSubscribe<'_>,
+    ) -> BoxStream<'s, Response> {
+        next.run(ctx, stream)
+            .map(|mut response| {
+                split(&mut response.errors);
+                response
+            })
+            .boxed()
+    }
+}
+
+/// Replaces each error carrying [`FIELD_ERRORS`] with one error per field error.
+fn split(errors: &mut Vec<ServerError>) {
+    let carries = |error: &ServerError| {
+        error
+            .extensions
+            .as_ref()
+            .is_some_and(|ext| ext.get(FIELD_ERRORS).is_some())
+    };
+    if !errors.iter().any(carries) {
+        return;
+    }
+    let mut split = Vec::with_capacity(errors.len());
+    for error in errors.drain(..) {
+        let listed = match error
+            .extensions
+            .as_ref()
+            .and_then(|ext| ext.get(FIELD_ERRORS))
+        {
+            Some(async_graphql::Value::List(listed)) => listed.clone(),
+            _ => {
+                split.push(error);
+                continue;
+            }
+        };
+        for one in listed {
+            let async_graphql::Value::Object(one) = one else {
+                continue;
+            };
+            let text = |key: &str| match one.get(key) {
+                Some(async_graphql::Value::String(text)) => Some(text.clone()),
+                _ => None,
+            };
+            let mut extensions = ErrorExtensionValues::default();
+            extensions.set("code", Code::Validation.as_str());
+            if let Some(field) = text("field") {
+                extensions.set("field", field);
+            }
+            let mut each = ServerError::new(text("message").unwrap_or_default(), None);
+            each.locations = error.locations.clone();
+            each.path = error.path.clone();
+            each.extensions = Some(extensions);
+            split.push(each);
+        }
+    }
+    *errors = split;
 }
 
 #[cfg(test)]

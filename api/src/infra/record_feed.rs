@@ -3,14 +3,17 @@
 //!
 //! The records projection's checkpoint is announced by the database each time it moves
 //! (migration 0027: `records` on the cache channel, heard by `TenantCaches`, on every instance
-//! whichever instance's projector moved it), and this instance's own commands announce it
-//! directly once their read models are applied. On each announcement the reader reads the
-//! record events between where it stopped and the checkpoint — ids, versions and event types,
-//! never a value — and sends them to every subscriber at once. A change is therefore sent only
-//! once the read model shows it: a subscriber that reads the record gets the state the change
-//! made (or a later one). While announcements are not heard, the reader looks every second.
+//! whichever instance's projector moved it) while some reader holds a lease in
+//! `record_feed_readers`, and this instance's own commands announce it directly once their
+//! read models are applied. On each announcement the reader reads the record events between
+//! where it stopped and the checkpoint — ids, versions and event types, never a value — and
+//! sends them to every subscriber at once. A change is therefore sent only once the read model
+//! shows it: a subscriber that reads the record gets the state the change made (or a later
+//! one). The reader also looks every 5 s without an announcement (one missed while its lease
+//! was being taken), and every second while announcements are not heard.
 //!
-//! The reader starts with the first subscriber and stops when the last one is gone.
+//! The reader starts with the first subscriber and stops when the last one is gone, dropping
+//! its lease (a lease of a reader that died lapses after [`LEASE`]).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -28,10 +31,13 @@ use crate::infra::event_store::log::Position;
 const CAPACITY: usize = 1024;
 /// The most changes read at once.
 const BATCH: i64 = 500;
-/// How often the reader looks without an announcement: while it hears them, only to find out
-/// that its last subscriber left; while it does not, to read what was announced unheard.
+/// How often the reader looks without an announcement: while it hears them, for a batch that
+/// committed unannounced while the lease was being taken (and to find out that its last
+/// subscriber left); while it does not, for what was announced unheard.
 const IDLE: Duration = Duration::from_secs(5);
 const DEAF: Duration = Duration::from_secs(1);
+/// How long a reader's lease lasts unrenewed (it renews it every [`IDLE`]).
+const LEASE: Duration = Duration::from_secs(30);
 
 /// How a record changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,38 +138,60 @@ async fn read(
     let stop = |slot: &Mutex<Option<broadcast::WeakSender<Batch>>>| {
         *slot.lock().unwrap_or_else(|e| e.into_inner()) = None;
     };
-    let mut position = match projected(&pool).await {
+    let lease = Lease {
+        reader: Uuid::new_v4(),
+        pool: pool.clone(),
+    };
+    // The lease first, then the position: a batch committed after this position announces
+    // itself (or the next look finds it).
+    let started = async {
+        lease.renew().await?;
+        projected(&pool).await
+    };
+    let mut position = match started.await {
         Ok(position) => position,
         Err(err) => {
             tracing::warn!(error = %crate::error::redacted(&err.into()), "the record feed could not start");
             stop(&slot);
+            lease.drop_now().await;
             return;
         }
     };
+    let mut renewed = tokio::time::Instant::now();
     loop {
         let wait = if hearing.hears() { IDLE } else { DEAF };
-        let announced = tokio::select! {
+        tokio::select! {
             changed = progress.changed() => {
                 if changed.is_err() {
                     // The organisation's context is gone.
                     stop(&slot);
+                    lease.drop_now().await;
                     return;
                 }
-                true
             }
-            () = tokio::time::sleep(wait) => false,
-        };
-        {
-            // Under the lock a new subscriber takes: it either finds this reader still running
-            // or starts its own.
-            let mut reader = slot.lock().unwrap_or_else(|e| e.into_inner());
-            if sender.receiver_count() == 0 {
-                *reader = None;
-                return;
-            }
+            () = tokio::time::sleep(wait) => {}
         }
-        if !announced && hearing.hears() {
-            continue;
+        // Under the lock a new subscriber takes: it either finds this reader still running or
+        // starts its own.
+        let left = {
+            let mut reader = slot.lock().unwrap_or_else(|e| e.into_inner());
+            let left = sender.receiver_count() == 0;
+            if left {
+                *reader = None;
+            }
+            left
+        };
+        if left {
+            lease.drop_now().await;
+            return;
+        }
+        if renewed.elapsed() >= IDLE {
+            match lease.renew().await {
+                Ok(()) => renewed = tokio::time::Instant::now(),
+                Err(err) => {
+                    tracing::warn!(error = %crate::error::redacted(&err.into()), "the record feed could not renew its lease; trying again")
+                }
+            }
         }
         loop {
             match after(&pool, position, BATCH).await {
@@ -184,6 +212,35 @@ async fn read(
                 }
             }
         }
+    }
+}
+
+/// A reader's lease: while one is held, projector batches announce themselves.
+struct Lease {
+    reader: Uuid,
+    pool: PgPool,
+}
+
+impl Lease {
+    async fn renew(&self) -> sqlx::Result<()> {
+        sqlx::query(
+            "INSERT INTO record_feed_readers (reader, until)
+             VALUES ($1, now() + make_interval(secs => $2))
+             ON CONFLICT (reader) DO UPDATE SET until = EXCLUDED.until",
+        )
+        .bind(self.reader)
+        .bind(LEASE.as_secs_f64())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Drops the lease (if the database is there: otherwise it lapses).
+    async fn drop_now(&self) {
+        let _ = sqlx::query("DELETE FROM record_feed_readers WHERE reader = $1")
+            .bind(self.reader)
+            .execute(&self.pool)
+            .await;
     }
 }
 

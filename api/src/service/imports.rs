@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashSet};
 use cqrs_es::persist::SerializedEvent;
 use cqrs_es::{Aggregate, DomainEvent};
 use custos_domain::custom_field::CUSTOM_PREFIX;
-use custos_domain::record::{new_record_id, validate_new, Fields};
+use custos_domain::record::{new_record_id, validate_new, Fields, RecordError};
 use custos_domain::{CustomKind, CustomSchema, Datasheet, FieldKind, Record, RecordEvent};
 use custos_projections::records;
 use serde_json::Value;
@@ -198,7 +198,8 @@ impl Services {
                 }
             };
             let mut fields = Fields::new();
-            let mut bad = false;
+            // Cells that could not be read; the row's other problems are reported beside them.
+            let mut unreadable = HashSet::new();
             for (index, name, cell) in &targets {
                 match cell_value(*cell, record.get(*index).unwrap_or_default()) {
                     Ok(value) => {
@@ -210,14 +211,12 @@ impl Services {
                             field: Some(api_field_name(name)),
                             message: format!("field `{}` {message}", api_field_name(name)),
                         });
-                        bad = true;
+                        unreadable.insert(name.clone());
                     }
                 }
             }
-            if bad {
-                continue;
-            }
             match validate_new(datasheet, &schema, fields) {
+                Ok(_) if !unreadable.is_empty() => {}
                 Ok(fields) => {
                     if let Some(Value::String(manager)) = fields.get("manager_id") {
                         managers
@@ -227,11 +226,27 @@ impl Services {
                     }
                     valid.push((row, new_record_id(), fields));
                 }
-                Err(err) => errors.push(RowError {
-                    row,
-                    field: err.field().map(api_field_name),
-                    message: ApiError::from(err).message(),
-                }),
+                // Every problem of the row, one error each (but not again for a cell that
+                // could not be read, which is missing to validation).
+                Err(err) => {
+                    let problems = match err {
+                        RecordError::Invalid(problems) => problems,
+                        one => vec![one],
+                    };
+                    for problem in problems {
+                        if problem
+                            .field()
+                            .is_some_and(|field| unreadable.contains(field))
+                        {
+                            continue;
+                        }
+                        errors.push(RowError {
+                            row,
+                            field: problem.field().map(api_field_name),
+                            message: ApiError::from(problem).message(),
+                        });
+                    }
+                }
             }
         }
         // Managers must be active employees already (new rows cannot close a loop).
