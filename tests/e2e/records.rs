@@ -410,6 +410,28 @@ async fn invalid_values_are_validation_errors_naming_the_field_and_change_nothin
         };
         assert_eq!(fields, expected, "{}", response.body);
     }
+    // GraphQL's own errors about an input's value name the field too.
+    for (input, field) in [
+        (
+            json!({ "firstName": "A", "lastName": "B", "employmentType": "BOGUS" }),
+            "employmentType",
+        ),
+        (json!({ "firstName": "A" }), "lastName"),
+        (
+            json!({ "firstName": "A", "lastName": "B", "nickname": "C" }),
+            "nickname",
+        ),
+    ] {
+        let response = app
+            .graphql(
+                Some(&session.token),
+                "mutation($input: CreateEmployeeInput!) { createEmployee(input: $input) { id } }",
+                json!({ "input": input }),
+            )
+            .await;
+        assert_eq!(response.code(), Some("VALIDATION"), "{}", response.body);
+        assert_eq!(response.field(), Some(field), "{}", response.body);
+    }
 
     let read = app
         .graphql(

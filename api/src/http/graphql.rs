@@ -388,11 +388,71 @@ async fn execute(
     (status, serde_json::to_string(&response).unwrap_or_default())
 }
 
+/// Sets `extensions.code` where a resolver did not, and `extensions.field` on GraphQL's own
+/// errors about an argument's value (a wrong enum value, a required input field left out, an
+/// unknown one), so that a form can mark the field they are about.
 pub(crate) fn set_code(error: &mut ServerError, code: Code) {
+    let field = input_field(&error.message);
     let extensions = error
         .extensions
         .get_or_insert_with(ErrorExtensionValues::default);
     if extensions.get("code").is_none() {
         extensions.set("code", code.as_str());
+    }
+    if let Some(field) = field {
+        if extensions.get("field").is_none() {
+            extensions.set("field", field);
+        }
+    }
+}
+
+/// The input field an argument-value error of async-graphql's validation is about, read from
+/// its message: `Invalid value for argument "input.employmentType", enumeration type …`
+/// (`employmentType`), `… "input", field "lastName" of type "String!" is required but not
+/// provided` (`lastName`), `… "input", unknown field "x" of type …` (`x`); the argument itself
+/// when the value is wrong as a whole.
+fn input_field(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("Invalid value for argument \"")?;
+    let (path, reason) = rest.split_once("\", ")?;
+    let quoted = |after: &str| {
+        reason
+            .strip_prefix(after)
+            .and_then(|r| r.split_once('"'))
+            .map(|(name, _)| name.to_owned())
+    };
+    quoted("field \"")
+        .filter(|_| reason.ends_with("is required but not provided"))
+        .or_else(|| quoted("unknown field \""))
+        .or_else(|| {
+            path.rsplit('.')
+                .find(|segment| segment.parse::<usize>().is_err())
+                .map(str::to_owned)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::input_field;
+
+    #[test]
+    fn graphql_s_own_argument_errors_name_their_field() {
+        assert_eq!(
+            input_field(r#"Invalid value for argument "input.employmentType", enumeration type "EmploymentType" does not contain the value "BOGUS""#).as_deref(),
+            Some("employmentType")
+        );
+        assert_eq!(
+            input_field(r#"Invalid value for argument "input", field "lastName" of type "String!" is required but not provided"#).as_deref(),
+            Some("lastName")
+        );
+        assert_eq!(
+            input_field(r#"Invalid value for argument "input", unknown field "nickname" of type "CreateEmployeeInput""#).as_deref(),
+            Some("nickname")
+        );
+        assert_eq!(
+            input_field(r#"Invalid value for argument "input.emails.1", expected type "String""#)
+                .as_deref(),
+            Some("emails")
+        );
+        assert_eq!(input_field(r#"Unknown field "x" on type "Query"."#), None);
     }
 }
