@@ -271,6 +271,90 @@ where
     Ok(done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
 }
 
+/// Changes per second one employee gets at most in an open-loop run (so that no two changes
+/// of one record race).
+const PER_RECORD: usize = 5;
+
+/// The employees an open-loop run of `rate` changes a second cycles over, created now (at
+/// least 16): their ids.
+pub(crate) async fn open_loop_employees(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    rate: usize,
+    last_name: &str,
+) -> anyhow::Result<Vec<String>> {
+    let count = (rate / PER_RECORD).max(16);
+    let mut records = Vec::with_capacity(count);
+    for n in 0..count {
+        let created = graphql(
+            client,
+            url,
+            Some(token),
+            "mutation($i: CreateEmployeeInput!) { createEmployee(input: $i) { id } }",
+            json!({ "i": { "firstName": "Bench", "lastName": format!("{last_name} {n}") } }),
+        )
+        .await?;
+        records.push(
+            created["data"]["createEmployee"]["id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+    }
+    Ok(records)
+}
+
+/// What an open-loop run sent: when each change was sent, by (record, version after it), and
+/// how long offering them all took.
+pub(crate) struct OpenLoop {
+    pub(crate) sent: std::collections::HashMap<(String, i64), Instant>,
+    pub(crate) offered: Duration,
+}
+
+/// Open loop: one `updateEmployee` every 1/`rate` seconds for `seconds`, each on the next of
+/// `records` (all at version 1), without waiting for the previous ones; returns once every
+/// request was answered.
+pub(crate) async fn open_loop_updates(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    records: &[String],
+    rate: usize,
+    seconds: u64,
+) -> anyhow::Result<OpenLoop> {
+    let total = rate * seconds as usize;
+    let mut sent = std::collections::HashMap::with_capacity(total);
+    let mut ticks = tokio::time::interval(Duration::from_secs(1) / rate as u32);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut versions = vec![1_i64; records.len()];
+    let mut requests = Vec::with_capacity(total);
+    let started = Instant::now();
+    for n in 0..total {
+        ticks.tick().await;
+        let slot = n % records.len();
+        versions[slot] += 1;
+        let record = records[slot].clone();
+        sent.insert((record.clone(), versions[slot]), Instant::now());
+        let (client, url, token) = (client.clone(), url.to_owned(), token.to_owned());
+        requests.push(tokio::spawn(async move {
+            graphql(
+                &client,
+                &url,
+                Some(&token),
+                "mutation($id: ID!, $t: String!) { updateEmployee(id: $id, input: { jobTitle: $t }) { version } }",
+                json!({ "id": record, "t": format!("Title {n}") }),
+            )
+            .await
+        }));
+    }
+    let offered = started.elapsed();
+    for request in requests {
+        request.await??;
+    }
+    Ok(OpenLoop { sent, offered })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,21 +8,19 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use custos_api::{Application, Config, DatabaseConfig};
 use custos_tests::feed::{open_with, Socket};
 use futures::StreamExt;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::common::{data_dir, graphql, ms, percentile, sign_up, BenchArgs};
+use crate::common::{
+    data_dir, ms, open_loop_employees, open_loop_updates, percentile, sign_up, BenchArgs, OpenLoop,
+};
 
 const SUBSCRIPTION: &str = "subscription { recordChanged { id version } }";
-/// Changes per second one employee gets at most (so no two changes of one record race).
-const PER_RECORD: usize = 5;
-
 /// CPU seconds (user and system) of one process, from its `/proc/<pid>/stat`.
 fn cpu_of(stat: &str) -> f64 {
     let ticks = 100.0; // USER_HZ on Linux
@@ -130,24 +128,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let signed = sign_up(&client, &url).await?;
     let token = signed["token"].as_str().unwrap_or_default().to_owned();
     let rate = args.rate.max(1);
-    let count = (rate / PER_RECORD).max(16);
-    let mut records = Vec::with_capacity(count);
-    for n in 0..count {
-        let created = graphql(
-            &client,
-            &url,
-            Some(&token),
-            "mutation($i: CreateEmployeeInput!) { createEmployee(input: $i) { id } }",
-            json!({ "i": { "firstName": "Bench", "lastName": format!("Live {n}") } }),
-        )
-        .await?;
-        records.push(
-            created["data"]["createEmployee"]["id"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned(),
-        );
-    }
+    let records = open_loop_employees(&client, &url, &token, rate, "Live").await?;
 
     let without = idle_cpu(&cluster_dir, args.seconds).await;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -161,42 +142,13 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let with = idle_cpu(&cluster_dir, args.seconds).await;
 
-    // Open loop: one change every 1/rate seconds, each on the next record.
-    let sent: Arc<Mutex<HashMap<(String, i64), Instant>>> = Arc::default();
-    let total = rate * args.seconds as usize;
-    let mut ticks = tokio::time::interval(Duration::from_secs(1) / rate as u32);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let mut versions = vec![1_i64; count];
-    let mut requests = Vec::with_capacity(total);
-    let started = Instant::now();
-    for n in 0..total {
-        ticks.tick().await;
-        let slot = n % count;
-        versions[slot] += 1;
-        let record = records[slot].clone();
-        sent.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert((record.clone(), versions[slot]), Instant::now());
-        let (client, url, token) = (client.clone(), url.clone(), token.clone());
-        requests.push(tokio::spawn(async move {
-            graphql(
-                &client,
-                &url,
-                Some(&token),
-                "mutation($id: ID!, $t: String!) { updateEmployee(id: $id, input: { jobTitle: $t }) { version } }",
-                json!({ "id": record, "t": format!("Title {n}") }),
-            )
-            .await
-        }));
-    }
-    let offered = started.elapsed();
-    for request in requests {
-        request.await??;
-    }
+    let OpenLoop { sent, offered } =
+        open_loop_updates(&client, &url, &token, &records, rate, args.seconds).await?;
+    let total = sent.len();
+    let count = records.len();
     // Whatever is still on its way arrives within a few seconds.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let _ = stop_tx.send(true);
-    let sent = sent.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let mut latencies = Vec::with_capacity(total * subscribers);
     let mut short = 0;
     for reader in readers {

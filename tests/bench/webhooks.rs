@@ -5,18 +5,16 @@
 //! sending each change's request until its signed delivery arrived (an upper bound of
 //! commit-to-webhook). In `--data-dir`, or a fresh temporary directory.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use custos_api::{Application, Config, DatabaseConfig};
 use custos_tests::receiver::Receiver;
 use serde_json::json;
 
-use crate::common::{data_dir, graphql, ms, percentile, sign_up, BenchArgs};
-
-/// Changes per second one employee gets at most (so no two changes of one record race).
-const PER_RECORD: usize = 5;
+use crate::common::{
+    data_dir, graphql, ms, open_loop_employees, open_loop_updates, percentile, sign_up, BenchArgs,
+    OpenLoop,
+};
 
 pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let receiver = Receiver::start().await;
@@ -45,60 +43,13 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     )
     .await?;
     let rate = args.rate.max(1);
-    let count = (rate / PER_RECORD).max(16);
-    let mut records = Vec::with_capacity(count);
-    for n in 0..count {
-        let created = graphql(
-            &client,
-            &url,
-            Some(&token),
-            "mutation($i: CreateEmployeeInput!) { createEmployee(input: $i) { id } }",
-            json!({ "i": { "firstName": "Bench", "lastName": format!("Hook {n}") } }),
-        )
-        .await?;
-        records.push(
-            created["data"]["createEmployee"]["id"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned(),
-        );
-    }
+    let records = open_loop_employees(&client, &url, &token, rate, "Hook").await?;
 
-    // Open loop: one change every 1/rate seconds, each on the next record; when each was sent,
-    // by (record, version).
-    let sent: Arc<Mutex<HashMap<(String, i64), Instant>>> = Arc::default();
-    let total = rate * args.seconds as usize;
-    let mut ticks = tokio::time::interval(Duration::from_secs(1) / rate as u32);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let mut versions = vec![1_i64; count];
-    let mut requests = Vec::with_capacity(total);
-    let started = Instant::now();
-    for n in 0..total {
-        ticks.tick().await;
-        let slot = n % count;
-        versions[slot] += 1;
-        let record = records[slot].clone();
-        sent.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert((record.clone(), versions[slot]), Instant::now());
-        let (client, url, token) = (client.clone(), url.clone(), token.clone());
-        requests.push(tokio::spawn(async move {
-            graphql(
-                &client,
-                &url,
-                Some(&token),
-                "mutation($id: ID!, $t: String!) { updateEmployee(id: $id, input: { jobTitle: $t }) { version } }",
-                json!({ "id": record, "t": format!("Title {n}") }),
-            )
-            .await
-        }));
-    }
-    let offered = started.elapsed();
-    for request in requests {
-        request.await??;
-    }
+    let OpenLoop { sent, offered } =
+        open_loop_updates(&client, &url, &token, &records, rate, args.seconds).await?;
+    let total = sent.len();
+    let count = records.len();
     let received = receiver.until(|r| r.len() >= total).await;
-    let sent = sent.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let mut latencies: Vec<Duration> = received
         .iter()
         .filter_map(|delivery| {

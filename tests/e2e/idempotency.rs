@@ -53,13 +53,7 @@ async fn create(app: &TestApp, session: &Session, key: &str, first_name: &str) -
 
 /// Events of the organisation so far.
 async fn events(app: &TestApp, session: &Session) -> i64 {
-    let tenant = app
-        .services
-        .tenancy
-        .get(session.tenant_id)
-        .await
-        .unwrap()
-        .unwrap();
+    let tenant = app.tenant(session.tenant_id).await;
     sqlx::query_scalar("SELECT count(*) FROM events")
         .fetch_one(&tenant.pool)
         .await
@@ -162,13 +156,7 @@ async fn a_request_that_did_not_run_lets_its_key_go() {
 async fn answers_lost_or_erased_are_never_run_again() {
     let app = TestApp::spawn().await;
     let admin = app.sign_up(&slug("idemlost")).await;
-    let tenant = app
-        .services
-        .tenancy
-        .get(admin.tenant_id)
-        .await
-        .unwrap()
-        .unwrap();
+    let tenant = app.tenant(admin.tenant_id).await;
 
     // A request that appended its events but never answered (the service stopped): once its
     // lease lapsed, a retry is told so and runs nothing.
@@ -238,13 +226,7 @@ async fn answers_lost_or_erased_are_never_run_again() {
 async fn a_keyed_request_has_an_id_of_the_servers_own_in_its_events() {
     let app = TestApp::spawn().await;
     let admin = app.sign_up(&slug("idemid")).await;
-    let tenant = app
-        .services
-        .tenancy
-        .get(admin.tenant_id)
-        .await
-        .unwrap()
-        .unwrap();
+    let tenant = app.tenant(admin.tenant_id).await;
     // A caller's id is kept without a key, and replaced with one: the retry of a request
     // often sends its id again, and a lost answer is looked for in the events by that id.
     let callers = Uuid::new_v4().to_string();
@@ -293,13 +275,7 @@ async fn a_keyed_request_has_an_id_of_the_servers_own_in_its_events() {
 async fn a_long_request_keeps_its_key_and_an_erasure_meanwhile_drops_its_answer() {
     let app = TestApp::spawn().await;
     let admin = app.sign_up(&slug("idemlong")).await;
-    let tenant = app
-        .services
-        .tenancy
-        .get(admin.tenant_id)
-        .await
-        .unwrap()
-        .unwrap();
+    let tenant = app.tenant(admin.tenant_id).await;
     let other = create(&app, &admin, &Uuid::new_v4().to_string(), "Ola").await;
     let other_id: Uuid = other.body["data"]["createEmployee"]["id"]
         .as_str()
@@ -389,13 +365,7 @@ async fn a_long_request_keeps_its_key_and_an_erasure_meanwhile_drops_its_answer(
 async fn the_sweep_keeps_keys_whose_request_still_runs() {
     let app = TestApp::spawn().await;
     let admin = app.sign_up(&slug("idemsweep")).await;
-    let tenant = app
-        .services
-        .tenancy
-        .get(admin.tenant_id)
-        .await
-        .unwrap()
-        .unwrap();
+    let tenant = app.tenant(admin.tenant_id).await;
     for (key, running) in [("old-answered", false), ("old-running", true)] {
         sqlx::query(
             "INSERT INTO idempotent_requests

@@ -20,7 +20,7 @@ use crate::graphql::arguments::parse_id;
 use crate::graphql::context::{Cx, SubscriptionAuth};
 use crate::graphql::types::enums::DatasheetKind;
 use crate::graphql::types::records::RecordNode;
-use crate::infra::record_feed::{Batch, ChangeKind, RecordChange};
+use crate::infra::record_feed::{Batch, RecordChange};
 use crate::service::identity::RequestOrigin;
 use crate::service::Services;
 
@@ -29,7 +29,10 @@ const MAX_IDS: usize = 100;
 
 /// How a record changed.
 #[derive(Enum, Copy, Clone, Eq, PartialEq)]
-#[graphql(name = "RecordChangeKind")]
+#[graphql(
+    name = "RecordChangeKind",
+    remote = "crate::infra::record_feed::ChangeKind"
+)]
 pub(crate) enum RecordChangeKindValue {
     Created,
     Updated,
@@ -41,21 +44,6 @@ pub(crate) enum RecordChangeKindValue {
     RestrictionLifted,
     /// Its personal data was erased: `record` is null from now on.
     Erased,
-}
-
-impl From<ChangeKind> for RecordChangeKindValue {
-    fn from(kind: ChangeKind) -> Self {
-        match kind {
-            ChangeKind::Created => Self::Created,
-            ChangeKind::Updated => Self::Updated,
-            ChangeKind::Archived => Self::Archived,
-            ChangeKind::Restored => Self::Restored,
-            ChangeKind::Hired => Self::Hired,
-            ChangeKind::Restricted => Self::Restricted,
-            ChangeKind::RestrictionLifted => Self::RestrictionLifted,
-            ChangeKind::Erased => Self::Erased,
-        }
-    }
 }
 
 /// One change of a record: which, how, and its version after it.
