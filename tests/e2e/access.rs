@@ -130,6 +130,28 @@ async fn permissions_are_the_union_of_roles_and_changes_apply_on_the_next_reques
             .code(),
         Some("FORBIDDEN")
     );
+    // About a record given by id, the refusal does not say which datasheet the record is in.
+    let employee = app
+        .create_employee(
+            &admin.token,
+            json!({ "firstName": "Hidden", "lastName": "Datasheet" }),
+        )
+        .await;
+    let refused = app
+        .graphql(
+            Some(&only_viewer.token),
+            "query($id: ID!) { consents(subjectId: $id) { subjectId } }",
+            json!({ "id": employee["id"] }),
+        )
+        .await;
+    assert_eq!(refused.code(), Some("FORBIDDEN"), "{}", refused.body);
+    assert!(
+        refused.body["errors"][0]["extensions"]
+            .get("permission")
+            .is_none(),
+        "{}",
+        refused.body
+    );
     let me = app
         .graphql(
             Some(&both.token),

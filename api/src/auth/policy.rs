@@ -184,28 +184,46 @@ impl Principal {
 }
 
 /// The second half of an `OnDatasheet` rule: the principal must hold `permission` on the
-/// datasheet of the record the field is about.
+/// datasheet of the record the field is about. The refusal does not name the datasheet: it
+/// would tell which datasheet a record the caller may not see is in (whether a person is a
+/// job applicant, say).
 pub(crate) fn check_record(
     principal: &Principal,
     datasheet: Datasheet,
     permission: Permission,
 ) -> Result<(), ApiError> {
+    refused_on(principal, datasheet, permission).map_or(Ok(()), |_| Err(ApiError::Forbidden))
+}
+
+/// The second half of an `OnDatasheet` rule when the caller named the datasheet (an
+/// argument): the refusal names the permission it needs (`employees/export`).
+pub(crate) fn check_datasheet(
+    principal: &Principal,
+    datasheet: Datasheet,
+    permission: Permission,
+) -> Result<(), ApiError> {
+    refused_on(principal, datasheet, permission)
+        .map_or(Ok(()), |needed| Err(ApiError::Denied(needed)))
+}
+
+/// The permission `principal` lacks for `permission` on `datasheet` (logged as a denial), or
+/// `None` if it holds it.
+fn refused_on(
+    principal: &Principal,
+    datasheet: Datasheet,
+    permission: Permission,
+) -> Option<String> {
     if principal.may(datasheet, permission) {
-        Ok(())
-    } else {
-        tracing::warn!(
-            tenant.id = %principal.tenant.id,
-            actor.id = %principal.actor().id(),
-            datasheet = datasheet.as_str(),
-            permission = permission.as_str(),
-            "security: access to a record denied"
-        );
-        Err(ApiError::Denied(format!(
-            "{}/{}",
-            datasheet.as_str(),
-            permission.as_str()
-        )))
+        return None;
     }
+    tracing::warn!(
+        tenant.id = %principal.tenant.id,
+        actor.id = %principal.actor().id(),
+        datasheet = datasheet.as_str(),
+        permission = permission.as_str(),
+        "security: access to a record denied"
+    );
+    Some(format!("{}/{}", datasheet.as_str(), permission.as_str()))
 }
 
 /// What an organisation that is not served in full still lets its users do: everyone may log

@@ -103,26 +103,34 @@ impl RecordFeed {
         }
     }
 
-    /// The changes committed from now on, starting the reader if none runs. The receiver ends
-    /// (`Closed`) if the organisation's context closes, and says `Lagged` if its subscriber
-    /// fell more than [`CAPACITY`] batches behind.
-    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Batch> {
-        let mut reader = self.reader.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(sender) = reader.as_ref().and_then(broadcast::WeakSender::upgrade) {
-            return sender.subscribe();
-        }
-        let (sender, receiver) = broadcast::channel(CAPACITY);
-        *reader = Some(sender.downgrade());
-        let mut progress = self.progress.clone();
-        progress.mark_unchanged();
-        tokio::spawn(read(
-            self.pool.clone(),
-            progress,
-            self.hearing.clone(),
-            self.reader.clone(),
-            sender,
-        ));
-        receiver
+    /// The changes committed from now on, starting the reader if none runs (and waiting until
+    /// it knows where it starts, so that nothing committed after this call is missed); `None`
+    /// if the reader could not start. The receiver ends (`Closed`) if the reader stops (the
+    /// organisation's context closed), and says `Lagged` if its subscriber fell more than
+    /// [`CAPACITY`] batches behind.
+    pub(crate) async fn subscribe(&self) -> Option<broadcast::Receiver<Batch>> {
+        let (receiver, started) = {
+            let mut reader = self.reader.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(sender) = reader.as_ref().and_then(broadcast::WeakSender::upgrade) {
+                // A reader that is still starting reads its position after this.
+                return Some(sender.subscribe());
+            }
+            let (sender, receiver) = broadcast::channel(CAPACITY);
+            *reader = Some(sender.downgrade());
+            let mut progress = self.progress.clone();
+            progress.mark_unchanged();
+            let (ready, started) = tokio::sync::oneshot::channel();
+            tokio::spawn(read(
+                self.pool.clone(),
+                progress,
+                self.hearing.clone(),
+                self.reader.clone(),
+                sender,
+                ready,
+            ));
+            (receiver, started)
+        };
+        started.await.unwrap_or(false).then_some(receiver)
     }
 }
 
@@ -134,6 +142,7 @@ async fn read(
     hearing: Arc<Hearing>,
     slot: Arc<Mutex<Option<broadcast::WeakSender<Batch>>>>,
     sender: broadcast::Sender<Batch>,
+    ready: tokio::sync::oneshot::Sender<bool>,
 ) {
     let stop = |slot: &Mutex<Option<broadcast::WeakSender<Batch>>>| {
         *slot.lock().unwrap_or_else(|e| e.into_inner()) = None;
@@ -153,10 +162,12 @@ async fn read(
         Err(err) => {
             tracing::warn!(error = %crate::error::redacted(&err.into()), "the record feed could not start");
             stop(&slot);
+            let _ = ready.send(false);
             lease.drop_now().await;
             return;
         }
     };
+    let _ = ready.send(true);
     let mut renewed = tokio::time::Instant::now();
     loop {
         let wait = if hearing.hears() { IDLE } else { DEAF };
@@ -223,8 +234,11 @@ struct Lease {
 
 impl Lease {
     async fn renew(&self) -> sqlx::Result<()> {
+        // Leases of readers that died (their database closed under them, or their instance
+        // stopped) go with any renewal, so the trigger's look stays short.
         sqlx::query(
-            "INSERT INTO record_feed_readers (reader, until)
+            "WITH lapsed AS (DELETE FROM record_feed_readers WHERE until < now())
+             INSERT INTO record_feed_readers (reader, until)
              VALUES ($1, now() + make_interval(secs => $2))
              ON CONFLICT (reader) DO UPDATE SET until = EXCLUDED.until",
         )

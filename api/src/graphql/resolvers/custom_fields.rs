@@ -4,7 +4,7 @@
 use async_graphql::{Context, InputObject, Object, SimpleObject};
 use custos_domain::{CustomField, CustomSchema, Datasheet, FieldSchemaCommand, Permission};
 
-use crate::auth::policy::check_record;
+use crate::auth::policy::check_datasheet;
 use crate::error::ApiError;
 use crate::graphql::context::Cx;
 use crate::graphql::types::enums::{CustomFieldType, DatasheetKind};
@@ -91,7 +91,7 @@ impl CustomFieldsQuery {
     ) -> Result<Vec<CustomFieldDefinition>, ApiError> {
         let cx = Cx::new(ctx)?;
         let datasheet = Datasheet::from(datasheet);
-        check_record(cx.caller, datasheet, Permission::Read)?;
+        check_datasheet(cx.caller, datasheet, Permission::Read)?;
         let schema = cx.services.custom_schema(cx.tenant(), datasheet).await?;
         Ok(schema
             .all()

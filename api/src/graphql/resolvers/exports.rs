@@ -6,7 +6,7 @@ use custos_domain::{Datasheet, ExportFormat, Permission};
 use serde_json::json;
 
 use super::record_query::{record_query, ListArgs, RecordFilter, RecordOrder};
-use crate::auth::policy::check_record;
+use crate::auth::policy::check_datasheet;
 use crate::error::ApiError;
 use crate::graphql::context::Cx;
 use crate::graphql::types::enums::{DatasheetKind, ExportFormatKind};
@@ -38,7 +38,7 @@ impl ExportsMutation {
         let cx = Cx::new(ctx)?;
         let bom = bom.unwrap_or(false);
         let datasheet = Datasheet::from(datasheet);
-        check_record(cx.caller, datasheet, Permission::Export)?;
+        check_datasheet(cx.caller, datasheet, Permission::Export)?;
         let arguments = json!({
             "filter": filter,
             "orderBy": order_by,

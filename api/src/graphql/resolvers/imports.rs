@@ -3,7 +3,7 @@
 use async_graphql::{Context, InputObject, Object, SimpleObject, ID};
 use custos_domain::{Datasheet, Permission};
 
-use crate::auth::policy::check_record;
+use crate::auth::policy::check_datasheet;
 use crate::error::ApiError;
 use crate::graphql::context::Cx;
 use crate::graphql::types::enums::DatasheetKind;
@@ -65,7 +65,7 @@ impl ImportsMutation {
         let dry_run = dry_run.unwrap_or(false);
         let all_or_nothing = all_or_nothing.unwrap_or(true);
         let datasheet = Datasheet::from(datasheet);
-        check_record(cx.caller, datasheet, Permission::Create)?;
+        check_datasheet(cx.caller, datasheet, Permission::Create)?;
         let mapping = mapping
             .into_iter()
             .map(|m| ColumnMapping {

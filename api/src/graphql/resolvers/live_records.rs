@@ -13,7 +13,7 @@ use futures::Stream;
 use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
-use crate::auth::policy::{check, check_record, check_standing, rule};
+use crate::auth::policy::{check, check_datasheet, check_standing, rule};
 use crate::auth::principal::Principal;
 use crate::error::ApiError;
 use crate::graphql::arguments::parse_id;
@@ -46,8 +46,9 @@ pub(crate) enum RecordChangeKindValue {
     Erased,
 }
 
-/// One change of a record: which, how, and its version after it.
-pub(crate) struct RecordChangeNode(RecordChange);
+/// One change of a record: which, how, and its version after it; sent to `principal` as the
+/// subscriber's session stands now (not as it stood when it subscribed).
+pub(crate) struct RecordChangeNode(RecordChange, Arc<Principal>);
 
 #[Object(name = "RecordChange")]
 impl RecordChangeNode {
@@ -84,7 +85,8 @@ impl RecordChangeNode {
         else {
             return Ok(None);
         };
-        if row.erased_at.is_some() || !cx.caller.may(row.datasheet(), Permission::Read) {
+        let readable = |principal: &Principal| principal.may(row.datasheet(), Permission::Read);
+        if row.erased_at.is_some() || !readable(&self.1) || !readable(cx.caller) {
             return Ok(None);
         }
         cx.record_reads(&[row.id], ReadVia::Subscription).await?;
@@ -106,7 +108,7 @@ pub(crate) async fn record_changed(
     check_standing("Subscription", "recordChanged", cx.caller)?;
     let datasheet: Option<Datasheet> = datasheet.map(Into::into);
     if let Some(datasheet) = datasheet {
-        check_record(cx.caller, datasheet, Permission::Read)?;
+        check_datasheet(cx.caller, datasheet, Permission::Read)?;
     }
     let ids = match ids {
         None => None,
@@ -126,13 +128,19 @@ pub(crate) async fn record_changed(
         .data::<SubscriptionAuth>()
         .map_err(|_| ApiError::Unauthenticated)?;
     let tenant = cx.tenant();
+    let sessions = tenant.caches.session_changes();
+    let changes = tenant
+        .record_feed
+        .subscribe()
+        .await
+        .ok_or(ApiError::Unavailable)?;
     let live = Live {
         services: cx.services.clone(),
-        principal: cx.caller.clone(),
+        principal: Arc::new(cx.caller.clone()),
         token: auth.token.clone(),
         origin: auth.origin.clone(),
-        sessions: tenant.caches.session_changes(),
-        changes: tenant.record_feed.subscribe(),
+        sessions,
+        changes,
         queue: VecDeque::new(),
         datasheet,
         ids,
@@ -140,7 +148,10 @@ pub(crate) async fn record_changed(
     Ok(futures::stream::unfold(Some(live), |live| async move {
         let mut live = live?;
         match live.next().await {
-            Some(Ok(change)) => Some((Ok(RecordChangeNode(change)), Some(live))),
+            Some(Ok(change)) => {
+                let principal = live.principal.clone();
+                Some((Ok(RecordChangeNode(change, principal)), Some(live)))
+            }
             // The error is sent, then the subscription ends.
             Some(Err(err)) => Some((Err(err.into()), None)),
             None => None,
@@ -152,7 +163,7 @@ pub(crate) async fn record_changed(
 struct Live {
     services: Arc<Services>,
     /// The subscriber as of the session's last change.
-    principal: Principal,
+    principal: Arc<Principal>,
     token: String,
     origin: RequestOrigin,
     sessions: tokio::sync::watch::Receiver<u64>,
@@ -180,12 +191,19 @@ impl Live {
                              read the records again and subscribe again"
                         ))))
                     }
-                    // The organisation's context closed.
-                    Err(RecvError::Closed) => return None,
+                    // The reader stopped (the organisation's context closed).
+                    Err(RecvError::Closed) => return Some(Err(ApiError::Unavailable)),
                 },
                 changed = self.sessions.changed() => {
-                    if changed.is_err() || !self.recheck().await {
+                    if changed.is_err() {
                         return None;
+                    }
+                    match self.recheck().await {
+                        Ok(true) => {}
+                        Ok(false) => return None,
+                        // Not known whether the subscriber may still read what it is sent:
+                        // it ends, and may subscribe again.
+                        Err(err) => return Some(Err(err)),
                     }
                 }
             }
@@ -200,20 +218,19 @@ impl Live {
     }
 
     /// Reads the session again after a change to sessions, users or roles: `false` if it
-    /// ended or may no longer subscribe.
-    async fn recheck(&mut self) -> bool {
+    /// ended or may no longer subscribe; an error if it could not be read.
+    async fn recheck(&mut self) -> Result<bool, ApiError> {
         match self.services.authenticate(&self.token, &self.origin).await {
             Ok(Some(principal))
                 if principal.tenant.id == self.principal.tenant.id
                     && check(rule("Subscription", "recordChanged"), Some(&principal)).is_ok()
                     && check_standing("Subscription", "recordChanged", &principal).is_ok() =>
             {
-                self.principal = principal;
-                true
+                self.principal = Arc::new(principal);
+                Ok(true)
             }
-            Ok(_) => false,
-            // Checked again at the next change.
-            Err(_) => true,
+            Ok(_) => Ok(false),
+            Err(err) => Err(err),
         }
     }
 }

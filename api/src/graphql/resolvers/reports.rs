@@ -8,7 +8,7 @@ use custos_projections::accesses::ReadVia;
 use custos_projections::record_query::{self, Field};
 
 use super::record_query::{record_query, resolve_field, ListArgs, RecordFilter};
-use crate::auth::policy::check_record;
+use crate::auth::policy::check_datasheet;
 use crate::error::ApiError;
 use crate::graphql::context::Cx;
 use crate::graphql::types::enums::DatasheetKind;
@@ -139,7 +139,7 @@ impl ReportsQuery {
     ) -> Result<Report, ApiError> {
         let cx = Cx::new(ctx)?;
         let datasheet = Datasheet::from(datasheet);
-        check_record(cx.caller, datasheet, Permission::Report)?;
+        check_datasheet(cx.caller, datasheet, Permission::Report)?;
         if let Some(at) = as_of {
             if filter.is_some() || search.is_some() || include_archived.is_some() {
                 return Err(ApiError::validation(
