@@ -571,8 +571,8 @@ fn subscription_field(request: &mut async_graphql::Request) -> Option<String> {
     first_field(document, &operation.node.selection_set.node, 0)
 }
 
-/// The first field of a selection set, looking into fragments (at most a few deep: a cycle is
-/// refused by the document limits before this matters).
+/// The first field of a selection set, looking into fragments at most 8 deep (this runs before
+/// the document limits, which refuse a fragment that spreads itself, so a cycle must end here).
 fn first_field(document: &ExecutableDocument, set: &SelectionSet, depth: usize) -> Option<String> {
     if depth > 8 {
         return None;
