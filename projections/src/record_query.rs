@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, Postgres, QueryBuilder};
 use uuid::Uuid;
 
-use crate::page::{Page, MAX_PAGE};
+use crate::page::MAX_PAGE;
 use crate::records::{RecordRow, RECORD_COLUMNS};
 
 /// What a filter or an order can name.
@@ -164,6 +164,24 @@ pub enum Op {
     IsNull(bool),
 }
 
+impl Op {
+    /// The operator as the API names it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Eq(_) => "eq",
+            Op::Neq(_) => "neq",
+            Op::In(_) => "in",
+            Op::Gt(_) => "gt",
+            Op::Gte(_) => "gte",
+            Op::Lt(_) => "lt",
+            Op::Lte(_) => "lte",
+            Op::Contains(_) => "contains",
+            Op::StartsWith(_) => "startsWith",
+            Op::IsNull(_) => "isNull",
+        }
+    }
+}
+
 /// A filter: comparisons combined with and, or, not.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Filter {
@@ -214,10 +232,45 @@ pub struct RecordQuery {
     pub order: Vec<OrderKey>,
     /// Words that must each start a word of the record's names, emails, company or notes.
     pub search: Option<String>,
-    pub first: i64,
-    pub after: Option<RecordCursor>,
+    /// Which page: the first `n` after a cursor, or the last `n` before one.
+    pub window: Window,
     /// Whether to count every match (a scan of them all); the page's total is 0 otherwise.
     pub count: bool,
+}
+
+/// The page of a list to answer, Relay's `first`/`after` or `last`/`before`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Window {
+    /// The first `first` records after `after` (from the start without one).
+    First {
+        first: i64,
+        after: Option<RecordCursor>,
+    },
+    /// The last `last` records before `before` (up to the end without one), in list order.
+    Last {
+        last: i64,
+        before: Option<RecordCursor>,
+    },
+}
+
+impl Window {
+    /// The first page of `size` records.
+    pub fn first(size: i64) -> Self {
+        Window::First {
+            first: size,
+            after: None,
+        }
+    }
+}
+
+/// One page of a list: each row with its cursor, whether records come before and after it,
+/// and how many match in all when asked for (0 otherwise).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordPage {
+    pub items: Vec<(String, RecordRow)>,
+    pub has_previous_page: bool,
+    pub has_next_page: bool,
+    pub total_count: i64,
 }
 
 /// Why a query cannot run.
@@ -410,19 +463,24 @@ fn push_where(query: &mut QueryBuilder<'_, Postgres>, request: &RecordQuery) {
 #[derive(Clone)]
 enum Cond {
     IsNull(String),
+    IsNotNull(String),
     Compare {
         sql: String,
         operator: &'static str,
         value: String,
         cast: &'static str,
     },
-    IdAfter(Uuid),
+    /// The id comes after (`>`) or, walking backwards, before (`<`) the cursor's.
+    Id(&'static str, Uuid),
 }
 
 fn push_cond(query: &mut QueryBuilder<'_, Postgres>, cond: &Cond) {
     match cond {
         Cond::IsNull(sql) => {
             query.push(format!("{sql} IS NULL"));
+        }
+        Cond::IsNotNull(sql) => {
+            query.push(format!("{sql} IS NOT NULL"));
         }
         Cond::Compare {
             sql,
@@ -435,41 +493,57 @@ fn push_cond(query: &mut QueryBuilder<'_, Postgres>, cond: &Cond) {
                 .push_bind(value.clone())
                 .push(*cast);
         }
-        Cond::IdAfter(id) => {
-            query.push("id > ").push_bind(*id);
+        Cond::Id(operator, id) => {
+            query.push(format!("id {operator} ")).push_bind(*id);
         }
     }
 }
 
 /// Rows after `cursor` in the order: lexicographic over, per key, "has a value" (rows with
-/// one come first) then the value in its direction, then the id.
-fn push_after(query: &mut QueryBuilder<'_, Postgres>, order: &[OrderKey], cursor: &RecordCursor) {
+/// one come first) then the value in its direction, then the id. `backward` walks the order
+/// the other way (rows before the cursor, nearest first): directions flip, and rows without a
+/// value come first.
+fn push_after(
+    query: &mut QueryBuilder<'_, Postgres>,
+    order: &[OrderKey],
+    cursor: &RecordCursor,
+    backward: bool,
+) {
     let mut terms: Vec<Vec<Cond>> = Vec::new();
     let mut equal: Vec<Cond> = Vec::new();
     for (key, value) in order.iter().zip(&cursor.keys) {
         let sql = key.field.order_sql();
         match value {
-            // Among rows without a value, nothing of this key orders them.
-            None => equal.push(Cond::IsNull(sql)),
+            // Walking forward from a row without a value, only rows without one follow;
+            // walking backward, every row with a value does too.
+            None => {
+                if backward {
+                    terms.push([equal.clone(), vec![Cond::IsNotNull(sql.clone())]].concat());
+                }
+                equal.push(Cond::IsNull(sql));
+            }
             Some(value) => {
-                let after = |operator| Cond::Compare {
+                let compare = |operator| Cond::Compare {
                     sql: sql.clone(),
                     operator,
                     value: value.clone(),
                     cast: key.field.cast(),
                 };
                 // Rows without a value come after every row with one.
-                terms.push([equal.clone(), vec![Cond::IsNull(sql.clone())]].concat());
-                let operator = match key.direction {
-                    Direction::Asc => ">",
-                    Direction::Desc => "<",
+                if !backward {
+                    terms.push([equal.clone(), vec![Cond::IsNull(sql.clone())]].concat());
+                }
+                let operator = match (key.direction, backward) {
+                    (Direction::Asc, false) | (Direction::Desc, true) => ">",
+                    (Direction::Desc, false) | (Direction::Asc, true) => "<",
                 };
-                terms.push([equal.clone(), vec![after(operator)]].concat());
-                equal.push(after("="));
+                terms.push([equal.clone(), vec![compare(operator)]].concat());
+                equal.push(compare("="));
             }
         }
     }
-    terms.push([equal, vec![Cond::IdAfter(cursor.id)]].concat());
+    let id = if backward { "<" } else { ">" };
+    terms.push([equal, vec![Cond::Id(id, cursor.id)]].concat());
     query.push(" AND (");
     for (i, term) in terms.iter().enumerate() {
         if i > 0 {
@@ -487,14 +561,34 @@ fn push_after(query: &mut QueryBuilder<'_, Postgres>, order: &[OrderKey], cursor
     query.push(")");
 }
 
+/// The ORDER BY of a list, or of its reverse (walking backward).
+fn push_order(query: &mut QueryBuilder<'_, Postgres>, order: &[OrderKey], backward: bool) {
+    query.push(" ORDER BY ");
+    for key in order {
+        let direction = match (key.direction, backward) {
+            (Direction::Asc, false) => "ASC NULLS LAST",
+            (Direction::Desc, false) => "DESC NULLS LAST",
+            (Direction::Asc, true) => "DESC NULLS FIRST",
+            (Direction::Desc, true) => "ASC NULLS FIRST",
+        };
+        let sql = key.field.order_sql();
+        query.push(format!("{sql} {direction}, "));
+    }
+    query.push(if backward { "id DESC" } else { "id" });
+}
+
 /// One page of records, with each row's cursor, and the total that match when asked for.
 pub async fn list(
     db: &mut PgConnection,
     request: &RecordQuery,
-) -> Result<Page<(String, RecordRow)>, QueryListError> {
-    let first = request.first.clamp(1, MAX_PAGE);
+) -> Result<RecordPage, QueryListError> {
+    let (size, cursor, backward) = match &request.window {
+        Window::First { first, after } => (*first, after.as_ref(), false),
+        Window::Last { last, before } => (*last, before.as_ref(), true),
+    };
+    let size = size.clamp(1, MAX_PAGE);
     let order_signature = signature(&request.order);
-    if let Some(cursor) = &request.after {
+    if let Some(cursor) = cursor {
         if cursor.order != order_signature || cursor.keys.len() != request.order.len() {
             return Err(QueryListError::Query(QueryError::ForeignCursor));
         }
@@ -522,19 +616,11 @@ pub async fn list(
         push_where(&mut query, request);
         query
     };
-    if let Some(cursor) = &request.after {
-        push_after(&mut query, &request.order, cursor);
+    if let Some(cursor) = cursor {
+        push_after(&mut query, &request.order, cursor, backward);
     }
-    query.push(" ORDER BY ");
-    for key in &request.order {
-        let direction = match key.direction {
-            Direction::Asc => "ASC",
-            Direction::Desc => "DESC",
-        };
-        let sql = key.field.order_sql();
-        query.push(format!("{sql} {direction} NULLS LAST, "));
-    }
-    query.push("id LIMIT ").push_bind(first + 1);
+    push_order(&mut query, &request.order, backward);
+    query.push(" LIMIT ").push_bind(size + 1);
     #[derive(sqlx::FromRow)]
     struct Keyed {
         #[sqlx(flatten)]
@@ -542,8 +628,17 @@ pub async fn list(
         order_keys: Vec<Option<String>>,
     }
     let mut rows: Vec<Keyed> = query.build_query_as().fetch_all(&mut *db).await?;
-    let has_next_page = rows.len() as i64 > first;
-    rows.truncate(first as usize);
+    // One more row than the page says that more lie beyond it; a cursor, that some lie
+    // behind (its own row at least, unless it has gone since).
+    let more = rows.len() as i64 > size;
+    rows.truncate(size as usize);
+    if backward {
+        rows.reverse();
+    }
+    let (has_previous_page, has_next_page) = match backward {
+        false => (cursor.is_some(), more),
+        true => (more, cursor.is_some()),
+    };
 
     let total_count: i64 = if request.count {
         let mut count = QueryBuilder::new("SELECT count(*) FROM records");
@@ -563,8 +658,9 @@ pub async fn list(
             (cursor.encode(), keyed.row)
         })
         .collect();
-    Ok(Page {
+    Ok(RecordPage {
         items,
+        has_previous_page,
         has_next_page,
         total_count,
     })
@@ -614,16 +710,7 @@ pub async fn group_counts(
 pub async fn ids(db: &mut PgConnection, request: &RecordQuery) -> sqlx::Result<Vec<Uuid>> {
     let mut query = QueryBuilder::new("SELECT id FROM records");
     push_where(&mut query, request);
-    query.push(" ORDER BY ");
-    for key in &request.order {
-        let direction = match key.direction {
-            Direction::Asc => "ASC",
-            Direction::Desc => "DESC",
-        };
-        let sql = key.field.order_sql();
-        query.push(format!("{sql} {direction} NULLS LAST, "));
-    }
-    query.push("id");
+    push_order(&mut query, &request.order, false);
     query.build_query_scalar().fetch_all(db).await
 }
 

@@ -98,16 +98,23 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     )
     .await?;
     let filtered = measure(
-        "query($f: RecordFilter, $o: [RecordOrder!]) { employees(first: 50, filter: $f, orderBy: $o) {
+        "query($f: EmployeeFilter, $o: [EmployeeOrder!]) { employees(first: 50, filter: $f, orderBy: $o) {
             edges { cursor node { id firstName lastName email department startDate } } } }",
-        json!({ "f": { "field": "department", "eq": "Dept 7" }, "o": [{ "field": "lastName" }] }),
+        json!({ "f": { "department": { "eq": "Dept 7" } }, "o": [{ "lastName": "ASC" }] }),
+        args.reads,
+    )
+    .await?;
+    let backward = measure(
+        "query($f: EmployeeFilter, $o: [EmployeeOrder!]) { employees(last: 50, filter: $f, orderBy: $o) {
+            edges { cursor node { id firstName lastName email department startDate } } } }",
+        json!({ "f": { "department": { "eq": "Dept 7" } }, "o": [{ "lastName": "ASC" }] }),
         args.reads,
     )
     .await?;
     let list = measure(
-        "query($f: RecordFilter, $o: [RecordOrder!]) { employees(first: 50, filter: $f, orderBy: $o) {
+        "query($f: EmployeeFilter, $o: [EmployeeOrder!]) { employees(first: 50, filter: $f, orderBy: $o) {
             totalCount edges { cursor node { id firstName lastName email department startDate } } } }",
-        json!({ "f": { "field": "department", "eq": "Dept 7" }, "o": [{ "field": "lastName" }] }),
+        json!({ "f": { "department": { "eq": "Dept 7" } }, "o": [{ "lastName": "ASC" }] }),
         args.reads,
     )
     .await?;
@@ -199,6 +206,10 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         (
             "`employees(first: 50)` filtered by department, ordered by last name, no `totalCount`",
             &filtered,
+        ),
+        (
+            "`employees(last: 50)` filtered by department, ordered by last name, no `totalCount`",
+            &backward,
         ),
         (
             "`employees(first: 50)` filtered by department, ordered by last name",

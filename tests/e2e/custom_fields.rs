@@ -152,7 +152,7 @@ async fn custom_fields_filter_and_order_lists() {
         .ok();
     }
     employee(&app, &admin, "Diaz", json!([])).await.ok();
-    let list = "query($f: RecordFilter, $o: [RecordOrder!]) { employees(filter: $f, orderBy: $o) { edges { node { lastName } } } }";
+    let list = "query($f: EmployeeFilter, $o: [EmployeeOrder!]) { employees(filter: $f, orderBy: $o) { edges { node { lastName } } } }";
     let names = |response: Response| -> Vec<String> {
         response
             .ok()
@@ -170,7 +170,7 @@ async fn custom_fields_filter_and_order_lists() {
                 &app,
                 &admin,
                 list,
-                json!({ "o": [{ "field": "custom.badge", "direction": "DESC" }] })
+                json!({ "o": [{ "custom": { "key": "badge", "direction": "DESC" } }] })
             )
             .await
         ),
@@ -182,7 +182,7 @@ async fn custom_fields_filter_and_order_lists() {
                 &app,
                 &admin,
                 list,
-                json!({ "f": { "field": "custom.badge", "gt": "10" } })
+                json!({ "f": { "custom": [{ "key": "badge", "number": { "gt": 10 } }] } })
             )
             .await
         ),
@@ -194,7 +194,7 @@ async fn custom_fields_filter_and_order_lists() {
                 &app,
                 &admin,
                 list,
-                json!({ "f": { "field": "custom.remote", "eq": "true" } })
+                json!({ "f": { "custom": [{ "key": "remote", "boolean": { "eq": true } }] } })
             )
             .await
         ),
@@ -206,7 +206,7 @@ async fn custom_fields_filter_and_order_lists() {
                 &app,
                 &admin,
                 list,
-                json!({ "f": { "field": "custom.languages", "eq": "de" } })
+                json!({ "f": { "custom": [{ "key": "languages", "choices": { "eq": "de" } }] } })
             )
             .await
         ),
@@ -218,16 +218,19 @@ async fn custom_fields_filter_and_order_lists() {
                 &app,
                 &admin,
                 list,
-                json!({ "f": { "field": "custom.badge", "isNull": true } })
+                json!({ "f": { "custom": [{ "key": "badge", "number": { "isNull": true } }] } })
             )
             .await
         ),
         ["Diaz"]
     );
     for variables in [
-        json!({ "f": { "field": "custom.badge", "gt": "ten" } }),
-        json!({ "f": { "field": "custom.nope", "eq": "x" } }),
-        json!({ "o": [{ "field": "custom.languages" }] }),
+        json!({ "f": { "custom": [{ "key": "badge", "number": { "gt": "ten" } }] } }),
+        json!({ "f": { "custom": [{ "key": "badge", "text": { "eq": "30" } }] } }),
+        json!({ "f": { "custom": [{ "key": "badge", "number": { "eq": 30 }, "text": { "eq": "30" } }] } }),
+        json!({ "f": { "custom": [{ "key": "badge" }] } }),
+        json!({ "f": { "custom": [{ "key": "nope", "text": { "eq": "x" } }] } }),
+        json!({ "o": [{ "custom": { "key": "languages" } }] }),
     ] {
         let refused = call(&app, &admin, list, variables.clone()).await;
         assert_eq!(refused.code(), Some("VALIDATION"), "{variables}");

@@ -4,7 +4,7 @@
 use custos_tests::{logs, slug, Session, TestApp};
 use serde_json::{json, Value};
 
-const EXPORT: &str = "mutation($d: Datasheet!, $fmt: ExportFormatKind!, $f: RecordFilter, $bom: Boolean!) {
+const EXPORT: &str = "mutation($d: Datasheet!, $fmt: ExportFormatKind!, $f: RecordsFilter, $bom: Boolean!) {
     exportRecords(datasheet: $d, format: $fmt, filter: $f, bom: $bom) { exportId count downloadUrl expiresAt } }";
 
 async fn download(app: &TestApp, url: &str) -> reqwest::Response {
@@ -42,7 +42,7 @@ async fn csv_exports_open_correctly_in_a_spreadsheet_and_are_recorded() {
     let started = export(
         &app,
         &manager,
-        json!({ "d": "EMPLOYEES", "fmt": "CSV", "bom": true, "f": { "field": "department", "eq": "Sales" } }),
+        json!({ "d": "EMPLOYEES", "fmt": "CSV", "bom": true, "f": { "employees": { "department": { "eq": "Sales" } } } }),
     )
     .await
     .ok();
@@ -115,9 +115,11 @@ async fn csv_exports_open_correctly_in_a_spreadsheet_and_are_recorded() {
     assert_eq!(event["format"], "csv");
     assert_eq!(event["count"], 2);
     assert_eq!(event["record_ids"].as_array().unwrap().len(), 2);
-    assert_eq!(event["filter"]["filter"]["field"], "department");
     // The value typed into the filter is withheld: it could name a person.
-    assert_eq!(event["filter"]["filter"]["eq"], "[withheld]");
+    assert_eq!(
+        event["filter"]["filter"],
+        json!({ "employees": { "department": { "eq": "[withheld]" } } })
+    );
     assert_eq!(metadata["actor_id"], json!(manager.user_id.to_string()));
 }
 
@@ -205,7 +207,7 @@ async fn exports_need_the_export_permission_and_a_valid_link() {
     let bad_filter = export(
         &app,
         &admin,
-        json!({ "d": "EMPLOYEES", "fmt": "CSV", "bom": false, "f": { "field": "salary", "eq": "1" } }),
+        json!({ "d": "EMPLOYEES", "fmt": "CSV", "bom": false, "f": { "contacts": { "tags": { "eq": "x" } } } }),
     )
     .await;
     assert_eq!(bad_filter.code(), Some("VALIDATION"));

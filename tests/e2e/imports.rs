@@ -117,7 +117,7 @@ async fn valid_rows_become_creation_events_of_the_importer() {
     let listed = app
         .graphql(
             Some(&importer.token),
-            "{ employees(orderBy: [{ field: \"lastName\" }]) { edges { node { firstName lastName email startDate department createdBy { id } } } } }",
+            "{ employees(orderBy: [{ lastName: ASC }]) { edges { node { firstName lastName email startDate department createdBy { id } } } } }",
             json!({}),
         )
         .await

@@ -140,8 +140,8 @@ async fn an_erased_record_leaves_no_readable_value_anywhere() {
     // found: the export is recorded, but not what was typed.
     app.graphql(
         Some(&admin.token),
-        "mutation($s: String, $f: RecordFilter) { exportRecords(datasheet: EMPLOYEES, format: CSV, search: $s, filter: $f) { count } }",
-        json!({ "s": seeded[1], "f": { "field": "department", "eq": seeded[4] } }),
+        "mutation($s: String, $f: RecordsFilter) { exportRecords(datasheet: EMPLOYEES, format: CSV, search: $s, filter: $f) { count } }",
+        json!({ "s": seeded[1], "f": { "employees": { "department": { "eq": seeded[4] } } } }),
     )
     .await
     .ok();

@@ -5,9 +5,9 @@
 use custos_tests::{slug, Response, Session, TestApp};
 use serde_json::{json, Value};
 
-const LIST: &str = "query($f: RecordFilter, $o: [RecordOrder!], $s: String, $first: Int, $after: String, $a: Boolean) {
-    employees(filter: $f, orderBy: $o, search: $s, first: $first, after: $after, includeArchived: $a) {
-        totalCount edges { cursor node { id lastName } } pageInfo { hasNextPage endCursor } } }";
+const LIST: &str = "query($f: EmployeeFilter, $o: [EmployeeOrder!], $s: String, $first: Int, $after: String, $last: Int, $before: String, $a: Boolean) {
+    employees(filter: $f, orderBy: $o, search: $s, first: $first, after: $after, last: $last, before: $before, includeArchived: $a) {
+        totalCount edges { cursor node { id lastName } } pageInfo { hasPreviousPage hasNextPage startCursor endCursor } } }";
 
 async fn list(app: &TestApp, session: &Session, variables: Value) -> Response {
     app.graphql(Some(&session.token), LIST, variables).await
@@ -96,81 +96,70 @@ async fn filters_combine_every_operator() {
     let by = |filter: Value| json!({ "f": filter });
     let cases = [
         (
-            json!({ "field": "department", "eq": "Sales" }),
+            json!({ "department": { "eq": "Sales" } }),
             vec!["Ames", "Baker"],
         ),
         // Records without a department are "not Sales" too.
         (
-            json!({ "field": "department", "neq": "Sales" }),
+            json!({ "department": { "neq": "Sales" } }),
             vec!["carter", "Diaz", "Evans", "Ames"],
         ),
         (
-            json!({ "field": "department", "in": ["Support", "Engineering"] }),
+            json!({ "department": { "in": ["Support", "Engineering"] } }),
             vec!["carter", "Diaz", "Ames"],
         ),
         (
-            json!({ "field": "startDate", "gte": "2021-06-01", "lt": "2023-01-01" }),
+            json!({ "startDate": { "gte": "2021-06-01", "lt": "2023-01-01" } }),
             vec!["Baker", "Evans"],
         ),
+        (json!({ "startDate": { "gt": "2022-11-30" } }), vec!["Ames"]),
         (
-            json!({ "field": "startDate", "gt": "2022-11-30" }),
-            vec!["Ames"],
-        ),
-        (
-            json!({ "field": "startDate", "lte": "2019-03-10" }),
+            json!({ "startDate": { "lte": "2019-03-10" } }),
             vec!["carter"],
         ),
+        (json!({ "lastName": { "contains": "AR" } }), vec!["carter"]),
         (
-            json!({ "field": "lastName", "contains": "AR" }),
-            vec!["carter"],
-        ),
-        (
-            json!({ "field": "lastName", "contains": "a" }),
+            json!({ "lastName": { "contains": "a" } }),
             vec!["Ames", "Baker", "carter", "Diaz", "Evans", "Ames"],
         ),
+        (json!({ "lastName": { "startsWith": "c" } }), vec!["carter"]),
+        (json!({ "notes": { "contains": "50%" } }), vec!["Evans"]),
+        (json!({ "notes": { "contains": "%" } }), vec!["Evans"]),
+        (json!({ "department": { "isNull": true } }), vec!["Evans"]),
         (
-            json!({ "field": "lastName", "startsWith": "c" }),
-            vec!["carter"],
-        ),
-        (
-            json!({ "field": "notes", "contains": "50%" }),
-            vec!["Evans"],
-        ),
-        (json!({ "field": "notes", "contains": "%" }), vec!["Evans"]),
-        (
-            json!({ "field": "department", "isNull": true }),
-            vec!["Evans"],
-        ),
-        (
-            json!({ "field": "email", "isNull": false }),
+            json!({ "email": { "isNull": false } }),
             vec!["Ames", "carter", "Evans"],
         ),
         (
-            json!({ "field": "employmentType", "eq": "FULL_TIME" }),
+            json!({ "employmentType": { "eq": "FULL_TIME" } }),
             vec!["Ames", "carter"],
         ),
         (
-            json!({ "field": "employmentType", "eq": "contractor" }),
-            vec!["Diaz"],
+            json!({ "employmentType": { "in": ["CONTRACTOR", "PART_TIME"] } }),
+            vec!["Baker", "Diaz"],
         ),
         (
-            json!({ "or": [{ "field": "department", "eq": "Support" }, { "field": "email", "contains": "other" }] }),
+            json!({ "employmentType": { "neq": "FULL_TIME" } }),
+            vec!["Baker", "Diaz", "Evans", "Ames"],
+        ),
+        (
+            json!({ "or": [{ "department": { "eq": "Support" } }, { "email": { "contains": "other" } }] }),
             vec!["Evans", "Ames"],
         ),
         (
-            json!({ "field": "department", "eq": "Engineering", "not": { "field": "startDate", "isNull": true } }),
+            json!({ "department": { "eq": "Engineering" }, "not": { "startDate": { "isNull": true } } }),
             vec!["carter"],
         ),
         (
-            json!({ "not": { "field": "department", "eq": "Sales" } }),
+            json!({ "not": { "department": { "eq": "Sales" } } }),
             vec!["carter", "Diaz", "Evans", "Ames"],
         ),
         (
-            json!({ "and": [{ "field": "lastName", "eq": "Ames" }, { "field": "createdAt", "gt": "2000-01-01T00:00:00Z" }] }),
+            json!({ "and": [{ "lastName": { "eq": "Ames" } }, { "createdAt": { "gt": "2000-01-01T00:00:00Z" } }] }),
             vec!["Ames", "Ames"],
         ),
         (
-            json!({ "field": "createdAt", "lt": "2000-01-01T00:00:00Z" }),
+            json!({ "createdAt": { "lt": "2000-01-01T00:00:00Z" } }),
             vec![],
         ),
     ];
@@ -190,32 +179,25 @@ async fn orders_put_missing_values_last_and_break_ties_by_creation() {
     seed(&app, &admin).await;
     let order = |o: Value| json!({ "o": o });
     assert_eq!(
-        names(
-            &app,
-            &admin,
-            order(json!([{ "field": "startDate", "direction": "DESC" }]))
-        )
-        .await,
+        names(&app, &admin, order(json!([{ "startDate": "DESC" }]))).await,
         ["Ames", "Evans", "Baker", "Ames", "carter", "Diaz"]
     );
     assert_eq!(
-        names(&app, &admin, order(json!([{ "field": "startDate" }]))).await,
+        names(&app, &admin, order(json!([{ "startDate": "ASC" }]))).await,
         ["carter", "Ames", "Baker", "Evans", "Ames", "Diaz"]
     );
     assert_eq!(
         names(
             &app,
             &admin,
-            order(
-                json!([{ "field": "department" }, { "field": "startDate", "direction": "DESC" }])
-            )
+            order(json!([{ "department": "ASC" }, { "startDate": "DESC" }]))
         )
         .await,
         ["carter", "Diaz", "Baker", "Ames", "Ames", "Evans"]
     );
     // Text orders ignore case: `carter` sorts between `Baker` and `Diaz`.
     assert_eq!(
-        names(&app, &admin, order(json!([{ "field": "lastName" }]))).await,
+        names(&app, &admin, order(json!([{ "lastName": "ASC" }]))).await,
         ["Ames", "Ames", "Baker", "carter", "Diaz", "Evans"]
     );
 }
@@ -225,7 +207,7 @@ async fn cursors_walk_an_ordered_list_once_while_records_change() {
     let app = TestApp::spawn().await;
     let admin = app.sign_up(&slug("cursors")).await;
     seed(&app, &admin).await;
-    let order = json!([{ "field": "department" }, { "field": "lastName", "direction": "DESC" }]);
+    let order = json!([{ "department": "ASC" }, { "lastName": "DESC" }]);
     let everything = names(&app, &admin, json!({ "o": order })).await;
 
     let mut seen = Vec::new();
@@ -263,7 +245,7 @@ async fn cursors_walk_an_ordered_list_once_while_records_change() {
     let foreign = list(
         &app,
         &admin,
-        json!({ "o": [{ "field": "lastName" }], "first": 2,
+        json!({ "o": [{ "lastName": "ASC" }], "first": 2,
                 "after": list(&app, &admin, json!({ "o": order, "first": 1 })).await.ok()
                     .data("employees.pageInfo.endCursor").clone() }),
     )
@@ -309,8 +291,8 @@ async fn search_finds_words_in_names_emails_company_and_notes() {
     let contacts = app
         .graphql(
             Some(&admin.token),
-            "query($f: RecordFilter, $s: String) { contacts(filter: $f, search: $s) { totalCount } }",
-            json!({ "s": "nordic", "f": { "field": "tags", "eq": "supplier" } }),
+            "query($f: ContactFilter, $s: String) { contacts(filter: $f, search: $s) { totalCount } }",
+            json!({ "s": "nordic", "f": { "tags": { "eq": "supplier" } } }),
         )
         .await
         .ok();
@@ -323,8 +305,8 @@ async fn search_finds_words_in_names_emails_company_and_notes() {
     let by_email = app
         .graphql(
             Some(&admin.token),
-            "query($f: RecordFilter) { contacts(filter: $f) { totalCount } }",
-            json!({ "f": { "field": "emails", "contains": "PARTS" } }),
+            "query($f: ContactFilter) { contacts(filter: $f) { totalCount } }",
+            json!({ "f": { "emails": { "contains": "PARTS" } } }),
         )
         .await
         .ok();
@@ -336,38 +318,51 @@ async fn bad_list_arguments_are_validation_errors() {
     let app = TestApp::spawn().await;
     let admin = app.sign_up(&slug("bad-lists")).await;
     let many: Vec<String> = (0..101).map(|i| i.to_string()).collect();
+    // Values of the wrong type are refused by GraphQL's own validation of the typed inputs,
+    // naming what is wrong; the rest by the list itself, naming its argument.
     for (variables, field) in [
-        (json!({ "f": { "field": "salary", "eq": "1" } }), "filter"),
+        (json!({ "f": { "salary": { "eq": "1" } } }), Some("salary")),
         (
-            json!({ "f": { "field": "startDate", "contains": "2020" } }),
-            "filter",
+            json!({ "f": { "startDate": { "contains": "2020" } } }),
+            Some("contains"),
+        ),
+        (json!({ "f": { "startDate": { "eq": "yesterday" } } }), None),
+        (
+            json!({ "f": { "createdAt": { "gt": "2020-01-01" } } }),
+            None,
+        ),
+        (json!({ "f": { "employmentType": { "eq": "GIG" } } }), None),
+        (
+            json!({ "f": { "department": { "in": many } } }),
+            Some("filter"),
         ),
         (
-            json!({ "f": { "field": "startDate", "eq": "yesterday" } }),
-            "filter",
+            json!({ "f": { "managerId": { "eq": "not-an-id" } } }),
+            Some("filter"),
         ),
         (
-            json!({ "f": { "field": "createdAt", "gt": "2020-01-01" } }),
-            "filter",
+            json!({ "f": { "custom": [{ "key": "shoe_size", "number": { "eq": 42 } }] } }),
+            Some("filter"),
         ),
         (
-            json!({ "f": { "field": "employmentType", "eq": "GIG" } }),
-            "filter",
+            json!({ "o": [{ "custom": { "key": "shoe_size" } }] }),
+            Some("orderBy"),
         ),
-        (json!({ "f": { "field": "department" } }), "filter"),
-        (json!({ "f": { "eq": "Sales" } }), "filter"),
         (
-            json!({ "f": { "field": "department", "in": many } }),
-            "filter",
+            json!({ "o": [{ "lastName": "ASC", "firstName": "ASC" }] }),
+            None,
         ),
-        (json!({ "o": [{ "field": "shoeSize" }] }), "orderBy"),
         (
-            json!({ "o": [{ "field": "lastName" }, { "field": "firstName" }, { "field": "email" }, { "field": "phone" }] }),
-            "orderBy",
+            json!({ "o": [{ "lastName": "ASC" }, { "firstName": "ASC" }, { "email": "ASC" }, { "phone": "ASC" }] }),
+            Some("orderBy"),
         ),
-        (json!({ "after": "not-a-cursor" }), "after"),
-        (json!({ "first": 0 }), "first"),
-        (json!({ "s": "x".repeat(201) }), "search"),
+        (json!({ "after": "not-a-cursor" }), Some("after")),
+        (json!({ "before": "not-a-cursor" }), Some("before")),
+        (json!({ "first": 0 }), Some("first")),
+        (json!({ "last": 101 }), Some("last")),
+        (json!({ "first": 2, "last": 2 }), Some("first")),
+        (json!({ "after": "x", "before": "y" }), Some("after")),
+        (json!({ "s": "x".repeat(201) }), Some("search")),
     ] {
         let response = list(&app, &admin, variables.clone()).await;
         assert_eq!(
@@ -376,29 +371,124 @@ async fn bad_list_arguments_are_validation_errors() {
             "{variables}: {:?}",
             response.body
         );
-        assert_eq!(response.field(), Some(field), "{variables}");
+        if let Some(field) = field {
+            assert_eq!(
+                response.field(),
+                Some(field),
+                "{variables}: {:?}",
+                response.body
+            );
+        }
     }
-    let contacts = app
-        .graphql(
-            Some(&admin.token),
-            "query($f: RecordFilter, $o: [RecordOrder!]) { contacts(filter: $f, orderBy: $o) { totalCount } }",
-            json!({ "o": [{ "field": "tags" }] }),
-        )
-        .await;
-    assert_eq!(contacts.code(), Some("VALIDATION"), "lists cannot order");
-    let neq_list = app
-        .graphql(
-            Some(&admin.token),
-            "query($f: RecordFilter) { contacts(filter: $f) { totalCount } }",
-            json!({ "f": { "field": "tags", "neq": "x" } }),
-        )
-        .await;
-    assert_eq!(neq_list.code(), Some("VALIDATION"));
+    for (variables, what) in [
+        (json!({ "o": [{ "tags": "ASC" }] }), "lists cannot order"),
+        (
+            json!({ "f": { "tags": { "neq": "x" } } }),
+            "lists have no neq",
+        ),
+    ] {
+        let contacts = app
+            .graphql(
+                Some(&admin.token),
+                "query($f: ContactFilter, $o: [ContactOrder!]) { contacts(filter: $f, orderBy: $o) { totalCount } }",
+                variables,
+            )
+            .await;
+        assert_eq!(contacts.code(), Some("VALIDATION"), "{what}");
+    }
     // A deep filter is refused, not run.
-    let mut deep = json!({ "field": "lastName", "eq": "x" });
+    let mut deep = json!({ "lastName": { "eq": "x" } });
     for _ in 0..10 {
         deep = json!({ "not": deep });
     }
     let response = list(&app, &admin, json!({ "f": deep })).await;
     assert_eq!(response.code(), Some("VALIDATION"), "{:?}", response.body);
+    assert_eq!(response.field(), Some("filter"));
+}
+
+/// Pages walked backward from the end with `last`/`before`, each key's direction and missing
+/// values included, give the forward order reversed.
+#[tokio::test]
+async fn last_and_before_walk_any_order_backward() {
+    let app = TestApp::spawn().await;
+    let admin = app.sign_up(&slug("backward")).await;
+    seed(&app, &admin).await;
+    for order in [
+        json!(null),
+        json!([{ "startDate": "ASC" }]),
+        json!([{ "startDate": "DESC" }]),
+        json!([{ "department": "ASC" }, { "lastName": "DESC" }]),
+        json!([{ "department": "DESC" }, { "startDate": "ASC" }]),
+    ] {
+        let forward = names(&app, &admin, json!({ "o": order })).await;
+        for size in [1, 2, 4] {
+            let mut seen: Vec<String> = Vec::new();
+            let mut before: Option<String> = None;
+            loop {
+                let page = list(
+                    &app,
+                    &admin,
+                    json!({ "o": order, "last": size, "before": before }),
+                )
+                .await
+                .ok();
+                let names: Vec<String> = page
+                    .data("employees.edges")
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|e| e["node"]["lastName"].as_str().unwrap().to_owned())
+                    .collect();
+                assert!(names.len() <= size, "{order} last {size}: {names:?}");
+                assert_eq!(
+                    page.data("employees.pageInfo.hasNextPage"),
+                    &json!(before.is_some()),
+                    "{order} last {size}"
+                );
+                seen.splice(0..0, names);
+                if page.data("employees.pageInfo.hasPreviousPage") != &json!(true) {
+                    break;
+                }
+                before = page
+                    .data("employees.pageInfo.startCursor")
+                    .as_str()
+                    .map(str::to_owned);
+            }
+            assert_eq!(seen, forward, "{order} walked back {size} at a time");
+        }
+    }
+    // A cursor from a forward page leads back the other way: the page before the third
+    // record is the first two.
+    let order = json!([{ "startDate": "DESC" }]);
+    let third = list(&app, &admin, json!({ "o": order, "first": 3 }))
+        .await
+        .ok();
+    let cursor = third.data("employees.edges").as_array().unwrap()[2]["cursor"].clone();
+    let back = list(
+        &app,
+        &admin,
+        json!({ "o": order, "last": 5, "before": cursor }),
+    )
+    .await
+    .ok();
+    let everything = names(&app, &admin, json!({ "o": order })).await;
+    let back: Vec<&str> = back
+        .data("employees.edges")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["node"]["lastName"].as_str().unwrap())
+        .collect();
+    assert_eq!(back, everything[..2]);
+    assert_eq!(
+        list(
+            &app,
+            &admin,
+            json!({ "o": order, "last": 5, "before": cursor })
+        )
+        .await
+        .ok()
+        .data("employees.pageInfo.hasPreviousPage"),
+        &json!(false)
+    );
 }

@@ -4,7 +4,7 @@
 use custos_tests::{slug, Response, Session, TestApp};
 use serde_json::{json, Value};
 
-const REPORT: &str = "query($d: Datasheet!, $g: String!, $f: RecordFilter, $at: DateTime, $a: Boolean) {
+const REPORT: &str = "query($d: Datasheet!, $g: String!, $f: RecordsFilter, $at: DateTime, $a: Boolean) {
     report(datasheet: $d, groupBy: $g, filter: $f, asOf: $at, includeArchived: $a) { total asOf groups { value count } } }";
 
 async fn report(app: &TestApp, session: &Session, variables: Value) -> Response {
@@ -74,7 +74,7 @@ async fn today_s_counts_follow_filters_and_as_of_counts_replay_the_history() {
     let filtered = report(
         &app,
         &admin,
-        json!({ "d": "EMPLOYEES", "g": "department", "f": { "field": "lastName", "in": ["A", "C"] } }),
+        json!({ "d": "EMPLOYEES", "g": "department", "f": { "employees": { "lastName": { "in": ["A", "C"] } } } }),
     )
     .await
     .ok();
@@ -213,11 +213,11 @@ async fn bad_report_requests_are_refused() {
             "asOf",
         ),
         (
-            json!({ "d": "EMPLOYEES", "g": "department", "at": "2020-01-01T00:00:00Z", "f": { "field": "lastName", "eq": "A" } }),
+            json!({ "d": "EMPLOYEES", "g": "department", "at": "2020-01-01T00:00:00Z", "f": { "employees": { "lastName": { "eq": "A" } } } }),
             "asOf",
         ),
         (
-            json!({ "d": "EMPLOYEES", "g": "department", "f": { "field": "nope", "eq": "A" } }),
+            json!({ "d": "EMPLOYEES", "g": "department", "f": { "contacts": { "lastName": { "eq": "A" } } } }),
             "filter",
         ),
     ] {

@@ -7,6 +7,7 @@ pub(crate) mod api_token;
 pub(crate) mod custom_fields;
 pub(crate) mod enums;
 pub(crate) mod exports;
+pub(crate) mod filters;
 pub(crate) mod history;
 pub(crate) mod notification;
 pub(crate) mod organization;

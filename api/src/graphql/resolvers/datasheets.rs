@@ -6,28 +6,29 @@ use async_graphql::connection::{Connection, EmptyFields};
 use async_graphql::{Context, MergedObject, Object, ID};
 use custos_domain::{Datasheet, Permission, RecordCommand};
 use custos_projections::accesses::ReadVia;
-use custos_projections::record_query::{self, QueryListError};
+use custos_projections::record_query::{self, QueryListError, Window};
 use custos_projections::records::{self, RecordRow};
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::record_query::{record_query, ListArgs, RecordFilter, RecordOrder};
+use super::record_query::{record_query, ListArgs};
 use crate::error::ApiError;
 use crate::graphql::arguments::{parse_id, parse_version};
 use crate::graphql::context::Cx;
 use crate::graphql::pagination::{connection, ConnectionTotal};
 use crate::graphql::types::enums::{ErasureGroundKind, RestrictionReasonKind};
 use crate::graphql::types::records::{
-    fields, Applicant, Contact, CreateApplicantInput, CreateContactInput, CreateEmployeeInput,
-    Employee, HireApplicantInput, HirePayload, RecordNode, UpdateApplicantInput,
-    UpdateContactInput, UpdateEmployeeInput,
+    fields, Applicant, ApplicantFilter, ApplicantOrder, Contact, ContactFilter, ContactOrder,
+    CreateApplicantInput, CreateContactInput, CreateEmployeeInput, Employee, EmployeeFilter,
+    EmployeeOrder, HireApplicantInput, HirePayload, RecordNode, RecordsFilter, RecordsOrder,
+    UpdateApplicantInput, UpdateContactInput, UpdateEmployeeInput,
 };
 
 /// A datasheet's list and lookup (two objects, so that the root query keeps its committed
 /// order) and its create and update mutations, from the datasheet's names and descriptions.
 macro_rules! datasheet_resolvers {
     (
-        $datasheet:ident: $object:ident, $connection:ident;
+        $datasheet:ident: $object:ident, $connection:ident, $filter:ident, $order:ident;
         $(#[doc = $list_doc:literal])*
         $list_query:ident::$list:ident;
         $(#[doc = $one_doc:literal])*
@@ -48,13 +49,17 @@ macro_rules! datasheet_resolvers {
             async fn $list(
                 &self,
                 ctx: &Context<'_>,
-                #[graphql(desc = "Page size, 1 to 100 (default 20).")] first: Option<i32>,
+                #[graphql(desc = "Page size from the start or from `after`, 1 to 100 (default 20).")]
+                first: Option<i32>,
                 after: Option<String>,
+                #[graphql(desc = "Page size from the end or from `before`, 1 to 100 (default 20); not with `first` or `after`.")]
+                last: Option<i32>,
+                before: Option<String>,
                 #[graphql(desc = "Include archived records (default false).")]
                 include_archived: Option<bool>,
-                filter: Option<RecordFilter>,
+                filter: Option<$filter>,
                 #[graphql(desc = "Up to three keys; creation order breaks ties.")]
-                order_by: Option<Vec<RecordOrder>>,
+                order_by: Option<Vec<$order>>,
                 #[graphql(
                     desc = "Words that must each begin a word of the names, emails, company or notes."
                 )]
@@ -63,9 +68,11 @@ macro_rules! datasheet_resolvers {
                 let args = ListArgs {
                     first,
                     after,
+                    last,
+                    before,
                     include_archived,
-                    filter,
-                    order_by,
+                    filter: filter.map(|f| RecordsFilter::$datasheet(Box::new(f))),
+                    order_by: order_by.map(RecordsOrder::$datasheet),
                     search,
                     count: ctx.look_ahead().field("totalCount").exists(),
                 };
@@ -117,7 +124,7 @@ macro_rules! datasheet_resolvers {
 }
 
 datasheet_resolvers! {
-    Employees: Employee, EmployeeConnection;
+    Employees: Employee, EmployeeConnection, EmployeeFilter, EmployeeOrder;
     /// Employees: in creation order unless `orderBy` says otherwise; archived ones only with
     /// `includeArchived`. `filter` and `search` narrow the list; `totalCount` counts every match.
     EmployeeList::employees;
@@ -130,7 +137,7 @@ datasheet_resolvers! {
 }
 
 datasheet_resolvers! {
-    Contacts: Contact, ContactConnection;
+    Contacts: Contact, ContactConnection, ContactFilter, ContactOrder;
     /// Contacts: in creation order unless `orderBy` says otherwise; archived ones only with
     /// `includeArchived`. `filter` and `search` narrow the list; `totalCount` counts every match.
     ContactList::contacts;
@@ -142,7 +149,7 @@ datasheet_resolvers! {
 }
 
 datasheet_resolvers! {
-    Applicants: Applicant, ApplicantConnection;
+    Applicants: Applicant, ApplicantConnection, ApplicantFilter, ApplicantOrder;
     /// Job applicants: in creation order unless `orderBy` says otherwise; archived ones only with
     /// `includeArchived`. `filter` and `search` narrow the list; `totalCount` counts every match.
     ApplicantList::applicants;
@@ -181,14 +188,17 @@ async fn page<T: From<RecordRow> + async_graphql::OutputType>(
     datasheet: Datasheet,
     args: ListArgs,
 ) -> Result<Connection<String, T, ConnectionTotal, EmptyFields>, ApiError> {
-    let after = args.after.is_some();
     let schema = cx.services.custom_schema(cx.tenant(), datasheet).await?;
     let query = record_query(datasheet, &schema, args)?;
+    let cursor_argument = match query.window {
+        Window::First { .. } => "after",
+        Window::Last { .. } => "before",
+    };
     let mut conn = cx.tenant().pool.acquire().await?;
     let page = record_query::list(&mut conn, &query)
         .await
         .map_err(|err| match err {
-            QueryListError::Query(err) => ApiError::validation("after", err.to_string()),
+            QueryListError::Query(err) => ApiError::validation(cursor_argument, err.to_string()),
             QueryListError::Database(err) => ApiError::from(err),
         })?;
     let shown: Vec<uuid::Uuid> = page.items.iter().map(|(_, row)| row.id).collect();
@@ -198,7 +208,7 @@ async fn page<T: From<RecordRow> + async_graphql::OutputType>(
         .into_iter()
         .map(|(cursor, row)| (cursor, T::from(row)));
     Ok(connection(
-        after,
+        page.has_previous_page,
         page.has_next_page,
         page.total_count,
         edges,

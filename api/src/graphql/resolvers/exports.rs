@@ -1,16 +1,17 @@
 //! Exports: `exportRecords` records the export and answers a one-time download link, which
 //! `GET /exports/<token>` streams.
 
-use async_graphql::{Context, Object};
+use async_graphql::{Context, InputType, Object};
 use custos_domain::{Datasheet, ExportFormat, Permission};
 use serde_json::json;
 
-use super::record_query::{record_query, ListArgs, RecordFilter, RecordOrder};
+use super::record_query::{record_query, ListArgs};
 use crate::auth::policy::check_datasheet;
 use crate::error::ApiError;
 use crate::graphql::context::Cx;
 use crate::graphql::types::enums::{DatasheetKind, ExportFormatKind};
 use crate::graphql::types::exports::{export_payload, ExportPayload};
+use crate::graphql::types::records::{RecordsFilter, RecordsOrder};
 
 #[derive(Default)]
 pub(crate) struct ExportsMutation;
@@ -26,8 +27,14 @@ impl ExportsMutation {
         ctx: &Context<'_>,
         datasheet: DatasheetKind,
         format: ExportFormatKind,
-        filter: Option<RecordFilter>,
-        order_by: Option<Vec<RecordOrder>>,
+        #[graphql(
+            desc = "The datasheet's filter, as its list takes it: `{employees: {department: {eq: \"Sales\"}}}`."
+        )]
+        filter: Option<RecordsFilter>,
+        #[graphql(
+            desc = "The datasheet's order, as its list takes it: `{employees: [{lastName: ASC}]}`."
+        )]
+        order_by: Option<RecordsOrder>,
         search: Option<String>,
         include_archived: Option<bool>,
         #[graphql(
@@ -40,8 +47,8 @@ impl ExportsMutation {
         let datasheet = Datasheet::from(datasheet);
         check_datasheet(cx.caller, datasheet, Permission::Export)?;
         let arguments = json!({
-            "filter": filter,
-            "orderBy": order_by,
+            "filter": filter.as_ref().map(|f| f.to_value().into_json()).transpose().map_err(ApiError::internal)?,
+            "orderBy": order_by.as_ref().map(|o| o.to_value().into_json()).transpose().map_err(ApiError::internal)?,
             "search": search,
             "includeArchived": include_archived.unwrap_or(false),
         });
@@ -53,6 +60,8 @@ impl ExportsMutation {
             ListArgs {
                 first: None,
                 after: None,
+                last: None,
+                before: None,
                 include_archived,
                 filter,
                 order_by,

@@ -1,16 +1,20 @@
 //! The filter, order and search arguments of record lists, validated against the datasheet
 //! and turned into a [`RecordQuery`].
 
-use async_graphql::{Enum, InputObject};
+use custos_domain::custom_field::CUSTOM_PREFIX;
 use custos_domain::{parse_date, CustomKind, CustomSchema, Datasheet, FieldKind};
+use custos_projections::page::MAX_PAGE;
 use custos_projections::record_query::{
-    Direction, Field, Filter, Op, OrderKey, RecordCursor, RecordQuery,
+    Direction, Field, Filter, Op, OrderKey, RecordCursor, RecordQuery, Window,
 };
-use serde::Serialize;
 
 use crate::error::snake_to_camel;
 use crate::error::ApiError;
-use crate::graphql::pagination::page_size;
+use crate::graphql::pagination::{page_size, page_size_within};
+use crate::graphql::types::filters::{
+    CustomFieldFilter, CustomFieldOrder, FieldFilter, SortDirection,
+};
+use crate::graphql::types::records::{RecordsFilter, RecordsOrder};
 
 /// Bounds on one list request, so a filter cannot buy unbounded work.
 const MAX_FILTER_NODES: usize = 100;
@@ -19,62 +23,43 @@ const MAX_IN_VALUES: usize = 100;
 const MAX_ORDER_KEYS: usize = 3;
 const MAX_SEARCH: usize = 200;
 
-/// A condition on records. A node names a `field` with one or more operators (all must
-/// hold), and/or combines nodes with `and`, `or`, `not`; everything in one node must hold.
-/// Values are text: dates `YYYY-MM-DD`, times RFC 3339, choices by name (`FULL_TIME` or
-/// `full_time`). On list fields (`emails`, `phones`, `tags`) `eq`, `contains` and
-/// `startsWith` hold when some entry matches.
-#[derive(InputObject, Default, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct RecordFilter {
-    /// A field of the datasheet as its type names it (`department`, `startDate`,
-    /// `managerId`...), a custom field as `custom.<key>`, or `createdAt` / `updatedAt`.
-    field: Option<String>,
-    eq: Option<String>,
-    neq: Option<String>,
-    #[graphql(name = "in")]
-    #[serde(rename = "in")]
-    in_: Option<Vec<String>>,
-    gt: Option<String>,
-    gte: Option<String>,
-    lt: Option<String>,
-    lte: Option<String>,
-    /// Case-insensitive substring.
-    contains: Option<String>,
-    /// Case-insensitive prefix.
-    starts_with: Option<String>,
-    /// `true`: the field has no value; `false`: it has one.
-    is_null: Option<bool>,
-    and: Option<Vec<RecordFilter>>,
-    or: Option<Vec<RecordFilter>>,
-    not: Option<Box<RecordFilter>>,
+/// A datasheet's filter (`EmployeeFilter`...) taken apart: each field's conditions by the
+/// domain's field name, then the parts every datasheet's filter has.
+pub(crate) struct Split<F> {
+    pub(crate) fields: Vec<(&'static str, Vec<Op>)>,
+    pub(crate) created_at: Option<Vec<Op>>,
+    pub(crate) updated_at: Option<Vec<Op>>,
+    pub(crate) custom: Option<Vec<CustomFieldFilter>>,
+    pub(crate) and: Option<Vec<F>>,
+    pub(crate) or: Option<Vec<F>>,
+    pub(crate) not: Option<Box<F>>,
 }
 
-#[derive(Enum, Copy, Clone, Eq, PartialEq, Default, Serialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub(crate) enum SortDirection {
-    #[default]
-    Asc,
-    Desc,
+/// A datasheet's filter input, generated with its type (`types::records`).
+pub(crate) trait TypedFilter: Sized {
+    fn split(self) -> Split<Self>;
 }
 
-/// One key of a list's order; records without a value come last either way, and creation
-/// order breaks ties.
-#[derive(InputObject, Serialize)]
-pub(crate) struct RecordOrder {
-    /// A field as in `RecordFilter.field`; list fields cannot order.
-    field: String,
-    #[graphql(default)]
-    direction: SortDirection,
+/// One key of a datasheet's order input: a field (by the domain's name) or a custom field.
+pub(crate) enum OrderChoice {
+    Field(&'static str, SortDirection),
+    Custom(CustomFieldOrder),
+}
+
+/// A datasheet's order input (`EmployeeOrder`...), generated with its type.
+pub(crate) trait TypedOrder {
+    fn key(self) -> OrderChoice;
 }
 
 /// What a list field was asked for.
 pub(crate) struct ListArgs {
     pub first: Option<i32>,
     pub after: Option<String>,
+    pub last: Option<i32>,
+    pub before: Option<String>,
     pub include_archived: Option<bool>,
-    pub filter: Option<RecordFilter>,
-    pub order_by: Option<Vec<RecordOrder>>,
+    pub filter: Option<RecordsFilter>,
+    pub order_by: Option<RecordsOrder>,
     pub search: Option<String>,
     /// Whether the client selected `totalCount`: counting every match costs a scan of them.
     pub count: bool,
@@ -113,6 +98,47 @@ pub(crate) fn resolve_field(
                 format!("{} have no field `{name}`", datasheet.as_str()),
             )
         })
+}
+
+/// A built-in field by the domain's name (the generated inputs name only those).
+fn data_field(datasheet: Datasheet, name: &str) -> Result<Field, ApiError> {
+    match name {
+        "created_at" => return Ok(Field::CreatedAt),
+        "updated_at" => return Ok(Field::UpdatedAt),
+        _ => {}
+    }
+    datasheet
+        .fields()
+        .iter()
+        .find(|spec| spec.name == name)
+        .map(Field::Data)
+        .ok_or_else(|| {
+            ApiError::internal(anyhow::anyhow!(
+                "{} have no field {name}",
+                datasheet.as_str()
+            ))
+        })
+}
+
+/// A custom field by its key, or `VALIDATION` on `argument`.
+fn custom_field(
+    datasheet: Datasheet,
+    schema: &CustomSchema,
+    key: &str,
+    argument: &str,
+) -> Result<Field, ApiError> {
+    let custom = schema
+        .field(&format!("{CUSTOM_PREFIX}{key}"))
+        .ok_or_else(|| {
+            invalid(
+                argument,
+                format!("{} have no custom field `{key}`", datasheet.as_str()),
+            )
+        })?;
+    Ok(Field::Custom {
+        key: custom.key.clone(),
+        kind: custom.kind,
+    })
 }
 
 /// A comparison value in canonical form: parsed as the field's kind (so phones, dates and
@@ -171,137 +197,153 @@ struct Budget {
     nodes: usize,
 }
 
-fn parse_filter(
+impl Budget {
+    /// Counts one more node `depth` deep, or refuses the filter.
+    fn spend(&mut self, depth: usize) -> Result<(), ApiError> {
+        self.nodes += 1;
+        if self.nodes > MAX_FILTER_NODES || depth > MAX_FILTER_DEPTH {
+            return Err(invalid(
+                "filter",
+                format!(
+                    "a filter may have at most {MAX_FILTER_NODES} nodes nested {MAX_FILTER_DEPTH} deep"
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One field's conditions, checked against the field and in canonical form, into `parts`.
+fn conditions(
+    field: Field,
+    name: &str,
+    ops: Vec<Op>,
+    parts: &mut Vec<Filter>,
+) -> Result<(), ApiError> {
+    let refuse = |operator: &str| {
+        Err(invalid(
+            "filter",
+            format!("`{operator}` does not apply to `{name}`"),
+        ))
+    };
+    let value = |raw: String| canonical(&field, &raw, name);
+    for op in ops {
+        let op = match op {
+            Op::Neq(_) | Op::In(_) | Op::Gt(_) | Op::Gte(_) | Op::Lt(_) | Op::Lte(_)
+                if field.is_list() =>
+            {
+                return refuse(op.name())
+            }
+            Op::Contains(_) | Op::StartsWith(_) if !field.is_text() => return refuse(op.name()),
+            Op::In(values) if values.len() > MAX_IN_VALUES => {
+                return Err(invalid(
+                    "filter",
+                    format!("`in` takes at most {MAX_IN_VALUES} values"),
+                ))
+            }
+            Op::Eq(raw) => Op::Eq(value(raw)?),
+            Op::Neq(raw) => Op::Neq(value(raw)?),
+            Op::In(values) => Op::In(values.into_iter().map(value).collect::<Result<_, _>>()?),
+            Op::Gt(raw) => Op::Gt(value(raw)?),
+            Op::Gte(raw) => Op::Gte(value(raw)?),
+            Op::Lt(raw) => Op::Lt(value(raw)?),
+            Op::Lte(raw) => Op::Lte(value(raw)?),
+            Op::Contains(text) => Op::Contains(text.trim().to_owned()),
+            Op::StartsWith(text) => Op::StartsWith(text.trim().to_owned()),
+            Op::IsNull(is_null) => Op::IsNull(is_null),
+        };
+        parts.push(Filter::Compare(field.clone(), op));
+    }
+    Ok(())
+}
+
+/// A custom field's condition: the filter of its kind, exactly one.
+fn custom_conditions(
     datasheet: Datasheet,
     schema: &CustomSchema,
-    input: RecordFilter,
+    input: CustomFieldFilter,
+    parts: &mut Vec<Filter>,
+) -> Result<(), ApiError> {
+    let field = custom_field(datasheet, schema, &input.key, "filter")?;
+    let Field::Custom { kind, .. } = &field else {
+        return Err(ApiError::internal(anyhow::anyhow!(
+            "a custom field that is not"
+        )));
+    };
+    let expected = match kind {
+        CustomKind::Text | CustomKind::LongText | CustomKind::SingleChoice => "text",
+        CustomKind::Number => "number",
+        CustomKind::Date => "date",
+        CustomKind::Boolean => "boolean",
+        CustomKind::MultipleChoice => "choices",
+    };
+    let given: Vec<(&str, Vec<Op>)> = [
+        ("text", input.text.map(FieldFilter::ops)),
+        ("number", input.number.map(FieldFilter::ops)),
+        ("date", input.date.map(FieldFilter::ops)),
+        ("boolean", input.boolean.map(FieldFilter::ops)),
+        ("choices", input.choices.map(FieldFilter::ops)),
+    ]
+    .into_iter()
+    .filter_map(|(name, ops)| ops.map(|ops| (name, ops)))
+    .collect();
+    let name = format!("custom.{}", input.key);
+    match given.as_slice() {
+        [(filter, _)] if *filter == expected => {}
+        _ => {
+            return Err(invalid(
+                "filter",
+                format!("filter `{name}` with `{expected}`, and nothing else"),
+            ))
+        }
+    }
+    let (_, ops) = given.into_iter().next().unwrap_or_default();
+    conditions(field, &name, ops, parts)
+}
+
+fn parse_filter<F: TypedFilter>(
+    datasheet: Datasheet,
+    schema: &CustomSchema,
+    input: F,
     depth: usize,
     budget: &mut Budget,
 ) -> Result<Filter, ApiError> {
-    budget.nodes += 1;
-    if budget.nodes > MAX_FILTER_NODES || depth > MAX_FILTER_DEPTH {
-        return Err(invalid(
-            "filter",
-            format!(
-                "a filter may have at most {MAX_FILTER_NODES} nodes nested {MAX_FILTER_DEPTH} deep"
-            ),
-        ));
-    }
+    budget.spend(depth)?;
+    let split = input.split();
     let mut parts = Vec::new();
-    let operators = [
-        input.eq.is_some(),
-        input.neq.is_some(),
-        input.in_.is_some(),
-        input.gt.is_some(),
-        input.gte.is_some(),
-        input.lt.is_some(),
-        input.lte.is_some(),
-        input.contains.is_some(),
-        input.starts_with.is_some(),
-        input.is_null.is_some(),
-    ];
-    let has_operator = operators.iter().any(|o| *o);
-    match (&input.field, has_operator) {
-        (Some(name), true) => {
-            let field = resolve_field(datasheet, schema, name, "filter")?;
-            let value = |raw: &str| canonical(&field, raw, name);
-            let refuse = |operator: &str| {
-                Err(invalid(
-                    "filter",
-                    format!("`{operator}` does not apply to `{name}`"),
-                ))
-            };
-            let mut compare = |op: Op| parts.push(Filter::Compare(field.clone(), op));
-            if field.is_list() {
-                for (present, operator) in [
-                    (input.neq.is_some(), "neq"),
-                    (input.in_.is_some(), "in"),
-                    (input.gt.is_some(), "gt"),
-                    (input.gte.is_some(), "gte"),
-                    (input.lt.is_some(), "lt"),
-                    (input.lte.is_some(), "lte"),
-                ] {
-                    if present {
-                        return refuse(operator);
-                    }
-                }
-            }
-            if !field.is_text() {
-                if input.contains.is_some() {
-                    return refuse("contains");
-                }
-                if input.starts_with.is_some() {
-                    return refuse("startsWith");
-                }
-            }
-            if let Some(raw) = &input.eq {
-                compare(Op::Eq(value(raw)?));
-            }
-            if let Some(raw) = &input.neq {
-                compare(Op::Neq(value(raw)?));
-            }
-            if let Some(values) = &input.in_ {
-                if values.len() > MAX_IN_VALUES {
-                    return Err(invalid(
-                        "filter",
-                        format!("`in` takes at most {MAX_IN_VALUES} values"),
-                    ));
-                }
-                compare(Op::In(
-                    values.iter().map(|v| value(v)).collect::<Result<_, _>>()?,
-                ));
-            }
-            for (raw, make) in [
-                (&input.gt, Op::Gt as fn(String) -> Op),
-                (&input.gte, Op::Gte),
-                (&input.lt, Op::Lt),
-                (&input.lte, Op::Lte),
-            ] {
-                if let Some(raw) = raw {
-                    compare(make(value(raw)?));
-                }
-            }
-            if let Some(text) = &input.contains {
-                compare(Op::Contains(text.trim().to_owned()));
-            }
-            if let Some(text) = &input.starts_with {
-                compare(Op::StartsWith(text.trim().to_owned()));
-            }
-            if let Some(is_null) = input.is_null {
-                compare(Op::IsNull(is_null));
-            }
-        }
-        (Some(name), false) => {
-            return Err(invalid(
-                "filter",
-                format!("the filter on `{name}` has no operator"),
-            ))
-        }
-        (None, true) => return Err(invalid("filter", "an operator needs a `field` to apply to")),
-        (None, false) => {}
+    for (name, ops) in split.fields {
+        conditions(
+            data_field(datasheet, name)?,
+            &snake_to_camel(name),
+            ops,
+            &mut parts,
+        )?;
     }
-    if let Some(all) = input.and {
-        let all = all
+    if let Some(ops) = split.created_at {
+        conditions(Field::CreatedAt, "createdAt", ops, &mut parts)?;
+    }
+    if let Some(ops) = split.updated_at {
+        conditions(Field::UpdatedAt, "updatedAt", ops, &mut parts)?;
+    }
+    for custom in split.custom.into_iter().flatten() {
+        budget.spend(depth + 1)?;
+        custom_conditions(datasheet, schema, custom, &mut parts)?;
+    }
+    let mut nested = |filters: Vec<F>| {
+        filters
             .into_iter()
             .map(|f| parse_filter(datasheet, schema, f, depth + 1, budget))
-            .collect::<Result<Vec<_>, _>>()?;
-        parts.push(Filter::And(all));
+            .collect::<Result<Vec<_>, _>>()
+    };
+    if let Some(all) = split.and {
+        parts.push(Filter::And(nested(all)?));
     }
-    if let Some(any) = input.or {
-        let any = any
-            .into_iter()
-            .map(|f| parse_filter(datasheet, schema, f, depth + 1, budget))
-            .collect::<Result<Vec<_>, _>>()?;
-        parts.push(Filter::Or(any));
+    if let Some(any) = split.or {
+        parts.push(Filter::Or(nested(any)?));
     }
-    if let Some(inner) = input.not {
-        parts.push(Filter::Not(Box::new(parse_filter(
-            datasheet,
-            schema,
-            *inner,
-            depth + 1,
-            budget,
-        )?)));
+    if let Some(inner) = split.not {
+        let inner = nested(vec![*inner])?.remove(0);
+        parts.push(Filter::Not(Box::new(inner)));
     }
     Ok(match parts.len() {
         1 => parts.remove(0),
@@ -309,39 +351,154 @@ fn parse_filter(
     })
 }
 
-/// Validates a list request against `datasheet`.
-pub(crate) fn record_query(
+/// A datasheet's filter, refused when it is another datasheet's.
+fn records_filter(
     datasheet: Datasheet,
     schema: &CustomSchema,
-    args: ListArgs,
-) -> Result<RecordQuery, ApiError> {
-    let first = page_size(args.first)?;
-    let order_by = args.order_by.unwrap_or_default();
-    if order_by.len() > MAX_ORDER_KEYS {
+    filter: RecordsFilter,
+) -> Result<Filter, ApiError> {
+    let budget = &mut Budget { nodes: 0 };
+    let (filtered, filter) = match filter {
+        RecordsFilter::Employees(f) => (
+            Datasheet::Employees,
+            parse_filter(datasheet, schema, *f, 0, budget),
+        ),
+        RecordsFilter::Contacts(f) => (
+            Datasheet::Contacts,
+            parse_filter(datasheet, schema, *f, 0, budget),
+        ),
+        RecordsFilter::Applicants(f) => (
+            Datasheet::Applicants,
+            parse_filter(datasheet, schema, *f, 0, budget),
+        ),
+    };
+    if filtered != datasheet {
+        return Err(invalid(
+            "filter",
+            format!(
+                "the filter is on {}, the datasheet is {}",
+                filtered.as_str(),
+                datasheet.as_str()
+            ),
+        ));
+    }
+    filter
+}
+
+fn order_keys<O: TypedOrder>(
+    datasheet: Datasheet,
+    schema: &CustomSchema,
+    keys: Vec<O>,
+) -> Result<Vec<OrderKey>, ApiError> {
+    if keys.len() > MAX_ORDER_KEYS {
         return Err(invalid(
             "orderBy",
             format!("order by at most {MAX_ORDER_KEYS} fields"),
         ));
     }
-    let order = order_by
-        .into_iter()
+    keys.into_iter()
         .map(|key| {
-            let field = resolve_field(datasheet, schema, &key.field, "orderBy")?;
+            let (field, direction) = match key.key() {
+                OrderChoice::Field(name, direction) => (data_field(datasheet, name)?, direction),
+                OrderChoice::Custom(custom) => (
+                    custom_field(datasheet, schema, &custom.key, "orderBy")?,
+                    custom.direction,
+                ),
+            };
             if field.is_list() {
                 return Err(invalid(
                     "orderBy",
-                    format!("`{}` is a list and cannot order", key.field),
+                    format!("`{}` holds a list and cannot order", field.json_key()),
                 ));
             }
             Ok(OrderKey {
                 field,
-                direction: match key.direction {
+                direction: match direction {
                     SortDirection::Asc => Direction::Asc,
                     SortDirection::Desc => Direction::Desc,
                 },
             })
         })
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect()
+}
+
+/// A datasheet's order, refused when it is another datasheet's.
+fn records_order(
+    datasheet: Datasheet,
+    schema: &CustomSchema,
+    order: RecordsOrder,
+) -> Result<Vec<OrderKey>, ApiError> {
+    let (ordered, keys) = match order {
+        RecordsOrder::Employees(keys) => {
+            (Datasheet::Employees, order_keys(datasheet, schema, keys))
+        }
+        RecordsOrder::Contacts(keys) => (Datasheet::Contacts, order_keys(datasheet, schema, keys)),
+        RecordsOrder::Applicants(keys) => {
+            (Datasheet::Applicants, order_keys(datasheet, schema, keys))
+        }
+    };
+    if ordered != datasheet {
+        return Err(invalid(
+            "orderBy",
+            format!(
+                "the order is on {}, the datasheet is {}",
+                ordered.as_str(),
+                datasheet.as_str()
+            ),
+        ));
+    }
+    keys
+}
+
+fn cursor(raw: Option<String>, argument: &str) -> Result<Option<RecordCursor>, ApiError> {
+    raw.map(|raw| {
+        RecordCursor::decode(&raw)
+            .ok_or_else(|| invalid(argument, format!("`{argument}` is not a valid cursor")))
+    })
+    .transpose()
+}
+
+/// Relay's arguments as a window: `first`/`after` forward, `last`/`before` backward, not
+/// both.
+fn window(args: &mut ListArgs) -> Result<Window, ApiError> {
+    let backward = args.last.is_some() || args.before.is_some();
+    if backward {
+        for (given, argument) in [
+            (args.first.is_some(), "first"),
+            (args.after.is_some(), "after"),
+        ] {
+            if given {
+                return Err(invalid(
+                    argument,
+                    format!(
+                        "`{argument}` pages forward and `last`/`before` backward: give one pair"
+                    ),
+                ));
+            }
+        }
+        return Ok(Window::Last {
+            last: page_size_within("last", args.last, 20, MAX_PAGE as i32)?,
+            before: cursor(args.before.take(), "before")?,
+        });
+    }
+    Ok(Window::First {
+        first: page_size(args.first)?,
+        after: cursor(args.after.take(), "after")?,
+    })
+}
+
+/// Validates a list request against `datasheet`.
+pub(crate) fn record_query(
+    datasheet: Datasheet,
+    schema: &CustomSchema,
+    mut args: ListArgs,
+) -> Result<RecordQuery, ApiError> {
+    let window = window(&mut args)?;
+    let order = args
+        .order_by
+        .map(|order| records_order(datasheet, schema, order))
+        .transpose()?
+        .unwrap_or_default();
     let search = args.search.filter(|s| !s.trim().is_empty());
     if search
         .as_ref()
@@ -354,14 +511,7 @@ pub(crate) fn record_query(
     }
     let filter = args
         .filter
-        .map(|f| parse_filter(datasheet, schema, f, 0, &mut Budget { nodes: 0 }))
-        .transpose()?;
-    let after = args
-        .after
-        .map(|raw| {
-            RecordCursor::decode(&raw)
-                .ok_or_else(|| invalid("after", "`after` is not a valid cursor"))
-        })
+        .map(|f| records_filter(datasheet, schema, f))
         .transpose()?;
     Ok(RecordQuery {
         datasheet,
@@ -369,48 +519,88 @@ pub(crate) fn record_query(
         filter,
         order,
         search,
-        first,
-        after,
+        window,
         count: args.count,
     })
 }
 
 #[cfg(test)]
 mod tests {
+    use async_graphql::{InputType, Value};
+
     use super::*;
 
+    fn employees(filter: serde_json::Value) -> RecordsFilter {
+        let value = Value::from_json(serde_json::json!({ "employees": filter })).unwrap();
+        RecordsFilter::parse(Some(value))
+            .map_err(|e| e.into_server_error(Default::default()).message)
+            .unwrap()
+    }
+
+    fn parsed(filter: serde_json::Value) -> Result<Filter, ApiError> {
+        records_filter(
+            Datasheet::Employees,
+            &CustomSchema::default(),
+            employees(filter),
+        )
+    }
+
     #[test]
-    fn an_export_records_no_value_typed_into_a_filter_or_a_search() {
-        let typed = |operator: &str| Some(format!("typed-{operator}"));
-        let leaf = RecordFilter {
-            field: Some("lastName".into()),
-            eq: typed("eq"),
-            neq: typed("neq"),
-            in_: Some(vec!["typed-in".into()]),
-            gt: typed("gt"),
-            gte: typed("gte"),
-            lt: typed("lt"),
-            lte: typed("lte"),
-            contains: typed("contains"),
-            starts_with: typed("startsWith"),
-            is_null: Some(false),
-            ..RecordFilter::default()
-        };
-        let filter = RecordFilter {
-            and: Some(vec![leaf]),
-            not: Some(Box::new(RecordFilter {
-                field: Some("email".into()),
-                eq: typed("not"),
-                ..RecordFilter::default()
-            })),
-            ..RecordFilter::default()
-        };
-        let arguments = serde_json::json!({ "filter": filter, "search": "typed-search" });
-        let kept = crate::service::exports::records::withhold_values(arguments).to_string();
-        assert!(!kept.contains("typed-"), "{kept}");
-        assert!(
-            kept.contains("lastName") && kept.contains("email"),
-            "{kept}"
+    fn every_operator_of_a_typed_filter_reaches_the_query_in_canonical_form() {
+        let field = |name: &str| data_field(Datasheet::Employees, name).unwrap();
+        let filter = parsed(serde_json::json!({
+            "department": { "eq": "R&D", "in": ["Ops"], "contains": " sal ", "isNull": false },
+            "startDate": { "gte": "2020-01-05", "neq": "2021-02-03" },
+            "employmentType": { "in": ["FULL_TIME", "INTERN"] },
+            "phone": { "eq": "+1 (555) 010-0199" },
+            "createdAt": { "lt": "2026-01-02T03:04:05+02:00" },
+            "not": { "managerId": { "isNull": true } },
+        }))
+        .unwrap();
+        let compare = |name: &str, op: Op| Filter::Compare(field(name), op);
+        assert_eq!(
+            filter,
+            Filter::And(vec![
+                compare("phone", Op::Eq("+15550100199".into())),
+                compare("department", Op::Eq("R&D".into())),
+                compare("department", Op::In(vec!["Ops".into()])),
+                compare("department", Op::Contains("sal".into())),
+                compare("department", Op::IsNull(false)),
+                compare(
+                    "employment_type",
+                    Op::In(vec!["full_time".into(), "intern".into()])
+                ),
+                compare("start_date", Op::Neq("2021-02-03".into())),
+                compare("start_date", Op::Gte("2020-01-05".into())),
+                Filter::Compare(Field::CreatedAt, Op::Lt("2026-01-02T01:04:05+00:00".into())),
+                Filter::Not(Box::new(compare("manager_id", Op::IsNull(true)))),
+            ])
         );
+    }
+
+    #[test]
+    fn a_filter_of_another_datasheet_or_beyond_its_bounds_is_refused() {
+        let value =
+            Value::from_json(serde_json::json!({ "contacts": { "tags": { "eq": "x" } } })).unwrap();
+        let contacts = RecordsFilter::parse(Some(value)).ok().unwrap();
+        let err =
+            records_filter(Datasheet::Employees, &CustomSchema::default(), contacts).unwrap_err();
+        assert!(format!("{err:?}").contains("on contacts"), "{err:?}");
+
+        let mut deep = serde_json::json!({ "lastName": { "eq": "x" } });
+        for _ in 0..MAX_FILTER_DEPTH {
+            deep = serde_json::json!({ "not": deep });
+        }
+        assert!(
+            parsed(deep.clone()).is_ok(),
+            "{MAX_FILTER_DEPTH} deep is allowed"
+        );
+        assert!(parsed(serde_json::json!({ "not": deep })).is_err());
+        let many: Vec<String> = (0..=MAX_IN_VALUES).map(|i| i.to_string()).collect();
+        assert!(parsed(serde_json::json!({ "department": { "in": many } })).is_err());
+        assert!(parsed(serde_json::json!({ "managerId": { "eq": "not-an-id" } })).is_err());
+        let unknown =
+            parsed(serde_json::json!({ "custom": [{ "key": "shoe", "number": { "eq": 1 } }] }));
+        assert!(unknown.is_err());
     }
 }

@@ -7,11 +7,12 @@ use custos_domain::{CustomKind, Datasheet, FieldKind, Permission};
 use custos_projections::accesses::ReadVia;
 use custos_projections::record_query::{self, Field};
 
-use super::record_query::{record_query, resolve_field, ListArgs, RecordFilter};
+use super::record_query::{record_query, resolve_field, ListArgs};
 use crate::auth::policy::check_datasheet;
 use crate::error::ApiError;
 use crate::graphql::context::Cx;
 use crate::graphql::types::enums::DatasheetKind;
+use crate::graphql::types::records::RecordsFilter;
 use crate::service::audit::reports::{counts_as_of, AsOf};
 
 /// How many records have one value of the grouped field (`null`: no value).
@@ -132,7 +133,10 @@ impl ReportsQuery {
         ctx: &Context<'_>,
         datasheet: DatasheetKind,
         group_by: String,
-        filter: Option<RecordFilter>,
+        #[graphql(
+            desc = "The datasheet's filter, as its list takes it: `{employees: {department: {eq: \"Sales\"}}}`."
+        )]
+        filter: Option<RecordsFilter>,
         search: Option<String>,
         include_archived: Option<bool>,
         as_of: Option<DateTime<Utc>>,
@@ -154,6 +158,8 @@ impl ReportsQuery {
         let args = ListArgs {
             first: None,
             after: None,
+            last: None,
+            before: None,
             include_archived,
             filter,
             order_by: None,

@@ -7,7 +7,8 @@
 use std::sync::Arc;
 
 use async_graphql::{
-    Context, InputObject, Interface, MaybeUndefined, MergedObject, Object, SimpleObject, ID,
+    Context, InputObject, Interface, MaybeUndefined, MergedObject, Object, OneofObject,
+    SimpleObject, ID,
 };
 use chrono::{DateTime, NaiveDate, Utc};
 use custos_domain::record::Fields;
@@ -22,8 +23,13 @@ use super::custom_fields::{self, CustomFieldInput, CustomFieldValue};
 use super::enums::{
     stored_enum, DatasheetKind, EmploymentType, PipelineStage, RestrictionReasonKind,
 };
+use super::filters::{
+    Choice, CustomFieldFilter, CustomFieldOrder, DateFilter, DateTimeFilter, FieldFilter, IdFilter,
+    SortDirection, StringFilter, StringListFilter,
+};
 use crate::error::ApiError;
 use crate::graphql::context::Cx;
+use crate::graphql::resolvers::record_query::{OrderChoice, Split, TypedFilter, TypedOrder};
 
 /// What every record has.
 pub(crate) struct RecordCommon(Arc<RecordRow>);
@@ -90,6 +96,7 @@ macro_rules! datasheet {
         create $create:ident;
         $(#[doc = $update_doc:literal])*
         update $update:ident;
+        filter $filter:ident, order $order:ident;
         { $($rows:tt)* }
     ) => {
         $(#[doc = $object_doc])*
@@ -107,6 +114,7 @@ macro_rules! datasheet {
 
         datasheet!(@object $fields [] $($rows)*);
         datasheet!(@inputs ($create [] ) ([$(#[doc = $update_doc])*] $update []) $($rows)*);
+        datasheet!(@filter ($object, $filter, $order) [] [] $($rows)*);
     };
 
     // The object's fields, one rule per kind.
@@ -268,6 +276,109 @@ macro_rules! datasheet {
         datasheet!(@field $create $update [$([create = $c])?] $name
             (Option<String>) (String) $($rest)*);
     };
+    // The filter's fields, each the filter of its kind, and the order's keys: every field
+    // but lists. Read-only rows have neither.
+    (@filter $names:tt $f:tt $o:tt) => {
+        datasheet!(@filter_types $names $f $o);
+    };
+    (@filter $names:tt $f:tt $o:tt $(#[doc = $d:literal])* fn $name:ident: $kind:ident($arg:ident),
+        $($rest:tt)*) => {
+        datasheet!(@filter $names $f $o $($rest)*);
+    };
+    (@filter $names:tt [$($f:tt)*] $o:tt
+        $(#[doc = $d:literal])* $([create = $c:literal])? $name:ident: List, $($rest:tt)*) => {
+        datasheet!(@filter $names [$($f)* $name: (StringListFilter),] $o $($rest)*);
+    };
+    (@filter $names:tt [$($f:tt)*] [$($o:tt)*]
+        $(#[doc = $d:literal])* $([create = $c:literal])? $name:ident: Date, $($rest:tt)*) => {
+        datasheet!(@filter $names [$($f)* $name: (DateFilter),] [$($o)* $name] $($rest)*);
+    };
+    (@filter $names:tt [$($f:tt)*] [$($o:tt)*]
+        $(#[doc = $d:literal])* $([create = $c:literal])? $name:ident: Id, $($rest:tt)*) => {
+        datasheet!(@filter $names [$($f)* $name: (IdFilter),] [$($o)* $name] $($rest)*);
+    };
+    (@filter $names:tt [$($f:tt)*] [$($o:tt)*]
+        $(#[doc = $d:literal])* $([create = $c:literal])? $name:ident: Choice($ty:ident),
+        $($rest:tt)*) => {
+        datasheet!(@filter $names [$($f)* $name: (<$ty as Choice>::Filter),] [$($o)* $name]
+            $($rest)*);
+    };
+    (@filter $names:tt [$($f:tt)*] [$($o:tt)*]
+        $(#[doc = $d:literal])* $([create = $c:literal])? $name:ident:
+        ChoiceOr($ty:ident, $default:ident), $($rest:tt)*) => {
+        datasheet!(@filter $names [$($f)* $name: (<$ty as Choice>::Filter),] [$($o)* $name]
+            $($rest)*);
+    };
+    // Names and text.
+    (@filter $names:tt [$($f:tt)*] [$($o:tt)*]
+        $(#[doc = $d:literal])* $([create = $c:literal])? $name:ident: $kind:ident, $($rest:tt)*) => {
+        datasheet!(@filter $names [$($f)* $name: (StringFilter),] [$($o)* $name] $($rest)*);
+    };
+    (@filter_types ($object:ident, $filter:ident, $order:ident)
+        [$($field:ident: ($($ty:tt)*),)*] [$($key:ident)*]) => {
+        #[doc = concat!(
+            "Conditions on ", stringify!($object), " records: everything given must hold. ",
+            "A record without a value meets only `neq` and `isNull: true`."
+        )]
+        #[derive(InputObject, Default)]
+        pub(crate) struct $filter {
+            $($field: Option<$($ty)*>,)*
+            /// When the record was created.
+            created_at: Option<DateTimeFilter>,
+            /// When the record last changed.
+            updated_at: Option<DateTimeFilter>,
+            /// Conditions on custom fields, each of which must hold.
+            custom: Option<Vec<CustomFieldFilter>>,
+            /// Each of these filters holds.
+            and: Option<Vec<$filter>>,
+            /// At least one of these filters holds.
+            or: Option<Vec<$filter>>,
+            /// This filter does not hold.
+            not: Option<Box<$filter>>,
+        }
+
+        impl TypedFilter for $filter {
+            fn split(self) -> Split<Self> {
+                Split {
+                    fields: [$((stringify!($field), self.$field.map(FieldFilter::ops)),)*]
+                        .into_iter()
+                        .filter_map(|(name, ops)| Some((name, ops?)))
+                        .collect(),
+                    created_at: self.created_at.map(FieldFilter::ops),
+                    updated_at: self.updated_at.map(FieldFilter::ops),
+                    custom: self.custom,
+                    and: self.and,
+                    or: self.or,
+                    not: self.not,
+                }
+            }
+        }
+
+        #[doc = concat!(
+            "One key of an order of ", stringify!($object), " records, a field and its ",
+            "direction: `{lastName: ASC}`. Records without a value come last either way."
+        )]
+        #[derive(OneofObject)]
+        #[allow(non_camel_case_types)]
+        pub(crate) enum $order {
+            $($key(SortDirection),)*
+            created_at(SortDirection),
+            updated_at(SortDirection),
+            /// A custom field (multiple-choice fields cannot order).
+            custom(CustomFieldOrder),
+        }
+
+        impl TypedOrder for $order {
+            fn key(self) -> OrderChoice {
+                match self {
+                    $(Self::$key(direction) => OrderChoice::Field(stringify!($key), direction),)*
+                    Self::created_at(direction) => OrderChoice::Field("created_at", direction),
+                    Self::updated_at(direction) => OrderChoice::Field("updated_at", direction),
+                    Self::custom(custom) => OrderChoice::Custom(custom),
+                }
+            }
+        }
+    };
     (@field ($create:ident [$($c_done:tt)*])
         ([$(#[doc = $update_doc:literal])*] $update:ident [$($u_done:tt)*])
         [$([create = $c:literal])?] $name:ident ($($create_ty:tt)*) ($($update_ty:tt)*)
@@ -288,6 +399,7 @@ datasheet! {
     create CreateEmployeeInput;
     /// A patch: omitted fields stay as they are, `null` clears an optional field.
     update UpdateEmployeeInput;
+    filter EmployeeFilter, order EmployeeOrder;
     {
         first_name: Name,
         last_name: Name,
@@ -320,6 +432,7 @@ datasheet! {
     /// A patch: omitted fields stay as they are, `null` (or an empty list) clears a field. Lists
     /// are replaced whole.
     update UpdateContactInput;
+    filter ContactFilter, order ContactOrder;
     {
         first_name: Name,
         last_name: Name,
@@ -344,6 +457,7 @@ datasheet! {
     /// one step forward (`APPLIED → SCREENING → INTERVIEW → OFFER`) or to `REJECTED` /
     /// `WITHDRAWN` from an open stage; `HIRED` only through `hireApplicant`.
     update UpdateApplicantInput;
+    filter ApplicantFilter, order ApplicantOrder;
     {
         first_name: Name,
         last_name: Name,
@@ -364,6 +478,24 @@ datasheet! {
         /// That employee's record (`null` before the hire, or without `read` on employees).
         fn hired_as: LinkedRecord(hired_as),
     }
+}
+
+/// A filter of one datasheet's records, for the fields that take any datasheet (`report`,
+/// `exportRecords`): give the one of the `datasheet` argument.
+#[derive(OneofObject)]
+pub(crate) enum RecordsFilter {
+    Employees(Box<EmployeeFilter>),
+    Contacts(Box<ContactFilter>),
+    Applicants(Box<ApplicantFilter>),
+}
+
+/// An order of one datasheet's records, for the fields that take any datasheet: give the one
+/// of the `datasheet` argument.
+#[derive(OneofObject)]
+pub(crate) enum RecordsOrder {
+    Employees(Vec<EmployeeOrder>),
+    Contacts(Vec<ContactOrder>),
+    Applicants(Vec<ApplicantOrder>),
 }
 
 fn date(row: &RecordRow, field: &str) -> Option<NaiveDate> {

@@ -78,8 +78,9 @@ impl Services {
 /// What a value a user typed into a list's arguments reads as in the export's event.
 pub(crate) const WITHHELD: &str = "[withheld]";
 
-/// The list's arguments without the values a user typed: each filter keeps its field and
-/// operator (`is_null` keeps its answer), a search says only that there was one. A search for
+/// The list's arguments without the values a user typed: each filter keeps its fields and
+/// operators (`isNull` keeps its answer, a custom field its key) and drops what was not
+/// given, a search says only that there was one. A search for
 /// a person's name, kept in an event, would outlive that person's erasure.
 pub(crate) fn withhold_values(arguments: Value) -> Value {
     const OPERANDS: [&str; 9] = [
@@ -95,14 +96,16 @@ pub(crate) fn withhold_values(arguments: Value) -> Value {
     ];
     fn filter(value: Value) -> Value {
         match value {
+            // What was not given is left out.
             Value::Object(map) => Value::Object(
                 map.into_iter()
+                    .filter(|(_, value)| !value.is_null())
                     .map(|(key, value)| {
                         let value = match key.as_str() {
-                            _ if value.is_null() => value,
                             k if OPERANDS.contains(&k) => Value::String(WITHHELD.to_owned()),
-                            "and" | "or" | "not" => filter(value),
-                            _ => value,
+                            // A field's filter, `custom`, `and`, `or`, `not`: operators are
+                            // found at any depth.
+                            _ => filter(value),
                         };
                         (key, value)
                     })
@@ -292,28 +295,33 @@ mod tests {
     #[test]
     fn an_exports_arguments_keep_fields_and_operators_but_no_typed_value() {
         let arguments = serde_json::json!({
-            "filter": { "field": "lastName", "eq": "Hopper", "and": [
-                { "field": "department", "in": ["R&D", "Ops"] },
-                { "not": { "field": "email", "contains": "hopper@" } },
-                { "field": "phone", "isNull": true, "startsWith": null },
-                { "field": "firstName", "startsWith": "Gra" },
-            ] },
-            "orderBy": [{ "field": "lastName", "direction": "ASC" }],
+            "filter": { "employees": { "lastName": { "eq": "Hopper" }, "and": [
+                { "department": { "in": ["R&D", "Ops"] } },
+                { "not": { "email": { "contains": "hopper@" } } },
+                { "phone": { "isNull": true, "startsWith": null } },
+                { "firstName": { "startsWith": "Gra" } },
+                { "custom": [{ "key": "badge", "text": { "eq": "B-17" } }] },
+            ] } },
+            "orderBy": { "employees": [{ "lastName": "ASC" }] },
             "search": "Grace Hopper",
             "includeArchived": false,
         });
         let kept = withhold_values(arguments.clone());
         let text = kept.to_string();
-        for typed in ["Hopper\"", "R&D", "Ops", "hopper@", "Grace", "Gra\""] {
+        for typed in [
+            "Hopper\"", "R&D", "Ops", "hopper@", "Grace", "Gra\"", "B-17",
+        ] {
             assert!(!text.contains(typed), "{typed} in {text}");
         }
-        assert_eq!(kept["filter"]["field"], "lastName");
-        assert_eq!(kept["filter"]["eq"], WITHHELD);
-        assert_eq!(kept["filter"]["and"][0]["in"], WITHHELD);
-        assert_eq!(kept["filter"]["and"][1]["not"]["contains"], WITHHELD);
-        assert_eq!(kept["filter"]["and"][2]["isNull"], true);
-        assert!(kept["filter"]["and"][2]["startsWith"].is_null());
-        assert_eq!(kept["filter"]["and"][3]["startsWith"], WITHHELD);
+        let filter = &kept["filter"]["employees"];
+        assert_eq!(filter["lastName"]["eq"], WITHHELD);
+        assert_eq!(filter["and"][0]["department"]["in"], WITHHELD);
+        assert_eq!(filter["and"][1]["not"]["email"]["contains"], WITHHELD);
+        assert_eq!(filter["and"][2]["phone"]["isNull"], true);
+        assert!(filter["and"][2]["phone"]["startsWith"].is_null());
+        assert_eq!(filter["and"][3]["firstName"]["startsWith"], WITHHELD);
+        assert_eq!(filter["and"][4]["custom"][0]["key"], "badge");
+        assert_eq!(filter["and"][4]["custom"][0]["text"]["eq"], WITHHELD);
         assert_eq!(kept["orderBy"], arguments["orderBy"]);
         assert_eq!(kept["search"], WITHHELD);
         assert_eq!(kept["includeArchived"], false);
