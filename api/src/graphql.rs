@@ -16,6 +16,7 @@ pub(crate) mod arguments;
 pub(crate) mod authorization;
 pub(crate) mod context;
 pub(crate) mod error;
+pub(crate) mod input_errors;
 pub(crate) mod limits;
 pub(crate) mod loaders;
 pub(crate) mod observe;

@@ -432,6 +432,35 @@ async fn invalid_values_are_validation_errors_naming_the_field_and_change_nothin
         assert_eq!(response.code(), Some("VALIDATION"), "{}", response.body);
         assert_eq!(response.field(), Some(field), "{}", response.body);
     }
+    // ... and every problem of the value at once, written in the document or in variables.
+    for (query, variables) in [
+        (
+            "mutation($input: CreateEmployeeInput!) { createEmployee(input: $input) { id } }",
+            json!({ "input": { "firstName": "A", "employmentType": "BOGUS", "nickname": "C",
+                               "customFields": [{ "key": "k", "value": 1 }, { "value": 2 }] } }),
+        ),
+        (
+            "mutation { created: createEmployee(input: { firstName: \"A\", employmentType: BOGUS, nickname: \"C\", customFields: [{ key: \"k\", value: 1 }, { value: 2 }] }) { id } }",
+            json!({}),
+        ),
+    ] {
+        let response = app.graphql(Some(&session.token), query, variables).await;
+        let errors = response.body["errors"].as_array().unwrap();
+        let mut fields: Vec<&str> = errors
+            .iter()
+            .map(|error| {
+                assert_eq!(error["extensions"]["code"], "VALIDATION", "{error}");
+                error["extensions"]["field"].as_str().unwrap_or("-")
+            })
+            .collect();
+        fields.sort_unstable();
+        assert_eq!(
+            fields,
+            ["employmentType", "key", "lastName", "nickname"],
+            "{}",
+            response.body
+        );
+    }
 
     let read = app
         .graphql(

@@ -2,12 +2,17 @@
 //! `reason` and `permission` where they apply); several field errors told at once become one
 //! GraphQL error each ([`FieldErrors`]). This is where an internal error is logged, once.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_graphql::extensions::{
-    Extension, ExtensionContext, ExtensionFactory, NextExecute, NextSubscribe,
+    Extension, ExtensionContext, ExtensionFactory, NextExecute, NextParseQuery, NextSubscribe,
+    NextValidation,
 };
-use async_graphql::{ErrorExtensionValues, ErrorExtensions, Response, ServerError};
+use async_graphql::parser::types::ExecutableDocument;
+use async_graphql::{
+    ErrorExtensionValues, ErrorExtensions, Response, ServerError, ServerResult, ValidationResult,
+    Variables,
+};
 use futures::stream::BoxStream;
 use futures::StreamExt;
 
@@ -71,16 +76,66 @@ impl From<ApiError> for async_graphql::Error {
 /// Makes one GraphQL error of each field error a resolver told at once ([`ApiError::Invalid`]),
 /// each with `extensions.code` and `extensions.field`, at the place of the one: a form shows
 /// every invalid field after one request.
+///
+/// GraphQL's own validation of an argument's value tells its first problem only: a refused
+/// argument is walked again for every problem ([`super::input_errors`]), from the document
+/// and variables this extension keeps until validation has passed.
 pub(crate) struct FieldErrors;
 
 impl ExtensionFactory for FieldErrors {
     fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(FieldErrors)
+        Arc::new(RequestFieldErrors::default())
     }
 }
 
+/// [`FieldErrors`] for one request.
+#[derive(Default)]
+struct RequestFieldErrors {
+    /// The document's text and the variables, until validation has passed.
+    request: Mutex<Option<(String, Variables)>>,
+}
+
 #[async_trait::async_trait]
-impl Extension for FieldErrors {
+impl Extension for RequestFieldErrors {
+    async fn parse_query(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        query: &str,
+        variables: &Variables,
+        next: NextParseQuery<'_>,
+    ) -> ServerResult<ExecutableDocument> {
+        let document = next.run(ctx, query, variables).await?;
+        if let Ok(mut request) = self.request.lock() {
+            *request = Some((query.to_owned(), variables.clone()));
+        }
+        Ok(document)
+    }
+
+    async fn validation(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        next: NextValidation<'_>,
+    ) -> Result<ValidationResult, Vec<ServerError>> {
+        let result = next.run(ctx).await;
+        let request = self.request.lock().ok().and_then(|mut r| r.take());
+        match (result, request) {
+            (Err(mut errors), Some((query, variables)))
+                if errors
+                    .iter()
+                    .any(|e| e.message.starts_with(super::input_errors::ARGUMENT_ERROR)) =>
+            {
+                super::input_errors::expand(
+                    &ctx.schema_env.registry,
+                    &query,
+                    &variables,
+                    &mut errors,
+                );
+                Err(errors)
+            }
+            (result, _) => result,
+        }
+    }
+
     async fn execute(
         &self,
         ctx: &ExtensionContext<'_>,

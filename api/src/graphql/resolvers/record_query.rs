@@ -12,7 +12,7 @@ use crate::error::snake_to_camel;
 use crate::error::ApiError;
 use crate::graphql::pagination::{page_size, page_size_within};
 use crate::graphql::types::filters::{
-    CustomFieldFilter, CustomFieldOrder, FieldFilter, SortDirection,
+    CustomFieldFilter, FieldFilter, OrderChoice, SortDirection, TypedFilter, TypedOrder,
 };
 use crate::graphql::types::records::{RecordsFilter, RecordsOrder};
 
@@ -22,34 +22,6 @@ const MAX_FILTER_DEPTH: usize = 8;
 const MAX_IN_VALUES: usize = 100;
 const MAX_ORDER_KEYS: usize = 3;
 const MAX_SEARCH: usize = 200;
-
-/// A datasheet's filter (`EmployeeFilter`...) taken apart: each field's conditions by the
-/// domain's field name, then the parts every datasheet's filter has.
-pub(crate) struct Split<F> {
-    pub(crate) fields: Vec<(&'static str, Vec<Op>)>,
-    pub(crate) created_at: Option<Vec<Op>>,
-    pub(crate) updated_at: Option<Vec<Op>>,
-    pub(crate) custom: Option<Vec<CustomFieldFilter>>,
-    pub(crate) and: Option<Vec<F>>,
-    pub(crate) or: Option<Vec<F>>,
-    pub(crate) not: Option<Box<F>>,
-}
-
-/// A datasheet's filter input, generated with its type (`types::records`).
-pub(crate) trait TypedFilter: Sized {
-    fn split(self) -> Split<Self>;
-}
-
-/// One key of a datasheet's order input: a field (by the domain's name) or a custom field.
-pub(crate) enum OrderChoice {
-    Field(&'static str, SortDirection),
-    Custom(CustomFieldOrder),
-}
-
-/// A datasheet's order input (`EmployeeOrder`...), generated with its type.
-pub(crate) trait TypedOrder {
-    fn key(self) -> OrderChoice;
-}
 
 /// What a list field was asked for.
 pub(crate) struct ListArgs {

@@ -17,6 +17,34 @@ pub(crate) trait FieldFilter {
     fn ops(self) -> Vec<Op>;
 }
 
+/// A datasheet's filter (`EmployeeFilter`...) taken apart: each field's conditions by the
+/// domain's field name, then the parts every datasheet's filter has.
+pub(crate) struct Split<F> {
+    pub(crate) fields: Vec<(&'static str, Vec<Op>)>,
+    pub(crate) created_at: Option<Vec<Op>>,
+    pub(crate) updated_at: Option<Vec<Op>>,
+    pub(crate) custom: Option<Vec<CustomFieldFilter>>,
+    pub(crate) and: Option<Vec<F>>,
+    pub(crate) or: Option<Vec<F>>,
+    pub(crate) not: Option<Box<F>>,
+}
+
+/// A datasheet's filter input, generated with its type (`types::records`).
+pub(crate) trait TypedFilter: Sized {
+    fn split(self) -> Split<Self>;
+}
+
+/// One key of a datasheet's order input: a field (by the domain's name) or a custom field.
+pub(crate) enum OrderChoice {
+    Field(&'static str, SortDirection),
+    Custom(CustomFieldOrder),
+}
+
+/// A datasheet's order input (`EmployeeOrder`...), generated with its type.
+pub(crate) trait TypedOrder {
+    fn key(self) -> OrderChoice;
+}
+
 /// Collects a filter's conditions: `eq` … `lte` with their value as text.
 #[derive(Default)]
 struct Ops(Vec<Op>);

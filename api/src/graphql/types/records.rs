@@ -25,11 +25,10 @@ use super::enums::{
 };
 use super::filters::{
     Choice, CustomFieldFilter, CustomFieldOrder, DateFilter, DateTimeFilter, FieldFilter, IdFilter,
-    SortDirection, StringFilter, StringListFilter,
+    OrderChoice, SortDirection, Split, StringFilter, StringListFilter, TypedFilter, TypedOrder,
 };
 use crate::error::ApiError;
 use crate::graphql::context::Cx;
-use crate::graphql::resolvers::record_query::{OrderChoice, Split, TypedFilter, TypedOrder};
 
 /// What every record has.
 pub(crate) struct RecordCommon(Arc<RecordRow>);
