@@ -239,6 +239,48 @@ impl ApiError {
     }
 }
 
+/// Validation problems collected so that a form learns of all of them at once: each check's
+/// `VALIDATION` error is kept (any other error ends the request at once), and
+/// [`Problems::done`] answers them together, one GraphQL error each.
+#[derive(Default)]
+pub(crate) struct Problems(Vec<(Option<String>, String)>);
+
+impl Problems {
+    /// Keeps a problem of `field`.
+    pub(crate) fn add(&mut self, field: &str, message: impl Into<String>) {
+        self.0.push((Some(field.to_owned()), message.into()));
+    }
+
+    /// The check's value, or `None` with its validation problems kept; any other error is
+    /// returned.
+    pub(crate) fn check<T>(&mut self, result: Result<T, ApiError>) -> Result<Option<T>, ApiError> {
+        match result {
+            Ok(value) => Ok(Some(value)),
+            Err(ApiError::Validation { message, field }) => {
+                self.0.push((field, message));
+                Ok(None)
+            }
+            Err(ApiError::Invalid(problems)) => {
+                self.0.extend(problems);
+                Ok(None)
+            }
+            Err(other) => Err(other),
+        }
+    }
+
+    /// `Ok` when no check failed; otherwise every problem kept.
+    pub(crate) fn done(mut self) -> Result<(), ApiError> {
+        match self.0.len() {
+            0 => Ok(()),
+            1 => {
+                let (field, message) = self.0.remove(0);
+                Err(ApiError::Validation { message, field })
+            }
+            _ => Err(ApiError::Invalid(self.0)),
+        }
+    }
+}
+
 /// Whether a database error says the server could not be reached or used just now (no
 /// connection in time, a broken one, a server starting, shutting down or full): the request
 /// may be tried again.

@@ -345,7 +345,7 @@ async fn changing_your_password_ends_your_other_sessions() {
         .graphql(Some(&admin.token), "mutation { changePassword(currentPassword: \"a brand new password\", newPassword: \"short\") { id } }", json!({}))
         .await;
     assert_eq!(weak.code(), Some("VALIDATION"));
-    assert_eq!(weak.field(), Some("password"));
+    assert_eq!(weak.field(), Some("newPassword"), "the argument's own name");
 }
 
 #[tokio::test]
@@ -361,7 +361,7 @@ async fn user_management_rejects_bad_input_and_changes_nothing() {
         ),
         (
             json!({ "email": "fresh@example.org", "name": "Weak", "temporaryPassword": "short" }),
-            "password",
+            "temporaryPassword",
         ),
         (
             json!({ "email": "fresh@example.org", "name": " ", "temporaryPassword": "temporary password 1" }),
@@ -384,6 +384,27 @@ async fn user_management_rejects_bad_input_and_changes_nothing() {
         );
         assert_eq!(response.field(), Some(field), "{}", response.body);
     }
+    let several = app
+        .graphql(
+            Some(&admin.token),
+            create,
+            json!({ "i": { "email": admin.email, "name": " ", "temporaryPassword": "short",
+                           "roleIds": [uuid::Uuid::now_v7().to_string()] } }),
+        )
+        .await;
+    let mut fields: Vec<&str> = several.body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|error| error["extensions"]["field"].as_str().unwrap())
+        .collect();
+    fields.sort_unstable();
+    assert_eq!(
+        fields,
+        ["email", "name", "roleIds", "temporaryPassword"],
+        "every problem at once: {}",
+        several.body
+    );
     let duplicate = app
         .graphql(
             Some(&admin.token),
@@ -671,7 +692,7 @@ async fn wrong_current_passwords_count_toward_the_lock() {
         .await;
 
     assert_eq!(same.code(), Some("VALIDATION"));
-    assert_eq!(same.field(), Some("password"));
+    assert_eq!(same.field(), Some("newPassword"));
     assert_eq!(
         right_but_locked.field(),
         Some("currentPassword"),

@@ -205,6 +205,38 @@ async fn sign_up_rejects_bad_input_and_creates_nothing() {
         );
         assert_eq!(response.field(), Some(field), "{}", response.body);
     }
+    // A form with several bad fields learns of all of them at once.
+    let several = app
+        .graphql(
+            None,
+            "mutation($input: SignUpInput!) { signUp(input: $input) { token } }",
+            json!({ "input": { "organization": "", "slug": "Bad Slug", "region": "mars",
+                               "adminEmail": "not-an-email", "adminName": " ", "password": "short" } }),
+        )
+        .await;
+    let mut fields: Vec<&str> = several.body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|error| {
+            assert_eq!(error["extensions"]["code"], "VALIDATION", "{error}");
+            error["extensions"]["field"].as_str().unwrap()
+        })
+        .collect();
+    fields.sort_unstable();
+    assert_eq!(
+        fields,
+        [
+            "adminEmail",
+            "adminName",
+            "organization",
+            "password",
+            "region",
+            "slug"
+        ],
+        "{}",
+        several.body
+    );
     let weak = app
         .graphql(
             None,

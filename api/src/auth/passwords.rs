@@ -27,22 +27,23 @@ const ESTIMATED_PREFIX: usize = 256;
 
 /// Checks a new password against the policy (OWASP ASVS 5: 12 to 1024 characters, never
 /// truncated, not guessable): zxcvbn must rate it at least 3 of 4, counting the user's own
-/// email, name and organisation (`context`) as guessable words. The error names the rule and
-/// zxcvbn's warning, never the password.
+/// email, name and organisation (`context`) as guessable words. The error, on `field` (the
+/// input's name for the password), names the rule and zxcvbn's warning, never the password.
 pub(crate) fn check_new_password(
+    field: &str,
     password: &SecretString,
     context: &[&str],
 ) -> Result<(), ApiError> {
     let length = password.expose_secret().chars().count();
     if length < MIN_PASSWORD {
         return Err(ApiError::validation(
-            "password",
+            field,
             format!("the password must have at least {MIN_PASSWORD} characters"),
         ));
     }
     if length > MAX_PASSWORD {
         return Err(ApiError::validation(
-            "password",
+            field,
             format!("the password must have at most {MAX_PASSWORD} characters"),
         ));
     }
@@ -59,7 +60,7 @@ pub(crate) fn check_new_password(
             .map(|w| format!(" ({w})"))
             .unwrap_or_default();
         return Err(ApiError::validation(
-            "password",
+            field,
             format!(
                 "the password is too easy to guess{why}; a few unrelated words make a strong one"
             ),
@@ -137,6 +138,7 @@ mod tests {
     fn the_password_policy_counts_characters() {
         let check = |p: &str| {
             check_new_password(
+                "password",
                 &SecretString::from(p.to_owned()),
                 &["ada@acme.example", "Acme"],
             )

@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use crate::auth::passwords::check_new_password;
 use crate::auth::principal::Principal;
-use crate::error::ApiError;
+use crate::error::{ApiError, Problems};
 use crate::infra::stores::{sessions, two_factor};
 use crate::infra::tenancy::tenant::Tenant;
 use crate::service::identity::RequestOrigin;
@@ -122,9 +122,20 @@ impl Services {
         request_id: Uuid,
     ) -> Result<UserRow, ApiError> {
         let tenant = &principal.tenant;
-        PersonName::parse(&input.name)
-            .map_err(|e| ApiError::validation("name", format!("name {e}")))?;
-        check_new_password(&input.password, &[&input.email, &input.name])?;
+        // Every problem of the form at once; the email is checked again under the lock.
+        let mut problems = Problems::default();
+        problems.check(
+            PersonName::parse(&input.name)
+                .map_err(|e| ApiError::validation("name", format!("name {e}"))),
+        )?;
+        problems.check(self.check_email_free(tenant, &input.email, None).await)?;
+        problems.check(check_new_password(
+            "temporaryPassword",
+            &input.password,
+            &[&input.email, &input.name],
+        ))?;
+        problems.check(self.check_roles(tenant, &input.roles).await)?;
+        problems.done()?;
         let password_hash = self.passwords.hash(input.password).await?;
         let _lock = self.directory_lock(tenant).await?;
         self.check_email_free(tenant, &input.email, None).await?;
@@ -153,13 +164,22 @@ impl Services {
         let tenant = &principal.tenant;
         let _lock = self.directory_lock(tenant).await?;
         self.existing_user(tenant, id).await?;
+        // Every problem of the form at once.
+        let mut problems = Problems::default();
+        if let Some(name) = &changes.name {
+            problems.check(
+                PersonName::parse(name)
+                    .map_err(|e| ApiError::validation("name", format!("name {e}"))),
+            )?;
+        }
         if let Some(email) = &changes.email {
-            self.check_email_free(tenant, email, Some(id)).await?;
+            problems.check(self.check_email_free(tenant, email, Some(id)).await)?;
         }
         let roles = match &changes.roles {
-            Some(ids) => Some(self.check_roles(tenant, ids).await?),
+            Some(ids) => problems.check(self.check_roles(tenant, ids).await)?,
             None => None,
         };
+        problems.done()?;
         let command = UserCommand::Update {
             name: changes.name,
             email: changes.email,
@@ -255,7 +275,7 @@ impl Services {
     ) -> Result<UserRow, ApiError> {
         let tenant = &principal.tenant;
         let user = self.existing_user(tenant, id).await?;
-        check_new_password(&temporary, &[&user.email, &user.name])?;
+        check_new_password("temporaryPassword", &temporary, &[&user.email, &user.name])?;
         let password_hash = self.passwords.hash(temporary).await?;
         sessions::revoke_all(&tenant.pool, &tenant.caches.sessions, id, None).await?;
         self.change_user(
@@ -284,11 +304,11 @@ impl Services {
             .await?;
         if new.expose_secret() == current.expose_secret() {
             return Err(ApiError::validation(
-                "password",
+                "newPassword",
                 "choose a password different from the current one",
             ));
         }
-        check_new_password(&new, &[&user.email, &user.name])?;
+        check_new_password("newPassword", &new, &[&user.email, &user.name])?;
         let password_hash = self.passwords.hash(new).await?;
         sessions::revoke_all(
             &tenant.pool,

@@ -18,7 +18,7 @@ use crate::auth::policy::check_sign_in;
 use crate::auth::principal::{Principal, Subject};
 use crate::auth::tokens::{BearerToken, TokenKind};
 use crate::config::Region;
-use crate::error::ApiError;
+use crate::error::{ApiError, Problems};
 use crate::infra::database::{went_down, Health};
 use crate::infra::stores::sessions;
 use crate::infra::tenancy::catalog::ProvisionError;
@@ -116,26 +116,41 @@ impl Services {
         input: NewOrganization,
         request_id: Uuid,
     ) -> Result<(Arc<Tenant>, UserRow), ApiError> {
+        // Every problem of the form at once.
+        let mut problems = Problems::default();
         let name = input.name.trim();
         if name.is_empty() || name.chars().count() > 200 {
-            return Err(ApiError::validation(
+            problems.add(
                 "organization",
                 "the organisation name must have 1 to 200 characters",
-            ));
+            );
         }
-        check_slug(&input.slug)?;
-        let region: Region = input
-            .region
-            .parse()
-            .map_err(|()| ApiError::validation("region", "the region must be `eu` or `us`"))?;
-        let email = Email::parse(&input.admin_email)
-            .map_err(|e| ApiError::validation("adminEmail", format!("adminEmail {e}")))?;
-        let admin_name = PersonName::parse(&input.admin_name)
-            .map_err(|e| ApiError::validation("adminName", format!("adminName {e}")))?;
-        check_new_password(
+        problems.check(check_slug(&input.slug))?;
+        let region = problems.check(
+            input
+                .region
+                .parse::<Region>()
+                .map_err(|()| ApiError::validation("region", "the region must be `eu` or `us`")),
+        )?;
+        let email = problems.check(
+            Email::parse(&input.admin_email)
+                .map_err(|e| ApiError::validation("adminEmail", format!("adminEmail {e}"))),
+        )?;
+        let admin_name = problems.check(
+            PersonName::parse(&input.admin_name)
+                .map_err(|e| ApiError::validation("adminName", format!("adminName {e}"))),
+        )?;
+        problems.check(check_new_password(
+            "password",
             &input.password,
             &[&input.admin_email, &input.admin_name, name, &input.slug],
-        )?;
+        ))?;
+        problems.done()?;
+        let (Some(region), Some(email), Some(admin_name)) = (region, email, admin_name) else {
+            return Err(ApiError::internal(anyhow::anyhow!(
+                "a sign-up check failed without a problem"
+            )));
+        };
         let password_hash = self.passwords.hash(input.password).await?;
 
         let row = self
