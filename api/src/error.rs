@@ -449,6 +449,7 @@ impl From<FieldSchemaError> for ApiError {
             | FieldSchemaError::TooMany => "key",
             FieldSchemaError::Invalid { field, .. } => field,
             FieldSchemaError::Options => "options",
+            FieldSchemaError::Several(problems) => return several(problems),
         };
         ApiError::validation(field, err.to_string())
     }
@@ -499,8 +500,23 @@ impl From<IncidentError> for ApiError {
             IncidentError::NoDatasheet => "datasheets",
             IncidentError::WindowReversed => "windowTo",
             IncidentError::BeforeDetection | IncidentError::AlreadyNotified => "at",
+            IncidentError::Several(problems) => return several(problems),
         };
         ApiError::validation(field, err.to_string())
+    }
+}
+
+/// Several domain errors told at once, each as its own field's problem.
+fn several<E: Clone + Into<ApiError>>(problems: &[E]) -> ApiError {
+    let mut all = Problems::default();
+    for problem in problems {
+        if let Err(err) = all.check::<()>(Err(problem.clone().into())) {
+            return err;
+        }
+    }
+    match all.done() {
+        Err(err) => err,
+        Ok(()) => ApiError::internal(anyhow::anyhow!("no problem among several")),
     }
 }
 

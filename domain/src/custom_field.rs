@@ -240,6 +240,19 @@ pub enum FieldSchemaError {
     Options,
     #[error("a datasheet has at most 100 custom fields")]
     TooMany,
+    /// More than one of the above, each about its own field: told at once.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Several(Vec<FieldSchemaError>),
+}
+
+impl FieldSchemaError {
+    /// The one problem, or [`FieldSchemaError::Several`] (`problems` is never empty).
+    fn all(mut problems: Vec<FieldSchemaError>) -> Result<(), FieldSchemaError> {
+        match problems.len() {
+            1 => Err(problems.remove(0)),
+            _ => Err(FieldSchemaError::Several(problems)),
+        }
+    }
 }
 
 impl DomainEvent for FieldSchemaEvent {
@@ -342,17 +355,28 @@ impl Aggregate for FieldSchema {
                 required,
                 options: raw_options,
             } => {
-                check_key(&key)?;
-                if self.schema.fields.contains_key(&key) {
-                    return Err(FieldSchemaError::KeyTaken(key));
+                // Every problem of the definition at once.
+                let mut problems = Vec::new();
+                if let Err(err) = check_key(&key) {
+                    problems.push(err);
+                } else if self.schema.fields.contains_key(&key) {
+                    problems.push(FieldSchemaError::KeyTaken(key.clone()));
                 }
                 if self.schema.fields.len() >= MAX_CUSTOM_FIELDS {
-                    return Err(FieldSchemaError::TooMany);
+                    problems.push(FieldSchemaError::TooMany);
                 }
+                let (label, options) = match (label(&raw_label), options(kind, raw_options)) {
+                    (Ok(label), Ok(options)) if problems.is_empty() => (label, options),
+                    (label, options) => {
+                        problems.extend(label.err());
+                        problems.extend(options.err());
+                        return FieldSchemaError::all(problems);
+                    }
+                };
                 FieldSchemaEvent::CustomFieldAdded {
                     datasheet,
-                    label: label(&raw_label)?,
-                    options: options(kind, raw_options)?,
+                    label,
+                    options,
                     key,
                     kind,
                     required,

@@ -92,6 +92,9 @@ pub enum IncidentError {
     BeforeDetection,
     #[error("this notification is recorded already")]
     AlreadyNotified,
+    /// More than one of the above, each about its own field: told at once.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Several(Vec<IncidentError>),
 }
 
 impl DomainEvent for IncidentEvent {
@@ -155,23 +158,32 @@ impl Aggregate for Incident {
                 if self.detected_at.is_some() {
                     return Err(IncidentError::AlreadyExists);
                 }
-                let description = long_text(&description, MAX_DESCRIPTION).map_err(|reason| {
-                    IncidentError::Invalid {
-                        field: "description",
-                        reason,
-                    }
-                })?;
+                // Every problem of the report at once.
+                let mut problems = Vec::new();
+                let description = long_text(&description, MAX_DESCRIPTION)
+                    .map_err(|reason| {
+                        problems.push(IncidentError::Invalid {
+                            field: "description",
+                            reason,
+                        })
+                    })
+                    .ok();
                 if detected_at > now {
-                    return Err(IncidentError::InFuture("detectedAt"));
+                    problems.push(IncidentError::InFuture("detectedAt"));
                 }
                 scope.datasheets.sort();
                 scope.datasheets.dedup();
                 if scope.datasheets.is_empty() {
-                    return Err(IncidentError::NoDatasheet);
+                    problems.push(IncidentError::NoDatasheet);
                 }
                 if scope.window_to < scope.window_from {
-                    return Err(IncidentError::WindowReversed);
+                    problems.push(IncidentError::WindowReversed);
                 }
+                let description = match (description, problems.len()) {
+                    (Some(description), 0) => description,
+                    (_, 1) => return Err(problems.remove(0)),
+                    _ => return Err(IncidentError::Several(problems)),
+                };
                 scope.actors.sort();
                 scope.actors.dedup();
                 IncidentEvent::IncidentRecorded {

@@ -273,6 +273,21 @@ async fn definitions_change_and_retire_as_history() {
         );
         assert_eq!(refused.field(), Some(field), "{input}");
     }
+    // Every problem of a definition at once.
+    let several = add_field(
+        &app,
+        &admin,
+        json!({ "key": "Bad Key", "label": " ", "type": "SINGLE_CHOICE" }),
+    )
+    .await;
+    let mut fields: Vec<&str> = several.body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|error| error["extensions"]["field"].as_str().unwrap())
+        .collect();
+    fields.sort_unstable();
+    assert_eq!(fields, ["key", "label", "options"], "{}", several.body);
 
     let made = employee(
         &app,

@@ -938,6 +938,28 @@ async fn the_breach_register_finds_the_affected_people_and_tracks_the_deadline()
             .await;
         assert_eq!(refused.code(), Some("VALIDATION"), "{}", refused.body);
     }
+    // Every problem of the report at once.
+    let several = app
+        .graphql(
+            Some(&admin.token),
+            INCIDENT,
+            json!({ "i": { "detectedAt": (Utc::now() + Duration::days(1)).to_rfc3339(), "description": " ",
+                           "datasheets": [], "windowFrom": now.to_rfc3339(), "windowTo": start.to_rfc3339() } }),
+        )
+        .await;
+    let mut fields: Vec<&str> = several.body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|error| error["extensions"]["field"].as_str().unwrap())
+        .collect();
+    fields.sort_unstable();
+    assert_eq!(
+        fields,
+        ["datasheets", "description", "detectedAt", "windowTo"],
+        "{}",
+        several.body
+    );
     let forbidden = app
         .graphql(Some(&thief.token), "{ incidents { id } }", json!({}))
         .await;
