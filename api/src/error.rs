@@ -486,6 +486,7 @@ impl From<RetentionError> for ApiError {
             RetentionError::InvalidTrigger(_) => "trigger",
             RetentionError::PeriodTooLong => "periodDays",
             RetentionError::InvalidPurpose => "unlessConsent",
+            RetentionError::Several(problems) => return several(problems),
         };
         ApiError::validation(field, err.to_string())
     }

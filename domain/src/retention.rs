@@ -84,6 +84,9 @@ pub enum RetentionError {
     PeriodTooLong,
     #[error("a purpose is lower-case letters, digits and `_`, starting with a letter, at most 64 characters")]
     InvalidPurpose,
+    /// More than one of the above, each about its own field: told at once.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Several(Vec<RetentionError>),
 }
 
 impl DomainEvent for RetentionEvent {
@@ -160,16 +163,40 @@ impl Aggregate for RetentionPolicy {
                 if self.defined {
                     return Err(RetentionError::AlreadyExists);
                 }
-                let name = bounded_text(&name, 100).map_err(RetentionError::InvalidName)?;
-                if period_days > MAX_PERIOD_DAYS {
-                    return Err(RetentionError::PeriodTooLong);
-                }
-                RetentionEvent::RetentionPolicyDefined {
-                    datasheet,
-                    name,
-                    trigger: check_trigger(datasheet, trigger)?,
-                    period_days,
-                    unless_consent: unless_consent.map(purpose).transpose()?,
+                // Every problem of the policy at once.
+                let name = bounded_text(&name, 100).map_err(RetentionError::InvalidName);
+                let period = if period_days > MAX_PERIOD_DAYS {
+                    Err(RetentionError::PeriodTooLong)
+                } else {
+                    Ok(period_days)
+                };
+                let trigger = check_trigger(datasheet, trigger);
+                let unless_consent = unless_consent.map(purpose).transpose();
+                match (name, period, trigger, unless_consent) {
+                    (Ok(name), Ok(period_days), Ok(trigger), Ok(unless_consent)) => {
+                        RetentionEvent::RetentionPolicyDefined {
+                            datasheet,
+                            name,
+                            trigger,
+                            period_days,
+                            unless_consent,
+                        }
+                    }
+                    (name, period, trigger, unless_consent) => {
+                        let mut problems: Vec<RetentionError> = [
+                            name.err(),
+                            period.err(),
+                            trigger.err(),
+                            unless_consent.err(),
+                        ]
+                        .into_iter()
+                        .flatten()
+                        .collect();
+                        return Err(match problems.len() {
+                            1 => problems.remove(0),
+                            _ => RetentionError::Several(problems),
+                        });
+                    }
                 }
             }
             RetentionCommand::Remove => {

@@ -601,6 +601,28 @@ async fn a_retention_run_erases_exactly_the_records_past_their_period() {
         (invalid.code(), invalid.field()),
         (Some("VALIDATION"), Some("trigger"))
     );
+    // Every problem of the policy at once.
+    let several = app
+        .graphql(
+            Some(&admin.token),
+            POLICY,
+            json!({ "i": { "datasheet": "CONTACTS", "name": " ", "trigger": "STAGE_REACHED", "stages": ["REJECTED"],
+                           "periodDays": 40000, "unlessConsent": "Not A Purpose" } }),
+        )
+        .await;
+    let mut fields: Vec<&str> = several.body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|error| error["extensions"]["field"].as_str().unwrap())
+        .collect();
+    fields.sort_unstable();
+    assert_eq!(
+        fields,
+        ["name", "periodDays", "trigger", "unlessConsent"],
+        "{}",
+        several.body
+    );
 
     let contact = |first: &'static str| {
         create(
