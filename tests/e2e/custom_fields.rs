@@ -280,14 +280,12 @@ async fn definitions_change_and_retire_as_history() {
         json!({ "key": "Bad Key", "label": " ", "type": "SINGLE_CHOICE" }),
     )
     .await;
-    let mut fields: Vec<&str> = several.body["errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|error| error["extensions"]["field"].as_str().unwrap())
-        .collect();
-    fields.sort_unstable();
-    assert_eq!(fields, ["key", "label", "options"], "{}", several.body);
+    assert_eq!(
+        several.invalid_fields(),
+        ["key", "label", "options"],
+        "{}",
+        several.body
+    );
 
     let made = employee(
         &app,

@@ -610,15 +610,8 @@ async fn a_retention_run_erases_exactly_the_records_past_their_period() {
                            "periodDays": 40000, "unlessConsent": "Not A Purpose" } }),
         )
         .await;
-    let mut fields: Vec<&str> = several.body["errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|error| error["extensions"]["field"].as_str().unwrap())
-        .collect();
-    fields.sort_unstable();
     assert_eq!(
-        fields,
+        several.invalid_fields(),
         ["name", "periodDays", "trigger", "unlessConsent"],
         "{}",
         several.body
@@ -969,15 +962,8 @@ async fn the_breach_register_finds_the_affected_people_and_tracks_the_deadline()
                            "datasheets": [], "windowFrom": now.to_rfc3339(), "windowTo": start.to_rfc3339() } }),
         )
         .await;
-    let mut fields: Vec<&str> = several.body["errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|error| error["extensions"]["field"].as_str().unwrap())
-        .collect();
-    fields.sort_unstable();
     assert_eq!(
-        fields,
+        several.invalid_fields(),
         ["datasheets", "description", "detectedAt", "windowTo"],
         "{}",
         several.body

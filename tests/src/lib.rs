@@ -297,6 +297,26 @@ impl Response {
         self.body["errors"][0]["extensions"]["field"].as_str()
     }
 
+    /// Every error's `extensions.field`, sorted, after checking that each error is
+    /// `VALIDATION` and names a field.
+    pub fn invalid_fields(&self) -> Vec<String> {
+        let errors = self.body["errors"]
+            .as_array()
+            .unwrap_or_else(|| panic!("expected errors: {}", self.body));
+        let mut fields: Vec<String> = errors
+            .iter()
+            .map(|error| {
+                assert_eq!(error["extensions"]["code"], "VALIDATION", "{error}");
+                error["extensions"]["field"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("an error without a field: {error}"))
+                    .to_owned()
+            })
+            .collect();
+        fields.sort_unstable();
+        fields
+    }
+
     /// Panics with the body unless the request succeeded without errors.
     pub fn ok(self) -> Self {
         assert!(
