@@ -253,6 +253,20 @@ pub enum Window {
     },
 }
 
+impl RecordQuery {
+    /// Whether the page starts at a client's cursor.
+    pub fn window_has_cursor(&self) -> bool {
+        matches!(
+            self.window,
+            Window::First { after: Some(_), .. }
+                | Window::Last {
+                    before: Some(_),
+                    ..
+                }
+        )
+    }
+}
+
 impl Window {
     /// The first page of `size` records.
     pub fn first(size: i64) -> Self {

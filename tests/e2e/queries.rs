@@ -313,6 +313,10 @@ async fn search_finds_words_in_names_emails_company_and_notes() {
     assert_eq!(by_email.data("contacts.totalCount"), &json!(1));
 }
 
+/// `{"order":"created_at:asc","keys":["x"],"id":"00000000-…"}`: the shape of a cursor of a
+/// `createdAt` order, with a key that is not a time.
+const FORGED: &str = "eyJvcmRlciI6ImNyZWF0ZWRfYXQ6YXNjIiwia2V5cyI6WyJ4Il0sImlkIjoiMDAwMDAwMDAtMDAwMC0wMDAwLTAwMDAtMDAwMDAwMDAwMDAwIn0";
+
 #[tokio::test]
 async fn bad_list_arguments_are_validation_errors() {
     let app = TestApp::spawn().await;
@@ -356,6 +360,20 @@ async fn bad_list_arguments_are_validation_errors() {
             json!({ "o": [{ "lastName": "ASC" }, { "firstName": "ASC" }, { "email": "ASC" }, { "phone": "ASC" }] }),
             Some("orderBy"),
         ),
+        // Beyond the years the database stores: refused, not a database error.
+        (
+            json!({ "f": { "createdAt": { "gt": "0000-01-01T00:00:00Z" } } }),
+            Some("filter"),
+        ),
+        // A forged cursor whose key is not a time for a time order.
+        (
+            json!({ "o": [{ "createdAt": "ASC" }], "after": FORGED }),
+            Some("after"),
+        ),
+        (
+            json!({ "o": [{ "createdAt": "ASC" }], "before": FORGED }),
+            Some("before"),
+        ),
         (json!({ "after": "not-a-cursor" }), Some("after")),
         (json!({ "before": "not-a-cursor" }), Some("before")),
         (json!({ "first": 0 }), Some("first")),
@@ -396,6 +414,20 @@ async fn bad_list_arguments_are_validation_errors() {
             .await;
         assert_eq!(contacts.code(), Some("VALIDATION"), "{what}");
     }
+    // One bad argument repeated: every problem of the first few, never more than 100 errors.
+    let repeated = format!(
+        "query($f: EmployeeFilter) {{ employees({}) {{ totalCount }} }}",
+        vec!["filter: $f"; 30].join(", ")
+    );
+    let response = app
+        .graphql(
+            Some(&admin.token),
+            &repeated,
+            json!({ "f": { "a": 1, "b": 1, "c": 1, "d": 1, "e": 1 } }),
+        )
+        .await;
+    let errors = response.body["errors"].as_array().unwrap().len();
+    assert!((31..=100).contains(&errors), "{errors} errors");
     // A deep filter is refused, not run.
     let mut deep = json!({ "lastName": { "eq": "x" } });
     for _ in 0..10 {

@@ -88,6 +88,29 @@ impl ExtensionFactory for FieldErrors {
     }
 }
 
+/// The longest document kept for [`super::input_errors`].
+const KEPT_QUERY: usize = 16 * 1024;
+
+/// The most values (of any depth) in the variables kept for [`super::input_errors`].
+const KEPT_VALUES: usize = 2_000;
+
+/// Whether the variables hold at most [`KEPT_VALUES`] values (counting stops there).
+fn small(variables: &Variables) -> bool {
+    fn count(value: &async_graphql::Value, budget: &mut usize) -> bool {
+        if *budget == 0 {
+            return false;
+        }
+        *budget -= 1;
+        match value {
+            async_graphql::Value::List(items) => items.iter().all(|v| count(v, budget)),
+            async_graphql::Value::Object(map) => map.values().all(|v| count(v, budget)),
+            _ => true,
+        }
+    }
+    let mut budget = KEPT_VALUES;
+    variables.values().all(|v| count(v, &mut budget))
+}
+
 /// [`FieldErrors`] for one request.
 #[derive(Default)]
 struct RequestFieldErrors {
@@ -105,8 +128,12 @@ impl Extension for RequestFieldErrors {
         next: NextParseQuery<'_>,
     ) -> ServerResult<ExecutableDocument> {
         let document = next.run(ctx, query, variables).await?;
-        if let Ok(mut request) = self.request.lock() {
-            *request = Some((query.to_owned(), variables.clone()));
+        // A large request (an import's rows) is not copied: a refusal of it keeps
+        // async-graphql's first problem per argument.
+        if query.len() <= KEPT_QUERY && small(variables) {
+            if let Ok(mut request) = self.request.lock() {
+                *request = Some((query.to_owned(), variables.clone()));
+            }
         }
         Ok(document)
     }

@@ -3,7 +3,11 @@
 //! enum value and a required field left out would learn of one per submit. When that
 //! validation refuses an argument, [`every_problem`] walks the argument's value against the
 //! schema's types the same way and lists each problem, in async-graphql's own words, so that
-//! each becomes an error with its `extensions.field`. Only a refused request pays for this.
+//! each becomes an error with its `extensions.field`. Only a refused request is walked (every
+//! request keeps a copy of its text and variables until validation, unless they are large), and
+//! the walk is bounded: the first [`MAX_EXPANDED`] argument errors, at most [`MAX_ERRORS`]
+//! errors in all — a document repeating one bad argument thousands of times gets
+//! async-graphql's own errors for the rest.
 
 use async_graphql::parser::types::{ExecutableDocument, OperationType, Selection, SelectionSet};
 use async_graphql::registry::{MetaType, MetaTypeName, Registry};
@@ -15,6 +19,12 @@ pub(crate) const ARGUMENT_ERROR: &str = "Invalid value for argument ";
 
 /// The most problems listed for one argument (an import's rows could have thousands).
 const MAX_PROBLEMS: usize = 50;
+
+/// The most argument errors walked again in one request.
+const MAX_EXPANDED: usize = 10;
+
+/// The most errors one request's validation answers once expanded.
+const MAX_ERRORS: usize = 100;
 
 /// Each problem of `value` as a value of `type_name`, in async-graphql's words (`"input.x",
 /// expected type "Int"`), as its validation would find them one at a time.
@@ -224,10 +234,16 @@ pub(crate) fn expand(
         })
         .collect();
     let mut expanded = Vec::with_capacity(errors.len());
-    for error in errors.drain(..) {
+    let mut walked = 0;
+    let total = errors.len();
+    for (index, error) in errors.drain(..).enumerate() {
+        // Room for more than this one error, counting those still to come as they are.
+        let room = MAX_ERRORS.saturating_sub(expanded.len() + (total - index - 1));
         let pos = error.locations.first().copied();
         let found = pos
-            .filter(|_| error.message.starts_with(ARGUMENT_ERROR))
+            .filter(|_| {
+                walked < MAX_EXPANDED && room > 1 && error.message.starts_with(ARGUMENT_ERROR)
+            })
             .and_then(|pos| {
                 roots.iter().find_map(|(selections, root)| {
                     argument_at(registry, &document, selections, root, pos, 0)
@@ -237,6 +253,7 @@ pub(crate) fn expand(
             expanded.push(error);
             continue;
         };
+        walked += 1;
         let value = found
             .value
             .clone()
@@ -249,6 +266,7 @@ pub(crate) fn expand(
             expanded.push(error);
             continue;
         }
+        problems.truncate(room);
         expanded.extend(problems.into_iter().map(|problem| ServerError {
             message: format!("{ARGUMENT_ERROR}{problem}"),
             ..error.clone()

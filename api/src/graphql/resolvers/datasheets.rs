@@ -199,6 +199,16 @@ async fn page<T: From<RecordRow> + async_graphql::OutputType>(
         .await
         .map_err(|err| match err {
             QueryListError::Query(err) => ApiError::validation(cursor_argument, err.to_string()),
+            // A value the database cannot read as its key's type comes only from a forged
+            // cursor (the service writes them from the database's own values).
+            QueryListError::Database(sqlx::Error::Database(db))
+                if query.window_has_cursor() && db.code().is_some_and(|c| c.starts_with("22")) =>
+            {
+                ApiError::validation(
+                    cursor_argument,
+                    format!("`{cursor_argument}` is not a valid cursor"),
+                )
+            }
             QueryListError::Database(err) => ApiError::from(err),
         })?;
     let shown: Vec<uuid::Uuid> = page.items.iter().map(|(_, row)| row.id).collect();

@@ -136,9 +136,13 @@ fn canonical(field: &Field, raw: &str, name: &str) -> Result<String, ApiError> {
                 .map_err(|e| bad(e.to_string())),
             _ => Ok(raw.trim().to_owned()),
         },
+        // The database stores years 1 to 9999 (it has no year 0): others are refused here.
         Field::CreatedAt | Field::UpdatedAt => chrono::DateTime::parse_from_rfc3339(raw.trim())
-            .map(|t| t.with_timezone(&chrono::Utc).to_rfc3339())
-            .map_err(|_| bad("is not an RFC 3339 time".into())),
+            .ok()
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .filter(|t| (1..=9999).contains(&chrono::Datelike::year(t)))
+            .map(|t| t.to_rfc3339())
+            .ok_or_else(|| bad("is not an RFC 3339 time within the years 1 to 9999".into())),
         Field::Data(spec) => {
             let raw = match spec.kind {
                 FieldKind::Choice { .. } | FieldKind::Stage => raw.trim().to_lowercase(),
