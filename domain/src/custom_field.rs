@@ -245,16 +245,6 @@ pub enum FieldSchemaError {
     Several(Vec<FieldSchemaError>),
 }
 
-impl FieldSchemaError {
-    /// The one problem, or [`FieldSchemaError::Several`] (`problems` is never empty).
-    fn all(mut problems: Vec<FieldSchemaError>) -> Result<(), FieldSchemaError> {
-        match problems.len() {
-            1 => Err(problems.remove(0)),
-            _ => Err(FieldSchemaError::Several(problems)),
-        }
-    }
-}
-
 impl DomainEvent for FieldSchemaEvent {
     fn event_type(&self) -> String {
         match self {
@@ -370,7 +360,10 @@ impl Aggregate for FieldSchema {
                     (label, options) => {
                         problems.extend(label.err());
                         problems.extend(options.err());
-                        return FieldSchemaError::all(problems);
+                        return Err(crate::values::told_at_once(
+                            problems,
+                            FieldSchemaError::Several,
+                        ));
                     }
                 };
                 FieldSchemaEvent::CustomFieldAdded {

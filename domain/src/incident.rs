@@ -179,10 +179,14 @@ impl Aggregate for Incident {
                 if scope.window_to < scope.window_from {
                     problems.push(IncidentError::WindowReversed);
                 }
-                let description = match (description, problems.len()) {
-                    (Some(description), 0) => description,
-                    (_, 1) => return Err(problems.remove(0)),
-                    _ => return Err(IncidentError::Several(problems)),
+                let description = match description {
+                    Some(description) if problems.is_empty() => description,
+                    _ => {
+                        return Err(crate::values::told_at_once(
+                            problems,
+                            IncidentError::Several,
+                        ))
+                    }
                 };
                 scope.actors.sort();
                 scope.actors.dedup();

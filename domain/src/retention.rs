@@ -183,7 +183,7 @@ impl Aggregate for RetentionPolicy {
                         }
                     }
                     (name, period, trigger, unless_consent) => {
-                        let mut problems: Vec<RetentionError> = [
+                        let problems: Vec<RetentionError> = [
                             name.err(),
                             period.err(),
                             trigger.err(),
@@ -192,10 +192,10 @@ impl Aggregate for RetentionPolicy {
                         .into_iter()
                         .flatten()
                         .collect();
-                        return Err(match problems.len() {
-                            1 => problems.remove(0),
-                            _ => RetentionError::Several(problems),
-                        });
+                        return Err(crate::values::told_at_once(
+                            problems,
+                            RetentionError::Several,
+                        ));
                     }
                 }
             }

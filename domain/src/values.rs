@@ -226,6 +226,16 @@ macro_rules! string_newtype_conversions {
 
 string_newtype_conversions!(PersonName, Email, Phone);
 
+/// Problems told at once: the one of a list of one, or all of them as `several` (a command's
+/// `Several` error). `problems` is never empty.
+pub(crate) fn told_at_once<E>(mut problems: Vec<E>, several: fn(Vec<E>) -> E) -> E {
+    if problems.len() == 1 {
+        problems.remove(0)
+    } else {
+        several(problems)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
