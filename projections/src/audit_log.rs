@@ -211,6 +211,12 @@ impl Projection for AuditLogProjection {
             name: "audit_log",
             incidental: &["feed_seq"],
             kept_on_reset: false,
+            read_indexes: &[
+                "audit_log_by_time",
+                "audit_log_by_actor",
+                "audit_log_by_type",
+                "audit_log_by_subject",
+            ],
         }]
     }
 

@@ -91,6 +91,10 @@ pub struct Table {
     /// Its rows stay, set back to their first state, when the projection is reset (a one-row
     /// settings table) rather than being removed.
     pub kept_on_reset: bool,
+    /// Its indexes that only reads use (no statement of the projection needs them): filling the
+    /// table from nothing (an import, a move, a restore) builds them once at the end instead of
+    /// maintaining them row by row.
+    pub read_indexes: &'static [&'static str],
 }
 
 impl Table {
@@ -100,6 +104,15 @@ impl Table {
             name,
             incidental: &[],
             kept_on_reset: false,
+            read_indexes: &[],
+        }
+    }
+
+    /// The same table with indexes that only reads use.
+    pub const fn read_indexes(self, read_indexes: &'static [&'static str]) -> Self {
+        Self {
+            read_indexes,
+            ..self
         }
     }
 }

@@ -113,7 +113,8 @@ impl Projection for LoginsProjection {
         ]
     }
     fn tables(&self) -> &'static [crate::Table] {
-        const { &[crate::Table::new("logins")] }
+        // `logins_by_user` stays: an erasure blanks a user's logins through it.
+        const { &[crate::Table::new("logins").read_indexes(&["logins_by_time", "logins_by_token"])] }
     }
 
     async fn apply(&self, conn: &mut PgConnection, event: &ProjectedEvent) -> sqlx::Result<()> {

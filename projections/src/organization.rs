@@ -24,6 +24,7 @@ impl Projection for OrganizationProjection {
             name: "organization_settings",
             incidental: &[],
             kept_on_reset: true,
+            read_indexes: &[],
         }]
     }
 

@@ -26,7 +26,17 @@ impl Projection for RecordsProjection {
         &[<Record as cqrs_es::Aggregate>::TYPE]
     }
     fn tables(&self) -> &'static [crate::Table] {
-        const { &[crate::Table::new("records")] }
+        const {
+            &[crate::Table::new("records").read_indexes(&[
+                "records_by_sheet",
+                "records_by_sheet_all",
+                "records_manager",
+                "records_search",
+                "records_fields",
+                "records_last_name",
+                "records_first_name",
+            ])]
+        }
     }
 
     async fn apply(&self, conn: &mut PgConnection, event: &ProjectedEvent) -> sqlx::Result<()> {

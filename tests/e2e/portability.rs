@@ -342,6 +342,11 @@ async fn an_organisation_moves_to_another_custos_whole_and_verified() {
     );
     assert!(!dump.contains("Vanishwood") && !dump.contains("ernestine"));
 
+    // The indexes the import built at the end (rather than row by row) are all there, as the
+    // source has them.
+    let source_database = source.tenant_database(admin.tenant_id).await;
+    assert_eq!(indexes(&database).await, indexes(&source_database).await);
+
     // The same archive cannot come in twice.
     let again = import(&target, &archive, PASSPHRASE, &["--slug", &slug("copy")]).await;
     assert!(again.unwrap_err().contains("already exists here"));
@@ -524,6 +529,22 @@ async fn damaged_altered_or_foreign_archives_are_refused_with_nothing_created() 
         .await
         .unwrap_err();
     assert!(format!("{weak:#}").contains("at least 12 characters"));
+}
+
+/// Every index of a database's public schema, by name, with its definition.
+async fn indexes(database: &str) -> Vec<(String, String)> {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect_with(&custos_tests::admin_options(database))
+        .await
+        .unwrap();
+    let indexes = sqlx::query_as(
+        "SELECT indexname::text, indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY 1",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+    indexes
 }
 
 async fn databases(options: sqlx::postgres::PgConnectOptions) -> Vec<String> {

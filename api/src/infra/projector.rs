@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use cqrs_es::{Aggregate, EventEnvelope, Query};
 use custos_domain::EventMetadata;
 use custos_projections::{AnyEvent, ProjectedEvent, Projection};
+use futures::{StreamExt, TryStreamExt};
 use sqlx::{PgConnection, PgPool, Row};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
@@ -467,6 +468,193 @@ pub(crate) async fn catch_up(
             }
         }
     }
+}
+
+/// Memory for each index build at the end of [`fill`] (PostgreSQL's default is 64 MB).
+const INDEX_BUILD_MEMORY: &str = "128MB";
+/// Events read, decoded and applied per step of [`fill`].
+const FILL_BATCH: i64 = 5_000;
+
+/// A batch of [`fill`]: the events, opened and decoded once, with their aggregate types.
+type Decoded = Arc<Vec<(Position, String, ProjectedEvent)>>;
+
+/// Fills read models that are empty, in a database nothing serves yet (an import, a move, a
+/// restore), to the end of the log, faster than [`catch_up`], which it then runs to finish:
+///
+/// - one task reads and opens the events, batch after batch, on its own connection, while two
+///   lanes apply the batch before, each on its own connection in a transaction of its own that
+///   also moves its projections' checkpoints: the records read model in one lane, every other
+///   in the other (measured with `pg_stat_statements` on a 100,000-event import, the records'
+///   inserts take about as long as all the others together);
+/// - the indexes that only reads use ([`custos_projections::Table::read_indexes`]) are dropped
+///   first and built once at the end, two at a time, rather than maintained row by row (an
+///   index a table names that the database lacks is an error before anything is dropped).
+///
+/// Interrupted, it leaves read models part-filled and some indexes missing; its callers remove
+/// such a database (a failed import or move, and on the next start an abandoned one).
+pub(crate) async fn fill(
+    pool: &PgPool,
+    log: &EventLog,
+    projections: &[Box<dyn Projection>],
+) -> anyhow::Result<()> {
+    let all: Vec<&dyn Projection> = projections.iter().map(AsRef::as_ref).collect();
+    let names: Vec<&str> = all.iter().map(|p| p.name()).collect();
+    anyhow::ensure!(
+        checkpoints(pool, &names)
+            .await?
+            .iter()
+            .all(|at| *at == Position::default()),
+        "the read models to fill are not empty"
+    );
+    let definitions = drop_read_indexes(pool, &all).await?;
+    let horizon: i64 = sqlx::query_scalar(&format!("SELECT {HORIZON}"))
+        .fetch_one(pool)
+        .await?;
+    let (records, others): (Vec<&dyn Projection>, Vec<&dyn Projection>) = all
+        .iter()
+        .partition(|p| p.tables().iter().any(|table| table.name == "records"));
+    let mut types: Vec<&str> = all
+        .iter()
+        .flat_map(|p| p.aggregate_types().iter().copied())
+        .collect();
+    types.sort_unstable();
+    types.dedup();
+    let (to_records, from_reader_records) = tokio::sync::mpsc::channel::<Decoded>(1);
+    let (to_others, from_reader_others) = tokio::sync::mpsc::channel::<Decoded>(1);
+    let reader = async {
+        let mut conn = pool.acquire().await?;
+        let mut at = Position::default();
+        loop {
+            let stored = log
+                .after(&mut conn, &types, at, horizon, FILL_BATCH)
+                .await?;
+            let Some(last) = stored.last() else { break };
+            at = last.position;
+            let mut batch = Vec::with_capacity(stored.len());
+            for event in &stored {
+                if let Some(projected) = projected(event)? {
+                    batch.push((
+                        event.position,
+                        event.event.aggregate_type.clone(),
+                        projected,
+                    ));
+                }
+            }
+            let batch = Arc::new(batch);
+            // A lane that stopped has an error of its own, which is the one reported.
+            if to_records.send(batch.clone()).await.is_err()
+                || to_others.send(batch).await.is_err()
+                || (stored.len() as i64) < FILL_BATCH
+            {
+                break;
+            }
+        }
+        drop((to_records, to_others));
+        Ok::<_, anyhow::Error>(())
+    };
+    let (read, records, others) = tokio::join!(
+        reader,
+        lane(pool, &records, from_reader_records),
+        lane(pool, &others, from_reader_others)
+    );
+    records?;
+    others?;
+    read?;
+    catch_up(pool, log, projections).await?;
+    futures::stream::iter(definitions)
+        .map(|definition| async move {
+            let mut conn = pool.acquire().await?;
+            sqlx::query(&format!(
+                "SET maintenance_work_mem = '{INDEX_BUILD_MEMORY}'"
+            ))
+            .execute(&mut *conn)
+            .await?;
+            sqlx::query(&definition).execute(&mut *conn).await?;
+            Ok::<_, sqlx::Error>(())
+        })
+        .buffer_unordered(2)
+        .try_collect::<()>()
+        .await?;
+    Ok(())
+}
+
+/// One lane of [`fill`]: each batch applied to `projections` and their checkpoints moved to its
+/// last event, in one transaction.
+async fn lane(
+    pool: &PgPool,
+    projections: &[&dyn Projection],
+    mut batches: tokio::sync::mpsc::Receiver<Decoded>,
+) -> anyhow::Result<()> {
+    let names: Vec<&str> = projections.iter().map(|p| p.name()).collect();
+    while let Some(batch) = batches.recv().await {
+        let Some((end, _, _)) = batch.last() else {
+            continue;
+        };
+        let mut tx = pool.begin().await?;
+        for projection in projections {
+            let types = projection.aggregate_types();
+            let mine: Vec<&ProjectedEvent> = batch
+                .iter()
+                .filter(|(_, aggregate_type, _)| types.contains(&aggregate_type.as_str()))
+                .map(|(_, _, event)| event)
+                .collect();
+            if !mine.is_empty() {
+                projection.apply_all(&mut tx, &mine).await?;
+            }
+        }
+        sqlx::query(
+            "UPDATE projection_checkpoints
+             SET transaction_id = $2::text::xid8, global_position = $3, updated_at = now()
+             WHERE projection = ANY($1)",
+        )
+        .bind(&names)
+        .bind(end.transaction_id.to_string())
+        .bind(end.global_position)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+    }
+    Ok(())
+}
+
+/// Drops the indexes of `projections`' tables that only reads use, answering the statements
+/// that build them again.
+async fn drop_read_indexes(
+    pool: &PgPool,
+    projections: &[&dyn Projection],
+) -> anyhow::Result<Vec<String>> {
+    let names: Vec<&str> = projections
+        .iter()
+        .flat_map(|p| p.tables())
+        .flat_map(|table| table.read_indexes.iter().copied())
+        .collect();
+    let definitions: Vec<(String, String)> = sqlx::query_as(
+        "SELECT c.relname::text, pg_get_indexdef(c.oid)
+         FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
+         WHERE n.nspname = 'public' AND c.relkind = 'i' AND c.relname = ANY($1)",
+    )
+    .bind(&names)
+    .fetch_all(pool)
+    .await?;
+    if let Some(missing) = names
+        .iter()
+        .find(|name| !definitions.iter().any(|(found, _)| found == *name))
+    {
+        anyhow::bail!("the read models name an index the database lacks: {missing}");
+    }
+    if !definitions.is_empty() {
+        let dropped: Vec<String> = definitions
+            .iter()
+            .map(|(name, _)| format!("public.\"{name}\""))
+            .collect();
+        sqlx::query(&format!("DROP INDEX {}", dropped.join(", ")))
+            .execute(pool)
+            .await?;
+    }
+    Ok(definitions
+        .into_iter()
+        .map(|(_, definition)| definition)
+        .collect())
 }
 
 /// Where the checkpoints of `names` stand, in that order, read without locking them.

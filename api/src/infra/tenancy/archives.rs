@@ -18,7 +18,7 @@ use crate::infra::archive::format::{ArchiveError, ArchiveKey, Header, Kdf, Organ
 use crate::infra::archive::import::{import, read_header, Imported};
 use crate::infra::integrity::tree::{self, stored_heads, Checkpointed};
 use crate::infra::integrity::tree_head::{append_witness, last_tree_head, witness_file};
-use crate::infra::projector::catch_up;
+use crate::infra::projector::fill as fill_read_models;
 
 /// Where an imported organisation goes: the archive's slug and region unless given.
 #[derive(Debug, Clone, Default)]
@@ -673,7 +673,7 @@ impl Tenancy {
         }
         let loaded = started.elapsed();
         if rebuild {
-            catch_up(&pool, &reading.log, &reading.read_models).await?;
+            fill_read_models(&pool, &reading.log, &reading.read_models).await?;
         }
         pool.close().await;
         conn.close().await?;
