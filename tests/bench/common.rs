@@ -8,6 +8,35 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+/// The process's resident set size in bytes (Linux): the service and the load generator, which
+/// run in one process.
+pub(crate) fn rss() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+/// Runs `work`, sampling [`rss`] every 20 ms meanwhile: its output and the highest sample.
+pub(crate) async fn peak_rss_during<T>(work: impl Future<Output = T>) -> (T, u64) {
+    let peak = AtomicU64::new(rss());
+    let sampling = async {
+        loop {
+            peak.fetch_max(rss(), Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let output = tokio::select! {
+        output = work => output,
+        never = sampling => never,
+    };
+    peak.fetch_max(rss(), Ordering::Relaxed);
+    (output, peak.load(Ordering::Relaxed))
+}
+
 /// The password of the benchmark's users.
 pub(crate) const PASSWORD: &str = "benchmark password 1";
 

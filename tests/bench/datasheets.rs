@@ -9,20 +9,9 @@ use serde_json::{json, Value};
 
 use custos_api::{Application, Config, DatabaseConfig};
 
-use crate::common::{data_dir, graphql, ms, percentile, sign_up, BenchArgs};
+use crate::common::{data_dir, graphql, ms, peak_rss_during, percentile, rss, sign_up, BenchArgs};
 
 const IMPORT_BATCH: usize = 10_000;
-
-/// The process's resident set size in bytes (Linux).
-fn rss() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0);
-    pages * 4096
-}
 
 pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let (_temp, data_dir) = data_dir(&args)?;
@@ -147,28 +136,19 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .as_str()
         .unwrap_or_default()
         .to_owned();
-    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(rss_before));
-    let sampling = {
-        let peak = peak.clone();
-        tokio::spawn(async move {
-            loop {
-                peak.fetch_max(rss(), std::sync::atomic::Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-    };
-    let mut response = client.get(format!("http://{address}{link}")).send().await?;
-    let mut bytes = 0usize;
-    let mut lines = 0usize;
-    while let Some(chunk) = response.chunk().await? {
-        bytes += chunk.len();
-        lines += chunk.iter().filter(|b| **b == b'\n').count();
-    }
+    let (counted, peak) = peak_rss_during(async {
+        let mut response = client.get(format!("http://{address}{link}")).send().await?;
+        let (mut bytes, mut lines) = (0usize, 0usize);
+        while let Some(chunk) = response.chunk().await? {
+            bytes += chunk.len();
+            lines += chunk.iter().filter(|b| **b == b'\n').count();
+        }
+        Ok::<_, anyhow::Error>((bytes, lines))
+    })
+    .await;
+    let (bytes, lines) = counted?;
     let export_time = export_started.elapsed();
-    sampling.abort();
-    let rss_growth = peak
-        .load(std::sync::atomic::Ordering::Relaxed)
-        .saturating_sub(rss_before);
+    let rss_growth = peak.saturating_sub(rss_before);
 
     let _ = stop.send(());
     server.await??;

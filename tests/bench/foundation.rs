@@ -19,7 +19,8 @@ use custos_api::{Application, Config, DatabaseConfig};
 
 use crate::baseline;
 use crate::common::{
-    closed_loop, compared, data_dir, graphql, last_recorded, ms, percentile, sign_up, BenchArgs,
+    closed_loop, compared, data_dir, graphql, last_recorded, ms, peak_rss_during, percentile, rss,
+    sign_up, BenchArgs,
 };
 
 /// Records per client in the spread variant of phase (b).
@@ -360,6 +361,27 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let (login_rate, flooded) = tokio::join!(flood, measured);
     let (login_rate, flooded) = (login_rate?, flooded?);
 
+    // (h) The (b) updates from four times as many clients, four to each client's records
+    // (each on a quarter of them, so no two touch one record at once): the process's memory
+    // under that load.
+    let many = args.clients * 4;
+    let rss_before_many = rss();
+    let (many_rate, many_peak) = peak_rss_during(closed_loop(many, duration, |client, n| {
+        let (token, ids) = (token.clone(), &spread_ids[client % args.clients]);
+        let quarter = client / args.clients;
+        async move {
+            post(
+                Some(token),
+                "mutation($id: ID!, $d: String) { updateEmployee(id: $id, input: { department: $d }) { id version } }",
+                json!({ "id": ids[(n * 4 + quarter) % ids.len()], "d": format!("Many {n}") }),
+            )
+            .await
+            .map(|_| ())
+        }
+    }))
+    .await;
+    let many_rate = many_rate?;
+
     let _ = stop.send(());
     server.await??;
 
@@ -386,6 +408,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     ));
     rows.push(format!("| (b, hot) the same, each client on a single record (its stream grows by one event per request) | {hot_rate:.0} mutations/s |"));
     rows.push(format!("| (b, hot)/(a) | {:.3} |", hot_rate / raw_rate));
+    rows.push(format!("| (b, hot)/(b) | {:.3} |", hot_rate / spread_rate));
     rows.push(format!("| (d) `{{ me {{ id }} }}` over HTTP, {} clients: HTTP, authentication and GraphQL alone | {me_rate:.0} requests/s |", args.clients));
     rows.push(format!("| (e) the (b) updates in process, no HTTP, each waiting for its projection | {command_rate:.0} commands/s |"));
     rows.push(format!("| (e)/(a) | {:.3} |", command_rate / raw_rate));
@@ -419,6 +442,14 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     rows.push(format!(
         "| (g)/(c) p99 | {:.2} |",
         percentile(&flooded, 0.99).as_secs_f64() / percentile(&latencies, 0.99).as_secs_f64()
+    ));
+    rows.push(format!(
+        "| (h) the (b) updates from {many} clients, four to each client's records | {many_rate:.0} mutations/s |"
+    ));
+    rows.push(format!(
+        "| (h) resident memory of the process (service and load generator), before / at most during (h) | {:.0} MB / {:.0} MB |",
+        rss_before_many as f64 / 1e6,
+        many_peak as f64 / 1e6
     ));
     print!("{}", compared(&rows, &last_recorded()));
     Ok(())
