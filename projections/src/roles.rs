@@ -137,6 +137,14 @@ pub async fn role<'e>(db: impl PgExecutor<'e>, id: Uuid) -> sqlx::Result<Option<
     .await
 }
 
+/// Which of `ids` are roles that exist and are not deleted, in one query.
+pub async fn existing<'e>(db: impl PgExecutor<'e>, ids: &[Uuid]) -> sqlx::Result<Vec<Uuid>> {
+    sqlx::query_scalar("SELECT id FROM roles WHERE id = ANY($1) AND NOT deleted")
+        .bind(ids)
+        .fetch_all(db)
+        .await
+}
+
 /// The role, if any and not deleted, with this normalised name.
 pub async fn id_by_name<'e>(
     db: impl PgExecutor<'e>,

@@ -384,6 +384,24 @@ async fn user_management_rejects_bad_input_and_changes_nothing() {
         );
         assert_eq!(response.field(), Some(field), "{}", response.body);
     }
+    // More roles than a user may hold are refused before any is looked up.
+    let roles: Vec<String> = (0..101).map(|_| uuid::Uuid::now_v7().to_string()).collect();
+    let too_many = app
+        .graphql(
+            Some(&admin.token),
+            create,
+            json!({ "i": { "email": "fresh@example.org", "name": "R",
+                           "temporaryPassword": "temporary password 1", "roleIds": roles } }),
+        )
+        .await;
+    assert_eq!(too_many.field(), Some("roleIds"), "{}", too_many.body);
+    assert!(
+        too_many.body["errors"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("at most 100 roles")),
+        "{}",
+        too_many.body
+    );
     let several = app
         .graphql(
             Some(&admin.token),

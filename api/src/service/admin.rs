@@ -22,6 +22,9 @@ use crate::infra::tenancy::tenant::Tenant;
 use crate::service::identity::RequestOrigin;
 use crate::service::Services;
 
+/// The most roles one user may hold: more would be a mistake, and each is checked and kept.
+const MAX_ROLES_PER_USER: usize = 100;
+
 /// A user an administrator creates.
 pub(crate) struct NewUser {
     pub(crate) email: String,
@@ -87,20 +90,28 @@ impl Services {
         }
     }
 
+    /// The roles `role_ids` names (each once), all checked to exist in one query.
     async fn check_roles(
         &self,
         tenant: &Tenant,
         role_ids: &[Uuid],
     ) -> Result<BTreeSet<Uuid>, ApiError> {
-        for id in role_ids {
-            if roles::role(&tenant.pool, *id).await?.is_none() {
-                return Err(ApiError::validation(
-                    "roleIds",
-                    format!("no role has the id {id}"),
-                ));
-            }
+        let wanted: BTreeSet<Uuid> = role_ids.iter().copied().collect();
+        if wanted.len() > MAX_ROLES_PER_USER {
+            return Err(ApiError::validation(
+                "roleIds",
+                format!("a user has at most {MAX_ROLES_PER_USER} roles"),
+            ));
         }
-        Ok(role_ids.iter().copied().collect())
+        let ids: Vec<Uuid> = wanted.iter().copied().collect();
+        let found = roles::existing(&tenant.pool, &ids).await?;
+        if let Some(missing) = ids.iter().find(|id| !found.contains(id)) {
+            return Err(ApiError::validation(
+                "roleIds",
+                format!("no role has the id {missing}"),
+            ));
+        }
+        Ok(wanted)
     }
 
     /// Refuses a change that would leave no active administrator.
