@@ -432,16 +432,16 @@ pub async fn run_pass(
 }
 
 /// Hands `projection` the events of its types past its checkpoint `from`.
-async fn apply(
+async fn apply<T: AsRef<str>>(
     conn: &mut PgConnection,
     projection: &dyn Projection,
     from: Position,
-    events: &[(Position, &str, ProjectedEvent)],
+    events: &[(Position, T, ProjectedEvent)],
 ) -> anyhow::Result<()> {
     let types = projection.aggregate_types();
     let mine: Vec<&ProjectedEvent> = events
         .iter()
-        .filter(|(at, aggregate_type, _)| *at > from && types.contains(aggregate_type))
+        .filter(|(at, aggregate_type, _)| *at > from && types.contains(&aggregate_type.as_ref()))
         .map(|(_, _, event)| event)
         .collect();
     if !mine.is_empty() {
@@ -592,15 +592,7 @@ async fn lane(
         };
         let mut tx = pool.begin().await?;
         for projection in projections {
-            let types = projection.aggregate_types();
-            let mine: Vec<&ProjectedEvent> = batch
-                .iter()
-                .filter(|(_, aggregate_type, _)| types.contains(&aggregate_type.as_str()))
-                .map(|(_, _, event)| event)
-                .collect();
-            if !mine.is_empty() {
-                projection.apply_all(&mut tx, &mine).await?;
-            }
+            apply(&mut tx, *projection, Position::default(), &batch).await?;
         }
         sqlx::query(
             "UPDATE projection_checkpoints
