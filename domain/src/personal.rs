@@ -208,16 +208,19 @@ mod tests {
                 datasheet,
                 fields: Default::default(),
                 hired_from: None,
+                effective_from: None,
             },
             RecordEvent::RecordUpdated {
                 datasheet,
                 changes: Default::default(),
+                effective_from: None,
             },
             RecordEvent::RecordArchived { datasheet },
             RecordEvent::RecordRestored { datasheet },
             RecordEvent::ApplicantHired {
                 datasheet,
                 employee_id: Uuid::nil(),
+                effective_from: None,
             },
             RecordEvent::RecordRestricted {
                 datasheet,
@@ -359,6 +362,7 @@ mod tests {
             datasheet: Datasheet::Employees,
             fields: [("first_name".to_owned(), serde_json::json!("Ada"))].into(),
             hired_from: Some(Uuid::nil()),
+            effective_from: None,
         };
         assert_eq!(created.field_names(), ["first_name", "hired_from"]);
         assert_eq!(

@@ -1,7 +1,10 @@
 //! The `Record` aggregate: one record of a datasheet (an employee, a contact or a job
 //! applicant). Its field values are the personal data of one data subject.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+
+use chrono::{Months, NaiveDate};
 
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
@@ -34,6 +37,26 @@ pub struct Record {
     erased: bool,
     /// Processing is restricted (GDPR Art. 18): readable and exportable, not changeable.
     restricted: bool,
+    /// Every value the record was given, by the day it takes effect (the creation's values
+    /// on the record's first day); the changes of one day merged in the order they were
+    /// recorded, `null` where a value was cleared. `fields` is all of it applied: the values
+    /// in force from the last of these days on.
+    timeline: BTreeMap<NaiveDate, Fields>,
+    /// The day the record takes effect: its creation's `effective_from` (`None` for records
+    /// created before changes were effective-dated).
+    starts: Option<NaiveDate>,
+}
+
+/// The earliest day a change may take effect.
+pub fn earliest_effective_day() -> NaiveDate {
+    NaiveDate::from_ymd_opt(1900, 1, 1).expect("a valid date")
+}
+
+/// The latest day a change entered on `today` may take effect: ten years ahead.
+pub fn latest_effective_day(today: NaiveDate) -> NaiveDate {
+    today
+        .checked_add_months(Months::new(120))
+        .unwrap_or(NaiveDate::MAX)
 }
 
 /// Why processing of a record is restricted: the cases of GDPR Art. 18(1).
@@ -90,6 +113,11 @@ pub enum RecordCommand {
         hired_from: Option<Uuid>,
         /// The datasheet's custom fields, which `custom.<key>` values are checked against.
         schema: CustomSchema,
+        /// The day the record takes effect (today or earlier: a record of the past entered
+        /// now); `None`: today.
+        effective_from: Option<NaiveDate>,
+        /// The day the command is given on (the service's clock, UTC).
+        today: NaiveDate,
     },
     /// A patch: fields absent from `changes` stay as they are; `null` clears an optional field.
     /// A record of another datasheet answers `NotFound`, as a missing one does.
@@ -98,6 +126,10 @@ pub enum RecordCommand {
         expected_version: Option<u64>,
         changes: Fields,
         schema: CustomSchema,
+        /// The day the change takes effect: later is a scheduled change, earlier a correction;
+        /// `None`: today.
+        effective_from: Option<NaiveDate>,
+        today: NaiveDate,
     },
     Archive {
         expected_version: Option<u64>,
@@ -110,6 +142,7 @@ pub enum RecordCommand {
     Hire {
         employee_id: Uuid,
         expected_version: Option<u64>,
+        today: NaiveDate,
     },
     /// Restricts processing (GDPR Art. 18): until lifted, the record is read and exported but
     /// not changed.
@@ -136,11 +169,19 @@ pub enum RecordEvent {
         fields: Fields,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         hired_from: Option<Uuid>,
+        /// The day the record takes effect. Events written before changes were
+        /// effective-dated have none: they took effect when they were recorded.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        effective_from: Option<NaiveDate>,
     },
-    /// Only the fields whose value changed, with their new value (`null` when cleared).
+    /// Only the fields whose value changed (on its day), with their new value (`null` when
+    /// cleared).
     RecordUpdated {
         datasheet: Datasheet,
         changes: Fields,
+        /// The day the change takes effect (see `RecordCreated`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        effective_from: Option<NaiveDate>,
     },
     RecordArchived {
         datasheet: Datasheet,
@@ -153,6 +194,9 @@ pub enum RecordEvent {
     ApplicantHired {
         datasheet: Datasheet,
         employee_id: Uuid,
+        /// The day of the hire (see `RecordCreated`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        effective_from: Option<NaiveDate>,
     },
     RecordRestricted {
         datasheet: Datasheet,
@@ -295,6 +339,52 @@ impl Record {
         self.restricted
     }
 
+    /// The day the record takes effect, if it was recorded.
+    pub fn starts(&self) -> Option<NaiveDate> {
+        self.starts
+    }
+
+    /// The values in force on `day`: every change effective by then, in the order of the days
+    /// they take effect (and of recording, within a day). Nothing before the record starts.
+    pub fn fields_on(&self, day: NaiveDate) -> Cow<'_, Fields> {
+        match self.timeline.keys().next_back() {
+            Some(last) if *last <= day => Cow::Borrowed(&self.fields),
+            None => Cow::Borrowed(&self.fields),
+            Some(_) => Cow::Owned(fold(self.timeline.range(..=day).map(|(_, c)| c))),
+        }
+    }
+
+    /// The day an event without one takes effect: the record's last day so far (events
+    /// written before changes were effective-dated took effect in the order they were
+    /// recorded).
+    fn day_of(&self, effective_from: Option<NaiveDate>) -> NaiveDate {
+        effective_from
+            .or_else(|| self.timeline.keys().next_back().copied())
+            .unwrap_or(NaiveDate::MIN)
+    }
+
+    /// Records `changes` as taking effect on `day`, after what that day already had.
+    fn change_on(&mut self, day: NaiveDate, changes: Fields) {
+        let last = self
+            .timeline
+            .keys()
+            .next_back()
+            .is_none_or(|last| *last <= day);
+        if last {
+            for (name, value) in &changes {
+                if value.is_null() {
+                    self.fields.remove(name);
+                } else {
+                    self.fields.insert(name.clone(), value.clone());
+                }
+            }
+        }
+        self.timeline.entry(day).or_default().extend(changes);
+        if !last {
+            self.fields = fold(self.timeline.values());
+        }
+    }
+
     /// The datasheet of an existing record that may change: not erased, not restricted.
     fn changeable(&self) -> Result<Datasheet, RecordError> {
         let datasheet = self.existing()?;
@@ -304,12 +394,25 @@ impl Record {
         Ok(datasheet)
     }
 
-    /// An applicant's stage (`applied` for records written before stages had a default).
-    fn stage(&self) -> Stage {
-        self.value("stage")
-            .and_then(Value::as_str)
-            .and_then(|s| Stage::parse(s).ok())
-            .unwrap_or(Stage::Applied)
+    /// The day a change entered on `today` takes effect: `effective_from` or today, within
+    /// the range a change may take and not before the record starts.
+    fn effective_day(
+        &self,
+        effective_from: Option<NaiveDate>,
+        today: NaiveDate,
+    ) -> Result<NaiveDate, RecordError> {
+        let day = effective_from.unwrap_or(today);
+        let invalid = |reason| RecordError::InvalidField {
+            field: "effective_from".into(),
+            reason,
+        };
+        if day < earliest_effective_day() || day > latest_effective_day(today) {
+            return Err(invalid(ValueError::DateOutOfRange));
+        }
+        if self.starts.is_some_and(|starts| day < starts) {
+            return Err(invalid(ValueError::BeforeRecordStart));
+        }
+        Ok(day)
     }
 
     /// The record's datasheet, if it exists and was not erased.
@@ -321,6 +424,24 @@ impl Record {
         Ok(datasheet)
     }
 
+    /// The rules across fields with `changes` taking effect on `day`: on that day and on every
+    /// later day on which some change takes effect.
+    fn check_change(
+        &self,
+        datasheet: Datasheet,
+        day: NaiveDate,
+        changes: &Fields,
+    ) -> Result<(), RecordError> {
+        let mut after = self.fields_on(day).into_owned();
+        after.extend(changes.iter().map(|(k, v)| (k.clone(), v.clone())));
+        check_record(datasheet, &after)?;
+        for (_, later) in self.timeline.range(day..).skip_while(|(d, _)| **d == day) {
+            after.extend(later.iter().map(|(k, v)| (k.clone(), v.clone())));
+            check_record(datasheet, &after)?;
+        }
+        Ok(())
+    }
+
     fn check_version(&self, expected: Option<u64>) -> Result<(), RecordError> {
         match expected {
             Some(expected) if expected != self.version => Err(RecordError::StaleVersion {
@@ -330,6 +451,31 @@ impl Record {
             _ => Ok(()),
         }
     }
+}
+
+/// Values with `changes` applied in order (`null` clears).
+fn fold<'a>(changes: impl Iterator<Item = &'a Fields>) -> Fields {
+    let mut fields = Fields::new();
+    for change in changes {
+        for (name, value) in change {
+            if value.is_null() {
+                fields.remove(name);
+            } else {
+                fields.insert(name.clone(), value.clone());
+            }
+        }
+    }
+    fields
+}
+
+/// An applicant's stage among `fields` (`applied` for records written before stages had a
+/// default).
+fn stage_of(fields: &Fields) -> Stage {
+    fields
+        .get("stage")
+        .and_then(Value::as_str)
+        .and_then(|s| Stage::parse(s).ok())
+        .unwrap_or(Stage::Applied)
 }
 
 /// Rules across fields of a record's values after a change (`fields` is the whole record).
@@ -471,9 +617,18 @@ impl Aggregate for Record {
                 fields,
                 hired_from,
                 schema,
+                effective_from,
+                today,
             } => {
                 if self.datasheet.is_some() {
                     return Err(RecordError::AlreadyExists);
+                }
+                let day = self.effective_day(effective_from, today)?;
+                if day > today {
+                    return Err(RecordError::InvalidField {
+                        field: "effective_from".into(),
+                        reason: ValueError::FutureCreation,
+                    });
                 }
                 let fields = validate_new(datasheet, &schema, fields)?;
                 let hired_from = hired_from.filter(|_| datasheet == Datasheet::Employees);
@@ -482,6 +637,7 @@ impl Aggregate for Record {
                         datasheet,
                         fields,
                         hired_from,
+                        effective_from: Some(day),
                     },
                     self,
                 )
@@ -492,6 +648,8 @@ impl Aggregate for Record {
                 expected_version,
                 changes,
                 schema,
+                effective_from,
+                today,
             } => {
                 let datasheet = self.changeable()?;
                 if datasheet != expected_datasheet {
@@ -501,13 +659,14 @@ impl Aggregate for Record {
                 if self.archived {
                     return Err(RecordError::Archived);
                 }
+                let day = self.effective_day(effective_from, today)?;
                 let mut changes = parse_fields(datasheet, &schema, changes)?;
-                changes
-                    .retain(|name, value| self.fields.get(name).unwrap_or(&Value::Null) != value);
+                let before = self.fields_on(day);
+                changes.retain(|name, value| before.get(name).unwrap_or(&Value::Null) != value);
                 if let Some(stage) = changes.get("stage") {
                     let to = stage.as_str().map(Stage::parse).transpose().ok().flatten();
                     let moved = match to {
-                        Some(to) => self.stage().check_move(to),
+                        Some(to) => stage_of(&before).check_move(to),
                         // Clearing the stage is not a move anywhere.
                         None => Err(ValueError::Empty),
                     };
@@ -516,14 +675,17 @@ impl Aggregate for Record {
                         reason,
                     })?;
                 }
-                let mut after = self.fields.clone();
-                for (name, value) in &changes {
-                    after.insert(name.clone(), value.clone());
-                }
-                check_record(datasheet, &after)?;
+                self.check_change(datasheet, day, &changes)?;
                 if !changes.is_empty() {
-                    sink.write(RecordEvent::RecordUpdated { datasheet, changes }, self)
-                        .await;
+                    sink.write(
+                        RecordEvent::RecordUpdated {
+                            datasheet,
+                            changes,
+                            effective_from: Some(day),
+                        },
+                        self,
+                    )
+                    .await;
                 }
             }
             RecordCommand::Archive { expected_version } => {
@@ -574,12 +736,15 @@ impl Aggregate for Record {
                         field: "note".into(),
                         reason,
                     })?;
-                let fields = self
-                    .fields
-                    .iter()
+                // Every field that held a value on any day, past or scheduled.
+                let fields: std::collections::BTreeSet<&String> = self
+                    .timeline
+                    .values()
+                    .flat_map(|change| change.iter())
                     .filter(|(_, v)| !v.is_null())
-                    .map(|(name, _)| name.clone())
+                    .map(|(name, _)| name)
                     .collect();
+                let fields = fields.into_iter().cloned().collect();
                 sink.write(
                     RecordEvent::RecordErased {
                         datasheet,
@@ -594,19 +759,24 @@ impl Aggregate for Record {
             RecordCommand::Hire {
                 employee_id,
                 expected_version,
+                today,
             } => {
                 let datasheet = self.changeable()?;
                 self.check_version(expected_version)?;
                 if self.archived {
                     return Err(RecordError::Archived);
                 }
-                if datasheet != Datasheet::Applicants || self.stage() != Stage::Offer {
+                let day = self.effective_day(None, today)?;
+                if datasheet != Datasheet::Applicants
+                    || stage_of(&self.fields_on(day)) != Stage::Offer
+                {
                     return Err(RecordError::NotHireable);
                 }
                 sink.write(
                     RecordEvent::ApplicantHired {
                         datasheet,
                         employee_id,
+                        effective_from: Some(day),
                     },
                     self,
                 )
@@ -623,31 +793,37 @@ impl Aggregate for Record {
                 datasheet,
                 fields,
                 hired_from,
+                effective_from,
             } => {
                 self.datasheet = Some(datasheet);
-                self.fields = fields;
                 self.hired_from = hired_from;
+                self.starts = effective_from;
+                let day = self.day_of(effective_from);
+                self.change_on(day, fields);
             }
-            RecordEvent::RecordUpdated { changes, .. } => {
-                for (name, value) in changes {
-                    if value.is_null() {
-                        self.fields.remove(&name);
-                    } else {
-                        self.fields.insert(name, value);
-                    }
-                }
+            RecordEvent::RecordUpdated {
+                changes,
+                effective_from,
+                ..
+            } => {
+                let day = self.day_of(effective_from);
+                self.change_on(day, changes);
             }
             RecordEvent::RecordArchived { .. } => self.archived = true,
             RecordEvent::RecordRestored { .. } => self.archived = false,
-            RecordEvent::ApplicantHired { employee_id, .. } => {
-                self.fields.insert(
-                    "stage".to_owned(),
-                    Value::String(Stage::Hired.as_str().to_owned()),
-                );
+            RecordEvent::ApplicantHired {
+                employee_id,
+                effective_from,
+                ..
+            } => {
+                let day = self.day_of(effective_from);
+                let stage = Value::String(Stage::Hired.as_str().to_owned());
+                self.change_on(day, Fields::from([("stage".to_owned(), stage)]));
                 self.hired_as = Some(employee_id);
             }
             RecordEvent::RecordErased { .. } => {
                 self.fields.clear();
+                self.timeline.clear();
                 self.erased = true;
                 self.restricted = false;
             }
@@ -670,6 +846,16 @@ mod tests {
 
     type RecordTest = TestFramework<Record>;
 
+    /// The day the tests' commands are given on.
+    fn today() -> NaiveDate {
+        NaiveDate::from_ymd_opt(2026, 6, 1).unwrap()
+    }
+
+    /// The day the tests' records start.
+    fn first_day() -> NaiveDate {
+        NaiveDate::from_ymd_opt(2026, 1, 5).unwrap()
+    }
+
     fn fields(pairs: &[(&str, Value)]) -> Fields {
         pairs
             .iter()
@@ -679,6 +865,7 @@ mod tests {
 
     fn created() -> RecordEvent {
         RecordEvent::RecordCreated {
+            effective_from: Some(first_day()),
             datasheet: Datasheet::Employees,
             hired_from: None,
             fields: fields(&[
@@ -691,6 +878,8 @@ mod tests {
 
     fn update(changes: &[(&str, Value)]) -> RecordCommand {
         RecordCommand::Update {
+            effective_from: None,
+            today: today(),
             datasheet: Datasheet::Employees,
             schema: CustomSchema::default(),
             expected_version: None,
@@ -703,6 +892,8 @@ mod tests {
         RecordTest::with(())
             .given_no_previous_events()
             .when(RecordCommand::Create {
+                effective_from: Some(first_day()),
+                today: today(),
                 datasheet: Datasheet::Employees,
                 hired_from: None,
                 schema: CustomSchema::default(),
@@ -721,6 +912,8 @@ mod tests {
         RecordTest::with(())
             .given_no_previous_events()
             .when(RecordCommand::Create {
+                effective_from: Some(first_day()),
+                today: today(),
                 datasheet: Datasheet::Employees,
                 hired_from: None,
                 schema: CustomSchema::default(),
@@ -734,6 +927,8 @@ mod tests {
         RecordTest::with(())
             .given_no_previous_events()
             .when(RecordCommand::Create {
+                effective_from: Some(first_day()),
+                today: today(),
                 datasheet: Datasheet::Employees,
                 hired_from: None,
                 schema: CustomSchema::default(),
@@ -750,6 +945,8 @@ mod tests {
         RecordTest::with(())
             .given_no_previous_events()
             .when(RecordCommand::Create {
+                effective_from: Some(first_day()),
+                today: today(),
                 datasheet: Datasheet::Employees,
                 hired_from: None,
                 schema: CustomSchema::default(),
@@ -767,6 +964,8 @@ mod tests {
         RecordTest::with(())
             .given(vec![created()])
             .when(RecordCommand::Create {
+                effective_from: Some(first_day()),
+                today: today(),
                 datasheet: Datasheet::Employees,
                 hired_from: None,
                 schema: CustomSchema::default(),
@@ -785,6 +984,7 @@ mod tests {
                 ("email", Value::Null),
             ]))
             .then_expect_events(vec![RecordEvent::RecordUpdated {
+                effective_from: Some(today()),
                 datasheet: Datasheet::Employees,
                 changes: fields(&[("email", Value::Null), ("phone", json!("+442079460958"))]),
             }]);
@@ -849,6 +1049,8 @@ mod tests {
                 },
             ])
             .when(RecordCommand::Update {
+                effective_from: None,
+                today: today(),
                 datasheet: Datasheet::Employees,
                 schema: CustomSchema::default(),
                 expected_version: Some(1),
@@ -865,12 +1067,15 @@ mod tests {
         RecordTest::with(())
             .given(vec![created()])
             .when(RecordCommand::Update {
+                effective_from: None,
+                today: today(),
                 datasheet: Datasheet::Employees,
                 schema: CustomSchema::default(),
                 expected_version: Some(1),
                 changes: fields(&[("department", json!("Engineering"))]),
             })
             .then_expect_events(vec![RecordEvent::RecordUpdated {
+                effective_from: Some(today()),
                 datasheet: Datasheet::Employees,
                 changes: fields(&[("department", json!("Engineering"))]),
             }]);
@@ -959,6 +1164,7 @@ mod tests {
 
     fn applicant(stage: &str) -> RecordEvent {
         RecordEvent::RecordCreated {
+            effective_from: Some(first_day()),
             datasheet: Datasheet::Applicants,
             hired_from: None,
             fields: fields(&[
@@ -971,6 +1177,8 @@ mod tests {
 
     fn applicant_update(changes: &[(&str, Value)]) -> RecordCommand {
         RecordCommand::Update {
+            effective_from: None,
+            today: today(),
             datasheet: Datasheet::Applicants,
             schema: CustomSchema::default(),
             expected_version: None,
@@ -983,6 +1191,8 @@ mod tests {
         RecordTest::with(())
             .given_no_previous_events()
             .when(RecordCommand::Create {
+                effective_from: Some(first_day()),
+                today: today(),
                 datasheet: Datasheet::Applicants,
                 hired_from: None,
                 schema: CustomSchema::default(),
@@ -996,6 +1206,7 @@ mod tests {
             .given(vec![applicant("applied")])
             .when(applicant_update(&[("stage", json!("screening"))]))
             .then_expect_events(vec![RecordEvent::RecordUpdated {
+                effective_from: Some(today()),
                 datasheet: Datasheet::Applicants,
                 changes: fields(&[("stage", json!("screening"))]),
             }]);
@@ -1028,6 +1239,7 @@ mod tests {
     fn only_an_offer_is_hired_and_the_link_is_recorded() {
         let employee_id = Uuid::now_v7();
         let hire = RecordCommand::Hire {
+            today: today(),
             employee_id,
             expected_version: None,
         };
@@ -1035,6 +1247,7 @@ mod tests {
             .given(vec![applicant("offer")])
             .when(hire.clone())
             .then_expect_events(vec![RecordEvent::ApplicantHired {
+                effective_from: Some(today()),
                 datasheet: Datasheet::Applicants,
                 employee_id,
             }]);
@@ -1049,6 +1262,7 @@ mod tests {
         let mut hired = Record::default();
         hired.apply(applicant("offer"));
         hired.apply(RecordEvent::ApplicantHired {
+            effective_from: Some(today()),
             datasheet: Datasheet::Applicants,
             employee_id,
         });
@@ -1075,6 +1289,7 @@ mod tests {
                 ("end_date", json!("2024-05-01")),
             ]))
             .then_expect_events(vec![RecordEvent::RecordUpdated {
+                effective_from: Some(today()),
                 datasheet: Datasheet::Employees,
                 changes: fields(&[
                     ("end_date", json!("2024-05-01")),
@@ -1172,11 +1387,206 @@ mod tests {
             }]);
     }
 
+    fn day(text: &str) -> NaiveDate {
+        text.parse().unwrap()
+    }
+
+    fn dated_update(on: &str, changes: &[(&str, Value)]) -> RecordCommand {
+        RecordCommand::Update {
+            datasheet: Datasheet::Employees,
+            schema: CustomSchema::default(),
+            expected_version: None,
+            changes: fields(changes),
+            effective_from: Some(day(on)),
+            today: today(),
+        }
+    }
+
+    fn dated(on: &str, changes: &[(&str, Value)]) -> RecordEvent {
+        RecordEvent::RecordUpdated {
+            datasheet: Datasheet::Employees,
+            changes: fields(changes),
+            effective_from: Some(day(on)),
+        }
+    }
+
+    #[test]
+    fn a_scheduled_change_is_in_force_from_its_day_only() {
+        RecordTest::with(())
+            .given(vec![created()])
+            .when(dated_update("2026-07-01", &[("job_title", json!("Lead"))]))
+            .then_expect_events(vec![dated("2026-07-01", &[("job_title", json!("Lead"))])]);
+        let mut record = Record::default();
+        record.apply(created());
+        record.apply(dated("2026-07-01", &[("job_title", json!("Lead"))]));
+        assert_eq!(record.fields_on(today()).get("job_title"), None);
+        assert_eq!(
+            record.fields_on(day("2026-07-01")).get("job_title"),
+            Some(&json!("Lead"))
+        );
+        assert_eq!(record.fields_on(day("2025-12-31")).len(), 0);
+    }
+
+    #[test]
+    fn a_correction_does_not_undo_a_later_change() {
+        let mut record = Record::default();
+        record.apply(created());
+        record.apply(dated("2026-05-01", &[("department", json!("Sales"))]));
+        // Entered later, effective earlier: in force only until the later change.
+        record.apply(dated("2026-03-01", &[("department", json!("Support"))]));
+        let on = |record: &Record, d: &str| record.fields_on(day(d)).get("department").cloned();
+        assert_eq!(on(&record, "2026-02-28"), None);
+        assert_eq!(on(&record, "2026-03-01"), Some(json!("Support")));
+        assert_eq!(on(&record, "2026-05-01"), Some(json!("Sales")));
+        assert_eq!(record.value("department"), Some(&json!("Sales")));
+        // A change the same day as an earlier one, recorded after it, wins that day.
+        record.apply(dated("2026-05-01", &[("department", json!("R&D"))]));
+        assert_eq!(on(&record, "2026-05-01"), Some(json!("R&D")));
+        // A change equal to what is in force on its day is no change.
+        RecordTest::with(())
+            .given(vec![
+                created(),
+                dated("2026-05-01", &[("department", json!("Sales"))]),
+            ])
+            .when(dated_update(
+                "2026-05-02",
+                &[("department", json!("Sales"))],
+            ))
+            .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn effective_days_are_checked() {
+        let invalid = |reason| RecordError::InvalidField {
+            field: "effective_from".into(),
+            reason,
+        };
+        for (on, reason) in [
+            ("1899-12-31", ValueError::DateOutOfRange),
+            ("2036-06-02", ValueError::DateOutOfRange),
+            ("2026-01-04", ValueError::BeforeRecordStart),
+        ] {
+            RecordTest::with(())
+                .given(vec![created()])
+                .when(dated_update(on, &[("job_title", json!("Lead"))]))
+                .then_expect_error(invalid(reason));
+        }
+        RecordTest::with(())
+            .given(vec![created()])
+            .when(dated_update("2036-06-01", &[("job_title", json!("Lead"))]))
+            .then_expect_events(vec![dated("2036-06-01", &[("job_title", json!("Lead"))])]);
+        let create = |on: &str| RecordCommand::Create {
+            effective_from: Some(day(on)),
+            today: today(),
+            datasheet: Datasheet::Employees,
+            hired_from: None,
+            schema: CustomSchema::default(),
+            fields: fields(&[("first_name", json!("A")), ("last_name", json!("B"))]),
+        };
+        RecordTest::with(())
+            .given_no_previous_events()
+            .when(create("2026-06-02"))
+            .then_expect_error(invalid(ValueError::FutureCreation));
+        RecordTest::with(())
+            .given_no_previous_events()
+            .when(create("1899-12-31"))
+            .then_expect_error(invalid(ValueError::DateOutOfRange));
+    }
+
+    #[test]
+    fn a_correction_is_checked_against_every_later_day() {
+        let history = vec![
+            created(),
+            dated("2026-01-05", &[("start_date", json!("2026-01-05"))]),
+            dated("2026-09-01", &[("end_date", json!("2026-12-31"))]),
+        ];
+        // A start in 2027 from March on is fine until the end date takes effect in September.
+        RecordTest::with(())
+            .given(history.clone())
+            .when(dated_update(
+                "2026-03-01",
+                &[("start_date", json!("2027-01-10"))],
+            ))
+            .then_expect_error(RecordError::InvalidField {
+                field: "end_date".into(),
+                reason: ValueError::EndBeforeStart,
+            });
+        RecordTest::with(())
+            .given(history)
+            .when(dated_update(
+                "2026-03-01",
+                &[("start_date", json!("2026-02-01"))],
+            ))
+            .then_expect_events(vec![dated(
+                "2026-03-01",
+                &[("start_date", json!("2026-02-01"))],
+            )]);
+    }
+
+    #[test]
+    fn erasure_names_the_fields_of_every_day() {
+        RecordTest::with(())
+            .given(vec![
+                created(),
+                dated("2026-09-01", &[("job_title", json!("Lead"))]),
+            ])
+            .when(RecordCommand::Erase {
+                expected_version: 2,
+                ground: ErasureGround::Objection,
+                note: None,
+            })
+            .then_expect_events(vec![RecordEvent::RecordErased {
+                datasheet: Datasheet::Employees,
+                fields: vec![
+                    "email".into(),
+                    "first_name".into(),
+                    "job_title".into(),
+                    "last_name".into(),
+                ],
+                ground: ErasureGround::Objection,
+                note: None,
+            }]);
+        let mut erased = Record::default();
+        erased.apply(created());
+        erased.apply(dated("2026-09-01", &[("job_title", json!("Lead"))]));
+        erased.apply(RecordEvent::RecordErased {
+            datasheet: Datasheet::Employees,
+            fields: vec![],
+            ground: ErasureGround::Objection,
+            note: None,
+        });
+        assert!(erased.fields_on(day("2026-09-01")).is_empty());
+        assert!(erased.fields_on(day("2026-02-01")).is_empty());
+    }
+
+    #[test]
+    fn events_without_a_day_take_effect_in_recording_order() {
+        let mut record = Record::default();
+        record.apply(RecordEvent::RecordCreated {
+            datasheet: Datasheet::Employees,
+            hired_from: None,
+            effective_from: None,
+            fields: fields(&[("first_name", json!("Ada")), ("last_name", json!("L"))]),
+        });
+        record.apply(RecordEvent::RecordUpdated {
+            datasheet: Datasheet::Employees,
+            changes: fields(&[("department", json!("R&D"))]),
+            effective_from: None,
+        });
+        assert_eq!(record.starts(), None);
+        assert_eq!(record.value("department"), Some(&json!("R&D")));
+        assert_eq!(
+            record.fields_on(today()).get("department"),
+            Some(&json!("R&D"))
+        );
+    }
+
     #[test]
     fn applying_events_rebuilds_the_state() {
         let mut record = Record::default();
         record.apply(created());
         record.apply(RecordEvent::RecordUpdated {
+            effective_from: Some(today()),
             datasheet: Datasheet::Employees,
             changes: fields(&[("email", Value::Null), ("department", json!("R&D"))]),
         });

@@ -40,6 +40,12 @@ pub enum ValueError {
     NotAChoice,
     #[error("is a retired field and takes no new values")]
     Retired,
+    #[error("must be a date from 1900-01-01 to ten years from today")]
+    DateOutOfRange,
+    #[error("must not be before the day the record takes effect")]
+    BeforeRecordStart,
+    #[error("cannot be in the future for a new record: a record takes effect when it is created or earlier")]
+    FutureCreation,
 }
 
 fn trimmed(raw: &str, max: usize) -> Result<&str, ValueError> {

@@ -109,6 +109,7 @@ impl Projection for ConsentsProjection {
                 | RecordEvent::RecordUpdated {
                     datasheet: Datasheet::Applicants,
                     changes: fields,
+                    ..
                 },
             ) => match talent_pool(fields) {
                 Some(Some(until)) => {

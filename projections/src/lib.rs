@@ -151,6 +151,18 @@ pub trait Projection: Send + Sync {
 
     /// Removes every row, before a rebuild from position 0.
     async fn reset(&self, conn: &mut PgConnection) -> sqlx::Result<()>;
+
+    /// Brings the read model to `today` (UTC), for what takes effect on a day rather than with
+    /// an event: the projector calls it when it starts and every minute, in a transaction of
+    /// its own. It must leave the same rows however often it runs. Returns how many changes
+    /// took effect.
+    async fn on_day(
+        &self,
+        _conn: &mut PgConnection,
+        _today: chrono::NaiveDate,
+    ) -> sqlx::Result<u64> {
+        Ok(0)
+    }
 }
 
 /// Runs a multi-row statement of `rows` rows. Its text differs with the number of rows: small

@@ -1,8 +1,17 @@
 //! The `records` read model: one row per record of any datasheet, with its field values as a
-//! JSON object, for listing and lookups.
+//! JSON object, for listing and lookups; and `pending_changes`, the changes entered to take
+//! effect on a later day.
+//!
+//! Changes are effective-dated: each value in `fields` is the one in force today, the one
+//! given by the change that takes effect last by today (of two on one day, the one recorded
+//! last). `field_since` keeps, per field, that change's key (`YYYY-MM-DD#sequence`, which
+//! sorts as text in that order), so a change applies to a field only when its key is later —
+//! in whatever order changes arrive: a correction dated in the past does not undo a later
+//! change, a replay changes nothing, and a scheduled change applied on its day (see
+//! [`RecordsProjection::on_day`]) leaves what a rebuild on that day would.
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use custos_domain::record::Fields;
 use custos_domain::{Datasheet, Record, RecordEvent, Stage};
 use serde_json::{Map, Value};
@@ -27,15 +36,18 @@ impl Projection for RecordsProjection {
     }
     fn tables(&self) -> &'static [crate::Table] {
         const {
-            &[crate::Table::new("records").read_indexes(&[
-                "records_by_sheet",
-                "records_by_sheet_all",
-                "records_manager",
-                "records_search",
-                "records_fields",
-                "records_last_name",
-                "records_first_name",
-            ])]
+            &[
+                crate::Table::new("records").read_indexes(&[
+                    "records_by_sheet",
+                    "records_by_sheet_all",
+                    "records_manager",
+                    "records_search",
+                    "records_fields",
+                    "records_last_name",
+                    "records_first_name",
+                ]),
+                crate::Table::new("pending_changes"),
+            ]
         }
     }
 
@@ -94,21 +106,37 @@ impl Projection for RecordsProjection {
             }
             // Nothing of the subject remains: no value, and nothing to search for.
             RecordEvent::RecordErased { .. } => {
-                sqlx::query(&change(
-                    "fields = '{}'::jsonb, erased_at = $5, restricted_at = NULL, restriction_reason = NULL",
-                ))
+                sqlx::query("DELETE FROM pending_changes WHERE record_id = $1")
                     .bind(event.aggregate_id)
-                    .bind(event.sequence)
-                    .bind(event.recorded_at)
-                    .bind(actor)
-                    .bind(event.recorded_at)
-                    .execute(conn)
+                    .execute(&mut *conn)
                     .await?;
-            }
-            RecordEvent::ApplicantHired { employee_id, .. } => {
                 sqlx::query(&change(
-                    "fields = jsonb_set(fields, '{stage}', to_jsonb($5::text)), hired_as = $6,
-                     stage_since = $3",
+                    "fields = '{}'::jsonb, field_since = '{}'::jsonb, erased_at = $5,
+                     restricted_at = NULL, restriction_reason = NULL",
+                ))
+                .bind(event.aggregate_id)
+                .bind(event.sequence)
+                .bind(event.recorded_at)
+                .bind(actor)
+                .bind(event.recorded_at)
+                .execute(conn)
+                .await?;
+            }
+            RecordEvent::ApplicantHired {
+                employee_id,
+                effective_from,
+                ..
+            } => {
+                let key = since_key(effective_day(*effective_from, event), event.sequence);
+                sqlx::query(&change(
+                    "hired_as = $6,
+                     fields = CASE WHEN coalesce(field_since->>'stage', '') < $7
+                              THEN jsonb_set(fields, '{stage}', to_jsonb($5::text)) ELSE fields END,
+                     stage_since = CASE WHEN coalesce(field_since->>'stage', '') < $7
+                                   THEN $3 ELSE stage_since END,
+                     field_since = CASE WHEN coalesce(field_since->>'stage', '') < $7
+                                   THEN jsonb_set(field_since, '{stage}', to_jsonb($7::text))
+                                   ELSE field_since END",
                 ))
                 .bind(event.aggregate_id)
                 .bind(event.sequence)
@@ -116,6 +144,7 @@ impl Projection for RecordsProjection {
                 .bind(actor)
                 .bind(Stage::Hired.as_str())
                 .bind(employee_id)
+                .bind(key)
                 .execute(conn)
                 .await?;
             }
@@ -153,13 +182,107 @@ impl Projection for RecordsProjection {
     }
 
     async fn reset(&self, conn: &mut PgConnection) -> sqlx::Result<()> {
+        sqlx::query("DELETE FROM pending_changes")
+            .execute(&mut *conn)
+            .await?;
         sqlx::query("DELETE FROM records").execute(conn).await?;
         Ok(())
     }
+
+    /// The scheduled changes due by `today` take effect: each field takes the change's value
+    /// where it is the one in force (see the module's documentation), and the change leaves
+    /// `pending_changes`.
+    async fn on_day(&self, conn: &mut PgConnection, today: NaiveDate) -> sqlx::Result<u64> {
+        let due: Vec<(Uuid, i64, NaiveDate, Json<Fields>, DateTime<Utc>)> = sqlx::query_as(
+            "DELETE FROM pending_changes WHERE effective_from <= $1
+             RETURNING record_id, sequence, effective_from, changes, recorded_at",
+        )
+        .bind(today)
+        .fetch_all(&mut *conn)
+        .await?;
+        let changes: Vec<Change<'_>> = due
+            .iter()
+            .map(|(id, sequence, day, changes, recorded_at)| Change {
+                id: *id,
+                key: since_key(*day, *sequence),
+                changes,
+                recorded_at: *recorded_at,
+            })
+            .collect();
+        let folded = fold(changes.iter());
+        let n = folded.len();
+        let (mut ids, mut sets, mut cleared, mut since, mut stages) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for record in folded {
+            ids.push(record.id);
+            sets.push(Json(record.set));
+            cleared.push(Json(record.cleared));
+            since.push(Json(record.since));
+            stages.push(record.stage_since);
+        }
+        sqlx::query(&format!(
+            "UPDATE records AS r SET {IN_FORCE}
+             FROM unnest($1::uuid[], $2::jsonb[], $3::jsonb[], $4::jsonb[], $5::timestamptz[])
+                  AS u(id, set, cleared, since, stage_since)
+             WHERE r.id = u.id AND r.erased_at IS NULL"
+        ))
+        .bind(ids)
+        .bind(sets)
+        .bind(cleared)
+        .bind(since)
+        .bind(stages)
+        .execute(conn)
+        .await?;
+        Ok(due.len() as u64)
+    }
 }
 
-/// A record's creation: its event, datasheet, fields and the applicant it was hired from.
-type Creation<'a> = (&'a ProjectedEvent, &'static str, &'a Fields, Option<Uuid>);
+/// What a row's values become with the folded change `u` (`set`, `cleared`, `since`,
+/// `stage_since`): each field takes `u`'s value where `u`'s key for it is later than the row's.
+const IN_FORCE: &str = "
+    fields = (r.fields || coalesce(
+                 (SELECT jsonb_object_agg(s.key, s.value) FROM jsonb_each(u.set) s
+                  WHERE coalesce(r.field_since->>s.key, '') < u.since->>s.key), '{}'::jsonb))
+             - ARRAY(SELECT c FROM jsonb_array_elements_text(u.cleared) c
+                     WHERE coalesce(r.field_since->>c, '') < u.since->>c),
+    field_since = r.field_since || coalesce(
+                 (SELECT jsonb_object_agg(k.key, k.value) FROM jsonb_each_text(u.since) k
+                  WHERE coalesce(r.field_since->>k.key, '') < k.value), '{}'::jsonb),
+    stage_since = CASE WHEN u.stage_since IS NOT NULL
+                        AND coalesce(r.field_since->>'stage', '') < u.since->>'stage'
+                       THEN u.stage_since ELSE r.stage_since END";
+
+/// The day a change takes effect: its own, or (written before changes were effective-dated)
+/// the day it was recorded.
+fn effective_day(effective_from: Option<NaiveDate>, event: &ProjectedEvent) -> NaiveDate {
+    effective_from.unwrap_or_else(|| event.recorded_at.date_naive())
+}
+
+/// The key that orders a record's changes: by the day they take effect, then by the record's
+/// version they were recorded at. Sorts as text.
+fn since_key(day: NaiveDate, sequence: i64) -> String {
+    format!("{}#{sequence:012}", day.format("%Y-%m-%d"))
+}
+
+/// Today, as the read models count days (UTC).
+pub fn today() -> NaiveDate {
+    Utc::now().date_naive()
+}
+
+/// A record's creation: its event, datasheet, fields, the applicant it was hired from, and the
+/// day it takes effect.
+type Creation<'a> = (
+    &'a ProjectedEvent,
+    &'static str,
+    &'a Fields,
+    Option<Uuid>,
+    NaiveDate,
+);
 
 /// The creations at the start of `events`, up to the first event of another kind.
 fn creations<'a>(events: &[&'a ProjectedEvent]) -> Vec<Creation<'a>> {
@@ -170,7 +293,14 @@ fn creations<'a>(events: &[&'a ProjectedEvent]) -> Vec<Creation<'a>> {
                 datasheet,
                 fields,
                 hired_from,
-            }) => Some((*event, datasheet.as_str(), fields, *hired_from)),
+                effective_from,
+            }) => Some((
+                *event,
+                datasheet.as_str(),
+                fields,
+                *hired_from,
+                effective_day(*effective_from, event),
+            )),
             _ => None,
         })
         .collect()
@@ -189,35 +319,54 @@ fn updates(events: &[&ProjectedEvent]) -> usize {
         .count()
 }
 
-/// What a record's updates in one run change together: later values over earlier ones.
-struct Folded<'a> {
-    last: &'a ProjectedEvent,
+/// One change of a record's values, in force from its key's day.
+struct Change<'a> {
+    id: Uuid,
+    key: String,
+    changes: &'a Fields,
+    recorded_at: DateTime<Utc>,
+}
+
+/// What a record's changes in one run change together: per field, the value of the change
+/// with the latest key.
+struct Folded {
+    id: Uuid,
     set: Map<String, Value>,
     cleared: Vec<String>,
-    /// When the last of them that gave the stage a value was recorded.
+    /// Each changed field's key.
+    since: Map<String, Value>,
+    /// When the change that gave the stage its value was recorded.
     stage_since: Option<DateTime<Utc>>,
 }
 
-/// Folds updates (only updates) per record, in the order each record first appears.
-fn fold<'a>(events: &[&'a ProjectedEvent]) -> Vec<Folded<'a>> {
-    let mut folded: Vec<Folded<'a>> = Vec::new();
+/// Folds changes per record, in the order each record first appears.
+fn fold<'a>(changes: impl Iterator<Item = &'a Change<'a>>) -> Vec<Folded> {
+    let mut folded: Vec<Folded> = Vec::new();
     let mut at: std::collections::HashMap<Uuid, usize> = std::collections::HashMap::new();
-    for event in events {
-        let AnyEvent::Record(RecordEvent::RecordUpdated { changes, .. }) = &event.event else {
-            continue;
-        };
-        let index = *at.entry(event.aggregate_id).or_insert_with(|| {
+    for change in changes {
+        let index = *at.entry(change.id).or_insert_with(|| {
             folded.push(Folded {
-                last: event,
+                id: change.id,
                 set: Map::new(),
                 cleared: Vec::new(),
+                since: Map::new(),
                 stage_since: None,
             });
             folded.len() - 1
         });
         let record = &mut folded[index];
-        record.last = event;
-        for (key, value) in changes {
+        for (key, value) in change.changes {
+            let later = record
+                .since
+                .get(key)
+                .and_then(Value::as_str)
+                .is_none_or(|since| since < change.key.as_str());
+            if !later {
+                continue;
+            }
+            record
+                .since
+                .insert(key.clone(), Value::String(change.key.clone()));
             if value.is_null() {
                 record.set.remove(key);
                 if !record.cleared.contains(key) {
@@ -226,77 +375,142 @@ fn fold<'a>(events: &[&'a ProjectedEvent]) -> Vec<Folded<'a>> {
             } else {
                 record.cleared.retain(|cleared| cleared != key);
                 record.set.insert(key.clone(), value.clone());
-                if key == "stage" {
-                    record.stage_since = Some(event.recorded_at);
-                }
+            }
+            if key == "stage" {
+                record.stage_since = (!value.is_null()).then_some(change.recorded_at);
             }
         }
     }
     folded
 }
 
-/// Applies a run of updates with one statement. A record's folded change, applied where the
-/// row is behind its last update, leaves what its updates one by one would: each field ends
-/// at the last value given to it, whichever of them the row had already seen.
+/// Applies a run of updates with one statement (and, for those that take effect after
+/// `today()`, one more into `pending_changes`). Each record's row moves to its last update's
+/// version; each field takes the value of the change with the latest key, whichever of them
+/// the row had already seen.
 async fn update_all(conn: &mut PgConnection, events: &[&ProjectedEvent]) -> sqlx::Result<()> {
-    let folded = fold(events);
-    let n = folded.len();
+    let today = today();
+    let mut last: Vec<&ProjectedEvent> = Vec::new();
+    let mut at: std::collections::HashMap<Uuid, usize> = std::collections::HashMap::new();
+    let mut in_force = Vec::with_capacity(events.len());
+    let mut scheduled = Vec::new();
+    for event in events {
+        let AnyEvent::Record(RecordEvent::RecordUpdated {
+            changes,
+            effective_from,
+            ..
+        }) = &event.event
+        else {
+            continue;
+        };
+        match at.get(&event.aggregate_id) {
+            Some(index) => last[*index] = event,
+            None => {
+                at.insert(event.aggregate_id, last.len());
+                last.push(event);
+            }
+        }
+        let day = effective_day(*effective_from, event);
+        if day > today {
+            scheduled.push((*event, day, changes));
+            continue;
+        }
+        in_force.push(Change {
+            id: event.aggregate_id,
+            key: since_key(day, event.sequence),
+            changes,
+            recorded_at: event.recorded_at,
+        });
+    }
+    let mut folded: std::collections::HashMap<Uuid, Folded> = fold(in_force.iter())
+        .into_iter()
+        .map(|record| (record.id, record))
+        .collect();
+    let n = last.len();
     let (mut ids, mut versions, mut times, mut actors) = (
         Vec::with_capacity(n),
         Vec::with_capacity(n),
         Vec::with_capacity(n),
         Vec::with_capacity(n),
     );
-    let (mut sets, mut cleared, mut stages) = (
+    let (mut sets, mut cleared, mut since, mut stages) = (
+        Vec::with_capacity(n),
         Vec::with_capacity(n),
         Vec::with_capacity(n),
         Vec::with_capacity(n),
     );
-    for record in folded {
-        ids.push(record.last.aggregate_id);
-        versions.push(record.last.sequence);
-        times.push(record.last.recorded_at);
-        actors.push(record.last.metadata.actor.id());
-        sets.push(Json(record.set));
-        cleared.push(Json(record.cleared));
-        stages.push(record.stage_since);
+    for event in last {
+        let record = folded.remove(&event.aggregate_id);
+        ids.push(event.aggregate_id);
+        versions.push(event.sequence);
+        times.push(event.recorded_at);
+        actors.push(event.metadata.actor.id());
+        let (set, gone, keys, stage) = record.map_or_else(Default::default, |r| {
+            (r.set, r.cleared, r.since, r.stage_since)
+        });
+        sets.push(Json(set));
+        cleared.push(Json(gone));
+        since.push(Json(keys));
+        stages.push(stage);
     }
-    sqlx::query(
+    sqlx::query(&format!(
         "UPDATE records AS r
-         SET version = u.version, updated_at = u.updated_at, updated_by = u.updated_by,
-             fields = (r.fields || u.set) - ARRAY(SELECT jsonb_array_elements_text(u.cleared)),
-             stage_since = coalesce(u.stage_since, r.stage_since)
+         SET version = u.version, updated_at = u.updated_at, updated_by = u.updated_by, {IN_FORCE}
          FROM unnest($1::uuid[], $2::bigint[], $3::timestamptz[], $4::uuid[], $5::jsonb[],
-                     $6::jsonb[], $7::timestamptz[])
-              AS u(id, version, updated_at, updated_by, set, cleared, stage_since)
-         WHERE r.id = u.id AND r.version < u.version",
-    )
+                     $6::jsonb[], $7::jsonb[], $8::timestamptz[])
+              AS u(id, version, updated_at, updated_by, set, cleared, since, stage_since)
+         WHERE r.id = u.id AND r.version < u.version"
+    ))
     .bind(ids)
     .bind(versions)
     .bind(times)
     .bind(actors)
     .bind(sets)
     .bind(cleared)
+    .bind(since)
     .bind(stages)
-    .execute(conn)
+    .execute(&mut *conn)
     .await?;
+    for (event, day, changes) in scheduled {
+        sqlx::query(
+            "INSERT INTO pending_changes
+                 (record_id, sequence, effective_from, changes, recorded_at, recorded_by)
+             SELECT $1, $2, $3, $4, $5, $6
+             WHERE EXISTS (SELECT 1 FROM records WHERE id = $1 AND erased_at IS NULL)
+             ON CONFLICT (record_id, sequence) DO NOTHING",
+        )
+        .bind(event.aggregate_id)
+        .bind(event.sequence)
+        .bind(day)
+        .bind(Json(changes))
+        .bind(event.recorded_at)
+        .bind(event.metadata.actor.id())
+        .execute(&mut *conn)
+        .await?;
+    }
     Ok(())
 }
 
 /// Inserts the rows of newly created records (a replayed creation changes nothing).
 async fn insert_created(conn: &mut PgConnection, creations: &[Creation<'_>]) -> sqlx::Result<()> {
     let mut query = sqlx::QueryBuilder::new(
-        "INSERT INTO records (id, datasheet, version, fields, hired_from,
+        "INSERT INTO records (id, datasheet, version, fields, field_since, hired_from,
                               created_at, updated_at, created_by, updated_by, stage_since) ",
     );
     query.push_values(
         creations,
-        |mut row, (event, datasheet, fields, hired_from)| {
+        |mut row, (event, datasheet, fields, hired_from, day)| {
             let actor = event.metadata.actor.id();
+            let key = Value::String(since_key(*day, event.sequence));
+            let since: Map<String, Value> = fields
+                .keys()
+                .map(|name| (name.clone(), key.clone()))
+                .collect();
             row.push_bind(event.aggregate_id)
                 .push_bind(*datasheet)
                 .push_bind(event.sequence)
                 .push_bind(Json(*fields))
+                .push_bind(Json(since))
                 .push_bind(*hired_from)
                 .push_bind(event.recorded_at)
                 .push_bind(event.recorded_at)
@@ -307,6 +521,33 @@ async fn insert_created(conn: &mut PgConnection, creations: &[Creation<'_>]) -> 
     );
     query.push(" ON CONFLICT (id) DO NOTHING");
     crate::execute_rows(conn, query, creations.len()).await
+}
+
+/// A change entered to take effect on a later day.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct PendingChange {
+    pub record_id: Uuid,
+    /// The record's version the change was recorded at.
+    pub sequence: i64,
+    pub effective_from: NaiveDate,
+    pub changes: Json<Map<String, Value>>,
+    pub recorded_at: DateTime<Utc>,
+    pub recorded_by: Uuid,
+}
+
+/// The changes of record `id` not in force yet, by the day they take effect, then in the order
+/// they were recorded.
+pub async fn pending_changes<'e>(
+    db: impl PgExecutor<'e>,
+    id: Uuid,
+) -> sqlx::Result<Vec<PendingChange>> {
+    sqlx::query_as(
+        "SELECT record_id, sequence, effective_from, changes, recorded_at, recorded_by
+         FROM pending_changes WHERE record_id = $1 ORDER BY effective_from, sequence",
+    )
+    .bind(id)
+    .fetch_all(db)
+    .await
 }
 
 /// One record as the API shows it.

@@ -215,6 +215,8 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 expected_version: None,
                 changes,
                 schema: Default::default(),
+                effective_from: None,
+                today: custos_projections::records::today(),
             };
             let id: Uuid = ids[n % ids.len()].parse()?;
             run_command(
@@ -256,6 +258,8 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
                     fields,
                     hired_from: None,
                     schema: Default::default(),
+                    effective_from: None,
+                    today: custos_projections::records::today(),
                 };
                 let metadata = EventMetadata::new(Actor::User(user_id), Uuid::now_v7());
                 tenant

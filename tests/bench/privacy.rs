@@ -49,6 +49,8 @@ pub(crate) async fn create(
         fields: values,
         hired_from: None,
         schema: Default::default(),
+        effective_from: None,
+        today: custos_projections::records::today(),
     };
     run_command(services, tenant, cqrs, id, command, metadata)
         .await
@@ -69,6 +71,8 @@ pub(crate) async fn update(
         expected_version: None,
         changes: values,
         schema: Default::default(),
+        effective_from: None,
+        today: custos_projections::records::today(),
     };
     run_command(services, tenant, cqrs, id, command, metadata)
         .await
@@ -122,6 +126,7 @@ pub(crate) async fn fill(
                         ("department", format!("Dept {}", i % 40)),
                     ]),
                     hired_from: None,
+                    effective_from: None,
                 };
                 Ok(SerializedEvent::new(
                     new_record_id().to_string(),
@@ -253,6 +258,8 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 expected_version: None,
                 changes: fields(&[("notes", format!("Note {n} about the person"))]),
                 schema: Default::default(),
+                effective_from: None,
+                today: custos_projections::records::today(),
             };
             run_command(&services, &tenant, &tenant.records, id, command, metadata)
                 .await

@@ -601,6 +601,19 @@ async fn a_run_of_updates_written_at_once_or_replayed_from_its_middle_leaves_wha
             RecordUpdated {
                 datasheet: if record == cy { Applicants } else { Employees },
                 changes: fields(changes),
+                effective_from: None,
+            },
+        )
+    };
+    let dated = |n, record, sequence, day: &str, changes: Value| {
+        projected(
+            n,
+            record,
+            sequence,
+            RecordUpdated {
+                datasheet: if record == cy { Applicants } else { Employees },
+                changes: fields(changes),
+                effective_from: Some(day.parse().unwrap()),
             },
         )
     };
@@ -613,6 +626,7 @@ async fn a_run_of_updates_written_at_once_or_replayed_from_its_middle_leaves_wha
                 datasheet,
                 fields: fields(values),
                 hired_from: None,
+                effective_from: None,
             },
         )
     };
@@ -658,6 +672,22 @@ async fn a_run_of_updates_written_at_once_or_replayed_from_its_middle_leaves_wha
             },
         ),
         update(14, ada, 6, json!({ "department": "W" })),
+        // Effective-dated: a correction dated before bob's last email change does not undo
+        // it; a change dated after a later-recorded one stands over it.
+        dated(
+            15,
+            bob,
+            4,
+            "1969-12-31",
+            json!({ "email": "b-corrected@example.org" }),
+        ),
+        dated(16, cy, 6, "2000-01-01", json!({ "notes": "from 2000" })),
+        update(
+            17,
+            cy,
+            7,
+            json!({ "notes": "recorded later, in force earlier" }),
+        ),
     ];
     let all: Vec<&custos_projections::ProjectedEvent> = events.iter().collect();
 
@@ -672,8 +702,10 @@ async fn a_run_of_updates_written_at_once_or_replayed_from_its_middle_leaves_wha
     let cy_row = one_by_one.iter().find(|r| r["id"] == json!(cy)).unwrap();
     assert_eq!(
         cy_row["fields"],
-        json!({ "first_name": "Cy", "stage": "interview" })
+        json!({ "first_name": "Cy", "stage": "interview", "notes": "from 2000" })
     );
+    let bob_row = one_by_one.iter().find(|r| r["id"] == json!(bob)).unwrap();
+    assert_eq!(bob_row["fields"]["email"], json!("b2@example.org"));
 
     sqlx::query("DELETE FROM records")
         .execute(&mut db)

@@ -9,6 +9,7 @@ mod backups;
 mod caches;
 mod custom_fields;
 mod datasheets;
+mod effective_dating;
 mod event_store;
 mod exports;
 mod faults;

@@ -144,7 +144,11 @@ impl Extension for RequestFieldErrors {
         next: NextValidation<'_>,
     ) -> Result<ValidationResult, Vec<ServerError>> {
         let result = next.run(ctx).await;
-        let request = self.request.lock().ok().and_then(|mut r| r.take());
+        // Kept for the run too when the request is valid (see `execute`).
+        let request = self.request.lock().ok().and_then(|mut r| match &result {
+            Ok(_) => r.clone(),
+            Err(_) => r.take(),
+        });
         match (result, request) {
             (Err(mut errors), Some((query, variables)))
                 if errors
@@ -170,6 +174,10 @@ impl Extension for RequestFieldErrors {
         next: NextExecute<'_>,
     ) -> Response {
         let mut response = next.run(ctx, operation_name).await;
+        let request = self.request.lock().ok().and_then(|mut r| r.take());
+        if let Some((query, _)) = request {
+            super::input_errors::name_unparsed_arguments(&query, &mut response.errors);
+        }
         split(&mut response.errors);
         response
     }

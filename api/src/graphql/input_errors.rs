@@ -210,6 +210,56 @@ fn argument_at<'a>(
     None
 }
 
+/// How async-graphql's message about a variable's value that did not parse when its resolver
+/// read it begins (`Failed to parse "NaiveDate": …`): it names the type, not the argument.
+const PARSE_ERROR: &str = "Failed to parse \"";
+
+/// Names the argument (as `extensions.field`) of each error about a variable's value of a root
+/// field's argument that did not parse at run time: the error stands at the value's position.
+pub(crate) fn name_unparsed_arguments(query: &str, errors: &mut [ServerError]) {
+    if !errors.iter().any(|e| e.message.starts_with(PARSE_ERROR)) {
+        return;
+    }
+    let Ok(document) = async_graphql::parser::parse_query(query) else {
+        return;
+    };
+    for error in errors
+        .iter_mut()
+        .filter(|e| e.message.starts_with(PARSE_ERROR))
+    {
+        let Some(pos) = error.locations.first().copied() else {
+            continue;
+        };
+        let named = document.operations.iter().find_map(|(_, operation)| {
+            operation
+                .node
+                .selection_set
+                .node
+                .items
+                .iter()
+                .find_map(|selection| {
+                    let Selection::Field(field) = &selection.node else {
+                        return None;
+                    };
+                    field
+                        .node
+                        .arguments
+                        .iter()
+                        .find(|(_, value)| value.pos == pos)
+                        .map(|(name, _)| name.node.to_string())
+                })
+        });
+        if let Some(name) = named {
+            let extensions = error
+                .extensions
+                .get_or_insert_with(async_graphql::ErrorExtensionValues::default);
+            if extensions.get("field").is_none() {
+                extensions.set("field", name);
+            }
+        }
+    }
+}
+
 /// Replaces each of GraphQL's errors about an argument's value with one error per problem of
 /// that value (the first of them is the one it told).
 pub(crate) fn expand(

@@ -245,6 +245,7 @@ mod tests {
                         ("phone", "+44 20 7946 0958".into()),
                     ]),
                     hired_from: None,
+                    effective_from: None,
                 },
             ),
             event(
@@ -254,6 +255,7 @@ mod tests {
                     datasheet: Employees,
                     fields: values(&[("email", "bob@example.org".into())]),
                     hired_from: None,
+                    effective_from: None,
                 },
             ),
             event(
@@ -262,6 +264,7 @@ mod tests {
                 RecordEvent::RecordUpdated {
                     datasheet: Employees,
                     changes: values(&[("email", "ada@lovelace.example".into())]),
+                    effective_from: None,
                 },
             ),
             event(
@@ -280,6 +283,7 @@ mod tests {
                 RecordEvent::RecordUpdated {
                     datasheet: Employees,
                     changes: values(&[("phone", Value::Null), ("first_name", "Ada".into())]),
+                    effective_from: None,
                 },
             ),
         ];

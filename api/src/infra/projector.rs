@@ -30,6 +30,9 @@ const MAX_POLL: Duration = Duration::from_secs(30);
 const RETRY: Duration = Duration::from_secs(2);
 /// How soon a projector looks again while a request waits for it, if no commit wakes it first.
 const FOLLOW: Duration = Duration::from_millis(5);
+/// How often the projector brings its read models to the day (scheduled changes take effect):
+/// a change due today shows within this and one poll interval of midnight (UTC).
+const DAY_CHECK: Duration = Duration::from_secs(60);
 /// Wait before the next try while the database cannot be reached.
 const UNREACHABLE: Duration = Duration::from_millis(250);
 
@@ -201,7 +204,26 @@ impl Runner {
         let mut retry_at = tokio::time::Instant::now();
         let mut poll = MIN_POLL;
         let mut unreachable = false;
+        let mut day_checked: Option<tokio::time::Instant> = None;
         loop {
+            if day_checked.is_none_or(|at| at.elapsed() >= DAY_CHECK) {
+                day_checked = Some(tokio::time::Instant::now());
+                let projections: Vec<&dyn Projection> =
+                    self.projections.iter().map(AsRef::as_ref).collect();
+                let today = custos_projections::records::today();
+                if let Err(err) = on_day(&self.pool, &projections, today).await {
+                    if self.pool.is_closed() {
+                        return;
+                    }
+                    tracing::warn!(
+                        tenant.id = %self.tenant_id,
+                        error = %crate::error::redacted(&err),
+                        "projector: the day's scheduled changes did not take effect; trying again"
+                    );
+                    day_checked = None;
+                    tokio::time::sleep(RETRY).await;
+                }
+            }
             let healthy: Vec<usize> = (0..failing.len()).filter(|i| !failing[*i]).collect();
             let full = match self.pass(&healthy).await {
                 Ok(batch) => {
@@ -304,6 +326,22 @@ impl Runner {
         });
         Ok(batch)
     }
+}
+
+/// Brings `projections` to `today` (see [`Projection::on_day`]) in one transaction; how many
+/// changes took effect.
+pub(crate) async fn on_day(
+    pool: &PgPool,
+    projections: &[&dyn Projection],
+    today: chrono::NaiveDate,
+) -> anyhow::Result<u64> {
+    let mut changed = 0;
+    let mut tx = pool.begin().await?;
+    for projection in projections {
+        changed += projection.on_day(&mut tx, today).await?;
+    }
+    tx.commit().await?;
+    Ok(changed)
 }
 
 /// Waits for a wake-up or the poll interval; returns the next interval (reset by a wake-up,

@@ -294,6 +294,7 @@ impl Services {
         }
         let metadata = serde_json::to_value(self.actor(principal, request_id).to_map())
             .map_err(ApiError::internal)?;
+        let today = custos_projections::records::today();
         let events = valid
             .iter()
             .map(|(_, id, fields)| {
@@ -301,6 +302,7 @@ impl Services {
                     datasheet,
                     fields: fields.clone(),
                     hired_from: None,
+                    effective_from: Some(today),
                 };
                 Ok(SerializedEvent::new(
                     id.to_string(),

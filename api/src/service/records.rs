@@ -3,10 +3,11 @@
 //! must be another active employee and must not close a reporting loop — is checked here,
 //! under the tenant's org-chart lock.
 
+use chrono::NaiveDate;
 use cqrs_es::Aggregate;
 use custos_domain::record::{new_record_id, Fields};
 use custos_domain::{Datasheet, ErasureGround, EventMetadata, Record, RecordCommand};
-use custos_projections::records::{self, RecordRow};
+use custos_projections::records::{self, today, RecordRow};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -41,12 +42,14 @@ impl Services {
             .ok_or(ApiError::NotFound)
     }
 
-    /// Creates a record of `datasheet` from raw field values.
+    /// Creates a record of `datasheet` from raw field values, taking effect on
+    /// `effective_from` (today or earlier; `None`: today).
     pub(crate) async fn create_record(
         &self,
         principal: &Principal,
         datasheet: Datasheet,
         fields: Fields,
+        effective_from: Option<NaiveDate>,
         request_id: Uuid,
     ) -> Result<RecordRow, ApiError> {
         let id = new_record_id();
@@ -58,12 +61,16 @@ impl Services {
             fields,
             hired_from: None,
             schema: self.custom_schema(&principal.tenant, datasheet).await?,
+            effective_from,
+            today: today(),
         };
         self.run_record(principal, id, command, request_id).await?;
         self.find_record(&principal.tenant, datasheet, id).await
     }
 
-    /// Patches a record of `datasheet`; `expected_version` guards against lost updates.
+    /// Patches a record of `datasheet`; `expected_version` guards against lost updates. The
+    /// change takes effect on `effective_from` (`None`: today): a later day schedules it, an
+    /// earlier one corrects the past.
     pub(crate) async fn update_record(
         &self,
         principal: &Principal,
@@ -71,6 +78,7 @@ impl Services {
         id: Uuid,
         expected_version: Option<u64>,
         changes: Fields,
+        effective_from: Option<NaiveDate>,
         request_id: Uuid,
     ) -> Result<RecordRow, ApiError> {
         self.find_record(&principal.tenant, datasheet, id).await?;
@@ -82,6 +90,8 @@ impl Services {
             expected_version,
             changes,
             schema: self.custom_schema(&principal.tenant, datasheet).await?,
+            effective_from,
+            today: today(),
         };
         self.run_record(principal, id, command, request_id).await?;
         self.find_record(&principal.tenant, datasheet, id).await
@@ -139,6 +149,7 @@ impl Services {
         let hire = RecordCommand::Hire {
             employee_id,
             expected_version,
+            today: today(),
         };
         self.run_record(principal, applicant_id, hire, request_id)
             .await?;
@@ -147,6 +158,8 @@ impl Services {
             fields,
             hired_from: Some(applicant_id),
             schema,
+            effective_from: None,
+            today: today(),
         };
         self.run_record(principal, employee_id, create, request_id)
             .await?;
@@ -156,6 +169,20 @@ impl Services {
             self.find_record(tenant, Datasheet::Employees, employee_id)
                 .await?,
         ))
+    }
+
+    /// The scheduled changes due by `today` take effect in the read models. The projector
+    /// does this every minute with the service's date; this names the day (a test's clock, an
+    /// operator catching up at once).
+    pub async fn scheduled_changes_take_effect(
+        &self,
+        tenant: &Tenant,
+        today: NaiveDate,
+    ) -> anyhow::Result<u64> {
+        let projections = custos_projections::all();
+        let projections: Vec<&dyn custos_projections::Projection> =
+            projections.iter().map(AsRef::as_ref).collect();
+        crate::infra::projector::on_day(&tenant.pool, &projections, today).await
     }
 
     /// Erases a record's subject: records the erasure (who, when, on what ground, which fields)

@@ -4,6 +4,7 @@
 
 use async_graphql::connection::{Connection, EmptyFields};
 use async_graphql::{Context, MergedObject, Object, ID};
+use chrono::NaiveDate;
 use custos_domain::{Datasheet, Permission, RecordCommand};
 use custos_projections::accesses::ReadVia;
 use custos_projections::record_query::{self, QueryListError, Window};
@@ -100,11 +101,21 @@ macro_rules! datasheet_resolvers {
                 &self,
                 ctx: &Context<'_>,
                 input: $create,
+                #[graphql(
+                    desc = "The day the record takes effect: today (the default) or earlier, for a record of the past entered now. Changes cannot take effect before it."
+                )]
+                effective_from: Option<NaiveDate>,
             ) -> Result<$object, ApiError> {
                 let cx = Cx::new(ctx)?;
                 let row = cx
                     .services
-                    .create_record(cx.caller, Datasheet::$datasheet, fields(input)?, cx.request_id)
+                    .create_record(
+                        cx.caller,
+                        Datasheet::$datasheet,
+                        fields(input)?,
+                        effective_from,
+                        cx.request_id,
+                    )
                     .await?;
                 Ok(row.into())
             }
@@ -116,8 +127,20 @@ macro_rules! datasheet_resolvers {
                 id: ID,
                 expected_version: Option<i64>,
                 input: $update,
+                #[graphql(
+                    desc = "The day the change takes effect (default today): a later day schedules it (the record lists it in `pendingChanges` until then), an earlier one corrects the past from that day on. From 1900-01-01 to ten years ahead, not before the record takes effect."
+                )]
+                effective_from: Option<NaiveDate>,
             ) -> Result<$object, ApiError> {
-                update(&Cx::new(ctx)?, Datasheet::$datasheet, &id, expected_version, input).await
+                update(
+                    &Cx::new(ctx)?,
+                    Datasheet::$datasheet,
+                    &id,
+                    expected_version,
+                    input,
+                    effective_from,
+                )
+                .await
             }
         }
     };
@@ -243,6 +266,7 @@ async fn update<T: From<RecordRow>>(
     id: &ID,
     expected: Option<i64>,
     input: impl Serialize,
+    effective_from: Option<NaiveDate>,
 ) -> Result<T, ApiError> {
     let id = parse_id("id", id)?;
     let row = cx
@@ -253,6 +277,7 @@ async fn update<T: From<RecordRow>>(
             id,
             parse_version(expected)?,
             fields(input)?,
+            effective_from,
             cx.request_id,
         )
         .await?;

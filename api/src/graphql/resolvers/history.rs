@@ -1,7 +1,7 @@
 //! A record's history, replayed from the event store.
 
 use async_graphql::{Context, Object, SimpleObject, ID};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 
 use custos_domain::Permission;
 use custos_projections::accesses::ReadVia;
@@ -10,6 +10,7 @@ use crate::error::ApiError;
 use crate::graphql::arguments::parse_id;
 use crate::graphql::context::Cx;
 use crate::graphql::pagination::{connection, encode_sequence, page_size_within, sequence_after};
+use crate::graphql::resolvers::reports::time_axes;
 use crate::graphql::types::history::{FieldChange, HistoryConnection, HistoryEvent};
 use crate::service::audit::history::{
     diff, record_history, record_states, role_history, state_fields, user_history, HistoryEntry,
@@ -22,7 +23,8 @@ pub(crate) struct FieldValue {
     value: Option<String>,
 }
 
-/// A record exactly as it was at a moment, replayed from its events.
+/// A record as the history had it at a moment, with the values in force on a day, replayed
+/// from its events.
 #[derive(SimpleObject)]
 pub(crate) struct RecordAsOf {
     id: ID,
@@ -30,6 +32,10 @@ pub(crate) struct RecordAsOf {
     version: i64,
     /// When its latest event up to that moment was recorded.
     changed_at: DateTime<Utc>,
+    /// The moment of the history described.
+    recorded_at: DateTime<Utc>,
+    /// The day whose values are shown.
+    effective_at: NaiveDate,
     /// Every field that had a value (API names, values as in history; erased ones as
     /// `[erased]`), and `archived`, `restricted`, `erased`, `hiredFrom`, `hiredAs`.
     fields: Vec<FieldValue>,
@@ -40,33 +46,58 @@ pub(crate) struct HistoryQuery;
 
 #[Object]
 impl HistoryQuery {
-    /// A record exactly as it was at `at`, replayed from its events (`history` on its
-    /// datasheet). Before the record existed: `NOT_FOUND`; a time in the future: `VALIDATION`.
+    /// A record as its history stood at `recordedAt` ("what the system said then"), with the
+    /// values in force on `effectiveAt` ("what was true then"): either alone takes the other
+    /// as now or as that moment's day (`at` is `recordedAt`'s older name). `history` on its
+    /// datasheet. Before the record was recorded or took effect: `NOT_FOUND`; `recordedAt` in
+    /// the future: `VALIDATION`.
     async fn record_as_of(
         &self,
         ctx: &Context<'_>,
         id: ID,
-        at: DateTime<Utc>,
+        #[graphql(deprecation = "use recordedAt")] at: Option<DateTime<Utc>>,
+        recorded_at: Option<DateTime<Utc>>,
+        effective_at: Option<NaiveDate>,
     ) -> Result<RecordAsOf, ApiError> {
         let cx = Cx::new(ctx)?;
         let record = cx.authorized_record(&id, Permission::History).await?;
+        let (recorded_at, effective_at) = match time_axes(at, recorded_at, effective_at) {
+            Ok(Some(axes)) => axes,
+            Ok(None) => {
+                return Err(ApiError::validation(
+                    "recordedAt",
+                    "give `recordedAt`, `effectiveAt` or both",
+                ))
+            }
+            Err(ApiError::Validation { message, field }) if at.is_some() => {
+                // `at` keeps the name it always had in its errors.
+                let field = field.map(|f| if f == "asOf" { "at".to_owned() } else { f });
+                return Err(ApiError::Validation {
+                    message: message.replace("`asOf`", "`at`"),
+                    field,
+                });
+            }
+            Err(err) => return Err(err),
+        };
         cx.record_reads(&[record.id], ReadVia::History).await?;
-        if at > Utc::now() {
-            return Err(ApiError::validation("at", "`at` is in the future"));
-        }
         let states = record_states(&cx.tenant().log, record.id)
             .await
             .map_err(ApiError::internal)?;
         let (changed_at, state) = states
             .iter()
-            .take_while(|(recorded_at, _)| *recorded_at <= at)
+            .take_while(|(at, _)| *at <= recorded_at)
             .last()
             .ok_or(ApiError::NotFound)?;
+        if state.starts().is_some_and(|starts| starts > effective_at) {
+            return Err(ApiError::NotFound);
+        }
         Ok(RecordAsOf {
             id: ID(record.id.to_string()),
             version: i64::try_from(state.version()).map_err(ApiError::internal)?,
             changed_at: *changed_at,
-            fields: state_fields(state)
+            recorded_at,
+            effective_at,
+            fields: state_fields(state, Some(effective_at))
                 .into_iter()
                 .map(|(field, value)| FieldValue { field, value })
                 .collect(),
@@ -74,13 +105,16 @@ impl HistoryQuery {
     }
 
     /// The fields that differ between two versions of a record (0: before it existed;
-    /// `history` on its datasheet). Versions it never had: `VALIDATION`.
+    /// `history` on its datasheet): with `effectiveAt`, the values each version had in force
+    /// on that day; without, with every change each version holds (scheduled ones too).
+    /// Versions it never had: `VALIDATION`.
     async fn record_diff(
         &self,
         ctx: &Context<'_>,
         id: ID,
         from_version: i64,
         to_version: i64,
+        effective_at: Option<NaiveDate>,
     ) -> Result<Vec<FieldChange>, ApiError> {
         let cx = Cx::new(ctx)?;
         let record = cx.authorized_record(&id, Permission::History).await?;
@@ -110,7 +144,7 @@ impl HistoryQuery {
                 .and_then(|i| states.get(i))
                 .map_or(&empty, |(_, state)| state)
         };
-        Ok(diff(state(from_version), state(to_version))
+        Ok(diff(state(from_version), state(to_version), effective_at)
             .into_iter()
             .map(FieldChange::from)
             .collect())

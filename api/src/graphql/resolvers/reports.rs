@@ -2,7 +2,7 @@
 //! past moment (replayed from the event history); headcount and the applicant pipeline.
 
 use async_graphql::{Context, Object, SimpleObject};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use custos_domain::{CustomKind, Datasheet, FieldKind, Permission};
 use custos_projections::accesses::ReadVia;
 use custos_projections::record_query::{self, Field};
@@ -27,8 +27,13 @@ pub(crate) struct ReportGroup {
 pub(crate) struct Report {
     datasheet: DatasheetKind,
     group_by: String,
-    /// The moment an as-of report describes; `null` for today's records.
+    /// The moment of the history a report from the history describes (as `recordedAt`);
+    /// `null` for today's records.
     as_of: Option<DateTime<Utc>>,
+    /// The history as recorded up to this moment... (`null` for today's records)
+    recorded_at: Option<DateTime<Utc>>,
+    /// ... with the values in force on this day (`null` for today's records).
+    effective_at: Option<NaiveDate>,
     /// Records counted (list fields count a record once per entry in `groups`).
     total: i64,
     groups: Vec<ReportGroup>,
@@ -56,27 +61,60 @@ fn group_field(
     }
 }
 
-fn check_moment(at: DateTime<Utc>) -> Result<(), ApiError> {
-    if at > Utc::now() {
+/// The two time axes of a question about the past: the history as recorded up to a moment
+/// (`recordedAt`, or its older name `asOf`; default now) and the values in force on a day
+/// (`effectiveAt`; default the day of that moment). `None` when neither is given.
+pub(crate) fn time_axes(
+    as_of: Option<DateTime<Utc>>,
+    recorded_at: Option<DateTime<Utc>>,
+    effective_at: Option<NaiveDate>,
+) -> Result<Option<(DateTime<Utc>, NaiveDate)>, ApiError> {
+    if as_of.is_some() && recorded_at.is_some() {
         return Err(ApiError::validation(
             "asOf",
-            "`asOf` is in the future; reports describe the past and the present",
+            "give `recordedAt` or its older name `asOf`, not both",
         ));
     }
-    Ok(())
+    let name = if as_of.is_some() {
+        "asOf"
+    } else {
+        "recordedAt"
+    };
+    let Some(recorded) = recorded_at.or(as_of).or(effective_at.map(|_| Utc::now())) else {
+        return Ok(None);
+    };
+    if recorded > Utc::now() {
+        return Err(ApiError::validation(
+            name,
+            format!("`{name}` is in the future: the history is recorded up to now"),
+        ));
+    }
+    let effective = effective_at.unwrap_or(recorded.date_naive());
+    let today = Utc::now().date_naive();
+    if effective < custos_domain::record::earliest_effective_day()
+        || effective > custos_domain::record::latest_effective_day(today)
+    {
+        return Err(ApiError::validation(
+            "effectiveAt",
+            "`effectiveAt` must be a day from 1900-01-01 to ten years from today",
+        ));
+    }
+    Ok(Some((recorded, effective)))
 }
 
 fn report(
     datasheet: Datasheet,
     group_by: String,
-    as_of: Option<DateTime<Utc>>,
+    axes: Option<(DateTime<Utc>, NaiveDate)>,
     counts: Vec<(Option<String>, i64)>,
     records: i64,
 ) -> Report {
     Report {
         datasheet: datasheet.into(),
         group_by,
-        as_of,
+        as_of: axes.map(|(recorded, _)| recorded),
+        recorded_at: axes.map(|(recorded, _)| recorded),
+        effective_at: axes.map(|(_, effective)| effective),
         total: records,
         groups: counts
             .into_iter()
@@ -89,16 +127,16 @@ async fn as_of_report(
     ctx: &Context<'_>,
     datasheet: Datasheet,
     group_by: String,
-    at: DateTime<Utc>,
+    (recorded_at, effective_at): (DateTime<Utc>, NaiveDate),
     employed_only: bool,
 ) -> Result<Report, ApiError> {
     let cx = Cx::new(ctx)?;
-    check_moment(at)?;
     let schema = cx.services.custom_schema(cx.tenant(), datasheet).await?;
     let field = group_field(datasheet, &schema, &group_by)?;
     let request = AsOf {
         datasheet,
-        at,
+        recorded_at,
+        effective_at,
         group_by: field.json_key(),
         employed_only,
     };
@@ -111,7 +149,7 @@ async fn as_of_report(
     Ok(report(
         datasheet,
         group_by,
-        Some(at),
+        Some((recorded_at, effective_at)),
         counted.counts,
         counted.records,
     ))
@@ -124,9 +162,11 @@ pub(crate) struct ReportsQuery;
 impl ReportsQuery {
     /// Counts a datasheet's records per value of `groupBy` (any field but long texts and
     /// dates: e.g. `department`, `stage`, `custom.shirt_size`). Today's records take the
-    /// lists' `filter`, `search` and `includeArchived`; with `asOf`, the records as they were
-    /// at that moment are counted from the history (then without filters). Needs `report` on
-    /// the datasheet.
+    /// lists' `filter`, `search` and `includeArchived`. From the history instead (then without
+    /// filters): `recordedAt` counts the records as recorded up to that moment ("what the
+    /// system said then"), `effectiveAt` with the values in force on that day ("what was true
+    /// then", corrections entered later included); either alone takes the other as now or as
+    /// that moment's day. Needs `report` on the datasheet.
     #[allow(clippy::too_many_arguments)]
     async fn report(
         &self,
@@ -139,19 +179,25 @@ impl ReportsQuery {
         filter: Option<RecordsFilter>,
         search: Option<String>,
         include_archived: Option<bool>,
-        as_of: Option<DateTime<Utc>>,
+        #[graphql(deprecation = "use recordedAt")] as_of: Option<DateTime<Utc>>,
+        recorded_at: Option<DateTime<Utc>>,
+        effective_at: Option<NaiveDate>,
     ) -> Result<Report, ApiError> {
         let cx = Cx::new(ctx)?;
         let datasheet = Datasheet::from(datasheet);
         check_datasheet(cx.caller, datasheet, Permission::Report)?;
-        if let Some(at) = as_of {
+        if let Some(axes) = time_axes(as_of, recorded_at, effective_at)? {
             if filter.is_some() || search.is_some() || include_archived.is_some() {
                 return Err(ApiError::validation(
-                    "asOf",
-                    "a report as of a past moment counts the whole datasheet: no filter, search or includeArchived",
+                    match (effective_at, recorded_at) {
+                        (Some(_), _) => "effectiveAt",
+                        (None, Some(_)) => "recordedAt",
+                        (None, None) => "asOf",
+                    },
+                    "a report from the history counts the whole datasheet: no filter, search or includeArchived",
                 ));
             }
-            return as_of_report(ctx, datasheet, group_by, at, false).await;
+            return as_of_report(ctx, datasheet, group_by, axes, false).await;
         }
         let schema = cx.services.custom_schema(cx.tenant(), datasheet).await?;
         let field = group_field(datasheet, &schema, &group_by)?;
@@ -182,16 +228,24 @@ impl ReportsQuery {
         Ok(report(datasheet, group_by, None, counts, records))
     }
 
-    /// Employees employed at `asOf` (started by that day or without a start date, not ended
-    /// before it, not archived then), from the history, per value of `groupBy` (default
-    /// `department`). Needs `report` on employees.
+    /// Employees employed on `effectiveAt` (started by that day or without a start date, not
+    /// ended before it), by their employment dates as in force that day — an employee entered
+    /// later with an earlier start date counts — among the employees as recorded up to
+    /// `recordedAt` and not archived then, per value of `groupBy` (default `department`).
+    /// Defaults: `recordedAt` now, `effectiveAt` the day of `recordedAt`. Needs `report` on
+    /// employees.
     async fn headcount(
         &self,
         ctx: &Context<'_>,
-        as_of: DateTime<Utc>,
+        #[graphql(deprecation = "use recordedAt")] as_of: Option<DateTime<Utc>>,
+        recorded_at: Option<DateTime<Utc>>,
+        effective_at: Option<NaiveDate>,
         group_by: Option<String>,
     ) -> Result<Report, ApiError> {
         let group_by = group_by.unwrap_or_else(|| "department".to_owned());
-        as_of_report(ctx, Datasheet::Employees, group_by, as_of, true).await
+        let axes = time_axes(as_of, recorded_at, effective_at)?;
+        let now = Utc::now();
+        let axes = axes.unwrap_or((now, now.date_naive()));
+        as_of_report(ctx, Datasheet::Employees, group_by, axes, true).await
     }
 }

@@ -3,7 +3,7 @@
 
 use async_graphql::connection::{Connection, EmptyFields};
 use async_graphql::{SimpleObject, ID};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 
 use super::actor::Actor;
 use crate::graphql::pagination::ConnectionTotal;
@@ -34,6 +34,11 @@ pub(crate) struct HistoryEvent {
     sequence: i64,
     event_type: String,
     recorded_at: DateTime<Utc>,
+    /// The day a change of values takes effect (`null` for other events): later than
+    /// `recordedAt` for a scheduled change, earlier for a correction.
+    effective_from: Option<NaiveDate>,
+    /// Whether the change was entered after the day it takes effect: it corrects the past.
+    correction: bool,
     /// `null` only for events written without metadata.
     actor: Option<Actor>,
     /// The request that caused the event.
@@ -48,6 +53,10 @@ impl From<HistoryEntry> for HistoryEvent {
             sequence: entry.sequence,
             event_type: entry.event_type,
             recorded_at: entry.recorded_at,
+            effective_from: entry.effective_from,
+            correction: entry
+                .effective_from
+                .is_some_and(|day| day < entry.recorded_at.date_naive()),
             actor: entry
                 .metadata
                 .map(|m| Actor::new(m.actor.id(), Some(m.actor))),

@@ -76,6 +76,53 @@ impl RecordCommon {
     async fn custom_fields(&self, ctx: &Context<'_>) -> Result<Vec<CustomFieldValue>, ApiError> {
         custom_fields::values(ctx, self.0.datasheet(), &self.0.fields).await
     }
+    /// Changes entered to take effect on a later day, soonest first. The record's fields show
+    /// the values in force today; each of these becomes one of them on its day.
+    async fn pending_changes(&self, ctx: &Context<'_>) -> Result<Vec<PendingChange>, ApiError> {
+        let cx = Cx::new(ctx)?;
+        let pending = records::pending_changes(&cx.tenant().pool, self.0.id).await?;
+        Ok(pending.into_iter().map(PendingChange::from).collect())
+    }
+}
+
+/// A change of a record that takes effect on a later day.
+#[derive(SimpleObject)]
+pub(crate) struct PendingChange {
+    /// The day it takes effect.
+    effective_from: NaiveDate,
+    recorded_at: DateTime<Utc>,
+    recorded_by: Actor,
+    /// The record's version it was recorded at: its entry in `recordHistory`.
+    version: i64,
+    /// The fields it changes, with their values from that day (`null`: cleared).
+    changes: Vec<PendingValue>,
+}
+
+/// One field's value in a pending change.
+#[derive(SimpleObject)]
+pub(crate) struct PendingValue {
+    field: String,
+    value: Option<String>,
+}
+
+impl From<records::PendingChange> for PendingChange {
+    fn from(pending: records::PendingChange) -> Self {
+        Self {
+            effective_from: pending.effective_from,
+            recorded_at: pending.recorded_at,
+            recorded_by: Actor::new(pending.recorded_by, None),
+            version: pending.sequence,
+            changes: pending
+                .changes
+                .0
+                .iter()
+                .map(|(name, value)| PendingValue {
+                    field: crate::error::api_field_name(name),
+                    value: crate::service::audit::history::display(Some(value)),
+                })
+                .collect(),
+        }
+    }
 }
 
 /// A datasheet's GraphQL object and its create and update inputs, from one field table.
@@ -565,6 +612,12 @@ macro_rules! record_interface {
             ) -> async_graphql::Result<Vec<CustomFieldValue>> {
                 Ok(self.0.custom_fields(ctx).await?)
             }
+            async fn pending_changes(
+                &self,
+                ctx: &Context<'_>,
+            ) -> async_graphql::Result<Vec<PendingChange>> {
+                Ok(self.0.pending_changes(ctx).await?)
+            }
         }
     )*};
 }
@@ -587,7 +640,8 @@ record_interface!(Employee, Contact, Applicant);
     field(name = "updated_at", ty = "DateTime<Utc>"),
     field(name = "created_by", ty = "Actor"),
     field(name = "updated_by", ty = "Actor"),
-    field(name = "custom_fields", ty = "Vec<CustomFieldValue>")
+    field(name = "custom_fields", ty = "Vec<CustomFieldValue>"),
+    field(name = "pending_changes", ty = "Vec<PendingChange>")
 )]
 pub(crate) enum RecordNode {
     Employee(Employee),

@@ -45,7 +45,8 @@ fn key_error(err: KeyError) -> PersistenceError {
     }
 }
 
-/// What stays readable of a sealed payload: its datasheet and the names of its fields.
+/// What stays readable of a sealed payload: its datasheet, the names of its fields, and the day
+/// a change takes effect (so an erased person's records still stand in time, without values).
 fn clear_summary(payload: &Value) -> Value {
     let Some((_, body)) = payload.as_object().and_then(|m| m.iter().next()) else {
         return Value::Null;
@@ -57,6 +58,9 @@ fn clear_summary(payload: &Value) -> Value {
     if let Some(datasheet) = body.get("datasheet") {
         clear.insert("datasheet".into(), datasheet.clone());
     }
+    if let Some(day) = body.get("effective_from") {
+        clear.insert("effective_from".into(), day.clone());
+    }
     let nested: Vec<&str> = ["fields", "changes"]
         .iter()
         .filter_map(|key| body.get(*key).and_then(Value::as_object))
@@ -64,7 +68,7 @@ fn clear_summary(payload: &Value) -> Value {
         .collect();
     let names: Vec<Value> = if nested.is_empty() {
         body.keys()
-            .filter(|k| k.as_str() != "datasheet")
+            .filter(|k| !matches!(k.as_str(), "datasheet" | "effective_from"))
             .map(|k| Value::String(k.clone()))
             .collect()
     } else {
@@ -111,9 +115,11 @@ fn erased_payload(event: &SerializedEvent) -> Option<Value> {
         ErasedReading::Redacted => Some(Value::String("Redacted".into())),
         ErasedReading::ValuesMarked(key) => {
             let datasheet = clear.get("datasheet")?.clone();
-            Some(
-                serde_json::json!({ event.event_type.clone(): { "datasheet": datasheet, key: values } }),
-            )
+            let mut body = serde_json::json!({ "datasheet": datasheet, key: values });
+            if let Some(day) = clear.get("effective_from") {
+                body["effective_from"] = day.clone();
+            }
+            Some(serde_json::json!({ event.event_type.clone(): body }))
         }
     }
 }

@@ -1,7 +1,7 @@
 //! History: a record's events replayed from the event store (so they pass through the codec),
 //! with the field-level change each one made.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use cqrs_es::Aggregate;
 use custos_domain::{EventMetadata, Record, RecordEvent, Role, RoleEvent, User, UserEvent};
 use serde_json::Value;
@@ -24,6 +24,8 @@ pub(crate) struct HistoryEntry {
     pub(crate) sequence: i64,
     pub(crate) event_type: String,
     pub(crate) recorded_at: DateTime<Utc>,
+    /// The day a change of values takes effect (`None` for other events).
+    pub(crate) effective_from: Option<NaiveDate>,
     pub(crate) metadata: Option<EventMetadata>,
     pub(crate) changes: Vec<FieldChange>,
 }
@@ -31,7 +33,7 @@ pub(crate) struct HistoryEntry {
 /// How an erased value shows in history.
 pub(crate) const ERASED: &str = "[erased]";
 
-fn display(value: Option<&Value>) -> Option<String> {
+pub(crate) fn display(value: Option<&Value>) -> Option<String> {
     match value? {
         Value::Null => None,
         value if custos_domain::record::is_erased_marker(value) => Some(ERASED.to_owned()),
@@ -52,8 +54,24 @@ fn flag(value: bool) -> Option<String> {
     Some(value.to_string())
 }
 
-/// The change each event makes to `state`, which it then applies.
-fn changes(state: &mut Record, event: RecordEvent) -> Vec<FieldChange> {
+/// The day a record event that changes values takes effect: its own, or (written before
+/// changes were effective-dated) the day it was recorded.
+pub(crate) fn effective_day(event: &RecordEvent, recorded_at: DateTime<Utc>) -> Option<NaiveDate> {
+    match event {
+        RecordEvent::RecordCreated { effective_from, .. }
+        | RecordEvent::RecordUpdated { effective_from, .. }
+        | RecordEvent::ApplicantHired { effective_from, .. } => {
+            Some(effective_from.unwrap_or(recorded_at.date_naive()))
+        }
+        _ => None,
+    }
+}
+
+/// The change each event makes to `state`, which it then applies: each value before it is the
+/// one in force on the day the change takes effect (`day`).
+fn changes(state: &mut Record, event: RecordEvent, day: Option<NaiveDate>) -> Vec<FieldChange> {
+    let before = day.map(|day| state.fields_on(day).into_owned());
+    let before_value = |name: &str| before.as_ref().and_then(|fields| fields.get(name).cloned());
     let change = |field: &str, before: Option<String>, after: Option<String>| FieldChange {
         field: api_field_name(field),
         before,
@@ -69,7 +87,13 @@ fn changes(state: &mut Record, event: RecordEvent) -> Vec<FieldChange> {
             .collect(),
         RecordEvent::RecordUpdated { changes, .. } => changes
             .iter()
-            .map(|(name, value)| change(name, display(state.value(name)), display(Some(value))))
+            .map(|(name, value)| {
+                change(
+                    name,
+                    display(before_value(name).as_ref()),
+                    display(Some(value)),
+                )
+            })
             .collect(),
         RecordEvent::RecordArchived { .. } => vec![change("archived", flag(false), flag(true))],
         RecordEvent::RecordRestored { .. } => vec![change("archived", flag(true), flag(false))],
@@ -96,7 +120,7 @@ fn changes(state: &mut Record, event: RecordEvent) -> Vec<FieldChange> {
         RecordEvent::ApplicantHired { employee_id, .. } => vec![
             change(
                 "stage",
-                display(state.value("stage")),
+                display(before_value("stage").as_ref()),
                 Some(custos_domain::Stage::Hired.as_str().to_owned()),
             ),
             change("hired_as", None, Some(employee_id.to_string())),
@@ -115,12 +139,14 @@ pub(crate) async fn record_history(log: &EventLog, id: Uuid) -> anyhow::Result<V
         .map(|stored| {
             let metadata = EventMetadata::from_map(&stored.metadata());
             let event: RecordEvent = serde_json::from_value(stored.event.payload)?;
+            let effective_from = effective_day(&event, stored.recorded_at);
             Ok(HistoryEntry {
                 sequence: i64::try_from(stored.event.sequence)?,
                 event_type: stored.event.event_type,
                 recorded_at: stored.recorded_at,
+                effective_from,
                 metadata,
-                changes: changes(&mut state, event),
+                changes: changes(&mut state, event, effective_from),
             })
         })
         .collect()
@@ -264,6 +290,7 @@ pub(crate) async fn user_history(log: &EventLog, id: Uuid) -> anyhow::Result<Vec
                 sequence: i64::try_from(stored.event.sequence)?,
                 event_type: stored.event.event_type,
                 recorded_at: stored.recorded_at,
+                effective_from: None,
                 metadata,
                 changes: user_changes(&mut state, &event),
             })
@@ -323,6 +350,7 @@ pub(crate) async fn role_history(log: &EventLog, id: Uuid) -> anyhow::Result<Vec
                 sequence: i64::try_from(stored.event.sequence)?,
                 event_type: stored.event.event_type,
                 recorded_at: stored.recorded_at,
+                effective_from: None,
                 metadata,
                 changes,
             })
@@ -348,10 +376,17 @@ pub(crate) async fn record_states(
         .collect()
 }
 
-/// Every field of a state that has a value, by API name, with the record's flags.
-pub(crate) fn state_fields(state: &Record) -> Vec<(String, Option<String>)> {
-    let mut fields: Vec<(String, Option<String>)> = state
-        .fields()
+/// Every field of a state that has a value on `day` (`None`: with every change it holds
+/// applied), by API name, with the record's flags.
+pub(crate) fn state_fields(
+    state: &Record,
+    day: Option<NaiveDate>,
+) -> Vec<(String, Option<String>)> {
+    let values = match day {
+        Some(day) => state.fields_on(day),
+        None => std::borrow::Cow::Borrowed(state.fields()),
+    };
+    let mut fields: Vec<(String, Option<String>)> = values
         .iter()
         .filter(|(_, v)| !v.is_null())
         .map(|(name, value)| (api_field_name(name), display(Some(value))))
@@ -370,11 +405,12 @@ pub(crate) fn state_fields(state: &Record) -> Vec<(String, Option<String>)> {
 }
 
 /// The fields whose values differ between two states of a record, by API name.
-pub(crate) fn diff(before: &Record, after: &Record) -> Vec<FieldChange> {
+/// On `day`: the values in force that day in each; `None`: every change each holds applied.
+pub(crate) fn diff(before: &Record, after: &Record, day: Option<NaiveDate>) -> Vec<FieldChange> {
     let before: std::collections::BTreeMap<String, Option<String>> =
-        state_fields(before).into_iter().collect();
+        state_fields(before, day).into_iter().collect();
     let after: std::collections::BTreeMap<String, Option<String>> =
-        state_fields(after).into_iter().collect();
+        state_fields(after, day).into_iter().collect();
     let names: std::collections::BTreeSet<&String> = before.keys().chain(after.keys()).collect();
     names
         .into_iter()
@@ -401,13 +437,16 @@ mod tests {
     #[test]
     fn each_event_shows_before_and_after() {
         let mut state = Record::default();
+        let day = NaiveDate::from_ymd_opt(2026, 1, 5).unwrap();
         let created = changes(
             &mut state,
             RecordEvent::RecordCreated {
                 datasheet: Datasheet::Employees,
                 fields: [("first_name".to_owned(), json!("Ada"))].into(),
                 hired_from: None,
+                effective_from: Some(day),
             },
+            Some(day),
         );
         assert_eq!(
             created,
@@ -426,7 +465,9 @@ mod tests {
                     ("email".to_owned(), Value::Null),
                 ]
                 .into(),
+                effective_from: Some(day),
             },
+            Some(day),
         );
         assert_eq!(
             updated,
@@ -448,6 +489,7 @@ mod tests {
             RecordEvent::RecordArchived {
                 datasheet: Datasheet::Employees,
             },
+            None,
         );
         assert_eq!(archived[0].before.as_deref(), Some("false"));
         assert_eq!(archived[0].after.as_deref(), Some("true"));

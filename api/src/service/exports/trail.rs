@@ -98,6 +98,7 @@ impl RecordTrail {
                 "sequence": e.sequence,
                 "type": e.event_type,
                 "recordedAt": e.recorded_at,
+                "effectiveFrom": e.effective_from,
                 "actor": actor_json(e.metadata.as_ref()),
                 "requestId": e.metadata.map(|m| m.request_id),
                 "changes": e.changes.iter().map(|c| json!({
@@ -367,6 +368,10 @@ fn trail_files(
                     event.sequence.to_string(),
                     event.event_type.clone(),
                     time(event.recorded_at),
+                    event
+                        .effective_from
+                        .map(|day| day.to_string())
+                        .unwrap_or_default(),
                     kind.clone(),
                     actor.clone(),
                     request.clone(),
@@ -440,6 +445,7 @@ fn trail_files(
                     "sequence",
                     "event_type",
                     "recorded_at",
+                    "effective_from",
                     "actor_kind",
                     "actor_id",
                     "request_id",

@@ -99,6 +99,7 @@ impl Services {
                 record.id,
                 None,
                 changes,
+                None,
                 request_id,
             )
             .await?;
@@ -152,6 +153,7 @@ impl Services {
                 record.id,
                 None,
                 changes,
+                None,
                 request_id,
             )
             .await?;

@@ -1,0 +1,454 @@
+//! Effective-dated records: changes scheduled for a later day, corrections of the past, and
+//! questions on both time axes — what was true on a day, and what the system said at a moment.
+
+use chrono::{Duration, NaiveDate, Utc};
+use custos_tests::{slug, Response, Session, TestApp};
+use serde_json::{json, Value};
+
+const UPDATE: &str = "mutation($id: ID!, $input: UpdateEmployeeInput!, $on: NaiveDate) {
+    updateEmployee(id: $id, input: $input, effectiveFrom: $on) {
+        version jobTitle department endDate
+        pendingChanges { effectiveFrom version changes { field value } } } }";
+
+const CREATE: &str = "mutation($input: CreateEmployeeInput!, $on: NaiveDate) {
+    createEmployee(input: $input, effectiveFrom: $on) { id version } }";
+
+const REPORT: &str = "query($on: NaiveDate, $at: DateTime) {
+    report(datasheet: EMPLOYEES, groupBy: \"department\", effectiveAt: $on, recordedAt: $at) {
+        total effectiveAt groups { value count } } }";
+
+const HEADCOUNT: &str = "query($on: NaiveDate, $at: DateTime) {
+    headcount(effectiveAt: $on, recordedAt: $at) { total effectiveAt groups { value count } } }";
+
+const AS_OF: &str = "query($id: ID!, $on: NaiveDate, $at: DateTime) {
+    recordAsOf(id: $id, effectiveAt: $on, recordedAt: $at) { version effectiveAt fields { field value } } }";
+
+const HISTORY: &str = "query($id: ID!) { recordHistory(id: $id) { edges { node {
+    sequence recordedAt effectiveFrom correction changes { field before after } } } } }";
+
+const EMPLOYEE: &str = "query($id: ID!) { employee(id: $id) {
+    version jobTitle department pendingChanges { effectiveFrom } } }";
+
+fn today() -> NaiveDate {
+    Utc::now().date_naive()
+}
+
+async fn update(app: &TestApp, admin: &Session, id: &str, input: Value, on: &str) -> Response {
+    app.graphql(
+        Some(&admin.token),
+        UPDATE,
+        json!({ "id": id, "input": input, "on": on }),
+    )
+    .await
+}
+
+async fn create(app: &TestApp, admin: &Session, input: Value, on: Option<&str>) -> String {
+    app.graphql(
+        Some(&admin.token),
+        CREATE,
+        json!({ "input": input, "on": on }),
+    )
+    .await
+    .ok()
+    .data("createEmployee.id")
+    .as_str()
+    .unwrap()
+    .to_owned()
+}
+
+async fn employee(app: &TestApp, admin: &Session, id: &str) -> Value {
+    app.graphql(Some(&admin.token), EMPLOYEE, json!({ "id": id }))
+        .await
+        .ok()
+        .data("employee")
+        .clone()
+}
+
+/// A record's fields as `recordAsOf` gives them: field name to value.
+fn as_of_fields(response: &Response) -> std::collections::BTreeMap<String, Value> {
+    response
+        .data("recordAsOf.fields")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["field"].as_str().unwrap().to_owned(), f["value"].clone()))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_promotion_dated_next_month_waits_in_pending_changes_and_takes_effect_on_its_day() {
+    let app = TestApp::spawn().await;
+    let admin = app.sign_up(&slug("scheduled")).await;
+    let id = create(
+        &app,
+        &admin,
+        json!({ "firstName": "Ada", "lastName": "L", "jobTitle": "Engineer" }),
+        None,
+    )
+    .await;
+    let next_month = today() + Duration::days(31);
+    let on = next_month.to_string();
+
+    let scheduled = update(&app, &admin, &id, json!({ "jobTitle": "Lead" }), &on)
+        .await
+        .ok();
+    assert_eq!(
+        scheduled.data("updateEmployee.jobTitle"),
+        "Engineer",
+        "not yet"
+    );
+    assert_eq!(scheduled.data("updateEmployee.version"), 2);
+    assert_eq!(
+        scheduled.data("updateEmployee.pendingChanges"),
+        &json!([{ "effectiveFrom": on, "version": 2,
+                  "changes": [{ "field": "jobTitle", "value": "Lead" }] }])
+    );
+    // What is true next month can be asked already; today's values are today's.
+    let then = app
+        .graphql(Some(&admin.token), AS_OF, json!({ "id": id, "on": on }))
+        .await
+        .ok();
+    assert_eq!(as_of_fields(&then)["jobTitle"], "Lead");
+    let now = app
+        .graphql(
+            Some(&admin.token),
+            AS_OF,
+            json!({ "id": id, "on": today().to_string() }),
+        )
+        .await
+        .ok();
+    assert_eq!(as_of_fields(&now)["jobTitle"], "Engineer");
+
+    // The day before: nothing takes effect. On the day: it does, without anyone acting.
+    let tenant = app.tenant(admin.tenant_id).await;
+    let day_before = next_month - Duration::days(1);
+    let took = app
+        .services
+        .scheduled_changes_take_effect(&tenant, day_before)
+        .await
+        .unwrap();
+    assert_eq!(took, 0);
+    assert_eq!(employee(&app, &admin, &id).await["jobTitle"], "Engineer");
+    let took = app
+        .services
+        .scheduled_changes_take_effect(&tenant, next_month)
+        .await
+        .unwrap();
+    assert_eq!(took, 1);
+    let current = employee(&app, &admin, &id).await;
+    assert_eq!(current["jobTitle"], "Lead");
+    assert_eq!(current["pendingChanges"], json!([]));
+    // Running the day again changes nothing.
+    let again = app
+        .services
+        .scheduled_changes_take_effect(&tenant, next_month)
+        .await
+        .unwrap();
+    assert_eq!(again, 0);
+
+    let history = app
+        .graphql(Some(&admin.token), HISTORY, json!({ "id": id }))
+        .await
+        .ok();
+    let entry = history.data("recordHistory.edges.1.node");
+    assert_eq!(entry["effectiveFrom"], on);
+    assert_eq!(entry["correction"], false);
+    assert_eq!(
+        entry["changes"],
+        json!([{ "field": "jobTitle", "before": "Engineer", "after": "Lead" }])
+    );
+    assert_eq!(
+        history.data("recordHistory.edges.0.node.effectiveFrom"),
+        &json!(today().to_string())
+    );
+}
+
+#[tokio::test]
+async fn a_correction_changes_the_past_as_effective_but_not_as_recorded_before_it() {
+    let app = TestApp::spawn().await;
+    let admin = app.sign_up(&slug("corrected")).await;
+    let mut ids = Vec::new();
+    for last in ["A", "B"] {
+        let input = json!({ "firstName": "F", "lastName": last, "department": "Sales" });
+        ids.push(create(&app, &admin, input, Some("2024-01-01")).await);
+    }
+    let before_correction = Utc::now();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let corrected = update(
+        &app,
+        &admin,
+        &ids[0],
+        json!({ "department": "Support" }),
+        "2025-01-01",
+    )
+    .await
+    .ok();
+    assert_eq!(corrected.data("updateEmployee.department"), "Support");
+    assert_eq!(corrected.data("updateEmployee.pendingChanges"), &json!([]));
+
+    let report = |on: &'static str, at: Option<String>| {
+        let app = &app;
+        let token = admin.token.clone();
+        async move {
+            app.graphql(Some(&token), REPORT, json!({ "on": on, "at": at }))
+                .await
+                .ok()
+                .data("report.groups")
+                .clone()
+        }
+    };
+    assert_eq!(
+        report("2025-06-30", None).await,
+        json!([{ "value": "Sales", "count": 1 }, { "value": "Support", "count": 1 }]),
+        "as effective: the correction holds from its day"
+    );
+    assert_eq!(
+        report("2024-06-30", None).await,
+        json!([{ "value": "Sales", "count": 2 }]),
+        "before its day, the correction changes nothing"
+    );
+    assert_eq!(
+        report("2025-06-30", Some(before_correction.to_rfc3339())).await,
+        json!([{ "value": "Sales", "count": 2 }]),
+        "as recorded before the correction, the system said Sales"
+    );
+    assert_eq!(
+        report("2023-06-30", None).await,
+        json!([]),
+        "before the records took effect, nothing is counted"
+    );
+
+    // A later change stands when an earlier-dated correction is entered after it.
+    update(
+        &app,
+        &admin,
+        &ids[1],
+        json!({ "department": "Marketing" }),
+        "2025-09-01",
+    )
+    .await
+    .ok();
+    let corrected = update(
+        &app,
+        &admin,
+        &ids[1],
+        json!({ "department": "Legal" }),
+        "2025-03-01",
+    )
+    .await
+    .ok();
+    assert_eq!(
+        corrected.data("updateEmployee.department"),
+        "Marketing",
+        "today's value is the change that takes effect last"
+    );
+    assert_eq!(
+        employee(&app, &admin, &ids[1]).await["department"],
+        "Marketing"
+    );
+    assert_eq!(
+        report("2025-06-30", None).await,
+        json!([{ "value": "Legal", "count": 1 }, { "value": "Support", "count": 1 }])
+    );
+    let history = app
+        .graphql(Some(&admin.token), HISTORY, json!({ "id": ids[1] }))
+        .await
+        .ok();
+    let correction = history.data("recordHistory.edges.2.node");
+    assert_eq!(correction["correction"], true);
+    assert_eq!(correction["effectiveFrom"], "2025-03-01");
+    assert_eq!(
+        correction["changes"],
+        json!([{ "field": "department", "before": "Sales", "after": "Legal" }]),
+        "before: the value in force on the correction's day"
+    );
+}
+
+#[tokio::test]
+async fn headcount_places_staff_entered_later_by_their_employment_dates() {
+    let app = TestApp::spawn().await;
+    let admin = app.sign_up(&slug("headcount")).await;
+    for (last, start, end) in [
+        ("A", "2021-02-01", None),
+        ("B", "2024-05-01", None),
+        ("C", "2020-01-01", Some("2022-12-31")),
+    ] {
+        let input = json!({ "firstName": "F", "lastName": last, "department": "Ops",
+                            "startDate": start, "endDate": end });
+        create(&app, &admin, input, None).await;
+    }
+    let headcount = |on: &'static str| {
+        let app = &app;
+        let token = admin.token.clone();
+        async move {
+            let response = app
+                .graphql(Some(&token), HEADCOUNT, json!({ "on": on }))
+                .await
+                .ok();
+            assert_eq!(response.data("headcount.effectiveAt"), on);
+            response.data("headcount.total").clone()
+        }
+    };
+    assert_eq!(headcount("2023-06-30").await, 1, "A only");
+    assert_eq!(headcount("2022-06-30").await, 2, "A and C");
+    assert_eq!(headcount("2025-12-31").await, 2, "A and B");
+    assert_eq!(headcount("2019-12-31").await, 0);
+}
+
+#[tokio::test]
+async fn an_erased_record_has_no_values_on_either_axis() {
+    let app = TestApp::spawn().await;
+    let admin = app.sign_up(&slug("erased-dated")).await;
+    let id = create(
+        &app,
+        &admin,
+        json!({ "firstName": "Eve", "lastName": "Secret", "department": "Vault" }),
+        Some("2024-01-01"),
+    )
+    .await;
+    update(
+        &app,
+        &admin,
+        &id,
+        json!({ "department": "Attic" }),
+        "2025-01-01",
+    )
+    .await
+    .ok();
+    let later = (today() + Duration::days(40)).to_string();
+    update(&app, &admin, &id, json!({ "jobTitle": "Keeper" }), &later)
+        .await
+        .ok();
+    let before_erasure = Utc::now();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    app.graphql(
+        Some(&admin.token),
+        "mutation($id: ID!) { eraseRecord(id: $id, expectedVersion: 3, ground: OBJECTION) { id } }",
+        json!({ "id": id }),
+    )
+    .await
+    .ok();
+    assert_eq!(
+        employee(&app, &admin, &id).await["pendingChanges"],
+        json!([])
+    );
+    let mut db = app.tenant_admin(admin.tenant_id).await;
+    let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM pending_changes")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(
+        pending, 0,
+        "the scheduled values are gone from the read model"
+    );
+
+    let secrets = ["Eve", "Secret", "Vault", "Attic", "Keeper"];
+    for (on, at) in [
+        ("2024-06-30", None),
+        ("2025-06-30", None),
+        (later.as_str(), None),
+        ("2025-06-30", Some(before_erasure.to_rfc3339())),
+        (later.as_str(), Some(before_erasure.to_rfc3339())),
+    ] {
+        let response = app
+            .graphql(
+                Some(&admin.token),
+                AS_OF,
+                json!({ "id": id, "on": on, "at": at }),
+            )
+            .await
+            .ok();
+        let text = response.body.to_string();
+        for secret in secrets {
+            assert!(!text.contains(secret), "{secret} on {on}/{at:?}: {text}");
+        }
+    }
+    let counted = app
+        .graphql(Some(&admin.token), REPORT, json!({ "on": "2025-06-30" }))
+        .await
+        .ok();
+    assert_eq!(
+        counted.data("report.groups"),
+        &json!([{ "value": null, "count": 1 }]),
+        "still a record, without a value"
+    );
+}
+
+#[tokio::test]
+async fn bad_days_are_refused_naming_the_field_and_change_nothing() {
+    let app = TestApp::spawn().await;
+    let admin = app.sign_up(&slug("bad-days")).await;
+    let id = create(
+        &app,
+        &admin,
+        json!({ "firstName": "Ada", "lastName": "L", "startDate": "2024-01-01",
+                "endDate": "2026-12-31" }),
+        Some("2024-01-01"),
+    )
+    .await;
+    let ten_years_on = (today() + Duration::days(3_660)).to_string();
+    for on in [
+        "1899-12-31",
+        ten_years_on.as_str(),
+        "2023-12-31",
+        "2026-13-01",
+        "next week",
+    ] {
+        let refused = update(&app, &admin, &id, json!({ "jobTitle": "X" }), on).await;
+        assert_eq!(refused.code(), Some("VALIDATION"), "{on}: {}", refused.body);
+        assert_eq!(
+            refused.field(),
+            Some("effectiveFrom"),
+            "{on}: {}",
+            refused.body
+        );
+    }
+    // A correction that would end the employment before it starts, on any later day.
+    let refused = update(
+        &app,
+        &admin,
+        &id,
+        json!({ "startDate": "2027-02-01" }),
+        "2024-06-01",
+    )
+    .await;
+    assert_eq!(refused.code(), Some("VALIDATION"), "{}", refused.body);
+    assert_eq!(refused.field(), Some("endDate"), "{}", refused.body);
+    // A record does not take effect in the future.
+    let tomorrow = (today() + Duration::days(1)).to_string();
+    let refused = app
+        .graphql(
+            Some(&admin.token),
+            CREATE,
+            json!({ "input": { "firstName": "B", "lastName": "C" }, "on": tomorrow }),
+        )
+        .await;
+    assert_eq!(refused.field(), Some("effectiveFrom"), "{}", refused.body);
+    // Questions about a recorded moment to come.
+    let future = (Utc::now() + Duration::hours(1)).to_rfc3339();
+    let refused = app
+        .graphql(Some(&admin.token), AS_OF, json!({ "id": id, "at": future }))
+        .await;
+    assert_eq!(refused.code(), Some("VALIDATION"));
+    assert_eq!(refused.field(), Some("recordedAt"));
+    let refused = app
+        .graphql(Some(&admin.token), HEADCOUNT, json!({ "at": future }))
+        .await;
+    assert_eq!(refused.field(), Some("recordedAt"), "{}", refused.body);
+
+    let unchanged = employee(&app, &admin, &id).await;
+    assert_eq!(unchanged["version"], 1);
+    assert_eq!(unchanged["pendingChanges"], json!([]));
+    let employees: i64 = app
+        .graphql(
+            Some(&admin.token),
+            "{ employees { totalCount } }",
+            json!({}),
+        )
+        .await
+        .ok()
+        .data("employees.totalCount")
+        .as_i64()
+        .unwrap();
+    assert_eq!(employees, 1);
+}
