@@ -71,6 +71,8 @@ impl Services {
     /// Patches a record of `datasheet`; `expected_version` guards against lost updates. The
     /// change takes effect on `effective_from` (`None`: today): a later day schedules it, an
     /// earlier one corrects the past.
+    // The request's parts, each of its own kind: a struct of them would only be unpacked here.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn update_record(
         &self,
         principal: &Principal,
