@@ -339,6 +339,10 @@ impl From<RecordError> for ApiError {
             RecordError::NotFound => ApiError::NotFound,
             RecordError::StaleVersion { .. } => ApiError::Conflict(err.to_string()),
             RecordError::Restricted => ApiError::Restricted,
+            RecordError::NotScheduled(_) => ApiError::Validation {
+                message: err.to_string(),
+                field: Some("version".into()),
+            },
             RecordError::AlreadyRestricted | RecordError::NotRestricted => ApiError::Validation {
                 message: err.to_string(),
                 field: None,

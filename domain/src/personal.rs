@@ -14,7 +14,8 @@ pub const SUBJECT_TYPES: [&str; 3] = [Record::TYPE, User::TYPE, Consents::TYPE];
 
 /// Record events that carry no personal value (ids, flags, the erasure itself): they stay in
 /// clear, so they read the same after an erasure.
-pub const CLEAR_RECORD_EVENTS: [&str; 6] = [
+pub const CLEAR_RECORD_EVENTS: [&str; 7] = [
+    "ScheduledChangeCancelled",
     "RecordArchived",
     "RecordRestored",
     "ApplicantHired",
@@ -94,7 +95,8 @@ impl RecordEvent {
             | RecordEvent::ApplicantHired { .. }
             | RecordEvent::RecordErased { .. }
             | RecordEvent::RecordRestricted { .. }
-            | RecordEvent::RestrictionLifted { .. } => false,
+            | RecordEvent::RestrictionLifted { .. }
+            | RecordEvent::ScheduledChangeCancelled { .. } => false,
         }
     }
 
@@ -118,6 +120,7 @@ impl RecordEvent {
                 names(["restricted"])
             }
             RecordEvent::ApplicantHired { .. } => names(["stage", "hired_as"]),
+            RecordEvent::ScheduledChangeCancelled { .. } => names(["pending_changes"]),
             RecordEvent::RecordErased { fields, .. } => fields.clone(),
         }
     }
@@ -227,6 +230,10 @@ mod tests {
                 reason: RestrictionReason::LegalClaims,
             },
             RecordEvent::RestrictionLifted { datasheet },
+            RecordEvent::ScheduledChangeCancelled {
+                datasheet,
+                version: 2,
+            },
             RecordEvent::RecordErased {
                 datasheet,
                 fields: Vec::new(),

@@ -37,11 +37,12 @@ pub struct Record {
     erased: bool,
     /// Processing is restricted (GDPR Art. 18): readable and exportable, not changeable.
     restricted: bool,
-    /// Every value the record was given, by the day it takes effect (the creation's values
-    /// on the record's first day); the changes of one day merged in the order they were
-    /// recorded, `null` where a value was cleared. `fields` is all of it applied: the values
-    /// in force from the last of these days on.
-    timeline: BTreeMap<NaiveDate, Fields>,
+    /// Every value the record was given, by the day it takes effect and then the version it
+    /// was recorded at (the creation's values on the record's first day), `null` where a value
+    /// was cleared. `fields` is all of it applied: the values in force from the last of these
+    /// days on.
+    #[serde(with = "timeline_entries")]
+    timeline: BTreeMap<(NaiveDate, u64), Fields>,
     /// The day the record takes effect: its creation's `effective_from` (`None` for records
     /// created before changes were effective-dated).
     starts: Option<NaiveDate>,
@@ -150,6 +151,13 @@ pub enum RecordCommand {
         reason: RestrictionReason,
     },
     LiftRestriction,
+    /// Cancels the scheduled change recorded at `version` (one that takes effect after
+    /// `today`).
+    CancelScheduledChange {
+        version: u64,
+        expected_version: Option<u64>,
+        today: NaiveDate,
+    },
     /// Erases the record's subject (the service then destroys its data key). Irreversible;
     /// needs the current version.
     Erase {
@@ -205,6 +213,11 @@ pub enum RecordEvent {
     RestrictionLifted {
         datasheet: Datasheet,
     },
+    /// The change recorded at `version`, scheduled for a later day, will not take effect.
+    ScheduledChangeCancelled {
+        datasheet: Datasheet,
+        version: u64,
+    },
     /// The subject was erased: `fields` names the fields that held values.
     RecordErased {
         datasheet: Datasheet,
@@ -245,6 +258,8 @@ pub enum RecordError {
     AlreadyRestricted,
     #[error("processing of the record is not restricted")]
     NotRestricted,
+    #[error("no change recorded at version {0} of the record is still scheduled")]
+    NotScheduled(u64),
     /// Several of the above about fields at once (each an `UnknownField`, `MissingField` or
     /// `InvalidField`): every problem of a command's values is told together.
     #[error("{}", joined(.0))]
@@ -292,6 +307,7 @@ impl DomainEvent for RecordEvent {
             RecordEvent::RecordErased { .. } => "RecordErased",
             RecordEvent::RecordRestricted { .. } => "RecordRestricted",
             RecordEvent::RestrictionLifted { .. } => "RestrictionLifted",
+            RecordEvent::ScheduledChangeCancelled { .. } => "ScheduledChangeCancelled",
         }
         .to_owned()
     }
@@ -348,10 +364,20 @@ impl Record {
     /// they take effect (and of recording, within a day). Nothing before the record starts.
     pub fn fields_on(&self, day: NaiveDate) -> Cow<'_, Fields> {
         match self.timeline.keys().next_back() {
-            Some(last) if *last <= day => Cow::Borrowed(&self.fields),
+            Some((last, _)) if *last <= day => Cow::Borrowed(&self.fields),
             None => Cow::Borrowed(&self.fields),
-            Some(_) => Cow::Owned(fold(self.timeline.range(..=day).map(|(_, c)| c))),
+            Some(_) => Cow::Owned(fold(
+                self.timeline.range(..=(day, u64::MAX)).map(|(_, c)| c),
+            )),
         }
+    }
+
+    /// The day the change recorded at `version` takes effect, if it changed values.
+    pub fn change_day(&self, version: u64) -> Option<NaiveDate> {
+        self.timeline
+            .keys()
+            .find(|(_, at)| *at == version)
+            .map(|(day, _)| *day)
     }
 
     /// The day an event without one takes effect: the record's last day so far (events
@@ -359,17 +385,18 @@ impl Record {
     /// recorded).
     fn day_of(&self, effective_from: Option<NaiveDate>) -> NaiveDate {
         effective_from
-            .or_else(|| self.timeline.keys().next_back().copied())
+            .or_else(|| self.timeline.keys().next_back().map(|(day, _)| *day))
             .unwrap_or(NaiveDate::MIN)
     }
 
-    /// Records `changes` as taking effect on `day`, after what that day already had.
+    /// Records `changes`, of the event that brings the record to its current version, as
+    /// taking effect on `day`, after what that day already had.
     fn change_on(&mut self, day: NaiveDate, changes: Fields) {
         let last = self
             .timeline
             .keys()
             .next_back()
-            .is_none_or(|last| *last <= day);
+            .is_none_or(|(last, _)| *last <= day);
         if last {
             for (name, value) in &changes {
                 if value.is_null() {
@@ -379,7 +406,7 @@ impl Record {
                 }
             }
         }
-        self.timeline.entry(day).or_default().extend(changes);
+        self.timeline.insert((day, self.version), changes);
         if !last {
             self.fields = fold(self.timeline.values());
         }
@@ -435,8 +462,26 @@ impl Record {
         let mut after = self.fields_on(day).into_owned();
         after.extend(changes.iter().map(|(k, v)| (k.clone(), v.clone())));
         check_record(datasheet, &after)?;
-        for (_, later) in self.timeline.range(day..).skip_while(|(d, _)| **d == day) {
+        for (_, later) in self.timeline.range((day, u64::MAX)..) {
             after.extend(later.iter().map(|(k, v)| (k.clone(), v.clone())));
+            check_record(datasheet, &after)?;
+        }
+        Ok(())
+    }
+
+    /// The rules across fields without the change recorded at `version` (on `day`): on that
+    /// day and on every later day on which some change takes effect.
+    fn check_without(
+        &self,
+        datasheet: Datasheet,
+        day: NaiveDate,
+        version: u64,
+    ) -> Result<(), RecordError> {
+        let mut after = fold(self.timeline.range(..(day, 0)).map(|(_, c)| c));
+        for ((_, at), change) in self.timeline.range((day, 0)..) {
+            if *at != version {
+                after.extend(change.iter().map(|(k, v)| (k.clone(), v.clone())));
+            }
             check_record(datasheet, &after)?;
         }
         Ok(())
@@ -722,6 +767,27 @@ impl Aggregate for Record {
                 sink.write(RecordEvent::RestrictionLifted { datasheet }, self)
                     .await;
             }
+            RecordCommand::CancelScheduledChange {
+                version,
+                expected_version,
+                today,
+            } => {
+                let datasheet = self.changeable()?;
+                self.check_version(expected_version)?;
+                if self.archived {
+                    return Err(RecordError::Archived);
+                }
+                let day = self
+                    .change_day(version)
+                    .filter(|day| *day > today && version > 1)
+                    .ok_or(RecordError::NotScheduled(version))?;
+                self.check_without(datasheet, day, version)?;
+                sink.write(
+                    RecordEvent::ScheduledChangeCancelled { datasheet, version },
+                    self,
+                )
+                .await;
+            }
             RecordCommand::Erase {
                 expected_version,
                 ground,
@@ -829,7 +895,38 @@ impl Aggregate for Record {
             }
             RecordEvent::RecordRestricted { .. } => self.restricted = true,
             RecordEvent::RestrictionLifted { .. } => self.restricted = false,
+            RecordEvent::ScheduledChangeCancelled { version, .. } => {
+                self.timeline.retain(|(_, at), _| *at != version);
+                self.fields = fold(self.timeline.values());
+            }
         }
+    }
+}
+
+/// The timeline as a list of entries (`[[day, version], fields]`): JSON maps take only text
+/// keys.
+mod timeline_entries {
+    use std::collections::BTreeMap;
+
+    use chrono::NaiveDate;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::Fields;
+
+    type Timeline = BTreeMap<(NaiveDate, u64), Fields>;
+
+    pub(super) fn serialize<S: Serializer>(
+        timeline: &Timeline,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(timeline.iter())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Timeline, D::Error> {
+        let entries: Vec<((NaiveDate, u64), Fields)> = Vec::deserialize(deserializer)?;
+        Ok(entries.into_iter().collect())
     }
 }
 
@@ -1521,6 +1618,80 @@ mod tests {
                 "2026-03-01",
                 &[("start_date", json!("2026-02-01"))],
             )]);
+    }
+
+    #[test]
+    fn a_scheduled_change_is_cancelled_by_an_event_of_its_own() {
+        let cancel = |version| RecordCommand::CancelScheduledChange {
+            version,
+            expected_version: None,
+            today: today(),
+        };
+        let history = vec![
+            created(),
+            dated("2026-09-01", &[("job_title", json!("Lead"))]),
+            dated("2026-03-01", &[("department", json!("R&D"))]),
+        ];
+        RecordTest::with(())
+            .given(history.clone())
+            .when(cancel(2))
+            .then_expect_events(vec![RecordEvent::ScheduledChangeCancelled {
+                datasheet: Datasheet::Employees,
+                version: 2,
+            }]);
+        // Not scheduled: a change in force already, the creation, a version it never had.
+        for version in [3, 1, 9] {
+            RecordTest::with(())
+                .given(history.clone())
+                .when(cancel(version))
+                .then_expect_error(RecordError::NotScheduled(version));
+        }
+        let mut record = Record::default();
+        for event in history {
+            record.apply(event);
+        }
+        record.apply(RecordEvent::ScheduledChangeCancelled {
+            datasheet: Datasheet::Employees,
+            version: 2,
+        });
+        assert_eq!(record.value("job_title"), None);
+        assert_eq!(record.fields_on(day("2026-10-01")).get("job_title"), None);
+        assert_eq!(record.value("department"), Some(&json!("R&D")));
+        // Cancelled twice: nothing is scheduled at that version any more.
+        RecordTest::with(())
+            .given(vec![
+                created(),
+                dated("2026-09-01", &[("job_title", json!("Lead"))]),
+                RecordEvent::ScheduledChangeCancelled {
+                    datasheet: Datasheet::Employees,
+                    version: 2,
+                },
+            ])
+            .when(cancel(2))
+            .then_expect_error(RecordError::NotScheduled(2));
+        // A cancellation that would leave an employment ending before it starts.
+        RecordTest::with(())
+            .given(vec![
+                created(),
+                dated("2026-01-05", &[("start_date", json!("2027-03-01"))]),
+                dated("2026-07-01", &[("start_date", json!("2026-07-01"))]),
+                dated("2026-08-01", &[("end_date", json!("2026-12-31"))]),
+            ])
+            .when(cancel(3))
+            .then_expect_error(RecordError::InvalidField {
+                field: "end_date".into(),
+                reason: ValueError::EndBeforeStart,
+            });
+    }
+
+    #[test]
+    fn the_state_survives_the_aggregate_cache() {
+        let mut record = Record::default();
+        record.apply(created());
+        record.apply(dated("2026-09-01", &[("job_title", json!("Lead"))]));
+        let cached: Record =
+            serde_json::from_value(serde_json::to_value(&record).unwrap()).unwrap();
+        assert_eq!(cached, record);
     }
 
     #[test]

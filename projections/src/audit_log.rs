@@ -60,6 +60,7 @@ fn entry(event: &ProjectedEvent) -> Entry {
                 | RecordEvent::ApplicantHired { datasheet, .. }
                 | RecordEvent::RecordRestricted { datasheet, .. }
                 | RecordEvent::RestrictionLifted { datasheet }
+                | RecordEvent::ScheduledChangeCancelled { datasheet, .. }
                 | RecordEvent::RecordErased { datasheet, .. } => datasheet.as_str(),
             };
             let mut subjects = own;

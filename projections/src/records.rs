@@ -4,8 +4,9 @@
 //!
 //! Changes are effective-dated: each value in `fields` is the one in force today, the one
 //! given by the change that takes effect last by today (of two on one day, the one recorded
-//! last). `field_since` keeps, per field, that change's key (`YYYY-MM-DD#sequence`, which
-//! sorts as text in that order), so a change applies to a field only when its key is later —
+//! last). Each field's value has that change's key (`YYYY-MM-DD#sequence`, which sorts as text in
+//! that order; `field_since` per field, `since_base` for the values of the creation), so a change
+//! applies to a field only when its key is later —
 //! in whatever order changes arrive: a correction dated in the past does not undo a later
 //! change, a replay changes nothing, and a scheduled change applied on its day (see
 //! [`RecordsProjection::on_day`]) leaves what a rebuild on that day would.
@@ -104,6 +105,20 @@ impl Projection for RecordsProjection {
                     .execute(conn)
                     .await?;
             }
+            RecordEvent::ScheduledChangeCancelled { version, .. } => {
+                sqlx::query("DELETE FROM pending_changes WHERE record_id = $1 AND sequence = $2")
+                    .bind(event.aggregate_id)
+                    .bind(i64::try_from(*version).unwrap_or(i64::MAX))
+                    .execute(&mut *conn)
+                    .await?;
+                sqlx::query(&change("archived = archived"))
+                    .bind(event.aggregate_id)
+                    .bind(event.sequence)
+                    .bind(event.recorded_at)
+                    .bind(actor)
+                    .execute(conn)
+                    .await?;
+            }
             // Nothing of the subject remains: no value, and nothing to search for.
             RecordEvent::RecordErased { .. } => {
                 sqlx::query("DELETE FROM pending_changes WHERE record_id = $1")
@@ -111,7 +126,8 @@ impl Projection for RecordsProjection {
                     .execute(&mut *conn)
                     .await?;
                 sqlx::query(&change(
-                    "fields = '{}'::jsonb, field_since = '{}'::jsonb, erased_at = $5,
+                    "fields = '{}'::jsonb, field_since = '{}'::jsonb, since_base = '',
+                     since_max = '', erased_at = $5,
                      restricted_at = NULL, restriction_reason = NULL",
                 ))
                 .bind(event.aggregate_id)
@@ -130,13 +146,14 @@ impl Projection for RecordsProjection {
                 let key = since_key(effective_day(*effective_from, event), event.sequence);
                 sqlx::query(&change(
                     "hired_as = $6,
-                     fields = CASE WHEN coalesce(field_since->>'stage', '') < $7
+                     fields = CASE WHEN coalesce(field_since->>'stage', since_base) < $7
                               THEN jsonb_set(fields, '{stage}', to_jsonb($5::text)) ELSE fields END,
-                     stage_since = CASE WHEN coalesce(field_since->>'stage', '') < $7
+                     stage_since = CASE WHEN coalesce(field_since->>'stage', since_base) < $7
                                    THEN $3 ELSE stage_since END,
-                     field_since = CASE WHEN coalesce(field_since->>'stage', '') < $7
+                     field_since = CASE WHEN coalesce(field_since->>'stage', since_base) < $7
                                    THEN jsonb_set(field_since, '{stage}', to_jsonb($7::text))
-                                   ELSE field_since END",
+                                   ELSE field_since END,
+                     since_max = GREATEST(since_max, $7)",
                 ))
                 .bind(event.aggregate_id)
                 .bind(event.sequence)
@@ -200,6 +217,9 @@ impl Projection for RecordsProjection {
         .bind(today)
         .fetch_all(&mut *conn)
         .await?;
+        if due.is_empty() {
+            return Ok(0);
+        }
         let changes: Vec<Change<'_>> = due
             .iter()
             .map(|(id, sequence, day, changes, recorded_at)| Change {
@@ -218,7 +238,11 @@ impl Projection for RecordsProjection {
             Vec::with_capacity(n),
             Vec::with_capacity(n),
         );
+        let (mut mins, mut maxes) = (Vec::with_capacity(n), Vec::with_capacity(n));
         for record in folded {
+            let (min, max) = record.key_range();
+            mins.push(min);
+            maxes.push(max);
             ids.push(record.id);
             sets.push(Json(record.set));
             cleared.push(Json(record.cleared));
@@ -227,8 +251,9 @@ impl Projection for RecordsProjection {
         }
         sqlx::query(&format!(
             "UPDATE records AS r SET {IN_FORCE}
-             FROM unnest($1::uuid[], $2::jsonb[], $3::jsonb[], $4::jsonb[], $5::timestamptz[])
-                  AS u(id, set, cleared, since, stage_since)
+             FROM unnest($1::uuid[], $2::jsonb[], $3::jsonb[], $4::jsonb[], $5::timestamptz[],
+                         $6::text[], $7::text[])
+                  AS u(id, set, cleared, since, stage_since, min_key, max_key)
              WHERE r.id = u.id AND r.erased_at IS NULL"
         ))
         .bind(ids)
@@ -236,6 +261,8 @@ impl Projection for RecordsProjection {
         .bind(cleared)
         .bind(since)
         .bind(stages)
+        .bind(mins)
+        .bind(maxes)
         .execute(conn)
         .await?;
         Ok(due.len() as u64)
@@ -243,18 +270,28 @@ impl Projection for RecordsProjection {
 }
 
 /// What a row's values become with the folded change `u` (`set`, `cleared`, `since`,
-/// `stage_since`): each field takes `u`'s value where `u`'s key for it is later than the row's.
+/// `stage_since`, and `min_key`/`max_key` of its keys): each field takes `u`'s value where
+/// `u`'s key for it is later than the row's (`field_since`, or `since_base` for a field the
+/// creation gave and nothing changed since). When every key of `u` is later than every key of
+/// the row (`since_max`) — every change but a correction — `u` applies whole, without looking
+/// at fields one by one.
 const IN_FORCE: &str = "
-    fields = (r.fields || coalesce(
+    fields = CASE WHEN u.min_key > r.since_max
+             THEN (r.fields || u.set) - ARRAY(SELECT jsonb_array_elements_text(u.cleared))
+             ELSE (r.fields || coalesce(
                  (SELECT jsonb_object_agg(s.key, s.value) FROM jsonb_each(u.set) s
-                  WHERE coalesce(r.field_since->>s.key, '') < u.since->>s.key), '{}'::jsonb))
+                  WHERE coalesce(r.field_since->>s.key, r.since_base) < u.since->>s.key),
+                 '{}'::jsonb))
              - ARRAY(SELECT c FROM jsonb_array_elements_text(u.cleared) c
-                     WHERE coalesce(r.field_since->>c, '') < u.since->>c),
-    field_since = r.field_since || coalesce(
+                     WHERE coalesce(r.field_since->>c, r.since_base) < u.since->>c) END,
+    field_since = CASE WHEN u.min_key > r.since_max THEN r.field_since || u.since
+             ELSE r.field_since || coalesce(
                  (SELECT jsonb_object_agg(k.key, k.value) FROM jsonb_each_text(u.since) k
-                  WHERE coalesce(r.field_since->>k.key, '') < k.value), '{}'::jsonb),
-    stage_since = CASE WHEN u.stage_since IS NOT NULL
-                        AND coalesce(r.field_since->>'stage', '') < u.since->>'stage'
+                  WHERE coalesce(r.field_since->>k.key, r.since_base) < k.value), '{}'::jsonb) END,
+    since_max = GREATEST(r.since_max, u.max_key),
+    stage_since = CASE WHEN u.stage_since IS NULL THEN r.stage_since
+                       WHEN u.min_key > r.since_max
+                         OR coalesce(r.field_since->>'stage', r.since_base) < u.since->>'stage'
                        THEN u.stage_since ELSE r.stage_since END";
 
 /// The day a change takes effect: its own, or (written before changes were effective-dated)
@@ -269,9 +306,19 @@ fn since_key(day: NaiveDate, sequence: i64) -> String {
     format!("{}#{sequence:012}", day.format("%Y-%m-%d"))
 }
 
-/// Today, as the read models count days (UTC).
+/// Today, as commands count days (UTC).
 pub fn today() -> NaiveDate {
     Utc::now().date_naive()
+}
+
+/// How long after midnight (UTC) the read models take a day's scheduled changes: a
+/// cancellation recorded just before midnight is projected by then.
+pub const DAY_GRACE: chrono::Duration = chrono::Duration::minutes(1);
+
+/// The day whose scheduled changes the read models have taken: today, from [`DAY_GRACE`]
+/// after midnight.
+pub fn day_in_force() -> NaiveDate {
+    (Utc::now() - DAY_GRACE).date_naive()
 }
 
 /// A record's creation: its event, datasheet, fields, the applicant it was hired from, and the
@@ -339,6 +386,17 @@ struct Folded {
     stage_since: Option<DateTime<Utc>>,
 }
 
+impl Folded {
+    /// The smallest and the greatest of its keys (`~`, after every key, and `` when it has
+    /// none: it changes nothing).
+    fn key_range(&self) -> (String, String) {
+        let keys = self.since.values().filter_map(Value::as_str);
+        let min = keys.clone().min().unwrap_or("~").to_owned();
+        let max = keys.max().unwrap_or_default().to_owned();
+        (min, max)
+    }
+}
+
 /// Folds changes per record, in the order each record first appears.
 fn fold<'a>(changes: impl Iterator<Item = &'a Change<'a>>) -> Vec<Folded> {
     let mut folded: Vec<Folded> = Vec::new();
@@ -384,12 +442,14 @@ fn fold<'a>(changes: impl Iterator<Item = &'a Change<'a>>) -> Vec<Folded> {
     folded
 }
 
-/// Applies a run of updates with one statement (and, for those that take effect after
-/// `today()`, one more into `pending_changes`). Each record's row moves to its last update's
+/// Applies a run of updates with one statement (and, for those scheduled — recorded to take
+/// effect after the day they were recorded — one more into `pending_changes`, from which
+/// [`RecordsProjection::on_day`] takes them on their day: what the rows hold follows from the
+/// events alone, so a rebuild on any day leaves what the live read model holds, and a
+/// cancellation finds its change pending). Each record's row moves to its last update's
 /// version; each field takes the value of the change with the latest key, whichever of them
 /// the row had already seen.
 async fn update_all(conn: &mut PgConnection, events: &[&ProjectedEvent]) -> sqlx::Result<()> {
-    let today = today();
     let mut last: Vec<&ProjectedEvent> = Vec::new();
     let mut at: std::collections::HashMap<Uuid, usize> = std::collections::HashMap::new();
     let mut in_force = Vec::with_capacity(events.len());
@@ -411,7 +471,7 @@ async fn update_all(conn: &mut PgConnection, events: &[&ProjectedEvent]) -> sqlx
             }
         }
         let day = effective_day(*effective_from, event);
-        if day > today {
+        if day > event.recorded_at.date_naive() {
             scheduled.push((*event, day, changes));
             continue;
         }
@@ -439,8 +499,14 @@ async fn update_all(conn: &mut PgConnection, events: &[&ProjectedEvent]) -> sqlx
         Vec::with_capacity(n),
         Vec::with_capacity(n),
     );
+    let (mut mins, mut maxes) = (Vec::with_capacity(n), Vec::with_capacity(n));
     for event in last {
         let record = folded.remove(&event.aggregate_id);
+        let (min, max) = record
+            .as_ref()
+            .map_or_else(|| ("~".to_owned(), String::new()), Folded::key_range);
+        mins.push(min);
+        maxes.push(max);
         ids.push(event.aggregate_id);
         versions.push(event.sequence);
         times.push(event.recorded_at);
@@ -457,8 +523,9 @@ async fn update_all(conn: &mut PgConnection, events: &[&ProjectedEvent]) -> sqlx
         "UPDATE records AS r
          SET version = u.version, updated_at = u.updated_at, updated_by = u.updated_by, {IN_FORCE}
          FROM unnest($1::uuid[], $2::bigint[], $3::timestamptz[], $4::uuid[], $5::jsonb[],
-                     $6::jsonb[], $7::jsonb[], $8::timestamptz[])
-              AS u(id, version, updated_at, updated_by, set, cleared, since, stage_since)
+                     $6::jsonb[], $7::jsonb[], $8::timestamptz[], $9::text[], $10::text[])
+              AS u(id, version, updated_at, updated_by, set, cleared, since, stage_since,
+                   min_key, max_key)
          WHERE r.id = u.id AND r.version < u.version"
     ))
     .bind(ids)
@@ -469,6 +536,8 @@ async fn update_all(conn: &mut PgConnection, events: &[&ProjectedEvent]) -> sqlx
     .bind(cleared)
     .bind(since)
     .bind(stages)
+    .bind(mins)
+    .bind(maxes)
     .execute(&mut *conn)
     .await?;
     for (event, day, changes) in scheduled {
@@ -494,23 +563,20 @@ async fn update_all(conn: &mut PgConnection, events: &[&ProjectedEvent]) -> sqlx
 /// Inserts the rows of newly created records (a replayed creation changes nothing).
 async fn insert_created(conn: &mut PgConnection, creations: &[Creation<'_>]) -> sqlx::Result<()> {
     let mut query = sqlx::QueryBuilder::new(
-        "INSERT INTO records (id, datasheet, version, fields, field_since, hired_from,
+        "INSERT INTO records (id, datasheet, version, fields, since_base, since_max, hired_from,
                               created_at, updated_at, created_by, updated_by, stage_since) ",
     );
     query.push_values(
         creations,
         |mut row, (event, datasheet, fields, hired_from, day)| {
             let actor = event.metadata.actor.id();
-            let key = Value::String(since_key(*day, event.sequence));
-            let since: Map<String, Value> = fields
-                .keys()
-                .map(|name| (name.clone(), key.clone()))
-                .collect();
+            let key = since_key(*day, event.sequence);
             row.push_bind(event.aggregate_id)
                 .push_bind(*datasheet)
                 .push_bind(event.sequence)
                 .push_bind(Json(*fields))
-                .push_bind(Json(since))
+                .push_bind(key.clone())
+                .push_bind(key)
                 .push_bind(*hired_from)
                 .push_bind(event.recorded_at)
                 .push_bind(event.recorded_at)

@@ -104,6 +104,8 @@ fn rows() -> BTreeMap<(&'static str, &'static str), Row> {
         // (VALIDATION) past the policy.
         (("Mutation", "eraseUser"), row(Admin, "mutation($erasable: ID!) { eraseUser(id: $erasable) { id } }", true)),
         (("Mutation", "exportRecords"), row(Grant("employees", "export"), "mutation { exportRecords(datasheet: EMPLOYEES, format: CSV) { count } }", false)),
+        // A version the record never has: refused (VALIDATION) past the policy.
+        (("Mutation", "cancelScheduledChange"), row(Grant("employees", "update"), "mutation($employee: ID!) { cancelScheduledChange(id: $employee, version: 999) { id } }", true)),
         (("Mutation", "archiveRecord"), row(Grant("employees", "archive"), "mutation($employee: ID!) { archiveRecord(id: $employee) { id } }", true)),
         (("Mutation", "restoreRecord"), row(Grant("employees", "archive"), "mutation($employee: ID!) { restoreRecord(id: $employee) { id } }", true)),
         (("Query", "apiTokens"), row(Admin, "{ apiTokens(includeInactive: true) { totalCount } }", false)),

@@ -452,3 +452,152 @@ async fn bad_days_are_refused_naming_the_field_and_change_nothing() {
         .unwrap();
     assert_eq!(employees, 1);
 }
+
+#[tokio::test]
+async fn a_scheduled_change_is_cancelled_before_its_day_and_a_rebuild_agrees() {
+    let app = TestApp::spawn().await;
+    let admin = app.sign_up(&slug("cancelled")).await;
+    let id = create(
+        &app,
+        &admin,
+        json!({ "firstName": "Ada", "lastName": "L", "jobTitle": "Engineer", "department": "R&D" }),
+        Some("2025-01-01"),
+    )
+    .await;
+    let next_month = today() + Duration::days(31);
+    let later = today() + Duration::days(62);
+    update(
+        &app,
+        &admin,
+        &id,
+        json!({ "jobTitle": "Lead" }),
+        &next_month.to_string(),
+    )
+    .await
+    .ok();
+    update(
+        &app,
+        &admin,
+        &id,
+        json!({ "department": "Ops" }),
+        &later.to_string(),
+    )
+    .await
+    .ok();
+    // And a correction, in force at once.
+    update(
+        &app,
+        &admin,
+        &id,
+        json!({ "department": "Research" }),
+        "2025-06-01",
+    )
+    .await
+    .ok();
+    const CANCEL: &str = "mutation($id: ID!, $v: Int!) { cancelScheduledChange(id: $id, version: $v) {
+        version ... on Employee { jobTitle department pendingChanges { version effectiveFrom } } } }";
+    let cancelled = app
+        .graphql(Some(&admin.token), CANCEL, json!({ "id": id, "v": 2 }))
+        .await
+        .ok();
+    assert_eq!(cancelled.data("cancelScheduledChange.version"), 5);
+    assert_eq!(
+        cancelled.data("cancelScheduledChange.pendingChanges"),
+        &json!([{ "version": 3, "effectiveFrom": later.to_string() }])
+    );
+    assert_eq!(
+        cancelled.data("cancelScheduledChange.department"),
+        "Research"
+    );
+    // Not scheduled (any more): cancelled already, in force, the creation, never recorded.
+    for version in [2, 4, 1, 99] {
+        let refused = app
+            .graphql(
+                Some(&admin.token),
+                CANCEL,
+                json!({ "id": id, "v": version }),
+            )
+            .await;
+        assert_eq!(
+            refused.code(),
+            Some("VALIDATION"),
+            "{version}: {}",
+            refused.body
+        );
+        assert_eq!(refused.field(), Some("version"), "{version}");
+    }
+    assert_eq!(
+        employee(&app, &admin, &id).await["version"],
+        5,
+        "nothing changed"
+    );
+
+    // The read models rebuilt from the history hold exactly what the live ones hold: the
+    // pending change, the correction in force, the cancelled change nowhere.
+    let verify = ["verify", "--tenant", admin.slug.as_str(), "--read-models"];
+    assert!(app.custos(&verify).await);
+
+    let history = app
+        .graphql(Some(&admin.token), HISTORY, json!({ "id": id }))
+        .await
+        .ok();
+    assert_eq!(history.data("recordHistory.edges.4.node.sequence"), 5);
+    let tenant = app.tenant(admin.tenant_id).await;
+    app.services
+        .scheduled_changes_take_effect(&tenant, later)
+        .await
+        .unwrap();
+    let current = employee(&app, &admin, &id).await;
+    assert_eq!(
+        current["jobTitle"], "Engineer",
+        "the cancelled promotion never came"
+    );
+    assert_eq!(current["department"], "Ops");
+}
+
+#[tokio::test]
+async fn imported_staff_take_effect_from_their_column_and_bad_days_are_row_errors() {
+    let app = TestApp::spawn().await;
+    let admin = app.sign_up(&slug("imported-days")).await;
+    const IMPORT: &str = "mutation($csv: String!, $dry: Boolean) {
+        importRecords(datasheet: EMPLOYEES, csv: $csv, dryRun: $dry, mapping: [
+            { column: \"First\", field: \"firstName\" }, { column: \"Last\", field: \"lastName\" },
+            { column: \"Dept\", field: \"department\" }, { column: \"Since\", field: \"effectiveFrom\" }
+        ]) { created errors { row field message } } }";
+    let tomorrow = (today() + Duration::days(1)).to_string();
+    let bad = format!(
+        "First,Last,Dept,Since\nA,X,Ops,2021-02-01\nB,Y,Ops,{tomorrow}\nC,Z,Ops,01/02/2020\n"
+    );
+    let refused = app
+        .graphql(
+            Some(&admin.token),
+            IMPORT,
+            json!({ "csv": bad, "dry": true }),
+        )
+        .await
+        .ok();
+    let fields: Vec<(i64, &str)> = refused
+        .data("importRecords.errors")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["row"].as_i64().unwrap(), e["field"].as_str().unwrap()))
+        .collect();
+    assert_eq!(fields, [(2, "effectiveFrom"), (3, "effectiveFrom")]);
+
+    let good = "First,Last,Dept,Since\nA,X,Ops,2021-02-01\nB,Y,Sales,2023-09-01\nC,Z,Ops,\n";
+    let imported = app
+        .graphql(Some(&admin.token), IMPORT, json!({ "csv": good }))
+        .await
+        .ok();
+    assert_eq!(imported.data("importRecords.created"), 3);
+    let counted = app
+        .graphql(Some(&admin.token), REPORT, json!({ "on": "2024-01-31" }))
+        .await
+        .ok();
+    assert_eq!(
+        counted.data("report.groups"),
+        &json!([{ "value": "Ops", "count": 1 }, { "value": "Sales", "count": 1 }]),
+        "C, without a day, takes effect today"
+    );
+}

@@ -535,6 +535,21 @@ async fn a_subject_trail_holds_every_fact_about_the_person_and_none_about_anyone
             ("Marzipan Works", "Nougat Holdings")
         ]
     );
+    // Both time axes: each change of values says the day it takes effect beside its time.
+    for event in contact_trail["events"].as_array().unwrap() {
+        let recorded = event["recordedAt"].as_str().unwrap();
+        if matches!(
+            event["type"].as_str(),
+            Some("RecordCreated" | "RecordUpdated")
+        ) {
+            assert_eq!(event["effectiveFrom"], recorded[..10], "{event}");
+        }
+    }
+    let events_csv = String::from_utf8(files["events.csv"].clone()).unwrap();
+    assert!(
+        events_csv.starts_with("record_id,sequence,event_type,recorded_at,effective_from,"),
+        "{events_csv}"
+    );
     let accesses: Vec<(&str, &str)> = contact_trail["accesses"]
         .as_array()
         .unwrap()

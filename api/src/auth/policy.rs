@@ -86,6 +86,7 @@ pub(crate) fn rule(parent_type: &str, field: &str) -> Option<Rule> {
         ("Mutation", "updateApplicant") => Rule::Grant(Applicants, Update),
         ("Mutation", "hireApplicant") => Rule::AllOf(&[(Applicants, Update), (Employees, Create)]),
         ("Mutation", "archiveRecord" | "restoreRecord") => Rule::OnDatasheet(Archive),
+        ("Mutation", "cancelScheduledChange") => Rule::OnDatasheet(Update),
         ("Mutation", "eraseRecord" | "restrictRecord" | "liftRestriction") => {
             Rule::OnDatasheet(Erase)
         }

@@ -30,8 +30,9 @@ const MAX_POLL: Duration = Duration::from_secs(30);
 const RETRY: Duration = Duration::from_secs(2);
 /// How soon a projector looks again while a request waits for it, if no commit wakes it first.
 const FOLLOW: Duration = Duration::from_millis(5);
-/// How often the projector brings its read models to the day (scheduled changes take effect):
-/// a change due today shows within this and one poll interval of midnight (UTC).
+/// How often the projector, caught up, brings its read models to the day (scheduled changes take
+/// effect): a change due today shows within `DAY_GRACE`, this and one poll interval of midnight
+/// (UTC).
 const DAY_CHECK: Duration = Duration::from_secs(60);
 /// Wait before the next try while the database cannot be reached.
 const UNREACHABLE: Duration = Duration::from_millis(250);
@@ -206,24 +207,6 @@ impl Runner {
         let mut unreachable = false;
         let mut day_checked: Option<tokio::time::Instant> = None;
         loop {
-            if day_checked.is_none_or(|at| at.elapsed() >= DAY_CHECK) {
-                day_checked = Some(tokio::time::Instant::now());
-                let projections: Vec<&dyn Projection> =
-                    self.projections.iter().map(AsRef::as_ref).collect();
-                let today = custos_projections::records::today();
-                if let Err(err) = on_day(&self.pool, &projections, today).await {
-                    if self.pool.is_closed() {
-                        return;
-                    }
-                    tracing::warn!(
-                        tenant.id = %self.tenant_id,
-                        error = %crate::error::redacted(&err),
-                        "projector: the day's scheduled changes did not take effect; trying again"
-                    );
-                    day_checked = None;
-                    tokio::time::sleep(RETRY).await;
-                }
-            }
             let healthy: Vec<usize> = (0..failing.len()).filter(|i| !failing[*i]).collect();
             let full = match self.pass(&healthy).await {
                 Ok(batch) => {
@@ -279,6 +262,25 @@ impl Runner {
             }
             if full {
                 continue;
+            }
+            // Caught up: the day's scheduled changes, once no event that could cancel one is
+            // still to be applied.
+            if day_checked.is_none_or(|at| at.elapsed() >= DAY_CHECK) {
+                day_checked = Some(tokio::time::Instant::now());
+                let projections: Vec<&dyn Projection> =
+                    self.projections.iter().map(AsRef::as_ref).collect();
+                let today = custos_projections::records::day_in_force();
+                if let Err(err) = on_day(&self.pool, &projections, today).await {
+                    if self.pool.is_closed() {
+                        return;
+                    }
+                    tracing::warn!(
+                        tenant.id = %self.tenant_id,
+                        error = %crate::error::redacted(&err),
+                        "projector: the day's scheduled changes did not take effect; trying again"
+                    );
+                    day_checked = None;
+                }
             }
             // A receiver beyond the `Projectors` handle's own means a request is waiting: an
             // event it needs may be held back by another open transaction, or be applied by
@@ -599,6 +601,7 @@ pub(crate) async fn fill(
     others?;
     read?;
     catch_up(pool, log, projections).await?;
+    on_day(pool, &all, custos_projections::records::day_in_force()).await?;
     futures::stream::iter(definitions)
         .map(|definition| async move {
             let mut conn = pool.acquire().await?;

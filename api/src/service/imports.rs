@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
+use chrono::NaiveDate;
 use cqrs_es::persist::SerializedEvent;
 use cqrs_es::{Aggregate, DomainEvent};
 use custos_domain::custom_field::CUSTOM_PREFIX;
@@ -93,6 +94,23 @@ fn cell_value(kind: Cell, raw: &str) -> Result<Value, String> {
 }
 
 /// The record field a mapping names, and how its cells are read.
+/// The mapping target of the column that gives the day each row's record takes effect.
+const EFFECTIVE_FROM: &str = "effectiveFrom";
+
+/// The day a row's record takes effect: its `effectiveFrom` cell (`YYYY-MM-DD`, 1900-01-01 to
+/// today), or today when none is mapped or the cell is empty.
+fn effective_day(cell: Option<&str>, today: NaiveDate) -> Result<NaiveDate, &'static str> {
+    let Some(text) = cell.map(str::trim).filter(|text| !text.is_empty()) else {
+        return Ok(today);
+    };
+    let day = NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .map_err(|_| "is not a valid date (expected YYYY-MM-DD)")?;
+    if day < custos_domain::record::earliest_effective_day() || day > today {
+        return Err("must be a date from 1900-01-01 to today: a record takes effect when it is created or earlier");
+    }
+    Ok(day)
+}
+
 fn target(
     datasheet: Datasheet,
     schema: &CustomSchema,
@@ -153,6 +171,8 @@ impl Services {
         }
         let mut targets = Vec::new();
         let mut mapped_fields = HashSet::new();
+        // The column of the day each row's record takes effect, if one is mapped.
+        let mut effective_column = None;
         for map in &mapping {
             let index = headers
                 .iter()
@@ -163,6 +183,15 @@ impl Services {
                         format!("the file has no column `{}`", map.column),
                     )
                 })?;
+            if map.field == EFFECTIVE_FROM {
+                if effective_column.replace(index).is_some() {
+                    return Err(ApiError::validation(
+                        "mapping",
+                        format!("`{EFFECTIVE_FROM}` is mapped twice"),
+                    ));
+                }
+                continue;
+            }
             let (name, cell) = target(datasheet, &schema, &map.field)?;
             if !mapped_fields.insert(name.clone()) {
                 return Err(ApiError::validation(
@@ -174,7 +203,8 @@ impl Services {
         }
 
         let mut rows = 0;
-        let mut valid: Vec<(usize, Uuid, Fields)> = Vec::new();
+        let mut valid: Vec<(usize, Uuid, Fields, NaiveDate)> = Vec::new();
+        let today = custos_projections::records::today();
         let mut errors = Vec::new();
         let mut managers: BTreeMap<String, Vec<usize>> = BTreeMap::new();
         for (number, record) in reader.records().enumerate() {
@@ -215,6 +245,19 @@ impl Services {
                     }
                 }
             }
+            let cell = effective_column.map(|index| record.get(index).unwrap_or_default());
+            let day = match effective_day(cell, today) {
+                Ok(day) => day,
+                Err(message) => {
+                    errors.push(RowError {
+                        row,
+                        field: Some(EFFECTIVE_FROM.into()),
+                        message: format!("`{EFFECTIVE_FROM}` {message}"),
+                    });
+                    unreadable.insert(EFFECTIVE_FROM.into());
+                    today
+                }
+            };
             match validate_new(datasheet, &schema, fields) {
                 Ok(_) if !unreadable.is_empty() => {}
                 Ok(fields) => {
@@ -224,7 +267,7 @@ impl Services {
                             .or_default()
                             .push(valid.len());
                     }
-                    valid.push((row, new_record_id(), fields));
+                    valid.push((row, new_record_id(), fields, day));
                 }
                 // Every problem of the row, one error each (but not again for a cell that
                 // could not be read, which is missing to validation).
@@ -294,15 +337,14 @@ impl Services {
         }
         let metadata = serde_json::to_value(self.actor(principal, request_id).to_map())
             .map_err(ApiError::internal)?;
-        let today = custos_projections::records::today();
         let events = valid
             .iter()
-            .map(|(_, id, fields)| {
+            .map(|(_, id, fields, day)| {
                 let event = RecordEvent::RecordCreated {
                     datasheet,
                     fields: fields.clone(),
                     hired_from: None,
-                    effective_from: Some(today),
+                    effective_from: Some(*day),
                 };
                 Ok(SerializedEvent::new(
                     id.to_string(),
@@ -332,7 +374,7 @@ impl Services {
         self.refresh_list_statistics(tenant).await;
         Ok(ImportOutcome {
             rows,
-            created: valid.into_iter().map(|(_, id, _)| id).collect(),
+            created: valid.into_iter().map(|(_, id, _, _)| id).collect(),
             errors,
         })
     }

@@ -385,6 +385,33 @@ impl LifecycleMutation {
         })
     }
 
+    /// Cancels a scheduled change (one of the record's `pendingChanges`, named by its
+    /// `version`) before its day: it will not take effect; the cancellation is in the record's
+    /// history. A change already in force is changed by another change instead
+    /// (`VALIDATION` on `version`). Needs `update` on the record's datasheet.
+    async fn cancel_scheduled_change(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        version: i64,
+        expected_version: Option<i64>,
+    ) -> Result<RecordNode, ApiError> {
+        let cx = Cx::new(ctx)?;
+        let record = cx.authorized_record(&id, Permission::Update).await?;
+        let version = u64::try_from(version)
+            .map_err(|_| ApiError::validation("version", "a record's versions are 1 and up"))?;
+        let command = RecordCommand::CancelScheduledChange {
+            version,
+            expected_version: parse_version(expected_version)?,
+            today: custos_projections::records::today(),
+        };
+        let row = cx
+            .services
+            .record_lifecycle(cx.caller, &record, command, cx.request_id)
+            .await?;
+        Ok(row.into())
+    }
+
     /// Archives a record of any datasheet: hidden from lists by default and read-only until
     /// restored. Needs `archive` on the record's datasheet.
     async fn archive_record(

@@ -79,6 +79,10 @@ pub(crate) async fn compare(
         let mut tx = read_only(&mut *conn, "ISOLATION LEVEL REPEATABLE READ,").await?;
         let live = live_position(&mut tx, projection.name()).await?;
         while !replay(&mut tx, log, &**projection, &mut at, live).await?.1 {}
+        // The day's scheduled changes, as the live projector takes them.
+        projection
+            .on_day(&mut tx, custos_projections::records::day_in_force())
+            .await?;
         for table in projection.tables() {
             if let Some(difference) = differences(&mut tx, projection.name(), table).await? {
                 report.differences.push(difference);
@@ -181,6 +185,9 @@ pub(crate) async fn rebuild(
                 break;
             }
         }
+        projection
+            .on_day(&mut tx, custos_projections::records::day_in_force())
+            .await?;
         let mut rows = 0;
         for table in projection.tables() {
             let name = table.name;

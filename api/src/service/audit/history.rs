@@ -117,6 +117,18 @@ fn changes(state: &mut Record, event: RecordEvent, day: Option<NaiveDate>) -> Ve
                     .map(|n| change("erasure_note", None, Some(n.clone()))),
             )
             .collect(),
+        // The cancelled change, as the pseudo-field `scheduledChange`.
+        RecordEvent::ScheduledChangeCancelled { version, .. } => {
+            let day = state.change_day(*version);
+            vec![change(
+                "scheduled_change",
+                Some(match day {
+                    Some(day) => format!("version {version}, from {day}"),
+                    None => format!("version {version}"),
+                }),
+                None,
+            )]
+        }
         RecordEvent::ApplicantHired { employee_id, .. } => vec![
             change(
                 "stage",

@@ -153,6 +153,10 @@ pub(crate) async fn counts_as_of(log: &EventLog, request: &AsOf) -> anyhow::Resu
                 RecordEvent::RecordArchived { .. } => snapshot.archived = true,
                 RecordEvent::RecordRestored { .. } => snapshot.archived = false,
                 RecordEvent::RecordRestricted { .. } | RecordEvent::RestrictionLifted { .. } => {}
+                RecordEvent::ScheduledChangeCancelled { version, .. } => {
+                    let version = i64::try_from(version).unwrap_or(i64::MAX);
+                    snapshot.changes.retain(|(_, at, _, _)| *at != version);
+                }
                 // No value of an erased person on any day.
                 RecordEvent::RecordErased { .. } => {
                     snapshot.erased = true;
