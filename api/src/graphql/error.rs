@@ -143,17 +143,16 @@ impl Extension for RequestFieldErrors {
         ctx: &ExtensionContext<'_>,
         next: NextValidation<'_>,
     ) -> Result<ValidationResult, Vec<ServerError>> {
-        let result = next.run(ctx).await;
-        // Kept for the run too when the request is valid (see `execute`).
-        let request = self.request.lock().ok().and_then(|mut r| match &result {
-            Ok(_) => r.clone(),
-            Err(_) => r.take(),
-        });
-        match (result, request) {
-            (Err(mut errors), Some((query, variables)))
-                if errors
-                    .iter()
-                    .any(|e| e.message.starts_with(super::input_errors::ARGUMENT_ERROR)) =>
+        // A valid request's text stays for the run (see `execute`).
+        let mut errors = match next.run(ctx).await {
+            Ok(valid) => return Ok(valid),
+            Err(errors) => errors,
+        };
+        let request = self.request.lock().ok().and_then(|mut r| r.take());
+        if let Some((query, variables)) = request {
+            if errors
+                .iter()
+                .any(|e| e.message.starts_with(super::input_errors::ARGUMENT_ERROR))
             {
                 super::input_errors::expand(
                     &ctx.schema_env.registry,
@@ -161,10 +160,9 @@ impl Extension for RequestFieldErrors {
                     &variables,
                     &mut errors,
                 );
-                Err(errors)
             }
-            (result, _) => result,
         }
+        Err(errors)
     }
 
     async fn execute(
