@@ -24,6 +24,7 @@ pub mod logins;
 pub mod organization;
 pub mod page;
 pub mod record_query;
+pub mod record_versions;
 pub mod records;
 pub mod retention;
 pub mod roles;
@@ -184,6 +185,7 @@ pub fn all() -> Vec<Box<dyn Projection>> {
         Box::new(roles::RolesProjection),
         Box::new(logins::LoginsProjection),
         Box::new(records::RecordsProjection),
+        Box::new(record_versions::RecordVersionsProjection),
         Box::new(organization::OrganizationProjection),
         Box::new(api_tokens::ApiTokensProjection),
         Box::new(custom_fields::CustomFieldsProjection),

@@ -1,6 +1,7 @@
 //! The datasheets suite (`--suite datasheets`): with `--employees` employees in one tenant (imported
 //! through `importRecords` in batches of 10,000, which is itself measured), the latency of a
-//! filtered and ordered list, of full-text search and of a report by department, and an
+//! filtered and ordered list, of full-text search, of a report by department (today's, and on a
+//! past effective day from the records' histories), of a headcount by employment dates, and an
 //! export of every employee as CSV (time and the process's peak RSS growth while streaming).
 
 use std::time::{Duration, Instant};
@@ -119,6 +120,19 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         args.reads.min(500),
     )
     .await?;
+    // The same from each record's history: values in force on a past day, as recorded now.
+    let report_effective = measure(
+        "{ report(datasheet: EMPLOYEES, groupBy: \"department\", effectiveAt: \"2012-06-30\") { total groups { value count } } }",
+        json!({}),
+        args.reads.min(500),
+    )
+    .await?;
+    let headcount = measure(
+        "{ headcount(effectiveAt: \"2012-06-30\") { total groups { value count } } }",
+        json!({}),
+        args.reads.min(500),
+    )
+    .await?;
 
     // Export every employee as CSV, reading the stream as it comes; sample RSS meanwhile.
     let rss_before = rss();
@@ -197,6 +211,14 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         ),
         ("`employees(first: 50, search:)` full-text", &search),
         ("`report(groupBy: \"department\")`", &report),
+        (
+            "`report(groupBy: \"department\", effectiveAt:)` from the records' histories",
+            &report_effective,
+        ),
+        (
+            "`headcount(effectiveAt:)` by employment dates, per department",
+            &headcount,
+        ),
     ] {
         println!(
             "| {name}: p50 / p99 | {:.2} ms / {:.2} ms |",

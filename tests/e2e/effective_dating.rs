@@ -496,6 +496,7 @@ async fn a_scheduled_change_is_cancelled_before_its_day_and_a_rebuild_agrees() {
     .ok();
     const CANCEL: &str = "mutation($id: ID!, $v: Int!) { cancelScheduledChange(id: $id, version: $v) {
         version ... on Employee { jobTitle department pendingChanges { version effectiveFrom } } } }";
+    let before_cancelling = Utc::now();
     let cancelled = app
         .graphql(Some(&admin.token), CANCEL, json!({ "id": id, "v": 2 }))
         .await
@@ -536,6 +537,26 @@ async fn a_scheduled_change_is_cancelled_before_its_day_and_a_rebuild_agrees() {
     // pending change, the correction in force, the cancelled change nowhere.
     let verify = ["verify", "--tenant", admin.slug.as_str(), "--read-models"];
     assert!(app.custos(&verify).await);
+
+    // Reports of next month: the promotion, as recorded before it was cancelled; not after.
+    const TITLES: &str = "query($on: NaiveDate, $at: DateTime) {
+        report(datasheet: EMPLOYEES, groupBy: \"jobTitle\", effectiveAt: $on, recordedAt: $at) {
+            groups { value count } } }";
+    for (at, title) in [(None, "Engineer"), (Some(before_cancelling), "Lead")] {
+        let report = app
+            .graphql(
+                Some(&admin.token),
+                TITLES,
+                json!({ "on": next_month, "at": at }),
+            )
+            .await
+            .ok();
+        assert_eq!(
+            report.data("report.groups"),
+            &json!([{ "value": title, "count": 1 }]),
+            "recorded at {at:?}"
+        );
+    }
 
     let history = app
         .graphql(Some(&admin.token), HISTORY, json!({ "id": id }))

@@ -66,13 +66,20 @@ fn shared() -> &'static Shared {
     static SHARED: OnceLock<Shared> = OnceLock::new();
     SHARED.get_or_init(|| {
         let logs = LogBuffer::default();
-        // A panic anywhere in the process (a service task's too) is written into the log the
-        // tests read, as well as where Rust writes it.
+        // A panic of the service (in any of its tasks) is written into the log the tests
+        // read, as well as where Rust writes it. A test's own failed assertion is not: it
+        // panics on the thread the test harness named after the test (`module::test`), and
+        // would otherwise fail every other test that looks for panics in the shared log.
         let previous = std::panic::take_hook();
         let record = logs.clone();
         std::panic::set_hook(Box::new(move |info| {
-            let line = format!("panicked: {info}\n");
-            let _ = std::io::Write::write_all(&mut record.clone(), line.as_bytes());
+            let test_thread = std::thread::current()
+                .name()
+                .is_some_and(|name| name.contains("::"));
+            if !test_thread {
+                let line = format!("panicked: {info}\n");
+                let _ = std::io::Write::write_all(&mut record.clone(), line.as_bytes());
+            }
             previous(info);
         }));
         let writer = logs.clone();

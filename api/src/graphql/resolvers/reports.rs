@@ -1,5 +1,5 @@
 //! Reports: record counts grouped by a field, today (with the lists' filters) or as of any
-//! past moment (replayed from the event history); headcount and the applicant pipeline.
+//! past moment or effective day (from each record's history on both time axes); headcount and the applicant pipeline.
 
 use async_graphql::{Context, Object, SimpleObject};
 use chrono::{DateTime, NaiveDate, Utc};
@@ -140,10 +140,8 @@ async fn as_of_report(
         group_by: field.json_key(),
         employed_only,
     };
-    let counted = counts_as_of(&cx.tenant().log, &request)
-        .await
-        .map_err(ApiError::internal)?;
     let mut conn = cx.tenant().pool.acquire().await?;
+    let counted = counts_as_of(&mut conn, &request).await?;
     cx.list_read(&mut conn, &counted.shown, ReadVia::Report)
         .await?;
     Ok(report(

@@ -215,29 +215,6 @@ impl EventLog {
         Ok(())
     }
 
-    /// Up to `limit` events of `aggregate_type` recorded at or before `at`, after the global
-    /// position `after`, in position order: history as it stood at a moment, read in batches.
-    pub(crate) async fn until(
-        &self,
-        aggregate_type: &str,
-        at: DateTime<Utc>,
-        after: i64,
-        limit: i64,
-    ) -> anyhow::Result<Vec<StoredEvent>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {STORED_COLUMNS} FROM events
-             WHERE aggregate_type = $1 AND recorded_at <= $2 AND global_position > $3
-             ORDER BY global_position LIMIT $4"
-        ))
-        .bind(aggregate_type)
-        .bind(at)
-        .bind(after)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        self.decode(&rows).await
-    }
-
     /// Up to `limit` events of `aggregate_types` after `after` in commit order, from
     /// transactions below `horizon` (see [`HORIZON`]: everything below it is committed or
     /// rolled back). Reading by

@@ -1,27 +1,24 @@
-//! Reports as of a past moment or day, computed from the event history rather than today's
-//! rows: every record event recorded up to a moment is replayed, keeping per record only what
-//! the report needs, and read off for the values in force on a day — two time axes, "as the
-//! system said then" and "as was true then".
+//! Reports as of a past moment or day, from the `record_versions` read model rather than
+//! today's rows: each record's changes as recorded up to a moment, keeping only what the report
+//! needs, read off for the values in force on a day — two time axes, "as the system said then"
+//! and "as was true then".
 
 use std::collections::HashMap;
 
 use chrono::{DateTime, NaiveDate, Utc};
-use cqrs_es::Aggregate;
-use custos_domain::{Datasheet, Record, RecordEvent, Stage};
+use custos_domain::Datasheet;
 use custos_projections::record_query::SMALL_GROUP;
+use custos_projections::record_versions::{self, Kind, VersionRow};
 use serde_json::Value;
+use sqlx::PgConnection;
 use uuid::Uuid;
-
-use crate::infra::event_store::log::EventLog;
-
-/// Events read per round trip.
-const BATCH: i64 = 5_000;
 
 /// What one record looked like, as far as the report cares: its values of the fields counted,
 /// each change with the day it takes effect, so that any effective day can be read off.
 #[derive(Default)]
 struct Snapshot {
-    datasheet: Option<Datasheet>,
+    /// Whether its creation is among the rows (a record's rows all belong to its datasheet).
+    created: bool,
     archived: bool,
     /// The day the record takes effect.
     starts: Option<NaiveDate>,
@@ -39,6 +36,34 @@ enum Counted {
 }
 
 impl Snapshot {
+    /// Takes in the record's next row (in version order).
+    fn take(&mut self, row: VersionRow) {
+        let (day, version) = (row.effective_from, row.version);
+        let mut note = |field, value: Option<Value>| {
+            if let Some(value) = value {
+                self.changes.push((day, version, field, counted(value)));
+            }
+        };
+        match row.kind {
+            Kind::Created | Kind::Updated | Kind::Hired => {
+                if row.kind == Kind::Created {
+                    self.created = true;
+                    self.starts = Some(day);
+                }
+                note(Counted::Group, row.group);
+                note(Counted::StartDate, row.start_date);
+                note(Counted::EndDate, row.end_date);
+            }
+            Kind::Archived => self.archived = true,
+            Kind::Restored => self.archived = false,
+            // No value of an erased person on any day.
+            Kind::Erased => {
+                self.erased = true;
+                self.changes.clear();
+            }
+        }
+    }
+
     /// The value of `field` in force on `day`: the change that takes effect last by then (of
     /// one day, the one recorded last).
     fn on(&self, day: NaiveDate, field: Counted) -> Option<&Value> {
@@ -64,28 +89,10 @@ pub(crate) struct AsOf {
     pub(crate) employed_only: bool,
 }
 
-fn note(
-    snapshot: &mut Snapshot,
-    day: NaiveDate,
-    version: i64,
-    name: &str,
-    value: &Value,
-    group_by: &str,
-) {
-    // An erased value is no value: the record still counts, under "none".
-    let value = (!value.is_null() && !custos_domain::record::is_erased_marker(value))
-        .then(|| value.clone());
-    if name == group_by {
-        snapshot
-            .changes
-            .push((day, version, Counted::Group, value.clone()));
-    }
-    let field = match name {
-        "start_date" => Counted::StartDate,
-        "end_date" => Counted::EndDate,
-        _ => return,
-    };
-    snapshot.changes.push((day, version, field, value));
+/// A value as a report counts it: an erased value is no value (the record still counts, under
+/// "none").
+fn counted(value: Value) -> Option<Value> {
+    (!value.is_null() && !custos_domain::record::is_erased_marker(&value)).then_some(value)
 }
 
 /// Group values as text, as today's reports give them (lists count each entry).
@@ -109,73 +116,28 @@ fn group_values(value: &Option<Value>) -> Vec<Option<String>> {
 
 /// Counts per group value of the records of `request.datasheet` that existed and were not
 /// archived at `request.at`, largest groups first, and how many records were counted.
-pub(crate) async fn counts_as_of(log: &EventLog, request: &AsOf) -> anyhow::Result<AsOfCounts> {
-    let mut records: HashMap<String, Snapshot> = HashMap::new();
-    let mut after = 0;
-    loop {
-        let batch = log
-            .until(Record::TYPE, request.recorded_at, after, BATCH)
-            .await?;
-        let Some(last) = batch.last() else {
-            break;
-        };
-        after = last.position.global_position;
-        for stored in batch {
-            let event: RecordEvent = serde_json::from_value(stored.event.payload)?;
-            let version = i64::try_from(stored.event.sequence).unwrap_or(i64::MAX);
-            let recorded_on = stored.recorded_at.date_naive();
-            let snapshot = records.entry(stored.event.aggregate_id).or_default();
-            let group_by = request.group_by.as_str();
-            match event {
-                RecordEvent::RecordCreated {
-                    datasheet,
-                    fields,
-                    effective_from,
-                    ..
-                } => {
-                    let day = effective_from.unwrap_or(recorded_on);
-                    snapshot.datasheet = Some(datasheet);
-                    snapshot.starts = Some(day);
-                    for (name, value) in &fields {
-                        note(snapshot, day, version, name, value, group_by);
-                    }
-                }
-                RecordEvent::RecordUpdated {
-                    changes,
-                    effective_from,
-                    ..
-                } => {
-                    let day = effective_from.unwrap_or(recorded_on);
-                    for (name, value) in &changes {
-                        note(snapshot, day, version, name, value, group_by);
-                    }
-                }
-                RecordEvent::RecordArchived { .. } => snapshot.archived = true,
-                RecordEvent::RecordRestored { .. } => snapshot.archived = false,
-                RecordEvent::RecordRestricted { .. } | RecordEvent::RestrictionLifted { .. } => {}
-                RecordEvent::ScheduledChangeCancelled { version, .. } => {
-                    let version = i64::try_from(version).unwrap_or(i64::MAX);
-                    snapshot.changes.retain(|(_, at, _, _)| *at != version);
-                }
-                // No value of an erased person on any day.
-                RecordEvent::RecordErased { .. } => {
-                    snapshot.erased = true;
-                    snapshot.changes.clear();
-                }
-                RecordEvent::ApplicantHired { effective_from, .. } => {
-                    let day = effective_from.unwrap_or(recorded_on);
-                    let hired = Value::String(Stage::Hired.as_str().to_owned());
-                    note(snapshot, day, version, "stage", &hired, group_by);
-                }
-            }
-        }
+pub(crate) async fn counts_as_of(
+    conn: &mut PgConnection,
+    request: &AsOf,
+) -> sqlx::Result<AsOfCounts> {
+    let mut rows = record_versions::as_recorded(
+        conn,
+        request.datasheet,
+        request.recorded_at,
+        &request.group_by,
+    )
+    .await?;
+    rows.sort_unstable_by_key(|row| (row.record_id, row.version));
+    let mut records: HashMap<Uuid, Snapshot> = HashMap::new();
+    for row in rows {
+        records.entry(row.record_id).or_default().take(row);
     }
     let effective = request.effective_at;
     let day = effective.format("%Y-%m-%d").to_string();
     let mut counts: HashMap<Option<String>, (i64, Vec<Uuid>)> = HashMap::new();
     let mut counted = 0;
     for (id, snapshot) in &records {
-        if snapshot.datasheet != Some(request.datasheet) || snapshot.archived {
+        if !snapshot.created || snapshot.archived {
             continue;
         }
         // The day whose values count. A headcount places people by their employment dates:
@@ -206,7 +168,7 @@ pub(crate) async fn counts_as_of(log: &EventLog, request: &AsOf) -> anyhow::Resu
             let (count, members) = counts.entry(value).or_default();
             *count += 1;
             if *count < SMALL_GROUP {
-                members.extend(id.parse::<Uuid>());
+                members.push(*id);
             }
         }
     }

@@ -1,0 +1,307 @@
+//! The `record_versions` read model: each record's history on both time axes, one row per
+//! event that changes what a report counts — the values a creation, an update or a hire set,
+//! with the day they take effect and the moment they were recorded; archivals, restorations
+//! and the erasure — so that reports "as recorded" at any moment and "as effective" on any day
+//! read rows instead of replaying and opening the event log.
+//!
+//! Values are personal data, as in `records`: an erasure empties every row of the person (a
+//! report counts them under "no value"), and a cancelled scheduled change keeps the moment it
+//! was cancelled, since a report recorded before it still saw it.
+
+use async_trait::async_trait;
+use chrono::{DateTime, NaiveDate, Utc};
+use custos_domain::{Datasheet, Record, RecordEvent, Stage};
+use serde_json::Value;
+use sqlx::types::Json;
+use sqlx::{PgConnection, QueryBuilder};
+use uuid::Uuid;
+
+use crate::{AnyEvent, ProjectedEvent, Projection};
+
+/// Projects Record events into `record_versions`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RecordVersionsProjection;
+
+/// What a row of `record_versions` says happened to its record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Created,
+    Updated,
+    Hired,
+    Archived,
+    Restored,
+    Erased,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Created => "created",
+            Kind::Updated => "updated",
+            Kind::Hired => "hired",
+            Kind::Archived => "archived",
+            Kind::Restored => "restored",
+            Kind::Erased => "erased",
+        }
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "created" => Kind::Created,
+            "updated" => Kind::Updated,
+            "hired" => Kind::Hired,
+            "archived" => Kind::Archived,
+            "restored" => Kind::Restored,
+            "erased" => Kind::Erased,
+            _ => return None,
+        })
+    }
+}
+
+/// One row to insert.
+struct Row<'a> {
+    event: &'a ProjectedEvent,
+    datasheet: &'static str,
+    kind: Kind,
+    effective_from: NaiveDate,
+    changes: Option<Json<Value>>,
+}
+
+/// What an event does to the read model.
+enum Step<'a> {
+    Insert(Row<'a>),
+    /// The scheduled change recorded at this version was cancelled at the event's moment.
+    Cancel(i64),
+    Nothing,
+}
+
+fn step(event: &ProjectedEvent) -> Step<'_> {
+    let AnyEvent::Record(record_event) = &event.event else {
+        return Step::Nothing;
+    };
+    let day = |effective_from: &Option<NaiveDate>| {
+        effective_from.unwrap_or_else(|| event.recorded_at.date_naive())
+    };
+    let values = |fields: &custos_domain::record::Fields| {
+        Some(Json(Value::Object(
+            fields.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        )))
+    };
+    let row = |datasheet: &Datasheet, kind, effective_from, changes| {
+        Step::Insert(Row {
+            event,
+            datasheet: datasheet.as_str(),
+            kind,
+            effective_from,
+            changes,
+        })
+    };
+    match record_event {
+        RecordEvent::RecordCreated {
+            datasheet,
+            fields,
+            effective_from,
+            ..
+        } => row(
+            datasheet,
+            Kind::Created,
+            day(effective_from),
+            values(fields),
+        ),
+        RecordEvent::RecordUpdated {
+            datasheet,
+            changes,
+            effective_from,
+        } => row(
+            datasheet,
+            Kind::Updated,
+            day(effective_from),
+            values(changes),
+        ),
+        RecordEvent::ApplicantHired {
+            datasheet,
+            effective_from,
+            ..
+        } => {
+            let stage = serde_json::json!({ "stage": Stage::Hired.as_str() });
+            row(
+                datasheet,
+                Kind::Hired,
+                day(effective_from),
+                Some(Json(stage)),
+            )
+        }
+        RecordEvent::RecordArchived { datasheet } => {
+            row(datasheet, Kind::Archived, day(&None), None)
+        }
+        RecordEvent::RecordRestored { datasheet } => {
+            row(datasheet, Kind::Restored, day(&None), None)
+        }
+        RecordEvent::RecordErased { datasheet, .. } => {
+            row(datasheet, Kind::Erased, day(&None), None)
+        }
+        RecordEvent::ScheduledChangeCancelled { version, .. } => {
+            Step::Cancel(i64::try_from(*version).unwrap_or(i64::MAX))
+        }
+        RecordEvent::RecordRestricted { .. } | RecordEvent::RestrictionLifted { .. } => {
+            Step::Nothing
+        }
+    }
+}
+
+/// Inserts `rows` (a replayed one is left as it is), then empties the rows of the people erased
+/// among them.
+async fn insert(conn: &mut PgConnection, rows: &[Row<'_>]) -> sqlx::Result<()> {
+    for chunk in rows.chunks(1_000) {
+        let mut query = QueryBuilder::new(
+            "INSERT INTO record_versions (record_id, version, datasheet, kind, effective_from,
+                                          recorded_at, changes) ",
+        );
+        query.push_values(chunk, |mut values, row| {
+            values
+                .push_bind(row.event.aggregate_id)
+                .push_bind(row.event.sequence)
+                .push_bind(row.datasheet)
+                .push_bind(row.kind.as_str())
+                .push_bind(row.effective_from)
+                .push_bind(row.event.recorded_at)
+                .push_bind(row.changes.as_ref());
+        });
+        query.push(" ON CONFLICT (record_id, version) DO NOTHING");
+        crate::execute_rows(conn, query, chunk.len()).await?;
+    }
+    let erased: Vec<Uuid> = rows
+        .iter()
+        .filter(|row| row.kind == Kind::Erased)
+        .map(|row| row.event.aggregate_id)
+        .collect();
+    if !erased.is_empty() {
+        sqlx::query(
+            "UPDATE record_versions SET changes = NULL
+              WHERE record_id = ANY($1) AND changes IS NOT NULL",
+        )
+        .bind(erased)
+        .execute(conn)
+        .await?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Projection for RecordVersionsProjection {
+    fn name(&self) -> &'static str {
+        "record_versions"
+    }
+
+    fn aggregate_types(&self) -> &'static [&'static str] {
+        &[<Record as cqrs_es::Aggregate>::TYPE]
+    }
+
+    fn tables(&self) -> &'static [crate::Table] {
+        const { &[crate::Table::new("record_versions").read_indexes(&["record_versions_by_sheet"])] }
+    }
+
+    async fn apply(&self, conn: &mut PgConnection, event: &ProjectedEvent) -> sqlx::Result<()> {
+        self.apply_all(conn, &[event]).await
+    }
+
+    /// Multi-row inserts, in order up to each cancellation.
+    async fn apply_all(
+        &self,
+        conn: &mut PgConnection,
+        events: &[&ProjectedEvent],
+    ) -> sqlx::Result<()> {
+        let mut rows = Vec::with_capacity(events.len());
+        for event in events {
+            match step(event) {
+                Step::Insert(row) => rows.push(row),
+                Step::Cancel(version) => {
+                    insert(conn, &std::mem::take(&mut rows)).await?;
+                    sqlx::query(
+                        "UPDATE record_versions SET cancelled_at = $3
+                          WHERE record_id = $1 AND version = $2 AND cancelled_at IS NULL",
+                    )
+                    .bind(event.aggregate_id)
+                    .bind(version)
+                    .bind(event.recorded_at)
+                    .execute(&mut *conn)
+                    .await?;
+                }
+                Step::Nothing => {}
+            }
+        }
+        insert(conn, &rows).await
+    }
+
+    async fn reset(&self, conn: &mut PgConnection) -> sqlx::Result<()> {
+        sqlx::query("DELETE FROM record_versions")
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+}
+
+/// A row as a report reads it, with the values the change gave the field grouped by, the start
+/// date and the end date (`Some(Value::Null)`: it cleared the field; `None`: it did not touch
+/// it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct VersionRow {
+    pub record_id: Uuid,
+    pub version: i64,
+    pub kind: Kind,
+    pub effective_from: NaiveDate,
+    pub group: Option<Value>,
+    pub start_date: Option<Value>,
+    pub end_date: Option<Value>,
+}
+
+type Fetched = (
+    Uuid,
+    i64,
+    String,
+    NaiveDate,
+    Option<Json<Value>>,
+    Option<Json<Value>>,
+    Option<Json<Value>>,
+);
+
+/// The rows of `datasheet`'s records as recorded up to `recorded_at`, without the scheduled
+/// changes cancelled by then, with their values of the field `group_by` and of the employment
+/// dates.
+pub async fn as_recorded(
+    conn: &mut PgConnection,
+    datasheet: Datasheet,
+    recorded_at: DateTime<Utc>,
+    group_by: &str,
+) -> sqlx::Result<Vec<VersionRow>> {
+    let rows: Vec<Fetched> = sqlx::query_as(
+        "SELECT record_id, version, kind, effective_from,
+                changes -> $3, changes -> 'start_date', changes -> 'end_date'
+           FROM record_versions
+          WHERE datasheet = $1 AND recorded_at <= $2
+            AND (cancelled_at IS NULL OR cancelled_at > $2)",
+    )
+    .bind(datasheet.as_str())
+    .bind(recorded_at)
+    .bind(group_by)
+    .fetch_all(conn)
+    .await?;
+    let value = |v: Option<Json<Value>>| v.map(|Json(v)| v);
+    rows.into_iter()
+        .map(
+            |(record_id, version, kind, effective_from, group, start, end)| {
+                Ok(VersionRow {
+                    record_id,
+                    version,
+                    kind: Kind::parse(&kind).ok_or_else(|| {
+                        sqlx::Error::Decode(format!("unknown record version kind `{kind}`").into())
+                    })?,
+                    effective_from,
+                    group: value(group),
+                    start_date: value(start),
+                    end_date: value(end),
+                })
+            },
+        )
+        .collect()
+}
