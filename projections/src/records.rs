@@ -601,17 +601,18 @@ pub struct PendingChange {
     pub recorded_by: Uuid,
 }
 
-/// The changes of record `id` not in force yet, by the day they take effect, then in the order
-/// they were recorded.
+/// The changes of the records `ids` not in force yet, per record by the day they take effect,
+/// then in the order they were recorded.
 pub async fn pending_changes<'e>(
     db: impl PgExecutor<'e>,
-    id: Uuid,
+    ids: &[Uuid],
 ) -> sqlx::Result<Vec<PendingChange>> {
     sqlx::query_as(
         "SELECT record_id, sequence, effective_from, changes, recorded_at, recorded_by
-         FROM pending_changes WHERE record_id = $1 ORDER BY effective_from, sequence",
+         FROM pending_changes WHERE record_id = ANY($1)
+         ORDER BY record_id, effective_from, sequence",
     )
-    .bind(id)
+    .bind(ids)
     .fetch_all(db)
     .await
 }

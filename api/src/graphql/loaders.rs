@@ -1,5 +1,5 @@
 //! Per-request batching of lookups that many entries of one answer share: the users and API
-//! tokens behind actors, and each datasheet's custom fields.
+//! tokens behind actors, each datasheet's custom fields, and the records' pending changes.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -8,6 +8,7 @@ use async_graphql::dataloader::{DataLoader, Loader};
 use async_graphql::Context;
 use custos_domain::{CustomSchema, Datasheet};
 use custos_projections::api_tokens::{self, ApiTokenRow};
+use custos_projections::records::{self, PendingChange};
 use custos_projections::users::{self, UserRow};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -63,11 +64,32 @@ impl Loader<Datasheet> for SchemaLoader {
     }
 }
 
+/// Batches the pending changes of the records of one answer (a page of records asking for
+/// `pendingChanges` costs one statement, not one per record).
+pub(crate) struct PendingChangesLoader(PgPool);
+
+impl Loader<Uuid> for PendingChangesLoader {
+    type Value = Vec<PendingChange>;
+    type Error = Arc<sqlx::Error>;
+
+    async fn load(&self, keys: &[Uuid]) -> Result<HashMap<Uuid, Vec<PendingChange>>, Self::Error> {
+        let rows = records::pending_changes(&self.0, keys)
+            .await
+            .map_err(Arc::new)?;
+        let mut pending: HashMap<Uuid, Vec<PendingChange>> = HashMap::new();
+        for row in rows {
+            pending.entry(row.record_id).or_default().push(row);
+        }
+        Ok(pending)
+    }
+}
+
 /// The loaders of one request, for the principal's tenant.
 pub(crate) struct Loaders {
     users: DataLoader<UserLoader>,
     api_tokens: DataLoader<ApiTokenLoader>,
     schemas: DataLoader<SchemaLoader>,
+    pending_changes: DataLoader<PendingChangesLoader>,
 }
 
 impl Loaders {
@@ -77,6 +99,7 @@ impl Loaders {
             users: DataLoader::new(UserLoader(pool.clone()), tokio::spawn),
             api_tokens: DataLoader::new(ApiTokenLoader(pool.clone()), tokio::spawn),
             schemas: DataLoader::new(SchemaLoader(pool.clone()), tokio::spawn),
+            pending_changes: DataLoader::new(PendingChangesLoader(pool.clone()), tokio::spawn),
         }
     }
 
@@ -85,6 +108,7 @@ impl Loaders {
         data.insert(self.users);
         data.insert(self.api_tokens);
         data.insert(self.schemas);
+        data.insert(self.pending_changes);
     }
 }
 
@@ -125,5 +149,22 @@ pub(crate) async fn load_schema(
         .load_one(datasheet)
         .await
         .map_err(|err| ApiError::internal(anyhow::anyhow!("loading custom fields failed: {err}")))?
+        .unwrap_or_default())
+}
+
+/// Record `id`'s pending changes (see [`PendingChangesLoader`]), through the request's loader.
+pub(crate) async fn load_pending_changes(
+    ctx: &Context<'_>,
+    id: Uuid,
+) -> Result<Vec<PendingChange>, ApiError> {
+    let loader = ctx
+        .data::<DataLoader<PendingChangesLoader>>()
+        .map_err(|_| ApiError::Unauthenticated)?;
+    Ok(loader
+        .load_one(id)
+        .await
+        .map_err(|err| {
+            ApiError::internal(anyhow::anyhow!("loading pending changes failed: {err}"))
+        })?
         .unwrap_or_default())
 }

@@ -79,8 +79,7 @@ impl RecordCommon {
     /// Changes entered to take effect on a later day, soonest first. The record's fields show
     /// the values in force today; each of these becomes one of them on its day.
     async fn pending_changes(&self, ctx: &Context<'_>) -> Result<Vec<PendingChange>, ApiError> {
-        let cx = Cx::new(ctx)?;
-        let pending = records::pending_changes(&cx.tenant().pool, self.0.id).await?;
+        let pending = crate::graphql::loaders::load_pending_changes(ctx, self.0.id).await?;
         Ok(pending.into_iter().map(PendingChange::from).collect())
     }
 }
