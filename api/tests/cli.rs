@@ -295,7 +295,7 @@ async fn a_new_user_creates_a_tenant_serves_and_logs_in() {
         let printed = String::from_utf8_lossy(&output.stdout);
         assert!(
             output.status.success()
-                && printed.contains("cli-org: 13 read models")
+                && printed.contains("cli-org: 14 read models")
                 && ["records", "audit_log", "users", "webhooks"]
                     .iter()
                     .all(|name| printed.contains(&format!("  {name} "))),
@@ -306,7 +306,7 @@ async fn a_new_user_creates_a_tenant_serves_and_logs_in() {
     // Every change above waited for its read models, and nothing wrote since.
     let printed = String::from_utf8_lossy(&stopped_status.stdout);
     assert!(
-        printed.contains("cli-org: 13 read models, all up to date"),
+        printed.contains("cli-org: 14 read models, all up to date"),
         "{printed}"
     );
 
