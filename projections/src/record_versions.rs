@@ -8,14 +8,18 @@
 //! report counts them under "no value"), and a cancelled scheduled change keeps the moment it
 //! was cancelled, since a report recorded before it still saw it.
 
+use std::sync::LazyLock;
+
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
+use custos_domain::record::Fields;
 use custos_domain::{Datasheet, Record, RecordEvent, Stage};
 use serde_json::Value;
 use sqlx::types::Json;
 use sqlx::{PgConnection, QueryBuilder};
 use uuid::Uuid;
 
+use crate::records::effective_day;
 use crate::{AnyEvent, ProjectedEvent, Projection};
 
 /// Projects Record events into `record_versions`.
@@ -64,7 +68,7 @@ struct Row<'a> {
     datasheet: &'static str,
     kind: Kind,
     effective_from: NaiveDate,
-    changes: Option<Json<Value>>,
+    changes: Option<&'a Fields>,
 }
 
 /// What an event does to the read model.
@@ -75,24 +79,24 @@ enum Step<'a> {
     Nothing,
 }
 
+/// What a hire sets.
+static HIRED: LazyLock<Fields> = LazyLock::new(|| {
+    Fields::from([(
+        "stage".to_owned(),
+        Value::String(Stage::Hired.as_str().to_owned()),
+    )])
+});
+
 fn step(event: &ProjectedEvent) -> Step<'_> {
     let AnyEvent::Record(record_event) = &event.event else {
         return Step::Nothing;
     };
-    let day = |effective_from: &Option<NaiveDate>| {
-        effective_from.unwrap_or_else(|| event.recorded_at.date_naive())
-    };
-    let values = |fields: &custos_domain::record::Fields| {
-        Some(Json(Value::Object(
-            fields.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-        )))
-    };
-    let row = |datasheet: &Datasheet, kind, effective_from, changes| {
+    let row = |datasheet: &Datasheet, kind, effective_from: &Option<NaiveDate>, changes| {
         Step::Insert(Row {
             event,
             datasheet: datasheet.as_str(),
             kind,
-            effective_from,
+            effective_from: effective_day(*effective_from, event),
             changes,
         })
     };
@@ -102,44 +106,20 @@ fn step(event: &ProjectedEvent) -> Step<'_> {
             fields,
             effective_from,
             ..
-        } => row(
-            datasheet,
-            Kind::Created,
-            day(effective_from),
-            values(fields),
-        ),
+        } => row(datasheet, Kind::Created, effective_from, Some(fields)),
         RecordEvent::RecordUpdated {
             datasheet,
             changes,
             effective_from,
-        } => row(
-            datasheet,
-            Kind::Updated,
-            day(effective_from),
-            values(changes),
-        ),
+        } => row(datasheet, Kind::Updated, effective_from, Some(changes)),
         RecordEvent::ApplicantHired {
             datasheet,
             effective_from,
             ..
-        } => {
-            let stage = serde_json::json!({ "stage": Stage::Hired.as_str() });
-            row(
-                datasheet,
-                Kind::Hired,
-                day(effective_from),
-                Some(Json(stage)),
-            )
-        }
-        RecordEvent::RecordArchived { datasheet } => {
-            row(datasheet, Kind::Archived, day(&None), None)
-        }
-        RecordEvent::RecordRestored { datasheet } => {
-            row(datasheet, Kind::Restored, day(&None), None)
-        }
-        RecordEvent::RecordErased { datasheet, .. } => {
-            row(datasheet, Kind::Erased, day(&None), None)
-        }
+        } => row(datasheet, Kind::Hired, effective_from, Some(&*HIRED)),
+        RecordEvent::RecordArchived { datasheet } => row(datasheet, Kind::Archived, &None, None),
+        RecordEvent::RecordRestored { datasheet } => row(datasheet, Kind::Restored, &None, None),
+        RecordEvent::RecordErased { datasheet, .. } => row(datasheet, Kind::Erased, &None, None),
         RecordEvent::ScheduledChangeCancelled { version, .. } => {
             Step::Cancel(i64::try_from(*version).unwrap_or(i64::MAX))
         }
@@ -165,7 +145,7 @@ async fn insert(conn: &mut PgConnection, rows: &[Row<'_>]) -> sqlx::Result<()> {
                 .push_bind(row.kind.as_str())
                 .push_bind(row.effective_from)
                 .push_bind(row.event.recorded_at)
-                .push_bind(row.changes.as_ref());
+                .push_bind(row.changes.map(Json));
         });
         query.push(" ON CONFLICT (record_id, version) DO NOTHING");
         crate::execute_rows(conn, query, chunk.len()).await?;

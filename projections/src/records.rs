@@ -296,7 +296,10 @@ const IN_FORCE: &str = "
 
 /// The day a change takes effect: its own, or (written before changes were effective-dated)
 /// the day it was recorded.
-fn effective_day(effective_from: Option<NaiveDate>, event: &ProjectedEvent) -> NaiveDate {
+pub(crate) fn effective_day(
+    effective_from: Option<NaiveDate>,
+    event: &ProjectedEvent,
+) -> NaiveDate {
     effective_from.unwrap_or_else(|| event.recorded_at.date_naive())
 }
 

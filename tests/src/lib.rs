@@ -68,7 +68,8 @@ fn shared() -> &'static Shared {
         let logs = LogBuffer::default();
         // A panic of the service (in any of its tasks) is written into the log the tests
         // read, as well as where Rust writes it. A test's own failed assertion is not: it
-        // panics on the thread the test harness named after the test (`module::test`), and
+        // panics on the thread the test harness named after the test (`module::test` in the
+        // suites with modules, as the e2e suite), and
         // would otherwise fail every other test that looks for panics in the shared log.
         let previous = std::panic::take_hook();
         let record = logs.clone();
