@@ -155,15 +155,24 @@ pub trait Projection: Send + Sync {
 
     /// Brings the read model to `today` (UTC), for what takes effect on a day rather than with
     /// an event: the projector calls it when it starts and every minute, in a transaction of
-    /// its own. It must leave the same rows however often it runs. Returns how many changes
+    /// its own. It must leave the same rows however often it runs. Returns the changes that
     /// took effect.
     async fn on_day(
         &self,
         _conn: &mut PgConnection,
         _today: chrono::NaiveDate,
-    ) -> sqlx::Result<u64> {
-        Ok(0)
+    ) -> sqlx::Result<Vec<TookEffect>> {
+        Ok(Vec::new())
     }
+}
+
+/// A change recorded to take effect on a later day that has now taken effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TookEffect {
+    pub record_id: uuid::Uuid,
+    /// The record's version it was recorded at.
+    pub sequence: i64,
+    pub effective_from: chrono::NaiveDate,
 }
 
 /// Runs a multi-row statement of `rows` rows. Its text differs with the number of rows: small

@@ -20,7 +20,7 @@ use sqlx::types::Json;
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
-use crate::{AnyEvent, ProjectedEvent, Projection};
+use crate::{AnyEvent, ProjectedEvent, Projection, TookEffect};
 
 /// Projects Record events into `records`.
 #[derive(Debug, Clone, Copy, Default)]
@@ -143,13 +143,14 @@ impl Projection for RecordsProjection {
                 effective_from,
                 ..
             } => {
-                let key = since_key(effective_day(*effective_from, event), event.sequence);
+                let day = effective_day(*effective_from, event);
+                let key = since_key(day, event.sequence);
                 sqlx::query(&change(
                     "hired_as = $6,
                      fields = CASE WHEN coalesce(field_since->>'stage', since_base) < $7
                               THEN jsonb_set(fields, '{stage}', to_jsonb($5::text)) ELSE fields END,
                      stage_since = CASE WHEN coalesce(field_since->>'stage', since_base) < $7
-                                   THEN $3 ELSE stage_since END,
+                                   THEN $8 ELSE stage_since END,
                      field_since = CASE WHEN coalesce(field_since->>'stage', since_base) < $7
                                    THEN jsonb_set(field_since, '{stage}', to_jsonb($7::text))
                                    ELSE field_since END,
@@ -162,6 +163,7 @@ impl Projection for RecordsProjection {
                 .bind(Stage::Hired.as_str())
                 .bind(employee_id)
                 .bind(key)
+                .bind(in_force_at(day, event.recorded_at))
                 .execute(conn)
                 .await?;
             }
@@ -209,7 +211,11 @@ impl Projection for RecordsProjection {
     /// The scheduled changes due by `today` take effect: each field takes the change's value
     /// where it is the one in force (see the module's documentation), and the change leaves
     /// `pending_changes`.
-    async fn on_day(&self, conn: &mut PgConnection, today: NaiveDate) -> sqlx::Result<u64> {
+    async fn on_day(
+        &self,
+        conn: &mut PgConnection,
+        today: NaiveDate,
+    ) -> sqlx::Result<Vec<TookEffect>> {
         let due: Vec<(Uuid, i64, NaiveDate, Json<Fields>, DateTime<Utc>)> = sqlx::query_as(
             "DELETE FROM pending_changes WHERE effective_from <= $1
              RETURNING record_id, sequence, effective_from, changes, recorded_at",
@@ -218,7 +224,7 @@ impl Projection for RecordsProjection {
         .fetch_all(&mut *conn)
         .await?;
         if due.is_empty() {
-            return Ok(0);
+            return Ok(Vec::new());
         }
         let changes: Vec<Change<'_>> = due
             .iter()
@@ -226,7 +232,7 @@ impl Projection for RecordsProjection {
                 id: *id,
                 key: since_key(*day, *sequence),
                 changes,
-                recorded_at: *recorded_at,
+                in_force_at: in_force_at(*day, *recorded_at),
             })
             .collect();
         let folded = fold(changes.iter());
@@ -265,7 +271,14 @@ impl Projection for RecordsProjection {
         .bind(maxes)
         .execute(conn)
         .await?;
-        Ok(due.len() as u64)
+        Ok(due
+            .iter()
+            .map(|(record_id, sequence, day, ..)| TookEffect {
+                record_id: *record_id,
+                sequence: *sequence,
+                effective_from: *day,
+            })
+            .collect())
     }
 }
 
@@ -301,6 +314,14 @@ pub(crate) fn effective_day(
     event: &ProjectedEvent,
 ) -> NaiveDate {
     effective_from.unwrap_or_else(|| event.recorded_at.date_naive())
+}
+
+/// Since when a change's values hold on the record (a record's `stage_since`, from which
+/// retention counts): when it was recorded, or the start of its day (UTC) when it was
+/// scheduled for a later one. A correction counts from when it was recorded, not from its
+/// earlier day: what the service held until then is not shortened after the fact.
+pub(crate) fn in_force_at(day: NaiveDate, recorded_at: DateTime<Utc>) -> DateTime<Utc> {
+    recorded_at.max(day.and_time(chrono::NaiveTime::MIN).and_utc())
 }
 
 /// The key that orders a record's changes: by the day they take effect, then by the record's
@@ -374,7 +395,8 @@ struct Change<'a> {
     id: Uuid,
     key: String,
     changes: &'a Fields,
-    recorded_at: DateTime<Utc>,
+    /// See [`in_force_at`].
+    in_force_at: DateTime<Utc>,
 }
 
 /// What a record's changes in one run change together: per field, the value of the change
@@ -385,7 +407,7 @@ struct Folded {
     cleared: Vec<String>,
     /// Each changed field's key.
     since: Map<String, Value>,
-    /// When the change that gave the stage its value was recorded.
+    /// Since when the stage has had its value (see [`in_force_at`]).
     stage_since: Option<DateTime<Utc>>,
 }
 
@@ -438,7 +460,7 @@ fn fold<'a>(changes: impl Iterator<Item = &'a Change<'a>>) -> Vec<Folded> {
                 record.set.insert(key.clone(), value.clone());
             }
             if key == "stage" {
-                record.stage_since = (!value.is_null()).then_some(change.recorded_at);
+                record.stage_since = (!value.is_null()).then_some(change.in_force_at);
             }
         }
     }
@@ -482,7 +504,7 @@ async fn update_all(conn: &mut PgConnection, events: &[&ProjectedEvent]) -> sqlx
             id: event.aggregate_id,
             key: since_key(day, event.sequence),
             changes,
-            recorded_at: event.recorded_at,
+            in_force_at: in_force_at(day, event.recorded_at),
         });
     }
     let mut folded: std::collections::HashMap<Uuid, Folded> = fold(in_force.iter())
@@ -585,7 +607,11 @@ async fn insert_created(conn: &mut PgConnection, creations: &[Creation<'_>]) -> 
                 .push_bind(event.recorded_at)
                 .push_bind(actor)
                 .push_bind(actor)
-                .push_bind(fields.contains_key("stage").then_some(event.recorded_at));
+                .push_bind(
+                    fields
+                        .contains_key("stage")
+                        .then(|| in_force_at(*day, event.recorded_at)),
+                );
         },
     );
     query.push(" ON CONFLICT (id) DO NOTHING");

@@ -622,3 +622,63 @@ async fn imported_staff_take_effect_from_their_column_and_bad_days_are_row_error
         "C, without a day, takes effect today"
     );
 }
+
+#[tokio::test]
+async fn a_stage_scheduled_for_a_later_day_starts_its_retention_period_on_that_day() {
+    let app = TestApp::spawn().await;
+    let admin = app.sign_up(&slug("scheduled-stage")).await;
+    app.graphql(
+        Some(&admin.token),
+        "mutation($i: RetentionPolicyInput!) { defineRetentionPolicy(input: $i) { id } }",
+        json!({ "i": { "datasheet": "APPLICANTS", "name": "Closed applications",
+                       "trigger": "STAGE_REACHED", "stages": ["REJECTED"], "periodDays": 10 } }),
+    )
+    .await
+    .ok();
+    let id = app
+        .graphql(
+            Some(&admin.token),
+            "mutation { createApplicant(input: { firstName: \"Rhea\", lastName: \"Later\", stage: INTERVIEW }) { id } }",
+            json!({}),
+        )
+        .await
+        .ok()
+        .data("createApplicant.id")
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let next_month = today() + Duration::days(31);
+    app.graphql(
+        Some(&admin.token),
+        "mutation($id: ID!, $on: NaiveDate) {
+            updateApplicant(id: $id, input: { stage: REJECTED }, effectiveFrom: $on) { version } }",
+        json!({ "id": id, "on": next_month }),
+    )
+    .await
+    .ok();
+    let tenant = app.tenant(admin.tenant_id).await;
+    app.services
+        .scheduled_changes_take_effect(&tenant, next_month)
+        .await
+        .unwrap();
+
+    // Rejected from the start of its day, not from when the rejection was entered.
+    let schedule = app
+        .graphql(
+            Some(&admin.token),
+            "query($u: DateTime) { retentionSchedule(until: $u, first: 10) { recordId erasesAt } }",
+            json!({ "u": Utc::now() + Duration::days(400) }),
+        )
+        .await
+        .ok();
+    let rows = schedule.data("retentionSchedule").as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["recordId"], id.as_str());
+    let erases_at: chrono::DateTime<Utc> = rows[0]["erasesAt"].as_str().unwrap().parse().unwrap();
+    assert_eq!(
+        erases_at,
+        (next_month + Duration::days(10))
+            .and_time(chrono::NaiveTime::MIN)
+            .and_utc()
+    );
+}

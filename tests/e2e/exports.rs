@@ -192,6 +192,96 @@ async fn json_exports_stream_every_record_with_custom_fields() {
 }
 
 #[tokio::test]
+async fn exports_carry_each_records_scheduled_changes_with_their_day() {
+    let app = TestApp::spawn().await;
+    let admin = app.sign_up(&slug("export-pending")).await;
+    let id = app
+        .create_employee(
+            &admin.token,
+            json!({ "firstName": "Ida", "lastName": "Pending", "jobTitle": "Engineer", "notes": "Old note" }),
+        )
+        .await["id"]
+        .clone();
+    app.create_employee(
+        &admin.token,
+        json!({ "firstName": "Otto", "lastName": "Settled" }),
+    )
+    .await;
+    let on = (chrono::Utc::now().date_naive() + chrono::Duration::days(40)).to_string();
+    app.graphql(
+        Some(&admin.token),
+        "mutation($id: ID!, $on: NaiveDate) {
+            updateEmployee(id: $id, input: { jobTitle: \"Lead\", notes: null }, effectiveFrom: $on) { version } }",
+        json!({ "id": id, "on": on }),
+    )
+    .await
+    .ok();
+    let expected = json!([{ "effectiveFrom": on, "version": 2,
+                            "changes": { "jobTitle": "Lead", "notes": null } }]);
+    let without_time = |mut pending: Value| {
+        for change in pending.as_array_mut().unwrap() {
+            assert!(change["recordedAt"].is_string(), "{change}");
+            change.as_object_mut().unwrap().remove("recordedAt");
+        }
+        pending
+    };
+
+    let url = |started: custos_tests::Response| {
+        started
+            .data("exportRecords.downloadUrl")
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let json_export = export(
+        &app,
+        &admin,
+        json!({ "d": "EMPLOYEES", "fmt": "JSON", "bom": false }),
+    )
+    .await
+    .ok();
+    let records: Vec<Value> = download(&app, &url(json_export))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let ida = records.iter().find(|r| r["lastName"] == "Pending").unwrap();
+    assert_eq!(ida["jobTitle"], "Engineer", "today's value");
+    assert_eq!(without_time(ida["pendingChanges"].clone()), expected);
+    let otto = records.iter().find(|r| r["lastName"] == "Settled").unwrap();
+    assert_eq!(otto["pendingChanges"], json!([]));
+
+    let csv_export = export(
+        &app,
+        &admin,
+        json!({ "d": "EMPLOYEES", "fmt": "CSV", "bom": false }),
+    )
+    .await
+    .ok();
+    let body = download(&app, &url(csv_export))
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    let mut reader = csv::Reader::from_reader(&body[..]);
+    let headers = reader.headers().unwrap().clone();
+    let column = |name: &str| headers.iter().position(|h| h == name).unwrap();
+    let rows: Vec<csv::StringRecord> = reader.records().map(|r| r.unwrap()).collect();
+    let ida = rows
+        .iter()
+        .find(|row| &row[column("lastName")] == "Pending")
+        .unwrap();
+    assert_eq!(&ida[column("jobTitle")], "Engineer");
+    let cell: Value = serde_json::from_str(&ida[column("pendingChanges")]).unwrap();
+    assert_eq!(without_time(cell), expected);
+    let otto = rows
+        .iter()
+        .find(|row| &row[column("lastName")] == "Settled")
+        .unwrap();
+    assert_eq!(&otto[column("pendingChanges")], "");
+}
+
+#[tokio::test]
 async fn exports_need_the_export_permission_and_a_valid_link() {
     let app = TestApp::spawn().await;
     let admin = app.sign_up(&slug("export-deny")).await;

@@ -153,6 +153,82 @@ async fn every_change_of_a_readable_record_is_sent_once_the_read_model_shows_it(
 }
 
 #[tokio::test]
+async fn a_scheduled_change_is_sent_when_cancelled_and_when_it_takes_effect_on_its_day() {
+    let app = TestApp::spawn().await;
+    let admin = app.sign_up(&slug("live-scheduled")).await;
+    let (id, _) = create_employee(&app, &admin, "Nell").await;
+    let mut mine = live(&app, &admin.token, json!({ "ids": [id] })).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let today = chrono::Utc::now().date_naive();
+    let next_month = today + chrono::Duration::days(31);
+    let schedule = "mutation($id: ID!, $name: String, $on: NaiveDate) {
+        updateEmployee(id: $id, input: { firstName: $name }, effectiveFrom: $on) { version } }";
+
+    run(
+        &app,
+        &admin,
+        schedule,
+        json!({ "id": id, "name": "Nora", "on": next_month }),
+    )
+    .await;
+    let scheduled = change(&mut mine, SOON).await.expect("scheduled");
+    assert_eq!(
+        (scheduled["change"].as_str(), scheduled["version"].as_i64()),
+        (Some("UPDATED"), Some(2)),
+        "{scheduled}"
+    );
+    assert_eq!(scheduled["record"]["firstName"], "Nell", "not in force yet");
+    run(
+        &app,
+        &admin,
+        schedule,
+        json!({ "id": id, "name": "Nina", "on": next_month + chrono::Duration::days(1) }),
+    )
+    .await;
+    assert_eq!(change(&mut mine, SOON).await.expect("second")["version"], 3);
+    run(
+        &app,
+        &admin,
+        "mutation($id: ID!) { cancelScheduledChange(id: $id, version: 3) { version } }",
+        json!({ "id": id }),
+    )
+    .await;
+    let cancelled = change(&mut mine, SOON).await.expect("cancelled");
+    assert_eq!(
+        (cancelled["change"].as_str(), cancelled["version"].as_i64()),
+        (Some("SCHEDULED_CHANGE_CANCELLED"), Some(4)),
+        "{cancelled}"
+    );
+
+    // The day comes: no event, but the record changed, and the subscriber is told which
+    // pending change took effect.
+    let tenant = app.tenant(admin.tenant_id).await;
+    let took = app
+        .services
+        .scheduled_changes_take_effect(&tenant, next_month)
+        .await
+        .unwrap();
+    assert_eq!(took, 1);
+    let effect = change(&mut mine, SOON).await.expect("took effect");
+    assert_eq!(
+        (effect["change"].as_str(), effect["version"].as_i64()),
+        (Some("SCHEDULED_CHANGE_TOOK_EFFECT"), Some(2)),
+        "{effect}"
+    );
+    assert_eq!(effect["id"], id.as_str());
+    assert_eq!(
+        effect["record"]["firstName"], "Nora",
+        "the value in force now"
+    );
+    assert!(
+        change(&mut mine, Duration::from_millis(500))
+            .await
+            .is_none(),
+        "once"
+    );
+}
+
+#[tokio::test]
 async fn subscribers_get_only_what_they_may_read_and_asked_for() {
     let app = TestApp::spawn().await;
     let admin = app.sign_up(&slug("livenarrow")).await;

@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::infra::event_store::log::{EventLog, Position, StoredEvent, HORIZON};
+use crate::infra::record_feed;
 use crate::telemetry::metrics::Metrics;
 
 /// Events read per transaction.
@@ -330,20 +331,23 @@ impl Runner {
     }
 }
 
-/// Brings `projections` to `today` (see [`Projection::on_day`]) in one transaction; how many
-/// changes took effect.
+/// Brings `projections` to `today` (see [`Projection::on_day`]) in one transaction, one such
+/// transaction at a time per database, and tells the record feed's readers what took effect
+/// ([`record_feed::took_effect`]); how many changes took effect.
 pub(crate) async fn on_day(
     pool: &PgPool,
     projections: &[&dyn Projection],
     today: chrono::NaiveDate,
 ) -> anyhow::Result<u64> {
-    let mut changed = 0;
     let mut tx = pool.begin().await?;
+    record_feed::serialise_effects(&mut tx).await?;
+    let mut took = Vec::new();
     for projection in projections {
-        changed += projection.on_day(&mut tx, today).await?;
+        took.extend(projection.on_day(&mut tx, today).await?);
     }
+    record_feed::took_effect(&mut tx, &took).await?;
     tx.commit().await?;
-    Ok(changed)
+    Ok(took.len() as u64)
 }
 
 /// Waits for a wake-up or the poll interval; returns the next interval (reset by a wake-up,

@@ -12,6 +12,11 @@
 //! one). The reader also looks every 5 s without an announcement (one missed while its lease
 //! was being taken), and every second while announcements are not heard.
 //!
+//! A scheduled change taking effect on its day has no event: the projector writes it to
+//! `scheduled_effects` (migration 0031) in the transaction that takes it ([`took_effect`]),
+//! which announces `records` the same way, and the reader reads those past the last it saw
+//! after the events.
+//!
 //! The reader starts with the first subscriber and stops when the last one is gone, dropping
 //! its lease (a lease of a reader that died lapses after [`LEASE`]).
 
@@ -38,6 +43,11 @@ const IDLE: Duration = Duration::from_secs(5);
 const DEAF: Duration = Duration::from_secs(1);
 /// How long a reader's lease lasts unrenewed (it renews it every [`IDLE`]).
 const LEASE: Duration = Duration::from_secs(30);
+/// Held by the transaction that takes a day's scheduled changes, so that their rows in
+/// `scheduled_effects` commit in the order of their positions.
+const EFFECTS_LOCK: i64 = 0x6375_7374_6f73_0008;
+/// How long a row of `scheduled_effects` is kept (readers read it within seconds).
+const EFFECTS_KEPT: &str = "1 day";
 
 /// How a record changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +60,10 @@ pub(crate) enum ChangeKind {
     Restricted,
     RestrictionLifted,
     Erased,
+    /// A change scheduled for a later day was cancelled before its day.
+    ScheduledChangeCancelled,
+    /// A change scheduled for a later day took effect on its day (no event: see the module).
+    ScheduledChangeTookEffect,
 }
 
 impl ChangeKind {
@@ -63,6 +77,7 @@ impl ChangeKind {
             "RecordRestricted" => ChangeKind::Restricted,
             "RestrictionLifted" => ChangeKind::RestrictionLifted,
             "RecordErased" => ChangeKind::Erased,
+            "ScheduledChangeCancelled" => ChangeKind::ScheduledChangeCancelled,
             _ => return None,
         })
     }
@@ -74,8 +89,10 @@ pub(crate) struct RecordChange {
     pub(crate) id: Uuid,
     pub(crate) datasheet: Datasheet,
     pub(crate) kind: ChangeKind,
-    /// The record's version after the change.
+    /// The record's version after the change; for a scheduled change that took effect, the
+    /// version it was recorded at.
     pub(crate) version: i64,
+    /// When the change was recorded; for a scheduled change that took effect, when it did.
     pub(crate) at: DateTime<Utc>,
 }
 
@@ -155,10 +172,10 @@ async fn read(
     // itself (or the next look finds it).
     let started = async {
         lease.renew().await?;
-        projected(&pool).await
+        Ok::<_, sqlx::Error>((projected(&pool).await?, last_effect(&pool).await?))
     };
     let mut position = match started.await {
-        Ok(position) => position,
+        Ok(positions) => positions,
         Err(err) => {
             tracing::warn!(error = %crate::error::redacted(&err.into()), "the record feed could not start");
             stop(&slot);
@@ -205,10 +222,21 @@ async fn read(
             }
         }
         loop {
-            match after(&pool, position, BATCH).await {
-                Ok((changes, last)) => {
-                    let Some(last) = last else { break };
-                    position = last;
+            let read = async {
+                let (mut changes, last) = after(&pool, position.0, BATCH).await?;
+                let (effects, last_effect) = effects_after(&pool, position.1, BATCH).await?;
+                changes.extend(effects);
+                Ok::<_, sqlx::Error>((changes, last, last_effect))
+            };
+            match read.await {
+                Ok((changes, last, last_effect)) => {
+                    if last.is_none() && last_effect.is_none() {
+                        break;
+                    }
+                    position = (
+                        last.unwrap_or(position.0),
+                        last_effect.unwrap_or(position.1),
+                    );
                     if !changes.is_empty() {
                         let _ = sender.send(changes.into());
                     }
@@ -224,6 +252,91 @@ async fn read(
             }
         }
     }
+}
+
+/// Makes the transaction that takes a day's scheduled changes the only one (its rows in
+/// `scheduled_effects` then commit in the order of their positions, which readers rely on).
+pub(crate) async fn serialise_effects(conn: &mut sqlx::PgConnection) -> sqlx::Result<()> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(EFFECTS_LOCK)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Writes the scheduled changes that `took` effect for the readers (in the transaction that
+/// took them, after [`serialise_effects`]), and drops the rows readers have long read.
+pub(crate) async fn took_effect(
+    conn: &mut sqlx::PgConnection,
+    took: &[custos_projections::TookEffect],
+) -> sqlx::Result<()> {
+    if took.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = took.iter().map(|t| t.record_id).collect();
+    let sequences: Vec<i64> = took.iter().map(|t| t.sequence).collect();
+    let days: Vec<chrono::NaiveDate> = took.iter().map(|t| t.effective_from).collect();
+    sqlx::query(&format!(
+        "DELETE FROM scheduled_effects WHERE taken_at < now() - interval '{EFFECTS_KEPT}'"
+    ))
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "INSERT INTO scheduled_effects (record_id, sequence, effective_from)
+         SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::date[])",
+    )
+    .bind(ids)
+    .bind(sequences)
+    .bind(days)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The position of the last scheduled change that took effect (0 before any).
+async fn last_effect(pool: &PgPool) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM scheduled_effects")
+        .fetch_one(pool)
+        .await
+}
+
+/// Up to `limit` scheduled changes that took effect after position `after`, in order, and the
+/// position of the last one read (`None` when there was none). A record erased since is left
+/// out.
+async fn effects_after(
+    pool: &PgPool,
+    after: i64,
+    limit: i64,
+) -> sqlx::Result<(Vec<RecordChange>, Option<i64>)> {
+    let rows = sqlx::query(
+        "SELECT e.position, e.record_id, e.sequence, e.taken_at, r.datasheet
+           FROM scheduled_effects e
+           LEFT JOIN records r ON r.id = e.record_id AND r.erased_at IS NULL
+          WHERE e.position > $1
+          ORDER BY e.position
+          LIMIT $2",
+    )
+    .bind(after)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    let mut last = None;
+    let mut changes = Vec::with_capacity(rows.len());
+    for row in &rows {
+        last = Some(row.try_get("position")?);
+        let datasheet: Option<String> = row.try_get("datasheet")?;
+        let Some(datasheet) = datasheet.as_deref().and_then(Datasheet::parse) else {
+            continue;
+        };
+        changes.push(RecordChange {
+            id: row.try_get("record_id")?,
+            datasheet,
+            kind: ChangeKind::ScheduledChangeTookEffect,
+            version: row.try_get("sequence")?,
+            at: row.try_get("taken_at")?,
+        });
+    }
+    Ok((changes, last))
 }
 
 /// A reader's lease: while one is held, projector batches announce themselves.

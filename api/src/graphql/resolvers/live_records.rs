@@ -44,6 +44,11 @@ pub(crate) enum RecordChangeKindValue {
     RestrictionLifted,
     /// Its personal data was erased: `record` is null from now on.
     Erased,
+    /// A change scheduled for a later day was cancelled (`version`: the cancellation's).
+    ScheduledChangeCancelled,
+    /// A change scheduled for a later day took effect on its day: `version` is the version it
+    /// was recorded at (its `pendingChanges` entry, gone now), `at` when it took effect.
+    ScheduledChangeTookEffect,
 }
 
 /// One change of a record: which, how, and its version after it; sent to `principal` as the
@@ -64,12 +69,13 @@ impl RecordChangeNode {
         self.0.kind.into()
     }
 
-    /// The record's version after the change.
+    /// The record's version after the change (for `SCHEDULED_CHANGE_TOOK_EFFECT`, the version
+    /// the change was recorded at).
     async fn version(&self) -> i64 {
         self.0.version
     }
 
-    /// When the change was recorded.
+    /// When the change was recorded (for `SCHEDULED_CHANGE_TOOK_EFFECT`, when it took effect).
     async fn at(&self) -> DateTime<Utc> {
         self.0.at
     }

@@ -1,8 +1,10 @@
 //! Exports of a datasheet's records (with the lists' filters) as CSV or JSON. Starting one
 //! records it as an event — who, when, which datasheet, the arguments (fields and operators;
 //! the values a user typed are withheld: they may name a person, and events outlive erasures)
-//! and records — and hands out a one-time download link; the download streams the rows in batches, so memory stays flat
-//! whatever the size.
+//! and records — and hands out a one-time download link; the download streams the rows in
+//! batches, so memory stays flat whatever the size. Each record carries the values in force
+//! today and its changes scheduled for a later day (`pendingChanges`: in JSON an array, in CSV
+//! one cell holding that array as JSON text).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -156,10 +158,40 @@ fn columns(datasheet: Datasheet, schema: &CustomSchema) -> Vec<(String, String)>
     for field in schema.active() {
         columns.push((field.name(), field.name()));
     }
-    for meta in ["archived", "version", "createdAt", "updatedAt"] {
+    for meta in ["archived", "version", "createdAt", "updatedAt", PENDING] {
         columns.push((meta.to_owned(), meta.to_owned()));
     }
     columns
+}
+
+/// The column (and JSON key) of a record's scheduled changes.
+const PENDING: &str = "pendingChanges";
+
+/// A batch's scheduled changes, per record, each as `{effectiveFrom, version, recordedAt,
+/// changes}` with the fields named as the API names them (a cleared field: `null`).
+async fn pending_by_record(
+    pool: &sqlx::PgPool,
+    ids: &[Uuid],
+) -> sqlx::Result<HashMap<Uuid, Vec<Value>>> {
+    let mut pending: HashMap<Uuid, Vec<Value>> = HashMap::new();
+    for change in records::pending_changes(pool, ids).await? {
+        let changes: Map<String, Value> = change
+            .changes
+            .0
+            .into_iter()
+            .map(|(name, value)| (api_field_name(&name), value))
+            .collect();
+        pending
+            .entry(change.record_id)
+            .or_default()
+            .push(serde_json::json!({
+                "effectiveFrom": change.effective_from,
+                "version": change.sequence,
+                "recordedAt": change.recorded_at.to_rfc3339(),
+                "changes": changes,
+            }));
+    }
+    Ok(pending)
 }
 
 fn meta(row: &RecordRow, name: &str) -> Option<Value> {
@@ -173,7 +205,12 @@ fn meta(row: &RecordRow, name: &str) -> Option<Value> {
     })
 }
 
-fn csv_chunk(rows: &[RecordRow], columns: &[(String, String)], header: bool) -> Vec<u8> {
+fn csv_chunk(
+    rows: &[RecordRow],
+    pending: &HashMap<Uuid, Vec<Value>>,
+    columns: &[(String, String)],
+    header: bool,
+) -> Vec<u8> {
     let mut writer = csv::WriterBuilder::new().from_writer(Vec::new());
     if header {
         // Column names are ours, never personal data, but guarded all the same.
@@ -181,6 +218,11 @@ fn csv_chunk(rows: &[RecordRow], columns: &[(String, String)], header: bool) -> 
     }
     for row in rows {
         let cells = columns.iter().map(|(_, key)| {
+            if key == PENDING {
+                return pending.get(&row.id).map_or_else(String::new, |changes| {
+                    guarded(Value::Array(changes.clone()).to_string())
+                });
+            }
             let value = meta(row, key).or_else(|| row.fields.get(key).cloned());
             guarded(cell(value.as_ref()))
         });
@@ -258,8 +300,11 @@ impl RecordsDownload {
                     .collect();
             // In the export's order; records erased or gone since are left out.
             let rows: Vec<RecordRow> = batch.iter().filter_map(|id| found.remove(id)).collect();
+            let mut pending = pending_by_record(&self.tenant.pool, batch).await?;
             let chunk = match self.format {
-                ExportFormat::Csv => csv_chunk(&rows, &columns, std::mem::take(&mut header)),
+                ExportFormat::Csv => {
+                    csv_chunk(&rows, &pending, &columns, std::mem::take(&mut header))
+                }
                 ExportFormat::Json => {
                     let mut chunk = Vec::new();
                     for row in &rows {
@@ -268,10 +313,9 @@ impl RecordsDownload {
                         }
                         written += 1;
                         chunk.push(b'\n');
-                        serde_json::to_writer(
-                            &mut chunk,
-                            &json_object(row, self.datasheet, &self.schema),
-                        )?;
+                        let mut object = json_object(row, self.datasheet, &self.schema);
+                        object[PENDING] = Value::Array(pending.remove(&row.id).unwrap_or_default());
+                        serde_json::to_writer(&mut chunk, &object)?;
                     }
                     chunk
                 }
@@ -279,7 +323,9 @@ impl RecordsDownload {
             sender.send(chunk).await?;
         }
         if header && self.format == ExportFormat::Csv {
-            sender.send(csv_chunk(&[], &columns, true)).await?;
+            sender
+                .send(csv_chunk(&[], &HashMap::new(), &columns, true))
+                .await?;
         }
         if self.format == ExportFormat::Json {
             sender.send(b"\n]\n".to_vec()).await?;
