@@ -76,7 +76,7 @@ pub mod testing {
         metadata: EventMetadata,
     ) -> Result<(), ApiError>
     where
-        A: Aggregate,
+        A: Aggregate + 'static,
         A::Command: Clone + Send,
         ApiError: From<AggregateError<A::Error>>,
     {

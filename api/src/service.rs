@@ -87,7 +87,7 @@ pub(crate) struct TenantLock(#[allow(dead_code)] Transaction<'static, Postgres>)
 /// runs it once and waits until the read models of its aggregate type have applied its events
 /// (read-your-writes), mapping every failure to an [`ApiError`]; the methods change that.
 #[must_use = "a command does nothing until it is awaited"]
-pub(crate) struct Command<'a, A: Aggregate> {
+pub(crate) struct Command<'a, A: Aggregate + 'static> {
     services: &'a Services,
     tenant: &'a Tenant,
     cqrs: &'a Cqrs<A>,
@@ -101,7 +101,7 @@ pub(crate) struct Command<'a, A: Aggregate> {
 impl Services {
     /// The one door through which use cases change an aggregate: `command` on the aggregate
     /// `aggregate_id` of `tenant`, attributed to `metadata`'s actor and request.
-    pub(crate) fn command<'a, A: Aggregate>(
+    pub(crate) fn command<'a, A: Aggregate + 'static>(
         &'a self,
         tenant: &'a Tenant,
         cqrs: &'a Cqrs<A>,
@@ -210,7 +210,7 @@ impl Services {
 
 impl<'a, A> Command<'a, A>
 where
-    A: Aggregate,
+    A: Aggregate + 'static,
     A::Command: Clone,
     ApiError: From<AggregateError<A::Error>>,
 {
@@ -281,7 +281,7 @@ where
 
 impl<'a, A> IntoFuture for Command<'a, A>
 where
-    A: Aggregate + 'a,
+    A: Aggregate + 'static,
     A::Command: Clone + Send,
     ApiError: From<AggregateError<A::Error>>,
 {

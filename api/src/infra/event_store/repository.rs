@@ -1,6 +1,7 @@
 //! postgres-es's repository, wrapped so that every event passes through the codec, and the
 //! command side of one aggregate type built on it, loading aggregates through a cache.
 
+use std::any::Any;
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::future::Future;
@@ -47,9 +48,9 @@ const CACHED_AGGREGATES: usize = 1_024;
 /// through another instance of the service leaves no values in this one's memory for longer.
 const FRESH_FOR: Duration = Duration::from_secs(60);
 
-/// An aggregate as it stood after its last commit in this process.
+/// An aggregate (of the type its key names) as it stood after its last commit in this process.
 struct Cached {
-    aggregate: Value,
+    aggregate: Box<dyn Any + Send>,
     sequence: usize,
     at: Instant,
 }
@@ -62,6 +63,12 @@ type Entries = lru::LruCache<(&'static str, String), Cached>;
 /// every load, bounded (least recently used first out) and short-lived (see [`FRESH_FOR`]). It
 /// lives as long as the tenant's open context, so a restored or moved database never meets an
 /// aggregate cached from another.
+///
+/// The aggregate itself is kept, not a copy: a load takes it out and the commit puts the state
+/// it leaves back, so a command costs the same however long the aggregate's history (a
+/// record's timeline holds every change; copying or serialising it made each update of a
+/// record cost more than the one before). A command that fails leaves nothing cached — its
+/// aggregate may hold events it applied before failing — and the next load reads the stream.
 pub struct AggregateCache(Mutex<Entries>);
 
 impl Default for AggregateCache {
@@ -79,35 +86,31 @@ impl AggregateCache {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The cached state of an aggregate and its version, while fresh.
-    fn get(&self, aggregate_type: &'static str, id: &str) -> Option<(Value, usize)> {
-        let mut entries = self.entries();
-        let key = (aggregate_type, id.to_owned());
-        match entries.get(&key) {
-            Some(cached) if cached.at.elapsed() < FRESH_FOR => {
-                Some((cached.aggregate.clone(), cached.sequence))
-            }
-            Some(_) => {
-                entries.pop(&key);
-                None
-            }
-            None => None,
+    /// Takes an aggregate out, with its version, while fresh.
+    fn take<A: Any>(&self, aggregate_type: &'static str, id: &str) -> Option<(A, usize)> {
+        let cached = self.entries().pop(&(aggregate_type, id.to_owned()))?;
+        if cached.at.elapsed() >= FRESH_FOR {
+            return None;
         }
+        let aggregate = cached.aggregate.downcast::<A>().ok()?;
+        Some((*aggregate, cached.sequence))
     }
 
-    fn put(&self, aggregate_type: &'static str, id: String, aggregate: Value, sequence: usize) {
+    fn put<A: Any + Send>(
+        &self,
+        aggregate_type: &'static str,
+        id: String,
+        aggregate: A,
+        sequence: usize,
+    ) {
         self.entries().put(
             (aggregate_type, id),
             Cached {
-                aggregate,
+                aggregate: Box::new(aggregate),
                 sequence,
                 at: Instant::now(),
             },
         );
-    }
-
-    fn forget(&self, aggregate_type: &'static str, id: &str) {
-        self.entries().pop(&(aggregate_type, id.to_owned()));
     }
 }
 
@@ -146,7 +149,7 @@ fn log_error<E: std::error::Error>(err: anyhow::Error) -> AggregateError<E> {
     }
 }
 
-impl<A: Aggregate> EventStore<A> for CachedEventStore<A> {
+impl<A: Aggregate + 'static> EventStore<A> for CachedEventStore<A> {
     type AC = EventStoreAggregateContext<A>;
 
     async fn load_events(
@@ -160,13 +163,7 @@ impl<A: Aggregate> EventStore<A> for CachedEventStore<A> {
         &self,
         aggregate_id: &str,
     ) -> Result<Self::AC, AggregateError<A::Error>> {
-        let cached = self
-            .cache
-            .get(A::TYPE, aggregate_id)
-            .and_then(|(state, sequence)| {
-                Some((serde_json::from_value::<A>(state).ok()?, sequence))
-            });
-        let Some((aggregate, sequence)) = cached else {
+        let Some((aggregate, sequence)) = self.cache.take::<A>(A::TYPE, aggregate_id) else {
             return self.store.load_aggregate(aggregate_id).await;
         };
         let mut context = EventStoreAggregateContext {
@@ -197,10 +194,15 @@ impl<A: Aggregate> EventStore<A> for CachedEventStore<A> {
         context: Self::AC,
         metadata: HashMap<String, String>,
     ) -> Result<Vec<EventEnvelope<A>>, AggregateError<A::Error>> {
-        let id = context.aggregate_id;
+        let EventStoreAggregateContext {
+            aggregate_id: id,
+            aggregate,
+            current_sequence,
+            ..
+        } = context;
         let envelopes: Vec<EventEnvelope<A>> = events
             .into_iter()
-            .zip(context.current_sequence + 1..)
+            .zip(current_sequence + 1..)
             .map(|(payload, sequence)| EventEnvelope {
                 aggregate_id: id.clone(),
                 sequence,
@@ -214,18 +216,15 @@ impl<A: Aggregate> EventStore<A> for CachedEventStore<A> {
             .collect::<Result<Vec<_>, _>>()?;
         // cqrs-es applied the new events to the context's aggregate as the command emitted
         // them: it is the state this commit leaves.
-        let sequence = context.current_sequence + envelopes.len();
-        let state = serde_json::to_value(&context.aggregate);
+        let sequence = current_sequence + envelopes.len();
         let appended = self.log.append(serialized).await;
-        match (&appended, state) {
-            (Ok(position), Ok(state)) => {
-                self.cache.put(A::TYPE, id, state, sequence);
-                if let Some(position) = position {
-                    let _outside_noting_appends = APPENDED.try_with(|at| at.set(Some(*position)));
-                }
+        // Another writer won the race (whose state may be cached now), or the write failed:
+        // nothing of this one is kept, and a load without a cached state reads the stream.
+        if let Ok(position) = &appended {
+            self.cache.put(A::TYPE, id, aggregate, sequence);
+            if let Some(position) = position {
+                let _outside_noting_appends = APPENDED.try_with(|at| at.set(Some(*position)));
             }
-            // Another writer won the race (or the write failed): read the stream next time.
-            _ => self.cache.forget(A::TYPE, &id),
         }
         appended?;
         Ok(envelopes)
@@ -318,4 +317,43 @@ async fn replay(events: Vec<SerializedEvent>) -> Result<ReplayStream, Persistenc
         feed.push(Ok(event)).await?;
     }
     Ok(stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cached_aggregate_is_taken_out_once_and_only_as_its_own_type() {
+        let cache = AggregateCache::default();
+        cache.put("record", "r1".to_owned(), vec![1_u64, 2, 3], 3);
+        assert_eq!(
+            cache.take::<String>("record", "r1"),
+            None,
+            "another type is not taken for it"
+        );
+        // A failed downcast drops the entry: the stream is read instead.
+        assert_eq!(cache.take::<Vec<u64>>("record", "r1"), None);
+
+        cache.put("record", "r2".to_owned(), vec![4_u64], 7);
+        assert_eq!(cache.take::<Vec<u64>>("user", "r2"), None, "keyed by type");
+        assert_eq!(cache.take::<Vec<u64>>("record", "r2"), Some((vec![4], 7)));
+        assert_eq!(
+            cache.take::<Vec<u64>>("record", "r2"),
+            None,
+            "a command holds it until it commits"
+        );
+    }
+
+    #[test]
+    fn a_stale_aggregate_is_not_taken() {
+        let cache = AggregateCache::default();
+        cache.put("record", "r1".to_owned(), 1_u8, 1);
+        cache
+            .entries()
+            .get_mut(&("record", "r1".to_owned()))
+            .expect("cached")
+            .at -= FRESH_FOR;
+        assert_eq!(cache.take::<u8>("record", "r1"), None);
+    }
 }

@@ -353,7 +353,7 @@ fn framework<A>(
     changes: Option<&Arc<tokio::sync::Notify>>,
 ) -> Cqrs<A>
 where
-    A: Aggregate<Services = ()>,
+    A: Aggregate<Services = ()> + 'static,
 {
     let mut waker = projectors.waker(A::TYPE);
     if let Some(changes) = changes {
