@@ -238,6 +238,59 @@ async fn each_subscribed_change_arrives_once_in_order_signed_and_without_values(
 }
 
 #[tokio::test]
+async fn a_scheduled_change_and_its_cancellation_are_each_a_record_update() {
+    let receiver = Receiver::start().await;
+    let app = app_with(5).await;
+    let admin = app.sign_up(&slug("hooks-scheduled")).await;
+    register(&app, &admin, &receiver.url("/custos"), &["RECORD_UPDATED"]).await;
+    let employee = app
+        .create_employee(
+            &admin.token,
+            json!({ "firstName": "Sched", "lastName": "Uled" }),
+        )
+        .await;
+    let id = employee["id"].as_str().unwrap().to_owned();
+    let on = chrono::Utc::now().date_naive() + chrono::Duration::days(40);
+    call(
+        &app,
+        &admin,
+        "mutation($id: ID!, $on: NaiveDate) {
+            updateEmployee(id: $id, input: { jobTitle: \"Lead\" }, effectiveFrom: $on) { id } }",
+        json!({ "id": id, "on": on }),
+    )
+    .await
+    .ok();
+    call(
+        &app,
+        &admin,
+        "mutation($id: ID!) { cancelScheduledChange(id: $id, version: 2) { id } }",
+        json!({ "id": id }),
+    )
+    .await
+    .ok();
+
+    receiver.until(|r| r.len() >= 2).await;
+    let changes: Vec<(String, i64)> = receiver
+        .received()
+        .iter()
+        .map(|r| {
+            let data = &r.json()["data"];
+            (
+                data["change"].as_str().unwrap().to_owned(),
+                data["version"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            ("RecordUpdated".to_owned(), 2),
+            ("ScheduledChangeCancelled".to_owned(), 3)
+        ]
+    );
+}
+
+#[tokio::test]
 async fn a_failing_endpoint_is_retried_with_the_same_id_then_disabled() {
     let receiver = Receiver::start().await;
     receiver.answer(503);

@@ -36,7 +36,9 @@ impl Change {
         Some(
             match (self.aggregate_type.as_str(), self.event_type.as_str()) {
                 ("record", "RecordCreated") => RecordCreated,
-                ("record", "RecordUpdated" | "ApplicantHired") => RecordUpdated,
+                ("record", "RecordUpdated" | "ApplicantHired" | "ScheduledChangeCancelled") => {
+                    RecordUpdated
+                }
                 ("record", "RecordArchived" | "RecordRestored") => RecordArchived,
                 ("record", "RecordErased") => RecordErased,
                 ("record", "RecordRestricted" | "RestrictionLifted") => RecordRestricted,
