@@ -220,7 +220,7 @@ fn csv_chunk(
         let cells = columns.iter().map(|(_, key)| {
             if key == PENDING {
                 return pending.get(&row.id).map_or_else(String::new, |changes| {
-                    guarded(Value::Array(changes.clone()).to_string())
+                    guarded(serde_json::to_string(changes).unwrap_or_default())
                 });
             }
             let value = meta(row, key).or_else(|| row.fields.get(key).cloned());
