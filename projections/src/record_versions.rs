@@ -8,6 +8,7 @@
 //! report counts them under "no value"), and a cancelled scheduled change keeps the moment it
 //! was cancelled, since a report recorded before it still saw it.
 
+use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use async_trait::async_trait;
@@ -266,6 +267,33 @@ pub async fn as_recorded(
     .bind(group_by)
     .fetch_all(conn)
     .await?;
+    decode(rows)
+}
+
+/// Every row of the records `ids` as the read model has them now (without the scheduled changes
+/// cancelled), with the same values as [`as_recorded`].
+pub async fn of_records(
+    conn: &mut PgConnection,
+    ids: &[Uuid],
+    group_by: &str,
+) -> sqlx::Result<Vec<VersionRow>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<Fetched> = sqlx::query_as(
+        "SELECT record_id, version, kind, effective_from,
+                changes -> $2, changes -> 'start_date', changes -> 'end_date'
+           FROM record_versions
+          WHERE record_id = ANY($1) AND cancelled_at IS NULL",
+    )
+    .bind(ids)
+    .bind(group_by)
+    .fetch_all(conn)
+    .await?;
+    decode(rows)
+}
+
+fn decode(rows: Vec<Fetched>) -> sqlx::Result<Vec<VersionRow>> {
     let value = |v: Option<Json<Value>>| v.map(|Json(v)| v);
     rows.into_iter()
         .map(
@@ -284,4 +312,132 @@ pub async fn as_recorded(
             },
         )
         .collect()
+}
+
+/// A report on a day as the records are recorded now, read from `records` where a record's row
+/// already holds its values of that day (see [`settled`]).
+#[derive(Debug, Default)]
+pub struct Settled {
+    /// Per value of the grouped field (as stored: `None` for no value), how many records have
+    /// it, and which when fewer than [`SMALL_GROUP`](crate::record_query::SMALL_GROUP).
+    pub groups: Vec<(Option<Value>, i64, Vec<Uuid>)>,
+    /// The records whose row does not hold their values of the day: their history decides.
+    pub unsettled: Vec<Uuid>,
+}
+
+/// Counts of `datasheet`'s records, not archived, as the read model has them now, per value of
+/// `group_by` in force on `day` — for each record whose `records` row holds the values of that
+/// day: not erased, no change in force taking effect later than the day (`since_max`, or none
+/// since its creation), no change scheduled (`pending_changes`) to take effect by then. The
+/// others are returned for their history to decide; which record goes which way may be decided
+/// cautiously (a record sent to its history gets the same answer), never the other way.
+///
+/// A record that takes effect after `day` is not counted, unless `employed_only` (a headcount):
+/// then it counts with its values of its first day, if it was employed on `day` by its
+/// employment dates (started by then or without a start date, not ended before it), which
+/// `employed_only` asks of every record counted. The same rules as a report folding each
+/// record's history; only which records take which path differs.
+///
+/// `today`: no record takes effect after it (a creation cannot be dated later than the day it
+/// is entered), so no change scheduled later than it and than `day` changes a value counted.
+pub async fn settled(
+    conn: &mut PgConnection,
+    datasheet: Datasheet,
+    day: NaiveDate,
+    group_by: &str,
+    employed_only: bool,
+    today: NaiveDate,
+) -> sqlx::Result<Settled> {
+    // One day of leeway for a clock behind the one that dated a creation.
+    let due_by = day.max(today.succ_opt().unwrap_or(today));
+    let due: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT DISTINCT record_id FROM pending_changes WHERE effective_from <= $1",
+    )
+    .bind(due_by)
+    .fetch_all(&mut *conn)
+    .await?;
+    // The keys (`YYYY-MM-DD#version`, compared bytewise) of the changes in force by `day`.
+    let by_day = format!("{}#~", day.format("%Y-%m-%d"));
+    // Settled: the row holds the record's values on `day`, or on its first day if that is
+    // later (a key of a change later than the creation's is later than `by_day`, unless the
+    // change is in force by `day`).
+    let settled = "erased_at IS NULL
+         AND (since_max COLLATE \"C\" <= $4 OR since_max COLLATE \"C\" = since_base)
+         AND id <> ALL($5)";
+    // The records counted: not archived; taking effect by `day` unless a headcount; a
+    // headcount's settled rows employed on `day` (the employment dates of a row not erased
+    // are dates, as text, when given). The others are left to their history.
+    let counted = format!(
+        "FROM records
+          WHERE datasheet = $1 AND NOT archived
+            AND ($2 OR since_base COLLATE \"C\" <= $4)
+            AND (NOT $2 OR NOT ({settled})
+                 OR ((fields ->> 'start_date' IS NULL OR fields ->> 'start_date' COLLATE \"C\" <= $6)
+                     AND (fields ->> 'end_date' IS NULL OR fields ->> 'end_date' COLLATE \"C\" >= $6)))"
+    );
+    let on = day.format("%Y-%m-%d").to_string();
+    // The grouped value as JSON text, read back as the fold reads `record_versions`. A record
+    // left to its history is a group of its own (no list of ids is built for the others).
+    let rows: Vec<(Option<String>, Option<Uuid>, i64)> = sqlx::query_as(&format!(
+        "SELECT (fields -> $3)::text, CASE WHEN NOT ({settled}) THEN id END, count(*)
+           {counted}
+          GROUP BY 1, 2"
+    ))
+    .bind(datasheet.as_str())
+    .bind(employed_only)
+    .bind(group_by)
+    .bind(&by_day)
+    .bind(&due)
+    .bind(&on)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut settled_groups = Vec::new();
+    let mut unsettled = Vec::new();
+    for (value, id, count) in rows {
+        match id {
+            Some(id) => unsettled.push(id),
+            None => settled_groups.push((value, count)),
+        }
+    }
+    // The members of the groups small enough to single people out (`''`: no value, which no
+    // JSON text is).
+    let small: Vec<String> = settled_groups
+        .iter()
+        .filter(|(_, count)| *count < crate::record_query::SMALL_GROUP)
+        .map(|(value, _)| value.clone().unwrap_or_default())
+        .collect();
+    let found: Vec<(Option<String>, Uuid)> = if small.is_empty() {
+        Vec::new()
+    } else {
+        sqlx::query_as(&format!(
+            "SELECT (fields -> $3)::text, id {counted}
+                AND {settled} AND coalesce((fields -> $3)::text, '') = ANY($7)"
+        ))
+        .bind(datasheet.as_str())
+        .bind(employed_only)
+        .bind(group_by)
+        .bind(&by_day)
+        .bind(&due)
+        .bind(&on)
+        .bind(&small)
+        .fetch_all(&mut *conn)
+        .await?
+    };
+    let mut members: HashMap<Option<String>, Vec<Uuid>> = HashMap::new();
+    for (text, id) in found {
+        members.entry(text).or_default().push(id);
+    }
+    let mut settled = Settled {
+        groups: Vec::with_capacity(settled_groups.len()),
+        unsettled,
+    };
+    for (text, count) in settled_groups {
+        let ids = members.remove(&text).unwrap_or_default();
+        let value = text
+            .map(|text| serde_json::from_str(&text))
+            .transpose()
+            .map_err(|error| sqlx::Error::Decode(error.into()))?;
+        settled.groups.push((value, count, ids));
+    }
+    Ok(settled)
 }

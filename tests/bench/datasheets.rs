@@ -1,7 +1,8 @@
 //! The datasheets suite (`--suite datasheets`): with `--employees` employees in one tenant (imported
 //! through `importRecords` in batches of 10,000, which is itself measured), the latency of a
 //! filtered and ordered list, of full-text search, of a report by department (today's, and on a
-//! past effective day from the records' histories), of a headcount by employment dates, and an
+//! past effective day and today's, as recorded now), of a headcount by employment dates (as
+//! recorded now, and at an explicit moment, which folds every record's history), and an
 //! export of every employee as CSV (time and the process's peak RSS growth while streaming).
 
 use std::time::{Duration, Instant};
@@ -133,6 +134,20 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         args.reads.min(500),
     )
     .await?;
+    // Every employee in effect (today), as recorded now; and the headcount with an explicit
+    // moment, which folds every record's history.
+    let report_today = measure(
+        "query($on: NaiveDate) { report(datasheet: EMPLOYEES, groupBy: \"department\", effectiveAt: $on) { total groups { value count } } }",
+        json!({ "on": chrono::Utc::now().date_naive().to_string() }),
+        args.reads.min(500),
+    )
+    .await?;
+    let headcount_folded = measure(
+        "query($at: DateTime) { headcount(effectiveAt: \"2012-06-30\", recordedAt: $at) { total groups { value count } } }",
+        json!({ "at": chrono::Utc::now().to_rfc3339() }),
+        args.reads.min(500),
+    )
+    .await?;
 
     // Export every employee as CSV, reading the stream as it comes; sample RSS meanwhile.
     let rss_before = rss();
@@ -212,12 +227,20 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         ("`employees(first: 50, search:)` full-text", &search),
         ("`report(groupBy: \"department\")`", &report),
         (
-            "`report(groupBy: \"department\", effectiveAt:)` from the records' histories",
+            "`report(groupBy: \"department\", effectiveAt: 2012-06-30)` (no record in effect yet)",
             &report_effective,
         ),
         (
-            "`headcount(effectiveAt:)` by employment dates, per department",
+            "`report(groupBy: \"department\", effectiveAt: today)` (every record)",
+            &report_today,
+        ),
+        (
+            "`headcount(effectiveAt: 2012-06-30)` by employment dates, per department",
             &headcount,
+        ),
+        (
+            "the same headcount with `recordedAt: now` given (every record's history folded)",
+            &headcount_folded,
         ),
     ] {
         println!(

@@ -128,6 +128,7 @@ async fn as_of_report(
     datasheet: Datasheet,
     group_by: String,
     (recorded_at, effective_at): (DateTime<Utc>, NaiveDate),
+    current: bool,
     employed_only: bool,
 ) -> Result<Report, ApiError> {
     let cx = Cx::new(ctx)?;
@@ -137,6 +138,7 @@ async fn as_of_report(
         datasheet,
         recorded_at,
         effective_at,
+        current,
         group_by: field.json_key(),
         employed_only,
     };
@@ -195,7 +197,8 @@ impl ReportsQuery {
                     "a report from the history counts the whole datasheet: no filter, search or includeArchived",
                 ));
             }
-            return as_of_report(ctx, datasheet, group_by, axes, false).await;
+            let current = as_of.is_none() && recorded_at.is_none();
+            return as_of_report(ctx, datasheet, group_by, axes, current, false).await;
         }
         let schema = cx.services.custom_schema(cx.tenant(), datasheet).await?;
         let field = group_field(datasheet, &schema, &group_by)?;
@@ -244,6 +247,7 @@ impl ReportsQuery {
         let axes = time_axes(as_of, recorded_at, effective_at)?;
         let now = Utc::now();
         let axes = axes.unwrap_or((now, now.date_naive()));
-        as_of_report(ctx, Datasheet::Employees, group_by, axes, true).await
+        let current = as_of.is_none() && recorded_at.is_none();
+        as_of_report(ctx, Datasheet::Employees, group_by, axes, current, true).await
     }
 }

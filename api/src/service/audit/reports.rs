@@ -10,7 +10,7 @@ use custos_domain::Datasheet;
 use custos_projections::record_query::SMALL_GROUP;
 use custos_projections::record_versions::{self, Kind, VersionRow};
 use serde_json::Value;
-use sqlx::PgConnection;
+use sqlx::{Acquire, PgConnection};
 use uuid::Uuid;
 
 /// What one record looked like, as far as the report cares: its values of the fields counted,
@@ -82,6 +82,9 @@ pub(crate) struct AsOf {
     pub(crate) recorded_at: DateTime<Utc>,
     /// ... with the values in force on this day.
     pub(crate) effective_at: NaiveDate,
+    /// Whether `recorded_at` is now because no moment was asked for: the history as recorded
+    /// now, which today's rows answer for the records they hold the day's values of.
+    pub(crate) current: bool,
     /// The record field (`department`, `custom.<key>`) to group by.
     pub(crate) group_by: String,
     /// Count only employees employed on `effective_at`: started by then (or without a start
@@ -116,86 +119,152 @@ fn group_values(value: &Option<Value>) -> Vec<Option<String>> {
 
 /// Counts per group value of the records of `request.datasheet` that existed and were not
 /// archived at `request.at`, largest groups first, and how many records were counted.
+///
+/// As recorded now (`request.current`), the records whose row in `records` holds their values
+/// of the day are counted there, in one grouped query, and only the others (changed or
+/// corrected with effect after the day, with a change due by then, erased) are folded from
+/// their history, both read from one snapshot of the database. As recorded at a moment, every
+/// record's history is folded.
 pub(crate) async fn counts_as_of(
     conn: &mut PgConnection,
     request: &AsOf,
 ) -> sqlx::Result<AsOfCounts> {
-    let mut rows = record_versions::as_recorded(
-        conn,
-        request.datasheet,
-        request.recorded_at,
-        &request.group_by,
-    )
-    .await?;
-    rows.sort_unstable_by_key(|row| (row.record_id, row.version));
-    let mut records: HashMap<Uuid, Snapshot> = HashMap::new();
-    for row in rows {
-        records.entry(row.record_id).or_default().take(row);
-    }
-    let effective = request.effective_at;
-    let day = effective.format("%Y-%m-%d").to_string();
-    let mut counts: HashMap<Option<String>, (i64, Vec<Uuid>)> = HashMap::new();
-    let mut counted = 0;
-    for (id, snapshot) in &records {
-        if !snapshot.created || snapshot.archived {
-            continue;
-        }
-        // The day whose values count. A headcount places people by their employment dates:
-        // an employee recorded after the day, with a start date before it, was employed then,
-        // so their first values stand for the days before the record. Any other report counts
-        // only the records that had taken effect by the day.
-        let mut on = effective;
-        if let Some(starts) = snapshot.starts.filter(|starts| *starts > effective) {
-            if !request.employed_only {
-                continue;
+    let mut tally = Tally::default();
+    let rows = if request.current {
+        let mut tx = conn.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
+            .await?;
+        let settled = record_versions::settled(
+            &mut tx,
+            request.datasheet,
+            request.effective_at,
+            &request.group_by,
+            request.employed_only,
+            Utc::now().date_naive(),
+        )
+        .await?;
+        let from_rows: i64 = settled.groups.iter().map(|(_, count, _)| count).sum();
+        let rows = if settled.unsettled.len() as i64 > from_rows {
+            // Most records need their history: one pass over all of it costs less than
+            // looking each one up.
+            record_versions::as_recorded(
+                &mut tx,
+                request.datasheet,
+                request.recorded_at,
+                &request.group_by,
+            )
+            .await?
+        } else {
+            for (value, count, members) in settled.groups {
+                tally.add(&value.and_then(counted), count, &members);
             }
-            on = starts;
-        }
-        if request.employed_only {
-            // Without its dates, an erased employee cannot be placed in time.
-            if snapshot.erased {
-                continue;
-            }
-            let date = |field| snapshot.on(on, field).and_then(Value::as_str);
-            let started = date(Counted::StartDate).is_none_or(|s| s <= day.as_str());
-            let not_ended = date(Counted::EndDate).is_none_or(|e| e >= day.as_str());
-            if !(started && not_ended) {
-                continue;
-            }
-        }
-        counted += 1;
-        for value in group_values(&snapshot.on(on, Counted::Group).cloned()) {
-            let (count, members) = counts.entry(value).or_default();
-            *count += 1;
+            record_versions::of_records(&mut tx, &settled.unsettled, &request.group_by).await?
+        };
+        tx.commit().await?;
+        rows
+    } else {
+        record_versions::as_recorded(
+            conn,
+            request.datasheet,
+            request.recorded_at,
+            &request.group_by,
+        )
+        .await?
+    };
+    tally.fold(rows, request);
+    Ok(tally.finish())
+}
+
+/// Counts per group value, and the records of each group while it is small.
+#[derive(Default)]
+struct Tally {
+    counts: HashMap<Option<String>, (i64, Vec<Uuid>)>,
+    records: i64,
+}
+
+impl Tally {
+    /// Counts `records` records with `value` (`members`: them, when few).
+    fn add(&mut self, value: &Option<Value>, records: i64, members: &[Uuid]) {
+        self.records += records;
+        for value in group_values(value) {
+            let (count, shown) = self.counts.entry(value).or_default();
+            *count += records;
             if *count < SMALL_GROUP {
-                members.push(*id);
+                shown.extend_from_slice(members);
             }
         }
     }
-    let mut shown: Vec<Uuid> = counts
-        .values()
-        .filter(|(count, _)| *count < SMALL_GROUP)
-        .flat_map(|(_, members)| members.iter().copied())
-        .collect();
-    shown.sort_unstable();
-    shown.dedup();
-    let mut counts: Vec<(Option<String>, i64)> = counts
-        .into_iter()
-        .map(|(value, (count, _))| (value, count))
-        .collect();
-    counts.sort_by(|a, b| {
-        b.1.cmp(&a.1).then_with(|| match (&a.0, &b.0) {
-            (None, None) => std::cmp::Ordering::Equal,
-            (None, Some(_)) => std::cmp::Ordering::Greater,
-            (Some(_), None) => std::cmp::Ordering::Less,
-            (Some(x), Some(y)) => x.cmp(y),
-        })
-    });
-    Ok(AsOfCounts {
-        counts,
-        records: counted,
-        shown,
-    })
+
+    /// Folds each record's rows into its values and counts those in force on the day.
+    fn fold(&mut self, mut rows: Vec<VersionRow>, request: &AsOf) {
+        rows.sort_unstable_by_key(|row| (row.record_id, row.version));
+        let mut records: HashMap<Uuid, Snapshot> = HashMap::new();
+        for row in rows {
+            records.entry(row.record_id).or_default().take(row);
+        }
+        let effective = request.effective_at;
+        let day = effective.format("%Y-%m-%d").to_string();
+        for (id, snapshot) in &records {
+            if !snapshot.created || snapshot.archived {
+                continue;
+            }
+            // The day whose values count. A headcount places people by their employment dates:
+            // an employee recorded after the day, with a start date before it, was employed
+            // then, so their first values stand for the days before the record. Any other
+            // report counts only the records that had taken effect by the day.
+            let mut on = effective;
+            if let Some(starts) = snapshot.starts.filter(|starts| *starts > effective) {
+                if !request.employed_only {
+                    continue;
+                }
+                on = starts;
+            }
+            if request.employed_only {
+                // Without its dates, an erased employee cannot be placed in time.
+                if snapshot.erased {
+                    continue;
+                }
+                let date = |field| snapshot.on(on, field).and_then(Value::as_str);
+                let started = date(Counted::StartDate).is_none_or(|s| s <= day.as_str());
+                let not_ended = date(Counted::EndDate).is_none_or(|e| e >= day.as_str());
+                if !(started && not_ended) {
+                    continue;
+                }
+            }
+            self.add(&snapshot.on(on, Counted::Group).cloned(), 1, &[*id]);
+        }
+    }
+
+    /// Largest groups first, and the records of the small ones.
+    fn finish(self) -> AsOfCounts {
+        let mut shown: Vec<Uuid> = self
+            .counts
+            .values()
+            .filter(|(count, _)| *count < SMALL_GROUP)
+            .flat_map(|(_, members)| members.iter().copied())
+            .collect();
+        shown.sort_unstable();
+        shown.dedup();
+        let mut counts: Vec<(Option<String>, i64)> = self
+            .counts
+            .into_iter()
+            .map(|(value, (count, _))| (value, count))
+            .collect();
+        counts.sort_by(|a, b| {
+            b.1.cmp(&a.1).then_with(|| match (&a.0, &b.0) {
+                (None, None) => std::cmp::Ordering::Equal,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (Some(x), Some(y)) => x.cmp(y),
+            })
+        });
+        AsOfCounts {
+            counts,
+            records: self.records,
+            shown,
+        }
+    }
 }
 
 /// A report as of a moment: the counts per value, how many records, and the records of the
