@@ -42,7 +42,7 @@ pub struct Record {
     /// was cleared. `fields` is all of it applied: the values in force from the last of these
     /// days on.
     #[serde(with = "timeline_entries")]
-    timeline: BTreeMap<(NaiveDate, u64), Fields>,
+    timeline: BTreeMap<(NaiveDate, u64), Change>,
     /// The day the record takes effect: its creation's `effective_from` (`None` for records
     /// created before changes were effective-dated).
     starts: Option<NaiveDate>,
@@ -406,7 +406,8 @@ impl Record {
                 }
             }
         }
-        self.timeline.insert((day, self.version), changes);
+        self.timeline
+            .insert((day, self.version), changes.into_iter().collect());
         if !last {
             self.fields = fold(self.timeline.values());
         }
@@ -499,7 +500,12 @@ impl Record {
 }
 
 /// Values with `changes` applied in order (`null` clears).
-fn fold<'a>(changes: impl Iterator<Item = &'a Fields>) -> Fields {
+/// The values one change gave, as the timeline keeps them: a change sets a few fields, and a
+/// list of them takes a fraction of the memory of a map (a record keeps every change it ever
+/// had, and the aggregate cache keeps the records most changed).
+type Change = Box<[(String, Value)]>;
+
+fn fold<'a>(changes: impl Iterator<Item = &'a Change>) -> Fields {
     let mut fields = Fields::new();
     for change in changes {
         for (name, value) in change {
@@ -909,24 +915,36 @@ mod timeline_entries {
     use std::collections::BTreeMap;
 
     use chrono::NaiveDate;
-    use serde::{Deserialize, Deserializer, Serializer};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-    use super::Fields;
+    use super::{Change, Fields};
 
-    type Timeline = BTreeMap<(NaiveDate, u64), Fields>;
+    type Timeline = BTreeMap<(NaiveDate, u64), Change>;
+
+    /// A change's values as a JSON map, as events write them.
+    struct AsMap<'a>(&'a Change);
+
+    impl Serialize for AsMap<'_> {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            serializer.collect_map(self.0.iter().map(|(name, value)| (name, value)))
+        }
+    }
 
     pub(super) fn serialize<S: Serializer>(
         timeline: &Timeline,
         serializer: S,
     ) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(timeline.iter())
+        serializer.collect_seq(timeline.iter().map(|(key, change)| (key, AsMap(change))))
     }
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(
         deserializer: D,
     ) -> Result<Timeline, D::Error> {
         let entries: Vec<((NaiveDate, u64), Fields)> = Vec::deserialize(deserializer)?;
-        Ok(entries.into_iter().collect())
+        Ok(entries
+            .into_iter()
+            .map(|(key, fields)| (key, fields.into_iter().collect()))
+            .collect())
     }
 }
 
@@ -1505,6 +1523,28 @@ mod tests {
             changes: fields(changes),
             effective_from: Some(day(on)),
         }
+    }
+
+    #[test]
+    fn a_record_and_its_timeline_round_trip_through_json_with_each_change_a_map() {
+        let mut record = Record::default();
+        record.apply(created());
+        record.apply(dated("2026-07-01", &[("job_title", json!("Lead"))]));
+        record.apply(dated(
+            "2026-03-01",
+            &[("department", json!("Ops")), ("job_title", Value::Null)],
+        ));
+        let json = serde_json::to_value(&record).unwrap();
+        assert_eq!(
+            json["timeline"][1],
+            json!([["2026-03-01", 3], { "department": "Ops", "job_title": null }])
+        );
+        let back: Record = serde_json::from_value(json).unwrap();
+        assert_eq!(back, record);
+        assert_eq!(
+            back.fields_on(day("2026-07-01")).get("job_title"),
+            Some(&json!("Lead"))
+        );
     }
 
     #[test]
