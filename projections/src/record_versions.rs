@@ -16,8 +16,9 @@ use chrono::{DateTime, NaiveDate, Utc};
 use custos_domain::record::Fields;
 use custos_domain::{Datasheet, Record, RecordEvent, Stage};
 use serde_json::Value;
+use sqlx::postgres::PgArguments;
 use sqlx::types::Json;
-use sqlx::{PgConnection, QueryBuilder};
+use sqlx::{Arguments, PgConnection, QueryBuilder};
 use uuid::Uuid;
 
 use crate::records::effective_day;
@@ -378,17 +379,22 @@ pub async fn settled(
     let on = day.format("%Y-%m-%d").to_string();
     // The grouped value as JSON text, read back as the fold reads `record_versions`. A record
     // left to its history is a group of its own (no list of ids is built for the others).
-    let rows: Vec<(Option<String>, Option<Uuid>, i64)> = sqlx::query_as(&format!(
-        "SELECT (fields -> $3)::text, CASE WHEN NOT ({settled}) THEN id END, count(*)
-           {counted}
-          GROUP BY 1, 2"
-    ))
-    .bind(datasheet.as_str())
-    .bind(employed_only)
-    .bind(group_by)
-    .bind(&by_day)
-    .bind(&due)
-    .bind(&on)
+    let mut args = PgArguments::default();
+    let encode = sqlx::Error::Encode;
+    args.add(datasheet.as_str()).map_err(encode)?;
+    args.add(employed_only).map_err(encode)?;
+    args.add(group_by).map_err(encode)?;
+    args.add(&by_day).map_err(encode)?;
+    args.add(&due).map_err(encode)?;
+    args.add(&on).map_err(encode)?;
+    let rows: Vec<(Option<String>, Option<Uuid>, i64)> = sqlx::query_as_with(
+        &format!(
+            "SELECT (fields -> $3)::text, CASE WHEN NOT ({settled}) THEN id END, count(*)
+               {counted}
+              GROUP BY 1, 2"
+        ),
+        args.clone(),
+    )
     .fetch_all(&mut *conn)
     .await?;
     let mut settled_groups = Vec::new();
@@ -409,17 +415,14 @@ pub async fn settled(
     let found: Vec<(Option<String>, Uuid)> = if small.is_empty() {
         Vec::new()
     } else {
-        sqlx::query_as(&format!(
-            "SELECT (fields -> $3)::text, id {counted}
-                AND {settled} AND coalesce((fields -> $3)::text, '') = ANY($7)"
-        ))
-        .bind(datasheet.as_str())
-        .bind(employed_only)
-        .bind(group_by)
-        .bind(&by_day)
-        .bind(&due)
-        .bind(&on)
-        .bind(&small)
+        args.add(&small).map_err(encode)?;
+        sqlx::query_as_with(
+            &format!(
+                "SELECT (fields -> $3)::text, id {counted}
+                    AND {settled} AND coalesce((fields -> $3)::text, '') = ANY($7)"
+            ),
+            args,
+        )
         .fetch_all(&mut *conn)
         .await?
     };
