@@ -285,26 +285,28 @@ impl Projection for RecordsProjection {
 /// What a row's values become with the folded change `u` (`set`, `cleared`, `since`,
 /// `stage_since`, and `min_key`/`max_key` of its keys): each field takes `u`'s value where
 /// `u`'s key for it is later than the row's (`field_since`, or `since_base` for a field the
-/// creation gave and nothing changed since). When every key of `u` is later than every key of
-/// the row (`since_max`) — every change but a correction — `u` applies whole, without looking
-/// at fields one by one.
+/// creation gave and nothing changed since; none for a field never given, which a change dated
+/// before the record's creation may set when the creation was written before changes were
+/// effective-dated and so does not bound them). When every key of `u` is later than every key
+/// of the row (`since_max`) — every change but a correction — `u` applies whole, without
+/// looking at fields one by one.
 const IN_FORCE: &str = "
     fields = CASE WHEN u.min_key > r.since_max
              THEN (r.fields || u.set) - ARRAY(SELECT jsonb_array_elements_text(u.cleared))
              ELSE (r.fields || coalesce(
                  (SELECT jsonb_object_agg(s.key, s.value) FROM jsonb_each(u.set) s
-                  WHERE coalesce(r.field_since->>s.key, r.since_base) < u.since->>s.key),
+                  WHERE coalesce(r.field_since->>s.key, CASE WHEN r.fields ? s.key THEN r.since_base ELSE '' END) < u.since->>s.key),
                  '{}'::jsonb))
              - ARRAY(SELECT c FROM jsonb_array_elements_text(u.cleared) c
-                     WHERE coalesce(r.field_since->>c, r.since_base) < u.since->>c) END,
+                     WHERE coalesce(r.field_since->>c, CASE WHEN r.fields ? c THEN r.since_base ELSE '' END) < u.since->>c) END,
     field_since = CASE WHEN u.min_key > r.since_max THEN r.field_since || u.since
              ELSE r.field_since || coalesce(
                  (SELECT jsonb_object_agg(k.key, k.value) FROM jsonb_each_text(u.since) k
-                  WHERE coalesce(r.field_since->>k.key, r.since_base) < k.value), '{}'::jsonb) END,
+                  WHERE coalesce(r.field_since->>k.key, CASE WHEN r.fields ? k.key THEN r.since_base ELSE '' END) < k.value), '{}'::jsonb) END,
     since_max = GREATEST(r.since_max, u.max_key),
     stage_since = CASE WHEN u.stage_since IS NULL THEN r.stage_since
                        WHEN u.min_key > r.since_max
-                         OR coalesce(r.field_since->>'stage', r.since_base) < u.since->>'stage'
+                         OR coalesce(r.field_since->>'stage', CASE WHEN r.fields ? 'stage' THEN r.since_base ELSE '' END) < u.since->>'stage'
                        THEN u.stage_since ELSE r.stage_since END";
 
 /// The day a change takes effect: its own, or (written before changes were effective-dated)

@@ -956,3 +956,74 @@ async fn reports_from_todays_rows_agree_with_the_folded_history_on_every_day() {
                { "value": null, "count": 1 }])
     );
 }
+
+/// Migration 0032 rebuilds `records` where a change may be dated before its record's creation
+/// (possible only for creations written before changes were effective-dated, which the
+/// projection did not apply to a field the creation did not give), and leaves it alone
+/// elsewhere.
+#[tokio::test]
+async fn the_migration_for_changes_dated_before_an_undated_creation_rebuilds_only_where_needed() {
+    const MIGRATION: &str =
+        include_str!("../../migrations/tenant/0032_changes_before_an_undated_creation.sql");
+    let app = TestApp::spawn().await;
+    let admin = app.sign_up(&slug("undated")).await;
+    let ada = create(
+        &app,
+        &admin,
+        json!({ "firstName": "Ada", "lastName": "L" }),
+        None,
+    )
+    .await;
+    let mut db = app.tenant_admin(admin.tenant_id).await;
+    let records_position = async |db: &mut sqlx::PgConnection| -> i64 {
+        sqlx::query_scalar(
+            "SELECT global_position FROM projection_checkpoints WHERE projection = 'records'",
+        )
+        .fetch_one(db)
+        .await
+        .unwrap()
+    };
+    let before = records_position(&mut db).await;
+    assert!(before > 0);
+
+    // Nothing dated before a creation: nothing changes.
+    sqlx::raw_sql(MIGRATION).execute(&mut db).await.unwrap();
+    assert_eq!(records_position(&mut db).await, before);
+
+    // A change dated before its record's creation, as such a record's history holds it.
+    sqlx::query(
+        "INSERT INTO record_versions (record_id, version, datasheet, kind, effective_from,
+                                      recorded_at, changes)
+         SELECT record_id, 99, datasheet, 'updated', effective_from - 10, now(),
+                '{\"department\": \"Before\"}'
+           FROM record_versions WHERE record_id = $1 AND kind = 'created'",
+    )
+    .bind(uuid::Uuid::parse_str(&ada).unwrap())
+    .execute(&mut db)
+    .await
+    .unwrap();
+    sqlx::raw_sql(MIGRATION).execute(&mut db).await.unwrap();
+    assert_eq!(records_position(&mut db).await, 0, "records is rebuilt");
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM records")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(rows, 0);
+
+    // The projector fills it again from the log; the next write waits for it.
+    let bob = create(
+        &app,
+        &admin,
+        json!({ "firstName": "Bob", "lastName": "M" }),
+        None,
+    )
+    .await;
+    for id in [&ada, &bob] {
+        assert_eq!(employee(&app, &admin, id).await["version"], 1, "{id}");
+    }
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM records")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(rows, 2);
+}

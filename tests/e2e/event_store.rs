@@ -708,6 +708,10 @@ async fn a_run_of_updates_written_at_once_or_replayed_from_its_middle_leaves_wha
             7,
             json!({ "notes": "recorded later, in force earlier" }),
         ),
+        // A creation written before changes were effective-dated does not bound them: a
+        // change dated before it sets a field it did not give, and holds from the record's
+        // first day, as the record's own fold has it.
+        dated(18, bob, 5, "1969-06-30", json!({ "department": "Before" })),
     ];
     let all: Vec<&custos_projections::ProjectedEvent> = events.iter().collect();
 
@@ -726,6 +730,7 @@ async fn a_run_of_updates_written_at_once_or_replayed_from_its_middle_leaves_wha
     );
     let bob_row = one_by_one.iter().find(|r| r["id"] == json!(bob)).unwrap();
     assert_eq!(bob_row["fields"]["email"], json!("b2@example.org"));
+    assert_eq!(bob_row["fields"]["department"], json!("Before"));
 
     emptied(&mut db).await;
     RecordsProjection.apply_all(&mut db, &all).await.unwrap();
