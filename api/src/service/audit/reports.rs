@@ -118,7 +118,7 @@ fn group_values(value: &Option<Value>) -> Vec<Option<String>> {
 }
 
 /// Counts per group value of the records of `request.datasheet` that existed and were not
-/// archived at `request.at`, largest groups first, and how many records were counted.
+/// archived at `request.recorded_at`, largest groups first, and how many records were counted.
 ///
 /// As recorded now (`request.current`), the records whose row in `records` holds their values
 /// of the day are counted there, in one grouped query, and only the others (changed or
