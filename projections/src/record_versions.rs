@@ -271,12 +271,14 @@ pub async fn as_recorded(
     decode(rows)
 }
 
-/// Every row of the records `ids` as the read model has them now (without the scheduled changes
-/// cancelled), with the same values as [`as_recorded`].
+/// The rows of the records `ids` as recorded up to `recorded_at` (`None`: every row the read
+/// model has now), without the scheduled changes cancelled by then, with the same values as
+/// [`as_recorded`].
 pub async fn of_records(
     conn: &mut PgConnection,
     ids: &[Uuid],
     group_by: &str,
+    recorded_at: Option<DateTime<Utc>>,
 ) -> sqlx::Result<Vec<VersionRow>> {
     if ids.is_empty() {
         return Ok(Vec::new());
@@ -285,10 +287,13 @@ pub async fn of_records(
         "SELECT record_id, version, kind, effective_from,
                 changes -> $2, changes -> 'start_date', changes -> 'end_date'
            FROM record_versions
-          WHERE record_id = ANY($1) AND cancelled_at IS NULL",
+          WHERE record_id = ANY($1)
+            AND CASE WHEN $3::timestamptz IS NULL THEN cancelled_at IS NULL
+                     ELSE recorded_at <= $3 AND (cancelled_at IS NULL OR cancelled_at > $3) END",
     )
     .bind(ids)
     .bind(group_by)
+    .bind(recorded_at)
     .fetch_all(conn)
     .await?;
     decode(rows)
@@ -333,6 +338,16 @@ pub struct Settled {
 /// others are returned for their history to decide; which record goes which way may be decided
 /// cautiously (a record sent to its history gets the same answer), never the other way.
 ///
+/// As recorded at `recorded_at` (`None`: now), a record's row also holds what the history said
+/// then only if nothing happened to the record since (its row's `updated_at`, the moment of its
+/// last event, every event of a record moving it; a record's events are stamped in order, each
+/// appended by the database's clock after the one before it committed): the records changed,
+/// archived, restored, erased or with a change cancelled after that moment are returned for
+/// their history to decide, and the records created after it are not counted (their history
+/// then was empty).
+/// The scheduled changes that took effect since need no event: they took effect by their day,
+/// which the rule above reads.
+///
 /// A record that takes effect after `day` is not counted, unless `employed_only` (a headcount):
 /// then it counts with its values of its first day, if it was employed on `day` by its
 /// employment dates (started by then or without a start date, not ended before it), which
@@ -348,6 +363,7 @@ pub async fn settled(
     group_by: &str,
     employed_only: bool,
     today: NaiveDate,
+    recorded_at: Option<DateTime<Utc>>,
 ) -> sqlx::Result<Settled> {
     // One day of leeway for a clock behind the one that dated a creation.
     let due_by = day.max(today.succ_opt().unwrap_or(today));
@@ -359,18 +375,28 @@ pub async fn settled(
     .await?;
     // The keys (`YYYY-MM-DD#version`, compared bytewise) of the changes in force by `day`.
     let by_day = format!("{}#~", day.format("%Y-%m-%d"));
+    // As recorded at a moment: the row is as it was then if no event of the record came
+    // after it.
+    let (unchanged, existed) = if recorded_at.is_some() {
+        ("updated_at <= $7", "AND created_at <= $7")
+    } else {
+        ("true", "")
+    };
     // Settled: the row holds the record's values on `day`, or on its first day if that is
     // later (a key of a change later than the creation's is later than `by_day`, unless the
     // change is in force by `day`).
-    let settled = "erased_at IS NULL
+    let settled = format!(
+        "erased_at IS NULL
          AND (since_max COLLATE \"C\" <= $4 OR since_max COLLATE \"C\" = since_base)
-         AND id <> ALL($5)";
-    // The records counted: not archived; taking effect by `day` unless a headcount; a
-    // headcount's settled rows employed on `day` (the employment dates of a row not erased
-    // are dates, as text, when given). The others are left to their history.
+         AND id <> ALL($5) AND {unchanged}"
+    );
+    // The records counted: not archived (or archived since the moment asked about); taking
+    // effect by `day` unless a headcount; a headcount's settled rows employed on `day` (the
+    // employment dates of a row not erased are dates, as text, when given). The others are
+    // left to their history.
     let counted = format!(
         "FROM records
-          WHERE datasheet = $1 AND NOT archived
+          WHERE datasheet = $1 AND (NOT archived OR NOT ({unchanged})) {existed}
             AND ($2 OR since_base COLLATE \"C\" <= $4)
             AND (NOT $2 OR NOT ({settled})
                  OR ((fields ->> 'start_date' IS NULL OR fields ->> 'start_date' COLLATE \"C\" <= $6)
@@ -387,6 +413,9 @@ pub async fn settled(
     args.add(&by_day).map_err(encode)?;
     args.add(&due).map_err(encode)?;
     args.add(&on).map_err(encode)?;
+    if let Some(moment) = recorded_at {
+        args.add(moment).map_err(encode)?;
+    }
     let rows: Vec<(Option<String>, Option<Uuid>, i64)> = sqlx::query_as_with(
         &format!(
             "SELECT (fields -> $3)::text, CASE WHEN NOT ({settled}) THEN id END, count(*)
@@ -416,10 +445,11 @@ pub async fn settled(
         Vec::new()
     } else {
         args.add(&small).map_err(encode)?;
+        let values = args.len();
         sqlx::query_as_with(
             &format!(
                 "SELECT (fields -> $3)::text, id {counted}
-                    AND {settled} AND coalesce((fields -> $3)::text, '') = ANY($7)"
+                    AND {settled} AND coalesce((fields -> $3)::text, '') = ANY(${values})"
             ),
             args,
         )

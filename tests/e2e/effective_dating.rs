@@ -697,10 +697,48 @@ async fn report_reads(db: &mut sqlx::PgConnection) -> (i64, Vec<uuid::Uuid>) {
     (count, ids)
 }
 
-/// Reports on a day as recorded now read each record's values from today's rows when those
-/// hold the day's values, and fold the history of the others (changed, corrected or scheduled
-/// with effect after the day, erased); asked at an explicit moment, every record's history is
-/// folded. On every day around every change, both give the same answer.
+/// What a report answered (`total`, `groups`), how many reads it recorded and of whom.
+type Answered = ((Value, Value), i64, Vec<uuid::Uuid>);
+
+/// Asks `query` (a report or a headcount) with `variables` as recorded now, and as recorded at
+/// `at`.
+async fn both_ways(
+    app: &TestApp,
+    admin: &Session,
+    db: &mut sqlx::PgConnection,
+    query: &'static str,
+    variables: Value,
+    at: &str,
+) -> (Answered, Answered) {
+    let field = if query.contains("headcount(") {
+        "headcount"
+    } else {
+        "report"
+    };
+    let mut ask = async |variables: Value| {
+        let before = report_reads(db).await;
+        let response = app.graphql(Some(&admin.token), query, variables).await.ok();
+        let read = report_reads(db).await;
+        let answer = (
+            response.data(&format!("{field}.total")).clone(),
+            response.data(&format!("{field}.groups")).clone(),
+        );
+        // Who was read, if the answer recorded a read.
+        let reads = read.0 - before.0;
+        (answer, reads, if reads > 0 { read.1 } else { Vec::new() })
+    };
+    let now = ask(variables.clone()).await;
+    let mut then = variables;
+    then["at"] = json!(at);
+    let then = ask(then).await;
+    (now, then)
+}
+
+/// Reports on a day read each record's values from today's rows when those hold the day's
+/// values as the history had them at the moment asked about, and fold the history of the
+/// others (changed, corrected or scheduled with effect after the day, erased, or with an event
+/// since that moment). On every day around every change, a report as recorded at a moment is
+/// what it was when asked at that moment, and as recorded now what it is today.
 #[tokio::test]
 async fn reports_from_todays_rows_agree_with_the_folded_history_on_every_day() {
     let app = TestApp::spawn().await;
@@ -718,8 +756,20 @@ async fn reports_from_todays_rows_agree_with_the_folded_history_on_every_day() {
         async move { app.graphql(Some(&token), query, variables).await.ok() }
     };
 
+    // Fifteen settled since their creation, so that the records with an event after the
+    // moment asked about below are fewer than the others (and their history is looked up
+    // record by record).
+    for n in 0..15 {
+        create(
+            &app,
+            &admin,
+            employee_input(&format!("P{n}"), Some("Plain"), Some("2015-01-01")),
+            Some("2015-01-01"),
+        )
+        .await;
+    }
     // Settled since its creation.
-    create(
+    let a = create(
         &app,
         &admin,
         employee_input("A", Some("Ops"), Some("2020-01-01")),
@@ -844,7 +894,7 @@ async fn reports_from_todays_rows_agree_with_the_folded_history_on_every_day() {
     )
     .await;
     // Left in 2021, both dates given at its creation.
-    create(
+    let k = create(
         &app,
         &admin,
         json!({ "firstName": "F", "lastName": "K", "department": "Ops",
@@ -853,7 +903,7 @@ async fn reports_from_todays_rows_agree_with_the_folded_history_on_every_day() {
     )
     .await;
     // Without a department or dates; and one moved today.
-    create(
+    let i = create(
         &app,
         &admin,
         employee_input("I", None, None),
@@ -902,39 +952,27 @@ async fn reports_from_todays_rows_agree_with_the_folded_history_on_every_day() {
         days.push((today() + Duration::days(offset)).to_string());
     }
     let mut db = app.tenant_admin(admin.tenant_id).await;
+    let mut answered_then = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
     for day in &days {
         for query in [REPORT, HEADCOUNT] {
-            let field = if query == REPORT {
-                "report"
-            } else {
-                "headcount"
-            };
-            let before = report_reads(&mut db).await;
-            let now = run(query, json!({ "on": day })).await;
-            let read_now = report_reads(&mut db).await;
-            let folded = run(query, json!({ "on": day, "at": recorded })).await;
-            let read_folded = report_reads(&mut db).await;
-            // Both record the same people as read (every group here is small enough to
-            // single them out), or neither records a read.
-            assert_eq!(
-                (read_now.0 - before.0, &read_now.1),
-                (read_folded.0 - read_now.0, &read_folded.1),
-                "{field} on {day}: who was read"
-            );
-            let answer = |response: &Response| {
-                (
-                    response.data(&format!("{field}.total")).clone(),
-                    response.data(&format!("{field}.groups")).clone(),
-                )
-            };
-            assert_eq!(answer(&now), answer(&folded), "{field} on {day}");
-            seen.insert(answer(&now).1.to_string());
+            let (now, at_last_write) = both_ways(
+                &app,
+                &admin,
+                &mut db,
+                query,
+                json!({ "on": day }),
+                &recorded,
+            )
+            .await;
+            assert_eq!(now, at_last_write, "{query} on {day}");
+            seen.insert(now.0 .1.to_string());
+            answered_then.push(now);
         }
     }
     // The days differ from one another: the comparison is of answers that change.
     assert!(seen.len() > 8, "{seen:?}");
-    // Two answers checked by hand. Mid-2022: B in Legal (the correction), C and J not yet in
+    // Two answers checked by hand (besides the fifteen in "Plain"). Mid-2022: B in Legal (the correction), C and J not yet in
     // effect, F archived, H (erased) and I without a value, K still a record. Next month: B in
     // Support since 2023, D moved to Ops, E still in Ops (its move cancelled), C and K gone,
     // H erased.
@@ -942,7 +980,8 @@ async fn reports_from_todays_rows_agree_with_the_folded_history_on_every_day() {
         |response: Response, field: &str| response.data(&format!("{field}.groups")).clone();
     assert_eq!(
         groups(run(REPORT, json!({ "on": "2022-06-30" })).await, "report"),
-        json!([{ "value": "Ops", "count": 3 }, { "value": null, "count": 2 },
+        json!([{ "value": "Plain", "count": 15 },
+               { "value": "Ops", "count": 3 }, { "value": null, "count": 2 },
                { "value": "Legal", "count": 1 }, { "value": "R&D", "count": 1 },
                { "value": "Sales", "count": 1 }])
     );
@@ -951,9 +990,289 @@ async fn reports_from_todays_rows_agree_with_the_folded_history_on_every_day() {
             run(HEADCOUNT, json!({ "on": next_month })).await,
             "headcount"
         ),
-        json!([{ "value": "Ops", "count": 3 }, { "value": "R&D", "count": 1 },
+        json!([{ "value": "Plain", "count": 15 },
+               { "value": "Ops", "count": 3 }, { "value": "R&D", "count": 1 },
                { "value": "Sales", "count": 1 }, { "value": "Support", "count": 1 },
                { "value": null, "count": 1 }])
+    );
+
+    // Then, after that moment: A moved with effect from 2021, I given a department today, F
+    // restored, G archived, K restricted and released (an event that changes no value), D's
+    // scheduled move cancelled, and L entered, employed since 2019. Asked as recorded at the
+    // moment before, each report is what it was then: the records changed since from their
+    // history, the others from today's rows (or, where the changed ones are most, every
+    // history); asked as recorded now, it is today's answer either way.
+    update(
+        &app,
+        &admin,
+        &a,
+        json!({ "department": "Finance" }),
+        "2021-01-01",
+    )
+    .await
+    .ok();
+    update(
+        &app,
+        &admin,
+        &i,
+        json!({ "department": "Ops" }),
+        &today().to_string(),
+    )
+    .await
+    .ok();
+    for (mutation, id) in [
+        ("mutation($id: ID!) { restoreRecord(id: $id) { id } }", &f),
+        ("mutation($id: ID!) { archiveRecord(id: $id) { id } }", &g),
+        (
+            "mutation($id: ID!) { restrictRecord(id: $id, reason: ACCURACY_CONTESTED) { id } }",
+            &k,
+        ),
+        ("mutation($id: ID!) { liftRestriction(id: $id) { id } }", &k),
+        (
+            "mutation($id: ID!) { cancelScheduledChange(id: $id, version: 2) { id } }",
+            &d,
+        ),
+    ] {
+        run(mutation, json!({ "id": id })).await;
+    }
+    create(
+        &app,
+        &admin,
+        employee_input("L", Some("Ops"), Some("2019-01-01")),
+        None,
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let recorded_last = Utc::now().to_rfc3339();
+    let mut answered_then = answered_then.into_iter();
+    let mut changed = 0;
+    for day in &days {
+        for query in [REPORT, HEADCOUNT] {
+            let (now, then) = both_ways(
+                &app,
+                &admin,
+                &mut db,
+                query,
+                json!({ "on": day }),
+                &recorded,
+            )
+            .await;
+            assert_eq!(
+                Some(&then),
+                answered_then.next().as_ref(),
+                "{query} on {day}, as recorded then"
+            );
+            changed += usize::from(now.0 != then.0);
+            let (now_again, at_last_write) = both_ways(
+                &app,
+                &admin,
+                &mut db,
+                query,
+                json!({ "on": day }),
+                &recorded_last,
+            )
+            .await;
+            assert_eq!(now_again, at_last_write, "{query} on {day}");
+            assert_eq!(now.0, now_again.0, "{query} on {day}");
+        }
+    }
+    // The changes since changed most answers: as recorded then is not as recorded now.
+    assert!(
+        changed > days.len(),
+        "{changed} of {} answers changed",
+        days.len() * 2
+    );
+}
+
+const REPORT_BY: &str = "query($sheet: Datasheet!, $by: String!, $on: NaiveDate, $at: DateTime) {
+    report(datasheet: $sheet, groupBy: $by, effectiveAt: $on, recordedAt: $at) {
+        total groups { value count } } }";
+
+const HEADCOUNT_BY: &str = "query($by: String, $on: NaiveDate, $at: DateTime) {
+    headcount(groupBy: $by, effectiveAt: $on, recordedAt: $at) { total groups { value count } } }";
+
+/// Reports on custom fields (a list counted per entry, a number, a boolean), on a group large
+/// enough that its people are not singled out, and on applicants with a hire, agree between
+/// today's rows and every record's history: asked as recorded at a moment before an event of
+/// every record (a restriction, lifted, which changes no value), each record's history decides.
+#[tokio::test]
+async fn reports_on_any_field_from_todays_rows_agree_with_every_history_folded() {
+    let app = TestApp::spawn().await;
+    let admin = app.sign_up(&slug("any-field")).await;
+    for (key, kind, options) in [
+        ("skills", "MULTIPLE_CHOICE", json!(["rust", "go", "sql"])),
+        ("grade", "NUMBER", json!([])),
+        ("remote", "BOOLEAN", json!([])),
+    ] {
+        app.graphql(
+            Some(&admin.token),
+            "mutation($i: AddCustomFieldInput!) { addCustomField(datasheet: EMPLOYEES, input: $i) { key } }",
+            json!({ "i": { "key": key, "label": key, "type": kind, "options": options } }),
+        )
+        .await
+        .ok();
+    }
+    let skills = [
+        json!(["rust", "sql"]),
+        json!(["go"]),
+        json!([]),
+        Value::Null,
+    ];
+    let mut employees = Vec::new();
+    for n in 0..14_usize {
+        let id = create(
+            &app,
+            &admin,
+            json!({ "firstName": "E", "lastName": format!("N{n}"),
+                    "department": if n < 12 { "Big" } else { "Small" },
+                    "startDate": format!("20{:02}-03-01", 18 + n % 5),
+                    "customFields": [
+                        { "key": "skills", "value": skills[n % 4] },
+                        { "key": "grade", "value": if n % 3 == 0 { Value::Null } else { json!(n % 3) } },
+                        { "key": "remote", "value": n % 2 == 0 },
+                    ] }),
+            Some(&format!("20{:02}-03-01", 18 + n % 5)),
+        )
+        .await;
+        employees.push(id);
+    }
+    // Corrections, changes scheduled, and a move today.
+    for (n, input, on) in [
+        (0, json!({ "department": "Small" }), "2021-01-01".to_owned()),
+        (
+            1,
+            json!({ "customFields": [{ "key": "skills", "value": ["go", "sql"] }] }),
+            "2023-06-01".to_owned(),
+        ),
+        (
+            2,
+            json!({ "customFields": [{ "key": "grade", "value": 3 }] }),
+            (today() + Duration::days(30)).to_string(),
+        ),
+        (
+            3,
+            json!({ "endDate": "2023-12-31" }),
+            "2023-12-31".to_owned(),
+        ),
+        (4, json!({ "department": "Small" }), today().to_string()),
+    ] {
+        update(&app, &admin, &employees[n], input, &on).await.ok();
+    }
+    // Applicants in their stages, one hired, starting next week.
+    let mut applicants = Vec::new();
+    for (n, stage) in ["APPLIED", "APPLIED", "INTERVIEW", "OFFER"]
+        .iter()
+        .enumerate()
+    {
+        let id = app
+            .graphql(
+                Some(&admin.token),
+                "mutation($i: CreateApplicantInput!) { createApplicant(input: $i) { id } }",
+                json!({ "i": { "firstName": "A", "lastName": format!("P{n}"), "stage": stage } }),
+            )
+            .await
+            .ok()
+            .data("createApplicant.id")
+            .as_str()
+            .unwrap()
+            .to_owned();
+        applicants.push(id);
+    }
+    let hired = app
+        .graphql(
+            Some(&admin.token),
+            "mutation($id: ID!, $i: HireApplicantInput) { hireApplicant(id: $id, input: $i) { employee { id } } }",
+            json!({ "id": applicants[3],
+                    "i": { "department": "Small", "startDate": (today() + Duration::days(7)).to_string() } }),
+        )
+        .await
+        .ok()
+        .data("hireApplicant.employee.id")
+        .as_str()
+        .unwrap()
+        .to_owned();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let recorded = Utc::now().to_rfc3339();
+    for id in employees.iter().chain(&applicants).chain([&hired]) {
+        for mutation in [
+            "mutation($id: ID!) { restrictRecord(id: $id, reason: ACCURACY_CONTESTED) { id } }",
+            "mutation($id: ID!) { liftRestriction(id: $id) { id } }",
+        ] {
+            app.graphql(Some(&admin.token), mutation, json!({ "id": id }))
+                .await
+                .ok();
+        }
+    }
+
+    let mut db = app.tenant_admin(admin.tenant_id).await;
+    let mut asked = Vec::new();
+    for day in ["2019-06-30", "2021-06-30", "2023-12-31", "2024-01-01"]
+        .map(str::to_owned)
+        .into_iter()
+        .chain([0, 7, 30].map(|offset| (today() + Duration::days(offset)).to_string()))
+    {
+        for by in [
+            "department",
+            "custom.skills",
+            "custom.grade",
+            "custom.remote",
+        ] {
+            asked.push((
+                REPORT_BY,
+                json!({ "sheet": "EMPLOYEES", "by": by, "on": day }),
+            ));
+            asked.push((HEADCOUNT_BY, json!({ "by": by, "on": day })));
+        }
+        asked.push((
+            REPORT_BY,
+            json!({ "sheet": "APPLICANTS", "by": "stage", "on": day }),
+        ));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (query, variables) in asked {
+        let (now, then) =
+            both_ways(&app, &admin, &mut db, query, variables.clone(), &recorded).await;
+        assert_eq!(now, then, "{variables}");
+        seen.insert(now.0 .1.to_string());
+    }
+    assert!(seen.len() > 20, "{seen:?}");
+    // Checked by hand, in a month: department "Big" is large enough that its people are not
+    // named as read; a list counts each entry, an empty one as no value.
+    let today_report = |by: &str| json!({ "sheet": "EMPLOYEES", "by": by, "on": (today() + Duration::days(30)).to_string() });
+    let (departments, _) = both_ways(
+        &app,
+        &admin,
+        &mut db,
+        REPORT_BY,
+        today_report("department"),
+        &recorded,
+    )
+    .await;
+    assert_eq!(
+        departments.0 .1,
+        json!([{ "value": "Big", "count": 10 }, { "value": "Small", "count": 5 }])
+    );
+    let mut small = employees[12..].to_vec();
+    small.extend([employees[0].clone(), employees[4].clone(), hired]);
+    let mut small: Vec<uuid::Uuid> = small.iter().map(|id| id.parse().unwrap()).collect();
+    small.sort();
+    assert_eq!(
+        departments.2, small,
+        "only the small group's people are named"
+    );
+    let (skills_today, _) = both_ways(
+        &app,
+        &admin,
+        &mut db,
+        REPORT_BY,
+        today_report("custom.skills"),
+        &recorded,
+    )
+    .await;
+    assert_eq!(
+        skills_today.0 .1,
+        json!([{ "value": null, "count": 7 }, { "value": "sql", "count": 5 },
+               { "value": "go", "count": 4 }, { "value": "rust", "count": 4 }])
     );
 }
 

@@ -1,7 +1,7 @@
-//! Reports as of a past moment or day, from the `record_versions` read model rather than
-//! today's rows: each record's changes as recorded up to a moment, keeping only what the report
-//! needs, read off for the values in force on a day — two time axes, "as the system said then"
-//! and "as was true then".
+//! Reports as of a past moment or day — two time axes, "as the system said then" and "as was
+//! true then" — from today's rows where they hold what the history said, and otherwise from the
+//! `record_versions` read model: each record's changes as recorded up to a moment, keeping only
+//! what the report needs, read off for the values in force on a day.
 
 use std::collections::HashMap;
 
@@ -83,7 +83,7 @@ pub(crate) struct AsOf {
     /// ... with the values in force on this day.
     pub(crate) effective_at: NaiveDate,
     /// Whether `recorded_at` is now because no moment was asked for: the history as recorded
-    /// now, which today's rows answer for the records they hold the day's values of.
+    /// now, every row the read models hold (see [`counts_as_of`]).
     pub(crate) current: bool,
     /// The record field (`department`, `custom.<key>`) to group by.
     pub(crate) group_by: String,
@@ -120,58 +120,49 @@ fn group_values(value: &Option<Value>) -> Vec<Option<String>> {
 /// Counts per group value of the records of `request.datasheet` that existed and were not
 /// archived at `request.recorded_at`, largest groups first, and how many records were counted.
 ///
-/// As recorded now (`request.current`), the records whose row in `records` holds their values
-/// of the day are counted there, in one grouped query, and only the others (changed or
-/// corrected with effect after the day, with a change due by then, erased) are folded from
-/// their history, both read from one snapshot of the database. As recorded at a moment, every
-/// record's history is folded.
+/// The records whose row in `records` holds their values of the day, as the history had them
+/// at the moment asked about, are counted there, in one grouped query; only the others
+/// (changed or corrected with effect after the day, with a change due by then, erased, or with
+/// an event since the moment) are folded from their history, both read from one snapshot of
+/// the database. When more records need their history than not, one pass over the whole
+/// history of the datasheet costs less than looking each one up.
 pub(crate) async fn counts_as_of(
     conn: &mut PgConnection,
     request: &AsOf,
 ) -> sqlx::Result<AsOfCounts> {
     let mut tally = Tally::default();
-    let rows = if request.current {
-        let mut tx = conn.begin().await?;
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            .execute(&mut *tx)
-            .await?;
-        let settled = record_versions::settled(
-            &mut tx,
-            request.datasheet,
-            request.effective_at,
-            &request.group_by,
-            request.employed_only,
-            Utc::now().date_naive(),
-        )
+    let mut tx = conn.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
         .await?;
-        let from_rows: i64 = settled.groups.iter().map(|(_, count, _)| count).sum();
-        let rows = if settled.unsettled.len() as i64 > from_rows {
-            // Most records need their history: one pass over all of it costs less than
-            // looking each one up.
-            record_versions::as_recorded(
-                &mut tx,
-                request.datasheet,
-                request.recorded_at,
-                &request.group_by,
-            )
-            .await?
-        } else {
-            for (value, count, members) in settled.groups {
-                tally.add(&value.and_then(counted), count, &members);
-            }
-            record_versions::of_records(&mut tx, &settled.unsettled, &request.group_by).await?
-        };
-        tx.commit().await?;
-        rows
-    } else {
+    // As recorded now, every row the read models hold counts, whenever it was written.
+    let moment = (!request.current).then_some(request.recorded_at);
+    let settled = record_versions::settled(
+        &mut tx,
+        request.datasheet,
+        request.effective_at,
+        &request.group_by,
+        request.employed_only,
+        Utc::now().date_naive(),
+        moment,
+    )
+    .await?;
+    let from_rows: i64 = settled.groups.iter().map(|(_, count, _)| count).sum();
+    let rows = if settled.unsettled.len() as i64 > from_rows {
         record_versions::as_recorded(
-            conn,
+            &mut tx,
             request.datasheet,
             request.recorded_at,
             &request.group_by,
         )
         .await?
+    } else {
+        for (value, count, members) in settled.groups {
+            tally.add(&value.and_then(counted), count, &members);
+        }
+        record_versions::of_records(&mut tx, &settled.unsettled, &request.group_by, moment).await?
     };
+    tx.commit().await?;
     tally.fold(rows, request);
     Ok(tally.finish())
 }
