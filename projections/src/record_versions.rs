@@ -320,6 +320,20 @@ fn decode(rows: Vec<Fetched>) -> sqlx::Result<Vec<VersionRow>> {
         .collect()
 }
 
+/// Whether `records` and `record_versions` have read the log up to the same event (the
+/// projector moves both in one transaction, unless one of them is being rebuilt or retried
+/// alone): only then does a row of `records` hold what the record's history says.
+pub async fn in_step_with_records(conn: &mut PgConnection) -> sqlx::Result<bool> {
+    sqlx::query_scalar(
+        "SELECT coalesce(bool_and(r.transaction_id = v.transaction_id
+                                  AND r.global_position = v.global_position), false)
+           FROM projection_checkpoints r, projection_checkpoints v
+          WHERE r.projection = 'records' AND v.projection = 'record_versions'",
+    )
+    .fetch_one(conn)
+    .await
+}
+
 /// A report on a day as the records are recorded now, read from `records` where a record's row
 /// already holds its values of that day (see [`settled`]).
 #[derive(Debug, Default)]

@@ -120,8 +120,9 @@ fn group_values(value: &Option<Value>) -> Vec<Option<String>> {
 /// Counts per group value of the records of `request.datasheet` that existed and were not
 /// archived at `request.recorded_at`, largest groups first, and how many records were counted.
 ///
-/// The records whose row in `records` holds their values of the day, as the history had them
-/// at the moment asked about, are counted there, in one grouped query; only the others
+/// While `records` and `record_versions` have read the log equally far, the records whose row
+/// in `records` holds their values of the day, as the history had them at the moment asked
+/// about, are counted there, in one grouped query; only the others
 /// (changed or corrected with effect after the day, with a change due by then, erased, or with
 /// an event since the moment) are folded from their history, both read from one snapshot of
 /// the database. When more records need their history than not, one pass over the whole
@@ -137,6 +138,20 @@ pub(crate) async fn counts_as_of(
         .await?;
     // As recorded now, every row the read models hold counts, whenever it was written.
     let moment = (!request.current).then_some(request.recorded_at);
+    // While `records` (or `record_versions`) is rebuilt or retried alone, the rows are not the
+    // histories' account: every history is folded.
+    if !record_versions::in_step_with_records(&mut tx).await? {
+        let rows = record_versions::as_recorded(
+            &mut tx,
+            request.datasheet,
+            request.recorded_at,
+            &request.group_by,
+        )
+        .await?;
+        tx.commit().await?;
+        tally.fold(rows, request);
+        return Ok(tally.finish());
+    }
     let settled = record_versions::settled(
         &mut tx,
         request.datasheet,
