@@ -499,12 +499,12 @@ impl Record {
     }
 }
 
-/// Values with `changes` applied in order (`null` clears).
 /// The values one change gave, as the timeline keeps them: a change sets a few fields, and a
 /// list of them takes a fraction of the memory of a map (a record keeps every change it ever
 /// had, and the aggregate cache keeps the records most changed).
 type Change = Box<[(String, Value)]>;
 
+/// Values with `changes` applied in order (`null` clears).
 fn fold<'a>(changes: impl Iterator<Item = &'a Change>) -> Fields {
     let mut fields = Fields::new();
     for change in changes {

@@ -140,42 +140,44 @@ pub(crate) async fn counts_as_of(
     let moment = (!request.current).then_some(request.recorded_at);
     // While `records` (or `record_versions`) is rebuilt or retried alone, the rows are not the
     // histories' account: every history is folded.
-    if !record_versions::in_step_with_records(&mut tx).await? {
-        let rows = record_versions::as_recorded(
-            &mut tx,
-            request.datasheet,
-            request.recorded_at,
-            &request.group_by,
+    let settled = if record_versions::in_step_with_records(&mut tx).await? {
+        Some(
+            record_versions::settled(
+                &mut tx,
+                request.datasheet,
+                request.effective_at,
+                &request.group_by,
+                request.employed_only,
+                Utc::now().date_naive(),
+                moment,
+            )
+            .await?,
         )
-        .await?;
-        tx.commit().await?;
-        tally.fold(rows, request);
-        return Ok(tally.finish());
-    }
-    let settled = record_versions::settled(
-        &mut tx,
-        request.datasheet,
-        request.effective_at,
-        &request.group_by,
-        request.employed_only,
-        Utc::now().date_naive(),
-        moment,
-    )
-    .await?;
-    let from_rows: i64 = settled.groups.iter().map(|(_, count, _)| count).sum();
-    let rows = if settled.unsettled.len() as i64 > from_rows {
-        record_versions::as_recorded(
-            &mut tx,
-            request.datasheet,
-            request.recorded_at,
-            &request.group_by,
-        )
-        .await?
     } else {
-        for (value, count, members) in settled.groups {
-            tally.add(&value.and_then(counted), count, &members);
+        None
+    };
+    // When most records need their history, one pass over all of it costs less than looking
+    // each one up.
+    let rows = match settled {
+        Some(settled)
+            if settled.unsettled.len() as i64
+                <= settled.groups.iter().map(|(_, count, _)| count).sum() =>
+        {
+            for (value, count, members) in settled.groups {
+                tally.add(&value.and_then(counted), count, &members);
+            }
+            record_versions::of_records(&mut tx, &settled.unsettled, &request.group_by, moment)
+                .await?
         }
-        record_versions::of_records(&mut tx, &settled.unsettled, &request.group_by, moment).await?
+        _ => {
+            record_versions::as_recorded(
+                &mut tx,
+                request.datasheet,
+                request.recorded_at,
+                &request.group_by,
+            )
+            .await?
+        }
     };
     tx.commit().await?;
     tally.fold(rows, request);
