@@ -15,7 +15,7 @@ use crate::auth::principal::Principal;
 use crate::error::Code;
 use crate::graphql::context::RequestContext;
 use crate::graphql::loaders::Loaders;
-use crate::infra::database::went_down;
+use crate::infra::database::{went_down, Health};
 use crate::service::idempotency::{fingerprint, valid_key, Begun, Refusal};
 use crate::service::identity::RequestOrigin;
 
@@ -199,7 +199,7 @@ pub(crate) async fn graphql(
         None => None,
     };
     tokio::select! {
-        response = answer(&state, media, origin, token, request, retry_safe) => response,
+        response = answer(&state, media, origin, token, request, retry_safe, own_server.as_deref()) => response,
         () = database.went_down() => outcome_unknown(media),
         () = went_down(own_server.as_deref()) => outcome_unknown(media),
     }
@@ -284,6 +284,7 @@ async fn answer(
     token: Option<String>,
     mut request: async_graphql::Request,
     retry_safe: Option<RetrySafe>,
+    own_server: Option<&Health>,
 ) -> Response {
     let principal = match token {
         Some(token) => match state.services.authenticate(&token, &origin).await {
@@ -327,13 +328,18 @@ async fn answer(
             }
         }
     }
-    let (status, body) = match &holding {
+    let (status, body, internal) = match &holding {
         Some((held, principal)) => {
             let run = execute(state, origin, Some(principal.clone()), request);
             state.services.while_holding(principal, held, run).await
         }
         None => execute(state, origin, principal, request).await,
     };
+    // An internal error may be the database going away, met before its watcher saw it: then
+    // the request is answered as if the outage had come first (its key, if any, kept as it is).
+    if internal && outage_met(state, own_server).await {
+        return outcome_unknown(media);
+    }
     if let Some((held, principal)) = holding {
         // What did not run (a request error) lets the key go; what ran keeps its answer.
         let stored = if status == StatusCode::OK {
@@ -351,13 +357,27 @@ async fn answer(
     reply(status, media, body)
 }
 
-/// Executes the request for `principal`: the HTTP status and the response body.
+/// Whether the default database, or the organisation's own server, is down or found down
+/// within one round of its watcher.
+async fn outage_met(state: &AppState, own_server: Option<&Health>) -> bool {
+    let default = state.services.database.down_within_a_probe();
+    match own_server {
+        Some(server) => {
+            let (default, own) = tokio::join!(default, server.down_within_a_probe());
+            default || own
+        }
+        None => default.await,
+    }
+}
+
+/// Executes the request for `principal`: the HTTP status, the response body, and whether an
+/// error of the response is `INTERNAL`.
 async fn execute(
     state: &AppState,
     origin: RequestOrigin,
     principal: Option<Principal>,
     request: async_graphql::Request,
-) -> (StatusCode, String) {
+) -> (StatusCode, String, bool) {
     let mut request = request;
     if let Some(principal) = &principal {
         Loaders::new(principal).attach(&mut request.data);
@@ -383,9 +403,20 @@ async fn execute(
         if let Some(body) = body.as_object_mut() {
             body.remove("data");
         }
-        return (status, body.to_string());
+        return (status, body.to_string(), false);
     }
-    (status, serde_json::to_string(&response).unwrap_or_default())
+    let internal = response.errors.iter().any(|error| {
+        error
+            .extensions
+            .as_ref()
+            .and_then(|extensions| extensions.get("code"))
+            .is_some_and(|code| *code == async_graphql::Value::from(Code::Internal.as_str()))
+    });
+    (
+        status,
+        serde_json::to_string(&response).unwrap_or_default(),
+        internal,
+    )
 }
 
 /// Sets `extensions.code` where a resolver did not, and `extensions.field` on GraphQL's own

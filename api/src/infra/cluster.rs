@@ -499,7 +499,13 @@ impl Server {
             tracing::warn!(
                 "stopping a PostgreSQL server left running by a previous Custos process"
             );
-            self.pg_ctl(&["stop", "-m", "fast", "-w", "-t", "60"])?;
+            // The previous process's watchdog may be stopping it at this very moment: if it
+            // is gone when `pg_ctl stop` fails (no PID file left), it stopped, as asked.
+            if let Err(err) = self.pg_ctl(&["stop", "-m", "fast", "-w", "-t", "60"]) {
+                if pid_file.exists() {
+                    return Err(err);
+                }
+            }
         } else {
             tracing::warn!("removing a stale postmaster.pid left by a previous Custos process");
             fs::remove_file(&pid_file).map_err(io_at(&pid_file))?;

@@ -174,6 +174,16 @@ impl Health {
             std::future::pending::<()>().await;
         }
     }
+
+    /// Whether the database is down now or is found down within one round of the watcher
+    /// ([`PROBE_EVERY`], and [`PROBE_TIMEOUT`] for its answer). An error a request met as the
+    /// server went away (a connection cut off mid-statement) may reach it before the watcher
+    /// has seen the outage; asked then, this tells the outage from a fault of its own.
+    pub(crate) async fn down_within_a_probe(&self) -> bool {
+        tokio::time::timeout(PROBE_EVERY + PROBE_TIMEOUT, self.went_down())
+            .await
+            .is_ok()
+    }
 }
 
 /// Completes when `server` goes down; never without one (for a select that ends a request

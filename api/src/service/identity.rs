@@ -18,7 +18,7 @@ use crate::auth::policy::check_sign_in;
 use crate::auth::principal::{Principal, Subject};
 use crate::auth::tokens::{BearerToken, TokenKind};
 use crate::config::Region;
-use crate::error::{ApiError, Problems};
+use crate::error::{redacted, ApiError, Problems};
 use crate::infra::database::{went_down, Health};
 use crate::infra::stores::sessions;
 use crate::infra::tenancy::catalog::ProvisionError;
@@ -283,9 +283,18 @@ impl Services {
         let own_server = tenant
             .as_ref()
             .and_then(|tenant| self.own_server(tenant.server.clone()));
-        tokio::select! {
+        let outcome = tokio::select! {
             outcome = self.check_login(tenant, email, password, origin) => outcome,
-            () = went_down(own_server.as_deref()) => Err(ApiError::Unavailable),
+            () = went_down(own_server.as_deref()) => return Err(ApiError::Unavailable),
+        };
+        match (outcome, own_server) {
+            (Err(ApiError::Internal(cause)), Some(server))
+                if server.down_within_a_probe().await =>
+            {
+                tracing::warn!(error = %redacted(&cause), "a login met the outage of its organisation's server");
+                Err(ApiError::Unavailable)
+            }
+            (outcome, _) => outcome,
         }
     }
 
