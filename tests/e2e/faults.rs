@@ -132,6 +132,18 @@ async fn own_server(dir: &tempfile::TempDir) -> PrivateCluster {
         .expect("the test's own server starts")
 }
 
+/// A service whose `us` region is on a server of the test's own in `dir` (which the test
+/// stops or kills); `eu` and the catalog on the shared one.
+async fn us_on_own_server(dir: &tempfile::TempDir) -> (PrivateCluster, TestApp) {
+    let cluster = own_server(dir).await;
+    let us_server = cluster.connect_options();
+    let app = TestApp::spawn_with(move |config| {
+        config.regions.insert(custos_api::Region::Us, us_server);
+    })
+    .await;
+    (cluster, app)
+}
+
 async fn stop_own_server(cluster: PrivateCluster) {
     tokio::task::spawn_blocking(move || cluster.stop())
         .await
@@ -296,16 +308,9 @@ async fn region_outage(app: &TestApp, us: &custos_tests::Session, eu: &custos_te
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_of_a_regions_own_server_refuses_its_organisations_at_once_and_no_other() {
-    // The `us` region on a server of the test's own, which it stops; `eu` and the catalog on
-    // the shared one.
     let dir = private_dir();
-    let cluster = own_server(&dir).await;
+    let (cluster, app) = us_on_own_server(&dir).await;
     let server = cluster.supervisor();
-    let us_server = cluster.connect_options();
-    let app = TestApp::spawn_with(move |config| {
-        config.regions.insert(custos_api::Region::Us, us_server);
-    })
-    .await;
     let eu = app.sign_up(&custos_tests::slug("outage-eu")).await;
     let us = app.sign_up_in(&custos_tests::slug("outage-us"), "us").await;
     app.create_employee(&us.token, employee("Before")).await;
@@ -358,13 +363,8 @@ async fn an_outage_of_a_regions_own_server_refuses_its_organisations_at_once_and
 async fn an_error_met_as_a_regions_server_goes_away_is_answered_as_the_outage() {
     use sqlx::{Connection, Executor};
     let dir = private_dir();
-    let cluster = own_server(&dir).await;
+    let (cluster, app) = us_on_own_server(&dir).await;
     let server = cluster.supervisor();
-    let us_server = cluster.connect_options();
-    let app = TestApp::spawn_with(move |config| {
-        config.regions.insert(custos_api::Region::Us, us_server);
-    })
-    .await;
     let us = app.sign_up_in(&custos_tests::slug("cut-off"), "us").await;
     app.create_employee(&us.token, employee("Before")).await;
     let database = app.tenant_database(us.tenant_id).await;
