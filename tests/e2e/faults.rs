@@ -442,6 +442,46 @@ async fn an_error_met_as_a_regions_server_goes_away_is_answered_as_the_outage() 
     stop_own_server(cluster).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_refusing_new_connections_is_an_outage_though_old_ones_answer() {
+    let dir = private_dir();
+    let (cluster, app) = us_on_own_server(&dir).await;
+    let server = cluster.supervisor();
+    let us = app
+        .sign_up_in(&custos_tests::slug("smart-stop"), "us")
+        .await;
+    app.create_employee(&us.token, employee("Before")).await;
+    // A smart shutdown (SIGTERM): the connections open, the watcher's among them, are served
+    // until their clients leave; new ones are refused.
+    kill("-TERM", &postmaster_pid(dir.path()));
+    let began = Instant::now();
+    loop {
+        let health = reqwest::get(app.url("/healthz")).await.unwrap();
+        let health = health.text().await.unwrap();
+        if health.contains("database (us): unavailable") {
+            break;
+        }
+        assert!(
+            began.elapsed() < Duration::from_secs(3),
+            "still taken as up: {health}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let started = Instant::now();
+    let query = app.graphql(Some(&us.token), EMPLOYEES, json!({})).await;
+    assert_unavailable(&query, started.elapsed());
+    // Stopped for good and started again: served as before.
+    let stopping = server.clone();
+    tokio::task::spawn_blocking(move || stopping.stop_server())
+        .await
+        .unwrap()
+        .expect("the server stops");
+    resume(&app, &us.token, &server).await;
+    assert_eq!(app.employee_last_names(&us.token).await, ["Before"]);
+    app.stop().await;
+    stop_own_server(cluster).await;
+}
+
 #[test]
 fn a_cluster_found_stopping_as_the_service_starts_is_started_again() {
     // A service that went away leaves its server to its watchdog, which stops it while the

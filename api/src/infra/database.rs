@@ -201,6 +201,10 @@ pub(crate) async fn went_down(server: Option<&Health>) {
 const PROBE_EVERY: Duration = Duration::from_millis(250);
 const PROBE_TIMEOUT: Duration = Duration::from_millis(800);
 const LATE_ANSWERS: u32 = 2;
+/// Every how many rounds the watcher also opens a connection of its own, and closes it: its
+/// probe's connection outlives a server that refuses new ones while old ones live (a smart
+/// shutdown), which the pools' new connections would otherwise wait on until their time-out.
+const NEW_CONNECTION_EVERY: u32 = 4;
 /// Restarts of a dead private cluster tried in a row, the wait before the first, and the
 /// longest wait between two, before the service gives up and exits.
 const RESTARTS: u32 = 6;
@@ -209,7 +213,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(8);
 
 /// Watches the database server until it cannot be brought back: asks it every
 /// [`PROBE_EVERY`] whether it answers (on a connection of its own, so a full pool does not
-/// count as an outage) and records the answer in `health`; with a private cluster, starts its
+/// count as an outage; every [`NEW_CONNECTION_EVERY`] rounds on a new one too) and records the
+/// answer in `health`; with a private cluster, starts its
 /// server again when the postmaster died, backing off between tries. Returns the error that
 /// ends the service: a private cluster that did not start again after [`RESTARTS`] tries (a
 /// process supervisor takes over from there). A server named by `DATABASE_URL` (or a region's
@@ -226,7 +231,9 @@ pub(crate) async fn watch(
     let mut late = 0;
     let mut failed_restarts = 0;
     let mut backoff = FIRST_BACKOFF;
+    let mut round: u32 = 0;
     loop {
+        round = round.wrapping_add(1);
         if let Some(supervisor) = &supervisor {
             if !supervisor.alive() {
                 if health.set(false) {
@@ -264,7 +271,11 @@ pub(crate) async fn watch(
                 Some(conn) => conn,
                 None => probe.insert(PgConnection::connect_with(&options).await?),
             };
-            sqlx::query("SELECT 1").execute(conn).await.map(|_| ())
+            sqlx::query("SELECT 1").execute(conn).await?;
+            if round.is_multiple_of(NEW_CONNECTION_EVERY) {
+                PgConnection::connect_with(&options).await?.close().await?;
+            }
+            Ok(())
         })
         .await;
         match answered {
