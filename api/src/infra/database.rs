@@ -214,12 +214,12 @@ const MAX_BACKOFF: Duration = Duration::from_secs(8);
 /// Watches the database server until it cannot be brought back: asks it every
 /// [`PROBE_EVERY`] whether it answers (on a connection of its own, so a full pool does not
 /// count as an outage; every [`NEW_CONNECTION_EVERY`] rounds on a new one too) and records the
-/// answer in `health`; with a private cluster, starts its
-/// server again when the postmaster died, backing off between tries. Returns the error that
-/// ends the service: a private cluster that did not start again after [`RESTARTS`] tries (a
-/// process supervisor takes over from there). A server named by `DATABASE_URL` (or a region's
-/// own) is someone else's to restart: the watcher waits for it indefinitely. `server` names
-/// the server in the log (`default`, or the region).
+/// answer in `health`; with a private cluster, starts its server again when the postmaster
+/// died, backing off between tries. Returns the error that ends the service: a private
+/// cluster that did not start again after [`RESTARTS`] tries (a process supervisor takes over
+/// from there). A server named by `DATABASE_URL` (or a region's own) is someone else's to
+/// restart: the watcher waits for it indefinitely. `server` names the server in the log
+/// (`default`, or the region).
 pub(crate) async fn watch(
     health: std::sync::Arc<Health>,
     options: PgConnectOptions,
