@@ -44,6 +44,7 @@ pub mod testing {
     pub use crate::infra::keys::MasterKey;
     pub use crate::infra::projector::{self, Projectors};
     pub use crate::infra::stores::idempotency::sweep as sweep_idempotency_keys;
+    pub use crate::infra::subject_keys::{KeyError, SubjectKeys};
     pub use crate::infra::tenancy::archives::{Arrived, OpenedArchive, Placement};
     pub use crate::infra::tenancy::catalog::Tenancy;
     pub use crate::infra::tenancy::tenant::Tenant;

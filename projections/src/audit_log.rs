@@ -311,7 +311,7 @@ pub async fn entries<'e>(
     query
         .push(" ORDER BY global_position DESC LIMIT ")
         .push_bind(limit);
-    query.build_query_as().fetch_all(db).await
+    query.build_query_as().persistent(false).fetch_all(db).await
 }
 
 fn push_filter(query: &mut QueryBuilder<'_, sqlx::Postgres>, filter: &AuditFilter) {
@@ -350,7 +350,11 @@ pub async fn count<'e>(
     let mut query = QueryBuilder::new("SELECT count(*) FROM audit_log WHERE global_position <= ");
     query.push_bind(upto);
     push_filter(&mut query, filter);
-    query.build_query_scalar().fetch_one(db).await
+    query
+        .build_query_scalar()
+        .persistent(false)
+        .fetch_one(db)
+        .await
 }
 
 /// Entries added after the feed position `after` (see `feed_seq`), oldest first, with their

@@ -220,12 +220,20 @@ pub async fn history(
     query
         .push(" ORDER BY global_position DESC LIMIT ")
         .push_bind(first + 1);
-    let mut items: Vec<LoginRow> = query.build_query_as().fetch_all(&mut *db).await?;
+    let mut items: Vec<LoginRow> = query
+        .build_query_as()
+        .persistent(false)
+        .fetch_all(&mut *db)
+        .await?;
     let has_next_page = items.len() as i64 > first;
     items.truncate(first as usize);
     let mut count = QueryBuilder::new("SELECT count(*) FROM logins");
     push_filter(&mut count, filter);
-    let total_count: i64 = count.build_query_scalar().fetch_one(&mut *db).await?;
+    let total_count: i64 = count
+        .build_query_scalar()
+        .persistent(false)
+        .fetch_one(&mut *db)
+        .await?;
     Ok(Page {
         items,
         has_next_page,

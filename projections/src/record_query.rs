@@ -641,7 +641,11 @@ pub async fn list(
         row: RecordRow,
         order_keys: Vec<Option<String>>,
     }
-    let mut rows: Vec<Keyed> = query.build_query_as().fetch_all(&mut *db).await?;
+    let mut rows: Vec<Keyed> = query
+        .build_query_as()
+        .persistent(false)
+        .fetch_all(&mut *db)
+        .await?;
     // One more row than the page says that more lie beyond it; a cursor, that some lie
     // behind (its own row at least, unless it has gone since).
     let more = rows.len() as i64 > size;
@@ -657,7 +661,11 @@ pub async fn list(
     let total_count: i64 = if request.count {
         let mut count = QueryBuilder::new("SELECT count(*) FROM records");
         push_where(&mut count, request);
-        count.build_query_scalar().fetch_one(&mut *db).await?
+        count
+            .build_query_scalar()
+            .persistent(false)
+            .fetch_one(&mut *db)
+            .await?
     } else {
         0
     };
@@ -717,7 +725,7 @@ pub async fn group_counts(
     };
     push_where(&mut query, request);
     query.push(" GROUP BY 1 ORDER BY 2 DESC, 1 NULLS LAST");
-    query.build_query_as().fetch_all(db).await
+    query.build_query_as().persistent(false).fetch_all(db).await
 }
 
 /// The ids of every record that matches `request`, in its order (its page is ignored).
@@ -725,14 +733,22 @@ pub async fn ids(db: &mut PgConnection, request: &RecordQuery) -> sqlx::Result<V
     let mut query = QueryBuilder::new("SELECT id FROM records");
     push_where(&mut query, request);
     push_order(&mut query, &request.order, false);
-    query.build_query_scalar().fetch_all(db).await
+    query
+        .build_query_scalar()
+        .persistent(false)
+        .fetch_all(db)
+        .await
 }
 
 /// How many records match `request` (its filter, search and archive flag).
 pub async fn count(db: &mut PgConnection, request: &RecordQuery) -> sqlx::Result<i64> {
     let mut count = QueryBuilder::new("SELECT count(*) FROM records");
     push_where(&mut count, request);
-    count.build_query_scalar().fetch_one(db).await
+    count
+        .build_query_scalar()
+        .persistent(false)
+        .fetch_one(db)
+        .await
 }
 
 /// A list failure: a bad request or the database.

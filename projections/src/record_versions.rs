@@ -266,6 +266,7 @@ pub async fn as_recorded(
     .bind(datasheet.as_str())
     .bind(recorded_at)
     .bind(group_by)
+    .persistent(false)
     .fetch_all(conn)
     .await?;
     decode(rows)
@@ -294,6 +295,7 @@ pub async fn of_records(
     .bind(ids)
     .bind(group_by)
     .bind(recorded_at)
+    .persistent(false)
     .fetch_all(conn)
     .await?;
     decode(rows)
@@ -438,6 +440,7 @@ pub async fn settled(
         ),
         args.clone(),
     )
+    .persistent(false)
     .fetch_all(&mut *conn)
     .await?;
     let mut settled_groups = Vec::new();
@@ -467,6 +470,7 @@ pub async fn settled(
             ),
             args,
         )
+        .persistent(false)
         .fetch_all(&mut *conn)
         .await?
     };

@@ -644,6 +644,8 @@ pub async fn pending_changes<'e>(
          ORDER BY record_id, effective_from, sequence",
     )
     .bind(ids)
+    // Planned with its ids, as `records_by_id`.
+    .persistent(false)
     .fetch_all(db)
     .await
 }
@@ -742,6 +744,9 @@ pub async fn records_by_id<'e>(
         "SELECT {RECORD_COLUMNS} FROM records WHERE id = ANY($1)"
     ))
     .bind(ids)
+    // Planned with its ids: a reused plan is made for an array of a few, and exports read
+    // hundreds at a time.
+    .persistent(false)
     .fetch_all(db)
     .await
 }

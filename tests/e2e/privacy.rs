@@ -580,3 +580,51 @@ async fn one_person_is_found_across_datasheets_by_a_blind_index() {
         assert_eq!(refused.code(), Some("VALIDATION"), "{variables}");
     }
 }
+
+#[tokio::test]
+async fn a_subjects_key_asked_for_by_many_writers_at_once_is_one_key() {
+    use secrecy::ExposeSecret;
+    let app = TestApp::spawn().await;
+    let session = app.sign_up(&slug("one-key")).await;
+    let tenant = app.tenant(session.tenant_id).await;
+    let keys = tenant.subject_keys();
+    let subject = uuid::Uuid::now_v7();
+
+    // Eight writers find no key cached and each offers a new one in the same moment.
+    let asked = [subject];
+    let answers = futures::future::join_all((0..8).map(|_| keys.for_writing(&asked))).await;
+    let answered: Vec<[u8; 32]> = answers
+        .into_iter()
+        .map(|answer| *answer.expect("a key")[&subject].expose_secret())
+        .collect();
+    assert!(
+        answered.iter().all(|key| *key == answered[0]),
+        "every writer seals with the key that was kept"
+    );
+    let mut db = app.tenant_admin(session.tenant_id).await;
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM subject_keys WHERE subject_id = $1")
+        .bind(subject)
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(stored, 1);
+
+    // An erased subject gets no new key, from this instance's cache or from the database.
+    assert!(keys.erase(subject).await.unwrap());
+    assert!(matches!(
+        keys.for_writing(&[subject]).await,
+        Err(custos_api::testing::KeyError::Erased)
+    ));
+    let other = uuid::Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO subject_keys (subject_id, wrapped_key, erased_at) VALUES ($1, NULL, now())",
+    )
+    .bind(other)
+    .execute(&mut db)
+    .await
+    .unwrap();
+    assert!(matches!(
+        keys.for_writing(&[other, uuid::Uuid::now_v7()]).await,
+        Err(custos_api::testing::KeyError::Erased)
+    ));
+}

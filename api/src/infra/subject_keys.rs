@@ -166,42 +166,70 @@ impl SubjectKeys {
     }
 
     /// The keys of `subjects`, created for those that have none; `Erased` if any was erased.
+    ///
+    /// Keys not cached are created and read in one statement: a new key is offered for each,
+    /// kept where the subject has none, and the stored key answered where it has one (a new
+    /// record's key costs one statement, not a read, an insert and a read again).
     pub async fn for_writing(&self, subjects: &[Uuid]) -> Result<HashMap<Uuid, DataKey>, KeyError> {
-        let mut keys = self.for_reading(subjects).await?;
-        let missing: Vec<Uuid> = subjects
-            .iter()
-            .copied()
-            .filter(|s| !keys.contains_key(s))
-            .collect();
+        let mut keys = HashMap::with_capacity(subjects.len());
+        let mut missing = Vec::new();
+        for subject in subjects {
+            match self.cache.get(subject) {
+                Some(key) => {
+                    keys.insert(*subject, copy(&key));
+                }
+                None => missing.push(*subject),
+            }
+        }
         if missing.is_empty() {
             return Ok(keys);
         }
-        let mut ids = Vec::with_capacity(missing.len());
-        let mut wrapped = Vec::with_capacity(missing.len());
-        for subject in &missing {
-            let mut key = [0u8; 32];
-            rand::rngs::OsRng.fill_bytes(&mut key);
-            ids.push(*subject);
-            wrapped.push(seal(
-                self.kek.expose_secret(),
-                &key,
-                &wrap_binding(*subject),
-            ));
-        }
-        // A concurrent writer may create the same subject's key: theirs wins, ours is dropped.
-        sqlx::query(
-            "INSERT INTO subject_keys (subject_id, wrapped_key)
-             SELECT * FROM unnest($1::uuid[], $2::bytea[]) ON CONFLICT (subject_id) DO NOTHING",
+        let wrapped: Vec<Vec<u8>> = missing
+            .iter()
+            .map(|subject| {
+                let mut key = [0u8; 32];
+                rand::rngs::OsRng.fill_bytes(&mut key);
+                seal(self.kek.expose_secret(), &key, &wrap_binding(*subject))
+            })
+            .collect();
+        let ticket = self.cache.ticket();
+        // The second half reads the statement's snapshot, which holds no row the first half
+        // inserted: each subject is answered once, or not at all if another writer's new key
+        // is not in that snapshot (read again below). An erased subject answers no key.
+        let rows: Vec<(Uuid, Option<Vec<u8>>)> = sqlx::query_as(
+            "WITH created AS (
+                 INSERT INTO subject_keys (subject_id, wrapped_key)
+                 SELECT * FROM unnest($1::uuid[], $2::bytea[])
+                 ON CONFLICT (subject_id) DO NOTHING
+                 RETURNING subject_id, wrapped_key)
+             SELECT subject_id, wrapped_key FROM created
+             UNION ALL
+             SELECT subject_id, wrapped_key FROM subject_keys WHERE subject_id = ANY($1)",
         )
-        .bind(&ids)
+        .bind(&missing)
         .bind(&wrapped)
-        .execute(&self.pool)
+        .fetch_all(&self.pool)
         .await?;
-        let created = self.for_reading(&missing).await?;
-        if created.len() != missing.len() {
-            return Err(KeyError::Erased);
+        for (subject, wrapped) in rows {
+            let Some(wrapped) = wrapped else {
+                return Err(KeyError::Erased);
+            };
+            let key = self.unwrap_key(subject, &wrapped)?;
+            self.cache
+                .put(ticket, subject, Arc::new(copy(&key)), KEY_FRESH_FOR);
+            keys.insert(subject, key);
         }
-        keys.extend(created);
+        let unanswered: Vec<Uuid> = missing
+            .into_iter()
+            .filter(|s| !keys.contains_key(s))
+            .collect();
+        if !unanswered.is_empty() {
+            let created = self.for_reading(&unanswered).await?;
+            if created.len() != unanswered.len() {
+                return Err(KeyError::Erased);
+            }
+            keys.extend(created);
+        }
         Ok(keys)
     }
 }
