@@ -599,7 +599,14 @@ async fn a_subjects_key_asked_for_by_many_writers_at_once_is_one_key() {
         .collect();
     assert!(
         answered.iter().all(|key| *key == answered[0]),
-        "every writer seals with the key that was kept"
+        "every writer seals with the same key"
+    );
+    keys.forget_cached();
+    let stored = keys.for_reading(&asked).await.unwrap();
+    assert_eq!(
+        *stored[&subject].expose_secret(),
+        answered[0],
+        "the key the writers sealed with is the one kept"
     );
     let mut db = app.tenant_admin(session.tenant_id).await;
     let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM subject_keys WHERE subject_id = $1")

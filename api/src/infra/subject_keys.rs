@@ -92,7 +92,7 @@ impl SubjectKeys {
     }
 
     /// Drops every cached key (an erasure was announced, or the context stopped hearing).
-    pub(crate) fn forget_cached(&self) {
+    pub fn forget_cached(&self) {
         self.cache.clear();
     }
 
