@@ -108,6 +108,21 @@ impl SubjectKeys {
         Ok(SecretBox::new(Box::new(key)))
     }
 
+    /// The cached keys of `subjects`, and the subjects whose key is not cached.
+    fn cached(&self, subjects: &[Uuid]) -> (HashMap<Uuid, DataKey>, Vec<Uuid>) {
+        let mut keys = HashMap::with_capacity(subjects.len());
+        let mut missing = Vec::new();
+        for subject in subjects {
+            match self.cache.get(subject) {
+                Some(key) => {
+                    keys.insert(*subject, copy(&key));
+                }
+                None => missing.push(*subject),
+            }
+        }
+        (keys, missing)
+    }
+
     /// The keys of `subjects` that exist and are not erased.
     pub async fn for_reading(&self, subjects: &[Uuid]) -> Result<HashMap<Uuid, DataKey>, KeyError> {
         let mut conn = self.pool.acquire().await?;
@@ -122,16 +137,7 @@ impl SubjectKeys {
         subjects: &[Uuid],
     ) -> Result<HashMap<Uuid, DataKey>, KeyError> {
         let cache = &self.cache;
-        let mut keys = HashMap::with_capacity(subjects.len());
-        let mut missing = Vec::new();
-        for subject in subjects {
-            match cache.get(subject) {
-                Some(key) => {
-                    keys.insert(*subject, copy(&key));
-                }
-                None => missing.push(*subject),
-            }
-        }
+        let (mut keys, missing) = self.cached(subjects);
         if missing.is_empty() {
             return Ok(keys);
         }
@@ -171,16 +177,7 @@ impl SubjectKeys {
     /// kept where the subject has none, and the stored key answered where it has one (a new
     /// record's key costs one statement, not a read, an insert and a read again).
     pub async fn for_writing(&self, subjects: &[Uuid]) -> Result<HashMap<Uuid, DataKey>, KeyError> {
-        let mut keys = HashMap::with_capacity(subjects.len());
-        let mut missing = Vec::new();
-        for subject in subjects {
-            match self.cache.get(subject) {
-                Some(key) => {
-                    keys.insert(*subject, copy(&key));
-                }
-                None => missing.push(*subject),
-            }
-        }
+        let (mut keys, missing) = self.cached(subjects);
         if missing.is_empty() {
             return Ok(keys);
         }
