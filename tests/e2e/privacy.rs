@@ -635,3 +635,139 @@ async fn a_subjects_key_asked_for_by_many_writers_at_once_is_one_key() {
         Err(custos_api::testing::KeyError::Erased)
     ));
 }
+
+/// A new record's key is stored by the statement that appends its creation, and only if the
+/// subject has no key yet: a subject with a stored key keeps it and its events are sealed with
+/// it; writers racing to create one record leave one record and one key that opens it.
+#[tokio::test]
+async fn a_new_subjects_key_is_stored_with_its_first_events() {
+    use custos_domain::record::Fields;
+    use custos_domain::{Actor, Datasheet, EventMetadata, RecordCommand};
+    use secrecy::ExposeSecret;
+    let app = TestApp::spawn().await;
+    let session = app.sign_up(&slug("key-with-events")).await;
+    let tenant = app.tenant(session.tenant_id).await;
+    let keys = tenant.subject_keys();
+    let mut db = app.tenant_admin(session.tenant_id).await;
+    let create = |first_name: &str| {
+        let mut fields = Fields::new();
+        fields.insert("first_name".into(), json!(first_name));
+        fields.insert("last_name".into(), json!("Keyholder"));
+        RecordCommand::Create {
+            datasheet: Datasheet::Employees,
+            fields,
+            hired_from: None,
+            schema: Default::default(),
+            effective_from: None,
+            today: custos_projections::records::today(),
+        }
+    };
+    let metadata =
+        || EventMetadata::new(Actor::User(session.user_id), uuid::Uuid::now_v7()).to_map();
+
+    // Eight writers create the same new record at once.
+    let raced = uuid::Uuid::now_v7();
+    let raced_id = raced.to_string();
+    let outcomes = futures::future::join_all((0..8).map(|i| {
+        tenant
+            .records
+            .execute_with_metadata(&raced_id, create(&format!("Racer{i}")), metadata())
+    }))
+    .await;
+    assert_eq!(
+        outcomes.iter().filter(|o| o.is_ok()).count(),
+        1,
+        "{outcomes:?}"
+    );
+    assert_eq!(wrapped_keys(&mut db, raced).await.len(), 1, "one key");
+    keys.forget_cached();
+    let events = tenant
+        .log
+        .stream("record", &raced.to_string())
+        .await
+        .expect("the creation opens with the stored key");
+    assert_eq!(events.len(), 1);
+    assert!(events[0].event.payload.to_string().contains("Racer"));
+
+    // A subject whose key is stored (and not cached) keeps that key.
+    let kept = uuid::Uuid::now_v7();
+    let before = *keys.for_writing(&[kept]).await.unwrap()[&kept].expose_secret();
+    let wrapped = wrapped_keys(&mut db, kept).await;
+    keys.forget_cached();
+    tenant
+        .records
+        .execute_with_metadata(&kept.to_string(), create("Kept"), metadata())
+        .await
+        .expect("created");
+    assert_eq!(
+        wrapped_keys(&mut db, kept).await,
+        wrapped,
+        "the stored key is kept"
+    );
+    keys.forget_cached();
+    assert_eq!(
+        *keys.for_reading(&[kept]).await.unwrap()[&kept].expose_secret(),
+        before
+    );
+    let events = tenant
+        .log
+        .stream("record", &kept.to_string())
+        .await
+        .expect("the creation opens with the key that was stored before");
+    assert_eq!(events.len(), 1, "the refused offer wrote nothing");
+    assert!(events[0].event.payload.to_string().contains("Kept"));
+}
+
+/// The wrapped keys stored for `subject` (one, or none).
+async fn wrapped_keys(db: &mut sqlx::PgConnection, subject: uuid::Uuid) -> Vec<Vec<u8>> {
+    sqlx::query_scalar("SELECT wrapped_key FROM subject_keys WHERE subject_id = $1")
+        .bind(subject)
+        .fetch_all(db)
+        .await
+        .unwrap()
+}
+
+/// The blind index's batches find the rows they replace through its record index even before
+/// the table has statistics (an organisation's first minute, a rebuild), instead of reading
+/// the whole table for every batch.
+#[tokio::test]
+async fn the_blind_index_replaces_digests_through_its_record_index_before_any_statistics() {
+    let app = TestApp::spawn().await;
+    let session = app.sign_up(&slug("blind-plan")).await;
+    let mut db = app.tenant_admin(session.tenant_id).await;
+    sqlx::query("ALTER TABLE subject_index SET (autovacuum_enabled = false)")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO subject_index (digest, record_id, field)
+         SELECT sha256(i::text::bytea), gen_random_uuid(), 'email' FROM generate_series(1, 30000) AS i",
+    )
+    .execute(&mut db)
+    .await
+    .unwrap();
+    let analysed: Option<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar(
+        "SELECT greatest(last_analyze, last_autoanalyze) FROM pg_stat_user_tables
+         WHERE relname = 'subject_index'",
+    )
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(analysed, None, "the table has no statistics");
+
+    // A projector batch of eight records' emails, planned with its values as at any first
+    // execution.
+    let records: Vec<uuid::Uuid> = (0..8).map(|_| uuid::Uuid::now_v7()).collect();
+    let plan: Vec<String> = sqlx::query_scalar(&format!(
+        "EXPLAIN {}",
+        custos_api::testing::BLIND_INDEX_FIELDS_REMOVED
+    ))
+    .bind(&records)
+    .bind(vec!["email"; records.len()])
+    .fetch_all(&mut db)
+    .await
+    .unwrap();
+    let plan = plan.join("\n");
+    assert!(plan.contains("subject_index_record"), "{plan}");
+    assert!(!plan.contains("Seq Scan on subject_index"), "{plan}");
+}

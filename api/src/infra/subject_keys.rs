@@ -9,11 +9,11 @@ use std::sync::Arc;
 use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use rand::RngCore;
-use secrecy::{ExposeSecret, SecretBox};
+use secrecy::{ExposeSecret, ExposeSecretMut, SecretBox};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::infra::caches::{Cache, Hearing};
+use crate::infra::caches::{Cache, Hearing, Ticket};
 
 /// How many unwrapped keys a tenant's context keeps, and for how long each at most (the
 /// announcement of an erasure is what really drops one).
@@ -66,6 +66,23 @@ pub(crate) fn open(key: &[u8; 32], sealed: &[u8], aad: &[u8]) -> Option<Vec<u8>>
 /// A second copy of a key (each copy is wiped when dropped).
 fn copy(key: &DataKey) -> DataKey {
     SecretBox::new(Box::new(*key.expose_secret()))
+}
+
+/// A new key for a subject whose first events are being appended, wrapped for storage: the
+/// statement that appends the events stores it, and appends nothing if the subject has a key
+/// already ([`SubjectKeys::offer`]).
+pub(crate) struct OfferedKey {
+    pub(crate) subject: Uuid,
+    pub(crate) wrapped: Vec<u8>,
+    key: DataKey,
+}
+
+/// Keys for sealing the first events of new subjects: the cached ones, and a new one offered
+/// for each subject none is cached for.
+pub(crate) struct Offer {
+    pub(crate) keys: HashMap<Uuid, DataKey>,
+    pub(crate) offered: Vec<OfferedKey>,
+    ticket: Ticket,
 }
 
 /// The subject keys of one tenant.
@@ -171,6 +188,58 @@ impl SubjectKeys {
         Ok(erased.rows_affected() == 1)
     }
 
+    /// A new key for `subject`, and the same wrapped for storage.
+    fn new_key(&self, subject: Uuid) -> (DataKey, Vec<u8>) {
+        let mut key = SecretBox::new(Box::new([0u8; 32]));
+        rand::rngs::OsRng.fill_bytes(key.expose_secret_mut());
+        let wrapped = seal(
+            self.kek.expose_secret(),
+            key.expose_secret(),
+            &wrap_binding(subject),
+        );
+        (key, wrapped)
+    }
+
+    /// Keys to seal the first events of new `subjects` with, without a statement: a cached
+    /// key where there is one, else a new key offered. Whoever stores an offered key must
+    /// store the events sealed with it in the same statement, and only if the key is stored
+    /// (a subject that turns out to have a key already, or another writer's new one, keeps
+    /// it; the events are then sealed again with [`Self::for_writing`]), and then hand the
+    /// offer back to [`Self::kept`].
+    pub(crate) fn offer(&self, subjects: &[Uuid]) -> Offer {
+        let ticket = self.cache.ticket();
+        let (mut keys, missing) = self.cached(subjects);
+        let offered = missing
+            .into_iter()
+            .map(|subject| {
+                let (key, wrapped) = self.new_key(subject);
+                keys.insert(subject, copy(&key));
+                OfferedKey {
+                    subject,
+                    wrapped,
+                    key,
+                }
+            })
+            .collect();
+        Offer {
+            keys,
+            offered,
+            ticket,
+        }
+    }
+
+    /// Caches the keys of an [`Offer`] once the statement that stored them has committed.
+    pub(crate) fn kept(&self, offer: Offer) {
+        for offered in offer.offered {
+            self.cache.put(
+                offer.ticket,
+                offered.subject,
+                Arc::new(offered.key),
+                KEY_FRESH_FOR,
+            );
+        }
+    }
+
     /// The keys of `subjects`, created for those that have none; `Erased` if any was erased.
     ///
     /// Keys not cached are created and read in one statement: a new key is offered for each,
@@ -183,11 +252,7 @@ impl SubjectKeys {
         }
         let wrapped: Vec<Vec<u8>> = missing
             .iter()
-            .map(|subject| {
-                let mut key = [0u8; 32];
-                rand::rngs::OsRng.fill_bytes(&mut key);
-                seal(self.kek.expose_secret(), &key, &wrap_binding(*subject))
-            })
+            .map(|subject| self.new_key(*subject).1)
             .collect();
         let ticket = self.cache.ticket();
         // The second half reads the statement's snapshot, which holds no row the first half

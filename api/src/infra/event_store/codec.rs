@@ -13,7 +13,7 @@ use serde_json::Value;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::infra::subject_keys::{self, KeyError, SubjectKeys};
+use crate::infra::subject_keys::{self, KeyError, Offer, SubjectKeys};
 
 /// Turns domain payloads into stored payloads and back. Events of data subjects (records and
 /// users) are sealed with the subject's own key (XChaCha20-Poly1305, bound to the event's
@@ -128,6 +128,14 @@ fn sealed_part(event: &SerializedEvent) -> Option<&str> {
     event.payload.get("sealed").and_then(Value::as_str)
 }
 
+/// The subjects whose keys seal these events, each once.
+fn subjects_of(events: &[SerializedEvent]) -> Vec<Uuid> {
+    let mut subjects: Vec<Uuid> = events.iter().filter_map(subject_of).collect();
+    subjects.sort();
+    subjects.dedup();
+    subjects
+}
+
 /// The subjects whose keys open these events, each once.
 fn sealed_subjects(events: &[SerializedEvent]) -> Vec<Uuid> {
     let mut subjects: Vec<Uuid> = events
@@ -157,13 +165,59 @@ impl EventCodec {
         &self,
         events: Vec<SerializedEvent>,
     ) -> Result<Vec<SerializedEvent>, PersistenceError> {
-        let mut subjects: Vec<Uuid> = events.iter().filter_map(subject_of).collect();
-        subjects.sort();
-        subjects.dedup();
+        let subjects = subjects_of(&events);
         if subjects.is_empty() || !self.seal {
             return Ok(events);
         }
         let keys = self.keys.for_writing(&subjects).await.map_err(key_error)?;
+        Self::seal_with(events, &keys)
+    }
+
+    /// Domain payloads → stored payloads, for one append. When every subject the events seal
+    /// for begins its stream with them, they are sealed without a statement, with keys
+    /// offered for the append's own statement to store ([`SubjectKeys::offer`]: a new record
+    /// costs one statement and one commit, not two); the offer is answered with them. Other
+    /// events are sealed as [`Self::seal_all`] seals them.
+    pub(crate) async fn seal_for_append(
+        &self,
+        events: Vec<SerializedEvent>,
+    ) -> Result<(Vec<SerializedEvent>, Option<Offer>), PersistenceError> {
+        let subjects = subjects_of(&events);
+        if subjects.is_empty() || !self.seal {
+            return Ok((events, None));
+        }
+        let beginning = |subject: &Uuid| {
+            events
+                .iter()
+                .any(|e| e.sequence == 1 && subject_of(e) == Some(*subject))
+        };
+        if !subjects.iter().all(beginning) {
+            return Ok((self.seal_all(events).await?, None));
+        }
+        let offer = self.keys.offer(&subjects);
+        let sealed = Self::seal_with(events, &offer.keys)?;
+        Ok((sealed, Some(offer).filter(|o| !o.offered.is_empty())))
+    }
+
+    /// The keys of an offer were stored with the events sealed with them: they are cached.
+    pub(crate) fn kept(&self, offer: Offer) {
+        self.keys.kept(offer);
+    }
+
+    /// Events sealed with the keys of an offer that was not taken (a subject had a key
+    /// already), sealed again with the keys stored.
+    pub(crate) async fn reseal(
+        &self,
+        events: Vec<SerializedEvent>,
+        offer: &Offer,
+    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
+        self.seal_all(Self::open_with(events, &offer.keys)?).await
+    }
+
+    fn seal_with(
+        events: Vec<SerializedEvent>,
+        keys: &HashMap<Uuid, subject_keys::DataKey>,
+    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
         events
             .into_iter()
             .map(|mut event| {

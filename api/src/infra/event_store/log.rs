@@ -7,8 +7,10 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use cqrs_es::persist::{PersistenceError, SerializedEvent};
 use sqlx::{PgConnection, PgPool, Row};
+use uuid::Uuid;
 
 use super::codec::EventCodec;
+use crate::infra::subject_keys::OfferedKey;
 
 /// Where an event stands in commit order: the writing transaction, then the global position.
 /// Projector checkpoints are positions; comparing them is comparing this pair.
@@ -185,7 +187,8 @@ impl EventLog {
     /// Appends the events of one command (sealed by the codec first) in one statement, its
     /// own transaction, and answers where the last one landed: what a writer waits for the
     /// read models to pass. `None` for no events. A sequence number taken by a concurrent
-    /// writer is an optimistic lock error, as cqrs-es expects of a repository.
+    /// writer is an optimistic lock error, as cqrs-es expects of a repository. A new subject's
+    /// key is stored by the same statement ([`EventCodec::seal_for_append`]).
     pub(crate) async fn append(
         &self,
         events: Vec<SerializedEvent>,
@@ -193,9 +196,23 @@ impl EventLog {
         if events.is_empty() {
             return Ok(None);
         }
-        let events = self.codec.seal_all(events).await?;
-        let landed = insert(&self.pool, &events).await.map_err(append_error)?;
-        Ok(landed.into_iter().max())
+        let (events, offer) = self.codec.seal_for_append(events).await?;
+        let Some(offer) = offer else {
+            let landed = insert(&self.pool, &events, &[]).await;
+            return Ok(landed.map_err(append_error)?.into_iter().max());
+        };
+        let landed = insert(&self.pool, &events, &offer.offered)
+            .await
+            .map_err(append_error)?;
+        if !landed.is_empty() {
+            self.codec.kept(offer);
+            return Ok(landed.into_iter().max());
+        }
+        // A subject had a key already, or another writer stored one first: nothing was
+        // written, and the events are sealed again with the stored keys.
+        let events = self.codec.reseal(events, &offer).await?;
+        let landed = insert(&self.pool, &events, &[]).await;
+        Ok(landed.map_err(append_error)?.into_iter().max())
     }
 
     /// Appends the first event of many new streams in one transaction: all are written or
@@ -209,7 +226,7 @@ impl EventLog {
         let events = self.codec.seal_all(events).await?;
         let mut tx = self.pool.begin().await?;
         for chunk in events.chunks(1_000) {
-            insert(&mut *tx, chunk).await?;
+            insert(&mut *tx, chunk, &[]).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -254,10 +271,14 @@ impl EventLog {
 }
 
 /// Inserts events in their order with one statement over arrays (the hash chain's trigger sees
-/// the rows inserted before each), answering the position of each.
+/// the rows inserted before each), answering the position of each. With `keys`, the same
+/// statement first stores each offered subject key, and inserts the events only if every one
+/// was stored (a subject that has a key keeps it): otherwise it writes nothing and answers no
+/// position.
 async fn insert<'e>(
     db: impl sqlx::PgExecutor<'e>,
     events: &[SerializedEvent],
+    keys: &[OfferedKey],
 ) -> Result<Vec<Position>, sqlx::Error> {
     let mut texts: [Vec<String>; 6] = Default::default();
     let mut sequences = Vec::with_capacity(events.len());
@@ -271,23 +292,43 @@ async fn insert<'e>(
         sequences.push(i64::try_from(event.sequence).map_err(|e| sqlx::Error::Encode(e.into()))?);
     }
     let [types, ids, event_types, versions, payloads, metadata] = texts;
-    let rows = sqlx::query(
+    const INSERT: &str =
         "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
          SELECT t, i, s, e, v, p::json, m::json
          FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[])
-              WITH ORDINALITY AS u(t, i, s, e, v, p, m, n)
-         ORDER BY n
-         RETURNING transaction_id::text::bigint AS transaction_id, global_position",
-    )
-    .bind(types)
-    .bind(ids)
-    .bind(sequences)
-    .bind(event_types)
-    .bind(versions)
-    .bind(payloads)
-    .bind(metadata)
-    .fetch_all(db)
-    .await?;
+              WITH ORDINALITY AS u(t, i, s, e, v, p, m, n)";
+    const RETURNING: &str =
+        "ORDER BY n RETURNING transaction_id::text::bigint AS transaction_id, global_position";
+    let statement = if keys.is_empty() {
+        format!("{INSERT} {RETURNING}")
+    } else {
+        format!(
+            "WITH stored AS (
+                 INSERT INTO subject_keys (subject_id, wrapped_key)
+                 SELECT * FROM unnest($8::uuid[], $9::bytea[])
+                 ON CONFLICT (subject_id) DO NOTHING
+                 RETURNING subject_id)
+             {INSERT}
+             WHERE (SELECT count(*) FROM stored) = cardinality($8::uuid[])
+             {RETURNING}"
+        )
+    };
+    let mut query = sqlx::query(&statement)
+        .bind(types)
+        .bind(ids)
+        .bind(sequences)
+        .bind(event_types)
+        .bind(versions)
+        .bind(payloads)
+        .bind(metadata);
+    if !keys.is_empty() {
+        let (subjects, wrapped): (Vec<Uuid>, Vec<&[u8]>) = keys
+            .iter()
+            .map(|key| (key.subject, key.wrapped.as_slice()))
+            .unzip();
+        query = query.bind(subjects).bind(wrapped);
+    }
+    let rows = query.fetch_all(db).await?;
     rows.iter().map(Position::from_row).collect()
 }
 
