@@ -287,6 +287,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let seeded_in = seed_started.elapsed();
+    let seeded_at = chrono::Utc::now();
     let list = |token: String| async move {
         let mut latencies = Vec::with_capacity(args.reads);
         for _ in 0..args.reads {
@@ -303,6 +304,15 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Ok::<_, anyhow::Error>(latencies)
     };
     let list_started = chrono::Utc::now();
+    // Whether autovacuum had processed `records` since the seeding ended, before (c) began.
+    let vacuumed_before_list: bool = sqlx::query_scalar(
+        "SELECT coalesce(greatest(last_autovacuum, last_autoanalyze) >= $1, false)
+         FROM pg_stat_user_tables WHERE relname = 'records'",
+    )
+    .bind(seeded_at)
+    .fetch_optional(&tenant.pool)
+    .await?
+    .unwrap_or(false);
     let latencies = list(token.clone()).await?;
     // Whether PostgreSQL's autovacuum worked on `records` while (c) ran: its tail latency
     // depends on it (a freshly seeded table is read through the heap until it is vacuumed).
@@ -314,6 +324,18 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     .fetch_optional(&tenant.pool)
     .await?
     .unwrap_or(false);
+    // (c, vacuumed) the same after `VACUUM ANALYZE records`: what (c) is once autovacuum has
+    // caught up, whenever it runs.
+    let database: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(&tenant.pool)
+        .await?;
+    let mut tenant_admin =
+        sqlx::PgConnection::connect_with(&admin.clone().database(&database)).await?;
+    sqlx::query("VACUUM ANALYZE records")
+        .execute(&mut tenant_admin)
+        .await?;
+    tenant_admin.close().await?;
+    let vacuumed_latencies = list(token.clone()).await?;
 
     // (f) A login flood: every client logs in as a user of its own, again and again.
     let mut accounts = Vec::new();
@@ -439,6 +461,15 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     rows.push(format!(
         "| (c) autovacuum or autoanalyze of `records` finished while (c) ran | {} |",
         if autovacuum_during_list { "yes" } else { "no" }
+    ));
+    rows.push(format!(
+        "| (c) autovacuum or autoanalyze of `records` finished after the seeding, before (c) began | {} |",
+        if vacuumed_before_list { "yes" } else { "no" }
+    ));
+    rows.push(format!(
+        "| (c, vacuumed) the same after `VACUUM ANALYZE records`, p50 / p99 | {:.2} ms / {:.2} ms |",
+        ms(percentile(&vacuumed_latencies, 0.50)),
+        ms(percentile(&vacuumed_latencies, 0.99))
     ));
     rows.push(format!(
         "| (f) logins/s, {} clients on accounts of their own (argon2id m=19456 KiB, t=2, p=1; {hash_concurrency} hash(es) at a time) | {login_rate:.1} logins/s |",
