@@ -304,26 +304,11 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Ok::<_, anyhow::Error>(latencies)
     };
     let list_started = chrono::Utc::now();
-    // Whether autovacuum had processed `records` since the seeding ended, before (c) began.
-    let vacuumed_before_list: bool = sqlx::query_scalar(
-        "SELECT coalesce(greatest(last_autovacuum, last_autoanalyze) >= $1, false)
-         FROM pg_stat_user_tables WHERE relname = 'records'",
-    )
-    .bind(seeded_at)
-    .fetch_optional(&tenant.pool)
-    .await?
-    .unwrap_or(false);
+    let vacuumed_before_list = records_vacuumed_since(&tenant.pool, seeded_at).await?;
     let latencies = list(token.clone()).await?;
     // Whether PostgreSQL's autovacuum worked on `records` while (c) ran: its tail latency
     // depends on it (a freshly seeded table is read through the heap until it is vacuumed).
-    let autovacuum_during_list: bool = sqlx::query_scalar(
-        "SELECT coalesce(greatest(last_autovacuum, last_autoanalyze) >= $1, false)
-         FROM pg_stat_user_tables WHERE relname = 'records'",
-    )
-    .bind(list_started)
-    .fetch_optional(&tenant.pool)
-    .await?
-    .unwrap_or(false);
+    let autovacuum_during_list = records_vacuumed_since(&tenant.pool, list_started).await?;
     // (c, vacuumed) the same after `VACUUM ANALYZE records`: what (c) is once autovacuum has
     // caught up, whenever it runs.
     let database: String = sqlx::query_scalar("SELECT current_database()")
@@ -494,4 +479,19 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     ));
     print!("{}", compared(&rows, &last_recorded()));
     Ok(())
+}
+
+/// Whether PostgreSQL's autovacuum has vacuumed or analysed `records` since `at`.
+async fn records_vacuumed_since(
+    pool: &sqlx::PgPool,
+    at: chrono::DateTime<chrono::Utc>,
+) -> sqlx::Result<bool> {
+    Ok(sqlx::query_scalar(
+        "SELECT coalesce(greatest(last_autovacuum, last_autoanalyze) >= $1, false)
+         FROM pg_stat_user_tables WHERE relname = 'records'",
+    )
+    .bind(at)
+    .fetch_optional(pool)
+    .await?
+    .unwrap_or(false))
 }
