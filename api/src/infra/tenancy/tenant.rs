@@ -209,9 +209,10 @@ impl Tenant {
             // PostgreSQL's own choice of plans (`plan_cache_mode = auto`): a statement's plan is
             // reused once five executions showed a generic one is no worse. Lists, searches,
             // reports and reads of a batch of records by id, whose best plan depends on the
-            // values they are given (a generic plan cannot see how selective a search or a value
-            // is, or how many ids it gets, and can pick a scan of every row), are sent unnamed (`persistent(false)` in `custos-projections`), so each
-            // is planned with its values. Planning every execution of every statement
+            // values they are given (a generic plan cannot see how selective a search or a
+            // value is, or how many ids it gets, and can pick a scan of every row), are sent
+            // unnamed (`persistent(false)` in `custos-projections`), so each is planned with
+            // its values. Planning every execution of every statement
             // (`force_custom_plan`, until 2026-12-06) was 35 % of the statements' time in the
             // database while employees were seeded (`pg_stat_statements`).
             .database(&row.database_name);
