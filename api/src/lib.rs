@@ -80,6 +80,7 @@ pub mod testing {
     where
         A: Aggregate + 'static,
         A::Command: Clone + Send,
+        A::Error: Send,
         ApiError: From<AggregateError<A::Error>>,
     {
         services.command(tenant, cqrs, id, command, metadata).await

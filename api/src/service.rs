@@ -212,6 +212,7 @@ impl<'a, A> Command<'a, A>
 where
     A: Aggregate + 'static,
     A::Command: Clone,
+    A::Error: Send,
     ApiError: From<AggregateError<A::Error>>,
 {
     /// Tries up to `attempts` times in all while concurrent writers win the race for the
@@ -236,25 +237,39 @@ where
         let metadata = self.metadata.to_map();
         let mut command = Some(self.command);
         let mut attempt = 1;
+        // First decided on the aggregate as this instance cached it, without reading its
+        // stream: an append that lands proves it current.
+        let mut read_streams = false;
         let appended = loop {
-            let this_try = if attempt < self.attempts {
+            let once_more = !read_streams || attempt < self.attempts;
+            let this_try = if once_more {
                 command.clone()
             } else {
                 command.take()
             }
             .ok_or_else(|| ApiError::internal(anyhow::anyhow!("a command ran out of attempts")))?;
-            match noting_appends(
+            let (result, noted) = noting_appends(
+                read_streams,
                 self.cqrs
                     .execute_with_metadata(&id, this_try, metadata.clone()),
             )
-            .await
-            {
-                (Ok(()), appended) => break appended,
-                (Err(AggregateError::AggregateConflict), _) if attempt < self.attempts => {
-                    attempt += 1
+            .await;
+            // Decided on a cached aggregate and nothing appended (a refusal, a conflict, no
+            // change): if another instance has written to the stream since, the answer may be
+            // the cache's, so the command is decided again from the stream.
+            if let (Some(cached), None) = (noted.unread, noted.appended) {
+                let stale = matches!(result, Err(AggregateError::AggregateConflict))
+                    || self.tenant.log.version(A::TYPE, &id).await? != cached;
+                if stale {
+                    read_streams = true;
+                    continue;
                 }
-                (Err(AggregateError::UserError(refusal)), _) => return Ok(Err(refusal)),
-                (Err(other), _) => return Err(other.into()),
+            }
+            match result {
+                Ok(()) => break noted.appended,
+                Err(AggregateError::AggregateConflict) if attempt < self.attempts => attempt += 1,
+                Err(AggregateError::UserError(refusal)) => return Ok(Err(refusal)),
+                Err(other) => return Err(other.into()),
             }
         };
         if self.wait {
@@ -283,6 +298,7 @@ impl<'a, A> IntoFuture for Command<'a, A>
 where
     A: Aggregate + 'static,
     A::Command: Clone + Send,
+    A::Error: Send,
     ApiError: From<AggregateError<A::Error>>,
 {
     type Output = Result<(), ApiError>;

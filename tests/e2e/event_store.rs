@@ -381,6 +381,96 @@ async fn a_record_changed_by_another_instance_is_changed_from_its_latest_version
 }
 
 #[tokio::test]
+async fn a_command_on_a_record_cached_before_another_instance_changed_it_is_decided_again() {
+    let app = TestApp::spawn().await;
+    let session = app.sign_up(&slug("unread")).await;
+    // This instance caches the record as its creation left it (version 1, department Ops).
+    let created = app
+        .create_employee(
+            &session.token,
+            json!({ "firstName": "Ada", "lastName": "L", "department": "Ops" }),
+        )
+        .await;
+    let id: Uuid = created["id"].as_str().unwrap().parse().unwrap();
+    let tenant = app.tenant(session.tenant_id).await;
+    let mut conn = tenant.pool.acquire().await.unwrap();
+    let update = "mutation($id: ID!, $v: Int, $i: UpdateEmployeeInput!) {
+        updateEmployee(id: $id, expectedVersion: $v, input: $i) { version department jobTitle } }";
+    let changed_elsewhere = |changes: Value| json!({ "RecordUpdated": { "datasheet": "employees", "changes": changes } });
+
+    // Another instance moves the record to another department. Moving it back is no change
+    // to the cached record, and a change to the stream.
+    append_directly(
+        &mut conn,
+        "record",
+        id,
+        2,
+        session.user_id,
+        changed_elsewhere(json!({ "department": "Elsewhere" })),
+    )
+    .await;
+    let back = app
+        .graphql(
+            Some(&session.token),
+            update,
+            json!({ "id": id, "i": { "department": "Ops" } }),
+        )
+        .await
+        .ok();
+    assert_eq!(
+        back.data("updateEmployee"),
+        &json!({ "version": 3, "department": "Ops", "jobTitle": null })
+    );
+
+    // The version another instance wrote is stale to the cache, and current in the stream.
+    append_directly(
+        &mut conn,
+        "record",
+        id,
+        4,
+        session.user_id,
+        changed_elsewhere(json!({ "job_title": "Engineer" })),
+    )
+    .await;
+    let current = app
+        .graphql(
+            Some(&session.token),
+            update,
+            json!({ "id": id, "v": 4, "i": { "department": "R&D" } }),
+        )
+        .await
+        .ok();
+    assert_eq!(
+        current.data("updateEmployee"),
+        &json!({ "version": 5, "department": "R&D", "jobTitle": "Engineer" })
+    );
+
+    // A change decided on the cache takes a sequence number another instance has taken: it
+    // is decided again on the stream, not refused as a conflict.
+    append_directly(
+        &mut conn,
+        "record",
+        id,
+        6,
+        session.user_id,
+        changed_elsewhere(json!({ "department": "Elsewhere" })),
+    )
+    .await;
+    let raced = app
+        .graphql(
+            Some(&session.token),
+            update,
+            json!({ "id": id, "i": { "jobTitle": "Lead" } }),
+        )
+        .await
+        .ok();
+    assert_eq!(
+        raced.data("updateEmployee"),
+        &json!({ "version": 7, "department": "Elsewhere", "jobTitle": "Lead" })
+    );
+}
+
+#[tokio::test]
 async fn a_read_model_that_fails_holds_back_only_its_own_readers() {
     let app = TestApp::spawn().await;
     let session = app.sign_up(&slug("poison")).await;

@@ -83,7 +83,12 @@ impl Services {
         effective_from: Option<NaiveDate>,
         request_id: Uuid,
     ) -> Result<RecordRow, ApiError> {
-        self.find_record(&principal.tenant, datasheet, id).await?;
+        // The aggregate refuses a record that does not exist, or is of another datasheet, as
+        // `NOT_FOUND`. A new manager is checked before the command runs, so the record is
+        // looked up first then.
+        if manager_of(datasheet, &changes).is_some() {
+            self.find_record(&principal.tenant, datasheet, id).await?;
+        }
         let _lock = self
             .check_manager(principal, datasheet, id, &changes)
             .await?;
@@ -282,12 +287,7 @@ impl Services {
         employee: Uuid,
         fields: &Fields,
     ) -> Result<Option<TenantLock>, ApiError> {
-        let manager = match fields.get("manager_id") {
-            Some(Value::String(raw)) if datasheet == Datasheet::Employees => raw,
-            // Malformed values are the aggregate's to refuse; clearing needs no check.
-            _ => return Ok(None),
-        };
-        let Ok(manager) = Uuid::try_parse(manager.trim()) else {
+        let Some(manager) = manager_of(datasheet, fields) else {
             return Ok(None);
         };
         let tenant = &principal.tenant;
@@ -306,5 +306,16 @@ impl Services {
             return refuse("the manager reports to this employee: that would make a loop");
         }
         Ok(Some(lock))
+    }
+}
+
+/// The manager `fields` give an employee; `None` when they set none (malformed values are the
+/// aggregate's to refuse; clearing needs no check).
+fn manager_of(datasheet: Datasheet, fields: &Fields) -> Option<Uuid> {
+    match fields.get("manager_id") {
+        Some(Value::String(raw)) if datasheet == Datasheet::Employees => {
+            Uuid::try_parse(raw.trim()).ok()
+        }
+        _ => None,
     }
 }

@@ -172,6 +172,22 @@ impl EventLog {
         row.as_ref().map(Position::from_row).transpose()
     }
 
+    /// The sequence number of an aggregate's latest event (its version); 0 for no stream.
+    pub(crate) async fn version(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+    ) -> sqlx::Result<usize> {
+        let version: Option<i64> = sqlx::query_scalar(
+            "SELECT max(sequence) FROM events WHERE aggregate_type = $1 AND aggregate_id = $2",
+        )
+        .bind(aggregate_type)
+        .bind(aggregate_id)
+        .fetch_one(&self.pool)
+        .await?;
+        usize::try_from(version.unwrap_or(0)).map_err(|err| sqlx::Error::Decode(err.into()))
+    }
+
     /// The position of the newest event of an aggregate type, in commit order.
     pub async fn latest(&self, aggregate_type: &str) -> sqlx::Result<Option<Position>> {
         let row = sqlx::query(

@@ -26,20 +26,58 @@ use super::log::{EventLog, Position};
 pub type Cqrs<A> = CqrsFramework<A, CachedEventStore<A>>;
 
 tokio::task_local! {
-    /// Where the last append of the commands run inside [`noting_appends`] landed.
-    static APPENDED: Cell<Option<Position>>;
+    /// What the commands run inside [`noting_appends`] did, and how they load aggregates.
+    static NOTED: Cell<Noted>;
 }
 
-/// Runs `work` (commands through a tenant's [`Cqrs`]) and answers, with its output, where its
-/// last append landed in the log: what a writer waits for the read models to pass, known
-/// without looking it up. `None` when nothing was appended.
-pub(crate) async fn noting_appends<F: Future>(work: F) -> (F::Output, Option<Position>) {
-    APPENDED
-        .scope(Cell::new(None), async move {
-            let output = work.await;
-            (output, APPENDED.with(Cell::get))
-        })
+/// What the commands run inside [`noting_appends`] did.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Noted {
+    /// Where the last append landed; `None` when nothing was appended.
+    pub appended: Option<Position>,
+    /// The version of a cached aggregate a command was decided on without reading its
+    /// stream (see [`noting_appends`]); `None` when every aggregate was read up to date.
+    pub unread: Option<usize>,
+    /// Whether a cached aggregate's stream is read before it is used.
+    read_streams: bool,
+}
+
+/// Runs `work` (commands through a tenant's [`Cqrs`]) and answers, with its output, what it
+/// did: where its last append landed (what a writer waits for the read models to pass, known
+/// without looking it up) and whether an aggregate was taken from the cache without reading
+/// its stream.
+///
+/// With `read_streams` false, a cached aggregate is used as it is: its stream is not read for
+/// events another instance may have appended since. An append decided on it that lands proves
+/// it was current (the next sequence number was free); one that does not is a conflict. What
+/// does not append — a refusal, a command that changes nothing — proves nothing, and the
+/// caller checks the stream's version ([`Noted::unread`]) before it trusts the answer. Outside
+/// this function, every cached aggregate's stream is read.
+pub(crate) async fn noting_appends<F: Future>(read_streams: bool, work: F) -> (F::Output, Noted) {
+    NOTED
+        .scope(
+            Cell::new(Noted {
+                read_streams,
+                ..Noted::default()
+            }),
+            async move {
+                let output = work.await;
+                (output, NOTED.with(Cell::get))
+            },
+        )
         .await
+}
+
+/// Notes `change` in the task's [`Noted`], when there is one.
+fn note(change: impl FnOnce(&mut Noted)) -> Option<Noted> {
+    NOTED
+        .try_with(|cell| {
+            let mut noted = cell.get();
+            change(&mut noted);
+            cell.set(noted);
+            noted
+        })
+        .ok()
 }
 
 /// How many aggregates a tenant keeps in memory, of all types together.
@@ -59,8 +97,10 @@ type Entries = lru::LruCache<(&'static str, String), Cached>;
 
 /// A tenant's aggregates as this process last wrote them, so that loading one reads only the
 /// events appended since (by another instance) instead of its whole stream. Kept in memory
-/// only: stored snapshots would hold personal data in clear. Checked against the stream on
-/// every load, bounded (least recently used first out) and short-lived (see [`FRESH_FOR`]). It
+/// only: stored snapshots would hold personal data in clear. Checked against the stream
+/// (by reading the events appended since, or inside [`noting_appends`] by the append the
+/// command makes), bounded (least recently used first out) and short-lived (see
+/// [`FRESH_FOR`]). It
 /// lives as long as the tenant's open context, so a restored or moved database never meets an
 /// aggregate cached from another.
 ///
@@ -116,7 +156,8 @@ impl AggregateCache {
 
 /// cqrs-es's event store on [`CustosEventRepository`], loading an aggregate from the tenant's
 /// [`AggregateCache`] and the events written after the cached version (the whole stream on a
-/// miss), and caching the state each commit leaves.
+/// miss; inside [`noting_appends`], the cached version alone), and caching the state each
+/// commit leaves.
 pub struct CachedEventStore<A: Aggregate> {
     store: PersistedEventStore<CustosEventRepository, A>,
     log: EventLog,
@@ -172,6 +213,14 @@ impl<A: Aggregate + 'static> EventStore<A> for CachedEventStore<A> {
             current_sequence: sequence,
             current_snapshot: None,
         };
+        let unread = note(|noted| {
+            if !noted.read_streams {
+                noted.unread = Some(sequence);
+            }
+        });
+        if unread.is_some_and(|noted| !noted.read_streams) {
+            return Ok(context);
+        }
         // Read through the log, not postgres-es's `get_last_events`, which writes the sequence
         // into its SQL text: a new prepared statement for every version.
         let after = i64::try_from(sequence).unwrap_or(i64::MAX);
@@ -223,7 +272,7 @@ impl<A: Aggregate + 'static> EventStore<A> for CachedEventStore<A> {
         if let Ok(position) = &appended {
             self.cache.put(A::TYPE, id, aggregate, sequence);
             if let Some(position) = position {
-                let _outside_noting_appends = APPENDED.try_with(|at| at.set(Some(*position)));
+                note(|noted| noted.appended = Some(*position));
             }
         }
         appended?;
