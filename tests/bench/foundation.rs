@@ -129,6 +129,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     // request. Spread: each client cycles over `SPREAD` records of its own (streams stay short).
     let mut rates = Vec::new();
     let mut spread_ids = Vec::new();
+    let mut spread_projector = ProjectorWork::default();
     for per_client in [1, SPREAD] {
         let mut sets = Vec::new();
         for c in 0..args.clients {
@@ -149,6 +150,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
             }
             sets.push(ids);
         }
+        let before = ProjectorWork::scrape(&client, &address).await?;
         let rate = closed_loop(args.clients, duration, |client, n| {
             let (token, ids) = (token.clone(), &sets[client]);
             async move {
@@ -162,6 +164,11 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
             }
         })
         .await?;
+        if per_client == SPREAD {
+            spread_projector = ProjectorWork::scrape(&client, &address)
+                .await?
+                .since(before);
+        }
         rates.push(rate);
         spread_ids = sets;
     }
@@ -418,6 +425,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "| (b, keyed)/(b) | {:.3} |",
         keyed_rate / spread_rate
     ));
+    rows.push(spread_projector.row());
     rows.push(format!("| (b, hot) the same, each client on a single record (its stream grows by one event per request) | {hot_rate:.0} mutations/s |"));
     rows.push(format!("| (b, hot)/(a) | {:.3} |", hot_rate / raw_rate));
     rows.push(format!("| (b, hot)/(b) | {:.3} |", hot_rate / spread_rate));
@@ -494,4 +502,70 @@ async fn records_vacuumed_since(
     .fetch_optional(pool)
     .await?
     .unwrap_or(false))
+}
+
+/// What the service's projectors had done, from its `/metrics`: passes that applied events,
+/// their time in all, and the events read; between two scrapes with [`ProjectorWork::since`].
+#[derive(Debug, Default, Clone, Copy)]
+struct ProjectorWork {
+    passes: f64,
+    seconds: f64,
+    events: f64,
+    elapsed: Duration,
+    at: Option<Instant>,
+}
+
+impl ProjectorWork {
+    async fn scrape(
+        client: &reqwest::Client,
+        address: &impl std::fmt::Display,
+    ) -> anyhow::Result<Self> {
+        let text = client
+            .get(format!("http://{address}/metrics"))
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
+        let value = |series: &str| {
+            text.lines()
+                .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+                .and_then(|value| value.trim().parse::<f64>().ok())
+                .ok_or_else(|| anyhow::anyhow!("/metrics has no {series}"))
+        };
+        Ok(Self {
+            passes: value("custos_projector_batch_duration_seconds_count{outcome=\"applied\"}")?,
+            seconds: value("custos_projector_batch_duration_seconds_sum{outcome=\"applied\"}")?,
+            events: value("custos_projector_events_total")?,
+            elapsed: Duration::ZERO,
+            at: Some(Instant::now()),
+        })
+    }
+
+    /// The work done between `before` and this scrape.
+    fn since(self, before: Self) -> Self {
+        Self {
+            passes: self.passes - before.passes,
+            seconds: self.seconds - before.seconds,
+            events: self.events - before.events,
+            elapsed: match (self.at, before.at) {
+                (Some(now), Some(then)) => now.duration_since(then),
+                _ => Duration::ZERO,
+            },
+            at: None,
+        }
+    }
+
+    /// The bench's row for the (b) phase: how many passes, how full, how long, and the share
+    /// of the phase the projector spent in them (near 1: the projector bounds the phase).
+    fn row(&self) -> String {
+        let passes = self.passes.max(1.0);
+        format!(
+            "| (b) projector during (b): passes that applied events, events a pass, mean pass, share of the phase in passes | {:.0}, {:.1}, {:.2} ms, {:.2} |",
+            self.passes,
+            self.events / passes,
+            self.seconds * 1_000.0 / passes,
+            self.seconds / self.elapsed.as_secs_f64().max(f64::EPSILON),
+        )
+    }
 }
