@@ -33,7 +33,9 @@ pub mod testing {
     pub use crate::infra::archive::export::Exported;
     pub use crate::infra::archive::format::ArchiveError;
     pub use crate::infra::archive::import::Imported;
-    pub use crate::infra::blind_index::FIELDS_REMOVED as BLIND_INDEX_FIELDS_REMOVED;
+    pub use crate::infra::blind_index::{
+        remove_fields as blind_index_remove_fields, FIELDS_REMOVED as BLIND_INDEX_FIELDS_REMOVED,
+    };
     pub use crate::infra::cluster::{find_bin_dir, PrivateCluster, Supervisor};
     pub use crate::infra::event_store::log::{EventLog, Position};
     pub use crate::infra::event_store::repository::Cqrs;
