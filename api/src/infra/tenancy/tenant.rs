@@ -211,10 +211,11 @@ impl Tenant {
             // reports and reads of a batch of records by id, whose best plan depends on the
             // values they are given (a generic plan cannot see how selective a search or a
             // value is, or how many ids it gets, and can pick a scan of every row), are sent
-            // unnamed (`persistent(false)` in `custos-projections`), so each is planned with
-            // its values. Planning every execution of every statement
-            // (`force_custom_plan`, until 2026-12-06) was 35 % of the statements' time in the
-            // database while employees were seeded (`pg_stat_statements`).
+            // unnamed (`persistent(false)` in `custos-projections`, and the blind index's
+            // delete of a batch's fields), so each is planned with its values. Planning every
+            // execution of every statement (`force_custom_plan`, until 2026-12-06) was 35 % of
+            // the statements' time in the database while employees were seeded
+            // (`pg_stat_statements`).
             .database(&row.database_name);
         let pool = PgPoolOptions::new()
             .max_connections(pool_size)
