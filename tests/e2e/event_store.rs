@@ -396,78 +396,53 @@ async fn a_command_on_a_record_cached_before_another_instance_changed_it_is_deci
     let mut conn = tenant.pool.acquire().await.unwrap();
     let update = "mutation($id: ID!, $v: Int, $i: UpdateEmployeeInput!) {
         updateEmployee(id: $id, expectedVersion: $v, input: $i) { version department jobTitle } }";
-    let changed_elsewhere = |changes: Value| json!({ "RecordUpdated": { "datasheet": "employees", "changes": changes } });
-
-    // Another instance moves the record to another department. Moving it back is no change
-    // to the cached record, and a change to the stream.
-    append_directly(
-        &mut conn,
-        "record",
-        id,
-        2,
-        session.user_id,
-        changed_elsewhere(json!({ "department": "Elsewhere" })),
-    )
-    .await;
-    let back = app
-        .graphql(
-            Some(&session.token),
-            update,
+    // Each step: another instance appends a change as the stream's next event, then this
+    // instance, which cached the record before it, changes the record.
+    let steps = [
+        // Moving the record back to its department is no change to the cached record, and a
+        // change to the stream.
+        (
+            2,
+            json!({ "department": "Elsewhere" }),
             json!({ "id": id, "i": { "department": "Ops" } }),
-        )
-        .await
-        .ok();
-    assert_eq!(
-        back.data("updateEmployee"),
-        &json!({ "version": 3, "department": "Ops", "jobTitle": null })
-    );
-
-    // The version another instance wrote is stale to the cache, and current in the stream.
-    append_directly(
-        &mut conn,
-        "record",
-        id,
-        4,
-        session.user_id,
-        changed_elsewhere(json!({ "job_title": "Engineer" })),
-    )
-    .await;
-    let current = app
-        .graphql(
-            Some(&session.token),
-            update,
+            json!({ "version": 3, "department": "Ops", "jobTitle": null }),
+        ),
+        // The version another instance wrote is stale to the cache, and current in the stream.
+        (
+            4,
+            json!({ "job_title": "Engineer" }),
             json!({ "id": id, "v": 4, "i": { "department": "R&D" } }),
-        )
-        .await
-        .ok();
-    assert_eq!(
-        current.data("updateEmployee"),
-        &json!({ "version": 5, "department": "R&D", "jobTitle": "Engineer" })
-    );
-
-    // A change decided on the cache takes a sequence number another instance has taken: it
-    // is decided again on the stream, not refused as a conflict.
-    append_directly(
-        &mut conn,
-        "record",
-        id,
-        6,
-        session.user_id,
-        changed_elsewhere(json!({ "department": "Elsewhere" })),
-    )
-    .await;
-    let raced = app
-        .graphql(
-            Some(&session.token),
-            update,
+            json!({ "version": 5, "department": "R&D", "jobTitle": "Engineer" }),
+        ),
+        // A change decided on the cache takes a sequence number another instance has taken:
+        // it is decided again on the stream, not refused as a conflict.
+        (
+            6,
+            json!({ "department": "Elsewhere" }),
             json!({ "id": id, "i": { "jobTitle": "Lead" } }),
+            json!({ "version": 7, "department": "Elsewhere", "jobTitle": "Lead" }),
+        ),
+    ];
+    for (sequence, elsewhere, variables, answer) in steps {
+        append_directly(
+            &mut conn,
+            "record",
+            id,
+            sequence,
+            session.user_id,
+            json!({ "RecordUpdated": { "datasheet": "employees", "changes": elsewhere } }),
         )
-        .await
-        .ok();
-    assert_eq!(
-        raced.data("updateEmployee"),
-        &json!({ "version": 7, "department": "Elsewhere", "jobTitle": "Lead" })
-    );
+        .await;
+        let updated = app
+            .graphql(Some(&session.token), update, variables)
+            .await
+            .ok();
+        assert_eq!(
+            updated.data("updateEmployee"),
+            &answer,
+            "after event {sequence}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -508,7 +508,13 @@ impl Server {
             }
         } else {
             tracing::warn!("removing a stale postmaster.pid left by a previous Custos process");
-            fs::remove_file(&pid_file).map_err(io_at(&pid_file))?;
+            // A postmaster that was exiting as it was looked at removes the file itself.
+            match fs::remove_file(&pid_file) {
+                Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(io_at(&pid_file)(err));
+                }
+                _ => {}
+            }
             for entry in fs::read_dir(&self.socket_dir)
                 .map_err(io_at(&self.socket_dir))?
                 .flatten()

@@ -97,10 +97,9 @@ type Entries = lru::LruCache<(&'static str, String), Cached>;
 
 /// A tenant's aggregates as this process last wrote them, so that loading one reads only the
 /// events appended since (by another instance) instead of its whole stream. Kept in memory
-/// only: stored snapshots would hold personal data in clear. Checked against the stream
-/// (by reading the events appended since, or inside [`noting_appends`] by the append the
-/// command makes), bounded (least recently used first out) and short-lived (see
-/// [`FRESH_FOR`]). It
+/// only: stored snapshots would hold personal data in clear. Checked against the stream (by
+/// reading the events appended since, or inside [`noting_appends`] by the append the command
+/// makes), bounded (least recently used first out) and short-lived (see [`FRESH_FOR`]). It
 /// lives as long as the tenant's open context, so a restored or moved database never meets an
 /// aggregate cached from another.
 ///
@@ -213,12 +212,14 @@ impl<A: Aggregate + 'static> EventStore<A> for CachedEventStore<A> {
             current_sequence: sequence,
             current_snapshot: None,
         };
+        // Inside the command door, the command is decided on the cached state alone.
         let unread = note(|noted| {
             if !noted.read_streams {
                 noted.unread = Some(sequence);
             }
-        });
-        if unread.is_some_and(|noted| !noted.read_streams) {
+        })
+        .is_some_and(|noted| !noted.read_streams);
+        if unread {
             return Ok(context);
         }
         // Read through the log, not postgres-es's `get_last_events`, which writes the sequence
