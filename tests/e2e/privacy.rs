@@ -772,8 +772,8 @@ async fn the_blind_index_replaces_digests_through_its_record_index_before_any_st
     assert!(!plan.contains("Seq Scan on subject_index"), "{plan}");
 
     // The projector sends it unnamed, so every execution is planned with its values: a
-    // connection that ran it many times holds no prepared statement (whose generic plan would
-    // compare every row with every record of a batch).
+    // connection that ran it many times holds no prepared statement (whose generic plan
+    // PostgreSQL may use from the sixth execution on).
     for _ in 0..8 {
         custos_api::testing::blind_index_remove_fields(
             &mut db,
