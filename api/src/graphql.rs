@@ -14,6 +14,7 @@ use crate::service::Services;
 
 pub(crate) mod arguments;
 pub(crate) mod authorization;
+pub(crate) mod consistency;
 pub(crate) mod context;
 pub(crate) mod error;
 pub(crate) mod input_errors;
@@ -112,6 +113,7 @@ fn builder() -> SchemaBuilder<Query, Mutation, Subscription> {
         .extension(limits::DocumentLimits)
         .extension(error::FieldErrors)
         .extension(authorization::Authorization)
+        .extension(consistency::ReadYourWrites)
         .limit_complexity(MAX_COMPLEXITY)
         .limit_recursive_depth(32)
 }

@@ -36,6 +36,7 @@ fn cors(origins: Vec<HeaderValue>) -> CorsLayer {
             HeaderName::from_static("traceparent"),
             HeaderName::from_static("tracestate"),
             HeaderName::from_static("idempotency-key"),
+            HeaderName::from_static("custos-after"),
         ])
         .expose_headers([
             HeaderName::from_static("x-request-id"),

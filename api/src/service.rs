@@ -95,8 +95,31 @@ pub(crate) struct Command<'a, A: Aggregate + 'static> {
     command: A::Command,
     metadata: EventMetadata,
     attempts: u32,
-    wait: bool,
+    read_models: ReadModels,
 }
+
+/// What a command waits for before it answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadModels {
+    /// The read models have applied the change (the default): the answer may read them.
+    Wait,
+    /// Nothing: the caller waits itself, or does not need to.
+    Skip,
+    /// Nothing, for an answer that reads none of them: the tenant's reads on this instance wait
+    /// for the change instead, and the writer only while the read models are far behind
+    /// ([`crate::infra::projector::Projectors::defer`]).
+    Defer,
+}
+
+/// What a command appended: the version it left its stream at, and where it landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Written {
+    pub(crate) version: u64,
+    pub(crate) position: Position,
+}
+
+/// How many events the read models may be behind the writes answered without waiting for them.
+const DEFERRED_LAG: i64 = 1_000;
 
 impl Services {
     /// The one door through which use cases change an aggregate: `command` on the aggregate
@@ -117,7 +140,7 @@ impl Services {
             command,
             metadata,
             attempts: 1,
-            wait: true,
+            read_models: ReadModels::Wait,
         }
     }
 
@@ -153,10 +176,32 @@ impl Services {
             .projectors
             .wait_for(aggregate_type, position, self.projection_wait)
             .await
-            .map_err(|_| {
-                tracing::warn!(tenant.id = %tenant.id, aggregate.kind = aggregate_type, "read models are lagging");
-                ApiError::Unavailable
-            })
+            .map_err(|_| lagging(tenant, aggregate_type))
+    }
+
+    /// Waits until the read models of `tenant` show every change this instance answered
+    /// without waiting for them, and `after` (a position a client passes back, from another
+    /// instance's answer): read-your-writes for what [`Command::defer_read_models`] answered.
+    /// `VALIDATION` for a position the organisation's log has not reached.
+    pub(crate) async fn wait_for_deferred(
+        &self,
+        tenant: &Tenant,
+        after: Option<Position>,
+    ) -> Result<(), ApiError> {
+        if let Some(after) = after {
+            if !tenant.projectors.passed(after) && tenant.log.newest().await? < Some(after) {
+                return Err(ApiError::Validation {
+                    message: "Custos-After is not a position of this organisation's changes"
+                        .to_owned(),
+                    field: None,
+                });
+            }
+        }
+        tenant
+            .projectors
+            .wait_for_deferred(after, self.projection_wait)
+            .await
+            .map_err(|_| lagging(tenant, "deferred"))
     }
 
     /// Takes the tenant's directory lock: user, role and API token rules are checked under it.
@@ -208,6 +253,13 @@ impl Services {
     }
 }
 
+/// `UNAVAILABLE`, logged: the read models of `tenant` did not catch up with a change of
+/// `aggregate_type` within the projection wait.
+fn lagging(tenant: &Tenant, aggregate_type: &str) -> ApiError {
+    tracing::warn!(tenant.id = %tenant.id, aggregate.kind = aggregate_type, "read models are lagging");
+    ApiError::Unavailable
+}
+
 impl<'a, A> Command<'a, A>
 where
     A: Aggregate + 'static,
@@ -225,14 +277,39 @@ where
 
     /// Whether to wait for the read models (the default) before answering.
     pub(crate) fn wait_for_read_models(mut self, wait: bool) -> Self {
-        self.wait = wait;
+        self.read_models = if wait {
+            ReadModels::Wait
+        } else {
+            ReadModels::Skip
+        };
         self
+    }
+
+    /// Answers once the change is written, without waiting for the read models, for an answer
+    /// that reads none of them: [`Command::written`].
+    pub(crate) fn defer_read_models(mut self) -> Self {
+        self.read_models = ReadModels::Defer;
+        self
+    }
+
+    /// Runs the command: the version it left the aggregate's stream at and where it landed,
+    /// when it appended; `None` when it changed nothing (then the read models show the
+    /// stream's latest change, as after a waiting command).
+    pub(crate) async fn written(self) -> Result<Option<Written>, ApiError> {
+        self.run()
+            .await?
+            .map_err(|refusal| AggregateError::UserError(refusal).into())
     }
 
     /// Runs the command. The outer result is the service's (storage, conflicts, lagging read
     /// models); the inner one is the aggregate's answer, its refusal as the domain's own
     /// error, for callers that act on the reason.
     pub(crate) async fn outcome(self) -> Result<Result<(), A::Error>, ApiError> {
+        Ok(self.run().await?.map(|_| ()))
+    }
+
+    /// Runs the command: what it appended, if anything, or the refusal.
+    async fn run(self) -> Result<Result<Option<Written>, A::Error>, ApiError> {
         let id = self.aggregate_id.to_string();
         let metadata = self.metadata.to_map();
         let mut command = Some(self.command);
@@ -240,7 +317,7 @@ where
         // First decided on the aggregate as this instance cached it, without reading its
         // stream: an append that lands proves it current.
         let mut read_streams = false;
-        let appended = loop {
+        let written = loop {
             let once_more = !read_streams || attempt < self.attempts;
             let this_try = if once_more {
                 command.clone()
@@ -266,31 +343,41 @@ where
                 }
             }
             match result {
-                Ok(()) => break noted.appended,
+                Ok(()) => break noted,
                 Err(AggregateError::AggregateConflict) if attempt < self.attempts => attempt += 1,
                 Err(AggregateError::UserError(refusal)) => return Ok(Err(refusal)),
                 Err(other) => return Err(other.into()),
             }
         };
-        if self.wait {
-            match appended {
-                Some(position) => {
-                    self.services
-                        .wait_for(self.tenant, A::TYPE, position)
-                        .await?
-                }
-                // Nothing new: the answer must still show the stream's latest change.
-                None => {
-                    self.services
-                        .wait_for_stream(self.tenant, A::TYPE, self.aggregate_id)
-                        .await?
-                }
+        match (self.read_models, written.appended) {
+            (ReadModels::Skip, _) => {}
+            (ReadModels::Wait, Some(position)) => {
+                self.services
+                    .wait_for(self.tenant, A::TYPE, position)
+                    .await?
+            }
+            (ReadModels::Defer, Some(position)) => self
+                .tenant
+                .projectors
+                .defer(position, DEFERRED_LAG, self.services.projection_wait)
+                .await
+                .map_err(|_| lagging(self.tenant, A::TYPE))?,
+            // Nothing new: the answer must still show the stream's latest change.
+            (ReadModels::Wait | ReadModels::Defer, None) => {
+                self.services
+                    .wait_for_stream(self.tenant, A::TYPE, self.aggregate_id)
+                    .await?
             }
         }
         // What this instance keeps in memory of the aggregate's read models goes now, so that
         // the next request sees the change (other instances hear of it from the database).
         self.tenant.caches.changed(A::TYPE);
-        Ok(Ok(()))
+        Ok(Ok(written.appended.zip(written.version).map(
+            |(position, version)| Written {
+                version: version as u64,
+                position,
+            },
+        )))
     }
 }
 

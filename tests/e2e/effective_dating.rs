@@ -656,6 +656,9 @@ async fn a_stage_scheduled_for_a_later_day_starts_its_retention_period_on_that_d
     )
     .await
     .ok();
+    // Called directly, not through a request (which would wait for the changes answered
+    // without waiting for the read models).
+    app.settled(admin.tenant_id).await;
     let tenant = app.tenant(admin.tenant_id).await;
     app.services
         .scheduled_changes_take_effect(&tenant, next_month)
@@ -1340,6 +1343,9 @@ async fn the_migration_for_changes_dated_before_an_undated_creation_rebuilds_onl
         None,
     )
     .await;
+    // The creation was answered without waiting for the read models: the migration runs on
+    // them once they show it, as it would on a stopped service.
+    app.settled(admin.tenant_id).await;
     let mut db = app.tenant_admin(admin.tenant_id).await;
     let records_position = async |db: &mut sqlx::PgConnection| -> i64 {
         sqlx::query_scalar(

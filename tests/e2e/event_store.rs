@@ -821,3 +821,221 @@ async fn a_run_of_updates_written_at_once_or_replayed_from_its_middle_leaves_wha
     RecordsProjection.apply_all(&mut db, &all).await.unwrap();
     assert_eq!(in_force(&mut db).await, one_by_one, "replayed whole");
 }
+
+/// Holds every read model's checkpoint of `tenant_id` as another instance's projector would:
+/// this instance's projector applies nothing until the transaction ends.
+async fn hold_the_projector(app: &TestApp, tenant_id: Uuid) -> PgConnection {
+    let mut held = app.tenant_admin(tenant_id).await;
+    for statement in ["BEGIN", "SELECT 1 FROM projection_checkpoints FOR UPDATE"] {
+        sqlx::query(statement).execute(&mut held).await.unwrap();
+    }
+    held
+}
+
+/// Lets the projector go on.
+async fn release(mut held: PgConnection) {
+    sqlx::query("ROLLBACK").execute(&mut held).await.unwrap();
+}
+
+/// Asserts that `request` is still waiting after half a second; then releases the projector
+/// and answers what the request got.
+async fn waits_for_the_projector(
+    request: impl std::future::Future<Output = custos_tests::Response>,
+    held: PgConnection,
+    what: &str,
+) -> custos_tests::Response {
+    tokio::pin!(request);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), &mut request)
+            .await
+            .is_err(),
+        "{what} did not wait for the read models"
+    );
+    release(held).await;
+    request.await
+}
+
+const EMPLOYEE: &str = "query($id: ID!) { employee(id: $id) { version department } }";
+
+#[tokio::test]
+async fn a_change_answered_from_its_version_does_not_wait_for_the_read_models_and_every_read_waits_for_it(
+) {
+    let app = TestApp::spawn_with(|config| config.projection_wait = Duration::from_secs(2)).await;
+    let session = app.sign_up(&slug("deferred")).await;
+    let created = app
+        .create_employee(
+            &session.token,
+            json!({ "firstName": "Ada", "lastName": "L", "department": "Ops" }),
+        )
+        .await;
+    let held = hold_the_projector(&app, session.tenant_id).await;
+
+    // Answered while no read model can apply it: it did not wait for them.
+    let changed = app
+        .graphql(
+            Some(&session.token),
+            "mutation($id: ID!) { updateEmployee(id: $id, input: { department: \"R&D\" }) { id datasheet version __typename } }",
+            json!({ "id": created["id"] }),
+        )
+        .await
+        .ok();
+    assert_eq!(
+        changed.data("updateEmployee"),
+        &json!({ "id": created["id"], "datasheet": "EMPLOYEES", "version": 2, "__typename": "Employee" })
+    );
+    let position = changed.body["extensions"]["position"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (transaction, global) = position.split_once('.').unwrap();
+    let stored: (i64, i64) = sqlx::query_as(
+        "SELECT transaction_id::text::bigint, global_position FROM events
+         WHERE aggregate_id = $1 AND sequence = 2",
+    )
+    .bind(created["id"].as_str().unwrap())
+    .fetch_one(&app.tenant(session.tenant_id).await.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (transaction.parse().unwrap(), global.parse().unwrap()),
+        stored
+    );
+
+    // A read of the organisation waits for the read models to show it.
+    let read = waits_for_the_projector(
+        app.graphql(
+            Some(&session.token),
+            EMPLOYEE,
+            json!({ "id": created["id"] }),
+        ),
+        held,
+        "the read",
+    )
+    .await
+    .ok();
+    assert_eq!(
+        read.data("employee"),
+        &json!({ "version": 2, "department": "R&D" })
+    );
+
+    // A change whose answer reads the read models waits for them, and answers with them.
+    let held = hold_the_projector(&app, session.tenant_id).await;
+    let waited = waits_for_the_projector(
+        app.graphql(
+            Some(&session.token),
+            "mutation($id: ID!) { updateEmployee(id: $id, input: { department: \"Sales\" }) { version department } }",
+            json!({ "id": created["id"] }),
+        ),
+        held,
+        "the answer",
+    )
+    .await
+    .ok();
+    assert_eq!(
+        waited.data("updateEmployee"),
+        &json!({ "version": 3, "department": "Sales" })
+    );
+    assert!(
+        waited.body["extensions"]["position"].is_null(),
+        "{}",
+        waited.body
+    );
+}
+
+#[tokio::test]
+async fn a_read_passed_another_instance_s_position_waits_for_its_change() {
+    let app = TestApp::spawn_with(|config| config.projection_wait = Duration::from_secs(2)).await;
+    let session = app.sign_up(&slug("after")).await;
+    let created = app
+        .create_employee(
+            &session.token,
+            json!({ "firstName": "Ada", "lastName": "L", "department": "Ops" }),
+        )
+        .await;
+    let id: Uuid = created["id"].as_str().unwrap().parse().unwrap();
+    let held = hold_the_projector(&app, session.tenant_id).await;
+    // Another instance answers a change, before its read models show it, with its position.
+    let tenant = app.tenant(session.tenant_id).await;
+    let mut conn = tenant.pool.acquire().await.unwrap();
+    append_directly(
+        &mut conn,
+        "record",
+        id,
+        2,
+        session.user_id,
+        json!({ "RecordUpdated": { "datasheet": "employees", "changes": { "department": "Elsewhere" } } }),
+    )
+    .await;
+    let (transaction, global): (i64, i64) = sqlx::query_as(
+        "SELECT transaction_id::text::bigint, global_position FROM events
+         WHERE aggregate_id = $1 AND sequence = 2",
+    )
+    .bind(id.to_string())
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap();
+    let position = format!("{transaction}.{global}");
+
+    // Without the position, this instance answers from what its read models show.
+    let unaware = app
+        .graphql(Some(&session.token), EMPLOYEE, json!({ "id": id }))
+        .await
+        .ok();
+    assert_eq!(unaware.data("employee.department"), &json!("Ops"));
+    // With it, the read waits for the change.
+    let read = waits_for_the_projector(
+        app.graphql_with(
+            Some(&session.token),
+            EMPLOYEE,
+            json!({ "id": id }),
+            &[("custos-after", &position)],
+        ),
+        held,
+        "the read with the position",
+    )
+    .await
+    .ok();
+    assert_eq!(
+        read.data("employee"),
+        &json!({ "version": 2, "department": "Elsewhere" })
+    );
+
+    // A value that is not a position, or two values: VALIDATION, and nothing runs.
+    let change =
+        "mutation($id: ID!) { updateEmployee(id: $id, input: { department: \"No\" }) { version } }";
+    for headers in [
+        vec![("custos-after", "soon")],
+        vec![("custos-after", "1.-2")],
+        vec![
+            ("custos-after", position.as_str()),
+            ("custos-after", position.as_str()),
+        ],
+    ] {
+        let refused = app
+            .graphql_with(Some(&session.token), change, json!({ "id": id }), &headers)
+            .await;
+        assert_eq!(refused.status, 400, "{headers:?}: {}", refused.body);
+        assert_eq!(
+            refused.code(),
+            Some("VALIDATION"),
+            "{headers:?}: {}",
+            refused.body
+        );
+    }
+    // A position past the organisation's log: VALIDATION at once, not a wait.
+    let beyond = format!("{}.{}", transaction + 1_000_000, global + 1_000_000);
+    let refused = app
+        .graphql_with(
+            Some(&session.token),
+            EMPLOYEE,
+            json!({ "id": id }),
+            &[("custos-after", &beyond)],
+        )
+        .await;
+    assert_eq!(refused.code(), Some("VALIDATION"), "{}", refused.body);
+    let unchanged = app
+        .graphql(Some(&session.token), EMPLOYEE, json!({ "id": id }))
+        .await
+        .ok();
+    assert_eq!(unchanged.data("employee.version"), &json!(2));
+}

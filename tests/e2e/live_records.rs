@@ -339,3 +339,29 @@ async fn bad_arguments_are_refused_before_anything_is_sent() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_subscription_starts_after_the_changes_answered_before_it() {
+    let app = TestApp::spawn().await;
+    let admin = app.sign_up(&slug("live-after")).await;
+    // Another instance's projector holds the read models: a creation answered with its
+    // version alone is written and not yet projected.
+    let mut held = app.tenant_admin(admin.tenant_id).await;
+    for statement in ["BEGIN", "SELECT 1 FROM projection_checkpoints FOR UPDATE"] {
+        sqlx::query(statement).execute(&mut held).await.unwrap();
+    }
+    let (before, _) = create_employee(&app, &admin, "Before").await;
+    let mut feed = live(&app, &admin.token, json!({})).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sqlx::query("ROLLBACK").execute(&mut held).await.unwrap();
+    // The subscription started once the read models showed the earlier creation, so the
+    // first change it is sent is the one after it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (after, _) = create_employee(&app, &admin, "After").await;
+    let first = change(&mut feed, SOON).await.expect("a change");
+    assert_eq!(
+        first["id"].as_str(),
+        Some(after.as_str()),
+        "{first} (before: {before})"
+    );
+}

@@ -551,12 +551,37 @@ impl TestApp {
 
     /// Posts a raw body to `/graphql`.
     pub async fn post_raw(&self, token: Option<&str>, body: impl Into<reqwest::Body>) -> Response {
+        self.post_with(token, body, &[]).await
+    }
+
+    /// Runs a GraphQL document with the extra request `headers`.
+    pub async fn graphql_with(
+        &self,
+        token: Option<&str>,
+        query: &str,
+        variables: Value,
+        headers: &[(&str, &str)],
+    ) -> Response {
+        let body = json!({ "query": query, "variables": variables }).to_string();
+        self.post_with(token, body, headers).await
+    }
+
+    /// Posts a raw body to `/graphql` with the extra request `headers`.
+    async fn post_with(
+        &self,
+        token: Option<&str>,
+        body: impl Into<reqwest::Body>,
+        headers: &[(&str, &str)],
+    ) -> Response {
         let mut request = self
             .client
             .post(self.url("/graphql"))
             .header("content-type", "application/json")
             .header("user-agent", "custos-tests/1.0")
             .body(body);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }

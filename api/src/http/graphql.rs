@@ -2,6 +2,8 @@
 //! that is not `application/json` 415, one over the limit 413, each a GraphQL error with a
 //! code; answered as `application/graphql-response+json` to clients that accept it).
 
+use std::sync::Arc;
+
 use async_graphql::{ErrorExtensionValues, ServerError};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -13,9 +15,11 @@ use super::request::{BearerToken, ClientOrigin};
 use super::state::AppState;
 use crate::auth::principal::Principal;
 use crate::error::Code;
+use crate::graphql::consistency::Consistency;
 use crate::graphql::context::RequestContext;
 use crate::graphql::loaders::Loaders;
 use crate::infra::database::{went_down, Health};
+use crate::infra::event_store::log::Position;
 use crate::service::idempotency::{fingerprint, valid_key, Begun, Refusal};
 use crate::service::identity::RequestOrigin;
 
@@ -134,6 +138,12 @@ pub(crate) async fn graphql(
             return request_error(StatusCode::BAD_REQUEST, media, Code::Validation, message)
         }
     };
+    let after = match custos_after(&headers) {
+        Ok(after) => after,
+        Err(message) => {
+            return request_error(StatusCode::BAD_REQUEST, media, Code::Validation, message)
+        }
+    };
     let (request, retry_safe) =
         match serde_json::from_slice::<serde_json::Value>(&body) {
             Ok(serde_json::Value::Array(_)) => {
@@ -199,7 +209,7 @@ pub(crate) async fn graphql(
         None => None,
     };
     tokio::select! {
-        response = answer(&state, media, origin, token, request, retry_safe, own_server.as_deref()) => response,
+        response = answer(&state, media, origin, token, (request, after), retry_safe, own_server.as_deref()) => response,
         () = database.went_down() => outcome_unknown(media),
         () = went_down(own_server.as_deref()) => outcome_unknown(media),
     }
@@ -221,6 +231,22 @@ fn outcome_unknown(media: Media) -> Response {
 struct RetrySafe {
     key: String,
     fingerprint: [u8; 32],
+}
+
+/// The position the request's `Custos-After` names, if it has one: its reads wait until the
+/// read models show the change answered with it (`extensions.position`).
+fn custos_after(headers: &HeaderMap) -> Result<Option<Position>, &'static str> {
+    const MESSAGE: &str =
+        "Custos-After must be one value: the extensions.position of an earlier response";
+    let mut values = headers.get_all("custos-after").iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(MESSAGE);
+    }
+    let position = value.to_str().ok().and_then(|text| text.parse().ok());
+    position.map(Some).ok_or(MESSAGE)
 }
 
 /// The request's `Idempotency-Key`, if it has one; why it is not a key, if it is not.
@@ -282,7 +308,7 @@ async fn answer(
     media: Media,
     origin: RequestOrigin,
     token: Option<String>,
-    mut request: async_graphql::Request,
+    (mut request, after): (async_graphql::Request, Option<Position>),
     retry_safe: Option<RetrySafe>,
     own_server: Option<&Health>,
 ) -> Response {
@@ -330,10 +356,10 @@ async fn answer(
     }
     let (status, body, internal) = match &holding {
         Some((held, principal)) => {
-            let run = execute(state, origin, Some(principal.clone()), request);
+            let run = execute(state, origin, Some(principal.clone()), request, after);
             state.services.while_holding(principal, held, run).await
         }
-        None => execute(state, origin, principal, request).await,
+        None => execute(state, origin, principal, request, after).await,
     };
     // An internal error may be the database going away, met before its watcher saw it: then
     // the request is answered as if the outage had come first (its key, if any, kept as it is).
@@ -377,14 +403,26 @@ async fn execute(
     origin: RequestOrigin,
     principal: Option<Principal>,
     request: async_graphql::Request,
+    after: Option<Position>,
 ) -> (StatusCode, String, bool) {
     let mut request = request;
     if let Some(principal) = &principal {
         Loaders::new(principal).attach(&mut request.data);
     }
-    request = request.data(RequestContext { origin, principal });
+    let consistency = Arc::new(Consistency::after(after));
+    request = request
+        .data(RequestContext { origin, principal })
+        .data(consistency.clone());
 
     let mut response = state.schema.execute(request).await;
+    // A change answered before the read models showed it: where it landed, for the client to
+    // pass back in `Custos-After` to another instance.
+    if let Some(written) = consistency.written() {
+        response.extensions.insert(
+            "position".to_owned(),
+            async_graphql::Value::String(written.to_string()),
+        );
+    }
     // Errors without a path are about the request itself (syntax, validation, limits): HTTP
     // 400. Resolver errors carry their code already; the only others are async-graphql's
     // input coercion errors (a value of the wrong type), which are VALIDATION too.

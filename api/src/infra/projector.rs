@@ -51,6 +51,9 @@ pub struct Projectors {
     wake: Arc<Notify>,
     /// Where each projection's checkpoint stands.
     progress: watch::Receiver<Vec<Position>>,
+    /// The newest position a write of this instance answered without waiting for the read
+    /// models (see [`Projectors::defer`]): what a read waits for before it reads them.
+    deferred: std::sync::Mutex<Position>,
     task: JoinHandle<()>,
 }
 
@@ -85,6 +88,7 @@ impl Projectors {
             reads,
             wake,
             progress,
+            deferred: std::sync::Mutex::default(),
             task,
         }
     }
@@ -131,6 +135,66 @@ impl Projectors {
         // An error means the task ended (the tenant is closing): nothing to wait for.
         tokio::time::timeout(timeout, async {
             let _ = progress.wait_for(passed).await;
+        })
+        .await
+        .map_err(|_| WaitError::Timeout)
+    }
+}
+
+impl Projectors {
+    /// Notes a write answered without waiting for the read models: it landed at `written`.
+    /// Reads wait for it ([`Projectors::wait_for_deferred`]). So that they never wait long,
+    /// the writer waits while the read models are more than `lag` events behind it, a pass or
+    /// two at most; `UNAVAILABLE`-worthy [`WaitError`] when they stay behind for `timeout`.
+    pub async fn defer(
+        &self,
+        written: Position,
+        lag: i64,
+        timeout: Duration,
+    ) -> Result<(), WaitError> {
+        {
+            let mut deferred = self.deferred.lock().unwrap_or_else(|e| e.into_inner());
+            *deferred = (*deferred).max(written);
+        }
+        let near = written.global_position.saturating_sub(lag);
+        self.wait_until(timeout, |at| at.global_position >= near)
+            .await
+    }
+
+    /// Waits until every read model has passed the writes this instance answered without
+    /// waiting for them, and `after` (a position a client passes back), if any.
+    pub async fn wait_for_deferred(
+        &self,
+        after: Option<Position>,
+        timeout: Duration,
+    ) -> Result<(), WaitError> {
+        let deferred = *self.deferred.lock().unwrap_or_else(|e| e.into_inner());
+        let target = after.map_or(deferred, |after| after.max(deferred));
+        if target == Position::default() {
+            return Ok(());
+        }
+        self.wait_until(timeout, |at| *at >= target).await
+    }
+
+    /// Whether every read model has passed `target`.
+    pub fn passed(&self, target: Position) -> bool {
+        self.progress.borrow().iter().all(|at| *at >= target)
+    }
+
+    /// Waits until every projection's checkpoint satisfies `passed`.
+    async fn wait_until(
+        &self,
+        timeout: Duration,
+        passed: impl Fn(&Position) -> bool,
+    ) -> Result<(), WaitError> {
+        let all = |at: &Vec<Position>| at.iter().all(&passed);
+        if all(&self.progress.borrow()) {
+            return Ok(());
+        }
+        self.wake.notify_one();
+        let mut progress = self.progress.clone();
+        tokio::time::timeout(timeout, async {
+            let _ = progress.wait_for(all).await;
         })
         .await
         .map_err(|_| WaitError::Timeout)

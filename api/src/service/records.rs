@@ -14,7 +14,7 @@ use uuid::Uuid;
 use crate::auth::principal::Principal;
 use crate::error::ApiError;
 use crate::infra::tenancy::tenant::Tenant;
-use crate::service::{Services, TenantLock};
+use crate::service::{Services, TenantLock, Written};
 
 /// Advisory lock key (transaction-scoped, in the tenant database) for manager changes.
 const ORG_CHART_LOCK: i64 = 0x6375_7374_6f73_0003;
@@ -26,6 +26,30 @@ const FROM_APPLICANT: [(&str, &str); 4] = [
     ("email", "email"),
     ("phone", "phone"),
 ];
+
+/// What a change of a record answers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Answer {
+    /// The record as the read models show it after the change (they are waited for).
+    Row,
+    /// Its version only, when the change appended: the read models are not waited for (the
+    /// tenant's reads wait for them instead; see `Command::defer_read_models`).
+    Version,
+}
+
+/// A record after a change.
+#[derive(Debug)]
+pub(crate) enum Changed {
+    /// As the read models show it.
+    Row(RecordRow),
+    /// The version the change left it at and where it landed, written and not necessarily
+    /// projected yet.
+    Version {
+        id: Uuid,
+        datasheet: Datasheet,
+        written: Written,
+    },
+}
 
 impl Services {
     /// The record `id` of `datasheet`, or `NOT_FOUND` (also for another datasheet's record,
@@ -51,7 +75,8 @@ impl Services {
         fields: Fields,
         effective_from: Option<NaiveDate>,
         request_id: Uuid,
-    ) -> Result<RecordRow, ApiError> {
+        answer: Answer,
+    ) -> Result<Changed, ApiError> {
         let id = new_record_id();
         let _lock = self
             .check_manager(principal, datasheet, id, &fields)
@@ -64,8 +89,8 @@ impl Services {
             effective_from,
             today: today(),
         };
-        self.run_record(principal, id, command, request_id).await?;
-        self.find_record(&principal.tenant, datasheet, id).await
+        self.change_record(principal, datasheet, id, command, request_id, answer)
+            .await
     }
 
     /// Patches a record of `datasheet`; `expected_version` guards against lost updates. The
@@ -82,7 +107,8 @@ impl Services {
         changes: Fields,
         effective_from: Option<NaiveDate>,
         request_id: Uuid,
-    ) -> Result<RecordRow, ApiError> {
+        answer: Answer,
+    ) -> Result<Changed, ApiError> {
         // The aggregate refuses a record that does not exist, or is of another datasheet, as
         // `NOT_FOUND`. A new manager is checked before the command runs, so the record is
         // looked up first then.
@@ -100,8 +126,46 @@ impl Services {
             effective_from,
             today: today(),
         };
-        self.run_record(principal, id, command, request_id).await?;
-        self.find_record(&principal.tenant, datasheet, id).await
+        self.change_record(principal, datasheet, id, command, request_id, answer)
+            .await
+    }
+
+    /// Runs `command` on record `id` of `datasheet` and answers as `answer` asks.
+    async fn change_record(
+        &self,
+        principal: &Principal,
+        datasheet: Datasheet,
+        id: Uuid,
+        command: RecordCommand,
+        request_id: Uuid,
+        answer: Answer,
+    ) -> Result<Changed, ApiError> {
+        let tenant = &principal.tenant;
+        if answer == Answer::Version {
+            let written = self
+                .command(
+                    tenant,
+                    &tenant.records,
+                    id,
+                    command,
+                    self.actor(principal, request_id),
+                )
+                .defer_read_models()
+                .written()
+                .await?;
+            // A change that changed nothing is answered from the read models, which show the
+            // record's latest change by now.
+            if let Some(written) = written {
+                return Ok(Changed::Version {
+                    id,
+                    datasheet,
+                    written,
+                });
+            }
+        } else {
+            self.run_record(principal, id, command, request_id).await?;
+        }
+        Ok(Changed::Row(self.find_record(tenant, datasheet, id).await?))
     }
 
     /// Archives or restores a record of any datasheet (the caller checked the permission on

@@ -498,6 +498,9 @@ pub(crate) async fn audit_feed(
         .map_err(|_| ApiError::Unauthenticated)?;
     let services = cx.services.clone();
     let tenant = cx.tenant().clone();
+    // The feed starts after what the audit log shows, once it shows every change answered
+    // before (subscriptions are not resolved through the consistency extension).
+    services.wait_for_deferred(&tenant, None).await?;
     // This resolver answers `async_graphql::Result` (a subscription's stream): errors pass
     // through `ApiError` explicitly, so they carry their code and internal causes stay logged.
     let head = audit_log::feed_head(&tenant.pool)

@@ -2,6 +2,8 @@
 //! names (`datasheet_resolvers!`) — and what every record's lifecycle shares: hiring,
 //! archiving, erasure and restriction, and finding every record about one person.
 
+use std::sync::Arc;
+
 use async_graphql::connection::{Connection, EmptyFields};
 use async_graphql::{Context, MergedObject, Object, ID};
 use chrono::NaiveDate;
@@ -15,6 +17,7 @@ use uuid::Uuid;
 use super::record_query::{record_query, ListArgs};
 use crate::error::ApiError;
 use crate::graphql::arguments::{parse_id, parse_version};
+use crate::graphql::consistency::Consistency;
 use crate::graphql::context::Cx;
 use crate::graphql::pagination::{connection, ConnectionTotal};
 use crate::graphql::types::enums::{ErasureGroundKind, RestrictionReasonKind};
@@ -24,6 +27,7 @@ use crate::graphql::types::records::{
     EmployeeOrder, HireApplicantInput, HirePayload, RecordNode, RecordsFilter, RecordsOrder,
     UpdateApplicantInput, UpdateContactInput, UpdateEmployeeInput,
 };
+use crate::service::records::{Answer, Changed};
 
 /// A datasheet's list and lookup (two objects, so that the root query keeps its committed
 /// order) and its create and update mutations, from the datasheet's names and descriptions.
@@ -107,7 +111,7 @@ macro_rules! datasheet_resolvers {
                 effective_from: Option<NaiveDate>,
             ) -> Result<$object, ApiError> {
                 let cx = Cx::new(ctx)?;
-                let row = cx
+                let changed = cx
                     .services
                     .create_record(
                         cx.caller,
@@ -115,9 +119,10 @@ macro_rules! datasheet_resolvers {
                         fields(input)?,
                         effective_from,
                         cx.request_id,
+                        answer(ctx),
                     )
                     .await?;
-                Ok(row.into())
+                Ok(answered(ctx, changed))
             }
 
             $(#[doc = $update_doc])*
@@ -133,7 +138,7 @@ macro_rules! datasheet_resolvers {
                 effective_from: Option<NaiveDate>,
             ) -> Result<$object, ApiError> {
                 update(
-                    &Cx::new(ctx)?,
+                    ctx,
                     Datasheet::$datasheet,
                     &id,
                     expected_version,
@@ -261,15 +266,16 @@ async fn one<T: From<RecordRow>>(
 }
 
 async fn update<T: From<RecordRow>>(
-    cx: &Cx<'_>,
+    ctx: &Context<'_>,
     datasheet: Datasheet,
     id: &ID,
     expected: Option<i64>,
     input: impl Serialize,
     effective_from: Option<NaiveDate>,
 ) -> Result<T, ApiError> {
+    let cx = Cx::new(ctx)?;
     let id = parse_id("id", id)?;
-    let row = cx
+    let changed = cx
         .services
         .update_record(
             cx.caller,
@@ -279,9 +285,64 @@ async fn update<T: From<RecordRow>>(
             fields(input)?,
             effective_from,
             cx.request_id,
+            answer(ctx),
         )
         .await?;
-    Ok(row.into())
+    Ok(answered(ctx, changed))
+}
+
+/// The fields of a changed record its change knows without the read models. Nothing else may
+/// be added here: a record answered from its version alone ([`answered`]) holds no other value.
+pub(crate) const WRITTEN_FIELDS: [&str; 4] = ["id", "datasheet", "version", "__typename"];
+
+/// How a mutation that changes a record answers: from the change alone when its selection
+/// (through fragments, whatever their conditions) reads nothing but [`WRITTEN_FIELDS`], without
+/// waiting for the read models; otherwise from the read models once they show the change.
+fn answer(ctx: &Context<'_>) -> Answer {
+    if ctx
+        .field()
+        .selection_set()
+        .all(|field| WRITTEN_FIELDS.contains(&field.name()))
+    {
+        Answer::Version
+    } else {
+        Answer::Row
+    }
+}
+
+/// The GraphQL object of a changed record. One answered from its version carries only what
+/// [`WRITTEN_FIELDS`] read; [`answer`] chose it because nothing else is selected.
+fn answered<T: From<RecordRow>>(ctx: &Context<'_>, changed: Changed) -> T {
+    match changed {
+        Changed::Row(row) => row.into(),
+        Changed::Version {
+            id,
+            datasheet,
+            written,
+        } => {
+            if let Ok(consistency) = ctx.data::<Arc<Consistency>>() {
+                consistency.wrote(written.position);
+            }
+            let now = chrono::Utc::now();
+            RecordRow {
+                id,
+                datasheet: records::DatasheetName(datasheet),
+                version: i64::try_from(written.version).unwrap_or(i64::MAX),
+                archived: false,
+                fields: sqlx::types::Json(serde_json::Map::new()),
+                hired_from: None,
+                hired_as: None,
+                erased_at: None,
+                restricted_at: None,
+                restriction_reason: None,
+                created_at: now,
+                updated_at: now,
+                created_by: Uuid::nil(),
+                updated_by: Uuid::nil(),
+            }
+            .into()
+        }
+    }
 }
 
 /// Finding every record about one person.

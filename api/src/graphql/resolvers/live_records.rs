@@ -134,6 +134,9 @@ pub(crate) async fn record_changed(
         .data::<SubscriptionAuth>()
         .map_err(|_| ApiError::Unauthenticated)?;
     let tenant = cx.tenant();
+    // The feed starts from what the lists show, once they show every change answered before
+    // (subscriptions are not resolved through the consistency extension).
+    cx.services.wait_for_deferred(tenant, None).await?;
     let sessions = tenant.caches.session_changes();
     let changes = tenant
         .record_feed

@@ -3,6 +3,7 @@
 //! the `events` table.
 
 use std::collections::HashMap;
+use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 use cqrs_es::persist::{PersistenceError, SerializedEvent};
@@ -18,6 +19,36 @@ use crate::infra::subject_keys::OfferedKey;
 pub struct Position {
     pub transaction_id: i64,
     pub global_position: i64,
+}
+
+/// A text that is not a position.
+#[derive(Debug, thiserror::Error)]
+#[error("not a position: <transaction>.<global position>")]
+pub struct NotAPosition;
+
+impl FromStr for Position {
+    type Err = NotAPosition;
+
+    /// `<transaction>.<global position>`, as [`Position`]'s `Display` writes it.
+    fn from_str(text: &str) -> Result<Self, NotAPosition> {
+        let (transaction, global) = text.split_once('.').ok_or(NotAPosition)?;
+        let part = |part: &str| {
+            part.parse::<i64>()
+                .ok()
+                .filter(|n| *n >= 0 && !part.starts_with('+'))
+                .ok_or(NotAPosition)
+        };
+        Ok(Position {
+            transaction_id: part(transaction)?,
+            global_position: part(global)?,
+        })
+    }
+}
+
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.transaction_id, self.global_position)
+    }
 }
 
 /// The commit-safe horizon of a statement, as a bigint: the oldest transaction *of this
@@ -186,6 +217,17 @@ impl EventLog {
         .fetch_one(&self.pool)
         .await?;
         usize::try_from(version.unwrap_or(0)).map_err(|err| sqlx::Error::Decode(err.into()))
+    }
+
+    /// The position of the newest event, in commit order.
+    pub(crate) async fn newest(&self) -> sqlx::Result<Option<Position>> {
+        let row = sqlx::query(
+            "SELECT transaction_id::text::bigint AS transaction_id, global_position FROM events
+             ORDER BY transaction_id DESC, global_position DESC LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(Position::from_row).transpose()
     }
 
     /// The position of the newest event of an aggregate type, in commit order.

@@ -35,6 +35,8 @@ tokio::task_local! {
 pub(crate) struct Noted {
     /// Where the last append landed; `None` when nothing was appended.
     pub appended: Option<Position>,
+    /// The version the last append left its stream at.
+    pub version: Option<usize>,
     /// The version of a cached aggregate a command was decided on without reading its
     /// stream (see [`noting_appends`]); `None` when every aggregate was read up to date.
     pub unread: Option<usize>,
@@ -273,7 +275,10 @@ impl<A: Aggregate + 'static> EventStore<A> for CachedEventStore<A> {
         if let Ok(position) = &appended {
             self.cache.put(A::TYPE, id, aggregate, sequence);
             if let Some(position) = position {
-                note(|noted| noted.appended = Some(*position));
+                note(|noted| {
+                    noted.appended = Some(*position);
+                    noted.version = Some(sequence);
+                });
             }
         }
         appended?;

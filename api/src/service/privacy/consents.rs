@@ -18,6 +18,7 @@ use crate::auth::principal::Principal;
 use crate::error::ApiError;
 use crate::infra::tenancy::tenant::Tenant;
 use crate::service::audit::history::{record_history, HistoryEntry};
+use crate::service::records::Answer;
 use crate::service::Services;
 
 /// What giving consent (or recording another basis) for a purpose takes.
@@ -101,6 +102,7 @@ impl Services {
                 changes,
                 None,
                 request_id,
+                Answer::Row,
             )
             .await?;
         } else {
@@ -155,6 +157,7 @@ impl Services {
                 changes,
                 None,
                 request_id,
+                Answer::Row,
             )
             .await?;
         } else {

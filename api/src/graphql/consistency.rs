@@ -1,0 +1,101 @@
+//! Read-your-writes for changes answered before the read models show them: a mutation whose
+//! answer reads nothing of the read models (`WRITTEN_FIELDS`) does not wait for them, so every
+//! other root field of the organisation waits, before it runs, until they show every such
+//! change this instance answered, and the position a client passes back in `Custos-After` (a
+//! change answered by another instance). A request's own deferred change is returned in the
+//! response's `extensions.position`. Subscriptions are not resolved through extensions: their
+//! resolvers wait before their feeds start.
+
+use std::sync::{Arc, Mutex};
+
+use async_graphql::extensions::{
+    Extension, ExtensionContext, ExtensionFactory, NextResolve, ResolveInfo,
+};
+use async_graphql::{PathSegment, ServerError, ServerResult, Value};
+
+use super::context::RequestContext;
+use crate::infra::event_store::log::Position;
+use crate::service::Services;
+
+/// The mutations that may answer before the read models show their change: they decide on
+/// the aggregate alone, and wait for the read models themselves when their answer reads them.
+pub(crate) const DEFERRING: [&str; 6] = [
+    "createEmployee",
+    "updateEmployee",
+    "createContact",
+    "updateContact",
+    "createApplicant",
+    "updateApplicant",
+];
+
+/// What one request carries about positions: the one its client passed (`Custos-After`), and
+/// the newest change it answered without waiting for the read models.
+#[derive(Debug, Default)]
+pub(crate) struct Consistency {
+    pub(crate) after: Option<Position>,
+    written: Mutex<Option<Position>>,
+}
+
+impl Consistency {
+    pub(crate) fn after(after: Option<Position>) -> Self {
+        Self {
+            after,
+            written: Mutex::default(),
+        }
+    }
+
+    /// Notes a change the request answered without waiting for the read models.
+    pub(crate) fn wrote(&self, position: Position) {
+        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        *written = Some(written.map_or(position, |w| w.max(position)));
+    }
+
+    /// The newest change the request answered without waiting for the read models.
+    pub(crate) fn written(&self) -> Option<Position> {
+        *self.written.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The schema extension that makes root fields wait for deferred changes.
+pub(crate) struct ReadYourWrites;
+
+impl ExtensionFactory for ReadYourWrites {
+    fn create(&self) -> Arc<dyn Extension> {
+        Arc::new(ReadYourWrites)
+    }
+}
+
+#[async_trait::async_trait]
+impl Extension for ReadYourWrites {
+    async fn resolve(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        info: ResolveInfo<'_>,
+        next: NextResolve<'_>,
+    ) -> ServerResult<Option<Value>> {
+        let deferring = info.parent_type == "Mutation" && DEFERRING.contains(&info.name);
+        if info.path_node.parent.is_none() && !deferring {
+            let principal = ctx
+                .data_opt::<RequestContext>()
+                .and_then(|request| request.principal.as_ref());
+            let services = ctx.data_opt::<Arc<Services>>();
+            if let (Some(principal), Some(services)) = (principal, services) {
+                let after = ctx
+                    .data_opt::<Arc<Consistency>>()
+                    .and_then(|consistency| consistency.after);
+                services
+                    .wait_for_deferred(&principal.tenant, after)
+                    .await
+                    .map_err(|err| {
+                        let mut error: ServerError =
+                            async_graphql::Error::from(err).into_server_error(info.field.name.pos);
+                        error.path = vec![PathSegment::Field(
+                            info.alias.unwrap_or(info.name).to_owned(),
+                        )];
+                        error
+                    })?;
+            }
+        }
+        next.run(ctx, info).await
+    }
+}
