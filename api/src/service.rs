@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use cqrs_es::{Aggregate, AggregateError};
-use custos_domain::{ApiToken, EventMetadata, Role, User};
+use custos_domain::{ApiToken, EventMetadata, Record, Role, User};
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
@@ -18,6 +18,7 @@ use crate::config::SessionPolicy;
 use crate::error::ApiError;
 use crate::infra::event_store::log::Position;
 use crate::infra::event_store::repository::{noting_appends, Cqrs};
+use crate::infra::projector::WaitError;
 use crate::infra::tenancy::catalog::Tenancy;
 use crate::infra::tenancy::tenant::Tenant;
 
@@ -106,8 +107,8 @@ enum ReadModels {
     /// Nothing: the caller waits itself, or does not need to.
     Skip,
     /// Nothing, for an answer that reads none of them: the tenant's reads on this instance wait
-    /// for the change instead, and the writer only while the read models are far behind
-    /// ([`crate::infra::projector::Projectors::defer`]).
+    /// for the change instead ([`crate::infra::projector::Projectors::defer`]), and the writer
+    /// only, before it writes, while many such changes are outstanding.
     Defer,
 }
 
@@ -118,8 +119,8 @@ pub(crate) struct Written {
     pub(crate) position: Position,
 }
 
-/// How many events the read models may be behind the writes answered without waiting for them.
-const DEFERRED_LAG: i64 = 1_000;
+/// How many changes answered without waiting for the read models may be outstanding.
+const DEFERRED_LAG: usize = 1_000;
 
 impl Services {
     /// The one door through which use cases change an aggregate: `command` on the aggregate
@@ -189,7 +190,9 @@ impl Services {
         after: Option<Position>,
     ) -> Result<(), ApiError> {
         if let Some(after) = after {
-            if !tenant.projectors.passed(after) && tenant.log.newest().await? < Some(after) {
+            if !tenant.projectors.passed(Record::TYPE, after)
+                && tenant.log.newest().await? < Some(after)
+            {
                 return Err(ApiError::Validation {
                     message: "Custos-After is not a position of this organisation's changes"
                         .to_owned(),
@@ -197,11 +200,16 @@ impl Services {
                 });
             }
         }
+        // Only record changes are answered before the read models show them, so a position a
+        // client passes back is one of a record's.
         tenant
             .projectors
-            .wait_for_deferred(after, self.projection_wait)
+            .wait_for_deferred(
+                after.map(|after| (Record::TYPE, after)),
+                self.projection_wait,
+            )
             .await
-            .map_err(|_| lagging(tenant, "deferred"))
+            .map_err(|err| waited(tenant, Record::TYPE, err))
     }
 
     /// Takes the tenant's directory lock: user, role and API token rules are checked under it.
@@ -250,6 +258,15 @@ impl Services {
             }
         }
         Ok(lock)
+    }
+}
+
+/// What a wait for the read models that failed answers: `UNAVAILABLE` when they lag (logged),
+/// the storage error when the log could not be read.
+fn waited(tenant: &Tenant, aggregate_type: &str, err: WaitError) -> ApiError {
+    match err {
+        WaitError::Timeout => lagging(tenant, aggregate_type),
+        WaitError::Log(err) => err.into(),
     }
 }
 
@@ -317,6 +334,15 @@ where
         // First decided on the aggregate as this instance cached it, without reading its
         // stream: an append that lands proves it current.
         let mut read_streams = false;
+        // So that reads never wait long for the changes answered before the read models show
+        // them, a writer waits while many are outstanding, before it writes anything.
+        if self.read_models == ReadModels::Defer {
+            self.tenant
+                .projectors
+                .make_room(DEFERRED_LAG, self.services.projection_wait)
+                .await
+                .map_err(|err| waited(self.tenant, A::TYPE, err))?;
+        }
         let written = loop {
             let once_more = !read_streams || attempt < self.attempts;
             let this_try = if once_more {
@@ -356,12 +382,7 @@ where
                     .wait_for(self.tenant, A::TYPE, position)
                     .await?
             }
-            (ReadModels::Defer, Some(position)) => self
-                .tenant
-                .projectors
-                .defer(position, DEFERRED_LAG, self.services.projection_wait)
-                .await
-                .map_err(|_| lagging(self.tenant, A::TYPE))?,
+            (ReadModels::Defer, Some(position)) => self.tenant.projectors.defer(A::TYPE, position),
             // Nothing new: the answer must still show the stream's latest change.
             (ReadModels::Wait | ReadModels::Defer, None) => {
                 self.services

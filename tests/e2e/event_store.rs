@@ -953,6 +953,10 @@ async fn a_read_passed_another_instance_s_position_waits_for_its_change() {
         )
         .await;
     let id: Uuid = created["id"].as_str().unwrap().parse().unwrap();
+    // This instance has served a read (the first read of a context waits for the whole log).
+    app.graphql(Some(&session.token), EMPLOYEE, json!({ "id": id }))
+        .await
+        .ok();
     let held = hold_the_projector(&app, session.tenant_id).await;
     // Another instance answers a change, before its read models show it, with its position.
     let tenant = app.tenant(session.tenant_id).await;
@@ -1038,4 +1042,89 @@ async fn a_read_passed_another_instance_s_position_waits_for_its_change() {
         .await
         .ok();
     assert_eq!(unchanged.data("employee.version"), &json!(2));
+}
+
+#[tokio::test]
+async fn a_context_opened_again_waits_for_the_changes_answered_before_it() {
+    let app = TestApp::spawn_with(|config| config.projection_wait = Duration::from_secs(2)).await;
+    let session = app.sign_up(&slug("reopened")).await;
+    let created = app
+        .create_employee(
+            &session.token,
+            json!({ "firstName": "Ada", "lastName": "L", "department": "Ops" }),
+        )
+        .await;
+    let held = hold_the_projector(&app, session.tenant_id).await;
+    app.graphql(
+        Some(&session.token),
+        "mutation($id: ID!) { updateEmployee(id: $id, input: { department: \"R&D\" }) { version } }",
+        json!({ "id": created["id"] }),
+    )
+    .await
+    .ok();
+    // The context closes (idle, or the service restarts) before the read models show it.
+    app.services.tenancy.close_tenant(session.tenant_id).await;
+    let read = waits_for_the_projector(
+        app.graphql(
+            Some(&session.token),
+            EMPLOYEE,
+            json!({ "id": created["id"] }),
+        ),
+        held,
+        "the first read of the context opened again",
+    )
+    .await
+    .ok();
+    assert_eq!(read.data("employee.department"), &json!("R&D"));
+}
+
+#[tokio::test]
+async fn a_change_held_back_by_the_read_models_runs_nothing_and_lets_its_key_go() {
+    let app = TestApp::spawn_with(|config| config.projection_wait = Duration::from_secs(1)).await;
+    let session = app.sign_up(&slug("held-back")).await;
+    let manager = app
+        .create_employee(
+            &session.token,
+            json!({ "firstName": "Mia", "lastName": "M" }),
+        )
+        .await;
+    let held = hold_the_projector(&app, session.tenant_id).await;
+    // Created while the read models are held: answered from its version.
+    let created = app
+        .graphql(
+            Some(&session.token),
+            "mutation { createEmployee(input: { firstName: \"Eve\", lastName: \"E\" }) { id } }",
+            json!({}),
+        )
+        .await
+        .ok();
+    let id = created.data("createEmployee.id").clone();
+    // Another mutation of the organisation waits for the read models to show it, and gives up.
+    let archive = "mutation($id: ID!) { archiveRecord(id: $id) { version } }";
+    let key = [("idempotency-key", "held-back-1")];
+    let refused = app
+        .graphql_with(Some(&session.token), archive, json!({ "id": id }), &key)
+        .await;
+    assert_eq!(refused.code(), Some("UNAVAILABLE"), "{}", refused.body);
+    // A manager set on the new record is checked once the read models show it (under the
+    // org-chart lock), not refused as unknown before.
+    let managed = "mutation($id: ID!, $m: ID!) { updateEmployee(id: $id, input: { managerId: $m }) { version } }";
+    let set = waits_for_the_projector(
+        app.graphql(
+            Some(&session.token),
+            managed,
+            json!({ "id": id, "m": manager["id"] }),
+        ),
+        held,
+        "setting a manager",
+    )
+    .await
+    .ok();
+    assert_eq!(set.data("updateEmployee.version"), &json!(2));
+    // Nothing of the archive ran, so its key was let go: the retry runs.
+    let retried = app
+        .graphql_with(Some(&session.token), archive, json!({ "id": id }), &key)
+        .await
+        .ok();
+    assert_eq!(retried.data("archiveRecord.version"), &json!(3));
 }

@@ -6,6 +6,7 @@
 //! response's `extensions.position`. Subscriptions are not resolved through extensions: their
 //! resolvers wait before their feeds start.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_graphql::extensions::{
@@ -34,14 +35,24 @@ pub(crate) const DEFERRING: [&str; 6] = [
 pub(crate) struct Consistency {
     pub(crate) after: Option<Position>,
     written: Mutex<Option<Position>>,
+    /// Whether a root field ran.
+    ran: AtomicBool,
+    /// Whether a root field was held back: the read models did not show what it waited for.
+    held_back: AtomicBool,
 }
 
 impl Consistency {
     pub(crate) fn after(after: Option<Position>) -> Self {
         Self {
             after,
-            written: Mutex::default(),
+            ..Self::default()
         }
+    }
+
+    /// Whether nothing of the request ran because the read models did not show what it
+    /// waited for (so a retry-safe mutation's key is let go, not kept with this answer).
+    pub(crate) fn held_back_entirely(&self) -> bool {
+        self.held_back.load(Ordering::Relaxed) && !self.ran.load(Ordering::Relaxed)
     }
 
     /// Notes a change the request answered without waiting for the read models.
@@ -73,20 +84,25 @@ impl Extension for ReadYourWrites {
         info: ResolveInfo<'_>,
         next: NextResolve<'_>,
     ) -> ServerResult<Option<Value>> {
-        let deferring = info.parent_type == "Mutation" && DEFERRING.contains(&info.name);
-        if info.path_node.parent.is_none() && !deferring {
+        // A subscription's root field is resolved again for every event it sends: its
+        // resolver waits once, as it starts.
+        let exempt = info.parent_type == "Subscription"
+            || info.parent_type == "Mutation" && DEFERRING.contains(&info.name);
+        let consistency = ctx.data_opt::<Arc<Consistency>>();
+        if info.path_node.parent.is_none() && !exempt {
             let principal = ctx
                 .data_opt::<RequestContext>()
                 .and_then(|request| request.principal.as_ref());
             let services = ctx.data_opt::<Arc<Services>>();
             if let (Some(principal), Some(services)) = (principal, services) {
-                let after = ctx
-                    .data_opt::<Arc<Consistency>>()
-                    .and_then(|consistency| consistency.after);
+                let after = consistency.and_then(|consistency| consistency.after);
                 services
                     .wait_for_deferred(&principal.tenant, after)
                     .await
                     .map_err(|err| {
+                        if let Some(consistency) = consistency {
+                            consistency.held_back.store(true, Ordering::Relaxed);
+                        }
                         let mut error: ServerError =
                             async_graphql::Error::from(err).into_server_error(info.field.name.pos);
                         error.path = vec![PathSegment::Field(
@@ -94,6 +110,11 @@ impl Extension for ReadYourWrites {
                         )];
                         error
                     })?;
+            }
+        }
+        if info.path_node.parent.is_none() {
+            if let Some(consistency) = consistency {
+                consistency.ran.store(true, Ordering::Relaxed);
             }
         }
         next.run(ctx, info).await

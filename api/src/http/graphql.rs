@@ -354,7 +354,12 @@ async fn answer(
             }
         }
     }
-    let (status, body, internal) = match &holding {
+    let Executed {
+        status,
+        body,
+        internal,
+        held_back,
+    } = match &holding {
         Some((held, principal)) => {
             let run = execute(state, origin, Some(principal.clone()), request, after);
             state.services.while_holding(principal, held, run).await
@@ -367,8 +372,9 @@ async fn answer(
         return outcome_unknown(media);
     }
     if let Some((held, principal)) = holding {
-        // What did not run (a request error) lets the key go; what ran keeps its answer.
-        let stored = if status == StatusCode::OK {
+        // What did not run (a request error, or every field held back waiting for the read
+        // models) lets the key go; what ran keeps its answer.
+        let stored = if status == StatusCode::OK && !held_back {
             state
                 .services
                 .answered(&principal, held, status.as_u16(), &body)
@@ -396,15 +402,24 @@ async fn outage_met(state: &AppState, own_server: Option<&Health>) -> bool {
     }
 }
 
-/// Executes the request for `principal`: the HTTP status, the response body, and whether an
-/// error of the response is `INTERNAL`.
+/// What executing a request gave.
+struct Executed {
+    status: StatusCode,
+    body: String,
+    /// Whether an error of the response is `INTERNAL`.
+    internal: bool,
+    /// Whether nothing ran: every root field was held back waiting for the read models.
+    held_back: bool,
+}
+
+/// Executes the request for `principal`.
 async fn execute(
     state: &AppState,
     origin: RequestOrigin,
     principal: Option<Principal>,
     request: async_graphql::Request,
     after: Option<Position>,
-) -> (StatusCode, String, bool) {
+) -> Executed {
     let mut request = request;
     if let Some(principal) = &principal {
         Loaders::new(principal).attach(&mut request.data);
@@ -441,7 +456,12 @@ async fn execute(
         if let Some(body) = body.as_object_mut() {
             body.remove("data");
         }
-        return (status, body.to_string(), false);
+        return Executed {
+            status,
+            body: body.to_string(),
+            internal: false,
+            held_back: false,
+        };
     }
     let internal = response.errors.iter().any(|error| {
         error
@@ -450,11 +470,12 @@ async fn execute(
             .and_then(|extensions| extensions.get("code"))
             .is_some_and(|code| *code == async_graphql::Value::from(Code::Internal.as_str()))
     });
-    (
+    Executed {
         status,
-        serde_json::to_string(&response).unwrap_or_default(),
+        body: serde_json::to_string(&response).unwrap_or_default(),
         internal,
-    )
+        held_back: consistency.held_back_entirely(),
+    }
 }
 
 /// Sets `extensions.code` where a resolver did not, and `extensions.field` on GraphQL's own

@@ -4,6 +4,7 @@
 //! and decodes each once, hands every projection the events it reads and has not applied, and
 //! moves every checkpoint, all in one transaction.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +22,9 @@ use crate::infra::event_store::log::{EventLog, Position, StoredEvent, HORIZON};
 use crate::infra::record_feed;
 use crate::telemetry::metrics::Metrics;
 
+/// The aggregate type whose readers wait for the log's newest event when a handle starts:
+/// only record changes are answered before the read models show them.
+const SEEDED_AS: &str = "record";
 /// Events read per transaction.
 const BATCH: i64 = 500;
 /// How often a projector looks for events written by other service instances: soon after
@@ -42,6 +46,8 @@ const UNREACHABLE: Duration = Duration::from_millis(250);
 pub enum WaitError {
     #[error("the read models did not catch up in time")]
     Timeout,
+    #[error("the event log could not be read")]
+    Log(#[from] sqlx::Error),
 }
 
 /// The projectors of one tenant: one task, feeding every read model. Dropping it stops it.
@@ -51,9 +57,15 @@ pub struct Projectors {
     wake: Arc<Notify>,
     /// Where each projection's checkpoint stands.
     progress: watch::Receiver<Vec<Position>>,
-    /// The newest position a write of this instance answered without waiting for the read
-    /// models (see [`Projectors::defer`]): what a read waits for before it reads them.
-    deferred: std::sync::Mutex<Position>,
+    /// The changes this instance answered without waiting for the read models that are not
+    /// yet seen applied, oldest first (see [`Projectors::defer`]): what a read waits for.
+    deferred: std::sync::Mutex<VecDeque<(&'static str, Position)>>,
+    /// Set once the log's newest event at the first read or deferred write is among the
+    /// changes waited for: one answered before the read models showed it may be in the log
+    /// from before this handle (the service restarted, or closed the tenant's context while
+    /// idle).
+    seeded: tokio::sync::OnceCell<()>,
+    log: EventLog,
     task: JoinHandle<()>,
 }
 
@@ -78,7 +90,7 @@ impl Projectors {
         let runner = Runner {
             tenant_id,
             pool,
-            log,
+            log: log.clone(),
             projections,
             progress: progress_tx,
             metrics,
@@ -89,6 +101,8 @@ impl Projectors {
             wake,
             progress,
             deferred: std::sync::Mutex::default(),
+            seeded: tokio::sync::OnceCell::new(),
+            log,
             task,
         }
     }
@@ -142,62 +156,85 @@ impl Projectors {
 }
 
 impl Projectors {
-    /// Notes a write answered without waiting for the read models: it landed at `written`.
-    /// Reads wait for it ([`Projectors::wait_for_deferred`]). So that they never wait long,
-    /// the writer waits while the read models are more than `lag` events behind it, a pass or
-    /// two at most; `UNAVAILABLE`-worthy [`WaitError`] when they stay behind for `timeout`.
-    pub async fn defer(
-        &self,
-        written: Position,
-        lag: i64,
-        timeout: Duration,
-    ) -> Result<(), WaitError> {
-        {
-            let mut deferred = self.deferred.lock().unwrap_or_else(|e| e.into_inner());
-            *deferred = (*deferred).max(written);
-        }
-        let near = written.global_position.saturating_sub(lag);
-        self.wait_until(timeout, |at| at.global_position >= near)
-            .await
+    /// Whether every projection that reads `aggregate_type` has passed `target`.
+    pub fn passed(&self, aggregate_type: &str, target: Position) -> bool {
+        self.reads
+            .iter()
+            .zip(self.progress.borrow().iter())
+            .all(|(types, at)| !types.contains(&aggregate_type) || *at >= target)
     }
 
-    /// Waits until every read model has passed the writes this instance answered without
-    /// waiting for them, and `after` (a position a client passes back), if any.
+    /// The changes answered without waiting for the read models and not yet seen applied,
+    /// oldest first (those seen applied are dropped).
+    fn outstanding(&self) -> std::sync::MutexGuard<'_, VecDeque<(&'static str, Position)>> {
+        let mut deferred = self.deferred.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some((aggregate_type, at)) = deferred.front() {
+            if !self.passed(aggregate_type, *at) {
+                break;
+            }
+            deferred.pop_front();
+        }
+        deferred
+    }
+
+    /// Waits, before a change is answered without waiting for the read models, while `lag`
+    /// such changes or more are outstanding, until fewer are: so a read never waits for more
+    /// than `lag` of them. [`WaitError`] when the read models stay behind for `timeout`.
+    pub async fn make_room(&self, lag: usize, timeout: Duration) -> Result<(), WaitError> {
+        self.seed().await?;
+        let oldest = {
+            let outstanding = self.outstanding();
+            match outstanding.len().checked_sub(lag) {
+                Some(past) => outstanding[past],
+                None => return Ok(()),
+            }
+        };
+        self.wait_for(oldest.0, oldest.1, timeout).await
+    }
+
+    /// Counts the log's newest event as a change answered before the read models showed it,
+    /// once per handle.
+    async fn seed(&self) -> Result<(), WaitError> {
+        self.seeded
+            .get_or_try_init(|| async {
+                if let Some(newest) = self.log.newest().await? {
+                    self.defer(SEEDED_AS, newest);
+                }
+                Ok::<_, WaitError>(())
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Notes a change of `aggregate_type` answered without waiting for the read models: it
+    /// landed at `written`. Reads wait for it ([`Projectors::wait_for_deferred`]).
+    pub fn defer(&self, aggregate_type: &'static str, written: Position) {
+        self.outstanding().push_back((aggregate_type, written));
+    }
+
+    /// Waits until the read models of each change this instance answered without waiting
+    /// for them have applied it, and those of `after` (a change another instance answered so,
+    /// passed back by a client) too.
     pub async fn wait_for_deferred(
         &self,
-        after: Option<Position>,
+        after: Option<(&'static str, Position)>,
         timeout: Duration,
     ) -> Result<(), WaitError> {
-        let deferred = *self.deferred.lock().unwrap_or_else(|e| e.into_inner());
-        let target = after.map_or(deferred, |after| after.max(deferred));
-        if target == Position::default() {
-            return Ok(());
+        self.seed().await?;
+        // The newest change of each type stands for the older ones: checkpoints only move on.
+        let mut newest: Vec<(&'static str, Position)> = after.into_iter().collect();
+        for (aggregate_type, at) in self.outstanding().iter() {
+            match newest.iter_mut().find(|(t, _)| t == aggregate_type) {
+                Some((_, newer)) => *newer = (*newer).max(*at),
+                None => newest.push((aggregate_type, *at)),
+            }
         }
-        self.wait_until(timeout, |at| *at >= target).await
-    }
-
-    /// Whether every read model has passed `target`.
-    pub fn passed(&self, target: Position) -> bool {
-        self.progress.borrow().iter().all(|at| *at >= target)
-    }
-
-    /// Waits until every projection's checkpoint satisfies `passed`.
-    async fn wait_until(
-        &self,
-        timeout: Duration,
-        passed: impl Fn(&Position) -> bool,
-    ) -> Result<(), WaitError> {
-        let all = |at: &Vec<Position>| at.iter().all(&passed);
-        if all(&self.progress.borrow()) {
-            return Ok(());
+        for (aggregate_type, at) in newest {
+            if !self.passed(aggregate_type, at) {
+                self.wait_for(aggregate_type, at, timeout).await?;
+            }
         }
-        self.wake.notify_one();
-        let mut progress = self.progress.clone();
-        tokio::time::timeout(timeout, async {
-            let _ = progress.wait_for(all).await;
-        })
-        .await
-        .map_err(|_| WaitError::Timeout)
+        Ok(())
     }
 }
 

@@ -111,13 +111,14 @@ impl Services {
     ) -> Result<Changed, ApiError> {
         // The aggregate refuses a record that does not exist, or is of another datasheet, as
         // `NOT_FOUND`. A new manager is checked before the command runs, so the record is
-        // looked up first then.
-        if manager_of(datasheet, &changes).is_some() {
-            self.find_record(&principal.tenant, datasheet, id).await?;
-        }
-        let _lock = self
+        // looked up then too, under the org-chart lock, which waits for the read models to
+        // show every record change written so far (this request does not wait for them).
+        let lock = self
             .check_manager(principal, datasheet, id, &changes)
             .await?;
+        if lock.is_some() {
+            self.find_record(&principal.tenant, datasheet, id).await?;
+        }
         let command = RecordCommand::Update {
             datasheet,
             expected_version,

@@ -445,7 +445,7 @@ impl Tenancy {
     }
 
     /// Closes this process's open context of a tenant, if any.
-    pub(crate) async fn close_tenant(&self, id: Uuid) {
+    pub async fn close_tenant(&self, id: Uuid) {
         if let Some(tenant) = self.open.write().await.remove(&id) {
             tenant.close().await;
         }
