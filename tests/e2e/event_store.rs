@@ -857,6 +857,19 @@ async fn waits_for_the_projector(
 
 const EMPLOYEE: &str = "query($id: ID!) { employee(id: $id) { version department } }";
 
+/// Reads the employee `id` as `session`, asserting that the read waits for the held projector
+/// until it is released.
+async fn employee_once_released(
+    app: &TestApp,
+    session: &custos_tests::Session,
+    id: &Value,
+    held: PgConnection,
+    what: &str,
+) -> custos_tests::Response {
+    let read = app.graphql(Some(&session.token), EMPLOYEE, json!({ "id": id }));
+    waits_for_the_projector(read, held, what).await.ok()
+}
+
 #[tokio::test]
 async fn a_change_answered_from_its_version_does_not_wait_for_the_read_models_and_every_read_waits_for_it(
 ) {
@@ -902,17 +915,7 @@ async fn a_change_answered_from_its_version_does_not_wait_for_the_read_models_an
     );
 
     // A read of the organisation waits for the read models to show it.
-    let read = waits_for_the_projector(
-        app.graphql(
-            Some(&session.token),
-            EMPLOYEE,
-            json!({ "id": created["id"] }),
-        ),
-        held,
-        "the read",
-    )
-    .await
-    .ok();
+    let read = employee_once_released(&app, &session, &created["id"], held, "the read").await;
     assert_eq!(
         read.data("employee"),
         &json!({ "version": 2, "department": "R&D" })
@@ -1064,17 +1067,14 @@ async fn a_context_opened_again_waits_for_the_changes_answered_before_it() {
     .ok();
     // The context closes (idle, or the service restarts) before the read models show it.
     app.services.tenancy.close_tenant(session.tenant_id).await;
-    let read = waits_for_the_projector(
-        app.graphql(
-            Some(&session.token),
-            EMPLOYEE,
-            json!({ "id": created["id"] }),
-        ),
+    let read = employee_once_released(
+        &app,
+        &session,
+        &created["id"],
         held,
         "the first read of the context opened again",
     )
-    .await
-    .ok();
+    .await;
     assert_eq!(read.data("employee.department"), &json!("R&D"));
 }
 
