@@ -17,7 +17,7 @@ use crate::auth::principal::Principal;
 use crate::config::SessionPolicy;
 use crate::error::ApiError;
 use crate::infra::event_store::log::Position;
-use crate::infra::event_store::repository::{noting_appends, Cqrs};
+use crate::infra::event_store::repository::{noting_appends, Appended, Cqrs};
 use crate::infra::projector::WaitError;
 use crate::infra::tenancy::catalog::Tenancy;
 use crate::infra::tenancy::tenant::Tenant;
@@ -110,13 +110,6 @@ enum ReadModels {
     /// for the change instead ([`crate::infra::projector::Projectors::defer`]), and the writer
     /// only, before it writes, while many such changes are outstanding.
     Defer,
-}
-
-/// What a command appended: the version it left its stream at, and where it landed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Written {
-    pub(crate) version: u64,
-    pub(crate) position: Position,
 }
 
 /// How many changes answered without waiting for the read models may be outstanding.
@@ -312,7 +305,7 @@ where
     /// Runs the command: the version it left the aggregate's stream at and where it landed,
     /// when it appended; `None` when it changed nothing (then the read models show the
     /// stream's latest change, as after a waiting command).
-    pub(crate) async fn written(self) -> Result<Option<Written>, ApiError> {
+    pub(crate) async fn written(self) -> Result<Option<Appended>, ApiError> {
         self.run()
             .await?
             .map_err(|refusal| AggregateError::UserError(refusal).into())
@@ -326,7 +319,7 @@ where
     }
 
     /// Runs the command: what it appended, if anything, or the refusal.
-    async fn run(self) -> Result<Result<Option<Written>, A::Error>, ApiError> {
+    async fn run(self) -> Result<Result<Option<Appended>, A::Error>, ApiError> {
         let id = self.aggregate_id.to_string();
         let metadata = self.metadata.to_map();
         let mut command = Some(self.command);
@@ -375,7 +368,7 @@ where
                 Err(other) => return Err(other.into()),
             }
         };
-        match (self.read_models, written.appended) {
+        match (self.read_models, written.appended.map(|a| a.position)) {
             (ReadModels::Skip, _) => {}
             (ReadModels::Wait, Some(position)) => {
                 self.services
@@ -393,12 +386,7 @@ where
         // What this instance keeps in memory of the aggregate's read models goes now, so that
         // the next request sees the change (other instances hear of it from the database).
         self.tenant.caches.changed(A::TYPE);
-        Ok(Ok(written.appended.zip(written.version).map(
-            |(position, version)| Written {
-                version: version as u64,
-                position,
-            },
-        )))
+        Ok(Ok(written.appended))
     }
 }
 

@@ -7,9 +7,10 @@ use std::sync::Arc;
 use async_graphql::extensions::{
     Extension, ExtensionContext, ExtensionFactory, NextResolve, ResolveInfo,
 };
-use async_graphql::{PathSegment, ServerError, ServerResult, Value};
+use async_graphql::{ServerResult, Value};
 
 use super::context::{RequestContext, SubscriptionAuth};
+use super::error::root_field_error;
 use crate::auth::policy::{check, check_standing, rule, Rule};
 use crate::auth::principal::Principal;
 use crate::error::ApiError;
@@ -67,12 +68,7 @@ impl Extension for Authorization {
                         "security: access denied"
                     );
                 }
-                let mut error: ServerError =
-                    async_graphql::Error::from(err).into_server_error(info.field.name.pos);
-                error.path = vec![PathSegment::Field(
-                    info.alias.unwrap_or(info.name).to_owned(),
-                )];
-                return Err(error);
+                return Err(root_field_error(&info, err));
             }
         }
         next.run(ctx, info).await

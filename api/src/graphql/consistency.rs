@@ -3,8 +3,8 @@
 //! other root field of the organisation waits, before it runs, until they show every such
 //! change this instance answered, and the position a client passes back in `Custos-After` (a
 //! change answered by another instance). A request's own deferred change is returned in the
-//! response's `extensions.position`. Subscriptions are not resolved through extensions: their
-//! resolvers wait before their feeds start.
+//! response's `extensions.position`. Subscriptions are left alone (their root field is
+//! resolved again for every event sent): their resolvers wait once, before their feeds start.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,9 +12,10 @@ use std::sync::{Arc, Mutex};
 use async_graphql::extensions::{
     Extension, ExtensionContext, ExtensionFactory, NextResolve, ResolveInfo,
 };
-use async_graphql::{PathSegment, ServerError, ServerResult, Value};
+use async_graphql::{ServerResult, Value};
 
 use super::context::RequestContext;
+use super::error::root_field_error;
 use crate::infra::event_store::log::Position;
 use crate::service::Services;
 
@@ -103,12 +104,7 @@ impl Extension for ReadYourWrites {
                         if let Some(consistency) = consistency {
                             consistency.held_back.store(true, Ordering::Relaxed);
                         }
-                        let mut error: ServerError =
-                            async_graphql::Error::from(err).into_server_error(info.field.name.pos);
-                        error.path = vec![PathSegment::Field(
-                            info.alias.unwrap_or(info.name).to_owned(),
-                        )];
-                        error
+                        root_field_error(&info, err)
                     })?;
             }
         }

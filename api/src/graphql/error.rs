@@ -22,6 +22,19 @@ use crate::error::{ApiError, Code};
 /// [`FieldErrors`] makes one error of each.
 const FIELD_ERRORS: &str = "fieldErrors";
 
+/// `err` as the error of the root field `info` resolves, before its resolver ran: at the
+/// field's place and path.
+pub(crate) fn root_field_error(
+    info: &async_graphql::extensions::ResolveInfo<'_>,
+    err: ApiError,
+) -> ServerError {
+    let mut error = async_graphql::Error::from(err).into_server_error(info.field.name.pos);
+    error.path = vec![async_graphql::PathSegment::Field(
+        info.alias.unwrap_or(info.name).to_owned(),
+    )];
+    error
+}
+
 impl From<ApiError> for async_graphql::Error {
     fn from(err: ApiError) -> Self {
         err.report();

@@ -140,12 +140,7 @@ impl Projectors {
         }
         self.wake.notify_one();
         let mut progress = self.progress.clone();
-        let passed = |at: &Vec<Position>| {
-            self.reads
-                .iter()
-                .zip(at)
-                .all(|(types, at)| !types.contains(&aggregate_type) || *at >= target)
-        };
+        let passed = |at: &Vec<Position>| self.passed_at(at, aggregate_type, target);
         // An error means the task ended (the tenant is closing): nothing to wait for.
         tokio::time::timeout(timeout, async {
             let _ = progress.wait_for(passed).await;
@@ -158,9 +153,15 @@ impl Projectors {
 impl Projectors {
     /// Whether every projection that reads `aggregate_type` has passed `target`.
     pub fn passed(&self, aggregate_type: &str, target: Position) -> bool {
+        self.passed_at(&self.progress.borrow(), aggregate_type, target)
+    }
+
+    /// Whether, with the checkpoints at `at`, every projection that reads `aggregate_type`
+    /// has passed `target`.
+    fn passed_at(&self, at: &[Position], aggregate_type: &str, target: Position) -> bool {
         self.reads
             .iter()
-            .zip(self.progress.borrow().iter())
+            .zip(at)
             .all(|(types, at)| !types.contains(&aggregate_type) || *at >= target)
     }
 

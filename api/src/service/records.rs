@@ -13,8 +13,9 @@ use uuid::Uuid;
 
 use crate::auth::principal::Principal;
 use crate::error::ApiError;
+use crate::infra::event_store::repository::Appended;
 use crate::infra::tenancy::tenant::Tenant;
-use crate::service::{Services, TenantLock, Written};
+use crate::service::{Command, Services, TenantLock};
 
 /// Advisory lock key (transaction-scoped, in the tenant database) for manager changes.
 const ORG_CHART_LOCK: i64 = 0x6375_7374_6f73_0003;
@@ -47,7 +48,7 @@ pub(crate) enum Changed {
     Version {
         id: Uuid,
         datasheet: Datasheet,
-        written: Written,
+        written: Appended,
     },
 }
 
@@ -144,13 +145,7 @@ impl Services {
         let tenant = &principal.tenant;
         if answer == Answer::Version {
             let written = self
-                .command(
-                    tenant,
-                    &tenant.records,
-                    id,
-                    command,
-                    self.actor(principal, request_id),
-                )
+                .record_command(principal, id, command, request_id)
                 .defer_read_models()
                 .written()
                 .await?;
@@ -331,6 +326,18 @@ impl Services {
         command: RecordCommand,
         request_id: Uuid,
     ) -> Result<(), ApiError> {
+        self.record_command(principal, id, command, request_id)
+            .await
+    }
+
+    /// `command` on record `id`, attributed to `principal` within request `request_id`.
+    fn record_command<'a>(
+        &'a self,
+        principal: &'a Principal,
+        id: Uuid,
+        command: RecordCommand,
+        request_id: Uuid,
+    ) -> Command<'a, Record> {
         let tenant = &principal.tenant;
         self.command(
             tenant,
@@ -339,7 +346,6 @@ impl Services {
             command,
             self.actor(principal, request_id),
         )
-        .await
     }
 
     /// When `fields` set an employee's manager: takes the org-chart lock (held by the caller

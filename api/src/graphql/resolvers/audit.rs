@@ -499,7 +499,7 @@ pub(crate) async fn audit_feed(
     let services = cx.services.clone();
     let tenant = cx.tenant().clone();
     // The feed starts after what the audit log shows, once it shows every change answered
-    // before (subscriptions are not resolved through the consistency extension).
+    // before (the consistency extension leaves subscriptions alone).
     services.wait_for_deferred(&tenant, None).await?;
     // This resolver answers `async_graphql::Result` (a subscription's stream): errors pass
     // through `ApiError` explicitly, so they carry their code and internal causes stay logged.

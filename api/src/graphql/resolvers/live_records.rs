@@ -135,7 +135,7 @@ pub(crate) async fn record_changed(
         .map_err(|_| ApiError::Unauthenticated)?;
     let tenant = cx.tenant();
     // The feed starts from what the lists show, once they show every change answered before
-    // (subscriptions are not resolved through the consistency extension).
+    // (the consistency extension leaves subscriptions alone).
     cx.services.wait_for_deferred(tenant, None).await?;
     let sessions = tenant.caches.session_changes();
     let changes = tenant

@@ -30,13 +30,18 @@ tokio::task_local! {
     static NOTED: Cell<Noted>;
 }
 
+/// Where an append landed, and the version it left its stream at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Appended {
+    pub position: Position,
+    pub version: usize,
+}
+
 /// What the commands run inside [`noting_appends`] did.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Noted {
-    /// Where the last append landed; `None` when nothing was appended.
-    pub appended: Option<Position>,
-    /// The version the last append left its stream at.
-    pub version: Option<usize>,
+    /// What the last append wrote; `None` when nothing was appended.
+    pub appended: Option<Appended>,
     /// The version of a cached aggregate a command was decided on without reading its
     /// stream (see [`noting_appends`]); `None` when every aggregate was read up to date.
     pub unread: Option<usize>,
@@ -276,8 +281,10 @@ impl<A: Aggregate + 'static> EventStore<A> for CachedEventStore<A> {
             self.cache.put(A::TYPE, id, aggregate, sequence);
             if let Some(position) = position {
                 note(|noted| {
-                    noted.appended = Some(*position);
-                    noted.version = Some(sequence);
+                    noted.appended = Some(Appended {
+                        position: *position,
+                        version: sequence,
+                    });
                 });
             }
         }
