@@ -65,8 +65,9 @@ pub(crate) struct BenchArgs {
     /// Requests measured in the read phase (c).
     #[arg(long, default_value_t = 2_000)]
     pub(crate) reads: usize,
-    /// Events in the store of the integrity and portability suites (the portability suite
-    /// fills at most what is asked; 100,000 is a good size for it).
+    /// Events in the store of the integrity and portability suites, and in the privacy
+    /// suite's large tenant (the portability suite fills at most what is asked; 100,000 is a
+    /// good size for it).
     #[arg(long, default_value_t = 1_000_000)]
     pub(crate) events: usize,
     /// `foundation` (the phases above), `datasheets` (lists, search, reports, export and

@@ -1,7 +1,8 @@
 //! The privacy suite (`--suite privacy`), in one run on one private cluster and in process (no HTTP):
 //! (a) what sealing costs on the write path — the foundation's command path (an update that
 //! waits for its read models) on sealed records and on the same records written unsealed;
-//! (b) building a person's trail with 10,000 and with 1,000,000 events in the tenant;
+//! (b) building a person's trail with 10,000 and with `--events` (1,000,000) events in the
+//! tenant;
 //! (c) the latency of erasing a record (event, key destruction, read models).
 
 use std::time::{Duration, Instant};
@@ -418,7 +419,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let (sealed, plain) = (mean(&sealed_rates), mean(&plain_rates));
 
     let fill_started = Instant::now();
-    let large_target: i64 = 1_000_000;
+    let large_target = i64::try_from(args.events)?;
     let have = events_in(&tenant).await?;
     fill(
         &tenant,

@@ -85,12 +85,16 @@ impl Extension for ReadYourWrites {
         info: ResolveInfo<'_>,
         next: NextResolve<'_>,
     ) -> ServerResult<Option<Value>> {
+        // Every field of the answer passes here; only root fields wait.
+        if info.path_node.parent.is_some() {
+            return next.run(ctx, info).await;
+        }
         // A subscription's root field is resolved again for every event it sends: its
         // resolver waits once, as it starts.
         let exempt = info.parent_type == "Subscription"
             || info.parent_type == "Mutation" && DEFERRING.contains(&info.name);
         let consistency = ctx.data_opt::<Arc<Consistency>>();
-        if info.path_node.parent.is_none() && !exempt {
+        if !exempt {
             let principal = ctx
                 .data_opt::<RequestContext>()
                 .and_then(|request| request.principal.as_ref());
@@ -108,10 +112,8 @@ impl Extension for ReadYourWrites {
                     })?;
             }
         }
-        if info.path_node.parent.is_none() {
-            if let Some(consistency) = consistency {
-                consistency.ran.store(true, Ordering::Relaxed);
-            }
+        if let Some(consistency) = consistency {
+            consistency.ran.store(true, Ordering::Relaxed);
         }
         next.run(ctx, info).await
     }

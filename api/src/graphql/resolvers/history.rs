@@ -13,7 +13,7 @@ use crate::graphql::pagination::{connection, encode_sequence, page_size_within, 
 use crate::graphql::resolvers::reports::time_axes;
 use crate::graphql::types::history::{FieldChange, HistoryConnection, HistoryEvent};
 use crate::service::audit::history::{
-    diff, record_history, record_states, role_history, state_fields, user_history, HistoryEntry,
+    diff, record_history, role_history, state_fields, user_history, HistoryEntry, RecordStream,
 };
 
 /// One field's value in a record as it was.
@@ -80,13 +80,10 @@ impl HistoryQuery {
             Err(err) => return Err(err),
         };
         cx.record_reads(&[record.id], ReadVia::History).await?;
-        let states = record_states(&cx.tenant().log, record.id)
+        let (changed_at, state) = RecordStream::load(&cx.tenant().log, record.id)
             .await
-            .map_err(ApiError::internal)?;
-        let (changed_at, state) = states
-            .iter()
-            .take_while(|(at, _)| *at <= recorded_at)
-            .last()
+            .map_err(ApiError::internal)?
+            .recorded_by(recorded_at)
             .ok_or(ApiError::NotFound)?;
         if state.starts().is_some_and(|starts| starts > effective_at) {
             return Err(ApiError::NotFound);
@@ -94,10 +91,10 @@ impl HistoryQuery {
         Ok(RecordAsOf {
             id: ID(record.id.to_string()),
             version: i64::try_from(state.version()).map_err(ApiError::internal)?,
-            changed_at: *changed_at,
+            changed_at,
             recorded_at,
             effective_at,
-            fields: state_fields(state, Some(effective_at))
+            fields: state_fields(&state, Some(effective_at))
                 .into_iter()
                 .map(|(field, value)| FieldValue { field, value })
                 .collect(),
@@ -119,10 +116,10 @@ impl HistoryQuery {
         let cx = Cx::new(ctx)?;
         let record = cx.authorized_record(&id, Permission::History).await?;
         cx.record_reads(&[record.id], ReadVia::History).await?;
-        let states = record_states(&cx.tenant().log, record.id)
+        let stream = RecordStream::load(&cx.tenant().log, record.id)
             .await
             .map_err(ApiError::internal)?;
-        let last = states.len() as i64;
+        let last = stream.versions() as i64;
         for (name, version) in [("fromVersion", from_version), ("toVersion", to_version)] {
             if !(0..=last).contains(&version) {
                 return Err(ApiError::validation(
@@ -137,14 +134,9 @@ impl HistoryQuery {
                 "`fromVersion` is after `toVersion`",
             ));
         }
-        let empty = custos_domain::Record::default();
-        let state = |version: i64| {
-            usize::try_from(version - 1)
-                .ok()
-                .and_then(|i| states.get(i))
-                .map_or(&empty, |(_, state)| state)
-        };
-        Ok(diff(state(from_version), state(to_version), effective_at)
+        // Both are within 0..=last, checked above.
+        let (before, after) = stream.at_versions(from_version as usize, to_version as usize);
+        Ok(diff(&before, &after, effective_at)
             .into_iter()
             .map(FieldChange::from)
             .collect())

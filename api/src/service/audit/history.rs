@@ -70,7 +70,8 @@ pub(crate) fn effective_day(event: &RecordEvent, recorded_at: DateTime<Utc>) -> 
 /// The change each event makes to `state`, which it then applies: each value before it is the
 /// one in force on the day the change takes effect (`day`).
 fn changes(state: &mut Record, event: RecordEvent, day: Option<NaiveDate>) -> Vec<FieldChange> {
-    let before = day.map(|day| state.fields_on(day).into_owned());
+    // Borrowed from the state unless the day is before its last change (then folded).
+    let before = day.map(|day| state.fields_on(day));
     let before_value = |name: &str| before.as_ref().and_then(|fields| fields.get(name).cloned());
     let change = |field: &str, before: Option<String>, after: Option<String>| FieldChange {
         field: api_field_name(field),
@@ -138,6 +139,7 @@ fn changes(state: &mut Record, event: RecordEvent, day: Option<NaiveDate>) -> Ve
             change("hired_as", None, Some(employee_id.to_string())),
         ],
     };
+    drop(before);
     state.apply(event);
     changes
 }
@@ -370,22 +372,61 @@ pub(crate) async fn role_history(log: &EventLog, id: Uuid) -> anyhow::Result<Vec
         .collect()
 }
 
-/// The record as it stood after each of its events, oldest first, with the time the event was
-/// recorded. Erased values stay erased in every state (their key is gone).
-pub(crate) async fn record_states(
-    log: &EventLog,
-    id: Uuid,
-) -> anyhow::Result<Vec<(DateTime<Utc>, Record)>> {
-    let stored = log.stream(Record::TYPE, &id.to_string()).await?;
-    let mut state = Record::default();
-    stored
-        .into_iter()
-        .map(|stored| {
-            let event: RecordEvent = serde_json::from_value(stored.event.payload)?;
+/// A record's events read back to replay its states: each with the time it was recorded,
+/// oldest first. Erased values stay erased in every state (their key is gone).
+///
+/// A state is folded once from the events as it is asked for: a record's state holds its
+/// whole timeline, so keeping every version's state would cost the square of its events.
+pub(crate) struct RecordStream(Vec<(DateTime<Utc>, RecordEvent)>);
+
+impl RecordStream {
+    pub(crate) async fn load(log: &EventLog, id: Uuid) -> anyhow::Result<Self> {
+        let stored = log.stream(Record::TYPE, &id.to_string()).await?;
+        let events = stored
+            .into_iter()
+            .map(|stored| {
+                Ok((
+                    stored.recorded_at,
+                    serde_json::from_value(stored.event.payload)?,
+                ))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Self(events))
+    }
+
+    /// How many events (versions) the record has.
+    pub(crate) fn versions(&self) -> usize {
+        self.0.len()
+    }
+
+    /// The record as it stood after the last of its events recorded at or before `moment`,
+    /// with when that event was recorded; `None` before its first.
+    pub(crate) fn recorded_by(self, moment: DateTime<Utc>) -> Option<(DateTime<Utc>, Record)> {
+        let mut state = Record::default();
+        let mut changed_at = None;
+        for (recorded_at, event) in self.0 {
+            if recorded_at > moment {
+                break;
+            }
             state.apply(event);
-            Ok((stored.recorded_at, state.clone()))
-        })
-        .collect()
+            changed_at = Some(recorded_at);
+        }
+        changed_at.map(|at| (at, state))
+    }
+
+    /// The record as it stood at two versions (0: before it existed), `earlier` first; a
+    /// version past the last is the last.
+    pub(crate) fn at_versions(self, earlier: usize, later: usize) -> (Record, Record) {
+        let mut state = Record::default();
+        let mut before = (earlier == 0).then(Record::default);
+        for (version, (_, event)) in (1..=later).zip(self.0) {
+            state.apply(event);
+            if version == earlier {
+                before = Some(state.clone());
+            }
+        }
+        (before.unwrap_or_else(|| state.clone()), state)
+    }
 }
 
 /// Every field of a state that has a value on `day` (`None`: with every change it holds
@@ -445,6 +486,66 @@ mod tests {
     use super::*;
     use custos_domain::Datasheet;
     use serde_json::json;
+
+    /// A record created at noon, its department changed at one and at two o'clock.
+    fn stream() -> (RecordStream, [DateTime<Utc>; 3]) {
+        let day = NaiveDate::from_ymd_opt(2026, 1, 5).unwrap();
+        let at = |hour| day.and_hms_opt(hour, 0, 0).unwrap().and_utc();
+        let times = [at(12), at(13), at(14)];
+        let updated = |department: &str| RecordEvent::RecordUpdated {
+            datasheet: Datasheet::Employees,
+            changes: [("department".to_owned(), json!(department))].into(),
+            effective_from: Some(day),
+        };
+        let events = vec![
+            (
+                times[0],
+                RecordEvent::RecordCreated {
+                    datasheet: Datasheet::Employees,
+                    fields: [("department".to_owned(), json!("Sales"))].into(),
+                    hired_from: None,
+                    effective_from: Some(day),
+                },
+            ),
+            (times[1], updated("R&D")),
+            (times[2], updated("Legal")),
+        ];
+        (RecordStream(events), times)
+    }
+
+    #[test]
+    fn a_record_as_recorded_by_a_moment_has_the_events_up_to_it() {
+        let (_, times) = stream();
+        let department = |state: &Record| state.value("department").cloned();
+        let before = times[0] - chrono::Duration::seconds(1);
+        assert!(stream().0.recorded_by(before).is_none());
+        let (changed_at, state) = stream().0.recorded_by(times[0]).unwrap();
+        assert_eq!((changed_at, state.version()), (times[0], 1));
+        assert_eq!(department(&state), Some(json!("Sales")));
+        let between = times[1] + chrono::Duration::minutes(30);
+        let (changed_at, state) = stream().0.recorded_by(between).unwrap();
+        assert_eq!((changed_at, state.version()), (times[1], 2));
+        assert_eq!(department(&state), Some(json!("R&D")));
+        let (changed_at, state) = stream().0.recorded_by(times[2]).unwrap();
+        assert_eq!((changed_at, state.version()), (times[2], 3));
+    }
+
+    #[test]
+    fn two_versions_of_a_record_are_its_states_after_that_many_events() {
+        let department = |state: &Record| state.value("department").cloned();
+        assert_eq!(stream().0.versions(), 3);
+        for (earlier, later) in [(0, 0), (0, 3), (1, 2), (2, 2), (1, 3)] {
+            let (before, after) = stream().0.at_versions(earlier, later);
+            assert_eq!(before.version(), earlier as u64, "{earlier}..{later}");
+            assert_eq!(after.version(), later as u64, "{earlier}..{later}");
+        }
+        let (before, after) = stream().0.at_versions(1, 3);
+        assert_eq!(department(&before), Some(json!("Sales")));
+        assert_eq!(department(&after), Some(json!("Legal")));
+        let (before, after) = stream().0.at_versions(0, 2);
+        assert_eq!(department(&before), None);
+        assert_eq!(department(&after), Some(json!("R&D")));
+    }
 
     #[test]
     fn each_event_shows_before_and_after() {
