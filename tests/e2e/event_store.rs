@@ -855,6 +855,64 @@ async fn waits_for_the_projector(
     request.await
 }
 
+/// The bound on changes answered before the read models show them: a thousand are answered
+/// at once while the read models are held; the next writer waits for them before it writes,
+/// and, given up, has written nothing; once they move, it goes through.
+#[tokio::test]
+async fn a_writer_waits_while_a_thousand_changes_are_outstanding_and_gives_up_having_written_nothing(
+) {
+    use futures::StreamExt;
+    let app = TestApp::spawn_with(|config| config.projection_wait = Duration::from_secs(1)).await;
+    let session = app.sign_up(&slug("bounded")).await;
+    app.settled(session.tenant_id).await;
+    let records = |mut conn: PgConnection| async move {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM events WHERE aggregate_type = 'record'")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+    };
+    let create =
+        "mutation($n: String!) { createEmployee(input: { firstName: $n, lastName: \"B\" }) { id } }";
+    let before = records(app.tenant_admin(session.tenant_id).await).await;
+    let held = hold_the_projector(&app, session.tenant_id).await;
+    futures::stream::iter(0..1_000)
+        .map(|n| {
+            app.graphql(
+                Some(&session.token),
+                create,
+                json!({ "n": format!("N{n}") }),
+            )
+        })
+        .buffer_unordered(8)
+        .for_each(|answered| async move {
+            answered.ok();
+        })
+        .await;
+    let written = records(app.tenant_admin(session.tenant_id).await).await;
+    assert_eq!(written, before + 1_000);
+    let over = app
+        .graphql(Some(&session.token), create, json!({ "n": "Over" }))
+        .await;
+    assert_eq!(over.code(), Some("UNAVAILABLE"), "{}", over.body);
+    assert_eq!(
+        records(app.tenant_admin(session.tenant_id).await).await,
+        written
+    );
+    release(held).await;
+    app.graphql(Some(&session.token), create, json!({ "n": "Over" }))
+        .await
+        .ok();
+    let total = app
+        .graphql(
+            Some(&session.token),
+            "{ employees(first: 1) { totalCount } }",
+            json!({}),
+        )
+        .await
+        .ok();
+    assert_eq!(total.data("employees.totalCount"), &json!(1_001));
+}
+
 const EMPLOYEE: &str = "query($id: ID!) { employee(id: $id) { version department } }";
 
 /// Reads the employee `id` as `session`, asserting that the read waits for the held projector
