@@ -1,7 +1,9 @@
 //! The foundation suite: in one run on one private cluster, (a) raw single-row INSERTs into an
 //! events-shaped table, (b) `updateEmployee` mutations over HTTP, (c) `employees(first: 50)`
 //! latency with many employees, (d) `{ me { id } }`, (e) the updates in process, (f) a login
-//! flood and (g) the list during it. Prints a Markdown report for docs/performance.md.
+//! flood and (g) the list during it, (h) the updates from four times as many clients, (i) the
+//! history of a record with 1,000 events and its state at a moment, (r) the records read model
+//! rebuilt. Prints a Markdown report for docs/performance.md.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -423,6 +425,100 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     .await;
     let many_rate = many_rate?;
 
+    // (i) The audit reads of one record with 1,000 events: its history, and the record as it
+    // was at its 500th (recordAsOf folds the state up to a moment).
+    let long = new_record_id();
+    let metadata = || EventMetadata::new(Actor::User(user_id), Uuid::now_v7());
+    let mut fields = Fields::new();
+    fields.insert("first_name".into(), json!("Long"));
+    fields.insert("last_name".into(), json!("Story"));
+    let created = RecordCommand::Create {
+        datasheet: Datasheet::Employees,
+        fields,
+        hired_from: None,
+        schema: Default::default(),
+        effective_from: None,
+        today: custos_projections::records::today(),
+    };
+    let failed = |e: custos_api::testing::ApiError| anyhow::anyhow!("long record: {:?}", e.code());
+    run_command(
+        &services,
+        &tenant,
+        &tenant.records,
+        long,
+        created,
+        metadata(),
+    )
+    .await
+    .map_err(failed)?;
+    for n in 1..1_000 {
+        let mut changes = Fields::new();
+        changes.insert("department".into(), json!(format!("Dept {n}")));
+        let command = RecordCommand::Update {
+            datasheet: Datasheet::Employees,
+            expected_version: None,
+            changes,
+            schema: Default::default(),
+            effective_from: None,
+            today: custos_projections::records::today(),
+        };
+        run_command(
+            &services,
+            &tenant,
+            &tenant.records,
+            long,
+            command,
+            metadata(),
+        )
+        .await
+        .map_err(failed)?;
+    }
+    let middle: String = sqlx::query_scalar(
+        "SELECT to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')
+         FROM events WHERE aggregate_type = 'record' AND aggregate_id = $1 AND sequence = 500",
+    )
+    .bind(long.to_string())
+    .fetch_one(&tenant.pool)
+    .await?;
+    let audit_reads = args.reads.min(200);
+    let timed = |query: &'static str, variables: Value| {
+        let token = token.clone();
+        async move {
+            let mut latencies = Vec::with_capacity(audit_reads);
+            for _ in 0..audit_reads {
+                let started = Instant::now();
+                post(Some(token.clone()), query, variables.clone()).await?;
+                latencies.push(started.elapsed());
+            }
+            latencies.sort();
+            Ok::<_, anyhow::Error>(latencies)
+        }
+    };
+    let history = timed(
+        "query($id: ID!) { recordHistory(id: $id, first: 1000) { totalCount edges { node { sequence eventType recordedAt changes { field before after } } } } }",
+        json!({ "id": long }),
+    )
+    .await?;
+    let as_of = timed(
+        "query($id: ID!, $at: DateTime!) { recordAsOf(id: $id, recordedAt: $at) { version fields { field value } } }",
+        json!({ "id": long, "at": middle }),
+    )
+    .await?;
+
+    // (r) The records read model rebuilt from every event beside the live one and swapped
+    // in: what `custos projections rebuild records` runs.
+    let mut tenant_admin =
+        sqlx::PgConnection::connect_with(&admin.clone().database(&database)).await?;
+    let rebuild_started = Instant::now();
+    let rebuilt = custos_api::testing::rebuild_read_model(
+        &mut tenant_admin,
+        &tenant.log,
+        &custos_projections::records::RecordsProjection,
+    )
+    .await?;
+    let rebuilt_in = rebuild_started.elapsed();
+    tenant_admin.close().await?;
+
     let _ = stop.send(());
     server.await??;
 
@@ -450,9 +546,9 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     rows.push(spread_projector.row());
     let phase = duration.as_secs_f64();
     rows.push(format!(
-        "| (b, until projected) the (b) updates counted until a read shows the last of them (the read waited {:.0} ms) | {:.0} mutations/s |",
-        caught_up_in.as_secs_f64() * 1000.0,
-        spread_rate * phase / (phase + caught_up_in.as_secs_f64())
+        "| (b, until projected) the (b) updates counted until a read shows the last of them | {:.0} mutations/s (the read waited {:.0} ms) |",
+        spread_rate * phase / (phase + caught_up_in.as_secs_f64()),
+        caught_up_in.as_secs_f64() * 1000.0
     ));
     rows.push(format!("| (b, read back) the (b) updates answering `department` too, so each waits for the read models | {read_back_rate:.0} mutations/s |"));
     rows.push(format!(
@@ -517,6 +613,22 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "| (h) resident memory of the process (service and load generator), before / at most during (h) | {:.0} MB / {:.0} MB |",
         rss_before_many as f64 / 1e6,
         many_peak as f64 / 1e6
+    ));
+    rows.push(format!(
+        "| (i) `recordHistory(first: 1000)` of a record with 1,000 events, p50 / p99, one client | {:.2} ms / {:.2} ms |",
+        ms(percentile(&history, 0.5)),
+        ms(percentile(&history, 0.99))
+    ));
+    rows.push(format!(
+        "| (i) `recordAsOf` of the same record at its 500th event, p50 / p99, one client | {:.2} ms / {:.2} ms |",
+        ms(percentile(&as_of, 0.5)),
+        ms(percentile(&as_of, 0.99))
+    ));
+    rows.push(format!(
+        "| (r) the records read model rebuilt from every event beside the live one and swapped in (`custos projections rebuild records`) | {:.1} s ({:.0} events/s, {} events) |",
+        rebuilt_in.as_secs_f64(),
+        rebuilt.events as f64 / rebuilt_in.as_secs_f64(),
+        rebuilt.events
     ));
     print!("{}", compared(&rows, &last_recorded()));
     Ok(())

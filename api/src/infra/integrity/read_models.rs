@@ -102,13 +102,13 @@ pub(crate) async fn compare(
 
 /// What [`rebuild`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Rebuilt {
+pub struct Rebuilt {
     /// Events applied to the rebuilt tables.
-    pub(crate) events: i64,
+    pub events: i64,
     /// Rows the live tables hold now, all tables together.
-    pub(crate) rows: i64,
+    pub rows: i64,
     /// Where the read model stood when the rebuilt rows replaced the live ones.
-    pub(crate) at: Position,
+    pub at: Position,
 }
 
 /// Rebuilds `projection` from the events into temporary tables of the same shape while the
@@ -124,7 +124,7 @@ pub(crate) struct Rebuilt {
 /// row — its projector, on any instance, skips a locked row (`FOR UPDATE SKIP LOCKED`) and
 /// applies nothing meanwhile — applies the events since, and replaces the rows; the checkpoint
 /// stays where it was, because the rebuilt tables stand exactly there.
-pub(crate) async fn rebuild(
+pub async fn rebuild(
     conn: &mut PgConnection,
     log: &EventLog,
     projection: &dyn Projection,
