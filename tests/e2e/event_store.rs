@@ -1003,6 +1003,137 @@ async fn a_change_answered_from_its_version_does_not_wait_for_the_read_models_an
     );
 }
 
+/// The same over WebSocket: a subscription passed the position in `extensions.custosAfter`
+/// starts once the read models show that change (held back longer than the projection wait,
+/// it ends with `UNAVAILABLE`; once they show it, it runs); one without it starts at once. A
+/// malformed position is refused.
+#[tokio::test]
+async fn a_subscription_passed_another_instance_s_position_waits_for_its_change() {
+    use custos_tests::feed::{next, open_with, send, Socket};
+    const CHANGES: &str = "subscription { recordChanged(datasheet: EMPLOYEES) { id version } }";
+    /// The versions sent to each subscription of `socket` until each of `of` has been sent
+    /// `version`.
+    async fn sent_until(
+        socket: &mut Socket,
+        of: &[&str],
+        version: i64,
+    ) -> std::collections::BTreeMap<String, Vec<i64>> {
+        let mut sent: std::collections::BTreeMap<String, Vec<i64>> = Default::default();
+        while of
+            .iter()
+            .any(|id| sent.get(*id).and_then(|v| v.last()) != Some(&version))
+        {
+            let message = next(socket, Duration::from_secs(10))
+                .await
+                .unwrap_or_else(|| panic!("version {version} is sent to {of:?}: {sent:?}"));
+            assert_eq!(message["type"], "next", "{message}");
+            let changed = message["payload"]["data"]["recordChanged"]["version"]
+                .as_i64()
+                .unwrap();
+            let subscription = message["id"].as_str().unwrap().to_owned();
+            sent.entry(subscription).or_default().push(changed);
+        }
+        sent
+    }
+    let app = TestApp::spawn_with(|config| config.projection_wait = Duration::from_secs(1)).await;
+    let session = app.sign_up(&slug("after-ws")).await;
+    let created = app
+        .create_employee(
+            &session.token,
+            json!({ "firstName": "Ada", "lastName": "L", "department": "Ops" }),
+        )
+        .await;
+    let id: Uuid = created["id"].as_str().unwrap().parse().unwrap();
+    let update = |department: &'static str| {
+        let (app, token) = (&app, &session.token);
+        async move {
+            app.graphql(
+                Some(token),
+                "mutation($id: ID!, $d: String) { updateEmployee(id: $id, input: { department: $d }) { version department } }",
+                json!({ "id": id, "d": department }),
+            )
+            .await
+            .ok()
+        }
+    };
+    // Subscription 1, without a position, is running: it is sent version 2.
+    let (mut socket, ack) = open_with(
+        &app.address.to_string(),
+        Some(&session.token),
+        CHANGES,
+        json!({}),
+    )
+    .await;
+    assert_eq!(ack["type"], "connection_ack", "{ack}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    update("Warm").await;
+    assert_eq!(sent_until(&mut socket, &["1"], 2).await["1"], vec![2]);
+    let held = hold_the_projector(&app, session.tenant_id).await;
+    // Another instance answers version 3 before its read models show it.
+    let tenant = app.tenant(session.tenant_id).await;
+    let mut conn = tenant.pool.acquire().await.unwrap();
+    append_directly(
+        &mut conn,
+        "record",
+        id,
+        3,
+        session.user_id,
+        json!({ "RecordUpdated": { "datasheet": "employees", "changes": { "department": "Elsewhere" } } }),
+    )
+    .await;
+    let (transaction, global): (i64, i64) = sqlx::query_as(
+        "SELECT transaction_id::text::bigint, global_position FROM events
+         WHERE aggregate_id = $1 AND sequence = 3",
+    )
+    .bind(id.to_string())
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap();
+    drop(conn);
+    let position = format!("{transaction}.{global}");
+    // Subscription 2 with that position, 3 with one that is not a position.
+    for (id, after) in [("2", position.as_str()), ("3", "not a position")] {
+        let payload = json!({ "query": CHANGES, "extensions": { "custosAfter": after } });
+        send(
+            &mut socket,
+            json!({ "id": id, "type": "subscribe", "payload": payload }),
+        )
+        .await;
+    }
+    // The malformed one is refused at once; the other waits for the read models, and gives
+    // up after the projection wait.
+    for (id, code) in [("3", "VALIDATION"), ("2", "UNAVAILABLE")] {
+        let refused = next(&mut socket, Duration::from_secs(10)).await.unwrap();
+        assert_eq!(
+            (&refused["id"], &refused["type"]),
+            (&json!(id), &json!("error")),
+            "{refused}"
+        );
+        assert_eq!(
+            refused["payload"][0]["extensions"]["code"], code,
+            "{refused}"
+        );
+    }
+    release(held).await;
+    let sent = sent_until(&mut socket, &["1"], 3).await;
+    assert_eq!(sent["1"], vec![3], "{sent:?}");
+    // Once the read models show version 3, a subscription with its position runs.
+    let payload = json!({ "query": CHANGES, "extensions": { "custosAfter": position } });
+    send(
+        &mut socket,
+        json!({ "id": "4", "type": "subscribe", "payload": payload }),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        update("Fourth").await.data("updateEmployee.version"),
+        &json!(4)
+    );
+    let sent = sent_until(&mut socket, &["1", "4"], 4).await;
+    assert_eq!(sent["1"], vec![4], "{sent:?}");
+    assert_eq!(sent["4"], vec![4], "{sent:?}");
+}
+
 #[tokio::test]
 async fn a_read_passed_another_instance_s_position_waits_for_its_change() {
     let app = TestApp::spawn_with(|config| config.projection_wait = Duration::from_secs(2)).await;

@@ -68,6 +68,13 @@ impl Consistency {
     }
 }
 
+/// The position the request's client passed (`Custos-After`, or a subscription's
+/// `extensions.custosAfter`), for a resolver that waits itself.
+pub(crate) fn passed_after(ctx: &async_graphql::Context<'_>) -> Option<Position> {
+    ctx.data_opt::<Arc<Consistency>>()
+        .and_then(|consistency| consistency.after)
+}
+
 /// The schema extension that makes root fields wait for deferred changes.
 pub(crate) struct ReadYourWrites;
 

@@ -44,8 +44,10 @@ use crate::auth::principal::Principal;
 use crate::config::WebSocketLimits;
 use crate::error::{ApiError, Code};
 use crate::graphql::authorization::may_subscribe;
+use crate::graphql::consistency::Consistency;
 use crate::graphql::context::{RequestContext, SubscriptionAuth};
 use crate::graphql::loaders::Loaders;
+use crate::infra::event_store::log::Position;
 use crate::service::identity::RequestOrigin;
 use crate::telemetry::metrics::Tracked;
 
@@ -394,6 +396,16 @@ impl Connection {
             );
             return self.refuse(&id, error, Code::Validation).await;
         }
+        // What `Custos-After` is to a request over HTTP: the subscription starts once the read
+        // models show the change another instance answered with this position.
+        let after = match custos_after(&request.extensions) {
+            Ok(after) => after,
+            Err(message) => {
+                return self
+                    .refuse(&id, ServerError::new(message, None), Code::Validation)
+                    .await
+            }
+        };
         let mut request = request;
         let field = subscription_field(&mut request);
         let principal = session.principal.clone();
@@ -406,7 +418,8 @@ impl Connection {
             .data(RequestContext {
                 origin: self.origin.clone(),
                 principal: Some(principal),
-            });
+            })
+            .data(Arc::new(Consistency::after(after)));
         self.started += 1;
         let started = self.started;
         let (stop, registration) = AbortHandle::new_pair();
@@ -553,6 +566,18 @@ fn clip(reason: &str) -> &str {
     }
     &reason[..end]
 }
+
+/// The position a subscription's `extensions.custosAfter` names, if it has one (the
+/// `extensions.position` of an earlier response, as `Custos-After` takes it over HTTP).
+fn custos_after(extensions: &async_graphql::Extensions) -> Result<Option<Position>, &'static str> {
+    match extensions.0.get("custosAfter") {
+        None | Some(async_graphql::Value::Null) => Ok(None),
+        Some(async_graphql::Value::String(text)) => text.parse().map(Some).map_err(|_| AFTER),
+        Some(_) => Err(AFTER),
+    }
+}
+
+const AFTER: &str = "extensions.custosAfter must be the extensions.position of an earlier response";
 
 /// The root field of a subscription document's operation (the one named, or the only one),
 /// if the request is a subscription, found through fragments as well (validation refuses

@@ -13,6 +13,7 @@ use uuid::Uuid;
 use crate::auth::policy::{check, check_standing, rule};
 use crate::error::ApiError;
 use crate::graphql::arguments::{moment, parse_id};
+use crate::graphql::consistency::passed_after;
 use crate::graphql::context::{Cx, SubscriptionAuth};
 use crate::graphql::pagination::{encode_sequence, page_size_within, sequence_after};
 use crate::graphql::types::actor::Actor;
@@ -499,8 +500,11 @@ pub(crate) async fn audit_feed(
     let services = cx.services.clone();
     let tenant = cx.tenant().clone();
     // The feed starts after what the audit log shows, once it shows every change answered
-    // before (the consistency extension leaves subscriptions alone).
-    services.wait_for_deferred(&tenant, None).await?;
+    // before, here and at the position the client passed (the consistency extension leaves
+    // subscriptions alone).
+    services
+        .wait_for_deferred(&tenant, passed_after(ctx))
+        .await?;
     // This resolver answers `async_graphql::Result` (a subscription's stream): errors pass
     // through `ApiError` explicitly, so they carry their code and internal causes stay logged.
     let head = audit_log::feed_head(&tenant.pool)

@@ -17,6 +17,7 @@ use crate::auth::policy::{check, check_datasheet, check_standing, rule};
 use crate::auth::principal::Principal;
 use crate::error::ApiError;
 use crate::graphql::arguments::parse_id;
+use crate::graphql::consistency::passed_after;
 use crate::graphql::context::{Cx, SubscriptionAuth};
 use crate::graphql::types::enums::DatasheetKind;
 use crate::graphql::types::records::RecordNode;
@@ -134,9 +135,12 @@ pub(crate) async fn record_changed(
         .data::<SubscriptionAuth>()
         .map_err(|_| ApiError::Unauthenticated)?;
     let tenant = cx.tenant();
-    // The feed starts from what the lists show, once they show every change answered before
-    // (the consistency extension leaves subscriptions alone).
-    cx.services.wait_for_deferred(tenant, None).await?;
+    // The feed starts from what the lists show, once they show every change answered before,
+    // here and at the position the client passed (the consistency extension leaves
+    // subscriptions alone).
+    cx.services
+        .wait_for_deferred(tenant, passed_after(ctx))
+        .await?;
     let sessions = tenant.caches.session_changes();
     let changes = tenant
         .record_feed
