@@ -1,6 +1,7 @@
 // graphql-transport-ws with the protocol's own reference client (the `graphql-ws` package, not
 // ours) over the `ws` package, against a running Custos: a subscription delivers and completes,
-// a client without a live session is closed with 4403; then raw frames for the close codes the
+// one passed a position in its extensions delivers and a malformed one is refused, a client
+// without a live session is closed with 4403; then raw frames for the close codes the
 // client never provokes itself. Exits 1 on the first difference from the protocol.
 //
 //   npm ci --prefix tests/audit
@@ -52,6 +53,45 @@ const { signUp: { token } } = await graphql(
   check(ended.done === true, 'the client completes its subscription');
   await client.dispose();
   check(closedWith === undefined || closedWith === 1000, `the client closes normally (${closedWith})`);
+}
+
+// The reference client passing a fast answer's position in its subscription's extensions
+// (`custosAfter`, docs/api.md): the subscription runs and delivers; a value that is not a
+// position ends it with an error, code VALIDATION.
+{
+  const headers = { 'content-type': 'application/json', authorization: `Bearer ${token}` };
+  const response = await fetch(`${base}/graphql`, {
+    method: 'POST', headers,
+    body: JSON.stringify({ query: 'mutation { createEmployee(input: { firstName: "Pos", lastName: "Ition" }) { id } }' }),
+  });
+  const position = (await response.json()).extensions?.position;
+  check(typeof position === 'string', `a fast answer carries its position (${position})`);
+  // The connection stays open between the two subscriptions (a lazy client closes it when
+  // its last subscription ends).
+  const client = createClient({
+    url: socketUrl, webSocketImpl: WebSocket, retryAttempts: 0, lazyCloseTimeout: 5000,
+    connectionParams: { authorization: `Bearer ${token}` },
+  });
+  const results = client.iterate({
+    query: 'subscription { auditFeed { eventType } }', extensions: { custosAfter: position },
+  });
+  const first = (async () => (await results.next()).value)();
+  let seen;
+  for (let i = 0; i < 20 && !seen; i += 1) {
+    await graphql('mutation { createEmployee(input: { firstName: "After", lastName: "Position" }) { id } }', {}, token);
+    seen = await Promise.race([first, new Promise((resolve) => setTimeout(resolve, 500))]);
+  }
+  check(seen?.data?.auditFeed?.eventType === 'RecordCreated', `a subscription passed a position delivers (${JSON.stringify(seen)})`);
+  await results.return();
+  const refused = await new Promise((resolve) => {
+    client.subscribe(
+      { query: 'subscription { auditFeed { eventType } }', extensions: { custosAfter: 'not a position' } },
+      { next: () => {}, error: (errors) => resolve(errors), complete: () => resolve(undefined) },
+    );
+  });
+  const code = Array.isArray(refused) ? refused[0]?.extensions?.code : undefined;
+  check(code === 'VALIDATION', `a malformed position is refused: VALIDATION (${JSON.stringify(refused)})`);
+  await client.dispose();
 }
 
 // The reference client without a live session: closed with 4403 Forbidden.

@@ -97,6 +97,22 @@ pub(crate) struct BenchArgs {
     pub(crate) subscribers: usize,
 }
 
+/// `reads` requests made by `request`, one after another: their latencies, sorted.
+pub(crate) async fn latencies<F, Fut>(reads: usize, mut request: F) -> anyhow::Result<Vec<Duration>>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let mut latencies = Vec::with_capacity(reads);
+    for _ in 0..reads {
+        let started = Instant::now();
+        request().await?;
+        latencies.push(started.elapsed());
+    }
+    latencies.sort();
+    Ok(latencies)
+}
+
 pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[index.min(sorted.len() - 1)]

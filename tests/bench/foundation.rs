@@ -21,8 +21,8 @@ use custos_api::{Application, Config, DatabaseConfig};
 
 use crate::baseline;
 use crate::common::{
-    closed_loop, compared, data_dir, graphql, last_recorded, ms, peak_rss_during, percentile, rss,
-    sign_up, BenchArgs,
+    closed_loop, compared, data_dir, graphql, last_recorded, latencies, ms, peak_rss_during,
+    percentile, rss, sign_up, BenchArgs,
 };
 
 /// Records per client in the spread variant of phase (b).
@@ -239,16 +239,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let command_rate = closed_loop(args.clients, duration, |client, n| {
         let (services, tenant, ids) = (services.clone(), tenant.clone(), &spread_ids[client]);
         async move {
-            let mut changes = Fields::new();
-            changes.insert("department".into(), json!(format!("Direct {n}")));
-            let command = RecordCommand::Update {
-                datasheet: Datasheet::Employees,
-                expected_version: None,
-                changes,
-                schema: Default::default(),
-                effective_from: None,
-                today: custos_projections::records::today(),
-            };
+            let command = department_update(format!("Direct {n}"));
             let id: Uuid = ids[n % ids.len()].parse()?;
             run_command(
                 &services,
@@ -319,24 +310,24 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     let seeded_in = seed_started.elapsed();
     let seeded_at = chrono::Utc::now();
-    let list = |token: String| async move {
-        let mut latencies = Vec::with_capacity(args.reads);
-        for _ in 0..args.reads {
-            let started = Instant::now();
-            post(
-                Some(token.clone()),
-                "{ employees(first: 50) { totalCount edges { cursor node { id version firstName lastName email department archived } } pageInfo { hasNextPage endCursor } } }",
-                json!({}),
-            )
-            .await?;
-            latencies.push(started.elapsed());
-        }
-        latencies.sort();
-        Ok::<_, anyhow::Error>(latencies)
+    // `reads` requests of `query`, one after another: their latencies, sorted.
+    let timed = |reads: usize, query: &'static str, variables: Value| {
+        let (token, post) = (&token, &post);
+        latencies(reads, move || {
+            let request = post(Some(token.clone()), query, variables.clone());
+            async move { request.await.map(|_| ()) }
+        })
+    };
+    let list = || {
+        timed(
+            args.reads,
+            "{ employees(first: 50) { totalCount edges { cursor node { id version firstName lastName email department archived } } pageInfo { hasNextPage endCursor } } }",
+            json!({}),
+        )
     };
     let list_started = chrono::Utc::now();
     let vacuumed_before_list = records_vacuumed_since(&tenant.pool, seeded_at).await?;
-    let latencies = list(token.clone()).await?;
+    let latencies = list().await?;
     // Whether PostgreSQL's autovacuum worked on `records` while (c) ran: its tail latency
     // depends on it (a freshly seeded table is read through the heap until it is vacuumed).
     let autovacuum_during_list = records_vacuumed_since(&tenant.pool, list_started).await?;
@@ -351,7 +342,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .execute(&mut tenant_admin)
         .await?;
     tenant_admin.close().await?;
-    let vacuumed_latencies = list(token.clone()).await?;
+    let vacuumed_latencies = list().await?;
 
     // (f) A login flood: every client logs in as a user of its own, again and again.
     let mut accounts = Vec::new();
@@ -397,7 +388,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     // (g) The (c) query again, while the flood runs.
     let measured = async {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let latencies = list(token.clone()).await;
+        let latencies = list().await;
         flood_stop.store(true, Ordering::Relaxed);
         latencies
     };
@@ -452,16 +443,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     .await
     .map_err(failed)?;
     for n in 1..1_000 {
-        let mut changes = Fields::new();
-        changes.insert("department".into(), json!(format!("Dept {n}")));
-        let command = RecordCommand::Update {
-            datasheet: Datasheet::Employees,
-            expected_version: None,
-            changes,
-            schema: Default::default(),
-            effective_from: None,
-            today: custos_projections::records::today(),
-        };
+        let command = department_update(format!("Dept {n}"));
         run_command(
             &services,
             &tenant,
@@ -481,25 +463,14 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     .fetch_one(&tenant.pool)
     .await?;
     let audit_reads = args.reads.min(200);
-    let timed = |query: &'static str, variables: Value| {
-        let token = token.clone();
-        async move {
-            let mut latencies = Vec::with_capacity(audit_reads);
-            for _ in 0..audit_reads {
-                let started = Instant::now();
-                post(Some(token.clone()), query, variables.clone()).await?;
-                latencies.push(started.elapsed());
-            }
-            latencies.sort();
-            Ok::<_, anyhow::Error>(latencies)
-        }
-    };
     let history = timed(
+        audit_reads,
         "query($id: ID!) { recordHistory(id: $id, first: 1000) { totalCount edges { node { sequence eventType recordedAt changes { field before after } } } } }",
         json!({ "id": long }),
     )
     .await?;
     let as_of = timed(
+        audit_reads,
         "query($id: ID!, $at: DateTime!) { recordAsOf(id: $id, recordedAt: $at) { version fields { field value } } }",
         json!({ "id": long, "at": middle }),
     )
@@ -625,9 +596,9 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         ms(percentile(&as_of, 0.99))
     ));
     rows.push(format!(
-        "| (r) the records read model rebuilt from every event beside the live one and swapped in (`custos projections rebuild records`) | {:.1} s ({:.0} events/s, {} events) |",
-        rebuilt_in.as_secs_f64(),
+        "| (r) the records read model rebuilt from every event beside the live one and swapped in (`custos projections rebuild records`) | {:.0} events/s ({:.1} s, {} events) |",
         rebuilt.events as f64 / rebuilt_in.as_secs_f64(),
+        rebuilt_in.as_secs_f64(),
         rebuilt.events
     ));
     print!("{}", compared(&rows, &last_recorded()));
@@ -712,5 +683,19 @@ impl ProjectorWork {
             self.seconds * 1_000.0 / passes,
             self.seconds / self.elapsed.as_secs_f64().max(f64::EPSILON),
         )
+    }
+}
+
+/// An employee's department changed, as `updateEmployee` commands it.
+fn department_update(department: String) -> RecordCommand {
+    let mut changes = Fields::new();
+    changes.insert("department".into(), json!(department));
+    RecordCommand::Update {
+        datasheet: Datasheet::Employees,
+        expected_version: None,
+        changes,
+        schema: Default::default(),
+        effective_from: None,
+        today: custos_projections::records::today(),
     }
 }

@@ -19,7 +19,7 @@ use uuid::Uuid;
 use custos_api::testing::{run_command, Cqrs, NewOrganization, Services, Tenant};
 use custos_api::{Application, Config, DatabaseConfig};
 
-use crate::common::{data_dir, ms, percentile, BenchArgs};
+use crate::common::{data_dir, graphql, latencies, ms, percentile, BenchArgs};
 
 /// Records each client updates in turn in (a).
 const SPREAD: usize = 16;
@@ -499,24 +499,10 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let reads = args.reads.min(200);
     let timed = |query: &'static str, variables: serde_json::Value| {
         let (client, url, token) = (&client, &url, &token);
-        async move {
-            let mut latencies = Vec::new();
-            for _ in 0..reads {
-                let started = Instant::now();
-                let body: serde_json::Value = client
-                    .post(url)
-                    .bearer_auth(token)
-                    .json(&json!({ "query": query, "variables": variables }))
-                    .send()
-                    .await?
-                    .json()
-                    .await?;
-                latencies.push(started.elapsed());
-                anyhow::ensure!(body.get("errors").is_none(), "{}", body["errors"]);
-            }
-            latencies.sort();
-            Ok::<_, anyhow::Error>(latencies)
-        }
+        latencies(reads, move || {
+            let request = graphql(client, url, Some(token.as_str()), query, variables.clone());
+            async move { request.await.map(|_| ()) }
+        })
     };
     let history = timed(
         "query($id: ID!) { recordHistory(id: $id, first: 1000) { totalCount edges { node { sequence eventType recordedAt changes { field before after } } } } }",

@@ -1003,6 +1003,38 @@ async fn a_change_answered_from_its_version_does_not_wait_for_the_read_models_an
     );
 }
 
+/// Writes version `sequence` of the employee `id` (its department `Elsewhere`) as another
+/// instance would, this one not knowing of it, and answers its position as
+/// `extensions.position` gives it.
+async fn answered_elsewhere(
+    app: &TestApp,
+    session: &custos_tests::Session,
+    id: Uuid,
+    sequence: i64,
+) -> String {
+    let tenant = app.tenant(session.tenant_id).await;
+    let mut conn = tenant.pool.acquire().await.unwrap();
+    append_directly(
+        &mut conn,
+        "record",
+        id,
+        sequence,
+        session.user_id,
+        json!({ "RecordUpdated": { "datasheet": "employees", "changes": { "department": "Elsewhere" } } }),
+    )
+    .await;
+    let (transaction, global): (i64, i64) = sqlx::query_as(
+        "SELECT transaction_id::text::bigint, global_position FROM events
+         WHERE aggregate_id = $1 AND sequence = $2",
+    )
+    .bind(id.to_string())
+    .bind(sequence)
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap();
+    format!("{transaction}.{global}")
+}
+
 /// The same over WebSocket: a subscription passed the position in `extensions.custosAfter`
 /// starts once the read models show that change (held back longer than the projection wait,
 /// it ends with `UNAVAILABLE`; once they show it, it runs); one without it starts at once. A
@@ -1070,27 +1102,7 @@ async fn a_subscription_passed_another_instance_s_position_waits_for_its_change(
     assert_eq!(sent_until(&mut socket, &["1"], 2).await["1"], vec![2]);
     let held = hold_the_projector(&app, session.tenant_id).await;
     // Another instance answers version 3 before its read models show it.
-    let tenant = app.tenant(session.tenant_id).await;
-    let mut conn = tenant.pool.acquire().await.unwrap();
-    append_directly(
-        &mut conn,
-        "record",
-        id,
-        3,
-        session.user_id,
-        json!({ "RecordUpdated": { "datasheet": "employees", "changes": { "department": "Elsewhere" } } }),
-    )
-    .await;
-    let (transaction, global): (i64, i64) = sqlx::query_as(
-        "SELECT transaction_id::text::bigint, global_position FROM events
-         WHERE aggregate_id = $1 AND sequence = 3",
-    )
-    .bind(id.to_string())
-    .fetch_one(&mut *conn)
-    .await
-    .unwrap();
-    drop(conn);
-    let position = format!("{transaction}.{global}");
+    let position = answered_elsewhere(&app, &session, id, 3).await;
     // Subscription 2 with that position, 3 with one that is not a position.
     for (id, after) in [("2", position.as_str()), ("3", "not a position")] {
         let payload = json!({ "query": CHANGES, "extensions": { "custosAfter": after } });
@@ -1151,26 +1163,7 @@ async fn a_read_passed_another_instance_s_position_waits_for_its_change() {
         .ok();
     let held = hold_the_projector(&app, session.tenant_id).await;
     // Another instance answers a change, before its read models show it, with its position.
-    let tenant = app.tenant(session.tenant_id).await;
-    let mut conn = tenant.pool.acquire().await.unwrap();
-    append_directly(
-        &mut conn,
-        "record",
-        id,
-        2,
-        session.user_id,
-        json!({ "RecordUpdated": { "datasheet": "employees", "changes": { "department": "Elsewhere" } } }),
-    )
-    .await;
-    let (transaction, global): (i64, i64) = sqlx::query_as(
-        "SELECT transaction_id::text::bigint, global_position FROM events
-         WHERE aggregate_id = $1 AND sequence = 2",
-    )
-    .bind(id.to_string())
-    .fetch_one(&mut *conn)
-    .await
-    .unwrap();
-    let position = format!("{transaction}.{global}");
+    let position = answered_elsewhere(&app, &session, id, 2).await;
 
     // Without the position, this instance answers from what its read models show.
     let unaware = app
