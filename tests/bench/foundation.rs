@@ -560,18 +560,16 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         if vacuumed_before_list { "yes" } else { "no" }
     ));
     rows.push(format!(
-        "| (c, vacuumed) the same after `VACUUM ANALYZE records`, p50 / p99 | {:.2} ms / {:.2} ms |",
-        ms(percentile(&vacuumed_latencies, 0.50)),
-        ms(percentile(&vacuumed_latencies, 0.99))
+        "| (c, vacuumed) the same after `VACUUM ANALYZE records`, p50 / p99 | {} |",
+        p50_p99(&vacuumed_latencies)
     ));
     rows.push(format!(
         "| (f) logins/s, {} clients on accounts of their own (argon2id m=19456 KiB, t=2, p=1; {hash_concurrency} hash(es) at a time) | {login_rate:.1} logins/s |",
         args.clients
     ));
     rows.push(format!(
-        "| (g) `employees(first: 50)` p50 / p99 during the login flood | {:.2} ms / {:.2} ms |",
-        ms(percentile(&flooded, 0.50)),
-        ms(percentile(&flooded, 0.99))
+        "| (g) `employees(first: 50)` p50 / p99 during the login flood | {} |",
+        p50_p99(&flooded)
     ));
     rows.push(format!(
         "| (g)/(c) p99 | {:.2} |",
@@ -586,14 +584,12 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         many_peak as f64 / 1e6
     ));
     rows.push(format!(
-        "| (i) `recordHistory(first: 1000)` of a record with 1,000 events, p50 / p99, one client | {:.2} ms / {:.2} ms |",
-        ms(percentile(&history, 0.5)),
-        ms(percentile(&history, 0.99))
+        "| (i) `recordHistory(first: 1000)` of a record with 1,000 events, p50 / p99, one client | {} |",
+        p50_p99(&history)
     ));
     rows.push(format!(
-        "| (i) `recordAsOf` of the same record at its 500th event, p50 / p99, one client | {:.2} ms / {:.2} ms |",
-        ms(percentile(&as_of, 0.5)),
-        ms(percentile(&as_of, 0.99))
+        "| (i) `recordAsOf` of the same record at its 500th event, p50 / p99, one client | {} |",
+        p50_p99(&as_of)
     ));
     rows.push(format!(
         "| (r) the records read model rebuilt from every event beside the live one and swapped in (`custos projections rebuild records`) | {:.0} events/s ({:.1} s, {} events) |",
@@ -698,4 +694,13 @@ fn department_update(department: String) -> RecordCommand {
         effective_from: None,
         today: custos_projections::records::today(),
     }
+}
+
+/// Sorted latencies' median and 99th percentile as a row shows them.
+fn p50_p99(sorted: &[Duration]) -> String {
+    format!(
+        "{:.2} ms / {:.2} ms",
+        ms(percentile(sorted, 0.50)),
+        ms(percentile(sorted, 0.99))
+    )
 }

@@ -1003,15 +1003,30 @@ async fn a_change_answered_from_its_version_does_not_wait_for_the_read_models_an
     );
 }
 
+/// A service whose reads wait at most `wait` for the read models, an organisation of it, and
+/// an employee there (department `Ops`).
+async fn with_an_employee(name: &str, wait: Duration) -> (TestApp, custos_tests::Session, Uuid) {
+    let app = TestApp::spawn_with(|config| config.projection_wait = wait).await;
+    let session = app.sign_up(&slug(name)).await;
+    let created = app
+        .create_employee(
+            &session.token,
+            json!({ "firstName": "Ada", "lastName": "L", "department": "Ops" }),
+        )
+        .await;
+    let id: Uuid = created["id"].as_str().unwrap().parse().unwrap();
+    (app, session, id)
+}
+
 /// Writes version `sequence` of the employee `id` (its department `Elsewhere`) as another
-/// instance would, this one not knowing of it, and answers its position as
-/// `extensions.position` gives it.
+/// instance would, this one not knowing of it, and answers its position: its transaction and
+/// global position (`extensions.position` gives them as `transaction.global`).
 async fn answered_elsewhere(
     app: &TestApp,
     session: &custos_tests::Session,
     id: Uuid,
     sequence: i64,
-) -> String {
+) -> (i64, i64) {
     let tenant = app.tenant(session.tenant_id).await;
     let mut conn = tenant.pool.acquire().await.unwrap();
     append_directly(
@@ -1032,7 +1047,7 @@ async fn answered_elsewhere(
     .fetch_one(&mut *conn)
     .await
     .unwrap();
-    format!("{transaction}.{global}")
+    (transaction, global)
 }
 
 /// The same over WebSocket: a subscription passed the position in `extensions.custosAfter`
@@ -1067,15 +1082,7 @@ async fn a_subscription_passed_another_instance_s_position_waits_for_its_change(
         }
         sent
     }
-    let app = TestApp::spawn_with(|config| config.projection_wait = Duration::from_secs(1)).await;
-    let session = app.sign_up(&slug("after-ws")).await;
-    let created = app
-        .create_employee(
-            &session.token,
-            json!({ "firstName": "Ada", "lastName": "L", "department": "Ops" }),
-        )
-        .await;
-    let id: Uuid = created["id"].as_str().unwrap().parse().unwrap();
+    let (app, session, id) = with_an_employee("after-ws", Duration::from_secs(1)).await;
     let update = |department: &'static str| {
         let (app, token) = (&app, &session.token);
         async move {
@@ -1102,7 +1109,8 @@ async fn a_subscription_passed_another_instance_s_position_waits_for_its_change(
     assert_eq!(sent_until(&mut socket, &["1"], 2).await["1"], vec![2]);
     let held = hold_the_projector(&app, session.tenant_id).await;
     // Another instance answers version 3 before its read models show it.
-    let position = answered_elsewhere(&app, &session, id, 3).await;
+    let (transaction, global) = answered_elsewhere(&app, &session, id, 3).await;
+    let position = format!("{transaction}.{global}");
     // Subscription 2 with that position, 3 with one that is not a position.
     for (id, after) in [("2", position.as_str()), ("3", "not a position")] {
         let payload = json!({ "query": CHANGES, "extensions": { "custosAfter": after } });
@@ -1148,22 +1156,15 @@ async fn a_subscription_passed_another_instance_s_position_waits_for_its_change(
 
 #[tokio::test]
 async fn a_read_passed_another_instance_s_position_waits_for_its_change() {
-    let app = TestApp::spawn_with(|config| config.projection_wait = Duration::from_secs(2)).await;
-    let session = app.sign_up(&slug("after")).await;
-    let created = app
-        .create_employee(
-            &session.token,
-            json!({ "firstName": "Ada", "lastName": "L", "department": "Ops" }),
-        )
-        .await;
-    let id: Uuid = created["id"].as_str().unwrap().parse().unwrap();
+    let (app, session, id) = with_an_employee("after", Duration::from_secs(2)).await;
     // This instance has served a read (the first read of a context waits for the whole log).
     app.graphql(Some(&session.token), EMPLOYEE, json!({ "id": id }))
         .await
         .ok();
     let held = hold_the_projector(&app, session.tenant_id).await;
     // Another instance answers a change, before its read models show it, with its position.
-    let position = answered_elsewhere(&app, &session, id, 2).await;
+    let (transaction, global) = answered_elsewhere(&app, &session, id, 2).await;
+    let position = format!("{transaction}.{global}");
 
     // Without the position, this instance answers from what its read models show.
     let unaware = app
