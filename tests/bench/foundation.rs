@@ -275,14 +275,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 fields.insert("last_name".into(), json!("Bench"));
                 fields.insert("department".into(), json!(format!("Dept {}", i % 20)));
                 fields.insert("email".into(), json!(format!("seed{t}x{i}@example.org")));
-                let command = RecordCommand::Create {
-                    datasheet: Datasheet::Employees,
-                    fields,
-                    hired_from: None,
-                    schema: Default::default(),
-                    effective_from: None,
-                    today: custos_projections::records::today(),
-                };
+                let command = employee_created(fields);
                 let metadata = EventMetadata::new(Actor::User(user_id), Uuid::now_v7());
                 tenant
                     .records
@@ -419,41 +412,19 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     // (i) The audit reads of one record with 1,000 events: its history, and the record as it
     // was at its 500th (recordAsOf folds the state up to a moment).
     let long = new_record_id();
-    let metadata = || EventMetadata::new(Actor::User(user_id), Uuid::now_v7());
-    let mut fields = Fields::new();
-    fields.insert("first_name".into(), json!("Long"));
-    fields.insert("last_name".into(), json!("Story"));
-    let created = RecordCommand::Create {
-        datasheet: Datasheet::Employees,
-        fields,
-        hired_from: None,
-        schema: Default::default(),
-        effective_from: None,
-        today: custos_projections::records::today(),
-    };
-    let failed = |e: custos_api::testing::ApiError| anyhow::anyhow!("long record: {:?}", e.code());
-    run_command(
-        &services,
-        &tenant,
-        &tenant.records,
-        long,
-        created,
-        metadata(),
-    )
-    .await
-    .map_err(failed)?;
-    for n in 1..1_000 {
-        let command = department_update(format!("Dept {n}"));
-        run_command(
-            &services,
-            &tenant,
-            &tenant.records,
-            long,
-            command,
-            metadata(),
-        )
-        .await
-        .map_err(failed)?;
+    for n in 0..1_000 {
+        let command = if n == 0 {
+            let mut fields = Fields::new();
+            fields.insert("first_name".into(), json!("Long"));
+            fields.insert("last_name".into(), json!("Story"));
+            employee_created(fields)
+        } else {
+            department_update(format!("Dept {n}"))
+        };
+        let metadata = EventMetadata::new(Actor::User(user_id), Uuid::now_v7());
+        run_command(&services, &tenant, &tenant.records, long, command, metadata)
+            .await
+            .map_err(|e| anyhow::anyhow!("long record: {:?}", e.code()))?;
     }
     let middle: String = sqlx::query_scalar(
         "SELECT to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')
@@ -679,6 +650,18 @@ impl ProjectorWork {
             self.seconds * 1_000.0 / passes,
             self.seconds / self.elapsed.as_secs_f64().max(f64::EPSILON),
         )
+    }
+}
+
+/// An employee created with `fields`, as `createEmployee` commands it.
+fn employee_created(fields: Fields) -> RecordCommand {
+    RecordCommand::Create {
+        datasheet: Datasheet::Employees,
+        fields,
+        hired_from: None,
+        schema: Default::default(),
+        effective_from: None,
+        today: custos_projections::records::today(),
     }
 }
 
