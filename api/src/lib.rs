@@ -31,7 +31,7 @@ pub mod testing {
     pub use crate::graphql::limits::MAX_ALIASES;
     pub use crate::graphql::limits::MAX_DEPTH;
     pub use crate::infra::archive::export::Exported;
-    pub use crate::infra::archive::format::ArchiveError;
+    pub use crate::infra::archive::format::{ArchiveError, Opener, Protection};
     pub use crate::infra::archive::import::Imported;
     pub use crate::infra::blind_index::{
         remove_fields as blind_index_remove_fields, FIELDS_REMOVED as BLIND_INDEX_FIELDS_REMOVED,

@@ -47,8 +47,12 @@ pub enum DataExportCommand {
     /// Entries of the audit log (ids, types, times and field names: no personal values).
     AuditLog { filter: Value, count: usize },
     /// The whole organisation as a tenant archive (every record, sealed under a passphrase
-    /// the administrator chose): `subjects` people's data keys went with it.
-    Organization { subjects: usize },
+    /// the administrator chose, or encrypted to the age `recipients` they named): `subjects`
+    /// people's data keys went with it.
+    Organization {
+        subjects: usize,
+        recipients: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -74,6 +78,10 @@ pub enum DataExportEvent {
     },
     OrganizationExported {
         subjects: usize,
+        /// The age recipients (public keys) whose identities open the archive; none when a
+        /// passphrase does.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        recipients: Vec<String>,
     },
 }
 
@@ -159,9 +167,13 @@ impl Aggregate for DataExport {
             DataExportCommand::AuditLog { filter, count } => {
                 DataExportEvent::AuditLogExported { filter, count }
             }
-            DataExportCommand::Organization { subjects } => {
-                DataExportEvent::OrganizationExported { subjects }
-            }
+            DataExportCommand::Organization {
+                subjects,
+                recipients,
+            } => DataExportEvent::OrganizationExported {
+                subjects,
+                recipients,
+            },
         };
         sink.write(event, self).await;
         Ok(())

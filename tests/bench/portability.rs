@@ -14,7 +14,9 @@ use secrecy::SecretString;
 use sqlx::postgres::PgConnectOptions;
 use uuid::Uuid;
 
-use custos_api::testing::{verify, Placement, Services, Tenancy, Tenant};
+use custos_api::testing::{
+    verify, Exported, Opener, Placement, Protection, Services, Tenancy, Tenant,
+};
 use custos_api::{Application, Config, DatabaseConfig};
 use custos_domain::EventMetadata;
 
@@ -40,6 +42,34 @@ fn rss_kb() -> Option<u64> {
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Exports `tenant` to a new file at `path` under `protection`: what was written, how long it
+/// took, and how much the process's peak resident memory grew meanwhile.
+async fn export_measured(
+    services: &Services,
+    tenant: &Tenant,
+    protection: Protection,
+    path: &std::path::Path,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<(Exported, Duration, String)> {
+    // Resets the peak to what is resident now.
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let before = rss_kb();
+    let file = tokio::fs::File::create(path).await?;
+    let started = Instant::now();
+    let exported = services
+        .tenancy
+        .export_archive(tenant, protection, file, data_dir)
+        .await?;
+    let took = started.elapsed();
+    let growth = match (peak_rss_kb(), before) {
+        (Some(peak), Some(before)) => {
+            format!("{:.1} MB", peak.saturating_sub(before) as f64 / 1024.0)
+        }
+        _ => "n/a".into(),
+    };
+    Ok((exported, took, growth))
 }
 
 /// The suite's organisation, filled to `events` events if it has fewer (the backups suite
@@ -88,24 +118,27 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     let events = events_in(&tenant).await?;
 
-    // Export, streamed to a file; peak memory measured from here.
+    // Exports, streamed to a file, each with its peak memory: to an age recipient (no key
+    // derivation), then under a passphrase (Argon2id's 64 MiB), which the import reads.
     let scratch = tempfile::tempdir()?;
+    let identity = age::x25519::Identity::generate();
+    let (to_recipient, recipient_time, recipient_growth) = export_measured(
+        &services,
+        &tenant,
+        Protection::Recipients(vec![identity.to_public()]),
+        &scratch.path().join("portability-age.custos-archive"),
+        &source_dir,
+    )
+    .await?;
     let archive = scratch.path().join("portability.custos-archive");
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-    let rss_before = rss_kb();
-    let file = tokio::fs::File::create(&archive).await?;
-    let started = Instant::now();
-    let exported = services
-        .tenancy
-        .export_archive(&tenant, SecretString::from(PASSPHRASE), file, &source_dir)
-        .await?;
-    let export_time = started.elapsed();
-    let rss_growth = match (peak_rss_kb(), rss_before) {
-        (Some(peak), Some(before)) => {
-            format!("{:.1} MB", peak.saturating_sub(before) as f64 / 1024.0)
-        }
-        _ => "n/a".into(),
-    };
+    let (exported, export_time, rss_growth) = export_measured(
+        &services,
+        &tenant,
+        Protection::Passphrase(SecretString::from(PASSPHRASE)),
+        &archive,
+        &source_dir,
+    )
+    .await?;
 
     // A second Custos on the same server: its own catalog and data directory (and master key).
     let password = std::fs::read_to_string(source_dir.join("postgres/superuser.password"))?;
@@ -129,7 +162,11 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let file = tokio::fs::File::open(&archive).await?;
     let mut reader = tokio::io::BufReader::with_capacity(256 * 1024, file);
     let started = Instant::now();
-    let opened = Tenancy::open_archive(&mut reader, SecretString::from(PASSPHRASE)).await?;
+    let opened = Tenancy::open_archive(
+        &mut reader,
+        Opener::Passphrase(SecretString::from(PASSPHRASE)),
+    )
+    .await?;
     let arrived = target_services
         .tenancy
         .import_archive(&mut reader, opened, Placement::default(), target_dir.path())
@@ -185,6 +222,13 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         exported.bytes / exported.events.max(1)
     );
     println!("| peak memory growth while exporting | {rss_growth} |");
+    println!(
+        "| export to an age recipient, streamed to a file | {:.1} s, {:.0} events/s, {:.1} MB |",
+        recipient_time.as_secs_f64(),
+        per_second(recipient_time),
+        to_recipient.bytes as f64 / 1_048_576.0,
+    );
+    println!("| peak memory growth while exporting to an age recipient | {recipient_growth} |");
     println!(
         "| import: fill, verify before commit, hand-over | {:.1} s, {:.0} events/s |",
         arrived.loaded.as_secs_f64(),

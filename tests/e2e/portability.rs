@@ -48,16 +48,16 @@ async fn import(
     extra: &[&str],
 ) -> Result<(), String> {
     let pass = passphrase_file(app.data_dir.path(), passphrase);
-    let mut args = vec![
-        "tenant",
-        "import",
-        "--in",
-        archive.to_str().unwrap(),
-        "--passphrase-file",
-        pass.to_str().unwrap(),
-    ];
+    let mut args = vec!["--passphrase-file", pass.to_str().unwrap()];
     args.extend_from_slice(extra);
-    match app.custos_result(&args).await {
+    import_with(app, archive, &args).await
+}
+
+/// `custos tenant import` of `archive` into `app` with `args`; the error if any.
+async fn import_with(app: &TestApp, archive: &Path, args: &[&str]) -> Result<(), String> {
+    let mut argv = vec!["tenant", "import", "--in", archive.to_str().unwrap()];
+    argv.extend_from_slice(args);
+    match app.custos_result(&argv).await {
         Ok(true) => Ok(()),
         Ok(false) => Err("exited 1".into()),
         Err(err) => Err(format!("{err:#}")),
@@ -463,9 +463,15 @@ async fn damaged_altered_or_foreign_archives_are_refused_with_nothing_created() 
     let refused = import(&target, &forged, PASSPHRASE, &[]).await.unwrap_err();
     assert!(refused.contains("altered"), "{refused}");
 
-    let newer = edit(&archive, 1, |header| header["version"] = json!(2));
+    let newer = edit(&archive, 1, |header| header["version"] = json!(3));
     let refused = import(&target, &newer, PASSPHRASE, &[]).await.unwrap_err();
-    assert!(refused.contains("format version 2"), "{refused}");
+    assert!(refused.contains("format version 3"), "{refused}");
+    // Version 2 keeps its key encrypted to age recipients, not derived from a passphrase.
+    let mislabelled = edit(&archive, 1, |header| header["version"] = json!(2));
+    let refused = import(&target, &mislabelled, PASSPHRASE, &[])
+        .await
+        .unwrap_err();
+    assert!(refused.contains("how its key is kept"), "{refused}");
 
     let not_archive = archive.with_extension("txt");
     std::fs::write(&not_archive, "hello\n").unwrap();
@@ -787,6 +793,212 @@ async fn administrators_download_the_organisation_archive_once_and_it_imports() 
         .ok();
     assert_eq!(listed.data("employees.nodes.0.firstName"), "Dora");
     assert!(target.custos(&["verify", "--tenant", &org]).await);
+}
+
+/// A new age identity: its recipient (`age1…`) and its identity file, as `age-keygen -o FILE`
+/// writes it.
+fn age_identity(dir: &Path) -> (String, PathBuf) {
+    use age::secrecy::ExposeSecret;
+    let identity = age::x25519::Identity::generate();
+    let recipient = identity.to_public().to_string();
+    let path = dir.join(format!("age-{}.txt", uuid::Uuid::now_v7().simple()));
+    std::fs::write(
+        &path,
+        format!(
+            "# created: {}\n# public key: {recipient}\n{}\n",
+            chrono::Utc::now().to_rfc3339(),
+            identity.to_string().expose_secret()
+        ),
+    )
+    .unwrap();
+    (recipient, path)
+}
+
+#[tokio::test]
+async fn an_archive_encrypted_to_age_recipients_opens_only_with_their_identities() {
+    let source = TestApp::spawn().await;
+    let org = slug("age-export");
+    let admin = source.sign_up(&org).await;
+    source
+        .create_employee(
+            &admin.token,
+            json!({ "firstName": "Agatha", "lastName": "Keyholder" }),
+        )
+        .await;
+    let dir = source.data_dir.path();
+    let (alice, alice_key) = age_identity(dir);
+    let (bob, bob_key) = age_identity(dir);
+    let (_, stranger_key) = age_identity(dir);
+
+    // `custos tenant export` to two recipients: no passphrase is asked for.
+    let archive = dir.join(format!("{org}.custos-archive"));
+    assert!(
+        source
+            .custos(&[
+                "tenant",
+                "export",
+                "--slug",
+                &org,
+                "--out",
+                archive.to_str().unwrap(),
+                "--recipient",
+                &alice,
+                "--recipient",
+                &bob,
+            ])
+            .await
+    );
+    let text = std::fs::read_to_string(&archive).unwrap();
+    let header: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(header["version"], 2);
+    assert!(header.get("kdf").is_none());
+    assert!(header["age_wrapped_key"]
+        .as_str()
+        .unwrap()
+        .starts_with("-----BEGIN AGE ENCRYPTED FILE-----"));
+    assert!(!text.contains("Agatha"));
+    let not_a_recipient = source
+        .custos_result(&[
+            "tenant",
+            "export",
+            "--slug",
+            &org,
+            "--out",
+            dir.join("never.custos-archive").to_str().unwrap(),
+            "--recipient",
+            &alice,
+            "--recipient",
+            "age1notakey",
+        ])
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{not_a_recipient:#}").contains("recipient 2 is not an age X25519 recipient"),
+        "{not_a_recipient:#}"
+    );
+    assert!(!dir.join("never.custos-archive").exists());
+
+    // Opened with anything but one of the recipients' identities: refused, nothing created.
+    let target = TestApp::spawn().await;
+    let tenants = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM tenants")
+            .fetch_one(target.services.tenancy.catalog())
+            .await
+            .unwrap()
+    };
+    let count = tenants().await;
+    let stranger = import_with(
+        &target,
+        &archive,
+        &["--identity", stranger_key.to_str().unwrap()],
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        stranger.contains("none of the age identities"),
+        "{stranger}"
+    );
+    let by_passphrase = import(&target, &archive, PASSPHRASE, &[])
+        .await
+        .unwrap_err();
+    assert!(
+        by_passphrase.contains("locked to age recipients"),
+        "{by_passphrase}"
+    );
+    // A passphrase file given as the identity: told, without its text.
+    let pass = passphrase_file(dir, PASSPHRASE);
+    let not_an_identity = import_with(&target, &archive, &["--identity", pass.to_str().unwrap()])
+        .await
+        .unwrap_err();
+    assert!(
+        not_an_identity.contains("not an age identity file")
+            && !not_an_identity.contains(PASSPHRASE),
+        "{not_an_identity}"
+    );
+    assert_eq!(tenants().await, count, "nothing was created");
+
+    // Either recipient's identity opens it.
+    import_with(
+        &target,
+        &archive,
+        &["--identity", bob_key.to_str().unwrap()],
+    )
+    .await
+    .unwrap();
+    let token = login(&target, &admin, &admin.email).await.expect("logs in");
+    let listed = target
+        .graphql(
+            Some(&token),
+            "{ employees(first: 5) { nodes { firstName } } }",
+            json!({}),
+        )
+        .await
+        .ok();
+    assert_eq!(listed.data("employees.nodes.0.firstName"), "Agatha");
+    assert!(target.custos(&["verify", "--tenant", &org]).await);
+
+    // `exportOrganization` to a recipient: checked, recorded with it, and downloaded.
+    let mutation = "mutation($p: String, $r: [String!]) { exportOrganization(passphrase: $p, recipients: $r) { downloadUrl } }";
+    let wrong = source
+        .graphql(
+            Some(&admin.token),
+            mutation,
+            json!({ "r": [alice, "age1notakey"] }),
+        )
+        .await;
+    assert_eq!(wrong.code(), Some("VALIDATION"));
+    assert_eq!(wrong.field(), Some("recipients"));
+    let both = source
+        .graphql(
+            Some(&admin.token),
+            mutation,
+            json!({ "p": PASSPHRASE, "r": [alice] }),
+        )
+        .await;
+    assert_eq!(both.code(), Some("VALIDATION"));
+    let neither = source
+        .graphql(Some(&admin.token), mutation, json!({ "r": [] }))
+        .await;
+    assert_eq!(neither.code(), Some("VALIDATION"));
+    assert_eq!(neither.field(), Some("passphrase"));
+    let started = source
+        .graphql(Some(&admin.token), mutation, json!({ "r": [alice] }))
+        .await
+        .ok();
+    let recorded: Vec<String> = sqlx::query_scalar(
+        "SELECT payload::text FROM events WHERE event_type = 'OrganizationExported'",
+    )
+    .fetch_all(&mut source.tenant_admin(admin.tenant_id).await)
+    .await
+    .unwrap();
+    assert_eq!(recorded.len(), 1, "the refused exports were not recorded");
+    assert!(recorded[0].contains(&alice), "{}", recorded[0]);
+    let url = source.url(
+        started
+            .data("exportOrganization.downloadUrl")
+            .as_str()
+            .unwrap(),
+    );
+    let bytes = reqwest::get(&url).await.unwrap().bytes().await.unwrap();
+    let downloaded = source.data_dir.path().join("downloaded-age.custos-archive");
+    std::fs::write(&downloaded, &bytes).unwrap();
+    let third = TestApp::spawn().await;
+    let refused = import_with(
+        &third,
+        &downloaded,
+        &["--identity", bob_key.to_str().unwrap()],
+    )
+    .await
+    .unwrap_err();
+    assert!(refused.contains("none of the age identities"), "{refused}");
+    import_with(
+        &third,
+        &downloaded,
+        &["--identity", alice_key.to_str().unwrap()],
+    )
+    .await
+    .unwrap();
+    assert!(third.custos(&["verify", "--tenant", &org]).await);
 }
 
 #[tokio::test]

@@ -23,13 +23,15 @@ pub(crate) enum TenantCommand {
     /// beside a running service (with DATABASE_URL).
     RotateAuditKey(TenantRotateArgs),
     /// Write the organisation's archive: every event as stored, its signed tree heads and
-    /// signing key, its subjects' keys and two-factor secrets (sealed under a key derived from
-    /// a passphrase with Argon2id), and the record of who read whom. The passphrase comes
-    /// from CUSTOS_ARCHIVE_PASSPHRASE, --passphrase-file, or the first line of standard input.
+    /// signing key, its subjects' keys and two-factor secrets, and the record of who read whom.
+    /// Its secrets are sealed under a key encrypted to the age recipients given with
+    /// --recipient, or else derived from a passphrase with Argon2id: the passphrase comes from
+    /// CUSTOS_ARCHIVE_PASSPHRASE, --passphrase-file, or the first line of standard input.
     Export(TenantExportArgs),
     /// Bring an organisation in from its archive: checked and verified against its signed tree
     /// heads before anything is kept; its signing key is then handed over to a new one and its
-    /// read models rebuilt. Passphrase as for export.
+    /// read models rebuilt. Opened with --identity (an archive written to age recipients) or
+    /// its passphrase, as for export.
     Import(TenantImportArgs),
     /// Move the organisation to another region's server: not served meanwhile; exported,
     /// imported and verified there, the catalog switched, the old database dropped. A failure
@@ -214,6 +216,11 @@ pub(crate) struct TenantExportArgs {
     /// The archive file to write (must not exist).
     #[arg(long)]
     pub(crate) out: PathBuf,
+    /// An age X25519 recipient (`age1…`, as `age-keygen` prints it) to encrypt the archive's
+    /// key to, instead of a passphrase; repeat it for several (up to 20). Only their
+    /// identities open the archive.
+    #[arg(long = "recipient", conflicts_with = "passphrase_file")]
+    pub(crate) recipients: Vec<String>,
     /// A file whose first line is the passphrase.
     #[arg(long)]
     pub(crate) passphrase_file: Option<PathBuf>,
@@ -235,9 +242,14 @@ pub(crate) struct TenantImportArgs {
     /// The organisation's first signing key (64 hex digits: generation 0 of
     /// `organization { auditKeys }` on the server it comes from, or what its auditors
     /// pinned). Without it the archive's history is checked against the key the archive itself
-    /// names, which someone holding the passphrase could have replaced.
+    /// names, which someone holding the passphrase — or anyone, for an archive written to age
+    /// recipients, whose public keys encrypt for all — could have replaced.
     #[arg(long)]
     pub(crate) expect_key: Option<String>,
+    /// The age identity file (as `age-keygen` writes it) of a recipient the archive was
+    /// written to; then no passphrase is read.
+    #[arg(long, conflicts_with = "passphrase_file")]
+    pub(crate) identity: Option<PathBuf>,
     /// A file whose first line is the passphrase.
     #[arg(long)]
     pub(crate) passphrase_file: Option<PathBuf>,

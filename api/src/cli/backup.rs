@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use super::args::{backup_passphrase, BackupArgs, BackupRestoreArgs, BackupVerifyArgs, CommonArgs};
 use super::verify::print_report;
 use crate::config::{BackupConfig, Config, DatabaseConfig};
+use crate::infra::archive::format::Opener;
 use crate::infra::backups::archives::{ArchiveBackups, ArchiveInfo};
 use crate::infra::backups::restore::{flush_archive, lay_out, recover, EndedBeforeTarget, Layout};
 use crate::infra::backups::verify::Backups;
@@ -606,7 +607,7 @@ async fn archives_restore(
             None => {
                 let file = tokio::fs::File::open(&path).await?;
                 let mut reader = tokio::io::BufReader::with_capacity(256 * 1024, file);
-                let opened = Tenancy::open_archive(&mut reader, passphrase).await?;
+                let opened = Tenancy::open_archive(&mut reader, Opener::Passphrase(passphrase)).await?;
                 // Heads this server witnessed after the archive belong to the history that
                 // was lost: kept aside, not continued.
                 set_aside_witness(&witness_file(&config.data_dir, organization))?;

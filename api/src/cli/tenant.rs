@@ -14,6 +14,7 @@ use super::args::{
     TenantImportArgs, TenantListArgs, TenantMoveArgs, TenantPurgeArgs, TenantRotateArgs,
 };
 use crate::config::Region;
+use crate::infra::archive::format::{recipients, Opener, Protection};
 use crate::infra::database::Database;
 use crate::infra::tenancy::archives::Placement;
 use crate::infra::tenancy::catalog::Tenancy;
@@ -141,7 +142,11 @@ pub(crate) async fn export(args: TenantExportArgs) -> anyhow::Result<()> {
             args.out.display()
         );
     }
-    let passphrase = archive_passphrase(args.passphrase_file.as_deref())?;
+    let protection = if args.recipients.is_empty() {
+        Protection::Passphrase(archive_passphrase(args.passphrase_file.as_deref())?)
+    } else {
+        Protection::Recipients(recipients(&args.recipients).map_err(anyhow::Error::msg)?)
+    };
     let config = args.common.config()?;
     let database = Database::open_or_attach(&config).await?;
     let result = async {
@@ -163,7 +168,7 @@ pub(crate) async fn export(args: TenantExportArgs) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("creating {}: {e}", temporary.display()))?;
             let written = services
                 .tenancy
-                .export_archive(&tenant, passphrase, file, &config.data_dir)
+                .export_archive(&tenant, protection, file, &config.data_dir)
                 .await;
             let renamed = match written {
                 Ok(exported) => tokio::fs::rename(&temporary, &args.out)
@@ -205,13 +210,17 @@ pub(crate) async fn import(args: TenantImportArgs) -> anyhow::Result<()> {
                 .map_err(|()| anyhow::anyhow!("unknown region `{r}` (eu or us)"))
         })
         .transpose()?;
-    let passphrase = archive_passphrase(args.passphrase_file.as_deref())?;
+    let opener = match &args.identity {
+        Some(path) => Opener::Identities(identity_file(path)?),
+        None => Opener::Passphrase(archive_passphrase(args.passphrase_file.as_deref())?),
+    };
     let file = tokio::fs::File::open(&args.input)
         .await
         .map_err(|e| anyhow::anyhow!("opening {}: {e}", args.input.display()))?;
     let mut reader = BufReader::with_capacity(256 * 1024, file);
-    // A wrong passphrase or a file that is no archive is told before any database is touched.
-    let opened = Tenancy::open_archive(&mut reader, passphrase).await?;
+    // A wrong passphrase or identity, or a file that is no archive, is told before any
+    // database is touched.
+    let opened = Tenancy::open_archive(&mut reader, opener).await?;
     let anchor = hex::encode(opened.anchor());
     println!(
         "{}; its history starts at signing key {} ({})",
@@ -273,6 +282,19 @@ pub(crate) async fn import(args: TenantImportArgs) -> anyhow::Result<()> {
     .await;
     database.stop().await?;
     result
+}
+
+/// The text of the age identity file at `path` (an identity file is a few lines; a larger file
+/// is not one).
+fn identity_file(path: &Path) -> anyhow::Result<secrecy::SecretString> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)
+        .map_err(|e| anyhow::anyhow!("opening the identity file {}: {e}", path.display()))?;
+    let mut text = String::new();
+    file.take(1 << 20)
+        .read_to_string(&mut text)
+        .map_err(|e| anyhow::anyhow!("reading the identity file {}: {e}", path.display()))?;
+    Ok(text.into())
 }
 
 pub(crate) async fn list(args: TenantListArgs) -> anyhow::Result<()> {

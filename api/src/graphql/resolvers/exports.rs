@@ -84,21 +84,34 @@ impl ExportsMutation {
     }
 
     /// Exports the whole organisation as a tenant archive — every event as stored, its signed
-    /// tree heads and signing key, every person's data key and users' two-factor secrets sealed
-    /// under a key derived from `passphrase` (Argon2id; at least 12 characters, never stored),
-    /// and the record of who read whom — which `custos tenant import` brings into another
-    /// Custos. Recorded as an `OrganizationExported` event before the link is handed out; the
-    /// download is streamed from the database when the link is opened. `count` is the number
-    /// of records. Administrators only.
+    /// tree heads and signing key, every person's data key and users' two-factor secrets, and
+    /// the record of who read whom — which `custos tenant import` brings into another Custos.
+    /// Its secrets are sealed under a key derived from `passphrase` (Argon2id; at least 12
+    /// characters, never stored) or, with `recipients` instead, under a random key encrypted
+    /// to those age recipients, whose identities alone open it. Recorded as an
+    /// `OrganizationExported` event before the link is handed out; the download is streamed
+    /// from the database when the link is opened. `count` is the number of records.
+    /// Administrators only.
     async fn export_organization(
         &self,
         ctx: &Context<'_>,
-        passphrase: String,
+        #[graphql(desc = "At least 12 characters; give this or `recipients`.")] passphrase: Option<
+            String,
+        >,
+        #[graphql(
+            desc = "Age X25519 recipients (`age1…`, as `age-keygen` prints them; at most 20) to encrypt the archive's key to, instead of a passphrase."
+        )]
+        recipients: Option<Vec<String>>,
     ) -> Result<ExportPayload, ApiError> {
         let cx = Cx::new(ctx)?;
         let ticket = cx
             .services
-            .start_organization_export(cx.caller, passphrase.into(), cx.request_id)
+            .start_organization_export(
+                cx.caller,
+                passphrase.map(Into::into),
+                recipients,
+                cx.request_id,
+            )
             .await?;
         export_payload(ticket)
     }

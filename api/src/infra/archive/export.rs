@@ -11,8 +11,8 @@ use uuid::Uuid;
 
 use super::format::{
     binding, line, ArchiveError, ArchiveKey, AuditKeyEntry, Entry, EventEntry, HeadEntry, Header,
-    Kdf, ListReadEntry, OrganizationEntry, RecordReadEntry, RecoveryCodeEntry, SubjectKeyEntry,
-    Tally, TwoFactorEntry, FORMAT, VERSION,
+    KeyLock, ListReadEntry, OrganizationEntry, RecordReadEntry, RecoveryCodeEntry, SubjectKeyEntry,
+    Tally, TwoFactorEntry, FORMAT,
 };
 use crate::infra::integrity::audit_keys::AuditKeys;
 use crate::infra::integrity::checkpoint::checkpoints;
@@ -54,14 +54,14 @@ impl<W: AsyncWrite + Unpin> Out<W> {
 }
 
 /// Writes the archive of the organisation `organization` whose database `conn` is connected
-/// to, its secrets opened with `secrets` and sealed under `key` (derived with `kdf`); tells
+/// to, its secrets opened with `secrets` and sealed under `key` (kept as `lock` says); tells
 /// `snapshot_taken` once the snapshot it reads is fixed.
 pub(crate) async fn export<W: AsyncWrite + Unpin>(
     conn: &mut PgConnection,
     organization: OrganizationEntry,
     secrets: TenantSecrets<'_>,
     key: &ArchiveKey,
-    kdf: Kdf,
+    lock: KeyLock,
     writer: W,
     snapshot_taken: Option<tokio::sync::oneshot::Sender<()>>,
 ) -> Result<Exported, ArchiveError> {
@@ -84,15 +84,17 @@ pub(crate) async fn export<W: AsyncWrite + Unpin>(
     if let Some(taken) = snapshot_taken {
         let _ = taken.send(());
     }
+    let (version, kdf, age_wrapped_key) = Header::key_fields(lock);
     let header = Header {
         format: FORMAT.into(),
-        version: VERSION,
+        version,
         created_at: Utc::now(),
         written_by: format!("custos {}", env!("CARGO_PKG_VERSION")),
         key_check: key.key_check(id),
         organization,
         audit_anchor: secrets.audit_keys.anchor().to_bytes().to_vec(),
         kdf,
+        age_wrapped_key,
     };
     let mut out = Out {
         writer: BufWriter::with_capacity(256 * 1024, writer),

@@ -1,7 +1,9 @@
 //! The tenant archive's format (version 1): JSON lines, one entry per line, in a fixed order.
 //!
 //! 1. the header: format and version, the organisation, the public key its first tree heads
-//!    were signed with, and how the archive key is derived from the passphrase (Argon2id);
+//!    were signed with, and how the archive key is kept: derived from a passphrase (Argon2id,
+//!    version 1) or random and encrypted to the caller's age recipients (version 2, an
+//!    ASCII-armored age file in the header: the server never holds what opens it);
 //! 2. the checkpoints from before the Merkle log, the signed tree heads (with their frontiers)
 //!    and the private key in force, sealed under the archive key;
 //! 3. every event exactly as stored — payload and metadata as their stored JSON text, hashes,
@@ -15,6 +17,7 @@
 
 use std::collections::BTreeMap;
 
+use age::armor::{ArmoredReader, ArmoredWriter, Format};
 use argon2::{Algorithm, Argon2, Params, Version};
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
@@ -28,7 +31,15 @@ use crate::infra::integrity::tree_head::{hex_option, TreeHead};
 use crate::infra::subject_keys::{open, seal};
 
 pub(crate) const FORMAT: &str = "custos-tenant-archive";
-pub(crate) const VERSION: u32 = 1;
+/// The newest format version this build reads: an archive is written as the lowest version
+/// that holds its key (so a passphrase archive is still read by builds that know version 1).
+pub(crate) const VERSION: u32 = RECIPIENTS_VERSION;
+/// The version of an archive whose key is derived from a passphrase.
+const PASSPHRASE_VERSION: u32 = 1;
+/// The version of an archive whose key is encrypted to age recipients.
+const RECIPIENTS_VERSION: u32 = 2;
+/// The most recipients an archive is encrypted to.
+pub(crate) const MAX_RECIPIENTS: usize = 20;
 /// The shortest passphrase an archive is written with.
 pub(crate) const MIN_PASSPHRASE_CHARS: usize = 12;
 
@@ -37,10 +48,18 @@ pub(crate) const MIN_PASSPHRASE_CHARS: usize = 12;
 pub enum ArchiveError {
     #[error("not a Custos tenant archive: {0}")]
     NotAnArchive(String),
-    #[error("the archive is format version {0}; this Custos reads version {VERSION} only")]
+    #[error("the archive is format version {0}; this Custos reads versions up to {VERSION}")]
     NewerVersion(u32),
     #[error("the passphrase does not open this archive")]
     WrongPassphrase,
+    #[error(
+        "none of the age identities given opens this archive: it is encrypted to other recipients"
+    )]
+    WrongIdentity,
+    #[error("the identity file: {0}")]
+    BadIdentity(String),
+    #[error("{0}")]
+    OpenedWrongly(&'static str),
     #[error("the passphrase must be at least {MIN_PASSPHRASE_CHARS} characters long")]
     WeakPassphrase,
     #[error("the archive is truncated: it ends at line {0} without its manifest")]
@@ -77,10 +96,85 @@ pub(crate) struct Header {
     /// Generation 0 of the organisation's signing key: where its hand-overs start.
     #[serde(with = "hex::serde")]
     pub audit_anchor: Vec<u8>,
-    pub kdf: Kdf,
+    /// Version 1: how the archive key is derived from the passphrase …
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kdf: Option<Kdf>,
+    /// … version 2: the archive key encrypted to the caller's age recipients, as an
+    /// ASCII-armored age file (`age --decrypt -i KEY` opens it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub age_wrapped_key: Option<String>,
     /// HMAC under the archive key: tells a wrong passphrase before anything is read.
     #[serde(with = "hex::serde")]
     pub key_check: Vec<u8>,
+}
+
+impl Header {
+    /// A header's version and key fields for `lock`.
+    pub(crate) fn key_fields(lock: KeyLock) -> (u32, Option<Kdf>, Option<String>) {
+        match lock {
+            KeyLock::Passphrase(kdf) => (PASSPHRASE_VERSION, Some(kdf), None),
+            KeyLock::Recipients(wrapped) => (RECIPIENTS_VERSION, None, Some(wrapped)),
+        }
+    }
+
+    /// How the archive's key is kept, as its version says.
+    pub(crate) fn lock(&self) -> Result<KeyLock, ArchiveError> {
+        match (self.version, &self.kdf, &self.age_wrapped_key) {
+            (PASSPHRASE_VERSION, Some(kdf), None) => Ok(KeyLock::Passphrase(kdf.clone())),
+            (RECIPIENTS_VERSION, None, Some(wrapped)) => Ok(KeyLock::Recipients(wrapped.clone())),
+            _ => Err(ArchiveError::NotAnArchive(
+                "its header does not say how its key is kept, as its version has it".into(),
+            )),
+        }
+    }
+}
+
+/// How an archive's key is kept in its header (and with a download link until it is opened).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum KeyLock {
+    /// Derived from a passphrase with these settings.
+    Passphrase(Kdf),
+    /// Random, encrypted to age recipients: an ASCII-armored age file.
+    Recipients(String),
+}
+
+/// Who can open an archive about to be written.
+pub enum Protection {
+    /// Whoever knows the passphrase (at least [`MIN_PASSPHRASE_CHARS`] characters).
+    Passphrase(SecretString),
+    /// Whoever holds the identity of one of these age X25519 recipients (`age1…`, as
+    /// `age-keygen` prints them): the server never has it.
+    Recipients(Vec<age::x25519::Recipient>),
+}
+
+/// What opens an archive.
+pub enum Opener {
+    Passphrase(SecretString),
+    /// The text of an age identity file: `AGE-SECRET-KEY-1…` lines, as `age-keygen` writes it.
+    Identities(SecretString),
+}
+
+/// The age X25519 recipients (`age1…`) in `texts`; else what is wrong, naming the first
+/// recipient that is not one by its place (1 for the first).
+pub(crate) fn recipients(texts: &[String]) -> Result<Vec<age::x25519::Recipient>, String> {
+    if texts.len() > MAX_RECIPIENTS {
+        return Err(format!(
+            "an archive is encrypted to at most {MAX_RECIPIENTS} recipients"
+        ));
+    }
+    texts
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            text.trim().parse().map_err(|_| {
+                format!(
+                    "recipient {} is not an age X25519 recipient (age1…, as age-keygen prints it)",
+                    i + 1
+                )
+            })
+        })
+        .collect()
 }
 
 /// The organisation as the catalog lists it.
@@ -154,6 +248,14 @@ fn hmac(key: &[u8], message: &[u8]) -> [u8; 32] {
 }
 
 impl ArchiveKey {
+    /// The sealing and authenticating keys of the archive key `root`.
+    fn from_root(root: &[u8; 32]) -> Self {
+        Self {
+            seal: SecretBox::new(Box::new(hmac(root, b"custos-archive/seal"))),
+            mac: SecretBox::new(Box::new(hmac(root, b"custos-archive/mac"))),
+        }
+    }
+
     /// Derives the archive key (Argon2id: about a second of one core, on purpose; run it off
     /// the async threads).
     pub(crate) fn derive(passphrase: &SecretString, kdf: &Kdf) -> Result<Self, ArchiveError> {
@@ -166,11 +268,85 @@ impl ArchiveKey {
                 root.expose_secret_mut(),
             )
             .map_err(|e| ArchiveError::NotAnArchive(format!("key derivation: {e}")))?;
-        let root = root.expose_secret();
-        Ok(Self {
-            seal: SecretBox::new(Box::new(hmac(root, b"custos-archive/seal"))),
-            mac: SecretBox::new(Box::new(hmac(root, b"custos-archive/mac"))),
-        })
+        Ok(Self::from_root(root.expose_secret()))
+    }
+
+    /// A random archive key and its lock: the key encrypted to `recipients` (at least one).
+    pub(crate) fn for_recipients(
+        recipients: &[age::x25519::Recipient],
+    ) -> Result<(Self, KeyLock), ArchiveError> {
+        use std::io::Write;
+        let mut root = SecretBox::new(Box::new([0u8; 32]));
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, root.expose_secret_mut());
+        let encryptor =
+            age::Encryptor::with_recipients(recipients.iter().map(|r| r as &dyn age::Recipient))
+                .map_err(|e| ArchiveError::Refused(format!("encrypting the archive key: {e}")))?;
+        let mut armored = Vec::new();
+        let armor = ArmoredWriter::wrap_output(&mut armored, Format::AsciiArmor)?;
+        let mut writer = encryptor.wrap_output(armor)?;
+        writer.write_all(root.expose_secret())?;
+        writer.finish()?.finish()?;
+        let armored = String::from_utf8(armored)
+            .map_err(|_| ArchiveError::Refused("age's armor is not text".into()))?;
+        Ok((
+            Self::from_root(root.expose_secret()),
+            KeyLock::Recipients(armored),
+        ))
+    }
+
+    /// The key `lock` keeps, opened with `opener` (a passphrase's key derivation takes about a
+    /// second of a core: run it off the async threads).
+    pub(crate) fn unlock(lock: &KeyLock, opener: &Opener) -> Result<Self, ArchiveError> {
+        match (lock, opener) {
+            (KeyLock::Passphrase(kdf), Opener::Passphrase(passphrase)) => {
+                Self::derive(passphrase, kdf)
+            }
+            (KeyLock::Recipients(wrapped), Opener::Identities(file)) => {
+                Self::unwrap(wrapped, file)
+            }
+            (KeyLock::Passphrase(_), Opener::Identities(_)) => Err(ArchiveError::OpenedWrongly(
+                "this archive is locked with a passphrase, not to age recipients: give its passphrase",
+            )),
+            (KeyLock::Recipients(_), Opener::Passphrase(_)) => Err(ArchiveError::OpenedWrongly(
+                "this archive is locked to age recipients, not with a passphrase: give one of their identities (--identity FILE)",
+            )),
+        }
+    }
+
+    /// The key in `wrapped` (an armored age file), decrypted with an identity of
+    /// `identity_file`. Nothing of the file's text goes into an error.
+    fn unwrap(wrapped: &str, identity_file: &SecretString) -> Result<Self, ArchiveError> {
+        use std::io::Read;
+        let identities = age::IdentityFile::from_buffer(identity_file.expose_secret().as_bytes())
+            .ok()
+            .and_then(|file| file.into_identities().ok())
+            .ok_or_else(|| {
+                ArchiveError::BadIdentity(
+                    "it is not an age identity file (AGE-SECRET-KEY-1… lines, as age-keygen writes them)".into(),
+                )
+            })?;
+        if identities.is_empty() {
+            return Err(ArchiveError::BadIdentity("it holds no identity".into()));
+        }
+        let not_a_key =
+            |e: &dyn std::fmt::Display| ArchiveError::NotAnArchive(format!("its key: {e}"));
+        let decryptor = age::Decryptor::new_buffered(ArmoredReader::new(wrapped.as_bytes()))
+            .map_err(|e| not_a_key(&e))?;
+        let mut reader = decryptor
+            .decrypt(identities.iter().map(|i| i.as_ref()))
+            .map_err(|e| match e {
+                age::DecryptError::NoMatchingKeys => ArchiveError::WrongIdentity,
+                other => not_a_key(&other),
+            })?;
+        let mut root = SecretBox::new(Box::new([0u8; 32]));
+        reader
+            .read_exact(root.expose_secret_mut())
+            .map_err(|e| not_a_key(&e))?;
+        let mut rest = [0u8; 1];
+        if reader.read(&mut rest).map_err(|e| not_a_key(&e))? != 0 {
+            return Err(not_a_key(&"it is longer than a key"));
+        }
+        Ok(Self::from_root(root.expose_secret()))
     }
 
     /// The key's two halves (sealing, authenticating), to be kept sealed until a download
@@ -509,6 +685,112 @@ mod tests {
         assert_eq!(right.open(&sealed, "a").as_deref(), Some(&b"secret"[..]));
         assert_eq!(right.open(&sealed, "b"), None);
         assert_eq!(wrong.open(&sealed, "a"), None);
+    }
+
+    /// `identity`'s file, as `age-keygen -o FILE` writes it.
+    fn identity_file(identity: &age::x25519::Identity) -> Opener {
+        Opener::Identities(SecretString::from(format!(
+            "# created: 2026-12-06T19:00:00+00:00\n# public key: {}\n{}\n",
+            identity.to_public(),
+            identity.to_string().expose_secret()
+        )))
+    }
+
+    #[test]
+    fn a_key_encrypted_to_recipients_opens_with_any_of_their_identities_only() {
+        let [alice, bob, eve] = [(); 3].map(|()| age::x25519::Identity::generate());
+        let organization = Uuid::now_v7();
+        let (key, lock) =
+            ArchiveKey::for_recipients(&[alice.to_public(), bob.to_public()]).unwrap();
+        let check = key.key_check(organization);
+        for identity in [&alice, &bob] {
+            let opened = ArchiveKey::unlock(&lock, &identity_file(identity)).unwrap();
+            assert!(opened.checks(organization, &check));
+            let sealed = key.seal(b"secret", "a");
+            assert_eq!(opened.open(&sealed, "a").as_deref(), Some(&b"secret"[..]));
+        }
+        assert!(matches!(
+            ArchiveKey::unlock(&lock, &identity_file(&eve)),
+            Err(ArchiveError::WrongIdentity)
+        ));
+        assert!(matches!(
+            ArchiveKey::unlock(&lock, &Opener::Passphrase("a long passphrase".into())),
+            Err(ArchiveError::OpenedWrongly(_))
+        ));
+        // Not an identity file: told without a word of it.
+        let Err(err) = ArchiveKey::unlock(&lock, &Opener::Identities("a long passphrase\n".into()))
+        else {
+            panic!("a passphrase opened an archive encrypted to recipients");
+        };
+        assert!(matches!(err, ArchiveError::BadIdentity(_)));
+        assert!(!err.to_string().contains("passphrase"), "{err}");
+        // Every archive has a key of its own.
+        let (other, _) = ArchiveKey::for_recipients(&[alice.to_public()]).unwrap();
+        assert!(!other.checks(organization, &check));
+        // A passphrase archive is not opened by an identity.
+        assert!(matches!(
+            ArchiveKey::unlock(&KeyLock::Passphrase(quick_kdf()), &identity_file(&alice)),
+            Err(ArchiveError::OpenedWrongly(_))
+        ));
+    }
+
+    #[test]
+    fn a_header_keeps_its_key_as_its_version_says() {
+        let header = |version, kdf: Option<Kdf>, wrapped: Option<&str>| Header {
+            format: FORMAT.into(),
+            version,
+            created_at: Utc::now(),
+            written_by: "custos test".into(),
+            organization: OrganizationEntry {
+                id: Uuid::now_v7(),
+                slug: "acme".into(),
+                name: "Acme".into(),
+                region: "eu".into(),
+                status: "active".into(),
+                plan: "basic".into(),
+                trial_ends_at: None,
+            },
+            audit_anchor: vec![0; 32],
+            kdf,
+            age_wrapped_key: wrapped.map(str::to_owned),
+            key_check: vec![],
+        };
+        let (_, lock) =
+            ArchiveKey::for_recipients(&[age::x25519::Identity::generate().to_public()]).unwrap();
+        for lock in [KeyLock::Passphrase(quick_kdf()), lock] {
+            let (version, kdf, wrapped) = Header::key_fields(lock.clone());
+            let read = header(version, kdf, wrapped.as_deref()).lock().unwrap();
+            assert_eq!(
+                serde_json::to_value(&read).unwrap(),
+                serde_json::to_value(&lock).unwrap()
+            );
+        }
+        for (version, kdf, wrapped) in [
+            (1, None, Some("-----BEGIN AGE ENCRYPTED FILE-----")),
+            (2, Some(quick_kdf()), None),
+            (
+                1,
+                Some(quick_kdf()),
+                Some("-----BEGIN AGE ENCRYPTED FILE-----"),
+            ),
+            (2, None, None),
+        ] {
+            assert!(matches!(
+                header(version, kdf, wrapped).lock(),
+                Err(ArchiveError::NotAnArchive(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn recipients_are_checked_and_a_wrong_one_named_by_its_place() {
+        let one = age::x25519::Identity::generate().to_public().to_string();
+        assert_eq!(recipients(&[format!(" {one}\n")]).unwrap().len(), 1);
+        let wrong = recipients(&[one.clone(), "age1notakey".into()]).unwrap_err();
+        assert!(wrong.contains("recipient 2 "), "{wrong}");
+        assert!(recipients(&vec![one; MAX_RECIPIENTS + 1])
+            .unwrap_err()
+            .contains("at most"));
     }
 
     #[test]

@@ -81,7 +81,7 @@ pub(crate) async fn read_header<R: AsyncBufRead + Unpin>(
         )));
     }
     match value["version"].as_u64() {
-        Some(v) if v == u64::from(VERSION) => {}
+        Some(v) if (1..=u64::from(VERSION)).contains(&v) => {}
         Some(v) if v > u64::from(VERSION) => {
             return Err(ArchiveError::NewerVersion(v.try_into().unwrap_or(u32::MAX)))
         }
@@ -95,6 +95,7 @@ pub(crate) async fn read_header<R: AsyncBufRead + Unpin>(
         line: 1,
         reason: e.to_string(),
     })?;
+    header.lock()?;
     Ok((header, line))
 }
 

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{write_durably, BackupStore};
-use crate::infra::archive::format::{ArchiveKey, Kdf, MIN_PASSPHRASE_CHARS};
+use crate::infra::archive::format::{ArchiveKey, Kdf, KeyLock, MIN_PASSPHRASE_CHARS};
 use crate::infra::tenancy::archives::{derive_key, passphrase_chars};
 use crate::infra::tenancy::catalog::Tenancy;
 use crate::infra::tenancy::tenant::TenantRow;
@@ -309,7 +309,9 @@ impl ArchiveBackups {
             .open(&partial)
             .await
             .with_context(|| format!("creating {}", partial.display()))?;
-        let exported = tenancy.export_database(row, key, kdf, file).await;
+        let exported = tenancy
+            .export_database(row, key, KeyLock::Passphrase(kdf), file)
+            .await;
         let exported = match exported {
             Ok(exported) => exported,
             Err(err) => {

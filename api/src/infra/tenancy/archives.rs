@@ -14,7 +14,10 @@ use super::catalog::{ProvisionError, Tenancy};
 use super::tenant::{anchor_mac, two_factor_key, Reading, Tenant, TenantRow};
 use crate::config::Region;
 use crate::infra::archive::export::{export, Exported, TenantSecrets};
-use crate::infra::archive::format::{ArchiveError, ArchiveKey, Header, Kdf, OrganizationEntry};
+use crate::infra::archive::format::{
+    ArchiveError, ArchiveKey, Header, Kdf, KeyLock, Opener, OrganizationEntry, Protection,
+    MIN_PASSPHRASE_CHARS,
+};
 use crate::infra::archive::import::{import, read_header, Imported};
 use crate::infra::integrity::tree::{self, stored_heads, Checkpointed};
 use crate::infra::integrity::tree_head::{append_witness, last_tree_head, witness_file};
@@ -39,7 +42,7 @@ pub struct Arrived {
     pub rebuilt: std::time::Duration,
 }
 
-/// An archive whose header was read and whose passphrase opens it.
+/// An archive whose header was read and whose key was opened.
 pub struct OpenedArchive {
     header: Header,
     line: Vec<u8>,
@@ -65,13 +68,13 @@ impl OpenedArchive {
 
 /// Where a replaced database's content comes from.
 enum Source<'a> {
-    /// The organisation's own database, exported under a passphrase only this process holds
+    /// The organisation's own database, exported to an age identity only this process holds
     /// (a move).
     Export,
     /// One of the organisation's archives (a restore from a backup archive).
     Archive {
         path: &'a std::path::Path,
-        passphrase: SecretString,
+        opener: Opener,
     },
 }
 
@@ -88,32 +91,59 @@ pub(crate) async fn derive_key(
     passphrase: SecretString,
     kdf: Kdf,
 ) -> Result<ArchiveKey, ArchiveError> {
-    tokio::task::spawn_blocking(move || ArchiveKey::derive(&passphrase, &kdf))
+    unlock_key(KeyLock::Passphrase(kdf), Opener::Passphrase(passphrase)).await
+}
+
+/// Opens the archive key `lock` keeps with `opener`, off the async threads.
+async fn unlock_key(lock: KeyLock, opener: Opener) -> Result<ArchiveKey, ArchiveError> {
+    tokio::task::spawn_blocking(move || ArchiveKey::unlock(&lock, &opener))
         .await
         .map_err(|e| ArchiveError::Other(e.into()))?
 }
 
+/// A new archive key that `protection` opens, and how the archive keeps it: derived from a
+/// passphrase (Argon2id, its 64 MiB and a second of a core) or random and encrypted to age
+/// recipients (no derivation).
+pub(crate) async fn lock_key(
+    protection: Protection,
+) -> Result<(ArchiveKey, KeyLock), ArchiveError> {
+    match protection {
+        Protection::Passphrase(passphrase) => {
+            if passphrase_chars(&passphrase) < MIN_PASSPHRASE_CHARS {
+                return Err(ArchiveError::WeakPassphrase);
+            }
+            let kdf = Kdf::new();
+            let key = derive_key(passphrase, kdf.clone()).await?;
+            Ok((key, KeyLock::Passphrase(kdf)))
+        }
+        Protection::Recipients(recipients) => {
+            if recipients.is_empty() {
+                return Err(ArchiveError::Refused(
+                    "an archive needs a passphrase or at least one recipient".into(),
+                ));
+            }
+            ArchiveKey::for_recipients(&recipients)
+        }
+    }
+}
+
 impl Tenancy {
-    /// Writes the archive of `tenant` to `writer`, its secrets sealed under a key derived from
-    /// `passphrase`.
+    /// Writes the archive of `tenant` to `writer`, its secrets sealed under a key that
+    /// `protection` opens.
     pub async fn export_archive<W: AsyncWrite + Unpin>(
         &self,
         tenant: &Tenant,
-        passphrase: SecretString,
+        protection: Protection,
         writer: W,
         data_dir: &std::path::Path,
     ) -> Result<Exported, ArchiveError> {
-        if passphrase_chars(&passphrase) < crate::infra::archive::format::MIN_PASSPHRASE_CHARS {
-            return Err(ArchiveError::WeakPassphrase);
-        }
-        let kdf = Kdf::new();
-        let key = derive_key(passphrase, kdf.clone()).await?;
+        let (key, lock) = lock_key(protection).await?;
         let entry = self.organization_entry(tenant.id).await?;
         write_archive(
             tenant,
             entry,
             &key,
-            kdf,
+            lock,
             &witness_file(data_dir, tenant.id),
             writer,
         )
@@ -151,7 +181,7 @@ impl Tenancy {
 
     /// Moves an organisation to another region's server: it stops being served, its database
     /// is fenced (no instance can write there), its archive written to a scratch file under a
-    /// random passphrase that only this process holds, imported and verified into a new
+    /// random age identity that only this process holds, imported and verified into a new
     /// database there (the signing key handed over, the read models rebuilt), and the catalog
     /// switched; then the old database is dropped. Until the switch, any failure removes the
     /// new database and puts the organisation back in service where it was; a killed move is
@@ -192,7 +222,7 @@ impl Tenancy {
             .map_err(|()| ArchiveError::Refused(format!("unknown region {}", row.region)))?;
         let source = Source::Archive {
             path: archive,
-            passphrase,
+            opener: Opener::Passphrase(passphrase),
         };
         self.replace_database(row, region, source, data_dir).await
     }
@@ -345,13 +375,11 @@ impl Tenancy {
         witness: &std::path::Path,
     ) -> Result<Arrived, ArchiveError> {
         self.fence(row, true).await?;
-        let (archive, passphrase) = match source {
+        let (archive, opener) = match source {
             Source::Export => {
-                let mut passphrase = [0u8; 32];
-                rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut passphrase);
-                let passphrase = SecretString::from(hex::encode(passphrase));
-                let kdf = Kdf::new();
-                let key = derive_key(passphrase.clone(), kdf.clone()).await?;
+                // A key nothing derives: the archive never leaves this process's hands.
+                let identity = age::x25519::Identity::generate();
+                let (key, lock) = ArchiveKey::for_recipients(&[identity.to_public()])?;
                 if let Some(dir) = scratch.parent() {
                     tokio::fs::create_dir_all(dir).await?;
                 }
@@ -361,17 +389,17 @@ impl Tenancy {
                     .mode(0o600)
                     .open(scratch)
                     .await?;
-                self.export_database(row, &key, kdf, file).await?;
-                (scratch, passphrase)
+                self.export_database(row, &key, lock, file).await?;
+                (scratch, Opener::Identities(identity.to_string()))
             }
-            Source::Archive { path, passphrase } => (path, passphrase),
+            Source::Archive { path, opener } => (path, opener),
         };
         self.create_tenant_database(region, target)
             .await
             .map_err(|e| ArchiveError::Other(e.into()))?;
         let file = tokio::fs::File::open(archive).await?;
         let mut reader = tokio::io::BufReader::with_capacity(256 * 1024, file);
-        let opened = Self::open_archive(&mut reader, passphrase).await?;
+        let opened = Self::open_archive(&mut reader, opener).await?;
         if opened.header.organization.id != row.id {
             return Err(ArchiveError::Refused(format!(
                 "the archive is of organisation {}, not of {} ({})",
@@ -398,7 +426,7 @@ impl Tenancy {
         &self,
         row: &TenantRow,
         key: &ArchiveKey,
-        kdf: Kdf,
+        lock: KeyLock,
         writer: W,
     ) -> Result<Exported, ArchiveError> {
         let master = self.master_key();
@@ -419,7 +447,7 @@ impl Tenancy {
                 audit_keys: &audit_keys,
             },
             key,
-            kdf,
+            lock,
             writer,
             None,
         )
@@ -443,7 +471,7 @@ impl Tenancy {
     ) -> Result<Imported, ArchiveError> {
         let file = tokio::fs::File::open(path).await?;
         let mut reader = tokio::io::BufReader::with_capacity(256 * 1024, file);
-        let opened = Self::open_archive(&mut reader, passphrase).await?;
+        let opened = Self::open_archive(&mut reader, Opener::Passphrase(passphrase)).await?;
         let organization = &opened.header.organization;
         let region: Region = organization
             .region
@@ -478,16 +506,23 @@ impl Tenancy {
         Ok(imported)
     }
 
-    /// Reads an archive's header and derives its key from `passphrase`: a wrong passphrase is
-    /// told here, before anything is created.
+    /// Reads an archive's header and opens its key with `opener`: a wrong passphrase or
+    /// identity is told here, before anything is created.
     pub async fn open_archive<R: AsyncBufRead + Unpin>(
         reader: &mut R,
-        passphrase: SecretString,
+        opener: Opener,
     ) -> Result<OpenedArchive, ArchiveError> {
         let (header, line) = read_header(reader).await?;
-        let key = derive_key(passphrase, header.kdf.clone()).await?;
+        let lock = header.lock()?;
+        let by_passphrase = matches!(lock, KeyLock::Passphrase(_));
+        let key = unlock_key(lock, opener).await?;
         if !key.checks(header.organization.id, &header.key_check) {
-            return Err(ArchiveError::WrongPassphrase);
+            // A key age opened is the one it was given: what does not check was altered.
+            return Err(if by_passphrase {
+                ArchiveError::WrongPassphrase
+            } else {
+                ArchiveError::Altered("its key does not match its header".into())
+            });
         }
         Ok(OpenedArchive { header, line, key })
     }
@@ -690,7 +725,7 @@ pub(crate) async fn write_archive<W: AsyncWrite + Unpin>(
     tenant: &Tenant,
     organization: OrganizationEntry,
     key: &ArchiveKey,
-    kdf: Kdf,
+    lock: KeyLock,
     witness: &std::path::Path,
     writer: W,
 ) -> Result<Exported, ArchiveError> {
@@ -707,7 +742,7 @@ pub(crate) async fn write_archive<W: AsyncWrite + Unpin>(
         organization,
         secrets,
         key,
-        kdf,
+        lock,
         writer,
         Some(taken),
     );

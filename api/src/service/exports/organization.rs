@@ -1,6 +1,6 @@
 //! The whole organisation as a tenant archive, for its administrators: `exportOrganization`
-//! derives the archive key from their passphrase (Argon2id), records an `OrganizationExported`
-//! event, and keeps the key — sealed under a key derived from the master key, bound to the
+//! derives the archive key from their passphrase (Argon2id) or makes a random one encrypted to
+//! their age recipients, records an `OrganizationExported` event, and keeps the key — sealed under a key derived from the master key, bound to the
 //! export — with a one-time link; opening the link streams the archive from the database with
 //! that key (nothing of it is held in memory or on disk), and the link's row, key included,
 //! is gone once used or expired.
@@ -17,11 +17,13 @@ use uuid::Uuid;
 use super::links::{issue_link, stream, ExportTicket};
 use crate::auth::principal::Principal;
 use crate::error::ApiError;
-use crate::infra::archive::format::{ArchiveKey, Kdf, OrganizationEntry, MIN_PASSPHRASE_CHARS};
+use crate::infra::archive::format::{
+    recipients, ArchiveKey, Kdf, KeyLock, OrganizationEntry, Protection, MIN_PASSPHRASE_CHARS,
+};
 use crate::infra::integrity::tree_head::witness_file;
 use crate::infra::stores::downloads::NewDownload;
 use crate::infra::subject_keys::{open, seal};
-use crate::infra::tenancy::archives::{derive_key, passphrase_chars, write_archive};
+use crate::infra::tenancy::archives::{lock_key, passphrase_chars, write_archive};
 use crate::infra::tenancy::tenant::Tenant;
 use crate::service::Services;
 
@@ -38,18 +40,41 @@ impl Services {
             .derive(&format!("custos/archive-link-keys/{tenant}"))
     }
 
+    /// Records the export of the whole organisation, its archive to be opened with
+    /// `passphrase` or by `recipients` (exactly one of them), and hands out its link.
     pub(crate) async fn start_organization_export(
         &self,
         principal: &Principal,
-        passphrase: SecretString,
+        passphrase: Option<SecretString>,
+        recipient_keys: Option<Vec<String>>,
         request_id: Uuid,
     ) -> Result<ExportTicket, ApiError> {
-        if passphrase_chars(&passphrase) < MIN_PASSPHRASE_CHARS {
-            return Err(ApiError::validation(
-                "passphrase",
-                format!("the passphrase must be at least {MIN_PASSPHRASE_CHARS} characters long"),
-            ));
-        }
+        let protection = match (passphrase, recipient_keys) {
+            (Some(passphrase), None) => {
+                if passphrase_chars(&passphrase) < MIN_PASSPHRASE_CHARS {
+                    return Err(ApiError::validation(
+                        "passphrase",
+                        format!("the passphrase must be at least {MIN_PASSPHRASE_CHARS} characters long"),
+                    ));
+                }
+                Protection::Passphrase(passphrase)
+            }
+            (None, Some(keys)) if !keys.is_empty() => Protection::Recipients(
+                recipients(&keys).map_err(|reason| ApiError::validation("recipients", reason))?,
+            ),
+            (None, _) => {
+                return Err(ApiError::validation(
+                    "passphrase",
+                    "give a passphrase, or the age recipients to encrypt the archive to",
+                ))
+            }
+            (Some(_), Some(_)) => {
+                return Err(ApiError::validation(
+                    "recipients",
+                    "give a passphrase or recipients, not both",
+                ))
+            }
+        };
         let tenant = &principal.tenant;
         // Links never opened keep their sealed archive key only until they expire.
         sqlx::query(
@@ -73,8 +98,11 @@ impl Services {
                 )));
             }
         }
-        let kdf = Kdf::new();
-        let key = derive_key(passphrase, kdf.clone())
+        let recipient_keys: Vec<String> = match &protection {
+            Protection::Recipients(keys) => keys.iter().map(ToString::to_string).collect(),
+            Protection::Passphrase(_) => Vec::new(),
+        };
+        let (key, lock) = lock_key(protection)
             .await
             .map_err(|e| ApiError::internal(anyhow::anyhow!("{e}")))?;
         let subjects: i64 =
@@ -87,6 +115,7 @@ impl Services {
         let export_id = Uuid::now_v7();
         let command = DataExportCommand::Organization {
             subjects: usize::try_from(subjects).unwrap_or_default(),
+            recipients: recipient_keys,
         };
         self.record_export(principal, export_id, command, request_id)
             .await?;
@@ -95,7 +124,7 @@ impl Services {
             &key.to_parts(),
             &binding(tenant.id, export_id),
         );
-        let stored = json!({ "kdf": kdf, "key": hex::encode(sealed) });
+        let stored = json!({ "lock": lock, "key": hex::encode(sealed) });
         let link = NewDownload {
             filter: Some(&stored),
             actor: Some((principal.actor().id(), principal.actor().kind())),
@@ -114,7 +143,12 @@ impl Services {
         stored: &serde_json::Value,
     ) -> Result<OrganizationDownload, ApiError> {
         let corrupt = || ApiError::internal(anyhow::anyhow!("an archive link is malformed"));
-        let kdf: Kdf = serde_json::from_value(stored["kdf"].clone()).map_err(|_| corrupt())?;
+        // Links handed out before archives could be written to recipients keep `kdf`.
+        let lock = match stored.get("lock") {
+            Some(lock) => serde_json::from_value(lock.clone()),
+            None => serde_json::from_value::<Kdf>(stored["kdf"].clone()).map(KeyLock::Passphrase),
+        }
+        .map_err(|_| corrupt())?;
         let sealed = stored["key"]
             .as_str()
             .and_then(|h| hex::decode(h).ok())
@@ -135,7 +169,7 @@ impl Services {
         Ok(OrganizationDownload {
             tenant,
             key,
-            kdf,
+            lock,
             organization,
             witness,
         })
@@ -146,7 +180,7 @@ impl Services {
 pub(crate) struct OrganizationDownload {
     tenant: Arc<Tenant>,
     key: ArchiveKey,
-    kdf: Kdf,
+    lock: KeyLock,
     organization: OrganizationEntry,
     /// The organisation's witness file (the export's key hand-overs are appended to it).
     witness: std::path::PathBuf,
@@ -174,11 +208,11 @@ impl OrganizationDownload {
                     let Self {
                         tenant,
                         key,
-                        kdf,
+                        lock,
                         organization,
                         witness,
                     } = self;
-                    write_archive(&tenant, organization, &key, kdf, &witness, writer)
+                    write_archive(&tenant, organization, &key, lock, &witness, writer)
                         .await
                         .map_err(anyhow::Error::from)?;
                     Ok::<_, anyhow::Error>(())
