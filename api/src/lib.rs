@@ -37,7 +37,7 @@ pub mod testing {
         remove_fields as blind_index_remove_fields, FIELDS_REMOVED as BLIND_INDEX_FIELDS_REMOVED,
     };
     pub use crate::infra::cluster::{find_bin_dir, PrivateCluster, Supervisor};
-    pub use crate::infra::event_store::log::{events_after, EventLog, Position};
+    pub use crate::infra::event_store::log::{EventLog, Position};
     pub use crate::infra::event_store::repository::Cqrs;
     pub use crate::infra::integrity::proof::{
         check_file, ConsistencyProof, EventProof, ProvenEvent,

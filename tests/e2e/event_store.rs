@@ -278,60 +278,6 @@ async fn an_event_committed_after_a_later_one_is_not_skipped() {
     assert_eq!(names, ["Early", "Late"]);
 }
 
-/// The plan PostgreSQL makes for the projector's read of the events after `after`.
-async fn plan_of_reading_after(db: &mut PgConnection, after: (i64, i64), types: &[&str]) -> String {
-    let plan: Value = sqlx::query_scalar(&format!(
-        "EXPLAIN (FORMAT JSON) {}",
-        custos_api::testing::events_after()
-    ))
-    .bind(after.0.to_string())
-    .bind(after.1)
-    .bind(i64::from(i32::MAX).to_string())
-    .bind(types)
-    .bind(500_i64)
-    .fetch_one(db)
-    .await
-    .unwrap();
-    plan.to_string()
-}
-
-#[tokio::test]
-async fn a_backlog_is_read_from_each_type_s_own_index() {
-    let app = TestApp::spawn().await;
-    let session = app.sign_up(&slug("backlog")).await;
-    let mut db = app.tenant_admin(session.tenant_id).await;
-    // The reader has read every user, role and organisation event; 50,000 record events follow.
-    let after: (i64, i64) = sqlx::query_as(
-        "SELECT transaction_id::text::bigint, global_position FROM events
-         ORDER BY transaction_id DESC, global_position DESC LIMIT 1",
-    )
-    .fetch_one(&mut db)
-    .await
-    .unwrap();
-    let payload = created_event("Backlog");
-    let metadata = json!({ "actor_id": session.user_id.to_string(), "actor_kind": "user" });
-    sqlx::query(
-        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
-         SELECT 'record', gen_random_uuid()::text, 1, 'RecordCreated', '1', $1, $2
-         FROM generate_series(1, 50000)",
-    )
-    .bind(&payload)
-    .bind(&metadata)
-    .execute(&mut db)
-    .await
-    .unwrap();
-    sqlx::query("ANALYZE events")
-        .execute(&mut db)
-        .await
-        .unwrap();
-    // A type with nothing after the position is not looked for among the record events: every
-    // type is read from `events_by_type_commit_order`, none by filtering the commit order.
-    let plan =
-        plan_of_reading_after(&mut db, after, &["record", "user", "role", "organization"]).await;
-    assert!(plan.contains("events_by_type_commit_order"), "{plan}");
-    assert!(!plan.contains("\"events_commit_order\""), "{plan}");
-}
-
 #[tokio::test]
 async fn a_transaction_left_open_by_another_organisation_holds_back_no_read_model() {
     let app = TestApp::spawn().await;

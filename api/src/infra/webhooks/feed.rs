@@ -92,10 +92,7 @@ pub(crate) async fn after(
                     transaction_id::text::bigint AS transaction_id, global_position
              FROM events
              WHERE events.aggregate_type = t.aggregate_type
-               -- The type leads, so that only `events_by_type_commit_order` bounds the scan
-               -- (as in `events_after`).
-               AND (events.aggregate_type, transaction_id, global_position)
-                   > (t.aggregate_type, $2::text::xid8, $3)
+               AND (transaction_id, global_position) > ($2::text::xid8, $3)
                AND transaction_id < {HORIZON}::text::xid8
              ORDER BY events.transaction_id, events.global_position
              LIMIT $4
