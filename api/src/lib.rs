@@ -37,7 +37,7 @@ pub mod testing {
         remove_fields as blind_index_remove_fields, FIELDS_REMOVED as BLIND_INDEX_FIELDS_REMOVED,
     };
     pub use crate::infra::cluster::{find_bin_dir, PrivateCluster, Supervisor};
-    pub use crate::infra::event_store::log::{EventLog, Position};
+    pub use crate::infra::event_store::log::{events_after, EventLog, Position};
     pub use crate::infra::event_store::repository::Cqrs;
     pub use crate::infra::integrity::proof::{
         check_file, ConsistencyProof, EventProof, ProvenEvent,
@@ -52,6 +52,7 @@ pub mod testing {
     pub use crate::infra::tenancy::archives::{Arrived, OpenedArchive, Placement};
     pub use crate::infra::tenancy::catalog::Tenancy;
     pub use crate::infra::tenancy::tenant::Tenant;
+    pub use crate::infra::webhooks::feed::changes_after as webhook_changes_after;
     pub use crate::service::identity::NewOrganization;
     pub use crate::service::Services;
 

@@ -303,29 +303,44 @@ impl EventLog {
         horizon: i64,
         limit: i64,
     ) -> anyhow::Result<Vec<StoredEvent>> {
-        // One ordered range scan of `events_by_type_commit_order` per type, merged.
-        let rows = sqlx::query(&format!(
-            "SELECT e.* FROM unnest($4::text[]) AS t(aggregate_type)
-             CROSS JOIN LATERAL (
-                 SELECT {STORED_COLUMNS} FROM events
-                 WHERE events.aggregate_type = t.aggregate_type
-                   AND (transaction_id, global_position) > ($1::text::xid8, $2)
-                   AND transaction_id < $3::text::xid8
-                 ORDER BY events.transaction_id, events.global_position
-                 LIMIT $5
-             ) AS e
-             ORDER BY e.transaction_id, e.global_position
-             LIMIT $5"
-        ))
-        .bind(after.transaction_id.to_string())
-        .bind(after.global_position)
-        .bind(horizon.to_string())
-        .bind(aggregate_types)
-        .bind(limit)
-        .fetch_all(&mut *conn)
-        .await?;
+        let rows = sqlx::query(&events_after())
+            .bind(after.transaction_id.to_string())
+            .bind(after.global_position)
+            .bind(horizon.to_string())
+            .bind(aggregate_types)
+            .bind(limit)
+            .fetch_all(&mut *conn)
+            .await?;
         self.decode_on(Some(conn), &rows).await
     }
+}
+
+/// The statement of [`EventLog::after`]: `$1`, `$2` the position after which, `$3` the
+/// horizon, `$4` the aggregate types, `$5` the limit.
+///
+/// One ordered range scan of `events_by_type_commit_order` per type, merged. The two
+/// comparisons say the same; each is there for PostgreSQL 15. The one over (transaction,
+/// position) is where the index scan starts within the type (beside the type's equality, the
+/// btree drops a comparison that begins with the type). The one over all three columns cannot
+/// be checked in `events_commit_order`: without it the planner chose that index, filtered by
+/// type, for a large backlog, reading every later event for each type that has none (a
+/// catch-up's every batch read the whole backlog: 0.25-1.2 s a batch at 1,000,000 events).
+pub fn events_after() -> String {
+    format!(
+        "SELECT e.* FROM unnest($4::text[]) AS t(aggregate_type)
+         CROSS JOIN LATERAL (
+             SELECT {STORED_COLUMNS} FROM events
+             WHERE events.aggregate_type = t.aggregate_type
+               AND (transaction_id, global_position) > ($1::text::xid8, $2)
+               AND (events.aggregate_type, transaction_id, global_position)
+                   > (t.aggregate_type, $1::text::xid8, $2)
+               AND transaction_id < $3::text::xid8
+             ORDER BY events.transaction_id, events.global_position
+             LIMIT $5
+         ) AS e
+         ORDER BY e.transaction_id, e.global_position
+         LIMIT $5"
+    )
 }
 
 /// Inserts events in their order with one statement over arrays (the hash chain's trigger sees

@@ -79,33 +79,42 @@ impl Change {
     }
 }
 
+/// The statement of [`after`]: `$1` the aggregate types, `$2`, `$3` the position after
+/// which, `$4` the limit.
+pub fn changes_after() -> String {
+    format!(
+        "SELECT e.* FROM unnest($1::text[]) AS t(aggregate_type)
+     CROSS JOIN LATERAL (
+         SELECT aggregate_type, aggregate_id, sequence, event_type, recorded_at,
+                transaction_id::text::bigint AS transaction_id, global_position
+         FROM events
+         WHERE events.aggregate_type = t.aggregate_type
+           -- Both comparisons, as `events_after` has them (its documentation says why).
+           AND (transaction_id, global_position) > ($2::text::xid8, $3)
+           AND (events.aggregate_type, transaction_id, global_position)
+               > (t.aggregate_type, $2::text::xid8, $3)
+           AND transaction_id < {HORIZON}::text::xid8
+         ORDER BY events.transaction_id, events.global_position
+         LIMIT $4
+     ) AS e
+     ORDER BY e.transaction_id, e.global_position
+     LIMIT $4"
+    )
+}
+
 /// Up to `limit` changes after `after`, in commit order, from transactions that have ended.
 pub(crate) async fn after(
     conn: &mut PgConnection,
     after: Position,
     limit: i64,
 ) -> sqlx::Result<Vec<Change>> {
-    let rows = sqlx::query(&format!(
-        "SELECT e.* FROM unnest($1::text[]) AS t(aggregate_type)
-         CROSS JOIN LATERAL (
-             SELECT aggregate_type, aggregate_id, sequence, event_type, recorded_at,
-                    transaction_id::text::bigint AS transaction_id, global_position
-             FROM events
-             WHERE events.aggregate_type = t.aggregate_type
-               AND (transaction_id, global_position) > ($2::text::xid8, $3)
-               AND transaction_id < {HORIZON}::text::xid8
-             ORDER BY events.transaction_id, events.global_position
-             LIMIT $4
-         ) AS e
-         ORDER BY e.transaction_id, e.global_position
-         LIMIT $4"
-    ))
-    .bind(&TYPES[..])
-    .bind(after.transaction_id.to_string())
-    .bind(after.global_position)
-    .bind(limit)
-    .fetch_all(&mut *conn)
-    .await?;
+    let rows = sqlx::query(&changes_after())
+        .bind(&TYPES[..])
+        .bind(after.transaction_id.to_string())
+        .bind(after.global_position)
+        .bind(limit)
+        .fetch_all(&mut *conn)
+        .await?;
     rows.iter()
         .map(|row| {
             Ok(Change {
