@@ -72,6 +72,54 @@ async fn login(
     app.login(&admin.slug, email, PASSWORD).await
 }
 
+/// A Custos with an organisation (slug from `prefix`) holding one employee, `first` `last`.
+async fn with_an_employee(prefix: &str, first: &str, last: &str) -> (TestApp, String, Session) {
+    let app = TestApp::spawn().await;
+    let org = slug(prefix);
+    let admin = app.sign_up(&org).await;
+    app.create_employee(
+        &admin.token,
+        json!({ "firstName": first, "lastName": last }),
+    )
+    .await;
+    (app, org, admin)
+}
+
+/// How many organisations `app`'s catalog holds, in any state.
+async fn tenants(app: &TestApp) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM tenants")
+        .fetch_one(app.services.tenancy.catalog())
+        .await
+        .unwrap()
+}
+
+/// The bytes behind `exportOrganization`'s download link in `started`.
+async fn download(app: &TestApp, started: &custos_tests::Response) -> reqwest::Response {
+    let url = app.url(
+        started
+            .data("exportOrganization.downloadUrl")
+            .as_str()
+            .unwrap(),
+    );
+    reqwest::get(&url).await.unwrap()
+}
+
+/// The first name of the first employee `admin` (logging in with their password) sees on
+/// `app`, where the organisation arrived; and `custos verify` of it passes there.
+async fn arrived_first_name(app: &TestApp, admin: &Session, org: &str) -> Value {
+    let token = login(app, admin, &admin.email).await.expect("logs in");
+    let listed = app
+        .graphql(
+            Some(&token),
+            "{ employees(first: 5) { nodes { firstName } } }",
+            json!({}),
+        )
+        .await
+        .ok();
+    assert!(app.custos(&["verify", "--tenant", org]).await);
+    listed.data("employees.nodes.0.firstName").clone()
+}
+
 /// What an auditor compares between the two servers: every record's history and as-of view,
 /// the audit log (positions aside: they are renumbered in commit order), counts.
 async fn observed(app: &TestApp, token: &str, ids: &[String]) -> Value {
@@ -407,13 +455,7 @@ async fn damaged_altered_or_foreign_archives_are_refused_with_nothing_created() 
         .to_owned();
 
     let target = TestApp::spawn().await;
-    let tenants = || async {
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM tenants")
-            .fetch_one(target.services.tenancy.catalog())
-            .await
-            .unwrap()
-    };
-    let count = tenants().await;
+    let count = tenants(&target).await;
 
     let wrong = import(&target, &archive, "not the passphrase at all", &[]).await;
     assert!(wrong.unwrap_err().contains("passphrase does not open"));
@@ -489,7 +531,7 @@ async fn damaged_altered_or_foreign_archives_are_refused_with_nothing_created() 
     assert!(refused.contains("already exists here"), "{refused}");
 
     assert_eq!(
-        tenants().await,
+        tenants(&target).await,
         count,
         "no failed import left a tenant behind"
     );
@@ -718,15 +760,7 @@ async fn an_organisation_moves_between_regions_and_lives_only_on_the_second_serv
 
 #[tokio::test]
 async fn administrators_download_the_organisation_archive_once_and_it_imports() {
-    let source = TestApp::spawn().await;
-    let org = slug("self-export");
-    let admin = source.sign_up(&org).await;
-    source
-        .create_employee(
-            &admin.token,
-            json!({ "firstName": "Dora", "lastName": "Download" }),
-        )
-        .await;
+    let (source, org, admin) = with_an_employee("self-export", "Dora", "Download").await;
     let reader = source.user_with_roles(&admin, &[]).await;
     let mutation = "mutation($p: String!) { exportOrganization(passphrase: $p) { exportId count downloadUrl expiresAt } }";
 
@@ -745,13 +779,7 @@ async fn administrators_download_the_organisation_archive_once_and_it_imports() 
         .await
         .ok();
     assert_eq!(started.data("exportOrganization.count"), 1);
-    let url = source.url(
-        started
-            .data("exportOrganization.downloadUrl")
-            .as_str()
-            .unwrap(),
-    );
-    let response = reqwest::get(&url).await.unwrap();
+    let response = download(&source, &started).await;
     assert_eq!(response.status(), 200);
     assert!(response
         .headers()
@@ -762,7 +790,7 @@ async fn administrators_download_the_organisation_archive_once_and_it_imports() 
         .contains(".custos-archive"));
     let bytes = response.bytes().await.unwrap();
     assert_eq!(
-        reqwest::get(&url).await.unwrap().status(),
+        download(&source, &started).await.status(),
         404,
         "the link works once"
     );
@@ -782,17 +810,7 @@ async fn administrators_download_the_organisation_archive_once_and_it_imports() 
     std::fs::write(&archive, &bytes).unwrap();
     let target = TestApp::spawn().await;
     import(&target, &archive, PASSPHRASE, &[]).await.unwrap();
-    let token = login(&target, &admin, &admin.email).await.expect("logs in");
-    let listed = target
-        .graphql(
-            Some(&token),
-            "{ employees(first: 5) { nodes { firstName } } }",
-            json!({}),
-        )
-        .await
-        .ok();
-    assert_eq!(listed.data("employees.nodes.0.firstName"), "Dora");
-    assert!(target.custos(&["verify", "--tenant", &org]).await);
+    assert_eq!(arrived_first_name(&target, &admin, &org).await, "Dora");
 }
 
 /// A new age identity: its recipient (`age1…`) and its identity file, as `age-keygen -o FILE`
@@ -816,15 +834,7 @@ fn age_identity(dir: &Path) -> (String, PathBuf) {
 
 #[tokio::test]
 async fn an_archive_encrypted_to_age_recipients_opens_only_with_their_identities() {
-    let source = TestApp::spawn().await;
-    let org = slug("age-export");
-    let admin = source.sign_up(&org).await;
-    source
-        .create_employee(
-            &admin.token,
-            json!({ "firstName": "Agatha", "lastName": "Keyholder" }),
-        )
-        .await;
+    let (source, org, admin) = with_an_employee("age-export", "Agatha", "Keyholder").await;
     let dir = source.data_dir.path();
     let (alice, alice_key) = age_identity(dir);
     let (bob, bob_key) = age_identity(dir);
@@ -880,13 +890,7 @@ async fn an_archive_encrypted_to_age_recipients_opens_only_with_their_identities
 
     // Opened with anything but one of the recipients' identities: refused, nothing created.
     let target = TestApp::spawn().await;
-    let tenants = || async {
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM tenants")
-            .fetch_one(target.services.tenancy.catalog())
-            .await
-            .unwrap()
-    };
-    let count = tenants().await;
+    let count = tenants(&target).await;
     let stranger = import_with(
         &target,
         &archive,
@@ -915,7 +919,7 @@ async fn an_archive_encrypted_to_age_recipients_opens_only_with_their_identities
             && !not_an_identity.contains(PASSPHRASE),
         "{not_an_identity}"
     );
-    assert_eq!(tenants().await, count, "nothing was created");
+    assert_eq!(tenants(&target).await, count, "nothing was created");
 
     // Either recipient's identity opens it.
     import_with(
@@ -925,17 +929,7 @@ async fn an_archive_encrypted_to_age_recipients_opens_only_with_their_identities
     )
     .await
     .unwrap();
-    let token = login(&target, &admin, &admin.email).await.expect("logs in");
-    let listed = target
-        .graphql(
-            Some(&token),
-            "{ employees(first: 5) { nodes { firstName } } }",
-            json!({}),
-        )
-        .await
-        .ok();
-    assert_eq!(listed.data("employees.nodes.0.firstName"), "Agatha");
-    assert!(target.custos(&["verify", "--tenant", &org]).await);
+    assert_eq!(arrived_first_name(&target, &admin, &org).await, "Agatha");
 
     // `exportOrganization` to a recipient: checked, recorded with it, and downloaded.
     let mutation = "mutation($p: String, $r: [String!]) { exportOrganization(passphrase: $p, recipients: $r) { downloadUrl } }";
@@ -973,13 +967,7 @@ async fn an_archive_encrypted_to_age_recipients_opens_only_with_their_identities
     .unwrap();
     assert_eq!(recorded.len(), 1, "the refused exports were not recorded");
     assert!(recorded[0].contains(&alice), "{}", recorded[0]);
-    let url = source.url(
-        started
-            .data("exportOrganization.downloadUrl")
-            .as_str()
-            .unwrap(),
-    );
-    let bytes = reqwest::get(&url).await.unwrap().bytes().await.unwrap();
+    let bytes = download(&source, &started).await.bytes().await.unwrap();
     let downloaded = source.data_dir.path().join("downloaded-age.custos-archive");
     std::fs::write(&downloaded, &bytes).unwrap();
     let third = TestApp::spawn().await;
