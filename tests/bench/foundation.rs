@@ -18,6 +18,7 @@ use uuid::Uuid;
 
 use custos_api::testing::run_command;
 use custos_api::{Application, Config, DatabaseConfig};
+use custos_tests::employee_created;
 
 use crate::baseline;
 use crate::common::{
@@ -650,18 +651,6 @@ impl ProjectorWork {
             self.seconds * 1_000.0 / passes,
             self.seconds / self.elapsed.as_secs_f64().max(f64::EPSILON),
         )
-    }
-}
-
-/// An employee created with `fields`, as `createEmployee` commands it.
-fn employee_created(fields: Fields) -> RecordCommand {
-    RecordCommand::Create {
-        datasheet: Datasheet::Employees,
-        fields,
-        hired_from: None,
-        schema: Default::default(),
-        effective_from: None,
-        today: custos_projections::records::today(),
     }
 }
 

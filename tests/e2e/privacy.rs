@@ -642,7 +642,7 @@ async fn a_subjects_key_asked_for_by_many_writers_at_once_is_one_key() {
 #[tokio::test]
 async fn a_new_subjects_key_is_stored_with_its_first_events() {
     use custos_domain::record::Fields;
-    use custos_domain::{Actor, Datasheet, EventMetadata, RecordCommand};
+    use custos_domain::{Actor, EventMetadata};
     use secrecy::ExposeSecret;
     let app = TestApp::spawn().await;
     let session = app.sign_up(&slug("key-with-events")).await;
@@ -653,14 +653,7 @@ async fn a_new_subjects_key_is_stored_with_its_first_events() {
         let mut fields = Fields::new();
         fields.insert("first_name".into(), json!(first_name));
         fields.insert("last_name".into(), json!("Keyholder"));
-        RecordCommand::Create {
-            datasheet: Datasheet::Employees,
-            fields,
-            hired_from: None,
-            schema: Default::default(),
-            effective_from: None,
-            today: custos_projections::records::today(),
-        }
+        custos_tests::employee_created(fields)
     };
     let metadata =
         || EventMetadata::new(Actor::User(session.user_id), uuid::Uuid::now_v7()).to_map();

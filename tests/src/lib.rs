@@ -957,3 +957,16 @@ async fn drop_catalog(options: PgConnectOptions, us: Option<PgConnectOptions>, c
     .await;
     let _ = admin.close().await;
 }
+
+/// An employee created with `fields`, as `createEmployee` commands it (for tests and the bench
+/// that send commands in process).
+pub fn employee_created(fields: custos_domain::record::Fields) -> custos_domain::RecordCommand {
+    custos_domain::RecordCommand::Create {
+        datasheet: custos_domain::Datasheet::Employees,
+        fields,
+        hired_from: None,
+        schema: Default::default(),
+        effective_from: None,
+        today: custos_projections::records::today(),
+    }
+}

@@ -148,6 +148,27 @@ pub enum Protection {
     Recipients(Vec<age::x25519::Recipient>),
 }
 
+impl Protection {
+    /// Whether an archive can be written under it: a passphrase long enough, or at least one
+    /// recipient.
+    pub(crate) fn check(&self) -> Result<(), ArchiveError> {
+        match self {
+            Self::Passphrase(passphrase) if passphrase_chars(passphrase) < MIN_PASSPHRASE_CHARS => {
+                Err(ArchiveError::WeakPassphrase)
+            }
+            Self::Recipients(recipients) if recipients.is_empty() => Err(ArchiveError::Refused(
+                "an archive needs a passphrase or at least one recipient".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// How many characters a passphrase has.
+pub(crate) fn passphrase_chars(passphrase: &SecretString) -> usize {
+    passphrase.expose_secret().chars().count()
+}
+
 /// What opens an archive.
 pub enum Opener {
     Passphrase(SecretString),

@@ -25,8 +25,10 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{write_durably, BackupStore};
-use crate::infra::archive::format::{ArchiveKey, Kdf, KeyLock, MIN_PASSPHRASE_CHARS};
-use crate::infra::tenancy::archives::{derive_key, passphrase_chars};
+use crate::infra::archive::format::{
+    passphrase_chars, ArchiveKey, Kdf, KeyLock, MIN_PASSPHRASE_CHARS,
+};
+use crate::infra::tenancy::archives::derive_key;
 use crate::infra::tenancy::catalog::Tenancy;
 use crate::infra::tenancy::tenant::TenantRow;
 

@@ -16,7 +16,6 @@ use crate::config::Region;
 use crate::infra::archive::export::{export, Exported, TenantSecrets};
 use crate::infra::archive::format::{
     ArchiveError, ArchiveKey, Header, Kdf, KeyLock, Opener, OrganizationEntry, Protection,
-    MIN_PASSPHRASE_CHARS,
 };
 use crate::infra::archive::import::{import, read_header, Imported};
 use crate::infra::integrity::tree::{self, stored_heads, Checkpointed};
@@ -107,23 +106,14 @@ async fn unlock_key(lock: KeyLock, opener: Opener) -> Result<ArchiveKey, Archive
 pub(crate) async fn lock_key(
     protection: Protection,
 ) -> Result<(ArchiveKey, KeyLock), ArchiveError> {
+    protection.check()?;
     match protection {
         Protection::Passphrase(passphrase) => {
-            if passphrase_chars(&passphrase) < MIN_PASSPHRASE_CHARS {
-                return Err(ArchiveError::WeakPassphrase);
-            }
             let kdf = Kdf::new();
             let key = derive_key(passphrase, kdf.clone()).await?;
             Ok((key, KeyLock::Passphrase(kdf)))
         }
-        Protection::Recipients(recipients) => {
-            if recipients.is_empty() {
-                return Err(ArchiveError::Refused(
-                    "an archive needs a passphrase or at least one recipient".into(),
-                ));
-            }
-            ArchiveKey::for_recipients(&recipients)
-        }
+        Protection::Recipients(recipients) => ArchiveKey::for_recipients(&recipients),
     }
 }
 
@@ -770,13 +760,6 @@ async fn hand_over(tenant: &Tenant, witness: &std::path::Path) -> Result<i64, Ar
             "another checkpoint kept the signing key busy; try again".into(),
         )),
     }
-}
-
-/// How many characters a passphrase has.
-pub(crate) fn passphrase_chars(passphrase: &SecretString) -> usize {
-    secrecy::ExposeSecret::expose_secret(passphrase)
-        .chars()
-        .count()
 }
 
 /// Starts the witness file `file` again from `fresh` (the heads of a restored database): the

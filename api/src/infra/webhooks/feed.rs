@@ -84,21 +84,21 @@ impl Change {
 pub fn changes_after() -> String {
     format!(
         "SELECT e.* FROM unnest($1::text[]) AS t(aggregate_type)
-     CROSS JOIN LATERAL (
-         SELECT aggregate_type, aggregate_id, sequence, event_type, recorded_at,
-                transaction_id::text::bigint AS transaction_id, global_position
-         FROM events
-         WHERE events.aggregate_type = t.aggregate_type
-           -- Both comparisons, as `events_after` has them (its documentation says why).
-           AND (transaction_id, global_position) > ($2::text::xid8, $3)
-           AND (events.aggregate_type, transaction_id, global_position)
-               > (t.aggregate_type, $2::text::xid8, $3)
-           AND transaction_id < {HORIZON}::text::xid8
-         ORDER BY events.transaction_id, events.global_position
-         LIMIT $4
-     ) AS e
-     ORDER BY e.transaction_id, e.global_position
-     LIMIT $4"
+         CROSS JOIN LATERAL (
+             SELECT aggregate_type, aggregate_id, sequence, event_type, recorded_at,
+                    transaction_id::text::bigint AS transaction_id, global_position
+             FROM events
+             WHERE events.aggregate_type = t.aggregate_type
+               -- Both comparisons, as `events_after` has them (its documentation says why).
+               AND (transaction_id, global_position) > ($2::text::xid8, $3)
+               AND (events.aggregate_type, transaction_id, global_position)
+                   > (t.aggregate_type, $2::text::xid8, $3)
+               AND transaction_id < {HORIZON}::text::xid8
+             ORDER BY events.transaction_id, events.global_position
+             LIMIT $4
+         ) AS e
+         ORDER BY e.transaction_id, e.global_position
+         LIMIT $4"
     )
 }
 

@@ -1,7 +1,7 @@
 //! The whole organisation as a tenant archive, for its administrators: `exportOrganization`
 //! derives the archive key from their passphrase (Argon2id) or makes a random one encrypted to
-//! their age recipients, records an `OrganizationExported` event, and keeps the key — sealed under a key derived from the master key, bound to the
-//! export — with a one-time link; opening the link streams the archive from the database with
+//! their age recipients, records an `OrganizationExported` event, and keeps the key — sealed
+//! under a key derived from the master key, bound to the export — with a one-time link; opening the link streams the archive from the database with
 //! that key (nothing of it is held in memory or on disk), and the link's row, key included,
 //! is gone once used or expired.
 
@@ -18,12 +18,12 @@ use super::links::{issue_link, stream, ExportTicket};
 use crate::auth::principal::Principal;
 use crate::error::ApiError;
 use crate::infra::archive::format::{
-    recipients, ArchiveKey, Kdf, KeyLock, OrganizationEntry, Protection, MIN_PASSPHRASE_CHARS,
+    recipients, ArchiveKey, Kdf, KeyLock, OrganizationEntry, Protection,
 };
 use crate::infra::integrity::tree_head::witness_file;
 use crate::infra::stores::downloads::NewDownload;
 use crate::infra::subject_keys::{open, seal};
-use crate::infra::tenancy::archives::{lock_key, passphrase_chars, write_archive};
+use crate::infra::tenancy::archives::{lock_key, write_archive};
 use crate::infra::tenancy::tenant::Tenant;
 use crate::service::Services;
 
@@ -51,13 +51,11 @@ impl Services {
     ) -> Result<ExportTicket, ApiError> {
         let protection = match (passphrase, recipient_keys) {
             (Some(passphrase), None) => {
-                if passphrase_chars(&passphrase) < MIN_PASSPHRASE_CHARS {
-                    return Err(ApiError::validation(
-                        "passphrase",
-                        format!("the passphrase must be at least {MIN_PASSPHRASE_CHARS} characters long"),
-                    ));
-                }
-                Protection::Passphrase(passphrase)
+                let protection = Protection::Passphrase(passphrase);
+                protection
+                    .check()
+                    .map_err(|weak| ApiError::validation("passphrase", weak.to_string()))?;
+                protection
             }
             (None, Some(keys)) if !keys.is_empty() => Protection::Recipients(
                 recipients(&keys).map_err(|reason| ApiError::validation("recipients", reason))?,
