@@ -1,10 +1,10 @@
 //! The GraphQL API: the schema, merged from one query and one mutation object per area of
-//! `resolvers`, with the limits, the authorization extension and the measuring extension
-//! every request passes through.
+//! `resolvers`, with the one extension every request passes through (`hooks`: the limits, the
+//! field errors, authorization, read-your-writes and the measurements).
 //!
 //! Floors inside this room, from the bottom: `error`, `context`, `arguments`, `pagination`,
-//! `loaders`, `limits` and `observe`; `types` (what resolvers share); `authorization`;
-//! `resolvers`.
+//! `loaders`, `limits` and `observe`; `types` (what resolvers share); `authorization` and
+//! `consistency`; `hooks`; `resolvers`.
 
 use std::sync::Arc;
 
@@ -17,6 +17,7 @@ pub(crate) mod authorization;
 pub(crate) mod consistency;
 pub(crate) mod context;
 pub(crate) mod error;
+pub(crate) mod hooks;
 pub(crate) mod input_errors;
 pub(crate) mod limits;
 pub(crate) mod loaders;
@@ -110,10 +111,6 @@ pub(crate) const MAX_COMPLEXITY: usize = 2_000;
 
 fn builder() -> SchemaBuilder<Query, Mutation, Subscription> {
     Schema::build(Query::default(), Mutation::default(), Subscription)
-        .extension(limits::DocumentLimits)
-        .extension(error::FieldErrors)
-        .extension(authorization::Authorization)
-        .extension(consistency::ReadYourWrites)
         .limit_complexity(MAX_COMPLEXITY)
         .limit_recursive_depth(32)
 }
@@ -122,7 +119,7 @@ fn builder() -> SchemaBuilder<Query, Mutation, Subscription> {
 /// off for production, and field suggestions go with it.
 pub(crate) fn build_schema(services: Arc<Services>, introspection: bool) -> CustosSchema {
     let builder = builder()
-        .extension(observe::Observe(services.metrics.clone()))
+        .extension(hooks::Hooks(services.metrics.clone()))
         .data(services);
     if introspection {
         builder.finish()

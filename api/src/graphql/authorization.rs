@@ -1,13 +1,9 @@
-//! The schema extension that applies the authorization policy (`auth::policy`) — who may call
-//! the field, and what the organisation's standing still allows — to every root field before
-//! its resolver runs, and keeps WebSocket connections to subscriptions.
+//! The authorization policy (`auth::policy`) — who may call the field, and what the
+//! organisation's standing still allows — applied to every root field before its resolver
+//! runs, and WebSocket connections kept to subscriptions.
 
-use std::sync::Arc;
-
-use async_graphql::extensions::{
-    Extension, ExtensionContext, ExtensionFactory, NextResolve, ResolveInfo,
-};
-use async_graphql::{ServerResult, Value};
+use async_graphql::extensions::{ExtensionContext, ResolveInfo};
+use async_graphql::ServerResult;
 
 use super::context::{RequestContext, SubscriptionAuth};
 use super::error::root_field_error;
@@ -21,56 +17,40 @@ pub(crate) fn may_subscribe(field: &str, principal: &Principal) -> Result<(), Ap
     check_standing("Subscription", field, principal)
 }
 
-/// The schema extension that applies the policy to every root field.
-pub(crate) struct Authorization;
-
-impl ExtensionFactory for Authorization {
-    fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(Authorization)
-    }
-}
-
-#[async_trait::async_trait]
-impl Extension for Authorization {
-    async fn resolve(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        info: ResolveInfo<'_>,
-        next: NextResolve<'_>,
-    ) -> ServerResult<Option<Value>> {
-        if info.path_node.parent.is_none() {
-            let principal = ctx
-                .data_opt::<RequestContext>()
-                .and_then(|r| r.principal.as_ref());
-            // A WebSocket connection authenticates once, at its start: it serves subscriptions
-            // only (which re-check their session), never queries or mutations.
-            let over_websocket = ctx.data_opt::<SubscriptionAuth>().is_some();
-            let decision = if over_websocket && info.parent_type != "Subscription" {
-                Err(ApiError::validation(
-                    "operation",
-                    "only subscriptions are served over WebSocket: send queries and mutations to POST /graphql",
-                ))
-            } else {
-                let rule = rule(info.parent_type, info.name);
-                check(rule, principal).and_then(|()| match principal {
-                    Some(principal) if rule != Some(Rule::Public) => {
-                        check_standing(info.parent_type, info.name, principal)
-                    }
-                    _ => Ok(()),
-                })
-            };
-            if let Err(err) = decision {
-                if matches!(err, ApiError::Forbidden | ApiError::Denied(_)) {
-                    tracing::warn!(
-                        tenant.id = ?principal.map(|p| p.tenant.id),
-                        actor.id = ?principal.map(|p| p.actor().id()),
-                        graphql.field = info.name,
-                        "security: access denied"
-                    );
-                }
-                return Err(root_field_error(&info, err));
+/// Applies the policy to the root field `info` before its resolver runs (a [`super::hooks`]
+/// step; the caller passes root fields only): `FORBIDDEN`, `UNAUTHENTICATED` or the
+/// organisation's standing as the field's error, and a denial logged as a security event.
+pub(crate) fn authorize(ctx: &ExtensionContext<'_>, info: &ResolveInfo<'_>) -> ServerResult<()> {
+    let principal = ctx
+        .data_opt::<RequestContext>()
+        .and_then(|r| r.principal.as_ref());
+    // A WebSocket connection authenticates once, at its start: it serves subscriptions
+    // only (which re-check their session), never queries or mutations.
+    let over_websocket = ctx.data_opt::<SubscriptionAuth>().is_some();
+    let decision = if over_websocket && info.parent_type != "Subscription" {
+        Err(ApiError::validation(
+            "operation",
+            "only subscriptions are served over WebSocket: send queries and mutations to POST /graphql",
+        ))
+    } else {
+        let rule = rule(info.parent_type, info.name);
+        check(rule, principal).and_then(|()| match principal {
+            Some(principal) if rule != Some(Rule::Public) => {
+                check_standing(info.parent_type, info.name, principal)
             }
+            _ => Ok(()),
+        })
+    };
+    if let Err(err) = decision {
+        if matches!(err, ApiError::Forbidden | ApiError::Denied(_)) {
+            tracing::warn!(
+                tenant.id = ?principal.map(|p| p.tenant.id),
+                actor.id = ?principal.map(|p| p.actor().id()),
+                graphql.field = info.name,
+                "security: access denied"
+            );
         }
-        next.run(ctx, info).await
+        return Err(root_field_error(info, err));
     }
+    Ok(())
 }

@@ -9,10 +9,8 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use async_graphql::extensions::{
-    Extension, ExtensionContext, ExtensionFactory, NextResolve, ResolveInfo,
-};
-use async_graphql::{ServerResult, Value};
+use async_graphql::extensions::{ExtensionContext, ResolveInfo};
+use async_graphql::ServerResult;
 
 use super::context::RequestContext;
 use super::error::root_field_error;
@@ -75,53 +73,34 @@ pub(crate) fn passed_after(ctx: &async_graphql::Context<'_>) -> Option<Position>
         .and_then(|consistency| consistency.after)
 }
 
-/// The schema extension that makes root fields wait for deferred changes.
-pub(crate) struct ReadYourWrites;
-
-impl ExtensionFactory for ReadYourWrites {
-    fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(ReadYourWrites)
+/// Makes the root field `info` wait, before its resolver runs, for the deferred changes it
+/// must see (a [`super::hooks`] step; the caller passes root fields only).
+pub(crate) async fn wait(ctx: &ExtensionContext<'_>, info: &ResolveInfo<'_>) -> ServerResult<()> {
+    // A subscription's root field is resolved again for every event it sends: its
+    // resolver waits once, as it starts.
+    let exempt = info.parent_type == "Subscription"
+        || info.parent_type == "Mutation" && DEFERRING.contains(&info.name);
+    let consistency = ctx.data_opt::<Arc<Consistency>>();
+    if !exempt {
+        let principal = ctx
+            .data_opt::<RequestContext>()
+            .and_then(|request| request.principal.as_ref());
+        let services = ctx.data_opt::<Arc<Services>>();
+        if let (Some(principal), Some(services)) = (principal, services) {
+            let after = consistency.and_then(|consistency| consistency.after);
+            services
+                .wait_for_deferred(&principal.tenant, after)
+                .await
+                .map_err(|err| {
+                    if let Some(consistency) = consistency {
+                        consistency.held_back.store(true, Ordering::Relaxed);
+                    }
+                    root_field_error(info, err)
+                })?;
+        }
     }
-}
-
-#[async_trait::async_trait]
-impl Extension for ReadYourWrites {
-    async fn resolve(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        info: ResolveInfo<'_>,
-        next: NextResolve<'_>,
-    ) -> ServerResult<Option<Value>> {
-        // Every field of the answer passes here; only root fields wait.
-        if info.path_node.parent.is_some() {
-            return next.run(ctx, info).await;
-        }
-        // A subscription's root field is resolved again for every event it sends: its
-        // resolver waits once, as it starts.
-        let exempt = info.parent_type == "Subscription"
-            || info.parent_type == "Mutation" && DEFERRING.contains(&info.name);
-        let consistency = ctx.data_opt::<Arc<Consistency>>();
-        if !exempt {
-            let principal = ctx
-                .data_opt::<RequestContext>()
-                .and_then(|request| request.principal.as_ref());
-            let services = ctx.data_opt::<Arc<Services>>();
-            if let (Some(principal), Some(services)) = (principal, services) {
-                let after = consistency.and_then(|consistency| consistency.after);
-                services
-                    .wait_for_deferred(&principal.tenant, after)
-                    .await
-                    .map_err(|err| {
-                        if let Some(consistency) = consistency {
-                            consistency.held_back.store(true, Ordering::Relaxed);
-                        }
-                        root_field_error(&info, err)
-                    })?;
-            }
-        }
-        if let Some(consistency) = consistency {
-            consistency.ran.store(true, Ordering::Relaxed);
-        }
-        next.run(ctx, info).await
+    if let Some(consistency) = consistency {
+        consistency.ran.store(true, Ordering::Relaxed);
     }
+    Ok(())
 }

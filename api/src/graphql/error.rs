@@ -2,17 +2,9 @@
 //! `reason` and `permission` where they apply); several field errors told at once become one
 //! GraphQL error each ([`FieldErrors`]). This is where an internal error is logged, once.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
-use async_graphql::extensions::{
-    Extension, ExtensionContext, ExtensionFactory, NextExecute, NextParseQuery, NextSubscribe,
-    NextValidation,
-};
-use async_graphql::parser::types::ExecutableDocument;
-use async_graphql::{
-    ErrorExtensionValues, ErrorExtensions, Response, ServerError, ServerResult, ValidationResult,
-    Variables,
-};
+use async_graphql::{ErrorExtensionValues, ErrorExtensions, Response, ServerError, Variables};
 use futures::stream::BoxStream;
 use futures::StreamExt;
 
@@ -88,17 +80,15 @@ impl From<ApiError> for async_graphql::Error {
 
 /// Makes one GraphQL error of each field error a resolver told at once ([`ApiError::Invalid`]),
 /// each with `extensions.code` and `extensions.field`, at the place of the one: a form shows
-/// every invalid field after one request.
+/// every invalid field after one request ([`super::hooks`] steps, one value per request).
 ///
 /// GraphQL's own validation of an argument's value tells its first problem only: a refused
 /// argument is walked again for every problem ([`super::input_errors`]), from the document
-/// and variables this extension keeps until validation has passed.
-pub(crate) struct FieldErrors;
-
-impl ExtensionFactory for FieldErrors {
-    fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(RequestFieldErrors::default())
-    }
+/// and variables kept here until validation has passed.
+#[derive(Default)]
+pub(crate) struct FieldErrors {
+    /// The document's text and the variables, until validation has passed.
+    request: Mutex<Option<(String, Variables)>>,
 }
 
 /// The longest document kept for [`super::input_errors`].
@@ -124,23 +114,9 @@ fn small(variables: &Variables) -> bool {
     variables.values().all(|v| count(v, &mut budget))
 }
 
-/// [`FieldErrors`] for one request.
-#[derive(Default)]
-struct RequestFieldErrors {
-    /// The document's text and the variables, until validation has passed.
-    request: Mutex<Option<(String, Variables)>>,
-}
-
-#[async_trait::async_trait]
-impl Extension for RequestFieldErrors {
-    async fn parse_query(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        query: &str,
-        variables: &Variables,
-        next: NextParseQuery<'_>,
-    ) -> ServerResult<ExecutableDocument> {
-        let document = next.run(ctx, query, variables).await?;
+impl FieldErrors {
+    /// After the document parsed: keeps its text and the variables for validation.
+    pub(crate) fn parsed(&self, query: &str, variables: &Variables) {
         // A large request (an import's rows) is not copied: a refusal of it keeps
         // async-graphql's first problem per argument.
         if query.len() <= KEPT_QUERY && small(variables) {
@@ -148,64 +124,45 @@ impl Extension for RequestFieldErrors {
                 *request = Some((query.to_owned(), variables.clone()));
             }
         }
-        Ok(document)
     }
 
-    async fn validation(
+    /// After validation refused the document: each refused argument's every problem.
+    pub(crate) fn refused(
         &self,
-        ctx: &ExtensionContext<'_>,
-        next: NextValidation<'_>,
-    ) -> Result<ValidationResult, Vec<ServerError>> {
-        // A valid request's text stays for the run (see `execute`).
-        let mut errors = match next.run(ctx).await {
-            Ok(valid) => return Ok(valid),
-            Err(errors) => errors,
-        };
+        registry: &async_graphql::registry::Registry,
+        mut errors: Vec<ServerError>,
+    ) -> Vec<ServerError> {
         let request = self.request.lock().ok().and_then(|mut r| r.take());
         if let Some((query, variables)) = request {
             if errors
                 .iter()
                 .any(|e| e.message.starts_with(super::input_errors::ARGUMENT_ERROR))
             {
-                super::input_errors::expand(
-                    &ctx.schema_env.registry,
-                    &query,
-                    &variables,
-                    &mut errors,
-                );
+                super::input_errors::expand(registry, &query, &variables, &mut errors);
             }
         }
-        Err(errors)
+        errors
     }
 
-    async fn execute(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        operation_name: Option<&str>,
-        next: NextExecute<'_>,
-    ) -> Response {
-        let mut response = next.run(ctx, operation_name).await;
+    /// After the operation ran: arguments that did not parse named, and field errors told
+    /// at once split into one error each. (A valid request's text stays until here.)
+    pub(crate) fn executed(&self, response: &mut Response) {
         let request = self.request.lock().ok().and_then(|mut r| r.take());
         if let Some((query, _)) = request {
             super::input_errors::name_unparsed_arguments(&query, &mut response.errors);
         }
         split(&mut response.errors);
-        response
     }
+}
 
-    fn subscribe<'s>(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        stream: BoxStream<'s, Response>,
-        next: NextSubscribe<'_>,
-    ) -> BoxStream<'s, Response> {
-        next.run(ctx, stream)
-            .map(|mut response| {
-                split(&mut response.errors);
-                response
-            })
-            .boxed()
-    }
+/// A subscription's answers with their field errors split, as [`FieldErrors::executed`] does.
+pub(crate) fn split_each(stream: BoxStream<'_, Response>) -> BoxStream<'_, Response> {
+    stream
+        .map(|mut response| {
+            split(&mut response.errors);
+            response
+        })
+        .boxed()
 }
 
 /// Replaces each error carrying [`FIELD_ERRORS`] with one error per field error.

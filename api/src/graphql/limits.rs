@@ -11,11 +11,7 @@
 //! introspection answer grow.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
-use async_graphql::extensions::{
-    Extension, ExtensionContext, ExtensionFactory, NextPrepareRequest,
-};
 use async_graphql::parser::types::{
     ExecutableDocument, Field, FragmentDefinition, Selection, SelectionSet,
 };
@@ -264,34 +260,19 @@ fn refusal(document: &ExecutableDocument) -> Option<String> {
     None
 }
 
-/// Refuses documents over the limits above. The document is parsed here, once (async-graphql
-/// takes the parsed document from the request), so that nothing walks it before these
-/// limits did: async-graphql's recursion-depth check, run right after parsing, follows every
-/// fragment spread.
-pub(crate) struct DocumentLimits;
-
-impl ExtensionFactory for DocumentLimits {
-    fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(DocumentLimits)
-    }
-}
-
-#[async_trait::async_trait]
-impl Extension for DocumentLimits {
-    async fn prepare_request(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        mut request: Request,
-        next: NextPrepareRequest<'_>,
-    ) -> ServerResult<Request> {
-        // A document that does not parse is left to async-graphql, which says why.
-        if let Ok(document) = request.parsed_query() {
-            if let Some(reason) = refusal(document) {
-                return Err(ServerError::new(reason, None));
-            }
+/// Refuses a document over the limits above (a [`super::hooks`] step, before async-graphql
+/// prepares the request). The document is parsed here, once (async-graphql takes the parsed
+/// document from the request), so that nothing walks it before these limits did:
+/// async-graphql's recursion-depth check, run right after parsing, follows every fragment
+/// spread.
+pub(crate) fn check(request: &mut Request) -> ServerResult<()> {
+    // A document that does not parse is left to async-graphql, which says why.
+    if let Ok(document) = request.parsed_query() {
+        if let Some(reason) = refusal(document) {
+            return Err(ServerError::new(reason, None));
         }
-        next.run(ctx, request).await
     }
+    Ok(())
 }
 
 #[cfg(test)]

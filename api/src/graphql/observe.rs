@@ -1,40 +1,23 @@
-//! The schema extension that measures each operation: a span (`graphql`, inside the request's)
+//! What measures each operation (steps of [`super::hooks`]): a span (`graphql`, inside the request's)
 //! and its count and time in the metrics, labelled by operation type, root field and result
 //! code — names the schema defines, never the client's operation name, a value or a variable;
 //! and the running subscriptions' gauge. The root fields are read from the parsed document and
 //! used only once it has passed validation (so every name is one of the schema's), which costs
 //! nothing per resolved field.
 
-use std::sync::{Arc, Mutex};
+use std::future::Future;
+use std::sync::Mutex;
 use std::time::Instant;
 
-use async_graphql::extensions::{
-    Extension, ExtensionContext, ExtensionFactory, NextParseQuery, NextPrepareRequest, NextRequest,
-    NextSubscribe, NextValidation,
-};
 use async_graphql::parser::types::{
     DocumentOperations, ExecutableDocument, OperationType, Selection, SelectionSet,
 };
-use async_graphql::{
-    Request, Response, ServerError, ServerResult, ValidationResult, Value, Variables,
-};
+use async_graphql::{Request, Response, ServerError, Value};
 use futures::stream::{BoxStream, StreamExt};
 use tracing::Instrument;
 
 use crate::error::Code;
 use crate::telemetry::metrics::{Metrics, Tracked};
-
-/// Measures every operation into `metrics`.
-pub(crate) struct Observe(pub(crate) Metrics);
-
-impl ExtensionFactory for Observe {
-    fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(Observed {
-            metrics: self.0.clone(),
-            state: Mutex::default(),
-        })
-    }
-}
 
 /// The root fields an operation selects.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -147,12 +130,13 @@ fn code_of(error: &ServerError) -> &'static str {
     code.unwrap_or(Code::Validation.as_str())
 }
 
-struct Observed {
+/// Measures one operation into the metrics ([`super::hooks`] steps, one value per request).
+pub(crate) struct Observed {
     metrics: Metrics,
     state: Mutex<State>,
 }
 
-/// What one request's extension learns as the request goes on.
+/// What one request's measurement learns as the request goes on.
 #[derive(Default)]
 struct State {
     /// The operation the client named, if any (to find it in the document; never a label).
@@ -163,9 +147,16 @@ struct State {
     root: Root,
 }
 
-#[async_trait::async_trait]
-impl Extension for Observed {
-    async fn request(&self, ctx: &ExtensionContext<'_>, next: NextRequest<'_>) -> Response {
+impl Observed {
+    pub(crate) fn new(metrics: Metrics) -> Self {
+        Self {
+            metrics,
+            state: Mutex::default(),
+        }
+    }
+
+    /// Runs the request (`response`) in the `graphql` span, then counts and times it.
+    pub(crate) async fn measure(&self, response: impl Future<Output = Response>) -> Response {
         let span = tracing::info_span!(
             "graphql",
             graphql.operation.type = tracing::field::Empty,
@@ -173,7 +164,7 @@ impl Extension for Observed {
             graphql.code = tracing::field::Empty,
         );
         let started = Instant::now();
-        let response = next.run(ctx).instrument(span.clone()).await;
+        let response = response.instrument(span.clone()).await;
         let elapsed = started.elapsed().as_secs_f64();
         let root = self
             .state
@@ -197,54 +188,33 @@ impl Extension for Observed {
         response
     }
 
-    async fn prepare_request(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        request: Request,
-        next: NextPrepareRequest<'_>,
-    ) -> ServerResult<Request> {
+    /// Before the request is prepared: the operation the client named.
+    pub(crate) fn prepared(&self, request: &Request) {
         if let Ok(mut state) = self.state.lock() {
             state.operation = request.operation_name.clone();
         }
-        next.run(ctx, request).await
     }
 
-    async fn parse_query(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        query: &str,
-        variables: &Variables,
-        next: NextParseQuery<'_>,
-    ) -> ServerResult<ExecutableDocument> {
-        let document = next.run(ctx, query, variables).await?;
+    /// After the document parsed: the root fields it selects.
+    pub(crate) fn parsed(&self, document: &ExecutableDocument) {
         if let Ok(mut state) = self.state.lock() {
-            state.selected = root_of(&document, state.operation.as_deref());
+            state.selected = root_of(document, state.operation.as_deref());
         }
-        Ok(document)
     }
 
-    async fn validation(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        next: NextValidation<'_>,
-    ) -> Result<ValidationResult, Vec<ServerError>> {
-        let result = next.run(ctx).await;
-        if result.is_ok() {
+    /// After validation: the root fields become labels once the document passed.
+    pub(crate) fn validated(&self, valid: bool) {
+        if valid {
             if let Ok(mut state) = self.state.lock() {
                 state.root = std::mem::take(&mut state.selected);
             }
         }
-        result
     }
 
-    fn subscribe<'s>(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        stream: BoxStream<'s, Response>,
-        next: NextSubscribe<'_>,
-    ) -> BoxStream<'s, Response> {
+    /// A subscription's answers, counted as running in the gauge until the stream ends.
+    pub(crate) fn track<'s>(&self, stream: BoxStream<'s, Response>) -> BoxStream<'s, Response> {
         let running = Tracked::new(&self.metrics.subscriptions);
-        next.run(ctx, stream)
+        stream
             .map(move |response| {
                 let _running = &running;
                 response
