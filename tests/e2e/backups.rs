@@ -106,7 +106,10 @@ async fn a_point_in_time_restore_brings_back_that_moment_without_the_people_eras
     let first = backups(&backup_dir);
     assert_eq!(first.len(), 1);
     assert!(verified(&first[0]), "{:#}", first[0]);
-    assert_eq!(first[0]["verification"]["organisations"], json!(1));
+    // The first round starts with the service, so it may end before the organisation was
+    // signed up (then the WAL archive holds all of it); `backup now` below holds it surely.
+    let counted = first[0]["verification"]["organisations"].as_i64();
+    assert!(matches!(counted, Some(0 | 1)), "{:#}", first[0]);
     // The master key is sealed in the backup, never in clear beside it.
     let key = std::fs::read_to_string(app.data_dir.path().join("master.key")).unwrap();
     let set = backup_dir
@@ -184,6 +187,7 @@ async fn a_point_in_time_restore_brings_back_that_moment_without_the_people_eras
     let both = backups(&backup_dir);
     assert_eq!(both.len(), 2);
     assert!(verified(&both[1]));
+    assert_eq!(both[1]["verification"]["organisations"], json!(1));
     // The erasure ledger is copied into the backup directory, which survives the data
     // directory.
     let mirror = backup_dir
