@@ -1,9 +1,9 @@
-//! What measures each operation (steps of [`super::hooks`]): a span (`graphql`, inside the request's)
-//! and its count and time in the metrics, labelled by operation type, root field and result
-//! code — names the schema defines, never the client's operation name, a value or a variable;
-//! and the running subscriptions' gauge. The root fields are read from the parsed document and
-//! used only once it has passed validation (so every name is one of the schema's), which costs
-//! nothing per resolved field.
+//! What measures each operation (steps of [`super::hooks`]): a span (`graphql`, inside the
+//! request's) and its count and time in the metrics, labelled by operation type, root field and
+//! result code — names the schema defines, never the client's operation name, a value or a
+//! variable; and the running subscriptions' gauge. The root fields are read from the parsed
+//! document and used only once it has passed validation (so every name is one of the
+//! schema's), which costs nothing per resolved field.
 
 use std::future::Future;
 use std::sync::Mutex;

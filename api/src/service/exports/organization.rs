@@ -1,9 +1,9 @@
 //! The whole organisation as a tenant archive, for its administrators: `exportOrganization`
 //! derives the archive key from their passphrase (Argon2id) or makes a random one encrypted to
 //! their age recipients, records an `OrganizationExported` event, and keeps the key — sealed
-//! under a key derived from the master key, bound to the export — with a one-time link; opening the link streams the archive from the database with
-//! that key (nothing of it is held in memory or on disk), and the link's row, key included,
-//! is gone once used or expired.
+//! under a key derived from the master key, bound to the export — with a one-time link;
+//! opening the link streams the archive from the database with that key (nothing of it is held
+//! in memory or on disk), and the link's row, key included, is gone once used or expired.
 
 use std::sync::Arc;
 
