@@ -2,7 +2,7 @@
 //! cluster, and percentiles.
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -35,6 +35,121 @@ pub(crate) async fn peak_rss_during<T>(work: impl Future<Output = T>) -> (T, u64
     };
     peak.fetch_max(rss(), Ordering::Relaxed);
     (output, peak.load(Ordering::Relaxed))
+}
+
+/// CPU seconds (user and system) a process has used, from its `/proc/<pid>/stat`: its own,
+/// and with `children` those of its children it has waited for (which have exited).
+fn cpu_of(stat: &str, children: bool) -> f64 {
+    let ticks = 100.0; // USER_HZ, the unit of /proc on Linux
+                       // The fields after the command name (which may hold spaces, in parentheses).
+    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<f64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(if children { 4 } else { 2 })
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    fields.iter().sum::<f64>() / ticks
+}
+
+/// CPU seconds used so far by this process (the service and the load generator, which run in
+/// one) and by the benchmark's PostgreSQL cluster: its postmaster, whose pid `postmaster.pid`
+/// in the cluster's data directory names, its live children, and the children it has reaped
+/// (so a connection that closed between two samples still counts). Between two samples with
+/// [`CpuTime::since`].
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct CpuTime {
+    pub(crate) own: f64,
+    pub(crate) cluster: f64,
+    at: Option<Instant>,
+    wall: Duration,
+}
+
+impl CpuTime {
+    pub(crate) fn now(cluster_dir: &Path) -> Self {
+        let own = std::fs::read_to_string("/proc/self/stat").map_or(0.0, |s| cpu_of(&s, false));
+        let postmaster: Option<u32> = std::fs::read_to_string(cluster_dir.join("postmaster.pid"))
+            .ok()
+            .and_then(|s| s.lines().next().and_then(|l| l.trim().parse().ok()));
+        let mut cluster = 0.0;
+        if let (Some(postmaster), Ok(entries)) = (postmaster, std::fs::read_dir("/proc")) {
+            for entry in entries.flatten() {
+                let Some(pid) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|p| p.parse::<u32>().ok())
+                else {
+                    continue;
+                };
+                let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                    continue;
+                };
+                let parent: Option<u32> = stat
+                    .rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                    .and_then(|p| p.parse().ok());
+                if pid == postmaster {
+                    cluster += cpu_of(&stat, true);
+                } else if parent == Some(postmaster) {
+                    cluster += cpu_of(&stat, false);
+                }
+            }
+        }
+        Self {
+            own,
+            cluster,
+            at: Some(Instant::now()),
+            wall: Duration::ZERO,
+        }
+    }
+
+    /// The CPU used between `before` and this sample, and the time between them.
+    pub(crate) fn since(self, before: Self) -> Self {
+        Self {
+            own: self.own - before.own,
+            cluster: self.cluster - before.cluster,
+            at: None,
+            wall: match (self.at, before.at) {
+                (Some(now), Some(then)) => now.duration_since(then),
+                _ => Duration::ZERO,
+            },
+        }
+    }
+
+    /// Shares of one core over the time between the samples: this process, the cluster.
+    pub(crate) fn cores(&self) -> (f64, f64) {
+        let wall = self.wall.as_secs_f64().max(f64::EPSILON);
+        (self.own / wall, self.cluster / wall)
+    }
+
+    /// The time between the samples, in seconds.
+    pub(crate) fn seconds(&self) -> f64 {
+        self.wall.as_secs_f64()
+    }
+
+    /// A row's value for the CPU `operations` used between the samples: the milliseconds of
+    /// CPU each took in this process and in PostgreSQL, and how busy both were meanwhile (two
+    /// cores are 2.0).
+    pub(crate) fn per_operation(&self, operations: f64) -> String {
+        let (own, cluster) = self.cores();
+        let operations = operations.max(f64::EPSILON);
+        format!(
+            "{:.3} ms / {:.3} ms ({:.2} cores busy)",
+            self.own / operations * 1_000.0,
+            self.cluster / operations * 1_000.0,
+            own + cluster
+        )
+    }
+}
+
+/// Runs `work` and samples [`CpuTime`] around it: its output and the CPU it took.
+pub(crate) async fn cpu_during<T>(
+    cluster_dir: &Path,
+    work: impl Future<Output = T>,
+) -> (T, CpuTime) {
+    let before = CpuTime::now(cluster_dir);
+    let output = work.await;
+    (output, CpuTime::now(cluster_dir).since(before))
 }
 
 /// The password of the benchmark's users.
@@ -95,6 +210,11 @@ pub(crate) struct BenchArgs {
     /// Live record subscriptions (each on a WebSocket of its own) of the subscriptions suite.
     #[arg(long, default_value_t = 2_000)]
     pub(crate) subscribers: usize,
+    /// Foundation suite: also print the N statements PostgreSQL spent the most time in
+    /// during (b) and during (b, read back), from pg_stat_statements, which this loads into
+    /// the cluster. It costs some speed: the figures of such a run are not for the record.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) statements: usize,
 }
 
 /// `reads` requests made by `request`, one after another: their latencies, sorted.
@@ -422,6 +542,28 @@ mod tests {
              | (b) updates | 550 mutations/s | 500 mutations/s | 1.10 |\n\
              | seeding | 12.5 s (800/s) | 10.0 s (1000/s) | 1.25 |\n\
              | (z) new | 7 ms |  |  |\n"
+        );
+    }
+
+    #[test]
+    fn cpu_is_read_from_a_stat_line_after_the_command_name() {
+        // pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt
+        // utime stime cutime cstime ...; the name may hold spaces and parentheses.
+        let stat = "4242 (postgres: a (b) c) S 1 4242 4242 0 -1 4194560 100 0 0 0 \
+                    250 50 1000 200 20 0 1 0 123 456 789";
+        assert_eq!(cpu_of(stat, false), 3.0);
+        assert_eq!(cpu_of(stat, true), 15.0);
+        assert_eq!(cpu_of("garbage", true), 0.0);
+        let after = CpuTime {
+            own: 4.0,
+            cluster: 1.0,
+            wall: Duration::from_secs(2),
+            ..CpuTime::default()
+        };
+        assert_eq!(after.cores(), (2.0, 0.5));
+        assert_eq!(
+            after.per_operation(1_000.0),
+            "4.000 ms / 1.000 ms (2.50 cores busy)"
         );
     }
 

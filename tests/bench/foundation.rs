@@ -22,8 +22,8 @@ use custos_tests::employee_created;
 
 use crate::baseline;
 use crate::common::{
-    closed_loop, compared, data_dir, graphql, last_recorded, latencies, ms, peak_rss_during,
-    percentile, rss, sign_up, BenchArgs,
+    closed_loop, compared, cpu_during, data_dir, graphql, last_recorded, latencies, ms,
+    peak_rss_during, percentile, rss, sign_up, BenchArgs, CpuTime,
 };
 
 /// Records per client in the spread variant of phase (b).
@@ -31,12 +31,23 @@ const SPREAD: usize = 64;
 
 pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let (_temp, data_dir) = data_dir(&args)?;
+    let cluster_dir = data_dir.join("postgres").join("data");
     let mut config = Config::new(data_dir, DatabaseConfig::Private);
     config.listen = "127.0.0.1:0".parse()?;
     config.tenant_pool_size = (args.clients as u32).max(8);
     // The benchmark floods logins from one address on purpose.
     config.login_attempts_per_minute = u32::MAX;
     let hash_concurrency = config.password_hash_concurrency;
+    if args.statements > 0 {
+        config.cluster_settings.extend([
+            (
+                "shared_preload_libraries",
+                "'pg_stat_statements'".to_owned(),
+            ),
+            ("pg_stat_statements.track", "'all'".to_owned()),
+            ("pg_stat_statements.track_planning", "on".to_owned()),
+        ]);
+    }
     let application = Application::build(config).await?;
     let address = application.local_addr()?;
     let services = application.services();
@@ -46,6 +57,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let _ = stopped.await;
     }));
     let duration = Duration::from_secs(args.seconds);
+    let statements = Statements::new(&admin, args.statements).await?;
 
     // (a) raw INSERTs into a table shaped like `events`, one row per transaction.
     let scratch = format!("custos_bench_{}", Uuid::now_v7().simple());
@@ -71,6 +83,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let payload = json!({ "RecordUpdated": { "datasheet": "employees", "changes": { "department": "Engineering" } } });
     let metadata = EventMetadata::new(Actor::User(Uuid::now_v7()), Uuid::now_v7()).to_map();
     let inserts = Arc::new(AtomicU64::new(0));
+    let raw_before = CpuTime::now(&cluster_dir);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..args.clients {
@@ -104,13 +117,19 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         task.await??;
     }
     let raw_rate = inserts.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+    let raw_cpu = CpuTime::now(&cluster_dir).since(raw_before);
     raw_pool.close().await;
     sqlx::query(&format!("DROP DATABASE {scratch} WITH (FORCE)"))
         .execute(&mut conn)
         .await?;
 
     // (baseline) The same kind of update through a plain cqrs-es service on the same server.
-    let baseline_rate = baseline::rate(&admin, args.clients, SPREAD, duration).await?;
+    let (baseline_rate, baseline_cpu) = cpu_during(
+        &cluster_dir,
+        baseline::rate(&admin, args.clients, SPREAD, duration),
+    )
+    .await;
+    let baseline_rate = baseline_rate?;
 
     // (b) updateEmployee over HTTP, each client on its own employee (no conflicts).
     let client = reqwest::Client::new();
@@ -133,6 +152,8 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut rates = Vec::new();
     let mut spread_ids = Vec::new();
     let mut spread_projector = ProjectorWork::default();
+    let mut spread_cpu = CpuTime::default();
+    let mut spread_statements = String::new();
     let mut caught_up_in = Duration::ZERO;
     for per_client in [1, SPREAD] {
         let mut sets = Vec::new();
@@ -155,7 +176,8 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
             sets.push(ids);
         }
         let before = ProjectorWork::scrape(&client, &address).await?;
-        let rate = closed_loop(args.clients, duration, |client, n| {
+        statements.reset().await?;
+        let (rate, cpu) = cpu_during(&cluster_dir, closed_loop(args.clients, duration, |client, n| {
             let (token, ids) = (token.clone(), &sets[client]);
             async move {
                 post(
@@ -166,9 +188,12 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 .await
                 .map(|_| ())
             }
-        })
-        .await?;
+        }))
+        .await;
+        let rate = rate?;
         if per_client == SPREAD {
+            spread_cpu = cpu;
+            spread_statements = statements.top(rate * cpu.seconds()).await?;
             // The answers did not wait for the read models: a read waits until they show
             // every change answered, so timing one counts the phase until projected.
             let read = Instant::now();
@@ -205,7 +230,9 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     // (b, read back) The spread updates again, each answering a field of the read model: the
     // answer waits for the read models to show the change.
-    let read_back_rate = closed_loop(args.clients, duration, |c, n| {
+    let before = ProjectorWork::scrape(&client, &address).await?;
+    statements.reset().await?;
+    let (read_back_rate, read_back_cpu) = cpu_during(&cluster_dir, closed_loop(args.clients, duration, |c, n| {
         let (token, ids) = (token.clone(), &spread_ids[c]);
         async move {
             post(
@@ -216,19 +243,30 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .await
             .map(|_| ())
         }
-    })
-    .await?;
+    }))
+    .await;
+    let read_back_rate = read_back_rate?;
+    let read_back_projector = ProjectorWork::scrape(&client, &address)
+        .await?
+        .since(before);
+    let read_back_statements = statements
+        .top(read_back_rate * read_back_cpu.seconds())
+        .await?;
 
     // (d) The floor of any request: HTTP, authentication and GraphQL, no command.
-    let me_rate = closed_loop(args.clients, duration, |_, _| {
-        let token = token.clone();
-        async move {
-            post(Some(token), "{ me { id } }", json!({}))
-                .await
-                .map(|_| ())
-        }
-    })
-    .await?;
+    let (me_rate, me_cpu) = cpu_during(
+        &cluster_dir,
+        closed_loop(args.clients, duration, |_, _| {
+            let token = token.clone();
+            async move {
+                post(Some(token), "{ me { id } }", json!({}))
+                    .await
+                    .map(|_| ())
+            }
+        }),
+    )
+    .await;
+    let me_rate = me_rate?;
 
     // (e) The command path in process: the same updates without HTTP or GraphQL, each waiting
     // for its event to be projected, as a mutation does.
@@ -237,24 +275,28 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .get(tenant_id)
         .await?
         .ok_or_else(|| anyhow::anyhow!("bench tenant vanished"))?;
-    let command_rate = closed_loop(args.clients, duration, |client, n| {
-        let (services, tenant, ids) = (services.clone(), tenant.clone(), &spread_ids[client]);
-        async move {
-            let command = department_update(format!("Direct {n}"));
-            let id: Uuid = ids[n % ids.len()].parse()?;
-            run_command(
-                &services,
-                &tenant,
-                &tenant.records,
-                id,
-                command,
-                EventMetadata::new(Actor::User(user_id), Uuid::now_v7()),
-            )
-            .await
-            .map_err(|e| anyhow::anyhow!("update failed: {:?}", e.code()))
-        }
-    })
-    .await?;
+    let (command_rate, command_cpu) = cpu_during(
+        &cluster_dir,
+        closed_loop(args.clients, duration, |client, n| {
+            let (services, tenant, ids) = (services.clone(), tenant.clone(), &spread_ids[client]);
+            async move {
+                let command = department_update(format!("Direct {n}"));
+                let id: Uuid = ids[n % ids.len()].parse()?;
+                run_command(
+                    &services,
+                    &tenant,
+                    &tenant.records,
+                    id,
+                    command,
+                    EventMetadata::new(Actor::User(user_id), Uuid::now_v7()),
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!("update failed: {:?}", e.code()))
+            }
+        }),
+    )
+    .await;
+    let command_rate = command_rate?;
     let written = args.clients * (1 + SPREAD);
 
     // (c) employees(first: 50) with many employees, seeded through the command side.
@@ -435,12 +477,13 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     .fetch_one(&tenant.pool)
     .await?;
     let audit_reads = args.reads.min(200);
-    let history = timed(
+    let (history, history_cpu) = cpu_during(&cluster_dir, timed(
         audit_reads,
         "query($id: ID!) { recordHistory(id: $id, first: 1000) { totalCount edges { node { sequence eventType recordedAt changes { field before after } } } } }",
         json!({ "id": long }),
-    )
-    .await?;
+    ))
+    .await;
+    let history = history?;
     let as_of = timed(
         audit_reads,
         "query($id: ID!, $at: DateTime!) { recordAsOf(id: $id, recordedAt: $at) { version fields { field value } } }",
@@ -475,8 +518,20 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut rows: Vec<String> = Vec::new();
     rows.push(format!("| (a) raw single-row INSERT into an events-shaped table, {} connections | {raw_rate:.0} tx/s |", args.clients));
     rows.push(format!("| (b) `updateEmployee` over HTTP, {} clients, each on {SPREAD} records of its own | {spread_rate:.0} mutations/s |", args.clients));
+    rows.push(format!(
+        "| (a) CPU per INSERT: this process / PostgreSQL | {} |",
+        raw_cpu.per_operation(raw_rate * raw_cpu.seconds())
+    ));
+    rows.push(format!(
+        "| (b) CPU per mutation: this process (service and load generator) / PostgreSQL | {} |",
+        spread_cpu.per_operation(spread_rate * spread_cpu.seconds())
+    ));
     rows.push(format!("| (b)/(a) | {:.3} |", spread_rate / raw_rate));
     rows.push(format!("| (baseline) plain cqrs-es + postgres-es + axum, the cqrs-es demo's shape (a JSON POST per command, its view updated in the request; no authentication, sealing, chain or projector), {} clients, each on {SPREAD} aggregates of its own | {baseline_rate:.0} commands/s |", args.clients));
+    rows.push(format!(
+        "| (baseline) CPU per command: this process (service and load generator) / PostgreSQL | {} |",
+        baseline_cpu.per_operation(baseline_rate * baseline_cpu.seconds())
+    ));
     rows.push(format!(
         "| (b)/(baseline) | {:.3} |",
         spread_rate / baseline_rate
@@ -486,7 +541,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "| (b, keyed)/(b) | {:.3} |",
         keyed_rate / spread_rate
     ));
-    rows.push(spread_projector.row());
+    rows.push(spread_projector.row("(b)"));
     let phase = duration.as_secs_f64();
     rows.push(format!(
         "| (b, until projected) the (b) updates counted until a read shows the last of them | {:.0} mutations/s (the read waited {:.0} ms) |",
@@ -494,6 +549,11 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         caught_up_in.as_secs_f64() * 1000.0
     ));
     rows.push(format!("| (b, read back) the (b) updates answering `department` too, so each waits for the read models | {read_back_rate:.0} mutations/s |"));
+    rows.push(read_back_projector.row("(b, read back)"));
+    rows.push(format!(
+        "| (b, read back) CPU per mutation: this process / PostgreSQL | {} |",
+        read_back_cpu.per_operation(read_back_rate * read_back_cpu.seconds())
+    ));
     rows.push(format!(
         "| (b, read back)/(a) | {:.3} |",
         read_back_rate / raw_rate
@@ -502,7 +562,15 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     rows.push(format!("| (b, hot)/(a) | {:.3} |", hot_rate / raw_rate));
     rows.push(format!("| (b, hot)/(b) | {:.3} |", hot_rate / spread_rate));
     rows.push(format!("| (d) `{{ me {{ id }} }}` over HTTP, {} clients: HTTP, authentication and GraphQL alone | {me_rate:.0} requests/s |", args.clients));
+    rows.push(format!(
+        "| (d) CPU per request: this process / PostgreSQL | {} |",
+        me_cpu.per_operation(me_rate * me_cpu.seconds())
+    ));
     rows.push(format!("| (e) the (b) updates in process, no HTTP, each waiting for its projection | {command_rate:.0} commands/s |"));
+    rows.push(format!(
+        "| (e) CPU per command: this process / PostgreSQL | {} |",
+        command_cpu.per_operation(command_rate * command_cpu.seconds())
+    ));
     rows.push(format!("| (e)/(a) | {:.3} |", command_rate / raw_rate));
     rows.push(format!(
         "| seeding {} employees through the command side, until projected | {:.1} s ({:.0}/s) |",
@@ -560,6 +628,10 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         p50_p99(&history)
     ));
     rows.push(format!(
+        "| (i) `recordHistory(first: 1000)` CPU per request: this process / PostgreSQL | {} |",
+        history_cpu.per_operation(history.len() as f64)
+    ));
+    rows.push(format!(
         "| (i) `recordAsOf` of the same record at its 500th event, p50 / p99, one client | {} |",
         p50_p99(&as_of)
     ));
@@ -570,7 +642,82 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         rebuilt.events
     ));
     print!("{}", compared(&rows, &last_recorded()));
+    if args.statements > 0 {
+        println!(
+            "\n### Statements during (b), with pg_stat_statements loaded\n\n{spread_statements}"
+        );
+        println!("### Statements during (b, read back)\n\n{read_back_statements}");
+    }
     Ok(())
+}
+
+/// pg_stat_statements in the benchmark's cluster, when `--statements` asks for it: where
+/// PostgreSQL spent its time during a phase, statement by statement, over every database.
+struct Statements {
+    conn: Option<tokio::sync::Mutex<sqlx::PgConnection>>,
+    top: usize,
+}
+
+impl Statements {
+    async fn new(admin: &sqlx::postgres::PgConnectOptions, top: usize) -> anyhow::Result<Self> {
+        if top == 0 {
+            return Ok(Self { conn: None, top });
+        }
+        let mut conn =
+            sqlx::PgConnection::connect_with(&admin.clone().database("postgres")).await?;
+        sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            .execute(&mut conn)
+            .await?;
+        Ok(Self {
+            conn: Some(tokio::sync::Mutex::new(conn)),
+            top,
+        })
+    }
+
+    /// Forgets what was counted so far.
+    async fn reset(&self) -> anyhow::Result<()> {
+        if let Some(conn) = &self.conn {
+            sqlx::query("SELECT pg_stat_statements_reset()")
+                .execute(&mut *conn.lock().await)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The statements with the most time since the reset, as a Markdown table: per
+    /// `operations` (the phase's mutations), the calls and the milliseconds in planning and
+    /// execution; each statement's share of all the time.
+    async fn top(&self, operations: f64) -> anyhow::Result<String> {
+        let Some(conn) = &self.conn else {
+            return Ok(String::new());
+        };
+        // Statements run inside others (functions, triggers) are counted in theirs too: the
+        // shares are of the time of the statements clients sent.
+        let rows: Vec<(String, bool, i64, f64, Option<f64>)> = sqlx::query_as(
+            "SELECT regexp_replace(query, '\\s+', ' ', 'g'), toplevel, calls,
+                    total_plan_time + total_exec_time,
+                    sum(total_plan_time + total_exec_time) FILTER (WHERE toplevel) OVER ()
+             FROM pg_stat_statements ORDER BY 4 DESC",
+        )
+        .fetch_all(&mut *conn.lock().await)
+        .await?;
+        let operations = operations.max(1.0);
+        let mut table = String::from(
+            "| statement | sent by a client | calls per mutation | ms per mutation (planning and execution) | share |\n|---|---|---|---|---|\n",
+        );
+        for (query, toplevel, calls, ms, all) in rows.into_iter().take(self.top) {
+            let query: String = query.chars().take(160).collect();
+            table.push_str(&format!(
+                "| `{}` | {} | {:.2} | {:.3} | {:.2} |\n",
+                query.replace('|', "\\|").replace('`', "'"),
+                if toplevel { "yes" } else { "no" },
+                calls as f64 / operations,
+                ms / operations,
+                ms / all.unwrap_or_default().max(f64::EPSILON),
+            ));
+        }
+        Ok(table)
+    }
 }
 
 /// Whether PostgreSQL's autovacuum has vacuumed or analysed `records` since `at`.
@@ -640,12 +787,12 @@ impl ProjectorWork {
         }
     }
 
-    /// The bench's row for the (b) phase: how many passes, how full, how long, and the share
-    /// of the phase the projector spent in them (near 1: the projector bounds the phase).
-    fn row(&self) -> String {
+    /// The bench's row for `phase`: how many passes, how full, how long, and the share of the
+    /// phase the projector spent in them (near 1: the projector bounds the phase).
+    fn row(&self, phase: &str) -> String {
         let passes = self.passes.max(1.0);
         format!(
-            "| (b) projector during (b): passes that applied events, events a pass, mean pass, share of the phase in passes | {:.0}, {:.1}, {:.2} ms, {:.2} |",
+            "| {phase} projector during {phase}: passes that applied events, events a pass, mean pass, share of the phase in passes | {:.0}, {:.1}, {:.2} ms, {:.2} |",
             self.passes,
             self.events / passes,
             self.seconds * 1_000.0 / passes,

@@ -6,7 +6,6 @@
 //! latency from sending each change's request until each subscriber received it (an upper
 //! bound of commit-to-subscriber). In `--data-dir`, or a fresh temporary directory.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -17,70 +16,19 @@ use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::common::{
-    data_dir, ms, open_loop_employees, open_loop_updates, percentile, sign_up, BenchArgs, OpenLoop,
+    cpu_during, data_dir, ms, open_loop_employees, open_loop_updates, percentile, sign_up,
+    BenchArgs, OpenLoop,
 };
 
 const SUBSCRIPTION: &str = "subscription { recordChanged { id version } }";
-/// CPU seconds (user and system) of one process, from its `/proc/<pid>/stat`.
-fn cpu_of(stat: &str) -> f64 {
-    let ticks = 100.0; // USER_HZ on Linux
-                       // Fields after the command name (which may hold spaces, inside parentheses).
-    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = fields.get(11).and_then(|f| f.parse().ok()).unwrap_or(0.0);
-    let stime: f64 = fields.get(12).and_then(|f| f.parse().ok()).unwrap_or(0.0);
-    (utime + stime) / ticks
-}
-
-/// CPU seconds so far of this process, and of each process of the benchmark's cluster (its
-/// postmaster, whose pid `postmaster.pid` in `cluster_dir` names, and its children) by pid.
-fn cpu_seconds(cluster_dir: &Path) -> (f64, HashMap<u32, f64>) {
-    let own = std::fs::read_to_string("/proc/self/stat")
-        .map(|s| cpu_of(&s))
-        .unwrap_or(0.0);
-    let postmaster: Option<u32> = std::fs::read_to_string(cluster_dir.join("postmaster.pid"))
-        .ok()
-        .and_then(|s| s.lines().next().and_then(|l| l.trim().parse().ok()));
-    let mut cluster = HashMap::new();
-    let Some(postmaster) = postmaster else {
-        return (own, cluster);
-    };
-    if let Ok(entries) = std::fs::read_dir("/proc") {
-        for entry in entries.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|p| p.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-                continue;
-            };
-            let parent: Option<u32> = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-                .and_then(|p| p.parse().ok());
-            if pid == postmaster || parent == Some(postmaster) {
-                cluster.insert(pid, cpu_of(&stat));
-            }
-        }
-    }
-    (own, cluster)
-}
-
-/// CPU used over `seconds` of waiting, as a share of one core: this process, the cluster (its
-/// processes that ran throughout, and those that started meanwhile from nothing).
+/// CPU used over `seconds` of waiting, as a share of one core: this process, the cluster.
 async fn idle_cpu(cluster_dir: &Path, seconds: u64) -> (f64, f64) {
-    let (own, cluster) = cpu_seconds(cluster_dir);
-    tokio::time::sleep(Duration::from_secs(seconds)).await;
-    let (own_after, cluster_after) = cpu_seconds(cluster_dir);
-    let cluster_used: f64 = cluster_after
-        .iter()
-        .map(|(pid, after)| after - cluster.get(pid).copied().unwrap_or(0.0))
-        .sum();
-    let wall = seconds as f64;
-    ((own_after - own) / wall, cluster_used / wall)
+    let ((), used) = cpu_during(
+        cluster_dir,
+        tokio::time::sleep(Duration::from_secs(seconds)),
+    )
+    .await;
+    used.cores()
 }
 
 /// Reads one subscriber's socket until told to stop: when each (record, version) arrived.
