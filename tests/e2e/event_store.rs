@@ -374,6 +374,113 @@ async fn reading_after_a_position_touches_the_events_read_not_the_backlog_nor_th
     }
 }
 
+/// Index fetches the transaction on `db` has made from `events` so far.
+async fn events_fetched(db: &mut PgConnection) -> i64 {
+    sqlx::query_scalar(
+        "SELECT idx_tup_fetch FROM pg_stat_xact_user_tables WHERE relname = 'events'",
+    )
+    .fetch_one(db)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn chaining_an_event_reads_its_stream_s_newest_alone_with_a_plan_made_on_a_young_table() {
+    // A new organisation's database, as the service creates it: from the tenant template,
+    // under the template's lock (shared: the service holds it exclusively only to migrate).
+    let _app = TestApp::spawn().await;
+    let young = format!("custos_young_{}", Uuid::now_v7().simple());
+    let mut server = PgConnection::connect_with(&custos_tests::admin_options("postgres"))
+        .await
+        .unwrap();
+    sqlx::query("SELECT pg_advisory_lock_shared($1)")
+        .bind(0x6375_7374_6f73_0001_i64)
+        .execute(&mut server)
+        .await
+        .unwrap();
+    sqlx::query(&format!(
+        "CREATE DATABASE {young} TEMPLATE custos_tenant_template"
+    ))
+    .execute(&mut server)
+    .await
+    .unwrap();
+    sqlx::query("SELECT pg_advisory_unlock_shared($1)")
+        .bind(0x6375_7374_6f73_0001_i64)
+        .execute(&mut server)
+        .await
+        .unwrap();
+    let mut db = PgConnection::connect_with(&custos_tests::admin_options(&young))
+        .await
+        .unwrap();
+    // A connection keeps a generic plan of the trigger's lookup after five calls; here the
+    // first call makes it, while the events fill a page and have no statistics.
+    sqlx::query("SET plan_cache_mode = force_generic_plan")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let (first, actor) = (Uuid::now_v7(), Uuid::now_v7());
+    append_directly(&mut db, "record", first, 1, actor, created_event("Young")).await;
+    let change = json!({ "RecordUpdated": { "datasheet": "employees", "changes": { "department": "Dept" } } });
+    append_directly(&mut db, "record", first, 2, actor, change.clone()).await;
+    // Then the type grows: 2,000 records of others, and one more.
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+         SELECT 'record', gen_random_uuid()::text, 1, 'RecordCreated', '1', $1, $2
+         FROM generate_series(1, 2000)",
+    )
+    .bind(created_event("Other"))
+    .bind(json!({ "actor_id": actor.to_string(), "actor_kind": "user" }))
+    .execute(&mut db)
+    .await
+    .unwrap();
+    let stream = Uuid::now_v7();
+    append_directly(&mut db, "record", stream, 1, actor, created_event("Late")).await;
+
+    // Its next event reads its predecessor alone, not the type's events before it.
+    let mut tx = db.begin().await.unwrap();
+    let before = events_fetched(&mut tx).await;
+    append_directly(&mut tx, "record", stream, 2, actor, change.clone()).await;
+    let fetched = events_fetched(&mut tx).await - before;
+    assert!(fetched <= 2, "{fetched} events read to chain one");
+    tx.commit().await.unwrap();
+    let chained: bool = sqlx::query_scalar(
+        "SELECT e.prev_hash = p.hash FROM events e JOIN events p USING (aggregate_type, aggregate_id)
+         WHERE e.aggregate_type = 'record' AND e.aggregate_id = $1 AND e.sequence = 2 AND p.sequence = 1",
+    )
+    .bind(stream.to_string())
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    assert!(chained);
+
+    // An event whose predecessor is not there is refused, and nothing is written.
+    let gap = sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+         VALUES ('record', $1, 4, 'RecordUpdated', '1', $2, '{}')",
+    )
+    .bind(stream.to_string())
+    .bind(&change)
+    .execute(&mut db)
+    .await
+    .unwrap_err();
+    let gap = gap.as_database_error().unwrap();
+    assert_eq!(gap.code().as_deref(), Some("23000"), "{gap}");
+    assert!(gap.message().contains("has no predecessor"), "{gap}");
+    let newest: i64 = sqlx::query_scalar(
+        "SELECT max(sequence) FROM events WHERE aggregate_type = 'record' AND aggregate_id = $1",
+    )
+    .bind(stream.to_string())
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(newest, 2);
+    db.close().await.unwrap();
+    sqlx::query(&format!("DROP DATABASE {young}"))
+        .execute(&mut server)
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn a_transaction_left_open_by_another_organisation_holds_back_no_read_model() {
     let app = TestApp::spawn().await;
