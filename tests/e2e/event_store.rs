@@ -300,6 +300,21 @@ async fn pages_read<'q>(
     top["Shared Hit Blocks"].as_i64().unwrap() + top["Shared Read Blocks"].as_i64().unwrap()
 }
 
+/// Appends the creations of `count` records of their own, by `actor`, in one statement.
+async fn records_created(db: &mut PgConnection, count: i64, actor: Uuid) {
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+         SELECT 'record', gen_random_uuid()::text, 1, 'RecordCreated', '1', $1, $2
+         FROM generate_series(1, $3)",
+    )
+    .bind(created_event("Other"))
+    .bind(json!({ "actor_id": actor.to_string(), "actor_kind": "user" }))
+    .bind(count)
+    .execute(db)
+    .await
+    .unwrap();
+}
+
 /// The position of the newest event but `skip`, in commit order.
 async fn newest(db: &mut PgConnection, skip: i64) -> (i64, i64) {
     sqlx::query_as(
@@ -320,18 +335,7 @@ async fn reading_after_a_position_touches_the_events_read_not_the_backlog_nor_th
     // A backlog: the reader has read every user, role and organisation event, and 200,000
     // record events follow.
     let backlog = newest(&mut db, 0).await;
-    let payload = created_event("Backlog");
-    let metadata = json!({ "actor_id": session.user_id.to_string(), "actor_kind": "user" });
-    sqlx::query(
-        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
-         SELECT 'record', gen_random_uuid()::text, 1, 'RecordCreated', '1', $1, $2
-         FROM generate_series(1, 200000)",
-    )
-    .bind(&payload)
-    .bind(&metadata)
-    .execute(&mut db)
-    .await
-    .unwrap();
+    records_created(&mut db, 200_000, session.user_id).await;
     sqlx::query("ANALYZE events")
         .execute(&mut db)
         .await
@@ -423,16 +427,7 @@ async fn chaining_an_event_reads_its_stream_s_newest_alone_with_a_plan_made_on_a
     let change = json!({ "RecordUpdated": { "datasheet": "employees", "changes": { "department": "Dept" } } });
     append_directly(&mut db, "record", first, 2, actor, change.clone()).await;
     // Then the type grows: 2,000 records of others, and one more.
-    sqlx::query(
-        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
-         SELECT 'record', gen_random_uuid()::text, 1, 'RecordCreated', '1', $1, $2
-         FROM generate_series(1, 2000)",
-    )
-    .bind(created_event("Other"))
-    .bind(json!({ "actor_id": actor.to_string(), "actor_kind": "user" }))
-    .execute(&mut db)
-    .await
-    .unwrap();
+    records_created(&mut db, 2_000, actor).await;
     let stream = Uuid::now_v7();
     append_directly(&mut db, "record", stream, 1, actor, created_event("Late")).await;
 
