@@ -119,7 +119,7 @@ fn builder() -> SchemaBuilder<Query, Mutation, Subscription> {
 /// off for production, and field suggestions go with it.
 pub(crate) fn build_schema(services: Arc<Services>, introspection: bool) -> CustosSchema {
     let builder = builder()
-        .extension(hooks::Hooks(services.metrics.clone()))
+        .extension(hooks::Hooks::new(services.metrics.clone()))
         .data(services);
     if introspection {
         builder.finish()
