@@ -50,7 +50,7 @@ pub mod testing {
     pub use crate::infra::stores::idempotency::sweep as sweep_idempotency_keys;
     pub use crate::infra::subject_keys::{KeyError, SubjectKeys};
     pub use crate::infra::tenancy::archives::{Arrived, OpenedArchive, Placement};
-    pub use crate::infra::tenancy::catalog::Tenancy;
+    pub use crate::infra::tenancy::catalog::{Tenancy, TEMPLATE_DATABASE, TEMPLATE_LOCK};
     pub use crate::infra::tenancy::tenant::Tenant;
     pub use crate::infra::webhooks::feed::changes_after as webhook_changes_after;
     pub use crate::service::identity::NewOrganization;

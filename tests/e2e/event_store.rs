@@ -398,18 +398,19 @@ async fn chaining_an_event_reads_its_stream_s_newest_alone_with_a_plan_made_on_a
         .await
         .unwrap();
     sqlx::query("SELECT pg_advisory_lock_shared($1)")
-        .bind(0x6375_7374_6f73_0001_i64)
+        .bind(custos_api::testing::TEMPLATE_LOCK)
         .execute(&mut server)
         .await
         .unwrap();
     sqlx::query(&format!(
-        "CREATE DATABASE {young} TEMPLATE custos_tenant_template"
+        "CREATE DATABASE {young} TEMPLATE {}",
+        custos_api::testing::TEMPLATE_DATABASE
     ))
     .execute(&mut server)
     .await
     .unwrap();
     sqlx::query("SELECT pg_advisory_unlock_shared($1)")
-        .bind(0x6375_7374_6f73_0001_i64)
+        .bind(custos_api::testing::TEMPLATE_LOCK)
         .execute(&mut server)
         .await
         .unwrap();

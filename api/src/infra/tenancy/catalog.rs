@@ -26,10 +26,10 @@ pub(crate) static CATALOG_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/c
 pub(crate) static TENANT_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/tenant");
 
 /// The migrated database every tenant database is copied from.
-pub(crate) const TEMPLATE_DATABASE: &str = "custos_tenant_template";
+pub const TEMPLATE_DATABASE: &str = "custos_tenant_template";
 /// Advisory lock (in the server's `postgres` database) that keeps template migrations and
 /// copies of the template apart: copying needs nobody connected to the template.
-const TEMPLATE_LOCK: i64 = 0x6375_7374_6f73_0001;
+pub const TEMPLATE_LOCK: i64 = 0x6375_7374_6f73_0001;
 
 /// The statuses in which an organisation has its database and is opened: served in full
 /// (trial, active, cancelling), or with the limits of its standing (an ended trial, a
