@@ -37,19 +37,24 @@ pub(crate) async fn peak_rss_during<T>(work: impl Future<Output = T>) -> (T, u64
     (output, peak.load(Ordering::Relaxed))
 }
 
-/// CPU seconds (user and system) a process has used, from its `/proc/<pid>/stat`: its own,
-/// and with `children` those of its children it has waited for (which have exited).
-fn cpu_of(stat: &str, children: bool) -> f64 {
-    let ticks = 100.0; // USER_HZ, the unit of /proc on Linux
-                       // The fields after the command name (which may hold spaces, in parentheses).
-    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<f64> = rest
-        .split_whitespace()
+/// The fields of a `/proc/<pid>/stat` line after the command name (which may hold spaces,
+/// in parentheses): state, parent pid, ...
+fn stat_fields(stat: &str) -> Vec<&str> {
+    stat.rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect())
+}
+
+/// CPU seconds (user and system) a process has used, from its stat fields: its own, and with
+/// `children` those of its children it has waited for (which have exited).
+fn cpu_of(fields: &[&str], children: bool) -> f64 {
+    // utime, stime, cutime, cstime, in USER_HZ (100 a second on Linux).
+    let ticks: f64 = fields
+        .iter()
         .skip(11)
         .take(if children { 4 } else { 2 })
-        .filter_map(|f| f.parse().ok())
-        .collect();
-    fields.iter().sum::<f64>() / ticks
+        .filter_map(|f| f.parse::<f64>().ok())
+        .sum();
+    ticks / 100.0
 }
 
 /// CPU seconds used so far by this process (the service and the load generator, which run in
@@ -67,7 +72,8 @@ pub(crate) struct CpuTime {
 
 impl CpuTime {
     pub(crate) fn now(cluster_dir: &Path) -> Self {
-        let own = std::fs::read_to_string("/proc/self/stat").map_or(0.0, |s| cpu_of(&s, false));
+        let own = std::fs::read_to_string("/proc/self/stat")
+            .map_or(0.0, |s| cpu_of(&stat_fields(&s), false));
         let postmaster: Option<u32> = std::fs::read_to_string(cluster_dir.join("postmaster.pid"))
             .ok()
             .and_then(|s| s.lines().next().and_then(|l| l.trim().parse().ok()));
@@ -84,14 +90,12 @@ impl CpuTime {
                 let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
                     continue;
                 };
-                let parent: Option<u32> = stat
-                    .rsplit_once(')')
-                    .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-                    .and_then(|p| p.parse().ok());
+                let fields = stat_fields(&stat);
+                let parent: Option<u32> = fields.get(1).and_then(|p| p.parse().ok());
                 if pid == postmaster {
-                    cluster += cpu_of(&stat, true);
+                    cluster += cpu_of(&fields, true);
                 } else if parent == Some(postmaster) {
-                    cluster += cpu_of(&stat, false);
+                    cluster += cpu_of(&fields, false);
                 }
             }
         }
@@ -551,9 +555,11 @@ mod tests {
         // utime stime cutime cstime ...; the name may hold spaces and parentheses.
         let stat = "4242 (postgres: a (b) c) S 1 4242 4242 0 -1 4194560 100 0 0 0 \
                     250 50 1000 200 20 0 1 0 123 456 789";
-        assert_eq!(cpu_of(stat, false), 3.0);
-        assert_eq!(cpu_of(stat, true), 15.0);
-        assert_eq!(cpu_of("garbage", true), 0.0);
+        let fields = stat_fields(stat);
+        assert_eq!(fields[1], "1", "the parent pid");
+        assert_eq!(cpu_of(&fields, false), 3.0);
+        assert_eq!(cpu_of(&fields, true), 15.0);
+        assert_eq!(cpu_of(&stat_fields("garbage"), true), 0.0);
         let after = CpuTime {
             own: 4.0,
             cluster: 1.0,

@@ -57,7 +57,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let _ = stopped.await;
     }));
     let duration = Duration::from_secs(args.seconds);
-    let statements = Statements::new(&admin, args.statements).await?;
+    let mut statements = Statements::new(&admin, args.statements).await?;
 
     // (a) raw INSERTs into a table shaped like `events`, one row per transaction.
     let scratch = format!("custos_bench_{}", Uuid::now_v7().simple());
@@ -654,7 +654,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
 /// pg_stat_statements in the benchmark's cluster, when `--statements` asks for it: where
 /// PostgreSQL spent its time during a phase, statement by statement, over every database.
 struct Statements {
-    conn: Option<tokio::sync::Mutex<sqlx::PgConnection>>,
+    conn: Option<sqlx::PgConnection>,
     top: usize,
 }
 
@@ -669,16 +669,16 @@ impl Statements {
             .execute(&mut conn)
             .await?;
         Ok(Self {
-            conn: Some(tokio::sync::Mutex::new(conn)),
+            conn: Some(conn),
             top,
         })
     }
 
     /// Forgets what was counted so far.
-    async fn reset(&self) -> anyhow::Result<()> {
-        if let Some(conn) = &self.conn {
+    async fn reset(&mut self) -> anyhow::Result<()> {
+        if let Some(conn) = &mut self.conn {
             sqlx::query("SELECT pg_stat_statements_reset()")
-                .execute(&mut *conn.lock().await)
+                .execute(conn)
                 .await?;
         }
         Ok(())
@@ -687,8 +687,8 @@ impl Statements {
     /// The statements with the most time since the reset, as a Markdown table: per
     /// `operations` (the phase's mutations), the calls and the milliseconds in planning and
     /// execution; each statement's share of all the time.
-    async fn top(&self, operations: f64) -> anyhow::Result<String> {
-        let Some(conn) = &self.conn else {
+    async fn top(&mut self, operations: f64) -> anyhow::Result<String> {
+        let Some(conn) = &mut self.conn else {
             return Ok(String::new());
         };
         // Statements run inside others (functions, triggers) are counted in theirs too: the
@@ -697,15 +697,16 @@ impl Statements {
             "SELECT regexp_replace(query, '\\s+', ' ', 'g'), toplevel, calls,
                     total_plan_time + total_exec_time,
                     sum(total_plan_time + total_exec_time) FILTER (WHERE toplevel) OVER ()
-             FROM pg_stat_statements ORDER BY 4 DESC",
+             FROM pg_stat_statements ORDER BY 4 DESC LIMIT $1",
         )
-        .fetch_all(&mut *conn.lock().await)
+        .bind(self.top as i64)
+        .fetch_all(conn)
         .await?;
         let operations = operations.max(1.0);
         let mut table = String::from(
             "| statement | sent by a client | calls per mutation | ms per mutation (planning and execution) | share |\n|---|---|---|---|---|\n",
         );
-        for (query, toplevel, calls, ms, all) in rows.into_iter().take(self.top) {
+        for (query, toplevel, calls, ms, all) in rows {
             let query: String = query.chars().take(160).collect();
             table.push_str(&format!(
                 "| `{}` | {} | {:.2} | {:.3} | {:.2} |\n",
