@@ -3,6 +3,12 @@
 use clap::Parser;
 use custos_api::{telemetry, Cli};
 
+/// jemalloc, not the C library's allocator: the service's requests allocate and free many
+/// small blocks from several threads, which glibc's malloc served at up to a third of a
+/// request's CPU (docs/performance.md, "jemalloc as the allocator").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();

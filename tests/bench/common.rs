@@ -20,12 +20,35 @@ pub(crate) fn rss() -> u64 {
     pages * 4096
 }
 
-/// Runs `work`, sampling [`rss`] every 20 ms meanwhile: its output and the highest sample.
-pub(crate) async fn peak_rss_during<T>(work: impl Future<Output = T>) -> (T, u64) {
-    let peak = AtomicU64::new(rss());
+/// The bytes the program holds allocated now, by the allocator's own count (jemalloc's
+/// `stats.allocated`, refreshed first): the live heap, without what the allocator keeps
+/// mapped for later (which [`rss`] counts).
+pub(crate) fn heap_allocated() -> u64 {
+    let _ = tikv_jemalloc_ctl::epoch::advance();
+    tikv_jemalloc_ctl::stats::allocated::read().map_or(0, |bytes| bytes as u64)
+}
+
+/// The highest samples of a run of [`peak_memory_during`], in bytes.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct PeakMemory {
+    /// [`rss`]: what the process holds in memory.
+    pub(crate) resident: u64,
+    /// [`heap_allocated`]: of that, what the program holds allocated.
+    pub(crate) allocated: u64,
+}
+
+/// Runs `work`, sampling [`rss`] and [`heap_allocated`] every 20 ms meanwhile: its output and
+/// the highest samples.
+pub(crate) async fn peak_memory_during<T>(work: impl Future<Output = T>) -> (T, PeakMemory) {
+    let resident = AtomicU64::new(rss());
+    let allocated = AtomicU64::new(heap_allocated());
+    let sample = || {
+        resident.fetch_max(rss(), Ordering::Relaxed);
+        allocated.fetch_max(heap_allocated(), Ordering::Relaxed);
+    };
     let sampling = async {
         loop {
-            peak.fetch_max(rss(), Ordering::Relaxed);
+            sample();
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };
@@ -33,8 +56,12 @@ pub(crate) async fn peak_rss_during<T>(work: impl Future<Output = T>) -> (T, u64
         output = work => output,
         never = sampling => never,
     };
-    peak.fetch_max(rss(), Ordering::Relaxed);
-    (output, peak.load(Ordering::Relaxed))
+    sample();
+    let peak = PeakMemory {
+        resident: resident.load(Ordering::Relaxed),
+        allocated: allocated.load(Ordering::Relaxed),
+    };
+    (output, peak)
 }
 
 /// The fields of a `/proc/<pid>/stat` line after the command name (which may hold spaces,

@@ -12,7 +12,9 @@ use serde_json::{json, Value};
 
 use custos_api::{Application, Config, DatabaseConfig};
 
-use crate::common::{data_dir, graphql, ms, peak_rss_during, percentile, rss, sign_up, BenchArgs};
+use crate::common::{
+    data_dir, graphql, ms, peak_memory_during, percentile, rss, sign_up, BenchArgs,
+};
 
 const IMPORT_BATCH: usize = 10_000;
 /// How many employees move before the last headcount, which is asked as recorded before.
@@ -201,7 +203,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .as_str()
         .unwrap_or_default()
         .to_owned();
-    let (counted, peak) = peak_rss_during(async {
+    let (counted, peak) = peak_memory_during(async {
         let mut response = client.get(format!("http://{address}{link}")).send().await?;
         let (mut bytes, mut lines) = (0usize, 0usize);
         while let Some(chunk) = response.chunk().await? {
@@ -213,7 +215,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     .await;
     let (bytes, lines) = counted?;
     let export_time = export_started.elapsed();
-    let rss_growth = peak.saturating_sub(rss_before);
+    let rss_growth = peak.resident.saturating_sub(rss_before);
 
     let _ = stop.send(());
     server.await??;

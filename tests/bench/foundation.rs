@@ -22,8 +22,8 @@ use custos_tests::employee_created;
 
 use crate::baseline;
 use crate::common::{
-    closed_loop, compared, cpu_during, data_dir, graphql, last_recorded, latencies, ms,
-    peak_rss_during, percentile, rss, sign_up, BenchArgs, CpuTime,
+    closed_loop, compared, cpu_during, data_dir, graphql, heap_allocated, last_recorded, latencies,
+    ms, peak_memory_during, percentile, rss, sign_up, BenchArgs, CpuTime,
 };
 
 /// Records per client in the spread variant of phase (b).
@@ -435,8 +435,8 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     // (each on a quarter of them, so no two touch one record at once): the process's memory
     // under that load.
     let many = args.clients * 4;
-    let rss_before_many = rss();
-    let (many_rate, many_peak) = peak_rss_during(closed_loop(many, duration, |client, n| {
+    let (rss_before_many, heap_before_many) = (rss(), heap_allocated());
+    let (many_rate, many_peak) = peak_memory_during(closed_loop(many, duration, |client, n| {
         let (token, ids) = (token.clone(), &spread_ids[client % args.clients]);
         let quarter = client / args.clients;
         async move {
@@ -621,7 +621,12 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     rows.push(format!(
         "| (h) resident memory of the process (service and load generator), before / at most during (h) | {:.0} MB / {:.0} MB |",
         rss_before_many as f64 / 1e6,
-        many_peak as f64 / 1e6
+        many_peak.resident as f64 / 1e6
+    ));
+    rows.push(format!(
+        "| (h) of that, the heap the program holds allocated (jemalloc's count), before / at most during (h) | {:.0} MB / {:.0} MB |",
+        heap_before_many as f64 / 1e6,
+        many_peak.allocated as f64 / 1e6
     ));
     rows.push(format!(
         "| (i) `recordHistory(first: 1000)` of a record with 1,000 events, p50 / p99, one client | {} |",
