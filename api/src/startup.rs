@@ -126,6 +126,10 @@ where
 /// How often the open organisations' expired idempotency keys (and their answers) are deleted.
 const KEY_SWEEP: std::time::Duration = std::time::Duration::from_secs(60 * 60);
 
+/// How often the open organisations' cached aggregates that are no longer used (cached a
+/// minute ago or more) are forgotten.
+const AGGREGATE_SWEEP: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// How often the read models' lag is measured for the metrics.
 const LAG_SAMPLE: std::time::Duration = std::time::Duration::from_secs(15);
 
@@ -203,6 +207,10 @@ impl Application {
         ));
         let lag = tokio::spawn(jobs::projection_lag(services.clone(), LAG_SAMPLE));
         let keys = tokio::spawn(jobs::idempotency_keys(services.clone(), KEY_SWEEP));
+        let aggregates = tokio::spawn(jobs::forget_stale_aggregates(
+            services.clone(),
+            AGGREGATE_SWEEP,
+        ));
         // The servers of regions that do not live on the default one: watched too, never
         // restarted (they are someone else's).
         let region_watchers =
@@ -252,17 +260,22 @@ impl Application {
             .interval
             .map(|interval| AbortOnDrop(tokio::spawn(jobs::webhooks(services.clone(), interval))));
         Ok(Self {
-            jobs: [AbortOnDrop(sweeper), AbortOnDrop(lag), AbortOnDrop(keys)]
-                .into_iter()
-                .chain(region_watchers)
-                .chain(retention)
-                .chain(checkpoints)
-                .chain(backups)
-                .chain(lifecycle)
-                .chain(storage)
-                .chain(notifications)
-                .chain(webhooks)
-                .collect(),
+            jobs: [
+                AbortOnDrop(sweeper),
+                AbortOnDrop(lag),
+                AbortOnDrop(keys),
+                AbortOnDrop(aggregates),
+            ]
+            .into_iter()
+            .chain(region_watchers)
+            .chain(retention)
+            .chain(checkpoints)
+            .chain(backups)
+            .chain(lifecycle)
+            .chain(storage)
+            .chain(notifications)
+            .chain(webhooks)
+            .collect(),
             watcher,
             fatal,
             listener,

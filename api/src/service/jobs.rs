@@ -283,6 +283,26 @@ pub(crate) async fn idempotency_keys(services: Arc<Services>, interval: Duration
     }
 }
 
+/// Forgets, every `every`, the cached aggregates of open tenants that are no longer fresh:
+/// a tenant whose commands stopped caches nothing new, so nothing else would let them go.
+pub(crate) async fn forget_stale_aggregates(services: Arc<Services>, every: Duration) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let forgotten: usize = services
+            .tenancy
+            .open_tenants()
+            .await
+            .iter()
+            .map(|tenant| tenant.forget_stale_aggregates())
+            .sum();
+        if forgotten > 0 {
+            tracing::debug!(forgotten, "forgot stale cached aggregates");
+        }
+    }
+}
+
 /// Closes idle tenant contexts, checking a few times per `idle` period, and forgets login
 /// attempt counts that no longer limit anyone.
 pub(crate) async fn close_idle_tenants(services: Arc<Services>, idle: Duration) {

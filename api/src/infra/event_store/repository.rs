@@ -89,8 +89,9 @@ fn note(change: impl FnOnce(&mut Noted)) -> Option<Noted> {
 
 /// How many aggregates a tenant keeps in memory, of all types together.
 const CACHED_AGGREGATES: usize = 1_024;
-/// How long a cached aggregate is used. Past this, its stream is read again: a subject erased
-/// through another instance of the service leaves no values in this one's memory for longer.
+/// How long a cached aggregate is used and kept. Past this, its stream is read again and the
+/// cached state is forgotten ([`AggregateCache::forget_stale`]): a subject erased through
+/// another instance of the service leaves no values in this one's memory for much longer.
 const FRESH_FOR: Duration = Duration::from_secs(60);
 
 /// An aggregate (of the type its key names) as it stood after its last commit in this process.
@@ -142,6 +143,7 @@ impl AggregateCache {
         Some((*aggregate, cached.sequence))
     }
 
+    /// Caches an aggregate, and forgets those no longer fresh.
     fn put<A: Any + Send>(
         &self,
         aggregate_type: &'static str,
@@ -149,14 +151,42 @@ impl AggregateCache {
         aggregate: A,
         sequence: usize,
     ) {
-        self.entries().put(
-            (aggregate_type, id),
-            Cached {
-                aggregate: Box::new(aggregate),
-                sequence,
-                at: Instant::now(),
-            },
-        );
+        let stale = {
+            let mut entries = self.entries();
+            entries.put(
+                (aggregate_type, id),
+                Cached {
+                    aggregate: Box::new(aggregate),
+                    sequence,
+                    at: Instant::now(),
+                },
+            );
+            Self::pop_stale(&mut entries)
+        };
+        drop(stale);
+    }
+
+    /// Forgets every aggregate cached [`FRESH_FOR`] ago or more: none would be used again, and
+    /// the personal data a state holds stays in memory no longer than it may be used. Run on
+    /// every [`Self::put`] and, for a tenant whose commands stopped, by a job
+    /// (`jobs::forget_stale_aggregates`). Answers how many it forgot.
+    pub(crate) fn forget_stale(&self) -> usize {
+        let stale = Self::pop_stale(&mut self.entries());
+        stale.len()
+    }
+
+    /// The least recently cached entries while stale. Only [`Self::put`] and [`Self::take`]
+    /// touch the entries, so the least recently used is the least recently cached: the first
+    /// fresh one ends the stale. The caller drops them after letting the lock go.
+    fn pop_stale(entries: &mut Entries) -> Vec<Cached> {
+        let mut stale = Vec::new();
+        while entries
+            .peek_lru()
+            .is_some_and(|(_, cached)| cached.at.elapsed() >= FRESH_FOR)
+        {
+            stale.extend(entries.pop_lru().map(|(_, cached)| cached));
+        }
+        stale
     }
 }
 
@@ -417,5 +447,33 @@ mod tests {
             .expect("cached")
             .at -= FRESH_FOR;
         assert_eq!(cache.take::<u8>("record", "r1"), None);
+    }
+
+    /// Ages an entry as if it had been cached [`FRESH_FOR`] ago (in place: `peek_mut` does not
+    /// make it the most recently used).
+    fn age(cache: &AggregateCache, id: &str) {
+        cache
+            .entries()
+            .peek_mut(&("record", id.to_owned()))
+            .expect("cached")
+            .at -= FRESH_FOR;
+    }
+
+    #[test]
+    fn a_stale_aggregate_is_forgotten_when_another_is_cached_or_by_the_sweep() {
+        let cache = AggregateCache::default();
+        cache.put("record", "old".to_owned(), 1_u8, 1);
+        age(&cache, "old");
+        cache.put("record", "new".to_owned(), 2_u8, 1);
+        assert_eq!(cache.entries().len(), 1, "the stale one went with the put");
+        assert!(cache.entries().contains(&("record", "new".to_owned())));
+
+        // Without commands, the sweep forgets what went stale, and only that.
+        cache.put("record", "kept".to_owned(), 3_u8, 1);
+        age(&cache, "new");
+        assert_eq!(cache.forget_stale(), 1);
+        assert_eq!(cache.forget_stale(), 0);
+        assert_eq!(cache.take::<u8>("record", "kept"), Some((3, 1)));
+        assert_eq!(cache.entries().len(), 0);
     }
 }

@@ -158,6 +158,8 @@ pub struct Tenant {
     pub(crate) retention: Cqrs<RetentionPolicy>,
     pub(crate) incidents: Cqrs<Incident>,
     pub(crate) webhooks: Cqrs<Webhook>,
+    /// The states the command sides above left, kept between commands (see the type).
+    aggregates: Arc<AggregateCache>,
     /// The data keys of the tenant's subjects (also used by the event store's codec).
     pub(crate) subject_keys: Arc<SubjectKeys>,
     /// Sessions, subject keys and custom field schemas kept between requests, and the task
@@ -259,6 +261,7 @@ impl Tenant {
             retention: framework(&pool, &codec, &cache, &projectors, metrics, None),
             incidents: framework(&pool, &codec, &cache, &projectors, metrics, None),
             webhooks: framework(&pool, &codec, &cache, &projectors, metrics, Some(changes)),
+            aggregates: cache,
             subject_keys,
             record_feed: caches.record_feed(&pool),
             caches,
@@ -298,6 +301,11 @@ impl Tenant {
     /// The organisation's subject keys: for the tests of their creation by writers at once.
     pub fn subject_keys(&self) -> &SubjectKeys {
         &self.subject_keys
+    }
+
+    /// Forgets the cached aggregates no longer fresh; answers how many.
+    pub(crate) fn forget_stale_aggregates(&self) -> usize {
+        self.aggregates.forget_stale()
     }
 
     pub(crate) fn touch(&self) {
