@@ -7,6 +7,7 @@ use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 use cqrs_es::persist::{PersistenceError, SerializedEvent};
+use serde::Deserialize;
 use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
@@ -92,9 +93,9 @@ pub struct StoredEvent {
 }
 
 impl StoredEvent {
-    /// The metadata as cqrs-es wrote it.
+    /// The metadata as cqrs-es wrote it (read from the stored value in place, not a copy).
     pub(crate) fn metadata(&self) -> HashMap<String, String> {
-        serde_json::from_value(self.event.metadata.clone()).unwrap_or_default()
+        HashMap::deserialize(&self.event.metadata).unwrap_or_default()
     }
 }
 
