@@ -4,8 +4,8 @@ use clap::Parser;
 use custos_api::{telemetry, Cli};
 
 /// jemalloc, not the C library's allocator: the service's requests allocate and free many
-/// small blocks from several threads, which glibc's malloc served at up to a third of a
-/// request's CPU (docs/performance.md, "jemalloc as the allocator").
+/// small blocks from several threads, which glibc's malloc served at a quarter to a third
+/// of a request's CPU in profiles (docs/performance.md, "jemalloc as the allocator").
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
