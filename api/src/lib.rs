@@ -42,7 +42,9 @@ pub mod testing {
     pub use crate::infra::integrity::proof::{
         check_file, ConsistencyProof, EventProof, ProvenEvent,
     };
-    pub use crate::infra::integrity::read_models::{rebuild as rebuild_read_model, Rebuilt};
+    pub use crate::infra::integrity::read_models::{
+        rebuild as rebuild_read_model, shadow as shadow_table, Rebuilt, Shadow,
+    };
     pub use crate::infra::integrity::tree_head::{TreeHead, Witness};
     pub use crate::infra::integrity::verify::{verify, Report};
     pub use crate::infra::keys::MasterKey;

@@ -181,16 +181,19 @@ impl Projection for RecordsProjection {
     ) -> sqlx::Result<()> {
         let mut rest = events;
         while let Some(first) = rest.first() {
-            let window = &rest[..rest.len().min(1_000)];
-            let created = creations(window);
+            // A run of creations is inserted a thousand rows at a time (twelve parameters a
+            // row, and a statement takes at most 65,535); a run of updates, whole: its
+            // arrays are parameters of their own, and each record's changes are folded into
+            // one row update however many the run holds.
+            let created = creations(&rest[..rest.len().min(1_000)]);
             if !created.is_empty() {
                 insert_created(conn, &created).await?;
                 rest = &rest[created.len()..];
                 continue;
             }
-            let updated = updates(window);
+            let updated = updates(rest);
             if updated > 0 {
-                update_all(conn, &window[..updated]).await?;
+                update_all(conn, &rest[..updated]).await?;
                 rest = &rest[updated..];
                 continue;
             }

@@ -28,6 +28,65 @@ pub(crate) fn heap_allocated() -> u64 {
     tikv_jemalloc_ctl::stats::allocated::read().map_or(0, |bytes| bytes as u64)
 }
 
+/// Where the process's resident memory is at one moment, in bytes.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct MemorySplit {
+    /// Resident pages mapped from files: the program's code and read-only data, and the
+    /// shared libraries'.
+    pub(crate) file: u64,
+    /// Resident anonymous pages: the allocator's, thread stacks, and anything else mapped
+    /// without a file.
+    pub(crate) anonymous: u64,
+    /// Of the anonymous, jemalloc's resident pages (`stats.resident`): what the program holds
+    /// allocated, the allocator's own metadata, and pages freed but not yet given back.
+    pub(crate) allocator: u64,
+    /// Of the allocator's, what the program holds allocated (`stats.allocated`).
+    pub(crate) allocated: u64,
+    /// Of the allocator's, its own metadata (`stats.metadata`).
+    pub(crate) metadata: u64,
+}
+
+impl MemorySplit {
+    /// The split now, from `/proc/self/status` and jemalloc's statistics (refreshed first).
+    pub(crate) fn now() -> Self {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let kib = |key: &str| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(key))
+                .and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+                .map_or(0, |kib| kib * 1024)
+        };
+        let _ = tikv_jemalloc_ctl::epoch::advance();
+        let bytes = |read: tikv_jemalloc_ctl::Result<usize>| read.map_or(0, |b| b as u64);
+        Self {
+            file: kib("RssFile:"),
+            anonymous: kib("RssAnon:"),
+            allocator: bytes(tikv_jemalloc_ctl::stats::resident::read()),
+            allocated: bytes(tikv_jemalloc_ctl::stats::allocated::read()),
+            metadata: bytes(tikv_jemalloc_ctl::stats::metadata::read()),
+        }
+    }
+
+    /// The row's value: file pages / anonymous; of the anonymous, the allocator's (allocated,
+    /// metadata, freed and kept) / the rest, in MB.
+    pub(crate) fn describe(&self) -> String {
+        let mb = |bytes: u64| bytes as f64 / 1e6;
+        format!(
+            "{:.0} MB / {:.0} MB; {:.0} MB ({:.0} allocated, {:.0} metadata, {:.0} freed and kept) / {:.0} MB",
+            mb(self.file),
+            mb(self.anonymous),
+            mb(self.allocator),
+            mb(self.allocated),
+            mb(self.metadata),
+            mb(self
+                .allocator
+                .saturating_sub(self.allocated + self.metadata)),
+            mb(self.anonymous.saturating_sub(self.allocator)),
+        )
+    }
+}
+
 /// The highest samples of a run of [`peak_memory_during`], in bytes.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct PeakMemory {
@@ -35,15 +94,22 @@ pub(crate) struct PeakMemory {
     pub(crate) resident: u64,
     /// [`heap_allocated`]: of that, what the program holds allocated.
     pub(crate) allocated: u64,
+    /// Where the resident memory was when it was highest.
+    pub(crate) split: MemorySplit,
 }
 
 /// Runs `work`, sampling [`rss`] and [`heap_allocated`] every 20 ms meanwhile: its output and
-/// the highest samples.
+/// the highest samples, with where the memory was at the highest resident sample.
 pub(crate) async fn peak_memory_during<T>(work: impl Future<Output = T>) -> (T, PeakMemory) {
-    let resident = AtomicU64::new(rss());
+    let highest = std::sync::Mutex::new((rss(), MemorySplit::now()));
     let allocated = AtomicU64::new(heap_allocated());
     let sample = || {
-        resident.fetch_max(rss(), Ordering::Relaxed);
+        let resident = rss();
+        let mut highest = highest.lock().unwrap_or_else(|e| e.into_inner());
+        if resident > highest.0 {
+            *highest = (resident, MemorySplit::now());
+        }
+        drop(highest);
         allocated.fetch_max(heap_allocated(), Ordering::Relaxed);
     };
     let sampling = async {
@@ -57,9 +123,11 @@ pub(crate) async fn peak_memory_during<T>(work: impl Future<Output = T>) -> (T, 
         never = sampling => never,
     };
     sample();
+    let (resident, split) = *highest.lock().unwrap_or_else(|e| e.into_inner());
     let peak = PeakMemory {
-        resident: resident.load(Ordering::Relaxed),
+        resident,
         allocated: allocated.load(Ordering::Relaxed),
+        split,
     };
     (output, peak)
 }

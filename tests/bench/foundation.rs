@@ -193,7 +193,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let rate = rate?;
         if per_client == SPREAD {
             spread_cpu = cpu;
-            spread_statements = statements.top(rate * cpu.seconds()).await?;
+            spread_statements = statements.top(rate * cpu.seconds(), "mutation").await?;
             // The answers did not wait for the read models: a read waits until they show
             // every change answered, so timing one counts the phase until projected.
             let read = Instant::now();
@@ -250,7 +250,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .await?
         .since(before);
     let read_back_statements = statements
-        .top(read_back_rate * read_back_cpu.seconds())
+        .top(read_back_rate * read_back_cpu.seconds(), "mutation")
         .await?;
 
     // (d) The floor of any request: HTTP, authentication and GraphQL, no command.
@@ -499,6 +499,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     // in: what `custos projections rebuild records` runs.
     let mut tenant_admin =
         sqlx::PgConnection::connect_with(&admin.clone().database(&database)).await?;
+    statements.reset().await?;
     let rebuild_started = Instant::now();
     let rebuilt = custos_api::testing::rebuild_read_model(
         &mut tenant_admin,
@@ -507,6 +508,9 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     )
     .await?;
     let rebuilt_in = rebuild_started.elapsed();
+    let rebuild_statements = statements
+        .top(rebuilt.events as f64 / 1000.0, "1,000 events")
+        .await?;
     tenant_admin.close().await?;
 
     let _ = stop.send(());
@@ -637,6 +641,10 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         heap_after_many as f64 / 1e6
     ));
     rows.push(format!(
+        "| (h) at the highest resident memory: file pages / anonymous; of the anonymous, jemalloc's (allocated, its metadata, freed and kept) / the rest (thread stacks and other mappings) | {} |",
+        many_peak.split.describe()
+    ));
+    rows.push(format!(
         "| (i) `recordHistory(first: 1000)` of a record with 1,000 events, p50 / p99, one client | {} |",
         p50_p99(&history)
     ));
@@ -660,6 +668,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
             "\n### Statements during (b), with pg_stat_statements loaded\n\n{spread_statements}"
         );
         println!("### Statements during (b, read back)\n\n{read_back_statements}");
+        println!("### Statements during (r)\n\n{rebuild_statements}");
     }
     Ok(())
 }
@@ -698,9 +707,9 @@ impl Statements {
     }
 
     /// The statements with the most time since the reset, as a Markdown table: per
-    /// `operations` (the phase's mutations), the calls and the milliseconds in planning and
-    /// execution; each statement's share of all the time.
-    async fn top(&mut self, operations: f64) -> anyhow::Result<String> {
+    /// `operations` (the phase's operations, each a `per`), the calls and the milliseconds in
+    /// planning and execution; each statement's share of all the time.
+    async fn top(&mut self, operations: f64, per: &str) -> anyhow::Result<String> {
         let Some(conn) = &mut self.conn else {
             return Ok(String::new());
         };
@@ -716,8 +725,8 @@ impl Statements {
         .fetch_all(conn)
         .await?;
         let operations = operations.max(1.0);
-        let mut table = String::from(
-            "| statement | sent by a client | calls per mutation | ms per mutation (planning and execution) | share |\n|---|---|---|---|---|\n",
+        let mut table = format!(
+            "| statement | sent by a client | calls per {per} | ms per {per} (planning and execution) | share |\n|---|---|---|---|---|\n",
         );
         for (query, toplevel, calls, ms, all) in rows {
             let query: String = query.chars().take(160).collect();

@@ -822,6 +822,75 @@ async fn a_read_model_rebuilt_under_concurrent_writes_serves_throughout_and_ends
     assert!(refused.to_string().contains("records"), "{refused}");
 }
 
+/// A rebuild's shadow tables keep the indexes their projection's statements use and leave out
+/// those only reads use; a shadow whose rows replace the live ones computes no generated
+/// column (the live table computes it as the rows arrive), one compared with the live table
+/// does.
+#[tokio::test]
+async fn a_shadow_table_keeps_the_indexes_its_projection_writes_through_and_no_read_index() {
+    use custos_api::testing::{shadow_table, Shadow};
+
+    let app = TestApp::spawn().await;
+    let session = app.sign_up(&slug("shadow")).await;
+    let mut db = app.tenant_admin(session.tenant_id).await;
+    let records = &RecordsProjection.tables()[0];
+    assert_eq!(records.name, "records");
+    assert!(!records.read_indexes.is_empty());
+    // The definitions of a `records` table's indexes from `USING` on, and whether the table's
+    // `search` column is generated.
+    async fn shape(db: &mut PgConnection, table: &str) -> (Vec<String>, String) {
+        let indexes = sqlx::query_scalar(
+            "SELECT regexp_replace(pg_get_indexdef(indexrelid), '^.*? USING ', '')
+             FROM pg_index WHERE indrelid = $1::regclass ORDER BY 1",
+        )
+        .bind(table)
+        .fetch_all(&mut *db)
+        .await
+        .unwrap();
+        let generated = sqlx::query_scalar(
+            "SELECT attgenerated::text FROM pg_attribute
+             WHERE attrelid = $1::regclass AND attname = 'search'",
+        )
+        .bind(table)
+        .fetch_one(&mut *db)
+        .await
+        .unwrap();
+        (indexes, generated)
+    }
+    let (live, live_generated) = shape(&mut db, "public.records").await;
+    let read: Vec<String> = sqlx::query_scalar(
+        "SELECT regexp_replace(pg_get_indexdef(i.indexrelid), '^.*? USING ', '')
+         FROM pg_index AS i JOIN pg_class AS c ON c.oid = i.indexrelid
+         WHERE i.indrelid = 'public.records'::regclass AND c.relname = ANY($1)",
+    )
+    .bind(records.read_indexes)
+    .fetch_all(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(read.len(), records.read_indexes.len());
+    let kept: Vec<String> = live.into_iter().filter(|i| !read.contains(i)).collect();
+    assert!(kept.iter().any(|i| i == "btree (id)"), "{kept:?}");
+    assert_eq!(live_generated, "s");
+
+    for (purpose, generated) in [(Shadow::Compared, "s"), (Shadow::Replacing, "")] {
+        shadow_table(&mut db, records, purpose).await.unwrap();
+        let (indexes, shadow_generated) = shape(&mut db, "pg_temp.records").await;
+        assert_eq!(indexes, kept, "{purpose:?}");
+        assert_eq!(shadow_generated, generated, "{purpose:?}");
+        let primary: bool = sqlx::query_scalar(
+            "SELECT bool_or(indisprimary) FROM pg_index WHERE indrelid = 'pg_temp.records'::regclass",
+        )
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+        assert!(primary, "{purpose:?}");
+        sqlx::query("DROP TABLE pg_temp.records")
+            .execute(&mut db)
+            .await
+            .unwrap();
+    }
+}
+
 /// A record event as the projector hands it over: the `n`th of the log, by `actor`.
 fn projected(
     n: i64,

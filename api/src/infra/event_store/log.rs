@@ -114,6 +114,11 @@ impl EventLog {
         Self { pool, codec }
     }
 
+    /// The pool the log reads and appends through (the organisation's database).
+    pub(crate) fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     /// Rows as stored events, opened through the codec in one batch (on `conn` when given).
     async fn decode(
         &self,

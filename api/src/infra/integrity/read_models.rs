@@ -7,7 +7,7 @@
 //! A temporary table shadows the table of the same name for this connection only (PostgreSQL
 //! searches `pg_temp` first), so each projection's own SQL writes the copy.
 
-use custos_projections::{Projection, Table};
+use custos_projections::{ProjectedEvent, Projection, Table};
 use sqlx::{PgConnection, Row};
 
 use crate::infra::event_store::log::{EventLog, Position};
@@ -57,7 +57,7 @@ pub(crate) async fn compare(
     let mut report = ReadModelReport::default();
     for projection in projections {
         for table in projection.tables() {
-            shadow(&mut *conn, table).await?;
+            shadow(&mut *conn, table, Shadow::Compared).await?;
         }
         // Every write from here on runs in READ ONLY transactions, which PostgreSQL lets write
         // temporary tables only: a table a projection writes but does not list fails the
@@ -120,7 +120,10 @@ pub struct Rebuilt {
 /// read model, refuses the replacement: nothing live changes.
 ///
 /// The replay runs in short read-only transactions (as [`compare`]) up to where the live read
-/// model stood at the start. The replacing transaction then locks the projection's checkpoint
+/// model stood at the start, each batch read and opened on another connection (of `log`'s
+/// pool) while the one before is applied, into shadow tables without the indexes only reads
+/// use and without computing generated columns: the live table builds both as the rebuilt rows
+/// arrive. The replacing transaction then locks the projection's checkpoint
 /// row — its projector, on any instance, skips a locked row (`FOR UPDATE SKIP LOCKED`) and
 /// applies nothing meanwhile — applies the events since, and replaces the rows; the checkpoint
 /// stays where it was, because the rebuilt tables stand exactly there.
@@ -130,7 +133,7 @@ pub async fn rebuild(
     projection: &dyn Projection,
 ) -> anyhow::Result<Rebuilt> {
     for table in projection.tables() {
-        shadow(&mut *conn, table).await?;
+        shadow(&mut *conn, table, Shadow::Replacing).await?;
     }
     let replaced = async {
         let mut tx = read_only(&mut *conn, "").await?;
@@ -147,15 +150,7 @@ pub async fn rebuild(
             let mut tx = read_only(&mut *conn, "").await?;
             let target = live_position(&mut tx, projection.name()).await?;
             tx.commit().await?;
-            loop {
-                let mut tx = read_only(&mut *conn, "").await?;
-                let (applied, done) = replay(&mut tx, log, projection, &mut at, target).await?;
-                tx.commit().await?;
-                events += applied;
-                if done {
-                    break;
-                }
-            }
+            events += replay_reading_ahead(&mut *conn, log, projection, &mut at, target).await?;
         }
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         let live = Position::from_row(
@@ -262,6 +257,61 @@ async fn replay(
     at: &mut Position,
     until: Position,
 ) -> anyhow::Result<(i64, bool)> {
+    let (batch, done) = next_batch(&mut *conn, log, projection, at, until).await?;
+    apply(conn, projection, &batch).await?;
+    Ok((batch.len() as i64, done))
+}
+
+/// Applies every event after `at` up to `until` to the shadow tables on `conn`, a batch in
+/// each read-only transaction, while a connection of `log`'s pool reads and opens the batch
+/// after it: the database applying one batch and this process opening the next overlap. How
+/// many events were applied.
+async fn replay_reading_ahead(
+    conn: &mut PgConnection,
+    log: &EventLog,
+    projection: &dyn Projection,
+    at: &mut Position,
+    until: Position,
+) -> anyhow::Result<i64> {
+    let (to_apply, mut read) = tokio::sync::mpsc::channel::<(Vec<ProjectedEvent>, Position)>(1);
+    let from = *at;
+    let reader = async move {
+        let mut reading = log.pool().acquire().await?;
+        let mut at = from;
+        loop {
+            let (batch, done) = next_batch(&mut reading, log, projection, &mut at, until).await?;
+            // The applier stopped on an error of its own, which is the one reported.
+            if to_apply.send((batch, at)).await.is_err() || done {
+                return Ok::<_, anyhow::Error>(());
+            }
+        }
+    };
+    let applier = async {
+        let mut applied = 0;
+        while let Some((batch, last)) = read.recv().await {
+            let mut tx = read_only(&mut *conn, "").await?;
+            apply(&mut tx, projection, &batch).await?;
+            tx.commit().await?;
+            applied += batch.len() as i64;
+            *at = last;
+        }
+        Ok::<_, anyhow::Error>(applied)
+    };
+    let (read, applied) = tokio::join!(reader, applier);
+    let applied = applied?;
+    read?;
+    Ok(applied)
+}
+
+/// The events after `at` up to `until`, a batch of them opened and decoded, with `at` moved
+/// past them; and whether every event up to `until` is among them or before.
+async fn next_batch(
+    conn: &mut PgConnection,
+    log: &EventLog,
+    projection: &dyn Projection,
+    at: &mut Position,
+    until: Position,
+) -> anyhow::Result<(Vec<ProjectedEvent>, bool)> {
     let events = log
         .after(
             conn,
@@ -283,21 +333,71 @@ async fn replay(
         }
         *at = stored.position;
     }
-    // As the projector applies them: set-based where the projection writes that way.
-    let batch: Vec<_> = batch.iter().collect();
-    projection.apply_all(conn, &batch).await?;
-    Ok((batch.len() as i64, done))
+    Ok((batch, done))
 }
 
-/// A temporary table shaped like `table` (columns, defaults, constraints, indexes), with the
-/// live rows when a reset keeps them; dropped when compared (or with the session).
-async fn shadow(conn: &mut PgConnection, table: &Table) -> sqlx::Result<()> {
+/// Applies `batch` to the shadow tables as the projector applies it: set-based where the
+/// projection writes that way.
+async fn apply(
+    conn: &mut PgConnection,
+    projection: &dyn Projection,
+    batch: &[ProjectedEvent],
+) -> sqlx::Result<()> {
+    let batch: Vec<_> = batch.iter().collect();
+    projection.apply_all(conn, &batch).await
+}
+
+/// What a shadow table is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shadow {
+    /// Compared with the live table column for column: generated columns are computed as
+    /// the live table computes them.
+    Compared,
+    /// Its rows replace the live ones, which compute their generated columns themselves: in
+    /// the shadow they are plain columns, left empty, and not computed at every change.
+    Replacing,
+}
+
+/// A temporary table shaped like `table` (columns, defaults, constraints, and the indexes its
+/// projection's statements use, not those only reads use: nothing reads the shadow but the
+/// comparison, which reads all of it), with the live rows when a reset keeps them; dropped
+/// when compared (or with the session).
+pub async fn shadow(conn: &mut PgConnection, table: &Table, purpose: Shadow) -> sqlx::Result<()> {
     let name = table.name;
+    let generated = match purpose {
+        Shadow::Compared => "",
+        Shadow::Replacing => " EXCLUDING GENERATED",
+    };
     sqlx::query(&format!(
-        "CREATE TEMPORARY TABLE \"{name}\" (LIKE public.\"{name}\" INCLUDING ALL)"
+        "CREATE TEMPORARY TABLE \"{name}\" (LIKE public.\"{name}\" INCLUDING ALL{generated})"
     ))
     .execute(&mut *conn)
     .await?;
+    if !table.read_indexes.is_empty() {
+        // The copies of the live table's read indexes, known by their definitions: a copied
+        // index has a name of its own, and its definition differs only up to `USING`.
+        let copies: Vec<String> = sqlx::query_scalar(
+            "SELECT format('pg_temp.%I', c.relname)
+             FROM pg_index AS i JOIN pg_class AS c ON c.oid = i.indexrelid
+             WHERE i.indrelid = format('pg_temp.%I', $1::text)::regclass
+               AND NOT EXISTS (SELECT FROM pg_constraint WHERE conindid = i.indexrelid)
+               AND EXISTS (
+                   SELECT FROM pg_index AS li JOIN pg_class AS lc ON lc.oid = li.indexrelid
+                   WHERE li.indrelid = format('public.%I', $1::text)::regclass
+                     AND lc.relname = ANY($2) AND li.indisunique = i.indisunique
+                     AND regexp_replace(pg_get_indexdef(li.indexrelid), '^.*? USING ', '')
+                       = regexp_replace(pg_get_indexdef(i.indexrelid), '^.*? USING ', ''))",
+        )
+        .bind(name)
+        .bind(table.read_indexes)
+        .fetch_all(&mut *conn)
+        .await?;
+        if !copies.is_empty() {
+            sqlx::query(&format!("DROP INDEX {}", copies.join(", ")))
+                .execute(&mut *conn)
+                .await?;
+        }
+    }
     if table.kept_on_reset {
         let columns = columns(conn, name, &[], true).await?;
         sqlx::query(&format!(
