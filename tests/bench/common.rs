@@ -28,6 +28,29 @@ pub(crate) fn heap_allocated() -> u64 {
     tikv_jemalloc_ctl::stats::allocated::read().map_or(0, |bytes| bytes as u64)
 }
 
+/// `custos projections rebuild records` on `tenant`, through a superuser connection (`admin`,
+/// to any database) to the organisation's database: what the rebuild did, and how long it took.
+pub(crate) async fn rebuild_records(
+    admin: &sqlx::postgres::PgConnectOptions,
+    tenant: &custos_api::testing::Tenant,
+) -> anyhow::Result<(custos_api::testing::Rebuilt, Duration)> {
+    use sqlx::Connection;
+    let database: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(&tenant.pool)
+        .await?;
+    let mut conn = sqlx::PgConnection::connect_with(&admin.clone().database(&database)).await?;
+    let started = Instant::now();
+    let rebuilt = custos_api::testing::rebuild_read_model(
+        &mut conn,
+        &tenant.log,
+        &custos_projections::records::RecordsProjection,
+    )
+    .await;
+    let took = started.elapsed();
+    conn.close().await?;
+    Ok((rebuilt?, took))
+}
+
 /// Where the process's resident memory is at one moment, in bytes.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct MemorySplit {

@@ -23,7 +23,7 @@ use custos_tests::employee_created;
 use crate::baseline;
 use crate::common::{
     closed_loop, compared, cpu_during, data_dir, graphql, heap_allocated, last_recorded, latencies,
-    ms, peak_memory_during, percentile, rss, sign_up, BenchArgs, CpuTime,
+    ms, peak_memory_during, percentile, rebuild_records, rss, sign_up, BenchArgs, CpuTime,
 };
 
 /// Records per client in the spread variant of phase (b).
@@ -497,21 +497,11 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     // (r) The records read model rebuilt from every event beside the live one and swapped
     // in: what `custos projections rebuild records` runs.
-    let mut tenant_admin =
-        sqlx::PgConnection::connect_with(&admin.clone().database(&database)).await?;
     statements.reset().await?;
-    let rebuild_started = Instant::now();
-    let rebuilt = custos_api::testing::rebuild_read_model(
-        &mut tenant_admin,
-        &tenant.log,
-        &custos_projections::records::RecordsProjection,
-    )
-    .await?;
-    let rebuilt_in = rebuild_started.elapsed();
+    let (rebuilt, rebuilt_in) = rebuild_records(&admin, &tenant).await?;
     let rebuild_statements = statements
         .top(rebuilt.events as f64 / 1000.0, "1,000 events")
         .await?;
-    tenant_admin.close().await?;
 
     let _ = stop.send(());
     server.await??;

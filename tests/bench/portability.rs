@@ -20,7 +20,7 @@ use custos_api::testing::{
 use custos_api::{Application, Config, DatabaseConfig};
 use custos_domain::EventMetadata;
 
-use crate::common::{bench_tenant, data_dir, BenchArgs};
+use crate::common::{bench_tenant, data_dir, rebuild_records, BenchArgs};
 use crate::privacy::{events_in, fill};
 
 pub(crate) const SLUG: &str = "portability";
@@ -209,22 +209,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     // have caught up: the records read model rebuilt from every event beside the live one and
     // swapped in. Every event here is a creation, so nothing folds: a row per event.
     crate::privacy::settle(&tenant).await?;
-    let source_database: String = sqlx::query_scalar("SELECT current_database()")
-        .fetch_one(&tenant.pool)
-        .await?;
-    let mut source_admin = <sqlx::PgConnection as sqlx::Connection>::connect_with(
-        &server.clone().database(&source_database),
-    )
-    .await?;
-    let started = Instant::now();
-    let rebuilt = custos_api::testing::rebuild_read_model(
-        &mut source_admin,
-        &tenant.log,
-        &custos_projections::records::RecordsProjection,
-    )
-    .await?;
-    let rebuild_time = started.elapsed();
-    sqlx::Connection::close(source_admin).await?;
+    let (rebuilt, rebuild_time) = rebuild_records(&server, &tenant).await?;
     drop(tenant);
     let _ = stop.send(());
     running.await??;
