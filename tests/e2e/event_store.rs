@@ -891,6 +891,90 @@ async fn a_shadow_table_keeps_the_indexes_its_projection_writes_through_and_no_r
     }
 }
 
+/// A rebuild whose projection fails to apply a batch reports the failure, with batches still
+/// to read: the batch read ahead does not keep it waiting, and nothing live is replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_that_fails_to_apply_a_batch_reports_it_with_batches_still_to_read() {
+    use cqrs_es::persist::SerializedEvent;
+    use cqrs_es::DomainEvent;
+    use custos_domain::{Datasheet, EventMetadata, Record, RecordEvent};
+
+    /// Reads the records' events as `records` does, and writes a table it does not list:
+    /// PostgreSQL refuses that in the rebuild's read-only transactions.
+    struct WritesElsewhere;
+
+    #[async_trait::async_trait]
+    impl Projection for WritesElsewhere {
+        fn name(&self) -> &'static str {
+            "records"
+        }
+        fn aggregate_types(&self) -> &'static [&'static str] {
+            RecordsProjection.aggregate_types()
+        }
+        fn tables(&self) -> &'static [custos_projections::Table] {
+            &[]
+        }
+        async fn apply(
+            &self,
+            conn: &mut PgConnection,
+            _event: &custos_projections::ProjectedEvent,
+        ) -> sqlx::Result<()> {
+            sqlx::query("CREATE TABLE unlisted (n int)")
+                .execute(conn)
+                .await
+                .map(|_| ())
+        }
+        async fn reset(&self, _conn: &mut PgConnection) -> sqlx::Result<()> {
+            Ok(())
+        }
+    }
+
+    let app = TestApp::spawn().await;
+    let session = app.sign_up(&slug("failing")).await;
+    let tenant = app.tenant(session.tenant_id).await;
+    // More than two of the rebuild's batches (5,000 events each).
+    let metadata = serde_json::to_value(
+        EventMetadata::new(custos_domain::Actor::User(session.user_id), Uuid::now_v7()).to_map(),
+    )
+    .unwrap();
+    let events = (0..12_000)
+        .map(|i| {
+            let event = RecordEvent::RecordCreated {
+                datasheet: Datasheet::Employees,
+                fields: [("last_name".to_owned(), json!(format!("Many{i}")))].into(),
+                hired_from: None,
+                effective_from: None,
+            };
+            SerializedEvent::new(
+                custos_domain::record::new_record_id().to_string(),
+                1,
+                <Record as cqrs_es::Aggregate>::TYPE.to_owned(),
+                event.event_type(),
+                event.event_version(),
+                serde_json::to_value(&event).unwrap(),
+                metadata.clone(),
+            )
+        })
+        .collect();
+    tenant.log.append_new_streams(events).await.unwrap();
+    app.settled(session.tenant_id).await;
+
+    let mut db = app.tenant_admin(session.tenant_id).await;
+    let failed = tokio::time::timeout(
+        Duration::from_secs(120),
+        custos_api::testing::rebuild_read_model(&mut db, &tenant.log, &WritesElsewhere),
+    )
+    .await
+    .expect("the rebuild reports its failure instead of waiting")
+    .expect_err("a projection that writes an unlisted table fails the rebuild");
+    assert!(format!("{failed:#}").contains("read-only"), "{failed:#}");
+    let listed: i64 = sqlx::query_scalar("SELECT count(*) FROM records")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(listed, 12_000, "the live read model is untouched");
+}
+
 /// A record event as the projector hands it over: the `n`th of the log, by `actor`.
 fn projected(
     n: i64,

@@ -263,9 +263,9 @@ async fn replay(
 }
 
 /// Applies every event after `at` up to `until` to the shadow tables on `conn`, a batch in
-/// each read-only transaction, while a connection of `log`'s pool reads and opens the batch
-/// after it: the database applying one batch and this process opening the next overlap. How
-/// many events were applied.
+/// each read-only transaction, while a connection of `log`'s pool (which needs one to spare)
+/// reads and opens the batch after it: the database applying one batch and this process
+/// opening the next overlap. How many events were applied.
 async fn replay_reading_ahead(
     conn: &mut PgConnection,
     log: &EventLog,
@@ -273,7 +273,7 @@ async fn replay_reading_ahead(
     at: &mut Position,
     until: Position,
 ) -> anyhow::Result<i64> {
-    let (to_apply, mut read) = tokio::sync::mpsc::channel::<(Vec<ProjectedEvent>, Position)>(1);
+    let (to_apply, read) = tokio::sync::mpsc::channel::<(Vec<ProjectedEvent>, Position)>(1);
     let from = *at;
     let reader = async move {
         let mut reading = log.pool().acquire().await?;
@@ -287,6 +287,9 @@ async fn replay_reading_ahead(
         }
     };
     let applier = async {
+        // Owned here, so an applier that stops drops it and the reader's next send fails
+        // instead of waiting for room forever.
+        let mut read = read;
         let mut applied = 0;
         while let Some((batch, last)) = read.recv().await {
             let mut tx = read_only(&mut *conn, "").await?;
