@@ -276,7 +276,9 @@ async fn a_new_user_creates_a_tenant_serves_and_logs_in() {
     stop(child);
     let rebuilt = String::from_utf8_lossy(&rebuild.stdout);
     assert!(
-        rebuild.status.success() && rebuilt.contains("cli-org: records rebuilt from"),
+        rebuild.status.success()
+            && rebuilt.contains("cli-org: records rebuilt from")
+            && rebuilt.contains("its read models stood still for"),
         "{rebuilt} {}",
         String::from_utf8_lossy(&rebuild.stderr)
     );

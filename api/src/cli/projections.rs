@@ -101,12 +101,13 @@ pub(crate) async fn rebuild(args: ProjectionsRebuildArgs) -> anyhow::Result<()> 
             pool.close().await;
             let rebuilt = rebuilt?;
             println!(
-                "{}: {} rebuilt from {} events and swapped in ({} rows), at position {}",
+                "{}: {} rebuilt from {} events and swapped in ({} rows), at position {}; its read models stood still for {:.1} s while the rows were replaced",
                 row.slug,
                 projection.name(),
                 rebuilt.events,
                 rebuilt.rows,
-                rebuilt.at.global_position
+                rebuilt.at.global_position,
+                rebuilt.held.as_secs_f64()
             );
         }
         Ok::<_, anyhow::Error>(())

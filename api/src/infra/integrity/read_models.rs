@@ -109,6 +109,9 @@ pub struct Rebuilt {
     pub rows: i64,
     /// Where the read model stood when the rebuilt rows replaced the live ones.
     pub at: Position,
+    /// How long the replacing transaction ran (the last events applied and the rows copied):
+    /// as long as every read model of the organisation stood still.
+    pub held: std::time::Duration,
 }
 
 /// Rebuilds `projection` from the events into temporary tables of the same shape while the
@@ -152,6 +155,7 @@ pub async fn rebuild(
             tx.commit().await?;
             events += replay_reading_ahead(&mut *conn, log, projection, &mut at, target).await?;
         }
+        let holding = std::time::Instant::now();
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         let live = Position::from_row(
             &sqlx::query(
@@ -203,6 +207,7 @@ pub async fn rebuild(
             events,
             rows,
             at: live,
+            held: holding.elapsed(),
         })
     }
     .await;
