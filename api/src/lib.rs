@@ -37,13 +37,13 @@ pub mod testing {
         remove_fields as blind_index_remove_fields, FIELDS_REMOVED as BLIND_INDEX_FIELDS_REMOVED,
     };
     pub use crate::infra::cluster::{find_bin_dir, PrivateCluster, Supervisor};
-    pub use crate::infra::event_store::log::{events_after, EventLog, Position};
+    pub use crate::infra::event_store::log::{events_after, EventLog, Position, REBUILDING};
     pub use crate::infra::event_store::repository::Cqrs;
     pub use crate::infra::integrity::proof::{
         check_file, ConsistencyProof, EventProof, ProvenEvent,
     };
     pub use crate::infra::integrity::read_models::{
-        rebuild as rebuild_read_model, shadow as shadow_table, Rebuilt, Shadow,
+        rebuild_unless as rebuild_read_model, shadow as shadow_table, Rebuilt, Shadow, REBUILD_LOCK,
     };
     pub use crate::infra::integrity::tree_head::{TreeHead, Witness};
     pub use crate::infra::integrity::verify::{verify, Report};

@@ -278,7 +278,8 @@ async fn a_new_user_creates_a_tenant_serves_and_logs_in() {
     assert!(
         rebuild.status.success()
             && rebuilt.contains("cli-org: records rebuilt from")
-            && rebuilt.contains("its read models stood still for"),
+            && rebuilt.contains("; it stood still for")
+            && rebuilt.contains(" s while its tables were swapped"),
         "{rebuilt} {}",
         String::from_utf8_lossy(&rebuild.stderr)
     );

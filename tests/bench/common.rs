@@ -34,21 +34,19 @@ pub(crate) async fn rebuild_records(
     admin: &sqlx::postgres::PgConnectOptions,
     tenant: &custos_api::testing::Tenant,
 ) -> anyhow::Result<(custos_api::testing::Rebuilt, Duration)> {
-    use sqlx::Connection;
     let database: String = sqlx::query_scalar("SELECT current_database()")
         .fetch_one(&tenant.pool)
         .await?;
-    let mut conn = sqlx::PgConnection::connect_with(&admin.clone().database(&database)).await?;
     let started = Instant::now();
     let rebuilt = custos_api::testing::rebuild_read_model(
-        &mut conn,
+        &admin.clone().database(&database),
         &tenant.log,
         &custos_projections::records::RecordsProjection,
+        std::future::pending(),
     )
-    .await;
-    let took = started.elapsed();
-    conn.close().await?;
-    Ok((rebuilt?, took))
+    .await?
+    .expect("never stopped");
+    Ok((rebuilt, started.elapsed()))
 }
 
 /// Where the process's resident memory is at one moment, in bytes.

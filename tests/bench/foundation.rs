@@ -647,7 +647,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         p50_p99(&as_of)
     ));
     rows.push(format!(
-        "| (r) the records read model rebuilt from every event beside the live one and swapped in (`custos projections rebuild records`) | {:.0} events/s ({:.1} s, {} events; the read models held {:.2} s while the rows were replaced) |",
+        "| (r) the records read model rebuilt from every event beside the live one and swapped in (`custos projections rebuild records`) | {:.0} events/s ({:.1} s, {} events; the read model held {:.2} s while its tables were swapped) |",
         rebuilt.events as f64 / rebuilt_in.as_secs_f64(),
         rebuilt_in.as_secs_f64(),
         rebuilt.events,

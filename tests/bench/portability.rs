@@ -255,7 +255,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         per_second(verify_time)
     );
     println!(
-        "| the records read model of the source rebuilt beside the live one and swapped in (`custos projections rebuild records`) | {:.1} s, {:.0} events/s ({} events, {} rows; the read models held {:.1} s while the rows were replaced) |",
+        "| the records read model of the source rebuilt beside the live one and swapped in (`custos projections rebuild records`) | {:.1} s, {:.0} events/s ({} events, {} rows; the read model held {:.2} s while its tables were swapped) |",
         rebuild_time.as_secs_f64(),
         rebuilt.events as f64 / rebuild_time.as_secs_f64(),
         rebuilt.events,

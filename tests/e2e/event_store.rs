@@ -763,15 +763,11 @@ async fn a_read_model_rebuilt_under_concurrent_writes_serves_throughout_and_ends
     };
     let rebuild = async {
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-        let rebuilt = app
-            .custos(&[
-                "projections",
-                "rebuild",
-                "records",
-                "--tenant",
-                &session.slug,
-            ])
-            .await;
+        let mut rebuilt = true;
+        // The audit log too: it takes every change, so it gets some during its copy.
+        for read_model in ["records", "audit_log"] {
+            rebuilt &= app.custos(&rebuild_args(read_model, &session.slug)).await;
+        }
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         done.store(true, Ordering::Relaxed);
         rebuilt
@@ -810,13 +806,7 @@ async fn a_read_model_rebuilt_under_concurrent_writes_serves_throughout_and_ends
 
     // An unknown read model is refused naming the ones there are, touching nothing.
     let refused = app
-        .custos_result(&[
-            "projections",
-            "rebuild",
-            "nonsense",
-            "--tenant",
-            &session.slug,
-        ])
+        .custos_result(&rebuild_args("nonsense", &session.slug))
         .await
         .expect_err("an unknown read model is refused");
     assert!(refused.to_string().contains("records"), "{refused}");
@@ -960,9 +950,15 @@ async fn a_rebuild_that_fails_to_apply_a_batch_reports_it_with_batches_still_to_
     app.settled(session.tenant_id).await;
 
     let mut db = app.tenant_admin(session.tenant_id).await;
+    let database = app.tenant_database(session.tenant_id).await;
     let failed = tokio::time::timeout(
         Duration::from_secs(120),
-        custos_api::testing::rebuild_read_model(&mut db, &tenant.log, &WritesElsewhere),
+        custos_api::testing::rebuild_read_model(
+            &custos_tests::admin_options(&database),
+            &tenant.log,
+            &WritesElsewhere,
+            std::future::pending(),
+        ),
     )
     .await
     .expect("the rebuild reports its failure instead of waiting")
@@ -973,6 +969,454 @@ async fn a_rebuild_that_fails_to_apply_a_batch_reports_it_with_batches_still_to_
         .await
         .unwrap();
     assert_eq!(listed, 12_000, "the live read model is untouched");
+}
+
+/// What a table is made of, as a list of lines: its columns (type, default or generation,
+/// identity, nullability), constraints, indexes (by name), owner, privileges and triggers.
+async fn table_shape(db: &mut PgConnection, table: &str) -> Vec<String> {
+    sqlx::query_scalar(
+        "WITH t AS (SELECT format('public.%I', $1::text)::regclass AS oid)
+         SELECT line FROM (
+           SELECT format('column %s %s %s %s %s', a.attname, format_type(a.atttypid, a.atttypmod),
+                         a.attgenerated, a.attidentity, a.attnotnull)
+                  || coalesce(' = ' || pg_get_expr(d.adbin, d.adrelid), '') AS line
+           FROM t JOIN pg_attribute AS a ON a.attrelid = t.oid
+           LEFT JOIN pg_attrdef AS d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+           WHERE a.attnum > 0 AND NOT a.attisdropped
+           UNION ALL
+           SELECT format('constraint %s %s', conname, pg_get_constraintdef(c.oid))
+           FROM t JOIN pg_constraint AS c ON c.conrelid = t.oid
+           UNION ALL
+           SELECT format('index %s', pg_get_indexdef(i.indexrelid))
+           FROM t JOIN pg_index AS i ON i.indrelid = t.oid
+           UNION ALL
+           SELECT format('owner %s privileges %s', pg_get_userbyid(c.relowner), c.relacl)
+           FROM t JOIN pg_class AS c ON c.oid = t.oid
+           UNION ALL
+           SELECT format('trigger %s %s', pg_get_triggerdef(g.oid), g.tgenabled)
+           FROM t JOIN pg_trigger AS g ON g.tgrelid = t.oid WHERE NOT g.tgisinternal
+         ) AS lines ORDER BY line",
+    )
+    .bind(table)
+    .fetch_all(db)
+    .await
+    .unwrap()
+}
+
+/// Every read model, rebuilt, is swapped in: the live tables are replaced by the rebuilt ones,
+/// which carry their columns, constraints, indexes (by name), owner, privileges, triggers and
+/// identity counters; the triggers announce the change to the caches, and the service goes on
+/// writing and reading the tables.
+#[tokio::test]
+async fn every_read_model_rebuilt_is_swapped_in_with_its_tables_indexes_privileges_triggers_and_counters(
+) {
+    let app = TestApp::spawn().await;
+    let session = app.sign_up(&slug("swap")).await;
+    for name in ["Ada", "Grace"] {
+        app.create_employee(
+            &session.token,
+            json!({ "firstName": name, "lastName": format!("{name}son") }),
+        )
+        .await;
+    }
+    app.settled(session.tenant_id).await;
+    let mut db = app.tenant_admin(session.tenant_id).await;
+    let projections = custos_projections::all();
+    let tables: Vec<&str> = projections
+        .iter()
+        .flat_map(|p| p.tables().iter().map(|t| t.name))
+        .collect();
+    let mut before = Vec::new();
+    for table in &tables {
+        before.push(table_shape(&mut db, table).await);
+    }
+    let shape_of = |table: &str| &before[tables.iter().position(|t| *t == table).unwrap()];
+    assert!(
+        shape_of("audit_log")
+            .iter()
+            .any(|line| line.starts_with("column feed_seq bigint  a")),
+        "audit_log has an identity column"
+    );
+    assert!(
+        shape_of("users")
+            .iter()
+            .any(|line| line.starts_with("trigger CREATE TRIGGER users_announce_change")),
+        "users announces its changes"
+    );
+    let oids = "SELECT array_agg(format('public.%I', t)::regclass::oid::bigint ORDER BY n)
+                FROM unnest($1::text[]) WITH ORDINALITY AS u(t, n)";
+    let oids_before: Vec<i64> = sqlx::query_scalar(oids)
+        .bind(&tables)
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    let feed_before: i64 = sqlx::query_scalar("SELECT max(feed_seq) FROM audit_log")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    let database = app.tenant_database(session.tenant_id).await;
+    let listening = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(custos_tests::admin_options(&database))
+        .await
+        .unwrap();
+    let mut announcements = sqlx::postgres::PgListener::connect_with(&listening)
+        .await
+        .unwrap();
+    announcements.listen("custos_cache").await.unwrap();
+
+    for projection in &projections {
+        assert!(
+            app.custos(&rebuild_args(projection.name(), &session.slug))
+                .await,
+            "{}",
+            projection.name()
+        );
+    }
+    let oids_after: Vec<i64> = sqlx::query_scalar(oids)
+        .bind(&tables)
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    for (i, table) in tables.iter().enumerate() {
+        assert_ne!(oids_after[i], oids_before[i], "{table} was swapped");
+        assert_eq!(table_shape(&mut db, table).await, before[i], "{table}");
+    }
+    let left: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_class WHERE relnamespace = 'custos_rebuild'::regnamespace",
+    )
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(left, 0, "nothing is left beside the live tables");
+    // The swaps of users, roles and custom fields were announced to the caches.
+    let mut heard = std::collections::BTreeSet::new();
+    while let Ok(Ok(notification)) =
+        tokio::time::timeout(Duration::from_secs(2), announcements.recv()).await
+    {
+        heard.insert(notification.payload().to_owned());
+    }
+    assert!(
+        heard.contains("sessions") && heard.contains("field_schemas"),
+        "{heard:?}"
+    );
+
+    // The service writes and reads the swapped tables: the tenant's role keeps its
+    // privileges, full-text search its generated column and index, and the audit log's
+    // counter goes on from where it stood.
+    app.create_employee(
+        &session.token,
+        json!({ "firstName": "Katherine", "lastName": "Johnson" }),
+    )
+    .await;
+    let found = app
+        .graphql(
+            Some(&session.token),
+            "{ employees(first: 10, search: \"kath\") { edges { node { lastName } } } }",
+            json!({}),
+        )
+        .await
+        .ok();
+    assert_eq!(
+        found.data("employees.edges"),
+        &json!([{ "node": { "lastName": "Johnson" } }])
+    );
+    let mut names = app.employee_last_names(&session.token).await;
+    names.sort();
+    assert_eq!(names, ["Adason", "Graceson", "Johnson"]);
+    app.settled(session.tenant_id).await;
+    let (newer, distinct, total): (i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE feed_seq > $1), count(DISTINCT feed_seq), count(*)
+         FROM audit_log",
+    )
+    .bind(feed_before)
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    assert!(
+        newer >= 1,
+        "the new change's audit entry follows the old ones"
+    );
+    assert_eq!(distinct, total);
+    assert!(
+        app.custos(&["verify", "--tenant", &session.slug, "--read-models"])
+            .await
+    );
+}
+
+/// A projection that writes a live table it does not list, where the rebuild's transactions
+/// can write (they write the rebuilt tables), fails the rebuild, and the write is undone.
+#[tokio::test]
+async fn a_rebuild_whose_projection_writes_a_live_table_it_does_not_list_is_refused() {
+    /// The webhooks read model, with a day's work that empties the live records.
+    struct EmptiesRecords;
+
+    #[async_trait::async_trait]
+    impl Projection for EmptiesRecords {
+        fn name(&self) -> &'static str {
+            "webhooks"
+        }
+        fn aggregate_types(&self) -> &'static [&'static str] {
+            custos_projections::webhooks::WebhooksProjection.aggregate_types()
+        }
+        fn tables(&self) -> &'static [custos_projections::Table] {
+            custos_projections::webhooks::WebhooksProjection.tables()
+        }
+        async fn apply(
+            &self,
+            _conn: &mut PgConnection,
+            _event: &custos_projections::ProjectedEvent,
+        ) -> sqlx::Result<()> {
+            Ok(())
+        }
+        async fn reset(&self, conn: &mut PgConnection) -> sqlx::Result<()> {
+            custos_projections::webhooks::WebhooksProjection
+                .reset(conn)
+                .await
+        }
+        async fn on_day(
+            &self,
+            conn: &mut PgConnection,
+            _today: chrono::NaiveDate,
+        ) -> sqlx::Result<Vec<custos_projections::TookEffect>> {
+            sqlx::query("DELETE FROM records").execute(conn).await?;
+            Ok(Vec::new())
+        }
+    }
+
+    let (app, session, _db) = one_employee("unlisted", "Kept", "Safe").await;
+    let tenant = app.tenant(session.tenant_id).await;
+    let database = app.tenant_database(session.tenant_id).await;
+    let failed = custos_api::testing::rebuild_read_model(
+        &custos_tests::admin_options(&database),
+        &tenant.log,
+        &EmptiesRecords,
+        std::future::pending(),
+    )
+    .await
+    .expect_err("the rebuild is refused");
+    assert!(
+        format!("{failed:#}").contains("wrote records, which it does not list"),
+        "{failed:#}"
+    );
+    assert_eq!(app.employee_last_names(&session.token).await, ["Safe"]);
+}
+
+/// A rebuild's session appends no event, so its long transactions (copying and indexing the
+/// rebuilt tables) hold back no projector of its organisation.
+#[tokio::test]
+async fn a_transaction_of_a_read_model_rebuild_holds_back_no_read_model() {
+    let app = TestApp::spawn().await;
+    let session = app.sign_up(&slug("copying")).await;
+    let mut rebuilding = app.tenant_admin(session.tenant_id).await;
+    sqlx::query(&format!(
+        "SET application_name = '{}'",
+        custos_api::testing::REBUILDING
+    ))
+    .execute(&mut rebuilding)
+    .await
+    .unwrap();
+    let mut open = rebuilding.begin().await.unwrap();
+    sqlx::query("CREATE TABLE custos_rebuild.copying AS SELECT * FROM records")
+        .execute(&mut *open)
+        .await
+        .unwrap();
+    let xid: Option<String> = sqlx::query_scalar("SELECT pg_current_xact_id_if_assigned()::text")
+        .fetch_one(&mut *open)
+        .await
+        .unwrap();
+    assert!(xid.is_some(), "the open transaction has a transaction id");
+
+    // A list waits for the read models (ten seconds at most), which take the new employee.
+    app.create_employee(
+        &session.token,
+        json!({ "firstName": "Served", "lastName": "Meanwhile" }),
+    )
+    .await;
+    assert_eq!(app.employee_last_names(&session.token).await, ["Meanwhile"]);
+    open.rollback().await.unwrap();
+}
+
+/// `custos projections rebuild <read_model> --tenant <slug>`.
+fn rebuild_args<'a>(read_model: &'a str, slug: &'a str) -> [&'a str; 5] {
+    ["projections", "rebuild", read_model, "--tenant", slug]
+}
+
+/// An organisation with one employee, projected, and a superuser connection to its database.
+async fn one_employee(
+    prefix: &str,
+    first: &str,
+    last: &str,
+) -> (TestApp, custos_tests::Session, PgConnection) {
+    let app = TestApp::spawn().await;
+    let session = app.sign_up(&slug(prefix)).await;
+    app.create_employee(
+        &session.token,
+        json!({ "firstName": first, "lastName": last }),
+    )
+    .await;
+    app.settled(session.tenant_id).await;
+    let db = app.tenant_admin(session.tenant_id).await;
+    (app, session, db)
+}
+
+/// The live `records` table's oid: another after a swap.
+async fn records_oid(db: &mut PgConnection) -> i64 {
+    sqlx::query_scalar("SELECT 'public.records'::regclass::oid::bigint")
+        .fetch_one(db)
+        .await
+        .unwrap()
+}
+
+/// A superuser session that keeps `records` in use (a transaction left open after reading
+/// it), as a long export does; [`release`] ends it.
+async fn reading_records(app: &TestApp, tenant_id: Uuid) -> PgConnection {
+    let mut reader = app.tenant_admin(tenant_id).await;
+    for statement in ["BEGIN", "SELECT count(*) FROM records"] {
+        sqlx::query(statement).execute(&mut reader).await.unwrap();
+    }
+    reader
+}
+
+/// One rebuild of a read model runs at a time in an organisation; what a rebuild that did not
+/// finish left is removed by the next one and by `custos migrate` (and every start), and the
+/// tables of one still running are left alone.
+#[tokio::test]
+async fn what_an_unfinished_rebuild_left_is_removed_and_a_running_one_is_left_alone() {
+    let (app, session, mut db) = one_employee("leftover", "Left", "Over").await;
+    // As a rebuild killed between the copy and the swap leaves it: the rows, personal data
+    // and all, in a table the service cannot see.
+    let leave = "CREATE TABLE custos_rebuild.records AS SELECT * FROM records";
+    let left = "SELECT count(*) FROM pg_class WHERE relnamespace = 'custos_rebuild'::regnamespace
+                AND relkind = 'r'";
+    sqlx::query(leave).execute(&mut db).await.unwrap();
+
+    // Another session holds the rebuild's lock, as a rebuild running does.
+    let mut running = app.tenant_admin(session.tenant_id).await;
+    sqlx::query("SELECT pg_advisory_lock($1, hashtext('records'))")
+        .bind(custos_api::testing::REBUILD_LOCK)
+        .execute(&mut running)
+        .await
+        .unwrap();
+    let refused = app
+        .custos_result(&rebuild_args("records", &session.slug))
+        .await
+        .expect_err("a second rebuild of the read model is refused");
+    assert!(
+        format!("{refused:#}").contains("already running"),
+        "{refused:#}"
+    );
+    assert!(app.custos(&["migrate"]).await);
+    let count: i64 = sqlx::query_scalar(left).fetch_one(&mut db).await.unwrap();
+    assert_eq!(count, 1, "a running rebuild's tables are left alone");
+
+    // Once it has ended, the next start removes what it left.
+    running.close().await.unwrap();
+    assert!(app.custos(&["migrate"]).await);
+    let count: i64 = sqlx::query_scalar(left).fetch_one(&mut db).await.unwrap();
+    assert_eq!(count, 0, "the unfinished rebuild's tables are removed");
+
+    // So does the next rebuild, which then swaps its own in.
+    sqlx::query(leave).execute(&mut db).await.unwrap();
+    assert!(app.custos(&rebuild_args("records", &session.slug)).await);
+    let count: i64 = sqlx::query_scalar(left).fetch_one(&mut db).await.unwrap();
+    assert_eq!(count, 0);
+    assert_eq!(app.employee_last_names(&session.token).await, ["Over"]);
+}
+
+/// A rebuild refuses a live table with what its swap would not carry over, and gives up,
+/// replacing nothing, when a long read keeps the live table in use at every try; it swaps
+/// once the read has ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_refuses_what_it_cannot_carry_and_gives_way_to_a_long_read() {
+    let (app, session, mut db) = one_employee("giveway", "Long", "Read").await;
+    let live = records_oid(&mut db).await;
+    let rebuild = rebuild_args("records", &session.slug);
+
+    for statement in [
+        "CREATE FUNCTION noticed() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NEW; END'",
+        "CREATE TRIGGER noticed BEFORE INSERT ON records FOR EACH ROW EXECUTE FUNCTION noticed()",
+    ] {
+        sqlx::query(statement).execute(&mut db).await.unwrap();
+    }
+    let refused = app
+        .custos_result(&rebuild)
+        .await
+        .expect_err("a table with a trigger is refused");
+    assert!(format!("{refused:#}").contains("triggers"), "{refused:#}");
+    for statement in ["DROP TRIGGER noticed ON records", "DROP FUNCTION noticed()"] {
+        sqlx::query(statement).execute(&mut db).await.unwrap();
+    }
+
+    let reader = reading_records(&app, session.tenant_id).await;
+    let refused = app
+        .custos_result(&rebuild)
+        .await
+        .expect_err("the swap gives up");
+    assert!(
+        format!("{refused:#}").contains("stayed in use"),
+        "{refused:#}"
+    );
+    // The service reads it as before.
+    assert_eq!(app.employee_last_names(&session.token).await, ["Read"]);
+    release(reader).await;
+    assert_eq!(records_oid(&mut db).await, live, "nothing was replaced");
+
+    assert!(app.custos(&rebuild).await);
+    assert_ne!(records_oid(&mut db).await, live);
+    assert_eq!(app.employee_last_names(&session.token).await, ["Read"]);
+}
+
+/// A rebuild stopped midway (an operator's Ctrl-C) ends its session and removes what it had
+/// built; the live read model is as it was, and the next rebuild runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_stopped_midway_leaves_nothing_behind() {
+    let (app, session, mut db) = one_employee("stopped", "Still", "Here").await;
+    let tenant = app.tenant(session.tenant_id).await;
+    let database = app.tenant_database(session.tenant_id).await;
+    let live = records_oid(&mut db).await;
+    // A long read keeps the swap trying (up to about 12 s), so the rebuild is caught with its
+    // replacement built.
+    let reader = reading_records(&app, session.tenant_id).await;
+    let built = "SELECT count(*) FROM pg_class WHERE relnamespace = 'custos_rebuild'::regnamespace";
+    let mut watching = app.tenant_admin(session.tenant_id).await;
+    let stop = async {
+        loop {
+            let count: i64 = sqlx::query_scalar(built)
+                .fetch_one(&mut watching)
+                .await
+                .unwrap();
+            if count > 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let stopped = custos_api::testing::rebuild_read_model(
+        &custos_tests::admin_options(&database),
+        &tenant.log,
+        &RecordsProjection,
+        stop,
+    )
+    .await
+    .unwrap();
+    assert!(stopped.is_none(), "the rebuild was stopped");
+    release(reader).await;
+
+    let count: i64 = sqlx::query_scalar(built).fetch_one(&mut db).await.unwrap();
+    assert_eq!(count, 0, "nothing built is left");
+    let sessions: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE application_name = $1 AND datname = current_database()",
+    )
+    .bind(custos_api::testing::REBUILDING)
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(sessions, 0, "the rebuild's session has ended");
+    assert_eq!(records_oid(&mut db).await, live, "nothing was replaced");
+    assert!(app.custos(&rebuild_args("records", &session.slug)).await);
+    assert_eq!(app.employee_last_names(&session.token).await, ["Here"]);
 }
 
 /// A record event as the projector hands it over: the `n`th of the log, by `actor`.

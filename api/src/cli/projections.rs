@@ -8,7 +8,7 @@ use sqlx::{Connection, PgConnection};
 use super::args::{ProjectionsRebuildArgs, ProjectionsStatusArgs};
 use crate::config::Config;
 use crate::infra::database::Database;
-use crate::infra::integrity::read_models::rebuild as rebuild_read_model;
+use crate::infra::integrity::read_models::rebuild_unless as rebuild_read_model_unless;
 use crate::infra::keys::MasterKey;
 use crate::infra::projector::{standings, Standing};
 use crate::infra::tenancy::tenant::{Reading, TenantRow};
@@ -77,6 +77,9 @@ pub(crate) async fn rebuild(args: ProjectionsRebuildArgs) -> anyhow::Result<()> 
     let database = Database::open_or_attach(&config).await?;
     let result = async {
         let master = MasterKey::load(config.master_key.as_ref(), &config.data_dir)?;
+        // Ctrl-C or SIGTERM stops the rebuild running and removes what it had built; the
+        // organisations rebuilt before stay rebuilt.
+        let mut stop = Box::pin(super::serve::shutdown_signal());
         for (row, options) in organisations(&database, &config, args.tenant.as_deref()).await? {
             let pool = PgPoolOptions::new()
                 .max_connections(2)
@@ -95,13 +98,23 @@ pub(crate) async fn rebuild(args: ProjectionsRebuildArgs) -> anyhow::Result<()> 
                     names.join(", ")
                 );
             };
-            let mut conn = PgConnection::connect_with(&options).await?;
-            let rebuilt = rebuild_read_model(&mut conn, &reading.log, projection.as_ref()).await;
-            conn.close().await?;
+            let rebuilt = rebuild_read_model_unless(
+                &options,
+                &reading.log,
+                projection.as_ref(),
+                &mut stop,
+            )
+            .await;
             pool.close().await;
-            let rebuilt = rebuilt?;
+            let Some(rebuilt) = rebuilt? else {
+                anyhow::bail!(
+                    "interrupted: the rebuild of {} for {} stopped and what it had built was removed; nothing of it was replaced",
+                    projection.name(),
+                    row.slug
+                );
+            };
             println!(
-                "{}: {} rebuilt from {} events and swapped in ({} rows), at position {}; its read models stood still for {:.1} s while the rows were replaced",
+                "{}: {} rebuilt from {} events and swapped in ({} rows), at position {}; it stood still for {:.2} s while its tables were swapped",
                 row.slug,
                 projection.name(),
                 rebuilt.events,

@@ -617,7 +617,7 @@ pub(crate) async fn catch_up(
 }
 
 /// Memory for each index build at the end of [`fill`] (PostgreSQL's default is 64 MB).
-const INDEX_BUILD_MEMORY: &str = "128MB";
+pub(crate) const INDEX_BUILD_MEMORY: &str = "128MB";
 /// Events read, decoded and applied per step of [`fill`].
 const FILL_BATCH: i64 = 5_000;
 

@@ -52,17 +52,26 @@ impl std::fmt::Display for Position {
     }
 }
 
+/// The `application_name` of a session that rebuilds read models: it never appends an event,
+/// so [`HORIZON`] does not wait for its transactions.
+pub const REBUILDING: &str = "custos read-model rebuild";
+
 /// The commit-safe horizon of a statement, as a bigint: the oldest transaction *of this
 /// database* still running when the statement's snapshot was taken (or the snapshot's end when
 /// none is). Every event below it is committed or rolled back. Transaction ids are shared by
 /// every database of a PostgreSQL server, so the snapshot's own `xmin` would let one
 /// organisation's long transaction hold back the read models of every other organisation on
 /// the server; a running transaction is skipped only when `pg_stat_activity` shows it belongs
-/// to another database (one that ended meanwhile is kept: that only waits longer).
+/// to another database (one that ended meanwhile is kept: that only waits longer), or to a
+/// session named [`REBUILDING`], which writes read models and never an event (a read model
+/// rebuild copying and indexing its tables for tens of seconds must not stop every projector
+/// of the organisation meanwhile).
 pub(crate) const HORIZON: &str = "(SELECT COALESCE(
         (SELECT min(x) FROM pg_snapshot_xip(s) AS x
          WHERE NOT EXISTS (SELECT 1 FROM pg_stat_activity AS a
-                           WHERE a.backend_xid = xid(x) AND a.datname <> current_database())),
+                           WHERE a.backend_xid = xid(x)
+                             AND (a.datname <> current_database()
+                                  OR a.application_name = 'custos read-model rebuild'))),
         pg_snapshot_xmax(s))::text::bigint
     FROM pg_current_snapshot() AS s)";
 

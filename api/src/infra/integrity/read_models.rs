@@ -1,11 +1,13 @@
 //! Read models against history (`custos verify --read-models`): each projection rebuilt from
 //! the events into temporary tables of the same shape, up to the position its live read model
 //! stands at, and compared row for row with the live tables in one snapshot. Nothing live is
-//! written, and a running service keeps writing meanwhile. The same rebuild can also replace a
-//! live read model's rows in one transaction (`custos projections rebuild`, [`rebuild`]).
+//! written, and a running service keeps writing meanwhile. The same rebuild can also build a
+//! read model's replacement beside it and swap it in (`custos projections rebuild`,
+//! [`rebuild`]).
 //!
 //! A temporary table shadows the table of the same name for this connection only (PostgreSQL
-//! searches `pg_temp` first), so each projection's own SQL writes the copy.
+//! searches `pg_temp` first), so each projection's own SQL writes the copy; a replacement table
+//! is found the same way, by the search path of the transactions that write it.
 
 use custos_projections::{ProjectedEvent, Projection, Table};
 use sqlx::{PgConnection, Row};
@@ -107,116 +109,550 @@ pub struct Rebuilt {
     pub events: i64,
     /// Rows the live tables hold now, all tables together.
     pub rows: i64,
-    /// Where the read model stood when the rebuilt rows replaced the live ones.
+    /// Where the read model stood when the rebuilt tables replaced the live ones.
     pub at: Position,
-    /// How long the replacing transaction ran (the last events applied and the rows copied):
-    /// as long as every read model of the organisation stood still.
+    /// How long the swapping transaction ran (the last events applied and the tables
+    /// swapped): as long as the read model stood still for its projector and its readers.
     pub held: std::time::Duration,
 }
 
-/// Rebuilds `projection` from the events into temporary tables of the same shape while the
-/// live read model keeps serving and its projector keeps applying, then replaces the live
-/// rows with the rebuilt ones in one transaction: a reader sees the old rows or the new ones,
-/// never a mix or an empty table. While the rows are copied, every read model of the
-/// organisation stands still (the transaction holds back the projectors' horizon), so
-/// requests that wait for one wait that long. A subject erased meanwhile, or a reset of the
-/// read model, refuses the replacement: nothing live changes.
+/// The schema in which [`rebuild`] builds a read model's replacement tables (tenant migration
+/// 0035): the service's role has no access to it.
+const REPLACEMENTS: &str = "custos_rebuild";
+/// The class of the session lock a rebuild of one read model holds (with the hash of its name).
+pub const REBUILD_LOCK: i32 = 0x6375_0009;
+/// How long the swap waits for the live tables (a long read holding them) before it lets the
+/// statements queued behind it through, and how many times it tries.
+const SWAP_LOCK_TIMEOUT: &str = "2s";
+const SWAP_ATTEMPTS: u32 = 5;
+
+/// Rebuilds `projection` from the events beside the live read model, which keeps serving and
+/// whose projector keeps applying, then swaps the rebuilt tables in for the live ones in one
+/// transaction: a reader sees the old rows or the new ones, never a mix or an empty table.
+/// Only the swap stops the read model (its projector and the statements that read it wait for
+/// it); a subject erased meanwhile, or a reset of the read model, refuses it, and nothing live
+/// changes. One rebuild of a read model runs at a time in an organisation.
 ///
-/// The replay runs in short read-only transactions (as [`compare`]) up to where the live read
-/// model stood at the start, each batch read and opened on another connection (of `log`'s
-/// pool) while the one before is applied, into shadow tables without the indexes only reads
-/// use and without computing generated columns: the live table builds both as the rebuilt rows
-/// arrive. The replacing transaction then locks the projection's checkpoint
-/// row — its projector, on any instance, skips a locked row (`FOR UPDATE SKIP LOCKED`) and
-/// applies nothing meanwhile — applies the events since, and replaces the rows; the checkpoint
-/// stays where it was, because the rebuilt tables stand exactly there.
-pub async fn rebuild(
+/// - The replay runs in short read-only transactions (as [`compare`]) up to where the live read
+///   model stood at the start, each batch read and opened on another connection (of `log`'s
+///   pool, which needs one to spare) while the one before is applied, into temporary tables
+///   without the indexes only reads use and without computing generated columns.
+/// - Their rows are then copied into tables shaped like the live ones in the `custos_rebuild`
+///   schema, which get the live tables' indexes (built once, not row by row) and statistics.
+///   The session is named [`REBUILDING`](crate::infra::event_store::log::REBUILDING): it never
+///   appends an event, so these long transactions hold back no projector.
+/// - The events since are applied to them; then the swapping transaction locks the read
+///   model's checkpoint row (its projector, on any instance, skips a locked row and applies
+///   nothing meanwhile), applies the last events, and replaces each live table by its rebuilt
+///   one, which takes the live table's name, privileges, owner and identity counters. The
+///   checkpoint stays where it was: the rebuilt tables stand exactly there.
+///
+/// A table the swap could not carry everything of (row-level or disabled triggers, row
+/// security, storage options, foreign keys, column privileges) is refused before anything is
+/// built. What a rebuild that did not finish left
+/// in `custos_rebuild` is removed by the next one and when the service starts
+/// ([`remove_unfinished`]).
+async fn rebuild(
     conn: &mut PgConnection,
     log: &EventLog,
     projection: &dyn Projection,
+    swapped: &std::sync::Mutex<Option<Rebuilt>>,
+) -> anyhow::Result<Rebuilt> {
+    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, hashtext($2))")
+        .bind(REBUILD_LOCK)
+        .bind(projection.name())
+        .fetch_one(&mut *conn)
+        .await?;
+    anyhow::ensure!(
+        locked,
+        "a rebuild of the {} read model is already running for this organisation",
+        projection.name()
+    );
+    let rebuilt = rebuild_locked(&mut *conn, log, projection, swapped).await;
+    let mut cleanup = Ok(());
+    for table in projection.tables() {
+        let dropped = sqlx::query(&format!(
+            "DROP TABLE IF EXISTS pg_temp.\"{name}\", {REPLACEMENTS}.\"{name}\"",
+            name = table.name
+        ))
+        .execute(&mut *conn)
+        .await;
+        cleanup = cleanup.and(dropped.map(|_| ()));
+    }
+    let rebuilt = rebuilt?;
+    cleanup?;
+    Ok(rebuilt)
+}
+
+/// [`rebuild`], its lock held.
+async fn rebuild_locked(
+    conn: &mut PgConnection,
+    log: &EventLog,
+    projection: &dyn Projection,
+    swapped: &std::sync::Mutex<Option<Rebuilt>>,
 ) -> anyhow::Result<Rebuilt> {
     for table in projection.tables() {
+        refuse_what_a_swap_loses(&mut *conn, table.name).await?;
+        sqlx::query(&format!(
+            "DROP TABLE IF EXISTS {REPLACEMENTS}.\"{}\"",
+            table.name
+        ))
+        .execute(&mut *conn)
+        .await?;
         shadow(&mut *conn, table, Shadow::Replacing).await?;
     }
-    let replaced = async {
+    let mut tx = read_only(&mut *conn, "").await?;
+    projection.reset(&mut tx).await?;
+    let erased_before = last_erasure(&mut tx).await?;
+    tx.commit().await?;
+    let mut events = 0;
+    let mut at = Position::default();
+    // Up to where the live read model stands, then once more up to where it stands after
+    // that, so that the copy starts from nearly the live position.
+    for _round in 0..2 {
         let mut tx = read_only(&mut *conn, "").await?;
-        projection.reset(&mut tx).await?;
-        let erased_before = last_erasure(&mut tx).await?;
+        let target = live_position(&mut tx, projection.name()).await?;
         tx.commit().await?;
-        let mut events = 0;
-        let mut at = Position::default();
-        // Up to where the live read model stands, then once more up to where it stands after
-        // that: the replacing transaction, which holds back every projector of the
-        // organisation (its transaction id is below their horizon), applies only the last
-        // moments' events.
-        for _round in 0..2 {
-            let mut tx = read_only(&mut *conn, "").await?;
-            let target = live_position(&mut tx, projection.name()).await?;
-            tx.commit().await?;
-            events += replay_reading_ahead(&mut *conn, log, projection, &mut at, target).await?;
+        events += replay_reading_ahead(&mut *conn, log, projection, &mut at, target).await?;
+    }
+    for table in projection.tables() {
+        replacement(&mut *conn, table.name).await?;
+    }
+    // The events applied while the replacements were copied and indexed; from here the
+    // projection's statements write the replacements (the temporary tables are gone).
+    let mut tx = writing_replacements(&mut *conn).await?;
+    let target = live_position(&mut tx, projection.name()).await?;
+    loop {
+        let (applied, done) = replay(&mut tx, log, projection, &mut at, target).await?;
+        events += applied;
+        if done {
+            break;
         }
-        let holding = std::time::Instant::now();
-        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-        let live = Position::from_row(
-            &sqlx::query(
-                "SELECT transaction_id::text::bigint AS transaction_id, global_position
-                 FROM projection_checkpoints WHERE projection = $1 FOR UPDATE",
-            )
+    }
+    refuse_live_writes(&mut tx).await?;
+    tx.commit().await?;
+    // A long read of a live table (an export) would keep the swap waiting, and every
+    // statement that reads the table after it in the queue: the swap gives up after a moment,
+    // lets them through, and tries again.
+    for attempt in 1..=SWAP_ATTEMPTS {
+        let mut from = at;
+        if let Some(swapped_in) =
+            hold_and_swap(&mut *conn, log, projection, &mut from, erased_before).await?
+        {
+            let rebuilt = Rebuilt {
+                events: events + swapped_in.events,
+                ..swapped_in
+            };
+            *swapped.lock().unwrap_or_else(|e| e.into_inner()) = Some(rebuilt);
+            return Ok(rebuilt);
+        }
+        if attempt < SWAP_ATTEMPTS {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+    }
+    anyhow::bail!(
+        "the live tables of {} stayed in use (a long read) at each of {SWAP_ATTEMPTS} tries to swap them; nothing was replaced: run the rebuild again",
+        projection.name()
+    )
+}
+
+/// The swapping transaction: from `at`, the events up to the live read model's position
+/// applied to the replacements, which then replace the live tables; the events it applied,
+/// the rows, the position, and how long it held the read model. `None` when the live tables
+/// stayed in use for [`SWAP_LOCK_TIMEOUT`] (nothing changed).
+async fn hold_and_swap(
+    conn: &mut PgConnection,
+    log: &EventLog,
+    projection: &dyn Projection,
+    at: &mut Position,
+    erased_before: Option<chrono::DateTime<chrono::Utc>>,
+) -> anyhow::Result<Option<Rebuilt>> {
+    let holding = std::time::Instant::now();
+    let mut tx = writing_replacements(&mut *conn).await?;
+    let live = Position::from_row(
+        &sqlx::query(
+            "SELECT transaction_id::text::bigint AS transaction_id, global_position
+             FROM projection_checkpoints WHERE projection = $1 FOR UPDATE",
+        )
+        .bind(projection.name())
+        .fetch_one(&mut *tx)
+        .await?,
+    )?;
+    // Values the rebuilt tables took from keys destroyed since (an erasure, or the erasure
+    // ledger replayed after a restore, which also resets the read models) must not reach the
+    // live tables.
+    anyhow::ensure!(
+        live >= *at,
+        "the read model was reset while it was rebuilt; nothing was replaced: run the rebuild again"
+    );
+    anyhow::ensure!(
+        last_erasure(&mut tx).await? == erased_before,
+        "a subject was erased while the read model was rebuilt; nothing was replaced: run the rebuild again"
+    );
+    let mut events = 0;
+    loop {
+        let (applied, done) = replay(&mut tx, log, projection, at, live).await?;
+        events += applied;
+        if done {
+            break;
+        }
+    }
+    projection
+        .on_day(&mut tx, custos_projections::records::day_in_force())
+        .await?;
+    refuse_live_writes(&mut tx).await?;
+    let names: Vec<String> = projection
+        .tables()
+        .iter()
+        .map(|table| format!("public.\"{}\"", table.name))
+        .collect();
+    sqlx::query(&format!("SET LOCAL lock_timeout = '{SWAP_LOCK_TIMEOUT}'"))
+        .execute(&mut *tx)
+        .await?;
+    let locked = sqlx::query(&format!(
+        "LOCK TABLE {} IN ACCESS EXCLUSIVE MODE",
+        names.join(", ")
+    ))
+    .execute(&mut *tx)
+    .await;
+    match locked {
+        // Waited too long, or chosen to give way in a deadlock.
+        Err(err)
+            if matches!(
+                err.as_database_error().and_then(|e| e.code()).as_deref(),
+                Some("55P03" | "40P01")
+            ) =>
+        {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        locked => {
+            locked?;
+        }
+    }
+    for table in projection.tables() {
+        swap(&mut tx, table.name).await?;
+    }
+    tx.commit().await?;
+    let held = holding.elapsed();
+    // Counted once the read model moves again.
+    let mut rows = 0;
+    for table in projection.tables() {
+        rows += sqlx::query_scalar::<_, i64>(&format!(
+            "SELECT count(*) FROM public.\"{}\"",
+            table.name
+        ))
+        .fetch_one(&mut *conn)
+        .await?;
+    }
+    Ok(Some(Rebuilt {
+        events,
+        rows,
+        at: live,
+        held,
+    }))
+}
+
+/// A transaction whose unqualified table names find the replacement tables first.
+async fn writing_replacements(
+    conn: &mut PgConnection,
+) -> sqlx::Result<sqlx::Transaction<'_, sqlx::Postgres>> {
+    let mut tx = sqlx::Connection::begin(conn).await?;
+    sqlx::query(&format!("SET LOCAL search_path = {REPLACEMENTS}, public"))
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
+}
+
+/// Fails a transaction that wrote the replacements when it also wrote a live table: a
+/// projection that writes a table it does not list (the read-only transactions of the replay
+/// refuse that by themselves).
+async fn refuse_live_writes(tx: &mut PgConnection) -> anyhow::Result<()> {
+    let written: Option<String> = sqlx::query_scalar(
+        "SELECT string_agg(relname, ', ' ORDER BY relname) FROM pg_stat_xact_user_tables
+         WHERE schemaname = 'public' AND n_tup_ins + n_tup_upd + n_tup_del > 0",
+    )
+    .fetch_one(tx)
+    .await?;
+    match written {
+        Some(tables) => anyhow::bail!(
+            "the projection wrote {tables}, which it does not list as its tables; nothing was replaced"
+        ),
+        None => Ok(()),
+    }
+}
+
+/// Refuses a live table with what a swap would not carry over to its replacement.
+async fn refuse_what_a_swap_loses(conn: &mut PgConnection, table: &str) -> anyhow::Result<()> {
+    let lost: Vec<String> = sqlx::query_scalar(
+        "WITH t AS (SELECT format('public.%I', $1::text)::regclass AS oid)
+         SELECT 'row-level or disabled triggers' FROM t WHERE EXISTS
+             (SELECT FROM pg_trigger WHERE tgrelid = t.oid AND NOT tgisinternal
+              AND (tgtype & 1 = 1 OR tgenabled <> 'O'))
+         UNION ALL SELECT 'row security' FROM t JOIN pg_class c ON c.oid = t.oid
+             WHERE c.relrowsecurity OR EXISTS (SELECT FROM pg_policy WHERE polrelid = t.oid)
+         UNION ALL SELECT 'storage options' FROM t JOIN pg_class c ON c.oid = t.oid
+             WHERE c.reloptions IS NOT NULL
+         UNION ALL SELECT 'foreign keys' FROM t WHERE EXISTS
+             (SELECT FROM pg_constraint WHERE contype = 'f'
+              AND (conrelid = t.oid OR confrelid = t.oid))
+         UNION ALL SELECT 'column privileges' FROM t WHERE EXISTS
+             (SELECT FROM pg_attribute WHERE attrelid = t.oid AND attacl IS NOT NULL)",
+    )
+    .bind(table)
+    .fetch_all(conn)
+    .await?;
+    anyhow::ensure!(
+        lost.is_empty(),
+        "the table {table} has {}, which a rebuild does not carry over to the rebuilt table; nothing was rebuilt",
+        lost.join(" and ")
+    );
+    Ok(())
+}
+
+/// Creates `table`'s replacement in [`REPLACEMENTS`] from its temporary table (dropped then):
+/// the live table's columns, defaults, constraints and identity, the rebuilt rows, then the
+/// live table's indexes under their own names, then statistics.
+async fn replacement(conn: &mut PgConnection, table: &str) -> anyhow::Result<()> {
+    sqlx::query(&format!(
+        "CREATE TABLE {REPLACEMENTS}.\"{table}\"
+             (LIKE public.\"{table}\" INCLUDING ALL EXCLUDING INDEXES)"
+    ))
+    .execute(&mut *conn)
+    .await?;
+    let columns = columns(&mut *conn, table, &[], true).await?;
+    sqlx::query(&format!(
+        "INSERT INTO {REPLACEMENTS}.\"{table}\" ({columns}) OVERRIDING SYSTEM VALUE
+         SELECT {columns} FROM pg_temp.\"{table}\""
+    ))
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(&format!("DROP TABLE pg_temp.\"{table}\""))
+        .execute(&mut *conn)
+        .await?;
+    // The rows keep their identity values; the events applied from here draw new ones.
+    move_counters(&mut *conn, table).await?;
+    // Primary keys, unique and exclusion constraints by their names, then every other index
+    // by its definition with the table changed: an index is named within its table's schema,
+    // so the names are free there and move with the table.
+    let definitions: Vec<(String, bool)> = sqlx::query_as(
+        "SELECT format('ALTER TABLE %s.%I ADD CONSTRAINT %I %s',
+                       $2::text, $1::text, conname, pg_get_constraintdef(oid)), true
+         FROM pg_constraint
+         WHERE conrelid = format('public.%I', $1::text)::regclass AND contype IN ('p', 'u', 'x')
+         UNION ALL
+         SELECT replace(pg_get_indexdef(i.indexrelid),
+                        format(' ON public.%I USING ', $1::text),
+                        format(' ON %s.%I USING ', $2::text, $1::text)),
+                pg_get_indexdef(i.indexrelid) LIKE format('%% ON public.%I USING %%', $1::text)
+         FROM pg_index AS i
+         WHERE i.indrelid = format('public.%I', $1::text)::regclass
+           AND NOT EXISTS (SELECT FROM pg_constraint WHERE conindid = i.indexrelid)",
+    )
+    .bind(table)
+    .bind(REPLACEMENTS)
+    .fetch_all(&mut *conn)
+    .await?;
+    sqlx::query(&format!(
+        "SET maintenance_work_mem = '{}'",
+        crate::infra::projector::INDEX_BUILD_MEMORY
+    ))
+    .execute(&mut *conn)
+    .await?;
+    for (definition, understood) in definitions {
+        anyhow::ensure!(
+            understood,
+            "an index of {table} is defined in a way a rebuild cannot copy: {definition}"
+        );
+        sqlx::query(&definition).execute(&mut *conn).await?;
+    }
+    sqlx::query("RESET maintenance_work_mem")
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(&format!("ANALYZE {REPLACEMENTS}.\"{table}\""))
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Sets the identity counters of `table`'s replacement past both the live table's and the
+/// replacement's own rows.
+async fn move_counters(conn: &mut PgConnection, table: &str) -> sqlx::Result<()> {
+    let counters: Vec<String> = sqlx::query_scalar(
+        "SELECT format('SELECT setval(%L, greatest(%s, (SELECT max(%I) FROM %s.%I)))',
+                       pg_get_serial_sequence(format('%s.%I', $2::text, $1::text), attname),
+                       coalesce(pg_sequence_last_value(
+                           pg_get_serial_sequence(format('public.%I', $1::text), attname)::regclass
+                       )::text, 'NULL'),
+                       attname, $2::text, $1::text)
+         FROM pg_attribute
+         WHERE attrelid = format('public.%I', $1::text)::regclass AND attidentity <> ''
+           AND NOT attisdropped",
+    )
+    .bind(table)
+    .bind(REPLACEMENTS)
+    .fetch_all(&mut *conn)
+    .await?;
+    for counter in counters {
+        sqlx::query(&counter).execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// Replaces the live `table` (locked) with its replacement, which takes the live one's
+/// privileges, owner, identity counters and (statement-level) triggers; those triggers then
+/// fire once for a deletion and once for an insertion, as replacing the rows in place would
+/// have fired them (the service's caches hear of the change that way).
+async fn swap(tx: &mut PgConnection, table: &str) -> anyhow::Result<()> {
+    move_counters(&mut *tx, table).await?;
+    let carried: Vec<String> = sqlx::query_scalar(
+        "SELECT format('ALTER TABLE public.%I OWNER TO %I', $1::text, pg_get_userbyid(c.relowner))
+         FROM pg_class AS c WHERE c.oid = format('public.%I', $1::text)::regclass
+         UNION ALL
+         SELECT format('GRANT %s ON TABLE public.%I TO %s%s', a.privilege_type, $1::text,
+                       CASE WHEN a.grantee = 0 THEN 'PUBLIC'
+                            ELSE quote_ident(pg_get_userbyid(a.grantee)) END,
+                       CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END)
+         FROM pg_class AS c, aclexplode(c.relacl) AS a
+         WHERE c.oid = format('public.%I', $1::text)::regclass AND a.grantee <> c.relowner
+         UNION ALL
+         SELECT pg_get_triggerdef(oid) FROM pg_trigger
+         WHERE tgrelid = format('public.%I', $1::text)::regclass AND NOT tgisinternal",
+    )
+    .bind(table)
+    .fetch_all(&mut *tx)
+    .await?;
+    let triggers = carried
+        .iter()
+        .any(|statement| statement.starts_with("CREATE"));
+    sqlx::query(&format!("DROP TABLE public.\"{table}\""))
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(&format!(
+        "ALTER TABLE {REPLACEMENTS}.\"{table}\" SET SCHEMA public"
+    ))
+    .execute(&mut *tx)
+    .await?;
+    for statement in carried {
+        sqlx::query(&statement).execute(&mut *tx).await?;
+    }
+    if triggers {
+        let columns = columns(&mut *tx, table, &[], true).await?;
+        sqlx::query(&format!("DELETE FROM public.\"{table}\" WHERE false"))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(&format!(
+            "INSERT INTO public.\"{table}\" ({columns}) OVERRIDING SYSTEM VALUE
+             SELECT {columns} FROM public.\"{table}\" WHERE false"
+        ))
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Rebuilds `projection` (see [`rebuild`]) on a connection of its own, made with `options` and
+/// named [`REBUILDING`](crate::infra::event_store::log::REBUILDING) (so it is never a connection
+/// that appends events), given up if `stop` completes first (an operator's Ctrl-C): the
+/// session is then ended, which rolls back what it was doing and lets its lock go, and the
+/// tables it had built are removed. `None` when stopped before the swap; a rebuild stopped
+/// after its swap committed is reported as done.
+pub async fn rebuild_unless(
+    options: &sqlx::postgres::PgConnectOptions,
+    log: &EventLog,
+    projection: &dyn Projection,
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<Option<Rebuilt>> {
+    use sqlx::Connection;
+    let options = options
+        .clone()
+        .application_name(crate::infra::event_store::log::REBUILDING);
+    let mut conn = PgConnection::connect_with(&options).await?;
+    let session: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut conn)
+        .await?;
+    let swapped = std::sync::Mutex::new(None);
+    let finished = tokio::select! {
+        rebuilt = rebuild(&mut conn, log, projection, &swapped) => Some(rebuilt),
+        () = stop => None,
+    };
+    if let Some(rebuilt) = finished {
+        conn.close().await?;
+        return rebuilt.map(Some);
+    }
+    // Stopped in the middle of a statement: the connection is not used again.
+    drop(conn);
+    let mut cleaning = PgConnection::connect_with(&options).await?;
+    // Ended now, or already (a session that was idle ends when its connection closes, and
+    // then is no process to end).
+    let mut ended: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1, 30000)")
+        .bind(session)
+        .fetch_one(&mut cleaning)
+        .await?;
+    if !ended {
+        ended =
+            sqlx::query_scalar("SELECT NOT EXISTS (SELECT FROM pg_stat_activity WHERE pid = $1)")
+                .bind(session)
+                .fetch_one(&mut cleaning)
+                .await?;
+    }
+    anyhow::ensure!(
+        ended,
+        "the rebuild's database session (process {session}) did not end within 30 s; what it built is removed by the next rebuild or start"
+    );
+    remove_unfinished(&mut cleaning, &[projection]).await?;
+    cleaning.close().await?;
+    let swapped = *swapped.lock().unwrap_or_else(|e| e.into_inner());
+    Ok(swapped)
+}
+
+/// Removes the replacement tables that rebuilds of `projections` which did not finish (the
+/// process killed) left in an organisation's database, except those of a rebuild still
+/// running; how many.
+pub(crate) async fn remove_unfinished(
+    conn: &mut PgConnection,
+    projections: &[&dyn Projection],
+) -> sqlx::Result<usize> {
+    let mut removed = 0;
+    let any: bool = sqlx::query_scalar(&format!(
+        "SELECT EXISTS (SELECT FROM pg_class WHERE relnamespace = '{REPLACEMENTS}'::regnamespace)"
+    ))
+    .fetch_one(&mut *conn)
+    .await?;
+    if !any {
+        return Ok(0);
+    }
+    for projection in projections {
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, hashtext($2))")
+            .bind(REBUILD_LOCK)
             .bind(projection.name())
-            .fetch_one(&mut *tx)
-            .await?,
-        )?;
-        // Values the rebuilt tables took from keys destroyed since (an erasure, or the erasure
-        // ledger replayed after a restore, which also resets the read models) must not reach
-        // the live tables.
-        anyhow::ensure!(
-            live >= at,
-            "the read model was reset while it was rebuilt; nothing was replaced: run the rebuild again"
-        );
-        anyhow::ensure!(
-            last_erasure(&mut tx).await? == erased_before,
-            "a subject was erased while the read model was rebuilt; nothing was replaced: run the rebuild again"
-        );
-        loop {
-            let (applied, done) = replay(&mut tx, log, projection, &mut at, live).await?;
-            events += applied;
-            if done {
-                break;
+            .fetch_one(&mut *conn)
+            .await?;
+        if !locked {
+            continue;
+        }
+        for table in projection.tables() {
+            let present: bool = sqlx::query_scalar(
+                "SELECT to_regclass(format('%I.%I', $1::text, $2::text)) IS NOT NULL",
+            )
+            .bind(REPLACEMENTS)
+            .bind(table.name)
+            .fetch_one(&mut *conn)
+            .await?;
+            if present {
+                sqlx::query(&format!("DROP TABLE {REPLACEMENTS}.\"{}\"", table.name))
+                    .execute(&mut *conn)
+                    .await?;
+                removed += 1;
             }
         }
-        projection
-            .on_day(&mut tx, custos_projections::records::day_in_force())
-            .await?;
-        let mut rows = 0;
-        for table in projection.tables() {
-            let name = table.name;
-            let columns = columns(&mut tx, name, &[], true).await?;
-            sqlx::query(&format!("DELETE FROM public.\"{name}\""))
-                .execute(&mut *tx)
-                .await?;
-            rows += sqlx::query(&format!(
-                "INSERT INTO public.\"{name}\" ({columns}) OVERRIDING SYSTEM VALUE
-                 SELECT {columns} FROM pg_temp.\"{name}\""
-            ))
-            .execute(&mut *tx)
-            .await?
-            .rows_affected() as i64;
-        }
-        tx.commit().await?;
-        Ok::<_, anyhow::Error>(Rebuilt {
-            events,
-            rows,
-            at: live,
-            held: holding.elapsed(),
-        })
-    }
-    .await;
-    for table in projection.tables() {
-        sqlx::query(&format!("DROP TABLE IF EXISTS pg_temp.\"{}\"", table.name))
+        sqlx::query("SELECT pg_advisory_unlock($1, hashtext($2))")
+            .bind(REBUILD_LOCK)
+            .bind(projection.name())
             .execute(&mut *conn)
             .await?;
     }
-    replaced
+    Ok(removed)
 }
 
 /// When a subject key was last destroyed, if ever.

@@ -520,12 +520,26 @@ impl Tenancy {
         Ok(())
     }
 
-    /// Runs the tenant migrations on every tenant database.
+    /// Runs the tenant migrations on every tenant database, and removes what read-model
+    /// rebuilds that did not finish left there.
     pub(crate) async fn migrate_tenants(&self) -> anyhow::Result<()> {
+        let projections = custos_projections::all();
         for row in self.list().await? {
             let server = self.server(&row)?;
             let mut conn = server.connect(&row.database_name).await?;
             TENANT_MIGRATIONS.run_direct(&mut conn).await?;
+            let removed = crate::infra::integrity::read_models::remove_unfinished(
+                &mut conn,
+                &projections.iter().map(AsRef::as_ref).collect::<Vec<_>>(),
+            )
+            .await?;
+            if removed > 0 {
+                tracing::warn!(
+                    tenant.id = %row.id,
+                    tables = removed,
+                    "removed the tables of read-model rebuilds that did not finish"
+                );
+            }
             conn.close().await?;
         }
         Ok(())
