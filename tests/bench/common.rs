@@ -38,14 +38,16 @@ pub(crate) async fn rebuild_records(
         .fetch_one(&tenant.pool)
         .await?;
     let started = Instant::now();
-    let rebuilt = custos_api::testing::rebuild_read_model(
+    let ended = custos_api::testing::rebuild_read_model(
         &admin.clone().database(&database),
         &tenant.log,
         &custos_projections::records::RecordsProjection,
         std::future::pending(),
     )
-    .await?
-    .expect("never stopped");
+    .await?;
+    let custos_api::testing::RebuildEnded::Rebuilt(rebuilt) = ended else {
+        anyhow::bail!("the rebuild stopped, which nothing asked it to");
+    };
     Ok((rebuilt, started.elapsed()))
 }
 

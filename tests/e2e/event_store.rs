@@ -1400,7 +1400,11 @@ async fn a_rebuild_stopped_midway_leaves_nothing_behind() {
     )
     .await
     .unwrap();
-    assert!(stopped.is_none(), "the rebuild was stopped");
+    assert_eq!(
+        stopped,
+        custos_api::testing::RebuildEnded::Stopped { swapped: false },
+        "the rebuild was stopped before its swap"
+    );
     release(reader).await;
 
     let count: i64 = sqlx::query_scalar(built).fetch_one(&mut db).await.unwrap();

@@ -8,7 +8,7 @@ use sqlx::{Connection, PgConnection};
 use super::args::{ProjectionsRebuildArgs, ProjectionsStatusArgs};
 use crate::config::Config;
 use crate::infra::database::Database;
-use crate::infra::integrity::read_models::rebuild_unless as rebuild_read_model_unless;
+use crate::infra::integrity::read_models::{rebuild_unless as rebuild_read_model_unless, Ended};
 use crate::infra::keys::MasterKey;
 use crate::infra::projector::{standings, Standing};
 use crate::infra::tenancy::tenant::{Reading, TenantRow};
@@ -98,7 +98,7 @@ pub(crate) async fn rebuild(args: ProjectionsRebuildArgs) -> anyhow::Result<()> 
                     names.join(", ")
                 );
             };
-            let rebuilt = rebuild_read_model_unless(
+            let ended = rebuild_read_model_unless(
                 &options,
                 &reading.log,
                 projection.as_ref(),
@@ -106,12 +106,20 @@ pub(crate) async fn rebuild(args: ProjectionsRebuildArgs) -> anyhow::Result<()> 
             )
             .await;
             pool.close().await;
-            let Some(rebuilt) = rebuilt? else {
-                anyhow::bail!(
-                    "interrupted: the rebuild of {} for {} stopped and what it had built was removed; nothing of it was replaced",
+            // Stopped: the organisations after this one are left as they are (and the signal
+            // future, done, is not polled again).
+            let rebuilt = match ended? {
+                Ended::Rebuilt(rebuilt) => rebuilt,
+                Ended::Stopped { swapped: false } => anyhow::bail!(
+                    "interrupted: the rebuild of {} for {} stopped before its swap and what it had built was removed; nothing of it was replaced",
                     projection.name(),
                     row.slug
-                );
+                ),
+                Ended::Stopped { swapped: true } => anyhow::bail!(
+                    "interrupted: the rebuild of {} for {} was stopped after its swap, so it is done; no organisation after it was rebuilt",
+                    projection.name(),
+                    row.slug
+                ),
             };
             println!(
                 "{}: {} rebuilt from {} events and swapped in ({} rows), at position {}; it stood still for {:.2} s while its tables were swapped",

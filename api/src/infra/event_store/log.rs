@@ -52,9 +52,16 @@ impl std::fmt::Display for Position {
     }
 }
 
+/// The `application_name` of a session that rebuilds read models, as a literal for `concat!`.
+macro_rules! rebuilding {
+    () => {
+        "custos read-model rebuild"
+    };
+}
+
 /// The `application_name` of a session that rebuilds read models: it never appends an event,
 /// so [`HORIZON`] does not wait for its transactions.
-pub const REBUILDING: &str = "custos read-model rebuild";
+pub const REBUILDING: &str = rebuilding!();
 
 /// The commit-safe horizon of a statement, as a bigint: the oldest transaction *of this
 /// database* still running when the statement's snapshot was taken (or the snapshot's end when
@@ -66,14 +73,18 @@ pub const REBUILDING: &str = "custos read-model rebuild";
 /// session named [`REBUILDING`], which writes read models and never an event (a read model
 /// rebuild copying and indexing its tables for tens of seconds must not stop every projector
 /// of the organisation meanwhile).
-pub(crate) const HORIZON: &str = "(SELECT COALESCE(
+pub(crate) const HORIZON: &str = concat!(
+    "(SELECT COALESCE(
         (SELECT min(x) FROM pg_snapshot_xip(s) AS x
          WHERE NOT EXISTS (SELECT 1 FROM pg_stat_activity AS a
                            WHERE a.backend_xid = xid(x)
                              AND (a.datname <> current_database()
-                                  OR a.application_name = 'custos read-model rebuild'))),
+                                  OR a.application_name = '",
+    rebuilding!(),
+    "'))),
         pg_snapshot_xmax(s))::text::bigint
-    FROM pg_current_snapshot() AS s)";
+    FROM pg_current_snapshot() AS s)"
+);
 
 impl Position {
     /// Reads the `transaction_id` (as bigint) and `global_position` columns of a row.

@@ -156,7 +156,6 @@ async fn rebuild(
     conn: &mut PgConnection,
     log: &EventLog,
     projection: &dyn Projection,
-    swapped: &std::sync::Mutex<Option<Rebuilt>>,
 ) -> anyhow::Result<Rebuilt> {
     let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, hashtext($2))")
         .bind(REBUILD_LOCK)
@@ -168,7 +167,7 @@ async fn rebuild(
         "a rebuild of the {} read model is already running for this organisation",
         projection.name()
     );
-    let rebuilt = rebuild_locked(&mut *conn, log, projection, swapped).await;
+    let rebuilt = rebuild_locked(&mut *conn, log, projection).await;
     let mut cleanup = Ok(());
     for table in projection.tables() {
         let dropped = sqlx::query(&format!(
@@ -189,7 +188,6 @@ async fn rebuild_locked(
     conn: &mut PgConnection,
     log: &EventLog,
     projection: &dyn Projection,
-    swapped: &std::sync::Mutex<Option<Rebuilt>>,
 ) -> anyhow::Result<Rebuilt> {
     for table in projection.tables() {
         refuse_what_a_swap_loses(&mut *conn, table.name).await?;
@@ -239,12 +237,10 @@ async fn rebuild_locked(
         if let Some(swapped_in) =
             hold_and_swap(&mut *conn, log, projection, &mut from, erased_before).await?
         {
-            let rebuilt = Rebuilt {
+            return Ok(Rebuilt {
                 events: events + swapped_in.events,
                 ..swapped_in
-            };
-            *swapped.lock().unwrap_or_else(|e| e.into_inner()) = Some(rebuilt);
-            return Ok(rebuilt);
+            });
         }
         if attempt < SWAP_ATTEMPTS {
             tokio::time::sleep(std::time::Duration::from_millis(500)).await;
@@ -551,18 +547,28 @@ async fn swap(tx: &mut PgConnection, table: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How [`rebuild_unless`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    Rebuilt(Rebuilt),
+    /// Stopped; `swapped` when the rebuilt tables had already replaced the live ones (the
+    /// rebuild is done, and nothing of it is left to remove).
+    Stopped {
+        swapped: bool,
+    },
+}
+
 /// Rebuilds `projection` (see [`rebuild`]) on a connection of its own, made with `options` and
 /// named [`REBUILDING`](crate::infra::event_store::log::REBUILDING) (so it is never a connection
 /// that appends events), given up if `stop` completes first (an operator's Ctrl-C): the
 /// session is then ended, which rolls back what it was doing and lets its lock go, and the
-/// tables it had built are removed. `None` when stopped before the swap; a rebuild stopped
-/// after its swap committed is reported as done.
+/// tables it had built are removed.
 pub async fn rebuild_unless(
     options: &sqlx::postgres::PgConnectOptions,
     log: &EventLog,
     projection: &dyn Projection,
     stop: impl std::future::Future<Output = ()>,
-) -> anyhow::Result<Option<Rebuilt>> {
+) -> anyhow::Result<Ended> {
     use sqlx::Connection;
     let options = options
         .clone()
@@ -571,39 +577,61 @@ pub async fn rebuild_unless(
     let session: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
         .fetch_one(&mut conn)
         .await?;
-    let swapped = std::sync::Mutex::new(None);
+    // A swap gives the first table (every table, in one transaction) another oid.
+    let first = projection
+        .tables()
+        .first()
+        .map(|table| format!("public.\"{}\"", table.name));
+    let oid = "SELECT to_regclass($1)::oid::bigint";
+    let live: Option<i64> = sqlx::query_scalar(oid)
+        .bind(&first)
+        .fetch_one(&mut conn)
+        .await?;
     let finished = tokio::select! {
-        rebuilt = rebuild(&mut conn, log, projection, &swapped) => Some(rebuilt),
+        rebuilt = rebuild(&mut conn, log, projection) => Some(rebuilt),
         () = stop => None,
     };
     if let Some(rebuilt) = finished {
         conn.close().await?;
-        return rebuilt.map(Some);
+        return rebuilt.map(Ended::Rebuilt);
     }
     // Stopped in the middle of a statement: the connection is not used again.
     drop(conn);
     let mut cleaning = PgConnection::connect_with(&options).await?;
-    // Ended now, or already (a session that was idle ends when its connection closes, and
-    // then is no process to end).
-    let mut ended: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1, 30000)")
+    // Ended now, or already (a session that was idle ends when its connection closes). Only
+    // a rebuild's session of this process id is ended: the id may have been given to another.
+    let mut ended: bool = sqlx::query_scalar(
+        "SELECT coalesce(
+             (SELECT pg_terminate_backend(pid, 30000) FROM pg_stat_activity
+              WHERE pid = $1 AND application_name = $2),
+             true)",
+    )
+    .bind(session)
+    .bind(crate::infra::event_store::log::REBUILDING)
+    .fetch_one(&mut cleaning)
+    .await?;
+    if !ended {
+        ended = sqlx::query_scalar(
+            "SELECT NOT EXISTS (SELECT FROM pg_stat_activity WHERE pid = $1 AND application_name = $2)",
+        )
         .bind(session)
+        .bind(crate::infra::event_store::log::REBUILDING)
         .fetch_one(&mut cleaning)
         .await?;
-    if !ended {
-        ended =
-            sqlx::query_scalar("SELECT NOT EXISTS (SELECT FROM pg_stat_activity WHERE pid = $1)")
-                .bind(session)
-                .fetch_one(&mut cleaning)
-                .await?;
     }
     anyhow::ensure!(
         ended,
         "the rebuild's database session (process {session}) did not end within 30 s; what it built is removed by the next rebuild or start"
     );
     remove_unfinished(&mut cleaning, &[projection]).await?;
+    let now: Option<i64> = sqlx::query_scalar(oid)
+        .bind(&first)
+        .fetch_one(&mut cleaning)
+        .await?;
     cleaning.close().await?;
-    let swapped = *swapped.lock().unwrap_or_else(|e| e.into_inner());
-    Ok(swapped)
+    Ok(Ended::Stopped {
+        swapped: now != live,
+    })
 }
 
 /// Removes the replacement tables that rebuilds of `projections` which did not finish (the

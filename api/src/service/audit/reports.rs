@@ -136,6 +136,11 @@ pub(crate) async fn counts_as_of(
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .execute(&mut *tx)
         .await?;
+    // Taken before the snapshot is: a rebuild's swap of one of these tables (a new table whose
+    // last rows its own transaction wrote) is then wholly before the snapshot or after it.
+    sqlx::query("LOCK TABLE records, pending_changes, record_versions IN ACCESS SHARE MODE")
+        .execute(&mut *tx)
+        .await?;
     // As recorded now, every row the read models hold counts, whenever it was written.
     let moment = (!request.current).then_some(request.recorded_at);
     // While `records` (or `record_versions`) is rebuilt or retried alone, the rows are not the
