@@ -8,7 +8,7 @@ use sqlx::{Connection, PgConnection};
 use super::args::{ProjectionsRebuildArgs, ProjectionsStatusArgs};
 use crate::config::Config;
 use crate::infra::database::Database;
-use crate::infra::integrity::read_models::{rebuild_unless as rebuild_read_model_unless, Ended};
+use crate::infra::integrity::read_models::{rebuild_unless, Ended};
 use crate::infra::keys::MasterKey;
 use crate::infra::projector::{standings, Standing};
 use crate::infra::tenancy::tenant::{Reading, TenantRow};
@@ -98,7 +98,7 @@ pub(crate) async fn rebuild(args: ProjectionsRebuildArgs) -> anyhow::Result<()> 
                     names.join(", ")
                 );
             };
-            let ended = rebuild_read_model_unless(
+            let ended = rebuild_unless(
                 &options,
                 &reading.log,
                 projection.as_ref(),

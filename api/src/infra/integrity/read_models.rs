@@ -80,7 +80,7 @@ pub(crate) async fn compare(
         }
         let mut tx = read_only(&mut *conn, "ISOLATION LEVEL REPEATABLE READ,").await?;
         let live = live_position(&mut tx, projection.name()).await?;
-        while !replay(&mut tx, log, &**projection, &mut at, live).await?.1 {}
+        replay_to(&mut tx, log, &**projection, &mut at, live).await?;
         // The day's scheduled changes, as the live projector takes them.
         projection
             .on_day(&mut tx, custos_projections::records::day_in_force())
@@ -149,21 +149,15 @@ const SWAP_ATTEMPTS: u32 = 5;
 ///
 /// A table the swap could not carry everything of (row-level or disabled triggers, row
 /// security, storage options, foreign keys, column privileges) is refused before anything is
-/// built. What a rebuild that did not finish left
-/// in `custos_rebuild` is removed by the next one and when the service starts
-/// ([`remove_unfinished`]).
+/// built. What a rebuild that did not finish left in `custos_rebuild` is removed by the next
+/// one and when the service starts ([`remove_unfinished`]).
 async fn rebuild(
     conn: &mut PgConnection,
     log: &EventLog,
     projection: &dyn Projection,
 ) -> anyhow::Result<Rebuilt> {
-    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, hashtext($2))")
-        .bind(REBUILD_LOCK)
-        .bind(projection.name())
-        .fetch_one(&mut *conn)
-        .await?;
     anyhow::ensure!(
-        locked,
+        try_rebuild_lock(&mut *conn, projection).await?,
         "a rebuild of the {} read model is already running for this organisation",
         projection.name()
     );
@@ -181,6 +175,19 @@ async fn rebuild(
     let rebuilt = rebuilt?;
     cleanup?;
     Ok(rebuilt)
+}
+
+/// Takes the session lock of rebuilds of `projection` on `conn`'s database, unless another
+/// session holds it.
+async fn try_rebuild_lock(
+    conn: &mut PgConnection,
+    projection: &dyn Projection,
+) -> sqlx::Result<bool> {
+    sqlx::query_scalar("SELECT pg_try_advisory_lock($1, hashtext($2))")
+        .bind(REBUILD_LOCK)
+        .bind(projection.name())
+        .fetch_one(conn)
+        .await
 }
 
 /// [`rebuild`], its lock held.
@@ -220,13 +227,7 @@ async fn rebuild_locked(
     // projection's statements write the replacements (the temporary tables are gone).
     let mut tx = writing_replacements(&mut *conn).await?;
     let target = live_position(&mut tx, projection.name()).await?;
-    loop {
-        let (applied, done) = replay(&mut tx, log, projection, &mut at, target).await?;
-        events += applied;
-        if done {
-            break;
-        }
-    }
+    events += replay_to(&mut tx, log, projection, &mut at, target).await?;
     refuse_live_writes(&mut tx).await?;
     tx.commit().await?;
     // A long read of a live table (an export) would keep the swap waiting, and every
@@ -285,14 +286,7 @@ async fn hold_and_swap(
         last_erasure(&mut tx).await? == erased_before,
         "a subject was erased while the read model was rebuilt; nothing was replaced: run the rebuild again"
     );
-    let mut events = 0;
-    loop {
-        let (applied, done) = replay(&mut tx, log, projection, at, live).await?;
-        events += applied;
-        if done {
-            break;
-        }
-    }
+    let events = replay_to(&mut tx, log, projection, at, live).await?;
     projection
         .on_day(&mut tx, custos_projections::records::day_in_force())
         .await?;
@@ -651,12 +645,7 @@ pub(crate) async fn remove_unfinished(
         return Ok(0);
     }
     for projection in projections {
-        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, hashtext($2))")
-            .bind(REBUILD_LOCK)
-            .bind(projection.name())
-            .fetch_one(&mut *conn)
-            .await?;
-        if !locked {
+        if !try_rebuild_lock(&mut *conn, *projection).await? {
             continue;
         }
         for table in projection.tables() {
@@ -729,6 +718,25 @@ async fn replay(
     let (batch, done) = next_batch(&mut *conn, log, projection, at, until).await?;
     apply(conn, projection, &batch).await?;
     Ok((batch.len() as i64, done))
+}
+
+/// Applies every event after `at` up to `until` to the tables `conn`'s transaction finds by
+/// the projection's names (its shadows, or its replacements), in that transaction; how many.
+async fn replay_to(
+    conn: &mut PgConnection,
+    log: &EventLog,
+    projection: &dyn Projection,
+    at: &mut Position,
+    until: Position,
+) -> anyhow::Result<i64> {
+    let mut events = 0;
+    loop {
+        let (applied, done) = replay(&mut *conn, log, projection, at, until).await?;
+        events += applied;
+        if done {
+            return Ok(events);
+        }
+    }
 }
 
 /// Applies every event after `at` up to `until` to the shadow tables on `conn`, a batch in
@@ -825,8 +833,9 @@ pub enum Shadow {
     /// Compared with the live table column for column: generated columns are computed as
     /// the live table computes them.
     Compared,
-    /// Its rows replace the live ones, which compute their generated columns themselves: in
-    /// the shadow they are plain columns, left empty, and not computed at every change.
+    /// Its rows are copied into a table shaped like the live one, which computes the generated
+    /// columns itself: in the shadow they are plain columns, left empty, and not computed at
+    /// every change.
     Replacing,
 }
 
