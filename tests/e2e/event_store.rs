@@ -1324,6 +1324,80 @@ async fn what_an_unfinished_rebuild_left_is_removed_and_a_running_one_is_left_al
     assert_eq!(app.employee_last_names(&session.token).await, ["Over"]);
 }
 
+/// An erasure removes the copy of a read model that a killed rebuild left (it holds the erased
+/// person's values), at once when no rebuild runs and, when one does, as soon as it has ended;
+/// the erasure does not wait for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erasure_removes_the_copies_killed_rebuilds_left() {
+    let (app, session, mut db) = one_employee("erasedcopy", "Kept", "Apart").await;
+    let copied = "CREATE TABLE custos_rebuild.records AS SELECT * FROM records";
+    let copies =
+        "SELECT count(*) FROM pg_class WHERE relnamespace = 'custos_rebuild'::regnamespace";
+    let erase = |name: &'static str| {
+        let app = &app;
+        let token = session.token.clone();
+        async move {
+            let id = app
+                .create_employee(&token, json!({ "firstName": name, "lastName": "Erased" }))
+                .await["id"]
+                .clone();
+            app.graphql(
+                Some(&token),
+                "mutation($id: ID!) { eraseRecord(id: $id, expectedVersion: 1, ground: OBJECTION) { id } }",
+                json!({ "id": id }),
+            )
+            .await
+            .ok();
+        }
+    };
+    // A rebuild killed between its copy and its swap left the copy; none runs.
+    sqlx::query(copied).execute(&mut db).await.unwrap();
+    erase("First").await;
+    until(&mut db, copies, 0).await;
+
+    // A rebuild runs, its copy not made yet: the removal waits for it.
+    let mut running = app.tenant_admin(session.tenant_id).await;
+    sqlx::query("SELECT pg_advisory_lock($1, hashtext('records'))")
+        .bind(custos_api::testing::REBUILD_LOCK)
+        .execute(&mut running)
+        .await
+        .unwrap();
+    erase("Second").await;
+    until(
+        &mut db,
+        "SELECT count(*) FROM pg_locks
+         WHERE locktype = 'advisory' AND objsubid = 2 AND NOT granted",
+        1,
+    )
+    .await;
+    // It copies the rows (the erased person's with them, had it read them before the erasure)
+    // and is killed before its swap.
+    sqlx::query(copied).execute(&mut running).await.unwrap();
+    running.close().await.unwrap();
+    until(&mut db, copies, 0).await;
+    assert_eq!(
+        app.employee_last_names(&session.token).await,
+        ["Apart"],
+        "the live read model serves on"
+    );
+}
+
+/// Waits until `query` answers `wanted` (at most 30 s).
+async fn until(db: &mut PgConnection, query: &str, wanted: i64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let now: i64 = sqlx::query_scalar(query).fetch_one(&mut *db).await.unwrap();
+        if now == wanted {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{query}: {now}, not {wanted}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A rebuild refuses a live table with what its swap would not carry over, and gives up,
 /// replacing nothing, when a long read keeps the live table in use at every try; it swaps
 /// once the read has ended.

@@ -241,6 +241,7 @@ impl Services {
             .await
             .map_err(ApiError::internal)?;
         two_factor::remove(&tenant.pool, id).await?;
+        self.remove_rebuild_copies(tenant).await;
         tracing::info!(tenant.id = %tenant.id, user.id = %id, "a user's personal data was erased");
         Ok(user)
     }

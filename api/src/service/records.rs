@@ -315,6 +315,7 @@ impl Services {
         if !recorded && !destroyed {
             return Err(ApiError::validation("id", "the record was erased already"));
         }
+        self.remove_rebuild_copies(tenant).await;
         tracing::info!(tenant.id = %tenant.id, record.id = %id, actor.kind = metadata.actor.kind(), "a record's subject was erased");
         self.wait_for_stream(tenant, Record::TYPE, id).await
     }

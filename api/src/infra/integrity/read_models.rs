@@ -635,7 +635,6 @@ pub(crate) async fn remove_unfinished(
     conn: &mut PgConnection,
     projections: &[&dyn Projection],
 ) -> sqlx::Result<usize> {
-    let mut removed = 0;
     let any: bool = sqlx::query_scalar(&format!(
         "SELECT EXISTS (SELECT FROM pg_class WHERE relnamespace = '{REPLACEMENTS}'::regnamespace)"
     ))
@@ -644,9 +643,59 @@ pub(crate) async fn remove_unfinished(
     if !any {
         return Ok(0);
     }
+    remove_replacements(conn, projections, Running::LeftAlone).await
+}
+
+/// Removes every replacement table that rebuilds of `projections` left, waiting for each one
+/// running to end first (it swaps its tables in or removes them, unless it is killed); how many
+/// were left. After an erasure: a copy built before it holds the erased subject's values, which
+/// nothing else would remove until the next start.
+pub(crate) async fn remove_once_rebuilds_end(
+    conn: &mut PgConnection,
+    projections: &[&dyn Projection],
+) -> sqlx::Result<usize> {
+    remove_replacements(conn, projections, Running::Awaited).await
+}
+
+/// Whether the session lock of a rebuild is held somewhere in the database of `conn` (a role
+/// without access to the replacements can ask), or a rebuild left tables there.
+pub(crate) async fn any_rebuild(conn: &mut PgConnection) -> sqlx::Result<bool> {
+    sqlx::query_scalar(&format!(
+        "SELECT EXISTS (SELECT FROM pg_class WHERE relnamespace = '{REPLACEMENTS}'::regnamespace)
+             OR EXISTS (SELECT FROM pg_locks
+                        WHERE locktype = 'advisory' AND objsubid = 2 AND classid = $1::oid
+                          AND database = (SELECT oid FROM pg_database
+                                          WHERE datname = current_database()))"
+    ))
+    .bind(REBUILD_LOCK)
+    .fetch_one(conn)
+    .await
+}
+
+/// What [`remove_replacements`] does about a rebuild that is running.
+enum Running {
+    LeftAlone,
+    Awaited,
+}
+
+async fn remove_replacements(
+    conn: &mut PgConnection,
+    projections: &[&dyn Projection],
+    running: Running,
+) -> sqlx::Result<usize> {
+    let mut removed = 0;
     for projection in projections {
         if !try_rebuild_lock(&mut *conn, *projection).await? {
-            continue;
+            match running {
+                Running::LeftAlone => continue,
+                Running::Awaited => {
+                    sqlx::query("SELECT pg_advisory_lock($1, hashtext($2))")
+                        .bind(REBUILD_LOCK)
+                        .bind(projection.name())
+                        .execute(&mut *conn)
+                        .await?;
+                }
+            }
         }
         for table in projection.tables() {
             let present: bool = sqlx::query_scalar(

@@ -6,10 +6,12 @@
 //! again, the person's sessions and second factor removed, and every read model rebuilt
 //! without them.
 
+use custos_projections::Projection;
 use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::infra::caches::Listener as _;
+use crate::infra::integrity::read_models;
 use crate::infra::projector::{catch_up, reset};
 use crate::infra::tenancy::tenant::{Reading, Tenant};
 use crate::service::Services;
@@ -20,6 +22,47 @@ impl Services {
         self.erasures
             .append(tenant.id, subject)
             .map_err(|e| ApiError::internal(anyhow::anyhow!("writing the erasure ledger: {e}")))
+    }
+
+    /// After `tenant`'s erasure: removes the copies of read models that rebuilds left in its
+    /// database (a rebuild killed between its copy and its swap), which hold the values of
+    /// everyone in them, the erased subject too. A rebuild still running is waited for in the
+    /// background (it swaps its copy in or removes it, unless it is killed); the erasure does
+    /// not wait. What cannot be removed is logged: the next start removes it.
+    pub(crate) async fn remove_rebuild_copies(&self, tenant: &Tenant) {
+        if let Err(e) = self.spawn_rebuild_copies_removal(tenant).await {
+            tracing::error!(tenant.id = %tenant.id, error = %e, "security: the copies read-model rebuilds left were not removed after an erasure; run `custos migrate`");
+        }
+    }
+
+    async fn spawn_rebuild_copies_removal(&self, tenant: &Tenant) -> anyhow::Result<()> {
+        let mut conn = tenant.pool.acquire().await?;
+        if !read_models::any_rebuild(&mut conn).await? {
+            return Ok(());
+        }
+        drop(conn);
+        let row = self
+            .tenancy
+            .row(tenant.id)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("the organisation is no longer in the catalog"))?;
+        let mut admin = self.tenancy.admin_connection(&row).await?;
+        let tenant_id = tenant.id;
+        tokio::spawn(async move {
+            let projections = custos_projections::all();
+            let projections: Vec<&dyn Projection> = projections.iter().map(AsRef::as_ref).collect();
+            match read_models::remove_once_rebuilds_end(&mut admin, &projections).await {
+                Ok(0) => {}
+                Ok(removed) => {
+                    tracing::warn!(tenant.id = %tenant_id, tables = removed, "removed the tables of read-model rebuilds that did not finish, after an erasure")
+                }
+                Err(e) => {
+                    tracing::error!(tenant.id = %tenant_id, error = %e, "security: the copies read-model rebuilds left were not removed after an erasure; run `custos migrate`")
+                }
+            }
+            let _ = sqlx::Connection::close(admin).await;
+        });
+        Ok(())
     }
 
     /// Replays every organisation's erasure ledger (see the module).
