@@ -357,35 +357,35 @@ pub async fn count<'e>(
         .await
 }
 
-/// Entries added after the feed position `after` (see `feed_seq`), oldest first, with their
-/// feed positions.
+/// Entries added after the entry of the event at position `after` (from the first when
+/// `None`), in the order they were added (`feed_seq`), at most `limit`.
+///
+/// The place is kept by the event's position, not by `feed_seq`: a rebuild of the audit log
+/// numbers the entries again (without the gaps of the live table), in the same order. While the
+/// entry at `after` is missing (the read model reset and being filled again), nothing is added.
 pub async fn added_after<'e>(
     db: impl PgExecutor<'e>,
-    after: i64,
+    after: Option<i64>,
     limit: i64,
-) -> sqlx::Result<Vec<(i64, AuditRow)>> {
-    let rows: Vec<FeedRow> = sqlx::query_as(
-        "SELECT feed_seq, global_position, recorded_at, aggregate_type, aggregate_id, sequence, event_type,
+) -> sqlx::Result<Vec<AuditRow>> {
+    sqlx::query_as(
+        "SELECT global_position, recorded_at, aggregate_type, aggregate_id, sequence, event_type,
                 actor_id, actor_kind, request_id, datasheet, subjects, fields
-         FROM audit_log WHERE feed_seq > $1 ORDER BY feed_seq LIMIT $2",
+         FROM audit_log
+         WHERE feed_seq > (SELECT coalesce(max(feed_seq), CASE WHEN $1::bigint IS NULL THEN 0 END)
+                           FROM audit_log WHERE global_position = $1)
+         ORDER BY feed_seq LIMIT $2",
     )
     .bind(after)
     .bind(limit)
     .fetch_all(db)
-    .await?;
-    Ok(rows.into_iter().map(|r| (r.feed_seq, r.row)).collect())
+    .await
 }
 
-/// The newest feed position (0 when the log is empty).
-pub async fn feed_head<'e>(db: impl PgExecutor<'e>) -> sqlx::Result<i64> {
-    sqlx::query_scalar("SELECT coalesce(max(feed_seq), 0) FROM audit_log")
-        .fetch_one(db)
+/// The position of the event of the newest entry (`None` when the log is empty): where a feed
+/// that starts now starts.
+pub async fn feed_head<'e>(db: impl PgExecutor<'e>) -> sqlx::Result<Option<i64>> {
+    sqlx::query_scalar("SELECT global_position FROM audit_log ORDER BY feed_seq DESC LIMIT 1")
+        .fetch_optional(db)
         .await
-}
-
-#[derive(sqlx::FromRow)]
-struct FeedRow {
-    feed_seq: i64,
-    #[sqlx(flatten)]
-    row: AuditRow,
 }

@@ -1382,6 +1382,101 @@ async fn an_erasure_removes_the_copies_killed_rebuilds_left() {
     );
 }
 
+/// The audit feed keeps its place across a rebuild of the audit log, which numbers the entries
+/// again: a reader placed after an entry is given exactly the entries after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_feed_keeps_its_place_when_the_audit_log_is_rebuilt() {
+    use custos_projections::audit_log;
+
+    let (app, session, mut db) = one_employee("feedplace", "First", "Placed").await;
+    let hire = |last: &'static str| {
+        let (app, token) = (&app, session.token.clone());
+        async move {
+            app.create_employee(&token, json!({ "firstName": "Then", "lastName": last }))
+                .await;
+            app.settled(session.tenant_id).await;
+        }
+    };
+    // Numbers the live table skipped (an insertion rolled back, a crash's sequence jump).
+    sqlx::query(
+        "SELECT setval(pg_get_serial_sequence('audit_log', 'feed_seq'), max(feed_seq) + 100)
+         FROM audit_log",
+    )
+    .execute(&mut db)
+    .await
+    .unwrap();
+    hire("Later").await;
+    // A reader's place: the newest entry, numbered after the gap.
+    let (place, numbered): (i64, i64) = sqlx::query_as(
+        "SELECT global_position, feed_seq FROM audit_log ORDER BY feed_seq DESC LIMIT 1",
+    )
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    hire("Latest").await;
+    let after: Vec<i64> = sqlx::query_scalar(
+        "SELECT global_position FROM audit_log WHERE feed_seq > $1 ORDER BY feed_seq",
+    )
+    .bind(numbered)
+    .fetch_all(&mut db)
+    .await
+    .unwrap();
+    assert!(!after.is_empty());
+    let given = |rows: Vec<audit_log::AuditRow>| -> Vec<i64> {
+        rows.iter().map(|row| row.global_position).collect()
+    };
+    assert_eq!(
+        given(
+            audit_log::added_after(&mut db, Some(place), 100)
+                .await
+                .unwrap()
+        ),
+        after
+    );
+
+    assert!(app.custos(&rebuild_args("audit_log", &session.slug)).await);
+    let past_the_number: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE feed_seq > $1")
+            .bind(numbered)
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+    assert_eq!(
+        past_the_number, 0,
+        "the rebuild numbered the entries again, without the gap: a reader keeping its number would miss the newer ones"
+    );
+    assert_eq!(
+        given(
+            audit_log::added_after(&mut db, Some(place), 100)
+                .await
+                .unwrap()
+        ),
+        after,
+        "the entries after the place, no fewer and no more"
+    );
+    let all: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(
+        given(audit_log::added_after(&mut db, None, 1000).await.unwrap()).len() as i64,
+        all
+    );
+    assert_eq!(
+        audit_log::feed_head(&mut db).await.unwrap(),
+        after.last().copied()
+    );
+    // A place whose entry is not (yet) there gives nothing, rather than everything again.
+    assert_eq!(
+        given(
+            audit_log::added_after(&mut db, Some(i64::MAX), 100)
+                .await
+                .unwrap()
+        ),
+        Vec::<i64>::new()
+    );
+}
+
 /// Waits until `query` answers `wanted` (at most 30 s).
 async fn until(db: &mut PgConnection, query: &str, wanted: i64) {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);

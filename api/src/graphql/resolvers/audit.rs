@@ -515,7 +515,8 @@ pub(crate) async fn audit_feed(
         tenant: std::sync::Arc<Tenant>,
         token: String,
         origin: RequestOrigin,
-        last: i64,
+        /// The position of the event of the last entry given.
+        last: Option<i64>,
         checked: tokio::time::Instant,
         queue: std::collections::VecDeque<AuditRow>,
     }
@@ -547,10 +548,10 @@ pub(crate) async fn audit_feed(
             }
             match audit_log::added_after(&feed.tenant.pool, feed.last, 100).await {
                 Ok(rows) => {
-                    if let Some((seq, _)) = rows.last() {
-                        feed.last = *seq;
+                    if let Some(row) = rows.last() {
+                        feed.last = Some(row.global_position);
                     }
-                    feed.queue.extend(rows.into_iter().map(|(_, row)| row));
+                    feed.queue.extend(rows);
                 }
                 Err(err) => {
                     tracing::warn!(tenant.id = %feed.tenant.id, error = %crate::error::redacted(&err.into()), "the audit feed stopped");

@@ -212,6 +212,7 @@ async fn rebuild_locked(
     tx.commit().await?;
     let mut events = 0;
     let mut at = Position::default();
+    let phase = std::time::Instant::now();
     // Up to where the live read model stands, then once more up to where it stands after
     // that, so that the copy starts from nearly the live position.
     for _round in 0..2 {
@@ -220,16 +221,30 @@ async fn rebuild_locked(
         tx.commit().await?;
         events += replay_reading_ahead(&mut *conn, log, projection, &mut at, target).await?;
     }
+    tracing::debug!(
+        projection = projection.name(),
+        events,
+        seconds = phase.elapsed().as_secs_f64(),
+        "rebuild: replayed into temporary tables"
+    );
     for table in projection.tables() {
         replacement(&mut *conn, table.name).await?;
     }
     // The events applied while the replacements were copied and indexed; from here the
     // projection's statements write the replacements (the temporary tables are gone).
+    let phase = std::time::Instant::now();
     let mut tx = writing_replacements(&mut *conn).await?;
     let target = live_position(&mut tx, projection.name()).await?;
-    events += replay_to(&mut tx, log, projection, &mut at, target).await?;
+    let caught_up = replay_to(&mut tx, log, projection, &mut at, target).await?;
+    events += caught_up;
     refuse_live_writes(&mut tx).await?;
     tx.commit().await?;
+    tracing::debug!(
+        projection = projection.name(),
+        events = caught_up,
+        seconds = phase.elapsed().as_secs_f64(),
+        "rebuild: caught up in the replacements"
+    );
     // A long read of a live table (an export) would keep the swap waiting, and every
     // statement that reads the table after it in the queue: the swap gives up after a moment,
     // lets them through, and tries again.
@@ -411,12 +426,18 @@ async fn replacement(conn: &mut PgConnection, table: &str) -> anyhow::Result<()>
     .execute(&mut *conn)
     .await?;
     let columns = columns(&mut *conn, table, &[], true).await?;
+    let phase = std::time::Instant::now();
     sqlx::query(&format!(
         "INSERT INTO {REPLACEMENTS}.\"{table}\" ({columns}) OVERRIDING SYSTEM VALUE
          SELECT {columns} FROM pg_temp.\"{table}\""
     ))
     .execute(&mut *conn)
     .await?;
+    tracing::debug!(
+        table,
+        seconds = phase.elapsed().as_secs_f64(),
+        "rebuild: rows copied"
+    );
     sqlx::query(&format!("DROP TABLE pg_temp.\"{table}\""))
         .execute(&mut *conn)
         .await?;
@@ -454,14 +475,26 @@ async fn replacement(conn: &mut PgConnection, table: &str) -> anyhow::Result<()>
             understood,
             "an index of {table} is defined in a way a rebuild cannot copy: {definition}"
         );
+        let phase = std::time::Instant::now();
         sqlx::query(&definition).execute(&mut *conn).await?;
+        tracing::debug!(
+            table,
+            seconds = phase.elapsed().as_secs_f64(),
+            "rebuild: an index built"
+        );
     }
     sqlx::query("RESET maintenance_work_mem")
         .execute(&mut *conn)
         .await?;
+    let phase = std::time::Instant::now();
     sqlx::query(&format!("ANALYZE {REPLACEMENTS}.\"{table}\""))
         .execute(&mut *conn)
         .await?;
+    tracing::debug!(
+        table,
+        seconds = phase.elapsed().as_secs_f64(),
+        "rebuild: analyzed"
+    );
     Ok(())
 }
 
