@@ -55,6 +55,10 @@ pub struct Services {
     pub(crate) erasures: crate::infra::erasure_ledger::ErasureLedgers,
     /// Organisations whose last checkpoint refused to sign, and why (until one signs again).
     pub(crate) integrity_alarms: std::sync::Mutex<std::collections::HashMap<uuid::Uuid, String>>,
+    /// Organisations with a removal of read-model rebuild copies under way after an erasure,
+    /// and whether another erasure asked for one more round ([`Services::remove_rebuild_copies`]).
+    pub(crate) rebuild_copies_removals:
+        std::sync::Arc<std::sync::Mutex<std::collections::HashMap<uuid::Uuid, bool>>>,
     /// Backups (of the private cluster, or archives of every organisation with
     /// `DATABASE_URL`), when a backup directory is configured.
     pub(crate) backups: Option<std::sync::Arc<crate::infra::backups::plan::BackupPlan>>,

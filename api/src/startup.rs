@@ -70,6 +70,7 @@ pub(crate) async fn services(
         data_dir: config.data_dir.clone(),
         erasures,
         integrity_alarms: Default::default(),
+        rebuild_copies_removals: Default::default(),
         backups,
         lifecycle: config.lifecycle,
         storage: config.storage,

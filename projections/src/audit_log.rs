@@ -361,14 +361,14 @@ pub async fn count<'e>(
 /// `None`), in the order they were added (`feed_seq`), at most `limit`.
 ///
 /// The place is kept by the event's position, not by `feed_seq`: a rebuild of the audit log
-/// numbers the entries again (without the gaps of the live table), in the same order. While the
-/// entry at `after` is missing (the read model reset and being filled again), nothing is added.
-pub async fn added_after<'e>(
-    db: impl PgExecutor<'e>,
+/// numbers the entries again (without the gaps of the live table), in the same order. `None`
+/// while the entry at `after` is missing (the read model reset and being filled again).
+pub async fn added_after(
+    db: &mut PgConnection,
     after: Option<i64>,
     limit: i64,
-) -> sqlx::Result<Vec<AuditRow>> {
-    sqlx::query_as(
+) -> sqlx::Result<Option<Vec<AuditRow>>> {
+    let rows: Vec<AuditRow> = sqlx::query_as(
         "SELECT global_position, recorded_at, aggregate_type, aggregate_id, sequence, event_type,
                 actor_id, actor_kind, request_id, datasheet, subjects, fields
          FROM audit_log
@@ -378,8 +378,22 @@ pub async fn added_after<'e>(
     )
     .bind(after)
     .bind(limit)
-    .fetch_all(db)
-    .await
+    .fetch_all(&mut *db)
+    .await?;
+    if rows.is_empty() {
+        if let Some(after) = after {
+            let there: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT FROM audit_log WHERE global_position = $1)",
+            )
+            .bind(after)
+            .fetch_one(&mut *db)
+            .await?;
+            if !there {
+                return Ok(None);
+            }
+        }
+    }
+    Ok(Some(rows))
 }
 
 /// The position of the event of the newest entry (`None` when the log is empty): where a feed

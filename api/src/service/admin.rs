@@ -228,7 +228,7 @@ impl Services {
         request_id: Uuid,
     ) -> Result<UserRow, ApiError> {
         let tenant = &principal.tenant;
-        let _lock = self.directory_lock(tenant).await?;
+        let lock = self.directory_lock(tenant).await?;
         self.existing_user(tenant, id).await?;
         sessions::revoke_all(&tenant.pool, &tenant.caches.sessions, id, None).await?;
         let user = self
@@ -241,6 +241,7 @@ impl Services {
             .await
             .map_err(ApiError::internal)?;
         two_factor::remove(&tenant.pool, id).await?;
+        drop(lock);
         self.remove_rebuild_copies(tenant).await;
         tracing::info!(tenant.id = %tenant.id, user.id = %id, "a user's personal data was erased");
         Ok(user)

@@ -517,6 +517,8 @@ pub(crate) async fn audit_feed(
         origin: RequestOrigin,
         /// The position of the event of the last entry given.
         last: Option<i64>,
+        /// Since when that entry has been missing from the audit log.
+        lost: Option<tokio::time::Instant>,
         checked: tokio::time::Instant,
         queue: std::collections::VecDeque<AuditRow>,
     }
@@ -526,6 +528,7 @@ pub(crate) async fn audit_feed(
         token: auth.token.clone(),
         origin: auth.origin.clone(),
         last: head,
+        lost: None,
         checked: tokio::time::Instant::now(),
         queue: Default::default(),
     };
@@ -546,12 +549,27 @@ pub(crate) async fn audit_feed(
                 }
                 feed.checked = tokio::time::Instant::now();
             }
-            match audit_log::added_after(&feed.tenant.pool, feed.last, 100).await {
-                Ok(rows) => {
+            let added = match feed.tenant.pool.acquire().await {
+                Ok(mut conn) => audit_log::added_after(&mut conn, feed.last, 100).await,
+                Err(err) => Err(err),
+            };
+            match added {
+                Ok(Some(rows)) => {
+                    feed.lost = None;
                     if let Some(row) = rows.last() {
                         feed.last = Some(row.global_position);
                     }
                     feed.queue.extend(rows);
+                }
+                // The audit log is being filled again (reset) and comes back to the place; a
+                // place gone for longer (a rebuild by a projection that no longer writes that
+                // entry) ends the feed, and the client subscribes again from the newest.
+                Ok(None) => {
+                    let lost = *feed.lost.get_or_insert_with(tokio::time::Instant::now);
+                    if lost.elapsed() >= FEED_RECHECK {
+                        tracing::warn!(tenant.id = %feed.tenant.id, "the audit feed ended: its place in the audit log was gone for a minute");
+                        return None;
+                    }
                 }
                 Err(err) => {
                     tracing::warn!(tenant.id = %feed.tenant.id, error = %crate::error::redacted(&err.into()), "the audit feed stopped");

@@ -153,6 +153,7 @@ const SWAP_ATTEMPTS: u32 = 5;
 /// one and when the service starts ([`remove_unfinished`]).
 async fn rebuild(
     conn: &mut PgConnection,
+    helper: &mut PgConnection,
     log: &EventLog,
     projection: &dyn Projection,
 ) -> anyhow::Result<Rebuilt> {
@@ -161,7 +162,7 @@ async fn rebuild(
         "a rebuild of the {} read model is already running for this organisation",
         projection.name()
     );
-    let rebuilt = rebuild_locked(&mut *conn, log, projection).await;
+    let rebuilt = rebuild_locked(&mut *conn, helper, log, projection).await;
     let mut cleanup = Ok(());
     for table in projection.tables() {
         let dropped = sqlx::query(&format!(
@@ -193,6 +194,7 @@ async fn try_rebuild_lock(
 /// [`rebuild`], its lock held.
 async fn rebuild_locked(
     conn: &mut PgConnection,
+    helper: &mut PgConnection,
     log: &EventLog,
     projection: &dyn Projection,
 ) -> anyhow::Result<Rebuilt> {
@@ -228,7 +230,7 @@ async fn rebuild_locked(
         "rebuild: replayed into temporary tables"
     );
     for table in projection.tables() {
-        replacement(&mut *conn, table.name).await?;
+        replacement(&mut *conn, &mut *helper, table.name).await?;
     }
     // The events applied while the replacements were copied and indexed; from here the
     // projection's statements write the replacements (the temporary tables are gone).
@@ -335,11 +337,21 @@ async fn hold_and_swap(
             locked?;
         }
     }
+    let locked_at = holding.elapsed();
     for table in projection.tables() {
         swap(&mut tx, table.name).await?;
     }
+    let swapped_at = holding.elapsed();
     tx.commit().await?;
     let held = holding.elapsed();
+    tracing::debug!(
+        projection = projection.name(),
+        events,
+        locked = locked_at.as_secs_f64(),
+        swapped = (swapped_at - locked_at).as_secs_f64(),
+        committed = (held - swapped_at).as_secs_f64(),
+        "rebuild: swapped"
+    );
     // Counted once the read model moves again.
     let mut rows = 0;
     for table in projection.tables() {
@@ -418,7 +430,11 @@ async fn refuse_what_a_swap_loses(conn: &mut PgConnection, table: &str) -> anyho
 /// Creates `table`'s replacement in [`REPLACEMENTS`] from its temporary table (dropped then):
 /// the live table's columns, defaults, constraints and identity, the rebuilt rows, then the
 /// live table's indexes under their own names, then statistics.
-async fn replacement(conn: &mut PgConnection, table: &str) -> anyhow::Result<()> {
+async fn replacement(
+    conn: &mut PgConnection,
+    helper: &mut PgConnection,
+    table: &str,
+) -> anyhow::Result<()> {
     sqlx::query(&format!(
         "CREATE TABLE {REPLACEMENTS}.\"{table}\"
              (LIKE public.\"{table}\" INCLUDING ALL EXCLUDING INDEXES)"
@@ -446,46 +462,59 @@ async fn replacement(conn: &mut PgConnection, table: &str) -> anyhow::Result<()>
     // Primary keys, unique and exclusion constraints by their names, then every other index
     // by its definition with the table changed: an index is named within its table's schema,
     // so the names are free there and move with the table.
-    let definitions: Vec<(String, bool)> = sqlx::query_as(
-        "SELECT format('ALTER TABLE %s.%I ADD CONSTRAINT %I %s',
-                       $2::text, $1::text, conname, pg_get_constraintdef(oid)), true
-         FROM pg_constraint
-         WHERE conrelid = format('public.%I', $1::text)::regclass AND contype IN ('p', 'u', 'x')
-         UNION ALL
-         SELECT replace(pg_get_indexdef(i.indexrelid),
-                        format(' ON public.%I USING ', $1::text),
-                        format(' ON %s.%I USING ', $2::text, $1::text)),
-                pg_get_indexdef(i.indexrelid) LIKE format('%% ON public.%I USING %%', $1::text)
-         FROM pg_index AS i
-         WHERE i.indrelid = format('public.%I', $1::text)::regclass
-           AND NOT EXISTS (SELECT FROM pg_constraint WHERE conindid = i.indexrelid)",
+    let definitions: Vec<(String, bool, bool)> = sqlx::query_as(
+        "SELECT definition, understood, is_constraint FROM (
+             SELECT format('ALTER TABLE %s.%I ADD CONSTRAINT %I %s',
+                           $2::text, $1::text, conname, pg_get_constraintdef(oid)) AS definition,
+                    true AS understood, true AS is_constraint, false AS one_core
+             FROM pg_constraint
+             WHERE conrelid = format('public.%I', $1::text)::regclass
+               AND contype IN ('p', 'u', 'x')
+             UNION ALL
+             SELECT replace(pg_get_indexdef(i.indexrelid),
+                            format(' ON public.%I USING ', $1::text),
+                            format(' ON %s.%I USING ', $2::text, $1::text)),
+                    pg_get_indexdef(i.indexrelid) LIKE format('%% ON public.%I USING %%', $1::text),
+                    false, am.amname <> 'btree'
+             FROM pg_index AS i
+             JOIN pg_class AS c ON c.oid = i.indexrelid
+             JOIN pg_am AS am ON am.oid = c.relam
+             WHERE i.indrelid = format('public.%I', $1::text)::regclass
+               AND NOT EXISTS (SELECT FROM pg_constraint WHERE conindid = i.indexrelid)
+         ) AS d
+         -- The constraints first (each locks the whole table); then the indexes PostgreSQL
+         -- builds on one core (GIN, and every other but btree) before those it builds with
+         -- parallel workers.
+         ORDER BY is_constraint DESC, one_core DESC",
     )
     .bind(table)
     .bind(REPLACEMENTS)
     .fetch_all(&mut *conn)
     .await?;
-    sqlx::query(&format!(
-        "SET maintenance_work_mem = '{}'",
-        crate::infra::projector::INDEX_BUILD_MEMORY
-    ))
-    .execute(&mut *conn)
-    .await?;
-    for (definition, understood) in definitions {
-        anyhow::ensure!(
-            understood,
+    if let Some((definition, _, _)) = definitions.iter().find(|(_, understood, _)| !understood) {
+        anyhow::bail!(
             "an index of {table} is defined in a way a rebuild cannot copy: {definition}"
         );
-        let phase = std::time::Instant::now();
-        sqlx::query(&definition).execute(&mut *conn).await?;
-        tracing::debug!(
-            table,
-            seconds = phase.elapsed().as_secs_f64(),
-            "rebuild: an index built"
-        );
     }
-    sqlx::query("RESET maintenance_work_mem")
-        .execute(&mut *conn)
-        .await?;
+    let (constraints, indexes): (Vec<_>, Vec<_>) = definitions
+        .into_iter()
+        .partition(|(_, _, constraint)| *constraint);
+    for (definition, _, _) in constraints {
+        sqlx::query(&definition).execute(&mut *conn).await?;
+    }
+    // Two at a time, on the rebuild's two sessions: a GIN index is built on one core.
+    let indexes = std::sync::Mutex::new(
+        indexes
+            .into_iter()
+            .map(|(definition, _, _)| definition)
+            .collect::<std::collections::VecDeque<_>>(),
+    );
+    let (built, built_beside) = tokio::join!(
+        build_indexes(&mut *conn, table, &indexes),
+        build_indexes(&mut *helper, table, &indexes)
+    );
+    built?;
+    built_beside?;
     let phase = std::time::Instant::now();
     sqlx::query(&format!("ANALYZE {REPLACEMENTS}.\"{table}\""))
         .execute(&mut *conn)
@@ -495,6 +524,46 @@ async fn replacement(conn: &mut PgConnection, table: &str) -> anyhow::Result<()>
         seconds = phase.elapsed().as_secs_f64(),
         "rebuild: analyzed"
     );
+    Ok(())
+}
+
+/// Builds the indexes of `table`'s replacement that `indexes` holds, taking the next one from it
+/// until none is left (run on two sessions at once).
+async fn build_indexes(
+    conn: &mut PgConnection,
+    table: &str,
+    indexes: &std::sync::Mutex<std::collections::VecDeque<String>>,
+) -> sqlx::Result<()> {
+    sqlx::query(&format!(
+        "SET maintenance_work_mem = '{}'",
+        crate::infra::projector::INDEX_BUILD_MEMORY
+    ))
+    .execute(&mut *conn)
+    .await?;
+    loop {
+        let next = indexes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .pop_front();
+        let Some(definition) = next else { break };
+        let phase = std::time::Instant::now();
+        if let Err(e) = sqlx::query(&definition).execute(&mut *conn).await {
+            // The other session builds nothing more: the rebuild has failed.
+            indexes
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .clear();
+            return Err(e);
+        }
+        tracing::debug!(
+            table,
+            seconds = phase.elapsed().as_secs_f64(),
+            "rebuild: an index built"
+        );
+    }
+    sqlx::query("RESET maintenance_work_mem")
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 
@@ -597,13 +666,23 @@ pub async fn rebuild_unless(
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<Ended> {
     use sqlx::Connection;
-    let options = options
+    // A session whose client is gone (the process killed) ends its statement within a
+    // second rather than building an index on to the end, holding the tables.
+    let rebuilding = options
         .clone()
-        .application_name(crate::infra::event_store::log::REBUILDING);
-    let mut conn = PgConnection::connect_with(&options).await?;
-    let session: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-        .fetch_one(&mut conn)
-        .await?;
+        .application_name(crate::infra::event_store::log::REBUILDING)
+        .options([("client_connection_check_interval", "1s")]);
+    // The rebuild's session, and the one beside it that builds indexes with it.
+    let mut conn = PgConnection::connect_with(&rebuilding).await?;
+    let mut helper = PgConnection::connect_with(&rebuilding).await?;
+    let mut sessions: Vec<i32> = Vec::with_capacity(2);
+    for session in [&mut conn, &mut helper] {
+        sessions.push(
+            sqlx::query_scalar("SELECT pg_backend_pid()")
+                .fetch_one(session)
+                .await?,
+        );
+    }
     // A swap gives the first table (every table, in one transaction) another oid.
     let first = projection
         .tables()
@@ -615,40 +694,41 @@ pub async fn rebuild_unless(
         .fetch_one(&mut conn)
         .await?;
     let finished = tokio::select! {
-        rebuilt = rebuild(&mut conn, log, projection) => Some(rebuilt),
+        rebuilt = rebuild(&mut conn, &mut helper, log, projection) => Some(rebuilt),
         () = stop => None,
     };
     if let Some(rebuilt) = finished {
         conn.close().await?;
+        helper.close().await?;
         return rebuilt.map(Ended::Rebuilt);
     }
-    // Stopped in the middle of a statement: the connection is not used again.
-    drop(conn);
-    let mut cleaning = PgConnection::connect_with(&options).await?;
+    // Stopped in the middle of a statement: the connections are not used again.
+    drop((conn, helper));
+    // Not named as a rebuild's: only those are ended, and its own transactions are short.
+    let mut cleaning = PgConnection::connect_with(options).await?;
     // Ended now, or already (a session that was idle ends when its connection closes). Only
-    // a rebuild's session of this process id is ended: the id may have been given to another.
+    // a rebuild's sessions of these process ids are ended: an id may have been given to another.
     let mut ended: bool = sqlx::query_scalar(
-        "SELECT coalesce(
-             (SELECT pg_terminate_backend(pid, 30000) FROM pg_stat_activity
-              WHERE pid = $1 AND application_name = $2),
-             true)",
+        "SELECT coalesce(bool_and(pg_terminate_backend(pid, 30000)), true)
+         FROM pg_stat_activity WHERE pid = ANY($1) AND application_name = $2",
     )
-    .bind(session)
+    .bind(&sessions)
     .bind(crate::infra::event_store::log::REBUILDING)
     .fetch_one(&mut cleaning)
     .await?;
     if !ended {
         ended = sqlx::query_scalar(
-            "SELECT NOT EXISTS (SELECT FROM pg_stat_activity WHERE pid = $1 AND application_name = $2)",
+            "SELECT NOT EXISTS (SELECT FROM pg_stat_activity
+                                WHERE pid = ANY($1) AND application_name = $2)",
         )
-        .bind(session)
+        .bind(&sessions)
         .bind(crate::infra::event_store::log::REBUILDING)
         .fetch_one(&mut cleaning)
         .await?;
     }
     anyhow::ensure!(
         ended,
-        "the rebuild's database session (process {session}) did not end within 30 s; what it built is removed by the next rebuild or start"
+        "the rebuild's database sessions (processes {sessions:?}) did not end within 30 s each; what they built is removed by the next rebuild or start"
     );
     remove_unfinished(&mut cleaning, &[projection]).await?;
     let now: Option<i64> = sqlx::query_scalar(oid)

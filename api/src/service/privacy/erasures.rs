@@ -6,10 +6,12 @@
 //! again, the person's sessions and second factor removed, and every read model rebuilt
 //! without them.
 
+use std::collections::HashMap;
+
 use custos_projections::Projection;
 use uuid::Uuid;
 
-use crate::error::ApiError;
+use crate::error::{redacted, ApiError};
 use crate::infra::caches::Listener as _;
 use crate::infra::integrity::read_models;
 use crate::infra::projector::{catch_up, reset};
@@ -28,36 +30,89 @@ impl Services {
     /// database (a rebuild killed between its copy and its swap), which hold the values of
     /// everyone in them, the erased subject too. A rebuild still running is waited for in the
     /// background (it swaps its copy in or removes it, unless it is killed); the erasure does
-    /// not wait. What cannot be removed is logged: the next start removes it.
+    /// not wait. One removal runs at a time per organisation, on one administrator's
+    /// connection: an erasure while one is under way asks it for one more round. What cannot
+    /// be removed is logged: the next start removes it.
     pub(crate) async fn remove_rebuild_copies(&self, tenant: &Tenant) {
         if let Err(e) = self.spawn_rebuild_copies_removal(tenant).await {
-            tracing::error!(tenant.id = %tenant.id, error = %e, "security: the copies read-model rebuilds left were not removed after an erasure; run `custos migrate`");
+            tracing::error!(tenant.id = %tenant.id, error = %redacted(&e), "security: the copies read-model rebuilds left were not removed after an erasure; run `custos migrate`");
         }
     }
 
     async fn spawn_rebuild_copies_removal(&self, tenant: &Tenant) -> anyhow::Result<()> {
+        let removals = self.rebuild_copies_removals.clone();
+        let under_way = |removals: &std::sync::Mutex<HashMap<Uuid, bool>>| {
+            removals
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .get_mut(&tenant.id)
+                .map(|again| *again = true)
+                .is_some()
+        };
+        if under_way(&removals) {
+            return Ok(());
+        }
         let mut conn = tenant.pool.acquire().await?;
         if !read_models::any_rebuild(&mut conn).await? {
             return Ok(());
         }
         drop(conn);
-        let row = self
-            .tenancy
-            .row(tenant.id)
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("the organisation is no longer in the catalog"))?;
-        let mut admin = self.tenancy.admin_connection(&row).await?;
+        {
+            let mut pending = removals
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if let Some(again) = pending.get_mut(&tenant.id) {
+                *again = true;
+                return Ok(());
+            }
+            pending.insert(tenant.id, false);
+        }
+        let admin = match self.tenancy.row(tenant.id).await {
+            Ok(Some(row)) => self.tenancy.admin_connection(&row).await,
+            Ok(None) => Err(anyhow::anyhow!(
+                "the organisation is no longer in the catalog"
+            )),
+            Err(e) => Err(e.into()),
+        };
+        let mut admin = match admin {
+            Ok(admin) => admin,
+            Err(e) => {
+                removals
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .remove(&tenant.id);
+                return Err(e);
+            }
+        };
         let tenant_id = tenant.id;
         tokio::spawn(async move {
             let projections = custos_projections::all();
             let projections: Vec<&dyn Projection> = projections.iter().map(AsRef::as_ref).collect();
-            match read_models::remove_once_rebuilds_end(&mut admin, &projections).await {
-                Ok(0) => {}
-                Ok(removed) => {
-                    tracing::warn!(tenant.id = %tenant_id, tables = removed, "removed the tables of read-model rebuilds that did not finish, after an erasure")
+            loop {
+                let removed = read_models::remove_once_rebuilds_end(&mut admin, &projections).await;
+                let again = {
+                    let mut pending = removals
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                    let again = removed.is_ok() && pending.get(&tenant_id) == Some(&true);
+                    if again {
+                        pending.insert(tenant_id, false);
+                    } else {
+                        pending.remove(&tenant_id);
+                    }
+                    again
+                };
+                match removed {
+                    Ok(0) => {}
+                    Ok(removed) => {
+                        tracing::warn!(tenant.id = %tenant_id, tables = removed, "removed the tables of read-model rebuilds that did not finish, after an erasure")
+                    }
+                    Err(e) => {
+                        tracing::error!(tenant.id = %tenant_id, error = %redacted(&e.into()), "security: the copies read-model rebuilds left were not removed after an erasure; run `custos migrate`")
+                    }
                 }
-                Err(e) => {
-                    tracing::error!(tenant.id = %tenant_id, error = %e, "security: the copies read-model rebuilds left were not removed after an erasure; run `custos migrate`")
+                if !again {
+                    break;
                 }
             }
             let _ = sqlx::Connection::close(admin).await;
