@@ -76,7 +76,8 @@ pub(crate) struct Subscription;
 impl Subscription {
     /// New audit entries of your organisation, as they are recorded (over
     /// `graphql-transport-ws` at `/graphql/ws`, with `{"authorization": "Bearer ..."}` as the
-    /// connection payload). `history` on every datasheet. Ends when the session does.
+    /// connection payload). `history` on every datasheet. Ends when the session does, or
+    /// when the entry it last sent has been gone from the audit log for a minute (subscribe again).
     async fn audit_feed(
         &self,
         ctx: &async_graphql::Context<'_>,

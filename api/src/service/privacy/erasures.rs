@@ -7,6 +7,7 @@
 //! without them.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 
 use custos_projections::Projection;
 use uuid::Uuid;
@@ -35,37 +36,24 @@ impl Services {
     /// be removed is logged: the next start removes it.
     pub(crate) async fn remove_rebuild_copies(&self, tenant: &Tenant) {
         if let Err(e) = self.spawn_rebuild_copies_removal(tenant).await {
-            tracing::error!(tenant.id = %tenant.id, error = %redacted(&e), "security: the copies read-model rebuilds left were not removed after an erasure; run `custos migrate`");
+            copies_not_removed(tenant.id, &e);
         }
     }
 
     async fn spawn_rebuild_copies_removal(&self, tenant: &Tenant) -> anyhow::Result<()> {
-        let removals = self.rebuild_copies_removals.clone();
-        let under_way = |removals: &std::sync::Mutex<HashMap<Uuid, bool>>| {
-            removals
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .get_mut(&tenant.id)
-                .map(|again| *again = true)
-                .is_some()
-        };
-        if under_way(&removals) {
-            return Ok(());
-        }
         let mut conn = tenant.pool.acquire().await?;
         if !read_models::any_rebuild(&mut conn).await? {
             return Ok(());
         }
         drop(conn);
+        let removals = self.rebuild_copies_removals.clone();
         {
-            let mut pending = removals
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            if let Some(again) = pending.get_mut(&tenant.id) {
+            let mut under_way = pending(&removals);
+            if let Some(again) = under_way.get_mut(&tenant.id) {
                 *again = true;
                 return Ok(());
             }
-            pending.insert(tenant.id, false);
+            under_way.insert(tenant.id, false);
         }
         let admin = match self.tenancy.row(tenant.id).await {
             Ok(Some(row)) => self.tenancy.admin_connection(&row).await,
@@ -77,10 +65,7 @@ impl Services {
         let mut admin = match admin {
             Ok(admin) => admin,
             Err(e) => {
-                removals
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .remove(&tenant.id);
+                pending(&removals).remove(&tenant.id);
                 return Err(e);
             }
         };
@@ -91,14 +76,12 @@ impl Services {
             loop {
                 let removed = read_models::remove_once_rebuilds_end(&mut admin, &projections).await;
                 let again = {
-                    let mut pending = removals
-                        .lock()
-                        .unwrap_or_else(|poisoned| poisoned.into_inner());
-                    let again = removed.is_ok() && pending.get(&tenant_id) == Some(&true);
+                    let mut under_way = pending(&removals);
+                    let again = removed.is_ok() && under_way.get(&tenant_id) == Some(&true);
                     if again {
-                        pending.insert(tenant_id, false);
+                        under_way.insert(tenant_id, false);
                     } else {
-                        pending.remove(&tenant_id);
+                        under_way.remove(&tenant_id);
                     }
                     again
                 };
@@ -107,9 +90,7 @@ impl Services {
                     Ok(removed) => {
                         tracing::warn!(tenant.id = %tenant_id, tables = removed, "removed the tables of read-model rebuilds that did not finish, after an erasure")
                     }
-                    Err(e) => {
-                        tracing::error!(tenant.id = %tenant_id, error = %redacted(&e.into()), "security: the copies read-model rebuilds left were not removed after an erasure; run `custos migrate`")
-                    }
+                    Err(e) => copies_not_removed(tenant_id, &e.into()),
                 }
                 if !again {
                     break;
@@ -194,4 +175,18 @@ impl Services {
         catch_up(&tenant.pool, &reading.log, &reading.read_models).await?;
         Ok(revived.len())
     }
+}
+
+/// The organisations whose removal of rebuild copies is under way, and whether it was asked for
+/// one more round.
+fn pending(
+    removals: &Mutex<HashMap<Uuid, bool>>,
+) -> std::sync::MutexGuard<'_, HashMap<Uuid, bool>> {
+    removals
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn copies_not_removed(tenant_id: Uuid, error: &anyhow::Error) {
+    tracing::error!(tenant.id = %tenant_id, error = %redacted(error), "security: the copies read-model rebuilds left were not removed after an erasure; run `custos migrate`");
 }
