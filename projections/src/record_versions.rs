@@ -18,7 +18,7 @@ use custos_domain::{Datasheet, Record, RecordEvent, Stage};
 use serde_json::Value;
 use sqlx::postgres::PgArguments;
 use sqlx::types::Json;
-use sqlx::{Arguments, PgConnection, QueryBuilder};
+use sqlx::{Arguments, PgConnection};
 use uuid::Uuid;
 
 use crate::records::effective_day;
@@ -134,24 +134,47 @@ fn step(event: &ProjectedEvent) -> Step<'_> {
 /// Inserts `rows` (a replayed one is left as it is), then empties the rows of the people erased
 /// among them.
 async fn insert(conn: &mut PgConnection, rows: &[Row<'_>]) -> sqlx::Result<()> {
-    for chunk in rows.chunks(1_000) {
-        let mut query = QueryBuilder::new(
-            "INSERT INTO record_versions (record_id, version, datasheet, kind, effective_from,
-                                          recorded_at, changes) ",
-        );
-        query.push_values(chunk, |mut values, row| {
-            values
-                .push_bind(row.event.aggregate_id)
-                .push_bind(row.event.sequence)
-                .push_bind(row.datasheet)
-                .push_bind(row.kind.as_str())
-                .push_bind(row.effective_from)
-                .push_bind(row.event.recorded_at)
-                .push_bind(row.changes.map(Json));
-        });
-        query.push(" ON CONFLICT (record_id, version) DO NOTHING");
-        crate::execute_rows(conn, query, chunk.len()).await?;
+    if rows.is_empty() {
+        return Ok(());
     }
+    // Arrays, one parameter a column, as the records projection's creations: one statement
+    // for any number of rows, prepared once per connection.
+    sqlx::query(
+        "INSERT INTO record_versions (record_id, version, datasheet, kind, effective_from,
+                                      recorded_at, changes)
+         SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::date[],
+                              $6::timestamptz[], $7::jsonb[])
+         ON CONFLICT (record_id, version) DO NOTHING",
+    )
+    .bind(
+        rows.iter()
+            .map(|row| row.event.aggregate_id)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        rows.iter()
+            .map(|row| row.event.sequence)
+            .collect::<Vec<_>>(),
+    )
+    .bind(rows.iter().map(|row| row.datasheet).collect::<Vec<_>>())
+    .bind(rows.iter().map(|row| row.kind.as_str()).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|row| row.effective_from)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        rows.iter()
+            .map(|row| row.event.recorded_at)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        rows.iter()
+            .map(|row| row.changes.map(Json))
+            .collect::<Vec<_>>(),
+    )
+    .execute(&mut *conn)
+    .await?;
     let erased: Vec<Uuid> = rows
         .iter()
         .filter(|row| row.kind == Kind::Erased)

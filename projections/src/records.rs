@@ -181,11 +181,10 @@ impl Projection for RecordsProjection {
     ) -> sqlx::Result<()> {
         let mut rest = events;
         while let Some(first) = rest.first() {
-            // A run of creations is inserted a thousand rows at a time (twelve parameters a
-            // row, and a statement takes at most 65,535); a run of updates, whole: its
-            // arrays are parameters of their own, and each record's changes are folded into
-            // one row update however many the run holds.
-            let created = creations(&rest[..rest.len().min(1_000)]);
+            // A run of creations is inserted whole, and so is a run of updates: their arrays
+            // are parameters of their own, and each record's changes are folded into one row
+            // update however many the run holds.
+            let created = creations(rest);
             if !created.is_empty() {
                 insert_created(conn, &created).await?;
                 rest = &rest[created.len()..];
@@ -592,35 +591,60 @@ async fn update_all(conn: &mut PgConnection, events: &[&ProjectedEvent]) -> sqlx
 
 /// Inserts the rows of newly created records (a replayed creation changes nothing).
 async fn insert_created(conn: &mut PgConnection, creations: &[Creation<'_>]) -> sqlx::Result<()> {
-    let mut query = sqlx::QueryBuilder::new(
+    let n = creations.len();
+    let (mut ids, mut datasheets, mut versions, mut fields) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut since, mut hired, mut times, mut actors, mut stages) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for (event, datasheet, values, hired_from, day) in creations {
+        ids.push(event.aggregate_id);
+        datasheets.push(*datasheet);
+        versions.push(event.sequence);
+        fields.push(Json(*values));
+        since.push(since_key(*day, event.sequence));
+        hired.push(*hired_from);
+        times.push(event.recorded_at);
+        actors.push(event.metadata.actor.id());
+        stages.push(
+            values
+                .contains_key("stage")
+                .then(|| in_force_at(*day, event.recorded_at)),
+        );
+    }
+    // Arrays, one parameter a column: the statement's text is the same for any number of
+    // rows, so it is prepared once per connection, and neither side handles a placeholder per
+    // value (a `VALUES` list of a thousand creations had twelve thousand).
+    sqlx::query(
         "INSERT INTO records (id, datasheet, version, fields, since_base, since_max, hired_from,
-                              created_at, updated_at, created_by, updated_by, stage_since) ",
-    );
-    query.push_values(
-        creations,
-        |mut row, (event, datasheet, fields, hired_from, day)| {
-            let actor = event.metadata.actor.id();
-            let key = since_key(*day, event.sequence);
-            row.push_bind(event.aggregate_id)
-                .push_bind(*datasheet)
-                .push_bind(event.sequence)
-                .push_bind(Json(*fields))
-                .push_bind(key.clone())
-                .push_bind(key)
-                .push_bind(*hired_from)
-                .push_bind(event.recorded_at)
-                .push_bind(event.recorded_at)
-                .push_bind(actor)
-                .push_bind(actor)
-                .push_bind(
-                    fields
-                        .contains_key("stage")
-                        .then(|| in_force_at(*day, event.recorded_at)),
-                );
-        },
-    );
-    query.push(" ON CONFLICT (id) DO NOTHING");
-    crate::execute_rows(conn, query, creations.len()).await
+                              created_at, updated_at, created_by, updated_by, stage_since)
+         SELECT id, datasheet, version, fields, since, since, hired_from, at, at, by, by,
+                stage_since
+         FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::jsonb[], $5::text[], $6::uuid[],
+                     $7::timestamptz[], $8::uuid[], $9::timestamptz[])
+              AS c(id, datasheet, version, fields, since, hired_from, at, by, stage_since)
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(ids)
+    .bind(datasheets)
+    .bind(versions)
+    .bind(fields)
+    .bind(since)
+    .bind(hired)
+    .bind(times)
+    .bind(actors)
+    .bind(stages)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// A change entered to take effect on a later day.

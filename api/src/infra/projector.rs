@@ -515,10 +515,14 @@ pub async fn run_pass(
         .collect();
     types.sort_unstable();
     types.dedup();
-    let stored = log.after(&mut tx, &types, start, horizon, limit).await?;
+    let mut stored = log.after(&mut tx, &types, start, horizon, limit).await?;
+    let decoded = stored
+        .iter_mut()
+        .map(projected)
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let mut events = Vec::with_capacity(stored.len());
-    for event in &stored {
-        if let Some(projected) = projected(event)? {
+    for (event, projected) in stored.iter().zip(decoded) {
+        if let Some(projected) = projected {
             events.push((
                 event.position,
                 event.event.aggregate_type.as_str(),
@@ -671,13 +675,13 @@ pub(crate) async fn fill(
         let mut conn = pool.acquire().await?;
         let mut at = Position::default();
         loop {
-            let stored = log
+            let mut stored = log
                 .after(&mut conn, &types, at, horizon, FILL_BATCH)
                 .await?;
             let Some(last) = stored.last() else { break };
             at = last.position;
             let mut batch = Vec::with_capacity(stored.len());
-            for event in &stored {
+            for event in &mut stored {
                 if let Some(projected) = projected(event)? {
                     batch.push((
                         event.position,
@@ -884,10 +888,13 @@ pub async fn reset(pool: &PgPool, projection: &dyn Projection) -> anyhow::Result
     Ok(())
 }
 
-/// Decodes a stored event for projections; `None` for aggregate types no projection reads.
-pub(crate) fn projected(stored: &StoredEvent) -> anyhow::Result<Option<ProjectedEvent>> {
+/// Decodes a stored event for projections, taking its payload (left `null`: no caller reads it
+/// after, and its copy was a tree of allocations per event); `None` for aggregate types no
+/// projection reads.
+pub(crate) fn projected(stored: &mut StoredEvent) -> anyhow::Result<Option<ProjectedEvent>> {
+    let payload = std::mem::take(&mut stored.event.payload);
     let event = &stored.event;
-    let Some(decoded) = AnyEvent::decode(&event.aggregate_type, event.payload.clone())? else {
+    let Some(decoded) = AnyEvent::decode(&event.aggregate_type, payload)? else {
         return Ok(None);
     };
     let metadata = EventMetadata::from_map(&stored.metadata()).ok_or_else(|| {

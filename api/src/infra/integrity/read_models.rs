@@ -954,7 +954,7 @@ async fn next_batch(
     at: &mut Position,
     until: Position,
 ) -> anyhow::Result<(Vec<ProjectedEvent>, bool)> {
-    let events = log
+    let mut events = log
         .after(
             conn,
             projection.aggregate_types(),
@@ -965,7 +965,7 @@ async fn next_batch(
         .await?;
     let mut done = (events.len() as i64) < BATCH;
     let mut batch = Vec::with_capacity(events.len());
-    for stored in &events {
+    for stored in &mut events {
         if stored.position > until {
             done = true;
             break;
