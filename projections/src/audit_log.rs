@@ -225,36 +225,84 @@ impl Projection for AuditLogProjection {
         self.apply_all(conn, &[event]).await
     }
 
-    /// One multi-row insert per thousand events.
+    /// One insert of every entry, from arrays (as the records projection's creations): one
+    /// prepared statement for any number of entries. An entry's subjects and fields, lists of
+    /// their own, pass as array literals (`unnest` takes no array of arrays), in `events`'
+    /// order, which `feed_seq` numbers.
     async fn apply_all(
         &self,
         conn: &mut PgConnection,
         events: &[&ProjectedEvent],
     ) -> sqlx::Result<()> {
-        for chunk in events.chunks(1_000) {
-            let mut query = QueryBuilder::new(
-                "INSERT INTO audit_log (global_position, recorded_at, aggregate_type, aggregate_id, sequence,
-                                        event_type, actor_id, actor_kind, request_id, datasheet, subjects, fields) ",
-            );
-            query.push_values(chunk, |mut row, event| {
-                let entry = entry(event);
-                let actor = event.metadata.actor;
-                row.push_bind(event.global_position)
-                    .push_bind(event.recorded_at)
-                    .push_bind(entry.aggregate_type)
-                    .push_bind(event.aggregate_id.to_string())
-                    .push_bind(event.sequence)
-                    .push_bind(entry.event_type)
-                    .push_bind(actor.id())
-                    .push_bind(actor.kind())
-                    .push_bind(event.metadata.request_id)
-                    .push_bind(entry.datasheet)
-                    .push_bind(entry.subjects)
-                    .push_bind(entry.fields);
-            });
-            query.push(" ON CONFLICT (global_position) DO NOTHING");
-            crate::execute_rows(conn, query, chunk.len()).await?;
+        if events.is_empty() {
+            return Ok(());
         }
+        let n = events.len();
+        let (mut positions, mut times, mut types, mut ids) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let (mut sequences, mut event_types, mut actors, mut kinds) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let (mut requests, mut datasheets, mut subjects, mut fields) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for event in events {
+            let entry = entry(event);
+            let actor = event.metadata.actor;
+            positions.push(event.global_position);
+            times.push(event.recorded_at);
+            types.push(entry.aggregate_type);
+            ids.push(event.aggregate_id.to_string());
+            sequences.push(event.sequence);
+            event_types.push(entry.event_type);
+            actors.push(actor.id());
+            kinds.push(actor.kind());
+            requests.push(event.metadata.request_id);
+            datasheets.push(entry.datasheet);
+            subjects.push(array_literal(&entry.subjects));
+            fields.push(array_literal(&entry.fields));
+        }
+        sqlx::query(
+            "INSERT INTO audit_log (global_position, recorded_at, aggregate_type, aggregate_id,
+                                    sequence, event_type, actor_id, actor_kind, request_id,
+                                    datasheet, subjects, fields)
+             SELECT global_position, recorded_at, aggregate_type, aggregate_id, sequence,
+                    event_type, actor_id, actor_kind, request_id, datasheet, subjects::uuid[],
+                    fields::text[]
+             FROM unnest($1::bigint[], $2::timestamptz[], $3::text[], $4::text[], $5::bigint[],
+                         $6::text[], $7::uuid[], $8::text[], $9::uuid[], $10::text[],
+                         $11::text[], $12::text[])
+                  WITH ORDINALITY
+                  AS e(global_position, recorded_at, aggregate_type, aggregate_id, sequence,
+                       event_type, actor_id, actor_kind, request_id, datasheet, subjects,
+                       fields, n)
+             ORDER BY n
+             ON CONFLICT (global_position) DO NOTHING",
+        )
+        .bind(positions)
+        .bind(times)
+        .bind(types)
+        .bind(ids)
+        .bind(sequences)
+        .bind(event_types)
+        .bind(actors)
+        .bind(kinds)
+        .bind(requests)
+        .bind(datasheets)
+        .bind(subjects)
+        .bind(fields)
+        .execute(conn)
+        .await?;
         Ok(())
     }
 
@@ -262,6 +310,27 @@ impl Projection for AuditLogProjection {
         sqlx::query("DELETE FROM audit_log").execute(conn).await?;
         Ok(())
     }
+}
+
+/// `values` as a PostgreSQL array literal: each element double-quoted, a `"` or `\` in it
+/// escaped by a backslash, so that any text reads back as itself (`{}` when there is none).
+fn array_literal<T: std::fmt::Display>(values: &[T]) -> String {
+    let mut literal = String::from("{");
+    for (i, value) in values.iter().enumerate() {
+        if i > 0 {
+            literal.push(',');
+        }
+        literal.push('"');
+        for c in value.to_string().chars() {
+            if c == '"' || c == '\\' {
+                literal.push('\\');
+            }
+            literal.push(c);
+        }
+        literal.push('"');
+    }
+    literal.push('}');
+    literal
 }
 
 /// One entry of the audit log.

@@ -11,7 +11,7 @@ use custos_domain::{
     Webhook, WebhookEvent,
 };
 use serde_json::Value;
-use sqlx::{PgConnection, Postgres, QueryBuilder};
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 pub mod accesses;
@@ -173,18 +173,6 @@ pub struct TookEffect {
     /// The record's version it was recorded at.
     pub sequence: i64,
     pub effective_from: chrono::NaiveDate,
-}
-
-/// Runs a multi-row statement of `rows` rows. Its text differs with the number of rows: small
-/// ones (a request's usual batch) keep a prepared statement each, large ones (a catch-up) do
-/// not fill the connection's statement cache.
-pub(crate) async fn execute_rows(
-    conn: &mut PgConnection,
-    mut query: QueryBuilder<'_, Postgres>,
-    rows: usize,
-) -> sqlx::Result<()> {
-    query.build().persistent(rows <= 16).execute(conn).await?;
-    Ok(())
 }
 
 /// Every read model, in the order their projectors are started.

@@ -1630,6 +1630,103 @@ fn projected(
     }
 }
 
+/// The audit log takes a batch as arrays, an entry's subjects and fields as array literals:
+/// any field name reads back as itself, and `feed_seq` numbers the entries in the batch's
+/// order, not by their positions.
+#[tokio::test]
+async fn audit_entries_keep_every_field_name_as_written_and_the_batch_order() {
+    use custos_domain::Datasheet::{Applicants, Employees};
+    use custos_domain::RecordEvent::{ApplicantHired, RecordArchived, RecordUpdated};
+    use custos_projections::audit_log::AuditLogProjection;
+
+    let app = TestApp::spawn().await;
+    let session = app.sign_up(&slug("literal")).await;
+    let mut db = app.tenant_admin(session.tenant_id).await;
+    // A table of this connection's own shadows the service's `audit_log` (and its projector).
+    sqlx::query("CREATE TEMP TABLE audit_log (LIKE public.audit_log INCLUDING ALL)")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let odd = [
+        "plain",
+        "with \"quotes\"",
+        "back\\slash\\",
+        "comma, {brace} and space",
+        "NULL",
+        "",
+        "ünïcödé",
+    ];
+    let changes: custos_domain::record::Fields = odd
+        .iter()
+        .map(|name| (name.to_string(), json!("x")))
+        .collect();
+    let (ada, cy, hired) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    let events = [
+        projected(
+            9,
+            ada,
+            2,
+            RecordUpdated {
+                datasheet: Employees,
+                changes,
+                effective_from: None,
+            },
+        ),
+        projected(
+            4,
+            cy,
+            2,
+            ApplicantHired {
+                datasheet: Applicants,
+                employee_id: hired,
+                effective_from: None,
+            },
+        ),
+        projected(
+            7,
+            ada,
+            3,
+            RecordArchived {
+                datasheet: Employees,
+            },
+        ),
+    ];
+    let batch: Vec<&custos_projections::ProjectedEvent> = events.iter().collect();
+    AuditLogProjection.apply_all(&mut db, &batch).await.unwrap();
+    // Applied again (a replayed batch): nothing changes.
+    AuditLogProjection.apply_all(&mut db, &batch).await.unwrap();
+
+    let rows: Vec<(i64, Vec<Uuid>, Vec<String>)> = sqlx::query_as(
+        "SELECT global_position, subjects, fields FROM pg_temp.audit_log ORDER BY feed_seq",
+    )
+    .fetch_all(&mut db)
+    .await
+    .unwrap();
+    let mut written: Vec<String> = odd.iter().map(|name| name.to_string()).collect();
+    written.sort();
+    let sorted = |mut names: Vec<String>| {
+        names.sort();
+        names
+    };
+    let rows: Vec<(i64, Vec<Uuid>, Vec<String>)> = rows
+        .into_iter()
+        .map(|(position, subjects, fields)| (position, subjects, sorted(fields)))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            (9, vec![ada], written),
+            (
+                4,
+                vec![cy, hired],
+                vec!["hired_as".to_owned(), "stage".to_owned()]
+            ),
+            (7, vec![ada], vec!["archived".to_owned()]),
+        ],
+        "each entry as its event, in the batch's order"
+    );
+}
+
 #[tokio::test]
 async fn a_run_of_updates_written_at_once_or_replayed_from_its_middle_leaves_what_one_by_one_leaves(
 ) {
