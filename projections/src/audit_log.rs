@@ -313,7 +313,8 @@ impl Projection for AuditLogProjection {
 }
 
 /// `values` as a PostgreSQL array literal: each element double-quoted, a `"` or `\` in it
-/// escaped by a backslash, so that any text reads back as itself (`{}` when there is none).
+/// escaped by a backslash, so that any text PostgreSQL takes (none holds a NUL) reads back as
+/// itself (`{}` when there is none).
 fn array_literal<T: std::fmt::Display>(values: &[T]) -> String {
     let mut literal = String::from("{");
     for (i, value) in values.iter().enumerate() {

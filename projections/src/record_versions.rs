@@ -210,7 +210,7 @@ impl Projection for RecordVersionsProjection {
         self.apply_all(conn, &[event]).await
     }
 
-    /// Multi-row inserts, in order up to each cancellation.
+    /// Inserts from arrays, in order up to each cancellation.
     async fn apply_all(
         &self,
         conn: &mut PgConnection,

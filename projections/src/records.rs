@@ -171,7 +171,7 @@ impl Projection for RecordsProjection {
         Ok(())
     }
 
-    /// Runs of creations (seeding, imports, a rebuild) as one multi-row insert each, runs of
+    /// Runs of creations (seeding, imports, a rebuild) as one insert from arrays each, runs of
     /// updates as one statement each (a record's updates within a run folded into one);
     /// every other event on its own, in order.
     async fn apply_all(
