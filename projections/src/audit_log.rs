@@ -13,7 +13,7 @@ use custos_domain::{
 use sqlx::{PgConnection, PgExecutor, QueryBuilder};
 use uuid::Uuid;
 
-use crate::{AnyEvent, ProjectedEvent, Projection};
+use crate::{column, AnyEvent, ProjectedEvent, Projection};
 
 /// Every aggregate type: the audit log reads them all.
 const ALL_TYPES: &[&str] = &[
@@ -237,41 +237,7 @@ impl Projection for AuditLogProjection {
         if events.is_empty() {
             return Ok(());
         }
-        let n = events.len();
-        let (mut positions, mut times, mut types, mut ids) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        let (mut sequences, mut event_types, mut actors, mut kinds) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        let (mut requests, mut datasheets, mut subjects, mut fields) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        for event in events {
-            let entry = entry(event);
-            let actor = event.metadata.actor;
-            positions.push(event.global_position);
-            times.push(event.recorded_at);
-            types.push(entry.aggregate_type);
-            ids.push(event.aggregate_id.to_string());
-            sequences.push(event.sequence);
-            event_types.push(entry.event_type);
-            actors.push(actor.id());
-            kinds.push(actor.kind());
-            requests.push(event.metadata.request_id);
-            datasheets.push(entry.datasheet);
-            subjects.push(array_literal(&entry.subjects));
-            fields.push(array_literal(&entry.fields));
-        }
+        let entries: Vec<Entry> = events.iter().map(|event| entry(event)).collect();
         sqlx::query(
             "INSERT INTO audit_log (global_position, recorded_at, aggregate_type, aggregate_id,
                                     sequence, event_type, actor_id, actor_kind, request_id,
@@ -289,18 +255,18 @@ impl Projection for AuditLogProjection {
              ORDER BY n
              ON CONFLICT (global_position) DO NOTHING",
         )
-        .bind(positions)
-        .bind(times)
-        .bind(types)
-        .bind(ids)
-        .bind(sequences)
-        .bind(event_types)
-        .bind(actors)
-        .bind(kinds)
-        .bind(requests)
-        .bind(datasheets)
-        .bind(subjects)
-        .bind(fields)
+        .bind(column(events, |event| event.global_position))
+        .bind(column(events, |event| event.recorded_at))
+        .bind(column(&entries, |entry| entry.aggregate_type))
+        .bind(column(events, |event| event.aggregate_id.to_string()))
+        .bind(column(events, |event| event.sequence))
+        .bind(column(&entries, |entry| entry.event_type.as_str()))
+        .bind(column(events, |event| event.metadata.actor.id()))
+        .bind(column(events, |event| event.metadata.actor.kind()))
+        .bind(column(events, |event| event.metadata.request_id))
+        .bind(column(&entries, |entry| entry.datasheet))
+        .bind(column(&entries, |entry| array_literal(&entry.subjects)))
+        .bind(column(&entries, |entry| array_literal(&entry.fields)))
         .execute(conn)
         .await?;
         Ok(())

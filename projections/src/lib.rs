@@ -175,6 +175,11 @@ pub struct TookEffect {
     pub effective_from: chrono::NaiveDate,
 }
 
+/// One column of `rows` (a parameter of an insert from arrays, `unnest($1::uuid[], …)`).
+pub(crate) fn column<'a, R, T>(rows: &'a [R], value: impl FnMut(&'a R) -> T) -> Vec<T> {
+    rows.iter().map(value).collect()
+}
+
 /// Every read model, in the order their projectors are started.
 pub fn all() -> Vec<Box<dyn Projection>> {
     vec![

@@ -21,6 +21,7 @@ use sqlx::types::Json;
 use sqlx::{Arguments, PgConnection};
 use uuid::Uuid;
 
+use crate::column;
 use crate::records::effective_day;
 use crate::{AnyEvent, ProjectedEvent, Projection};
 
@@ -146,33 +147,13 @@ async fn insert(conn: &mut PgConnection, rows: &[Row<'_>]) -> sqlx::Result<()> {
                               $6::timestamptz[], $7::jsonb[])
          ON CONFLICT (record_id, version) DO NOTHING",
     )
-    .bind(
-        rows.iter()
-            .map(|row| row.event.aggregate_id)
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        rows.iter()
-            .map(|row| row.event.sequence)
-            .collect::<Vec<_>>(),
-    )
-    .bind(rows.iter().map(|row| row.datasheet).collect::<Vec<_>>())
-    .bind(rows.iter().map(|row| row.kind.as_str()).collect::<Vec<_>>())
-    .bind(
-        rows.iter()
-            .map(|row| row.effective_from)
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        rows.iter()
-            .map(|row| row.event.recorded_at)
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        rows.iter()
-            .map(|row| row.changes.map(Json))
-            .collect::<Vec<_>>(),
-    )
+    .bind(column(rows, |row| row.event.aggregate_id))
+    .bind(column(rows, |row| row.event.sequence))
+    .bind(column(rows, |row| row.datasheet))
+    .bind(column(rows, |row| row.kind.as_str()))
+    .bind(column(rows, |row| row.effective_from))
+    .bind(column(rows, |row| row.event.recorded_at))
+    .bind(column(rows, |row| row.changes.map(Json)))
     .execute(&mut *conn)
     .await?;
     let erased: Vec<Uuid> = rows
