@@ -43,8 +43,8 @@ pub mod testing {
         check_file, ConsistencyProof, EventProof, ProvenEvent,
     };
     pub use crate::infra::integrity::read_models::{
-        rebuild_unless as rebuild_read_model, shadow as shadow_table, Ended as RebuildEnded,
-        Rebuilt, Shadow, REBUILD_LOCK,
+        rebuild_unless as rebuild_read_model, replacement as replacement_table,
+        shadow as shadow_table, Ended as RebuildEnded, Rebuilt, REBUILD_LOCK,
     };
     pub use crate::infra::integrity::tree_head::{TreeHead, Witness};
     pub use crate::infra::integrity::verify::{verify, Report};

@@ -20,7 +20,7 @@ use sqlx::types::Json;
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
-use crate::{AnyEvent, ProjectedEvent, Projection, TookEffect};
+use crate::{column, AnyEvent, ProjectedEvent, Projection, TookEffect};
 
 /// Projects Record events into `records`.
 #[derive(Debug, Clone, Copy, Default)]
@@ -591,35 +591,6 @@ async fn update_all(conn: &mut PgConnection, events: &[&ProjectedEvent]) -> sqlx
 
 /// Inserts the rows of newly created records (a replayed creation changes nothing).
 async fn insert_created(conn: &mut PgConnection, creations: &[Creation<'_>]) -> sqlx::Result<()> {
-    let n = creations.len();
-    let (mut ids, mut datasheets, mut versions, mut fields) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    let (mut since, mut hired, mut times, mut actors, mut stages) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    for (event, datasheet, values, hired_from, day) in creations {
-        ids.push(event.aggregate_id);
-        datasheets.push(*datasheet);
-        versions.push(event.sequence);
-        fields.push(Json(*values));
-        since.push(since_key(*day, event.sequence));
-        hired.push(*hired_from);
-        times.push(event.recorded_at);
-        actors.push(event.metadata.actor.id());
-        stages.push(
-            values
-                .contains_key("stage")
-                .then(|| in_force_at(*day, event.recorded_at)),
-        );
-    }
     // Arrays, one parameter a column: the statement's text is the same for any number of
     // rows, so it is prepared once per connection, and neither side handles a placeholder per
     // value (a `VALUES` list of a thousand creations had twelve thousand).
@@ -633,15 +604,21 @@ async fn insert_created(conn: &mut PgConnection, creations: &[Creation<'_>]) -> 
               AS c(id, datasheet, version, fields, since, hired_from, at, by, stage_since)
          ON CONFLICT (id) DO NOTHING",
     )
-    .bind(ids)
-    .bind(datasheets)
-    .bind(versions)
-    .bind(fields)
-    .bind(since)
-    .bind(hired)
-    .bind(times)
-    .bind(actors)
-    .bind(stages)
+    .bind(column(creations, |(event, ..)| event.aggregate_id))
+    .bind(column(creations, |(_, datasheet, ..)| *datasheet))
+    .bind(column(creations, |(event, ..)| event.sequence))
+    .bind(column(creations, |(_, _, values, ..)| Json(*values)))
+    .bind(column(creations, |(event, .., day)| {
+        since_key(*day, event.sequence)
+    }))
+    .bind(column(creations, |(.., hired_from, _)| *hired_from))
+    .bind(column(creations, |(event, ..)| event.recorded_at))
+    .bind(column(creations, |(event, ..)| event.metadata.actor.id()))
+    .bind(column(creations, |(event, _, values, _, day)| {
+        values
+            .contains_key("stage")
+            .then(|| in_force_at(*day, event.recorded_at))
+    }))
     .execute(conn)
     .await?;
     Ok(())

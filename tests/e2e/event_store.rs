@@ -812,13 +812,13 @@ async fn a_read_model_rebuilt_under_concurrent_writes_serves_throughout_and_ends
     assert!(refused.to_string().contains("records"), "{refused}");
 }
 
-/// A rebuild's shadow tables keep the indexes their projection's statements use and leave out
-/// those only reads use; a shadow whose rows replace the live ones computes no generated
-/// column (the live table computes it as the rows arrive), one compared with the live table
-/// does.
+/// A shadow table (compared with the live one) and a replacement (which a rebuild replays into)
+/// keep the indexes their projection's statements use and leave out those only reads use; both
+/// compute the generated columns as the live table does, and the replacement's indexes have
+/// the live ones' names (they move with it into `public`).
 #[tokio::test]
 async fn a_shadow_table_keeps_the_indexes_its_projection_writes_through_and_no_read_index() {
-    use custos_api::testing::{shadow_table, Shadow};
+    use custos_api::testing::{replacement_table, shadow_table};
 
     let app = TestApp::spawn().await;
     let session = app.sign_up(&slug("shadow")).await;
@@ -862,23 +862,46 @@ async fn a_shadow_table_keeps_the_indexes_its_projection_writes_through_and_no_r
     assert!(kept.iter().any(|i| i == "btree (id)"), "{kept:?}");
     assert_eq!(live_generated, "s");
 
-    for (purpose, generated) in [(Shadow::Compared, "s"), (Shadow::Replacing, "")] {
-        shadow_table(&mut db, records, purpose).await.unwrap();
-        let (indexes, shadow_generated) = shape(&mut db, "pg_temp.records").await;
-        assert_eq!(indexes, kept, "{purpose:?}");
-        assert_eq!(shadow_generated, generated, "{purpose:?}");
+    shadow_table(&mut db, records).await.unwrap();
+    replacement_table(&mut db, records).await.unwrap();
+    for table in ["pg_temp.records", "custos_rebuild.records"] {
+        let (indexes, generated) = shape(&mut db, table).await;
+        assert_eq!(indexes, kept, "{table}");
+        assert_eq!(generated, "s", "{table}");
         let primary: bool = sqlx::query_scalar(
-            "SELECT bool_or(indisprimary) FROM pg_index WHERE indrelid = 'pg_temp.records'::regclass",
+            "SELECT bool_or(indisprimary) FROM pg_index WHERE indrelid = $1::regclass",
         )
+        .bind(table)
         .fetch_one(&mut db)
         .await
         .unwrap();
-        assert!(primary, "{purpose:?}");
-        sqlx::query("DROP TABLE pg_temp.records")
-            .execute(&mut db)
+        assert!(primary, "{table}");
+    }
+    let names =
+        "SELECT c.relname::text FROM pg_index AS i JOIN pg_class AS c ON c.oid = i.indexrelid
+                 WHERE i.indrelid = $1::regclass AND NOT c.relname = ANY($2) ORDER BY 1";
+    let mut live_names: Vec<String> = Vec::new();
+    for table in ["public.records", "custos_rebuild.records"] {
+        let found: Vec<String> = sqlx::query_scalar(names)
+            .bind(table)
+            .bind(records.read_indexes)
+            .fetch_all(&mut db)
             .await
             .unwrap();
+        if live_names.is_empty() {
+            live_names = found;
+        } else {
+            assert_eq!(found, live_names, "the replacement's index names");
+        }
     }
+    assert!(
+        live_names.iter().any(|name| name == "records_pkey"),
+        "{live_names:?}"
+    );
+    sqlx::query("DROP TABLE pg_temp.records, custos_rebuild.records")
+        .execute(&mut db)
+        .await
+        .unwrap();
 }
 
 /// A rebuild whose projection fails to apply a batch reports the failure, with batches still
@@ -889,8 +912,8 @@ async fn a_rebuild_that_fails_to_apply_a_batch_reports_it_with_batches_still_to_
     use cqrs_es::DomainEvent;
     use custos_domain::{Datasheet, EventMetadata, Record, RecordEvent};
 
-    /// Reads the records' events as `records` does, and writes a table it does not list:
-    /// PostgreSQL refuses that in the rebuild's read-only transactions.
+    /// Reads the records' events as `records` does, and empties a live table it does not list:
+    /// the rebuild's transaction fails and is undone.
     struct WritesElsewhere;
 
     #[async_trait::async_trait]
@@ -909,7 +932,7 @@ async fn a_rebuild_that_fails_to_apply_a_batch_reports_it_with_batches_still_to_
             conn: &mut PgConnection,
             _event: &custos_projections::ProjectedEvent,
         ) -> sqlx::Result<()> {
-            sqlx::query("CREATE TABLE unlisted (n int)")
+            sqlx::query("DELETE FROM records")
                 .execute(conn)
                 .await
                 .map(|_| ())
@@ -963,7 +986,10 @@ async fn a_rebuild_that_fails_to_apply_a_batch_reports_it_with_batches_still_to_
     .await
     .expect("the rebuild reports its failure instead of waiting")
     .expect_err("a projection that writes an unlisted table fails the rebuild");
-    assert!(format!("{failed:#}").contains("read-only"), "{failed:#}");
+    assert!(
+        format!("{failed:#}").contains("wrote records, which it does not list"),
+        "{failed:#}"
+    );
     let listed: i64 = sqlx::query_scalar("SELECT count(*) FROM records")
         .fetch_one(&mut db)
         .await
@@ -1145,11 +1171,23 @@ async fn every_read_model_rebuilt_is_swapped_in_with_its_tables_indexes_privileg
 }
 
 /// A projection that writes a live table it does not list, where the rebuild's transactions
-/// can write (they write the rebuilt tables), fails the rebuild, and the write is undone.
+/// can write (they write the rebuilt tables), fails the rebuild, and the write is undone:
+/// whether it writes while the events are replayed or in the day's work at the swap.
 #[tokio::test]
 async fn a_rebuild_whose_projection_writes_a_live_table_it_does_not_list_is_refused() {
-    /// The webhooks read model, with a day's work that empties the live records.
-    struct EmptiesRecords;
+    /// The webhooks read model, fed the records' events, with a step that empties the live
+    /// records.
+    struct EmptiesRecords {
+        /// In each batch of the replay; otherwise in the day's work.
+        in_replay: bool,
+    }
+
+    impl EmptiesRecords {
+        async fn empty_records(&self, conn: &mut PgConnection) -> sqlx::Result<()> {
+            sqlx::query("DELETE FROM records").execute(conn).await?;
+            Ok(())
+        }
+    }
 
     #[async_trait::async_trait]
     impl Projection for EmptiesRecords {
@@ -1157,16 +1195,19 @@ async fn a_rebuild_whose_projection_writes_a_live_table_it_does_not_list_is_refu
             "webhooks"
         }
         fn aggregate_types(&self) -> &'static [&'static str] {
-            custos_projections::webhooks::WebhooksProjection.aggregate_types()
+            custos_projections::records::RecordsProjection.aggregate_types()
         }
         fn tables(&self) -> &'static [custos_projections::Table] {
             custos_projections::webhooks::WebhooksProjection.tables()
         }
         async fn apply(
             &self,
-            _conn: &mut PgConnection,
+            conn: &mut PgConnection,
             _event: &custos_projections::ProjectedEvent,
         ) -> sqlx::Result<()> {
+            if self.in_replay {
+                self.empty_records(conn).await?;
+            }
             Ok(())
         }
         async fn reset(&self, conn: &mut PgConnection) -> sqlx::Result<()> {
@@ -1179,7 +1220,7 @@ async fn a_rebuild_whose_projection_writes_a_live_table_it_does_not_list_is_refu
             conn: &mut PgConnection,
             _today: chrono::NaiveDate,
         ) -> sqlx::Result<Vec<custos_projections::TookEffect>> {
-            sqlx::query("DELETE FROM records").execute(conn).await?;
+            self.empty_records(conn).await?;
             Ok(Vec::new())
         }
     }
@@ -1187,19 +1228,21 @@ async fn a_rebuild_whose_projection_writes_a_live_table_it_does_not_list_is_refu
     let (app, session, _db) = one_employee("unlisted", "Kept", "Safe").await;
     let tenant = app.tenant(session.tenant_id).await;
     let database = app.tenant_database(session.tenant_id).await;
-    let failed = custos_api::testing::rebuild_read_model(
-        &custos_tests::admin_options(&database),
-        &tenant.log,
-        &EmptiesRecords,
-        std::future::pending(),
-    )
-    .await
-    .expect_err("the rebuild is refused");
-    assert!(
-        format!("{failed:#}").contains("wrote records, which it does not list"),
-        "{failed:#}"
-    );
-    assert_eq!(app.employee_last_names(&session.token).await, ["Safe"]);
+    for in_replay in [true, false] {
+        let failed = custos_api::testing::rebuild_read_model(
+            &custos_tests::admin_options(&database),
+            &tenant.log,
+            &EmptiesRecords { in_replay },
+            std::future::pending(),
+        )
+        .await
+        .expect_err("the rebuild is refused");
+        assert!(
+            format!("{failed:#}").contains("wrote records, which it does not list"),
+            "in the replay: {in_replay}: {failed:#}"
+        );
+        assert_eq!(app.employee_last_names(&session.token).await, ["Safe"]);
+    }
 }
 
 /// A rebuild's session appends no event, so its long transactions (copying and indexing the

@@ -287,6 +287,9 @@ pub(crate) async fn import<R: AsyncBufRead + Unpin>(
     let import_xid: i64 = sqlx::query_scalar("SELECT pg_current_xact_id()::text::bigint")
         .fetch_one(&mut *tx)
         .await?;
+    let reading = std::time::Instant::now();
+    // Time spent waiting for the database to write the batches, within the reading.
+    let mut writing = std::time::Duration::ZERO;
     let mut tally = Tally::default();
     tally.header(header_line);
     let mut whole = Sha256::new();
@@ -405,7 +408,9 @@ pub(crate) async fn import<R: AsyncBufRead + Unpin>(
                 }
                 events.push(e, position);
                 if events.full() {
+                    let flushing = std::time::Instant::now();
                     events.flush(&mut tx).await?;
+                    writing += flushing.elapsed();
                 }
             }
             Entry::SubjectKey(s) => {
@@ -480,7 +485,9 @@ pub(crate) async fn import<R: AsyncBufRead + Unpin>(
             }
         }
         if rows.full() {
+            let flushing = std::time::Instant::now();
             rows.flush(&mut tx).await?;
+            writing += flushing.elapsed();
         }
     }
     let Some(manifest) = manifest else {
@@ -491,8 +498,16 @@ pub(crate) async fn import<R: AsyncBufRead + Unpin>(
             "the archive holds no signing key".into(),
         ));
     }
+    let flushing = std::time::Instant::now();
     events.flush(&mut tx).await?;
     rows.flush(&mut tx).await?;
+    writing += flushing.elapsed();
+    tracing::debug!(
+        events = imported.events,
+        seconds = reading.elapsed().as_secs_f64(),
+        writing = writing.as_secs_f64(),
+        "import: archive read and written (writing: waiting for the batches' statements)"
+    );
     if imported.events > 0 {
         sqlx::query("SELECT setval(pg_get_serial_sequence('events', 'global_position'), $1)")
             .bind(imported.events)
@@ -520,7 +535,12 @@ pub(crate) async fn import<R: AsyncBufRead + Unpin>(
     // Verification names the first event that is not as signed; the manifest says which kind
     // of entry was altered, added or removed.
     let manifest_holds = tally.check(&manifest, key);
+    let verifying = std::time::Instant::now();
     let report = verify_in(&mut tx, id, Some(anchor), None).await?;
+    tracing::debug!(
+        seconds = verifying.elapsed().as_secs_f64(),
+        "import: verified before commit"
+    );
     if !report.ok() {
         let mut problems: Vec<String> = report
             .broken

@@ -1,7 +1,7 @@
 //! Read models against history (`custos verify --read-models`): each projection rebuilt from
 //! the events into temporary tables of the same shape, up to the position its live read model
 //! stands at, and compared row for row with the live tables in one snapshot. Nothing live is
-//! written, and a running service keeps writing meanwhile. The same rebuild can also build a
+//! written, and a running service keeps writing meanwhile. The same replay can also build a
 //! read model's replacement beside it and swap it in (`custos projections rebuild`,
 //! [`rebuild`]).
 //!
@@ -59,7 +59,7 @@ pub(crate) async fn compare(
     let mut report = ReadModelReport::default();
     for projection in projections {
         for table in projection.tables() {
-            shadow(&mut *conn, table, Shadow::Compared).await?;
+            shadow(&mut *conn, table).await?;
         }
         // Every write from here on runs in READ ONLY transactions, which PostgreSQL lets write
         // temporary tables only: a table a projection writes but does not list fails the
@@ -133,14 +133,15 @@ const SWAP_ATTEMPTS: u32 = 5;
 /// it); a subject erased meanwhile, or a reset of the read model, refuses it, and nothing live
 /// changes. One rebuild of a read model runs at a time in an organisation.
 ///
-/// - The replay runs in short read-only transactions (as [`compare`]) up to where the live read
-///   model stood at the start, each batch read and opened on another connection (of `log`'s
-///   pool, which needs one to spare) while the one before is applied, into temporary tables
-///   without the indexes only reads use and without computing generated columns.
-/// - Their rows are then copied into tables shaped like the live ones in the `custos_rebuild`
-///   schema, which get the live tables' indexes (built once, not row by row) and statistics.
-///   The session is named [`REBUILDING`](crate::infra::event_store::log::REBUILDING): it never
-///   appends an event, so these long transactions hold back no projector.
+/// - The replay writes tables shaped like the live ones in the `custos_rebuild` schema, made
+///   without the indexes only reads use. It runs in short transactions up to where the live
+///   read model stood at the start, each batch read and opened on another connection (of
+///   `log`'s pool, which needs one to spare) while the one before is applied; a transaction
+///   that wrote a live table fails.
+/// - The replacements then get the live tables' read indexes (built once, not row by row) and
+///   statistics. The session is named
+///   [`REBUILDING`](crate::infra::event_store::log::REBUILDING): it never appends an event, so
+///   these long transactions hold back no projector.
 /// - The events since are applied to them; then the swapping transaction locks the read
 ///   model's checkpoint row (its projector, on any instance, skips a locked row and applies
 ///   nothing meanwhile), applies the last events, and replaces each live table by its rebuilt
@@ -166,7 +167,7 @@ async fn rebuild(
     let mut cleanup = Ok(());
     for table in projection.tables() {
         let dropped = sqlx::query(&format!(
-            "DROP TABLE IF EXISTS pg_temp.\"{name}\", {REPLACEMENTS}.\"{name}\"",
+            "DROP TABLE IF EXISTS {REPLACEMENTS}.\"{name}\"",
             name = table.name
         ))
         .execute(&mut *conn)
@@ -206,11 +207,12 @@ async fn rebuild_locked(
         ))
         .execute(&mut *conn)
         .await?;
-        shadow(&mut *conn, table, Shadow::Replacing).await?;
+        replacement(&mut *conn, table).await?;
     }
-    let mut tx = read_only(&mut *conn, "").await?;
+    let mut tx = writing_replacements(&mut *conn).await?;
     projection.reset(&mut tx).await?;
     let erased_before = last_erasure(&mut tx).await?;
+    refuse_live_writes(&mut tx).await?;
     tx.commit().await?;
     let mut events = 0;
     let mut at = Position::default();
@@ -227,13 +229,12 @@ async fn rebuild_locked(
         projection = projection.name(),
         events,
         seconds = phase.elapsed().as_secs_f64(),
-        "rebuild: replayed into temporary tables"
+        "rebuild: replayed into the replacements"
     );
     for table in projection.tables() {
-        replacement(&mut *conn, &mut *helper, table.name).await?;
+        finish_replacement(&mut *conn, &mut *helper, table).await?;
     }
-    // The events applied while the replacements were copied and indexed; from here the
-    // projection's statements write the replacements (the temporary tables are gone).
+    // The events applied while the replacements' read indexes were built.
     let phase = std::time::Instant::now();
     let mut tx = writing_replacements(&mut *conn).await?;
     let target = live_position(&mut tx, projection.name()).await?;
@@ -381,14 +382,13 @@ async fn writing_replacements(
     Ok(tx)
 }
 
-/// Fails a transaction that wrote the replacements when it also wrote a live table: a
-/// projection that writes a table it does not list (the read-only transactions of the replay
-/// refuse that by themselves).
+/// Fails a transaction that wrote the replacements when it also wrote any other table: a
+/// projection that writes a table it does not list.
 async fn refuse_live_writes(tx: &mut PgConnection) -> anyhow::Result<()> {
-    let written: Option<String> = sqlx::query_scalar(
+    let written: Option<String> = sqlx::query_scalar(&format!(
         "SELECT string_agg(relname, ', ' ORDER BY relname) FROM pg_stat_xact_user_tables
-         WHERE schemaname = 'public' AND n_tup_ins + n_tup_upd + n_tup_del > 0",
-    )
+         WHERE schemaname <> '{REPLACEMENTS}' AND n_tup_ins + n_tup_upd + n_tup_del > 0"
+    ))
     .fetch_one(tx)
     .await?;
     match written {
@@ -427,46 +427,53 @@ async fn refuse_what_a_swap_loses(conn: &mut PgConnection, table: &str) -> anyho
     Ok(())
 }
 
-/// Creates `table`'s replacement in [`REPLACEMENTS`] from its temporary table (dropped then):
-/// the live table's columns, defaults, constraints and identity, the rebuilt rows, then the
-/// live table's indexes under their own names, then statistics.
-async fn replacement(
+/// Creates `table`'s replacement in [`REPLACEMENTS`], which the replay then writes: the live
+/// table's columns, defaults, generated columns, identity and constraints, and those of its
+/// indexes the projection's statements use (not [`Table::read_indexes`], which
+/// [`finish_replacement`] builds once the rows are in), each under the live index's own name
+/// (an index is named within its table's schema, so the names are free there and move with
+/// the table); with the live rows when a reset keeps them.
+pub async fn replacement(conn: &mut PgConnection, table: &Table) -> anyhow::Result<()> {
+    let name = table.name;
+    sqlx::query(&format!(
+        "CREATE TABLE {REPLACEMENTS}.\"{name}\"
+             (LIKE public.\"{name}\" INCLUDING ALL EXCLUDING INDEXES)"
+    ))
+    .execute(&mut *conn)
+    .await?;
+    for (definition, _) in index_definitions(&mut *conn, table, Indexes::ForWrites).await? {
+        sqlx::query(&definition).execute(&mut *conn).await?;
+    }
+    if table.kept_on_reset {
+        copy_live_rows(conn, name, REPLACEMENTS).await?;
+    }
+    Ok(())
+}
+
+/// Which of a live table's indexes [`index_definitions`] gives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Indexes {
+    /// Its constraints' (primary key, unique, exclusion), then the other indexes the
+    /// projection's statements use.
+    ForWrites,
+    /// Those only reads use: the ones PostgreSQL builds on one core (GIN, and every other but
+    /// btree) first, then those it builds with parallel workers.
+    ForReads,
+}
+
+/// The statements that give `table`'s replacement the live table's indexes of one kind, each
+/// with whether PostgreSQL builds it on one core. A definition a rebuild cannot copy fails.
+async fn index_definitions(
     conn: &mut PgConnection,
-    helper: &mut PgConnection,
-    table: &str,
-) -> anyhow::Result<()> {
-    sqlx::query(&format!(
-        "CREATE TABLE {REPLACEMENTS}.\"{table}\"
-             (LIKE public.\"{table}\" INCLUDING ALL EXCLUDING INDEXES)"
-    ))
-    .execute(&mut *conn)
-    .await?;
-    let columns = columns(&mut *conn, table, &[], true).await?;
-    let phase = std::time::Instant::now();
-    sqlx::query(&format!(
-        "INSERT INTO {REPLACEMENTS}.\"{table}\" ({columns}) OVERRIDING SYSTEM VALUE
-         SELECT {columns} FROM pg_temp.\"{table}\""
-    ))
-    .execute(&mut *conn)
-    .await?;
-    tracing::debug!(
-        table,
-        seconds = phase.elapsed().as_secs_f64(),
-        "rebuild: rows copied"
-    );
-    sqlx::query(&format!("DROP TABLE pg_temp.\"{table}\""))
-        .execute(&mut *conn)
-        .await?;
-    // The rows keep their identity values; the events applied from here draw new ones.
-    move_counters(&mut *conn, table).await?;
-    // Primary keys, unique and exclusion constraints by their names, then every other index
-    // by its definition with the table changed: an index is named within its table's schema,
-    // so the names are free there and move with the table.
-    let definitions: Vec<(String, bool, bool)> = sqlx::query_as(
-        "SELECT definition, understood, is_constraint FROM (
+    table: &Table,
+    which: Indexes,
+) -> anyhow::Result<Vec<(String, bool)>> {
+    let definitions: Vec<(String, bool, bool, bool)> = sqlx::query_as(
+        "SELECT definition, understood, one_core, for_reads FROM (
              SELECT format('ALTER TABLE %s.%I ADD CONSTRAINT %I %s',
                            $2::text, $1::text, conname, pg_get_constraintdef(oid)) AS definition,
-                    true AS understood, true AS is_constraint, false AS one_core
+                    true AS understood, true AS is_constraint, false AS one_core,
+                    false AS for_reads
              FROM pg_constraint
              WHERE conrelid = format('public.%I', $1::text)::regclass
                AND contype IN ('p', 'u', 'x')
@@ -475,52 +482,64 @@ async fn replacement(
                             format(' ON public.%I USING ', $1::text),
                             format(' ON %s.%I USING ', $2::text, $1::text)),
                     pg_get_indexdef(i.indexrelid) LIKE format('%% ON public.%I USING %%', $1::text),
-                    false, am.amname <> 'btree'
+                    false, am.amname <> 'btree', c.relname = ANY($3)
              FROM pg_index AS i
              JOIN pg_class AS c ON c.oid = i.indexrelid
              JOIN pg_am AS am ON am.oid = c.relam
              WHERE i.indrelid = format('public.%I', $1::text)::regclass
                AND NOT EXISTS (SELECT FROM pg_constraint WHERE conindid = i.indexrelid)
          ) AS d
-         -- The constraints first (each locks the whole table); then the indexes PostgreSQL
-         -- builds on one core (GIN, and every other but btree) before those it builds with
-         -- parallel workers.
+         -- The constraints first (each locks the whole table).
          ORDER BY is_constraint DESC, one_core DESC",
     )
-    .bind(table)
+    .bind(table.name)
     .bind(REPLACEMENTS)
+    .bind(table.read_indexes)
     .fetch_all(&mut *conn)
     .await?;
-    if let Some((definition, _, _)) = definitions.iter().find(|(_, understood, _)| !understood) {
+    if let Some((definition, ..)) = definitions.iter().find(|(_, understood, ..)| !understood) {
         anyhow::bail!(
-            "an index of {table} is defined in a way a rebuild cannot copy: {definition}"
+            "an index of {} is defined in a way a rebuild cannot copy: {definition}",
+            table.name
         );
     }
-    let (constraints, indexes): (Vec<_>, Vec<_>) = definitions
+    Ok(definitions
         .into_iter()
-        .partition(|(_, _, constraint)| *constraint);
-    for (definition, _, _) in constraints {
-        sqlx::query(&definition).execute(&mut *conn).await?;
-    }
-    // Two at a time, on the rebuild's two sessions: a GIN index is built on one core.
+        .filter(|(.., for_reads)| *for_reads == (which == Indexes::ForReads))
+        .map(|(definition, _, one_core, _)| (definition, one_core))
+        .collect())
+}
+
+/// Makes `table`'s replacement, its rows replayed, ready for the events since and the swap:
+/// its identity counters moved past the live table's, its read indexes built (two at a time,
+/// on the rebuild's two sessions: PostgreSQL builds a GIN index on one core), then statistics.
+async fn finish_replacement(
+    conn: &mut PgConnection,
+    helper: &mut PgConnection,
+    table: &Table,
+) -> anyhow::Result<()> {
+    let name = table.name;
+    // The rows keep their identity values; the events applied from here draw new ones.
+    move_counters(&mut *conn, name).await?;
     let indexes = std::sync::Mutex::new(
-        indexes
+        index_definitions(&mut *conn, table, Indexes::ForReads)
+            .await?
             .into_iter()
-            .map(|(definition, _, _)| definition)
+            .map(|(definition, _)| definition)
             .collect::<std::collections::VecDeque<_>>(),
     );
     let (built, built_beside) = tokio::join!(
-        build_indexes(&mut *conn, table, &indexes),
-        build_indexes(&mut *helper, table, &indexes)
+        build_indexes(&mut *conn, name, &indexes),
+        build_indexes(&mut *helper, name, &indexes)
     );
     built?;
     built_beside?;
     let phase = std::time::Instant::now();
-    sqlx::query(&format!("ANALYZE {REPLACEMENTS}.\"{table}\""))
+    sqlx::query(&format!("ANALYZE {REPLACEMENTS}.\"{name}\""))
         .execute(&mut *conn)
         .await?;
     tracing::debug!(
-        table,
+        table = name,
         seconds = phase.elapsed().as_secs_f64(),
         "rebuild: analyzed"
     );
@@ -868,7 +887,8 @@ async fn live_position(conn: &mut PgConnection, projection: &str) -> sqlx::Resul
     )
 }
 
-/// Applies the next batch of events after `at`, up to `until`, to the shadow tables; how many,
+/// Applies the next batch of events after `at`, up to `until`, to the tables `conn`'s
+/// transaction finds by the projection's names (its shadows, or its replacements); how many,
 /// and whether every event up to `until` has been applied.
 async fn replay(
     conn: &mut PgConnection,
@@ -901,8 +921,8 @@ async fn replay_to(
     }
 }
 
-/// Applies every event after `at` up to `until` to the shadow tables on `conn`, a batch in
-/// each read-only transaction, while a connection of `log`'s pool (which needs one to spare)
+/// Applies every event after `at` up to `until` to the replacement tables on `conn`, a batch in
+/// each transaction (which fails if it wrote a live table), while a connection of `log`'s pool (which needs one to spare)
 /// reads and opens the batch after it: the database applying one batch and this process
 /// opening the next overlap. How many events were applied.
 async fn replay_reading_ahead(
@@ -931,8 +951,14 @@ async fn replay_reading_ahead(
         let mut read = read;
         let mut applied = 0;
         while let Some((batch, last)) = read.recv().await {
-            let mut tx = read_only(&mut *conn, "").await?;
+            let mut tx = writing_replacements(&mut *conn).await?;
+            // A crash loses the rebuild anyway (its tables are removed at the next start), so
+            // the batches need not wait for their commits to reach the disk.
+            sqlx::query("SET LOCAL synchronous_commit = off")
+                .execute(&mut *tx)
+                .await?;
             apply(&mut tx, projection, &batch).await?;
+            refuse_live_writes(&mut tx).await?;
             tx.commit().await?;
             applied += batch.len() as i64;
             *at = last;
@@ -978,7 +1004,7 @@ async fn next_batch(
     Ok((batch, done))
 }
 
-/// Applies `batch` to the shadow tables as the projector applies it: set-based where the
+/// Applies `batch` to the shadow or replacement tables as the projector applies it: set-based where the
 /// projection writes that way.
 async fn apply(
     conn: &mut PgConnection,
@@ -989,30 +1015,14 @@ async fn apply(
     projection.apply_all(conn, &batch).await
 }
 
-/// What a shadow table is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Shadow {
-    /// Compared with the live table column for column: generated columns are computed as
-    /// the live table computes them.
-    Compared,
-    /// Its rows are copied into a table shaped like the live one, which computes the generated
-    /// columns itself: in the shadow they are plain columns, left empty, and not computed at
-    /// every change.
-    Replacing,
-}
-
 /// A temporary table shaped like `table` (columns, defaults, constraints, and the indexes its
 /// projection's statements use, not those only reads use: nothing reads the shadow but the
 /// comparison, which reads all of it), with the live rows when a reset keeps them; dropped
 /// when compared (or with the session).
-pub async fn shadow(conn: &mut PgConnection, table: &Table, purpose: Shadow) -> sqlx::Result<()> {
+pub async fn shadow(conn: &mut PgConnection, table: &Table) -> sqlx::Result<()> {
     let name = table.name;
-    let generated = match purpose {
-        Shadow::Compared => "",
-        Shadow::Replacing => " EXCLUDING GENERATED",
-    };
     sqlx::query(&format!(
-        "CREATE TEMPORARY TABLE \"{name}\" (LIKE public.\"{name}\" INCLUDING ALL{generated})"
+        "CREATE TEMPORARY TABLE \"{name}\" (LIKE public.\"{name}\" INCLUDING ALL)"
     ))
     .execute(&mut *conn)
     .await?;
@@ -1042,14 +1052,20 @@ pub async fn shadow(conn: &mut PgConnection, table: &Table, purpose: Shadow) -> 
         }
     }
     if table.kept_on_reset {
-        let columns = columns(conn, name, &[], true).await?;
-        sqlx::query(&format!(
-            "INSERT INTO pg_temp.\"{name}\" ({columns}) OVERRIDING SYSTEM VALUE
-             SELECT {columns} FROM public.\"{name}\""
-        ))
-        .execute(&mut *conn)
-        .await?;
+        copy_live_rows(conn, name, "pg_temp").await?;
     }
+    Ok(())
+}
+
+/// Copies the live `table`'s rows into the table of that name in `schema`.
+async fn copy_live_rows(conn: &mut PgConnection, table: &str, schema: &str) -> sqlx::Result<()> {
+    let columns = columns(&mut *conn, table, &[], true).await?;
+    sqlx::query(&format!(
+        "INSERT INTO {schema}.\"{table}\" ({columns}) OVERRIDING SYSTEM VALUE
+         SELECT {columns} FROM public.\"{table}\""
+    ))
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
