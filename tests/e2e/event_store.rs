@@ -912,8 +912,8 @@ async fn a_rebuild_that_fails_to_apply_a_batch_reports_it_with_batches_still_to_
     use cqrs_es::DomainEvent;
     use custos_domain::{Datasheet, EventMetadata, Record, RecordEvent};
 
-    /// Reads the records' events as `records` does, and empties a live table it does not list:
-    /// the rebuild's transaction fails and is undone.
+    /// Reads the records' events as `records` does, and deletes each event's record from a live
+    /// table it does not list: the rebuild's transaction fails and is undone.
     struct WritesElsewhere;
 
     #[async_trait::async_trait]
@@ -930,9 +930,10 @@ async fn a_rebuild_that_fails_to_apply_a_batch_reports_it_with_batches_still_to_
         async fn apply(
             &self,
             conn: &mut PgConnection,
-            _event: &custos_projections::ProjectedEvent,
+            event: &custos_projections::ProjectedEvent,
         ) -> sqlx::Result<()> {
-            sqlx::query("DELETE FROM records")
+            sqlx::query("DELETE FROM records WHERE id = $1")
+                .bind(event.aggregate_id)
                 .execute(conn)
                 .await
                 .map(|_| ())
@@ -998,7 +999,8 @@ async fn a_rebuild_that_fails_to_apply_a_batch_reports_it_with_batches_still_to_
 }
 
 /// What a table is made of, as a list of lines: its columns (type, default or generation,
-/// identity, nullability), constraints, indexes (by name), owner, privileges and triggers.
+/// identity, nullability), constraints, indexes (by name), owner, privileges, whether it and
+/// its identity counters are logged, and triggers.
 async fn table_shape(db: &mut PgConnection, table: &str) -> Vec<String> {
     sqlx::query_scalar(
         "WITH t AS (SELECT format('public.%I', $1::text)::regclass AS oid)
@@ -1016,8 +1018,14 @@ async fn table_shape(db: &mut PgConnection, table: &str) -> Vec<String> {
            SELECT format('index %s', pg_get_indexdef(i.indexrelid))
            FROM t JOIN pg_index AS i ON i.indrelid = t.oid
            UNION ALL
-           SELECT format('owner %s privileges %s', pg_get_userbyid(c.relowner), c.relacl)
+           SELECT format('owner %s privileges %s persistence %s', pg_get_userbyid(c.relowner),
+                         c.relacl, c.relpersistence)
            FROM t JOIN pg_class AS c ON c.oid = t.oid
+           UNION ALL
+           SELECT format('identity of %s persistence %s', a.attname, s.relpersistence)
+           FROM t JOIN pg_attribute AS a ON a.attrelid = t.oid AND a.attidentity <> ''
+           JOIN pg_class AS s
+             ON s.oid = pg_get_serial_sequence(format('public.%I', $1::text), a.attname)::regclass
            UNION ALL
            SELECT format('trigger %s %s', pg_get_triggerdef(g.oid), g.tgenabled)
            FROM t JOIN pg_trigger AS g ON g.tgrelid = t.oid WHERE NOT g.tgisinternal
@@ -1170,21 +1178,22 @@ async fn every_read_model_rebuilt_is_swapped_in_with_its_tables_indexes_privileg
     );
 }
 
-/// A projection that writes a live table it does not list, where the rebuild's transactions
-/// can write (they write the rebuilt tables), fails the rebuild, and the write is undone:
-/// whether it writes while the events are replayed or in the day's work at the swap.
+/// A projection that writes or changes a table it does not list, where the rebuild's
+/// transactions can write (they write the rebuilt tables), fails the rebuild, and the change is
+/// undone: whether it deletes rows, truncates or creates a table, while the events are replayed
+/// or in the day's work at the swap.
 #[tokio::test]
 async fn a_rebuild_whose_projection_writes_a_live_table_it_does_not_list_is_refused() {
-    /// The webhooks read model, fed the records' events, with a step that empties the live
-    /// records.
+    /// The webhooks read model, fed the records' events, with a step that runs `statement`.
     struct EmptiesRecords {
+        statement: &'static str,
         /// In each batch of the replay; otherwise in the day's work.
         in_replay: bool,
     }
 
     impl EmptiesRecords {
         async fn empty_records(&self, conn: &mut PgConnection) -> sqlx::Result<()> {
-            sqlx::query("DELETE FROM records").execute(conn).await?;
+            sqlx::query(self.statement).execute(conn).await?;
             Ok(())
         }
     }
@@ -1228,25 +1237,46 @@ async fn a_rebuild_whose_projection_writes_a_live_table_it_does_not_list_is_refu
     let (app, session, _db) = one_employee("unlisted", "Kept", "Safe").await;
     let tenant = app.tenant(session.tenant_id).await;
     let database = app.tenant_database(session.tenant_id).await;
-    for in_replay in [true, false] {
-        let failed = custos_api::testing::rebuild_read_model(
-            &custos_tests::admin_options(&database),
-            &tenant.log,
-            &EmptiesRecords { in_replay },
-            std::future::pending(),
-        )
-        .await
-        .expect_err("the rebuild is refused");
-        assert!(
-            format!("{failed:#}").contains("wrote records, which it does not list"),
-            "in the replay: {in_replay}: {failed:#}"
-        );
-        assert_eq!(app.employee_last_names(&session.token).await, ["Safe"]);
+    let mut db = app.tenant_admin(session.tenant_id).await;
+    for (statement, named) in [
+        ("DELETE FROM records", "records"),
+        ("TRUNCATE records", "records"),
+        (
+            "CREATE TABLE IF NOT EXISTS unlisted (n int)",
+            "custos_rebuild.unlisted",
+        ),
+    ] {
+        for in_replay in [true, false] {
+            let failed = custos_api::testing::rebuild_read_model(
+                &custos_tests::admin_options(&database),
+                &tenant.log,
+                &EmptiesRecords {
+                    statement,
+                    in_replay,
+                },
+                std::future::pending(),
+            )
+            .await
+            .expect_err("the rebuild is refused");
+            assert!(
+                format!("{failed:#}").contains(&format!("wrote {named}, which it does not list")),
+                "{statement}, in the replay: {in_replay}: {failed:#}"
+            );
+            assert_eq!(app.employee_last_names(&session.token).await, ["Safe"]);
+            let created: bool = sqlx::query_scalar(
+                "SELECT to_regclass('custos_rebuild.unlisted') IS NOT NULL
+                     OR to_regclass('public.unlisted') IS NOT NULL",
+            )
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+            assert!(!created, "{statement}, in the replay: {in_replay}");
+        }
     }
 }
 
-/// A rebuild's session appends no event, so its long transactions (copying and indexing the
-/// rebuilt tables) hold back no projector of its organisation.
+/// A rebuild's session appends no event, so its long transactions (replaying into and indexing
+/// the rebuilt tables) hold back no projector of its organisation.
 #[tokio::test]
 async fn a_transaction_of_a_read_model_rebuild_holds_back_no_read_model() {
     let app = TestApp::spawn().await;

@@ -436,8 +436,8 @@ pub(crate) enum ProjectionsCommand {
     /// moved, how many events of its kinds it has not applied yet and how old the oldest is.
     /// Works beside a running service.
     Status(ProjectionsStatusArgs),
-    /// Rebuilds one read model of every organisation (or one) from the events, into shadow
-    /// tables while the live one keeps serving, then replaces its rows in one transaction.
+    /// Rebuilds one read model of every organisation (or one) from the events, into tables
+    /// beside the live one while it keeps serving, then swaps them in in one transaction.
     /// Works beside a running service.
     Rebuild(ProjectionsRebuildArgs),
 }

@@ -71,8 +71,8 @@ pub const REBUILDING: &str = rebuilding!();
 /// the server; a running transaction is skipped only when `pg_stat_activity` shows it belongs
 /// to another database (one that ended meanwhile is kept: that only waits longer), or to a
 /// session named [`REBUILDING`], which writes read models and never an event (a read model
-/// rebuild copying and indexing its tables for tens of seconds must not stop every projector
-/// of the organisation meanwhile).
+/// rebuild replaying into and indexing its tables for tens of seconds must not stop every
+/// projector of the organisation meanwhile).
 pub(crate) const HORIZON: &str = concat!(
     "(SELECT COALESCE(
         (SELECT min(x) FROM pg_snapshot_xip(s) AS x

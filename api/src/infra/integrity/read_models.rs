@@ -134,12 +134,12 @@ const SWAP_ATTEMPTS: u32 = 5;
 /// changes. One rebuild of a read model runs at a time in an organisation.
 ///
 /// - The replay writes tables shaped like the live ones in the `custos_rebuild` schema, made
-///   without the indexes only reads use. It runs in short transactions up to where the live
-///   read model stood at the start, each batch read and opened on another connection (of
-///   `log`'s pool, which needs one to spare) while the one before is applied; a transaction
-///   that wrote a live table fails.
-/// - The replacements then get the live tables' read indexes (built once, not row by row) and
-///   statistics. The session is named
+///   unlogged and without the indexes only reads use. It runs in short transactions up to
+///   where the live read model stood at the start, each batch read and opened on another
+///   connection (of `log`'s pool, which needs one to spare) while the one before is applied; a
+///   transaction that wrote, or changed, any other table fails.
+/// - The replacements are then logged (written to the WAL page by page), get the live tables'
+///   read indexes (built once, not row by row) and statistics. The session is named
 ///   [`REBUILDING`](crate::infra::event_store::log::REBUILDING): it never appends an event, so
 ///   these long transactions hold back no projector.
 /// - The events since are applied to them; then the swapping transaction locks the read
@@ -212,13 +212,13 @@ async fn rebuild_locked(
     let mut tx = writing_replacements(&mut *conn).await?;
     projection.reset(&mut tx).await?;
     let erased_before = last_erasure(&mut tx).await?;
-    refuse_live_writes(&mut tx).await?;
+    refuse_live_writes(&mut tx, projection).await?;
     tx.commit().await?;
     let mut events = 0;
     let mut at = Position::default();
     let phase = std::time::Instant::now();
     // Up to where the live read model stands, then once more up to where it stands after
-    // that, so that the copy starts from nearly the live position.
+    // that, so that the read indexes are built from nearly the live position.
     for _round in 0..2 {
         let mut tx = read_only(&mut *conn, "").await?;
         let target = live_position(&mut tx, projection.name()).await?;
@@ -240,7 +240,7 @@ async fn rebuild_locked(
     let target = live_position(&mut tx, projection.name()).await?;
     let caught_up = replay_to(&mut tx, log, projection, &mut at, target).await?;
     events += caught_up;
-    refuse_live_writes(&mut tx).await?;
+    refuse_live_writes(&mut tx, projection).await?;
     tx.commit().await?;
     tracing::debug!(
         projection = projection.name(),
@@ -308,7 +308,7 @@ async fn hold_and_swap(
     projection
         .on_day(&mut tx, custos_projections::records::day_in_force())
         .await?;
-    refuse_live_writes(&mut tx).await?;
+    refuse_live_writes(&mut tx, projection).await?;
     let names: Vec<String> = projection
         .tables()
         .iter()
@@ -382,13 +382,43 @@ async fn writing_replacements(
     Ok(tx)
 }
 
-/// Fails a transaction that wrote the replacements when it also wrote any other table: a
-/// projection that writes a table it does not list.
-async fn refuse_live_writes(tx: &mut PgConnection) -> anyhow::Result<()> {
+/// Fails a transaction that wrote `projection`'s replacements when it also wrote, or changed
+/// the definition of, anything else (a projection that writes a table it does not list):
+/// every relation it holds a lock stronger than a read's or a `FOR UPDATE`'s on must be one of
+/// the replacements, or their TOAST tables, indexes and identity counters. Locks are held to
+/// the end of the transaction and count `TRUNCATE`, DDL and `nextval` as well as rows.
+async fn refuse_live_writes(
+    tx: &mut PgConnection,
+    projection: &dyn Projection,
+) -> anyhow::Result<()> {
+    let listed: Vec<&str> = projection.tables().iter().map(|table| table.name).collect();
     let written: Option<String> = sqlx::query_scalar(&format!(
-        "SELECT string_agg(relname, ', ' ORDER BY relname) FROM pg_stat_xact_user_tables
-         WHERE schemaname <> '{REPLACEMENTS}' AND n_tup_ins + n_tup_upd + n_tup_del > 0"
+        "WITH listed AS (
+             SELECT oid, reltoastrelid FROM pg_class
+             WHERE relnamespace = '{REPLACEMENTS}'::regnamespace AND relname = ANY($1)
+         ), allowed AS (
+             SELECT oid FROM listed
+             UNION ALL SELECT reltoastrelid FROM listed
+             UNION ALL SELECT indexrelid FROM pg_index
+                 WHERE indrelid IN (SELECT oid FROM listed UNION ALL SELECT reltoastrelid FROM listed)
+             UNION ALL SELECT objid FROM pg_depend
+                 WHERE classid = 'pg_class'::regclass AND refclassid = 'pg_class'::regclass
+                   AND refobjid IN (SELECT oid FROM listed) AND deptype IN ('a', 'i')
+         )
+         -- An index, a TOAST table and its index by their table's name.
+         SELECT string_agg(DISTINCT CASE WHEN n.nspname = 'public' THEN c.relname::text
+                                         ELSE coalesce(n.nspname || '.' || c.relname,
+                                                       l.relation::text) END, ', ')
+         FROM pg_locks AS l
+         LEFT JOIN pg_index AS i ON i.indexrelid = l.relation
+         LEFT JOIN pg_class AS toasted ON toasted.reltoastrelid = coalesce(i.indrelid, l.relation)
+         LEFT JOIN pg_class AS c ON c.oid = coalesce(toasted.oid, i.indrelid, l.relation)
+         LEFT JOIN pg_namespace AS n ON n.oid = c.relnamespace
+         WHERE l.pid = pg_backend_pid() AND l.locktype = 'relation'
+           AND l.mode NOT IN ('AccessShareLock', 'RowShareLock')
+           AND l.relation NOT IN (SELECT oid FROM allowed)"
     ))
+    .bind(&listed)
     .fetch_one(tx)
     .await?;
     match written {
@@ -432,11 +462,13 @@ async fn refuse_what_a_swap_loses(conn: &mut PgConnection, table: &str) -> anyho
 /// indexes the projection's statements use (not [`Table::read_indexes`], which
 /// [`finish_replacement`] builds once the rows are in), each under the live index's own name
 /// (an index is named within its table's schema, so the names are free there and move with
-/// the table); with the live rows when a reset keeps them.
+/// the table); with the live rows when a reset keeps them. It is unlogged until the replay
+/// ends: the replay's rows are not written to the WAL one by one (a crash empties such a table,
+/// and what a crashed rebuild left is removed at the next start anyway).
 pub async fn replacement(conn: &mut PgConnection, table: &Table) -> anyhow::Result<()> {
     let name = table.name;
     sqlx::query(&format!(
-        "CREATE TABLE {REPLACEMENTS}.\"{name}\"
+        "CREATE UNLOGGED TABLE {REPLACEMENTS}.\"{name}\"
              (LIKE public.\"{name}\" INCLUDING ALL EXCLUDING INDEXES)"
     ))
     .execute(&mut *conn)
@@ -511,14 +543,25 @@ async fn index_definitions(
 }
 
 /// Makes `table`'s replacement, its rows replayed, ready for the events since and the swap:
-/// its identity counters moved past the live table's, its read indexes built (two at a time,
-/// on the rebuild's two sessions: PostgreSQL builds a GIN index on one core), then statistics.
+/// logged (PostgreSQL writes the table to the WAL page by page, so it survives a crash and
+/// reaches backups and standbys like the live one), its identity counters moved past the live
+/// table's, its read indexes built (two at a time, on the rebuild's two sessions: PostgreSQL
+/// builds a GIN index on one core), then statistics.
 async fn finish_replacement(
     conn: &mut PgConnection,
     helper: &mut PgConnection,
     table: &Table,
 ) -> anyhow::Result<()> {
     let name = table.name;
+    let phase = std::time::Instant::now();
+    sqlx::query(&format!("ALTER TABLE {REPLACEMENTS}.\"{name}\" SET LOGGED"))
+        .execute(&mut *conn)
+        .await?;
+    tracing::debug!(
+        table = name,
+        seconds = phase.elapsed().as_secs_f64(),
+        "rebuild: logged"
+    );
     // The rows keep their identity values; the events applied from here draw new ones.
     move_counters(&mut *conn, name).await?;
     let indexes = std::sync::Mutex::new(
@@ -922,9 +965,9 @@ async fn replay_to(
 }
 
 /// Applies every event after `at` up to `until` to the replacement tables on `conn`, a batch in
-/// each transaction (which fails if it wrote a live table), while a connection of `log`'s pool (which needs one to spare)
-/// reads and opens the batch after it: the database applying one batch and this process
-/// opening the next overlap. How many events were applied.
+/// each transaction (which fails if it wrote any other table), while a connection of `log`'s
+/// pool (which needs one to spare) reads and opens the batch after it: the database applying
+/// one batch and this process opening the next overlap. How many events were applied.
 async fn replay_reading_ahead(
     conn: &mut PgConnection,
     log: &EventLog,
@@ -958,7 +1001,7 @@ async fn replay_reading_ahead(
                 .execute(&mut *tx)
                 .await?;
             apply(&mut tx, projection, &batch).await?;
-            refuse_live_writes(&mut tx).await?;
+            refuse_live_writes(&mut tx, projection).await?;
             tx.commit().await?;
             applied += batch.len() as i64;
             *at = last;
@@ -1004,8 +1047,8 @@ async fn next_batch(
     Ok((batch, done))
 }
 
-/// Applies `batch` to the shadow or replacement tables as the projector applies it: set-based where the
-/// projection writes that way.
+/// Applies `batch` to the shadow or replacement tables as the projector applies it: set-based
+/// where the projection writes that way.
 async fn apply(
     conn: &mut PgConnection,
     projection: &dyn Projection,

@@ -28,7 +28,7 @@ impl Services {
     }
 
     /// After `tenant`'s erasure: removes the copies of read models that rebuilds left in its
-    /// database (a rebuild killed between its copy and its swap), which hold the values of
+    /// database (a rebuild killed before its swap), which hold the values of
     /// everyone in them, the erased subject too. A rebuild still running is waited for in the
     /// background (it swaps its copy in or removes it, unless it is killed); the erasure does
     /// not wait. One removal runs at a time per organisation, on one administrator's
