@@ -333,7 +333,7 @@ pub(crate) struct BenchArgs {
     #[arg(long, default_value_t = 2_000)]
     pub(crate) subscribers: usize,
     /// Foundation suite: also print the N statements PostgreSQL spent the most time in
-    /// during (b) and during (b, read back), from pg_stat_statements, which this loads into
+    /// during (b), (b, read back), (e) and (r), from pg_stat_statements, which this loads into
     /// the cluster. It costs some speed: the figures of such a run are not for the record.
     #[arg(long, default_value_t = 0)]
     pub(crate) statements: usize,

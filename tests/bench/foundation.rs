@@ -275,6 +275,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .get(tenant_id)
         .await?
         .ok_or_else(|| anyhow::anyhow!("bench tenant vanished"))?;
+    statements.reset().await?;
     let (command_rate, command_cpu) = cpu_during(
         &cluster_dir,
         closed_loop(args.clients, duration, |client, n| {
@@ -297,6 +298,9 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     )
     .await;
     let command_rate = command_rate?;
+    let command_statements = statements
+        .top(command_rate * command_cpu.seconds(), "command")
+        .await?;
     let written = args.clients * (1 + SPREAD);
 
     // (c) employees(first: 50) with many employees, seeded through the command side.
@@ -659,6 +663,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
             "\n### Statements during (b), with pg_stat_statements loaded\n\n{spread_statements}"
         );
         println!("### Statements during (b, read back)\n\n{read_back_statements}");
+        println!("### Statements during (e)\n\n{command_statements}");
         println!("### Statements during (r)\n\n{rebuild_statements}");
     }
     Ok(())
