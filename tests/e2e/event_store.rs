@@ -880,7 +880,7 @@ async fn a_shadow_table_keeps_the_indexes_its_projection_writes_through_and_no_r
     let names =
         "SELECT c.relname::text FROM pg_index AS i JOIN pg_class AS c ON c.oid = i.indexrelid
                  WHERE i.indrelid = $1::regclass AND NOT c.relname = ANY($2) ORDER BY 1";
-    let mut live_names: Vec<String> = Vec::new();
+    let mut index_names = Vec::new();
     for table in ["public.records", "custos_rebuild.records"] {
         let found: Vec<String> = sqlx::query_scalar(names)
             .bind(table)
@@ -888,15 +888,15 @@ async fn a_shadow_table_keeps_the_indexes_its_projection_writes_through_and_no_r
             .fetch_all(&mut db)
             .await
             .unwrap();
-        if live_names.is_empty() {
-            live_names = found;
-        } else {
-            assert_eq!(found, live_names, "the replacement's index names");
-        }
+        index_names.push(found);
     }
+    assert_eq!(
+        index_names[1], index_names[0],
+        "the replacement's index names"
+    );
     assert!(
-        live_names.iter().any(|name| name == "records_pkey"),
-        "{live_names:?}"
+        index_names[0].iter().any(|name| name == "records_pkey"),
+        "{index_names:?}"
     );
     sqlx::query("DROP TABLE pg_temp.records, custos_rebuild.records")
         .execute(&mut db)

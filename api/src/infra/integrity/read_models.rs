@@ -473,7 +473,7 @@ pub async fn replacement(conn: &mut PgConnection, table: &Table) -> anyhow::Resu
     ))
     .execute(&mut *conn)
     .await?;
-    for (definition, _) in index_definitions(&mut *conn, table, Indexes::ForWrites).await? {
+    for definition in index_definitions(&mut *conn, table, Indexes::ForWrites).await? {
         sqlx::query(&definition).execute(&mut *conn).await?;
     }
     if table.kept_on_reset {
@@ -493,15 +493,15 @@ enum Indexes {
     ForReads,
 }
 
-/// The statements that give `table`'s replacement the live table's indexes of one kind, each
-/// with whether PostgreSQL builds it on one core. A definition a rebuild cannot copy fails.
+/// The statements that give `table`'s replacement the live table's indexes of one kind, in the
+/// order [`Indexes`] says. A definition a rebuild cannot copy fails.
 async fn index_definitions(
     conn: &mut PgConnection,
     table: &Table,
     which: Indexes,
-) -> anyhow::Result<Vec<(String, bool)>> {
-    let definitions: Vec<(String, bool, bool, bool)> = sqlx::query_as(
-        "SELECT definition, understood, one_core, for_reads FROM (
+) -> anyhow::Result<Vec<String>> {
+    let definitions: Vec<(String, bool, bool)> = sqlx::query_as(
+        "SELECT definition, understood, for_reads FROM (
              SELECT format('ALTER TABLE %s.%I ADD CONSTRAINT %I %s',
                            $2::text, $1::text, conname, pg_get_constraintdef(oid)) AS definition,
                     true AS understood, true AS is_constraint, false AS one_core,
@@ -529,7 +529,7 @@ async fn index_definitions(
     .bind(table.read_indexes)
     .fetch_all(&mut *conn)
     .await?;
-    if let Some((definition, ..)) = definitions.iter().find(|(_, understood, ..)| !understood) {
+    if let Some((definition, ..)) = definitions.iter().find(|(_, understood, _)| !understood) {
         anyhow::bail!(
             "an index of {} is defined in a way a rebuild cannot copy: {definition}",
             table.name
@@ -538,7 +538,7 @@ async fn index_definitions(
     Ok(definitions
         .into_iter()
         .filter(|(.., for_reads)| *for_reads == (which == Indexes::ForReads))
-        .map(|(definition, _, one_core, _)| (definition, one_core))
+        .map(|(definition, ..)| definition)
         .collect())
 }
 
@@ -553,22 +553,19 @@ async fn finish_replacement(
     table: &Table,
 ) -> anyhow::Result<()> {
     let name = table.name;
-    let phase = std::time::Instant::now();
-    sqlx::query(&format!("ALTER TABLE {REPLACEMENTS}.\"{name}\" SET LOGGED"))
-        .execute(&mut *conn)
-        .await?;
-    tracing::debug!(
-        table = name,
-        seconds = phase.elapsed().as_secs_f64(),
-        "rebuild: logged"
-    );
+    timed(
+        &mut *conn,
+        name,
+        &format!("ALTER TABLE {REPLACEMENTS}.\"{name}\" SET LOGGED"),
+        "logged",
+    )
+    .await?;
     // The rows keep their identity values; the events applied from here draw new ones.
     move_counters(&mut *conn, name).await?;
     let indexes = std::sync::Mutex::new(
         index_definitions(&mut *conn, table, Indexes::ForReads)
             .await?
             .into_iter()
-            .map(|(definition, _)| definition)
             .collect::<std::collections::VecDeque<_>>(),
     );
     let (built, built_beside) = tokio::join!(
@@ -577,14 +574,29 @@ async fn finish_replacement(
     );
     built?;
     built_beside?;
+    timed(
+        &mut *conn,
+        name,
+        &format!("ANALYZE {REPLACEMENTS}.\"{name}\""),
+        "analyzed",
+    )
+    .await
+}
+
+/// Runs `statement` on `table`'s replacement and logs at debug how long it took, as the
+/// rebuild's phase `done`.
+async fn timed(
+    conn: &mut PgConnection,
+    table: &str,
+    statement: &str,
+    done: &str,
+) -> anyhow::Result<()> {
     let phase = std::time::Instant::now();
-    sqlx::query(&format!("ANALYZE {REPLACEMENTS}.\"{name}\""))
-        .execute(&mut *conn)
-        .await?;
+    sqlx::query(statement).execute(conn).await?;
     tracing::debug!(
-        table = name,
+        table,
         seconds = phase.elapsed().as_secs_f64(),
-        "rebuild: analyzed"
+        "rebuild: {done}"
     );
     Ok(())
 }
