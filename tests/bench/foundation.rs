@@ -153,6 +153,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut spread_ids = Vec::new();
     let mut spread_projector = ProjectorWork::default();
     let mut spread_cpu = CpuTime::default();
+    let mut spread_vacuums: anyhow::Result<Vec<(String, u32)>> = Ok(Vec::new());
     let mut spread_statements = String::new();
     let mut caught_up_in = Duration::ZERO;
     for per_client in [1, SPREAD] {
@@ -177,7 +178,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         let before = ProjectorWork::scrape(&client, &address).await?;
         statements.reset().await?;
-        let (rate, cpu) = cpu_during(&cluster_dir, closed_loop(args.clients, duration, |client, n| {
+        let ((rate, vacuums), cpu) = cpu_during(&cluster_dir, autovacuum_during(&admin, closed_loop(args.clients, duration, |client, n| {
             let (token, ids) = (token.clone(), &sets[client]);
             async move {
                 post(
@@ -188,11 +189,12 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 .await
                 .map(|_| ())
             }
-        }))
+        })))
         .await;
         let rate = rate?;
         if per_client == SPREAD {
             spread_cpu = cpu;
+            spread_vacuums = vacuums;
             spread_statements = statements.top(rate * cpu.seconds(), "mutation").await?;
             // The answers did not wait for the read models: a read waits until they show
             // every change answered, so timing one counts the phase until projected.
@@ -276,25 +278,29 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .await?
         .ok_or_else(|| anyhow::anyhow!("bench tenant vanished"))?;
     statements.reset().await?;
-    let (command_rate, command_cpu) = cpu_during(
+    let ((command_rate, command_vacuums), command_cpu) = cpu_during(
         &cluster_dir,
-        closed_loop(args.clients, duration, |client, n| {
-            let (services, tenant, ids) = (services.clone(), tenant.clone(), &spread_ids[client]);
-            async move {
-                let command = department_update(format!("Direct {n}"));
-                let id: Uuid = ids[n % ids.len()].parse()?;
-                run_command(
-                    &services,
-                    &tenant,
-                    &tenant.records,
-                    id,
-                    command,
-                    EventMetadata::new(Actor::User(user_id), Uuid::now_v7()),
-                )
-                .await
-                .map_err(|e| anyhow::anyhow!("update failed: {:?}", e.code()))
-            }
-        }),
+        autovacuum_during(
+            &admin,
+            closed_loop(args.clients, duration, |client, n| {
+                let (services, tenant, ids) =
+                    (services.clone(), tenant.clone(), &spread_ids[client]);
+                async move {
+                    let command = department_update(format!("Direct {n}"));
+                    let id: Uuid = ids[n % ids.len()].parse()?;
+                    run_command(
+                        &services,
+                        &tenant,
+                        &tenant.records,
+                        id,
+                        command,
+                        EventMetadata::new(Actor::User(user_id), Uuid::now_v7()),
+                    )
+                    .await
+                    .map_err(|e| anyhow::anyhow!("update failed: {:?}", e.code()))
+                }
+            }),
+        ),
     )
     .await;
     let command_rate = command_rate?;
@@ -529,6 +535,10 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         spread_cpu.per_operation(spread_rate * spread_cpu.seconds())
     ));
     rows.push(format!("| (b)/(a) | {:.3} |", spread_rate / raw_rate));
+    rows.push(format!(
+        "| (b) autovacuum at work during (b), seen every 100 ms (its workers' CPU counts as PostgreSQL's) | {} |",
+        vacuums_row(&spread_vacuums)
+    ));
     rows.push(format!("| (baseline) plain cqrs-es + postgres-es + axum, the cqrs-es demo's shape (a JSON POST per command, its view updated in the request; no authentication, sealing, chain or projector), {} clients, each on {SPREAD} aggregates of its own | {baseline_rate:.0} commands/s |", args.clients));
     rows.push(format!(
         "| (baseline) CPU per command: this process (service and load generator) / PostgreSQL | {} |",
@@ -574,6 +584,10 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         command_cpu.per_operation(command_rate * command_cpu.seconds())
     ));
     rows.push(format!("| (e)/(a) | {:.3} |", command_rate / raw_rate));
+    rows.push(format!(
+        "| (e) autovacuum at work during (e), seen every 100 ms | {} |",
+        vacuums_row(&command_vacuums)
+    ));
     rows.push(format!(
         "| seeding {} employees through the command side, until projected | {:.1} s ({:.0}/s) |",
         args.employees,
@@ -736,6 +750,64 @@ impl Statements {
             ));
         }
         Ok(table)
+    }
+}
+
+/// Runs `phase` while looking every 100 ms at what PostgreSQL's autovacuum workers do, in any
+/// database of the cluster: the phase's output, and each distinct piece of work seen (its
+/// statement, as `VACUUM ANALYZE public.records`) with the number of looks that saw it. The
+/// looking stops as soon as the phase ends, so that a phase timed around this is not lengthened.
+async fn autovacuum_during<T>(
+    admin: &sqlx::postgres::PgConnectOptions,
+    phase: impl std::future::Future<Output = T>,
+) -> (T, anyhow::Result<Vec<(String, u32)>>) {
+    let ended = tokio::sync::Notify::new();
+    let watch = async {
+        let mut conn =
+            sqlx::PgConnection::connect_with(&admin.clone().database("postgres")).await?;
+        let mut seen = std::collections::BTreeMap::<String, u32>::new();
+        loop {
+            let working: Vec<String> = sqlx::query_scalar(
+                "SELECT DISTINCT regexp_replace(query, '^autovacuum: ', '') FROM pg_stat_activity
+                 WHERE backend_type = 'autovacuum worker' AND query <> ''",
+            )
+            .fetch_all(&mut conn)
+            .await?;
+            for work in working {
+                *seen.entry(work).or_default() += 1;
+            }
+            tokio::select! {
+                () = ended.notified() => break,
+                () = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+        conn.close().await?;
+        Ok(seen.into_iter().collect())
+    };
+    let phase = async {
+        let output = phase.await;
+        // Stored if the watcher is not waiting yet: its next wait ends at once.
+        ended.notify_one();
+        output
+    };
+    tokio::join!(phase, watch)
+}
+
+/// [`autovacuum_during`]'s findings as a table cell.
+fn vacuums_row(seen: &anyhow::Result<Vec<(String, u32)>>) -> String {
+    match seen {
+        Err(err) => format!("unavailable: {err}"),
+        Ok(seen) if seen.is_empty() => "none".to_owned(),
+        Ok(seen) => seen
+            .iter()
+            .map(|(work, looks)| {
+                format!(
+                    "{work} ({looks} {})",
+                    if *looks == 1 { "look" } else { "looks" }
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
     }
 }
 

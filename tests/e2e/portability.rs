@@ -394,6 +394,16 @@ async fn an_organisation_moves_to_another_custos_whole_and_verified() {
     // source has them.
     let source_database = source.tenant_database(admin.tenant_id).await;
     assert_eq!(indexes(&database).await, indexes(&source_database).await);
+    // The import analysed the events it wrote and the read models it filled: they are planned
+    // with statistics from the start, not once autovacuum comes by.
+    assert_eq!(
+        never_analysed(
+            &database,
+            &["events", "records", "record_versions", "audit_log"]
+        )
+        .await,
+        Vec::<String>::new()
+    );
 
     // The same archive cannot come in twice.
     let again = import(&target, &archive, PASSPHRASE, &["--slug", &slug("copy")]).await;
@@ -577,6 +587,26 @@ async fn damaged_altered_or_foreign_archives_are_refused_with_nothing_created() 
         .await
         .unwrap_err();
     assert!(format!("{weak:#}").contains("at least 12 characters"));
+}
+
+/// Those of `tables` that nothing has run `ANALYZE` on in `database` (autovacuum's analyses
+/// not counted).
+async fn never_analysed(database: &str, tables: &[&str]) -> Vec<String> {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect_with(&custos_tests::admin_options(database))
+        .await
+        .unwrap();
+    let never = sqlx::query_scalar(
+        "SELECT t.name FROM unnest($1::text[]) AS t(name)
+         LEFT JOIN pg_stat_user_tables AS s ON s.schemaname = 'public' AND s.relname = t.name
+         WHERE s.last_analyze IS NULL ORDER BY 1",
+    )
+    .bind(tables)
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+    never
 }
 
 /// Every index of a database's public schema, by name, with its definition.

@@ -640,6 +640,9 @@ type Decoded = Arc<Vec<(Position, String, ProjectedEvent)>>;
 ///   first and built once at the end, two at a time, rather than maintained row by row (an
 ///   index a table names that the database lacks is an error before anything is dropped).
 ///
+/// The read models' tables are analysed at the end: the organisation's first lists are planned
+/// with statistics of their rows, not before autovacuum comes by.
+///
 /// Interrupted, it leaves read models part-filled and some indexes missing; its callers remove
 /// such a database (a failed import or move, and on the next start an abandoned one).
 pub(crate) async fn fill(
@@ -726,6 +729,21 @@ pub(crate) async fn fill(
         .buffer_unordered(2)
         .try_collect::<()>()
         .await?;
+    let mut tables: Vec<&str> = all
+        .iter()
+        .flat_map(|p| p.tables())
+        .map(|table| table.name)
+        .collect();
+    tables.sort_unstable();
+    tables.dedup();
+    let tables: Vec<String> = tables.iter().map(|t| format!("public.\"{t}\"")).collect();
+    // Statistics only speed plans up: failing to gather them does not fail the fill.
+    if let Err(err) = sqlx::query(&format!("ANALYZE {}", tables.join(", ")))
+        .execute(pool)
+        .await
+    {
+        tracing::warn!(error = %err, "analysing the filled read models failed; they are planned without statistics until autovacuum comes by");
+    }
     Ok(())
 }
 

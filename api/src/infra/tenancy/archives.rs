@@ -698,6 +698,14 @@ impl Tenancy {
         }
         let loaded = started.elapsed();
         if rebuild {
+            // The events were just written and PostgreSQL has no statistics of them yet;
+            // without, it may plan a batch the fill reads as a scan and sort of every event
+            // left (`EXPLAIN ANALYZE` on a never-analysed copy of 100,000 events: 0.4 s a
+            // batch of 5,000, against 17 ms once analysed). Statistics only speed plans up:
+            // failing to gather them does not fail the import.
+            if let Err(err) = sqlx::query("ANALYZE events").execute(&mut conn).await {
+                tracing::warn!(tenant.id = %id, error = %err, "analysing the imported events failed; reads are planned without statistics until autovacuum comes by");
+            }
             fill_read_models(&pool, &reading.log, &reading.read_models).await?;
         }
         pool.close().await;
