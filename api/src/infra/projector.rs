@@ -729,14 +729,13 @@ pub(crate) async fn fill(
         .buffer_unordered(2)
         .try_collect::<()>()
         .await?;
-    let mut tables: Vec<&str> = all
+    let mut tables: Vec<String> = all
         .iter()
         .flat_map(|p| p.tables())
-        .map(|table| table.name)
+        .map(|table| format!("public.\"{}\"", table.name))
         .collect();
     tables.sort_unstable();
     tables.dedup();
-    let tables: Vec<String> = tables.iter().map(|t| format!("public.\"{t}\"")).collect();
     // Statistics only speed plans up: failing to gather them does not fail the fill.
     if let Err(err) = sqlx::query(&format!("ANALYZE {}", tables.join(", ")))
         .execute(pool)
